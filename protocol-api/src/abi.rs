@@ -1,0 +1,252 @@
+//! The C ABI that crosses the library boundary, and nothing else.
+//!
+//! Rust has no stable ABI, so the daemon and a plugin built by another compiler (or the same
+//! compiler with other flags) share only what is declared here: `#[repr(C)]` structs of raw
+//! pointers and integers, and `extern "C"` function pointers.
+//!
+//! Rules both sides keep:
+//! - **Versioning.** The major version is in the entry symbol's name ([`ENTRY_SYMBOL`]); a
+//!   breaking change gets a new symbol. Within a major version, structs only grow at the end:
+//!   [`PluginDescriptor::size`] tells the host how much of the descriptor the plugin filled, and
+//!   [`HostApi::abi_minor`] tells the plugin which host fields exist.
+//! - **Borrowing.** A [`RawBytes`] or any pointer handed to a call is valid only for that call.
+//! - **Ownership.** Whoever allocates frees. Plugin state and sessions are allocated by the
+//!   plugin and only ever handed back to the plugin (`serve`, `drop_session`); everything the
+//!   plugin tells the host is copied by the host inside a sink callback.
+//! - **No unwinding across.** Every function on either side catches panics and turns them into
+//!   a status code; since Rust 1.81 an unwind escaping `extern "C"` aborts the process.
+
+use core::ffi::c_void;
+use core::mem::{align_of, offset_of, size_of};
+
+/// Name of the function every plugin exports, `extern "C" fn() -> *const PluginDescriptor`.
+/// The `1` is the major ABI version; a version-2 ABI would export `switchyard_plugin_v2`.
+pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
+/// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
+pub const ABI_MAJOR: u32 = 1;
+/// The minor ABI version this crate was built with. Minor versions only append fields.
+pub const ABI_MINOR: u32 = 0;
+/// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
+pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
+
+/// The entry function's type.
+pub type EntryFn = unsafe extern "C" fn() -> *const PluginDescriptor;
+
+/// `negotiate` result: switch protocols (the plugin filled `session`).
+pub const DECISION_ACCEPT: i32 = 0;
+/// `negotiate` result: answer with the plugin's own status, headers and body.
+pub const DECISION_REJECT: i32 = 1;
+/// `negotiate` result: not for this plugin; the host tries the client's next choice.
+pub const DECISION_DECLINE: i32 = 2;
+/// `init`, `serve`: done.
+pub const STATUS_OK: i32 = 0;
+/// `init`, `serve`: failed; the error sink holds a message.
+pub const STATUS_ERROR: i32 = 1;
+/// Any call: the plugin panicked; the error sink holds the panic message.
+pub const STATUS_PANIC: i32 = -1;
+
+/// [`RawConnection::shutdown`] `how` values.
+pub const SHUTDOWN_READ: u32 = 0;
+/// See [`SHUTDOWN_READ`].
+pub const SHUTDOWN_WRITE: u32 = 1;
+/// See [`SHUTDOWN_READ`].
+pub const SHUTDOWN_BOTH: u32 = 2;
+
+/// Log levels as numbers: 0 off, then `log::Level` order (1 error … 5 trace).
+pub const LOG_ERROR: u32 = 1;
+
+/// A borrowed byte slice. Valid only for the duration of the call it is passed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawBytes {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+impl RawBytes {
+    /// The empty slice (a dangling, never-read pointer is allowed for `len == 0`).
+    pub const EMPTY: RawBytes = RawBytes {
+        ptr: core::ptr::NonNull::<u8>::dangling().as_ptr(),
+        len: 0,
+    };
+
+    /// Borrows `bytes` for the duration of a call.
+    pub const fn new(bytes: &[u8]) -> RawBytes {
+        RawBytes {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+
+    /// Views the bytes again.
+    ///
+    /// # Safety
+    /// `ptr` must point to `len` readable bytes that stay valid and unchanged for `'a`.
+    pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the caller promises `ptr` points to `len` live bytes for `'a`.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// One request header as received (name in the client's case, value without surrounding
+/// white space).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawHeader {
+    pub name: RawBytes,
+    pub value: RawBytes,
+}
+
+/// The request that asked to switch protocols, lent to `negotiate` and `serve`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawRequest {
+    pub method: RawBytes,
+    /// The request target as sent (`/chat?room=1`); always valid UTF-8.
+    pub target: RawBytes,
+    /// 1 for HTTP/1.1 (the only version ever upgraded).
+    pub version_minor: u32,
+    pub headers: *const RawHeader,
+    pub headers_len: usize,
+    /// The peer's socket address, `ip:port` in UTF-8.
+    pub peer: RawBytes,
+    /// The complete request body (de-chunked); empty when there was none.
+    pub body: RawBytes,
+    /// The `Upgrade` product being negotiated, as the client spelled it (`websocket`, `h2c`).
+    pub protocol: RawBytes,
+}
+
+/// The upgraded connection, lent to `serve`. All functions are thread-safe only in the sense
+/// that `serve` owns the connection: call them from the thread running `serve`, or from
+/// threads it joins before returning.
+///
+/// I/O functions return 0 on success or an `errno` value; `*n` receives the byte count.
+/// A read of 0 bytes means end of stream.
+#[repr(C)]
+pub struct RawConnection {
+    pub ctx: *mut c_void,
+    /// Reads bytes the host read ahead of the switch first, then the socket. Blocks.
+    pub read:
+        unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, len: usize, n: *mut usize) -> i32,
+    pub write:
+        unsafe extern "C" fn(ctx: *mut c_void, buf: *const u8, len: usize, n: *mut usize) -> i32,
+    /// Gathers `count` slices into one write (`writev`).
+    pub write_vectored: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        bufs: *const RawBytes,
+        count: usize,
+        n: *mut usize,
+    ) -> i32,
+    /// `how` is one of the `SHUTDOWN_*` constants.
+    pub shutdown: unsafe extern "C" fn(ctx: *mut c_void, how: u32) -> i32,
+    /// 0 clears the time-out; a read that times out fails with `EAGAIN`.
+    pub set_read_timeout: unsafe extern "C" fn(ctx: *mut c_void, millis: u64) -> i32,
+    /// Bytes the host holds that `read` returns before it touches the socket.
+    pub buffered: unsafe extern "C" fn(ctx: *mut c_void) -> usize,
+    /// Non-zero once the daemon is stopping; the host then also shuts the read side so that a
+    /// blocked `read` returns 0.
+    pub is_stopping: unsafe extern "C" fn(ctx: *mut c_void) -> u8,
+    /// The socket, lent for `setsockopt`, `splice` and the like. Never close it; read it only
+    /// after `buffered` is 0.
+    pub fd: i32,
+}
+
+/// Receives a message (an error text or a panic message) by copying it.
+#[repr(C)]
+pub struct MessageSink {
+    pub ctx: *mut c_void,
+    pub set: unsafe extern "C" fn(ctx: *mut c_void, message: RawBytes),
+}
+
+/// Receives what `negotiate` wants in the response: extra headers for the `101`, or the
+/// status, headers and body of a rejection. The host copies everything.
+#[repr(C)]
+pub struct ResponseSink {
+    pub ctx: *mut c_void,
+    pub set_status: unsafe extern "C" fn(ctx: *mut c_void, status: u16),
+    pub add_header: unsafe extern "C" fn(ctx: *mut c_void, name: RawBytes, value: RawBytes),
+    pub set_body: unsafe extern "C" fn(ctx: *mut c_void, body: RawBytes),
+}
+
+/// What the host offers every plugin. Lives as long as the process.
+#[repr(C)]
+pub struct HostApi {
+    /// The host's minor ABI version: fields appended in later minors exist only when this is
+    /// at least that minor.
+    pub abi_minor: u32,
+    /// The most verbose level the host's logger lets through (0 off … 5 trace).
+    pub max_log_level: u32,
+    pub log_enabled: unsafe extern "C" fn(level: u32, target: RawBytes) -> u8,
+    pub log: unsafe extern "C" fn(level: u32, target: RawBytes, message: RawBytes),
+}
+
+/// What a plugin's entry function returns: a static that lives as long as the library.
+#[repr(C)]
+pub struct PluginDescriptor {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 8],
+    /// The minor version the plugin was built against; the host refuses a newer one.
+    pub abi_minor: u32,
+    /// `size_of::<PluginDescriptor>()` as the plugin knew it.
+    pub size: u32,
+    /// A short name for logs (`echo`).
+    pub name: RawBytes,
+    /// Free text for logs: crate version, build profile.
+    pub build: RawBytes,
+    /// The `Upgrade` tokens served, lower-case.
+    pub tokens: *const RawBytes,
+    pub tokens_len: usize,
+    /// Makes the plugin's shared state (`*state`), once, before any other call.
+    pub init: unsafe extern "C" fn(
+        host: *const HostApi,
+        state: *mut *mut c_void,
+        error: *const MessageSink,
+    ) -> i32,
+    /// Decides on one request; on `DECISION_ACCEPT` it sets `*session`, which the host hands
+    /// to exactly one of `serve` or `drop_session`.
+    pub negotiate: unsafe extern "C" fn(
+        state: *const c_void,
+        request: *const RawRequest,
+        response: *const ResponseSink,
+        session: *mut *mut c_void,
+        error: *const MessageSink,
+    ) -> i32,
+    /// Runs the new protocol on the connection until it ends; consumes `session`.
+    pub serve: unsafe extern "C" fn(
+        state: *const c_void,
+        session: *mut c_void,
+        request: *const RawRequest,
+        connection: *const RawConnection,
+        error: *const MessageSink,
+    ) -> i32,
+    /// Frees a session that will not be served (the client left before the `101` was sent).
+    pub drop_session: unsafe extern "C" fn(state: *const c_void, session: *mut c_void),
+}
+
+/// Size of the version-1.0 descriptor: the least a host accepts.
+pub const DESCRIPTOR_V1_SIZE: usize = size_of::<PluginDescriptor>();
+
+// The layout is the contract: these fail the build if a field moves (checked on 64-bit targets,
+// where the offsets are simple to state).
+#[cfg(target_pointer_width = "64")]
+const W: usize = size_of::<usize>();
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(size_of::<RawBytes>() == 2 * W && align_of::<RawBytes>() == W);
+    assert!(size_of::<RawHeader>() == 4 * W);
+    assert!(offset_of!(PluginDescriptor, magic) == 0);
+    assert!(offset_of!(PluginDescriptor, abi_minor) == 8);
+    assert!(offset_of!(PluginDescriptor, size) == 12);
+    assert!(offset_of!(PluginDescriptor, name) == 16);
+    assert!(offset_of!(PluginDescriptor, build) == 16 + 2 * W);
+    assert!(offset_of!(PluginDescriptor, tokens) == 16 + 4 * W);
+    assert!(offset_of!(PluginDescriptor, init) == 16 + 6 * W);
+    assert!(offset_of!(PluginDescriptor, drop_session) == 16 + 9 * W);
+    assert!(size_of::<PluginDescriptor>() == 16 + 10 * W);
+    assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);
+    assert!(offset_of!(RawConnection, fd) == 8 * W);
+    assert!(offset_of!(HostApi, log) == 8 + W);
+};

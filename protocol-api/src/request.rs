@@ -1,0 +1,113 @@
+//! [`Request`]: a borrowed, read-only view of the request that asked to switch.
+
+use crate::abi::{RawHeader, RawRequest};
+
+/// The request that asked to switch protocols, as the daemon parsed it. Borrowed from the
+/// host for the duration of `negotiate` or `serve`; copy out what must live longer.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    raw: &'a RawRequest,
+}
+
+impl<'a> Request<'a> {
+    /// Wraps the host's request.
+    ///
+    /// # Safety
+    /// Every pointer in `raw` must be valid for `'a`, as the host guarantees during a call.
+    pub unsafe fn from_raw(raw: &'a RawRequest) -> Self {
+        Request { raw }
+    }
+
+    fn text(bytes: crate::abi::RawBytes) -> &'a str {
+        // SAFETY: `from_raw`'s contract: the bytes live for 'a.
+        let bytes = unsafe { bytes.as_slice() };
+        // The host only sends UTF-8 here; a lying host gets an empty string, not UB.
+        core::str::from_utf8(bytes).unwrap_or("")
+    }
+
+    /// `GET`, `POST`, ...
+    pub fn method(&self) -> &'a str {
+        Self::text(self.raw.method)
+    }
+
+    /// The request target as sent, e.g. `/chat?room=1`.
+    pub fn target(&self) -> &'a str {
+        Self::text(self.raw.target)
+    }
+
+    /// The target without its query.
+    pub fn path(&self) -> &'a str {
+        let target = self.target();
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    /// The HTTP minor version (1 for every upgraded request).
+    pub fn version_minor(&self) -> u32 {
+        self.raw.version_minor
+    }
+
+    /// The peer's address, `ip:port`.
+    pub fn peer(&self) -> &'a str {
+        Self::text(self.raw.peer)
+    }
+
+    /// The `Upgrade` product being negotiated, as the client spelled it (`websocket`, `h2c`,
+    /// `foo/2`). Lets one plugin serve several tokens.
+    pub fn protocol(&self) -> &'a str {
+        Self::text(self.raw.protocol)
+    }
+
+    /// The complete request body; empty when there was none.
+    pub fn body(&self) -> &'a [u8] {
+        // SAFETY: `from_raw`'s contract.
+        unsafe { self.raw.body.as_slice() }
+    }
+
+    /// Every header in the order received, names as the client spelled them.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        let raw: &'a [RawHeader] = if self.raw.headers_len == 0 {
+            &[]
+        } else {
+            // SAFETY: `from_raw`'s contract: `headers` points to `headers_len` entries for 'a.
+            unsafe { core::slice::from_raw_parts(self.raw.headers, self.raw.headers_len) }
+        };
+        // SAFETY: as above, each entry's bytes live for 'a. Header names are tokens (ASCII).
+        raw.iter()
+            .map(|h| (Self::text(h.name), unsafe { h.value.as_slice() }))
+    }
+
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first header called `name`, if it is UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&'a str> {
+        self.header(name).and_then(|v| core::str::from_utf8(v).ok())
+    }
+
+    /// Every value of the comma-separated list header `name` across all its fields,
+    /// trimmed, empty elements skipped (RFC 9110 §5.6.1).
+    pub fn header_list(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| core::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .map(|item| item.trim_matches([' ', '\t']))
+            .filter(|item| !item.is_empty())
+    }
+}
+
+impl core::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("target", &self.target())
+            .field("protocol", &self.protocol())
+            .field("peer", &self.peer())
+            .field("body_len", &self.body().len())
+            .finish()
+    }
+}

@@ -1,0 +1,56 @@
+//! The access log: one line per exchange at info level, target `switchyard::access`.
+//!
+//! ```text
+//! 127.0.0.1:50412 "GET /chat HTTP/1.1" 101 proto=echo in=1187 out=1210 time=3.204s
+//! 127.0.0.1:50413 "POST / HTTP/1.1" 400 in=61 out=150 time=0.1ms reason="both Transfer-Encoding and Content-Length"
+//! ```
+//! `in` and `out` count bytes on the client connection, head included; for a switched
+//! connection they cover its whole life.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub struct Exchange<'a> {
+    pub peer: SocketAddr,
+    /// `METHOD target HTTP/1.x`, or `-` when the request line could not be read.
+    pub request: &'a str,
+    pub status: u16,
+    pub protocol: Option<&'a str>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub started: Instant,
+    pub reason: Option<&'a str>,
+}
+
+pub fn request_line(method: &str, target: &str, version_minor: u8) -> String {
+    format!("{method} {target} HTTP/1.{version_minor}")
+}
+
+pub fn log(exchange: &Exchange<'_>) {
+    if !log::log_enabled!(target: "switchyard::access", log::Level::Info) {
+        return;
+    }
+    let elapsed = exchange.started.elapsed();
+    let time = if elapsed.as_secs() >= 1 {
+        format!("{:.3}s", elapsed.as_secs_f64())
+    } else {
+        format!("{:.1}ms", elapsed.as_secs_f64() * 1000.0)
+    };
+    let protocol = exchange
+        .protocol
+        .map(|p| format!(" proto={p}"))
+        .unwrap_or_default();
+    let reason = exchange
+        .reason
+        .map(|r| format!(" reason={r:?}"))
+        .unwrap_or_default();
+    log::info!(
+        target: "switchyard::access",
+        "{} {:?} {}{protocol} in={} out={} time={time}{reason}",
+        exchange.peer,
+        exchange.request,
+        exchange.status,
+        exchange.bytes_in,
+        exchange.bytes_out,
+    );
+}

@@ -1,0 +1,182 @@
+//! Settings: read from the environment in one place, validated once, at start.
+//!
+//! Every invalid value stops the start with a message naming the variable and the value;
+//! `main` exits with status 2.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the daemon can be told, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `SWITCHYARD_LISTEN`: where to accept connections.
+    pub listen: SocketAddr,
+    /// `SWITCHYARD_PLUGIN_DIR`: the folder of plugin libraries.
+    pub plugin_dir: PathBuf,
+    /// `SWITCHYARD_WORKERS`: most upgraded connections served at once.
+    pub workers: usize,
+    /// `SWITCHYARD_MAX_CONNECTIONS`: most open client connections, HTTP and upgraded.
+    pub max_connections: usize,
+    /// `SWITCHYARD_MAX_HEADER_BYTES`: largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// `SWITCHYARD_MAX_BODY_BYTES`: largest request body kept for an upgrade request.
+    pub max_body_bytes: usize,
+    /// `SWITCHYARD_HEADER_TIMEOUT_MS`: time to receive a whole request head (and, again, its body).
+    pub header_timeout: Duration,
+    /// `SWITCHYARD_SHUTDOWN_GRACE_MS`: time given to live connections after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `SWITCHYARD_WORKER_STACK_BYTES`: stack size of a worker thread.
+    pub worker_stack_bytes: usize,
+}
+
+/// A setting that could not be used.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: {}",
+            self.variable, self.value, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |variable: &'static str| lookup(variable).map(|value| (variable, value));
+        Ok(Config {
+            listen: parse_or(
+                get("SWITCHYARD_LISTEN"),
+                "127.0.0.1:8080".parse().unwrap(),
+                |v| v.parse::<SocketAddr>().map_err(|e| e.to_string()),
+            )?,
+            plugin_dir: match get("SWITCHYARD_PLUGIN_DIR") {
+                Some((_, dir)) if !dir.is_empty() => PathBuf::from(dir),
+                Some((variable, value)) => {
+                    return Err(ConfigError {
+                        variable,
+                        value,
+                        reason: "empty path".into(),
+                    })
+                }
+                None => default_plugin_dir(),
+            },
+            workers: parse_or(get("SWITCHYARD_WORKERS"), 1024, |v| count(v, 1, 1 << 20))?,
+            max_connections: parse_or(get("SWITCHYARD_MAX_CONNECTIONS"), 10_000, |v| {
+                count(v, 1, 1 << 24)
+            })?,
+            max_header_bytes: parse_or(get("SWITCHYARD_MAX_HEADER_BYTES"), 16 * 1024, |v| {
+                count(v, 256, 1 << 24)
+            })?,
+            max_body_bytes: parse_or(get("SWITCHYARD_MAX_BODY_BYTES"), 1 << 20, |v| {
+                count(v, 0, 1 << 30)
+            })?,
+            header_timeout: parse_or(
+                get("SWITCHYARD_HEADER_TIMEOUT_MS"),
+                Duration::from_secs(10),
+                millis,
+            )?,
+            shutdown_grace: parse_or(
+                get("SWITCHYARD_SHUTDOWN_GRACE_MS"),
+                Duration::from_secs(10),
+                millis,
+            )?,
+            worker_stack_bytes: parse_or(get("SWITCHYARD_WORKER_STACK_BYTES"), 256 * 1024, |v| {
+                count(v, 64 * 1024, 1 << 30)
+            })?,
+        })
+    }
+}
+
+/// The default plugin folder: the one holding the `switchyard` executable. `cargo build
+/// --release` leaves the daemon and the workspace's plugins side by side in
+/// `target/release/`, so the daemon finds them with no setting.
+fn default_plugin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn parse_or<T>(
+    setting: Option<(&'static str, String)>,
+    default: T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match setting {
+        None => Ok(default),
+        Some((variable, value)) => parse(value.trim()).map_err(|reason| ConfigError {
+            variable,
+            value,
+            reason,
+        }),
+    }
+}
+
+fn count(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    let n: usize = value
+        .parse()
+        .map_err(|_| "not a whole number".to_string())?;
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be between {min} and {max}"))
+    }
+}
+
+fn millis(value: &str) -> Result<Duration, String> {
+    count(value, 1, 24 * 3600 * 1000).map(|ms| Duration::from_millis(ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.max_header_bytes, 16384);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_value() {
+        let e = config(&[("SWITCHYARD_WORKERS", "lots")]).unwrap_err();
+        assert_eq!(e.variable, "SWITCHYARD_WORKERS");
+        assert_eq!(
+            e.to_string(),
+            "invalid SWITCHYARD_WORKERS=\"lots\": not a whole number"
+        );
+        let e = config(&[("SWITCHYARD_LISTEN", "localhost")]).unwrap_err();
+        assert_eq!(e.variable, "SWITCHYARD_LISTEN");
+        let e = config(&[("SWITCHYARD_HEADER_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(e.reason.contains("between 1 and"), "{e}");
+    }
+}

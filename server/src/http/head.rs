@@ -1,0 +1,400 @@
+//! The request head: request line and header fields (RFC 9112 §3, §5), and the framing and
+//! connection facts the server needs from them.
+//!
+//! ```text
+//! HTTP-message   = start-line CRLF *( field-line CRLF ) CRLF [ message-body ]
+//! request-line   = method SP request-target SP HTTP-version
+//! field-line     = field-name ":" OWS field-value OWS
+//! ```
+//!
+//! Syntax is `httparse`'s job (strict: no obsolete line folding, no bare spaces where the
+//! grammar has none). What it leaves to the server is checked here, each with the status
+//! RFC 9112 names:
+//! - a head larger than the limit, or with more fields than we keep: `431`;
+//! - HTTP/1.1 without exactly one `Host` (RFC 9112 §3.2): `400`;
+//! - `Transfer-Encoding` with `Content-Length`, differing `Content-Length` values, an invalid
+//!   `Content-Length`, a `Transfer-Encoding` not ending in `chunked` (§6.1, §6.3): `400`;
+//!   a transfer coding other than `chunked`: `501`;
+//! - an `Expect` other than `100-continue` (RFC 9110 §10.1.1): `417`.
+
+use super::{list_items, HttpError, Span};
+
+/// Most header fields kept per request; more is answered with `431`.
+pub const MAX_HEADERS: usize = 64;
+
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    None,
+    Fixed(u64),
+    Chunked,
+}
+
+/// A parsed and checked request head. Spans point into the buffer it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: Span,
+    pub target: Span,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version_minor: u8,
+    pub headers: Vec<(Span, Span)>,
+    /// Bytes of the head, blank line included; the body (or the next request) starts here.
+    pub len: usize,
+    pub body: BodyLength,
+    /// The client wants the connection closed after this exchange (`Connection: close`, or
+    /// HTTP/1.0, which we never keep alive).
+    pub close: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// HTTP/1.1 with `upgrade` in `Connection` and a non-empty `Upgrade` (RFC 9110 §7.8).
+    pub wants_upgrade: bool,
+}
+
+/// The outcome of parsing what has arrived so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Complete(Head),
+    /// Not a whole head yet, and not over the limit: read more.
+    Partial,
+}
+
+impl Head {
+    pub fn method<'a>(&self, bytes: &'a [u8]) -> &'a str {
+        self.method.str(bytes)
+    }
+
+    pub fn target<'a>(&self, bytes: &'a [u8]) -> &'a str {
+        self.target.str(bytes)
+    }
+
+    /// The target without its query.
+    pub fn path<'a>(&self, bytes: &'a [u8]) -> &'a str {
+        let target = self.target(bytes);
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    /// Values of every field called `name` (case-insensitive), in order.
+    pub fn values<'a>(
+        &'a self,
+        bytes: &'a [u8],
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.get(bytes).eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |(_, v)| v.get(bytes))
+    }
+
+    /// Elements of the list field `name` across all its lines.
+    pub fn list<'a>(
+        &'a self,
+        bytes: &'a [u8],
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.values(bytes, name).flat_map(list_items)
+    }
+}
+
+/// Parses the head at the start of `bytes`. `max` is the largest head accepted.
+pub fn parse(bytes: &[u8], max: usize) -> Result<Parsed, HttpError> {
+    const TOO_LARGE: HttpError = HttpError::new(431, "request head larger than the limit");
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut fields);
+    let len = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len > max => return Err(TOO_LARGE),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if bytes.len() > max => return Err(TOO_LARGE),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::new(431, "too many header fields"))
+        }
+        Err(httparse::Error::Version) => return Err(HttpError::new(400, "malformed HTTP version")),
+        Err(httparse::Error::Token) => {
+            return Err(HttpError::new(400, "malformed method or request line"))
+        }
+        Err(httparse::Error::HeaderName) => {
+            return Err(HttpError::new(400, "malformed header name"))
+        }
+        Err(httparse::Error::HeaderValue) => {
+            return Err(HttpError::new(400, "malformed header value"))
+        }
+        Err(_) => return Err(HttpError::new(400, "malformed request head")),
+    };
+    let (Some(method), Some(target), Some(version_minor)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(HttpError::new(400, "incomplete request line"));
+    };
+    if std::str::from_utf8(target.as_bytes()).is_err() || target.is_empty() {
+        return Err(HttpError::new(400, "malformed request target"));
+    }
+    let headers: Vec<(Span, Span)> = request
+        .headers
+        .iter()
+        .map(|h| (Span::of(bytes, h.name.as_bytes()), Span::of(bytes, h.value)))
+        .collect();
+    let mut head = Head {
+        method: Span::of(bytes, method.as_bytes()),
+        target: Span::of(bytes, target.as_bytes()),
+        version_minor,
+        headers,
+        len,
+        body: BodyLength::None,
+        close: version_minor == 0,
+        expect_continue: false,
+        wants_upgrade: false,
+    };
+    check(&mut head, bytes)?;
+    Ok(Parsed::Complete(head))
+}
+
+/// The checks `httparse` leaves to the server; fills in the derived facts.
+fn check(head: &mut Head, bytes: &[u8]) -> Result<(), HttpError> {
+    if head.version_minor == 1 {
+        match head.values(bytes, "host").count() {
+            1 => {}
+            0 => return Err(HttpError::new(400, "missing Host header")),
+            _ => return Err(HttpError::new(400, "more than one Host header")),
+        }
+    }
+    head.body = body_length(head, bytes)?;
+
+    let (mut close, mut connection_upgrade) = (false, false);
+    for token in head.list(bytes, "connection") {
+        close |= token.eq_ignore_ascii_case(b"close");
+        connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+    }
+    head.close |= close;
+    let upgrade_offered = head.list(bytes, "upgrade").next().is_some();
+    head.wants_upgrade = head.version_minor >= 1 && connection_upgrade && upgrade_offered;
+
+    let mut expect_continue = false;
+    for expectation in head.list(bytes, "expect") {
+        if !expectation.eq_ignore_ascii_case(b"100-continue") {
+            return Err(HttpError::new(417, "unsupported expectation"));
+        }
+        expect_continue = true;
+    }
+    head.expect_continue = expect_continue;
+    Ok(())
+}
+
+/// RFC 9112 §6.3: how the body is delimited, refusing every ambiguous shape.
+fn body_length(head: &Head, bytes: &[u8]) -> Result<BodyLength, HttpError> {
+    let mut codings = head.list(bytes, "transfer-encoding").peekable();
+    if codings.peek().is_some() {
+        if head.values(bytes, "content-length").next().is_some() {
+            return Err(HttpError::new(
+                400,
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        if head.version_minor == 0 {
+            return Err(HttpError::new(
+                400,
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        let codings: Vec<&[u8]> = codings.collect();
+        let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
+        if !codings.last().is_some_and(chunked) {
+            return Err(HttpError::new(
+                400,
+                "Transfer-Encoding does not end in chunked",
+            ));
+        }
+        if codings.len() > 1 {
+            return if codings[..codings.len() - 1].iter().any(chunked) {
+                Err(HttpError::new(400, "chunked applied more than once"))
+            } else {
+                Err(HttpError::new(501, "unsupported transfer coding"))
+            };
+        }
+        return Ok(BodyLength::Chunked);
+    }
+    // Several Content-Length lines or list elements are allowed only when all agree.
+    let mut length = None;
+    for value in head.values(bytes, "content-length") {
+        for item in value.split(|&b| b == b',') {
+            let item = super::trim_ows(item);
+            let n = parse_decimal(item).ok_or(HttpError::new(400, "invalid Content-Length"))?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(HttpError::new(400, "differing Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        None | Some(0) => BodyLength::None,
+        Some(n) => BodyLength::Fixed(n),
+    })
+}
+
+/// `1*DIGIT`, no sign, no white space, at most 18 digits (no overflow).
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> Head {
+        match parse(bytes, 16384) {
+            Ok(Parsed::Complete(head)) => head,
+            other => panic!("expected a complete head, got {other:?}"),
+        }
+    }
+
+    fn error(bytes: &[u8]) -> HttpError {
+        parse(bytes, 16384).expect_err("expected an error")
+    }
+
+    #[test]
+    fn parses_an_upgrade_request_in_place() {
+        let bytes = b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\nEARLY";
+        let h = head(bytes);
+        assert_eq!(h.method(bytes), "GET");
+        assert_eq!(h.target(bytes), "/chat?x=1");
+        assert_eq!(h.path(bytes), "/chat");
+        assert_eq!(h.version_minor, 1);
+        assert_eq!(h.len, bytes.len() - b"EARLY".len());
+        assert!(h.wants_upgrade && !h.close && !h.expect_continue);
+        assert_eq!(h.body, BodyLength::None);
+        assert_eq!(
+            h.list(bytes, "upgrade").collect::<Vec<_>>(),
+            vec![&b"echo"[..]]
+        );
+    }
+
+    #[test]
+    fn partial_until_the_blank_line() {
+        let full = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cut in 0..full.len() {
+            assert_eq!(
+                parse(&full[..cut], 16384),
+                Ok(Parsed::Partial),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(parse(full, 16384), Ok(Parsed::Complete(_))));
+    }
+
+    #[test]
+    fn rfc9110_7_8_upgrade_needs_connection_upgrade_and_http_1_1() {
+        let no_connection = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\n\r\n";
+        assert!(!head(no_connection).wants_upgrade);
+        let http10 = b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+        let h = head(http10);
+        assert!(!h.wants_upgrade && h.close);
+        let case = b"GET / HTTP/1.1\r\nHost: a\r\nconnection: UPGRADE\r\nupgrade: Echo\r\n\r\n";
+        assert!(head(case).wants_upgrade);
+        let empty = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: ,\r\n\r\n";
+        assert!(!head(empty).wants_upgrade);
+    }
+
+    #[test]
+    fn rfc9112_3_2_host_is_required_once_on_http_1_1() {
+        assert_eq!(
+            error(b"GET / HTTP/1.1\r\n\r\n").reason,
+            "missing Host header"
+        );
+        assert_eq!(
+            error(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").status,
+            400
+        );
+        assert!(!head(b"GET / HTTP/1.0\r\n\r\n").wants_upgrade);
+    }
+
+    #[test]
+    fn rfc9112_6_3_smuggling_shapes_are_refused() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            error(both),
+            HttpError::new(400, "both Transfer-Encoding and Content-Length")
+        );
+        let differing =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(error(differing).reason, "differing Content-Length values");
+        let in_list = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n";
+        assert_eq!(error(in_list).status, 400);
+        let signed = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n";
+        assert_eq!(error(signed).reason, "invalid Content-Length");
+        let not_last = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(error(not_last).status, 400);
+        let gzip = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(error(gzip).status, 501);
+        let te10 = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(error(te10).status, 400);
+    }
+
+    #[test]
+    fn rfc9112_6_3_agreeing_content_lengths_are_one() {
+        let same =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n";
+        assert_eq!(head(same).body, BodyLength::Fixed(5));
+        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert_eq!(head(chunked).body, BodyLength::Chunked);
+    }
+
+    #[test]
+    fn rfc9112_5_2_obsolete_line_folding_is_refused() {
+        let folded = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: one\r\n two\r\n\r\n";
+        assert_eq!(error(folded).status, 400);
+    }
+
+    #[test]
+    fn malformed_request_lines_are_400() {
+        for bad in [
+            &b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1 extra\r\n\r\n",
+            b"G(T / HTTP/1.1\r\n\r\n",
+            b"GET / FTP/1.1\r\n\r\n",
+            b"\x00\x01\x02\r\n\r\n",
+        ] {
+            assert_eq!(error(bad).status, 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            error(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n").status,
+            400
+        );
+    }
+
+    #[test]
+    fn limits_give_431() {
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 300));
+        assert_eq!(
+            parse(&big, 256).unwrap_err().status,
+            431,
+            "partial head over the limit"
+        );
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse(&big, 256).unwrap_err().status,
+            431,
+            "complete head over the limit"
+        );
+        let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&many, 1 << 20).unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn connection_close_and_expect() {
+        let bytes = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
+        let h = head(bytes);
+        assert!(h.close && h.expect_continue);
+        assert_eq!(h.body, BodyLength::Fixed(2));
+        assert_eq!(
+            error(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: tea\r\n\r\n").status,
+            417
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Responses as bytes (RFC 9112 §4, §6).
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+/// A response the daemon writes itself. Always carries `Content-Length` (even when 0) except
+/// for `1xx` and `101`, so the client knows where it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+    pub body: Cow<'static, [u8]>,
+    /// Send `Connection: close` and close after writing.
+    pub close: bool,
+}
+
+impl Response {
+    pub fn new(status: u16, body: impl Into<Cow<'static, [u8]>>) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            close: false,
+        }
+    }
+
+    /// A plain-text error: the reason as the body, then close.
+    pub fn error(status: u16, reason: &str) -> Self {
+        let mut response = Response::new(status, format!("{reason}\n").into_bytes());
+        response.close = true;
+        response.header("Content-Type", "text/plain; charset=utf-8")
+    }
+
+    pub fn header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Appends the response to `out`. `date` is the current `Date` value; `head_only` leaves
+    /// the body out (an answer to `HEAD`).
+    pub fn write_to(&self, out: &mut Vec<u8>, date: &str, head_only: bool) {
+        write_status_line(out, self.status);
+        let bodyless = self.status < 200;
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut upgrade_in_connection = false;
+        for (name, value) in &self.headers {
+            if name.eq_ignore_ascii_case("connection") {
+                upgrade_in_connection = true;
+                if self.close {
+                    continue; // written below together with `close`
+                }
+            }
+            write_header(out, name, value);
+        }
+        if self.close {
+            write_header(
+                out,
+                "Connection",
+                if upgrade_in_connection {
+                    "upgrade, close"
+                } else {
+                    "close"
+                },
+            );
+        }
+        if !bodyless {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(self.body.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !bodyless && !head_only {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `100 Continue` (RFC 9110 §15.2.1), sent before reading a body the client holds back.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// True when `name` is a header field name (a token, RFC 9110 §5.1).
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// True when `value` can be sent as a field value: no CR, LF or NUL (RFC 9110 §5.5).
+pub fn is_field_value(value: &str) -> bool {
+    !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// The `Date` value, formatted at most once a second.
+pub struct DateCache {
+    second: u64,
+    text: String,
+}
+
+impl Default for DateCache {
+    fn default() -> Self {
+        DateCache {
+            second: u64::MAX,
+            text: String::new(),
+        }
+    }
+}
+
+impl DateCache {
+    pub fn now(&mut self) -> &str {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        if second != self.second {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        &self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_responses_close_and_carry_their_length() {
+        let mut out = Vec::new();
+        Response::error(400, "missing Host header").write_to(&mut out, "D", false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 400 Bad Request\r\nDate: D\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Connection: close\r\nContent-Length: 20\r\n\r\nmissing Host header\n"
+        );
+    }
+
+    #[test]
+    fn rfc9110_15_5_22_upgrade_required_keeps_connection_upgrade_when_closing() {
+        let response = Response::new(426, &b""[..])
+            .header("Upgrade", "echo, websocket")
+            .header("Connection", "upgrade")
+            .closing();
+        let mut out = Vec::new();
+        response.write_to(&mut out, "D", true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Upgrade: echo, websocket\r\n"), "{text}");
+        assert!(text.contains("Connection: upgrade, close\r\n"), "{text}");
+    }
+
+    #[test]
+    fn field_checks() {
+        assert!(is_token("Sec-WebSocket-Protocol") && !is_token("Bad Name") && !is_token(""));
+        assert!(is_field_value("a, b") && !is_field_value("a\r\nInjected: 1"));
+    }
+}

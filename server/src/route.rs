@@ -1,0 +1,198 @@
+//! What to do with a request, as a pure function of its head: switch (and to which
+//! plugins, in the client's order), or answer it here.
+//!
+//! RFC 9110 §7.8: the server never switches to a protocol the client did not list, ignores
+//! names it does not know, and answers as if `Upgrade` were absent when nothing listed is
+//! available. We take the client's order of preference: the first listed protocol whose
+//! plugin accepts wins.
+
+use crate::http::head::Head;
+use crate::http::response::Response;
+use crate::http::Span;
+
+/// `Upgrade` tokens (lower-case) to the index of the plugin serving each, in load order.
+#[derive(Debug, Default, Clone)]
+pub struct TokenTable {
+    entries: Vec<(String, usize)>,
+}
+
+impl TokenTable {
+    /// Adds `token` for `plugin`; on a clash returns the plugin that already serves it.
+    pub fn insert(&mut self, token: &str, plugin: usize) -> Result<(), usize> {
+        let token = token.to_ascii_lowercase();
+        match self.entries.iter().find(|(t, _)| *t == token) {
+            Some(&(_, owner)) => Err(owner),
+            None => {
+                self.entries.push((token, plugin));
+                Ok(())
+            }
+        }
+    }
+
+    /// The plugin serving the protocol `name` (case-insensitive).
+    pub fn find(&self, name: &[u8]) -> Option<usize> {
+        self.entries
+            .iter()
+            .find(|(t, _)| t.as_bytes().eq_ignore_ascii_case(name))
+            .map(|&(_, p)| p)
+    }
+
+    /// Every token, comma-separated, for `Upgrade` in `426` (our order of preference).
+    pub fn advertised(&self) -> String {
+        self.entries
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// One protocol the client offered that a loaded plugin serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub plugin: usize,
+    /// The product as the client sent it (`websocket`, `foo/2`), echoed in the `101`.
+    pub product: Span,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Ask these plugins, in this order; answer with [`plain_answer`] if all decline.
+    Upgrade(Vec<Offer>),
+    /// Answer here.
+    Answer(Response),
+}
+
+pub fn route(head: &Head, bytes: &[u8], tokens: &TokenTable) -> Route {
+    if head.wants_upgrade {
+        let mut offers: Vec<Offer> = Vec::new();
+        for product in head.list(bytes, "upgrade") {
+            let name = product.split(|&b| b == b'/').next().unwrap_or(product);
+            if let Some(plugin) = tokens.find(name) {
+                if offers.iter().all(|o| o.plugin != plugin) {
+                    offers.push(Offer {
+                        plugin,
+                        product: Span::of(bytes, product),
+                    });
+                }
+            }
+        }
+        if !offers.is_empty() {
+            return Route::Upgrade(offers);
+        }
+    }
+    Route::Answer(plain_answer(head, bytes, tokens))
+}
+
+/// The answer to a request that does not switch: `/healthz`, or `426` naming what would do.
+pub fn plain_answer(head: &Head, bytes: &[u8], tokens: &TokenTable) -> Response {
+    let method = head.method(bytes);
+    let response = if head.path(bytes) == "/healthz" && (method == "GET" || method == "HEAD") {
+        Response::new(200, &b"ok\n"[..]).header("Content-Type", "text/plain")
+    } else if tokens.is_empty() {
+        Response::new(404, &b"no protocols are loaded\n"[..]).header("Content-Type", "text/plain")
+    } else {
+        // RFC 9110 §15.5.22: 426 names the protocols that would do, with Connection: upgrade.
+        let advertised = tokens.advertised();
+        let body = format!("this service switches protocols; ask with Upgrade: {advertised}\n");
+        Response::new(426, body.into_bytes())
+            .header("Upgrade", advertised)
+            .header("Connection", "upgrade")
+            .header("Content-Type", "text/plain")
+    };
+    if head.close {
+        response.closing()
+    } else {
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::{parse, Parsed};
+
+    fn table() -> TokenTable {
+        let mut t = TokenTable::default();
+        t.insert("echo", 0).unwrap();
+        t.insert("WebSocket", 1).unwrap();
+        t.insert("h2c", 2).unwrap();
+        t
+    }
+
+    fn route_of(bytes: &[u8]) -> (Route, Vec<String>) {
+        let Ok(Parsed::Complete(head)) = parse(bytes, 16384) else {
+            panic!("bad fixture")
+        };
+        let route = route(&head, bytes, &table());
+        let products = match &route {
+            Route::Upgrade(offers) => offers
+                .iter()
+                .map(|o| o.product.str(bytes).to_string())
+                .collect(),
+            Route::Answer(_) => Vec::new(),
+        };
+        (route, products)
+    }
+
+    #[test]
+    fn rfc9110_7_8_client_order_unknown_ignored_case_insensitive() {
+        let (_, products) = route_of(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo/1, H2C, echo\r\n\r\n");
+        assert_eq!(products, ["H2C", "echo"]);
+        let (_, products) = route_of(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket/13\r\nUpgrade: echo, echo\r\n\r\n");
+        assert_eq!(products, ["websocket/13", "echo"]);
+    }
+
+    #[test]
+    fn rfc9110_7_8_nothing_available_is_answered_as_without_upgrade() {
+        let (route, _) =
+            route_of(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n");
+        let Route::Answer(response) = route else {
+            panic!("expected an answer")
+        };
+        assert_eq!(response.status, 426);
+        let (route, _) = route_of(
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+        );
+        assert!(matches!(route, Route::Answer(Response { status: 200, .. })));
+    }
+
+    #[test]
+    fn rfc9110_15_5_22_426_lists_protocols_in_server_preference() {
+        let (route, _) = route_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let Route::Answer(response) = route else {
+            panic!()
+        };
+        assert_eq!(response.status, 426);
+        assert!(response
+            .headers
+            .contains(&("Upgrade".into(), "echo, websocket, h2c".into())));
+        assert!(response
+            .headers
+            .contains(&("Connection".into(), "upgrade".into())));
+    }
+
+    #[test]
+    fn http_1_0_is_never_upgraded() {
+        let (route, _) =
+            route_of(b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n");
+        assert!(matches!(
+            route,
+            Route::Answer(Response {
+                status: 426,
+                close: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn duplicate_tokens_are_refused() {
+        let mut t = table();
+        assert_eq!(t.insert("ECHO", 5), Err(0));
+    }
+}

@@ -1,0 +1,90 @@
+//! State the event loop and the workers share: settings, plugins, the stop flag, and the
+//! set of live upgraded sockets that stopping must reach.
+
+use crate::config::Config;
+use crate::plugin::Registry;
+use slab::Slab;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub struct Shared {
+    pub config: Config,
+    pub registry: &'static Registry,
+    /// Set once on SIGTERM/SIGINT; plugins read it through `Connection::is_stopping`.
+    pub stopping: AtomicBool,
+    pub live: Live,
+    /// Plugin panics so far (each cost one connection).
+    pub plugin_panics: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Config, registry: &'static Registry) -> Self {
+        Shared {
+            config,
+            registry,
+            stopping: AtomicBool::new(false),
+            live: Live::default(),
+            plugin_panics: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Upgraded connections being served, so that stopping can wake and then end them.
+#[derive(Default)]
+pub struct Live {
+    inner: Mutex<LiveInner>,
+}
+
+#[derive(Default)]
+struct LiveInner {
+    sockets: Slab<TcpStream>,
+    /// Once set, new entries have their read side shut as they arrive.
+    stopping: bool,
+}
+
+impl Live {
+    /// Registers a socket (a duplicate handle; shutdown acts on the shared socket).
+    pub fn add(&self, socket: TcpStream) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.stopping {
+            let _ = socket.shutdown(Shutdown::Read);
+        }
+        inner.sockets.insert(socket)
+    }
+
+    pub fn remove(&self, key: usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.sockets.try_remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sockets
+            .len()
+    }
+
+    /// Shuts the read side of every live socket (now and later added): a blocked `read`
+    /// returns 0, so the plugin notices, says goodbye and returns.
+    pub fn wake_all(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.stopping = true;
+        for (_, socket) in inner.sockets.iter() {
+            let _ = socket.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// Shuts both directions of every live socket: the grace period is over.
+    pub fn end_all(&self) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, socket) in inner.sockets.iter() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+}
