@@ -269,7 +269,17 @@ impl Conn {
                 Phase::SkipBody(decoder) => {
                     let result = decoder.decode(&self.input, None);
                     match result {
-                        Err(e) => self.fail(cx, e, "-"),
+                        // The request was answered already: one response per request, so
+                        // no second one; the framing is lost, so close after the answer.
+                        Err(e) => {
+                            log::debug!(
+                                "{}: body of an answered request: {}; closing",
+                                self.peer,
+                                e.reason
+                            );
+                            self.phase = Phase::Closing;
+                            self.input.clear();
+                        }
                         Ok(progress) => {
                             self.input.drain(..progress.consumed);
                             if !progress.done {

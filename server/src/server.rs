@@ -281,6 +281,12 @@ impl Server {
         self.accept_paused = false;
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.live.wake_all();
+        // Read what has arrived but not been seen yet, so that a request already sent counts
+        // as in flight rather than its connection as idle.
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.drive(slot, |conn, cx| conn.turn(cx));
+        }
         let idle: Vec<usize> = self
             .conns
             .iter()

@@ -1,0 +1,64 @@
+//! Overload: no free worker means 503 with Retry-After before any 101; a busy plugin never
+//! stalls the event loop.
+
+use crate::support::{upgrade_request, Daemon};
+use std::time::{Duration, Instant};
+
+#[test]
+fn spec_overload_every_worker_busy_gives_503_with_retry_after() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_WORKERS", "1")
+        .start();
+    let mut holder = daemon.client();
+    holder.send(upgrade_request("/", "hold"));
+    assert_eq!(holder.response().status, 101);
+    assert_eq!(holder.read_line(), "held");
+
+    let mut turned_away = daemon.client();
+    turned_away.send(upgrade_request("/", "probe"));
+    let response = turned_away.response();
+    assert_eq!(response.status, 503, "never a 101 that then waits");
+    assert_eq!(response.header("Retry-After"), Some("1"));
+    assert!(turned_away.read_to_end().is_empty());
+
+    let mut plain = daemon.client();
+    plain.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        plain.response().status,
+        200,
+        "the event loop keeps serving while the worker is held"
+    );
+
+    // Once the holder leaves, the capacity is back.
+    holder.shutdown_write();
+    holder.read_to_end();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = daemon.client();
+        client.send(upgrade_request("/", "probe"));
+        match client.response().status {
+            101 => break,
+            503 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("capacity did not come back: {other}"),
+        }
+    }
+}
+
+#[test]
+fn spec_overload_503_comes_before_100_continue() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_WORKERS", "1")
+        .start();
+    let mut holder = daemon.client();
+    holder.send(upgrade_request("/", "hold"));
+    assert_eq!(holder.response().status, 101);
+    let mut client = daemon.client();
+    client.send("POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    assert_eq!(
+        client.response().status,
+        503,
+        "no 100 Continue for a request that cannot be served"
+    );
+}

@@ -1,0 +1,191 @@
+//! Plain HTTP/1.1: built-in answers, keep-alive, pipelining, framing errors, limits.
+
+use crate::support::Daemon;
+use std::time::Duration;
+
+#[test]
+fn healthz_answers_200_and_keeps_the_connection() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let first = client.response();
+    assert_eq!((first.status, first.body_text().as_str()), (200, "ok\n"));
+    assert!(
+        first.header("Date").is_some(),
+        "RFC 9110 §6.6.1: Date on every response"
+    );
+    client.send("HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let second = client.response_head_only();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("Content-Length"), Some("3"));
+}
+
+#[test]
+fn rfc9110_15_5_22_request_that_does_not_switch_gets_426_listing_protocols() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send("GET /anything HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = client.response();
+    assert_eq!(response.status, 426);
+    // Loaded in file-name order: libfixture_probe before libswitchyard_echo.
+    assert_eq!(
+        response.header("Upgrade"),
+        Some("probe, boom, hold, picky, echo")
+    );
+    assert_eq!(response.header("Connection"), Some("upgrade"));
+    // Still usable afterwards: a 426 is an ordinary exchange.
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+}
+
+#[test]
+fn rfc9112_9_3_pipelined_requests_are_answered_in_order() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /x HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let statuses: Vec<u16> = (0..3).map(|_| client.response().status).collect();
+    assert_eq!(statuses, [200, 426, 200]);
+    assert!(
+        client.read_to_end().is_empty(),
+        "closed after Connection: close, nothing more sent"
+    );
+}
+
+#[test]
+fn rfc9112_6_3_request_bodies_are_skipped_to_the_right_byte() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send(
+        "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 22\r\n\r\nGET /healthz HTTP/1.1\r\n\
+         POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nGET /\r\n0\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let statuses: Vec<u16> = (0..3).map(|_| client.response().status).collect();
+    assert_eq!(
+        statuses,
+        [426, 426, 200],
+        "bodies that look like requests must not be parsed as requests"
+    );
+}
+
+/// Each malformed or smuggling-shaped request gets 400 and the connection is closed after
+/// the client has read the answer, even when it keeps sending (a lingering close).
+#[test]
+fn rfc9112_malformed_and_smuggling_shaped_requests_get_400_and_close() {
+    let daemon = Daemon::start();
+    let cases: &[(&str, &str)] = &[
+        ("GET / HTTP/1.1 junk\r\nHost: t\r\n\r\n", "malformed request line"),
+        ("GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n", "malformed header name"),
+        ("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "TE and CL"),
+        ("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "differing CL"),
+        ("GET / HTTP/1.1\r\n\r\n", "missing Host"),
+        ("GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n folded\r\n\r\n", "obsolete line folding"),
+        (
+            "POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "bad chunk size in an upgrade request's body",
+        ),
+    ];
+    for (request, what) in cases {
+        let mut client = daemon.client();
+        client.send(request);
+        // Keep sending after the bad request: the server must still let us read its answer.
+        let _ = client.try_send(vec![b'x'; 64 * 1024]);
+        let response = client.response();
+        assert_eq!(response.status, 400, "{what}: {}", response.body_text());
+        assert!(
+            response
+                .header("Connection")
+                .is_some_and(|c| c.contains("close")),
+            "{what}"
+        );
+        assert!(
+            client.read_to_end().is_empty(),
+            "{what}: closed after the 400"
+        );
+    }
+    // And the daemon is still serving.
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+    let logs = daemon
+        .wait_for_log("reason=\"both Transfer-Encoding and Content-Length\"")
+        .unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("reason=\"both Transfer-Encoding and Content-Length\""),
+        "{logs}"
+    );
+}
+
+#[test]
+fn rfc9112_head_over_the_limit_gets_431() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_MAX_HEADER_BYTES", "1024")
+        .start();
+    let mut client = daemon.client();
+    client.send(format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4096)
+    ));
+    let response = client.response();
+    assert_eq!(response.status, 431);
+    assert!(client.read_to_end().is_empty());
+    // A head just under the limit is fine.
+    let mut client = daemon.client();
+    client.send(format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Ok: {}\r\n\r\n",
+        "a".repeat(900)
+    ));
+    assert_eq!(client.response().status, 200);
+}
+
+/// A client that never finishes its head gets 408 and is closed; others are served meanwhile.
+#[test]
+fn rfc9112_slow_head_gets_408_and_does_not_block_others() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_HEADER_TIMEOUT_MS", "300")
+        .start();
+    let mut slow = daemon.client();
+    slow.send("GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ");
+    let mut other = daemon.client();
+    other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.response().status, 200);
+    let response = slow.response();
+    assert_eq!(response.status, 408);
+    assert!(slow.read_to_end().is_empty());
+    // A connection that says nothing at all is closed too.
+    let mut silent = daemon.client();
+    std::thread::sleep(Duration::from_millis(400));
+    let rest = silent.read_to_end();
+    assert!(
+        rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[test]
+fn http_1_0_is_answered_and_closed() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.0\r\n\r\n");
+    let response = client.response();
+    assert_eq!(response.status, 200);
+    assert!(client.read_to_end().is_empty());
+}
+
+/// A request answered before its body is read gets exactly one response: a broken body
+/// afterwards closes the connection instead of earning a second answer.
+#[test]
+fn rfc9112_7_1_broken_body_after_an_answer_closes_without_a_second_response() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send("POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    assert_eq!(client.response().status, 426);
+    assert!(client.read_to_end().is_empty(), "closed, nothing more sent");
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real daemon binary, real plugin libraries, real sockets on
+//! 127.0.0.1. Test names carry the SPEC.md rule (RFC section) they check.
+
+mod support;
+
+mod capacity;
+mod http;
+mod lifecycle;
+mod loading;
+mod plugins;
+mod upgrade;

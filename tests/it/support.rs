@@ -1,0 +1,393 @@
+//! Helpers: build the daemon and plugins once, start the daemon on 127.0.0.1:0 with a
+//! temporary plugin folder, and talk HTTP/1.1 to it over real sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Packages the tests run: the daemon, the reference plugins and the fixtures.
+const PACKAGES: &[&str] = &[
+    "switchyard",
+    "switchyard-echo",
+    "fixture-probe",
+    "fixture-dup",
+    "fixture-badmagic",
+    "fixture-newminor",
+    "fixture-v2",
+];
+
+/// Builds every package once per test run, into a target folder of its own (the outer
+/// `cargo test` holds the usual one), and returns the folder holding the artifacts.
+pub fn artifacts() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let target = workspace.join("target").join("it");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(&workspace)
+            .args(["build", "--quiet", "--target-dir"])
+            .arg(&target);
+        for package in PACKAGES {
+            command.args(["-p", package]);
+        }
+        let output = command.output().expect("run cargo build");
+        assert!(
+            output.status.success(),
+            "cargo build failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target.join("debug")
+    })
+}
+
+/// The library file of a package (`switchyard-echo` → `libswitchyard_echo.so`).
+pub fn library(package: &str) -> PathBuf {
+    let name = package.replace('-', "_");
+    artifacts().join(format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+pub struct DaemonBuilder {
+    plugins: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl DaemonBuilder {
+    /// Copies `package`'s library into the plugin folder.
+    pub fn plugin(self, package: &str) -> Self {
+        let source = library(package);
+        let name = source.file_name().unwrap().to_owned();
+        std::fs::copy(&source, self.plugins.path().join(name)).expect("copy plugin");
+        self
+    }
+
+    /// Copies `package`'s library into the plugin folder as `file`.
+    pub fn plugin_as(self, package: &str, file: &str) -> Self {
+        std::fs::copy(library(package), self.plugins.path().join(file)).expect("copy plugin");
+        self
+    }
+
+    /// Writes a file into the plugin folder.
+    pub fn file(self, name: &str, contents: &[u8]) -> Self {
+        std::fs::write(self.plugins.path().join(name), contents).expect("write file");
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn plugin_dir(&self) -> &Path {
+        self.plugins.path()
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(artifacts().join("switchyard"));
+        command
+            .env_clear()
+            .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+            .env("SWITCHYARD_PLUGIN_DIR", self.plugins.path())
+            .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts the daemon and waits until it listens.
+    pub fn start(self) -> Daemon {
+        let mut child = self.command().spawn().expect("start switchyard");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = ready_tx.send(addr.trim().to_string());
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let Ok(addr) = ready_rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("switchyard did not start:\n{}", logs.lock().unwrap());
+        };
+        Daemon {
+            child,
+            addr: addr.parse().expect("listen address"),
+            logs,
+            _plugins: self.plugins,
+        }
+    }
+
+    /// Runs the daemon expecting it to refuse to start; returns its status and logs.
+    pub fn run_to_exit(self) -> (ExitStatus, String) {
+        let mut child = self.command().spawn().expect("start switchyard");
+        let mut logs = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, logs);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("switchyard kept running:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A running daemon; killed when dropped.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+    _plugins: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            plugins: tempfile::tempdir().expect("temp dir"),
+            env: Vec::new(),
+        }
+    }
+
+    /// A daemon with the echo and probe plugins.
+    pub fn start() -> Daemon {
+        Daemon::builder()
+            .plugin("switchyard-echo")
+            .plugin("fixture-probe")
+            .start()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the logs contain `needle`; returns the logs either way for the message.
+    pub fn wait_for_log(&self, needle: &str) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return Ok(logs);
+            }
+            if Instant::now() > deadline {
+                return Err(logs);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits up to `limit` for the daemon to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection that keeps bytes read past a response for what comes next.
+pub struct Client {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) -> &mut Self {
+        self.stream.write_all(bytes.as_ref()).expect("send");
+        self
+    }
+
+    /// Sends, ignoring errors (the server may have closed already).
+    pub fn try_send(&mut self, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+        self.stream.write_all(bytes.as_ref())
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!(
+                "read failed: {e} (have {:?})",
+                String::from_utf8_lossy(&self.buffer)
+            ),
+        }
+    }
+
+    /// Reads one response; `1xx` and `101` have no body, others carry `Content-Length`.
+    pub fn response(&mut self) -> Response {
+        self.read_response(false)
+    }
+
+    /// Reads the answer to a `HEAD` request: a head only, whatever `Content-Length` says.
+    pub fn response_head_only(&mut self) -> Response {
+        self.read_response(true)
+    }
+
+    fn read_response(&mut self, head_only: bool) -> Response {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(len) =
+                parsed.parse(&self.buffer).expect("valid response")
+            {
+                let status = parsed.code.unwrap();
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let length = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+                let length = if status < 200 || head_only { 0 } else { length };
+                while self.buffer.len() < len + length {
+                    assert!(self.fill() > 0, "connection closed inside a response body");
+                }
+                let body = self.buffer[len..len + length].to_vec();
+                self.buffer.drain(..len + length);
+                return Response {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            assert!(
+                self.fill() > 0,
+                "connection closed before a response: {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            );
+        }
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buffer.len() < n {
+            assert!(
+                self.fill() > 0,
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            );
+        }
+        self.buffer.drain(..n).collect()
+    }
+
+    /// Reads one line, without its `\n`.
+    pub fn read_line(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return String::from_utf8_lossy(&line[..end]).into_owned();
+            }
+            assert!(
+                self.fill() > 0,
+                "connection closed before a line: {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            );
+        }
+    }
+
+    /// Reads until the server closes; returns what came.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        while self.fill() > 0 {}
+        std::mem::take(&mut self.buffer)
+    }
+
+    pub fn shutdown_write(&mut self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+/// An upgrade request for `protocols` on `target`.
+pub fn upgrade_request(target: &str, protocols: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: {protocols}\r\n\r\n")
+}
