@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read from one connection per turn, so one fast sender cannot starve others.
 const READ_BUDGET: usize = 256 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
+/// Size of the event loop's read buffer, shared by all connections.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
 
 pub struct Conn {
     /// Tells this connection from a later one in the same slab slot.
@@ -78,6 +79,7 @@ pub struct Context<'a> {
     pub shared: &'a Shared,
     pub pool: &'a Pool,
     pub date: &'a mut DateCache,
+    pub scratch: &'a mut [u8],
     pub now: Instant,
 }
 
@@ -120,7 +122,7 @@ impl Conn {
         loop {
             let mut progressed = false;
             if self.wants_input() {
-                match self.fill(cx.shared.config.max_header_bytes) {
+                match self.fill(cx.shared.config.max_header_bytes, cx.scratch) {
                     Ok(n) => progressed |= n > 0,
                     Err(_) => return After::Close,
                 }
@@ -180,32 +182,29 @@ impl Conn {
     }
 
     /// Reads until the socket is drained, the budget is spent, or a head grows past the limit.
-    fn fill(&mut self, max_head: usize) -> io::Result<usize> {
+    /// Reads land in the loop's shared `scratch` buffer and only what arrived is kept, so an
+    /// idle connection holds no buffer at all.
+    fn fill(&mut self, max_head: usize, scratch: &mut [u8]) -> io::Result<usize> {
         let mut total = 0;
         while total < READ_BUDGET {
             if matches!(self.phase, Phase::Head) && self.input.len() > max_head {
                 break;
             }
-            let start = self.input.len();
-            self.input.resize(start + READ_CHUNK, 0);
-            let read = self.stream.read(&mut self.input[start..]);
-            self.input.truncate(start + *read.as_ref().unwrap_or(&0));
-            match read {
+            match self.stream.read(scratch) {
                 Ok(0) => {
                     self.peer_closed = true;
                     break;
                 }
-                Ok(n) => total += n,
+                Ok(n) => {
+                    total += n;
+                    if !matches!(self.phase, Phase::Lingering) {
+                        self.input.extend_from_slice(&scratch[..n]);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            if matches!(self.phase, Phase::Lingering) {
-                self.input.clear();
-            }
-        }
-        if self.input.is_empty() && self.input.capacity() > 0 {
-            self.input = Vec::new(); // an idle connection holds no buffer
         }
         Ok(total)
     }
@@ -315,6 +314,7 @@ impl Conn {
                 }
                 Phase::Head => {
                     if self.input.is_empty() {
+                        self.input = Vec::new(); // hold no buffer between requests
                         return Ok(progressed);
                     }
                     self.request_started.get_or_insert(cx.now);

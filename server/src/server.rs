@@ -5,7 +5,7 @@
 //! `Token`; time-outs are two queues whose deadlines only grow (every deadline in a queue is
 //! "now + the same duration"), so the earliest is always at the front.
 
-use crate::conn::{After, Conn, Context, Phase};
+use crate::conn::{After, Conn, Context, Phase, SCRATCH_BYTES};
 use crate::http::response::DateCache;
 use crate::shared::Shared;
 use crate::workers::Pool;
@@ -39,6 +39,8 @@ pub struct Server {
     linger_deadlines: VecDeque<(Instant, usize, u64)>,
     next_id: u64,
     date: DateCache,
+    /// The read buffer every connection reads into (see `Conn::fill`).
+    scratch: Box<[u8]>,
     accept_paused: bool,
     stop_deadline: Option<Instant>,
 }
@@ -64,6 +66,7 @@ impl Server {
             linger_deadlines: VecDeque::new(),
             next_id: 0,
             date: DateCache::default(),
+            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             accept_paused: false,
             stop_deadline: None,
         })
@@ -99,11 +102,15 @@ impl Server {
             self.expire();
             if let Some(deadline) = self.stop_deadline {
                 if self.conns.is_empty() && self.pool.busy() == 0 {
-                    log::info!("stopped: every connection finished");
+                    log::info!(
+                        "stopped: every connection finished; {}",
+                        self.shared.summary()
+                    );
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
                     self.end_everything();
+                    log::info!("stopped; {}", self.shared.summary());
                     return Ok(());
                 }
             }
@@ -191,6 +198,7 @@ impl Server {
             shared: &self.shared,
             pool: &self.pool,
             date: &mut self.date,
+            scratch: &mut self.scratch,
             now: Instant::now(),
         };
         match step(conn, &mut cx) {

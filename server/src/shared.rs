@@ -14,6 +14,8 @@ pub struct Shared {
     /// Set once on SIGTERM/SIGINT; plugins read it through `Connection::is_stopping`.
     pub stopping: AtomicBool,
     pub live: Live,
+    /// Connections switched to a plugin so far.
+    pub upgrades: AtomicU64,
     /// Plugin panics so far (each cost one connection).
     pub plugin_panics: AtomicU64,
 }
@@ -25,12 +27,22 @@ impl Shared {
             registry,
             stopping: AtomicBool::new(false),
             live: Live::default(),
+            upgrades: AtomicU64::new(0),
             plugin_panics: AtomicU64::new(0),
         }
     }
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// One line for the log at exit.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} connection(s) switched, {} plugin panic(s)",
+            self.upgrades.load(Ordering::Relaxed),
+            self.plugin_panics.load(Ordering::Relaxed)
+        )
     }
 }
 

@@ -65,10 +65,13 @@ pub fn run(job: Job, shared: &Shared) {
         reason: None,
     };
 
-    if let Err(e) = stream
+    // Until the plugin takes over, a client that does not read cannot hold this worker for
+    // longer than it may take to send a request.
+    let timeout = Some(shared.config.header_timeout);
+    let ready = stream
         .set_nonblocking(false)
-        .and_then(|()| (&stream).write_all(&pending_output))
-    {
+        .and_then(|()| stream.set_write_timeout(timeout));
+    if let Err(e) = ready.and_then(|()| (&stream).write_all(&pending_output)) {
         log::debug!("{peer}: connection lost before the switch: {e}");
         return;
     }
@@ -174,6 +177,8 @@ fn serve(
     shared: &Shared,
     exchange: &mut Exchange<'_>,
 ) {
+    shared.upgrades.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_write_timeout(None); // the plugin's to set from here on
     let live_key = stream.try_clone().ok().map(|clone| shared.live.add(clone));
     let mut connection = HostConnection {
         stream: &stream,

@@ -62,3 +62,50 @@ fn spec_overload_503_comes_before_100_continue() {
         "no 100 Continue for a request that cannot be served"
     );
 }
+
+/// At the connection limit the daemon stops accepting; the next client waits in the listen
+/// backlog and is served as soon as a connection closes.
+#[test]
+fn max_connections_makes_new_clients_wait_not_fail() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_MAX_CONNECTIONS", "2")
+        .start();
+    let mut first = daemon.client();
+    first.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(first.response().status, 200);
+    let mut second = daemon.client();
+    second.send(upgrade_request("/", "echo"));
+    assert_eq!(
+        second.response().status,
+        101,
+        "an upgraded connection counts too"
+    );
+
+    let mut waiting = daemon.client();
+    waiting.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = std::io::Read::read(&mut waiting.stream, &mut byte);
+    assert!(
+        early.is_err(),
+        "not served while two connections are open: {early:?}"
+    );
+    daemon
+        .wait_for_log("2 connections open: not accepting")
+        .expect("the pause is logged");
+
+    drop(first);
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        waiting.response().status,
+        200,
+        "served once a connection closed"
+    );
+}
