@@ -254,7 +254,7 @@ impl log::Log for HostLogger {
 fn install_logger(host: &HostApi) {
     // SAFETY: the host's HostApi is a static of the daemon that outlives every plugin call.
     let host: &'static HostApi = unsafe { &*(host as *const HostApi) };
-    if log::set_boxed_logger(Box::new(HostLogger(host))).is_ok() {
+    if log::set_logger(Box::leak(Box::new(HostLogger(host)))).is_ok() {
         let level = match host.max_log_level {
             0 => log::LevelFilter::Off,
             1 => log::LevelFilter::Error,

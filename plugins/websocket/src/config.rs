@@ -1,0 +1,86 @@
+//! The plugin's settings, from the daemon's environment, read once when it loads.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `SWITCHYARD_WEBSOCKET_MAX_MESSAGE`: largest message in bytes; larger: close 1009.
+    pub max_message: usize,
+    /// `SWITCHYARD_WEBSOCKET_ORIGINS`: allowed `Origin`s; `None` allows any.
+    pub origins: Option<Vec<String>>,
+    /// `SWITCHYARD_WEBSOCKET_PROTOCOLS`: subprotocols offered, in our order of preference.
+    pub protocols: Vec<String>,
+    /// `SWITCHYARD_WEBSOCKET_IDLE_MS`: ping a peer silent this long; close 1001 if it stays so.
+    pub idle: Option<Duration>,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, String> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let number = |name: &str, min: u64| -> Result<Option<u64>, String> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(value) => match value.trim().parse::<u64>() {
+                    Ok(n) if n >= min => Ok(Some(n)),
+                    _ => Err(format!(
+                        "invalid {name}={value:?}: expected a whole number of at least {min}"
+                    )),
+                },
+            }
+        };
+        Ok(Config {
+            max_message: number("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", 1)?
+                .map_or(16 << 20, |n| n as usize),
+            origins: lookup("SWITCHYARD_WEBSOCKET_ORIGINS")
+                .map(|v| list(&v))
+                .filter(|l| !l.is_empty()),
+            protocols: lookup("SWITCHYARD_WEBSOCKET_PROTOCOLS")
+                .map(|v| list(&v))
+                .unwrap_or_default(),
+            idle: number("SWITCHYARD_WEBSOCKET_IDLE_MS", 1)?.map(Duration::from_millis),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let config = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(
+            config,
+            Config {
+                max_message: 16 << 20,
+                origins: None,
+                protocols: vec![],
+                idle: None
+            }
+        );
+        let error =
+            Config::from_lookup(|n| (n == "SWITCHYARD_WEBSOCKET_IDLE_MS").then(|| "soon".into()))
+                .unwrap_err();
+        assert!(
+            error.contains("SWITCHYARD_WEBSOCKET_IDLE_MS=\"soon\""),
+            "{error}"
+        );
+        let config = Config::from_lookup(|n| {
+            (n == "SWITCHYARD_WEBSOCKET_PROTOCOLS").then(|| " chat, ,v2.json ".into())
+        })
+        .unwrap();
+        assert_eq!(config.protocols, ["chat", "v2.json"]);
+    }
+}

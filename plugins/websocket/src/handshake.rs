@@ -1,0 +1,186 @@
+//! The opening handshake (RFC 6455 §4.2), pure: a request's method and headers in, the
+//! `101`'s headers or the refusal out.
+//!
+//! The daemon has already checked HTTP/1.1, `Host`, `Connection: upgrade` and that
+//! `websocket` is in `Upgrade`; what is left is WebSocket's own:
+//! - `GET` (§4.1), a `Sec-WebSocket-Key` that base64-decodes to 16 bytes: else `400`;
+//! - `Sec-WebSocket-Version: 13`: missing `400`, another version `426` naming 13 (§4.4);
+//! - an `Origin` outside the configured list: `403` (§4.2.2 item 4, §10.2);
+//! - at most one subprotocol, ours by preference among those the client listed (§4.2.2).
+
+use crate::config::Config;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use protocol_api::Rejection;
+use sha1::{Digest, Sha1};
+
+/// RFC 6455 §1.3.
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// What the `101` carries besides `Upgrade` and `Connection`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub accept: String,
+    pub protocol: Option<String>,
+}
+
+/// `Sec-WebSocket-Accept` for a key (§4.2.2 item 5.4).
+pub fn accept_key(key: &str) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(GUID.as_bytes());
+    STANDARD.encode(sha1.finalize())
+}
+
+fn refuse(status: u16, why: &str) -> Rejection {
+    Rejection {
+        status,
+        headers: Vec::new(),
+        body: format!("WebSocket handshake refused: {why}\n").into_bytes(),
+    }
+}
+
+/// Checks a handshake. `headers` are (name, value) as received.
+pub fn check(
+    method: &str,
+    headers: &[(&str, &[u8])],
+    config: &Config,
+) -> Result<Accepted, Rejection> {
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| std::str::from_utf8(v).unwrap_or("\u{fffd}").trim())
+            .collect()
+    };
+    if method != "GET" {
+        return Err(refuse(400, "the method must be GET"));
+    }
+    let key = match values("sec-websocket-key")[..] {
+        [key] if STANDARD.decode(key).is_ok_and(|k| k.len() == 16) => key,
+        [] => return Err(refuse(400, "missing Sec-WebSocket-Key")),
+        _ => {
+            return Err(refuse(
+                400,
+                "Sec-WebSocket-Key must be one base64 value of 16 bytes",
+            ))
+        }
+    };
+    match values("sec-websocket-version")[..] {
+        ["13"] => {}
+        [] => return Err(refuse(400, "missing Sec-WebSocket-Version")),
+        _ => {
+            return Err(refuse(426, "only Sec-WebSocket-Version 13 is supported")
+                .with_header("Sec-WebSocket-Version", "13"))
+        }
+    }
+    if let (Some(allowed), [origin]) = (&config.origins, &values("origin")[..]) {
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+            return Err(refuse(403, "Origin not allowed"));
+        }
+    }
+    let offered: Vec<&str> = values("sec-websocket-protocol")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let protocol = config
+        .protocols
+        .iter()
+        .find(|ours| offered.contains(&ours.as_str()))
+        .cloned();
+    Ok(Accepted {
+        accept: accept_key(key),
+        protocol,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_lookup(|_| None).unwrap()
+    }
+
+    const KEY: (&str, &[u8]) = ("Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ==");
+    const V13: (&str, &[u8]) = ("Sec-WebSocket-Version", b"13");
+
+    #[test]
+    fn rfc6455_1_3_accept_key_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let accepted = check("GET", &[KEY, V13], &config()).unwrap();
+        assert_eq!(
+            accepted,
+            Accepted {
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                protocol: None
+            }
+        );
+    }
+
+    #[test]
+    fn rfc6455_4_2_1_bad_requests_are_400() {
+        let c = config();
+        assert_eq!(check("POST", &[KEY, V13], &c).unwrap_err().status, 400);
+        assert_eq!(check("GET", &[V13], &c).unwrap_err().status, 400);
+        assert_eq!(
+            check("GET", &[("Sec-WebSocket-Key", b"c2hvcnQ="), V13], &c)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            check("GET", &[("Sec-WebSocket-Key", b"not base64!"), V13], &c)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(check("GET", &[KEY, KEY, V13], &c).unwrap_err().status, 400);
+        assert_eq!(check("GET", &[KEY], &c).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn rfc6455_4_4_other_versions_get_426_naming_13() {
+        let refused = check("GET", &[KEY, ("Sec-WebSocket-Version", b"8")], &config()).unwrap_err();
+        assert_eq!(refused.status, 426);
+        assert_eq!(
+            refused.headers,
+            [("Sec-WebSocket-Version".to_string(), "13".to_string())]
+        );
+    }
+
+    #[test]
+    fn rfc6455_10_2_origins_outside_the_list_get_403() {
+        let mut c = config();
+        c.origins = Some(vec!["https://good.example".into()]);
+        let good = ("Origin", &b"https://good.example"[..]);
+        let evil = ("Origin", &b"https://evil.example"[..]);
+        assert!(check("GET", &[KEY, V13, good], &c).is_ok());
+        assert_eq!(check("GET", &[KEY, V13, evil], &c).unwrap_err().status, 403);
+        assert!(
+            check("GET", &[KEY, V13], &c).is_ok(),
+            "non-browser clients send no Origin"
+        );
+    }
+
+    #[test]
+    fn rfc6455_4_2_2_one_subprotocol_by_our_preference_among_the_clients() {
+        let mut c = config();
+        c.protocols = vec!["v2.chat".into(), "v1.chat".into()];
+        let offer = ("Sec-WebSocket-Protocol", &b"v1.chat, v2.chat"[..]);
+        assert_eq!(
+            check("GET", &[KEY, V13, offer], &c)
+                .unwrap()
+                .protocol
+                .as_deref(),
+            Some("v2.chat")
+        );
+        let other = ("Sec-WebSocket-Protocol", &b"mqtt"[..]);
+        assert_eq!(check("GET", &[KEY, V13, other], &c).unwrap().protocol, None);
+    }
+}

@@ -1,0 +1,106 @@
+//! One WebSocket connection after the `101`: read, feed the [`Receiver`], echo, close.
+//!
+//! Replies produced by one read (echoes, pongs, a close) are gathered and written with one
+//! `write`, so a client with several messages in flight gets its echoes coalesced.
+
+use crate::config::Config;
+use crate::frame::{opcode, write_frame};
+use crate::receiver::{close_code, Event, Receiver};
+use protocol_api::Connection;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+/// First read buffer; it doubles while reads fill it, up to [`MAX_READ_BUFFER`].
+const INITIAL_READ_BUFFER: usize = 4 * 1024;
+const MAX_READ_BUFFER: usize = 256 * 1024;
+/// An output buffer grown past this by a large message is given back after the write.
+const KEEP_OUTPUT: usize = 256 * 1024;
+/// After we close: how long the peer gets to answer before the socket is closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
+    let mut receiver = Receiver::new(config.max_message);
+    let mut buffer = vec![0u8; INITIAL_READ_BUFFER];
+    let mut filled = 0;
+    let mut out = Vec::new();
+    let mut ping_sent = false;
+    conn.set_read_timeout(config.idle)?;
+    loop {
+        let n = match conn.read(&mut buffer[filled..]) {
+            Ok(0) if conn.is_stopping() => {
+                return close(conn, close_code::GOING_AWAY, "server stopping")
+            }
+            Ok(0) => return Ok(()), // the peer left without a closing handshake
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if conn.is_stopping() || ping_sent {
+                    return close(conn, close_code::GOING_AWAY, "idle");
+                }
+                ping_sent = true;
+                out.clear();
+                write_frame(&mut out, opcode::PING, b"");
+                conn.write_all(&out)?;
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        ping_sent = false;
+        let total = filled + n;
+        let result = receiver.feed(&mut buffer[..total], &mut |event| match event {
+            Event::Message { text, payload } => write_frame(
+                &mut out,
+                if text { opcode::TEXT } else { opcode::BINARY },
+                payload,
+            ),
+            Event::Ping(payload) => write_frame(&mut out, opcode::PONG, payload),
+            Event::Pong(_) => {}
+            // §5.5.1: answer with a close frame echoing the code.
+            Event::Close { code, .. } => write_frame(
+                &mut out,
+                opcode::CLOSE,
+                &code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec()),
+            ),
+        });
+        let used = match result {
+            Ok(used) => used,
+            Err(violation) => {
+                log::debug!("closing with {}: {}", violation.code, violation.reason);
+                conn.write_all(&out)?; // what was due before the violation
+                return close(conn, violation.code, violation.reason);
+            }
+        };
+        if !out.is_empty() {
+            conn.write_all(&out)?;
+            out.clear();
+            if out.capacity() > KEEP_OUTPUT {
+                out = Vec::new();
+            }
+        }
+        if receiver.is_closed() {
+            // The handshake is complete: the server closes the TCP connection first (§7.1.1).
+            return Ok(());
+        }
+        buffer.copy_within(used..total, 0);
+        filled = total - used;
+        if total == buffer.len() && buffer.len() < MAX_READ_BUFFER {
+            buffer.resize(buffer.len() * 2, 0);
+        }
+    }
+}
+
+/// Starts the closing handshake (§7.1.2): our close frame, the end of our sending, then a
+/// short wait for the peer's answer and its end of the connection.
+fn close(conn: &mut Connection<'_>, code: u16, reason: &str) -> io::Result<()> {
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    write_frame(&mut frame, opcode::CLOSE, &payload);
+    conn.write_all(&frame)?;
+    conn.shutdown(Shutdown::Write)?;
+    conn.set_read_timeout(Some(CLOSE_WAIT))?;
+    let mut sink = [0u8; 512];
+    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+    Ok(())
+}
