@@ -9,3 +9,4 @@ mod lifecycle;
 mod loading;
 mod plugins;
 mod upgrade;
+mod websocket;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 const PACKAGES: &[&str] = &[
     "switchyard",
     "switchyard-echo",
+    "switchyard-websocket",
     "fixture-probe",
     "fixture-dup",
     "fixture-badmagic",
