@@ -4,10 +4,10 @@
 //! `write`, so a client with several messages in flight gets its echoes coalesced.
 
 use crate::config::Config;
-use crate::frame::{opcode, write_frame};
+use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER};
 use crate::receiver::{close_code, Event, Receiver};
 use protocol_api::Connection;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
 
@@ -16,6 +16,9 @@ const INITIAL_READ_BUFFER: usize = 4 * 1024;
 const MAX_READ_BUFFER: usize = 256 * 1024;
 /// An output buffer grown past this by a large message is given back after the write.
 const KEEP_OUTPUT: usize = 256 * 1024;
+/// Messages from this size on are written straight from where they lie, header and payload
+/// in one vectored write; smaller ones are copied and coalesced with the other replies.
+const VECTORED_FROM: usize = 8 * 1024;
 /// After we close: how long the peer gets to answer before the socket is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -48,12 +51,16 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
         };
         ping_sent = false;
         let total = filled + n;
+        let mut write_error = None;
         let result = receiver.feed(&mut buffer[..total], &mut |event| match event {
-            Event::Message { text, payload } => write_frame(
-                &mut out,
-                if text { opcode::TEXT } else { opcode::BINARY },
-                payload,
-            ),
+            Event::Message { text, payload } => {
+                let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                if payload.len() < VECTORED_FROM {
+                    write_frame(&mut out, opcode, payload);
+                } else if write_error.is_none() {
+                    write_error = send_large(conn, &mut out, opcode, payload).err();
+                }
+            }
             Event::Ping(payload) => write_frame(&mut out, opcode::PONG, payload),
             Event::Pong(_) => {}
             // §5.5.1: answer with a close frame echoing the code.
@@ -63,6 +70,9 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
                 &code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec()),
             ),
         });
+        if let Some(e) = write_error {
+            return Err(e);
+        }
         let used = match result {
             Ok(used) => used,
             Err(violation) => {
@@ -88,6 +98,34 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
             buffer.resize(buffer.len() * 2, 0);
         }
     }
+}
+
+/// Writes what `out` holds, then one frame whose payload is not copied.
+fn send_large(
+    conn: &mut Connection<'_>,
+    out: &mut Vec<u8>,
+    opcode: u8,
+    payload: &[u8],
+) -> io::Result<()> {
+    let mut header = [0u8; MAX_HEADER];
+    let header_len = encode_header(true, opcode, payload.len(), &mut header);
+    let mut slices = [
+        IoSlice::new(out),
+        IoSlice::new(&header[..header_len]),
+        IoSlice::new(payload),
+    ];
+    let mut slices = &mut slices[..];
+    IoSlice::advance_slices(&mut slices, 0); // drops an empty `out`
+    while !slices.is_empty() {
+        match conn.write_vectored(slices) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.clear();
+    Ok(())
 }
 
 /// Starts the closing handshake (§7.1.2): our close frame, the end of our sending, then a
