@@ -8,5 +8,6 @@ mod http;
 mod lifecycle;
 mod loading;
 mod plugins;
+mod tunnel;
 mod upgrade;
 mod websocket;

@@ -13,6 +13,7 @@ const PACKAGES: &[&str] = &[
     "switchyard",
     "switchyard-echo",
     "switchyard-websocket",
+    "switchyard-tunnel",
     "fixture-probe",
     "fixture-dup",
     "fixture-badmagic",

@@ -1,0 +1,106 @@
+//! The tunnel's settings, from the daemon's environment, read once when it loads.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `SWITCHYARD_TUNNEL_ROUTES`: request path → backend `host:port`. Only these are dialled.
+    pub routes: Vec<(String, String)>,
+    /// `SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS` (default 5000): longer gets `504`.
+    pub connect_timeout: Duration,
+    /// `SWITCHYARD_TUNNEL_IDLE_MS`: end a tunnel with no bytes either way this long.
+    pub idle: Option<Duration>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, String> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let millis = |name: &str| -> Result<Option<Duration>, String> {
+            lookup(name)
+                .map(|v| match v.trim().parse::<u64>() {
+                    Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+                    _ => Err(format!(
+                        "invalid {name}={v:?}: expected milliseconds, at least 1"
+                    )),
+                })
+                .transpose()
+        };
+        let mut routes = Vec::new();
+        if let Some(value) = lookup("SWITCHYARD_TUNNEL_ROUTES") {
+            for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let invalid =
+                    |why: &str| format!("invalid SWITCHYARD_TUNNEL_ROUTES entry {entry:?}: {why}");
+                let (path, backend) = entry
+                    .split_once('=')
+                    .ok_or_else(|| invalid("expected /path=host:port"))?;
+                let (path, backend) = (path.trim(), backend.trim());
+                if !path.starts_with('/') {
+                    return Err(invalid("the path must start with /"));
+                }
+                let port = backend
+                    .rsplit_once(':')
+                    .map(|(_, port)| port.parse::<u16>());
+                if !matches!(port, Some(Ok(p)) if p > 0) {
+                    return Err(invalid("the backend must be host:port"));
+                }
+                if routes.iter().any(|(p, _)| p == path) {
+                    return Err(invalid("the path is routed twice"));
+                }
+                routes.push((path.to_string(), backend.to_string()));
+            }
+        }
+        Ok(Config {
+            routes,
+            connect_timeout: millis("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS")?
+                .unwrap_or(Duration::from_secs(5)),
+            idle: millis("SWITCHYARD_TUNNEL_IDLE_MS")?,
+        })
+    }
+
+    /// The backend for a request path, if it is routed.
+    pub fn backend(&self, path: &str) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &str) -> Result<Config, String> {
+        Config::from_lookup(|n| (n == "SWITCHYARD_TUNNEL_ROUTES").then(|| routes.to_string()))
+    }
+
+    #[test]
+    fn routes_parse_and_only_configured_paths_route() {
+        let c = config("/db=127.0.0.1:5432, /cache=localhost:6379").unwrap();
+        assert_eq!(c.backend("/db"), Some("127.0.0.1:5432"));
+        assert_eq!(c.backend("/cache"), Some("localhost:6379"));
+        assert_eq!(c.backend("/other"), None);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert!(config("").unwrap().routes.is_empty());
+    }
+
+    #[test]
+    fn bad_routes_name_the_entry() {
+        for bad in [
+            "db=127.0.0.1:1",
+            "/db",
+            "/db=127.0.0.1",
+            "/db=host:0",
+            "/a=h:1,/a=h:2",
+        ] {
+            let error = config(bad).unwrap_err();
+            assert!(
+                error.starts_with("invalid SWITCHYARD_TUNNEL_ROUTES entry"),
+                "{bad}: {error}"
+            );
+        }
+    }
+}

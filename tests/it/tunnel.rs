@@ -1,0 +1,291 @@
+//! The TCP tunnel plugin (`Upgrade: tcp`) with real backends on loopback.
+
+use crate::support::{Client, Daemon};
+use sha2::{Digest, Sha256};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A daemon routing `/backend` to `backend`.
+fn daemon(backend: SocketAddr, extra: &[(&str, &str)]) -> Daemon {
+    let mut builder = Daemon::builder()
+        .plugin("switchyard-tunnel")
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_TUNNEL_ROUTES", &format!("/backend={backend}"));
+    for (name, value) in extra {
+        builder = builder.env(name, value);
+    }
+    builder.start()
+}
+
+/// A backend that accepts one connection and runs `serve` on it.
+fn backend(serve: impl FnOnce(TcpStream) + Send + 'static) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        serve(stream)
+    });
+    (addr, handle)
+}
+
+fn switch(client: &mut Client, method: &str, extra: &str) {
+    client.send(format!(
+        "{method} /backend HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n{extra}"
+    ));
+    let response = client.response();
+    assert_eq!(response.status, 101, "{}", response.body_text());
+    assert_eq!(response.header("Upgrade"), Some("tcp"));
+}
+
+#[test]
+fn bytes_sent_with_the_head_reach_the_backend_first_and_the_body_does_not() {
+    let (addr, backend) = backend(|mut stream| {
+        let mut first = [0u8; 5];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(
+            &first, b"FIRST",
+            "early bytes first; the request body is the daemon's"
+        );
+        stream.write_all(b"hello from the backend").unwrap();
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "POST", "Content-Length: 4\r\n\r\nbodyFIRST");
+    assert_eq!(client.read_exact(22), b"hello from the backend");
+    backend.join().unwrap();
+    client.shutdown_write();
+    assert!(client.read_to_end().is_empty());
+    let logs = daemon.wait_for_log("ended: ").unwrap_or_else(|l| l);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("tunnel /backend ->"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        line.contains(&format!("-> {addr} for 127.0.0.1:"))
+            && line.contains("5 bytes up, 22 bytes down"),
+        "{line}"
+    );
+}
+
+/// 100 MiB each way at once, compared by SHA-256.
+#[test]
+fn large_transfers_both_ways_arrive_whole() {
+    const BLOCKS: u64 = 100;
+    fn block(i: u64) -> Vec<u8> {
+        let mut block: Vec<u8> = (0..1 << 20)
+            .map(|j: u32| (j.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        block
+    }
+    fn expected() -> Vec<u8> {
+        let mut digest = Sha256::new();
+        (0..BLOCKS).for_each(|i| digest.update(block(i)));
+        digest.finalize().to_vec()
+    }
+    fn send_and_hash(mut stream: TcpStream) -> Vec<u8> {
+        let mut writer = stream.try_clone().unwrap();
+        let sending = std::thread::spawn(move || {
+            (0..BLOCKS).for_each(|i| writer.write_all(&block(i)).unwrap());
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut digest = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buffer).unwrap() {
+                0 => break,
+                n => digest.update(&buffer[..n]),
+            }
+        }
+        sending.join().unwrap();
+        digest.finalize().to_vec()
+    }
+    let (addr, backend) =
+        backend(|stream| assert_eq!(send_and_hash(stream), expected(), "client to backend"));
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    let stream = client.stream.try_clone().unwrap();
+    assert_eq!(send_and_hash(stream), expected(), "backend to client");
+    backend.join().unwrap();
+    let logs = daemon.logs();
+    assert!(logs.contains("ended: daemon stopping"), "{logs}");
+}
+
+#[test]
+fn half_close_passes_through_both_ways() {
+    // The client ends its sending first; the backend still answers after seeing the end.
+    let (addr, backend_side) = backend(|mut stream| {
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"question");
+        stream.write_all(b"answer after your FIN").unwrap();
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    client.send("question");
+    client.shutdown_write();
+    assert_eq!(client.read_to_end(), b"answer after your FIN");
+    backend_side.join().unwrap();
+
+    // The backend ends its sending first; the client's bytes still reach it.
+    let (addr, backend_side) = backend(|mut stream| {
+        stream.write_all(b"bye early").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"but I was still talking");
+    });
+    let daemon2 = self::daemon(addr, &[]);
+    let mut client = daemon2.client();
+    switch(&mut client, "GET", "\r\n");
+    assert_eq!(client.read_exact(9), b"bye early");
+    client.send("but I was still talking");
+    client.shutdown_write();
+    assert!(client.read_to_end().is_empty(), "then the tunnel ends");
+    backend_side.join().unwrap();
+    let logs = daemon2
+        .wait_for_log("ended: both sides closed")
+        .unwrap_or_else(|l| l);
+    assert!(logs.contains("ended: both sides closed"), "{logs}");
+}
+
+#[test]
+fn a_backend_reset_reaches_the_client_as_a_reset() {
+    let (addr, backend) = backend(|stream| {
+        let socket = socket2::Socket::from(stream);
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(socket); // RST
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    backend.join().unwrap();
+    let mut byte = [0u8; 1];
+    let result = client.stream.read(&mut byte);
+    assert_eq!(
+        result.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let logs = daemon
+        .wait_for_log("ended: backend reset")
+        .unwrap_or_else(|l| l);
+    assert!(logs.contains("ended: backend reset"), "{logs}");
+}
+
+#[test]
+fn a_refused_backend_gets_502_before_any_101() {
+    // Bound but not listening: connections are refused, and no other test can take the port.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let unused = socket.local_addr().unwrap().as_socket().unwrap();
+    let daemon = daemon(unused, &[]);
+    let mut client = daemon.client();
+    client.send("GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n");
+    assert_eq!(client.response().status, 502);
+    let logs = daemon
+        .wait_for_log("backend refused the connection")
+        .unwrap_or_else(|l| l);
+    assert!(
+        logs.contains(&format!("tunnel /backend -> {unused}")),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_backend_that_never_accepts_gets_504() {
+    // A listener whose queue is full drops new SYNs: connecting times out.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let fillers: Vec<TcpStream> = (0..4)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok())
+        .collect();
+    assert!(!fillers.is_empty());
+    let daemon = daemon(addr, &[("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS", "300")]);
+    let mut client = daemon.client();
+    client.send("GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n");
+    assert_eq!(client.response().status, 504);
+}
+
+#[test]
+fn an_unrouted_path_is_declined_and_never_dialled() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let daemon = daemon(listener.local_addr().unwrap(), &[]);
+    let mut client = daemon.client();
+    client.send(
+        "GET /elsewhere HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp, echo\r\n\r\n",
+    );
+    let response = client.response();
+    assert_eq!(
+        (response.status, response.header("Upgrade")),
+        (101, Some("echo")),
+        "the next choice"
+    );
+    let mut client = daemon.client();
+    client
+        .send("GET /elsewhere HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n");
+    assert_eq!(client.response().status, 426, "no 101");
+    assert_eq!(
+        listener.accept().map_err(|e| e.kind()).unwrap_err(),
+        ErrorKind::WouldBlock,
+        "never dialled"
+    );
+}
+
+#[test]
+fn an_idle_tunnel_is_closed() {
+    let (addr, backend) = backend(|mut stream| {
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        assert!(got.is_empty());
+    });
+    let daemon = daemon(addr, &[("SWITCHYARD_TUNNEL_IDLE_MS", "300")]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    assert!(client.read_to_end().is_empty(), "closed for idleness");
+    backend.join().unwrap();
+    let logs = daemon.wait_for_log("ended: idle").unwrap_or_else(|l| l);
+    assert!(logs.contains("ended: idle"), "{logs}");
+}
+
+#[test]
+fn stopping_keeps_a_tunnel_until_the_grace_period_ends() {
+    let (addr, backend) = backend(|mut stream| {
+        // Keeps talking until the tunnel is gone.
+        while stream.write_all(b"tick\n").is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let mut daemon = daemon(addr, &[("SWITCHYARD_SHUTDOWN_GRACE_MS", "500")]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    assert_eq!(client.read_line(), "tick");
+    daemon.signal(libc::SIGTERM);
+    daemon
+        .wait_for_log("stopping (signal 15)")
+        .expect("stopping");
+    assert_eq!(
+        client.read_line(),
+        "tick",
+        "still flowing during the grace period"
+    );
+    client.read_to_end(); // then closed
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    backend.join().unwrap();
+    let logs = daemon.logs();
+    assert!(logs.contains("ended: daemon stopping"), "{logs}");
+}
