@@ -23,6 +23,11 @@ fn sigterm_drains_tells_plugins_and_exits_0() {
     daemon
         .wait_for_log("stopping (signal 15)")
         .expect("stop logged");
+    // Checked while the daemon still runs: after it exits the port may belong to another test.
+    assert!(
+        TcpStream::connect(daemon.addr).is_err(),
+        "no longer accepting"
+    );
 
     assert_eq!(
         held.read_line(),
@@ -40,10 +45,6 @@ fn sigterm_drains_tells_plugins_and_exits_0() {
         .wait_exit(Duration::from_secs(5))
         .expect("exited within the grace period");
     assert_eq!(status.code(), Some(0));
-    assert!(
-        TcpStream::connect(daemon.addr).is_err(),
-        "no longer accepting"
-    );
 }
 
 #[test]

@@ -113,8 +113,6 @@ fn large_transfers_both_ways_arrive_whole() {
     let stream = client.stream.try_clone().unwrap();
     assert_eq!(send_and_hash(stream), expected(), "backend to client");
     backend.join().unwrap();
-    let logs = daemon.logs();
-    assert!(logs.contains("ended: daemon stopping"), "{logs}");
 }
 
 #[test]
@@ -158,7 +156,10 @@ fn half_close_passes_through_both_ways() {
 
 #[test]
 fn a_backend_reset_reaches_the_client_as_a_reset() {
-    let (addr, backend) = backend(|stream| {
+    let (addr, backend) = backend(|mut stream| {
+        // Reset only once the tunnel stands (a reset during the connect would be a 502).
+        let mut go = [0u8; 2];
+        stream.read_exact(&mut go).unwrap();
         let socket = socket2::Socket::from(stream);
         socket.set_linger(Some(Duration::ZERO)).unwrap();
         drop(socket); // RST
@@ -166,6 +167,7 @@ fn a_backend_reset_reaches_the_client_as_a_reset() {
     let daemon = daemon(addr, &[]);
     let mut client = daemon.client();
     switch(&mut client, "GET", "\r\n");
+    client.send("go");
     backend.join().unwrap();
     let mut byte = [0u8; 1];
     let result = client.stream.read(&mut byte);

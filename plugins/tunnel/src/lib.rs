@@ -68,11 +68,10 @@ impl Protocol for Tunnel {
                 })
             }
             Err(e) => {
-                let timed_out = matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock);
-                let (status, what) = if timed_out {
-                    (504, "did not answer in time")
-                } else {
-                    (502, "refused the connection")
+                let (status, what) = match e.kind() {
+                    ErrorKind::TimedOut | ErrorKind::WouldBlock => (504, "did not answer in time"),
+                    ErrorKind::ConnectionRefused => (502, "refused the connection"),
+                    _ => (502, "could not be reached"),
                 };
                 log::warn!(
                     "tunnel {} -> {backend} for {}: backend {what}: {e}",
