@@ -6,7 +6,7 @@ use crate::plugin::Registry;
 use slab::Slab;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub struct Shared {
     pub config: Config,
@@ -54,14 +54,15 @@ pub struct Live {
 
 #[derive(Default)]
 struct LiveInner {
-    sockets: Slab<TcpStream>,
+    sockets: Slab<Arc<TcpStream>>,
     /// Once set, new entries have their read side shut as they arrive.
     stopping: bool,
 }
 
 impl Live {
-    /// Registers a socket (a duplicate handle; shutdown acts on the shared socket).
-    pub fn add(&self, socket: TcpStream) -> usize {
+    /// Registers a socket the caller serves. Sharing the handle (not duplicating the
+    /// descriptor) keeps one descriptor per connection.
+    pub fn add(&self, socket: Arc<TcpStream>) -> usize {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.stopping {
             let _ = socket.shutdown(Shutdown::Read);

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// An upgrade request, read whole by the event loop, on its way to a worker.
@@ -179,7 +180,8 @@ fn serve(
 ) {
     shared.upgrades.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_write_timeout(None); // the plugin's to set from here on
-    let live_key = stream.try_clone().ok().map(|clone| shared.live.add(clone));
+    let stream = Arc::new(stream);
+    let live_key = shared.live.add(stream.clone());
     let mut connection = HostConnection {
         stream: &stream,
         read_ahead,
@@ -189,9 +191,7 @@ fn serve(
         stopping: &shared.stopping,
     };
     let served = plugin.serve(session, request, &mut connection);
-    if let Some(key) = live_key {
-        shared.live.remove(key);
-    }
+    shared.live.remove(live_key);
     exchange.bytes_in += connection.bytes_in;
     exchange.bytes_out += connection.bytes_out;
     match served {

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Runs every load against every server, one server at a time, pinned: server on core 0,
+load generator on core 1. Rounds interleave the servers; the median of the rounds is
+reported, with the server's CPU use (from /proc/PID/stat) and the work per server
+CPU-second. A row whose server was under 90% busy measured the load generator as much as
+the server, and is marked with '*'. Ratios are switchyard's figure over the peer's, from
+the same run (for memory, the peer's over switchyard's): above 1, switchyard wins."""
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SERVER_CORE, LOAD_CORE = "0", "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("nothing listening on %d" % port)
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, task)) as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / TICKS
+
+
+def rss_kib(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open("/proc/%d/status" % p) as f:
+                total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+class Servers:
+    def __init__(self, root, workdir):
+        self.root, self.workdir = root, workdir
+        self.bench = os.path.join(root, "bench", "target", "release")
+        self.plugins = os.path.join(workdir, "plugins")
+        os.makedirs(self.plugins, exist_ok=True)
+        for name in ("echo", "websocket", "tunnel"):
+            lib = "libswitchyard_%s.so" % name
+            shutil.copy(os.path.join(root, "target", "release", lib), self.plugins)
+        self.sink_port = free_port()
+
+    def command(self, name, port):
+        addr = "127.0.0.1:%d" % port
+        env = dict(os.environ)
+        if name == "switchyard":
+            env.update(
+                SWITCHYARD_LISTEN=addr,
+                SWITCHYARD_PLUGIN_DIR=self.plugins,
+                SWITCHYARD_WORKERS="20000",
+                SWITCHYARD_MAX_CONNECTIONS="30000",
+                SWITCHYARD_TUNNEL_ROUTES="/sink=127.0.0.1:%d" % self.sink_port,
+                RUST_LOG="warn",
+            )
+            return [os.path.join(self.root, "target", "release", "switchyard")], env
+        if name == "nginx":
+            conf = os.path.join(self.workdir, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    "worker_processes 1; daemon off; pid %s/nginx.pid; error_log stderr error;\n"
+                    "events { worker_connections 4096; }\n"
+                    "http { access_log off; server { listen %s; location / { return 200 \"ok\\n\"; } } }\n"
+                    % (self.workdir, addr)
+                )
+            return ["nginx", "-c", conf, "-p", self.workdir], env
+        binary = {"tokio-tungstenite": "peer-tokio-tungstenite", "tungstenite-threads": "peer-tungstenite-threads",
+                  "raw-tcp-echo": "peer-tcp-echo", "sink": "peer-tcp-echo"}[name]
+        extra = ["--sink"] if name == "sink" else []
+        return [os.path.join(self.bench, binary), addr] + extra, env
+
+    def start(self, name, port=None):
+        port = port or free_port()
+        command, env = self.command(name, port)
+        process = subprocess.Popen(["taskset", "-c", SERVER_CORE] + command, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(port)
+        return process, port
+
+
+def stop(process):
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def loadgen(root, mode, args, timeout=300):
+    command = ["taskset", "-c", LOAD_CORE, os.path.join(root, "bench", "target", "release", "loadgen"), mode] + args
+    out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError("loadgen %s failed: %s" % (mode, out.stderr[-2000:]))
+    return dict(kv.split("=") for kv in line.split()[1:])
+
+
+def measure(servers, server, run_load):
+    """Starts `server`, runs the load, returns (figure dict, server busy fraction)."""
+    sink = None
+    if server == "switchyard":
+        sink, _ = servers.start("sink", servers.sink_port)
+    process, port = servers.start(server)
+    try:
+        cpu0, t0 = cpu_seconds(process.pid), time.time()
+        result = run_load(port, process)
+        busy = (cpu_seconds(process.pid) - cpu0) / (time.time() - t0)
+        return result, busy
+    finally:
+        stop(process)
+        if sink:
+            stop(sink)
+
+
+def echo_load(root, mode, args, secs):
+    def run(port, _process):
+        return loadgen(root, mode, ["--addr", "127.0.0.1:%d" % port, "--secs", str(secs), "--warmup", "1"] + args)
+    return run
+
+
+def wrk_load(secs):
+    def run(port, _process):
+        out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c50", "-d%ds" % secs,
+                              "http://127.0.0.1:%d/healthz" % port], capture_output=True, text=True)
+        match = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+        if not match:
+            raise RuntimeError("wrk failed: " + out.stdout + out.stderr)
+        return {"requests_per_s": match.group(1)}
+    return run
+
+
+def bulk_load(root, servers, mib, through_tunnel):
+    def run(port, _process):
+        if through_tunnel:
+            args = ["--addr", "127.0.0.1:%d" % port, "--upgrade", "tcp", "--path", "/sink"]
+        else:
+            args = ["--addr", "127.0.0.1:%d" % port]
+        return loadgen(root, "bulk", args + ["--mib", str(mib)])
+    return run
+
+
+def idle_load(root, conns):
+    def run(port, process):
+        time.sleep(0.5)
+        before = rss_kib(process.pid)
+        command = ["taskset", "-c", LOAD_CORE, os.path.join(root, "bench", "target", "release", "loadgen"),
+                   "idle", "--addr", "127.0.0.1:%d" % port, "--conns", str(conns), "--hold", "30"]
+        holder = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            line = holder.stdout.readline()
+            if not line.startswith("RESULT open="):
+                raise RuntimeError("idle load failed")
+            time.sleep(2)
+            after = rss_kib(process.pid)
+        finally:
+            holder.kill()
+            holder.wait()
+        return {"kib_per_conn": "%.1f" % ((after - before) / conns), "rss_before_kib": str(before),
+                "rss_after_kib": str(after)}
+    return run
+
+
+def loads(root, servers, quick):
+    secs = 2 if quick else 3
+    ws = ["switchyard", "tokio-tungstenite", "tungstenite-threads"]
+    out = [
+        ("ws-echo-64x50", "WebSocket echo 64 B, 50 conns, 1 in flight", "msgs_per_s", "msg/s",
+         ws + ["raw-tcp-echo"], lambda s: echo_load(root, "tcp-echo" if s == "raw-tcp-echo" else "ws-echo",
+                                                    ["--conns", "50", "--size", "64"], secs)),
+        ("ws-echo-64x500", "WebSocket echo 64 B, 500 conns, 1 in flight", "msgs_per_s", "msg/s",
+         ws + ["raw-tcp-echo"], lambda s: echo_load(root, "tcp-echo" if s == "raw-tcp-echo" else "ws-echo",
+                                                    ["--conns", "500", "--size", "64"], secs)),
+        ("ws-echo-16kx50", "WebSocket echo 16 KiB, 50 conns, 1 in flight", "mb_per_s", "MB/s",
+         ws, lambda s: echo_load(root, "ws-echo", ["--conns", "50", "--size", "16384"], secs)),
+        ("ws-echo-64x50x8", "WebSocket echo 64 B, 50 conns, 8 in flight", "msgs_per_s", "msg/s",
+         ws, lambda s: echo_load(root, "ws-echo", ["--conns", "50", "--size", "64", "--inflight", "8"], secs)),
+        ("ws-handshake-50", "WebSocket connect + 101 + close, 50 at once", "handshakes_per_s", "hs/s",
+         ws, lambda s: echo_load(root, "ws-handshake", ["--conns", "50"], secs)),
+        ("healthz-wrk", "GET /healthz, wrk -t1 -c50", "requests_per_s", "req/s",
+         ["switchyard", "nginx"], lambda s: wrk_load(secs)),
+        ("tcp-echo-64x50", "raw TCP echo 64 B, 50 conns: Upgrade: echo vs a plain echo server", "msgs_per_s",
+         "msg/s", ["switchyard", "raw-tcp-echo"],
+         lambda s: echo_load(root, "tcp-echo", (["--upgrade", "echo"] if s == "switchyard" else [])
+                             + ["--conns", "50", "--size", "64"], secs)),
+        ("tunnel-1g", "1 GiB through Upgrade: tcp vs straight to the sink", "mib_per_s", "MiB/s",
+         ["switchyard", "sink"], lambda s: bulk_load(root, servers, 256 if quick else 1024, s == "switchyard")),
+        ("idle-10k", "idle WebSocket connections: server RSS per connection at 10,000", "kib_per_conn", "KiB",
+         ws, lambda s: idle_load(root, 2000 if quick else 10000)),
+    ]
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", action="append")
+    options = parser.parse_args()
+    rounds = 1 if options.quick else options.rounds
+    workdir = tempfile.mkdtemp(prefix="switchyard-bench-")
+    servers = Servers(options.root, workdir)
+    started = time.time()
+    selected = [l for l in loads(options.root, servers, options.quick) if not options.only or l[0] in options.only]
+    results = {}
+    for r in range(rounds):
+        for key, _title, figure, _unit, names, make in selected:
+            # Once is enough for memory and for the long bulk transfer.
+            if r > 0 and key in ("idle-10k", "tunnel-1g"):
+                continue
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                server = "sink" if name == "sink" else name
+                try:
+                    result, busy = measure(servers, server, make(name))
+                    results.setdefault((key, name), []).append((float(result[figure]), busy, result))
+                except Exception as e:  # a failed row is reported, the run goes on
+                    print("! %s on %s: %s" % (key, name, e), file=sys.stderr)
+            print("round %d: %s done (%.0fs)" % (r + 1, key, time.time() - started), file=sys.stderr)
+    print_table(selected, results, rounds, time.time() - started)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_table(selected, results, rounds, elapsed):
+    print()
+    print("switchyard benchmark: server pinned to core %s, load generator to core %s (taskset); "
+          "median of %d round(s); %.0fs" % (SERVER_CORE, LOAD_CORE, rounds, elapsed))
+    print()
+    print("| load | server | figure | unit | server CPU | per server CPU-s | switchyard / peer |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for key, title, figure, unit, names, _make in selected:
+        rows = {}
+        for name in names:
+            samples = results.get((key, name))
+            if samples:
+                value = statistics.median(s[0] for s in samples)
+                busy = statistics.median(s[1] for s in samples)
+                rows[name] = (value, busy)
+        ours = rows.get("switchyard")
+        for name in names:
+            if name not in rows:
+                print("| %s | %s | failed | | | | |" % (title, name))
+                continue
+            value, busy = rows[name]
+            lower_is_better = key == "idle-10k"
+            per_cpu = "" if lower_is_better or busy <= 0 else "%.0f" % (value / busy)
+            mark = "" if lower_is_better or busy >= 0.9 else " *"
+            if ours is None or name == "switchyard":
+                ratio = "1.00" if name == "switchyard" else ""
+            elif lower_is_better:
+                ratio = "%.2f" % (value / ours[0]) if ours[0] else ""
+            else:
+                ratio = "%.2f" % (ours[0] / value) if value else ""
+            print("| %s | %s | %s | %s | %.0f%%%s | %s | %s |" % (
+                title, name, ("%.1f" % value) if value < 100 else "%.0f" % value, unit, busy * 100, mark, per_cpu, ratio))
+    print()
+    print("* the server was under 90% busy: the row measured the load generator as much as the server.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+//! The load generator of switchyard's benchmark suite. One mode per load; each prints one
+//! `RESULT key=value ...` line for `bench/run.py` to read.
+//!
+//! ```text
+//! loadgen ws-echo      --addr A [--conns 50] [--size 64] [--inflight 1] [--secs 5] [--warmup 1]
+//! loadgen tcp-echo     --addr A [--upgrade echo] [same as ws-echo]
+//! loadgen ws-handshake --addr A [--conns 50] [--secs 5]
+//! loadgen idle         --addr A [--conns 10000] [--hold 10]
+//! loadgen bulk         --addr A [--upgrade tcp --path /sink] [--mib 1024]
+//! ```
+
+mod bulk;
+mod echo;
+mod handshake;
+mod idle;
+mod setup;
+mod stats;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse(args: impl Iterator<Item = String>) -> Args {
+        let mut map = HashMap::new();
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            let key = arg.trim_start_matches("--").to_string();
+            let value = match args.peek() {
+                Some(next) if !next.starts_with("--") => args.next().unwrap(),
+                _ => "true".into(),
+            };
+            map.insert(key, value);
+        }
+        Args(map)
+    }
+
+    pub fn get<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
+        self.0.get(key).map_or(default, |v| {
+            v.parse().unwrap_or_else(|_| panic!("bad --{key} {v}"))
+        })
+    }
+
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.text("addr")
+            .expect("--addr")
+            .parse()
+            .expect("--addr host:port")
+    }
+
+    pub fn secs(&self, key: &str, default: f64) -> Duration {
+        Duration::from_secs_f64(self.get(key, default))
+    }
+}
+
+fn main() {
+    let mut argv = std::env::args().skip(1);
+    let mode = argv.next().unwrap_or_default();
+    let args = Args::parse(argv);
+    match mode.as_str() {
+        "ws-echo" => echo::run(&args, true),
+        "tcp-echo" => echo::run(&args, false),
+        "ws-handshake" => handshake::run(&args),
+        "idle" => idle::run(&args),
+        "bulk" => bulk::run(&args),
+        _ => {
+            eprintln!(
+                "usage: loadgen ws-echo|tcp-echo|ws-handshake|idle|bulk --addr HOST:PORT ..."
+            );
+            std::process::exit(2);
+        }
+    }
+}
