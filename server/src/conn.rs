@@ -449,9 +449,20 @@ impl Conn {
 
     /// Packs everything but the socket for a worker.
     fn switch(&mut self, pending: PendingUpgrade) -> After {
-        let read_ahead = std::mem::take(&mut self.input);
-        let pending_output =
-            std::mem::take(&mut self.output).split_off(std::mem::take(&mut self.written));
+        // Only bytes travel on: an emptied buffer's capacity would stay with the connection
+        // for its whole life.
+        let read_ahead = if self.input.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.input)
+        };
+        let pending_output = self
+            .output
+            .get(self.written..)
+            .filter(|rest| !rest.is_empty())
+            .map_or_else(Vec::new, <[u8]>::to_vec);
+        self.output = Vec::new();
+        self.written = 0;
         let peer = self.peer;
         let bytes_in = (pending.head_bytes.len() + pending.body.len()) as u64;
         After::Switch(Box::new(move |stream| Job {

@@ -5,7 +5,7 @@
 use crate::access::{self, Exchange};
 use crate::http::head::Head;
 use crate::http::response::{is_field_value, is_token, write_header, write_status_line, Response};
-use crate::plugin::{HostConnection, Negotiation, Plugin, RequestParts, Served};
+use crate::plugin::{HostConnection, Negotiation, Plugin, RequestHeaders, RequestParts, Served};
 use crate::route::{plain_answer, Offer};
 use crate::shared::Shared;
 use crate::workers::Slot;
@@ -81,11 +81,11 @@ pub fn run(job: Job, shared: &Shared) {
         method: head.method.get(bytes),
         target: head.target.get(bytes),
         version_minor: u32::from(head.version_minor),
-        headers: head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.get(bytes), v.get(bytes)))
-            .collect(),
+        headers: RequestHeaders::new(
+            head.headers
+                .iter()
+                .map(|(n, v)| (n.get(bytes), v.get(bytes))),
+        ),
         peer: &peer_text,
         body: &body,
         protocol: &[],
@@ -120,6 +120,7 @@ pub fn run(job: Job, shared: &Shared) {
                 exchange.status = 101;
                 exchange.protocol = Some(offer.product.str(bytes));
                 exchange.bytes_out = switching.len() as u64;
+                drop((switching, headers)); // nothing of the handshake outlives it
                 let protocol = request.protocol;
                 let request = RequestParts {
                     protocol,

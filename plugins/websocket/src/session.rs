@@ -11,8 +11,10 @@ use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
 
-/// First read buffer; it doubles while reads fill it, up to [`MAX_READ_BUFFER`].
-const INITIAL_READ_BUFFER: usize = 4 * 1024;
+/// The read buffer of a quiet connection: small, because an idle connection should cost
+/// little memory. It doubles while reads fill it, up to [`MAX_READ_BUFFER`], and shrinks
+/// back once traffic is light again.
+const INITIAL_READ_BUFFER: usize = 256;
 const MAX_READ_BUFFER: usize = 256 * 1024;
 /// An output buffer grown past this by a large message is given back after the write.
 const KEEP_OUTPUT: usize = 256 * 1024;
@@ -96,6 +98,12 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
         filled = total - used;
         if total == buffer.len() && buffer.len() < MAX_READ_BUFFER {
             buffer.resize(buffer.len() * 2, 0);
+        } else if n < INITIAL_READ_BUFFER / 2
+            && filled < INITIAL_READ_BUFFER
+            && buffer.len() > INITIAL_READ_BUFFER
+        {
+            buffer.truncate(INITIAL_READ_BUFFER);
+            buffer.shrink_to_fit();
         }
     }
 }

@@ -177,38 +177,44 @@ pub fn init(opened: Opened) -> Result<Loaded, LoadError> {
     }
 }
 
-/// The request in the ABI's shape, borrowing from `parts`.
-struct RawRequestOwner {
-    headers: Vec<RawHeader>,
-    raw: RawRequest,
+/// Request headers built once in the ABI's shape: every call lends the same array.
+pub struct RequestHeaders<'a> {
+    raw: Vec<RawHeader>,
+    _bytes: std::marker::PhantomData<&'a [u8]>,
 }
 
-fn raw_request(parts: &RequestParts<'_>) -> RawRequestOwner {
-    let headers: Vec<RawHeader> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| RawHeader {
-            name: RawBytes::new(n),
-            value: RawBytes::new(v),
-        })
-        .collect();
-    let raw = RawRequest {
+impl<'a> RequestHeaders<'a> {
+    pub fn new(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let raw = pairs
+            .map(|(n, v)| RawHeader {
+                name: RawBytes::new(n),
+                value: RawBytes::new(v),
+            })
+            .collect();
+        RequestHeaders {
+            raw,
+            _bytes: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The request in the ABI's shape, borrowing from `parts`.
+fn raw_request(parts: &RequestParts<'_>) -> RawRequest {
+    RawRequest {
         method: RawBytes::new(parts.method),
         target: RawBytes::new(parts.target),
         version_minor: parts.version_minor,
-        headers: headers.as_ptr(),
-        headers_len: headers.len(),
+        headers: parts.headers.raw.as_ptr(),
+        headers_len: parts.headers.raw.len(),
         peer: RawBytes::new(parts.peer.as_bytes()),
         body: RawBytes::new(parts.body),
         protocol: RawBytes::new(parts.protocol),
-    };
-    RawRequestOwner { headers, raw }
+    }
 }
 
 impl Loaded {
     pub fn negotiate(&self, parts: &RequestParts<'_>) -> Negotiation<'_> {
         let request = raw_request(parts);
-        debug_assert_eq!(request.headers.len(), request.raw.headers_len);
         let mut reply = ResponseParts::default();
         let response = ResponseSink {
             ctx: (&mut reply as *mut ResponseParts).cast(),
@@ -221,7 +227,7 @@ impl Loaded {
         let mut session = std::ptr::null_mut();
         // SAFETY: the ABI's negotiate: our state, and request/sinks that outlive the call.
         let decision = unsafe {
-            (self.descriptor.negotiate)(self.state, &request.raw, &response, &mut session, &error)
+            (self.descriptor.negotiate)(self.state, &request, &response, &mut session, &error)
         };
         match decision {
             DECISION_ACCEPT => Negotiation::Accept {
@@ -266,7 +272,7 @@ impl Loaded {
         // SAFETY: the ABI's serve: the session from this plugin's negotiate (handed over once),
         // and request/connection/sink that outlive the call.
         let status =
-            unsafe { (self.descriptor.serve)(self.state, pointer, &request.raw, &raw, &error) };
+            unsafe { (self.descriptor.serve)(self.state, pointer, &request, &raw, &error) };
         match status {
             STATUS_OK => Served::Done,
             STATUS_PANIC => Served::Panicked(message),

@@ -10,7 +10,7 @@
 
 mod ffi;
 
-pub use ffi::{HostConnection, Session};
+pub use ffi::{HostConnection, RequestHeaders, Session};
 
 use crate::route::TokenTable;
 use std::io;
@@ -53,7 +53,7 @@ pub struct RequestParts<'a> {
     pub method: &'a [u8],
     pub target: &'a [u8],
     pub version_minor: u32,
-    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    pub headers: RequestHeaders<'a>,
     pub peer: &'a str,
     pub body: &'a [u8],
     pub protocol: &'a [u8],
