@@ -41,6 +41,10 @@ pub struct Conn {
     /// When the request being read started arriving.
     request_started: Option<Instant>,
     peer_closed: bool,
+    /// The socket may hold unread bytes: set by a readiness event, cleared by a short read.
+    /// A read that returns less than asked drained the socket, so no second read is spent
+    /// on `WouldBlock`; new bytes bring a new (edge-triggered) event.
+    pub readable: bool,
 }
 
 pub enum Phase {
@@ -98,6 +102,7 @@ impl Conn {
             requests: 0,
             request_started: None,
             peer_closed: false,
+            readable: false,
         }
     }
 
@@ -186,13 +191,14 @@ impl Conn {
     /// idle connection holds no buffer at all.
     fn fill(&mut self, max_head: usize, scratch: &mut [u8]) -> io::Result<usize> {
         let mut total = 0;
-        while total < READ_BUDGET {
+        while self.readable && total < READ_BUDGET {
             if matches!(self.phase, Phase::Head) && self.input.len() > max_head {
                 break;
             }
             match self.stream.read(scratch) {
                 Ok(0) => {
                     self.peer_closed = true;
+                    self.readable = false;
                     break;
                 }
                 Ok(n) => {
@@ -200,8 +206,12 @@ impl Conn {
                     if !matches!(self.phase, Phase::Lingering) {
                         self.input.extend_from_slice(&scratch[..n]);
                     }
+                    self.readable = n == scratch.len();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -93,7 +93,13 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signal(),
-                    Token(slot) => self.drive(slot, |conn, cx| conn.turn(cx)),
+                    Token(slot) => {
+                        if let Some(conn) = self.conns.get_mut(slot) {
+                            conn.readable |=
+                                event.is_readable() || event.is_read_closed() || event.is_error();
+                        }
+                        self.drive(slot, |conn, cx| conn.turn(cx));
+                    }
                 }
             }
             if self.accept_paused {
@@ -293,7 +299,10 @@ impl Server {
         // as in flight rather than its connection as idle.
         let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
-            self.drive(slot, |conn, cx| conn.turn(cx));
+            self.drive(slot, |conn, cx| {
+                conn.readable = true;
+                conn.turn(cx)
+            });
         }
         let idle: Vec<usize> = self
             .conns

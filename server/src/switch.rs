@@ -66,13 +66,19 @@ pub fn run(job: Job, shared: &Shared) {
         reason: None,
     };
 
-    // Until the plugin takes over, a client that does not read cannot hold this worker for
-    // longer than it may take to send a request.
+    // Answers to earlier pipelined requests go first. A client that does not read them
+    // cannot hold this worker longer than it may take to send a request.
     let timeout = Some(shared.config.header_timeout);
     let ready = stream
         .set_nonblocking(false)
-        .and_then(|()| stream.set_write_timeout(timeout));
-    if let Err(e) = ready.and_then(|()| (&stream).write_all(&pending_output)) {
+        .and_then(|()| match pending_output.is_empty() {
+            true => Ok(()),
+            false => stream
+                .set_write_timeout(timeout)
+                .and_then(|()| (&stream).write_all(&pending_output))
+                .and_then(|()| stream.set_write_timeout(None)),
+        });
+    if let Err(e) = ready {
         log::debug!("{peer}: connection lost before the switch: {e}");
         return;
     }
@@ -180,7 +186,6 @@ fn serve(
     exchange: &mut Exchange<'_>,
 ) {
     shared.upgrades.fetch_add(1, Ordering::Relaxed);
-    let _ = stream.set_write_timeout(None); // the plugin's to set from here on
     let stream = Arc::new(stream);
     let live_key = shared.live.add(stream.clone());
     let mut connection = HostConnection {
@@ -269,6 +274,7 @@ fn refuse(stream: TcpStream, response: Response, exchange: &mut Exchange<'_>) {
     exchange.status = response.status;
     exchange.bytes_out += out.len() as u64;
     access::log(exchange);
+    let _ = stream.set_write_timeout(Some(LINGER));
     if (&stream).write_all(&out).is_ok() {
         linger(&stream);
     }

@@ -30,7 +30,9 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
     let mut filled = 0;
     let mut out = Vec::new();
     let mut ping_sent = false;
-    conn.set_read_timeout(config.idle)?;
+    if config.idle.is_some() {
+        conn.set_read_timeout(config.idle)?;
+    }
     loop {
         let n = match conn.read(&mut buffer[filled..]) {
             Ok(0) if conn.is_stopping() => {
