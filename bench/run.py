@@ -272,8 +272,8 @@ def print_table(selected, results, rounds, elapsed):
     print("switchyard benchmark: server pinned to core %s, load generator to core %s (taskset); "
           "median of %d round(s); %.0fs" % (SERVER_CORE, LOAD_CORE, rounds, elapsed))
     print()
-    print("| load | server | figure | unit | server CPU | per server CPU-s | switchyard / peer |")
-    print("|---|---|---:|---|---:|---:|---:|")
+    print("| load | server | figure | unit | p99 µs | server CPU | per server CPU-s | switchyard / peer |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
     for key, title, figure, unit, names, _make in selected:
         rows = {}
         for name in names:
@@ -281,13 +281,14 @@ def print_table(selected, results, rounds, elapsed):
             if samples:
                 value = statistics.median(s[0] for s in samples)
                 busy = statistics.median(s[1] for s in samples)
-                rows[name] = (value, busy)
+                p99 = [float(s[2]["p99_us"]) for s in samples if "p99_us" in s[2]]
+                rows[name] = (value, busy, "%.0f" % statistics.median(p99) if p99 else "")
         ours = rows.get("switchyard")
         for name in names:
             if name not in rows:
-                print("| %s | %s | failed | | | | |" % (title, name))
+                print("| %s | %s | failed | | | | | |" % (title, name))
                 continue
-            value, busy = rows[name]
+            value, busy, p99 = rows[name]
             lower_is_better = key == "idle-10k"
             per_cpu = "" if lower_is_better or busy <= 0 else "%.0f" % (value / busy)
             mark = "" if lower_is_better or busy >= 0.9 else " *"
@@ -297,8 +298,9 @@ def print_table(selected, results, rounds, elapsed):
                 ratio = "%.2f" % (value / ours[0]) if ours[0] else ""
             else:
                 ratio = "%.2f" % (ours[0] / value) if value else ""
-            print("| %s | %s | %s | %s | %.0f%%%s | %s | %s |" % (
-                title, name, ("%.1f" % value) if value < 100 else "%.0f" % value, unit, busy * 100, mark, per_cpu, ratio))
+            print("| %s | %s | %s | %s | %s | %.0f%%%s | %s | %s |" % (
+                title, name, ("%.1f" % value) if value < 100 else "%.0f" % value, unit, p99, busy * 100, mark, per_cpu,
+                ratio))
     print()
     print("* the server was under 90% busy: the row measured the load generator as much as the server.")
 

@@ -22,12 +22,22 @@ pub struct Exchange<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// True when access lines are written; callers skip building them otherwise.
+pub fn enabled() -> bool {
+    log::log_enabled!(target: "switchyard::access", log::Level::Info)
+}
+
+/// `METHOD target HTTP/1.x`, built only when the access log is on.
 pub fn request_line(method: &str, target: &str, version_minor: u8) -> String {
-    format!("{method} {target} HTTP/1.{version_minor}")
+    if enabled() {
+        format!("{method} {target} HTTP/1.{version_minor}")
+    } else {
+        String::new()
+    }
 }
 
 pub fn log(exchange: &Exchange<'_>) {
-    if !log::log_enabled!(target: "switchyard::access", log::Level::Info) {
+    if !enabled() {
         return;
     }
     let elapsed = exchange.started.elapsed();

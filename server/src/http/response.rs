@@ -76,7 +76,7 @@ impl Response {
         }
         if !bodyless {
             out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(self.body.len().to_string().as_bytes());
+            push_decimal(out, self.body.len());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -88,10 +88,25 @@ impl Response {
 
 pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    push_decimal(out, usize::from(status));
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal without allocating.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 pub fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -205,6 +220,15 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Upgrade: echo, websocket\r\n"), "{text}");
         assert!(text.contains("Connection: upgrade, close\r\n"), "{text}");
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0usize, 7, 10, 426, 1 << 40] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]
