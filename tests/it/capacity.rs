@@ -1,11 +1,11 @@
 //! Overload: no free worker means 503 with Retry-After before any 101; a busy plugin never
 //! stalls the event loop.
 
-use crate::support::{upgrade_request, Daemon};
+use crate::support::{upgrade_request, Client, Daemon};
 use std::time::{Duration, Instant};
 
-#[test]
-fn spec_overload_every_worker_busy_gives_503_with_retry_after() {
+/// A daemon with one worker, and a client holding it.
+fn one_worker_held() -> (Daemon, Client) {
     let daemon = Daemon::builder()
         .plugin("fixture-probe")
         .env("SWITCHYARD_WORKERS", "1")
@@ -14,7 +14,12 @@ fn spec_overload_every_worker_busy_gives_503_with_retry_after() {
     holder.send(upgrade_request("/", "hold"));
     assert_eq!(holder.response().status, 101);
     assert_eq!(holder.read_line(), "held");
+    (daemon, holder)
+}
 
+#[test]
+fn spec_overload_every_worker_busy_gives_503_with_retry_after() {
+    let (daemon, mut holder) = one_worker_held();
     let mut turned_away = daemon.client();
     turned_away.send(upgrade_request("/", "probe"));
     let response = turned_away.response();
@@ -47,13 +52,7 @@ fn spec_overload_every_worker_busy_gives_503_with_retry_after() {
 
 #[test]
 fn spec_overload_503_comes_before_100_continue() {
-    let daemon = Daemon::builder()
-        .plugin("fixture-probe")
-        .env("SWITCHYARD_WORKERS", "1")
-        .start();
-    let mut holder = daemon.client();
-    holder.send(upgrade_request("/", "hold"));
-    assert_eq!(holder.response().status, 101);
+    let (daemon, _holder) = one_worker_held();
     let mut client = daemon.client();
     client.send("POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
     assert_eq!(
