@@ -92,6 +92,15 @@ impl Receiver {
         }
     }
 
+    /// Payload bytes of the current frame not received yet (0 between frames): lets the
+    /// reader size its next read to the frame.
+    pub fn payload_pending(&self) -> u64 {
+        match self.state {
+            State::Payload { remaining, .. } => remaining,
+            State::Header => 0,
+        }
+    }
+
     /// True after a close frame: the closing handshake has begun.
     pub fn is_closed(&self) -> bool {
         self.closed

@@ -12,9 +12,12 @@ use std::net::Shutdown;
 use std::time::Duration;
 
 /// The read buffer of a quiet connection: small, because an idle connection should cost
-/// little memory. It doubles while reads fill it, up to [`MAX_READ_BUFFER`], and shrinks
-/// back once traffic is light again.
+/// little memory. It grows to fit a frame whose header says it is larger, doubles while
+/// reads fill it (up to [`MAX_READ_BUFFER`]), and shrinks back after [`SHRINK_AFTER`]
+/// without traffic.
 const INITIAL_READ_BUFFER: usize = 256;
+/// How long a grown read buffer is kept through silence.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
 const MAX_READ_BUFFER: usize = 256 * 1024;
 /// An output buffer grown past this by a large message is given back after the write.
 const KEEP_OUTPUT: usize = 256 * 1024;
@@ -30,6 +33,8 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
     let mut filled = 0;
     let mut out = Vec::new();
     let mut ping_sent = false;
+    // True while the read time-out is SHRINK_AFTER, set because the buffer grew.
+    let mut shrink_armed = false;
     if config.idle.is_some() {
         conn.set_read_timeout(config.idle)?;
     }
@@ -41,6 +46,14 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
             Ok(0) => return Ok(()), // the peer left without a closing handshake
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if shrink_armed {
+                    // Quiet for a while: give the grown buffer back, wait as before.
+                    buffer.truncate(filled.max(INITIAL_READ_BUFFER));
+                    buffer.shrink_to_fit();
+                    shrink_armed = false;
+                    conn.set_read_timeout(config.idle)?;
+                    continue;
+                }
                 if conn.is_stopping() || ping_sent {
                     return close(conn, close_code::GOING_AWAY, "idle");
                 }
@@ -98,14 +111,24 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
         }
         buffer.copy_within(used..total, 0);
         filled = total - used;
-        if total == buffer.len() && buffer.len() < MAX_READ_BUFFER {
-            buffer.resize(buffer.len() * 2, 0);
-        } else if n < INITIAL_READ_BUFFER / 2
-            && filled < INITIAL_READ_BUFFER
-            && buffer.len() > INITIAL_READ_BUFFER
-        {
-            buffer.truncate(INITIAL_READ_BUFFER);
-            buffer.shrink_to_fit();
+        // Room for the rest of a frame the header announced, or more when reads fill it.
+        let announced = usize::try_from(receiver.payload_pending()).unwrap_or(usize::MAX);
+        let wanted = if total == buffer.len() {
+            buffer.len() * 2
+        } else {
+            0
+        }
+        .max(filled + announced.saturating_add(MAX_HEADER))
+        .min(MAX_READ_BUFFER);
+        if wanted > buffer.len() {
+            buffer.resize(wanted, 0);
+            if !shrink_armed {
+                shrink_armed = true;
+                let wait = config
+                    .idle
+                    .map_or(SHRINK_AFTER, |idle| idle.min(SHRINK_AFTER));
+                conn.set_read_timeout(Some(wait))?;
+            }
         }
     }
 }
