@@ -15,9 +15,24 @@ venv="$work/venv"
 mkdir -p "$work"
 
 if [ ! -x "$venv/bin/wstest" ]; then
-  py2="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")/versions/2.7.18/bin/python2.7"
-  python3 -m pip install --quiet --disable-pip-version-check 'virtualenv<20.22'
-  python3 -m virtualenv --quiet -p "$py2" "$venv"
+  # pyenv's Python 2.7.18 runs the suite; a pyenv Python 3 (with pip, unlike Debian's
+  # externally managed one) makes the virtualenv. Found without relying on PATH.
+  pyroot=""
+  for candidate in "$(pyenv root 2>/dev/null)" "${PYENV_ROOT:-}" "${HOME:-/root}/.pyenv" /root/.pyenv; do
+    if [ -n "$candidate" ] && [ -x "$candidate/versions/2.7.18/bin/python2.7" ]; then
+      pyroot=$candidate
+      break
+    fi
+  done
+  if [ -z "$pyroot" ]; then
+    echo "Autobahn|Testsuite needs pyenv's Python 2.7.18; none found" >&2
+    exit 1
+  fi
+  py2="$pyroot/versions/2.7.18/bin/python2.7"
+  py3=$(ls -d "$pyroot"/versions/3.1[0-9]*/bin/python3 2>/dev/null | sort -V | tail -n 1)
+  py3=${py3:-python3}
+  "$py3" -m pip install --quiet 'virtualenv<20.22'
+  "$py3" -m virtualenv --quiet -p "$py2" "$venv"
   "$venv/bin/pip" install --quiet --no-deps -r "$root/tests/autobahn/requirements-py2.txt" 2>&1 |
     grep -v -e DEPRECATION -e 'WARNING: Running pip as' || true
 fi
