@@ -106,6 +106,21 @@ impl Conn {
         }
     }
 
+    /// A connection a worker handed back, with the bytes it had read past the request.
+    pub fn returning(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        deadline: Instant,
+        input: Vec<u8>,
+    ) -> Conn {
+        let mut conn = Conn::new(id, stream, peer, deadline);
+        conn.input = input;
+        conn.requests = 1;
+        conn.readable = true; // bytes may have arrived while it was away
+        conn
+    }
+
     /// The interest that fits the state: write while we owe bytes, else read.
     pub fn wanted_interest(&self) -> Interest {
         if self.written < self.output.len() {

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     // Plugins are never unloaded: their code may run until the process exits.
     let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
     let listen = config.listen;
-    let server = match server::Server::bind(shared::Shared::new(config, registry)) {
+    let server = match server::Server::bind(config, registry) {
         Ok(server) => server,
         Err(e) => {
             log::error!("cannot listen on {listen} (SWITCHYARD_LISTEN): {e}");

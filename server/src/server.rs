@@ -5,12 +5,15 @@
 //! `Token`; time-outs are two queues whose deadlines only grow (every deadline in a queue is
 //! "now + the same duration"), so the earliest is always at the front.
 
+use crate::config::Config;
 use crate::conn::{After, Conn, Context, Phase, SCRATCH_BYTES};
 use crate::http::response::DateCache;
-use crate::shared::Shared;
+use crate::plugin::Registry;
+use crate::shared::{Homecoming, Returned, Shared};
 use crate::workers::Pool;
+use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::collections::VecDeque;
@@ -22,6 +25,8 @@ use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// Workers wake the loop with it when they hand a connection back.
+const WAKER: Token = Token(usize::MAX - 3);
 /// How often a paused accept (connection limit, or out of file descriptors) is retried.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// After the grace period: how long to wait for plugins to return from their dead sockets.
@@ -32,6 +37,8 @@ pub struct Server {
     listener: Option<TcpListener>,
     signals: Signals,
     conns: Slab<Conn>,
+    /// Connections workers hand back (see `Shared::hand_back`).
+    returned: Receiver<Returned>,
     shared: Arc<Shared>,
     pool: Pool,
     /// Request (head or body) deadlines: (when, slot, connection id).
@@ -48,8 +55,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn bind(shared: Shared) -> io::Result<Server> {
+    pub fn bind(config: Config, registry: &'static Registry) -> io::Result<Server> {
         let poll = Poll::new()?;
+        let (sender, returned) = crossbeam_channel::unbounded();
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let shared = Shared::new(config, registry, Homecoming { sender, waker });
         let mut listener = TcpListener::bind(shared.config.listen)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -62,6 +72,7 @@ impl Server {
             listener: Some(listener),
             signals,
             conns: Slab::new(),
+            returned,
             pool: Pool::new(shared.clone()),
             shared,
             request_deadlines: VecDeque::new(),
@@ -97,6 +108,7 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signal(),
+                    WAKER => self.welcome_back(),
                     Token(slot) => {
                         if let Some(conn) = self.conns.get_mut(slot) {
                             conn.readable |=
@@ -195,6 +207,38 @@ impl Server {
                 }
                 Err(e) => log::debug!("accept failed: {e}"), // the client gave up (ECONNABORTED)
             }
+        }
+    }
+
+    /// Takes back connections whose upgrade every plugin declined, to read their next
+    /// request; bytes the client already sent are processed at once.
+    fn welcome_back(&mut self) {
+        while let Ok(Returned {
+            stream,
+            peer,
+            input,
+        }) = self.returned.try_recv()
+        {
+            if self.shared.is_stopping() || stream.set_nonblocking(true).is_err() {
+                continue; // dropped: closed
+            }
+            let mut stream = mio::net::TcpStream::from_std(stream);
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key();
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(slot), Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.next_id += 1;
+            let deadline = self.now + self.shared.config.header_timeout;
+            entry.insert(Conn::returning(self.next_id, stream, peer, deadline, input));
+            self.request_deadlines
+                .push_back((deadline, slot, self.next_id));
+            self.drive(slot, |conn, cx| conn.turn(cx));
         }
     }
 

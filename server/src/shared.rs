@@ -1,10 +1,12 @@
-//! State the event loop and the workers share: settings, plugins, the stop flag, and the
-//! set of live upgraded sockets that stopping must reach.
+//! State the event loop and the workers share: settings, plugins, the stop flag, the set
+//! of live upgraded sockets that stopping must reach, and the way back to the event loop
+//! for connections that did not switch after all.
 
 use crate::config::Config;
 use crate::plugin::Registry;
+use crossbeam_channel::Sender;
 use slab::Slab;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,10 +20,26 @@ pub struct Shared {
     pub upgrades: AtomicU64,
     /// Plugin panics so far (each cost one connection).
     pub plugin_panics: AtomicU64,
+    homecoming: Homecoming,
+}
+
+/// A connection a worker hands back to the event loop: every plugin declined, the plain
+/// answer went out, and the connection stays open for the client's next request.
+pub struct Returned {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes the client sent after the request: the start of its next one.
+    pub input: Vec<u8>,
+}
+
+/// The channel back to the event loop, and the waker that makes it look.
+pub struct Homecoming {
+    pub sender: Sender<Returned>,
+    pub waker: mio::Waker,
 }
 
 impl Shared {
-    pub fn new(config: Config, registry: &'static Registry) -> Self {
+    pub fn new(config: Config, registry: &'static Registry, homecoming: Homecoming) -> Self {
         Shared {
             config,
             registry,
@@ -29,11 +47,21 @@ impl Shared {
             live: Live::default(),
             upgrades: AtomicU64::new(0),
             plugin_panics: AtomicU64::new(0),
+            homecoming,
         }
     }
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Gives a connection back to the event loop (see [`Returned`]).
+    pub fn hand_back(&self, returned: Returned) {
+        if self.homecoming.sender.send(returned).is_ok() {
+            if let Err(e) = self.homecoming.waker.wake() {
+                log::error!("cannot wake the event loop: {e}");
+            }
+        }
     }
 
     /// One line for the log at exit.

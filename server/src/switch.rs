@@ -7,7 +7,7 @@ use crate::http::head::Head;
 use crate::http::response::{is_field_value, is_token, write_header, write_status_line, Response};
 use crate::plugin::{HostConnection, Negotiation, Plugin, RequestHeaders, RequestParts, Served};
 use crate::route::{plain_answer, Offer};
-use crate::shared::Shared;
+use crate::shared::{Returned, Shared};
 use crate::workers::Slot;
 use std::borrow::Cow;
 use std::io::{Read, Write};
@@ -166,14 +166,34 @@ pub fn run(job: Job, shared: &Shared) {
             }
         }
     }
-    let answer = if shared.is_stopping() {
+    if shared.is_stopping() {
         exchange.reason = Some("stopping");
-        Response::error(503, "the server is stopping").header("Retry-After", "1")
-    } else {
-        // Every plugin declined: answer as if there had been no Upgrade (RFC 9110 §7.8).
-        plain_answer(&head, bytes, &shared.registry.tokens).closing()
-    };
-    refuse(stream, answer, &mut exchange);
+        let answer = Response::error(503, "the server is stopping").header("Retry-After", "1");
+        return refuse(stream, answer, &mut exchange);
+    }
+    // Every plugin declined: answer as if there had been no Upgrade (RFC 9110 §7.8), an
+    // ordinary exchange that keeps the connection unless the client asked otherwise.
+    let answer = plain_answer(&head, bytes, &shared.registry.tokens);
+    if answer.close {
+        return refuse(stream, answer, &mut exchange);
+    }
+    let mut out = Vec::new();
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    answer.write_to(&mut out, &date, head.method(bytes) == "HEAD");
+    exchange.status = answer.status;
+    exchange.bytes_out += out.len() as u64;
+    access::log(&exchange);
+    let sent = stream
+        .set_write_timeout(Some(shared.config.header_timeout))
+        .and_then(|()| (&stream).write_all(&out))
+        .and_then(|()| stream.set_write_timeout(None));
+    if sent.is_ok() {
+        shared.hand_back(Returned {
+            stream,
+            peer,
+            input: read_ahead,
+        });
+    }
 }
 
 fn serve(

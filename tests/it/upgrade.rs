@@ -104,10 +104,32 @@ fn rfc9110_7_8_when_every_plugin_declines_the_request_is_answered_as_without_upg
     let daemon = Daemon::start();
     let mut client = daemon.client();
     client.send(upgrade_request("/somewhere", "picky"));
-    assert_eq!(client.response().status, 426);
+    let response = client.response();
+    assert_eq!(response.status, 426);
+    assert_eq!(
+        response.header("Connection"),
+        Some("upgrade"),
+        "no close: an ordinary exchange"
+    );
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200, "the connection stays usable");
+
+    // Pipelined behind the declined upgrade, in the same write: answered in order.
     let mut client = daemon.client();
-    client.send(upgrade_request("/healthz", "picky, nothing-known"));
+    client.send(format!(
+        "{}GET /x HTTP/1.1\r\nHost: t\r\n\r\n{}",
+        upgrade_request("/healthz", "picky, nothing-known"),
+        upgrade_request("/", "echo")
+    ));
     assert_eq!(client.response().status, 200);
+    assert_eq!(client.response().status, 426);
+    assert_eq!(
+        client.response().status,
+        101,
+        "and may still switch afterwards"
+    );
+    client.send("after");
+    assert_eq!(client.read_exact(5), b"after");
 }
 
 #[test]
