@@ -53,6 +53,7 @@ pub fn run(job: Job, shared: &Shared) {
     } = job;
     let _slot = slot;
     let bytes = head_bytes.as_slice();
+    let head_only = head.method(bytes) == "HEAD";
     let request_line =
         access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
     let mut exchange = Exchange {
@@ -116,6 +117,7 @@ pub fn run(job: Job, shared: &Shared) {
                     return refuse(
                         stream,
                         Response::error(500, "internal error"),
+                        head_only,
                         &mut exchange,
                     );
                 };
@@ -149,7 +151,7 @@ pub fn run(job: Job, shared: &Shared) {
             } => {
                 let response = rejection(plugin, status, headers, body);
                 exchange.reason = Some("refused by plugin");
-                return refuse(stream, response, &mut exchange);
+                return refuse(stream, response, head_only, &mut exchange);
             }
             Negotiation::Panicked(message) => {
                 shared.plugin_panics.fetch_add(1, Ordering::Relaxed);
@@ -161,6 +163,7 @@ pub fn run(job: Job, shared: &Shared) {
                 return refuse(
                     stream,
                     Response::error(500, "internal error"),
+                    head_only,
                     &mut exchange,
                 );
             }
@@ -169,25 +172,15 @@ pub fn run(job: Job, shared: &Shared) {
     if shared.is_stopping() {
         exchange.reason = Some("stopping");
         let answer = Response::error(503, "the server is stopping").header("Retry-After", "1");
-        return refuse(stream, answer, &mut exchange);
+        return refuse(stream, answer, head_only, &mut exchange);
     }
     // Every plugin declined: answer as if there had been no Upgrade (RFC 9110 §7.8), an
     // ordinary exchange that keeps the connection unless the client asked otherwise.
     let answer = plain_answer(&head, bytes, &shared.registry.tokens);
     if answer.close {
-        return refuse(stream, answer, &mut exchange);
+        return refuse(stream, answer, head_only, &mut exchange);
     }
-    let mut out = Vec::new();
-    let date = httpdate::fmt_http_date(SystemTime::now());
-    answer.write_to(&mut out, &date, head.method(bytes) == "HEAD");
-    exchange.status = answer.status;
-    exchange.bytes_out += out.len() as u64;
-    access::log(&exchange);
-    let sent = stream
-        .set_write_timeout(Some(shared.config.header_timeout))
-        .and_then(|()| (&stream).write_all(&out))
-        .and_then(|()| stream.set_write_timeout(None));
-    if sent.is_ok() {
+    if send(&stream, &answer, head_only, &mut exchange) && stream.set_write_timeout(None).is_ok() {
         shared.hand_back(Returned {
             stream,
             peer,
@@ -285,17 +278,31 @@ fn rejection(
     response
 }
 
-/// Sends a response that does not switch, then closes gracefully.
-fn refuse(stream: TcpStream, response: Response, exchange: &mut Exchange<'_>) {
+/// Writes a response that does not switch and logs the exchange; true when it all went out.
+fn send(
+    stream: &TcpStream,
+    response: &Response,
+    head_only: bool,
+    exchange: &mut Exchange<'_>,
+) -> bool {
     let mut out = Vec::new();
-    let date = httpdate::fmt_http_date(SystemTime::now());
-    let head_only = exchange.request.starts_with("HEAD ");
-    response.write_to(&mut out, &date, head_only);
+    response.write_to(
+        &mut out,
+        &httpdate::fmt_http_date(SystemTime::now()),
+        head_only,
+    );
     exchange.status = response.status;
     exchange.bytes_out += out.len() as u64;
     access::log(exchange);
-    let _ = stream.set_write_timeout(Some(LINGER));
-    if (&stream).write_all(&out).is_ok() {
+    stream
+        .set_write_timeout(Some(LINGER))
+        .and_then(|()| (&*stream).write_all(&out))
+        .is_ok()
+}
+
+/// Sends a response that does not switch, then closes gracefully.
+fn refuse(stream: TcpStream, response: Response, head_only: bool, exchange: &mut Exchange<'_>) {
+    if send(&stream, &response, head_only, exchange) {
         linger(&stream);
     }
 }

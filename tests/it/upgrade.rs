@@ -132,6 +132,32 @@ fn rfc9110_7_8_when_every_plugin_declines_the_request_is_answered_as_without_upg
     assert_eq!(client.read_exact(5), b"after");
 }
 
+/// The answer to a declined or refused HEAD carries no body, or the next answer would be
+/// misread; checked with the access log off, which once decided it.
+#[test]
+fn rfc9110_9_3_2_refused_or_declined_head_gets_no_body() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("RUST_LOG", "info,switchyard::access=off")
+        .start();
+    let mut client = daemon.client();
+    client.send("HEAD /x HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: picky\r\n\r\n");
+    assert_eq!(client.response_head_only().status, 426);
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().body_text(), "ok\n");
+
+    // A plugin's refusal of a HEAD: the head says how long the body would be, none follows.
+    let mut client = daemon.client();
+    client
+        .send("HEAD /reject HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: picky\r\n\r\n");
+    let response = client.response_head_only();
+    assert_eq!(
+        (response.status, response.header("Content-Length")),
+        (403, Some("8"))
+    );
+    assert!(client.read_to_end().is_empty(), "no body after the head");
+}
+
 #[test]
 fn a_plugin_can_refuse_with_its_own_response() {
     let daemon = Daemon::start();
