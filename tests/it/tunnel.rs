@@ -182,6 +182,34 @@ fn a_backend_reset_reaches_the_client_as_a_reset() {
 }
 
 #[test]
+fn a_client_reset_reaches_the_backend_as_a_reset() {
+    let (addr, backend) = backend(|mut stream| {
+        let mut go = [0u8; 2];
+        stream.read_exact(&mut go).unwrap();
+        stream.write_all(b"ready").unwrap();
+        let mut byte = [0u8; 1];
+        let result = stream.read(&mut byte);
+        assert_eq!(
+            result.map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionReset)
+        );
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    client.send("go");
+    assert_eq!(client.read_exact(5), b"ready");
+    let socket = socket2::Socket::from(client.stream);
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(socket); // RST
+    backend.join().unwrap();
+    let logs = daemon
+        .wait_for_log("ended: client reset")
+        .unwrap_or_else(|l| l);
+    assert!(logs.contains("ended: client reset"), "{logs}");
+}
+
+#[test]
 fn a_refused_backend_gets_502_before_any_101() {
     // Bound but not listening: connections are refused, and no other test can take the port.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
