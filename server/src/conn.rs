@@ -7,6 +7,7 @@ use crate::http::body::BodyDecoder;
 use crate::http::head::{self, BodyLength, Head, Parsed};
 use crate::http::response::{DateCache, Response, CONTINUE};
 use crate::http::HttpError;
+use crate::metrics::Gauges;
 use crate::route::{route, Offer, Route};
 use crate::shared::Shared;
 use crate::switch::Job;
@@ -85,6 +86,8 @@ pub struct Context<'a> {
     pub date: &'a mut DateCache,
     pub scratch: &'a mut [u8],
     pub now: Instant,
+    /// Connections on the event loop, for `/metrics`.
+    pub http_connections: usize,
 }
 
 impl Conn {
@@ -257,6 +260,7 @@ impl Conn {
 
     fn queue(&mut self, cx: &mut Context<'_>, response: &Response, head_only: bool) -> usize {
         let before = self.output.len();
+        cx.shared.metrics.response(response.status);
         response.write_to(&mut self.output, cx.date.now(), head_only);
         self.output.len() - before
     }
@@ -368,7 +372,26 @@ impl Conn {
         let bytes = &self.input[..head.len];
         let request_line =
             access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
-        match route(&head, bytes, &cx.shared.registry.tokens) {
+        let route = match route(&head, bytes, &cx.shared.registry.tokens) {
+            Route::Metrics => {
+                let gauges = Gauges {
+                    http_connections: cx.http_connections,
+                    upgraded_connections: cx.pool.busy(),
+                    workers_max: cx.shared.config.workers,
+                };
+                let body = cx.shared.metrics.render(cx.shared.registry, &gauges);
+                let response = Response::new(200, body.into_bytes())
+                    .header("Content-Type", "text/plain; version=0.0.4");
+                Route::Answer(if head.close {
+                    response.closing()
+                } else {
+                    response
+                })
+            }
+            other => other,
+        };
+        match route {
+            Route::Metrics => unreachable!("answered above"),
             Route::Answer(response) => {
                 let head_only = head.method(bytes) == "HEAD";
                 let bytes_out = self.queue(cx, &response, head_only) as u64;

@@ -10,6 +10,7 @@ mod access;
 mod config;
 mod conn;
 mod http;
+mod metrics;
 mod plugin;
 mod route;
 mod server;

@@ -65,6 +65,8 @@ pub enum Route {
     Upgrade(Vec<Offer>),
     /// Answer here.
     Answer(Response),
+    /// `GET /metrics`: the caller renders its counters.
+    Metrics,
 }
 
 pub fn route(head: &Head, bytes: &[u8], tokens: &TokenTable) -> Route {
@@ -84,6 +86,9 @@ pub fn route(head: &Head, bytes: &[u8], tokens: &TokenTable) -> Route {
         if !offers.is_empty() {
             return Route::Upgrade(offers);
         }
+    }
+    if head.path(bytes) == "/metrics" && head.method(bytes) == "GET" {
+        return Route::Metrics;
     }
     Route::Answer(plain_answer(head, bytes, tokens))
 }
@@ -134,7 +139,7 @@ mod tests {
                 .iter()
                 .map(|o| o.product.str(bytes).to_string())
                 .collect(),
-            Route::Answer(_) => Vec::new(),
+            Route::Answer(_) | Route::Metrics => Vec::new(),
         };
         (route, products)
     }
@@ -188,6 +193,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn metrics_only_for_plain_get() {
+        assert_eq!(
+            route_of(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").0,
+            Route::Metrics
+        );
+        let (route, _) = route_of(b"POST /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(matches!(route, Route::Answer(Response { status: 426, .. })));
+        let (_, products) = route_of(
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        );
+        assert_eq!(
+            products,
+            ["echo"],
+            "an upgrade request is an upgrade request"
+        );
     }
 
     #[test]

@@ -126,13 +126,13 @@ impl Server {
                 if self.conns.is_empty() && self.pool.busy() == 0 {
                     log::info!(
                         "stopped: every connection finished; {}",
-                        self.shared.summary()
+                        self.shared.metrics.summary()
                     );
                     return Ok(());
                 }
                 if self.now >= deadline {
                     self.end_everything();
-                    log::info!("stopped; {}", self.shared.summary());
+                    log::info!("stopped; {}", self.shared.metrics.summary());
                     return Ok(());
                 }
             }
@@ -189,6 +189,7 @@ impl Server {
                         continue;
                     }
                     self.next_id += 1;
+                    self.shared.metrics.accepted();
                     let deadline = self.now + self.shared.config.header_timeout;
                     entry.insert(Conn::new(self.next_id, stream, peer, deadline));
                     self.request_deadlines
@@ -244,6 +245,7 @@ impl Server {
 
     /// Gives a connection a turn, then applies what it asks for.
     fn drive(&mut self, slot: usize, step: impl FnOnce(&mut Conn, &mut Context<'_>) -> After) {
+        let http_connections = self.conns.len();
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -254,6 +256,7 @@ impl Server {
             date: &mut self.date,
             scratch: &mut self.scratch,
             now: self.now,
+            http_connections,
         };
         match step(conn, &mut cx) {
             After::Close => {

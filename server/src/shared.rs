@@ -3,11 +3,12 @@
 //! for connections that did not switch after all.
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::plugin::Registry;
 use crossbeam_channel::Sender;
 use slab::Slab;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct Shared {
@@ -16,10 +17,7 @@ pub struct Shared {
     /// Set once on SIGTERM/SIGINT; plugins read it through `Connection::is_stopping`.
     pub stopping: AtomicBool,
     pub live: Live,
-    /// Connections switched to a plugin so far.
-    pub upgrades: AtomicU64,
-    /// Plugin panics so far (each cost one connection).
-    pub plugin_panics: AtomicU64,
+    pub metrics: Metrics,
     homecoming: Homecoming,
 }
 
@@ -45,8 +43,7 @@ impl Shared {
             registry,
             stopping: AtomicBool::new(false),
             live: Live::default(),
-            upgrades: AtomicU64::new(0),
-            plugin_panics: AtomicU64::new(0),
+            metrics: Metrics::new(registry.plugins.len()),
             homecoming,
         }
     }
@@ -62,15 +59,6 @@ impl Shared {
                 log::error!("cannot wake the event loop: {e}");
             }
         }
-    }
-
-    /// One line for the log at exit.
-    pub fn summary(&self) -> String {
-        format!(
-            "{} connection(s) switched, {} plugin panic(s)",
-            self.upgrades.load(Ordering::Relaxed),
-            self.plugin_panics.load(Ordering::Relaxed)
-        )
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::access::{self, Exchange};
 use crate::http::head::Head;
 use crate::http::response::{is_field_value, is_token, write_header, write_status_line, Response};
+use crate::metrics::Metrics;
 use crate::plugin::{HostConnection, Negotiation, Plugin, RequestHeaders, RequestParts, Served};
 use crate::route::{plain_answer, Offer};
 use crate::shared::{Returned, Shared};
@@ -12,7 +13,6 @@ use crate::workers::Slot;
 use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -119,6 +119,7 @@ pub fn run(job: Job, shared: &Shared) {
                         Response::error(500, "internal error"),
                         head_only,
                         &mut exchange,
+                        &shared.metrics,
                     );
                 };
                 if let Err(e) = (&stream).write_all(&switching) {
@@ -134,8 +135,9 @@ pub fn run(job: Job, shared: &Shared) {
                     protocol,
                     ..request
                 };
+                shared.metrics.response(101);
                 return serve(
-                    plugin,
+                    offer.plugin,
                     session,
                     &request,
                     stream,
@@ -151,10 +153,10 @@ pub fn run(job: Job, shared: &Shared) {
             } => {
                 let response = rejection(plugin, status, headers, body);
                 exchange.reason = Some("refused by plugin");
-                return refuse(stream, response, head_only, &mut exchange);
+                return refuse(stream, response, head_only, &mut exchange, &shared.metrics);
             }
             Negotiation::Panicked(message) => {
-                shared.plugin_panics.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.panicked(offer.plugin);
                 log::error!(
                     "plugin {} panicked in negotiate: {message}; connection closed",
                     plugin.name
@@ -165,6 +167,7 @@ pub fn run(job: Job, shared: &Shared) {
                     Response::error(500, "internal error"),
                     head_only,
                     &mut exchange,
+                    &shared.metrics,
                 );
             }
         }
@@ -172,15 +175,17 @@ pub fn run(job: Job, shared: &Shared) {
     if shared.is_stopping() {
         exchange.reason = Some("stopping");
         let answer = Response::error(503, "the server is stopping").header("Retry-After", "1");
-        return refuse(stream, answer, head_only, &mut exchange);
+        return refuse(stream, answer, head_only, &mut exchange, &shared.metrics);
     }
     // Every plugin declined: answer as if there had been no Upgrade (RFC 9110 §7.8), an
     // ordinary exchange that keeps the connection unless the client asked otherwise.
     let answer = plain_answer(&head, bytes, &shared.registry.tokens);
     if answer.close {
-        return refuse(stream, answer, head_only, &mut exchange);
+        return refuse(stream, answer, head_only, &mut exchange, &shared.metrics);
     }
-    if send(&stream, &answer, head_only, &mut exchange) && stream.set_write_timeout(None).is_ok() {
+    if send(&stream, &answer, head_only, &mut exchange, &shared.metrics)
+        && stream.set_write_timeout(None).is_ok()
+    {
         shared.hand_back(Returned {
             stream,
             peer,
@@ -190,7 +195,7 @@ pub fn run(job: Job, shared: &Shared) {
 }
 
 fn serve(
-    plugin: &Plugin,
+    index: usize,
     session: crate::plugin::Session<'_>,
     request: &RequestParts<'_>,
     stream: TcpStream,
@@ -198,7 +203,8 @@ fn serve(
     shared: &Shared,
     exchange: &mut Exchange<'_>,
 ) {
-    shared.upgrades.fetch_add(1, Ordering::Relaxed);
+    let plugin: &Plugin = &shared.registry.plugins[index];
+    shared.metrics.switched(index);
     let stream = Arc::new(stream);
     let live_key = shared.live.add(stream.clone());
     let mut connection = HostConnection {
@@ -223,7 +229,7 @@ fn serve(
             );
         }
         Served::Panicked(message) => {
-            shared.plugin_panics.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.panicked(index);
             log::error!(
                 "plugin {} panicked in serve: {message}; connection from {} closed",
                 plugin.name,
@@ -284,6 +290,7 @@ fn send(
     response: &Response,
     head_only: bool,
     exchange: &mut Exchange<'_>,
+    metrics: &Metrics,
 ) -> bool {
     let mut out = Vec::new();
     response.write_to(
@@ -294,6 +301,7 @@ fn send(
     exchange.status = response.status;
     exchange.bytes_out += out.len() as u64;
     access::log(exchange);
+    metrics.response(response.status);
     stream
         .set_write_timeout(Some(LINGER))
         .and_then(|()| (&*stream).write_all(&out))
@@ -301,8 +309,14 @@ fn send(
 }
 
 /// Sends a response that does not switch, then closes gracefully.
-fn refuse(stream: TcpStream, response: Response, head_only: bool, exchange: &mut Exchange<'_>) {
-    if send(&stream, &response, head_only, exchange) {
+fn refuse(
+    stream: TcpStream,
+    response: Response,
+    head_only: bool,
+    exchange: &mut Exchange<'_>,
+    metrics: &Metrics,
+) {
+    if send(&stream, &response, head_only, exchange, metrics) {
         linger(&stream);
     }
 }

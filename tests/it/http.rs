@@ -189,3 +189,57 @@ fn rfc9112_7_1_broken_body_after_an_answer_closes_without_a_second_response() {
     assert_eq!(client.response().status, 426);
     assert!(client.read_to_end().is_empty(), "closed, nothing more sent");
 }
+
+/// `GET /metrics` in the Prometheus text format counts what happened.
+#[test]
+fn metrics_count_connections_answers_and_switches() {
+    let daemon = Daemon::start();
+    let mut echo = daemon.client();
+    echo.send(crate::support::upgrade_request("/", "echo"));
+    assert_eq!(echo.response().status, 101);
+    let mut boom = daemon.client();
+    boom.send(crate::support::upgrade_request("/", "boom"));
+    assert_eq!(boom.response().status, 101);
+    assert!(boom.read_to_end().is_empty());
+    daemon
+        .wait_for_log("panicked in serve")
+        .expect("the panic is logged");
+
+    let mut client = daemon.client();
+    client.send("GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 426);
+    let expected = [
+        "switchyard_connections_accepted_total 3",
+        "switchyard_http_connections 1",
+        "switchyard_upgraded_connections 1",
+        "switchyard_responses_total{class=\"1xx\"} 2",
+        "switchyard_responses_total{class=\"4xx\"} 1",
+        "switchyard_switches_total{plugin=\"echo\"} 1",
+        "switchyard_switches_total{plugin=\"probe\"} 1",
+        "switchyard_plugin_panics_total{plugin=\"probe\"} 1",
+    ];
+    // The panicked connection's worker lets go of its slot just after closing the socket.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        client.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        let metrics = client.response();
+        assert_eq!(metrics.status, 200);
+        assert_eq!(
+            metrics.header("Content-Type"),
+            Some("text/plain; version=0.0.4")
+        );
+        let text = metrics.body_text();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|line| !text.lines().any(|l| l == **line))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing {missing:?} in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
