@@ -4,7 +4,7 @@
 //! - [`handshake`]: the request checks and the `101`'s headers, pure.
 //! - [`frame`] and [`receiver`]: framing and the receiving state machine, pure (bytes in,
 //!   events out).
-//! - [`session`]: the blocking I/O loop on a worker thread.
+//! - `session`: the blocking I/O loop on a worker thread.
 //!
 //! Settings (environment): `SWITCHYARD_WEBSOCKET_MAX_MESSAGE`, `_ORIGINS`, `_PROTOCOLS`,
 //! `_IDLE_MS`; see [`config::Config`].
