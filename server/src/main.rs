@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    raise_file_limit(config.max_connections);
     // Plugins are never unloaded: their code may run until the process exits.
     let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
     let listen = config.listen;
@@ -65,5 +66,18 @@ fn main() -> ExitCode {
             log::error!("event loop failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every connection is a descriptor (a tunnel two): raise the soft limit to the hard one,
+/// as servers do, and say so when even that is short of SWITCHYARD_MAX_CONNECTIONS.
+fn raise_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + 64 => log::warn!(
+            "only {limit} open files allowed (ulimit -n) for SWITCHYARD_MAX_CONNECTIONS={max_connections}: \
+             connections past the limit wait until descriptors free up"
+        ),
+        Ok(limit) => log::debug!("open files allowed: {limit}"),
+        Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
     }
 }
