@@ -188,6 +188,8 @@ impl Conn {
         match self.phase {
             Phase::Lingering | Phase::Closing => After::Close,
             Phase::Head if self.input.is_empty() && self.requests > 0 => After::Close, // idle keep-alive
+            // The request was answered already; one answer per request, so just close.
+            Phase::SkipBody(_) => After::Close,
             _ => {
                 self.fail(cx, HttpError::new(408, "request not received in time"), "-");
                 self.turn(cx)
@@ -392,7 +394,12 @@ impl Conn {
         };
         match route {
             Route::Metrics => unreachable!("answered above"),
-            Route::Answer(response) => {
+            Route::Answer(mut response) => {
+                // RFC 9110 §10.1.1: the client is waiting for 100 before it sends the body,
+                // and after a final answer it may never send it; so close rather than wait.
+                if head.expect_continue && head.body != BodyLength::None {
+                    response = response.closing();
+                }
                 let head_only = head.method(bytes) == "HEAD";
                 let bytes_out = self.queue(cx, &response, head_only) as u64;
                 let bytes_in = (head.len as u64)

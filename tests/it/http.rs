@@ -243,3 +243,33 @@ fn metrics_count_connections_answers_and_switches() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// RFC 9110 §10.1.1: a request that waits for `100 Continue` and is answered without it
+/// gets its answer and a closed connection, not a wait for a body that may never come.
+#[test]
+fn rfc9110_10_1_1_expect_continue_answered_at_once_then_closed() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send("POST /upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n");
+    let response = client.response();
+    assert_eq!(response.status, 426);
+    assert_eq!(response.header("Connection"), Some("upgrade, close"));
+    assert!(client.read_to_end().is_empty());
+}
+
+/// A body that stops arriving after its request was answered ends the connection without
+/// a second answer.
+#[test]
+fn rfc9112_stalled_body_of_an_answered_request_closes_without_a_second_answer() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_HEADER_TIMEOUT_MS", "300")
+        .start();
+    let mut client = daemon.client();
+    client.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    assert_eq!(client.response().status, 426);
+    assert!(
+        client.read_to_end().is_empty(),
+        "closed, no 408 after the 426"
+    );
+}
