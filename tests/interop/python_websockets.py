@@ -17,12 +17,15 @@ async def main(url):
         await (await ws.ping(b"interop"))
         checks += 1
     assert ws.close_code == 1000, ws.close_code
-    # A client offering permessage-deflate gets none (not implemented) and still works.
+    # websockets offers permessage-deflate by default (RFC 7692): agreed, and compressed
+    # messages of every size come back whole.
     async with websockets.connect(url) as ws:
-        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
-        await ws.send("plain")
-        assert await ws.recv() == "plain"
-        checks += 1
+        agreed = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        assert agreed.startswith("permessage-deflate"), agreed
+        for message in ["plain", "é" * 100000, b"\x01" * 300000, ""]:
+            await ws.send(message)
+            assert await ws.recv() == message, "compressed echo of %r" % (message[:10],)
+            checks += 1
     print("%d passed, 0 failed" % (checks + 1))
 
 

@@ -12,6 +12,8 @@ pub struct Config {
     pub protocols: Vec<String>,
     /// `SWITCHYARD_WEBSOCKET_IDLE_MS`: ping a peer silent this long; close 1001 if it stays so.
     pub idle: Option<Duration>,
+    /// `SWITCHYARD_WEBSOCKET_DEFLATE` (default on): accept permessage-deflate offers.
+    pub deflate: bool,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -50,6 +52,18 @@ impl Config {
                 .map(|v| list(&v))
                 .unwrap_or_default(),
             idle: number("SWITCHYARD_WEBSOCKET_IDLE_MS", 1)?.map(Duration::from_millis),
+            deflate: match lookup("SWITCHYARD_WEBSOCKET_DEFLATE")
+                .as_deref()
+                .map(str::trim)
+            {
+                None | Some("1" | "on" | "true") => true,
+                Some("0" | "off" | "false") => false,
+                Some(other) => {
+                    return Err(format!(
+                        "invalid SWITCHYARD_WEBSOCKET_DEFLATE={other:?}: expected on or off"
+                    ))
+                }
+            },
         })
     }
 }
@@ -67,7 +81,8 @@ mod tests {
                 max_message: 16 << 20,
                 origins: None,
                 protocols: vec![],
-                idle: None
+                idle: None,
+                deflate: true,
             }
         );
         let error =

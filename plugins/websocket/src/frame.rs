@@ -34,6 +34,10 @@ pub mod opcode {
     }
 }
 
+/// RSV1 in a frame's first byte: a compressed message under permessage-deflate (RFC 7692).
+/// Or it into the `opcode` given to [`encode_header`] or [`write_frame`].
+pub const RSV1_COMPRESSED: u8 = 0x40;
+
 /// Largest header: 2 bytes, 8 of extended length, 4 of mask.
 pub const MAX_HEADER: usize = 14;
 /// Largest control frame payload (§5.5).

@@ -22,6 +22,8 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub struct Accepted {
     pub accept: String,
     pub protocol: Option<String>,
+    /// permessage-deflate, when the client offered it and it is enabled.
+    pub deflate: Option<crate::deflate::Agreement>,
 }
 
 /// `Sec-WebSocket-Accept` for a key (§4.2.2 item 5.4).
@@ -90,9 +92,14 @@ pub fn check(
         .iter()
         .find(|ours| offered.contains(&ours.as_str()))
         .cloned();
+    let deflate = match config.deflate {
+        true => crate::deflate::negotiate(&values("sec-websocket-extensions")),
+        false => None,
+    };
     Ok(Accepted {
         accept: accept_key(key),
         protocol,
+        deflate,
     })
 }
 
@@ -118,8 +125,22 @@ mod tests {
             accepted,
             Accepted {
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
-                protocol: None
+                protocol: None,
+                deflate: None,
             }
+        );
+        let offer = (
+            "Sec-WebSocket-Extensions",
+            &b"permessage-deflate; client_max_window_bits"[..],
+        );
+        let accepted = check("GET", &[KEY, V13, offer], &config()).unwrap();
+        assert!(accepted.deflate.is_some(), "RFC 7692 offer accepted");
+        let mut off = config();
+        off.deflate = false;
+        assert_eq!(
+            check("GET", &[KEY, V13, offer], &off).unwrap().deflate,
+            None,
+            "unless turned off"
         );
     }
 

@@ -2,6 +2,7 @@
 //! and an echo application (every message comes back as one message of the same type).
 //!
 //! - [`handshake`]: the request checks and the `101`'s headers, pure.
+//! - [`deflate`]: permessage-deflate (RFC 7692) offers and message compression, pure.
 //! - [`frame`] and [`receiver`]: framing and the receiving state machine, pure (bytes in,
 //!   events out).
 //! - `session`: the blocking I/O loop on a worker thread.
@@ -10,6 +11,7 @@
 //! `_IDLE_MS`; see [`config::Config`].
 
 pub mod config;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod receiver;
@@ -24,7 +26,8 @@ pub struct WebSocket {
 impl Protocol for WebSocket {
     const NAME: &'static str = "websocket";
     const TOKENS: &'static [&'static str] = &["websocket"];
-    type Session = ();
+    /// The permessage-deflate agreement, if any.
+    type Session = Option<deflate::Agreement>;
 
     fn new() -> Result<Self, String> {
         let config = config::Config::from_env()?;
@@ -32,16 +35,20 @@ impl Protocol for WebSocket {
         Ok(WebSocket { config })
     }
 
-    fn negotiate(&self, request: &Request<'_>) -> Decision<()> {
+    fn negotiate(&self, request: &Request<'_>) -> Decision<Self::Session> {
         let headers: Vec<(&str, &[u8])> = request.headers().collect();
         match handshake::check(request.method(), &headers, &self.config) {
             Ok(accepted) => {
-                let decision =
-                    Decision::accept(()).with_header("Sec-WebSocket-Accept", accepted.accept);
-                match accepted.protocol {
-                    Some(protocol) => decision.with_header("Sec-WebSocket-Protocol", protocol),
-                    None => decision,
+                let mut decision = Decision::accept(accepted.deflate)
+                    .with_header("Sec-WebSocket-Accept", accepted.accept);
+                if let Some(protocol) = accepted.protocol {
+                    decision = decision.with_header("Sec-WebSocket-Protocol", protocol);
                 }
+                if let Some(agreement) = accepted.deflate {
+                    decision =
+                        decision.with_header("Sec-WebSocket-Extensions", agreement.header_value());
+                }
+                decision
             }
             Err(rejection) => {
                 log::info!(
@@ -56,11 +63,11 @@ impl Protocol for WebSocket {
 
     fn serve(
         &self,
-        _: (),
+        deflate: Self::Session,
         _request: &Request<'_>,
         conn: &mut Connection<'_>,
     ) -> std::io::Result<()> {
-        session::serve(conn, &self.config)
+        session::serve(conn, &self.config, deflate)
     }
 }
 

@@ -6,6 +6,7 @@
 //! a rule are seen: invalid UTF-8 in text is caught at its first bad byte, even inside a
 //! frame that has not fully arrived (§8.1, fail fast).
 
+use crate::deflate::{InflateError, Inflater};
 use crate::frame::{apply_mask, opcode, parse_header, Header, MAX_CONTROL_PAYLOAD};
 
 /// Close codes this module sends (RFC 6455 §7.4.1).
@@ -74,14 +75,28 @@ pub struct Receiver {
     utf8_checked: usize,
     control: Vec<u8>,
     closed: bool,
+    /// permessage-deflate, when negotiated (RFC 7692).
+    inflater: Option<Inflater>,
+    /// The message in progress had RSV1 set: it is compressed.
+    message_compressed: bool,
+    /// A compressed message, inflated.
+    inflated: Vec<u8>,
 }
+
+/// RSV1: "this message is compressed" under permessage-deflate (RFC 7692 §6).
+const RSV1: u8 = 0b100;
 
 /// Messages larger than this give their buffer back once delivered.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
 impl Receiver {
-    pub fn new(max_message: usize) -> Receiver {
+    /// A receiver for messages up to `max_message` bytes (inflated size too), inflating
+    /// compressed ones with `inflater` when permessage-deflate was agreed.
+    pub fn new(max_message: usize, inflater: Option<Inflater>) -> Receiver {
         Receiver {
+            inflater,
+            message_compressed: false,
+            inflated: Vec::new(),
             max_message,
             state: State::Header,
             message_opcode: None,
@@ -136,7 +151,13 @@ impl Receiver {
                         let payload = &mut input[at..at + header.len as usize];
                         apply_mask(payload, mask, 0);
                         at += payload.len();
-                        if starts_message {
+                        if starts_message && header.rsv & RSV1 != 0 {
+                            self.deliver_compressed(
+                                header.opcode == opcode::TEXT,
+                                Some(payload),
+                                on_event,
+                            )?;
+                        } else if starts_message {
                             let text = header.opcode == opcode::TEXT;
                             if text && simdutf8::basic::from_utf8(payload).is_err() {
                                 return Err(violation(
@@ -152,6 +173,7 @@ impl Receiver {
                     }
                     if starts_message {
                         self.message_opcode = Some(header.opcode);
+                        self.message_compressed = header.rsv & RSV1 != 0;
                         self.utf8_checked = 0;
                     }
                     self.control.clear();
@@ -183,7 +205,8 @@ impl Receiver {
                         self.control.extend_from_slice(chunk);
                     } else {
                         self.message.extend_from_slice(chunk);
-                        if self.message_opcode == Some(opcode::TEXT) {
+                        // Compressed text is checked once inflated.
+                        if self.message_opcode == Some(opcode::TEXT) && !self.message_compressed {
                             self.check_text(false)?;
                         }
                     }
@@ -215,7 +238,9 @@ impl Receiver {
     /// The rules a header must meet (§5.2–§5.5); returns the masking key.
     fn check(&self, header: &Header) -> Result<[u8; 4], Violation> {
         use close_code::{PROTOCOL_ERROR, TOO_BIG};
-        if header.rsv != 0 {
+        let starts_message = header.opcode == opcode::TEXT || header.opcode == opcode::BINARY;
+        let compressed_ok = header.rsv == RSV1 && starts_message && self.inflater.is_some();
+        if header.rsv != 0 && !compressed_ok {
             return Err(violation(
                 PROTOCOL_ERROR,
                 "reserved bits set without a negotiated extension",
@@ -270,15 +295,64 @@ impl Receiver {
         Ok(())
     }
 
-    fn finish_message(&mut self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<(), Violation> {
-        let text = self.message_opcode == Some(opcode::TEXT);
-        if text {
-            self.check_text(true)?;
+    /// Inflates a compressed message (`single`, a whole one-frame message, or else the one
+    /// assembled in `self.message`), checks it, and hands it on.
+    fn deliver_compressed(
+        &mut self,
+        text: bool,
+        single: Option<&[u8]>,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), Violation> {
+        let compressed = single.unwrap_or(&self.message);
+        let inflater = self
+            .inflater
+            .as_mut()
+            .expect("RSV1 is accepted only with an inflater");
+        match inflater.inflate(compressed, &mut self.inflated, self.max_message) {
+            Ok(()) => {}
+            Err(InflateError::TooBig) => {
+                return Err(violation(
+                    close_code::TOO_BIG,
+                    "message larger than the limit once inflated",
+                ))
+            }
+            Err(InflateError::Corrupt) => {
+                return Err(violation(
+                    close_code::INVALID_PAYLOAD,
+                    "compressed message is not valid DEFLATE data",
+                ))
+            }
+        }
+        if text && simdutf8::basic::from_utf8(&self.inflated).is_err() {
+            return Err(violation(
+                close_code::INVALID_PAYLOAD,
+                "text message is not valid UTF-8",
+            ));
         }
         on_event(Event::Message {
             text,
-            payload: &self.message,
+            payload: &self.inflated,
         });
+        if self.inflated.capacity() > KEEP_CAPACITY {
+            self.inflated = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn finish_message(&mut self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<(), Violation> {
+        let text = self.message_opcode == Some(opcode::TEXT);
+        if self.message_compressed {
+            self.deliver_compressed(text, None, on_event)?;
+        } else {
+            if text {
+                self.check_text(true)?;
+            }
+            on_event(Event::Message {
+                text,
+                payload: &self.message,
+            });
+        }
+        self.message_compressed = false;
         self.message_opcode = None;
         self.utf8_checked = 0;
         if self.message.capacity() > KEEP_CAPACITY {
@@ -362,7 +436,7 @@ mod tests {
 
     /// Feeds `wire` in pieces of `step` bytes, as reads would deliver it.
     fn run(wire: &[u8], step: usize) -> (Vec<Owned>, Result<(), Violation>) {
-        let mut receiver = Receiver::new(1 << 20);
+        let mut receiver = Receiver::new(1 << 20, None);
         let (mut events, mut pending) = (Vec::new(), Vec::new());
         for piece in wire.chunks(step.max(1)) {
             pending.extend_from_slice(piece);
@@ -528,9 +602,98 @@ mod tests {
         assert_eq!(every_split(&bad_fragment).1.unwrap_err().code, 1007);
     }
 
+    /// A masked frame with RSV1 set (compressed, RFC 7692 §6).
+    fn compressed_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = frame(fin, opcode, payload);
+        out[0] |= 0x40;
+        out
+    }
+
+    #[test]
+    fn rfc7692_compressed_messages_inflate_whole_or_fragmented() {
+        use crate::deflate::{Agreement, Deflater, Inflater};
+        let mut deflater = Deflater::new(Agreement::default());
+        let (mut hello, mut world) = (Vec::new(), Vec::new());
+        deflater.deflate("Hello €".as_bytes(), &mut hello);
+        deflater.deflate(&[7u8; 5000], &mut world);
+        let (first, rest) = world.split_at(world.len() / 2);
+        let wire = [
+            compressed_frame(true, opcode::TEXT, &hello),
+            compressed_frame(false, opcode::BINARY, first),
+            frame(true, opcode::PING, b""),
+            frame(true, opcode::CONTINUATION, rest),
+        ]
+        .concat();
+        for step in [wire.len(), 1, 3, 7, 64] {
+            let mut receiver = Receiver::new(1 << 20, Some(Inflater::new(Agreement::default())));
+            let (mut pending, mut messages) = (Vec::new(), Vec::new());
+            for piece in wire.chunks(step) {
+                pending.extend_from_slice(piece);
+                let used = receiver
+                    .feed(&mut pending, &mut |event| {
+                        if let Event::Message { text, payload } = event {
+                            messages.push((text, payload.to_vec()));
+                        }
+                    })
+                    .unwrap();
+                pending.drain(..used);
+            }
+            assert_eq!(
+                messages,
+                [
+                    (true, "Hello €".as_bytes().to_vec()),
+                    (false, vec![7u8; 5000])
+                ],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc7692_6_rsv1_only_on_the_first_frame_of_a_negotiated_message() {
+        use crate::deflate::{Agreement, Inflater};
+        let negotiated = || Receiver::new(1 << 20, Some(Inflater::new(Agreement::default())));
+        let cases = [
+            (
+                compressed_frame(true, opcode::TEXT, b"x"),
+                Receiver::new(1 << 20, None),
+                "not negotiated",
+            ),
+            (
+                [
+                    frame(false, opcode::TEXT, b"a"),
+                    compressed_frame(true, opcode::CONTINUATION, b"b"),
+                ]
+                .concat(),
+                negotiated(),
+                "continuation",
+            ),
+            (
+                compressed_frame(true, opcode::PING, b""),
+                negotiated(),
+                "control frame",
+            ),
+        ];
+        for (mut wire, mut receiver, what) in cases {
+            assert_eq!(
+                receiver.feed(&mut wire, &mut |_| {}).unwrap_err().code,
+                1002,
+                "{what}"
+            );
+        }
+        let mut corrupt = compressed_frame(true, opcode::BINARY, &[0xff, 0xff, 0xff]);
+        assert_eq!(
+            negotiated()
+                .feed(&mut corrupt, &mut |_| {})
+                .unwrap_err()
+                .code,
+            1007
+        );
+    }
+
     #[test]
     fn messages_over_the_limit_are_1009() {
-        let mut receiver = Receiver::new(10);
+        let mut receiver = Receiver::new(10, None);
         let mut wire = [
             frame(false, opcode::BINARY, &[1; 6]),
             frame(true, opcode::CONTINUATION, &[1; 6]),

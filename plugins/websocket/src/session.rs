@@ -4,7 +4,8 @@
 //! `write`, so a client with several messages in flight gets its echoes coalesced.
 
 use crate::config::Config;
-use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER};
+use crate::deflate::{Agreement, Deflater, Inflater};
+use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
 use crate::receiver::{close_code, Event, Receiver};
 use protocol_api::Connection;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
@@ -27,8 +28,14 @@ const VECTORED_FROM: usize = 8 * 1024;
 /// After we close: how long the peer gets to answer before the socket is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
-    let mut receiver = Receiver::new(config.max_message);
+pub fn serve(
+    conn: &mut Connection<'_>,
+    config: &Config,
+    deflate: Option<Agreement>,
+) -> io::Result<()> {
+    let mut receiver = Receiver::new(config.max_message, deflate.map(Inflater::new));
+    let mut deflater = deflate.map(Deflater::new);
+    let mut packed = Vec::new();
     let mut buffer = vec![0u8; INITIAL_READ_BUFFER];
     let mut filled = 0;
     let mut out = Vec::new();
@@ -71,7 +78,15 @@ pub fn serve(conn: &mut Connection<'_>, config: &Config) -> io::Result<()> {
         let mut write_error = None;
         let result = receiver.feed(&mut buffer[..total], &mut |event| match event {
             Event::Message { text, payload } => {
-                let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                let payload = match deflater.as_mut() {
+                    Some(deflater) => {
+                        deflater.deflate(payload, &mut packed);
+                        opcode |= RSV1_COMPRESSED;
+                        &packed[..]
+                    }
+                    None => payload,
+                };
                 if payload.len() < VECTORED_FROM {
                     write_frame(&mut out, opcode, payload);
                 } else if write_error.is_none() {

@@ -1,0 +1,337 @@
+//! permessage-deflate (RFC 7692): the extension offer and answer, and compressing and
+//! inflating whole messages. Pure: bytes in, bytes out.
+//!
+//! ```text
+//! Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits, permessage-deflate
+//! ```
+//! Offers are tried in the client's order; the first we can honour is answered (§5.1). We
+//! compress with a full 32 KiB window, so an offer that limits ours
+//! (`server_max_window_bits` below 15) is passed over; we inflate any window, so
+//! `client_max_window_bits` is always fine.
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use std::sync::Mutex;
+
+/// What both sides agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Agreement {
+    /// We start every message with an empty window (our compressor is reset).
+    pub server_no_context_takeover: bool,
+    /// The client resets its compressor; we may reset our inflater too.
+    pub client_no_context_takeover: bool,
+}
+
+impl Agreement {
+    /// The `Sec-WebSocket-Extensions` value of the `101`.
+    pub fn header_value(&self) -> String {
+        let mut value = String::from("permessage-deflate");
+        if self.server_no_context_takeover {
+            value.push_str("; server_no_context_takeover");
+        }
+        if self.client_no_context_takeover {
+            value.push_str("; client_no_context_takeover");
+        }
+        value
+    }
+}
+
+/// The first `permessage-deflate` offer in `values` (the header's lines) we can honour.
+pub fn negotiate(values: &[&str]) -> Option<Agreement> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .find_map(|offer| accept(offer.trim()))
+}
+
+fn accept(offer: &str) -> Option<Agreement> {
+    let mut parts = offer.split(';').map(str::trim);
+    if !parts.next()?.eq_ignore_ascii_case("permessage-deflate") {
+        return None;
+    }
+    // Both are ours to add (§7.1.1.1, §7.1.1.2): every message is then compressed from an
+    // empty window on both sides, so neither side's state outlives a message and a
+    // connection holds none between messages (see [`Deflater`], [`Inflater`]). The price is
+    // a lower ratio for small, similar messages.
+    let agreement = Agreement {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for param in parts.filter(|p| !p.is_empty()) {
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => (
+                n.trim().to_ascii_lowercase(),
+                Some(v.trim().trim_matches('"')),
+            ),
+            None => (param.to_ascii_lowercase(), None),
+        };
+        if seen.contains(&name) {
+            return None; // §7: a parameter twice makes the offer invalid
+        }
+        let bits =
+            |v: Option<&str>| v.map(|v| v.parse::<u8>().ok().filter(|b| (8..=15).contains(b)));
+        match (name.as_str(), value) {
+            ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
+            ("server_max_window_bits", v @ Some(_)) => match bits(v) {
+                Some(Some(15)) => {}
+                _ => return None, // a smaller window than ours, or not a window size
+            },
+            ("client_max_window_bits", v) => {
+                if let Some(None) = bits(v) {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        seen.push(name);
+    }
+    Some(agreement)
+}
+
+/// The four bytes a sync flush ends with, removed from each message and put back (§7.2).
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Why a compressed message could not be inflated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InflateError {
+    /// Not valid DEFLATE data.
+    Corrupt,
+    /// It inflates to more than the limit.
+    TooBig,
+}
+
+/// Inflates messages. With `client_no_context_takeover` (which we always agree) every
+/// message starts from an empty window, so the state (a 32 KiB window and tables) is
+/// borrowed from a pool for one message, not held by the connection.
+pub struct Inflater {
+    reset_each: bool,
+    kept: Option<Decompress>,
+}
+
+static DECOMPRESSORS: Mutex<Vec<Decompress>> = Mutex::new(Vec::new());
+
+impl Inflater {
+    pub fn new(agreement: Agreement) -> Inflater {
+        Inflater {
+            reset_each: agreement.client_no_context_takeover,
+            kept: None,
+        }
+    }
+
+    /// Inflates one message into `out` (cleared first), at most `limit` bytes.
+    pub fn inflate(
+        &mut self,
+        message: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), InflateError> {
+        out.clear();
+        let pooled = match self.kept.take() {
+            Some(state) => Some(state),
+            None => DECOMPRESSORS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop(),
+        };
+        let mut state = pooled.unwrap_or_else(|| Decompress::new(false));
+        let result = Self::run(&mut state, message, out, limit);
+        if self.reset_each {
+            state.reset(false);
+            DECOMPRESSORS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(state);
+        } else {
+            self.kept = Some(state);
+        }
+        result
+    }
+
+    fn run(
+        state: &mut Decompress,
+        message: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), InflateError> {
+        out.clear();
+        for input in [message, &TAIL[..]] {
+            let mut used = 0;
+            loop {
+                if out.capacity() - out.len() < 4096 {
+                    // Grow by doubling, never much past the limit.
+                    out.reserve(
+                        (limit + 1)
+                            .saturating_sub(out.len())
+                            .clamp(1, out.len().max(4096)),
+                    );
+                }
+                let (in_before, out_before) = (state.total_in(), out.len());
+                let status = state
+                    .decompress_vec(&input[used..], out, FlushDecompress::Sync)
+                    .map_err(|_| InflateError::Corrupt)?;
+                used += (state.total_in() - in_before) as usize;
+                if out.len() > limit {
+                    return Err(InflateError::TooBig);
+                }
+                let room_left = out.len() < out.capacity();
+                if status == Status::StreamEnd || (used == input.len() && room_left) {
+                    break;
+                }
+                if room_left && state.total_in() == in_before && out.len() == out_before {
+                    return Err(InflateError::Corrupt); // no progress with input and room
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compresses messages. We always answer with `server_no_context_takeover` (§7.1.1.1 lets a
+/// server add it), so every message is compressed from an empty window: compressor state
+/// (about 300 KiB) is then borrowed from a pool for the length of one message instead of
+/// being held by every connection, idle ones included.
+pub struct Deflater;
+
+static COMPRESSORS: Mutex<Vec<Compress>> = Mutex::new(Vec::new());
+
+impl Deflater {
+    pub fn new(_agreement: Agreement) -> Deflater {
+        Deflater
+    }
+
+    /// Compresses one message into `out` (cleared first), without the sync flush's tail.
+    pub fn deflate(&mut self, message: &[u8], out: &mut Vec<u8>) {
+        let pooled = COMPRESSORS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // Level 1: most of the size win for a fraction of the time of the default level.
+        let mut state = pooled.unwrap_or_else(|| Compress::new(Compression::new(1), false));
+        out.clear();
+        out.reserve(message.len() / 2 + 64);
+        loop {
+            let used = state.total_in() as usize;
+            // Raw DEFLATE into a Vec cannot fail: errors are for misuse of a zlib stream.
+            let _ = state.compress_vec(&message[used..], out, FlushCompress::Sync);
+            if state.total_in() as usize == message.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity().max(64));
+        }
+        if out.ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
+        }
+        state.reset();
+        COMPRESSORS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7692_offers_in_client_order_first_we_can_honour() {
+        // We always add both no-context-takeover parameters (§7.1.1.1, §7.1.1.2).
+        let ours = Agreement {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+        };
+        assert_eq!(negotiate(&["permessage-deflate"]), Some(ours));
+        assert_eq!(
+            ours.header_value(),
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        assert_eq!(negotiate(&["x-webkit-deflate-frame"]), None);
+        let both = Agreement {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+        };
+        assert_eq!(
+            negotiate(&[
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            ]),
+            Some(both)
+        );
+        assert_eq!(
+            both.header_value(),
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        // A smaller server window than ours is passed over for the next offer.
+        let offers = ["permessage-deflate; server_max_window_bits=10, permessage-deflate; client_max_window_bits"];
+        assert_eq!(negotiate(&offers), Some(ours));
+        assert_eq!(
+            negotiate(&["permessage-deflate; server_max_window_bits=10"]),
+            None
+        );
+        assert_eq!(
+            negotiate(&["permessage-deflate; server_max_window_bits=\"15\""]),
+            Some(ours)
+        );
+        assert_eq!(
+            negotiate(&["permessage-deflate; client_max_window_bits=9"]),
+            Some(ours)
+        );
+        for invalid in [
+            "permessage-deflate; client_max_window_bits=16",
+            "permessage-deflate; foo",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; server_max_window_bits",
+        ] {
+            assert_eq!(negotiate(&[invalid]), None, "{invalid}");
+        }
+    }
+
+    /// RFC 7692 §7.2.3.1: "Hello" compressed is c2 48 cd c9 c9 07 00 (0xf2 0x48 ... with
+    /// the first-message bits as the RFC shows).
+    #[test]
+    fn rfc7692_7_2_3_1_example_inflates() {
+        let mut inflater = Inflater::new(Agreement::default());
+        let mut out = Vec::new();
+        inflater
+            .inflate(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], &mut out, 1000)
+            .unwrap();
+        assert_eq!(out, b"Hello");
+        // §7.2.3.2: the same message again, with the context of the first.
+        inflater
+            .inflate(&[0xf2, 0x00, 0x11, 0x00, 0x00], &mut out, 1000)
+            .unwrap();
+        assert_eq!(out, b"Hello");
+    }
+
+    #[test]
+    fn round_trips_with_and_without_context() {
+        for agreement in [
+            Agreement::default(),
+            Agreement {
+                server_no_context_takeover: true,
+                client_no_context_takeover: true,
+            },
+        ] {
+            let (mut deflater, mut inflater) = (Deflater::new(agreement), Inflater::new(agreement));
+            let (mut packed, mut unpacked) = (Vec::new(), Vec::new());
+            let big: Vec<u8> = (0..300_000u32).map(|i| (i % 7 * 31) as u8).collect();
+            for message in [&b""[..], b"Hello", &big, b"Hello"] {
+                deflater.deflate(message, &mut packed);
+                inflater.inflate(&packed, &mut unpacked, 1 << 20).unwrap();
+                assert_eq!(unpacked, message);
+            }
+        }
+    }
+
+    #[test]
+    fn limits_and_corruption() {
+        let mut deflater = Deflater::new(Agreement::default());
+        let mut packed = Vec::new();
+        deflater.deflate(&vec![0u8; 100_000], &mut packed);
+        let mut out = Vec::new();
+        assert_eq!(
+            Inflater::new(Agreement::default()).inflate(&packed, &mut out, 99_999),
+            Err(InflateError::TooBig)
+        );
+        assert_eq!(
+            Inflater::new(Agreement::default()).inflate(&[0xff, 0xff, 0xff], &mut out, 1000),
+            Err(InflateError::Corrupt)
+        );
+    }
+}
