@@ -5,6 +5,9 @@
 //! reports a [`Violation`] with the close code the RFC names as soon as the bytes that break
 //! a rule are seen: invalid UTF-8 in text is caught at its first bad byte, even inside a
 //! frame that has not fully arrived (§8.1, fail fast).
+//!
+//! With permessage-deflate agreed (RFC 7692), RSV1 on a message's first frame marks it
+//! compressed; such a message is inflated whole when it ends, and its text checked then.
 
 use crate::deflate::{InflateError, Inflater};
 use crate::frame::{apply_mask, opcode, parse_header, Header, MAX_CONTROL_PAYLOAD};

@@ -1,7 +1,8 @@
 //! One WebSocket connection after the `101`: read, feed the [`Receiver`], echo, close.
 //!
 //! Replies produced by one read (echoes, pongs, a close) are gathered and written with one
-//! `write`, so a client with several messages in flight gets its echoes coalesced.
+//! `write`, so a client with several messages in flight gets its echoes coalesced. With
+//! permessage-deflate agreed, echoes are compressed too.
 
 use crate::config::Config;
 use crate::deflate::{Agreement, Deflater, Inflater};
