@@ -125,7 +125,6 @@ impl Inflater {
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), InflateError> {
-        out.clear();
         let pooled = match self.kept.take() {
             Some(state) => Some(state),
             None => DECOMPRESSORS
