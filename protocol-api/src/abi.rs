@@ -15,6 +15,21 @@
 //!   plugin tells the host is copied by the host inside a sink callback.
 //! - **No unwinding across.** Every function on either side catches panics and turns them into
 //!   a status code; since Rust 1.81 an unwind escaping `extern "C"` aborts the process.
+//! - **One thread at a time per connection.** The host's callbacks for one connection
+//!   ([`RawConnection`]) must never be called from two threads at once, and only during the
+//!   plugin call that lent them. Plugin state (`init`'s `*state`) is shared by every thread
+//!   that runs plugin code, at once; readiness connections (`start`'s `*conn`) stay on the
+//!   one event-loop thread that made them.
+//! - **NULL entries.** Function pointers are `Option`s: a C plugin may leave the ones marked
+//!   optional NULL; the host checks the others at load and refuses the file with a reason.
+//!
+//! # Versions
+//!
+//! - 1.0: `init`, `negotiate`, blocking `serve`, `drop_session`; host log functions.
+//! - 1.1: readiness-driven serving (`start`, `on_ready`, `drop_conn`; [`RawWants`], the
+//!   `READY_*` and `WANT_*` bits); decisions in a code range of their own
+//!   ([`DECISION_ACCEPT`]…, no longer equal to the status codes; the host maps a 1.0
+//!   plugin's values); [`RawConnection::set_write_timeout`].
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -25,7 +40,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -33,17 +48,45 @@ pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 pub type EntryFn = unsafe extern "C" fn() -> *const PluginDescriptor;
 
 /// `negotiate` result: switch protocols (the plugin filled `session`).
-pub const DECISION_ACCEPT: i32 = 0;
+pub const DECISION_ACCEPT: i32 = 0x100;
 /// `negotiate` result: answer with the plugin's own status, headers and body.
-pub const DECISION_REJECT: i32 = 1;
+pub const DECISION_REJECT: i32 = 0x101;
 /// `negotiate` result: not for this plugin; the host tries the client's next choice.
-pub const DECISION_DECLINE: i32 = 2;
-/// `init`, `serve`: done.
+pub const DECISION_DECLINE: i32 = 0x102;
+/// `init`, `serve`, `start`, `on_ready`: done.
 pub const STATUS_OK: i32 = 0;
-/// `init`, `serve`: failed; the error sink holds a message.
+/// `init`, `serve`, `start`, `on_ready`: failed; the error sink holds a message.
 pub const STATUS_ERROR: i32 = 1;
 /// Any call: the plugin panicked; the error sink holds the panic message.
 pub const STATUS_PANIC: i32 = -1;
+
+/// The decision values of ABI 1.0, which shared their values with the status codes. A host
+/// reads them from plugins whose descriptor says `abi_minor == 0`.
+pub mod v1_0 {
+    /// 1.0's `DECISION_ACCEPT` (equal to `STATUS_OK`).
+    pub const DECISION_ACCEPT: i32 = 0;
+    /// 1.0's `DECISION_REJECT` (equal to `STATUS_ERROR`).
+    pub const DECISION_REJECT: i32 = 1;
+    /// 1.0's `DECISION_DECLINE`.
+    pub const DECISION_DECLINE: i32 = 2;
+}
+
+/// `on_ready` `events` bit: the connection may have bytes to read (or the peer's end).
+pub const READY_READABLE: u32 = 1;
+/// `on_ready` `events` bit: the connection may accept more bytes.
+pub const READY_WRITABLE: u32 = 2;
+/// `on_ready` `events` bit: the timer the plugin asked for is due.
+pub const READY_TIMER: u32 = 4;
+/// `on_ready` `events` bit: the daemon is stopping (set once, on the first call after the
+/// stop began): say goodbye in the protocol's terms, then ask to close.
+pub const READY_STOPPING: u32 = 8;
+
+/// [`RawWants::interest`] bit: call again when the connection may be readable.
+pub const WANT_READ: u32 = 1;
+/// [`RawWants::interest`] bit: call again when the connection may be writable.
+pub const WANT_WRITE: u32 = 2;
+/// [`RawWants::interest`] bit: close the connection now (other bits are ignored).
+pub const WANT_CLOSE: u32 = 4;
 
 /// [`RawConnection::shutdown`] `how` values.
 pub const SHUTDOWN_READ: u32 = 0;
@@ -52,8 +95,18 @@ pub const SHUTDOWN_WRITE: u32 = 1;
 /// See [`SHUTDOWN_READ`].
 pub const SHUTDOWN_BOTH: u32 = 2;
 
-/// Log levels as numbers: 0 off, then `log::Level` order (1 error … 5 trace).
+/// Log levels as numbers: 0 off (never used for a record), then `log::Level` order.
+pub const LOG_OFF: u32 = 0;
+/// See [`LOG_OFF`].
 pub const LOG_ERROR: u32 = 1;
+/// See [`LOG_OFF`].
+pub const LOG_WARN: u32 = 2;
+/// See [`LOG_OFF`].
+pub const LOG_INFO: u32 = 3;
+/// See [`LOG_OFF`].
+pub const LOG_DEBUG: u32 = 4;
+/// See [`LOG_OFF`].
+pub const LOG_TRACE: u32 = 5;
 
 /// A borrowed byte slice. Valid only for the duration of the call it is passed to.
 #[repr(C)]
@@ -119,16 +172,17 @@ pub struct RawRequest {
     pub protocol: RawBytes,
 }
 
-/// The upgraded connection, lent to `serve`. All functions are thread-safe only in the sense
-/// that `serve` owns the connection: call them from the thread running `serve`, or from
-/// threads it joins before returning.
+/// The upgraded connection, lent to `serve` (blocking) or to `on_ready` (non-blocking). Its
+/// functions may be called only during the call that lent it, from the thread running that
+/// call or from threads it joins before returning, and never from two threads at once.
 ///
 /// I/O functions return 0 on success or an `errno` value; `*n` receives the byte count.
-/// A read of 0 bytes means end of stream.
+/// A read of 0 bytes means end of stream. A NULL `buf` is allowed when `len` is 0. Lent to
+/// `on_ready`, reads and writes never block: they fail with `EAGAIN` when nothing can move.
 #[repr(C)]
 pub struct RawConnection {
     pub ctx: *mut c_void,
-    /// Reads bytes the host read ahead of the switch first, then the socket. Blocks.
+    /// Reads bytes the host read ahead of the switch first, then the socket.
     pub read:
         unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, len: usize, n: *mut usize) -> i32,
     pub write:
@@ -142,16 +196,32 @@ pub struct RawConnection {
     ) -> i32,
     /// `how` is one of the `SHUTDOWN_*` constants.
     pub shutdown: unsafe extern "C" fn(ctx: *mut c_void, how: u32) -> i32,
-    /// 0 clears the time-out; a read that times out fails with `EAGAIN`.
+    /// Blocking only: 0 clears the time-out; a read that times out fails with `EAGAIN`.
+    /// (`EINVAL` on a readiness connection: ask for a timer instead.)
     pub set_read_timeout: unsafe extern "C" fn(ctx: *mut c_void, millis: u64) -> i32,
     /// Bytes the host holds that `read` returns before it touches the socket.
     pub buffered: unsafe extern "C" fn(ctx: *mut c_void) -> usize,
-    /// Non-zero once the daemon is stopping; the host then also shuts the read side so that a
-    /// blocked `read` returns 0.
+    /// Non-zero once the daemon is stopping; the host then also shuts the read side of a
+    /// blocking connection so that a blocked `read` returns 0.
     pub is_stopping: unsafe extern "C" fn(ctx: *mut c_void) -> u8,
     /// The socket, lent for `setsockopt`, `splice` and the like. Never close it; read it only
     /// after `buffered` is 0.
     pub fd: i32,
+    /// 1.1: how long a write may wait for the peer to take bytes before the host ends the
+    /// connection (`ETIMEDOUT`); 0 restores the daemon's default
+    /// (`SWITCHYARD_WRITE_TIMEOUT_MS`). Present when the host's `abi_minor` is at least 1.
+    pub set_write_timeout: Option<unsafe extern "C" fn(ctx: *mut c_void, millis: u64) -> i32>,
+}
+
+/// What a readiness connection wants next, filled by `on_ready`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawWants {
+    /// `WANT_READ | WANT_WRITE`, either, none (only the timer), or `WANT_CLOSE`.
+    pub interest: u32,
+    /// Non-zero: call with `READY_TIMER` once this many milliseconds have passed. Each answer
+    /// replaces the timer; 0 cancels it.
+    pub timer_ms: u64,
 }
 
 /// Receives a message (an error text or a panic message) by copying it.
@@ -183,7 +253,55 @@ pub struct HostApi {
     pub log: unsafe extern "C" fn(level: u32, target: RawBytes, message: RawBytes),
 }
 
+/// `init`: makes the plugin's shared state.
+pub type InitFn = unsafe extern "C" fn(
+    host: *const HostApi,
+    state: *mut *mut c_void,
+    error: *const MessageSink,
+) -> i32;
+/// `negotiate`: decides on one request.
+pub type NegotiateFn = unsafe extern "C" fn(
+    state: *const c_void,
+    request: *const RawRequest,
+    response: *const ResponseSink,
+    session: *mut *mut c_void,
+    error: *const MessageSink,
+) -> i32;
+/// `serve`: runs the protocol, blocking, until the connection is done.
+pub type ServeFn = unsafe extern "C" fn(
+    state: *const c_void,
+    session: *mut c_void,
+    request: *const RawRequest,
+    connection: *const RawConnection,
+    error: *const MessageSink,
+) -> i32;
+/// `drop_session`: frees a session that will not be served.
+pub type DropSessionFn = unsafe extern "C" fn(state: *const c_void, session: *mut c_void);
+/// `start` (1.1): makes a readiness connection's state from the session, after the `101`.
+pub type StartFn = unsafe extern "C" fn(
+    state: *const c_void,
+    session: *mut c_void,
+    request: *const RawRequest,
+    conn: *mut *mut c_void,
+    error: *const MessageSink,
+) -> i32;
+/// `on_ready` (1.1): the connection may move (see the `READY_*` bits); fills `wants`.
+pub type OnReadyFn = unsafe extern "C" fn(
+    state: *const c_void,
+    conn: *mut c_void,
+    connection: *const RawConnection,
+    events: u32,
+    wants: *mut RawWants,
+    error: *const MessageSink,
+) -> i32;
+/// `drop_conn` (1.1): frees a readiness connection's state; the socket closes after it.
+pub type DropConnFn = unsafe extern "C" fn(state: *const c_void, conn: *mut c_void);
+
 /// What a plugin's entry function returns: a static that lives as long as the library.
+///
+/// A plugin serves switched connections one of two ways: blocking (`serve`, on a worker
+/// thread per connection) or readiness-driven (`start`, `on_ready`, `drop_conn`, on the
+/// daemon's event loops). It sets `serve`, or all three of the others (ABI 1.1), never both.
 #[repr(C)]
 pub struct PluginDescriptor {
     /// Always [`MAGIC`].
@@ -199,35 +317,34 @@ pub struct PluginDescriptor {
     /// The `Upgrade` tokens served, lower-case.
     pub tokens: *const RawBytes,
     pub tokens_len: usize,
-    /// Makes the plugin's shared state (`*state`), once, before any other call.
-    pub init: unsafe extern "C" fn(
-        host: *const HostApi,
-        state: *mut *mut c_void,
-        error: *const MessageSink,
-    ) -> i32,
-    /// Decides on one request; on `DECISION_ACCEPT` it sets `*session`, which the host hands
-    /// to exactly one of `serve` or `drop_session`.
-    pub negotiate: unsafe extern "C" fn(
-        state: *const c_void,
-        request: *const RawRequest,
-        response: *const ResponseSink,
-        session: *mut *mut c_void,
-        error: *const MessageSink,
-    ) -> i32,
-    /// Runs the new protocol on the connection until it ends; consumes `session`.
-    pub serve: unsafe extern "C" fn(
-        state: *const c_void,
-        session: *mut c_void,
-        request: *const RawRequest,
-        connection: *const RawConnection,
-        error: *const MessageSink,
-    ) -> i32,
-    /// Frees a session that will not be served (the client left before the `101` was sent).
-    pub drop_session: unsafe extern "C" fn(state: *const c_void, session: *mut c_void),
+    /// Required. Makes the plugin's shared state (`*state`, non-NULL), once, before any
+    /// other call.
+    pub init: Option<InitFn>,
+    /// Required. Decides on one request; on `DECISION_ACCEPT` it may set `*session`, which
+    /// the host hands to exactly one of `serve`, `start` or `drop_session`. For a readiness
+    /// plugin it runs on an event loop and must not block.
+    pub negotiate: Option<NegotiateFn>,
+    /// Runs the new protocol on the connection until it ends, blocking; consumes `session`.
+    /// NULL when the plugin is readiness-driven.
+    pub serve: Option<ServeFn>,
+    /// Optional: frees a session that will not be served (the client left before the
+    /// `101`). NULL when sessions own nothing.
+    pub drop_session: Option<DropSessionFn>,
+    // ---- ABI 1.1 ----
+    /// Readiness-driven: after the `101`, turns `session` (consumed) into the connection's
+    /// state `*conn`. The host then calls `on_ready` at once with `READABLE | WRITABLE`.
+    pub start: Option<StartFn>,
+    /// Readiness-driven: the connection may move; read and write without blocking, then say
+    /// what to wait for next. Called on the one event-loop thread that owns the connection.
+    pub on_ready: Option<OnReadyFn>,
+    /// Readiness-driven: frees `conn` when the connection ends, however it ends.
+    pub drop_conn: Option<DropConnFn>,
 }
 
 /// Size of the version-1.0 descriptor: the least a host accepts.
-pub const DESCRIPTOR_V1_SIZE: usize = size_of::<PluginDescriptor>();
+pub const DESCRIPTOR_V1_SIZE: usize = offset_of!(PluginDescriptor, start);
+/// Size of the version-1.1 descriptor.
+pub const DESCRIPTOR_V1_1_SIZE: usize = size_of::<PluginDescriptor>();
 
 // The layout is the contract: these fail the build if a field moves (checked on 64-bit targets,
 // where the offsets are simple to state).
@@ -245,8 +362,15 @@ const _: () = {
     assert!(offset_of!(PluginDescriptor, tokens) == 16 + 4 * W);
     assert!(offset_of!(PluginDescriptor, init) == 16 + 6 * W);
     assert!(offset_of!(PluginDescriptor, drop_session) == 16 + 9 * W);
-    assert!(size_of::<PluginDescriptor>() == 16 + 10 * W);
+    assert!(DESCRIPTOR_V1_SIZE == 16 + 10 * W);
+    assert!(offset_of!(PluginDescriptor, start) == 16 + 10 * W);
+    assert!(offset_of!(PluginDescriptor, drop_conn) == 16 + 12 * W);
+    assert!(size_of::<PluginDescriptor>() == 16 + 13 * W);
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);
     assert!(offset_of!(RawConnection, fd) == 8 * W);
+    assert!(offset_of!(RawConnection, set_write_timeout) == 9 * W);
+    assert!(size_of::<RawWants>() == 16);
+    // A NULL entry is `None`: the same bits as a plain function pointer.
+    assert!(size_of::<Option<ServeFn>>() == W);
     assert!(offset_of!(HostApi, log) == 8 + W);
 };

@@ -1,24 +1,20 @@
-//! [`Connection`]: the upgraded connection as blocking `Read + Write`.
+//! [`Connection`]: the upgraded connection as blocking `Read + Write`, for
+//! [`Protocol::serve`](crate::Protocol::serve).
 
-use crate::abi::{RawBytes, RawConnection, SHUTDOWN_BOTH, SHUTDOWN_READ, SHUTDOWN_WRITE};
+use crate::raw::RawIo;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 /// The connection after the `101`. Reads return the bytes the client sent right after the
 /// request first (the daemon may have read them ahead), then whatever arrives on the socket.
 /// Writes go straight to the socket; there is no buffering to flush.
+///
+/// Not `Send`: the daemon's callbacks behind it may be used only from the thread running
+/// `serve` (or threads it joins before returning, through a shared borrow).
 pub struct Connection<'a> {
-    raw: &'a RawConnection,
-}
-
-fn result(code: i32, n: usize) -> io::Result<usize> {
-    if code == 0 {
-        Ok(n)
-    } else {
-        Err(io::Error::from_raw_os_error(code))
-    }
+    io: RawIo<'a>,
 }
 
 impl<'a> Connection<'a> {
@@ -26,75 +22,57 @@ impl<'a> Connection<'a> {
     ///
     /// # Safety
     /// `raw` must be a live connection from the host, used only during the `serve` call.
-    pub unsafe fn from_raw(raw: &'a RawConnection) -> Self {
-        Connection { raw }
+    pub unsafe fn from_raw(raw: &'a crate::abi::RawConnection) -> Self {
+        Connection {
+            // SAFETY: the caller's contract.
+            io: unsafe { RawIo::new(raw) },
+        }
     }
 
     /// Shuts down one or both directions. Shutting the write side sends the peer a FIN once
     /// everything written is out; the read side keeps working.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        let how = match how {
-            Shutdown::Read => SHUTDOWN_READ,
-            Shutdown::Write => SHUTDOWN_WRITE,
-            Shutdown::Both => SHUTDOWN_BOTH,
-        };
-        // SAFETY: the host's function, called with its own context.
-        result(unsafe { (self.raw.shutdown)(self.raw.ctx, how) }, 0).map(drop)
+        self.io.shutdown(how)
     }
 
     /// Makes a blocking read fail with `WouldBlock` after `timeout` (None: wait forever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let millis = timeout.map_or(0, |t| (t.as_millis() as u64).max(1));
-        // SAFETY: the host's function, called with its own context.
-        result(
-            unsafe { (self.raw.set_read_timeout)(self.raw.ctx, millis) },
-            0,
-        )
-        .map(drop)
+        self.io.set_read_timeout(timeout)
+    }
+
+    /// How long a write may wait for the peer to take bytes before the daemon ends the
+    /// connection (the write fails with `TimedOut`). `None` restores the daemon's
+    /// `SWITCHYARD_WRITE_TIMEOUT_MS`. Fails with `Unsupported` on a daemon older than ABI 1.1.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_write_timeout(timeout)
     }
 
     /// Bytes held by the daemon that the next reads return before touching the socket. Read
-    /// them before using [`AsRawFd`] for reads of your own (`splice`).
+    /// them before using [`AsFd`] for reads of your own (`splice`).
     pub fn buffered(&self) -> usize {
-        // SAFETY: the host's function, called with its own context.
-        unsafe { (self.raw.buffered)(self.raw.ctx) }
+        self.io.buffered()
     }
 
     /// True once the daemon is stopping. The daemon then also shuts the read side, so a
     /// blocked read returns 0: say goodbye in the protocol's terms and return from `serve`.
     pub fn is_stopping(&self) -> bool {
-        // SAFETY: the host's function, called with its own context.
-        unsafe { (self.raw.is_stopping)(self.raw.ctx) != 0 }
+        self.io.is_stopping()
     }
 }
 
 impl Read for Connection<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut n = 0;
-        // SAFETY: `buf` is writable for `buf.len()` bytes during the call.
-        let code = unsafe { (self.raw.read)(self.raw.ctx, buf.as_mut_ptr(), buf.len(), &mut n) };
-        result(code, n)
+        self.io.read(buf)
     }
 }
 
 impl Write for Connection<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut n = 0;
-        // SAFETY: `buf` is readable for `buf.len()` bytes during the call.
-        let code = unsafe { (self.raw.write)(self.raw.ctx, buf.as_ptr(), buf.len(), &mut n) };
-        result(code, n)
+        self.io.write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let mut raw = [RawBytes::EMPTY; 16];
-        let count = bufs.len().min(raw.len());
-        for (slot, buf) in raw.iter_mut().zip(bufs) {
-            *slot = RawBytes::new(buf);
-        }
-        let mut n = 0;
-        // SAFETY: `raw[..count]` borrows slices that outlive the call.
-        let code = unsafe { (self.raw.write_vectored)(self.raw.ctx, raw.as_ptr(), count, &mut n) };
-        result(code, n)
+        self.io.write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -102,16 +80,9 @@ impl Write for Connection<'_> {
     }
 }
 
-impl AsRawFd for Connection<'_> {
-    fn as_raw_fd(&self) -> RawFd {
-        self.raw.fd
-    }
-}
-
 impl AsFd for Connection<'_> {
+    /// The socket, lent for `setsockopt`, `splice` and the like; the daemon owns it.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the host keeps the socket open for as long as `serve` runs, which outlives
-        // any borrow of `self`.
-        unsafe { BorrowedFd::borrow_raw(self.raw.fd) }
+        self.io.as_fd()
     }
 }

@@ -6,6 +6,11 @@
 //! decides whether to switch ([`Protocol::negotiate`]) and then speaks its protocol on a
 //! plain blocking connection ([`Protocol::serve`]), on a worker thread of its own.
 //!
+//! That blocking [`Protocol`] is the first, simplest way to write a plugin. A protocol with
+//! many connections that each move little may instead implement [`EventProtocol`]: it is
+//! called on the daemon's event loops when its connection can move, with no thread per
+//! connection (see [`event`]).
+//!
 //! # A whole plugin
 //!
 //! This is `plugins/echo`: after the `101` it sends back every byte until the client stops
@@ -69,15 +74,58 @@
 
 pub mod abi;
 mod connection;
+pub mod event;
 mod protocol;
+mod raw;
 mod request;
 
 #[doc(hidden)]
 pub mod export;
 
 pub use connection::Connection;
+pub use event::{EventProtocol, Io, Ready, Wants};
 pub use protocol::{Decision, Protocol, Rejection};
 pub use request::Request;
+
+/// Log levels as the ABI numbers them ([`abi::LOG_OFF`] … [`abi::LOG_TRACE`]), one map for
+/// both sides of the boundary.
+pub mod log_levels {
+    use crate::abi::{LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_OFF, LOG_TRACE, LOG_WARN};
+
+    /// The number of a record's level.
+    pub fn to_abi(level: log::Level) -> u32 {
+        match level {
+            log::Level::Error => LOG_ERROR,
+            log::Level::Warn => LOG_WARN,
+            log::Level::Info => LOG_INFO,
+            log::Level::Debug => LOG_DEBUG,
+            log::Level::Trace => LOG_TRACE,
+        }
+    }
+
+    /// The level of a record numbered `number`; `None` for 0 ("off": not a record's level,
+    /// so nothing is logged). Numbers past trace are trace.
+    pub fn from_abi(number: u32) -> Option<log::Level> {
+        Some(match number {
+            LOG_OFF => return None,
+            LOG_ERROR => log::Level::Error,
+            LOG_WARN => log::Level::Warn,
+            LOG_INFO => log::Level::Info,
+            LOG_DEBUG => log::Level::Debug,
+            _ => log::Level::Trace,
+        })
+    }
+
+    /// The most verbose level let through, as a filter (0: off).
+    pub fn filter_from_abi(number: u32) -> log::LevelFilter {
+        from_abi(number).map_or(log::LevelFilter::Off, |level| level.to_level_filter())
+    }
+
+    /// The number of a filter's most verbose level.
+    pub fn filter_to_abi(filter: log::LevelFilter) -> u32 {
+        filter.to_level().map_or(LOG_OFF, to_abi)
+    }
+}
 
 /// Exports `$ty` (a [`Protocol`]) as this library's plugin: writes the versioned entry symbol
 /// the daemon looks for. Use it once per library.
@@ -89,7 +137,25 @@ macro_rules! export_plugin {
         pub extern "C" fn switchyard_plugin_v1() -> *const $crate::abi::PluginDescriptor {
             static DESCRIPTOR: ::std::sync::OnceLock<$crate::export::Descriptor> =
                 ::std::sync::OnceLock::new();
-            $crate::export::entry::<$ty>(
+            $crate::export::entry::<$crate::export::Blocking<$ty>>(
+                &DESCRIPTOR,
+                concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")),
+            )
+        }
+    };
+}
+
+/// Exports `$ty` (an [`EventProtocol`]) as this library's plugin, served readiness-driven on
+/// the daemon's event loops. Use it once per library, instead of [`export_plugin!`].
+#[macro_export]
+macro_rules! export_event_plugin {
+    ($ty:ty) => {
+        /// The switchyard plugin entry point (ABI version 1).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn switchyard_plugin_v1() -> *const $crate::abi::PluginDescriptor {
+            static DESCRIPTOR: ::std::sync::OnceLock<$crate::export::Descriptor> =
+                ::std::sync::OnceLock::new();
+            $crate::export::entry::<$crate::export::Evented<$ty>>(
                 &DESCRIPTOR,
                 concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")),
             )

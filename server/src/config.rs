@@ -29,6 +29,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `SWITCHYARD_WORKER_STACK_BYTES`: stack size of a worker thread.
     pub worker_stack_bytes: usize,
+    /// `SWITCHYARD_IO_THREADS`: event-loop threads (HTTP/1.1 and readiness plugins).
+    pub io_threads: usize,
+    /// `SWITCHYARD_IDLE_MS`: an upgraded connection with no bytes either way this long is
+    /// closed.
+    pub idle: Duration,
+    /// `SWITCHYARD_WRITE_TIMEOUT_MS`: an upgraded connection whose peer takes no bytes this
+    /// long while output waits is closed.
+    pub write_timeout: Duration,
 }
 
 /// A setting that could not be used.
@@ -100,6 +108,15 @@ impl Config {
             worker_stack_bytes: parse_or(get("SWITCHYARD_WORKER_STACK_BYTES"), 256 * 1024, |v| {
                 count(v, 64 * 1024, 1 << 30)
             })?,
+            io_threads: parse_or(get("SWITCHYARD_IO_THREADS"), default_io_threads(), |v| {
+                count(v, 1, 1024)
+            })?,
+            idle: parse_or(get("SWITCHYARD_IDLE_MS"), Duration::from_secs(300), millis)?,
+            write_timeout: parse_or(
+                get("SWITCHYARD_WRITE_TIMEOUT_MS"),
+                Duration::from_secs(30),
+                millis,
+            )?,
         })
     }
 }
@@ -112,6 +129,12 @@ fn default_plugin_dir() -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// One event loop per core the process may run on (`sched_getaffinity`, so `taskset` and
+/// CPU quotas count).
+fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn parse_or<T>(

@@ -1,21 +1,26 @@
 //! switchyard: an HTTP/1.1 daemon that switches connections to other protocols
 //! (`101 Switching Protocols`) served by plugins loaded from a folder at start.
 //!
-//! The path of a connection: [`server`] accepts it and drives a [`conn::Conn`] through
-//! request heads ([`http`]) and routing ([`route`]) on a mio event loop; an upgrade request
-//! goes over a channel to a [`workers`] thread, where [`switch`] asks the [`plugin`]s and
-//! runs the chosen one's blocking `serve`.
+//! The path of a connection: an [`io_loop`] thread accepts it and drives an
+//! [`http_conn::HttpConn`] through request heads ([`http`]) and routing ([`route`]); an
+//! upgrade request is [`negotiation`]'s to decide. A readiness plugin then serves it on the
+//! same loop ([`session`]); a blocking plugin on a [`workers`] thread ([`switch`]). The
+//! main thread waits for signals and runs the stop ([`supervisor`]).
 
 mod access;
 mod config;
-mod conn;
 mod http;
+mod http_conn;
+mod io_loop;
 mod metrics;
+mod negotiation;
 mod plugin;
 mod route;
-mod server;
+mod session;
 mod shared;
+mod supervisor;
 mod switch;
+mod timers;
 mod workers;
 
 use std::process::ExitCode;
@@ -37,36 +42,74 @@ fn main() -> ExitCode {
     };
     let registry = match plugin::load_dir(&config.plugin_dir) {
         Ok(registry) => registry,
-        Err(e) => {
+        Err(plugin::StartError::Folder(e)) => {
             log::error!(
                 "cannot read the plugin folder {} (SWITCHYARD_PLUGIN_DIR): {e}",
                 config.plugin_dir.display()
             );
             return ExitCode::from(EXIT_CONFIG);
         }
+        Err(plugin::StartError::Settings { file, message }) => {
+            log::error!(
+                "plugin {}: {message}; not starting (fix the setting, or remove the plugin from the folder)",
+                file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     raise_file_limit(config.max_connections);
-    // Plugins are never unloaded: their code may run until the process exits.
-    let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
     let listen = config.listen;
-    let server = match server::Server::bind(config, registry) {
-        Ok(server) => server,
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(listener) => listener,
         Err(e) => {
             log::error!("cannot listen on {listen} (SWITCHYARD_LISTEN): {e}");
             return ExitCode::FAILURE;
         }
     };
-    match server.local_addr() {
-        Ok(addr) => log::info!("listening on {addr}"),
-        Err(e) => log::warn!("listening, address unknown: {e}"),
-    }
-    match server.run() {
+    // Plugins are never unloaded and the shared state lives as long: every thread holds
+    // them until the process exits.
+    let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
+    let shared: &'static shared::Shared =
+        Box::leak(Box::new(shared::Shared::new(config, registry)));
+    match serve(shared, listener) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("event loop failed: {e}");
+            log::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts the event loops on `listener` and supervises them until the stop is over.
+fn serve(shared: &'static shared::Shared, listener: std::net::TcpListener) -> Result<(), String> {
+    let signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| format!("cannot watch for signals: {e}"))?;
+    let threads = shared.config.io_threads;
+    let mut loops = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let own = listener
+            .try_clone()
+            .and_then(|l| io_loop::Prepared::new(index, l))
+            .map_err(|e| format!("cannot set up event loop {index}: {e}"))?;
+        loops.push(own.0);
+        handles.push(own.1);
+    }
+    shared.set_loops(handles);
+    match listener.local_addr() {
+        Ok(addr) => log::info!("{threads} event loop(s); listening on {addr}"),
+        Err(e) => log::warn!("listening, address unknown: {e}"),
+    }
+    drop(listener); // each loop holds its own copy of the socket
+    let mut threads = Vec::with_capacity(loops.len());
+    for event_loop in loops {
+        let thread = std::thread::Builder::new()
+            .name("switchyard-io".into())
+            .spawn(move || event_loop.run(shared))
+            .map_err(|e| format!("cannot start an event loop thread: {e}"))?;
+        threads.push(thread);
+    }
+    supervisor::run(shared, signals, threads).map_err(|supervisor::Failed(why)| why)
 }
 
 /// Every connection is a descriptor (a tunnel two): raise the soft limit to the hard one,

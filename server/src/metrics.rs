@@ -2,9 +2,11 @@
 //! operator graphs and alerts on. Updated with relaxed atomics from the event loop and the
 //! workers; read only when scraped.
 
-use crate::plugin::Registry;
+use crate::plugin::{Plugin, Registry};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub struct Metrics {
     accepted: AtomicU64,
@@ -14,13 +16,48 @@ pub struct Metrics {
     switches: Box<[AtomicU64]>,
     /// Panics caught at the plugin boundary, by plugin index.
     panics: Box<[AtomicU64]>,
+    /// Plugin calls on an event loop that took longer than `SLOW_CALL`, by plugin index.
+    slow_calls: Box<[AtomicU64]>,
+    /// When a slow call was last logged, by plugin index (milliseconds since `epoch`).
+    slow_logged: Box<[AtomicU64]>,
+    /// Upgraded connections ended by the daemon: idle, write time-out.
+    ended_idle: AtomicU64,
+    ended_write_timeout: AtomicU64,
+    /// Connections speaking HTTP/1.1 on the event loops.
+    pub http_connections: AtomicI64,
+    /// Readiness-driven upgraded connections on the event loops.
+    pub event_connections: AtomicI64,
 }
 
 /// The gauges only the caller knows at scrape time.
 pub struct Gauges {
-    pub http_connections: usize,
-    pub upgraded_connections: usize,
+    pub blocking_connections: usize,
     pub workers_max: usize,
+    pub open_connections: usize,
+}
+
+/// One unit of a gauge, held while the thing it counts lives.
+pub struct Held(&'static AtomicI64);
+
+impl Held {
+    pub fn new(gauge: &'static AtomicI64) -> Held {
+        gauge.fetch_add(1, Relaxed);
+        Held(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// How often a slow plugin is logged at most.
+const SLOW_LOG_EVERY: Duration = Duration::from_secs(10);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 fn counters(n: usize) -> Box<[AtomicU64]> {
@@ -34,7 +71,47 @@ impl Metrics {
             responses: Default::default(),
             switches: counters(plugins),
             panics: counters(plugins),
+            slow_calls: counters(plugins),
+            slow_logged: counters(plugins),
+            ended_idle: AtomicU64::new(0),
+            ended_write_timeout: AtomicU64::new(0),
+            http_connections: AtomicI64::new(0),
+            event_connections: AtomicI64::new(0),
         }
+    }
+
+    /// Notes a plugin call on an event loop that began at `began`; one that took longer
+    /// than [`SLOW_CALL`](crate::negotiation::SLOW_CALL) is counted, and logged at most
+    /// every ten seconds per plugin. Returns the time now.
+    pub fn timed_call(&self, index: usize, plugin: &Plugin, call: &str, began: Instant) -> Instant {
+        let now = Instant::now();
+        let took = now.duration_since(began);
+        if took < crate::negotiation::SLOW_CALL {
+            return now;
+        }
+        let slow = self.slow_calls[index].fetch_add(1, Relaxed) + 1;
+        let at = now.duration_since(epoch()).as_millis() as u64;
+        let last = self.slow_logged[index].load(Relaxed);
+        if (last == 0 || at.saturating_sub(last) >= SLOW_LOG_EVERY.as_millis() as u64)
+            && self.slow_logged[index]
+                .compare_exchange(last, at.max(1), Relaxed, Relaxed)
+                .is_ok()
+        {
+            log::warn!(
+                "plugin {} took {:.1} ms in {call} on an event loop, holding up its other                  connections ({slow} slow call(s) so far): callbacks must not block",
+                plugin.name,
+                took.as_secs_f64() * 1000.0
+            );
+        }
+        now
+    }
+
+    pub fn ended_idle(&self) {
+        self.ended_idle.fetch_add(1, Relaxed);
+    }
+
+    pub fn ended_write_timeout(&self) {
+        self.ended_write_timeout.fetch_add(1, Relaxed);
     }
 
     pub fn accepted(&self) {
@@ -92,22 +169,54 @@ impl Metrics {
             &plain(self.accepted.load(Relaxed)),
         );
         metric(
+            "switchyard_open_connections",
+            "gauge",
+            "Client connections open, HTTP and upgraded (limit: SWITCHYARD_MAX_CONNECTIONS).",
+            &plain(gauges.open_connections as u64),
+        );
+        metric(
             "switchyard_http_connections",
             "gauge",
-            "Connections speaking HTTP/1.1 on the event loop.",
-            &plain(gauges.http_connections as u64),
+            "Connections speaking HTTP/1.1 on the event loops.",
+            &plain(self.http_connections.load(Relaxed).max(0) as u64),
         );
+        let upgraded = vec![
+            (
+                "{mode=\"event\"}".to_string(),
+                self.event_connections.load(Relaxed).max(0) as u64,
+            ),
+            (
+                "{mode=\"worker\"}".to_string(),
+                gauges.blocking_connections as u64,
+            ),
+        ];
         metric(
             "switchyard_upgraded_connections",
             "gauge",
-            "Connections with a worker: being switched or served by a plugin.",
-            &plain(gauges.upgraded_connections as u64),
+            "Upgraded connections: on the event loops (readiness plugins) or on workers (being switched or served by a blocking plugin).",
+            &upgraded,
         );
         metric(
             "switchyard_workers_max",
             "gauge",
-            "Most upgraded connections served at once (SWITCHYARD_WORKERS).",
+            "Most connections on workers at once (SWITCHYARD_WORKERS).",
             &plain(gauges.workers_max as u64),
+        );
+        let ended = vec![
+            (
+                "{reason=\"idle\"}".to_string(),
+                self.ended_idle.load(Relaxed),
+            ),
+            (
+                "{reason=\"write_timeout\"}".to_string(),
+                self.ended_write_timeout.load(Relaxed),
+            ),
+        ];
+        metric(
+            "switchyard_upgraded_ended_total",
+            "counter",
+            "Upgraded connections the daemon ended: idle past SWITCHYARD_IDLE_MS, or a peer that took no bytes for SWITCHYARD_WRITE_TIMEOUT_MS.",
+            &ended,
         );
         let classes: Vec<(String, u64)> = self
             .responses
@@ -133,6 +242,12 @@ impl Metrics {
             "Panics caught at the plugin boundary (each cost one connection).",
             &per_plugin(&self.panics),
         );
+        metric(
+            "switchyard_plugin_slow_calls_total",
+            "counter",
+            "Plugin calls on an event loop that took over 5 ms (each held up that loop).",
+            &per_plugin(&self.slow_calls),
+        );
         out
     }
 }
@@ -149,12 +264,13 @@ mod tests {
         metrics.response(426);
         metrics.response(426);
         metrics.response(999); // not a status class: ignored
+        metrics.http_connections.store(2, Relaxed);
         let text = metrics.render(
             &Registry::default(),
             &Gauges {
-                http_connections: 2,
-                upgraded_connections: 1,
+                blocking_connections: 1,
                 workers_max: 8,
+                open_connections: 3,
             },
         );
         assert!(text.contains("# TYPE switchyard_connections_accepted_total counter\nswitchyard_connections_accepted_total 1\n"), "{text}");
@@ -164,7 +280,8 @@ mod tests {
         );
         assert!(
             text.contains("switchyard_http_connections 2\n")
-                && text.contains("switchyard_workers_max 8\n"),
+                && text.contains("switchyard_workers_max 8\n")
+                && text.contains("switchyard_upgraded_connections{mode=\"worker\"} 1\n"),
             "{text}"
         );
     }

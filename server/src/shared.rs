@@ -1,68 +1,172 @@
-//! State the event loop and the workers share: settings, plugins, the stop flag, the set
-//! of live upgraded sockets that stopping must reach, and the way back to the event loop
-//! for connections that did not switch after all.
+//! State every thread shares: settings, plugins, the stop flag and deadline, the count of
+//! open connections, the worker pool, the blocking connections that stopping and the idle
+//! limit must reach, and the way back to each event loop.
+//!
+//! Made once at start and leaked: every thread holds `&'static Shared` until the process
+//! exits, as it holds the plugins.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::negotiation::Upgrade;
 use crate::plugin::Registry;
+use crate::workers::Pool;
 use crossbeam_channel::Sender;
 use slab::Slab;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub struct Shared {
     pub config: Config,
     pub registry: &'static Registry,
-    /// Set once on SIGTERM/SIGINT; plugins read it through `Connection::is_stopping`.
-    pub stopping: AtomicBool,
+    /// Set once on SIGTERM/SIGINT; plugins read it through `is_stopping`.
+    stopping: AtomicBool,
+    /// When the grace period ends (set with `stopping`; moved to now by a second signal).
+    stop_deadline: Mutex<Option<Instant>>,
+    /// Set when the grace period is over: event loops close what is left and end.
+    ending: AtomicBool,
+    /// Client connections open, HTTP and upgraded, against `SWITCHYARD_MAX_CONNECTIONS`.
+    open: AtomicUsize,
     pub live: Live,
     pub metrics: Metrics,
-    homecoming: Homecoming,
+    pub pool: Pool,
+    loops: OnceLock<Vec<LoopHandle>>,
 }
 
-/// A connection a worker hands back to the event loop: every plugin declined, the plain
-/// answer went out, and the connection stays open for the client's next request.
+/// How to reach an event loop from another thread.
+pub struct LoopHandle {
+    pub sender: Sender<Returned>,
+    pub waker: Arc<mio::Waker>,
+}
+
+/// A connection a worker gives back to an event loop, with what the loop does next.
 pub struct Returned {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    /// Bytes the client sent after the request: the start of its next one.
+    pub ticket: Ticket,
+    /// Bytes the client sent after the request: the new protocol's, or its next request.
     pub input: Vec<u8>,
+    pub upgrade: Box<Upgrade>,
+    pub next: Resume,
 }
 
-/// The channel back to the event loop, and the waker that makes it look.
-pub struct Homecoming {
-    pub sender: Sender<Returned>,
-    pub waker: mio::Waker,
+pub enum Resume {
+    /// Send this answer to the upgrade request (a refusal, or the plain answer when every
+    /// plugin declined), then go on as HTTP/1.1 or close, as the answer says.
+    Answer(crate::http::response::Response, Option<&'static str>),
+    /// Go on negotiating the client's offers from this one, on the loop (readiness plugins).
+    Negotiate(usize),
+}
+
+/// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped.
+/// It travels with the connection from loop to worker and back.
+pub struct Ticket(&'static AtomicUsize);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
-    pub fn new(config: Config, registry: &'static Registry, homecoming: Homecoming) -> Self {
+    pub fn new(config: Config, registry: &'static Registry) -> Self {
+        let pool = Pool::new(config.workers, config.worker_stack_bytes);
         Shared {
             config,
             registry,
             stopping: AtomicBool::new(false),
+            stop_deadline: Mutex::new(None),
+            ending: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
             live: Live::default(),
             metrics: Metrics::new(registry.plugins.len()),
-            homecoming,
+            pool,
+            loops: OnceLock::new(),
         }
+    }
+
+    /// Sets the event loops' handles, once, before any connection is accepted.
+    pub fn set_loops(&self, loops: Vec<LoopHandle>) {
+        let _ = self.loops.set(loops);
     }
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Gives a connection back to the event loop (see [`Returned`]).
-    pub fn hand_back(&self, returned: Returned) {
-        if self.homecoming.sender.send(returned).is_ok() {
-            if let Err(e) = self.homecoming.waker.wake() {
-                log::error!("cannot wake the event loop: {e}");
+    /// The stop flag itself, for blocking connections that read it through the ABI.
+    pub fn stopping_flag(&self) -> &AtomicBool {
+        &self.stopping
+    }
+
+    /// Begins the stop (or, called again, moves its deadline), and wakes every event loop.
+    pub fn stop(&self, deadline: Instant) {
+        *self.stop_deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+        self.stopping.store(true, Ordering::Release);
+        self.live.wake_all();
+        for handle in self.loops.get().into_iter().flatten() {
+            let _ = handle.waker.wake();
+        }
+    }
+
+    /// The grace period is over: every loop closes what it has and ends; blocking
+    /// connections are shut.
+    pub fn end(&self) {
+        self.ending.store(true, Ordering::Release);
+        self.live.end_all();
+        for handle in self.loops.get().into_iter().flatten() {
+            let _ = handle.waker.wake();
+        }
+    }
+
+    pub fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        *self.stop_deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more open connection, unless the limit is reached.
+    pub fn try_open(&'static self) -> Option<Ticket> {
+        let max = self.config.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Ticket(&self.open))
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Gives a connection back to event loop `home`; it is closed if that loop has ended.
+    pub fn hand_back(&self, home: usize, returned: Returned) {
+        let Some(handle) = self.loops.get().and_then(|loops| loops.get(home)) else {
+            return;
+        };
+        if handle.sender.send(returned).is_ok() {
+            if let Err(e) = handle.waker.wake() {
+                log::error!("cannot wake event loop {home}: {e}");
             }
         }
     }
 }
 
-/// Upgraded connections being served, so that stopping can wake and then end them.
+/// A blocking upgraded connection being served on a worker.
+pub struct LiveConn {
+    pub stream: TcpStream,
+    /// Bumped by every read and write the plugin makes.
+    pub activity: AtomicU64,
+    /// Set when the daemon ended the connection for being idle.
+    pub idled: AtomicBool,
+}
+
+/// Blocking upgraded connections being served, so that stopping can wake and then end
+/// them, and the idle limit can find the silent ones.
 #[derive(Default)]
 pub struct Live {
     inner: Mutex<LiveInner>,
@@ -70,50 +174,64 @@ pub struct Live {
 
 #[derive(Default)]
 struct LiveInner {
-    sockets: Slab<Arc<TcpStream>>,
+    /// Each connection with the activity count last seen and when it last changed.
+    conns: Slab<(Arc<LiveConn>, u64, Instant)>,
     /// Once set, new entries have their read side shut as they arrive.
     stopping: bool,
 }
 
 impl Live {
-    /// Registers a socket the caller serves. Sharing the handle (not duplicating the
-    /// descriptor) keeps one descriptor per connection.
-    pub fn add(&self, socket: Arc<TcpStream>) -> usize {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection the caller serves; returns its key for `remove`.
+    pub fn add(&self, conn: Arc<LiveConn>) -> usize {
+        let mut inner = self.lock();
         if inner.stopping {
-            let _ = socket.shutdown(Shutdown::Read);
+            let _ = conn.stream.shutdown(Shutdown::Read);
         }
-        inner.sockets.insert(socket)
+        inner.conns.insert((conn, 0, Instant::now()))
     }
 
     pub fn remove(&self, key: usize) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.sockets.try_remove(key);
+        self.lock().conns.try_remove(key);
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sockets
-            .len()
+        self.lock().conns.len()
     }
 
     /// Shuts the read side of every live socket (now and later added): a blocked `read`
     /// returns 0, so the plugin notices, says goodbye and returns.
     pub fn wake_all(&self) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.lock();
         inner.stopping = true;
-        for (_, socket) in inner.sockets.iter() {
-            let _ = socket.shutdown(Shutdown::Read);
+        for (_, (conn, _, _)) in inner.conns.iter() {
+            let _ = conn.stream.shutdown(Shutdown::Read);
         }
     }
 
     /// Shuts both directions of every live socket: the grace period is over.
     pub fn end_all(&self) {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, socket) in inner.sockets.iter() {
-            let _ = socket.shutdown(Shutdown::Both);
+        for (_, (conn, _, _)) in self.lock().conns.iter() {
+            let _ = conn.stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Ends every connection with no reads or writes for `idle`; returns how many.
+    pub fn end_idle(&self, idle: Duration, now: Instant) -> usize {
+        let mut ended = 0;
+        for (_, (conn, seen, since)) in self.lock().conns.iter_mut() {
+            let activity = conn.activity.load(Ordering::Relaxed);
+            if activity != *seen {
+                (*seen, *since) = (activity, now);
+            } else if now.duration_since(*since) >= idle && !conn.idled.load(Ordering::Relaxed) {
+                conn.idled.store(true, Ordering::Relaxed);
+                let _ = conn.stream.shutdown(Shutdown::Both);
+                ended += 1;
+            }
+        }
+        ended
     }
 }

@@ -1,8 +1,9 @@
-//! Worker threads: where plugin code runs, blocking, one upgraded connection per thread.
+//! Worker threads: where blocking plugin code runs, one upgraded connection per thread.
 //!
-//! Capacity is counted in slots: the event loop reserves a slot *before* it sends `100
-//! Continue` or reads an upgrade's body, and answers `503` when none is left, so a client
-//! never gets a `101` that then waits for a thread. A slot is released when its job ends.
+//! Capacity is counted in slots: the event loop takes a slot when it hands a connection to
+//! a worker (after the request body is read, so a slow body holds no slot) and answers `503`
+//! when none is left, so a client never gets a `101` that then waits for a thread. A slot is
+//! released when its job ends.
 //!
 //! Threads are spawned on demand up to the slot count, kept while jobs keep coming, and
 //! leave after [`IDLE_EXIT`] without work. Jobs travel over a crossbeam channel; the pool
@@ -16,15 +17,14 @@ use crate::switch::{self, Job};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long an idle worker thread waits for a job before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 
-#[derive(Clone)]
 pub struct Pool {
     inner: Arc<PoolInner>,
+    stack_bytes: usize,
 }
 
 struct PoolInner {
@@ -37,7 +37,6 @@ struct PoolInner {
     wake: Condvar,
     sender: Sender<Job>,
     receiver: Receiver<Job>,
-    shared: Arc<Shared>,
 }
 
 /// A reserved unit of capacity; dropping it frees it.
@@ -52,9 +51,8 @@ impl Drop for Slot {
 }
 
 impl Pool {
-    pub fn new(shared: Arc<Shared>) -> Pool {
+    pub fn new(slots: usize, stack_bytes: usize) -> Pool {
         let (sender, receiver) = crossbeam_channel::unbounded();
-        let slots = shared.config.workers;
         Pool {
             inner: Arc::new(PoolInner {
                 slots,
@@ -63,40 +61,36 @@ impl Pool {
                 wake: Condvar::new(),
                 sender,
                 receiver,
-                shared,
             }),
+            stack_bytes,
         }
     }
 
-    /// Upgraded connections in hand (reserved, queued or being served).
+    /// Upgraded connections on workers (being negotiated or served).
     pub fn busy(&self) -> usize {
         self.inner.busy.load(Ordering::Acquire)
+    }
+
+    /// True when a slot is free now (it may be gone by the time one is asked for).
+    pub fn has_room(&self) -> bool {
+        self.busy() < self.inner.slots
     }
 
     /// Takes a slot if one is free.
     pub fn try_reserve(&self) -> Option<Slot> {
         let busy = &self.inner.busy;
-        let mut current = busy.load(Ordering::Acquire);
-        while current < self.inner.slots {
-            match busy.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(Slot {
-                        pool: self.inner.clone(),
-                    })
-                }
-                Err(seen) => current = seen,
-            }
-        }
-        None
+        busy.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.inner.slots).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot {
+            pool: self.inner.clone(),
+        })
     }
 
-    /// Hands a job (holding its slot) to an idle thread, or to a new one.
-    pub fn dispatch(&self, job: Job) {
+    /// Hands a job (holding its slot) to an idle thread, or to a new one. When no thread
+    /// can be started (the system's limit), the job comes back to the caller.
+    pub fn dispatch(&self, job: Job, shared: &'static Shared) -> Result<(), Job> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         if *idle > 0 {
             *idle -= 1;
@@ -104,25 +98,38 @@ impl Pool {
             let _ = self.inner.sender.send(job);
             drop(idle);
             self.inner.wake.notify_one();
-            return;
+            return Ok(());
         }
         drop(idle);
+        // The job waits in a cell the new thread empties, so that a failed spawn (which
+        // drops the closure) still leaves it to us.
+        let cell = Arc::new(Mutex::new(Some(job)));
+        let handed = cell.clone();
         let inner = self.inner.clone();
         let spawned = std::thread::Builder::new()
             .name("switchyard-worker".into())
-            .stack_size(inner.shared.config.worker_stack_bytes)
-            .spawn(move || worker(inner, job));
-        if let Err(e) = spawned {
-            // The job (and its socket and slot) went down with the closure.
-            log::error!("cannot start a worker thread: {e}; one upgrade request dropped");
+            .stack_size(self.stack_bytes)
+            .spawn(move || {
+                let job = handed.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(job) = job {
+                    worker(&inner, shared, job);
+                }
+            });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                log::error!("cannot start a worker thread: {e}");
+                let job = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+                job.map_or(Ok(()), Err)
+            }
         }
     }
 }
 
-fn worker(pool: Arc<PoolInner>, first: Job) {
+fn worker(pool: &PoolInner, shared: &'static Shared, first: Job) {
     let mut job = first;
     loop {
-        switch::run(job, &pool.shared);
+        switch::run(job, shared);
         let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         *idle += 1;
         let until = Instant::now() + IDLE_EXIT;

@@ -211,7 +211,7 @@ fn metrics_count_connections_answers_and_switches() {
     let expected = [
         "switchyard_connections_accepted_total 3",
         "switchyard_http_connections 1",
-        "switchyard_upgraded_connections 1",
+        "switchyard_upgraded_connections{mode=\"worker\"} 1",
         "switchyard_responses_total{class=\"1xx\"} 2",
         "switchyard_responses_total{class=\"4xx\"} 1",
         "switchyard_switches_total{plugin=\"echo\"} 1",

@@ -26,7 +26,7 @@ fn broken_plugin_files_are_logged_by_name_and_skipped() {
             "wrong magic",
         ),
         (
-            "libnewminor.so: built for plugin ABI 1.99, newer than this daemon's 1.0",
+            "libnewminor.so: built for plugin ABI 1.99, newer than this daemon's 1.1",
             "newer minor",
         ),
         (
@@ -60,25 +60,25 @@ fn broken_plugin_files_are_logged_by_name_and_skipped() {
     assert_eq!(client.response().status, 101, "the good plugins serve");
 }
 
+/// A plugin whose `new()` refuses its settings stops the start, as a bad daemon setting
+/// does: a typo must not silently remove a protocol.
 #[test]
-fn a_plugin_whose_init_fails_is_skipped_with_its_reason() {
-    let daemon = Daemon::builder()
+fn a_plugin_whose_init_fails_stops_the_start_with_status_2() {
+    let (status, logs) = Daemon::builder()
         .plugin("switchyard-echo")
         .plugin("fixture-probe")
         .env("PROBE_FAIL_INIT", "1")
-        .start();
-    let logs = daemon.logs();
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
     let line = logs
         .lines()
         .find(|l| l.contains("libfixture_probe.so"))
         .unwrap_or_else(|| panic!("{logs}"));
     assert!(
-        line.contains("init failed: PROBE_FAIL_INIT is set; skipped"),
+        line.contains("ERROR") && line.contains("PROBE_FAIL_INIT is set; not starting"),
         "{line}"
     );
-    let mut client = daemon.client();
-    client.send(upgrade_request("/", "probe"));
-    assert_eq!(client.response().status, 426, "probe is not loaded");
+    assert!(!logs.contains("listening on"), "{logs}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use protocol_api::{export_plugin, Connection, Decision, Protocol, Request};
 use pump::{borrow_socket, pump, reset_on_close, Activity, Ended};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 pub struct Tunnel {
@@ -91,7 +91,6 @@ impl Protocol for Tunnel {
     ) -> io::Result<()> {
         let started = Instant::now();
         let Dialled { backend, address } = dialled;
-        let client = borrow_socket(conn.as_raw_fd());
         let mut up = 0u64;
         // What the client sent with the request goes first.
         let mut early = vec![0u8; conn.buffered()];
@@ -99,6 +98,7 @@ impl Protocol for Tunnel {
         (&backend).write_all(&early)?;
         up += early.len() as u64;
         drop(early);
+        let client = borrow_socket(conn.as_fd());
 
         let idle = self.config.idle;
         if let Some(idle) = idle {

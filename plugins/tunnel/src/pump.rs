@@ -5,9 +5,10 @@
 //! All of the plugin's `unsafe` is here.
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -50,12 +51,30 @@ impl Activity {
     }
 }
 
-/// A view of a socket the host owns (the client's, lent by `Connection`): std's API on it,
-/// never closed by us.
-pub fn borrow_socket(fd: RawFd) -> ManuallyDrop<TcpStream> {
-    // SAFETY: the host keeps `fd` open for as long as `serve` runs, which outlives every use
-    // of this view; ManuallyDrop keeps us from closing it.
-    ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) })
+/// A socket the host owns (the client's, lent by `Connection`) seen as a `TcpStream` for
+/// std's API, for as long as the borrow lasts; never closed by us.
+pub struct BorrowedStream<'a> {
+    stream: ManuallyDrop<TcpStream>,
+    _borrow: PhantomData<BorrowedFd<'a>>,
+}
+
+impl std::ops::Deref for BorrowedStream<'_> {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+/// Views a lent socket as a `TcpStream` that cannot outlive the loan.
+pub fn borrow_socket(fd: BorrowedFd<'_>) -> BorrowedStream<'_> {
+    // SAFETY: `BorrowedFd` guarantees the descriptor stays open for its lifetime, which the
+    // returned view cannot outlive; `ManuallyDrop` keeps us from closing it, and only shared
+    // references to the stream are ever given out.
+    let stream = unsafe { TcpStream::from_raw_fd(fd.as_raw_fd()) };
+    BorrowedStream {
+        stream: ManuallyDrop::new(stream),
+        _borrow: PhantomData,
+    }
 }
 
 /// Makes the next close of `socket` send a reset instead of a FIN (SO_LINGER with time 0).
@@ -139,7 +158,7 @@ fn copy(
 #[cfg(target_os = "linux")]
 mod splice {
     use super::*;
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
     /// Most bytes asked of one splice; the pipe is grown to match where the kernel allows.
     const CHUNK: usize = 1 << 20;

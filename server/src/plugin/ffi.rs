@@ -4,15 +4,16 @@
 //! The rest of the daemon sees only the safe wrappers in [`super`]. Each callback runs its
 //! body under `catch_unwind`: a panic must not unwind into plugin code.
 
-use super::{Negotiation, RequestParts, Served};
+use super::host_io::HostIo;
+use super::{Failure, Negotiation, RequestParts};
 use protocol_api::abi::*;
 use std::ffi::c_void;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::net::Shutdown;
+use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -28,6 +29,14 @@ pub enum LoadError {
     NewerMinor(u32),
     BadText(&'static str),
     NoTokens,
+    /// A token that is not an HTTP token, or that another plugin serves.
+    BadToken(String),
+    /// A required function pointer is NULL.
+    Missing(&'static str),
+    /// Neither a complete blocking nor a complete readiness set of functions.
+    NoWayToServe,
+    /// Both `serve` and the readiness functions.
+    BothWaysToServe,
     Init(String),
     InitPanicked(String),
 }
@@ -42,17 +51,32 @@ impl std::fmt::Display for LoadError {
             }
             LoadError::NullDescriptor => write!(f, "{ENTRY_SYMBOL} returned no descriptor"),
             LoadError::BadMagic => write!(f, "descriptor has the wrong magic bytes (not a switchyard plugin, or a corrupt one)"),
-            LoadError::TooSmall(size) => write!(f, "descriptor is {size} bytes, smaller than the v1 minimum {DESCRIPTOR_V1_SIZE}"),
+            LoadError::TooSmall(size) => write!(f, "descriptor is {size} bytes, smaller than its ABI version needs"),
             LoadError::NewerMinor(minor) => write!(
                 f,
                 "built for plugin ABI 1.{minor}, newer than this daemon's 1.{ABI_MINOR} (upgrade the daemon)"
             ),
             LoadError::BadText(what) => write!(f, "descriptor {what} is not valid UTF-8"),
             LoadError::NoTokens => write!(f, "declares no Upgrade tokens"),
+            LoadError::BadToken(why) => f.write_str(why),
+            LoadError::Missing(what) => write!(f, "descriptor has no `{what}` function (NULL)"),
+            LoadError::NoWayToServe => write!(f, "descriptor has neither `serve` nor all of `start`, `on_ready` and `drop_conn`"),
+            LoadError::BothWaysToServe => write!(f, "descriptor has both `serve` and the readiness functions; set one way to serve"),
             LoadError::Init(e) => write!(f, "init failed: {e}"),
             LoadError::InitPanicked(e) => write!(f, "init panicked: {e}"),
         }
     }
+}
+
+/// How a plugin serves switched connections.
+#[derive(Clone, Copy)]
+enum Serving {
+    Blocking(ServeFn),
+    Readiness {
+        start: StartFn,
+        on_ready: OnReadyFn,
+        drop_conn: DropConnFn,
+    },
 }
 
 /// An opened library and its descriptor, not yet initialised.
@@ -60,7 +84,12 @@ pub struct Opened {
     /// Kept open even when the file is then rejected: its entry function has run, and
     /// unloading buys nothing worth the risk.
     library: std::mem::ManuallyDrop<libloading::os::unix::Library>,
-    descriptor: &'static PluginDescriptor,
+    /// The plugin's descriptor, copied: as many bytes as it says it has, the rest zero
+    /// (NULL), so fields of a newer minor read as absent in an older plugin.
+    descriptor: PluginDescriptor,
+    init: InitFn,
+    negotiate: NegotiateFn,
+    serving: Serving,
     pub name: String,
     pub build: String,
     pub tokens: Vec<String>,
@@ -68,20 +97,27 @@ pub struct Opened {
 
 /// A loaded and initialised plugin's functions and state.
 pub struct Loaded {
-    /// Never closed: a plugin's code may be running on any worker (and in thread-locals'
+    /// Never closed: a plugin's code may be running on any thread (and in thread-locals'
     /// destructors) until the process exits; `dlclose` under it would crash.
     _library: std::mem::ManuallyDrop<libloading::os::unix::Library>,
-    descriptor: &'static PluginDescriptor,
+    minor: u32,
+    negotiate: NegotiateFn,
+    drop_session: Option<DropSessionFn>,
+    serving: Serving,
     state: *mut c_void,
 }
 
-// SAFETY: `state` is the plugin's `Protocol` value, which the trait requires to be
-// `Send + Sync`; the descriptor is immutable static data of a library that is never unloaded.
+// SAFETY: `state` is the plugin's shared value, which the ABI requires to be usable from
+// every thread at once (the safe layer's traits are `Send + Sync`); the function pointers
+// point into a library that is never unloaded.
 unsafe impl Send for Loaded {}
 // SAFETY: as above.
 unsafe impl Sync for Loaded {}
 
 fn text(bytes: RawBytes, what: &'static str) -> Result<String, LoadError> {
+    if bytes.len > 0 && bytes.ptr.is_null() {
+        return Err(LoadError::BadText(what));
+    }
     // SAFETY: descriptor fields point at static data of the (still open) library.
     let slice = unsafe { bytes.as_slice() };
     std::str::from_utf8(slice)
@@ -119,24 +155,35 @@ pub fn open(path: &Path) -> Result<Opened, LoadError> {
     }
     // SAFETY: checked non-null; the magic is read before anything else is trusted, and the
     // first 16 bytes (magic, minor, size) are common to every version.
-    let header = unsafe { std::ptr::read(pointer.cast::<[u8; 16]>()) };
+    let header = unsafe { std::ptr::read_unaligned(pointer.cast::<[u8; 16]>()) };
     if header[..8] != MAGIC {
         return Err(LoadError::BadMagic);
     }
     let minor = u32::from_ne_bytes(header[8..12].try_into().unwrap());
     let size = u32::from_ne_bytes(header[12..16].try_into().unwrap());
-    if (size as usize) < DESCRIPTOR_V1_SIZE {
-        return Err(LoadError::TooSmall(size));
-    }
     if minor > ABI_MINOR {
         return Err(LoadError::NewerMinor(minor));
     }
-    // SAFETY: magic and size say this is a whole v1 descriptor, static in the library, which
-    // we never unload.
-    let descriptor: &'static PluginDescriptor = unsafe { &*pointer };
+    let needed = if minor == 0 {
+        DESCRIPTOR_V1_SIZE
+    } else {
+        DESCRIPTOR_V1_1_SIZE
+    };
+    if (size as usize) < needed {
+        return Err(LoadError::TooSmall(size));
+    }
+    let mut copy = MaybeUninit::<PluginDescriptor>::zeroed();
+    // SAFETY: every field of the descriptor is an integer, a raw pointer or an
+    // `Option<extern fn>`, for which all-zero bits are valid (0, NULL, None). The plugin
+    // vouched for `size >= needed` bytes at `pointer`; we copy exactly the fields its minor
+    // version defines (`needed` bytes), so a 1.0 plugin's later fields stay NULL.
+    let descriptor = unsafe {
+        std::ptr::copy_nonoverlapping(pointer.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), needed);
+        copy.assume_init()
+    };
     let name = text(descriptor.name, "name")?;
     let build = text(descriptor.build, "build")?;
-    let raw_tokens: &[RawBytes] = if descriptor.tokens_len == 0 {
+    let raw_tokens: &[RawBytes] = if descriptor.tokens_len == 0 || descriptor.tokens.is_null() {
         &[]
     } else {
         // SAFETY: the descriptor promises `tokens_len` entries of static data.
@@ -149,9 +196,29 @@ pub fn open(path: &Path) -> Result<Opened, LoadError> {
     if tokens.is_empty() {
         return Err(LoadError::NoTokens);
     }
+    let init = descriptor.init.ok_or(LoadError::Missing("init"))?;
+    let negotiate = descriptor
+        .negotiate
+        .ok_or(LoadError::Missing("negotiate"))?;
+    let readiness = (descriptor.start, descriptor.on_ready, descriptor.drop_conn);
+    let serving = match (descriptor.serve, readiness) {
+        (Some(_), (Some(_), _, _) | (_, Some(_), _) | (_, _, Some(_))) => {
+            return Err(LoadError::BothWaysToServe)
+        }
+        (Some(serve), _) => Serving::Blocking(serve),
+        (None, (Some(start), Some(on_ready), Some(drop_conn))) => Serving::Readiness {
+            start,
+            on_ready,
+            drop_conn,
+        },
+        (None, _) => return Err(LoadError::NoWayToServe),
+    };
     Ok(Opened {
         library: std::mem::ManuallyDrop::new(library),
         descriptor,
+        init,
+        negotiate,
+        serving,
         name,
         build,
         tokens,
@@ -164,16 +231,22 @@ pub fn init(opened: Opened) -> Result<Loaded, LoadError> {
     let mut message = String::new();
     let sink = message_sink(&mut message);
     // SAFETY: the ABI's init, with a static host API and a sink that outlives the call.
-    let status = unsafe { (opened.descriptor.init)(host_api(), &mut state, &sink) };
+    let status = unsafe { (opened.init)(host_api(), &mut state, &sink) };
     match status {
         STATUS_OK if !state.is_null() => Ok(Loaded {
             _library: opened.library,
-            descriptor: opened.descriptor,
+            minor: opened.descriptor.abi_minor,
+            negotiate: opened.negotiate,
+            drop_session: opened.descriptor.drop_session,
+            serving: opened.serving,
             state,
         }),
         STATUS_OK => Err(LoadError::Init("returned no state".into())),
         STATUS_PANIC => Err(LoadError::InitPanicked(message)),
-        _ => Err(LoadError::Init(message)),
+        STATUS_ERROR => Err(LoadError::Init(message)),
+        other => Err(LoadError::Init(format!(
+            "returned {other}, not a status code ({message})"
+        ))),
     }
 }
 
@@ -212,7 +285,20 @@ fn raw_request(parts: &RequestParts<'_>) -> RawRequest {
     }
 }
 
+/// The outcome of a status code from `serve`, `start` or `on_ready`.
+fn failure(status: i32, message: String, call: &str) -> Failure {
+    match status {
+        STATUS_PANIC => Failure::Panicked(message),
+        STATUS_ERROR => Failure::Error(message),
+        other => Failure::Error(format!("{call} returned {other}, not a status code")),
+    }
+}
+
 impl Loaded {
+    pub fn is_readiness(&self) -> bool {
+        matches!(self.serving, Serving::Readiness { .. })
+    }
+
     pub fn negotiate(&self, parts: &RequestParts<'_>) -> Negotiation<'_> {
         let request = raw_request(parts);
         let mut reply = ResponseParts::default();
@@ -224,69 +310,100 @@ impl Loaded {
         };
         let mut message = String::new();
         let error = message_sink(&mut message);
-        let mut session = std::ptr::null_mut();
+        let mut pointer = std::ptr::null_mut();
         // SAFETY: the ABI's negotiate: our state, and request/sinks that outlive the call.
-        let decision = unsafe {
-            (self.descriptor.negotiate)(self.state, &request, &response, &mut session, &error)
+        let decision =
+            unsafe { (self.negotiate)(self.state, &request, &response, &mut pointer, &error) };
+        let session = Session {
+            loaded: self,
+            pointer,
+        };
+        let (accept, reject, decline) = if self.minor == 0 {
+            use protocol_api::abi::v1_0::*;
+            (DECISION_ACCEPT, DECISION_REJECT, DECISION_DECLINE)
+        } else {
+            (DECISION_ACCEPT, DECISION_REJECT, DECISION_DECLINE)
         };
         match decision {
-            DECISION_ACCEPT => Negotiation::Accept {
-                session: Session {
-                    loaded: self,
-                    pointer: session,
-                },
+            d if d == accept => Negotiation::Accept {
+                session,
                 headers: reply.headers,
             },
-            DECISION_REJECT => Negotiation::Reject {
+            d if d == reject => Negotiation::Reject {
                 status: reply.status,
                 headers: reply.headers,
                 body: reply.body,
             },
-            DECISION_DECLINE => Negotiation::Decline,
-            STATUS_PANIC => Negotiation::Panicked(message),
-            other => Negotiation::Panicked(format!("negotiate returned unknown decision {other}")),
+            d if d == decline => Negotiation::Decline,
+            STATUS_PANIC => Negotiation::Failed(Failure::Panicked(message)),
+            other => Negotiation::Failed(Failure::Error(format!(
+                "negotiate returned {other}, not a decision"
+            ))),
         }
     }
 
-    pub fn serve(
+    /// Runs a blocking plugin's `serve` on `connection` until it returns.
+    pub fn serve<C: HostIo>(
         &self,
         session: Session<'_>,
         parts: &RequestParts<'_>,
-        connection: &mut HostConnection<'_>,
-    ) -> Served {
-        let request = raw_request(parts);
-        let raw = RawConnection {
-            ctx: (connection as *mut HostConnection<'_>).cast(),
-            read: conn_read,
-            write: conn_write,
-            write_vectored: conn_write_vectored,
-            shutdown: conn_shutdown,
-            set_read_timeout: conn_set_read_timeout,
-            buffered: conn_buffered,
-            is_stopping: conn_is_stopping,
-            fd: connection.stream.as_raw_fd(),
+        connection: &mut C,
+        fd: RawFd,
+    ) -> Result<(), Failure> {
+        let Serving::Blocking(serve) = self.serving else {
+            return Err(Failure::Error("not a blocking plugin".into()));
         };
+        let request = raw_request(parts);
+        let raw = raw_connection(connection, fd);
         let mut message = String::new();
         let error = message_sink(&mut message);
-        let pointer = session.take();
-        // SAFETY: the ABI's serve: the session from this plugin's negotiate (handed over once),
-        // and request/connection/sink that outlive the call.
-        let status =
-            unsafe { (self.descriptor.serve)(self.state, pointer, &request, &raw, &error) };
+        // SAFETY: the ABI's serve: the session from this plugin's negotiate (handed over
+        // once), and request/connection/sink that outlive the call.
+        let status = unsafe { serve(self.state, session.take(), &request, &raw, &error) };
         match status {
-            STATUS_OK => Served::Done,
-            STATUS_PANIC => Served::Panicked(message),
-            _ => Served::Failed(message),
+            STATUS_OK => Ok(()),
+            other => Err(failure(other, message, "serve")),
+        }
+    }
+
+    /// Turns a readiness plugin's session into its connection state.
+    pub fn start(
+        &self,
+        session: Session<'_>,
+        parts: &RequestParts<'_>,
+    ) -> Result<Handler<'_>, Failure> {
+        let Serving::Readiness { start, .. } = self.serving else {
+            return Err(Failure::Error("not a readiness plugin".into()));
+        };
+        let request = raw_request(parts);
+        let mut message = String::new();
+        let error = message_sink(&mut message);
+        let mut pointer = std::ptr::null_mut();
+        // SAFETY: the ABI's start: the session (handed over once), request and sink that
+        // outlive the call, and our out-pointer.
+        let status = unsafe { start(self.state, session.take(), &request, &mut pointer, &error) };
+        // Whatever the status, a state it made is ours to hand back to `drop_conn`.
+        let handler = Handler {
+            loaded: self,
+            pointer,
+        };
+        match status {
+            STATUS_OK => Ok(handler),
+            other => Err(failure(other, message, "start")),
         }
     }
 }
 
-/// A session a plugin made in `negotiate`: handed to `serve`, or else freed by the plugin's
-/// `drop_session` when this is dropped.
+/// A session a plugin made in `negotiate`: handed to `serve` or `start`, or else freed by
+/// the plugin's `drop_session` when this is dropped.
 pub struct Session<'a> {
     loaded: &'a Loaded,
     pointer: *mut c_void,
 }
+
+// SAFETY: sessions are `Send` by the ABI's contract (the safe layer requires it): made on one
+// thread, served on another.
+unsafe impl Send for Session<'_> {}
 
 impl Session<'_> {
     fn take(mut self) -> *mut c_void {
@@ -296,9 +413,62 @@ impl Session<'_> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        if !self.pointer.is_null() {
-            // SAFETY: the pointer came from this plugin's negotiate and was not served.
-            unsafe { (self.loaded.descriptor.drop_session)(self.loaded.state, self.pointer) }
+        if let (false, Some(drop_session)) = (self.pointer.is_null(), self.loaded.drop_session) {
+            // SAFETY: the pointer came from this plugin's negotiate and was not handed on.
+            unsafe { drop_session(self.loaded.state, self.pointer) }
+        }
+    }
+}
+
+/// A readiness connection's state in the plugin, owned by one event loop; dropping it calls
+/// the plugin's `drop_conn`.
+pub struct Handler<'a> {
+    loaded: &'a Loaded,
+    pointer: *mut c_void,
+}
+
+impl Handler<'_> {
+    /// Calls `on_ready` with the `READY_*` bits in `events`.
+    pub fn on_ready<C: HostIo>(
+        &mut self,
+        connection: &mut C,
+        fd: RawFd,
+        events: u32,
+    ) -> Result<RawWants, Failure> {
+        let Serving::Readiness { on_ready, .. } = self.loaded.serving else {
+            return Err(Failure::Error("not a readiness plugin".into()));
+        };
+        let raw = raw_connection(connection, fd);
+        let mut wants = RawWants::default();
+        let mut message = String::new();
+        let error = message_sink(&mut message);
+        // SAFETY: the ABI's on_ready: the state from this plugin's start, on the loop thread
+        // that owns it, with a connection, out-value and sink that outlive the call.
+        let status = unsafe {
+            on_ready(
+                self.loaded.state,
+                self.pointer,
+                &raw,
+                events,
+                &mut wants,
+                &error,
+            )
+        };
+        match status {
+            STATUS_OK => Ok(wants),
+            other => Err(failure(other, message, "on_ready")),
+        }
+    }
+}
+
+impl Drop for Handler<'_> {
+    fn drop(&mut self) {
+        if let (false, Serving::Readiness { drop_conn, .. }) =
+            (self.pointer.is_null(), self.loaded.serving)
+        {
+            // SAFETY: the pointer came from this plugin's start and is freed once, on the
+            // thread that owns it.
+            unsafe { drop_conn(self.loaded.state, self.pointer) }
         }
     }
 }
@@ -315,9 +485,14 @@ fn guarded<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
 }
 
-fn lossy(bytes: RawBytes) -> String {
-    // SAFETY: the plugin lends the bytes for the duration of the callback.
-    String::from_utf8_lossy(unsafe { bytes.as_slice() }).into_owned()
+/// # Safety
+/// `bytes` is lent by the plugin for the duration of the callback (NULL only when empty).
+unsafe fn lent<'a>(bytes: RawBytes) -> &'a [u8] {
+    if bytes.ptr.is_null() {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { bytes.as_slice() }
 }
 
 fn message_sink(message: &mut String) -> MessageSink {
@@ -329,7 +504,9 @@ fn message_sink(message: &mut String) -> MessageSink {
 
 unsafe extern "C" fn sink_set_message(ctx: *mut c_void, message: RawBytes) {
     // SAFETY: `ctx` is the `String` passed with this sink, alive for the call.
-    guarded((), || unsafe { *ctx.cast::<String>() = lossy(message) })
+    guarded((), || unsafe {
+        *ctx.cast::<String>() = String::from_utf8_lossy(lent(message)).into_owned()
+    })
 }
 
 unsafe extern "C" fn sink_set_status(ctx: *mut c_void, status: u16) {
@@ -340,69 +517,53 @@ unsafe extern "C" fn sink_set_status(ctx: *mut c_void, status: u16) {
 }
 
 unsafe extern "C" fn sink_add_header(ctx: *mut c_void, name: RawBytes, value: RawBytes) {
-    // SAFETY: as above.
+    // SAFETY: as above; both are lent for the call.
     guarded((), || unsafe {
-        (*ctx.cast::<ResponseParts>())
-            .headers
-            .push((lossy(name), lossy(value)))
+        (*ctx.cast::<ResponseParts>()).headers.push((
+            String::from_utf8_lossy(lent(name)).into_owned(),
+            String::from_utf8_lossy(lent(value)).into_owned(),
+        ))
     })
 }
 
 unsafe extern "C" fn sink_set_body(ctx: *mut c_void, body: RawBytes) {
     // SAFETY: as above; the body bytes are lent for the call.
     guarded((), || unsafe {
-        (*ctx.cast::<ResponseParts>()).body = body.as_slice().to_vec()
+        (*ctx.cast::<ResponseParts>()).body = lent(body).to_vec()
     })
 }
 
-/// The daemon's side of an upgraded connection, behind [`RawConnection`].
-pub struct HostConnection<'a> {
-    pub stream: &'a TcpStream,
-    /// Bytes read past the request before the switch; served first.
-    pub read_ahead: Vec<u8>,
-    pub read_ahead_pos: usize,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub stopping: &'a AtomicBool,
-}
-
-impl HostConnection<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let ahead = &self.read_ahead[self.read_ahead_pos..];
-        if !ahead.is_empty() {
-            let n = ahead.len().min(buf.len());
-            buf[..n].copy_from_slice(&ahead[..n]);
-            self.read_ahead_pos += n;
-            if self.read_ahead_pos == self.read_ahead.len() {
-                self.read_ahead = Vec::new();
-                self.read_ahead_pos = 0;
-            }
-            return Ok(n);
-        }
-        let n = retry(|| (&mut &*self.stream).read(buf))?;
-        self.bytes_in += n as u64;
-        Ok(n)
+/// The connection in the ABI's shape, its context pointing at `connection`.
+fn raw_connection<C: HostIo>(connection: &mut C, fd: RawFd) -> RawConnection {
+    RawConnection {
+        ctx: (connection as *mut C).cast(),
+        read: conn_read::<C>,
+        write: conn_write::<C>,
+        write_vectored: conn_write_vectored::<C>,
+        shutdown: conn_shutdown::<C>,
+        set_read_timeout: conn_set_read_timeout::<C>,
+        buffered: conn_buffered::<C>,
+        is_stopping: conn_is_stopping::<C>,
+        fd,
+        set_write_timeout: Some(conn_set_write_timeout::<C>),
     }
 }
 
-fn retry(mut op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
-    loop {
-        match op() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(match e.kind() {
+        std::io::ErrorKind::WouldBlock => libc::EAGAIN,
+        std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        _ => libc::EIO,
+    })
 }
 
-fn errno(e: &io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(libc::EIO)
-}
-
-fn io_result(result: io::Result<usize>, n: *mut usize) -> i32 {
+fn io_result(result: std::io::Result<usize>, n: *mut usize) -> i32 {
     match result {
         Ok(count) => {
-            // SAFETY: `n` is the plugin's out-pointer for this call.
-            unsafe { *n = count };
+            if !n.is_null() {
+                // SAFETY: `n` is the plugin's out-pointer for this call.
+                unsafe { *n = count };
+            }
             0
         }
         Err(e) => errno(&e),
@@ -410,83 +571,78 @@ fn io_result(result: io::Result<usize>, n: *mut usize) -> i32 {
 }
 
 /// # Safety
-/// `ctx` is the `HostConnection` passed in the `RawConnection`, alive during `serve`.
-unsafe fn host_conn<'a>(ctx: *mut c_void) -> &'a mut HostConnection<'a> {
+/// `ctx` is the `C` passed in the `RawConnection`, alive during the plugin call that lent it.
+unsafe fn host<'a, C>(ctx: *mut c_void) -> &'a mut C {
     // SAFETY: the caller's contract.
-    unsafe { &mut *ctx.cast::<HostConnection<'a>>() }
+    unsafe { &mut *ctx.cast::<C>() }
 }
 
-unsafe extern "C" fn conn_read(ctx: *mut c_void, buf: *mut u8, len: usize, n: *mut usize) -> i32 {
+unsafe extern "C" fn conn_read<C: HostIo>(
+    ctx: *mut c_void,
+    buf: *mut u8,
+    len: usize,
+    n: *mut usize,
+) -> i32 {
     guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI; `buf` is writable for `len` bytes during the call.
-        let (conn, buf) = unsafe { (host_conn(ctx), std::slice::from_raw_parts_mut(buf, len)) };
-        io_result(conn.read(buf), n)
+        let buf: &mut [u8] = if len == 0 || buf.is_null() {
+            &mut []
+        } else {
+            // SAFETY: `buf` is writable for `len` bytes during the call.
+            unsafe { std::slice::from_raw_parts_mut(buf, len) }
+        };
+        // SAFETY: `ctx` per the ABI.
+        io_result(unsafe { host::<C>(ctx) }.read(buf), n)
     })
 }
 
-unsafe extern "C" fn conn_write(
+unsafe extern "C" fn conn_write<C: HostIo>(
     ctx: *mut c_void,
     buf: *const u8,
     len: usize,
     n: *mut usize,
 ) -> i32 {
     guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI; `buf` is readable for `len` bytes during the call.
-        let (conn, buf) = unsafe { (host_conn(ctx), RawBytes { ptr: buf, len }.as_slice()) };
-        let result = retry(|| (&mut &*conn.stream).write(buf));
-        if let Ok(count) = result {
-            conn.bytes_out += count as u64;
-        }
-        io_result(result, n)
+        // SAFETY: `buf` is readable for `len` bytes during the call (NULL only when empty).
+        let buf = unsafe { lent(RawBytes { ptr: buf, len }) };
+        // SAFETY: `ctx` per the ABI.
+        io_result(unsafe { host::<C>(ctx) }.write(buf), n)
     })
 }
 
-unsafe extern "C" fn conn_write_vectored(
+unsafe extern "C" fn conn_write_vectored<C: HostIo>(
     ctx: *mut c_void,
     bufs: *const RawBytes,
     count: usize,
     n: *mut usize,
 ) -> i32 {
     guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI; `bufs` holds `count` slices lent for the call.
-        let (conn, raw) = unsafe {
-            (
-                host_conn(ctx),
-                RawBytes {
-                    ptr: bufs.cast(),
-                    len: count,
-                },
-            )
-        };
-        let raw: &[RawBytes] = if count == 0 {
+        let raw: &[RawBytes] = if count == 0 || bufs.is_null() {
             &[]
         } else {
-            unsafe { std::slice::from_raw_parts(raw.ptr.cast(), count) }
+            // SAFETY: `bufs` holds `count` slices lent for the call.
+            unsafe { std::slice::from_raw_parts(bufs, count) }
         };
-        // SAFETY: each slice is lent for the call.
-        let slices: Vec<IoSlice<'_>> = raw
-            .iter()
-            .map(|b| IoSlice::new(unsafe { b.as_slice() }))
-            .collect();
-        let result = retry(|| (&mut &*conn.stream).write_vectored(&slices));
-        if let Ok(count) = result {
-            conn.bytes_out += count as u64;
+        let mut slices = [IoSlice::new(&[]); 64];
+        let used = raw.len().min(slices.len());
+        for (slot, bytes) in slices.iter_mut().zip(raw) {
+            // SAFETY: each slice is lent for the call.
+            *slot = IoSlice::new(unsafe { lent(*bytes) });
         }
-        io_result(result, n)
+        // SAFETY: `ctx` per the ABI.
+        io_result(unsafe { host::<C>(ctx) }.write_vectored(&slices[..used]), n)
     })
 }
 
-unsafe extern "C" fn conn_shutdown(ctx: *mut c_void, how: u32) -> i32 {
+unsafe extern "C" fn conn_shutdown<C: HostIo>(ctx: *mut c_void, how: u32) -> i32 {
     guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI.
-        let conn = unsafe { host_conn(ctx) };
         let how = match how {
             SHUTDOWN_READ => Shutdown::Read,
             SHUTDOWN_WRITE => Shutdown::Write,
             SHUTDOWN_BOTH => Shutdown::Both,
             _ => return libc::EINVAL,
         };
-        match conn.stream.shutdown(how) {
+        // SAFETY: `ctx` per the ABI.
+        match unsafe { host::<C>(ctx) }.shutdown(how) {
             Ok(()) => 0,
             // Already shut or reset by the peer: the goal (no more traffic) is met.
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => 0,
@@ -495,63 +651,64 @@ unsafe extern "C" fn conn_shutdown(ctx: *mut c_void, how: u32) -> i32 {
     })
 }
 
-unsafe extern "C" fn conn_set_read_timeout(ctx: *mut c_void, millis: u64) -> i32 {
+fn timeout(millis: u64) -> Option<Duration> {
+    (millis > 0).then(|| Duration::from_millis(millis))
+}
+
+unsafe extern "C" fn conn_set_read_timeout<C: HostIo>(ctx: *mut c_void, millis: u64) -> i32 {
     guarded(libc::EIO, || {
         // SAFETY: `ctx` per the ABI.
-        let conn = unsafe { host_conn(ctx) };
-        let timeout = (millis > 0).then(|| Duration::from_millis(millis));
-        conn.stream
-            .set_read_timeout(timeout)
-            .map_or_else(|e| errno(&e), |()| 0)
+        match unsafe { host::<C>(ctx) }.set_read_timeout(timeout(millis)) {
+            Ok(()) => 0,
+            Err(e) => errno(&e),
+        }
     })
 }
 
-unsafe extern "C" fn conn_buffered(ctx: *mut c_void) -> usize {
+unsafe extern "C" fn conn_set_write_timeout<C: HostIo>(ctx: *mut c_void, millis: u64) -> i32 {
+    guarded(libc::EIO, || {
+        // SAFETY: `ctx` per the ABI.
+        match unsafe { host::<C>(ctx) }.set_write_timeout(timeout(millis)) {
+            Ok(()) => 0,
+            Err(e) => errno(&e),
+        }
+    })
+}
+
+unsafe extern "C" fn conn_buffered<C: HostIo>(ctx: *mut c_void) -> usize {
     // SAFETY: `ctx` per the ABI.
-    guarded(0, || unsafe {
-        let conn = host_conn(ctx);
-        conn.read_ahead.len() - conn.read_ahead_pos
-    })
+    guarded(0, || unsafe { host::<C>(ctx) }.buffered())
 }
 
-unsafe extern "C" fn conn_is_stopping(ctx: *mut c_void) -> u8 {
+unsafe extern "C" fn conn_is_stopping<C: HostIo>(ctx: *mut c_void) -> u8 {
     // SAFETY: `ctx` per the ABI.
-    guarded(0, || {
-        u8::from(unsafe { host_conn(ctx) }.stopping.load(Ordering::Acquire))
-    })
+    guarded(0, || u8::from(unsafe { host::<C>(ctx) }.is_stopping()))
 }
 
-fn level(number: u32) -> log::Level {
-    match number {
-        0 | 1 => log::Level::Error,
-        2 => log::Level::Warn,
-        3 => log::Level::Info,
-        4 => log::Level::Debug,
-        _ => log::Level::Trace,
-    }
-}
-
-unsafe extern "C" fn host_log_enabled(level_number: u32, target: RawBytes) -> u8 {
+unsafe extern "C" fn host_log_enabled(level: u32, target: RawBytes) -> u8 {
     guarded(0, || {
+        let Some(level) = protocol_api::log_levels::from_abi(level) else {
+            return 0;
+        };
         // SAFETY: lent for the call.
-        let target = std::str::from_utf8(unsafe { target.as_slice() }).unwrap_or("plugin");
-        let metadata = log::Metadata::builder()
-            .level(level(level_number))
-            .target(target)
-            .build();
+        let target = std::str::from_utf8(unsafe { lent(target) }).unwrap_or("plugin");
+        let metadata = log::Metadata::builder().level(level).target(target).build();
         u8::from(log::logger().enabled(&metadata))
     })
 }
 
-unsafe extern "C" fn host_log(level_number: u32, target: RawBytes, message: RawBytes) {
+unsafe extern "C" fn host_log(level: u32, target: RawBytes, message: RawBytes) {
     guarded((), || {
+        let Some(level) = protocol_api::log_levels::from_abi(level) else {
+            return; // "off" is not a level a record can have
+        };
         // SAFETY: both lent for the call.
-        let (target, message) = unsafe { (target.as_slice(), message.as_slice()) };
+        let (target, message) = unsafe { (lent(target), lent(message)) };
         let target = std::str::from_utf8(target).unwrap_or("plugin");
         let message = String::from_utf8_lossy(message);
         log::logger().log(
             &log::Record::builder()
-                .level(level(level_number))
+                .level(level)
                 .target(target)
                 .args(format_args!("{message}"))
                 .build(),
@@ -565,7 +722,7 @@ fn host_api() -> &'static HostApi {
     static API: OnceLock<HostApi> = OnceLock::new();
     API.get_or_init(|| HostApi {
         abi_minor: ABI_MINOR,
-        max_log_level: log::max_level() as u32,
+        max_log_level: protocol_api::log_levels::filter_to_abi(log::max_level()),
         log_enabled: host_log_enabled,
         log: host_log,
     })

@@ -2,15 +2,22 @@
 //!
 //! Loading checks, in order, with one error line naming the file and the reason for each
 //! failure (the other files still load): the library opens (`RTLD_NOW | RTLD_LOCAL`), it
-//! exports the v1 entry, the descriptor's magic, size and minor version fit, its tokens are
-//! non-empty and not taken by an earlier file, and its `init` succeeds. Files are loaded in
-//! sorted order, so who wins a token clash does not depend on the file system.
+//! exports the v1 entry, the descriptor's magic, size and minor version fit, its functions
+//! are there (one way to serve: blocking `serve`, or readiness `start`/`on_ready`/
+//! `drop_conn`), its tokens are non-empty and not taken by an earlier file, and its `init`
+//! does not panic. Files are loaded in sorted order, so who wins a token clash does not
+//! depend on the file system.
+//!
+//! One failure is not skipped: a plugin whose `init` returns an error (its settings are
+//! wrong) stops the start, as an invalid daemon setting does.
 //!
 //! Libraries are never unloaded.
 
 mod ffi;
+mod host_io;
 
-pub use ffi::{HostConnection, RequestHeaders, Session};
+pub use ffi::{Handler, RequestHeaders, Session};
+pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead};
 
 use crate::route::TokenTable;
 use std::io;
@@ -37,18 +44,19 @@ pub enum Negotiation<'a> {
         body: Vec<u8>,
     },
     Decline,
-    Panicked(String),
+    Failed(Failure),
 }
 
-/// How `serve` ended.
+/// A plugin call that did not succeed.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Served {
-    Done,
-    Failed(String),
+pub enum Failure {
+    /// The plugin returned an error (or a code the ABI does not define); the message says.
+    Error(String),
+    /// The plugin panicked; the panic message.
     Panicked(String),
 }
 
-/// The request a plugin sees, borrowed from the job that carries it.
+/// The request a plugin sees, borrowed from the switch that carries it.
 pub struct RequestParts<'a> {
     pub method: &'a [u8],
     pub target: &'a [u8],
@@ -60,17 +68,34 @@ pub struct RequestParts<'a> {
 }
 
 impl Plugin {
+    /// True when the plugin runs readiness-driven on the event loops rather than on a worker.
+    pub fn is_readiness(&self) -> bool {
+        self.loaded.is_readiness()
+    }
+
     pub fn negotiate(&self, request: &RequestParts<'_>) -> Negotiation<'_> {
         self.loaded.negotiate(request)
     }
 
+    /// Runs a blocking plugin's `serve` until the connection is done.
     pub fn serve(
         &self,
         session: Session<'_>,
         request: &RequestParts<'_>,
-        connection: &mut HostConnection<'_>,
-    ) -> Served {
-        self.loaded.serve(session, request, connection)
+        connection: &mut BlockingConn<'_>,
+    ) -> Result<(), Failure> {
+        use std::os::fd::AsRawFd;
+        let fd = connection.stream.as_raw_fd();
+        self.loaded.serve(session, request, connection, fd)
+    }
+
+    /// Makes a readiness plugin's connection state.
+    pub fn start(
+        &self,
+        session: Session<'_>,
+        request: &RequestParts<'_>,
+    ) -> Result<Handler<'_>, Failure> {
+        self.loaded.start(session, request)
     }
 }
 
@@ -81,28 +106,57 @@ pub struct Registry {
     pub tokens: TokenTable,
 }
 
+/// Why the daemon cannot start with this plugin folder.
+#[derive(Debug)]
+pub enum StartError {
+    /// The folder cannot be read.
+    Folder(io::Error),
+    /// A plugin's `init` refused its settings.
+    Settings { file: PathBuf, message: String },
+}
+
 /// The platform's shared-library suffix.
 const LIBRARY_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
 
-/// Loads every library in `dir`. Fails only when the folder cannot be read; a file that
-/// is not a usable plugin is logged and skipped.
-pub fn load_dir(dir: &Path) -> io::Result<Registry> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<io::Result<_>>()?;
+/// Loads every library in `dir`. A file that is not a usable plugin is logged and skipped;
+/// the start fails when the folder cannot be read or a plugin's settings are invalid.
+pub fn load_dir(dir: &Path) -> Result<Registry, StartError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .and_then(|entries| {
+            entries
+                .map(|entry| entry.map(|e| e.path()))
+                .collect::<io::Result<_>>()
+        })
+        .map_err(StartError::Folder)?;
     files.retain(|path| path.is_file() && path.to_string_lossy().ends_with(LIBRARY_SUFFIX));
     files.sort();
 
     let mut registry = Registry::default();
     for file in files {
-        if let Err(reason) = registry.load(&file) {
-            log::error!("plugin {}: {reason}; skipped", file.display());
+        match registry.load(&file) {
+            Ok(()) => {}
+            Err(ffi::LoadError::Init(message)) => {
+                return Err(StartError::Settings { file, message });
+            }
+            Err(reason) => log::error!("plugin {}: {reason}; skipped", file.display()),
         }
     }
     let summary: Vec<String> = registry
         .plugins
         .iter()
-        .map(|p| format!("{} [{}] ({})", p.name, p.tokens.join(", "), p.build))
+        .map(|p| {
+            let mode = if p.is_readiness() {
+                "event loops"
+            } else {
+                "workers"
+            };
+            format!(
+                "{} [{}] ({}; on {mode})",
+                p.name,
+                p.tokens.join(", "),
+                p.build
+            )
+        })
         .collect();
     if summary.is_empty() {
         log::warn!(
@@ -121,21 +175,23 @@ pub fn load_dir(dir: &Path) -> io::Result<Registry> {
 }
 
 impl Registry {
-    fn load(&mut self, file: &Path) -> Result<(), String> {
-        let opened = ffi::open(file).map_err(|e| e.to_string())?;
+    fn load(&mut self, file: &Path) -> Result<(), ffi::LoadError> {
+        let opened = ffi::open(file)?;
         let index = self.plugins.len();
         let mut tokens = self.tokens.clone();
         for token in &opened.tokens {
             if !crate::http::response::is_token(token) {
-                return Err(format!("token {token:?} is not a valid HTTP token"));
+                return Err(ffi::LoadError::BadToken(format!(
+                    "token {token:?} is not a valid HTTP token"
+                )));
             }
             if let Err(owner) = tokens.insert(token, index) {
                 let owner = &self.plugins[owner];
-                return Err(format!(
+                return Err(ffi::LoadError::BadToken(format!(
                     "token {token:?} is already served by plugin {} ({})",
                     owner.name,
                     owner.file.display()
-                ));
+                )));
             }
         }
         let (name, build, plugin_tokens) = (
@@ -143,7 +199,7 @@ impl Registry {
             opened.build.clone(),
             opened.tokens.clone(),
         );
-        let loaded = ffi::init(opened).map_err(|e| e.to_string())?;
+        let loaded = ffi::init(opened)?;
         self.tokens = tokens;
         self.plugins.push(Plugin {
             name,

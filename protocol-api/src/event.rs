@@ -1,0 +1,250 @@
+//! The readiness-driven way to serve a switched connection: [`EventProtocol`], called on the
+//! daemon's event loops when its connection can move, with a non-blocking [`Io`].
+//!
+//! A blocking [`Protocol::serve`](crate::Protocol::serve) is the simple way and the right one
+//! for protocols that block anyway (a backend dial, a program). A protocol with many
+//! connections that each move little (WebSocket, chat, telemetry) pays for a thread per
+//! connection: a thread wake-up and a context switch per message, and a stack per idle
+//! client. An [`EventProtocol`] instead keeps its per-connection state in a value
+//! ([`EventProtocol::Conn`]) that the daemon's event-loop threads call into.
+//!
+//! # The calls
+//!
+//! 1. [`negotiate`](EventProtocol::negotiate) on an event loop (it must not block);
+//! 2. after the `101`, [`start`](EventProtocol::start) turns the session into the
+//!    connection's state;
+//! 3. [`on_ready`](EventProtocol::on_ready) at once with [`Ready::is_readable`] and
+//!    [`Ready::is_writable`] set, then whenever what it asked for ([`Wants`]) may be possible,
+//!    its timer is due, or the daemon starts to stop;
+//! 4. the state is dropped when the connection ends, on the thread that made it.
+//!
+//! From the plugin's side readiness is level-triggered: if `on_ready` stops reading before a
+//! read said [`WouldBlock`](std::io::ErrorKind::WouldBlock) and still wants to read, it is
+//! called again on the loop's next turn. Reads return the bytes the client sent with the
+//! request first. Every call runs on the one loop thread that owns the connection, so
+//! `Conn` needs no locks; while it runs, no other connection of that loop moves: a call
+//! should take microseconds, and the daemon logs a warning for one that takes milliseconds.
+//!
+//! The daemon owns the limits around it: an idle time-out (`SWITCHYARD_IDLE_MS`), a write
+//! time-out for a peer that stops reading (`SWITCHYARD_WRITE_TIMEOUT_MS`), the connection
+//! count, and the end of the grace period when stopping. A panic in any call closes that
+//! connection only.
+
+use crate::raw::RawIo;
+use crate::{Decision, Request};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+/// A protocol served readiness-driven on the daemon's event loops. Export it with
+/// [`export_event_plugin!`](crate::export_event_plugin).
+///
+/// One value is made per process by [`EventProtocol::new`] and shared by every event loop
+/// (`Sync`); each connection's own state is a [`EventProtocol::Conn`], owned by one loop.
+pub trait EventProtocol: Sized + Send + Sync + 'static {
+    /// A short name for logs, e.g. `"websocket"`.
+    const NAME: &'static str;
+    /// The `Upgrade` tokens served (RFC 9110 §7.8), without version, matched
+    /// case-insensitively. Two plugins cannot serve one token.
+    const TOKENS: &'static [&'static str];
+    /// What `negotiate` hands to `start` for one connection (`()` when nothing).
+    type Session: Send + 'static;
+    /// One connection's state while it lives. It stays on the event-loop thread that made
+    /// it, so it need not be `Send`.
+    type Conn: 'static;
+
+    /// Makes the plugin, once, when the daemon loads it. Read settings here; an `Err`
+    /// naming a setting and its value stops the daemon's start (exit status 2).
+    fn new() -> Result<Self, String>;
+
+    /// Decides whether to switch this request. Runs on an event loop: never block here.
+    fn negotiate(&self, request: &Request<'_>) -> Decision<Self::Session>;
+
+    /// Makes the connection's state after the `101` went out. An `Err` closes the
+    /// connection (logged at debug level). `on_ready` follows at once.
+    fn start(&self, session: Self::Session, request: &Request<'_>) -> io::Result<Self::Conn>;
+
+    /// The connection may move: read and write what can be, without blocking, and say what
+    /// to wait for next. An `Err` closes the connection (logged at debug level).
+    fn on_ready(&self, conn: &mut Self::Conn, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants>;
+}
+
+/// Why [`EventProtocol::on_ready`] is called; several may hold at once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ready(u32);
+
+impl Ready {
+    /// From the ABI's `READY_*` bits.
+    pub const fn from_bits(bits: u32) -> Ready {
+        Ready(bits)
+    }
+
+    /// The connection may have bytes (or the peer's end of stream) to read.
+    pub fn is_readable(self) -> bool {
+        self.0 & crate::abi::READY_READABLE != 0
+    }
+
+    /// The connection may take more bytes.
+    pub fn is_writable(self) -> bool {
+        self.0 & crate::abi::READY_WRITABLE != 0
+    }
+
+    /// The timer asked for with [`Wants::with_timer`] is due.
+    pub fn is_timer(self) -> bool {
+        self.0 & crate::abi::READY_TIMER != 0
+    }
+
+    /// The daemon has begun to stop (told once): say goodbye, then close.
+    pub fn is_stopping(self) -> bool {
+        self.0 & crate::abi::READY_STOPPING != 0
+    }
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("readable", &self.is_readable())
+            .field("writable", &self.is_writable())
+            .field("timer", &self.is_timer())
+            .field("stopping", &self.is_stopping())
+            .finish()
+    }
+}
+
+/// What [`EventProtocol::on_ready`] wants next.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wants {
+    interest: u32,
+    timer: Option<Duration>,
+}
+
+impl Wants {
+    /// Call again when there may be bytes to read.
+    pub const fn read() -> Wants {
+        Wants {
+            interest: crate::abi::WANT_READ,
+            timer: None,
+        }
+    }
+
+    /// Call again when more bytes may be written (output is waiting). Not reading meanwhile
+    /// is how a protocol applies back-pressure to a peer that does not read.
+    pub const fn write() -> Wants {
+        Wants {
+            interest: crate::abi::WANT_WRITE,
+            timer: None,
+        }
+    }
+
+    /// Call again on either.
+    pub const fn read_write() -> Wants {
+        Wants {
+            interest: crate::abi::WANT_READ | crate::abi::WANT_WRITE,
+            timer: None,
+        }
+    }
+
+    /// Wait for nothing but the timer (or the daemon stopping).
+    pub const fn timer_only(after: Duration) -> Wants {
+        Wants {
+            interest: 0,
+            timer: Some(after),
+        }
+    }
+
+    /// Close the connection now; the state is then dropped.
+    pub const fn close() -> Wants {
+        Wants {
+            interest: crate::abi::WANT_CLOSE,
+            timer: None,
+        }
+    }
+
+    /// Also call with [`Ready::is_timer`] once `after` has passed. Each answer replaces the
+    /// previous timer; an answer without one cancels it.
+    pub const fn with_timer(mut self, after: Duration) -> Wants {
+        self.timer = Some(after);
+        self
+    }
+
+    /// The ABI's form.
+    pub fn to_raw(self) -> crate::abi::RawWants {
+        crate::abi::RawWants {
+            interest: self.interest,
+            timer_ms: self.timer.map_or(0, |t| {
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
+        }
+    }
+}
+
+/// The connection during one [`EventProtocol::on_ready`] call: `Read + Write` that never
+/// block (`WouldBlock` when nothing can move). Writes go straight to the socket; what the
+/// socket does not take stays the plugin's to keep (ask for [`Wants::write`]).
+pub struct Io<'a> {
+    io: RawIo<'a>,
+}
+
+impl<'a> Io<'a> {
+    /// Wraps the host's connection.
+    ///
+    /// # Safety
+    /// `raw` must be a live non-blocking connection from the host, used only during the
+    /// `on_ready` call that lent it.
+    pub unsafe fn from_raw(raw: &'a crate::abi::RawConnection) -> Self {
+        Io {
+            // SAFETY: the caller's contract.
+            io: unsafe { RawIo::new(raw) },
+        }
+    }
+
+    /// Shuts down one or both directions (a FIN once written bytes are out, for `Write`).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.io.shutdown(how)
+    }
+
+    /// How long output may wait for a peer that does not read before the daemon closes the
+    /// connection; `None` restores the daemon's `SWITCHYARD_WRITE_TIMEOUT_MS`.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_write_timeout(timeout)
+    }
+
+    /// Bytes the daemon read ahead of the switch that reads return first.
+    pub fn buffered(&self) -> usize {
+        self.io.buffered()
+    }
+
+    /// True once the daemon is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.io.is_stopping()
+    }
+}
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read(buf)
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.io.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Io<'_> {
+    /// The socket, lent for `setsockopt` and the like; the daemon owns it.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}

@@ -1,0 +1,659 @@
+//! One client connection while it speaks HTTP/1.1 on an event loop: what it has read, what
+//! it owes, and which phase of the exchange it is in.
+//!
+//! The socket is registered once for both directions (edge-triggered); the connection
+//! remembers whether it may still read ([`HttpConn::readable`]) or write
+//! ([`HttpConn::writable`]) and reads only while it owes little: a client that pipelines
+//! requests without reading the answers stops being read once [`OUTPUT_LIMIT`] bytes wait.
+//! An upgrade request, read whole, goes to the loop ([`After::Upgrade`]) once everything
+//! owed before it is written.
+
+use crate::access::{self, Exchange};
+use crate::http::body::BodyDecoder;
+use crate::http::head::{self, BodyLength, Head, Parsed};
+use crate::http::response::{DateCache, Response, CONTINUE};
+use crate::http::HttpError;
+use crate::metrics::Held;
+use crate::negotiation::Upgrade;
+use crate::route::{route, Offer, Route};
+use crate::shared::{Shared, Ticket};
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// How long a closing connection is drained after our last response (RFC 9112 §9.6).
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read from one connection per turn, so one fast sender cannot starve others.
+const READ_BUDGET: usize = 256 * 1024;
+/// Most bytes of answers queued for a client before its further requests wait (and it is
+/// not read) until they drain.
+const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Size of an event loop's read buffer, shared by its connections.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+pub struct HttpConn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub ticket: Ticket,
+    /// Counted in `switchyard_http_connections` while it speaks HTTP; the ticket (open
+    /// connections) travels on with a switched connection.
+    _gauge: Held,
+    phase: Phase,
+    /// When the current phase times out (request head or body, idle keep-alive, linger).
+    deadline: Instant,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// Requests parsed on this connection.
+    requests: u64,
+    /// When the request being read started arriving.
+    request_started: Option<Instant>,
+    /// How much of `input` was searched for the end of a head without finding it, so a
+    /// head sent slowly is scanned once, not from its start on every read.
+    scanned: usize,
+    /// The request line of the head being read was checked (early `400` for garbage).
+    line_checked: bool,
+    peer_closed: bool,
+    /// The socket may hold unread bytes: set by a readable event, cleared by a short read.
+    /// A read that returns less than asked drained the socket, so no second read is spent
+    /// on `WouldBlock`; new bytes bring a new (edge-triggered) event.
+    pub readable: bool,
+    /// The socket may take more bytes: set by a writable event, cleared by a short write.
+    pub writable: bool,
+}
+
+enum Phase {
+    /// Waiting for, or reading, a request head.
+    Head,
+    /// Reading the body of an upgrade request.
+    UpgradeBody(Box<(Upgrade, BodyDecoder)>),
+    /// An upgrade request read whole, waiting for earlier answers to go out.
+    UpgradeReady(Box<Upgrade>),
+    /// The upgrade request is with the loop, which will answer it or take the connection.
+    Switching,
+    /// Skipping the body of a request already answered.
+    SkipBody(BodyDecoder),
+    /// Writing the last response; then `Lingering`.
+    Closing,
+    /// Our write side is shut; reading and dropping input until EOF or the deadline.
+    Lingering,
+}
+
+/// What the event loop must do after a turn.
+pub enum After {
+    Keep,
+    Close,
+    /// An upgrade request, read whole, with nothing owed before it: negotiate it.
+    Upgrade(Box<Upgrade>),
+}
+
+/// What a turn may use besides the connection itself.
+pub struct Context<'a> {
+    pub shared: &'static Shared,
+    pub date: &'a mut DateCache,
+    pub scratch: &'a mut [u8],
+    pub now: Instant,
+    /// `/metrics`, rendered at most once a second per loop.
+    pub metrics: &'a mut MetricsCache,
+}
+
+/// The last `/metrics` body a loop rendered.
+#[derive(Default)]
+pub struct MetricsCache {
+    rendered: Option<(Instant, Vec<u8>)>,
+}
+
+/// How long a rendered `/metrics` is served again.
+const METRICS_FOR: Duration = Duration::from_secs(1);
+
+impl MetricsCache {
+    fn body(&mut self, shared: &Shared, now: Instant) -> Vec<u8> {
+        match &self.rendered {
+            Some((at, body)) if now.duration_since(*at) < METRICS_FOR => body.clone(),
+            _ => {
+                let gauges = crate::metrics::Gauges {
+                    blocking_connections: shared.pool.busy(),
+                    workers_max: shared.config.workers,
+                    open_connections: shared.open_connections(),
+                };
+                let body = shared.metrics.render(shared.registry, &gauges).into_bytes();
+                self.rendered = Some((now, body.clone()));
+                body
+            }
+        }
+    }
+}
+
+/// The request line for the access log of a request whose head could not be read.
+const NO_REQUEST_LINE: &str = "-";
+
+impl HttpConn {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        ticket: Ticket,
+        shared: &'static Shared,
+        now: Instant,
+    ) -> HttpConn {
+        HttpConn {
+            stream,
+            peer,
+            ticket,
+            _gauge: Held::new(&shared.metrics.http_connections),
+            phase: Phase::Head,
+            deadline: now + shared.config.header_timeout,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            requests: 0,
+            request_started: None,
+            scanned: 0,
+            line_checked: false,
+            peer_closed: false,
+            readable: true, // bytes may be there before the first event is seen
+            writable: true,
+        }
+    }
+
+    /// A connection a worker gave back, with the bytes it had read past the request. The
+    /// upgrade request is the loop's to answer next.
+    pub fn returning(
+        stream: TcpStream,
+        peer: SocketAddr,
+        ticket: Ticket,
+        input: Vec<u8>,
+        shared: &'static Shared,
+        now: Instant,
+    ) -> HttpConn {
+        let mut conn = HttpConn::new(stream, peer, ticket, shared, now);
+        conn.input = input;
+        conn.requests = 1;
+        conn.phase = Phase::Switching;
+        conn
+    }
+
+    /// When this connection needs attention next.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Switching | Phase::UpgradeReady(_) if self.written == self.output.len() => None,
+            _ => Some(self.deadline),
+        }
+    }
+
+    /// Idle between requests: nothing read, nothing owed.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Head)
+            && self.input.is_empty()
+            && self.written == self.output.len()
+    }
+
+    /// Takes the connection apart for a switch: its socket, peer, ticket, and the bytes
+    /// read past the request.
+    pub fn into_parts(self) -> (TcpStream, SocketAddr, Ticket, Vec<u8>) {
+        (self.stream, self.peer, self.ticket, self.input)
+    }
+
+    /// Reads what is there, handles every complete request, writes what it can.
+    pub fn turn(&mut self, cx: &mut Context<'_>) -> After {
+        loop {
+            let mut progressed = false;
+            if self.wants_input() {
+                match self.fill(cx.shared.config.max_header_bytes, cx.scratch) {
+                    Ok(n) => progressed |= n > 0,
+                    Err(_) => return After::Close,
+                }
+            }
+            progressed |= self.process(cx);
+            match self.flush() {
+                Ok(n) => progressed |= n > 0,
+                Err(_) => return After::Close,
+            }
+            if self.written == self.output.len() {
+                match std::mem::replace(&mut self.phase, Phase::Switching) {
+                    Phase::UpgradeReady(upgrade) => return After::Upgrade(upgrade),
+                    Phase::Closing => {
+                        if self.stream.shutdown(Shutdown::Write).is_err() {
+                            return After::Close;
+                        }
+                        self.phase = Phase::Lingering;
+                        self.deadline = cx.now + LINGER;
+                        progressed = true;
+                    }
+                    other => self.phase = other,
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.peer_closed {
+            // The client sent all it will; finish writing what we owe, then close.
+            if self.written == self.output.len() {
+                return After::Close;
+            }
+            if matches!(self.phase, Phase::Head) {
+                self.phase = Phase::Closing;
+            }
+        }
+        After::Keep
+    }
+
+    /// Ends the current phase on its deadline.
+    pub fn expire(&mut self, cx: &mut Context<'_>) -> After {
+        if cx.now < self.deadline {
+            return After::Keep;
+        }
+        match self.phase {
+            Phase::Lingering | Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => {
+                After::Close
+            }
+            Phase::Head if self.input.is_empty() && self.requests > 0 => After::Close, // idle keep-alive
+            // The request was answered already; one answer per request, so just close.
+            Phase::SkipBody(_) => After::Close,
+            Phase::Head | Phase::UpgradeBody(_) => {
+                self.fail(cx, HttpError::new(408, "request not received in time"));
+                self.turn(cx)
+            }
+        }
+    }
+
+    /// Answers the upgrade request the loop was given (a refusal, or the plain answer when
+    /// no plugin switched), then goes on as the answer says: keep-alive or close.
+    pub fn answer_upgrade(
+        &mut self,
+        cx: &mut Context<'_>,
+        upgrade: &Upgrade,
+        response: &Response,
+        reason: Option<&str>,
+    ) {
+        let exchange = Exchange {
+            peer: self.peer,
+            request: &upgrade.request_line(),
+            status: response.status,
+            protocol: None,
+            bytes_in: upgrade.bytes_in(),
+            bytes_out: 0,
+            started: upgrade.started,
+            reason,
+        };
+        self.respond(cx, response, exchange, upgrade.is_head());
+        if response.close {
+            self.close_after_output();
+        } else {
+            self.next_request(cx);
+        }
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.peer_closed
+            && self.readable
+            && match self.phase {
+                Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => false,
+                Phase::Lingering => true,
+                _ => self.output.len() - self.written < OUTPUT_LIMIT,
+            }
+    }
+
+    /// Reads until the socket is drained, the budget is spent, or a head grows past the limit.
+    /// Reads land in the loop's shared `scratch` buffer and only what arrived is kept, so an
+    /// idle connection holds no buffer at all.
+    fn fill(&mut self, max_head: usize, scratch: &mut [u8]) -> io::Result<usize> {
+        let mut total = 0;
+        while self.readable && total < READ_BUDGET {
+            if matches!(self.phase, Phase::Head) && self.input.len() > max_head {
+                break;
+            }
+            match self.stream.read(scratch) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    self.readable = false;
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    if !matches!(self.phase, Phase::Lingering) {
+                        self.input.extend_from_slice(&scratch[..n]);
+                    }
+                    self.readable = n == scratch.len();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<usize> {
+        let mut total = 0;
+        while self.writable && self.written < self.output.len() {
+            match self.stream.write(&self.output[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.writable = self.written + n == self.output.len();
+                    self.written += n;
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.written == self.output.len() {
+            self.output = Vec::new();
+            self.written = 0;
+        }
+        Ok(total)
+    }
+
+    /// Queues `response` and writes its access line: the one step every answer takes.
+    fn respond(
+        &mut self,
+        cx: &mut Context<'_>,
+        response: &Response,
+        mut exchange: Exchange<'_>,
+        head_only: bool,
+    ) {
+        let before = self.output.len();
+        cx.shared.metrics.response(response.status);
+        response.write_to(&mut self.output, cx.date.now(), head_only);
+        exchange.bytes_out = (self.output.len() - before) as u64;
+        access::log(&exchange);
+    }
+
+    /// Answers with an error, then closes.
+    fn fail(&mut self, cx: &mut Context<'_>, error: HttpError) {
+        let response = Response::error(error.status, error.reason);
+        log::debug!("{}: {} {}", self.peer, error.status, error.reason);
+        let exchange = Exchange {
+            peer: self.peer,
+            request: NO_REQUEST_LINE,
+            status: error.status,
+            protocol: None,
+            bytes_in: self.input.len() as u64,
+            bytes_out: 0,
+            started: self.request_started.unwrap_or(cx.now),
+            reason: Some(error.reason),
+        };
+        self.respond(cx, &response, exchange, false);
+        self.close_after_output();
+    }
+
+    fn close_after_output(&mut self) {
+        self.phase = Phase::Closing;
+        self.input = Vec::new();
+    }
+
+    /// Handles what the input holds; true when something changed.
+    fn process(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progressed = false;
+        loop {
+            match &mut self.phase {
+                Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => return progressed,
+                Phase::Lingering => {
+                    self.input = Vec::new();
+                    return progressed;
+                }
+                Phase::SkipBody(decoder) => match decoder.decode(&self.input, None) {
+                    // The request was answered already: one response per request, so
+                    // no second one; the framing is lost, so close after the answer.
+                    Err(e) => {
+                        log::debug!(
+                            "{}: body of an answered request: {}; closing",
+                            self.peer,
+                            e.reason
+                        );
+                        self.close_after_output();
+                    }
+                    Ok(progress) => {
+                        self.input.drain(..progress.consumed);
+                        if !progress.done {
+                            return progressed || progress.consumed > 0;
+                        }
+                        self.next_request(cx);
+                    }
+                },
+                Phase::UpgradeBody(pending) => {
+                    let (upgrade, decoder) = &mut **pending;
+                    let result = decoder.decode(&self.input, Some(&mut upgrade.body));
+                    let over = upgrade.body.len() > cx.shared.config.max_body_bytes;
+                    match result {
+                        Err(e) => self.fail(cx, e),
+                        Ok(_) if over => self.fail(
+                            cx,
+                            HttpError::new(413, "request body larger than the limit"),
+                        ),
+                        Ok(progress) => {
+                            self.input.drain(..progress.consumed);
+                            if !progress.done {
+                                return progressed || progress.consumed > 0;
+                            }
+                            let Phase::UpgradeBody(pending) =
+                                std::mem::replace(&mut self.phase, Phase::Switching)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            self.phase = Phase::UpgradeReady(Box::new(pending.0));
+                        }
+                    }
+                }
+                Phase::Head => {
+                    if self.input.is_empty() {
+                        self.input = Vec::new(); // hold no buffer between requests
+                        return progressed;
+                    }
+                    if self.output.len() - self.written >= OUTPUT_LIMIT {
+                        return progressed; // the client reads our answers first
+                    }
+                    self.request_started.get_or_insert(cx.now);
+                    let max = cx.shared.config.max_header_bytes;
+                    if !self.head_may_be_complete(max) {
+                        return progressed;
+                    }
+                    match head::parse(&self.input, max) {
+                        Ok(Parsed::Partial) => return progressed,
+                        Err(e) => self.fail(cx, e),
+                        Ok(Parsed::Complete(head)) => {
+                            self.requests += 1;
+                            self.scanned = 0;
+                            self.line_checked = false;
+                            self.request(cx, head);
+                        }
+                    }
+                }
+            }
+            progressed = true;
+        }
+    }
+
+    /// True when parsing the input can tell something new: the head's end has arrived, the
+    /// input is over the limit, or the request line just arrived (checked once, so garbage
+    /// gets its `400` at once). Only bytes not scanned before are scanned.
+    fn head_may_be_complete(&mut self, max: usize) -> bool {
+        if self.input.len() > max {
+            return true;
+        }
+        let from = self.scanned.saturating_sub(2);
+        let found = head_end(&self.input[from..]).is_some();
+        self.scanned = self.input.len();
+        if found {
+            return true;
+        }
+        if !self.line_checked && self.input.contains(&b'\n') {
+            self.line_checked = true;
+            return true;
+        }
+        false
+    }
+
+    /// Handles one complete request head at the start of the input.
+    fn request(&mut self, cx: &mut Context<'_>, mut head: Head) {
+        let started = self.request_started.take().unwrap_or(cx.now);
+        if cx.shared.is_stopping() {
+            head.close = true;
+        }
+        let bytes = &self.input[..head.len];
+        let request_line =
+            access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
+        let response = match route(&head, bytes, &cx.shared.registry.tokens) {
+            Route::Upgrade(offers) => return self.upgrade_request(cx, head, offers, started),
+            Route::Metrics => {
+                let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))
+                    .header("Content-Type", "text/plain; version=0.0.4");
+                if head.close {
+                    response.closing()
+                } else {
+                    response
+                }
+            }
+            Route::Answer(response) => response,
+        };
+        // RFC 9110 §10.1.1: the client is waiting for 100 before it sends the body, and
+        // after a final answer it may never send it; so close rather than wait.
+        let response = if head.expect_continue && head.body != BodyLength::None {
+            response.closing()
+        } else {
+            response
+        };
+        let body_bytes = match head.body {
+            BodyLength::Fixed(n) => n,
+            _ => 0,
+        };
+        let exchange = Exchange {
+            peer: self.peer,
+            request: &request_line,
+            status: response.status,
+            protocol: None,
+            bytes_in: head.len as u64 + body_bytes,
+            bytes_out: 0,
+            started,
+            reason: None,
+        };
+        let head_only = head.method(bytes) == "HEAD";
+        self.respond(cx, &response, exchange, head_only);
+        self.input.drain(..head.len);
+        if response.close {
+            self.close_after_output();
+        } else if head.body != BodyLength::None {
+            self.phase = Phase::SkipBody(BodyDecoder::new(head.body));
+            self.deadline = cx.now + cx.shared.config.header_timeout;
+        } else {
+            self.next_request(cx);
+        }
+    }
+
+    /// An upgrade request: refused at once if it cannot be served, else its body is read.
+    fn upgrade_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        head: Head,
+        offers: Vec<Offer>,
+        started: Instant,
+    ) {
+        let shared = cx.shared;
+        let too_large =
+            matches!(head.body, BodyLength::Fixed(n) if n > shared.config.max_body_bytes as u64);
+        // Only workers can serve these offers, and none is free: say so before `100`.
+        let no_capacity = offers
+            .iter()
+            .all(|o| !shared.registry.plugins[o.plugin].is_readiness())
+            && !shared.pool.has_room();
+        let refusal = if shared.is_stopping() {
+            Some("the server is stopping")
+        } else if too_large {
+            None
+        } else if no_capacity {
+            Some("no capacity for another upgraded connection")
+        } else {
+            None
+        };
+        let bytes = &self.input[..head.len];
+        if too_large || refusal.is_some() {
+            let request_line =
+                access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
+            let (response, reason) = match refusal {
+                Some(reason) => {
+                    log::warn!("{}: {reason}; answered 503", self.peer);
+                    (
+                        Response::error(503, reason).header("Retry-After", "1"),
+                        reason,
+                    )
+                }
+                None => (
+                    Response::error(413, "request body larger than the limit"),
+                    "request body larger than the limit",
+                ),
+            };
+            let exchange = Exchange {
+                peer: self.peer,
+                request: &request_line,
+                status: response.status,
+                protocol: None,
+                bytes_in: head.len as u64,
+                bytes_out: 0,
+                started,
+                reason: Some(reason),
+            };
+            self.respond(cx, &response, exchange, false);
+            self.close_after_output();
+            return;
+        }
+        let head_bytes = self.input[..head.len].to_vec();
+        self.input.drain(..head.len);
+        let (body_length, expect_continue) = (head.body, head.expect_continue);
+        let upgrade = Upgrade {
+            head,
+            head_bytes,
+            body: Vec::new(),
+            offers,
+            started,
+        };
+        if body_length == BodyLength::None {
+            self.phase = Phase::UpgradeReady(Box::new(upgrade));
+            return;
+        }
+        if expect_continue {
+            // RFC 9110 §10.1.1: the client waits for this before sending the body.
+            self.output.extend_from_slice(CONTINUE);
+        }
+        self.phase = Phase::UpgradeBody(Box::new((upgrade, BodyDecoder::new(body_length))));
+        self.deadline = cx.now + cx.shared.config.header_timeout;
+    }
+
+    fn next_request(&mut self, cx: &mut Context<'_>) {
+        self.phase = Phase::Head;
+        self.deadline = cx.now + cx.shared.config.header_timeout;
+    }
+}
+
+/// Where a head ends in `bytes`: just past the blank line. httparse accepts `\n` as well
+/// as `\r\n` line ends, so a blank line is `\n` followed by `\n` or `\r\n`.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(i) = bytes[at..].iter().position(|&b| b == b'\n') {
+        let end = at + i + 1;
+        match &bytes[end..] {
+            [b'\n', ..] => return Some(end + 1),
+            [b'\r', b'\n', ..] => return Some(end + 2),
+            _ => at = end,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_end;
+
+    #[test]
+    fn rfc9112_2_2_head_ends_at_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+    }
+}

@@ -1,0 +1,675 @@
+//! One event loop: a thread that accepts connections from the shared listener, speaks
+//! HTTP/1.1 on them ([`HttpConn`]), switches them, and runs readiness plugins on the ones it
+//! switched ([`Session`]). `SWITCHYARD_IO_THREADS` of these run side by side, each owning
+//! its connections outright: nothing on the per-message path is shared or locked.
+//!
+//! mio, edge-triggered: every socket is registered once for both directions, and each
+//! connection remembers what it may still read or write. Connections live in a slab and are
+//! found by `Token`; their deadlines are in [`Timers`].
+//!
+//! Blocking plugins are not run here: a connection whose next offer is one goes to the
+//! worker pool, and comes back over this loop's channel if it does not switch there.
+
+use crate::http::response::{DateCache, Response};
+use crate::http_conn::{After, Context, HttpConn, MetricsCache, SCRATCH_BYTES};
+use crate::negotiation::{negotiate, plugin_failed, Outcome, Upgrade};
+use crate::route::plain_answer;
+use crate::session::{Session, Step};
+use crate::shared::{LoopHandle, Resume, Returned, Shared};
+use crate::switch::Job;
+use crate::timers::Timers;
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Other threads wake the loop with it: a connection handed back, or the stop.
+const WAKER: Token = Token(usize::MAX - 2);
+/// How often a paused accept (connection limit, or out of file descriptors) is retried.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Most connections accepted per turn, so one loop does not take every waiting client
+/// while the others idle.
+const ACCEPT_BATCH: usize = 64;
+
+pub struct Loop {
+    index: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    shared: &'static Shared,
+    conns: Slab<Entry>,
+    /// Connections workers hand back (see `Shared::hand_back`).
+    returned: Receiver<Returned>,
+    timers: Timers,
+    next_id: u64,
+    date: DateCache,
+    metrics: MetricsCache,
+    /// The read buffer every HTTP connection of this loop reads into.
+    scratch: Box<[u8]>,
+    /// Accepting waits: the connection limit, or no descriptors left.
+    accept_paused: bool,
+    /// The listener may hold more connections than the last batch took.
+    accept_more: bool,
+    /// This loop has begun its part of the stop.
+    stopping: bool,
+    /// Sessions that may move again (they stopped before the socket was drained), called
+    /// once more after this turn's events.
+    again: Vec<(usize, u64)>,
+    /// The time: read once per turn, and again after each plugin call.
+    now: Instant,
+}
+
+struct Entry {
+    /// Tells this connection from a later one in the same slot.
+    id: u64,
+    /// The time the timers will look at it (see `Timers`).
+    scheduled: Option<Instant>,
+    conn: Conn,
+}
+
+enum Conn {
+    Http(Box<HttpConn>),
+    Event(Box<Session>),
+}
+
+/// A loop set up but not yet running: made on the main thread (so that its handle exists
+/// before any connection), run on its own.
+pub struct Prepared {
+    index: usize,
+    poll: Poll,
+    listener: TcpListener,
+    returned: Receiver<Returned>,
+}
+
+impl Prepared {
+    /// A loop on its own copy of `listener`; the handle lets other threads reach it.
+    pub fn new(
+        index: usize,
+        listener: std::net::TcpListener,
+    ) -> io::Result<(Prepared, LoopHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (sender, returned) = crossbeam_channel::unbounded();
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let prepared = Prepared {
+            index,
+            poll,
+            listener,
+            returned,
+        };
+        Ok((prepared, LoopHandle { sender, waker }))
+    }
+
+    /// Serves until the stop is over.
+    pub fn run(self, shared: &'static Shared) -> io::Result<()> {
+        let Prepared {
+            index,
+            poll,
+            listener,
+            returned,
+        } = self;
+        Loop {
+            index,
+            poll,
+            listener: Some(listener),
+            shared,
+            conns: Slab::new(),
+            returned,
+            timers: Timers::default(),
+            next_id: 0,
+            date: DateCache::default(),
+            metrics: MetricsCache::default(),
+            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            accept_paused: false,
+            accept_more: true,
+            stopping: false,
+            again: Vec::new(),
+            now: Instant::now(),
+        }
+        .run()
+    }
+}
+
+impl Loop {
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_more = true,
+                    WAKER => self.welcome_back(),
+                    Token(slot) => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let writable =
+                            event.is_writable() || event.is_write_closed() || event.is_error();
+                        self.on_event(slot, readable, writable);
+                    }
+                }
+            }
+            if self.accept_more || self.accept_paused {
+                self.accept();
+            }
+            self.run_again();
+            self.expire();
+            if self.shared.is_stopping() {
+                if !self.stopping {
+                    self.begin_stop();
+                }
+                if self.conns.is_empty() || self.shared.is_ending() {
+                    self.end_all();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() || self.accept_more {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self
+            .timers
+            .next()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        if self.accept_paused {
+            // A slot freeing up elsewhere is not an event on this poll.
+            next = Some(next.map_or(ACCEPT_RETRY, |d| d.min(ACCEPT_RETRY)));
+        }
+        next
+    }
+
+    fn accept(&mut self) {
+        if self.listener.is_none() {
+            self.accept_more = false;
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let Some(ticket) = self.shared.try_open() else {
+                if !self.accept_paused {
+                    log::warn!(
+                        "{} connections open: not accepting until one closes",
+                        self.shared.config.max_connections
+                    );
+                }
+                self.accept_paused = true;
+                return;
+            };
+            self.accept_paused = false;
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let slot = self.conns.vacant_key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(slot),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::error!("cannot watch a new connection from {peer}: {e}");
+                        continue;
+                    }
+                    self.shared.metrics.accepted();
+                    let conn = HttpConn::new(stream, peer, ticket, self.shared, self.now);
+                    let slot = self.insert(Conn::Http(Box::new(conn)));
+                    self.drive_http(slot);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_more = false;
+                    return;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    log::error!("cannot accept: {e}; retrying shortly");
+                    self.accept_paused = true;
+                    return;
+                }
+                Err(e) => log::debug!("accept failed: {e}"), // the client gave up (ECONNABORTED)
+            }
+        }
+        self.accept_more = true; // a full batch: there may be more
+    }
+
+    fn insert(&mut self, conn: Conn) -> usize {
+        self.next_id += 1;
+        self.conns.insert(Entry {
+            id: self.next_id,
+            scheduled: None,
+            conn,
+        })
+    }
+
+    fn context(&mut self) -> (Context<'_>, &mut Slab<Entry>) {
+        (
+            Context {
+                shared: self.shared,
+                date: &mut self.date,
+                scratch: &mut self.scratch,
+                now: self.now,
+                metrics: &mut self.metrics,
+            },
+            &mut self.conns,
+        )
+    }
+
+    fn on_event(&mut self, slot: usize, readable: bool, writable: bool) {
+        let Some(entry) = self.conns.get_mut(slot) else {
+            return;
+        };
+        match &mut entry.conn {
+            Conn::Http(conn) => {
+                conn.readable |= readable;
+                conn.writable |= writable;
+                self.drive_http(slot);
+            }
+            Conn::Event(session) => {
+                session.ready(readable, writable);
+                let due = session.due();
+                if due != 0 {
+                    self.drive_session(slot, |session, shared, now| session.call(shared, due, now));
+                }
+            }
+        }
+    }
+
+    /// Gives an HTTP connection turns until it waits for its socket, switching it on the
+    /// way when it brings an upgrade request.
+    fn drive_http(&mut self, slot: usize) {
+        self.drive_http_with(slot, |conn, cx| conn.turn(cx));
+    }
+
+    fn drive_http_with(
+        &mut self,
+        slot: usize,
+        first: impl FnOnce(&mut HttpConn, &mut Context<'_>) -> After,
+    ) {
+        let mut step = Some(first);
+        loop {
+            let (mut cx, conns) = self.context();
+            let Some(Entry {
+                conn: Conn::Http(conn),
+                ..
+            }) = conns.get_mut(slot)
+            else {
+                return;
+            };
+            let after = match step.take() {
+                Some(first) => first(conn, &mut cx),
+                None => conn.turn(&mut cx),
+            };
+            match after {
+                After::Keep => return self.reschedule(slot),
+                After::Close => return self.close(slot),
+                After::Upgrade(upgrade) => {
+                    if !self.switch(slot, upgrade, 0) {
+                        return;
+                    }
+                    // Answered here (a refusal or a plain answer): write it, read on.
+                }
+            }
+        }
+    }
+
+    /// Negotiates `upgrade`'s offers from `from` on. True when the connection is still an
+    /// HTTP connection of this loop (it was answered); false when it was switched, handed
+    /// to a worker, or closed.
+    fn switch(&mut self, slot: usize, upgrade: Box<Upgrade>, from: usize) -> bool {
+        let shared = self.shared;
+        let Some(Entry {
+            conn: Conn::Http(conn),
+            ..
+        }) = self.conns.get_mut(slot)
+        else {
+            return false;
+        };
+        let peer = conn.peer.to_string();
+        let (response, reason) = match negotiate(shared, &upgrade, &peer, from, true) {
+            Outcome::Accept {
+                offer,
+                session,
+                switching,
+            } => {
+                let plugin_index = upgrade.offers[offer].plugin;
+                let plugin = &shared.registry.plugins[plugin_index];
+                let began = Instant::now();
+                let started = plugin.start(session, &upgrade.parts(&peer, offer));
+                self.now = shared
+                    .metrics
+                    .timed_call(plugin_index, plugin, "start", began);
+                match started {
+                    Ok(handler) => {
+                        self.start_session(slot, &upgrade, offer, handler, switching);
+                        return false;
+                    }
+                    Err(failure) => {
+                        plugin_failed(shared, plugin_index, "start", &peer, &failure);
+                        (
+                            Response::error(500, "internal error"),
+                            Some("plugin failed in start"),
+                        )
+                    }
+                }
+            }
+            Outcome::Answer(response, reason) => (response, Some(reason)),
+            Outcome::Declined => (
+                plain_answer(&upgrade.head, &upgrade.head_bytes, &shared.registry.tokens),
+                None,
+            ),
+            Outcome::Elsewhere(offer) => match shared.pool.try_reserve() {
+                Some(worker) => {
+                    self.hand_to_worker(slot, upgrade, offer, worker);
+                    return false;
+                }
+                None => {
+                    log::warn!("{peer}: no capacity for another upgraded connection; answered 503");
+                    (
+                        Response::error(503, "no capacity for another upgraded connection")
+                            .header("Retry-After", "1"),
+                        Some("no capacity for another upgraded connection"),
+                    )
+                }
+            },
+        };
+        let (mut cx, conns) = self.context();
+        if let Some(Entry {
+            conn: Conn::Http(conn),
+            ..
+        }) = conns.get_mut(slot)
+        {
+            conn.answer_upgrade(&mut cx, &upgrade, &response, reason);
+        }
+        true
+    }
+
+    /// Turns the HTTP connection in `slot` into a readiness session (the socket keeps its
+    /// registration) and gives the plugin its first call.
+    fn start_session(
+        &mut self,
+        slot: usize,
+        upgrade: &Upgrade,
+        offer: usize,
+        handler: crate::plugin::Handler<'static>,
+        switching: Vec<u8>,
+    ) {
+        let Conn::Http(conn) = self.conns.remove(slot).conn else {
+            unreachable!("switch is only called on HTTP connections")
+        };
+        let (stream, peer, ticket, read_ahead) = conn.into_parts();
+        let session = Session::new(
+            self.shared,
+            stream,
+            peer,
+            ticket,
+            upgrade,
+            offer,
+            handler,
+            switching,
+            read_ahead,
+            self.now,
+        );
+        // A slab hands out the slot it freed last, so this is `slot` again; if it were not,
+        // the socket would follow it.
+        let new_slot = self.insert(Conn::Event(Box::new(session)));
+        if new_slot != slot {
+            if let Some(Entry {
+                conn: Conn::Event(session),
+                ..
+            }) = self.conns.get_mut(new_slot)
+            {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if self
+                    .poll
+                    .registry()
+                    .reregister(&mut session.stream, Token(new_slot), interest)
+                    .is_err()
+                {
+                    return self.close_with(new_slot, Some("cannot watch the socket"));
+                }
+            }
+        }
+        self.drive_session(new_slot, |session, shared, now| {
+            session.call(shared, 0, now)
+        });
+    }
+
+    /// Hands the connection in `slot` to a worker, to negotiate from `offer` on.
+    fn hand_to_worker(
+        &mut self,
+        slot: usize,
+        upgrade: Box<Upgrade>,
+        offer: usize,
+        worker: crate::workers::Slot,
+    ) {
+        let entry = self.conns.remove(slot);
+        let Conn::Http(conn) = entry.conn else {
+            unreachable!("switch is only called on HTTP connections")
+        };
+        let (mut stream, peer, ticket, read_ahead) = conn.into_parts();
+        let _ = self.poll.registry().deregister(&mut stream);
+        let job = Job {
+            stream: std::net::TcpStream::from(stream),
+            peer,
+            ticket,
+            upgrade,
+            read_ahead,
+            from: offer,
+            slot: worker,
+            home: self.index,
+        };
+        if let Err(job) = self.shared.pool.dispatch(job, self.shared) {
+            // No thread could be started: the client gets a 503, never silence.
+            let returned = job.refuse(
+                Response::error(503, "no worker thread could be started")
+                    .header("Retry-After", "1"),
+            );
+            self.welcome(returned);
+        }
+    }
+
+    /// Takes back connections workers did not switch.
+    fn welcome_back(&mut self) {
+        while let Ok(returned) = self.returned.try_recv() {
+            self.welcome(returned);
+        }
+    }
+
+    fn welcome(&mut self, returned: Returned) {
+        let Returned {
+            stream,
+            peer,
+            ticket,
+            input,
+            upgrade,
+            next,
+        } = returned;
+        if stream.set_nonblocking(true).is_err() {
+            return; // dropped: closed
+        }
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let slot = self.conns.vacant_key();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let conn = HttpConn::returning(stream, peer, ticket, input, self.shared, self.now);
+        let slot = self.insert(Conn::Http(Box::new(conn)));
+        match next {
+            Resume::Answer(response, reason) => {
+                self.drive_http_with(slot, move |conn, cx| {
+                    conn.answer_upgrade(cx, &upgrade, &response, reason);
+                    conn.turn(cx)
+                });
+            }
+            Resume::Negotiate(from) => {
+                if self.switch(slot, upgrade, from) {
+                    self.drive_http(slot);
+                }
+            }
+        }
+    }
+
+    /// Calls a session through `step`, then applies what it says.
+    fn drive_session(
+        &mut self,
+        slot: usize,
+        step: impl FnOnce(&mut Session, &'static Shared, &mut Instant) -> Step,
+    ) {
+        let Some(Entry {
+            id,
+            conn: Conn::Event(session),
+            ..
+        }) = self.conns.get_mut(slot)
+        else {
+            return;
+        };
+        match step(session, self.shared, &mut self.now) {
+            Step::Close(reason) => self.close_with(slot, reason),
+            Step::Keep => {
+                if session.due() != 0 {
+                    self.again.push((slot, *id));
+                }
+                self.reschedule(slot);
+            }
+        }
+    }
+
+    /// Calls the sessions that stopped before their socket was drained, once each.
+    fn run_again(&mut self) {
+        for (slot, id) in std::mem::take(&mut self.again) {
+            match self.conns.get(slot) {
+                Some(Entry {
+                    id: current,
+                    conn: Conn::Event(session),
+                    ..
+                }) if *current == id => {
+                    let due = session.due();
+                    if due != 0 {
+                        self.drive_session(slot, |session, shared, now| {
+                            session.call(shared, due, now)
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes sure the timers look at `slot` by its deadline.
+    fn reschedule(&mut self, slot: usize) {
+        let Some(entry) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let deadline = match &entry.conn {
+            Conn::Http(conn) => conn.deadline(),
+            Conn::Event(session) => Some(session.deadline(self.shared)),
+        };
+        if let Some(at) = deadline {
+            self.timers
+                .schedule(&mut entry.scheduled, at, slot, entry.id);
+        }
+    }
+
+    fn expire(&mut self) {
+        while let Some((at, slot, id)) = self.timers.pop_due(self.now) {
+            let Some(entry) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if entry.id != id || entry.scheduled != Some(at) {
+                continue; // stale: the connection was rescheduled or is gone
+            }
+            entry.scheduled = None;
+            match &entry.conn {
+                Conn::Http(_) => self.drive_http_with(slot, |conn, cx| conn.expire(cx)),
+                Conn::Event(_) => {
+                    self.drive_session(slot, |session, shared, now| session.expire(shared, now))
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        self.close_with(slot, Some("closed"));
+    }
+
+    /// Removes `slot`'s connection; a session gets its access line with `reason`.
+    fn close_with(&mut self, slot: usize, reason: Option<&'static str>) {
+        if let Some(entry) = self.conns.try_remove(slot) {
+            match entry.conn {
+                Conn::Http(mut conn) => {
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                }
+                Conn::Event(mut session) => {
+                    let _ = self.poll.registry().deregister(&mut session.stream);
+                    session.close(reason);
+                }
+            }
+        }
+    }
+
+    /// This loop's part of the stop: no more accepting, idle HTTP connections closed, every
+    /// session told.
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_paused = false;
+        self.accept_more = false;
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            match self.conns.get_mut(slot).map(|e| &mut e.conn) {
+                // Read what has arrived but not been seen yet, so that a request already
+                // sent counts as in flight rather than its connection as idle.
+                Some(Conn::Http(conn)) => {
+                    conn.readable = true;
+                    self.drive_http(slot);
+                    if let Some(Conn::Http(conn)) = self.conns.get(slot).map(|e| &e.conn) {
+                        if conn.is_idle() {
+                            self.close(slot);
+                        }
+                    }
+                }
+                Some(Conn::Event(_)) => self.drive_session(slot, |session, shared, now| {
+                    session.tell_stopping(shared, now)
+                }),
+                None => {}
+            }
+        }
+    }
+
+    /// The loop ends: whatever is left is closed.
+    fn end_all(&mut self) {
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.close_with(slot, Some("daemon stopped"));
+        }
+    }
+}

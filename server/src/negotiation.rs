@@ -1,0 +1,254 @@
+//! Asking plugins, in the client's order, whether to switch (RFC 9110 §7.8): the decision
+//! both the event loops and the workers make, each for the plugins that run on it.
+//! Readiness plugins negotiate on an event loop, blocking ones on a worker; when the next
+//! offer belongs to the other side, the caller hands the connection over
+//! ([`Outcome::Elsewhere`]).
+
+use crate::access;
+use crate::http::head::Head;
+use crate::http::response::{is_field_value, is_token, write_header, write_status_line, Response};
+use crate::plugin::{Failure, Negotiation, Plugin, RequestHeaders, RequestParts, Session};
+use crate::route::Offer;
+use crate::shared::Shared;
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+/// A plugin call on an event loop longer than this is logged: it held up every other
+/// connection of that loop.
+pub const SLOW_CALL: Duration = Duration::from_millis(5);
+
+/// An upgrade request, read whole (head and body) by an event loop.
+pub struct Upgrade {
+    pub head: Head,
+    /// The head's bytes; `head`'s spans point into them.
+    pub head_bytes: Vec<u8>,
+    /// Freed once a plugin accepted and was started (blocking `serve` does not see it).
+    pub body: Vec<u8>,
+    pub offers: Vec<Offer>,
+    /// When the request began to arrive.
+    pub started: Instant,
+}
+
+impl Upgrade {
+    /// `METHOD target HTTP/1.x` for the access line (empty when that log is off).
+    pub fn request_line(&self) -> String {
+        let bytes = &self.head_bytes;
+        access::request_line(
+            self.head.method(bytes),
+            self.head.target(bytes),
+            self.head.version_minor,
+        )
+    }
+
+    /// Bytes of the request on the wire (head and body as decoded).
+    pub fn bytes_in(&self) -> u64 {
+        (self.head_bytes.len() + self.body.len()) as u64
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.head.method(&self.head_bytes) == "HEAD"
+    }
+
+    /// The `Upgrade` product of offer `index`, as the client spelled it.
+    pub fn product(&self, index: usize) -> &str {
+        self.offers[index].product.str(&self.head_bytes)
+    }
+
+    /// The request as plugins see it; `protocol` is the offer being negotiated.
+    pub fn parts<'a>(&'a self, peer: &'a str, offer: usize) -> RequestParts<'a> {
+        let bytes = self.head_bytes.as_slice();
+        RequestParts {
+            method: self.head.method.get(bytes),
+            target: self.head.target.get(bytes),
+            version_minor: u32::from(self.head.version_minor),
+            headers: RequestHeaders::new(
+                self.head
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.get(bytes), v.get(bytes))),
+            ),
+            peer,
+            body: &self.body,
+            protocol: self.offers.get(offer).map_or(&[], |o| o.product.get(bytes)),
+        }
+    }
+}
+
+/// What the offers from one point on came to.
+pub enum Outcome {
+    /// Offer `offer`'s plugin accepts: send `switching` (the `101`), then serve `session`.
+    Accept {
+        offer: usize,
+        session: Session<'static>,
+        switching: Vec<u8>,
+    },
+    /// Answer with this instead (a plugin's refusal, an error, or `503` while stopping);
+    /// the reason goes on the access line.
+    Answer(Response, &'static str),
+    /// Offer `index` runs on the other side (a worker, or an event loop): hand over.
+    Elsewhere(usize),
+    /// Every plugin declined: answer as if there had been no `Upgrade`.
+    Declined,
+}
+
+/// Negotiates the offers of `upgrade` from `from` on, for the plugins that run here
+/// (`on_loop`: readiness plugins on an event loop; otherwise blocking ones on a worker).
+pub fn negotiate(
+    shared: &'static Shared,
+    upgrade: &Upgrade,
+    peer: &str,
+    from: usize,
+    on_loop: bool,
+) -> Outcome {
+    for index in from..upgrade.offers.len() {
+        if shared.is_stopping() {
+            let answer = Response::error(503, "the server is stopping").header("Retry-After", "1");
+            return Outcome::Answer(answer, "stopping");
+        }
+        let plugin_index = upgrade.offers[index].plugin;
+        let plugin = &shared.registry.plugins[plugin_index];
+        if plugin.is_readiness() != on_loop {
+            return Outcome::Elsewhere(index);
+        }
+        let parts = upgrade.parts(peer, index);
+        let began = on_loop.then(Instant::now);
+        let negotiation = plugin.negotiate(&parts);
+        if let Some(began) = began {
+            shared
+                .metrics
+                .timed_call(plugin_index, plugin, "negotiate", began);
+        }
+        match negotiation {
+            Negotiation::Decline => continue,
+            Negotiation::Accept { session, headers } => {
+                let product = upgrade.product(index);
+                return match switching_protocols(product, &headers) {
+                    Some(switching) => Outcome::Accept {
+                        offer: index,
+                        session,
+                        switching,
+                    },
+                    None => {
+                        log::error!(
+                            "plugin {}: negotiate gave a header that is not valid HTTP: {headers:?}",
+                            plugin.name
+                        );
+                        Outcome::Answer(
+                            Response::error(500, "internal error"),
+                            "plugin sent an invalid header",
+                        )
+                    }
+                };
+            }
+            Negotiation::Reject {
+                status,
+                headers,
+                body,
+            } => {
+                let response = rejection(shared, plugin, status, headers, body);
+                return Outcome::Answer(response, "refused by plugin");
+            }
+            Negotiation::Failed(failure) => {
+                plugin_failed(shared, plugin_index, "negotiate", peer, &failure);
+                return Outcome::Answer(
+                    Response::error(500, "internal error"),
+                    "plugin failed in negotiate",
+                );
+            }
+        }
+    }
+    Outcome::Declined
+}
+
+/// Logs (and counts, for a panic) a plugin call that failed; the connection is lost.
+pub fn plugin_failed(
+    shared: &Shared,
+    plugin_index: usize,
+    call: &str,
+    peer: &str,
+    failure: &Failure,
+) {
+    let name = &shared.registry.plugins[plugin_index].name;
+    match failure {
+        Failure::Panicked(message) => {
+            shared.metrics.panicked(plugin_index);
+            log::error!(
+                "plugin {name} panicked in {call}: {message}; connection from {peer} closed"
+            );
+        }
+        Failure::Error(message) => {
+            log::error!("plugin {name} failed in {call}: {message}; connection from {peer} closed");
+        }
+    }
+}
+
+/// The `101` (RFC 9110 §15.2.2): `Upgrade` names the protocol as the client spelled it,
+/// `Connection: upgrade`, then the plugin's headers; `None` if those are not valid HTTP.
+fn switching_protocols(product: &str, headers: &[(String, String)]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    write_status_line(&mut out, 101);
+    write_header(&mut out, "Upgrade", product);
+    write_header(&mut out, "Connection", "upgrade");
+    for (name, value) in headers {
+        if !is_token(name) || !is_field_value(value) {
+            return None;
+        }
+        write_header(&mut out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+/// A plugin's refusal as a response, checked: a status outside 300–599 or a header that is
+/// not valid HTTP becomes a `500`. A `426` without `Upgrade` gets the daemon's list, which
+/// RFC 9110 §15.5.22 requires on every `426`.
+fn rejection(
+    shared: &Shared,
+    plugin: &Plugin,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> Response {
+    let valid = (300..=599).contains(&status)
+        && headers
+            .iter()
+            .all(|(n, v)| is_token(n) && is_field_value(v));
+    if !valid {
+        log::error!(
+            "plugin {}: rejection with status {status} or headers {headers:?} is not valid HTTP",
+            plugin.name
+        );
+        return Response::error(500, "internal error");
+    }
+    let mut response = Response::new(status, body).closing();
+    let names_upgrade = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
+    response.headers = headers
+        .into_iter()
+        .map(|(n, v)| (Cow::Owned(n), Cow::Owned(v)))
+        .collect();
+    if status == 426 && !names_upgrade {
+        response = response
+            .header("Upgrade", shared.registry.tokens.advertised())
+            .header("Connection", "upgrade");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc9110_15_2_2_switching_protocols_names_the_protocol() {
+        let out = switching_protocols("Echo/1", &[("X-Session".into(), "7".into())]).unwrap();
+        assert!(out.starts_with(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: Echo/1\r\nConnection: upgrade\r\n"
+        ));
+        assert!(out.ends_with(b"X-Session: 7\r\n\r\n"));
+        assert!(
+            switching_protocols("echo", &[("X".into(), "a\r\nSet-Cookie: x".into())]).is_none()
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! The daemon's side of a switched connection while plugin code runs on it: what the
+//! callbacks in [`super::ffi`] call. Two kinds, one trait:
+//! - [`BlockingConn`]: a blocking socket on a worker thread (`serve`);
+//! - [`EventIo`]: a non-blocking socket on an event loop (`on_ready`), which also notes
+//!   whether the socket was drained or filled, so the loop knows when to call again.
+//!
+//! Both serve the bytes read ahead of the switch first, count bytes for the access line,
+//! and apply the daemon's write time-out.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What the plugin callbacks need of a connection.
+pub trait HostIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn shutdown(&mut self, how: Shutdown) -> io::Result<()>;
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// `None`: back to the daemon's `SWITCHYARD_WRITE_TIMEOUT_MS`.
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    fn buffered(&self) -> usize;
+    fn is_stopping(&self) -> bool;
+}
+
+/// Bytes the event loop read past the request: the new protocol's first bytes, which the
+/// plugin's reads return before the socket's.
+#[derive(Default)]
+pub struct ReadAhead {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl ReadAhead {
+    pub fn new(bytes: Vec<u8>) -> ReadAhead {
+        ReadAhead { bytes, at: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    /// Copies what fits into `buf`; `None` when nothing is left (read the socket).
+    fn take(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let ahead = &self.bytes[self.at..];
+        if ahead.is_empty() || buf.is_empty() {
+            return None;
+        }
+        let n = ahead.len().min(buf.len());
+        buf[..n].copy_from_slice(&ahead[..n]);
+        self.at += n;
+        if self.at == self.bytes.len() {
+            *self = ReadAhead::default(); // hold no buffer once it is served
+        }
+        Some(n)
+    }
+}
+
+fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A switched connection served by a blocking `serve` on a worker thread.
+pub struct BlockingConn<'a> {
+    pub stream: &'a TcpStream,
+    pub read_ahead: ReadAhead,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub stopping: &'a AtomicBool,
+    /// Bumped by every read and write, for the daemon's idle limit.
+    pub activity: &'a AtomicU64,
+    /// The daemon's write time-out, in force unless the plugin set its own.
+    pub default_write_timeout: Duration,
+    /// A write waited longer than the write time-out: the connection was ended.
+    pub write_timed_out: bool,
+}
+
+impl BlockingConn<'_> {
+    /// Sends what a blocking write returns, marking progress; a write that waited for the
+    /// whole write time-out ends the connection.
+    fn wrote(&mut self, result: io::Result<usize>) -> io::Result<usize> {
+        match result {
+            Ok(n) => {
+                self.bytes_out += n as u64;
+                self.activity.fetch_add(1, Ordering::Relaxed);
+                Ok(n)
+            }
+            // SO_SNDTIMEO expired: the peer took nothing for the whole time-out.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.write_timed_out = true;
+                let _ = self.stream.shutdown(Shutdown::Both);
+                Err(io::ErrorKind::TimedOut.into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl HostIo for BlockingConn<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(n) = self.read_ahead.take(buf) {
+            return Ok(n);
+        }
+        let n = retry(|| (&mut &*self.stream).read(buf))?;
+        self.bytes_in += n as u64;
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = retry(|| (&mut &*self.stream).write(buf));
+        self.wrote(result)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let result = retry(|| (&mut &*self.stream).write_vectored(bufs));
+        self.wrote(result)
+    }
+
+    fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
+        self.stream.shutdown(how)
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream
+            .set_write_timeout(Some(timeout.unwrap_or(self.default_write_timeout)))
+    }
+
+    fn buffered(&self) -> usize {
+        self.read_ahead.len()
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// What a readiness connection's I/O left behind, kept by the session between calls.
+#[derive(Default)]
+pub struct Flow {
+    pub read_ahead: ReadAhead,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The socket may hold unread bytes. Set by a readable event, cleared by a read that
+    /// returned less than asked (the socket was drained) or `WouldBlock`.
+    pub readable: bool,
+    /// The socket may take more bytes. Set by a writable event, cleared by a write that
+    /// took less than offered or `WouldBlock`.
+    pub writable: bool,
+    /// Bytes moved during the current call.
+    pub moved: bool,
+    /// The plugin's own write time-out, if it set one.
+    pub write_timeout: Option<Duration>,
+}
+
+/// A readiness connection during one `on_ready` call.
+pub struct EventIo<'a> {
+    pub stream: &'a mio::net::TcpStream,
+    pub flow: &'a mut Flow,
+    pub stopping: bool,
+}
+
+impl EventIo<'_> {
+    fn wrote(&mut self, result: io::Result<usize>, offered: usize) -> io::Result<usize> {
+        match result {
+            Ok(n) => {
+                self.flow.bytes_out += n as u64;
+                self.flow.moved |= n > 0;
+                if n < offered {
+                    self.flow.writable = false;
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.flow.writable = false;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl HostIo for EventIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(n) = self.flow.read_ahead.take(buf) {
+            return Ok(n);
+        }
+        match retry(|| (&mut &*self.stream).read(buf)) {
+            Ok(n) => {
+                self.flow.bytes_in += n as u64;
+                self.flow.moved |= n > 0;
+                // A short read drained the socket; new bytes bring a new event.
+                if n < buf.len() {
+                    self.flow.readable = false;
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.flow.readable = false;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = retry(|| (&mut &*self.stream).write(buf));
+        self.wrote(result, buf.len())
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let offered = bufs.iter().map(|b| b.len()).sum();
+        let result = retry(|| (&mut &*self.stream).write_vectored(bufs));
+        self.wrote(result, offered)
+    }
+
+    fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
+        self.stream.shutdown(how)
+    }
+
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        // Reads never block here; a plugin asks for a timer instead.
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.flow.write_timeout = timeout;
+        Ok(())
+    }
+
+    fn buffered(&self) -> usize {
+        self.flow.read_ahead.len()
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+}

@@ -1,0 +1,284 @@
+//! A readiness-driven upgraded connection on an event loop: the daemon's half of
+//! [`EventProtocol`](protocol_api::EventProtocol). It calls the plugin's `on_ready` when
+//! what the plugin wants may be possible, and owns the limits around it: the idle limit, the
+//! write time-out, the goodbye on stop, and the access line at the end.
+//!
+//! Readiness is edge-triggered underneath (the socket is registered once, for both
+//! directions) and level-triggered for the plugin: [`Flow`] remembers whether the socket may
+//! still be read or written, so a plugin that stops before `WouldBlock` is called again.
+
+use crate::access::{self, Exchange};
+use crate::metrics::Held;
+use crate::negotiation::{plugin_failed, Upgrade};
+use crate::plugin::{EventIo, Flow, Handler, ReadAhead};
+use crate::shared::{Shared, Ticket};
+use mio::net::TcpStream;
+use protocol_api::abi::{
+    READY_READABLE, READY_STOPPING, READY_TIMER, READY_WRITABLE, WANT_CLOSE, WANT_READ, WANT_WRITE,
+};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+pub struct Session {
+    pub stream: TcpStream,
+    peer: SocketAddr,
+    _ticket: Ticket,
+    _gauge: Held,
+    plugin: usize,
+    handler: Handler<'static>,
+    flow: Flow,
+    /// The `101`, while the socket has not taken all of it; the plugin runs after.
+    owed: Vec<u8>,
+    /// `WANT_READ` and `WANT_WRITE` as the plugin last asked.
+    wants: u32,
+    /// The plugin's timer.
+    timer: Option<Instant>,
+    /// When bytes last moved either way (the idle limit counts from here).
+    last_moved: Instant,
+    /// Since when output has waited for a peer that takes nothing (the write time-out).
+    stalled_since: Option<Instant>,
+    told_stopping: bool,
+    /// For the access line.
+    request_line: Box<str>,
+    protocol: Box<str>,
+    started: Instant,
+    head_in: u64,
+    head_out: u64,
+}
+
+/// What the loop does with a session after a call.
+pub enum Step {
+    Keep,
+    /// Close it; the reason goes on the access line (`None`: the plugin chose to).
+    Close(Option<&'static str>),
+}
+
+impl Session {
+    /// A switched connection: `switching` (the `101`) goes out first, then the plugin's
+    /// `on_ready` is called with whatever the socket allows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: &'static Shared,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ticket: Ticket,
+        upgrade: &Upgrade,
+        offer: usize,
+        handler: Handler<'static>,
+        switching: Vec<u8>,
+        read_ahead: Vec<u8>,
+        now: Instant,
+    ) -> Session {
+        let plugin = upgrade.offers[offer].plugin;
+        shared.metrics.switched(plugin);
+        shared.metrics.response(101);
+        Session {
+            stream,
+            peer,
+            _ticket: ticket,
+            _gauge: Held::new(&shared.metrics.event_connections),
+            plugin,
+            handler,
+            head_in: upgrade.bytes_in() + read_ahead.len() as u64,
+            head_out: switching.len() as u64,
+            flow: Flow {
+                read_ahead: ReadAhead::new(read_ahead),
+                readable: true,
+                writable: true,
+                ..Flow::default()
+            },
+            owed: switching,
+            wants: WANT_READ | WANT_WRITE,
+            timer: None,
+            last_moved: now,
+            stalled_since: None,
+            told_stopping: false,
+            request_line: upgrade.request_line().into_boxed_str(),
+            protocol: upgrade.product(offer).into(),
+            started: upgrade.started,
+        }
+    }
+
+    /// Notes a readiness event.
+    pub fn ready(&mut self, readable: bool, writable: bool) {
+        self.flow.readable |= readable;
+        self.flow.writable |= writable;
+    }
+
+    /// The `READY_*` bits the plugin should be called with now (0: nothing to do).
+    pub fn due(&self) -> u32 {
+        let mut events = 0;
+        if self.wants & WANT_READ != 0 && (self.flow.readable || self.flow.read_ahead.len() > 0) {
+            events |= READY_READABLE;
+        }
+        if self.wants & WANT_WRITE != 0 && self.flow.writable {
+            events |= READY_WRITABLE;
+        }
+        events
+    }
+
+    /// When the session needs attention next: its timer, the idle limit, or the write
+    /// time-out.
+    pub fn deadline(&self, shared: &Shared) -> Instant {
+        let idle = self.last_moved + shared.config.idle;
+        let stall = self.stalled_since.map(|since| {
+            since
+                + self
+                    .flow
+                    .write_timeout
+                    .unwrap_or(shared.config.write_timeout)
+        });
+        [Some(idle), stall, self.timer]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(idle)
+    }
+
+    /// Calls the plugin with `events` (plus whatever is due, and the stop if not yet told).
+    /// `now` is the loop's clock, read again after the call.
+    pub fn call(&mut self, shared: &'static Shared, events: u32, now: &mut Instant) -> Step {
+        if !self.owed.is_empty() {
+            match self.write_owed() {
+                Ok(true) => {}
+                Ok(false) => return Step::Keep, // a writable event brings us back
+                Err(_) => return Step::Close(Some("connection lost")),
+            }
+        }
+        let mut events = events | self.due();
+        if shared.is_stopping() && !self.told_stopping {
+            self.told_stopping = true;
+            events |= READY_STOPPING;
+        }
+        if events == 0 {
+            return Step::Keep;
+        }
+        let bytes_out = self.flow.bytes_out;
+        self.flow.moved = false;
+        let mut io = EventIo {
+            stream: &self.stream,
+            flow: &mut self.flow,
+            stopping: shared.is_stopping(),
+        };
+        let fd = self.stream.as_raw_fd();
+        let began = *now;
+        let result = self.handler.on_ready(&mut io, fd, events);
+        let plugin = &shared.registry.plugins[self.plugin];
+        *now = shared
+            .metrics
+            .timed_call(self.plugin, plugin, "on_ready", began);
+        let wants = match result {
+            Ok(wants) => wants,
+            Err(failure) => {
+                plugin_failed(
+                    shared,
+                    self.plugin,
+                    "on_ready",
+                    &self.peer.to_string(),
+                    &failure,
+                );
+                return Step::Close(Some("plugin failed"));
+            }
+        };
+        if wants.interest & WANT_CLOSE != 0 {
+            return Step::Close(None);
+        }
+        self.wants = wants.interest & (WANT_READ | WANT_WRITE);
+        self.timer = (wants.timer_ms > 0).then(|| *now + Duration::from_millis(wants.timer_ms));
+        if self.flow.moved {
+            self.last_moved = *now;
+        }
+        self.stalled_since = if self.wants & WANT_WRITE == 0 {
+            None
+        } else if self.flow.bytes_out > bytes_out {
+            Some(*now)
+        } else {
+            Some(self.stalled_since.unwrap_or(*now))
+        };
+        if self.wants == 0 && self.timer.is_none() {
+            // Nothing would ever call it again: the plugin is done.
+            return Step::Close(None);
+        }
+        Step::Keep
+    }
+
+    /// Its deadline came: end it for the daemon's limits, or call the plugin's timer.
+    pub fn expire(&mut self, shared: &'static Shared, now: &mut Instant) -> Step {
+        let write_timeout = self
+            .flow
+            .write_timeout
+            .unwrap_or(shared.config.write_timeout);
+        if self
+            .stalled_since
+            .is_some_and(|since| since + write_timeout <= *now)
+        {
+            shared.metrics.ended_write_timeout();
+            return Step::Close(Some("write time-out: the peer took nothing"));
+        }
+        if self.last_moved + shared.config.idle <= *now {
+            shared.metrics.ended_idle();
+            return Step::Close(Some("idle"));
+        }
+        if self.timer.is_some_and(|at| at <= *now) {
+            self.timer = None;
+            return self.call(shared, READY_TIMER, now);
+        }
+        Step::Keep
+    }
+
+    /// The daemon began to stop: the plugin is told (once) on this call.
+    pub fn tell_stopping(&mut self, shared: &'static Shared, now: &mut Instant) -> Step {
+        self.call(shared, 0, now)
+    }
+
+    /// Writes what is owed of the `101`; true when all of it is out.
+    fn write_owed(&mut self) -> io::Result<bool> {
+        while !self.owed.is_empty() && self.flow.writable {
+            match (&self.stream).write(&self.owed) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.owed.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.flow.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.owed.is_empty() {
+            self.owed = Vec::new();
+        }
+        Ok(self.owed.is_empty())
+    }
+
+    /// Ends the session: the plugin's state is dropped, the access line written, and the
+    /// socket closed.
+    pub fn close(self, reason: Option<&'static str>) {
+        let Session {
+            stream,
+            peer,
+            handler,
+            flow,
+            owed,
+            request_line,
+            protocol,
+            started,
+            head_in,
+            head_out,
+            ..
+        } = self;
+        drop(handler); // the plugin frees its state before the socket goes
+        access::log(&Exchange {
+            peer,
+            request: &request_line,
+            status: 101,
+            protocol: Some(&protocol),
+            bytes_in: head_in + flow.bytes_in,
+            bytes_out: head_out - owed.len() as u64 + flow.bytes_out,
+            started,
+            reason,
+        });
+        drop(stream);
+    }
+}
