@@ -151,7 +151,9 @@ impl HttpConn {
             scanned: 0,
             line_checked: false,
             peer_closed: false,
-            readable: true, // bytes may be there before the first event is seen
+            // Registering reports what is already there, so the first read waits for the
+            // first event instead of guessing.
+            readable: false,
             writable: true,
         }
     }
@@ -167,6 +169,7 @@ impl HttpConn {
         now: Instant,
     ) -> HttpConn {
         let mut conn = HttpConn::new(stream, peer, ticket, shared, now);
+        conn.readable = true; // bytes may have arrived while it was away
         conn.input = input;
         conn.requests = 1;
         conn.phase = Phase::Switching;

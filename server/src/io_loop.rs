@@ -318,7 +318,10 @@ impl Loop {
                 None => conn.turn(&mut cx),
             };
             match after {
-                After::Keep => return self.reschedule(slot),
+                After::Keep => {
+                    self.now = Instant::now(); // HTTP work counts against no plugin call
+                    return self.reschedule(slot);
+                }
                 After::Close => return self.close(slot),
                 After::Upgrade(upgrade) => {
                     if !self.switch(slot, upgrade, 0) {
@@ -414,6 +417,7 @@ impl Loop {
         let Conn::Http(conn) = self.conns.remove(slot).conn else {
             unreachable!("switch is only called on HTTP connections")
         };
+        let readable = conn.readable;
         let (stream, peer, ticket, read_ahead) = conn.into_parts();
         let session = Session::new(
             self.shared,
@@ -425,6 +429,7 @@ impl Loop {
             handler,
             switching,
             read_ahead,
+            readable,
             self.now,
         );
         // A slab hands out the slot it freed last, so this is `slot` again; if it were not,
@@ -619,17 +624,14 @@ impl Loop {
         self.close_with(slot, Some("closed"));
     }
 
-    /// Removes `slot`'s connection; a session gets its access line with `reason`.
+    /// Removes `slot`'s connection; a session gets its access line with `reason`. Closing
+    /// the socket takes it out of the poll (it is never duplicated), so there is no
+    /// `epoll_ctl` to make.
     fn close_with(&mut self, slot: usize, reason: Option<&'static str>) {
         if let Some(entry) = self.conns.try_remove(slot) {
             match entry.conn {
-                Conn::Http(mut conn) => {
-                    let _ = self.poll.registry().deregister(&mut conn.stream);
-                }
-                Conn::Event(mut session) => {
-                    let _ = self.poll.registry().deregister(&mut session.stream);
-                    session.close(reason);
-                }
+                Conn::Http(conn) => drop(conn),
+                Conn::Event(session) => session.close(reason),
             }
         }
     }

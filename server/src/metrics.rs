@@ -98,7 +98,7 @@ impl Metrics {
                 .is_ok()
         {
             log::warn!(
-                "plugin {} took {:.1} ms in {call} on an event loop, holding up its other                  connections ({slow} slow call(s) so far): callbacks must not block",
+                "plugin {} took {:.1} ms in {call} on an event loop, holding up its other connections ({slow} slow call(s) so far): callbacks must not block",
                 plugin.name,
                 took.as_secs_f64() * 1000.0
             );

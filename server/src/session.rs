@@ -10,7 +10,7 @@
 use crate::access::{self, Exchange};
 use crate::metrics::Held;
 use crate::negotiation::{plugin_failed, Upgrade};
-use crate::plugin::{EventIo, Flow, Handler, ReadAhead};
+use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead};
 use crate::shared::{Shared, Ticket};
 use mio::net::TcpStream;
 use protocol_api::abi::{
@@ -69,6 +69,7 @@ impl Session {
         handler: Handler<'static>,
         switching: Vec<u8>,
         read_ahead: Vec<u8>,
+        readable: bool,
         now: Instant,
     ) -> Session {
         let plugin = upgrade.offers[offer].plugin;
@@ -85,7 +86,8 @@ impl Session {
             head_out: switching.len() as u64,
             flow: Flow {
                 read_ahead: ReadAhead::new(read_ahead),
-                readable: true,
+                // What the HTTP side knew: a short read drained the socket.
+                readable,
                 writable: true,
                 ..Flow::default()
             },
@@ -171,6 +173,16 @@ impl Session {
             .timed_call(self.plugin, plugin, "on_ready", began);
         let wants = match result {
             Ok(wants) => wants,
+            // An I/O error the plugin passed on (a reset, mostly): the connection's end, not
+            // the plugin's fault; logged as the blocking `serve`'s errors are.
+            Err(Failure::Error(message)) => {
+                log::debug!(
+                    "plugin {}: connection from {} ended with an error: {message}",
+                    plugin.name,
+                    self.peer
+                );
+                return Step::Close(Some("connection error"));
+            }
             Err(failure) => {
                 plugin_failed(
                     shared,
@@ -179,7 +191,7 @@ impl Session {
                     &self.peer.to_string(),
                     &failure,
                 );
-                return Step::Close(Some("plugin failed"));
+                return Step::Close(Some("plugin panicked"));
             }
         };
         if wants.interest & WANT_CLOSE != 0 {

@@ -8,6 +8,7 @@ mod http;
 mod lifecycle;
 mod loading;
 mod plugins;
+mod readiness;
 mod tunnel;
 mod upgrade;
 mod websocket;

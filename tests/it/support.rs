@@ -15,6 +15,7 @@ const PACKAGES: &[&str] = &[
     "switchyard-websocket",
     "switchyard-tunnel",
     "fixture-probe",
+    "fixture-evented",
     "fixture-dup",
     "fixture-badmagic",
     "fixture-newminor",
@@ -209,6 +210,39 @@ impl Daemon {
         }
     }
 
+    /// The daemon's resident memory, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// `GET /metrics`, on a connection of its own.
+    pub fn metrics(&self) -> String {
+        let mut client = self.client();
+        client.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        client.response().body_text()
+    }
+
+    /// Waits until `/metrics` has the line `line` (it is rendered at most once a second).
+    pub fn wait_for_metric(&self, line: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics();
+            if text.lines().any(|l| l == line) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(text);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -387,6 +421,23 @@ impl Client {
     pub fn shutdown_write(&mut self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
     }
+}
+
+/// Raises this process's open-file limit to its hard limit, for tests that hold thousands
+/// of connections; returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, correctly sized struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+    }
+    limit.rlim_cur
 }
 
 /// An upgrade request for `protocols` on `target`.

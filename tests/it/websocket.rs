@@ -11,7 +11,7 @@ fn daemon() -> Daemon {
     Daemon::builder().plugin("switchyard-websocket").start()
 }
 
-fn connect(daemon: &Daemon) -> WebSocket<TcpStream> {
+pub fn connect(daemon: &Daemon) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(daemon.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -27,7 +27,7 @@ const HANDSHAKE: &str =
     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
 /// A client frame: masked, as RFC 6455 §5.3 requires of clients.
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![(u8::from(fin) << 7) | opcode];
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),

@@ -5,7 +5,7 @@
 //! - [`deflate`]: permessage-deflate (RFC 7692) offers and message compression, pure.
 //! - [`frame`] and [`receiver`]: framing and the receiving state machine, pure (bytes in,
 //!   events out).
-//! - `session`: the blocking I/O loop on a worker thread.
+//! - `session`: one connection, readiness-driven on the daemon's event loop.
 //!
 //! Settings (environment): `SWITCHYARD_WEBSOCKET_MAX_MESSAGE`, `_ORIGINS`, `_PROTOCOLS`,
 //! `_IDLE_MS`; see [`config::Config`].
@@ -17,17 +17,21 @@ pub mod handshake;
 pub mod receiver;
 mod session;
 
-use protocol_api::{export_plugin, Connection, Decision, Protocol, Request};
+use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
 
 pub struct WebSocket {
     config: config::Config,
 }
 
-impl Protocol for WebSocket {
+/// Served readiness-driven: many connections that each move little are what WebSocket
+/// carries, and a thread per connection would cost a context switch per message and a
+/// stack per idle client.
+impl EventProtocol for WebSocket {
     const NAME: &'static str = "websocket";
     const TOKENS: &'static [&'static str] = &["websocket"];
     /// The permessage-deflate agreement, if any.
     type Session = Option<deflate::Agreement>;
+    type Conn = session::Session;
 
     fn new() -> Result<Self, String> {
         let config = config::Config::from_env()?;
@@ -61,14 +65,22 @@ impl Protocol for WebSocket {
         }
     }
 
-    fn serve(
+    fn start(
         &self,
         deflate: Self::Session,
         _request: &Request<'_>,
-        conn: &mut Connection<'_>,
-    ) -> std::io::Result<()> {
-        session::serve(conn, &self.config, deflate)
+    ) -> std::io::Result<session::Session> {
+        Ok(session::Session::new(&self.config, deflate))
+    }
+
+    fn on_ready(
+        &self,
+        conn: &mut session::Session,
+        io: &mut Io<'_>,
+        ready: Ready,
+    ) -> std::io::Result<Wants> {
+        conn.on_ready(io, ready, &self.config)
     }
 }
 
-export_plugin!(WebSocket);
+export_event_plugin!(WebSocket);

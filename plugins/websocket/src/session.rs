@@ -1,193 +1,401 @@
-//! One WebSocket connection after the `101`: read, feed the [`Receiver`], echo, close.
+//! One WebSocket connection after the `101`, readiness-driven on the daemon's event loop:
+//! read what is there, feed the [`Receiver`], echo, close.
+//!
+//! Memory follows traffic, not connections. Reads land in a buffer of the event-loop thread
+//! ([`Scratch`]), shared by every connection of that loop; a connection keeps only the start
+//! of a frame header that arrived without its end, a message still in assembly, and output
+//! the peer has not taken yet. While output waits nothing is read: a peer that does not read
+//! stops its own echo instead of growing memory (and the daemon's write time-out ends it).
 //!
 //! Replies produced by one read (echoes, pongs, a close) are gathered and written with one
-//! `write`, so a client with several messages in flight gets its echoes coalesced. With
-//! permessage-deflate agreed, echoes are compressed too.
+//! `write`; a large message goes out straight from where it lies, header and payload in one
+//! vectored write. With permessage-deflate agreed, echoes are compressed too.
 
 use crate::config::Config;
 use crate::deflate::{Agreement, Deflater, Inflater};
 use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
 use crate::receiver::{close_code, Event, Receiver};
-use protocol_api::Connection;
+use protocol_api::{Io, Ready, Wants};
+use std::cell::RefCell;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// The read buffer of a quiet connection: small, because an idle connection should cost
-/// little memory. It grows to fit a frame whose header says it is larger, doubles while
-/// reads fill it (up to [`MAX_READ_BUFFER`]), and shrinks back after [`SHRINK_AFTER`]
-/// without traffic.
-const INITIAL_READ_BUFFER: usize = 256;
-/// How long a grown read buffer is kept through silence.
-const SHRINK_AFTER: Duration = Duration::from_secs(1);
-const MAX_READ_BUFFER: usize = 256 * 1024;
-/// An output buffer grown past this by a large message is given back after the write.
-const KEEP_OUTPUT: usize = 256 * 1024;
+/// The event-loop thread's read buffer.
+const READ_BUFFER: usize = 64 * 1024;
+/// Most bytes read per call, so one busy connection cannot starve the others of its loop
+/// (the daemon calls again while the socket may hold more).
+const READ_BUDGET: usize = 256 * 1024;
 /// Messages from this size on are written straight from where they lie, header and payload
 /// in one vectored write; smaller ones are copied and coalesced with the other replies.
 const VECTORED_FROM: usize = 8 * 1024;
-/// After we close: how long the peer gets to answer before the socket is closed.
+/// Output kept waiting past this size gives its buffer back once written.
+const KEEP_OUTPUT: usize = 16 * 1024;
+/// After we close: how long the peer gets to answer before the connection is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-pub fn serve(
-    conn: &mut Connection<'_>,
-    config: &Config,
-    deflate: Option<Agreement>,
-) -> io::Result<()> {
-    let mut receiver = Receiver::new(config.max_message, deflate.map(Inflater::new));
-    let mut deflater = deflate.map(Deflater::new);
-    let mut packed = Vec::new();
-    let mut buffer = vec![0u8; INITIAL_READ_BUFFER];
-    let mut filled = 0;
-    let mut out = Vec::new();
-    let mut ping_sent = false;
-    // True while the read time-out is SHRINK_AFTER, set because the buffer grew.
-    let mut shrink_armed = false;
-    if config.idle.is_some() {
-        conn.set_read_timeout(config.idle)?;
+/// What the event-loop thread lends every connection it serves, one at a time.
+struct Scratch {
+    input: Box<[u8]>,
+    /// Replies gathered during one call.
+    output: Vec<u8>,
+    /// A compressed echo.
+    packed: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        input: vec![0; READ_BUFFER].into_boxed_slice(),
+        output: Vec::new(),
+        packed: Vec::new(),
+    });
+}
+
+pub struct Session {
+    receiver: Receiver,
+    deflater: Option<Deflater>,
+    /// The start of a frame header that arrived without the rest of it.
+    partial: Vec<u8>,
+    /// Output the socket has not taken yet, from `owed_at` on.
+    owed: Vec<u8>,
+    owed_at: usize,
+    state: State,
+    /// We pinged a silent peer and wait for any sign of life.
+    ping_sent: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// The closing handshake is complete (we echoed the peer's close): end the connection
+    /// once what is owed is written; the server closes TCP first (§7.1.1).
+    Done,
+    /// We sent a close frame: our side is shut once it is written, and the peer has until
+    /// `until` to answer (what it sends meanwhile is dropped).
+    Closing {
+        until: Instant,
+        shut: bool,
+    },
+}
+
+impl Session {
+    pub fn new(config: &Config, deflate: Option<Agreement>) -> Session {
+        Session {
+            receiver: Receiver::new(config.max_message, deflate.map(Inflater::new)),
+            deflater: deflate.map(Deflater::new),
+            partial: Vec::new(),
+            owed: Vec::new(),
+            owed_at: 0,
+            state: State::Open,
+            ping_sent: false,
+        }
     }
-    loop {
-        let n = match conn.read(&mut buffer[filled..]) {
-            Ok(0) if conn.is_stopping() => {
-                return close(conn, close_code::GOING_AWAY, "server stopping")
+
+    /// The connection may move: see the module docs.
+    pub fn on_ready(
+        &mut self,
+        io: &mut Io<'_>,
+        ready: Ready,
+        config: &Config,
+    ) -> io::Result<Wants> {
+        if ready.is_stopping() && self.state == State::Open {
+            self.start_close(close_code::GOING_AWAY, "server stopping");
+        }
+        if ready.is_timer() {
+            match self.state {
+                State::Closing { until, .. } if Instant::now() >= until => {
+                    return Ok(Wants::close()); // the peer did not answer our close
+                }
+                State::Open if self.ping_sent => {
+                    self.start_close(close_code::GOING_AWAY, "idle");
+                }
+                State::Open if config.idle.is_some() => {
+                    self.ping_sent = true;
+                    write_frame(&mut self.owed, opcode::PING, b"");
+                }
+                _ => {}
             }
-            Ok(0) => return Ok(()), // the peer left without a closing handshake
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if shrink_armed {
-                    // Quiet for a while: give the grown buffer back, wait as before.
-                    buffer.truncate(filled.max(INITIAL_READ_BUFFER));
-                    buffer.shrink_to_fit();
-                    shrink_armed = false;
-                    conn.set_read_timeout(config.idle)?;
-                    continue;
+        }
+        let mut budget = READ_BUDGET;
+        // Read only when the daemon says there may be something: after a write-only call the
+        // answer `Wants::read()` brings a readable call when bytes are there.
+        let mut may_read = ready.is_readable();
+        loop {
+            if !self.write_owed(io)? {
+                return Ok(self.next(Wants::write(), config));
+            }
+            match self.state {
+                State::Done => return Ok(Wants::close()),
+                State::Closing { until, shut: false } => {
+                    let _ = io.shutdown(Shutdown::Write);
+                    self.state = State::Closing { until, shut: true };
                 }
-                if conn.is_stopping() || ping_sent {
-                    return close(conn, close_code::GOING_AWAY, "idle");
+                _ => {}
+            }
+            if !may_read {
+                return Ok(self.next(Wants::read(), config));
+            }
+            may_read = true; // after replies were written, go on reading
+            let read =
+                SCRATCH.with(|scratch| self.read(io, &mut scratch.borrow_mut(), &mut budget));
+            match read {
+                Ok(Reading::Wait) => return Ok(self.next(Wants::read(), config)),
+                Ok(Reading::Ended) => return Ok(Wants::close()),
+                Ok(Reading::Wrote) => {} // the loop writes what the replies left owed
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Ok(self.next(Wants::read(), config))
                 }
-                ping_sent = true;
-                out.clear();
-                write_frame(&mut out, opcode::PING, b"");
-                conn.write_all(&out)?;
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `wants`, with the timer the state calls for.
+    fn next(&self, wants: Wants, config: &Config) -> Wants {
+        match self.state {
+            State::Closing { until, .. } => {
+                wants.with_timer(until.saturating_duration_since(Instant::now()))
+            }
+            State::Open => match config.idle {
+                Some(idle) => wants.with_timer(idle),
+                None => wants,
+            },
+            State::Done => wants,
+        }
+    }
+
+    /// Reads and answers until the socket is drained, the budget is spent, replies are
+    /// left owed, or the connection is over.
+    fn read(
+        &mut self,
+        io: &mut Io<'_>,
+        scratch: &mut Scratch,
+        budget: &mut usize,
+    ) -> io::Result<Reading> {
+        loop {
+            let kept = self.partial.len();
+            scratch.input[..kept].copy_from_slice(&self.partial);
+            // On an error `partial` is still whole: nothing is lost.
+            let n = io.read(&mut scratch.input[kept..])?;
+            if n == 0 {
+                // The peer is done: after our close that is the answer; before it, the peer
+                // left without a closing handshake.
+                return Ok(Reading::Ended);
+            }
+            self.ping_sent = false;
+            let filled = kept + n;
+            let drained = filled < scratch.input.len();
+            if let State::Closing { .. } = self.state {
+                self.partial.clear(); // after our close, what the peer sends is dropped
+                *budget = budget.saturating_sub(n);
+                if drained || *budget == 0 {
+                    return Ok(Reading::Wait);
+                }
                 continue;
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        ping_sent = false;
-        let total = filled + n;
-        let mut write_error = None;
-        let result = receiver.feed(&mut buffer[..total], &mut |event| match event {
-            Event::Message { text, payload } => {
-                let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
-                let payload = match deflater.as_mut() {
-                    Some(deflater) => {
-                        deflater.deflate(payload, &mut packed);
-                        opcode |= RSV1_COMPRESSED;
-                        &packed[..]
-                    }
-                    None => payload,
-                };
-                if payload.len() < VECTORED_FROM {
-                    write_frame(&mut out, opcode, payload);
-                } else if write_error.is_none() {
-                    write_error = send_large(conn, &mut out, opcode, payload).err();
-                }
+            self.partial.clear();
+            self.answer(io, scratch, filled)?;
+            if !self.owed.is_empty() || self.state != State::Open {
+                return Ok(Reading::Wrote);
             }
-            Event::Ping(payload) => write_frame(&mut out, opcode::PONG, payload),
-            Event::Pong(_) => {}
-            // §5.5.1: answer with a close frame echoing the code.
-            Event::Close { code, .. } => write_frame(
-                &mut out,
-                opcode::CLOSE,
-                &code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec()),
-            ),
-        });
-        if let Some(e) = write_error {
+            *budget = budget.saturating_sub(n);
+            if drained || *budget == 0 {
+                // A short read drained the socket (the daemon calls again on new bytes); a
+                // spent budget lets the loop's other connections move first.
+                return Ok(Reading::Wait);
+            }
+        }
+    }
+
+    /// Feeds `scratch.input[..filled]` to the receiver and writes the replies.
+    fn answer(&mut self, io: &mut Io<'_>, scratch: &mut Scratch, filled: usize) -> io::Result<()> {
+        let Scratch {
+            input,
+            output,
+            packed,
+        } = scratch;
+        output.clear();
+        let mut replies = Replies {
+            io,
+            staged: output,
+            owed: &mut self.owed,
+            owed_at: &mut self.owed_at,
+            error: None,
+        };
+        let deflater = &mut self.deflater;
+        let result = self
+            .receiver
+            .feed(&mut input[..filled], &mut |event| match event {
+                Event::Message { text, payload } => {
+                    let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                    let payload = match deflater.as_mut() {
+                        Some(deflater) => {
+                            deflater.deflate(payload, packed);
+                            opcode |= RSV1_COMPRESSED;
+                            &packed[..]
+                        }
+                        None => payload,
+                    };
+                    replies.frame(opcode, payload);
+                }
+                Event::Ping(payload) => replies.frame(opcode::PONG, payload),
+                Event::Pong(_) => {}
+                // §5.5.1: answer with a close frame echoing the code.
+                Event::Close { code, .. } => {
+                    let code = code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec());
+                    replies.frame(opcode::CLOSE, &code);
+                }
+            });
+        let error = replies.error.take();
+        replies.flush();
+        if let Some(e) = error {
             return Err(e);
         }
-        let used = match result {
-            Ok(used) => used,
+        match result {
+            Ok(used) => {
+                self.partial.extend_from_slice(&input[used..filled]);
+                if self.receiver.is_closed() {
+                    self.state = State::Done;
+                }
+            }
             Err(violation) => {
                 log::debug!("closing with {}: {}", violation.code, violation.reason);
-                conn.write_all(&out)?; // what was due before the violation
-                return close(conn, violation.code, violation.reason);
+                self.start_close(violation.code, violation.reason);
             }
+        }
+        if self.owed.capacity() > KEEP_OUTPUT && self.owed.is_empty() {
+            self.owed = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Starts the closing handshake (§7.1.2): our close frame, then our side shut once it is
+    /// written, then a short wait for the peer's answer.
+    fn start_close(&mut self, code: u16, reason: &str) {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        write_frame(&mut self.owed, opcode::CLOSE, &payload);
+        self.partial = Vec::new();
+        self.state = State::Closing {
+            until: Instant::now() + CLOSE_WAIT,
+            shut: false,
         };
-        if !out.is_empty() {
-            conn.write_all(&out)?;
-            out.clear();
-            if out.capacity() > KEEP_OUTPUT {
-                out = Vec::new();
+    }
+
+    /// Writes what is owed; true when nothing is left.
+    fn write_owed(&mut self, io: &mut Io<'_>) -> io::Result<bool> {
+        while self.owed_at < self.owed.len() {
+            match io.write(&self.owed[self.owed_at..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.owed_at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        if receiver.is_closed() {
-            // The handshake is complete: the server closes the TCP connection first (§7.1.1).
-            return Ok(());
+        self.owed.clear();
+        self.owed_at = 0;
+        if self.owed.capacity() > KEEP_OUTPUT {
+            self.owed = Vec::new();
         }
-        buffer.copy_within(used..total, 0);
-        filled = total - used;
-        // Room for the rest of a frame the header announced, or more when reads fill it.
-        let announced = usize::try_from(receiver.payload_pending()).unwrap_or(usize::MAX);
-        let wanted = if total == buffer.len() {
-            buffer.len() * 2
+        Ok(true)
+    }
+}
+
+/// How a round of reading ended.
+enum Reading {
+    /// Nothing more to read now: wait for the socket.
+    Wait,
+    /// Replies are owed, or the state changed: write, then look again.
+    Wrote,
+    /// The peer ended the connection.
+    Ended,
+}
+
+/// Replies to one read: staged in the thread's buffer while the socket takes everything,
+/// owed by the connection (in order) once it does not.
+struct Replies<'a, 'io> {
+    io: &'a mut Io<'io>,
+    staged: &'a mut Vec<u8>,
+    owed: &'a mut Vec<u8>,
+    owed_at: &'a mut usize,
+    error: Option<io::Error>,
+}
+
+impl Replies<'_, '_> {
+    fn frame(&mut self, opcode: u8, payload: &[u8]) {
+        if self.owed.len() > *self.owed_at || self.error.is_some() {
+            write_frame(self.owed, opcode, payload);
+        } else if payload.len() >= VECTORED_FROM {
+            self.large(opcode, payload);
         } else {
-            0
+            write_frame(self.staged, opcode, payload);
         }
-        .max(filled + announced.saturating_add(MAX_HEADER))
-        .min(MAX_READ_BUFFER);
-        if wanted > buffer.len() {
-            buffer.resize(wanted, 0);
-            if !shrink_armed {
-                shrink_armed = true;
-                let wait = config
-                    .idle
-                    .map_or(SHRINK_AFTER, |idle| idle.min(SHRINK_AFTER));
-                conn.set_read_timeout(Some(wait))?;
+    }
+
+    /// Writes what is staged and a large frame without copying its payload; what the socket
+    /// does not take is owed.
+    fn large(&mut self, opcode: u8, payload: &[u8]) {
+        let mut header = [0u8; MAX_HEADER];
+        let header_len = encode_header(true, opcode, payload.len(), &mut header);
+        let parts = [&self.staged[..], &header[..header_len], payload];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut written = 0;
+        while written < total {
+            let (rest, count) = after(&parts, written);
+            let slices = rest.map(IoSlice::new);
+            match self.io.write_vectored(&slices[..count]) {
+                Ok(0) => {
+                    self.error = Some(ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.error = Some(e);
+                    break;
+                }
             }
         }
+        let (rest, count) = after(&parts, written);
+        for part in &rest[..count] {
+            self.owed.extend_from_slice(part);
+        }
+        self.staged.clear();
+    }
+
+    /// Writes what is staged; what the socket does not take is owed.
+    fn flush(&mut self) {
+        let mut at = 0;
+        while at < self.staged.len() && self.error.is_none() && self.owed.len() == *self.owed_at {
+            match self.io.write(&self.staged[at..]) {
+                Ok(0) => self.error = Some(ErrorKind::WriteZero.into()),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => self.error = Some(e),
+            }
+        }
+        if at < self.staged.len() {
+            self.owed.extend_from_slice(&self.staged[at..]);
+        }
+        self.staged.clear();
     }
 }
 
-/// Writes what `out` holds, then one frame whose payload is not copied.
-fn send_large(
-    conn: &mut Connection<'_>,
-    out: &mut Vec<u8>,
-    opcode: u8,
-    payload: &[u8],
-) -> io::Result<()> {
-    let mut header = [0u8; MAX_HEADER];
-    let header_len = encode_header(true, opcode, payload.len(), &mut header);
-    let mut slices = [
-        IoSlice::new(out),
-        IoSlice::new(&header[..header_len]),
-        IoSlice::new(payload),
-    ];
-    let mut slices = &mut slices[..];
-    IoSlice::advance_slices(&mut slices, 0); // drops an empty `out`
-    while !slices.is_empty() {
-        match conn.write_vectored(slices) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// The non-empty rest of `parts` after the first `skip` bytes, and how many there are.
+fn after<'p>(parts: &[&'p [u8]; 3], mut skip: usize) -> ([&'p [u8]; 3], usize) {
+    let mut rest: [&[u8]; 3] = [&[]; 3];
+    let mut count = 0;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+        } else {
+            rest[count] = &part[skip..];
+            count += 1;
+            skip = 0;
         }
     }
-    out.clear();
-    Ok(())
-}
-
-/// Starts the closing handshake (§7.1.2): our close frame, the end of our sending, then a
-/// short wait for the peer's answer and its end of the connection.
-fn close(conn: &mut Connection<'_>, code: u16, reason: &str) -> io::Result<()> {
-    let mut frame = Vec::with_capacity(4 + reason.len());
-    let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(reason.as_bytes());
-    write_frame(&mut frame, opcode::CLOSE, &payload);
-    conn.write_all(&frame)?;
-    conn.shutdown(Shutdown::Write)?;
-    conn.set_read_timeout(Some(CLOSE_WAIT))?;
-    let mut sink = [0u8; 512];
-    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
-    Ok(())
+    (rest, count)
 }

@@ -1,0 +1,349 @@
+//! Readiness-driven plugins (`EventProtocol`) on the daemon's event loops: the same
+//! guarantees as blocking `serve` (bytes read ahead first, a panic costs one connection, a
+//! goodbye on stop, the daemon's time-outs) plus what only this path promises (no thread per
+//! connection: thousands at once with the default settings; a slow callback is named).
+
+use crate::support::{raise_fd_limit, upgrade_request, Client, Daemon};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+/// One event loop, so that a connection that misbehaves shares it with the bystanders.
+fn daemon() -> Daemon {
+    Daemon::builder()
+        .plugin("fixture-evented")
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_IO_THREADS", "1")
+        .start()
+}
+
+fn switched(daemon: &Daemon, token: &str) -> Client {
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", token));
+    assert_eq!(client.response().status, 101, "{token}");
+    client
+}
+
+#[test]
+fn rfc9110_7_8_bytes_sent_with_the_request_come_first() {
+    let daemon = daemon();
+    let mut client = daemon.client();
+    client.send(format!("{}EARLY", upgrade_request("/", "ev-echo")));
+    assert_eq!(client.response().status, 101);
+    assert_eq!(client.read_line(), "buffered=5", "read ahead by the daemon");
+    assert_eq!(client.read_exact(5), b"EARLY", "served first, none lost");
+    client.send("after");
+    assert_eq!(client.read_exact(5), b"after");
+    client.shutdown_write();
+    assert!(client.read_to_end().is_empty(), "closed after the echo");
+    let logs = daemon.wait_for_log("proto=ev-echo").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("\"GET / HTTP/1.1\" 101 proto=ev-echo in="),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_panic_in_on_ready_closes_that_connection_only() {
+    let daemon = daemon();
+    let mut bystander = switched(&daemon, "ev-echo");
+    assert_eq!(bystander.read_line(), "buffered=0");
+    let mut victim = switched(&daemon, "ev-boom");
+    victim.send("x");
+    assert!(victim.read_to_end().is_empty(), "closed after the panic");
+    let logs = daemon
+        .wait_for_log("panicked in on_ready")
+        .unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("plugin evented panicked in on_ready: boom in on_ready; connection from"),
+        "{logs}"
+    );
+    bystander.send("still here");
+    assert_eq!(
+        bystander.read_exact(10),
+        b"still here",
+        "the loop that ran the panic serves on"
+    );
+    let mut fresh = switched(&daemon, "ev-echo");
+    assert_eq!(fresh.read_line(), "buffered=0", "and takes new connections");
+    daemon
+        .wait_for_metric("switchyard_plugin_panics_total{plugin=\"evented\"} 1")
+        .expect("the panic is counted");
+}
+
+#[test]
+fn a_panic_in_start_answers_500() {
+    let daemon = daemon();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "ev-boom/start"));
+    assert_eq!(
+        client.response().status,
+        500,
+        "no 101 for a plugin that failed"
+    );
+    assert!(client.read_to_end().is_empty());
+    let logs = daemon
+        .wait_for_log("panicked in start")
+        .unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("plugin evented panicked in start: boom in start"),
+        "{logs}"
+    );
+    let mut client = switched(&daemon, "ev-echo");
+    assert_eq!(client.read_line(), "buffered=0");
+}
+
+#[test]
+fn a_slow_callback_is_logged_naming_the_plugin() {
+    let daemon = daemon();
+    let mut slow = switched(&daemon, "ev-slow");
+    slow.send("z");
+    assert_eq!(slow.read_exact(1), b"z");
+    let logs = daemon.wait_for_log("took ").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("WARN") && logs.contains("plugin evented took 3"),
+        "{logs}"
+    );
+    assert!(logs.contains("ms in on_ready on an event loop"), "{logs}");
+}
+
+#[test]
+fn a_plugin_timer_fires_again_and_again() {
+    let daemon = daemon();
+    let mut client = switched(&daemon, "ev-timer");
+    for _ in 0..3 {
+        assert_eq!(client.read_line(), "tick");
+    }
+}
+
+/// `SWITCHYARD_IDLE_MS`: no bytes either way for that long ends the connection; traffic
+/// keeps it.
+#[test]
+fn the_idle_limit_ends_a_silent_connection_and_spares_a_busy_one() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-evented")
+        .env("SWITCHYARD_IDLE_MS", "400")
+        .start();
+    let mut silent = switched(&daemon, "ev-echo");
+    let mut busy = switched(&daemon, "ev-echo");
+    assert_eq!(silent.read_line(), "buffered=0");
+    assert_eq!(busy.read_line(), "buffered=0");
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_millis(1000) {
+        busy.send("ping");
+        assert_eq!(busy.read_exact(4), b"ping", "traffic keeps it open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(silent.read_to_end().is_empty(), "the silent one was closed");
+    busy.send("still");
+    assert_eq!(busy.read_exact(5), b"still");
+    let logs = daemon.wait_for_log("reason=\"idle\"").unwrap_or_else(|l| l);
+    assert!(logs.contains("101 proto=ev-echo"), "{logs}");
+    daemon
+        .wait_for_metric("switchyard_upgraded_ended_total{reason=\"idle\"} 1")
+        .expect("counted");
+}
+
+/// A client that sends but never reads: the plugin stops reading once its output waits, so
+/// the daemon's memory stays flat, and the write time-out ends the connection.
+#[test]
+fn a_client_that_never_reads_is_dropped_with_memory_bounded() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "1500")
+        .start();
+    let mut client = daemon.client();
+    client.send(
+        "GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!(client.response().status, 101);
+    let before = daemon.rss_kib();
+    let message = crate::websocket::frame(true, 0x2, &[7u8; 16 * 1024]);
+    client.stream.set_nonblocking(true).unwrap();
+    let (mut sent, mut at) = (0usize, 0usize);
+    let began = Instant::now();
+    let mut last_progress = Instant::now();
+    // Write frame after frame until the connection is gone; stalls are the point.
+    loop {
+        match client.stream.write(&message[at..]) {
+            Ok(n) => {
+                sent += n;
+                at = (at + n) % message.len();
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => break, // reset: the daemon ended it
+        }
+        if last_progress.elapsed() > Duration::from_millis(300) {
+            let grown = daemon.rss_kib().saturating_sub(before);
+            assert!(
+                grown < 8 * 1024,
+                "daemon memory grew by {grown} KiB while {sent} bytes were sent and none read"
+            );
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "the connection was not ended by the write time-out"
+        );
+    }
+    assert!(
+        sent < 64 << 20,
+        "the daemon stopped taking bytes when its output could not go out ({sent} sent)\n{}",
+        daemon.logs()
+    );
+    let logs = daemon.wait_for_log("write time-out").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("101 proto=websocket") && logs.contains("reason=\"write time-out"),
+        "{logs}"
+    );
+}
+
+/// Stopping tells every readiness connection once; the WebSocket plugin says 1001 and the
+/// daemon exits as soon as they are gone, long before the grace period.
+#[test]
+fn rfc6455_7_4_1_stop_says_going_away_and_exits_early() {
+    let mut daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .plugin("fixture-evented")
+        .env("SWITCHYARD_SHUTDOWN_GRACE_MS", "20000")
+        .start();
+    let mut socket = crate::websocket::connect(&daemon);
+    socket.send(Message::text("before")).unwrap();
+    assert_eq!(socket.read().unwrap(), Message::text("before"));
+    let mut held = switched(&daemon, "ev-hold");
+    assert_eq!(held.read_line(), "held");
+    let began = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    match socket.read() {
+        Ok(Message::Close(Some(frame))) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(frame.reason, "server stopping");
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert_eq!(held.read_line(), "bye", "the fixture was told once");
+    assert!(held.read_to_end().is_empty());
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited once its connections were gone");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "did not wait out the 20 s grace period: {:?}",
+        began.elapsed()
+    );
+}
+
+#[test]
+fn a_readiness_plugin_that_ignores_the_stop_is_closed_when_the_grace_period_ends() {
+    let mut daemon = Daemon::builder()
+        .plugin("fixture-evented")
+        .env("SWITCHYARD_SHUTDOWN_GRACE_MS", "600")
+        .start();
+    let mut stubborn = daemon.client();
+    stubborn.send(upgrade_request("/stubborn", "ev-hold"));
+    assert_eq!(stubborn.response().status, 101);
+    assert_eq!(stubborn.read_line(), "held");
+    let began = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    assert!(stubborn.read_to_end().is_empty(), "no goodbye from it");
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "kept until the grace period ended, not cut at once: {waited:?}"
+    );
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("grace period over: closing 0 HTTP and 1 upgraded connection(s)"),
+        "{logs}"
+    );
+}
+
+/// No thread per connection: with every setting at its default (1,024 workers), 5,000
+/// WebSockets are open at once, each echoing every message whole and in order.
+#[test]
+fn five_thousand_concurrent_websockets_with_default_settings() {
+    const CONNS: usize = 5000;
+    assert!(
+        raise_fd_limit() > CONNS as u64 + 100,
+        "the test needs descriptors"
+    );
+    let daemon = Daemon::builder().plugin("switchyard-websocket").start();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let mut sockets: Vec<WebSocket<TcpStream>> = (0..CONNS)
+        .map(|i| {
+            let stream = TcpStream::connect(daemon.addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let (socket, response) = tungstenite::client::client_with_config(
+                format!("ws://{}/n{i}", daemon.addr),
+                stream,
+                Some(config),
+            )
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            assert_eq!(response.status(), 101);
+            socket
+        })
+        .collect();
+    for round in 0..3 {
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            socket
+                .send(Message::text(format!("round {round} from {i}")))
+                .unwrap();
+        }
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            assert_eq!(
+                socket.read().unwrap(),
+                Message::text(format!("round {round} from {i}")),
+                "connection {i}, round {round}"
+            );
+        }
+    }
+    daemon
+        .wait_for_metric(&format!(
+            "switchyard_upgraded_connections{{mode=\"event\"}} {CONNS}"
+        ))
+        .expect("all open at once, none on a worker");
+    for socket in &mut sockets {
+        socket.close(None).unwrap();
+    }
+    for socket in &mut sockets {
+        while socket.read().is_ok() {}
+    }
+}
+
+/// The blocking path is untouched: `echo` still runs on a worker beside readiness plugins.
+#[test]
+fn blocking_and_readiness_plugins_serve_side_by_side() {
+    let daemon = daemon();
+    let mut blocking = switched(&daemon, "echo");
+    let mut evented = switched(&daemon, "ev-echo");
+    assert_eq!(evented.read_line(), "buffered=0");
+    blocking.send("worker");
+    evented.send("loop");
+    assert_eq!(blocking.read_exact(6), b"worker");
+    assert_eq!(evented.read_exact(4), b"loop");
+    let text = daemon.metrics();
+    assert!(
+        text.contains("switchyard_upgraded_connections{mode=\"event\"} 1")
+            && text.contains("switchyard_upgraded_connections{mode=\"worker\"} 1"),
+        "{text}"
+    );
+    let mut raw = TcpStream::connect(daemon.addr).unwrap();
+    raw.write_all(upgrade_request("/", "ev-echo, echo").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 12];
+    raw.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101", "the client's first choice is taken");
+}
