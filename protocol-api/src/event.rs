@@ -29,6 +29,62 @@
 //! time-out for a peer that stops reading (`SWITCHYARD_WRITE_TIMEOUT_MS`), the connection
 //! count, and the end of the grace period when stopping. A panic in any call closes that
 //! connection only.
+//!
+//! # An echo, readiness-driven
+//!
+//! ```
+//! use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
+//! use std::io::{self, ErrorKind, Read, Write};
+//!
+//! pub struct Echo;
+//!
+//! /// One connection: bytes read but not yet written back.
+//! #[derive(Default)]
+//! pub struct Conn {
+//!     owed: Vec<u8>,
+//! }
+//!
+//! impl EventProtocol for Echo {
+//!     const NAME: &'static str = "event-echo";
+//!     const TOKENS: &'static [&'static str] = &["event-echo"];
+//!     type Session = ();
+//!     type Conn = Conn;
+//!
+//!     fn new() -> Result<Self, String> {
+//!         Ok(Echo)
+//!     }
+//!
+//!     fn negotiate(&self, _request: &Request<'_>) -> Decision<()> {
+//!         Decision::accept(()) // runs on an event loop: decide without blocking
+//!     }
+//!
+//!     fn start(&self, _: (), _request: &Request<'_>) -> io::Result<Conn> {
+//!         Ok(Conn::default())
+//!     }
+//!
+//!     fn on_ready(&self, conn: &mut Conn, io: &mut Io<'_>, _: Ready) -> io::Result<Wants> {
+//!         let mut buf = [0u8; 4096];
+//!         loop {
+//!             // What the peer has not taken goes first; until it does, read nothing.
+//!             while !conn.owed.is_empty() {
+//!                 match io.write(&conn.owed) {
+//!                     Ok(n) => drop(conn.owed.drain(..n)),
+//!                     Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Wants::write()),
+//!                     Err(e) => return Err(e),
+//!                 }
+//!             }
+//!             match io.read(&mut buf) {
+//!                 Ok(0) => return Ok(Wants::close()),
+//!                 Ok(n) => conn.owed.extend_from_slice(&buf[..n]),
+//!                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Wants::read()),
+//!                 Err(e) => return Err(e),
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! export_event_plugin!(Echo);
+//! ```
 
 use crate::raw::RawIo;
 use crate::{Decision, Request};

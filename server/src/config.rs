@@ -21,6 +21,8 @@ pub struct Config {
     pub max_connections: usize,
     /// `SWITCHYARD_MAX_HEADER_BYTES`: largest request head (request line and headers).
     pub max_header_bytes: usize,
+    /// `SWITCHYARD_MAX_TARGET_BYTES`: longest request target.
+    pub max_target_bytes: usize,
     /// `SWITCHYARD_MAX_BODY_BYTES`: largest request body kept for an upgrade request.
     pub max_body_bytes: usize,
     /// `SWITCHYARD_HEADER_TIMEOUT_MS`: time to receive a whole request head (and, again, its body).
@@ -37,6 +39,9 @@ pub struct Config {
     /// `SWITCHYARD_WRITE_TIMEOUT_MS`: an upgraded connection whose peer takes no bytes this
     /// long while output waits is closed.
     pub write_timeout: Duration,
+    /// `SWITCHYARD_PLUGIN_PANIC_LIMIT`: a plugin that panics more often than this within a
+    /// minute leaves service until a restart; 0 never takes one out.
+    pub plugin_panic_limit: u64,
 }
 
 /// A setting that could not be used.
@@ -92,6 +97,9 @@ impl Config {
             max_header_bytes: parse_or(get("SWITCHYARD_MAX_HEADER_BYTES"), 16 * 1024, |v| {
                 count(v, 256, 1 << 24)
             })?,
+            max_target_bytes: parse_or(get("SWITCHYARD_MAX_TARGET_BYTES"), 8192, |v| {
+                count(v, 16, 1 << 24)
+            })?,
             max_body_bytes: parse_or(get("SWITCHYARD_MAX_BODY_BYTES"), 1 << 20, |v| {
                 count(v, 0, 1 << 30)
             })?,
@@ -117,6 +125,9 @@ impl Config {
                 Duration::from_secs(30),
                 millis,
             )?,
+            plugin_panic_limit: parse_or(get("SWITCHYARD_PLUGIN_PANIC_LIMIT"), 10, |v| {
+                count(v, 0, 1 << 30).map(|n| n as u64)
+            })?,
         })
     }
 }

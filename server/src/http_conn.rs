@@ -453,11 +453,15 @@ impl HttpConn {
                         return progressed; // the client reads our answers first
                     }
                     self.request_started.get_or_insert(cx.now);
-                    let max = cx.shared.config.max_header_bytes;
-                    if !self.head_may_be_complete(max) {
+                    let config = &cx.shared.config;
+                    let limits = head::Limits {
+                        head: config.max_header_bytes,
+                        target: config.max_target_bytes,
+                    };
+                    if !self.head_may_be_complete(limits) {
                         return progressed;
                     }
-                    match head::parse(&self.input, max) {
+                    match head::parse(&self.input, limits) {
                         Ok(Parsed::Partial) => return progressed,
                         Err(e) => self.fail(cx, e),
                         Ok(Parsed::Complete(head)) => {
@@ -474,21 +478,25 @@ impl HttpConn {
     }
 
     /// True when parsing the input can tell something new: the head's end has arrived, the
-    /// input is over the limit, or the request line just arrived (checked once, so garbage
-    /// gets its `400` at once). Only bytes not scanned before are scanned.
-    fn head_may_be_complete(&mut self, max: usize) -> bool {
-        if self.input.len() > max {
-            return true;
+    /// input is over a limit, or the request line just arrived (checked once, so garbage
+    /// gets its `400` at once). Only bytes not scanned before are scanned, so a head sent a
+    /// byte at a time costs linear time, not quadratic.
+    fn head_may_be_complete(&mut self, limits: head::Limits) -> bool {
+        if self.input.len() > limits.head {
+            return true; // 431, or a complete head that is too large
         }
         let from = self.scanned.saturating_sub(2);
-        let found = head_end(&self.input[from..]).is_some();
+        let new = &self.input[from..];
         self.scanned = self.input.len();
-        if found {
+        if head_end(new).is_some() {
             return true;
         }
-        if !self.line_checked && self.input.contains(&b'\n') {
-            self.line_checked = true;
-            return true;
+        if !self.line_checked {
+            if new.contains(&b'\n') {
+                self.line_checked = true;
+                return true; // the request line is whole: check it now
+            }
+            return self.input.len() > limits.target + 32; // its target is too long: 414
         }
         false
     }
@@ -502,7 +510,9 @@ impl HttpConn {
         let bytes = &self.input[..head.len];
         let request_line =
             access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
-        let response = match route(&head, bytes, &cx.shared.registry.tokens) {
+        let registry = cx.shared.registry;
+        let in_service = |plugin| registry.in_service(plugin);
+        let response = match route(&head, bytes, &registry.tokens, &in_service) {
             Route::Upgrade(offers) => return self.upgrade_request(cx, head, offers, started),
             Route::Metrics => {
                 let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))

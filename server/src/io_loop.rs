@@ -375,7 +375,12 @@ impl Loop {
             }
             Outcome::Answer(response, reason) => (response, Some(reason)),
             Outcome::Declined => (
-                plain_answer(&upgrade.head, &upgrade.head_bytes, &shared.registry.tokens),
+                plain_answer(
+                    &upgrade.head,
+                    &upgrade.head_bytes,
+                    &shared.registry.tokens,
+                    &|plugin| shared.registry.in_service(plugin),
+                ),
                 None,
             ),
             Outcome::Elsewhere(offer) => match shared.pool.try_reserve() {

@@ -20,6 +20,7 @@ mod session;
 mod shared;
 mod supervisor;
 mod switch;
+mod sys;
 mod timers;
 mod workers;
 
@@ -47,6 +48,10 @@ fn main() -> ExitCode {
                 "cannot read the plugin folder {} (SWITCHYARD_PLUGIN_DIR): {e}",
                 config.plugin_dir.display()
             );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(plugin::StartError::Unsafe(why)) => {
+            log::error!("{why} (SWITCHYARD_PLUGIN_DIR)");
             return ExitCode::from(EXIT_CONFIG);
         }
         Err(plugin::StartError::Settings { file, message }) => {
@@ -112,8 +117,9 @@ fn serve(shared: &'static shared::Shared, listener: std::net::TcpListener) -> Re
     supervisor::run(shared, signals, threads).map_err(|supervisor::Failed(why)| why)
 }
 
-/// Every connection is a descriptor (a tunnel two): raise the soft limit to the hard one,
-/// as servers do, and say so when even that is short of SWITCHYARD_MAX_CONNECTIONS.
+/// Every connection is a descriptor (a tunnel six: both sockets and a pipe each way for
+/// splice): raise the soft limit to the hard one, as servers do, and say so when even that
+/// is short of SWITCHYARD_MAX_CONNECTIONS.
 fn raise_file_limit(max_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < max_connections as u64 + 64 => log::warn!(

@@ -242,6 +242,22 @@ impl Metrics {
             "Panics caught at the plugin boundary (each cost one connection).",
             &per_plugin(&self.panics),
         );
+        let in_service: Vec<(String, u64)> = registry
+            .plugins
+            .iter()
+            .map(|p| {
+                (
+                    format!("{{plugin=\"{}\"}}", p.name),
+                    u64::from(p.in_service()),
+                )
+            })
+            .collect();
+        metric(
+            "switchyard_plugin_in_service",
+            "gauge",
+            "1 while the plugin takes new connections; 0 once it panicked more than SWITCHYARD_PLUGIN_PANIC_LIMIT times within a minute.",
+            &in_service,
+        );
         metric(
             "switchyard_plugin_slow_calls_total",
             "counter",

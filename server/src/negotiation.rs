@@ -168,13 +168,24 @@ pub fn plugin_failed(
     peer: &str,
     failure: &Failure,
 ) {
-    let name = &shared.registry.plugins[plugin_index].name;
+    let plugin = &shared.registry.plugins[plugin_index];
+    let name = &plugin.name;
     match failure {
         Failure::Panicked(message) => {
             shared.metrics.panicked(plugin_index);
             log::error!(
                 "plugin {name} panicked in {call}: {message}; connection from {peer} closed"
             );
+            let limit = shared.config.plugin_panic_limit;
+            if plugin.note_panic(limit, Instant::now()) {
+                log::error!(
+                    "plugin {name} panicked more than {limit} times within a minute \
+                     (SWITCHYARD_PLUGIN_PANIC_LIMIT): out of service until the daemon restarts; \
+                     its tokens ({}) are no longer offered, and requests that ask only for them \
+                     get 503",
+                    plugin.tokens.join(", ")
+                );
+            }
         }
         Failure::Error(message) => {
             log::error!("plugin {name} failed in {call}: {message}; connection from {peer} closed");
@@ -230,7 +241,13 @@ fn rejection(
         .collect();
     if status == 426 && !names_upgrade {
         response = response
-            .header("Upgrade", shared.registry.tokens.advertised())
+            .header(
+                "Upgrade",
+                shared
+                    .registry
+                    .tokens
+                    .advertised(&|plugin| shared.registry.in_service(plugin)),
+            )
             .header("Connection", "upgrade");
     }
     response

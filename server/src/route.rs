@@ -37,17 +37,15 @@ impl TokenTable {
             .map(|&(_, p)| p)
     }
 
-    /// Every token, comma-separated, for `Upgrade` in `426` (our order of preference).
-    pub fn advertised(&self) -> String {
+    /// The tokens of plugins in service, comma-separated, for `Upgrade` in `426` (our order
+    /// of preference).
+    pub fn advertised(&self, in_service: &dyn Fn(usize) -> bool) -> String {
         self.entries
             .iter()
+            .filter(|(_, plugin)| in_service(*plugin))
             .map(|(t, _)| t.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
@@ -69,40 +67,60 @@ pub enum Route {
     Metrics,
 }
 
-pub fn route(head: &Head, bytes: &[u8], tokens: &TokenTable) -> Route {
+/// Decides on a request. `in_service` says which plugins take new connections: offers of
+/// the others are left out, and a request that offered only those gets `503`.
+pub fn route(
+    head: &Head,
+    bytes: &[u8],
+    tokens: &TokenTable,
+    in_service: &dyn Fn(usize) -> bool,
+) -> Route {
     if head.wants_upgrade {
         let mut offers: Vec<Offer> = Vec::new();
+        let mut out_of_service = false;
         for product in head.list(bytes, "upgrade") {
             let name = product.split(|&b| b == b'/').next().unwrap_or(product);
-            if let Some(plugin) = tokens.find(name) {
-                if offers.iter().all(|o| o.plugin != plugin) {
-                    offers.push(Offer {
-                        plugin,
-                        product: Span::of(bytes, product),
-                    });
-                }
+            let Some(plugin) = tokens.find(name) else {
+                continue;
+            };
+            if !in_service(plugin) {
+                out_of_service = true;
+            } else if offers.iter().all(|o| o.plugin != plugin) {
+                offers.push(Offer {
+                    plugin,
+                    product: Span::of(bytes, product),
+                });
             }
         }
         if !offers.is_empty() {
             return Route::Upgrade(offers);
         }
+        if out_of_service {
+            let response = Response::error(503, "the protocol asked for is out of service");
+            return Route::Answer(response);
+        }
     }
     if head.path(bytes) == "/metrics" && head.method(bytes) == "GET" {
         return Route::Metrics;
     }
-    Route::Answer(plain_answer(head, bytes, tokens))
+    Route::Answer(plain_answer(head, bytes, tokens, in_service))
 }
 
 /// The answer to a request that does not switch: `/healthz`, or `426` naming what would do.
-pub fn plain_answer(head: &Head, bytes: &[u8], tokens: &TokenTable) -> Response {
+pub fn plain_answer(
+    head: &Head,
+    bytes: &[u8],
+    tokens: &TokenTable,
+    in_service: &dyn Fn(usize) -> bool,
+) -> Response {
     let method = head.method(bytes);
+    let advertised = tokens.advertised(in_service);
     let response = if head.path(bytes) == "/healthz" && (method == "GET" || method == "HEAD") {
         Response::new(200, &b"ok\n"[..]).header("Content-Type", "text/plain")
-    } else if tokens.is_empty() {
+    } else if advertised.is_empty() {
         Response::new(404, &b"no protocols are loaded\n"[..]).header("Content-Type", "text/plain")
     } else {
         // RFC 9110 §15.5.22: 426 names the protocols that would do, with Connection: upgrade.
-        let advertised = tokens.advertised();
         let body = format!("this service switches protocols; ask with Upgrade: {advertised}\n");
         Response::new(426, body.into_bytes())
             .header("Upgrade", advertised)
@@ -130,10 +148,14 @@ mod tests {
     }
 
     fn route_of(bytes: &[u8]) -> (Route, Vec<String>) {
-        let Ok(Parsed::Complete(head)) = parse(bytes, 16384) else {
+        let limits = crate::http::head::Limits {
+            head: 16384,
+            target: 8192,
+        };
+        let Ok(Parsed::Complete(head)) = parse(bytes, limits) else {
             panic!("bad fixture")
         };
-        let route = route(&head, bytes, &table());
+        let route = route(&head, bytes, &table(), &|_| true);
         let products = match &route {
             Route::Upgrade(offers) => offers
                 .iter()
@@ -211,6 +233,44 @@ mod tests {
             ["echo"],
             "an upgrade request is an upgrade request"
         );
+    }
+
+    #[test]
+    fn a_plugin_out_of_service_is_not_offered_and_alone_gets_503() {
+        let limits = crate::http::head::Limits {
+            head: 16384,
+            target: 8192,
+        };
+        let bytes: &[u8] =
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo, h2c\r\n\r\n";
+        let Ok(Parsed::Complete(head)) = parse(bytes, limits) else {
+            panic!("bad fixture")
+        };
+        let no_echo = |plugin: usize| plugin != 0;
+        let Route::Upgrade(offers) = route(&head, bytes, &table(), &no_echo) else {
+            panic!("h2c is still there")
+        };
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].product.str(bytes), "h2c");
+        let only_echo: &[u8] =
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+        let Ok(Parsed::Complete(head)) = parse(only_echo, limits) else {
+            panic!("bad fixture")
+        };
+        let Route::Answer(response) = route(&head, only_echo, &table(), &no_echo) else {
+            panic!("expected an answer")
+        };
+        assert_eq!(response.status, 503);
+        let plain: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let Ok(Parsed::Complete(head)) = parse(plain, limits) else {
+            panic!("bad fixture")
+        };
+        let Route::Answer(response) = route(&head, plain, &table(), &no_echo) else {
+            panic!("expected an answer")
+        };
+        assert!(response
+            .headers
+            .contains(&("Upgrade".into(), "websocket, h2c".into())));
     }
 
     #[test]

@@ -98,7 +98,12 @@ impl Session {
             stalled_since: None,
             told_stopping: false,
             request_line: upgrade.request_line().into_boxed_str(),
-            protocol: upgrade.product(offer).into(),
+            // Kept only for the access line; an idle connection holds nothing it does not need.
+            protocol: if access::enabled() {
+                upgrade.product(offer).into()
+            } else {
+                Box::default()
+            },
             started: upgrade.started,
         }
     }

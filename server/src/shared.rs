@@ -13,7 +13,7 @@ use crate::workers::Pool;
 use crossbeam_channel::Sender;
 use slab::Slab;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -159,8 +159,6 @@ impl Shared {
 /// A blocking upgraded connection being served on a worker.
 pub struct LiveConn {
     pub stream: TcpStream,
-    /// Bumped by every read and write the plugin makes.
-    pub activity: AtomicU64,
     /// Set when the daemon ended the connection for being idle.
     pub idled: AtomicBool,
 }
@@ -174,8 +172,7 @@ pub struct Live {
 
 #[derive(Default)]
 struct LiveInner {
-    /// Each connection with the activity count last seen and when it last changed.
-    conns: Slab<(Arc<LiveConn>, u64, Instant)>,
+    conns: Slab<Arc<LiveConn>>,
     /// Once set, new entries have their read side shut as they arrive.
     stopping: bool,
 }
@@ -191,7 +188,7 @@ impl Live {
         if inner.stopping {
             let _ = conn.stream.shutdown(Shutdown::Read);
         }
-        inner.conns.insert((conn, 0, Instant::now()))
+        inner.conns.insert(conn)
     }
 
     pub fn remove(&self, key: usize) {
@@ -207,27 +204,25 @@ impl Live {
     pub fn wake_all(&self) {
         let mut inner = self.lock();
         inner.stopping = true;
-        for (_, (conn, _, _)) in inner.conns.iter() {
+        for (_, conn) in inner.conns.iter() {
             let _ = conn.stream.shutdown(Shutdown::Read);
         }
     }
 
     /// Shuts both directions of every live socket: the grace period is over.
     pub fn end_all(&self) {
-        for (_, (conn, _, _)) in self.lock().conns.iter() {
+        for (_, conn) in self.lock().conns.iter() {
             let _ = conn.stream.shutdown(Shutdown::Both);
         }
     }
 
-    /// Ends every connection with no reads or writes for `idle`; returns how many.
-    pub fn end_idle(&self, idle: Duration, now: Instant) -> usize {
+    /// Ends every connection on which no data moved either way for `idle` (the kernel's
+    /// count, so bytes a plugin splices itself count too); returns how many.
+    pub fn end_idle(&self, idle: Duration) -> usize {
         let mut ended = 0;
-        for (_, (conn, seen, since)) in self.lock().conns.iter_mut() {
-            let activity = conn.activity.load(Ordering::Relaxed);
-            if activity != *seen {
-                (*seen, *since) = (activity, now);
-            } else if now.duration_since(*since) >= idle && !conn.idled.load(Ordering::Relaxed) {
-                conn.idled.store(true, Ordering::Relaxed);
+        for (_, conn) in self.lock().conns.iter() {
+            let quiet = crate::sys::tcp_quiet_for(&conn.stream).unwrap_or(Duration::ZERO);
+            if quiet >= idle && !conn.idled.swap(true, Ordering::Relaxed) {
                 let _ = conn.stream.shutdown(Shutdown::Both);
                 ended += 1;
             }

@@ -49,7 +49,7 @@ pub fn run(
             on_signal(shared, &mut signals, now);
         }
         if now >= next_reap {
-            let ended = shared.live.end_idle(shared.config.idle, now);
+            let ended = shared.live.end_idle(shared.config.idle);
             for _ in 0..ended {
                 shared.metrics.ended_idle();
             }

@@ -13,7 +13,7 @@ use crate::shared::{LiveConn, Resume, Returned, Shared, Ticket};
 use crate::workers::Slot;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// An upgrade request, read whole by an event loop, on its way to a worker.
@@ -77,7 +77,12 @@ pub fn run(job: Job, shared: &'static Shared) {
         }
         Outcome::Answer(response, reason) => Resume::Answer(response, Some(reason)),
         Outcome::Declined => Resume::Answer(
-            plain_answer(&upgrade.head, &upgrade.head_bytes, &shared.registry.tokens),
+            plain_answer(
+                &upgrade.head,
+                &upgrade.head_bytes,
+                &shared.registry.tokens,
+                &|plugin| shared.registry.in_service(plugin),
+            ),
             None,
         ),
         Outcome::Elsewhere(offer) => Resume::Negotiate(offer),
@@ -136,7 +141,6 @@ fn serve(
     upgrade.body = Vec::new();
     let live = Arc::new(LiveConn {
         stream,
-        activity: AtomicU64::new(0),
         idled: AtomicBool::new(false),
     });
     let live_key = shared.live.add(live.clone());
@@ -146,7 +150,6 @@ fn serve(
         bytes_in: 0,
         bytes_out: 0,
         stopping: shared.stopping_flag(),
-        activity: &live.activity,
         default_write_timeout: write_timeout,
         write_timed_out: false,
     };

@@ -6,6 +6,7 @@ mod support;
 mod capacity;
 mod http;
 mod lifecycle;
+mod limits;
 mod loading;
 mod plugins;
 mod readiness;

@@ -8,21 +8,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Packages the tests run: the daemon, the reference plugins and the fixtures.
+/// Packages the tests run from the main workspace: the daemon and the reference plugins.
 const PACKAGES: &[&str] = &[
     "switchyard",
     "switchyard-echo",
     "switchyard-websocket",
     "switchyard-tunnel",
-    "fixture-probe",
-    "fixture-evented",
-    "fixture-dup",
-    "fixture-badmagic",
-    "fixture-newminor",
-    "fixture-v2",
 ];
 
-/// Builds every package once per test run, into a target folder of its own (the outer
+/// Builds the daemon, the reference plugins and the fixtures (a workspace of their own,
+/// `tests/fixtures`) once per test run, into a target folder of their own (the outer
 /// `cargo test` holds the usual one), and returns the folder holding the artifacts.
 pub fn artifacts() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -33,20 +28,28 @@ pub fn artifacts() -> &'static Path {
             .to_path_buf();
         let target = workspace.join("target").join("it");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command
-            .current_dir(&workspace)
+        let mut main = Command::new(&cargo);
+        main.current_dir(&workspace)
             .args(["build", "--quiet", "--target-dir"])
             .arg(&target);
         for package in PACKAGES {
-            command.args(["-p", package]);
+            main.args(["-p", package]);
         }
-        let output = command.output().expect("run cargo build");
-        assert!(
-            output.status.success(),
-            "cargo build failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let mut fixtures = Command::new(&cargo);
+        fixtures
+            .current_dir(&workspace)
+            .args(["build", "--quiet", "--workspace", "--manifest-path"])
+            .arg(workspace.join("tests/fixtures/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target);
+        for mut command in [main, fixtures] {
+            let output = command.output().expect("run cargo build");
+            assert!(
+                output.status.success(),
+                "cargo build failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
         target.join("debug")
     })
 }
@@ -108,6 +111,12 @@ impl DaemonBuilder {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         command
+    }
+
+    /// Lets `prepare` change the plugin folder, then starts the daemon.
+    pub fn start_with(self, prepare: impl FnOnce(&Path)) -> Daemon {
+        prepare(self.plugins.path());
+        self.start()
     }
 
     /// Starts the daemon and waits until it listens.

@@ -130,13 +130,18 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
     let mut key = mask;
     key.rotate_left(offset % 4);
-    let word = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
+    // 32 bytes a turn against a 32-byte key, in plain byte operations on fixed-size
+    // arrays: the compiler turns the inner loop into vector XORs.
+    let mut wide = [0u8; 32];
+    for (i, byte) in wide.iter_mut().enumerate() {
+        *byte = key[i % 4];
+    }
+    let mut chunks = data.chunks_exact_mut(32);
     for chunk in &mut chunks {
-        let value = u64::from_ne_bytes((&*chunk).try_into().unwrap()) ^ word;
-        chunk.copy_from_slice(&value.to_ne_bytes());
+        let chunk: &mut [u8; 32] = chunk.try_into().expect("chunks of 32");
+        for (byte, k) in chunk.iter_mut().zip(wide) {
+            *byte ^= k;
+        }
     }
     for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
         *byte ^= key[i % 4];

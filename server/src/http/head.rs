@@ -10,6 +10,8 @@
 //! Syntax is `httparse`'s job (strict: no obsolete line folding, no bare spaces where the
 //! grammar has none). What it leaves to the server is checked here, each with the status
 //! RFC 9112 names:
+//! - a request target longer than its limit (RFC 9112 §3: "a server that receives a
+//!   request-target longer than any URI it wishes to parse MUST respond with a 414"): `414`;
 //! - a head larger than the limit, or with more fields than we keep: `431`;
 //! - HTTP/1.1 without exactly one `Host` (RFC 9112 §3.2): `400`;
 //! - `Transfer-Encoding` with `Content-Length`, differing `Content-Length` values, an invalid
@@ -95,9 +97,26 @@ impl Head {
     }
 }
 
-/// Parses the head at the start of `bytes`. `max` is the largest head accepted.
-pub fn parse(bytes: &[u8], max: usize) -> Result<Parsed, HttpError> {
+/// The sizes a head may have.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The whole head, request line and fields.
+    pub head: usize,
+    /// The request target alone.
+    pub target: usize,
+}
+
+const TARGET_TOO_LONG: HttpError = HttpError::new(414, "request target longer than the limit");
+
+/// Parses the head at the start of `bytes`, within `limits`.
+pub fn parse(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
     const TOO_LARGE: HttpError = HttpError::new(431, "request head larger than the limit");
+    let max = limits.head;
+    // A request line still without its end, already longer than any target we take plus
+    // the longest method and version we know: its target is too long (414, not 431).
+    if !bytes.contains(&b'\n') && bytes.len() > limits.target + 32 {
+        return Err(TARGET_TOO_LONG);
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut fields);
     let len = match request.parse(bytes) {
@@ -127,6 +146,9 @@ pub fn parse(bytes: &[u8], max: usize) -> Result<Parsed, HttpError> {
     };
     if std::str::from_utf8(target.as_bytes()).is_err() || target.is_empty() {
         return Err(HttpError::new(400, "malformed request target"));
+    }
+    if target.len() > limits.target {
+        return Err(TARGET_TOO_LONG);
     }
     let headers: Vec<(Span, Span)> = request
         .headers
@@ -242,15 +264,20 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits {
+        head: 16384,
+        target: 8192,
+    };
+
     fn head(bytes: &[u8]) -> Head {
-        match parse(bytes, 16384) {
+        match parse(bytes, LIMITS) {
             Ok(Parsed::Complete(head)) => head,
             other => panic!("expected a complete head, got {other:?}"),
         }
     }
 
     fn error(bytes: &[u8]) -> HttpError {
-        parse(bytes, 16384).expect_err("expected an error")
+        parse(bytes, LIMITS).expect_err("expected an error")
     }
 
     #[test]
@@ -275,12 +302,12 @@ mod tests {
         let full = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         for cut in 0..full.len() {
             assert_eq!(
-                parse(&full[..cut], 16384),
+                parse(&full[..cut], LIMITS),
                 Ok(Parsed::Partial),
                 "cut at {cut}"
             );
         }
-        assert!(matches!(parse(full, 16384), Ok(Parsed::Complete(_))));
+        assert!(matches!(parse(full, LIMITS), Ok(Parsed::Complete(_))));
     }
 
     #[test]
@@ -364,17 +391,45 @@ mod tests {
     }
 
     #[test]
+    fn rfc9112_3_a_target_over_its_limit_gets_414_complete_or_not() {
+        let limits = Limits {
+            head: 16384,
+            target: 100,
+        };
+        let mut line = b"GET /".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 99));
+        let ok = [&line[..], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+        assert!(
+            matches!(parse(&ok, limits), Ok(Parsed::Complete(_))),
+            "100 bytes fit"
+        );
+        line.push(b'a');
+        let long = [&line[..], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+        assert_eq!(parse(&long, limits), Err(TARGET_TOO_LONG));
+        line.extend(std::iter::repeat_n(b'a', 40));
+        assert_eq!(
+            parse(&line, limits),
+            Err(TARGET_TOO_LONG),
+            "known before the line ends"
+        );
+    }
+
+    #[test]
     fn limits_give_431() {
+        let small = Limits {
+            head: 256,
+            target: 8192,
+        };
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 300));
         assert_eq!(
-            parse(&big, 256).unwrap_err().status,
+            parse(&big, small).unwrap_err().status,
             431,
             "partial head over the limit"
         );
         big.extend_from_slice(b"\r\n\r\n");
         assert_eq!(
-            parse(&big, 256).unwrap_err().status,
+            parse(&big, small).unwrap_err().status,
             431,
             "complete head over the limit"
         );
@@ -383,7 +438,11 @@ mod tests {
             many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert_eq!(parse(&many, 1 << 20).unwrap_err().status, 431);
+        let roomy = Limits {
+            head: 1 << 20,
+            target: 8192,
+        };
+        assert_eq!(parse(&many, roomy).unwrap_err().status, 431);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum LoadError {
     BothWaysToServe,
     Init(String),
     InitPanicked(String),
+    /// `init` returned a code the ABI does not define.
+    InitBadStatus(i32, String),
 }
 
 impl std::fmt::Display for LoadError {
@@ -64,6 +66,9 @@ impl std::fmt::Display for LoadError {
             LoadError::BothWaysToServe => write!(f, "descriptor has both `serve` and the readiness functions; set one way to serve"),
             LoadError::Init(e) => write!(f, "init failed: {e}"),
             LoadError::InitPanicked(e) => write!(f, "init panicked: {e}"),
+            LoadError::InitBadStatus(code, e) => {
+                write!(f, "init returned {code}, not a status code ({e})")
+            }
         }
     }
 }
@@ -244,9 +249,7 @@ pub fn init(opened: Opened) -> Result<Loaded, LoadError> {
         STATUS_OK => Err(LoadError::Init("returned no state".into())),
         STATUS_PANIC => Err(LoadError::InitPanicked(message)),
         STATUS_ERROR => Err(LoadError::Init(message)),
-        other => Err(LoadError::Init(format!(
-            "returned {other}, not a status code ({message})"
-        ))),
+        other => Err(LoadError::InitBadStatus(other, message)),
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// What the plugin callbacks need of a connection.
@@ -74,8 +74,6 @@ pub struct BlockingConn<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub stopping: &'a AtomicBool,
-    /// Bumped by every read and write, for the daemon's idle limit.
-    pub activity: &'a AtomicU64,
     /// The daemon's write time-out, in force unless the plugin set its own.
     pub default_write_timeout: Duration,
     /// A write waited longer than the write time-out: the connection was ended.
@@ -89,7 +87,6 @@ impl BlockingConn<'_> {
         match result {
             Ok(n) => {
                 self.bytes_out += n as u64;
-                self.activity.fetch_add(1, Ordering::Relaxed);
                 Ok(n)
             }
             // SO_SNDTIMEO expired: the peer took nothing for the whole time-out.
@@ -110,7 +107,6 @@ impl HostIo for BlockingConn<'_> {
         }
         let n = retry(|| (&mut &*self.stream).read(buf))?;
         self.bytes_in += n as u64;
-        self.activity.fetch_add(1, Ordering::Relaxed);
         Ok(n)
     }
 

@@ -20,8 +20,12 @@ pub use ffi::{Handler, RequestHeaders, Session};
 pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead};
 
 use crate::route::TokenTable;
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// One loaded plugin.
 pub struct Plugin {
@@ -30,6 +34,18 @@ pub struct Plugin {
     pub tokens: Vec<String>,
     pub build: String,
     loaded: ffi::Loaded,
+    health: Health,
+}
+
+/// How far back panics count towards `SWITCHYARD_PLUGIN_PANIC_LIMIT`.
+const PANIC_WINDOW: Duration = Duration::from_secs(60);
+
+/// A plugin's standing: its recent panics, and whether it was taken out of service.
+#[derive(Default)]
+struct Health {
+    /// When it panicked within the last minute (at most limit + 1 kept).
+    panics: Mutex<VecDeque<Instant>>,
+    out_of_service: AtomicBool,
 }
 
 /// What `negotiate` decided.
@@ -68,6 +84,32 @@ pub struct RequestParts<'a> {
 }
 
 impl Plugin {
+    /// False once the plugin panicked too often: it serves no new connection until restart.
+    pub fn in_service(&self) -> bool {
+        !self.health.out_of_service.load(Ordering::Relaxed)
+    }
+
+    /// Counts a panic; with more than `limit` (non-zero) within a minute the plugin leaves
+    /// service. True when this panic took it out.
+    pub fn note_panic(&self, limit: u64, now: Instant) -> bool {
+        if limit == 0 || !self.in_service() {
+            return false;
+        }
+        let mut panics = self.health.panics.lock().unwrap_or_else(|e| e.into_inner());
+        while panics
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= PANIC_WINDOW)
+        {
+            panics.pop_front();
+        }
+        panics.push_back(now);
+        if panics.len() as u64 > limit {
+            panics.clear();
+            return !self.health.out_of_service.swap(true, Ordering::Relaxed);
+        }
+        false
+    }
+
     /// True when the plugin runs readiness-driven on the event loops rather than on a worker.
     pub fn is_readiness(&self) -> bool {
         self.loaded.is_readiness()
@@ -106,11 +148,20 @@ pub struct Registry {
     pub tokens: TokenTable,
 }
 
+impl Registry {
+    /// Whether plugin `index` takes new connections (see [`Plugin::in_service`]).
+    pub fn in_service(&self, index: usize) -> bool {
+        self.plugins.get(index).is_some_and(Plugin::in_service)
+    }
+}
+
 /// Why the daemon cannot start with this plugin folder.
 #[derive(Debug)]
 pub enum StartError {
     /// The folder cannot be read.
     Folder(io::Error),
+    /// Someone besides the daemon's user and root could write into the folder.
+    Unsafe(String),
     /// A plugin's `init` refused its settings.
     Settings { file: PathBuf, message: String },
 }
@@ -118,9 +169,52 @@ pub enum StartError {
 /// The platform's shared-library suffix.
 const LIBRARY_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
 
+/// Why `path` may not be trusted with code the daemon runs: whoever can write it (or, for a
+/// folder, add files to it) could run their code in the daemon. As sshd's `StrictModes`:
+/// writable by others, by a group other than root's or the daemon's, or owned by a user
+/// other than root or the daemon's.
+fn unsafe_because(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return Some(format!("cannot be examined: {e}")),
+    };
+    let (uid, gid) = crate::sys::effective_ids();
+    let mode = meta.mode() & 0o7777;
+    let shown = path.display();
+    if mode & 0o002 != 0 {
+        Some(format!(
+            "is writable by every user (mode {mode:o}); anyone could make the daemon run \
+             their code: chmod o-w {shown}"
+        ))
+    } else if mode & 0o020 != 0 && meta.gid() != 0 && meta.gid() != gid {
+        Some(format!(
+            "is writable by group {} (mode {mode:o}), which is neither root's nor the daemon's: \
+             chmod g-w {shown}",
+            meta.gid()
+        ))
+    } else if meta.uid() != 0 && meta.uid() != uid {
+        Some(format!(
+            "belongs to user {}, neither root nor the daemon's user ({uid}): chown it to one of them",
+            meta.uid()
+        ))
+    } else {
+        None
+    }
+}
+
 /// Loads every library in `dir`. A file that is not a usable plugin is logged and skipped;
-/// the start fails when the folder cannot be read or a plugin's settings are invalid.
+/// the start fails when the folder cannot be read or trusted, or a plugin's settings are
+/// invalid.
 pub fn load_dir(dir: &Path) -> Result<Registry, StartError> {
+    if dir.exists() {
+        if let Some(why) = unsafe_because(dir) {
+            return Err(StartError::Unsafe(format!(
+                "the plugin folder {} {why}",
+                dir.display()
+            )));
+        }
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .and_then(|entries| {
             entries
@@ -133,6 +227,10 @@ pub fn load_dir(dir: &Path) -> Result<Registry, StartError> {
 
     let mut registry = Registry::default();
     for file in files {
+        if let Some(why) = unsafe_because(&file) {
+            log::error!("plugin {} {why}; skipped", file.display());
+            continue;
+        }
         match registry.load(&file) {
             Ok(()) => {}
             Err(ffi::LoadError::Init(message)) => {
@@ -207,6 +305,7 @@ impl Registry {
             tokens: plugin_tokens,
             build,
             loaded,
+            health: Health::default(),
         });
         Ok(())
     }

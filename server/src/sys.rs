@@ -1,0 +1,37 @@
+//! The few operating-system calls std does not offer, each behind a safe function; every
+//! `unsafe` line of the daemon outside the plugin ABI (`plugin/ffi.rs`) is here.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// The daemon's effective user and group ids.
+pub fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// How long since data last moved either way on a TCP socket, as the kernel counts it
+/// (`TCP_INFO`): it sees bytes a plugin moves itself (with `splice`, say) as well as ours.
+pub fn tcp_quiet_for(socket: &impl AsRawFd) -> io::Result<Duration> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid descriptor, and an out-buffer of `len` bytes the kernel fills in part
+    // or whole; zeroed first, so fields it leaves are 0.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised plain integers, partly filled by the kernel.
+    let info = unsafe { info.assume_init() };
+    let millis = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
+    Ok(Duration::from_millis(u64::from(millis)))
+}

@@ -1,0 +1,361 @@
+//! No client can hold the daemon (issue 9): every attack a client can make by waiting, each
+//! shown with the daemon still serving everyone else; and the sharp edges of the plugin
+//! contract, refused at load with a reason.
+
+use crate::support::{raise_fd_limit, upgrade_request, Client, Daemon};
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const WEBSOCKET_REQUEST: &str =
+    "GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// Tries an upgrade until it gets `want` or `limit` passes; returns the last status.
+fn status_within(daemon: &Daemon, token: &str, want: u16, limit: Duration) -> u16 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut client = daemon.client();
+        client.send(upgrade_request("/", token));
+        let status = client.response().status;
+        if status == want || Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 2,000 idle upgraded connections and every worker held idle: a new WebSocket still
+/// switches at once (readiness connections need no worker), and once the idle limit has
+/// ended the silent ones, a blocking plugin's worker is free again.
+#[test]
+fn two_thousand_idle_upgraded_connections_cannot_lock_others_out() {
+    assert!(raise_fd_limit() > 2200, "the test needs descriptors");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_WORKERS", "4")
+        .env("SWITCHYARD_IDLE_MS", "1500")
+        .start();
+    let idle_websockets: Vec<Client> = (0..2000)
+        .map(|_| {
+            let mut client = daemon.client();
+            client.send(WEBSOCKET_REQUEST);
+            assert_eq!(client.response().status, 101);
+            client
+        })
+        .collect();
+    let idle_echoes: Vec<Client> = (0..4)
+        .map(|_| {
+            let mut client = daemon.client();
+            client.send(upgrade_request("/", "echo"));
+            assert_eq!(client.response().status, 101);
+            client
+        })
+        .collect();
+    let mut turned_away = daemon.client();
+    turned_away.send(upgrade_request("/", "echo"));
+    assert_eq!(turned_away.response().status, 503, "every worker is held");
+    let mut fresh = daemon.client();
+    fresh.send(WEBSOCKET_REQUEST);
+    assert_eq!(
+        fresh.response().status,
+        101,
+        "a WebSocket needs no worker: 2,000 idle ones lock nobody out"
+    );
+    assert_eq!(
+        status_within(&daemon, "echo", 101, Duration::from_secs(10)),
+        101,
+        "the idle limit frees the workers the silent connections held"
+    );
+    drop((idle_websockets, idle_echoes));
+    let logs = daemon.wait_for_log("reason=\"idle\"").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("101 proto=echo") && logs.contains("reason=\"idle\""),
+        "{logs}"
+    );
+}
+
+/// A blocking plugin's write to a client that reads nothing ends after the write time-out:
+/// the worker is freed, and the access line says why.
+#[test]
+fn a_client_that_never_reads_a_blocking_plugin_is_dropped_after_the_write_timeout() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "500")
+        .env("SWITCHYARD_WORKERS", "1")
+        .start();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "echo"));
+    assert_eq!(client.response().status, 101);
+    client.stream.set_nonblocking(true).unwrap();
+    let chunk = [b'x'; 64 * 1024];
+    let began = Instant::now();
+    loop {
+        match client.stream.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(_) => break,
+        }
+        assert!(began.elapsed() < Duration::from_secs(15), "never dropped");
+    }
+    let logs = daemon.wait_for_log("write time-out").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("101 proto=echo") && logs.contains("reason=\"write time-out"),
+        "{logs}"
+    );
+    assert_eq!(
+        status_within(&daemon, "echo", 101, Duration::from_secs(5)),
+        101,
+        "its worker is free again"
+    );
+    daemon
+        .wait_for_metric("switchyard_upgraded_ended_total{reason=\"write_timeout\"} 1")
+        .expect("counted");
+}
+
+/// Pipelined requests from a client that never reads the answers: the daemon stops reading
+/// it once its answers queue up, so memory stays flat, and serves everyone else.
+#[test]
+fn a_pipelined_flood_that_never_reads_keeps_memory_bounded() {
+    let daemon = Daemon::start();
+    let before = daemon.rss_kib();
+    let mut flood = TcpStream::connect(daemon.addr).unwrap();
+    flood.set_nonblocking(true).unwrap();
+    let requests = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    let (mut sent, began) = (0usize, Instant::now());
+    let mut stalled_since = None;
+    while began.elapsed() < Duration::from_secs(20) {
+        match flood.write(requests.as_bytes()) {
+            Ok(n) => {
+                sent += n;
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break; // the daemon takes no more
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the flood was cut: {e}"),
+        }
+    }
+    assert!(
+        stalled_since.is_some(),
+        "the daemon kept reading a client that reads nothing ({sent} bytes)"
+    );
+    let grown = daemon.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "daemon memory grew by {grown} KiB for {sent} bytes of unread pipelining"
+    );
+    let mut other = daemon.client();
+    other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.response().status, 200, "others are served meanwhile");
+}
+
+/// An upgrade request whose body arrives slowly holds no worker: the worker is taken only
+/// once the whole request is in.
+#[test]
+fn a_slow_body_holds_no_worker() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_WORKERS", "1")
+        .start();
+    let mut slow = daemon.client();
+    slow.send("POST /x HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nContent-Length: 10\r\n\r\nabc");
+    let mut quick = daemon.client();
+    quick.send(upgrade_request("/", "probe"));
+    assert_eq!(
+        quick.response().status,
+        101,
+        "the slow body did not take the only worker"
+    );
+    slow.send("defghij");
+    let response = slow.response();
+    assert_eq!(response.status, 503, "now the worker is busy");
+    assert_eq!(response.header("Retry-After"), Some("1"));
+}
+
+/// RFC 9112 §3: a target longer than the server takes is `414`, not `431`.
+#[test]
+fn rfc9112_3_an_over_long_target_gets_414() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_MAX_TARGET_BYTES", "64")
+        .start();
+    let mut client = daemon.client();
+    client.send(format!(
+        "GET /{} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(100)
+    ));
+    assert_eq!(client.response().status, 414);
+    let mut client = daemon.client();
+    client.send(format!(
+        "GET /{} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(60)
+    ));
+    assert_eq!(
+        client.response().status,
+        426,
+        "a target within the limit is served"
+    );
+}
+
+/// RFC 9110 §15.5.22: every 426 carries `Upgrade`, also one a plugin sends.
+#[test]
+fn rfc9110_15_5_22_a_plugins_426_carries_upgrade() {
+    let daemon = Daemon::builder().plugin("switchyard-websocket").start();
+    let mut client = daemon.client();
+    client.send(WEBSOCKET_REQUEST.replace("Version: 13", "Version: 8"));
+    let response = client.response();
+    assert_eq!(response.status, 426);
+    assert_eq!(response.header("Sec-WebSocket-Version"), Some("13"));
+    assert_eq!(response.header("Upgrade"), Some("websocket"));
+}
+
+/// `SWITCHYARD_PLUGIN_PANIC_LIMIT`: a plugin that keeps panicking leaves service; the
+/// client's next offered protocol serves, a request for it alone gets 503.
+#[test]
+fn a_plugin_that_panics_too_often_leaves_service() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_PLUGIN_PANIC_LIMIT", "3")
+        .start();
+    for _ in 0..4 {
+        let mut client = daemon.client();
+        client.send(upgrade_request("/", "boom"));
+        assert_eq!(client.response().status, 101);
+        assert!(client.read_to_end().is_empty());
+    }
+    let logs = daemon
+        .wait_for_log("out of service until the daemon restarts")
+        .unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("plugin probe panicked more than 3 times within a minute"),
+        "{logs}"
+    );
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "probe"));
+    assert_eq!(client.response().status, 503, "asked for it alone");
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "probe, echo"));
+    let response = client.response();
+    assert_eq!(response.status, 101, "the next offer serves");
+    assert_eq!(response.header("Upgrade"), Some("echo"));
+    let mut client = daemon.client();
+    client.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = client.response();
+    assert_eq!(response.status, 426);
+    assert_eq!(
+        response.header("Upgrade"),
+        Some("echo"),
+        "no longer offered"
+    );
+    daemon
+        .wait_for_metric("switchyard_plugin_in_service{plugin=\"probe\"} 0")
+        .expect("shown to operators");
+}
+
+/// A plugin folder anyone can write to is refused, as sshd's StrictModes refuses such a
+/// home; a plugin file anyone can write to is skipped.
+#[test]
+fn a_plugin_folder_or_file_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let builder = Daemon::builder().plugin("switchyard-echo");
+    let dir = builder.plugin_dir().to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (status, logs) = builder.run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            "the plugin folder {} is writable by every user",
+            dir.display()
+        )) && logs.contains(&format!("chmod o-w {}", dir.display())),
+        "{logs}"
+    );
+
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .plugin("fixture-probe")
+        .start_with(|dir| {
+            let file = dir.join("libfixture_probe.so");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        });
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("libfixture_probe.so is writable by every user") && logs.contains("skipped"),
+        "{logs}"
+    );
+    assert!(logs.contains("loaded 1 plugin(s)"), "{logs}");
+}
+
+/// A descriptor written by hand, as a C plugin writes it: each broken field is named at
+/// load, the file skipped, the daemon serves on; an ABI 1.0 plugin still loads and runs.
+#[test]
+fn hand_written_descriptors_are_checked_at_load() {
+    let cases = [
+        ("null-init", "descriptor has no `init` function (NULL); skipped"),
+        ("null-negotiate", "descriptor has no `negotiate` function (NULL); skipped"),
+        ("no-serving", "descriptor has neither `serve` nor all of `start`, `on_ready` and `drop_conn`; skipped"),
+        ("two-serving", "descriptor has both `serve` and the readiness functions"),
+        ("short", "smaller than its ABI version needs; skipped"),
+        ("bad-init", "init returned 5, not a status code"),
+    ];
+    for (mode, needle) in cases {
+        let daemon = Daemon::builder()
+            .plugin("fixture-raw")
+            .plugin("switchyard-echo")
+            .env("FIXTURE_RAW", mode)
+            .start();
+        let logs = daemon.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("libfixture_raw.so"))
+            .unwrap_or_else(|| panic!("{mode}: nothing about the file:\n{logs}"));
+        assert!(
+            line.contains("ERROR") && line.contains(needle),
+            "{mode}: {line}"
+        );
+        let mut client = daemon.client();
+        client.send(upgrade_request("/", "echo"));
+        assert_eq!(client.response().status, 101, "{mode}: the others serve");
+    }
+    for mode in ["good", "v1.0"] {
+        let daemon = Daemon::builder()
+            .plugin("fixture-raw")
+            .env("FIXTURE_RAW", mode)
+            .start();
+        let mut client = daemon.client();
+        client.send(upgrade_request("/", "raw"));
+        assert_eq!(client.response().status, 101, "{mode}");
+        assert_eq!(client.read_line(), "raw", "{mode}: served blocking");
+    }
+}
+
+/// A decision code the ABI does not define is the plugin's error: 500 for that request, a
+/// line naming the plugin and the code.
+#[test]
+fn an_unknown_decision_is_a_plugin_error_not_a_crash() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-raw")
+        .env("FIXTURE_RAW", "bad-decision")
+        .start();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "raw"));
+    assert_eq!(client.response().status, 500);
+    let logs = daemon
+        .wait_for_log("negotiate returned 7")
+        .unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("plugin raw failed in negotiate: negotiate returned 7, not a decision"),
+        "{logs}"
+    );
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+}
