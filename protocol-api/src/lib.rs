@@ -75,6 +75,7 @@
 pub mod abi;
 mod connection;
 pub mod event;
+pub mod fields;
 mod protocol;
 mod raw;
 mod request;

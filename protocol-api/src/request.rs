@@ -37,8 +37,7 @@ impl<'a> Request<'a> {
 
     /// The target without its query.
     pub fn path(&self) -> &'a str {
-        let target = self.target();
-        target.split_once('?').map_or(target, |(path, _)| path)
+        crate::fields::path(self.target())
     }
 
     /// The HTTP minor version (1 for every upgraded request).
@@ -93,10 +92,8 @@ impl<'a> Request<'a> {
     pub fn header_list(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .filter_map(|(_, v)| core::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(','))
-            .map(|item| item.trim_matches([' ', '\t']))
-            .filter(|item| !item.is_empty())
+            .flat_map(|(_, v)| crate::fields::list_items(v))
+            .filter_map(|item| core::str::from_utf8(item).ok())
     }
 }
 

@@ -4,8 +4,10 @@
 //! 127.0.0.1:50412 "GET /chat HTTP/1.1" 101 proto=echo in=1187 out=1210 time=3.204s
 //! 127.0.0.1:50413 "POST / HTTP/1.1" 400 in=61 out=150 time=0.1ms reason="both Transfer-Encoding and Content-Length"
 //! ```
-//! `in` and `out` count bytes on the client connection, head included; for a switched
-//! connection they cover its whole life.
+//! `in` and `out` count bytes on the client connection: for an answered request its head and
+//! body and the answer; for a switched connection its whole life (request, bytes sent
+//! early, and everything after the `101` that passed through the daemon's or the plugin's
+//! reads and writes; bytes a plugin splices itself on the lent socket are not seen).
 
 use std::net::SocketAddr;
 use std::time::Instant;

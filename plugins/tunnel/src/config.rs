@@ -30,7 +30,7 @@ impl Config {
         };
         let mut routes = Vec::new();
         if let Some(value) = lookup("SWITCHYARD_TUNNEL_ROUTES") {
-            for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            for entry in protocol_api::fields::setting_list(&value) {
                 let invalid =
                     |why: &str| format!("invalid SWITCHYARD_TUNNEL_ROUTES entry {entry:?}: {why}");
                 let (path, backend) = entry

@@ -17,10 +17,7 @@ pub struct Config {
 }
 
 fn list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+    protocol_api::fields::setting_list(value)
         .map(str::to_owned)
         .collect()
 }

@@ -83,9 +83,8 @@ pub fn check(
     }
     let offered: Vec<&str> = values("sec-websocket-protocol")
         .iter()
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+        .flat_map(|v| protocol_api::fields::list_items(v.as_bytes()))
+        .filter_map(|p| std::str::from_utf8(p).ok())
         .collect();
     let protocol = config
         .protocols

@@ -71,8 +71,7 @@ impl Head {
 
     /// The target without its query.
     pub fn path<'a>(&self, bytes: &'a [u8]) -> &'a str {
-        let target = self.target(bytes);
-        target.split_once('?').map_or(target, |(path, _)| path)
+        protocol_api::fields::path(self.target(bytes))
     }
 
     /// Values of every field called `name` (case-insensitive), in order.

@@ -53,24 +53,6 @@ impl Span {
     }
 }
 
-/// Splits a comma-separated header value into its trimmed, non-empty elements
-/// (RFC 9110 §5.6.1).
-pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(trim_ows)
-        .filter(|item| !item.is_empty())
-}
-
-/// Removes optional white space (spaces and tabs) around `bytes`.
-pub fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
-}
+/// The list and white-space rules the plugins' side applies too: one copy, in
+/// `protocol-api`.
+pub use protocol_api::fields::{list_items, trim_ows};
