@@ -191,13 +191,24 @@ mod tests {
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
+    /// Every default the README's table states.
     #[test]
     fn defaults_are_documented_values() {
         let c = config(&[]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.plugin_dir, default_plugin_dir());
+        assert_eq!(c.workers, 1024);
+        assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_header_bytes, 16384);
+        assert_eq!(c.max_target_bytes, 8192);
+        assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.worker_stack_bytes, 256 * 1024);
+        assert_eq!(c.io_threads, default_io_threads());
+        assert_eq!(c.idle, Duration::from_secs(300));
+        assert_eq!(c.write_timeout, Duration::from_secs(30));
+        assert_eq!(c.plugin_panic_limit, 10);
     }
 
     #[test]

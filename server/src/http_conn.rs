@@ -116,6 +116,7 @@ impl MetricsCache {
                     blocking_connections: shared.pool.busy(),
                     workers_max: shared.config.workers,
                     open_connections: shared.open_connections(),
+                    connections_max: shared.config.max_connections,
                 };
                 let body = shared.metrics.render(shared.registry, &gauges).into_bytes();
                 self.rendered = Some((now, body.clone()));

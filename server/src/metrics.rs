@@ -34,6 +34,7 @@ pub struct Gauges {
     pub blocking_connections: usize,
     pub workers_max: usize,
     pub open_connections: usize,
+    pub connections_max: usize,
 }
 
 /// One unit of a gauge, held while the thing it counts lives.
@@ -175,6 +176,12 @@ impl Metrics {
             &plain(gauges.open_connections as u64),
         );
         metric(
+            "switchyard_connections_max",
+            "gauge",
+            "Most client connections open at once (SWITCHYARD_MAX_CONNECTIONS).",
+            &plain(gauges.connections_max as u64),
+        );
+        metric(
             "switchyard_http_connections",
             "gauge",
             "Connections speaking HTTP/1.1 on the event loops.",
@@ -287,6 +294,7 @@ mod tests {
                 blocking_connections: 1,
                 workers_max: 8,
                 open_connections: 3,
+                connections_max: 100,
             },
         );
         assert!(text.contains("# TYPE switchyard_connections_accepted_total counter\nswitchyard_connections_accepted_total 1\n"), "{text}");

@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod loading;
 mod plugins;
+mod promises;
 mod readiness;
 mod tunnel;
 mod upgrade;

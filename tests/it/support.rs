@@ -67,6 +67,8 @@ pub fn library(package: &str) -> PathBuf {
 pub struct DaemonBuilder {
     plugins: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Run a copy of the daemon placed in the plugin folder, with no SWITCHYARD_PLUGIN_DIR.
+    beside_plugins: bool,
 }
 
 impl DaemonBuilder {
@@ -99,12 +101,27 @@ impl DaemonBuilder {
         self.plugins.path()
     }
 
+    /// Runs a copy of the daemon's executable placed among the plugins, without
+    /// SWITCHYARD_PLUGIN_DIR: the default plugin folder is the executable's.
+    pub fn beside_plugins(mut self) -> Self {
+        let copy = self.plugins.path().join("switchyard");
+        std::fs::copy(artifacts().join("switchyard"), copy).expect("copy the daemon");
+        self.beside_plugins = true;
+        self
+    }
+
     fn command(&self) -> Command {
-        let mut command = Command::new(artifacts().join("switchyard"));
+        let mut command = if self.beside_plugins {
+            Command::new(self.plugins.path().join("switchyard"))
+        } else {
+            Command::new(artifacts().join("switchyard"))
+        };
+        command.env_clear();
+        if !self.beside_plugins {
+            command.env("SWITCHYARD_PLUGIN_DIR", self.plugins.path());
+        }
         command
-            .env_clear()
             .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-            .env("SWITCHYARD_PLUGIN_DIR", self.plugins.path())
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -185,6 +202,7 @@ impl Daemon {
         DaemonBuilder {
             plugins: tempfile::tempdir().expect("temp dir"),
             env: Vec::new(),
+            beside_plugins: false,
         }
     }
 
@@ -303,6 +321,8 @@ impl Response {
 pub struct Client {
     pub stream: TcpStream,
     buffer: Vec<u8>,
+    /// The server reset the connection (rather than closing it).
+    reset: bool,
 }
 
 impl Client {
@@ -314,6 +334,7 @@ impl Client {
         Client {
             stream,
             buffer: Vec::new(),
+            reset: false,
         }
     }
 
@@ -334,7 +355,10 @@ impl Client {
                 self.buffer.extend_from_slice(&chunk[..n]);
                 n
             }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                self.reset = true;
+                0
+            }
             Err(e) => panic!(
                 "read failed: {e} (have {:?})",
                 String::from_utf8_lossy(&self.buffer)
@@ -406,6 +430,19 @@ impl Client {
         self.buffer.drain(..n).collect()
     }
 
+    /// Reads exactly `n` bytes, showing the daemon's log if the connection ends first.
+    pub fn read_exact_or_logs(&mut self, n: usize, daemon: &Daemon) -> Vec<u8> {
+        while self.buffer.len() < n {
+            assert!(
+                self.fill() > 0,
+                "connection closed after {:?}:\n{}",
+                String::from_utf8_lossy(&self.buffer),
+                daemon.logs()
+            );
+        }
+        self.buffer.drain(..n).collect()
+    }
+
     /// Reads one line, without its `\n`.
     pub fn read_line(&mut self) -> String {
         loop {
@@ -421,10 +458,22 @@ impl Client {
         }
     }
 
-    /// Reads until the server closes; returns what came.
+    /// Reads until the server closes, cleanly (a reset fails the test); returns what came.
     pub fn read_to_end(&mut self) -> Vec<u8> {
+        let (rest, reset) = self.read_to_end_or_reset();
+        assert!(
+            !reset,
+            "the connection was reset, not closed (after {:?})",
+            String::from_utf8_lossy(&rest)
+        );
+        rest
+    }
+
+    /// Reads until the server closes or resets the connection; returns what came, and
+    /// whether it was a reset.
+    pub fn read_to_end_or_reset(&mut self) -> (Vec<u8>, bool) {
         while self.fill() > 0 {}
-        std::mem::take(&mut self.buffer)
+        (std::mem::take(&mut self.buffer), self.reset)
     }
 
     pub fn shutdown_write(&mut self) {

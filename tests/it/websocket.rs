@@ -310,13 +310,26 @@ fn idle_peer_is_pinged_then_closed_with_1001() {
     assert_eq!(read_frame(&mut client).1, 0x9, "a ping after the idle time");
     expect_close(&mut client, 1001);
 
-    // A peer that answers pings stays connected.
+    // A peer that answers every ping stays connected for as long as it does: here four
+    // idle periods, far past the ping-then-close time of one.
     let mut socket = connect(&daemon);
     socket
         .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let _ = socket.read(); // answers the ping(s) it reads; times out after 1.5 s
+    let (began, mut pings) = (std::time::Instant::now(), 0);
+    while began.elapsed() < Duration::from_millis(2000) {
+        match socket.read() {
+            Ok(Message::Ping(_)) => {
+                pings += 1;
+                socket.flush().unwrap(); // sends the pong tungstenite queued
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the connection ended while answering pings: {e}"),
+        }
+    }
+    assert!(pings >= 2, "pinged every idle period: {pings}");
     socket
         .get_ref()
         .set_read_timeout(Some(Duration::from_secs(5)))

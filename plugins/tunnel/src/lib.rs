@@ -12,10 +12,11 @@ mod pump;
 
 use config::Config;
 use protocol_api::{export_plugin, Connection, Decision, Protocol, Request};
-use pump::{borrow_socket, pump, reset_on_close, Activity, Ended};
+use pump::{borrow_socket, pump, reset_on_close, wait_for_hangup, Activity, Ended};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Tunnel {
@@ -108,6 +109,7 @@ impl Protocol for Tunnel {
             backend.set_read_timeout(tick)?;
         }
         let activity = Activity::new();
+        let down_done = AtomicBool::new(false);
         let ((up_end, up_bytes), (down_end, down_bytes)) = std::thread::scope(|scope| {
             let down = std::thread::Builder::new()
                 .name("switchyard-tunnel".into())
@@ -115,13 +117,19 @@ impl Protocol for Tunnel {
                 .spawn_scoped(scope, || {
                     let ended = pump(&backend, &client, &activity, idle);
                     after(&ended.0, &backend, &client);
+                    down_done.store(true, Ordering::Release);
                     ended
                 })
                 .expect("spawn the tunnel's second direction");
             let ended = pump(&client, &backend, &activity, idle);
-            // A read of 0 while stopping is the daemon's doing, not the client's FIN: leave the
-            // backend's side open and let the other direction run out the grace period.
-            if !(matches!(ended.0, Ended::Eof) && conn.is_stopping()) {
+            if matches!(ended.0, Ended::Eof) && conn.is_stopping() {
+                // A read of 0 while stopping is the daemon's doing, not the client's FIN: the
+                // backend's direction runs on through the grace period, until the daemon
+                // hangs the client up; then the backend is let go too (its direction may be
+                // blocked reading a quiet backend, and only this wakes it).
+                wait_for_hangup(&client, &down_done);
+                let _ = backend.shutdown(Shutdown::Both);
+            } else {
                 after(&ended.0, &client, &backend);
             }
             (

@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How one direction ended.
@@ -74,6 +74,23 @@ pub fn borrow_socket(fd: BorrowedFd<'_>) -> BorrowedStream<'_> {
     BorrowedStream {
         stream: ManuallyDrop::new(stream),
         _borrow: PhantomData,
+    }
+}
+
+/// Waits until the daemon shuts `socket` both ways (which it does when the grace period of
+/// a stop ends: `POLLHUP`), or `done` is set; looks every 100 ms.
+pub fn wait_for_hangup(socket: &TcpStream, done: &AtomicBool) {
+    while !done.load(Ordering::Acquire) {
+        let mut poll = libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: 0, // POLLHUP and POLLERR are always reported
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, 100) };
+        if ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return;
+        }
     }
 }
 
@@ -176,7 +193,10 @@ mod splice {
         }
     }
 
-    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    /// Splices up to `len` bytes. `flags` is `SPLICE_F_MOVE`, plus `SPLICE_F_MORE` only
+    /// into the pipe: on the way out to a socket it corks a small write until the kernel's
+    /// cork timer (about 200 ms), which an interactive protocol feels on every exchange.
+    fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> io::Result<usize> {
         loop {
             // SAFETY: plain descriptors and null offsets (sockets and pipes have none).
             let result = unsafe {
@@ -186,7 +206,7 @@ mod splice {
                     to,
                     std::ptr::null_mut(),
                     len,
-                    libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
+                    flags,
                 )
             };
             match check(result) {
@@ -220,7 +240,8 @@ mod splice {
             moved: &mut u64,
         ) -> (Ended, u64) {
             loop {
-                let n = match splice(from.as_raw_fd(), self.write.as_raw_fd(), CHUNK) {
+                let into_pipe = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
+                let n = match splice(from.as_raw_fd(), self.write.as_raw_fd(), CHUNK, into_pipe) {
                     Ok(0) => return (Ended::Eof, *moved),
                     Ok(n) => n,
                     Err(e) if is_timeout(&e) => match idle {
@@ -236,7 +257,12 @@ mod splice {
                 activity.touch();
                 let mut left = n;
                 while left > 0 {
-                    match splice(self.read.as_raw_fd(), to.as_raw_fd(), left) {
+                    match splice(
+                        self.read.as_raw_fd(),
+                        to.as_raw_fd(),
+                        left,
+                        libc::SPLICE_F_MOVE,
+                    ) {
                         Ok(0) => return (Ended::DestinationGone, *moved),
                         Ok(sent) => {
                             left -= sent;

@@ -1,0 +1,450 @@
+//! What the README promises that no other test checks (issue 14): defaults, limits, the
+//! stop, load errors, the access line, settings of the plugins. Each test fails if the
+//! promise breaks.
+
+use crate::support::{upgrade_request, Daemon};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// `SWITCHYARD_PLUGIN_DIR` unset: the folder holding the executable, as
+/// `cargo build --release && ./target/release/switchyard` relies on.
+#[test]
+fn default_plugin_folder_is_the_executables() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .beside_plugins()
+        .start();
+    let logs = daemon.logs();
+    assert!(logs.contains("loaded 1 plugin(s) from"), "{logs}");
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "echo"));
+    assert_eq!(client.response().status, 101);
+}
+
+/// The defaults an operator can see from outside: workers and connection limits in
+/// `/metrics`, one event loop per core the process may use, a worker's stack.
+#[test]
+fn defaults_seen_from_outside() {
+    let daemon = Daemon::start();
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("\nswitchyard_workers_max 1024\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nswitchyard_connections_max 10000\n"),
+        "{metrics}"
+    );
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let logs = daemon.logs();
+    assert!(
+        logs.contains(&format!("{cores} event loop(s); listening on")),
+        "{logs}"
+    );
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "stack"));
+    assert_eq!(client.response().status, 101);
+    assert_eq!(
+        client.read_line(),
+        "stack=262144",
+        "SWITCHYARD_WORKER_STACK_BYTES"
+    );
+
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_WORKER_STACK_BYTES", "131072")
+        .start();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "stack"));
+    assert_eq!(client.response().status, 101);
+    assert_eq!(client.read_line(), "stack=131072");
+}
+
+/// `SWITCHYARD_MAX_BODY_BYTES` defaults to 1 MiB: that much reaches the plugin, one byte
+/// more is `413` before the body is read.
+#[test]
+fn default_body_limit_is_one_mebibyte() {
+    let daemon = Daemon::start();
+    let body = vec![b'b'; 1 << 20];
+    let mut client = daemon.client();
+    client.send(format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    client.send(&body);
+    assert_eq!(client.response().status, 101);
+    let report = client.read_line();
+    assert!(report.contains(" body=1048576:bbbb"), "{}", &report[..120]);
+
+    let mut client = daemon.client();
+    client.send(format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nContent-Length: {}\r\n\r\n",
+        body.len() + 1
+    ));
+    assert_eq!(client.response().status, 413);
+}
+
+/// A chunked body counts against the limit as it arrives: `413` once it passes it.
+#[test]
+fn rfc9112_7_1_a_chunked_body_over_the_limit_gets_413() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_MAX_BODY_BYTES", "100")
+        .start();
+    let mut client = daemon.client();
+    client.send("POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nTransfer-Encoding: chunked\r\n\r\n");
+    client.send(format!(
+        "50\r\n{}\r\n50\r\n{}\r\n",
+        "x".repeat(80),
+        "y".repeat(80)
+    ));
+    let response = client.response();
+    assert_eq!(response.status, 413);
+    assert_eq!(response.header("Connection"), Some("close"));
+    assert!(client.read_to_end().is_empty());
+}
+
+/// An upgrade request whose body stops arriving gets `408` at the header time-out.
+#[test]
+fn rfc9110_15_5_9_a_stalled_upgrade_body_gets_408() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_HEADER_TIMEOUT_MS", "300")
+        .start();
+    let mut client = daemon.client();
+    client.send("POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nContent-Length: 10\r\n\r\nabc");
+    let response = client.response();
+    assert_eq!(response.status, 408);
+    assert!(client.read_to_end().is_empty());
+}
+
+/// A keep-alive connection with nothing more to say is closed after the header time-out,
+/// with no `408` (there is no request to answer).
+#[test]
+fn rfc9112_9_5_an_idle_keep_alive_connection_is_closed_quietly() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_HEADER_TIMEOUT_MS", "300")
+        .start();
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+    let began = Instant::now();
+    assert!(
+        client.read_to_end().is_empty(),
+        "closed without a word (and cleanly, not reset)"
+    );
+    assert!(
+        began.elapsed() >= Duration::from_millis(250),
+        "not before the time-out"
+    );
+}
+
+/// While stopping, a request in flight is answered (and the connection closed); an
+/// upgrade request gets `503` with `Retry-After`.
+#[test]
+fn an_upgrade_while_stopping_gets_503() {
+    let mut daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_SHUTDOWN_GRACE_MS", "5000")
+        .start();
+    let mut held = daemon.client();
+    held.send(upgrade_request("/stubborn", "hold"));
+    assert_eq!(held.response().status, 101);
+    assert_eq!(held.read_line(), "held");
+    let mut late = daemon.client();
+    late.send("GET / HTTP/1.1\r\nHost: t\r\n"); // in flight: not idle when the stop comes
+    daemon.signal(libc::SIGTERM);
+    daemon
+        .wait_for_log("stopping (signal 15)")
+        .expect("stopping");
+    late.send("Connection: upgrade\r\nUpgrade: probe\r\n\r\n");
+    let response = late.response();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("Retry-After"), Some("1"));
+    assert!(late.read_to_end().is_empty());
+    drop(held);
+    let _ = daemon.wait_exit(Duration::from_secs(10));
+}
+
+/// SIGINT (Ctrl-C) stops like SIGTERM: exit 0, early when nothing is left to finish.
+#[test]
+fn sigint_stops_like_sigterm() {
+    let mut daemon = Daemon::start();
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+    let began = Instant::now();
+    daemon.signal(libc::SIGINT);
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited on SIGINT");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "an idle keep-alive connection does not hold the stop"
+    );
+    assert!(daemon.logs().contains("stopping (signal 2)"));
+}
+
+/// Each load error the README lists, one line naming the file and the reason.
+#[test]
+fn load_errors_each_name_the_file_and_the_reason() {
+    /// A fixture, the settings that break it, and the line it must earn.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (
+            "fixture-noentry",
+            &[],
+            "not a switchyard plugin: no switchyard_plugin_v1 symbol; skipped",
+        ),
+        (
+            "fixture-raw",
+            &[("FIXTURE_RAW", "no-tokens")],
+            "declares no Upgrade tokens; skipped",
+        ),
+        (
+            "fixture-raw",
+            &[("FIXTURE_RAW", "null")],
+            "switchyard_plugin_v1 returned no descriptor; skipped",
+        ),
+        (
+            "fixture-probe",
+            &[("PROBE_PANIC_INIT", "1")],
+            "init panicked: PROBE_PANIC_INIT is set; skipped",
+        ),
+    ];
+    for (package, env, needle) in cases {
+        let mut builder = Daemon::builder().plugin(package).plugin("switchyard-echo");
+        for (name, value) in env {
+            builder = builder.env(name, value);
+        }
+        let daemon = builder.start();
+        let logs = daemon.logs();
+        let file = crate::support::library(package);
+        let file = file.file_name().unwrap().to_string_lossy();
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&*file))
+            .unwrap_or_else(|| panic!("{package}: nothing about {file}:\n{logs}"));
+        assert!(line.contains("ERROR") && line.contains(needle), "{line}");
+        assert!(logs.contains("loaded 1 plugin(s)"), "{logs}");
+    }
+}
+
+/// The access line's fields, as the README lists them: peer, request line, status,
+/// protocol, bytes in and out, duration, and for errors the reason.
+#[test]
+fn the_access_line_has_every_field() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    let local = client.stream.local_addr().unwrap();
+    let request = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    client.send(request);
+    assert_eq!(client.response().status, 200);
+    let logs = daemon.wait_for_log("\"GET /healthz").unwrap_or_else(|l| l);
+    let line = logs.lines().find(|l| l.contains("\"GET /healthz")).unwrap();
+    let fields = line.split("switchyard::access] ").nth(1).expect(line);
+    let start = format!(
+        "{local} \"GET /healthz HTTP/1.1\" 200 in={} out=",
+        request.len()
+    );
+    assert!(fields.starts_with(&start), "{fields}");
+    assert!(
+        fields.contains(" time=") && fields.ends_with("ms"),
+        "{fields}"
+    );
+
+    let mut echo = daemon.client();
+    let request = upgrade_request("/e", "echo");
+    let switching =
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n";
+    echo.send(format!("{request}12345"));
+    assert_eq!(echo.response().status, 101);
+    assert_eq!(echo.read_exact(5), b"12345");
+    echo.send("678");
+    assert_eq!(echo.read_exact(3), b"678");
+    echo.shutdown_write();
+    assert!(echo.read_to_end().is_empty());
+    let logs = daemon.wait_for_log("proto=echo").unwrap_or_else(|l| l);
+    let line = logs.lines().find(|l| l.contains("proto=echo")).unwrap();
+    let expected = format!(
+        "\"GET /e HTTP/1.1\" 101 proto=echo in={} out={} time=",
+        request.len() + 8,
+        switching.len() + 8
+    );
+    assert!(
+        line.contains(&expected),
+        "request and bytes sent early in, 101 and the echo out: {line} (wanted {expected})"
+    );
+
+    let mut bad = daemon.client();
+    bad.send("GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(bad.response().status, 400);
+    let logs = daemon
+        .wait_for_log("reason=\"missing Host")
+        .unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("\"-\" 400 in=18 out=") && logs.contains("reason=\"missing Host header\""),
+        "{logs}"
+    );
+}
+
+/// `RUST_LOG=...,switchyard::access=off` silences the access log and nothing else.
+#[test]
+fn access_off_silences_the_access_log() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("RUST_LOG", "debug,switchyard::access=off")
+        .start();
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+    client.send(upgrade_request("/", "nothing-known"));
+    assert_eq!(client.response().status, 426);
+    drop(client);
+    let mut marker = daemon.client();
+    marker.send("GET /nope HTTP/1.0\r\n\r\n");
+    assert_eq!(marker.response().status, 426);
+    std::thread::sleep(Duration::from_millis(100));
+    let logs = daemon.logs();
+    assert!(!logs.contains("switchyard::access"), "{logs}");
+    assert!(logs.contains("listening on"), "the rest still logs");
+}
+
+/// A plugin's own setting, invalid, stops the start like the daemon's: exit 2, the variable
+/// and the value named.
+#[test]
+fn an_invalid_plugin_setting_stops_the_start() {
+    let (status, logs) = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "lots")
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(
+        logs.contains("invalid SWITCHYARD_WEBSOCKET_MAX_MESSAGE=\"lots\""),
+        "{logs}"
+    );
+    let (status, logs) = Daemon::builder()
+        .plugin("switchyard-tunnel")
+        .env("SWITCHYARD_TUNNEL_ROUTES", "/db=nowhere")
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(logs.contains("SWITCHYARD_TUNNEL_ROUTES"), "{logs}");
+    assert!(logs.contains("/db=nowhere"), "{logs}");
+}
+
+/// permessage-deflate (RFC 7692) on, and `SWITCHYARD_WEBSOCKET_DEFLATE=off`: offered and
+/// agreed, a compressed message echoed compressed; off, never agreed, and a compressed
+/// frame is a protocol error.
+#[test]
+fn rfc7692_deflate_on_and_off() {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    let handshake = "GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+    let text = "hello hello hello hello hello, compressed".repeat(4);
+    let mut deflater = Compress::new(Compression::default(), false);
+    let mut packed = Vec::with_capacity(1024);
+    deflater
+        .compress_vec(text.as_bytes(), &mut packed, FlushCompress::Sync)
+        .unwrap();
+    assert!(packed.ends_with(&[0, 0, 0xff, 0xff]));
+    packed.truncate(packed.len() - 4); // RFC 7692 §7.2.1
+    let mut frame = crate::websocket::frame(true, 0x1, &packed);
+    frame[0] |= 0x40; // RSV1: compressed
+
+    let on = Daemon::builder().plugin("switchyard-websocket").start();
+    let mut client = on.client();
+    client.send(handshake);
+    let response = client.response();
+    assert_eq!(response.status, 101);
+    let agreed = response.header("Sec-WebSocket-Extensions").expect("agreed");
+    assert!(agreed.starts_with("permessage-deflate"), "{agreed}");
+    client.send(&frame);
+    let head = client.read_exact(2);
+    assert_eq!(
+        head[0],
+        0x80 | 0x40 | 0x1,
+        "FIN, RSV1, text: compressed back"
+    );
+    let len = match head[1] {
+        126 => u16::from_be_bytes(client.read_exact(2).try_into().unwrap()) as usize,
+        n => n as usize,
+    };
+    let mut payload = client.read_exact(len);
+    payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut inflater = Decompress::new(false);
+    let mut plain = Vec::with_capacity(4096);
+    inflater
+        .decompress_vec(&payload, &mut plain, FlushDecompress::Sync)
+        .unwrap();
+    assert_eq!(String::from_utf8(plain).unwrap(), text, "the same message");
+
+    let off = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_DEFLATE", "off")
+        .start();
+    let mut client = off.client();
+    client.send(handshake);
+    let response = client.response();
+    assert_eq!(response.status, 101);
+    assert_eq!(
+        response.header("Sec-WebSocket-Extensions"),
+        None,
+        "not agreed"
+    );
+    client.send(&frame);
+    let close = client.read_exact(4);
+    assert_eq!(close[0], 0x88, "a close frame");
+    assert_eq!(
+        u16::from_be_bytes([close[2], close[3]]),
+        1002,
+        "RSV1 unagreed: 1002"
+    );
+}
+
+/// Traffic keeps a tunnel open past `SWITCHYARD_TUNNEL_IDLE_MS`; silence ends it.
+#[test]
+fn traffic_keeps_a_tunnel_open_past_its_idle_time() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut stream, _) = backend.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let daemon = Daemon::builder()
+        .plugin("switchyard-tunnel")
+        .env("SWITCHYARD_TUNNEL_ROUTES", &format!("/t={addr}"))
+        .env("SWITCHYARD_TUNNEL_IDLE_MS", "300")
+        .start();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/t", "tcp"));
+    assert_eq!(client.response().status, 101);
+    let began = Instant::now();
+    let mut last_echo = began;
+    while began.elapsed() < Duration::from_millis(1200) {
+        client.send("ping");
+        let echoed = client.read_exact_or_logs(4, &daemon);
+        assert_eq!(echoed, b"ping", "open at {:?}", began.elapsed());
+        last_echo = Instant::now();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (rest, _) = client.read_to_end_or_reset();
+    assert!(rest.is_empty());
+    assert!(
+        last_echo.elapsed() >= Duration::from_millis(290),
+        "ended by 300 ms of silence, not before: {:?}",
+        last_echo.elapsed()
+    );
+    echo.join().unwrap();
+    let logs = daemon.wait_for_log("ended: idle").unwrap_or_else(|l| l);
+    assert!(logs.contains("ended: idle"), "{logs}");
+    let _ = TcpStream::connect(daemon.addr);
+}
