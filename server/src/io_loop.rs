@@ -13,7 +13,6 @@
 use crate::http::response::{DateCache, Response};
 use crate::http_conn::{After, Context, HttpConn, MetricsCache, SCRATCH_BYTES};
 use crate::negotiation::{negotiate, plugin_failed, Outcome, Upgrade};
-use crate::route::plain_answer;
 use crate::session::{Session, Step};
 use crate::shared::{LoopHandle, Resume, Returned, Shared};
 use crate::switch::Job;
@@ -374,15 +373,7 @@ impl Loop {
                 }
             }
             Outcome::Answer(response, reason) => (response, Some(reason)),
-            Outcome::Declined => (
-                plain_answer(
-                    &upgrade.head,
-                    &upgrade.head_bytes,
-                    &shared.registry.tokens,
-                    &|plugin| shared.registry.in_service(plugin),
-                ),
-                None,
-            ),
+            Outcome::Declined => (upgrade.plain_answer(shared.registry), None),
             Outcome::Elsewhere(offer) => match shared.pool.try_reserve() {
                 Some(worker) => {
                     self.hand_to_worker(slot, upgrade, offer, worker);

@@ -7,8 +7,10 @@
 use crate::access;
 use crate::http::head::Head;
 use crate::http::response::{is_field_value, is_token, write_header, write_status_line, Response};
-use crate::plugin::{Failure, Negotiation, Plugin, RequestHeaders, RequestParts, Session};
-use crate::route::Offer;
+use crate::plugin::{
+    Failure, Negotiation, Plugin, Registry, RequestHeaders, RequestParts, Session,
+};
+use crate::route::{plain_answer, Offer};
 use crate::shared::Shared;
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -47,6 +49,13 @@ impl Upgrade {
 
     pub fn is_head(&self) -> bool {
         self.head.method(&self.head_bytes) == "HEAD"
+    }
+
+    /// The answer when no plugin switched: as if there had been no `Upgrade` (RFC 9110
+    /// §7.8), naming the protocols still in service.
+    pub fn plain_answer(&self, registry: &Registry) -> Response {
+        let in_service = |plugin| registry.in_service(plugin);
+        plain_answer(&self.head, &self.head_bytes, &registry.tokens, &in_service)
     }
 
     /// The `Upgrade` product of offer `index`, as the client spelled it.

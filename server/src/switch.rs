@@ -8,7 +8,6 @@ use crate::access::{self, Exchange};
 use crate::http::response::Response;
 use crate::negotiation::{negotiate, plugin_failed, Outcome, Upgrade};
 use crate::plugin::{BlockingConn, Failure, ReadAhead, Session};
-use crate::route::plain_answer;
 use crate::shared::{LiveConn, Resume, Returned, Shared, Ticket};
 use crate::workers::Slot;
 use std::io::Write;
@@ -76,15 +75,7 @@ pub fn run(job: Job, shared: &'static Shared) {
             return serve(shared, stream, peer, *upgrade, accepted, slot, ticket);
         }
         Outcome::Answer(response, reason) => Resume::Answer(response, Some(reason)),
-        Outcome::Declined => Resume::Answer(
-            plain_answer(
-                &upgrade.head,
-                &upgrade.head_bytes,
-                &shared.registry.tokens,
-                &|plugin| shared.registry.in_service(plugin),
-            ),
-            None,
-        ),
+        Outcome::Declined => Resume::Answer(upgrade.plain_answer(shared.registry), None),
         Outcome::Elsewhere(offer) => Resume::Negotiate(offer),
     };
     drop(slot); // the worker is free the moment the connection leaves it

@@ -108,6 +108,69 @@ fn a_slow_callback_is_logged_naming_the_plugin() {
         "{logs}"
     );
     assert!(logs.contains("ms in on_ready on an event loop"), "{logs}");
+    daemon
+        .wait_for_metric("switchyard_plugin_slow_calls_total{plugin=\"evented\"} 1")
+        .expect("counted for operators");
+}
+
+/// A plugin may set its own write time-out (`Io::set_write_timeout`): here 300 ms against
+/// the daemon's 30 s default.
+#[test]
+fn a_plugins_own_write_timeout_applies() {
+    let daemon = daemon();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/impatient", "ev-echo"));
+    assert_eq!(client.response().status, 101);
+    client.stream.set_nonblocking(true).unwrap();
+    let chunk = [b'x'; 64 * 1024];
+    let began = Instant::now();
+    loop {
+        match client.stream.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(_) => break,
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "not ended by the plugin's 300 ms"
+        );
+    }
+    let logs = daemon.wait_for_log("write time-out").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("proto=ev-echo") && logs.contains("write time-out"),
+        "{logs}"
+    );
+}
+
+/// Readiness connections need no worker but count against SWITCHYARD_MAX_CONNECTIONS: past
+/// it, the next client waits in the backlog until one closes.
+#[test]
+fn readiness_connections_count_against_max_connections() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-evented")
+        .env("SWITCHYARD_MAX_CONNECTIONS", "2")
+        .start();
+    let first = switched(&daemon, "ev-echo");
+    let _second = switched(&daemon, "ev-echo");
+    let mut waiting = daemon.client();
+    waiting.send(upgrade_request("/", "ev-echo"));
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        waiting.stream.read(&mut byte).is_err(),
+        "not served while two are open"
+    );
+    drop(first);
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(waiting.response().status, 101, "served once one closed");
 }
 
 #[test]
