@@ -69,8 +69,74 @@
 //! connection it was serving, never the daemon. This needs `panic = "unwind"` (the default);
 //! a plugin built with `panic = "abort"` takes the whole daemon down when it panics.
 //!
+//! # The life of a plugin
+//!
+//! 1. **Load.** At start the daemon opens every `*.so` in its plugin folder, in name order,
+//!    and checks each: the entry symbol, the descriptor's magic, size and version, its
+//!    functions, its tokens (not taken by an earlier file). A file that fails is skipped with
+//!    one error line naming it and the reason.
+//! 2. **`new()`**, once: read your settings here (the daemon's environment; by convention
+//!    `SWITCHYARD_<PLUGIN>_*`). An `Err` stops the daemon's start with exit status 2 and
+//!    your message (say which variable and value are wrong); a panic skips the plugin.
+//! 3. **Per request** asking for one of your tokens, in the client's order of preference:
+//!    `negotiate` accepts (with a session), rejects (your status and body), or declines
+//!    (the daemon tries the client's next protocol).
+//! 4. **After the `101`**: blocking, [`Protocol::serve`] runs until the connection is done;
+//!    readiness-driven, [`EventProtocol::start`] makes the connection's state and
+//!    [`EventProtocol::on_ready`] is called whenever it can move.
+//! 5. Libraries are never unloaded: your code may run until the process exits.
+//!
+//! # Threads
+//!
+//! A [`Protocol`]'s `negotiate` and `serve` run on the daemon's worker threads, a thread per
+//! connection and many at once: shared state needs `Sync`, per-connection state lives in the
+//! session or inside `serve`, and blocking is fine. [`Connection`] is not `Send`: use it from
+//! the thread running `serve` (or threads it joins first). An [`EventProtocol`]'s calls run
+//! on the daemon's event-loop threads, where blocking stalls every other connection of that
+//! loop: no blocking I/O, no sleeping, no waiting on locks. Its per-connection state stays on
+//! the loop thread that made it.
+//!
+//! # Logging
+//!
 //! `log` records a plugin makes (`log::info!`) reach the daemon's logger, filtered by its
-//! `RUST_LOG`.
+//! `RUST_LOG`. A cdylib carries its own copy of the `log` crate, and the bridge is installed
+//! into the copy this crate uses: log through [`log`] as re-exported here
+//! (`protocol_api::log::info!`), or depend on the same `log = "0.4"`.
+//!
+//! # Panics
+//!
+//! Every call into the plugin runs under `catch_unwind`: a panic closes the one connection
+//! it happened on (or fails the one request), is logged with the plugin's name and counted;
+//! a plugin that panics too often within a minute is taken out of service
+//! (`SWITCHYARD_PLUGIN_PANIC_LIMIT`). This needs `panic = "unwind"`, the default: **a plugin
+//! built with `panic = "abort"` takes the whole daemon down when it panics.**
+//!
+//! # Plugins in other languages
+//!
+//! [`abi`] is the whole contract; `include/switchyard_plugin.h`, shipped with this crate,
+//! declares the same items for C (checked against these definitions by this crate's tests).
+//! A C plugin exports `switchyard_plugin_v1` returning a descriptor with its functions; the
+//! daemon checks it exactly as it checks a Rust one.
+//!
+//! # Compatibility
+//!
+//! The ABI has a major and a minor version; this crate's documentation of [`abi`] lists
+//! what each minor added.
+//! - **Major** (in the entry symbol's name, `switchyard_plugin_v1`): changes the meaning or
+//!   layout of anything that exists, removes anything, or gives a code a new meaning. A new
+//!   major is a new entry symbol; a daemon loads only the majors it knows and names the one
+//!   it found ("built for plugin ABI v2") for the others.
+//! - **Minor**: only appends: fields at the end of a `#[repr(C)]` struct, constants,
+//!   functions a plugin may leave NULL. A plugin built against minor *m* loads into every
+//!   daemon of the same major and a minor of at least *m*, and is refused, with a line
+//!   saying "upgrade the daemon", by an older one (it may rely on what that one lacks). A
+//!   plugin reads a host field of minor *k* only when the host's `abi_minor` is at least
+//!   *k*; the safe layer does this for you ([`Connection::set_write_timeout`] fails with
+//!   `Unsupported` on an older host).
+//! - **This crate**: its version follows semver for its Rust API; a release that bumps the
+//!   ABI minor is at least a minor release, one that bumps the ABI major a major release.
+//!   [`abi::ABI_MAJOR`] and [`abi::ABI_MINOR`] say what a build speaks; the daemon logs the
+//!   build string of every plugin it loads.
 
 pub mod abi;
 mod connection;
@@ -82,6 +148,10 @@ mod request;
 
 #[doc(hidden)]
 pub mod export;
+
+/// The `log` crate this crate forwards to the daemon: log through it (or a `log = "0.4"`
+/// of your own, which is the same crate) so that records reach the daemon's log.
+pub use log;
 
 pub use connection::Connection;
 pub use event::{EventProtocol, Io, Ready, Wants};

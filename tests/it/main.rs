@@ -3,6 +3,7 @@
 
 mod support;
 
+mod c_plugin;
 mod capacity;
 mod http;
 mod lifecycle;

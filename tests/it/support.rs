@@ -54,6 +54,37 @@ pub fn artifacts() -> &'static Path {
     })
 }
 
+/// Compiles `tests/c/echo_plugin.c` with the system's C compiler and `defines` (misuse
+/// variants), once per variant; returns the library.
+pub fn c_plugin(defines: &[&str]) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let name = if defines.is_empty() {
+        "libc_echo.so".to_string()
+    } else {
+        format!("libc_echo_{}.so", defines.join("_").to_ascii_lowercase())
+    };
+    let out = artifacts().join("c").join(name);
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let mut command = Command::new(compiler);
+    command
+        .args(["-shared", "-fPIC", "-std=c11", "-Wall", "-Werror", "-I"])
+        .arg(workspace.join("protocol-api/include"))
+        .arg(workspace.join("tests/c/echo_plugin.c"))
+        .arg("-o")
+        .arg(&out);
+    for define in defines {
+        command.arg(format!("-D{define}"));
+    }
+    let output = command.output().expect("a C compiler (cc)");
+    assert!(
+        output.status.success(),
+        "the C plugin does not compile:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
 /// The library file of a package (`switchyard-echo` → `libswitchyard_echo.so`).
 pub fn library(package: &str) -> PathBuf {
     let name = package.replace('-', "_");
@@ -83,6 +114,13 @@ impl DaemonBuilder {
     /// Copies `package`'s library into the plugin folder as `file`.
     pub fn plugin_as(self, package: &str, file: &str) -> Self {
         std::fs::copy(library(package), self.plugins.path().join(file)).expect("copy plugin");
+        self
+    }
+
+    /// Copies the library at `path` into the plugin folder.
+    pub fn library_file(self, path: &Path) -> Self {
+        let name = path.file_name().unwrap();
+        std::fs::copy(path, self.plugins.path().join(name)).expect("copy library");
         self
     }
 

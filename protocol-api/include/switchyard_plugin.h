@@ -1,0 +1,190 @@
+/*
+ * switchyard_plugin.h: the switchyard plugin ABI, version 1.1, for plugins written in C
+ * (or any language that speaks the C ABI).
+ *
+ * The same contract as protocol-api's `abi` module (protocol-api/src/abi.rs), item for
+ * item; protocol-api's tests compile this header and compare every size, field offset and
+ * constant with the Rust definitions, so the two cannot drift apart.
+ *
+ * A plugin is a shared library exporting
+ *
+ *     const switchyard_descriptor *switchyard_plugin_v1(void);
+ *
+ * returning a descriptor that lives as long as the library. Rules both sides keep:
+ * - Structs only grow at the end within a major version: `size` says how much of the
+ *   descriptor the plugin filled; `switchyard_host.abi_minor` says which host fields exist.
+ * - Borrowed bytes (`switchyard_bytes`) are valid only during the call they are passed to.
+ * - Whoever allocates frees: plugin state and sessions go back only to the plugin.
+ * - A connection's functions are called only during the call that lent it, from one thread
+ *   at a time. Plugin state is shared by every thread running plugin code.
+ * - Function pointers marked "optional" may be NULL; the daemon refuses a plugin whose
+ *   required ones are NULL, naming the field.
+ */
+#ifndef SWITCHYARD_PLUGIN_H
+#define SWITCHYARD_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
+#define SWITCHYARD_ABI_MAJOR 1
+#define SWITCHYARD_ABI_MINOR 1
+/* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
+#define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
+
+/* negotiate: decisions (ABI 1.1; 1.0 used 0, 1, 2, shared with the statuses). */
+#define SWITCHYARD_DECISION_ACCEPT 0x100
+#define SWITCHYARD_DECISION_REJECT 0x101
+#define SWITCHYARD_DECISION_DECLINE 0x102
+#define SWITCHYARD_V1_0_DECISION_ACCEPT 0
+#define SWITCHYARD_V1_0_DECISION_REJECT 1
+#define SWITCHYARD_V1_0_DECISION_DECLINE 2
+/* init, serve, start, on_ready: statuses; any call: a caught panic. */
+#define SWITCHYARD_STATUS_OK 0
+#define SWITCHYARD_STATUS_ERROR 1
+#define SWITCHYARD_STATUS_PANIC (-1)
+
+/* on_ready `events` bits. */
+#define SWITCHYARD_READY_READABLE 1u
+#define SWITCHYARD_READY_WRITABLE 2u
+#define SWITCHYARD_READY_TIMER 4u
+#define SWITCHYARD_READY_STOPPING 8u
+/* switchyard_wants.interest bits. */
+#define SWITCHYARD_WANT_READ 1u
+#define SWITCHYARD_WANT_WRITE 2u
+#define SWITCHYARD_WANT_CLOSE 4u
+
+/* switchyard_connection.shutdown `how`. */
+#define SWITCHYARD_SHUTDOWN_READ 0u
+#define SWITCHYARD_SHUTDOWN_WRITE 1u
+#define SWITCHYARD_SHUTDOWN_BOTH 2u
+
+/* Log levels: 0 off (never a record's level), then error ... trace. */
+#define SWITCHYARD_LOG_OFF 0u
+#define SWITCHYARD_LOG_ERROR 1u
+#define SWITCHYARD_LOG_WARN 2u
+#define SWITCHYARD_LOG_INFO 3u
+#define SWITCHYARD_LOG_DEBUG 4u
+#define SWITCHYARD_LOG_TRACE 5u
+
+/* A borrowed byte slice, valid only during the call it is passed to. */
+typedef struct switchyard_bytes {
+    const uint8_t *ptr;
+    size_t len;
+} switchyard_bytes;
+
+/* One request header as received. */
+typedef struct switchyard_header {
+    switchyard_bytes name;
+    switchyard_bytes value;
+} switchyard_header;
+
+/* The request that asked to switch, lent to negotiate, serve and start. */
+typedef struct switchyard_request {
+    switchyard_bytes method;
+    switchyard_bytes target;       /* as sent, UTF-8 */
+    uint32_t version_minor;        /* 1 */
+    const switchyard_header *headers;
+    size_t headers_len;
+    switchyard_bytes peer;         /* "ip:port" */
+    switchyard_bytes body;         /* the whole body in negotiate and start; empty in serve */
+    switchyard_bytes protocol;     /* the Upgrade product being negotiated */
+} switchyard_request;
+
+/*
+ * The switched connection. I/O functions return 0 or an errno value, `*n` the count; a
+ * read of 0 means end of stream; reads return the bytes the client sent early first.
+ * Lent to serve: blocking. Lent to on_ready: non-blocking (EAGAIN when nothing moves).
+ */
+typedef struct switchyard_connection {
+    void *ctx;
+    int32_t (*read)(void *ctx, uint8_t *buf, size_t len, size_t *n);
+    int32_t (*write)(void *ctx, const uint8_t *buf, size_t len, size_t *n);
+    int32_t (*write_vectored)(void *ctx, const switchyard_bytes *bufs, size_t count, size_t *n);
+    int32_t (*shutdown)(void *ctx, uint32_t how);
+    int32_t (*set_read_timeout)(void *ctx, uint64_t millis); /* blocking only */
+    size_t (*buffered)(void *ctx);
+    uint8_t (*is_stopping)(void *ctx);
+    int32_t fd;                    /* lent: never close it */
+    /* ABI 1.1 (when the host's abi_minor >= 1): 0 restores the daemon's default. */
+    int32_t (*set_write_timeout)(void *ctx, uint64_t millis);
+} switchyard_connection;
+
+/* What on_ready wants next. */
+typedef struct switchyard_wants {
+    uint32_t interest;             /* SWITCHYARD_WANT_* bits, or SWITCHYARD_WANT_CLOSE */
+    uint64_t timer_ms;             /* 0: no timer; each answer replaces the previous */
+} switchyard_wants;
+
+/* Receives an error or panic message, by copying it. */
+typedef struct switchyard_message_sink {
+    void *ctx;
+    void (*set)(void *ctx, switchyard_bytes message);
+} switchyard_message_sink;
+
+/* Receives the extra headers of a 101, or a rejection's status, headers and body. */
+typedef struct switchyard_response_sink {
+    void *ctx;
+    void (*set_status)(void *ctx, uint16_t status);
+    void (*add_header)(void *ctx, switchyard_bytes name, switchyard_bytes value);
+    void (*set_body)(void *ctx, switchyard_bytes body);
+} switchyard_response_sink;
+
+/* What the host offers every plugin; lives as long as the process. */
+typedef struct switchyard_host {
+    uint32_t abi_minor;
+    uint32_t max_log_level;
+    uint8_t (*log_enabled)(uint32_t level, switchyard_bytes target);
+    void (*log)(uint32_t level, switchyard_bytes target, switchyard_bytes message);
+} switchyard_host;
+
+typedef int32_t (*switchyard_init_fn)(const switchyard_host *host, void **state,
+                                      const switchyard_message_sink *error);
+typedef int32_t (*switchyard_negotiate_fn)(const void *state, const switchyard_request *request,
+                                           const switchyard_response_sink *response,
+                                           void **session, const switchyard_message_sink *error);
+typedef int32_t (*switchyard_serve_fn)(const void *state, void *session,
+                                       const switchyard_request *request,
+                                       const switchyard_connection *connection,
+                                       const switchyard_message_sink *error);
+typedef void (*switchyard_drop_session_fn)(const void *state, void *session);
+typedef int32_t (*switchyard_start_fn)(const void *state, void *session,
+                                       const switchyard_request *request, void **conn,
+                                       const switchyard_message_sink *error);
+typedef int32_t (*switchyard_on_ready_fn)(const void *state, void *conn,
+                                          const switchyard_connection *connection,
+                                          uint32_t events, switchyard_wants *wants,
+                                          const switchyard_message_sink *error);
+typedef void (*switchyard_drop_conn_fn)(const void *state, void *conn);
+
+/*
+ * The descriptor. Set `serve` (blocking, a worker thread per connection), or all three of
+ * `start`, `on_ready`, `drop_conn` (readiness-driven, on the daemon's event loops).
+ */
+typedef struct switchyard_descriptor {
+    uint8_t magic[8];              /* SWITCHYARD_MAGIC */
+    uint32_t abi_minor;            /* SWITCHYARD_ABI_MINOR you built against */
+    uint32_t size;                 /* sizeof(switchyard_descriptor) */
+    switchyard_bytes name;
+    switchyard_bytes build;
+    const switchyard_bytes *tokens; /* the Upgrade tokens, lower-case */
+    size_t tokens_len;
+    switchyard_init_fn init;                 /* required; sets a non-NULL *state */
+    switchyard_negotiate_fn negotiate;       /* required */
+    switchyard_serve_fn serve;               /* NULL when readiness-driven */
+    switchyard_drop_session_fn drop_session; /* optional */
+    /* ABI 1.1 */
+    switchyard_start_fn start;
+    switchyard_on_ready_fn on_ready;
+    switchyard_drop_conn_fn drop_conn;
+} switchyard_descriptor;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SWITCHYARD_PLUGIN_H */

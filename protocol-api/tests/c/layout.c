@@ -1,0 +1,64 @@
+/* Prints the size of every struct, the offset of every field and the value of every
+ * constant of switchyard_plugin.h, one per line, for tests/c_header.rs to compare with the
+ * Rust definitions. */
+#include <stdio.h>
+#include "switchyard_plugin.h"
+
+#define SIZE(t) printf("size %s %zu\n", #t, sizeof(t))
+#define FIELD(t, f) printf("offset %s.%s %zu\n", #t, #f, offsetof(t, f))
+#define CONST(c) printf("const %s %lld\n", #c, (long long)(c))
+
+int main(void) {
+    SIZE(switchyard_bytes);
+    FIELD(switchyard_bytes, ptr); FIELD(switchyard_bytes, len);
+    SIZE(switchyard_header);
+    FIELD(switchyard_header, name); FIELD(switchyard_header, value);
+    SIZE(switchyard_request);
+    FIELD(switchyard_request, method); FIELD(switchyard_request, target);
+    FIELD(switchyard_request, version_minor); FIELD(switchyard_request, headers);
+    FIELD(switchyard_request, headers_len); FIELD(switchyard_request, peer);
+    FIELD(switchyard_request, body); FIELD(switchyard_request, protocol);
+    SIZE(switchyard_connection);
+    FIELD(switchyard_connection, ctx); FIELD(switchyard_connection, read);
+    FIELD(switchyard_connection, write); FIELD(switchyard_connection, write_vectored);
+    FIELD(switchyard_connection, shutdown); FIELD(switchyard_connection, set_read_timeout);
+    FIELD(switchyard_connection, buffered); FIELD(switchyard_connection, is_stopping);
+    FIELD(switchyard_connection, fd); FIELD(switchyard_connection, set_write_timeout);
+    SIZE(switchyard_wants);
+    FIELD(switchyard_wants, interest); FIELD(switchyard_wants, timer_ms);
+    SIZE(switchyard_message_sink);
+    FIELD(switchyard_message_sink, ctx); FIELD(switchyard_message_sink, set);
+    SIZE(switchyard_response_sink);
+    FIELD(switchyard_response_sink, ctx); FIELD(switchyard_response_sink, set_status);
+    FIELD(switchyard_response_sink, add_header); FIELD(switchyard_response_sink, set_body);
+    SIZE(switchyard_host);
+    FIELD(switchyard_host, abi_minor); FIELD(switchyard_host, max_log_level);
+    FIELD(switchyard_host, log_enabled); FIELD(switchyard_host, log);
+    SIZE(switchyard_descriptor);
+    FIELD(switchyard_descriptor, magic); FIELD(switchyard_descriptor, abi_minor);
+    FIELD(switchyard_descriptor, size); FIELD(switchyard_descriptor, name);
+    FIELD(switchyard_descriptor, build); FIELD(switchyard_descriptor, tokens);
+    FIELD(switchyard_descriptor, tokens_len); FIELD(switchyard_descriptor, init);
+    FIELD(switchyard_descriptor, negotiate); FIELD(switchyard_descriptor, serve);
+    FIELD(switchyard_descriptor, drop_session); FIELD(switchyard_descriptor, start);
+    FIELD(switchyard_descriptor, on_ready); FIELD(switchyard_descriptor, drop_conn);
+    CONST(SWITCHYARD_ABI_MAJOR); CONST(SWITCHYARD_ABI_MINOR);
+    CONST(SWITCHYARD_DECISION_ACCEPT); CONST(SWITCHYARD_DECISION_REJECT);
+    CONST(SWITCHYARD_DECISION_DECLINE);
+    CONST(SWITCHYARD_V1_0_DECISION_ACCEPT); CONST(SWITCHYARD_V1_0_DECISION_REJECT);
+    CONST(SWITCHYARD_V1_0_DECISION_DECLINE);
+    CONST(SWITCHYARD_STATUS_OK); CONST(SWITCHYARD_STATUS_ERROR); CONST(SWITCHYARD_STATUS_PANIC);
+    CONST(SWITCHYARD_READY_READABLE); CONST(SWITCHYARD_READY_WRITABLE);
+    CONST(SWITCHYARD_READY_TIMER); CONST(SWITCHYARD_READY_STOPPING);
+    CONST(SWITCHYARD_WANT_READ); CONST(SWITCHYARD_WANT_WRITE); CONST(SWITCHYARD_WANT_CLOSE);
+    CONST(SWITCHYARD_SHUTDOWN_READ); CONST(SWITCHYARD_SHUTDOWN_WRITE);
+    CONST(SWITCHYARD_SHUTDOWN_BOTH);
+    CONST(SWITCHYARD_LOG_OFF); CONST(SWITCHYARD_LOG_ERROR); CONST(SWITCHYARD_LOG_WARN);
+    CONST(SWITCHYARD_LOG_INFO); CONST(SWITCHYARD_LOG_DEBUG); CONST(SWITCHYARD_LOG_TRACE);
+    static const uint8_t magic[8] = SWITCHYARD_MAGIC;
+    printf("magic");
+    for (int i = 0; i < 8; i++) printf(" %u", magic[i]);
+    printf("\n");
+    printf("entry %s\n", SWITCHYARD_ENTRY_SYMBOL);
+    return 0;
+}

@@ -1,0 +1,120 @@
+/*
+ * A switchyard plugin written in C against include/switchyard_plugin.h, with no Rust in
+ * it: token `c-echo`. It logs through the daemon, reports how many bytes the daemon read
+ * ahead (which its reads return first), echoes, and says `bye` when the daemon stops.
+ *
+ * Built by the integration tests with the system's C compiler. Misuse variants, each of
+ * which the daemon must refuse or contain: -DNULL_NEGOTIATE (a required entry left NULL),
+ * -DNO_SERVE (no way to serve), -DBAD_DECISION (negotiate returns a code the ABI lacks).
+ */
+#include <stdio.h>
+#include <string.h>
+#include "switchyard_plugin.h"
+
+#define BYTES(s) ((switchyard_bytes){(const uint8_t *)(s), sizeof(s) - 1})
+/* The misuse variants leave some functions out of the descriptor. */
+#define MAYBE_UNUSED __attribute__((unused))
+
+static const switchyard_host *host;
+static const switchyard_bytes tokens[] = {BYTES("c-echo")};
+static int state; /* this plugin keeps no state; init must still return a non-NULL one */
+
+static void say(uint32_t level, const char *message) {
+    switchyard_bytes text = {(const uint8_t *)message, strlen(message)};
+    if (host != NULL && host->log_enabled(level, BYTES("c_echo"))) {
+        host->log(level, BYTES("c_echo"), text);
+    }
+}
+
+static void tell(const switchyard_message_sink *sink, const char *message) {
+    if (sink != NULL) {
+        sink->set(sink->ctx, (switchyard_bytes){(const uint8_t *)message, strlen(message)});
+    }
+}
+
+static int32_t write_all(const switchyard_connection *conn, const uint8_t *buf, size_t len) {
+    while (len > 0) {
+        size_t n = 0;
+        int32_t rc = conn->write(conn->ctx, buf, len, &n);
+        if (rc != 0) {
+            return rc;
+        }
+        buf += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int32_t init(const switchyard_host *h, void **out, const switchyard_message_sink *error) {
+    (void)error;
+    host = h;
+    *out = &state;
+    say(SWITCHYARD_LOG_INFO, "c-echo: ready");
+    return SWITCHYARD_STATUS_OK;
+}
+
+MAYBE_UNUSED static int32_t negotiate(const void *st, const switchyard_request *request,
+                         const switchyard_response_sink *response, void **session,
+                         const switchyard_message_sink *error) {
+    (void)st, (void)request, (void)response, (void)error;
+#ifdef BAD_DECISION
+    return 7;
+#endif
+    *session = NULL;
+    return SWITCHYARD_DECISION_ACCEPT;
+}
+
+MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyard_request *request,
+                     const switchyard_connection *conn, const switchyard_message_sink *error) {
+    (void)st, (void)session;
+    char line[256];
+    size_t ahead = conn->buffered(conn->ctx);
+    snprintf(line, sizeof line, "c-echo: serving %.*s, %zu bytes read ahead",
+             (int)request->target.len, (const char *)request->target.ptr, ahead);
+    say(SWITCHYARD_LOG_INFO, line);
+    int len = snprintf(line, sizeof line, "buffered=%zu\n", ahead);
+    if (write_all(conn, (const uint8_t *)line, (size_t)len) != 0) {
+        tell(error, "write failed");
+        return SWITCHYARD_STATUS_ERROR;
+    }
+    uint8_t buf[4096];
+    for (;;) {
+        size_t n = 0;
+        if (conn->read(conn->ctx, buf, sizeof buf, &n) != 0) {
+            tell(error, "read failed");
+            return SWITCHYARD_STATUS_ERROR;
+        }
+        if (n == 0) {
+            if (conn->is_stopping(conn->ctx)) {
+                write_all(conn, (const uint8_t *)"bye\n", 4);
+            }
+            conn->shutdown(conn->ctx, SWITCHYARD_SHUTDOWN_WRITE);
+            return SWITCHYARD_STATUS_OK;
+        }
+        if (write_all(conn, buf, n) != 0) {
+            tell(error, "write failed");
+            return SWITCHYARD_STATUS_ERROR;
+        }
+    }
+}
+
+static const switchyard_descriptor descriptor = {
+    .magic = SWITCHYARD_MAGIC,
+    .abi_minor = SWITCHYARD_ABI_MINOR,
+    .size = sizeof(switchyard_descriptor),
+    .name = BYTES("c-echo"),
+    .build = BYTES("c-echo 1.0, written in C"),
+    .tokens = tokens,
+    .tokens_len = 1,
+    .init = init,
+#ifndef NULL_NEGOTIATE
+    .negotiate = negotiate,
+#endif
+#ifndef NO_SERVE
+    .serve = serve,
+#endif
+};
+
+const switchyard_descriptor *switchyard_plugin_v1(void) {
+    return &descriptor;
+}
