@@ -145,6 +145,7 @@ pub mod fields;
 mod protocol;
 mod raw;
 mod request;
+pub mod testing;
 
 #[doc(hidden)]
 pub mod export;

@@ -12,6 +12,7 @@ mod loading;
 mod plugins;
 mod promises;
 mod readiness;
+mod sdk;
 mod tunnel;
 mod upgrade;
 mod websocket;
