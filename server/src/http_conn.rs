@@ -49,11 +49,8 @@ pub struct HttpConn {
     requests: u64,
     /// When the request being read started arriving.
     request_started: Option<Instant>,
-    /// How much of `input` was searched for the end of a head without finding it, so a
-    /// head sent slowly is scanned once, not from its start on every read.
-    scanned: usize,
-    /// The request line of the head being read was checked (early `400` for garbage).
-    line_checked: bool,
+    /// Where the head being read may end: scanned once as bytes arrive.
+    scanner: head::HeadScanner,
     peer_closed: bool,
     /// The socket may hold unread bytes: set by a readable event, cleared by a short read.
     /// A read that returns less than asked drained the socket, so no second read is spent
@@ -149,8 +146,7 @@ impl HttpConn {
             written: 0,
             requests: 0,
             request_started: None,
-            scanned: 0,
-            line_checked: false,
+            scanner: head::HeadScanner::default(),
             peer_closed: false,
             // Registering reports what is already there, so the first read waits for the
             // first event instead of guessing.
@@ -459,7 +455,7 @@ impl HttpConn {
                         head: config.max_header_bytes,
                         target: config.max_target_bytes,
                     };
-                    if !self.head_may_be_complete(limits) {
+                    if !self.scanner.may_be_complete(&self.input, limits) {
                         return progressed;
                     }
                     match head::parse(&self.input, limits) {
@@ -467,8 +463,7 @@ impl HttpConn {
                         Err(e) => self.fail(cx, e),
                         Ok(Parsed::Complete(head)) => {
                             self.requests += 1;
-                            self.scanned = 0;
-                            self.line_checked = false;
+                            self.scanner = head::HeadScanner::default();
                             self.request(cx, head);
                         }
                     }
@@ -476,30 +471,6 @@ impl HttpConn {
             }
             progressed = true;
         }
-    }
-
-    /// True when parsing the input can tell something new: the head's end has arrived, the
-    /// input is over a limit, or the request line just arrived (checked once, so garbage
-    /// gets its `400` at once). Only bytes not scanned before are scanned, so a head sent a
-    /// byte at a time costs linear time, not quadratic.
-    fn head_may_be_complete(&mut self, limits: head::Limits) -> bool {
-        if self.input.len() > limits.head {
-            return true; // 431, or a complete head that is too large
-        }
-        let from = self.scanned.saturating_sub(2);
-        let new = &self.input[from..];
-        self.scanned = self.input.len();
-        if head_end(new).is_some() {
-            return true;
-        }
-        if !self.line_checked {
-            if new.contains(&b'\n') {
-                self.line_checked = true;
-                return true; // the request line is whole: check it now
-            }
-            return self.input.len() > limits.target + 32; // its target is too long: 414
-        }
-        false
     }
 
     /// Handles one complete request head at the start of the input.
@@ -641,33 +612,5 @@ impl HttpConn {
     fn next_request(&mut self, cx: &mut Context<'_>) {
         self.phase = Phase::Head;
         self.deadline = cx.now + cx.shared.config.header_timeout;
-    }
-}
-
-/// Where a head ends in `bytes`: just past the blank line. httparse accepts `\n` as well
-/// as `\r\n` line ends, so a blank line is `\n` followed by `\n` or `\r\n`.
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    let mut at = 0;
-    while let Some(i) = bytes[at..].iter().position(|&b| b == b'\n') {
-        let end = at + i + 1;
-        match &bytes[end..] {
-            [b'\n', ..] => return Some(end + 1),
-            [b'\r', b'\n', ..] => return Some(end + 2),
-            _ => at = end,
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::head_end;
-
-    #[test]
-    fn rfc9112_2_2_head_ends_at_the_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"), Some(27));
-        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY"), Some(24));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
     }
 }

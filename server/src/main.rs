@@ -9,13 +9,11 @@
 
 mod access;
 mod config;
-mod http;
 mod http_conn;
 mod io_loop;
 mod metrics;
 mod negotiation;
 mod plugin;
-mod route;
 mod session;
 mod shared;
 mod supervisor;
@@ -23,6 +21,9 @@ mod switch;
 mod sys;
 mod timers;
 mod workers;
+
+/// The pure parts live in this package's library (also driven by the fuzzers).
+use switchyard::{http, route};
 
 use std::process::ExitCode;
 

@@ -52,6 +52,57 @@ pub struct Head {
     pub wants_upgrade: bool,
 }
 
+/// Tells when a head arriving piece by piece is worth parsing: its blank line has arrived,
+/// it is over a limit, or its request line just arrived (checked once, so garbage gets its
+/// `400` at once). Each byte is scanned once, so a head sent a byte at a time costs linear
+/// time, not the quadratic cost of parsing it again from its start on every read.
+#[derive(Debug, Default, Clone)]
+pub struct HeadScanner {
+    /// Bytes of the input already searched.
+    scanned: usize,
+    /// The request line was complete and checked.
+    line_checked: bool,
+}
+
+impl HeadScanner {
+    /// True when [`parse`] on `input` (which only grows between calls) can say something it
+    /// could not before.
+    pub fn may_be_complete(&mut self, input: &[u8], limits: Limits) -> bool {
+        if input.len() > limits.head {
+            return true; // 431, or a complete head that is too large
+        }
+        let from = self.scanned.saturating_sub(2).min(input.len());
+        let new = &input[from..];
+        self.scanned = input.len();
+        if head_end(new).is_some() {
+            return true;
+        }
+        if !self.line_checked {
+            if new.contains(&b'\n') {
+                self.line_checked = true;
+                return true; // the request line is whole: check it now
+            }
+            return input.len() > limits.target + 32; // its target is too long: 414
+        }
+        false
+    }
+}
+
+/// Where a head ends in `bytes`: just past the blank line. httparse accepts `\n` as well
+/// as `\r\n` line ends, so a blank line is `\n` followed by `\n` or `\r\n`.
+pub fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(i) = bytes[at..].iter().position(|&b| b == b'\n') {
+        let end = at + i + 1;
+        match &bytes[end..] {
+            [b'\n', ..] => return Some(end + 1),
+            [b'\r', b'\n', ..] => return Some(end + 2),
+            _ => at = end,
+        }
+    }
+    None
+}
+
 /// The outcome of parsing what has arrived so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -387,6 +438,33 @@ mod tests {
             error(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n").status,
             400
         );
+    }
+
+    #[test]
+    fn rfc9112_2_2_head_ends_at_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+    }
+
+    /// Fed a byte at a time, the scanner says "parse now" at the request line and at the
+    /// blank line, and parsing then agrees with parsing the whole head at once.
+    #[test]
+    fn the_scanner_finds_what_a_whole_parse_finds() {
+        let full = b"GET /x HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nNEXT";
+        let mut scanner = HeadScanner::default();
+        let mut said = Vec::new();
+        for end in 1..=full.len() {
+            if scanner.may_be_complete(&full[..end], LIMITS) {
+                said.push(end);
+                if let Ok(Parsed::Complete(head)) = parse(&full[..end], LIMITS) {
+                    assert_eq!(head, self::head(full));
+                    break;
+                }
+            }
+        }
+        assert_eq!(said, [17, 34], "the request line, then the blank line");
     }
 
     #[test]
