@@ -60,6 +60,12 @@ pub struct Head {
 pub struct HeadScanner {
     /// Bytes of the input already searched.
     scanned: usize,
+    /// The request line has begun (empty lines before it are skipped, RFC 9112 §2.2).
+    in_line: bool,
+    /// Where the request target begins (after the method's space), once seen; and whether
+    /// the space after it came.
+    target_start: Option<usize>,
+    target_ended: bool,
     /// The request line was complete and checked.
     line_checked: bool,
 }
@@ -72,20 +78,65 @@ impl HeadScanner {
             return true; // 431, or a complete head that is too large
         }
         let from = self.scanned.saturating_sub(2).min(input.len());
-        let new = &input[from..];
+        let new = &input[from.max(if self.line_checked { 0 } else { self.scanned })..];
+        let overlap = &input[from..];
         self.scanned = input.len();
-        if head_end(new).is_some() {
-            return true;
-        }
         if !self.line_checked {
-            if new.contains(&b'\n') {
-                self.line_checked = true;
-                return true; // the request line is whole: check it now
+            let first = input.len() - new.len();
+            for (i, &byte) in new.iter().enumerate() {
+                if !self.in_line {
+                    if byte == b'\r' || byte == b'\n' {
+                        continue; // an empty line before the request line
+                    }
+                    self.in_line = true;
+                }
+                match byte {
+                    b'\n' => {
+                        self.line_checked = true;
+                        return true; // the request line is whole: check it now
+                    }
+                    b' ' if self.target_start.is_none() => {
+                        self.target_start = Some(first + i + 1);
+                    }
+                    b' ' => self.target_ended = true,
+                    // A byte no request line can hold (a control byte: TLS spoken to this
+                    // port, or any binary): parse now, for the 400 at once, not a 408 later.
+                    byte if cannot_start_a_head(byte) => return true,
+                    _ => {}
+                }
             }
-            return input.len() > limits.target + 32; // its target is too long: 414
+            // The target arriving is already longer than the limit: 414 now.
+            return match (self.target_start, self.target_ended) {
+                (Some(start), false) => input.len() - start > limits.target,
+                _ => false,
+            };
         }
-        false
+        head_end(overlap).is_some()
     }
+}
+
+/// True when `bytes` hold a request line still without its end whose target, as far as it
+/// has arrived, is already longer than `limit`.
+pub fn partial_target_too_long(bytes: &[u8], limit: usize) -> bool {
+    let start = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(bytes.len());
+    let line = &bytes[start..];
+    if line.contains(&b'\n') {
+        return false; // a whole line: httparse reads its target
+    }
+    let Some(space) = line.iter().position(|&b| b == b' ') else {
+        return false; // no target yet (the head limit bounds a long method)
+    };
+    let target = &line[space + 1..];
+    !target.contains(&b' ') && target.len() > limit
+}
+
+/// True for a byte that cannot appear in a request line (RFC 9112 §3: tokens, a target of
+/// visible characters, single spaces) before its line end.
+pub fn cannot_start_a_head(byte: u8) -> bool {
+    (byte < 0x20 && byte != b'\r') || byte == 0x7f
 }
 
 /// Where a head ends in `bytes`: just past the blank line. httparse accepts `\n` as well
@@ -162,18 +213,26 @@ const TARGET_TOO_LONG: HttpError = HttpError::new(414, "request target longer th
 pub fn parse(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
     const TOO_LARGE: HttpError = HttpError::new(431, "request head larger than the limit");
     let max = limits.head;
-    // A request line still without its end, already longer than any target we take plus
-    // the longest method and version we know: its target is too long (414, not 431).
-    if !bytes.contains(&b'\n') && bytes.len() > limits.target + 32 {
-        return Err(TARGET_TOO_LONG);
-    }
+    // One order of checks, whatever part of the head has arrived: httparse's own refusals
+    // (it reads left to right, so a part shows the same fault as the whole), then the
+    // target's length, then the head's size, then the rest.
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut fields);
     let len = match request.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) if len > max => return Err(TOO_LARGE),
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() > max => return Err(TOO_LARGE),
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Ok(httparse::Status::Partial) => {
+            // A target too long is known once the request line is (httparse has read it),
+            // or, before its end, once the part of it that arrived is.
+            let too_long = request.path.is_some_and(|path| path.len() > limits.target)
+                || partial_target_too_long(bytes, limits.target);
+            if too_long {
+                return Err(TARGET_TOO_LONG);
+            }
+            if bytes.len() > max {
+                return Err(TOO_LARGE);
+            }
+            return Ok(Parsed::Partial);
+        }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HttpError::new(431, "too many header fields"))
         }
@@ -194,11 +253,14 @@ pub fn parse(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
     else {
         return Err(HttpError::new(400, "incomplete request line"));
     };
-    if std::str::from_utf8(target.as_bytes()).is_err() || target.is_empty() {
-        return Err(HttpError::new(400, "malformed request target"));
-    }
     if target.len() > limits.target {
         return Err(TARGET_TOO_LONG);
+    }
+    if len > max {
+        return Err(TOO_LARGE);
+    }
+    if std::str::from_utf8(target.as_bytes()).is_err() || target.is_empty() {
+        return Err(HttpError::new(400, "malformed request target"));
     }
     let headers: Vec<(Span, Span)> = request
         .headers
@@ -465,6 +527,55 @@ mod tests {
             }
         }
         assert_eq!(said, [17, 34], "the request line, then the blank line");
+        // A TLS ClientHello on this port: parsed, and refused, at its first bytes.
+        let mut scanner = HeadScanner::default();
+        let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        assert!(scanner.may_be_complete(&hello, LIMITS));
+        assert_eq!(parse(&hello, LIMITS).map_err(|e| e.status), Err(400));
+    }
+
+    /// Found by fuzzing (fuzz/, http_head): the scanner stops where a whole parse would
+    /// decide, for each input below, fed a byte at a time.
+    fn first_verdict_in_pieces(input: &[u8], limits: Limits) -> Option<Result<Parsed, HttpError>> {
+        let mut scanner = HeadScanner::default();
+        (1..=input.len()).find_map(|end| {
+            let parse_now = scanner.may_be_complete(&input[..end], limits);
+            match parse_now.then(|| parse(&input[..end], limits)) {
+                Some(Ok(Parsed::Partial)) | None => None,
+                verdict => verdict,
+            }
+        })
+    }
+
+    #[test]
+    fn fuzz_empty_lines_before_a_malformed_request_line_still_get_400_at_once() {
+        let verdict = first_verdict_in_pieces(b"\r\n\nWWWWWWWP/ x\r\nHost: a", LIMITS);
+        assert_eq!(verdict.map(|v| v.map_err(|e| e.status)), Some(Err(400)));
+    }
+
+    #[test]
+    fn fuzz_a_long_method_with_a_short_target_is_not_414() {
+        let limits = Limits {
+            head: 4096,
+            target: 32,
+        };
+        let mut input = vec![b'%'; 45];
+        input.extend_from_slice(b" /aaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: a\r\n\r\n");
+        let verdict = first_verdict_in_pieces(&input, limits);
+        assert!(
+            matches!(verdict, Some(Ok(Parsed::Complete(_)))),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn fuzz_a_target_known_too_long_is_414_before_the_head_ends() {
+        let limits = Limits {
+            head: 4096,
+            target: 32,
+        };
+        let input = format!("GET /{} HTTP/1.1\r\nHost: a", "a".repeat(60));
+        assert_eq!(parse(input.as_bytes(), limits), Err(TARGET_TOO_LONG));
     }
 
     #[test]
