@@ -514,6 +514,27 @@ impl Client {
         (std::mem::take(&mut self.buffer), self.reset)
     }
 
+    /// Writes 64 KiB chunks, never reading, until the server ends the connection; fails
+    /// the test if that takes longer than `limit`. Returns how long it took.
+    pub fn write_until_dropped(&mut self, limit: Duration) -> Duration {
+        self.stream.set_nonblocking(true).unwrap();
+        let chunk = [b'x'; 64 * 1024];
+        let began = Instant::now();
+        loop {
+            match self.stream.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(_) => return began.elapsed(),
+            }
+            assert!(
+                began.elapsed() < limit,
+                "the connection was not dropped within {limit:?}"
+            );
+        }
+    }
+
     pub fn shutdown_write(&mut self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
     }
