@@ -44,6 +44,95 @@ pub struct Config {
     pub plugin_panic_limit: u64,
 }
 
+/// One setting as an operator sees it: in `--help` and in the README's table, which a test
+/// keeps identical to this one.
+#[derive(Debug)]
+pub struct Setting {
+    pub variable: &'static str,
+    /// As the README writes it (Markdown code spans in backticks).
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every setting of the daemon, in the README's order.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        variable: "SWITCHYARD_LISTEN",
+        default: "`127.0.0.1:8080`",
+        meaning: "address and port to listen on",
+    },
+    Setting {
+        variable: "SWITCHYARD_PLUGIN_DIR",
+        default: "the folder holding the `switchyard` executable",
+        meaning: "folder of plugin libraries (`*.so`), loaded in name order; unreadable, or writable by anyone but the daemon's user and root (as sshd's `StrictModes`): exit 2 naming the fix; such a file is skipped",
+    },
+    Setting {
+        variable: "SWITCHYARD_IO_THREADS",
+        default: "the number of cores the daemon may run on",
+        meaning: "event-loop threads: each accepts connections, speaks HTTP/1.1 and runs readiness-driven plugins on the connections it switched",
+    },
+    Setting {
+        variable: "SWITCHYARD_WORKERS",
+        default: "`1024`",
+        meaning: "most connections served by blocking plugins at once (one worker thread each); past it, `503` with `Retry-After`. Readiness-driven plugins use no worker",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_CONNECTIONS",
+        default: "`10000`",
+        meaning: "most open client connections, HTTP and upgraded (both kinds); past it, new connections wait in the listen backlog",
+    },
+    Setting {
+        variable: "SWITCHYARD_IDLE_MS",
+        default: "`300000`",
+        meaning: "an upgraded connection with no bytes either way this long is closed (access line `reason=\"idle\"`)",
+    },
+    Setting {
+        variable: "SWITCHYARD_WRITE_TIMEOUT_MS",
+        default: "`30000`",
+        meaning: "an upgraded connection whose peer takes no bytes this long while output waits is closed; a plugin may set its own",
+    },
+    Setting {
+        variable: "SWITCHYARD_PLUGIN_PANIC_LIMIT",
+        default: "`10`",
+        meaning: "a plugin that panics more than this many times within a minute leaves service until a restart: its tokens are no longer offered, a request for it alone gets `503`; `0` never takes one out",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_HEADER_BYTES",
+        default: "`16384`",
+        meaning: "largest request head; larger: `431`",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_TARGET_BYTES",
+        default: "`8192`",
+        meaning: "longest request target; longer: `414`",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_BODY_BYTES",
+        default: "`1048576`",
+        meaning: "largest body of an upgrade request (handed to the plugin); larger: `413`",
+    },
+    Setting {
+        variable: "SWITCHYARD_HEADER_TIMEOUT_MS",
+        default: "`10000`",
+        meaning: "time to receive a request head (and again its body), and to keep an idle connection; late: `408`",
+    },
+    Setting {
+        variable: "SWITCHYARD_SHUTDOWN_GRACE_MS",
+        default: "`10000`",
+        meaning: "after SIGTERM/SIGINT, how long live connections get to finish",
+    },
+    Setting {
+        variable: "SWITCHYARD_WORKER_STACK_BYTES",
+        default: "`262144`",
+        meaning: "stack size of a worker thread (plugin code runs there); only the pages a plugin touches cost memory (about 12 KiB for a WebSocket)",
+    },
+    Setting {
+        variable: "RUST_LOG",
+        default: "`info`",
+        meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log",
+    },
+];
+
 /// A setting that could not be used.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -209,6 +298,35 @@ mod tests {
         assert_eq!(c.idle, Duration::from_secs(300));
         assert_eq!(c.write_timeout, Duration::from_secs(30));
         assert_eq!(c.plugin_panic_limit, 10);
+    }
+
+    /// The README's settings table and `--help` come from one table: every row of one is a
+    /// row of the other, word for word.
+    #[test]
+    fn the_readme_lists_every_setting_as_this_table_does() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `SWITCHYARD_") || l.starts_with("| `RUST_LOG`"))
+            .filter(|l| !l.contains("_WEBSOCKET_") && !l.contains("_TUNNEL_"))
+            .collect();
+        let ours: Vec<String> = SETTINGS
+            .iter()
+            .map(|s| format!("| `{}` | {} | {} |", s.variable, s.default, s.meaning))
+            .collect();
+        assert_eq!(
+            rows, ours,
+            "README.md's settings table and config::SETTINGS differ"
+        );
+        // And every setting the daemon reads is in the table.
+        let source = include_str!("config.rs");
+        for read in source.split("get(\"").skip(1) {
+            let variable = read.split('"').next().unwrap();
+            assert!(
+                SETTINGS.iter().any(|s| s.variable == variable),
+                "{variable} is read but not documented"
+            );
+        }
     }
 
     #[test]

@@ -30,7 +30,29 @@ use std::process::ExitCode;
 /// Exit status for a start refused by its settings or plugin folder.
 const EXIT_CONFIG: u8 = 2;
 
+/// What the command line asks for.
+enum Mode {
+    Serve,
+    Check,
+}
+
 fn main() -> ExitCode {
+    let mode = match std::env::args().nth(1).as_deref() {
+        None => Mode::Serve,
+        Some("--check") => Mode::Check,
+        Some("--version" | "-V") => {
+            println!("{}", version());
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("switchyard: unknown option {other:?}; see switchyard --help");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -63,6 +85,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Mode::Check = mode {
+        print!("{}", check_report(&config, &registry));
+        return ExitCode::SUCCESS;
+    }
     raise_file_limit(config.max_connections);
     let listen = config.listen;
     let listener = match std::net::TcpListener::bind(listen) {
@@ -84,6 +110,78 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn version() -> String {
+    format!(
+        "switchyard {} (plugin ABI {}.{})",
+        env!("CARGO_PKG_VERSION"),
+        protocol_api::abi::ABI_MAJOR,
+        protocol_api::abi::ABI_MINOR
+    )
+}
+
+/// `--help`: the options, and every setting from the one table the README's is kept
+/// identical to.
+fn help() -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{}: an HTTP/1.1 daemon that switches connections to protocols served by plugins\n\n\
+         Usage: switchyard [--check | --version | --help]\n\
+         \x20 (none)     serve until SIGTERM or SIGINT\n\
+         \x20 --check    check every setting and load the plugins, say what would serve which\n\
+         \x20            token, and exit: 0, or 2 on any problem (the port is not bound)\n\
+         \x20 --version  the version and the plugin ABI it loads\n\
+         \x20 --help     this text\n\n\
+         Settings, from the environment (plugins read their own SWITCHYARD_<PLUGIN>_* too):\n",
+        version()
+    );
+    for setting in config::SETTINGS {
+        let plain = |text: &str| text.replace('`', "");
+        let _ = writeln!(
+            out,
+            "  {} (default: {})\n      {}",
+            setting.variable,
+            plain(setting.default),
+            plain(setting.meaning)
+        );
+    }
+    out
+}
+
+/// `--check`: what the daemon would serve with these settings and plugins.
+fn check_report(config: &config::Config, registry: &plugin::Registry) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "settings: ok; would listen on {} with {} event loop(s), up to {} connections and {} workers\n",
+        config.listen, config.io_threads, config.max_connections, config.workers
+    );
+    let _ = writeln!(out, "plugins from {}:", config.plugin_dir.display());
+    if registry.plugins.is_empty() {
+        out.push_str("  none: every upgrade request would get 426\n");
+    }
+    for plugin in &registry.plugins {
+        let mode = if plugin.is_readiness() {
+            "event loops"
+        } else {
+            "workers"
+        };
+        let _ = writeln!(
+            out,
+            "  {} [{}] on {mode}: {} ({})",
+            plugin.name,
+            plugin.tokens.join(", "),
+            plugin.file.display(),
+            plugin.build
+        );
+    }
+    let in_service = |_: usize| true;
+    let _ = writeln!(
+        out,
+        "Upgrade tokens offered: {}",
+        registry.tokens.advertised(&in_service)
+    );
+    out
 }
 
 /// Starts the event loops on `listener` and supervises them until the stop is over.

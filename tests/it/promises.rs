@@ -448,3 +448,69 @@ fn traffic_keeps_a_tunnel_open_past_its_idle_time() {
     assert!(logs.contains("ended: idle"), "{logs}");
     let _ = TcpStream::connect(daemon.addr);
 }
+
+/// `switchyard --check` reads every setting and loads the plugins without binding the
+/// port: exit 0 with what would serve which token, or 2 naming the problem.
+#[test]
+fn check_says_what_would_serve_or_what_is_wrong() {
+    let (status, out, logs) = Daemon::builder()
+        .plugin("switchyard-echo")
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:1") // would need privileges: never bound
+        .run_with_args(&["--check"]);
+    assert_eq!(status.code(), Some(0), "{out}{logs}");
+    assert!(
+        out.contains("settings: ok; would listen on 127.0.0.1:1"),
+        "{out}"
+    );
+    assert!(out.contains("  echo [echo] on workers:"), "{out}");
+    assert!(
+        out.contains("  websocket [websocket] on event loops:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Upgrade tokens offered: echo, websocket"),
+        "{out}"
+    );
+    assert!(!logs.contains("listening on"), "{logs}");
+
+    let (status, _, logs) = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_IDLE_MS", "soon")
+        .run_with_args(&["--check"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        logs.contains("SWITCHYARD_WEBSOCKET_IDLE_MS=\"soon\""),
+        "{logs}"
+    );
+    let (status, _, logs) = Daemon::builder()
+        .env("SWITCHYARD_MAX_TARGET_BYTES", "1")
+        .run_with_args(&["--check"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        logs.contains("invalid SWITCHYARD_MAX_TARGET_BYTES=\"1\""),
+        "{logs}"
+    );
+}
+
+/// `--version` names the plugin ABI a plugin must be built for; `--help` lists every
+/// setting (the same table the README shows, checked by a unit test).
+#[test]
+fn version_and_help() {
+    let (status, out, _) = Daemon::builder().run_with_args(&["--version"]);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(out.trim(), "switchyard 0.1.0 (plugin ABI 1.1)");
+    let (status, out, _) = Daemon::builder().run_with_args(&["--help"]);
+    assert_eq!(status.code(), Some(0));
+    for variable in [
+        "SWITCHYARD_LISTEN",
+        "SWITCHYARD_IO_THREADS",
+        "SWITCHYARD_IDLE_MS",
+        "RUST_LOG",
+    ] {
+        assert!(out.contains(variable), "{variable} in:\n{out}");
+    }
+    let (status, _, logs) = Daemon::builder().run_with_args(&["--frobnicate"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(logs.contains("unknown option \"--frobnicate\""), "{logs}");
+}

@@ -203,6 +203,22 @@ impl DaemonBuilder {
         }
     }
 
+    /// Runs the daemon with command-line `args` to its end; returns its status, what it
+    /// printed, and its log.
+    pub fn run_with_args(self, args: &[&str]) -> (ExitStatus, String, String) {
+        let output = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .output()
+            .expect("run switchyard");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Runs the daemon expecting it to refuse to start; returns its status and logs.
     pub fn run_to_exit(self) -> (ExitStatus, String) {
         let mut child = self.command().spawn().expect("start switchyard");
