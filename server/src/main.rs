@@ -13,6 +13,7 @@ mod http_conn;
 mod io_loop;
 mod metrics;
 mod negotiation;
+mod notify;
 mod plugin;
 mod session;
 mod shared;
@@ -90,12 +91,25 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_file_limit(config.max_connections);
+    let notifier = notify::Notifier::from_env();
     let listen = config.listen;
-    let listener = match std::net::TcpListener::bind(listen) {
-        Ok(listener) => listener,
-        Err(e) => {
-            log::error!("cannot listen on {listen} (SWITCHYARD_LISTEN): {e}");
-            return ExitCode::FAILURE;
+    let mut inherited = notify::listen_fds();
+    let listener = if !inherited.is_empty() {
+        if inherited.len() > 1 {
+            log::warn!(
+                "{} sockets passed by the service manager; serving the first",
+                inherited.len()
+            );
+        }
+        log::info!("serving the socket the service manager passed (socket activation)");
+        std::net::TcpListener::from(inherited.swap_remove(0))
+    } else {
+        match std::net::TcpListener::bind(listen) {
+            Ok(listener) => listener,
+            Err(e) => {
+                log::error!("cannot listen on {listen} (SWITCHYARD_LISTEN): {e}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     // Plugins are never unloaded and the shared state lives as long: every thread holds
@@ -103,7 +117,7 @@ fn main() -> ExitCode {
     let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
     let shared: &'static shared::Shared =
         Box::leak(Box::new(shared::Shared::new(config, registry)));
-    match serve(shared, listener) {
+    match serve(shared, listener, notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -185,7 +199,11 @@ fn check_report(config: &config::Config, registry: &plugin::Registry) -> String 
 }
 
 /// Starts the event loops on `listener` and supervises them until the stop is over.
-fn serve(shared: &'static shared::Shared, listener: std::net::TcpListener) -> Result<(), String> {
+fn serve(
+    shared: &'static shared::Shared,
+    listener: std::net::TcpListener,
+    notifier: notify::Notifier,
+) -> Result<(), String> {
     let signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("cannot watch for signals: {e}"))?;
     let threads = shared.config.io_threads;
@@ -213,7 +231,8 @@ fn serve(shared: &'static shared::Shared, listener: std::net::TcpListener) -> Re
             .map_err(|e| format!("cannot start an event loop thread: {e}"))?;
         threads.push(thread);
     }
-    supervisor::run(shared, signals, threads).map_err(|supervisor::Failed(why)| why)
+    notifier.send("READY=1");
+    supervisor::run(shared, signals, threads, &notifier).map_err(|supervisor::Failed(why)| why)
 }
 
 /// Every connection is a descriptor (a tunnel six: both sockets and a pipe each way for

@@ -2,6 +2,7 @@
 //! that sit idle, and runs the stop: every event loop and worker told at once, the grace
 //! period, then whatever is left closed.
 
+use crate::notify::Notifier;
 use crate::shared::Shared;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
@@ -24,6 +25,7 @@ pub fn run(
     shared: &'static Shared,
     mut signals: Signals,
     loops: Vec<JoinHandle<io::Result<()>>>,
+    notifier: &Notifier,
 ) -> Result<(), Failed> {
     let mut poll = Poll::new().map_err(|e| Failed(e.to_string()))?;
     poll.registry()
@@ -34,19 +36,31 @@ pub fn run(
     let reap_every =
         (shared.config.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut next_reap = Instant::now() + reap_every;
+    let mut next_watchdog = notifier
+        .watchdog_every()
+        .map(|every| Instant::now() + every);
     loop {
         let wait = match shared.stop_deadline() {
             Some(_) => STOP_CHECK,
             None => next_reap.saturating_duration_since(Instant::now()),
         };
+        let wait = next_watchdog.map_or(wait, |at| {
+            wait.min(at.saturating_duration_since(Instant::now()))
+        });
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(Failed(format!("waiting for signals: {e}")));
             }
         }
         let now = Instant::now();
+        if let (Some(at), Some(every)) = (next_watchdog, notifier.watchdog_every()) {
+            if now >= at {
+                notifier.send("WATCHDOG=1");
+                next_watchdog = Some(now + every);
+            }
+        }
         if !events.is_empty() {
-            on_signal(shared, &mut signals, now);
+            on_signal(shared, &mut signals, now, notifier);
         }
         if now >= next_reap {
             let ended = shared.live.end_idle(shared.config.idle);
@@ -87,7 +101,7 @@ fn finished_why(mut loops: Vec<JoinHandle<io::Result<()>>>, index: usize) -> Str
     }
 }
 
-fn on_signal(shared: &'static Shared, signals: &mut Signals, now: Instant) {
+fn on_signal(shared: &'static Shared, signals: &mut Signals, now: Instant, notifier: &Notifier) {
     let Some(signal) = signals.pending().next() else {
         return;
     };
@@ -96,6 +110,7 @@ fn on_signal(shared: &'static Shared, signals: &mut Signals, now: Instant) {
         shared.stop(now);
         return;
     }
+    notifier.send("STOPPING=1");
     let grace = shared.config.shutdown_grace;
     let metrics = &shared.metrics;
     log::info!(

@@ -2,7 +2,7 @@
 //! `unsafe` line of the daemon outside the plugin ABI (`plugin/ffi.rs`) is here.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// The daemon's effective user and group ids.
@@ -34,4 +34,20 @@ pub fn tcp_quiet_for(socket: &impl AsRawFd) -> io::Result<Duration> {
     let info = unsafe { info.assume_init() };
     let millis = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
     Ok(Duration::from_millis(u64::from(millis)))
+}
+
+/// Takes ownership of descriptor `fd` handed to this process at start (systemd's socket
+/// activation), marked close-on-exec; `None` when it is not open.
+pub fn inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; -1 means it is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return None;
+    }
+    // SAFETY: an open descriptor the service manager passed us, claimed exactly once (the
+    // caller removed LISTEN_FDS), with its flags as read above.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        Some(OwnedFd::from_raw_fd(fd))
+    }
 }

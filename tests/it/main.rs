@@ -13,6 +13,7 @@ mod plugins;
 mod promises;
 mod readiness;
 mod sdk;
+mod systemd;
 mod tunnel;
 mod upgrade;
 mod websocket;

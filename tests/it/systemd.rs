@@ -1,0 +1,121 @@
+//! Run under systemd: the service protocol (`READY=1`, `WATCHDOG=1`, `STOPPING=1` to
+//! `$NOTIFY_SOCKET`) and socket activation, through Debian's `systemd-socket-activate`.
+
+use crate::support::{artifacts, library, Daemon};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The next notification, as text.
+fn next(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification in time");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn sd_notify_ready_watchdog_then_stopping() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("notify");
+    let listener = UnixDatagram::bind(&path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "200000")
+        .start();
+    assert_eq!(next(&listener), "READY=1", "once it listens");
+    let began = Instant::now();
+    assert_eq!(next(&listener), "WATCHDOG=1");
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "every half period"
+    );
+    assert_eq!(next(&listener), "WATCHDOG=1");
+    daemon.signal(libc::SIGTERM);
+    let mut seen = next(&listener);
+    while seen == "WATCHDOG=1" {
+        seen = next(&listener);
+    }
+    assert_eq!(seen, "STOPPING=1");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(5)).unwrap().code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn socket_activation_serves_the_socket_it_is_given() {
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        library("switchyard-echo"),
+        plugins.path().join("libswitchyard_echo.so"),
+    )
+    .unwrap();
+    // systemd-socket-activate needs an address: a port free a moment ago. It binds it (not
+    // the daemon), so a port taken meanwhile shows as the tool failing: try another.
+    let (mut child, addr) = (0..5)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut child = Command::new("systemd-socket-activate")
+                .arg(format!("--listen={addr}"))
+                .arg(format!(
+                    "--setenv=SWITCHYARD_PLUGIN_DIR={}",
+                    plugins.path().display()
+                ))
+                // Where it would listen by itself: the same port, taken by the tool. Binding it
+                // would fail, so serving proves the passed socket is used.
+                .arg(format!("--setenv=SWITCHYARD_LISTEN={addr}"))
+                .arg("--setenv=RUST_LOG=info")
+                .arg(artifacts().join("switchyard"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("systemd-socket-activate (Debian's systemd package)");
+            let mut err = BufReader::new(child.stderr.take().unwrap());
+            let mut line = String::new();
+            let listening = err.read_line(&mut line).is_ok() && line.contains("Listening on");
+            if !listening {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            child.stderr = Some(err.into_inner());
+            Some((child, addr))
+        })
+        .expect("systemd-socket-activate listened");
+    let mut client = TcpStream::connect(&addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{logs}");
+    assert!(
+        logs.contains("serving the socket the service manager passed (socket activation)"),
+        "{logs}"
+    );
+}
