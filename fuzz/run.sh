@@ -32,3 +32,4 @@ for target in "${targets[@]}"; do
     grep -E 'stat::number_of_executed_units|stat::peak_rss|cov: |SUMMARY|panicked|ERROR' | tail -n 4
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz target $target failed" >&2; exit 1; }
 done
+echo "${#targets[@]} passed, 0 failed"
