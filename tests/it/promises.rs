@@ -514,3 +514,38 @@ fn version_and_help() {
     assert_eq!(status.code(), Some(2));
     assert!(logs.contains("unknown option \"--frobnicate\""), "{logs}");
 }
+
+/// `/metrics` is rendered at most once a second per event loop: a scrape right after
+/// another shows the same figures, one a second later the new ones.
+#[test]
+fn metrics_are_rendered_at_most_once_a_second() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_IO_THREADS", "1")
+        .start();
+    let mut scraper = daemon.client();
+    let mut scrape = || {
+        scraper.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        let text = scraper.response().body_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchyard_connections_accepted_total "))
+            .map(str::to_owned)
+            .unwrap()
+    };
+    let first = scrape();
+    let began = Instant::now();
+    let mut other = daemon.client();
+    other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.response().status, 200);
+    let second = scrape();
+    if began.elapsed() < Duration::from_millis(900) {
+        assert_eq!(second, first, "rendered again within the second");
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let third = scrape();
+    assert_eq!(
+        third.parse::<u64>().unwrap(),
+        first.parse::<u64>().unwrap() + 1,
+        "a second later, the connection accepted meanwhile counts"
+    );
+}
