@@ -191,13 +191,19 @@ impl DaemonBuilder {
                 logs.push('\n');
             }
         });
-        let Ok(addr) = ready_rx.recv_timeout(Duration::from_secs(30)) else {
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .ok()
+            .and_then(|addr| addr.parse().ok());
+        let Some(addr) = addr else {
+            // Never leave a daemon running behind a failed test.
             let _ = child.kill();
+            let _ = child.wait();
             panic!("switchyard did not start:\n{}", logs.lock().unwrap());
         };
         Daemon {
             child,
-            addr: addr.parse().expect("listen address"),
+            addr,
             logs,
             _plugins: self.plugins,
         }
