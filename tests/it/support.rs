@@ -331,9 +331,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill failed");
+        send_signal(self.child.id(), signal);
     }
 
     /// Waits up to `limit` for the daemon to exit.
@@ -560,6 +558,13 @@ impl Client {
     pub fn shutdown_write(&mut self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
     }
+}
+
+/// Sends `signal` to process `pid` (a child of this test).
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a child's pid; no memory is involved.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(rc, 0, "kill failed");
 }
 
 /// Raises this process's open-file limit to its hard limit, for tests that hold thousands

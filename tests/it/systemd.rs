@@ -1,7 +1,7 @@
 //! Run under systemd: the service protocol (`READY=1`, `WATCHDOG=1`, `STOPPING=1` to
 //! `$NOTIFY_SOCKET`) and socket activation, through Debian's `systemd-socket-activate`.
 
-use crate::support::{artifacts, library, Daemon};
+use crate::support::{artifacts, library, send_signal, Daemon};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
@@ -104,8 +104,7 @@ fn socket_activation_serves_the_socket_it_is_given() {
     let mut answer = String::new();
     client.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    send_signal(child.id(), libc::SIGTERM);
     let mut logs = String::new();
     child
         .stderr
