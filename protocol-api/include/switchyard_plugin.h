@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 1
+#define SWITCHYARD_ABI_MINOR 2
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -93,7 +93,13 @@ typedef struct switchyard_request {
     switchyard_bytes peer;         /* "ip:port" */
     switchyard_bytes body;         /* the whole body in negotiate and start; empty in serve */
     switchyard_bytes protocol;     /* the Upgrade product being negotiated */
+    uint32_t arrival;              /* (1.2) SWITCHYARD_ARRIVAL_*: how the connection came */
 } switchyard_request;
+
+/* switchyard_request.arrival: by an HTTP/1.1 Upgrade (the host sends the 101), or with the
+ * HTTP/2 preface, which the host read (no 101; method "PRI", target "*", protocol "h2c"). */
+#define SWITCHYARD_ARRIVAL_UPGRADE 0
+#define SWITCHYARD_ARRIVAL_PRIOR_KNOWLEDGE 1
 
 /*
  * The switched connection. I/O functions return 0 or an errno value, `*n` the count; a

@@ -30,6 +30,10 @@
 //!   `READY_*` and `WANT_*` bits); decisions in a code range of their own
 //!   ([`DECISION_ACCEPT`]…, no longer equal to the status codes; the host maps a 1.0
 //!   plugin's values); [`RawConnection::set_write_timeout`].
+//! - 1.2: [`RawRequest::arrival`]: whether the connection asked to switch with `Upgrade` (and
+//!   got a `101`) or started in the protocol itself (HTTP/2 with prior knowledge). The host
+//!   hands a connection that arrived any other way than by `Upgrade` only to plugins of 1.2
+//!   or later, which can tell.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -40,7 +44,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -170,7 +174,18 @@ pub struct RawRequest {
     pub body: RawBytes,
     /// The `Upgrade` product being negotiated, as the client spelled it (`websocket`, `h2c`).
     pub protocol: RawBytes,
+    /// (1.2) How the connection came to the plugin: [`ARRIVAL_UPGRADE`] or
+    /// [`ARRIVAL_PRIOR_KNOWLEDGE`]. Present when the host's `abi_minor` is at least 2.
+    pub arrival: u32,
 }
+
+/// [`RawRequest::arrival`]: an HTTP/1.1 request with `Upgrade`; the host sends the `101`.
+pub const ARRIVAL_UPGRADE: u32 = 0;
+/// [`RawRequest::arrival`]: the connection began with the HTTP/2 connection preface
+/// (RFC 9113 §3.3, "prior knowledge"). No `101` is sent; the host read the 24-byte preface
+/// (`method` is `PRI`, `target` is `*`, no headers) and the connection's first bytes are
+/// what followed it. `protocol` is `h2c`.
+pub const ARRIVAL_PRIOR_KNOWLEDGE: u32 = 1;
 
 /// The upgraded connection, lent to `serve` (blocking) or to `on_ready` (non-blocking). Its
 /// functions may be called only during the call that lent it, from the thread running that

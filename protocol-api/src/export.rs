@@ -128,6 +128,11 @@ pub fn describe<W: Exported>(package: &str) -> Descriptor {
 /// The host's minor ABI version, learnt in `init` (0 until then).
 static HOST_MINOR: AtomicU32 = AtomicU32::new(0);
 
+/// Records the host's minor version (`init` does; so does [`crate::testing`]).
+pub(crate) fn note_host_minor(minor: u32) {
+    HOST_MINOR.store(minor, Ordering::Relaxed);
+}
+
 /// The minor ABI version of the daemon that loaded this plugin.
 pub fn host_minor() -> u32 {
     HOST_MINOR.load(Ordering::Relaxed)
@@ -197,7 +202,7 @@ unsafe extern "C" fn init<W: Exported>(
         guarded(error, || {
             // SAFETY: the host passes a HostApi that lives as long as the process.
             if let Some(host) = host.as_ref() {
-                HOST_MINOR.store(host.abi_minor, Ordering::Relaxed);
+                note_host_minor(host.abi_minor);
                 install_logger(host);
             }
             match W::make() {

@@ -157,7 +157,7 @@ pub use log;
 pub use connection::Connection;
 pub use event::{EventProtocol, Io, Ready, Wants};
 pub use protocol::{Decision, Protocol, Rejection};
-pub use request::Request;
+pub use request::{Arrival, Request};
 
 /// Log levels as the ABI numbers them ([`abi::LOG_OFF`] … [`abi::LOG_TRACE`]), one map for
 /// both sides of the boundary.

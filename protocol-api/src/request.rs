@@ -2,6 +2,19 @@
 
 use crate::abi::{RawHeader, RawRequest};
 
+/// How a connection came to the plugin (ABI 1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// An HTTP/1.1 request with `Upgrade`; the daemon sends the `101` the plugin accepted
+    /// with.
+    Upgrade,
+    /// The connection began with the HTTP/2 connection preface (RFC 9113 §3.3): the client
+    /// knew the server speaks HTTP/2 and never sent HTTP/1.1. No `101` is sent. The daemon
+    /// read the 24-byte preface; the connection's first bytes are what followed it (the
+    /// client's SETTINGS). The request is `PRI *` with no headers and protocol `h2c`.
+    PriorKnowledge,
+}
+
 /// The request that asked to switch protocols, as the daemon parsed it. Borrowed from the
 /// host for the duration of `negotiate` or `serve`; copy out what must live longer.
 #[derive(Clone, Copy)]
@@ -54,6 +67,20 @@ impl<'a> Request<'a> {
     /// `foo/2`). Lets one plugin serve several tokens.
     pub fn protocol(&self) -> &'a str {
         Self::text(self.raw.protocol)
+    }
+
+    /// How the connection came to the plugin: by `Upgrade` (the daemon sends the `101`) or
+    /// with the HTTP/2 preface (no `101`; see [`Arrival::PriorKnowledge`]).
+    pub fn arrival(&self) -> Arrival {
+        // The field exists only in requests from a host of ABI 1.2 or later; older hosts
+        // hand over only upgrades.
+        if crate::export::host_minor() < 2 {
+            return Arrival::Upgrade;
+        }
+        match self.raw.arrival {
+            crate::abi::ARRIVAL_PRIOR_KNOWLEDGE => Arrival::PriorKnowledge,
+            _ => Arrival::Upgrade,
+        }
     }
 
     /// The complete request body; empty when there was none.

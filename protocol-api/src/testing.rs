@@ -54,6 +54,7 @@ pub struct TestRequest {
     body: Vec<u8>,
     peer: String,
     protocol: String,
+    arrival: u32,
 }
 
 impl TestRequest {
@@ -66,6 +67,21 @@ impl TestRequest {
             body: Vec::new(),
             peer: "127.0.0.1:40000".into(),
             protocol: String::new(),
+            arrival: crate::abi::ARRIVAL_UPGRADE,
+        }
+    }
+
+    /// A connection that began with the HTTP/2 preface (prior knowledge): `PRI *`, no
+    /// headers, protocol `h2c`, as the daemon hands it over.
+    pub fn prior_knowledge() -> TestRequest {
+        TestRequest {
+            method: "PRI".into(),
+            target: "*".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            peer: "127.0.0.1:40000".into(),
+            protocol: "h2c".into(),
+            arrival: crate::abi::ARRIVAL_PRIOR_KNOWLEDGE,
         }
     }
 
@@ -110,7 +126,10 @@ impl TestRequest {
             peer: RawBytes::new(self.peer.as_bytes()),
             body: RawBytes::new(&self.body),
             protocol: RawBytes::new(self.protocol.as_bytes()),
+            arrival: self.arrival,
         };
+        // The test host is this crate's own ABI version.
+        crate::export::note_host_minor(crate::abi::ABI_MINOR);
         // SAFETY: every pointer in `raw` borrows from `self` or `headers`, both alive
         // for the call.
         let request = unsafe { Request::from_raw(&raw) };

@@ -41,7 +41,8 @@ fn rust_side() -> BTreeSet<String> {
         headers_len,
         peer,
         body,
-        protocol
+        protocol,
+        arrival
     );
     size!("switchyard_connection", RawConnection);
     field!(
@@ -105,6 +106,8 @@ fn rust_side() -> BTreeSet<String> {
         "SWITCHYARD_DECISION_ACCEPT" = DECISION_ACCEPT,
         "SWITCHYARD_DECISION_REJECT" = DECISION_REJECT,
         "SWITCHYARD_DECISION_DECLINE" = DECISION_DECLINE,
+        "SWITCHYARD_ARRIVAL_UPGRADE" = ARRIVAL_UPGRADE,
+        "SWITCHYARD_ARRIVAL_PRIOR_KNOWLEDGE" = ARRIVAL_PRIOR_KNOWLEDGE,
         "SWITCHYARD_V1_0_DECISION_ACCEPT" = v1_0::DECISION_ACCEPT,
         "SWITCHYARD_V1_0_DECISION_REJECT" = v1_0::DECISION_REJECT,
         "SWITCHYARD_V1_0_DECISION_DECLINE" = v1_0::DECISION_DECLINE,

@@ -12,6 +12,10 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// The status of a connection that switched without a `101` (HTTP/2 with prior
+/// knowledge); logged as `-`.
+pub const NO_STATUS: u16 = 0;
+
 pub struct Exchange<'a> {
     pub peer: SocketAddr,
     /// `METHOD target HTTP/1.x`, or `-` when the request line could not be read.
@@ -56,12 +60,15 @@ pub fn log(exchange: &Exchange<'_>) {
         .reason
         .map(|r| format!(" reason={r:?}"))
         .unwrap_or_default();
+    let status = match exchange.status {
+        NO_STATUS => "-".to_string(),
+        status => status.to_string(),
+    };
     log::info!(
         target: "switchyard::access",
-        "{} {:?} {}{protocol} in={} out={} time={time}{reason}",
+        "{} {:?} {status}{protocol} in={} out={} time={time}{reason}",
         exchange.peer,
         exchange.request,
-        exchange.status,
         exchange.bytes_in,
         exchange.bytes_out,
     );

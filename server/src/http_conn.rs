@@ -15,6 +15,7 @@ use crate::http::response::{DateCache, Response, CONTINUE};
 use crate::http::HttpError;
 use crate::metrics::Held;
 use crate::negotiation::Upgrade;
+use crate::prior_knowledge::{self, Start};
 use crate::route::{route, Offer, Route};
 use crate::shared::{Shared, Ticket};
 use mio::net::TcpStream;
@@ -267,6 +268,9 @@ impl HttpConn {
         response: &Response,
         reason: Option<&str>,
     ) {
+        if upgrade.prior_knowledge {
+            return self.refuse_prior_knowledge(upgrade, reason.unwrap_or("declined"));
+        }
         let exchange = Exchange {
             peer: self.peer,
             request: &upgrade.request_line(),
@@ -283,6 +287,28 @@ impl HttpConn {
         } else {
             self.next_request(cx);
         }
+    }
+
+    /// An HTTP/2 client that was not served gets GOAWAY, not an HTTP/1.1 answer.
+    fn refuse_prior_knowledge(&mut self, upgrade: &Upgrade, reason: &str) {
+        log::warn!(
+            "{}: HTTP/2 with prior knowledge not served ({reason}); sent GOAWAY",
+            self.peer
+        );
+        let before = self.output.len();
+        self.output
+            .extend_from_slice(&prior_knowledge::refusal(reason));
+        access::log(&Exchange {
+            peer: self.peer,
+            request: &upgrade.request_line(),
+            status: access::NO_STATUS,
+            protocol: None,
+            bytes_in: upgrade.bytes_in(),
+            bytes_out: (self.output.len() - before) as u64,
+            started: upgrade.started,
+            reason: Some(reason),
+        });
+        self.close_after_output();
     }
 
     fn wants_input(&self) -> bool {
@@ -450,6 +476,16 @@ impl HttpConn {
                         return progressed; // the client reads our answers first
                     }
                     self.request_started.get_or_insert(cx.now);
+                    if self.requests == 0 {
+                        match self.prior_knowledge(cx) {
+                            Start::Http1 => {}
+                            Start::Partial => return progressed,
+                            Start::Preface => {
+                                progressed = true;
+                                continue;
+                            }
+                        }
+                    }
                     let config = &cx.shared.config;
                     let limits = head::Limits {
                         head: config.max_header_bytes,
@@ -471,6 +507,23 @@ impl HttpConn {
             }
             progressed = true;
         }
+    }
+
+    /// The first bytes of a connection, when a plugin takes HTTP/2 with prior knowledge: the
+    /// whole preface goes to it as an upgrade with no `101`.
+    fn prior_knowledge(&mut self, cx: &mut Context<'_>) -> Start {
+        let Some(plugin) = prior_knowledge::plugin(cx.shared.registry) else {
+            return Start::Http1;
+        };
+        let start = prior_knowledge::classify(&self.input);
+        if start == Start::Preface {
+            self.requests += 1;
+            self.input.drain(..prior_knowledge::PREFACE.len());
+            let started = self.request_started.take().unwrap_or(cx.now);
+            let upgrade = prior_knowledge::upgrade(plugin, started);
+            self.phase = Phase::UpgradeReady(Box::new(upgrade));
+        }
+        start
     }
 
     /// Handles one complete request head at the start of the input.
@@ -596,6 +649,7 @@ impl HttpConn {
             body: Vec::new(),
             offers,
             started,
+            prior_knowledge: false,
         };
         if body_length == BodyLength::None {
             self.phase = Phase::UpgradeReady(Box::new(upgrade));

@@ -15,6 +15,7 @@ mod metrics;
 mod negotiation;
 mod notify;
 mod plugin;
+mod prior_knowledge;
 mod session;
 mod shared;
 mod supervisor;

@@ -29,11 +29,17 @@ pub struct Upgrade {
     pub offers: Vec<Offer>,
     /// When the request began to arrive.
     pub started: Instant,
+    /// Not an HTTP/1.1 request but the HTTP/2 preface ([`crate::prior_knowledge`]): no
+    /// `101` is sent, and a refusal is an HTTP/2 GOAWAY.
+    pub prior_knowledge: bool,
 }
 
 impl Upgrade {
     /// `METHOD target HTTP/1.x` for the access line (empty when that log is off).
     pub fn request_line(&self) -> String {
+        if self.prior_knowledge {
+            return "PRI * HTTP/2.0".to_string();
+        }
         let bytes = &self.head_bytes;
         access::request_line(
             self.head.method(bytes),
@@ -60,6 +66,9 @@ impl Upgrade {
 
     /// The `Upgrade` product of offer `index`, as the client spelled it.
     pub fn product(&self, index: usize) -> &str {
+        if self.prior_knowledge {
+            return crate::prior_knowledge::TOKEN;
+        }
         self.offers[index].product.str(&self.head_bytes)
     }
 
@@ -78,14 +87,22 @@ impl Upgrade {
             ),
             peer,
             body: &self.body,
-            protocol: self.offers.get(offer).map_or(&[], |o| o.product.get(bytes)),
+            protocol: match self.prior_knowledge {
+                true => crate::prior_knowledge::TOKEN.as_bytes(),
+                false => self.offers.get(offer).map_or(&[], |o| o.product.get(bytes)),
+            },
+            arrival: match self.prior_knowledge {
+                true => protocol_api::abi::ARRIVAL_PRIOR_KNOWLEDGE,
+                false => protocol_api::abi::ARRIVAL_UPGRADE,
+            },
         }
     }
 }
 
 /// What the offers from one point on came to.
 pub enum Outcome {
-    /// Offer `offer`'s plugin accepts: send `switching` (the `101`), then serve `session`.
+    /// Offer `offer`'s plugin accepts: send `switching` (the `101`; empty for a
+    /// prior-knowledge connection), then serve `session`.
     Accept {
         offer: usize,
         session: Session<'static>,
@@ -130,6 +147,14 @@ pub fn negotiate(
         match negotiation {
             Negotiation::Decline => continue,
             Negotiation::Accept { session, headers } => {
+                if upgrade.prior_knowledge {
+                    // No 101: the connection is in the plugin's protocol already.
+                    return Outcome::Accept {
+                        offer: index,
+                        session,
+                        switching: Vec::new(),
+                    };
+                }
                 let product = upgrade.product(index);
                 return match switching_protocols(product, &headers) {
                     Some(switching) => Outcome::Accept {

@@ -7,7 +7,7 @@
 //! directions) and level-triggered for the plugin: [`Flow`] remembers whether the socket may
 //! still be read or written, so a plugin that stops before `WouldBlock` is called again.
 
-use crate::access::{self, Exchange};
+use crate::access::{self, Exchange, NO_STATUS};
 use crate::metrics::Held;
 use crate::negotiation::{plugin_failed, Upgrade};
 use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead};
@@ -42,6 +42,8 @@ pub struct Session {
     told_stopping: bool,
     /// For the access line.
     request_line: Box<str>,
+    /// `101`, or [`NO_STATUS`] when there was none (prior knowledge).
+    status: u16,
     protocol: Box<str>,
     started: Instant,
     head_in: u64,
@@ -74,7 +76,10 @@ impl Session {
     ) -> Session {
         let plugin = upgrade.offers[offer].plugin;
         shared.metrics.switched(plugin);
-        shared.metrics.response(101);
+        if !switching.is_empty() {
+            shared.metrics.response(101);
+        }
+        let status = if switching.is_empty() { NO_STATUS } else { 101 };
         Session {
             stream,
             peer,
@@ -98,6 +103,7 @@ impl Session {
             stalled_since: None,
             told_stopping: false,
             request_line: upgrade.request_line().into_boxed_str(),
+            status,
             // Kept only for the access line; an idle connection holds nothing it does not need.
             protocol: if access::enabled() {
                 upgrade.product(offer).into()
@@ -279,6 +285,7 @@ impl Session {
             flow,
             owed,
             request_line,
+            status,
             protocol,
             started,
             head_in,
@@ -289,7 +296,7 @@ impl Session {
         access::log(&Exchange {
             peer,
             request: &request_line,
-            status: 101,
+            status,
             protocol: Some(&protocol),
             bytes_in: head_in + flow.bytes_in,
             bytes_out: head_out - owed.len() as u64 + flow.bytes_out,

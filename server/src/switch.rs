@@ -125,7 +125,9 @@ fn serve(
         log::debug!("{peer}: connection lost sending 101: {e}");
         return; // dropping `session` hands it back to the plugin
     }
-    shared.metrics.response(101);
+    if !switching.is_empty() {
+        shared.metrics.response(101);
+    }
     shared.metrics.switched(plugin_index);
     let head_in = upgrade.bytes_in() + read_ahead.len() as u64;
     // The body was the plugin's in negotiate; it does not live on through `serve`.
@@ -169,7 +171,11 @@ fn serve(
     access::log(&Exchange {
         peer: peer_addr,
         request: &upgrade.request_line(),
-        status: 101,
+        status: if switching.is_empty() {
+            access::NO_STATUS
+        } else {
+            101
+        },
         protocol: Some(upgrade.product(offer)),
         bytes_in: head_in + connection.bytes_in,
         bytes_out: switching.len() as u64 + connection.bytes_out,

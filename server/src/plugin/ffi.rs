@@ -285,6 +285,7 @@ fn raw_request(parts: &RequestParts<'_>) -> RawRequest {
         peer: RawBytes::new(parts.peer.as_bytes()),
         body: RawBytes::new(parts.body),
         protocol: RawBytes::new(parts.protocol),
+        arrival: parts.arrival,
     }
 }
 
@@ -300,6 +301,11 @@ fn failure(status: i32, message: String, call: &str) -> Failure {
 impl Loaded {
     pub fn is_readiness(&self) -> bool {
         matches!(self.serving, Serving::Readiness { .. })
+    }
+
+    /// The minor ABI version the plugin was built against.
+    pub fn abi_minor(&self) -> u32 {
+        self.minor
     }
 
     pub fn negotiate(&self, parts: &RequestParts<'_>) -> Negotiation<'_> {

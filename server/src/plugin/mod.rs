@@ -81,6 +81,8 @@ pub struct RequestParts<'a> {
     pub peer: &'a str,
     pub body: &'a [u8],
     pub protocol: &'a [u8],
+    /// `ARRIVAL_UPGRADE` or `ARRIVAL_PRIOR_KNOWLEDGE` (ABI 1.2).
+    pub arrival: u32,
 }
 
 impl Plugin {
@@ -113,6 +115,11 @@ impl Plugin {
     /// True when the plugin runs readiness-driven on the event loops rather than on a worker.
     pub fn is_readiness(&self) -> bool {
         self.loaded.is_readiness()
+    }
+
+    /// The minor ABI version the plugin was built against.
+    pub fn abi_minor(&self) -> u32 {
+        self.loaded.abi_minor()
     }
 
     pub fn negotiate(&self, request: &RequestParts<'_>) -> Negotiation<'_> {
