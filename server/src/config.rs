@@ -308,7 +308,9 @@ mod tests {
         let rows: Vec<&str> = readme
             .lines()
             .filter(|l| l.starts_with("| `SWITCHYARD_") || l.starts_with("| `RUST_LOG`"))
-            .filter(|l| !l.contains("_WEBSOCKET_") && !l.contains("_TUNNEL_"))
+            .filter(|l| {
+                !l.contains("_WEBSOCKET_") && !l.contains("_TUNNEL_") && !l.contains("_H2C_")
+            })
             .collect();
         let ours: Vec<String> = SETTINGS
             .iter()

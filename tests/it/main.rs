@@ -5,6 +5,7 @@ mod support;
 
 mod c_plugin;
 mod capacity;
+mod h2c;
 mod http;
 mod lifecycle;
 mod limits;

@@ -14,6 +14,7 @@ const PACKAGES: &[&str] = &[
     "switchyard-echo",
     "switchyard-websocket",
     "switchyard-tunnel",
+    "switchyard-h2c",
 ];
 
 /// Builds the daemon, the reference plugins and the fixtures (a workspace of their own,

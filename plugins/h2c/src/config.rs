@@ -1,0 +1,202 @@
+//! The h2c plugin's settings, from the daemon's environment, read once when it loads, and
+//! its routing: which backend serves a request path (longest prefix wins).
+
+use std::time::Duration;
+
+/// How a backend is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// HTTP/2 with prior knowledge (gRPC servers): streams multiplexed on pooled connections.
+    Http2,
+    /// HTTP/1.1 with keep-alive: a pooled connection per request in flight.
+    Http1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// A path prefix, `/` for everything.
+    pub prefix: String,
+    /// `host:port`.
+    pub address: String,
+    pub protocol: BackendProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `SWITCHYARD_H2C_ROUTES`: `/prefix=host:port` (HTTP/2) or `/prefix=http1://host:port`.
+    pub routes: Vec<Route>,
+    /// `SWITCHYARD_H2C_MAX_STREAMS` (default 100): concurrent streams per client connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams: u32,
+    /// `SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES` (default 16384): SETTINGS_MAX_HEADER_LIST_SIZE.
+    pub max_header_list_bytes: u32,
+    /// `SWITCHYARD_H2C_IDLE_MS` (default 300000): a connection with no stream open this long
+    /// is sent GOAWAY and closed.
+    pub idle: Duration,
+    /// `SWITCHYARD_H2C_CONNECT_TIMEOUT_MS` (default 5000): longer gets `504` on the stream.
+    pub connect_timeout: Duration,
+}
+
+pub const ROUTES: &str = "SWITCHYARD_H2C_ROUTES";
+
+impl Config {
+    pub fn from_env() -> Result<Config, String> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let number = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
+            let Some(value) = lookup(name) else {
+                return Ok(default);
+            };
+            match value.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "invalid {name}={value:?}: expected a whole number from {min} to {max}"
+                )),
+            }
+        };
+        let mut routes: Vec<Route> = Vec::new();
+        if let Some(value) = lookup(ROUTES) {
+            for entry in protocol_api::fields::setting_list(&value) {
+                let route = parse_route(entry)
+                    .map_err(|why| format!("invalid {ROUTES} entry {entry:?}: {why}"))?;
+                if routes.iter().any(|r| r.prefix == route.prefix) {
+                    return Err(format!(
+                        "invalid {ROUTES} entry {entry:?}: the path is routed twice"
+                    ));
+                }
+                routes.push(route);
+            }
+        }
+        // Longest prefix first, so the first match is the most specific.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Ok(Config {
+            routes,
+            max_streams: number("SWITCHYARD_H2C_MAX_STREAMS", 100, 1, u32::MAX.into())? as u32,
+            max_header_list_bytes: number(
+                "SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES",
+                16384,
+                1024,
+                u32::MAX.into(),
+            )? as u32,
+            idle: Duration::from_millis(number("SWITCHYARD_H2C_IDLE_MS", 300_000, 1, u64::MAX)?),
+            connect_timeout: Duration::from_millis(number(
+                "SWITCHYARD_H2C_CONNECT_TIMEOUT_MS",
+                5000,
+                1,
+                u64::MAX,
+            )?),
+        })
+    }
+
+    /// The route for a request path: the longest matching prefix.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(&r.prefix))
+    }
+}
+
+fn parse_route(entry: &str) -> Result<Route, &'static str> {
+    let (prefix, backend) = entry
+        .split_once('=')
+        .ok_or("expected /prefix=host:port or /prefix=http1://host:port")?;
+    let (prefix, backend) = (prefix.trim(), backend.trim());
+    if !prefix.starts_with('/') {
+        return Err("the path must start with /");
+    }
+    let (protocol, address) = match backend.split_once("://") {
+        None => (BackendProtocol::Http2, backend),
+        Some(("h2c", address)) => (BackendProtocol::Http2, address),
+        Some(("http1", address)) => (BackendProtocol::Http1, address),
+        Some(_) => return Err("unknown scheme; use host:port (HTTP/2), h2c:// or http1://"),
+    };
+    let port = address
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if port > 0 && !host.is_empty() && !host.contains('/') => {}
+        _ => return Err("the backend must be host:port"),
+    }
+    Ok(Route {
+        prefix: prefix.to_string(),
+        address: address.to_string(),
+        protocol,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &str) -> Result<Config, String> {
+        Config::from_lookup(|n| (n == ROUTES).then(|| routes.to_string()))
+    }
+
+    #[test]
+    fn routes_longest_prefix_wins() {
+        let c =
+            config("/=127.0.0.1:50051, /api/=http1://127.0.0.1:9000,/api/v2/=h2c://b:1").unwrap();
+        let at = |path| c.route(path).map(|r| (r.address.as_str(), r.protocol));
+        assert_eq!(at("/x"), Some(("127.0.0.1:50051", BackendProtocol::Http2)));
+        assert_eq!(
+            at("/api/users"),
+            Some(("127.0.0.1:9000", BackendProtocol::Http1))
+        );
+        assert_eq!(at("/api/v2/x"), Some(("b:1", BackendProtocol::Http2)));
+        assert_eq!(
+            at("/api"),
+            Some(("127.0.0.1:50051", BackendProtocol::Http2))
+        );
+        let c = config("/api/=127.0.0.1:1").unwrap();
+        assert_eq!(c.route("/other"), None);
+    }
+
+    #[test]
+    fn bad_routes_are_named() {
+        for (routes, why) in [
+            ("/=x", "host:port"),
+            ("/=127.0.0.1:0", "host:port"),
+            ("api=127.0.0.1:1", "must start with /"),
+            ("/=ftp://127.0.0.1:1", "unknown scheme"),
+            ("/a=127.0.0.1:1,/a=127.0.0.1:2", "twice"),
+            ("/a", "expected"),
+        ] {
+            let error = config(routes).unwrap_err();
+            assert!(error.contains(why), "{routes}: {error}");
+            assert!(error.contains(ROUTES), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_setting_read_here() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let source = include_str!("config.rs");
+        let read: Vec<&str> = source
+            .split('"')
+            .filter(|s| s.starts_with("SWITCHYARD_H2C_") && s.len() > 15)
+            .filter(|s| {
+                s.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+            })
+            .collect();
+        assert!(read.len() >= 5, "{read:?}");
+        for variable in read {
+            assert!(
+                readme.contains(&format!("| `{variable}` |")),
+                "{variable} is read but not in README.md's settings table"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bounds() {
+        let c = config("").unwrap();
+        assert!(c.routes.is_empty());
+        assert_eq!(c.max_streams, 100);
+        assert_eq!(c.max_header_list_bytes, 16384);
+        assert_eq!(c.idle, Duration::from_secs(300));
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        let bad = Config::from_lookup(|n| (n == "SWITCHYARD_H2C_MAX_STREAMS").then(|| "0".into()));
+        assert!(bad.unwrap_err().contains("SWITCHYARD_H2C_MAX_STREAMS"));
+    }
+}

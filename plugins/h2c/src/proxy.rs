@@ -1,0 +1,317 @@
+//! One stream, proxied: the request goes to the backend its path is routed to, the answer
+//! comes back, bodies and trailers streamed both ways under HTTP/2 flow control.
+//!
+//! Bodies are never collected: hyper polls a body only when the other side can take its
+//! data, so a client that reads slowly leaves its stream's backend unread (and the backend
+//! sees a closed window), and memory per stream is bounded by the flow-control windows.
+//! Dropping a stream (a client's RST_STREAM, a deadline) drops its backend request, which
+//! resets the backend stream; a backend's reset fails the body, which resets the client's.
+
+use crate::config::{BackendProtocol, Config};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The backends, shared by every client connection: connections to a backend are pooled,
+/// and to an HTTP/2 backend one connection carries many streams.
+pub struct Proxy {
+    pub config: Config,
+    http2: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, Incoming>,
+}
+
+impl Proxy {
+    pub fn new(config: Config) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector.clone());
+        let http1 = Client::builder(TokioExecutor::new()).build(connector);
+        Proxy {
+            config,
+            http2,
+            http1,
+        }
+    }
+}
+
+/// Streams open on one client connection, and since when none has been, for its idle limit.
+pub struct Activity {
+    open: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            open: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// How long the connection has had no stream open; `None` while one is.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(
+            self.idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed(),
+        )
+    }
+
+    fn open(self: &Arc<Self>) -> StreamOpen {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        StreamOpen(self.clone())
+    }
+}
+
+/// Held while a stream is open: by the handler, then by the response body until it ends.
+struct StreamOpen(Arc<Activity>);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+    }
+}
+
+/// Header fields of one connection, never forwarded (RFC 9110 §7.6.1, RFC 9113 §8.2.2).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fields that `Connection` names are the connection's too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    // TE may only say "trailers" (gRPC sends it, and needs it).
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// `for=` of RFC 7239 §6: IPv6 quoted and bracketed.
+fn forwarded_for(peer: &SocketAddr) -> String {
+    match peer {
+        SocketAddr::V4(v4) => format!("for={}", v4.ip()),
+        SocketAddr::V6(v6) => format!("for=\"[{}]\"", v6.ip()),
+    }
+}
+
+fn answer(status: StatusCode, text: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{text}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The status for a backend that could not answer: `504` for a connect time-out, else
+/// `502`.
+fn failure_status(error: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::TimedOut => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
+                io::ErrorKind::ConnectionRefused => {
+                    (StatusCode::BAD_GATEWAY, "refused the connection")
+                }
+                _ => (StatusCode::BAD_GATEWAY, "could not be reached"),
+            };
+        }
+        source = e.source();
+    }
+    if error.is_connect() {
+        (StatusCode::BAD_GATEWAY, "could not be reached")
+    } else {
+        (StatusCode::BAD_GATEWAY, "failed before answering")
+    }
+}
+
+/// Serves one stream of the connection from `peer`.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let open = activity.open();
+    let path = request.uri().path().to_string();
+    let Some(route) = proxy.config.route(&path) else {
+        log::debug!("h2c {peer}: no route for {path}: 404");
+        return Ok(with_open(
+            answer(StatusCode::NOT_FOUND, "no route for this path"),
+            open,
+        ));
+    };
+    let (mut parts, body) = request.into_parts();
+    let authority = parts.uri.authority().map(|a| a.to_string());
+    strip_hop_by_hop(&mut parts.headers);
+    let client = peer.ip().to_string();
+    let forwarded_for = match parts.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+        Some(Ok(earlier)) => format!("{earlier}, {client}"),
+        _ => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+    let mut forwarded = forwarded_for_element(&peer, authority.as_deref());
+    if let Some(Ok(earlier)) = parts.headers.get(header::FORWARDED).map(|v| v.to_str()) {
+        forwarded = format!("{earlier}, {forwarded}");
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        parts.headers.insert(header::FORWARDED, value);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let uri = format!("http://{}{path_and_query}", route.address);
+    parts.uri = match uri.parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(_) => return Ok(with_open(answer(StatusCode::BAD_REQUEST, "bad path"), open)),
+    };
+    let client = match route.protocol {
+        BackendProtocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            &proxy.http2
+        }
+        BackendProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            // The client's authority is the host it asked for; an HTTP/1.1 backend reads
+            // it from Host.
+            if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                parts.headers.insert(header::HOST, value);
+            }
+            &proxy.http1
+        }
+    };
+    let response = match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => response,
+        Err(e) => {
+            let (status, what) = failure_status(&e);
+            log::warn!(
+                "h2c {peer} {path} -> {}: backend {what}: {e:?}",
+                route.address
+            );
+            let text = format!("backend for {path} {what}");
+            return Ok(with_open(answer(status, &text), open));
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_2;
+    let body = body.map_err(BoxError::from).boxed();
+    Ok(with_open(Response::from_parts(parts, body), open))
+}
+
+fn forwarded_for_element(peer: &SocketAddr, host: Option<&str>) -> String {
+    let mut element = format!("{};proto=http", forwarded_for(peer));
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        element.push_str(&format!(";host=\"{host}\""));
+    }
+    element
+}
+
+/// The stream stays open, for the idle limit, until its response body is done or dropped.
+fn with_open(response: Response<Body>, open: StreamOpen) -> Response<Body> {
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            let _ = &open;
+            frame
+        })
+        .boxed()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc9110_7_6_1_hop_by_hop_fields_and_those_connection_names_go() {
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("content-type", "application/grpc"),
+        ] {
+            headers.append(n, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["te", "content-type"]);
+        let mut headers = HeaderMap::new();
+        headers.append("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn rfc7239_forwarded_elements() {
+        let v4: SocketAddr = "192.0.2.43:4711".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:cafe::17]:4711".parse().unwrap();
+        assert_eq!(
+            forwarded_for_element(&v4, Some("example.com")),
+            "for=192.0.2.43;proto=http;host=\"example.com\""
+        );
+        assert_eq!(
+            forwarded_for_element(&v6, None),
+            "for=\"[2001:db8:cafe::17]\";proto=http"
+        );
+    }
+}

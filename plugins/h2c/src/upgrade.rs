@@ -1,0 +1,321 @@
+//! The upgraded connection's stream 1, for an HTTP/2 server that has no API for it.
+//!
+//! RFC 9113 §3.2: after the `101` the HTTP/1.1 request that asked to switch is stream 1,
+//! half-closed from the client, and the `HTTP2-Settings` values are the client's initial
+//! settings. The `h2` crate (under hyper) only serves connections that begin with the
+//! client's preface, so the plugin hands it one that does: the bytes a prior-knowledge
+//! client would have sent for the same request ([`preamble`]: preface, a SETTINGS frame
+//! with the `HTTP2-Settings` payload, HEADERS and DATA for stream 1), then everything the
+//! real client sends after its own preface (which is read and dropped).
+//!
+//! The server acknowledges that first SETTINGS frame, which the real client never sent on
+//! the wire; RFC 9113 §3.2 says it is "implicitly acknowledged", and an unexpected ACK is a
+//! connection error to some clients (nghttp2). [`AckFilter`] drops exactly that one ACK
+//! from the server's output.
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest frame payload before the peer says otherwise (SETTINGS_MAX_FRAME_SIZE's initial
+/// value).
+const MAX_FRAME: usize = 16_384;
+/// Stream 1's request body must fit the initial flow-control window (65,535 bytes): the
+/// client could not have sent more before the server's first WINDOW_UPDATE.
+pub const MAX_BODY: usize = 65_535;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// Header fields that belong to the HTTP/1.1 connection, not to the request (RFC 9113
+/// §8.2.2), and `Host`, which becomes `:authority`.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "upgrade",
+    "http2-settings",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "host",
+];
+
+/// The request that asked to switch, as plugin-independent values.
+pub struct Stream1<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub body: &'a [u8],
+}
+
+/// What a prior-knowledge client would have sent: preface, SETTINGS with `settings` (the
+/// decoded `HTTP2-Settings`), then the request as stream 1. The body must be at most
+/// [`MAX_BODY`] bytes.
+pub fn preamble(settings: &[u8], request: &Stream1<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFACE.len() + 9 + settings.len() + 256 + request.body.len());
+    out.extend_from_slice(PREFACE);
+    frame(&mut out, SETTINGS, 0, 0, settings);
+
+    let mut block = Vec::with_capacity(256);
+    let authority = request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map_or(&b""[..], |(_, v)| v);
+    literal(&mut block, b":method", request.method.as_bytes());
+    literal(&mut block, b":scheme", b"http");
+    literal(&mut block, b":authority", authority);
+    literal(&mut block, b":path", request.target.as_bytes());
+    for (name, value) in &request.headers {
+        let lower = name.to_ascii_lowercase();
+        if NOT_FORWARDED.contains(&lower.as_str()) {
+            continue;
+        }
+        // TE may only say "trailers" in HTTP/2 (§8.2.2).
+        if lower == "te" && !value.eq_ignore_ascii_case(b"trailers") {
+            continue;
+        }
+        literal(&mut block, lower.as_bytes(), value);
+    }
+    let end_stream = if request.body.is_empty() {
+        END_STREAM
+    } else {
+        0
+    };
+    let mut pieces = block.chunks(MAX_FRAME).peekable();
+    let first = pieces.next().unwrap_or(&[]);
+    let only = pieces.peek().is_none();
+    let flags = end_stream | if only { END_HEADERS } else { 0 };
+    frame(&mut out, HEADERS, flags, 1, first);
+    while let Some(piece) = pieces.next() {
+        let last = pieces.peek().is_none();
+        frame(
+            &mut out,
+            CONTINUATION,
+            if last { END_HEADERS } else { 0 },
+            1,
+            piece,
+        );
+    }
+    let mut chunks = request.body.chunks(MAX_FRAME).peekable();
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        frame(&mut out, DATA, if last { END_STREAM } else { 0 }, 1, chunk);
+    }
+    out
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// RFC 7541 §6.2.2: a literal header field without indexing, new name; both strings raw
+/// (no Huffman). Nothing enters the server's dynamic table.
+fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    string(out, name);
+    string(out, value);
+}
+
+/// RFC 7541 §5.2: a string literal with H = 0.
+fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+    integer(out, 7, 0x00, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// RFC 7541 §5.1: an integer with an `prefix`-bit prefix; `high` holds the first byte's
+/// other bits.
+fn integer(out: &mut Vec<u8>, prefix: u32, high: u8, value: usize) {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        out.push(high | value as u8);
+        return;
+    }
+    out.push(high | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// Passes the server's output through unchanged except for the first SETTINGS frame with
+/// the ACK flag, which is dropped (see the module's docs). After that it is a plain copy.
+#[derive(Debug, Default)]
+pub struct AckFilter {
+    /// A frame header being gathered (fewer than 9 bytes).
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to pass.
+    payload_left: usize,
+    /// The ACK is gone: everything passes.
+    done: bool,
+}
+
+impl AckFilter {
+    /// True once the ACK was dropped: from then on output needs no filtering.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Takes all of `input`, appending to `out` what goes to the client.
+    pub fn filter(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.done {
+                out.extend_from_slice(input);
+                return;
+            }
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(input.len());
+                out.extend_from_slice(&input[..n]);
+                self.payload_left -= n;
+                input = &input[n..];
+                continue;
+            }
+            let take = (9 - self.header.len()).min(input.len());
+            self.header.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.header.len() < 9 {
+                return;
+            }
+            let header = std::mem::take(&mut self.header);
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            if header[3] == SETTINGS && header[4] & ACK != 0 && len == 0 {
+                self.done = true;
+                continue;
+            }
+            out.extend_from_slice(&header);
+            self.payload_left = len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7541_c_1_integers() {
+        let mut out = Vec::new();
+        integer(&mut out, 5, 0, 10);
+        assert_eq!(out, [10]); // C.1.1
+        out.clear();
+        integer(&mut out, 5, 0, 1337);
+        assert_eq!(out, [31, 154, 10]); // C.1.2
+        out.clear();
+        integer(&mut out, 8, 0, 42);
+        assert_eq!(out, [42]); // C.1.3
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+        let mut rest = bytes;
+        let mut all = Vec::new();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]);
+            all.push((rest[3], rest[4], stream, rest[9..9 + len].to_vec()));
+            rest = &rest[9 + len..];
+        }
+        all
+    }
+
+    #[test]
+    fn preamble_is_preface_settings_headers_data() {
+        let request = Stream1 {
+            method: "POST",
+            target: "/x?y=1",
+            headers: vec![
+                ("Host", b"example.org"),
+                ("Connection", b"Upgrade, HTTP2-Settings"),
+                ("Upgrade", b"h2c"),
+                ("HTTP2-Settings", b"AAMAAABk"),
+                ("TE", b"gzip"),
+                ("X-Trace", b"7"),
+            ],
+            body: b"hello",
+        };
+        let out = preamble(&[0, 3, 0, 0, 0, 100], &request);
+        assert!(out.starts_with(PREFACE));
+        let frames = frames(&out[24..]);
+        assert_eq!(frames[0], (SETTINGS, 0, 0, vec![0, 3, 0, 0, 0, 100]));
+        let (kind, flags, stream, block) = &frames[1];
+        assert_eq!((*kind, *flags, *stream), (HEADERS, END_HEADERS, 1));
+        let mut expected = Vec::new();
+        for (n, v) in [
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":authority", b"example.org"),
+            (b":path", b"/x?y=1"),
+            (b"x-trace", b"7"),
+        ] {
+            literal(&mut expected, n, v);
+        }
+        assert_eq!(block, &expected);
+        assert_eq!(frames[2], (DATA, END_STREAM, 1, b"hello".to_vec()));
+        assert_eq!(frames.len(), 3);
+    }
+
+    #[test]
+    fn large_header_blocks_continue_and_bodies_split() {
+        let big = vec![b'a'; 40_000];
+        let body = vec![7u8; MAX_BODY];
+        let request = Stream1 {
+            method: "GET",
+            target: "/",
+            headers: vec![("Host", b"h"), ("X-Big", &big)],
+            body: &body,
+        };
+        let out = preamble(&[], &request);
+        let frames = frames(&out[24..]);
+        let kinds: Vec<(u8, u8)> = frames.iter().map(|f| (f.0, f.1)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (SETTINGS, 0),
+                (HEADERS, 0),
+                (CONTINUATION, 0),
+                (CONTINUATION, END_HEADERS),
+                (DATA, 0),
+                (DATA, 0),
+                (DATA, 0),
+                (DATA, END_STREAM),
+            ]
+        );
+        let data: usize = frames
+            .iter()
+            .filter(|f| f.0 == DATA)
+            .map(|f| f.3.len())
+            .sum();
+        assert_eq!(data, MAX_BODY);
+    }
+
+    #[test]
+    fn the_first_settings_ack_alone_is_dropped_in_any_split() {
+        let settings = [0, 0, 6, SETTINGS, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let ack = [0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0];
+        let headers = [0, 0, 2, HEADERS, END_HEADERS, 0, 0, 0, 1, 0x88, 0x89];
+        let mut server = Vec::new();
+        server.extend_from_slice(&settings);
+        server.extend_from_slice(&ack);
+        server.extend_from_slice(&headers);
+        server.extend_from_slice(&ack); // the real client's SETTINGS gets its ACK
+        let mut expected = settings.to_vec();
+        expected.extend_from_slice(&headers);
+        expected.extend_from_slice(&ack);
+        for size in 1..=server.len() {
+            let mut filter = AckFilter::default();
+            let mut out = Vec::new();
+            for piece in server.chunks(size) {
+                filter.filter(piece, &mut out);
+            }
+            assert_eq!(out, expected, "in pieces of {size}");
+            assert!(filter.is_done());
+        }
+    }
+}

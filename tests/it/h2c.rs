@@ -1,0 +1,213 @@
+//! The daemon's side of HTTP/2 over cleartext: prior knowledge (RFC 9113 §3.3) handed to the
+//! h2c plugin with every byte after the preface, refused with GOAWAY when not served, and
+//! left to HTTP/1.1 when no h2c plugin is loaded. The plugin itself, with real HTTP/2
+//! clients (Python's h2, curl, nghttp, grpcio), is `tests/h2c/run.sh`.
+
+use crate::support::{Client, Daemon};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/1.1 backend with keep-alive that answers each request with its request line and
+/// its `X-Forwarded-For`.
+fn http1_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut forwarded = String::new();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) =
+                            header.to_ascii_lowercase().strip_prefix("x-forwarded-for:")
+                        {
+                            forwarded = v.trim().to_string();
+                        }
+                    }
+                    let body = format!("{} for {forwarded}", line.trim_end());
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A GET as HPACK literals without indexing (RFC 7541 §6.2.2), short strings only.
+fn get_headers(path: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "t"),
+        (":path", path),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// Reads frames until one of `kind` on `stream`; returns (flags, payload). PINGs are
+/// answered on the way, as every client does.
+fn read_until(client: &mut Client, kind: u8, stream: u32) -> (u8, Vec<u8>) {
+    loop {
+        let header = client.read_exact(9);
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let on = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        let payload = client.read_exact(len);
+        if header[3] == 0x6 && header[4] & 0x1 == 0 {
+            client.send(frame(0x6, 0x1, 0, &payload));
+        }
+        if header[3] == kind && on == stream {
+            return (header[4], payload);
+        }
+    }
+}
+
+#[test]
+fn rfc9113_3_3_prior_knowledge_reaches_the_plugin_with_every_byte_after_the_preface() {
+    let backend = http1_backend();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_H2C_ROUTES", &format!("/=http1://{backend}"))
+        .start();
+    let mut client = daemon.client();
+    // The preface in pieces, the last piece with the SETTINGS and HEADERS behind it: the
+    // daemon waits for the whole preface, and what follows reaches the plugin.
+    client.send(&PREFACE[..7]);
+    std::thread::sleep(Duration::from_millis(50));
+    client.send(&PREFACE[7..20]);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut rest = PREFACE[20..].to_vec();
+    rest.extend(frame(0x4, 0, 0, &[]));
+    rest.extend(frame(0x1, 0x4 | 0x1, 1, &get_headers("/first")));
+    client.send(rest);
+    let (_, settings) = read_until(&mut client, 0x4, 0);
+    assert_eq!(settings.len() % 6, 0, "the server's SETTINGS");
+    let (_, block) = read_until(&mut client, 0x1, 1);
+    assert_eq!(
+        block[0], 0x88,
+        "`:status: 200`, indexed (RFC 7541 Appendix A, index 8)"
+    );
+    let (_, body) = read_until(&mut client, 0x0, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "GET /first HTTP/1.1 for 127.0.0.1"
+    );
+    // The access line, written when the connection ends, says how it arrived: no status,
+    // since no HTTP/1.1 answer was sent.
+    drop(client);
+    daemon
+        .wait_for_log("\"PRI * HTTP/2.0\" - proto=h2c")
+        .unwrap();
+}
+
+#[test]
+fn prior_knowledge_that_is_not_served_gets_goaway_http_1_1_required() {
+    // Loaded, but with no routes: the plugin declines every connection.
+    let daemon = Daemon::builder().plugin("switchyard-h2c").start();
+    let mut client = daemon.client();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    client.send(hello);
+    let (flags, settings) = read_until(&mut client, 0x4, 0);
+    assert_eq!((flags, settings.len()), (0, 0), "an empty SETTINGS first");
+    let (_, goaway) = read_until(&mut client, 0x7, 0);
+    assert_eq!(&goaway[..4], &[0, 0, 0, 0], "no stream was processed");
+    assert_eq!(&goaway[4..8], &[0, 0, 0, 0xd], "HTTP_1_1_REQUIRED");
+    assert!(
+        client.read_to_end().is_empty(),
+        "then the connection closes"
+    );
+    daemon
+        .wait_for_log("HTTP/2 with prior knowledge not served")
+        .unwrap();
+}
+
+#[test]
+fn without_an_h2c_plugin_the_preface_is_answered_as_http_1_1() {
+    let daemon = Daemon::builder().plugin("switchyard-echo").start();
+    let mut client = daemon.client();
+    client.send(PREFACE);
+    let response = client.response();
+    assert_eq!(response.status, 400, "an HTTP/1.1 server's answer");
+}
+
+#[test]
+fn rfc9113_3_2_an_upgrade_without_http2_settings_is_answered_as_http_1_1() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", "/=127.0.0.1:9")
+        .start();
+    let mut client = daemon.client();
+    client.send("GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    let response = client.response();
+    assert_eq!(response.status, 426, "not switched");
+    // The same connection goes on in HTTP/1.1.
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+}
+
+#[test]
+fn a_connection_with_no_stream_for_the_idle_limit_gets_goaway_and_is_closed() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", "/=127.0.0.1:9")
+        .env("SWITCHYARD_H2C_IDLE_MS", "300")
+        .start();
+    let mut client = daemon.client();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    client.send(hello);
+    let (_, goaway) = read_until(&mut client, 0x7, 0);
+    assert_eq!(&goaway[4..8], &[0, 0, 0, 0], "GOAWAY NO_ERROR");
+    // A graceful GOAWAY (RFC 9113 §6.8): a PING to be sure nothing is in flight, then the
+    // last GOAWAY, then the end.
+    let (_, last) = read_until(&mut client, 0x7, 0);
+    assert_eq!(
+        &last[..8],
+        &[0, 0, 0, 0, 0, 0, 0, 0],
+        "no stream was opened"
+    );
+    assert!(
+        client.read_to_end().is_empty(),
+        "then the connection closes"
+    );
+}
