@@ -197,6 +197,9 @@ check(seen["path"] == "/web/x" and seen["method"] == "GET", f"the backend got th
 check(seen["x-forwarded-for"] == "127.0.0.1", f"X-Forwarded-For carries the client ({seen})")
 check(seen["forwarded"].startswith("for=127.0.0.1;proto=http"), f"Forwarded ({seen['forwarded']})")
 check(seen["upgrade"] is None and seen["http2-settings"] is None, "hop-by-hop fields of the upgrade are not forwarded")
+remote = client.conn.remote_settings
+check(remote.max_concurrent_streams == 100, f"SETTINGS_MAX_CONCURRENT_STREAMS is the default 100 ({remote.max_concurrent_streams})")
+check(remote.max_header_list_size == 16384, f"SETTINGS_MAX_HEADER_LIST_SIZE is the default 16384 ({remote.max_header_list_size})")
 acks = [e for e in client.events if isinstance(e, h2.events.SettingsAcknowledged)]
 check(len(acks) == 1, f"exactly one SETTINGS ACK (for the client's SETTINGS frame): {len(acks)}")
 client.conn.ping(b"switchya")

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use upgrade::{AckFilter, Stream1, PREFACE};
 
-/// How often a connection's watcher looks at the daemon and the idle clock.
-const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How often a connection's watcher looks at the idle clock, at most.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct H2c {
     proxy: Arc<Proxy>,
@@ -142,25 +142,39 @@ impl Protocol for H2c {
             proxy::handle(proxy.clone(), streams.clone(), peer, request)
         });
         let idle = config.idle;
-        let ended = self.runtime.block_on(async {
-            let connection = builder.serve_connection(TokioIo::new(io), service);
+        // The connection runs as a task of the runtime, next to its streams and the backend
+        // connections, so a request crosses no thread; this (worker) thread only watches
+        // for what it alone may ask the daemon: whether it is stopping.
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let go_away = Arc::new(tokio::sync::Notify::new());
+        let told = go_away.clone();
+        let task = self.runtime.spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            let mut watch = tokio::time::interval(WATCH_EVERY);
+            tokio::select! {
+                ended = connection.as_mut() => return ended,
+                _ = told.notified() => connection.as_mut().graceful_shutdown(),
+            }
+            connection.await
+        });
+        let ended = self.runtime.block_on(async {
+            let mut task = task;
             let mut going_away = None;
             loop {
+                // The daemon's stop shuts the read side, so it shows as a held end of
+                // input; the idle clock is looked at now and then.
                 tokio::select! {
-                    ended = connection.as_mut() => return (ended, going_away),
-                    _ = watch.tick() => {}
+                    ended = &mut task => return (ended, going_away),
                     _ = gate.held() => {}
+                    _ = tokio::time::sleep(idle.min(IDLE_CHECK)) => {}
                 }
                 if going_away.is_none() {
                     if conn.is_stopping() {
                         gate.stopping();
                         going_away = Some("daemon stopping");
-                        connection.as_mut().graceful_shutdown();
+                        go_away.notify_one();
                     } else if activity.idle_for().is_some_and(|for_| for_ >= idle) {
                         going_away = Some("idle");
-                        connection.as_mut().graceful_shutdown();
+                        go_away.notify_one();
                     }
                 }
                 if going_away != Some("daemon stopping") && gate.is_held() {
@@ -168,6 +182,13 @@ impl Protocol for H2c {
                 }
             }
         });
+        let ended = match ended {
+            (Ok(ended), why) => (ended, why),
+            (Err(e), _) => {
+                // The task panicked (hyper or the plugin's own code): this connection only.
+                return Err(io::Error::other(format!("h2c connection task failed: {e}")));
+            }
+        };
         match ended {
             (Ok(()), why) => {
                 log::debug!(

@@ -32,22 +32,34 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// and to an HTTP/2 backend one connection carries many streams.
 pub struct Proxy {
     pub config: Config,
-    http2: Client<HttpConnector, Incoming>,
+    /// Each client keeps one connection per HTTP/2 backend; streams go round-robin over
+    /// them, so that one backend connection's stream limit (often 100) and its one task do
+    /// not cap every client's streams.
+    http2: Vec<Client<HttpConnector, Incoming>>,
+    next_http2: AtomicUsize,
     http1: Client<HttpConnector, Incoming>,
 }
+
+/// Connections to each HTTP/2 backend.
+const HTTP2_CONNECTIONS: usize = 4;
 
 impl Proxy {
     pub fn new(config: Config) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector.clone());
+        let http2 = (0..HTTP2_CONNECTIONS)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector.clone())
+            })
+            .collect();
         let http1 = Client::builder(TokioExecutor::new()).build(connector);
         Proxy {
             config,
             http2,
+            next_http2: AtomicUsize::new(0),
             http1,
         }
     }
@@ -225,7 +237,8 @@ pub async fn handle(
     let client = match route.protocol {
         BackendProtocol::Http2 => {
             parts.version = Version::HTTP_2;
-            &proxy.http2
+            let next = proxy.next_http2.fetch_add(1, Ordering::Relaxed);
+            &proxy.http2[next % proxy.http2.len()]
         }
         BackendProtocol::Http1 => {
             parts.version = Version::HTTP_11;

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""HTTP/2 proxying: h2load (nghttp2's load generator) with 50 connections and 10 streams
+each (-c50 -m10), HTTP/2 with prior knowledge, through switchyard's h2c plugin and through
+nginx's grpc_pass (its documented way to proxy HTTP/2 to an HTTP/2 backend, with upstream
+keep-alive) to the same backend (nghttpd, nghttp2's server, serving a 64-byte file), and
+straight to the backend. Proxies on core 0, backend and load generator on core 1. Rounds
+interleave the servers; medians of requests per second and p99 latency (from h2load's
+per-request log) are reported, with the proxy's CPU use."""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import cpu_seconds, free_port, stop, wait_listening  # noqa: E402
+
+PROXY_CORE, LOAD_CORE = "0", "1"
+
+
+def start(command, core, env=None):
+    return subprocess.Popen(
+        ["taskset", "-c", core] + command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def h2load(port, requests, workdir):
+    log = os.path.join(workdir, "h2load.log")
+    if os.path.exists(log):
+        os.remove(log)  # h2load appends
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "h2load", "-c50", "-m10", "-n", str(requests),
+         "--log-file", log, "http://127.0.0.1:%d/index.html" % port],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    line = next(l for l in out.splitlines() if l.startswith("finished in"))
+    rate = float(line.split(",")[1].split()[0])
+    done = next(l for l in out.splitlines() if l.startswith("requests:"))
+    failed = int(done.split(",")[4].split()[0])
+    with open(log) as f:
+        # start time (us), status, duration (us) per request
+        times = sorted(int(l.split()[2]) for l in f if l.strip())
+    p99 = times[int(len(times) * 0.99) - 1] / 1000.0
+    return rate, p99, failed
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200_000)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="switchyard-h2c-bench-")
+    os.makedirs(os.path.join(work, "www"))
+    with open(os.path.join(work, "www", "index.html"), "wb") as f:
+        f.write(b"x" * 64)
+    backend_port, nginx_port, switchyard_port = free_port(), free_port(), free_port()
+    backend = start(["nghttpd", "--no-tls", "-d", os.path.join(work, "www"), str(backend_port)], LOAD_CORE)
+    wait_listening(backend_port)
+    with open(os.path.join(work, "nginx.conf"), "w") as f:
+        f.write(
+            "worker_processes 1; daemon off; pid %s/nginx.pid; error_log stderr error;\n"
+            "events { worker_connections 4096; }\n"
+            "http { access_log off; keepalive_requests 1000000;\n"
+            "  upstream backend { server 127.0.0.1:%d; keepalive 64; keepalive_requests 1000000; }\n"
+            "  server { listen 127.0.0.1:%d http2; location / { grpc_pass grpc://backend; } } }\n"
+            % (work, backend_port, nginx_port)
+        )
+    plugins = os.path.join(work, "plugins")
+    os.makedirs(plugins)
+    release = os.path.join(args.root, "target", "release")
+    os.symlink(os.path.join(release, "libswitchyard_h2c.so"), os.path.join(plugins, "libswitchyard_h2c.so"))
+    env = dict(os.environ, SWITCHYARD_LISTEN="127.0.0.1:%d" % switchyard_port, SWITCHYARD_PLUGIN_DIR=plugins,
+               SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % backend_port, RUST_LOG="warn")
+    servers = {
+        "switchyard": (lambda: start([os.path.join(release, "switchyard")], PROXY_CORE, env), switchyard_port),
+        "nginx": (lambda: start(["nginx", "-c", os.path.join(work, "nginx.conf"), "-p", work], PROXY_CORE), nginx_port),
+        "backend": (None, backend_port),
+    }
+    results = {name: [] for name in servers}
+    try:
+        for _ in range(args.rounds):
+            for name, (launch, port) in servers.items():
+                proxy = launch() if launch else None
+                wait_listening(port)
+                h2load(port, 20_000, work)  # warm-up: connections pooled, pages touched
+                before = cpu_seconds(proxy.pid) if proxy else 0.0
+                rate, p99, failed = h2load(port, args.requests, work)
+                used = (cpu_seconds(proxy.pid) - before) if proxy else 0.0
+                if failed:
+                    raise RuntimeError("%s: %d requests failed" % (name, failed))
+                results[name].append((rate, p99, used * rate / args.requests))
+                if proxy:
+                    stop(proxy)
+    finally:
+        stop(backend)
+    med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in results.items()}
+    print("h2load -c50 -m10, %d requests of a 64-byte file, %d rounds (medians)" % (args.requests, args.rounds))
+    print("%-11s %12s %9s %14s" % ("server", "requests/s", "p99 ms", "proxy CPU, s/s"))
+    for name, (rate, p99, cpu) in med.items():
+        print("%-11s %12.0f %9.2f %14s" % (name, rate, p99, "-" if name == "backend" else "%.2f" % cpu))
+    sw, ng = med["switchyard"], med["nginx"]
+    print("switchyard / nginx grpc_pass: %.2fx requests/s, p99 %.2f ms vs %.2f ms" % (sw[0] / ng[0], sw[1], ng[1]))
+    print("per round, switchyard / nginx:", " ".join(
+        "%.2fx" % (s[0] / n[0]) for s, n in zip(results["switchyard"], results["nginx"])))
+
+
+if __name__ == "__main__":
+    main()
