@@ -250,6 +250,23 @@ check(client.status(streams["refused"]) == 502, "backend refused: 502 on that st
 check(client.status(streams["full"]) == 504, "backend did not connect in time: 504 on that stream")
 check(client.json(streams["ok"])["host"] == "test.example", "an HTTP/1.1 backend gets the client's authority as Host")
 
+# -- A backend's reset reaches the client: its stream is reset, not ended as if whole. ----
+reset = client.get("/reset/x")
+check(client.pump_until(lambda: client.finished(reset)), "the stream the backend reset ended")
+r = client.responses[reset]
+check("reset" in r and not r.get("ended"), f"the client saw a reset, not a whole answer ({r})")
+check(r.get("body", b"") in (b"", b"partial"), "no more than the backend sent")
+
+# -- Trailers pass both ways: the request's reach the backend, the backend's the client. ---
+t = client.conn.get_next_available_stream_id()
+client.conn.send_headers(t, [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", "/trailers/x"), ("te", "trailers")])
+client.conn.send_data(t, b"request body")
+client.conn.send_headers(t, [("x-checksum", "abc123")], end_stream=True)
+client.send()
+check(client.pump_until(lambda: client.finished(t)), "the trailers stream ended")
+got = client.responses[t].get("trailers", {})
+check(got.get(b"echo-x-checksum") == b"abc123", f"request trailers reached the backend, response trailers came back ({got})")
+
 # -- A stream error: a malformed request, END_STREAM on HEADERS that promise a body with
 #    content-length (RFC 9113 §8.1.1): RST_STREAM PROTOCOL_ERROR; the connection goes on. --
 bad = client.conn.get_next_available_stream_id()

@@ -47,8 +47,10 @@ start_backend "$root/tests/h2c/grpc_backend.py"
 grpc=$port
 start_backend "$root/tests/h2c/full_backend.py"
 full=$port
+start_backend "$root/tests/h2c/h2_backend.py"
+h2backend=$port
 
-export SWITCHYARD_H2C_ROUTES="/switchyard.test.Echo/=127.0.0.1:$grpc,/web/=http1://127.0.0.1:$http1,/refused/=127.0.0.1:1,/full/=127.0.0.1:$full"
+export SWITCHYARD_H2C_ROUTES="/switchyard.test.Echo/=127.0.0.1:$grpc,/web/=http1://127.0.0.1:$http1,/refused/=127.0.0.1:1,/full/=127.0.0.1:$full,/reset/=127.0.0.1:$h2backend,/trailers/=127.0.0.1:$h2backend"
 export SWITCHYARD_H2C_CONNECT_TIMEOUT_MS=500
 # shellcheck source=../scripts/start-daemon.sh
 . "$root/tests/scripts/start-daemon.sh"
