@@ -2,11 +2,15 @@
 //! §3.2) and by prior knowledge (RFC 9113 §3.3), every stream proxied to the backend its
 //! path is routed to (`SWITCHYARD_H2C_ROUTES`), gRPC included.
 //!
-//! The HTTP/2 is hyper's (and h2's under it) on a tokio runtime inside the plugin. `serve`
-//! runs on the daemon's worker thread and waits there, driving the connection, while the
-//! runtime's threads serve its streams. What hyper lacks for an upgrade (stream 1 made of
-//! the HTTP/1.1 request) is in [`upgrade`]; how end of input is told from the daemon
-//! stopping, in [`client_io`].
+//! The HTTP/2 is hyper's (and h2's under it) on a tokio runtime inside the plugin. Each
+//! client connection is a task of that runtime, beside its streams and the pooled backend
+//! connections, so a request crosses no thread; `serve` waits on the daemon's worker thread
+//! and watches for what only that thread may ask the daemon (whether it is stopping). What
+//! hyper lacks for an upgrade (stream 1 made of the HTTP/1.1 request) is in [`upgrade`];
+//! how end of input is told from the daemon stopping, in [`client_io`].
+//!
+//! The access line's byte counts cover the upgrade request only: the runtime reads and
+//! writes the socket itself, past the daemon's counters.
 //!
 //! - A path with no route gets `404` on its stream; a backend that refuses `502`, one that
 //!   does not connect in time `504`; other streams live on.
