@@ -3,6 +3,7 @@
 //! Every invalid value stops the start with a message naming the variable and the value;
 //! `main` exits with status 2.
 
+use crate::proxy_protocol::{Mode, ProxyProtocol};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub struct Config {
     /// `SWITCHYARD_PLUGIN_PANIC_LIMIT`: a plugin that panics more often than this within a
     /// minute leaves service until a restart; 0 never takes one out.
     pub plugin_panic_limit: u64,
+    /// `SWITCHYARD_PROXY_PROTOCOL` and `SWITCHYARD_PROXY_FROM`.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// One setting as an operator sees it: in `--help` and in the README's table, which a test
@@ -125,6 +128,16 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_WORKER_STACK_BYTES",
         default: "`262144`",
         meaning: "stack size of a worker thread (plugin code runs there); only the pages a plugin touches cost memory (about 12 KiB for a WebSocket)",
+    },
+    Setting {
+        variable: "SWITCHYARD_PROXY_PROTOCOL",
+        default: "`off`",
+        meaning: "`v1`, `v2` or `any`: connections from `SWITCHYARD_PROXY_FROM` start with a PROXY protocol header (HAProxy's), and its client address is the peer everywhere (access line, plugins, `X-Forwarded-For`); a missing, malformed or incomplete one (within the head time-out), or one from any other peer, closes the connection with a log line",
+    },
+    Setting {
+        variable: "SWITCHYARD_PROXY_FROM",
+        default: "none",
+        meaning: "the load balancers that send the PROXY protocol header, addresses or CIDR blocks, comma-separated; required when `SWITCHYARD_PROXY_PROTOCOL` is on",
     },
     Setting {
         variable: "RUST_LOG",
@@ -217,8 +230,33 @@ impl Config {
             plugin_panic_limit: parse_or(get("SWITCHYARD_PLUGIN_PANIC_LIMIT"), 10, |v| {
                 count(v, 0, 1 << 30).map(|n| n as u64)
             })?,
+            proxy_protocol: proxy_protocol(
+                get("SWITCHYARD_PROXY_PROTOCOL"),
+                get("SWITCHYARD_PROXY_FROM"),
+            )?,
         })
     }
+}
+
+/// The PROXY protocol settings: `SWITCHYARD_PROXY_FROM` is required when it is on (a header
+/// from anyone would let anyone choose the address they are logged as), and meaningless
+/// when it is off.
+fn proxy_protocol(
+    mode: Option<(&'static str, String)>,
+    from: Option<(&'static str, String)>,
+) -> Result<ProxyProtocol, ConfigError> {
+    let mode = parse_or(mode, Mode::Off, Mode::parse)?;
+    let from = parse_or(from, Vec::new(), ProxyProtocol::parse_from)?;
+    if mode != Mode::Off && from.is_empty() {
+        return Err(ConfigError {
+            variable: "SWITCHYARD_PROXY_FROM",
+            value: String::new(),
+            reason: "required when SWITCHYARD_PROXY_PROTOCOL is on: the load balancers' \
+                     addresses or CIDR blocks"
+                .into(),
+        });
+    }
+    Ok(ProxyProtocol { mode, from })
 }
 
 /// The default plugin folder: the one holding the `switchyard` executable. `cargo build

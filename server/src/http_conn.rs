@@ -16,6 +16,7 @@ use crate::http::HttpError;
 use crate::metrics::Held;
 use crate::negotiation::Upgrade;
 use crate::prior_knowledge::{self, Start};
+use crate::proxy_protocol;
 use crate::route::{route, Offer, Route};
 use crate::shared::{Shared, Ticket};
 use mio::net::TcpStream;
@@ -59,6 +60,27 @@ pub struct HttpConn {
     pub readable: bool,
     /// The socket may take more bytes: set by a writable event, cleared by a short write.
     pub writable: bool,
+    /// Whether the connection's first bytes are still to be looked at for a PROXY protocol
+    /// header.
+    proxy: ProxyHeader,
+}
+
+/// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyHeader {
+    /// From a load balancer in `SWITCHYARD_PROXY_FROM`: required.
+    Expected,
+    /// From anyone else while the protocol is on: refused if it comes.
+    Forbidden,
+    /// Read, or none to look for.
+    Done,
+}
+
+/// What looking for a PROXY protocol header came to.
+enum ProxyStep {
+    Wait,
+    Done,
+    Closed,
 }
 
 enum Phase {
@@ -153,6 +175,11 @@ impl HttpConn {
             // first event instead of guessing.
             readable: false,
             writable: true,
+            proxy: match &shared.config.proxy_protocol {
+                pp if pp.expects_header_from(peer.ip()) => ProxyHeader::Expected,
+                pp if pp.mode != proxy_protocol::Mode::Off => ProxyHeader::Forbidden,
+                _ => ProxyHeader::Done,
+            },
         }
     }
 
@@ -167,6 +194,7 @@ impl HttpConn {
         now: Instant,
     ) -> HttpConn {
         let mut conn = HttpConn::new(stream, peer, ticket, shared, now);
+        conn.proxy = ProxyHeader::Done; // `peer` is the client's already
         conn.readable = true; // bytes may have arrived while it was away
         conn.input = input;
         conn.requests = 1;
@@ -250,6 +278,13 @@ impl HttpConn {
                 After::Close
             }
             Phase::Head if self.input.is_empty() && self.requests > 0 => After::Close, // idle keep-alive
+            Phase::Head if self.proxy == ProxyHeader::Expected => {
+                log::warn!(
+                    "{}: PROXY protocol header incomplete within the head time-out; connection closed",
+                    self.peer
+                );
+                After::Close
+            }
             // The request was answered already; one answer per request, so just close.
             Phase::SkipBody(_) => After::Close,
             Phase::Head | Phase::UpgradeBody(_) => {
@@ -476,6 +511,16 @@ impl HttpConn {
                         return progressed; // the client reads our answers first
                     }
                     self.request_started.get_or_insert(cx.now);
+                    if self.proxy != ProxyHeader::Done {
+                        match self.proxy_header(cx) {
+                            ProxyStep::Wait => return progressed,
+                            ProxyStep::Closed => return true,
+                            ProxyStep::Done => {
+                                progressed = true;
+                                continue;
+                            }
+                        }
+                    }
                     if self.requests == 0 {
                         match self.prior_knowledge(cx) {
                             Start::Http1 => {}
@@ -507,6 +552,41 @@ impl HttpConn {
             }
             progressed = true;
         }
+    }
+
+    /// The PROXY protocol header a load balancer sends before anything else: its client
+    /// address becomes this connection's peer. Anything wrong closes the connection.
+    fn proxy_header(&mut self, cx: &mut Context<'_>) -> ProxyStep {
+        let refusal = match self.proxy {
+            ProxyHeader::Done => return ProxyStep::Done,
+            ProxyHeader::Forbidden => match proxy_protocol::looks_like_header(&self.input) {
+                None => return ProxyStep::Wait,
+                Some(false) => {
+                    self.proxy = ProxyHeader::Done;
+                    return ProxyStep::Done;
+                }
+                Some(true) => "a PROXY protocol header from a peer not in SWITCHYARD_PROXY_FROM",
+            },
+            ProxyHeader::Expected => {
+                let mode = cx.shared.config.proxy_protocol.mode;
+                match proxy_protocol::header(&self.input, mode) {
+                    proxy_protocol::Header::Incomplete => return ProxyStep::Wait,
+                    proxy_protocol::Header::Complete { len, client } => {
+                        if let Some(client) = client {
+                            log::debug!("{}: PROXY protocol: the client is {client}", self.peer);
+                            self.peer = client;
+                        }
+                        self.input.drain(..len);
+                        self.proxy = ProxyHeader::Done;
+                        return ProxyStep::Done;
+                    }
+                    proxy_protocol::Header::Refused(why) => why,
+                }
+            }
+        };
+        log::warn!("{}: {refusal}; connection closed", self.peer);
+        self.close_after_output();
+        ProxyStep::Closed
     }
 
     /// The first bytes of a connection, when a plugin takes HTTP/2 with prior knowledge: the

@@ -1,7 +1,9 @@
 //! The pure parts of the switchyard daemon, bytes in and decisions out, with no sockets:
-//! HTTP/1.1 heads, bodies and responses ([`http`]) and what to do with a request
-//! ([`route`]). A library so that fuzzers (`fuzz/`) and benchmarks can drive exactly the
+//! HTTP/1.1 heads, bodies and responses ([`http`]), what to do with a request
+//! ([`route`]), and the PROXY protocol header a load balancer sends first
+//! ([`proxy_protocol`]). A library so that fuzzers (`fuzz/`) and benchmarks can drive exactly the
 //! code the daemon runs; the daemon itself is this package's binary.
 
 pub mod http;
+pub mod proxy_protocol;
 pub mod route;

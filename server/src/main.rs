@@ -25,7 +25,7 @@ mod timers;
 mod workers;
 
 /// The pure parts live in this package's library (also driven by the fuzzers).
-use switchyard::{http, route};
+use switchyard::{http, proxy_protocol, route};
 
 use std::process::ExitCode;
 

@@ -12,6 +12,7 @@ mod limits;
 mod loading;
 mod plugins;
 mod promises;
+mod proxy_protocol;
 mod readiness;
 mod sdk;
 mod systemd;

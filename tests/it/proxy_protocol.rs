@@ -1,0 +1,200 @@
+//! The PROXY protocol in front of HTTP: real HAProxy (Debian's `haproxy`; `.ci/run` installs
+//! it) with `send-proxy` and `send-proxy-v2` before a WebSocket, and the refusals.
+
+use crate::support::Daemon;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// HAProxy in TCP mode on a free port, passing connections to `daemon` with `send_proxy`.
+struct Haproxy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(daemon: SocketAddr, send_proxy: &str) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            // A port free a moment ago; if it was taken meanwhile HAProxy exits: try another.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let config = dir.path().join("haproxy.cfg");
+            std::fs::write(
+                &config,
+                format!(
+                    "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                     frontend in\n  bind {addr}\n  default_backend switchyard\n\
+                     backend switchyard\n  server s1 {daemon} {send_proxy}\n"
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("haproxy")
+                .arg("-db") // foreground
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("haproxy (Debian's haproxy package; .ci/run installs it)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if TcpStream::connect(addr).is_ok() {
+                    return Haproxy {
+                        child,
+                        addr,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("haproxy did not start");
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP connection from 127.0.0.2, so that the client's address is not HAProxy's.
+fn connect_from_127_0_0_2(to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.connect(&to.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+fn daemon(env: &[(&str, &str)]) -> Daemon {
+    let mut builder = Daemon::builder().plugin("switchyard-websocket");
+    for (name, value) in env {
+        builder = builder.env(name, value);
+    }
+    builder.start()
+}
+
+#[test]
+fn haproxy_send_proxy_v1_and_v2_carry_the_client_address_through_a_websocket() {
+    for (send_proxy, mode) in [
+        ("send-proxy", "v1"),
+        ("send-proxy-v2", "v2"),
+        ("send-proxy-v2", "any"),
+    ] {
+        let daemon = daemon(&[
+            ("SWITCHYARD_PROXY_PROTOCOL", mode),
+            ("SWITCHYARD_PROXY_FROM", "127.0.0.1"),
+        ]);
+        let haproxy = Haproxy::start(daemon.addr, send_proxy);
+        let stream = connect_from_127_0_0_2(haproxy.addr);
+        let client_addr = stream.local_addr().unwrap();
+        let (mut ws, response) =
+            tungstenite::client(format!("ws://{}/chat", haproxy.addr), stream).expect("handshake");
+        assert_eq!(response.status(), 101);
+        ws.send(tungstenite::Message::text("through the balancer"))
+            .unwrap();
+        let echoed = ws.read().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), "through the balancer");
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+        drop(ws);
+        let line = daemon
+            .wait_for_log(&format!("{client_addr} \"GET /chat HTTP/1.1\" 101"))
+            .unwrap_or_else(|e| panic!("{send_proxy} ({mode}): {e}"));
+        assert!(line.contains("proto=websocket"), "{line}");
+    }
+}
+
+#[test]
+fn a_header_from_a_peer_not_allowed_is_refused_and_plain_http_from_it_served() {
+    let daemon = daemon(&[
+        ("SWITCHYARD_PROXY_PROTOCOL", "any"),
+        ("SWITCHYARD_PROXY_FROM", "10.0.0.0/8"),
+    ]);
+    let mut client = TcpStream::connect(daemon.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(
+            b"PROXY TCP4 203.0.113.9 10.0.0.1 4000 80\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "closed without an answer: {answer:?}");
+    daemon
+        .wait_for_log("a PROXY protocol header from a peer not in SWITCHYARD_PROXY_FROM")
+        .unwrap();
+    // The same peer, speaking plain HTTP, is served.
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+}
+
+#[test]
+fn an_allowed_peer_must_send_the_header_and_may_send_it_in_pieces() {
+    let daemon = daemon(&[
+        ("SWITCHYARD_PROXY_PROTOCOL", "v1"),
+        ("SWITCHYARD_PROXY_FROM", "127.0.0.0/8"),
+    ]);
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        client.read_to_end().is_empty(),
+        "no header: closed, no answer"
+    );
+    daemon
+        .wait_for_log("no PROXY protocol header from a peer in SWITCHYARD_PROXY_FROM")
+        .unwrap();
+
+    let mut client = daemon.client();
+    client.send("PROXY TCP4 198.51.100.7 10.0.0.1 41");
+    std::thread::sleep(Duration::from_millis(50));
+    client.send("000 80\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+    daemon
+        .wait_for_log("198.51.100.7:41000 \"GET /healthz HTTP/1.1\" 200")
+        .unwrap();
+
+    let mut client = daemon.client();
+    client.send("PROXY TCP4 198.51.100.7 10.0.0.1 41000\r\nGET / HTTP/1.1\r\n\r\n");
+    assert!(client.read_to_end().is_empty(), "malformed: closed");
+    daemon
+        .wait_for_log("a malformed PROXY protocol v1 header")
+        .unwrap();
+}
+
+#[test]
+fn the_protocol_on_without_its_peers_is_refused_at_start() {
+    let (status, logs) = Daemon::builder()
+        .env("SWITCHYARD_PROXY_PROTOCOL", "v2")
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(logs.contains("SWITCHYARD_PROXY_FROM"), "{logs}");
+    let (status, logs) = Daemon::builder()
+        .env("SWITCHYARD_PROXY_PROTOCOL", "yes")
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(logs.contains("expected off, v1, v2 or any"), "{logs}");
+}
