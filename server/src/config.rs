@@ -45,6 +45,8 @@ pub struct Config {
     pub plugin_panic_limit: u64,
     /// `SWITCHYARD_PROXY_PROTOCOL` and `SWITCHYARD_PROXY_FROM`.
     pub proxy_protocol: ProxyProtocol,
+    /// `SWITCHYARD_REUSE_PORT`: bind with SO_REUSEPORT, beside other instances.
+    pub reuse_port: bool,
 }
 
 /// One setting as an operator sees it: in `--help` and in the README's table, which a test
@@ -138,6 +140,11 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_PROXY_FROM",
         default: "none",
         meaning: "the load balancers that send the PROXY protocol header, addresses or CIDR blocks, comma-separated; required when `SWITCHYARD_PROXY_PROTOCOL` is on",
+    },
+    Setting {
+        variable: "SWITCHYARD_REUSE_PORT",
+        default: "`off`",
+        meaning: "`on`: bind with SO_REUSEPORT, so several instances share the port and the kernel spreads connections over them; one stopping refuses none (with `net.ipv4.tcp_migrate_req=1`, which the daemon warns about when it is 0: otherwise connections still queued on the stopping instance are reset)",
     },
     Setting {
         variable: "RUST_LOG",
@@ -234,6 +241,7 @@ impl Config {
                 get("SWITCHYARD_PROXY_PROTOCOL"),
                 get("SWITCHYARD_PROXY_FROM"),
             )?,
+            reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
         })
     }
 }
@@ -287,6 +295,14 @@ fn parse_or<T>(
             value,
             reason,
         }),
+    }
+}
+
+fn on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off".into()),
     }
 }
 

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         log::info!("serving the socket the service manager passed (socket activation)");
         std::net::TcpListener::from(inherited.swap_remove(0))
     } else {
-        match std::net::TcpListener::bind(listen) {
+        match bind(listen, config.reuse_port) {
             Ok(listener) => listener,
             Err(e) => {
                 log::error!("cannot listen on {listen} (SWITCHYARD_LISTEN): {e}");
@@ -198,6 +198,35 @@ fn check_report(config: &config::Config, registry: &plugin::Registry) -> String 
     );
     out
 }
+
+/// Binds `SWITCHYARD_LISTEN`; with `SWITCHYARD_REUSE_PORT` as one of several sockets on the
+/// same port (SO_REUSEPORT: the kernel spreads new connections over the instances).
+fn bind(listen: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    if !reuse_port {
+        return std::net::TcpListener::bind(listen);
+    }
+    if sys::tcp_migrate_req() == Some(false) {
+        log::warn!(
+            "SWITCHYARD_REUSE_PORT is on but net.ipv4.tcp_migrate_req is 0: connections still \
+             in this instance's accept queue when it stops are reset instead of passed to \
+             the other instances on the port; set it to 1 (Linux 5.14 or later)"
+        );
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&listen.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The accept queue's length for a socket we bind ourselves (the kernel caps it at
+/// net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// Starts the event loops on `listener` and supervises them until the stop is over.
 fn serve(

@@ -51,3 +51,11 @@ pub fn inherited_fd(fd: RawFd) -> Option<OwnedFd> {
         Some(OwnedFd::from_raw_fd(fd))
     }
 }
+
+/// `net.ipv4.tcp_migrate_req`: whether a closing SO_REUSEPORT listener's queued connections
+/// move to another listener on the port. `None` where the kernel has no such setting.
+pub fn tcp_migrate_req() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .ok()
+        .map(|v| v.trim() != "0")
+}
