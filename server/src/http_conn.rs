@@ -15,6 +15,7 @@ use crate::http::response::{DateCache, Response, CONTINUE};
 use crate::http::HttpError;
 use crate::metrics::Held;
 use crate::negotiation::Upgrade;
+use crate::plugin::Registry;
 use crate::prior_knowledge::{self, Start};
 use crate::proxy_protocol;
 use crate::route::{route, Offer, Route};
@@ -138,7 +139,10 @@ impl MetricsCache {
                     open_connections: shared.open_connections(),
                     connections_max: shared.config.max_connections,
                 };
-                let body = shared.metrics.render(shared.registry, &gauges).into_bytes();
+                let body = shared
+                    .metrics
+                    .render(shared.registry(), &gauges)
+                    .into_bytes();
                 self.rendered = Some((now, body.clone()));
                 body
             }
@@ -592,7 +596,8 @@ impl HttpConn {
     /// The first bytes of a connection, when a plugin takes HTTP/2 with prior knowledge: the
     /// whole preface goes to it as an upgrade with no `101`.
     fn prior_knowledge(&mut self, cx: &mut Context<'_>) -> Start {
-        let Some(plugin) = prior_knowledge::plugin(cx.shared.registry) else {
+        let registry = cx.shared.registry();
+        let Some(plugin) = prior_knowledge::plugin(registry) else {
             return Start::Http1;
         };
         let start = prior_knowledge::classify(&self.input);
@@ -600,7 +605,7 @@ impl HttpConn {
             self.requests += 1;
             self.input.drain(..prior_knowledge::PREFACE.len());
             let started = self.request_started.take().unwrap_or(cx.now);
-            let upgrade = prior_knowledge::upgrade(plugin, started);
+            let upgrade = prior_knowledge::upgrade(registry, plugin, started);
             self.phase = Phase::UpgradeReady(Box::new(upgrade));
         }
         start
@@ -615,10 +620,12 @@ impl HttpConn {
         let bytes = &self.input[..head.len];
         let request_line =
             access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
-        let registry = cx.shared.registry;
+        let registry = cx.shared.registry();
         let in_service = |plugin| registry.in_service(plugin);
         let response = match route(&head, bytes, &registry.tokens, &in_service) {
-            Route::Upgrade(offers) => return self.upgrade_request(cx, head, offers, started),
+            Route::Upgrade(offers) => {
+                return self.upgrade_request(cx, head, registry, offers, started)
+            }
             Route::Metrics => {
                 let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))
                     .header("Content-Type", "text/plain; version=0.0.4");
@@ -669,6 +676,7 @@ impl HttpConn {
         &mut self,
         cx: &mut Context<'_>,
         head: Head,
+        registry: &'static Registry,
         offers: Vec<Offer>,
         started: Instant,
     ) {
@@ -678,7 +686,7 @@ impl HttpConn {
         // Only workers can serve these offers, and none is free: say so before `100`.
         let no_capacity = offers
             .iter()
-            .all(|o| !shared.registry.plugins[o.plugin].is_readiness())
+            .all(|o| !registry.plugins[o.plugin].is_readiness())
             && !shared.pool.has_room();
         let refusal = if shared.is_stopping() {
             Some("the server is stopping")
@@ -727,6 +735,7 @@ impl HttpConn {
             head,
             head_bytes,
             body: Vec::new(),
+            registry,
             offers,
             started,
             prior_knowledge: false,

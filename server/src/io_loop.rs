@@ -351,20 +351,17 @@ impl Loop {
                 session,
                 switching,
             } => {
-                let plugin_index = upgrade.offers[offer].plugin;
-                let plugin = &shared.registry.plugins[plugin_index];
+                let plugin = upgrade.plugin(offer);
                 let began = Instant::now();
                 let started = plugin.start(session, &upgrade.parts(&peer, offer));
-                self.now = shared
-                    .metrics
-                    .timed_call(plugin_index, plugin, "start", began);
+                self.now = shared.metrics.timed_call(plugin, "start", began);
                 match started {
                     Ok(handler) => {
                         self.start_session(slot, &upgrade, offer, handler, switching);
                         return false;
                     }
                     Err(failure) => {
-                        plugin_failed(shared, plugin_index, "start", &peer, &failure);
+                        plugin_failed(shared, plugin, "start", &peer, &failure);
                         (
                             Response::error(500, "internal error"),
                             Some("plugin failed in start"),
@@ -373,7 +370,7 @@ impl Loop {
                 }
             }
             Outcome::Answer(response, reason) => (response, Some(reason)),
-            Outcome::Declined => (upgrade.plain_answer(shared.registry), None),
+            Outcome::Declined => (upgrade.plain_answer(), None),
             Outcome::Elsewhere(offer) => match shared.pool.try_reserve() {
                 Some(worker) => {
                     self.hand_to_worker(slot, upgrade, offer, worker);

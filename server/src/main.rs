@@ -143,7 +143,7 @@ fn help() -> String {
     let mut out = format!(
         "{}: an HTTP/1.1 daemon that switches connections to protocols served by plugins\n\n\
          Usage: switchyard [--check | --version | --help]\n\
-         \x20 (none)     serve until SIGTERM or SIGINT\n\
+         \x20 (none)     serve until SIGTERM or SIGINT; SIGHUP reloads the plugin folder\n\
          \x20 --check    check every setting and load the plugins, say what would serve which\n\
          \x20            token, and exit: 0, or 2 on any problem (the port is not bound)\n\
          \x20 --version  the version and the plugin ABI it loads\n\
@@ -234,7 +234,7 @@ fn serve(
     listener: std::net::TcpListener,
     notifier: notify::Notifier,
 ) -> Result<(), String> {
-    let signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT])
+    let signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
         .map_err(|e| format!("cannot watch for signals: {e}"))?;
     let threads = shared.config.io_threads;
     let mut loops = Vec::with_capacity(threads);

@@ -2,7 +2,7 @@
 //! operator graphs and alerts on. Updated with relaxed atomics from the event loop and the
 //! workers; read only when scraped.
 
-use crate::plugin::{Plugin, Registry};
+use crate::plugin::{Plugin, PluginStats, Registry};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -12,14 +12,13 @@ pub struct Metrics {
     accepted: AtomicU64,
     /// Responses the daemon wrote itself, by status class 1xx..5xx.
     responses: [AtomicU64; 5],
-    /// Connections switched, by plugin index.
-    switches: Box<[AtomicU64]>,
-    /// Panics caught at the plugin boundary, by plugin index.
-    panics: Box<[AtomicU64]>,
-    /// Plugin calls on an event loop that took longer than `SLOW_CALL`, by plugin index.
-    slow_calls: Box<[AtomicU64]>,
-    /// When a slow call was last logged, by plugin index (milliseconds since `epoch`).
-    slow_logged: Box<[AtomicU64]>,
+    /// Connections switched and plugin panics, every plugin of every generation (each
+    /// plugin counts its own too, in [`PluginStats`]).
+    switches: AtomicU64,
+    panics: AtomicU64,
+    /// Reloads (SIGHUP) that loaded every file, and those where one failed.
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
     /// Upgraded connections ended by the daemon: idle, write time-out.
     ended_idle: AtomicU64,
     ended_write_timeout: AtomicU64,
@@ -61,19 +60,15 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn counters(n: usize) -> Box<[AtomicU64]> {
-    (0..n).map(|_| AtomicU64::new(0)).collect()
-}
-
 impl Metrics {
-    pub fn new(plugins: usize) -> Metrics {
+    pub fn new() -> Metrics {
         Metrics {
             accepted: AtomicU64::new(0),
             responses: Default::default(),
-            switches: counters(plugins),
-            panics: counters(plugins),
-            slow_calls: counters(plugins),
-            slow_logged: counters(plugins),
+            switches: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
             ended_idle: AtomicU64::new(0),
             ended_write_timeout: AtomicU64::new(0),
             http_connections: AtomicI64::new(0),
@@ -84,17 +79,19 @@ impl Metrics {
     /// Notes a plugin call on an event loop that began at `began`; one that took longer
     /// than [`SLOW_CALL`](crate::negotiation::SLOW_CALL) is counted, and logged at most
     /// every ten seconds per plugin. Returns the time now.
-    pub fn timed_call(&self, index: usize, plugin: &Plugin, call: &str, began: Instant) -> Instant {
+    pub fn timed_call(&self, plugin: &Plugin, call: &str, began: Instant) -> Instant {
         let now = Instant::now();
         let took = now.duration_since(began);
         if took < crate::negotiation::SLOW_CALL {
             return now;
         }
-        let slow = self.slow_calls[index].fetch_add(1, Relaxed) + 1;
+        let slow = plugin.stats.slow_calls.fetch_add(1, Relaxed) + 1;
         let at = now.duration_since(epoch()).as_millis() as u64;
-        let last = self.slow_logged[index].load(Relaxed);
+        let last = plugin.stats.slow_logged.load(Relaxed);
         if (last == 0 || at.saturating_sub(last) >= SLOW_LOG_EVERY.as_millis() as u64)
-            && self.slow_logged[index]
+            && plugin
+                .stats
+                .slow_logged
                 .compare_exchange(last, at.max(1), Relaxed, Relaxed)
                 .is_ok()
         {
@@ -128,22 +125,31 @@ impl Metrics {
         }
     }
 
-    pub fn switched(&self, plugin: usize) {
-        self.switches[plugin].fetch_add(1, Relaxed);
+    pub fn switched(&self, plugin: &Plugin) {
+        self.switches.fetch_add(1, Relaxed);
+        plugin.stats.switches.fetch_add(1, Relaxed);
     }
 
-    pub fn panicked(&self, plugin: usize) {
-        self.panics[plugin].fetch_add(1, Relaxed);
+    pub fn panicked(&self, plugin: &Plugin) {
+        self.panics.fetch_add(1, Relaxed);
+        plugin.stats.panics.fetch_add(1, Relaxed);
     }
 
     /// One line for the log at exit.
     pub fn summary(&self) -> String {
-        let total = |c: &[AtomicU64]| c.iter().map(|v| v.load(Relaxed)).sum::<u64>();
         format!(
             "{} connection(s) switched, {} plugin panic(s)",
-            total(&self.switches),
-            total(&self.panics)
+            self.switches.load(Relaxed),
+            self.panics.load(Relaxed)
         )
+    }
+
+    /// Counts a reload: `ok` when every file in the folder loaded (or was unchanged).
+    pub fn reloaded(&self, ok: bool) {
+        match ok {
+            true => self.reloads_ok.fetch_add(1, Relaxed),
+            false => self.reloads_failed.fetch_add(1, Relaxed),
+        };
     }
 
     pub fn render(&self, registry: &Registry, gauges: &Gauges) -> String {
@@ -155,12 +161,14 @@ impl Metrics {
             }
         };
         let plain = |v: u64| vec![(String::new(), v)];
-        let per_plugin = |counters: &[AtomicU64]| -> Vec<(String, u64)> {
+        let per_plugin = |counter: fn(&PluginStats) -> &AtomicU64| -> Vec<(String, u64)> {
             registry
                 .plugins
                 .iter()
-                .zip(counters)
-                .map(|(p, c)| (format!("{{plugin=\"{}\"}}", p.name), c.load(Relaxed)))
+                .map(|p| {
+                    let value = counter(&p.stats).load(Relaxed);
+                    (format!("{{plugin=\"{}\"}}", p.name), value)
+                })
                 .collect()
         };
         metric(
@@ -241,13 +249,13 @@ impl Metrics {
             "switchyard_switches_total",
             "counter",
             "Connections switched to a plugin.",
-            &per_plugin(&self.switches),
+            &per_plugin(|s| &s.switches),
         );
         metric(
             "switchyard_plugin_panics_total",
             "counter",
             "Panics caught at the plugin boundary (each cost one connection).",
-            &per_plugin(&self.panics),
+            &per_plugin(|s| &s.panics),
         );
         let in_service: Vec<(String, u64)> = registry
             .plugins
@@ -269,7 +277,26 @@ impl Metrics {
             "switchyard_plugin_slow_calls_total",
             "counter",
             "Plugin calls on an event loop that took over 5 ms (each held up that loop).",
-            &per_plugin(&self.slow_calls),
+            &per_plugin(|s| &s.slow_calls),
+        );
+        metric(
+            "switchyard_plugin_generation",
+            "gauge",
+            "The plugin folder's generation serving new connections: 1 at start, one more for each reload (SIGHUP).",
+            &plain(registry.generation),
+        );
+        let reloads = vec![
+            ("{result=\"ok\"}".to_string(), self.reloads_ok.load(Relaxed)),
+            (
+                "{result=\"failed\"}".to_string(),
+                self.reloads_failed.load(Relaxed),
+            ),
+        ];
+        metric(
+            "switchyard_reloads_total",
+            "counter",
+            "Reloads of the plugin folder (SIGHUP): ok, or failed when a file did not load (the previous generation of that plugin serves on).",
+            &reloads,
         );
         out
     }
@@ -281,7 +308,7 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let metrics = Metrics::new(0);
+        let metrics = Metrics::new();
         metrics.accepted();
         metrics.response(200);
         metrics.response(426);

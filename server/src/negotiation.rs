@@ -29,6 +29,8 @@ pub struct Upgrade {
     pub offers: Vec<Offer>,
     /// When the request began to arrive.
     pub started: Instant,
+    /// The plugin generation the request was routed with; `offers` index into it.
+    pub registry: &'static Registry,
     /// Not an HTTP/1.1 request but the HTTP/2 preface ([`crate::prior_knowledge`]): no
     /// `101` is sent, and a refusal is an HTTP/2 GOAWAY.
     pub prior_knowledge: bool,
@@ -59,9 +61,15 @@ impl Upgrade {
 
     /// The answer when no plugin switched: as if there had been no `Upgrade` (RFC 9110
     /// §7.8), naming the protocols still in service.
-    pub fn plain_answer(&self, registry: &Registry) -> Response {
+    pub fn plain_answer(&self) -> Response {
+        let registry = self.registry;
         let in_service = |plugin| registry.in_service(plugin);
         plain_answer(&self.head, &self.head_bytes, &registry.tokens, &in_service)
+    }
+
+    /// The plugin serving offer `index`.
+    pub fn plugin(&self, index: usize) -> &'static Plugin {
+        self.registry.plugins[self.offers[index].plugin]
     }
 
     /// The `Upgrade` product of offer `index`, as the client spelled it.
@@ -131,8 +139,7 @@ pub fn negotiate(
             let answer = Response::error(503, "the server is stopping").header("Retry-After", "1");
             return Outcome::Answer(answer, "stopping");
         }
-        let plugin_index = upgrade.offers[index].plugin;
-        let plugin = &shared.registry.plugins[plugin_index];
+        let plugin = upgrade.plugin(index);
         if plugin.is_readiness() != on_loop {
             return Outcome::Elsewhere(index);
         }
@@ -140,9 +147,7 @@ pub fn negotiate(
         let began = on_loop.then(Instant::now);
         let negotiation = plugin.negotiate(&parts);
         if let Some(began) = began {
-            shared
-                .metrics
-                .timed_call(plugin_index, plugin, "negotiate", began);
+            shared.metrics.timed_call(plugin, "negotiate", began);
         }
         match negotiation {
             Negotiation::Decline => continue,
@@ -179,11 +184,11 @@ pub fn negotiate(
                 headers,
                 body,
             } => {
-                let response = rejection(shared, plugin, status, headers, body);
+                let response = rejection(upgrade.registry, plugin, status, headers, body);
                 return Outcome::Answer(response, "refused by plugin");
             }
             Negotiation::Failed(failure) => {
-                plugin_failed(shared, plugin_index, "negotiate", peer, &failure);
+                plugin_failed(shared, plugin, "negotiate", peer, &failure);
                 return Outcome::Answer(
                     Response::error(500, "internal error"),
                     "plugin failed in negotiate",
@@ -195,18 +200,11 @@ pub fn negotiate(
 }
 
 /// Logs (and counts, for a panic) a plugin call that failed; the connection is lost.
-pub fn plugin_failed(
-    shared: &Shared,
-    plugin_index: usize,
-    call: &str,
-    peer: &str,
-    failure: &Failure,
-) {
-    let plugin = &shared.registry.plugins[plugin_index];
+pub fn plugin_failed(shared: &Shared, plugin: &Plugin, call: &str, peer: &str, failure: &Failure) {
     let name = &plugin.name;
     match failure {
         Failure::Panicked(message) => {
-            shared.metrics.panicked(plugin_index);
+            shared.metrics.panicked(plugin);
             log::error!(
                 "plugin {name} panicked in {call}: {message}; connection from {peer} closed"
             );
@@ -248,7 +246,7 @@ fn switching_protocols(product: &str, headers: &[(String, String)]) -> Option<Ve
 /// not valid HTTP becomes a `500`. A `426` without `Upgrade` gets the daemon's list, which
 /// RFC 9110 §15.5.22 requires on every `426`.
 fn rejection(
-    shared: &Shared,
+    registry: &Registry,
     plugin: &Plugin,
     status: u16,
     headers: Vec<(String, String)>,
@@ -277,10 +275,9 @@ fn rejection(
         response = response
             .header(
                 "Upgrade",
-                shared
-                    .registry
+                registry
                     .tokens
-                    .advertised(&|plugin| shared.registry.in_service(plugin)),
+                    .advertised(&|plugin| registry.in_service(plugin)),
             )
             .header("Connection", "upgrade");
     }

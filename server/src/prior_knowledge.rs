@@ -53,7 +53,7 @@ pub fn plugin(registry: &Registry) -> Option<usize> {
 
 /// The switch a prior-knowledge connection makes: `PRI *` with no headers, offered to
 /// `plugin` only; no `101` will be sent.
-pub fn upgrade(plugin: usize, started: Instant) -> Upgrade {
+pub fn upgrade(registry: &'static Registry, plugin: usize, started: Instant) -> Upgrade {
     let head = Head {
         method: Span { start: 0, end: 3 },
         target: Span { start: 4, end: 5 },
@@ -69,6 +69,7 @@ pub fn upgrade(plugin: usize, started: Instant) -> Upgrade {
         head,
         head_bytes: PREFACE.to_vec(),
         body: Vec::new(),
+        registry,
         offers: vec![Offer {
             plugin,
             product: Span::default(),

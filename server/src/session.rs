@@ -10,7 +10,7 @@
 use crate::access::{self, Exchange, NO_STATUS};
 use crate::metrics::Held;
 use crate::negotiation::{plugin_failed, Upgrade};
-use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead};
+use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead};
 use crate::shared::{Shared, Ticket};
 use mio::net::TcpStream;
 use protocol_api::abi::{
@@ -26,7 +26,7 @@ pub struct Session {
     peer: SocketAddr,
     _ticket: Ticket,
     _gauge: Held,
-    plugin: usize,
+    plugin: &'static Plugin,
     handler: Handler<'static>,
     flow: Flow,
     /// The `101`, while the socket has not taken all of it; the plugin runs after.
@@ -74,7 +74,7 @@ impl Session {
         readable: bool,
         now: Instant,
     ) -> Session {
-        let plugin = upgrade.offers[offer].plugin;
+        let plugin = upgrade.plugin(offer);
         shared.metrics.switched(plugin);
         if !switching.is_empty() {
             shared.metrics.response(101);
@@ -178,10 +178,8 @@ impl Session {
         let fd = self.stream.as_raw_fd();
         let began = *now;
         let result = self.handler.on_ready(&mut io, fd, events);
-        let plugin = &shared.registry.plugins[self.plugin];
-        *now = shared
-            .metrics
-            .timed_call(self.plugin, plugin, "on_ready", began);
+        let plugin = self.plugin;
+        *now = shared.metrics.timed_call(plugin, "on_ready", began);
         let wants = match result {
             Ok(wants) => wants,
             // An I/O error the plugin passed on (a reset, mostly): the connection's end, not
@@ -195,13 +193,7 @@ impl Session {
                 return Step::Close(Some("connection error"));
             }
             Err(failure) => {
-                plugin_failed(
-                    shared,
-                    self.plugin,
-                    "on_ready",
-                    &self.peer.to_string(),
-                    &failure,
-                );
+                plugin_failed(shared, plugin, "on_ready", &self.peer.to_string(), &failure);
                 return Step::Close(Some("plugin panicked"));
             }
         };

@@ -14,12 +14,14 @@ use crossbeam_channel::Sender;
 use slab::Slab;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 pub struct Shared {
     pub config: Config,
-    pub registry: &'static Registry,
+    /// The plugin folder's current generation: what new requests are routed with. Requests
+    /// and connections keep the generation they started with.
+    registry: RwLock<&'static Registry>,
     /// Set once on SIGTERM/SIGINT; plugins read it through `is_stopping`.
     stopping: AtomicBool,
     /// When the grace period ends (set with `stopping`; moved to now by a second signal).
@@ -74,16 +76,26 @@ impl Shared {
         let pool = Pool::new(config.workers, config.worker_stack_bytes);
         Shared {
             config,
-            registry,
+            registry: RwLock::new(registry),
             stopping: AtomicBool::new(false),
             stop_deadline: Mutex::new(None),
             ending: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             live: Live::default(),
-            metrics: Metrics::new(registry.plugins.len()),
+            metrics: Metrics::new(),
             pool,
             loops: OnceLock::new(),
         }
+    }
+
+    /// The plugin generation new requests are routed with.
+    pub fn registry(&self) -> &'static Registry {
+        *self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `registry` the generation new requests are routed with (a reload).
+    pub fn set_registry(&self, registry: &'static Registry) {
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = registry;
     }
 
     /// Sets the event loops' handles, once, before any connection is accepted.

@@ -102,9 +102,48 @@ fn finished_why(mut loops: Vec<JoinHandle<io::Result<()>>>, index: usize) -> Str
 }
 
 fn on_signal(shared: &'static Shared, signals: &mut Signals, now: Instant, notifier: &Notifier) {
-    let Some(signal) = signals.pending().next() else {
-        return;
-    };
+    let pending: Vec<i32> = signals.pending().collect();
+    for signal in pending {
+        match signal {
+            libc::SIGHUP if !shared.is_stopping() => reload(shared, notifier),
+            libc::SIGHUP => log::warn!("SIGHUP while stopping: no reload"),
+            _ => stop(shared, signal, now, notifier),
+        }
+    }
+}
+
+/// SIGHUP: the plugin folder read again as a new generation, which new requests are routed
+/// with from now on; connections already switched keep theirs. Told to systemd as
+/// `RELOADING=1` then `READY=1` (`Type=notify-reload`).
+fn reload(shared: &'static Shared, notifier: &Notifier) {
+    notifier.send(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        crate::sys::monotonic_usec()
+    ));
+    let current = shared.registry();
+    match crate::plugin::reload(&shared.config.plugin_dir, current) {
+        Ok((next, report)) => {
+            let ok = report.failed.is_empty();
+            let next: &'static crate::plugin::Registry = Box::leak(Box::new(next));
+            shared.set_registry(next);
+            shared.metrics.reloaded(ok);
+            match ok {
+                true => log::info!("{}", report.summary(next.generation)),
+                false => log::error!("{}", report.summary(next.generation)),
+            }
+        }
+        Err(why) => {
+            shared.metrics.reloaded(false);
+            log::error!(
+                "reload failed: {why}; generation {} serves on",
+                current.generation
+            );
+        }
+    }
+    notifier.send("READY=1");
+}
+
+fn stop(shared: &'static Shared, signal: i32, now: Instant, notifier: &Notifier) {
     if shared.is_stopping() {
         log::warn!("second stop signal: closing everything now");
         shared.stop(now);

@@ -75,7 +75,7 @@ pub fn run(job: Job, shared: &'static Shared) {
             return serve(shared, stream, peer, *upgrade, accepted, slot, ticket);
         }
         Outcome::Answer(response, reason) => Resume::Answer(response, Some(reason)),
-        Outcome::Declined => Resume::Answer(upgrade.plain_answer(shared.registry), None),
+        Outcome::Declined => Resume::Answer(upgrade.plain_answer(), None),
         Outcome::Elsewhere(offer) => Resume::Negotiate(offer),
     };
     drop(slot); // the worker is free the moment the connection leaves it
@@ -115,8 +115,7 @@ fn serve(
         read_ahead,
     } = accepted;
     let peer = &peer_addr.to_string();
-    let plugin_index = upgrade.offers[offer].plugin;
-    let plugin = &shared.registry.plugins[plugin_index];
+    let plugin = upgrade.plugin(offer);
     let write_timeout = shared.config.write_timeout;
     let sent = stream
         .set_write_timeout(Some(write_timeout))
@@ -128,7 +127,7 @@ fn serve(
     if !switching.is_empty() {
         shared.metrics.response(101);
     }
-    shared.metrics.switched(plugin_index);
+    shared.metrics.switched(plugin);
     let head_in = upgrade.bytes_in() + read_ahead.len() as u64;
     // The body was the plugin's in negotiate; it does not live on through `serve`.
     upgrade.body = Vec::new();
@@ -158,7 +157,7 @@ fn serve(
             );
         }
         Err(failure) => {
-            plugin_failed(shared, plugin_index, "serve", peer, &failure);
+            plugin_failed(shared, plugin, "serve", peer, &failure);
             reason = Some("plugin panicked");
         }
     }

@@ -59,3 +59,13 @@ pub fn tcp_migrate_req() -> Option<bool> {
         .ok()
         .map(|v| v.trim() != "0")
 }
+
+/// CLOCK_MONOTONIC in microseconds, as systemd's `MONOTONIC_USEC` wants it.
+pub fn monotonic_usec() -> u64 {
+    let mut now = std::mem::MaybeUninit::<libc::timespec>::zeroed();
+    // SAFETY: CLOCK_MONOTONIC always exists; `now` is a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, now.as_mut_ptr()) };
+    // SAFETY: zero-initialised, then filled by the kernel.
+    let now = unsafe { now.assume_init() };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}

@@ -6,6 +6,8 @@
  * Built by the integration tests with the system's C compiler. Misuse variants, each of
  * which the daemon must refuse or contain: -DNULL_NEGOTIATE (a required entry left NULL),
  * -DNO_SERVE (no way to serve), -DBAD_DECISION (negotiate returns a code the ABI lacks).
+ * -DVERSION_2 is a newer build that answers differently (its greeting starts `v2 `), for
+ * the reload tests.
  */
 #include <stdio.h>
 #include <string.h>
@@ -72,7 +74,11 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
     snprintf(line, sizeof line, "c-echo: serving %.*s, %zu bytes read ahead",
              (int)request->target.len, (const char *)request->target.ptr, ahead);
     say(SWITCHYARD_LOG_INFO, line);
+#ifdef VERSION_2
+    int len = snprintf(line, sizeof line, "v2 buffered=%zu\n", ahead);
+#else
     int len = snprintf(line, sizeof line, "buffered=%zu\n", ahead);
+#endif
     if (write_all(conn, (const uint8_t *)line, (size_t)len) != 0) {
         tell(error, "write failed");
         return SWITCHYARD_STATUS_ERROR;

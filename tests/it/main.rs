@@ -14,6 +14,7 @@ mod plugins;
 mod promises;
 mod proxy_protocol;
 mod readiness;
+mod reload;
 mod reuse_port;
 mod sdk;
 mod systemd;

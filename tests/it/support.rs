@@ -206,7 +206,7 @@ impl DaemonBuilder {
             child,
             addr,
             logs,
-            _plugins: self.plugins,
+            plugins: self.plugins,
         }
     }
 
@@ -255,7 +255,7 @@ pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
-    _plugins: tempfile::TempDir,
+    plugins: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -277,6 +277,11 @@ impl Daemon {
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// The daemon's plugin folder.
+    pub fn plugin_dir(&self) -> &Path {
+        self.plugins.path()
     }
 
     pub fn logs(&self) -> String {

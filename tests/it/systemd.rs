@@ -1,5 +1,5 @@
-//! Run under systemd: the service protocol (`READY=1`, `WATCHDOG=1`, `STOPPING=1` to
-//! `$NOTIFY_SOCKET`) and socket activation, through Debian's `systemd-socket-activate`.
+//! Run under systemd: the service protocol (`READY=1`, `WATCHDOG=1`, `RELOADING=1`,
+//! `STOPPING=1` to `$NOTIFY_SOCKET`) and socket activation, through Debian's `systemd-socket-activate`.
 
 use crate::support::{artifacts, library, send_signal, Daemon};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,6 +13,56 @@ fn next(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 512];
     let n = socket.recv(&mut buf).expect("a notification in time");
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The next notification that is not a watchdog ping.
+fn next_state(socket: &UnixDatagram) -> String {
+    loop {
+        let seen = next(socket);
+        if seen != "WATCHDOG=1" {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn sd_notify_ready_reloading_ready_stopping_in_order() {
+    // Type=notify-reload: RELOADING=1 with the monotonic clock, then READY=1 again.
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("notify");
+    let listener = UnixDatagram::bind(&path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .start();
+    assert_eq!(next_state(&listener), "READY=1");
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let before = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000;
+    daemon.signal(libc::SIGHUP);
+    let reloading = next_state(&listener);
+    let mut lines = reloading.lines();
+    assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
+    let usec: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("MONOTONIC_USEC in {reloading:?}"));
+    assert!(usec >= before, "the monotonic clock: {usec} < {before}");
+    assert_eq!(next_state(&listener), "READY=1", "after the reload");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(next_state(&listener), "STOPPING=1");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(5)).unwrap().code(),
+        Some(0)
+    );
 }
 
 #[test]

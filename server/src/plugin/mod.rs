@@ -23,18 +23,55 @@ use crate::route::TokenTable;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// One loaded plugin.
+/// One loaded plugin. Plugins are never freed (their libraries are never unloaded), so a
+/// generation's registry and every connection refer to them as `&'static`.
 pub struct Plugin {
     pub name: String,
     pub file: PathBuf,
     pub tokens: Vec<String>,
     pub build: String,
+    /// The file as it was when loaded: a reload loads it again only if it changed.
+    identity: Option<FileIdentity>,
     loaded: ffi::Loaded,
     health: Health,
+    pub stats: PluginStats,
+}
+
+/// What a plugin has done, for `/metrics`.
+#[derive(Default)]
+pub struct PluginStats {
+    pub switches: AtomicU64,
+    pub panics: AtomicU64,
+    /// Calls on an event loop that took longer than `SLOW_CALL`.
+    pub slow_calls: AtomicU64,
+    /// When a slow call was last logged (milliseconds since the metrics' epoch).
+    pub slow_logged: AtomicU64,
+}
+
+/// A file's identity and version: a replaced or rewritten file differs in one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileIdentity {
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        })
+    }
 }
 
 /// How far back panics count towards `SWITCHYARD_PLUGIN_PANIC_LIMIT`.
@@ -148,17 +185,30 @@ impl Plugin {
     }
 }
 
-/// Every plugin that loaded, and the token table routing uses.
-#[derive(Default)]
+/// One generation of the plugin folder: every plugin that loaded, and the token table
+/// routing uses. A reload makes a new one; requests routed with an older one, and the
+/// connections they switched, keep it.
 pub struct Registry {
-    pub plugins: Vec<Plugin>,
+    pub plugins: Vec<&'static Plugin>,
     pub tokens: TokenTable,
+    /// 1 at start, one more for each reload.
+    pub generation: u64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            plugins: Vec::new(),
+            tokens: TokenTable::default(),
+            generation: 1,
+        }
+    }
 }
 
 impl Registry {
     /// Whether plugin `index` takes new connections (see [`Plugin::in_service`]).
     pub fn in_service(&self, index: usize) -> bool {
-        self.plugins.get(index).is_some_and(Plugin::in_service)
+        self.plugins.get(index).is_some_and(|p| p.in_service())
     }
 }
 
@@ -210,6 +260,32 @@ fn unsafe_because(path: &Path) -> Option<String> {
     }
 }
 
+/// The plugin libraries in `dir`, in name order (who wins a token clash must not depend on
+/// the file system).
+fn library_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<io::Result<_>>()?;
+    files.retain(|path| path.is_file() && path.to_string_lossy().ends_with(LIBRARY_SUFFIX));
+    files.sort();
+    Ok(files)
+}
+
+/// `name [tokens] (build; on ...)` for each plugin, as the logs and `--check` show them.
+fn describe(plugin: &Plugin) -> String {
+    let mode = if plugin.is_readiness() {
+        "event loops"
+    } else {
+        "workers"
+    };
+    format!(
+        "{} [{}] ({}; on {mode})",
+        plugin.name,
+        plugin.tokens.join(", "),
+        plugin.build
+    )
+}
+
 /// Loads every library in `dir`. A file that is not a usable plugin is logged and skipped;
 /// the start fails when the folder cannot be read or trusted, or a plugin's settings are
 /// invalid.
@@ -222,47 +298,22 @@ pub fn load_dir(dir: &Path) -> Result<Registry, StartError> {
             )));
         }
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .and_then(|entries| {
-            entries
-                .map(|entry| entry.map(|e| e.path()))
-                .collect::<io::Result<_>>()
-        })
-        .map_err(StartError::Folder)?;
-    files.retain(|path| path.is_file() && path.to_string_lossy().ends_with(LIBRARY_SUFFIX));
-    files.sort();
-
+    let files = library_files(dir).map_err(StartError::Folder)?;
     let mut registry = Registry::default();
     for file in files {
         if let Some(why) = unsafe_because(&file) {
             log::error!("plugin {} {why}; skipped", file.display());
             continue;
         }
-        match registry.load(&file) {
-            Ok(()) => {}
+        match registry.load(&file, &file) {
+            Ok(_) => {}
             Err(ffi::LoadError::Init(message)) => {
                 return Err(StartError::Settings { file, message });
             }
             Err(reason) => log::error!("plugin {}: {reason}; skipped", file.display()),
         }
     }
-    let summary: Vec<String> = registry
-        .plugins
-        .iter()
-        .map(|p| {
-            let mode = if p.is_readiness() {
-                "event loops"
-            } else {
-                "workers"
-            };
-            format!(
-                "{} [{}] ({}; on {mode})",
-                p.name,
-                p.tokens.join(", "),
-                p.build
-            )
-        })
-        .collect();
+    let summary: Vec<String> = registry.plugins.iter().map(|p| describe(p)).collect();
     if summary.is_empty() {
         log::warn!(
             "no plugins loaded from {}: every upgrade request will get 426",
@@ -279,19 +330,156 @@ pub fn load_dir(dir: &Path) -> Result<Registry, StartError> {
     Ok(registry)
 }
 
+/// What a reload changed, for its log line.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub replaced: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+    /// Files that did not load: `file: reason`.
+    pub failed: Vec<String>,
+}
+
+impl ReloadReport {
+    /// One line: what changed, and what did not load.
+    pub fn summary(&self, generation: u64) -> String {
+        let list = |what: &str, names: &[String]| match names.is_empty() {
+            true => None,
+            false => Some(format!("{what} {}", names.join(", "))),
+        };
+        let parts: Vec<String> = [
+            list("added", &self.added),
+            list("replaced", &self.replaced),
+            list("removed", &self.removed),
+            list("unchanged", &self.unchanged),
+            list(
+                "FAILED (the previous generation serves on where there was one):",
+                &self.failed,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        format!("reload: generation {generation}: {}", parts.join("; "))
+    }
+}
+
+/// Reads `dir` again for a new generation after `current`: unchanged files keep their
+/// plugin (same state, same counters), new and changed ones load anew, files that are gone
+/// are no longer offered. A file that fails to load leaves its previous generation (if it
+/// had one) in this one. Nothing is ever unloaded: connections switched by an older
+/// generation run on.
+pub fn reload(dir: &Path, current: &Registry) -> Result<(Registry, ReloadReport), String> {
+    if let Some(why) = unsafe_because(dir) {
+        return Err(format!("the plugin folder {} {why}", dir.display()));
+    }
+    let files = library_files(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut next = Registry {
+        generation: current.generation + 1,
+        ..Registry::default()
+    };
+    let mut report = ReloadReport::default();
+    for file in &files {
+        let previous = current.plugins.iter().copied().find(|p| &p.file == file);
+        let identity = FileIdentity::of(file);
+        if let Some(previous) = previous.filter(|p| p.identity.is_some() && p.identity == identity)
+        {
+            match next.keep(previous) {
+                Ok(()) => report.unchanged.push(previous.name.clone()),
+                Err(e) => report.failed.push(format!("{}: {e}", file.display())),
+            }
+            continue;
+        }
+        let loaded = match unsafe_because(file) {
+            Some(why) => Err(why),
+            None => match (previous.and_then(|p| p.identity), identity) {
+                // Written into in place: dlopen would hand back the library already mapped
+                // (same device and inode), and the write may already have broken it.
+                (Some(old), Some(new)) if (old.device, old.inode) == (new.device, new.inode) => {
+                    Err(
+                        "was rewritten in place, which can crash a process running it; \
+                         replace the file instead (install, mv, cp --remove-destination)"
+                            .to_string(),
+                    )
+                }
+                _ => next.load_new_copy(file).map_err(|e| e.to_string()),
+            },
+        };
+        match loaded {
+            Ok(plugin) => match previous {
+                Some(_) => report.replaced.push(describe(plugin)),
+                None => report.added.push(describe(plugin)),
+            },
+            Err(why) => {
+                report.failed.push(format!("{}: {why}", file.display()));
+                if let Some(previous) = previous {
+                    let _ = next.keep(previous);
+                }
+            }
+        }
+    }
+    report.removed = current
+        .plugins
+        .iter()
+        .filter(|p| !files.contains(&p.file))
+        .map(|p| p.name.clone())
+        .collect();
+    Ok((next, report))
+}
+
 impl Registry {
-    fn load(&mut self, file: &Path) -> Result<(), ffi::LoadError> {
-        let opened = ffi::open(file)?;
-        let index = self.plugins.len();
-        let mut tokens = self.tokens.clone();
-        for token in &opened.tokens {
+    /// Loads `file` (opened as `open_as`, its own path or another name for it) into this
+    /// generation, if its tokens are free here.
+    fn load(&mut self, file: &Path, open_as: &Path) -> Result<&'static Plugin, ffi::LoadError> {
+        let identity = FileIdentity::of(file);
+        let opened = ffi::open(open_as)?;
+        self.check_tokens(&opened.tokens)?;
+        let (name, build, tokens) = (
+            opened.name.clone(),
+            opened.build.clone(),
+            opened.tokens.clone(),
+        );
+        let loaded = ffi::init(opened)?;
+        let plugin: &'static Plugin = Box::leak(Box::new(Plugin {
+            name,
+            file: file.to_path_buf(),
+            tokens,
+            build,
+            identity,
+            loaded,
+            health: Health::default(),
+            stats: PluginStats::default(),
+        }));
+        self.keep(plugin).expect("tokens were checked before init");
+        Ok(plugin)
+    }
+
+    /// Loads a new version of `file` beside the one already loaded. `dlopen` hands back a
+    /// library it has loaded under the same name, so the file is opened under a name never
+    /// used before: `/proc/self/fd/N` of a descriptor that stays open for good (a closed
+    /// number could come back and name the older library). A replaced file is a new inode,
+    /// which `dlopen` loads as the new library it is.
+    fn load_new_copy(&mut self, file: &Path) -> Result<&'static Plugin, ffi::LoadError> {
+        let handle = std::fs::File::open(file).map_err(|e| ffi::LoadError::Open(e.to_string()))?;
+        let name = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&handle)
+        ));
+        std::mem::forget(handle);
+        self.load(file, &name)
+    }
+
+    fn check_tokens(&self, tokens: &[String]) -> Result<(), ffi::LoadError> {
+        let mut table = self.tokens.clone();
+        for token in tokens {
             if !crate::http::response::is_token(token) {
                 return Err(ffi::LoadError::BadToken(format!(
                     "token {token:?} is not a valid HTTP token"
                 )));
             }
-            if let Err(owner) = tokens.insert(token, index) {
-                let owner = &self.plugins[owner];
+            if let Err(owner) = table.insert(token, self.plugins.len()) {
+                let owner = self.plugins[owner];
                 return Err(ffi::LoadError::BadToken(format!(
                     "token {token:?} is already served by plugin {} ({})",
                     owner.name,
@@ -299,21 +487,17 @@ impl Registry {
                 )));
             }
         }
-        let (name, build, plugin_tokens) = (
-            opened.name.clone(),
-            opened.build.clone(),
-            opened.tokens.clone(),
-        );
-        let loaded = ffi::init(opened)?;
-        self.tokens = tokens;
-        self.plugins.push(Plugin {
-            name,
-            file: file.to_path_buf(),
-            tokens: plugin_tokens,
-            build,
-            loaded,
-            health: Health::default(),
-        });
+        Ok(())
+    }
+
+    /// Adds an already loaded plugin to this generation.
+    fn keep(&mut self, plugin: &'static Plugin) -> Result<(), ffi::LoadError> {
+        self.check_tokens(&plugin.tokens)?;
+        let index = self.plugins.len();
+        for token in &plugin.tokens {
+            let _ = self.tokens.insert(token, index);
+        }
+        self.plugins.push(plugin);
         Ok(())
     }
 }
