@@ -593,6 +593,14 @@ impl Loop {
             self.timers
                 .schedule(&mut entry.scheduled, at, slot, entry.id);
         }
+        if self.timers.wants_compaction(self.conns.len()) {
+            let conns = &self.conns;
+            self.timers.compact(|at, slot, id| {
+                conns
+                    .get(slot)
+                    .is_some_and(|e| e.id == id && e.scheduled == Some(at))
+            });
+        }
     }
 
     fn expire(&mut self) {
