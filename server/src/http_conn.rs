@@ -308,7 +308,8 @@ impl HttpConn {
         reason: Option<&str>,
     ) {
         if upgrade.prior_knowledge {
-            return self.refuse_prior_knowledge(upgrade, reason.unwrap_or("declined"));
+            let code = prior_knowledge::error_code(response.status);
+            return self.refuse_prior_knowledge(upgrade, code, reason.unwrap_or("declined"));
         }
         let exchange = Exchange {
             peer: self.peer,
@@ -329,14 +330,14 @@ impl HttpConn {
     }
 
     /// An HTTP/2 client that was not served gets GOAWAY, not an HTTP/1.1 answer.
-    fn refuse_prior_knowledge(&mut self, upgrade: &Upgrade, reason: &str) {
+    fn refuse_prior_knowledge(&mut self, upgrade: &Upgrade, code: u32, reason: &str) {
         log::warn!(
             "{}: HTTP/2 with prior knowledge not served ({reason}); sent GOAWAY",
             self.peer
         );
         let before = self.output.len();
         self.output
-            .extend_from_slice(&prior_knowledge::refusal(reason));
+            .extend_from_slice(&prior_knowledge::refusal(code, reason));
         access::log(&Exchange {
             peer: self.peer,
             request: &upgrade.request_line(),

@@ -79,20 +79,32 @@ pub fn upgrade(registry: &'static Registry, plugin: usize, started: Instant) -> 
     }
 }
 
-/// `HTTP_1_1_REQUIRED` (RFC 9113 §7): the error code for "use HTTP/1.1 instead".
-const HTTP_1_1_REQUIRED: u32 = 0xd;
+/// The GOAWAY error code (RFC 9113 §7) for a connection not served, from the status an
+/// HTTP/1.1 client would have got: `503` (stopping, no capacity) is `REFUSED_STREAM`,
+/// nothing was processed and another try may succeed; `500` (a plugin failed) is
+/// `INTERNAL_ERROR`; anything else (declined, refused) is `HTTP_1_1_REQUIRED`.
+pub fn error_code(status: u16) -> u32 {
+    const INTERNAL_ERROR: u32 = 0x2;
+    const REFUSED_STREAM: u32 = 0x7;
+    const HTTP_1_1_REQUIRED: u32 = 0xd;
+    match status {
+        503 => REFUSED_STREAM,
+        500 => INTERNAL_ERROR,
+        _ => HTTP_1_1_REQUIRED,
+    }
+}
 
 /// What a prior-knowledge client gets when its connection is not served: the server
-/// preface (an empty SETTINGS frame) and a GOAWAY with `HTTP_1_1_REQUIRED` and `reason` as
-/// debug data (RFC 9113 §6.8); then the connection closes. An HTTP/1.1 answer would mean
-/// nothing to it.
-pub fn refusal(reason: &str) -> Vec<u8> {
+/// preface (an empty SETTINGS frame) and a GOAWAY with error `code` and `reason` as debug
+/// data (RFC 9113 §6.8); then the connection closes. An HTTP/1.1 answer would mean nothing
+/// to it.
+pub fn refusal(code: u32, reason: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + 9 + 8 + reason.len());
     frame_header(&mut out, 0, 0x4, 0);
     let payload_len = 8 + reason.len();
     frame_header(&mut out, payload_len, 0x7, 0);
     out.extend_from_slice(&0u32.to_be_bytes()); // last stream id: none was processed
-    out.extend_from_slice(&HTTP_1_1_REQUIRED.to_be_bytes());
+    out.extend_from_slice(&code.to_be_bytes());
     out.extend_from_slice(reason.as_bytes());
     out
 }
@@ -124,7 +136,7 @@ mod tests {
 
     #[test]
     fn rfc9113_6_8_refusal_is_settings_then_goaway() {
-        let out = refusal("no");
+        let out = refusal(error_code(426), "no");
         // SETTINGS: length 0, type 4, no flags, stream 0.
         assert_eq!(&out[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
         // GOAWAY: length 10, type 7, stream 0; last stream 0; HTTP_1_1_REQUIRED; "no".
@@ -132,5 +144,7 @@ mod tests {
             &out[9..],
             &[0, 0, 10, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xd, b'n', b'o']
         );
+        assert_eq!(error_code(503), 0x7, "REFUSED_STREAM: try again");
+        assert_eq!(error_code(500), 0x2);
     }
 }
