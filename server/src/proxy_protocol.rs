@@ -110,7 +110,8 @@ pub fn header(input: &[u8], mode: Mode) -> Header {
     if v1 {
         // A v1 header is one line of at most 107 bytes (spec 2.1). Found whole before it
         // is parsed, so that one cut anywhere (between two reads) waits for the rest.
-        match input.windows(2).position(|w| w == b"\r\n") {
+        let within = &input[..input.len().min(V1_MAX)];
+        match within.windows(2).position(|w| w == b"\r\n") {
             Some(end) => return v1_header(&input[..end + 2]),
             None if input.len() < V1_MAX => return Header::Incomplete,
             None => return Header::Refused("a PROXY protocol v1 header longer than 107 bytes"),
@@ -294,6 +295,31 @@ mod tests {
         let mut short = v2_tcp4([1, 2, 3, 4], 1);
         short[15] = 4; // length too small for IPv4 addresses
         assert!(matches!(header(&short, Mode::Any), Header::Refused(_)));
+    }
+
+    #[test]
+    fn fuzz_an_unknown_v1_line_past_107_bytes_is_refused_however_it_arrives() {
+        // `UNKNOWN` lets anything follow up to the CRLF; the CRLF must still come within
+        // 107 bytes. Found by the proxy_header target: whole, this was accepted as a
+        // 217-byte header, while its first 107 bytes were refused.
+        let mut input = b"PROXY UNKNOWN TCPT 21::13 \n\rT~\r EIP\n24 ".to_vec();
+        input.resize(215, 0xdd);
+        input.extend_from_slice(b"\r\nGET / HTTP/1.1\r\n");
+        assert!(matches!(header(&input, Mode::Any), Header::Refused(m) if m.contains("107")));
+        assert!(
+            matches!(header(&input[..107], Mode::Any), Header::Refused(m) if m.contains("107"))
+        );
+        // At the limit exactly: accepted.
+        let mut line = b"PROXY UNKNOWN ".to_vec();
+        line.resize(V1_MAX - 2, b'x');
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(
+            header(&line, Mode::Any),
+            Header::Complete {
+                len: V1_MAX,
+                client: None
+            }
+        );
     }
 
     #[test]
