@@ -40,6 +40,8 @@ extern "C" {
 #define SWITCHYARD_DECISION_ACCEPT 0x100
 #define SWITCHYARD_DECISION_REJECT 0x101
 #define SWITCHYARD_DECISION_DECLINE 0x102
+/* (1.2, readiness plugins) ask again on a worker thread, where may_block is 1. */
+#define SWITCHYARD_DECISION_ON_WORKER 0x103
 #define SWITCHYARD_V1_0_DECISION_ACCEPT 0
 #define SWITCHYARD_V1_0_DECISION_REJECT 1
 #define SWITCHYARD_V1_0_DECISION_DECLINE 2
@@ -94,6 +96,7 @@ typedef struct switchyard_request {
     switchyard_bytes body;         /* the whole body in negotiate and start; empty in serve */
     switchyard_bytes protocol;     /* the Upgrade product being negotiated */
     uint32_t arrival;              /* (1.2) SWITCHYARD_ARRIVAL_*: how the connection came */
+    uint32_t may_block;            /* (1.2) 1 on a worker thread (negotiate may block) */
 } switchyard_request;
 
 /* switchyard_request.arrival: by an HTTP/1.1 Upgrade (the host sends the 101), or with the

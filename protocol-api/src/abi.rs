@@ -33,7 +33,9 @@
 //! - 1.2: [`RawRequest::arrival`]: whether the connection asked to switch with `Upgrade` (and
 //!   got a `101`) or started in the protocol itself (HTTP/2 with prior knowledge). The host
 //!   hands a connection that arrived any other way than by `Upgrade` only to plugins of 1.2
-//!   or later, which can tell.
+//!   or later, which can tell. [`DECISION_ON_WORKER`] and [`RawRequest::may_block`]: a
+//!   readiness plugin's `negotiate` (on an event loop) may ask to be asked again on a
+//!   worker thread, where it may block (to dial a backend before the `101`).
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -57,6 +59,11 @@ pub const DECISION_ACCEPT: i32 = 0x100;
 pub const DECISION_REJECT: i32 = 0x101;
 /// `negotiate` result: not for this plugin; the host tries the client's next choice.
 pub const DECISION_DECLINE: i32 = 0x102;
+/// `negotiate` result (1.2, readiness plugins): ask me again where I may block. The host
+/// calls `negotiate` again for the same request on a worker thread, with
+/// [`RawRequest::may_block`] set; an accept there is started on the event loop as usual.
+/// Returned where `may_block` is already set, it is a plugin error (`500`).
+pub const DECISION_ON_WORKER: i32 = 0x103;
 /// `init`, `serve`, `start`, `on_ready`: done.
 pub const STATUS_OK: i32 = 0;
 /// `init`, `serve`, `start`, `on_ready`: failed; the error sink holds a message.
@@ -177,6 +184,9 @@ pub struct RawRequest {
     /// (1.2) How the connection came to the plugin: [`ARRIVAL_UPGRADE`] or
     /// [`ARRIVAL_PRIOR_KNOWLEDGE`]. Present when the host's `abi_minor` is at least 2.
     pub arrival: u32,
+    /// (1.2) 1 when this `negotiate` runs on a worker thread, where it may block; 0 on an
+    /// event loop. Present when the host's `abi_minor` is at least 2.
+    pub may_block: u32,
 }
 
 /// [`RawRequest::arrival`]: an HTTP/1.1 request with `Upgrade`; the host sends the `101`.

@@ -259,6 +259,7 @@ unsafe extern "C" fn negotiate<W: Exported>(
                     DECISION_REJECT
                 }
                 Decision::Decline => DECISION_DECLINE,
+                Decision::OnWorker => DECISION_ON_WORKER,
             }
         })
     }

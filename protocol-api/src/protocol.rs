@@ -52,6 +52,13 @@ pub enum Decision<S> {
     /// Not for this plugin: the daemon tries the client's next choice, and answers as if there
     /// had been no `Upgrade` when none is left.
     Decline,
+    /// For an [`EventProtocol`](crate::EventProtocol) (whose `negotiate` runs on an event
+    /// loop and must not block): ask again on a worker thread, where
+    /// [`Request::may_block`] is true and a backend may be dialled before the `101`. Use it
+    /// only for the requests that need it; the hand-over costs a thread switch each way.
+    /// Returned where `may_block` is already true (a blocking `Protocol` always is), the
+    /// daemon answers `500` and logs it.
+    OnWorker,
 }
 
 impl<S> Decision<S> {

@@ -83,6 +83,15 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// True when this `negotiate` runs on a worker thread, where it may block (always, for a
+    /// blocking [`Protocol`](crate::Protocol); for an
+    /// [`EventProtocol`](crate::EventProtocol), after it returned
+    /// [`Decision::OnWorker`](crate::Decision::OnWorker)).
+    pub fn may_block(&self) -> bool {
+        // The field exists only in requests from a host of ABI 1.2 or later.
+        crate::export::host_minor() >= 2 && self.raw.may_block != 0
+    }
+
     /// The complete request body; empty when there was none.
     pub fn body(&self) -> &'a [u8] {
         // SAFETY: `from_raw`'s contract.

@@ -127,6 +127,7 @@ impl TestRequest {
             body: RawBytes::new(&self.body),
             protocol: RawBytes::new(self.protocol.as_bytes()),
             arrival: self.arrival,
+            may_block: 1, // the test host negotiates on the calling thread
         };
         // The test host is this crate's own ABI version.
         crate::export::note_host_minor(crate::abi::ABI_MINOR);

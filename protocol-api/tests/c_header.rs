@@ -42,7 +42,8 @@ fn rust_side() -> BTreeSet<String> {
         peer,
         body,
         protocol,
-        arrival
+        arrival,
+        may_block
     );
     size!("switchyard_connection", RawConnection);
     field!(
@@ -106,6 +107,7 @@ fn rust_side() -> BTreeSet<String> {
         "SWITCHYARD_DECISION_ACCEPT" = DECISION_ACCEPT,
         "SWITCHYARD_DECISION_REJECT" = DECISION_REJECT,
         "SWITCHYARD_DECISION_DECLINE" = DECISION_DECLINE,
+        "SWITCHYARD_DECISION_ON_WORKER" = DECISION_ON_WORKER,
         "SWITCHYARD_ARRIVAL_UPGRADE" = ARRIVAL_UPGRADE,
         "SWITCHYARD_ARRIVAL_PRIOR_KNOWLEDGE" = ARRIVAL_PRIOR_KNOWLEDGE,
         "SWITCHYARD_V1_0_DECISION_ACCEPT" = v1_0::DECISION_ACCEPT,

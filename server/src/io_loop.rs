@@ -350,25 +350,10 @@ impl Loop {
                 offer,
                 session,
                 switching,
-            } => {
-                let plugin = upgrade.plugin(offer);
-                let began = Instant::now();
-                let started = plugin.start(session, &upgrade.parts(&peer, offer));
-                self.now = shared.metrics.timed_call(plugin, "start", began);
-                match started {
-                    Ok(handler) => {
-                        self.start_session(slot, &upgrade, offer, handler, switching);
-                        return false;
-                    }
-                    Err(failure) => {
-                        plugin_failed(shared, plugin, "start", &peer, &failure);
-                        (
-                            Response::error(500, "internal error"),
-                            Some("plugin failed in start"),
-                        )
-                    }
-                }
-            }
+            } => match self.start(slot, &upgrade, &peer, offer, session, switching) {
+                None => return false,
+                Some(failed) => failed,
+            },
             Outcome::Answer(response, reason) => (response, Some(reason)),
             Outcome::Declined => (upgrade.plain_answer(), None),
             Outcome::Elsewhere(offer) => match shared.pool.try_reserve() {
@@ -395,6 +380,37 @@ impl Loop {
             conn.answer_upgrade(&mut cx, &upgrade, &response, reason);
         }
         true
+    }
+
+    /// Starts the readiness session a plugin accepted (on this loop, or on a worker it asked
+    /// for). `None` when the connection is switched; else the answer to send instead.
+    fn start(
+        &mut self,
+        slot: usize,
+        upgrade: &Upgrade,
+        peer: &str,
+        offer: usize,
+        session: crate::plugin::Session<'static>,
+        switching: Vec<u8>,
+    ) -> Option<(Response, Option<&'static str>)> {
+        let shared = self.shared;
+        let plugin = upgrade.plugin(offer);
+        let began = Instant::now();
+        let started = plugin.start(session, &upgrade.parts(peer, offer));
+        self.now = shared.metrics.timed_call(plugin, "start", began);
+        match started {
+            Ok(handler) => {
+                self.start_session(slot, upgrade, offer, handler, switching);
+                None
+            }
+            Err(failure) => {
+                plugin_failed(shared, plugin, "start", peer, &failure);
+                Some((
+                    Response::error(500, "internal error"),
+                    Some("plugin failed in start"),
+                ))
+            }
+        }
     }
 
     /// Turns the HTTP connection in `slot` into a readiness session (the socket keeps its
@@ -529,6 +545,21 @@ impl Loop {
             Resume::Negotiate(from) => {
                 if self.switch(slot, upgrade, from) {
                     self.drive_http(slot);
+                }
+            }
+            Resume::Start {
+                offer,
+                session,
+                switching,
+            } => {
+                let peer = peer.to_string();
+                if let Some((response, reason)) =
+                    self.start(slot, &upgrade, &peer, offer, session, switching)
+                {
+                    self.drive_http_with(slot, move |conn, cx| {
+                        conn.answer_upgrade(cx, &upgrade, &response, reason);
+                        conn.turn(cx)
+                    });
                 }
             }
         }

@@ -103,6 +103,7 @@ impl Upgrade {
                 true => protocol_api::abi::ARRIVAL_PRIOR_KNOWLEDGE,
                 false => protocol_api::abi::ARRIVAL_UPGRADE,
             },
+            may_block: false,
         }
     }
 }
@@ -119,7 +120,9 @@ pub enum Outcome {
     /// Answer with this instead (a plugin's refusal, an error, or `503` while stopping);
     /// the reason goes on the access line.
     Answer(Response, &'static str),
-    /// Offer `index` runs on the other side (a worker, or an event loop): hand over.
+    /// Offer `index` runs on the other side (a worker, or an event loop): hand over. A
+    /// readiness plugin's offer handed to a worker is one that asked for it
+    /// ([`Negotiation::OnWorker`]); the worker negotiates it there first.
     Elsewhere(usize),
     /// Every plugin declined: answer as if there had been no `Upgrade`.
     Declined,
@@ -140,10 +143,14 @@ pub fn negotiate(
             return Outcome::Answer(answer, "stopping");
         }
         let plugin = upgrade.plugin(index);
-        if plugin.is_readiness() != on_loop {
+        // On a worker, the first offer may be a readiness plugin's that asked to be
+        // negotiated where it may block.
+        let asked_for_worker = !on_loop && index == from && plugin.is_readiness();
+        if plugin.is_readiness() != on_loop && !asked_for_worker {
             return Outcome::Elsewhere(index);
         }
-        let parts = upgrade.parts(peer, index);
+        let mut parts = upgrade.parts(peer, index);
+        parts.may_block = !on_loop;
         let began = on_loop.then(Instant::now);
         let negotiation = plugin.negotiate(&parts);
         if let Some(began) = began {
@@ -151,6 +158,17 @@ pub fn negotiate(
         }
         match negotiation {
             Negotiation::Decline => continue,
+            Negotiation::OnWorker if on_loop => return Outcome::Elsewhere(index),
+            Negotiation::OnWorker => {
+                log::error!(
+                    "plugin {}: negotiate asked for a worker while on one",
+                    plugin.name
+                );
+                return Outcome::Answer(
+                    Response::error(500, "internal error"),
+                    "plugin asked for a worker on a worker",
+                );
+            }
             Negotiation::Accept { session, headers } => {
                 if upgrade.prior_knowledge {
                     // No 101: the connection is in the plugin's protocol already.

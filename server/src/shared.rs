@@ -59,6 +59,13 @@ pub enum Resume {
     Answer(crate::http::response::Response, Option<&'static str>),
     /// Go on negotiating the client's offers from this one, on the loop (readiness plugins).
     Negotiate(usize),
+    /// A readiness plugin accepted on the worker (it asked to negotiate there): start its
+    /// session on the loop and send `switching`.
+    Start {
+        offer: usize,
+        session: crate::plugin::Session<'static>,
+        switching: Vec<u8>,
+    },
 }
 
 /// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped.

@@ -65,6 +65,15 @@ pub fn run(job: Job, shared: &'static Shared) {
             offer,
             session,
             switching,
+        } if upgrade.plugin(offer).is_readiness() => Resume::Start {
+            offer,
+            session,
+            switching,
+        },
+        Outcome::Accept {
+            offer,
+            session,
+            switching,
         } => {
             let accepted = Accepted {
                 offer,

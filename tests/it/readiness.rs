@@ -395,3 +395,59 @@ fn blocking_and_readiness_plugins_serve_side_by_side() {
     raw.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.1 101", "the client's first choice is taken");
 }
+
+/// A readiness plugin whose `negotiate` must block (dial a backend before the `101`) asks
+/// for a worker; the session it accepts there runs on the event loop as any other.
+#[test]
+fn negotiate_on_a_worker_when_a_readiness_plugin_asks() {
+    let daemon = daemon();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let mut client = daemon.client();
+    let request = upgrade_request("/", "ev-dial").replace(
+        "\r\n\r\n",
+        &format!("\r\nX-Backend: {backend_addr}\r\n\r\n"),
+    );
+    client.send(format!("{request}EARLY"));
+    let response = client.response();
+    assert_eq!(response.status, 101);
+    assert_eq!(
+        response.header("x-negotiated-on"),
+        Some("switchyard-work"), // the kernel keeps 15 bytes of a thread's name
+        "negotiated on a worker, where it may block"
+    );
+    let (mut dialled, _) = backend.accept().unwrap();
+    let mut line = [0u8; 8];
+    dialled.read_exact(&mut line).unwrap();
+    assert_eq!(
+        &line, b"dialled\n",
+        "the backend was dialled before the 101"
+    );
+    // The session runs on the loop, with the bytes read ahead first.
+    assert_eq!(client.read_line(), "buffered=5");
+    assert_eq!(client.read_exact(5), b"EARLY");
+    client.send("on the loop");
+    assert_eq!(client.read_exact(11), b"on the loop");
+    client.shutdown_write();
+    assert!(client.read_to_end().is_empty(), "closed after the echo");
+    let logs = daemon.wait_for_log("proto=ev-dial").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("\"GET / HTTP/1.1\" 101 proto=ev-dial"),
+        "{logs}"
+    );
+
+    // A backend that refuses: the plugin's 502, from the worker.
+    let refused = {
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        gone.local_addr().unwrap()
+    };
+    let mut client = daemon.client();
+    client.send(
+        upgrade_request("/", "ev-dial")
+            .replace("\r\n\r\n", &format!("\r\nX-Backend: {refused}\r\n\r\n")),
+    );
+    assert_eq!(client.response().status, 502);
+    // Other connections were served meanwhile, on the loop.
+    let mut echo = switched(&daemon, "ev-echo");
+    assert_eq!(echo.read_line(), "buffered=0");
+}

@@ -18,7 +18,7 @@ int main(void) {
     FIELD(switchyard_request, version_minor); FIELD(switchyard_request, headers);
     FIELD(switchyard_request, headers_len); FIELD(switchyard_request, peer);
     FIELD(switchyard_request, body); FIELD(switchyard_request, protocol);
-    FIELD(switchyard_request, arrival);
+    FIELD(switchyard_request, arrival); FIELD(switchyard_request, may_block);
     SIZE(switchyard_connection);
     FIELD(switchyard_connection, ctx); FIELD(switchyard_connection, read);
     FIELD(switchyard_connection, write); FIELD(switchyard_connection, write_vectored);
@@ -45,7 +45,7 @@ int main(void) {
     FIELD(switchyard_descriptor, on_ready); FIELD(switchyard_descriptor, drop_conn);
     CONST(SWITCHYARD_ABI_MAJOR); CONST(SWITCHYARD_ABI_MINOR);
     CONST(SWITCHYARD_DECISION_ACCEPT); CONST(SWITCHYARD_DECISION_REJECT);
-    CONST(SWITCHYARD_DECISION_DECLINE);
+    CONST(SWITCHYARD_DECISION_DECLINE); CONST(SWITCHYARD_DECISION_ON_WORKER);
     CONST(SWITCHYARD_ARRIVAL_UPGRADE); CONST(SWITCHYARD_ARRIVAL_PRIOR_KNOWLEDGE);
     CONST(SWITCHYARD_V1_0_DECISION_ACCEPT); CONST(SWITCHYARD_V1_0_DECISION_REJECT);
     CONST(SWITCHYARD_V1_0_DECISION_DECLINE);

@@ -286,6 +286,7 @@ fn raw_request(parts: &RequestParts<'_>) -> RawRequest {
         body: RawBytes::new(parts.body),
         protocol: RawBytes::new(parts.protocol),
         arrival: parts.arrival,
+        may_block: u32::from(parts.may_block),
     }
 }
 
@@ -344,6 +345,7 @@ impl Loaded {
                 body: reply.body,
             },
             d if d == decline => Negotiation::Decline,
+            DECISION_ON_WORKER if self.minor >= 2 => Negotiation::OnWorker,
             STATUS_PANIC => Negotiation::Failed(Failure::Panicked(message)),
             other => Negotiation::Failed(Failure::Error(format!(
                 "negotiate returned {other}, not a decision"

@@ -97,6 +97,8 @@ pub enum Negotiation<'a> {
         body: Vec<u8>,
     },
     Decline,
+    /// A readiness plugin asks to negotiate again on a worker, where it may block.
+    OnWorker,
     Failed(Failure),
 }
 
@@ -120,6 +122,8 @@ pub struct RequestParts<'a> {
     pub protocol: &'a [u8],
     /// `ARRIVAL_UPGRADE` or `ARRIVAL_PRIOR_KNOWLEDGE` (ABI 1.2).
     pub arrival: u32,
+    /// `negotiate` runs on a worker thread (ABI 1.2).
+    pub may_block: bool,
 }
 
 impl Plugin {
