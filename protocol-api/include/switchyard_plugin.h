@@ -55,6 +55,7 @@ extern "C" {
 #define SWITCHYARD_READY_WRITABLE 2u
 #define SWITCHYARD_READY_TIMER 4u
 #define SWITCHYARD_READY_STOPPING 8u
+#define SWITCHYARD_READY_WATCHED 16u  /* 1.2: a watched descriptor may move */
 /* switchyard_wants.interest bits. */
 #define SWITCHYARD_WANT_READ 1u
 #define SWITCHYARD_WANT_WRITE 2u
@@ -121,6 +122,11 @@ typedef struct switchyard_connection {
     int32_t fd;                    /* lent: never close it */
     /* ABI 1.1 (when the host's abi_minor >= 1): 0 restores the daemon's default. */
     int32_t (*set_write_timeout)(void *ctx, uint64_t millis);
+    /* ABI 1.2, readiness connections: watch a descriptor of the plugin's own (both
+     * directions, edge-triggered: on SWITCHYARD_READY_WATCHED try it until EAGAIN), and stop
+     * watching it (before closing it). */
+    int32_t (*watch)(void *ctx, int32_t fd);
+    int32_t (*unwatch)(void *ctx, int32_t fd);
 } switchyard_connection;
 
 /* What on_ready wants next. */

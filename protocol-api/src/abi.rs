@@ -36,6 +36,9 @@
 //!   or later, which can tell. [`DECISION_ON_WORKER`] and [`RawRequest::may_block`]: a
 //!   readiness plugin's `negotiate` (on an event loop) may ask to be asked again on a
 //!   worker thread, where it may block (to dial a backend before the `101`).
+//!   [`RawConnection::watch`] / [`RawConnection::unwatch`] and [`READY_WATCHED`]: a readiness
+//!   connection may have the event loop watch descriptors of its own (a backend socket, a
+//!   child's pipes) and be called when they may move.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -91,6 +94,11 @@ pub const READY_TIMER: u32 = 4;
 /// `on_ready` `events` bit: the daemon is stopping (set once, on the first call after the
 /// stop began): say goodbye in the protocol's terms, then ask to close.
 pub const READY_STOPPING: u32 = 8;
+/// (1.2) `on_ready` `events` bit: a descriptor the connection watches
+/// ([`RawConnection::watch`]) may be readable or writable. Watching is edge-triggered: try
+/// each watched descriptor until it would block, or the next event may never come. It may
+/// also come when nothing moved.
+pub const READY_WATCHED: u32 = 16;
 
 /// [`RawWants::interest`] bit: call again when the connection may be readable.
 pub const WANT_READ: u32 = 1;
@@ -236,6 +244,14 @@ pub struct RawConnection {
     /// connection (`ETIMEDOUT`); 0 restores the daemon's default
     /// (`SWITCHYARD_WRITE_TIMEOUT_MS`). Present when the host's `abi_minor` is at least 1.
     pub set_write_timeout: Option<unsafe extern "C" fn(ctx: *mut c_void, millis: u64) -> i32>,
+    /// (1.2) Readiness connections only: the event loop watches `fd` (the plugin's, kept
+    /// open by it) for both directions and calls `on_ready` with [`READY_WATCHED`] when it
+    /// may move. Watching a descriptor twice is not an error. `EINVAL` on a blocking
+    /// connection; `EMFILE` past 16 descriptors per connection.
+    pub watch: Option<unsafe extern "C" fn(ctx: *mut c_void, fd: i32) -> i32>,
+    /// (1.2) Stops watching `fd`; call it before closing `fd`. The host stops watching every
+    /// descriptor before `drop_conn`.
+    pub unwatch: Option<unsafe extern "C" fn(ctx: *mut c_void, fd: i32) -> i32>,
 }
 
 /// What a readiness connection wants next, filled by `on_ready`.

@@ -155,6 +155,12 @@ impl Ready {
     pub fn is_stopping(self) -> bool {
         self.0 & crate::abi::READY_STOPPING != 0
     }
+
+    /// A descriptor watched with [`Io::watch`] may move: try each until it would block (the
+    /// watch is edge-triggered). It may also come when nothing moved.
+    pub fn is_watched(self) -> bool {
+        self.0 & crate::abi::READY_WATCHED != 0
+    }
 }
 
 impl std::fmt::Debug for Ready {
@@ -270,6 +276,23 @@ impl<'a> Io<'a> {
     /// Bytes the daemon read ahead of the switch that reads return first.
     pub fn buffered(&self) -> usize {
         self.io.buffered()
+    }
+
+    /// Has the daemon's event loop watch `fd`, a descriptor of this connection's own (a
+    /// backend socket, a child's pipe; non-blocking), and call `on_ready` with
+    /// [`Ready::is_watched`] when it may be readable or writable. Edge-triggered: after that
+    /// call, use it until it would block. At most 16 per connection. Fails with
+    /// `Unsupported` on a daemon older than ABI 1.2.
+    pub fn watch(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        self.io.watch(fd.as_raw_fd(), true)
+    }
+
+    /// Stops watching `fd`: call it before closing `fd`. Every watch ends by itself when
+    /// the connection does, before the connection's state is dropped.
+    pub fn unwatch(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        self.io.watch(fd.as_raw_fd(), false)
     }
 
     /// True once the daemon is stopping.

@@ -98,6 +98,24 @@ impl<'a> RawIo<'a> {
         result(unsafe { set(self.raw.ctx, millis(timeout)) }, 0).map(drop)
     }
 
+    /// `watch` (`true`) or `unwatch` a descriptor of the plugin's; `Unsupported` on a host
+    /// older than ABI 1.2.
+    pub(crate) fn watch(&self, fd: std::os::fd::RawFd, watch: bool) -> io::Result<()> {
+        let call = match crate::export::host_minor() >= 2 {
+            true if watch => self.raw.watch,
+            true => self.raw.unwatch,
+            false => None,
+        };
+        let Some(call) = call else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the daemon predates watching descriptors (plugin ABI 1.2)",
+            ));
+        };
+        // SAFETY: the host's function, called with its own context.
+        result(unsafe { call(self.raw.ctx, fd) }, 0).map(drop)
+    }
+
     pub(crate) fn buffered(&self) -> usize {
         // SAFETY: the host's function, called with its own context.
         unsafe { (self.raw.buffered)(self.raw.ctx) }

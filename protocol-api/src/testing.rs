@@ -171,6 +171,9 @@ pub fn serve<P: Protocol>(
             is_stopping: host_is_stopping,
             fd,
             set_write_timeout: None,
+            // A blocking connection: nothing to watch.
+            watch: None,
+            unwatch: None,
         };
         // SAFETY: `raw` and the host it points to outlive the call.
         let mut connection = unsafe { Connection::from_raw(&raw) };

@@ -58,7 +58,9 @@ fn rust_side() -> BTreeSet<String> {
         buffered,
         is_stopping,
         fd,
-        set_write_timeout
+        set_write_timeout,
+        watch,
+        unwatch
     );
     size!("switchyard_wants", RawWants);
     field!("switchyard_wants", RawWants, interest, timer_ms);
@@ -120,6 +122,7 @@ fn rust_side() -> BTreeSet<String> {
         "SWITCHYARD_READY_WRITABLE" = READY_WRITABLE,
         "SWITCHYARD_READY_TIMER" = READY_TIMER,
         "SWITCHYARD_READY_STOPPING" = READY_STOPPING,
+        "SWITCHYARD_READY_WATCHED" = READY_WATCHED,
         "SWITCHYARD_WANT_READ" = WANT_READ,
         "SWITCHYARD_WANT_WRITE" = WANT_WRITE,
         "SWITCHYARD_WANT_CLOSE" = WANT_CLOSE,

@@ -13,6 +13,7 @@
 use crate::http::response::{DateCache, Response};
 use crate::http_conn::{After, Context, HttpConn, MetricsCache, SCRATCH_BYTES};
 use crate::negotiation::{negotiate, plugin_failed, Outcome, Upgrade};
+use crate::plugin::Watches;
 use crate::session::{Session, Step};
 use crate::shared::{LoopHandle, Resume, Returned, Shared};
 use crate::switch::Job;
@@ -20,6 +21,7 @@ use crate::timers::Timers;
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use protocol_api::abi::READY_WATCHED;
 use slab::Slab;
 use std::io;
 use std::sync::Arc;
@@ -28,6 +30,14 @@ use std::time::{Duration, Instant};
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Other threads wake the loop with it: a connection handed back, or the stop.
 const WAKER: Token = Token(usize::MAX - 2);
+/// Tokens with this bit are a session's watched descriptors (ABI 1.2 `watch`): the rest of
+/// the token is the session's slot.
+const WATCHED: usize = 1 << (usize::BITS - 2);
+
+/// The token a session's watched descriptors are registered under.
+fn watch_token(slot: usize) -> Token {
+    Token(WATCHED | slot)
+}
 /// How often a paused accept (connection limit, or out of file descriptors) is retried.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Most connections accepted per turn, so one loop does not take every waiting client
@@ -37,6 +47,8 @@ const ACCEPT_BATCH: usize = 64;
 pub struct Loop {
     index: usize,
     poll: Poll,
+    /// A second handle on the poll, shared by the sessions that watch descriptors.
+    watch_registry: Arc<mio::Registry>,
     listener: Option<TcpListener>,
     shared: &'static Shared,
     conns: Slab<Entry>,
@@ -113,9 +125,11 @@ impl Prepared {
             listener,
             returned,
         } = self;
+        let watch_registry = Arc::new(poll.registry().try_clone()?);
         Loop {
             index,
             poll,
+            watch_registry,
             listener: Some(listener),
             shared,
             conns: Slab::new(),
@@ -151,6 +165,7 @@ impl Loop {
                 match event.token() {
                     LISTENER => self.accept_more = true,
                     WAKER => self.welcome_back(),
+                    Token(token) if token & WATCHED != 0 => self.on_watched(token & !WATCHED),
                     Token(slot) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -291,6 +306,21 @@ impl Loop {
         }
     }
 
+    /// A descriptor the session in `slot` watches may move. (A session closed since leaves
+    /// no registration; a later session in the slot may get a call it did not need, which
+    /// the contract allows.)
+    fn on_watched(&mut self, slot: usize) {
+        if let Some(Entry {
+            conn: Conn::Event(_),
+            ..
+        }) = self.conns.get(slot)
+        {
+            self.drive_session(slot, |session, shared, now| {
+                session.call(shared, READY_WATCHED, now)
+            });
+        }
+    }
+
     /// Gives an HTTP connection turns until it waits for its socket, switching it on the
     /// way when it brings an upgrade request.
     fn drive_http(&mut self, slot: usize) {
@@ -428,6 +458,12 @@ impl Loop {
         };
         let readable = conn.readable;
         let (stream, peer, ticket, read_ahead) = conn.into_parts();
+        // A slab hands out the slot it freed last, so the session gets `slot` again.
+        let watches = Watches {
+            registry: self.watch_registry.clone(),
+            token: watch_token(self.conns.vacant_key()),
+            fds: Vec::new(),
+        };
         let session = Session::new(
             self.shared,
             stream,
@@ -440,9 +476,9 @@ impl Loop {
             read_ahead,
             readable,
             self.now,
+            watches,
         );
-        // A slab hands out the slot it freed last, so this is `slot` again; if it were not,
-        // the socket would follow it.
+        // This is `slot` again (see above); if it were not, the socket would follow it.
         let new_slot = self.insert(Conn::Event(Box::new(session)));
         if new_slot != slot {
             if let Some(Entry {

@@ -10,7 +10,7 @@
 use crate::access::{self, Exchange, NO_STATUS};
 use crate::metrics::Held;
 use crate::negotiation::{plugin_failed, Upgrade};
-use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead};
+use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watches};
 use crate::shared::{Shared, Ticket};
 use mio::net::TcpStream;
 use protocol_api::abi::{
@@ -48,6 +48,8 @@ pub struct Session {
     started: Instant,
     head_in: u64,
     head_out: u64,
+    /// Descriptors of the plugin's own that the loop watches for it.
+    watches: Watches,
 }
 
 /// What the loop does with a session after a call.
@@ -73,6 +75,7 @@ impl Session {
         read_ahead: Vec<u8>,
         readable: bool,
         now: Instant,
+        watches: Watches,
     ) -> Session {
         let plugin = upgrade.plugin(offer);
         shared.metrics.switched(plugin);
@@ -111,6 +114,7 @@ impl Session {
                 Box::default()
             },
             started: upgrade.started,
+            watches,
         }
     }
 
@@ -174,6 +178,7 @@ impl Session {
             stream: &self.stream,
             flow: &mut self.flow,
             stopping: shared.is_stopping(),
+            watches: &mut self.watches,
         };
         let fd = self.stream.as_raw_fd();
         let began = *now;
@@ -269,7 +274,9 @@ impl Session {
 
     /// Ends the session: the plugin's state is dropped, the access line written, and the
     /// socket closed.
-    pub fn close(self, reason: Option<&'static str>) {
+    pub fn close(mut self, reason: Option<&'static str>) {
+        // The plugin owns the watched descriptors and closes them with its state.
+        self.watches.clear();
         let Session {
             stream,
             peer,

@@ -397,18 +397,34 @@ fn blocking_and_readiness_plugins_serve_side_by_side() {
 }
 
 /// A readiness plugin whose `negotiate` must block (dial a backend before the `101`) asks
-/// for a worker; the session it accepts there runs on the event loop as any other.
+/// for a worker; the session it accepts there runs on the event loop, which also watches
+/// the plugin's backend socket for it.
 #[test]
-fn negotiate_on_a_worker_when_a_readiness_plugin_asks() {
+fn negotiate_on_a_worker_then_relay_a_watched_backend_on_the_loop() {
     let daemon = daemon();
     let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let backend_addr = backend.local_addr().unwrap();
+    // The backend speaks first, then answers each line in capitals, then hangs up.
+    let service = std::thread::spawn(move || {
+        let (stream, _) = backend.accept().unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        writer.write_all(b"welcome\n").unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            writer.write_all(line.to_uppercase().as_bytes()).unwrap();
+            seen.push(line);
+        }
+        seen
+    });
     let mut client = daemon.client();
     let request = upgrade_request("/", "ev-dial").replace(
         "\r\n\r\n",
         &format!("\r\nX-Backend: {backend_addr}\r\n\r\n"),
     );
-    client.send(format!("{request}EARLY"));
+    client.send(format!("{request}early\n"));
     let response = client.response();
     assert_eq!(response.status, 101);
     assert_eq!(
@@ -416,20 +432,15 @@ fn negotiate_on_a_worker_when_a_readiness_plugin_asks() {
         Some("switchyard-work"), // the kernel keeps 15 bytes of a thread's name
         "negotiated on a worker, where it may block"
     );
-    let (mut dialled, _) = backend.accept().unwrap();
-    let mut line = [0u8; 8];
-    dialled.read_exact(&mut line).unwrap();
-    assert_eq!(
-        &line, b"dialled\n",
-        "the backend was dialled before the 101"
-    );
-    // The session runs on the loop, with the bytes read ahead first.
-    assert_eq!(client.read_line(), "buffered=5");
-    assert_eq!(client.read_exact(5), b"EARLY");
-    client.send("on the loop");
-    assert_eq!(client.read_exact(11), b"on the loop");
-    client.shutdown_write();
-    assert!(client.read_to_end().is_empty(), "closed after the echo");
+    // What the backend says unprompted reaches the client: its socket is watched.
+    assert_eq!(client.read_line(), "welcome");
+    // The bytes read ahead reach the backend first, then the rest.
+    assert_eq!(client.read_line(), "EARLY");
+    client.send("on the loop\n");
+    assert_eq!(client.read_line(), "ON THE LOOP");
+    assert_eq!(service.join().unwrap(), ["early\n", "on the loop\n"]);
+    // The backend hung up: so does the connection.
+    assert!(client.read_to_end().is_empty());
     let logs = daemon.wait_for_log("proto=ev-dial").unwrap_or_else(|l| l);
     assert!(
         logs.contains("\"GET / HTTP/1.1\" 101 proto=ev-dial"),

@@ -25,6 +25,7 @@ int main(void) {
     FIELD(switchyard_connection, shutdown); FIELD(switchyard_connection, set_read_timeout);
     FIELD(switchyard_connection, buffered); FIELD(switchyard_connection, is_stopping);
     FIELD(switchyard_connection, fd); FIELD(switchyard_connection, set_write_timeout);
+    FIELD(switchyard_connection, watch); FIELD(switchyard_connection, unwatch);
     SIZE(switchyard_wants);
     FIELD(switchyard_wants, interest); FIELD(switchyard_wants, timer_ms);
     SIZE(switchyard_message_sink);
@@ -52,6 +53,7 @@ int main(void) {
     CONST(SWITCHYARD_STATUS_OK); CONST(SWITCHYARD_STATUS_ERROR); CONST(SWITCHYARD_STATUS_PANIC);
     CONST(SWITCHYARD_READY_READABLE); CONST(SWITCHYARD_READY_WRITABLE);
     CONST(SWITCHYARD_READY_TIMER); CONST(SWITCHYARD_READY_STOPPING);
+    CONST(SWITCHYARD_READY_WATCHED);
     CONST(SWITCHYARD_WANT_READ); CONST(SWITCHYARD_WANT_WRITE); CONST(SWITCHYARD_WANT_CLOSE);
     CONST(SWITCHYARD_SHUTDOWN_READ); CONST(SWITCHYARD_SHUTDOWN_WRITE);
     CONST(SWITCHYARD_SHUTDOWN_BOTH);

@@ -557,6 +557,8 @@ fn raw_connection<C: HostIo>(connection: &mut C, fd: RawFd) -> RawConnection {
         is_stopping: conn_is_stopping::<C>,
         fd,
         set_write_timeout: Some(conn_set_write_timeout::<C>),
+        watch: Some(conn_watch::<C>),
+        unwatch: Some(conn_unwatch::<C>),
     }
 }
 
@@ -680,6 +682,26 @@ unsafe extern "C" fn conn_set_write_timeout<C: HostIo>(ctx: *mut c_void, millis:
     guarded(libc::EIO, || {
         // SAFETY: `ctx` per the ABI.
         match unsafe { host::<C>(ctx) }.set_write_timeout(timeout(millis)) {
+            Ok(()) => 0,
+            Err(e) => errno(&e),
+        }
+    })
+}
+
+unsafe extern "C" fn conn_watch<C: HostIo>(ctx: *mut c_void, fd: i32) -> i32 {
+    guarded(libc::EIO, || {
+        // SAFETY: `ctx` per the ABI.
+        match unsafe { host::<C>(ctx) }.watch(fd, true) {
+            Ok(()) => 0,
+            Err(e) => errno(&e),
+        }
+    })
+}
+
+unsafe extern "C" fn conn_unwatch<C: HostIo>(ctx: *mut c_void, fd: i32) -> i32 {
+    guarded(libc::EIO, || {
+        // SAFETY: `ctx` per the ABI.
+        match unsafe { host::<C>(ctx) }.watch(fd, false) {
             Ok(()) => 0,
             Err(e) => errno(&e),
         }

@@ -9,6 +9,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -23,6 +24,55 @@ pub trait HostIo {
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
     fn buffered(&self) -> usize;
     fn is_stopping(&self) -> bool;
+    /// Watches (`true`) or stops watching a descriptor of the plugin's (ABI 1.2); only
+    /// readiness connections can.
+    fn watch(&mut self, _fd: RawFd, _watch: bool) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+/// Most descriptors one readiness connection may have its loop watch.
+pub const MAX_WATCHED: usize = 16;
+
+/// The descriptors of its own a readiness connection has its event loop watch (a backend
+/// socket, a child's pipes). Each is registered under the connection's watch token; an
+/// event on it calls the plugin with `READY_WATCHED`.
+pub struct Watches {
+    pub registry: std::sync::Arc<mio::Registry>,
+    pub token: mio::Token,
+    pub fds: Vec<RawFd>,
+}
+
+impl Watches {
+    fn watch(&mut self, fd: RawFd, watch: bool) -> io::Result<()> {
+        use mio::unix::SourceFd;
+        let known = self.fds.iter().position(|&f| f == fd);
+        match (watch, known) {
+            (true, Some(_)) | (false, None) => Ok(()),
+            (true, None) if self.fds.len() >= MAX_WATCHED => {
+                Err(io::Error::from_raw_os_error(libc::EMFILE))
+            }
+            (true, None) => {
+                let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+                self.registry
+                    .register(&mut SourceFd(&fd), self.token, interest)?;
+                self.fds.push(fd);
+                Ok(())
+            }
+            (false, Some(index)) => {
+                self.fds.swap_remove(index);
+                self.registry.deregister(&mut SourceFd(&fd))
+            }
+        }
+    }
+
+    /// Stops watching everything (before the plugin's state, which owns the descriptors,
+    /// is dropped).
+    pub fn clear(&mut self) {
+        for fd in std::mem::take(&mut self.fds) {
+            let _ = self.registry.deregister(&mut mio::unix::SourceFd(&fd));
+        }
+    }
 }
 
 /// Bytes the event loop read past the request: the new protocol's first bytes, which the
@@ -165,6 +215,7 @@ pub struct EventIo<'a> {
     pub stream: &'a mio::net::TcpStream,
     pub flow: &'a mut Flow,
     pub stopping: bool,
+    pub watches: &'a mut Watches,
 }
 
 impl EventIo<'_> {
@@ -243,5 +294,9 @@ impl HostIo for EventIo<'_> {
 
     fn is_stopping(&self) -> bool {
         self.stopping
+    }
+
+    fn watch(&mut self, fd: RawFd, watch: bool) -> io::Result<()> {
+        self.watches.watch(fd, watch)
     }
 }
