@@ -21,3 +21,4 @@ mod systemd;
 mod tunnel;
 mod upgrade;
 mod websocket;
+mod websocket_routes;

@@ -14,6 +14,11 @@ pub struct Config {
     pub idle: Option<Duration>,
     /// `SWITCHYARD_WEBSOCKET_DEFLATE` (default on): accept permessage-deflate offers.
     pub deflate: bool,
+    /// `SWITCHYARD_WEBSOCKET_ROUTES`: services by path; empty: every path is echo.
+    pub routes: Vec<crate::routes::Route>,
+    /// `SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS` (default 5000): dialling a `tcp://` service;
+    /// longer gets `504`.
+    pub connect_timeout: Duration,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -49,6 +54,10 @@ impl Config {
                 .map(|v| list(&v))
                 .unwrap_or_default(),
             idle: number("SWITCHYARD_WEBSOCKET_IDLE_MS", 1)?.map(Duration::from_millis),
+            routes: crate::routes::parse(&lookup(crate::routes::ROUTES).unwrap_or_default())?,
+            connect_timeout: Duration::from_millis(
+                number("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", 1)?.unwrap_or(5000),
+            ),
             deflate: match lookup("SWITCHYARD_WEBSOCKET_DEFLATE")
                 .as_deref()
                 .map(str::trim)
@@ -80,6 +89,8 @@ mod tests {
                 protocols: vec![],
                 idle: None,
                 deflate: true,
+                routes: vec![],
+                connect_timeout: Duration::from_secs(5),
             }
         );
         let error =

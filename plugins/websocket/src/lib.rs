@@ -10,11 +10,13 @@
 //! Settings (environment): `SWITCHYARD_WEBSOCKET_MAX_MESSAGE`, `_ORIGINS`, `_PROTOCOLS`,
 //! `_IDLE_MS`; see [`config::Config`].
 
+pub mod backend;
 pub mod config;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod receiver;
+pub mod routes;
 mod session;
 
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
@@ -29,8 +31,8 @@ pub struct WebSocket {
 impl EventProtocol for WebSocket {
     const NAME: &'static str = "websocket";
     const TOKENS: &'static [&'static str] = &["websocket"];
-    /// The permessage-deflate agreement, if any.
-    type Session = Option<deflate::Agreement>;
+    /// The permessage-deflate agreement, if any, and a route's service, dialled.
+    type Session = (Option<deflate::Agreement>, Option<backend::Backend>);
     type Conn = session::Session;
 
     fn new() -> Result<Self, String> {
@@ -40,10 +42,34 @@ impl EventProtocol for WebSocket {
     }
 
     fn negotiate(&self, request: &Request<'_>) -> Decision<Self::Session> {
+        let Some(service) = routes::service(&self.config.routes, request.path()) else {
+            return Decision::Decline; // no route for this path: the client gets 426
+        };
         let headers: Vec<(&str, &[u8])> = request.headers().collect();
         match handshake::check(request.method(), &headers, &self.config) {
             Ok(accepted) => {
-                let mut decision = Decision::accept(accepted.deflate)
+                // A service is dialled before the 101, which blocks: on a worker.
+                let backend = match service {
+                    routes::Service::Echo => None,
+                    _ if !request.may_block() => return Decision::OnWorker,
+                    service => match backend::Backend::dial(service, self.config.connect_timeout) {
+                        Ok(backend) => Some(backend),
+                        Err(unreachable) => {
+                            log::warn!(
+                                "websocket {} for {}: service {:?} {}",
+                                request.path(),
+                                request.peer(),
+                                service,
+                                unreachable.why
+                            );
+                            return Decision::reject(
+                                unreachable.status,
+                                format!("the service for {} {}\n", request.path(), unreachable.why),
+                            );
+                        }
+                    },
+                };
+                let mut decision = Decision::accept((accepted.deflate, backend))
                     .with_header("Sec-WebSocket-Accept", accepted.accept);
                 if let Some(protocol) = accepted.protocol {
                     decision = decision.with_header("Sec-WebSocket-Protocol", protocol);
@@ -67,10 +93,11 @@ impl EventProtocol for WebSocket {
 
     fn start(
         &self,
-        deflate: Self::Session,
+        (deflate, backend): Self::Session,
         _request: &Request<'_>,
     ) -> std::io::Result<session::Session> {
-        Ok(session::Session::new(&self.config, deflate))
+        let relay = backend.map(session::Relay::new);
+        Ok(session::Session::new(&self.config, deflate, relay))
     }
 
     fn on_ready(

@@ -19,6 +19,8 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
+    /// A route's service failed (§7.4.1: "an unexpected condition").
+    pub const INTERNAL_ERROR: u16 = 1011;
 
     /// Codes a peer may send in a close frame (§7.4.1, §7.4.2; IANA registry): 1000–1003,
     /// 1007–1014, and 3000–4999 for libraries and applications. 1004–1006 and 1015 are

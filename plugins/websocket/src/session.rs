@@ -10,7 +10,14 @@
 //! Replies produced by one read (echoes, pongs, a close) are gathered and written with one
 //! `write`; a large message goes out straight from where it lies, header and payload in one
 //! vectored write. With permessage-deflate agreed, echoes are compressed too.
+//!
+//! On a route to a service ([`Relay`]) a message's payload goes to the service instead of
+//! back, and the service's bytes come back as binary messages. Each direction holds at most
+//! what one read brought (a message, or 64 KiB from the service) until the other side takes
+//! it, and reads nothing more meanwhile: a client that does not read stops the service from
+//! being read, a service that does not read stops the client from being read.
 
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::deflate::{Agreement, Deflater, Inflater};
 use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
@@ -19,6 +26,7 @@ use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// The event-loop thread's read buffer.
@@ -62,6 +70,47 @@ pub struct Session {
     state: State,
     /// We pinged a silent peer and wait for any sign of life.
     ping_sent: bool,
+    /// A route's service, relayed instead of echoing.
+    relay: Option<Box<Relay>>,
+}
+
+/// The service side of a routed connection.
+pub struct Relay {
+    backend: Backend,
+    watching: bool,
+    /// Payloads from the client the service has not taken yet, from `at` on.
+    to_backend: Vec<u8>,
+    at: usize,
+}
+
+impl Relay {
+    pub fn new(backend: Backend) -> Box<Relay> {
+        Box::new(Relay {
+            backend,
+            watching: false,
+            to_backend: Vec::new(),
+            at: 0,
+        })
+    }
+
+    /// Writes what the service is owed; true when nothing is left.
+    fn flush(&mut self) -> io::Result<bool> {
+        while self.at < self.to_backend.len() {
+            match self.backend.write(&self.to_backend[self.at..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.to_backend.clear();
+        self.at = 0;
+        if self.to_backend.capacity() > KEEP_OUTPUT {
+            self.to_backend = Vec::new();
+        }
+        Ok(true)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -79,8 +128,9 @@ enum State {
 }
 
 impl Session {
-    pub fn new(config: &Config, deflate: Option<Agreement>) -> Session {
+    pub fn new(config: &Config, deflate: Option<Agreement>, relay: Option<Box<Relay>>) -> Session {
         Session {
+            relay,
             receiver: Receiver::new(config.max_message, deflate.map(Inflater::new)),
             deflater: deflate.map(Deflater::new),
             partial: Vec::new(),
@@ -98,6 +148,9 @@ impl Session {
         ready: Ready,
         config: &Config,
     ) -> io::Result<Wants> {
+        if self.relay.is_some() {
+            return self.on_ready_relay(io, ready, config);
+        }
         if ready.is_stopping() && self.state == State::Open {
             self.start_close(close_code::GOING_AWAY, "server stopping");
         }
@@ -147,6 +200,115 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// A routed connection: the client and the service, each written before the other is
+    /// read (see the module docs).
+    fn on_ready_relay(
+        &mut self,
+        io: &mut Io<'_>,
+        ready: Ready,
+        config: &Config,
+    ) -> io::Result<Wants> {
+        if ready.is_stopping() && self.state == State::Open {
+            self.start_close(close_code::GOING_AWAY, "server stopping");
+        }
+        if ready.is_timer() {
+            if let State::Closing { until, .. } = self.state {
+                if Instant::now() >= until {
+                    return Ok(Wants::close());
+                }
+            }
+        }
+        {
+            let relay = self.relay.as_mut().expect("a relay");
+            if !relay.watching {
+                relay.backend.set_nonblocking()?;
+                io.watch(relay.backend.as_fd())?;
+                relay.watching = true;
+            }
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            let mut moved = false;
+            if !self.write_owed(io)? {
+                return Ok(self.next(Wants::write(), config));
+            }
+            match self.state {
+                State::Done => {
+                    // The client closed: what it sent still goes to the service, whose
+                    // write side is then shut; the connection's end closes it.
+                    let relay = self.relay.as_mut().expect("a relay");
+                    let _ = relay.flush();
+                    let _ = relay.backend.shutdown_write();
+                    return Ok(Wants::close());
+                }
+                State::Closing { until, shut: false } => {
+                    let _ = io.shutdown(Shutdown::Write);
+                    self.state = State::Closing { until, shut: true };
+                }
+                _ => {}
+            }
+            let relay = self.relay.as_mut().expect("a relay");
+            let flushed = match relay.flush() {
+                Ok(flushed) => flushed,
+                Err(e) => {
+                    log::debug!("websocket: the service failed: {e}");
+                    self.start_close(close_code::INTERNAL_ERROR, "service failed");
+                    continue;
+                }
+            };
+            // The client, while the service has taken everything it sent.
+            if flushed && budget > 0 {
+                let before = budget;
+                let read =
+                    SCRATCH.with(|scratch| self.read(io, &mut scratch.borrow_mut(), &mut budget));
+                match read {
+                    Ok(Reading::Wait) => {}
+                    Ok(Reading::Ended) => return Ok(Wants::close()),
+                    Ok(Reading::Wrote) => moved = true,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                let relay = self.relay.as_ref().expect("a relay");
+                moved |= budget < before || relay.to_backend.len() > relay.at;
+            }
+            // The service, while the client has taken everything and the connection is open.
+            if self.owed.is_empty() && self.state == State::Open {
+                match SCRATCH.with(|scratch| self.read_service(&mut scratch.borrow_mut())) {
+                    Ok(0) => {}
+                    Ok(_) => moved = true,
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                        self.start_close(close_code::NORMAL, "");
+                        moved = true;
+                    }
+                    Err(e) => {
+                        log::debug!("websocket: the service failed: {e}");
+                        self.start_close(close_code::INTERNAL_ERROR, "service failed");
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                return Ok(self.next(Wants::read(), config));
+            }
+        }
+    }
+
+    /// Reads what the service has into one binary message owed to the client; the bytes
+    /// read (0: it would block). Its end of stream is `UnexpectedEof`.
+    fn read_service(&mut self, scratch: &mut Scratch) -> io::Result<usize> {
+        let relay = self.relay.as_mut().expect("a relay");
+        match relay.backend.read(&mut scratch.input) {
+            Ok(0) => Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                write_frame(&mut self.owed, opcode::BINARY, &scratch.input[..n]);
+                Ok(n)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
         }
     }
 
@@ -223,9 +385,15 @@ impl Session {
             error: None,
         };
         let deflater = &mut self.deflater;
+        let mut to_backend = self.relay.as_mut().map(|r| &mut r.to_backend);
         let result = self
             .receiver
             .feed(&mut input[..filled], &mut |event| match event {
+                Event::Message { payload, .. } if to_backend.is_some() => {
+                    if let Some(to_backend) = to_backend.as_mut() {
+                        to_backend.extend_from_slice(payload);
+                    }
+                }
                 Event::Message { text, payload } => {
                     let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
                     let payload = match deflater.as_mut() {

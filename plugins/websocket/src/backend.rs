@@ -1,0 +1,98 @@
+//! A route's service socket: dialled before the `101` (on a worker thread: negotiate asks
+//! for one, since dialling blocks), then relayed non-blocking on the event loop, which
+//! watches it.
+
+use crate::routes::Service;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// A connected service.
+pub enum Backend {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Why a service could not be reached: the status for the client, and what to log.
+pub struct Unreachable {
+    pub status: u16,
+    pub why: String,
+}
+
+impl Backend {
+    /// Dials `service` (not `Echo`), waiting at most `timeout` for a TCP connection:
+    /// refused or unreachable is `502`, too slow `504`.
+    pub fn dial(service: &Service, timeout: Duration) -> Result<Backend, Unreachable> {
+        let failed = |e: io::Error| {
+            let (status, what) = match e.kind() {
+                ErrorKind::TimedOut | ErrorKind::WouldBlock => (504, "did not answer in time"),
+                ErrorKind::ConnectionRefused => (502, "refused the connection"),
+                _ => (502, "could not be reached"),
+            };
+            Unreachable {
+                status,
+                why: format!("{what}: {e}"),
+            }
+        };
+        match service {
+            Service::Tcp(address) => {
+                let mut last = io::Error::new(ErrorKind::NotFound, "no address");
+                for addr in address.to_socket_addrs().map_err(failed)? {
+                    match TcpStream::connect_timeout(&addr, timeout) {
+                        Ok(stream) => {
+                            let _ = stream.set_nodelay(true);
+                            return Ok(Backend::Tcp(stream));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(failed(last))
+            }
+            Service::Unix(path) => UnixStream::connect(path).map(Backend::Unix).map_err(failed),
+            Service::Echo => Err(Unreachable {
+                status: 500,
+                why: "echo has no backend".into(),
+            }),
+        }
+    }
+
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Backend::Tcp(s) => s.set_nonblocking(true),
+            Backend::Unix(s) => s.set_nonblocking(true),
+        }
+    }
+
+    /// Our side is done sending: the service sees its end of input.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Backend::Tcp(s) => s.shutdown(Shutdown::Write),
+            Backend::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Backend::Tcp(s) => (&*s).read(buf),
+            Backend::Unix(s) => (&*s).read(buf),
+        }
+    }
+
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Backend::Tcp(s) => (&*s).write(buf),
+            Backend::Unix(s) => (&*s).write(buf),
+        }
+    }
+}
+
+impl AsFd for Backend {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Backend::Tcp(s) => s.as_fd(),
+            Backend::Unix(s) => s.as_fd(),
+        }
+    }
+}
