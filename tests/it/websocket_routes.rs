@@ -220,3 +220,185 @@ fn a_client_that_never_reads_holds_the_service_back_with_memory_bounded() {
     assert!(grown < 16 * 1024, "the daemon grew {grown} KiB");
     drop(client);
 }
+
+/// An executable shell script in `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn text(client: &mut Client) -> String {
+    match client.read().expect("a message") {
+        Message::Text(text) => text.as_str().to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn close_code(client: &mut Client) -> CloseCode {
+    loop {
+        match client.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code,
+            Ok(Message::Close(None)) => panic!("a close without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame: {e}"),
+        }
+    }
+}
+
+/// Whether process `pid` is gone (exited and reaped: no zombie left).
+fn gone_within(pid: u32, limit: Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = script(
+        dir.path(),
+        "count",
+        "step=${1:-1}; i=1; while [ $i -le 3 ]; do echo $i; i=$((i + step)); done",
+    );
+    let fails = script(dir.path(), "fails", "echo 'oops, on stderr' >&2; exit 3");
+    let env = script(
+        dir.path(),
+        "env",
+        "echo \"$REMOTE_ADDR|$REQUEST_METHOD|$QUERY_STRING|$PATH_INFO|$HTTP_X_TEST|${SWITCHYARD_WEBSOCKET_ROUTES:-unset}|$1\"",
+    );
+    let routes = format!(
+        "/count=exec:{} 1,/cat=exec:/bin/cat,/fails=exec:{},/env=exec:{} ;rm,/raw=exec-binary:/bin/cat",
+        count.display(),
+        fails.display(),
+        env.display()
+    );
+    let daemon = daemon(&routes);
+
+    // Each line a text message, then the program's end is close 1000.
+    let mut client = connect(&daemon, "/count");
+    assert_eq!(
+        [text(&mut client), text(&mut client), text(&mut client)],
+        ["1", "2", "3"]
+    );
+    assert_eq!(close_code(&mut client), CloseCode::Normal);
+
+    // Each message a line on stdin; UTF-8 whole.
+    let mut client = connect(&daemon, "/cat");
+    for line in ["hello", "wörld", ""] {
+        client.send(Message::text(line)).unwrap();
+        assert_eq!(text(&mut client), line);
+    }
+    client.close(None).unwrap();
+    while client.read().is_ok() {}
+
+    // exec-binary: chunks as binary messages, messages as bytes (no newline added).
+    let mut client = connect(&daemon, "/raw");
+    client.send(Message::binary(vec![0u8, 255, 10, 7])).unwrap();
+    assert_eq!(read_bytes(&mut client, 4), [0, 255, 10, 7]);
+    client.close(None).unwrap();
+    while client.read().is_ok() {}
+
+    // A failing program: close 1011; its stderr in the daemon's log with route and pid.
+    let mut client = connect(&daemon, "/fails");
+    assert_eq!(close_code(&mut client), CloseCode::Error);
+    let logs = daemon.wait_for_log("oops, on stderr").unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("oops, on stderr"))
+        .unwrap();
+    assert!(line.contains("websocket /fails (pid "), "{line}");
+
+    // The CGI environment; the route's words as argv, nothing from the request.
+    let stream = TcpStream::connect(daemon.addr).unwrap();
+    let request = tungstenite::handshake::client::Request::builder()
+        .uri(format!("ws://{}/env?x=1;rm%20-rf", daemon.addr))
+        .header("Host", daemon.addr.to_string())
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("X-Test", "from the client")
+        .body(())
+        .unwrap();
+    let (mut client, _) = tungstenite::client(request, stream).unwrap();
+    assert_eq!(
+        text(&mut client),
+        "127.0.0.1|GET|x=1;rm%20-rf|/env|from the client|unset|;rm"
+    );
+}
+
+#[test]
+fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let stubborn = script(
+        dir.path(),
+        "stubborn",
+        "trap '' TERM; echo $$; while true; do sleep 0.1; done",
+    );
+    let polite = script(dir.path(), "polite", "echo $$; exec cat");
+    let mut daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!(
+                "/stubborn=exec:{},/polite=exec:{}",
+                stubborn.display(),
+                polite.display()
+            ),
+        )
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "2")
+        .start();
+    // A client leaves a program that ignores SIGTERM: stdin closed, SIGTERM, then SIGKILL.
+    let mut client = connect(&daemon, "/stubborn");
+    let pid: u32 = text(&mut client).parse().unwrap();
+    client.close(None).unwrap();
+    while client.read().is_ok() {}
+    assert!(
+        gone_within(pid, Duration::from_secs(10)),
+        "pid {pid} still there"
+    );
+
+    // Past SWITCHYARD_WEBSOCKET_MAX_PROCESSES: 503.
+    let mut first = connect(&daemon, "/polite");
+    let mut second = connect(&daemon, "/polite");
+    let pids: Vec<u32> = [&mut first, &mut second]
+        .into_iter()
+        .map(|c| text(c).parse().unwrap())
+        .collect();
+    let mut raw = TcpStream::connect(daemon.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(
+        b"GET /polite HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    raw.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 503");
+
+    // The daemon stops with both alive: each client is told 1001, each program reaped.
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(close_code(&mut first), CloseCode::Away);
+    assert_eq!(close_code(&mut second), CloseCode::Away);
+    drop((first, second));
+    assert_eq!(
+        daemon
+            .wait_exit(Duration::from_secs(15))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    for pid in pids {
+        assert!(
+            gone_within(pid, Duration::from_secs(5)),
+            "pid {pid} left behind"
+        );
+    }
+}

@@ -1,7 +1,8 @@
-//! A route's service socket: dialled before the `101` (on a worker thread: negotiate asks
-//! for one, since dialling blocks), then relayed non-blocking on the event loop, which
-//! watches it.
+//! A route's service: a socket dialled, or a program started, before the `101` (on a worker
+//! thread: negotiate asks for one, since both block), then relayed non-blocking on the
+//! event loop, which watches its descriptors.
 
+use crate::process::Program;
 use crate::routes::Service;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -13,6 +14,7 @@ use std::time::Duration;
 pub enum Backend {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Program(Box<Program>),
 }
 
 /// Why a service could not be reached: the status for the client, and what to log.
@@ -24,7 +26,11 @@ pub struct Unreachable {
 impl Backend {
     /// Dials `service` (not `Echo`), waiting at most `timeout` for a TCP connection:
     /// refused or unreachable is `502`, too slow `504`.
-    pub fn dial(service: &Service, timeout: Duration) -> Result<Backend, Unreachable> {
+    pub fn dial(
+        service: &Service,
+        timeout: Duration,
+        env: impl FnOnce() -> Vec<(String, String)>,
+    ) -> Result<Backend, Unreachable> {
         let failed = |e: io::Error| {
             let (status, what) = match e.kind() {
                 ErrorKind::TimedOut | ErrorKind::WouldBlock => (504, "did not answer in time"),
@@ -51,6 +57,12 @@ impl Backend {
                 Err(failed(last))
             }
             Service::Unix(path) => UnixStream::connect(path).map(Backend::Unix).map_err(failed),
+            Service::Exec { argv, .. } => Program::start(argv, env())
+                .map(|p| Backend::Program(Box::new(p)))
+                .map_err(|e| Unreachable {
+                    status: 502,
+                    why: format!("could not be started: {e}"),
+                }),
             Service::Echo => Err(Unreachable {
                 status: 500,
                 why: "echo has no backend".into(),
@@ -62,37 +74,60 @@ impl Backend {
         match self {
             Backend::Tcp(s) => s.set_nonblocking(true),
             Backend::Unix(s) => s.set_nonblocking(true),
+            Backend::Program(_) => Ok(()), // its pipes are already
+        }
+    }
+
+    /// The descriptors the event loop watches for this service.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            Backend::Tcp(s) => vec![s.as_fd()],
+            Backend::Unix(s) => vec![s.as_fd()],
+            Backend::Program(p) => {
+                let mut fds = vec![p.stdout.as_fd(), p.stderr.as_fd(), p.pidfd.as_fd()];
+                fds.extend(p.stdin.as_ref().map(|s| s.as_fd()));
+                fds
+            }
+        }
+    }
+
+    /// The descriptor that `shutdown_write` closes (a program's stdin), which must be
+    /// unwatched first.
+    pub fn closed_by_shutdown(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Backend::Program(p) => p.stdin.as_ref().map(|s| s.as_fd()),
+            _ => None,
         }
     }
 
     /// Our side is done sending: the service sees its end of input.
-    pub fn shutdown_write(&self) -> io::Result<()> {
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Backend::Tcp(s) => s.shutdown(Shutdown::Write),
             Backend::Unix(s) => s.shutdown(Shutdown::Write),
+            Backend::Program(p) => {
+                p.stdin = None;
+                Ok(())
+            }
         }
     }
 
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Backend::Tcp(s) => (&*s).read(buf),
-            Backend::Unix(s) => (&*s).read(buf),
+            Backend::Tcp(s) => s.read(buf),
+            Backend::Unix(s) => s.read(buf),
+            Backend::Program(p) => p.stdout.read(buf),
         }
     }
 
-    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Backend::Tcp(s) => (&*s).write(buf),
-            Backend::Unix(s) => (&*s).write(buf),
-        }
-    }
-}
-
-impl AsFd for Backend {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Backend::Tcp(s) => s.as_fd(),
-            Backend::Unix(s) => s.as_fd(),
+            Backend::Tcp(s) => s.write(buf),
+            Backend::Unix(s) => s.write(buf),
+            Backend::Program(p) => match p.stdin.as_mut() {
+                Some(stdin) => stdin.write(buf),
+                None => Err(ErrorKind::BrokenPipe.into()),
+            },
         }
     }
 }

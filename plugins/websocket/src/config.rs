@@ -19,6 +19,9 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS` (default 5000): dialling a `tcp://` service;
     /// longer gets `504`.
     pub connect_timeout: Duration,
+    /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES` (default 256): programs of `exec:` routes
+    /// running at once; past it, `503`.
+    pub max_processes: usize,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -58,6 +61,8 @@ impl Config {
             connect_timeout: Duration::from_millis(
                 number("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", 1)?.unwrap_or(5000),
             ),
+            max_processes: number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", 1)?
+                .map_or(256, |n| n as usize),
             deflate: match lookup("SWITCHYARD_WEBSOCKET_DEFLATE")
                 .as_deref()
                 .map(str::trim)
@@ -91,6 +96,7 @@ mod tests {
                 deflate: true,
                 routes: vec![],
                 connect_timeout: Duration::from_secs(5),
+                max_processes: 256,
             }
         );
         let error =

@@ -14,6 +14,12 @@ pub enum Service {
     Echo,
     Tcp(String),
     Unix(PathBuf),
+    /// A program run per connection (websocketd's behaviour): `argv` from the route's
+    /// words alone; text lines (`exec:`) or binary chunks (`exec-binary:`).
+    Exec {
+        argv: Vec<String>,
+        binary: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,10 +58,19 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
                 return Err(invalid("a unix: backend must be an absolute path"));
             }
             Service::Unix(PathBuf::from(path))
-        } else if service.starts_with("exec:") || service.starts_with("exec-binary:") {
-            return Err(invalid(
-                "exec: routes are not built yet; tcp://, unix: and echo are",
-            ));
+        } else if let Some((binary, command)) = service
+            .strip_prefix("exec-binary:")
+            .map(|c| (true, c))
+            .or_else(|| service.strip_prefix("exec:").map(|c| (false, c)))
+        {
+            let argv: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+            let Some(program) = argv.first() else {
+                return Err(invalid("exec: needs a program"));
+            };
+            if let Err(why) = executable(program) {
+                return Err(invalid(&why));
+            }
+            Service::Exec { argv, binary }
         } else {
             return Err(invalid(
                 "unknown service; use tcp://host:port, unix:/path or echo",
@@ -71,6 +86,29 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     Ok(routes)
+}
+
+/// Whether `program` names an executable file: a path as given, or a name on `PATH`.
+fn executable(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = std::path::Path::new(program);
+        return match std::fs::metadata(path) {
+            Err(e) => Err(format!("the program {program} cannot be used: {e}")),
+            Ok(_) if !is_executable(path) => {
+                Err(format!("the program {program} is not an executable file"))
+            }
+            Ok(_) => Ok(()),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match std::env::split_paths(&path).any(|dir| is_executable(&dir.join(program))) {
+        true => Ok(()),
+        false => Err(format!("no executable {program} on PATH")),
+    }
 }
 
 /// The service for `path`: its longest routed prefix; every path is `echo` when there are
@@ -108,6 +146,32 @@ mod tests {
             Some(&Service::Echo),
             "unset: echo"
         );
+        let routes = parse("/count=exec:/bin/sh -c  'x', /raw=exec-binary:cat").unwrap();
+        assert_eq!(
+            service(&routes, "/count"),
+            Some(&Service::Exec {
+                argv: vec!["/bin/sh".into(), "-c".into(), "'x'".into()],
+                binary: false
+            }),
+            "words, never a shell's parsing"
+        );
+        assert_eq!(
+            service(&routes, "/raw"),
+            Some(&Service::Exec {
+                argv: vec!["cat".into()],
+                binary: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_program_that_is_not_executable_is_named() {
+        let file =
+            std::env::temp_dir().join(format!("switchyard-not-a-program-{}", std::process::id()));
+        std::fs::write(&file, "data").unwrap();
+        let error = parse(&format!("/x=exec:{}", file.display())).unwrap_err();
+        std::fs::remove_file(&file).unwrap();
+        assert!(error.contains("not an executable"), "{error}");
     }
 
     #[test]
@@ -118,7 +182,9 @@ mod tests {
             ("/a=ftp://x:1", "unknown service"),
             ("a=echo", "start with /"),
             ("/a=echo,/a=echo", "twice"),
-            ("/count=exec:/bin/count", "not built yet"),
+            ("/count=exec:/no/such/program", "cannot be used"),
+            ("/count=exec:no-such-program-here", "on PATH"),
+            ("/count=exec:", "needs a program"),
         ] {
             let error = parse(value).unwrap_err();
             assert!(

@@ -26,7 +26,6 @@ use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// The event-loop thread's read buffer.
@@ -81,16 +80,56 @@ pub struct Relay {
     /// Payloads from the client the service has not taken yet, from `at` on.
     to_backend: Vec<u8>,
     at: usize,
+    /// `exec:` (websocketd's text mode): each line of the program's output is a text
+    /// message, and each message to it is followed by a newline.
+    lines: bool,
+    /// The start of a line of output (or of stderr) whose end has not come yet.
+    carry: Vec<u8>,
+    stderr_carry: Vec<u8>,
+    /// For logs: the route and, for a program, its pid.
+    label: String,
 }
 
+/// Longest line kept waiting for its newline; longer, it goes out as it is.
+const MAX_LINE: usize = 64 * 1024;
+
 impl Relay {
-    pub fn new(backend: Backend) -> Box<Relay> {
+    /// `lines`: `exec:`'s text mode. `label` names the route in logs.
+    pub fn new(backend: Backend, lines: bool, label: String) -> Box<Relay> {
         Box::new(Relay {
             backend,
             watching: false,
             to_backend: Vec::new(),
             at: 0,
+            lines,
+            carry: Vec::new(),
+            stderr_carry: Vec::new(),
+            label,
         })
+    }
+
+    /// Logs what a program wrote to stderr, a line at a time.
+    fn log_stderr(&mut self) {
+        let Backend::Program(program) = &mut self.backend else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut program.stderr, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.stderr_carry.extend_from_slice(&buf[..n]),
+            }
+        }
+        while let Some(end) = self.stderr_carry.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&self.stderr_carry[..end]).into_owned();
+            log::info!("websocket {} [pid {}]: {line}", self.label, program.pid);
+            self.stderr_carry.drain(..=end);
+        }
+        if self.stderr_carry.len() > MAX_LINE {
+            let line = String::from_utf8_lossy(&self.stderr_carry).into_owned();
+            log::info!("websocket {} [pid {}]: {line}", self.label, program.pid);
+            self.stderr_carry.clear();
+        }
     }
 
     /// Writes what the service is owed; true when nothing is left.
@@ -225,9 +264,12 @@ impl Session {
             let relay = self.relay.as_mut().expect("a relay");
             if !relay.watching {
                 relay.backend.set_nonblocking()?;
-                io.watch(relay.backend.as_fd())?;
+                for fd in relay.backend.fds() {
+                    io.watch(fd)?;
+                }
                 relay.watching = true;
             }
+            relay.log_stderr();
         }
         let mut budget = READ_BUDGET;
         loop {
@@ -241,6 +283,9 @@ impl Session {
                     // write side is then shut; the connection's end closes it.
                     let relay = self.relay.as_mut().expect("a relay");
                     let _ = relay.flush();
+                    if let Some(fd) = relay.backend.closed_by_shutdown() {
+                        io.unwatch(fd)?; // before it is closed
+                    }
                     let _ = relay.backend.shutdown_write();
                     return Ok(Wants::close());
                 }
@@ -296,18 +341,57 @@ impl Session {
         }
     }
 
-    /// Reads what the service has into one binary message owed to the client; the bytes
-    /// read (0: it would block). Its end of stream is `UnexpectedEof`.
+    /// Reads what the service has into messages owed to the client (one binary message,
+    /// or a text message per line for `exec:`); the bytes read (0: nothing now). The
+    /// service's end is `UnexpectedEof`; a program's end with a failure is an error.
     fn read_service(&mut self, scratch: &mut Scratch) -> io::Result<usize> {
         let relay = self.relay.as_mut().expect("a relay");
         match relay.backend.read(&mut scratch.input) {
-            Ok(0) => Err(ErrorKind::UnexpectedEof.into()),
+            Ok(0) => {
+                if relay.lines && !relay.carry.is_empty() {
+                    let line = String::from_utf8_lossy(&relay.carry).into_owned();
+                    write_frame(&mut self.owed, opcode::TEXT, line.as_bytes());
+                    relay.carry.clear();
+                }
+                relay.log_stderr();
+                match &mut relay.backend {
+                    Backend::Program(program) => match program.exit_status() {
+                        None => Ok(0), // output closed; its exit comes through the pidfd
+                        Some(status) if status.success() => Err(ErrorKind::UnexpectedEof.into()),
+                        Some(status) => Err(io::Error::other(format!(
+                            "the program (pid {}) ended: {status}",
+                            program.pid
+                        ))),
+                    },
+                    _ => Err(ErrorKind::UnexpectedEof.into()),
+                }
+            }
+            Ok(n) if relay.lines => {
+                relay.carry.extend_from_slice(&scratch.input[..n]);
+                while let Some(end) = relay.carry.iter().position(|&b| b == b'\n') {
+                    let line = &relay.carry[..end];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    write_frame(
+                        &mut self.owed,
+                        opcode::TEXT,
+                        String::from_utf8_lossy(line).as_bytes(),
+                    );
+                    relay.carry.drain(..=end);
+                }
+                if relay.carry.len() > MAX_LINE {
+                    let line = String::from_utf8_lossy(&relay.carry).into_owned();
+                    write_frame(&mut self.owed, opcode::TEXT, line.as_bytes());
+                    relay.carry.clear();
+                }
+                Ok(n)
+            }
             Ok(n) => {
                 write_frame(&mut self.owed, opcode::BINARY, &scratch.input[..n]);
                 Ok(n)
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
-            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(0),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                Ok(0)
+            }
             Err(e) => Err(e),
         }
     }
@@ -385,6 +469,7 @@ impl Session {
             error: None,
         };
         let deflater = &mut self.deflater;
+        let newline = self.relay.as_ref().is_some_and(|r| r.lines);
         let mut to_backend = self.relay.as_mut().map(|r| &mut r.to_backend);
         let result = self
             .receiver
@@ -392,6 +477,9 @@ impl Session {
                 Event::Message { payload, .. } if to_backend.is_some() => {
                     if let Some(to_backend) = to_backend.as_mut() {
                         to_backend.extend_from_slice(payload);
+                        if newline {
+                            to_backend.push(b'\n');
+                        }
                     }
                 }
                 Event::Message { text, payload } => {

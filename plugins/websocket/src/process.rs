@@ -1,0 +1,212 @@
+//! Programs behind `exec:` routes (websocketd's behaviour): one process per connection,
+//! run without a shell, its pipes non-blocking for the event loop, and every one reaped.
+//!
+//! Processes are started by one thread of the plugin's own, which lives as long as the
+//! daemon: each child gets `PR_SET_PDEATHSIG(SIGKILL)`, which fires when the thread that
+//! started it ends, so a child can never outlive the daemon, however the daemon ends. The
+//! same thread ends the programs of connections that are gone: stdin closed, then SIGTERM
+//! after a grace period, then SIGKILL, and waits for each. Every `unsafe` line of the plugin
+//! is in this module.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// After stdin is closed, how long a program gets to end by itself; then as long again
+/// after SIGTERM before SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Programs running (started and not yet reaped), against the limit.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A running program and its pipes.
+pub struct Program {
+    child: Option<Child>,
+    pub pid: u32,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+    /// Readable once the process has exited (Linux `pidfd_open`).
+    pub pidfd: OwnedFd,
+    pub exited: Option<ExitStatus>,
+}
+
+enum Request {
+    Start(Box<Command>, Sender<io::Result<Child>>),
+    End(Child),
+}
+
+fn starter() -> &'static Mutex<Sender<Request>> {
+    static STARTER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
+    STARTER.get_or_init(|| {
+        let (sender, requests) = channel();
+        std::thread::Builder::new()
+            .name("switchyard-ws-exec".into())
+            .spawn(move || starter_thread(requests))
+            .expect("start the thread that starts programs");
+        Mutex::new(sender)
+    })
+}
+
+/// How many programs run now.
+pub fn running() -> usize {
+    RUNNING.load(Ordering::Relaxed)
+}
+
+fn starter_thread(requests: Receiver<Request>) {
+    // (child, when its stdin was closed, SIGTERM sent)
+    let mut ending: Vec<(Child, Instant, bool)> = Vec::new();
+    loop {
+        let request = match ending.is_empty() {
+            true => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            false => requests.recv_timeout(Duration::from_millis(50)),
+        };
+        match request {
+            Ok(Request::Start(mut command, reply)) => {
+                let started = command.spawn();
+                if started.is_ok() {
+                    RUNNING.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = reply.send(started);
+            }
+            Ok(Request::End(child)) => ending.push((child, Instant::now(), false)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        ending.retain_mut(|(child, since, termed)| {
+            if let Ok(Some(_)) | Err(_) = child.try_wait() {
+                RUNNING.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            let waited = since.elapsed();
+            if !*termed && waited >= GRACE {
+                signal(child.id(), libc::SIGTERM);
+                *termed = true;
+            } else if waited >= GRACE * 2 {
+                let _ = child.kill(); // SIGKILL
+            }
+            true
+        });
+    }
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a pid we started and have not reaped (so not reused), and a
+    // signal number; no memory is involved.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Makes a pipe end non-blocking, for the event loop.
+fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, reading then setting its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Program {
+    /// Starts `argv` with `env` (and nothing else of the daemon's environment but what
+    /// `env` holds), its pipes non-blocking.
+    pub fn start(argv: &[String], env: Vec<(String, String)>) -> io::Result<Program> {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(&argv[0]);
+        command
+            .args(&argv[1..])
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe, as code between fork and exec must be; it only
+        // sets this child's parent-death signal.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (reply, started) = channel();
+        starter()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Request::Start(Box::new(command), reply))
+            .map_err(|_| io::Error::other("the program starter is gone"))?;
+        let mut child = started
+            .recv()
+            .map_err(|_| io::Error::other("the program starter is gone"))??;
+        let pid = child.id();
+        // SAFETY: pidfd_open(2) with the pid of our unreaped child; it returns a new
+        // descriptor we then own, or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if raw < 0 {
+            let error = io::Error::last_os_error();
+            end(child);
+            return Err(error);
+        }
+        // SAFETY: a descriptor pidfd_open just gave us, owned by nobody else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let (stdin, stdout, stderr) = (
+            child.stdin.take().expect("piped"),
+            child.stdout.take().expect("piped"),
+            child.stderr.take().expect("piped"),
+        );
+        for fd in [
+            stdin.as_raw_fd(),
+            stdout.as_raw_fd(),
+            stderr.as_raw_fd(),
+            pidfd.as_raw_fd(),
+        ] {
+            set_nonblocking(&fd)?;
+        }
+        Ok(Program {
+            child: Some(child),
+            pid,
+            stdin: Some(stdin),
+            stdout,
+            stderr,
+            pidfd,
+            exited: None,
+        })
+    }
+
+    /// The exit status, once the program has exited (reaping it).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    RUNNING.fetch_sub(1, Ordering::Relaxed);
+                    self.child = None;
+                    self.exited = Some(status);
+                }
+            }
+        }
+        self.exited
+    }
+}
+
+/// Hands a program to the starter thread to end (stdin is closed as the caller drops it).
+fn end(child: Child) {
+    let _ = starter()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Request::End(child));
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.stdin = None; // closed first: the program sees its end of input
+        if let Some(child) = self.child.take() {
+            end(child);
+        }
+    }
+}
