@@ -289,6 +289,9 @@ fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
         ["1", "2", "3"]
     );
     assert_eq!(close_code(&mut client), CloseCode::Normal);
+    // The route and how the connection ended, in the log.
+    let logs = daemon.wait_for_log("the service ended: closed 1000").unwrap();
+    assert!(logs.contains("websocket /count (pid "), "{logs}");
 
     // Each message a line on stdin; UTF-8 whole.
     let mut client = connect(&daemon, "/cat");
@@ -315,6 +318,9 @@ fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
         .find(|l| l.contains("oops, on stderr"))
         .unwrap();
     assert!(line.contains("websocket /fails (pid "), "{line}");
+    daemon
+        .wait_for_log("ended: exit status: 3; closed 1011")
+        .unwrap();
 
     // The CGI environment; the route's words as argv, nothing from the request.
     let stream = TcpStream::connect(daemon.addr).unwrap();

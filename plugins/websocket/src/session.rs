@@ -88,6 +88,24 @@ pub struct Relay {
     stderr_carry: Vec<u8>,
     /// For logs: the route and, for a program, its pid.
     label: String,
+    /// How the connection ended, for the line logged when it goes.
+    ended: Option<String>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let how = self.ended.as_deref().unwrap_or("the connection ended");
+        log::info!("websocket {}: {how}", self.label);
+    }
+}
+
+impl Session {
+    /// Notes, once, how a routed connection ended.
+    fn ended(&mut self, how: impl FnOnce() -> String) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.ended.get_or_insert_with(how);
+        }
+    }
 }
 
 /// Longest line kept waiting for its newline; longer, it goes out as it is.
@@ -105,6 +123,7 @@ impl Relay {
             carry: Vec::new(),
             stderr_carry: Vec::new(),
             label,
+            ended: None,
         })
     }
 
@@ -251,6 +270,7 @@ impl Session {
         config: &Config,
     ) -> io::Result<Wants> {
         if ready.is_stopping() && self.state == State::Open {
+            self.ended(|| "daemon stopping: closed 1001".into());
             self.start_close(close_code::GOING_AWAY, "server stopping");
         }
         if ready.is_timer() {
@@ -279,6 +299,7 @@ impl Session {
             }
             match self.state {
                 State::Done => {
+                    self.ended(|| "the client closed".into());
                     // The client closed: what it sent still goes to the service, whose
                     // write side is then shut; the connection's end closes it.
                     let relay = self.relay.as_mut().expect("a relay");
@@ -299,7 +320,7 @@ impl Session {
             let flushed = match relay.flush() {
                 Ok(flushed) => flushed,
                 Err(e) => {
-                    log::debug!("websocket: the service failed: {e}");
+                    self.ended(|| format!("the service failed: {e}; closed 1011"));
                     self.start_close(close_code::INTERNAL_ERROR, "service failed");
                     continue;
                 }
@@ -311,7 +332,10 @@ impl Session {
                     SCRATCH.with(|scratch| self.read(io, &mut scratch.borrow_mut(), &mut budget));
                 match read {
                     Ok(Reading::Wait) => {}
-                    Ok(Reading::Ended) => return Ok(Wants::close()),
+                    Ok(Reading::Ended) => {
+                        self.ended(|| "the client left without closing".into());
+                        return Ok(Wants::close());
+                    }
                     Ok(Reading::Wrote) => moved = true,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
@@ -325,11 +349,12 @@ impl Session {
                     Ok(0) => {}
                     Ok(_) => moved = true,
                     Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                        self.ended(|| "the service ended: closed 1000".into());
                         self.start_close(close_code::NORMAL, "");
                         moved = true;
                     }
                     Err(e) => {
-                        log::debug!("websocket: the service failed: {e}");
+                        self.ended(|| format!("the service failed: {e}; closed 1011"));
                         self.start_close(close_code::INTERNAL_ERROR, "service failed");
                         moved = true;
                     }
