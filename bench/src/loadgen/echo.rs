@@ -13,6 +13,8 @@ use std::time::Instant;
 
 struct Conn {
     stream: TcpStream,
+    /// With `frames=1`: the frame being read (its header so far, then payload bytes left).
+    frame: FrameReader,
     sent_at: VecDeque<Instant>,
     /// Bytes of the current reply received so far.
     partial: usize,
@@ -29,6 +31,9 @@ pub fn run(args: &Args, websocket: bool) {
     let warmup = args.secs("warmup", 1.0);
     let measure = args.secs("secs", 5.0);
     let path = args.text("path").unwrap_or("/").to_string();
+    // A route relays a service's bytes, cut into frames wherever its reads cut them: count
+    // payload bytes (parsing frame headers) instead of whole frames of a known size.
+    let frames = args.get("frames", 0) == 1;
     let upgrade = if websocket {
         Some("websocket")
     } else {
@@ -37,7 +42,9 @@ pub fn run(args: &Args, websocket: bool) {
 
     let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let (message, reply_len) = if websocket {
-        (masked_frame(0x2, &payload), server_frame_len(size))
+        // `text=1`: text frames (for services that speak in lines, as websocketd's do).
+        let opcode = if args.get("text", 0) == 1 { 0x1 } else { 0x2 };
+        (masked_frame(opcode, &payload), server_frame_len(size))
     } else {
         (payload.clone(), size)
     };
@@ -61,6 +68,7 @@ pub fn run(args: &Args, websocket: bool) {
         all.push(Conn {
             stream,
             sent_at: VecDeque::new(),
+            frame: FrameReader::default(),
             partial: 0,
             unsent: inflight,
             writable_wanted: false,
@@ -89,9 +97,13 @@ pub fn run(args: &Args, websocket: bool) {
                 match conn.stream.read(&mut buf) {
                     Ok(0) => panic!("connection {i} closed by the server"),
                     Ok(n) => {
-                        conn.partial += n;
-                        while conn.partial >= reply_len {
-                            conn.partial -= reply_len;
+                        let (got, need) = match frames {
+                            true => (conn.frame.payload(&buf[..n]), size),
+                            false => (n, reply_len),
+                        };
+                        conn.partial += got;
+                        while conn.partial >= need {
+                            conn.partial -= need;
                             let sent = conn.sent_at.pop_front().expect("a reply to a message sent");
                             if now >= measure_from {
                                 counted += 1;
@@ -167,5 +179,46 @@ fn flush(conn: &mut Conn, outgoing: &[u8], message_len: usize, poll: &Poll, i: u
         poll.registry()
             .reregister(&mut conn.stream, Token(i), interest)
             .unwrap();
+    }
+}
+
+/// Counts payload bytes in a stream of unmasked server frames.
+#[derive(Default)]
+struct FrameReader {
+    header: Vec<u8>,
+    left: usize,
+}
+
+impl FrameReader {
+    /// Payload bytes in `bytes`.
+    fn payload(&mut self, mut bytes: &[u8]) -> usize {
+        let mut payload = 0;
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                payload += n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.header.push(bytes[0]);
+            bytes = &bytes[1..];
+            let need = match self.header.get(1).map(|b| b & 0x7f) {
+                None => continue,
+                Some(126) => 4,
+                Some(127) => 10,
+                Some(_) => 2,
+            };
+            if self.header.len() < need {
+                continue;
+            }
+            self.left = match need {
+                4 => u16::from_be_bytes([self.header[2], self.header[3]]) as usize,
+                10 => u64::from_be_bytes(self.header[2..10].try_into().unwrap()) as usize,
+                _ => (self.header[1] & 0x7f) as usize,
+            };
+            self.header.clear();
+        }
+        payload
     }
 }
