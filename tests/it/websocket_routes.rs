@@ -269,16 +269,23 @@ fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
         "step=${1:-1}; i=1; while [ $i -le 3 ]; do echo $i; i=$((i + step)); done",
     );
     let fails = script(dir.path(), "fails", "echo 'oops, on stderr' >&2; exit 3");
+    // "é" (C3 A9) cut between two writes, a moment apart.
+    let split = script(
+        dir.path(),
+        "split",
+        "printf '\\303'; sleep 0.2; printf '\\251t\\n'",
+    );
     let env = script(
         dir.path(),
         "env",
         "echo \"$REMOTE_ADDR|$REQUEST_METHOD|$QUERY_STRING|$PATH_INFO|$HTTP_X_TEST|${SWITCHYARD_WEBSOCKET_ROUTES:-unset}|$1\"",
     );
     let routes = format!(
-        "/count=exec:{} 1,/cat=exec:/bin/cat,/fails=exec:{},/env=exec:{} ;rm,/raw=exec-binary:/bin/cat",
+        "/count=exec:{} 1,/cat=exec:/bin/cat,/fails=exec:{},/env=exec:{} ;rm,/raw=exec-binary:/bin/cat,/split=exec:{}",
         count.display(),
         fails.display(),
-        env.display()
+        env.display(),
+        split.display()
     );
     let daemon = daemon(&routes);
 
@@ -290,7 +297,9 @@ fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
     );
     assert_eq!(close_code(&mut client), CloseCode::Normal);
     // The route and how the connection ended, in the log.
-    let logs = daemon.wait_for_log("the service ended: closed 1000").unwrap();
+    let logs = daemon
+        .wait_for_log("the service ended: closed 1000")
+        .unwrap();
     assert!(logs.contains("websocket /count (pid "), "{logs}");
 
     // Each message a line on stdin; UTF-8 whole.
@@ -301,6 +310,11 @@ fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
     }
     client.close(None).unwrap();
     while client.read().is_ok() {}
+
+    // A character cut across the program's writes arrives whole, in one line.
+    let mut client = connect(&daemon, "/split");
+    assert_eq!(text(&mut client), "ét");
+    assert_eq!(close_code(&mut client), CloseCode::Normal);
 
     // exec-binary: chunks as binary messages, messages as bytes (no newline added).
     let mut client = connect(&daemon, "/raw");
