@@ -422,3 +422,91 @@ fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
         );
     }
 }
+
+/// A raw WebSocket handshake for `path`; the response's status.
+fn handshake_status(daemon: &Daemon, path: &str) -> u16 {
+    let mut raw = TcpStream::connect(daemon.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    raw.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_service_that_does_not_connect_in_time_is_504() {
+    // A listener whose queue is full drops new SYNs: connecting times out (as the tunnel's
+    // test does it, checked rather than assumed).
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    let full =
+        (0..16).any(
+            |_| match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(stream) => {
+                    fillers.push(stream);
+                    false
+                }
+                Err(e) => matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ),
+            },
+        );
+    assert!(full, "the listen queue never filled");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/slow=tcp://{addr}"),
+        )
+        .env("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "300")
+        .start();
+    assert_eq!(handshake_status(&daemon, "/slow"), 504);
+}
+
+#[test]
+fn a_service_that_stops_reading_stops_the_client_being_read() {
+    let (addr, _service) = tcp_service(|stream| {
+        // Never reads; holds the connection.
+        std::thread::sleep(Duration::from_secs(20));
+        drop(stream);
+    });
+    let daemon = daemon(&format!("/stuck=tcp://{addr}"));
+    let before = daemon.rss_kib();
+    let mut client = connect(&daemon, "/stuck");
+    client.get_ref().set_nonblocking(true).unwrap();
+    // Send 1 MiB messages until the daemon stops taking them.
+    let mut sent = 0usize;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        match client.send(Message::binary(vec![1u8; 1 << 20])) {
+            Ok(()) => sent += 1,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = client.flush();
+            }
+            Err(e) => panic!("{e}"),
+        }
+        if sent > 256 {
+            break;
+        }
+    }
+    assert!(
+        sent < 64,
+        "the daemon took {sent} MiB for a service that reads nothing"
+    );
+    let grown = daemon.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * 1024, "the daemon grew {grown} KiB");
+}
