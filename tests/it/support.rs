@@ -594,3 +594,35 @@ pub fn raise_fd_limit() -> u64 {
 pub fn upgrade_request(target: &str, protocols: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: {protocols}\r\n\r\n")
 }
+
+/// A TCP listener nobody can connect to in time: its accept queue is full, so new SYNs are
+/// dropped and a connect times out. Checked, not assumed: connections are added until one
+/// of ours times out. Keep the returned values alive as long as the address must stay so.
+pub fn listener_never_answering() -> (socket2::Socket, SocketAddr, Vec<TcpStream>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    let full =
+        (0..16).any(
+            |_| match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(stream) => {
+                    fillers.push(stream);
+                    false
+                }
+                Err(e) => matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ),
+            },
+        );
+    assert!(
+        full,
+        "the listen queue never filled ({} connections)",
+        fillers.len()
+    );
+    (socket, addr, fillers)
+}

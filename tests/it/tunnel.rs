@@ -1,6 +1,6 @@
 //! The TCP tunnel plugin (`Upgrade: tcp`) with real backends on loopback.
 
-use crate::support::{Client, Daemon};
+use crate::support::{listener_never_answering, Client, Daemon};
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -235,30 +235,7 @@ fn a_refused_backend_gets_502_before_any_101() {
 #[test]
 fn a_backend_that_never_accepts_gets_504() {
     // A listener whose queue is full drops new SYNs: connecting times out.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    // Fill the queue until a connection attempt of our own times out: from then on, the
-    // backend does not answer, which is what the test needs (checked, not assumed).
-    let mut fillers = Vec::new();
-    let full =
-        (0..16).any(
-            |_| match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(stream) => {
-                    fillers.push(stream);
-                    false
-                }
-                Err(e) => e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock,
-            },
-        );
-    assert!(
-        full,
-        "the listen queue never filled ({} connections)",
-        fillers.len()
-    );
+    let (_listener, addr, _fillers) = listener_never_answering();
     let daemon = daemon(addr, &[("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS", "300")]);
     let mut client = daemon.client();
     client.send("GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n");

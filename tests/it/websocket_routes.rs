@@ -1,7 +1,7 @@
 //! WebSocket routes to services (`SWITCHYARD_WEBSOCKET_ROUTES`), websockify's behaviour:
 //! real TCP and Unix socket services, a real client (tungstenite).
 
-use crate::support::Daemon;
+use crate::support::{listener_never_answering, Daemon};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -137,27 +137,9 @@ fn the_service_ending_closes_1000_and_its_failure_before_the_101_is_502() {
         other => panic!("expected close 1000, got {other:?}"),
     }
     // Dialled before the 101: a refusing service is the client's 502.
-    let mut raw = TcpStream::connect(daemon.addr).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    raw.write_all(
-        b"GET /refused HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = raw.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert_eq!(handshake_status(&daemon, "/refused"), 502);
     // A path no route covers is declined: the client gets 426.
-    let mut raw = TcpStream::connect(daemon.addr).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    raw.write_all(
-        b"GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    raw.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 426");
+    assert_eq!(handshake_status(&daemon, "/nowhere"), 426);
 }
 
 #[test]
@@ -393,16 +375,7 @@ fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
         .into_iter()
         .map(|c| text(c).parse().unwrap())
         .collect();
-    let mut raw = TcpStream::connect(daemon.addr).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    raw.write_all(
-        b"GET /polite HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    raw.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 503");
+    assert_eq!(handshake_status(&daemon, "/polite"), 503);
 
     // The daemon stops with both alive: each client is told 1001, each program reaped.
     daemon.signal(libc::SIGTERM);
@@ -442,29 +415,7 @@ fn handshake_status(daemon: &Daemon, path: &str) -> u16 {
 
 #[test]
 fn a_service_that_does_not_connect_in_time_is_504() {
-    // A listener whose queue is full drops new SYNs: connecting times out (as the tunnel's
-    // test does it, checked rather than assumed).
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    let full =
-        (0..16).any(
-            |_| match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(stream) => {
-                    fillers.push(stream);
-                    false
-                }
-                Err(e) => matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ),
-            },
-        );
-    assert!(full, "the listen queue never filled");
+    let (_listener, addr, _fillers) = listener_never_answering();
     let daemon = Daemon::builder()
         .plugin("switchyard-websocket")
         .env(
