@@ -211,3 +211,27 @@ fn a_connection_with_no_stream_for_the_idle_limit_gets_goaway_and_is_closed() {
         "then the connection closes"
     );
 }
+
+#[test]
+fn prior_knowledge_with_no_worker_free_gets_goaway_refused_stream() {
+    let backend = http1_backend();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", &format!("/=http1://{backend}"))
+        .env("SWITCHYARD_WORKERS", "1")
+        .start();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    // The first connection holds the one worker (an h2c connection is served on one).
+    let mut first = daemon.client();
+    first.send(&hello);
+    read_until(&mut first, 0x4, 0);
+    let mut second = daemon.client();
+    second.send(&hello);
+    let (_, goaway) = read_until(&mut second, 0x7, 0);
+    assert_eq!(&goaway[4..8], &[0, 0, 0, 0x7], "REFUSED_STREAM: try again");
+    assert!(
+        second.read_to_end().is_empty(),
+        "then the connection closes"
+    );
+}

@@ -626,3 +626,20 @@ pub fn listener_never_answering() -> (socket2::Socket, SocketAddr, Vec<TcpStream
     );
     (socket, addr, fillers)
 }
+
+/// A TCP backend on 127.0.0.1 that accepts one connection (20 s read time-out) and runs
+/// `serve` on it; its address and thread.
+pub fn one_connection_backend(
+    serve: impl FnOnce(TcpStream) + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        serve(stream)
+    });
+    (addr, handle)
+}

@@ -8,6 +8,18 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `NOTIFY_SOCKET` to listen on, as a service manager would: its folder (keep it), its
+/// path, and the socket.
+fn notify_socket() -> (tempfile::TempDir, std::path::PathBuf, UnixDatagram) {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("notify");
+    let listener = UnixDatagram::bind(&path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (folder, path, listener)
+}
+
 /// The next notification, as text.
 fn next(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 512];
@@ -28,12 +40,7 @@ fn next_state(socket: &UnixDatagram) -> String {
 #[test]
 fn sd_notify_ready_reloading_ready_stopping_in_order() {
     // Type=notify-reload: RELOADING=1 with the monotonic clock, then READY=1 again.
-    let folder = tempfile::tempdir().unwrap();
-    let path = folder.path().join("notify");
-    let listener = UnixDatagram::bind(&path).unwrap();
-    listener
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (_folder, path, listener) = notify_socket();
     let mut daemon = Daemon::builder()
         .plugin("switchyard-echo")
         .env("NOTIFY_SOCKET", path.to_str().unwrap())
@@ -67,12 +74,7 @@ fn sd_notify_ready_reloading_ready_stopping_in_order() {
 
 #[test]
 fn sd_notify_ready_watchdog_then_stopping() {
-    let folder = tempfile::tempdir().unwrap();
-    let path = folder.path().join("notify");
-    let listener = UnixDatagram::bind(&path).unwrap();
-    listener
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (_folder, path, listener) = notify_socket();
     let mut daemon = Daemon::builder()
         .plugin("switchyard-echo")
         .env("NOTIFY_SOCKET", path.to_str().unwrap())

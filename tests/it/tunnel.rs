@@ -1,10 +1,9 @@
 //! The TCP tunnel plugin (`Upgrade: tcp`) with real backends on loopback.
 
-use crate::support::{listener_never_answering, Client, Daemon};
+use crate::support::{listener_never_answering, one_connection_backend as backend, Client, Daemon};
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// A daemon routing `/backend` to `backend`.
@@ -17,20 +16,6 @@ fn daemon(backend: SocketAddr, extra: &[(&str, &str)]) -> Daemon {
         builder = builder.env(name, value);
     }
     builder.start()
-}
-
-/// A backend that accepts one connection and runs `serve` on it.
-fn backend(serve: impl FnOnce(TcpStream) + Send + 'static) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        serve(stream)
-    });
-    (addr, handle)
 }
 
 fn switch(client: &mut Client, method: &str, extra: &str) {

@@ -1,12 +1,11 @@
 //! WebSocket routes to services (`SWITCHYARD_WEBSOCKET_ROUTES`), websockify's behaviour:
 //! real TCP and Unix socket services, a real client (tungstenite).
 
-use crate::support::{listener_never_answering, Daemon};
+use crate::support::{listener_never_answering, one_connection_backend as tcp_service, Daemon};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -28,20 +27,6 @@ fn connect(daemon: &Daemon, path: &str) -> Client {
     tungstenite::client(format!("ws://{}{path}", daemon.addr), stream)
         .expect("handshake")
         .0
-}
-
-/// A TCP service that accepts one connection and runs `serve` on it.
-fn tcp_service(serve: impl FnOnce(TcpStream) + Send + 'static) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        serve(stream)
-    });
-    (addr, handle)
 }
 
 /// Reads binary messages until `len` bytes came (the service's bytes arrive as binary
