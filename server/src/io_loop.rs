@@ -13,7 +13,7 @@
 use crate::http::response::{DateCache, Response};
 use crate::http_conn::{After, Context, HttpConn, MetricsCache, SCRATCH_BYTES};
 use crate::negotiation::{negotiate, plugin_failed, Outcome, Upgrade};
-use crate::plugin::Watches;
+use crate::plugin::Watcher;
 use crate::session::{Session, Step};
 use crate::shared::{LoopHandle, Resume, Returned, Shared};
 use crate::switch::Job;
@@ -47,8 +47,6 @@ const ACCEPT_BATCH: usize = 64;
 pub struct Loop {
     index: usize,
     poll: Poll,
-    /// A second handle on the poll, shared by the sessions that watch descriptors.
-    watch_registry: Arc<mio::Registry>,
     listener: Option<TcpListener>,
     shared: &'static Shared,
     conns: Slab<Entry>,
@@ -125,11 +123,9 @@ impl Prepared {
             listener,
             returned,
         } = self;
-        let watch_registry = Arc::new(poll.registry().try_clone()?);
         Loop {
             index,
             poll,
-            watch_registry,
             listener: Some(listener),
             shared,
             conns: Slab::new(),
@@ -300,7 +296,9 @@ impl Loop {
                 session.ready(readable, writable);
                 let due = session.due();
                 if due != 0 {
-                    self.drive_session(slot, |session, shared, now| session.call(shared, due, now));
+                    self.drive_session(slot, |session, shared, now, watcher| {
+                        session.call(shared, due, now, watcher)
+                    });
                 }
             }
         }
@@ -315,8 +313,8 @@ impl Loop {
             ..
         }) = self.conns.get(slot)
         {
-            self.drive_session(slot, |session, shared, now| {
-                session.call(shared, READY_WATCHED, now)
+            self.drive_session(slot, |session, shared, now, watcher| {
+                session.call(shared, READY_WATCHED, now, watcher)
             });
         }
     }
@@ -458,12 +456,6 @@ impl Loop {
         };
         let readable = conn.readable;
         let (stream, peer, ticket, read_ahead) = conn.into_parts();
-        // A slab hands out the slot it freed last, so the session gets `slot` again.
-        let watches = Watches {
-            registry: self.watch_registry.clone(),
-            token: watch_token(self.conns.vacant_key()),
-            fds: Vec::new(),
-        };
         let session = Session::new(
             self.shared,
             stream,
@@ -476,7 +468,6 @@ impl Loop {
             read_ahead,
             readable,
             self.now,
-            watches,
         );
         // This is `slot` again (see above); if it were not, the socket would follow it.
         let new_slot = self.insert(Conn::Event(Box::new(session)));
@@ -497,8 +488,8 @@ impl Loop {
                 }
             }
         }
-        self.drive_session(new_slot, |session, shared, now| {
-            session.call(shared, 0, now)
+        self.drive_session(new_slot, |session, shared, now, watcher| {
+            session.call(shared, 0, now, watcher)
         });
     }
 
@@ -605,7 +596,7 @@ impl Loop {
     fn drive_session(
         &mut self,
         slot: usize,
-        step: impl FnOnce(&mut Session, &'static Shared, &mut Instant) -> Step,
+        step: impl FnOnce(&mut Session, &'static Shared, &mut Instant, Watcher<'_>) -> Step,
     ) {
         let Some(Entry {
             id,
@@ -615,7 +606,11 @@ impl Loop {
         else {
             return;
         };
-        match step(session, self.shared, &mut self.now) {
+        let watcher = Watcher {
+            registry: self.poll.registry(),
+            token: watch_token(slot),
+        };
+        match step(session, self.shared, &mut self.now, watcher) {
             Step::Close(reason) => self.close_with(slot, reason),
             Step::Keep => {
                 if session.due() != 0 {
@@ -637,8 +632,8 @@ impl Loop {
                 }) if *current == id => {
                     let due = session.due();
                     if due != 0 {
-                        self.drive_session(slot, |session, shared, now| {
-                            session.call(shared, due, now)
+                        self.drive_session(slot, |session, shared, now, watcher| {
+                            session.call(shared, due, now, watcher)
                         });
                     }
                 }
@@ -681,9 +676,9 @@ impl Loop {
             entry.scheduled = None;
             match &entry.conn {
                 Conn::Http(_) => self.drive_http_with(slot, |conn, cx| conn.expire(cx)),
-                Conn::Event(_) => {
-                    self.drive_session(slot, |session, shared, now| session.expire(shared, now))
-                }
+                Conn::Event(_) => self.drive_session(slot, |session, shared, now, watcher| {
+                    session.expire(shared, now, watcher)
+                }),
             }
         }
     }
@@ -699,7 +694,13 @@ impl Loop {
         if let Some(entry) = self.conns.try_remove(slot) {
             match entry.conn {
                 Conn::Http(conn) => drop(conn),
-                Conn::Event(session) => session.close(reason),
+                Conn::Event(session) => session.close(
+                    reason,
+                    Watcher {
+                        registry: self.poll.registry(),
+                        token: watch_token(slot),
+                    },
+                ),
             }
         }
     }
@@ -727,9 +728,10 @@ impl Loop {
                         }
                     }
                 }
-                Some(Conn::Event(_)) => self.drive_session(slot, |session, shared, now| {
-                    session.tell_stopping(shared, now)
-                }),
+                Some(Conn::Event(_)) => self
+                    .drive_session(slot, |session, shared, now, watcher| {
+                        session.tell_stopping(shared, now, watcher)
+                    }),
                 None => {}
             }
         }

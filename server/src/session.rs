@@ -10,7 +10,7 @@
 use crate::access::{self, Exchange, NO_STATUS};
 use crate::metrics::Held;
 use crate::negotiation::{plugin_failed, Upgrade};
-use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watches};
+use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watched, Watcher};
 use crate::shared::{Shared, Ticket};
 use mio::net::TcpStream;
 use protocol_api::abi::{
@@ -48,8 +48,8 @@ pub struct Session {
     started: Instant,
     head_in: u64,
     head_out: u64,
-    /// Descriptors of the plugin's own that the loop watches for it.
-    watches: Watches,
+    /// Descriptors of the plugin's own that the loop watches for it (none, mostly).
+    watched: Watched,
 }
 
 /// What the loop does with a session after a call.
@@ -75,7 +75,6 @@ impl Session {
         read_ahead: Vec<u8>,
         readable: bool,
         now: Instant,
-        watches: Watches,
     ) -> Session {
         let plugin = upgrade.plugin(offer);
         shared.metrics.switched(plugin);
@@ -114,7 +113,7 @@ impl Session {
                 Box::default()
             },
             started: upgrade.started,
-            watches,
+            watched: None,
         }
     }
 
@@ -156,7 +155,13 @@ impl Session {
 
     /// Calls the plugin with `events` (plus whatever is due, and the stop if not yet told).
     /// `now` is the loop's clock, read again after the call.
-    pub fn call(&mut self, shared: &'static Shared, events: u32, now: &mut Instant) -> Step {
+    pub fn call(
+        &mut self,
+        shared: &'static Shared,
+        events: u32,
+        now: &mut Instant,
+        watcher: Watcher<'_>,
+    ) -> Step {
         if !self.owed.is_empty() {
             match self.write_owed() {
                 Ok(true) => {}
@@ -178,7 +183,8 @@ impl Session {
             stream: &self.stream,
             flow: &mut self.flow,
             stopping: shared.is_stopping(),
-            watches: &mut self.watches,
+            watcher,
+            watched: &mut self.watched,
         };
         let fd = self.stream.as_raw_fd();
         let began = *now;
@@ -225,7 +231,12 @@ impl Session {
     }
 
     /// Its deadline came: end it for the daemon's limits, or call the plugin's timer.
-    pub fn expire(&mut self, shared: &'static Shared, now: &mut Instant) -> Step {
+    pub fn expire(
+        &mut self,
+        shared: &'static Shared,
+        now: &mut Instant,
+        watcher: Watcher<'_>,
+    ) -> Step {
         let write_timeout = self
             .flow
             .write_timeout
@@ -243,14 +254,19 @@ impl Session {
         }
         if self.timer.is_some_and(|at| at <= *now) {
             self.timer = None;
-            return self.call(shared, READY_TIMER, now);
+            return self.call(shared, READY_TIMER, now, watcher);
         }
         Step::Keep
     }
 
     /// The daemon began to stop: the plugin is told (once) on this call.
-    pub fn tell_stopping(&mut self, shared: &'static Shared, now: &mut Instant) -> Step {
-        self.call(shared, 0, now)
+    pub fn tell_stopping(
+        &mut self,
+        shared: &'static Shared,
+        now: &mut Instant,
+        watcher: Watcher<'_>,
+    ) -> Step {
+        self.call(shared, 0, now, watcher)
     }
 
     /// Writes what is owed of the `101`; true when all of it is out.
@@ -274,9 +290,9 @@ impl Session {
 
     /// Ends the session: the plugin's state is dropped, the access line written, and the
     /// socket closed.
-    pub fn close(mut self, reason: Option<&'static str>) {
+    pub fn close(mut self, reason: Option<&'static str>, watcher: Watcher<'_>) {
         // The plugin owns the watched descriptors and closes them with its state.
-        self.watches.clear();
+        watcher.clear(&mut self.watched);
         let Session {
             stream,
             peer,

@@ -34,33 +34,40 @@ pub trait HostIo {
 /// Most descriptors one readiness connection may have its loop watch.
 pub const MAX_WATCHED: usize = 16;
 
-/// The descriptors of its own a readiness connection has its event loop watch (a backend
-/// socket, a child's pipes). Each is registered under the connection's watch token; an
-/// event on it calls the plugin with `READY_WATCHED`.
-pub struct Watches {
-    pub registry: std::sync::Arc<mio::Registry>,
+/// What a readiness connection needs to have its event loop watch descriptors of its own
+/// (a backend socket, a child's pipes): the loop's registry and the connection's watch
+/// token, lent by the loop for each call (they follow from the loop and the slot, so the
+/// connection keeps neither), and the connection's list, boxed and made on the first watch
+/// (most connections never watch anything). An event on a watched descriptor calls the
+/// plugin with `READY_WATCHED`.
+#[derive(Clone, Copy)]
+pub struct Watcher<'a> {
+    pub registry: &'a mio::Registry,
     pub token: mio::Token,
-    pub fds: Vec<RawFd>,
 }
 
-impl Watches {
-    fn watch(&mut self, fd: RawFd, watch: bool) -> io::Result<()> {
+/// The descriptors a connection has its loop watch.
+pub type Watched = Option<Box<Vec<RawFd>>>;
+
+impl Watcher<'_> {
+    fn watch(&self, watched: &mut Watched, fd: RawFd, watch: bool) -> io::Result<()> {
         use mio::unix::SourceFd;
-        let known = self.fds.iter().position(|&f| f == fd);
+        let fds = watched.get_or_insert_with(Default::default);
+        let known = fds.iter().position(|&f| f == fd);
         match (watch, known) {
             (true, Some(_)) | (false, None) => Ok(()),
-            (true, None) if self.fds.len() >= MAX_WATCHED => {
+            (true, None) if fds.len() >= MAX_WATCHED => {
                 Err(io::Error::from_raw_os_error(libc::EMFILE))
             }
             (true, None) => {
                 let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
                 self.registry
                     .register(&mut SourceFd(&fd), self.token, interest)?;
-                self.fds.push(fd);
+                fds.push(fd);
                 Ok(())
             }
             (false, Some(index)) => {
-                self.fds.swap_remove(index);
+                fds.swap_remove(index);
                 self.registry.deregister(&mut SourceFd(&fd))
             }
         }
@@ -68,8 +75,8 @@ impl Watches {
 
     /// Stops watching everything (before the plugin's state, which owns the descriptors,
     /// is dropped).
-    pub fn clear(&mut self) {
-        for fd in std::mem::take(&mut self.fds) {
+    pub fn clear(&self, watched: &mut Watched) {
+        for fd in watched.take().into_iter().flat_map(|fds| *fds) {
             let _ = self.registry.deregister(&mut mio::unix::SourceFd(&fd));
         }
     }
@@ -215,7 +222,8 @@ pub struct EventIo<'a> {
     pub stream: &'a mio::net::TcpStream,
     pub flow: &'a mut Flow,
     pub stopping: bool,
-    pub watches: &'a mut Watches,
+    pub watcher: Watcher<'a>,
+    pub watched: &'a mut Watched,
 }
 
 impl EventIo<'_> {
@@ -297,6 +305,6 @@ impl HostIo for EventIo<'_> {
     }
 
     fn watch(&mut self, fd: RawFd, watch: bool) -> io::Result<()> {
-        self.watches.watch(fd, watch)
+        self.watcher.watch(self.watched, fd, watch)
     }
 }

@@ -17,7 +17,7 @@ mod ffi;
 mod host_io;
 
 pub use ffi::{Handler, RequestHeaders, Session};
-pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead, Watches};
+pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead, Watched, Watcher};
 
 use crate::route::TokenTable;
 use std::collections::VecDeque;
