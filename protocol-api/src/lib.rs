@@ -142,6 +142,7 @@ pub mod abi;
 mod connection;
 pub mod event;
 pub mod fields;
+pub mod path;
 mod protocol;
 mod raw;
 mod request;

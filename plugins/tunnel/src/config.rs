@@ -1,5 +1,6 @@
 //! The tunnel's settings, from the daemon's environment, read once when it loads.
 
+use protocol_api::path::{PathError, RequestPath};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +61,12 @@ impl Config {
         })
     }
 
-    /// The backend for a request path, if it is routed.
-    pub fn backend(&self, path: &str) -> Option<&str> {
-        self.routes
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, b)| b.as_str())
+    /// The backend for a request path (normalised), if it is routed; an error (`400`) when
+    /// the path as sent lies under a route its dot-segments climbed out of.
+    pub fn backend(&self, path: &RequestPath<'_>) -> Result<Option<&str>, PathError> {
+        Ok(path
+            .exact(&self.routes, |(p, _)| p)?
+            .map(|(_, b)| b.as_str()))
     }
 }
 
@@ -80,9 +81,12 @@ mod tests {
     #[test]
     fn routes_parse_and_only_configured_paths_route() {
         let c = config("/db=127.0.0.1:5432, /cache=localhost:6379").unwrap();
-        assert_eq!(c.backend("/db"), Some("127.0.0.1:5432"));
-        assert_eq!(c.backend("/cache"), Some("localhost:6379"));
-        assert_eq!(c.backend("/other"), None);
+        let backend = |target: &str| c.backend(&RequestPath::parse(target).unwrap());
+        assert_eq!(backend("/db"), Ok(Some("127.0.0.1:5432")));
+        assert_eq!(backend("/cache"), Ok(Some("localhost:6379")));
+        assert_eq!(backend("/other"), Ok(None));
+        assert_eq!(backend("/x/../db?q"), Ok(Some("127.0.0.1:5432")));
+        assert!(backend("/db/../cache").is_err(), "climbs out of /db");
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert!(config("").unwrap().routes.is_empty());
     }

@@ -11,6 +11,7 @@ pub mod config;
 mod pump;
 
 use config::Config;
+use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_plugin, Connection, Decision, Protocol, Request};
 use pump::{borrow_socket, pump, reset_on_close, wait_for_hangup, Activity, Ended};
 use std::io::{self, ErrorKind, Read, Write};
@@ -56,9 +57,21 @@ impl Protocol for Tunnel {
     }
 
     fn negotiate(&self, request: &Request<'_>) -> Decision<Dialled> {
-        // Any method may ask (Docker attach uses POST); only routed paths are dialled.
-        let Some(backend) = self.config.backend(request.path()) else {
-            return Decision::Decline;
+        // Any method may ask (Docker attach uses POST); only routed paths are dialled, matched
+        // as normalised (see protocol_api::path).
+        let backend = match RequestPath::parse(request.target())
+            .and_then(|path| self.config.backend(&path))
+        {
+            Ok(Some(backend)) => backend,
+            Ok(None) => return Decision::Decline,
+            Err(e) => {
+                log::info!(
+                    "tunnel {} for {}: {e}; answered 400",
+                    request.target(),
+                    request.peer()
+                );
+                return Decision::reject(PathError::STATUS, format!("{e}\n"));
+            }
         };
         match dial(backend, self.config.connect_timeout) {
             Ok(stream) => {
