@@ -2,13 +2,15 @@
 //! thread: negotiate asks for one, since both block), then relayed non-blocking on the
 //! event loop, which watches its descriptors.
 
-use crate::process::Program;
+use crate::process::{Program, Reservation};
 use crate::routes::Service;
+use std::ffi::OsString;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// A connected service.
 pub enum Backend {
@@ -24,12 +26,14 @@ pub struct Unreachable {
 }
 
 impl Backend {
-    /// Dials `service` (not `Echo`), waiting at most `timeout` for a TCP connection:
-    /// refused or unreachable is `502`, too slow `504`.
+    /// Dials `service` (not `Echo`), waiting at most `timeout` for a connection: refused or
+    /// unreachable is `502`, too slow `504`. A program is started with `env` in the slot
+    /// `program` reserved for it.
     pub fn dial(
         service: &Service,
         timeout: Duration,
-        env: impl FnOnce() -> Vec<(String, String)>,
+        program: Option<Reservation>,
+        env: impl FnOnce() -> Vec<(String, OsString)>,
     ) -> Result<Backend, Unreachable> {
         let failed = |e: io::Error| {
             let (status, what) = match e.kind() {
@@ -56,13 +60,23 @@ impl Backend {
                 }
                 Err(failed(last))
             }
-            Service::Unix(path) => UnixStream::connect(path).map(Backend::Unix).map_err(failed),
-            Service::Exec { argv, .. } => Program::start(argv, env())
-                .map(|p| Backend::Program(Box::new(p)))
-                .map_err(|e| Unreachable {
-                    status: 502,
-                    why: format!("could not be started: {e}"),
-                }),
+            Service::Unix(path) => connect_unix(path, timeout)
+                .map(Backend::Unix)
+                .map_err(failed),
+            Service::Exec { argv, .. } => {
+                let Some(reservation) = program else {
+                    return Err(Unreachable {
+                        status: 500,
+                        why: "no program slot was reserved".into(),
+                    });
+                };
+                Program::start(argv, env(), reservation)
+                    .map(|p| Backend::Program(Box::new(p)))
+                    .map_err(|e| Unreachable {
+                        status: 502,
+                        why: format!("could not be started: {e}"),
+                    })
+            }
             Service::Echo => Err(Unreachable {
                 status: 500,
                 why: "echo has no backend".into(),
@@ -128,6 +142,37 @@ impl Backend {
                 Some(stdin) => stdin.write(buf),
                 None => Err(ErrorKind::BrokenPipe.into()),
             },
+        }
+    }
+}
+
+/// Connects to a Unix socket service within `timeout`. Such a connect completes at once or
+/// fails at once, but for one case: the service's listen queue is full, where a blocking
+/// connect would wait for as long as the service takes (`EAGAIN` when non-blocking); so it
+/// is tried again every few milliseconds until the time-out.
+fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    const RETRY: Duration = Duration::from_millis(5);
+    let deadline = Instant::now() + timeout;
+    let address = SockAddr::unix(path)?;
+    loop {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&address) {
+            Ok(()) => {
+                socket.set_nonblocking(false)?;
+                return Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() + RETRY < deadline => {
+                std::thread::sleep(RETRY);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    "its listen queue stayed full",
+                ))
+            }
+            Err(e) => return Err(e),
         }
     }
 }

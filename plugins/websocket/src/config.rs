@@ -1,13 +1,15 @@
 //! The plugin's settings, from the daemon's environment, read once when it loads.
 
+use crate::origin::Origins;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_MAX_MESSAGE`: largest message in bytes; larger: close 1009.
     pub max_message: usize,
-    /// `SWITCHYARD_WEBSOCKET_ORIGINS`: allowed `Origin`s; `None` allows any.
-    pub origins: Option<Vec<String>>,
+    /// `SWITCHYARD_WEBSOCKET_ORIGINS`: which pages may open a WebSocket; `None` (unset):
+    /// any for `echo` routes, the daemon's own origin for routes to services.
+    pub origins: Option<Origins>,
     /// `SWITCHYARD_WEBSOCKET_PROTOCOLS`: subprotocols offered, in our order of preference.
     pub protocols: Vec<String>,
     /// `SWITCHYARD_WEBSOCKET_IDLE_MS`: ping a peer silent this long; close 1001 if it stays so.
@@ -22,7 +24,14 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES` (default 256): programs of `exec:` routes
     /// running at once; past it, `503`.
     pub max_processes: usize,
+    /// `SWITCHYARD_WEBSOCKET_PASSENV` (default `PATH,LD_LIBRARY_PATH`, as websocketd's
+    /// `--passenv`): the daemon's environment variables an `exec:` program gets besides
+    /// CGI's.
+    pub passenv: Vec<String>,
 }
+
+/// What `exec:` programs get of the daemon's environment unless told otherwise.
+pub const DEFAULT_PASSENV: &str = "PATH,LD_LIBRARY_PATH";
 
 fn list(value: &str) -> Vec<String> {
     protocol_api::fields::setting_list(value)
@@ -51,8 +60,11 @@ impl Config {
             max_message: number("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", 1)?
                 .map_or(16 << 20, |n| n as usize),
             origins: lookup("SWITCHYARD_WEBSOCKET_ORIGINS")
-                .map(|v| list(&v))
-                .filter(|l| !l.is_empty()),
+                .map(|v| Origins::parse(&v))
+                .transpose()?,
+            passenv: list(
+                &lookup("SWITCHYARD_WEBSOCKET_PASSENV").unwrap_or(DEFAULT_PASSENV.into()),
+            ),
             protocols: lookup("SWITCHYARD_WEBSOCKET_PROTOCOLS")
                 .map(|v| list(&v))
                 .unwrap_or_default(),
@@ -97,6 +109,7 @@ mod tests {
                 routes: vec![],
                 connect_timeout: Duration::from_secs(5),
                 max_processes: 256,
+                passenv: vec!["PATH".into(), "LD_LIBRARY_PATH".into()],
             }
         );
         let error =

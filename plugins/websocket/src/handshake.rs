@@ -5,10 +5,12 @@
 //! `websocket` is in `Upgrade`; what is left is WebSocket's own:
 //! - `GET` (§4.1), a `Sec-WebSocket-Key` that base64-decodes to 16 bytes: else `400`;
 //! - `Sec-WebSocket-Version: 13`: missing `400`, another version `426` naming 13 (§4.4);
-//! - an `Origin` outside the configured list: `403` (§4.2.2 item 4, §10.2);
+//! - an `Origin` the route does not allow, or two of them: `403` (§4.2.2 item 4, §10.2;
+//!   see [`crate::origin`]);
 //! - at most one subprotocol, ours by preference among those the client listed (§4.2.2).
 
 use crate::config::Config;
+use crate::origin::Origins;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use protocol_api::Rejection;
@@ -42,11 +44,13 @@ fn refuse(status: u16, why: &str) -> Rejection {
     }
 }
 
-/// Checks a handshake. `headers` are (name, value) as received.
+/// Checks a handshake. `headers` are (name, value) as received; `origins` are the pages
+/// the route takes.
 pub fn check(
     method: &str,
     headers: &[(&str, &[u8])],
     config: &Config,
+    origins: &Origins,
 ) -> Result<Accepted, Rejection> {
     let values = |name: &str| -> Vec<&str> {
         headers
@@ -76,10 +80,8 @@ pub fn check(
                 .with_header("Sec-WebSocket-Version", "13"))
         }
     }
-    if let (Some(allowed), [origin]) = (&config.origins, &values("origin")[..]) {
-        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-            return Err(refuse(403, "Origin not allowed"));
-        }
+    if let Err(why) = origins.check(&values("origin"), values("host").first().copied()) {
+        return Err(refuse(403, why));
     }
     let offered: Vec<&str> = values("sec-websocket-protocol")
         .iter()
@@ -119,7 +121,7 @@ mod tests {
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        let accepted = check("GET", &[KEY, V13], &config()).unwrap();
+        let accepted = check("GET", &[KEY, V13], &config(), &Origins::any()).unwrap();
         assert_eq!(
             accepted,
             Accepted {
@@ -132,12 +134,14 @@ mod tests {
             "Sec-WebSocket-Extensions",
             &b"permessage-deflate; client_max_window_bits"[..],
         );
-        let accepted = check("GET", &[KEY, V13, offer], &config()).unwrap();
+        let accepted = check("GET", &[KEY, V13, offer], &config(), &Origins::any()).unwrap();
         assert!(accepted.deflate.is_some(), "RFC 7692 offer accepted");
         let mut off = config();
         off.deflate = false;
         assert_eq!(
-            check("GET", &[KEY, V13, offer], &off).unwrap().deflate,
+            check("GET", &[KEY, V13, offer], &off, &Origins::any())
+                .unwrap()
+                .deflate,
             None,
             "unless turned off"
         );
@@ -146,27 +150,63 @@ mod tests {
     #[test]
     fn rfc6455_4_2_1_bad_requests_are_400() {
         let c = config();
-        assert_eq!(check("POST", &[KEY, V13], &c).unwrap_err().status, 400);
-        assert_eq!(check("GET", &[V13], &c).unwrap_err().status, 400);
         assert_eq!(
-            check("GET", &[("Sec-WebSocket-Key", b"c2hvcnQ="), V13], &c)
+            check("POST", &[KEY, V13], &c, &Origins::any())
                 .unwrap_err()
                 .status,
             400
         );
         assert_eq!(
-            check("GET", &[("Sec-WebSocket-Key", b"not base64!"), V13], &c)
+            check("GET", &[V13], &c, &Origins::any())
                 .unwrap_err()
                 .status,
             400
         );
-        assert_eq!(check("GET", &[KEY, KEY, V13], &c).unwrap_err().status, 400);
-        assert_eq!(check("GET", &[KEY], &c).unwrap_err().status, 400);
+        assert_eq!(
+            check(
+                "GET",
+                &[("Sec-WebSocket-Key", b"c2hvcnQ="), V13],
+                &c,
+                &Origins::any()
+            )
+            .unwrap_err()
+            .status,
+            400
+        );
+        assert_eq!(
+            check(
+                "GET",
+                &[("Sec-WebSocket-Key", b"not base64!"), V13],
+                &c,
+                &Origins::any()
+            )
+            .unwrap_err()
+            .status,
+            400
+        );
+        assert_eq!(
+            check("GET", &[KEY, KEY, V13], &c, &Origins::any())
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            check("GET", &[KEY], &c, &Origins::any())
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]
     fn rfc6455_4_4_other_versions_get_426_naming_13() {
-        let refused = check("GET", &[KEY, ("Sec-WebSocket-Version", b"8")], &config()).unwrap_err();
+        let refused = check(
+            "GET",
+            &[KEY, ("Sec-WebSocket-Version", b"8")],
+            &config(),
+            &Origins::any(),
+        )
+        .unwrap_err();
         assert_eq!(refused.status, 426);
         assert_eq!(
             refused.headers,
@@ -176,15 +216,32 @@ mod tests {
 
     #[test]
     fn rfc6455_10_2_origins_outside_the_list_get_403() {
-        let mut c = config();
-        c.origins = Some(vec!["https://good.example".into()]);
+        let c = config();
+        let allowed = Origins::parse("https://good.example").unwrap();
         let good = ("Origin", &b"https://good.example"[..]);
         let evil = ("Origin", &b"https://evil.example"[..]);
-        assert!(check("GET", &[KEY, V13, good], &c).is_ok());
-        assert_eq!(check("GET", &[KEY, V13, evil], &c).unwrap_err().status, 403);
+        assert!(check("GET", &[KEY, V13, good], &c, &allowed).is_ok());
+        assert_eq!(
+            check("GET", &[KEY, V13, evil], &c, &allowed)
+                .unwrap_err()
+                .status,
+            403
+        );
         assert!(
-            check("GET", &[KEY, V13], &c).is_ok(),
+            check("GET", &[KEY, V13], &c, &allowed).is_ok(),
             "non-browser clients send no Origin"
+        );
+        let two = check("GET", &[KEY, V13, evil, good], &c, &allowed).unwrap_err();
+        assert_eq!(two.status, 403, "RFC 6454 §7.3: one Origin at most");
+        let host = ("Host", &b"good.example:8080"[..]);
+        let page = ("Origin", &b"http://good.example:8080"[..]);
+        let same = Origins::same_origin();
+        assert!(check("GET", &[host, KEY, V13, page], &c, &same).is_ok());
+        assert_eq!(
+            check("GET", &[host, KEY, V13, evil], &c, &same)
+                .unwrap_err()
+                .status,
+            403
         );
     }
 
@@ -194,13 +251,18 @@ mod tests {
         c.protocols = vec!["v2.chat".into(), "v1.chat".into()];
         let offer = ("Sec-WebSocket-Protocol", &b"v1.chat, v2.chat"[..]);
         assert_eq!(
-            check("GET", &[KEY, V13, offer], &c)
+            check("GET", &[KEY, V13, offer], &c, &Origins::any())
                 .unwrap()
                 .protocol
                 .as_deref(),
             Some("v2.chat")
         );
         let other = ("Sec-WebSocket-Protocol", &b"mqtt"[..]);
-        assert_eq!(check("GET", &[KEY, V13, other], &c).unwrap().protocol, None);
+        assert_eq!(
+            check("GET", &[KEY, V13, other], &c, &Origins::any())
+                .unwrap()
+                .protocol,
+            None
+        );
     }
 }

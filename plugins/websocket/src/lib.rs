@@ -7,23 +7,31 @@
 //!   events out).
 //! - `session`: one connection, readiness-driven on the daemon's event loop.
 //!
-//! Settings (environment): `SWITCHYARD_WEBSOCKET_MAX_MESSAGE`, `_ORIGINS`, `_PROTOCOLS`,
-//! `_IDLE_MS`; see [`config::Config`].
+//! - [`origin`]: which pages may open a WebSocket, pure.
+//! - [`routes`], `backend`, `process`, `cgi`: routes to services and programs.
+//!
+//! Settings (environment): `SWITCHYARD_WEBSOCKET_*`; see [`config::Config`].
 
 pub mod backend;
+mod cgi;
 pub mod config;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
+pub mod origin;
 mod process;
 pub mod receiver;
 pub mod routes;
 mod session;
 
+use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
 
 pub struct WebSocket {
     config: config::Config,
+    /// The `Origin` policies of routes when `SWITCHYARD_WEBSOCKET_ORIGINS` is unset.
+    any_origin: origin::Origins,
+    same_origin: origin::Origins,
 }
 
 /// Served readiness-driven: many connections that each move little are what WebSocket
@@ -43,91 +51,59 @@ impl EventProtocol for WebSocket {
     fn new() -> Result<Self, String> {
         let config = config::Config::from_env()?;
         log::debug!("websocket settings: {config:?}");
-        Ok(WebSocket { config })
+        Ok(WebSocket {
+            config,
+            any_origin: origin::Origins::any(),
+            same_origin: origin::Origins::same_origin(),
+        })
     }
 
     fn negotiate(&self, request: &Request<'_>) -> Decision<Self::Session> {
-        let Some(service) = routes::service(&self.config.routes, request.path()) else {
-            return Decision::Decline; // no route for this path: the client gets 426
+        let path = match RequestPath::parse(request.target()) {
+            Ok(path) => path,
+            Err(e) => return refuse(request, PathError::STATUS, &e.to_string()),
         };
-        if matches!(service, routes::Service::Exec { .. })
-            && process::running() >= self.config.max_processes
-        {
-            log::warn!(
-                "websocket {} for {}: {} programs running (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503",
-                request.path(),
-                request.peer(),
-                process::running()
-            );
-            let rejection = protocol_api::Rejection {
-                status: 503,
-                headers: Vec::new(),
-                body: b"too many programs running; try again later\n".to_vec(),
-            };
-            return Decision::Reject(rejection.with_header("Retry-After", "1"));
-        }
+        let service = match routes::service(&self.config.routes, &path) {
+            Ok(Some(service)) => service,
+            Ok(None) => return Decision::Decline, // no route for this path: the client gets 426
+            Err(e) => return refuse(request, PathError::STATUS, &e.to_string()),
+        };
+        let origins = match (&self.config.origins, service) {
+            (Some(origins), _) => origins,
+            (None, routes::Service::Echo) => &self.any_origin,
+            (None, _) => &self.same_origin,
+        };
         let headers: Vec<(&str, &[u8])> = request.headers().collect();
-        match handshake::check(request.method(), &headers, &self.config) {
-            Ok(accepted) => {
-                // A service is dialled before the 101, which blocks: on a worker.
-                let backend = match service {
-                    routes::Service::Echo => None,
-                    _ if !request.may_block() => return Decision::OnWorker,
-                    service => {
-                        match backend::Backend::dial(service, self.config.connect_timeout, || {
-                            cgi_environment(request)
-                        }) {
-                            Ok(backend) => {
-                                let lines =
-                                    matches!(service, routes::Service::Exec { binary: false, .. });
-                                let label = match &backend {
-                                    backend::Backend::Program(p) => {
-                                        format!("{} (pid {})", request.path(), p.pid)
-                                    }
-                                    _ => request.path().to_string(),
-                                };
-                                Some((backend, lines, label))
-                            }
-                            Err(unreachable) => {
-                                log::warn!(
-                                    "websocket {} for {}: service {:?} {}",
-                                    request.path(),
-                                    request.peer(),
-                                    service,
-                                    unreachable.why
-                                );
-                                return Decision::reject(
-                                    unreachable.status,
-                                    format!(
-                                        "the service for {} {}\n",
-                                        request.path(),
-                                        unreachable.why
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                };
-                let mut decision = Decision::accept((accepted.deflate, backend))
-                    .with_header("Sec-WebSocket-Accept", accepted.accept);
-                if let Some(protocol) = accepted.protocol {
-                    decision = decision.with_header("Sec-WebSocket-Protocol", protocol);
-                }
-                if let Some(agreement) = accepted.deflate {
-                    decision =
-                        decision.with_header("Sec-WebSocket-Extensions", agreement.header_value());
-                }
-                decision
-            }
+        let accepted = match handshake::check(request.method(), &headers, &self.config, origins) {
+            Ok(accepted) => accepted,
             Err(rejection) => {
                 log::info!(
-                    "{}: {}",
+                    "{} {}: {}",
                     request.peer(),
+                    path.path(),
                     String::from_utf8_lossy(&rejection.body).trim_end()
                 );
-                Decision::Reject(rejection)
+                return Decision::Reject(rejection);
             }
+        };
+        // A service is dialled before the 101, which blocks: on a worker.
+        let backend = match service {
+            routes::Service::Echo => None,
+            _ if !request.may_block() => return Decision::OnWorker,
+            service => match self.dial(service, request, &path) {
+                Ok(backend) => Some(backend),
+                Err(rejection) => return Decision::Reject(rejection),
+            },
+        };
+        let mut decision = Decision::accept((accepted.deflate, backend))
+            .with_header("Sec-WebSocket-Accept", accepted.accept);
+        if let Some(protocol) = accepted.protocol {
+            decision = decision.with_header("Sec-WebSocket-Protocol", protocol);
         }
+        if let Some(agreement) = accepted.deflate {
+            decision = decision.with_header("Sec-WebSocket-Extensions", agreement.header_value());
+        }
+        decision
     }
 
     fn start(
@@ -150,36 +126,81 @@ impl EventProtocol for WebSocket {
     }
 }
 
-/// What a program behind an `exec:` route gets in its environment (CGI/1.1, RFC 3875 §4.1,
-/// as websocketd gives it): the request's parts and headers, and the daemon's environment
-/// without its `SWITCHYARD_*` settings. Nothing from the request reaches its argv.
-fn cgi_environment(request: &Request<'_>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(name, _)| !name.starts_with("SWITCHYARD_"))
-        .collect();
-    let (address, port) = request
-        .peer()
-        .rsplit_once(':')
-        .unwrap_or((request.peer(), ""));
-    let target = request.target();
-    let query = target.split_once('?').map_or("", |(_, q)| q);
-    for (name, value) in [
-        ("REMOTE_ADDR", address.trim_matches(['[', ']'])),
-        ("REMOTE_PORT", port),
-        ("REQUEST_METHOD", request.method()),
-        ("REQUEST_URI", target),
-        ("PATH_INFO", request.path()),
-        ("QUERY_STRING", query),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("GATEWAY_INTERFACE", "websocketd-CGI/0.1"),
-    ] {
-        env.push((name.to_string(), value.to_string()));
+impl WebSocket {
+    /// Dials a route's service, or starts its program (in a slot under the processes
+    /// limit): the backend, whether it speaks in lines, and a label for logs; or the
+    /// answer for the client.
+    fn dial(
+        &self,
+        service: &routes::Service,
+        request: &Request<'_>,
+        path: &RequestPath<'_>,
+    ) -> Result<(backend::Backend, bool, String), protocol_api::Rejection> {
+        let slot = match service {
+            routes::Service::Exec { .. } => {
+                match process::Reservation::take(self.config.max_processes) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        log::warn!(
+                        "websocket {} for {}: {} programs running (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503",
+                        path.path(),
+                        request.peer(),
+                        process::running()
+                    );
+                        let rejection = protocol_api::Rejection {
+                            status: 503,
+                            headers: Vec::new(),
+                            body: b"too many programs running; try again later\n".to_vec(),
+                        };
+                        return Err(rejection.with_header("Retry-After", "1"));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let env = || {
+            cgi::environment(request, path, &self.config.passenv, |name| {
+                std::env::var_os(name)
+            })
+            .into_iter()
+            .collect()
+        };
+        match backend::Backend::dial(service, self.config.connect_timeout, slot, env) {
+            Ok(backend) => {
+                let lines = matches!(service, routes::Service::Exec { binary: false, .. });
+                let label = match &backend {
+                    backend::Backend::Program(p) => format!("{} (pid {})", path.path(), p.pid),
+                    _ => path.path().to_string(),
+                };
+                Ok((backend, lines, label))
+            }
+            Err(unreachable) => {
+                log::warn!(
+                    "websocket {} for {}: service {:?} {}",
+                    path.path(),
+                    request.peer(),
+                    service,
+                    unreachable.why
+                );
+                Err(protocol_api::Rejection {
+                    status: unreachable.status,
+                    headers: Vec::new(),
+                    body: format!("the service for {} {}\n", path.path(), unreachable.why)
+                        .into_bytes(),
+                })
+            }
+        }
     }
-    for (name, value) in request.headers() {
-        let name = format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_"));
-        env.push((name, String::from_utf8_lossy(value).into_owned()));
-    }
-    env
+}
+
+/// A refusal before the handshake is looked at (a path no route may take), logged.
+fn refuse<S>(request: &Request<'_>, status: u16, why: &str) -> Decision<S> {
+    log::info!(
+        "{} {}: {why}; answered {status}",
+        request.peer(),
+        request.target()
+    );
+    Decision::reject(status, format!("{why}\n"))
 }
 
 export_event_plugin!(WebSocket);

@@ -8,6 +8,7 @@
 //! after a grace period, then SIGKILL, and waits for each. Every `unsafe` line of the plugin
 //! is in this module.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
@@ -20,8 +21,37 @@ use std::time::{Duration, Instant};
 /// after SIGTERM before SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(2);
 
-/// Programs running (started and not yet reaped), against the limit.
+/// Programs running (started and not yet reaped) and slots reserved for programs about to
+/// start, against `SWITCHYARD_WEBSOCKET_MAX_PROCESSES`.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A slot under the processes limit, taken before a program is started (so that a burst of
+/// requests cannot start more than the limit) and given back when dropped, unless a
+/// program was started in it: then it is given back when that program is reaped.
+pub struct Reservation(());
+
+impl Reservation {
+    /// Takes a slot if fewer than `max` are taken.
+    pub fn take(max: usize) -> Option<Reservation> {
+        RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Reservation(()))
+    }
+
+    /// The slot now belongs to a started program, released when it is reaped.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A running program and its pipes.
 pub struct Program {
@@ -36,7 +66,7 @@ pub struct Program {
 }
 
 enum Request {
-    Start(Box<Command>, Sender<io::Result<Child>>),
+    Start(Box<Command>, Reservation, Sender<io::Result<Child>>),
     End(Child),
 }
 
@@ -52,9 +82,9 @@ fn starter() -> &'static Mutex<Sender<Request>> {
     })
 }
 
-/// How many programs run now.
+/// How many programs run now (or are about to start).
 pub fn running() -> usize {
-    RUNNING.load(Ordering::Relaxed)
+    RUNNING.load(Ordering::Acquire)
 }
 
 fn starter_thread(requests: Receiver<Request>) {
@@ -66,10 +96,10 @@ fn starter_thread(requests: Receiver<Request>) {
             false => requests.recv_timeout(Duration::from_millis(50)),
         };
         match request {
-            Ok(Request::Start(mut command, reply)) => {
+            Ok(Request::Start(mut command, reservation, reply)) => {
                 let started = command.spawn();
                 if started.is_ok() {
-                    RUNNING.fetch_add(1, Ordering::Relaxed);
+                    reservation.keep();
                 }
                 let _ = reply.send(started);
             }
@@ -114,8 +144,12 @@ fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
 
 impl Program {
     /// Starts `argv` with `env` (and nothing else of the daemon's environment but what
-    /// `env` holds), its pipes non-blocking.
-    pub fn start(argv: &[String], env: Vec<(String, String)>) -> io::Result<Program> {
+    /// `env` holds) in the slot `reservation` holds, its pipes non-blocking.
+    pub fn start(
+        argv: &[String],
+        env: Vec<(String, OsString)>,
+        reservation: Reservation,
+    ) -> io::Result<Program> {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(&argv[0]);
         command
@@ -139,7 +173,7 @@ impl Program {
         starter()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(Request::Start(Box::new(command), reply))
+            .send(Request::Start(Box::new(command), reservation, reply))
             .map_err(|_| io::Error::other("the program starter is gone"))?;
         let mut child = started
             .recv()
@@ -160,15 +194,8 @@ impl Program {
             child.stdout.take().expect("piped"),
             child.stderr.take().expect("piped"),
         );
-        for fd in [
-            stdin.as_raw_fd(),
-            stdout.as_raw_fd(),
-            stderr.as_raw_fd(),
-            pidfd.as_raw_fd(),
-        ] {
-            set_nonblocking(&fd)?;
-        }
-        Ok(Program {
+        // Made before anything else can fail: dropping it ends the program.
+        let program = Program {
             child: Some(child),
             pid,
             stdin: Some(stdin),
@@ -176,7 +203,21 @@ impl Program {
             stderr,
             pidfd,
             exited: None,
-        })
+        };
+        for fd in program.fds() {
+            set_nonblocking(&fd)?;
+        }
+        Ok(program)
+    }
+
+    fn fds(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
+        [
+            self.stdout.as_raw_fd(),
+            self.stderr.as_raw_fd(),
+            self.pidfd.as_raw_fd(),
+        ]
+        .into_iter()
+        .chain(self.stdin.as_ref().map(|s| s.as_raw_fd()))
     }
 
     /// The exit status, once the program has exited (reaping it).

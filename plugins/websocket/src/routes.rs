@@ -6,6 +6,7 @@
 //!
 //! Pure: parsing and lookup; dialling is [`crate::backend`]'s.
 
+use protocol_api::path::{PathError, RequestPath};
 use std::path::PathBuf;
 
 /// The service behind a route.
@@ -111,21 +112,41 @@ fn executable(program: &str) -> Result<(), String> {
     }
 }
 
-/// The service for `path`: its longest routed prefix; every path is `echo` when there are
-/// no routes at all; `None` (decline) when routes exist and none covers it.
-pub fn service<'a>(routes: &'a [Route], path: &str) -> Option<&'a Service> {
+/// The service for `path` (normalised, see [`protocol_api::path`]): its longest routed
+/// prefix; every path is `echo` when there are no routes at all; `None` (decline) when
+/// routes exist and none covers it; an error (`400`) when its dot-segments climb out of a
+/// routed prefix.
+pub fn service<'a>(
+    routes: &'a [Route],
+    path: &RequestPath<'_>,
+) -> Result<Option<&'a Service>, PathError> {
     if routes.is_empty() {
-        return Some(&Service::Echo);
+        return Ok(Some(&Service::Echo));
     }
-    routes
-        .iter()
-        .find(|r| path.starts_with(&r.prefix))
-        .map(|r| &r.service)
+    Ok(path
+        .longest_prefix(routes, |r| &r.prefix)?
+        .map(|r| &r.service))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service<'a>(routes: &'a [Route], path: &str) -> Option<&'a Service> {
+        super::service(routes, &RequestPath::parse(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_path_that_climbs_out_of_its_route_is_refused() {
+        let routes = parse("/public/=tcp://127.0.0.1:1,/=echo").unwrap();
+        let route = |p: &str| super::service(&routes, &RequestPath::parse(p).unwrap());
+        assert!(route("/public/../admin").is_err());
+        assert!(route("/public/%2e%2e/admin").is_err());
+        assert_eq!(
+            route("/public/a/../b"),
+            Ok(Some(&Service::Tcp("127.0.0.1:1".into())))
+        );
+    }
 
     #[test]
     fn longest_prefix_wins_and_unrouted_paths_are_declined() {

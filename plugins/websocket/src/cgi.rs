@@ -1,0 +1,149 @@
+//! The environment of a program behind an `exec:` route: CGI/1.1's variables (RFC 3875
+//! §4.1) as websocketd gives them, pure.
+//!
+//! What a client sends must never become what the program obeys:
+//! - `Proxy: ...` would become `HTTP_PROXY`, which many HTTP client libraries take as their
+//!   proxy ("httpoxy", CVE-2016-5385): never passed.
+//! - Header names with anything but letters, digits and `-` are dropped, as nginx and Apache
+//!   do, so `X_User: admin` cannot become the `HTTP_X_USER` of `X-User: alice`; fields
+//!   sent twice are joined with `, ` (§4.1.18).
+//! - The daemon's own environment (its secrets among it) is not passed, but for the
+//!   variables the operator names (`SWITCHYARD_WEBSOCKET_PASSENV`, websocketd's
+//!   `--passenv`; `PATH` and `LD_LIBRARY_PATH` by default).
+//! - The request's variables (`REMOTE_ADDR`, `PATH_INFO`...) come last: neither a header
+//!   nor a passed variable can change them.
+
+use protocol_api::path::RequestPath;
+use protocol_api::Request;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+/// The variables, by name. `daemon_env` looks up the daemon's environment.
+pub fn environment(
+    request: &Request<'_>,
+    path: &RequestPath<'_>,
+    passenv: &[String],
+    daemon_env: impl Fn(&str) -> Option<OsString>,
+) -> BTreeMap<String, OsString> {
+    let mut env: BTreeMap<String, OsString> = BTreeMap::new();
+    for (name, value) in request.headers() {
+        let Some(variable) = header_variable(name) else {
+            continue;
+        };
+        let value = String::from_utf8_lossy(value);
+        match env.get_mut(&variable) {
+            Some(earlier) => {
+                earlier.push(", ");
+                earlier.push(&*value);
+            }
+            None => {
+                env.insert(variable, value.into_owned().into());
+            }
+        }
+    }
+    for name in passenv {
+        if let Some(value) = daemon_env(name) {
+            env.insert(name.clone(), value);
+        }
+    }
+    let (address, port) = request
+        .peer()
+        .rsplit_once(':')
+        .unwrap_or((request.peer(), ""));
+    let query = path.query().unwrap_or("");
+    for (name, value) in [
+        ("REMOTE_ADDR", address.trim_matches(['[', ']'])),
+        ("REMOTE_PORT", port),
+        ("REQUEST_METHOD", request.method()),
+        ("REQUEST_URI", &path.path_and_query()),
+        ("PATH_INFO", path.path()),
+        ("QUERY_STRING", query),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        (
+            "SERVER_SOFTWARE",
+            concat!("switchyard/", env!("CARGO_PKG_VERSION")),
+        ),
+        ("GATEWAY_INTERFACE", "websocketd-CGI/0.1"),
+    ] {
+        env.insert(name.to_string(), value.into());
+    }
+    env
+}
+
+/// `HTTP_` and the field name upper-cased with `-` as `_`; `None` for names CGI must not
+/// pass (see the module docs).
+fn header_variable(name: &str) -> Option<String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return None;
+    }
+    if name.eq_ignore_ascii_case("proxy") {
+        return None;
+    }
+    Some(format!(
+        "HTTP_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol_api::testing::TestRequest;
+
+    fn env_of(request: &TestRequest, passenv: &[&str]) -> BTreeMap<String, OsString> {
+        let passenv: Vec<String> = passenv.iter().map(|s| s.to_string()).collect();
+        request.with(|request| {
+            let path = RequestPath::parse(request.target()).unwrap();
+            environment(request, &path, &passenv, |name| match name {
+                "PATH" => Some("/usr/bin:/bin".into()),
+                "DATABASE_PASSWORD" => Some("hunter2".into()),
+                "REMOTE_ADDR" => Some("10.9.9.9".into()),
+                _ => None,
+            })
+        })
+    }
+
+    fn get<'a>(env: &'a BTreeMap<String, OsString>, name: &str) -> Option<&'a str> {
+        env.get(name).and_then(|v| v.to_str())
+    }
+
+    #[test]
+    fn rfc3875_4_1_18_httpoxy_and_underscored_names_never_pass() {
+        let request = TestRequest::get("/count/./x?n=1")
+            .header("Proxy", "http://evil.example:3128")
+            .header("X-User", "alice")
+            .header("X_User", "admin")
+            .header("Accept", "a")
+            .header("accept", "b");
+        let env = env_of(&request, &["PATH"]);
+        assert_eq!(get(&env, "HTTP_PROXY"), None, "httpoxy");
+        assert_eq!(get(&env, "HTTP_X_USER"), Some("alice"));
+        assert_eq!(get(&env, "HTTP_ACCEPT"), Some("a, b"), "§4.1.18 joined");
+        assert_eq!(get(&env, "HTTP_HOST"), Some("test"));
+        assert_eq!(get(&env, "PATH_INFO"), Some("/count/x"), "the routed path");
+        assert_eq!(get(&env, "REQUEST_URI"), Some("/count/x?n=1"));
+        assert_eq!(get(&env, "QUERY_STRING"), Some("n=1"));
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some("127.0.0.1"));
+        assert_eq!(get(&env, "REMOTE_PORT"), Some("40000"));
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some("HTTP/1.1"));
+    }
+
+    #[test]
+    fn only_the_named_part_of_the_daemons_environment_passes() {
+        let request = TestRequest::get("/x");
+        let env = env_of(&request, &["PATH"]);
+        assert_eq!(get(&env, "PATH"), Some("/usr/bin:/bin"));
+        assert_eq!(get(&env, "DATABASE_PASSWORD"), None);
+        let env = env_of(&request, &["PATH", "DATABASE_PASSWORD", "REMOTE_ADDR"]);
+        assert_eq!(
+            get(&env, "DATABASE_PASSWORD"),
+            Some("hunter2"),
+            "named: passed"
+        );
+        assert_eq!(
+            get(&env, "REMOTE_ADDR"),
+            Some("127.0.0.1"),
+            "the request's own variables win"
+        );
+    }
+}

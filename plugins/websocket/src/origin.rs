@@ -1,0 +1,221 @@
+//! Which web pages may open a WebSocket: the `Origin` check (RFC 6455 §4.2.2 item 4, §10.2;
+//! RFC 6454), pure.
+//!
+//! A browser lets any page open a WebSocket to any host, sending the page's origin in
+//! `Origin`; nothing else stops a page on `evil.example` from driving a visitor's browser
+//! into a route to a terminal or a VNC server (cross-site WebSocket hijacking). So routes
+//! to real services (`tcp://`, `unix:`, `exec:`) only take pages of the daemon's own origin
+//! unless `SWITCHYARD_WEBSOCKET_ORIGINS` says otherwise; `echo` routes take any page.
+//! A request without `Origin` (not from a browser) is always allowed: only browsers need
+//! the check, and they always send the field. A request with two is refused: a user agent
+//! sends at most one (RFC 6454 §7.3), so two are a forgery.
+
+/// What `SWITCHYARD_WEBSOCKET_ORIGINS` allows: `*` (any page), `same-origin` (pages whose
+/// origin is the request's `Host`), and origins by name (`https://app.example.com`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origins {
+    pub any: bool,
+    pub same_origin: bool,
+    pub listed: Vec<String>,
+}
+
+/// The setting's keyword for "the page's origin is this host".
+pub const SAME_ORIGIN: &str = "same-origin";
+
+impl Origins {
+    /// Any page (the default for `echo` routes).
+    pub fn any() -> Origins {
+        Origins {
+            any: true,
+            ..Origins::default()
+        }
+    }
+
+    /// Pages of the daemon's own origin (the default for routes to services).
+    pub fn same_origin() -> Origins {
+        Origins {
+            same_origin: true,
+            ..Origins::default()
+        }
+    }
+
+    /// Parses the setting's comma-separated entries.
+    pub fn parse(value: &str) -> Result<Origins, String> {
+        let mut origins = Origins::default();
+        for entry in protocol_api::fields::setting_list(value) {
+            if entry == "*" {
+                origins.any = true;
+            } else if entry.eq_ignore_ascii_case(SAME_ORIGIN) {
+                origins.same_origin = true;
+            } else if Origin::parse(entry).is_some() {
+                origins.listed.push(entry.to_string());
+            } else {
+                return Err(format!(
+                    "invalid SWITCHYARD_WEBSOCKET_ORIGINS entry {entry:?}: expected an origin \
+                     (scheme://host[:port]), {SAME_ORIGIN} or *"
+                ));
+            }
+        }
+        if !origins.any && !origins.same_origin && origins.listed.is_empty() {
+            return Err(
+                "SWITCHYARD_WEBSOCKET_ORIGINS is empty: name origins, same-origin or *".into(),
+            );
+        }
+        Ok(origins)
+    }
+
+    /// Whether a request with these `Origin` field values (as received) and this `Host` may
+    /// switch; the reason when not.
+    pub fn check(&self, origins: &[&str], host: Option<&str>) -> Result<(), &'static str> {
+        let origin = match origins {
+            [] => return Ok(()), // not a browser
+            [origin] => *origin,
+            _ => return Err("more than one Origin"),
+        };
+        if self.any {
+            return Ok(());
+        }
+        if self.listed.iter().any(|a| same_serialised(a, origin)) {
+            return Ok(());
+        }
+        let same = self.same_origin
+            && host.is_some_and(|host| Origin::parse(origin).is_some_and(|o| o.is_host(host)));
+        match same {
+            true => Ok(()),
+            false => Err("Origin not allowed"),
+        }
+    }
+}
+
+/// Two origins as text, compared as RFC 6454 §4 serialises them: case-insensitively, and a
+/// port written out the same as one left to the scheme's default.
+fn same_serialised(a: &str, b: &str) -> bool {
+    match (Origin::parse(a), Origin::parse(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A serialised origin, `scheme://host[:port]` (RFC 6454 §6.1), with the port made explicit.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// `host[:port]` of an authority (`[v6]:port` too): the host lower-cased, and the port.
+fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            (format!("[{host}]"), rest.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (authority.to_string(), None),
+        },
+    };
+    if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+        return None;
+    }
+    let port = match port {
+        Some(port) => Some(port.parse::<u16>().ok()?),
+        None => None,
+    };
+    Some((host.to_ascii_lowercase(), port))
+}
+
+impl Origin {
+    fn parse(text: &str) -> Option<Origin> {
+        let (scheme, authority) = text.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let (host, port) = split_authority(authority)?;
+        let port = port.or_else(|| default_port(&scheme))?;
+        Some(Origin { scheme, host, port })
+    }
+
+    /// Whether this origin is the host the request was sent to (`Host`): the same name and
+    /// port, a `Host` without a port meaning the origin scheme's default one (a page at
+    /// `https://x/` opens `wss://x/`, both on 443).
+    fn is_host(&self, host: &str) -> bool {
+        match split_authority(host.trim()) {
+            Some((name, port)) => {
+                name == self.host && port.or_else(|| default_port(&self.scheme)) == Some(self.port)
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6454_7_3_two_origins_are_refused_whatever_the_policy() {
+        let good = "https://good.example";
+        for policy in [Origins::any(), Origins::parse(good).unwrap()] {
+            assert_eq!(
+                policy.check(&[good, "https://evil.example"], Some("x")),
+                Err("more than one Origin")
+            );
+            assert_eq!(
+                policy.check(&[good, good], Some("x")),
+                Err("more than one Origin")
+            );
+        }
+    }
+
+    #[test]
+    fn same_origin_is_the_host_the_request_was_sent_to() {
+        let same = Origins::same_origin();
+        for (origin, host, allowed) in [
+            ("http://app.example:8080", "app.example:8080", true),
+            ("http://APP.example:8080", "app.example:8080", true),
+            ("https://app.example", "app.example", true),
+            ("https://app.example", "app.example:443", true),
+            ("http://app.example", "app.example:80", true),
+            ("http://[::1]:8080", "[::1]:8080", true),
+            ("http://app.example:8080", "app.example:8081", false),
+            ("http://evil.example:8080", "app.example:8080", false),
+            ("https://app.example", "app.example:8080", false),
+            ("null", "app.example", false),
+            ("http://app.example.evil.example", "app.example", false),
+        ] {
+            assert_eq!(
+                same.check(&[origin], Some(host)).is_ok(),
+                allowed,
+                "{origin} on {host}"
+            );
+        }
+        assert!(
+            same.check(&[], Some("app.example")).is_ok(),
+            "not a browser"
+        );
+        assert!(same.check(&["http://a"], None).is_err());
+    }
+
+    #[test]
+    fn the_setting_names_origins_same_origin_or_any() {
+        let listed = Origins::parse("https://a.example, same-origin").unwrap();
+        assert!(listed.check(&["https://A.example:443"], Some("b")).is_ok());
+        assert!(listed.check(&["http://b:81"], Some("b:81")).is_ok());
+        assert!(listed.check(&["https://c.example"], Some("b")).is_err());
+        assert!(Origins::parse("*")
+            .unwrap()
+            .check(&["https://c"], None)
+            .is_ok());
+        for bad in ["a.example", "https://", " , "] {
+            assert!(Origins::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
