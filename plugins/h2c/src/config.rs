@@ -1,6 +1,7 @@
 //! The h2c plugin's settings, from the daemon's environment, read once when it loads, and
 //! its routing: which backend serves a request path (longest prefix wins).
 
+use protocol_api::path::{PathError, RequestPath};
 use std::time::Duration;
 
 /// How a backend is spoken to.
@@ -35,6 +36,10 @@ pub struct Config {
     pub idle: Duration,
     /// `SWITCHYARD_H2C_CONNECT_TIMEOUT_MS` (default 5000): longer gets `504` on the stream.
     pub connect_timeout: Duration,
+    /// `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` (default 16): streams of one client connection
+    /// in flight to HTTP/1.1 backends at once (each holds a backend connection); the others
+    /// wait.
+    pub http1_per_connection: usize,
 }
 
 pub const ROUTES: &str = "SWITCHYARD_H2C_ROUTES";
@@ -87,12 +92,16 @@ impl Config {
                 1,
                 u64::MAX,
             )?),
+            http1_per_connection: number("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", 16, 1, 65_536)?
+                as usize,
         })
     }
 
-    /// The route for a request path: the longest matching prefix.
-    pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(&r.prefix))
+    /// The route for a request path (normalised, see [`protocol_api::path`]): the longest
+    /// matching prefix; an error (`400`) when the path as sent lies under a routed prefix
+    /// its dot-segments climbed out of.
+    pub fn route(&self, path: &RequestPath<'_>) -> Result<Option<&Route>, PathError> {
+        path.longest_prefix(&self.routes, |r| &r.prefix)
     }
 }
 
@@ -136,7 +145,11 @@ mod tests {
     fn routes_longest_prefix_wins() {
         let c =
             config("/=127.0.0.1:50051, /api/=http1://127.0.0.1:9000,/api/v2/=h2c://b:1").unwrap();
-        let at = |path| c.route(path).map(|r| (r.address.as_str(), r.protocol));
+        let at = |path| {
+            c.route(&RequestPath::parse(path).unwrap())
+                .unwrap()
+                .map(|r| (r.address.as_str(), r.protocol))
+        };
         assert_eq!(at("/x"), Some(("127.0.0.1:50051", BackendProtocol::Http2)));
         assert_eq!(
             at("/api/users"),
@@ -147,8 +160,16 @@ mod tests {
             at("/api"),
             Some(("127.0.0.1:50051", BackendProtocol::Http2))
         );
+        assert_eq!(
+            at("/api/x/../v1"),
+            Some(("127.0.0.1:9000", BackendProtocol::Http1))
+        );
+        for climbs in ["/api/../admin", "/api/v2/../v1"] {
+            let climbs = RequestPath::parse(climbs).unwrap();
+            assert!(c.route(&climbs).is_err(), "{climbs:?} climbs out of its route");
+        }
         let c = config("/api/=127.0.0.1:1").unwrap();
-        assert_eq!(c.route("/other"), None);
+        assert_eq!(c.route(&RequestPath::parse("/other").unwrap()), Ok(None));
     }
 
     #[test]

@@ -130,13 +130,18 @@ impl Protocol for H2c {
             filter,
             gate.clone(),
         );
-        let activity = Activity::new();
+        let activity = Activity::new(self.proxy.config.http1_per_connection);
         let config = &self.proxy.config;
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.max_streams)
             .max_header_list_size(config.max_header_list_bytes)
+            // What waits to be sent on each stream, for a client that grants windows and
+            // then does not read: hyper's default is 400 KiB a stream (40 MiB a connection
+            // at 100 streams); the README states the bound this gives.
+            .max_send_buf_size(SEND_BUFFER_PER_STREAM)
             // A peer that stops answering pings (gone, or not reading) is let go.
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .keep_alive_timeout(Duration::from_secs(20));

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use protocol_api::path::RequestPath;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::io;
@@ -24,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -65,17 +67,23 @@ impl Proxy {
     }
 }
 
-/// Streams open on one client connection, and since when none has been, for its idle limit.
+/// Streams open on one client connection, and since when none has been, for its idle limit;
+/// and its share of HTTP/1.1 backend connections.
 pub struct Activity {
     open: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// An HTTP/1.1 backend connection carries one request at a time, so each stream routed
+    /// to one holds a connection: at most `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` at once,
+    /// the other streams wait for one to end.
+    http1: Arc<Semaphore>,
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub fn new(http1_connections: usize) -> Arc<Activity> {
         Arc::new(Activity {
             open: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            http1: Arc::new(Semaphore::new(http1_connections)),
         })
     }
 
@@ -94,17 +102,28 @@ impl Activity {
 
     fn open(self: &Arc<Self>) -> StreamOpen {
         self.open.fetch_add(1, Ordering::AcqRel);
-        StreamOpen(self.clone())
+        StreamOpen {
+            activity: self.clone(),
+            _http1: None,
+        }
     }
 }
 
-/// Held while a stream is open: by the handler, then by the response body until it ends.
-struct StreamOpen(Arc<Activity>);
+/// Held while a stream is open: by the handler, then by the response body until it ends;
+/// with the stream's HTTP/1.1 backend connection, if it has one.
+struct StreamOpen {
+    activity: Arc<Activity>,
+    _http1: Option<OwnedSemaphorePermit>,
+}
 
 impl Drop for StreamOpen {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let activity = &self.activity;
+        if activity.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *activity
+                .idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
     }
 }
@@ -197,38 +216,47 @@ pub async fn handle(
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let open = activity.open();
-    let path = request.uri().path().to_string();
-    let Some(route) = proxy.config.route(&path) else {
-        log::debug!("h2c {peer}: no route for {path}: 404");
-        return Ok(with_open(
-            answer(StatusCode::NOT_FOUND, "no route for this path"),
-            open,
-        ));
+    let mut open = activity.open();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let routed = RequestPath::parse(&target).and_then(|path| {
+        let route = proxy.config.route(&path)?;
+        Ok((path.path().to_string(), path.path_and_query(), route))
+    });
+    let (path, path_and_query, route) = match routed {
+        Ok((path, path_and_query, Some(route))) => (path, path_and_query, route),
+        Ok((path, ..)) => {
+            log::debug!("h2c {peer}: no route for {path}: 404");
+            return Ok(with_open(
+                answer(StatusCode::NOT_FOUND, "no route for this path"),
+                open,
+            ));
+        }
+        Err(e) => {
+            log::info!("h2c {peer}: {target}: {e}; answered 400");
+            return Ok(with_open(
+                answer(StatusCode::BAD_REQUEST, &e.to_string()),
+                open,
+            ));
+        }
     };
     let (mut parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.to_string());
     strip_hop_by_hop(&mut parts.headers);
-    let client = peer.ip().to_string();
-    let forwarded_for = match parts.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-        Some(Ok(earlier)) => format!("{earlier}, {client}"),
-        _ => client,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    // The client's address is the one this connection came from (or its PROXY protocol
+    // header said): what the client itself wrote in these fields is not evidence of
+    // anything, so it is replaced, never appended to.
+    if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
         parts.headers.insert("x-forwarded-for", value);
     }
-    let mut forwarded = forwarded_for_element(&peer, authority.as_deref());
-    if let Some(Ok(earlier)) = parts.headers.get(header::FORWARDED).map(|v| v.to_str()) {
-        forwarded = format!("{earlier}, {forwarded}");
-    }
+    let forwarded = forwarded_for_element(&peer, authority.as_deref());
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         parts.headers.insert(header::FORWARDED, value);
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // What was routed is what is forwarded: the normalised path.
     let uri = format!("http://{}{path_and_query}", route.address);
     parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
@@ -247,6 +275,8 @@ pub async fn handle(
             if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
                 parts.headers.insert(header::HOST, value);
             }
+            // The semaphore is never closed.
+            open._http1 = activity.http1.clone().acquire_owned().await.ok();
             &proxy.http1
         }
     };

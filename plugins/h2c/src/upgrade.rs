@@ -68,9 +68,17 @@ pub fn preamble(settings: &[u8], request: &Stream1<'_>) -> Vec<u8> {
     literal(&mut block, b":scheme", b"http");
     literal(&mut block, b":authority", authority);
     literal(&mut block, b":path", request.target.as_bytes());
+    // Fields `Connection` names belong to the HTTP/1.1 connection too (RFC 9110 §7.6.1).
+    let named: Vec<String> = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| protocol_api::fields::list_items(v))
+        .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
+        .collect();
     for (name, value) in &request.headers {
         let lower = name.to_ascii_lowercase();
-        if NOT_FORWARDED.contains(&lower.as_str()) {
+        if NOT_FORWARDED.contains(&lower.as_str()) || named.contains(&lower) {
             continue;
         }
         // TE may only say "trailers" in HTTP/2 (§8.2.2).
@@ -232,10 +240,11 @@ mod tests {
             target: "/x?y=1",
             headers: vec![
                 ("Host", b"example.org"),
-                ("Connection", b"Upgrade, HTTP2-Settings"),
+                ("Connection", b"Upgrade, HTTP2-Settings, X-Private"),
                 ("Upgrade", b"h2c"),
                 ("HTTP2-Settings", b"AAMAAABk"),
                 ("TE", b"gzip"),
+                ("X-Private", b"hop-by-hop"),
                 ("X-Trace", b"7"),
             ],
             body: b"hello",
