@@ -245,13 +245,16 @@ def loads(root, servers, quick):
         ("tunnel-1g", "1 GiB through Upgrade: tcp vs straight to the sink", "mib_per_s", "MiB/s",
          ["switchyard", "sink"], lambda s: bulk_load(root, servers, 256 if quick else 1024, s == "switchyard"),
          None),
-        ("idle-10k", "idle WebSocket connections, every setting at its default: server RSS per connection at 10,000",
-         "kib_per_conn", "KiB", ws, lambda s: idle_load(root, 2000 if quick else 10000), None),
+        # Every connection comes from 127.0.0.1: one client address, which by default may
+        # hold a quarter of SWITCHYARD_MAX_CONNECTIONS.
+        ("idle-10k", "idle WebSocket connections, every setting at its default but the per-client limit: server RSS per connection at 10,000",
+         "kib_per_conn", "KiB", ws, lambda s: idle_load(root, 2000 if quick else 10000),
+         {"SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT": "10000"}),
         # The machine allows 20,000 descriptors per process; a thread per connection does
         # not reach 19,000 here (the thread limit), so that peer sits this row out.
         ("idle-19k", "idle WebSocket connections: server RSS per connection at 19,000", "kib_per_conn", "KiB",
          ["switchyard", "tokio-tungstenite"], lambda s: idle_load(root, 4000 if quick else 19000),
-         {"SWITCHYARD_MAX_CONNECTIONS": "20000"}),
+         {"SWITCHYARD_MAX_CONNECTIONS": "20000", "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT": "20000"}),
     ]
     return out
 

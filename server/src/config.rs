@@ -20,6 +20,10 @@ pub struct Config {
     pub workers: usize,
     /// `SWITCHYARD_MAX_CONNECTIONS`: most open client connections, HTTP and upgraded.
     pub max_connections: usize,
+    /// `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`: most of them from one client address.
+    pub max_connections_per_client: usize,
+    /// `SWITCHYARD_WORKERS_PER_CLIENT`: most worker slots one client address holds.
+    pub workers_per_client: usize,
     /// `SWITCHYARD_MAX_HEADER_BYTES`: largest request head (request line and headers).
     pub max_header_bytes: usize,
     /// `SWITCHYARD_MAX_TARGET_BYTES`: longest request target.
@@ -85,6 +89,16 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_MAX_CONNECTIONS",
         default: "`10000`",
         meaning: "most open client connections, HTTP and upgraded (both kinds); past it, new connections wait in the listen backlog",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
+        default: "a quarter of `SWITCHYARD_MAX_CONNECTIONS` (`2500`)",
+        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives); past it, `503` with `Retry-After` at once, and the connection is closed",
+    },
+    Setting {
+        variable: "SWITCHYARD_WORKERS_PER_CLIENT",
+        default: "a quarter of `SWITCHYARD_WORKERS` (`256`)",
+        meaning: "most worker slots one client address holds (connections of blocking plugins, and readiness plugins' requests negotiated on a worker); past it, `503` with `Retry-After` (HTTP/2 with prior knowledge: GOAWAY `REFUSED_STREAM`)",
     },
     Setting {
         variable: "SWITCHYARD_IDLE_MS",
@@ -182,6 +196,10 @@ impl Config {
     /// Reads settings through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |variable: &'static str| lookup(variable).map(|value| (variable, value));
+        let workers = parse_or(get("SWITCHYARD_WORKERS"), 1024, |v| count(v, 1, 1 << 20))?;
+        let max_connections = parse_or(get("SWITCHYARD_MAX_CONNECTIONS"), 10_000, |v| {
+            count(v, 1, 1 << 24)
+        })?;
         Ok(Config {
             listen: parse_or(
                 get("SWITCHYARD_LISTEN"),
@@ -199,10 +217,18 @@ impl Config {
                 }
                 None => default_plugin_dir(),
             },
-            workers: parse_or(get("SWITCHYARD_WORKERS"), 1024, |v| count(v, 1, 1 << 20))?,
-            max_connections: parse_or(get("SWITCHYARD_MAX_CONNECTIONS"), 10_000, |v| {
-                count(v, 1, 1 << 24)
-            })?,
+            workers,
+            max_connections,
+            max_connections_per_client: parse_or(
+                get("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT"),
+                (max_connections / 4).max(1),
+                |v| count(v, 1, 1 << 24),
+            )?,
+            workers_per_client: parse_or(
+                get("SWITCHYARD_WORKERS_PER_CLIENT"),
+                (workers / 4).max(1),
+                |v| count(v, 1, 1 << 20),
+            )?,
             max_header_bytes: parse_or(get("SWITCHYARD_MAX_HEADER_BYTES"), 16 * 1024, |v| {
                 count(v, 256, 1 << 24)
             })?,
@@ -342,6 +368,17 @@ mod tests {
         assert_eq!(c.plugin_dir, default_plugin_dir());
         assert_eq!(c.workers, 1024);
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_client, 2500);
+        assert_eq!(c.workers_per_client, 256);
+        let small = config(&[
+            ("SWITCHYARD_WORKERS", "2"),
+            ("SWITCHYARD_MAX_CONNECTIONS", "40"),
+        ]);
+        let small = small.unwrap();
+        assert_eq!(
+            (small.workers_per_client, small.max_connections_per_client),
+            (1, 10)
+        );
         assert_eq!(c.max_header_bytes, 16384);
         assert_eq!(c.max_target_bytes, 8192);
         assert_eq!(c.max_body_bytes, 1 << 20);

@@ -9,6 +9,7 @@
 //! owed before it is written.
 
 use crate::access::{self, Exchange};
+use crate::clients::Limit;
 use crate::http::body::BodyDecoder;
 use crate::http::head::{self, BodyLength, Head, Parsed};
 use crate::http::response::{DateCache, Response, CONTINUE};
@@ -20,6 +21,7 @@ use crate::prior_knowledge::{self, Start};
 use crate::proxy_protocol;
 use crate::route::{route, Offer, Route};
 use crate::shared::{Shared, Ticket};
+use crate::workers::NoSlot;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -64,6 +66,8 @@ pub struct HttpConn {
     /// Whether the connection's first bytes are still to be looked at for a PROXY protocol
     /// header.
     proxy: ProxyHeader,
+    /// Its client has its most connections open already: answered `503` and closed.
+    over_client_limit: bool,
 }
 
 /// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
@@ -138,6 +142,13 @@ impl MetricsCache {
                     workers_max: shared.config.workers,
                     open_connections: shared.open_connections(),
                     connections_max: shared.config.max_connections,
+                    clients: shared.clients.tracked(),
+                    client_refusals: [Limit::Connections, Limit::Workers]
+                        .map(|limit| shared.clients.refused(limit)),
+                    per_client_max: [
+                        shared.config.max_connections_per_client,
+                        shared.config.workers_per_client,
+                    ],
                 };
                 let body = shared
                     .metrics
@@ -184,7 +195,47 @@ impl HttpConn {
                 pp if pp.mode != proxy_protocol::Mode::Off => ProxyHeader::Forbidden,
                 _ => ProxyHeader::Done,
             },
+            over_client_limit: false,
         }
+    }
+
+    /// Counts a new connection against its client's limit, once the client is known: now,
+    /// or when the PROXY protocol header names it.
+    pub fn admit(&mut self, shared: &'static Shared) {
+        if self.proxy != ProxyHeader::Expected {
+            self.count_client(shared);
+        }
+    }
+
+    fn count_client(&mut self, shared: &'static Shared) {
+        self.over_client_limit = !self.ticket.count_client(&shared.clients, self.peer.ip());
+    }
+
+    /// The answer to a client past `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`: sent at once,
+    /// before its request is read, then the connection lingers and closes.
+    fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
+        const REASON: &str = "too many connections from this client";
+        let clients = &cx.shared.clients;
+        if let Some(unlogged) = clients.log_refusal() {
+            log::warn!(
+                "{}: {REASON} (SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT={}); answered 503 ({unlogged} more such refusals not logged)",
+                self.peer,
+                cx.shared.config.max_connections_per_client
+            );
+        }
+        let response = Response::error(503, REASON).header("Retry-After", "1");
+        let exchange = Exchange {
+            peer: self.peer,
+            request: NO_REQUEST_LINE,
+            status: 503,
+            protocol: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            started: cx.now,
+            reason: Some(REASON),
+        };
+        self.respond(cx, &response, exchange, false);
+        self.close_after_output();
     }
 
     /// A connection a worker gave back, with the bytes it had read past the request. The
@@ -507,6 +558,10 @@ impl HttpConn {
                         }
                     }
                 }
+                Phase::Head if self.over_client_limit => {
+                    self.over_client_limit = false;
+                    self.refuse_over_client_limit(cx);
+                }
                 Phase::Head => {
                     if self.input.is_empty() {
                         self.input = Vec::new(); // hold no buffer between requests
@@ -583,6 +638,7 @@ impl HttpConn {
                         }
                         self.input.drain(..len);
                         self.proxy = ProxyHeader::Done;
+                        self.count_client(cx.shared);
                         return ProxyStep::Done;
                     }
                     proxy_protocol::Header::Refused(why) => why,
@@ -684,19 +740,26 @@ impl HttpConn {
         let shared = cx.shared;
         let too_large =
             matches!(head.body, BodyLength::Fixed(n) if n > shared.config.max_body_bytes as u64);
-        // Only workers can serve these offers, and none is free: say so before `100`.
-        let no_capacity = offers
+        // Only workers can serve these offers, and none is free (or this client holds its
+        // most): say so before `100`.
+        let only_workers = offers
             .iter()
-            .all(|o| !registry.plugins[o.plugin].is_readiness())
-            && !shared.pool.has_room();
+            .all(|o| !registry.plugins[o.plugin].is_readiness());
+        let no_capacity = if !only_workers {
+            None
+        } else if !shared.pool.has_room() {
+            Some(NoSlot::Full)
+        } else if shared.clients.at_limit(self.peer.ip(), Limit::Workers) {
+            Some(NoSlot::ClientLimit)
+        } else {
+            None
+        };
         let refusal = if shared.is_stopping() {
             Some("the server is stopping")
         } else if too_large {
             None
-        } else if no_capacity {
-            Some("no capacity for another upgraded connection")
         } else {
-            None
+            no_capacity.map(NoSlot::reason)
         };
         let bytes = &self.input[..head.len];
         if too_large || refusal.is_some() {

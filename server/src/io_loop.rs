@@ -18,6 +18,7 @@ use crate::session::{Session, Step};
 use crate::shared::{LoopHandle, Resume, Returned, Shared};
 use crate::switch::Job;
 use crate::timers::Timers;
+use crate::workers::NoSlot;
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -236,7 +237,8 @@ impl Loop {
                         continue;
                     }
                     self.shared.metrics.accepted();
-                    let conn = HttpConn::new(stream, peer, ticket, self.shared, self.now);
+                    let mut conn = HttpConn::new(stream, peer, ticket, self.shared, self.now);
+                    conn.admit(self.shared);
                     let slot = self.insert(Conn::Http(Box::new(conn)));
                     self.drive_http(slot);
                 }
@@ -384,20 +386,29 @@ impl Loop {
             },
             Outcome::Answer(response, reason) => (response, Some(reason)),
             Outcome::Declined => (upgrade.plain_answer(), None),
-            Outcome::Elsewhere(offer) => match shared.pool.try_reserve() {
-                Some(worker) => {
-                    self.hand_to_worker(slot, upgrade, offer, worker);
-                    return false;
+            Outcome::Elsewhere(offer) => {
+                match shared.pool.try_reserve(&shared.clients, conn.peer.ip()) {
+                    Ok(worker) => {
+                        self.hand_to_worker(slot, upgrade, offer, worker);
+                        return false;
+                    }
+                    Err(no_slot) => {
+                        let reason = no_slot.reason();
+                        if no_slot == NoSlot::Full {
+                            log::warn!("{peer}: {reason}; answered 503");
+                        } else if let Some(unlogged) = shared.clients.log_refusal() {
+                            log::warn!(
+                            "{peer}: {reason} (SWITCHYARD_WORKERS_PER_CLIENT={}); answered 503 ({unlogged} more such refusals not logged)",
+                            shared.config.workers_per_client
+                        );
+                        }
+                        (
+                            Response::error(503, reason).header("Retry-After", "1"),
+                            Some(reason),
+                        )
+                    }
                 }
-                None => {
-                    log::warn!("{peer}: no capacity for another upgraded connection; answered 503");
-                    (
-                        Response::error(503, "no capacity for another upgraded connection")
-                            .header("Retry-After", "1"),
-                        Some("no capacity for another upgraded connection"),
-                    )
-                }
-            },
+            }
         };
         let (mut cx, conns) = self.context();
         if let Some(Entry {
@@ -519,7 +530,7 @@ impl Loop {
         };
         if let Err(job) = self.shared.pool.dispatch(job, self.shared) {
             // No thread could be started: the client gets a 503, never silence.
-            let returned = job.refuse(
+            let returned = (*job).refuse(
                 Response::error(503, "no worker thread could be started")
                     .header("Retry-After", "1"),
             );

@@ -8,6 +8,7 @@
 //! main thread waits for signals and runs the stop ([`supervisor`]).
 
 mod access;
+mod clients;
 mod config;
 mod http_conn;
 mod io_loop;
@@ -59,6 +60,11 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
+    // systemd's variables are read and removed before any plugin loads: a plugin's `new()`
+    // may start threads, and changing the environment while another thread may read it is
+    // undefined behaviour in C (getenv, setenv).
+    let notifier = notify::Notifier::from_env();
+    let mut inherited = notify::listen_fds();
     let config = match config::Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -92,9 +98,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_file_limit(config.max_connections);
-    let notifier = notify::Notifier::from_env();
     let listen = config.listen;
-    let mut inherited = notify::listen_fds();
     let listener = if !inherited.is_empty() {
         if inherited.len() > 1 {
             log::warn!(

@@ -34,6 +34,12 @@ pub struct Gauges {
     pub workers_max: usize,
     pub open_connections: usize,
     pub connections_max: usize,
+    /// Client addresses (IPv6: /64s) holding connections or worker slots now.
+    pub clients: usize,
+    /// Refusals for a client's limit, connections then workers.
+    pub client_refusals: [u64; 2],
+    /// The per-client limits, connections then workers.
+    pub per_client_max: [usize; 2],
 }
 
 /// One unit of a gauge, held while the thing it counts lives.
@@ -217,6 +223,32 @@ impl Metrics {
             "Most connections on workers at once (SWITCHYARD_WORKERS).",
             &plain(gauges.workers_max as u64),
         );
+        metric(
+            "switchyard_clients",
+            "gauge",
+            "Client addresses (an IPv6 client: its /64) holding connections or worker slots.",
+            &plain(gauges.clients as u64),
+        );
+        let limits = ["connections", "workers"];
+        let per_client = |values: [u64; 2]| -> Vec<(String, u64)> {
+            limits
+                .iter()
+                .zip(values)
+                .map(|(limit, value)| (format!("{{limit=\"{limit}\"}}"), value))
+                .collect()
+        };
+        metric(
+            "switchyard_client_limit",
+            "gauge",
+            "Most connections and worker slots one client address may hold (SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT, SWITCHYARD_WORKERS_PER_CLIENT).",
+            &per_client(gauges.per_client_max.map(|n| n as u64)),
+        );
+        metric(
+            "switchyard_client_limit_refusals_total",
+            "counter",
+            "Connections and upgrades refused with 503 because their client address held its most.",
+            &per_client(gauges.client_refusals),
+        );
         let ended = vec![
             (
                 "{reason=\"idle\"}".to_string(),
@@ -322,6 +354,9 @@ mod tests {
                 workers_max: 8,
                 open_connections: 3,
                 connections_max: 100,
+                clients: 2,
+                client_refusals: [5, 1],
+                per_client_max: [25, 2],
             },
         );
         assert!(text.contains("# TYPE switchyard_connections_accepted_total counter\nswitchyard_connections_accepted_total 1\n"), "{text}");
@@ -332,7 +367,11 @@ mod tests {
         assert!(
             text.contains("switchyard_http_connections 2\n")
                 && text.contains("switchyard_workers_max 8\n")
-                && text.contains("switchyard_upgraded_connections{mode=\"worker\"} 1\n"),
+                && text.contains("switchyard_upgraded_connections{mode=\"worker\"} 1\n")
+                && text.contains("switchyard_clients 2\n")
+                && text
+                    .contains("switchyard_client_limit_refusals_total{limit=\"connections\"} 5\n")
+                && text.contains("switchyard_client_limit{limit=\"workers\"} 2\n"),
             "{text}"
         );
     }

@@ -1,10 +1,11 @@
 //! State every thread shares: settings, plugins, the stop flag and deadline, the count of
-//! open connections, the worker pool, the blocking connections that stopping and the idle
+//! open connections, the worker pool, what each client address holds, the blocking connections that stopping and the idle
 //! limit must reach, and the way back to each event loop.
 //!
 //! Made once at start and leaked: every thread holds `&'static Shared` until the process
 //! exits, as it holds the plugins.
 
+use crate::clients::{Clients, Hold, Limit};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::negotiation::Upgrade;
@@ -12,7 +13,7 @@ use crate::plugin::Registry;
 use crate::workers::Pool;
 use crossbeam_channel::Sender;
 use slab::Slab;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub struct Shared {
     pub live: Live,
     pub metrics: Metrics,
     pub pool: Pool,
+    /// What each client address holds, against its limits.
+    pub clients: Clients,
     loops: OnceLock<Vec<LoopHandle>>,
 }
 
@@ -68,19 +71,33 @@ pub enum Resume {
     },
 }
 
-/// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped.
+/// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped,
+/// and against its client's share once the client is known ([`Ticket::count_client`]).
 /// It travels with the connection from loop to worker and back.
-pub struct Ticket(&'static AtomicUsize);
+pub struct Ticket {
+    open: &'static AtomicUsize,
+    client: Option<Hold>,
+}
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Ticket {
+    /// Counts the connection against the connections `ip` may have open; false (and not
+    /// counted) when it has its most already.
+    pub fn count_client(&mut self, clients: &'static Clients, ip: IpAddr) -> bool {
+        self.client = clients.take(ip, Limit::Connections);
+        self.client.is_some()
     }
 }
 
 impl Shared {
     pub fn new(config: Config, registry: &'static Registry) -> Self {
         let pool = Pool::new(config.workers, config.worker_stack_bytes);
+        let clients = Clients::new(config.max_connections_per_client, config.workers_per_client);
         Shared {
             config,
             registry: RwLock::new(registry),
@@ -91,6 +108,7 @@ impl Shared {
             live: Live::default(),
             metrics: Metrics::new(),
             pool,
+            clients,
             loops: OnceLock::new(),
         }
     }
@@ -155,7 +173,10 @@ impl Shared {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Ticket(&self.open))
+            .map(|_| Ticket {
+                open: &self.open,
+                client: None,
+            })
     }
 
     pub fn open_connections(&self) -> usize {

@@ -12,9 +12,11 @@
 //! `recv` would spin and `sched_yield` before parking, which on a busy core costs the
 //! thread that has work (measured: five yields per WebSocket handshake).
 
+use crate::clients::{Clients, Hold, Limit};
 use crate::shared::Shared;
 use crate::switch::{self, Job};
 use crossbeam_channel::{Receiver, Sender};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -39,9 +41,29 @@ struct PoolInner {
     receiver: Receiver<Job>,
 }
 
-/// A reserved unit of capacity; dropping it frees it.
+/// A reserved unit of capacity; dropping it frees it (and its client's share of it).
 pub struct Slot {
     pool: Arc<PoolInner>,
+    _client: Hold,
+}
+
+/// Why no slot could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// Every slot is taken.
+    Full,
+    /// This client holds its most (`SWITCHYARD_WORKERS_PER_CLIENT`).
+    ClientLimit,
+}
+
+impl NoSlot {
+    /// What the client is told, and the access line's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoSlot::Full => "no capacity for another upgraded connection",
+            NoSlot::ClientLimit => "this client holds its most worker slots",
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -76,21 +98,29 @@ impl Pool {
         self.busy() < self.inner.slots
     }
 
-    /// Takes a slot if one is free.
-    pub fn try_reserve(&self) -> Option<Slot> {
+    /// Takes a slot for the client at `client`, if one is free and the client has not
+    /// its most already.
+    pub fn try_reserve(&self, clients: &'static Clients, client: IpAddr) -> Result<Slot, NoSlot> {
         let busy = &self.inner.busy;
         busy.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < self.inner.slots).then_some(n + 1)
         })
-        .ok()
-        .map(|_| Slot {
-            pool: self.inner.clone(),
-        })
+        .map_err(|_| NoSlot::Full)?;
+        match clients.take(client, Limit::Workers) {
+            Some(hold) => Ok(Slot {
+                pool: self.inner.clone(),
+                _client: hold,
+            }),
+            None => {
+                busy.fetch_sub(1, Ordering::AcqRel);
+                Err(NoSlot::ClientLimit)
+            }
+        }
     }
 
     /// Hands a job (holding its slot) to an idle thread, or to a new one. When no thread
     /// can be started (the system's limit), the job comes back to the caller.
-    pub fn dispatch(&self, job: Job, shared: &'static Shared) -> Result<(), Job> {
+    pub fn dispatch(&self, job: Job, shared: &'static Shared) -> Result<(), Box<Job>> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         if *idle > 0 {
             *idle -= 1;
@@ -120,7 +150,7 @@ impl Pool {
             Err(e) => {
                 log::error!("cannot start a worker thread: {e}");
                 let job = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
-                job.map_or(Ok(()), Err)
+                job.map_or(Ok(()), |job| Err(Box::new(job)))
             }
         }
     }

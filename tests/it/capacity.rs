@@ -69,6 +69,7 @@ fn max_connections_makes_new_clients_wait_not_fail() {
     let daemon = Daemon::builder()
         .plugin("switchyard-echo")
         .env("SWITCHYARD_MAX_CONNECTIONS", "2")
+        .env("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT", "2")
         .start();
     let mut first = daemon.client();
     first.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");

@@ -35,6 +35,8 @@ fn two_thousand_idle_upgraded_connections_cannot_lock_others_out() {
         .plugin("switchyard-websocket")
         .plugin("switchyard-echo")
         .env("SWITCHYARD_WORKERS", "4")
+        // Every client here is 127.0.0.1: the whole pool is this one client's to take.
+        .env("SWITCHYARD_WORKERS_PER_CLIENT", "4")
         .env("SWITCHYARD_IDLE_MS", "1500")
         .start();
     let idle_websockets: Vec<Client> = (0..2000)

@@ -57,6 +57,7 @@ SWITCHYARD_LISTEN=127.0.0.1:0 SWITCHYARD_PLUGIN_DIR="$work/plugins" \
   SWITCHYARD_TUNNEL_ROUTES="/echo=127.0.0.1:$echo_port" \
   SWITCHYARD_H2C_ROUTES="/h2/=http1://127.0.0.1:$http1_port" \
   SWITCHYARD_HEADER_TIMEOUT_MS=2000 SWITCHYARD_MAX_CONNECTIONS=$((idle + 1000)) \
+  SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT=$((idle + 1000)) \
   RUST_LOG="warn,switchyard::supervisor=info,switchyard::plugin=info,switchyard=info,switchyard::access=off" \
   "$root/target/release/switchyard" 2>"$log" &
 daemon=$!

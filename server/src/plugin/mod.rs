@@ -461,17 +461,23 @@ impl Registry {
 
     /// Loads a new version of `file` beside the one already loaded. `dlopen` hands back a
     /// library it has loaded under the same name, so the file is opened under a name never
-    /// used before: `/proc/self/fd/N` of a descriptor that stays open for good (a closed
-    /// number could come back and name the older library). A replaced file is a new inode,
-    /// which `dlopen` loads as the new library it is.
+    /// used before: `/proc/self/fd/N` of a descriptor that stays open for good once a
+    /// library was loaded under it (a closed number could come back and name the older
+    /// library). When `dlopen` itself refused the file (not a library), nothing holds the
+    /// name and the descriptor is closed: a broken file left in the folder costs nothing at
+    /// each reload. A replaced file is a new inode, which `dlopen` loads as the new library
+    /// it is.
     fn load_new_copy(&mut self, file: &Path) -> Result<&'static Plugin, ffi::LoadError> {
         let handle = std::fs::File::open(file).map_err(|e| ffi::LoadError::Open(e.to_string()))?;
         let name = PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&handle)
         ));
-        std::mem::forget(handle);
-        self.load(file, &name)
+        let loaded = self.load(file, &name);
+        if !matches!(loaded, Err(ffi::LoadError::Open(_))) {
+            std::mem::forget(handle);
+        }
+        loaded
     }
 
     fn check_tokens(&self, tokens: &[String]) -> Result<(), ffi::LoadError> {
