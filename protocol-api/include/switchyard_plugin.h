@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 2
+#define SWITCHYARD_ABI_MINOR 3
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -56,10 +56,13 @@ extern "C" {
 #define SWITCHYARD_READY_TIMER 4u
 #define SWITCHYARD_READY_STOPPING 8u
 #define SWITCHYARD_READY_WATCHED 16u  /* 1.2: a watched descriptor may move */
+#define SWITCHYARD_READY_RESUME 32u  /* 1.3: the call SWITCHYARD_WANT_RESUME asked for */
+#define SWITCHYARD_READY_PEER_CLOSED 64u  /* 1.3: the peer shut its side or the connection failed */
 /* switchyard_wants.interest bits. */
 #define SWITCHYARD_WANT_READ 1u
 #define SWITCHYARD_WANT_WRITE 2u
 #define SWITCHYARD_WANT_CLOSE 4u
+#define SWITCHYARD_WANT_RESUME 8u  /* 1.3: call again soon, work is in hand (a budget spent) */
 
 /* switchyard_connection.shutdown `how`. */
 #define SWITCHYARD_SHUTDOWN_READ 0u

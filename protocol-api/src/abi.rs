@@ -39,6 +39,13 @@
 //!   [`RawConnection::watch`] / [`RawConnection::unwatch`] and [`READY_WATCHED`]: a readiness
 //!   connection may have the event loop watch descriptors of its own (a backend socket, a
 //!   child's pipes) and be called when they may move.
+//! - 1.3: [`WANT_RESUME`] / [`READY_RESUME`]: a readiness plugin that stopped with work in
+//!   hand (a budget spent) asks to be called again once the loop's other connections had
+//!   their turn, whether or not anything new arrived. [`READY_PEER_CLOSED`]: the peer shut
+//!   its side or the connection failed, told even while the plugin is not reading it. And a
+//!   host rule every version gets: a session whose call moved no byte of its connection is
+//!   not called again until something happens (an event, its timer, or its own
+//!   `WANT_RESUME`), so a plugin that chooses not to read never spins a core.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -49,7 +56,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -100,12 +107,27 @@ pub const READY_STOPPING: u32 = 8;
 /// also come when nothing moved.
 pub const READY_WATCHED: u32 = 16;
 
+/// (1.3) `on_ready` `events` bit: this call is the one the last answer's [`WANT_RESUME`]
+/// asked for (other bits may hold too).
+pub const READY_RESUME: u32 = 32;
+/// (1.3) `on_ready` `events` bit: the peer has shut its sending side, or the connection
+/// failed (a reset): reads will end with 0 or an error once what is buffered has been read.
+/// Set on every call from the first after the host saw it, whether or not the plugin reads,
+/// so that a plugin holding its peer's input back (its other side is slow) still learns
+/// that the peer is gone.
+pub const READY_PEER_CLOSED: u32 = 64;
+
 /// [`RawWants::interest`] bit: call again when the connection may be readable.
 pub const WANT_READ: u32 = 1;
 /// [`RawWants::interest`] bit: call again when the connection may be writable.
 pub const WANT_WRITE: u32 = 2;
 /// [`RawWants::interest`] bit: close the connection now (other bits are ignored).
 pub const WANT_CLOSE: u32 = 4;
+/// (1.3) [`RawWants::interest`] bit: I stopped with work in hand (a budget per call spent):
+/// call again, with [`READY_RESUME`], once the loop's other connections had their turn,
+/// whether or not anything new arrived. Ask only while there is work: the call after is
+/// made at once.
+pub const WANT_RESUME: u32 = 8;
 
 /// [`RawConnection::shutdown`] `how` values.
 pub const SHUTDOWN_READ: u32 = 0;

@@ -161,6 +161,19 @@ impl Ready {
     pub fn is_watched(self) -> bool {
         self.0 & crate::abi::READY_WATCHED != 0
     }
+
+    /// (1.3) The call [`Wants::with_resume`] asked for: go on with the work in hand.
+    pub fn is_resume(self) -> bool {
+        self.0 & crate::abi::READY_RESUME != 0
+    }
+
+    /// (1.3) The peer has shut its side, or the connection failed: its reads end once what
+    /// is buffered is read. Told on every call from the first after the daemon saw it,
+    /// whether the plugin reads or not: a plugin that holds its peer's input back (because
+    /// its other side does not take it) learns here that the peer is gone.
+    pub fn is_peer_closed(self) -> bool {
+        self.0 & crate::abi::READY_PEER_CLOSED != 0
+    }
 }
 
 impl std::fmt::Debug for Ready {
@@ -170,6 +183,9 @@ impl std::fmt::Debug for Ready {
             .field("writable", &self.is_writable())
             .field("timer", &self.is_timer())
             .field("stopping", &self.is_stopping())
+            .field("watched", &self.is_watched())
+            .field("resume", &self.is_resume())
+            .field("peer_closed", &self.is_peer_closed())
             .finish()
     }
 }
@@ -222,6 +238,17 @@ impl Wants {
             interest: crate::abi::WANT_CLOSE,
             timer: None,
         }
+    }
+
+    /// (1.3) Also call again, with [`Ready::is_resume`], once the loop's other connections
+    /// had their turn, whether or not anything new arrived: for a call that stopped with
+    /// work in hand because its budget was spent (input read but not yet handled, a message
+    /// half inflated). A call that moved no byte of its connection is otherwise not called
+    /// again until an event, its timer or the stop comes, so holding input back (not
+    /// reading) never spins.
+    pub const fn with_resume(mut self) -> Wants {
+        self.interest |= crate::abi::WANT_RESUME;
+        self
     }
 
     /// Also call with [`Ready::is_timer`] once `after` has passed. Each answer replaces the

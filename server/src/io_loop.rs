@@ -164,11 +164,11 @@ impl Loop {
                     WAKER => self.welcome_back(),
                     Token(token) if token & WATCHED != 0 => self.on_watched(token & !WATCHED),
                     Token(slot) => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let closed = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || closed;
                         let writable =
                             event.is_writable() || event.is_write_closed() || event.is_error();
-                        self.on_event(slot, readable, writable);
+                        self.on_event(slot, readable, writable, closed);
                     }
                 }
             }
@@ -284,7 +284,7 @@ impl Loop {
         )
     }
 
-    fn on_event(&mut self, slot: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, slot: usize, readable: bool, writable: bool, closed: bool) {
         let Some(entry) = self.conns.get_mut(slot) else {
             return;
         };
@@ -295,9 +295,9 @@ impl Loop {
                 self.drive_http(slot);
             }
             Conn::Event(session) => {
-                session.ready(readable, writable);
+                let newly_closed = session.ready(readable, writable, closed);
                 let due = session.due();
-                if due != 0 {
+                if due != 0 || newly_closed {
                     self.drive_session(slot, |session, shared, now, watcher| {
                         session.call(shared, due, now, watcher)
                     });
@@ -394,13 +394,14 @@ impl Loop {
                     }
                     Err(no_slot) => {
                         let reason = no_slot.reason();
-                        if no_slot == NoSlot::Full {
-                            log::warn!("{peer}: {reason}; answered 503");
-                        } else if let Some(unlogged) = shared.clients.log_refusal() {
-                            log::warn!(
-                            "{peer}: {reason} (SWITCHYARD_WORKERS_PER_CLIENT={}); answered 503 ({unlogged} more such refusals not logged)",
-                            shared.config.workers_per_client
-                        );
+                        match no_slot {
+                            NoSlot::Full => log::warn!("{peer}: {reason}; answered 503"),
+                            NoSlot::ClientLimit => shared.clients.warn_refused(
+                                conn.peer,
+                                reason,
+                                "SWITCHYARD_WORKERS_PER_CLIENT",
+                                shared.config.workers_per_client,
+                            ),
                         }
                         (
                             Response::error(503, reason).header("Retry-After", "1"),
@@ -624,7 +625,7 @@ impl Loop {
         match step(session, self.shared, &mut self.now, watcher) {
             Step::Close(reason) => self.close_with(slot, reason),
             Step::Keep => {
-                if session.due() != 0 {
+                if session.wants_again() {
                     self.again.push((slot, *id));
                 }
                 self.reschedule(slot);
@@ -632,7 +633,8 @@ impl Loop {
         }
     }
 
-    /// Calls the sessions that stopped before their socket was drained, once each.
+    /// Calls, once each, the sessions that stopped before their socket was drained (after
+    /// a call that moved bytes) or asked to be called again.
     fn run_again(&mut self) {
         for (slot, id) in std::mem::take(&mut self.again) {
             match self.conns.get(slot) {
@@ -640,13 +642,10 @@ impl Loop {
                     id: current,
                     conn: Conn::Event(session),
                     ..
-                }) if *current == id => {
-                    let due = session.due();
-                    if due != 0 {
-                        self.drive_session(slot, |session, shared, now, watcher| {
-                            session.call(shared, due, now, watcher)
-                        });
-                    }
+                }) if *current == id && session.wants_again() => {
+                    self.drive_session(slot, |session, shared, now, watcher| {
+                        session.call(shared, 0, now, watcher)
+                    });
                 }
                 _ => {}
             }

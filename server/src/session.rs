@@ -5,7 +5,11 @@
 //!
 //! Readiness is edge-triggered underneath (the socket is registered once, for both
 //! directions) and level-triggered for the plugin: [`Flow`] remembers whether the socket may
-//! still be read or written, so a plugin that stops before `WouldBlock` is called again.
+//! still be read or written, so a plugin that stops before `WouldBlock` is called again,
+//! but only if that call moved bytes of its connection: a plugin that chooses not to read
+//! (its other side is slow) waits for the next event instead of being called in a loop. A
+//! plugin with work in hand and nothing to move asks for its next call (`WANT_RESUME`);
+//! the peer's close is told (`READY_PEER_CLOSED`) even to a plugin that is not reading.
 
 use crate::access::{self, Exchange, NO_STATUS};
 use crate::metrics::Held;
@@ -14,7 +18,8 @@ use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watched,
 use crate::shared::{Shared, Ticket};
 use mio::net::TcpStream;
 use protocol_api::abi::{
-    READY_READABLE, READY_STOPPING, READY_TIMER, READY_WRITABLE, WANT_CLOSE, WANT_READ, WANT_WRITE,
+    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WRITABLE,
+    WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
 };
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -40,6 +45,12 @@ pub struct Session {
     /// Since when output has waited for a peer that takes nothing (the write time-out).
     stalled_since: Option<Instant>,
     told_stopping: bool,
+    /// The last call moved bytes of the connection (so it may move more if called again).
+    moved_last: bool,
+    /// The plugin asked for another call (`WANT_RESUME`, 1.3).
+    resume: bool,
+    /// The peer shut its side or the connection failed (EPOLLRDHUP, EPOLLHUP, EPOLLERR).
+    peer_closed: bool,
     /// For the access line.
     request_line: Box<str>,
     /// `101`, or [`NO_STATUS`] when there was none (prior knowledge).
@@ -104,6 +115,9 @@ impl Session {
             last_moved: now,
             stalled_since: None,
             told_stopping: false,
+            moved_last: false,
+            resume: false,
+            peer_closed: false,
             request_line: upgrade.request_line().into_boxed_str(),
             status,
             // Kept only for the access line; an idle connection holds nothing it does not need.
@@ -117,10 +131,21 @@ impl Session {
         }
     }
 
-    /// Notes a readiness event.
-    pub fn ready(&mut self, readable: bool, writable: bool) {
+    /// Notes a readiness event; true when it newly says the peer closed (a plugin of 1.3 or
+    /// later is then called even if it waits for nothing the event brings).
+    pub fn ready(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
         self.flow.readable |= readable;
         self.flow.writable |= writable;
+        let newly = closed && !self.peer_closed;
+        self.peer_closed |= closed;
+        newly && self.plugin.abi_minor() >= 3
+    }
+
+    /// Whether to call the session again after this turn's events: it asked to be
+    /// (`WANT_RESUME`), or its last call moved bytes and what it waits for may still be
+    /// there. A call that moved nothing waits for an event.
+    pub fn wants_again(&self) -> bool {
+        self.resume || (self.moved_last && self.due() != 0)
     }
 
     /// The `READY_*` bits the plugin should be called with now (0: nothing to do).
@@ -162,6 +187,7 @@ impl Session {
         now: &mut Instant,
         watcher: Watcher<'_>,
     ) -> Step {
+        self.moved_last = false;
         if !self.owed.is_empty() {
             match self.write_owed() {
                 Ok(true) => {}
@@ -169,13 +195,20 @@ impl Session {
                 Err(_) => return Step::Close(Some("connection lost")),
             }
         }
+        let minor = self.plugin.abi_minor();
         let mut events = events | self.due();
+        if std::mem::take(&mut self.resume) {
+            events |= READY_RESUME;
+        }
         if shared.is_stopping() && !self.told_stopping {
             self.told_stopping = true;
             events |= READY_STOPPING;
         }
         if events == 0 {
             return Step::Keep;
+        }
+        if self.peer_closed && minor >= 3 {
+            events |= READY_PEER_CLOSED;
         }
         let bytes_out = self.flow.bytes_out;
         self.flow.moved = false;
@@ -212,7 +245,9 @@ impl Session {
             return Step::Close(None);
         }
         self.wants = wants.interest & (WANT_READ | WANT_WRITE);
+        self.resume = minor >= 3 && wants.interest & WANT_RESUME != 0;
         self.timer = (wants.timer_ms > 0).then(|| *now + Duration::from_millis(wants.timer_ms));
+        self.moved_last = self.flow.moved;
         if self.flow.moved {
             self.last_moved = *now;
         }
@@ -223,7 +258,7 @@ impl Session {
         } else {
             Some(self.stalled_since.unwrap_or(*now))
         };
-        if self.wants == 0 && self.timer.is_none() {
+        if self.wants == 0 && self.timer.is_none() && !self.resume {
             // Nothing would ever call it again: the plugin is done.
             return Step::Close(None);
         }
