@@ -10,7 +10,7 @@
 //! are back to zero, so memory follows the clients connected now.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -132,19 +132,24 @@ impl Clients {
         })
     }
 
-    /// Whether the client at `ip` holds its most of `limit` now.
-    pub fn at_limit(&self, ip: IpAddr, limit: Limit) -> bool {
+    /// Whether the client at `ip` holds its most of `limit` now; a yes is counted as a
+    /// refusal (the caller refuses it).
+    pub fn refuses(&self, ip: IpAddr, limit: Limit) -> bool {
         let key = ClientKey::of(ip);
-        let mut shard = self.shard(key);
-        shard
+        let refused = self
+            .shard(key)
             .get_mut(&key)
-            .is_some_and(|counts| *counts.of(limit) >= self.max(limit))
+            .is_some_and(|counts| *counts.of(limit) >= self.max(limit));
+        if refused {
+            self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        refused
     }
 
-    /// Whether a refusal should be logged now: at most one line a second for the whole
-    /// daemon, with how many went unlogged since (a client hammering the limit must not
-    /// flood the log).
-    pub fn log_refusal(&self) -> Option<u64> {
+    /// Logs a refusal for a client's limit: at most one line a second for the whole daemon,
+    /// with how many went unlogged since (a client hammering its limit must not flood the
+    /// log).
+    pub fn warn_refused(&self, peer: SocketAddr, reason: &str, setting: &str, max: usize) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -155,10 +160,13 @@ impl Clients {
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            return Some(self.unlogged.swap(0, Ordering::AcqRel));
+            let unlogged = self.unlogged.swap(0, Ordering::AcqRel);
+            log::warn!(
+                "{peer}: {reason} ({setting}={max}); answered 503 ({unlogged} more such refusals not logged since the last line)"
+            );
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
         }
-        self.unlogged.fetch_add(1, Ordering::Relaxed);
-        None
     }
 
     fn give_back(&self, key: ClientKey, limit: Limit) {

@@ -215,14 +215,12 @@ impl HttpConn {
     /// before its request is read, then the connection lingers and closes.
     fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
         const REASON: &str = "too many connections from this client";
-        let clients = &cx.shared.clients;
-        if let Some(unlogged) = clients.log_refusal() {
-            log::warn!(
-                "{}: {REASON} (SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT={}); answered 503 ({unlogged} more such refusals not logged)",
-                self.peer,
-                cx.shared.config.max_connections_per_client
-            );
-        }
+        cx.shared.clients.warn_refused(
+            self.peer,
+            REASON,
+            "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
+            cx.shared.config.max_connections_per_client,
+        );
         let response = Response::error(503, REASON).header("Retry-After", "1");
         let exchange = Exchange {
             peer: self.peer,
@@ -745,34 +743,32 @@ impl HttpConn {
         let only_workers = offers
             .iter()
             .all(|o| !registry.plugins[o.plugin].is_readiness());
-        let no_capacity = if !only_workers {
+        let refusal = if shared.is_stopping() {
+            log::warn!("{}: the server is stopping; answered 503", self.peer);
+            Some("the server is stopping")
+        } else if too_large || !only_workers {
             None
         } else if !shared.pool.has_room() {
-            Some(NoSlot::Full)
-        } else if shared.clients.at_limit(self.peer.ip(), Limit::Workers) {
-            Some(NoSlot::ClientLimit)
+            log::warn!("{}: {}; answered 503", self.peer, NoSlot::Full.reason());
+            Some(NoSlot::Full.reason())
+        } else if shared.clients.refuses(self.peer.ip(), Limit::Workers) {
+            let reason = NoSlot::ClientLimit.reason();
+            let max = shared.config.workers_per_client;
+            let setting = "SWITCHYARD_WORKERS_PER_CLIENT";
+            shared.clients.warn_refused(self.peer, reason, setting, max);
+            Some(reason)
         } else {
             None
-        };
-        let refusal = if shared.is_stopping() {
-            Some("the server is stopping")
-        } else if too_large {
-            None
-        } else {
-            no_capacity.map(NoSlot::reason)
         };
         let bytes = &self.input[..head.len];
         if too_large || refusal.is_some() {
             let request_line =
                 access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
             let (response, reason) = match refusal {
-                Some(reason) => {
-                    log::warn!("{}: {reason}; answered 503", self.peer);
-                    (
-                        Response::error(503, reason).header("Retry-After", "1"),
-                        reason,
-                    )
-                }
+                Some(reason) => (
+                    Response::error(503, reason).header("Retry-After", "1"),
+                    reason,
+                ),
                 None => (
                     Response::error(413, "request body larger than the limit"),
                     "request body larger than the limit",

@@ -92,6 +92,8 @@ impl Metrics {
             return now;
         }
         let slow = plugin.stats.slow_calls.fetch_add(1, Relaxed) + 1;
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        plugin.stats.slowest_call_us.fetch_max(micros, Relaxed);
         let at = now.duration_since(epoch()).as_millis() as u64;
         let last = plugin.stats.slow_logged.load(Relaxed);
         if (last == 0 || at.saturating_sub(last) >= SLOW_LOG_EVERY.as_millis() as u64)
@@ -330,6 +332,21 @@ impl Metrics {
             "Reloads of the plugin folder (SIGHUP): ok, or failed when a file did not load (the previous generation of that plugin serves on).",
             &reloads,
         );
+        let name = "switchyard_plugin_slowest_call_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} The longest single plugin call on an event loop since start, among those over 5 ms (0: none); the loop's other connections waited that long.\n# TYPE {name} gauge"
+        );
+        for plugin in &registry.plugins {
+            let micros = plugin.stats.slowest_call_us.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}{{plugin=\"{}\"}} {}.{:06}",
+                plugin.name,
+                micros / 1_000_000,
+                micros % 1_000_000
+            );
+        }
         out
     }
 }

@@ -50,6 +50,8 @@ pub struct PluginStats {
     pub slow_calls: AtomicU64,
     /// When a slow call was last logged (milliseconds since the metrics' epoch).
     pub slow_logged: AtomicU64,
+    /// The longest slow call so far, in microseconds.
+    pub slowest_call_us: AtomicU64,
 }
 
 /// A file's identity and version: a replaced or rewritten file differs in one of them.
