@@ -224,7 +224,12 @@ fn decode_dots(path: &str) -> Cow<'_, str> {
     while let Some(at) = rest.find('%') {
         out.push_str(&rest[..at]);
         let escape = &rest[at..];
-        if escape.len() >= 3 && escape[..3].eq_ignore_ascii_case("%2e") {
+        // Bytes, not `str` slices: what follows a `%` may be any character.
+        if escape
+            .as_bytes()
+            .get(..3)
+            .is_some_and(|e| e.eq_ignore_ascii_case(b"%2e"))
+        {
             out.push('.');
             rest = &escape[3..];
         } else {
@@ -319,6 +324,9 @@ mod tests {
             "other escapes stay"
         );
         assert_eq!(normal("/a%2").as_deref(), Ok("/a%2"));
+        // Found by the request_path fuzz target: a `%` before a character of several bytes.
+        assert_eq!(normal("/%é/%2e/x").as_deref(), Ok("/%é/x"));
+        assert_eq!(normal("/%%é").as_deref(), Ok("/%%é"));
     }
 
     #[test]
