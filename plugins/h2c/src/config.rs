@@ -166,7 +166,10 @@ mod tests {
         );
         for climbs in ["/api/../admin", "/api/v2/../v1"] {
             let climbs = RequestPath::parse(climbs).unwrap();
-            assert!(c.route(&climbs).is_err(), "{climbs:?} climbs out of its route");
+            assert!(
+                c.route(&climbs).is_err(),
+                "{climbs:?} climbs out of its route"
+            );
         }
         let c = config("/api/=127.0.0.1:1").unwrap();
         assert_eq!(c.route(&RequestPath::parse("/other").unwrap()), Ok(None));

@@ -100,40 +100,103 @@ pub enum InflateError {
     TooBig,
 }
 
-/// Inflates messages. With `client_no_context_takeover` (which we always agree) every
-/// message starts from an empty window, so the state (a 32 KiB window and tables) is
-/// borrowed from a pool for one message, not held by the connection.
+/// Inflates messages, a piece at a time ([`Inflater::inflate_some`]): a compressed message
+/// can grow a thousandfold, so its output is produced as far as the caller's budget
+/// allows, never the whole message in one go. With `client_no_context_takeover` (which we
+/// always agree) every message starts from an empty window, so the state (a 32 KiB window
+/// and tables) is borrowed from a pool for one message, not held by the connection.
 pub struct Inflater {
     reset_each: bool,
+    /// The state between messages (context takeover only).
     kept: Option<Decompress>,
+    /// The state while a message is inflated.
+    active: Option<Decompress>,
 }
 
 static DECOMPRESSORS: Mutex<Vec<Decompress>> = Mutex::new(Vec::new());
+
+/// The sync flush's tail, which the sender removed from the end of each message (§7.2.2):
+/// put back once the message's last frame has come.
+pub const MESSAGE_TAIL: [u8; 4] = TAIL;
 
 impl Inflater {
     pub fn new(agreement: Agreement) -> Inflater {
         Inflater {
             reset_each: agreement.client_no_context_takeover,
             kept: None,
+            active: None,
         }
     }
 
-    /// Inflates one message into `out` (cleared first), at most `limit` bytes.
-    pub fn inflate(
+    /// Inflates from `input` (the next compressed bytes of the current message) into `out`
+    /// (appended), at most `max_out` bytes. Returns how much of `input` was used and
+    /// whether it stopped because `max_out` was reached (call again, with the rest of the
+    /// input or none, for more).
+    pub fn inflate_some(
         &mut self,
-        message: &[u8],
+        input: &[u8],
         out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<(), InflateError> {
-        let pooled = match self.kept.take() {
-            Some(state) => Some(state),
-            None => DECOMPRESSORS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop(),
+        max_out: usize,
+    ) -> Result<(usize, bool), InflateError> {
+        let state = match &mut self.active {
+            Some(state) => state,
+            None => {
+                let state = self
+                    .kept
+                    .take()
+                    .or_else(|| {
+                        DECOMPRESSORS
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pop()
+                    })
+                    .unwrap_or_else(|| Decompress::new(false));
+                self.active.insert(state)
+            }
         };
-        let mut state = pooled.unwrap_or_else(|| Decompress::new(false));
-        let result = Self::run(&mut state, message, out, limit);
+        let start = out.len();
+        let mut used = 0;
+        // Output is made in chunks sized to what the input may give, so a small message
+        // costs a small buffer; a chunk that fills up doubles the next.
+        let mut chunk = (input.len().saturating_mul(4)).clamp(4096, 256 * 1024);
+        loop {
+            let room = max_out - (out.len() - start);
+            if room == 0 {
+                return Ok((used, true));
+            }
+            let size = chunk.min(room);
+            let at = out.len();
+            out.resize(at + size, 0);
+            let (in_before, out_before) = (state.total_in(), state.total_out());
+            let status = state.decompress(&input[used..], &mut out[at..], FlushDecompress::Sync);
+            let took = (state.total_in() - in_before) as usize;
+            let made = (state.total_out() - out_before) as usize;
+            out.truncate(at + made);
+            let status = status.map_err(|_| InflateError::Corrupt)?;
+            used += took;
+            if status == Status::StreamEnd {
+                // A final block ended the stream: what follows (the tail put back) is not
+                // DEFLATE data.
+                return Ok((input.len(), false));
+            }
+            if used == input.len() && made < size {
+                return Ok((used, false)); // all input used and every byte it gave is out
+            }
+            if took == 0 && made == 0 {
+                return Err(InflateError::Corrupt); // no progress with input and room
+            }
+            if made == size {
+                chunk = chunk.saturating_mul(2).min(4 << 20);
+            }
+        }
+    }
+
+    /// The current message is over (inflated whole, or given up): its state goes back to
+    /// the pool, or is kept for the next message under context takeover.
+    pub fn finish_message(&mut self) {
+        let Some(mut state) = self.active.take() else {
+            return;
+        };
         if self.reset_each {
             state.reset(false);
             DECOMPRESSORS
@@ -143,45 +206,36 @@ impl Inflater {
         } else {
             self.kept = Some(state);
         }
-        result
     }
 
-    fn run(
-        state: &mut Decompress,
+    /// Inflates one whole message (without its tail) into `out` (cleared first), at most
+    /// `limit` bytes: [`inflate_some`](Self::inflate_some) until it is done.
+    pub fn inflate(
+        &mut self,
         message: &[u8],
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), InflateError> {
         out.clear();
-        for input in [message, &TAIL[..]] {
-            let mut used = 0;
-            loop {
-                if out.capacity() - out.len() < 4096 {
-                    // Grow by doubling, never much past the limit.
-                    out.reserve(
-                        (limit + 1)
-                            .saturating_sub(out.len())
-                            .clamp(1, out.len().max(4096)),
-                    );
-                }
-                let (in_before, out_before) = (state.total_in(), out.len());
-                let status = state
-                    .decompress_vec(&input[used..], out, FlushDecompress::Sync)
-                    .map_err(|_| InflateError::Corrupt)?;
-                used += (state.total_in() - in_before) as usize;
-                if out.len() > limit {
-                    return Err(InflateError::TooBig);
-                }
-                let room_left = out.len() < out.capacity();
-                if status == Status::StreamEnd || (used == input.len() && room_left) {
-                    break;
-                }
-                if room_left && state.total_in() == in_before && out.len() == out_before {
-                    return Err(InflateError::Corrupt); // no progress with input and room
+        let result = (|| {
+            for input in [message, &TAIL[..]] {
+                let mut used = 0;
+                loop {
+                    let room = (limit + 1).saturating_sub(out.len());
+                    let (took, full) = self.inflate_some(&input[used..], out, room)?;
+                    used += took;
+                    if out.len() > limit {
+                        return Err(InflateError::TooBig);
+                    }
+                    if !full && used == input.len() {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })();
+        self.finish_message();
+        result
     }
 }
 

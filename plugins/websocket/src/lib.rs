@@ -21,6 +21,7 @@ pub mod handshake;
 pub mod origin;
 mod process;
 pub mod receiver;
+mod relay;
 pub mod routes;
 mod session;
 
@@ -111,8 +112,7 @@ impl EventProtocol for WebSocket {
         (deflate, backend): Self::Session,
         _request: &Request<'_>,
     ) -> std::io::Result<session::Session> {
-        let relay =
-            backend.map(|(backend, lines, label)| session::Relay::new(backend, lines, label));
+        let relay = backend.map(|(backend, lines, label)| relay::Relay::new(backend, lines, label));
         Ok(session::Session::new(&self.config, deflate, relay))
     }
 

@@ -1,16 +1,26 @@
 //! The receiving half of RFC 6455, pure: bytes in, events out, every rule of §5 checked.
 //!
-//! [`Receiver::feed`] consumes what arrived (unmasking payload in place), hands complete
-//! messages and control frames to a callback, and keeps only a message in assembly. It
-//! reports a [`Violation`] with the close code the RFC names as soon as the bytes that break
-//! a rule are seen: invalid UTF-8 in text is caught at its first bad byte, even inside a
-//! frame that has not fully arrived (§8.1, fail fast).
+//! [`Receiver::feed`] consumes what arrived (unmasking payload in place) and hands events to
+//! a callback. Invalid UTF-8 in text is caught at its first bad byte, even inside a frame
+//! that has not fully arrived (§8.1, fail fast). Data messages are handed on one of two
+//! ways ([`Delivery`]): whole (the echo answers a message with a message), or in parts as
+//! they arrive (a route relays bytes, and should hold no more than what its service has
+//! not taken yet).
 //!
 //! With permessage-deflate agreed (RFC 7692), RSV1 on a message's first frame marks it
-//! compressed; such a message is inflated whole when it ends, and its text checked then.
+//! compressed. Its bytes are inflated as they come, never more per call than the caller's
+//! budget: a frame of a few KiB can inflate to the message limit, and inflating it in one
+//! go would hold the event loop for tens of milliseconds. While a message is part inflated
+//! the receiver parses no further frame; it holds ([`Fed::holding`]) until called again.
+//!
+//! The callback may also ask to stop (`ControlFlow::Break`): the receiver hands nothing
+//! more on in this call, and the caller keeps the unused input for the next one. A relay
+//! whose service has not taken the last message stops here, so a client cannot make it
+//! buffer a second one.
 
-use crate::deflate::{InflateError, Inflater};
+use crate::deflate::{InflateError, Inflater, MESSAGE_TAIL};
 use crate::frame::{apply_mask, opcode, parse_header, Header, MAX_CONTROL_PAYLOAD};
+use std::ops::ControlFlow;
 
 /// Close codes this module sends (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -41,13 +51,31 @@ const fn violation(code: u16, reason: &'static str) -> Violation {
     Violation { code, reason }
 }
 
+const INVALID_TEXT: Violation = violation(
+    close_code::INVALID_PAYLOAD,
+    "text message is not valid UTF-8",
+);
+const TOO_BIG: Violation = violation(close_code::TOO_BIG, "message larger than the limit");
+const TOO_BIG_INFLATED: Violation = violation(
+    close_code::TOO_BIG,
+    "message larger than the limit once inflated",
+);
+
 /// What the peer said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// A whole data message, reassembled; text is valid UTF-8.
+    /// A whole data message, reassembled ([`Delivery::Whole`]); text is valid UTF-8.
     Message {
         text: bool,
         payload: &'a [u8],
+    },
+    /// The next piece of a data message ([`Delivery::Parts`]), in order; `last` on its
+    /// final piece (which may be empty). Text is valid UTF-8 so far (a character may be cut
+    /// between pieces).
+    Part {
+        text: bool,
+        payload: &'a [u8],
+        last: bool,
     },
     Ping(&'a [u8]),
     Pong(&'a [u8]),
@@ -56,6 +84,30 @@ pub enum Event<'a> {
         code: Option<u16>,
         reason: &'a str,
     },
+}
+
+/// How data messages are handed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Whole, once the last frame has come ([`Event::Message`]): up to the message limit is
+    /// held while a message is assembled.
+    Whole,
+    /// In pieces as they arrive ([`Event::Part`]): nothing is assembled; a compressed
+    /// message's pieces are at most [`PART_MAX`] inflated bytes each.
+    Parts,
+}
+
+/// The most inflated bytes one [`Event::Part`] carries.
+pub const PART_MAX: usize = 64 * 1024;
+
+/// What a call to [`Receiver::feed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes of the input used. The rest must be passed again, with more after it.
+    pub used: usize,
+    /// It stopped with work in hand: the callback asked to stop, or the budget ran out with
+    /// a message part inflated. Call again (with the unused input) before reading more.
+    pub holding: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,20 +124,32 @@ enum State {
 
 pub struct Receiver {
     max_message: usize,
+    delivery: Delivery,
     state: State,
     /// The opcode (text or binary) of a data message in progress.
     message_opcode: Option<u8>,
+    /// Payload bytes of the message in progress so far (compressed bytes if compressed).
+    message_len: u64,
+    /// A message in assembly ([`Delivery::Whole`]), or a compressed message's bytes not yet
+    /// inflated (either way).
     message: Vec<u8>,
-    /// Bytes of `message` known to be whole, valid UTF-8 characters.
+    /// Bytes of `message` (of `inflated`, for a compressed message) known to be whole,
+    /// valid UTF-8 characters ([`Delivery::Whole`]).
     utf8_checked: usize,
+    /// Text handed on in parts, checked as it goes ([`Delivery::Parts`]).
+    utf8: Utf8Stream,
     control: Vec<u8>,
     closed: bool,
     /// permessage-deflate, when negotiated (RFC 7692).
     inflater: Option<Inflater>,
     /// The message in progress had RSV1 set: it is compressed.
     message_compressed: bool,
-    /// A compressed message, inflated.
+    /// The compressed message's last frame has come (its tail is in `message`).
+    compressed_complete: bool,
+    /// A compressed message, inflated (whole, or the part in hand).
     inflated: Vec<u8>,
+    /// Bytes the compressed message in progress has inflated to so far.
+    inflated_len: usize,
 }
 
 /// RSV1: "this message is compressed" under permessage-deflate (RFC 7692 §6).
@@ -97,16 +161,21 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 impl Receiver {
     /// A receiver for messages up to `max_message` bytes (inflated size too), inflating
     /// compressed ones with `inflater` when permessage-deflate was agreed.
-    pub fn new(max_message: usize, inflater: Option<Inflater>) -> Receiver {
+    pub fn new(max_message: usize, inflater: Option<Inflater>, delivery: Delivery) -> Receiver {
         Receiver {
             inflater,
+            delivery,
             message_compressed: false,
+            compressed_complete: false,
             inflated: Vec::new(),
+            inflated_len: 0,
             max_message,
             state: State::Header,
             message_opcode: None,
+            message_len: 0,
             message: Vec::new(),
             utf8_checked: 0,
+            utf8: Utf8Stream::default(),
             control: Vec::new(),
             closed: false,
         }
@@ -126,16 +195,35 @@ impl Receiver {
         self.closed
     }
 
-    /// Consumes frames from `input`, calling `on_event` for each event; returns how many
-    /// bytes were used. Unused bytes (an incomplete header) must be passed again, with more
-    /// after them.
+    /// A compressed message has bytes not yet inflated (or inflated but not handed on).
+    fn inflation_pending(&self) -> bool {
+        self.message_compressed && (!self.message.is_empty() || self.compressed_complete)
+    }
+
+    /// Consumes frames from `input`, calling `on_event` for each event, inflating at most
+    /// `budget` bytes (which it lowers by what it inflates). See [`Fed`].
     pub fn feed(
         &mut self,
         input: &mut [u8],
-        on_event: &mut dyn FnMut(Event<'_>),
-    ) -> Result<usize, Violation> {
+        budget: &mut usize,
+        on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<Fed, Violation> {
         let mut at = 0;
+        let holding = |used| {
+            Ok(Fed {
+                used,
+                holding: true,
+            })
+        };
         while !self.closed {
+            if self.inflation_pending() {
+                match self.inflate(budget, on_event)? {
+                    ControlFlow::Continue(()) if self.inflation_pending() => return holding(at),
+                    ControlFlow::Continue(()) => {}
+                    ControlFlow::Break(()) => return holding(at),
+                }
+                continue;
+            }
             match self.state {
                 State::Header => {
                     let parsed = parse_header(&input[at..]).map_err(|_| {
@@ -149,37 +237,32 @@ impl Receiver {
                     let available = (input.len() - at) as u64;
                     let starts_message =
                         header.opcode == opcode::TEXT || header.opcode == opcode::BINARY;
+                    let compressed = starts_message && header.rsv & RSV1 != 0;
                     if available >= header.len
-                        && (opcode::is_control(header.opcode) || (header.fin && starts_message))
+                        && (opcode::is_control(header.opcode)
+                            || (header.fin && starts_message && !compressed))
                     {
                         // The whole frame is here and stands alone: no copy.
                         let payload = &mut input[at..at + header.len as usize];
                         apply_mask(payload, mask, 0);
                         at += payload.len();
-                        if starts_message && header.rsv & RSV1 != 0 {
-                            self.deliver_compressed(
-                                header.opcode == opcode::TEXT,
-                                Some(payload),
-                                on_event,
-                            )?;
-                        } else if starts_message {
+                        let flow = if starts_message {
                             let text = header.opcode == opcode::TEXT;
-                            if text && simdutf8::basic::from_utf8(payload).is_err() {
-                                return Err(violation(
-                                    close_code::INVALID_PAYLOAD,
-                                    "text message is not valid UTF-8",
-                                ));
-                            }
-                            on_event(Event::Message { text, payload });
+                            self.single_frame(text, payload, on_event)?
                         } else {
-                            self.control_frame(header.opcode, payload, on_event)?;
+                            self.control_frame(header.opcode, payload, on_event)?
+                        };
+                        if flow.is_break() {
+                            return holding(at);
                         }
                         continue;
                     }
                     if starts_message {
                         self.message_opcode = Some(header.opcode);
-                        self.message_compressed = header.rsv & RSV1 != 0;
+                        self.message_compressed = compressed;
+                        self.message_len = 0;
                         self.utf8_checked = 0;
+                        self.utf8 = Utf8Stream::default();
                     }
                     self.control.clear();
                     self.state = State::Payload {
@@ -189,6 +272,13 @@ impl Receiver {
                         remaining: header.len,
                         offset: 0,
                     };
+                    if header.len == 0 && !opcode::is_control(header.opcode) {
+                        // An empty data frame: nothing to wait for.
+                        self.state = State::Header;
+                        if self.data(&[], header.fin, on_event)?.is_break() {
+                            return holding(at);
+                        }
+                    }
                 }
                 State::Payload {
                     opcode: frame_opcode,
@@ -206,43 +296,47 @@ impl Receiver {
                     apply_mask(chunk, mask, offset);
                     at += take;
                     let remaining = remaining - take as u64;
-                    if opcode::is_control(frame_opcode) {
-                        self.control.extend_from_slice(chunk);
-                    } else {
-                        self.message.extend_from_slice(chunk);
-                        // Compressed text is checked once inflated.
-                        if self.message_opcode == Some(opcode::TEXT) && !self.message_compressed {
-                            self.check_text(false)?;
-                        }
-                    }
-                    if remaining > 0 {
-                        self.state = State::Payload {
+                    self.state = match remaining {
+                        0 => State::Header,
+                        _ => State::Payload {
                             opcode: frame_opcode,
                             fin,
                             mask,
                             remaining,
                             offset: offset + take,
-                        };
-                        break;
-                    }
-                    self.state = State::Header;
+                        },
+                    };
+                    let last = fin && remaining == 0;
                     if opcode::is_control(frame_opcode) {
-                        let control = std::mem::take(&mut self.control);
-                        let result = self.control_frame(frame_opcode, &control, on_event);
-                        self.control = control;
-                        result?;
-                    } else if fin {
-                        self.finish_message(on_event)?;
+                        self.control.extend_from_slice(chunk);
+                        if remaining == 0 {
+                            let control = std::mem::take(&mut self.control);
+                            let flow = self.control_frame(frame_opcode, &control, on_event);
+                            self.control = control;
+                            if flow?.is_break() {
+                                return holding(at);
+                            }
+                        }
+                        continue;
+                    }
+                    if self.data(chunk, last, on_event)?.is_break() {
+                        return holding(at);
+                    }
+                    if remaining > 0 {
+                        break; // the rest of the frame has not come
                     }
                 }
             }
         }
-        Ok(at)
+        Ok(Fed {
+            used: at,
+            holding: false,
+        })
     }
 
     /// The rules a header must meet (§5.2–§5.5); returns the masking key.
     fn check(&self, header: &Header) -> Result<[u8; 4], Violation> {
-        use close_code::{PROTOCOL_ERROR, TOO_BIG};
+        use close_code::PROTOCOL_ERROR;
         let starts_message = header.opcode == opcode::TEXT || header.opcode == opcode::BINARY;
         let compressed_ok = header.rsv == RSV1 && starts_message && self.inflater.is_some();
         if header.rsv != 0 && !compressed_ok {
@@ -269,6 +363,7 @@ impl Receiver {
             }
             return Ok(mask);
         }
+        let so_far = if starts_message { 0 } else { self.message_len };
         match (header.opcode, self.message_opcode) {
             (opcode::CONTINUATION, None) => Err(violation(
                 PROTOCOL_ERROR,
@@ -278,105 +373,196 @@ impl Receiver {
                 PROTOCOL_ERROR,
                 "new message before the last one ended",
             )),
-            _ if self.message.len() as u64 + header.len > self.max_message as u64 => {
-                Err(violation(TOO_BIG, "message larger than the limit"))
-            }
+            _ if so_far.saturating_add(header.len) > self.max_message as u64 => Err(TOO_BIG),
             _ => Ok(mask),
         }
     }
 
-    /// Checks the text received so far; `complete` when the message has ended.
-    fn check_text(&mut self, complete: bool) -> Result<(), Violation> {
-        const INVALID: Violation = violation(
-            close_code::INVALID_PAYLOAD,
-            "text message is not valid UTF-8",
-        );
-        match simdutf8::compat::from_utf8(&self.message[self.utf8_checked..]) {
-            Ok(_) => self.utf8_checked = self.message.len(),
-            // Cut inside a character: fine until the message ends.
-            Err(e) if e.error_len().is_none() && !complete => self.utf8_checked += e.valid_up_to(),
-            Err(_) => return Err(INVALID),
-        }
-        Ok(())
-    }
-
-    /// Inflates a compressed message (`single`, a whole one-frame message, or else the one
-    /// assembled in `self.message`), checks it, and hands it on.
-    fn deliver_compressed(
+    /// A whole uncompressed one-frame message, as it lies in the input.
+    fn single_frame(
         &mut self,
         text: bool,
-        single: Option<&[u8]>,
-        on_event: &mut dyn FnMut(Event<'_>),
-    ) -> Result<(), Violation> {
-        let compressed = single.unwrap_or(&self.message);
-        let inflater = self
-            .inflater
-            .as_mut()
-            .expect("RSV1 is accepted only with an inflater");
-        match inflater.inflate(compressed, &mut self.inflated, self.max_message) {
-            Ok(()) => {}
-            Err(InflateError::TooBig) => {
-                return Err(violation(
-                    close_code::TOO_BIG,
-                    "message larger than the limit once inflated",
-                ))
-            }
-            Err(InflateError::Corrupt) => {
-                return Err(violation(
-                    close_code::INVALID_PAYLOAD,
-                    "compressed message is not valid DEFLATE data",
-                ))
-            }
+        payload: &[u8],
+        on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, Violation> {
+        if text && simdutf8::basic::from_utf8(payload).is_err() {
+            return Err(INVALID_TEXT);
         }
-        if text && simdutf8::basic::from_utf8(&self.inflated).is_err() {
-            return Err(violation(
-                close_code::INVALID_PAYLOAD,
-                "text message is not valid UTF-8",
-            ));
-        }
-        on_event(Event::Message {
-            text,
-            payload: &self.inflated,
-        });
-        if self.inflated.capacity() > KEEP_CAPACITY {
-            self.inflated = Vec::new();
-        }
-        Ok(())
+        Ok(match self.delivery {
+            Delivery::Whole => on_event(Event::Message { text, payload }),
+            Delivery::Parts => on_event(Event::Part {
+                text,
+                payload,
+                last: true,
+            }),
+        })
     }
 
-    fn finish_message(&mut self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<(), Violation> {
+    /// A piece of a data frame's payload (unmasked); `last` when it ends its message.
+    fn data(
+        &mut self,
+        chunk: &[u8],
+        last: bool,
+        on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, Violation> {
+        self.message_len += chunk.len() as u64;
         let text = self.message_opcode == Some(opcode::TEXT);
         if self.message_compressed {
-            self.deliver_compressed(text, None, on_event)?;
-        } else {
-            if text {
-                self.check_text(true)?;
+            // Inflated as the caller's budget allows (see `inflate`, which `feed` runs next).
+            self.message.extend_from_slice(chunk);
+            if last {
+                self.message.extend_from_slice(&MESSAGE_TAIL);
+                self.compressed_complete = true;
             }
-            on_event(Event::Message {
-                text,
-                payload: &self.message,
-            });
+            return Ok(ControlFlow::Continue(()));
         }
-        self.message_compressed = false;
+        let flow = match self.delivery {
+            Delivery::Whole => {
+                self.message.extend_from_slice(chunk);
+                if text {
+                    check_text(&self.message, &mut self.utf8_checked, last)?;
+                }
+                if !last {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                on_event(Event::Message {
+                    text,
+                    payload: &self.message,
+                })
+            }
+            Delivery::Parts => {
+                if text {
+                    self.utf8.push(chunk)?;
+                    if last {
+                        self.utf8.finish()?;
+                    }
+                }
+                if chunk.is_empty() && !last {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                on_event(Event::Part {
+                    text,
+                    payload: chunk,
+                    last,
+                })
+            }
+        };
+        if last {
+            self.end_message();
+        }
+        Ok(flow)
+    }
+
+    fn end_message(&mut self) {
         self.message_opcode = None;
+        self.message_compressed = false;
+        self.compressed_complete = false;
+        self.message_len = 0;
+        self.inflated_len = 0;
         self.utf8_checked = 0;
-        if self.message.capacity() > KEEP_CAPACITY {
-            self.message = Vec::new();
-        } else {
-            self.message.clear();
+        for buffer in [&mut self.message, &mut self.inflated] {
+            if buffer.capacity() > KEEP_CAPACITY {
+                *buffer = Vec::new();
+            } else {
+                buffer.clear();
+            }
         }
-        Ok(())
+    }
+
+    /// Inflates what the compressed message in progress has, within `budget`, handing it
+    /// on as parts or, once it is all there, as the whole message.
+    fn inflate(
+        &mut self,
+        budget: &mut usize,
+        on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, Violation> {
+        let text = self.message_opcode == Some(opcode::TEXT);
+        loop {
+            let step = match self.delivery {
+                Delivery::Whole => *budget,
+                Delivery::Parts => (*budget).min(PART_MAX),
+            };
+            // One byte past the limit tells a message that is too big.
+            let step = step.min(self.max_message + 1 - self.inflated_len.min(self.max_message));
+            if step == 0 {
+                return Ok(ControlFlow::Continue(())); // the budget is spent: hold
+            }
+            let inflater = self
+                .inflater
+                .as_mut()
+                .expect("RSV1 is accepted only with an inflater");
+            let before = self.inflated.len();
+            let (used, full) = inflater
+                .inflate_some(&self.message, &mut self.inflated, step)
+                .map_err(|e| match e {
+                    InflateError::Corrupt => violation(
+                        close_code::INVALID_PAYLOAD,
+                        "compressed message is not valid DEFLATE data",
+                    ),
+                    InflateError::TooBig => TOO_BIG_INFLATED,
+                })?;
+            let made = self.inflated.len() - before;
+            self.message.drain(..used);
+            *budget -= made;
+            self.inflated_len += made;
+            if self.inflated_len > self.max_message {
+                return Err(TOO_BIG_INFLATED);
+            }
+            let done = self.compressed_complete && self.message.is_empty() && !full;
+            if done {
+                if let Some(inflater) = self.inflater.as_mut() {
+                    inflater.finish_message();
+                }
+            }
+            match self.delivery {
+                Delivery::Whole if text => {
+                    check_text(&self.inflated, &mut self.utf8_checked, done)?;
+                }
+                Delivery::Parts if text => {
+                    self.utf8.push(&self.inflated)?;
+                    if done {
+                        self.utf8.finish()?;
+                    }
+                }
+                _ => {}
+            }
+            let flow = match self.delivery {
+                Delivery::Whole if done => on_event(Event::Message {
+                    text,
+                    payload: &self.inflated,
+                }),
+                Delivery::Whole => ControlFlow::Continue(()),
+                Delivery::Parts if self.inflated.is_empty() && !done => ControlFlow::Continue(()),
+                Delivery::Parts => {
+                    let flow = on_event(Event::Part {
+                        text,
+                        payload: &self.inflated,
+                        last: done,
+                    });
+                    self.inflated.clear();
+                    flow
+                }
+            };
+            if done {
+                self.end_message();
+                return Ok(flow);
+            }
+            if flow.is_break() || (!full && self.message.is_empty()) {
+                // Stopped by the caller, or every compressed byte that came is inflated.
+                return Ok(flow);
+            }
+        }
     }
 
     fn control_frame(
         &mut self,
         frame_opcode: u8,
         payload: &[u8],
-        on_event: &mut dyn FnMut(Event<'_>),
-    ) -> Result<(), Violation> {
+        on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, Violation> {
         match frame_opcode {
-            opcode::PING => on_event(Event::Ping(payload)),
-            opcode::PONG => on_event(Event::Pong(payload)),
+            opcode::PING => Ok(on_event(Event::Ping(payload))),
+            opcode::PONG => Ok(on_event(Event::Pong(payload))),
             _ => {
                 let (code, reason) = match payload {
                     [] => (None, ""),
@@ -404,10 +590,72 @@ impl Receiver {
                     }
                 };
                 self.closed = true;
-                on_event(Event::Close { code, reason });
+                Ok(on_event(Event::Close { code, reason }))
             }
         }
-        Ok(())
+    }
+}
+
+/// Checks `buffer[*checked..]` as the continuation of valid text; `complete` when the
+/// message has ended (a character cut at the end is then invalid).
+fn check_text(buffer: &[u8], checked: &mut usize, complete: bool) -> Result<(), Violation> {
+    match simdutf8::compat::from_utf8(&buffer[*checked..]) {
+        Ok(_) => *checked = buffer.len(),
+        // Cut inside a character: fine until the message ends.
+        Err(e) if e.error_len().is_none() && !complete => *checked += e.valid_up_to(),
+        Err(_) => return Err(INVALID_TEXT),
+    }
+    Ok(())
+}
+
+/// UTF-8 checked piece by piece, for text handed on in parts: a character cut between
+/// pieces is carried (at most three bytes) and finished by the next piece.
+#[derive(Debug, Default, Clone, Copy)]
+struct Utf8Stream {
+    carry: [u8; 4],
+    carried: u8,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, mut bytes: &[u8]) -> Result<(), Violation> {
+        if self.carried > 0 {
+            let held = usize::from(self.carried);
+            let width = match self.carry[0] {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (width - held).min(bytes.len());
+            self.carry[held..held + take].copy_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            let have = held + take;
+            match simdutf8::compat::from_utf8(&self.carry[..have]) {
+                Ok(_) => self.carried = 0,
+                Err(e) if e.error_len().is_none() => {
+                    self.carried = have as u8;
+                    return Ok(()); // still not whole: the piece was shorter than the rest
+                }
+                Err(_) => return Err(INVALID_TEXT),
+            }
+        }
+        match simdutf8::compat::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let tail = &bytes[e.valid_up_to()..];
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.carried = tail.len() as u8;
+                Ok(())
+            }
+            Err(_) => Err(INVALID_TEXT),
+        }
+    }
+
+    /// The message ended: no character may be left unfinished.
+    fn finish(&mut self) -> Result<(), Violation> {
+        match std::mem::take(self).carried {
+            0 => Ok(()),
+            _ => Err(INVALID_TEXT),
+        }
     }
 }
 
@@ -415,6 +663,7 @@ impl Receiver {
 mod tests {
     use super::*;
     use crate::frame::{encode_header, MAX_HEADER};
+    use std::ops::ControlFlow;
 
     /// A masked client frame.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -439,33 +688,40 @@ mod tests {
         Close(Option<u16>, String),
     }
 
-    /// Feeds `wire` in pieces of `step` bytes, as reads would deliver it.
+    /// Feeds `wire` in pieces of `step` bytes, as reads would deliver it, to a receiver
+    /// that hands messages on whole, with no budget.
     fn run(wire: &[u8], step: usize) -> (Vec<Owned>, Result<(), Violation>) {
-        let mut receiver = Receiver::new(1 << 20, None);
+        let mut receiver = Receiver::new(1 << 20, None, Delivery::Whole);
         let (mut events, mut pending) = (Vec::new(), Vec::new());
         for piece in wire.chunks(step.max(1)) {
             pending.extend_from_slice(piece);
-            let result = receiver.feed(&mut pending, &mut |event| {
-                events.push(match event {
-                    Event::Message {
-                        text: true,
-                        payload,
-                    } => Owned::Text(String::from_utf8(payload.to_vec()).unwrap()),
-                    Event::Message {
-                        text: false,
-                        payload,
-                    } => Owned::Binary(payload.to_vec()),
-                    Event::Ping(p) => Owned::Ping(p.to_vec()),
-                    Event::Pong(p) => Owned::Pong(p.to_vec()),
-                    Event::Close { code, reason } => Owned::Close(code, reason.into()),
-                })
+            let result = receiver.feed(&mut pending, &mut usize::MAX.clone(), &mut |event| {
+                events.push(owned(event));
+                ControlFlow::Continue(())
             });
             match result {
-                Ok(used) => drop(pending.drain(..used)),
+                Ok(fed) => drop(pending.drain(..fed.used)),
                 Err(v) => return (events, Err(v)),
             }
         }
         (events, Ok(()))
+    }
+
+    fn owned(event: Event<'_>) -> Owned {
+        match event {
+            Event::Message {
+                text: true,
+                payload,
+            } => Owned::Text(String::from_utf8(payload.to_vec()).unwrap()),
+            Event::Message {
+                text: false,
+                payload,
+            } => Owned::Binary(payload.to_vec()),
+            Event::Part { .. } => panic!("parts are not asked for here"),
+            Event::Ping(p) => Owned::Ping(p.to_vec()),
+            Event::Pong(p) => Owned::Pong(p.to_vec()),
+            Event::Close { code, reason } => Owned::Close(code, reason.into()),
+        }
     }
 
     fn every_split(wire: &[u8]) -> (Vec<Owned>, Result<(), Violation>) {
@@ -630,18 +886,23 @@ mod tests {
         ]
         .concat();
         for step in [wire.len(), 1, 3, 7, 64] {
-            let mut receiver = Receiver::new(1 << 20, Some(Inflater::new(Agreement::default())));
+            let mut receiver = Receiver::new(
+                1 << 20,
+                Some(Inflater::new(Agreement::default())),
+                Delivery::Whole,
+            );
             let (mut pending, mut messages) = (Vec::new(), Vec::new());
             for piece in wire.chunks(step) {
                 pending.extend_from_slice(piece);
-                let used = receiver
-                    .feed(&mut pending, &mut |event| {
+                let fed = receiver
+                    .feed(&mut pending, &mut usize::MAX.clone(), &mut |event| {
                         if let Event::Message { text, payload } = event {
                             messages.push((text, payload.to_vec()));
                         }
+                        ControlFlow::Continue(())
                     })
                     .unwrap();
-                pending.drain(..used);
+                pending.drain(..fed.used);
             }
             assert_eq!(
                 messages,
@@ -657,11 +918,17 @@ mod tests {
     #[test]
     fn rfc7692_6_rsv1_only_on_the_first_frame_of_a_negotiated_message() {
         use crate::deflate::{Agreement, Inflater};
-        let negotiated = || Receiver::new(1 << 20, Some(Inflater::new(Agreement::default())));
+        let negotiated = || {
+            Receiver::new(
+                1 << 20,
+                Some(Inflater::new(Agreement::default())),
+                Delivery::Whole,
+            )
+        };
         let cases = [
             (
                 compressed_frame(true, opcode::TEXT, b"x"),
-                Receiver::new(1 << 20, None),
+                Receiver::new(1 << 20, None, Delivery::Whole),
                 "not negotiated",
             ),
             (
@@ -681,7 +948,10 @@ mod tests {
         ];
         for (mut wire, mut receiver, what) in cases {
             assert_eq!(
-                receiver.feed(&mut wire, &mut |_| {}).unwrap_err().code,
+                receiver
+                    .feed(&mut wire, &mut 1, &mut |_| ControlFlow::Continue(()))
+                    .unwrap_err()
+                    .code,
                 1002,
                 "{what}"
             );
@@ -689,7 +959,7 @@ mod tests {
         let mut corrupt = compressed_frame(true, opcode::BINARY, &[0xff, 0xff, 0xff]);
         assert_eq!(
             negotiated()
-                .feed(&mut corrupt, &mut |_| {})
+                .feed(&mut corrupt, &mut 1000, &mut |_| ControlFlow::Continue(()))
                 .unwrap_err()
                 .code,
             1007
@@ -698,16 +968,198 @@ mod tests {
 
     #[test]
     fn messages_over_the_limit_are_1009() {
-        let mut receiver = Receiver::new(10, None);
+        for delivery in [Delivery::Whole, Delivery::Parts] {
+            let mut receiver = Receiver::new(10, None, delivery);
+            let mut wire = [
+                frame(false, opcode::BINARY, &[1; 6]),
+                frame(true, opcode::CONTINUATION, &[1; 6]),
+            ]
+            .concat();
+            let result = receiver.feed(&mut wire, &mut 0, &mut |_| ControlFlow::Continue(()));
+            assert_eq!(
+                result.unwrap_err(),
+                violation(1009, "message larger than the limit")
+            );
+        }
+    }
+
+    fn deflated(message: &[u8]) -> Vec<u8> {
+        use crate::deflate::{Agreement, Deflater};
+        let mut packed = Vec::new();
+        Deflater::new(Agreement::default()).deflate(message, &mut packed);
+        packed
+    }
+
+    fn inflating(max: usize, delivery: Delivery) -> Receiver {
+        use crate::deflate::Agreement;
+        Receiver::new(max, Some(Inflater::new(Agreement::default())), delivery)
+    }
+
+    /// A deflate bomb: a frame of about 16 KiB that inflates to 16 MiB. No call inflates
+    /// more than its budget, and the message still arrives whole.
+    #[test]
+    fn inflating_never_exceeds_the_budget_per_call() {
+        let message = vec![0u8; 16 << 20];
+        let packed = deflated(&message);
+        assert!(packed.len() < 100_000, "{}", packed.len());
         let mut wire = [
-            frame(false, opcode::BINARY, &[1; 6]),
-            frame(true, opcode::CONTINUATION, &[1; 6]),
+            compressed_frame(true, opcode::BINARY, &packed),
+            frame(true, opcode::PING, b"after"),
         ]
         .concat();
-        let result = receiver.feed(&mut wire, &mut |_| {});
+        let mut receiver = inflating(16 << 20, Delivery::Whole);
+        let mut seen: Vec<Owned> = Vec::new();
+        let mut input = &mut wire[..];
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let mut budget = 1 << 20;
+            let fed = receiver
+                .feed(input, &mut budget, &mut |event| {
+                    seen.push(match event {
+                        Event::Message { payload, .. } => {
+                            assert!(payload == &message[..], "the message whole");
+                            Owned::Binary(Vec::new())
+                        }
+                        other => owned(other),
+                    });
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            input = &mut input[fed.used..];
+            if !fed.holding {
+                break;
+            }
+            assert!(
+                seen.is_empty(),
+                "nothing after the message is handed on first"
+            );
+        }
         assert_eq!(
-            result.unwrap_err(),
-            violation(1009, "message larger than the limit")
+            seen,
+            [Owned::Binary(Vec::new()), Owned::Ping(b"after".to_vec())]
         );
+        assert!(calls >= 16, "16 MiB at 1 MiB a call: {calls} calls");
+        assert!(input.is_empty());
+    }
+
+    /// (text, payload, last) of each part, and ping as (false, "ping", true).
+    type Parts = Vec<(bool, Vec<u8>, bool)>;
+
+    fn parts(
+        receiver: &mut Receiver,
+        wire: &mut [u8],
+        stop_after_each: bool,
+    ) -> (Parts, Result<(), Violation>) {
+        let mut got = Vec::new();
+        let mut input = wire;
+        loop {
+            let result = receiver.feed(input, &mut (1 << 20), &mut |event| {
+                match event {
+                    Event::Part {
+                        text,
+                        payload,
+                        last,
+                    } => got.push((text, payload.to_vec(), last)),
+                    Event::Ping(_) => got.push((false, b"ping".to_vec(), true)),
+                    _ => {}
+                }
+                match stop_after_each {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
+                }
+            });
+            match result {
+                Ok(fed) => {
+                    input = &mut input[fed.used..];
+                    if !fed.holding {
+                        return (got, Ok(()));
+                    }
+                }
+                Err(v) => return (got, Err(v)),
+            }
+        }
+    }
+
+    /// A route takes messages in parts: nothing is assembled, a compressed one comes in
+    /// pieces of at most PART_MAX, and the caller can stop after any piece.
+    #[test]
+    fn parts_come_in_order_and_a_stop_holds_the_rest() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let euro = "€".as_bytes();
+        let wire = [
+            frame(false, opcode::TEXT, &euro[..1]),
+            frame(true, opcode::PING, b""),
+            frame(true, opcode::CONTINUATION, &euro[1..]),
+            compressed_frame(true, opcode::BINARY, &deflated(&big)),
+            frame(true, opcode::TEXT, b""),
+        ]
+        .concat();
+        for stop in [false, true] {
+            let (got, result) = parts(
+                &mut inflating(1 << 20, Delivery::Parts),
+                &mut wire.clone(),
+                stop,
+            );
+            assert_eq!(result, Ok(()));
+            assert_eq!(got[0], (true, euro[..1].to_vec(), false), "stop {stop}");
+            assert_eq!(got[1], (false, b"ping".to_vec(), true));
+            assert_eq!(
+                got[2],
+                (true, euro[1..].to_vec(), true),
+                "the end of the message"
+            );
+            let binary: Vec<&(bool, Vec<u8>, bool)> = got[3..got.len() - 1].iter().collect();
+            assert!(binary
+                .iter()
+                .all(|(text, p, _)| !text && p.len() <= PART_MAX));
+            assert!(binary.len() >= 300_000 / PART_MAX, "in pieces");
+            let joined: Vec<u8> = binary.iter().flat_map(|(_, p, _)| p.clone()).collect();
+            assert_eq!(joined, big);
+            assert!(binary.last().unwrap().2, "last");
+            assert_eq!(
+                got.last().unwrap(),
+                &(true, vec![], true),
+                "an empty message"
+            );
+        }
+        // A character cut between parts is fine; a bad one is caught in the part it is in.
+        let mut bad = [
+            frame(false, opcode::TEXT, b"ok"),
+            frame(true, opcode::CONTINUATION, &[0xED, 0xA0, 0x80]),
+        ]
+        .concat();
+        let (_, result) = parts(&mut inflating(1 << 20, Delivery::Parts), &mut bad, false);
+        assert_eq!(result.unwrap_err().code, 1007);
+        let mut unfinished = frame(true, opcode::TEXT, &euro[..2]);
+        let (_, result) = parts(
+            &mut Receiver::new(100, None, Delivery::Parts),
+            &mut unfinished,
+            false,
+        );
+        assert_eq!(result.unwrap_err().code, 1007);
+    }
+
+    #[test]
+    fn a_bomb_past_the_limit_is_1009_before_it_is_inflated_whole() {
+        let packed = deflated(&vec![0u8; 16 << 20]);
+        for delivery in [Delivery::Whole, Delivery::Parts] {
+            let mut receiver = inflating(1 << 20, delivery);
+            let mut wire = compressed_frame(true, opcode::BINARY, &packed);
+            let mut inflated = 0;
+            let result = receiver.feed(&mut wire, &mut usize::MAX.clone(), &mut |event| {
+                if let Event::Part { payload, .. } = event {
+                    inflated += payload.len();
+                }
+                ControlFlow::Continue(())
+            });
+            assert_eq!(result.unwrap_err(), TOO_BIG_INFLATED);
+            assert!(inflated <= 1 << 20, "{inflated}");
+            assert!(
+                receiver.inflated.capacity() < 4 << 20,
+                "never near the 16 MiB it inflates to: {}",
+                receiver.inflated.capacity()
+            );
+        }
     }
 }

@@ -1,38 +1,46 @@
 //! One WebSocket connection after the `101`, readiness-driven on the daemon's event loop:
-//! read what is there, feed the [`Receiver`], echo, close.
+//! read what is there, feed the [`Receiver`], answer (the echo) or relay (a route), close.
 //!
 //! Memory follows traffic, not connections. Reads land in a buffer of the event-loop thread
-//! ([`Scratch`]), shared by every connection of that loop; a connection keeps only the start
-//! of a frame header that arrived without its end, a message still in assembly, and output
-//! the peer has not taken yet. While output waits nothing is read: a peer that does not read
-//! stops its own echo instead of growing memory (and the daemon's write time-out ends it).
+//! ([`Scratch`]), shared by every connection of that loop; a connection keeps only input
+//! not yet handled, a message still in assembly, and output the peer has not taken yet.
+//! While output waits nothing more is handed on: a peer that does not read stops its own
+//! echo instead of growing memory (and the daemon's write time-out ends it).
+//!
+//! Work per call is bounded ([`Budget`]): bytes read and bytes inflated. A call that spends
+//! its budget with work in hand asks to be called again (`Wants::with_resume`), so the
+//! loop's other connections move in between; a compressed message that inflates a
+//! thousandfold is inflated a slice per call.
 //!
 //! Replies produced by one read (echoes, pongs, a close) are gathered and written with one
 //! `write`; a large message goes out straight from where it lies, header and payload in one
 //! vectored write. With permessage-deflate agreed, echoes are compressed too.
 //!
-//! On a route to a service ([`Relay`]) a message's payload goes to the service instead of
-//! back, and the service's bytes come back as binary messages. Each direction holds at most
-//! what one read brought (a message, or 64 KiB from the service) until the other side takes
-//! it, and reads nothing more meanwhile: a client that does not read stops the service from
-//! being read, a service that does not read stops the client from being read.
+//! On a route to a service ([`Relay`]) messages are taken in parts as they arrive and go
+//! to the service; the service's bytes come back as binary messages. Each direction holds
+//! at most one read's worth until the other side takes it: a client that does not read
+//! stops the service from being read, a service that does not read stops the client from
+//! being read, and a client that leaves meanwhile ends the relay at once.
 
-use crate::backend::Backend;
 use crate::config::Config;
 use crate::deflate::{Agreement, Deflater, Inflater};
 use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
-use crate::receiver::{close_code, Event, Receiver};
+use crate::receiver::{close_code, Delivery, Event, Receiver};
+use crate::relay::Relay;
 use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// The event-loop thread's read buffer.
 const READ_BUFFER: usize = 64 * 1024;
-/// Most bytes read per call, so one busy connection cannot starve the others of its loop
-/// (the daemon calls again while the socket may hold more).
+/// Most bytes read per call (from the client and a route's service together), so one busy
+/// connection cannot starve the others of its loop.
 const READ_BUDGET: usize = 256 * 1024;
+/// Most bytes inflated per call: about a millisecond of work.
+const INFLATE_BUDGET: usize = 1024 * 1024;
 /// Messages from this size on are written straight from where they lie, header and payload
 /// in one vectored write; smaller ones are copied and coalesced with the other replies.
 const VECTORED_FROM: usize = 8 * 1024;
@@ -58,11 +66,20 @@ thread_local! {
     });
 }
 
+/// What one call may still spend.
+struct Budget {
+    read: usize,
+    inflate: usize,
+}
+
 pub struct Session {
     receiver: Receiver,
     deflater: Option<Deflater>,
-    /// The start of a frame header that arrived without the rest of it.
+    /// Input not yet handled: the start of a frame header that arrived without the rest, or
+    /// what the receiver was holding when it stopped.
     partial: Vec<u8>,
+    /// The receiver stopped with work in hand: it is fed again before the socket is read.
+    holding: bool,
     /// Output the socket has not taken yet, from `owed_at` on.
     owed: Vec<u8>,
     owed_at: usize,
@@ -71,104 +88,6 @@ pub struct Session {
     ping_sent: bool,
     /// A route's service, relayed instead of echoing.
     relay: Option<Box<Relay>>,
-}
-
-/// The service side of a routed connection.
-pub struct Relay {
-    backend: Backend,
-    watching: bool,
-    /// Payloads from the client the service has not taken yet, from `at` on.
-    to_backend: Vec<u8>,
-    at: usize,
-    /// `exec:` (websocketd's text mode): each line of the program's output is a text
-    /// message, and each message to it is followed by a newline.
-    lines: bool,
-    /// The start of a line of output (or of stderr) whose end has not come yet.
-    carry: Vec<u8>,
-    stderr_carry: Vec<u8>,
-    /// For logs: the route and, for a program, its pid.
-    label: String,
-    /// How the connection ended, for the line logged when it goes.
-    ended: Option<String>,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let how = self.ended.as_deref().unwrap_or("the connection ended");
-        log::info!("websocket {}: {how}", self.label);
-    }
-}
-
-impl Session {
-    /// Notes, once, how a routed connection ended.
-    fn ended(&mut self, how: impl FnOnce() -> String) {
-        if let Some(relay) = self.relay.as_mut() {
-            relay.ended.get_or_insert_with(how);
-        }
-    }
-}
-
-/// Longest line kept waiting for its newline; longer, it goes out as it is.
-const MAX_LINE: usize = 64 * 1024;
-
-impl Relay {
-    /// `lines`: `exec:`'s text mode. `label` names the route in logs.
-    pub fn new(backend: Backend, lines: bool, label: String) -> Box<Relay> {
-        Box::new(Relay {
-            backend,
-            watching: false,
-            to_backend: Vec::new(),
-            at: 0,
-            lines,
-            carry: Vec::new(),
-            stderr_carry: Vec::new(),
-            label,
-            ended: None,
-        })
-    }
-
-    /// Logs what a program wrote to stderr, a line at a time.
-    fn log_stderr(&mut self) {
-        let Backend::Program(program) = &mut self.backend else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        loop {
-            match std::io::Read::read(&mut program.stderr, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => self.stderr_carry.extend_from_slice(&buf[..n]),
-            }
-        }
-        while let Some(end) = self.stderr_carry.iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&self.stderr_carry[..end]).into_owned();
-            log::info!("websocket {} [pid {}]: {line}", self.label, program.pid);
-            self.stderr_carry.drain(..=end);
-        }
-        if self.stderr_carry.len() > MAX_LINE {
-            let line = String::from_utf8_lossy(&self.stderr_carry).into_owned();
-            log::info!("websocket {} [pid {}]: {line}", self.label, program.pid);
-            self.stderr_carry.clear();
-        }
-    }
-
-    /// Writes what the service is owed; true when nothing is left.
-    fn flush(&mut self) -> io::Result<bool> {
-        while self.at < self.to_backend.len() {
-            match self.backend.write(&self.to_backend[self.at..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.to_backend.clear();
-        self.at = 0;
-        if self.to_backend.capacity() > KEEP_OUTPUT {
-            self.to_backend = Vec::new();
-        }
-        Ok(true)
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -185,17 +104,42 @@ enum State {
     },
 }
 
+/// How a round of reading the client ended.
+enum Reading {
+    /// Nothing more to read now: wait for the socket.
+    Wait,
+    /// Replies are owed, the state changed, or the receiver holds input for a route's
+    /// service to take first: write, then look again.
+    Wrote,
+    /// The budget is spent with work in hand: be called again.
+    Spent,
+    /// The peer ended the connection.
+    Ended,
+}
+
 impl Session {
     pub fn new(config: &Config, deflate: Option<Agreement>, relay: Option<Box<Relay>>) -> Session {
+        let delivery = match relay {
+            Some(_) => Delivery::Parts,
+            None => Delivery::Whole,
+        };
         Session {
             relay,
-            receiver: Receiver::new(config.max_message, deflate.map(Inflater::new)),
+            receiver: Receiver::new(config.max_message, deflate.map(Inflater::new), delivery),
             deflater: deflate.map(Deflater::new),
             partial: Vec::new(),
+            holding: false,
             owed: Vec::new(),
             owed_at: 0,
             state: State::Open,
             ping_sent: false,
+        }
+    }
+
+    /// Notes, once, how a routed connection ended.
+    fn ended(&mut self, how: impl FnOnce() -> String) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.ended.get_or_insert_with(how);
         }
     }
 
@@ -206,10 +150,8 @@ impl Session {
         ready: Ready,
         config: &Config,
     ) -> io::Result<Wants> {
-        if self.relay.is_some() {
-            return self.on_ready_relay(io, ready, config);
-        }
         if ready.is_stopping() && self.state == State::Open {
+            self.ended(|| "daemon stopping: closed 1001".into());
             self.start_close(close_code::GOING_AWAY, "server stopping");
         }
         if ready.is_timer() {
@@ -218,6 +160,7 @@ impl Session {
                     return Ok(Wants::close()); // the peer did not answer our close
                 }
                 State::Open if self.ping_sent => {
+                    self.ended(|| "the client was silent: closed 1001".into());
                     self.start_close(close_code::GOING_AWAY, "idle");
                 }
                 State::Open if config.idle.is_some() => {
@@ -227,31 +170,74 @@ impl Session {
                 _ => {}
             }
         }
-        let mut budget = READ_BUDGET;
-        // Read only when the daemon says there may be something: after a write-only call the
-        // answer `Wants::read()` brings a readable call when bytes are there.
-        let mut may_read = ready.is_readable();
-        loop {
-            if !self.write_owed(io)? {
-                return Ok(self.next(Wants::write(), config));
-            }
-            match self.state {
-                State::Done => return Ok(Wants::close()),
-                State::Closing { until, shut: false } => {
-                    let _ = io.shutdown(Shutdown::Write);
-                    self.state = State::Closing { until, shut: true };
+        let mut budget = Budget {
+            read: READ_BUDGET,
+            inflate: INFLATE_BUDGET,
+        };
+        let turn = match self.relay.is_some() {
+            true => self.relay_turn(io, ready, &mut budget, config),
+            false => self.echo_turn(io, ready, &mut budget, config),
+        };
+        if let Err(e) = &turn {
+            self.ended(|| format!("the client's connection failed: {e}"));
+        }
+        turn
+    }
+
+    /// Writes what is owed, then does what the state asks; `Some` ends the call with that
+    /// answer.
+    fn write_and_settle(&mut self, io: &mut Io<'_>, config: &Config) -> io::Result<Option<Wants>> {
+        if !self.write_owed(io)? {
+            return Ok(Some(self.next(Wants::write(), config)));
+        }
+        match self.state {
+            State::Done => {
+                if let Some(relay) = self.relay.as_mut() {
+                    relay
+                        .ended
+                        .get_or_insert_with(|| "the client closed".into());
+                    // What the client sent still goes to the service, whose write side is
+                    // then shut; the connection's end closes it.
+                    let _ = relay.flush();
+                    if let Some(fd) = relay.backend.closed_by_shutdown() {
+                        io.unwatch(fd)?; // before it is closed
+                    }
+                    let _ = relay.backend.shutdown_write();
                 }
-                _ => {}
+                return Ok(Some(Wants::close()));
+            }
+            State::Closing { until, shut: false } => {
+                let _ = io.shutdown(Shutdown::Write);
+                self.state = State::Closing { until, shut: true };
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The echo: read, answer, write, until the socket or the budget runs out.
+    fn echo_turn(
+        &mut self,
+        io: &mut Io<'_>,
+        ready: Ready,
+        budget: &mut Budget,
+        config: &Config,
+    ) -> io::Result<Wants> {
+        // Read only when there may be something: after a write-only call the answer
+        // `Wants::read()` brings a readable call when bytes are there.
+        let mut may_read = ready.is_readable() || ready.is_resume() || self.holding;
+        loop {
+            if let Some(wants) = self.write_and_settle(io, config)? {
+                return Ok(wants);
             }
             if !may_read {
                 return Ok(self.next(Wants::read(), config));
             }
             may_read = true; // after replies were written, go on reading
-            let read =
-                SCRATCH.with(|scratch| self.read(io, &mut scratch.borrow_mut(), &mut budget));
-            match read {
+            match self.read(io, budget) {
                 Ok(Reading::Wait) => return Ok(self.next(Wants::read(), config)),
                 Ok(Reading::Ended) => return Ok(Wants::close()),
+                Ok(Reading::Spent) => return Ok(self.next(Wants::read().with_resume(), config)),
                 Ok(Reading::Wrote) => {} // the loop writes what the replies left owed
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     return Ok(self.next(Wants::read(), config))
@@ -263,60 +249,24 @@ impl Session {
 
     /// A routed connection: the client and the service, each written before the other is
     /// read (see the module docs).
-    fn on_ready_relay(
+    fn relay_turn(
         &mut self,
         io: &mut Io<'_>,
         ready: Ready,
+        budget: &mut Budget,
         config: &Config,
     ) -> io::Result<Wants> {
-        if ready.is_stopping() && self.state == State::Open {
-            self.ended(|| "daemon stopping: closed 1001".into());
-            self.start_close(close_code::GOING_AWAY, "server stopping");
-        }
-        if ready.is_timer() {
-            if let State::Closing { until, .. } = self.state {
-                if Instant::now() >= until {
-                    return Ok(Wants::close());
-                }
-            }
-        }
-        {
-            let relay = self.relay.as_mut().expect("a relay");
-            if !relay.watching {
-                relay.backend.set_nonblocking()?;
-                for fd in relay.backend.fds() {
-                    io.watch(fd)?;
-                }
-                relay.watching = true;
-            }
-            relay.log_stderr();
-        }
-        let mut budget = READ_BUDGET;
+        let stderr_more = {
+            let relay = self.relay.as_mut().expect("relay_turn is for routes");
+            relay.watch(io)?;
+            relay.log_stderr()
+        };
+        let resume_if = |wants: Wants, more: bool| if more { wants.with_resume() } else { wants };
         loop {
-            let mut moved = false;
-            if !self.write_owed(io)? {
-                return Ok(self.next(Wants::write(), config));
+            if let Some(wants) = self.write_and_settle(io, config)? {
+                return Ok(resume_if(wants, stderr_more));
             }
-            match self.state {
-                State::Done => {
-                    self.ended(|| "the client closed".into());
-                    // The client closed: what it sent still goes to the service, whose
-                    // write side is then shut; the connection's end closes it.
-                    let relay = self.relay.as_mut().expect("a relay");
-                    let _ = relay.flush();
-                    if let Some(fd) = relay.backend.closed_by_shutdown() {
-                        io.unwatch(fd)?; // before it is closed
-                    }
-                    let _ = relay.backend.shutdown_write();
-                    return Ok(Wants::close());
-                }
-                State::Closing { until, shut: false } => {
-                    let _ = io.shutdown(Shutdown::Write);
-                    self.state = State::Closing { until, shut: true };
-                }
-                _ => {}
-            }
-            let relay = self.relay.as_mut().expect("a relay");
+            let relay = self.relay.as_mut().expect("relay_turn is for routes");
             let flushed = match relay.flush() {
                 Ok(flushed) => flushed,
                 Err(e) => {
@@ -325,29 +275,48 @@ impl Session {
                     continue;
                 }
             };
+            if !flushed && ready.is_peer_closed() && self.state == State::Open {
+                // Its messages wait for the service, so its end would never be read: the
+                // client is gone, and so is the reason to keep the service.
+                self.ended(|| {
+                    "the client left while the service was not taking its messages".into()
+                });
+                return Ok(Wants::close());
+            }
+            let mut moved = false;
             // The client, while the service has taken everything it sent.
-            if flushed && budget > 0 {
-                let before = budget;
-                let read =
-                    SCRATCH.with(|scratch| self.read(io, &mut scratch.borrow_mut(), &mut budget));
-                match read {
+            if flushed && budget.read > 0 {
+                match self.read(io, budget) {
                     Ok(Reading::Wait) => {}
                     Ok(Reading::Ended) => {
                         self.ended(|| "the client left without closing".into());
                         return Ok(Wants::close());
                     }
                     Ok(Reading::Wrote) => moved = true,
+                    Ok(Reading::Spent) => {
+                        return Ok(self.next(Wants::read().with_resume(), config));
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
-                let relay = self.relay.as_ref().expect("a relay");
-                moved |= budget < before || relay.to_backend.len() > relay.at;
+                // What the client sent goes to the service next time round.
+                moved |= self.relay.as_ref().is_some_and(|relay| relay.is_owed());
             }
             // The service, while the client has taken everything and the connection is open.
             if self.owed.is_empty() && self.state == State::Open {
-                match SCRATCH.with(|scratch| self.read_service(&mut scratch.borrow_mut())) {
+                if budget.read == 0 {
+                    return Ok(self.next(Wants::read().with_resume(), config));
+                }
+                let relay = self.relay.as_mut().expect("relay_turn is for routes");
+                let read = SCRATCH.with(|scratch| {
+                    relay.read_service(&mut scratch.borrow_mut().input, &mut self.owed)
+                });
+                match read {
                     Ok(0) => {}
-                    Ok(_) => moved = true,
+                    Ok(n) => {
+                        budget.read = budget.read.saturating_sub(n);
+                        moved = true;
+                    }
                     Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
                         self.ended(|| "the service ended: closed 1000".into());
                         self.start_close(close_code::NORMAL, "");
@@ -361,63 +330,8 @@ impl Session {
                 }
             }
             if !moved {
-                return Ok(self.next(Wants::read(), config));
+                return Ok(resume_if(self.next(Wants::read(), config), stderr_more));
             }
-        }
-    }
-
-    /// Reads what the service has into messages owed to the client (one binary message,
-    /// or a text message per line for `exec:`); the bytes read (0: nothing now). The
-    /// service's end is `UnexpectedEof`; a program's end with a failure is an error.
-    fn read_service(&mut self, scratch: &mut Scratch) -> io::Result<usize> {
-        let relay = self.relay.as_mut().expect("a relay");
-        match relay.backend.read(&mut scratch.input) {
-            Ok(0) => {
-                if relay.lines && !relay.carry.is_empty() {
-                    let line = String::from_utf8_lossy(&relay.carry).into_owned();
-                    write_frame(&mut self.owed, opcode::TEXT, line.as_bytes());
-                    relay.carry.clear();
-                }
-                relay.log_stderr();
-                match &mut relay.backend {
-                    Backend::Program(program) => match program.exit_status() {
-                        None => Ok(0), // output closed; its exit comes through the pidfd
-                        Some(status) if status.success() => Err(ErrorKind::UnexpectedEof.into()),
-                        Some(status) => Err(io::Error::other(format!(
-                            "the program (pid {}) ended: {status}",
-                            program.pid
-                        ))),
-                    },
-                    _ => Err(ErrorKind::UnexpectedEof.into()),
-                }
-            }
-            Ok(n) if relay.lines => {
-                relay.carry.extend_from_slice(&scratch.input[..n]);
-                while let Some(end) = relay.carry.iter().position(|&b| b == b'\n') {
-                    let line = &relay.carry[..end];
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    write_frame(
-                        &mut self.owed,
-                        opcode::TEXT,
-                        String::from_utf8_lossy(line).as_bytes(),
-                    );
-                    relay.carry.drain(..=end);
-                }
-                if relay.carry.len() > MAX_LINE {
-                    let line = String::from_utf8_lossy(&relay.carry).into_owned();
-                    write_frame(&mut self.owed, opcode::TEXT, line.as_bytes());
-                    relay.carry.clear();
-                }
-                Ok(n)
-            }
-            Ok(n) => {
-                write_frame(&mut self.owed, opcode::BINARY, &scratch.input[..n]);
-                Ok(n)
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                Ok(0)
-            }
-            Err(e) => Err(e),
         }
     }
 
@@ -435,51 +349,77 @@ impl Session {
         }
     }
 
-    /// Reads and answers until the socket is drained, the budget is spent, replies are
-    /// left owed, or the connection is over.
-    fn read(
+    fn read(&mut self, io: &mut Io<'_>, budget: &mut Budget) -> io::Result<Reading> {
+        SCRATCH.with(|scratch| self.read_into(io, &mut scratch.borrow_mut(), budget))
+    }
+
+    /// Reads and handles input until the socket is drained, the budget is spent, replies
+    /// are left owed, the receiver holds, or the connection is over. What the receiver held
+    /// last time is handled before the socket is read again.
+    fn read_into(
         &mut self,
         io: &mut Io<'_>,
         scratch: &mut Scratch,
-        budget: &mut usize,
+        budget: &mut Budget,
     ) -> io::Result<Reading> {
         loop {
             let kept = self.partial.len();
             scratch.input[..kept].copy_from_slice(&self.partial);
-            // On an error `partial` is still whole: nothing is lost.
-            let n = io.read(&mut scratch.input[kept..])?;
-            if n == 0 {
-                // The peer is done: after our close that is the answer; before it, the peer
-                // left without a closing handshake.
-                return Ok(Reading::Ended);
-            }
-            self.ping_sent = false;
+            let n = if self.holding || kept == scratch.input.len() {
+                0
+            } else {
+                if budget.read == 0 {
+                    return Ok(Reading::Spent);
+                }
+                // On an error `partial` is still whole: nothing is lost.
+                let n = io.read(&mut scratch.input[kept..])?;
+                if n == 0 {
+                    // The peer is done: after our close that is the answer; before it, the
+                    // peer left without a closing handshake.
+                    return Ok(Reading::Ended);
+                }
+                self.ping_sent = false;
+                budget.read = budget.read.saturating_sub(n);
+                n
+            };
             let filled = kept + n;
-            let drained = filled < scratch.input.len();
+            // A short read drained the socket (the daemon calls again on new bytes).
+            let drained = n > 0 && filled < scratch.input.len();
             if let State::Closing { .. } = self.state {
-                self.partial.clear(); // after our close, what the peer sends is dropped
-                *budget = budget.saturating_sub(n);
-                if drained || *budget == 0 {
+                // After our close, what the peer sends is dropped.
+                self.partial.clear();
+                self.holding = false;
+                if drained || budget.read == 0 {
                     return Ok(Reading::Wait);
                 }
                 continue;
             }
             self.partial.clear();
-            self.answer(io, scratch, filled)?;
+            self.answer(io, scratch, filled, &mut budget.inflate)?;
             if !self.owed.is_empty() || self.state != State::Open {
                 return Ok(Reading::Wrote);
             }
-            *budget = budget.saturating_sub(n);
-            if drained || *budget == 0 {
-                // A short read drained the socket (the daemon calls again on new bytes); a
-                // spent budget lets the loop's other connections move first.
+            if self.holding {
+                return Ok(match budget.inflate {
+                    0 => Reading::Spent,
+                    _ => Reading::Wrote, // a route's service takes what waits first
+                });
+            }
+            if drained {
                 return Ok(Reading::Wait);
             }
         }
     }
 
-    /// Feeds `scratch.input[..filled]` to the receiver and writes the replies.
-    fn answer(&mut self, io: &mut Io<'_>, scratch: &mut Scratch, filled: usize) -> io::Result<()> {
+    /// Feeds `scratch.input[..filled]` to the receiver and writes the replies (the echo's
+    /// answers, or a route's service's bytes gathered); keeps what it did not use.
+    fn answer(
+        &mut self,
+        io: &mut Io<'_>,
+        scratch: &mut Scratch,
+        filled: usize,
+        inflate_budget: &mut usize,
+    ) -> io::Result<()> {
         let Scratch {
             input,
             output,
@@ -494,37 +434,43 @@ impl Session {
             error: None,
         };
         let deflater = &mut self.deflater;
-        let newline = self.relay.as_ref().is_some_and(|r| r.lines);
-        let mut to_backend = self.relay.as_mut().map(|r| &mut r.to_backend);
+        let mut relay = self.relay.as_deref_mut();
         let result = self
             .receiver
-            .feed(&mut input[..filled], &mut |event| match event {
-                Event::Message { payload, .. } if to_backend.is_some() => {
-                    if let Some(to_backend) = to_backend.as_mut() {
-                        to_backend.extend_from_slice(payload);
-                        if newline {
-                            to_backend.push(b'\n');
+            .feed(&mut input[..filled], inflate_budget, &mut |event| {
+                match event {
+                    Event::Part { payload, last, .. } => {
+                        let full = relay
+                            .as_mut()
+                            .is_some_and(|relay| relay.take_part(payload, last));
+                        if full {
+                            return ControlFlow::Break(());
                         }
                     }
+                    Event::Message { text, payload } => {
+                        let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                        let payload = match deflater.as_mut() {
+                            Some(deflater) => {
+                                deflater.deflate(payload, packed);
+                                opcode |= RSV1_COMPRESSED;
+                                &packed[..]
+                            }
+                            None => payload,
+                        };
+                        replies.frame(opcode, payload);
+                    }
+                    Event::Ping(payload) => replies.frame(opcode::PONG, payload),
+                    Event::Pong(_) => {}
+                    // §5.5.1: answer with a close frame echoing the code.
+                    Event::Close { code, .. } => {
+                        let code = code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec());
+                        replies.frame(opcode::CLOSE, &code);
+                    }
                 }
-                Event::Message { text, payload } => {
-                    let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
-                    let payload = match deflater.as_mut() {
-                        Some(deflater) => {
-                            deflater.deflate(payload, packed);
-                            opcode |= RSV1_COMPRESSED;
-                            &packed[..]
-                        }
-                        None => payload,
-                    };
-                    replies.frame(opcode, payload);
-                }
-                Event::Ping(payload) => replies.frame(opcode::PONG, payload),
-                Event::Pong(_) => {}
-                // §5.5.1: answer with a close frame echoing the code.
-                Event::Close { code, .. } => {
-                    let code = code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec());
-                    replies.frame(opcode::CLOSE, &code);
+                // A peer that has not taken one answer gets no second one made for it.
+                match replies.is_owing() {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
                 }
             });
         let error = replies.error.take();
@@ -533,14 +479,23 @@ impl Session {
             return Err(e);
         }
         match result {
-            Ok(used) => {
-                self.partial.extend_from_slice(&input[used..filled]);
+            Ok(fed) => {
+                self.partial.extend_from_slice(&input[fed.used..filled]);
+                self.holding = fed.holding;
                 if self.receiver.is_closed() {
                     self.state = State::Done;
                 }
             }
             Err(violation) => {
                 log::debug!("closing with {}: {}", violation.code, violation.reason);
+                if let Some(relay) = self.relay.as_mut() {
+                    relay.ended.get_or_insert_with(|| {
+                        format!(
+                            "the client broke the protocol ({}): closed {}",
+                            violation.reason, violation.code
+                        )
+                    });
+                }
                 self.start_close(violation.code, violation.reason);
             }
         }
@@ -557,6 +512,7 @@ impl Session {
         payload.extend_from_slice(reason.as_bytes());
         write_frame(&mut self.owed, opcode::CLOSE, &payload);
         self.partial = Vec::new();
+        self.holding = false;
         self.state = State::Closing {
             until: Instant::now() + CLOSE_WAIT,
             shut: false,
@@ -583,16 +539,6 @@ impl Session {
     }
 }
 
-/// How a round of reading ended.
-enum Reading {
-    /// Nothing more to read now: wait for the socket.
-    Wait,
-    /// Replies are owed, or the state changed: write, then look again.
-    Wrote,
-    /// The peer ended the connection.
-    Ended,
-}
-
 /// Replies to one read: staged in the thread's buffer while the socket takes everything,
 /// owed by the connection (in order) once it does not.
 struct Replies<'a, 'io> {
@@ -605,13 +551,18 @@ struct Replies<'a, 'io> {
 
 impl Replies<'_, '_> {
     fn frame(&mut self, opcode: u8, payload: &[u8]) {
-        if self.owed.len() > *self.owed_at || self.error.is_some() {
+        if self.is_owing() || self.error.is_some() {
             write_frame(self.owed, opcode, payload);
         } else if payload.len() >= VECTORED_FROM {
             self.large(opcode, payload);
         } else {
             write_frame(self.staged, opcode, payload);
         }
+    }
+
+    /// The socket has not taken everything: further replies wait behind what it left.
+    fn is_owing(&self) -> bool {
+        self.owed.len() > *self.owed_at
     }
 
     /// Writes what is staged and a large frame without copying its payload; what the socket
@@ -649,7 +600,7 @@ impl Replies<'_, '_> {
     /// Writes what is staged; what the socket does not take is owed.
     fn flush(&mut self) {
         let mut at = 0;
-        while at < self.staged.len() && self.error.is_none() && self.owed.len() == *self.owed_at {
+        while at < self.staged.len() && self.error.is_none() && !self.is_owing() {
             match self.io.write(&self.staged[at..]) {
                 Ok(0) => self.error = Some(ErrorKind::WriteZero.into()),
                 Ok(n) => at += n,

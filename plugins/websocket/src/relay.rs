@@ -1,0 +1,229 @@
+//! The service side of a routed connection: what the client's messages owe the service,
+//! what the service's bytes become for the client, and a program's stderr in the log.
+//!
+//! Each direction holds at most one read's worth until the other side takes it: the
+//! client's message bytes wait in [`Relay::to_backend`] (at most [`HOLD`] more are taken
+//! from the client while any wait), and the service's bytes become messages only while
+//! the client has taken everything before them.
+
+use crate::backend::Backend;
+use crate::frame::{opcode, write_frame};
+use std::io::{self, ErrorKind, Read};
+use std::time::Instant;
+
+/// Most bytes of the client's messages gathered for the service before the client is read
+/// no further until the service takes them.
+pub const HOLD: usize = 64 * 1024;
+/// Longest line kept waiting for its newline; longer, it goes out as it is.
+const MAX_LINE: usize = 64 * 1024;
+/// Most bytes of a program's stderr read in one call; the rest comes on the next.
+const STDERR_BUDGET: usize = 64 * 1024;
+/// stderr lines logged per program: a burst of this many, then [`STDERR_LINES_PER_SEC`].
+const STDERR_BURST: f64 = 100.0;
+const STDERR_LINES_PER_SEC: f64 = 10.0;
+
+/// The service side of a routed connection.
+pub struct Relay {
+    pub backend: Backend,
+    watching: bool,
+    /// Payloads from the client the service has not taken yet, from `at` on.
+    to_backend: Vec<u8>,
+    at: usize,
+    /// `exec:` (websocketd's text mode): each line of the program's output is a text
+    /// message, and each message to it is followed by a newline.
+    pub lines: bool,
+    /// The start of a line of output (or of stderr) whose end has not come yet.
+    carry: Vec<u8>,
+    stderr_carry: Vec<u8>,
+    /// stderr lines that may be logged now, and when that was last topped up; lines past
+    /// the rate are counted and said with the next line logged.
+    stderr_allowance: f64,
+    stderr_topped_up: Instant,
+    stderr_unlogged: u64,
+    /// For logs: the route and, for a program, its pid.
+    pub label: String,
+    /// How the connection ended, for the line logged when it goes.
+    pub ended: Option<String>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let how = self.ended.as_deref().unwrap_or("the connection ended");
+        log::info!("websocket {}: {how}", self.label);
+    }
+}
+
+impl Relay {
+    /// `lines`: `exec:`'s text mode. `label` names the route in logs.
+    pub fn new(backend: Backend, lines: bool, label: String) -> Box<Relay> {
+        Box::new(Relay {
+            backend,
+            watching: false,
+            to_backend: Vec::new(),
+            at: 0,
+            lines,
+            carry: Vec::new(),
+            stderr_carry: Vec::new(),
+            stderr_allowance: STDERR_BURST,
+            stderr_topped_up: Instant::now(),
+            stderr_unlogged: 0,
+            label,
+            ended: None,
+        })
+    }
+
+    /// Has the event loop watch the service's descriptors (once, on the first call).
+    pub fn watch(&mut self, io: &mut protocol_api::Io<'_>) -> io::Result<()> {
+        if !self.watching {
+            self.backend.set_nonblocking()?;
+            for fd in self.backend.fds() {
+                io.watch(fd)?;
+            }
+            self.watching = true;
+        }
+        Ok(())
+    }
+
+    /// A piece of a client's message for the service; true when the client should be read
+    /// no further until the service has taken what waits.
+    pub fn take_part(&mut self, payload: &[u8], last: bool) -> bool {
+        self.to_backend.extend_from_slice(payload);
+        if last && self.lines {
+            self.to_backend.push(b'\n');
+        }
+        self.to_backend.len() - self.at >= HOLD
+    }
+
+    /// Whether bytes of the client's wait for the service.
+    pub fn is_owed(&self) -> bool {
+        self.at < self.to_backend.len()
+    }
+
+    /// Writes what the service is owed; true when nothing is left.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.at < self.to_backend.len() {
+            match self.backend.write(&self.to_backend[self.at..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.to_backend.clear();
+        self.at = 0;
+        if self.to_backend.capacity() > HOLD * 2 {
+            self.to_backend = Vec::new();
+        }
+        Ok(true)
+    }
+
+    /// Reads what the service has (into `buf`) and makes it messages in `owed` (one binary
+    /// message, or a text message per line for `exec:`); the bytes read (0: nothing now).
+    /// The service's end is `UnexpectedEof`; a program's end with a failure is an error.
+    pub fn read_service(&mut self, buf: &mut [u8], owed: &mut Vec<u8>) -> io::Result<usize> {
+        match self.backend.read(buf) {
+            Ok(0) => {
+                if self.lines && !self.carry.is_empty() {
+                    let line = String::from_utf8_lossy(&self.carry).into_owned();
+                    write_frame(owed, opcode::TEXT, line.as_bytes());
+                    self.carry.clear();
+                }
+                self.log_stderr();
+                match &mut self.backend {
+                    Backend::Program(program) => match program.exit_status() {
+                        None => Ok(0), // output closed; its exit comes through the pidfd
+                        Some(status) if status.success() => Err(ErrorKind::UnexpectedEof.into()),
+                        Some(status) => Err(io::Error::other(format!(
+                            "the program (pid {}) ended: {status}",
+                            program.pid
+                        ))),
+                    },
+                    _ => Err(ErrorKind::UnexpectedEof.into()),
+                }
+            }
+            Ok(n) if self.lines => {
+                self.carry.extend_from_slice(&buf[..n]);
+                let mut start = 0;
+                while let Some(end) = self.carry[start..].iter().position(|&b| b == b'\n') {
+                    let line = &self.carry[start..start + end];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    write_frame(owed, opcode::TEXT, String::from_utf8_lossy(line).as_bytes());
+                    start += end + 1;
+                }
+                self.carry.drain(..start);
+                if self.carry.len() > MAX_LINE {
+                    let line = String::from_utf8_lossy(&self.carry).into_owned();
+                    write_frame(owed, opcode::TEXT, line.as_bytes());
+                    self.carry.clear();
+                }
+                Ok(n)
+            }
+            Ok(n) => {
+                write_frame(owed, opcode::BINARY, &buf[..n]);
+                Ok(n)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Logs what a program wrote to stderr, a line at a time, at most [`STDERR_BUDGET`]
+    /// bytes per call and [`STDERR_LINES_PER_SEC`] lines a second after a burst (a program
+    /// a client can make write errors must not flood the daemon's log). True when it
+    /// stopped with more possibly there (call again).
+    pub fn log_stderr(&mut self) -> bool {
+        let Backend::Program(program) = &mut self.backend else {
+            return false;
+        };
+        let pid = program.pid;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        let more = loop {
+            if read >= STDERR_BUDGET {
+                break true;
+            }
+            match program.stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break false,
+                Ok(n) => {
+                    read += n;
+                    self.stderr_carry.extend_from_slice(&buf[..n]);
+                }
+            }
+        };
+        let mut start = 0;
+        while let Some(end) = self.stderr_carry[start..].iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&self.stderr_carry[start..start + end]).into_owned();
+            self.log_line(pid, &line);
+            start += end + 1;
+        }
+        self.stderr_carry.drain(..start);
+        if self.stderr_carry.len() > MAX_LINE {
+            let line = String::from_utf8_lossy(&self.stderr_carry).into_owned();
+            self.log_line(pid, &line);
+            self.stderr_carry.clear();
+        }
+        more
+    }
+
+    fn log_line(&mut self, pid: u32, line: &str) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.stderr_topped_up).as_secs_f64() * STDERR_LINES_PER_SEC;
+        self.stderr_allowance = (self.stderr_allowance + earned).min(STDERR_BURST);
+        self.stderr_topped_up = now;
+        if self.stderr_allowance < 1.0 {
+            self.stderr_unlogged += 1;
+            return;
+        }
+        self.stderr_allowance -= 1.0;
+        match std::mem::take(&mut self.stderr_unlogged) {
+            0 => log::info!("websocket {} [pid {pid}]: {line}", self.label),
+            skipped => log::info!(
+                "websocket {} [pid {pid}]: {line} ({skipped} earlier lines not logged: over {STDERR_LINES_PER_SEC} a second)",
+                self.label
+            ),
+        }
+    }
+}
