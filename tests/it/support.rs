@@ -314,6 +314,54 @@ impl Daemon {
             .expect("VmRSS")
     }
 
+    /// The most memory the daemon has held at once (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// CPU time the daemon has used (user and system), from the kernel's count.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("read /proc stat");
+        // The fields after the command's closing parenthesis; utime and stime are the
+        // 14th and 15th of the line (12th and 13th after it), in clock ticks.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // SAFETY: sysconf only reads a system setting.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis((fields[11] + fields[12]) * 1000 / ticks)
+    }
+
+    /// A client connected from `local` (any 127.0.0.0/8 address is this machine's), so that
+    /// tests can be several client addresses.
+    pub fn client_from(&self, local: &str) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let local: SocketAddr = format!("{local}:0").parse().expect("an address");
+        socket
+            .bind(&local.into())
+            .expect("bind the client's address");
+        socket.connect(&self.addr.into()).expect("connect");
+        let stream = TcpStream::from(socket);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+            reset: false,
+        }
+    }
+
     /// `GET /metrics`, on a connection of its own.
     pub fn metrics(&self) -> String {
         let mut client = self.client();

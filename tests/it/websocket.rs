@@ -47,7 +47,7 @@ pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one server frame: (fin, opcode, payload). Server frames are never masked.
-fn read_frame(client: &mut Client) -> (bool, u8, Vec<u8>) {
+pub fn read_frame(client: &mut Client) -> (bool, u8, Vec<u8>) {
     let head = client.read_exact(2);
     assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
     let len = match head[1] & 0x7F {

@@ -189,7 +189,7 @@ fn a_client_that_never_reads_holds_the_service_back_with_memory_bounded() {
 }
 
 /// An executable shell script in `dir`.
-fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+pub fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -216,7 +216,7 @@ fn close_code(client: &mut Client) -> CloseCode {
 }
 
 /// Whether process `pid` is gone (exited and reaped: no zombie left).
-fn gone_within(pid: u32, limit: Duration) -> bool {
+pub fn gone_within(pid: u32, limit: Duration) -> bool {
     let until = std::time::Instant::now() + limit;
     while std::time::Instant::now() < until {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {

@@ -1,0 +1,596 @@
+//! Issue 19: nothing one client sends can take the daemon's memory, a core, or everyone
+//! else's service. Each test is one attack, made from outside with real sockets against
+//! the daemon's defaults (or the one setting it names), and fails on the code before the
+//! fix: the numbers it guards are in each test's comment.
+
+use crate::support::{one_connection_backend as tcp_service, upgrade_request, Client, Daemon};
+use crate::websocket::frame;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DEFLATE_HANDSHAKE: &str = "Host: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+
+/// One compressed frame (RSV1) whose payload inflates to 16 MiB of zeros, about 16 KiB on
+/// the wire: a deflate bomb within the default message limit.
+fn bomb_frame() -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let plain = vec![0u8; 16 << 20];
+    let mut deflater = Compress::new(Compression::best(), false);
+    let mut packed = Vec::with_capacity(64 << 10);
+    deflater
+        .compress_vec(&plain, &mut packed, FlushCompress::Sync)
+        .unwrap();
+    assert!(packed.ends_with(&[0, 0, 0xff, 0xff]));
+    packed.truncate(packed.len() - 4); // RFC 7692 §7.2.1
+    assert!(packed.len() < 32 << 10, "a bomb: {} bytes", packed.len());
+    let mut bomb = frame(true, 0x2, &packed);
+    bomb[0] |= 0x40; // RSV1: compressed
+    bomb
+}
+
+/// A WebSocket with permessage-deflate agreed, opened by hand on `path`.
+fn open_deflate(daemon: &Daemon, path: &str) -> Client {
+    let mut client = daemon.client();
+    client.send(format!("GET {path} HTTP/1.1\r\n{DEFLATE_HANDSHAKE}"));
+    let response = client.response();
+    assert_eq!(response.status, 101);
+    assert!(response.header("Sec-WebSocket-Extensions").is_some());
+    client
+}
+
+/// The daemon's own measure of the longest plugin call on an event loop, in seconds.
+fn slowest_call(daemon: &Daemon, plugin: &str) -> f64 {
+    let metrics = daemon.metrics();
+    let prefix = format!("switchyard_plugin_slowest_call_seconds{{plugin=\"{plugin}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// Sixteen bomb frames in one burst to the echo, on a daemon with one event loop: each
+/// inflates a thousandfold. Before the fix every one of them was inflated (and its echo
+/// compressed) in the call that read it: one call took 430 ms and up (16 × 16 MiB), and
+/// every other connection of the loop waited as long. Now no call inflates more than
+/// 1 MiB; the slowest call is one echo's compression (a few ms), and another client of
+/// the same loop is answered throughout.
+#[test]
+fn a_deflate_bomb_on_the_echo_never_holds_the_event_loop() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_IO_THREADS", "1")
+        .start();
+    let mut neighbour = crate::websocket::connect(&daemon);
+    let mut attacker = open_deflate(&daemon, "/");
+    let bomb = bomb_frame();
+    let burst: Vec<u8> = (0..16).flat_map(|_| bomb.clone()).collect();
+    attacker.stream.write_all(&burst).unwrap();
+    // The attacker reads its echoes (compressed back, small), so the daemon does the
+    // whole work of all sixteen.
+    let reader = std::thread::spawn(move || {
+        let mut echoes = 0;
+        let mut sink = vec![0u8; 1 << 16];
+        let mut seen = Vec::new();
+        while echoes < 16 {
+            let n = attacker.stream.read(&mut sink).expect("the echoes");
+            assert!(
+                n > 0,
+                "the daemon closed the attacker after {echoes} echoes"
+            );
+            seen.extend_from_slice(&sink[..n]);
+            // Count whole frames as they come.
+            while seen.len() >= 2 {
+                let (len, at) = match seen[1] & 0x7f {
+                    126 if seen.len() >= 4 => (u16::from_be_bytes([seen[2], seen[3]]) as usize, 4),
+                    127 if seen.len() >= 10 => (
+                        u64::from_be_bytes(seen[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => break,
+                    n => (n as usize, 2),
+                };
+                if seen.len() < at + len {
+                    break;
+                }
+                assert_eq!(seen[0], 0x80 | 0x40 | 0x2, "binary, compressed back");
+                seen.drain(..at + len);
+                echoes += 1;
+            }
+        }
+    });
+    // Meanwhile another client of the same loop keeps being answered.
+    let mut answered = 0;
+    while !reader.is_finished() || answered == 0 {
+        neighbour
+            .send(tungstenite::Message::text("still here?"))
+            .unwrap();
+        assert_eq!(
+            neighbour.read().unwrap(),
+            tungstenite::Message::text("still here?")
+        );
+        answered += 1;
+    }
+    reader.join().unwrap();
+    let slowest = slowest_call(&daemon, "websocket");
+    assert!(
+        slowest < 0.100,
+        "a call held the loop {:.0} ms (before the fix: 430 ms and more)",
+        slowest * 1000.0
+    );
+}
+
+/// Thirty bomb frames (half a MiB on the wire, 480 MiB inflated) to a route whose service
+/// reads slowly. Before the fix the daemon grew by 215 MiB and more: every frame of a read
+/// was inflated and queued for the service at once. Now a route takes a message in
+/// parts and no more than one read's worth waits for the service, so the daemon's peak
+/// memory hardly moves.
+#[test]
+fn a_deflate_bomb_to_a_slow_service_holds_a_read_s_worth_not_the_bomb() {
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    let (addr, _service) = tcp_service(move |mut stream| {
+        let mut buf = [0u8; 4096];
+        // 4 KiB every 20 ms: 200 KiB a second.
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => count.fetch_add(n, Ordering::Relaxed),
+            };
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/slow=tcp://{addr}"),
+        )
+        .start();
+    let mut attacker = open_deflate(&daemon, "/slow");
+    let before = daemon.peak_rss_kib();
+    let bomb = bomb_frame();
+    attacker.stream.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    let started = Instant::now();
+    let burst: Vec<u8> = (0..30).flat_map(|_| bomb.clone()).collect();
+    while sent < burst.len() && started.elapsed() < Duration::from_secs(5) {
+        match attacker.stream.write(&burst[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = daemon.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "the daemon's peak memory grew {grown} KiB for {sent} bytes sent (before the fix: 215 MiB and more)"
+    );
+    assert!(
+        received.load(Ordering::Relaxed) > 0,
+        "the service is being given the inflated bytes"
+    );
+}
+
+/// A route's service that never reads. Once the client has sent more than the socket
+/// buffers hold, the relay must wait for the service without using the CPU; before the
+/// fix its event loop ran at 100% of a core (the plugin was called again and again while
+/// choosing not to read), and went on after the client left, for 5 minutes. A client that
+/// leaves with a reset (it had not read what it was sent, as here) ends the relay at once:
+/// before, nothing noticed while the client was not being read.
+#[test]
+fn a_service_that_never_reads_costs_no_cpu_and_a_client_that_leaves_ends_it() {
+    let service_saw_end = Arc::new(AtomicBool::new(false));
+    let saw_end = service_saw_end.clone();
+    let (addr, _service) = tcp_service(move |mut stream| {
+        stream.write_all(b"hello\n").unwrap();
+        // Read nothing for 4 s, then drain: the end comes once the daemon closed.
+        std::thread::sleep(Duration::from_secs(4));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        saw_end.store(true, Ordering::Release);
+    });
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/stuck=tcp://{addr}"),
+        )
+        .start();
+    let mut client = open(&daemon, "/stuck");
+    // More than every buffer between us and the service holds.
+    let sent = send_until_stalled(&mut client, &frame(true, 0x2, &vec![7u8; 64 << 10]));
+    assert!(sent > 1 << 20, "the daemon took only {sent} bytes");
+    let cpu = daemon.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let held = daemon.cpu_time() - cpu;
+    assert!(
+        held < Duration::from_millis(300),
+        "the daemon used {held:?} of CPU in 1 s while the relay waited (before the fix: a whole core)"
+    );
+    // The client leaves without closing, with the service's greeting unread: a reset.
+    let left = Instant::now();
+    drop(client);
+    daemon
+        .wait_for_log("websocket /stuck: the client")
+        .expect("the relay ends as the client leaves");
+    assert!(left.elapsed() < Duration::from_secs(3));
+    let cpu = daemon.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(daemon.cpu_time() - cpu < Duration::from_millis(300));
+    // The service sees its connection end (after its own 4 s of not reading).
+    let until = Instant::now() + Duration::from_secs(15);
+    while !service_saw_end.load(Ordering::Acquire) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        service_saw_end.load(Ordering::Acquire),
+        "the service's connection is closed"
+    );
+}
+
+/// The same with a program that never reads its stdin (a producer, as many websocketd
+/// programs are): once its pipe is full the relay waits at no cost, and when the client
+/// leaves (reset, as a browser's closed tab with data unread is) the program is ended at
+/// once, not 5 minutes later.
+///
+/// (A client that closes in order while the daemon is not reading it cannot be noticed:
+/// its end of stream queues behind bytes that the daemon's closed receive window does not
+/// let through, so TCP itself says nothing until they are read, or until the client's
+/// system gives up on them and resets. The relay costs nothing meanwhile.)
+#[test]
+fn a_program_that_never_reads_is_ended_when_its_client_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let program = crate::websocket_routes::script(
+        dir.path(),
+        "producer",
+        &format!(
+            "echo $$ > {}; echo ready; exec sleep 60",
+            pid_file.display()
+        ),
+    );
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/produce=exec:{}", program.display()),
+        )
+        .start();
+    let mut client = open(&daemon, "/produce");
+    let sent = send_until_stalled(&mut client, &frame(true, 0x1, &vec![b'x'; 16 << 10]));
+    assert!(sent > 128 << 10, "the daemon took only {sent} bytes");
+    let cpu = daemon.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let held = daemon.cpu_time() - cpu;
+    assert!(held < Duration::from_millis(300), "{held:?} of CPU in 1 s");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Its "ready" is unread: closing now is a reset.
+    drop(client);
+    daemon
+        .wait_for_log("websocket /produce (pid")
+        .expect("the relay ends as the client leaves");
+    // stdin closed at once, SIGTERM 2 s later (sleep dies of it), reaped.
+    assert!(
+        crate::websocket_routes::gone_within(pid, Duration::from_secs(6)),
+        "the program outlived its client: {}",
+        daemon.logs()
+    );
+}
+
+/// A WebSocket opened by hand on `path`, without extensions.
+fn open(daemon: &Daemon, path: &str) -> Client {
+    let mut client = daemon.client();
+    client.send(format!(
+        "GET {path} HTTP/1.1\r\n{}",
+        DEFLATE_HANDSHAKE.replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
+    ));
+    assert_eq!(client.response().status, 101);
+    client
+}
+
+/// Sends `message` again and again, whole frames only, until the daemon has taken nothing
+/// for half a second (or 10 s have passed); returns the bytes it took.
+fn send_until_stalled(client: &mut Client, message: &[u8]) -> usize {
+    client.stream.set_nonblocking(true).unwrap();
+    let (mut sent, mut at) = (0, 0);
+    let mut stalled_since = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        match client.stream.write(&message[at..]) {
+            Ok(n) => {
+                sent += n;
+                at = (at + n) % message.len();
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break; // nothing is taken any more
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the daemon stopped reading with {e}"),
+        }
+    }
+    client.stream.set_nonblocking(false).unwrap();
+    sent
+}
+
+/// One address holds what every client shares: before the fix, 1,024 `Upgrade: echo`
+/// connections from one address took every worker, and every other client's blocking
+/// upgrade (and h2c, and a route's dial) was refused. Now one address holds a quarter of
+/// the workers at most, by default, and the others are served.
+#[test]
+fn one_address_cannot_take_every_worker() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_WORKERS", "8")
+        .start();
+    // 127.0.0.1 takes its share: 2 of 8.
+    let mut held: Vec<Client> = Vec::new();
+    for _ in 0..2 {
+        let mut client = daemon.client();
+        client.send(upgrade_request("/", "echo"));
+        assert_eq!(client.response().status, 101);
+        held.push(client);
+    }
+    let mut greedy = daemon.client();
+    greedy.send(upgrade_request("/", "echo"));
+    let refused = greedy.response();
+    assert_eq!(refused.status, 503, "its share is taken");
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    assert!(refused
+        .body_text()
+        .contains("this client holds its most worker slots"));
+    // Another address is served.
+    let mut other = daemon.client_from("127.0.0.2");
+    other.send(upgrade_request("/", "echo"));
+    assert_eq!(
+        other.response().status,
+        101,
+        "another client still gets a worker"
+    );
+    other.send("ping");
+    assert_eq!(other.read_exact(4), b"ping");
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("switchyard_client_limit_refusals_total{limit=\"workers\"} 1\n"),
+        "{metrics}"
+    );
+    // Given back as the connections end.
+    drop(held);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = daemon.client();
+        again.send(upgrade_request("/", "echo"));
+        match again.response().status {
+            101 => break,
+            503 if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("the share did not come back: {other}"),
+        }
+    }
+}
+
+/// One address holds at most a quarter of the connections: the next is answered `503`
+/// at once and closed, and another address is served. Before the fix one address could
+/// hold every connection, and everyone else waited in the listen backlog.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_MAX_CONNECTIONS", "40")
+        .start();
+    let idle: Vec<Client> = (0..10).map(|_| daemon.client()).collect();
+    // Wait until all ten are accepted and counted.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut eleventh = daemon.client();
+    let refused = eleventh.response_head_only();
+    assert_eq!(refused.status, 503, "sent before any request");
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    let mut other = daemon.client_from("127.0.0.3");
+    other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.response().status, 200, "another address is served");
+    drop(idle);
+    daemon
+        .wait_for_log(
+            "too many connections from this client (SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT=10)",
+        )
+        .unwrap();
+}
+
+/// Behind a load balancer, clients are the addresses its PROXY protocol header gives, not
+/// the balancer's: each is held to its own share.
+#[test]
+fn behind_the_proxy_protocol_each_client_is_its_own_address() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_WORKERS", "4")
+        .env("SWITCHYARD_PROXY_PROTOCOL", "v1")
+        .env("SWITCHYARD_PROXY_FROM", "127.0.0.1")
+        .start();
+    let through = |client_ip: &str, port: u16| {
+        let mut client = daemon.client();
+        client.send(format!(
+            "PROXY TCP4 {client_ip} 127.0.0.1 {port} 8080\r\n{}",
+            upgrade_request("/", "echo")
+        ));
+        client
+    };
+    let mut first = through("192.0.2.1", 1000);
+    assert_eq!(first.response().status, 101);
+    let mut second = through("192.0.2.1", 1001);
+    assert_eq!(second.response().status, 503, "192.0.2.1 holds its 1 of 4");
+    let mut other = through("192.0.2.2", 1002);
+    assert_eq!(
+        other.response().status,
+        101,
+        "another client behind the same balancer"
+    );
+}
+
+/// The environment of an `exec:` program: before the fix a `Proxy:` header became
+/// `HTTP_PROXY` (httpoxy), `X_User: admin` overrode `X-User: alice`, and the daemon's
+/// whole environment, secrets included, reached the program.
+#[test]
+fn exec_programs_get_cgi_s_environment_and_nothing_a_client_or_the_daemon_must_not_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::websocket_routes::script(
+        dir.path(),
+        "env",
+        "echo \"${HTTP_PROXY:-no proxy}|${HTTP_X_USER}|${DATABASE_PASSWORD:-no secret}|${PATH:+path}|${HTTP_ACCEPT}|$REMOTE_PORT|$REQUEST_URI|$SERVER_PROTOCOL\"",
+    );
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/env=exec:{}", env.display()),
+        )
+        .env("DATABASE_PASSWORD", "hunter2")
+        .start();
+    let mut client = daemon.client();
+    client.send(format!(
+        "GET /env/./x?q=1 HTTP/1.1\r\nProxy: http://evil.example:3128\r\nX-User: alice\r\n\
+         X_User: admin\r\nAccept: a\r\nAccept: b\r\n{}",
+        DEFLATE_HANDSHAKE.replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
+    ));
+    assert_eq!(client.response().status, 101);
+    let (_, opcode, line) = crate::websocket::read_frame(&mut client);
+    assert_eq!(opcode, 0x1);
+    let port = client.stream.local_addr().unwrap().port();
+    assert_eq!(
+        String::from_utf8(line).unwrap(),
+        format!("no proxy|alice|no secret|path|a, b|{port}|/env/x?q=1|HTTP/1.1")
+    );
+}
+
+/// Two `Origin` fields: a browser sends one (RFC 6454 §7.3); before the fix, with an
+/// allow-list set, a bad and a good one together switched.
+#[test]
+fn two_origins_are_refused() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_ORIGINS", "https://good.example")
+        .start();
+    let status = |origins: &str| {
+        let mut client = daemon.client();
+        client.send(format!(
+            "GET / HTTP/1.1\r\n{origins}{}",
+            DEFLATE_HANDSHAKE.replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
+        ));
+        client.response_head_only().status
+    };
+    assert_eq!(status("Origin: https://good.example\r\n"), 101);
+    assert_eq!(
+        status("Origin: https://evil.example\r\nOrigin: https://good.example\r\n"),
+        403
+    );
+    assert_eq!(
+        status("Origin: https://good.example\r\nOrigin: https://evil.example\r\n"),
+        403
+    );
+}
+
+/// A route to a real service takes pages of the daemon's own origin by default (any page
+/// could otherwise drive it from a visitor's browser); an echo route takes any page.
+#[test]
+fn routes_to_services_take_only_their_own_origin_by_default() {
+    let (addr, _service) = tcp_service(|stream| {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stream);
+    });
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/vnc=tcp://{addr},/=echo"),
+        )
+        .start();
+    let status = |path: &str, origin: &str| {
+        let mut client = daemon.client();
+        client.send(format!(
+            "GET {path} HTTP/1.1\r\nOrigin: {origin}\r\n{}",
+            DEFLATE_HANDSHAKE
+                .replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
+                .replace("Host: t", &format!("Host: {}", daemon.addr))
+        ));
+        client.response_head_only().status
+    };
+    assert_eq!(status("/vnc", "https://evil.example"), 403);
+    assert_eq!(
+        status("/chat", "https://evil.example"),
+        101,
+        "echo: any page"
+    );
+    assert_eq!(
+        status("/vnc", &format!("http://{}", daemon.addr)),
+        101,
+        "its own page"
+    );
+}
+
+/// Dot-segments: before the fix `/public/../admin` was routed by `/public/` and forwarded as
+/// it was, to services that normalise it to `/admin`.
+#[test]
+fn paths_that_climb_out_of_their_route_are_400() {
+    let (addr, _service) = tcp_service(|stream| {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stream);
+    });
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .plugin("switchyard-tunnel")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/public/=tcp://{addr},/=echo"),
+        )
+        .env("SWITCHYARD_TUNNEL_ROUTES", &format!("/db={addr}"))
+        .start();
+    let websocket = |path: &str| {
+        let mut client = daemon.client();
+        client.send(format!(
+            "GET {path} HTTP/1.1\r\n{}",
+            DEFLATE_HANDSHAKE.replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
+        ));
+        client.response_head_only().status
+    };
+    for path in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin",
+        "/public/..%2Fadmin",
+        "/public\\..\\admin",
+        "/..",
+    ] {
+        assert_eq!(websocket(path), 400, "{path}");
+    }
+    assert_eq!(websocket("/public/a/../b"), 101, "inside its route: fine");
+    let tunnel = |path: &str| {
+        let mut client = daemon.client();
+        client.send(upgrade_request(path, "tcp"));
+        client.response_head_only().status
+    };
+    assert_eq!(tunnel("/db/../admin"), 400);
+    assert_eq!(tunnel("/x/../db"), 101);
+}
