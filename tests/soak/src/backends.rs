@@ -1,6 +1,7 @@
-//! The backends the soak's routes point at: a TCP echo (for `Upgrade: tcp`) and an HTTP/1.1
-//! server with keep-alive (for h2c's `http1://` route). Each prints `listening PORT` and
-//! serves until killed.
+//! The backends the soak's routes point at: a TCP echo (for `Upgrade: tcp`), an HTTP/1.1
+//! server with keep-alive (for h2c's `http1://` route), and a service that never reads
+//! (for the hostile client's WebSocket route). Each prints `listening PORT` and serves
+//! until killed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -57,5 +58,15 @@ fn serve_http1(stream: TcpStream) {
         {
             return;
         }
+    }
+}
+
+/// Takes connections and reads nothing from them; each is dropped after 20 s.
+pub fn stuck() {
+    for stream in listen().incoming().flatten() {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            drop(stream);
+        });
     }
 }

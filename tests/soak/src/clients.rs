@@ -20,6 +20,8 @@ pub struct Counters {
     pub malformed_answered: AtomicU64,
     pub panics_provoked: AtomicU64,
     pub reloads: AtomicU64,
+    /// Rounds of the hostile client (each kind of attack once per four rounds).
+    pub hostile_rounds: AtomicU64,
     pub errors: AtomicU64,
     /// The first few errors, for the report.
     pub error_lines: Mutex<Vec<String>>,
@@ -273,7 +275,7 @@ pub fn malformed(env: &Env) {
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20_000)
     );
-    let cases: [(&str, &[u8], u16); 4] = [
+    let cases: [(&str, &[u8], u16); 7] = [
         ("garbage", b"GARBAGE\r\n\r\n", 400),
         ("a head over the limit", large.as_bytes(), 431),
         (
@@ -283,6 +285,27 @@ pub fn malformed(env: &Env) {
         ),
         // Half a head, then nothing: the head time-out (2 s in the soak) answers.
         ("a slow head", b"GET / HTTP/1.1\r\nHost: x\r\n", 408),
+        // A browser sends one Origin (RFC 6454 §7.3): two are a forgery.
+        (
+            "two Origins",
+            b"GET /soak HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Origin: https://a.example\r\nOrigin: https://b.example\r\n\r\n",
+            403,
+        ),
+        // Dot-segments out of a route, and an encoded slash.
+        (
+            "a path out of its route",
+            b"GET /stuck/../soak HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            400,
+        ),
+        (
+            "an encoded slash",
+            b"GET /soak%2F..%2Fstuck HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            400,
+        ),
     ];
     let mut round = 0usize;
     while !env.stop.load(Relaxed) {
@@ -370,6 +393,323 @@ pub fn reloads(env: &Env, daemon: i32) {
         env.counters.reloads.fetch_add(1, Relaxed);
         sleep_unless_stopped(env.stop, Duration::from_secs(60));
     }
+}
+
+/// The attacks of issue 19, one a round, every 2 s: each must cost its victim nothing it
+/// can notice and leave nothing behind (the sampler watches memory and descriptors).
+pub fn hostile(env: &Env) {
+    let mut round = 0u64;
+    while !env.stop.load(Relaxed) {
+        let outcome = match round % 4 {
+            0 => deflate_bomb(env.addr),
+            1 => stuck_relay(env.addr),
+            2 => worker_hog(env.addr),
+            _ => exec_environment(env.addr),
+        };
+        match outcome {
+            Ok(()) => {
+                env.counters.hostile_rounds.fetch_add(1, Relaxed);
+            }
+            Err(e) => env.counters.error(format!("hostile round {}: {e}", round % 4)),
+        }
+        round += 1;
+        sleep_unless_stopped(env.stop, Duration::from_secs(2));
+    }
+}
+
+const HANDSHAKE_HEADERS: &str = "Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// A masked client frame (mask all zeros: the payload goes as it is).
+fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Four frames of 16 KiB that inflate to 16 MiB each, to the echo: every echo must come
+/// back (compressed, small), and the connection close in order.
+fn deflate_bomb(addr: SocketAddr) -> Result<(), String> {
+    // A raw DEFLATE stream of 16 MiB of zeros, made once: stored as fixed-Huffman blocks
+    // of long back-references, which is what a bomb is. Built by hand, as the soak has no
+    // compressor: a block of literal 0 then length-258 copies at distance 1.
+    static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let bomb = BOMB.get_or_init(|| client_frame(0x80 | 0x40 | 0x2, &zeros_deflated(16 << 20)));
+    let mut stream = connect(addr).map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /soak HTTP/1.1\r\n{HANDSHAKE_HEADERS}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    if status_of(&mut stream) != 101 {
+        return Err("the bomb's handshake was not switched".into());
+    }
+    for _ in 0..4 {
+        stream.write_all(bomb).map_err(|e| e.to_string())?;
+    }
+    for echo in 0..4 {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).map_err(|e| format!("echo {echo}: {e}"))?;
+        if head[0] != 0x80 | 0x40 | 0x2 {
+            return Err(format!("echo {echo}: frame {:#x}, not a compressed binary one", head[0]));
+        }
+        let len = match head[1] {
+            126 => {
+                let mut n = [0u8; 2];
+                stream.read_exact(&mut n).map_err(|e| e.to_string())?;
+                u16::from_be_bytes(n) as usize
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                stream.read_exact(&mut n).map_err(|e| e.to_string())?;
+                u64::from_be_bytes(n) as usize
+            }
+            n => n as usize,
+        };
+        if len > 1 << 20 {
+            return Err(format!("echo {echo}: {len} bytes, not compressed back"));
+        }
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).map_err(|e| e.to_string())?;
+    }
+    stream
+        .write_all(&client_frame(0x88, &[0x03, 0xe8]))
+        .map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    Ok(())
+}
+
+/// `len` zeros as raw DEFLATE with a sync flush's end removed (RFC 7692 §7.2.1): fixed
+/// Huffman blocks (RFC 1951 §3.2.6), a literal 0 then copies of 258 at distance 1.
+fn zeros_deflated(len: usize) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u32,
+        count: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u32, bits: u32) {
+            self.acc |= value << self.count;
+            self.count += bits;
+            while self.count >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.count -= 8;
+            }
+        }
+        /// A Huffman code, most significant bit first.
+        fn code(&mut self, code: u32, bits: u32) {
+            let reversed = code.reverse_bits() >> (32 - bits);
+            self.put(reversed, bits);
+        }
+    }
+    let mut bits = Bits { out: Vec::new(), acc: 0, count: 0 };
+    bits.put(0, 1); // not the final block
+    bits.put(1, 2); // fixed Huffman
+    bits.code(0x30, 8); // literal 0
+    let mut left = len - 1;
+    while left > 0 {
+        let run = left.min(258);
+        if run < 3 {
+            for _ in 0..run {
+                bits.code(0x30, 8);
+            }
+        } else if run == 258 {
+            bits.code(0xC5, 8); // length code 285: 258, no extra bits
+            bits.code(0, 5); // distance code 0: 1
+        } else {
+            // Lengths 3..=257 as codes 257..=284 with their extra bits.
+            let (code, base, extra) = length_code(run);
+            if code < 280 {
+                bits.code(code - 256, 7);
+            } else {
+                bits.code(0xC0 + (code - 280), 8);
+            }
+            bits.put((run - base) as u32, extra);
+            bits.code(0, 5);
+        }
+        left -= run;
+    }
+    bits.code(0, 7); // end of block
+    // The sync flush: an empty stored block, whose 00 00 ff ff the sender leaves out.
+    bits.put(0, 1);
+    bits.put(0, 2);
+    if bits.count > 0 {
+        bits.put(0, 8 - bits.count);
+    }
+    bits.out
+}
+
+/// RFC 1951 §3.2.5: the length code for `len` (3..=257), its base, and its extra bits.
+fn length_code(len: usize) -> (u32, usize, u32) {
+    const BASES: [usize; 28] = [
+        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99,
+        115, 131, 163, 195, 227,
+    ];
+    const EXTRA: [u32; 28] = [
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5,
+    ];
+    let index = BASES.iter().rposition(|&b| b <= len).unwrap();
+    (257 + index as u32, BASES[index], EXTRA[index])
+}
+
+/// A WebSocket route to a service that never reads: the client sends until nothing more
+/// is taken, then resets. The relay must wait at no cost and end when the client goes.
+fn stuck_relay(addr: SocketAddr) -> Result<(), String> {
+    let mut stream = connect(addr).map_err(|e| e.to_string())?;
+    write!(stream, "GET /stuck HTTP/1.1\r\n{HANDSHAKE_HEADERS}\r\n").map_err(|e| e.to_string())?;
+    if status_of(&mut stream) != 101 {
+        return Err("the stuck route was not switched".into());
+    }
+    let frame = client_frame(0x82, &vec![7u8; 64 << 10]);
+    stream
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    let (mut at, mut sent) = (0usize, 0usize);
+    while sent < 64 << 20 {
+        match stream.write(&frame[at..]) {
+            Ok(n) => {
+                at = (at + n) % frame.len();
+                sent += n;
+            }
+            Err(_) => break, // nothing taken for half a second
+        }
+    }
+    // A reset: the end the daemon must notice however full its buffers are.
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a linger struct of its size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    Ok(())
+}
+
+/// From another address (127.0.0.2), more blocking connections than one address may hold
+/// (a quarter of the 1,024 workers): the rest are refused with 503, what was switched
+/// works, and the soak's other clients go on.
+fn worker_hog(addr: SocketAddr) -> Result<(), String> {
+    let mut held = Vec::new();
+    let (mut switched, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let mut stream = connect_from(addr, [127, 0, 0, 2]).map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        match status_of(&mut stream) {
+            101 => {
+                switched += 1;
+                held.push(stream);
+            }
+            503 => refused += 1,
+            other => return Err(format!("the hog got {other}")),
+        }
+    }
+    if switched != 256 || refused != 44 {
+        return Err(format!("{switched} switched and {refused} refused, not 256 and 44"));
+    }
+    let mut last = held.pop().unwrap();
+    last.write_all(b"ping").map_err(|e| e.to_string())?;
+    let mut back = [0u8; 4];
+    last.read_exact(&mut back).map_err(|e| e.to_string())?;
+    if &back != b"ping" {
+        return Err("the hog's echo is wrong".into());
+    }
+    Ok(())
+}
+
+fn connect_from(addr: SocketAddr, local: [u8; 4]) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = addr else {
+        return Err(std::io::ErrorKind::Unsupported.into());
+    };
+    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, bound and connected with sockaddr_in values of their size; the
+    // descriptor is handed to a TcpStream that owns it from then on.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(local, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(to.ip().octets(), to.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(stream)
+    }
+}
+
+/// An `exec:` program's environment, with an httpoxy header, a shadowing one and the
+/// daemon's own variables: none of them may reach it.
+fn exec_environment(addr: SocketAddr) -> Result<(), String> {
+    let stream = connect(addr).map_err(|e| e.to_string())?;
+    let request = tungstenite::handshake::client::Request::builder()
+        .uri(format!("ws://{addr}/env"))
+        .header("Host", addr.to_string())
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Proxy", "http://evil.example:3128")
+        .header("X-User", "alice")
+        .header("X_User", "admin")
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let (mut ws, _) = tungstenite::client(request, stream).map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(line)) => lines.push(line.as_str().to_string()),
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let forbidden = |l: &&String| {
+        l.starts_with("HTTP_PROXY=")
+            || l.starts_with("RUST_LOG=")
+            || l.starts_with("SWITCHYARD_")
+            || *l == "HTTP_X_USER=admin"
+    };
+    if let Some(line) = lines.iter().find(forbidden) {
+        return Err(format!("the program got {line}"));
+    }
+    if !lines.iter().any(|l| l == "HTTP_X_USER=alice") {
+        return Err(format!("no HTTP_X_USER=alice among {} lines", lines.len()));
+    }
+    Ok(())
 }
 
 fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {

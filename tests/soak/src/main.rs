@@ -1,7 +1,7 @@
 //! The soak run's driver (see tests/soak/run.sh).
 //!
 //! ```text
-//! soak tcp-echo | http1                      a backend; prints `listening PORT`
+//! soak tcp-echo | http1 | stuck              a backend; prints `listening PORT`
 //! soak run ADDR PID SECONDS IDLE CSV         every client at once against the daemon
 //! ```
 //!
@@ -24,6 +24,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("tcp-echo") => backends::tcp_echo(),
         Some("http1") => backends::http1(),
+        Some("stuck") => backends::stuck(),
         Some("run") if args.len() == 7 => {
             let addr: SocketAddr = args[2].parse().expect("ADDR");
             let pid: i32 = args[3].parse().expect("PID");
@@ -33,7 +34,7 @@ fn main() {
             std::process::exit(if passed { 0 } else { 1 });
         }
         _ => {
-            eprintln!("usage: soak tcp-echo | http1 | run ADDR PID SECONDS IDLE CSV");
+            eprintln!("usage: soak tcp-echo | http1 | stuck | run ADDR PID SECONDS IDLE CSV");
             std::process::exit(2);
         }
     }
@@ -97,7 +98,7 @@ fn run(addr: SocketAddr, pid: i32, length: Duration, idle: usize, csv: &str) -> 
     writeln!(
         out,
         "seconds,rss_kib,fds,threads,idle_open,echo_messages,churn_connections,tunnel_mib,\
-         h2c_requests,malformed_answered,panics_provoked,reloads,errors"
+         h2c_requests,malformed_answered,panics_provoked,reloads,hostile_rounds,errors"
     )
     .unwrap();
     let mut samples = Vec::new();
@@ -115,6 +116,7 @@ fn run(addr: SocketAddr, pid: i32, length: Duration, idle: usize, csv: &str) -> 
         scope.spawn(move || clients::panics(env));
         scope.spawn(move || clients::h2c(env));
         scope.spawn(move || clients::reloads(env, pid));
+        scope.spawn(move || clients::hostile(env));
 
         let began = Instant::now();
         let mut next = began + SAMPLE_EVERY;
@@ -129,7 +131,7 @@ fn run(addr: SocketAddr, pid: i32, length: Duration, idle: usize, csv: &str) -> 
             let c = &counters;
             writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 s.seconds,
                 s.rss_kib,
                 s.fds,
@@ -142,6 +144,7 @@ fn run(addr: SocketAddr, pid: i32, length: Duration, idle: usize, csv: &str) -> 
                 c.malformed_answered.load(Relaxed),
                 c.panics_provoked.load(Relaxed),
                 c.reloads.load(Relaxed),
+                c.hostile_rounds.load(Relaxed),
                 c.errors.load(Relaxed),
             )
             .unwrap();
@@ -192,6 +195,7 @@ fn judge(addr: SocketAddr, samples: &[Sample], counters: &Counters, idle: usize)
             "plugin panics provoked",
             counters.panics_provoked.load(Relaxed),
         ),
+        ("hostile rounds", counters.hostile_rounds.load(Relaxed)),
     ] {
         if count == 0 {
             failures.push(format!("no {what}: that load did not run"));
