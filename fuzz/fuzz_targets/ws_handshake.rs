@@ -1,9 +1,11 @@
 //! The WebSocket opening handshake on arbitrary headers: an answer or a refusal, never a
-//! panic; an accepted key gets RFC 6455's accept value.
+//! panic; an accepted key gets RFC 6455's accept value; under the same-origin policy a
+//! request with more than one Origin, or one not naming its Host, is never accepted.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use switchyard_websocket::config::Config;
 use switchyard_websocket::handshake::{accept_key, check};
+use switchyard_websocket::origin::Origins;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -18,7 +20,19 @@ fuzz_target!(|data: &[u8]| {
         _ => None,
     })
     .unwrap();
-    match check(method, &headers, &config) {
+    let origins = match data.first() {
+        Some(b) if b & 1 == 1 => Origins::same_origin(),
+        _ => Origins::any(),
+    };
+    let field = |name: &str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let (origin, host) = (field("origin"), field("host"));
+    match check(method, &headers, &config, &origins) {
         Ok(accepted) => {
             let key = headers
                 .iter()
@@ -27,6 +41,19 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap();
             assert_eq!(accepted.accept, accept_key(key));
             assert_eq!(accepted.accept.len(), 28);
+            assert!(origin.len() <= 1, "two Origins accepted");
+            if origins.same_origin {
+                if let [origin] = origin[..] {
+                    let origin = String::from_utf8_lossy(origin).to_ascii_lowercase();
+                    let host = String::from_utf8_lossy(host.first().copied().unwrap_or(b""))
+                        .to_ascii_lowercase();
+                    let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                    assert!(
+                        origin.contains(name.trim_start_matches('[').trim_end_matches(']')),
+                        "{origin} accepted on {host}"
+                    );
+                }
+            }
         }
         Err(rejection) => assert!((400..500).contains(&rejection.status)),
     }
