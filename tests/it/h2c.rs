@@ -67,13 +67,19 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 /// A GET as HPACK literals without indexing (RFC 7541 §6.2.2), short strings only.
 fn get_headers(path: &str) -> Vec<u8> {
+    get_headers_with(path, &[])
+}
+
+/// [`get_headers`] with more fields after the pseudo-headers.
+fn get_headers_with(path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
     let mut block = Vec::new();
-    for (name, value) in [
+    let pseudo = [
         (":method", "GET"),
         (":scheme", "http"),
         (":authority", "t"),
         (":path", path),
-    ] {
+    ];
+    for &(name, value) in pseudo.iter().chain(fields) {
         block.push(0);
         block.push(name.len() as u8);
         block.extend_from_slice(name.as_bytes());
@@ -233,5 +239,133 @@ fn prior_knowledge_with_no_worker_free_gets_goaway_refused_stream() {
     assert!(
         second.read_to_end().is_empty(),
         "then the connection closes"
+    );
+}
+
+/// Issue 19: a stream's path is routed normalised and forwarded as routed; one that climbs
+/// out of its route is 400 on that stream (and the connection serves on); the client's
+/// own `X-Forwarded-For` is replaced by its address, not appended to (a backend reading
+/// the first entry read what the client wrote).
+#[test]
+fn streams_are_routed_on_the_normalised_path_and_forwarded_for_is_the_daemons() {
+    let backend = http1_backend();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env(
+            "SWITCHYARD_H2C_ROUTES",
+            &format!("/public/=http1://{backend}"),
+        )
+        .start();
+    let mut client = daemon.client();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    let forged = [("x-forwarded-for", "6.6.6.6")];
+    hello.extend(frame(
+        0x1,
+        0x4 | 0x1,
+        1,
+        &get_headers_with("/public/./css/../app.js?v=2", &forged),
+    ));
+    client.send(hello);
+    let (_, block) = read_until(&mut client, 0x1, 1);
+    assert_eq!(block[0], 0x88, "`:status: 200`");
+    let (_, body) = read_until(&mut client, 0x0, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "GET /public/app.js?v=2 HTTP/1.1 for 127.0.0.1",
+        "the normalised path, and the daemon's X-Forwarded-For alone"
+    );
+    for (stream, path) in [
+        (3, "/public/../admin"),
+        (5, "/public/%2e%2e/admin"),
+        (7, "/public/a%2Fb"),
+    ] {
+        client.send(frame(0x1, 0x4 | 0x1, stream, &get_headers(path)));
+        let (_, block) = read_until(&mut client, 0x1, stream);
+        assert_eq!(
+            block[0], 0x8c,
+            "{path}: `:status: 400` (RFC 7541 Appendix A, index 12)"
+        );
+    }
+    client.send(frame(0x1, 0x4 | 0x1, 9, &get_headers("/public/x")));
+    let (_, block) = read_until(&mut client, 0x1, 9);
+    assert_eq!(block[0], 0x88, "the connection serves on");
+}
+
+/// Issue 19: each stream to an `http1://` backend holds a backend connection, and nothing
+/// capped them per client connection. `SWITCHYARD_H2C_HTTP1_PER_CONNECTION=2`: ten
+/// streams at once, never more than two backend connections, every stream answered.
+#[test]
+fn streams_to_http1_backends_hold_at_most_the_set_number_of_backend_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (open2, most2) = (open.clone(), most.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let now = open2.fetch_add(1, Ordering::SeqCst) + 1;
+            most2.fetch_max(now, Ordering::SeqCst);
+            let open = open2.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            open.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    if writer
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", &format!("/=http1://{backend}"))
+        .env("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "2")
+        .start();
+    let mut client = daemon.client();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    for stream in (1..=19).step_by(2) {
+        hello.extend(frame(0x1, 0x4 | 0x1, stream, &get_headers("/x")));
+    }
+    client.send(hello);
+    // Answers come in any order: take every HEADERS frame as it comes.
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 10 {
+        let header = client.read_exact(9);
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+        let payload = client.read_exact(len);
+        if header[3] == 0x6 && header[4] & 0x1 == 0 {
+            client.send(frame(0x6, 0x1, 0, &payload));
+        }
+        if header[3] == 0x1 {
+            assert_eq!(payload[0], 0x88, "stream {stream} answered 200");
+            answered.insert(stream);
+        }
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "backend connections at once for one client connection"
     );
 }

@@ -148,3 +148,29 @@ fn sighup_replaces_a_plugin_while_connections_of_every_generation_live_on() {
         "{metrics}"
     );
 }
+
+/// Issue 19: a file in the folder that is not a library was opened at every reload and its
+/// descriptor kept for good; ten reloads cost ten descriptors. Now none.
+#[test]
+fn a_broken_file_costs_no_descriptor_at_each_reload() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .file("libbroken.so", b"not a shared library")
+        .start();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+            .unwrap()
+            .count()
+    };
+    sighup(&daemon, 2);
+    let before = descriptors();
+    for generation in 3..=12 {
+        let line = sighup(&daemon, generation);
+        assert!(line.contains("libbroken.so"), "{line}");
+    }
+    let after = descriptors();
+    assert!(
+        after <= before + 1,
+        "{before} descriptors before ten reloads, {after} after"
+    );
+}

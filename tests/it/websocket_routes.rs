@@ -446,3 +446,126 @@ fn a_service_that_stops_reading_stops_the_client_being_read() {
     let grown = daemon.rss_kib().saturating_sub(before);
     assert!(grown < 16 * 1024, "the daemon grew {grown} KiB");
 }
+
+/// Issue 19: a Unix socket service whose listen queue is full made the dial block for as
+/// long as the service took (a worker held, the client waiting); it now gives up at the
+/// connect time-out with `504`.
+#[test]
+fn a_unix_service_with_a_full_queue_is_504_at_the_connect_timeout() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.sock");
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    listener.listen(0).unwrap();
+    // Fill the queue: connections it never accepts, until one would wait.
+    let mut fillers = Vec::new();
+    loop {
+        let filler = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        filler.set_nonblocking(true).unwrap();
+        match filler.connect(&SockAddr::unix(&path).unwrap()) {
+            Ok(()) => fillers.push(filler),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 1000, "the queue never filled");
+    }
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/full=unix:{}", path.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "300")
+        .start();
+    let started = std::time::Instant::now();
+    assert_eq!(handshake_status(&daemon, "/full"), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(listener);
+}
+
+/// Issue 19: `SWITCHYARD_WEBSOCKET_MAX_PROCESSES` was checked before a program started and
+/// counted after, so a burst started more than the limit. Twenty clients at once, a
+/// limit of 3: never more than 3 programs, the others `503`.
+#[test]
+fn a_burst_never_starts_more_programs_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (marks, seen) = (dir.path().join("marks"), dir.path().join("seen"));
+    std::fs::create_dir(&marks).unwrap();
+    std::fs::create_dir(&seen).unwrap();
+    // Each program marks itself running, writes down how many are, and lingers.
+    let program = script(
+        dir.path(),
+        "count",
+        &format!(
+            "touch {m}/$$; ls {m} | wc -l > {s}/$$; sleep 1; rm {m}/$$",
+            m = marks.display(),
+            s = seen.display()
+        ),
+    );
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/count=exec:{}", program.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "3")
+        .start();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                let barrier = barrier.clone();
+                let daemon = &daemon;
+                scope.spawn(move || {
+                    barrier.wait();
+                    handshake_status(daemon, "/count")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let switched = statuses.iter().filter(|&&s| s == 101).count();
+    assert!((1..=3).contains(&switched), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        20 - switched
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let counts: Vec<usize> = std::fs::read_dir(&seen)
+        .unwrap()
+        .map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            text.trim().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(counts.len(), switched, "one program per switched client");
+    assert!(
+        counts.iter().all(|&n| n <= 3),
+        "programs running at once: {counts:?}"
+    );
+}
+
+/// Issue 19: a program's stderr was logged line by line without a bound, so a program a
+/// client can make write errors could flood the daemon's log (and hold its loop). After
+/// a burst of 100 lines, 10 a second; the rest are counted.
+#[test]
+fn a_program_flooding_stderr_is_rate_limited_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(
+        dir.path(),
+        "noisy",
+        "i=0; while [ $i -lt 5000 ]; do echo \"noise $i\" >&2; i=$((i + 1)); done; \
+         sleep 0.5; echo 'noise: the last' >&2; echo done; sleep 2",
+    );
+    let daemon = daemon(&format!("/noisy=exec:{}", program.display()));
+    let mut client = connect(&daemon, "/noisy");
+    assert_eq!(text(&mut client), "done");
+    let logs = daemon
+        .wait_for_log("earlier lines not logged")
+        .unwrap_or_else(|l| l);
+    let logged = logs.lines().filter(|l| l.contains("]: noise ")).count();
+    assert!(
+        (100..=150).contains(&logged),
+        "{logged} of 5,000 stderr lines logged"
+    );
+}
