@@ -410,7 +410,9 @@ pub fn hostile(env: &Env) {
             Ok(()) => {
                 env.counters.hostile_rounds.fetch_add(1, Relaxed);
             }
-            Err(e) => env.counters.error(format!("hostile round {}: {e}", round % 4)),
+            Err(e) => env
+                .counters
+                .error(format!("hostile round {}: {e}", round % 4)),
         }
         round += 1;
         sleep_unless_stopped(env.stop, Duration::from_secs(2));
@@ -461,9 +463,14 @@ fn deflate_bomb(addr: SocketAddr) -> Result<(), String> {
     }
     for echo in 0..4 {
         let mut head = [0u8; 2];
-        stream.read_exact(&mut head).map_err(|e| format!("echo {echo}: {e}"))?;
+        stream
+            .read_exact(&mut head)
+            .map_err(|e| format!("echo {echo}: {e}"))?;
         if head[0] != 0x80 | 0x40 | 0x2 {
-            return Err(format!("echo {echo}: frame {:#x}, not a compressed binary one", head[0]));
+            return Err(format!(
+                "echo {echo}: frame {:#x}, not a compressed binary one",
+                head[0]
+            ));
         }
         let len = match head[1] {
             126 => {
@@ -516,7 +523,11 @@ fn zeros_deflated(len: usize) -> Vec<u8> {
             self.put(reversed, bits);
         }
     }
-    let mut bits = Bits { out: Vec::new(), acc: 0, count: 0 };
+    let mut bits = Bits {
+        out: Vec::new(),
+        acc: 0,
+        count: 0,
+    };
     bits.put(0, 1); // not the final block
     bits.put(1, 2); // fixed Huffman
     bits.code(0x30, 8); // literal 0
@@ -544,7 +555,7 @@ fn zeros_deflated(len: usize) -> Vec<u8> {
         left -= run;
     }
     bits.code(0, 7); // end of block
-    // The sync flush: an empty stored block, whose 00 00 ff ff the sender leaves out.
+                     // The sync flush: an empty stored block, whose 00 00 ff ff the sender leaves out.
     bits.put(0, 1);
     bits.put(0, 2);
     if bits.count > 0 {
@@ -556,8 +567,8 @@ fn zeros_deflated(len: usize) -> Vec<u8> {
 /// RFC 1951 §3.2.5: the length code for `len` (3..=257), its base, and its extra bits.
 fn length_code(len: usize) -> (u32, usize, u32) {
     const BASES: [usize; 28] = [
-        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99,
-        115, 131, 163, 195, 227,
+        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
+        131, 163, 195, 227,
     ];
     const EXTRA: [u32; 28] = [
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5,
@@ -589,7 +600,10 @@ fn stuck_relay(addr: SocketAddr) -> Result<(), String> {
         }
     }
     // A reset: the end the daemon must notice however full its buffers are.
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     use std::os::fd::AsRawFd;
     // SAFETY: setsockopt on a socket we own, with a linger struct of its size.
     unsafe {
@@ -625,7 +639,9 @@ fn worker_hog(addr: SocketAddr) -> Result<(), String> {
         }
     }
     if switched != 256 || refused != 44 {
-        return Err(format!("{switched} switched and {refused} refused, not 256 and 44"));
+        return Err(format!(
+            "{switched} switched and {refused} refused, not 256 and 44"
+        ));
     }
     let mut last = held.pop().unwrap();
     last.write_all(b"ping").map_err(|e| e.to_string())?;
