@@ -475,6 +475,10 @@ impl Session {
             });
         let error = replies.error.take();
         replies.flush();
+        if packed.capacity() > KEEP_OUTPUT * 4 {
+            // A large compressed echo: the loop's buffer goes back to its everyday size.
+            *packed = Vec::new();
+        }
         if let Some(e) = error {
             return Err(e);
         }
