@@ -192,7 +192,6 @@ fn a_service_that_never_reads_costs_no_cpu_and_a_client_that_leaves_ends_it() {
     let service_saw_end = Arc::new(AtomicBool::new(false));
     let saw_end = service_saw_end.clone();
     let (addr, _service) = tcp_service(move |mut stream| {
-        stream.write_all(b"hello\n").unwrap();
         // Read nothing for 4 s, then drain: the end comes once the daemon closed.
         std::thread::sleep(Duration::from_secs(4));
         stream
@@ -225,9 +224,10 @@ fn a_service_that_never_reads_costs_no_cpu_and_a_client_that_leaves_ends_it() {
         held < Duration::from_millis(300),
         "the daemon used {held:?} of CPU in 1 s while the relay waited (before the fix: a whole core)"
     );
-    // The client leaves without closing, with the service's greeting unread: a reset.
+    // The client leaves without closing, with a reset (as a browser's closed tab with data
+    // unread does).
     let left = Instant::now();
-    drop(client);
+    reset(client);
     daemon
         .wait_for_log("websocket /stuck: the client")
         .expect("the relay ends as the client leaves");
@@ -248,8 +248,8 @@ fn a_service_that_never_reads_costs_no_cpu_and_a_client_that_leaves_ends_it() {
 
 /// The same with a program that never reads its stdin (a producer, as many websocketd
 /// programs are): once its pipe is full the relay waits at no cost, and when the client
-/// leaves (reset, as a browser's closed tab with data unread is) the program is ended at
-/// once, not 5 minutes later.
+/// leaves (a reset, as a browser's closed tab with data unread is) the program is ended
+/// at once, not 5 minutes later.
 ///
 /// (A client that closes in order while the daemon is not reading it cannot be noticed:
 /// its end of stream queues behind bytes that the daemon's closed receive window does not
@@ -262,10 +262,7 @@ fn a_program_that_never_reads_is_ended_when_its_client_leaves() {
     let program = crate::websocket_routes::script(
         dir.path(),
         "producer",
-        &format!(
-            "echo $$ > {}; echo ready; exec sleep 60",
-            pid_file.display()
-        ),
+        &format!("echo $$ > {}; exec sleep 60", pid_file.display()),
     );
     let daemon = Daemon::builder()
         .plugin("switchyard-websocket")
@@ -286,8 +283,7 @@ fn a_program_that_never_reads_is_ended_when_its_client_leaves() {
         .trim()
         .parse()
         .unwrap();
-    // Its "ready" is unread: closing now is a reset.
-    drop(client);
+    reset(client);
     daemon
         .wait_for_log("websocket /produce (pid")
         .expect("the relay ends as the client leaves");
@@ -297,6 +293,15 @@ fn a_program_that_never_reads_is_ended_when_its_client_leaves() {
         "the program outlived its client: {}",
         daemon.logs()
     );
+}
+
+/// Closes `client` with a reset (SO_LINGER 0): what a connection closed with data unread,
+/// or lost, looks like to the daemon.
+fn reset(client: Client) {
+    socket2::SockRef::from(&client.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
 }
 
 /// A WebSocket opened by hand on `path`, without extensions.
