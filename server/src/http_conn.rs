@@ -150,10 +150,16 @@ impl MetricsCache {
                         shared.config.workers_per_client,
                     ],
                 };
-                let body = shared
-                    .metrics
-                    .render(shared.registry(), &gauges)
-                    .into_bytes();
+                // When they were rendered, for whoever needs to know how fresh they are
+                // (a comment line: Prometheus reads past it).
+                let rendered_at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let body = format!(
+                    "# rendered at {rendered_at} (Unix time, ms); rendered again at most once a second\n{}",
+                    shared.metrics.render(shared.registry(), &gauges)
+                )
+                .into_bytes();
                 self.rendered = Some((now, body.clone()));
                 body
             }

@@ -524,28 +524,52 @@ fn metrics_are_rendered_at_most_once_a_second() {
         .env("SWITCHYARD_IO_THREADS", "1")
         .start();
     let mut scraper = daemon.client();
+    // (when the daemon rendered them, connections accepted then), by the daemon's clock.
     let mut scrape = || {
         scraper.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
         let text = scraper.response().body_text();
-        text.lines()
-            .find_map(|l| l.strip_prefix("switchyard_connections_accepted_total "))
-            .map(str::to_owned)
-            .unwrap()
+        let field = |prefix: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix:?} in {text}"))
+        };
+        (
+            field("# rendered at "),
+            field("switchyard_connections_accepted_total "),
+        )
     };
-    let first = scrape();
-    let began = Instant::now();
-    let mut other = daemon.client();
-    other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert_eq!(other.response().status, 200);
-    let second = scrape();
-    if began.elapsed() < Duration::from_millis(900) {
-        assert_eq!(second, first, "rendered again within the second");
+    // Scrape for 2.5 s, a new connection accepted between scrapes.
+    let began = std::time::Instant::now();
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    while began.elapsed() < Duration::from_millis(2500) {
+        seen.push(scrape());
+        let mut other = daemon.client();
+        other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(other.response().status, 200);
+        std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(1100));
-    let third = scrape();
-    assert_eq!(
-        third.parse::<u64>().unwrap(),
-        first.parse::<u64>().unwrap() + 1,
-        "a second later, the connection accepted meanwhile counts"
+    let mut renders: Vec<(u64, u64)> = seen.clone();
+    renders.dedup();
+    assert!(
+        renders.len() >= 2,
+        "rendered again after a second: {seen:?}"
     );
+    assert!(
+        seen.len() > renders.len() * 3,
+        "most scrapes are served the cached body: {seen:?}"
+    );
+    for pair in renders.windows(2) {
+        let ((earlier, before), (later, after)) = (pair[0], pair[1]);
+        assert!(
+            later >= earlier + 1000,
+            "rendered {} ms apart: {seen:?}",
+            later - earlier
+        );
+        assert!(after > before, "a new render counts the connections since");
+    }
+    // The same render is the same body: never two renders with one stamp.
+    let stamps: std::collections::BTreeSet<u64> = renders.iter().map(|r| r.0).collect();
+    assert_eq!(stamps.len(), renders.len(), "{renders:?}");
 }
