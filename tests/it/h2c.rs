@@ -118,9 +118,9 @@ fn rfc9113_3_3_prior_knowledge_reaches_the_plugin_with_every_byte_after_the_pref
     // The preface in pieces, the last piece with the SETTINGS and HEADERS behind it: the
     // daemon waits for the whole preface, and what follows reaches the plugin.
     client.send(&PREFACE[..7]);
-    std::thread::sleep(Duration::from_millis(50));
+    client.wait_until_read();
     client.send(&PREFACE[7..20]);
-    std::thread::sleep(Duration::from_millis(50));
+    client.wait_until_read();
     let mut rest = PREFACE[20..].to_vec();
     rest.extend(frame(0x4, 0, 0, &[]));
     rest.extend(frame(0x1, 0x4 | 0x1, 1, &get_headers("/first")));

@@ -37,7 +37,8 @@ fn two_thousand_idle_upgraded_connections_cannot_lock_others_out() {
         .env("SWITCHYARD_WORKERS", "4")
         // Every client here is 127.0.0.1: the whole pool is this one client's to take.
         .env("SWITCHYARD_WORKERS_PER_CLIENT", "4")
-        .env("SWITCHYARD_IDLE_MS", "1500")
+        // Long enough for all 2,000 to be open at once, checked below.
+        .env("SWITCHYARD_IDLE_MS", "6000")
         .start();
     let idle_websockets: Vec<Client> = (0..2000)
         .map(|_| {
@@ -65,6 +66,27 @@ fn two_thousand_idle_upgraded_connections_cannot_lock_others_out() {
         101,
         "a WebSocket needs no worker: 2,000 idle ones lock nobody out"
     );
+    // All 2,000 are open at this moment (none idled out yet): the first answers a ping,
+    // and the daemon counts them.
+    let mut first = idle_websockets.into_iter();
+    let mut oldest = first.next().unwrap();
+    oldest.send(crate::websocket::frame(true, 0x9, b"still?"));
+    assert_eq!(
+        oldest.read_exact(8),
+        [0x8a, 6, b's', b't', b'i', b'l', b'l', b'?']
+    );
+    let metrics = daemon.metrics();
+    let open: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_upgraded_connections{mode=\"event\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        open >= 2001,
+        "{open} WebSockets open, not 2,000 and the fresh one"
+    );
+    let idle_websockets: Vec<Client> = std::iter::once(oldest).chain(first).collect();
     assert_eq!(
         status_within(&daemon, "echo", 101, Duration::from_secs(10)),
         101,

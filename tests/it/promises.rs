@@ -453,14 +453,21 @@ fn traffic_keeps_a_tunnel_open_past_its_idle_time() {
 /// port: exit 0 with what would serve which token, or 2 naming the problem.
 #[test]
 fn check_says_what_would_serve_or_what_is_wrong() {
+    // The port is ours, listening: a --check that bound it would fail (address in use).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
     let (status, out, logs) = Daemon::builder()
         .plugin("switchyard-echo")
         .plugin("switchyard-websocket")
-        .env("SWITCHYARD_LISTEN", "127.0.0.1:1") // would need privileges: never bound
+        .env("SWITCHYARD_LISTEN", &format!("127.0.0.1:{port}"))
         .run_with_args(&["--check"]);
-    assert_eq!(status.code(), Some(0), "{out}{logs}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the port was never bound: {out}{logs}"
+    );
     assert!(
-        out.contains("settings: ok; would listen on 127.0.0.1:1"),
+        out.contains(&format!("settings: ok; would listen on 127.0.0.1:{port}")),
         "{out}"
     );
     assert!(out.contains("  echo [echo] on workers:"), "{out}");

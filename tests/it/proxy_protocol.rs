@@ -118,9 +118,12 @@ fn haproxy_send_proxy_v1_and_v2_carry_the_client_address_through_a_websocket() {
         ws.close(None).unwrap();
         while ws.read().is_ok() {}
         drop(ws);
-        let line = daemon
-            .wait_for_log(&format!("{client_addr} \"GET /chat HTTP/1.1\" 101"))
+        let needle = format!("{client_addr} \"GET /chat HTTP/1.1\" 101");
+        let logs = daemon
+            .wait_for_log(&needle)
             .unwrap_or_else(|e| panic!("{send_proxy} ({mode}): {e}"));
+        // The access line of this client's connection, not any line of the log.
+        let line = logs.lines().find(|l| l.contains(&needle)).unwrap();
         assert!(line.contains("proto=websocket"), "{line}");
     }
 }
@@ -170,7 +173,7 @@ fn an_allowed_peer_must_send_the_header_and_may_send_it_in_pieces() {
 
     let mut client = daemon.client();
     client.send("PROXY TCP4 198.51.100.7 10.0.0.1 41");
-    std::thread::sleep(Duration::from_millis(50));
+    client.wait_until_read();
     client.send("000 80\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(client.response().status, 200);
     daemon

@@ -617,6 +617,45 @@ impl Client {
     pub fn shutdown_write(&mut self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
     }
+
+    /// Waits until the daemon has read every byte sent on this connection so far (its
+    /// socket's receive queue, as /proc/net/tcp shows it, is empty), so that what is sent
+    /// next comes to it in a read of its own: how to send something in pieces that a
+    /// loaded machine cannot merge (a sleep between the pieces can be too short).
+    pub fn wait_until_read(&self) {
+        let hex = |addr: SocketAddr| match addr {
+            SocketAddr::V4(v4) => format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            ),
+            SocketAddr::V6(_) => panic!("IPv4 only"),
+        };
+        let (ours, theirs) = (
+            hex(self.stream.local_addr().unwrap()),
+            hex(self.stream.peer_addr().unwrap()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+            // The daemon's end: local address theirs, remote ours; queues "tx:rx" in hex.
+            let queued = table.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.len() > 4 && fields[1] == theirs && fields[2] == ours).then(|| {
+                    let rx = fields[4].split(':').nth(1).unwrap_or("0");
+                    u64::from_str_radix(rx, 16).unwrap_or(0)
+                })
+            });
+            if queued == Some(0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not read what was sent (queue {queued:?})"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// Sends `signal` to process `pid` (a child of this test).

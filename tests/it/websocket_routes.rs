@@ -44,16 +44,21 @@ fn read_bytes(client: &mut Client, len: usize) -> Vec<u8> {
 
 #[test]
 fn tcp_route_relays_both_ways_and_a_service_that_speaks_first_is_heard() {
-    let (addr, service) = tcp_service(|mut stream| {
+    // How the service's input ended: an orderly end of input, or an error (a reset).
+    let ended = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let how = ended.clone();
+    let (addr, service) = tcp_service(move |mut stream| {
         stream.write_all(b"hello from the service\n").unwrap();
         // Then echo until the client is done.
         let mut buf = [0u8; 4096];
-        loop {
+        let end = loop {
             match stream.read(&mut buf) {
-                Ok(0) | Err(_) => return,
+                Ok(0) => break "end of input".to_string(),
+                Err(e) => break format!("error: {e}"),
                 Ok(n) => stream.write_all(&buf[..n]).unwrap(),
             }
-        }
+        };
+        *how.lock().unwrap() = Some(end);
     });
     let daemon = daemon(&format!("/svc=tcp://{addr},/=echo"));
     let mut client = connect(&daemon, "/svc/1");
@@ -67,10 +72,12 @@ fn tcp_route_relays_both_ways_and_a_service_that_speaks_first_is_heard() {
     // UTF-8 cut anywhere by the service comes back as bytes, whole.
     client.send(Message::text("héllo wörld")).unwrap();
     assert_eq!(read_bytes(&mut client, 13), "héllo wörld".as_bytes());
-    // The client closes: the service sees its end of input.
+    // The client closes: the service sees its end of input (its write side shut), not a
+    // reset.
     client.close(None).unwrap();
     while client.read().is_ok() {}
     service.join().unwrap();
+    assert_eq!(ended.lock().unwrap().as_deref(), Some("end of input"));
     // Other paths are still the echo.
     let mut echo = connect(&daemon, "/other");
     echo.send(Message::text("echo")).unwrap();
