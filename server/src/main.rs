@@ -153,7 +153,9 @@ fn help() -> String {
          \x20            token, and exit: 0, or 2 on any problem (the port is not bound)\n\
          \x20 --version  the version and the plugin ABI it loads\n\
          \x20 --help     this text\n\n\
-         Settings, from the environment (plugins read their own SWITCHYARD_<PLUGIN>_* too):\n",
+         The daemon's settings, from the environment. Plugins read their own\n\
+         (SWITCHYARD_<PLUGIN>_*) when they load: the reference plugins' are in the README's\n\
+         table, a plugin's own in its documentation.\n",
         version()
     );
     for setting in config::SETTINGS {
