@@ -371,3 +371,27 @@ fn an_unknown_decision_is_a_plugin_error_not_a_crash() {
     client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(client.response().status, 200);
 }
+
+/// `SWITCHYARD_PLUGIN_PANIC_LIMIT=0` never takes a plugin out of service, however often it
+/// panics.
+#[test]
+fn a_panic_limit_of_zero_keeps_a_plugin_in_service() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_PLUGIN_PANIC_LIMIT", "0")
+        .start();
+    for _ in 0..15 {
+        let mut client = daemon.client();
+        client.send(upgrade_request("/serve", "boom"));
+        assert_eq!(client.response().status, 101, "still offered");
+        assert!(client.read_to_end().is_empty());
+    }
+    daemon
+        .wait_for_metric("switchyard_plugin_panics_total{plugin=\"probe\"} 15")
+        .expect("every panic counted");
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("switchyard_plugin_in_service{plugin=\"probe\"} 1\n"),
+        "{metrics}"
+    );
+}

@@ -201,3 +201,43 @@ fn the_protocol_on_without_its_peers_is_refused_at_start() {
     assert_eq!(status.code(), Some(2), "{logs}");
     assert!(logs.contains("expected off, v1, v2 or any"), "{logs}");
 }
+
+/// A balancer that starts a PROXY protocol header and never finishes it is closed at the
+/// head time-out, with a line saying why.
+#[test]
+fn an_incomplete_header_is_closed_at_the_head_timeout() {
+    let daemon = daemon(&[
+        ("SWITCHYARD_PROXY_PROTOCOL", "v1"),
+        ("SWITCHYARD_PROXY_FROM", "127.0.0.1"),
+        ("SWITCHYARD_HEADER_TIMEOUT_MS", "300"),
+    ]);
+    let mut client = daemon.client();
+    client.send("PROXY TCP4 198.51.100.7");
+    let started = std::time::Instant::now();
+    assert!(client.read_to_end().is_empty(), "closed, nothing answered");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the time-out"
+    );
+    daemon
+        .wait_for_log("PROXY protocol header incomplete within the head time-out")
+        .unwrap();
+}
+
+/// The address a PROXY protocol header gives is the one a plugin is told
+/// (`Request::peer`), not the balancer's.
+#[test]
+fn plugins_see_the_address_the_header_gives() {
+    let daemon = Daemon::builder()
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_PROXY_PROTOCOL", "v1")
+        .env("SWITCHYARD_PROXY_FROM", "127.0.0.1")
+        .start();
+    let mut client = daemon.client();
+    client.send(format!(
+        "PROXY TCP4 198.51.100.7 10.0.0.1 41000 80\r\n{}",
+        crate::support::upgrade_request("/", "whoami")
+    ));
+    assert_eq!(client.response().status, 101);
+    assert_eq!(client.read_line(), "peer=198.51.100.7:41000");
+}

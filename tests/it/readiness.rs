@@ -72,6 +72,10 @@ fn a_panic_in_on_ready_closes_that_connection_only() {
     daemon
         .wait_for_metric("switchyard_plugin_panics_total{plugin=\"evented\"} 1")
         .expect("the panic is counted");
+    // The connection's access line says why it ended.
+    let logs = daemon.wait_for_log("proto=ev-boom").unwrap();
+    let line = logs.lines().find(|l| l.contains("proto=ev-boom")).unwrap();
+    assert!(line.contains("reason=\"plugin panicked\""), "{line}");
 }
 
 #[test]
@@ -486,4 +490,19 @@ fn negotiate_on_a_worker_then_relay_a_watched_backend_on_the_loop() {
     // Other connections were served meanwhile, on the loop.
     let mut echo = switched(&daemon, "ev-echo");
     assert_eq!(echo.read_line(), "buffered=0");
+}
+
+/// ABI 1.2's `watch`: a connection may have its loop watch 16 descriptors of its own; the
+/// 17th is refused (EMFILE), and the connection goes on.
+#[test]
+fn a_connection_may_watch_sixteen_descriptors_and_no_more() {
+    let daemon = daemon();
+    let mut client = switched(&daemon, "ev-watch");
+    let line = client.read_line();
+    assert!(line.starts_with("watched=16 refused: "), "{line}");
+    assert!(line.contains("Too many open files"), "EMFILE: {line}");
+    drop(client);
+    // Every watch ends with the connection: a new one takes sixteen again.
+    let mut again = switched(&daemon, "ev-watch");
+    assert!(again.read_line().starts_with("watched=16 "));
 }

@@ -235,3 +235,14 @@ fn an_upgrade_body_over_the_limit_gets_413() {
     client.send("POST / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: probe\r\nContent-Length: 11\r\n\r\n");
     assert_eq!(client.response().status, 413);
 }
+
+/// `Request::peer`: the client's address and port, as the plugin is told.
+#[test]
+fn plugins_are_told_the_clients_address() {
+    let daemon = Daemon::builder().plugin("fixture-probe").start();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "whoami"));
+    assert_eq!(client.response().status, 101);
+    let me = client.stream.local_addr().unwrap();
+    assert_eq!(client.read_line(), format!("peer={me}"));
+}

@@ -599,3 +599,117 @@ fn a_program_flooding_stderr_is_rate_limited_in_the_log() {
         "{logged} of 5,000 stderr lines logged"
     );
 }
+
+/// `PR_SET_PDEATHSIG`: a program cannot outlive the daemon, however the daemon ends (here
+/// SIGKILL, which gives it no chance to end its programs itself).
+#[test]
+fn no_program_outlives_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let program = script(
+        dir.path(),
+        "lasting",
+        &format!("echo $$ > {}; echo up; exec sleep 60", pid_file.display()),
+    );
+    let mut daemon = daemon(&format!("/lasting=exec:{}", program.display()));
+    let mut client = connect(&daemon, "/lasting");
+    assert_eq!(text(&mut client), "up");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    assert!(
+        gone_within(pid, Duration::from_secs(5)),
+        "the program outlived the daemon"
+    );
+}
+
+/// A client that leaves: the program's stdin is closed at once, SIGTERM comes 2 s later,
+/// SIGKILL 2 s after that for a program that ignores it; then it is reaped.
+#[test]
+fn a_program_gets_term_2_s_after_its_client_leaves_and_kill_2_s_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pid_file, term_file) = (dir.path().join("pid"), dir.path().join("term"));
+    let program = script(
+        dir.path(),
+        "deaf",
+        &format!(
+            "echo $$ > {pid}; trap 'touch {term}' TERM; echo up; while :; do sleep 0.05; done",
+            pid = pid_file.display(),
+            term = term_file.display()
+        ),
+    );
+    let daemon = daemon(&format!("/deaf=exec:{}", program.display()));
+    let mut client = connect(&daemon, "/deaf");
+    assert_eq!(text(&mut client), "up");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let left = std::time::Instant::now();
+    drop(client);
+    let until = left + Duration::from_secs(10);
+    while !term_file.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let termed = left.elapsed();
+    assert!(term_file.exists(), "SIGTERM never came");
+    assert!(
+        termed >= Duration::from_millis(1900),
+        "SIGTERM after {termed:?}, before the 2 s grace"
+    );
+    assert!(gone_within(pid, Duration::from_secs(10)), "never killed");
+    let killed = left.elapsed();
+    assert!(
+        killed >= Duration::from_millis(3900),
+        "gone after {killed:?}: killed before SIGTERM's 2 s"
+    );
+}
+
+/// Past `SWITCHYARD_WEBSOCKET_MAX_PROCESSES`: `503` with `Retry-After`, before any `101`.
+#[test]
+fn past_the_processes_limit_the_answer_is_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(dir.path(), "stay", "echo up; exec sleep 30");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/stay=exec:{}", program.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "1")
+        .start();
+    let mut holder = connect(&daemon, "/stay");
+    assert_eq!(text(&mut holder), "up");
+    let mut raw = daemon.client();
+    raw.send(
+        "GET /stay HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    let refused = raw.response();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+}
+
+/// A `tcp://` service that fails (a reset) closes the WebSocket with 1011, and the log
+/// says so.
+#[test]
+fn a_service_that_fails_closes_1011() {
+    let (addr, _service) = tcp_service(|stream| {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER 0: a reset on close");
+        std::thread::sleep(Duration::from_millis(200));
+        drop(stream);
+    });
+    let daemon = daemon(&format!("/fails=tcp://{addr}"));
+    let mut client = connect(&daemon, "/fails");
+    assert_eq!(close_code(&mut client), CloseCode::Error);
+    daemon
+        .wait_for_log("websocket /fails: the service failed")
+        .unwrap();
+}
