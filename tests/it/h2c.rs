@@ -369,3 +369,33 @@ fn streams_to_http1_backends_hold_at_most_the_set_number_of_backend_connections(
         "backend connections at once for one client connection"
     );
 }
+
+/// A prior-knowledge connection whose preface completes once the daemon has begun to stop
+/// gets GOAWAY with REFUSED_STREAM (try again elsewhere), not an HTTP/1.1 answer.
+#[test]
+fn prior_knowledge_while_stopping_gets_goaway_refused_stream() {
+    let backend = http1_backend();
+    let mut daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .plugin("fixture-probe")
+        .env("SWITCHYARD_H2C_ROUTES", &format!("/=http1://{backend}"))
+        .env("SWITCHYARD_SHUTDOWN_GRACE_MS", "3000")
+        .start();
+    // A connection that ignores the stop keeps the daemon in it for the grace period.
+    let mut stubborn = daemon.client();
+    stubborn.send(crate::support::upgrade_request("/stubborn", "hold"));
+    assert_eq!(stubborn.response().status, 101);
+    // The preface begun: a request in flight, which the stop lets finish.
+    let mut late = daemon.client();
+    late.send(&PREFACE[..10]);
+    late.wait_until_read();
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for_log("stopping (signal 15)").unwrap();
+    let mut rest = PREFACE[10..].to_vec();
+    rest.extend(frame(0x4, 0, 0, &[]));
+    late.send(rest);
+    let (_, goaway) = read_until(&mut late, 0x7, 0);
+    assert_eq!(&goaway[4..8], &[0, 0, 0, 0x7], "REFUSED_STREAM: try again");
+    drop(stubborn);
+    daemon.wait_exit(Duration::from_secs(10)).expect("stopped");
+}

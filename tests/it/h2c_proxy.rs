@@ -1,0 +1,429 @@
+//! The h2c plugin's proxying, per stream, with the `h2` crate as the client and as the
+//! HTTP/2 backend (the field's HTTP/2 implementation, hyper's own): statuses per stream
+//! while the connection's other streams go on, trailers both ways, resets both ways,
+//! GOAWAY on stop, the header list limit, the streams limit, pooled backend connections,
+//! and the client's address through the PROXY protocol. (The same against Python's h2,
+//! curl, nghttp and gRPC: tests/h2c/run.sh.)
+
+use crate::support::{listener_never_answering, Daemon};
+use bytes::Bytes;
+use h2::{client, server, Reason};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Runs `body` on a runtime of the test's own.
+fn run<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body)
+}
+
+/// What the backend saw, for the tests to look at.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    /// Streams the client reset, by path.
+    resets: Mutex<Vec<String>>,
+    /// The `x-forwarded-for` of each request.
+    forwarded_for: Mutex<Vec<String>>,
+}
+
+/// An HTTP/2 backend (prior knowledge, as gRPC services are): `/echo` sends the body back
+/// with the request's trailers and one of its own; `/reset` resets the stream; `/hold`
+/// answers after 1 s; anything else answers `200` with its path.
+async fn backend(seen: Arc<Seen>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, respond))) = connection.accept().await {
+                    tokio::spawn(serve(request, respond, seen.clone()));
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn serve(
+    request: Request<h2::RecvStream>,
+    mut respond: server::SendResponse<Bytes>,
+    seen: Arc<Seen>,
+) {
+    let path = request.uri().path().to_string();
+    if let Some(v) = request.headers().get("x-forwarded-for") {
+        seen.forwarded_for
+            .lock()
+            .unwrap()
+            .push(v.to_str().unwrap().to_string());
+    }
+    let mut body = request.into_body();
+    match path.as_str() {
+        "/reset" => respond.send_reset(Reason::INTERNAL_ERROR),
+        "/reset-mid-body" => {
+            let mut send = respond.send_response(Response::new(()), false).unwrap();
+            send.send_data(Bytes::from_static(b"partial"), false)
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            send.send_reset(Reason::INTERNAL_ERROR);
+        }
+        "/echo" => {
+            let mut received = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                received.extend_from_slice(&chunk);
+            }
+            let mut trailers = body.trailers().await.unwrap().unwrap_or_default();
+            trailers.insert("x-backend", HeaderValue::from_static("done"));
+            let mut send = respond.send_response(Response::new(()), false).unwrap();
+            send.send_data(Bytes::from(received), false).unwrap();
+            send.send_trailers(trailers).unwrap();
+        }
+        "/wait-for-reset" => {
+            // Answers nothing; notes the reset the client's reset becomes.
+            let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+            if reason.is_ok() {
+                seen.resets.lock().unwrap().push(path);
+            }
+        }
+        other => {
+            if other == "/hold" {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let mut send = respond.send_response(Response::new(()), false).unwrap();
+            send.send_data(Bytes::from(other.to_string()), true)
+                .unwrap();
+        }
+    }
+}
+
+/// A daemon with the h2c plugin and `routes`, and `extra` settings.
+fn daemon(routes: &str, extra: &[(&str, &str)]) -> Daemon {
+    let mut builder = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", routes);
+    for (name, value) in extra {
+        builder = builder.env(name, value);
+    }
+    builder.start()
+}
+
+/// An HTTP/2 client connection to the daemon, with prior knowledge.
+async fn connect(addr: SocketAddr) -> client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// `GET path`: the status and the body.
+async fn get(send: &client::SendRequest<Bytes>, path: &str) -> (StatusCode, String) {
+    let request = Request::get(format!("http://t{path}")).body(()).unwrap();
+    let (response, _) = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// RFC 9113 §5.1: streams are independent. On one connection at once: a routed stream
+/// answered, one with no route `404`, one whose backend refuses `502`, one whose backend
+/// does not connect in time `504`; and the connection serves on.
+#[test]
+fn each_stream_gets_its_own_status_and_the_others_go_on() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let refused = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap() // closed when dropped: refused
+        };
+        let (_listener, never, _fillers) = listener_never_answering();
+        let daemon = daemon(
+            &format!("/ok/={backend},/refused/={refused},/slow/={never}"),
+            &[("SWITCHYARD_H2C_CONNECT_TIMEOUT_MS", "300")],
+        );
+        let send = connect(daemon.addr).await;
+        let (ok, none, bad, slow) = tokio::join!(
+            get(&send, "/ok/x"),
+            get(&send, "/elsewhere"),
+            get(&send, "/refused/x"),
+            get(&send, "/slow/x"),
+        );
+        assert_eq!(ok, (StatusCode::OK, "/ok/x".to_string()));
+        assert_eq!(none.0, StatusCode::NOT_FOUND);
+        assert_eq!(bad.0, StatusCode::BAD_GATEWAY);
+        assert_eq!(slow.0, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(get(&send, "/ok/again").await.0, StatusCode::OK, "serves on");
+    });
+}
+
+/// Trailers pass both ways untouched (gRPC's status travels in them), and the body whole.
+#[test]
+fn trailers_and_bodies_pass_both_ways() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        let request = Request::post("http://t/echo").body(()).unwrap();
+        let (response, mut upload) = send
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        upload.reserve_capacity(payload.len());
+        upload
+            .send_data(Bytes::from(payload.clone()), false)
+            .unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-client", HeaderValue::from_static("sent"));
+        upload.send_trailers(trailers).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut received = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            received.extend_from_slice(&chunk);
+        }
+        assert!(
+            received == payload,
+            "the body whole: {} bytes",
+            received.len()
+        );
+        let trailers = body.trailers().await.unwrap().expect("trailers");
+        assert_eq!(
+            trailers.get("x-client").unwrap(),
+            "sent",
+            "the client's, to the backend and back"
+        );
+        assert_eq!(trailers.get("x-backend").unwrap(), "done", "the backend's");
+    });
+}
+
+/// RFC 9113 §5.4.2: a backend's reset reaches the client as a reset of that stream (or a
+/// `502` when it comes before any answer), and a client's reset reaches the backend; the
+/// connection lives on.
+#[test]
+fn resets_pass_both_ways() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        // Before answering: the stream gets 502.
+        assert_eq!(get(&send, "/reset").await.0, StatusCode::BAD_GATEWAY);
+        // Mid-body: the client's stream is reset.
+        let request = Request::get("http://t/reset-mid-body").body(()).unwrap();
+        let (response, _) = send
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, true)
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let mut error = None;
+        while let Some(chunk) = body.data().await {
+            match chunk {
+                Ok(chunk) => drop(body.flow_control().release_capacity(chunk.len())),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let error = error.expect("the backend's reset reaches the client");
+        assert!(error.is_reset(), "{error:?}");
+        // The client gives up on a stream: the backend's is reset too.
+        let request = Request::post("http://t/wait-for-reset").body(()).unwrap();
+        let (response, mut upload) = send
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        upload.send_reset(Reason::CANCEL);
+        drop(response);
+        for _ in 0..100 {
+            if !seen.resets.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*seen.resets.lock().unwrap(), ["/wait-for-reset"]);
+        assert_eq!(
+            get(&send, "/fine").await.0,
+            StatusCode::OK,
+            "the connection lives on"
+        );
+    });
+}
+
+/// On stop, GOAWAY: a stream in flight finishes, no new one is taken.
+#[test]
+fn stopping_sends_goaway_and_lets_streams_in_flight_finish() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        let held = tokio::spawn({
+            let send = send.clone();
+            async move { get(&send, "/hold").await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        daemon.signal(libc::SIGTERM);
+        let (status, body) = held.await.unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "/hold"),
+            "finished"
+        );
+        // GOAWAY came: a new stream is refused by the client library itself.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = match send.ready().await {
+            Err(e) => e.is_go_away() || e.is_io(),
+            Ok(mut ready) => {
+                let request = Request::get("http://t/late").body(()).unwrap();
+                match ready.send_request(request, true) {
+                    Err(_) => true,
+                    Ok((response, _)) => response.await.is_err(),
+                }
+            }
+        };
+        assert!(refused, "no new stream after GOAWAY");
+    });
+}
+
+/// `SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES`: a stream whose headers are larger is answered
+/// `431`, and only that stream.
+#[test]
+fn a_header_list_over_the_limit_is_431() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        let request = Request::get("http://t/big")
+            .header("x-big", "a".repeat(20_000))
+            .body(())
+            .unwrap();
+        let (response, _) = send
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, true)
+            .unwrap();
+        let status = match response.await {
+            Ok(response) => response.status(),
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(get(&send, "/small").await.0, StatusCode::OK);
+    });
+}
+
+/// `SWITCHYARD_H2C_MAX_STREAMS` is what the daemon's SETTINGS tell the client.
+#[test]
+fn the_streams_limit_is_announced() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(
+            &format!("/={backend}"),
+            &[("SWITCHYARD_H2C_MAX_STREAMS", "3")],
+        );
+        let send = connect(daemon.addr).await;
+        assert_eq!(get(&send, "/x").await.0, StatusCode::OK); // SETTINGS are in by now
+        assert_eq!(send.current_max_send_streams(), 3);
+        let default = self::daemon(&format!("/={backend}"), &[]);
+        let send = connect(default.addr).await;
+        assert_eq!(get(&send, "/x").await.0, StatusCode::OK);
+        assert_eq!(send.current_max_send_streams(), 100);
+    });
+}
+
+/// Backend connections are pooled: twenty requests from two clients, one after another,
+/// over few backend connections (at most the four an HTTP/2 backend gets), not twenty.
+#[test]
+fn backend_connections_are_pooled() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        for _ in 0..2 {
+            let send = connect(daemon.addr).await;
+            for i in 0..10 {
+                assert_eq!(get(&send, &format!("/{i}")).await.0, StatusCode::OK);
+            }
+        }
+        let connections = seen.connections.load(Ordering::SeqCst);
+        assert!(
+            (1..=4).contains(&connections),
+            "{connections} backend connections"
+        );
+    });
+}
+
+/// Behind a balancer that sends the PROXY protocol, `X-Forwarded-For` is the client's
+/// address the header gives.
+#[test]
+fn forwarded_for_is_the_proxy_protocols_client() {
+    run(async {
+        use tokio::io::AsyncWriteExt;
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(
+            &format!("/={backend}"),
+            &[
+                ("SWITCHYARD_PROXY_PROTOCOL", "v1"),
+                ("SWITCHYARD_PROXY_FROM", "127.0.0.1"),
+            ],
+        );
+        let mut tcp = TcpStream::connect(daemon.addr).await.unwrap();
+        tcp.write_all(b"PROXY TCP4 203.0.113.9 10.0.0.1 5000 80\r\n")
+            .await
+            .unwrap();
+        let (send, connection) = client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let send = send;
+        assert_eq!(get(&send, "/who").await.0, StatusCode::OK);
+        assert_eq!(*seen.forwarded_for.lock().unwrap(), ["203.0.113.9"]);
+    });
+}
