@@ -56,8 +56,21 @@ pub fn artifacts() -> &'static Path {
 }
 
 /// Compiles `tests/c/echo_plugin.c` with the system's C compiler and `defines` (misuse
-/// variants), once per variant; returns the library.
+/// variants), once per variant for the whole test run (tests run at once would otherwise
+/// write one file while another copies it); returns the library.
 pub fn c_plugin(defines: &[&str]) -> PathBuf {
+    static BUILT: Mutex<Vec<(Vec<String>, PathBuf)>> = Mutex::new(Vec::new());
+    let key: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
+        return path.clone();
+    }
+    let path = compile_c_plugin(defines);
+    built.push((key, path.clone()));
+    path
+}
+
+fn compile_c_plugin(defines: &[&str]) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let name = if defines.is_empty() {
         "libc_echo.so".to_string()
