@@ -251,3 +251,50 @@ impl Drop for Program {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (a few seconds at most) for `running()` to be `n`.
+    fn running_becomes(n: usize) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if running() == n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// The slots under the processes limit: taken before the spawn, given back by a spawn
+    /// that fails, held by a program until it is reaped. (One test, as RUNNING is the
+    /// process's.)
+    #[test]
+    fn a_slot_is_taken_before_the_spawn_and_given_back_when_the_program_is_reaped() {
+        assert_eq!(running(), 0);
+        let first = Reservation::take(2).unwrap();
+        let second = Reservation::take(2).unwrap();
+        assert!(Reservation::take(2).is_none(), "the limit holds before any spawn");
+        drop(second);
+        assert_eq!(running(), 1);
+
+        // A program that cannot be started gives its slot back.
+        let failed = Program::start(&["/no/such/program".into()], Vec::new(), first);
+        assert!(failed.is_err());
+        assert_eq!(running(), 0);
+
+        // A started program holds its slot until it has exited and been reaped.
+        let slot = Reservation::take(1).unwrap();
+        let env = vec![("PATH".to_string(), OsString::from("/usr/bin:/bin"))];
+        let mut cat = Program::start(&["cat".into()], env, slot).unwrap();
+        assert_eq!(running(), 1);
+        assert!(Reservation::take(1).is_none());
+        assert_eq!(cat.exit_status(), None, "cat waits for its input");
+        // Dropped: stdin closed, cat ends by itself; the starter thread reaps it.
+        drop(cat);
+        assert!(running_becomes(0), "reaped: {} still counted", running());
+        assert!(Reservation::take(1).is_some());
+    }
+}

@@ -76,6 +76,34 @@ impl FileIdentity {
     }
 }
 
+/// What a reload finds at a path, from the identity of the file a plugin was loaded from
+/// there (`None` when none was) and of the file there now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileChange {
+    /// No plugin came from this path: load it.
+    New,
+    /// The very file loaded before: keep its plugin (state, counters).
+    Unchanged,
+    /// Another file under the same name (a new inode, or one that cannot be told apart):
+    /// load it beside the old one.
+    Replaced,
+    /// The same inode, written into: refused (it is mapped in the daemon).
+    RewrittenInPlace,
+}
+
+impl FileChange {
+    fn of(before: Option<Option<FileIdentity>>, now: Option<FileIdentity>) -> FileChange {
+        match (before, now) {
+            (None, _) => FileChange::New,
+            (Some(Some(old)), Some(new)) if old == new => FileChange::Unchanged,
+            (Some(Some(old)), Some(new)) if (old.device, old.inode) == (new.device, new.inode) => {
+                FileChange::RewrittenInPlace
+            }
+            _ => FileChange::Replaced,
+        }
+    }
+}
+
 /// How far back panics count towards `SWITCHYARD_PLUGIN_PANIC_LIMIT`.
 const PANIC_WINDOW: Duration = Duration::from_secs(60);
 
@@ -242,24 +270,45 @@ fn unsafe_because(path: &Path) -> Option<String> {
         Ok(meta) => meta,
         Err(e) => return Some(format!("cannot be examined: {e}")),
     };
-    let (uid, gid) = crate::sys::effective_ids();
-    let mode = meta.mode() & 0o7777;
-    let shown = path.display();
+    let owner = Owner {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    untrusted(
+        owner,
+        crate::sys::effective_ids(),
+        &path.display().to_string(),
+    )
+}
+
+/// Who may write a file: its mode, owner and group.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// [`unsafe_because`]'s rule, pure: why a file with `owner` may not be trusted by a daemon
+/// running as `(uid, gid)`; `shown` names it in the fix.
+fn untrusted(owner: Owner, (uid, gid): (u32, u32), shown: &str) -> Option<String> {
+    let Owner { mode, .. } = owner;
     if mode & 0o002 != 0 {
         Some(format!(
             "is writable by every user (mode {mode:o}); anyone could make the daemon run \
              their code: chmod o-w {shown}"
         ))
-    } else if mode & 0o020 != 0 && meta.gid() != 0 && meta.gid() != gid {
+    } else if mode & 0o020 != 0 && owner.gid != 0 && owner.gid != gid {
         Some(format!(
             "is writable by group {} (mode {mode:o}), which is neither root's nor the daemon's: \
              chmod g-w {shown}",
-            meta.gid()
+            owner.gid
         ))
-    } else if meta.uid() != 0 && meta.uid() != uid {
+    } else if owner.uid != 0 && owner.uid != uid {
         Some(format!(
             "belongs to user {}, neither root nor the daemon's user ({uid}): chown it to one of them",
-            meta.uid()
+            owner.uid
         ))
     } else {
         None
@@ -388,29 +437,24 @@ pub fn reload(dir: &Path, current: &Registry) -> Result<(Registry, ReloadReport)
     let mut report = ReloadReport::default();
     for file in &files {
         let previous = current.plugins.iter().copied().find(|p| &p.file == file);
-        let identity = FileIdentity::of(file);
-        if let Some(previous) = previous.filter(|p| p.identity.is_some() && p.identity == identity)
-        {
+        let change = FileChange::of(previous.map(|p| p.identity), FileIdentity::of(file));
+        if let (FileChange::Unchanged, Some(previous)) = (change, previous) {
             match next.keep(previous) {
                 Ok(()) => report.unchanged.push(previous.name.clone()),
                 Err(e) => report.failed.push(format!("{}: {e}", file.display())),
             }
             continue;
         }
-        let loaded = match unsafe_because(file) {
-            Some(why) => Err(why),
-            None => match (previous.and_then(|p| p.identity), identity) {
-                // Written into in place: dlopen would hand back the library already mapped
-                // (same device and inode), and the write may already have broken it.
-                (Some(old), Some(new)) if (old.device, old.inode) == (new.device, new.inode) => {
-                    Err(
-                        "was rewritten in place, which can crash a process running it; \
-                         replace the file instead (install, mv, cp --remove-destination)"
-                            .to_string(),
-                    )
-                }
-                _ => next.load_new_copy(file).map_err(|e| e.to_string()),
-            },
+        let loaded = match (unsafe_because(file), change) {
+            (Some(why), _) => Err(why),
+            // dlopen would hand back the library already mapped (same device and inode),
+            // and the write may already have broken it.
+            (None, FileChange::RewrittenInPlace) => Err(
+                "was rewritten in place, which can crash a process running it; \
+                 replace the file instead (install, mv, cp --remove-destination)"
+                    .to_string(),
+            ),
+            (None, _) => next.load_new_copy(file).map_err(|e| e.to_string()),
         };
         match loaded {
             Ok(plugin) => match previous {
@@ -511,5 +555,93 @@ impl Registry {
         }
         self.plugins.push(plugin);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(mode: u32, uid: u32, gid: u32) -> Owner {
+        Owner { mode, uid, gid }
+    }
+
+    /// sshd's `StrictModes`, each branch: the daemon runs as user 1000, group 1000.
+    #[test]
+    fn only_root_and_the_daemon_may_write_what_it_loads() {
+        let us = (1000, 1000);
+        let why = |o| untrusted(o, us, "/plugins");
+        assert_eq!(
+            why(owner(0o755, 0, 0)),
+            None,
+            "root's, not writable by others"
+        );
+        assert_eq!(
+            why(owner(0o775, 1000, 1000)),
+            None,
+            "ours, our group may write"
+        );
+        assert_eq!(why(owner(0o775, 0, 0)), None, "root's group may write");
+        let everyone = why(owner(0o757, 0, 0)).unwrap();
+        assert!(
+            everyone.contains("writable by every user") && everyone.contains("chmod o-w /plugins")
+        );
+        let group = why(owner(0o775, 0, 50)).unwrap();
+        assert!(group.contains("writable by group 50") && group.contains("chmod g-w /plugins"));
+        assert_eq!(
+            why(owner(0o755, 0, 50)),
+            None,
+            "another group that may not write"
+        );
+        let stranger = why(owner(0o755, 65534, 0)).unwrap();
+        assert!(stranger.contains("belongs to user 65534") && stranger.contains("chown"));
+        assert!(
+            why(owner(0o4777, 0, 0)).is_some(),
+            "set-id bits do not hide o+w"
+        );
+    }
+
+    fn identity(inode: u64, size: u64, modified_ns: i128) -> FileIdentity {
+        FileIdentity {
+            device: 8,
+            inode,
+            size,
+            modified_ns,
+        }
+    }
+
+    /// What a reload does with each file, from what it loaded there before.
+    #[test]
+    fn a_reload_tells_new_unchanged_replaced_and_rewritten_files_apart() {
+        let loaded = identity(100, 4096, 1);
+        assert_eq!(FileChange::of(None, Some(loaded)), FileChange::New);
+        assert_eq!(
+            FileChange::of(Some(Some(loaded)), Some(loaded)),
+            FileChange::Unchanged
+        );
+        let renamed_over = identity(101, 4096, 1);
+        assert_eq!(
+            FileChange::of(Some(Some(loaded)), Some(renamed_over)),
+            FileChange::Replaced
+        );
+        let written_into = identity(100, 4096, 2);
+        assert_eq!(
+            FileChange::of(Some(Some(loaded)), Some(written_into)),
+            FileChange::RewrittenInPlace
+        );
+        assert_eq!(
+            FileChange::of(Some(Some(loaded)), Some(identity(100, 8192, 1))),
+            FileChange::RewrittenInPlace,
+            "a size changed in place"
+        );
+        // What cannot be examined is never taken for the file loaded before.
+        assert_eq!(
+            FileChange::of(Some(None), Some(loaded)),
+            FileChange::Replaced
+        );
+        assert_eq!(
+            FileChange::of(Some(Some(loaded)), None),
+            FileChange::Replaced
+        );
     }
 }
