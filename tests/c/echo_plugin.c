@@ -7,7 +7,9 @@
  * which the daemon must refuse or contain: -DNULL_NEGOTIATE (a required entry left NULL),
  * -DNO_SERVE (no way to serve), -DBAD_DECISION (negotiate returns a code the ABI lacks).
  * -DVERSION_2 is a newer build that answers differently (its greeting starts `v2 `), for
- * the reload tests.
+ * the reload tests. `/reject` is refused with 403, a header and a body of its own. Between
+ * this plugin and tests/c/evented_plugin.c, every function the header declares is called
+ * from C: one whose C signature differs from the Rust one breaks a test.
  */
 #include <stdio.h>
 #include <string.h>
@@ -58,10 +60,18 @@ static int32_t init(const switchyard_host *h, void **out, const switchyard_messa
 MAYBE_UNUSED static int32_t negotiate(const void *st, const switchyard_request *request,
                          const switchyard_response_sink *response, void **session,
                          const switchyard_message_sink *error) {
-    (void)st, (void)request, (void)response, (void)error;
+    (void)st, (void)error;
 #ifdef BAD_DECISION
     return 7;
 #endif
+    static const char reject[] = "/reject";
+    if (request->target.len == sizeof reject - 1 &&
+        memcmp(request->target.ptr, reject, sizeof reject - 1) == 0) {
+        response->set_status(response->ctx, 403);
+        response->add_header(response->ctx, BYTES("X-From"), BYTES("c"));
+        response->set_body(response->ctx, BYTES("not from C\n"));
+        return SWITCHYARD_DECISION_REJECT;
+    }
     *session = NULL;
     return SWITCHYARD_DECISION_ACCEPT;
 }
@@ -74,12 +84,19 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
     snprintf(line, sizeof line, "c-echo: serving %.*s, %zu bytes read ahead",
              (int)request->target.len, (const char *)request->target.ptr, ahead);
     say(SWITCHYARD_LOG_INFO, line);
+    /* No effect here but to show it is callable: the daemon's default is no read time-out. */
+    conn->set_read_timeout(conn->ctx, 0);
 #ifdef VERSION_2
-    int len = snprintf(line, sizeof line, "v2 buffered=%zu\n", ahead);
+    const char *prefix = "v2 ";
 #else
-    int len = snprintf(line, sizeof line, "buffered=%zu\n", ahead);
+    const char *prefix = "";
 #endif
-    if (write_all(conn, (const uint8_t *)line, (size_t)len) != 0) {
+    int len = snprintf(line, sizeof line, "buffered=%zu\n", ahead);
+    /* The greeting in two pieces, one write: the vectored call. */
+    switchyard_bytes parts[2] = {{(const uint8_t *)prefix, strlen(prefix)},
+                                 {(const uint8_t *)line, (size_t)len}};
+    size_t total = parts[0].len + parts[1].len, n = 0;
+    if (conn->write_vectored(conn->ctx, parts, 2, &n) != 0 || n != total) {
         tell(error, "write failed");
         return SWITCHYARD_STATUS_ERROR;
     }

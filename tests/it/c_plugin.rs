@@ -2,7 +2,7 @@
 //! compiled here with the system's C compiler: the daemon loads it and keeps the same
 //! promises as for a Rust plugin; its misuse is refused at load or contained.
 
-use crate::support::{c_plugin, upgrade_request, Daemon};
+use crate::support::{c_evented_plugin, c_plugin, upgrade_request, Daemon};
 use std::time::Duration;
 
 #[test]
@@ -67,6 +67,14 @@ fn a_c_plugins_misuse_is_refused_at_load_or_contained() {
         client.send(upgrade_request("/", "echo"));
         assert_eq!(client.response().status, 101, "{define}: the others serve");
     }
+    // A refusal of its own: status, header and body, set from C.
+    let daemon = Daemon::builder().library_file(&c_plugin(&[])).start();
+    let mut client = daemon.client();
+    client.send(upgrade_request("/reject", "c-echo"));
+    let refused = client.response();
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.header("X-From"), Some("c"));
+    assert_eq!(refused.body_text(), "not from C\n");
     let daemon = Daemon::builder()
         .library_file(&c_plugin(&["BAD_DECISION"]))
         .start();
@@ -80,4 +88,80 @@ fn a_c_plugins_misuse_is_refused_at_load_or_contained() {
         logs.contains("plugin c-echo failed in negotiate: negotiate returned 7, not a decision"),
         "{logs}"
     );
+}
+
+/// A readiness-driven plugin in C (tests/c/evented_plugin.c): its connections run on the
+/// event loops with no thread of their own, bytes read ahead come first, and the stop is
+/// told once (it says `bye`).
+#[test]
+fn a_readiness_plugin_in_c_runs_on_the_event_loops() {
+    let mut daemon = Daemon::builder()
+        .library_file(&c_evented_plugin(&[]))
+        .env("SWITCHYARD_SHUTDOWN_GRACE_MS", "5000")
+        .start();
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("c-evented [c-ev-echo] (c-evented 1.0, written in C; on event loops)"),
+        "{logs}"
+    );
+    let threads = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let before = threads();
+    let mut clients: Vec<_> = (0..50)
+        .map(|i| {
+            let mut client = daemon.client();
+            client.send(format!("{}early{i:02}", upgrade_request("/", "c-ev-echo")));
+            let response = client.response();
+            assert_eq!(response.status, 101);
+            assert_eq!(response.header("X-Arrival"), Some("upgrade"));
+            assert_eq!(client.read_line(), "c-ev-echo");
+            assert_eq!(
+                client.read_exact(7),
+                format!("early{i:02}").as_bytes(),
+                "read ahead, first"
+            );
+            client
+        })
+        .collect();
+    for client in &mut clients {
+        client.send("hello from C");
+        assert_eq!(client.read_exact(12), b"hello from C");
+    }
+    let after = threads();
+    assert!(
+        after < before + 5,
+        "fifty connections, no thread for any of them: {before} threads, then {after}"
+    );
+    daemon.signal(libc::SIGTERM);
+    for client in &mut clients {
+        assert_eq!(client.read_line(), "bye", "told of the stop");
+    }
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// ABI 1.2: a connection that began with the HTTP/2 preface goes only to a plugin of 1.2 or
+/// later, which can tell it from an upgrade. A 1.1 plugin serving `h2c` gets upgrades, and
+/// the preface is answered as if no h2c plugin were there.
+#[test]
+fn prior_knowledge_is_withheld_from_plugins_older_than_1_2() {
+    let daemon = Daemon::builder()
+        .library_file(&c_evented_plugin(&["OLD_H2C"]))
+        .start();
+    let mut client = daemon.client();
+    client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert_eq!(client.response().status, 400, "an HTTP/1.1 server's answer");
+    let mut upgrade = daemon.client();
+    upgrade.send(upgrade_request("/", "h2c"));
+    let response = upgrade.response();
+    assert_eq!(response.status, 101, "upgrades still reach it");
+    assert_eq!(response.header("X-Arrival"), Some("upgrade"));
 }

@@ -59,32 +59,36 @@ pub fn artifacts() -> &'static Path {
 /// variants), once per variant for the whole test run (tests run at once would otherwise
 /// write one file while another copies it); returns the library.
 pub fn c_plugin(defines: &[&str]) -> PathBuf {
-    static BUILT: Mutex<Vec<(Vec<String>, PathBuf)>> = Mutex::new(Vec::new());
-    let key: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
-        return path.clone();
-    }
-    let path = compile_c_plugin(defines);
-    built.push((key, path.clone()));
-    path
+    c_library("echo_plugin.c", "c_echo", defines)
 }
 
-fn compile_c_plugin(defines: &[&str]) -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+/// `tests/c/evented_plugin.c` (a readiness plugin in C), as [`c_plugin`] builds its echo.
+pub fn c_evented_plugin(defines: &[&str]) -> PathBuf {
+    c_library("evented_plugin.c", "c_evented", defines)
+}
+
+fn c_library(source: &str, stem: &str, defines: &[&str]) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     let name = if defines.is_empty() {
-        "libc_echo.so".to_string()
+        format!("lib{stem}.so")
     } else {
-        format!("libc_echo_{}.so", defines.join("_").to_ascii_lowercase())
+        format!("lib{stem}_{}.so", defines.join("_").to_ascii_lowercase())
     };
-    let out = artifacts().join("c").join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| *n == name) {
+        return path.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = artifacts().join("c").join(&name);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let mut command = Command::new(compiler);
     command
-        .args(["-shared", "-fPIC", "-std=c11", "-Wall", "-Werror", "-I"])
+        .args([
+            "-shared", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I",
+        ])
         .arg(workspace.join("protocol-api/include"))
-        .arg(workspace.join("tests/c/echo_plugin.c"))
+        .arg(workspace.join("tests/c").join(source))
         .arg("-o")
         .arg(&out);
     for define in defines {
@@ -93,9 +97,10 @@ fn compile_c_plugin(defines: &[&str]) -> PathBuf {
     let output = command.output().expect("a C compiler (cc)");
     assert!(
         output.status.success(),
-        "the C plugin does not compile:\n{}",
+        "{source} does not compile:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    built.push((name, out.clone()));
     out
 }
 
