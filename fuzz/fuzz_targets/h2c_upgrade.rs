@@ -13,7 +13,10 @@ fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, &[u8])> {
     while !bytes.is_empty() {
         let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
         let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
-        assert!(len <= 16_384, "a frame over the initial SETTINGS_MAX_FRAME_SIZE");
+        assert!(
+            len <= 16_384,
+            "a frame over the initial SETTINGS_MAX_FRAME_SIZE"
+        );
         all.push((bytes[3], bytes[4], stream, &bytes[9..9 + len]));
         bytes = &bytes[9 + len..];
     }
@@ -48,9 +51,16 @@ fuzz_target!(|data: &[u8]| {
             let headers: Vec<(&str, &[u8])> = rest
                 .chunks_exact(2)
                 .map(|pair| (pair[0], pair[1].as_bytes()))
-                .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+                .filter(|(n, _)| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+                })
                 .collect();
-            let request = Stream1 { method, target, headers: headers.clone(), body };
+            let request = Stream1 {
+                method,
+                target,
+                headers: headers.clone(),
+                body,
+            };
             let out = preamble(&[], &request);
             assert!(out.starts_with(PREFACE));
             let frames = frames(&out[PREFACE.len()..]);
@@ -73,7 +83,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(end_headers);
             assert_eq!(data, body);
             let decoded = hpack::Decoder::new().decode(&block).expect("valid HPACK");
-            assert_eq!(decoded[0], (b":method".to_vec(), method.as_bytes().to_vec()));
+            assert_eq!(
+                decoded[0],
+                (b":method".to_vec(), method.as_bytes().to_vec())
+            );
             assert_eq!(decoded[3], (b":path".to_vec(), target.as_bytes().to_vec()));
             // Every other field is one the request had, lower-cased, in order; but for the
             // connection's own and those its Connection header names (RFC 9110 §7.6.1).
@@ -90,8 +103,13 @@ fuzz_target!(|data: &[u8]| {
                 .filter(|(n, v)| {
                     !matches!(
                         n.as_slice(),
-                        b"connection" | b"upgrade" | b"http2-settings" | b"keep-alive"
-                            | b"proxy-connection" | b"transfer-encoding" | b"host"
+                        b"connection"
+                            | b"upgrade"
+                            | b"http2-settings"
+                            | b"keep-alive"
+                            | b"proxy-connection"
+                            | b"transfer-encoding"
+                            | b"host"
                     ) && (n.as_slice() != b"te" || v.eq_ignore_ascii_case(b"trailers"))
                         && !named.contains(n)
                 });

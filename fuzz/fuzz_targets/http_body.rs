@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(whole_body, pieces_body);
             assert_eq!(whole_done, pieces_done);
         }
-        (Ok(_), Ok(_)) => assert!(pieces_body.starts_with(&whole_body) || whole_body.starts_with(&pieces_body)),
+        (Ok(_), Ok(_)) => {
+            assert!(pieces_body.starts_with(&whole_body) || whole_body.starts_with(&pieces_body))
+        }
         _ => panic!("whole {whole:?} vs pieces {pieces:?}"),
     }
     if let (BodyLength::Fixed(n), true) = (length, whole_done) {

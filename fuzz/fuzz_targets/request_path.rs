@@ -12,7 +12,10 @@ fn remove_dot_segments(path: &str) -> String {
     let mut input = path.to_string();
     let mut output = String::new();
     while !input.is_empty() {
-        if let Some(rest) = input.strip_prefix("../").or_else(|| input.strip_prefix("./")) {
+        if let Some(rest) = input
+            .strip_prefix("../")
+            .or_else(|| input.strip_prefix("./"))
+        {
             input = rest.to_string(); // A
         } else if input.starts_with("/./") {
             input = input[2..].to_string(); // B
@@ -60,18 +63,28 @@ fuzz_target!(|data: &[u8]| {
     let climbs = {
         // Climbing above "/" is where the RFC's algorithm silently stops and ours refuses.
         let mut depth: i64 = 0;
-        dotted[1..].split('/').try_for_each(|s| {
-            depth += match s {
-                ".." => -1,
-                "." => 0,
-                _ => 1,
-            };
-            if depth < 0 { Err(()) } else { Ok(()) }
-        })
-        .is_err()
+        dotted[1..]
+            .split('/')
+            .try_for_each(|s| {
+                depth += match s {
+                    ".." => -1,
+                    "." => 0,
+                    _ => 1,
+                };
+                if depth < 0 {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            })
+            .is_err()
     };
     if !climbs {
-        let expected = if expected.is_empty() { "/".to_string() } else { expected };
+        let expected = if expected.is_empty() {
+            "/".to_string()
+        } else {
+            expected
+        };
         assert_eq!(normal, expected, "{target:?}");
     }
     // A prefix the raw path is under and the normal path is not refuses the request.
@@ -80,7 +93,10 @@ fuzz_target!(|data: &[u8]| {
         let routes = [prefix, "/"];
         let routed = path.longest_prefix(&routes, |r| r);
         if dotted.starts_with(prefix) && !normal.starts_with(prefix) {
-            assert!(matches!(routed, Err(PathError::ClimbsOut { .. })), "{target:?}");
+            assert!(
+                matches!(routed, Err(PathError::ClimbsOut { .. })),
+                "{target:?}"
+            );
         } else {
             assert!(routed.is_ok());
         }

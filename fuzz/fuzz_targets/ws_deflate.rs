@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     // A few bytes of output per step, as a budget per call gives them.
     let step = data.first().map_or(1, |b| usize::from(*b % 64) + 1);
     let mut pieces = Vec::new();
-    for input in [&packed[..], &switchyard_websocket::deflate::MESSAGE_TAIL[..]] {
+    for input in [
+        &packed[..],
+        &switchyard_websocket::deflate::MESSAGE_TAIL[..],
+    ] {
         let mut used = 0;
         loop {
             let before = pieces.len();

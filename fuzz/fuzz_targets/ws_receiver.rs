@@ -4,8 +4,8 @@
 //! built from the input (masked, fragmented) must come back as the messages they carry.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use switchyard_websocket::frame::{apply_mask, encode_header, MAX_HEADER};
 use std::ops::ControlFlow;
+use switchyard_websocket::frame::{apply_mask, encode_header, MAX_HEADER};
 use switchyard_websocket::receiver::{Delivery, Event, Receiver};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -53,7 +53,9 @@ fn feed(input: &[u8], run: Run) -> Vec<Seen> {
                     }
                     Event::Ping(p) => seen.push(Seen::Ping(p.to_vec())),
                     Event::Pong(p) => seen.push(Seen::Pong(p.to_vec())),
-                    Event::Close { code, reason } => seen.push(Seen::Close(code, reason.to_string())),
+                    Event::Close { code, reason } => {
+                        seen.push(Seen::Close(code, reason.to_string()))
+                    }
                 }
                 match run.stop {
                     true => ControlFlow::Break(()),
@@ -136,7 +138,11 @@ fuzz_target!(|data: &[u8]| {
     let mask = [step.wrapping_mul(7), 3, *pieces, 0x5a];
     let chunk = input.len().div_ceil(parts).max(1);
     let mut wire = Vec::new();
-    let fragments: Vec<&[u8]> = if input.is_empty() { vec![&[][..]] } else { input.chunks(chunk).collect() };
+    let fragments: Vec<&[u8]> = if input.is_empty() {
+        vec![&[][..]]
+    } else {
+        input.chunks(chunk).collect()
+    };
     for (i, fragment) in fragments.iter().enumerate() {
         let opcode = if i == 0 { 0x2 } else { 0x0 };
         wire.extend(frame(i + 1 == fragments.len(), opcode, fragment, mask));
@@ -153,10 +159,21 @@ fuzz_target!(|data: &[u8]| {
             delivery: Delivery::Whole,
         },
     );
-    let (ping, message) = (Seen::Ping(b"ping".to_vec()), Seen::Message(false, input.to_vec()));
+    let (ping, message) = (
+        Seen::Ping(b"ping".to_vec()),
+        Seen::Message(false, input.to_vec()),
+    );
     if fragments.len() == 1 {
-        assert_eq!(seen, [message, ping], "a one-frame message comes before the ping");
+        assert_eq!(
+            seen,
+            [message, ping],
+            "a one-frame message comes before the ping"
+        );
     } else {
-        assert_eq!(seen, [ping, message], "the ping between fragments comes first");
+        assert_eq!(
+            seen,
+            [ping, message],
+            "the ping between fragments comes first"
+        );
     }
 });
