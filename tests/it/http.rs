@@ -30,7 +30,7 @@ fn rfc9110_15_5_22_request_that_does_not_switch_gets_426_listing_protocols() {
     // Loaded in file-name order: libfixture_probe before libswitchyard_echo.
     assert_eq!(
         response.header("Upgrade"),
-        Some("probe, boom, hold, picky, stack, echo")
+        Some("probe, boom, hold, picky, stack, whoami, echo")
     );
     assert_eq!(response.header("Connection"), Some("upgrade"));
     // Still usable afterwards: a 426 is an ordinary exchange.

@@ -51,7 +51,8 @@ fn broken_plugin_files_are_logged_by_name_and_skipped() {
     assert!(!logs.contains("README.txt"), "{logs}");
     assert!(logs.contains("loaded 2 plugin(s)"), "{logs}");
     assert!(
-        logs.contains("echo [echo]") && logs.contains("probe [probe, boom, hold, picky, stack]"),
+        logs.contains("echo [echo]")
+            && logs.contains("probe [probe, boom, hold, picky, stack, whoami]"),
         "{logs}"
     );
 
