@@ -89,12 +89,13 @@ fuzz_target!(|data: &[u8]| {
             );
             assert_eq!(decoded[3], (b":path".to_vec(), target.as_bytes().to_vec()));
             // Every other field is one the request had, lower-cased, in order; but for the
-            // connection's own and those its Connection header names (RFC 9110 §7.6.1).
+            // connection's own and those its Connection header names (RFC 9110 §7.6.1: a list
+            // with optional white space, spaces and tabs, around its elements).
             let named: Vec<Vec<u8>> = headers
                 .iter()
                 .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
                 .flat_map(|(_, v)| v.split(|&b| b == b','))
-                .map(|n| n.trim_ascii().to_ascii_lowercase())
+                .map(|n| protocol_api::fields::trim_ows(n).to_ascii_lowercase())
                 .filter(|n| !n.is_empty())
                 .collect();
             let mut expected = headers
