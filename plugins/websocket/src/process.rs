@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(running(), 0);
         let first = Reservation::take(2).unwrap();
         let second = Reservation::take(2).unwrap();
-        assert!(Reservation::take(2).is_none(), "the limit holds before any spawn");
+        assert!(
+            Reservation::take(2).is_none(),
+            "the limit holds before any spawn"
+        );
         drop(second);
         assert_eq!(running(), 1);
 
