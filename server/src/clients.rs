@@ -23,20 +23,22 @@ pub enum Limit {
     Workers,
 }
 
-/// The key a client is counted under: an IPv4 address, or the /64 of an IPv6 one.
+/// The key a client is counted under: the /64 of an IPv6 address, or an IPv4 address
+/// under the prefix `ffff:ffff::/32`, which is multicast (`ff00::/8`): no TCP peer has it,
+/// so no IPv6 client's key is ever an IPv4 client's. Eight bytes, as every open connection
+/// carries one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(u128);
+pub struct ClientKey(u64);
 
 impl ClientKey {
     pub fn of(ip: IpAddr) -> ClientKey {
-        // An IPv6 key's low 64 bits are zero; an IPv4 key has bit 32 set among them, so the
-        // two never meet.
-        let v4 = |v4: std::net::Ipv4Addr| ClientKey((1u128 << 32) | u32::from(v4) as u128);
+        let v4 =
+            |v4: std::net::Ipv4Addr| ClientKey(0xffff_ffff_0000_0000 | u64::from(u32::from(v4)));
         match ip {
             IpAddr::V4(address) => v4(address),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(address) => v4(address),
-                None => ClientKey(u128::from(v6) & !((1u128 << 64) - 1)),
+                None => ClientKey((u128::from(v6) >> 64) as u64),
             },
         }
     }
@@ -97,8 +99,7 @@ impl Clients {
     }
 
     fn shard(&self, key: ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Counts>> {
-        let mixed = (key.0 ^ (key.0 >> 64)) as u64;
-        let index = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS;
+        let index = (key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS;
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -107,10 +107,9 @@ pub enum InflateError {
 /// and tables) is borrowed from a pool for one message, not held by the connection.
 pub struct Inflater {
     reset_each: bool,
-    /// The state between messages (context takeover only).
-    kept: Option<Decompress>,
-    /// The state while a message is inflated.
-    active: Option<Decompress>,
+    /// The state while a message is inflated, and between messages under context
+    /// takeover; none (in the pool) between messages otherwise.
+    state: Option<Decompress>,
 }
 
 static DECOMPRESSORS: Mutex<Vec<Decompress>> = Mutex::new(Vec::new());
@@ -123,8 +122,7 @@ impl Inflater {
     pub fn new(agreement: Agreement) -> Inflater {
         Inflater {
             reset_each: agreement.client_no_context_takeover,
-            kept: None,
-            active: None,
+            state: None,
         }
     }
 
@@ -138,22 +136,13 @@ impl Inflater {
         out: &mut Vec<u8>,
         max_out: usize,
     ) -> Result<(usize, bool), InflateError> {
-        let state = match &mut self.active {
-            Some(state) => state,
-            None => {
-                let state = self
-                    .kept
-                    .take()
-                    .or_else(|| {
-                        DECOMPRESSORS
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .pop()
-                    })
-                    .unwrap_or_else(|| Decompress::new(false));
-                self.active.insert(state)
-            }
-        };
+        let state = self.state.get_or_insert_with(|| {
+            DECOMPRESSORS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_else(|| Decompress::new(false))
+        });
         let start = out.len();
         let mut used = 0;
         // Output is made in chunks sized to what the input may give, so a small message
@@ -194,17 +183,15 @@ impl Inflater {
     /// The current message is over (inflated whole, or given up): its state goes back to
     /// the pool, or is kept for the next message under context takeover.
     pub fn finish_message(&mut self) {
-        let Some(mut state) = self.active.take() else {
-            return;
-        };
-        if self.reset_each {
+        if !self.reset_each {
+            return; // the next message goes on from this one's window
+        }
+        if let Some(mut state) = self.state.take() {
             state.reset(false);
             DECOMPRESSORS
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(state);
-        } else {
-            self.kept = Some(state);
         }
     }
 
