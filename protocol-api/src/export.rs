@@ -15,7 +15,6 @@ use crate::{Connection, Decision, Protocol, Request};
 use core::ffi::c_void;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The descriptor plus the token table it points into; lives in a `static` of the plugin.
 pub struct Descriptor {
@@ -125,18 +124,8 @@ pub fn describe<W: Exported>(package: &str) -> Descriptor {
     }
 }
 
-/// The host's minor ABI version, learnt in `init` (0 until then).
-static HOST_MINOR: AtomicU32 = AtomicU32::new(0);
-
-/// Records the host's minor version (`init` does; so does [`crate::testing`]).
-pub(crate) fn note_host_minor(minor: u32) {
-    HOST_MINOR.store(minor, Ordering::Relaxed);
-}
-
-/// The minor ABI version of the daemon that loaded this plugin.
-pub fn host_minor() -> u32 {
-    HOST_MINOR.load(Ordering::Relaxed)
-}
+pub use crate::host::host_minor;
+use crate::host::note_host_minor;
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {

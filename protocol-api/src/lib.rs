@@ -142,6 +142,7 @@ pub mod abi;
 mod connection;
 pub mod event;
 pub mod fields;
+mod host;
 pub mod path;
 mod protocol;
 mod raw;
@@ -159,6 +160,17 @@ pub use connection::Connection;
 pub use event::{EventProtocol, Io, Ready, Wants};
 pub use protocol::{Decision, Protocol, Rejection};
 pub use request::{Arrival, Request};
+
+/// The sizes an event loop's connections share, the daemon's and a readiness plugin's
+/// alike, so that a busy connection gets the same turn whichever side reads it.
+pub mod sizes {
+    /// A read buffer: one per event-loop thread (the daemon's for HTTP/1.1, a plugin's for
+    /// its connections), never one per connection.
+    pub const READ_BUFFER: usize = 64 * 1024;
+    /// Most bytes read from one connection per call, so one fast sender cannot starve the
+    /// other connections of its loop.
+    pub const READ_BUDGET: usize = 256 * 1024;
+}
 
 /// Log levels as the ABI numbers them ([`abi::LOG_OFF`] … [`abi::LOG_TRACE`]), one map for
 /// both sides of the boundary.

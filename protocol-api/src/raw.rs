@@ -84,7 +84,7 @@ impl<'a> RawIo<'a> {
 
     pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         // The field exists only in connections from a host of ABI 1.1 or later.
-        let set = match crate::export::host_minor() >= 1 {
+        let set = match crate::host::host_minor() >= 1 {
             true => self.raw.set_write_timeout,
             false => None,
         };
@@ -101,7 +101,7 @@ impl<'a> RawIo<'a> {
     /// `watch` (`true`) or `unwatch` a descriptor of the plugin's; `Unsupported` on a host
     /// older than ABI 1.2.
     pub(crate) fn watch(&self, fd: std::os::fd::RawFd, watch: bool) -> io::Result<()> {
-        let call = match crate::export::host_minor() >= 2 {
+        let call = match crate::host::host_minor() >= 2 {
             true if watch => self.raw.watch,
             true => self.raw.unwatch,
             false => None,

@@ -74,7 +74,7 @@ impl<'a> Request<'a> {
     pub fn arrival(&self) -> Arrival {
         // The field exists only in requests from a host of ABI 1.2 or later; older hosts
         // hand over only upgrades.
-        if crate::export::host_minor() < 2 {
+        if crate::host::host_minor() < 2 {
             return Arrival::Upgrade;
         }
         match self.raw.arrival {
@@ -89,7 +89,7 @@ impl<'a> Request<'a> {
     /// [`Decision::OnWorker`](crate::Decision::OnWorker)).
     pub fn may_block(&self) -> bool {
         // The field exists only in requests from a host of ABI 1.2 or later.
-        crate::export::host_minor() >= 2 && self.raw.may_block != 0
+        crate::host::host_minor() >= 2 && self.raw.may_block != 0
     }
 
     /// The complete request body; empty when there was none.

@@ -130,7 +130,7 @@ impl TestRequest {
             may_block: 1, // the test host negotiates on the calling thread
         };
         // The test host is this crate's own ABI version.
-        crate::export::note_host_minor(crate::abi::ABI_MINOR);
+        crate::host::note_host_minor(crate::abi::ABI_MINOR);
         // SAFETY: every pointer in `raw` borrows from `self` or `headers`, both alive
         // for the call.
         let request = unsafe { Request::from_raw(&raw) };

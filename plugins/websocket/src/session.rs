@@ -35,10 +35,10 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// The event-loop thread's read buffer.
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = protocol_api::sizes::READ_BUFFER;
 /// Most bytes read per call (from the client and a route's service together), so one busy
 /// connection cannot starve the others of its loop.
-const READ_BUDGET: usize = 256 * 1024;
+const READ_BUDGET: usize = protocol_api::sizes::READ_BUDGET;
 /// Most bytes inflated per call: about a millisecond of work.
 const INFLATE_BUDGET: usize = 1024 * 1024;
 /// Messages from this size on are written straight from where they lie, header and payload

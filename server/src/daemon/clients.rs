@@ -1,0 +1,251 @@
+//! Limits per client address, so that one address cannot take what every client shares:
+//! open connections (`SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`, as nginx's `limit_conn`) and
+//! worker slots (`SWITCHYARD_WORKERS_PER_CLIENT`, as xinetd's `per_source`).
+//!
+//! A client is its IPv4 address, or its IPv6 /64: one host is routinely given a whole /64,
+//! so counting single IPv6 addresses would let one machine count as millions of clients.
+//! The address is the PROXY protocol's when that is on (a load balancer's own address is
+//! never counted). Counts live in a few locked maps by address (sharded, so that event
+//! loops and workers rarely wait on each other); an address leaves its map when its counts
+//! are back to zero, so memory follows the clients connected now.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// What one client may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Open connections, HTTP and upgraded.
+    Connections,
+    /// Worker slots: connections negotiated or served by blocking code.
+    Workers,
+}
+
+/// The key a client is counted under: the /64 of an IPv6 address, or an IPv4 address
+/// under the prefix `ffff:ffff::/32`, which is multicast (`ff00::/8`): no TCP peer has it,
+/// so no IPv6 client's key is ever an IPv4 client's. Eight bytes, as every open connection
+/// carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(u64);
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> ClientKey {
+        let v4 =
+            |v4: std::net::Ipv4Addr| ClientKey(0xffff_ffff_0000_0000 | u64::from(u32::from(v4)));
+        match ip {
+            IpAddr::V4(address) => v4(address),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(address) => v4(address),
+                None => ClientKey((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    connections: usize,
+    workers: usize,
+}
+
+impl Counts {
+    fn of(&mut self, limit: Limit) -> &mut usize {
+        match limit {
+            Limit::Connections => &mut self.connections,
+            Limit::Workers => &mut self.workers,
+        }
+    }
+}
+
+const SHARDS: usize = 16;
+
+pub struct Clients {
+    max_connections: usize,
+    max_workers: usize,
+    shards: [Mutex<HashMap<ClientKey, Counts>>; SHARDS],
+    /// Refusals, by [`Limit`], for `/metrics`.
+    refused: [AtomicU64; 2],
+    /// The second (since the epoch) of the last refusal logged, and refusals not logged
+    /// since.
+    logged_at: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+/// One unit of a client's limit, given back when dropped.
+pub struct Hold {
+    clients: &'static Clients,
+    key: ClientKey,
+    limit: Limit,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.clients.give_back(self.key, self.limit);
+    }
+}
+
+impl Clients {
+    pub fn new(max_connections: usize, max_workers: usize) -> Clients {
+        Clients {
+            max_connections,
+            max_workers,
+            shards: std::array::from_fn(|_| Mutex::default()),
+            refused: [AtomicU64::new(0), AtomicU64::new(0)],
+            logged_at: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Counts>> {
+        let index = (key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS;
+        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn max(&self, limit: Limit) -> usize {
+        match limit {
+            Limit::Connections => self.max_connections,
+            Limit::Workers => self.max_workers,
+        }
+    }
+
+    /// Takes one unit of `limit` for the client at `ip`, unless it holds its most already
+    /// (the refusal is counted).
+    pub fn take(&'static self, ip: IpAddr, limit: Limit) -> Option<Hold> {
+        let key = ClientKey::of(ip);
+        let mut shard = self.shard(key);
+        let counts = shard.entry(key).or_default();
+        let held = counts.of(limit);
+        if *held >= self.max(limit) {
+            if counts.connections == 0 && counts.workers == 0 {
+                shard.remove(&key);
+            }
+            drop(shard);
+            self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *held += 1;
+        Some(Hold {
+            clients: self,
+            key,
+            limit,
+        })
+    }
+
+    /// Whether the client at `ip` holds its most of `limit` now; a yes is counted as a
+    /// refusal (the caller refuses it).
+    pub fn refuses(&self, ip: IpAddr, limit: Limit) -> bool {
+        let key = ClientKey::of(ip);
+        let refused = self
+            .shard(key)
+            .get_mut(&key)
+            .is_some_and(|counts| *counts.of(limit) >= self.max(limit));
+        if refused {
+            self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        refused
+    }
+
+    /// Logs a refusal for a client's limit: at most one line a second for the whole daemon,
+    /// with how many went unlogged since (a client hammering its limit must not flood the
+    /// log).
+    pub fn warn_refused(&self, peer: SocketAddr, reason: &str, setting: &str, max: usize) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .logged_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let unlogged = self.unlogged.swap(0, Ordering::AcqRel);
+            log::warn!(
+                "{peer}: {reason} ({setting}={max}); answered 503 ({unlogged} more such refusals not logged since the last line)"
+            );
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn give_back(&self, key: ClientKey, limit: Limit) {
+        let mut shard = self.shard(key);
+        if let Some(counts) = shard.get_mut(&key) {
+            let held = counts.of(limit);
+            *held = held.saturating_sub(1);
+            if counts.connections == 0 && counts.workers == 0 {
+                shard.remove(&key);
+            }
+        }
+    }
+
+    /// Clients holding anything now.
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Refusals for `limit` since start.
+    pub fn refused(&self, limit: Limit) -> u64 {
+        self.refused[limit as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients(connections: usize, workers: usize) -> &'static Clients {
+        Box::leak(Box::new(Clients::new(connections, workers)))
+    }
+
+    #[test]
+    fn one_address_is_held_to_its_limit_and_others_are_not_touched() {
+        let clients = clients(2, 1);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = clients.take(a, Limit::Connections).unwrap();
+        let _second = clients.take(a, Limit::Connections).unwrap();
+        assert!(clients.take(a, Limit::Connections).is_none());
+        assert_eq!(clients.refused(Limit::Connections), 1);
+        assert!(
+            clients.take(b, Limit::Connections).is_some(),
+            "another client"
+        );
+        let _worker = clients.take(a, Limit::Workers).unwrap();
+        assert!(clients.take(a, Limit::Workers).is_none());
+        drop(first);
+        assert!(clients.take(a, Limit::Connections).is_some(), "given back");
+    }
+
+    #[test]
+    fn an_address_leaves_the_table_when_it_holds_nothing() {
+        let clients = clients(1, 1);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let held = clients.take(a, Limit::Connections).unwrap();
+        assert!(clients.take(a, Limit::Connections).is_none());
+        assert_eq!(clients.tracked(), 1);
+        drop(held);
+        assert_eq!(clients.tracked(), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_mapped_v4_as_v4() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ClientKey::of(one), ClientKey::of(same_64));
+        assert_ne!(ClientKey::of(one), ClientKey::of(other_64));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(ClientKey::of(v4), ClientKey::of(mapped));
+        assert_ne!(
+            ClientKey::of("::".parse().unwrap()),
+            ClientKey::of("0.0.0.0".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! Settings: read from the environment in one place, validated once, at start.
+//!
+//! Every invalid value stops the start with a message naming the variable and the value;
+//! `main` exits with status 2.
+
+use crate::proxy_protocol::{Mode, ProxyProtocol};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the daemon can be told, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `SWITCHYARD_LISTEN`: where to accept connections.
+    pub listen: SocketAddr,
+    /// `SWITCHYARD_PLUGIN_DIR`: the folder of plugin libraries.
+    pub plugin_dir: PathBuf,
+    /// `SWITCHYARD_WORKERS`: most upgraded connections served at once.
+    pub workers: usize,
+    /// `SWITCHYARD_MAX_CONNECTIONS`: most open client connections, HTTP and upgraded.
+    pub max_connections: usize,
+    /// `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`: most of them from one client address.
+    pub max_connections_per_client: usize,
+    /// `SWITCHYARD_WORKERS_PER_CLIENT`: most worker slots one client address holds.
+    pub workers_per_client: usize,
+    /// `SWITCHYARD_MAX_HEADER_BYTES`: largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// `SWITCHYARD_MAX_TARGET_BYTES`: longest request target.
+    pub max_target_bytes: usize,
+    /// `SWITCHYARD_MAX_BODY_BYTES`: largest request body kept for an upgrade request.
+    pub max_body_bytes: usize,
+    /// `SWITCHYARD_HEADER_TIMEOUT_MS`: time to receive a whole request head (and, again, its body).
+    pub header_timeout: Duration,
+    /// `SWITCHYARD_SHUTDOWN_GRACE_MS`: time given to live connections after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `SWITCHYARD_WORKER_STACK_BYTES`: stack size of a worker thread.
+    pub worker_stack_bytes: usize,
+    /// `SWITCHYARD_IO_THREADS`: event-loop threads (HTTP/1.1 and readiness plugins).
+    pub io_threads: usize,
+    /// `SWITCHYARD_IDLE_MS`: an upgraded connection with no bytes either way this long is
+    /// closed.
+    pub idle: Duration,
+    /// `SWITCHYARD_WRITE_TIMEOUT_MS`: an upgraded connection whose peer takes no bytes this
+    /// long while output waits is closed.
+    pub write_timeout: Duration,
+    /// `SWITCHYARD_PLUGIN_PANIC_LIMIT`: a plugin that panics more often than this within a
+    /// minute leaves service until a restart; 0 never takes one out.
+    pub plugin_panic_limit: u64,
+    /// `SWITCHYARD_PROXY_PROTOCOL` and `SWITCHYARD_PROXY_FROM`.
+    pub proxy_protocol: ProxyProtocol,
+    /// `SWITCHYARD_REUSE_PORT`: bind with SO_REUSEPORT, beside other instances.
+    pub reuse_port: bool,
+}
+
+/// One setting as an operator sees it: in `--help` and in the README's table, which a test
+/// keeps identical to this one.
+#[derive(Debug)]
+pub struct Setting {
+    pub variable: &'static str,
+    /// As the README writes it (Markdown code spans in backticks).
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every setting of the daemon, in the README's order.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        variable: "SWITCHYARD_LISTEN",
+        default: "`127.0.0.1:8080`",
+        meaning: "address and port to listen on",
+    },
+    Setting {
+        variable: "SWITCHYARD_PLUGIN_DIR",
+        default: "the folder holding the `switchyard` executable",
+        meaning: "folder of plugin libraries (`*.so`), loaded in name order; unreadable, or writable by anyone but the daemon's user and root (as sshd's `StrictModes`): exit 2 naming the fix; such a file is skipped",
+    },
+    Setting {
+        variable: "SWITCHYARD_IO_THREADS",
+        default: "the number of cores the daemon may run on",
+        meaning: "event-loop threads: each accepts connections, speaks HTTP/1.1 and runs readiness-driven plugins on the connections it switched",
+    },
+    Setting {
+        variable: "SWITCHYARD_WORKERS",
+        default: "`1024`",
+        meaning: "most connections served by blocking plugins at once (one worker thread each); past it, `503` with `Retry-After`. Readiness-driven plugins use no worker",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_CONNECTIONS",
+        default: "`10000`",
+        meaning: "most open client connections, HTTP and upgraded (both kinds); past it, new connections wait in the listen backlog",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
+        default: "a quarter of `SWITCHYARD_MAX_CONNECTIONS` (`2500`)",
+        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives); past it, `503` with `Retry-After` at once, and the connection is closed",
+    },
+    Setting {
+        variable: "SWITCHYARD_WORKERS_PER_CLIENT",
+        default: "a quarter of `SWITCHYARD_WORKERS` (`256`)",
+        meaning: "most worker slots one client address holds (connections of blocking plugins, and readiness plugins' requests negotiated on a worker); past it, `503` with `Retry-After` (HTTP/2 with prior knowledge: GOAWAY `REFUSED_STREAM`)",
+    },
+    Setting {
+        variable: "SWITCHYARD_IDLE_MS",
+        default: "`300000`",
+        meaning: "an upgraded connection with no bytes either way this long is closed (access line `reason=\"idle\"`)",
+    },
+    Setting {
+        variable: "SWITCHYARD_WRITE_TIMEOUT_MS",
+        default: "`30000`",
+        meaning: "an upgraded connection whose peer takes no bytes this long while output waits is closed; a plugin may set its own",
+    },
+    Setting {
+        variable: "SWITCHYARD_PLUGIN_PANIC_LIMIT",
+        default: "`10`",
+        meaning: "a plugin that panics more than this many times within a minute leaves service until a restart: its tokens are no longer offered, a request for it alone gets `503`; `0` never takes one out",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_HEADER_BYTES",
+        default: "`16384`",
+        meaning: "largest request head; larger: `431`",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_TARGET_BYTES",
+        default: "`8192`",
+        meaning: "longest request target; longer: `414`",
+    },
+    Setting {
+        variable: "SWITCHYARD_MAX_BODY_BYTES",
+        default: "`1048576`",
+        meaning: "largest body of an upgrade request (handed to the plugin); larger: `413`",
+    },
+    Setting {
+        variable: "SWITCHYARD_HEADER_TIMEOUT_MS",
+        default: "`10000`",
+        meaning: "time to receive a request head (and again its body), and to keep an idle connection; late: `408`",
+    },
+    Setting {
+        variable: "SWITCHYARD_SHUTDOWN_GRACE_MS",
+        default: "`10000`",
+        meaning: "after SIGTERM/SIGINT, how long live connections get to finish",
+    },
+    Setting {
+        variable: "SWITCHYARD_WORKER_STACK_BYTES",
+        default: "`262144`",
+        meaning: "stack size of a worker thread (plugin code runs there); only the pages a plugin touches cost memory (about 12 KiB for a WebSocket)",
+    },
+    Setting {
+        variable: "SWITCHYARD_PROXY_PROTOCOL",
+        default: "`off`",
+        meaning: "`v1`, `v2` or `any`: connections from `SWITCHYARD_PROXY_FROM` start with a PROXY protocol header (HAProxy's), and its client address is the peer everywhere (access line, plugins, `X-Forwarded-For`); a missing, malformed or incomplete one (within the head time-out), or one from any other peer, closes the connection with a log line",
+    },
+    Setting {
+        variable: "SWITCHYARD_PROXY_FROM",
+        default: "none",
+        meaning: "the load balancers that send the PROXY protocol header, addresses or CIDR blocks, comma-separated; required when `SWITCHYARD_PROXY_PROTOCOL` is on",
+    },
+    Setting {
+        variable: "SWITCHYARD_REUSE_PORT",
+        default: "`off`",
+        meaning: "`on`: bind with SO_REUSEPORT, so several instances share the port and the kernel spreads connections over them; one stopping refuses none (with `net.ipv4.tcp_migrate_req=1`, which the daemon warns about when it is 0: otherwise connections still queued on the stopping instance are reset)",
+    },
+    Setting {
+        variable: "RUST_LOG",
+        default: "`info`",
+        meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log",
+    },
+];
+
+/// A setting that could not be used.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: {}",
+            self.variable, self.value, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |variable: &'static str| lookup(variable).map(|value| (variable, value));
+        let workers = parse_or(get("SWITCHYARD_WORKERS"), 1024, |v| count(v, 1, 1 << 20))?;
+        let max_connections = parse_or(get("SWITCHYARD_MAX_CONNECTIONS"), 10_000, |v| {
+            count(v, 1, 1 << 24)
+        })?;
+        Ok(Config {
+            listen: parse_or(
+                get("SWITCHYARD_LISTEN"),
+                "127.0.0.1:8080".parse().unwrap(),
+                |v| v.parse::<SocketAddr>().map_err(|e| e.to_string()),
+            )?,
+            plugin_dir: match get("SWITCHYARD_PLUGIN_DIR") {
+                Some((_, dir)) if !dir.is_empty() => PathBuf::from(dir),
+                Some((variable, value)) => {
+                    return Err(ConfigError {
+                        variable,
+                        value,
+                        reason: "empty path".into(),
+                    })
+                }
+                None => default_plugin_dir(),
+            },
+            workers,
+            max_connections,
+            max_connections_per_client: parse_or(
+                get("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT"),
+                (max_connections / 4).max(1),
+                |v| count(v, 1, 1 << 24),
+            )?,
+            workers_per_client: parse_or(
+                get("SWITCHYARD_WORKERS_PER_CLIENT"),
+                (workers / 4).max(1),
+                |v| count(v, 1, 1 << 20),
+            )?,
+            max_header_bytes: parse_or(get("SWITCHYARD_MAX_HEADER_BYTES"), 16 * 1024, |v| {
+                count(v, 256, 1 << 24)
+            })?,
+            max_target_bytes: parse_or(get("SWITCHYARD_MAX_TARGET_BYTES"), 8192, |v| {
+                count(v, 16, 1 << 24)
+            })?,
+            max_body_bytes: parse_or(get("SWITCHYARD_MAX_BODY_BYTES"), 1 << 20, |v| {
+                count(v, 0, 1 << 30)
+            })?,
+            header_timeout: parse_or(
+                get("SWITCHYARD_HEADER_TIMEOUT_MS"),
+                Duration::from_secs(10),
+                millis,
+            )?,
+            shutdown_grace: parse_or(
+                get("SWITCHYARD_SHUTDOWN_GRACE_MS"),
+                Duration::from_secs(10),
+                millis,
+            )?,
+            worker_stack_bytes: parse_or(get("SWITCHYARD_WORKER_STACK_BYTES"), 256 * 1024, |v| {
+                count(v, 64 * 1024, 1 << 30)
+            })?,
+            io_threads: parse_or(get("SWITCHYARD_IO_THREADS"), default_io_threads(), |v| {
+                count(v, 1, 1024)
+            })?,
+            idle: parse_or(get("SWITCHYARD_IDLE_MS"), Duration::from_secs(300), millis)?,
+            write_timeout: parse_or(
+                get("SWITCHYARD_WRITE_TIMEOUT_MS"),
+                Duration::from_secs(30),
+                millis,
+            )?,
+            plugin_panic_limit: parse_or(get("SWITCHYARD_PLUGIN_PANIC_LIMIT"), 10, |v| {
+                count(v, 0, 1 << 30).map(|n| n as u64)
+            })?,
+            proxy_protocol: proxy_protocol(
+                get("SWITCHYARD_PROXY_PROTOCOL"),
+                get("SWITCHYARD_PROXY_FROM"),
+            )?,
+            reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
+        })
+    }
+}
+
+/// The PROXY protocol settings: `SWITCHYARD_PROXY_FROM` is required when it is on (a header
+/// from anyone would let anyone choose the address they are logged as), and meaningless
+/// when it is off.
+fn proxy_protocol(
+    mode: Option<(&'static str, String)>,
+    from: Option<(&'static str, String)>,
+) -> Result<ProxyProtocol, ConfigError> {
+    let mode = parse_or(mode, Mode::Off, Mode::parse)?;
+    let from = parse_or(from, Vec::new(), ProxyProtocol::parse_from)?;
+    if mode != Mode::Off && from.is_empty() {
+        return Err(ConfigError {
+            variable: "SWITCHYARD_PROXY_FROM",
+            value: String::new(),
+            reason: "required when SWITCHYARD_PROXY_PROTOCOL is on: the load balancers' \
+                     addresses or CIDR blocks"
+                .into(),
+        });
+    }
+    Ok(ProxyProtocol { mode, from })
+}
+
+/// The default plugin folder: the one holding the `switchyard` executable. `cargo build
+/// --release` leaves the daemon and the workspace's plugins side by side in
+/// `target/release/`, so the daemon finds them with no setting.
+fn default_plugin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// One event loop per core the process may run on (`sched_getaffinity`, so `taskset` and
+/// CPU quotas count).
+fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn parse_or<T>(
+    setting: Option<(&'static str, String)>,
+    default: T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match setting {
+        None => Ok(default),
+        Some((variable, value)) => parse(value.trim()).map_err(|reason| ConfigError {
+            variable,
+            value,
+            reason,
+        }),
+    }
+}
+
+fn on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
+}
+
+fn count(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    let n: usize = value
+        .parse()
+        .map_err(|_| "not a whole number".to_string())?;
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be between {min} and {max}"))
+    }
+}
+
+fn millis(value: &str) -> Result<Duration, String> {
+    count(value, 1, 24 * 3600 * 1000).map(|ms| Duration::from_millis(ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    /// Every default the README's table states.
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.plugin_dir, default_plugin_dir());
+        assert_eq!(c.workers, 1024);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_client, 2500);
+        assert_eq!(c.workers_per_client, 256);
+        let small = config(&[
+            ("SWITCHYARD_WORKERS", "2"),
+            ("SWITCHYARD_MAX_CONNECTIONS", "40"),
+        ]);
+        let small = small.unwrap();
+        assert_eq!(
+            (small.workers_per_client, small.max_connections_per_client),
+            (1, 10)
+        );
+        assert_eq!(c.max_header_bytes, 16384);
+        assert_eq!(c.max_target_bytes, 8192);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.worker_stack_bytes, 256 * 1024);
+        assert_eq!(c.io_threads, default_io_threads());
+        assert_eq!(c.idle, Duration::from_secs(300));
+        assert_eq!(c.write_timeout, Duration::from_secs(30));
+        assert_eq!(c.plugin_panic_limit, 10);
+    }
+
+    /// The README's settings table and `--help` come from one table: every row of one is a
+    /// row of the other, word for word.
+    #[test]
+    fn the_readme_lists_every_setting_as_this_table_does() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `SWITCHYARD_") || l.starts_with("| `RUST_LOG`"))
+            .filter(|l| {
+                !l.contains("_WEBSOCKET_") && !l.contains("_TUNNEL_") && !l.contains("_H2C_")
+            })
+            .collect();
+        let ours: Vec<String> = SETTINGS
+            .iter()
+            .map(|s| format!("| `{}` | {} | {} |", s.variable, s.default, s.meaning))
+            .collect();
+        assert_eq!(
+            rows, ours,
+            "README.md's settings table and config::SETTINGS differ"
+        );
+        // And every setting the daemon reads is in the table.
+        let source = include_str!("config.rs");
+        for read in source.split("get(\"").skip(1) {
+            let variable = read.split('"').next().unwrap();
+            assert!(
+                SETTINGS.iter().any(|s| s.variable == variable),
+                "{variable} is read but not documented"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_value() {
+        let e = config(&[("SWITCHYARD_WORKERS", "lots")]).unwrap_err();
+        assert_eq!(e.variable, "SWITCHYARD_WORKERS");
+        assert_eq!(
+            e.to_string(),
+            "invalid SWITCHYARD_WORKERS=\"lots\": not a whole number"
+        );
+        let e = config(&[("SWITCHYARD_LISTEN", "localhost")]).unwrap_err();
+        assert_eq!(e.variable, "SWITCHYARD_LISTEN");
+        let e = config(&[("SWITCHYARD_HEADER_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(e.reason.contains("between 1 and"), "{e}");
+    }
+}

@@ -1,0 +1,155 @@
+//! State every thread shares: settings, plugins, the stop flag and deadline, the count of
+//! open connections, the worker slots, what each client address holds, the blocking
+//! connections that stopping and the idle limit must reach, and how to wake each event loop.
+//!
+//! Made once at start and leaked: every thread holds `&'static Shared` until the process
+//! exits, as it holds the plugins.
+
+use crate::daemon::clients::{Clients, Hold, Limit};
+use crate::daemon::config::Config;
+use crate::daemon::live::Live;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::worker_slots::WorkerSlots;
+use crate::plugin::Registry;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+pub struct Shared {
+    pub config: Config,
+    /// The plugin folder's current generation: what new requests are routed with. Requests
+    /// and connections keep the generation they started with.
+    registry: RwLock<&'static Registry>,
+    /// Set once on SIGTERM/SIGINT; plugins read it through `is_stopping`.
+    stopping: AtomicBool,
+    /// When the grace period ends (set with `stopping`; moved to now by a second signal).
+    stop_deadline: Mutex<Option<Instant>>,
+    /// Set when the grace period is over: event loops close what is left and end.
+    ending: AtomicBool,
+    /// Client connections open, HTTP and upgraded, against `SWITCHYARD_MAX_CONNECTIONS`.
+    open: AtomicUsize,
+    pub live: Live,
+    pub metrics: Metrics,
+    /// Capacity for blocking plugin code (the threads are the event loops' pool).
+    pub worker_slots: WorkerSlots,
+    /// What each client address holds, against its limits.
+    pub clients: Clients,
+    /// Wakes each event loop (to see the stop).
+    loop_wakers: OnceLock<Vec<Arc<mio::Waker>>>,
+}
+
+/// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped,
+/// and against its client's share once the client is known ([`Ticket::count_client`]).
+/// It travels with the connection from loop to worker and back.
+pub struct Ticket {
+    open: &'static AtomicUsize,
+    client: Option<Hold>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Ticket {
+    /// Counts the connection against the connections `ip` may have open; false (and not
+    /// counted) when it has its most already.
+    pub fn count_client(&mut self, clients: &'static Clients, ip: IpAddr) -> bool {
+        self.client = clients.take(ip, Limit::Connections);
+        self.client.is_some()
+    }
+}
+
+impl Shared {
+    pub fn new(config: Config, registry: &'static Registry) -> Self {
+        let worker_slots = WorkerSlots::new(config.workers);
+        let clients = Clients::new(config.max_connections_per_client, config.workers_per_client);
+        Shared {
+            config,
+            registry: RwLock::new(registry),
+            stopping: AtomicBool::new(false),
+            stop_deadline: Mutex::new(None),
+            ending: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            live: Live::default(),
+            metrics: Metrics::new(),
+            worker_slots,
+            clients,
+            loop_wakers: OnceLock::new(),
+        }
+    }
+
+    /// The plugin generation new requests are routed with.
+    pub fn registry(&self) -> &'static Registry {
+        *self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `registry` the generation new requests are routed with (a reload).
+    pub fn set_registry(&self, registry: &'static Registry) {
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = registry;
+    }
+
+    /// Sets the event loops' wakers, once, before any connection is accepted.
+    pub fn set_loop_wakers(&self, wakers: Vec<Arc<mio::Waker>>) {
+        let _ = self.loop_wakers.set(wakers);
+    }
+
+    fn wake_loops(&self) {
+        for waker in self.loop_wakers.get().into_iter().flatten() {
+            let _ = waker.wake();
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The stop flag itself, for blocking connections that read it through the ABI.
+    pub fn stopping_flag(&self) -> &AtomicBool {
+        &self.stopping
+    }
+
+    /// Begins the stop (or, called again, moves its deadline), and wakes every event loop.
+    pub fn stop(&self, deadline: Instant) {
+        *self.stop_deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+        self.stopping.store(true, Ordering::Release);
+        self.live.wake_all();
+        self.wake_loops();
+    }
+
+    /// The grace period is over: every loop closes what it has and ends; blocking
+    /// connections are shut.
+    pub fn end(&self) {
+        self.ending.store(true, Ordering::Release);
+        self.live.end_all();
+        self.wake_loops();
+    }
+
+    pub fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        *self.stop_deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more open connection, unless the limit is reached.
+    pub fn try_open(&'static self) -> Option<Ticket> {
+        let max = self.config.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Ticket {
+                open: &self.open,
+                client: None,
+            })
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,191 @@
+//! The main thread once the daemon runs: it waits for signals, ends blocking connections
+//! that sit idle, and runs the stop: every event loop and worker told at once, the grace
+//! period, then whatever is left closed.
+
+use crate::daemon::notify::Notifier;
+use crate::daemon::state::Shared;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
+use std::io;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const SIGNALS: Token = Token(0);
+/// While stopping: how often to look whether everything has finished.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+/// After the grace period: how long to wait for plugins to return from their dead sockets.
+const FINAL_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the daemon ended other than by a stop signal.
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+/// Runs until the stop is over. `loops` are the event-loop threads.
+pub fn run(
+    shared: &'static Shared,
+    mut signals: Signals,
+    loops: Vec<JoinHandle<io::Result<()>>>,
+    notifier: &Notifier,
+) -> Result<(), Failed> {
+    let mut poll = Poll::new().map_err(|e| Failed(e.to_string()))?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(|e| Failed(e.to_string()))?;
+    let mut events = Events::with_capacity(8);
+    // Blocking connections are checked for idleness a few times per idle period.
+    let reap_every =
+        (shared.config.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut next_reap = Instant::now() + reap_every;
+    let mut next_watchdog = notifier
+        .watchdog_every()
+        .map(|every| Instant::now() + every);
+    loop {
+        let wait = match shared.stop_deadline() {
+            Some(_) => STOP_CHECK,
+            None => next_reap.saturating_duration_since(Instant::now()),
+        };
+        let wait = next_watchdog.map_or(wait, |at| {
+            wait.min(at.saturating_duration_since(Instant::now()))
+        });
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(Failed(format!("waiting for signals: {e}")));
+            }
+        }
+        let now = Instant::now();
+        if let (Some(at), Some(every)) = (next_watchdog, notifier.watchdog_every()) {
+            if now >= at {
+                notifier.send("WATCHDOG=1");
+                next_watchdog = Some(now + every);
+            }
+        }
+        if !events.is_empty() {
+            on_signal(shared, &mut signals, now, notifier);
+        }
+        if now >= next_reap {
+            let ended = shared.live.end_idle(shared.config.idle);
+            for _ in 0..ended {
+                shared.metrics.ended_idle();
+            }
+            next_reap = now + reap_every;
+        }
+        if let Some(loop_failed) = loops.iter().position(|l| l.is_finished()) {
+            if !shared.is_stopping() {
+                let why = finished_why(loops, loop_failed);
+                return Err(Failed(format!("event loop {loop_failed} ended: {why}")));
+            }
+        }
+        let Some(deadline) = shared.stop_deadline() else {
+            continue;
+        };
+        if loops.iter().all(JoinHandle::is_finished) && shared.worker_slots.busy() == 0 {
+            log::info!(
+                "stopped: every connection finished; {}",
+                shared.metrics.summary()
+            );
+            return Ok(());
+        }
+        if now >= deadline {
+            end_everything(shared, loops);
+            log::info!("stopped; {}", shared.metrics.summary());
+            return Ok(());
+        }
+    }
+}
+
+fn finished_why(mut loops: Vec<JoinHandle<io::Result<()>>>, index: usize) -> String {
+    match loops.swap_remove(index).join() {
+        Ok(Ok(())) => "without an error".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "it panicked".into(),
+    }
+}
+
+fn on_signal(shared: &'static Shared, signals: &mut Signals, now: Instant, notifier: &Notifier) {
+    let pending: Vec<i32> = signals.pending().collect();
+    for signal in pending {
+        match signal {
+            libc::SIGHUP if !shared.is_stopping() => reload(shared, notifier),
+            libc::SIGHUP => log::warn!("SIGHUP while stopping: no reload"),
+            _ => stop(shared, signal, now, notifier),
+        }
+    }
+}
+
+/// SIGHUP: the plugin folder read again as a new generation, which new requests are routed
+/// with from now on; connections already switched keep theirs. Told to systemd as
+/// `RELOADING=1` then `READY=1` (`Type=notify-reload`).
+fn reload(shared: &'static Shared, notifier: &Notifier) {
+    notifier.send(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        crate::sys::monotonic_usec()
+    ));
+    let current = shared.registry();
+    match crate::plugin::reload(&shared.config.plugin_dir, current) {
+        Ok((next, report)) => {
+            let ok = report.failed.is_empty();
+            let next: &'static crate::plugin::Registry = Box::leak(Box::new(next));
+            shared.set_registry(next);
+            shared.metrics.reloaded(ok);
+            match ok {
+                true => log::info!("{}", report.summary(next.generation)),
+                false => log::error!("{}", report.summary(next.generation)),
+            }
+        }
+        Err(why) => {
+            shared.metrics.reloaded(false);
+            log::error!(
+                "reload failed: {why}; generation {} serves on",
+                current.generation
+            );
+        }
+    }
+    notifier.send("READY=1");
+}
+
+fn stop(shared: &'static Shared, signal: i32, now: Instant, notifier: &Notifier) {
+    if shared.is_stopping() {
+        log::warn!("second stop signal: closing everything now");
+        shared.stop(now);
+        return;
+    }
+    notifier.send("STOPPING=1");
+    let grace = shared.config.shutdown_grace;
+    let metrics = &shared.metrics;
+    log::info!(
+        "stopping (signal {signal}): no new connections; {} HTTP and {} upgraded connection(s) get up to {grace:?} to finish",
+        metrics.http_connections.load(std::sync::atomic::Ordering::Relaxed).max(0),
+        metrics.event_connections.load(std::sync::atomic::Ordering::Relaxed).max(0) as usize
+            + shared.worker_slots.busy(),
+    );
+    shared.stop(now + grace);
+}
+
+/// The grace period is over: end what is left, give plugins a moment to return.
+fn end_everything(shared: &'static Shared, loops: Vec<JoinHandle<io::Result<()>>>) {
+    let metrics = &shared.metrics;
+    let http = metrics
+        .http_connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(0);
+    let upgraded = metrics
+        .event_connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(0) as usize
+        + shared.live.len();
+    log::warn!("grace period over: closing {http} HTTP and {upgraded} upgraded connection(s)");
+    shared.end();
+    for handle in loops {
+        let _ = handle.join();
+    }
+    let until = Instant::now() + FINAL_WAIT;
+    while shared.worker_slots.busy() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if shared.worker_slots.busy() > 0 {
+        log::warn!(
+            "{} plugin call(s) still running; exiting anyway",
+            shared.worker_slots.busy()
+        );
+    }
+}

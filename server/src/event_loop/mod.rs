@@ -1,0 +1,696 @@
+//! One event loop: a thread that accepts connections from the shared listener, speaks
+//! HTTP/1.1 on them ([`HttpConn`]), switches them, and runs readiness plugins on the ones it
+//! switched ([`Session`]). `SWITCHYARD_IO_THREADS` of these run side by side, each owning
+//! its connections outright: nothing on the per-message path is shared or locked.
+//!
+//! mio, edge-triggered: every socket is registered once for both directions, and each
+//! connection remembers what it may still read or write. Connections live in a slab and are
+//! found by `Token`; their deadlines are in [`Timers`].
+//!
+//! Blocking plugins are not run here: a connection whose next offer is one goes to the
+//! worker pool, and comes back over this loop's channel if it does not switch there.
+
+mod timers;
+
+use crate::daemon::state::Shared;
+use crate::daemon::worker_slots::Slot;
+use crate::http::response::{DateCache, Response};
+use crate::http1::conn::{After, Context, HttpConn, SCRATCH_BYTES};
+use crate::http1::metrics_page::MetricsCache;
+use crate::http1::Upgrade;
+use crate::plugin::{Handler, Watcher};
+use crate::pool::Pool;
+use crate::switch::on_loop::{self, OnLoop};
+use crate::switch::session::{Session, Step};
+use crate::switch::transit::{LoopHandle, Resume, ToLoop, ToWorker};
+use crossbeam_channel::Receiver;
+use timers::Timers;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use protocol_api::abi::READY_WATCHED;
+use slab::Slab;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Other threads wake the loop with it: a connection handed back, or the stop.
+const WAKER: Token = Token(usize::MAX - 2);
+/// Tokens with this bit are a session's watched descriptors (ABI 1.2 `watch`): the rest of
+/// the token is the session's slot.
+const WATCHED: usize = 1 << (usize::BITS - 2);
+
+/// The token a session's watched descriptors are registered under.
+fn watch_token(slot: usize) -> Token {
+    Token(WATCHED | slot)
+}
+/// How often a paused accept (connection limit, or out of file descriptors) is retried.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Most connections accepted per turn, so one loop does not take every waiting client
+/// while the others idle.
+const ACCEPT_BATCH: usize = 64;
+
+pub struct Loop {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    shared: &'static Shared,
+    /// Where blocking plugins run.
+    workers: &'static Pool<ToWorker>,
+    /// This loop, for the connections it hands to workers to come back to.
+    home: LoopHandle,
+    conns: Slab<Entry>,
+    /// Connections workers hand back ([`LoopHandle::hand_back`]).
+    returned: Receiver<ToLoop>,
+    timers: Timers,
+    next_id: u64,
+    date: DateCache,
+    metrics: MetricsCache,
+    /// The read buffer every HTTP connection of this loop reads into.
+    scratch: Box<[u8]>,
+    /// Accepting waits: the connection limit, or no descriptors left.
+    accept_paused: bool,
+    /// The listener may hold more connections than the last batch took.
+    accept_more: bool,
+    /// This loop has begun its part of the stop.
+    stopping: bool,
+    /// Sessions that may move again (they stopped before the socket was drained), called
+    /// once more after this turn's events.
+    again: Vec<(usize, u64)>,
+    /// The time: read once per turn, and again after each plugin call.
+    now: Instant,
+}
+
+struct Entry {
+    /// Tells this connection from a later one in the same slot.
+    id: u64,
+    /// The time the timers will look at it (see `Timers`).
+    scheduled: Option<Instant>,
+    conn: Conn,
+}
+
+enum Conn {
+    Http(Box<HttpConn>),
+    Event(Box<Session>),
+}
+
+/// A loop set up but not yet running: made on the main thread (so that its handle exists
+/// before any connection), run on its own.
+pub struct Prepared {
+    poll: Poll,
+    listener: TcpListener,
+    home: LoopHandle,
+    returned: Receiver<ToLoop>,
+}
+
+impl Prepared {
+    /// A loop on its own copy of `listener`; the handle lets other threads reach it.
+    pub fn new(listener: std::net::TcpListener) -> io::Result<(Prepared, LoopHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (sender, returned) = crossbeam_channel::unbounded();
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let home = LoopHandle::new(sender, waker);
+        let prepared = Prepared {
+            poll,
+            listener,
+            home: home.clone(),
+            returned,
+        };
+        Ok((prepared, home))
+    }
+
+    /// Serves until the stop is over.
+    pub fn run(self, shared: &'static Shared, workers: &'static Pool<ToWorker>) -> io::Result<()> {
+        let Prepared {
+            poll,
+            listener,
+            home,
+            returned,
+        } = self;
+        Loop {
+            poll,
+            listener: Some(listener),
+            shared,
+            workers,
+            home,
+            conns: Slab::new(),
+            returned,
+            timers: Timers::default(),
+            next_id: 0,
+            date: DateCache::default(),
+            metrics: MetricsCache::default(),
+            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            accept_paused: false,
+            accept_more: true,
+            stopping: false,
+            again: Vec::new(),
+            now: Instant::now(),
+        }
+        .run()
+    }
+}
+
+impl Loop {
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_more = true,
+                    WAKER => self.welcome_back(),
+                    Token(token) if token & WATCHED != 0 => self.on_watched(token & !WATCHED),
+                    Token(slot) => {
+                        let closed = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || closed;
+                        let writable =
+                            event.is_writable() || event.is_write_closed() || event.is_error();
+                        self.on_event(slot, readable, writable, closed);
+                    }
+                }
+            }
+            if self.accept_more || self.accept_paused {
+                self.accept();
+            }
+            self.run_again();
+            self.expire();
+            if self.shared.is_stopping() {
+                if !self.stopping {
+                    self.begin_stop();
+                }
+                if self.conns.is_empty() || self.shared.is_ending() {
+                    self.end_all();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() || self.accept_more {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self
+            .timers
+            .next()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        if self.accept_paused {
+            // A slot freeing up elsewhere is not an event on this poll.
+            next = Some(next.map_or(ACCEPT_RETRY, |d| d.min(ACCEPT_RETRY)));
+        }
+        next
+    }
+
+    fn accept(&mut self) {
+        if self.listener.is_none() {
+            self.accept_more = false;
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let Some(ticket) = self.shared.try_open() else {
+                if !self.accept_paused {
+                    log::warn!(
+                        "{} connections open: not accepting until one closes",
+                        self.shared.config.max_connections
+                    );
+                }
+                self.accept_paused = true;
+                return;
+            };
+            self.accept_paused = false;
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let slot = self.conns.vacant_key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(slot),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::error!("cannot watch a new connection from {peer}: {e}");
+                        continue;
+                    }
+                    self.shared.metrics.accepted();
+                    let mut conn = HttpConn::new(stream, peer, ticket, self.shared, self.now);
+                    conn.admit(self.shared);
+                    let slot = self.insert(Conn::Http(Box::new(conn)));
+                    self.drive_http(slot);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_more = false;
+                    return;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    log::error!("cannot accept: {e}; retrying shortly");
+                    self.accept_paused = true;
+                    return;
+                }
+                Err(e) => log::debug!("accept failed: {e}"), // the client gave up (ECONNABORTED)
+            }
+        }
+        self.accept_more = true; // a full batch: there may be more
+    }
+
+    fn insert(&mut self, conn: Conn) -> usize {
+        self.next_id += 1;
+        self.conns.insert(Entry {
+            id: self.next_id,
+            scheduled: None,
+            conn,
+        })
+    }
+
+    fn context(&mut self) -> (Context<'_>, &mut Slab<Entry>) {
+        (
+            Context {
+                shared: self.shared,
+                date: &mut self.date,
+                scratch: &mut self.scratch,
+                now: self.now,
+                metrics: &mut self.metrics,
+            },
+            &mut self.conns,
+        )
+    }
+
+    fn on_event(&mut self, slot: usize, readable: bool, writable: bool, closed: bool) {
+        let Some(entry) = self.conns.get_mut(slot) else {
+            return;
+        };
+        match &mut entry.conn {
+            Conn::Http(conn) => {
+                conn.readable |= readable;
+                conn.writable |= writable;
+                self.drive_http(slot);
+            }
+            Conn::Event(session) => {
+                let newly_closed = session.ready(readable, writable, closed);
+                let due = session.due();
+                if due != 0 || newly_closed {
+                    self.drive_session(slot, |session, shared, now, watcher| {
+                        session.call(shared, due, now, watcher)
+                    });
+                }
+            }
+        }
+    }
+
+    /// A descriptor the session in `slot` watches may move. (A session closed since leaves
+    /// no registration; a later session in the slot may get a call it did not need, which
+    /// the contract allows.)
+    fn on_watched(&mut self, slot: usize) {
+        if let Some(Entry {
+            conn: Conn::Event(_),
+            ..
+        }) = self.conns.get(slot)
+        {
+            self.drive_session(slot, |session, shared, now, watcher| {
+                session.call(shared, READY_WATCHED, now, watcher)
+            });
+        }
+    }
+
+    /// Gives an HTTP connection turns until it waits for its socket, switching it on the
+    /// way when it brings an upgrade request.
+    fn drive_http(&mut self, slot: usize) {
+        self.drive_http_with(slot, |conn, cx| conn.turn(cx));
+    }
+
+    fn drive_http_with(
+        &mut self,
+        slot: usize,
+        first: impl FnOnce(&mut HttpConn, &mut Context<'_>) -> After,
+    ) {
+        let mut step = Some(first);
+        loop {
+            let (mut cx, conns) = self.context();
+            let Some(Entry {
+                conn: Conn::Http(conn),
+                ..
+            }) = conns.get_mut(slot)
+            else {
+                return;
+            };
+            let after = match step.take() {
+                Some(first) => first(conn, &mut cx),
+                None => conn.turn(&mut cx),
+            };
+            match after {
+                After::Keep => {
+                    self.now = Instant::now(); // HTTP work counts against no plugin call
+                    return self.reschedule(slot);
+                }
+                After::Close => return self.close(slot),
+                After::Upgrade(upgrade) => {
+                    if !self.switch(slot, upgrade, 0) {
+                        return;
+                    }
+                    // Answered here (a refusal or a plain answer): write it, read on.
+                }
+            }
+        }
+    }
+
+    /// Negotiates `upgrade`'s offers from `from` on ([`on_loop::switch`]) and applies the
+    /// outcome. True when the connection is still an HTTP connection of this loop (it was
+    /// answered); false when it was switched, handed to a worker, or closed.
+    fn switch(&mut self, slot: usize, upgrade: Box<Upgrade>, from: usize) -> bool {
+        let Some(Entry {
+            conn: Conn::Http(conn),
+            ..
+        }) = self.conns.get(slot)
+        else {
+            return false;
+        };
+        let next = on_loop::switch(self.shared, &upgrade, conn.peer, from, &mut self.now);
+        self.apply(slot, upgrade, next)
+    }
+
+    /// Does what the switch decided for the HTTP connection in `slot`; true when it is
+    /// still one (answered).
+    fn apply(&mut self, slot: usize, upgrade: Box<Upgrade>, next: OnLoop) -> bool {
+        match next {
+            OnLoop::Serve {
+                offer,
+                handler,
+                switching,
+            } => {
+                self.start_session(slot, &upgrade, offer, handler, switching);
+                false
+            }
+            OnLoop::ToWorker { offer, slot: held } => {
+                self.hand_to_worker(slot, upgrade, offer, held);
+                false
+            }
+            OnLoop::Answer(response, reason) => {
+                let (mut cx, conns) = self.context();
+                if let Some(Entry {
+                    conn: Conn::Http(conn),
+                    ..
+                }) = conns.get_mut(slot)
+                {
+                    conn.answer_upgrade(&mut cx, &upgrade, &response, reason);
+                }
+                true
+            }
+        }
+    }
+
+    /// Turns the HTTP connection in `slot` into a readiness session (the socket keeps its
+    /// registration) and gives the plugin its first call.
+    fn start_session(
+        &mut self,
+        slot: usize,
+        upgrade: &Upgrade,
+        offer: usize,
+        handler: Handler<'static>,
+        switching: Vec<u8>,
+    ) {
+        let Conn::Http(conn) = self.conns.remove(slot).conn else {
+            unreachable!("switch is only called on HTTP connections")
+        };
+        let readable = conn.readable;
+        let session = Session::new(
+            self.shared,
+            conn.into_transit(),
+            upgrade,
+            offer,
+            handler,
+            switching,
+            readable,
+            self.now,
+        );
+        // This is `slot` again (see above); if it were not, the socket would follow it.
+        let new_slot = self.insert(Conn::Event(Box::new(session)));
+        if new_slot != slot {
+            if let Some(Entry {
+                conn: Conn::Event(session),
+                ..
+            }) = self.conns.get_mut(new_slot)
+            {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if self
+                    .poll
+                    .registry()
+                    .reregister(&mut session.stream, Token(new_slot), interest)
+                    .is_err()
+                {
+                    return self.close_with(new_slot, Some("cannot watch the socket"));
+                }
+            }
+        }
+        self.drive_session(new_slot, |session, shared, now, watcher| {
+            session.call(shared, 0, now, watcher)
+        });
+    }
+
+    /// Hands the connection in `slot` to a worker, to negotiate from `offer` on.
+    fn hand_to_worker(&mut self, slot: usize, upgrade: Box<Upgrade>, offer: usize, held: Slot) {
+        let entry = self.conns.remove(slot);
+        let Conn::Http(conn) = entry.conn else {
+            unreachable!("switch is only called on HTTP connections")
+        };
+        let mut transit = conn.into_transit();
+        let _ = self.poll.registry().deregister(&mut transit.stream);
+        let transit = match transit.into_blocking() {
+            Ok(transit) => transit,
+            Err(e) => return log::debug!("connection lost before the switch: {e}"),
+        };
+        let job = ToWorker {
+            transit,
+            upgrade,
+            from: offer,
+            slot: held,
+            home: self.home.clone(),
+        };
+        if let Err(job) = self.workers.dispatch(job) {
+            // No thread could be started: the client gets a 503, never silence.
+            const REASON: &str = "no worker thread could be started";
+            self.welcome(job.refuse(Response::unavailable(REASON), REASON));
+        }
+    }
+
+    /// Takes back connections workers did not switch.
+    fn welcome_back(&mut self) {
+        while let Ok(returned) = self.returned.try_recv() {
+            self.welcome(returned);
+        }
+    }
+
+    fn welcome(&mut self, returned: ToLoop) {
+        let ToLoop {
+            transit,
+            upgrade,
+            next,
+        } = returned;
+        let Ok(mut transit) = transit.into_nonblocking() else {
+            return; // dropped: closed
+        };
+        let slot = self.conns.vacant_key();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut transit.stream,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let peer = transit.peer;
+        let conn = HttpConn::returning(transit, self.shared, self.now);
+        let slot = self.insert(Conn::Http(Box::new(conn)));
+        let next = match next {
+            Resume::Answer(response, reason) => OnLoop::Answer(response, reason),
+            Resume::Negotiate(from) => {
+                if self.switch(slot, upgrade, from) {
+                    self.drive_http(slot);
+                }
+                return;
+            }
+            Resume::Start {
+                offer,
+                session,
+                switching,
+            } => {
+                let peer = peer.to_string();
+                let (shared, now) = (self.shared, &mut self.now);
+                on_loop::start(shared, &upgrade, &peer, offer, session, switching, now)
+            }
+        };
+        if self.apply(slot, upgrade, next) {
+            self.drive_http(slot);
+        }
+    }
+
+    /// Calls a session through `step`, then applies what it says.
+    fn drive_session(
+        &mut self,
+        slot: usize,
+        step: impl FnOnce(&mut Session, &'static Shared, &mut Instant, Watcher<'_>) -> Step,
+    ) {
+        let Some(Entry {
+            id,
+            conn: Conn::Event(session),
+            ..
+        }) = self.conns.get_mut(slot)
+        else {
+            return;
+        };
+        let watcher = Watcher {
+            registry: self.poll.registry(),
+            token: watch_token(slot),
+        };
+        match step(session, self.shared, &mut self.now, watcher) {
+            Step::Close(reason) => self.close_with(slot, reason),
+            Step::Keep => {
+                if session.wants_again() {
+                    self.again.push((slot, *id));
+                }
+                self.reschedule(slot);
+            }
+        }
+    }
+
+    /// Calls, once each, the sessions that stopped before their socket was drained (after
+    /// a call that moved bytes) or asked to be called again.
+    fn run_again(&mut self) {
+        for (slot, id) in std::mem::take(&mut self.again) {
+            match self.conns.get(slot) {
+                Some(Entry {
+                    id: current,
+                    conn: Conn::Event(session),
+                    ..
+                }) if *current == id && session.wants_again() => {
+                    self.drive_session(slot, |session, shared, now, watcher| {
+                        session.call(shared, 0, now, watcher)
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes sure the timers look at `slot` by its deadline.
+    fn reschedule(&mut self, slot: usize) {
+        let Some(entry) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let deadline = match &entry.conn {
+            Conn::Http(conn) => conn.deadline(),
+            Conn::Event(session) => Some(session.deadline(self.shared)),
+        };
+        if let Some(at) = deadline {
+            self.timers
+                .schedule(&mut entry.scheduled, at, slot, entry.id);
+        }
+        if self.timers.wants_compaction(self.conns.len()) {
+            let conns = &self.conns;
+            self.timers.compact(|at, slot, id| {
+                conns
+                    .get(slot)
+                    .is_some_and(|e| e.id == id && e.scheduled == Some(at))
+            });
+        }
+    }
+
+    fn expire(&mut self) {
+        while let Some((at, slot, id)) = self.timers.pop_due(self.now) {
+            let Some(entry) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if entry.id != id || entry.scheduled != Some(at) {
+                continue; // stale: the connection was rescheduled or is gone
+            }
+            entry.scheduled = None;
+            match &entry.conn {
+                Conn::Http(_) => self.drive_http_with(slot, |conn, cx| conn.expire(cx)),
+                Conn::Event(_) => self.drive_session(slot, |session, shared, now, watcher| {
+                    session.expire(shared, now, watcher)
+                }),
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        self.close_with(slot, Some("closed"));
+    }
+
+    /// Removes `slot`'s connection; a session gets its access line with `reason`. Closing
+    /// the socket takes it out of the poll (it is never duplicated), so there is no
+    /// `epoll_ctl` to make.
+    fn close_with(&mut self, slot: usize, reason: Option<&'static str>) {
+        if let Some(entry) = self.conns.try_remove(slot) {
+            match entry.conn {
+                Conn::Http(conn) => drop(conn),
+                Conn::Event(session) => session.close(
+                    reason,
+                    Watcher {
+                        registry: self.poll.registry(),
+                        token: watch_token(slot),
+                    },
+                ),
+            }
+        }
+    }
+
+    /// This loop's part of the stop: no more accepting, idle HTTP connections closed, every
+    /// session told.
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_paused = false;
+        self.accept_more = false;
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            match self.conns.get_mut(slot).map(|e| &mut e.conn) {
+                // Read what has arrived but not been seen yet, so that a request already
+                // sent counts as in flight rather than its connection as idle.
+                Some(Conn::Http(conn)) => {
+                    conn.readable = true;
+                    self.drive_http(slot);
+                    if let Some(Conn::Http(conn)) = self.conns.get(slot).map(|e| &e.conn) {
+                        if conn.is_idle() {
+                            self.close(slot);
+                        }
+                    }
+                }
+                Some(Conn::Event(_)) => self
+                    .drive_session(slot, |session, shared, now, watcher| {
+                        session.tell_stopping(shared, now, watcher)
+                    }),
+                None => {}
+            }
+        }
+    }
+
+    /// The loop ends: whatever is left is closed.
+    fn end_all(&mut self) {
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.close_with(slot, Some("daemon stopped"));
+        }
+    }
+}

@@ -1,0 +1,757 @@
+//! One client connection while it speaks HTTP/1.1 on an event loop: what it has read, what
+//! it owes, and which phase of the exchange it is in.
+//!
+//! The socket is registered once for both directions (edge-triggered); the connection
+//! remembers whether it may still read ([`HttpConn::readable`]) or write
+//! ([`HttpConn::writable`]) and reads only while it owes little: a client that pipelines
+//! requests without reading the answers stops being read once [`OUTPUT_LIMIT`] bytes wait.
+//! An upgrade request, read whole, goes to the loop ([`After::Upgrade`]) once everything
+//! owed before it is written.
+
+use super::metrics_page::MetricsCache;
+use super::prior_knowledge::{self, Start};
+use super::Upgrade;
+use crate::connection::output::Output;
+use crate::connection::transport::Transport;
+use crate::connection::Transit;
+use crate::daemon::access::{self, Exchange};
+use crate::daemon::clients::Limit;
+use crate::daemon::metrics::Held;
+use crate::daemon::state::{Shared, Ticket};
+use crate::daemon::worker_slots::NoSlot;
+use crate::http::body::BodyDecoder;
+use crate::http::head::{self, BodyLength, Head, Parsed};
+use crate::http::response::{DateCache, Response, CONTINUE};
+use crate::http::HttpError;
+use crate::plugin::Registry;
+use crate::proxy_protocol;
+use crate::route::{route, Offer, Route};
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long a closing connection is drained after our last response (RFC 9112 §9.6).
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read from one connection per turn, so one fast sender cannot starve others.
+const READ_BUDGET: usize = protocol_api::sizes::READ_BUDGET;
+/// Most bytes of answers queued for a client before its further requests wait (and it is
+/// not read) until they drain.
+const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Size of an event loop's read buffer, shared by its connections.
+pub const SCRATCH_BYTES: usize = protocol_api::sizes::READ_BUFFER;
+
+pub struct HttpConn<T: Transport = mio::net::TcpStream> {
+    pub stream: T,
+    pub peer: SocketAddr,
+    pub ticket: Ticket,
+    /// Counted in `switchyard_http_connections` while it speaks HTTP; the ticket (open
+    /// connections) travels on with a switched connection.
+    _gauge: Held,
+    phase: Phase,
+    /// When the current phase times out (request head or body, idle keep-alive, linger).
+    deadline: Instant,
+    input: Vec<u8>,
+    output: Output,
+    /// Requests parsed on this connection.
+    requests: u64,
+    /// When the request being read started arriving.
+    request_started: Option<Instant>,
+    /// Where the head being read may end: scanned once as bytes arrive.
+    scanner: head::HeadScanner,
+    peer_closed: bool,
+    /// The socket may hold unread bytes: set by a readable event, cleared by a short read.
+    /// A read that returns less than asked drained the socket, so no second read is spent
+    /// on `WouldBlock`; new bytes bring a new (edge-triggered) event.
+    pub readable: bool,
+    /// The socket may take more bytes: set by a writable event, cleared by a short write.
+    pub writable: bool,
+    /// Whether the connection's first bytes are still to be looked at for a PROXY protocol
+    /// header.
+    proxy: ProxyHeader,
+    /// Its client has its most connections open already: answered `503` and closed.
+    over_client_limit: bool,
+}
+
+/// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyHeader {
+    /// From a load balancer in `SWITCHYARD_PROXY_FROM`: required.
+    Expected,
+    /// From anyone else while the protocol is on: refused if it comes.
+    Forbidden,
+    /// Read, or none to look for.
+    Done,
+}
+
+/// What looking for a PROXY protocol header came to.
+enum ProxyStep {
+    Wait,
+    Done,
+    Closed,
+}
+
+enum Phase {
+    /// Waiting for, or reading, a request head.
+    Head,
+    /// Reading the body of an upgrade request.
+    UpgradeBody(Box<(Upgrade, BodyDecoder)>),
+    /// An upgrade request read whole, waiting for earlier answers to go out.
+    UpgradeReady(Box<Upgrade>),
+    /// The upgrade request is with the loop, which will answer it or take the connection.
+    Switching,
+    /// Skipping the body of a request already answered.
+    SkipBody(BodyDecoder),
+    /// Writing the last response; then `Lingering`.
+    Closing,
+    /// Our write side is shut; reading and dropping input until EOF or the deadline.
+    Lingering,
+}
+
+/// What the event loop must do after a turn.
+pub enum After {
+    Keep,
+    Close,
+    /// An upgrade request, read whole, with nothing owed before it: negotiate it.
+    Upgrade(Box<Upgrade>),
+}
+
+/// What a turn may use besides the connection itself.
+pub struct Context<'a> {
+    pub shared: &'static Shared,
+    pub date: &'a mut DateCache,
+    pub scratch: &'a mut [u8],
+    pub now: Instant,
+    /// `/metrics`, rendered at most once a second per loop.
+    pub metrics: &'a mut MetricsCache,
+}
+
+/// What an answer's access line says of the request it answers.
+struct Request<'a> {
+    /// `METHOD target HTTP/1.x`, or `-` when the head could not be read.
+    line: &'a str,
+    bytes_in: u64,
+    started: Instant,
+}
+
+impl Request<'static> {
+    /// A request answered before its head was read (or because it could not be).
+    fn unread(bytes_in: u64, started: Instant) -> Request<'static> {
+        Request {
+            line: "-",
+            bytes_in,
+            started,
+        }
+    }
+}
+
+impl<T: Transport> HttpConn<T> {
+    pub fn new(
+        stream: T,
+        peer: SocketAddr,
+        ticket: Ticket,
+        shared: &'static Shared,
+        now: Instant,
+    ) -> HttpConn<T> {
+        HttpConn {
+            stream,
+            peer,
+            ticket,
+            _gauge: Held::new(&shared.metrics.http_connections),
+            phase: Phase::Head,
+            deadline: now + shared.config.header_timeout,
+            input: Vec::new(),
+            output: Output::default(),
+            requests: 0,
+            request_started: None,
+            scanner: head::HeadScanner::default(),
+            peer_closed: false,
+            // Registering reports what is already there, so the first read waits for the
+            // first event instead of guessing.
+            readable: false,
+            writable: true,
+            proxy: match &shared.config.proxy_protocol {
+                pp if pp.expects_header_from(peer.ip()) => ProxyHeader::Expected,
+                pp if pp.mode != proxy_protocol::Mode::Off => ProxyHeader::Forbidden,
+                _ => ProxyHeader::Done,
+            },
+            over_client_limit: false,
+        }
+    }
+
+    /// Counts a new connection against its client's limit, once the client is known: now,
+    /// or when the PROXY protocol header names it.
+    pub fn admit(&mut self, shared: &'static Shared) {
+        if self.proxy != ProxyHeader::Expected {
+            self.count_client(shared);
+        }
+    }
+
+    fn count_client(&mut self, shared: &'static Shared) {
+        self.over_client_limit = !self.ticket.count_client(&shared.clients, self.peer.ip());
+    }
+
+    /// The answer to a client past `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`: sent at once,
+    /// before its request is read, then the connection lingers and closes.
+    fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
+        const REASON: &str = "too many connections from this client";
+        cx.shared.clients.warn_refused(
+            self.peer,
+            REASON,
+            "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
+            cx.shared.config.max_connections_per_client,
+        );
+        let response = Response::unavailable(REASON);
+        let request = Request::unread(0, cx.now);
+        self.respond(cx, &response, request, Some(REASON), false);
+        self.close_after_output();
+    }
+
+    /// A connection a worker gave back, with the bytes it had read past the request. The
+    /// upgrade request is the loop's to answer next.
+    pub fn returning(transit: Transit<T>, shared: &'static Shared, now: Instant) -> HttpConn<T> {
+        let Transit {
+            stream,
+            peer,
+            ticket,
+            read_ahead,
+        } = transit;
+        let mut conn = HttpConn::new(stream, peer, ticket, shared, now);
+        conn.proxy = ProxyHeader::Done; // `peer` is the client's already
+        conn.readable = true; // bytes may have arrived while it was away
+        conn.input = read_ahead;
+        conn.requests = 1;
+        conn.phase = Phase::Switching;
+        conn
+    }
+
+    /// When this connection needs attention next.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Switching | Phase::UpgradeReady(_) if self.output.is_done() => None,
+            _ => Some(self.deadline),
+        }
+    }
+
+    /// Idle between requests: nothing read, nothing owed.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Head)
+            && self.input.is_empty()
+            && self.output.is_done()
+    }
+
+    /// The connection leaves HTTP/1.1 for a switch, with the bytes read past the request.
+    pub fn into_transit(self) -> Transit<T> {
+        Transit {
+            stream: self.stream,
+            peer: self.peer,
+            ticket: self.ticket,
+            read_ahead: self.input,
+        }
+    }
+
+    /// Reads what is there, handles every complete request, writes what it can.
+    pub fn turn(&mut self, cx: &mut Context<'_>) -> After {
+        loop {
+            let mut progressed = false;
+            if self.wants_input() {
+                match self.fill(cx.shared.config.max_header_bytes, cx.scratch) {
+                    Ok(n) => progressed |= n > 0,
+                    Err(_) => return After::Close,
+                }
+            }
+            progressed |= self.process(cx);
+            match self.output.flush(&mut self.stream, &mut self.writable) {
+                Ok(n) => progressed |= n > 0,
+                Err(_) => return After::Close,
+            }
+            if self.output.is_done() {
+                match std::mem::replace(&mut self.phase, Phase::Switching) {
+                    Phase::UpgradeReady(upgrade) => return After::Upgrade(upgrade),
+                    Phase::Closing => {
+                        if self.stream.shutdown_write().is_err() {
+                            return After::Close;
+                        }
+                        self.phase = Phase::Lingering;
+                        self.deadline = cx.now + LINGER;
+                        progressed = true;
+                    }
+                    other => self.phase = other,
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.peer_closed {
+            // The client sent all it will; finish writing what we owe, then close.
+            if self.output.is_done() {
+                return After::Close;
+            }
+            if matches!(self.phase, Phase::Head) {
+                self.phase = Phase::Closing;
+            }
+        }
+        After::Keep
+    }
+
+    /// Ends the current phase on its deadline.
+    pub fn expire(&mut self, cx: &mut Context<'_>) -> After {
+        if cx.now < self.deadline {
+            return After::Keep;
+        }
+        match self.phase {
+            Phase::Lingering | Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => {
+                After::Close
+            }
+            Phase::Head if self.input.is_empty() && self.requests > 0 => After::Close, // idle keep-alive
+            Phase::Head if self.proxy == ProxyHeader::Expected => {
+                log::warn!(
+                    "{}: PROXY protocol header incomplete within the head time-out; connection closed",
+                    self.peer
+                );
+                After::Close
+            }
+            // The request was answered already; one answer per request, so just close.
+            Phase::SkipBody(_) => After::Close,
+            Phase::Head | Phase::UpgradeBody(_) => {
+                self.fail(cx, HttpError::new(408, "request not received in time"));
+                self.turn(cx)
+            }
+        }
+    }
+
+    /// Answers the upgrade request the loop was given (a refusal, or the plain answer when
+    /// no plugin switched), then goes on as the answer says: keep-alive or close.
+    pub fn answer_upgrade(
+        &mut self,
+        cx: &mut Context<'_>,
+        upgrade: &Upgrade,
+        response: &Response,
+        reason: Option<&str>,
+    ) {
+        if upgrade.prior_knowledge {
+            let code = prior_knowledge::error_code(response.status);
+            return self.refuse_prior_knowledge(upgrade, code, reason.unwrap_or("declined"));
+        }
+        let request = Request {
+            line: &upgrade.request_line(),
+            bytes_in: upgrade.bytes_in(),
+            started: upgrade.started,
+        };
+        self.respond(cx, response, request, reason, upgrade.is_head());
+        if response.close {
+            self.close_after_output();
+        } else {
+            self.next_request(cx);
+        }
+    }
+
+    /// An HTTP/2 client that was not served gets GOAWAY, not an HTTP/1.1 answer.
+    fn refuse_prior_knowledge(&mut self, upgrade: &Upgrade, code: u32, reason: &str) {
+        log::warn!(
+            "{}: HTTP/2 with prior knowledge not served ({reason}); sent GOAWAY",
+            self.peer
+        );
+        let goaway = prior_knowledge::refusal(code, reason);
+        self.output.queue().extend_from_slice(&goaway);
+        let request = Request {
+            line: &upgrade.request_line(),
+            bytes_in: upgrade.bytes_in(),
+            started: upgrade.started,
+        };
+        self.log(request, access::NO_STATUS, goaway.len(), Some(reason));
+        self.close_after_output();
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.peer_closed
+            && self.readable
+            && match self.phase {
+                Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => false,
+                Phase::Lingering => true,
+                _ => self.output.owed() < OUTPUT_LIMIT,
+            }
+    }
+
+    /// Reads until the socket is drained, the budget is spent, or a head grows past the limit.
+    /// Reads land in the loop's shared `scratch` buffer and only what arrived is kept, so an
+    /// idle connection holds no buffer at all.
+    fn fill(&mut self, max_head: usize, scratch: &mut [u8]) -> io::Result<usize> {
+        let mut total = 0;
+        while self.readable && total < READ_BUDGET {
+            if matches!(self.phase, Phase::Head) && self.input.len() > max_head {
+                break;
+            }
+            match self.stream.read(scratch) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    self.readable = false;
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    if !matches!(self.phase, Phase::Lingering) {
+                        self.input.extend_from_slice(&scratch[..n]);
+                    }
+                    self.readable = n == scratch.len();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Queues `response` and writes its access line: the one step every answer takes.
+    fn respond(
+        &mut self,
+        cx: &mut Context<'_>,
+        response: &Response,
+        request: Request<'_>,
+        reason: Option<&str>,
+        head_only: bool,
+    ) {
+        let queue = self.output.queue();
+        let before = queue.len();
+        cx.shared.metrics.response(response.status);
+        response.write_to(queue, cx.date.now(), head_only);
+        let written = queue.len() - before;
+        self.log(request, response.status, written, reason);
+    }
+
+    /// The access line of an answered request.
+    fn log(&self, request: Request<'_>, status: u16, bytes_out: usize, reason: Option<&str>) {
+        access::log(&Exchange {
+            peer: self.peer,
+            request: request.line,
+            status,
+            protocol: None,
+            bytes_in: request.bytes_in,
+            bytes_out: bytes_out as u64,
+            started: request.started,
+            reason,
+        });
+    }
+
+    /// Answers with an error, then closes.
+    fn fail(&mut self, cx: &mut Context<'_>, error: HttpError) {
+        let response = Response::error(error.status, error.reason);
+        log::debug!("{}: {} {}", self.peer, error.status, error.reason);
+        let request = Request::unread(
+            self.input.len() as u64,
+            self.request_started.unwrap_or(cx.now),
+        );
+        self.respond(cx, &response, request, Some(error.reason), false);
+        self.close_after_output();
+    }
+
+    fn close_after_output(&mut self) {
+        self.phase = Phase::Closing;
+        self.input = Vec::new();
+    }
+
+    /// Handles what the input holds; true when something changed.
+    fn process(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progressed = false;
+        loop {
+            match &mut self.phase {
+                Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => return progressed,
+                Phase::Lingering => {
+                    self.input = Vec::new();
+                    return progressed;
+                }
+                Phase::SkipBody(decoder) => match decoder.decode(&self.input, None) {
+                    // The request was answered already: one response per request, so
+                    // no second one; the framing is lost, so close after the answer.
+                    Err(e) => {
+                        log::debug!(
+                            "{}: body of an answered request: {}; closing",
+                            self.peer,
+                            e.reason
+                        );
+                        self.close_after_output();
+                    }
+                    Ok(progress) => {
+                        self.input.drain(..progress.consumed);
+                        if !progress.done {
+                            return progressed || progress.consumed > 0;
+                        }
+                        self.next_request(cx);
+                    }
+                },
+                Phase::UpgradeBody(pending) => {
+                    let (upgrade, decoder) = &mut **pending;
+                    let result = decoder.decode(&self.input, Some(&mut upgrade.body));
+                    let over = upgrade.body.len() > cx.shared.config.max_body_bytes;
+                    match result {
+                        Err(e) => self.fail(cx, e),
+                        Ok(_) if over => self.fail(
+                            cx,
+                            HttpError::new(413, "request body larger than the limit"),
+                        ),
+                        Ok(progress) => {
+                            self.input.drain(..progress.consumed);
+                            if !progress.done {
+                                return progressed || progress.consumed > 0;
+                            }
+                            let Phase::UpgradeBody(pending) =
+                                std::mem::replace(&mut self.phase, Phase::Switching)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            self.phase = Phase::UpgradeReady(Box::new(pending.0));
+                        }
+                    }
+                }
+                Phase::Head if self.over_client_limit => {
+                    self.over_client_limit = false;
+                    self.refuse_over_client_limit(cx);
+                }
+                Phase::Head => {
+                    if self.input.is_empty() {
+                        self.input = Vec::new(); // hold no buffer between requests
+                        return progressed;
+                    }
+                    if self.output.owed() >= OUTPUT_LIMIT {
+                        return progressed; // the client reads our answers first
+                    }
+                    self.request_started.get_or_insert(cx.now);
+                    if self.proxy != ProxyHeader::Done {
+                        match self.proxy_header(cx) {
+                            ProxyStep::Wait => return progressed,
+                            ProxyStep::Closed => return true,
+                            ProxyStep::Done => {
+                                progressed = true;
+                                continue;
+                            }
+                        }
+                    }
+                    if self.requests == 0 {
+                        match self.prior_knowledge(cx) {
+                            Start::Http1 => {}
+                            Start::Partial => return progressed,
+                            Start::Preface => {
+                                progressed = true;
+                                continue;
+                            }
+                        }
+                    }
+                    let config = &cx.shared.config;
+                    let limits = head::Limits {
+                        head: config.max_header_bytes,
+                        target: config.max_target_bytes,
+                    };
+                    if !self.scanner.may_be_complete(&self.input, limits) {
+                        return progressed;
+                    }
+                    match head::parse(&self.input, limits) {
+                        Ok(Parsed::Partial) => return progressed,
+                        Err(e) => self.fail(cx, e),
+                        Ok(Parsed::Complete(head)) => {
+                            self.requests += 1;
+                            self.scanner = head::HeadScanner::default();
+                            self.request(cx, head);
+                        }
+                    }
+                }
+            }
+            progressed = true;
+        }
+    }
+
+    /// The PROXY protocol header a load balancer sends before anything else: its client
+    /// address becomes this connection's peer. Anything wrong closes the connection.
+    fn proxy_header(&mut self, cx: &mut Context<'_>) -> ProxyStep {
+        let refusal = match self.proxy {
+            ProxyHeader::Done => return ProxyStep::Done,
+            ProxyHeader::Forbidden => match proxy_protocol::looks_like_header(&self.input) {
+                None => return ProxyStep::Wait,
+                Some(false) => {
+                    self.proxy = ProxyHeader::Done;
+                    return ProxyStep::Done;
+                }
+                Some(true) => "a PROXY protocol header from a peer not in SWITCHYARD_PROXY_FROM",
+            },
+            ProxyHeader::Expected => {
+                let mode = cx.shared.config.proxy_protocol.mode;
+                match proxy_protocol::header(&self.input, mode) {
+                    proxy_protocol::Header::Incomplete => return ProxyStep::Wait,
+                    proxy_protocol::Header::Complete { len, client } => {
+                        if let Some(client) = client {
+                            log::debug!("{}: PROXY protocol: the client is {client}", self.peer);
+                            self.peer = client;
+                        }
+                        self.input.drain(..len);
+                        self.proxy = ProxyHeader::Done;
+                        self.count_client(cx.shared);
+                        return ProxyStep::Done;
+                    }
+                    proxy_protocol::Header::Refused(why) => why,
+                }
+            }
+        };
+        log::warn!("{}: {refusal}; connection closed", self.peer);
+        self.close_after_output();
+        ProxyStep::Closed
+    }
+
+    /// The first bytes of a connection, when a plugin takes HTTP/2 with prior knowledge: the
+    /// whole preface goes to it as an upgrade with no `101`.
+    fn prior_knowledge(&mut self, cx: &mut Context<'_>) -> Start {
+        let registry = cx.shared.registry();
+        let Some(plugin) = prior_knowledge::plugin(registry) else {
+            return Start::Http1;
+        };
+        let start = prior_knowledge::classify(&self.input);
+        if start == Start::Preface {
+            self.requests += 1;
+            self.input.drain(..prior_knowledge::PREFACE.len());
+            let started = self.request_started.take().unwrap_or(cx.now);
+            let upgrade = prior_knowledge::upgrade(registry, plugin, started);
+            self.phase = Phase::UpgradeReady(Box::new(upgrade));
+        }
+        start
+    }
+
+    /// Handles one complete request head at the start of the input.
+    fn request(&mut self, cx: &mut Context<'_>, mut head: Head) {
+        let started = self.request_started.take().unwrap_or(cx.now);
+        if cx.shared.is_stopping() {
+            head.close = true;
+        }
+        let bytes = &self.input[..head.len];
+        let request_line =
+            access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
+        let registry = cx.shared.registry();
+        let in_service = |plugin| registry.in_service(plugin);
+        let response = match route(&head, bytes, &registry.tokens, &in_service) {
+            Route::Upgrade(offers) => {
+                return self.upgrade_request(cx, head, registry, offers, started)
+            }
+            Route::Metrics => {
+                let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))
+                    .header("Content-Type", "text/plain; version=0.0.4");
+                if head.close {
+                    response.closing()
+                } else {
+                    response
+                }
+            }
+            Route::Answer(response) => response,
+        };
+        // RFC 9110 §10.1.1: the client is waiting for 100 before it sends the body, and
+        // after a final answer it may never send it; so close rather than wait.
+        let response = if head.expect_continue && head.body != BodyLength::None {
+            response.closing()
+        } else {
+            response
+        };
+        let body_bytes = match head.body {
+            BodyLength::Fixed(n) => n,
+            _ => 0,
+        };
+        let request = Request {
+            line: &request_line,
+            bytes_in: head.len as u64 + body_bytes,
+            started,
+        };
+        let head_only = head.method(bytes) == "HEAD";
+        self.respond(cx, &response, request, None, head_only);
+        self.input.drain(..head.len);
+        if response.close {
+            self.close_after_output();
+        } else if head.body != BodyLength::None {
+            self.phase = Phase::SkipBody(BodyDecoder::new(head.body));
+            self.deadline = cx.now + cx.shared.config.header_timeout;
+        } else {
+            self.next_request(cx);
+        }
+    }
+
+    /// An upgrade request: refused at once if it cannot be served, else its body is read.
+    fn upgrade_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        head: Head,
+        registry: &'static Registry,
+        offers: Vec<Offer>,
+        started: Instant,
+    ) {
+        let shared = cx.shared;
+        let too_large =
+            matches!(head.body, BodyLength::Fixed(n) if n > shared.config.max_body_bytes as u64);
+        // Only workers can serve these offers, and none is free (or this client holds its
+        // most): say so before `100`.
+        let only_workers = offers
+            .iter()
+            .all(|o| !registry.plugins[o.plugin].is_readiness());
+        let refusal = if shared.is_stopping() {
+            log::warn!("{}: the server is stopping; answered 503", self.peer);
+            Some("the server is stopping")
+        } else if too_large || !only_workers {
+            None
+        } else if !shared.worker_slots.has_room() {
+            log::warn!("{}: {}; answered 503", self.peer, NoSlot::Full.reason());
+            Some(NoSlot::Full.reason())
+        } else if shared.clients.refuses(self.peer.ip(), Limit::Workers) {
+            let reason = NoSlot::ClientLimit.reason();
+            let max = shared.config.workers_per_client;
+            let setting = "SWITCHYARD_WORKERS_PER_CLIENT";
+            shared.clients.warn_refused(self.peer, reason, setting, max);
+            Some(reason)
+        } else {
+            None
+        };
+        let bytes = &self.input[..head.len];
+        if too_large || refusal.is_some() {
+            let request_line =
+                access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
+            let (response, reason) = match refusal {
+                Some(reason) => (Response::unavailable(reason), reason),
+                None => (
+                    Response::error(413, "request body larger than the limit"),
+                    "request body larger than the limit",
+                ),
+            };
+            let request = Request {
+                line: &request_line,
+                bytes_in: head.len as u64,
+                started,
+            };
+            self.respond(cx, &response, request, Some(reason), false);
+            self.close_after_output();
+            return;
+        }
+        let head_bytes = self.input[..head.len].to_vec();
+        self.input.drain(..head.len);
+        let (body_length, expect_continue) = (head.body, head.expect_continue);
+        let upgrade = Upgrade {
+            head,
+            head_bytes,
+            body: Vec::new(),
+            registry,
+            offers,
+            started,
+            prior_knowledge: false,
+        };
+        if body_length == BodyLength::None {
+            self.phase = Phase::UpgradeReady(Box::new(upgrade));
+            return;
+        }
+        if expect_continue {
+            // RFC 9110 §10.1.1: the client waits for this before sending the body.
+            self.output.queue().extend_from_slice(CONTINUE);
+        }
+        self.phase = Phase::UpgradeBody(Box::new((upgrade, BodyDecoder::new(body_length))));
+        self.deadline = cx.now + cx.shared.config.header_timeout;
+    }
+
+    fn next_request(&mut self, cx: &mut Context<'_>) {
+        self.phase = Phase::Head;
+        self.deadline = cx.now + cx.shared.config.header_timeout;
+    }
+}

@@ -1,0 +1,140 @@
+//! The worker's side of a switch: ask the blocking plugins among the client's offers, in
+//! order; on an accept send the `101` and run the plugin's `serve` until it returns. Any
+//! other outcome (a refusal, every plugin declining, or an offer a readiness plugin serves)
+//! goes back to the event loop at once with what it should do next, so a worker is held only
+//! while a blocking plugin has the connection.
+
+use super::negotiate::{negotiate, plugin_failed, Outcome};
+use super::transit::{Resume, ToLoop, ToWorker};
+use super::{Side, SwitchRecord};
+use crate::connection::Transit;
+use crate::daemon::live::LiveConn;
+use crate::daemon::state::Shared;
+use crate::daemon::worker_slots::Slot;
+use crate::http1::Upgrade;
+use crate::plugin::{BlockingConn, Failure, ReadAhead, Session};
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Runs on a worker thread: negotiates the job's offers, then serves or hands back.
+pub fn run(job: ToWorker, shared: &'static Shared) {
+    let ToWorker {
+        transit,
+        upgrade,
+        from,
+        slot,
+        home,
+    } = job;
+    let peer_text = transit.peer.to_string();
+    let next = match negotiate(shared, &upgrade, &peer_text, from, Side::Worker) {
+        Outcome::Accept {
+            offer,
+            session,
+            switching,
+        } if upgrade.plugin(offer).is_readiness() => Resume::Start {
+            offer,
+            session,
+            switching,
+        },
+        Outcome::Accept {
+            offer,
+            session,
+            switching,
+        } => {
+            let accepted = Accepted {
+                offer,
+                session,
+                switching,
+            };
+            return serve(shared, transit, *upgrade, accepted, slot);
+        }
+        Outcome::Answer(response, reason) => Resume::Answer(response, Some(reason)),
+        Outcome::Declined => Resume::Answer(upgrade.plain_answer(), None),
+        Outcome::Elsewhere(offer) => Resume::Negotiate(offer),
+    };
+    drop(slot); // the worker is free the moment the connection leaves it
+    home.hand_back(ToLoop {
+        transit,
+        upgrade,
+        next,
+    });
+}
+
+struct Accepted {
+    offer: usize,
+    session: Session<'static>,
+    switching: Vec<u8>,
+}
+
+fn serve(
+    shared: &'static Shared,
+    transit: Transit<TcpStream>,
+    mut upgrade: Upgrade,
+    accepted: Accepted,
+    _slot: Slot,
+) {
+    let Accepted {
+        offer,
+        session,
+        switching,
+    } = accepted;
+    let Transit {
+        stream,
+        peer: peer_addr,
+        ticket: _ticket,
+        read_ahead,
+    } = transit;
+    let peer = &peer_addr.to_string();
+    let plugin = upgrade.plugin(offer);
+    let write_timeout = shared.config.write_timeout;
+    let sent = stream
+        .set_write_timeout(Some(write_timeout))
+        .and_then(|()| (&stream).write_all(&switching));
+    if let Err(e) = sent {
+        log::debug!("{peer}: connection lost sending 101: {e}");
+        return; // dropping `session` hands it back to the plugin
+    }
+    let record = SwitchRecord::switched(shared, &upgrade, offer, &switching, read_ahead.len());
+    // The body was the plugin's in negotiate; it does not live on through `serve`.
+    upgrade.body = Vec::new();
+    let live = Arc::new(LiveConn {
+        stream,
+        idled: AtomicBool::new(false),
+    });
+    let live_key = shared.live.add(live.clone());
+    let mut connection = BlockingConn {
+        stream: &live.stream,
+        read_ahead: ReadAhead::new(read_ahead),
+        bytes_in: 0,
+        bytes_out: 0,
+        stopping: shared.stopping_flag(),
+        default_write_timeout: write_timeout,
+        write_timed_out: false,
+    };
+    let served = plugin.serve(session, &upgrade.parts(peer, offer), &mut connection);
+    shared.live.remove(live_key);
+    let mut reason = None;
+    match served {
+        Ok(()) => {}
+        Err(Failure::Error(message)) => {
+            log::debug!(
+                "plugin {}: serve for {peer} ended with an error: {message}",
+                plugin.name
+            );
+        }
+        Err(failure) => {
+            plugin_failed(shared, plugin, "serve", peer, &failure);
+            reason = Some("plugin panicked");
+        }
+    }
+    if connection.write_timed_out {
+        shared.metrics.ended_write_timeout();
+        reason = Some("write time-out: the peer took nothing");
+    } else if live.idled.load(Ordering::Relaxed) {
+        reason = Some("idle");
+    }
+    record.log(peer_addr, connection.bytes_in, connection.bytes_out, reason);
+    // Dropping `live` here closes the socket, whatever the plugin left behind.
+}

@@ -1,0 +1,314 @@
+//! A readiness-driven upgraded connection on an event loop: the daemon's half of
+//! [`EventProtocol`](protocol_api::EventProtocol). It calls the plugin's `on_ready` when
+//! what the plugin wants may be possible, and owns the limits around it: the idle limit, the
+//! write time-out, the goodbye on stop, and the access line at the end.
+//!
+//! Readiness is edge-triggered underneath (the socket is registered once, for both
+//! directions) and level-triggered for the plugin: [`Flow`] remembers whether the socket may
+//! still be read or written, so a plugin that stops before `WouldBlock` is called again,
+//! but only if that call moved bytes of its connection: a plugin that chooses not to read
+//! (its other side is slow) waits for the next event instead of being called in a loop. A
+//! plugin with work in hand and nothing to move asks for its next call (`WANT_RESUME`);
+//! the peer's close is told (`READY_PEER_CLOSED`) even to a plugin that is not reading.
+
+use super::negotiate::plugin_failed;
+use super::SwitchRecord;
+use crate::connection::output::Output;
+use crate::connection::Transit;
+use crate::daemon::metrics::Held;
+use crate::daemon::state::{Shared, Ticket};
+use crate::http1::Upgrade;
+use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watched, Watcher};
+use mio::net::TcpStream;
+use protocol_api::abi::{
+    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WRITABLE,
+    WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
+};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+pub struct Session {
+    pub stream: TcpStream,
+    peer: SocketAddr,
+    _ticket: Ticket,
+    _gauge: Held,
+    plugin: &'static Plugin,
+    handler: Handler<'static>,
+    flow: Flow,
+    /// The `101`, while the socket has not taken all of it; the plugin runs after.
+    owed: Output,
+    /// `WANT_READ` and `WANT_WRITE` as the plugin last asked.
+    wants: u32,
+    /// The plugin's timer.
+    timer: Option<Instant>,
+    /// When bytes last moved either way (the idle limit counts from here).
+    last_moved: Instant,
+    /// Since when output has waited for a peer that takes nothing (the write time-out).
+    stalled_since: Option<Instant>,
+    told_stopping: bool,
+    /// The last call moved bytes of the connection (so it may move more if called again).
+    moved_last: bool,
+    /// The plugin asked for another call (`WANT_RESUME`, 1.3).
+    resume: bool,
+    /// The peer shut its side or the connection failed (EPOLLRDHUP, EPOLLHUP, EPOLLERR).
+    peer_closed: bool,
+    /// For the access line.
+    record: SwitchRecord,
+    /// Descriptors of the plugin's own that the loop watches for it (none, mostly).
+    watched: Watched,
+}
+
+/// What the loop does with a session after a call.
+pub enum Step {
+    Keep,
+    /// Close it; the reason goes on the access line (`None`: the plugin chose to).
+    Close(Option<&'static str>),
+}
+
+impl Session {
+    /// A switched connection: `switching` (the `101`) goes out first, then the plugin's
+    /// `on_ready` is called with whatever the socket allows.
+    pub fn new(
+        shared: &'static Shared,
+        transit: Transit<TcpStream>,
+        upgrade: &Upgrade,
+        offer: usize,
+        handler: Handler<'static>,
+        switching: Vec<u8>,
+        readable: bool,
+        now: Instant,
+    ) -> Session {
+        let Transit {
+            stream,
+            peer,
+            ticket,
+            read_ahead,
+        } = transit;
+        let record = SwitchRecord::switched(shared, upgrade, offer, &switching, read_ahead.len());
+        Session {
+            stream,
+            peer,
+            _ticket: ticket,
+            _gauge: Held::new(&shared.metrics.event_connections),
+            plugin: upgrade.plugin(offer),
+            handler,
+            flow: Flow {
+                read_ahead: ReadAhead::new(read_ahead),
+                // What the HTTP side knew: a short read drained the socket.
+                readable,
+                writable: true,
+                ..Flow::default()
+            },
+            owed: Output::new(switching),
+            wants: WANT_READ | WANT_WRITE,
+            timer: None,
+            last_moved: now,
+            stalled_since: None,
+            told_stopping: false,
+            moved_last: false,
+            resume: false,
+            peer_closed: false,
+            record,
+            watched: None,
+        }
+    }
+
+    /// Notes a readiness event; true when it newly says the peer closed (a plugin of 1.3 or
+    /// later is then called even if it waits for nothing the event brings).
+    pub fn ready(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
+        self.flow.readable |= readable;
+        self.flow.writable |= writable;
+        let newly = closed && !self.peer_closed;
+        self.peer_closed |= closed;
+        newly && self.plugin.abi_minor() >= 3
+    }
+
+    /// Whether to call the session again after this turn's events: it asked to be
+    /// (`WANT_RESUME`), or its last call moved bytes and what it waits for may still be
+    /// there. A call that moved nothing waits for an event.
+    pub fn wants_again(&self) -> bool {
+        self.resume || (self.moved_last && self.due() != 0)
+    }
+
+    /// The `READY_*` bits the plugin should be called with now (0: nothing to do).
+    pub fn due(&self) -> u32 {
+        let mut events = 0;
+        if self.wants & WANT_READ != 0 && (self.flow.readable || self.flow.read_ahead.len() > 0) {
+            events |= READY_READABLE;
+        }
+        if self.wants & WANT_WRITE != 0 && self.flow.writable {
+            events |= READY_WRITABLE;
+        }
+        events
+    }
+
+    /// When the session needs attention next: its timer, the idle limit, or the write
+    /// time-out.
+    pub fn deadline(&self, shared: &Shared) -> Instant {
+        let idle = self.last_moved + shared.config.idle;
+        let stall = self.stalled_since.map(|since| {
+            since
+                + self
+                    .flow
+                    .write_timeout
+                    .unwrap_or(shared.config.write_timeout)
+        });
+        [Some(idle), stall, self.timer]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(idle)
+    }
+
+    /// Calls the plugin with `events` (plus whatever is due, and the stop if not yet told).
+    /// `now` is the loop's clock, read again after the call.
+    pub fn call(
+        &mut self,
+        shared: &'static Shared,
+        events: u32,
+        now: &mut Instant,
+        watcher: Watcher<'_>,
+    ) -> Step {
+        self.moved_last = false;
+        if !self.owed.is_done() {
+            if self
+                .owed
+                .flush(&mut &self.stream, &mut self.flow.writable)
+                .is_err()
+            {
+                return Step::Close(Some("connection lost"));
+            }
+            if !self.owed.is_done() {
+                return Step::Keep; // a writable event brings us back
+            }
+        }
+        let minor = self.plugin.abi_minor();
+        let mut events = events | self.due();
+        if std::mem::take(&mut self.resume) {
+            events |= READY_RESUME;
+        }
+        if shared.is_stopping() && !self.told_stopping {
+            self.told_stopping = true;
+            events |= READY_STOPPING;
+        }
+        if events == 0 {
+            return Step::Keep;
+        }
+        if self.peer_closed && minor >= 3 {
+            events |= READY_PEER_CLOSED;
+        }
+        let bytes_out = self.flow.bytes_out;
+        self.flow.moved = false;
+        let mut io = EventIo {
+            stream: &self.stream,
+            flow: &mut self.flow,
+            stopping: shared.is_stopping(),
+            watcher,
+            watched: &mut self.watched,
+        };
+        let fd = self.stream.as_raw_fd();
+        let began = *now;
+        let result = self.handler.on_ready(&mut io, fd, events);
+        let plugin = self.plugin;
+        *now = shared.metrics.timed_call(plugin, "on_ready", began);
+        let wants = match result {
+            Ok(wants) => wants,
+            // An I/O error the plugin passed on (a reset, mostly): the connection's end, not
+            // the plugin's fault; logged as the blocking `serve`'s errors are.
+            Err(Failure::Error(message)) => {
+                log::debug!(
+                    "plugin {}: connection from {} ended with an error: {message}",
+                    plugin.name,
+                    self.peer
+                );
+                return Step::Close(Some("connection error"));
+            }
+            Err(failure) => {
+                plugin_failed(shared, plugin, "on_ready", &self.peer.to_string(), &failure);
+                return Step::Close(Some("plugin panicked"));
+            }
+        };
+        if wants.interest & WANT_CLOSE != 0 {
+            return Step::Close(None);
+        }
+        self.wants = wants.interest & (WANT_READ | WANT_WRITE);
+        self.resume = minor >= 3 && wants.interest & WANT_RESUME != 0;
+        self.timer = (wants.timer_ms > 0).then(|| *now + Duration::from_millis(wants.timer_ms));
+        self.moved_last = self.flow.moved;
+        if self.flow.moved {
+            self.last_moved = *now;
+        }
+        self.stalled_since = if self.wants & WANT_WRITE == 0 {
+            None
+        } else if self.flow.bytes_out > bytes_out {
+            Some(*now)
+        } else {
+            Some(self.stalled_since.unwrap_or(*now))
+        };
+        if self.wants == 0 && self.timer.is_none() && !self.resume {
+            // Nothing would ever call it again: the plugin is done.
+            return Step::Close(None);
+        }
+        Step::Keep
+    }
+
+    /// Its deadline came: end it for the daemon's limits, or call the plugin's timer.
+    pub fn expire(
+        &mut self,
+        shared: &'static Shared,
+        now: &mut Instant,
+        watcher: Watcher<'_>,
+    ) -> Step {
+        let write_timeout = self
+            .flow
+            .write_timeout
+            .unwrap_or(shared.config.write_timeout);
+        if self
+            .stalled_since
+            .is_some_and(|since| since + write_timeout <= *now)
+        {
+            shared.metrics.ended_write_timeout();
+            return Step::Close(Some("write time-out: the peer took nothing"));
+        }
+        if self.last_moved + shared.config.idle <= *now {
+            shared.metrics.ended_idle();
+            return Step::Close(Some("idle"));
+        }
+        if self.timer.is_some_and(|at| at <= *now) {
+            self.timer = None;
+            return self.call(shared, READY_TIMER, now, watcher);
+        }
+        Step::Keep
+    }
+
+    /// The daemon began to stop: the plugin is told (once) on this call.
+    pub fn tell_stopping(
+        &mut self,
+        shared: &'static Shared,
+        now: &mut Instant,
+        watcher: Watcher<'_>,
+    ) -> Step {
+        self.call(shared, 0, now, watcher)
+    }
+
+    /// Ends the session: the plugin's state is dropped, the access line written, and the
+    /// socket closed.
+    pub fn close(mut self, reason: Option<&'static str>, watcher: Watcher<'_>) {
+        // The plugin owns the watched descriptors and closes them with its state.
+        watcher.clear(&mut self.watched);
+        let Session {
+            stream,
+            peer,
+            handler,
+            flow,
+            owed,
+            mut record,
+            ..
+        } = self;
+        drop(handler); // the plugin frees its state before the socket goes
+        record.unsent(owed.owed());
+        record.log(peer, flow.bytes_in, flow.bytes_out, reason);
+        drop(stream);
+    }
+}
