@@ -1,29 +1,26 @@
 //! switchyard: an HTTP/1.1 daemon that switches connections to other protocols
 //! (`101 Switching Protocols`) served by plugins loaded from a folder at start.
 //!
-//! The path of a connection: an [`io_loop`] thread accepts it and drives an
-//! [`http_conn::HttpConn`] through request heads ([`http`]) and routing ([`route`]); an
-//! upgrade request is [`negotiation`]'s to decide. A readiness plugin then serves it on the
-//! same loop ([`session`]); a blocking plugin on a [`workers`] thread ([`switch`]). The
-//! main thread waits for signals and runs the stop ([`supervisor`]).
+//! The path of a connection, one folder per stage, each importing only those before it:
+//! an [`event_loop`] thread accepts it and drives an [`http1::conn::HttpConn`] over its
+//! [`connection`] through request heads ([`http`]) and routing ([`route`]); an upgrade
+//! request read whole goes to the [`switch`], which starts a readiness plugin's session on
+//! the same loop or hands the connection to a worker thread ([`pool`]) for a blocking
+//! plugin. Below them all, [`daemon`]: settings, shared state and limits, metrics, the
+//! access log, and the main thread's signals and stop ([`daemon::supervisor`]); and
+//! [`plugin`], the loaded libraries and the only FFI.
 
-mod access;
-mod clients;
-mod config;
-mod http_conn;
-mod io_loop;
-mod metrics;
-mod negotiation;
-mod notify;
+mod connection;
+mod daemon;
+mod event_loop;
+mod http1;
 mod plugin;
-mod prior_knowledge;
-mod session;
-mod shared;
-mod supervisor;
+mod pool;
 mod switch;
+
 mod sys;
-mod timers;
-mod workers;
+
+use daemon::{config, notify, supervisor};
 
 /// The pure parts live in this package's library (also driven by the fuzzers).
 use switchyard::{http, proxy_protocol, route};
@@ -121,8 +118,8 @@ fn main() -> ExitCode {
     // Plugins are never unloaded and the shared state lives as long: every thread holds
     // them until the process exits.
     let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
-    let shared: &'static shared::Shared =
-        Box::leak(Box::new(shared::Shared::new(config, registry)));
+    let shared: &'static daemon::state::Shared =
+        Box::leak(Box::new(daemon::state::Shared::new(config, registry)));
     match serve(shared, listener, notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -237,7 +234,7 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 /// Starts the event loops on `listener` and supervises them until the stop is over.
 fn serve(
-    shared: &'static shared::Shared,
+    shared: &'static daemon::state::Shared,
     listener: std::net::TcpListener,
     notifier: notify::Notifier,
 ) -> Result<(), String> {
@@ -245,16 +242,21 @@ fn serve(
         .map_err(|e| format!("cannot watch for signals: {e}"))?;
     let threads = shared.config.io_threads;
     let mut loops = Vec::with_capacity(threads);
-    let mut handles = Vec::with_capacity(threads);
+    let mut wakers = Vec::with_capacity(threads);
     for index in 0..threads {
-        let own = listener
+        let (prepared, handle) = listener
             .try_clone()
-            .and_then(|l| io_loop::Prepared::new(index, l))
+            .and_then(event_loop::Prepared::new)
             .map_err(|e| format!("cannot set up event loop {index}: {e}"))?;
-        loops.push(own.0);
-        handles.push(own.1);
+        loops.push(prepared);
+        wakers.push(handle.waker());
     }
-    shared.set_loops(handles);
+    shared.set_loop_wakers(wakers);
+    let workers: &'static pool::Pool<switch::transit::ToWorker> = Box::leak(Box::new(
+        pool::Pool::new(shared.config.worker_stack_bytes, move |job| {
+            switch::on_worker::run(job, shared)
+        }),
+    ));
     match listener.local_addr() {
         Ok(addr) => log::info!("{threads} event loop(s); listening on {addr}"),
         Err(e) => log::warn!("listening, address unknown: {e}"),
@@ -264,7 +266,7 @@ fn serve(
     for event_loop in loops {
         let thread = std::thread::Builder::new()
             .name("switchyard-io".into())
-            .spawn(move || event_loop.run(shared))
+            .spawn(move || event_loop.run(shared, workers))
             .map_err(|e| format!("cannot start an event loop thread: {e}"))?;
         threads.push(thread);
     }

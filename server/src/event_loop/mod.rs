@@ -18,13 +18,12 @@ use crate::http::response::{DateCache, Response};
 use crate::http1::conn::{After, Context, HttpConn, SCRATCH_BYTES};
 use crate::http1::metrics_page::MetricsCache;
 use crate::http1::Upgrade;
-use crate::plugin::{Handler, Watcher};
+use crate::plugin::Watcher;
 use crate::pool::Pool;
-use crate::switch::on_loop::{self, OnLoop};
+use crate::switch::on_loop::{self, OnLoop, Started};
 use crate::switch::session::{Session, Step};
 use crate::switch::transit::{LoopHandle, Resume, ToLoop, ToWorker};
 use crossbeam_channel::Receiver;
-use timers::Timers;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use protocol_api::abi::READY_WATCHED;
@@ -32,6 +31,7 @@ use slab::Slab;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use timers::Timers;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Other threads wake the loop with it: a connection handed back, or the stop.
@@ -388,12 +388,8 @@ impl Loop {
     /// still one (answered).
     fn apply(&mut self, slot: usize, upgrade: Box<Upgrade>, next: OnLoop) -> bool {
         match next {
-            OnLoop::Serve {
-                offer,
-                handler,
-                switching,
-            } => {
-                self.start_session(slot, &upgrade, offer, handler, switching);
+            OnLoop::Serve(started) => {
+                self.start_session(slot, &upgrade, started);
                 false
             }
             OnLoop::ToWorker { offer, slot: held } => {
@@ -416,14 +412,7 @@ impl Loop {
 
     /// Turns the HTTP connection in `slot` into a readiness session (the socket keeps its
     /// registration) and gives the plugin its first call.
-    fn start_session(
-        &mut self,
-        slot: usize,
-        upgrade: &Upgrade,
-        offer: usize,
-        handler: Handler<'static>,
-        switching: Vec<u8>,
-    ) {
+    fn start_session(&mut self, slot: usize, upgrade: &Upgrade, started: Started) {
         let Conn::Http(conn) = self.conns.remove(slot).conn else {
             unreachable!("switch is only called on HTTP connections")
         };
@@ -431,11 +420,9 @@ impl Loop {
         let session = Session::new(
             self.shared,
             conn.into_transit(),
-            upgrade,
-            offer,
-            handler,
-            switching,
             readable,
+            upgrade,
+            started,
             self.now,
         );
         // This is `slot` again (see above); if it were not, the socket would follow it.

@@ -31,6 +31,13 @@ impl Response {
         response.header("Content-Type", "text/plain; charset=utf-8")
     }
 
+    /// `503 Service Unavailable` for a limit that frees up by itself (a stop, a full
+    /// server, a client at its share): `Retry-After: 1` (RFC 9110 §10.2.3) tells the client
+    /// when to try again, then close.
+    pub fn unavailable(reason: &str) -> Self {
+        Response::error(503, reason).header("Retry-After", "1")
+    }
+
     pub fn header(
         mut self,
         name: impl Into<Cow<'static, str>>,

@@ -234,9 +234,7 @@ impl<T: Transport> HttpConn<T> {
 
     /// Idle between requests: nothing read, nothing owed.
     pub fn is_idle(&self) -> bool {
-        matches!(self.phase, Phase::Head)
-            && self.input.is_empty()
-            && self.output.is_done()
+        matches!(self.phase, Phase::Head) && self.input.is_empty() && self.output.is_done()
     }
 
     /// The connection leaves HTTP/1.1 for a switch, with the bytes read past the request.
@@ -755,3 +753,4 @@ impl<T: Transport> HttpConn<T> {
         self.deadline = cx.now + cx.shared.config.header_timeout;
     }
 }
+

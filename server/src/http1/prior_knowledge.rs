@@ -7,9 +7,9 @@
 //! Without such a plugin nothing changes: the preface is an HTTP/1.1 request line with an
 //! unknown version, and the HTTP side answers it as it always did.
 
+use super::Upgrade;
 use crate::http::head::{BodyLength, Head};
 use crate::http::Span;
-use super::Upgrade;
 use crate::plugin::Registry;
 use crate::route::Offer;
 use std::time::Instant;

@@ -12,6 +12,7 @@
 //! the peer's close is told (`READY_PEER_CLOSED`) even to a plugin that is not reading.
 
 use super::negotiate::plugin_failed;
+use super::on_loop::Started;
 use super::SwitchRecord;
 use crate::connection::output::Output;
 use crate::connection::Transit;
@@ -72,13 +73,16 @@ impl Session {
     pub fn new(
         shared: &'static Shared,
         transit: Transit<TcpStream>,
-        upgrade: &Upgrade,
-        offer: usize,
-        handler: Handler<'static>,
-        switching: Vec<u8>,
         readable: bool,
+        upgrade: &Upgrade,
+        started: Started,
         now: Instant,
     ) -> Session {
+        let Started {
+            offer,
+            handler,
+            switching,
+        } = started;
         let Transit {
             stream,
             peer,

@@ -1,0 +1,104 @@
+//! The switch, from an upgrade request read whole to a plugin serving the connection, in
+//! the order it happens:
+//!
+//! 1. [`on_loop`]: the event loop that read the request asks the readiness plugins among
+//!    the client's offers ([`negotiate`], in the client's order). An accept starts the
+//!    plugin's [`session`] on the loop; the first offer that belongs to a blocking plugin
+//!    takes a worker slot and goes to a worker ([`transit::ToWorker`]).
+//! 2. [`on_worker`]: the worker asks the blocking plugins from that offer on; an accept sends
+//!    the `101` and runs `serve` until it returns. Anything else goes back to the loop at
+//!    once ([`transit::ToLoop`]) with what it does next ([`transit::Resume`]): answer, go on
+//!    negotiating, or start a readiness session a plugin accepted on the worker.
+//! 3. [`session`]: a readiness plugin's connection on the loop, until it ends.
+//!
+//! A request no plugin takes is answered by the HTTP/1.1 connection it came from
+//! ([`crate::http1`]), which reads on.
+
+pub mod negotiate;
+pub mod on_loop;
+pub mod on_worker;
+pub mod session;
+pub mod transit;
+
+/// Where a switch is being negotiated: each side asks the plugins that run on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// An event loop: readiness plugins, which must not block.
+    Loop,
+    /// A worker thread: blocking plugins, and a readiness plugin that asked to negotiate
+    /// where it may block.
+    Worker,
+}
+
+use crate::daemon::access::{self, Exchange};
+use crate::daemon::state::Shared;
+use crate::http1::Upgrade;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What a switched connection's access line says besides its own traffic, noted when the
+/// switch happens (the request itself is not kept for the connection's life).
+pub struct SwitchRecord {
+    request_line: Box<str>,
+    /// The offer's product as the client spelled it; empty while the access log is off.
+    protocol: Box<str>,
+    /// `101`, or [`access::NO_STATUS`] for HTTP/2 with prior knowledge (no `101`).
+    status: u16,
+    started: Instant,
+    /// Bytes in before the switch: the request, and what was read past it.
+    head_in: u64,
+    /// The `101`'s bytes that went out.
+    head_out: u64,
+}
+
+impl SwitchRecord {
+    /// Counts the switch (and its `101`) in the metrics and notes its access line's fields:
+    /// `switching` is the `101` sent, `read_ahead` the bytes read past the request.
+    pub fn switched(
+        shared: &Shared,
+        upgrade: &Upgrade,
+        offer: usize,
+        switching: &[u8],
+        read_ahead: usize,
+    ) -> SwitchRecord {
+        shared.metrics.switched(upgrade.plugin(offer));
+        if !switching.is_empty() {
+            shared.metrics.response(101);
+        }
+        SwitchRecord {
+            request_line: upgrade.request_line().into_boxed_str(),
+            protocol: if access::enabled() {
+                upgrade.product(offer).into()
+            } else {
+                Box::default()
+            },
+            status: if switching.is_empty() {
+                access::NO_STATUS
+            } else {
+                101
+            },
+            started: upgrade.started,
+            head_in: upgrade.bytes_in() + read_ahead as u64,
+            head_out: switching.len() as u64,
+        }
+    }
+
+    /// Part of the `101` never went out (the connection ended first).
+    pub fn unsent(&mut self, bytes: usize) {
+        self.head_out -= bytes as u64;
+    }
+
+    /// The connection ended: its access line, with what moved after the switch.
+    pub fn log(&self, peer: SocketAddr, bytes_in: u64, bytes_out: u64, reason: Option<&str>) {
+        access::log(&Exchange {
+            peer,
+            request: &self.request_line,
+            status: self.status,
+            protocol: Some(&self.protocol),
+            bytes_in: self.head_in + bytes_in,
+            bytes_out: self.head_out + bytes_out,
+            started: self.started,
+            reason,
+        });
+    }
+}
