@@ -754,3 +754,6 @@ impl<T: Transport> HttpConn<T> {
     }
 }
 
+
+#[cfg(test)]
+mod tests;
