@@ -153,7 +153,9 @@ pub const LOG_TRACE: u32 = 5;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawBytes {
+    /// The first byte; may be NULL (or dangling) when `len` is 0.
     pub ptr: *const u8,
+    /// How many bytes.
     pub len: usize,
 }
 
@@ -190,7 +192,9 @@ impl RawBytes {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawHeader {
+    /// The field name as the client spelled it.
     pub name: RawBytes,
+    /// The field value, white space around it removed.
     pub value: RawBytes,
 }
 
@@ -198,12 +202,15 @@ pub struct RawHeader {
 #[repr(C)]
 #[derive(Debug)]
 pub struct RawRequest {
+    /// The method (`GET`); always valid UTF-8.
     pub method: RawBytes,
     /// The request target as sent (`/chat?room=1`); always valid UTF-8.
     pub target: RawBytes,
     /// 1 for HTTP/1.1 (the only version ever upgraded).
     pub version_minor: u32,
+    /// The header fields in the order received, `headers_len` of them.
     pub headers: *const RawHeader,
+    /// How many `headers`.
     pub headers_len: usize,
     /// The peer's socket address, `ip:port` in UTF-8.
     pub peer: RawBytes,
@@ -236,10 +243,12 @@ pub const ARRIVAL_PRIOR_KNOWLEDGE: u32 = 1;
 /// `on_ready`, reads and writes never block: they fail with `EAGAIN` when nothing can move.
 #[repr(C)]
 pub struct RawConnection {
+    /// The host's state for this connection: the first argument of every function here.
     pub ctx: *mut c_void,
     /// Reads bytes the host read ahead of the switch first, then the socket.
     pub read:
         unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, len: usize, n: *mut usize) -> i32,
+    /// Writes bytes to the socket (`send`).
     pub write:
         unsafe extern "C" fn(ctx: *mut c_void, buf: *const u8, len: usize, n: *mut usize) -> i32,
     /// Gathers `count` slices into one write (`writev`).
@@ -290,7 +299,9 @@ pub struct RawWants {
 /// Receives a message (an error text or a panic message) by copying it.
 #[repr(C)]
 pub struct MessageSink {
+    /// The host's state: the first argument of `set`.
     pub ctx: *mut c_void,
+    /// Copies `message` (UTF-8); a later call replaces it.
     pub set: unsafe extern "C" fn(ctx: *mut c_void, message: RawBytes),
 }
 
@@ -298,9 +309,13 @@ pub struct MessageSink {
 /// status, headers and body of a rejection. The host copies everything.
 #[repr(C)]
 pub struct ResponseSink {
+    /// The host's state: the first argument of every function here.
     pub ctx: *mut c_void,
+    /// The rejection's status (300–599); not called for an accept.
     pub set_status: unsafe extern "C" fn(ctx: *mut c_void, status: u16),
+    /// One more header, of the `101` or of the rejection.
     pub add_header: unsafe extern "C" fn(ctx: *mut c_void, name: RawBytes, value: RawBytes),
+    /// The rejection's body.
     pub set_body: unsafe extern "C" fn(ctx: *mut c_void, body: RawBytes),
 }
 
@@ -312,7 +327,9 @@ pub struct HostApi {
     pub abi_minor: u32,
     /// The most verbose level the host's logger lets through (0 off … 5 trace).
     pub max_log_level: u32,
+    /// 1 when a record of `level` for `target` would be written (skip building it if not).
     pub log_enabled: unsafe extern "C" fn(level: u32, target: RawBytes) -> u8,
+    /// Writes one record to the daemon's log, as from `target` (both UTF-8).
     pub log: unsafe extern "C" fn(level: u32, target: RawBytes, message: RawBytes),
 }
 
@@ -379,6 +396,7 @@ pub struct PluginDescriptor {
     pub build: RawBytes,
     /// The `Upgrade` tokens served, lower-case.
     pub tokens: *const RawBytes,
+    /// How many `tokens`.
     pub tokens_len: usize,
     /// Required. Makes the plugin's shared state (`*state`, non-NULL), once, before any
     /// other call.

@@ -149,6 +149,7 @@ fn drop_caught<T>(value: T) {
 unsafe fn tell(sink: *const MessageSink, message: &str) {
     // SAFETY: the caller's contract; the host copies the message during the call.
     if let Some(sink) = unsafe { sink.as_ref() } {
+        // SAFETY: a live sink's `set` takes its own `ctx` and bytes valid for the call.
         unsafe { (sink.set)(sink.ctx, RawBytes::new(message.as_bytes())) }
     }
 }

@@ -138,6 +138,8 @@
 //!   [`abi::ABI_MAJOR`] and [`abi::ABI_MINOR`] say what a build speaks; the daemon logs the
 //!   build string of every plugin it loads.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 mod connection;
 pub mod event;

@@ -54,7 +54,10 @@ pub enum PathError {
     /// `..` segments climb above `/`.
     AboveRoot,
     /// The path as sent lies under `prefix`, and its dot-segments climb out of it.
-    ClimbsOut { prefix: String },
+    ClimbsOut {
+        /// The routed prefix the path climbs out of.
+        prefix: String,
+    },
 }
 
 impl PathError {

@@ -44,7 +44,9 @@ pub enum Decision<S> {
     /// Switch: the daemon sends `101` with `Upgrade`, `Connection: upgrade` and `headers`,
     /// then calls `serve` with `session`.
     Accept {
+        /// What `serve` (or `start`) gets: this connection's state so far.
         session: S,
+        /// Extra headers for the `101` (`Sec-WebSocket-Accept`, …).
         headers: Vec<(String, String)>,
     },
     /// Do not switch, and answer with this response instead (the connection then closes).
@@ -93,8 +95,11 @@ impl<S> Decision<S> {
 /// allowed in HTTP is replaced by a `500` and logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// 300–599.
     pub status: u16,
+    /// Header fields besides those the daemon adds.
     pub headers: Vec<(String, String)>,
+    /// The body (the daemon sets `Content-Length`).
     pub body: Vec<u8>,
 }
 

@@ -4,6 +4,8 @@
 //! ([`proxy_protocol`]). A library so that fuzzers (`fuzz/`) and benchmarks can drive exactly the
 //! code the daemon runs; the daemon itself is this package's binary.
 
+#![forbid(unsafe_code)]
+
 pub mod http;
 pub mod proxy_protocol;
 pub mod route;

@@ -10,6 +10,10 @@
 //! access log, and the main thread's signals and stop ([`daemon::supervisor`]); and
 //! [`plugin`], the loaded libraries and the only FFI.
 
+// `unsafe` lives in two places: the plugin FFI (plugin::ffi, plugin::host_io) and the
+// system calls (sys), each block with its `// SAFETY:` line.
+#![deny(unsafe_code)]
+
 mod connection;
 mod daemon;
 mod event_loop;
@@ -18,6 +22,7 @@ mod plugin;
 mod pool;
 mod switch;
 
+#[allow(unsafe_code)]
 mod sys;
 
 use daemon::{config, notify, supervisor};

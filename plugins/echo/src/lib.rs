@@ -1,6 +1,8 @@
 //! `Upgrade: echo`: after the `101`, every byte the client sends comes back, until it stops
 //! sending. The whole plugin contract in one file; start here to write your own.
 
+#![forbid(unsafe_code)]
+
 use protocol_api::{export_plugin, Connection, Decision, Protocol, Request};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;

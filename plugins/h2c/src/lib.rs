@@ -17,6 +17,8 @@
 //! - The daemon stopping: GOAWAY, streams in flight finish within the grace period.
 //! - No stream open for `SWITCHYARD_H2C_IDLE_MS`: GOAWAY, then the connection closes.
 
+#![forbid(unsafe_code)]
+
 pub mod client_io;
 pub mod config;
 pub mod proxy;

@@ -12,6 +12,9 @@
 //!
 //! Settings (environment): `SWITCHYARD_WEBSOCKET_*`; see [`config::Config`].
 
+// `unsafe` only where the plugin manages its programs (process.rs).
+#![deny(unsafe_code)]
+
 pub mod backend;
 mod cgi;
 pub mod config;
@@ -19,6 +22,7 @@ pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod origin;
+#[allow(unsafe_code)]
 mod process;
 pub mod receiver;
 mod relay;

@@ -107,6 +107,21 @@ enum Phase {
     Lingering,
 }
 
+/// The phase by name, for logs (its data is a request or a decoder: not for a log line).
+impl std::fmt::Debug for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Head => "Head",
+            Phase::UpgradeBody(_) => "UpgradeBody",
+            Phase::UpgradeReady(_) => "UpgradeReady",
+            Phase::Switching => "Switching",
+            Phase::SkipBody(_) => "SkipBody",
+            Phase::Closing => "Closing",
+            Phase::Lingering => "Lingering",
+        })
+    }
+}
+
 /// What the event loop must do after a turn.
 pub enum After {
     Keep,
@@ -297,6 +312,14 @@ impl<T: Transport> HttpConn<T> {
         if cx.now < self.deadline {
             return After::Keep;
         }
+        log::debug!(
+            "{}: time-out in phase {:?} ({} requests, {} bytes unread, {} owed)",
+            self.peer,
+            self.phase,
+            self.requests,
+            self.input.len(),
+            self.output.owed()
+        );
         match self.phase {
             Phase::Lingering | Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => {
                 After::Close
@@ -753,7 +776,6 @@ impl<T: Transport> HttpConn<T> {
         self.deadline = cx.now + cx.shared.config.header_timeout;
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,9 @@
 //!
 //! Libraries are never unloaded.
 
+#[allow(unsafe_code)]
 mod ffi;
+#[allow(unsafe_code)]
 mod host_io;
 
 pub use ffi::{Handler, RequestHeaders, Session};
