@@ -1,5 +1,6 @@
 //! Integration tests: the real daemon binary, real plugin libraries, real sockets on
-//! 127.0.0.1. Test names carry the SPEC.md rule (RFC section) they check.
+//! 127.0.0.1. A test of an RFC rule carries its section in its name
+//! (`rfc9113_3_3_...`), so a failure names the rule it broke.
 
 mod support;
 

@@ -1,16 +1,24 @@
-//! `Upgrade: websocket` (RFC 6455) for switchyard: the opening handshake, the framing rules,
-//! and an echo application (every message comes back as one message of the same type).
+//! `Upgrade: websocket` (RFC 6455) for switchyard: the opening handshake, the framing rules
+//! and permessage-deflate, then, by the request's path, an echo (every message comes back as
+//! one message of the same type) or a route to a service (`tcp://`, `unix:`) or a program
+//! (`exec:`, websocketd's way: stdin and stdout, CGI variables), readiness-driven on the
+//! daemon's event loops.
 //!
-//! - [`handshake`]: the request checks and the `101`'s headers, pure.
-//! - [`deflate`]: permessage-deflate (RFC 7692) offers and message compression, pure.
-//! - [`frame`] and [`receiver`]: framing and the receiving state machine, pure (bytes in,
-//!   events out).
-//! - `session`: one connection, readiness-driven on the daemon's event loop.
+//! Pure (bytes in, decisions out):
+//! - [`handshake`]: the request checks and the `101`'s headers.
+//! - [`deflate`]: permessage-deflate (RFC 7692) offers and message compression.
+//! - [`frame`] and [`receiver`]: framing and the receiving state machine.
+//! - [`origin`]: which pages may open a WebSocket.
+//! - [`routes`]: which path goes where.
 //!
-//! - [`origin`]: which pages may open a WebSocket, pure.
-//! - [`routes`], `backend`, `process`, `cgi`: routes to services and programs.
+//! With I/O:
+//! - `session`: one connection on the event loop, echo or relay.
+//! - `relay`, `backend`, `process`, `cgi`: a route's other side: dialling a service,
+//!   starting a program with its environment, moving bytes between it and the client.
 //!
-//! Settings (environment): `SWITCHYARD_WEBSOCKET_*`; see [`config::Config`].
+//! Settings (environment, read once at load; see [`config::Config`]):
+//! `SWITCHYARD_WEBSOCKET_ROUTES`, `_ORIGINS`, `_PROTOCOLS`, `_DEFLATE`, `_MAX_MESSAGE`,
+//! `_IDLE_MS`, `_CONNECT_TIMEOUT_MS`, `_MAX_PROCESSES`, `_PASSENV`.
 
 // `unsafe` only where the plugin manages its programs (process.rs).
 #![deny(unsafe_code)]
@@ -32,6 +40,15 @@ mod session;
 use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
 
+/// What `negotiate` agreed, for `start` (made on a worker when a route's service was
+/// dialled there, started on the event loop).
+pub struct Agreed {
+    /// The permessage-deflate agreement, if any.
+    deflate: Option<deflate::Agreement>,
+    /// A route's service, dialled or started before the `101`; none for the echo.
+    relay: Option<Box<relay::Relay>>,
+}
+
 pub struct WebSocket {
     config: config::Config,
     /// The `Origin` policies of routes when `SWITCHYARD_WEBSOCKET_ORIGINS` is unset.
@@ -45,13 +62,8 @@ pub struct WebSocket {
 impl EventProtocol for WebSocket {
     const NAME: &'static str = "websocket";
     const TOKENS: &'static [&'static str] = &["websocket"];
-    /// The permessage-deflate agreement, if any, and a route's service, dialled or started
-    /// (with whether it speaks in lines, and a label for logs).
-    type Session = (
-        Option<deflate::Agreement>,
-        Option<(backend::Backend, bool, String)>,
-    );
-    type Conn = session::Session;
+    type Session = Agreed;
+    type Conn = session::Connection;
 
     fn new() -> Result<Self, String> {
         let config = config::Config::from_env()?;
@@ -92,16 +104,20 @@ impl EventProtocol for WebSocket {
             }
         };
         // A service is dialled before the 101, which blocks: on a worker.
-        let backend = match service {
+        let relay = match service {
             routes::Service::Echo => None,
             _ if !request.may_block() => return Decision::OnWorker,
             service => match self.dial(service, request, &path) {
-                Ok(backend) => Some(backend),
+                Ok(relay) => Some(relay),
                 Err(rejection) => return Decision::Reject(rejection),
             },
         };
-        let mut decision = Decision::accept((accepted.deflate, backend))
-            .with_header("Sec-WebSocket-Accept", accepted.accept);
+        let agreed = Agreed {
+            deflate: accepted.deflate,
+            relay,
+        };
+        let mut decision =
+            Decision::accept(agreed).with_header("Sec-WebSocket-Accept", accepted.accept);
         if let Some(protocol) = accepted.protocol {
             decision = decision.with_header("Sec-WebSocket-Protocol", protocol);
         }
@@ -113,16 +129,16 @@ impl EventProtocol for WebSocket {
 
     fn start(
         &self,
-        (deflate, backend): Self::Session,
+        agreed: Agreed,
         _request: &Request<'_>,
-    ) -> std::io::Result<session::Session> {
-        let relay = backend.map(|(backend, lines, label)| relay::Relay::new(backend, lines, label));
-        Ok(session::Session::new(&self.config, deflate, relay))
+    ) -> std::io::Result<session::Connection> {
+        let Agreed { deflate, relay } = agreed;
+        Ok(session::Connection::new(&self.config, deflate, relay))
     }
 
     fn on_ready(
         &self,
-        conn: &mut session::Session,
+        conn: &mut session::Connection,
         io: &mut Io<'_>,
         ready: Ready,
     ) -> std::io::Result<Wants> {
@@ -139,7 +155,7 @@ impl WebSocket {
         service: &routes::Service,
         request: &Request<'_>,
         path: &RequestPath<'_>,
-    ) -> Result<(backend::Backend, bool, String), protocol_api::Rejection> {
+    ) -> Result<Box<relay::Relay>, protocol_api::Rejection> {
         let slot = match service {
             routes::Service::Exec { .. } => {
                 match process::Reservation::take(self.config.max_processes) {
@@ -176,7 +192,7 @@ impl WebSocket {
                     backend::Backend::Program(p) => format!("{} (pid {})", path.path(), p.pid),
                     _ => path.path().to_string(),
                 };
-                Ok((backend, lines, label))
+                Ok(relay::Relay::new(backend, lines, label))
             }
             Err(unreachable) => {
                 log::warn!(

@@ -72,7 +72,7 @@ struct Budget {
     inflate: usize,
 }
 
-pub struct Session {
+pub struct Connection {
     receiver: Receiver,
     deflater: Option<Deflater>,
     /// Input not yet handled: the start of a frame header that arrived without the rest, or
@@ -117,13 +117,17 @@ enum Reading {
     Ended,
 }
 
-impl Session {
-    pub fn new(config: &Config, deflate: Option<Agreement>, relay: Option<Box<Relay>>) -> Session {
+impl Connection {
+    pub fn new(
+        config: &Config,
+        deflate: Option<Agreement>,
+        relay: Option<Box<Relay>>,
+    ) -> Connection {
         let delivery = match relay {
             Some(_) => Delivery::Parts,
             None => Delivery::Whole,
         };
-        Session {
+        Connection {
             relay,
             receiver: Receiver::new(config.max_message, deflate.map(Inflater::new), delivery),
             deflater: deflate.map(Deflater::new),

@@ -324,7 +324,7 @@ impl Loaded {
         // SAFETY: the ABI's negotiate: our state, and request/sinks that outlive the call.
         let decision =
             unsafe { (self.negotiate)(self.state, &request, &response, &mut pointer, &error) };
-        let session = Session {
+        let session = Negotiated {
             loaded: self,
             pointer,
         };
@@ -356,7 +356,7 @@ impl Loaded {
     /// Runs a blocking plugin's `serve` on `connection` until it returns.
     pub fn serve<C: HostIo>(
         &self,
-        session: Session<'_>,
+        session: Negotiated<'_>,
         parts: &RequestParts<'_>,
         connection: &mut C,
         fd: RawFd,
@@ -380,7 +380,7 @@ impl Loaded {
     /// Turns a readiness plugin's session into its connection state.
     pub fn start(
         &self,
-        session: Session<'_>,
+        session: Negotiated<'_>,
         parts: &RequestParts<'_>,
     ) -> Result<Handler<'_>, Failure> {
         let Serving::Readiness { start, .. } = self.serving else {
@@ -407,22 +407,22 @@ impl Loaded {
 
 /// A session a plugin made in `negotiate`: handed to `serve` or `start`, or else freed by
 /// the plugin's `drop_session` when this is dropped.
-pub struct Session<'a> {
+pub struct Negotiated<'a> {
     loaded: &'a Loaded,
     pointer: *mut c_void,
 }
 
 // SAFETY: sessions are `Send` by the ABI's contract (the safe layer requires it): made on one
 // thread, served on another.
-unsafe impl Send for Session<'_> {}
+unsafe impl Send for Negotiated<'_> {}
 
-impl Session<'_> {
+impl Negotiated<'_> {
     fn take(mut self) -> *mut c_void {
         std::mem::replace(&mut self.pointer, std::ptr::null_mut())
     }
 }
 
-impl Drop for Session<'_> {
+impl Drop for Negotiated<'_> {
     fn drop(&mut self) {
         if let (false, Some(drop_session)) = (self.pointer.is_null(), self.loaded.drop_session) {
             // SAFETY: the pointer came from this plugin's negotiate and was not handed on.

@@ -18,7 +18,7 @@ mod ffi;
 #[allow(unsafe_code)]
 mod host_io;
 
-pub use ffi::{Handler, RequestHeaders, Session};
+pub use ffi::{Handler, Negotiated, RequestHeaders};
 pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead, Watched, Watcher};
 
 use crate::route::TokenTable;
@@ -120,7 +120,7 @@ struct Health {
 /// What `negotiate` decided.
 pub enum Negotiation<'a> {
     Accept {
-        session: Session<'a>,
+        session: Negotiated<'a>,
         headers: Vec<(String, String)>,
     },
     Reject {
@@ -202,7 +202,7 @@ impl Plugin {
     /// Runs a blocking plugin's `serve` until the connection is done.
     pub fn serve(
         &self,
-        session: Session<'_>,
+        session: Negotiated<'_>,
         request: &RequestParts<'_>,
         connection: &mut BlockingConn<'_>,
     ) -> Result<(), Failure> {
@@ -214,7 +214,7 @@ impl Plugin {
     /// Makes a readiness plugin's connection state.
     pub fn start(
         &self,
-        session: Session<'_>,
+        session: Negotiated<'_>,
         request: &RequestParts<'_>,
     ) -> Result<Handler<'_>, Failure> {
         self.loaded.start(session, request)

@@ -8,7 +8,7 @@ use super::Side;
 use crate::daemon::state::Shared;
 use crate::http::response::{is_field_value, is_token, write_header, write_status_line, Response};
 use crate::http1::Upgrade;
-use crate::plugin::{Failure, Negotiation, Plugin, Registry, Session};
+use crate::plugin::{Failure, Negotiated, Negotiation, Plugin, Registry};
 use std::borrow::Cow;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ pub enum Outcome {
     /// prior-knowledge connection), then serve `session`.
     Accept {
         offer: usize,
-        session: Session<'static>,
+        session: Negotiated<'static>,
         switching: Vec<u8>,
     },
     /// Answer with this instead (a plugin's refusal, an error, or `503` while stopping);

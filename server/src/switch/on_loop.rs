@@ -8,7 +8,7 @@ use crate::daemon::state::Shared;
 use crate::daemon::worker_slots::{NoSlot, Slot};
 use crate::http::response::Response;
 use crate::http1::Upgrade;
-use crate::plugin::{Handler, Session};
+use crate::plugin::{Handler, Negotiated};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -77,7 +77,7 @@ pub fn start(
     upgrade: &Upgrade,
     peer: &str,
     offer: usize,
-    session: Session<'static>,
+    session: Negotiated<'static>,
     switching: Vec<u8>,
     now: &mut Instant,
 ) -> OnLoop {

@@ -12,7 +12,7 @@ use crate::daemon::live::LiveConn;
 use crate::daemon::state::Shared;
 use crate::daemon::worker_slots::Slot;
 use crate::http1::Upgrade;
-use crate::plugin::{BlockingConn, Failure, ReadAhead, Session};
+use crate::plugin::{BlockingConn, Failure, Negotiated, ReadAhead};
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,7 +64,7 @@ pub fn run(job: ToWorker, shared: &'static Shared) {
 
 struct Accepted {
     offer: usize,
-    session: Session<'static>,
+    session: Negotiated<'static>,
     switching: Vec<u8>,
 }
 

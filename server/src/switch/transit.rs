@@ -40,7 +40,7 @@ pub enum Resume {
     /// session on the loop and send `switching`.
     Start {
         offer: usize,
-        session: crate::plugin::Session<'static>,
+        session: crate::plugin::Negotiated<'static>,
         switching: Vec<u8>,
     },
 }
