@@ -145,6 +145,7 @@ mod connection;
 pub mod event;
 pub mod fields;
 mod host;
+pub mod output;
 pub mod path;
 mod protocol;
 mod raw;

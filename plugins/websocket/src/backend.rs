@@ -133,8 +133,11 @@ impl Backend {
             Backend::Program(p) => p.stdout.read(buf),
         }
     }
+}
 
-    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+/// The service's input: its socket, or the program's stdin.
+impl Write for Backend {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Backend::Tcp(s) => s.write(buf),
             Backend::Unix(s) => s.write(buf),
@@ -143,6 +146,10 @@ impl Backend {
                 None => Err(ErrorKind::BrokenPipe.into()),
             },
         }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(()) // nothing is buffered here
     }
 }
 

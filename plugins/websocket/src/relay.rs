@@ -8,6 +8,7 @@
 
 use crate::backend::Backend;
 use crate::frame::{opcode, write_frame};
+use protocol_api::output::Output;
 use std::io::{self, ErrorKind, Read};
 use std::time::Instant;
 
@@ -27,8 +28,7 @@ pub struct Relay {
     pub backend: Backend,
     watching: bool,
     /// Payloads from the client the service has not taken yet, from `at` on.
-    to_backend: Vec<u8>,
-    at: usize,
+    to_backend: Output,
     /// `exec:` (websocketd's text mode): each line of the program's output is a text
     /// message, and each message to it is followed by a newline.
     pub lines: bool,
@@ -59,8 +59,7 @@ impl Relay {
         Box::new(Relay {
             backend,
             watching: false,
-            to_backend: Vec::new(),
-            at: 0,
+            to_backend: Output::default(),
             lines,
             carry: Vec::new(),
             stderr_carry: Vec::new(),
@@ -87,35 +86,22 @@ impl Relay {
     /// A piece of a client's message for the service; true when the client should be read
     /// no further until the service has taken what waits.
     pub fn take_part(&mut self, payload: &[u8], last: bool) -> bool {
-        self.to_backend.extend_from_slice(payload);
+        self.to_backend.queue().extend_from_slice(payload);
         if last && self.lines {
-            self.to_backend.push(b'\n');
+            self.to_backend.queue().push(b'\n');
         }
-        self.to_backend.len() - self.at >= HOLD
+        self.to_backend.owed() >= HOLD
     }
 
     /// Whether bytes of the client's wait for the service.
     pub fn is_owed(&self) -> bool {
-        self.at < self.to_backend.len()
+        !self.to_backend.is_done()
     }
 
     /// Writes what the service is owed; true when nothing is left.
     pub fn flush(&mut self) -> io::Result<bool> {
-        while self.at < self.to_backend.len() {
-            match self.backend.write(&self.to_backend[self.at..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.to_backend.clear();
-        self.at = 0;
-        if self.to_backend.capacity() > HOLD * 2 {
-            self.to_backend = Vec::new();
-        }
-        Ok(true)
+        self.to_backend.flush(&mut self.backend, HOLD * 2)?;
+        Ok(self.to_backend.is_done())
     }
 
     /// Reads what the service has (into `buf`) and makes it messages in `owed` (one binary

@@ -27,9 +27,10 @@ use crate::deflate::{Agreement, Deflater, Inflater};
 use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
 use crate::receiver::{close_code, Delivery, Event, Receiver};
 use crate::relay::Relay;
+use protocol_api::output::{rest, write_parts_until_blocked, write_until_blocked, Output};
 use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
-use std::io::{self, ErrorKind, IoSlice, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::Shutdown;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -80,9 +81,8 @@ pub struct Connection {
     partial: Vec<u8>,
     /// The receiver stopped with work in hand: it is fed again before the socket is read.
     holding: bool,
-    /// Output the socket has not taken yet, from `owed_at` on.
-    owed: Vec<u8>,
-    owed_at: usize,
+    /// Output the socket has not taken yet.
+    owed: Output,
     state: State,
     /// We pinged a silent peer and wait for any sign of life.
     ping_sent: bool,
@@ -133,8 +133,7 @@ impl Connection {
             deflater: deflate.map(Deflater::new),
             partial: Vec::new(),
             holding: false,
-            owed: Vec::new(),
-            owed_at: 0,
+            owed: Output::default(),
             state: State::Open,
             ping_sent: false,
         }
@@ -169,7 +168,7 @@ impl Connection {
                 }
                 State::Open if config.idle.is_some() => {
                     self.ping_sent = true;
-                    write_frame(&mut self.owed, opcode::PING, b"");
+                    write_frame(self.owed.queue(), opcode::PING, b"");
                 }
                 _ => {}
             }
@@ -307,13 +306,13 @@ impl Connection {
                 moved |= self.relay.as_ref().is_some_and(|relay| relay.is_owed());
             }
             // The service, while the client has taken everything and the connection is open.
-            if self.owed.is_empty() && self.state == State::Open {
+            if self.owed.is_done() && self.state == State::Open {
                 if budget.read == 0 {
                     return Ok(self.next(Wants::read().with_resume(), config));
                 }
                 let relay = self.relay.as_mut().expect("relay_turn is for routes");
                 let read = SCRATCH.with(|scratch| {
-                    relay.read_service(&mut scratch.borrow_mut().input, &mut self.owed)
+                    relay.read_service(&mut scratch.borrow_mut().input, self.owed.queue())
                 });
                 match read {
                     Ok(0) => {}
@@ -400,7 +399,7 @@ impl Connection {
             }
             self.partial.clear();
             self.answer(io, scratch, filled, &mut budget.inflate)?;
-            if !self.owed.is_empty() || self.state != State::Open {
+            if !self.owed.is_done() || self.state != State::Open {
                 return Ok(Reading::Wrote);
             }
             if self.holding {
@@ -434,7 +433,6 @@ impl Connection {
             io,
             staged: output,
             owed: &mut self.owed,
-            owed_at: &mut self.owed_at,
             error: None,
         };
         let deflater = &mut self.deflater;
@@ -507,8 +505,8 @@ impl Connection {
                 self.start_close(violation.code, violation.reason);
             }
         }
-        if self.owed.capacity() > KEEP_OUTPUT && self.owed.is_empty() {
-            self.owed = Vec::new();
+        if self.owed.is_done() && self.owed.queue().capacity() > KEEP_OUTPUT {
+            *self.owed.queue() = Vec::new();
         }
         Ok(())
     }
@@ -518,7 +516,7 @@ impl Connection {
     fn start_close(&mut self, code: u16, reason: &str) {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
-        write_frame(&mut self.owed, opcode::CLOSE, &payload);
+        write_frame(self.owed.queue(), opcode::CLOSE, &payload);
         self.partial = Vec::new();
         self.holding = false;
         self.state = State::Closing {
@@ -529,21 +527,8 @@ impl Connection {
 
     /// Writes what is owed; true when nothing is left.
     fn write_owed(&mut self, io: &mut Io<'_>) -> io::Result<bool> {
-        while self.owed_at < self.owed.len() {
-            match io.write(&self.owed[self.owed_at..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.owed_at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.owed.clear();
-        self.owed_at = 0;
-        if self.owed.capacity() > KEEP_OUTPUT {
-            self.owed = Vec::new();
-        }
-        Ok(true)
+        self.owed.flush(io, KEEP_OUTPUT)?;
+        Ok(self.owed.is_done())
     }
 }
 
@@ -552,15 +537,14 @@ impl Connection {
 struct Replies<'a, 'io> {
     io: &'a mut Io<'io>,
     staged: &'a mut Vec<u8>,
-    owed: &'a mut Vec<u8>,
-    owed_at: &'a mut usize,
+    owed: &'a mut Output,
     error: Option<io::Error>,
 }
 
 impl Replies<'_, '_> {
     fn frame(&mut self, opcode: u8, payload: &[u8]) {
         if self.is_owing() || self.error.is_some() {
-            write_frame(self.owed, opcode, payload);
+            write_frame(self.owed.queue(), opcode, payload);
         } else if payload.len() >= VECTORED_FROM {
             self.large(opcode, payload);
         } else {
@@ -570,7 +554,7 @@ impl Replies<'_, '_> {
 
     /// The socket has not taken everything: further replies wait behind what it left.
     fn is_owing(&self) -> bool {
-        self.owed.len() > *self.owed_at
+        !self.owed.is_done()
     }
 
     /// Writes what is staged and a large frame without copying its payload; what the socket
@@ -579,28 +563,15 @@ impl Replies<'_, '_> {
         let mut header = [0u8; MAX_HEADER];
         let header_len = encode_header(true, opcode, payload.len(), &mut header);
         let parts = [&self.staged[..], &header[..header_len], payload];
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut written = 0;
-        while written < total {
-            let (rest, count) = after(&parts, written);
-            let slices = rest.map(IoSlice::new);
-            match self.io.write_vectored(&slices[..count]) {
-                Ok(0) => {
-                    self.error = Some(ErrorKind::WriteZero.into());
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.error = Some(e);
-                    break;
-                }
+        let written = match write_parts_until_blocked(self.io, &parts) {
+            Ok(written) => written.bytes,
+            Err(e) => {
+                self.error = Some(e);
+                0
             }
-        }
-        let (rest, count) = after(&parts, written);
-        for part in &rest[..count] {
-            self.owed.extend_from_slice(part);
+        };
+        for part in rest(&parts, written) {
+            self.owed.queue().extend_from_slice(part);
         }
         self.staged.clear();
     }
@@ -608,34 +579,15 @@ impl Replies<'_, '_> {
     /// Writes what is staged; what the socket does not take is owed.
     fn flush(&mut self) {
         let mut at = 0;
-        while at < self.staged.len() && self.error.is_none() && !self.is_owing() {
-            match self.io.write(&self.staged[at..]) {
-                Ok(0) => self.error = Some(ErrorKind::WriteZero.into()),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+        if self.error.is_none() && !self.is_owing() {
+            match write_until_blocked(self.io, self.staged) {
+                Ok(written) => at = written.bytes,
                 Err(e) => self.error = Some(e),
             }
         }
         if at < self.staged.len() {
-            self.owed.extend_from_slice(&self.staged[at..]);
+            self.owed.queue().extend_from_slice(&self.staged[at..]);
         }
         self.staged.clear();
     }
-}
-
-/// The non-empty rest of `parts` after the first `skip` bytes, and how many there are.
-fn after<'p>(parts: &[&'p [u8]; 3], mut skip: usize) -> ([&'p [u8]; 3], usize) {
-    let mut rest: [&[u8]; 3] = [&[]; 3];
-    let mut count = 0;
-    for part in parts {
-        if skip >= part.len() {
-            skip -= part.len();
-        } else {
-            rest[count] = &part[skip..];
-            count += 1;
-            skip = 0;
-        }
-    }
-    (rest, count)
 }

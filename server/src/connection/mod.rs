@@ -1,9 +1,8 @@
 //! One client connection as the daemon holds it, whatever it speaks: the byte stream under
-//! it ([`transport`]), the bytes owed to it ([`output`]), and the value it travels as
-//! between stages ([`Transit`]): from HTTP/1.1 to a plugin, and between an event loop and
-//! a worker.
+//! it ([`transport`]) and the value it travels as between stages ([`Transit`]): from
+//! HTTP/1.1 to a plugin, and between an event loop and a worker. What is owed to it is a
+//! [`protocol_api::output::Output`], the one write loop the daemon and plugins share.
 
-pub mod output;
 pub mod transport;
 
 use crate::daemon::state::Ticket;

@@ -11,7 +11,6 @@
 use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
 use super::Upgrade;
-use crate::connection::output::Output;
 use crate::connection::transport::Transport;
 use crate::connection::Transit;
 use crate::daemon::access::{self, Exchange};
@@ -26,6 +25,7 @@ use crate::http::HttpError;
 use crate::plugin::Registry;
 use crate::proxy_protocol;
 use crate::route::{route, Offer, Route};
+use protocol_api::output::Output;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -273,9 +273,14 @@ impl<T: Transport> HttpConn<T> {
                 }
             }
             progressed |= self.process(cx);
-            match self.output.flush(&mut self.stream, &mut self.writable) {
-                Ok(n) => progressed |= n > 0,
-                Err(_) => return After::Close,
+            if self.writable {
+                match self.output.flush(&mut self.stream, 0) {
+                    Ok(written) => {
+                        progressed |= written.bytes > 0;
+                        self.writable = !written.blocked;
+                    }
+                    Err(_) => return After::Close,
+                }
             }
             if self.output.is_done() {
                 match std::mem::replace(&mut self.phase, Phase::Switching) {

@@ -14,7 +14,6 @@
 use super::negotiate::plugin_failed;
 use super::on_loop::Started;
 use super::SwitchRecord;
-use crate::connection::output::Output;
 use crate::connection::Transit;
 use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
@@ -25,6 +24,7 @@ use protocol_api::abi::{
     READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WRITABLE,
     WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
 };
+use protocol_api::output::Output;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -176,12 +176,11 @@ impl Session {
     ) -> Step {
         self.moved_last = false;
         if !self.owed.is_done() {
-            if self
-                .owed
-                .flush(&mut &self.stream, &mut self.flow.writable)
-                .is_err()
-            {
-                return Step::Close(Some("connection lost"));
+            if self.flow.writable {
+                match self.owed.flush(&mut &self.stream, 0) {
+                    Ok(written) => self.flow.writable = !written.blocked,
+                    Err(_) => return Step::Close(Some("connection lost")),
+                }
             }
             if !self.owed.is_done() {
                 return Step::Keep; // a writable event brings us back
