@@ -145,6 +145,7 @@ mod connection;
 pub mod event;
 pub mod fields;
 mod host;
+pub mod hosting;
 pub mod output;
 pub mod path;
 mod protocol;

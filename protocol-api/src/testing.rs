@@ -1,5 +1,9 @@
-//! Testing a [`Protocol`] without the daemon: build a request, call `negotiate`, and run
-//! `serve` on one end of a real loopback TCP connection while the test talks on the other.
+//! Testing a plugin without the daemon: build a request, call `negotiate`, and run the
+//! connection on one end of a real loopback TCP connection while the test talks on the
+//! other: `serve` of a [`Protocol`] on a thread ([`serve`]), or an
+//! [`EventProtocol`](crate::EventProtocol)'s `start` and `on_ready` calls as the daemon's
+//! event loop makes them ([`serve_ready`]). The host callbacks are the daemon's own
+//! ([`crate::hosting`]).
 //!
 //! ```
 //! # use protocol_api::{Connection, Decision, Protocol, Request};
@@ -35,13 +39,16 @@
 //! served.join().unwrap().unwrap();
 //! ```
 
-use crate::abi::{RawBytes, RawConnection, RawHeader, RawRequest};
+mod readiness;
+
+pub use readiness::serve_ready;
+
+use crate::abi::{RawBytes, RawHeader, RawRequest};
+use crate::hosting::{raw_connection, HostConnection};
 use crate::{Connection, Decision, Protocol, Request};
-use core::ffi::c_void;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -151,30 +158,11 @@ pub fn serve<P: Protocol>(
     session: P::Session,
     request: TestRequest,
 ) -> (TcpStream, JoinHandle<io::Result<()>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
-    let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-    let (server, _) = listener.accept().expect("accept");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (client, server) = loopback();
     let thread = std::thread::spawn(move || {
         let mut host = TestHost { stream: server };
         let fd = host.stream.as_raw_fd();
-        let raw = RawConnection {
-            ctx: (&mut host as *mut TestHost).cast(),
-            read: host_read,
-            write: host_write,
-            write_vectored: host_write_vectored,
-            shutdown: host_shutdown,
-            set_read_timeout: host_set_read_timeout,
-            buffered: host_buffered,
-            is_stopping: host_is_stopping,
-            fd,
-            set_write_timeout: None,
-            // A blocking connection: nothing to watch.
-            watch: None,
-            unwatch: None,
-        };
+        let raw = raw_connection(&mut host, fd);
         // SAFETY: `raw` and the host it points to outlive the call.
         let mut connection = unsafe { Connection::from_raw(&raw) };
         request.with(|request| plugin.serve(session, request, &mut connection))
@@ -182,117 +170,47 @@ pub fn serve<P: Protocol>(
     (client, thread)
 }
 
-/// The test's stand-in for the daemon's side of a connection.
+/// Both ends of a new loopback TCP connection: the test's (reads time out after 10 s, so a
+/// plugin that never answers fails the test instead of hanging it), and the plugin's.
+fn loopback() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (client, server)
+}
+
+/// The test's stand-in for the daemon's side of a blocking connection: the socket, no
+/// read-ahead, never stopping. Its callbacks are the daemon's ([`crate::hosting`]).
 struct TestHost {
     stream: TcpStream,
 }
 
-fn code(result: io::Result<usize>, n: *mut usize) -> i32 {
-    match result {
-        Ok(count) => {
-            // SAFETY: the out-pointer of the call.
-            unsafe { *n = count };
-            0
-        }
-        Err(e) => e.raw_os_error().unwrap_or(libc_eio()),
+impl HostConnection for TestHost {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
     }
-}
-
-const fn libc_eio() -> i32 {
-    5 // EIO on every Unix
-}
-
-/// # Safety
-/// `ctx` is the `TestHost` of the connection, alive for the call.
-unsafe fn host<'a>(ctx: *mut c_void) -> &'a mut TestHost {
-    // SAFETY: the caller's contract.
-    unsafe { &mut *ctx.cast::<TestHost>() }
-}
-
-fn guarded(body: impl FnOnce() -> i32) -> i32 {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(libc_eio())
-}
-
-unsafe extern "C" fn host_read(ctx: *mut c_void, buf: *mut u8, len: usize, n: *mut usize) -> i32 {
-    guarded(|| {
-        let buf: &mut [u8] = if len == 0 {
-            &mut []
-        } else {
-            // SAFETY: `buf` is writable for `len` bytes during the call.
-            unsafe { std::slice::from_raw_parts_mut(buf, len) }
-        };
-        // SAFETY: `ctx` per the ABI.
-        code(unsafe { host(ctx) }.stream.read(buf), n)
-    })
-}
-
-unsafe extern "C" fn host_write(
-    ctx: *mut c_void,
-    buf: *const u8,
-    len: usize,
-    n: *mut usize,
-) -> i32 {
-    guarded(|| {
-        // SAFETY: `buf` is readable for `len` bytes during the call.
-        let buf = unsafe { RawBytes { ptr: buf, len }.as_slice() };
-        // SAFETY: `ctx` per the ABI.
-        code(unsafe { host(ctx) }.stream.write(buf), n)
-    })
-}
-
-unsafe extern "C" fn host_write_vectored(
-    ctx: *mut c_void,
-    bufs: *const RawBytes,
-    count: usize,
-    n: *mut usize,
-) -> i32 {
-    guarded(|| {
-        let raw: &[RawBytes] = if count == 0 {
-            &[]
-        } else {
-            // SAFETY: `bufs` holds `count` slices lent for the call.
-            unsafe { std::slice::from_raw_parts(bufs, count) }
-        };
-        // SAFETY: each slice is lent for the call.
-        let slices: Vec<IoSlice<'_>> = raw
-            .iter()
-            .map(|b| IoSlice::new(unsafe { b.as_slice() }))
-            .collect();
-        // SAFETY: `ctx` per the ABI.
-        code(unsafe { host(ctx) }.stream.write_vectored(&slices), n)
-    })
-}
-
-unsafe extern "C" fn host_shutdown(ctx: *mut c_void, how: u32) -> i32 {
-    guarded(|| {
-        let how = match how {
-            crate::abi::SHUTDOWN_READ => Shutdown::Read,
-            crate::abi::SHUTDOWN_WRITE => Shutdown::Write,
-            _ => Shutdown::Both,
-        };
-        // SAFETY: `ctx` per the ABI.
-        match unsafe { host(ctx) }.stream.shutdown(how) {
-            Ok(()) => 0,
-            Err(e) => e.raw_os_error().unwrap_or(libc_eio()),
-        }
-    })
-}
-
-unsafe extern "C" fn host_set_read_timeout(ctx: *mut c_void, millis: u64) -> i32 {
-    guarded(|| {
-        let timeout = (millis > 0).then(|| Duration::from_millis(millis));
-        // SAFETY: `ctx` per the ABI.
-        match unsafe { host(ctx) }.stream.set_read_timeout(timeout) {
-            Ok(()) => 0,
-            Err(e) => e.raw_os_error().unwrap_or(libc_eio()),
-        }
-    })
-}
-
-unsafe extern "C" fn host_buffered(_: *mut c_void) -> usize {
-    0
-}
-
-unsafe extern "C" fn host_is_stopping(_: *mut c_void) -> u8 {
-    0
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+    fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
+        self.stream.shutdown(how)
+    }
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_write_timeout(timeout)
+    }
+    fn buffered(&self) -> usize {
+        0
+    }
+    fn is_stopping(&self) -> bool {
+        false
+    }
 }

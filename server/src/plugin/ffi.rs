@@ -4,18 +4,14 @@
 //! The rest of the daemon sees only the safe wrappers in [`super`]. Each callback runs its
 //! body under `catch_unwind`: a panic must not unwind into plugin code.
 
-use super::host_io::HostIo;
 use super::{Failure, Negotiation, RequestParts};
 use protocol_api::abi::*;
+use protocol_api::hosting::{guarded, lent, raw_connection, HostConnection};
 use std::ffi::c_void;
-use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::net::Shutdown;
 use std::os::fd::RawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// Why a file is not a usable plugin. Shown after the file's name.
 #[derive(Debug)]
@@ -354,7 +350,7 @@ impl Loaded {
     }
 
     /// Runs a blocking plugin's `serve` on `connection` until it returns.
-    pub fn serve<C: HostIo>(
+    pub fn serve<C: HostConnection>(
         &self,
         session: Negotiated<'_>,
         parts: &RequestParts<'_>,
@@ -440,7 +436,7 @@ pub struct Handler<'a> {
 
 impl Handler<'_> {
     /// Calls `on_ready` with the `READY_*` bits in `events`.
-    pub fn on_ready<C: HostIo>(
+    pub fn on_ready<C: HostConnection>(
         &mut self,
         connection: &mut C,
         fd: RawFd,
@@ -492,20 +488,6 @@ struct ResponseParts {
 }
 
 /// Runs a callback body, turning a panic into `fallback`: nothing unwinds into a plugin.
-fn guarded<T>(fallback: T, body: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
-}
-
-/// # Safety
-/// `bytes` is lent by the plugin for the duration of the callback (NULL only when empty).
-unsafe fn lent<'a>(bytes: RawBytes) -> &'a [u8] {
-    if bytes.ptr.is_null() {
-        return &[];
-    }
-    // SAFETY: the caller's contract.
-    unsafe { bytes.as_slice() }
-}
-
 fn message_sink(message: &mut String) -> MessageSink {
     MessageSink {
         ctx: (message as *mut String).cast(),
@@ -542,180 +524,6 @@ unsafe extern "C" fn sink_set_body(ctx: *mut c_void, body: RawBytes) {
     guarded((), || unsafe {
         (*ctx.cast::<ResponseParts>()).body = lent(body).to_vec()
     })
-}
-
-/// The connection in the ABI's shape, its context pointing at `connection`.
-fn raw_connection<C: HostIo>(connection: &mut C, fd: RawFd) -> RawConnection {
-    RawConnection {
-        ctx: (connection as *mut C).cast(),
-        read: conn_read::<C>,
-        write: conn_write::<C>,
-        write_vectored: conn_write_vectored::<C>,
-        shutdown: conn_shutdown::<C>,
-        set_read_timeout: conn_set_read_timeout::<C>,
-        buffered: conn_buffered::<C>,
-        is_stopping: conn_is_stopping::<C>,
-        fd,
-        set_write_timeout: Some(conn_set_write_timeout::<C>),
-        watch: Some(conn_watch::<C>),
-        unwatch: Some(conn_unwatch::<C>),
-    }
-}
-
-fn errno(e: &std::io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(match e.kind() {
-        std::io::ErrorKind::WouldBlock => libc::EAGAIN,
-        std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
-        _ => libc::EIO,
-    })
-}
-
-fn io_result(result: std::io::Result<usize>, n: *mut usize) -> i32 {
-    match result {
-        Ok(count) => {
-            if !n.is_null() {
-                // SAFETY: `n` is the plugin's out-pointer for this call.
-                unsafe { *n = count };
-            }
-            0
-        }
-        Err(e) => errno(&e),
-    }
-}
-
-/// # Safety
-/// `ctx` is the `C` passed in the `RawConnection`, alive during the plugin call that lent it.
-unsafe fn host<'a, C>(ctx: *mut c_void) -> &'a mut C {
-    // SAFETY: the caller's contract.
-    unsafe { &mut *ctx.cast::<C>() }
-}
-
-unsafe extern "C" fn conn_read<C: HostIo>(
-    ctx: *mut c_void,
-    buf: *mut u8,
-    len: usize,
-    n: *mut usize,
-) -> i32 {
-    guarded(libc::EIO, || {
-        let buf: &mut [u8] = if len == 0 || buf.is_null() {
-            &mut []
-        } else {
-            // SAFETY: `buf` is writable for `len` bytes during the call.
-            unsafe { std::slice::from_raw_parts_mut(buf, len) }
-        };
-        // SAFETY: `ctx` per the ABI.
-        io_result(unsafe { host::<C>(ctx) }.read(buf), n)
-    })
-}
-
-unsafe extern "C" fn conn_write<C: HostIo>(
-    ctx: *mut c_void,
-    buf: *const u8,
-    len: usize,
-    n: *mut usize,
-) -> i32 {
-    guarded(libc::EIO, || {
-        // SAFETY: `buf` is readable for `len` bytes during the call (NULL only when empty).
-        let buf = unsafe { lent(RawBytes { ptr: buf, len }) };
-        // SAFETY: `ctx` per the ABI.
-        io_result(unsafe { host::<C>(ctx) }.write(buf), n)
-    })
-}
-
-unsafe extern "C" fn conn_write_vectored<C: HostIo>(
-    ctx: *mut c_void,
-    bufs: *const RawBytes,
-    count: usize,
-    n: *mut usize,
-) -> i32 {
-    guarded(libc::EIO, || {
-        let raw: &[RawBytes] = if count == 0 || bufs.is_null() {
-            &[]
-        } else {
-            // SAFETY: `bufs` holds `count` slices lent for the call.
-            unsafe { std::slice::from_raw_parts(bufs, count) }
-        };
-        let mut slices = [IoSlice::new(&[]); 64];
-        let used = raw.len().min(slices.len());
-        for (slot, bytes) in slices.iter_mut().zip(raw) {
-            // SAFETY: each slice is lent for the call.
-            *slot = IoSlice::new(unsafe { lent(*bytes) });
-        }
-        // SAFETY: `ctx` per the ABI.
-        io_result(unsafe { host::<C>(ctx) }.write_vectored(&slices[..used]), n)
-    })
-}
-
-unsafe extern "C" fn conn_shutdown<C: HostIo>(ctx: *mut c_void, how: u32) -> i32 {
-    guarded(libc::EIO, || {
-        let how = match how {
-            SHUTDOWN_READ => Shutdown::Read,
-            SHUTDOWN_WRITE => Shutdown::Write,
-            SHUTDOWN_BOTH => Shutdown::Both,
-            _ => return libc::EINVAL,
-        };
-        // SAFETY: `ctx` per the ABI.
-        match unsafe { host::<C>(ctx) }.shutdown(how) {
-            Ok(()) => 0,
-            // Already shut or reset by the peer: the goal (no more traffic) is met.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => 0,
-            Err(e) => errno(&e),
-        }
-    })
-}
-
-fn timeout(millis: u64) -> Option<Duration> {
-    (millis > 0).then(|| Duration::from_millis(millis))
-}
-
-unsafe extern "C" fn conn_set_read_timeout<C: HostIo>(ctx: *mut c_void, millis: u64) -> i32 {
-    guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI.
-        match unsafe { host::<C>(ctx) }.set_read_timeout(timeout(millis)) {
-            Ok(()) => 0,
-            Err(e) => errno(&e),
-        }
-    })
-}
-
-unsafe extern "C" fn conn_set_write_timeout<C: HostIo>(ctx: *mut c_void, millis: u64) -> i32 {
-    guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI.
-        match unsafe { host::<C>(ctx) }.set_write_timeout(timeout(millis)) {
-            Ok(()) => 0,
-            Err(e) => errno(&e),
-        }
-    })
-}
-
-unsafe extern "C" fn conn_watch<C: HostIo>(ctx: *mut c_void, fd: i32) -> i32 {
-    guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI.
-        match unsafe { host::<C>(ctx) }.watch(fd, true) {
-            Ok(()) => 0,
-            Err(e) => errno(&e),
-        }
-    })
-}
-
-unsafe extern "C" fn conn_unwatch<C: HostIo>(ctx: *mut c_void, fd: i32) -> i32 {
-    guarded(libc::EIO, || {
-        // SAFETY: `ctx` per the ABI.
-        match unsafe { host::<C>(ctx) }.watch(fd, false) {
-            Ok(()) => 0,
-            Err(e) => errno(&e),
-        }
-    })
-}
-
-unsafe extern "C" fn conn_buffered<C: HostIo>(ctx: *mut c_void) -> usize {
-    // SAFETY: `ctx` per the ABI.
-    guarded(0, || unsafe { host::<C>(ctx) }.buffered())
-}
-
-unsafe extern "C" fn conn_is_stopping<C: HostIo>(ctx: *mut c_void) -> u8 {
-    // SAFETY: `ctx` per the ABI.
-    guarded(0, || u8::from(unsafe { host::<C>(ctx) }.is_stopping()))
 }
 
 unsafe extern "C" fn host_log_enabled(level: u32, target: RawBytes) -> u8 {

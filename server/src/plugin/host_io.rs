@@ -1,5 +1,6 @@
 //! The daemon's side of a switched connection while plugin code runs on it: what the
-//! callbacks in [`super::ffi`] call. Two kinds, one trait:
+//! callbacks ([`protocol_api::hosting`], the same for the daemon and the test host) call.
+//! Two kinds, one trait ([`HostConnection`]):
 //! - [`BlockingConn`]: a blocking socket on a worker thread (`serve`);
 //! - [`EventIo`]: a non-blocking socket on an event loop (`on_ready`), which also notes
 //!   whether the socket was drained or filled, so the loop knows when to call again.
@@ -7,29 +8,12 @@
 //! Both serve the bytes read ahead of the switch first, count bytes for the access line,
 //! and apply the daemon's write time-out.
 
+use protocol_api::hosting::{HostConnection, Readiness};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// What the plugin callbacks need of a connection.
-pub trait HostIo {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-    fn shutdown(&mut self, how: Shutdown) -> io::Result<()>;
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
-    /// `None`: back to the daemon's `SWITCHYARD_WRITE_TIMEOUT_MS`.
-    fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
-    fn buffered(&self) -> usize;
-    fn is_stopping(&self) -> bool;
-    /// Watches (`true`) or stops watching a descriptor of the plugin's (ABI 1.2); only
-    /// readiness connections can.
-    fn watch(&mut self, _fd: RawFd, _watch: bool) -> io::Result<()> {
-        Err(io::Error::from_raw_os_error(libc::EINVAL))
-    }
-}
 
 /// Most descriptors one readiness connection may have its loop watch.
 pub const MAX_WATCHED: usize = 16;
@@ -157,7 +141,7 @@ impl BlockingConn<'_> {
     }
 }
 
-impl HostIo for BlockingConn<'_> {
+impl HostConnection for BlockingConn<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(n) = self.read_ahead.take(buf) {
             return Ok(n);
@@ -205,14 +189,9 @@ pub struct Flow {
     pub read_ahead: ReadAhead,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// The socket may hold unread bytes. Set by a readable event, cleared by a read that
-    /// returned less than asked (the socket was drained) or `WouldBlock`.
-    pub readable: bool,
-    /// The socket may take more bytes. Set by a writable event, cleared by a write that
-    /// took less than offered or `WouldBlock`.
-    pub writable: bool,
-    /// Bytes moved during the current call.
-    pub moved: bool,
+    /// What the socket may do: set by events, cleared by reads and writes
+    /// ([`Readiness`]'s rule, the same as the test harness's).
+    pub readiness: Readiness,
     /// The plugin's own write time-out, if it set one.
     pub write_timeout: Option<Duration>,
 }
@@ -228,47 +207,21 @@ pub struct EventIo<'a> {
 
 impl EventIo<'_> {
     fn wrote(&mut self, result: io::Result<usize>, offered: usize) -> io::Result<usize> {
-        match result {
-            Ok(n) => {
-                self.flow.bytes_out += n as u64;
-                self.flow.moved |= n > 0;
-                if n < offered {
-                    self.flow.writable = false;
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    self.flow.writable = false;
-                }
-                Err(e)
-            }
-        }
+        let n = self.flow.readiness.wrote(result, offered)?;
+        self.flow.bytes_out += n as u64;
+        Ok(n)
     }
 }
 
-impl HostIo for EventIo<'_> {
+impl HostConnection for EventIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(n) = self.flow.read_ahead.take(buf) {
             return Ok(n);
         }
-        match retry(|| (&mut &*self.stream).read(buf)) {
-            Ok(n) => {
-                self.flow.bytes_in += n as u64;
-                self.flow.moved |= n > 0;
-                // A short read drained the socket; new bytes bring a new event.
-                if n < buf.len() {
-                    self.flow.readable = false;
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    self.flow.readable = false;
-                }
-                Err(e)
-            }
-        }
+        let result = retry(|| (&mut &*self.stream).read(buf));
+        let n = self.flow.readiness.read(result, buf.len())?;
+        self.flow.bytes_in += n as u64;
+        Ok(n)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -24,6 +24,7 @@ use protocol_api::abi::{
     READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WRITABLE,
     WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
 };
+use protocol_api::hosting::Readiness;
 use protocol_api::output::Output;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -99,9 +100,12 @@ impl Session {
             handler,
             flow: Flow {
                 read_ahead: ReadAhead::new(read_ahead),
-                // What the HTTP side knew: a short read drained the socket.
-                readable,
-                writable: true,
+                readiness: Readiness {
+                    // What the HTTP side knew: a short read drained the socket.
+                    readable,
+                    writable: true,
+                    moved: false,
+                },
                 ..Flow::default()
             },
             owed: Output::new(switching),
@@ -121,8 +125,8 @@ impl Session {
     /// Notes a readiness event; true when it newly says the peer closed (a plugin of 1.3 or
     /// later is then called even if it waits for nothing the event brings).
     pub fn ready(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
-        self.flow.readable |= readable;
-        self.flow.writable |= writable;
+        self.flow.readiness.readable |= readable;
+        self.flow.readiness.writable |= writable;
         let newly = closed && !self.peer_closed;
         self.peer_closed |= closed;
         newly && self.plugin.abi_minor() >= 3
@@ -138,10 +142,12 @@ impl Session {
     /// The `READY_*` bits the plugin should be called with now (0: nothing to do).
     pub fn due(&self) -> u32 {
         let mut events = 0;
-        if self.wants & WANT_READ != 0 && (self.flow.readable || self.flow.read_ahead.len() > 0) {
+        if self.wants & WANT_READ != 0
+            && (self.flow.readiness.readable || self.flow.read_ahead.len() > 0)
+        {
             events |= READY_READABLE;
         }
-        if self.wants & WANT_WRITE != 0 && self.flow.writable {
+        if self.wants & WANT_WRITE != 0 && self.flow.readiness.writable {
             events |= READY_WRITABLE;
         }
         events
@@ -176,9 +182,9 @@ impl Session {
     ) -> Step {
         self.moved_last = false;
         if !self.owed.is_done() {
-            if self.flow.writable {
+            if self.flow.readiness.writable {
                 match self.owed.flush(&mut &self.stream, 0) {
-                    Ok(written) => self.flow.writable = !written.blocked,
+                    Ok(written) => self.flow.readiness.writable = !written.blocked,
                     Err(_) => return Step::Close(Some("connection lost")),
                 }
             }
@@ -202,7 +208,7 @@ impl Session {
             events |= READY_PEER_CLOSED;
         }
         let bytes_out = self.flow.bytes_out;
-        self.flow.moved = false;
+        self.flow.readiness.moved = false;
         let mut io = EventIo {
             stream: &self.stream,
             flow: &mut self.flow,
@@ -238,8 +244,8 @@ impl Session {
         self.wants = wants.interest & (WANT_READ | WANT_WRITE);
         self.resume = minor >= 3 && wants.interest & WANT_RESUME != 0;
         self.timer = (wants.timer_ms > 0).then(|| *now + Duration::from_millis(wants.timer_ms));
-        self.moved_last = self.flow.moved;
-        if self.flow.moved {
+        self.moved_last = self.flow.readiness.moved;
+        if self.flow.readiness.moved {
             self.last_moved = *now;
         }
         self.stalled_since = if self.wants & WANT_WRITE == 0 {

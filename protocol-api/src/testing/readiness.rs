@@ -1,0 +1,244 @@
+//! The readiness harness: an [`EventProtocol`]'s connection run as the daemon's event loop
+//! runs it, on a thread of its own, with the daemon's callbacks ([`crate::hosting`]) and its
+//! rules for when to call:
+//!
+//! - readiness is edge-triggered underneath and remembered for the plugin: the socket stays
+//!   "readable" until a read returns less than asked (or `WouldBlock`), "writable" until a
+//!   write takes less than offered;
+//! - the plugin is called when what it wants ([`Wants`]) may be possible, on its timer, when
+//!   a descriptor it watches moves, and at once when it asked to resume;
+//! - a call that moved no byte of the connection is not repeated until an event comes
+//!   (a plugin that chooses not to read does not spin);
+//! - once the peer has closed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`) every call says so.
+
+use super::TestRequest;
+use crate::abi::{
+    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_TIMER, READY_WATCHED, READY_WRITABLE,
+    WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
+};
+use crate::hosting::{raw_connection, HostConnection, Readiness};
+use crate::{EventProtocol, Io, Ready};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The socket's key in the harness's epoll set; a watched descriptor's key is its number
+/// with [`WATCHED`] set.
+const SOCKET: u64 = 0;
+const WATCHED: u64 = 1 << 32;
+
+/// Runs `plugin.start(session, request)` and then its `on_ready` calls on a thread, on one
+/// end of a loopback TCP connection; returns the other end and the thread, which ends with
+/// `Ok` when the plugin closes the connection (or wants nothing more) and with the error of
+/// `start` or `on_ready` otherwise.
+pub fn serve_ready<P: EventProtocol>(
+    plugin: P,
+    session: P::Session,
+    request: TestRequest,
+) -> (TcpStream, JoinHandle<io::Result<()>>) {
+    let (client, server) = super::loopback();
+    let thread = std::thread::spawn(move || {
+        let mut conn = request.with(|request| plugin.start(session, request))?;
+        let mut host = LoopHost::new(server)?;
+        host.run(|host, ready| {
+            let fd = host.stream.as_raw_fd();
+            let raw = raw_connection(host, fd);
+            // SAFETY: `raw` points at `host`, which outlives this call and is used only
+            // through it meanwhile.
+            let mut io = unsafe { Io::from_raw(&raw) };
+            plugin
+                .on_ready(&mut conn, &mut io, ready)
+                .map(|w| w.to_raw())
+        })
+    });
+    (client, thread)
+}
+
+/// The harness's side of the connection: a non-blocking socket and what is known of it.
+struct LoopHost {
+    stream: TcpStream,
+    epoll: OwnedFd,
+    /// What the socket may do, by the daemon's rule.
+    readiness: Readiness,
+}
+
+impl LoopHost {
+    fn new(stream: TcpStream) -> io::Result<LoopHost> {
+        stream.set_nonblocking(true)?;
+        // SAFETY: epoll_create1 takes no pointers; its result is checked below.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor no one else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+        let host = LoopHost {
+            stream,
+            epoll,
+            readiness: Readiness {
+                readable: false,
+                writable: true,
+                moved: false,
+            },
+        };
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        host.control(libc::EPOLL_CTL_ADD, host.stream.as_raw_fd(), events, SOCKET)?;
+        Ok(host)
+    }
+
+    fn control(&self, op: i32, fd: RawFd, events: i32, key: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: events as u32,
+            u64: key,
+        };
+        // SAFETY: `event` lives for the call; the kernel checks the descriptors.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Calls `on_ready` by the daemon's rules until the plugin is done.
+    fn run(
+        &mut self,
+        mut on_ready: impl FnMut(&mut LoopHost, Ready) -> io::Result<crate::abi::RawWants>,
+    ) -> io::Result<()> {
+        // As after the switch: the plugin wants both ways and is called at once.
+        let mut wants = WANT_READ | WANT_WRITE;
+        let mut timer: Option<Instant> = None;
+        let mut resume = false;
+        let mut peer_closed = false;
+        let mut events = 0;
+        loop {
+            let due = self.due(wants);
+            let mut ready = events | due;
+            if std::mem::take(&mut resume) {
+                ready |= READY_RESUME;
+            }
+            if ready != 0 {
+                if peer_closed {
+                    ready |= READY_PEER_CLOSED;
+                }
+                self.readiness.moved = false;
+                let raw = on_ready(self, Ready::from_bits(ready))?;
+                if raw.interest & WANT_CLOSE != 0 {
+                    return Ok(());
+                }
+                wants = raw.interest & (WANT_READ | WANT_WRITE);
+                resume = raw.interest & WANT_RESUME != 0;
+                timer = (raw.timer_ms > 0)
+                    .then(|| Instant::now() + Duration::from_millis(raw.timer_ms));
+                if wants == 0 && timer.is_none() && !resume {
+                    return Ok(()); // nothing would ever call it again
+                }
+                events = 0;
+                if resume || (self.readiness.moved && self.due(wants) != 0) {
+                    continue;
+                }
+            }
+            events = self.wait(timer, &mut peer_closed)?;
+            if timer.is_some_and(|at| at <= Instant::now()) {
+                timer = None;
+                events |= READY_TIMER;
+            }
+        }
+    }
+
+    fn due(&self, wants: u32) -> u32 {
+        let mut due = 0;
+        if wants & WANT_READ != 0 && self.readiness.readable {
+            due |= READY_READABLE;
+        }
+        if wants & WANT_WRITE != 0 && self.readiness.writable {
+            due |= READY_WRITABLE;
+        }
+        due
+    }
+
+    /// Waits for events (or the timer); notes the socket's, returns `READY_WATCHED` if a
+    /// watched descriptor moved.
+    fn wait(&mut self, timer: Option<Instant>, peer_closed: &mut bool) -> io::Result<u32> {
+        let timeout = timer.map_or(-1, |at| {
+            let left = at.saturating_duration_since(Instant::now());
+            left.as_millis().min(i32::MAX as u128) as i32 + 1
+        });
+        let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        // SAFETY: `ready` is writable for its length during the call.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                ready.as_mut_ptr(),
+                ready.len() as i32,
+                timeout,
+            )
+        };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            return match error.kind() {
+                io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(error),
+            };
+        }
+        let mut events = 0;
+        for event in &ready[..n as usize] {
+            let (bits, key) = (event.events as i32, event.u64);
+            if key & WATCHED != 0 {
+                events |= READY_WATCHED;
+                continue;
+            }
+            let closed = bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0;
+            self.readiness.readable |= bits & libc::EPOLLIN != 0 || closed;
+            self.readiness.writable |= bits & (libc::EPOLLOUT | libc::EPOLLERR) != 0;
+            *peer_closed |= closed;
+        }
+        Ok(events)
+    }
+}
+
+impl HostConnection for LoopHost {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = self.stream.read(buf);
+        self.readiness.read(result, buf.len())
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.stream.write(buf);
+        self.readiness.wrote(result, buf.len())
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let offered = bufs.iter().map(|b| b.len()).sum();
+        let result = self.stream.write_vectored(bufs);
+        self.readiness.wrote(result, offered)
+    }
+    fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
+        self.stream.shutdown(how)
+    }
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        // As on the daemon's loops: reads never block; a plugin asks for a timer.
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+    fn set_write_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(()) // accepted; the harness enforces no time-outs
+    }
+    fn buffered(&self) -> usize {
+        0
+    }
+    fn is_stopping(&self) -> bool {
+        false
+    }
+    fn watch(&mut self, fd: RawFd, watch: bool) -> io::Result<()> {
+        if watch {
+            let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+            match self.control(libc::EPOLL_CTL_ADD, fd, events, WATCHED | fd as u64) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                other => other,
+            }
+        } else {
+            match self.control(libc::EPOLL_CTL_DEL, fd, 0, 0) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                other => other,
+            }
+        }
+    }
+}
