@@ -23,23 +23,26 @@ pub fn write_until_blocked(to: &mut impl Write, bytes: &[u8]) -> io::Result<Writ
 }
 
 /// As [`write_until_blocked`], for bytes in several parts (a frame header and its payload,
-/// say), gathered into vectored writes so that none is copied.
+/// say), gathered into vectored writes so that none is copied. The writer's
+/// `write_vectored` must gather (sockets and pipes do): std's default writes only the first
+/// slice, which would read here as "full".
 pub fn write_parts_until_blocked(to: &mut impl Write, parts: &[&[u8]]) -> io::Result<Written> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
-        let offered = total - written;
-        let result = match parts {
-            [one] => to.write(&one[written..]),
+        let (result, offered) = match parts {
+            [one] => (to.write(&one[written..]), total - written),
             _ => {
                 // Up to eight parts a call, with no allocation; the loop goes on with the rest.
                 let mut slices = [IoSlice::new(&[]); 8];
                 let mut count = 0;
+                let mut offered = 0;
                 for (slot, part) in slices.iter_mut().zip(rest(parts, written)) {
                     *slot = IoSlice::new(part);
                     count += 1;
+                    offered += part.len();
                 }
-                to.write_vectored(&slices[..count])
+                (to.write_vectored(&slices[..count]), offered)
             }
         };
         match result {
@@ -237,6 +240,24 @@ mod tests {
         kept.queue().extend_from_slice(b"x");
         kept.flush(&mut socket, 64).unwrap();
         assert_eq!(kept.queue().capacity(), 64, "kept up to `keep`");
+    }
+
+    #[test]
+    fn more_parts_than_one_call_gathers_go_out_whole_when_there_is_room() {
+        let parts: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 3]).collect();
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let mut socket = Socket::new(usize::MAX, usize::MAX);
+        let written = write_parts_until_blocked(&mut socket, &parts).unwrap();
+        assert_eq!(
+            written,
+            Written {
+                bytes: 60,
+                blocked: false
+            },
+            "a full gather of the first eight parts is not a full socket"
+        );
+        assert_eq!(socket.calls, 3);
+        assert_eq!(socket.taken, parts.concat());
     }
 
     #[test]

@@ -45,8 +45,18 @@ use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Requ
 pub struct Agreed {
     /// The permessage-deflate agreement, if any.
     deflate: Option<deflate::Agreement>,
-    /// A route's service, dialled or started before the `101`; none for the echo.
-    relay: Option<Box<relay::Relay>>,
+    /// A route's service, dialled or started before the `101`; none for the echo. Its
+    /// relay is made in `start`, once the connection is switched (a relay logs its end).
+    service: Option<Dialled>,
+}
+
+/// A route's service, connected (or its program started) in `negotiate`.
+struct Dialled {
+    backend: backend::Backend,
+    /// `exec:` text routes: the program speaks in lines, each a message.
+    lines: bool,
+    /// The route (and the program's pid) for log lines.
+    label: String,
 }
 
 pub struct WebSocket {
@@ -104,17 +114,17 @@ impl EventProtocol for WebSocket {
             }
         };
         // A service is dialled before the 101, which blocks: on a worker.
-        let relay = match service {
+        let service = match service {
             routes::Service::Echo => None,
             _ if !request.may_block() => return Decision::OnWorker,
             service => match self.dial(service, request, &path) {
-                Ok(relay) => Some(relay),
+                Ok(dialled) => Some(dialled),
                 Err(rejection) => return Decision::Reject(rejection),
             },
         };
         let agreed = Agreed {
             deflate: accepted.deflate,
-            relay,
+            service,
         };
         let mut decision =
             Decision::accept(agreed).with_header("Sec-WebSocket-Accept", accepted.accept);
@@ -132,7 +142,8 @@ impl EventProtocol for WebSocket {
         agreed: Agreed,
         _request: &Request<'_>,
     ) -> std::io::Result<session::Connection> {
-        let Agreed { deflate, relay } = agreed;
+        let Agreed { deflate, service } = agreed;
+        let relay = service.map(|d| relay::Relay::new(d.backend, d.lines, d.label));
         Ok(session::Connection::new(&self.config, deflate, relay))
     }
 
@@ -155,7 +166,7 @@ impl WebSocket {
         service: &routes::Service,
         request: &Request<'_>,
         path: &RequestPath<'_>,
-    ) -> Result<Box<relay::Relay>, protocol_api::Rejection> {
+    ) -> Result<Dialled, protocol_api::Rejection> {
         let slot = match service {
             routes::Service::Exec { .. } => {
                 match process::Reservation::take(self.config.max_processes) {
@@ -192,7 +203,11 @@ impl WebSocket {
                     backend::Backend::Program(p) => format!("{} (pid {})", path.path(), p.pid),
                     _ => path.path().to_string(),
                 };
-                Ok(relay::Relay::new(backend, lines, label))
+                Ok(Dialled {
+                    backend,
+                    lines,
+                    label,
+                })
             }
             Err(unreachable) => {
                 log::warn!(

@@ -457,9 +457,10 @@ impl Loop {
         };
         let mut transit = conn.into_transit();
         let _ = self.poll.registry().deregister(&mut transit.stream);
+        let peer = transit.peer;
         let transit = match transit.into_blocking() {
             Ok(transit) => transit,
-            Err(e) => return log::debug!("connection lost before the switch: {e}"),
+            Err(e) => return log::debug!("{peer}: connection lost before the switch: {e}"),
         };
         let job = ToWorker {
             transit,
