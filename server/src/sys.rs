@@ -14,6 +14,21 @@ pub fn effective_ids() -> (u32, u32) {
 /// How long since data last moved either way on a TCP socket, as the kernel counts it
 /// (`TCP_INFO`): it sees bytes a plugin moves itself (with `splice`, say) as well as ours.
 pub fn tcp_quiet_for(socket: &impl AsRawFd) -> io::Result<Duration> {
+    let activity = tcp_activity(socket)?;
+    Ok(activity.since_received.min(activity.since_sent))
+}
+
+/// When data last moved each way on a TCP socket, as the kernel counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpActivity {
+    /// Since the last data segment sent (window probes to a peer that takes nothing are
+    /// not data).
+    pub since_sent: Duration,
+    pub since_received: Duration,
+}
+
+/// The kernel's [`TcpActivity`] of `socket` (`TCP_INFO`).
+pub fn tcp_activity(socket: &impl AsRawFd) -> io::Result<TcpActivity> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: a valid descriptor, and an out-buffer of `len` bytes the kernel fills in part
@@ -32,8 +47,10 @@ pub fn tcp_quiet_for(socket: &impl AsRawFd) -> io::Result<Duration> {
     }
     // SAFETY: zero-initialised plain integers, partly filled by the kernel.
     let info = unsafe { info.assume_init() };
-    let millis = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
-    Ok(Duration::from_millis(u64::from(millis)))
+    Ok(TcpActivity {
+        since_sent: Duration::from_millis(u64::from(info.tcpi_last_data_sent)),
+        since_received: Duration::from_millis(u64::from(info.tcpi_last_data_recv)),
+    })
 }
 
 /// Takes ownership of descriptor `fd` handed to this process at start (systemd's socket

@@ -273,16 +273,34 @@ impl Session {
             .flow
             .write_timeout
             .unwrap_or(shared.config.write_timeout);
+        // Before ending a connection for its limits, the kernel's counts are asked: bytes a
+        // plugin moves itself on the lent socket (a tunnel's splice) are not in ours.
+        let kernel = || crate::sys::tcp_activity(&self.stream).ok();
         if self
             .stalled_since
             .is_some_and(|since| since + write_timeout <= *now)
         {
-            shared.metrics.ended_write_timeout();
-            return Step::Close(Some("write time-out: the peer took nothing"));
+            match kernel() {
+                Some(seen) if seen.since_sent < write_timeout => {
+                    self.stalled_since = Some(now.checked_sub(seen.since_sent).unwrap_or(*now));
+                }
+                _ => {
+                    shared.metrics.ended_write_timeout();
+                    return Step::Close(Some("write time-out: the peer took nothing"));
+                }
+            }
         }
         if self.last_moved + shared.config.idle <= *now {
-            shared.metrics.ended_idle();
-            return Step::Close(Some("idle"));
+            match kernel() {
+                Some(seen) if seen.since_sent.min(seen.since_received) < shared.config.idle => {
+                    let quiet = seen.since_sent.min(seen.since_received);
+                    self.last_moved = now.checked_sub(quiet).unwrap_or(*now);
+                }
+                _ => {
+                    shared.metrics.ended_idle();
+                    return Step::Close(Some("idle"));
+                }
+            }
         }
         if self.timer.is_some_and(|at| at <= *now) {
             self.timer = None;
