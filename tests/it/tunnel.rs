@@ -271,8 +271,6 @@ fn an_idle_tunnel_is_closed() {
 
 /// Stopping leaves a tunnel flowing until the grace period ends; then it is closed. A line
 /// the backend sends only after the stop began, and the time of the close, prove both.
-/// (The daemon shuts the client's read side at the stop, as it does for every blocking
-/// plugin, so only the backend's direction flows on.)
 #[test]
 fn stopping_keeps_a_tunnel_until_the_grace_period_ends() {
     let (go, after_stop) = std::sync::mpsc::channel::<()>();
@@ -310,4 +308,116 @@ fn stopping_keeps_a_tunnel_until_the_grace_period_ends() {
     backend.join().unwrap();
     let logs = daemon.logs();
     assert!(logs.contains("ended: daemon stopping"), "{logs}");
+}
+
+/// Tunnels hold no worker thread: with two workers, twenty tunnels stand at once and each
+/// carries its own bytes both ways (before the tunnel ran on the event loops, the third
+/// got 503: every tunnel held a worker, and a second thread, for its whole life).
+#[test]
+fn tunnels_hold_no_worker_twenty_stand_with_two_workers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut served = Vec::new();
+        for stream in listener.incoming().take(20) {
+            let mut stream = stream.unwrap();
+            served.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => stream.write_all(&buf[..n]).unwrap(),
+                    }
+                }
+            }));
+        }
+        for thread in served {
+            thread.join().unwrap();
+        }
+    });
+    let daemon = daemon(addr, &[("SWITCHYARD_WORKERS", "2")]);
+    let mut clients: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut client = daemon.client();
+            switch(&mut client, "GET", "\r\n");
+            client
+        })
+        .collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let line = format!("tunnel {i}\n");
+        client.send(&line);
+        assert_eq!(client.read_line(), line.trim_end(), "tunnel {i}");
+    }
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("switchyard_upgraded_connections{mode=\"event\"} 20\n")
+            && metrics.contains("switchyard_upgraded_connections{mode=\"worker\"} 0\n"),
+        "twenty on the event loops, none on a worker: {metrics}"
+    );
+    for client in &mut clients {
+        client.shutdown_write();
+        assert!(client.read_to_end().is_empty());
+    }
+    echo.join().unwrap();
+}
+
+/// The daemon's idle limit and write time-out count what the kernel sees moving: a tunnel
+/// splices its bytes past the daemon's own counts, and must not be cut while they flow.
+#[test]
+fn a_busy_tunnel_outlives_the_daemons_idle_limit_and_write_time_out() {
+    let (addr, backend) = backend(|mut stream| {
+        // A line every 100 ms for 1.5 s, read back by a client that is slow but steady.
+        for i in 0..15 {
+            stream.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let daemon = daemon(
+        addr,
+        &[
+            ("SWITCHYARD_IDLE_MS", "400"),
+            ("SWITCHYARD_WRITE_TIMEOUT_MS", "400"),
+        ],
+    );
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    for i in 0..15 {
+        assert_eq!(client.read_line(), format!("line {i}"), "{}", daemon.logs());
+    }
+    backend.join().unwrap();
+    // Then quiet: the daemon's idle limit ends it.
+    let (rest, _) = client.read_to_end_or_reset();
+    assert!(rest.is_empty());
+    let logs = daemon.wait_for_log("ended: ").unwrap_or_else(|l| l);
+    let down: usize = (0..15).map(|i| format!("line {i}\n").len()).sum();
+    assert!(
+        logs.contains(&format!("0 bytes up, {down} bytes down")),
+        "every line through, then the end: {logs}"
+    );
+}
+
+/// A client that reads slowly but steadily holds the backend's bytes back for longer than
+/// the write time-out; it is not "a peer that takes nothing": the kernel sees its window
+/// open and data go out, and the tunnel lives until every byte is through.
+#[test]
+fn a_slow_steady_reader_is_not_cut_by_the_write_time_out() {
+    const TOTAL: usize = 8 << 20;
+    let (addr, backend) = backend(|mut stream| {
+        stream.write_all(&vec![b'x'; TOTAL]).unwrap();
+    });
+    let daemon = daemon(addr, &[("SWITCHYARD_WRITE_TIMEOUT_MS", "300")]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < TOTAL {
+        match client.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("cut after {got} bytes: {e}\n{}", daemon.logs()),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(got, TOTAL, "{}", daemon.logs());
+    backend.join().unwrap();
 }

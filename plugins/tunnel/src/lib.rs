@@ -2,8 +2,11 @@
 //! configured path switches to a TCP connection to that path's backend, dialled before the
 //! `101` so that a dead backend gets `502` (refused) or `504` (time-out) instead.
 //!
-//! Bytes the client sent right after the request go to the backend first; then both
-//! directions are spliced (`pump`). Half-closes pass through: when one side ends its
+//! Readiness-driven on the daemon's event loops (no thread per tunnel): the dial, which
+//! blocks, runs on a worker before the `101` (`Decision::OnWorker`); then the loop watches
+//! the backend for us and calls `on_ready` when either side may move. Bytes the client
+//! sent right after the request go to the backend first; then both directions are spliced
+//! through a pipe each (`conn`, `pump`). Half-closes pass through: when one side ends its
 //! sending, the other side's write half is shut and the rest still flows. A reset on one
 //! side becomes a reset on the other. Only configured backends are ever dialled.
 
@@ -11,24 +14,23 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+mod conn;
 #[allow(unsafe_code)]
 mod pump;
 
 use config::Config;
+use conn::{Label, TunnelConn};
 use protocol_api::path::{PathError, RequestPath};
-use protocol_api::{export_plugin, Connection, Decision, Protocol, Request};
-use pump::{borrow_socket, pump, reset_on_close, wait_for_hangup, Activity, Ended};
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
+use std::io::{self, ErrorKind};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
 
 pub struct Tunnel {
     config: Config,
 }
 
-/// What negotiate hands to serve: the connected backend and where it came from.
+/// What negotiate hands to start: the connected backend and where it came from.
 pub struct Dialled {
     backend: TcpStream,
     address: String,
@@ -45,10 +47,13 @@ fn dial(backend: &str, timeout: Duration) -> io::Result<TcpStream> {
     Err(last)
 }
 
-impl Protocol for Tunnel {
+/// Served readiness-driven: a tunnel is two sockets that are mostly quiet, and a thread
+/// (two, before) per tunnel cost a stack each and capped tunnels at the worker count.
+impl EventProtocol for Tunnel {
     const NAME: &'static str = "tunnel";
     const TOKENS: &'static [&'static str] = &["tcp"];
     type Session = Dialled;
+    type Conn = TunnelConn;
 
     fn new() -> Result<Self, String> {
         let config = Config::from_env()?;
@@ -77,6 +82,10 @@ impl Protocol for Tunnel {
                 return Decision::reject(PathError::STATUS, format!("{e}\n"));
             }
         };
+        // The dial blocks: on a worker, before the 101.
+        if !request.may_block() {
+            return Decision::OnWorker;
+        }
         match dial(backend, self.config.connect_timeout) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
@@ -101,102 +110,18 @@ impl Protocol for Tunnel {
         }
     }
 
-    fn serve(
-        &self,
-        dialled: Dialled,
-        request: &Request<'_>,
-        conn: &mut Connection<'_>,
-    ) -> io::Result<()> {
-        let started = Instant::now();
-        let Dialled { backend, address } = dialled;
-        let mut up = 0u64;
-        // What the client sent with the request goes first.
-        let mut early = vec![0u8; conn.buffered()];
-        conn.read_exact(&mut early)?;
-        (&backend).write_all(&early)?;
-        up += early.len() as u64;
-        drop(early);
-        let client = borrow_socket(conn.as_fd());
-
-        let idle = self.config.idle;
-        if let Some(idle) = idle {
-            // Wake up now and then to look at the shared activity clock.
-            let tick = Some((idle / 2).max(Duration::from_millis(1)));
-            client.set_read_timeout(tick)?;
-            backend.set_read_timeout(tick)?;
-        }
-        let activity = Activity::new();
-        let down_done = AtomicBool::new(false);
-        let ((up_end, up_bytes), (down_end, down_bytes)) = std::thread::scope(|scope| {
-            let down = std::thread::Builder::new()
-                .name("switchyard-tunnel".into())
-                .stack_size(64 * 1024)
-                .spawn_scoped(scope, || {
-                    let ended = pump(&backend, &client, &activity, idle);
-                    after(&ended.0, &backend, &client);
-                    down_done.store(true, Ordering::Release);
-                    ended
-                })
-                .expect("spawn the tunnel's second direction");
-            let ended = pump(&client, &backend, &activity, idle);
-            if matches!(ended.0, Ended::Eof) && conn.is_stopping() {
-                // A read of 0 while stopping is the daemon's doing, not the client's FIN: the
-                // backend's direction runs on through the grace period, until the daemon
-                // hangs the client up; then the backend is let go too (its direction may be
-                // blocked reading a quiet backend, and only this wakes it).
-                wait_for_hangup(&client, &down_done);
-                let _ = backend.shutdown(Shutdown::Both);
-            } else {
-                after(&ended.0, &client, &backend);
-            }
-            (
-                ended,
-                down.join()
-                    .unwrap_or((Ended::Failed(io::Error::other("direction panicked")), 0)),
-            )
-        });
-        up += up_bytes;
-        let how = match (&up_end, &down_end) {
-            _ if conn.is_stopping() => "daemon stopping".to_string(),
-            (Ended::SourceReset, _) | (_, Ended::DestinationGone) => "client reset".to_string(),
-            (_, Ended::SourceReset) | (Ended::DestinationGone, _) => "backend reset".to_string(),
-            (Ended::Idle, _) | (_, Ended::Idle) => "idle".to_string(),
-            (Ended::Eof, Ended::Eof) => "both sides closed".to_string(),
-            (Ended::Failed(e), _) | (_, Ended::Failed(e)) => format!("error: {e}"),
+    fn start(&self, dialled: Dialled, request: &Request<'_>) -> io::Result<TunnelConn> {
+        let label = Label {
+            path: request.path().to_string(),
+            peer: request.peer().to_string(),
+            address: dialled.address,
         };
-        log::info!(
-            "tunnel {} -> {address} for {}: {up} bytes up, {down_bytes} bytes down, {:.3}s, ended: {how}",
-            request.path(),
-            request.peer(),
-            started.elapsed().as_secs_f64(),
-        );
-        Ok(())
+        TunnelConn::new(dialled.backend, &self.config, label)
+    }
+
+    fn on_ready(&self, conn: &mut TunnelConn, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+        conn.on_ready(io, ready)
     }
 }
 
-/// Passes how one direction ended on to the other side.
-fn after(ended: &Ended, source: &TcpStream, destination: &TcpStream) {
-    match ended {
-        // Half-close: the source is done sending, so is the destination's writer.
-        Ended::Eof => {
-            let _ = destination.shutdown(Shutdown::Write);
-        }
-        // A reset travels on as a reset; shutting the read sides wakes the other direction.
-        Ended::SourceReset => {
-            reset_on_close(destination);
-            let _ = destination.shutdown(Shutdown::Read);
-            let _ = source.shutdown(Shutdown::Read);
-        }
-        Ended::DestinationGone => {
-            reset_on_close(source);
-            let _ = source.shutdown(Shutdown::Read);
-            let _ = destination.shutdown(Shutdown::Read);
-        }
-        Ended::Idle | Ended::Failed(_) => {
-            let _ = source.shutdown(Shutdown::Both);
-            let _ = destination.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-export_plugin!(Tunnel);
+export_event_plugin!(Tunnel);

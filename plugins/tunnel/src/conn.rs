@@ -1,0 +1,287 @@
+//! One tunnel on the daemon's event loop: the client's socket (lent by the daemon for each
+//! call) and the backend's (watched by the loop for us), with a pipe each way that bytes
+//! are spliced through.
+//!
+//! Every call moves what it can both ways until the sockets would block or the call's
+//! budget is spent: a direction empties its pipe into the destination first, then fills
+//! it from the source, so a slow destination holds its source back (at most one pipe's
+//! worth waits, never more). When a source ends, the destination's write side is shut
+//! and the other direction flows on (half-close); when both have ended, the tunnel ends.
+//! A reset on one side is passed on as a reset to the other.
+
+use crate::config::Config;
+use crate::pump::{reset_on_close, Pipe, CHUNK};
+use protocol_api::output::Output;
+use protocol_api::{Io, Ready, Wants};
+use std::io::{self, ErrorKind, Read};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+/// Most bytes moved per call, both directions together: about a millisecond of the
+/// loop's time, after which the tunnel asks to be called again.
+const BUDGET: usize = 2 * CHUNK;
+
+/// How one direction ended.
+#[derive(Debug)]
+enum Ended {
+    /// The source reset the connection.
+    SourceReset,
+    /// The destination went away (reset, or closed while we wrote).
+    DestinationGone,
+    Failed(io::Error),
+}
+
+/// Where one direction stopped in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The source has nothing now.
+    WaitRead,
+    /// The destination takes nothing now.
+    WaitWrite,
+    /// The call's budget is spent.
+    Spent,
+    /// The source ended and everything it sent is out.
+    Done,
+}
+
+/// One direction: a pipe, what it holds, and whether the source has ended.
+struct Direction {
+    pipe: Pipe,
+    /// Bytes in the pipe, not yet in the destination.
+    held: usize,
+    source_ended: bool,
+    /// The destination's write side is shut (the end passed on).
+    passed_on: bool,
+    bytes: u64,
+}
+
+impl Direction {
+    fn new() -> io::Result<Direction> {
+        Ok(Direction {
+            pipe: Pipe::new()?,
+            held: 0,
+            source_ended: false,
+            passed_on: false,
+            bytes: 0,
+        })
+    }
+
+    /// Moves bytes from `from` to `to` until one would block, the source ends, or `budget`
+    /// is spent; `moved` is set when a byte moved.
+    fn pump(
+        &mut self,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        budget: &mut usize,
+        moved: &mut bool,
+    ) -> Result<Stop, Ended> {
+        loop {
+            while self.held > 0 {
+                match self.pipe.drain(to, self.held) {
+                    Ok(n) => {
+                        self.held -= n;
+                        self.bytes += n as u64;
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Stop::WaitWrite),
+                    Err(e) => return Err(classify(e, false)),
+                }
+            }
+            if self.source_ended {
+                return Ok(Stop::Done);
+            }
+            if *budget == 0 {
+                return Ok(Stop::Spent);
+            }
+            // The pipe is empty here, so `WouldBlock` can only mean the source has nothing.
+            match self.pipe.fill(from, (*budget).min(CHUNK)) {
+                Ok(0) => self.source_ended = true,
+                Ok(n) => {
+                    self.held = n;
+                    *budget = budget.saturating_sub(n);
+                    *moved = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Stop::WaitRead),
+                Err(e) => return Err(classify(e, true)),
+            }
+        }
+    }
+}
+
+fn classify(error: io::Error, reading: bool) -> Ended {
+    match error.kind() {
+        ErrorKind::ConnectionReset if reading => Ended::SourceReset,
+        ErrorKind::ConnectionReset
+        | ErrorKind::BrokenPipe
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::WriteZero => Ended::DestinationGone,
+        _ => Ended::Failed(error),
+    }
+}
+
+/// What the log line says of a tunnel.
+pub struct Label {
+    pub path: String,
+    pub peer: String,
+    pub address: String,
+}
+
+/// A tunnel's state between calls.
+pub struct TunnelConn {
+    backend: TcpStream,
+    /// Client to backend.
+    up: Direction,
+    /// Backend to client.
+    down: Direction,
+    /// Bytes the client sent with the request: the backend gets them before anything else.
+    early: Output,
+    watching: bool,
+    /// The tunnel's own idle limit (`SWITCHYARD_TUNNEL_IDLE_MS`).
+    idle: Option<Duration>,
+    last_moved: Instant,
+    stopping: bool,
+    /// How it ended, once known; the log line says it when the state is dropped.
+    ended: Option<String>,
+    label: Label,
+    started: Instant,
+}
+
+impl TunnelConn {
+    /// A tunnel to a connected backend (made non-blocking here).
+    pub fn new(backend: TcpStream, config: &Config, label: Label) -> io::Result<TunnelConn> {
+        backend.set_nonblocking(true)?;
+        let now = Instant::now();
+        Ok(TunnelConn {
+            backend,
+            up: Direction::new()?,
+            down: Direction::new()?,
+            early: Output::default(),
+            watching: false,
+            idle: config.idle,
+            last_moved: now,
+            stopping: false,
+            ended: None,
+            label,
+            started: now,
+        })
+    }
+
+    /// Moves what can move; see the module docs.
+    pub fn on_ready(&mut self, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+        if !self.watching {
+            io.watch(self.backend.as_fd())?;
+            self.watching = true;
+        }
+        self.stopping |= ready.is_stopping();
+        let mut moved = false;
+        if io.buffered() > 0 {
+            let mut early = vec![0u8; io.buffered()];
+            io.read_exact(&mut early)?;
+            self.early.queue().extend_from_slice(&early);
+        }
+        if !self.early.is_done() {
+            match self.early.flush(&mut &self.backend, 0) {
+                Ok(written) => {
+                    self.up.bytes += written.bytes as u64;
+                    moved |= written.bytes > 0;
+                }
+                Err(e) => return Ok(self.end(io, classify(e, false), true)),
+            }
+        }
+        let mut budget = BUDGET;
+        let client = io.as_fd();
+        let backend = self.backend.as_fd();
+        let up = match self.early.is_done() {
+            true => self.up.pump(client, backend, &mut budget, &mut moved),
+            false => Ok(Stop::WaitWrite),
+        };
+        let up = match up {
+            Ok(stop) => stop,
+            Err(ended) => return Ok(self.end(io, ended, true)),
+        };
+        let down = match self.down.pump(backend, client, &mut budget, &mut moved) {
+            Ok(stop) => stop,
+            Err(ended) => return Ok(self.end(io, ended, false)),
+        };
+        let now = Instant::now();
+        if moved {
+            self.last_moved = now;
+        }
+        // Half-closes pass through.
+        if up == Stop::Done && !self.up.passed_on {
+            self.up.passed_on = true;
+            let _ = self.backend.shutdown(Shutdown::Write);
+        }
+        if down == Stop::Done && !self.down.passed_on {
+            self.down.passed_on = true;
+            let _ = io.shutdown(Shutdown::Write);
+        }
+        if up == Stop::Done && down == Stop::Done {
+            self.ended.get_or_insert_with(|| "both sides closed".into());
+            return Ok(Wants::close());
+        }
+        if let Some(idle) = self.idle {
+            let quiet = now.duration_since(self.last_moved);
+            if quiet >= idle {
+                self.ended = Some("idle".into());
+                let _ = io.shutdown(Shutdown::Both);
+                let _ = self.backend.shutdown(Shutdown::Both);
+                return Ok(Wants::close());
+            }
+        }
+        // Reads of the client are always wanted until the tunnel ends: its reset or end is
+        // news even while its direction waits for the backend. Writes, while the client
+        // holds the backend's bytes back. The backend is watched for both.
+        let mut wants = match down {
+            Stop::WaitWrite => Wants::read_write(),
+            _ => Wants::read(),
+        };
+        if up == Stop::Spent || down == Stop::Spent {
+            wants = wants.with_resume();
+        }
+        if let Some(idle) = self.idle {
+            wants = wants.with_timer(idle.saturating_sub(now.duration_since(self.last_moved)));
+        }
+        Ok(wants)
+    }
+
+    /// Ends the tunnel: a reset travels on as a reset; the log line says which side.
+    fn end(&mut self, io: &mut Io<'_>, ended: Ended, client_to_backend: bool) -> Wants {
+        let (how, reset_client) = match (ended, client_to_backend) {
+            (Ended::SourceReset, true) | (Ended::DestinationGone, false) => {
+                ("client reset".to_string(), false)
+            }
+            (Ended::SourceReset, false) | (Ended::DestinationGone, true) => {
+                ("backend reset".to_string(), true)
+            }
+            (Ended::Failed(e), _) => (format!("error: {e}"), false),
+        };
+        if reset_client {
+            reset_on_close(io.as_fd());
+        } else {
+            reset_on_close(self.backend.as_fd());
+        }
+        self.ended.get_or_insert(how);
+        Wants::close()
+    }
+}
+
+impl Drop for TunnelConn {
+    fn drop(&mut self) {
+        let how = match (&self.ended, self.stopping) {
+            (Some(how), _) => how.as_str(),
+            (None, true) => "daemon stopping",
+            (None, false) => "closed by the daemon",
+        };
+        log::info!(
+            "tunnel {} -> {} for {}: {} bytes up, {} bytes down, {:.3}s, ended: {how}",
+            self.label.path,
+            self.label.address,
+            self.label.peer,
+            self.up.bytes,
+            self.down.bytes,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
