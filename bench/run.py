@@ -85,6 +85,7 @@ class Servers:
             lib = "libswitchyard_%s.so" % name
             shutil.copy(os.path.join(root, "target", "release", lib), self.plugins)
         self.sink_port = free_port()
+        self.echo_port = free_port()
 
     def command(self, name, port, settings=None):
         addr = "127.0.0.1:%d" % port
@@ -95,7 +96,8 @@ class Servers:
             env.update(
                 SWITCHYARD_LISTEN=addr,
                 SWITCHYARD_PLUGIN_DIR=self.plugins,
-                SWITCHYARD_TUNNEL_ROUTES="/sink=127.0.0.1:%d" % self.sink_port,
+                SWITCHYARD_TUNNEL_ROUTES="/sink=127.0.0.1:%d,/echo=127.0.0.1:%d"
+                % (self.sink_port, self.echo_port),
                 RUST_LOG="warn",
             )
             env.update(settings or {})
@@ -110,6 +112,21 @@ class Servers:
                     % (self.workdir, addr)
                 )
             return ["nginx", "-c", conf, "-p", self.workdir], env
+        if name == "haproxy":
+            # HAProxy as its docs advise for a TCP relay: mode tcp, one thread (the server
+            # core), splicing where it pays (option splice-auto). The backend is the load's:
+            # the sink or the echo server (`settings`).
+            target = self.echo_port if (settings or {}).get("BENCH_TUNNEL_TO") == "echo" else self.sink_port
+            conf = os.path.join(self.workdir, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(
+                    "global\n  nbthread 1\n  maxconn 6000\n"
+                    "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n"
+                    "  timeout server 300s\n  option splice-auto\n"
+                    "frontend tunnel\n  bind %s\n  default_backend target\n"
+                    "backend target\n  server s 127.0.0.1:%d\n" % (addr, target)
+                )
+            return ["haproxy", "-f", conf], env
         binary = {"tokio-tungstenite": "peer-tokio-tungstenite", "tungstenite-threads": "peer-tungstenite-threads",
                   "raw-tcp-echo": "peer-tcp-echo", "sink": "peer-tcp-echo"}[name]
         extra = ["--sink"] if name == "sink" else []
@@ -144,12 +161,13 @@ def loadgen(root, mode, args, timeout=300):
 
 def measure(servers, server, run_load, settings=None):
     """Starts `server`, runs the load, returns (figure dict, server busy fraction)."""
-    sink = None
-    if server == "switchyard":
-        # A fresh port each time: a fixed one may still be held by the thousands of
-        # ephemeral ports the idle rows just used.
-        servers.sink_port = free_port()
-        sink, _ = servers.start("sink", servers.sink_port)
+    backends = []
+    if server in ("switchyard", "haproxy"):
+        # Fresh ports each time: a fixed one may still be held by the thousands of
+        # ephemeral ports the idle rows just used. The tunnel's backends: a sink, an echo.
+        servers.sink_port, servers.echo_port = free_port(), free_port()
+        backends.append(servers.start("sink", servers.sink_port)[0])
+        backends.append(servers.start("raw-tcp-echo", servers.echo_port)[0])
     process, port = servers.start(server, settings=settings)
     try:
         cpu0, t0 = cpu_seconds(process.pid), time.time()
@@ -158,8 +176,8 @@ def measure(servers, server, run_load, settings=None):
         return result, busy
     finally:
         stop(process)
-        if sink:
-            stop(sink)
+        for backend in backends:
+            stop(backend)
 
 
 def echo_load(root, mode, args, secs):
@@ -189,16 +207,23 @@ def bulk_load(root, servers, mib, through_tunnel):
     return run
 
 
-def idle_load(root, conns):
+def idle_load(root, conns, through=None):
+    """WebSockets, or with `through` TCP connections: "tunnel" through `Upgrade: tcp` to
+    the echo route, "plain" straight to the server (a TCP proxy)."""
+    upgrade = {None: [], "tunnel": ["--upgrade", "tcp", "--path", "/echo"], "plain": []}[through]
+    hold_as = {None: [], "tunnel": upgrade, "plain": ["--upgrade", "none"]}[through]
+
     def run(port, process):
         # Warm the server up first (its allocator, its loop threads' buffers), so that the
         # difference below is what the idle connections themselves cost.
-        loadgen(root, "ws-echo", ["--addr", "127.0.0.1:%d" % port, "--secs", "0.5", "--warmup", "0",
-                                  "--conns", "20", "--size", "64"])
+        loadgen(root, "ws-echo" if through is None else "tcp-echo",
+                ["--addr", "127.0.0.1:%d" % port, "--secs", "0.5", "--warmup", "0",
+                 "--conns", "20", "--size", "64"] + upgrade)
         time.sleep(0.5)
         before = rss_kib(process.pid)
         command = ["taskset", "-c", LOAD_CORE, os.path.join(root, "bench", "target", "release", "loadgen"),
                    "idle", "--addr", "127.0.0.1:%d" % port, "--conns", str(conns), "--hold", "30"]
+        command += hold_as
         holder = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         try:
             line = holder.stdout.readline()
@@ -242,9 +267,20 @@ def loads(root, servers, quick):
          "msgs_per_s", "msg/s", ["switchyard", "raw-tcp-echo"],
          lambda s: echo_load(root, "tcp-echo", (["--upgrade", "echo"] if s == "switchyard" else [])
                              + ["--conns", "50", "--size", "64"], secs), None),
-        ("tunnel-1g", "1 GiB through Upgrade: tcp vs straight to the sink", "mib_per_s", "MiB/s",
-         ["switchyard", "sink"], lambda s: bulk_load(root, servers, 256 if quick else 1024, s == "switchyard"),
-         None),
+        ("tunnel-1g", "1 GiB through Upgrade: tcp vs HAProxy mode tcp vs straight to the sink", "mib_per_s",
+         "MiB/s", ["switchyard", "haproxy", "sink"],
+         lambda s: bulk_load(root, servers, 256 if quick else 1024, s == "switchyard"), None),
+        ("tunnel-echo-64x50", "TCP echo 64 B, 50 conns, through Upgrade: tcp vs HAProxy mode tcp", "msgs_per_s",
+         "msg/s", ["switchyard", "haproxy"],
+         lambda s: echo_load(root, "tcp-echo", (["--upgrade", "tcp", "--path", "/echo"] if s == "switchyard" else [])
+                             + ["--conns", "50", "--size", "64"], secs),
+         {"BENCH_TUNNEL_TO": "echo"}),
+        # 2 descriptors a tunnel on each side of the daemon (more while bytes flow: a pipe
+        # each way), and the machine allows 20,000 per process: 5,000 tunnels.
+        ("idle-tunnels-5k", "idle tunnels (Upgrade: tcp to an echo server) vs HAProxy mode tcp: server RSS per connection at 5,000",
+         "kib_per_conn", "KiB", ["switchyard", "haproxy"],
+         lambda s: idle_load(root, 1000 if quick else 5000, "tunnel" if s == "switchyard" else "plain"),
+         {"BENCH_TUNNEL_TO": "echo", "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT": "10000"}),
         # Every connection comes from 127.0.0.1: one client address, which by default may
         # hold a quarter of SWITCHYARD_MAX_CONNECTIONS.
         ("idle-10k", "idle WebSocket connections, every setting at its default but the per-client limit: server RSS per connection at 10,000",
@@ -272,7 +308,7 @@ def main():
     started = time.time()
     selected = [l for l in loads(options.root, servers, options.quick) if not options.only or l[0] in options.only]
     results = {}
-    once = ("idle-10k", "idle-19k", "tunnel-1g")
+    once = ("idle-10k", "idle-19k", "tunnel-1g", "idle-tunnels-5k")
     # The rounds first; then, once, memory and the long bulk transfer (the idle rows leave
     # thousands of ports in TIME_WAIT, which would disturb the rows after them).
     plan = [(r, load) for r in range(rounds) for load in selected if load[0] not in once]
@@ -283,7 +319,7 @@ def main():
             server = "sink" if name == "sink" else name
             try:
                 result, busy = measure(servers, server, make(name),
-                                       settings if server == "switchyard" else None)
+                                       settings if server in ("switchyard", "haproxy") else None)
                 results.setdefault((key, name), []).append((float(result[figure]), busy, result))
             except Exception as e:  # a failed row is reported, the run goes on
                 print("! %s on %s: %s" % (key, name, e), file=sys.stderr)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # switchyard's benchmark suite: builds the daemon, its plugins, the load generator and the
-# peers, installs nginx and wrk if missing, then runs bench/run.py (all loads, all servers,
+# peers, installs nginx, HAProxy and wrk if missing, then runs bench/run.py (all loads, all servers,
 # interleaved rounds) and prints one table. Whole default run: under 10 minutes.
 #
 #   bash bench/run.sh            # 3 rounds, medians
@@ -9,8 +9,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v taskset >/dev/null; then
-  apt-get update -q >/dev/null && apt-get install -y -q nginx-light wrk util-linux >/dev/null
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v taskset >/dev/null \
+  || ! command -v haproxy >/dev/null; then
+  apt-get update -q >/dev/null && apt-get install -y -q nginx-light wrk util-linux haproxy >/dev/null
 fi
 (cd "$root" && cargo build --release --quiet)
 (cd "$here" && cargo build --release --quiet)

@@ -3,20 +3,31 @@
 //! are spliced through.
 //!
 //! Every call moves what it can both ways until the sockets would block or the call's
-//! budget is spent: a direction empties its pipe into the destination first, then fills
-//! it from the source, so a slow destination holds its source back (at most one pipe's
-//! worth waits, never more). When a source ends, the destination's write side is shut
-//! and the other direction flows on (half-close); when both have ended, the tunnel ends.
-//! A reset on one side is passed on as a reset to the other.
+//! budget is spent: a direction first writes out what it holds, then reads more from its
+//! source, so a slow destination holds its source back (at most one read's worth waits,
+//! never more). A direction copies through the loop thread's buffer while its reads come
+//! in small pieces (an interactive protocol: a `read` and a `write` a message, and a quiet
+//! tunnel holds no pipe and no buffer); once a read fills the buffer, the flow is bulk and
+//! the direction splices through a pipe of its own from then on (no copy through user
+//! space). When a source ends, the destination's write side is shut and the other
+//! direction flows on (half-close); when both have ended, the tunnel ends. A reset on one
+//! side is passed on as a reset to the other.
 
 use crate::config::Config;
-use crate::pump::{reset_on_close, Pipe, CHUNK};
-use protocol_api::output::Output;
+use crate::pump::{borrow_socket, reset_on_close, Pipe, CHUNK};
+use protocol_api::output::{write_until_blocked, Output};
 use protocol_api::{Io, Ready, Wants};
+use std::cell::RefCell;
 use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
+
+thread_local! {
+    /// The event-loop thread's copy buffer, shared by its tunnels: one read's worth.
+    static SCRATCH: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; protocol_api::sizes::READ_BUFFER].into_boxed_slice());
+}
 
 /// Most bytes moved per call, both directions together: about a millisecond of the
 /// loop's time, after which the tunnel asks to be called again.
@@ -45,9 +56,14 @@ enum Stop {
     Done,
 }
 
-/// One direction: a pipe, what it holds, and whether the source has ended.
+/// One direction: what it holds for the destination, and whether the source has ended.
+#[derive(Default)]
 struct Direction {
-    pipe: Pipe,
+    /// Bytes copied from the source that the destination has not taken yet.
+    pending: Output,
+    /// Bulk: splice through `pipe` (made the first time it is needed).
+    bulk: bool,
+    pipe: Option<Pipe>,
     /// Bytes in the pipe, not yet in the destination.
     held: usize,
     source_ended: bool,
@@ -57,16 +73,6 @@ struct Direction {
 }
 
 impl Direction {
-    fn new() -> io::Result<Direction> {
-        Ok(Direction {
-            pipe: Pipe::new()?,
-            held: 0,
-            source_ended: false,
-            passed_on: false,
-            bytes: 0,
-        })
-    }
-
     /// Moves bytes from `from` to `to` until one would block, the source ends, or `budget`
     /// is spent; `moved` is set when a byte moved.
     fn pump(
@@ -77,8 +83,20 @@ impl Direction {
         moved: &mut bool,
     ) -> Result<Stop, Ended> {
         loop {
+            if !self.pending.is_done() {
+                let written = self
+                    .pending
+                    .flush(&mut &*borrow_socket(to), 0)
+                    .map_err(|e| classify(e, false))?;
+                self.bytes += written.bytes as u64;
+                *moved |= written.bytes > 0;
+                if written.blocked {
+                    return Ok(Stop::WaitWrite);
+                }
+            }
             while self.held > 0 {
-                match self.pipe.drain(to, self.held) {
+                let pipe = self.pipe.as_ref().expect("bytes are held only in a pipe");
+                match pipe.drain(to, self.held) {
                     Ok(n) => {
                         self.held -= n;
                         self.bytes += n as u64;
@@ -94,11 +112,15 @@ impl Direction {
             if *budget == 0 {
                 return Ok(Stop::Spent);
             }
-            // The pipe is empty here, so `WouldBlock` can only mean the source has nothing.
-            match self.pipe.fill(from, (*budget).min(CHUNK)) {
+            let filled = match self.bulk {
+                true => self.splice_in(from, *budget),
+                false => self.copy(from, to, *budget),
+            };
+            match filled {
                 Ok(0) => self.source_ended = true,
+                // Read on until `WouldBlock` even after a short read: the peer's end may have
+                // come in the same event as its last bytes, and only a read of 0 shows it.
                 Ok(n) => {
-                    self.held = n;
                     *budget = budget.saturating_sub(n);
                     *moved = true;
                 }
@@ -106,6 +128,45 @@ impl Direction {
                 Err(e) => return Err(classify(e, true)),
             }
         }
+    }
+
+    /// Fills the (empty) pipe from the source; `WouldBlock` can only mean the source has
+    /// nothing, since the pipe is empty.
+    fn splice_in(&mut self, from: BorrowedFd<'_>, budget: usize) -> io::Result<usize> {
+        if self.pipe.is_none() {
+            self.pipe = Some(Pipe::new()?);
+        }
+        let pipe = self.pipe.as_ref().expect("made above");
+        let n = pipe.fill(from, budget.min(CHUNK))?;
+        self.held = n;
+        Ok(n)
+    }
+
+    /// Reads into the thread's buffer and writes on at once; what the destination does not
+    /// take is held in `pending`. A read that fills the buffer makes the direction bulk.
+    fn copy(
+        &mut self,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        budget: usize,
+    ) -> io::Result<usize> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let len = scratch.len().min(budget);
+            let n = (&*borrow_socket(from)).read(&mut scratch[..len])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.bulk = n == scratch.len();
+            let written = match write_until_blocked(&mut &*borrow_socket(to), &scratch[..n]) {
+                Ok(written) => written.bytes,
+                // The destination's failure is found (and classified) on the next write.
+                Err(_) => 0,
+            };
+            self.bytes += written as u64;
+            self.pending.queue().extend_from_slice(&scratch[written..n]);
+            Ok(n)
+        })
     }
 }
 
@@ -154,8 +215,8 @@ impl TunnelConn {
         let now = Instant::now();
         Ok(TunnelConn {
             backend,
-            up: Direction::new()?,
-            down: Direction::new()?,
+            up: Direction::default(),
+            down: Direction::default(),
             early: Output::default(),
             watching: false,
             idle: config.idle,
