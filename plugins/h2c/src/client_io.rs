@@ -2,95 +2,18 @@
 //! server first (the preamble of an upgrade, or the preface the daemon already read), then
 //! the socket; output through the [`AckFilter`] of an upgrade.
 //!
-//! End of input is held back until the connection's watcher says what it is ([`EofGate`]).
-//! When the daemon stops it shuts the read side of every connection so that blocked reads
-//! return; to HTTP/2 that would look like the client leaving, and the server would drop the
-//! streams it is meant to finish. So a read of 0 is not passed on until the watcher (on the
-//! thread that may ask the daemon) has looked: a client that left gets its end of stream;
-//! while the daemon stops, reads are retried now and then instead, so that the client's
-//! WINDOW_UPDATEs and the rest of its request bodies still arrive during the grace period.
+//! The socket is a duplicate of the daemon's, read and written by the runtime; when this
+//! is dropped (the connection is over, however it ended) it shuts the socket both ways, so
+//! that the daemon's event loop sees the end and lets the connection go.
 
 use crate::upgrade::{AckFilter, PREFACE};
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
-use std::time::Duration;
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// How often reads are retried after a read of 0 while the daemon stops.
-const RETRY_WHILE_STOPPING: Duration = Duration::from_millis(50);
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Eof {
-    /// No end of input seen.
-    #[default]
-    None,
-    /// A read returned 0; the watcher has not yet said why.
-    Held,
-    /// The client closed: pass the end of stream on.
-    Client,
-    /// The daemon is stopping: retry reads now and then.
-    Stopping,
-}
-
-/// Where the reader and the connection's watcher meet about an end of input.
-#[derive(Default)]
-pub struct EofGate {
-    state: Mutex<(Eof, Option<Waker>)>,
-    /// Wakes the watcher when a read of 0 waits for its verdict.
-    held: tokio::sync::Notify,
-}
-
-impl EofGate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Eof, Option<Waker>)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Resolves when a read of 0 may be waiting for a verdict.
-    pub async fn held(&self) {
-        self.held.notified().await
-    }
-
-    /// True when a read of 0 waits for a verdict.
-    pub fn is_held(&self) -> bool {
-        self.lock().0 == Eof::Held
-    }
-
-    /// The read of 0 was the client's: pass it on.
-    pub fn client_closed(&self) {
-        self.decide(Eof::Client);
-    }
-
-    /// The daemon is stopping: reads of 0 are its doing.
-    pub fn stopping(&self) {
-        self.decide(Eof::Stopping);
-    }
-
-    fn decide(&self, verdict: Eof) {
-        let mut state = self.lock();
-        state.0 = verdict;
-        if let Some(waker) = state.1.take() {
-            waker.wake();
-        }
-    }
-
-    /// After a read of 0: what the reader does now.
-    fn on_eof(&self, waker: &Waker) -> Eof {
-        let mut state = self.lock();
-        if state.0 == Eof::None {
-            state.0 = Eof::Held;
-            self.held.notify_one();
-        }
-        if state.0 == Eof::Held {
-            state.1 = Some(waker.clone());
-        }
-        state.0
-    }
-}
-
+/// The client connection as the HTTP/2 server sees it (see the module docs).
 pub struct ClientIo {
     /// Made up for the server, read before anything of the client's.
     prefix: Vec<u8>,
@@ -106,8 +29,6 @@ pub struct ClientIo {
     /// Filtered output not yet written.
     pending: Vec<u8>,
     pending_at: usize,
-    gate: Arc<EofGate>,
-    retry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Copies from `from[*at..]` into `buf`; true if anything was there.
@@ -135,7 +56,6 @@ impl ClientIo {
         strip_preface: bool,
         stream: TcpStream,
         filter: Option<AckFilter>,
-        gate: Arc<EofGate>,
     ) -> ClientIo {
         ClientIo {
             prefix,
@@ -147,8 +67,6 @@ impl ClientIo {
             filter,
             pending: Vec::new(),
             pending_at: 0,
-            gate,
-            retry: None,
         }
     }
 
@@ -167,29 +85,19 @@ impl ClientIo {
         Poll::Ready(Ok(()))
     }
 
-    /// The client's bytes: read ahead, then the socket (see [`EofGate`] for its end).
+    /// The client's bytes: read ahead, then the socket.
     fn poll_client(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if serve_from(&mut self.early, &mut self.early_at, buf) {
             return Poll::Ready(Ok(()));
         }
-        loop {
-            if let Some(retry) = &mut self.retry {
-                ready!(retry.as_mut().poll(cx));
-                self.retry = None;
-            }
-            let before = buf.filled().len();
-            ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
-            if buf.filled().len() > before || buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            match self.gate.on_eof(cx.waker()) {
-                Eof::Client => return Poll::Ready(Ok(())),
-                Eof::Stopping => {
-                    self.retry = Some(Box::pin(tokio::time::sleep(RETRY_WHILE_STOPPING)));
-                }
-                Eof::None | Eof::Held => return Poll::Pending,
-            }
-        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        // Our socket is a duplicate: closing it alone would leave the connection open.
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Both);
     }
 }
 

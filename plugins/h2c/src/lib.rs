@@ -4,10 +4,12 @@
 //!
 //! The HTTP/2 is hyper's (and h2's under it) on a tokio runtime inside the plugin. Each
 //! client connection is a task of that runtime, beside its streams and the pooled backend
-//! connections, so a request crosses no thread; `serve` waits on the daemon's worker thread
-//! and watches for what only that thread may ask the daemon (whether it is stopping). What
-//! hyper lacks for an upgrade (stream 1 made of the HTTP/1.1 request) is in [`upgrade`];
-//! how end of input is told from the daemon stopping, in [`client_io`].
+//! connections, so a request crosses no thread, and no thread is held per connection: the
+//! plugin is readiness-driven, and its connection on the daemon's event loop only starts
+//! the task (on a duplicate of the socket), passes the daemon's stop on to it (GOAWAY), and
+//! lets the connection go when the task is over (the task shuts the socket, which the loop
+//! sees). What hyper lacks for an upgrade (stream 1 made of the HTTP/1.1 request) is in
+//! [`upgrade`]; the socket as the server sees it, in [`client_io`].
 //!
 //! The access line's byte counts cover the upgrade request only: the runtime reads and
 //! writes the socket itself, past the daemon's counters.
@@ -25,10 +27,12 @@ pub mod proxy;
 pub mod settings;
 pub mod upgrade;
 
-use client_io::{ClientIo, EofGate};
+use client_io::ClientIo;
 use config::Config;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use protocol_api::{export_plugin, Arrival, Connection, Decision, Protocol, Request};
+use protocol_api::{
+    export_event_plugin, Arrival, Decision, EventProtocol, Io, Ready, Request, Wants,
+};
 use proxy::{Activity, Proxy};
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -37,24 +41,53 @@ use std::sync::Arc;
 use std::time::Duration;
 use upgrade::{AckFilter, Stream1, PREFACE};
 
-/// How often a connection's watcher looks at the idle clock, at most.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long the daemon may leave a running connection uncalled: the timer that keeps it
+/// (the daemon lets go of a connection that asks for nothing at all).
+const KEEP: Duration = Duration::from_secs(3600);
+/// After the client's end, how often to look whether the task is over.
+const AFTER_END: Duration = Duration::from_millis(50);
 
 pub struct H2c {
     proxy: Arc<Proxy>,
     runtime: tokio::runtime::Runtime,
 }
 
-/// What negotiate hands to serve: the bytes the HTTP/2 server reads before the socket's.
+/// What negotiate hands to start: the bytes the HTTP/2 server reads before the socket's.
 pub struct Accepted {
     preamble: Vec<u8>,
     arrival: Arrival,
 }
 
-impl Protocol for H2c {
+/// A client connection, as the daemon's event loop holds it.
+pub struct H2cConn {
+    /// Until the first call, which has the socket and starts the task.
+    start: Option<(Accepted, SocketAddr)>,
+    running: Option<Running>,
+}
+
+/// The connection's task on the runtime.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    /// Tells the task the daemon is stopping: GOAWAY, in-flight streams finish.
+    go_away: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The daemon let the connection go (the grace period is over, say): so does the
+        // task, whose socket is then shut.
+        self.task.abort();
+    }
+}
+
+/// Served readiness-driven: the connection's work is the runtime's, and a worker thread
+/// held per connection (to wait) capped h2c at the worker count and crowded out the
+/// blocking plugins.
+impl EventProtocol for H2c {
     const NAME: &'static str = "h2c";
     const TOKENS: &'static [&'static str] = &["h2c"];
     type Session = Accepted;
+    type Conn = H2cConn;
 
     fn new() -> Result<Self, String> {
         let config = Config::from_env()?;
@@ -99,39 +132,57 @@ impl Protocol for H2c {
         }
     }
 
-    fn serve(
-        &self,
-        accepted: Accepted,
-        request: &Request<'_>,
-        conn: &mut Connection<'_>,
-    ) -> io::Result<()> {
+    fn start(&self, accepted: Accepted, request: &Request<'_>) -> io::Result<H2cConn> {
         let peer: SocketAddr = request
             .peer()
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let mut early = vec![0u8; conn.buffered()];
-        conn.read_exact(&mut early)?;
+        Ok(H2cConn {
+            start: Some((accepted, peer)),
+            running: None,
+        })
+    }
+
+    fn on_ready(&self, conn: &mut H2cConn, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+        if let Some((accepted, peer)) = conn.start.take() {
+            conn.running = Some(self.spawn(accepted, peer, io)?);
+        }
+        let Some(running) = &conn.running else {
+            return Ok(Wants::close());
+        };
+        if ready.is_stopping() {
+            running.go_away.notify_one();
+        }
+        if running.task.is_finished() {
+            return Ok(Wants::close());
+        }
+        // The task has the socket to itself and the loop has nothing to do, until the task
+        // is over: then it shuts the socket, which the loop sees (the peer "closed") and
+        // calls again. Once the client's end was seen, the task ends soon; its readable
+        // events and a short timer say when.
+        if ready.is_peer_closed() {
+            return Ok(Wants::read().with_timer(AFTER_END));
+        }
+        Ok(Wants::timer_only(KEEP))
+    }
+}
+
+impl H2c {
+    /// Starts the connection's task on a duplicate of the socket, with the bytes the daemon
+    /// read ahead.
+    fn spawn(&self, accepted: Accepted, peer: SocketAddr, io: &mut Io<'_>) -> io::Result<Running> {
+        let mut early = vec![0u8; io.buffered()];
+        io.read_exact(&mut early)?;
         // After an upgrade the client sends its preface (RFC 9113 §3.2); the server was
         // given one in the preamble already, so the client's is checked and dropped, and the
         // implicit SETTINGS ACK is taken out of the output.
         let upgraded = accepted.arrival == Arrival::Upgrade;
         let filter = upgraded.then(AckFilter::default);
-
-        // The runtime reads and writes a duplicate of the socket; the daemon's stays open
-        // until serve returns.
-        let socket = std::net::TcpStream::from(conn.as_fd().try_clone_to_owned()?);
+        let socket = std::net::TcpStream::from(io.as_fd().try_clone_to_owned()?);
         socket.set_nonblocking(true)?;
         let _entered = self.runtime.enter();
         let stream = tokio::net::TcpStream::from_std(socket)?;
-        let gate = Arc::new(EofGate::default());
-        let io = ClientIo::new(
-            accepted.preamble,
-            early,
-            upgraded,
-            stream,
-            filter,
-            gate.clone(),
-        );
+        let io = ClientIo::new(accepted.preamble, early, upgraded, stream, filter);
         let activity = Activity::new(self.proxy.config.http1_per_connection);
         let config = &self.proxy.config;
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -153,66 +204,41 @@ impl Protocol for H2c {
             proxy::handle(proxy.clone(), streams.clone(), peer, request)
         });
         let idle = config.idle;
-        // The connection runs as a task of the runtime, next to its streams and the backend
-        // connections, so a request crosses no thread; this (worker) thread only watches
-        // for what it alone may ask the daemon: whether it is stopping.
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let go_away = Arc::new(tokio::sync::Notify::new());
         let told = go_away.clone();
         let task = self.runtime.spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                ended = connection.as_mut() => return ended,
-                _ = told.notified() => connection.as_mut().graceful_shutdown(),
-            }
-            connection.await
-        });
-        let ended = self.runtime.block_on(async {
-            let mut task = task;
-            let mut going_away = None;
-            loop {
-                // The daemon's stop shuts the read side, so it shows as a held end of
-                // input; the idle clock is looked at now and then.
+            let mut going_away: Option<&'static str> = None;
+            let ended = loop {
+                // The idle clock is looked at when it could next run out (no stream open
+                // for SWITCHYARD_H2C_IDLE_MS), not now and then.
+                let wait = activity
+                    .idle_for()
+                    .map_or(idle, |quiet| idle.saturating_sub(quiet));
                 tokio::select! {
-                    ended = &mut task => return (ended, going_away),
-                    _ = gate.held() => {}
-                    _ = tokio::time::sleep(idle.min(IDLE_CHECK)) => {}
-                }
-                if going_away.is_none() {
-                    if conn.is_stopping() {
-                        gate.stopping();
+                    ended = connection.as_mut() => break ended,
+                    _ = told.notified(), if going_away.is_none() => {
                         going_away = Some("daemon stopping");
-                        go_away.notify_one();
-                    } else if activity.idle_for().is_some_and(|for_| for_ >= idle) {
-                        going_away = Some("idle");
-                        go_away.notify_one();
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = tokio::time::sleep(wait), if going_away.is_none() => {
+                        if activity.idle_for().is_some_and(|quiet| quiet >= idle) {
+                            going_away = Some("idle");
+                            connection.as_mut().graceful_shutdown();
+                        }
                     }
                 }
-                if going_away != Some("daemon stopping") && gate.is_held() {
-                    gate.client_closed();
-                }
+            };
+            match ended {
+                Ok(()) => log::debug!(
+                    "h2c {peer}: connection done ({})",
+                    going_away.unwrap_or("client done")
+                ),
+                Err(e) => log::debug!("h2c {peer}: connection ended: {e}"),
             }
         });
-        let ended = match ended {
-            (Ok(ended), why) => (ended, why),
-            (Err(e), _) => {
-                // The task panicked (hyper or the plugin's own code): this connection only.
-                return Err(io::Error::other(format!("h2c connection task failed: {e}")));
-            }
-        };
-        match ended {
-            (Ok(()), why) => {
-                log::debug!(
-                    "h2c {peer}: connection done ({})",
-                    why.unwrap_or("client done")
-                );
-                Ok(())
-            }
-            (Err(e), _) => {
-                log::debug!("h2c {peer}: connection ended: {e}");
-                Err(io::Error::other(e))
-            }
-        }
+        Ok(Running { task, go_away })
     }
 }
 
@@ -248,4 +274,4 @@ fn upgrade_preamble(request: &Request<'_>) -> Result<Vec<u8>, String> {
     Ok(upgrade::preamble(&settings, &stream1))
 }
 
-export_plugin!(H2c);
+export_event_plugin!(H2c);

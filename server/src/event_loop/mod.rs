@@ -26,7 +26,7 @@ use crate::switch::transit::{LoopHandle, Resume, ToLoop, ToWorker};
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use protocol_api::abi::READY_WATCHED;
+use protocol_api::abi::{READY_PEER_CLOSED, READY_WATCHED};
 use slab::Slab;
 use std::io;
 use std::sync::Arc;
@@ -303,8 +303,10 @@ impl Loop {
             }
             Conn::Event(session) => {
                 let newly_closed = session.ready(readable, writable, closed);
-                let due = session.due();
-                if due != 0 || newly_closed {
+                // The peer's end is news even to a plugin that waits for nothing the socket
+                // brings (READY_PEER_CLOSED makes the call happen).
+                let due = session.due() | if newly_closed { READY_PEER_CLOSED } else { 0 };
+                if due != 0 {
                     self.drive_session(slot, |session, shared, now, watcher| {
                         session.call(shared, due, now, watcher)
                     });
