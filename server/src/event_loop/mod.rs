@@ -557,6 +557,14 @@ impl Loop {
                 if session.wants_again() {
                     self.again.push((slot, *id));
                 }
+                if let Some(interest) = session.interest() {
+                    let registry = self.poll.registry();
+                    if let Err(e) = registry.reregister(&mut session.stream, Token(slot), interest)
+                    {
+                        log::debug!("cannot change what a connection is watched for: {e}");
+                        return self.close_with(slot, Some("cannot watch the socket"));
+                    }
+                }
                 self.reschedule(slot);
             }
         }

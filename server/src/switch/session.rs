@@ -59,6 +59,8 @@ pub struct Session {
     record: SwitchRecord,
     /// Descriptors of the plugin's own that the loop watches for it (none, mostly).
     watched: Watched,
+    /// The socket is registered for writability only (see [`Session::interest`]).
+    quiet: bool,
 }
 
 /// What the loop does with a session after a call.
@@ -119,6 +121,7 @@ impl Session {
             peer_closed: false,
             record,
             watched: None,
+            quiet: false,
         }
     }
 
@@ -137,6 +140,23 @@ impl Session {
     /// there. A call that moved nothing waits for an event.
     pub fn wants_again(&self) -> bool {
         self.resume || (self.moved_last && self.due() != 0)
+    }
+
+    /// What the loop should watch the socket for, when that changed since it was last told:
+    /// both directions while the plugin wants to read or write; writability only while it
+    /// wants neither (a plugin whose own runtime reads the socket, waiting on a timer), so
+    /// that the loop is not woken by every byte that arrives for someone else. The peer's
+    /// reset or full close (`EPOLLHUP`, `EPOLLERR`) still arrives; its half-close does not.
+    pub fn interest(&mut self) -> Option<mio::Interest> {
+        let quiet = self.wants & (WANT_READ | WANT_WRITE) == 0 && self.owed.is_done();
+        if quiet == self.quiet {
+            return None;
+        }
+        self.quiet = quiet;
+        Some(match quiet {
+            true => mio::Interest::WRITABLE,
+            false => mio::Interest::READABLE | mio::Interest::WRITABLE,
+        })
     }
 
     /// The `READY_*` bits the plugin should be called with now (0: nothing to do).
