@@ -170,7 +170,9 @@ impl Ready {
     /// (1.3) The peer has shut its side, or the connection failed: its reads end once what
     /// is buffered is read. Told on every call from the first after the daemon saw it,
     /// whether the plugin reads or not: a plugin that holds its peer's input back (because
-    /// its other side does not take it) learns here that the peer is gone.
+    /// its other side does not take it) learns here that the peer is gone. A plugin that
+    /// asks for neither reading nor writing (only a timer: its own runtime has the socket)
+    /// is told of the peer's reset or full close, not of a half-close.
     pub fn is_peer_closed(self) -> bool {
         self.0 & crate::abi::READY_PEER_CLOSED != 0
     }
