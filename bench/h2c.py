@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """HTTP/2 proxying: h2load (nghttp2's load generator) with 50 connections and 10 streams
-each (-c50 -m10), HTTP/2 with prior knowledge, through switchyard's h2c plugin and through
-nginx's grpc_pass (its documented way to proxy HTTP/2 to an HTTP/2 backend, with upstream
-keep-alive) to the same backend (nghttpd, nghttp2's server, serving a 64-byte file), and
+each (-c50 -m10), HTTP/2 with prior knowledge, through switchyard's h2c plugin, through
+HAProxy (one thread, mode http, h2 on both sides, http-reuse always: how its docs proxy
+HTTP/2 end to end) and through nginx's grpc_pass (its documented way to proxy HTTP/2 to an
+HTTP/2 backend, with upstream keep-alive) to the same backend (nghttpd, nghttp2's server, serving a 64-byte file), and
 straight to the backend. Proxies on core 0, backend and load generator on core 1. Rounds
 interleave the servers; medians of requests per second and p99 latency (from h2load's
 per-request log) are reported, with the proxy's CPU use."""
@@ -70,6 +71,15 @@ def main():
             "  server { listen 127.0.0.1:%d http2; location / { grpc_pass grpc://backend; } } }\n"
             % (work, backend_port, nginx_port)
         )
+    haproxy_port = free_port()
+    with open(os.path.join(work, "haproxy.cfg"), "w") as f:
+        f.write(
+            "global\n  nbthread 1\n  maxconn 6000\n"
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n"
+            "  timeout server 300s\n  http-reuse always\n"
+            "frontend h2\n  bind 127.0.0.1:%d proto h2\n  default_backend target\n"
+            "backend target\n  server s 127.0.0.1:%d proto h2\n" % (haproxy_port, backend_port)
+        )
     plugins = os.path.join(work, "plugins")
     os.makedirs(plugins)
     release = os.path.join(args.root, "target", "release")
@@ -78,6 +88,7 @@ def main():
                SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % backend_port, RUST_LOG="warn")
     servers = {
         "switchyard": (lambda: start([os.path.join(release, "switchyard")], PROXY_CORE, env), switchyard_port),
+        "haproxy": (lambda: start(["haproxy", "-f", os.path.join(work, "haproxy.cfg")], PROXY_CORE), haproxy_port),
         "nginx": (lambda: start(["nginx", "-c", os.path.join(work, "nginx.conf"), "-p", work], PROXY_CORE), nginx_port),
         "backend": (None, backend_port),
     }
@@ -103,7 +114,9 @@ def main():
     print("%-11s %12s %9s %14s" % ("server", "requests/s", "p99 ms", "proxy CPU, s/s"))
     for name, (rate, p99, cpu) in med.items():
         print("%-11s %12.0f %9.2f %14s" % (name, rate, p99, "-" if name == "backend" else "%.2f" % cpu))
-    sw, ng = med["switchyard"], med["nginx"]
+    sw, ng, ha = med["switchyard"], med["nginx"], med["haproxy"]
+    print("switchyard / HAProxy: %.2fx requests/s, %.2fx per proxy CPU-second, p99 %.2f ms vs %.2f ms"
+          % (sw[0] / ha[0], (sw[0] / sw[2]) / (ha[0] / ha[2]), sw[1], ha[1]))
     print("switchyard / nginx grpc_pass: %.2fx requests/s, p99 %.2f ms vs %.2f ms" % (sw[0] / ng[0], sw[1], ng[1]))
     print("per round, switchyard / nginx:", " ".join(
         "%.2fx" % (s[0] / n[0]) for s, n in zip(results["switchyard"], results["nginx"])))

@@ -81,7 +81,7 @@ class Servers:
         self.bench = os.path.join(root, "bench", "target", "release")
         self.plugins = os.path.join(workdir, "plugins")
         os.makedirs(self.plugins, exist_ok=True)
-        for name in ("echo", "websocket", "tunnel"):
+        for name in ("echo", "websocket", "tunnel", "h2c"):
             lib = "libswitchyard_%s.so" % name
             shutil.copy(os.path.join(root, "target", "release", lib), self.plugins)
         self.sink_port = free_port()
@@ -98,6 +98,8 @@ class Servers:
                 SWITCHYARD_PLUGIN_DIR=self.plugins,
                 SWITCHYARD_TUNNEL_ROUTES="/sink=127.0.0.1:%d,/echo=127.0.0.1:%d"
                 % (self.sink_port, self.echo_port),
+                # Prior-knowledge connections for the idle row; no stream is ever opened.
+                SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % self.echo_port,
                 RUST_LOG="warn",
             )
             env.update(settings or {})
@@ -210,13 +212,14 @@ def bulk_load(root, servers, mib, through_tunnel):
 def idle_load(root, conns, through=None):
     """WebSockets, or with `through` TCP connections: "tunnel" through `Upgrade: tcp` to
     the echo route, "plain" straight to the server (a TCP proxy)."""
-    upgrade = {None: [], "tunnel": ["--upgrade", "tcp", "--path", "/echo"], "plain": []}[through]
-    hold_as = {None: [], "tunnel": upgrade, "plain": ["--upgrade", "none"]}[through]
+    upgrade = {None: [], "tunnel": ["--upgrade", "tcp", "--path", "/echo"], "plain": [], "h2c": []}[through]
+    hold_as = {None: [], "tunnel": upgrade, "plain": ["--upgrade", "none"],
+               "h2c": ["--upgrade", "h2-prior-knowledge"]}[through]
 
     def run(port, process):
         # Warm the server up first (its allocator, its loop threads' buffers), so that the
         # difference below is what the idle connections themselves cost.
-        loadgen(root, "ws-echo" if through is None else "tcp-echo",
+        loadgen(root, "ws-echo" if through in (None, "h2c") else "tcp-echo",
                 ["--addr", "127.0.0.1:%d" % port, "--secs", "0.5", "--warmup", "0",
                  "--conns", "20", "--size", "64"] + upgrade)
         time.sleep(0.5)
@@ -281,6 +284,11 @@ def loads(root, servers, quick):
          "kib_per_conn", "KiB", ["switchyard", "haproxy"],
          lambda s: idle_load(root, 1000 if quick else 5000, "tunnel" if s == "switchyard" else "plain"),
          {"BENCH_TUNNEL_TO": "echo", "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT": "10000"}),
+        # h2c with prior knowledge, no stream: what a quiet gRPC client's connection costs.
+        # Two descriptors each in the daemon (the loop's and the runtime's duplicate).
+        ("idle-h2c-5k", "idle h2c connections (prior knowledge, no stream): server RSS per connection at 5,000",
+         "kib_per_conn", "KiB", ["switchyard"], lambda s: idle_load(root, 1000 if quick else 5000, "h2c"),
+         {"SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT": "10000"}),
         # Every connection comes from 127.0.0.1: one client address, which by default may
         # hold a quarter of SWITCHYARD_MAX_CONNECTIONS.
         ("idle-10k", "idle WebSocket connections, every setting at its default but the per-client limit: server RSS per connection at 10,000",
@@ -308,7 +316,7 @@ def main():
     started = time.time()
     selected = [l for l in loads(options.root, servers, options.quick) if not options.only or l[0] in options.only]
     results = {}
-    once = ("idle-10k", "idle-19k", "tunnel-1g", "idle-tunnels-5k")
+    once = ("idle-10k", "idle-19k", "tunnel-1g", "idle-tunnels-5k", "idle-h2c-5k")
     # The rounds first; then, once, memory and the long bulk transfer (the idle rows leave
     # thousands of ports in TIME_WAIT, which would disturb the rows after them).
     plan = [(r, load) for r in range(rounds) for load in selected if load[0] not in once]
