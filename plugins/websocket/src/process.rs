@@ -98,8 +98,11 @@ fn starter_thread(requests: Receiver<Request>) {
         match request {
             Ok(Request::Start(mut command, reservation, reply)) => {
                 let started = command.spawn();
-                if started.is_ok() {
-                    reservation.keep();
+                // The slot is settled before the caller hears: kept by a started program,
+                // free again by the time a failure is reported.
+                match started.is_ok() {
+                    true => reservation.keep(),
+                    false => drop(reservation),
                 }
                 let _ = reply.send(started);
             }
