@@ -298,6 +298,7 @@ impl Loop {
         match &mut entry.conn {
             Conn::Http(conn) => {
                 conn.readable |= readable;
+                conn.hung_up |= closed;
                 conn.writable |= writable;
                 self.drive_http(slot);
             }

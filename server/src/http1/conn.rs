@@ -65,6 +65,10 @@ pub struct HttpConn<T: Transport = mio::net::TcpStream> {
     pub readable: bool,
     /// The socket may take more bytes: set by a writable event, cleared by a short write.
     pub writable: bool,
+    /// An event said the peer shut its side (or the connection failed): its end may have
+    /// come with its last bytes, which a short read does not show, so reads go on until
+    /// one returns 0 or `WouldBlock`.
+    pub hung_up: bool,
     /// Whether the connection's first bytes are still to be looked at for a PROXY protocol
     /// header.
     proxy: ProxyHeader,
@@ -184,6 +188,7 @@ impl<T: Transport> HttpConn<T> {
             // first event instead of guessing.
             readable: false,
             writable: true,
+            hung_up: false,
             proxy: match &shared.config.proxy_protocol {
                 pp if pp.expects_header_from(peer.ip()) => ProxyHeader::Expected,
                 pp if pp.mode != proxy_protocol::Mode::Off => ProxyHeader::Forbidden,
@@ -419,7 +424,7 @@ impl<T: Transport> HttpConn<T> {
                     if !matches!(self.phase, Phase::Lingering) {
                         self.input.extend_from_slice(&scratch[..n]);
                     }
-                    self.readable = n == scratch.len();
+                    self.readable = n == scratch.len() || self.hung_up;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;

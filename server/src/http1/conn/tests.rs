@@ -411,3 +411,18 @@ fn a_client_over_its_connection_share_gets_503_before_it_sends() {
     assert_eq!(second.statuses(), [503]);
     assert!(second.received().contains("Retry-After: 1\r\n"));
 }
+
+#[test]
+fn a_request_and_the_clients_end_in_one_event_are_both_seen() {
+    let mut h = Harness::new();
+    // Both arrive before the loop looks: one readable event that also says the peer shut
+    // its side. A short read alone would not show the end that follows the bytes.
+    h.conn
+        .stream
+        .reads
+        .push_back(Arrival::Bytes(HEALTHZ.to_vec()));
+    h.conn.hung_up = true;
+    let after = h.arrive(Arrival::End);
+    assert!(matches!(after, After::Close), "the end is seen at once");
+    assert_eq!(h.statuses(), [200], "after the answer");
+}
