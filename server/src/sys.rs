@@ -15,16 +15,20 @@ pub fn effective_ids() -> (u32, u32) {
 /// (`TCP_INFO`): it sees bytes a plugin moves itself (with `splice`, say) as well as ours.
 pub fn tcp_quiet_for(socket: &impl AsRawFd) -> io::Result<Duration> {
     let activity = tcp_activity(socket)?;
-    Ok(activity.since_received.min(activity.since_sent))
+    Ok(activity.since_received.min(activity.since_acked))
 }
 
-/// When data last moved each way on a TCP socket, as the kernel counts it.
+/// What moved on a TCP socket, as the kernel counts it: what the peer sent us, and what
+/// it acknowledged of ours. (Not when we last sent: retransmissions to a peer that is
+/// gone, and persist probes to one that takes a byte now and then, are sends too.)
 #[derive(Debug, Clone, Copy)]
 pub struct TcpActivity {
-    /// Since the last data segment sent (window probes to a peer that takes nothing are
-    /// not data).
-    pub since_sent: Duration,
+    /// Since the last data the peer sent us.
     pub since_received: Duration,
+    /// Since the peer last acknowledged anything.
+    pub since_acked: Duration,
+    /// Bytes of ours the peer has acknowledged, ever: grows only when it takes data.
+    pub bytes_acked: u64,
 }
 
 /// The kernel's [`TcpActivity`] of `socket` (`TCP_INFO`).
@@ -48,8 +52,9 @@ pub fn tcp_activity(socket: &impl AsRawFd) -> io::Result<TcpActivity> {
     // SAFETY: zero-initialised plain integers, partly filled by the kernel.
     let info = unsafe { info.assume_init() };
     Ok(TcpActivity {
-        since_sent: Duration::from_millis(u64::from(info.tcpi_last_data_sent)),
         since_received: Duration::from_millis(u64::from(info.tcpi_last_data_recv)),
+        since_acked: Duration::from_millis(u64::from(info.tcpi_last_ack_recv)),
+        bytes_acked: info.tcpi_bytes_acked,
     })
 }
 

@@ -44,8 +44,10 @@ use upgrade::{AckFilter, Stream1, PREFACE};
 /// How long the daemon may leave a running connection uncalled: the timer that keeps it
 /// (the daemon lets go of a connection that asks for nothing at all).
 const KEEP: Duration = Duration::from_secs(3600);
-/// After the client's end, how often to look whether the task is over.
+/// After the client's end, when to look again whether the task is over: 50 ms, doubling to
+/// at most 3.2 s (a task can outlive the client's half-close while its answers drain).
 const AFTER_END: Duration = Duration::from_millis(50);
+const AFTER_END_DOUBLINGS: u32 = 6;
 
 pub struct H2c {
     proxy: Arc<Proxy>,
@@ -63,6 +65,8 @@ pub struct H2cConn {
     /// Until the first call, which has the socket and starts the task.
     start: Option<(Accepted, SocketAddr)>,
     running: Option<Running>,
+    /// Looks taken since the client's end was seen.
+    looks_after_end: u32,
 }
 
 /// The connection's task on the runtime.
@@ -140,6 +144,7 @@ impl EventProtocol for H2c {
         Ok(H2cConn {
             start: Some((accepted, peer)),
             running: None,
+            looks_after_end: 0,
         })
     }
 
@@ -161,7 +166,9 @@ impl EventProtocol for H2c {
         // calls again. Once the client's end was seen, the task ends soon; its readable
         // events and a short timer say when.
         if ready.is_peer_closed() {
-            return Ok(Wants::read().with_timer(AFTER_END));
+            let wait = AFTER_END * (1 << conn.looks_after_end.min(AFTER_END_DOUBLINGS));
+            conn.looks_after_end += 1;
+            return Ok(Wants::read().with_timer(wait));
         }
         Ok(Wants::timer_only(KEEP))
     }

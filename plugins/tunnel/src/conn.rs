@@ -8,8 +8,8 @@
 //! never more). A direction copies through the loop thread's buffer while its reads come
 //! in small pieces (an interactive protocol: a `read` and a `write` a message, and a quiet
 //! tunnel holds no pipe and no buffer); once a read fills the buffer, the flow is bulk and
-//! the direction splices through a pipe of its own from then on (no copy through user
-//! space). When a source ends, the destination's write side is shut and the other
+//! the direction splices through a pipe of its own (no copy through user space) until the
+//! source is drained, when the pipe is closed again. When a source ends, the destination's write side is shut and the other
 //! direction flows on (half-close); when both have ended, the tunnel ends. A reset on one
 //! side is passed on as a reset to the other.
 
@@ -124,7 +124,16 @@ impl Direction {
                     *budget = budget.saturating_sub(n);
                     *moved = true;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Stop::WaitRead),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    // The source is drained and the pipe empty: the burst is over. The pipe
+                    // goes (a quiet tunnel holds none, and two descriptors); the next burst
+                    // starts copying, and splices again once a read fills the buffer.
+                    if self.held == 0 {
+                        self.pipe = None;
+                        self.bulk = false;
+                    }
+                    return Ok(Stop::WaitRead);
+                }
                 Err(e) => return Err(classify(e, true)),
             }
         }

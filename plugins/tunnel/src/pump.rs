@@ -11,8 +11,9 @@ use std::mem::ManuallyDrop;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Most bytes a pipe holds (and one splice asks for); the pipe is grown to this where the
-/// kernel allows, else it keeps its default (64 KiB).
+/// Most bytes one splice asks for. The pipe keeps the kernel's default size (64 KiB):
+/// pipes count against a per-user quota (`fs.pipe-user-pages-soft`), and grown ones would
+/// let a few dozen bulk tunnels use it up for every other pipe of the daemon's user.
 pub const CHUNK: usize = 1 << 20;
 
 /// A pipe through which one direction of a tunnel flows.
@@ -63,8 +64,6 @@ impl Pipe {
         }
         // SAFETY: pipe2 just opened both; each gets one owner.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: F_SETPIPE_SZ on our own pipe; failure (a lower limit) only costs speed.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
         Ok(Pipe { read, write })
     }
 

@@ -636,19 +636,25 @@ impl Loop {
     }
 
     /// Removes `slot`'s connection; a session gets its access line with `reason`. Closing
-    /// the socket takes it out of the poll (it is never duplicated), so there is no
-    /// `epoll_ctl` to make.
+    /// an HTTP connection's socket takes it out of the poll (the daemon never duplicates
+    /// it); a session's is taken out first, since its plugin may have.
     fn close_with(&mut self, slot: usize, reason: Option<&'static str>) {
         if let Some(entry) = self.conns.try_remove(slot) {
             match entry.conn {
                 Conn::Http(conn) => drop(conn),
-                Conn::Event(session) => session.close(
-                    reason,
-                    Watcher {
-                        registry: self.poll.registry(),
-                        token: watch_token(slot),
-                    },
-                ),
+                Conn::Event(mut session) => {
+                    // A plugin may hold a duplicate of the socket (h2c's runtime does): then
+                    // closing ours leaves the registration alive, and its events would reach
+                    // whichever connection takes this slot next. So it is taken out first.
+                    let _ = self.poll.registry().deregister(&mut session.stream);
+                    session.close(
+                        reason,
+                        Watcher {
+                            registry: self.poll.registry(),
+                            token: watch_token(slot),
+                        },
+                    )
+                }
             }
         }
     }

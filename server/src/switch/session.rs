@@ -61,6 +61,15 @@ pub struct Session {
     watched: Watched,
     /// The socket is registered for writability only (see [`Session::interest`]).
     quiet: bool,
+    /// The kernel's count of bytes the peer acknowledged (low 32 bits) when output began
+    /// to wait, or at the last write time-out check.
+    acked_mark: u32,
+}
+
+/// The low 32 bits of what the peer has acknowledged (0 if the kernel will not say): a
+/// mark that moves when it takes data.
+fn kernel_acked(stream: &TcpStream) -> u32 {
+    crate::sys::tcp_activity(stream).map_or(0, |seen| seen.bytes_acked as u32)
 }
 
 /// What the loop does with a session after a call.
@@ -122,6 +131,7 @@ impl Session {
             record,
             watched: None,
             quiet: false,
+            acked_mark: 0,
         }
     }
 
@@ -268,6 +278,7 @@ impl Session {
         if self.flow.readiness.moved {
             self.last_moved = *now;
         }
+        let was_stalled = self.stalled_since.is_some();
         self.stalled_since = if self.wants & WANT_WRITE == 0 {
             None
         } else if self.flow.bytes_out > bytes_out {
@@ -275,6 +286,12 @@ impl Session {
         } else {
             Some(self.stalled_since.unwrap_or(*now))
         };
+        if self.stalled_since.is_some() && !was_stalled {
+            // What the peer had taken when the wait began: at the write time-out, the
+            // kernel's count says whether it took anything since (bytes a plugin moves
+            // itself included). One system call per wait, none per message.
+            self.acked_mark = kernel_acked(&self.stream);
+        }
         if self.wants == 0 && self.timer.is_none() && !self.resume {
             // Nothing would ever call it again: the plugin is done.
             return Step::Close(None);
@@ -295,25 +312,25 @@ impl Session {
             .unwrap_or(shared.config.write_timeout);
         // Before ending a connection for its limits, the kernel's counts are asked: bytes a
         // plugin moves itself on the lent socket (a tunnel's splice) are not in ours.
-        let kernel = || crate::sys::tcp_activity(&self.stream).ok();
         if self
             .stalled_since
             .is_some_and(|since| since + write_timeout <= *now)
         {
-            match kernel() {
-                Some(seen) if seen.since_sent < write_timeout => {
-                    self.stalled_since = Some(now.checked_sub(seen.since_sent).unwrap_or(*now));
-                }
-                _ => {
-                    shared.metrics.ended_write_timeout();
-                    return Step::Close(Some("write time-out: the peer took nothing"));
-                }
+            // Taken means acknowledged: a peer that opens its window by a byte now and then
+            // still took something, but retransmissions to one that is gone are not progress.
+            let acked = kernel_acked(&self.stream);
+            if acked != self.acked_mark {
+                self.acked_mark = acked;
+                self.stalled_since = Some(*now);
+            } else {
+                shared.metrics.ended_write_timeout();
+                return Step::Close(Some("write time-out: the peer took nothing"));
             }
         }
         if self.last_moved + shared.config.idle <= *now {
-            match kernel() {
-                Some(seen) if seen.since_sent.min(seen.since_received) < shared.config.idle => {
-                    let quiet = seen.since_sent.min(seen.since_received);
+            let seen = crate::sys::tcp_activity(&self.stream).ok();
+            match seen.map(|seen| seen.since_received.min(seen.since_acked)) {
+                Some(quiet) if quiet < shared.config.idle => {
                     self.last_moved = now.checked_sub(quiet).unwrap_or(*now);
                 }
                 _ => {
