@@ -103,12 +103,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_IDLE_MS",
         default: "`300000`",
-        meaning: "an upgraded connection with no bytes either way this long is closed (access line `reason=\"idle\"`)",
+        meaning: "an upgraded connection with no bytes either way this long is closed (access line `reason=\"idle\"`); bytes a plugin moves itself count, as the kernel sees them",
     },
     Setting {
         variable: "SWITCHYARD_WRITE_TIMEOUT_MS",
         default: "`30000`",
-        meaning: "an upgraded connection whose peer takes no bytes this long while output waits is closed; a plugin may set its own",
+        meaning: "an upgraded connection whose peer takes no bytes this long while output waits is closed (taken: acknowledged, as the kernel counts it); a plugin may set its own",
     },
     Setting {
         variable: "SWITCHYARD_PLUGIN_PANIC_LIMIT",
