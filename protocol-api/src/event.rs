@@ -2,7 +2,9 @@
 //! daemon's event loops when its connection can move, with a non-blocking [`Io`].
 //!
 //! A blocking [`Protocol::serve`](crate::Protocol::serve) is the simple way and the right one
-//! for protocols that block anyway (a backend dial, a program). A protocol with many
+//! for protocols that block throughout; one that blocks only to begin (a backend dial, a
+//! program started) can negotiate on a worker ([`Decision::OnWorker`](crate::Decision)) and
+//! run here after. A protocol with many
 //! connections that each move little (WebSocket, chat, telemetry) pays for a thread per
 //! connection: a thread wake-up and a context switch per message, and a stack per idle
 //! client. An [`EventProtocol`] instead keeps its per-connection state in a value

@@ -39,8 +39,11 @@
 //! served.join().unwrap().unwrap();
 //! ```
 
+// The harness is epoll's, as the daemon is: Linux only.
+#[cfg(target_os = "linux")]
 mod readiness;
 
+#[cfg(target_os = "linux")]
 pub use readiness::serve_ready;
 
 use crate::abi::{RawBytes, RawHeader, RawRequest};

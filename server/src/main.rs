@@ -10,8 +10,8 @@
 //! access log, and the main thread's signals and stop ([`daemon::supervisor`]); and
 //! [`plugin`], the loaded libraries and the only FFI.
 
-// `unsafe` lives in two places: the plugin FFI (plugin::ffi, plugin::host_io) and the
-// system calls (sys), each block with its `// SAFETY:` line.
+// `unsafe` lives in two places: the plugin FFI (plugin::ffi; the connection callbacks are
+// protocol_api::hosting) and the system calls (sys), each block with its `// SAFETY:` line.
 #![deny(unsafe_code)]
 
 mod connection;

@@ -1,6 +1,5 @@
 //! One tunnel on the daemon's event loop: the client's socket (lent by the daemon for each
-//! call) and the backend's (watched by the loop for us), with a pipe each way that bytes
-//! are spliced through.
+//! call) and the backend's (watched by the loop for us), and what each direction holds.
 //!
 //! Every call moves what it can both ways until the sockets would block or the call's
 //! budget is spent: a direction first writes out what it holds, then reads more from its
@@ -9,7 +8,8 @@
 //! in small pieces (an interactive protocol: a `read` and a `write` a message, and a quiet
 //! tunnel holds no pipe and no buffer); once a read fills the buffer, the flow is bulk and
 //! the direction splices through a pipe of its own (no copy through user space) until the
-//! source is drained, when the pipe is closed again. When a source ends, the destination's write side is shut and the other
+//! source is drained, when the pipe is closed again. When a source ends, the destination's
+//! write side is shut and the other
 //! direction flows on (half-close); when both have ended, the tunnel ends. A reset on one
 //! side is passed on as a reset to the other.
 

@@ -5,8 +5,9 @@
 //! Readiness-driven on the daemon's event loops (no thread per tunnel): the dial, which
 //! blocks, runs on a worker before the `101` (`Decision::OnWorker`); then the loop watches
 //! the backend for us and calls `on_ready` when either side may move. Bytes the client
-//! sent right after the request go to the backend first; then both directions are spliced
-//! through a pipe each (`conn`, `pump`). Half-closes pass through: when one side ends its
+//! sent right after the request go to the backend first; then each direction copies small
+//! reads through the loop thread's buffer and splices bulk bursts through a pipe of its
+//! own (`conn`, `pump`). Half-closes pass through: when one side ends its
 //! sending, the other side's write half is shut and the rest still flows. A reset on one
 //! side becomes a reset on the other. Only configured backends are ever dialled.
 

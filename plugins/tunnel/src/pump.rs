@@ -11,7 +11,8 @@ use std::mem::ManuallyDrop;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Most bytes one splice asks for. The pipe keeps the kernel's default size (64 KiB):
+/// Most bytes one splice into a pipe asks for (the pipe takes what it has room for), and
+/// with it the tunnel's budget per call. The pipe keeps the kernel's default size (64 KiB):
 /// pipes count against a per-user quota (`fs.pipe-user-pages-soft`), and grown ones would
 /// let a few dozen bulk tunnels use it up for every other pipe of the daemon's user.
 pub const CHUNK: usize = 1 << 20;

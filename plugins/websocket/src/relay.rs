@@ -27,7 +27,7 @@ const STDERR_LINES_PER_SEC: f64 = 10.0;
 pub struct Relay {
     pub backend: Backend,
     watching: bool,
-    /// Payloads from the client the service has not taken yet, from `at` on.
+    /// Payloads from the client the service has not taken yet.
     to_backend: Output,
     /// `exec:` (websocketd's text mode): each line of the program's output is a text
     /// message, and each message to it is followed by a newline.

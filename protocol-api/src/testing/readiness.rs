@@ -9,7 +9,10 @@
 //!   a descriptor it watches moves, and at once when it asked to resume;
 //! - a call that moved no byte of the connection is not repeated until an event comes
 //!   (a plugin that chooses not to read does not spin);
-//! - once the peer has closed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`) every call says so.
+//! - once the peer has closed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`) every call says so,
+//!   and the news is a call of its own. (The daemon watches a plugin that wants neither
+//!   direction for writability and hang-up only: it hears of the peer's reset or full
+//!   close there, not of a half-close, which the harness reports too.)
 
 use super::TestRequest;
 use crate::abi::{
@@ -191,6 +194,11 @@ impl LoopHost {
             let closed = bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0;
             self.readiness.readable |= bits & libc::EPOLLIN != 0 || closed;
             self.readiness.writable |= bits & (libc::EPOLLOUT | libc::EPOLLERR) != 0;
+            if closed && !*peer_closed {
+                // News of its own, as on the daemon's loops: a plugin that waits for
+                // nothing the socket brings is still called.
+                events |= READY_PEER_CLOSED;
+            }
             *peer_closed |= closed;
         }
         Ok(events)

@@ -3,8 +3,9 @@
 //! switched ([`Session`]). `SWITCHYARD_IO_THREADS` of these run side by side, each owning
 //! its connections outright: nothing on the per-message path is shared or locked.
 //!
-//! mio, edge-triggered: every socket is registered once for both directions, and each
-//! connection remembers what it may still read or write. Connections live in a slab and are
+//! mio, edge-triggered: every socket is registered for both directions (a session whose
+//! plugin wants neither is watched for writability and hang-up only, see
+//! [`Session::interest`]), and each connection remembers what it may still read or write. Connections live in a slab and are
 //! found by `Token`; their deadlines are in [`Timers`].
 //!
 //! Blocking plugins are not run here: a connection whose next offer is one goes to the

@@ -1,5 +1,6 @@
 //! Every `unsafe` line of the daemon's side of the plugin ABI: opening libraries, calling
-//! plugin functions, and the `extern "C"` callbacks plugins call back into.
+//! plugin functions, and the `extern "C"` callbacks of the sinks and the log (a
+//! connection's callbacks are [`protocol_api::hosting`]'s, shared with the test host).
 //!
 //! The rest of the daemon sees only the safe wrappers in [`super`]. Each callback runs its
 //! body under `catch_unwind`: a panic must not unwind into plugin code.
@@ -487,7 +488,6 @@ struct ResponseParts {
     body: Vec<u8>,
 }
 
-/// Runs a callback body, turning a panic into `fallback`: nothing unwinds into a plugin.
 fn message_sink(message: &mut String) -> MessageSink {
     MessageSink {
         ctx: (message as *mut String).cast(),

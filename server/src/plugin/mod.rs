@@ -15,7 +15,6 @@
 
 #[allow(unsafe_code)]
 mod ffi;
-#[allow(unsafe_code)]
 mod host_io;
 
 pub use ffi::{Handler, Negotiated, RequestHeaders};

@@ -3,8 +3,11 @@
 //!
 //! 1. [`on_loop`]: the event loop that read the request asks the readiness plugins among
 //!    the client's offers ([`negotiate`], in the client's order). An accept starts the
-//!    plugin's [`session`] on the loop; the first offer that belongs to a blocking plugin
-//!    takes a worker slot and goes to a worker ([`transit::ToWorker`]).
+//!    plugin's [`session`] on the loop; the first offer that belongs to a blocking plugin,
+//!    or whose readiness plugin asks to negotiate where it may block
+//!    ([`Negotiation::OnWorker`](crate::plugin::Negotiation): to dial a backend or start a
+//!    program before the `101`), takes a worker slot and goes to a worker
+//!    ([`transit::ToWorker`]).
 //! 2. [`on_worker`]: the worker asks the blocking plugins from that offer on; an accept sends
 //!    the `101` and runs `serve` until it returns. Anything else goes back to the loop at
 //!    once ([`transit::ToLoop`]) with what it does next ([`transit::Resume`]): answer, go on

@@ -3,8 +3,9 @@
 //! what the plugin wants may be possible, and owns the limits around it: the idle limit, the
 //! write time-out, the goodbye on stop, and the access line at the end.
 //!
-//! Readiness is edge-triggered underneath (the socket is registered once, for both
-//! directions) and level-triggered for the plugin: [`Flow`] remembers whether the socket may
+//! Readiness is edge-triggered underneath (the socket is registered for both directions,
+//! or for writability only while the plugin wants neither: [`Session::interest`]) and
+//! level-triggered for the plugin: [`Flow`] remembers whether the socket may
 //! still be read or written, so a plugin that stops before `WouldBlock` is called again,
 //! but only if that call moved bytes of its connection: a plugin that chooses not to read
 //! (its other side is slow) waits for the next event instead of being called in a loop. A
@@ -328,8 +329,7 @@ impl Session {
             }
         }
         if self.last_moved + shared.config.idle <= *now {
-            let seen = crate::sys::tcp_activity(&self.stream).ok();
-            match seen.map(|seen| seen.since_received.min(seen.since_acked)) {
+            match crate::sys::tcp_quiet_for(&self.stream).ok() {
                 Some(quiet) if quiet < shared.config.idle => {
                     self.last_moved = now.checked_sub(quiet).unwrap_or(*now);
                 }
