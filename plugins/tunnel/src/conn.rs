@@ -14,9 +14,10 @@
 //! side is passed on as a reset to the other.
 
 use crate::config::Config;
-use crate::pump::{borrow_socket, reset_on_close, Pipe, CHUNK};
+use crate::pump::{Pipe, CHUNK};
 use protocol_api::output::{write_until_blocked, Output};
 use protocol_api::{Io, Ready, Wants};
+use socket2::SockRef;
 use std::cell::RefCell;
 use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, TcpStream};
@@ -86,7 +87,7 @@ impl Direction {
             if !self.pending.is_done() {
                 let written = self
                     .pending
-                    .flush(&mut &*borrow_socket(to), 0)
+                    .flush(&mut &*SockRef::from(&to), 0)
                     .map_err(|e| classify(e, false))?;
                 self.bytes += written.bytes as u64;
                 *moved |= written.bytes > 0;
@@ -162,12 +163,12 @@ impl Direction {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let len = scratch.len().min(budget);
-            let n = (&*borrow_socket(from)).read(&mut scratch[..len])?;
+            let n = (&*SockRef::from(&from)).read(&mut scratch[..len])?;
             if n == 0 {
                 return Ok(0);
             }
             self.bulk = n == scratch.len();
-            let written = match write_until_blocked(&mut &*borrow_socket(to), &scratch[..n]) {
+            let written = match write_until_blocked(&mut &*SockRef::from(&to), &scratch[..n]) {
                 Ok(written) => written.bytes,
                 // The destination's failure is found (and classified) on the next write.
                 Err(_) => 0,
@@ -354,4 +355,10 @@ impl Drop for TunnelConn {
             self.started.elapsed().as_secs_f64(),
         );
     }
+}
+
+/// Makes the next close of `socket` send a reset instead of a FIN (SO_LINGER with time 0):
+/// how a reset on one side of a tunnel travels on to the other.
+fn reset_on_close(socket: BorrowedFd<'_>) {
+    let _ = SockRef::from(&socket).set_linger(Some(Duration::ZERO));
 }

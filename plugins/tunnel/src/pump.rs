@@ -1,14 +1,12 @@
-//! The system calls of a tunnel: moving bytes between two non-blocking sockets without
-//! copying them through user space (`splice(2)` into a pipe and out of it), a borrowed
-//! socket seen as a `TcpStream`, and a reset on close. Every call is non-blocking;
-//! `WouldBlock` means "wait for readiness", as on the sockets themselves.
+//! The system calls of a tunnel that no safe crate wraps: moving bytes between two
+//! non-blocking sockets without copying them through user space (`splice(2)` into a pipe
+//! and out of it). Every call is non-blocking; `WouldBlock` means "wait for readiness", as
+//! on the sockets themselves. (Reads, writes and SO_LINGER on the sockets go through
+//! `socket2`.)
 //!
 //! All of the plugin's `unsafe` is here.
 
 use std::io::{self, ErrorKind};
-use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Most bytes one splice into a pipe asks for (the pipe takes what it has room for), and
@@ -86,51 +84,5 @@ impl Pipe {
             0 => Err(ErrorKind::WriteZero.into()),
             n => Ok(n),
         }
-    }
-}
-
-/// A socket we only borrow (the client's, which the daemon owns and lends for a call) seen
-/// as a `TcpStream` for std's `Read` and `Write`, for as long as the borrow lasts; never
-/// closed by us.
-pub struct BorrowedStream<'a> {
-    stream: ManuallyDrop<TcpStream>,
-    _borrow: PhantomData<BorrowedFd<'a>>,
-}
-
-impl std::ops::Deref for BorrowedStream<'_> {
-    type Target = TcpStream;
-    fn deref(&self) -> &TcpStream {
-        &self.stream
-    }
-}
-
-/// Views a lent socket as a `TcpStream` that cannot outlive the loan.
-pub fn borrow_socket(fd: BorrowedFd<'_>) -> BorrowedStream<'_> {
-    // SAFETY: `BorrowedFd` guarantees the descriptor stays open for its lifetime, which the
-    // returned view cannot outlive; `ManuallyDrop` keeps us from closing it, and only shared
-    // references to the stream are ever given out.
-    let stream = unsafe { TcpStream::from_raw_fd(fd.as_raw_fd()) };
-    BorrowedStream {
-        stream: ManuallyDrop::new(stream),
-        _borrow: PhantomData,
-    }
-}
-
-/// Makes the next close of `socket` send a reset instead of a FIN (SO_LINGER with time 0):
-/// how a reset on one side of a tunnel travels on to the other.
-pub fn reset_on_close(socket: BorrowedFd<'_>) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
     }
 }
