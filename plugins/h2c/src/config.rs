@@ -40,6 +40,17 @@ pub struct Config {
     /// in flight to HTTP/1.1 backends at once (each holds a backend connection); the others
     /// wait.
     pub http1_per_connection: usize,
+    /// `SWITCHYARD_H2C_ENGINE` (default `auto`): how connections are served.
+    pub engine: Engine,
+}
+
+/// How client connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The frame relay on the daemon's event loops ([`crate::relay`]); HTTP/2 backends only.
+    Relay,
+    /// hyper on the plugin's tokio runtime; HTTP/1.1 backends too.
+    Hyper,
 }
 
 pub const ROUTES: &str = "SWITCHYARD_H2C_ROUTES";
@@ -77,7 +88,6 @@ impl Config {
         // Longest prefix first, so the first match is the most specific.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Config {
-            routes,
             max_streams: number("SWITCHYARD_H2C_MAX_STREAMS", 100, 1, u32::MAX.into())? as u32,
             max_header_list_bytes: number(
                 "SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES",
@@ -94,6 +104,8 @@ impl Config {
             )?),
             http1_per_connection: number("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", 16, 1, 65_536)?
                 as usize,
+            engine: engine(lookup("SWITCHYARD_H2C_ENGINE").as_deref(), &routes)?,
+            routes,
         })
     }
 
@@ -105,6 +117,25 @@ impl Config {
     }
 }
 
+/// `SWITCHYARD_H2C_ENGINE`: `relay` or `hyper`; `auto` (the default) is the relay when
+/// every route is HTTP/2, hyper when one is HTTP/1.1 (the relay speaks HTTP/2 only).
+fn engine(value: Option<&str>, routes: &[Route]) -> Result<Engine, String> {
+    let http1 = routes.iter().find(|r| r.protocol == BackendProtocol::Http1);
+    match value.map(str::trim) {
+        None | Some("auto") => Ok(if http1.is_some() { Engine::Hyper } else { Engine::Relay }),
+        Some("hyper") => Ok(Engine::Hyper),
+        Some("relay") => match http1 {
+            Some(route) => Err(format!(
+                "invalid SWITCHYARD_H2C_ENGINE=relay: the relay speaks HTTP/2 to backends only, and {ROUTES} routes {} to HTTP/1.1",
+                route.prefix
+            )),
+            None => Ok(Engine::Relay),
+        },
+        Some(other) => Err(format!(
+            "invalid SWITCHYARD_H2C_ENGINE={other:?}: expected auto, relay or hyper"
+        )),
+    }
+}
 fn parse_route(entry: &str) -> Result<Route, &'static str> {
     let (prefix, backend) = entry
         .split_once('=')
@@ -220,6 +251,17 @@ mod tests {
         assert_eq!(c.max_header_list_bytes, 16384);
         assert_eq!(c.idle, Duration::from_secs(300));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.engine, Engine::Relay);
+        assert_eq!(
+            config("/=http1://127.0.0.1:1").unwrap().engine,
+            Engine::Hyper
+        );
+        let relay_for_http1 = Config::from_lookup(|n| match n {
+            ROUTES => Some("/=http1://127.0.0.1:1".into()),
+            "SWITCHYARD_H2C_ENGINE" => Some("relay".into()),
+            _ => None,
+        });
+        assert!(relay_for_http1.unwrap_err().contains("HTTP/1.1"));
         let bad = Config::from_lookup(|n| (n == "SWITCHYARD_H2C_MAX_STREAMS").then(|| "0".into()));
         assert!(bad.unwrap_err().contains("SWITCHYARD_H2C_MAX_STREAMS"));
     }

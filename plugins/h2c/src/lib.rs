@@ -23,12 +23,15 @@
 
 pub mod client_io;
 pub mod config;
+pub mod frame;
+pub mod hpack;
 pub mod proxy;
+pub mod relay;
 pub mod settings;
 pub mod upgrade;
 
 use client_io::ClientIo;
-use config::Config;
+use config::{Config, Engine};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use protocol_api::{
     export_event_plugin, Arrival, Decision, EventProtocol, Io, Ready, Request, Wants,
@@ -50,8 +53,16 @@ const AFTER_END: Duration = Duration::from_millis(50);
 const AFTER_END_DOUBLINGS: u32 = 6;
 
 pub struct H2c {
-    proxy: Arc<Proxy>,
-    runtime: tokio::runtime::Runtime,
+    engine: Served,
+}
+
+/// The engine connections are served by (`SWITCHYARD_H2C_ENGINE`).
+enum Served {
+    Relay(Arc<relay::Shared>),
+    Hyper {
+        proxy: Arc<Proxy>,
+        runtime: tokio::runtime::Runtime,
+    },
 }
 
 /// What negotiate hands to start: the bytes the HTTP/2 server reads before the socket's.
@@ -61,7 +72,16 @@ pub struct Accepted {
 }
 
 /// A client connection, as the daemon's event loop holds it.
-pub struct H2cConn {
+// The relay is the common case and lives in the daemon's connection slot as it is; boxing
+// it would cost an allocation a connection to spare the rare hyper one some bytes.
+#[allow(clippy::large_enum_variant)]
+pub enum H2cConn {
+    Relay(relay::Relay),
+    Hyper(HyperConn),
+}
+
+/// A client connection served by hyper on the runtime.
+pub struct HyperConn {
     /// Until the first call, which has the socket and starts the task.
     start: Option<(Accepted, SocketAddr)>,
     running: Option<Running>,
@@ -101,6 +121,12 @@ impl EventProtocol for H2c {
                 config::ROUTES
             );
         }
+        if config.engine == Engine::Relay {
+            log::debug!("h2c: streams relayed frame by frame on the event loops");
+            return Ok(H2c {
+                engine: Served::Relay(Arc::new(relay::Shared::new(config))),
+            });
+        }
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -109,13 +135,15 @@ impl EventProtocol for H2c {
             .build()
             .map_err(|e| format!("h2c: cannot start its runtime: {e}"))?;
         Ok(H2c {
-            proxy: Arc::new(Proxy::new(config)),
-            runtime,
+            engine: Served::Hyper {
+                proxy: Arc::new(Proxy::new(config)),
+                runtime,
+            },
         })
     }
 
     fn negotiate(&self, request: &Request<'_>) -> Decision<Accepted> {
-        if self.proxy.config.routes.is_empty() {
+        if self.config().routes.is_empty() {
             return Decision::Decline;
         }
         if request.arrival() == Arrival::PriorKnowledge {
@@ -141,14 +169,42 @@ impl EventProtocol for H2c {
             .peer()
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        Ok(H2cConn {
-            start: Some((accepted, peer)),
-            running: None,
-            looks_after_end: 0,
+        Ok(match &self.engine {
+            Served::Relay(shared) => {
+                let upgraded = accepted.arrival == Arrival::Upgrade;
+                let preamble = upgraded.then_some(accepted.preamble);
+                H2cConn::Relay(relay::Relay::new(shared.clone(), peer, preamble))
+            }
+            Served::Hyper { .. } => H2cConn::Hyper(HyperConn {
+                start: Some((accepted, peer)),
+                running: None,
+                looks_after_end: 0,
+            }),
         })
     }
 
     fn on_ready(&self, conn: &mut H2cConn, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+        match conn {
+            H2cConn::Relay(relay) => relay.on_ready(io, ready),
+            H2cConn::Hyper(conn) => self.on_ready_hyper(conn, io, ready),
+        }
+    }
+}
+
+impl H2c {
+    fn config(&self) -> &Config {
+        match &self.engine {
+            Served::Relay(shared) => &shared.config,
+            Served::Hyper { proxy, .. } => &proxy.config,
+        }
+    }
+
+    fn on_ready_hyper(
+        &self,
+        conn: &mut HyperConn,
+        io: &mut Io<'_>,
+        ready: Ready,
+    ) -> io::Result<Wants> {
         if let Some((accepted, peer)) = conn.start.take() {
             conn.running = Some(self.spawn(accepted, peer, io)?);
         }
@@ -172,12 +228,13 @@ impl EventProtocol for H2c {
         }
         Ok(Wants::timer_only(KEEP))
     }
-}
 
-impl H2c {
     /// Starts the connection's task on a duplicate of the socket, with the bytes the daemon
     /// read ahead.
     fn spawn(&self, accepted: Accepted, peer: SocketAddr, io: &mut Io<'_>) -> io::Result<Running> {
+        let Served::Hyper { proxy, runtime } = &self.engine else {
+            return Err(io::Error::other("h2c: hyper is not this plugin's engine"));
+        };
         let mut early = vec![0u8; io.buffered()];
         io.read_exact(&mut early)?;
         // After an upgrade the client sends its preface (RFC 9113 §3.2); the server was
@@ -187,11 +244,11 @@ impl H2c {
         let filter = upgraded.then(AckFilter::default);
         let socket = std::net::TcpStream::from(io.as_fd().try_clone_to_owned()?);
         socket.set_nonblocking(true)?;
-        let _entered = self.runtime.enter();
+        let _entered = runtime.enter();
         let stream = tokio::net::TcpStream::from_std(socket)?;
         let io = ClientIo::new(accepted.preamble, early, upgraded, stream, filter);
-        let activity = Activity::new(self.proxy.config.http1_per_connection);
-        let config = &self.proxy.config;
+        let activity = Activity::new(proxy.config.http1_per_connection);
+        let config = &proxy.config;
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
         builder
@@ -205,7 +262,7 @@ impl H2c {
             // A peer that stops answering pings (gone, or not reading) is let go.
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let proxy = self.proxy.clone();
+        let proxy = proxy.clone();
         let streams = activity.clone();
         let service = hyper::service::service_fn(move |request| {
             proxy::handle(proxy.clone(), streams.clone(), peer, request)
@@ -214,7 +271,7 @@ impl H2c {
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let go_away = Arc::new(tokio::sync::Notify::new());
         let told = go_away.clone();
-        let task = self.runtime.spawn(async move {
+        let task = runtime.spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let mut going_away: Option<&'static str> = None;
             let ended = loop {

@@ -299,7 +299,7 @@ pub async fn handle(
     Ok(with_open(Response::from_parts(parts, body), open))
 }
 
-fn forwarded_for_element(peer: &SocketAddr, host: Option<&str>) -> String {
+pub(crate) fn forwarded_for_element(peer: &SocketAddr, host: Option<&str>) -> String {
     let mut element = format!("{};proto=http", forwarded_for(peer));
     if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
         element.push_str(&format!(";host=\"{host}\""));

@@ -13,6 +13,9 @@
 //! connection error to some clients (nghttp2). [`AckFilter`] drops exactly that one ACK
 //! from the server's output.
 
+use crate::frame::{flag, kind, write_field_block};
+use crate::hpack::literal;
+
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest frame payload before the peer says otherwise (SETTINGS_MAX_FRAME_SIZE's initial
@@ -21,14 +24,6 @@ const MAX_FRAME: usize = 16_384;
 /// Stream 1's request body must fit the initial flow-control window (65,535 bytes): the
 /// client could not have sent more before the server's first WINDOW_UPDATE.
 pub const MAX_BODY: usize = 65_535;
-
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 
 /// Header fields that belong to the HTTP/1.1 connection, not to the request (RFC 9113
 /// §8.2.2), and `Host`, which becomes `:authority`.
@@ -56,7 +51,7 @@ pub struct Stream1<'a> {
 pub fn preamble(settings: &[u8], request: &Stream1<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFACE.len() + 9 + settings.len() + 256 + request.body.len());
     out.extend_from_slice(PREFACE);
-    frame(&mut out, SETTINGS, 0, 0, settings);
+    crate::frame::write(&mut out, kind::SETTINGS, 0, 0, settings);
 
     let mut block = Vec::with_capacity(256);
     let authority = request
@@ -87,71 +82,14 @@ pub fn preamble(settings: &[u8], request: &Stream1<'_>) -> Vec<u8> {
         }
         literal(&mut block, lower.as_bytes(), value);
     }
-    let end_stream = if request.body.is_empty() {
-        END_STREAM
-    } else {
-        0
-    };
-    let mut pieces = block.chunks(MAX_FRAME).peekable();
-    let first = pieces.next().unwrap_or(&[]);
-    let only = pieces.peek().is_none();
-    let flags = end_stream | if only { END_HEADERS } else { 0 };
-    frame(&mut out, HEADERS, flags, 1, first);
-    while let Some(piece) = pieces.next() {
-        let last = pieces.peek().is_none();
-        frame(
-            &mut out,
-            CONTINUATION,
-            if last { END_HEADERS } else { 0 },
-            1,
-            piece,
-        );
-    }
+    write_field_block(&mut out, 1, &block, request.body.is_empty(), MAX_FRAME);
     let mut chunks = request.body.chunks(MAX_FRAME).peekable();
     while let Some(chunk) = chunks.next() {
         let last = chunks.peek().is_none();
-        frame(&mut out, DATA, if last { END_STREAM } else { 0 }, 1, chunk);
+        let end = if last { flag::END_STREAM } else { 0 };
+        crate::frame::write(&mut out, kind::DATA, end, 1, chunk);
     }
     out
-}
-
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// RFC 7541 §6.2.2: a literal header field without indexing, new name; both strings raw
-/// (no Huffman). Nothing enters the server's dynamic table.
-fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(0x00);
-    string(out, name);
-    string(out, value);
-}
-
-/// RFC 7541 §5.2: a string literal with H = 0.
-fn string(out: &mut Vec<u8>, bytes: &[u8]) {
-    integer(out, 7, 0x00, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-/// RFC 7541 §5.1: an integer with an `prefix`-bit prefix; `high` holds the first byte's
-/// other bits.
-fn integer(out: &mut Vec<u8>, prefix: u32, high: u8, value: usize) {
-    let max = (1usize << prefix) - 1;
-    if value < max {
-        out.push(high | value as u8);
-        return;
-    }
-    out.push(high | max as u8);
-    let mut rest = value - max;
-    while rest >= 128 {
-        out.push((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    out.push(rest as u8);
 }
 
 /// Passes the server's output through unchanged except for the first SETTINGS frame with
@@ -194,7 +132,7 @@ impl AckFilter {
             }
             let header = std::mem::take(&mut self.header);
             let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-            if header[3] == SETTINGS && header[4] & ACK != 0 && len == 0 {
+            if header[3] == kind::SETTINGS && header[4] & flag::ACK != 0 && len == 0 {
                 self.done = true;
                 continue;
             }
@@ -207,19 +145,8 @@ impl AckFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc7541_c_1_integers() {
-        let mut out = Vec::new();
-        integer(&mut out, 5, 0, 10);
-        assert_eq!(out, [10]); // C.1.1
-        out.clear();
-        integer(&mut out, 5, 0, 1337);
-        assert_eq!(out, [31, 154, 10]); // C.1.2
-        out.clear();
-        integer(&mut out, 8, 0, 42);
-        assert_eq!(out, [42]); // C.1.3
-    }
+    use crate::frame::flag::{ACK, END_HEADERS, END_STREAM};
+    use crate::frame::kind::{CONTINUATION, DATA, HEADERS, SETTINGS};
 
     fn frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
         let mut rest = bytes;

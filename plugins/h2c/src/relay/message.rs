@@ -1,0 +1,340 @@
+//! What the relay does to a request's and a response's header fields, and the answers it
+//! gives itself. Pure: fields in, a field block or a reason out.
+
+use crate::config::{Config, Route};
+use crate::hpack::{self, Fields};
+use protocol_api::path::RequestPath;
+use std::net::SocketAddr;
+
+/// Fields of one connection, never forwarded; in HTTP/2 their presence makes a message
+/// malformed (RFC 9113 §8.2.2).
+const CONNECTION_SPECIFIC: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// Fields the relay writes itself: what a client says in them is not evidence of anything,
+/// so they are replaced, never appended to. `host` is the `:authority` it came with.
+const REPLACED: &[&[u8]] = &[b"x-forwarded-for", b"forwarded", b"host"];
+
+/// A request the relay will not pass on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Malformed (RFC 9113 §8.1.1): the stream is reset with PROTOCOL_ERROR.
+    Malformed(&'static str),
+    /// Answered by the relay with this status and text.
+    Answer(u16, String),
+}
+
+/// A request on its way: where it goes and the block to send there.
+#[derive(Debug)]
+pub struct Routed {
+    /// The index of its route in the configuration.
+    pub route: usize,
+    pub block: Vec<u8>,
+    /// The normalised path, for log lines.
+    pub path: String,
+}
+
+/// Checks a request's fields (RFC 9113 §8.3.1), routes its path and writes the block for
+/// the backend: the normalised path, the route's authority, the client's address in
+/// `X-Forwarded-For` and `Forwarded`.
+pub fn route_request(
+    config: &Config,
+    fields: &Fields,
+    peer: &SocketAddr,
+) -> Result<Routed, Refused> {
+    let (mut method, mut path, mut authority, mut scheme) = (None, None, None, None);
+    let mut regular = false;
+    for (name, value) in fields.iter() {
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if regular {
+                return Err(Refused::Malformed("a pseudo-header after a regular field"));
+            }
+            let slot = match pseudo {
+                b"method" => &mut method,
+                b"path" => &mut path,
+                b"authority" => &mut authority,
+                b"scheme" => &mut scheme,
+                _ => return Err(Refused::Malformed("an unknown pseudo-header")),
+            };
+            if slot.replace(value).is_some() {
+                return Err(Refused::Malformed("a pseudo-header twice"));
+            }
+            continue;
+        }
+        regular = true;
+        check_field(name, value)?;
+    }
+    let (Some(method), Some(_scheme)) = (method, scheme) else {
+        return Err(Refused::Malformed(":method or :scheme missing"));
+    };
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return Err(Refused::Malformed(":path missing"));
+    };
+    let target = std::str::from_utf8(path).map_err(|_| Refused::Malformed(":path is not text"))?;
+    let parsed = RequestPath::parse(target).map_err(|e| Refused::Answer(400, e.to_string()))?;
+    let (index, route) = match config.route(&parsed) {
+        Ok(Some(route)) => (route_index(config, route), route),
+        Ok(None) => {
+            return Err(Refused::Answer(404, "no route for this path".into()));
+        }
+        Err(e) => return Err(Refused::Answer(400, e.to_string())),
+    };
+    let mut block = Vec::with_capacity(64 + fields.list_size() / 2);
+    hpack::field(&mut block, b":method", method);
+    hpack::field(&mut block, b":scheme", b"http");
+    hpack::field(&mut block, b":authority", route.address.as_bytes());
+    hpack::field(&mut block, b":path", parsed.path_and_query().as_bytes());
+    for (name, value) in fields.iter() {
+        if name.starts_with(b":") || REPLACED.contains(&name) {
+            continue;
+        }
+        hpack::field(&mut block, name, value);
+    }
+    hpack::field(
+        &mut block,
+        b"x-forwarded-for",
+        peer.ip().to_string().as_bytes(),
+    );
+    let client_authority = authority.and_then(|a| std::str::from_utf8(a).ok());
+    let forwarded = crate::proxy::forwarded_for_element(peer, client_authority);
+    hpack::field(&mut block, b"forwarded", forwarded.as_bytes());
+    Ok(Routed {
+        route: index,
+        block,
+        path: parsed.path().to_string(),
+    })
+}
+
+fn route_index(config: &Config, route: &Route) -> usize {
+    config
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route))
+        .unwrap_or(0)
+}
+
+/// RFC 9113 §8.2.1 and §8.2.2: lowercase names, no connection-specific field, `te` at most
+/// "trailers".
+fn check_field(name: &[u8], value: &[u8]) -> Result<(), Refused> {
+    if name.is_empty() || name.iter().any(|b| b.is_ascii_uppercase()) {
+        return Err(Refused::Malformed("a field name that is not lowercase"));
+    }
+    if CONNECTION_SPECIFIC.contains(&name) {
+        return Err(Refused::Malformed("a connection-specific field"));
+    }
+    if name == b"te" && !value.eq_ignore_ascii_case(b"trailers") {
+        return Err(Refused::Malformed("te other than trailers"));
+    }
+    Ok(())
+}
+
+/// What a response's (or trailers') HEADERS tells the relay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    /// An interim response (1xx other than 101): more HEADERS follow.
+    Interim,
+    /// The final response.
+    Final,
+    /// Trailers (no `:status`).
+    Trailers,
+}
+
+/// Checks a backend's response fields and writes the block for the client: the backend's
+/// fields as sent, connection-specific ones dropped.
+pub fn pass_response(fields: &Fields, block: &mut Vec<u8>) -> Result<Response, &'static str> {
+    let kind = match fields.get(b":status") {
+        None => Response::Trailers,
+        Some(s) if s.len() == 3 && s.starts_with(b"1") && s != b"101" => Response::Interim,
+        Some(s) if s.len() == 3 && s.iter().all(u8::is_ascii_digit) && s[0] >= b'2' => {
+            Response::Final
+        }
+        Some(_) => return Err("a :status that is not a final or interim status"),
+    };
+    for (name, value) in fields.iter() {
+        if CONNECTION_SPECIFIC.contains(&name) {
+            continue;
+        }
+        hpack::field(block, name, value);
+    }
+    Ok(kind)
+}
+
+/// The field block and body of an answer the relay gives itself.
+pub fn answer(status: u16, text: &str) -> (Vec<u8>, Vec<u8>) {
+    let body = format!("{text}\n").into_bytes();
+    let mut block = Vec::with_capacity(64);
+    hpack::field(&mut block, b":status", status.to_string().as_bytes());
+    hpack::field(&mut block, b"content-type", b"text/plain; charset=utf-8");
+    hpack::field(
+        &mut block,
+        b"content-length",
+        body.len().to_string().as_bytes(),
+    );
+    (block, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hpack::Decoder;
+
+    fn config() -> Config {
+        Config::from_lookup(|name| {
+            (name == crate::config::ROUTES)
+                .then(|| "/api=127.0.0.1:9000,/=backend.internal:80".to_string())
+        })
+        .unwrap()
+    }
+
+    fn request(extra: &[(&str, &str)]) -> Fields {
+        let mut fields = Fields::default();
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", "/api/../api/x?q=1"),
+        ]
+        .iter()
+        .chain(extra)
+        {
+            fields.push(n.as_bytes(), v.as_bytes());
+        }
+        fields
+    }
+
+    fn decoded(block: &[u8]) -> Vec<(String, String)> {
+        let mut fields = Fields::default();
+        Decoder::default()
+            .decode(block, &mut fields, 1 << 20)
+            .unwrap();
+        fields
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into(),
+                    String::from_utf8_lossy(v).into(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_goes_with_its_normalised_path_the_routes_authority_and_the_clients_address() {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let fields = request(&[
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("host", "spoofed"),
+        ]);
+        let routed = route_request(&config(), &fields, &peer).unwrap();
+        assert_eq!(routed.route, 0);
+        assert_eq!(routed.path, "/api/x");
+        let got = decoded(&routed.block);
+        let want: Vec<(String, String)> = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "127.0.0.1:9000"),
+            (":path", "/api/x?q=1"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "192.0.2.7"),
+            ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn rfc9113_8_2_malformed_requests_are_refused() {
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for extra in [("connection", "close"), ("te", "gzip"), ("X-Upper", "1")] {
+            let refused = route_request(&config(), &request(&[extra]), &peer).unwrap_err();
+            assert!(matches!(refused, Refused::Malformed(_)), "{extra:?}");
+        }
+        let mut late = request(&[("a", "1")]);
+        late.push(b":method", b"GET");
+        assert!(matches!(
+            route_request(&config(), &late, &peer),
+            Err(Refused::Malformed(_))
+        ));
+        let mut no_path = Fields::default();
+        no_path.push(b":method", b"GET");
+        no_path.push(b":scheme", b"http");
+        assert!(matches!(
+            route_request(&config(), &no_path, &peer),
+            Err(Refused::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_path_that_climbs_out_of_its_route_is_a_400() {
+        let only_api = Config::from_lookup(|name| {
+            (name == crate::config::ROUTES).then(|| "/api=127.0.0.1:9000".to_string())
+        })
+        .unwrap();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut fields = request(&[]);
+        fields.clear();
+        for (n, v) in [(":method", "GET"), (":scheme", "http"), (":path", "/other")] {
+            fields.push(n.as_bytes(), v.as_bytes());
+        }
+        assert!(matches!(
+            route_request(&only_api, &fields, &peer),
+            Err(Refused::Answer(404, _))
+        ));
+        fields.clear();
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/api/../etc"),
+        ] {
+            fields.push(n.as_bytes(), v.as_bytes());
+        }
+        assert!(matches!(
+            route_request(&only_api, &fields, &peer),
+            Err(Refused::Answer(400, _))
+        ));
+    }
+
+    #[test]
+    fn responses_pass_as_sent_and_interim_ones_are_told_apart() {
+        let mut fields = Fields::default();
+        fields.push(b":status", b"200");
+        fields.push(b"content-type", b"application/grpc");
+        let mut block = Vec::new();
+        assert_eq!(pass_response(&fields, &mut block), Ok(Response::Final));
+        assert_eq!(decoded(&block).len(), 2);
+        fields.clear();
+        fields.push(b":status", b"103");
+        assert_eq!(
+            pass_response(&fields, &mut Vec::new()),
+            Ok(Response::Interim)
+        );
+        fields.clear();
+        fields.push(b"grpc-status", b"0");
+        assert_eq!(
+            pass_response(&fields, &mut Vec::new()),
+            Ok(Response::Trailers)
+        );
+        fields.clear();
+        fields.push(b":status", b"101");
+        assert!(pass_response(&fields, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn an_answer_says_its_length() {
+        let (block, body) = answer(404, "no route for this path");
+        assert_eq!(body, b"no route for this path\n");
+        let got = decoded(&block);
+        assert_eq!(got[0], (":status".into(), "404".into()));
+        assert_eq!(got[2], ("content-length".into(), "23".into()));
+    }
+}

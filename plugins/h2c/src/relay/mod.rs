@@ -1,0 +1,1448 @@
+//! The frame relay: one client connection's HTTP/2 on the daemon's event loop, each stream
+//! passed to its backend frame by frame.
+//!
+//! The shortest path a stream can take through a proxy: no request object, no task, no
+//! thread hop. A request's field block is decoded (to route its path and keep the
+//! client's HPACK table in step), rewritten (normalised path, the route's authority, the
+//! client's address) and encoded again; DATA goes on as it comes, as far as the backend's
+//! windows allow, and the rest waits within the window the client was granted, which is
+//! given back only as bytes leave; the answer comes back the same way. So what one client
+//! connection can make the relay hold is bounded by the windows it grants: 64 KiB a
+//! stream and [`peer::CONN_WINDOW`] a connection, each way.
+//!
+//! Every stream keeps its identifier on the backend connection ([`backend`]), so no map
+//! is kept between the two. The relay reads and writes the client through the daemon
+//! (`Io`), so it runs over whatever the daemon's connection is.
+//!
+//! Failures answer the stream, not the connection: no route `404`, a path that climbs out
+//! of its route `400`, a backend that refuses or fails before answering `502`, one that
+//! does not connect in time `504`, a request whose fields are over
+//! `SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES` `431`. A client that breaks the protocol gets
+//! GOAWAY with the RFC's code; one that makes the relay work without moving requests
+//! (PINGs, SETTINGS, resets, empty frames: the "rapid reset" of CVE-2023-44487 among them)
+//! beyond [`GLITCHES`] in ten seconds gets GOAWAY with ENHANCE_YOUR_CALM.
+
+pub mod backend;
+pub mod message;
+pub mod peer;
+pub mod stream;
+
+use crate::config::Config;
+use crate::frame::{self, code, flag, kind, Head, Malformed};
+use crate::hpack::Fields;
+use backend::{Backend, State};
+use message::{Refused, Response};
+use peer::Peer;
+use protocol_api::{Io, Ready, Wants};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stream::{Flow, Stream, Target};
+
+/// Frames that cost the relay work without moving a request (see the module docs) one
+/// client connection may send in ten seconds.
+pub const GLITCHES: u32 = 1_000;
+const GLITCH_PERIOD: Duration = Duration::from_secs(10);
+/// Output owed to one socket past which the relay stops reading what would add to it.
+const OUT_LIMIT: usize = 256 * 1024;
+/// Output buffer capacity kept between calls (more is freed once written).
+const OUT_KEEP: usize = 16 * 1024;
+/// A backend connection that has carried no stream this long is closed.
+pub const BACKEND_IDLE: Duration = Duration::from_secs(5);
+/// A response's fields past this size are a backend's protocol error (502).
+const MAX_RESPONSE_FIELDS: usize = 256 * 1024;
+/// How long the daemon may leave a connection with nothing to wait for uncalled.
+const KEEP: Duration = Duration::from_secs(3600);
+
+thread_local! {
+    /// The event-loop thread's read buffer, shared by its relays.
+    static SCRATCH: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; protocol_api::sizes::READ_BUFFER].into_boxed_slice());
+    /// The fields of the field block being looked at.
+    static FIELDS: RefCell<Fields> = RefCell::new(Fields::default());
+}
+
+/// What every relay of the plugin shares: the configuration and the routes' addresses.
+pub struct Shared {
+    pub config: Config,
+    /// Per route, its address as resolved at start (`None`: it did not resolve).
+    pub addresses: Vec<Option<SocketAddr>>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        use std::net::ToSocketAddrs;
+        let addresses = config
+            .routes
+            .iter()
+            .map(|route| match route.address.to_socket_addrs() {
+                Ok(mut all) => all.next(),
+                Err(e) => {
+                    log::warn!(
+                        "h2c: route {} -> {}: {e}; its streams get 502",
+                        route.prefix,
+                        route.address
+                    );
+                    None
+                }
+            })
+            .collect();
+        Shared { config, addresses }
+    }
+}
+
+/// One client connection.
+pub struct Relay {
+    shared: Arc<Shared>,
+    peer_addr: SocketAddr,
+    /// Our preface is out, and the preamble taken.
+    started: bool,
+    /// Frames to take before the socket's: an upgrade's stream 1 (first call only).
+    preamble: Option<Vec<u8>>,
+    /// The client's preface is still to come (after an upgrade, RFC 9113 §3.2).
+    expect_preface: bool,
+    /// The next SETTINGS is the upgrade's HTTP2-Settings, acknowledged by the 101.
+    implicit_settings: bool,
+    client: Peer,
+    streams: HashMap<u32, Stream>,
+    /// The highest stream identifier the client used.
+    last_stream: u32,
+    backends: Vec<Option<Backend>>,
+    /// The connection is being shut down gracefully.
+    going_away: Option<GoingAway>,
+    /// The client sent GOAWAY.
+    client_going_away: bool,
+    /// A connection error: GOAWAY is queued, the connection closes.
+    failed: bool,
+    idle_since: Instant,
+    glitches: u32,
+    glitch_period_start: Instant,
+}
+
+/// A graceful shutdown in two steps (RFC 9113 §6.8): a GOAWAY that takes streams still
+/// in flight, a PING, and on its answer (or after [`GOAWAY_WAIT`]) the GOAWAY that names
+/// the last stream.
+#[derive(Debug, Clone, Copy)]
+struct GoingAway {
+    why: &'static str,
+    since: Instant,
+    /// The last GOAWAY is out: streams past `last_stream` are ignored.
+    last: bool,
+}
+
+/// The PING payload of a graceful shutdown.
+const GOAWAY_PING: &[u8; 8] = b"goingawy";
+/// How long the first GOAWAY waits for its PING's answer.
+const GOAWAY_WAIT: Duration = Duration::from_secs(1);
+
+/// How a client read ended.
+enum ReadEnd {
+    Blocked,
+    Held,
+    Spent,
+    Closed,
+}
+
+impl Relay {
+    pub fn new(shared: Arc<Shared>, peer_addr: SocketAddr, preamble: Option<Vec<u8>>) -> Relay {
+        let now = Instant::now();
+        let upgraded = preamble.is_some();
+        Relay {
+            shared,
+            peer_addr,
+            started: false,
+            preamble,
+            expect_preface: upgraded,
+            implicit_settings: upgraded,
+            client: Peer::new(),
+            streams: HashMap::new(),
+            last_stream: 0,
+            backends: Vec::new(),
+            going_away: None,
+            client_going_away: false,
+            failed: false,
+            idle_since: now,
+            glitches: 0,
+            glitch_period_start: now,
+        }
+    }
+
+    pub fn on_ready(&mut self, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+        let now = Instant::now();
+        if !self.started {
+            self.start();
+        }
+        if ready.is_stopping() {
+            self.go_away("daemon stopping");
+        }
+        if ready.is_watched() {
+            self.backends_ready();
+        }
+        self.read_backends();
+        let read = match self.failed {
+            true => ReadEnd::Held,
+            false => self.read_client(io)?,
+        };
+        if let ReadEnd::Closed = read {
+            log::debug!("h2c {}: the client closed the connection", self.peer_addr);
+            return Ok(Wants::close());
+        }
+        self.expire(now);
+        self.tend_backends(io);
+        if let Err(e) = self.client.out.flush(io, OUT_KEEP) {
+            log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
+            return Ok(Wants::close());
+        }
+        if self.failed || (self.is_finished() && self.client.out.is_done()) {
+            return Ok(Wants::close());
+        }
+        let read_more = !self.holds_client();
+        let wants = match (read_more, !self.client.out.is_done()) {
+            (true, true) => Wants::read_write(),
+            (true, false) => Wants::read(),
+            (false, true) => Wants::write(),
+            (false, false) => Wants::timer_only(KEEP),
+        };
+        let wants = match self.next_deadline() {
+            Some(at) => wants.with_timer(
+                at.saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            ),
+            None => wants,
+        };
+        Ok(match read {
+            ReadEnd::Spent => wants.with_resume(),
+            _ => wants,
+        })
+    }
+
+    /// Our preface (RFC 9113 §3.4): SETTINGS, then the connection window; then the frames
+    /// an upgrade's request became.
+    fn start(&mut self) {
+        self.started = true;
+        let config = &self.shared.config;
+        frame::write_settings(
+            self.client.out.queue(),
+            &[
+                (frame::setting::MAX_CONCURRENT_STREAMS, config.max_streams),
+                (
+                    frame::setting::MAX_HEADER_LIST_SIZE,
+                    config.max_header_list_bytes,
+                ),
+            ],
+        );
+        self.client.grant_window();
+        if let Some(preamble) = self.preamble.take() {
+            // PREFACE, then SETTINGS (the HTTP2-Settings), HEADERS and DATA of stream 1.
+            let frames = preamble.get(crate::upgrade::PREFACE.len()..).unwrap_or(&[]);
+            self.expect_preface = false;
+            self.client_bytes(frames);
+            self.expect_preface = true;
+        }
+    }
+
+    /// Reads the client until it would block, the call's budget is spent, or what it sends
+    /// would have to wait (output owed past [`OUT_LIMIT`]).
+    fn read_client(&mut self, io: &mut Io<'_>) -> io::Result<ReadEnd> {
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut total = 0;
+            loop {
+                if self.failed || self.holds_client() {
+                    return Ok(ReadEnd::Held);
+                }
+                if total >= protocol_api::sizes::READ_BUDGET {
+                    return Ok(ReadEnd::Spent);
+                }
+                let kept = self.client.tail.len();
+                let n = match io.read(&mut buf[kept..]) {
+                    Ok(0) => return Ok(ReadEnd::Closed),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(ReadEnd::Blocked),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(ReadEnd::Closed),
+                    Err(e) => return Err(e),
+                };
+                buf[..kept].copy_from_slice(&self.client.tail);
+                self.client.tail.clear();
+                total += n;
+                self.client_bytes(&buf[..kept + n]);
+            }
+        })
+    }
+
+    /// Takes the client's frames from `bytes`; an incomplete last one is kept.
+    fn client_bytes(&mut self, bytes: &[u8]) {
+        let mut at = 0;
+        if self.expect_preface {
+            let preface = crate::upgrade::PREFACE;
+            if bytes.len() < preface.len() {
+                if !preface.starts_with(bytes) {
+                    return self.fail(code::PROTOCOL_ERROR, "no client preface");
+                }
+                self.client.tail = bytes.to_vec();
+                return;
+            }
+            if &bytes[..preface.len()] != preface {
+                return self.fail(code::PROTOCOL_ERROR, "no client preface");
+            }
+            self.expect_preface = false;
+            at = preface.len();
+        }
+        while let Some(head) = Head::parse(&bytes[at..]) {
+            if head.len > frame::DEFAULT_MAX_FRAME {
+                return self.fail(code::FRAME_SIZE_ERROR, "a frame over 16 KiB");
+            }
+            let end = at + frame::HEAD_LEN + head.len as usize;
+            if end > bytes.len() {
+                break;
+            }
+            if let Err(Malformed(error)) =
+                self.on_client_frame(head, &bytes[at + frame::HEAD_LEN..end])
+            {
+                return self.fail(error, "a frame against the protocol");
+            }
+            if self.failed {
+                return;
+            }
+            at = end;
+        }
+        self.client.tail.extend_from_slice(&bytes[at..]);
+    }
+
+    fn on_client_frame(&mut self, head: Head, payload: &[u8]) -> Result<(), Malformed> {
+        if !self.client.settled && head.kind != kind::SETTINGS {
+            // The preface's first frame is SETTINGS (RFC 9113 §3.4).
+            return Err(Malformed(code::PROTOCOL_ERROR));
+        }
+        if self.client.expects_continuation() {
+            if head.kind != kind::CONTINUATION {
+                return Err(Malformed(code::PROTOCOL_ERROR));
+            }
+            if let Some(block) = self.client.field_block(&head, payload)? {
+                self.on_request_block(block.stream, block.end_stream, &block.bytes)?;
+            }
+            return Ok(());
+        }
+        match head.kind {
+            kind::DATA => self.on_client_data(head, payload),
+            kind::HEADERS => {
+                if head.stream % 2 == 0 {
+                    return Err(Malformed(code::PROTOCOL_ERROR));
+                }
+                if head.has(flag::END_HEADERS) {
+                    let fragment = frame::header_fragment(&head, payload)?;
+                    return self.on_request_block(
+                        head.stream,
+                        head.has(flag::END_STREAM),
+                        fragment,
+                    );
+                }
+                self.client.field_block(&head, payload)?;
+                Ok(())
+            }
+            kind::CONTINUATION | kind::PUSH_PROMISE => Err(Malformed(code::PROTOCOL_ERROR)),
+            kind::PRIORITY => {
+                if head.stream == 0 {
+                    return Err(Malformed(code::PROTOCOL_ERROR));
+                }
+                self.glitch();
+                Ok(())
+            }
+            kind::RST_STREAM => {
+                let error = frame::word(payload, false)?;
+                if head.stream == 0 || head.stream > self.last_stream {
+                    return Err(Malformed(code::PROTOCOL_ERROR));
+                }
+                self.glitch();
+                if let Some(stream) = self.streams.remove(&head.stream) {
+                    log::debug!(
+                        "h2c {}: stream {} reset by the client ({error:#x})",
+                        self.peer_addr,
+                        head.stream
+                    );
+                    self.drop_stream(head.stream, stream, code::CANCEL);
+                }
+                Ok(())
+            }
+            kind::SETTINGS => {
+                if head.stream != 0 {
+                    return Err(Malformed(code::PROTOCOL_ERROR));
+                }
+                if head.has(flag::ACK) {
+                    return match payload.is_empty() {
+                        true => Ok(()),
+                        false => Err(Malformed(code::FRAME_SIZE_ERROR)),
+                    };
+                }
+                let implicit = std::mem::take(&mut self.implicit_settings);
+                if !implicit {
+                    self.glitch();
+                }
+                let changed = self.client.settings(payload, implicit)?;
+                if changed.window_delta != 0 {
+                    for stream in self.streams.values_mut() {
+                        stream.down.send_window += changed.window_delta;
+                        if stream.down.send_window > frame::MAX_WINDOW {
+                            return Err(Malformed(code::FLOW_CONTROL_ERROR));
+                        }
+                    }
+                    self.drain_down_all();
+                }
+                Ok(())
+            }
+            kind::PING => {
+                if head.stream != 0 {
+                    return Err(Malformed(code::PROTOCOL_ERROR));
+                }
+                if payload.len() != 8 {
+                    return Err(Malformed(code::FRAME_SIZE_ERROR));
+                }
+                if !head.has(flag::ACK) {
+                    self.glitch();
+                    frame::write(self.client.out.queue(), kind::PING, flag::ACK, 0, payload);
+                } else if payload == GOAWAY_PING {
+                    self.last_goaway();
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                if head.stream != 0 || payload.len() < 8 {
+                    return Err(Malformed(code::PROTOCOL_ERROR));
+                }
+                self.client_going_away = true;
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let increment = frame::word(payload, true)?;
+                if head.stream == 0 {
+                    self.client.window_update(increment)?;
+                    self.drain_down_all();
+                    return Ok(());
+                }
+                let Some(stream) = self.streams.get_mut(&head.stream) else {
+                    if head.stream > self.last_stream {
+                        return Err(Malformed(code::PROTOCOL_ERROR));
+                    }
+                    return Ok(());
+                };
+                stream.down.send_window += i64::from(increment);
+                if increment == 0 || stream.down.send_window > frame::MAX_WINDOW {
+                    let error = if increment == 0 {
+                        code::PROTOCOL_ERROR
+                    } else {
+                        code::FLOW_CONTROL_ERROR
+                    };
+                    self.reset(head.stream, error);
+                    return Ok(());
+                }
+                self.drain_down(head.stream);
+                Ok(())
+            }
+            // Unknown types are ignored (RFC 9113 §5.5).
+            _ => Ok(()),
+        }
+    }
+
+    /// A request's (or its trailers') field block.
+    fn on_request_block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: &[u8],
+    ) -> Result<(), Malformed> {
+        let mut fields = FIELDS.take();
+        let result = self.request_fields(id, end_stream, block, &mut fields);
+        fields.clear();
+        FIELDS.set(fields);
+        result
+    }
+
+    fn request_fields(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: &[u8],
+        fields: &mut Fields,
+    ) -> Result<(), Malformed> {
+        let max_list = self.shared.config.max_header_list_bytes as usize;
+        self.client
+            .decoder
+            .decode(block, fields, max_list)
+            .map_err(|_| Malformed(code::COMPRESSION_ERROR))?;
+        if self.streams.contains_key(&id) {
+            self.on_request_trailers(id, end_stream, fields);
+            return Ok(());
+        }
+        if id <= self.last_stream {
+            // A closed stream (RFC 9113 §5.1).
+            return Err(Malformed(code::STREAM_CLOSED));
+        }
+        self.last_stream = id;
+        if self.going_away.is_some_and(|g| g.last) {
+            // Past the GOAWAY's last stream: ignored (RFC 9113 §6.8).
+            return Ok(());
+        }
+        if self.streams.len() >= self.shared.config.max_streams as usize {
+            self.glitch();
+            frame::write_rst_stream(self.client.out.queue(), id, code::REFUSED_STREAM);
+            return Ok(());
+        }
+        let down = Flow::new(self.client.initial_window);
+        let mut up = Flow::new(0);
+        up.end = end_stream;
+        let mut stream = Stream {
+            target: Target::Local,
+            request: None,
+            up,
+            down,
+            responded: false,
+            path: "".into(),
+        };
+        if fields.list_size() > max_list {
+            self.streams.insert(id, stream);
+            self.answer(id, 431, "the request's header fields are too large");
+            return Ok(());
+        }
+        match message::route_request(&self.shared.config, fields, &self.peer_addr) {
+            Ok(routed) => {
+                stream.path = routed.path.into();
+                stream.request = Some(routed.block);
+                self.streams.insert(id, stream);
+                self.place(id, routed.route);
+            }
+            Err(Refused::Malformed(why)) => {
+                log::debug!("h2c {}: stream {id} malformed: {why}", self.peer_addr);
+                frame::write_rst_stream(self.client.out.queue(), id, code::PROTOCOL_ERROR);
+            }
+            Err(Refused::Answer(status, text)) => {
+                log::debug!("h2c {}: stream {id}: {status} {text}", self.peer_addr);
+                self.streams.insert(id, stream);
+                self.answer(id, status, &text);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request_trailers(&mut self, id: u32, end_stream: bool, fields: &Fields) {
+        let stream = self.streams.get_mut(&id).expect("the caller found it");
+        if !end_stream || stream.up.end || fields.iter().any(|(n, _)| n.starts_with(b":")) {
+            return self.reset(id, code::PROTOCOL_ERROR);
+        }
+        let mut block = Vec::new();
+        let _ = message::pass_response(fields, &mut block);
+        stream.up.end = true;
+        match stream.target {
+            Target::Local => stream.up.ended = true,
+            Target::Backend(_) => stream.up.trailers = Some(block),
+        }
+        self.drain_up(id);
+        self.settle(id);
+    }
+
+    fn on_client_data(&mut self, head: Head, payload: &[u8]) -> Result<(), Malformed> {
+        if head.stream == 0 {
+            return Err(Malformed(code::PROTOCOL_ERROR));
+        }
+        self.client.receive(head.len)?;
+        let data = frame::unpadded(&head, payload)?;
+        let counted = head.len as usize;
+        let end = head.has(flag::END_STREAM);
+        if data.is_empty() && !end {
+            self.glitch();
+        }
+        let Some(stream) = self.streams.get_mut(&head.stream) else {
+            if head.stream > self.last_stream {
+                return Err(Malformed(code::PROTOCOL_ERROR));
+            }
+            self.client.give_back(counted);
+            frame::write_rst_stream(self.client.out.queue(), head.stream, code::STREAM_CLOSED);
+            return Ok(());
+        };
+        if stream.up.end || i64::from(head.len) > stream.up.recv_window {
+            let error = if stream.up.end {
+                code::STREAM_CLOSED
+            } else {
+                code::FLOW_CONTROL_ERROR
+            };
+            self.client.give_back(counted);
+            self.reset(head.stream, error);
+            return Ok(());
+        }
+        let passed = match stream.target {
+            Target::Backend(slot) if stream.request.is_none() => {
+                let backend = self.backends[slot]
+                    .as_mut()
+                    .expect("a stream's backend is kept");
+                let max_frame = backend.peer.max_frame;
+                stream.up.take(
+                    head.stream,
+                    data,
+                    counted,
+                    end,
+                    &mut backend.peer.send_window,
+                    max_frame,
+                    backend.peer.out.queue(),
+                )
+            }
+            Target::Backend(_) => {
+                // Waits with the request for its backend connection.
+                stream.up.recv_window -= counted as i64;
+                stream.up.end |= end;
+                stream.up.pending.extend_from_slice(data);
+                counted - data.len()
+            }
+            Target::Local => {
+                // The answer does not wait for the request: its body is dropped.
+                stream.up.recv_window -= counted as i64;
+                stream.up.end |= end;
+                stream.up.ended |= end;
+                counted
+            }
+        };
+        self.client.give_back(passed);
+        if let Some(increment) = stream.up.give_back(passed) {
+            frame::write_window_update(self.client.out.queue(), head.stream, increment);
+        }
+        self.settle(head.stream);
+        Ok(())
+    }
+
+    /// Answers a stream from the relay itself.
+    fn answer(&mut self, id: u32, status: u16, text: &str) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let (block, body) = message::answer(status, text);
+        frame::write_field_block(
+            self.client.out.queue(),
+            id,
+            &block,
+            false,
+            self.client.max_frame,
+        );
+        stream.target = Target::Local;
+        stream.request = None;
+        stream.responded = true;
+        // What waited for the backend is dropped, and given back.
+        let dropped = std::mem::take(&mut stream.up.pending).len();
+        stream.up.trailers = None;
+        stream.up.ended = stream.up.end;
+        stream.down = Flow::new(stream.down.send_window.clamp(0, frame::MAX_WINDOW) as u32);
+        stream.down.pending = body;
+        stream.down.end = true;
+        self.client.give_back(dropped);
+        self.drain_down(id);
+    }
+
+    /// A stream error: RST_STREAM to the client, and the backend's side cancelled.
+    fn reset(&mut self, id: u32, error: u32) {
+        frame::write_rst_stream(self.client.out.queue(), id, error);
+        if let Some(stream) = self.streams.remove(&id) {
+            self.drop_stream(id, stream, code::CANCEL);
+        }
+    }
+
+    /// Lets go of a stream the client no longer has: cancelled at its backend, the
+    /// windows its held bytes took given back.
+    fn drop_stream(&mut self, id: u32, stream: Stream, error: u32) {
+        self.client.give_back(stream.up.pending.len());
+        if let Target::Backend(slot) = stream.target {
+            if let Some(backend) = self.backends[slot].as_mut() {
+                backend.peer.give_back(stream.down.pending.len());
+                if stream.request.is_some() {
+                    backend.waiting.retain(|&w| w != id);
+                } else {
+                    frame::write_rst_stream(backend.peer.out.queue(), id, error);
+                    self.closed_on_backend(slot);
+                }
+            }
+        }
+        if self.streams.is_empty() {
+            self.idle_since = Instant::now();
+        }
+    }
+
+    /// Removes a stream once both directions are over.
+    fn settle(&mut self, id: u32) {
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        if stream.target == Target::Local && stream.down.ended && !stream.up.ended {
+            // The answer is complete before the request: "the server MAY request that the
+            // client abort transmission of a request without error" (RFC 9113 §8.1).
+            frame::write_rst_stream(self.client.out.queue(), id, code::NO_ERROR);
+            let stream = self.streams.remove(&id).expect("just found");
+            self.client.give_back(stream.up.pending.len());
+        } else if stream.is_done() {
+            let stream = self.streams.remove(&id).expect("just found");
+            if let Target::Backend(slot) = stream.target {
+                self.closed_on_backend(slot);
+            }
+        } else {
+            return;
+        }
+        if self.streams.is_empty() {
+            self.idle_since = Instant::now();
+        }
+    }
+
+    /// A stream open on the backend in `slot` ended.
+    fn closed_on_backend(&mut self, slot: usize) {
+        if let Some(backend) = self.backends[slot].as_mut() {
+            backend.open = backend.open.saturating_sub(1);
+            if backend.is_unused() {
+                backend.idle_since = Some(Instant::now());
+            }
+        }
+        self.open_waiting(slot);
+    }
+
+    /// Gives a routed stream to its backend connection, dialling one if there is none.
+    fn place(&mut self, id: u32, route: usize) {
+        let slot = self.backends.iter().position(|b| {
+            b.as_ref()
+                .is_some_and(|b| b.route == route && !b.going_away)
+        });
+        let slot = match slot {
+            Some(slot) => slot,
+            None => {
+                let Some(address) = self.shared.addresses.get(route).copied().flatten() else {
+                    return self.answer_failed(id, 502, "could not be resolved");
+                };
+                let deadline = Instant::now() + self.shared.config.connect_timeout;
+                match Backend::dial(route, address, deadline) {
+                    Ok(backend) => {
+                        let free = self.backends.iter().position(Option::is_none);
+                        match free {
+                            Some(free) => {
+                                self.backends[free] = Some(backend);
+                                free
+                            }
+                            None => {
+                                self.backends.push(Some(backend));
+                                self.backends.len() - 1
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let (status, what) = failure(&e);
+                        log::warn!("h2c {} -> {address}: backend {what}: {e}", self.peer_addr);
+                        return self.answer_failed(id, status, what);
+                    }
+                }
+            }
+        };
+        let backend = self.backends[slot].as_mut().expect("just found");
+        backend.waiting.push_back(id);
+        backend.idle_since = None;
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.target = Target::Backend(slot);
+        }
+        self.open_waiting(slot);
+    }
+
+    fn answer_failed(&mut self, id: u32, status: u16, what: &str) {
+        let path = self
+            .streams
+            .get(&id)
+            .map(|s| s.path.to_string())
+            .unwrap_or_default();
+        self.answer(id, status, &format!("backend for {path} {what}"));
+        self.settle(id);
+    }
+
+    /// Sends the streams waiting for the backend in `slot` while it has room.
+    fn open_waiting(&mut self, slot: usize) {
+        loop {
+            let Some(backend) = self.backends[slot].as_mut() else {
+                return;
+            };
+            if !backend.has_room() {
+                return;
+            }
+            let Some(id) = backend.waiting.pop_front() else {
+                return;
+            };
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let block = stream
+                .request
+                .take()
+                .expect("a waiting stream has its request");
+            let end = stream.up.end && stream.up.is_empty();
+            frame::write_field_block(
+                backend.peer.out.queue(),
+                id,
+                &block,
+                end,
+                backend.peer.max_frame,
+            );
+            stream.up.ended |= end;
+            stream.up.send_window = i64::from(backend.peer.initial_window);
+            backend.open += 1;
+            self.drain_up(id);
+        }
+    }
+
+    /// Sends what a stream holds for its backend, as far as the windows allow.
+    fn drain_up(&mut self, id: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let Target::Backend(slot) = stream.target else {
+            return;
+        };
+        if stream.request.is_some() {
+            return;
+        }
+        let Some(backend) = self.backends[slot].as_mut() else {
+            return;
+        };
+        let max_frame = backend.peer.max_frame;
+        let sent = stream.up.drain(
+            id,
+            &mut backend.peer.send_window,
+            max_frame,
+            backend.peer.out.queue(),
+        );
+        if sent > 0 {
+            self.client.give_back(sent);
+            if let Some(increment) = stream.up.give_back(sent) {
+                frame::write_window_update(self.client.out.queue(), id, increment);
+            }
+        }
+    }
+
+    /// Sends what a stream holds for the client, as far as the windows allow.
+    fn drain_down(&mut self, id: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let max_frame = self.client.max_frame;
+        let sent = stream.down.drain(
+            id,
+            &mut self.client.send_window,
+            max_frame,
+            self.client.out.queue(),
+        );
+        if sent > 0 {
+            if let Target::Backend(slot) = stream.target {
+                if let Some(backend) = self.backends[slot].as_mut() {
+                    backend.peer.give_back(sent);
+                    if let Some(increment) = stream.down.give_back(sent) {
+                        frame::write_window_update(backend.peer.out.queue(), id, increment);
+                    }
+                }
+            }
+        }
+        self.settle(id);
+    }
+
+    fn drain_down_all(&mut self) {
+        let waiting: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.down.is_empty() || (s.down.end && !s.down.ended))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in waiting {
+            if self.client.send_window <= 0 {
+                break;
+            }
+            self.drain_down(id);
+        }
+    }
+
+    /// The loop said a watched descriptor is ready: every backend may have moved.
+    fn backends_ready(&mut self) {
+        for slot in 0..self.backends.len() {
+            let Some(backend) = self.backends[slot].as_mut() else {
+                continue;
+            };
+            backend.readable = true;
+            let was_open = backend.state == State::Open;
+            match backend.connected() {
+                Ok(true) if !was_open => self.open_waiting(slot),
+                Ok(_) => {}
+                Err(e) => {
+                    let (status, what) = failure(&e);
+                    self.fail_backend(slot, status, what, &e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Reads every backend that may have bytes, unless the client holds them back.
+    fn read_backends(&mut self) {
+        for slot in 0..self.backends.len() {
+            SCRATCH.with_borrow_mut(|buf| {
+                let mut total = 0;
+                loop {
+                    if self.client.out.owed() > OUT_LIMIT
+                        || total >= protocol_api::sizes::READ_BUDGET
+                    {
+                        return;
+                    }
+                    let Some(backend) = self.backends[slot].as_mut() else {
+                        return;
+                    };
+                    if !backend.readable
+                        || backend.dead
+                        || backend.state != State::Open
+                        || backend.peer.out.owed() > OUT_LIMIT
+                    {
+                        return;
+                    }
+                    let kept = backend.peer.tail.len();
+                    let n = match (&backend.socket).read(&mut buf[kept..]) {
+                        Ok(0) => {
+                            let what = "closed the connection";
+                            return self.fail_backend(slot, 502, "failed before answering", what);
+                        }
+                        Ok(n) => n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            backend.readable = false;
+                            return;
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            return self.fail_backend(
+                                slot,
+                                502,
+                                "failed before answering",
+                                &e.to_string(),
+                            );
+                        }
+                    };
+                    buf[..kept].copy_from_slice(&backend.peer.tail);
+                    backend.peer.tail.clear();
+                    total += n;
+                    self.backend_bytes(slot, &buf[..kept + n]);
+                }
+            });
+        }
+    }
+
+    fn backend_bytes(&mut self, slot: usize, bytes: &[u8]) {
+        let mut at = 0;
+        while let Some(head) = Head::parse(&bytes[at..]) {
+            if head.len > frame::DEFAULT_MAX_FRAME {
+                return self.fail_backend(
+                    slot,
+                    502,
+                    "failed before answering",
+                    "a frame over 16 KiB",
+                );
+            }
+            let end = at + frame::HEAD_LEN + head.len as usize;
+            if end > bytes.len() {
+                break;
+            }
+            if let Err(Malformed(error)) =
+                self.on_backend_frame(slot, head, &bytes[at + frame::HEAD_LEN..end])
+            {
+                let why = format!("broke the protocol ({error:#x})");
+                return self.fail_backend(slot, 502, "failed before answering", &why);
+            }
+            if self.backends[slot].is_none() {
+                return;
+            }
+            at = end;
+        }
+        if let Some(backend) = self.backends[slot].as_mut() {
+            backend.peer.tail.extend_from_slice(&bytes[at..]);
+        }
+    }
+
+    fn on_backend_frame(
+        &mut self,
+        slot: usize,
+        head: Head,
+        payload: &[u8],
+    ) -> Result<(), Malformed> {
+        let backend = self.backends[slot].as_mut().expect("the caller checked");
+        if backend.peer.expects_continuation() {
+            if head.kind != kind::CONTINUATION {
+                return Err(Malformed(code::PROTOCOL_ERROR));
+            }
+            if let Some(block) = backend.peer.field_block(&head, payload)? {
+                self.on_response_block(slot, block.stream, block.end_stream, &block.bytes)?;
+            }
+            return Ok(());
+        }
+        match head.kind {
+            kind::DATA => self.on_backend_data(slot, head, payload),
+            kind::HEADERS => {
+                if head.has(flag::END_HEADERS) {
+                    let fragment = frame::header_fragment(&head, payload)?;
+                    return self.on_response_block(
+                        slot,
+                        head.stream,
+                        head.has(flag::END_STREAM),
+                        fragment,
+                    );
+                }
+                backend.peer.field_block(&head, payload)?;
+                Ok(())
+            }
+            kind::CONTINUATION | kind::PUSH_PROMISE => Err(Malformed(code::PROTOCOL_ERROR)),
+            kind::RST_STREAM => {
+                let error = frame::word(payload, false)?;
+                let ours = self
+                    .streams
+                    .get(&head.stream)
+                    .is_some_and(|s| s.target == Target::Backend(slot) && s.request.is_none());
+                if !ours {
+                    return Ok(());
+                }
+                let stream = self.streams.get(&head.stream).expect("just found");
+                if stream.responded {
+                    log::debug!(
+                        "h2c {}: stream {} reset by the backend ({error:#x})",
+                        self.peer_addr,
+                        head.stream
+                    );
+                    frame::write_rst_stream(self.client.out.queue(), head.stream, error);
+                    let stream = self.streams.remove(&head.stream).expect("just found");
+                    self.client.give_back(stream.up.pending.len());
+                    self.closed_on_backend(slot);
+                    if self.streams.is_empty() {
+                        self.idle_since = Instant::now();
+                    }
+                } else {
+                    log::warn!(
+                        "h2c {} {} -> backend: reset before answering ({error:#x})",
+                        self.peer_addr,
+                        stream.path
+                    );
+                    self.closed_on_backend(slot);
+                    self.answer_failed(head.stream, 502, "failed before answering");
+                }
+                Ok(())
+            }
+            kind::SETTINGS => {
+                if head.has(flag::ACK) {
+                    return Ok(());
+                }
+                let changed = backend.peer.settings(payload, false)?;
+                if let Some(max) = changed.max_streams {
+                    backend.max_streams = max;
+                }
+                if changed.window_delta != 0 {
+                    let ids: Vec<u32> = self
+                        .streams
+                        .iter_mut()
+                        .filter(|(_, s)| s.target == Target::Backend(slot) && s.request.is_none())
+                        .map(|(&id, s)| {
+                            s.up.send_window += changed.window_delta;
+                            id
+                        })
+                        .collect();
+                    for id in ids {
+                        self.drain_up(id);
+                    }
+                }
+                self.open_waiting(slot);
+                Ok(())
+            }
+            kind::PING => {
+                if payload.len() != 8 {
+                    return Err(Malformed(code::FRAME_SIZE_ERROR));
+                }
+                if !head.has(flag::ACK) {
+                    frame::write(backend.peer.out.queue(), kind::PING, flag::ACK, 0, payload);
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                let last = frame::word(
+                    payload.get(..4).ok_or(Malformed(code::FRAME_SIZE_ERROR))?,
+                    true,
+                )?;
+                backend.going_away = true;
+                let route = backend.route;
+                let waiting: Vec<u32> = backend.waiting.drain(..).collect();
+                // Streams it will not process may be tried again (RFC 9113 §8.7).
+                let unprocessed: Vec<u32> = self
+                    .streams
+                    .iter()
+                    .filter(|(&id, s)| {
+                        id > last && s.target == Target::Backend(slot) && s.request.is_none()
+                    })
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in unprocessed {
+                    self.reset(id, code::REFUSED_STREAM);
+                }
+                for id in waiting {
+                    self.place(id, route);
+                }
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let increment = frame::word(payload, true)?;
+                if head.stream == 0 {
+                    backend.peer.window_update(increment)?;
+                    let ids: Vec<u32> = self
+                        .streams
+                        .iter()
+                        .filter(|(_, s)| s.target == Target::Backend(slot) && !s.up.is_empty())
+                        .map(|(&id, _)| id)
+                        .collect();
+                    for id in ids {
+                        self.drain_up(id);
+                    }
+                    return Ok(());
+                }
+                if let Some(stream) = self.streams.get_mut(&head.stream) {
+                    if stream.target == Target::Backend(slot) {
+                        stream.up.send_window += i64::from(increment);
+                        self.drain_up(head.stream);
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_response_block(
+        &mut self,
+        slot: usize,
+        id: u32,
+        end_stream: bool,
+        block: &[u8],
+    ) -> Result<(), Malformed> {
+        let mut fields = FIELDS.take();
+        let result = self.response_fields(slot, id, end_stream, block, &mut fields);
+        fields.clear();
+        FIELDS.set(fields);
+        result
+    }
+
+    fn response_fields(
+        &mut self,
+        slot: usize,
+        id: u32,
+        end_stream: bool,
+        block: &[u8],
+        fields: &mut Fields,
+    ) -> Result<(), Malformed> {
+        let backend = self.backends[slot].as_mut().expect("the caller checked");
+        backend
+            .peer
+            .decoder
+            .decode(block, fields, MAX_RESPONSE_FIELDS)
+            .map_err(|_| Malformed(code::COMPRESSION_ERROR))?;
+        let Some(stream) = self
+            .streams
+            .get_mut(&id)
+            .filter(|s| s.target == Target::Backend(slot) && s.request.is_none())
+        else {
+            // A stream the client reset meanwhile.
+            return Ok(());
+        };
+        let mut out = Vec::with_capacity(block.len() + 16);
+        let passed = match fields.list_size() > MAX_RESPONSE_FIELDS {
+            true => Err("fields too large"),
+            false => message::pass_response(fields, &mut out),
+        };
+        match passed {
+            Ok(Response::Interim) if !stream.responded && !end_stream => {
+                frame::write_field_block(
+                    self.client.out.queue(),
+                    id,
+                    &out,
+                    false,
+                    self.client.max_frame,
+                );
+            }
+            Ok(Response::Final) if !stream.responded => {
+                stream.responded = true;
+                let end = end_stream;
+                frame::write_field_block(
+                    self.client.out.queue(),
+                    id,
+                    &out,
+                    end,
+                    self.client.max_frame,
+                );
+                if end {
+                    stream.down.end = true;
+                    stream.down.ended = true;
+                    self.settle(id);
+                }
+            }
+            Ok(Response::Trailers) if stream.responded && end_stream => {
+                stream.down.trailers = Some(out);
+                stream.down.end = true;
+                self.drain_down(id);
+            }
+            Ok(_) | Err(_) => {
+                log::warn!(
+                    "h2c {} {} -> backend: a response against the protocol",
+                    self.peer_addr,
+                    stream.path
+                );
+                if stream.responded {
+                    self.reset(id, code::INTERNAL_ERROR);
+                } else {
+                    let backend = self.backends[slot].as_mut().expect("the caller checked");
+                    frame::write_rst_stream(backend.peer.out.queue(), id, code::PROTOCOL_ERROR);
+                    self.closed_on_backend(slot);
+                    self.answer_failed(id, 502, "failed before answering");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_backend_data(
+        &mut self,
+        slot: usize,
+        head: Head,
+        payload: &[u8],
+    ) -> Result<(), Malformed> {
+        let backend = self.backends[slot].as_mut().expect("the caller checked");
+        backend.peer.receive(head.len)?;
+        let data = frame::unpadded(&head, payload)?;
+        let counted = head.len as usize;
+        let ours = self.streams.get(&head.stream).is_some_and(|s| {
+            s.target == Target::Backend(slot) && s.request.is_none() && s.responded && !s.down.end
+        });
+        if !ours || i64::from(head.len) > self.streams[&head.stream].down.recv_window {
+            // A stream the client reset meanwhile, or one against the rules: dropped.
+            backend.peer.give_back(counted);
+            if self
+                .streams
+                .get(&head.stream)
+                .is_some_and(|s| s.target == Target::Backend(slot))
+            {
+                self.reset(head.stream, code::INTERNAL_ERROR);
+            }
+            return Ok(());
+        }
+        let stream = self.streams.get_mut(&head.stream).expect("just found");
+        let max_frame = self.client.max_frame;
+        let passed = stream.down.take(
+            head.stream,
+            data,
+            counted,
+            head.has(flag::END_STREAM),
+            &mut self.client.send_window,
+            max_frame,
+            self.client.out.queue(),
+        );
+        let backend = self.backends[slot].as_mut().expect("the caller checked");
+        backend.peer.give_back(passed);
+        if let Some(increment) = stream.down.give_back(passed) {
+            frame::write_window_update(backend.peer.out.queue(), head.stream, increment);
+        }
+        self.settle(head.stream);
+        Ok(())
+    }
+
+    /// A backend connection failed: its streams not yet answered are answered `status`,
+    /// the others reset; it is let go.
+    fn fail_backend(&mut self, slot: usize, status: u16, what: &str, why: &str) {
+        let Some(backend) = self.backends[slot].as_mut() else {
+            return;
+        };
+        let address = backend.address;
+        backend.going_away = true;
+        backend.waiting.clear();
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.target == Target::Backend(slot))
+            .map(|(&id, _)| id)
+            .collect();
+        if !ids.is_empty() {
+            log::warn!(
+                "h2c {} -> {address}: backend {what}: {why}; {} streams let go",
+                self.peer_addr,
+                ids.len()
+            );
+        }
+        for id in ids {
+            if self.streams[&id].responded {
+                self.reset(id, code::INTERNAL_ERROR);
+            } else {
+                self.answer_failed(id, status, what);
+            }
+        }
+        if let Some(backend) = self.backends[slot].as_mut() {
+            backend.dead = true;
+            backend.readable = false;
+        }
+    }
+
+    /// Time-outs: connects, idle backends, the idle client.
+    fn expire(&mut self, now: Instant) {
+        for slot in 0..self.backends.len() {
+            let Some(backend) = self.backends[slot].as_ref() else {
+                continue;
+            };
+            if let State::Connecting { deadline } = backend.state {
+                if now >= deadline {
+                    self.fail_backend(slot, 504, "did not answer in time", "connect timed out");
+                }
+            }
+        }
+        let idle = self.shared.config.idle;
+        if self.streams.is_empty()
+            && self.going_away.is_none()
+            && now.duration_since(self.idle_since) >= idle
+        {
+            self.go_away("idle");
+        }
+        if self
+            .going_away
+            .is_some_and(|g| !g.last && now.duration_since(g.since) >= GOAWAY_WAIT)
+        {
+            self.last_goaway();
+        }
+        if now.duration_since(self.glitch_period_start) >= GLITCH_PERIOD {
+            self.glitch_period_start = now;
+            self.glitches = 0;
+        }
+    }
+
+    /// Watches new backends, closes unused ones, and writes what each is owed.
+    fn tend_backends(&mut self, io: &Io<'_>) {
+        let now = Instant::now();
+        for slot in 0..self.backends.len() {
+            let Some(backend) = self.backends[slot].as_mut() else {
+                continue;
+            };
+            let unused_for = backend.idle_since.map(|since| now.duration_since(since));
+            if backend.dead
+                || (backend.is_unused() && unused_for.is_some_and(|d| d >= BACKEND_IDLE))
+            {
+                if backend.watched {
+                    let _ = io.unwatch(backend.socket.as_fd());
+                }
+                self.backends[slot] = None;
+                continue;
+            }
+            if !backend.watched {
+                if let Err(e) = io.watch(backend.socket.as_fd()) {
+                    log::warn!(
+                        "h2c {}: cannot watch a backend connection: {e}",
+                        self.peer_addr
+                    );
+                    self.fail_backend(slot, 502, "could not be reached", &e.to_string());
+                    continue;
+                }
+                backend.watched = true;
+            }
+            if backend.state == State::Open && !backend.dead && !backend.peer.out.is_done() {
+                if let Err(e) = backend.peer.out.flush(&mut &backend.socket, OUT_KEEP) {
+                    self.fail_backend(slot, 502, "failed before answering", &e.to_string());
+                }
+            }
+        }
+        while let Some(None) = self.backends.last() {
+            self.backends.pop();
+        }
+    }
+
+    /// GOAWAY: streams open finish, new ones are not taken (RFC 9113 §6.8); see
+    /// [`GoingAway`].
+    fn go_away(&mut self, why: &'static str) {
+        if self.going_away.is_some() || self.failed {
+            return;
+        }
+        log::debug!("h2c {}: GOAWAY ({why})", self.peer_addr);
+        self.going_away = Some(GoingAway {
+            why,
+            since: Instant::now(),
+            last: false,
+        });
+        let out = self.client.out.queue();
+        frame::write_goaway(out, 0x7fff_ffff, code::NO_ERROR);
+        frame::write(out, kind::PING, 0, 0, GOAWAY_PING);
+    }
+
+    fn last_goaway(&mut self) {
+        let Some(going_away) = self.going_away.as_mut().filter(|g| !g.last) else {
+            return;
+        };
+        going_away.last = true;
+        log::debug!(
+            "h2c {}: last GOAWAY after stream {} ({})",
+            self.peer_addr,
+            self.last_stream,
+            going_away.why
+        );
+        frame::write_goaway(self.client.out.queue(), self.last_stream, code::NO_ERROR);
+    }
+
+    /// A connection error (RFC 9113 §5.4.1): GOAWAY with its code, then the end.
+    fn fail(&mut self, error: u32, why: &str) {
+        if self.failed {
+            return;
+        }
+        log::info!("h2c {}: connection error {error:#x}: {why}", self.peer_addr);
+        frame::write_goaway(self.client.out.queue(), self.last_stream, error);
+        self.failed = true;
+    }
+
+    fn glitch(&mut self) {
+        self.glitches += 1;
+        if self.glitches > GLITCHES {
+            self.fail(
+                code::ENHANCE_YOUR_CALM,
+                "too many frames that move no request",
+            );
+        }
+    }
+
+    /// What the client sends would have to wait: its answers, or a backend, are behind.
+    fn holds_client(&self) -> bool {
+        self.client.out.owed() > OUT_LIMIT
+            || self
+                .backends
+                .iter()
+                .flatten()
+                .any(|b| b.peer.out.owed() > OUT_LIMIT)
+    }
+
+    /// The connection has nothing left to do.
+    fn is_finished(&self) -> bool {
+        (self.going_away.is_some_and(|g| g.last) || self.client_going_away)
+            && self.streams.is_empty()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        match self.going_away {
+            None if self.streams.is_empty() => at(self.idle_since + self.shared.config.idle),
+            Some(g) if !g.last => at(g.since + GOAWAY_WAIT),
+            _ => {}
+        }
+        for backend in self.backends.iter().flatten() {
+            match (backend.state, backend.idle_since) {
+                (State::Connecting { deadline }, _) => at(deadline),
+                (_, Some(since)) => at(since + BACKEND_IDLE),
+                _ => {}
+            }
+        }
+        next
+    }
+}
+
+/// The status and words for a backend that could not be reached.
+fn failure(error: &io::Error) -> (u16, &'static str) {
+    match error.kind() {
+        ErrorKind::TimedOut => (504, "did not answer in time"),
+        ErrorKind::ConnectionRefused => (502, "refused the connection"),
+        _ => (502, "could not be reached"),
+    }
+}

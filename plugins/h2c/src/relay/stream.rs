@@ -1,0 +1,265 @@
+//! One stream as the relay holds it: a flow each way, each with what waits for the far
+//! side's flow-control window and what the near side is owed back in window updates.
+
+use crate::frame::{self, flag, kind};
+
+/// The window the relay grants each stream, both sides: the protocol's initial one
+/// (RFC 9113 §6.9.2), so no INITIAL_WINDOW_SIZE setting is ever sent.
+pub const STREAM_WINDOW: u32 = frame::DEFAULT_WINDOW;
+
+/// One direction of a stream: from its source (the side that sends these bytes) to its
+/// destination.
+#[derive(Debug)]
+pub struct Flow {
+    /// DATA payload received and not yet passed on: at most the window granted the source.
+    pub pending: Vec<u8>,
+    /// The source ended the direction (END_STREAM).
+    pub end: bool,
+    /// A field block (trailers) to send once `pending` is out; it carries END_STREAM.
+    pub trailers: Option<Vec<u8>>,
+    /// END_STREAM is passed on: the direction is over.
+    pub ended: bool,
+    /// What the destination lets us send on this stream.
+    pub send_window: i64,
+    /// What the source may still send before we give window back.
+    pub recv_window: i64,
+    /// Bytes passed on (or dropped) that the source has not been given back.
+    pub unacked: u32,
+}
+
+impl Flow {
+    pub fn new(send_window: u32) -> Flow {
+        Flow {
+            pending: Vec::new(),
+            end: false,
+            trailers: None,
+            ended: false,
+            send_window: i64::from(send_window),
+            recv_window: i64::from(STREAM_WINDOW),
+            unacked: 0,
+        }
+    }
+
+    /// Nothing is held for the destination.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.trailers.is_none()
+    }
+
+    /// Takes a DATA payload (`counted` bytes against the windows, padding included):
+    /// sends what the windows allow at once (no copy) and keeps the rest. Returns the bytes
+    /// sent and dropped (padding), which the source may be given back.
+    #[allow(clippy::too_many_arguments)]
+    pub fn take(
+        &mut self,
+        stream: u32,
+        data: &[u8],
+        counted: usize,
+        end: bool,
+        conn_window: &mut i64,
+        max_frame: usize,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        self.recv_window -= counted as i64;
+        self.end |= end;
+        let mut passed = counted - data.len();
+        if self.pending.is_empty() {
+            let room = self.send_window.min(*conn_window).max(0) as usize;
+            let now = data.len().min(room);
+            let mut rest = &data[..now];
+            while !rest.is_empty() {
+                let n = rest.len().min(max_frame);
+                let last =
+                    n == rest.len() && now == data.len() && self.end && self.trailers.is_none();
+                frame::write(out, kind::DATA, end_flag(last), stream, &rest[..n]);
+                rest = &rest[n..];
+                self.ended |= last;
+            }
+            self.send_window -= now as i64;
+            *conn_window -= now as i64;
+            passed += now;
+            self.pending.extend_from_slice(&data[now..]);
+        } else {
+            self.pending.extend_from_slice(data);
+        }
+        passed + self.drain(stream, conn_window, max_frame, out)
+    }
+
+    /// Sends what waits as far as the windows allow, then the end of the direction once
+    /// everything is out. Returns the DATA bytes sent.
+    pub fn drain(
+        &mut self,
+        stream: u32,
+        conn_window: &mut i64,
+        max_frame: usize,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let mut sent = 0;
+        while !self.pending.is_empty() {
+            let room = self.send_window.min(*conn_window).min(max_frame as i64);
+            if room <= 0 {
+                return sent;
+            }
+            let n = (room as usize).min(self.pending.len());
+            let last = n == self.pending.len() && self.end && self.trailers.is_none();
+            frame::write(out, kind::DATA, end_flag(last), stream, &self.pending[..n]);
+            self.pending.drain(..n);
+            self.send_window -= n as i64;
+            *conn_window -= n as i64;
+            sent += n;
+            self.ended |= last;
+        }
+        if self.pending.capacity() > 0 {
+            self.pending = Vec::new();
+        }
+        if self.end && !self.ended {
+            match self.trailers.take() {
+                Some(block) => frame::write_field_block(out, stream, &block, true, max_frame),
+                None => frame::write(out, kind::DATA, flag::END_STREAM, stream, &[]),
+            }
+            self.ended = true;
+        }
+        sent
+    }
+
+    /// Counts bytes passed on; returns a stream WINDOW_UPDATE's increment when half the
+    /// window is owed back and the source may still send.
+    pub fn give_back(&mut self, passed: usize) -> Option<u32> {
+        self.unacked += passed as u32;
+        if self.end || self.unacked < STREAM_WINDOW / 2 {
+            return None;
+        }
+        let increment = std::mem::take(&mut self.unacked);
+        self.recv_window += i64::from(increment);
+        Some(increment)
+    }
+}
+
+fn end_flag(last: bool) -> u8 {
+    if last {
+        flag::END_STREAM
+    } else {
+        0
+    }
+}
+
+/// Where a stream's request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Waiting for, or open on, the backend connection in this slot.
+    Backend(usize),
+    /// Answered by the relay itself (404, 502, ...).
+    Local,
+}
+
+/// A client stream and its backend stream (the same identifier on both connections).
+#[derive(Debug)]
+pub struct Stream {
+    pub target: Target,
+    /// The request's field block for the backend, until it is sent (a stream waits while
+    /// its backend connects or is at its stream limit).
+    pub request: Option<Vec<u8>>,
+    /// Client to backend.
+    pub up: Flow,
+    /// Backend to client.
+    pub down: Flow,
+    /// The final response's HEADERS went to the client.
+    pub responded: bool,
+    /// The path, for log lines.
+    pub path: Box<str>,
+}
+
+impl Stream {
+    /// Open on its backend: HEADERS went out.
+    pub fn is_open_on_backend(&self) -> bool {
+        matches!(self.target, Target::Backend(_)) && self.request.is_none()
+    }
+
+    /// Both directions are over.
+    pub fn is_done(&self) -> bool {
+        self.up.ended && self.down.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Head;
+
+    fn frames(mut bytes: &[u8]) -> Vec<(Head, Vec<u8>)> {
+        let mut all = Vec::new();
+        while let Some(head) = Head::parse(bytes) {
+            let end = frame::HEAD_LEN + head.len as usize;
+            all.push((head, bytes[frame::HEAD_LEN..end].to_vec()));
+            bytes = &bytes[end..];
+        }
+        all
+    }
+
+    #[test]
+    fn data_within_the_windows_passes_at_once_in_frames_of_the_largest_size() {
+        let mut flow = Flow::new(65_535);
+        let mut conn = 1 << 20;
+        let mut out = Vec::new();
+        let passed = flow.take(3, &[1; 40_000], 40_000, true, &mut conn, 16_384, &mut out);
+        assert_eq!(passed, 40_000);
+        let sent = frames(&out);
+        let lens: Vec<u32> = sent.iter().map(|(h, _)| h.len).collect();
+        assert_eq!(lens, [16_384, 16_384, 7_232]);
+        assert_eq!(sent[2].0.flags, flag::END_STREAM);
+        assert!(flow.ended && flow.is_empty());
+        assert_eq!(conn, (1 << 20) - 40_000);
+    }
+
+    #[test]
+    fn data_past_the_window_waits_then_goes_with_its_trailers() {
+        let mut flow = Flow::new(10);
+        let mut conn = 1 << 20;
+        let mut out = Vec::new();
+        assert_eq!(
+            flow.take(
+                1,
+                b"0123456789abcdef",
+                16,
+                false,
+                &mut conn,
+                16_384,
+                &mut out
+            ),
+            10
+        );
+        flow.end = true;
+        flow.trailers = Some(vec![0x88]);
+        assert_eq!(flow.drain(1, &mut conn, 16_384, &mut out), 0);
+        assert!(!flow.ended);
+        flow.send_window += 100;
+        assert_eq!(flow.drain(1, &mut conn, 16_384, &mut out), 6);
+        let sent = frames(&out);
+        assert_eq!(sent[1].1, b"abcdef");
+        assert_eq!(sent[1].0.flags, 0);
+        assert_eq!(sent[2].0.kind, kind::HEADERS);
+        assert_eq!(sent[2].0.flags, flag::END_STREAM | flag::END_HEADERS);
+        assert!(flow.ended);
+    }
+
+    #[test]
+    fn the_connection_window_holds_every_stream_back() {
+        let mut flow = Flow::new(65_535);
+        let mut conn = 5;
+        let mut out = Vec::new();
+        assert_eq!(
+            flow.take(1, b"0123456789", 10, false, &mut conn, 16_384, &mut out),
+            5
+        );
+        assert_eq!(flow.pending, b"56789");
+        assert_eq!(conn, 0);
+    }
+
+    #[test]
+    fn window_is_given_back_by_halves_and_not_after_the_end() {
+        let mut flow = Flow::new(65_535);
+        assert_eq!(flow.give_back(30_000), None);
+        assert_eq!(flow.give_back(3_000), Some(33_000));
+        flow.end = true;
+        assert_eq!(flow.give_back(40_000), None);
+    }
+}
