@@ -88,6 +88,8 @@ def main():
                SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % backend_port, RUST_LOG="warn")
     servers = {
         "switchyard": (lambda: start([os.path.join(release, "switchyard")], PROXY_CORE, env), switchyard_port),
+        "sy-hyper": (lambda: start([os.path.join(release, "switchyard")], PROXY_CORE,
+                                   dict(env, SWITCHYARD_H2C_ENGINE="hyper")), switchyard_port),
         "haproxy": (lambda: start(["haproxy", "-f", os.path.join(work, "haproxy.cfg")], PROXY_CORE), haproxy_port),
         "nginx": (lambda: start(["nginx", "-c", os.path.join(work, "nginx.conf"), "-p", work], PROXY_CORE), nginx_port),
         "backend": (None, backend_port),
@@ -117,6 +119,8 @@ def main():
     sw, ng, ha = med["switchyard"], med["nginx"], med["haproxy"]
     print("switchyard / HAProxy: %.2fx requests/s, %.2fx per proxy CPU-second, p99 %.2f ms vs %.2f ms"
           % (sw[0] / ha[0], (sw[0] / sw[2]) / (ha[0] / ha[2]), sw[1], ha[1]))
+    hy = med["sy-hyper"]
+    print("switchyard relay / hyper engine: %.2fx requests/s" % (sw[0] / hy[0]))
     print("switchyard / nginx grpc_pass: %.2fx requests/s, p99 %.2f ms vs %.2f ms" % (sw[0] / ng[0], sw[1], ng[1]))
     print("per round, switchyard / nginx:", " ".join(
         "%.2fx" % (s[0] / n[0]) for s, n in zip(results["switchyard"], results["nginx"])))

@@ -78,3 +78,28 @@ echo "nghttp: upgrade passed"
 "$py" "$root/tests/h2c/grpc_client.py" "$addr"
 # Last: it stops the daemon.
 "$py" "$root/tests/h2c/h2_client.py" "$addr" "$daemon"
+wait "$daemon" 2>/dev/null || true
+echo "all of the above passed on the hyper engine (a route is http1://)"
+
+# The same checks against the frame relay (the engine when every route is HTTP/2): /web/
+# reaches the HTTP/1.1 backend through a second daemon on the hyper engine, an HTTP/2
+# backend with prior knowledge to the first.
+SWITCHYARD_H2C_ROUTES="/web/=http1://127.0.0.1:$http1" start_daemon "$work/plugins"
+hop=$addr hop_daemon=$daemon
+pids+=("$hop_daemon")
+export SWITCHYARD_H2C_ROUTES="/switchyard.test.Echo/=127.0.0.1:$grpc,/web/=$hop,/refused/=127.0.0.1:1,/full/=127.0.0.1:$full,/reset/=127.0.0.1:$h2backend,/trailers/=127.0.0.1:$h2backend"
+SWITCHYARD_H2C_ENGINE=relay start_daemon "$work/plugins"
+trap cleanup EXIT
+out=$(curl -sS --http2 -w '\n%{http_version} %{http_code}' "http://$addr/web/curl-upgrade")
+echo "$out" | grep -q '"path": "/web/curl-upgrade"' || { echo "relay, curl --http2: $out" >&2; exit 1; }
+echo "$out" | tail -n 1 | grep -qx '2 200' || { echo "relay, curl --http2 did not switch: $out" >&2; exit 1; }
+out=$(curl -sS --http2-prior-knowledge -w '\n%{http_version} %{http_code}' "http://$addr/web/curl-pk")
+echo "$out" | tail -n 1 | grep -qx '2 200' || { echo "relay, curl prior knowledge: $out" >&2; exit 1; }
+code=$(curl -sS --http2-prior-knowledge -o /dev/null -w '%{http_code}' "http://$addr/nowhere")
+[ "$code" = 404 ] || { echo "relay, curl: no route gave $code, not 404" >&2; exit 1; }
+out=$(nghttp -u -v -n "http://$addr/web/nghttp-1" "http://$addr/web/nghttp-2" 2>&1)
+echo "$out" | grep -q 'HTTP Upgrade success' || { echo "relay, nghttp -u did not switch: $out" >&2; exit 1; }
+echo "relay: curl and nghttp passed"
+"$py" "$root/tests/h2c/grpc_client.py" "$addr"
+H2C_WEB_HOST=$hop "$py" "$root/tests/h2c/h2_client.py" "$addr" "$daemon"
+echo "all of the above passed on the frame relay"

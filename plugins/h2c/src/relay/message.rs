@@ -37,6 +37,9 @@ pub struct Routed {
     pub block: Vec<u8>,
     /// The normalised path, for log lines.
     pub path: String,
+    /// `content-length`: the DATA the request must carry, no more, no less (RFC 9113
+    /// §8.1.1).
+    pub content_length: Option<u64>,
 }
 
 /// Checks a request's fields (RFC 9113 §8.3.1), routes its path and writes the block for
@@ -69,6 +72,7 @@ pub fn route_request(
         regular = true;
         check_field(name, value)?;
     }
+    let content_length = content_length(fields)?;
     let (Some(method), Some(_scheme)) = (method, scheme) else {
         return Err(Refused::Malformed(":method or :scheme missing"));
     };
@@ -107,7 +111,24 @@ pub fn route_request(
         route: index,
         block,
         path: parsed.path().to_string(),
+        content_length,
     })
+}
+
+/// The `content-length` of a message: every value the same number (RFC 9110 §8.6).
+fn content_length(fields: &Fields) -> Result<Option<u64>, Refused> {
+    let mut length = None;
+    for (_, value) in fields.iter().filter(|(n, _)| *n == b"content-length") {
+        let n = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(Refused::Malformed("a content-length that is not a number"))?;
+        if length.replace(n).is_some_and(|before| before != n) {
+            return Err(Refused::Malformed("content-length values that differ"));
+        }
+    }
+    Ok(length)
 }
 
 fn route_index(config: &Config, route: &Route) -> usize {
@@ -235,6 +256,7 @@ mod tests {
         let routed = route_request(&config(), &fields, &peer).unwrap();
         assert_eq!(routed.route, 0);
         assert_eq!(routed.path, "/api/x");
+        assert_eq!(routed.content_length, None);
         let got = decoded(&routed.block);
         let want: Vec<(String, String)> = [
             (":method", "POST"),
@@ -255,7 +277,12 @@ mod tests {
     #[test]
     fn rfc9113_8_2_malformed_requests_are_refused() {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        for extra in [("connection", "close"), ("te", "gzip"), ("X-Upper", "1")] {
+        for extra in [
+            ("connection", "close"),
+            ("te", "gzip"),
+            ("X-Upper", "1"),
+            ("content-length", "5x"),
+        ] {
             let refused = route_request(&config(), &request(&[extra]), &peer).unwrap_err();
             assert!(matches!(refused, Refused::Malformed(_)), "{extra:?}");
         }

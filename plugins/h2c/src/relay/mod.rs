@@ -508,7 +508,15 @@ impl Relay {
             return Ok(());
         }
         match message::route_request(&self.shared.config, fields, &self.peer_addr) {
+            Ok(routed) if end_stream && routed.content_length.is_some_and(|n| n > 0) => {
+                log::debug!(
+                    "h2c {}: stream {id} malformed: a content-length and no body",
+                    self.peer_addr
+                );
+                frame::write_rst_stream(self.client.out.queue(), id, code::PROTOCOL_ERROR);
+            }
             Ok(routed) => {
+                stream.up.remaining = routed.content_length;
                 stream.path = routed.path.into();
                 stream.request = Some(routed.block);
                 self.streams.insert(id, stream);
@@ -529,7 +537,9 @@ impl Relay {
 
     fn on_request_trailers(&mut self, id: u32, end_stream: bool, fields: &Fields) {
         let stream = self.streams.get_mut(&id).expect("the caller found it");
-        if !end_stream || stream.up.end || fields.iter().any(|(n, _)| n.starts_with(b":")) {
+        let short = stream.target != Target::Local && !stream.up.fits_length(0, true);
+        if !end_stream || stream.up.end || short || fields.iter().any(|(n, _)| n.starts_with(b":"))
+        {
             return self.reset(id, code::PROTOCOL_ERROR);
         }
         let mut block = Vec::new();
@@ -562,6 +572,12 @@ impl Relay {
             frame::write_rst_stream(self.client.out.queue(), head.stream, code::STREAM_CLOSED);
             return Ok(());
         };
+        let local = stream.target == Target::Local;
+        if !local && !stream.up.end && !stream.up.fits_length(data.len(), end) {
+            self.client.give_back(counted);
+            self.reset(head.stream, code::PROTOCOL_ERROR);
+            return Ok(());
+        }
         if stream.up.end || i64::from(head.len) > stream.up.recv_window {
             let error = if stream.up.end {
                 code::STREAM_CLOSED

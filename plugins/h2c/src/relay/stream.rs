@@ -25,6 +25,8 @@ pub struct Flow {
     pub recv_window: i64,
     /// Bytes passed on (or dropped) that the source has not been given back.
     pub unacked: u32,
+    /// DATA still due by the message's `content-length`, if it has one.
+    pub remaining: Option<u64>,
 }
 
 impl Flow {
@@ -37,7 +39,21 @@ impl Flow {
             send_window: i64::from(send_window),
             recv_window: i64::from(STREAM_WINDOW),
             unacked: 0,
+            remaining: None,
         }
+    }
+
+    /// Counts DATA against the `content-length`: false when the message carries more, or
+    /// ends with less (malformed, RFC 9113 §8.1.1).
+    pub fn fits_length(&mut self, len: usize, end: bool) -> bool {
+        let Some(remaining) = self.remaining else {
+            return true;
+        };
+        let Some(left) = remaining.checked_sub(len as u64) else {
+            return false;
+        };
+        self.remaining = Some(left);
+        !end || left == 0
     }
 
     /// Nothing is held for the destination.
