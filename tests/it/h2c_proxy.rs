@@ -427,3 +427,76 @@ fn forwarded_for_is_the_proxy_protocols_client() {
         assert_eq!(*seen.forwarded_for.lock().unwrap(), ["203.0.113.9"]);
     });
 }
+
+/// CVE-2023-44487, "rapid reset": a client that opens streams and resets them at once
+/// makes a proxy and its backend work for nothing, never meeting the stream limit. The
+/// relay counts such frames and ends the connection with GOAWAY ENHANCE_YOUR_CALM (the
+/// GOAWAY reaches the client: the relay lingers rather than reset the connection), while
+/// another client is served meanwhile.
+#[test]
+fn rapid_reset_gets_goaway_enhance_your_calm_and_other_clients_are_served() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let addr = daemon.addr;
+        let attack = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+                let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+                f.extend([kind, flags]);
+                f.extend(stream.to_be_bytes());
+                f.extend(payload);
+                f
+            };
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            out.extend(frame(0x4, 0, 0, &[]));
+            // GET http://t/ (RFC 7541: indexed :method GET, :scheme http, :path /; a
+            // literal :authority).
+            let block = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+            for i in 0..2_000u32 {
+                let id = 2 * i + 1;
+                out.extend(frame(0x1, 0x4 | 0x1, id, &block));
+                out.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+            }
+            // The relay stops reading once it has had enough: the rest may not go in.
+            let _ = socket.write_all(&out);
+            let mut input = Vec::new();
+            let mut buf = [0u8; 65_536];
+            loop {
+                let mut at = 0;
+                while input.len() >= at + 9 {
+                    let len =
+                        u32::from_be_bytes([0, input[at], input[at + 1], input[at + 2]]) as usize;
+                    if input.len() < at + 9 + len {
+                        break;
+                    }
+                    if input[at + 3] == 0x7 {
+                        let payload = &input[at + 9..at + 9 + len];
+                        return u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                    }
+                    at += 9 + len;
+                }
+                match socket.read(&mut buf) {
+                    Ok(0) | Err(_) => panic!("the connection ended with no GOAWAY"),
+                    Ok(n) => input.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let send = connect(addr).await;
+        for i in 0..20 {
+            assert_eq!(get(&send, &format!("/{i}")).await.0, StatusCode::OK);
+        }
+        let code = attack.await.unwrap();
+        assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
+        assert_eq!(
+            get(&send, "/after").await.0,
+            StatusCode::OK,
+            "the other client is served on"
+        );
+    });
+}

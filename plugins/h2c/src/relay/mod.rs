@@ -55,6 +55,9 @@ const OUT_KEEP: usize = 16 * 1024;
 pub const BACKEND_IDLE: Duration = Duration::from_secs(5);
 /// A response's fields past this size are a backend's protocol error (502).
 const MAX_RESPONSE_FIELDS: usize = 256 * 1024;
+/// How long a connection that failed waits for the client to close (see
+/// [`Relay::linger`]).
+const LINGER: Duration = Duration::from_secs(2);
 /// How long the daemon may leave a connection with nothing to wait for uncalled.
 const KEEP: Duration = Duration::from_secs(3600);
 
@@ -118,6 +121,8 @@ pub struct Relay {
     client_going_away: bool,
     /// A connection error: GOAWAY is queued, the connection closes.
     failed: bool,
+    /// Since when the connection lingers after its error (see [`Relay::linger`]).
+    lingering: Option<Instant>,
     idle_since: Instant,
     glitches: u32,
     glitch_period_start: Instant,
@@ -165,6 +170,7 @@ impl Relay {
             going_away: None,
             client_going_away: false,
             failed: false,
+            lingering: None,
             idle_since: now,
             glitches: 0,
             glitch_period_start: now,
@@ -175,6 +181,9 @@ impl Relay {
         let now = Instant::now();
         if !self.started {
             self.start();
+        }
+        if self.failed {
+            return self.linger(io, now);
         }
         if ready.is_stopping() {
             self.go_away("daemon stopping");
@@ -197,7 +206,10 @@ impl Relay {
             log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
             return Ok(Wants::close());
         }
-        if self.failed || (self.is_finished() && self.client.out.is_done()) {
+        if self.failed {
+            return self.linger(io, now);
+        }
+        if self.is_finished() && self.client.out.is_done() {
             return Ok(Wants::close());
         }
         let read_more = !self.holds_client();
@@ -217,6 +229,40 @@ impl Relay {
         Ok(match read {
             ReadEnd::Spent => wants.with_resume(),
             _ => wants,
+        })
+    }
+
+    /// After a connection error: the GOAWAY written, our side shut, and what the client
+    /// still sends read and dropped until it closes or [`LINGER`] passes. Closing with its
+    /// bytes unread would make the kernel reset the connection, and the client could lose
+    /// the GOAWAY that says why.
+    fn linger(&mut self, io: &mut Io<'_>, now: Instant) -> io::Result<Wants> {
+        let since = *self.lingering.get_or_insert(now);
+        let left = LINGER.saturating_sub(now.duration_since(since));
+        if left.is_zero() || self.client.out.flush(io, 0).is_err() {
+            return Ok(Wants::close());
+        }
+        if !self.client.out.is_done() {
+            return Ok(Wants::write().with_timer(left));
+        }
+        let _ = io.shutdown(std::net::Shutdown::Write);
+        let end = SCRATCH.with_borrow_mut(|buf| {
+            let mut total = 0;
+            while total < protocol_api::sizes::READ_BUDGET {
+                match io.read(buf) {
+                    Ok(0) => return ReadEnd::Closed,
+                    Ok(n) => total += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return ReadEnd::Blocked,
+                    Err(_) => return ReadEnd::Closed,
+                }
+            }
+            ReadEnd::Spent
+        });
+        Ok(match end {
+            ReadEnd::Closed => Wants::close(),
+            ReadEnd::Spent => Wants::read().with_timer(left).with_resume(),
+            _ => Wants::read().with_timer(left),
         })
     }
 
