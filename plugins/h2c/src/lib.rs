@@ -2,17 +2,19 @@
 //! §3.2) and by prior knowledge (RFC 9113 §3.3), every stream proxied to the backend its
 //! path is routed to (`SWITCHYARD_H2C_ROUTES`), gRPC included.
 //!
-//! The HTTP/2 is hyper's (and h2's under it) on a tokio runtime inside the plugin. Each
-//! client connection is a task of that runtime, beside its streams and the pooled backend
-//! connections, so a request crosses no thread, and no thread is held per connection: the
-//! plugin is readiness-driven, and its connection on the daemon's event loop only starts
-//! the task (on a duplicate of the socket), passes the daemon's stop on to it (GOAWAY), and
-//! lets the connection go when the task is over (the task shuts the socket, which the loop
-//! sees). What hyper lacks for an upgrade (stream 1 made of the HTTP/1.1 request) is in
-//! [`upgrade`]; the socket as the server sees it, in [`client_io`].
+//! Two engines (`SWITCHYARD_H2C_ENGINE`, [`config::Engine`]):
+//! - **the relay** ([`relay`]), when every route is HTTP/2: the connection is served on the
+//!   daemon's event loop through its `Io`, each stream passed to its backend frame by frame
+//!   (frames in [`frame`], header fields in [`hpack`]);
+//! - **hyper** (and h2 under it) on a tokio runtime inside the plugin, when a route is an
+//!   HTTP/1.1 backend: each client connection is a task of that runtime, on a duplicate of
+//!   the socket; the loop's connection only starts the task, passes the daemon's stop on to
+//!   it (GOAWAY) and lets the connection go when the task is over. What hyper lacks for an
+//!   upgrade (stream 1 made of the HTTP/1.1 request) is in [`upgrade`]; the socket as the
+//!   server sees it, in [`client_io`].
 //!
-//! The access line's byte counts cover the upgrade request only: the runtime reads and
-//! writes the socket itself, past the daemon's counters.
+//! Either way no thread is held per connection. The access line's byte counts cover the
+//! upgrade request only on hyper (the runtime reads and writes the socket itself).
 //!
 //! - A path with no route gets `404` on its stream; a backend that refuses `502`, one that
 //!   does not connect in time `504`; other streams live on.
