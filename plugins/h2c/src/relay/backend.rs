@@ -29,7 +29,8 @@ pub struct Backend {
     pub socket: TcpStream,
     pub peer: Peer,
     pub state: State,
-    /// The backend's SETTINGS_MAX_CONCURRENT_STREAMS ("initially no limit").
+    /// The backend's SETTINGS_MAX_CONCURRENT_STREAMS: 100 until it says (the RFC's "no
+    /// limit" would send a whole queue that a smaller limit then refuses).
     pub max_streams: u32,
     /// Streams open on it.
     pub open: u32,
@@ -73,7 +74,7 @@ impl Backend {
             socket: socket.into(),
             peer,
             state: State::Connecting { deadline },
-            max_streams: u32::MAX,
+            max_streams: 100,
             open: 0,
             waiting: VecDeque::new(),
             going_away: false,

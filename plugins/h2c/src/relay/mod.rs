@@ -137,6 +137,8 @@ struct GoingAway {
     since: Instant,
     /// The last GOAWAY is out: streams past `last_stream` are ignored.
     last: bool,
+    /// The last stream the last GOAWAY named.
+    last_stream: u32,
 }
 
 /// The PING payload of a graceful shutdown.
@@ -191,7 +193,7 @@ impl Relay {
         if ready.is_watched() {
             self.backends_ready();
         }
-        self.read_backends();
+        let backends_spent = self.read_backends();
         let read = match self.failed {
             true => ReadEnd::Held,
             false => self.read_client(io)?,
@@ -228,6 +230,7 @@ impl Relay {
         };
         Ok(match read {
             ReadEnd::Spent => wants.with_resume(),
+            _ if backends_spent => wants.with_resume(),
             _ => wants,
         })
     }
@@ -303,6 +306,13 @@ impl Relay {
                 if total >= protocol_api::sizes::READ_BUDGET {
                     return Ok(ReadEnd::Spent);
                 }
+                if has_frame(&self.client.tail) {
+                    // Frames held back earlier go first (and the buffer keeps room).
+                    let tail = std::mem::take(&mut self.client.tail);
+                    total += tail.len();
+                    self.client_bytes(&tail);
+                    continue;
+                }
                 let kept = self.client.tail.len();
                 let n = match io.read(&mut buf[kept..]) {
                     Ok(0) => return Ok(ReadEnd::Closed),
@@ -341,6 +351,11 @@ impl Relay {
         while let Some(head) = Head::parse(&bytes[at..]) {
             if head.len > frame::DEFAULT_MAX_FRAME {
                 return self.fail(code::FRAME_SIZE_ERROR, "a frame over 16 KiB");
+            }
+            if self.holds_client() {
+                // What this frame would add has to wait (a frame of 25 bytes can make
+                // 16 KiB for a backend): it stays with the rest, for the next call.
+                break;
             }
             let end = at + frame::HEAD_LEN + head.len as usize;
             if end > bytes.len() {
@@ -524,8 +539,11 @@ impl Relay {
             return Ok(());
         }
         if id <= self.last_stream {
-            // A closed stream (RFC 9113 §5.1).
-            return Err(Malformed(code::STREAM_CLOSED));
+            // A stream this side closed or reset, its frames still on the way (RFC 9113
+            // §5.1): a stream error, not the connection's.
+            self.glitch();
+            frame::write_rst_stream(self.client.out.queue(), id, code::STREAM_CLOSED);
+            return Ok(());
         }
         self.last_stream = id;
         if self.going_away.is_some_and(|g| g.last) {
@@ -570,6 +588,7 @@ impl Relay {
             }
             Err(Refused::Malformed(why)) => {
                 log::debug!("h2c {}: stream {id} malformed: {why}", self.peer_addr);
+                self.glitch();
                 frame::write_rst_stream(self.client.out.queue(), id, code::PROTOCOL_ERROR);
             }
             Err(Refused::Answer(status, text)) => {
@@ -615,6 +634,7 @@ impl Relay {
                 return Err(Malformed(code::PROTOCOL_ERROR));
             }
             self.client.give_back(counted);
+            self.glitch();
             frame::write_rst_stream(self.client.out.queue(), head.stream, code::STREAM_CLOSED);
             return Ok(());
         };
@@ -679,13 +699,7 @@ impl Relay {
             return;
         };
         let (block, body) = message::answer(status, text);
-        frame::write_field_block(
-            self.client.out.queue(),
-            id,
-            &block,
-            false,
-            self.client.max_frame,
-        );
+        self.client.write_block(id, &block, false);
         stream.target = Target::Local;
         stream.request = None;
         stream.responded = true;
@@ -701,7 +715,10 @@ impl Relay {
     }
 
     /// A stream error: RST_STREAM to the client, and the backend's side cancelled.
+    /// Counts as a glitch: a reset the client caused costs its backend a request for
+    /// nothing, as one it sends does (CVE-2023-44487's "MadeYouReset" variant).
     fn reset(&mut self, id: u32, error: u32) {
+        self.glitch();
         frame::write_rst_stream(self.client.out.queue(), id, error);
         if let Some(stream) = self.streams.remove(&id) {
             self.drop_stream(id, stream, code::CANCEL);
@@ -717,6 +734,9 @@ impl Relay {
                 backend.peer.give_back(stream.down.pending.len());
                 if stream.request.is_some() {
                     backend.waiting.retain(|&w| w != id);
+                    if backend.is_unused() {
+                        backend.idle_since = Some(Instant::now());
+                    }
                 } else {
                     frame::write_rst_stream(backend.peer.out.queue(), id, error);
                     self.closed_on_backend(slot);
@@ -837,13 +857,7 @@ impl Relay {
                 .take()
                 .expect("a waiting stream has its request");
             let end = stream.up.end && stream.up.is_empty();
-            frame::write_field_block(
-                backend.peer.out.queue(),
-                id,
-                &block,
-                end,
-                backend.peer.max_frame,
-            );
+            backend.peer.write_block(id, &block, end);
             stream.up.ended |= end;
             stream.up.send_window = i64::from(backend.peer.initial_window);
             backend.open += 1;
@@ -878,6 +892,7 @@ impl Relay {
                 frame::write_window_update(self.client.out.queue(), id, increment);
             }
         }
+        self.settle(id);
     }
 
     /// Sends what a stream holds for the client, as far as the windows allow.
@@ -940,14 +955,19 @@ impl Relay {
     }
 
     /// Reads every backend that may have bytes, unless the client holds them back.
-    fn read_backends(&mut self) {
+    /// Returns whether a backend still had bytes when its budget was spent (the call then
+    /// asks to be resumed: an edge-triggered socket says nothing again for bytes waiting).
+    fn read_backends(&mut self) -> bool {
+        let mut spent = false;
         for slot in 0..self.backends.len() {
             SCRATCH.with_borrow_mut(|buf| {
                 let mut total = 0;
                 loop {
-                    if self.client.out.owed() > OUT_LIMIT
-                        || total >= protocol_api::sizes::READ_BUDGET
-                    {
+                    if self.client.out.owed() > OUT_LIMIT {
+                        return;
+                    }
+                    if total >= protocol_api::sizes::READ_BUDGET {
+                        spent = true;
                         return;
                     }
                     let Some(backend) = self.backends[slot].as_mut() else {
@@ -988,6 +1008,7 @@ impl Relay {
                 }
             });
         }
+        spent
     }
 
     fn backend_bytes(&mut self, slot: usize, bytes: &[u8]) {
@@ -1062,13 +1083,35 @@ impl Relay {
                 if !ours {
                     return Ok(());
                 }
-                let stream = self.streams.get(&head.stream).expect("just found");
-                if stream.responded {
+                let stream = self.streams.get_mut(&head.stream).expect("just found");
+                let backend = self.backends[slot].as_mut().expect("the caller checked");
+                if stream.responded && error == code::NO_ERROR && stream.down.end {
+                    // The whole answer is in and the backend wants no more of the request
+                    // (RFC 9113 §8.1): the answer still drains to the client, the upload
+                    // stops, and the client is told so once the answer is out.
+                    backend.peer.give_back(stream.down.pending.len());
+                    self.client
+                        .give_back(std::mem::take(&mut stream.up.pending).len());
+                    stream.target = Target::Local;
+                    stream.up.trailers = None;
+                    self.closed_on_backend(slot);
+                    self.settle(head.stream);
+                } else if stream.responded {
                     log::debug!(
                         "h2c {}: stream {} reset by the backend ({error:#x})",
                         self.peer_addr,
                         head.stream
                     );
+                    frame::write_rst_stream(self.client.out.queue(), head.stream, error);
+                    let stream = self.streams.remove(&head.stream).expect("just found");
+                    backend.peer.give_back(stream.down.pending.len());
+                    self.client.give_back(stream.up.pending.len());
+                    self.closed_on_backend(slot);
+                    if self.streams.is_empty() {
+                        self.idle_since = Instant::now();
+                    }
+                } else if error == code::REFUSED_STREAM {
+                    // Not processed: the client may try again (RFC 9113 §8.7).
                     frame::write_rst_stream(self.client.out.queue(), head.stream, error);
                     let stream = self.streams.remove(&head.stream).expect("just found");
                     self.client.give_back(stream.up.pending.len());
@@ -1216,24 +1259,12 @@ impl Relay {
         };
         match passed {
             Ok(Response::Interim) if !stream.responded && !end_stream => {
-                frame::write_field_block(
-                    self.client.out.queue(),
-                    id,
-                    &out,
-                    false,
-                    self.client.max_frame,
-                );
+                self.client.write_block(id, &out, false);
             }
             Ok(Response::Final) if !stream.responded => {
                 stream.responded = true;
                 let end = end_stream;
-                frame::write_field_block(
-                    self.client.out.queue(),
-                    id,
-                    &out,
-                    end,
-                    self.client.max_frame,
-                );
+                self.client.write_block(id, &out, end);
                 if end {
                     stream.down.end = true;
                     stream.down.ended = true;
@@ -1425,6 +1456,7 @@ impl Relay {
             why,
             since: Instant::now(),
             last: false,
+            last_stream: 0,
         });
         let out = self.client.out.queue();
         frame::write_goaway(out, 0x7fff_ffff, code::NO_ERROR);
@@ -1436,6 +1468,7 @@ impl Relay {
             return;
         };
         going_away.last = true;
+        going_away.last_stream = self.last_stream;
         log::debug!(
             "h2c {}: last GOAWAY after stream {} ({})",
             self.peer_addr,
@@ -1449,6 +1482,15 @@ impl Relay {
     fn fail(&mut self, error: u32, why: &str) {
         if self.failed {
             return;
+        }
+        if let Some(GoingAway {
+            last: true,
+            last_stream,
+            ..
+        }) = self.going_away
+        {
+            // A GOAWAY's last stream may only go down (RFC 9113 §6.8).
+            self.last_stream = last_stream;
         }
         log::info!("h2c {}: connection error {error:#x}: {why}", self.peer_addr);
         frame::write_goaway(self.client.out.queue(), self.last_stream, error);
@@ -1472,7 +1514,7 @@ impl Relay {
                 .backends
                 .iter()
                 .flatten()
-                .any(|b| b.peer.out.owed() > OUT_LIMIT)
+                .any(|b| !b.dead && b.peer.out.owed() > OUT_LIMIT)
     }
 
     /// The connection has nothing left to do.
@@ -1498,6 +1540,11 @@ impl Relay {
         }
         next
     }
+}
+
+/// `bytes` begin with a whole frame.
+fn has_frame(bytes: &[u8]) -> bool {
+    Head::parse(bytes).is_some_and(|head| bytes.len() >= frame::HEAD_LEN + head.len as usize)
 }
 
 /// The status and words for a backend that could not be reached.

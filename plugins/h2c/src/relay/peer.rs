@@ -50,6 +50,10 @@ pub struct Peer {
     pub max_frame: usize,
     /// A SETTINGS frame came (a preface's first frame must be one).
     pub settled: bool,
+    /// The peer lowered SETTINGS_HEADER_TABLE_SIZE below the initial 4,096: the next
+    /// field block sent must say so first (RFC 7541 §4.2), though the relay's encoder keeps
+    /// no table.
+    pub table_size_update: Option<u32>,
 }
 
 impl Peer {
@@ -79,10 +83,13 @@ impl Peer {
         Ok(())
     }
 
-    /// Counts bytes passed on or dropped; gives half the window back at a time.
+    /// Counts bytes passed on or dropped; gives them back by halves of the window, or at
+    /// once while the window is below half (bytes held for one slow stream must not keep
+    /// the others' window from coming back).
     pub fn give_back(&mut self, passed: usize) {
         self.unacked += passed as u32;
-        if self.unacked >= CONN_WINDOW / 2 {
+        let low = self.recv_window < i64::from(CONN_WINDOW / 2);
+        if self.unacked >= CONN_WINDOW / 2 || (low && self.unacked > 0) {
             let increment = std::mem::take(&mut self.unacked);
             self.recv_window += i64::from(increment);
             frame::write_window_update(self.out.queue(), 0, increment);
@@ -124,6 +131,9 @@ impl Peer {
                     self.max_frame = frame::DEFAULT_MAX_FRAME as usize;
                 }
                 setting::MAX_CONCURRENT_STREAMS => changed.max_streams = Some(value),
+                setting::HEADER_TABLE_SIZE if value < 4_096 => {
+                    self.table_size_update = Some(value);
+                }
                 // HEADER_TABLE_SIZE: the relay's encoder keeps no table. MAX_HEADER_LIST_SIZE
                 // is advisory. Unknown settings are ignored (§6.5.2).
                 _ => {}
@@ -181,6 +191,28 @@ impl Peer {
         Ok(None)
     }
 
+    /// Sends a field block on `stream`, after the table size update owed, if one is.
+    pub fn write_block(&mut self, stream: u32, block: &[u8], end_stream: bool) {
+        let max_frame = self.max_frame;
+        match self.table_size_update.take() {
+            None => {
+                frame::write_field_block(self.out.queue(), stream, block, end_stream, max_frame)
+            }
+            Some(size) => {
+                let mut with_update = Vec::with_capacity(block.len() + 6);
+                crate::hpack::integer(&mut with_update, 5, 0x20, size as usize);
+                with_update.extend_from_slice(block);
+                frame::write_field_block(
+                    self.out.queue(),
+                    stream,
+                    &with_update,
+                    end_stream,
+                    max_frame,
+                );
+            }
+        }
+    }
+
     /// Only CONTINUATION of the open block may come while one is open (RFC 9113 §6.10).
     pub fn expects_continuation(&self) -> bool {
         self.block.is_some()
@@ -223,6 +255,33 @@ mod tests {
         let mut peer = Peer::new();
         assert!(peer.receive(65_535).is_ok());
         assert_eq!(peer.receive(1), Err(Malformed(code::FLOW_CONTROL_ERROR)));
+    }
+
+    #[test]
+    fn rfc7541_4_2_a_lowered_table_size_is_acknowledged_in_the_next_block_only() {
+        let mut peer = Peer::new();
+        peer.settings(&[0, 1, 0, 0, 0, 0], false).unwrap();
+        let acked = peer.out.owed();
+        peer.write_block(1, &[0x88], true);
+        peer.write_block(3, &[0x88], true);
+        let sent = &peer.out.queue()[acked..];
+        assert_eq!(
+            &sent[9..11],
+            &[0x20, 0x88],
+            "size update 0, then :status 200"
+        );
+        assert_eq!(&sent[11 + 9..], &[0x88], "the next block has none");
+    }
+
+    #[test]
+    fn bytes_are_given_back_at_once_while_the_window_is_below_half() {
+        let mut peer = Peer::new();
+        peer.grant_window();
+        let granted = peer.out.owed();
+        peer.receive(CONN_WINDOW - 1000).unwrap();
+        peer.give_back(10);
+        assert_eq!(peer.out.owed(), granted + 13, "a WINDOW_UPDATE of 10");
+        assert_eq!(peer.recv_window, 1010);
     }
 
     #[test]
