@@ -419,7 +419,7 @@ impl Relay {
                     return Err(Malformed(code::PROTOCOL_ERROR));
                 }
                 self.glitch();
-                if let Some(stream) = self.streams.remove(&head.stream) {
+                if let Some(stream) = self.take_stream(head.stream) {
                     log::debug!(
                         "h2c {}: stream {} reset by the client ({error:#x})",
                         self.peer_addr,
@@ -497,7 +497,7 @@ impl Relay {
                     } else {
                         code::FLOW_CONTROL_ERROR
                     };
-                    self.reset(head.stream, error);
+                    self.refuse(head.stream, error);
                     return Ok(());
                 }
                 self.drain_down(head.stream);
@@ -515,11 +515,7 @@ impl Relay {
         end_stream: bool,
         block: &[u8],
     ) -> Result<(), Malformed> {
-        let mut fields = FIELDS.take();
-        let result = self.request_fields(id, end_stream, block, &mut fields);
-        fields.clear();
-        FIELDS.set(fields);
-        result
+        with_fields(|fields| self.request_fields(id, end_stream, block, fields))
     }
 
     fn request_fields(
@@ -605,7 +601,7 @@ impl Relay {
         let short = stream.target != Target::Local && !stream.up.fits_length(0, true);
         if !end_stream || stream.up.end || short || fields.iter().any(|(n, _)| n.starts_with(b":"))
         {
-            return self.reset(id, code::PROTOCOL_ERROR);
+            return self.refuse(id, code::PROTOCOL_ERROR);
         }
         let mut block = Vec::new();
         let _ = message::pass_response(fields, &mut block);
@@ -641,7 +637,7 @@ impl Relay {
         let local = stream.target == Target::Local;
         if !local && !stream.up.end && !stream.up.fits_length(data.len(), end) {
             self.client.give_back(counted);
-            self.reset(head.stream, code::PROTOCOL_ERROR);
+            self.refuse(head.stream, code::PROTOCOL_ERROR);
             return Ok(());
         }
         if stream.up.end || i64::from(head.len) > stream.up.recv_window {
@@ -651,7 +647,7 @@ impl Relay {
                 code::FLOW_CONTROL_ERROR
             };
             self.client.give_back(counted);
-            self.reset(head.stream, error);
+            self.refuse(head.stream, error);
             return Ok(());
         }
         let passed = match stream.target {
@@ -715,12 +711,16 @@ impl Relay {
     }
 
     /// A stream error: RST_STREAM to the client, and the backend's side cancelled.
-    /// Counts as a glitch: a reset the client caused costs its backend a request for
-    /// nothing, as one it sends does (CVE-2023-44487's "MadeYouReset" variant).
-    fn reset(&mut self, id: u32, error: u32) {
+    /// A stream error the client caused: it counts as a glitch, as a reset it sends does
+    /// (its backend made a request for nothing: CVE-2023-44487's "MadeYouReset" variant).
+    fn refuse(&mut self, id: u32, error: u32) {
         self.glitch();
+        self.reset(id, error);
+    }
+
+    fn reset(&mut self, id: u32, error: u32) {
         frame::write_rst_stream(self.client.out.queue(), id, error);
-        if let Some(stream) = self.streams.remove(&id) {
+        if let Some(stream) = self.take_stream(id) {
             self.drop_stream(id, stream, code::CANCEL);
         }
     }
@@ -743,9 +743,15 @@ impl Relay {
                 }
             }
         }
-        if self.streams.is_empty() {
+    }
+
+    /// Removes a stream; the idle clock starts when the last goes.
+    fn take_stream(&mut self, id: u32) -> Option<Stream> {
+        let stream = self.streams.remove(&id);
+        if stream.is_some() && self.streams.is_empty() {
             self.idle_since = Instant::now();
         }
+        stream
     }
 
     /// Removes a stream once both directions are over.
@@ -757,18 +763,13 @@ impl Relay {
             // The answer is complete before the request: "the server MAY request that the
             // client abort transmission of a request without error" (RFC 9113 §8.1).
             frame::write_rst_stream(self.client.out.queue(), id, code::NO_ERROR);
-            let stream = self.streams.remove(&id).expect("just found");
+            let stream = self.take_stream(id).expect("just found");
             self.client.give_back(stream.up.pending.len());
         } else if stream.is_done() {
-            let stream = self.streams.remove(&id).expect("just found");
+            let stream = self.take_stream(id).expect("just found");
             if let Target::Backend(slot) = stream.target {
                 self.closed_on_backend(slot);
             }
-        } else {
-            return;
-        }
-        if self.streams.is_empty() {
-            self.idle_since = Instant::now();
         }
     }
 
@@ -1096,29 +1097,22 @@ impl Relay {
                     stream.up.trailers = None;
                     self.closed_on_backend(slot);
                     self.settle(head.stream);
-                } else if stream.responded {
+                } else if stream.responded || error == code::REFUSED_STREAM {
+                    // Once the answer began, the reset reaches the client; before it, only
+                    // REFUSED_STREAM does: not processed, the client may try again (RFC 9113
+                    // §8.7). Any other reset before an answer is a 502, below.
                     log::debug!(
                         "h2c {}: stream {} reset by the backend ({error:#x})",
                         self.peer_addr,
                         head.stream
                     );
                     frame::write_rst_stream(self.client.out.queue(), head.stream, error);
-                    let stream = self.streams.remove(&head.stream).expect("just found");
-                    backend.peer.give_back(stream.down.pending.len());
+                    let stream = self.take_stream(head.stream).expect("just found");
                     self.client.give_back(stream.up.pending.len());
-                    self.closed_on_backend(slot);
-                    if self.streams.is_empty() {
-                        self.idle_since = Instant::now();
+                    if let Some(backend) = self.backends[slot].as_mut() {
+                        backend.peer.give_back(stream.down.pending.len());
                     }
-                } else if error == code::REFUSED_STREAM {
-                    // Not processed: the client may try again (RFC 9113 §8.7).
-                    frame::write_rst_stream(self.client.out.queue(), head.stream, error);
-                    let stream = self.streams.remove(&head.stream).expect("just found");
-                    self.client.give_back(stream.up.pending.len());
                     self.closed_on_backend(slot);
-                    if self.streams.is_empty() {
-                        self.idle_since = Instant::now();
-                    }
                 } else {
                     log::warn!(
                         "h2c {} {} -> backend: reset before answering ({error:#x})",
@@ -1223,11 +1217,7 @@ impl Relay {
         end_stream: bool,
         block: &[u8],
     ) -> Result<(), Malformed> {
-        let mut fields = FIELDS.take();
-        let result = self.response_fields(slot, id, end_stream, block, &mut fields);
-        fields.clear();
-        FIELDS.set(fields);
-        result
+        with_fields(|fields| self.response_fields(slot, id, end_stream, block, fields))
     }
 
     fn response_fields(
@@ -1540,6 +1530,15 @@ impl Relay {
         }
         next
     }
+}
+
+/// Runs `f` with the loop thread's field list, left empty for the next block.
+fn with_fields<R>(f: impl FnOnce(&mut Fields) -> R) -> R {
+    let mut fields = FIELDS.take();
+    let result = f(&mut fields);
+    fields.clear();
+    FIELDS.set(fields);
+    result
 }
 
 /// `bytes` begin with a whole frame.
