@@ -185,6 +185,29 @@ pub fn pass_response(fields: &Fields, block: &mut Vec<u8>) -> Result<Response, &
     Ok(kind)
 }
 
+/// Checks a request's trailers (no pseudo-header, the rules of §8.2, within `max_list`
+/// bytes) and writes the block for the backend.
+pub fn pass_trailers(
+    fields: &Fields,
+    max_list: usize,
+    block: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    if fields.list_size() > max_list {
+        return Err("over SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES");
+    }
+    for (name, value) in fields.iter() {
+        if name.starts_with(b":") {
+            return Err("a pseudo-header in trailers");
+        }
+        check_field(name, value).map_err(|refused| match refused {
+            Refused::Malformed(why) => why,
+            Refused::Answer(..) => "refused",
+        })?;
+        hpack::field(block, name, value);
+    }
+    Ok(())
+}
+
 /// The field block and body of an answer the relay gives itself.
 pub fn answer(status: u16, text: &str) -> (Vec<u8>, Vec<u8>) {
     let body = format!("{text}\n").into_bytes();
@@ -354,6 +377,30 @@ mod tests {
         fields.clear();
         fields.push(b":status", b"101");
         assert!(pass_response(&fields, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn rfc9113_8_1_trailers_hold_no_pseudo_header_and_follow_the_field_rules() {
+        let mut fields = Fields::default();
+        fields.push(b"grpc-status", b"0");
+        let mut block = Vec::new();
+        assert_eq!(pass_trailers(&fields, 16_384, &mut block), Ok(()));
+        assert_eq!(
+            decoded(&block),
+            [("grpc-status".to_string(), "0".to_string())]
+        );
+        for (name, value) in [(":path", "/"), ("Upper", "1"), ("connection", "x")] {
+            let mut bad = Fields::default();
+            bad.push(name.as_bytes(), value.as_bytes());
+            assert!(
+                pass_trailers(&bad, 16_384, &mut Vec::new()).is_err(),
+                "{name}"
+            );
+        }
+        assert!(
+            pass_trailers(&fields, 10, &mut Vec::new()).is_err(),
+            "over the limit"
+        );
     }
 
     #[test]

@@ -411,6 +411,21 @@ impl Relay {
                     return Err(Malformed(code::PROTOCOL_ERROR));
                 }
                 self.glitch();
+                if payload.len() != 5 {
+                    // A stream error (RFC 9113 §6.3); a stream not yet opened cannot be
+                    // reset (§6.4), so there it is the connection's.
+                    if head.stream > self.last_stream {
+                        return Err(Malformed(code::FRAME_SIZE_ERROR));
+                    }
+                    frame::write_rst_stream(
+                        self.client.out.queue(),
+                        head.stream,
+                        code::FRAME_SIZE_ERROR,
+                    );
+                    if let Some(stream) = self.take_stream(head.stream) {
+                        self.drop_stream(head.stream, stream, code::CANCEL);
+                    }
+                }
                 Ok(())
             }
             kind::RST_STREAM => {
@@ -471,8 +486,11 @@ impl Relay {
                 Ok(())
             }
             kind::GOAWAY => {
-                if head.stream != 0 || payload.len() < 8 {
+                if head.stream != 0 {
                     return Err(Malformed(code::PROTOCOL_ERROR));
+                }
+                if payload.len() < 8 {
+                    return Err(Malformed(code::FRAME_SIZE_ERROR));
                 }
                 self.client_going_away = true;
                 Ok(())
@@ -546,7 +564,14 @@ impl Relay {
             // Past the GOAWAY's last stream: ignored (RFC 9113 §6.8).
             return Ok(());
         }
-        if self.streams.len() >= self.shared.config.max_streams as usize {
+        // Streams the client sees closed (both ends sent) may still be draining to their
+        // backend: they do not count against the limit it was told.
+        let open = self
+            .streams
+            .values()
+            .filter(|s| !(s.up.end && s.down.ended))
+            .count();
+        if open >= self.shared.config.max_streams as usize {
             self.glitch();
             frame::write_rst_stream(self.client.out.queue(), id, code::REFUSED_STREAM);
             return Ok(());
@@ -597,14 +622,20 @@ impl Relay {
     }
 
     fn on_request_trailers(&mut self, id: u32, end_stream: bool, fields: &Fields) {
+        let max_list = self.shared.config.max_header_list_bytes as usize;
         let stream = self.streams.get_mut(&id).expect("the caller found it");
         let short = stream.target != Target::Local && !stream.up.fits_length(0, true);
-        if !end_stream || stream.up.end || short || fields.iter().any(|(n, _)| n.starts_with(b":"))
-        {
+        let mut block = Vec::new();
+        let passed = message::pass_trailers(fields, max_list, &mut block);
+        if let Err(why) = passed.as_ref() {
+            log::debug!(
+                "h2c {}: stream {id}'s trailers refused: {why}",
+                self.peer_addr
+            );
+        }
+        if !end_stream || stream.up.end || short || passed.is_err() {
             return self.refuse(id, code::PROTOCOL_ERROR);
         }
-        let mut block = Vec::new();
-        let _ = message::pass_response(fields, &mut block);
         stream.up.end = true;
         match stream.target {
             Target::Local => stream.up.ended = true,
