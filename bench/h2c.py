@@ -49,12 +49,66 @@ def h2load(port, requests, workdir):
     return rate, p99, failed
 
 
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def many(args):
+    """10,000 h2c connections (or --conns), each with a stream as it opens and one every 20
+    seconds, through a daemon with every setting at its default but the routes: how many
+    stay open and are answered, the daemon's RSS and descriptors while they are."""
+    work = tempfile.mkdtemp(prefix="switchyard-h2c-many-")
+    os.makedirs(os.path.join(work, "www"))
+    with open(os.path.join(work, "www", "index.html"), "wb") as f:
+        f.write(b"x" * 64)
+    backend_port, port = free_port(), free_port()
+    backend = start(["nghttpd", "--no-tls", "-d", os.path.join(work, "www"), str(backend_port)], LOAD_CORE)
+    wait_listening(backend_port)
+    plugins = os.path.join(work, "plugins")
+    os.makedirs(plugins)
+    release = os.path.join(args.root, "target", "release")
+    os.symlink(os.path.join(release, "libswitchyard_h2c.so"), os.path.join(plugins, "libswitchyard_h2c.so"))
+    env = dict(os.environ, SWITCHYARD_LISTEN="127.0.0.1:%d" % port, SWITCHYARD_PLUGIN_DIR=plugins,
+               SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % backend_port, RUST_LOG="warn")
+    daemon = start([os.path.join(release, "switchyard")], PROXY_CORE, env)
+    try:
+        wait_listening(port)
+        before = rss_kib(daemon.pid)
+        load = subprocess.Popen(
+            ["taskset", "-c", LOAD_CORE, os.path.join(args.root, "bench", "target", "release", "loadgen"),
+             "h2c-streams", "--addr", "127.0.0.1:%d" % port, "--conns", str(args.conns),
+             "--every", "20", "--secs", str(args.secs), "--hold", "5"],
+            stdout=subprocess.PIPE, text=True)
+        line = load.stdout.readline()
+        rss = rss_kib(daemon.pid)
+        fds = len(os.listdir("/proc/%d/fd" % daemon.pid))
+        load.wait(timeout=60)
+    finally:
+        stop(daemon)
+        stop(backend)
+    if not line.startswith("RESULT"):
+        raise RuntimeError("the load failed: %r" % line)
+    result = dict(kv.split("=") for kv in line.split()[1:])
+    print("%s h2c connections, a stream each as it opened and every 20 s for %d s, defaults but the routes:"
+          % (args.conns, args.secs))
+    print("open %s, streams answered %s, failed %s, p99 %s ms; daemon RSS %d KiB (%.2f KiB a connection "
+          "over the idle daemon's %d KiB), %d descriptors"
+          % (result["open"], result["streams"], result["failed"], result["p99_ms"], rss,
+             (rss - before) / max(1, int(result["open"])), before, fds))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--many", action="store_true", help="the many-quiet-clients load instead")
+    parser.add_argument("--conns", type=int, default=10_000)
+    parser.add_argument("--secs", type=int, default=60)
     args = parser.parse_args()
+    if args.many:
+        return many(args)
     work = tempfile.mkdtemp(prefix="switchyard-h2c-bench-")
     os.makedirs(os.path.join(work, "www"))
     with open(os.path.join(work, "www", "index.html"), "wb") as f:

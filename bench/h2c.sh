@@ -5,6 +5,7 @@
 #
 #   bash bench/h2c.sh                 # 3 rounds of 200,000 requests
 #   bash bench/h2c.sh --rounds 1
+#   bash bench/h2c.sh --many          # 10,000 quiet clients, a stream each now and then
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -13,5 +14,7 @@ if ! command -v h2load >/dev/null || ! command -v nghttpd >/dev/null || ! comman
   apt-get update -q >/dev/null
   apt-get install -y -q nghttp2-client nghttp2-server nginx-light haproxy util-linux >/dev/null
 fi
+ulimit -n "$(ulimit -Hn)" # --many: 10,000 connections need as many descriptors on each side
 (cd "$root" && cargo build --release --quiet)
+(cd "$here" && cargo build --release --quiet)
 exec python3 "$here/h2c.py" --root "$root" "$@"

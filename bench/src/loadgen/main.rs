@@ -7,10 +7,12 @@
 //! loadgen ws-handshake --addr A [--conns 50] [--secs 5]
 //! loadgen idle         --addr A [--conns 10000] [--hold 10]
 //! loadgen bulk         --addr A [--upgrade tcp --path /sink] [--mib 1024]
+//! loadgen h2c-streams  --addr A [--conns 10000] [--sources 5] [--every 20] [--secs 60]
 //! ```
 
 mod bulk;
 mod echo;
+mod h2c_streams;
 mod handshake;
 mod idle;
 mod setup;
@@ -69,9 +71,10 @@ fn main() {
         "ws-handshake" => handshake::run(&args),
         "idle" => idle::run(&args),
         "bulk" => bulk::run(&args),
+        "h2c-streams" => h2c_streams::run(&args),
         _ => {
             eprintln!(
-                "usage: loadgen ws-echo|tcp-echo|ws-handshake|idle|bulk --addr HOST:PORT ..."
+                "usage: loadgen ws-echo|tcp-echo|ws-handshake|idle|bulk|h2c-streams --addr HOST:PORT ..."
             );
             std::process::exit(2);
         }
