@@ -160,21 +160,18 @@ async fn answer(stream: &mut TcpStream, input: &mut Vec<u8>, id: u32) -> bool {
             let on = u32::from_be_bytes([input[5], input[6], input[7], input[8]]) & 0x7fff_ffff;
             let payload = input[9..9 + len].to_vec();
             input.drain(..9 + len);
+            let reply = match kind {
+                0x4 if flags & 0x1 == 0 => Some(frame(0x4, 0x1, 0, &[])),
+                0x6 if flags & 0x1 == 0 => Some(frame(0x6, 0x1, 0, &payload)),
+                _ => None,
+            };
+            if let Some(reply) = reply {
+                if stream.write_all(&reply).await.is_err() {
+                    return false;
+                }
+                continue;
+            }
             match kind {
-                0x4 if flags & 0x1 == 0 => {
-                    if stream.write_all(&frame(0x4, 0x1, 0, &[])).await.is_err() {
-                        return false;
-                    }
-                }
-                0x6 if flags & 0x1 == 0 => {
-                    if stream
-                        .write_all(&frame(0x6, 0x1, 0, &payload))
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                }
                 0x7 | 0x3 if kind == 0x7 || on == id => return false,
                 0x1 if on == id => {
                     status_ok |= payload.first() == Some(&0x88);
