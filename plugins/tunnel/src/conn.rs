@@ -57,6 +57,49 @@ enum Stop {
     Done,
 }
 
+/// Where a direction reads from, and what is known of it.
+enum Source<'a, 'io> {
+    /// The client, read through the daemon (which so learns that a short read drained
+    /// it, and brings `Ready::is_readable` again only with new bytes).
+    Client {
+        io: &'a mut Io<'io>,
+        /// Its end (a FIN) was seen by the loop: read to the end, not to a short read.
+        peer_closed: bool,
+    },
+    /// The backend's socket, watched by the loop for us.
+    Backend(BorrowedFd<'a>),
+}
+
+impl Source<'_, '_> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Source::Client { io, .. } => io.as_fd(),
+            Source::Backend(fd) => *fd,
+        }
+    }
+
+    /// A read shorter than asked leaves nothing behind: only for the client, whose FIN the
+    /// loop reports (an edge-triggered event comes for anything that arrives later). The
+    /// backend's FIN may have come in the same event as its last bytes, unreported: it is
+    /// read until `WouldBlock`.
+    fn short_read_drains(&self) -> bool {
+        matches!(
+            self,
+            Source::Client {
+                peer_closed: false,
+                ..
+            }
+        )
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Client { io, .. } => io.read(buf),
+            Source::Backend(fd) => (&*SockRef::from(&*fd)).read(buf),
+        }
+    }
+}
+
 /// One direction: what it holds for the destination, and whether the source has ended.
 #[derive(Default)]
 struct Direction {
@@ -75,14 +118,17 @@ struct Direction {
 
 impl Direction {
     /// Moves bytes from `from` to `to` until one would block, the source ends, or `budget`
-    /// is spent; `moved` is set when a byte moved.
+    /// is spent; `moved` is set when a byte moved. The source is read only if it may have
+    /// bytes (`may_read`: an event, or bytes left last time).
     fn pump(
         &mut self,
-        from: BorrowedFd<'_>,
+        mut from: Source<'_, '_>,
         to: BorrowedFd<'_>,
+        may_read: bool,
         budget: &mut usize,
         moved: &mut bool,
     ) -> Result<Stop, Ended> {
+        let mut may_read = may_read;
         loop {
             if !self.pending.is_done() {
                 let written = self
@@ -110,29 +156,32 @@ impl Direction {
             if self.source_ended {
                 return Ok(Stop::Done);
             }
+            if !may_read {
+                self.burst_over();
+                return Ok(Stop::WaitRead);
+            }
             if *budget == 0 {
                 return Ok(Stop::Spent);
             }
+            let asked = match self.bulk {
+                true => (*budget).min(CHUNK),
+                false => (*budget).min(protocol_api::sizes::READ_BUFFER),
+            };
             let filled = match self.bulk {
-                true => self.splice_in(from, *budget),
-                false => self.copy(from, to, *budget),
+                true => self.splice_in(from.fd(), asked),
+                false => self.copy(&mut from, to, asked),
             };
             match filled {
                 Ok(0) => self.source_ended = true,
-                // Read on until `WouldBlock` even after a short read: the peer's end may have
-                // come in the same event as its last bytes, and only a read of 0 shows it.
                 Ok(n) => {
                     *budget = budget.saturating_sub(n);
                     *moved = true;
+                    // A short read of the client drained it (see `Source`); the backend is
+                    // read on until `WouldBlock`, where its end shows as a read of 0.
+                    may_read = n == asked || !from.short_read_drains();
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    // The source is drained and the pipe empty: the burst is over. The pipe
-                    // goes (a quiet tunnel holds none, and two descriptors); the next burst
-                    // starts copying, and splices again once a read fills the buffer.
-                    if self.held == 0 {
-                        self.pipe = None;
-                        self.bulk = false;
-                    }
+                    self.burst_over();
                     return Ok(Stop::WaitRead);
                 }
                 Err(e) => return Err(classify(e, true)),
@@ -140,14 +189,24 @@ impl Direction {
         }
     }
 
+    /// The source is drained: once the pipe is empty too, the burst is over. The pipe goes
+    /// (a quiet tunnel holds none, and two descriptors); the next burst starts copying, and
+    /// splices again once a read fills the buffer.
+    fn burst_over(&mut self) {
+        if self.held == 0 {
+            self.pipe = None;
+            self.bulk = false;
+        }
+    }
+
     /// Fills the (empty) pipe from the source; `WouldBlock` can only mean the source has
     /// nothing, since the pipe is empty.
-    fn splice_in(&mut self, from: BorrowedFd<'_>, budget: usize) -> io::Result<usize> {
+    fn splice_in(&mut self, from: BorrowedFd<'_>, asked: usize) -> io::Result<usize> {
         if self.pipe.is_none() {
             self.pipe = Some(Pipe::new()?);
         }
         let pipe = self.pipe.as_ref().expect("made above");
-        let n = pipe.fill(from, budget.min(CHUNK))?;
+        let n = pipe.fill(from, asked)?;
         self.held = n;
         Ok(n)
     }
@@ -156,14 +215,14 @@ impl Direction {
     /// take is held in `pending`. A read that fills the buffer makes the direction bulk.
     fn copy(
         &mut self,
-        from: BorrowedFd<'_>,
+        from: &mut Source<'_, '_>,
         to: BorrowedFd<'_>,
-        budget: usize,
+        asked: usize,
     ) -> io::Result<usize> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let len = scratch.len().min(budget);
-            let n = (&*SockRef::from(&from)).read(&mut scratch[..len])?;
+            let len = scratch.len().min(asked);
+            let n = from.read(&mut scratch[..len])?;
             if n == 0 {
                 return Ok(0);
             }
@@ -208,6 +267,9 @@ pub struct TunnelConn {
     /// Bytes the client sent with the request: the backend gets them before anything else.
     early: Output,
     watching: bool,
+    /// The backend may have bytes to read: its event came, and no read has yet found it
+    /// empty.
+    backend_ready: bool,
     /// The tunnel's own idle limit (`SWITCHYARD_TUNNEL_IDLE_MS`).
     idle: Option<Duration>,
     last_moved: Instant,
@@ -229,6 +291,7 @@ impl TunnelConn {
             down: Direction::default(),
             early: Output::default(),
             watching: false,
+            backend_ready: false,
             idle: config.idle,
             last_moved: now,
             stopping: false,
@@ -240,6 +303,7 @@ impl TunnelConn {
 
     /// Moves what can move; see the module docs.
     pub fn on_ready(&mut self, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+        let first = !self.watching;
         if !self.watching {
             io.watch(self.backend.as_fd())?;
             self.watching = true;
@@ -261,20 +325,38 @@ impl TunnelConn {
             }
         }
         let mut budget = BUDGET;
-        let client = io.as_fd();
-        let backend = self.backend.as_fd();
+        // The client may have bytes when the loop says so (it keeps track: our reads go
+        // through it); the backend after its event, until a read would block.
+        let client_ready = first || ready.is_readable() || ready.is_resume();
+        self.backend_ready |= first || ready.is_watched();
+        let peer_closed = ready.is_peer_closed();
         let up = match self.early.is_done() {
-            true => self.up.pump(client, backend, &mut budget, &mut moved),
+            true => self.up.pump(
+                Source::Client { io, peer_closed },
+                self.backend.as_fd(),
+                client_ready,
+                &mut budget,
+                &mut moved,
+            ),
             false => Ok(Stop::WaitWrite),
         };
         let up = match up {
             Ok(stop) => stop,
             Err(ended) => return Ok(self.end(io, ended, true)),
         };
-        let down = match self.down.pump(backend, client, &mut budget, &mut moved) {
+        let down = self.down.pump(
+            Source::Backend(self.backend.as_fd()),
+            io.as_fd(),
+            self.backend_ready,
+            &mut budget,
+            &mut moved,
+        );
+        let down = match down {
             Ok(stop) => stop,
             Err(ended) => return Ok(self.end(io, ended, false)),
         };
+        // Drained (or never read): the next event says when there is more.
+        self.backend_ready = down != Stop::WaitRead;
         let now = Instant::now();
         if moved {
             self.last_moved = now;
