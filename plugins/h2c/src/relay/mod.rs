@@ -181,6 +181,9 @@ impl Relay {
 
     pub fn on_ready(&mut self, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
         let now = Instant::now();
+        // The client may have bytes when the loop says so: it keeps track, since our reads
+        // go through it.
+        let client_ready = !self.started || ready.is_readable() || ready.is_resume();
         if !self.started {
             self.start();
         }
@@ -196,7 +199,7 @@ impl Relay {
         let backends_spent = self.read_backends();
         let read = match self.failed {
             true => ReadEnd::Held,
-            false => self.read_client(io)?,
+            false => self.read_client(io, client_ready, ready.is_peer_closed())?,
         };
         if let ReadEnd::Closed = read {
             log::debug!("h2c {}: the client closed the connection", self.peer_addr);
@@ -294,9 +297,18 @@ impl Relay {
         }
     }
 
-    /// Reads the client until it would block, the call's budget is spent, or what it sends
-    /// would have to wait (output owed past [`OUT_LIMIT`]).
-    fn read_client(&mut self, io: &mut Io<'_>) -> io::Result<ReadEnd> {
+    /// Reads the client until it is drained, the call's budget is spent, or what it sends
+    /// would have to wait (output owed past [`OUT_LIMIT`]). A read shorter than asked
+    /// drains it unless its end was reported (`peer_closed`; the loop reports a FIN, and an
+    /// edge-triggered event comes for anything that arrives later); then it is read to the
+    /// end.
+    fn read_client(
+        &mut self,
+        io: &mut Io<'_>,
+        may_read: bool,
+        peer_closed: bool,
+    ) -> io::Result<ReadEnd> {
+        let mut may_read = may_read;
         SCRATCH.with_borrow_mut(|buf| {
             let mut total = 0;
             loop {
@@ -313,7 +325,11 @@ impl Relay {
                     self.client_bytes(&tail);
                     continue;
                 }
+                if !may_read {
+                    return Ok(ReadEnd::Blocked);
+                }
                 let kept = self.client.tail.len();
+                let asked = buf.len() - kept;
                 let n = match io.read(&mut buf[kept..]) {
                     Ok(0) => return Ok(ReadEnd::Closed),
                     Ok(n) => n,
@@ -325,6 +341,7 @@ impl Relay {
                 buf[..kept].copy_from_slice(&self.client.tail);
                 self.client.tail.clear();
                 total += n;
+                may_read = n == asked || peer_closed;
                 self.client_bytes(&buf[..kept + n]);
             }
         })
