@@ -32,6 +32,8 @@ struct Seen {
     resets: Mutex<Vec<String>>,
     /// The `x-forwarded-for` of each request.
     forwarded_for: Mutex<Vec<String>>,
+    /// The `forwarded` of each request.
+    forwarded: Mutex<Vec<String>>,
 }
 
 /// An HTTP/2 backend (prior knowledge, as gRPC services are): `/echo` sends the body back
@@ -66,6 +68,12 @@ async fn serve(
     let path = request.uri().path().to_string();
     if let Some(v) = request.headers().get("x-forwarded-for") {
         seen.forwarded_for
+            .lock()
+            .unwrap()
+            .push(v.to_str().unwrap().to_string());
+    }
+    if let Some(v) = request.headers().get("forwarded") {
+        seen.forwarded
             .lock()
             .unwrap()
             .push(v.to_str().unwrap().to_string());
@@ -423,8 +431,17 @@ fn forwarded_for_is_the_proxy_protocols_client() {
         let (send, connection) = client::handshake(tcp).await.unwrap();
         tokio::spawn(connection);
         let send = send;
-        assert_eq!(get(&send, "/who").await.0, StatusCode::OK);
-        assert_eq!(*seen.forwarded_for.lock().unwrap(), ["203.0.113.9"]);
+        // Three requests on one backend connection: the relay indexes the forwarding fields
+        // with the first and refers to them after (RFC 7541), so the backend's decoder must
+        // find the same values each time.
+        for path in ["/who", "/who-again", "/who-else"] {
+            assert_eq!(get(&send, path).await.0, StatusCode::OK);
+        }
+        assert_eq!(*seen.forwarded_for.lock().unwrap(), ["203.0.113.9"; 3]);
+        assert_eq!(
+            *seen.forwarded.lock().unwrap(),
+            ["for=203.0.113.9;proto=http;host=\"t\""; 3]
+        );
     });
 }
 

@@ -7,7 +7,8 @@
 //! found whole in the static table is its index, a name found there an indexed name with
 //! a literal value, anything else a literal; never Huffman, never indexed. So the relay
 //! keeps no encoder state per connection (idle connections are many), a block can be sent
-//! on any connection, and a peer's SETTINGS_HEADER_TABLE_SIZE never needs an answer.
+//! on any connection. The one exception is the relay's own forwarding fields, which a
+//! backend connection indexes once ([`crate::relay::message::Forwarding`]).
 
 use std::borrow::Cow;
 
@@ -135,6 +136,19 @@ pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
         string(out, name);
     }
     string(out, value);
+}
+
+/// RFC 7541 §6.2.1: a literal header field with incremental indexing, new name: the
+/// peer's decoder adds it to its dynamic table, at index 62.
+pub fn add(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x40);
+    string(out, name);
+    string(out, value);
+}
+
+/// RFC 7541 §6.1: an indexed header field.
+pub fn indexed(out: &mut Vec<u8>, index: usize) {
+    integer(out, 7, 0x80, index);
 }
 
 /// RFC 7541 §6.2.2: a literal header field without indexing, new name, raw strings.

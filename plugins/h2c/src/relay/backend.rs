@@ -7,6 +7,7 @@
 //! streams outnumber the backend's stream limit waits in line for its own connection's
 //! slots, never for another client's.
 
+use super::message::Indexed;
 use super::peer::Peer;
 use crate::frame::{self, setting};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -45,6 +46,8 @@ pub struct Backend {
     pub watched: bool,
     /// Since when it carries no stream.
     pub idle_since: Option<Instant>,
+    /// Where its HPACK table stands with the forwarding fields.
+    pub indexed: Indexed,
 }
 
 impl Backend {
@@ -82,6 +85,7 @@ impl Backend {
             readable: false,
             watched: false,
             idle_since: None,
+            indexed: Indexed::default(),
         })
     }
 

@@ -40,15 +40,110 @@ pub struct Routed {
     /// `content-length`: the DATA the request must carry, no more, no less (RFC 9113
     /// §8.1.1).
     pub content_length: Option<u64>,
+    /// Its `Forwarded` value when it is not the connection's usual one (another authority).
+    pub forwarded: Option<Box<str>>,
+}
+
+/// The fields that say who the client is, the same for every request of a connection but
+/// for `Forwarded`'s `host`: a backend connection indexes them once (see
+/// [`Forwarding::append`]), so that each request carries two bytes of them, not sixty.
+#[derive(Debug)]
+pub struct Forwarding {
+    pub x_forwarded_for: Box<str>,
+    /// The usual `Forwarded` value: that of the first request's authority.
+    pub forwarded: Box<str>,
+    authority: Option<Box<[u8]>>,
+    peer: SocketAddr,
+}
+
+/// Where a backend connection's HPACK table stands with the forwarding fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Indexed {
+    /// Not sent yet: the next request adds them to the table.
+    #[default]
+    NotYet,
+    /// In the table, `Forwarded` at index 62 and `X-Forwarded-For` at 63 (the relay adds
+    /// nothing else to it).
+    Added,
+}
+
+impl Forwarding {
+    pub fn new(peer: SocketAddr) -> Forwarding {
+        Forwarding {
+            x_forwarded_for: peer.ip().to_string().into(),
+            forwarded: "".into(),
+            authority: None,
+            peer,
+        }
+    }
+
+    /// A request's `Forwarded` value, `None` when it is the usual one (set by the first).
+    fn for_authority(&mut self, authority: Option<&[u8]>) -> Option<Box<str>> {
+        let element = |authority: Option<&[u8]>| -> Box<str> {
+            let host = authority.and_then(|a| std::str::from_utf8(a).ok());
+            crate::proxy::forwarded_for_element(&self.peer, host).into()
+        };
+        match &self.authority {
+            None if self.forwarded.is_empty() => {
+                self.forwarded = element(authority);
+                self.authority = authority.map(Into::into);
+                None
+            }
+            usual if usual.as_deref() == authority => None,
+            _ => Some(element(authority)),
+        }
+    }
+
+    /// Appends the forwarding fields to a request's block for a backend connection whose
+    /// table stands at `indexed` (`usable`: the backend has not lowered its table size, so
+    /// entries added stay): added with incremental indexing the first time (RFC 7541
+    /// §6.2.1), referred to by index after (§6.1); as literals when they cannot be.
+    pub fn append(
+        &self,
+        block: &mut Vec<u8>,
+        own: Option<&str>,
+        indexed: &mut Indexed,
+        usable: bool,
+    ) {
+        const FORWARDED: usize = 62;
+        const X_FORWARDED_FOR: usize = 63;
+        // Both entries must fit the table's initial 4,096 bytes, or the second would evict
+        // the first (RFC 7541 §4.4): a long authority makes them literals.
+        let size = 32
+            + "x-forwarded-for".len()
+            + self.x_forwarded_for.len()
+            + 32
+            + "forwarded".len()
+            + self.forwarded.len();
+        match (*indexed, usable) {
+            (Indexed::NotYet, true) if own.is_none() && size <= 4_096 => {
+                hpack::add(block, b"x-forwarded-for", self.x_forwarded_for.as_bytes());
+                hpack::add(block, b"forwarded", self.forwarded.as_bytes());
+                *indexed = Indexed::Added;
+            }
+            (Indexed::Added, true) => {
+                hpack::indexed(block, X_FORWARDED_FOR);
+                match own {
+                    None => hpack::indexed(block, FORWARDED),
+                    Some(value) => hpack::field(block, b"forwarded", value.as_bytes()),
+                }
+            }
+            _ => {
+                hpack::field(block, b"x-forwarded-for", self.x_forwarded_for.as_bytes());
+                let value = own.unwrap_or(&self.forwarded);
+                hpack::field(block, b"forwarded", value.as_bytes());
+            }
+        }
+    }
 }
 
 /// Checks a request's fields (RFC 9113 §8.3.1), routes its path and writes the block for
-/// the backend: the normalised path, the route's authority, the client's address in
-/// `X-Forwarded-For` and `Forwarded`.
+/// the backend: the normalised path, the route's authority; the client's address in
+/// `X-Forwarded-For` and `Forwarded` is appended when it is sent ([`Forwarding::append`]).
 pub fn route_request(
     config: &Config,
     fields: &Fields,
-    peer: &SocketAddr,
+    forwarding: &mut Forwarding,
 ) -> Result<Routed, Refused> {
     let (mut method, mut path, mut authority, mut scheme) = (None, None, None, None);
     let mut regular = false;
@@ -99,19 +194,12 @@ pub fn route_request(
         }
         hpack::field(&mut block, name, value);
     }
-    hpack::field(
-        &mut block,
-        b"x-forwarded-for",
-        peer.ip().to_string().as_bytes(),
-    );
-    let client_authority = authority.and_then(|a| std::str::from_utf8(a).ok());
-    let forwarded = crate::proxy::forwarded_for_element(peer, client_authority);
-    hpack::field(&mut block, b"forwarded", forwarded.as_bytes());
     Ok(Routed {
         route: index,
         block,
         path: parsed.path().to_string(),
         content_length,
+        forwarded: forwarding.for_authority(authority),
     })
 }
 
@@ -267,21 +355,34 @@ mod tests {
             .collect()
     }
 
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn a_request_goes_with_its_normalised_path_the_routes_authority_and_the_clients_address() {
         let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let mut forwarding = Forwarding::new(peer);
         let fields = request(&[
             ("content-type", "application/grpc"),
             ("te", "trailers"),
             ("x-forwarded-for", "10.0.0.1"),
             ("host", "spoofed"),
         ]);
-        let routed = route_request(&config(), &fields, &peer).unwrap();
+        let routed = route_request(&config(), &fields, &mut forwarding).unwrap();
         assert_eq!(routed.route, 0);
         assert_eq!(routed.path, "/api/x");
         assert_eq!(routed.content_length, None);
-        let got = decoded(&routed.block);
-        let want: Vec<(String, String)> = [
+        assert_eq!(
+            routed.forwarded, None,
+            "the first request's is the usual one"
+        );
+        let mut block = routed.block;
+        forwarding.append(&mut block, None, &mut Indexed::NotYet, true);
+        let got = decoded(&block);
+        let want = pairs(&[
             (":method", "POST"),
             (":scheme", "http"),
             (":authority", "127.0.0.1:9000"),
@@ -290,11 +391,68 @@ mod tests {
             ("te", "trailers"),
             ("x-forwarded-for", "192.0.2.7"),
             ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
-        ]
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
+        ]);
         assert_eq!(got, want);
+    }
+
+    /// RFC 7541 §2.3.3 and §6.1: the forwarding fields enter a backend's table with the first
+    /// request and are two indexed bytes after; a request for another authority says its own
+    /// `Forwarded`; a table the backend lowered gets literals.
+    #[test]
+    fn the_forwarding_fields_are_indexed_once_per_backend_connection() {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let mut forwarding = Forwarding::new(peer);
+        let mut decoder = Decoder::default();
+        let mut indexed = Indexed::NotYet;
+        forwarding.for_authority(Some(b"example.com"));
+        let usual = pairs(&[
+            ("x-forwarded-for", "192.0.2.7"),
+            ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
+        ]);
+        let mut sent = |own: Option<&str>, indexed: &mut Indexed, usable: bool| {
+            let mut block = Vec::new();
+            forwarding.append(&mut block, own, indexed, usable);
+            let mut fields = Fields::default();
+            decoder.decode(&block, &mut fields, 1 << 20).unwrap();
+            let got: Vec<(String, String)> = fields
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        String::from_utf8_lossy(n).into(),
+                        String::from_utf8_lossy(v).into(),
+                    )
+                })
+                .collect();
+            (block.len(), got)
+        };
+        let (first, got) = sent(None, &mut indexed, true);
+        assert_eq!((got, indexed), (usual.clone(), Indexed::Added));
+        assert!(first > 50);
+        assert_eq!(sent(None, &mut indexed, true), (2, usual.clone()));
+        let (_, other) = sent(
+            Some("for=192.0.2.7;proto=http;host=\"b\""),
+            &mut indexed,
+            true,
+        );
+        assert_eq!(other[0], usual[0]);
+        assert_eq!(other[1].1, "for=192.0.2.7;proto=http;host=\"b\"");
+        assert_eq!(
+            sent(None, &mut indexed, true),
+            (2, usual.clone()),
+            "the table is as it was"
+        );
+        let (lowered, got) = sent(None, &mut indexed, false);
+        assert!(lowered > 50);
+        assert_eq!(got, usual);
+        let mut long = Forwarding::new(peer);
+        long.for_authority(Some("a".repeat(5_000).as_bytes()));
+        let mut fresh = Indexed::NotYet;
+        long.append(&mut Vec::new(), None, &mut fresh, true);
+        assert_eq!(
+            fresh,
+            Indexed::NotYet,
+            "entries too large for the table stay literals"
+        );
     }
 
     #[test]
@@ -306,20 +464,21 @@ mod tests {
             ("X-Upper", "1"),
             ("content-length", "5x"),
         ] {
-            let refused = route_request(&config(), &request(&[extra]), &peer).unwrap_err();
+            let refused = route_request(&config(), &request(&[extra]), &mut Forwarding::new(peer))
+                .unwrap_err();
             assert!(matches!(refused, Refused::Malformed(_)), "{extra:?}");
         }
         let mut late = request(&[("a", "1")]);
         late.push(b":method", b"GET");
         assert!(matches!(
-            route_request(&config(), &late, &peer),
+            route_request(&config(), &late, &mut Forwarding::new(peer)),
             Err(Refused::Malformed(_))
         ));
         let mut no_path = Fields::default();
         no_path.push(b":method", b"GET");
         no_path.push(b":scheme", b"http");
         assert!(matches!(
-            route_request(&config(), &no_path, &peer),
+            route_request(&config(), &no_path, &mut Forwarding::new(peer)),
             Err(Refused::Malformed(_))
         ));
     }
@@ -337,7 +496,7 @@ mod tests {
             fields.push(n.as_bytes(), v.as_bytes());
         }
         assert!(matches!(
-            route_request(&only_api, &fields, &peer),
+            route_request(&only_api, &fields, &mut Forwarding::new(peer)),
             Err(Refused::Answer(404, _))
         ));
         fields.clear();
@@ -349,7 +508,7 @@ mod tests {
             fields.push(n.as_bytes(), v.as_bytes());
         }
         assert!(matches!(
-            route_request(&only_api, &fields, &peer),
+            route_request(&only_api, &fields, &mut Forwarding::new(peer)),
             Err(Refused::Answer(400, _))
         ));
     }

@@ -102,6 +102,8 @@ impl Shared {
 pub struct Relay {
     shared: Arc<Shared>,
     peer_addr: SocketAddr,
+    /// The client's address as backends are told it.
+    forwarding: message::Forwarding,
     /// Our preface is out, and the preamble taken.
     started: bool,
     /// Frames to take before the socket's: an upgrade's stream 1 (first call only).
@@ -161,6 +163,7 @@ impl Relay {
         Relay {
             shared,
             peer_addr,
+            forwarding: message::Forwarding::new(peer_addr),
             started: false,
             preamble,
             expect_preface: upgraded,
@@ -603,13 +606,14 @@ impl Relay {
             down,
             responded: false,
             path: "".into(),
+            forwarded: None,
         };
         if fields.list_size() > max_list {
             self.streams.insert(id, stream);
             self.answer(id, 431, "the request's header fields are too large");
             return Ok(());
         }
-        match message::route_request(&self.shared.config, fields, &self.peer_addr) {
+        match message::route_request(&self.shared.config, fields, &mut self.forwarding) {
             Ok(routed) if end_stream && routed.content_length.is_some_and(|n| n > 0) => {
                 log::debug!(
                     "h2c {}: stream {id} malformed: a content-length and no body",
@@ -620,6 +624,7 @@ impl Relay {
             Ok(routed) => {
                 stream.up.remaining = routed.content_length;
                 stream.path = routed.path.into();
+                stream.forwarded = routed.forwarded;
                 stream.request = Some(routed.block);
                 self.streams.insert(id, stream);
                 self.place(id, routed.route);
@@ -901,10 +906,14 @@ impl Relay {
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
-            let block = stream
+            let mut block = stream
                 .request
                 .take()
                 .expect("a waiting stream has its request");
+            let usable = !backend.peer.table_lowered;
+            let own = stream.forwarded.take();
+            self.forwarding
+                .append(&mut block, own.as_deref(), &mut backend.indexed, usable);
             let end = stream.up.end && stream.up.is_empty();
             backend.peer.write_block(id, &block, end);
             stream.up.ended |= end;

@@ -54,6 +54,8 @@ pub struct Peer {
     /// field block sent must say so first (RFC 7541 §4.2), though the relay's encoder keeps
     /// no table.
     pub table_size_update: Option<u32>,
+    /// It ever lowered SETTINGS_HEADER_TABLE_SIZE: entries added to its table may be gone.
+    pub table_lowered: bool,
 }
 
 impl Peer {
@@ -133,6 +135,7 @@ impl Peer {
                 setting::MAX_CONCURRENT_STREAMS => changed.max_streams = Some(value),
                 setting::HEADER_TABLE_SIZE if value < 4_096 => {
                     self.table_size_update = Some(value);
+                    self.table_lowered = true;
                 }
                 // HEADER_TABLE_SIZE: the relay's encoder keeps no table. MAX_HEADER_LIST_SIZE
                 // is advisory. Unknown settings are ignored (§6.5.2).

@@ -182,6 +182,8 @@ pub struct Stream {
     pub responded: bool,
     /// The path, for log lines.
     pub path: Box<str>,
+    /// Its `Forwarded` value, when not the connection's usual one.
+    pub forwarded: Option<Box<str>>,
 }
 
 impl Stream {
