@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 3
+#define SWITCHYARD_ABI_MINOR 4
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -58,6 +58,7 @@ extern "C" {
 #define SWITCHYARD_READY_WATCHED 16u  /* 1.2: a watched descriptor may move */
 #define SWITCHYARD_READY_RESUME 32u  /* 1.3: the call SWITCHYARD_WANT_RESUME asked for */
 #define SWITCHYARD_READY_PEER_CLOSED 64u  /* 1.3: the peer shut its side or the connection failed */
+#define SWITCHYARD_READY_WATCHED_CLOSED 128u  /* 1.4: with READY_WATCHED: a watched descriptor's peer shut its side or it failed */
 /* switchyard_wants.interest bits. */
 #define SWITCHYARD_WANT_READ 1u
 #define SWITCHYARD_WANT_WRITE 2u

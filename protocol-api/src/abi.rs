@@ -46,6 +46,9 @@
 //!   host rule every version gets: a session whose call moved no byte of its connection is
 //!   not called again until something happens (an event, its timer, or its own
 //!   `WANT_RESUME`), so a plugin that chooses not to read never spins a core.
+//! - 1.4: [`READY_WATCHED_CLOSED`]: the event of a watched descriptor said its peer shut its
+//!   side (or it failed), so a plugin may take a read shorter than asked as draining a
+//!   watched socket, as the host does its own, rather than read each to `EAGAIN`.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -56,7 +59,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 3;
+pub const ABI_MINOR: u32 = 4;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -116,6 +119,13 @@ pub const READY_RESUME: u32 = 32;
 /// so that a plugin holding its peer's input back (its other side is slow) still learns
 /// that the peer is gone.
 pub const READY_PEER_CLOSED: u32 = 64;
+/// (1.4) `on_ready` `events` bit, with [`READY_WATCHED`]: the event of a watched descriptor
+/// said its peer shut its sending side or it failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`).
+/// Without it, every byte and end that arrives later brings an event of its own, so a read
+/// shorter than asked has drained a watched socket; once it came, read that descriptor to
+/// its end (a plugin that watches several does not learn which: read each to `EAGAIN`).
+/// Given only to plugins of 1.4 or later.
+pub const READY_WATCHED_CLOSED: u32 = 128;
 
 /// [`RawWants::interest`] bit: call again when the connection may be readable.
 pub const WANT_READ: u32 = 1;

@@ -178,6 +178,14 @@ impl Ready {
     pub fn is_peer_closed(self) -> bool {
         self.0 & crate::abi::READY_PEER_CLOSED != 0
     }
+
+    /// (1.4) With [`Ready::is_watched`]: a watched descriptor's peer shut its side, or it
+    /// failed. Until then a read of a watched socket shorter than asked has drained it (what
+    /// arrives later brings its own call); from then on, read it to its end. See
+    /// [`crate::abi::READY_WATCHED_CLOSED`].
+    pub fn is_watched_closed(self) -> bool {
+        self.0 & crate::abi::READY_WATCHED_CLOSED != 0
+    }
 }
 
 impl std::fmt::Debug for Ready {
@@ -190,6 +198,7 @@ impl std::fmt::Debug for Ready {
             .field("watched", &self.is_watched())
             .field("resume", &self.is_resume())
             .field("peer_closed", &self.is_peer_closed())
+            .field("watched_closed", &self.is_watched_closed())
             .finish()
     }
 }

@@ -16,8 +16,8 @@
 
 use super::TestRequest;
 use crate::abi::{
-    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_TIMER, READY_WATCHED, READY_WRITABLE,
-    WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
+    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_TIMER, READY_WATCHED,
+    READY_WATCHED_CLOSED, READY_WRITABLE, WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
 };
 use crate::hosting::{raw_connection, HostConnection, Readiness};
 use crate::{EventProtocol, Io, Ready};
@@ -161,7 +161,7 @@ impl LoopHost {
     }
 
     /// Waits for events (or the timer); notes the socket's, returns `READY_WATCHED` if a
-    /// watched descriptor moved.
+    /// watched descriptor moved (and `READY_WATCHED_CLOSED` if its peer shut its side).
     fn wait(&mut self, timer: Option<Instant>, peer_closed: &mut bool) -> io::Result<u32> {
         let timeout = timer.map_or(-1, |at| {
             let left = at.saturating_duration_since(Instant::now());
@@ -187,11 +187,14 @@ impl LoopHost {
         let mut events = 0;
         for event in &ready[..n as usize] {
             let (bits, key) = (event.events as i32, event.u64);
+            let closed = bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0;
             if key & WATCHED != 0 {
                 events |= READY_WATCHED;
+                if closed {
+                    events |= READY_WATCHED_CLOSED;
+                }
                 continue;
             }
-            let closed = bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0;
             self.readiness.readable |= bits & libc::EPOLLIN != 0 || closed;
             self.readiness.writable |= bits & (libc::EPOLLOUT | libc::EPOLLERR) != 0;
             if closed && !*peer_closed {

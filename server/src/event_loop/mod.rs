@@ -27,7 +27,7 @@ use crate::switch::transit::{LoopHandle, Resume, ToLoop, ToWorker};
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use protocol_api::abi::{READY_PEER_CLOSED, READY_WATCHED};
+use protocol_api::abi::{READY_PEER_CLOSED, READY_WATCHED, READY_WATCHED_CLOSED};
 use slab::Slab;
 use std::io;
 use std::sync::Arc;
@@ -170,7 +170,10 @@ impl Loop {
                 match event.token() {
                     LISTENER => self.accept_more = true,
                     WAKER => self.welcome_back(),
-                    Token(token) if token & WATCHED != 0 => self.on_watched(token & !WATCHED),
+                    Token(token) if token & WATCHED != 0 => {
+                        let closed = event.is_read_closed() || event.is_error();
+                        self.on_watched(token & !WATCHED, closed)
+                    }
                     Token(slot) => {
                         let closed = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || closed;
@@ -320,14 +323,19 @@ impl Loop {
     /// A descriptor the session in `slot` watches may move. (A session closed since leaves
     /// no registration; a later session in the slot may get a call it did not need, which
     /// the contract allows.)
-    fn on_watched(&mut self, slot: usize) {
+    /// `closed`: the event said the descriptor's peer shut its side or it failed.
+    fn on_watched(&mut self, slot: usize, closed: bool) {
         if let Some(Entry {
-            conn: Conn::Event(_),
+            conn: Conn::Event(session),
             ..
         }) = self.conns.get(slot)
         {
+            let events = match closed && session.abi_minor() >= 4 {
+                true => READY_WATCHED | READY_WATCHED_CLOSED,
+                false => READY_WATCHED,
+            };
             self.drive_session(slot, |session, shared, now, watcher| {
-                session.call(shared, READY_WATCHED, now, watcher)
+                session.call(shared, events, now, watcher)
             });
         }
     }

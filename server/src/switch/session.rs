@@ -136,6 +136,11 @@ impl Session {
         }
     }
 
+    /// The ABI minor version of the plugin serving it.
+    pub fn abi_minor(&self) -> u32 {
+        self.plugin.abi_minor()
+    }
+
     /// Notes a readiness event; true when it newly says the peer closed (a plugin of 1.3 or
     /// later is then called even if it waits for nothing the event brings).
     pub fn ready(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
