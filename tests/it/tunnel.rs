@@ -424,3 +424,35 @@ fn a_slow_steady_reader_is_not_cut_by_the_write_time_out() {
         "{logs}"
     );
 }
+
+/// Bursts bigger than one splice (a pipe holds 64 KiB), each followed by a wait for its
+/// answer: the tunnel must move the whole burst with no later event from the client to
+/// prompt it. (A splice that fills the pipe reads less than asked, which is not a drained
+/// socket; taking it for one did not stall this test here, since the backend's own
+/// readiness events kept the tunnel reading, but it is the case the rule is written for.)
+#[test]
+fn a_burst_bigger_than_a_pipe_then_a_wait_for_the_answer_passes_whole() {
+    const BURST: usize = 1 << 20;
+    const ROUNDS: usize = 4;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; BURST];
+        for round in 0..ROUNDS {
+            stream.read_exact(&mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == round as u8), "burst {round} whole");
+            stream
+                .write_all(format!("got {round}\n").as_bytes())
+                .unwrap();
+        }
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    for round in 0..ROUNDS {
+        client.send(vec![round as u8; BURST]);
+        assert_eq!(client.read_line(), format!("got {round}"), "burst {round}");
+    }
+    backend.join().unwrap();
+}

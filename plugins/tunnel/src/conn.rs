@@ -67,35 +67,36 @@ enum Source<'a, 'io> {
         peer_closed: bool,
     },
     /// The backend's socket, watched by the loop for us.
-    Backend(BorrowedFd<'a>),
+    Backend {
+        fd: BorrowedFd<'a>,
+        /// Its end (a FIN) was seen by the loop (`Ready::is_watched_closed`).
+        peer_closed: bool,
+    },
 }
 
 impl Source<'_, '_> {
     fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Source::Client { io, .. } => io.as_fd(),
-            Source::Backend(fd) => *fd,
+            Source::Backend { fd, .. } => *fd,
         }
     }
 
-    /// A read shorter than asked leaves nothing behind: only for the client, whose FIN the
-    /// loop reports (an edge-triggered event comes for anything that arrives later). The
-    /// backend's FIN may have come in the same event as its last bytes, unreported: it is
-    /// read until `WouldBlock`.
+    /// A read shorter than asked leaves nothing behind while the loop has not reported the
+    /// source's end (an edge-triggered event comes for anything that arrives later); once
+    /// it has, the source is read to its end.
     fn short_read_drains(&self) -> bool {
-        matches!(
-            self,
-            Source::Client {
-                peer_closed: false,
-                ..
+        match self {
+            Source::Client { peer_closed, .. } | Source::Backend { peer_closed, .. } => {
+                !peer_closed
             }
-        )
+        }
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Source::Client { io, .. } => io.read(buf),
-            Source::Backend(fd) => (&*SockRef::from(&*fd)).read(buf),
+            Source::Backend { fd, .. } => (&*SockRef::from(&*fd)).read(buf),
         }
     }
 }
@@ -167,7 +168,8 @@ impl Direction {
                 true => (*budget).min(CHUNK),
                 false => (*budget).min(protocol_api::sizes::READ_BUFFER),
             };
-            let filled = match self.bulk {
+            let splicing = self.bulk;
+            let filled = match splicing {
                 true => self.splice_in(from.fd(), asked),
                 false => self.copy(&mut from, to, asked),
             };
@@ -176,9 +178,11 @@ impl Direction {
                 Ok(n) => {
                     *budget = budget.saturating_sub(n);
                     *moved = true;
-                    // A short read of the client drained it (see `Source`); the backend is
-                    // read on until `WouldBlock`, where its end shows as a read of 0.
-                    may_read = n == asked || !from.short_read_drains();
+                    // A short read drained the source unless its end was reported (see
+                    // `Source`); then it is read on, and its end shows as a read of 0. A
+                    // short splice says only that the pipe is full: only `WouldBlock`
+                    // drains a spliced source.
+                    may_read = splicing || n == asked || !from.short_read_drains();
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.burst_over();
@@ -270,6 +274,8 @@ pub struct TunnelConn {
     /// The backend may have bytes to read: its event came, and no read has yet found it
     /// empty.
     backend_ready: bool,
+    /// The loop reported the backend's end: it is read to the end, not to a short read.
+    backend_closed: bool,
     /// The tunnel's own idle limit (`SWITCHYARD_TUNNEL_IDLE_MS`).
     idle: Option<Duration>,
     last_moved: Instant,
@@ -292,6 +298,7 @@ impl TunnelConn {
             early: Output::default(),
             watching: false,
             backend_ready: false,
+            backend_closed: false,
             idle: config.idle,
             last_moved: now,
             stopping: false,
@@ -329,6 +336,7 @@ impl TunnelConn {
         // through it); the backend after its event, until a read would block.
         let client_ready = first || ready.is_readable() || ready.is_resume();
         self.backend_ready |= first || ready.is_watched();
+        self.backend_closed |= ready.is_watched_closed();
         let peer_closed = ready.is_peer_closed();
         let up = match self.early.is_done() {
             true => self.up.pump(
@@ -345,7 +353,10 @@ impl TunnelConn {
             Err(ended) => return Ok(self.end(io, ended, true)),
         };
         let down = self.down.pump(
-            Source::Backend(self.backend.as_fd()),
+            Source::Backend {
+                fd: self.backend.as_fd(),
+                peer_closed: self.backend_closed,
+            },
             io.as_fd(),
             self.backend_ready,
             &mut budget,
