@@ -121,6 +121,8 @@ pub struct Relay {
     going_away: Option<GoingAway>,
     /// The client sent GOAWAY.
     client_going_away: bool,
+    /// The loop reported a backend's end (`Ready::is_watched_closed`).
+    backend_closed: bool,
     /// A connection error: GOAWAY is queued, the connection closes.
     failed: bool,
     /// Since when the connection lingers after its error (see [`Relay::linger`]).
@@ -174,6 +176,7 @@ impl Relay {
             backends: Vec::new(),
             going_away: None,
             client_going_away: false,
+            backend_closed: false,
             failed: false,
             lingering: None,
             idle_since: now,
@@ -199,6 +202,7 @@ impl Relay {
         if ready.is_watched() {
             self.backends_ready();
         }
+        self.backend_closed |= ready.is_watched_closed();
         let backends_spent = self.read_backends();
         let read = match self.failed {
             true => ReadEnd::Held,
@@ -1039,6 +1043,7 @@ impl Relay {
                         return;
                     }
                     let kept = backend.peer.tail.len();
+                    let asked = buf.len() - kept;
                     let n = match (&backend.socket).read(&mut buf[kept..]) {
                         Ok(0) => {
                             let what = "closed the connection";
@@ -1062,6 +1067,9 @@ impl Relay {
                     buf[..kept].copy_from_slice(&backend.peer.tail);
                     backend.peer.tail.clear();
                     total += n;
+                    // A short read drained it, unless the loop reported a backend's end
+                    // (which one, it does not say): then each is read to `WouldBlock`.
+                    backend.readable = n == asked || self.backend_closed;
                     self.backend_bytes(slot, &buf[..kept + n]);
                 }
             });
