@@ -76,8 +76,11 @@ def rss_kib(pid):
 
 
 class Servers:
-    def __init__(self, root, workdir):
+    def __init__(self, root, workdir, uws=None):
         self.root, self.workdir = root, workdir
+        # uWebSockets' examples/EchoServer.cpp, built by the user (its sources are not the
+        # project's) with the port as its one argument: a WebSocket peer when given.
+        self.uws = uws
         self.bench = os.path.join(root, "bench", "target", "release")
         self.plugins = os.path.join(workdir, "plugins")
         os.makedirs(self.plugins, exist_ok=True)
@@ -129,6 +132,8 @@ class Servers:
                     "backend target\n  server s 127.0.0.1:%d\n" % (addr, target)
                 )
             return ["haproxy", "-f", conf], env
+        if name == "uwebsockets":
+            return [self.uws, str(port)], env
         binary = {"tokio-tungstenite": "peer-tokio-tungstenite", "tungstenite-threads": "peer-tungstenite-threads",
                   "raw-tcp-echo": "peer-tcp-echo", "sink": "peer-tcp-echo"}[name]
         extra = ["--sink"] if name == "sink" else []
@@ -245,7 +250,7 @@ def idle_load(root, conns, through=None):
 def loads(root, servers, quick):
     """(key, title, figure, unit, servers, load, switchyard settings)"""
     secs = 2 if quick else 3
-    ws = ["switchyard", "tokio-tungstenite", "tungstenite-threads"]
+    ws = ["switchyard", "tokio-tungstenite", "tungstenite-threads"] + (["uwebsockets"] if servers.uws else [])
 
     def echo(conns, size, inflight=1):
         args = ["--conns", str(conns), "--size", str(size), "--inflight", str(inflight)]
@@ -310,10 +315,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", action="append")
+    parser.add_argument("--uws", help="uWebSockets' EchoServer example, built with the port as its argument")
     options = parser.parse_args()
     rounds = 1 if options.quick else options.rounds
     workdir = tempfile.mkdtemp(prefix="switchyard-bench-")
-    servers = Servers(options.root, workdir)
+    servers = Servers(options.root, workdir, options.uws)
     started = time.time()
     selected = [l for l in loads(options.root, servers, options.quick) if not options.only or l[0] in options.only]
     results = {}
