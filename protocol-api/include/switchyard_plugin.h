@@ -58,7 +58,9 @@ extern "C" {
 #define SWITCHYARD_READY_WATCHED 16u  /* 1.2: a watched descriptor may move */
 #define SWITCHYARD_READY_RESUME 32u  /* 1.3: the call SWITCHYARD_WANT_RESUME asked for */
 #define SWITCHYARD_READY_PEER_CLOSED 64u  /* 1.3: the peer shut its side or the connection failed */
-#define SWITCHYARD_READY_WATCHED_CLOSED 128u  /* 1.4: with READY_WATCHED: a watched descriptor's peer shut its side or it failed */
+#define SWITCHYARD_READY_WATCHED_CLOSED 128u  /* 1.4: with READY_WATCHED: a watched descriptor's peer shut its side or it failed;
+                                                  until then a short read of a watched stream socket or pipe drained it. Latch it;
+                                                  it names no descriptor and may be spurious: read to the end, do not assume the peer gone */
 /* switchyard_wants.interest bits. */
 #define SWITCHYARD_WANT_READ 1u
 #define SWITCHYARD_WANT_WRITE 2u

@@ -121,10 +121,14 @@ pub const READY_RESUME: u32 = 32;
 pub const READY_PEER_CLOSED: u32 = 64;
 /// (1.4) `on_ready` `events` bit, with [`READY_WATCHED`]: the event of a watched descriptor
 /// said its peer shut its sending side or it failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`).
-/// Without it, every byte and end that arrives later brings an event of its own, so a read
-/// shorter than asked has drained a watched socket; once it came, read that descriptor to
-/// its end (a plugin that watches several does not learn which: read each to `EAGAIN`).
-/// Given only to plugins of 1.4 or later.
+/// Until it comes, every byte and end that arrives later brings an event of its own, so a
+/// plain `read`/`recv` of a TCP or Unix stream socket or a pipe that returns less than
+/// asked has drained it (not so for datagram sockets, a reader with its own buffer, or TCP
+/// urgent data, where a read stops at the mark). The bit is not repeated: latch it. It
+/// does not say which descriptor (a plugin that watches several reads each to its end or
+/// `EAGAIN` from then on), and it may come when nothing closed (an event collected for a
+/// connection that ended in the same turn, its slot reused), so treat it as "read to the
+/// end", never as "the peer is gone". Given only to plugins of 1.4 or later.
 pub const READY_WATCHED_CLOSED: u32 = 128;
 
 /// [`RawWants::interest`] bit: call again when the connection may be readable.

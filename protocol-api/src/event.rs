@@ -180,9 +180,10 @@ impl Ready {
     }
 
     /// (1.4) With [`Ready::is_watched`]: a watched descriptor's peer shut its side, or it
-    /// failed. Until then a read of a watched socket shorter than asked has drained it (what
-    /// arrives later brings its own call); from then on, read it to its end. See
-    /// [`crate::abi::READY_WATCHED_CLOSED`].
+    /// failed. Until then a plain read of a watched stream socket or pipe shorter than asked
+    /// has drained it (what arrives later brings its own call); from then on, read it to
+    /// its end. Not repeated (latch it), not saying which descriptor, and possibly spurious:
+    /// see [`crate::abi::READY_WATCHED_CLOSED`].
     pub fn is_watched_closed(self) -> bool {
         self.0 & crate::abi::READY_WATCHED_CLOSED != 0
     }

@@ -43,8 +43,9 @@ pub trait HostConnection {
 /// changes, not while it stays ready; so the host remembers "may still be read" and "may
 /// still take bytes" until a read returns less than asked or a write takes less than
 /// offered (the socket was drained, or filled: the next change brings an event), or
-/// `WouldBlock`. Readiness plugins are thereby served level-triggered: called while what
-/// they want may be possible.
+/// `WouldBlock`. Once the peer's end was seen (`closed`), no event will come for it again,
+/// so only a read of 0 (or an error) ends "may still be read". Readiness plugins are
+/// thereby served level-triggered: called while what they want may be possible.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Readiness {
     /// The socket may hold unread bytes.
@@ -54,6 +55,9 @@ pub struct Readiness {
     /// Bytes moved (either way) since the host last cleared this: a call that moved none
     /// is not repeated until an event comes.
     pub moved: bool,
+    /// The peer's end (or a failure) was reported: the socket is readable until a read
+    /// returns 0.
+    pub closed: bool,
 }
 
 impl Readiness {
@@ -62,7 +66,7 @@ impl Readiness {
         match &result {
             Ok(n) => {
                 self.moved |= *n > 0;
-                if *n < asked {
+                if *n == 0 || (*n < asked && !self.closed) {
                     self.readable = false;
                 }
             }
@@ -352,6 +356,23 @@ mod tests {
         let mut buf = [0u8; 4];
         // SAFETY: `raw` points at `host`, alive for the call; `buf` and `n` too.
         unsafe { (raw.read)(raw.ctx, buf.as_mut_ptr(), buf.len(), &mut n) }
+    }
+
+    #[test]
+    fn a_short_read_drains_until_the_peers_end_then_only_a_read_of_0_does() {
+        let mut readiness = Readiness {
+            readable: true,
+            ..Readiness::default()
+        };
+        let _ = readiness.read(Ok(10), 100);
+        assert!(!readiness.readable, "a short read drained it");
+        readiness.readable = true;
+        readiness.closed = true;
+        let _ = readiness.read(Ok(10), 100);
+        assert!(readiness.readable, "the end comes with no event: read on");
+        let _ = readiness.read(Ok(0), 100);
+        assert!(!readiness.readable, "the end is read");
+        assert!(readiness.moved);
     }
 
     #[test]

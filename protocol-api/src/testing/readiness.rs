@@ -84,6 +84,7 @@ impl LoopHost {
                 readable: false,
                 writable: true,
                 moved: false,
+                closed: false,
             },
         };
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
@@ -197,6 +198,7 @@ impl LoopHost {
             }
             self.readiness.readable |= bits & libc::EPOLLIN != 0 || closed;
             self.readiness.writable |= bits & (libc::EPOLLOUT | libc::EPOLLERR) != 0;
+            self.readiness.closed |= closed;
             if closed && !*peer_closed {
                 // News of its own, as on the daemon's loops: a plugin that waits for
                 // nothing the socket brings is still called.

@@ -117,6 +117,7 @@ impl Session {
                     readable,
                     writable: true,
                     moved: false,
+                    closed: false,
                 },
                 ..Flow::default()
             },
@@ -146,6 +147,7 @@ impl Session {
     pub fn ready(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
         self.flow.readiness.readable |= readable;
         self.flow.readiness.writable |= writable;
+        self.flow.readiness.closed |= closed;
         let newly = closed && !self.peer_closed;
         self.peer_closed |= closed;
         newly && self.plugin.abi_minor() >= 3
