@@ -41,8 +41,12 @@ pub struct Backend {
     pub going_away: bool,
     /// It failed; it is let go at the end of the call.
     pub dead: bool,
-    /// It may have bytes to read (edge-triggered: true until a read would block).
+    /// It may have bytes to read (edge-triggered: true until a read would block, or reads
+    /// short while its end is not reported).
     pub readable: bool,
+    /// The loop reported a watched descriptor's end while this one was open: it is read to
+    /// its end, not to a short read.
+    pub peer_closed: bool,
     pub watched: bool,
     /// Since when it carries no stream.
     pub idle_since: Option<Instant>,
@@ -83,6 +87,7 @@ impl Backend {
             going_away: false,
             dead: false,
             readable: false,
+            peer_closed: false,
             watched: false,
             idle_since: None,
             indexed: Indexed::default(),

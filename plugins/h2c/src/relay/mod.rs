@@ -121,8 +121,6 @@ pub struct Relay {
     going_away: Option<GoingAway>,
     /// The client sent GOAWAY.
     client_going_away: bool,
-    /// The loop reported a backend's end (`Ready::is_watched_closed`).
-    backend_closed: bool,
     /// A connection error: GOAWAY is queued, the connection closes.
     failed: bool,
     /// Since when the connection lingers after its error (see [`Relay::linger`]).
@@ -176,7 +174,6 @@ impl Relay {
             backends: Vec::new(),
             going_away: None,
             client_going_away: false,
-            backend_closed: false,
             failed: false,
             lingering: None,
             idle_since: now,
@@ -202,8 +199,13 @@ impl Relay {
         if ready.is_watched() {
             self.backends_ready();
         }
-        self.backend_closed |= ready.is_watched_closed();
-        let backends_spent = self.read_backends();
+        if ready.is_watched_closed() {
+            // Which one, the loop does not say: each backend there is now reads to its end.
+            for backend in self.backends.iter_mut().flatten() {
+                backend.peer_closed = true;
+            }
+        }
+        self.read_backends();
         let read = match self.failed {
             true => ReadEnd::Held,
             false => self.read_client(io, client_ready, ready.is_peer_closed())?,
@@ -238,9 +240,15 @@ impl Relay {
             ),
             None => wants,
         };
+        // A backend left with bytes (its budget spent, or the client's output full until
+        // the flush above) brings no event of its own for them.
+        let backend_left = self.client.out.owed() <= OUT_LIMIT
+            && self.backends.iter().flatten().any(|b| {
+                b.readable && b.state == State::Open && !b.dead && b.peer.out.owed() <= OUT_LIMIT
+            });
         Ok(match read {
             ReadEnd::Spent => wants.with_resume(),
-            _ if backends_spent => wants.with_resume(),
+            _ if backend_left => wants.with_resume(),
             _ => wants,
         })
     }
@@ -337,6 +345,8 @@ impl Relay {
                 }
                 let kept = self.client.tail.len();
                 let asked = buf.len() - kept;
+                // Bytes the daemon read ahead come first, and say nothing of the socket.
+                let from_read_ahead = io.buffered() > 0;
                 let n = match io.read(&mut buf[kept..]) {
                     Ok(0) => return Ok(ReadEnd::Closed),
                     Ok(n) => n,
@@ -348,7 +358,7 @@ impl Relay {
                 buf[..kept].copy_from_slice(&self.client.tail);
                 self.client.tail.clear();
                 total += n;
-                may_read = n == asked || peer_closed;
+                may_read = n == asked || peer_closed || from_read_ahead;
                 self.client_bytes(&buf[..kept + n]);
             }
         })
@@ -712,16 +722,9 @@ impl Relay {
                 let backend = self.backends[slot]
                     .as_mut()
                     .expect("a stream's backend is kept");
-                let max_frame = backend.peer.max_frame;
-                stream.up.take(
-                    head.stream,
-                    data,
-                    counted,
-                    end,
-                    &mut backend.peer.send_window,
-                    max_frame,
-                    backend.peer.out.queue(),
-                )
+                stream
+                    .up
+                    .take(head.stream, data, counted, end, &mut backend.peer)
             }
             Target::Backend(_) => {
                 // Waits with the request for its backend connection.
@@ -914,7 +917,9 @@ impl Relay {
                 .request
                 .take()
                 .expect("a waiting stream has its request");
-            let usable = !backend.peer.table_lowered;
+            // Only once its SETTINGS came: a decoder that applies a lowered table size
+            // before our acknowledgement (against RFC 7541 §4.2, but seen) is not surprised.
+            let usable = backend.peer.settled && !backend.peer.table_lowered;
             let own = stream.forwarded.take();
             self.forwarding
                 .append(&mut block, own.as_deref(), &mut backend.indexed, usable);
@@ -941,13 +946,7 @@ impl Relay {
         let Some(backend) = self.backends[slot].as_mut() else {
             return;
         };
-        let max_frame = backend.peer.max_frame;
-        let sent = stream.up.drain(
-            id,
-            &mut backend.peer.send_window,
-            max_frame,
-            backend.peer.out.queue(),
-        );
+        let sent = stream.up.drain(id, &mut backend.peer);
         if sent > 0 {
             self.client.give_back(sent);
             if let Some(increment) = stream.up.give_back(sent) {
@@ -962,13 +961,7 @@ impl Relay {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        let max_frame = self.client.max_frame;
-        let sent = stream.down.drain(
-            id,
-            &mut self.client.send_window,
-            max_frame,
-            self.client.out.queue(),
-        );
+        let sent = stream.down.drain(id, &mut self.client);
         if sent > 0 {
             if let Target::Backend(slot) = stream.target {
                 if let Some(backend) = self.backends[slot].as_mut() {
@@ -1016,11 +1009,9 @@ impl Relay {
         }
     }
 
-    /// Reads every backend that may have bytes, unless the client holds them back.
-    /// Returns whether a backend still had bytes when its budget was spent (the call then
-    /// asks to be resumed: an edge-triggered socket says nothing again for bytes waiting).
-    fn read_backends(&mut self) -> bool {
-        let mut spent = false;
+    /// Reads every backend that may have bytes while the client can take more; one stopped
+    /// early keeps `readable` (the call then asks to be resumed).
+    fn read_backends(&mut self) {
         for slot in 0..self.backends.len() {
             SCRATCH.with_borrow_mut(|buf| {
                 let mut total = 0;
@@ -1029,7 +1020,6 @@ impl Relay {
                         return;
                     }
                     if total >= protocol_api::sizes::READ_BUDGET {
-                        spent = true;
                         return;
                     }
                     let Some(backend) = self.backends[slot].as_mut() else {
@@ -1067,14 +1057,12 @@ impl Relay {
                     buf[..kept].copy_from_slice(&backend.peer.tail);
                     backend.peer.tail.clear();
                     total += n;
-                    // A short read drained it, unless the loop reported a backend's end
-                    // (which one, it does not say): then each is read to `WouldBlock`.
-                    backend.readable = n == asked || self.backend_closed;
+                    // A short read drained it, unless the loop reported its end.
+                    backend.readable = n == asked || backend.peer_closed;
                     self.backend_bytes(slot, &buf[..kept + n]);
                 }
             });
         }
-        spent
     }
 
     fn backend_bytes(&mut self, slot: usize, bytes: &[u8]) {
@@ -1376,15 +1364,12 @@ impl Relay {
             return Ok(());
         }
         let stream = self.streams.get_mut(&head.stream).expect("just found");
-        let max_frame = self.client.max_frame;
         let passed = stream.down.take(
             head.stream,
             data,
             counted,
             head.has(flag::END_STREAM),
-            &mut self.client.send_window,
-            max_frame,
-            self.client.out.queue(),
+            &mut self.client,
         );
         let backend = self.backends[slot].as_mut().expect("the caller checked");
         backend.peer.give_back(passed);

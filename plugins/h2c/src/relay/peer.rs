@@ -134,7 +134,10 @@ impl Peer {
                 }
                 setting::MAX_CONCURRENT_STREAMS => changed.max_streams = Some(value),
                 setting::HEADER_TABLE_SIZE if value < 4_096 => {
-                    self.table_size_update = Some(value);
+                    // The smallest since the last block is what must be said (RFC 7541 §4.2):
+                    // the relay's table then stays that small, it never needs more.
+                    let smallest = self.table_size_update.map_or(value, |v| v.min(value));
+                    self.table_size_update = Some(smallest);
                     self.table_lowered = true;
                 }
                 // HEADER_TABLE_SIZE: the relay's encoder keeps no table. MAX_HEADER_LIST_SIZE

@@ -1,6 +1,7 @@
 //! One stream as the relay holds it: a flow each way, each with what waits for the far
 //! side's flow-control window and what the near side is owed back in window updates.
 
+use super::peer::Peer;
 use crate::frame::{self, flag, kind};
 
 /// The window the relay grants each stream, both sides: the protocol's initial one
@@ -62,28 +63,26 @@ impl Flow {
     }
 
     /// Takes a DATA payload (`counted` bytes against the windows, padding included):
-    /// sends what the windows allow at once (no copy) and keeps the rest. Returns the bytes
-    /// sent and dropped (padding), which the source may be given back.
-    #[allow(clippy::too_many_arguments)]
+    /// sends to `to` what the windows allow at once (no copy) and keeps the rest. Returns
+    /// the bytes sent and dropped (padding), which the source may be given back.
     pub fn take(
         &mut self,
         stream: u32,
         data: &[u8],
         counted: usize,
         end: bool,
-        conn_window: &mut i64,
-        max_frame: usize,
-        out: &mut Vec<u8>,
+        to: &mut Peer,
     ) -> usize {
         self.recv_window -= counted as i64;
         self.end |= end;
         let mut passed = counted - data.len();
         if self.pending.is_empty() {
-            let room = self.send_window.min(*conn_window).max(0) as usize;
+            let room = self.send_window.min(to.send_window).max(0) as usize;
             let now = data.len().min(room);
+            let out = to.out.queue();
             let mut rest = &data[..now];
             while !rest.is_empty() {
-                let n = rest.len().min(max_frame);
+                let n = rest.len().min(to.max_frame);
                 let last =
                     n == rest.len() && now == data.len() && self.end && self.trailers.is_none();
                 frame::write(out, kind::DATA, end_flag(last), stream, &rest[..n]);
@@ -91,36 +90,39 @@ impl Flow {
                 self.ended |= last;
             }
             self.send_window -= now as i64;
-            *conn_window -= now as i64;
+            to.send_window -= now as i64;
             passed += now;
             self.pending.extend_from_slice(&data[now..]);
         } else {
             self.pending.extend_from_slice(data);
         }
-        passed + self.drain(stream, conn_window, max_frame, out)
+        passed + self.drain(stream, to)
     }
 
-    /// Sends what waits as far as the windows allow, then the end of the direction once
-    /// everything is out. Returns the DATA bytes sent.
-    pub fn drain(
-        &mut self,
-        stream: u32,
-        conn_window: &mut i64,
-        max_frame: usize,
-        out: &mut Vec<u8>,
-    ) -> usize {
+    /// Sends to `to` what waits as far as the windows allow, then the end of the direction
+    /// once everything is out. Returns the DATA bytes sent.
+    pub fn drain(&mut self, stream: u32, to: &mut Peer) -> usize {
         let mut sent = 0;
         while !self.pending.is_empty() {
-            let room = self.send_window.min(*conn_window).min(max_frame as i64);
+            let room = self
+                .send_window
+                .min(to.send_window)
+                .min(to.max_frame as i64);
             if room <= 0 {
                 return sent;
             }
             let n = (room as usize).min(self.pending.len());
             let last = n == self.pending.len() && self.end && self.trailers.is_none();
-            frame::write(out, kind::DATA, end_flag(last), stream, &self.pending[..n]);
+            frame::write(
+                to.out.queue(),
+                kind::DATA,
+                end_flag(last),
+                stream,
+                &self.pending[..n],
+            );
             self.pending.drain(..n);
             self.send_window -= n as i64;
-            *conn_window -= n as i64;
+            to.send_window -= n as i64;
             sent += n;
             self.ended |= last;
         }
@@ -129,8 +131,8 @@ impl Flow {
         }
         if self.end && !self.ended {
             match self.trailers.take() {
-                Some(block) => frame::write_field_block(out, stream, &block, true, max_frame),
-                None => frame::write(out, kind::DATA, flag::END_STREAM, stream, &[]),
+                Some(block) => to.write_block(stream, &block, true),
+                None => frame::write(to.out.queue(), kind::DATA, flag::END_STREAM, stream, &[]),
             }
             self.ended = true;
         }
@@ -213,45 +215,40 @@ mod tests {
         all
     }
 
+    /// A peer whose connection window is `window`, its SETTINGS as they start.
+    fn peer(window: i64) -> Peer {
+        Peer {
+            send_window: window,
+            ..Peer::new()
+        }
+    }
+
     #[test]
     fn data_within_the_windows_passes_at_once_in_frames_of_the_largest_size() {
         let mut flow = Flow::new(65_535);
-        let mut conn = 1 << 20;
-        let mut out = Vec::new();
-        let passed = flow.take(3, &[1; 40_000], 40_000, true, &mut conn, 16_384, &mut out);
+        let mut to = peer(1 << 20);
+        let passed = flow.take(3, &[1; 40_000], 40_000, true, &mut to);
         assert_eq!(passed, 40_000);
-        let sent = frames(&out);
+        let sent = frames(to.out.queue());
         let lens: Vec<u32> = sent.iter().map(|(h, _)| h.len).collect();
         assert_eq!(lens, [16_384, 16_384, 7_232]);
         assert_eq!(sent[2].0.flags, flag::END_STREAM);
         assert!(flow.ended && flow.is_empty());
-        assert_eq!(conn, (1 << 20) - 40_000);
+        assert_eq!(to.send_window, (1 << 20) - 40_000);
     }
 
     #[test]
     fn data_past_the_window_waits_then_goes_with_its_trailers() {
         let mut flow = Flow::new(10);
-        let mut conn = 1 << 20;
-        let mut out = Vec::new();
-        assert_eq!(
-            flow.take(
-                1,
-                b"0123456789abcdef",
-                16,
-                false,
-                &mut conn,
-                16_384,
-                &mut out
-            ),
-            10
-        );
+        let mut to = peer(1 << 20);
+        assert_eq!(flow.take(1, b"0123456789abcdef", 16, false, &mut to), 10);
         flow.end = true;
         flow.trailers = Some(vec![0x88]);
-        assert_eq!(flow.drain(1, &mut conn, 16_384, &mut out), 0);
+        assert_eq!(flow.drain(1, &mut to), 0);
         assert!(!flow.ended);
         flow.send_window += 100;
-        assert_eq!(flow.drain(1, &mut conn, 16_384, &mut out), 6);
-        let sent = frames(&out);
+        assert_eq!(flow.drain(1, &mut to), 6);
+        let sent = frames(to.out.queue());
         assert_eq!(sent[1].1, b"abcdef");
         assert_eq!(sent[1].0.flags, 0);
         assert_eq!(sent[2].0.kind, kind::HEADERS);
@@ -259,17 +256,28 @@ mod tests {
         assert!(flow.ended);
     }
 
+    /// RFC 7541 §4.2: trailers may be the first block after a peer lowered its table size;
+    /// they then carry the update.
+    #[test]
+    fn trailers_carry_a_table_size_update_owed() {
+        let mut flow = Flow::new(10);
+        let mut to = peer(1 << 20);
+        to.table_size_update = Some(0);
+        flow.end = true;
+        flow.trailers = Some(vec![0x88]);
+        flow.drain(1, &mut to);
+        let sent = frames(to.out.queue());
+        assert_eq!(sent[0].1, [0x20, 0x88]);
+        assert_eq!(to.table_size_update, None);
+    }
+
     #[test]
     fn the_connection_window_holds_every_stream_back() {
         let mut flow = Flow::new(65_535);
-        let mut conn = 5;
-        let mut out = Vec::new();
-        assert_eq!(
-            flow.take(1, b"0123456789", 10, false, &mut conn, 16_384, &mut out),
-            5
-        );
+        let mut to = peer(5);
+        assert_eq!(flow.take(1, b"0123456789", 10, false, &mut to), 5);
         assert_eq!(flow.pending, b"56789");
-        assert_eq!(conn, 0);
+        assert_eq!(to.send_window, 0);
     }
 
     #[test]
