@@ -54,6 +54,18 @@ def rss_kib(pid):
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
 
 
+def switchyard(args, work, port, backend_port):
+    """The daemon's command and environment: the h2c plugin alone, every setting at its
+    default but the address and one route to the backend."""
+    plugins = os.path.join(work, "plugins")
+    os.makedirs(plugins)
+    release = os.path.join(args.root, "target", "release")
+    os.symlink(os.path.join(release, "libswitchyard_h2c.so"), os.path.join(plugins, "libswitchyard_h2c.so"))
+    env = dict(os.environ, SWITCHYARD_LISTEN="127.0.0.1:%d" % port, SWITCHYARD_PLUGIN_DIR=plugins,
+               SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % backend_port, RUST_LOG="warn")
+    return [os.path.join(release, "switchyard")], env
+
+
 def many(args):
     """10,000 h2c connections (or --conns), each with a stream as it opens and one every 20
     seconds, through a daemon with every setting at its default but the routes: how many
@@ -65,13 +77,8 @@ def many(args):
     backend_port, port = free_port(), free_port()
     backend = start(["nghttpd", "--no-tls", "-d", os.path.join(work, "www"), str(backend_port)], LOAD_CORE)
     wait_listening(backend_port)
-    plugins = os.path.join(work, "plugins")
-    os.makedirs(plugins)
-    release = os.path.join(args.root, "target", "release")
-    os.symlink(os.path.join(release, "libswitchyard_h2c.so"), os.path.join(plugins, "libswitchyard_h2c.so"))
-    env = dict(os.environ, SWITCHYARD_LISTEN="127.0.0.1:%d" % port, SWITCHYARD_PLUGIN_DIR=plugins,
-               SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % backend_port, RUST_LOG="warn")
-    daemon = start([os.path.join(release, "switchyard")], PROXY_CORE, env)
+    command, env = switchyard(args, work, port, backend_port)
+    daemon = start(command, PROXY_CORE, env)
     try:
         wait_listening(port)
         before = rss_kib(daemon.pid)
@@ -134,16 +141,11 @@ def main():
             "frontend h2\n  bind 127.0.0.1:%d proto h2\n  default_backend target\n"
             "backend target\n  server s 127.0.0.1:%d proto h2\n" % (haproxy_port, backend_port)
         )
-    plugins = os.path.join(work, "plugins")
-    os.makedirs(plugins)
-    release = os.path.join(args.root, "target", "release")
-    os.symlink(os.path.join(release, "libswitchyard_h2c.so"), os.path.join(plugins, "libswitchyard_h2c.so"))
-    env = dict(os.environ, SWITCHYARD_LISTEN="127.0.0.1:%d" % switchyard_port, SWITCHYARD_PLUGIN_DIR=plugins,
-               SWITCHYARD_H2C_ROUTES="/=127.0.0.1:%d" % backend_port, RUST_LOG="warn")
+    command, env = switchyard(args, work, switchyard_port, backend_port)
     servers = {
-        "switchyard": (lambda: start([os.path.join(release, "switchyard")], PROXY_CORE, env), switchyard_port),
-        "sy-hyper": (lambda: start([os.path.join(release, "switchyard")], PROXY_CORE,
-                                   dict(env, SWITCHYARD_H2C_ENGINE="hyper")), switchyard_port),
+        "switchyard": (lambda: start(command, PROXY_CORE, env), switchyard_port),
+        "sy-hyper": (lambda: start(command, PROXY_CORE, dict(env, SWITCHYARD_H2C_ENGINE="hyper")),
+                     switchyard_port),
         "haproxy": (lambda: start(["haproxy", "-f", os.path.join(work, "haproxy.cfg")], PROXY_CORE), haproxy_port),
         "nginx": (lambda: start(["nginx", "-c", os.path.join(work, "nginx.conf"), "-p", work], PROXY_CORE), nginx_port),
         "backend": (None, backend_port),
