@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 4
+#define SWITCHYARD_ABI_MINOR 5
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -104,6 +104,14 @@ typedef struct switchyard_request {
     switchyard_bytes protocol;     /* the Upgrade product being negotiated */
     uint32_t arrival;              /* (1.2) SWITCHYARD_ARRIVAL_*: how the connection came */
     uint32_t may_block;            /* (1.2) 1 on a worker thread (negotiate may block) */
+    /* (1.5) 1 when the connection came over TLS, which the host terminates: reads and
+     * writes through the connection are plaintext; its fd carries ciphertext, never to be
+     * read, written or spliced by the plugin (socket options are fine). 0: cleartext. */
+    uint32_t tls;
+    switchyard_bytes tls_version;     /* (1.5) "TLSv1.3" or "TLSv1.2" */
+    switchyard_bytes tls_cipher;      /* (1.5) the cipher suite's IANA name */
+    switchyard_bytes tls_alpn;        /* (1.5) "h2", "http/1.1", or empty */
+    switchyard_bytes tls_server_name; /* (1.5) the name asked for (SNI), or empty */
 } switchyard_request;
 
 /* switchyard_request.arrival: by an HTTP/1.1 Upgrade (the host sends the 101), or with the

@@ -49,6 +49,12 @@
 //! - 1.4: [`READY_WATCHED_CLOSED`]: the event of a watched descriptor said its peer shut its
 //!   side (or it failed), so a plugin may take a read shorter than asked as draining a
 //!   watched socket, as the host does its own, rather than read each to `EAGAIN`.
+//! - 1.5: [`RawRequest::tls`] and the fields after it: the connection came over TLS, which
+//!   the host terminates. Reads and writes through [`RawConnection`] are plaintext; the
+//!   socket lent as [`RawConnection::fd`] carries ciphertext, so a plugin must not read,
+//!   write or splice it then (socket options are fine). The host hands TLS connections only
+//!   to plugins of 1.5 or later, which can tell; an older plugin's offer is skipped with a
+//!   log line.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -59,7 +65,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 4;
+pub const ABI_MINOR: u32 = 5;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -238,6 +244,20 @@ pub struct RawRequest {
     /// (1.2) 1 when this `negotiate` runs on a worker thread, where it may block; 0 on an
     /// event loop. Present when the host's `abi_minor` is at least 2.
     pub may_block: u32,
+    /// (1.5) 1 when the connection came over TLS, which the host terminates: reads and
+    /// writes through the connection are plaintext, and its socket (`fd`) carries
+    /// ciphertext, not to be read, written or spliced by the plugin. 0 for cleartext.
+    /// Present when the host's `abi_minor` is at least 5.
+    pub tls: u32,
+    /// (1.5) With `tls`: the protocol version (`TLSv1.3`, `TLSv1.2`), in UTF-8.
+    pub tls_version: RawBytes,
+    /// (1.5) With `tls`: the cipher suite's IANA name (`TLS13_AES_128_GCM_SHA256`).
+    pub tls_cipher: RawBytes,
+    /// (1.5) With `tls`: the ALPN protocol agreed (`h2`, `http/1.1`); empty when none.
+    pub tls_alpn: RawBytes,
+    /// (1.5) With `tls`: the host name the client asked for (SNI), lower case; empty when
+    /// it named none.
+    pub tls_server_name: RawBytes,
 }
 
 /// [`RawRequest::arrival`]: an HTTP/1.1 request with `Upgrade`; the host sends the `101`.
@@ -462,6 +482,9 @@ const _: () = {
     assert!(offset_of!(PluginDescriptor, drop_conn) == 16 + 12 * W);
     assert!(size_of::<PluginDescriptor>() == 16 + 13 * W);
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);
+    assert!(offset_of!(RawRequest, tls) == 12 * W + 16);
+    assert!(offset_of!(RawRequest, tls_version) == 12 * W + 24);
+    assert!(size_of::<RawRequest>() == 20 * W + 24);
     assert!(offset_of!(RawConnection, fd) == 8 * W);
     assert!(offset_of!(RawConnection, set_write_timeout) == 9 * W);
     assert!(size_of::<RawWants>() == 16);

@@ -163,7 +163,7 @@ pub use log;
 pub use connection::Connection;
 pub use event::{EventProtocol, Io, Ready, Wants};
 pub use protocol::{Decision, Protocol, Rejection};
-pub use request::{Arrival, Request};
+pub use request::{Arrival, Request, Tls};
 
 /// The sizes an event loop's connections share, the daemon's and a readiness plugin's
 /// alike, so that a busy connection gets the same turn whichever side reads it.

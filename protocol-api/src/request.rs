@@ -15,6 +15,19 @@ pub enum Arrival {
     PriorKnowledge,
 }
 
+/// What a TLS connection's handshake settled ([`Request::tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tls<'a> {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'a str,
+    /// The cipher suite's IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: &'a str,
+    /// The ALPN protocol agreed (`h2`, `http/1.1`), if the client offered any.
+    pub alpn: Option<&'a str>,
+    /// The host name the client asked for (SNI), lower case.
+    pub server_name: Option<&'a str>,
+}
+
 /// The request that asked to switch protocols, as the daemon parsed it. Borrowed from the
 /// host for the duration of `negotiate` or `serve`; copy out what must live longer.
 #[derive(Clone, Copy)]
@@ -90,6 +103,24 @@ impl<'a> Request<'a> {
     pub fn may_block(&self) -> bool {
         // The field exists only in requests from a host of ABI 1.2 or later.
         crate::host::host_minor() >= 2 && self.raw.may_block != 0
+    }
+
+    /// The TLS session the connection came over, or `None` for cleartext. Under TLS the
+    /// daemon decrypts: reads and writes through the connection are plaintext, but the
+    /// socket it lends ([`AsFd`](std::os::fd::AsFd)) carries ciphertext, so a plugin must
+    /// not read, write or splice it then (socket options are fine).
+    pub fn tls(&self) -> Option<Tls<'a>> {
+        // The fields exist only in requests from a host of ABI 1.5 or later; older hosts
+        // speak cleartext only.
+        if crate::host::host_minor() < 5 || self.raw.tls == 0 {
+            return None;
+        }
+        Some(Tls {
+            version: Self::text(self.raw.tls_version),
+            cipher: Self::text(self.raw.tls_cipher),
+            alpn: Some(Self::text(self.raw.tls_alpn)).filter(|a| !a.is_empty()),
+            server_name: Some(Self::text(self.raw.tls_server_name)).filter(|n| !n.is_empty()),
+        })
     }
 
     /// The complete request body; empty when there was none.

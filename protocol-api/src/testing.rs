@@ -138,6 +138,11 @@ impl TestRequest {
             protocol: RawBytes::new(self.protocol.as_bytes()),
             arrival: self.arrival,
             may_block: 1, // the test host negotiates on the calling thread
+            tls: 0,
+            tls_version: RawBytes::new(&[]),
+            tls_cipher: RawBytes::new(&[]),
+            tls_alpn: RawBytes::new(&[]),
+            tls_server_name: RawBytes::new(&[]),
         };
         // The test host is this crate's own ABI version.
         crate::host::note_host_minor(crate::abi::ABI_MINOR);

@@ -43,7 +43,12 @@ fn rust_side() -> BTreeSet<String> {
         body,
         protocol,
         arrival,
-        may_block
+        may_block,
+        tls,
+        tls_version,
+        tls_cipher,
+        tls_alpn,
+        tls_server_name
     );
     size!("switchyard_connection", RawConnection);
     field!(

@@ -21,6 +21,7 @@ mod http1;
 mod plugin;
 mod pool;
 mod switch;
+mod tls;
 
 #[allow(unsafe_code)]
 mod sys;
@@ -96,8 +97,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Plugins are never unloaded and the shared state lives as long: every thread holds
+    // them until the process exits.
+    let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
+    let tls = match load_tls(&config, registry) {
+        Ok(tls) => tls,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Mode::Check = mode {
-        print!("{}", check_report(&config, &registry));
+        print!("{}", check_report(&config, registry, tls.as_ref()));
         return ExitCode::SUCCESS;
     }
     raise_file_limit(config.max_connections);
@@ -120,11 +131,8 @@ fn main() -> ExitCode {
             }
         }
     };
-    // Plugins are never unloaded and the shared state lives as long: every thread holds
-    // them until the process exits.
-    let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
     let shared: &'static daemon::state::Shared =
-        Box::leak(Box::new(daemon::state::Shared::new(config, registry)));
+        Box::leak(Box::new(daemon::state::Shared::new(config, registry, tls)));
     match serve(shared, listener, notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -174,7 +182,11 @@ fn help() -> String {
 }
 
 /// `--check`: what the daemon would serve with these settings and plugins.
-fn check_report(config: &config::Config, registry: &plugin::Registry) -> String {
+fn check_report(
+    config: &config::Config,
+    registry: &plugin::Registry,
+    tls: Option<&tls::Tls>,
+) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
         "settings: ok; would listen on {} with {} event loop(s), up to {} connections and {} workers\n",
@@ -205,7 +217,34 @@ fn check_report(config: &config::Config, registry: &plugin::Registry) -> String 
         "Upgrade tokens offered: {}",
         registry.tokens.advertised(&in_service)
     );
+    match tls {
+        None => out.push_str("TLS: off (SWITCHYARD_TLS_CERT not set)\n"),
+        Some(tls) => {
+            out.push_str("TLS 1.2 and 1.3, certificates:\n");
+            for line in tls.describe() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
     out
+}
+
+/// The listener's TLS side, when certificates are set: each pair read and checked, its
+/// warnings logged (a certificate about to expire). ALPN offers `h2` when a plugin takes
+/// HTTP/2 over TLS ([`http1::prior_knowledge::takes_tls`]).
+fn load_tls(
+    config: &config::Config,
+    registry: &'static plugin::Registry,
+) -> Result<Option<tls::Tls>, String> {
+    if config.tls.is_empty() {
+        return Ok(None);
+    }
+    let h2 = http1::prior_knowledge::takes_tls(registry);
+    let (tls, warnings) = tls::Tls::load(config.tls.clone(), h2)?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    Ok(Some(tls))
 }
 
 /// Binds `SWITCHYARD_LISTEN`; with `SWITCHYARD_REUSE_PORT` as one of several sockets on the
@@ -263,7 +302,13 @@ fn serve(
         }),
     ));
     match listener.local_addr() {
-        Ok(addr) => log::info!("{threads} event loop(s); listening on {addr}"),
+        Ok(addr) => match &shared.tls {
+            None => log::info!("{threads} event loop(s); listening on {addr}"),
+            Some(tls) => log::info!(
+                "{threads} event loop(s); listening on {addr} with TLS: {}",
+                tls.describe().join("; ")
+            ),
+        },
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
     drop(listener); // each loop holds its own copy of the socket

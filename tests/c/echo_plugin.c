@@ -123,7 +123,11 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
 
 static const switchyard_descriptor descriptor = {
     .magic = SWITCHYARD_MAGIC,
+#ifdef AS_ABI_MINOR /* a plugin built against an older header */
+    .abi_minor = AS_ABI_MINOR,
+#else
     .abi_minor = SWITCHYARD_ABI_MINOR,
+#endif
     .size = sizeof(switchyard_descriptor),
     .name = BYTES("c-echo"),
     .build = BYTES("c-echo 1.0, written in C"),

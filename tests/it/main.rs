@@ -21,6 +21,7 @@ mod reload;
 mod reuse_port;
 mod sdk;
 mod systemd;
+mod tls;
 mod tunnel;
 mod upgrade;
 mod websocket;

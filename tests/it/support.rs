@@ -203,7 +203,8 @@ impl DaemonBuilder {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = ready_tx.send(addr.trim().to_string());
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    let _ = ready_tx.send(addr.to_string());
                 }
                 let mut logs = sink.lock().unwrap();
                 logs.push_str(&line);

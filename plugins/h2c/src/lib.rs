@@ -148,6 +148,16 @@ impl EventProtocol for H2c {
         if self.config().routes.is_empty() {
             return Decision::Decline;
         }
+        if request.tls().is_some() && matches!(self.engine, Served::Hyper { .. }) {
+            // hyper runs on a duplicate of the socket, which under TLS carries ciphertext.
+            log::warn!(
+                "h2c: a TLS connection from {} declined: the hyper engine (chosen for an \
+                 http1:// route) reads the socket itself; HTTP/2 over TLS is served by the \
+                 relay engine (SWITCHYARD_H2C_ENGINE=relay, HTTP/2 routes only)",
+                request.peer()
+            );
+            return Decision::Decline;
+        }
         if request.arrival() == Arrival::PriorKnowledge {
             return Decision::accept(Accepted {
                 preamble: PREFACE.to_vec(),

@@ -12,6 +12,9 @@
 //! write side is shut and the other
 //! direction flows on (half-close); when both have ended, the tunnel ends. A reset on one
 //! side is passed on as a reset to the other.
+//!
+//! A client that came over TLS (which the daemon terminates) is read and written only
+//! through the daemon: its socket carries ciphertext, so nothing is spliced to or from it.
 
 use crate::config::Config;
 use crate::pump::{Pipe, CHUNK};
@@ -19,7 +22,7 @@ use protocol_api::output::{write_until_blocked, Output};
 use protocol_api::{Io, Ready, Wants};
 use socket2::SockRef;
 use std::cell::RefCell;
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -65,6 +68,8 @@ enum Source<'a, 'io> {
         io: &'a mut Io<'io>,
         /// Its end (a FIN) was seen by the loop: read to the end, not to a short read.
         peer_closed: bool,
+        /// It came over TLS: its socket is not its bytes.
+        tls: bool,
     },
     /// The backend's socket, watched by the loop for us.
     Backend {
@@ -75,10 +80,12 @@ enum Source<'a, 'io> {
 }
 
 impl Source<'_, '_> {
-    fn fd(&self) -> BorrowedFd<'_> {
+    /// The socket holding the source's bytes, to splice from (none under TLS).
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Source::Client { io, .. } => io.as_fd(),
-            Source::Backend { fd, .. } => *fd,
+            Source::Client { tls: true, .. } => None,
+            Source::Client { io, .. } => Some(io.as_fd()),
+            Source::Backend { fd, .. } => Some(*fd),
         }
     }
 
@@ -98,6 +105,37 @@ impl Source<'_, '_> {
             Source::Client { io, .. } => io.read(buf),
             Source::Backend { fd, .. } => (&*SockRef::from(&*fd)).read(buf),
         }
+    }
+}
+
+/// Where a direction writes to.
+enum Sink<'a, 'io> {
+    /// A socket written directly (the backend, or a cleartext client).
+    Socket(BorrowedFd<'a>),
+    /// A client that came over TLS: written through the daemon, which encrypts.
+    Client(&'a mut Io<'io>),
+}
+
+impl Sink<'_, '_> {
+    /// The socket to splice into (none under TLS).
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Sink::Socket(fd) => Some(*fd),
+            Sink::Client(_) => None,
+        }
+    }
+}
+
+impl Write for Sink<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Socket(fd) => (&*SockRef::from(&*fd)).write(buf),
+            Sink::Client(io) => io.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -124,7 +162,7 @@ impl Direction {
     fn pump(
         &mut self,
         mut from: Source<'_, '_>,
-        to: BorrowedFd<'_>,
+        mut to: Sink<'_, '_>,
         may_read: bool,
         budget: &mut usize,
         moved: &mut bool,
@@ -134,7 +172,7 @@ impl Direction {
             if !self.pending.is_done() {
                 let written = self
                     .pending
-                    .flush(&mut &*SockRef::from(&to), 0)
+                    .flush(&mut to, 0)
                     .map_err(|e| classify(e, false))?;
                 self.bytes += written.bytes as u64;
                 *moved |= written.bytes > 0;
@@ -144,6 +182,7 @@ impl Direction {
             }
             while self.held > 0 {
                 let pipe = self.pipe.as_ref().expect("bytes are held only in a pipe");
+                let to = to.fd().expect("bytes are spliced only between sockets");
                 match pipe.drain(to, self.held) {
                     Ok(n) => {
                         self.held -= n;
@@ -168,10 +207,11 @@ impl Direction {
                 true => (*budget).min(CHUNK),
                 false => (*budget).min(protocol_api::sizes::READ_BUFFER),
             };
-            let splicing = self.bulk;
-            let filled = match splicing {
-                true => self.splice_in(from.fd(), asked),
-                false => self.copy(&mut from, to, asked),
+            let splice_from = from.fd().filter(|_| self.bulk && to.fd().is_some());
+            let splicing = splice_from.is_some();
+            let filled = match splice_from {
+                Some(fd) => self.splice_in(fd, asked),
+                None => self.copy(&mut from, &mut to, asked),
             };
             match filled {
                 Ok(0) => self.source_ended = true,
@@ -220,7 +260,7 @@ impl Direction {
     fn copy(
         &mut self,
         from: &mut Source<'_, '_>,
-        to: BorrowedFd<'_>,
+        to: &mut Sink<'_, '_>,
         asked: usize,
     ) -> io::Result<usize> {
         SCRATCH.with(|scratch| {
@@ -231,7 +271,7 @@ impl Direction {
                 return Ok(0);
             }
             self.bulk = n == scratch.len();
-            let written = match write_until_blocked(&mut &*SockRef::from(&to), &scratch[..n]) {
+            let written = match write_until_blocked(to, &scratch[..n]) {
                 Ok(written) => written.bytes,
                 // The destination's failure is found (and classified) on the next write.
                 Err(_) => 0,
@@ -264,6 +304,8 @@ pub struct Label {
 /// A tunnel's state between calls.
 pub struct TunnelConn {
     backend: TcpStream,
+    /// The client came over TLS: it is read and written only through the daemon.
+    client_tls: bool,
     /// Client to backend.
     up: Direction,
     /// Backend to client.
@@ -288,11 +330,17 @@ pub struct TunnelConn {
 
 impl TunnelConn {
     /// A tunnel to a connected backend (made non-blocking here).
-    pub fn new(backend: TcpStream, config: &Config, label: Label) -> io::Result<TunnelConn> {
+    pub fn new(
+        backend: TcpStream,
+        client_tls: bool,
+        config: &Config,
+        label: Label,
+    ) -> io::Result<TunnelConn> {
         backend.set_nonblocking(true)?;
         let now = Instant::now();
         Ok(TunnelConn {
             backend,
+            client_tls,
             up: Direction::default(),
             down: Direction::default(),
             early: Output::default(),
@@ -340,8 +388,12 @@ impl TunnelConn {
         let peer_closed = ready.is_peer_closed();
         let up = match self.early.is_done() {
             true => self.up.pump(
-                Source::Client { io, peer_closed },
-                self.backend.as_fd(),
+                Source::Client {
+                    io,
+                    peer_closed,
+                    tls: self.client_tls,
+                },
+                Sink::Socket(self.backend.as_fd()),
                 client_ready,
                 &mut budget,
                 &mut moved,
@@ -352,12 +404,16 @@ impl TunnelConn {
             Ok(stop) => stop,
             Err(ended) => return Ok(self.end(io, ended, true)),
         };
+        let client = match self.client_tls {
+            true => Sink::Client(io),
+            false => Sink::Socket(io.as_fd()),
+        };
         let down = self.down.pump(
             Source::Backend {
                 fd: self.backend.as_fd(),
                 peer_closed: self.backend_closed,
             },
-            io.as_fd(),
+            client,
             self.backend_ready,
             &mut budget,
             &mut moved,

@@ -117,7 +117,8 @@ impl EventProtocol for Tunnel {
             peer: request.peer().to_string(),
             address: dialled.address,
         };
-        TunnelConn::new(dialled.backend, &self.config, label)
+        let tls = request.tls().is_some();
+        TunnelConn::new(dialled.backend, tls, &self.config, label)
     }
 
     fn on_ready(&self, conn: &mut TunnelConn, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {

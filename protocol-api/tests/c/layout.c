@@ -19,6 +19,9 @@ int main(void) {
     FIELD(switchyard_request, headers_len); FIELD(switchyard_request, peer);
     FIELD(switchyard_request, body); FIELD(switchyard_request, protocol);
     FIELD(switchyard_request, arrival); FIELD(switchyard_request, may_block);
+    FIELD(switchyard_request, tls); FIELD(switchyard_request, tls_version);
+    FIELD(switchyard_request, tls_cipher); FIELD(switchyard_request, tls_alpn);
+    FIELD(switchyard_request, tls_server_name);
     SIZE(switchyard_connection);
     FIELD(switchyard_connection, ctx); FIELD(switchyard_connection, read);
     FIELD(switchyard_connection, write); FIELD(switchyard_connection, write_vectored);

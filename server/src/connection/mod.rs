@@ -6,6 +6,7 @@
 pub mod transport;
 
 use crate::daemon::state::Ticket;
+use crate::tls::layer::TlsLayer;
 use std::io;
 use std::net::SocketAddr;
 
@@ -13,9 +14,12 @@ use std::net::SocketAddr;
 /// blocking one on a worker), who the client is (the PROXY protocol's address when that is
 /// on), its place in the connection limits, and the bytes it sent past the request that
 /// were already read: the new protocol's first bytes, or the next request. Nothing is lost
-/// on the way: the next stage reads `read_ahead` before its socket.
+/// on the way: the next stage reads `read_ahead` before its socket. On a TLS listener the
+/// session travels with the socket: `read_ahead` is plaintext, what the session holds is
+/// read before the socket, and every byte goes through it.
 pub struct Transit<S> {
     pub stream: S,
+    pub tls: Option<Box<TlsLayer>>,
     pub peer: SocketAddr,
     pub ticket: Ticket,
     pub read_ahead: Vec<u8>,
@@ -28,6 +32,7 @@ impl Transit<mio::net::TcpStream> {
         stream.set_nonblocking(false)?;
         Ok(Transit {
             stream,
+            tls: self.tls,
             peer: self.peer,
             ticket: self.ticket,
             read_ahead: self.read_ahead,
@@ -41,6 +46,7 @@ impl Transit<std::net::TcpStream> {
         self.stream.set_nonblocking(true)?;
         Ok(Transit {
             stream: mio::net::TcpStream::from_std(self.stream),
+            tls: self.tls,
             peer: self.peer,
             ticket: self.ticket,
             read_ahead: self.read_ahead,

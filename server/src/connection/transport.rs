@@ -1,7 +1,8 @@
 //! The byte stream under a connection: what the HTTP/1.1 connection reads requests from and
-//! writes answers to. A TCP socket today; a TLS session over one is the next, and unit tests
-//! script one byte by byte.
+//! writes answers to. A TCP socket, with or without a TLS session over it ([`Wire`]); unit
+//! tests script one byte by byte.
 
+use crate::tls::layer::{Mode, TlsLayer};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
@@ -9,11 +10,136 @@ use std::net::Shutdown;
 /// `WouldBlock` when they cannot go on, and a read of 0 is the peer's end. A write that
 /// takes less than offered means the stream is full until its next writable event, and a
 /// read that returns less than asked means it is drained until its next readable event:
-/// the connection stops there rather than spend a call on `WouldBlock`. (A TLS stream must
-/// keep that promise about the socket under it.)
+/// the connection stops there rather than spend a call on `WouldBlock`. (A TLS stream
+/// keeps that promise about the socket under it.)
 pub trait Transport: Read + Write {
     /// Ends our direction (after the last answer), keeping the other open to drain.
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Writes out what the stream itself still holds (TLS records the socket did not
+    /// take); true when nothing is left. Called on every writable event.
+    fn flush_pending(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    /// The TLS session over the socket, if there is one.
+    fn tls(&self) -> Option<&TlsLayer> {
+        None
+    }
+
+    /// The stream has not yet carried a byte of the client's (a TLS handshake under way).
+    fn is_handshaking(&self) -> bool {
+        self.tls().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// A PROXY protocol header was read from the socket's first bytes, and `rest` with it:
+    /// what follows belongs to the stream (a TLS session begins here and takes `rest` as
+    /// its first ciphertext, leaving it empty; a plain socket leaves it as it is).
+    fn proxy_header_read(&mut self, _rest: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A client's socket on an event loop, with the TLS session over it when the listener
+/// speaks TLS.
+pub struct Wire {
+    pub socket: mio::net::TcpStream,
+    pub tls: Option<Box<TlsLayer>>,
+    /// The session waits for a PROXY protocol header, which comes before it in cleartext.
+    pub tls_after_proxy: bool,
+}
+
+impl Wire {
+    pub fn plain(socket: mio::net::TcpStream) -> Wire {
+        Wire {
+            socket,
+            tls: None,
+            tls_after_proxy: false,
+        }
+    }
+
+    /// A TLS session starting on its first byte, or, when `after_proxy`, after the PROXY
+    /// protocol header.
+    pub fn tls(socket: mio::net::TcpStream, tls: TlsLayer, after_proxy: bool) -> Wire {
+        Wire {
+            socket,
+            tls: Some(Box::new(tls)),
+            tls_after_proxy: after_proxy,
+        }
+    }
+
+    /// The TLS session, once bytes go through it.
+    fn session(&mut self) -> Option<&mut TlsLayer> {
+        match self.tls_after_proxy {
+            true => None,
+            false => self.tls.as_deref_mut(),
+        }
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Wire { socket, tls, .. } = self;
+        match (self.tls_after_proxy, tls) {
+            (false, Some(tls)) => tls.read(socket, buf, Mode::NonBlocking),
+            _ => socket.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Wire { socket, tls, .. } = self;
+        match (self.tls_after_proxy, tls) {
+            (false, Some(tls)) => tls.write(socket, buf),
+            _ => socket.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let Wire { socket, tls, .. } = self;
+        match (self.tls_after_proxy, tls) {
+            (false, Some(tls)) => tls.write_vectored(socket, bufs),
+            _ => socket.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Wire {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        let Wire { socket, tls, .. } = self;
+        if let (false, Some(tls)) = (self.tls_after_proxy, tls) {
+            // close_notify, if the socket takes it; a full socket gets the FIN alone.
+            let _ = tls.close(socket);
+        }
+        self.socket.shutdown(Shutdown::Write)
+    }
+
+    fn flush_pending(&mut self) -> io::Result<bool> {
+        let Wire { socket, tls, .. } = self;
+        match (self.tls_after_proxy, tls) {
+            (false, Some(tls)) => tls.flush(socket),
+            _ => Ok(true),
+        }
+    }
+
+    fn tls(&self) -> Option<&TlsLayer> {
+        self.tls.as_deref()
+    }
+
+    fn proxy_header_read(&mut self, rest: &mut Vec<u8>) -> io::Result<()> {
+        if self.tls.is_some() && std::mem::take(&mut self.tls_after_proxy) {
+            let ciphertext = std::mem::take(rest);
+            if let Some(tls) = self.session() {
+                tls.feed(&ciphertext)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Transport for mio::net::TcpStream {

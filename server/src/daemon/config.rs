@@ -4,6 +4,7 @@
 //! `main` exits with status 2.
 
 use crate::proxy_protocol::{Mode, ProxyProtocol};
+use crate::tls::certs::PairPaths;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub struct Config {
     pub proxy_protocol: ProxyProtocol,
     /// `SWITCHYARD_REUSE_PORT`: bind with SO_REUSEPORT, beside other instances.
     pub reuse_port: bool,
+    /// `SWITCHYARD_TLS_CERT` and `SWITCHYARD_TLS_KEY`, paired in order: the listener
+    /// speaks TLS when there is one (none: cleartext).
+    pub tls: Vec<PairPaths>,
 }
 
 /// One setting as an operator sees it: in `--help` and in the README's table, which a test
@@ -161,6 +165,16 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "`on`: bind with SO_REUSEPORT, so several instances share the port and the kernel spreads connections over them; one stopping refuses none (with `net.ipv4.tcp_migrate_req=1`, which the daemon warns about when it is 0: otherwise connections still queued on the stopping instance are reset)",
     },
     Setting {
+        variable: "SWITCHYARD_TLS_CERT",
+        default: "none (cleartext)",
+        meaning: "PEM certificate chains, comma-separated (each: the server's certificate first, then its issuers): the listener speaks TLS 1.2 and 1.3 only, and a client is given the chain whose subjectAltName covers the name it asks for (SNI), else the first. Read again on SIGHUP; a set that does not load keeps the one in service",
+    },
+    Setting {
+        variable: "SWITCHYARD_TLS_KEY",
+        default: "none",
+        meaning: "the PEM private keys of `SWITCHYARD_TLS_CERT`'s chains, in the same order (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519); a key that is not its certificate's, a chain out of order or an expired certificate stops the start with the file's name",
+    },
+    Setting {
         variable: "RUST_LOG",
         default: "`info`",
         meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log",
@@ -268,6 +282,7 @@ impl Config {
                 get("SWITCHYARD_PROXY_FROM"),
             )?,
             reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
+            tls: tls_pairs(get("SWITCHYARD_TLS_CERT"), get("SWITCHYARD_TLS_KEY"))?,
         })
     }
 }
@@ -291,6 +306,45 @@ fn proxy_protocol(
         });
     }
     Ok(ProxyProtocol { mode, from })
+}
+
+/// The certificate chains and keys, paired in order: as many of one as of the other.
+fn tls_pairs(
+    certs: Option<(&'static str, String)>,
+    keys: Option<(&'static str, String)>,
+) -> Result<Vec<PairPaths>, ConfigError> {
+    let list = |value: &str| -> Vec<PathBuf> {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    };
+    let cert_paths = certs.as_ref().map(|(_, v)| list(v)).unwrap_or_default();
+    let key_paths = keys.as_ref().map(|(_, v)| list(v)).unwrap_or_default();
+    if cert_paths.len() != key_paths.len() {
+        let (variable, value) = match (&certs, &keys) {
+            (_, Some((variable, value))) if !key_paths.is_empty() => (*variable, value.clone()),
+            (Some((variable, value)), _) => (*variable, value.clone()),
+            _ => ("SWITCHYARD_TLS_KEY", String::new()),
+        };
+        return Err(ConfigError {
+            variable,
+            value,
+            reason: format!(
+                "{} certificate chain(s) in SWITCHYARD_TLS_CERT but {} key(s) in SWITCHYARD_TLS_KEY: \
+                 give one key for each chain, in the same order",
+                cert_paths.len(),
+                key_paths.len()
+            ),
+        });
+    }
+    Ok(cert_paths
+        .into_iter()
+        .zip(key_paths)
+        .map(|(cert, key)| PairPaths { cert, key })
+        .collect())
 }
 
 /// The default plugin folder: the one holding the `switchyard` executable. `cargo build

@@ -3,9 +3,10 @@
 //! workers; read only when scraped.
 
 use crate::plugin::{Plugin, PluginStats, Registry};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A plugin call on an event loop longer than this is counted and logged: it held up every
@@ -30,6 +31,10 @@ pub struct Metrics {
     pub http_connections: AtomicI64,
     /// Readiness-driven upgraded connections on the event loops.
     pub event_connections: AtomicI64,
+    /// TLS handshakes done, by what they settled; failed, by reason. A lock per handshake
+    /// is nothing beside the handshake's own cost, and none when TLS is off.
+    tls_handshakes: Mutex<BTreeMap<crate::tls::Summary, u64>>,
+    tls_failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// The gauges only the caller knows at scrape time.
@@ -83,7 +88,23 @@ impl Metrics {
             ended_write_timeout: AtomicU64::new(0),
             http_connections: AtomicI64::new(0),
             event_connections: AtomicI64::new(0),
+            tls_handshakes: Mutex::default(),
+            tls_failures: Mutex::default(),
         }
+    }
+
+    pub fn tls_handshake_done(&self, summary: crate::tls::Summary) {
+        let mut done = self
+            .tls_handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *done.entry(summary).or_default() += 1;
+    }
+
+    /// A handshake failed: `reason` is [`crate::tls::failure_reason`]'s, or `timeout`.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        let mut failed = self.tls_failures.lock().unwrap_or_else(|e| e.into_inner());
+        *failed.entry(reason).or_default() += 1;
     }
 
     /// Notes a plugin call on an event loop that began at `began`; one that took longer
@@ -339,6 +360,40 @@ impl Metrics {
             "Reloads of the plugin folder (SIGHUP): ok, or failed when a file did not load (the previous generation of that plugin serves on).",
             &reloads,
         );
+        let handshakes: Vec<(String, u64)> = {
+            let done = self
+                .tls_handshakes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let label = |s: &crate::tls::Summary| {
+                format!(
+                    "{{version=\"{}\",cipher=\"{}\",alpn=\"{}\"}}",
+                    s.version, s.cipher, s.alpn
+                )
+            };
+            done.iter().map(|(s, n)| (label(s), *n)).collect()
+        };
+        if !handshakes.is_empty() {
+            metric(
+                "switchyard_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed, by protocol version, cipher suite and ALPN protocol (- : none offered).",
+                &handshakes,
+            );
+        }
+        let failures: Vec<(String, u64)> = {
+            let failed = self.tls_failures.lock().unwrap_or_else(|e| e.into_inner());
+            let label = |r: &str| format!("{{reason=\"{r}\"}}");
+            failed.iter().map(|(r, n)| (label(r), *n)).collect()
+        };
+        if !failures.is_empty() {
+            metric(
+                "switchyard_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed: not_tls (not a ClientHello), incompatible (no version or cipher in common), no_alpn, client_alert (the client refused us, mostly our certificate), client_certificate, protocol, closed (the client left), timeout (not done within SWITCHYARD_HEADER_TIMEOUT_MS), io.",
+                &failures,
+            );
+        }
         let name = "switchyard_plugin_slowest_call_seconds";
         let _ = writeln!(
             out,

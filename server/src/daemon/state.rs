@@ -37,6 +37,8 @@ pub struct Shared {
     pub clients: Clients,
     /// Wakes each event loop (to see the stop).
     loop_wakers: OnceLock<Vec<Arc<mio::Waker>>>,
+    /// The listener's TLS side, when `SWITCHYARD_TLS_CERT` is set.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped,
@@ -63,7 +65,7 @@ impl Ticket {
 }
 
 impl Shared {
-    pub fn new(config: Config, registry: &'static Registry) -> Self {
+    pub fn new(config: Config, registry: &'static Registry, tls: Option<crate::tls::Tls>) -> Self {
         let worker_slots = WorkerSlots::new(config.workers);
         let clients = Clients::new(config.max_connections_per_client, config.workers_per_client);
         Shared {
@@ -78,6 +80,7 @@ impl Shared {
             worker_slots,
             clients,
             loop_wakers: OnceLock::new(),
+            tls,
         }
     }
 

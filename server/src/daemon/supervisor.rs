@@ -120,6 +120,9 @@ fn reload(shared: &'static Shared, notifier: &Notifier) {
         "RELOADING=1\nMONOTONIC_USEC={}",
         crate::sys::monotonic_usec()
     ));
+    if let Some(tls) = &shared.tls {
+        reload_certificates(shared, tls);
+    }
     let current = shared.registry();
     match crate::plugin::reload(&shared.config.plugin_dir, current) {
         Ok((next, report)) => {
@@ -141,6 +144,26 @@ fn reload(shared: &'static Shared, notifier: &Notifier) {
         }
     }
     notifier.send("READY=1");
+}
+
+/// The certificates and keys read again: new handshakes use them; a set that does not
+/// load leaves the one in service (and counts as a failed reload).
+fn reload_certificates(shared: &Shared, tls: &crate::tls::Tls) {
+    match tls.reload() {
+        Ok(warnings) => {
+            for warning in warnings {
+                log::warn!("{warning}");
+            }
+            log::info!(
+                "TLS certificates read again; new handshakes use: {}",
+                tls.describe().join("; ")
+            );
+        }
+        Err(why) => {
+            shared.metrics.reloaded(false);
+            log::error!("TLS certificates not reloaded: {why}; the ones in service stay");
+        }
+    }
 }
 
 fn stop(shared: &'static Shared, signal: i32, now: Instant, notifier: &Notifier) {

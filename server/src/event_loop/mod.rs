@@ -13,6 +13,7 @@
 
 mod timers;
 
+use crate::connection::transport::Wire;
 use crate::daemon::state::Shared;
 use crate::daemon::worker_slots::Slot;
 use crate::http::response::{DateCache, Response};
@@ -248,7 +249,21 @@ impl Loop {
                         continue;
                     }
                     self.shared.metrics.accepted();
-                    let mut conn = HttpConn::new(stream, peer, ticket, self.shared, self.now);
+                    let wire = match &self.shared.tls {
+                        None => Wire::plain(stream),
+                        Some(tls) => match tls.accept() {
+                            // The PROXY protocol header comes first, in cleartext.
+                            Ok(session) => {
+                                let proxy = &self.shared.config.proxy_protocol;
+                                Wire::tls(stream, session, proxy.expects_header_from(peer.ip()))
+                            }
+                            Err(e) => {
+                                log::error!("cannot start a TLS session for {peer}: {e}");
+                                continue;
+                            }
+                        },
+                    };
+                    let mut conn = HttpConn::new(wire, peer, ticket, self.shared, self.now);
                     conn.admit(self.shared);
                     let slot = self.insert(Conn::Http(Box::new(conn)));
                     self.drive_http(slot);
@@ -449,7 +464,7 @@ impl Loop {
                 if self
                     .poll
                     .registry()
-                    .reregister(&mut session.stream, Token(new_slot), interest)
+                    .reregister(&mut session.wire.socket, Token(new_slot), interest)
                     .is_err()
                 {
                     return self.close_with(new_slot, Some("cannot watch the socket"));
@@ -569,8 +584,8 @@ impl Loop {
                 }
                 if let Some(interest) = session.interest() {
                     let registry = self.poll.registry();
-                    if let Err(e) = registry.reregister(&mut session.stream, Token(slot), interest)
-                    {
+                    let socket = &mut session.wire.socket;
+                    if let Err(e) = registry.reregister(socket, Token(slot), interest) {
                         log::debug!("cannot change what a connection is watched for: {e}");
                         return self.close_with(slot, Some("cannot watch the socket"));
                     }
@@ -655,7 +670,7 @@ impl Loop {
                     // A plugin may hold a duplicate of the socket (h2c's runtime does): then
                     // closing ours leaves the registration alive, and its events would reach
                     // whichever connection takes this slot next. So it is taken out first.
-                    let _ = self.poll.registry().deregister(&mut session.stream);
+                    let _ = self.poll.registry().deregister(&mut session.wire.socket);
                     session.close(
                         reason,
                         Watcher {

@@ -11,7 +11,7 @@
 use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
 use super::Upgrade;
-use crate::connection::transport::Transport;
+use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::access::{self, Exchange};
 use crate::daemon::clients::Limit;
@@ -40,7 +40,7 @@ const OUTPUT_LIMIT: usize = 64 * 1024;
 /// Size of an event loop's read buffer, shared by its connections.
 pub const SCRATCH_BYTES: usize = protocol_api::sizes::READ_BUFFER;
 
-pub struct HttpConn<T: Transport = mio::net::TcpStream> {
+pub struct HttpConn<T: Transport = Wire> {
     pub stream: T,
     pub peer: SocketAddr,
     pub ticket: Ticket,
@@ -74,6 +74,8 @@ pub struct HttpConn<T: Transport = mio::net::TcpStream> {
     proxy: ProxyHeader,
     /// Its client has its most connections open already: answered `503` and closed.
     over_client_limit: bool,
+    /// A TLS handshake is under way (counted in `/metrics` when it ends).
+    handshaking: bool,
 }
 
 /// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
@@ -126,6 +128,48 @@ impl std::fmt::Debug for Phase {
     }
 }
 
+/// The connection between its loop and the switch: a socket, maybe under TLS.
+impl HttpConn<Wire> {
+    /// A connection a worker gave back, with the bytes it had read past the request. The
+    /// upgrade request is the loop's to answer next.
+    pub fn returning(
+        transit: Transit<mio::net::TcpStream>,
+        shared: &'static Shared,
+        now: Instant,
+    ) -> HttpConn {
+        let Transit {
+            stream,
+            tls,
+            peer,
+            ticket,
+            read_ahead,
+        } = transit;
+        let wire = Wire {
+            socket: stream,
+            tls,
+            tls_after_proxy: false,
+        };
+        let mut conn = HttpConn::new(wire, peer, ticket, shared, now);
+        conn.proxy = ProxyHeader::Done; // `peer` is the client's already
+        conn.readable = true; // bytes may have arrived while it was away
+        conn.input = read_ahead;
+        conn.requests = 1;
+        conn.phase = Phase::Switching;
+        conn
+    }
+
+    /// The connection leaves HTTP/1.1 for a switch, with the bytes read past the request.
+    pub fn into_transit(self) -> Transit<mio::net::TcpStream> {
+        Transit {
+            stream: self.stream.socket,
+            tls: self.stream.tls,
+            peer: self.peer,
+            ticket: self.ticket,
+            read_ahead: self.input,
+        }
+    }
+}
+
 /// What the event loop must do after a turn.
 pub enum After {
     Keep,
@@ -172,6 +216,7 @@ impl<T: Transport> HttpConn<T> {
         now: Instant,
     ) -> HttpConn<T> {
         HttpConn {
+            handshaking: stream.is_handshaking(),
             stream,
             peer,
             ticket,
@@ -226,24 +271,6 @@ impl<T: Transport> HttpConn<T> {
         self.close_after_output();
     }
 
-    /// A connection a worker gave back, with the bytes it had read past the request. The
-    /// upgrade request is the loop's to answer next.
-    pub fn returning(transit: Transit<T>, shared: &'static Shared, now: Instant) -> HttpConn<T> {
-        let Transit {
-            stream,
-            peer,
-            ticket,
-            read_ahead,
-        } = transit;
-        let mut conn = HttpConn::new(stream, peer, ticket, shared, now);
-        conn.proxy = ProxyHeader::Done; // `peer` is the client's already
-        conn.readable = true; // bytes may have arrived while it was away
-        conn.input = read_ahead;
-        conn.requests = 1;
-        conn.phase = Phase::Switching;
-        conn
-    }
-
     /// When this connection needs attention next.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
@@ -257,27 +284,29 @@ impl<T: Transport> HttpConn<T> {
         matches!(self.phase, Phase::Head) && self.input.is_empty() && self.output.is_done()
     }
 
-    /// The connection leaves HTTP/1.1 for a switch, with the bytes read past the request.
-    pub fn into_transit(self) -> Transit<T> {
-        Transit {
-            stream: self.stream,
-            peer: self.peer,
-            ticket: self.ticket,
-            read_ahead: self.input,
-        }
-    }
-
     /// Reads what is there, handles every complete request, writes what it can.
     pub fn turn(&mut self, cx: &mut Context<'_>) -> After {
         loop {
             let mut progressed = false;
             if self.wants_input() {
-                match self.fill(cx.shared.config.max_header_bytes, cx.scratch) {
+                let result = self.fill(cx.shared.config.max_header_bytes, cx.scratch);
+                if self.handshaking {
+                    self.handshake_progress(cx, result.as_ref().err());
+                }
+                match result {
                     Ok(n) => progressed |= n > 0,
                     Err(_) => return After::Close,
                 }
             }
             progressed |= self.process(cx);
+            if self.writable {
+                // What the stream holds goes before any new answer (TLS records).
+                match self.stream.flush_pending() {
+                    Ok(true) => {}
+                    Ok(false) => self.writable = false,
+                    Err(_) => return After::Close,
+                }
+            }
             if self.writable {
                 match self.output.flush(&mut self.stream, 0) {
                     Ok(written) => {
@@ -317,6 +346,25 @@ impl<T: Transport> HttpConn<T> {
         After::Keep
     }
 
+    /// Notes the end of a TLS handshake, or its failure (`error`, or the client's end).
+    fn handshake_progress(&mut self, cx: &mut Context<'_>, error: Option<&io::Error>) {
+        let reason = match (error, self.stream.tls()) {
+            (Some(e), _) => crate::tls::failure_reason(e),
+            (None, Some(tls)) if !tls.is_handshaking() => {
+                self.handshaking = false;
+                if let Some(summary) = tls.summary() {
+                    cx.shared.metrics.tls_handshake_done(summary);
+                }
+                return;
+            }
+            (None, _) if self.peer_closed => "closed",
+            (None, _) => return,
+        };
+        self.handshaking = false;
+        log::debug!("{}: TLS handshake failed ({reason}): {error:?}", self.peer);
+        cx.shared.metrics.tls_handshake_failed(reason);
+    }
+
     /// Ends the current phase on its deadline.
     pub fn expire(&mut self, cx: &mut Context<'_>) -> After {
         if cx.now < self.deadline {
@@ -330,6 +378,14 @@ impl<T: Transport> HttpConn<T> {
             self.input.len(),
             self.output.owed()
         );
+        if self.stream.is_handshaking() {
+            log::debug!(
+                "{}: TLS handshake not done within the head time-out",
+                self.peer
+            );
+            cx.shared.metrics.tls_handshake_failed("timeout");
+            return After::Close;
+        }
         match self.phase {
             Phase::Lingering | Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => {
                 After::Close
@@ -619,6 +675,12 @@ impl<T: Transport> HttpConn<T> {
                         self.input.drain(..len);
                         self.proxy = ProxyHeader::Done;
                         self.count_client(cx.shared);
+                        if let Err(e) = self.stream.proxy_header_read(&mut self.input) {
+                            log::debug!("{}: TLS handshake failed: {e}", self.peer);
+                            let reason = crate::tls::failure_reason(&e);
+                            cx.shared.metrics.tls_handshake_failed(reason);
+                            return ProxyStep::Closed;
+                        }
                         return ProxyStep::Done;
                     }
                     proxy_protocol::Header::Refused(why) => why,
@@ -642,7 +704,8 @@ impl<T: Transport> HttpConn<T> {
             self.requests += 1;
             self.input.drain(..prior_knowledge::PREFACE.len());
             let started = self.request_started.take().unwrap_or(cx.now);
-            let upgrade = prior_knowledge::upgrade(registry, plugin, started);
+            let mut upgrade = prior_knowledge::upgrade(registry, plugin, started);
+            upgrade.tls = self.stream.tls().and_then(crate::tls::Handshake::of);
             self.phase = Phase::UpgradeReady(Box::new(upgrade));
         }
         start
@@ -768,6 +831,7 @@ impl<T: Transport> HttpConn<T> {
             offers,
             started,
             prior_knowledge: false,
+            tls: self.stream.tls().and_then(crate::tls::Handshake::of),
         };
         if body_length == BodyLength::None {
             self.phase = Phase::UpgradeReady(Box::new(upgrade));

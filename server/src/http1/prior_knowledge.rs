@@ -76,7 +76,42 @@ pub fn upgrade(registry: &'static Registry, plugin: usize, started: Instant) -> 
         }],
         started,
         prior_knowledge: true,
+        tls: None,
     }
+}
+
+/// Whether ALPN should offer `h2` (RFC 9113 §3.2): the plugin that takes prior-knowledge
+/// connections can be handed TLS ones (ABI 1.5) and accepts one when asked at start (the
+/// reference h2c plugin declines every connection until it has routes). A client that is
+/// offered `h2` uses it, and one nobody serves would get only a GOAWAY.
+pub fn takes_tls(registry: &'static Registry) -> bool {
+    let Some(index) = plugin(registry) else {
+        return false;
+    };
+    let plugin = &registry.plugins[index];
+    if !plugin.serves_tls() {
+        return false;
+    }
+    let mut probe = upgrade(registry, index, Instant::now());
+    probe.tls = Some(crate::tls::Handshake {
+        summary: crate::tls::Summary {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            alpn: "h2",
+        },
+        server_name: None,
+    });
+    let accepted = matches!(
+        plugin.negotiate(&probe.parts("0.0.0.0:0", 0)),
+        crate::plugin::Negotiation::Accept { .. }
+    );
+    if !accepted {
+        log::info!(
+            "TLS: ALPN offers http/1.1 only: plugin {} declines HTTP/2 connections (it has no routes)",
+            plugin.name
+        );
+    }
+    accepted
 }
 
 /// The GOAWAY error code (RFC 9113 §7) for a connection not served, from the status an

@@ -24,6 +24,9 @@ pub struct Upgrade {
     /// Not an HTTP/1.1 request but the HTTP/2 preface ([`super::prior_knowledge`]): no
     /// `101` is sent, and a refusal is an HTTP/2 GOAWAY.
     pub prior_knowledge: bool,
+    /// The TLS session the request came over, if any: told to plugins (1.5), which alone
+    /// may be handed it.
+    pub tls: Option<crate::tls::Handshake>,
 }
 
 impl Upgrade {
@@ -94,6 +97,7 @@ impl Upgrade {
                 false => protocol_api::abi::ARRIVAL_UPGRADE,
             },
             may_block: false,
+            tls: self.tls.as_ref(),
         }
     }
 }

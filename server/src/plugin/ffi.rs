@@ -284,6 +284,20 @@ fn raw_request(parts: &RequestParts<'_>) -> RawRequest {
         protocol: RawBytes::new(parts.protocol),
         arrival: parts.arrival,
         may_block: u32::from(parts.may_block),
+        tls: u32::from(parts.tls.is_some()),
+        tls_version: RawBytes::new(parts.tls.map_or("", |t| t.summary.version).as_bytes()),
+        tls_cipher: RawBytes::new(parts.tls.map_or("", |t| t.summary.cipher).as_bytes()),
+        tls_alpn: RawBytes::new(match parts.tls.map(|t| t.summary.alpn) {
+            Some("-") | None => &[],
+            Some(alpn) => alpn.as_bytes(),
+        }),
+        tls_server_name: RawBytes::new(
+            parts
+                .tls
+                .and_then(|t| t.server_name.as_deref())
+                .unwrap_or("")
+                .as_bytes(),
+        ),
     }
 }
 

@@ -8,6 +8,7 @@
 //! Both serve the bytes read ahead of the switch first, count bytes for the access line,
 //! and apply the daemon's write time-out.
 
+use crate::tls::layer::{Mode, TlsLayer};
 use protocol_api::hosting::{HostConnection, Readiness};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -111,6 +112,8 @@ fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 /// A switched connection served by a blocking `serve` on a worker thread.
 pub struct BlockingConn<'a> {
     pub stream: &'a TcpStream,
+    /// The TLS session over the socket, on a TLS listener: every byte goes through it.
+    pub tls: Option<&'a mut TlsLayer>,
     pub read_ahead: ReadAhead,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -146,22 +149,30 @@ impl HostConnection for BlockingConn<'_> {
         if let Some(n) = self.read_ahead.take(buf) {
             return Ok(n);
         }
-        let n = retry(|| (&mut &*self.stream).read(buf))?;
+        let n = match self.tls.as_deref_mut() {
+            Some(tls) => tls.read(&mut &*self.stream, buf, Mode::Blocking)?,
+            None => retry(|| (&mut &*self.stream).read(buf))?,
+        };
         self.bytes_in += n as u64;
         Ok(n)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let result = retry(|| (&mut &*self.stream).write(buf));
-        self.wrote(result)
+        self.write_vectored(&[IoSlice::new(buf)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let result = retry(|| (&mut &*self.stream).write_vectored(bufs));
+        let result = match self.tls.as_deref_mut() {
+            Some(tls) => write_through(tls, self.stream, bufs),
+            None => retry(|| (&mut &*self.stream).write_vectored(bufs)),
+        };
         self.wrote(result)
     }
 
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
+        if let (Some(tls), Shutdown::Write | Shutdown::Both) = (self.tls.as_deref_mut(), how) {
+            let _ = tls.close(&mut &*self.stream);
+        }
         self.stream.shutdown(how)
     }
 
@@ -183,6 +194,20 @@ impl HostConnection for BlockingConn<'_> {
     }
 }
 
+/// A blocking write through TLS: sealed, then written out whole (the socket's write
+/// time-out ends it with `WouldBlock`, as a plain write's would).
+fn write_through(
+    tls: &mut TlsLayer,
+    socket: &TcpStream,
+    bufs: &[IoSlice<'_>],
+) -> io::Result<usize> {
+    let n = tls.write_vectored(&mut &*socket, bufs)?;
+    match tls.flush(&mut &*socket)? {
+        true => Ok(n),
+        false => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
 /// What a readiness connection's I/O left behind, kept by the session between calls.
 #[derive(Default)]
 pub struct Flow {
@@ -199,6 +224,8 @@ pub struct Flow {
 /// A readiness connection during one `on_ready` call.
 pub struct EventIo<'a> {
     pub stream: &'a mio::net::TcpStream,
+    /// The TLS session over the socket, on a TLS listener: every byte goes through it.
+    pub tls: Option<&'a mut TlsLayer>,
     pub flow: &'a mut Flow,
     pub stopping: bool,
     pub watcher: Watcher<'a>,
@@ -218,24 +245,41 @@ impl HostConnection for EventIo<'_> {
         if let Some(n) = self.flow.read_ahead.take(buf) {
             return Ok(n);
         }
-        let result = retry(|| (&mut &*self.stream).read(buf));
+        let result = match self.tls.as_deref_mut() {
+            // Short only when the socket was drained: the readiness rule holds as for TCP.
+            Some(tls) => tls.read(&mut &*self.stream, buf, Mode::NonBlocking),
+            None => retry(|| (&mut &*self.stream).read(buf)),
+        };
         let n = self.flow.readiness.read(result, buf.len())?;
         self.flow.bytes_in += n as u64;
         Ok(n)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let result = retry(|| (&mut &*self.stream).write(buf));
-        self.wrote(result, buf.len())
+        self.write_vectored(&[IoSlice::new(buf)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let offered = bufs.iter().map(|b| b.len()).sum();
-        let result = retry(|| (&mut &*self.stream).write_vectored(bufs));
-        self.wrote(result, offered)
+        let Some(tls) = self.tls.as_deref_mut() else {
+            let result = retry(|| (&mut &*self.stream).write_vectored(bufs));
+            return self.wrote(result, offered);
+        };
+        let result = tls.write_vectored(&mut &*self.stream, bufs);
+        let full = tls.has_pending();
+        let n = self.wrote(result, offered)?;
+        if full {
+            // Sealed, but the socket did not take it all: it is full until its next
+            // writable event, when the session writes the rest before the plugin's turn.
+            self.flow.readiness.writable = false;
+        }
+        Ok(n)
     }
 
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
+        if let (Some(tls), Shutdown::Write | Shutdown::Both) = (self.tls.as_deref_mut(), how) {
+            let _ = tls.close(&mut &*self.stream);
+        }
         self.stream.shutdown(how)
     }
 

@@ -143,6 +143,9 @@ pub enum Failure {
 }
 
 /// The request a plugin sees, borrowed from the switch that carries it.
+/// The first minor ABI version whose plugins are told a connection came over TLS.
+pub const MINOR_WITH_TLS: u32 = 5;
+
 pub struct RequestParts<'a> {
     pub method: &'a [u8],
     pub target: &'a [u8],
@@ -155,6 +158,8 @@ pub struct RequestParts<'a> {
     pub arrival: u32,
     /// `negotiate` runs on a worker thread (ABI 1.2).
     pub may_block: bool,
+    /// The TLS session the connection came over (ABI 1.5).
+    pub tls: Option<&'a crate::tls::Handshake>,
 }
 
 impl Plugin {
@@ -192,6 +197,12 @@ impl Plugin {
     /// The minor ABI version the plugin was built against.
     pub fn abi_minor(&self) -> u32 {
         self.loaded.abi_minor()
+    }
+
+    /// Whether it can be handed a TLS connection: built for ABI 1.5 or later, it is told
+    /// that the socket it is lent carries ciphertext. An older one might splice it.
+    pub fn serves_tls(&self) -> bool {
+        self.abi_minor() >= MINOR_WITH_TLS
     }
 
     pub fn negotiate(&self, request: &RequestParts<'_>) -> Negotiation<'_> {

@@ -48,6 +48,10 @@ pub fn negotiate(
             return Outcome::Answer(answer, "stopping");
         }
         let plugin = upgrade.plugin(index);
+        if upgrade.tls.is_some() && !plugin.serves_tls() {
+            too_old_for_tls(plugin);
+            continue;
+        }
         // On a worker, the first offer may be a readiness plugin's that asked to be
         // negotiated where it may block.
         let asked_for_worker = !on_loop && index == from && plugin.is_readiness();
@@ -120,6 +124,23 @@ pub fn negotiate(
         }
     }
     Outcome::Declined
+}
+
+/// A TLS connection's offer skipped because its plugin predates ABI 1.5 (it would not know
+/// that the socket it is lent carries ciphertext): said at most once a minute.
+fn too_old_for_tls(plugin: &Plugin) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let minute = crate::sys::monotonic_usec() / 60_000_000 + 1;
+    if LAST.swap(minute, Ordering::Relaxed) != minute {
+        log::warn!(
+            "plugin {} is built for ABI 1.{}, which cannot be handed TLS connections (1.5 or \
+             later can): its offers on TLS connections are skipped; rebuild it against a newer \
+             protocol-api",
+            plugin.name,
+            plugin.abi_minor()
+        );
+    }
 }
 
 /// Logs (and counts, for a panic) a plugin call that failed; the connection is lost.

@@ -13,7 +13,8 @@ use crate::daemon::state::Shared;
 use crate::daemon::worker_slots::Slot;
 use crate::http1::Upgrade;
 use crate::plugin::{BlockingConn, Failure, Negotiated, ReadAhead};
-use std::io::Write;
+use crate::tls::layer::TlsLayer;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -82,6 +83,7 @@ fn serve(
     } = accepted;
     let Transit {
         stream,
+        mut tls,
         peer: peer_addr,
         ticket: _ticket,
         read_ahead,
@@ -91,7 +93,7 @@ fn serve(
     let write_timeout = shared.config.write_timeout;
     let sent = stream
         .set_write_timeout(Some(write_timeout))
-        .and_then(|()| (&stream).write_all(&switching));
+        .and_then(|()| send_all(tls.as_deref_mut(), &stream, &switching));
     if let Err(e) = sent {
         log::debug!("{peer}: connection lost sending 101: {e}");
         return; // dropping `session` hands it back to the plugin
@@ -106,6 +108,7 @@ fn serve(
     let live_key = shared.live.add(live.clone());
     let mut connection = BlockingConn {
         stream: &live.stream,
+        tls: tls.as_deref_mut(),
         read_ahead: ReadAhead::new(read_ahead),
         bytes_in: 0,
         bytes_out: 0,
@@ -137,4 +140,21 @@ fn serve(
     }
     record.log(peer_addr, connection.bytes_in, connection.bytes_out, reason);
     // Dropping `live` here closes the socket, whatever the plugin left behind.
+}
+
+/// Writes all of `bytes` on a blocking socket, through its TLS session if it has one (and
+/// what the session held from the event loop first).
+fn send_all(tls: Option<&mut TlsLayer>, stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let Some(tls) = tls else {
+        return (&*stream).write_all(bytes);
+    };
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = tls.write(&mut &*stream, rest)?;
+        rest = &rest[n..];
+    }
+    match tls.flush(&mut &*stream)? {
+        true => Ok(()),
+        false => Err(io::ErrorKind::TimedOut.into()),
+    }
 }

@@ -15,6 +15,7 @@
 use super::negotiate::plugin_failed;
 use super::on_loop::Started;
 use super::SwitchRecord;
+use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
@@ -32,7 +33,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 pub struct Session {
-    pub stream: TcpStream,
+    /// The socket (registered with the loop), and the TLS session over it if any.
+    pub wire: Wire,
     peer: SocketAddr,
     _ticket: Ticket,
     _gauge: Held,
@@ -98,13 +100,18 @@ impl Session {
         } = started;
         let Transit {
             stream,
+            tls,
             peer,
             ticket,
             read_ahead,
         } = transit;
         let record = SwitchRecord::switched(shared, upgrade, offer, &switching, read_ahead.len());
         Session {
-            stream,
+            wire: Wire {
+                socket: stream,
+                tls,
+                tls_after_proxy: false,
+            },
             peer,
             _ticket: ticket,
             _gauge: Held::new(&shared.metrics.event_connections),
@@ -219,9 +226,16 @@ impl Session {
         watcher: Watcher<'_>,
     ) -> Step {
         self.moved_last = false;
+        if self.flow.readiness.writable {
+            // TLS records the socket did not take go first, whatever the plugin wants.
+            match self.wire.flush_pending() {
+                Ok(all) => self.flow.readiness.writable = all,
+                Err(_) => return Step::Close(Some("connection lost")),
+            }
+        }
         if !self.owed.is_done() {
             if self.flow.readiness.writable {
-                match self.owed.flush(&mut &self.stream, 0) {
+                match self.owed.flush(&mut self.wire, 0) {
                     Ok(written) => self.flow.readiness.writable = !written.blocked,
                     Err(_) => return Step::Close(Some("connection lost")),
                 }
@@ -248,13 +262,14 @@ impl Session {
         let bytes_out = self.flow.bytes_out;
         self.flow.readiness.moved = false;
         let mut io = EventIo {
-            stream: &self.stream,
+            stream: &self.wire.socket,
+            tls: self.wire.tls.as_deref_mut(),
             flow: &mut self.flow,
             stopping: shared.is_stopping(),
             watcher,
             watched: &mut self.watched,
         };
-        let fd = self.stream.as_raw_fd();
+        let fd = self.wire.socket.as_raw_fd();
         let began = *now;
         let result = self.handler.on_ready(&mut io, fd, events);
         let plugin = self.plugin;
@@ -298,7 +313,7 @@ impl Session {
             // What the peer had taken when the wait began: at the write time-out, the
             // kernel's count says whether it took anything since (bytes a plugin moves
             // itself included). One system call per wait, none per message.
-            self.acked_mark = kernel_acked(&self.stream);
+            self.acked_mark = kernel_acked(&self.wire.socket);
         }
         if self.wants == 0 && self.timer.is_none() && !self.resume {
             // Nothing would ever call it again: the plugin is done.
@@ -326,7 +341,7 @@ impl Session {
         {
             // Taken means acknowledged: a peer that opens its window by a byte now and then
             // still took something, but retransmissions to one that is gone are not progress.
-            let acked = kernel_acked(&self.stream);
+            let acked = kernel_acked(&self.wire.socket);
             if acked != self.acked_mark {
                 self.acked_mark = acked;
                 self.stalled_since = Some(*now);
@@ -336,7 +351,7 @@ impl Session {
             }
         }
         if self.last_moved + shared.config.idle <= *now {
-            match crate::sys::tcp_quiet_for(&self.stream).ok() {
+            match crate::sys::tcp_quiet_for(&self.wire.socket).ok() {
                 Some(quiet) if quiet < shared.config.idle => {
                     self.last_moved = now.checked_sub(quiet).unwrap_or(*now);
                 }
@@ -369,7 +384,7 @@ impl Session {
         // The plugin owns the watched descriptors and closes them with its state.
         watcher.clear(&mut self.watched);
         let Session {
-            stream,
+            mut wire,
             peer,
             handler,
             flow,
@@ -378,8 +393,13 @@ impl Session {
             ..
         } = self;
         drop(handler); // the plugin frees its state before the socket goes
+        if let Some(tls) = wire.tls.as_deref_mut() {
+            // What the socket takes now of what is sealed, then close_notify; a peer that
+            // takes nothing loses the rest, as it would lose a plain socket's unsent bytes.
+            let _ = tls.close(&mut &wire.socket);
+        }
         record.unsent(owed.owed());
         record.log(peer, flow.bytes_in, flow.bytes_out, reason);
-        drop(stream);
+        drop(wire);
     }
 }

@@ -97,7 +97,7 @@ impl Harness {
         })
         .expect("valid settings");
         let registry: &'static Registry = Box::leak(Box::default());
-        let shared: &'static Shared = Box::leak(Box::new(Shared::new(config, registry)));
+        let shared: &'static Shared = Box::leak(Box::new(Shared::new(config, registry, None)));
         let now = Instant::now();
         let ticket = shared.try_open().expect("room for a connection");
         let stream = Scripted {

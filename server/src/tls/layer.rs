@@ -1,0 +1,216 @@
+//! One TLS session over a client's socket: plaintext in and out, ciphertext on the socket.
+//! The same value serves an event loop (non-blocking socket) and a worker (blocking one):
+//! it holds no socket, each call borrows it, so the session travels with the connection
+//! between them ([`crate::connection::Transit`]).
+//!
+//! It keeps the promise every transport makes the daemon's readers
+//! ([`crate::connection::transport::Transport`]): a read that returns less than asked
+//! drained the socket (or the stream ended), so the caller can wait for the next readable
+//! event instead of spending a call on `WouldBlock`. A plaintext read may need several
+//! socket reads (rustls reads at most 4 KiB at a time), and stops at the first short one.
+//!
+//! Writes encrypt what they are given and write it out at once. What the socket did not
+//! take stays in the session ([`TlsLayer::has_pending`]) and goes first on the next write
+//! or [`TlsLayer::flush`]: the owner of the connection calls `flush` on every writable
+//! event, so that nothing waits for a write that may never come.
+
+use rustls::ServerConnection;
+use std::io::{self, Read, Write};
+
+/// Most ciphertext a session holds for a slow client before writes stop taking plaintext:
+/// rustls's own default, stated here because the write time-out and the output limits
+/// count on it.
+const SEND_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// A server-side TLS session, handshaking or established.
+pub struct TlsLayer {
+    conn: ServerConnection,
+    /// The peer's end reached us (a `close_notify`, or the socket's end); reads return 0.
+    ended: bool,
+}
+
+/// A reader over the socket that notes a short read: the kernel had no more for now.
+struct NoteShort<'a, S> {
+    socket: &'a mut S,
+    short: bool,
+}
+
+impl<S: Read> Read for NoteShort<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = retry(|| self.socket.read(buf))?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
+fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Whether a read may wait for the socket (a worker's blocking socket) or must stop at
+/// the first sign it is drained (an event loop's).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Return as soon as there is plaintext; a socket read may block.
+    Blocking,
+    /// Fill the buffer until the socket is drained.
+    NonBlocking,
+}
+
+impl TlsLayer {
+    pub fn new(mut conn: ServerConnection) -> TlsLayer {
+        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+        TlsLayer { conn, ended: false }
+    }
+
+    /// The rustls session, for what the handshake settled (version, cipher, ALPN, SNI).
+    pub fn session(&self) -> &ServerConnection {
+        &self.conn
+    }
+
+    /// What the handshake settled, once it is done.
+    pub fn summary(&self) -> Option<super::Summary> {
+        super::Summary::of(&self.conn)
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Ciphertext waits for the socket: flush it on the next writable event.
+    pub fn has_pending(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Feeds ciphertext that was read before this session began (bytes after a PROXY
+    /// protocol header, read in the same call as it).
+    pub fn feed(&mut self, mut ciphertext: &[u8]) -> io::Result<()> {
+        while !ciphertext.is_empty() {
+            self.conn.read_tls(&mut ciphertext)?;
+            self.process()?;
+        }
+        Ok(())
+    }
+
+    /// Reads plaintext into `buf`, reading the socket as needed (and answering the
+    /// handshake on the way). `Ok(0)` is the peer's end; `WouldBlock` means nothing came.
+    /// A TLS error is `InvalidData` (the alert that says why was sent if the socket took it).
+    pub fn read<S: Read + Write>(
+        &mut self,
+        socket: &mut S,
+        buf: &mut [u8],
+        mode: Mode,
+    ) -> io::Result<usize> {
+        let mut filled = 0;
+        loop {
+            match self.conn.reader().read(&mut buf[filled..]) {
+                Ok(0) if filled < buf.len() => self.ended = true, // close_notify
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket ended without close_notify: an end all the same (the protocols
+                // carried have their own ends; a cut one shows there).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.ended = true,
+                Err(e) => return Err(e),
+            }
+            if filled == buf.len() || self.ended || (mode == Mode::Blocking && filled > 0) {
+                return Ok(filled);
+            }
+            let mut from = NoteShort {
+                socket: &mut *socket,
+                short: false,
+            };
+            let drained = match self.conn.read_tls(&mut from) {
+                Ok(0) => false, // the end: the next look at the plaintext says so
+                Ok(_) => from.short,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = self.process() {
+                let _ = self.flush(socket); // the alert, if the socket takes it
+                return Err(e);
+            }
+            if self.conn.wants_write() {
+                // Handshake messages, key updates, session tickets: best effort now, the
+                // rest on the next writable event.
+                self.flush(socket)?;
+            }
+            if drained {
+                // Records completed by this read are plaintext now; take them, then stop.
+                if let Ok(n) = self.conn.reader().read(&mut buf[filled..]) {
+                    filled += n;
+                }
+                return match filled {
+                    0 => Err(io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                };
+            }
+        }
+    }
+
+    fn process(&mut self) -> io::Result<()> {
+        match self.conn.process_new_packets() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
+    /// Encrypts what fits of `buf` and writes it out. Ciphertext left from an earlier write
+    /// goes first; if the socket takes none of it, `WouldBlock`, and nothing of `buf` is
+    /// taken.
+    pub fn write<S: Write>(&mut self, socket: &mut S, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(socket, &[io::IoSlice::new(buf)])
+    }
+
+    /// As [`TlsLayer::write`], with the slices sealed into records together.
+    pub fn write_vectored<S: Write>(
+        &mut self,
+        socket: &mut S,
+        bufs: &[io::IoSlice<'_>],
+    ) -> io::Result<usize> {
+        if !self.flush(socket)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let offered: usize = bufs.iter().map(|b| b.len()).sum();
+        // rustls seals at most SEND_BUFFER_LIMIT at a time; taking less than offered must
+        // mean the socket is full, so seal and write until all is taken or it is.
+        let mut taken = self.conn.writer().write_vectored(bufs)?;
+        let mut all_out = self.flush(socket)?;
+        if taken < offered && all_out {
+            let mut rest: Vec<io::IoSlice<'_>> = bufs.to_vec();
+            let mut rest = &mut rest[..];
+            io::IoSlice::advance_slices(&mut rest, taken);
+            while taken < offered && all_out {
+                let n = self.conn.writer().write_vectored(rest)?;
+                io::IoSlice::advance_slices(&mut rest, n);
+                taken += n;
+                all_out = self.flush(socket)?;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Writes out waiting ciphertext; true when none is left. On a blocking socket a
+    /// `false` means its write time-out passed.
+    pub fn flush<S: Write>(&mut self, socket: &mut S) -> io::Result<bool> {
+        while self.conn.wants_write() {
+            match retry(|| self.conn.write_tls(socket)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Ends our direction: `close_notify`, written if the socket takes it.
+    pub fn close<S: Write>(&mut self, socket: &mut S) -> io::Result<bool> {
+        self.conn.send_close_notify();
+        self.flush(socket)
+    }
+}

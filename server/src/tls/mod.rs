@@ -1,0 +1,203 @@
+//! TLS termination (RFC 8446, RFC 5246) with rustls: the daemon's listener speaks TLS when
+//! `SWITCHYARD_TLS_CERT` is set, and everything above it (HTTP/1.1, the switch, every
+//! plugin that reads through the daemon) sees plaintext.
+//!
+//! - [`certs`]: the certificate chains and keys, checked when read and chosen by SNI.
+//! - [`layer`]: one session over one socket, for an event loop or a worker.
+//!
+//! TLS 1.2 and 1.3 only, with rustls's safe defaults (no renegotiation, no compression,
+//! AEAD ciphers with forward secrecy). ALPN offers `h2` when a plugin serves HTTP/2 (RFC
+//! 9113 §3.2: such a connection starts with the preface, no upgrade) and `http/1.1`.
+//! Certificates are read again on SIGHUP: new handshakes use the new ones, sessions
+//! already established keep theirs, and a set that does not load leaves the old one in
+//! service.
+
+pub mod certs;
+pub mod layer;
+
+use certs::{PairPaths, Store, Warnings};
+use layer::TlsLayer;
+use rustls::crypto::CryptoProvider;
+use rustls::ServerConfig;
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// The ALPN protocol id of HTTP/2 over TLS (RFC 9113 §3.2).
+pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN protocol id of HTTP/1.1 (RFC 7301 §6).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The daemon's TLS side: the configuration new handshakes start from, replaced whole on a
+/// reload.
+pub struct Tls {
+    paths: Vec<PairPaths>,
+    provider: Arc<CryptoProvider>,
+    alpn: Vec<Vec<u8>>,
+    config: RwLock<Built>,
+}
+
+/// The cryptography rustls runs on: *ring* (see the commit that chose it for the numbers).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Tls {
+    /// Reads and checks the pairs; `h2` says whether ALPN offers HTTP/2.
+    pub fn load(paths: Vec<PairPaths>, h2: bool) -> Result<(Tls, Warnings), String> {
+        let provider = provider();
+        let alpn = match h2 {
+            true => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
+            false => vec![ALPN_HTTP1.to_vec()],
+        };
+        let (built, warnings) = build(&paths, &provider, &alpn)?;
+        let tls = Tls {
+            paths,
+            provider,
+            alpn,
+            config: RwLock::new(built),
+        };
+        Ok((tls, warnings))
+    }
+
+    /// Reads the same files again. On success new handshakes use them; on an error the
+    /// pairs in service stay, and the error says why.
+    pub fn reload(&self) -> Result<Warnings, String> {
+        let (built, warnings) = build(&self.paths, &self.provider, &self.alpn)?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = built;
+        Ok(warnings)
+    }
+
+    /// A new server-side session, for a connection just accepted.
+    pub fn accept(&self) -> io::Result<TlsLayer> {
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
+        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(TlsLayer::new(conn))
+    }
+
+    /// The pairs in service, one line each, for `--check` and the start's log line.
+    pub fn describe(&self) -> Vec<String> {
+        self.current().1.clone()
+    }
+
+    fn current(&self) -> Built {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A configuration for new handshakes, and the pairs it serves in words.
+type Built = (Arc<ServerConfig>, Vec<String>);
+
+fn build(
+    paths: &[PairPaths],
+    provider: &Arc<CryptoProvider>,
+    alpn: &[Vec<u8>],
+) -> Result<(Built, Warnings), String> {
+    let (store, warnings) = Store::load(paths, provider, SystemTime::now())?;
+    let summary = store.pairs.iter().enumerate().map(|(at, pair)| {
+        let names = match pair.names.is_empty() {
+            true => "no DNS name".to_string(),
+            false => pair.names.join(", "),
+        };
+        let default = if at == 0 { ", the default" } else { "" };
+        let expires = httpdate::fmt_http_date(pair.not_after);
+        format!(
+            "{} for {names}{default} (expires {expires})",
+            pair.paths.cert.display()
+        )
+    });
+    let summary = summary.collect();
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS settings refused by rustls: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(store));
+    config.alpn_protocols = alpn.to_vec();
+    Ok(((Arc::new(config), summary), warnings))
+}
+
+/// What a finished handshake settled, in the words `/metrics` and the access line use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Summary {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The IANA name of the cipher suite.
+    pub cipher: &'static str,
+    /// `h2`, `http/1.1`, or `-` when the client offered no protocol.
+    pub alpn: &'static str,
+}
+
+impl Summary {
+    pub fn of(session: &rustls::ServerConnection) -> Option<Summary> {
+        if session.is_handshaking() {
+            return None;
+        }
+        let version = match session.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "other",
+        };
+        let cipher = session
+            .negotiated_cipher_suite()
+            .and_then(|suite| suite.suite().as_str())
+            .unwrap_or("other");
+        let alpn = match session.alpn_protocol() {
+            Some(ALPN_H2) => "h2",
+            Some(ALPN_HTTP1) => "http/1.1",
+            Some(_) => "other",
+            None => "-",
+        };
+        Some(Summary {
+            version,
+            cipher,
+            alpn,
+        })
+    }
+}
+
+/// What plugins and the access line are told of a TLS connection's session.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    pub summary: Summary,
+    /// The name the client asked for (SNI), lower case.
+    pub server_name: Option<String>,
+}
+
+impl Handshake {
+    pub fn of(layer: &TlsLayer) -> Option<Handshake> {
+        Some(Handshake {
+            summary: layer.summary()?,
+            server_name: layer.session().server_name().map(str::to_ascii_lowercase),
+        })
+    }
+}
+
+/// Why a handshake failed, as a `/metrics` label: what the operator can act on.
+pub fn failure_reason(error: &io::Error) -> &'static str {
+    use rustls::Error;
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return match error.kind() {
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => "closed",
+            _ => "io",
+        };
+    };
+    match tls {
+        // Bytes that are not TLS at all: plain HTTP sent to a TLS port, scanners.
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => "not_tls",
+        // No version, cipher suite, group or signature scheme in common.
+        Error::PeerIncompatible(_) => "incompatible",
+        Error::NoApplicationProtocol => "no_alpn",
+        // The client refused us, mostly our certificate (unknown CA, wrong name, expired).
+        Error::AlertReceived(_) => "client_alert",
+        Error::InvalidCertificate(_) | Error::NoCertificatesPresented => "client_certificate",
+        _ => "protocol",
+    }
+}

@@ -1,0 +1,480 @@
+//! TLS termination (issue 22): a test CA made at test time, the daemon given its
+//! certificates, and real TLS clients (rustls, as a browser's own stack would be) speaking
+//! HTTP/1.1, WebSocket and a blocking plugin's protocol through it.
+
+use crate::support::{c_plugin, upgrade_request, Daemon, DaemonBuilder};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+/// A certificate authority of the test's own, and the pairs it issues, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A chain (leaf, then the CA) and its key, on disk.
+struct Pair {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchyard test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+            ca_key,
+        }
+    }
+
+    /// A pair for `names`, written as `<stem>.crt` (leaf then CA) and `<stem>.key`.
+    fn issue(&self, stem: &str, names: &[&str]) -> Pair {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let pair = Pair {
+            cert: self.dir.path().join(format!("{stem}.crt")),
+            key: self.dir.path().join(format!("{stem}.key")),
+        };
+        std::fs::write(&pair.cert, cert.pem() + &self.ca.pem()).unwrap();
+        std::fs::write(&pair.key, key.serialize_pem()).unwrap();
+        pair
+    }
+
+    /// A client that trusts this CA only, offering `alpn`.
+    fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        self.client_with(alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    fn client_with(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A finished handshake with `addr`, asking for `name`.
+fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Tls {
+    let socket = TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    let conn = ClientConnection::new(config.clone(), name).unwrap();
+    let mut tls = StreamOwned::new(conn, socket);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .expect("TLS handshake with the daemon");
+    }
+    tls
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; returns the head and body.
+fn response(stream: &mut impl Read) -> (String, Vec<u8>) {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "the response ended early"
+        );
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8(bytes).unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+fn get(tls: &mut Tls, path: &str) -> (String, String) {
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    tls.flush().unwrap();
+    let (head, body) = response(tls);
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// `/metrics` over TLS, waiting until it has `line` (it is rendered at most once a second).
+fn wait_for_metric(daemon: &Daemon, pki: &Pki, line: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+        let (_, text) = get(&mut tls, "/metrics");
+        if text.lines().any(|l| l == line) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(text);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn with_pairs(builder: DaemonBuilder, pairs: &[&Pair]) -> DaemonBuilder {
+    let list = |f: fn(&Pair) -> &Path| {
+        pairs
+            .iter()
+            .map(|p| f(p).display().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    builder
+        .env("SWITCHYARD_TLS_CERT", &list(|p| &p.cert))
+        .env("SWITCHYARD_TLS_KEY", &list(|p| &p.key))
+}
+
+/// The certificate the daemon presented, as DER.
+fn presented(tls: &Tls) -> CertificateDer<'static> {
+    tls.conn.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+#[test]
+fn websocket_http_and_a_blocking_plugin_through_tls() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-websocket")
+        .plugin("switchyard-echo")
+        .start();
+
+    // HTTP/1.1 as curl would speak it, ALPN and all.
+    let mut tls = connect(daemon.addr, &pki.client(&[b"http/1.1"]), "localhost");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (head, body) = get(&mut tls, "/healthz");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "ok\n");
+
+    // A WebSocket on the event loop: text, and a message of 1 MiB both ways.
+    let tls = connect(daemon.addr, &pki.client(&[b"http/1.1"]), "localhost");
+    let (mut ws, answer) = tungstenite::client("wss://localhost/chat", tls).expect("handshake");
+    assert_eq!(answer.status(), 101);
+    ws.send(Message::text("over TLS")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("over TLS"));
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).unwrap();
+    let echoed = ws
+        .read()
+        .unwrap_or_else(|e| panic!("{e}: {}", daemon.logs()));
+    assert_eq!(echoed.into_data().as_ref(), &big[..]);
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+
+    // A blocking plugin on a worker thread: the echo protocol after the 101.
+    let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    tls.write_all(upgrade_request("/", "echo").as_bytes())
+        .unwrap();
+    let (head, _) = response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let payload: Vec<u8> = (0..300_000).map(|i| (i % 253) as u8).collect();
+    for chunk in payload.chunks(50_000) {
+        tls.write_all(chunk).unwrap();
+        let mut back = vec![0; chunk.len()];
+        tls.read_exact(&mut back).unwrap();
+        assert_eq!(back, chunk);
+    }
+
+    let line = "switchyard_tls_handshakes_total{version=\"TLSv1.3\",cipher=\"TLS13_AES_256_GCM_SHA384\",alpn=\"http/1.1\"} 2";
+    wait_for_metric(&daemon, &pki, line).expect("handshakes counted by ALPN");
+    let logs = daemon.logs();
+    assert!(logs.contains("\"GET /chat HTTP/1.1\" 101"), "{logs}");
+}
+
+#[test]
+fn sni_chooses_the_chain_and_the_first_is_the_default() {
+    let pki = Pki::new();
+    let first = pki.issue("first", &["first.test", "localhost"]);
+    let second = pki.issue("second", &["*.second.test"]);
+    let daemon = with_pairs(Daemon::builder(), &[&first, &second])
+        .plugin("switchyard-echo")
+        .start();
+    let names = |name: &str| {
+        let mut tls = connect(daemon.addr, &pki.client(&[]), name);
+        let cert = presented(&tls);
+        let (head, _) = get(&mut tls, "/healthz");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        cert
+    };
+    let first_der = std::fs::read(&first.cert).unwrap();
+    let second_der = std::fs::read(&second.cert).unwrap();
+    let der_of = |pem: &[u8]| {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::pem_slice_iter(pem).next().unwrap().unwrap()
+    };
+    assert_eq!(names("www.second.test"), der_of(&second_der));
+    assert_eq!(names("first.test"), der_of(&first_der));
+    // No name the second covers (nor an IP, which sends no SNI): the first, the default.
+    let socket = TcpStream::connect(daemon.addr).unwrap();
+    let ip = ServerName::IpAddress(daemon.addr.ip().into());
+    let mut insecure = ClientConnection::new(pki.client(&[]), ip).unwrap();
+    let mut socket = socket;
+    // The default chain is not valid for the address: the client refuses it, which is the
+    // point (it was offered the first chain); its alert reaches the daemon.
+    let refused = loop {
+        match insecure.complete_io(&mut socket) {
+            Ok(_) if !insecure.is_handshaking() => break None,
+            Ok(_) => {}
+            Err(e) => break Some(e),
+        }
+    };
+    assert!(refused.is_some(), "an IP address is in neither certificate");
+}
+
+#[test]
+fn not_tls_and_stalled_handshakes_hold_nothing() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_HEADER_TIMEOUT_MS", "500")
+        .start();
+
+    // Plain HTTP to the TLS port: never a cleartext answer (SPEC: TLS), and the
+    // connection ends.
+    let mut plain = TcpStream::connect(daemon.addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "a cleartext answer on a TLS port: {answer:?}"
+    );
+
+    // A client that starts a record and stops: closed at the head time-out.
+    let mut stalled = TcpStream::connect(daemon.addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    let began = Instant::now();
+    let mut rest = Vec::new();
+    let ended = stalled.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "closed, not left open: {ended:?}");
+    assert!(began.elapsed() < Duration::from_secs(4));
+
+    // Everyone else is served the while.
+    let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
+    wait_for_metric(
+        &daemon,
+        &pki,
+        "switchyard_tls_handshake_failures_total{reason=\"not_tls\"} 1",
+    )
+    .expect("counted as not TLS");
+    wait_for_metric(
+        &daemon,
+        &pki,
+        "switchyard_tls_handshake_failures_total{reason=\"timeout\"} 1",
+    )
+    .expect("counted as a time-out");
+}
+
+#[test]
+fn tls_1_2_is_served_and_the_version_is_counted() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-echo")
+        .start();
+    let config = pki.client_with(&[], &[&rustls::version::TLS12]);
+    let mut tls = connect(daemon.addr, &config, "localhost");
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
+    let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    let (_, metrics) = get(&mut tls, "/metrics");
+    assert!(
+        metrics.contains("switchyard_tls_handshakes_total{version=\"TLSv1.2\",cipher=\"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\",alpn=\"-\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn certificates_are_read_again_on_sighup_and_live_sessions_keep_theirs() {
+    let pki = Pki::new();
+    let old = pki.issue("served", &["localhost"]);
+    let old_der = presented_der(&old);
+    let daemon = with_pairs(Daemon::builder(), &[&old])
+        .plugin("switchyard-websocket")
+        .start();
+    let tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    assert_eq!(presented(&tls), old_der);
+    let (mut ws, _) = tungstenite::client("wss://localhost/chat", tls).expect("handshake");
+
+    // Renewed in place, as certbot does, then SIGHUP.
+    let renewed = pki.issue("served", &["localhost"]);
+    let new_der = presented_der(&renewed);
+    assert_ne!(new_der, old_der);
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_for_log("TLS certificates read again")
+        .expect("reload logged");
+    let fresh = connect(daemon.addr, &pki.client(&[]), "localhost");
+    assert_eq!(
+        presented(&fresh),
+        new_der,
+        "new handshakes use the new pair"
+    );
+    ws.send(Message::text("still here")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still here"));
+
+    // A key that is not the certificate's: refused, and the pair in service stays.
+    let stranger = pki.issue("stranger", &["localhost"]);
+    std::fs::copy(&stranger.key, &renewed.key).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let logs = daemon
+        .wait_for_log("TLS certificates not reloaded")
+        .expect("the bad pair is refused");
+    assert!(
+        logs.contains(&format!("{} is not the key of", renewed.key.display())),
+        "{logs}"
+    );
+    let after = connect(daemon.addr, &pki.client(&[]), "localhost");
+    assert_eq!(presented(&after), new_der);
+    ws.send(Message::text("and here")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("and here"));
+}
+
+fn presented_der(pair: &Pair) -> CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(&pair.cert)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn a_bad_pair_stops_the_start_naming_the_file() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let other = pki.issue("other", &["localhost"]);
+    // The key of another certificate.
+    let (status, logs) = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_TLS_CERT", &pair.cert.display().to_string())
+        .env("SWITCHYARD_TLS_KEY", &other.key.display().to_string())
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(logs.contains("is not the key of"), "{logs}");
+    // A chain out of order: the CA first.
+    let text = std::fs::read_to_string(&pair.cert).unwrap();
+    let (leaf, ca) = text.split_at(text.find("-----END CERTIFICATE-----").unwrap() + 26);
+    let swapped = pki.dir.path().join("swapped.crt");
+    std::fs::write(&swapped, format!("{}{leaf}", ca.trim_start())).unwrap();
+    let (status, logs) = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_TLS_CERT", &swapped.display().to_string())
+        .env("SWITCHYARD_TLS_KEY", &pair.key.display().to_string())
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(logs.contains("swapped.crt"), "{logs}");
+    // --check says what would be served.
+    let (status, out, _) = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-echo")
+        .run_with_args(&["--check"]);
+    assert!(status.success());
+    assert!(
+        out.contains(&format!(
+            "{} for localhost, the default",
+            pair.cert.display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn plugins_built_before_abi_1_5_are_not_handed_tls_connections() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .library_file(&c_plugin(&["AS_ABI_MINOR=4"]))
+        .start();
+    let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    tls.write_all(upgrade_request("/", "c-echo").as_bytes())
+        .unwrap();
+    let (head, _) = response(&mut tls);
+    assert!(!head.starts_with("HTTP/1.1 101"), "{head}");
+    let logs = daemon
+        .wait_for_log("cannot be handed TLS connections")
+        .expect("the operator is told why");
+    assert!(
+        logs.contains("plugin c-echo is built for ABI 1.4"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn the_proxy_protocol_header_comes_before_the_handshake() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_PROXY_PROTOCOL", "v1")
+        .env("SWITCHYARD_PROXY_FROM", "127.0.0.1")
+        .start();
+    let mut socket = TcpStream::connect(daemon.addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n")
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(pki.client(&[]), name).unwrap();
+    let mut tls = StreamOwned::new(conn, socket);
+    let (head, _) = get(&mut tls, "/healthz");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    daemon
+        .wait_for_log("198.51.100.7:40000 \"GET /healthz HTTP/1.1\" 200")
+        .expect("the client named by the header is logged");
+}
