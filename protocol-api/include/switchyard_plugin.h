@@ -112,6 +112,8 @@ typedef struct switchyard_request {
     switchyard_bytes tls_cipher;      /* (1.5) the cipher suite's IANA name */
     switchyard_bytes tls_alpn;        /* (1.5) "h2", "http/1.1", or empty */
     switchyard_bytes tls_server_name; /* (1.5) the name asked for (SNI), or empty */
+    switchyard_bytes tls_client_subject; /* (1.5) the verified client certificate's subject
+                                          * (RFC 4514), or empty: none presented */
 } switchyard_request;
 
 /* switchyard_request.arrival: by an HTTP/1.1 Upgrade (the host sends the 101), or with the

@@ -258,6 +258,9 @@ pub struct RawRequest {
     /// (1.5) With `tls`: the host name the client asked for (SNI), lower case; empty when
     /// it named none.
     pub tls_server_name: RawBytes,
+    /// (1.5) With `tls`: the subject of the client's certificate (RFC 4514's string form),
+    /// verified by the host against its client CA; empty when the client presented none.
+    pub tls_client_subject: RawBytes,
 }
 
 /// [`RawRequest::arrival`]: an HTTP/1.1 request with `Upgrade`; the host sends the `101`.
@@ -484,7 +487,7 @@ const _: () = {
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);
     assert!(offset_of!(RawRequest, tls) == 12 * W + 16);
     assert!(offset_of!(RawRequest, tls_version) == 12 * W + 24);
-    assert!(size_of::<RawRequest>() == 20 * W + 24);
+    assert!(size_of::<RawRequest>() == 22 * W + 24);
     assert!(offset_of!(RawConnection, fd) == 8 * W);
     assert!(offset_of!(RawConnection, set_write_timeout) == 9 * W);
     assert!(size_of::<RawWants>() == 16);

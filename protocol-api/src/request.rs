@@ -26,6 +26,10 @@ pub struct Tls<'a> {
     pub alpn: Option<&'a str>,
     /// The host name the client asked for (SNI), lower case.
     pub server_name: Option<&'a str>,
+    /// The subject of the client's certificate (RFC 4514's string form, `CN=alice,O=Example`),
+    /// verified by the daemon against `SWITCHYARD_TLS_CLIENT_CA`; `None` when the client
+    /// presented none.
+    pub client_subject: Option<&'a str>,
 }
 
 /// The request that asked to switch protocols, as the daemon parsed it. Borrowed from the
@@ -120,6 +124,7 @@ impl<'a> Request<'a> {
             cipher: Self::text(self.raw.tls_cipher),
             alpn: Some(Self::text(self.raw.tls_alpn)).filter(|a| !a.is_empty()),
             server_name: Some(Self::text(self.raw.tls_server_name)).filter(|n| !n.is_empty()),
+            client_subject: Some(Self::text(self.raw.tls_client_subject)).filter(|s| !s.is_empty()),
         })
     }
 

@@ -143,6 +143,7 @@ impl TestRequest {
             tls_cipher: RawBytes::new(&[]),
             tls_alpn: RawBytes::new(&[]),
             tls_server_name: RawBytes::new(&[]),
+            tls_client_subject: RawBytes::new(&[]),
         };
         // The test host is this crate's own ABI version.
         crate::host::note_host_minor(crate::abi::ABI_MINOR);

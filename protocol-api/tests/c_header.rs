@@ -48,7 +48,8 @@ fn rust_side() -> BTreeSet<String> {
         tls_version,
         tls_cipher,
         tls_alpn,
-        tls_server_name
+        tls_server_name,
+        tls_client_subject
     );
     size!("switchyard_connection", RawConnection);
     field!(

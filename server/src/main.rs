@@ -237,10 +237,17 @@ fn load_tls(
     registry: &'static plugin::Registry,
 ) -> Result<Option<tls::Tls>, String> {
     if config.tls.is_empty() {
-        return Ok(None);
+        return match config.tls_clients {
+            Some(_) => Err(
+                "SWITCHYARD_TLS_CLIENT_CA is set but SWITCHYARD_TLS_CERT is not: \
+                            client certificates need a TLS listener"
+                    .into(),
+            ),
+            None => Ok(None),
+        };
     }
     let h2 = http1::prior_knowledge::takes_tls(registry);
-    let (tls, warnings) = tls::Tls::load(config.tls.clone(), h2)?;
+    let (tls, warnings) = tls::Tls::load(config.tls.clone(), config.tls_clients.clone(), h2)?;
     for warning in warnings {
         log::warn!("{warning}");
     }

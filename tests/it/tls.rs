@@ -219,7 +219,10 @@ fn websocket_http_and_a_blocking_plugin_through_tls() {
     let line = "switchyard_tls_handshakes_total{version=\"TLSv1.3\",cipher=\"TLS13_AES_256_GCM_SHA384\",alpn=\"http/1.1\"} 2";
     wait_for_metric(&daemon, &pki, line).expect("handshakes counted by ALPN");
     let logs = daemon.logs();
-    assert!(logs.contains("\"GET /chat HTTP/1.1\" 101"), "{logs}");
+    assert!(
+        logs.contains("\"GET /chat HTTP/1.1\" 101 proto=websocket tls=TLSv1.3/TLS13_AES_256_GCM_SHA384/http/1.1 in="),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -477,4 +480,156 @@ fn the_proxy_protocol_header_comes_before_the_handshake() {
     daemon
         .wait_for_log("198.51.100.7:40000 \"GET /healthz HTTP/1.1\" 200")
         .expect("the client named by the header is logged");
+}
+
+impl Pki {
+    /// A client certificate for `name` from this CA, and the client configuration
+    /// presenting it to a server whose certificate is from `server`'s.
+    fn client_presenting(&self, name: &str, server: &Pki) -> Arc<ClientConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc.");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let mut roots = RootCertStore::empty();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        roots.add(server.ca.der().clone()).unwrap();
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![cert.der().clone()], key_der)
+                .unwrap(),
+        )
+    }
+
+    /// The CA's certificate as a PEM file, for SWITCHYARD_TLS_CLIENT_CA.
+    fn ca_file(&self) -> PathBuf {
+        let path = self.dir.path().join("clients-ca.pem");
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
+    }
+}
+
+/// The lines a program behind an `exec:` route writes, one message each, until it ends.
+fn program_lines(tls: Tls, path: &str) -> Vec<String> {
+    let (mut ws, _) =
+        tungstenite::client(format!("wss://localhost{path}"), tls).expect("handshake");
+    let mut lines = Vec::new();
+    while let Ok(message) = ws.read() {
+        if let Message::Text(line) = message {
+            lines.push(line.to_string());
+        }
+    }
+    lines
+}
+
+#[test]
+fn client_certificates_are_verified_and_told_to_programs() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_TLS_CLIENT_CA",
+            &pki.ca_file().display().to_string(),
+        )
+        .env("SWITCHYARD_WEBSOCKET_ROUTES", "/env=exec:/usr/bin/env")
+        .start();
+
+    // A certificate from the CA: its subject reaches the program, as CGI under mod_ssl.
+    let tls = connect(
+        daemon.addr,
+        &pki.client_presenting("alice", &pki),
+        "localhost",
+    );
+    let env = program_lines(tls, "/env");
+    assert!(env.contains(&"HTTPS=on".to_string()), "{env:?}");
+    assert!(
+        env.contains(&"SSL_CLIENT_VERIFY=SUCCESS".to_string()),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"SSL_CLIENT_S_DN=O=Example\\, Inc.,CN=alice".to_string()),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"SSL_TLS_SNI=localhost".to_string()),
+        "{env:?}"
+    );
+
+    // None at all: allowed (optional), and said so.
+    let tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    let env = program_lines(tls, "/env");
+    assert!(
+        env.contains(&"SSL_CLIENT_VERIFY=NONE".to_string()),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|l| l.starts_with("SSL_CLIENT_S_DN=")),
+        "{env:?}"
+    );
+
+    // One from another authority: refused in the handshake.
+    let stranger = Pki::new().client_presenting("mallory", &pki);
+    let socket = TcpStream::connect(daemon.addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = StreamOwned::new(ClientConnection::new(stranger, name).unwrap(), socket);
+    let _ = write!(tls, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut answer = Vec::new();
+    assert!(
+        tls.read_to_end(&mut answer).is_err() || answer.is_empty(),
+        "a certificate from another CA was served: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    wait_for_metric(
+        &daemon,
+        &pki,
+        "switchyard_tls_handshake_failures_total{reason=\"client_certificate\"} 1",
+    )
+    .expect("counted");
+}
+
+#[test]
+fn a_required_client_certificate_refuses_clients_without_one() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-echo")
+        .env(
+            "SWITCHYARD_TLS_CLIENT_CA",
+            &pki.ca_file().display().to_string(),
+        )
+        .env("SWITCHYARD_TLS_CLIENT_AUTH", "required")
+        .start();
+    let mut tls = connect(
+        daemon.addr,
+        &pki.client_presenting("alice", &pki),
+        "localhost",
+    );
+    assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
+    let socket = TcpStream::connect(daemon.addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(pki.client(&[]), name).unwrap();
+    let mut tls = StreamOwned::new(conn, socket);
+    let _ = write!(tls, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut answer = Vec::new();
+    assert!(
+        tls.read_to_end(&mut answer).is_err() || answer.is_empty(),
+        "served without a certificate: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
 }

@@ -11,7 +11,8 @@
 //!   variables the operator names (`SWITCHYARD_WEBSOCKET_PASSENV`, websocketd's
 //!   `--passenv`; `PATH` and `LD_LIBRARY_PATH` by default).
 //! - The request's variables (`REMOTE_ADDR`, `PATH_INFO`...) come last: neither a header
-//!   nor a passed variable can change them.
+//!   nor a passed variable can change them. Nor the TLS ones (`HTTPS`, `SSL_CLIENT_S_DN`,
+//!   `SSL_CLIENT_VERIFY`...): set from the daemon's handshake, or removed.
 
 use protocol_api::path::RequestPath;
 use protocol_api::Request;
@@ -66,6 +67,31 @@ pub fn environment(
         ("GATEWAY_INTERFACE", "websocketd-CGI/0.1"),
     ] {
         env.insert(name.to_string(), value.into());
+    }
+    // Over TLS, what Apache's mod_ssl and websocketd (`--ssl`) tell CGI programs.
+    if let Some(tls) = request.tls() {
+        let verify = match tls.client_subject {
+            Some(_) => "SUCCESS",
+            None => "NONE",
+        };
+        for (name, value) in [
+            ("HTTPS", Some("on")),
+            ("SSL_PROTOCOL", Some(tls.version)),
+            ("SSL_CIPHER", Some(tls.cipher)),
+            ("SSL_TLS_SNI", tls.server_name),
+            ("SSL_CLIENT_VERIFY", Some(verify)),
+            ("SSL_CLIENT_S_DN", tls.client_subject),
+        ] {
+            match value {
+                Some(value) => env.insert(name.to_string(), value.into()),
+                // Never one a header or the daemon's environment put there.
+                None => env.remove(name),
+            };
+        }
+    } else {
+        for name in ["HTTPS", "SSL_CLIENT_VERIFY", "SSL_CLIENT_S_DN"] {
+            env.remove(name);
+        }
     }
     env
 }

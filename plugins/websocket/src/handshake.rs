@@ -45,12 +45,14 @@ fn refuse(status: u16, why: &str) -> Rejection {
 }
 
 /// Checks a handshake. `headers` are (name, value) as received; `origins` are the pages
-/// the route takes.
+/// the route takes; `scheme` is `https` when the daemon terminated TLS (see
+/// [`Origins::check`]).
 pub fn check(
     method: &str,
     headers: &[(&str, &[u8])],
     config: &Config,
     origins: &Origins,
+    scheme: Option<&str>,
 ) -> Result<Accepted, Rejection> {
     let values = |name: &str| -> Vec<&str> {
         headers
@@ -80,7 +82,7 @@ pub fn check(
                 .with_header("Sec-WebSocket-Version", "13"))
         }
     }
-    if let Err(why) = origins.check(&values("origin"), values("host").first().copied()) {
+    if let Err(why) = origins.check(&values("origin"), values("host").first().copied(), scheme) {
         return Err(refuse(403, why));
     }
     let offered: Vec<&str> = values("sec-websocket-protocol")
@@ -121,7 +123,7 @@ mod tests {
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        let accepted = check("GET", &[KEY, V13], &config(), &Origins::any()).unwrap();
+        let accepted = check("GET", &[KEY, V13], &config(), &Origins::any(), None).unwrap();
         assert_eq!(
             accepted,
             Accepted {
@@ -134,12 +136,12 @@ mod tests {
             "Sec-WebSocket-Extensions",
             &b"permessage-deflate; client_max_window_bits"[..],
         );
-        let accepted = check("GET", &[KEY, V13, offer], &config(), &Origins::any()).unwrap();
+        let accepted = check("GET", &[KEY, V13, offer], &config(), &Origins::any(), None).unwrap();
         assert!(accepted.deflate.is_some(), "RFC 7692 offer accepted");
         let mut off = config();
         off.deflate = false;
         assert_eq!(
-            check("GET", &[KEY, V13, offer], &off, &Origins::any())
+            check("GET", &[KEY, V13, offer], &off, &Origins::any(), None)
                 .unwrap()
                 .deflate,
             None,
@@ -151,13 +153,13 @@ mod tests {
     fn rfc6455_4_2_1_bad_requests_are_400() {
         let c = config();
         assert_eq!(
-            check("POST", &[KEY, V13], &c, &Origins::any())
+            check("POST", &[KEY, V13], &c, &Origins::any(), None)
                 .unwrap_err()
                 .status,
             400
         );
         assert_eq!(
-            check("GET", &[V13], &c, &Origins::any())
+            check("GET", &[V13], &c, &Origins::any(), None)
                 .unwrap_err()
                 .status,
             400
@@ -167,7 +169,8 @@ mod tests {
                 "GET",
                 &[("Sec-WebSocket-Key", b"c2hvcnQ="), V13],
                 &c,
-                &Origins::any()
+                &Origins::any(),
+                None,
             )
             .unwrap_err()
             .status,
@@ -178,20 +181,21 @@ mod tests {
                 "GET",
                 &[("Sec-WebSocket-Key", b"not base64!"), V13],
                 &c,
-                &Origins::any()
+                &Origins::any(),
+                None,
             )
             .unwrap_err()
             .status,
             400
         );
         assert_eq!(
-            check("GET", &[KEY, KEY, V13], &c, &Origins::any())
+            check("GET", &[KEY, KEY, V13], &c, &Origins::any(), None)
                 .unwrap_err()
                 .status,
             400
         );
         assert_eq!(
-            check("GET", &[KEY], &c, &Origins::any())
+            check("GET", &[KEY], &c, &Origins::any(), None)
                 .unwrap_err()
                 .status,
             400
@@ -205,6 +209,7 @@ mod tests {
             &[KEY, ("Sec-WebSocket-Version", b"8")],
             &config(),
             &Origins::any(),
+            None,
         )
         .unwrap_err();
         assert_eq!(refused.status, 426);
@@ -220,25 +225,25 @@ mod tests {
         let allowed = Origins::parse("https://good.example").unwrap();
         let good = ("Origin", &b"https://good.example"[..]);
         let evil = ("Origin", &b"https://evil.example"[..]);
-        assert!(check("GET", &[KEY, V13, good], &c, &allowed).is_ok());
+        assert!(check("GET", &[KEY, V13, good], &c, &allowed, None).is_ok());
         assert_eq!(
-            check("GET", &[KEY, V13, evil], &c, &allowed)
+            check("GET", &[KEY, V13, evil], &c, &allowed, None)
                 .unwrap_err()
                 .status,
             403
         );
         assert!(
-            check("GET", &[KEY, V13], &c, &allowed).is_ok(),
+            check("GET", &[KEY, V13], &c, &allowed, None).is_ok(),
             "non-browser clients send no Origin"
         );
-        let two = check("GET", &[KEY, V13, evil, good], &c, &allowed).unwrap_err();
+        let two = check("GET", &[KEY, V13, evil, good], &c, &allowed, None).unwrap_err();
         assert_eq!(two.status, 403, "RFC 6454 §7.3: one Origin at most");
         let host = ("Host", &b"good.example:8080"[..]);
         let page = ("Origin", &b"http://good.example:8080"[..]);
         let same = Origins::same_origin();
-        assert!(check("GET", &[host, KEY, V13, page], &c, &same).is_ok());
+        assert!(check("GET", &[host, KEY, V13, page], &c, &same, None).is_ok());
         assert_eq!(
-            check("GET", &[host, KEY, V13, evil], &c, &same)
+            check("GET", &[host, KEY, V13, evil], &c, &same, None)
                 .unwrap_err()
                 .status,
             403
@@ -251,7 +256,7 @@ mod tests {
         c.protocols = vec!["v2.chat".into(), "v1.chat".into()];
         let offer = ("Sec-WebSocket-Protocol", &b"v1.chat, v2.chat"[..]);
         assert_eq!(
-            check("GET", &[KEY, V13, offer], &c, &Origins::any())
+            check("GET", &[KEY, V13, offer], &c, &Origins::any(), None)
                 .unwrap()
                 .protocol
                 .as_deref(),
@@ -259,7 +264,7 @@ mod tests {
         );
         let other = ("Sec-WebSocket-Protocol", &b"mqtt"[..]);
         assert_eq!(
-            check("GET", &[KEY, V13, other], &c, &Origins::any())
+            check("GET", &[KEY, V13, other], &c, &Origins::any(), None)
                 .unwrap()
                 .protocol,
             None

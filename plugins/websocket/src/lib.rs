@@ -101,7 +101,9 @@ impl EventProtocol for WebSocket {
             (None, _) => &self.same_origin,
         };
         let headers: Vec<(&str, &[u8])> = request.headers().collect();
-        let accepted = match handshake::check(request.method(), &headers, &self.config, origins) {
+        let scheme = request.tls().map(|_| "https");
+        let checked = handshake::check(request.method(), &headers, &self.config, origins, scheme);
+        let accepted = match checked {
             Ok(accepted) => accepted,
             Err(rejection) => {
                 log::info!(

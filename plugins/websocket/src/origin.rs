@@ -65,8 +65,15 @@ impl Origins {
     }
 
     /// Whether a request with these `Origin` field values (as received) and this `Host` may
-    /// switch; the reason when not.
-    pub fn check(&self, origins: &[&str], host: Option<&str>) -> Result<(), &'static str> {
+    /// switch; the reason when not. `scheme` is the one the request came by when the
+    /// daemon knows it (`https`: it terminated TLS); in cleartext it may be behind a proxy
+    /// that terminated TLS, so a page's `https` origin is taken as its own there.
+    pub fn check(
+        &self,
+        origins: &[&str],
+        host: Option<&str>,
+        scheme: Option<&str>,
+    ) -> Result<(), &'static str> {
         let origin = match origins {
             [] => return Ok(()), // not a browser
             [origin] => *origin,
@@ -79,7 +86,8 @@ impl Origins {
             return Ok(());
         }
         let same = self.same_origin
-            && host.is_some_and(|host| Origin::parse(origin).is_some_and(|o| o.is_host(host)));
+            && host
+                .is_some_and(|host| Origin::parse(origin).is_some_and(|o| o.is_host(host, scheme)));
         match same {
             true => Ok(()),
             false => Err("Origin not allowed"),
@@ -146,10 +154,16 @@ impl Origin {
     /// Whether this origin is the host the request was sent to (`Host`): the same name and
     /// port, a `Host` without a port meaning the origin scheme's default one (a page at
     /// `https://x/` opens `wss://x/`, both on 443).
-    fn is_host(&self, host: &str) -> bool {
+    /// Whether this origin is the host a request was sent to, by `scheme` when it is known
+    /// (RFC 6454 §5: another scheme is another origin), else by the origin's own.
+    fn is_host(&self, host: &str, scheme: Option<&str>) -> bool {
+        if scheme.is_some_and(|scheme| scheme != self.scheme) {
+            return false;
+        }
+        let scheme = scheme.unwrap_or(&self.scheme);
         match split_authority(host.trim()) {
             Some((name, port)) => {
-                name == self.host && port.or_else(|| default_port(&self.scheme)) == Some(self.port)
+                name == self.host && port.or_else(|| default_port(scheme)) == Some(self.port)
             }
             None => false,
         }
@@ -165,11 +179,11 @@ mod tests {
         let good = "https://good.example";
         for policy in [Origins::any(), Origins::parse(good).unwrap()] {
             assert_eq!(
-                policy.check(&[good, "https://evil.example"], Some("x")),
+                policy.check(&[good, "https://evil.example"], Some("x"), None),
                 Err("more than one Origin")
             );
             assert_eq!(
-                policy.check(&[good, good], Some("x")),
+                policy.check(&[good, good], Some("x"), None),
                 Err("more than one Origin")
             );
         }
@@ -192,27 +206,51 @@ mod tests {
             ("http://app.example.evil.example", "app.example", false),
         ] {
             assert_eq!(
-                same.check(&[origin], Some(host)).is_ok(),
+                same.check(&[origin], Some(host), None).is_ok(),
                 allowed,
                 "{origin} on {host}"
             );
         }
         assert!(
-            same.check(&[], Some("app.example")).is_ok(),
+            same.check(&[], Some("app.example"), None).is_ok(),
             "not a browser"
         );
-        assert!(same.check(&["http://a"], None).is_err());
+        assert!(same.check(&["http://a"], None, None).is_err());
+    }
+
+    #[test]
+    fn rfc6454_5_over_tls_the_page_must_be_https_too() {
+        let same = Origins::same_origin();
+        for (origin, host, allowed) in [
+            ("https://app.example", "app.example", true),
+            ("https://app.example:8443", "app.example:8443", true),
+            // A cleartext page of the same host is another origin: it could be anyone's.
+            ("http://app.example", "app.example", false),
+            ("http://app.example:8443", "app.example:8443", false),
+            // Host without a port means the scheme's default: 443 here.
+            ("https://app.example:80", "app.example", false),
+        ] {
+            assert_eq!(
+                same.check(&[origin], Some(host), Some("https")).is_ok(),
+                allowed,
+                "{origin} on {host} over TLS"
+            );
+        }
     }
 
     #[test]
     fn the_setting_names_origins_same_origin_or_any() {
         let listed = Origins::parse("https://a.example, same-origin").unwrap();
-        assert!(listed.check(&["https://A.example:443"], Some("b")).is_ok());
-        assert!(listed.check(&["http://b:81"], Some("b:81")).is_ok());
-        assert!(listed.check(&["https://c.example"], Some("b")).is_err());
+        assert!(listed
+            .check(&["https://A.example:443"], Some("b"), None)
+            .is_ok());
+        assert!(listed.check(&["http://b:81"], Some("b:81"), None).is_ok());
+        assert!(listed
+            .check(&["https://c.example"], Some("b"), None)
+            .is_err());
         assert!(Origins::parse("*")
             .unwrap()
-            .check(&["https://c"], None)
+            .check(&["https://c"], None, None)
             .is_ok());
         for bad in ["a.example", "https://", " , "] {
             assert!(Origins::parse(bad).is_err(), "{bad}");

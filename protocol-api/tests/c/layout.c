@@ -21,7 +21,7 @@ int main(void) {
     FIELD(switchyard_request, arrival); FIELD(switchyard_request, may_block);
     FIELD(switchyard_request, tls); FIELD(switchyard_request, tls_version);
     FIELD(switchyard_request, tls_cipher); FIELD(switchyard_request, tls_alpn);
-    FIELD(switchyard_request, tls_server_name);
+    FIELD(switchyard_request, tls_server_name); FIELD(switchyard_request, tls_client_subject);
     SIZE(switchyard_connection);
     FIELD(switchyard_connection, ctx); FIELD(switchyard_connection, read);
     FIELD(switchyard_connection, write); FIELD(switchyard_connection, write_vectored);

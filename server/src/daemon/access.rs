@@ -3,7 +3,10 @@
 //! ```text
 //! 127.0.0.1:50412 "GET /chat HTTP/1.1" 101 proto=echo in=1187 out=1210 time=3.204s
 //! 127.0.0.1:50413 "POST / HTTP/1.1" 400 in=61 out=150 time=0.1ms reason="both Transfer-Encoding and Content-Length"
+//! 127.0.0.1:50414 "GET /chat HTTP/1.1" 101 proto=websocket tls=TLSv1.3/TLS13_AES_128_GCM_SHA256/http/1.1 in=1187 out=1210 time=3.204s
 //! ```
+//! `tls` (on a TLS listener) is the protocol version, cipher suite and ALPN protocol (`-`:
+//! none offered); `in` and `out` count plaintext.
 //! `in` and `out` count bytes on the client connection: for an answered request its head and
 //! body and the answer; for a switched connection its whole life (request, bytes sent
 //! early, and everything after the `101` that passed through the daemon's or the plugin's
@@ -22,6 +25,8 @@ pub struct Exchange<'a> {
     pub request: &'a str,
     pub status: u16,
     pub protocol: Option<&'a str>,
+    /// What the connection's TLS handshake settled, on a TLS listener.
+    pub tls: Option<crate::tls::Summary>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub started: Instant,
@@ -56,6 +61,10 @@ pub fn log(exchange: &Exchange<'_>) {
         .protocol
         .map(|p| format!(" proto={p}"))
         .unwrap_or_default();
+    let tls = exchange
+        .tls
+        .map(|t| format!(" tls={}/{}/{}", t.version, t.cipher, t.alpn))
+        .unwrap_or_default();
     let reason = exchange
         .reason
         .map(|r| format!(" reason={r:?}"))
@@ -66,7 +75,7 @@ pub fn log(exchange: &Exchange<'_>) {
     };
     log::info!(
         target: "switchyard::access",
-        "{} {:?} {status}{protocol} in={} out={} time={time}{reason}",
+        "{} {:?} {status}{protocol}{tls} in={} out={} time={time}{reason}",
         exchange.peer,
         exchange.request,
         exchange.bytes_in,

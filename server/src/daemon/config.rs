@@ -5,6 +5,7 @@
 
 use crate::proxy_protocol::{Mode, ProxyProtocol};
 use crate::tls::certs::PairPaths;
+use crate::tls::ClientAuth;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct Config {
     /// `SWITCHYARD_TLS_CERT` and `SWITCHYARD_TLS_KEY`, paired in order: the listener
     /// speaks TLS when there is one (none: cleartext).
     pub tls: Vec<PairPaths>,
+    /// `SWITCHYARD_TLS_CLIENT_CA` and `SWITCHYARD_TLS_CLIENT_AUTH`: client certificates.
+    pub tls_clients: Option<ClientAuth>,
 }
 
 /// One setting as an operator sees it: in `--help` and in the README's table, which a test
@@ -175,6 +178,16 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "the PEM private keys of `SWITCHYARD_TLS_CERT`'s chains, in the same order (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519); a key that is not its certificate's, a chain out of order or an expired certificate stops the start with the file's name",
     },
     Setting {
+        variable: "SWITCHYARD_TLS_CLIENT_CA",
+        default: "none",
+        meaning: "PEM certificates of the authorities whose client certificates are accepted: a client that presents one signed by them is told to plugins (`Request::tls`) and to `exec:` programs (`SSL_CLIENT_S_DN`, `SSL_CLIENT_VERIFY=SUCCESS`); one that presents another is refused in the handshake. Read again on SIGHUP",
+    },
+    Setting {
+        variable: "SWITCHYARD_TLS_CLIENT_AUTH",
+        default: "`optional`",
+        meaning: "`required`: a client with no certificate is refused in the handshake too (needs `SWITCHYARD_TLS_CLIENT_CA`)",
+    },
+    Setting {
         variable: "RUST_LOG",
         default: "`info`",
         meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log",
@@ -283,6 +296,10 @@ impl Config {
             )?,
             reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
             tls: tls_pairs(get("SWITCHYARD_TLS_CERT"), get("SWITCHYARD_TLS_KEY"))?,
+            tls_clients: client_auth(
+                get("SWITCHYARD_TLS_CLIENT_CA"),
+                get("SWITCHYARD_TLS_CLIENT_AUTH"),
+            )?,
         })
     }
 }
@@ -306,6 +323,37 @@ fn proxy_protocol(
         });
     }
     Ok(ProxyProtocol { mode, from })
+}
+
+/// Client certificates: a CA to verify them against, and whether one is required.
+fn client_auth(
+    ca: Option<(&'static str, String)>,
+    mode: Option<(&'static str, String)>,
+) -> Result<Option<ClientAuth>, ConfigError> {
+    let required = parse_or(mode.clone(), false, |v| match v {
+        "optional" => Ok(false),
+        "required" => Ok(true),
+        _ => Err("expected optional or required".into()),
+    })?;
+    match ca {
+        Some((_, path)) if !path.trim().is_empty() => Ok(Some(ClientAuth {
+            ca: PathBuf::from(path.trim()),
+            required,
+        })),
+        Some((variable, value)) => Err(ConfigError {
+            variable,
+            value,
+            reason: "empty path".into(),
+        }),
+        None if required => Err(ConfigError {
+            variable: "SWITCHYARD_TLS_CLIENT_AUTH",
+            value: "required".into(),
+            reason:
+                "needs SWITCHYARD_TLS_CLIENT_CA: the authorities whose certificates are accepted"
+                    .into(),
+        }),
+        None => Ok(None),
+    }
 }
 
 /// The certificate chains and keys, paired in order: as many of one as of the other.

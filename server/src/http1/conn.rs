@@ -517,6 +517,7 @@ impl<T: Transport> HttpConn<T> {
             request: request.line,
             status,
             protocol: None,
+            tls: self.stream.tls().and_then(|tls| tls.summary()),
             bytes_in: request.bytes_in,
             bytes_out: bytes_out as u64,
             started: request.started,

@@ -100,6 +100,7 @@ pub fn takes_tls(registry: &'static Registry) -> bool {
             alpn: "h2",
         },
         server_name: None,
+        client_subject: None,
     });
     let accepted = matches!(
         plugin.negotiate(&probe.parts("0.0.0.0:0", 0)),

@@ -298,6 +298,13 @@ fn raw_request(parts: &RequestParts<'_>) -> RawRequest {
                 .unwrap_or("")
                 .as_bytes(),
         ),
+        tls_client_subject: RawBytes::new(
+            parts
+                .tls
+                .and_then(|t| t.client_subject.as_deref())
+                .unwrap_or("")
+                .as_bytes(),
+        ),
     }
 }
 

@@ -47,6 +47,7 @@ pub struct SwitchRecord {
     protocol: Box<str>,
     /// `101`, or [`access::NO_STATUS`] for HTTP/2 with prior knowledge (no `101`).
     status: u16,
+    tls: Option<crate::tls::Summary>,
     started: Instant,
     /// Bytes in before the switch: the request, and what was read past it.
     head_in: u64,
@@ -80,6 +81,7 @@ impl SwitchRecord {
             } else {
                 101
             },
+            tls: upgrade.tls.as_ref().map(|handshake| handshake.summary),
             started: upgrade.started,
             head_in: upgrade.bytes_in() + read_ahead as u64,
             head_out: switching.len() as u64,
@@ -98,6 +100,7 @@ impl SwitchRecord {
             request: &self.request_line,
             status: self.status,
             protocol: Some(&self.protocol),
+            tls: self.tls,
             bytes_in: self.head_in + bytes_in,
             bytes_out: self.head_out + bytes_out,
             started: self.started,

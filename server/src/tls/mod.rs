@@ -20,6 +20,7 @@ use layer::TlsLayer;
 use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -28,10 +29,19 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The ALPN protocol id of HTTP/1.1 (RFC 7301 §6).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
+/// Client certificates: verified against the authorities in `ca` when a client presents
+/// one; with `required`, a client that presents none is refused in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca: PathBuf,
+    pub required: bool,
+}
+
 /// The daemon's TLS side: the configuration new handshakes start from, replaced whole on a
 /// reload.
 pub struct Tls {
     paths: Vec<PairPaths>,
+    clients: Option<ClientAuth>,
     provider: Arc<CryptoProvider>,
     alpn: Vec<Vec<u8>>,
     config: RwLock<Built>,
@@ -43,16 +53,22 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 impl Tls {
-    /// Reads and checks the pairs; `h2` says whether ALPN offers HTTP/2.
-    pub fn load(paths: Vec<PairPaths>, h2: bool) -> Result<(Tls, Warnings), String> {
+    /// Reads and checks the pairs (and the client CA); `h2` says whether ALPN offers
+    /// HTTP/2.
+    pub fn load(
+        paths: Vec<PairPaths>,
+        clients: Option<ClientAuth>,
+        h2: bool,
+    ) -> Result<(Tls, Warnings), String> {
         let provider = provider();
         let alpn = match h2 {
             true => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
             false => vec![ALPN_HTTP1.to_vec()],
         };
-        let (built, warnings) = build(&paths, &provider, &alpn)?;
+        let (built, warnings) = build(&paths, clients.as_ref(), &provider, &alpn)?;
         let tls = Tls {
             paths,
+            clients,
             provider,
             alpn,
             config: RwLock::new(built),
@@ -63,7 +79,12 @@ impl Tls {
     /// Reads the same files again. On success new handshakes use them; on an error the
     /// pairs in service stay, and the error says why.
     pub fn reload(&self) -> Result<Warnings, String> {
-        let (built, warnings) = build(&self.paths, &self.provider, &self.alpn)?;
+        let (built, warnings) = build(
+            &self.paths,
+            self.clients.as_ref(),
+            &self.provider,
+            &self.alpn,
+        )?;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = built;
         Ok(warnings)
     }
@@ -98,6 +119,7 @@ type Built = (Arc<ServerConfig>, Vec<String>);
 
 fn build(
     paths: &[PairPaths],
+    clients: Option<&ClientAuth>,
     provider: &Arc<CryptoProvider>,
     alpn: &[Vec<u8>],
 ) -> Result<(Built, Warnings), String> {
@@ -115,13 +137,53 @@ fn build(
         )
     });
     let summary = summary.collect();
-    let mut config = ServerConfig::builder_with_provider(provider.clone())
+    let config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS settings refused by rustls: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(store));
+        .map_err(|e| format!("TLS settings refused by rustls: {e}"))?;
+    let config = match clients {
+        None => config.with_no_client_auth(),
+        Some(clients) => config.with_client_cert_verifier(client_verifier(clients, provider)?),
+    };
+    let mut config = config.with_cert_resolver(Arc::new(store));
     config.alpn_protocols = alpn.to_vec();
     Ok(((Arc::new(config), summary), warnings))
+}
+
+/// Verifies client certificates against the authorities in `clients.ca` (RFC 5280 path
+/// validation, by webpki).
+fn client_verifier(
+    clients: &ClientAuth,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let file = clients.ca.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&clients.ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!("{file}: cannot read certificates ({e}) (SWITCHYARD_TLS_CLIENT_CA)")
+        })?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{file}: a certificate is not a usable authority ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{file}: no certificate in it (SWITCHYARD_TLS_CLIENT_CA)"
+        ));
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    );
+    let builder = match clients.required {
+        true => builder,
+        false => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map_err(|e| format!("{file}: client certificates cannot be verified with it ({e})"))
 }
 
 /// What a finished handshake settled, in the words `/metrics` and the access line use.
@@ -169,15 +231,79 @@ pub struct Handshake {
     pub summary: Summary,
     /// The name the client asked for (SNI), lower case.
     pub server_name: Option<String>,
+    /// The subject of the client's certificate, verified against
+    /// `SWITCHYARD_TLS_CLIENT_CA` (the handshake fails otherwise): RFC 4514's string form.
+    pub client_subject: Option<String>,
 }
 
 impl Handshake {
     pub fn of(layer: &TlsLayer) -> Option<Handshake> {
+        let session = layer.session();
+        let client_subject = session.peer_certificates().and_then(|chain| {
+            let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+            Some(rfc4514(cert.subject()))
+        });
         Some(Handshake {
             summary: layer.summary()?,
-            server_name: layer.session().server_name().map(str::to_ascii_lowercase),
+            server_name: session.server_name().map(str::to_ascii_lowercase),
+            client_subject,
         })
     }
+}
+
+/// A distinguished name as RFC 4514 writes it: the last RDN first, `,` between them,
+/// `+` within one, special characters escaped (as Apache's `SSL_CLIENT_S_DN` and nginx's
+/// `$ssl_client_s_dn` give it).
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attribute| {
+                    let oid = attribute.attr_type();
+                    let kind = x509_parser::objects::oid2abbrev(oid, registry)
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| oid.to_id_string());
+                    let value = attribute.as_str().map(escape_dn_value).unwrap_or_else(|_| {
+                        let hex: String = attribute
+                            .attr_value()
+                            .data
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect();
+                        format!("#{hex}")
+                    });
+                    format!("{kind}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+/// RFC 4514 §2.4: `"+,;<>\` and NUL escaped anywhere, a leading space or `#` and a
+/// trailing space too.
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (at, c) in value.chars().enumerate() {
+        let edge = (at == 0 && (c == ' ' || c == '#')) || (at == last && c == ' ');
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\0' => out.push_str("\\00"),
+            _ if edge => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Why a handshake failed, as a `/metrics` label: what the operator can act on.
