@@ -1,7 +1,8 @@
 """gRPC end to end through switchyard (grpcio speaks HTTP/2 with prior knowledge on an
 insecure channel): unary, server and client streaming, a status error with its message, a
 deadline that cancels the backend's call, and 16 MiB messages both ways checked by digest.
-Usage: grpc_client.py HOST:PORT"""
+Usage: grpc_client.py HOST:PORT [CA_FILE]: with CA_FILE, over TLS (ALPN h2), the daemon's
+certificate checked against that authority for the name "localhost"."""
 import hashlib
 import sys
 
@@ -10,7 +11,13 @@ import grpc
 SERVICE = "/switchyard.test.Echo/"
 LIMIT = 64 * 1024 * 1024
 options = [("grpc.max_send_message_length", LIMIT), ("grpc.max_receive_message_length", LIMIT)]
-channel = grpc.insecure_channel(sys.argv[1], options=options)
+if len(sys.argv) > 2:
+    with open(sys.argv[2], "rb") as ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read())
+    options.append(("grpc.ssl_target_name_override", "localhost"))
+    channel = grpc.secure_channel(sys.argv[1], credentials, options=options)
+else:
+    channel = grpc.insecure_channel(sys.argv[1], options=options)
 
 
 def call(kind, method):

@@ -633,3 +633,97 @@ fn a_required_client_certificate_refuses_clients_without_one() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+#[test]
+fn a_client_that_reads_late_gets_everything_before_the_close() {
+    // A program's 4 MB of output, then its exit: the WebSocket's last messages and its
+    // close are sealed while the client is not reading, so they wait in the TLS session
+    // (not in the kernel, as they would in cleartext) and must still reach it, whole and
+    // in order, with the plugin long done.
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let script = pki.dir.path().join("big.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nfor i in $(seq 1 4000); do printf '%04d%0996d\\n' \"$i\" 0; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/big=exec:{},/chat=echo", script.display()),
+        )
+        .start();
+    let tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    let (mut ws, _) = tungstenite::client("wss://localhost/big", tls).expect("handshake");
+    std::thread::sleep(Duration::from_millis(1500)); // the program is done by now
+    let mut lines = 0;
+    let close = loop {
+        match ws.read() {
+            Ok(Message::Text(line)) => {
+                lines += 1;
+                assert_eq!(&line[..4], format!("{lines:04}"), "in order");
+                assert_eq!(line.len(), 1000);
+            }
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => {}
+            Err(e) => panic!("after {lines} lines: {e}\n{}", daemon.logs()),
+        }
+    };
+    assert_eq!(lines, 4000);
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1000));
+    // The echo, too, when the client reads its 8 MiB only after a pause.
+    let tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    let (mut ws, _) = tungstenite::client("wss://localhost/chat", tls).expect("handshake");
+    let big: Vec<u8> = (0..8 << 20).map(|i| (i % 241) as u8).collect();
+    ws.send(Message::binary(big.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let echoed = ws
+        .read()
+        .unwrap_or_else(|e| panic!("{e}: {}", daemon.logs()));
+    assert_eq!(echoed.into_data().as_ref(), &big[..]);
+}
+
+#[test]
+fn a_plugin_that_closes_at_once_still_delivers_what_it_wrote() {
+    // ev-echo writes its last bytes, shuts its side and is done in one call. In cleartext
+    // the kernel would send what it took; under TLS the records it did not take yet are
+    // the daemon's to write after the plugin is gone, then close_notify and the FIN. (How
+    // much waits in the session at that moment depends on timing; what the client must
+    // see does not.)
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("fixture-evented")
+        .start();
+    // A small receive window, so that the daemon's socket is full when the plugin ends.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&daemon.addr.into()).unwrap();
+    let socket = TcpStream::from(socket);
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(pki.client(&[]), name).unwrap();
+    let mut tls = StreamOwned::new(conn, socket);
+    tls.write_all(upgrade_request("/", "ev-echo").as_bytes())
+        .unwrap();
+    let (head, _) = response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let sent: Vec<u8> = (0..150_000).map(|i| (i % 239) as u8).collect();
+    tls.write_all(&sent).unwrap();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(1000)); // the plugin is done by now
+    let mut got = Vec::new();
+    tls.read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("after {} bytes: {e}\n{}", got.len(), daemon.logs()));
+    let greeting = b"buffered=0\n";
+    assert_eq!(&got[..greeting.len()], greeting);
+    assert_eq!(got.len() - greeting.len(), sent.len(), "every byte echoed");
+    assert!(got[greeting.len()..] == sent[..], "in order");
+}

@@ -3,6 +3,7 @@
 //! HTTP/1.1 to a plugin, and between an event loop and a worker. What is owed to it is a
 //! [`protocol_api::output::Output`], the one write loop the daemon and plugins share.
 
+pub mod closing;
 pub mod transport;
 
 use crate::daemon::state::Ticket;

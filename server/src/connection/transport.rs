@@ -22,7 +22,13 @@ pub trait Transport: Read + Write {
         Ok(true)
     }
 
-    /// The TLS session over the socket, if there is one.
+    /// What the stream itself holds for the peer (TLS records the socket did not take):
+    /// the connection's answers are not all out, nor may it close, while it does.
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// The TLS session over the socket, once bytes go through it.
     fn tls(&self) -> Option<&TlsLayer> {
         None
     }
@@ -69,6 +75,13 @@ impl Wire {
     }
 
     /// The TLS session, once bytes go through it.
+    fn session_ref(&self) -> Option<&TlsLayer> {
+        match self.tls_after_proxy {
+            true => None,
+            false => self.tls.as_deref(),
+        }
+    }
+
     fn session(&mut self) -> Option<&mut TlsLayer> {
         match self.tls_after_proxy {
             true => None,
@@ -113,8 +126,10 @@ impl Transport for Wire {
     fn shutdown_write(&mut self) -> io::Result<()> {
         let Wire { socket, tls, .. } = self;
         if let (false, Some(tls)) = (self.tls_after_proxy, tls) {
-            // close_notify, if the socket takes it; a full socket gets the FIN alone.
-            let _ = tls.close(socket);
+            // close_notify after what waits; the FIN once it is all out.
+            if !tls.close(socket)? {
+                return Ok(());
+            }
         }
         self.socket.shutdown(Shutdown::Write)
     }
@@ -122,13 +137,23 @@ impl Transport for Wire {
     fn flush_pending(&mut self) -> io::Result<bool> {
         let Wire { socket, tls, .. } = self;
         match (self.tls_after_proxy, tls) {
-            (false, Some(tls)) => tls.flush(socket),
+            (false, Some(tls)) => {
+                let all_out = tls.flush(socket)?;
+                if all_out && std::mem::take(&mut tls.fin_owed) {
+                    socket.shutdown(Shutdown::Write)?;
+                }
+                Ok(all_out)
+            }
             _ => Ok(true),
         }
     }
 
+    fn has_pending(&self) -> bool {
+        self.session_ref().is_some_and(|tls| tls.has_pending())
+    }
+
     fn tls(&self) -> Option<&TlsLayer> {
-        self.tls.as_deref()
+        self.session_ref()
     }
 
     fn proxy_header_read(&mut self, rest: &mut Vec<u8>) -> io::Result<()> {

@@ -13,6 +13,7 @@
 
 mod timers;
 
+use crate::connection::closing::Closing;
 use crate::connection::transport::Wire;
 use crate::daemon::state::Shared;
 use crate::daemon::worker_slots::Slot;
@@ -93,6 +94,8 @@ struct Entry {
 enum Conn {
     Http(Box<HttpConn>),
     Event(Box<Session>),
+    /// A TLS session's last records on their way out ([`Closing`]).
+    Closing(Box<Closing>),
 }
 
 /// A loop set up but not yet running: made on the main thread (so that its handle exists
@@ -321,12 +324,18 @@ impl Loop {
                 conn.writable |= writable;
                 self.drive_http(slot);
             }
+            Conn::Closing(closing) => {
+                if closed || (writable && closing.on_writable()) {
+                    self.close(slot);
+                }
+            }
             Conn::Event(session) => {
                 let newly_closed = session.ready(readable, writable, closed);
                 // The peer's end is news even to a plugin that waits for nothing the socket
-                // brings (READY_PEER_CLOSED makes the call happen).
+                // brings (READY_PEER_CLOSED makes the call happen); so is room for TLS
+                // records the session still holds.
                 let due = session.due() | if newly_closed { READY_PEER_CLOSED } else { 0 };
-                if due != 0 {
+                if due != 0 || (writable && session.tls_pending()) {
                     self.drive_session(slot, |session, shared, now, watcher| {
                         session.call(shared, due, now, watcher)
                     });
@@ -622,6 +631,7 @@ impl Loop {
         let deadline = match &entry.conn {
             Conn::Http(conn) => conn.deadline(),
             Conn::Event(session) => Some(session.deadline(self.shared)),
+            Conn::Closing(closing) => Some(closing.deadline),
         };
         if let Some(at) = deadline {
             self.timers
@@ -647,6 +657,7 @@ impl Loop {
             }
             entry.scheduled = None;
             match &entry.conn {
+                Conn::Closing(_) => self.close(slot),
                 Conn::Http(_) => self.drive_http_with(slot, |conn, cx| conn.expire(cx)),
                 Conn::Event(_) => self.drive_session(slot, |session, shared, now, watcher| {
                     session.expire(shared, now, watcher)
@@ -666,20 +677,41 @@ impl Loop {
         if let Some(entry) = self.conns.try_remove(slot) {
             match entry.conn {
                 Conn::Http(conn) => drop(conn),
+                Conn::Closing(closing) => drop(closing),
                 Conn::Event(mut session) => {
                     // A plugin may hold a duplicate of the socket (h2c's runtime does): then
                     // closing ours leaves the registration alive, and its events would reach
                     // whichever connection takes this slot next. So it is taken out first.
                     let _ = self.poll.registry().deregister(&mut session.wire.socket);
-                    session.close(
-                        reason,
-                        Watcher {
-                            registry: self.poll.registry(),
-                            token: watch_token(slot),
-                        },
-                    )
+                    let watcher = Watcher {
+                        registry: self.poll.registry(),
+                        token: watch_token(slot),
+                    };
+                    let deadline = self.now + self.shared.config.write_timeout;
+                    if let Some(closing) = session.close(reason, watcher, deadline) {
+                        self.finish_closing(Box::new(closing));
+                    }
                 }
             }
+        }
+    }
+
+    /// Keeps a TLS connection whose plugin is done until its last records are out (its
+    /// plugin's state, and any duplicate of its socket, are gone, so it is registered
+    /// again, for writability).
+    fn finish_closing(&mut self, mut closing: Box<Closing>) {
+        if self.stopping && self.shared.is_ending() {
+            return;
+        }
+        let slot = self.conns.vacant_key();
+        let registered = self.poll.registry().register(
+            &mut closing.wire.socket,
+            Token(slot),
+            Interest::WRITABLE,
+        );
+        if registered.is_ok() {
+            let slot = self.insert(Conn::Closing(closing));
+            self.reschedule(slot);
         }
     }
 
@@ -710,7 +742,7 @@ impl Loop {
                     .drive_session(slot, |session, shared, now, watcher| {
                         session.tell_stopping(shared, now, watcher)
                     }),
-                None => {}
+                Some(Conn::Closing(_)) | None => {}
             }
         }
     }

@@ -76,6 +76,8 @@ pub struct HttpConn<T: Transport = Wire> {
     over_client_limit: bool,
     /// A TLS handshake is under way (counted in `/metrics` when it ends).
     handshaking: bool,
+    /// Closed with nothing more to say (a TLS session that cannot begin).
+    close_now: bool,
 }
 
 /// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
@@ -240,6 +242,7 @@ impl<T: Transport> HttpConn<T> {
                 _ => ProxyHeader::Done,
             },
             over_client_limit: false,
+            close_now: false,
         }
     }
 
@@ -265,6 +268,12 @@ impl<T: Transport> HttpConn<T> {
             "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
             cx.shared.config.max_connections_per_client,
         );
+        if self.stream.is_handshaking() {
+            // An answer would cost a handshake (a signature) first: closed unanswered.
+            self.over_client_limit = false;
+            self.close_now = true;
+            return;
+        }
         let response = Response::unavailable(REASON);
         let request = Request::unread(0, cx.now);
         self.respond(cx, &response, request, Some(REASON), false);
@@ -286,6 +295,12 @@ impl<T: Transport> HttpConn<T> {
 
     /// Reads what is there, handles every complete request, writes what it can.
     pub fn turn(&mut self, cx: &mut Context<'_>) -> After {
+        if self.over_client_limit && self.stream.is_handshaking() {
+            // Over its client's limit before its TLS handshake: refused before the
+            // handshake's signature is spent on it (the 503 below would need one).
+            self.refuse_over_client_limit(cx);
+            return After::Close;
+        }
         loop {
             let mut progressed = false;
             if self.wants_input() {
@@ -316,7 +331,8 @@ impl<T: Transport> HttpConn<T> {
                     Err(_) => return After::Close,
                 }
             }
-            if self.output.is_done() {
+            // All out: our answers, and what the stream holds of them (TLS records).
+            if self.output.is_done() && !self.stream.has_pending() {
                 match std::mem::replace(&mut self.phase, Phase::Switching) {
                     Phase::UpgradeReady(upgrade) => return After::Upgrade(upgrade),
                     Phase::Closing => {
@@ -334,9 +350,12 @@ impl<T: Transport> HttpConn<T> {
                 break;
             }
         }
+        if self.close_now {
+            return After::Close;
+        }
         if self.peer_closed {
             // The client sent all it will; finish writing what we owe, then close.
-            if self.output.is_done() {
+            if self.output.is_done() && !self.stream.has_pending() {
                 return After::Close;
             }
             if matches!(self.phase, Phase::Head) {
@@ -354,6 +373,10 @@ impl<T: Transport> HttpConn<T> {
                 self.handshaking = false;
                 if let Some(summary) = tls.summary() {
                     cx.shared.metrics.tls_handshake_done(summary);
+                }
+                // The handshake had its own time; the first request gets all of its own.
+                if self.requests == 0 && self.input.is_empty() {
+                    self.deadline = cx.now + cx.shared.config.header_timeout;
                 }
                 return;
             }
@@ -680,8 +703,11 @@ impl<T: Transport> HttpConn<T> {
                             log::debug!("{}: TLS handshake failed: {e}", self.peer);
                             let reason = crate::tls::failure_reason(&e);
                             cx.shared.metrics.tls_handshake_failed(reason);
+                            self.close_now = true;
                             return ProxyStep::Closed;
                         }
+                        // The TLS session (if any) begins now.
+                        self.handshaking = self.stream.is_handshaking();
                         return ProxyStep::Done;
                     }
                     proxy_protocol::Header::Refused(why) => why,

@@ -171,6 +171,7 @@ impl HostConnection for BlockingConn<'_> {
 
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         if let (Some(tls), Shutdown::Write | Shutdown::Both) = (self.tls.as_deref_mut(), how) {
+            // Blocking: close_notify goes out with what waits (or the write time-out ends it).
             let _ = tls.close(&mut &*self.stream);
         }
         self.stream.shutdown(how)
@@ -277,8 +278,13 @@ impl HostConnection for EventIo<'_> {
     }
 
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
-        if let (Some(tls), Shutdown::Write | Shutdown::Both) = (self.tls.as_deref_mut(), how) {
-            let _ = tls.close(&mut &*self.stream);
+        if let (Some(tls), Shutdown::Write) = (self.tls.as_deref_mut(), how) {
+            // close_notify after what waits; the FIN once it is all out (the session
+            // flushes on writable events), never ahead of bytes the plugin was told went.
+            if !tls.close(&mut &*self.stream)? {
+                self.flow.readiness.writable = false;
+                return Ok(());
+            }
         }
         self.stream.shutdown(how)
     }

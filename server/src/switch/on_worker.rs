@@ -138,7 +138,16 @@ fn serve(
     } else if live.idled.load(Ordering::Relaxed) {
         reason = Some("idle");
     }
-    record.log(peer_addr, connection.bytes_in, connection.bytes_out, reason);
+    let (bytes_in, bytes_out, timed_out) = (
+        connection.bytes_in,
+        connection.bytes_out,
+        connection.write_timed_out,
+    );
+    record.log(peer_addr, bytes_in, bytes_out, reason);
+    if let (Some(tls), false) = (tls.as_deref_mut(), timed_out) {
+        // close_notify (a no-op if the plugin shut its side), within the write time-out.
+        let _ = tls.close(&mut &live.stream);
+    }
     // Dropping `live` here closes the socket, whatever the plugin left behind.
 }
 

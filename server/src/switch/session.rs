@@ -15,6 +15,7 @@
 use super::negotiate::plugin_failed;
 use super::on_loop::Started;
 use super::SwitchRecord;
+use crate::connection::closing::Closing;
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::metrics::Held;
@@ -36,7 +37,7 @@ pub struct Session {
     /// The socket (registered with the loop), and the TLS session over it if any.
     pub wire: Wire,
     peer: SocketAddr,
-    _ticket: Ticket,
+    ticket: Ticket,
     _gauge: Held,
     plugin: &'static Plugin,
     handler: Handler<'static>,
@@ -113,7 +114,7 @@ impl Session {
                 tls_after_proxy: false,
             },
             peer,
-            _ticket: ticket,
+            ticket,
             _gauge: Held::new(&shared.metrics.event_connections),
             plugin: upgrade.plugin(offer),
             handler,
@@ -142,6 +143,12 @@ impl Session {
             quiet: false,
             acked_mark: 0,
         }
+    }
+
+    /// TLS records wait for the socket: a writable event must reach the session (which
+    /// writes them first) whether or not its plugin wants to write.
+    pub fn tls_pending(&self) -> bool {
+        self.wire.has_pending()
     }
 
     /// The ABI minor version of the plugin serving it.
@@ -226,7 +233,7 @@ impl Session {
         watcher: Watcher<'_>,
     ) -> Step {
         self.moved_last = false;
-        if self.flow.readiness.writable {
+        if self.flow.readiness.writable && self.wire.has_pending() {
             // TLS records the socket did not take go first, whatever the plugin wants.
             match self.wire.flush_pending() {
                 Ok(all) => self.flow.readiness.writable = all,
@@ -379,13 +386,20 @@ impl Session {
     }
 
     /// Ends the session: the plugin's state is dropped, the access line written, and the
-    /// socket closed.
-    pub fn close(mut self, reason: Option<&'static str>, watcher: Watcher<'_>) {
+    /// socket closed; or, when TLS records the plugin wrote still wait for a peer that is
+    /// taking them, handed back to finish ([`Closing`], until `deadline`).
+    pub fn close(
+        mut self,
+        reason: Option<&'static str>,
+        watcher: Watcher<'_>,
+        deadline: Instant,
+    ) -> Option<Closing> {
         // The plugin owns the watched descriptors and closes them with its state.
         watcher.clear(&mut self.watched);
         let Session {
             mut wire,
             peer,
+            ticket,
             handler,
             flow,
             owed,
@@ -393,13 +407,17 @@ impl Session {
             ..
         } = self;
         drop(handler); // the plugin frees its state before the socket goes
-        if let Some(tls) = wire.tls.as_deref_mut() {
-            // What the socket takes now of what is sealed, then close_notify; a peer that
-            // takes nothing loses the rest, as it would lose a plain socket's unsent bytes.
-            let _ = tls.close(&mut &wire.socket);
-        }
         record.unsent(owed.owed());
         record.log(peer, flow.bytes_in, flow.bytes_out, reason);
-        drop(wire);
+        // close_notify after what waits. Only a plugin's own close waits for the peer to
+        // take it; a connection the daemon ends (lost, idle, write time-out) goes now.
+        // In cleartext the kernel sends what was written, then the FIN.
+        wire.tls.as_ref()?;
+        match wire.shutdown_write() {
+            Ok(()) if reason.is_none() && wire.has_pending() => {
+                Some(Closing::new(wire, ticket, deadline))
+            }
+            _ => None,
+        }
     }
 }

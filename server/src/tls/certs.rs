@@ -12,6 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,6 +85,19 @@ impl Pair {
             ));
         }
         check_order(&chain, &cert_file)?;
+        for (at, der) in chain.iter().enumerate().skip(1) {
+            let issuer = parse(der, &cert_file, at + 1)?;
+            let until = time_of(issuer.validity().not_after);
+            if now >= until {
+                return Err(format!(
+                    "{cert_file}: certificate {} of the chain ({}) expired on {}; get the \
+                     issuer's current certificate",
+                    at + 1,
+                    issuer.subject(),
+                    httpdate::fmt_http_date(until)
+                ));
+            }
+        }
         let pair = Pair {
             paths: paths.clone(),
             certified: Arc::new(certified),
@@ -197,18 +211,27 @@ impl Store {
         Ok((Store { pairs }, warnings))
     }
 
-    /// The pair for a handshake that asked for `name`.
-    pub fn choose(&self, name: Option<&str>) -> Option<&Pair> {
+    /// The pair for a handshake that asked for `name` and can check `schemes`' signatures:
+    /// of the pairs for that name, the first whose key the client can check (an ECDSA and
+    /// an RSA pair for one name serve old and new clients alike), else the first for that
+    /// name; no pair for it, the default.
+    pub fn choose(&self, name: Option<&str>, schemes: &[SignatureScheme]) -> Option<&Pair> {
         let asked = name.map(str::to_ascii_lowercase);
-        asked
-            .and_then(|name| self.pairs.iter().find(|pair| pair.serves(&name)))
-            .or(self.pairs.first())
+        let named = || {
+            let asked = asked.as_deref()?;
+            let mut serving = self.pairs.iter().filter(|pair| pair.serves(asked));
+            let first = serving.clone().next()?;
+            let checkable =
+                serving.find(|pair| pair.certified.key.choose_scheme(schemes).is_some());
+            Some(checkable.unwrap_or(first))
+        };
+        named().or(self.pairs.first())
     }
 }
 
 impl ResolvesServerCert for Store {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.choose(hello.server_name())
+        self.choose(hello.server_name(), hello.signature_schemes())
             .map(|pair| pair.certified.clone())
     }
 }
@@ -242,7 +265,8 @@ mod tests {
         let store = Store {
             pairs: vec![pair_for(&["a.test"]), pair_for(&["*.b.test", "b.test"])],
         };
-        let names = |asked| store.choose(asked).unwrap().names[0].clone();
+        let any = [SignatureScheme::ECDSA_NISTP256_SHA256];
+        let names = |asked| store.choose(asked, &any).unwrap().names[0].clone();
         assert_eq!(names(Some("A.TEST")), "a.test");
         assert_eq!(names(Some("www.b.test")), "*.b.test");
         assert_eq!(names(Some("b.test")), "*.b.test");

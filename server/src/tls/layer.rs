@@ -27,6 +27,9 @@ pub struct TlsLayer {
     conn: ServerConnection,
     /// The peer's end reached us (a `close_notify`, or the socket's end); reads return 0.
     ended: bool,
+    /// Our direction was shut (close_notify sealed) while ciphertext still waited: the
+    /// socket's FIN goes once it is all out ([`TlsLayer::flush`]'s caller sends it).
+    pub fin_owed: bool,
 }
 
 /// A reader over the socket that notes a short read: the kernel had no more for now.
@@ -65,7 +68,11 @@ pub enum Mode {
 impl TlsLayer {
     pub fn new(mut conn: ServerConnection) -> TlsLayer {
         conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
-        TlsLayer { conn, ended: false }
+        TlsLayer {
+            conn,
+            ended: false,
+            fin_owed: false,
+        }
     }
 
     /// The rustls session, for what the handshake settled (version, cipher, ALPN, SNI).
@@ -91,7 +98,9 @@ impl TlsLayer {
     /// protocol header, read in the same call as it).
     pub fn feed(&mut self, mut ciphertext: &[u8]) -> io::Result<()> {
         while !ciphertext.is_empty() {
-            self.conn.read_tls(&mut ciphertext)?;
+            if self.conn.read_tls(&mut ciphertext)? == 0 {
+                break; // rustls takes no more (a close_notify came)
+            }
             self.process()?;
         }
         Ok(())
@@ -107,6 +116,9 @@ impl TlsLayer {
         mode: Mode,
     ) -> io::Result<usize> {
         let mut filled = 0;
+        // The socket had no more (a short read, or `WouldBlock`): what it gave is taken
+        // from the session, then the read stops.
+        let mut drained = false;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
                 Ok(0) if filled < buf.len() => self.ended = true, // close_notify
@@ -120,13 +132,22 @@ impl TlsLayer {
             if filled == buf.len() || self.ended || (mode == Mode::Blocking && filled > 0) {
                 return Ok(filled);
             }
+            if drained {
+                return match filled {
+                    0 => Err(io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                };
+            }
             let mut from = NoteShort {
                 socket: &mut *socket,
                 short: false,
             };
-            let drained = match self.conn.read_tls(&mut from) {
+            drained = match self.conn.read_tls(&mut from) {
                 Ok(0) => false, // the end: the next look at the plaintext says so
-                Ok(_) => from.short,
+                // A blocking socket's reads are short whenever less has arrived than
+                // rustls asked for: it reads on (and waits) until there is plaintext.
+                Ok(_) => from.short && mode == Mode::NonBlocking,
+                // On a blocking socket, its read time-out: the caller's `WouldBlock`.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
                 Err(e) => return Err(e),
             };
@@ -136,18 +157,8 @@ impl TlsLayer {
             }
             if self.conn.wants_write() {
                 // Handshake messages, key updates, session tickets: best effort now, the
-                // rest on the next writable event.
+                // rest on the next writable event (the connection's owner flushes then).
                 self.flush(socket)?;
-            }
-            if drained {
-                // Records completed by this read are plaintext now; take them, then stop.
-                if let Ok(n) = self.conn.reader().read(&mut buf[filled..]) {
-                    filled += n;
-                }
-                return match filled {
-                    0 => Err(io::ErrorKind::WouldBlock.into()),
-                    n => Ok(n),
-                };
             }
         }
     }
@@ -186,6 +197,9 @@ impl TlsLayer {
             io::IoSlice::advance_slices(&mut rest, taken);
             while taken < offered && all_out {
                 let n = self.conn.writer().write_vectored(rest)?;
+                if n == 0 {
+                    break; // rustls holds its most (before the handshake): not the socket's doing
+                }
                 io::IoSlice::advance_slices(&mut rest, n);
                 taken += n;
                 all_out = self.flush(socket)?;
@@ -208,9 +222,14 @@ impl TlsLayer {
         Ok(true)
     }
 
-    /// Ends our direction: `close_notify`, written if the socket takes it.
+    /// Ends our direction: `close_notify` sealed after what waits, and written if the
+    /// socket takes it. True when all is out (the caller shuts the socket's write side
+    /// now); false when ciphertext still waits: the FIN is owed ([`TlsLayer::fin_owed`])
+    /// once a later [`TlsLayer::flush`] has written it.
     pub fn close<S: Write>(&mut self, socket: &mut S) -> io::Result<bool> {
         self.conn.send_close_notify();
-        self.flush(socket)
+        let all_out = self.flush(socket)?;
+        self.fin_owed = !all_out;
+        Ok(all_out)
     }
 }
