@@ -107,18 +107,20 @@ chromium=$(command -v chromium || command -v chromium-browser || true)
 [ -n "$chromium" ] || fail "chromium is not installed (.ci/run installs it)"
 spki=$(openssl x509 -in "$pki/a.test.leaf" -pubkey -noout | openssl pkey -pubin -outform der \
   | openssl dgst -sha256 -binary | base64)
-page="<title>waiting</title><script>
+cat >"$work/page.html" <<PAGE
+<title>waiting</title><script>
 const ws = new WebSocket('wss://localhost:$port/chat');
 ws.onopen = () => ws.send('hello from chromium');
 ws.onmessage = (m) => { document.title = 'echoed: ' + m.data; ws.close(); };
 ws.onerror = () => { document.title = 'error'; };
-</script>"
+</script>
+PAGE
 profile=$(mktemp -d)
 dom=$(timeout 60 "$chromium" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$profile" --ignore-certificate-errors-spki-list="$spki" \
   --host-resolver-rules="MAP localhost 127.0.0.1" --virtual-time-budget=10000 \
-  --dump-dom "data:text/html,$(printf %s "$page" | "$py" -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.stdin.read()))')" 2>/dev/null || true)
+  --dump-dom "file://$work/page.html" 2>/dev/null || true)
 rm -rf "$profile"
 echo "$dom" | grep -q "<title>echoed: hello from chromium</title>" || fail "Chromium over wss: $dom"; ok
 
