@@ -8,6 +8,7 @@
 //! loadgen idle         --addr A [--conns 10000] [--hold 10]
 //! loadgen bulk         --addr A [--upgrade tcp --path /sink] [--mib 1024]
 //! loadgen h2c-streams  --addr A [--conns 10000] [--sources 5] [--every 20] [--secs 60]
+//! loadgen tls-handshake --addr A --ca FILE [--name localhost] [--conns 8] [--secs 5]
 //! ```
 
 mod bulk;
@@ -17,6 +18,7 @@ mod handshake;
 mod idle;
 mod setup;
 mod stats;
+mod tls_handshake;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,9 +74,10 @@ fn main() {
         "idle" => idle::run(&args),
         "bulk" => bulk::run(&args),
         "h2c-streams" => h2c_streams::run(&args),
+        "tls-handshake" => tls_handshake::run(&args),
         _ => {
             eprintln!(
-                "usage: loadgen ws-echo|tcp-echo|ws-handshake|idle|bulk|h2c-streams --addr HOST:PORT ..."
+                "usage: loadgen ws-echo|tcp-echo|ws-handshake|idle|bulk|h2c-streams|tls-handshake --addr HOST:PORT ..."
             );
             std::process::exit(2);
         }
