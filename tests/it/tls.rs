@@ -339,6 +339,12 @@ fn tls_1_2_is_served_and_the_version_is_counted() {
         metrics.contains("switchyard_tls_handshakes_total{version=\"TLSv1.2\",cipher=\"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\",alpn=\"-\"}"),
         "{metrics}"
     );
+    // rcgen's certificates run to the year 4096.
+    let expiry = format!(
+        "switchyard_tls_certificate_expiry_timestamp_seconds{{file=\"{}\"}} 67090118400",
+        pair.cert.display()
+    );
+    assert!(metrics.lines().any(|l| l == expiry), "{metrics}");
 }
 
 #[test]
@@ -726,4 +732,28 @@ fn a_plugin_that_closes_at_once_still_delivers_what_it_wrote() {
     assert_eq!(&got[..greeting.len()], greeting);
     assert_eq!(got.len() - greeting.len(), sent.len(), "every byte echoed");
     assert!(got[greeting.len()..] == sent[..], "in order");
+}
+
+#[test]
+fn rfc9113_3_4_after_alpn_h2_anything_but_the_preface_gets_goaway() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    // A route (to nothing) makes the h2c plugin take HTTP/2, so ALPN offers h2.
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", "/=127.0.0.1:1")
+        .start();
+    let mut tls = connect(daemon.addr, &pki.client(&[b"h2", b"http/1.1"]), "localhost");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    // The server preface (an empty SETTINGS frame), then GOAWAY PROTOCOL_ERROR.
+    assert_eq!(&answer[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "{answer:?}");
+    assert_eq!(answer[12], 7, "a GOAWAY frame: {answer:?}");
+    assert_eq!(&answer[22..26], &[0, 0, 0, 1], "PROTOCOL_ERROR: {answer:?}");
+    // http/1.1 by ALPN is HTTP/1.1 as before.
+    let mut tls = connect(daemon.addr, &pki.client(&[b"http/1.1"]), "localhost");
+    assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
 }

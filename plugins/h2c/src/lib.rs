@@ -185,7 +185,8 @@ impl EventProtocol for H2c {
             Served::Relay(shared) => {
                 let upgraded = accepted.arrival == Arrival::Upgrade;
                 let preamble = upgraded.then_some(accepted.preamble);
-                H2cConn::Relay(relay::Relay::new(shared.clone(), peer, preamble))
+                let over_tls = request.tls().is_some();
+                H2cConn::Relay(relay::Relay::new(shared.clone(), peer, preamble, over_tls))
             }
             Served::Hyper { .. } => H2cConn::Hyper(HyperConn {
                 start: Some((accepted, peer)),

@@ -252,7 +252,8 @@ pub async fn handle(
     if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
         parts.headers.insert("x-forwarded-for", value);
     }
-    let forwarded = forwarded_for_element(&peer, authority.as_deref());
+    // hyper serves cleartext connections only (it declines TLS ones).
+    let forwarded = forwarded_for_element(&peer, authority.as_deref(), "http");
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         parts.headers.insert(header::FORWARDED, value);
     }
@@ -299,8 +300,10 @@ pub async fn handle(
     Ok(with_open(Response::from_parts(parts, body), open))
 }
 
-pub(crate) fn forwarded_for_element(peer: &SocketAddr, host: Option<&str>) -> String {
-    let mut element = format!("{};proto=http", forwarded_for(peer));
+/// One `Forwarded` element (RFC 7239 §4): `for`, `proto` (`http`, or `https` when the
+/// daemon terminated TLS) and `host` when it can be quoted.
+pub(crate) fn forwarded_for_element(peer: &SocketAddr, host: Option<&str>, proto: &str) -> String {
+    let mut element = format!("{};proto={proto}", forwarded_for(peer));
     if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
         element.push_str(&format!(";host=\"{host}\""));
     }
@@ -349,12 +352,12 @@ mod tests {
         let v4: SocketAddr = "192.0.2.43:4711".parse().unwrap();
         let v6: SocketAddr = "[2001:db8:cafe::17]:4711".parse().unwrap();
         assert_eq!(
-            forwarded_for_element(&v4, Some("example.com")),
+            forwarded_for_element(&v4, Some("example.com"), "http"),
             "for=192.0.2.43;proto=http;host=\"example.com\""
         );
         assert_eq!(
-            forwarded_for_element(&v6, None),
-            "for=\"[2001:db8:cafe::17]\";proto=http"
+            forwarded_for_element(&v6, None, "https"),
+            "for=\"[2001:db8:cafe::17]\";proto=https"
         );
     }
 }

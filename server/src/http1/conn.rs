@@ -722,11 +722,30 @@ impl<T: Transport> HttpConn<T> {
     /// The first bytes of a connection, when a plugin takes HTTP/2 with prior knowledge: the
     /// whole preface goes to it as an upgrade with no `101`.
     fn prior_knowledge(&mut self, cx: &mut Context<'_>) -> Start {
+        let alpn_h2 = self
+            .stream
+            .tls()
+            .and_then(|tls| tls.summary())
+            .is_some_and(|summary| summary.alpn == "h2");
         let registry = cx.shared.registry();
-        let Some(plugin) = prior_knowledge::plugin(registry) else {
+        let plugin = prior_knowledge::plugin(registry);
+        let start = prior_knowledge::classify(&self.input);
+        if alpn_h2 && start == Start::Http1 {
+            // RFC 9113 §3.4: after ALPN h2 the client's first bytes are the preface.
+            const PROTOCOL_ERROR: u32 = 0x1;
+            let reason = "not the HTTP/2 connection preface, after ALPN h2";
+            log::debug!("{}: {reason}; sent GOAWAY", self.peer);
+            let goaway = prior_knowledge::refusal(PROTOCOL_ERROR, reason);
+            self.output.queue().extend_from_slice(&goaway);
+            let request = Request::unread(self.input.len() as u64, cx.now);
+            self.log(request, access::NO_STATUS, goaway.len(), Some(reason));
+            self.input = Vec::new();
+            self.close_after_output();
+            return Start::Partial;
+        }
+        let Some(plugin) = plugin else {
             return Start::Http1;
         };
-        let start = prior_knowledge::classify(&self.input);
         if start == Start::Preface {
             self.requests += 1;
             self.input.drain(..prior_knowledge::PREFACE.len());

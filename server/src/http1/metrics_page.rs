@@ -37,9 +37,12 @@ impl MetricsCache {
                 let rendered_at = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
+                let mut text = shared.metrics.render(shared.registry(), &gauges);
+                if let Some(tls) = &shared.tls {
+                    text.push_str(&tls.render_metrics());
+                }
                 let body = format!(
-                    "# rendered at {rendered_at} (Unix time, ms); rendered again at most once a second\n{}",
-                    shared.metrics.render(shared.registry(), &gauges)
+                    "# rendered at {rendered_at} (Unix time, ms); rendered again at most once a second\n{text}"
                 )
                 .into_bytes();
                 self.rendered = Some((now, body.clone()));

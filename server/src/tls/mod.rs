@@ -111,6 +111,23 @@ impl Tls {
         self.current().1.clone()
     }
 
+    /// The certificates in service, for `/metrics`: when each expires, so that an
+    /// operator can alert before it does (the start and reloads warn 14 days ahead).
+    pub fn render_metrics(&self) -> String {
+        let name = "switchyard_tls_certificate_expiry_timestamp_seconds";
+        let mut out = format!(
+            "# HELP {name} When each certificate in service expires (Unix time), by file.\n# TYPE {name} gauge\n"
+        );
+        for (file, not_after) in self.current().2.iter() {
+            let seconds = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let file = file.replace('\\', "\\\\").replace('"', "\\\"");
+            out.push_str(&format!("{name}{{file=\"{file}\"}} {seconds}\n"));
+        }
+        out
+    }
+
     fn current(&self) -> Built {
         self.config
             .read()
@@ -119,8 +136,13 @@ impl Tls {
     }
 }
 
-/// A configuration for new handshakes, and the pairs it serves in words.
-type Built = (Arc<ServerConfig>, Vec<String>);
+/// A configuration for new handshakes, the pairs it serves in words, and each pair's
+/// certificate file with its expiry.
+type Built = (
+    Arc<ServerConfig>,
+    Vec<String>,
+    Arc<Vec<(String, SystemTime)>>,
+);
 
 fn build(
     paths: &[PairPaths],
@@ -142,6 +164,11 @@ fn build(
         )
     });
     let summary = summary.collect();
+    let expiry = store
+        .pairs
+        .iter()
+        .map(|pair| (pair.paths.cert.display().to_string(), pair.not_after))
+        .collect();
     let config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS settings refused by rustls: {e}"))?;
@@ -151,7 +178,7 @@ fn build(
     };
     let mut config = config.with_cert_resolver(Arc::new(store));
     config.alpn_protocols = alpn.to_vec();
-    Ok(((Arc::new(config), summary), warnings))
+    Ok(((Arc::new(config), summary, Arc::new(expiry)), warnings))
 }
 
 /// Verifies client certificates against the authorities in `clients.ca` (RFC 5280 path

@@ -54,6 +54,8 @@ pub struct Forwarding {
     pub forwarded: Box<str>,
     authority: Option<Box<[u8]>>,
     peer: SocketAddr,
+    /// `Forwarded`'s `proto`: `http`, or `https` when the daemon terminated TLS.
+    proto: &'static str,
 }
 
 /// Where a backend connection's HPACK table stands with the forwarding fields.
@@ -74,6 +76,15 @@ impl Forwarding {
             forwarded: "".into(),
             authority: None,
             peer,
+            proto: "http",
+        }
+    }
+
+    /// The client came over TLS (the daemon's): `proto=https`.
+    pub fn over_tls(self) -> Forwarding {
+        Forwarding {
+            proto: "https",
+            ..self
         }
     }
 
@@ -81,7 +92,7 @@ impl Forwarding {
     fn for_authority(&mut self, authority: Option<&[u8]>) -> Option<Box<str>> {
         let element = |authority: Option<&[u8]>| -> Box<str> {
             let host = authority.and_then(|a| std::str::from_utf8(a).ok());
-            crate::proxy::forwarded_for_element(&self.peer, host).into()
+            crate::proxy::forwarded_for_element(&self.peer, host, self.proto).into()
         };
         match &self.authority {
             None if self.forwarded.is_empty() => {
@@ -393,6 +404,18 @@ mod tests {
             ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
         ]);
         assert_eq!(got, want);
+    }
+
+    /// RFC 7239 §5.4: a client the daemon took over TLS is `proto=https` to the backend.
+    #[test]
+    fn rfc7239_5_4_over_tls_the_proto_is_https() {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let mut forwarding = Forwarding::new(peer).over_tls();
+        forwarding.for_authority(Some(b"example.com"));
+        assert_eq!(
+            &*forwarding.forwarded,
+            "for=192.0.2.7;proto=https;host=\"example.com\""
+        );
     }
 
     /// RFC 7541 §2.3.3 and §6.1: the forwarding fields enter a backend's table with the first

@@ -157,13 +157,24 @@ enum ReadEnd {
 }
 
 impl Relay {
-    pub fn new(shared: Arc<Shared>, peer_addr: SocketAddr, preamble: Option<Vec<u8>>) -> Relay {
+    /// A client connection from `peer_addr`; `preamble` when it came by `Upgrade: h2c`;
+    /// `over_tls` when the daemon terminated TLS for it (`Forwarded: proto=https`).
+    pub fn new(
+        shared: Arc<Shared>,
+        peer_addr: SocketAddr,
+        preamble: Option<Vec<u8>>,
+        over_tls: bool,
+    ) -> Relay {
         let now = Instant::now();
         let upgraded = preamble.is_some();
+        let forwarding = message::Forwarding::new(peer_addr);
         Relay {
             shared,
             peer_addr,
-            forwarding: message::Forwarding::new(peer_addr),
+            forwarding: match over_tls {
+                true => forwarding.over_tls(),
+                false => forwarding,
+            },
             started: false,
             preamble,
             expect_preface: upgraded,
