@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     // may start threads, and changing the environment while another thread may read it is
     // undefined behaviour in C (getenv, setenv).
     let notifier = notify::Notifier::from_env();
-    let mut inherited = notify::listen_fds();
+    let inherited = notify::listen_fds();
     let config = match config::Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -112,28 +112,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_file_limit(config.max_connections);
-    let listen = config.listen;
-    let listener = if !inherited.is_empty() {
-        if inherited.len() > 1 {
-            log::warn!(
-                "{} sockets passed by the service manager; serving the first",
-                inherited.len()
-            );
-        }
-        log::info!("serving the socket the service manager passed (socket activation)");
-        std::net::TcpListener::from(inherited.swap_remove(0))
-    } else {
-        match bind(listen, config.reuse_port) {
-            Ok(listener) => listener,
-            Err(e) => {
-                log::error!("cannot listen on {listen} (SWITCHYARD_LISTEN): {e}");
-                return ExitCode::FAILURE;
-            }
+    let listeners = match listen(&config, tls.is_some(), inherited) {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
         }
     };
     let shared: &'static daemon::state::Shared =
         Box::leak(Box::new(daemon::state::Shared::new(config, registry, tls)));
-    match serve(shared, listener, notifier) {
+    match serve(shared, listeners, notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -189,8 +177,14 @@ fn check_report(
 ) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "settings: ok; would listen on {} with {} event loop(s), up to {} connections and {} workers\n",
-        config.listen, config.io_threads, config.max_connections, config.workers
+        "settings: ok; would listen on {}{} with {} event loop(s), up to {} connections and {} workers\n",
+        config.listen,
+        config
+            .tls_listen
+            .map_or_else(String::new, |a| format!(" and, with TLS, on {a}")),
+        config.io_threads,
+        config.max_connections,
+        config.workers
     );
     let _ = writeln!(out, "plugins from {}:", config.plugin_dir.display());
     if registry.plugins.is_empty() {
@@ -254,6 +248,63 @@ fn load_tls(
     Ok(Some(tls))
 }
 
+/// The listening sockets: `SWITCHYARD_LISTEN` (TLS when certificates are set and
+/// `SWITCHYARD_TLS_LISTEN` is not), and `SWITCHYARD_TLS_LISTEN` (TLS) beside it. Under
+/// socket activation, the sockets the service manager passed, in the same order.
+fn listen(
+    config: &config::Config,
+    tls: bool,
+    mut inherited: Vec<std::os::fd::OwnedFd>,
+) -> Result<Vec<event_loop::Listener>, String> {
+    let mut wanted = vec![(
+        config.listen,
+        "SWITCHYARD_LISTEN",
+        tls && config.tls_listen.is_none(),
+    )];
+    if let Some(address) = config.tls_listen {
+        wanted.push((address, "SWITCHYARD_TLS_LISTEN", true));
+    }
+    if !inherited.is_empty() {
+        if inherited.len() > wanted.len() {
+            log::warn!(
+                "{} sockets passed by the service manager; serving the first {}",
+                inherited.len(),
+                wanted.len()
+            );
+        }
+        if inherited.len() < wanted.len() {
+            return Err(format!(
+                "{} socket(s) passed by the service manager, but SWITCHYARD_TLS_LISTEN asks for \
+                 {}: the cleartext one first, then the TLS one",
+                inherited.len(),
+                wanted.len()
+            ));
+        }
+        match wanted.len() {
+            1 => log::info!("serving the socket the service manager passed (socket activation)"),
+            n => {
+                log::info!("serving the {n} sockets the service manager passed (socket activation)")
+            }
+        }
+        return Ok(wanted
+            .iter()
+            .map(|&(_, _, tls)| event_loop::Listener {
+                socket: std::net::TcpListener::from(inherited.remove(0)),
+                tls,
+            })
+            .collect());
+    }
+    wanted
+        .into_iter()
+        .map(
+            |(address, variable, tls)| match bind(address, config.reuse_port) {
+                Ok(socket) => Ok(event_loop::Listener { socket, tls }),
+                Err(e) => Err(format!("cannot listen on {address} ({variable}): {e}")),
+            },
+        )
+        .collect()
+}
+
 /// Binds `SWITCHYARD_LISTEN`; with `SWITCHYARD_REUSE_PORT` as one of several sockets on the
 /// same port (SO_REUSEPORT: the kernel spreads new connections over the instances).
 fn bind(listen: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
@@ -283,10 +334,10 @@ fn bind(listen: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::
 /// net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// Starts the event loops on `listener` and supervises them until the stop is over.
+/// Starts the event loops on `listeners` and supervises them until the stop is over.
 fn serve(
     shared: &'static daemon::state::Shared,
-    listener: std::net::TcpListener,
+    listeners: Vec<event_loop::Listener>,
     notifier: notify::Notifier,
 ) -> Result<(), String> {
     let signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
@@ -295,8 +346,14 @@ fn serve(
     let mut loops = Vec::with_capacity(threads);
     let mut wakers = Vec::with_capacity(threads);
     for index in 0..threads {
-        let (prepared, handle) = listener
-            .try_clone()
+        let copies = listeners
+            .iter()
+            .map(|l| {
+                let socket = l.socket.try_clone()?;
+                Ok(event_loop::Listener { socket, tls: l.tls })
+            })
+            .collect::<std::io::Result<Vec<_>>>();
+        let (prepared, handle) = copies
             .and_then(event_loop::Prepared::new)
             .map_err(|e| format!("cannot set up event loop {index}: {e}"))?;
         loops.push(prepared);
@@ -308,17 +365,23 @@ fn serve(
             switch::on_worker::run(job, shared)
         }),
     ));
-    match listener.local_addr() {
-        Ok(addr) => match &shared.tls {
-            None => log::info!("{threads} event loop(s); listening on {addr}"),
-            Some(tls) => log::info!(
-                "{threads} event loop(s); listening on {addr} with TLS: {}",
-                tls.describe().join("; ")
-            ),
-        },
-        Err(e) => log::warn!("listening, address unknown: {e}"),
-    }
-    drop(listener); // each loop holds its own copy of the socket
+    let address = |l: &event_loop::Listener| {
+        l.socket
+            .local_addr()
+            .map_or_else(|e| format!("(address unknown: {e})"), |a| a.to_string())
+    };
+    let said: Vec<String> = listeners
+        .iter()
+        .map(|l| match (&shared.tls, l.tls) {
+            (Some(tls), true) => format!("{} with TLS: {}", address(l), tls.describe().join("; ")),
+            _ => address(l),
+        })
+        .collect();
+    log::info!(
+        "{threads} event loop(s); listening on {}",
+        said.join(" and on ")
+    );
+    drop(listeners); // each loop holds its own copies of the sockets
     let mut threads = Vec::with_capacity(loops.len());
     for event_loop in loops {
         let thread = std::thread::Builder::new()

@@ -757,3 +757,35 @@ fn rfc9113_3_4_after_alpn_h2_anything_but_the_preface_gets_goaway() {
     let mut tls = connect(daemon.addr, &pki.client(&[b"http/1.1"]), "localhost");
     assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
 }
+
+#[test]
+fn a_tls_listener_beside_a_cleartext_one() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_TLS_LISTEN", "127.0.0.1:0")
+        .start();
+    let logs = daemon
+        .wait_for_log(" with TLS: ")
+        .expect("both addresses logged");
+    let tls_addr: SocketAddr = logs
+        .split(" and on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the TLS address in {logs}"));
+    // SWITCHYARD_LISTEN stays cleartext.
+    let mut plain = daemon.client();
+    plain.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(plain.response().status, 200);
+    // The other speaks TLS, WebSockets and all.
+    let tls = connect(tls_addr, &pki.client(&[]), "localhost");
+    let (mut ws, _) = tungstenite::client("wss://localhost/chat", tls).expect("handshake");
+    ws.send(Message::text("both")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("both"));
+    let line = "switchyard_tls_handshakes_total{version=\"TLSv1.3\",cipher=\"TLS13_AES_256_GCM_SHA384\",alpn=\"-\"} 1";
+    daemon
+        .wait_for_metric(line)
+        .expect("the TLS handshake counted, on the cleartext /metrics");
+}

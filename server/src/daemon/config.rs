@@ -56,6 +56,8 @@ pub struct Config {
     /// `SWITCHYARD_TLS_CERT` and `SWITCHYARD_TLS_KEY`, paired in order: the listener
     /// speaks TLS when there is one (none: cleartext).
     pub tls: Vec<PairPaths>,
+    /// `SWITCHYARD_TLS_LISTEN`: a TLS listener beside `listen`, which then stays cleartext.
+    pub tls_listen: Option<SocketAddr>,
     /// `SWITCHYARD_TLS_CLIENT_CA` and `SWITCHYARD_TLS_CLIENT_AUTH`: client certificates.
     pub tls_clients: Option<ClientAuth>,
 }
@@ -178,6 +180,11 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "the PEM private keys of `SWITCHYARD_TLS_CERT`'s chains, in the same order (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519); a key that is not its certificate's, a chain out of order or an expired certificate stops the start with the file's name",
     },
     Setting {
+        variable: "SWITCHYARD_TLS_LISTEN",
+        default: "none",
+        meaning: "a second address, for TLS: `SWITCHYARD_LISTEN` then stays cleartext (health checks, a port for the cluster inside) and this one speaks TLS with `SWITCHYARD_TLS_CERT`'s pairs; without it, `SWITCHYARD_LISTEN` speaks TLS when certificates are set. Under socket activation, the second socket passed",
+    },
+    Setting {
         variable: "SWITCHYARD_TLS_CLIENT_CA",
         default: "none",
         meaning: "PEM certificates of the authorities whose client certificates are accepted: a client that presents one signed by them is told to plugins (`Request::tls`) and to `exec:` programs (`SSL_CLIENT_S_DN`, `SSL_CLIENT_VERIFY=SUCCESS`); one that presents another is refused in the handshake. Read again on SIGHUP",
@@ -296,6 +303,27 @@ impl Config {
             )?,
             reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
             tls: tls_pairs(get("SWITCHYARD_TLS_CERT"), get("SWITCHYARD_TLS_KEY"))?,
+            tls_listen: match get("SWITCHYARD_TLS_LISTEN") {
+                None => None,
+                Some((variable, value)) => {
+                    let address = value
+                        .trim()
+                        .parse::<SocketAddr>()
+                        .map_err(|e| ConfigError {
+                            variable,
+                            value: value.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    if get("SWITCHYARD_TLS_CERT").is_none() {
+                        return Err(ConfigError {
+                            variable,
+                            value,
+                            reason: "needs SWITCHYARD_TLS_CERT and SWITCHYARD_TLS_KEY".into(),
+                        });
+                    }
+                    Some(address)
+                }
+            },
             tls_clients: client_auth(
                 get("SWITCHYARD_TLS_CLIENT_CA"),
                 get("SWITCHYARD_TLS_CLIENT_AUTH"),

@@ -36,9 +36,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timers::Timers;
 
-const LISTENER: Token = Token(usize::MAX - 1);
 /// Other threads wake the loop with it: a connection handed back, or the stop.
 const WAKER: Token = Token(usize::MAX - 2);
+/// The listeners' tokens: `LISTENERS - i` for the `i`th (at most two: cleartext and TLS).
+const LISTENERS: usize = usize::MAX - 3;
+
+fn listener_token(index: usize) -> Token {
+    Token(LISTENERS - index)
+}
+
+/// A listening socket, and whether its connections speak TLS.
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub tls: bool,
+}
+
+struct Listening {
+    socket: TcpListener,
+    tls: bool,
+}
 /// Tokens with this bit are a session's watched descriptors (ABI 1.2 `watch`): the rest of
 /// the token is the session's slot.
 const WATCHED: usize = 1 << (usize::BITS - 2);
@@ -47,6 +63,16 @@ const WATCHED: usize = 1 << (usize::BITS - 2);
 fn watch_token(slot: usize) -> Token {
     Token(WATCHED | slot)
 }
+/// What accepting from one listener came to.
+enum Accepted {
+    /// It had no more.
+    Drained,
+    /// A full batch: it may have more.
+    More,
+    /// Accepting waits (the connection limit, or no descriptors left).
+    Paused,
+}
+
 /// How often a paused accept (connection limit, or out of file descriptors) is retried.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Most connections accepted per turn, so one loop does not take every waiting client
@@ -55,7 +81,8 @@ const ACCEPT_BATCH: usize = 64;
 
 pub struct Loop {
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// Empty once the stop began.
+    listeners: Vec<Listening>,
     shared: &'static Shared,
     /// Where blocking plugins run.
     workers: &'static Pool<ToWorker>,
@@ -102,25 +129,29 @@ enum Conn {
 /// before any connection), run on its own.
 pub struct Prepared {
     poll: Poll,
-    listener: TcpListener,
+    listeners: Vec<Listening>,
     home: LoopHandle,
     returned: Receiver<ToLoop>,
 }
 
 impl Prepared {
-    /// A loop on its own copy of `listener`; the handle lets other threads reach it.
-    pub fn new(listener: std::net::TcpListener) -> io::Result<(Prepared, LoopHandle)> {
+    /// A loop on its own copies of `listeners`; the handle lets other threads reach it.
+    pub fn new(listeners: Vec<Listener>) -> io::Result<(Prepared, LoopHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (sender, returned) = crossbeam_channel::unbounded();
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut listening = Vec::with_capacity(listeners.len());
+        for (index, Listener { socket, tls }) in listeners.into_iter().enumerate() {
+            socket.set_nonblocking(true)?;
+            let mut socket = TcpListener::from_std(socket);
+            poll.registry()
+                .register(&mut socket, listener_token(index), Interest::READABLE)?;
+            listening.push(Listening { socket, tls });
+        }
         let home = LoopHandle::new(sender, waker);
         let prepared = Prepared {
             poll,
-            listener,
+            listeners: listening,
             home: home.clone(),
             returned,
         };
@@ -131,13 +162,13 @@ impl Prepared {
     pub fn run(self, shared: &'static Shared, workers: &'static Pool<ToWorker>) -> io::Result<()> {
         let Prepared {
             poll,
-            listener,
+            listeners,
             home,
             returned,
         } = self;
         Loop {
             poll,
-            listener: Some(listener),
+            listeners,
             shared,
             workers,
             home,
@@ -172,8 +203,10 @@ impl Loop {
             self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_more = true,
                     WAKER => self.welcome_back(),
+                    Token(token) if token <= LISTENERS && token > LISTENERS - 2 => {
+                        self.accept_more = true
+                    }
                     Token(token) if token & WATCHED != 0 => {
                         let closed = event.is_read_closed() || event.is_error();
                         self.on_watched(token & !WATCHED, closed)
@@ -220,10 +253,23 @@ impl Loop {
     }
 
     fn accept(&mut self) {
-        if self.listener.is_none() {
+        if self.listeners.is_empty() {
             self.accept_more = false;
             return;
         }
+        let mut more = false;
+        for index in 0..self.listeners.len() {
+            match self.accept_from(index) {
+                Accepted::Drained => {}
+                Accepted::More => more = true,
+                Accepted::Paused => return,
+            }
+        }
+        self.accept_more = more;
+    }
+
+    /// Accepts up to a batch from listener `index`.
+    fn accept_from(&mut self, index: usize) -> Accepted {
         for _ in 0..ACCEPT_BATCH {
             let Some(ticket) = self.shared.try_open() else {
                 if !self.accept_paused {
@@ -233,13 +279,14 @@ impl Loop {
                     );
                 }
                 self.accept_paused = true;
-                return;
+                return Accepted::Paused;
             };
             self.accept_paused = false;
-            let Some(listener) = &self.listener else {
-                return;
+            let Some(listener) = self.listeners.get(index) else {
+                return Accepted::Drained;
             };
-            match listener.accept() {
+            let tls = listener.tls;
+            match listener.socket.accept() {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let slot = self.conns.vacant_key();
@@ -252,9 +299,8 @@ impl Loop {
                         continue;
                     }
                     self.shared.metrics.accepted();
-                    let wire = match &self.shared.tls {
-                        None => Wire::plain(stream),
-                        Some(tls) => match tls.accept() {
+                    let wire = match (&self.shared.tls, tls) {
+                        (Some(tls), true) => match tls.accept() {
                             // The PROXY protocol header comes first, in cleartext.
                             Ok(session) => {
                                 let proxy = &self.shared.config.proxy_protocol;
@@ -265,16 +311,14 @@ impl Loop {
                                 continue;
                             }
                         },
+                        _ => Wire::plain(stream),
                     };
                     let mut conn = HttpConn::new(wire, peer, ticket, self.shared, self.now);
                     conn.admit(self.shared);
                     let slot = self.insert(Conn::Http(Box::new(conn)));
                     self.drive_http(slot);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_more = false;
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Drained,
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
@@ -283,12 +327,12 @@ impl Loop {
                 {
                     log::error!("cannot accept: {e}; retrying shortly");
                     self.accept_paused = true;
-                    return;
+                    return Accepted::Paused;
                 }
                 Err(e) => log::debug!("accept failed: {e}"), // the client gave up (ECONNABORTED)
             }
         }
-        self.accept_more = true; // a full batch: there may be more
+        Accepted::More // a full batch: there may be more
     }
 
     fn insert(&mut self, conn: Conn) -> usize {
@@ -719,8 +763,8 @@ impl Loop {
     /// session told.
     fn begin_stop(&mut self) {
         self.stopping = true;
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for mut listener in std::mem::take(&mut self.listeners) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         self.accept_paused = false;
         self.accept_more = false;
