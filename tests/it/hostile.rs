@@ -599,3 +599,45 @@ fn paths_that_climb_out_of_their_route_are_400() {
     assert_eq!(tunnel("/db/../admin"), 400);
     assert_eq!(tunnel("/x/../db"), 101);
 }
+
+/// A client that holds every connection the daemon may have open, and keeps more waiting
+/// in the listen backlog: the loops wait for a slot to free (retrying now and then), they
+/// do not spin (before the fix: every loop at 100% CPU until a connection closed).
+#[test]
+fn at_the_connection_limit_the_event_loops_do_not_spin() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_MAX_CONNECTIONS", "4")
+        .env("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT", "4")
+        .start();
+    // Four kept-alive connections, each known to be accepted (answered).
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = daemon.client();
+            client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+            assert_eq!(client.response().status, 200);
+            client
+        })
+        .collect();
+    let waiting: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(daemon.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu = daemon.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = daemon.cpu_time() - cpu;
+    assert!(
+        used < Duration::from_millis(300),
+        "the daemon used {used:?} of CPU in 1 s at its connection limit"
+    );
+    // A slot that frees is taken by one that waited.
+    drop(held);
+    let mut late = waiting.into_iter().next().unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

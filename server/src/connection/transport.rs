@@ -38,6 +38,11 @@ pub trait Transport: Read + Write {
         self.tls().is_some_and(|tls| tls.is_handshaking())
     }
 
+    /// A TLS session waits for a PROXY protocol header before it begins.
+    fn tls_waits(&self) -> bool {
+        false
+    }
+
     /// A PROXY protocol header was read from the socket's first bytes, and `rest` with it:
     /// what follows belongs to the stream (a TLS session begins here and takes `rest` as
     /// its first ciphertext, leaving it empty; a plain socket leaves it as it is).
@@ -94,7 +99,13 @@ impl Read for Wire {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Wire { socket, tls, .. } = self;
         match (self.tls_after_proxy, tls) {
-            (false, Some(tls)) => tls.read(socket, buf, Mode::NonBlocking),
+            (false, Some(tls)) => {
+                let read = tls.read(socket, buf, Mode::NonBlocking);
+                if tls.fin_due() {
+                    let _ = socket.shutdown(Shutdown::Write);
+                }
+                read
+            }
             _ => socket.read(buf),
         }
     }
@@ -139,7 +150,7 @@ impl Transport for Wire {
         match (self.tls_after_proxy, tls) {
             (false, Some(tls)) => {
                 let all_out = tls.flush(socket)?;
-                if all_out && std::mem::take(&mut tls.fin_owed) {
+                if all_out && tls.fin_due() {
                     socket.shutdown(Shutdown::Write)?;
                 }
                 Ok(all_out)
@@ -154,6 +165,10 @@ impl Transport for Wire {
 
     fn tls(&self) -> Option<&TlsLayer> {
         self.session_ref()
+    }
+
+    fn tls_waits(&self) -> bool {
+        self.tls.is_some() && self.tls_after_proxy
     }
 
     fn proxy_header_read(&mut self, rest: &mut Vec<u8>) -> io::Result<()> {

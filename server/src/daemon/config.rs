@@ -314,6 +314,17 @@ impl Config {
                             value: value.clone(),
                             reason: e.to_string(),
                         })?;
+                    let listen: Option<SocketAddr> =
+                        get("SWITCHYARD_LISTEN").and_then(|(_, v)| v.trim().parse().ok());
+                    if listen.unwrap_or_else(|| "127.0.0.1:8080".parse().unwrap()) == address
+                        && address.port() != 0
+                    {
+                        return Err(ConfigError {
+                            variable,
+                            value,
+                            reason: "the same address as SWITCHYARD_LISTEN: give the TLS listener a port of its own".into(),
+                        });
+                    }
                     if get("SWITCHYARD_TLS_CERT").is_none() {
                         return Err(ConfigError {
                             variable,

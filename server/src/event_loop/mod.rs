@@ -38,8 +38,10 @@ use timers::Timers;
 
 /// Other threads wake the loop with it: a connection handed back, or the stop.
 const WAKER: Token = Token(usize::MAX - 2);
-/// The listeners' tokens: `LISTENERS - i` for the `i`th (at most two: cleartext and TLS).
+/// The listeners' tokens: `LISTENERS - i` for the `i`th, at most `MAX_LISTENERS` of them
+/// (cleartext and TLS).
 const LISTENERS: usize = usize::MAX - 3;
+const MAX_LISTENERS: usize = 2;
 
 fn listener_token(index: usize) -> Token {
     Token(LISTENERS - index)
@@ -140,6 +142,12 @@ impl Prepared {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (sender, returned) = crossbeam_channel::unbounded();
+        if listeners.len() > MAX_LISTENERS {
+            return Err(io::Error::other(format!(
+                "{} listeners: at most {MAX_LISTENERS}",
+                listeners.len()
+            )));
+        }
         let mut listening = Vec::with_capacity(listeners.len());
         for (index, Listener { socket, tls }) in listeners.into_iter().enumerate() {
             socket.set_nonblocking(true)?;
@@ -204,7 +212,7 @@ impl Loop {
             for event in events.iter() {
                 match event.token() {
                     WAKER => self.welcome_back(),
-                    Token(token) if token <= LISTENERS && token > LISTENERS - 2 => {
+                    Token(token) if token <= LISTENERS && token > LISTENERS - MAX_LISTENERS => {
                         self.accept_more = true
                     }
                     Token(token) if token & WATCHED != 0 => {
@@ -262,7 +270,12 @@ impl Loop {
             match self.accept_from(index) {
                 Accepted::Drained => {}
                 Accepted::More => more = true,
-                Accepted::Paused => return,
+                Accepted::Paused => {
+                    // Retried every ACCEPT_RETRY (a slot freeing is no event here), not
+                    // on every turn: a loop at the limit must not spin.
+                    self.accept_more = false;
+                    return;
+                }
             }
         }
         self.accept_more = more;
@@ -369,7 +382,7 @@ impl Loop {
                 self.drive_http(slot);
             }
             Conn::Closing(closing) => {
-                if closed || (writable && closing.on_writable()) {
+                if closing.on_event(readable, writable, closed) {
                     self.close(slot);
                 }
             }
@@ -721,7 +734,9 @@ impl Loop {
         if let Some(entry) = self.conns.try_remove(slot) {
             match entry.conn {
                 Conn::Http(conn) => drop(conn),
-                Conn::Closing(closing) => drop(closing),
+                Conn::Closing(mut closing) => {
+                    let _ = self.poll.registry().deregister(&mut closing.wire.socket);
+                }
                 Conn::Event(mut session) => {
                     // A plugin may hold a duplicate of the socket (h2c's runtime does): then
                     // closing ours leaves the registration alive, and its events would reach
@@ -751,7 +766,7 @@ impl Loop {
         let registered = self.poll.registry().register(
             &mut closing.wire.socket,
             Token(slot),
-            Interest::WRITABLE,
+            Interest::READABLE | Interest::WRITABLE,
         );
         if registered.is_ok() {
             let slot = self.insert(Conn::Closing(closing));

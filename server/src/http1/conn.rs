@@ -258,16 +258,20 @@ impl<T: Transport> HttpConn<T> {
         self.over_client_limit = !self.ticket.count_client(&shared.clients, self.peer.ip());
     }
 
+    fn warn_over_client_limit(&self, cx: &mut Context<'_>) {
+        cx.shared.clients.warn_refused(
+            self.peer,
+            "too many connections from this client",
+            "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
+            cx.shared.config.max_connections_per_client,
+        );
+    }
+
     /// The answer to a client past `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`: sent at once,
     /// before its request is read, then the connection lingers and closes.
     fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
         const REASON: &str = "too many connections from this client";
-        cx.shared.clients.warn_refused(
-            self.peer,
-            REASON,
-            "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
-            cx.shared.config.max_connections_per_client,
-        );
+        self.warn_over_client_limit(cx);
         if self.stream.is_handshaking() {
             // An answer would cost a handshake (a signature) first: closed unanswered.
             self.over_client_limit = false;
@@ -290,7 +294,10 @@ impl<T: Transport> HttpConn<T> {
 
     /// Idle between requests: nothing read, nothing owed.
     pub fn is_idle(&self) -> bool {
-        matches!(self.phase, Phase::Head) && self.input.is_empty() && self.output.is_done()
+        matches!(self.phase, Phase::Head)
+            && self.input.is_empty()
+            && self.output.is_done()
+            && !self.stream.has_pending()
     }
 
     /// Reads what is there, handles every complete request, writes what it can.
@@ -314,6 +321,9 @@ impl<T: Transport> HttpConn<T> {
                 }
             }
             progressed |= self.process(cx);
+            if self.close_now {
+                return After::Close;
+            }
             if self.writable {
                 // What the stream holds goes before any new answer (TLS records).
                 match self.stream.flush_pending() {
@@ -699,6 +709,14 @@ impl<T: Transport> HttpConn<T> {
                         self.input.drain(..len);
                         self.proxy = ProxyHeader::Done;
                         self.count_client(cx.shared);
+                        if self.over_client_limit && self.stream.tls_waits() {
+                            // Refused before its TLS session begins (a handshake costs a
+                            // signature; an answer would need one): closed unanswered.
+                            self.warn_over_client_limit(cx);
+                            self.over_client_limit = false;
+                            self.close_now = true;
+                            return ProxyStep::Closed;
+                        }
                         if let Err(e) = self.stream.proxy_header_read(&mut self.input) {
                             log::debug!("{}: TLS handshake failed: {e}", self.peer);
                             let reason = crate::tls::failure_reason(&e);
@@ -744,6 +762,17 @@ impl<T: Transport> HttpConn<T> {
             return Start::Partial;
         }
         let Some(plugin) = plugin else {
+            if alpn_h2 && start == Start::Preface {
+                // ALPN was settled at start; the plugin left service since.
+                const REFUSED_STREAM: u32 = 0x7;
+                let reason = "no plugin serves HTTP/2 now";
+                let goaway = prior_knowledge::refusal(REFUSED_STREAM, reason);
+                self.output.queue().extend_from_slice(&goaway);
+                let request = Request::unread(self.input.len() as u64, cx.now);
+                self.log(request, access::NO_STATUS, goaway.len(), Some(reason));
+                self.close_after_output();
+                return Start::Partial;
+            }
             return Start::Http1;
         };
         if start == Start::Preface {

@@ -248,7 +248,14 @@ impl HostConnection for EventIo<'_> {
         }
         let result = match self.tls.as_deref_mut() {
             // Short only when the socket was drained: the readiness rule holds as for TCP.
-            Some(tls) => tls.read(&mut &*self.stream, buf, Mode::NonBlocking),
+            Some(tls) => {
+                let read = tls.read(&mut &*self.stream, buf, Mode::NonBlocking);
+                if tls.fin_due() {
+                    // The read's flush wrote what waited before an owed FIN.
+                    let _ = self.stream.shutdown(Shutdown::Write);
+                }
+                read
+            }
             None => retry(|| (&mut &*self.stream).read(buf)),
         };
         let n = self.flow.readiness.read(result, buf.len())?;
@@ -278,12 +285,16 @@ impl HostConnection for EventIo<'_> {
     }
 
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
-        if let (Some(tls), Shutdown::Write) = (self.tls.as_deref_mut(), how) {
+        if let (Some(tls), Shutdown::Write | Shutdown::Both) = (self.tls.as_deref_mut(), how) {
             // close_notify after what waits; the FIN once it is all out (the session
-            // flushes on writable events), never ahead of bytes the plugin was told went.
+            // flushes on writable events), never ahead of bytes the plugin was told went
+            // (a plain socket's SHUT_RDWR still sends what it queued, too).
             if !tls.close(&mut &*self.stream)? {
                 self.flow.readiness.writable = false;
-                return Ok(());
+                return match how {
+                    Shutdown::Both => self.stream.shutdown(Shutdown::Read),
+                    _ => Ok(()),
+                };
             }
         }
         self.stream.shutdown(how)

@@ -89,9 +89,20 @@ impl TlsLayer {
         self.conn.is_handshaking()
     }
 
-    /// Ciphertext waits for the socket: flush it on the next writable event.
+    /// Ciphertext waits for the socket, or the FIN after it: flush on the next writable
+    /// event.
     pub fn has_pending(&self) -> bool {
-        self.conn.wants_write()
+        self.conn.wants_write() || self.fin_owed
+    }
+
+    /// The FIN is owed and nothing waits before it any more (a read's flush wrote the
+    /// rest): true once, for the caller to shut the socket's write side.
+    pub fn fin_due(&mut self) -> bool {
+        let due = self.fin_owed && !self.conn.wants_write();
+        if due {
+            self.fin_owed = false;
+        }
+        due
     }
 
     /// Feeds ciphertext that was read before this session began (bytes after a PROXY
