@@ -713,3 +713,50 @@ fn a_service_that_fails_closes_1011() {
         .wait_for_log("websocket /fails: the service failed")
         .unwrap();
 }
+
+/// Issue 23: websockify's clients (noVNC up to 1.1, and others since) ask for the `binary`
+/// subprotocol and drop a connection that does not agree to it (Chromium does, RFC 6455
+/// §4.1); a route to a byte stream agrees, as websockify does. An echo route does not (it
+/// is no byte stream), nor a route when SWITCHYARD_WEBSOCKET_PROTOCOLS says otherwise.
+#[test]
+fn a_byte_stream_route_agrees_to_websockifys_binary_subprotocol() {
+    let (addr, service) = tcp_service(|mut stream| {
+        let mut hello = [0u8; 5];
+        stream.read_exact(&mut hello).unwrap();
+        stream.write_all(&hello).unwrap();
+    });
+    let daemon = daemon(&format!("/vnc=tcp://{addr},/echo=echo"));
+    let ask = |path: &str| {
+        let stream = TcpStream::connect(daemon.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let request = tungstenite::http::Request::builder()
+            .uri(format!("ws://{}{path}", daemon.addr))
+            .header("Host", daemon.addr.to_string())
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Protocol", "base64, binary")
+            .body(())
+            .unwrap();
+        tungstenite::client(request, stream).map_err(Box::new)
+    };
+    let (mut client, answer) = ask("/vnc").expect("handshake");
+    let agreed = answer.headers().get("Sec-WebSocket-Protocol");
+    assert_eq!(agreed.map(|v| v.as_bytes()), Some(&b"binary"[..]));
+    client.send(Message::binary(&b"RFB 0"[..])).unwrap();
+    assert_eq!(read_bytes(&mut client, 5), b"RFB 0");
+    service.join().unwrap();
+    // The echo agrees to none, and a client that must have one refuses it, as it should.
+    match ask("/echo").map_err(|e| *e) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
+        ))) => {}
+        other => panic!(
+            "the echo agreed to a subprotocol: {:?}",
+            other.map(|(_, a)| a)
+        ),
+    }
+}

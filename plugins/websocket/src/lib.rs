@@ -59,6 +59,9 @@ struct Dialled {
     label: String,
 }
 
+/// The subprotocol websockify's clients ask for: the messages are the stream's bytes.
+const BINARY: &str = "binary";
+
 pub struct WebSocket {
     config: config::Config,
     /// The `Origin` policies of routes when `SWITCHYARD_WEBSOCKET_ORIGINS` is unset.
@@ -128,9 +131,24 @@ impl EventProtocol for WebSocket {
             deflate: accepted.deflate,
             service,
         };
+        // websockify's clients (noVNC up to 1.1, and others since) ask for `binary` and
+        // refuse a connection that does not agree to it; websockify agrees, and so does a
+        // route to a byte stream when no subprotocol is set.
+        let byte_stream = matches!(
+            agreed.service.as_ref().map(|s| &s.backend),
+            Some(backend::Backend::Tcp(_) | backend::Backend::Unix(_))
+        );
+        let protocol = accepted.protocol.or_else(|| {
+            let binary = byte_stream
+                && self.config.protocols.is_empty()
+                && request
+                    .header_list("sec-websocket-protocol")
+                    .any(|p| p == BINARY);
+            binary.then(|| BINARY.to_string())
+        });
         let mut decision =
             Decision::accept(agreed).with_header("Sec-WebSocket-Accept", accepted.accept);
-        if let Some(protocol) = accepted.protocol {
+        if let Some(protocol) = protocol {
             decision = decision.with_header("Sec-WebSocket-Protocol", protocol);
         }
         if let Some(agreement) = accepted.deflate {
