@@ -760,3 +760,75 @@ fn a_byte_stream_route_agrees_to_websockifys_binary_subprotocol() {
         ),
     }
 }
+
+/// Issue 23: one route, many services, chosen by a `?token=` in websockify's TokenFile
+/// format; the file changed under the running daemon is read again; an unknown token is
+/// `404` before the `101`; no log line (the daemon's access lines included) holds a token
+/// whole.
+#[test]
+fn tokens_choose_the_service_and_the_file_is_read_again_when_it_changes() {
+    // Three services, each answering its own name to one connection.
+    let service = |name: &'static [u8]| {
+        tcp_service(move |mut stream| {
+            stream.write_all(name).unwrap();
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+        })
+    };
+    let (alpha, alpha_done) = service(b"alpha");
+    let (beta, beta_done) = service(b"beta!");
+    let (gamma, gamma_done) = service(b"gamma");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(
+        &file,
+        format!("# desktops\nalpha-secret-1: {alpha}\nbeta-secret-22: {beta}\n"),
+    )
+    .unwrap();
+    let daemon = daemon(&format!("/websockify=tokens:{}", file.display()));
+    let first = |target: &str| {
+        let stream = TcpStream::connect(daemon.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        tungstenite::client(format!("ws://{}{target}", daemon.addr), stream)
+            .map(|(mut client, _)| read_bytes(&mut client, 5))
+            .map_err(|e| e.to_string())
+    };
+    // noVNC's form (the query), as websockify takes it.
+    assert_eq!(first("/websockify?token=alpha-secret-1").unwrap(), b"alpha");
+    assert_eq!(
+        first("/websockify?x=1&token=beta-secret-22").unwrap(),
+        b"beta!"
+    );
+    // No token at all: 404 too.
+    assert!(first("/websockify").unwrap_err().contains("404"));
+    let unknown = first("/websockify?token=gamma-secret-333").unwrap_err();
+    assert!(unknown.contains("404"), "{unknown}");
+    // A token added while it runs (written whole, then renamed over the file, as editors
+    // and configuration tools do), then used.
+    std::thread::sleep(Duration::from_millis(1100));
+    let next = dir.path().join("tokens.new");
+    std::fs::write(&next, format!("gamma-secret-333: {gamma}\n")).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        first("/websockify?token=gamma-secret-333").unwrap(),
+        b"gamma"
+    );
+    // Tokens that are gone no longer lead anywhere.
+    assert!(first("/websockify?token=alpha-secret-1")
+        .unwrap_err()
+        .contains("404"));
+    for done in [alpha_done, beta_done, gamma_done] {
+        done.join().unwrap();
+    }
+    let logs = daemon.logs();
+    for secret in ["alpha-secret-1", "beta-secret-22", "gamma-secret-333"] {
+        assert!(!logs.contains(secret), "{secret} logged whole:\n{logs}");
+    }
+    assert!(
+        logs.contains("unknown token gam... (16 characters)"),
+        "{logs}"
+    );
+}

@@ -36,6 +36,7 @@ pub mod receiver;
 mod relay;
 pub mod routes;
 mod session;
+mod tokens;
 
 use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
@@ -64,6 +65,8 @@ const BINARY: &str = "binary";
 
 pub struct WebSocket {
     config: config::Config,
+    /// The token tables of `tokens:` routes, by source.
+    tokens: Vec<(std::path::PathBuf, tokens::Table)>,
     /// The `Origin` policies of routes when `SWITCHYARD_WEBSOCKET_ORIGINS` is unset.
     any_origin: origin::Origins,
     same_origin: origin::Origins,
@@ -81,10 +84,19 @@ impl EventProtocol for WebSocket {
     fn new() -> Result<Self, String> {
         let config = config::Config::from_env()?;
         log::debug!("websocket settings: {config:?}");
+        let mut tokens = Vec::new();
+        for route in &config.routes {
+            if let routes::Service::Tokens(source) = &route.service {
+                let table = tokens::Table::open(source)
+                    .map_err(|why| format!("route {}: {why}", route.prefix))?;
+                tokens.push((source.clone(), table));
+            }
+        }
         Ok(WebSocket {
             config,
             any_origin: origin::Origins::any(),
             same_origin: origin::Origins::same_origin(),
+            tokens,
         })
     }
 
@@ -119,9 +131,20 @@ impl EventProtocol for WebSocket {
             }
         };
         // A service is dialled before the 101, which blocks: on a worker.
+        let resolved;
         let service = match service {
             routes::Service::Echo => None,
             _ if !request.may_block() => return Decision::OnWorker,
+            routes::Service::Tokens(source) => {
+                resolved = match self.token_target(source, request, &path) {
+                    Ok(target) => target,
+                    Err(rejection) => return Decision::Reject(rejection),
+                };
+                match self.dial(&resolved, request, &path) {
+                    Ok(dialled) => Some(dialled),
+                    Err(rejection) => return Decision::Reject(rejection),
+                }
+            }
             service => match self.dial(service, request, &path) {
                 Ok(dialled) => Some(dialled),
                 Err(rejection) => return Decision::Reject(rejection),
@@ -181,6 +204,44 @@ impl WebSocket {
     /// Dials a route's service, or starts its program (in a slot under the processes
     /// limit): the backend, whether it speaks in lines, and a label for logs; or the
     /// answer for the client.
+    /// The service a `tokens:` route's request names by its token; `404` when it names
+    /// none, or one the table does not have (logged without the token's rest).
+    fn token_target(
+        &self,
+        source: &std::path::Path,
+        request: &Request<'_>,
+        path: &RequestPath<'_>,
+    ) -> Result<routes::Service, protocol_api::Rejection> {
+        let not_found = |why: String| {
+            log::info!(
+                "websocket {} for {}: {why}; answered 404",
+                path.path(),
+                request.peer()
+            );
+            protocol_api::Rejection {
+                status: 404,
+                headers: Vec::new(),
+                body: b"unknown token\n".to_vec(),
+            }
+        };
+        let table = self
+            .tokens
+            .iter()
+            .find(|(s, _)| s == source)
+            .map(|(_, table)| table);
+        let Some(token) = tokens::token_of(path) else {
+            return Err(not_found("no token (?token=)".into()));
+        };
+        match table.and_then(|table| table.lookup(token)) {
+            Some(tokens::Target::Tcp(address)) => Ok(routes::Service::Tcp(address)),
+            Some(tokens::Target::Unix(socket)) => Ok(routes::Service::Unix(socket)),
+            None => Err(not_found(format!(
+                "unknown token {}",
+                tokens::redacted(token)
+            ))),
+        }
+    }
+
     fn dial(
         &self,
         service: &routes::Service,

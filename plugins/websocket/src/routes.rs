@@ -21,6 +21,9 @@ pub enum Service {
         argv: Vec<String>,
         binary: bool,
     },
+    /// A TCP or Unix service chosen per connection by a token, from websockify's
+    /// TokenFile format in this file or folder ([`crate::tokens`]).
+    Tokens(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
     for entry in protocol_api::fields::setting_list(value) {
         let invalid = |why: &str| format!("invalid {ROUTES} entry {entry:?}: {why}");
         let (prefix, service) = entry.split_once('=').ok_or_else(|| {
-            invalid("expected /path=tcp://host:port, /path=unix:/socket or /path=echo")
+            invalid("expected /path=tcp://host:port, /path=unix:/socket, /path=tokens:/file or /path=echo")
         })?;
         let (prefix, service) = (prefix.trim(), service.trim());
         if !prefix.starts_with('/') {
@@ -54,6 +57,11 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
                 _ => return Err(invalid("a tcp:// backend must be host:port")),
             }
             Service::Tcp(address.to_string())
+        } else if let Some(source) = service.strip_prefix("tokens:") {
+            if !source.starts_with('/') {
+                return Err(invalid("a tokens: source must be an absolute path"));
+            }
+            Service::Tokens(PathBuf::from(source))
         } else if let Some(path) = service.strip_prefix("unix:") {
             if !path.starts_with('/') {
                 return Err(invalid("a unix: backend must be an absolute path"));
@@ -74,7 +82,7 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
             Service::Exec { argv, binary }
         } else {
             return Err(invalid(
-                "unknown service; use tcp://host:port, unix:/path or echo",
+                "unknown service; use tcp://host:port, unix:/path, tokens:/path, exec:program or echo",
             ));
         };
         if routes.iter().any(|r| r.prefix == prefix) {

@@ -38,13 +38,35 @@ pub fn enabled() -> bool {
     log::log_enabled!(target: "switchyard::access", log::Level::Info)
 }
 
-/// `METHOD target HTTP/1.x`, built only when the access log is on.
+/// `METHOD target HTTP/1.x`, built only when the access log is on. A `token=` query
+/// parameter's value (websockify's token targets, noVNC's `?token=`) is shown by its first
+/// three characters only: a log is read by more people than a token may be.
 pub fn request_line(method: &str, target: &str, version_minor: u8) -> String {
     if enabled() {
-        format!("{method} {target} HTTP/1.{version_minor}")
+        format!("{method} {} HTTP/1.{version_minor}", without_tokens(target))
     } else {
         String::new()
     }
+}
+
+/// `target` with each `token=` query value cut to its first three characters and `...`.
+fn without_tokens(target: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.into();
+    };
+    if !query.split('&').any(|pair| pair.starts_with("token=")) {
+        return target.into();
+    }
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.strip_prefix("token=") {
+            Some(token) if token.chars().count() > 3 => {
+                format!("token={}...", token.chars().take(3).collect::<String>())
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&")).into()
 }
 
 pub fn log(exchange: &Exchange<'_>) {
@@ -81,4 +103,20 @@ pub fn log(exchange: &Exchange<'_>) {
         exchange.bytes_in,
         exchange.bytes_out,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_query_values_are_cut_in_the_access_line() {
+        let cut = |t| super::without_tokens(t).into_owned();
+        assert_eq!(
+            cut("/websockify?token=s3cr3t-value"),
+            "/websockify?token=s3c..."
+        );
+        assert_eq!(cut("/a?x=1&token=abcdef&y=2"), "/a?x=1&token=abc...&y=2");
+        assert_eq!(cut("/a?token=ab"), "/a?token=ab");
+        assert_eq!(cut("/a?tokens=abcdef"), "/a?tokens=abcdef");
+        assert_eq!(cut("/plain"), "/plain");
+    }
 }

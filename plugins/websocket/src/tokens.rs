@@ -1,0 +1,217 @@
+//! Token targets, as websockify's `TokenFile` plugin reads them (`--token-plugin TokenFile
+//! --token-source FILE_OR_DIR`): one listener, many services, chosen per connection by a
+//! token the client names. Lines are `token: host:port` (or `token: unix_socket:/path`),
+//! `#` starts a comment; the source is one file or every file of a folder, read again when
+//! one changes (looked at at most once a second) and so on SIGHUP too.
+//!
+//! The token is the request's `token=` query parameter (noVNC's
+//! `path=websockify?token=X`, websockify's own). Not a path segment: the daemon's access
+//! line shows paths whole, and cuts only `token=` values, so a token in the path would be
+//! logged whole. An unknown token is answered `404` before the `101`; a token is never
+//! logged whole ([`redacted`]).
+
+use protocol_api::path::RequestPath;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the source's files are looked at (a `stat` each) for changes.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Where a token leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// Reads a TokenFile's text: the targets by token, and the lines that are not one (for a
+/// warning naming the line, never the token).
+pub fn parse(text: &str) -> (HashMap<String, Target>, Vec<usize>) {
+    let mut targets = HashMap::new();
+    let mut bad = Vec::new();
+    for (at, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let target = line.split_once(':').and_then(|(token, target)| {
+            let (token, target) = (token.trim(), target.trim());
+            let target = match target.strip_prefix("unix_socket:") {
+                Some(path) if path.starts_with('/') => Target::Unix(PathBuf::from(path)),
+                Some(_) => return None,
+                None => {
+                    let (host, port) = target.rsplit_once(':')?;
+                    let port: u16 = port.trim().parse().ok().filter(|p| *p > 0)?;
+                    let host = host.trim();
+                    if host.is_empty() || host.contains(char::is_whitespace) {
+                        return None;
+                    }
+                    Target::Tcp(format!("{host}:{port}"))
+                }
+            };
+            (!token.is_empty()).then(|| (token.to_string(), target))
+        });
+        match target {
+            Some((token, target)) => {
+                targets.insert(token, target);
+            }
+            None => bad.push(at + 1),
+        }
+    }
+    (targets, bad)
+}
+
+/// The token a request names: `token=` in its query.
+pub fn token_of<'a>(path: &'a RequestPath<'_>) -> Option<&'a str> {
+    path.query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .filter(|token| !token.is_empty())
+    })
+}
+
+/// A token as the log may show it: its first three characters.
+pub fn redacted(token: &str) -> String {
+    let shown: String = token.chars().take(3).collect();
+    format!("{shown}... ({} characters)", token.chars().count())
+}
+
+/// One route's tokens, kept in step with their files.
+#[derive(Debug)]
+pub struct Table {
+    source: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the files were last looked at.
+    checked: Option<Instant>,
+    /// Each file's modification time and length when read.
+    stamps: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    targets: HashMap<String, Target>,
+}
+
+impl Table {
+    /// Reads `source` (a file, or a folder of them); an error names it and why.
+    pub fn open(source: &Path) -> Result<Table, String> {
+        let table = Table {
+            source: source.to_path_buf(),
+            state: Mutex::default(),
+        };
+        {
+            let mut state = table.state.lock().unwrap_or_else(|e| e.into_inner());
+            table.reread(&mut state, Instant::now())?;
+        }
+        Ok(table)
+    }
+
+    /// Where `token` leads, reading the files again first if they changed.
+    pub fn lookup(&self, token: &str) -> Option<Target> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if state
+            .checked
+            .is_none_or(|at| now.duration_since(at) >= RECHECK)
+        {
+            if let Err(why) = self.reread(&mut state, now) {
+                log::error!("websocket tokens: {why}; the tokens read before stay");
+            }
+        }
+        state.targets.get(token).cloned()
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>, String> {
+        let source = self.source.display();
+        let meta = std::fs::metadata(&self.source).map_err(|e| format!("{source}: {e}"))?;
+        if !meta.is_dir() {
+            return Ok(vec![self.source.clone()]);
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.source)
+            .map_err(|e| format!("{source}: {e}"))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.is_file())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Reads the files again if any changed (or came, or went) since the last read.
+    fn reread(&self, state: &mut State, now: Instant) -> Result<(), String> {
+        state.checked = Some(now);
+        let files = self.files()?;
+        let stamps: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let meta = std::fs::metadata(file).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                (file.clone(), modified, meta.map_or(0, |m| m.len()))
+            })
+            .collect();
+        if stamps == state.stamps && !state.stamps.is_empty() {
+            return Ok(());
+        }
+        let mut targets = HashMap::new();
+        for file in &files {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let (read, bad) = parse(&text);
+            for line in bad {
+                log::warn!(
+                    "websocket tokens: {} line {line} is not 'token: host:port' nor \
+                     'token: unix_socket:/path'; skipped",
+                    file.display()
+                );
+            }
+            targets.extend(read);
+        }
+        log::info!(
+            "websocket tokens: {} token(s) read from {}",
+            targets.len(),
+            self.source.display()
+        );
+        state.targets = targets;
+        state.stamps = stamps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websockifys_token_file_format() {
+        let (targets, bad) = parse(
+            "# noVNC desktops\n\
+             alice: 127.0.0.1:5901\n\
+             bob:vnc.internal:5902   # trailing comment\n\
+             \n\
+             carol: unix_socket:/run/vnc/carol.sock\n\
+             broken line\n\
+             dave: host:0\n\
+             eve: unix_socket:relative\n",
+        );
+        assert_eq!(targets["alice"], Target::Tcp("127.0.0.1:5901".into()));
+        assert_eq!(targets["bob"], Target::Tcp("vnc.internal:5902".into()));
+        assert_eq!(
+            targets["carol"],
+            Target::Unix(PathBuf::from("/run/vnc/carol.sock"))
+        );
+        assert_eq!(targets.len(), 3);
+        assert_eq!(bad, [6, 7, 8]);
+    }
+
+    #[test]
+    fn the_token_comes_from_the_query() {
+        let path = |p| RequestPath::parse(p).unwrap();
+        assert_eq!(token_of(&path("/websockify?token=abc")), Some("abc"));
+        assert_eq!(token_of(&path("/vnc/abc?x=1&token=def")), Some("def"));
+        assert_eq!(token_of(&path("/vnc/abc")), None);
+        assert_eq!(token_of(&path("/vnc/?token=")), None);
+        assert_eq!(redacted("secret-token"), "sec... (12 characters)");
+    }
+}
