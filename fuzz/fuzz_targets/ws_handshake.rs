@@ -24,6 +24,11 @@ fuzz_target!(|data: &[u8]| {
         Some(b) if b & 1 == 1 => Origins::same_origin(),
         _ => Origins::any(),
     };
+    // Over TLS (the daemon's) or in cleartext.
+    let scheme = match data.first() {
+        Some(b) if b & 2 == 2 => Some("https"),
+        _ => None,
+    };
     let field = |name: &str| -> Vec<&[u8]> {
         headers
             .iter()
@@ -32,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             .collect()
     };
     let (origin, host) = (field("origin"), field("host"));
-    match check(method, &headers, &config, &origins) {
+    match check(method, &headers, &config, &origins, scheme) {
         Ok(accepted) => {
             let key = headers
                 .iter()

@@ -240,8 +240,14 @@ fn load_tls(
             None => Ok(None),
         };
     }
-    let h2 = http1::prior_knowledge::takes_tls(registry);
-    let (tls, warnings) = tls::Tls::load(config.tls.clone(), config.tls_clients.clone(), h2)?;
+    // Static files are served over HTTP/1.1: a browser that offers both protocols is
+    // given HTTP/1.1 when there are pages to load, so that they reach the daemon.
+    let alpn = match http1::prior_knowledge::takes_tls(registry) {
+        false => tls::Alpn::Http1,
+        true if config.static_routes.is_empty() => tls::Alpn::H2First,
+        true => tls::Alpn::Http1First,
+    };
+    let (tls, warnings) = tls::Tls::load(config.tls.clone(), config.tls_clients.clone(), alpn)?;
     for warning in warnings {
         log::warn!("{warning}");
     }

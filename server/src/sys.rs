@@ -107,3 +107,29 @@ pub fn return_large_blocks_to_the_system() {
         log::debug!("mallopt(M_MMAP_THRESHOLD) was refused; large blocks stay with glibc");
     }
 }
+
+/// Sends up to `count` bytes of `file` from `*offset` to `socket` with `sendfile`: the
+/// kernel copies from the page cache, with no buffer of ours. Advances `*offset`; `Ok(0)`
+/// means the file ended (it shrank since it was opened).
+pub fn sendfile(
+    socket: &impl AsRawFd,
+    file: &std::fs::File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    let mut at =
+        libc::off_t::try_from(*offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    loop {
+        // SAFETY: two valid descriptors, and a pointer to a local `off_t` the kernel reads
+        // and updates; nothing else of ours is touched.
+        let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut at, count) };
+        if sent >= 0 {
+            *offset = at as u64;
+            return Ok(sent as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod support;
 
 mod c_plugin;
 mod capacity;
+mod files;
 mod h2c;
 mod h2c_proxy;
 mod hostile;

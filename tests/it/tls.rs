@@ -789,3 +789,28 @@ fn a_tls_listener_beside_a_cleartext_one() {
         .wait_for_metric(line)
         .expect("the TLS handshake counted, on the cleartext /metrics");
 }
+
+#[test]
+fn static_files_over_tls() {
+    // Read from the file and sealed in user space (no sendfile under TLS), in pieces, to a
+    // client that reads a 3 MB file whole.
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let site = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(site.path().join("big.bin"), &big).unwrap();
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/={}", site.path().display()),
+        )
+        .start();
+    let mut tls = connect(daemon.addr, &pki.client(&[b"http/1.1"]), "localhost");
+    write!(tls, "GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let (head, body) = response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body == big, "the file differs");
+    // And the connection goes on.
+    let (head, body) = get(&mut tls, "/healthz");
+    assert!(head.starts_with("HTTP/1.1 200") && body == "ok\n", "{head}");
+}

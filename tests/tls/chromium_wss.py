@@ -3,7 +3,8 @@ puts the echo in its title; this drives Chromium over the DevTools protocol (its
 WebSocket) and waits for that title, so the check does not depend on how fast the page's
 network is. The daemon's certificate is trusted by its key's SPKI hash, as a browser
 trusts a CA.
-Usage: chromium_wss.py CHROMIUM SPKI_SHA256_BASE64 PAGE_URL   (exit 1 unless echoed)"""
+Usage: chromium_wss.py CHROMIUM SPKI_SHA256_BASE64 PAGE_URL [EXPECTED_TITLE]
+(exit 1 unless the page's title becomes EXPECTED_TITLE, by default the echo)"""
 import asyncio
 import json
 import re
@@ -18,6 +19,7 @@ import urllib.request
 import websockets
 
 chromium, spki, page = sys.argv[1:4]
+expected = sys.argv[4] if len(sys.argv) > 4 else "echoed: hello from chromium"
 profile = tempfile.mkdtemp()
 browser = subprocess.Popen(
     [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,6 +78,6 @@ finally:
     except subprocess.TimeoutExpired:
         browser.kill()
     shutil.rmtree(profile, ignore_errors=True)
-if title != "echoed: hello from chromium":
+if title != expected:
     print("FAILED: the page's title is %r" % title, file=sys.stderr)
     sys.exit(1)

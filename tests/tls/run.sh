@@ -57,6 +57,11 @@ done
 export SWITCHYARD_TLS_CERT="$pki/a.test.pem,$pki/b.test.pem"
 export SWITCHYARD_TLS_KEY="$pki/a.test.key,$pki/b.test.key"
 export SWITCHYARD_H2C_ROUTES="/switchyard.test.Echo/=127.0.0.1:$grpc"
+# The page on the same port (static files) and a route to a program, which takes pages of
+# the daemon's own origin only.
+rm -rf "$work/site" && mkdir -p "$work/site" && echo pong >"$work/site/ping.txt"
+export SWITCHYARD_STATIC_ROUTES="/site=$work/site"
+export SWITCHYARD_WEBSOCKET_ROUTES="/chat=echo,/cat=exec:/bin/cat"
 # shellcheck source=../scripts/start-daemon.sh
 . "$root/tests/scripts/start-daemon.sh"
 start_daemon "$work/plugins"
@@ -70,9 +75,11 @@ fail() { echo "FAILED: $*" >&2; exit 1; }
 # curl: HTTP/1.1 to the daemon's own endpoint, HTTP/2 (ALPN h2) to the h2c route.
 [ "$(curl -sS --cacert "$pki/ca.pem" "${resolve[@]}" --http1.1 "https://localhost:$port/healthz")" = ok ] \
   || fail "curl --http1.1 /healthz"; ok
+# With static routes, ALPN prefers http/1.1, so that browsers (offering both) load pages
+# over it; a client that offers only h2 (gRPC's, s_client below) gets h2.
 version=$(curl -sS -o /dev/null -w '%{http_version}' --cacert "$pki/ca.pem" "${resolve[@]}" --http2 \
-  -H 'content-type: application/grpc' "https://localhost:$port/switchyard.test.Echo/Unary" || true)
-[ "$version" = 2 ] || fail "curl --http2 negotiated HTTP/$version, not h2"; ok
+  "https://localhost:$port/site/ping.txt" || true)
+[ "$version" = 1.1 ] || fail "a client offering both got HTTP/$version for a page"; ok
 
 # openssl s_client: SNI picks the chain, ALPN, TLS 1.2 served, TLS 1.1 and 1.0 refused.
 s_client() { openssl s_client -connect "127.0.0.1:$port" -CAfile "$pki/ca.pem" "$@" </dev/null 2>&1; }
@@ -80,6 +87,8 @@ s_client -servername b.test | grep -q "subject=CN = b.test" || fail "SNI b.test"
 s_client -servername a.test | grep -q "subject=CN = a.test" || fail "SNI a.test"; ok
 s_client -servername unknown.test | grep -q "subject=CN = a.test" || fail "no match: the default"; ok
 s_client -servername a.test -alpn h2 | grep -q "ALPN protocol: h2" || fail "ALPN h2"; ok
+s_client -servername a.test -alpn h2,http/1.1 | grep -q "ALPN protocol: http/1.1" \
+  || fail "ALPN: both offered, http/1.1 preferred (static routes)"; ok
 s_client -servername a.test -tls1_2 | grep -q "^New, TLSv1.2, Cipher is ECDHE" || fail "TLS 1.2"; ok
 s_client -servername a.test -tls1_3 | grep -q "^New, TLSv1.3, Cipher is TLS_" || fail "TLS 1.3"; ok
 for old in -tls1_1 -tls1; do
@@ -107,15 +116,26 @@ chromium=$(command -v chromium || command -v chromium-browser || true)
 [ -n "$chromium" ] || fail "chromium is not installed (.ci/run installs it)"
 spki=$(openssl x509 -in "$pki/a.test.leaf" -pubkey -noout | openssl pkey -pubin -outform der \
   | openssl dgst -sha256 -binary | base64)
-cat >"$work/page.html" <<PAGE
+page() { # page WEBSOCKET_URL
+  cat <<PAGE
 <title>waiting</title><script>
-const ws = new WebSocket('wss://localhost:$port/chat');
+const ws = new WebSocket('$1');
 ws.onopen = () => ws.send('hello from chromium');
 ws.onmessage = (m) => { document.title = 'echoed: ' + m.data; ws.close(); };
 ws.onerror = () => { document.title = 'error'; };
 </script>
 PAGE
+}
+page "wss://localhost:$port/chat" >"$work/page.html"
 "$py" "$root/tests/tls/chromium_wss.py" "$chromium" "$spki" "file://$work/page.html" \
   || fail "Chromium over wss"; ok
+# The page from the daemon itself, over https, and its WebSocket to a program's route with
+# the Origin check on (same origin: https://localhost:PORT).
+page "wss://localhost:$port/cat" >"$work/site/cat.html"
+"$py" "$root/tests/tls/chromium_wss.py" "$chromium" "$spki" "https://localhost:$port/site/cat.html" \
+  || fail "Chromium: a page and its WebSocket from one port"; ok
+# The same page from elsewhere (a file: its origin is none of ours): refused.
+"$py" "$root/tests/tls/chromium_wss.py" "$chromium" "$spki" "file://$work/site/cat.html" error \
+  || fail "Chromium: a page of another origin was let in"; ok
 
 echo "tls: $passed checks passed"

@@ -38,6 +38,20 @@ pub trait Transport: Read + Write {
         self.tls().is_some_and(|tls| tls.is_handshaking())
     }
 
+    /// Sends up to `count` bytes of `file` from `offset`, as [`Write::write`] does bytes:
+    /// less than `count` only when the stream is full (or the file ended). By default
+    /// through `scratch` (reads, then writes); a plain socket has the kernel copy
+    /// (`sendfile`).
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        count: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        copy_file(self, file, offset, count, scratch)
+    }
+
     /// A TLS session waits for a PROXY protocol header before it begins.
     fn tls_waits(&self) -> bool {
         false
@@ -49,6 +63,37 @@ pub trait Transport: Read + Write {
     fn proxy_header_read(&mut self, _rest: &mut Vec<u8>) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Sends `count` bytes of `file` from `offset` through `to` in `scratch`-sized reads and
+/// writes, stopping early only when `to` takes less than offered (full) or the file ends.
+fn copy_file<T: Transport + ?Sized>(
+    to: &mut T,
+    file: &std::fs::File,
+    offset: u64,
+    count: usize,
+    scratch: &mut [u8],
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut sent = 0;
+    while sent < count {
+        let len = (count - sent).min(scratch.len());
+        let read = file.read_at(&mut scratch[..len], offset + sent as u64)?;
+        if read == 0 {
+            break; // the file ended
+        }
+        match to.write(&scratch[..read]) {
+            Ok(n) => {
+                sent += n;
+                if n < read {
+                    break; // full
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && sent > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
 }
 
 /// A client's socket on an event loop, with the TLS session over it when the listener
@@ -169,6 +214,21 @@ impl Transport for Wire {
 
     fn tls_waits(&self) -> bool {
         self.tls.is_some() && self.tls_after_proxy
+    }
+
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        count: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        if self.session().is_some() {
+            // Encrypted in user space: reads of the file, then through the session.
+            return copy_file(self, file, offset, count, scratch);
+        }
+        let mut at = offset;
+        crate::sys::sendfile(&self.socket, file, &mut at, count)
     }
 
     fn proxy_header_read(&mut self, rest: &mut Vec<u8>) -> io::Result<()> {

@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard::files::FileRoute;
 
 /// Everything the daemon can be told, with defaults filled in.
 #[derive(Debug, Clone)]
@@ -56,6 +57,8 @@ pub struct Config {
     /// `SWITCHYARD_TLS_CERT` and `SWITCHYARD_TLS_KEY`, paired in order: the listener
     /// speaks TLS when there is one (none: cleartext).
     pub tls: Vec<PairPaths>,
+    /// `SWITCHYARD_STATIC_ROUTES`: folders whose files are answered to `GET` and `HEAD`.
+    pub static_routes: Vec<FileRoute>,
     /// `SWITCHYARD_TLS_LISTEN`: a TLS listener beside `listen`, which then stays cleartext.
     pub tls_listen: Option<SocketAddr>,
     /// `SWITCHYARD_TLS_CLIENT_CA` and `SWITCHYARD_TLS_CLIENT_AUTH`: client certificates.
@@ -168,6 +171,11 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_REUSE_PORT",
         default: "`off`",
         meaning: "`on`: bind with SO_REUSEPORT, so several instances share the port and the kernel spreads connections over them; one stopping refuses none (with `net.ipv4.tcp_migrate_req=1`, which the daemon warns about when it is 0: otherwise connections still queued on the stopping instance are reset)",
+    },
+    Setting {
+        variable: "SWITCHYARD_STATIC_ROUTES",
+        default: "none",
+        meaning: "folders served to `GET` and `HEAD` by path prefix, comma-separated (`/=/usr/share/novnc`): the page of a WebSocket on its own origin. Content types by extension, `ETag` and `Last-Modified` with `304`, one byte range (`206`, `416`), a folder's `index.html` (never a listing), `sendfile`; nothing outside the folder (dot-segments, encoded separators, symbolic links out: `400` or `404`) and no dot-files (`404`). `/healthz`, `/metrics` and upgrades go on as before, and so does a `GET` no route covers (`426`)",
     },
     Setting {
         variable: "SWITCHYARD_TLS_CERT",
@@ -303,6 +311,7 @@ impl Config {
             )?,
             reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
             tls: tls_pairs(get("SWITCHYARD_TLS_CERT"), get("SWITCHYARD_TLS_KEY"))?,
+            static_routes: parse_or(get("SWITCHYARD_STATIC_ROUTES"), Vec::new(), static_routes)?,
             tls_listen: match get("SWITCHYARD_TLS_LISTEN") {
                 None => None,
                 Some((variable, value)) => {
@@ -362,6 +371,21 @@ fn proxy_protocol(
         });
     }
     Ok(ProxyProtocol { mode, from })
+}
+
+/// The static routes, each folder there and made canonical (its symbolic links resolved,
+/// so that a file's own resolved path can be checked against it).
+fn static_routes(value: &str) -> Result<Vec<FileRoute>, String> {
+    let mut routes = switchyard::files::parse_routes(value)?;
+    for route in &mut routes {
+        let folder = route.root.display().to_string();
+        let real = std::fs::canonicalize(&route.root).map_err(|e| format!("{folder}: {e}"))?;
+        if !real.is_dir() {
+            return Err(format!("{folder} is not a folder"));
+        }
+        route.root = real;
+    }
+    Ok(routes)
 }
 
 /// Client certificates: a CA to verify them against, and whether one is required.

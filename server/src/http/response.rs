@@ -12,6 +12,9 @@ pub struct Response {
     pub body: Cow<'static, [u8]>,
     /// Send `Connection: close` and close after writing.
     pub close: bool,
+    /// The body is not `body` but this many bytes the caller sends after the head (a
+    /// file): `Content-Length` says so.
+    pub sent_apart: Option<u64>,
 }
 
 impl Response {
@@ -21,6 +24,7 @@ impl Response {
             headers: Vec::new(),
             body: body.into(),
             close: false,
+            sent_apart: None,
         }
     }
 
@@ -56,7 +60,9 @@ impl Response {
     /// the body out (an answer to `HEAD`).
     pub fn write_to(&self, out: &mut Vec<u8>, date: &str, head_only: bool) {
         write_status_line(out, self.status);
-        let bodyless = self.status < 200;
+        // RFC 9110 §8.6: no Content-Length in 1xx and 204; in a 304 only the length a 200
+        // would have had, which is simplest left out.
+        let bodyless = self.status < 200 || self.status == 204 || self.status == 304;
         out.extend_from_slice(b"Date: ");
         out.extend_from_slice(date.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -83,11 +89,14 @@ impl Response {
         }
         if !bodyless {
             out.extend_from_slice(b"Content-Length: ");
-            push_decimal(out, self.body.len());
+            match self.sent_apart {
+                Some(len) => out.extend_from_slice(len.to_string().as_bytes()),
+                None => push_decimal(out, self.body.len()),
+            }
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        if !bodyless && !head_only {
+        if !bodyless && !head_only && self.sent_apart.is_none() {
             out.extend_from_slice(&self.body);
         }
     }

@@ -8,6 +8,7 @@
 //! An upgrade request, read whole, goes to the loop ([`After::Upgrade`]) once everything
 //! owed before it is written.
 
+use super::files::FileBody;
 use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
 use super::Upgrade;
@@ -78,6 +79,8 @@ pub struct HttpConn<T: Transport = Wire> {
     handshaking: bool,
     /// Closed with nothing more to say (a TLS session that cannot begin).
     close_now: bool,
+    /// A static file's body, sent after its head (and before any later answer).
+    body: Option<Box<FileBody>>,
 }
 
 /// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
@@ -190,6 +193,42 @@ pub struct Context<'a> {
     pub metrics: &'a mut MetricsCache,
 }
 
+/// A `GET` or `HEAD` a static route covers (`SWITCHYARD_STATIC_ROUTES`): its answer, and
+/// the file's body to send after it; `None` when no route covers it (or it is one of the
+/// daemon's own endpoints), so it is routed as before.
+fn static_file(
+    cx: &Context<'_>,
+    head: &Head,
+    bytes: &[u8],
+) -> Option<(Response, Option<FileBody>)> {
+    use switchyard::files::{file_for, Named};
+    let routes = &cx.shared.config.static_routes;
+    let method = head.method(bytes);
+    let path = head.path(bytes);
+    if routes.is_empty()
+        || !matches!(method, "GET" | "HEAD")
+        || matches!(path, "/healthz" | "/metrics")
+    {
+        return None;
+    }
+    let path = match protocol_api::path::RequestPath::parse(head.target(bytes)) {
+        Ok(path) => path,
+        Err(e) => return Some((Response::error(400, &e.to_string()), None)),
+    };
+    match file_for(routes, &path) {
+        Named::Unrouted => None,
+        Named::Hidden => {
+            let mut response = Response::error(404, "not found");
+            response.close = false;
+            Some((response, None))
+        }
+        Named::Refused(e) => Some((Response::error(400, &e.to_string()), None)),
+        Named::File { route, relative } => {
+            Some(super::files::answer(&routes[route], &relative, head, bytes))
+        }
+    }
+}
+
 /// What an answer's access line says of the request it answers.
 struct Request<'a> {
     /// `METHOD target HTTP/1.x`, or `-` when the head could not be read.
@@ -243,6 +282,7 @@ impl<T: Transport> HttpConn<T> {
             },
             over_client_limit: false,
             close_now: false,
+            body: None,
         }
     }
 
@@ -298,6 +338,7 @@ impl<T: Transport> HttpConn<T> {
             && self.input.is_empty()
             && self.output.is_done()
             && !self.stream.has_pending()
+            && self.body.is_none()
     }
 
     /// Reads what is there, handles every complete request, writes what it can.
@@ -341,8 +382,17 @@ impl<T: Transport> HttpConn<T> {
                     Err(_) => return After::Close,
                 }
             }
+            if self.writable && self.body.is_some() && self.output.is_done() {
+                match self.send_body(cx) {
+                    Ok(moved) => progressed |= moved,
+                    Err(e) => {
+                        log::debug!("{}: a static file's body stopped: {e}", self.peer);
+                        return After::Close;
+                    }
+                }
+            }
             // All out: our answers, and what the stream holds of them (TLS records).
-            if self.output.is_done() && !self.stream.has_pending() {
+            if self.output.is_done() && !self.stream.has_pending() && self.body.is_none() {
                 match std::mem::replace(&mut self.phase, Phase::Switching) {
                     Phase::UpgradeReady(upgrade) => return After::Upgrade(upgrade),
                     Phase::Closing => {
@@ -365,7 +415,7 @@ impl<T: Transport> HttpConn<T> {
         }
         if self.peer_closed {
             // The client sent all it will; finish writing what we owe, then close.
-            if self.output.is_done() && !self.stream.has_pending() {
+            if self.output.is_done() && !self.stream.has_pending() && self.body.is_none() {
                 return After::Close;
             }
             if matches!(self.phase, Phase::Head) {
@@ -373,6 +423,44 @@ impl<T: Transport> HttpConn<T> {
             }
         }
         After::Keep
+    }
+
+    /// Sends what the socket takes of a static file's body; true when bytes moved. A send
+    /// shorter than asked means the socket is full (the next writable event goes on).
+    fn send_body(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        /// Most bytes asked of one send (the kernel copies them from the page cache).
+        const CHUNK: u64 = 256 * 1024;
+        let mut moved = false;
+        while let Some(body) = self.body.as_deref_mut() {
+            if body.remaining() == 0 {
+                self.body = None;
+                self.deadline = cx.now + cx.shared.config.header_timeout; // keep-alive again
+                break;
+            }
+            let asked = body.remaining().min(CHUNK) as usize;
+            match self
+                .stream
+                .send_file(&body.file, body.offset, asked, cx.scratch)
+            {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()), // the file shrank
+                Ok(n) => {
+                    body.offset += n as u64;
+                    moved = true;
+                    self.deadline = cx.now + cx.shared.config.write_timeout;
+                    if n < asked && body.remaining() > 0 {
+                        self.writable = false;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(moved)
     }
 
     /// Notes the end of a TLS handshake, or its failure (`error`, or the client's end).
@@ -411,6 +499,13 @@ impl<T: Transport> HttpConn<T> {
             self.input.len(),
             self.output.owed()
         );
+        if self.body.is_some() {
+            log::debug!(
+                "{}: a static file's body took nothing for the write time-out; closed",
+                self.peer
+            );
+            return After::Close;
+        }
         if self.stream.is_handshaking() {
             log::debug!(
                 "{}: TLS handshake not done within the head time-out",
@@ -489,7 +584,7 @@ impl<T: Transport> HttpConn<T> {
             && match self.phase {
                 Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => false,
                 Phase::Lingering => true,
-                _ => self.output.owed() < OUTPUT_LIMIT,
+                _ => self.output.owed() < OUTPUT_LIMIT && self.body.is_none(),
             }
     }
 
@@ -539,7 +634,11 @@ impl<T: Transport> HttpConn<T> {
         let before = queue.len();
         cx.shared.metrics.response(response.status);
         response.write_to(queue, cx.date.now(), head_only);
-        let written = queue.len() - before;
+        let apart = match head_only {
+            true => 0,
+            false => response.sent_apart.unwrap_or(0) as usize,
+        };
+        let written = queue.len() - before + apart;
         self.log(request, response.status, written, reason);
     }
 
@@ -636,6 +735,9 @@ impl<T: Transport> HttpConn<T> {
                     if self.input.is_empty() {
                         self.input = Vec::new(); // hold no buffer between requests
                         return progressed;
+                    }
+                    if self.body.is_some() {
+                        return progressed; // a file's body goes out before the next answer
                     }
                     if self.output.owed() >= OUTPUT_LIMIT {
                         return progressed; // the client reads our answers first
@@ -797,20 +899,31 @@ impl<T: Transport> HttpConn<T> {
             access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
         let registry = cx.shared.registry();
         let in_service = |plugin| registry.in_service(plugin);
-        let response = match route(&head, bytes, &registry.tokens, &in_service) {
-            Route::Upgrade(offers) => {
-                return self.upgrade_request(cx, head, registry, offers, started)
+        let mut file_body = None;
+        let static_file = match head.wants_upgrade {
+            true => None,
+            false => static_file(cx, &head, bytes),
+        };
+        let response = match static_file {
+            Some((response, body)) => {
+                file_body = body;
+                response
             }
-            Route::Metrics => {
-                let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))
-                    .header("Content-Type", "text/plain; version=0.0.4");
-                if head.close {
-                    response.closing()
-                } else {
-                    response
+            None => match route(&head, bytes, &registry.tokens, &in_service) {
+                Route::Upgrade(offers) => {
+                    return self.upgrade_request(cx, head, registry, offers, started)
                 }
-            }
-            Route::Answer(response) => response,
+                Route::Metrics => {
+                    let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))
+                        .header("Content-Type", "text/plain; version=0.0.4");
+                    if head.close {
+                        response.closing()
+                    } else {
+                        response
+                    }
+                }
+                Route::Answer(response) => response,
+            },
         };
         // RFC 9110 §10.1.1: the client is waiting for 100 before it sends the body, and
         // after a final answer it may never send it; so close rather than wait.
@@ -838,6 +951,11 @@ impl<T: Transport> HttpConn<T> {
             self.deadline = cx.now + cx.shared.config.header_timeout;
         } else {
             self.next_request(cx);
+        }
+        if let Some(body) = file_body {
+            self.body = Some(Box::new(body));
+            // Progress, not the whole file, is what the write time-out waits for.
+            self.deadline = cx.now + cx.shared.config.write_timeout;
         }
     }
 

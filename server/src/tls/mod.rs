@@ -37,6 +37,18 @@ pub struct ClientAuth {
     pub required: bool,
 }
 
+/// What ALPN offers (RFC 7301), in our order: the client's offer is taken in ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2 before HTTP/1.1: gRPC and browsers alike speak HTTP/2 to the h2c plugin.
+    H2First,
+    /// HTTP/1.1 before HTTP/2: a client that offers both (a browser) speaks HTTP/1.1, to
+    /// the daemon's own pages and WebSockets; one that offers only `h2` (gRPC) gets it.
+    Http1First,
+    /// No plugin serves HTTP/2.
+    Http1,
+}
+
 /// The daemon's TLS side: the configuration new handshakes start from, replaced whole on a
 /// reload.
 pub struct Tls {
@@ -58,17 +70,18 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 impl Tls {
-    /// Reads and checks the pairs (and the client CA); `h2` says whether ALPN offers
-    /// HTTP/2.
+    /// Reads and checks the pairs (and the client CA); `alpn` is what ALPN offers, in our
+    /// order of preference (the client's offer is taken in ours).
     pub fn load(
         paths: Vec<PairPaths>,
         clients: Option<ClientAuth>,
-        h2: bool,
+        alpn: Alpn,
     ) -> Result<(Tls, Warnings), String> {
         let provider = provider();
-        let alpn = match h2 {
-            true => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
-            false => vec![ALPN_HTTP1.to_vec()],
+        let alpn = match alpn {
+            Alpn::H2First => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
+            Alpn::Http1First => vec![ALPN_HTTP1.to_vec(), ALPN_H2.to_vec()],
+            Alpn::Http1 => vec![ALPN_HTTP1.to_vec()],
         };
         let (built, warnings) = build(&paths, clients.as_ref(), &provider, &alpn)?;
         let tls = Tls {

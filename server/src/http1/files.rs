@@ -1,0 +1,119 @@
+//! Answers a `GET` or `HEAD` for a static file ([`switchyard::files`] decides which): the
+//! file is opened when asked, only if it lies under its route's folder once symbolic links
+//! are resolved, and answered with its validators, `304` when the client has it, a byte
+//! range when asked; its body follows the head from the file itself ([`FileBody`]), by
+//! `sendfile` on a plain socket, never read whole into memory.
+
+use crate::http::head::Head;
+use crate::http::response::Response;
+use std::fs::File;
+use std::path::Path;
+use switchyard::files::{self, FileRoute, Ranged};
+
+/// What of a file is still to be sent after the head.
+#[derive(Debug)]
+pub struct FileBody {
+    pub file: File,
+    pub offset: u64,
+    pub end: u64,
+}
+
+impl FileBody {
+    pub fn remaining(&self) -> u64 {
+        self.end - self.offset
+    }
+}
+
+/// The answer to a request for `relative` under `route`: a response, and for a `200` or
+/// `206` to a `GET`, the body to send after it.
+pub fn answer(
+    route: &FileRoute,
+    relative: &Path,
+    head: &Head,
+    bytes: &[u8],
+) -> (Response, Option<FileBody>) {
+    let not_found = || Response::error(404, "not found").header("Cache-Control", "no-store");
+    let Some((file, relative)) = open_under(&route.root, relative) else {
+        let mut response = not_found();
+        response.close = false;
+        return (response, None);
+    };
+    let Ok(meta) = file.metadata() else {
+        return (not_found(), None);
+    };
+    let (len, modified) = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+    let etag = files::etag(modified, len);
+    let field = |name| {
+        head.values(bytes, name)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let validators = |response: Response| {
+        response
+            .header("ETag", etag.clone())
+            .header("Last-Modified", files::last_modified(modified))
+    };
+    if files::not_modified(
+        field("if-none-match"),
+        field("if-modified-since"),
+        &etag,
+        modified,
+    ) {
+        return (validators(Response::new(304, &b""[..])), None);
+    }
+    let (status, start, end) = match files::range(field("range"), field("if-range"), &etag, len) {
+        Ranged::Whole => (200, 0, len),
+        Ranged::Part { start, end } => (206, start, end),
+        Ranged::Unsatisfiable => {
+            let response =
+                Response::new(416, &b""[..]).header("Content-Range", format!("bytes */{len}"));
+            return (validators(response), None);
+        }
+    };
+    let mut response = validators(Response::new(status, &b""[..]))
+        .header("Content-Type", files::content_type(&relative))
+        .header("Accept-Ranges", "bytes")
+        .header("X-Content-Type-Options", "nosniff");
+    if status == 206 {
+        let last = end - 1;
+        response = response.header("Content-Range", format!("bytes {start}-{last}/{len}"));
+    }
+    response.sent_apart = Some(end - start);
+    let body = (head.method(bytes) != "HEAD" && end > start).then_some(FileBody {
+        file,
+        offset: start,
+        end,
+    });
+    (response, body)
+}
+
+/// Opens `relative` under `root` (canonical), a folder's `index.html` for a folder; `None`
+/// when it is not there, not a regular file, or lies outside `root` once symbolic links
+/// are resolved (answered as not there: what lies outside is nobody's business). Returns
+/// the file and the path it was found at, relative to `root`.
+fn open_under(root: &Path, relative: &Path) -> Option<(File, std::path::PathBuf)> {
+    let mut wanted = relative.to_path_buf();
+    for _ in 0..2 {
+        let real = std::fs::canonicalize(root.join(&wanted)).ok()?;
+        if !real.starts_with(root) {
+            log::debug!(
+                "static file {} resolves outside {}: not served",
+                wanted.display(),
+                root.display()
+            );
+            return None;
+        }
+        let meta = std::fs::metadata(&real).ok()?;
+        if meta.is_dir() {
+            wanted.push("index.html"); // no listings
+            continue;
+        }
+        if !meta.is_file() {
+            return None;
+        }
+        let file = File::open(&real).ok()?;
+        let relative = real.strip_prefix(root).ok()?.to_path_buf();
+        return Some((file, relative));
+    }
+    None
+}

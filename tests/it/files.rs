@@ -1,0 +1,187 @@
+//! Static files on the same port (issue 23): the page that belongs to a WebSocket, served
+//! by the daemon beside it, checked as a browser and an attacker would ask for it.
+
+use crate::support::{Client, Daemon};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+use tungstenite::Message;
+
+/// A folder like noVNC's: a page, a script, a sub-folder with its index, a large file, a
+/// dot-file, and a symbolic link out of the folder.
+fn site(dir: &Path) {
+    std::fs::write(dir.join("vnc.html"), "<title>page</title>\n").unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>index</h1>\n").unwrap();
+    std::fs::create_dir(dir.join("app")).unwrap();
+    std::fs::write(dir.join("app/ui.js"), "let x = 1;\n").unwrap();
+    std::fs::create_dir(dir.join("docs")).unwrap();
+    std::fs::write(dir.join("docs/index.html"), "docs\n").unwrap();
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(dir.join("big.bin"), big).unwrap();
+    std::fs::write(dir.join(".env"), "SECRET=1\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
+}
+
+fn daemon(dir: &Path) -> Daemon {
+    Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_STATIC_ROUTES", &format!("/={}", dir.display()))
+        .start()
+}
+
+fn get(daemon: &Daemon, request: &str) -> crate::support::Response {
+    let mut client = daemon.client();
+    client.send(request);
+    client.response()
+}
+
+#[test]
+fn the_page_and_its_websocket_share_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let daemon = daemon(dir.path());
+    let page = get(&daemon, "GET /vnc.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.body_text(), "<title>page</title>\n");
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let script = get(&daemon, "GET /app/ui.js HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        script.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(script.header("x-content-type-options"), Some("nosniff"));
+    // A folder's index, never a listing.
+    assert_eq!(
+        get(&daemon, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").body_text(),
+        "<h1>index</h1>\n"
+    );
+    assert_eq!(
+        get(&daemon, "GET /docs HTTP/1.1\r\nHost: t\r\n\r\n").body_text(),
+        "docs\n"
+    );
+    // The WebSocket on the same port, and the daemon's own endpoints, as before.
+    let stream = TcpStream::connect(daemon.addr).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://{}/chat", daemon.addr), stream).unwrap();
+    ws.send(Message::text("same port")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("same port"));
+    assert_eq!(
+        get(&daemon, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").body_text(),
+        "ok\n"
+    );
+    // Other methods are not file requests: the answer they always had.
+    assert_eq!(
+        get(
+            &daemon,
+            "POST /vnc.html HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+        )
+        .status,
+        426
+    );
+}
+
+#[test]
+fn validators_ranges_and_head() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let daemon = daemon(dir.path());
+    let first = get(&daemon, "GET /vnc.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    let etag = first.header("etag").unwrap().to_string();
+    let modified = first.header("last-modified").unwrap().to_string();
+    // RFC 9110 §13.1.2, §13.1.3: what the client has is not sent again.
+    let again = get(
+        &daemon,
+        &format!("GET /vnc.html HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n"),
+    );
+    assert_eq!(again.status, 304);
+    assert_eq!(again.header("content-length"), None);
+    let since = get(
+        &daemon,
+        &format!("GET /vnc.html HTTP/1.1\r\nHost: t\r\nIf-Modified-Since: {modified}\r\n\r\n"),
+    );
+    assert_eq!(since.status, 304);
+    // RFC 9110 §14: one range; past the end is 416 naming the length.
+    let part = get(
+        &daemon,
+        "GET /vnc.html HTTP/1.1\r\nHost: t\r\nRange: bytes=1-5\r\n\r\n",
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body_text(), "title");
+    assert_eq!(part.header("content-range"), Some("bytes 1-5/20"));
+    let past = get(
+        &daemon,
+        "GET /vnc.html HTTP/1.1\r\nHost: t\r\nRange: bytes=99-\r\n\r\n",
+    );
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("content-range"), Some("bytes */20"));
+    // HEAD: the same head, no body.
+    let mut client = daemon.client();
+    client.send("HEAD /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = client.response_head_only();
+    assert_eq!(head.header("content-length"), Some("4000000"));
+    // The large file whole, byte for byte, then another request on the same connection.
+    client
+        .send("GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /vnc.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    let big = client.response();
+    let want: Vec<u8> = (0..4_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    assert!(big.body == want, "the 4 MB file differs");
+    assert_eq!(client.response().body_text(), "<title>page</title>\n");
+    let logs = daemon.logs();
+    assert!(logs.contains("\"GET /big.bin HTTP/1.1\" 200 in="), "{logs}");
+}
+
+#[test]
+fn nothing_outside_the_folder_and_no_dot_files() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let daemon = daemon(dir.path());
+    let status = |target: &str| {
+        get(
+            &daemon,
+            &format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        )
+        .status
+    };
+    assert_eq!(status("/passwd"), 404, "a symbolic link out of the folder");
+    assert_eq!(status("/.env"), 404, "a dot-file");
+    assert_eq!(
+        status("/app/%2e%2e/%2e%2e/etc/passwd"),
+        400,
+        "encoded dot-segments above the root"
+    );
+    assert_eq!(
+        status("/app/../../etc/passwd"),
+        400,
+        "dot-segments above the root"
+    );
+    assert_eq!(
+        status("/app%2f..%2f..%2fetc%2fpasswd"),
+        400,
+        "encoded separators"
+    );
+    assert_eq!(status("/app\\..\\..\\etc\\passwd"), 400, "backslashes");
+    assert_eq!(status("/missing.html"), 404);
+    let logs = daemon.logs();
+    assert!(!logs.contains("root:x:0:0"), "{logs}");
+}
+
+#[test]
+fn a_get_no_static_route_covers_keeps_its_426() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/novnc={}", dir.path().display()),
+        )
+        .start();
+    let mut client = Client::connect(daemon.addr);
+    client.send("GET /novnc/vnc.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200);
+    client.send("GET /novncx HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 426);
+    std::thread::sleep(Duration::from_millis(10));
+}
