@@ -20,6 +20,8 @@ fn site(dir: &Path) {
     std::fs::write(dir.join("big.bin"), big).unwrap();
     std::fs::write(dir.join(".env"), "SECRET=1\n").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("../../etc/passwd", dir.join("app/up")).unwrap();
+    std::os::unix::fs::symlink("vnc.html", dir.join("alias.html")).unwrap();
 }
 
 fn daemon(dir: &Path) -> Daemon {
@@ -145,6 +147,16 @@ fn nothing_outside_the_folder_and_no_dot_files() {
         .status
     };
     assert_eq!(status("/passwd"), 404, "a symbolic link out of the folder");
+    assert_eq!(
+        status("/app/up"),
+        404,
+        "a relative symbolic link climbing out"
+    );
+    assert_eq!(
+        status("/alias.html"),
+        200,
+        "a symbolic link within the folder"
+    );
     assert_eq!(status("/.env"), 404, "a dot-file");
     assert_eq!(
         status("/app/%2e%2e/%2e%2e/etc/passwd"),
@@ -165,6 +177,8 @@ fn nothing_outside_the_folder_and_no_dot_files() {
     assert_eq!(status("/missing.html"), 404);
     let logs = daemon.logs();
     assert!(!logs.contains("root:x:0:0"), "{logs}");
+    // This kernel has openat2: files are opened beneath their folder in one call.
+    assert!(!logs.contains("opened by path"), "{logs}");
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub struct Shared {
     loop_wakers: OnceLock<Vec<Arc<mio::Waker>>>,
     /// The listener's TLS side, when `SWITCHYARD_TLS_CERT` is set.
     pub tls: Option<crate::tls::Tls>,
+    /// The static routes' folders, open, one per route (`openat2` resolves each file
+    /// beneath its folder); empty where the kernel has no `openat2` (before 5.6).
+    pub static_roots: Vec<std::fs::File>,
 }
 
 /// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped,
@@ -66,6 +69,7 @@ impl Ticket {
 
 impl Shared {
     pub fn new(config: Config, registry: &'static Registry, tls: Option<crate::tls::Tls>) -> Self {
+        let static_roots = open_static_roots(&config.static_routes);
         let worker_slots = WorkerSlots::new(config.workers);
         let clients = Clients::new(config.max_connections_per_client, config.workers_per_client);
         Shared {
@@ -80,6 +84,7 @@ impl Shared {
             worker_slots,
             clients,
             loop_wakers: OnceLock::new(),
+            static_roots,
             tls,
         }
     }
@@ -155,4 +160,28 @@ impl Shared {
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
+}
+
+/// Opens each static route's folder for `openat2`; none at all (files then opened by path)
+/// when the kernel has no `openat2` or a folder cannot be opened.
+fn open_static_roots(routes: &[switchyard::files::FileRoute]) -> Vec<std::fs::File> {
+    let mut roots = Vec::with_capacity(routes.len());
+    for route in routes {
+        let opened = std::fs::File::open(&route.root).and_then(|root| {
+            crate::sys::open_beneath(&root, std::path::Path::new("."))?;
+            Ok(root)
+        });
+        match opened {
+            Ok(root) => roots.push(root),
+            Err(e) => {
+                log::info!(
+                    "static files are opened by path ({}: {e}): each is checked against its \
+                     folder once its links are resolved",
+                    route.root.display()
+                );
+                return Vec::new();
+            }
+        }
+    }
+    roots
 }

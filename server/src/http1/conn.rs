@@ -224,7 +224,14 @@ fn static_file(
         }
         Named::Refused(e) => Some((Response::error(400, &e.to_string()), None)),
         Named::File { route, relative } => {
-            Some(super::files::answer(&routes[route], &relative, head, bytes))
+            let root = cx.shared.static_roots.get(route);
+            Some(super::files::answer(
+                &routes[route],
+                root,
+                &relative,
+                head,
+                bytes,
+            ))
         }
     }
 }

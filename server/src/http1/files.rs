@@ -28,12 +28,17 @@ impl FileBody {
 /// `206` to a `GET`, the body to send after it.
 pub fn answer(
     route: &FileRoute,
+    root: Option<&File>,
     relative: &Path,
     head: &Head,
     bytes: &[u8],
 ) -> (Response, Option<FileBody>) {
     let not_found = || Response::error(404, "not found").header("Cache-Control", "no-store");
-    let Some((file, relative)) = open_under(&route.root, relative) else {
+    let opened = match root {
+        Some(root) => open_beneath(root, relative),
+        None => open_under(&route.root, relative),
+    };
+    let Some((file, relative)) = opened else {
         let mut response = not_found();
         response.close = false;
         return (response, None);
@@ -87,6 +92,36 @@ pub fn answer(
     (response, body)
 }
 
+/// Opens `relative` under the folder `root` (its descriptor) in one call that cannot leave
+/// it ([`crate::sys::open_beneath`]), a folder's `index.html` for a folder; `None` when it
+/// is not there, not a regular file, or resolves outside the folder. (Before Linux 5.6,
+/// with no `openat2`, the daemon has no folder descriptors and [`open_under`] opens by
+/// path.)
+fn open_beneath(root: &File, relative: &Path) -> Option<(File, std::path::PathBuf)> {
+    let mut wanted = relative.to_path_buf();
+    for _ in 0..2 {
+        let file = match crate::sys::open_beneath(root, &wanted) {
+            Ok(file) => file,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EXDEV) {
+                    log::debug!(
+                        "static file {} resolves outside its folder: not served",
+                        wanted.display()
+                    );
+                }
+                return None;
+            }
+        };
+        let meta = file.metadata().ok()?;
+        if meta.is_dir() {
+            wanted.push("index.html"); // no listings
+            continue;
+        }
+        return meta.is_file().then_some((file, wanted));
+    }
+    None
+}
+
 /// Opens `relative` under `root` (canonical), a folder's `index.html` for a folder; `None`
 /// when it is not there, not a regular file, or lies outside `root` once symbolic links
 /// are resolved (answered as not there: what lies outside is nobody's business). Returns
@@ -108,10 +143,18 @@ fn open_under(root: &Path, relative: &Path) -> Option<(File, std::path::PathBuf)
             wanted.push("index.html"); // no listings
             continue;
         }
-        if !meta.is_file() {
+        // Opened without following a link (the path is resolved already: one appearing
+        // now is a swap) and without blocking (a FIFO swapped in would block the loop on
+        // open); what was opened is checked, not what was looked at.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&real)
+            .ok()?;
+        if !file.metadata().ok()?.is_file() {
             return None;
         }
-        let file = File::open(&real).ok()?;
         let relative = real.strip_prefix(root).ok()?.to_path_buf();
         return Some((file, relative));
     }
