@@ -145,8 +145,10 @@ pub fn range(range: Option<&str>, if_range: Option<&str>, etag: &str, len: u64) 
     if if_range.is_some_and(|tag| tag.trim() != etag) {
         return Ranged::Whole;
     }
-    if spec.contains(',') {
-        return Ranged::Whole; // several ranges: the whole file is a valid answer
+    if spec.contains(',') || len == 0 {
+        // Several ranges, or an empty file (a media element asks `bytes=0-` of any): the
+        // whole file is a valid answer.
+        return Ranged::Whole;
     }
     let Some((first, last)) = spec.trim().split_once('-') else {
         return Ranged::Whole;

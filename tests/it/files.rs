@@ -199,3 +199,23 @@ fn a_get_no_static_route_covers_keeps_its_426() {
     assert_eq!(client.response().status, 426);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn connection_close_is_honoured_and_empty_files_take_any_range() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    std::fs::write(dir.path().join("empty.txt"), "").unwrap();
+    let daemon = daemon(dir.path());
+    let mut client = daemon.client();
+    client.send("GET /vnc.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let answer = client.response();
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(client.read_to_end().is_empty(), "closed after the answer");
+    // A media element asks `bytes=0-` of any file; of an empty one, the whole (empty) file.
+    let empty = get(
+        &daemon,
+        "GET /empty.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=0-\r\n\r\n",
+    );
+    assert_eq!(empty.status, 200);
+    assert_eq!(empty.header("content-length"), Some("0"));
+}

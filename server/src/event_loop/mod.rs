@@ -105,8 +105,9 @@ pub struct Loop {
     accept_more: bool,
     /// This loop has begun its part of the stop.
     stopping: bool,
-    /// Sessions that may move again (they stopped before the socket was drained), called
-    /// once more after this turn's events.
+    /// Sessions that may move again (they stopped before the socket was drained), and HTTP
+    /// connections whose file body spent its share of a turn: called once more after this
+    /// turn's events.
     again: Vec<(usize, u64)>,
     /// The time: read once per turn, and again after each plugin call.
     now: Instant,
@@ -436,6 +437,7 @@ impl Loop {
         loop {
             let (mut cx, conns) = self.context();
             let Some(Entry {
+                id,
                 conn: Conn::Http(conn),
                 ..
             }) = conns.get_mut(slot)
@@ -448,6 +450,11 @@ impl Loop {
             };
             match after {
                 After::Keep => {
+                    let again = conn.wants_again().then_some((slot, *id));
+                    if let Some(again) = again {
+                        // A file's body spent its turn's share: the rest after the others.
+                        self.again.push(again);
+                    }
                     self.now = Instant::now(); // HTTP work counts against no plugin call
                     return self.reschedule(slot);
                 }
@@ -674,6 +681,14 @@ impl Loop {
                     self.drive_session(slot, |session, shared, now, watcher| {
                         session.call(shared, 0, now, watcher)
                     });
+                }
+                Some(Entry {
+                    id: current,
+                    conn: Conn::Http(conn),
+                    ..
+                }) if *current == id && conn.wants_again() => {
+                    self.now = Instant::now();
+                    self.drive_http(slot);
                 }
                 _ => {}
             }
