@@ -60,8 +60,12 @@ fn the_page_and_its_websocket_share_the_port() {
         get(&daemon, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").body_text(),
         "<h1>index</h1>\n"
     );
+    // A folder named without its slash is sent to it (its page's relative links).
+    let bare = get(&daemon, "GET /docs?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(bare.status, 301);
+    assert_eq!(bare.header("location"), Some("/docs/?x=1"));
     assert_eq!(
-        get(&daemon, "GET /docs HTTP/1.1\r\nHost: t\r\n\r\n").body_text(),
+        get(&daemon, "GET /docs/ HTTP/1.1\r\nHost: t\r\n\r\n").body_text(),
         "docs\n"
     );
     // The WebSocket on the same port, and the daemon's own endpoints, as before.

@@ -38,11 +38,24 @@ pub fn answer(
         Some(root) => open_beneath(root, relative),
         None => open_under(&route.root, relative),
     };
-    let Some((file, relative)) = opened else {
+    let Some((file, found)) = opened else {
         let mut response = not_found();
         response.close = false;
         return (response, None);
     };
+    // A folder named without its slash: its page's relative links would resolve against
+    // the parent, so the client is sent to the folder's own path first, as nginx does.
+    let path = head.path(bytes);
+    if found != relative && !path.ends_with('/') {
+        let target = head.target(bytes);
+        let location = match target.split_once('?') {
+            Some((path, query)) => format!("{path}/?{query}"),
+            None => format!("{target}/"),
+        };
+        let response = Response::new(301, &b""[..]).header("Location", location);
+        return (response, None);
+    }
+    let relative = found;
     let Ok(meta) = file.metadata() else {
         return (not_found(), None);
     };
