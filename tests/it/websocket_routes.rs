@@ -832,3 +832,129 @@ fn tokens_choose_the_service_and_the_file_is_read_again_when_it_changes() {
         "{logs}"
     );
 }
+
+/// Issue 23, websocketd's most asked for feature: one program for all of a route's
+/// clients. 100 clients, one of which never reads: every message of a client reaches the
+/// program, every line of the program reaches every client that reads, in order, and the
+/// one that does not read is dropped rather than holding the others back.
+#[test]
+fn a_shared_program_broadcasts_to_every_client_and_drops_one_that_does_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(
+        dir.path(),
+        "shared",
+        "while read line; do\n\
+           if [ \"$line\" = burst ]; then\n\
+             for block in $(seq 0 39); do\n\
+               seq $((block * 1000 + 1)) $((block * 1000 + 1000)) | sed 's/$/ .........................................................................................../'\n\
+               sleep 0.2\n\
+             done\n\
+             echo done\n\
+           else echo \"got $line\"; fi\n\
+         done",
+    );
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/shared=exec-shared:{}", program.display()),
+        )
+        .env("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT", "1000")
+        .start();
+    // The one that never reads, with a small window, so that it is behind soon.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&daemon.addr.into()).unwrap();
+    let stuck = TcpStream::from(socket);
+    let (_stuck, _) =
+        tungstenite::client(format!("ws://{}/shared", daemon.addr), stuck).expect("handshake");
+    // 98 that read, each on a thread of its own, counting the burst's lines in order (and
+    // the speaker below: 100 clients in all).
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let readers: Vec<_> = (0..98)
+        .map(|_| {
+            let mut client = connect(&daemon, "/shared");
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || {
+                ready.send(()).unwrap();
+                assert_eq!(text(&mut client), "got hello");
+                let mut lines = 0;
+                loop {
+                    let line = text(&mut client);
+                    if line == "done" {
+                        break;
+                    }
+                    lines += 1;
+                    let number: u32 = line.split(' ').next().unwrap().parse().unwrap();
+                    assert_eq!(number, lines, "in order, none missing");
+                }
+                lines
+            })
+        })
+        .collect();
+    for _ in 0..98 {
+        ready_rx.recv().unwrap();
+    }
+    // The speaker reads too (a client that never reads but has deep socket buffers would
+    // set the pace until they are full; it is dropped then, like the small-window one).
+    let mut speaker = connect(&daemon, "/shared");
+    speaker.send(Message::text("hello")).unwrap();
+    assert_eq!(text(&mut speaker), "got hello");
+    // 4 MB to everyone in 8 s, a block of 100 KB at a time: more than is held for a client
+    // that does not read (1 MiB here, and its sockets' buffers: on loopback the kernel
+    // gives a TCP socket over a megabyte), at a pace the readers keep (100 clients: 50 MB/s
+    // through the daemon, in a debug build).
+    speaker.send(Message::text("burst")).unwrap();
+    let speaker = std::thread::spawn(move || {
+        let mut lines = 0;
+        while text(&mut speaker) != "done" {
+            lines += 1;
+        }
+        (speaker, lines)
+    });
+    for reader in readers {
+        let lines = reader
+            .join()
+            .unwrap_or_else(|_| panic!("a reader failed:\n{}", daemon.logs()));
+        assert_eq!(lines, 40000);
+    }
+    let logs = daemon
+        .wait_for_log("a client dropped: it did not take the program's output")
+        .expect("the client that does not read is dropped");
+    assert!(logs.contains("program started (pid"), "{logs}");
+    assert_eq!(
+        logs.matches("program started (pid").count(),
+        1,
+        "one program: {logs}"
+    );
+    let (speaker, lines) = speaker.join().unwrap();
+    assert_eq!(lines, 40000);
+    drop(speaker);
+    drop(_stuck);
+    daemon
+        .wait_for_log("the last client left; the program is ended")
+        .expect("the program ends with its last client");
+}
+
+/// A shared program that exits is started again (after 1 s) while clients remain, and the
+/// clients stay connected through it.
+#[test]
+fn a_shared_program_that_exits_is_started_again_for_its_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(dir.path(), "once", "read line; echo \"once: $line\"");
+    let daemon = daemon(&format!("/once=exec-shared:{}", program.display()));
+    let mut first = connect(&daemon, "/once");
+    let mut second = connect(&daemon, "/once");
+    first.send(Message::text("a")).unwrap();
+    assert_eq!(text(&mut first), "once: a");
+    assert_eq!(text(&mut second), "once: a");
+    daemon
+        .wait_for_log("the program exited (exit status: 0); started again in 1s")
+        .expect("the exit is logged with the restart's delay");
+    std::thread::sleep(Duration::from_millis(1500));
+    second.send(Message::text("b")).unwrap();
+    assert_eq!(text(&mut first), "once: b");
+    assert_eq!(text(&mut second), "once: b");
+    let logs = daemon.logs();
+    assert_eq!(logs.matches("program started (pid").count(), 2, "{logs}");
+}

@@ -77,7 +77,7 @@ impl Backend {
                         why: format!("could not be started: {e}"),
                     })
             }
-            Service::Echo | Service::Tokens(_) => Err(Unreachable {
+            Service::Echo | Service::Tokens(_) | Service::Shared { .. } => Err(Unreachable {
                 status: 500,
                 why: "echo has no backend".into(),
             }),

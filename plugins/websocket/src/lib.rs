@@ -24,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+mod broadcast;
 mod cgi;
 pub mod config;
 pub mod deflate;
@@ -40,6 +41,8 @@ mod tokens;
 
 use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
+use std::io;
+use std::sync::Arc;
 
 /// What `negotiate` agreed, for `start` (made on a worker when a route's service was
 /// dialled there, started on the event loop).
@@ -65,6 +68,8 @@ const BINARY: &str = "binary";
 
 pub struct WebSocket {
     config: config::Config,
+    /// The programs of `exec-shared:` routes, by route.
+    shared: Vec<(String, Arc<broadcast::SharedProgram>)>,
     /// The token tables of `tokens:` routes, by source.
     tokens: Vec<(std::path::PathBuf, tokens::Table)>,
     /// The `Origin` policies of routes when `SWITCHYARD_WEBSOCKET_ORIGINS` is unset.
@@ -84,6 +89,26 @@ impl EventProtocol for WebSocket {
     fn new() -> Result<Self, String> {
         let config = config::Config::from_env()?;
         log::debug!("websocket settings: {config:?}");
+        let mut shared = Vec::new();
+        for route in &config.routes {
+            if let routes::Service::Shared { argv, binary } = &route.service {
+                // What an exec: program gets of the daemon's environment, and no request's.
+                let env = config
+                    .passenv
+                    .iter()
+                    .filter_map(|name| std::env::var_os(name).map(|v| (name.clone(), v)))
+                    .collect();
+                let label = route.prefix.clone();
+                let program = broadcast::SharedProgram::new(
+                    argv.clone(),
+                    *binary,
+                    env,
+                    config.max_processes,
+                    label,
+                );
+                shared.push((route.prefix.clone(), program));
+            }
+        }
         let mut tokens = Vec::new();
         for route in &config.routes {
             if let routes::Service::Tokens(source) = &route.service {
@@ -94,6 +119,7 @@ impl EventProtocol for WebSocket {
         }
         Ok(WebSocket {
             config,
+            shared,
             any_origin: origin::Origins::any(),
             same_origin: origin::Origins::same_origin(),
             tokens,
@@ -135,6 +161,12 @@ impl EventProtocol for WebSocket {
         let service = match service {
             routes::Service::Echo => None,
             _ if !request.may_block() => return Decision::OnWorker,
+            routes::Service::Shared { binary, .. } => {
+                match self.join_shared(service, request, &path, *binary) {
+                    Ok(dialled) => Some(dialled),
+                    Err(rejection) => return Decision::Reject(rejection),
+                }
+            }
             routes::Service::Tokens(source) => {
                 resolved = match self.token_target(source, request, &path) {
                     Ok(target) => target,
@@ -204,6 +236,49 @@ impl WebSocket {
     /// Dials a route's service, or starts its program (in a slot under the processes
     /// limit): the backend, whether it speaks in lines, and a label for logs; or the
     /// answer for the client.
+    /// A new client of an `exec-shared:` route's program (started if it is the first).
+    fn join_shared(
+        &self,
+        service: &routes::Service,
+        request: &Request<'_>,
+        path: &RequestPath<'_>,
+        binary: bool,
+    ) -> Result<Dialled, protocol_api::Rejection> {
+        let program = self
+            .config
+            .routes
+            .iter()
+            .find(|route| &route.service == service)
+            .and_then(|route| {
+                self.shared
+                    .iter()
+                    .find(|(prefix, _)| *prefix == route.prefix)
+            })
+            .map(|(_, program)| program);
+        let joined = program
+            .ok_or_else(|| io::Error::other("no such route"))
+            .and_then(|p| p.join());
+        match joined {
+            Ok(stream) => Ok(Dialled {
+                backend: backend::Backend::Unix(stream),
+                lines: !binary,
+                label: format!("{} (shared)", path.path()),
+            }),
+            Err(e) => {
+                log::error!(
+                    "websocket {} for {}: {e}; answered 502",
+                    path.path(),
+                    request.peer()
+                );
+                Err(protocol_api::Rejection {
+                    status: 502,
+                    headers: Vec::new(),
+                    body: b"the shared program is not available\n".to_vec(),
+                })
+            }
+        }
+    }
+
     /// The service a `tokens:` route's request names by its token; `404` when it names
     /// none, or one the table does not have (logged without the token's rest).
     fn token_target(

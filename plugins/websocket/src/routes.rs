@@ -24,6 +24,13 @@ pub enum Service {
     /// A TCP or Unix service chosen per connection by a token, from websockify's
     /// TokenFile format in this file or folder ([`crate::tokens`]).
     Tokens(PathBuf),
+    /// One program for all of the route's clients (`exec-shared:`, `exec-shared-binary:`):
+    /// its output to every client, every client's messages to its input
+    /// ([`crate::broadcast`]).
+    Shared {
+        argv: Vec<String>,
+        binary: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,11 +74,16 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
                 return Err(invalid("a unix: backend must be an absolute path"));
             }
             Service::Unix(PathBuf::from(path))
-        } else if let Some((binary, command)) = service
-            .strip_prefix("exec-binary:")
-            .map(|c| (true, c))
-            .or_else(|| service.strip_prefix("exec:").map(|c| (false, c)))
-        {
+        } else if let Some((shared, binary, command)) = [
+            ("exec-shared-binary:", true, true),
+            ("exec-shared:", true, false),
+            ("exec-binary:", false, true),
+            ("exec:", false, false),
+        ]
+        .iter()
+        .find_map(|(scheme, shared, binary)| {
+            service.strip_prefix(scheme).map(|c| (*shared, *binary, c))
+        }) {
             let argv: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
             let Some(program) = argv.first() else {
                 return Err(invalid("exec: needs a program"));
@@ -79,7 +91,10 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
             if let Err(why) = executable(program) {
                 return Err(invalid(&why));
             }
-            Service::Exec { argv, binary }
+            match shared {
+                true => Service::Shared { argv, binary },
+                false => Service::Exec { argv, binary },
+            }
         } else {
             return Err(invalid(
                 "unknown service; use tcp://host:port, unix:/path, tokens:/path, exec:program or echo",

@@ -1,0 +1,525 @@
+//! `exec-shared:` routes: one program for all of a route's clients (websocketd's most asked
+//! for feature): its output goes to every client, every client's messages go to its input.
+//! A log tail, a ticker, a game.
+//!
+//! Each route has a broadcaster thread, started with its first client and gone with its
+//! last. A client's session gets one end of a Unix socket pair and relays it as it relays a
+//! `unix:` service (so the relay's limits and back-pressure hold as for any route); the
+//! broadcaster holds the other end. Its stated policies:
+//! - **The program goes at the pace of the fastest client; one that falls 512 KiB behind it
+//!   is dropped**: each chunk of output (whole lines, in text mode) is written to every
+//!   client's socket without blocking, and what a socket does not take waits for its
+//!   client. The program's output is read while at least one client has taken everything
+//!   (so a program faster than every client waits, as it would on a pipe to one); a client
+//!   with more than 512 KiB waiting beyond its sockets' buffers is closed, with a log line,
+//!   and the others go on: one that never reads holds nobody back. Memory per client, ours:
+//!   at most those 512 KiB (the kernel's socket buffers come first: on loopback a TCP
+//!   socket holds megabytes).
+//! - **Clients' messages go to the program's input** in the order read, each a line (text
+//!   mode); while the program does not read, at most 1 MiB waits, and a client that would
+//!   add past that is dropped.
+//! - **The program runs while clients are connected**: started with the first, ended (its
+//!   input closed, then SIGTERM, SIGKILL, as `exec:` programs are) when the last leaves. If
+//!   it exits meanwhile it is started again after 1 s, doubling up to 30 s while it keeps
+//!   exiting within a minute; its exits and restarts are logged.
+
+use crate::process::{Program, Reservation};
+use mio::net::UnixStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WAKE: Token = Token(0);
+const PROGRAM_OUT: Token = Token(1);
+const PROGRAM_ERR: Token = Token(2);
+const PROGRAM_IN: Token = Token(3);
+const PROGRAM_EXIT: Token = Token(4);
+/// Clients' tokens start here.
+const CLIENTS: usize = 16;
+/// What a client's socket holds for it.
+const CLIENT_BUFFER: usize = 64 * 1024;
+/// What waits for a client beyond its socket before it is behind (and dropped).
+const CLIENT_BEHIND: usize = 512 * 1024;
+/// Most of clients' input waiting for a program that does not read it.
+const INPUT_LIMIT: usize = 1024 * 1024;
+/// Longest line of output kept whole; a longer one goes out in pieces.
+const LINE_LIMIT: usize = 64 * 1024;
+
+/// One `exec-shared:` route's program and clients.
+pub struct SharedProgram {
+    argv: Vec<String>,
+    binary: bool,
+    env: Vec<(String, OsString)>,
+    max_processes: usize,
+    label: String,
+    running: Mutex<Option<Running>>,
+}
+
+/// The broadcaster thread of a route with clients.
+struct Running {
+    joins: Sender<std::os::unix::net::UnixStream>,
+    waker: Arc<Waker>,
+}
+
+impl SharedProgram {
+    pub fn new(
+        argv: Vec<String>,
+        binary: bool,
+        env: Vec<(String, OsString)>,
+        max_processes: usize,
+        label: String,
+    ) -> Arc<SharedProgram> {
+        Arc::new(SharedProgram {
+            argv,
+            binary,
+            env,
+            max_processes,
+            label,
+            running: Mutex::new(None),
+        })
+    }
+
+    /// A new client: its end of the pair, for its session to relay.
+    pub fn join(self: &Arc<Self>) -> io::Result<std::os::unix::net::UnixStream> {
+        let (client, ours) = std::os::unix::net::UnixStream::pair()?;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.is_none() {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+            let (joins, joined) = channel();
+            let shared = self.clone();
+            std::thread::Builder::new()
+                .name("switchyard-ws-shared".into())
+                .spawn(move || shared.broadcast(poll, joined))?;
+            *running = Some(Running { joins, waker });
+        }
+        let handle = running.as_ref().expect("started above");
+        handle
+            .joins
+            .send(ours)
+            .map_err(|_| io::Error::other("the broadcaster is gone"))?;
+        handle.waker.wake()?;
+        Ok(client)
+    }
+
+    /// The broadcaster thread: until the last client has left.
+    fn broadcast(
+        self: Arc<Self>,
+        mut poll: Poll,
+        joined: Receiver<std::os::unix::net::UnixStream>,
+    ) {
+        let mut state = State {
+            program: None,
+            output_ready: false,
+            clients: HashMap::new(),
+            next_client: CLIENTS,
+            output: Vec::new(),
+            input: Vec::new(),
+            restart_at: None,
+            backoff: Duration::from_secs(1),
+            started: Instant::now(),
+            stderr_logged: (Instant::now(), 0),
+        };
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = state
+                .restart_at
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("websocket {}: the broadcaster failed: {e}", self.label);
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKE => {}
+                    PROGRAM_OUT => {
+                        state.output_ready = true;
+                        self.program_output(&mut state, &poll);
+                    }
+                    PROGRAM_ERR => self.program_errors(&mut state),
+                    PROGRAM_IN => state.flush_input(&self.label),
+                    PROGRAM_EXIT => {}
+                    Token(token) => {
+                        if event.is_writable() && state.flush_client(token, &poll, &self.label) {
+                            // A client caught up: the program's output may be read again.
+                            self.program_output(&mut state, &poll);
+                        }
+                        if event.is_readable() || event.is_read_closed() {
+                            self.client_input(&mut state, &poll, token);
+                        }
+                    }
+                }
+            }
+            while let Ok(stream) = joined.try_recv() {
+                state.add(stream, &poll, &self.label);
+            }
+            self.check_exit(&mut state, &poll);
+            if state.clients.is_empty() {
+                // Gone with the last client, unless one joined meanwhile (joins hold the
+                // lock while they send, so none is lost between this look and the end).
+                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                match joined.try_recv() {
+                    Ok(stream) => state.add(stream, &poll, &self.label),
+                    Err(_) => {
+                        *running = None;
+                        if state.program.take().is_some() {
+                            log::info!(
+                                "websocket {}: the last client left; the program is ended",
+                                self.label
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+            if state.program.is_none() && state.restart_at.is_none_or(|at| at <= Instant::now()) {
+                self.start(&mut state, &poll);
+            }
+        }
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Starts the program and watches its pipes.
+    fn start(&self, state: &mut State, poll: &Poll) {
+        state.restart_at = None;
+        let Some(slot) = Reservation::take(self.max_processes) else {
+            log::warn!(
+                "websocket {}: {} programs running (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); \
+                 starting again in {:?}",
+                self.label,
+                crate::process::running(),
+                state.backoff
+            );
+            state.restart_at = Some(Instant::now() + state.backoff);
+            return;
+        };
+        match Program::start(&self.argv, self.env.clone(), slot) {
+            Ok(program) => {
+                let registry = poll.registry();
+                let watched = [
+                    (program.stdout.as_raw_fd(), PROGRAM_OUT, Interest::READABLE),
+                    (program.stderr.as_raw_fd(), PROGRAM_ERR, Interest::READABLE),
+                    (program.pidfd.as_raw_fd(), PROGRAM_EXIT, Interest::READABLE),
+                ];
+                for (fd, token, interest) in watched {
+                    let _ = registry.register(&mut SourceFd(&fd), token, interest);
+                }
+                if let Some(stdin) = &program.stdin {
+                    let fd = stdin.as_raw_fd();
+                    let _ = registry.register(&mut SourceFd(&fd), PROGRAM_IN, Interest::WRITABLE);
+                }
+                log::info!(
+                    "websocket {}: program started (pid {})",
+                    self.label,
+                    program.pid
+                );
+                state.started = Instant::now();
+                state.output.clear();
+                state.output_ready = true; // what it writes before its first event
+                state.program = Some(program);
+            }
+            Err(e) => {
+                log::error!(
+                    "websocket {}: the program could not be started: {e}",
+                    self.label
+                );
+                state.restart_at = Some(Instant::now() + state.backoff);
+                state.backoff = (state.backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+
+    /// The program exited: reaped, and started again later if clients remain.
+    fn check_exit(&self, state: &mut State, poll: &Poll) {
+        let Some(program) = state.program.as_mut() else {
+            return;
+        };
+        let Some(status) = program.exit_status() else {
+            return;
+        };
+        for fd in [
+            program.stdout.as_raw_fd(),
+            program.stderr.as_raw_fd(),
+            program.pidfd.as_raw_fd(),
+        ]
+        .into_iter()
+        .chain(program.stdin.as_ref().map(|s| s.as_raw_fd()))
+        {
+            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        // What it wrote before it ended still goes out.
+        self.program_output(state, poll);
+        state.program = None;
+        if state.started.elapsed() >= Duration::from_secs(60) {
+            state.backoff = Duration::from_secs(1);
+        }
+        log::warn!(
+            "websocket {}: the program exited ({status}); started again in {:?}",
+            self.label,
+            state.backoff
+        );
+        state.restart_at = Some(Instant::now() + state.backoff);
+        state.backoff = (state.backoff * 2).min(Duration::from_secs(30));
+    }
+
+    /// Reads the program's output and sends it to every client (whole lines in text
+    /// mode), while at least one client has taken everything sent before.
+    fn program_output(&self, state: &mut State, poll: &Poll) {
+        let mut buf = [0u8; 64 * 1024];
+        while state.output_ready {
+            let every_client_waits =
+                !state.clients.is_empty() && state.clients.values().all(|c| !c.pending.is_empty());
+            if every_client_waits {
+                return; // the fastest client's next writable event reads on
+            }
+            let Some(program) = state.program.as_mut() else {
+                return;
+            };
+            let n = match program.stdout.read(&mut buf) {
+                Ok(0) => {
+                    state.output_ready = false;
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    state.output_ready = false;
+                    return;
+                }
+            };
+            state.output.extend_from_slice(&buf[..n]);
+            let ready = match self.binary {
+                true => state.output.len(),
+                false => match state.output.iter().rposition(|&b| b == b'\n') {
+                    Some(at) => at + 1,
+                    None if state.output.len() > LINE_LIMIT => state.output.len(),
+                    None => 0,
+                },
+            };
+            if ready > 0 {
+                let chunk: Vec<u8> = state.output.drain(..ready).collect();
+                state.send_all(&chunk, poll, &self.label);
+            }
+        }
+    }
+
+    /// The program's stderr: to the log, at most ten lines a second.
+    fn program_errors(&self, state: &mut State) {
+        let mut buf = [0u8; 16 * 1024];
+        let Some(program) = state.program.as_mut() else {
+            return;
+        };
+        while let Ok(n) = program.stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let (since, count) = &mut state.stderr_logged;
+            if since.elapsed() >= Duration::from_secs(1) {
+                *since = Instant::now();
+                *count = 0;
+            }
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                *count += 1;
+                if *count <= 10 {
+                    log::warn!("websocket {} (pid {}): {line}", self.label, program.pid);
+                }
+            }
+        }
+    }
+
+    /// A client's messages (lines, in text mode) for the program's input; its end.
+    fn client_input(&self, state: &mut State, poll: &Poll, token: usize) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(client) = state.clients.get_mut(&token) else {
+                return;
+            };
+            match client.stream.read(&mut buf) {
+                Ok(0) => return state.remove(token, poll),
+                Ok(n) => {
+                    client.partial.extend_from_slice(&buf[..n]);
+                    let ready = match self.binary {
+                        true => client.partial.len(),
+                        false => client
+                            .partial
+                            .iter()
+                            .rposition(|&b| b == b'\n')
+                            .map_or(0, |at| at + 1),
+                    };
+                    if state.input.len() + ready > INPUT_LIMIT || client.partial.len() > INPUT_LIMIT
+                    {
+                        log::warn!(
+                            "websocket {}: a client dropped: the program does not read its \
+                             input (1 MiB waits)",
+                            self.label
+                        );
+                        return state.remove(token, poll);
+                    }
+                    let lines: Vec<u8> = client.partial.drain(..ready).collect();
+                    state.input.extend_from_slice(&lines);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return state.remove(token, poll),
+            }
+        }
+        state.flush_input(&self.label);
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    /// Input not yet a whole line.
+    partial: Vec<u8>,
+    /// Output its socket has not taken yet (at most [`CLIENT_BEHIND`]).
+    pending: Vec<u8>,
+}
+
+struct State {
+    program: Option<Program>,
+    /// The program's output may hold bytes (its event came, and no read has found it
+    /// empty since).
+    output_ready: bool,
+    clients: HashMap<usize, Client>,
+    next_client: usize,
+    /// Output not yet a whole line.
+    output: Vec<u8>,
+    /// Clients' input the program has not taken.
+    input: Vec<u8>,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    started: Instant,
+    stderr_logged: (Instant, u32),
+}
+
+impl State {
+    fn add(&mut self, stream: std::os::unix::net::UnixStream, poll: &Poll, label: &str) {
+        let prepared = stream
+            .set_nonblocking(true)
+            .and_then(|()| socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_BUFFER));
+        if let Err(e) = prepared {
+            log::warn!("websocket {label}: a client could not be added: {e}");
+            return;
+        }
+        let mut stream = UnixStream::from_std(stream);
+        let token = self.next_client;
+        self.next_client += 1;
+        if poll
+            .registry()
+            .register(&mut stream, Token(token), Interest::READABLE)
+            .is_ok()
+        {
+            self.clients.insert(
+                token,
+                Client {
+                    stream,
+                    partial: Vec::new(),
+                    pending: Vec::new(),
+                },
+            );
+        }
+    }
+
+    fn remove(&mut self, token: usize, poll: &Poll) {
+        if let Some(mut client) = self.clients.remove(&token) {
+            let _ = poll.registry().deregister(&mut client.stream);
+        }
+    }
+
+    /// Sends `chunk` to every client; what a socket does not take waits for it, and a
+    /// client too far behind is dropped.
+    fn send_all(&mut self, chunk: &[u8], poll: &Poll, label: &str) {
+        let mut behind = Vec::new();
+        for (&token, client) in self.clients.iter_mut() {
+            let was_waiting = !client.pending.is_empty();
+            if was_waiting {
+                client.pending.extend_from_slice(chunk);
+            } else {
+                let taken = match client.stream.write(chunk) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+                    Err(_) => {
+                        behind.push((token, false));
+                        continue;
+                    }
+                };
+                client.pending.extend_from_slice(&chunk[taken..]);
+            }
+            if client.pending.len() > CLIENT_BEHIND {
+                behind.push((token, true));
+            } else if !was_waiting && !client.pending.is_empty() {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                let _ = poll
+                    .registry()
+                    .reregister(&mut client.stream, Token(token), interest);
+            }
+        }
+        for (token, slow) in behind {
+            if slow {
+                log::warn!(
+                    "websocket {label}: a client dropped: it did not take the program's output \
+                     ({} KiB behind)",
+                    (CLIENT_BEHIND + CLIENT_BUFFER) / 1024
+                );
+            }
+            self.remove(token, poll);
+        }
+    }
+
+    /// A client's socket takes more: what waited for it. True when it has taken all.
+    fn flush_client(&mut self, token: usize, poll: &Poll, label: &str) -> bool {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return false;
+        };
+        while !client.pending.is_empty() {
+            match client.stream.write(&client.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    client.pending.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    log::debug!("websocket {label}: a client's socket: {e}");
+                    self.remove(token, poll);
+                    return false;
+                }
+            }
+        }
+        client.pending = Vec::new();
+        let _ = poll
+            .registry()
+            .reregister(&mut client.stream, Token(token), Interest::READABLE);
+        true
+    }
+
+    /// Writes clients' input to the program as far as it takes it.
+    fn flush_input(&mut self, label: &str) {
+        let Some(stdin) = self.program.as_mut().and_then(|p| p.stdin.as_mut()) else {
+            return;
+        };
+        while !self.input.is_empty() {
+            match stdin.write(&self.input) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.input.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::debug!("websocket {label}: the program's input: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
