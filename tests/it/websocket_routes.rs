@@ -836,7 +836,7 @@ fn tokens_choose_the_service_and_the_file_is_read_again_when_it_changes() {
 /// Issue 23, websocketd's most asked for feature: one program for all of a route's
 /// clients. 100 clients, one of which never reads: every message of a client reaches the
 /// program, every line of the program reaches every client that reads, in order, and the
-/// one that does not read is dropped rather than holding the others back.
+/// one that does not read is dropped rather than holding the others back for good.
 #[test]
 fn a_shared_program_broadcasts_to_every_client_and_drops_one_that_does_not_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -900,10 +900,10 @@ fn a_shared_program_broadcasts_to_every_client_and_drops_one_that_does_not_read(
     let mut speaker = connect(&daemon, "/shared");
     speaker.send(Message::text("hello")).unwrap();
     assert_eq!(text(&mut speaker), "got hello");
-    // 4 MB to everyone in 8 s, a block of 100 KB at a time: more than is held for a client
-    // that does not read (1 MiB here, and its sockets' buffers: on loopback the kernel
-    // gives a TCP socket over a megabyte), at a pace the readers keep (100 clients: 50 MB/s
-    // through the daemon, in a debug build).
+    // 4 MB to everyone in 8 s, a block of 100 KB at a time: more than a client that does
+    // not read can hold (256 KiB here, and its sockets' buffers: on loopback the kernel
+    // gives a TCP socket megabytes), at a pace the readers keep (100 clients: 50 MB/s
+    // through the daemon, in a debug build). It holds the others back for 2 s, once.
     speaker.send(Message::text("burst")).unwrap();
     let speaker = std::thread::spawn(move || {
         let mut lines = 0;

@@ -9,10 +9,12 @@
 //! loadgen bulk         --addr A [--upgrade tcp --path /sink] [--mib 1024]
 //! loadgen h2c-streams  --addr A [--conns 10000] [--sources 5] [--every 20] [--secs 60]
 //! loadgen tls-handshake --addr A --ca FILE [--name localhost] [--conns 8] [--secs 5]
+//! loadgen ws-fanout    --addr A [--path /shared] [--conns 1000] [--secs 5] [--start LINE]
 //! ```
 
 mod bulk;
 mod echo;
+mod fanout;
 mod h2c_streams;
 mod handshake;
 mod idle;
@@ -75,9 +77,10 @@ fn main() {
         "bulk" => bulk::run(&args),
         "h2c-streams" => h2c_streams::run(&args),
         "tls-handshake" => tls_handshake::run(&args),
+        "ws-fanout" => fanout::run(&args),
         _ => {
             eprintln!(
-                "usage: loadgen ws-echo|tcp-echo|ws-handshake|idle|bulk|h2c-streams|tls-handshake --addr HOST:PORT ..."
+                "usage: loadgen ws-echo|tcp-echo|ws-handshake|idle|bulk|h2c-streams|tls-handshake|ws-fanout --addr HOST:PORT ..."
             );
             std::process::exit(2);
         }

@@ -6,15 +6,15 @@
 //! last. A client's session gets one end of a Unix socket pair and relays it as it relays a
 //! `unix:` service (so the relay's limits and back-pressure hold as for any route); the
 //! broadcaster holds the other end. Its stated policies:
-//! - **The program goes at the pace of the fastest client; one that falls 512 KiB behind it
-//!   is dropped**: each chunk of output (whole lines, in text mode) is written to every
-//!   client's socket without blocking, and what a socket does not take waits for its
-//!   client. The program's output is read while at least one client has taken everything
-//!   (so a program faster than every client waits, as it would on a pipe to one); a client
-//!   with more than 512 KiB waiting beyond its sockets' buffers is closed, with a log line,
-//!   and the others go on: one that never reads holds nobody back. Memory per client, ours:
-//!   at most those 512 KiB (the kernel's socket buffers come first: on loopback a TCP
-//!   socket holds megabytes).
+//! - **The clients set the pace, and one that holds the others back for 2 s is dropped**:
+//!   each chunk of output (whole lines, in text mode) is written to every client's socket
+//!   without blocking, and what a socket does not take waits for its client. The program's
+//!   output is read while no client has more than 256 KiB waiting, so a program faster than
+//!   its clients waits, as it would on a pipe to one. A client with more than that waiting
+//!   for 2 s (it does not read, or reads slower than the others and the program) is
+//!   closed, with a log line, and the others go on: one that never reads holds them back
+//!   for 2 s, once. Memory per client, ours: at most 256 KiB and a chunk (the kernel's
+//!   socket buffers come first: on loopback a TCP socket holds megabytes).
 //! - **Clients' messages go to the program's input** in the order read, each a line (text
 //!   mode); while the program does not read, at most 1 MiB waits, and a client that would
 //!   add past that is dropped.
@@ -44,8 +44,10 @@ const PROGRAM_EXIT: Token = Token(4);
 const CLIENTS: usize = 16;
 /// What a client's socket holds for it.
 const CLIENT_BUFFER: usize = 64 * 1024;
-/// What waits for a client beyond its socket before it is behind (and dropped).
-const CLIENT_BEHIND: usize = 512 * 1024;
+/// The program's output is read while no client has more than this waiting.
+const CLIENT_WINDOW: usize = 256 * 1024;
+/// A client with output waiting this long, without taking all of it once, is dropped.
+const BEHIND_FOR: Duration = Duration::from_secs(2);
 /// Most of clients' input waiting for a program that does not read it.
 const INPUT_LIMIT: usize = 1024 * 1024;
 /// Longest line of output kept whole; a longer one goes out in pieces.
@@ -128,8 +130,16 @@ impl SharedProgram {
         };
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = state
-                .restart_at
+            let behind = state
+                .clients
+                .values()
+                .filter_map(|c| c.behind_since)
+                .min()
+                .map(|since| since + BEHIND_FOR);
+            let timeout = [state.restart_at, behind]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
@@ -161,6 +171,9 @@ impl SharedProgram {
             }
             while let Ok(stream) = joined.try_recv() {
                 state.add(stream, &poll, &self.label);
+            }
+            if state.drop_behind(&poll, &self.label) {
+                self.program_output(&mut state, &poll); // the rest may go on now
             }
             self.check_exit(&mut state, &poll);
             if state.clients.is_empty() {
@@ -276,10 +289,12 @@ impl SharedProgram {
     fn program_output(&self, state: &mut State, poll: &Poll) {
         let mut buf = [0u8; 64 * 1024];
         while state.output_ready {
-            let every_client_waits =
-                !state.clients.is_empty() && state.clients.values().all(|c| !c.pending.is_empty());
-            if every_client_waits {
-                return; // the fastest client's next writable event reads on
+            if state
+                .clients
+                .values()
+                .any(|c| c.pending.len() > CLIENT_WINDOW)
+            {
+                return; // that client's next writable event reads on (or its drop)
             }
             let Some(program) = state.program.as_mut() else {
                 return;
@@ -307,7 +322,7 @@ impl SharedProgram {
             };
             if ready > 0 {
                 let chunk: Vec<u8> = state.output.drain(..ready).collect();
-                state.send_all(&chunk, poll, &self.label);
+                state.send_all(&chunk, poll);
             }
         }
     }
@@ -380,8 +395,11 @@ struct Client {
     stream: UnixStream,
     /// Input not yet a whole line.
     partial: Vec<u8>,
-    /// Output its socket has not taken yet (at most [`CLIENT_BEHIND`]).
+    /// Output its socket has not taken yet (at most [`CLIENT_WINDOW`] and a chunk).
     pending: Vec<u8>,
+    /// Since when more than [`CLIENT_WINDOW`] has waited for it (holding the program's
+    /// output back for everyone).
+    behind_since: Option<Instant>,
 }
 
 struct State {
@@ -424,6 +442,7 @@ impl State {
                     stream,
                     partial: Vec::new(),
                     pending: Vec::new(),
+                    behind_since: None,
                 },
             );
         }
@@ -435,47 +454,65 @@ impl State {
         }
     }
 
-    /// Sends `chunk` to every client; what a socket does not take waits for it, and a
-    /// client too far behind is dropped.
-    fn send_all(&mut self, chunk: &[u8], poll: &Poll, label: &str) {
-        let mut behind = Vec::new();
+    /// Sends `chunk` to every client; what a socket does not take waits for its client.
+    fn send_all(&mut self, chunk: &[u8], poll: &Poll) {
+        let mut gone = Vec::new();
         for (&token, client) in self.clients.iter_mut() {
             let was_waiting = !client.pending.is_empty();
             if was_waiting {
                 client.pending.extend_from_slice(chunk);
-            } else {
-                let taken = match client.stream.write(chunk) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
-                    Err(_) => {
-                        behind.push((token, false));
-                        continue;
-                    }
-                };
-                client.pending.extend_from_slice(&chunk[taken..]);
+                if client.pending.len() > CLIENT_WINDOW {
+                    client.behind_since.get_or_insert_with(Instant::now);
+                }
+                continue;
             }
-            if client.pending.len() > CLIENT_BEHIND {
-                behind.push((token, true));
-            } else if !was_waiting && !client.pending.is_empty() {
+            let taken = match client.stream.write(chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    gone.push(token);
+                    continue;
+                }
+            };
+            client.pending.extend_from_slice(&chunk[taken..]);
+            if client.pending.len() > CLIENT_WINDOW {
+                client.behind_since.get_or_insert_with(Instant::now);
+            }
+            if !client.pending.is_empty() {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 let _ = poll
                     .registry()
                     .reregister(&mut client.stream, Token(token), interest);
             }
         }
-        for (token, slow) in behind {
-            if slow {
-                log::warn!(
-                    "websocket {label}: a client dropped: it did not take the program's output \
-                     ({} KiB behind)",
-                    (CLIENT_BEHIND + CLIENT_BUFFER) / 1024
-                );
-            }
+        for token in gone {
             self.remove(token, poll);
         }
     }
 
-    /// A client's socket takes more: what waited for it. True when it has taken all.
+    /// Drops the clients that have been behind for [`BEHIND_FOR`]; true if one was.
+    fn drop_behind(&mut self, poll: &Poll, label: &str) -> bool {
+        let late: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.behind_since
+                    .is_some_and(|since| since.elapsed() >= BEHIND_FOR)
+            })
+            .map(|(&token, _)| token)
+            .collect();
+        for &token in &late {
+            log::warn!(
+                "websocket {label}: a client dropped: it did not take the program's output \
+                 for {BEHIND_FOR:?}"
+            );
+            self.remove(token, poll);
+        }
+        !late.is_empty()
+    }
+
+    /// A client's socket takes more: what waited for it. True when it is within its window
+    /// again (the program's output may be read on).
     fn flush_client(&mut self, token: usize, poll: &Poll, label: &str) -> bool {
         let Some(client) = self.clients.get_mut(&token) else {
             return false;
@@ -487,19 +524,24 @@ impl State {
                     client.pending.drain(..n);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => {
                     log::debug!("websocket {label}: a client's socket: {e}");
                     self.remove(token, poll);
-                    return false;
+                    return true;
                 }
             }
         }
-        client.pending = Vec::new();
-        let _ = poll
-            .registry()
-            .reregister(&mut client.stream, Token(token), Interest::READABLE);
-        true
+        if client.pending.len() <= CLIENT_WINDOW {
+            client.behind_since = None;
+        }
+        if client.pending.is_empty() {
+            client.pending = Vec::new();
+            let _ =
+                poll.registry()
+                    .reregister(&mut client.stream, Token(token), Interest::READABLE);
+        }
+        client.behind_since.is_none()
     }
 
     /// Writes clients' input to the program as far as it takes it.
