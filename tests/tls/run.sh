@@ -127,15 +127,17 @@ ws.onerror = () => { document.title = 'error'; };
 PAGE
 }
 page "wss://localhost:$port/chat" >"$work/page.html"
-"$py" "$root/tests/tls/chromium_wss.py" "$chromium" "$spki" "file://$work/page.html" \
-  || fail "Chromium over wss"; ok
+title() { # title URL EXPECTED: the page's title becomes EXPECTED in headless Chromium
+  "$py" "$root/tests/scripts/chromium_page.py" "$chromium" "$1" document.title "$2" "$spki"
+}
+echoed="echoed: hello from chromium"
+title "file://$work/page.html" "$echoed" || fail "Chromium over wss"; ok
 # The page from the daemon itself, over https, and its WebSocket to a program's route with
 # the Origin check on (same origin: https://localhost:PORT).
 page "wss://localhost:$port/cat" >"$work/site/cat.html"
-"$py" "$root/tests/tls/chromium_wss.py" "$chromium" "$spki" "https://localhost:$port/site/cat.html" \
+title "https://localhost:$port/site/cat.html" "$echoed" \
   || fail "Chromium: a page and its WebSocket from one port"; ok
 # The same page from elsewhere (a file: its origin is none of ours): refused.
-"$py" "$root/tests/tls/chromium_wss.py" "$chromium" "$spki" "file://$work/site/cat.html" error \
-  || fail "Chromium: a page of another origin was let in"; ok
+title "file://$work/site/cat.html" error || fail "Chromium: a page of another origin was let in"; ok
 
 echo "tls: $passed checks passed"

@@ -1,10 +1,9 @@
-"""Headless Chromium opens a page that opens wss:// to the daemon, sends a message and
-puts the echo in its title; this drives Chromium over the DevTools protocol (its own
-WebSocket) and waits for that title, so the check does not depend on how fast the page's
-network is. The daemon's certificate is trusted by its key's SPKI hash, as a browser
-trusts a CA.
-Usage: chromium_wss.py CHROMIUM SPKI_SHA256_BASE64 PAGE_URL [EXPECTED_TITLE]
-(exit 1 unless the page's title becomes EXPECTED_TITLE, by default the echo)"""
+"""Headless Chromium opens a page and this waits (30 s at most) until a JavaScript
+expression on it has the value expected, driving Chromium over the DevTools protocol (its
+own WebSocket), so that a check does not depend on how fast the page's network is. With an
+SPKI hash, a server certificate with that key is trusted, as a browser trusts a CA.
+Usage: chromium_page.py CHROMIUM PAGE_URL EXPRESSION EXPECTED [SPKI_SHA256_BASE64]
+(exit 1, printing the last value, unless EXPRESSION's value becomes EXPECTED)"""
 import asyncio
 import json
 import re
@@ -18,14 +17,15 @@ import urllib.request
 
 import websockets
 
-chromium, spki, page = sys.argv[1:4]
-expected = sys.argv[4] if len(sys.argv) > 4 else "echoed: hello from chromium"
+chromium, page, expression, expected = sys.argv[1:5]
+spki = sys.argv[5] if len(sys.argv) > 5 else None
 profile = tempfile.mkdtemp()
 browser = subprocess.Popen(
     [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-     "--user-data-dir=" + profile, "--ignore-certificate-errors-spki-list=" + spki,
-     "--host-resolver-rules=MAP localhost 127.0.0.1", "--remote-debugging-port=0", "about:blank"],
+     "--user-data-dir=" + profile, "--host-resolver-rules=MAP localhost 127.0.0.1",
+     "--remote-debugging-port=0", "--window-size=1024,768"]
+    + (["--ignore-certificate-errors-spki-list=" + spki] if spki else []) + ["about:blank"],
     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -59,18 +59,18 @@ async def main():
 
         await call("Page.navigate", url=page)
         deadline = time.time() + 30
-        title = ""
+        value = ""
         while time.time() < deadline:
-            result = await call("Runtime.evaluate", expression="document.title")
-            title = result.get("result", {}).get("value", "")
-            if title.startswith("echoed:") or title == "error":
+            result = await call("Runtime.evaluate", expression=expression)
+            value = str(result.get("result", {}).get("value", ""))
+            if value == expected:
                 break
             await asyncio.sleep(0.1)
-        return title
+        return value
 
 
 try:
-    title = asyncio.run(main())
+    value = asyncio.run(main())
 finally:
     browser.terminate()
     try:
@@ -78,6 +78,6 @@ finally:
     except subprocess.TimeoutExpired:
         browser.kill()
     shutil.rmtree(profile, ignore_errors=True)
-if title != expected:
-    print("FAILED: the page's title is %r" % title, file=sys.stderr)
+if value != expected:
+    print("FAILED: %s is %r, not %r" % (expression, value, expected), file=sys.stderr)
     sys.exit(1)
