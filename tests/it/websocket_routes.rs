@@ -951,10 +951,91 @@ fn a_shared_program_that_exits_is_started_again_for_its_clients() {
     daemon
         .wait_for_log("the program exited (exit status: 0); started again in 1s")
         .expect("the exit is logged with the restart's delay");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Started again (a message sent before would wait for it, too).
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while daemon.logs().matches("program started (pid").count() < 2 {
+        assert!(std::time::Instant::now() < until, "{}", daemon.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     second.send(Message::text("b")).unwrap();
     assert_eq!(text(&mut first), "once: b");
     assert_eq!(text(&mut second), "once: b");
     let logs = daemon.logs();
     assert_eq!(logs.matches("program started (pid").count(), 2, "{logs}");
+}
+
+/// A client that held the program's output back (more than its window waiting) and then
+/// leaves: the output goes on for the others at once (it was stalled for good before).
+#[test]
+fn a_shared_program_goes_on_when_the_client_holding_it_back_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(dir.path(), "flood", "read go; seq 1 200000");
+    let daemon = daemon(&format!("/flood=exec-shared:{}", program.display()));
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&daemon.addr.into()).unwrap();
+    let (stuck, _) = tungstenite::client(
+        format!("ws://{}/flood", daemon.addr),
+        TcpStream::from(socket),
+    )
+    .expect("handshake");
+    let mut reader = connect(&daemon, "/flood");
+    reader.send(Message::text("go")).unwrap();
+    let mut last = 0;
+    while last < 1000 {
+        last = text(&mut reader).parse().unwrap();
+    }
+    // The one that does not read is over its window by now, holding the output back; it
+    // leaves (well before the 2 s after which it would have been dropped).
+    drop(stuck);
+    while last < 200000 {
+        let line = text(&mut reader);
+        last = line.parse().unwrap_or_else(|_| panic!("{line}"));
+    }
+}
+
+/// The README's `tail -F` case: a program that never reads its input. Clients that send
+/// it more than it takes are made to wait (not dropped), and still get its output.
+#[test]
+fn a_shared_program_that_does_not_read_holds_its_senders_back_without_dropping_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(
+        dir.path(),
+        "ticker",
+        "read go; i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.02; done",
+    );
+    let daemon = daemon(&format!("/ticks=exec-shared:{}", program.display()));
+    let stream = TcpStream::connect(daemon.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let writer = stream.try_clone().unwrap();
+    let (mut client, _) =
+        tungstenite::client(format!("ws://{}/ticks", daemon.addr), stream).unwrap();
+    client.send(Message::text("go")).unwrap();
+    assert_eq!(text(&mut client), "tick 1");
+    // 3 MB of messages the program never reads, sent on the side (the sending waits).
+    let sender = std::thread::spawn(move || {
+        let mut raw = writer;
+        let message = crate::websocket::frame(true, 0x1, &[b'x'; 10_000]);
+        for _ in 0..300 {
+            if raw.write_all(&message).is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Its output still comes, in order.
+    let mut previous = 1;
+    for _ in 0..20 {
+        let line = text(&mut client);
+        let n: u32 = line.trim_start_matches("tick ").parse().unwrap();
+        assert!(n > previous, "{line} after tick {previous}");
+        previous = n;
+    }
+    let logs = daemon.logs();
+    assert!(!logs.contains("a client dropped"), "{logs}");
+    drop(client);
+    drop(sender);
 }

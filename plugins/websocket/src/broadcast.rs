@@ -16,8 +16,10 @@
 //!   for 2 s, once. Memory per client, ours: at most 256 KiB and a chunk (the kernel's
 //!   socket buffers come first: on loopback a TCP socket holds megabytes).
 //! - **Clients' messages go to the program's input** in the order read, each a line (text
-//!   mode); while the program does not read, at most 1 MiB waits, and a client that would
-//!   add past that is dropped.
+//!   mode); while the program does not read (`tail -F` never does), at most 1 MiB waits,
+//!   and past that the clients are not read until it takes some, as a pipe holds back its
+//!   writer: they wait, and still get the program's output. A message over 64 KiB closes
+//!   its client.
 //! - **The program runs while clients are connected**: started with the first, ended (its
 //!   input closed, then SIGTERM, SIGKILL, as `exec:` programs are) when the last leaves. If
 //!   it exits meanwhile it is started again after 1 s, doubling up to 30 s while it keeps
@@ -48,7 +50,8 @@ const CLIENT_BUFFER: usize = 64 * 1024;
 const CLIENT_WINDOW: usize = 256 * 1024;
 /// A client with output waiting this long, without taking all of it once, is dropped.
 const BEHIND_FOR: Duration = Duration::from_secs(2);
-/// Most of clients' input waiting for a program that does not read it.
+/// Most of clients' input waiting for a program that does not read it; past it, clients are
+/// not read until it takes some.
 const INPUT_LIMIT: usize = 1024 * 1024;
 /// Longest line of output kept whole; a longer one goes out in pieces.
 const LINE_LIMIT: usize = 64 * 1024;
@@ -102,10 +105,17 @@ impl SharedProgram {
             *running = Some(Running { joins, waker });
         }
         let handle = running.as_ref().expect("started above");
-        handle
-            .joins
-            .send(ours)
-            .map_err(|_| io::Error::other("the broadcaster is gone"))?;
+        if let Err(gone) = handle.joins.send(ours) {
+            // Its thread ended without saying so (a panic): a new one, once.
+            *running = None;
+            drop(running);
+            log::error!(
+                "websocket {}: the broadcaster was gone; starting it again",
+                self.label
+            );
+            let _ = gone;
+            return self.join();
+        }
         handle.waker.wake()?;
         Ok(client)
     }
@@ -116,6 +126,16 @@ impl SharedProgram {
         mut poll: Poll,
         joined: Receiver<std::os::unix::net::UnixStream>,
     ) {
+        /// However the thread ends (a panic too), the route can start a new one.
+        struct Ended<'a>(&'a Mutex<Option<Running>>);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+            }
+        }
+        let _ended = Ended(&self.running);
         let mut state = State {
             program: None,
             output_ready: false,
@@ -127,6 +147,8 @@ impl SharedProgram {
             backoff: Duration::from_secs(1),
             started: Instant::now(),
             stderr_logged: (Instant::now(), 0),
+            stderr_ready: false,
+            input_full: false,
         };
         let mut events = Events::with_capacity(256);
         loop {
@@ -136,11 +158,13 @@ impl SharedProgram {
                 .filter_map(|c| c.behind_since)
                 .min()
                 .map(|since| since + BEHIND_FOR);
-            let timeout = [state.restart_at, behind]
+            let now = Instant::now();
+            let again = state.stderr_ready.then_some(now);
+            let timeout = [state.restart_at, behind, again]
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|at| at.saturating_duration_since(Instant::now()));
+                .map(|at| at.saturating_duration_since(now));
             if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -155,8 +179,11 @@ impl SharedProgram {
                         state.output_ready = true;
                         self.program_output(&mut state, &poll);
                     }
-                    PROGRAM_ERR => self.program_errors(&mut state),
-                    PROGRAM_IN => state.flush_input(&self.label),
+                    PROGRAM_ERR => state.stderr_ready = true,
+                    PROGRAM_IN => {
+                        state.flush_input(&self.label);
+                        self.resume_input(&mut state, &poll);
+                    }
                     PROGRAM_EXIT => {}
                     Token(token) => {
                         if event.is_writable() && state.flush_client(token, &poll, &self.label) {
@@ -172,8 +199,14 @@ impl SharedProgram {
             while let Ok(stream) = joined.try_recv() {
                 state.add(stream, &poll, &self.label);
             }
-            if state.drop_behind(&poll, &self.label) {
-                self.program_output(&mut state, &poll); // the rest may go on now
+            if state.stderr_ready {
+                self.program_errors(&mut state);
+            }
+            state.drop_behind(&poll, &self.label);
+            // Whatever removed a client that held the output back (a drop, its leaving, its
+            // input), the output goes on: nothing else would read it again.
+            if state.output_ready {
+                self.program_output(&mut state, &poll);
             }
             self.check_exit(&mut state, &poll);
             if state.clients.is_empty() {
@@ -213,6 +246,7 @@ impl SharedProgram {
                 state.backoff
             );
             state.restart_at = Some(Instant::now() + state.backoff);
+            state.backoff = (state.backoff * 2).min(Duration::from_secs(30));
             return;
         };
         match Program::start(&self.argv, self.env.clone(), slot) {
@@ -269,8 +303,15 @@ impl SharedProgram {
         {
             let _ = poll.registry().deregister(&mut SourceFd(&fd));
         }
-        // What it wrote before it ended still goes out.
+        // What it wrote before it ended still goes out, its last line too.
         self.program_output(state, poll);
+        if !state.output.is_empty() && !self.binary {
+            let mut last = std::mem::take(&mut state.output);
+            last.push(b'\n');
+            state.send_all(&last, poll);
+        }
+        state.output.clear();
+        state.input.clear(); // for the program that ended, not its successor
         state.program = None;
         if state.started.elapsed() >= Duration::from_secs(60) {
             state.backoff = Duration::from_secs(1);
@@ -327,16 +368,23 @@ impl SharedProgram {
         }
     }
 
-    /// The program's stderr: to the log, at most ten lines a second.
+    /// The program's stderr: to the log, at most ten lines a second; at most 64 KiB read a
+    /// turn, so that a program flooding it cannot keep the rest waiting.
     fn program_errors(&self, state: &mut State) {
         let mut buf = [0u8; 16 * 1024];
+        state.stderr_ready = false;
         let Some(program) = state.program.as_mut() else {
             return;
         };
-        while let Ok(n) = program.stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
+        for _ in 0..4 {
+            let n = match program.stderr.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    state.stderr_ready = false;
+                    return;
+                }
+                Ok(n) => n,
+            };
+            state.stderr_ready = true; // more may wait: read again next turn
             let (since, count) = &mut state.stderr_logged;
             if since.elapsed() >= Duration::from_secs(1) {
                 *since = Instant::now();
@@ -351,10 +399,16 @@ impl SharedProgram {
         }
     }
 
-    /// A client's messages (lines, in text mode) for the program's input; its end.
+    /// A client's messages (lines, in text mode) for the program's input; its end. While
+    /// more than [`INPUT_LIMIT`] waits for the program, clients are not read (their
+    /// sessions, and so they, wait), as a program's stdin pipe holds back one writer.
     fn client_input(&self, state: &mut State, poll: &Poll, token: usize) {
         let mut buf = [0u8; 16 * 1024];
         loop {
+            if state.input.len() > INPUT_LIMIT {
+                state.input_full = true;
+                return; // read again once the program took some ([`Self::resume_input`])
+            }
             let Some(client) = state.clients.get_mut(&token) else {
                 return;
             };
@@ -370,24 +424,36 @@ impl SharedProgram {
                             .rposition(|&b| b == b'\n')
                             .map_or(0, |at| at + 1),
                     };
-                    if state.input.len() + ready > INPUT_LIMIT || client.partial.len() > INPUT_LIMIT
-                    {
+                    if client.partial.len() - ready > LINE_LIMIT {
                         log::warn!(
-                            "websocket {}: a client dropped: the program does not read its \
-                             input (1 MiB waits)",
-                            self.label
+                            "websocket {}: a client dropped: a message longer than {} KiB",
+                            self.label,
+                            LINE_LIMIT / 1024
                         );
                         return state.remove(token, poll);
                     }
                     let lines: Vec<u8> = client.partial.drain(..ready).collect();
                     state.input.extend_from_slice(&lines);
+                    state.flush_input(&self.label);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return state.remove(token, poll),
             }
         }
-        state.flush_input(&self.label);
+    }
+
+    /// The program took some of what waited: every client is read again (their readable
+    /// events were spent while input was full).
+    fn resume_input(&self, state: &mut State, poll: &Poll) {
+        if !state.input_full || state.input.len() > INPUT_LIMIT {
+            return;
+        }
+        state.input_full = false;
+        let tokens: Vec<usize> = state.clients.keys().copied().collect();
+        for token in tokens {
+            self.client_input(state, poll, token);
+        }
     }
 }
 
@@ -417,6 +483,10 @@ struct State {
     backoff: Duration,
     started: Instant,
     stderr_logged: (Instant, u32),
+    /// The program's stderr may hold more (read a budget at a time).
+    stderr_ready: bool,
+    /// Clients are not read: their input waits for the program (see `client_input`).
+    input_full: bool,
 }
 
 impl State {
@@ -558,7 +628,9 @@ impl State {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    log::debug!("websocket {label}: the program's input: {e}");
+                    // Its input is closed: what waits for it can never be taken.
+                    log::debug!("websocket {label}: the program's input: {e}; dropped");
+                    self.input.clear();
                     break;
                 }
             }

@@ -189,10 +189,13 @@ impl EventProtocol for WebSocket {
         // websockify's clients (noVNC up to 1.1, and others since) ask for `binary` and
         // refuse a connection that does not agree to it; websockify agrees, and so does a
         // route to a byte stream when no subprotocol is set.
-        let byte_stream = matches!(
-            agreed.service.as_ref().map(|s| &s.backend),
-            Some(backend::Backend::Tcp(_) | backend::Backend::Unix(_))
-        );
+        let byte_stream = agreed.service.as_ref().is_some_and(|s| {
+            !s.lines
+                && matches!(
+                    s.backend,
+                    backend::Backend::Tcp(_) | backend::Backend::Unix(_)
+                )
+        });
         let protocol = accepted.protocol.or_else(|| {
             let binary = byte_stream
                 && self.config.protocols.is_empty()
@@ -248,7 +251,8 @@ impl WebSocket {
             .config
             .routes
             .iter()
-            .find(|route| &route.service == service)
+            // The route itself: two routes with the same command have a program each.
+            .find(|route| std::ptr::eq(&route.service, service))
             .and_then(|route| {
                 self.shared
                     .iter()
