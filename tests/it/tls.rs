@@ -85,15 +85,19 @@ impl Pki {
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
-/// A finished handshake with `addr`, asking for `name`.
-fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Tls {
-    let socket = TcpStream::connect(addr).unwrap();
+/// A client session over `socket` asking for `name`; the handshake goes with its first
+/// read or write (so a test can send bytes first, or see the handshake refused).
+fn session_over(socket: TcpStream, config: &Arc<ClientConfig>, name: &str) -> Tls {
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let name = ServerName::try_from(name.to_string()).unwrap();
-    let conn = ClientConnection::new(config.clone(), name).unwrap();
-    let mut tls = StreamOwned::new(conn, socket);
+    StreamOwned::new(ClientConnection::new(config.clone(), name).unwrap(), socket)
+}
+
+/// A finished handshake with `addr`, asking for `name`.
+fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Tls {
+    let mut tls = session_over(TcpStream::connect(addr).unwrap(), config, name);
     while tls.conn.is_handshaking() {
         tls.conn
             .complete_io(&mut tls.sock)
@@ -473,14 +477,9 @@ fn the_proxy_protocol_header_comes_before_the_handshake() {
         .start();
     let mut socket = TcpStream::connect(daemon.addr).unwrap();
     socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    socket
         .write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n")
         .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let conn = ClientConnection::new(pki.client(&[]), name).unwrap();
-    let mut tls = StreamOwned::new(conn, socket);
+    let mut tls = session_over(socket, &pki.client(&[]), "localhost");
     let (head, _) = get(&mut tls, "/healthz");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     daemon
@@ -586,11 +585,7 @@ fn client_certificates_are_verified_and_told_to_programs() {
     // One from another authority: refused in the handshake.
     let stranger = Pki::new().client_presenting("mallory", &pki);
     let socket = TcpStream::connect(daemon.addr).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = StreamOwned::new(ClientConnection::new(stranger, name).unwrap(), socket);
+    let mut tls = session_over(socket, &stranger, "localhost");
     let _ = write!(tls, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let mut answer = Vec::new();
     assert!(
@@ -625,12 +620,7 @@ fn a_required_client_certificate_refuses_clients_without_one() {
     );
     assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
     let socket = TcpStream::connect(daemon.addr).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let conn = ClientConnection::new(pki.client(&[]), name).unwrap();
-    let mut tls = StreamOwned::new(conn, socket);
+    let mut tls = session_over(socket, &pki.client(&[]), "localhost");
     let _ = write!(tls, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let mut answer = Vec::new();
     assert!(
@@ -708,13 +698,7 @@ fn a_plugin_that_closes_at_once_still_delivers_what_it_wrote() {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&daemon.addr.into()).unwrap();
-    let socket = TcpStream::from(socket);
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let conn = ClientConnection::new(pki.client(&[]), name).unwrap();
-    let mut tls = StreamOwned::new(conn, socket);
+    let mut tls = session_over(TcpStream::from(socket), &pki.client(&[]), "localhost");
     tls.write_all(upgrade_request("/", "ev-echo").as_bytes())
         .unwrap();
     let (head, _) = response(&mut tls);

@@ -114,6 +114,17 @@ impl Wire {
         }
     }
 
+    /// A socket back from another stage (a worker, or the HTTP side for a session), with
+    /// the TLS session it travelled with, if any (begun already: the PROXY header, if any,
+    /// was read before it left).
+    pub fn resumed(socket: mio::net::TcpStream, tls: Option<Box<TlsLayer>>) -> Wire {
+        Wire {
+            socket,
+            tls,
+            tls_after_proxy: false,
+        }
+    }
+
     /// A TLS session starting on its first byte, or, when `after_proxy`, after the PROXY
     /// protocol header.
     pub fn tls(socket: mio::net::TcpStream, tls: TlsLayer, after_proxy: bool) -> Wire {
@@ -239,11 +250,5 @@ impl Transport for Wire {
             }
         }
         Ok(())
-    }
-}
-
-impl Transport for mio::net::TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
     }
 }

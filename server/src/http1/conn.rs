@@ -151,11 +151,7 @@ impl HttpConn<Wire> {
             ticket,
             read_ahead,
         } = transit;
-        let wire = Wire {
-            socket: stream,
-            tls,
-            tls_after_proxy: false,
-        };
+        let wire = Wire::resumed(stream, tls);
         let mut conn = HttpConn::new(wire, peer, ticket, shared, now);
         conn.proxy = ProxyHeader::Done; // `peer` is the client's already
         conn.readable = true; // bytes may have arrived while it was away

@@ -108,11 +108,7 @@ impl Session {
         } = transit;
         let record = SwitchRecord::switched(shared, upgrade, offer, &switching, read_ahead.len());
         Session {
-            wire: Wire {
-                socket: stream,
-                tls,
-                tls_after_proxy: false,
-            },
+            wire: Wire::resumed(stream, tls),
             peer,
             ticket,
             _gauge: Held::new(&shared.metrics.event_connections),
