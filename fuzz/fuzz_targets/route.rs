@@ -34,6 +34,6 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Route::Answer(response) => assert!((200..600).contains(&response.status)),
-        Route::Metrics => assert_eq!(head.method(input), "GET"),
+        Route::Metrics | Route::Status(_) => assert_eq!(head.method(input), "GET"),
     }
 });

@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 5
+#define SWITCHYARD_ABI_MINOR 6
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -165,12 +165,56 @@ typedef struct switchyard_response_sink {
     void (*set_body)(void *ctx, switchyard_bytes body);
 } switchyard_response_sink;
 
-/* What the host offers every plugin; lives as long as the process. */
+/* (1.6) Metric kinds, limits. */
+#define SWITCHYARD_METRIC_COUNTER 0   /* one cell: atomic add */
+#define SWITCHYARD_METRIC_GAUGE 1     /* one cell, an int64_t in two's complement: add, sub */
+#define SWITCHYARD_METRIC_HISTOGRAM 2 /* buckets_len + 2 cells: a count per bucket (not
+                                       * cumulative, +Inf last), then the sum */
+#define SWITCHYARD_METRIC_MAX_LABELS 4
+#define SWITCHYARD_METRIC_MAX_BUCKETS 32
+#define SWITCHYARD_METRIC_MAX_SERIES 1000
+
+/* (1.6) One metric family, lent to metric_declare (the host copies it). Rendered in
+ * /metrics as switchyard_<plugin>_<name>. */
+typedef struct switchyard_metric {
+    uint32_t kind;                  /* SWITCHYARD_METRIC_* */
+    switchyard_bytes name;          /* [a-z_][a-z0-9_]* */
+    switchyard_bytes help;          /* one line */
+    const switchyard_bytes *labels; /* label names, at most SWITCHYARD_METRIC_MAX_LABELS */
+    size_t labels_len;
+    const uint64_t *buckets;        /* histograms: upper bounds, rising, in the plugin's unit */
+    size_t buckets_len;
+    uint64_t scale;                 /* units per rendered unit (1000000: microseconds shown
+                                     * as seconds); 0 or 1: as they are */
+} switchyard_metric;
+
+/* (1.6) One setting (environment variable) the plugin reads, listed by --help and --check. */
+typedef struct switchyard_setting {
+    switchyard_bytes name;
+    switchyard_bytes default_value; /* what applies when unset, in words or as a value */
+    switchyard_bytes help;          /* one line */
+} switchyard_setting;
+
+/* What the host offers a plugin; lives as long as the process. */
 typedef struct switchyard_host {
     uint32_t abi_minor;
     uint32_t max_log_level;
     uint8_t (*log_enabled)(uint32_t level, switchyard_bytes target);
     void (*log)(uint32_t level, switchyard_bytes target, switchyard_bytes message);
+    /* ABI 1.6 (when abi_minor >= 6): this plugin's own state for the metric functions. */
+    void *ctx;
+    /* Declares a family and writes its id; SWITCHYARD_STATUS_ERROR with the reason in
+     * `error` when its names or buckets are refused. The same shape declared again (by a
+     * later generation after a reload) gets the same id and cells: counters carry over. */
+    int32_t (*metric_declare)(void *ctx, const switchyard_metric *metric, uint32_t *id,
+                              const switchyard_message_sink *error);
+    /* The cells of family `id`'s series for these label values (one per label name):
+     * 8-byte aligned uint64_t, kept for the life of the process, to be updated only with
+     * relaxed atomics (__atomic_fetch_add(cell, n, __ATOMIC_RELAXED)). NULL for an unknown
+     * id, a wrong count of values, or past SWITCHYARD_METRIC_MAX_SERIES series. Look a
+     * series up once and keep the pointer: this call takes a lock. */
+    uint64_t *(*metric_series)(void *ctx, uint32_t id, const switchyard_bytes *values,
+                               size_t values_len);
 } switchyard_host;
 
 typedef int32_t (*switchyard_init_fn)(const switchyard_host *host, void **state,
@@ -212,6 +256,9 @@ typedef struct switchyard_descriptor {
     switchyard_start_fn start;
     switchyard_on_ready_fn on_ready;
     switchyard_drop_conn_fn drop_conn;
+    /* ABI 1.6 */
+    const switchyard_setting *settings; /* the settings the plugin reads, static data */
+    size_t settings_len;
 } switchyard_descriptor;
 
 #ifdef __cplusplus

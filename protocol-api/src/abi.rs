@@ -55,6 +55,13 @@
 //!   write or splice it then (socket options are fine). The host hands TLS connections only
 //!   to plugins of 1.5 or later, which can tell; an older plugin's offer is skipped with a
 //!   log line.
+//! - 1.6: plugins describe themselves. [`PluginDescriptor::settings`]: the environment
+//!   variables the plugin reads, with their defaults and meaning, which the host lists in
+//!   `--help`, `--check` and its status page. [`HostApi::ctx`], [`HostApi::metric_declare`]
+//!   and [`HostApi::metric_series`]: the plugin declares counters, gauges and histograms,
+//!   and updates cells the host lends it with relaxed atomic adds, no call on the hot path;
+//!   the host renders them in `/metrics` as `switchyard_<plugin>_<name>`. Each plugin gets
+//!   its own `HostApi` (its `ctx` names the plugin), still valid as long as the process.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -65,7 +72,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 5;
+pub const ABI_MINOR: u32 = 6;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -368,6 +375,96 @@ pub struct HostApi {
     pub log_enabled: unsafe extern "C" fn(level: u32, target: RawBytes) -> u8,
     /// Writes one record to the daemon's log, as from `target` (both UTF-8).
     pub log: unsafe extern "C" fn(level: u32, target: RawBytes, message: RawBytes),
+    // ---- ABI 1.6 ----
+    /// (1.6) The host's state for this plugin: the first argument of the metric functions.
+    pub ctx: *mut c_void,
+    /// (1.6) Declares one metric family (see [`RawMetric`]) and writes its id to `*id`.
+    /// Returns [`STATUS_OK`], or [`STATUS_ERROR`] with the reason in `error` (a name that is
+    /// not `[a-z_][a-z0-9_]*`, too many labels, buckets not rising). Declaring a family
+    /// again with the same shape returns the same id, whichever generation of the plugin
+    /// asks: counters carry over a reload.
+    pub metric_declare: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            metric: *const RawMetric,
+            id: *mut u32,
+            error: *const MessageSink,
+        ) -> i32,
+    >,
+    /// (1.6) The cells of family `id`'s series for `values` (one per label name, UTF-8):
+    /// `u64`s, 8-byte aligned, to be updated only with relaxed atomic operations and kept
+    /// for as long as the process lives (the same pointer for the same values, always).
+    /// A counter has one cell (add), a gauge one (add and subtract as two's complement
+    /// `i64`), a histogram `buckets_len + 2`: a count per bucket (not cumulative; the last
+    /// is `+Inf`), then the sum of the values observed. NULL for an unknown id, a wrong
+    /// number of values, or past [`METRIC_MAX_SERIES`] series in the family: the plugin
+    /// then counts nowhere.
+    pub metric_series: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            id: u32,
+            values: *const RawBytes,
+            values_len: usize,
+        ) -> *mut u64,
+    >,
+}
+
+// SAFETY: a `HostApi` is never written after the host made it, and the ABI lets its
+// functions be called from any thread the plugin runs; `ctx` is only handed back to them.
+unsafe impl Sync for HostApi {}
+// SAFETY: as above.
+unsafe impl Send for HostApi {}
+
+/// [`RawMetric::kind`]: a count that only goes up (Prometheus `counter`).
+pub const METRIC_COUNTER: u32 = 0;
+/// [`RawMetric::kind`]: a value that goes up and down (Prometheus `gauge`), as an `i64`.
+pub const METRIC_GAUGE: u32 = 1;
+/// [`RawMetric::kind`]: values counted into buckets (Prometheus `histogram`).
+pub const METRIC_HISTOGRAM: u32 = 2;
+/// Most label names a family may have.
+pub const METRIC_MAX_LABELS: usize = 4;
+/// Most buckets a histogram may have (besides `+Inf`).
+pub const METRIC_MAX_BUCKETS: usize = 32;
+/// Most series (sets of label values) one family keeps; past it the host hands out NULL
+/// and logs it once. Label values must come from a bounded set (routes, status classes,
+/// known codes), never straight from a client.
+pub const METRIC_MAX_SERIES: usize = 1000;
+
+/// (1.6) One metric family, lent to [`HostApi::metric_declare`]; the host copies it.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawMetric {
+    /// [`METRIC_COUNTER`], [`METRIC_GAUGE`] or [`METRIC_HISTOGRAM`].
+    pub kind: u32,
+    /// The name after `switchyard_<plugin>_` (`route_connections_total`): `[a-z_][a-z0-9_]*`.
+    pub name: RawBytes,
+    /// One line for Prometheus's `# HELP`.
+    pub help: RawBytes,
+    /// The label names, `labels_len` of them (at most [`METRIC_MAX_LABELS`]), each as a name.
+    pub labels: *const RawBytes,
+    /// How many `labels`.
+    pub labels_len: usize,
+    /// Histograms: each bucket's upper bound, rising, in the plugin's integer unit;
+    /// `buckets_len` of them. Ignored for the other kinds.
+    pub buckets: *const u64,
+    /// How many `buckets` (at most [`METRIC_MAX_BUCKETS`]).
+    pub buckets_len: usize,
+    /// Histograms and gauges: how many of the plugin's units make one of the unit the
+    /// name states (1,000,000 for values in microseconds of a `_seconds` metric); 0 or 1:
+    /// rendered as they are.
+    pub scale: u64,
+}
+
+/// (1.6) One setting a plugin reads, listed in [`PluginDescriptor::settings`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawSetting {
+    /// The environment variable (`SWITCHYARD_WEBSOCKET_ROUTES`).
+    pub name: RawBytes,
+    /// What applies when it is not set, in words or as a value; may be empty.
+    pub default: RawBytes,
+    /// What it does, one line.
+    pub help: RawBytes,
 }
 
 /// `init`: makes the plugin's shared state.
@@ -457,12 +554,20 @@ pub struct PluginDescriptor {
     pub on_ready: Option<OnReadyFn>,
     /// Readiness-driven: frees `conn` when the connection ends, however it ends.
     pub drop_conn: Option<DropConnFn>,
+    // ---- ABI 1.6 ----
+    /// (1.6) The settings the plugin reads, `settings_len` of them, static data: listed by
+    /// `--help` and `--check`. A plugin reads no `SWITCHYARD_*` variable it does not list.
+    pub settings: *const RawSetting,
+    /// (1.6) How many `settings`.
+    pub settings_len: usize,
 }
 
 /// Size of the version-1.0 descriptor: the least a host accepts.
 pub const DESCRIPTOR_V1_SIZE: usize = offset_of!(PluginDescriptor, start);
-/// Size of the version-1.1 descriptor.
-pub const DESCRIPTOR_V1_1_SIZE: usize = size_of::<PluginDescriptor>();
+/// Size of the version-1.1 descriptor (the same through 1.5).
+pub const DESCRIPTOR_V1_1_SIZE: usize = offset_of!(PluginDescriptor, settings);
+/// Size of the version-1.6 descriptor.
+pub const DESCRIPTOR_V1_6_SIZE: usize = size_of::<PluginDescriptor>();
 
 // The layout is the contract: these fail the build if a field moves (checked on 64-bit targets,
 // where the offsets are simple to state).
@@ -483,7 +588,15 @@ const _: () = {
     assert!(DESCRIPTOR_V1_SIZE == 16 + 10 * W);
     assert!(offset_of!(PluginDescriptor, start) == 16 + 10 * W);
     assert!(offset_of!(PluginDescriptor, drop_conn) == 16 + 12 * W);
-    assert!(size_of::<PluginDescriptor>() == 16 + 13 * W);
+    assert!(DESCRIPTOR_V1_1_SIZE == 16 + 13 * W);
+    assert!(offset_of!(PluginDescriptor, settings) == 16 + 13 * W);
+    assert!(size_of::<PluginDescriptor>() == 16 + 15 * W);
+    assert!(size_of::<RawSetting>() == 6 * W);
+    assert!(offset_of!(RawMetric, name) == W);
+    assert!(offset_of!(RawMetric, buckets) == 7 * W);
+    assert!(size_of::<RawMetric>() == 10 * W);
+    assert!(offset_of!(HostApi, ctx) == 8 + 2 * W);
+    assert!(offset_of!(HostApi, metric_series) == 8 + 4 * W);
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);
     assert!(offset_of!(RawRequest, tls) == 12 * W + 16);
     assert!(offset_of!(RawRequest, tls_version) == 12 * W + 24);

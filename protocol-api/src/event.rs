@@ -106,6 +106,9 @@ pub trait EventProtocol: Sized + Send + Sync + 'static {
     /// The `Upgrade` tokens served (RFC 9110 §7.8), without version, matched
     /// case-insensitively. Two plugins cannot serve one token.
     const TOKENS: &'static [&'static str];
+    /// The settings (environment variables) the plugin reads, listed by the daemon's
+    /// `--help` and `--check` (ABI 1.6). Read no `SWITCHYARD_*` variable left out here.
+    const SETTINGS: &'static [crate::Setting] = &[];
     /// What `negotiate` hands to `start` for one connection (`()` when nothing).
     type Session: Send + 'static;
     /// One connection's state while it lives. It stays on the event-loop thread that made
@@ -288,6 +291,9 @@ impl Wants {
 /// socket does not take stays the plugin's to keep (ask for [`Wants::write`]).
 pub struct Io<'a> {
     io: RawIo<'a>,
+    /// Bytes read and written through it in this call.
+    read: u64,
+    written: u64,
 }
 
 impl<'a> Io<'a> {
@@ -300,7 +306,16 @@ impl<'a> Io<'a> {
         Io {
             // SAFETY: the caller's contract.
             io: unsafe { RawIo::new(raw) },
+            read: 0,
+            written: 0,
         }
+    }
+
+    /// Bytes read from and written to the connection through this `Io` so far in this call
+    /// (plaintext; bytes a plugin splices on the socket itself are not seen): for a
+    /// plugin's metrics, added once per call.
+    pub fn bytes_moved(&self) -> (u64, u64) {
+        (self.read, self.written)
     }
 
     /// Shuts down one or both directions (a FIN once written bytes are out, for `Write`).
@@ -344,17 +359,23 @@ impl<'a> Io<'a> {
 
 impl Read for Io<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read(buf)
+        let n = self.io.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
     }
 }
 
 impl Write for Io<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.io.write(buf)
+        let n = self.io.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io.write_vectored(bufs)
+        let n = self.io.write_vectored(bufs)?;
+        self.written += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -20,6 +20,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub struct Descriptor {
     raw: PluginDescriptor,
     _tokens: Box<[RawBytes]>,
+    _settings: Box<[RawSetting]>,
     _build: String,
 }
 
@@ -40,6 +41,7 @@ impl Descriptor {
 pub trait Exported: Sized + Send + Sync + 'static {
     const NAME: &'static str;
     const TOKENS: &'static [&'static str];
+    const SETTINGS: &'static [crate::Setting];
     type Session: Send + 'static;
     fn make() -> Result<Self, String>;
     fn decide(&self, request: &Request<'_>) -> Decision<Self::Session>;
@@ -55,6 +57,7 @@ pub struct Evented<T>(T);
 impl<T: Protocol> Exported for Blocking<T> {
     const NAME: &'static str = T::NAME;
     const TOKENS: &'static [&'static str] = T::TOKENS;
+    const SETTINGS: &'static [crate::Setting] = T::SETTINGS;
     type Session = T::Session;
     fn make() -> Result<Self, String> {
         T::new().map(Blocking)
@@ -70,6 +73,7 @@ impl<T: Protocol> Exported for Blocking<T> {
 impl<T: EventProtocol> Exported for Evented<T> {
     const NAME: &'static str = T::NAME;
     const TOKENS: &'static [&'static str] = T::TOKENS;
+    const SETTINGS: &'static [crate::Setting] = T::SETTINGS;
     type Session = T::Session;
     fn make() -> Result<Self, String> {
         T::new().map(Evented)
@@ -100,6 +104,7 @@ pub fn describe<W: Exported>(package: &str) -> Descriptor {
         .iter()
         .map(|t| RawBytes::new(t.as_bytes()))
         .collect();
+    let settings: Box<[RawSetting]> = W::SETTINGS.iter().map(|s| s.to_raw()).collect();
     let mut raw = PluginDescriptor {
         magic: MAGIC,
         abi_minor: ABI_MINOR,
@@ -115,11 +120,14 @@ pub fn describe<W: Exported>(package: &str) -> Descriptor {
         start: None,
         on_ready: None,
         drop_conn: None,
+        settings: settings.as_ptr(),
+        settings_len: settings.len(),
     };
     W::serving(&mut raw);
     Descriptor {
         raw,
         _tokens: tokens,
+        _settings: settings,
         _build: build,
     }
 }
@@ -194,6 +202,7 @@ unsafe extern "C" fn init<W: Exported>(
             if let Some(host) = host.as_ref() {
                 note_host_minor(host.abi_minor);
                 install_logger(host);
+                crate::host::note_host(host);
             }
             match W::make() {
                 Ok(plugin) => {

@@ -146,11 +146,13 @@ pub mod event;
 pub mod fields;
 mod host;
 pub mod hosting;
+pub mod metrics;
 pub mod output;
 pub mod path;
 mod protocol;
 mod raw;
 mod request;
+pub mod setting;
 pub mod testing;
 
 #[doc(hidden)]
@@ -164,6 +166,7 @@ pub use connection::Connection;
 pub use event::{EventProtocol, Io, Ready, Wants};
 pub use protocol::{Decision, Protocol, Rejection};
 pub use request::{Arrival, Request, Tls};
+pub use setting::Setting;
 
 /// The sizes an event loop's connections share, the daemon's and a readiness plugin's
 /// alike, so that a busy connection gets the same turn whichever side reads it.

@@ -15,6 +15,9 @@ pub trait Protocol: Sized + Send + Sync + 'static {
     /// The `Upgrade` tokens served (RFC 9110 §7.8), matched case-insensitively, without
     /// version (`"websocket"`, not `"websocket/13"`). Two plugins cannot serve one token.
     const TOKENS: &'static [&'static str];
+    /// The settings (environment variables) the plugin reads, listed by the daemon's
+    /// `--help` and `--check` (ABI 1.6). Read no `SWITCHYARD_*` variable left out here.
+    const SETTINGS: &'static [crate::Setting] = &[];
     /// What `negotiate` hands to `serve` for one connection (a backend socket, a chosen
     /// subprotocol); `()` when there is nothing.
     type Session: Send + 'static;

@@ -88,8 +88,30 @@ fn rust_side() -> BTreeSet<String> {
         abi_minor,
         max_log_level,
         log_enabled,
-        log
+        log,
+        ctx,
+        metric_declare,
+        metric_series
     );
+    size!("switchyard_metric", RawMetric);
+    field!(
+        "switchyard_metric",
+        RawMetric,
+        kind,
+        name,
+        help,
+        labels,
+        labels_len,
+        buckets,
+        buckets_len,
+        scale
+    );
+    size!("switchyard_setting", RawSetting);
+    field!("switchyard_setting", RawSetting, name, help);
+    lines.insert(format!(
+        "offset switchyard_setting.default_value {}",
+        offset_of!(RawSetting, default)
+    ));
     size!("switchyard_descriptor", PluginDescriptor);
     field!(
         "switchyard_descriptor",
@@ -107,7 +129,9 @@ fn rust_side() -> BTreeSet<String> {
         drop_session,
         start,
         on_ready,
-        drop_conn
+        drop_conn,
+        settings,
+        settings_len
     );
     constant!(
         "SWITCHYARD_ABI_MAJOR" = ABI_MAJOR,
@@ -145,6 +169,12 @@ fn rust_side() -> BTreeSet<String> {
         "SWITCHYARD_LOG_INFO" = LOG_INFO,
         "SWITCHYARD_LOG_DEBUG" = LOG_DEBUG,
         "SWITCHYARD_LOG_TRACE" = LOG_TRACE,
+        "SWITCHYARD_METRIC_COUNTER" = METRIC_COUNTER,
+        "SWITCHYARD_METRIC_GAUGE" = METRIC_GAUGE,
+        "SWITCHYARD_METRIC_HISTOGRAM" = METRIC_HISTOGRAM,
+        "SWITCHYARD_METRIC_MAX_LABELS" = METRIC_MAX_LABELS,
+        "SWITCHYARD_METRIC_MAX_BUCKETS" = METRIC_MAX_BUCKETS,
+        "SWITCHYARD_METRIC_MAX_SERIES" = METRIC_MAX_SERIES,
     );
     let magic: Vec<String> = MAGIC.iter().map(u8::to_string).collect();
     lines.insert(format!("magic {}", magic.join(" ")));

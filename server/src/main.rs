@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     };
     sys::return_large_blocks_to_the_system();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
+        .format(log_line)
         .init();
 
     // systemd's variables are read and removed before any plugin loads: a plugin's `new()`
@@ -76,6 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    daemon::access::use_json(config.access_json);
     let registry = match plugin::load_dir(&config.plugin_dir) {
         Ok(registry) => registry,
         Err(plugin::StartError::Folder(e)) => {
@@ -100,6 +101,9 @@ fn main() -> ExitCode {
     // Plugins are never unloaded and the shared state lives as long: every thread holds
     // them until the process exits.
     let registry: &'static plugin::Registry = Box::leak(Box::new(registry));
+    for name in plugin::unread_settings(registry, &config::daemon_setting_names()) {
+        log::warn!("{name} is set, but neither the daemon nor a loaded plugin reads it: misspelt, or its plugin is not in the folder?");
+    }
     let tls = match load_tls(&config, registry) {
         Ok(tls) => tls,
         Err(e) => {
@@ -130,6 +134,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// One log line: `[time LEVEL target] message`, as env_logger writes it; an access line
+/// under `SWITCHYARD_ACCESS_LOG=json` alone, so that each such line is one JSON object.
+fn log_line(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if record.target() == "switchyard::access" && daemon::access::is_json() {
+        return writeln!(buf, "{}", record.args());
+    }
+    let style = buf.default_level_style(record.level());
+    writeln!(
+        buf,
+        "[{} {style}{:<5}{style:#} {}] {}",
+        buf.timestamp_millis(),
+        record.level(),
+        record.target(),
+        record.args()
+    )
+}
+
 fn version() -> String {
     format!(
         "switchyard {} (plugin ABI {}.{})",
@@ -151,9 +173,7 @@ fn help() -> String {
          \x20            token, and exit: 0, or 2 on any problem (the port is not bound)\n\
          \x20 --version  the version and the plugin ABI it loads\n\
          \x20 --help     this text\n\n\
-         The daemon's settings, from the environment. Plugins read their own\n\
-         (SWITCHYARD_<PLUGIN>_*) when they load: the reference plugins' are in the README's\n\
-         table, a plugin's own in its documentation.\n",
+         The daemon's settings, from the environment:\n",
         version()
     );
     for setting in config::SETTINGS {
@@ -165,6 +185,23 @@ fn help() -> String {
             plain(setting.default),
             plain(setting.meaning)
         );
+    }
+    let dir = config::plugin_dir_from_env();
+    let _ = writeln!(
+        out,
+        "\nThe plugins' settings (SWITCHYARD_<PLUGIN>_*), as each plugin in {} declares them\n\
+         (plugins built before ABI 1.6 declare none: see their documentation):",
+        dir.display()
+    );
+    for (plugin, settings) in plugin::declared_settings(&dir) {
+        let _ = writeln!(out, "plugin {plugin}:");
+        for setting in settings {
+            let _ = writeln!(
+                out,
+                "  {} (default: {})\n      {}",
+                setting.name, setting.default, setting.help
+            );
+        }
     }
     out
 }
@@ -203,6 +240,22 @@ fn check_report(
             plugin.tokens.join(", "),
             plugin.file.display(),
             plugin.build
+        );
+        for setting in &plugin.settings {
+            let _ = match std::env::var(&setting.name) {
+                Ok(value) => writeln!(out, "    {}={value}", setting.name),
+                Err(_) => writeln!(
+                    out,
+                    "    {} unset (default: {})",
+                    setting.name, setting.default
+                ),
+            };
+        }
+    }
+    for name in plugin::unread_settings(registry, &config::daemon_setting_names()) {
+        let _ = writeln!(
+            out,
+            "warning: {name} is set, but neither the daemon nor a loaded plugin reads it"
         );
     }
     let in_service = |_: usize| true;
@@ -348,6 +401,8 @@ fn serve(
 ) -> Result<(), String> {
     let signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
         .map_err(|e| format!("cannot watch for signals: {e}"))?;
+    daemon::status::start_sampling(shared)
+        .map_err(|e| format!("cannot start the status page's sampler: {e}"))?;
     let threads = shared.config.io_threads;
     let mut loops = Vec::with_capacity(threads);
     let mut wakers = Vec::with_capacity(threads);

@@ -65,6 +65,16 @@ pub enum Route {
     Answer(Response),
     /// `GET /metrics`: the caller renders its counters.
     Metrics,
+    /// `GET /status` (the page) or `GET /status.json` (its data): the caller checks who
+    /// asks, then renders.
+    Status(StatusPage),
+}
+
+/// Which part of the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusPage {
+    Html,
+    Json,
 }
 
 /// Decides on a request. `in_service` says which plugins take new connections: offers of
@@ -100,8 +110,11 @@ pub fn route(
             return Route::Answer(response);
         }
     }
-    if head.path(bytes) == "/metrics" && head.method(bytes) == "GET" {
-        return Route::Metrics;
+    match (head.method(bytes), head.path(bytes)) {
+        ("GET", "/metrics") => return Route::Metrics,
+        ("GET", "/status") => return Route::Status(StatusPage::Html),
+        ("GET", "/status.json") => return Route::Status(StatusPage::Json),
+        _ => {}
     }
     Route::Answer(plain_answer(head, bytes, tokens, in_service))
 }
@@ -161,7 +174,7 @@ mod tests {
                 .iter()
                 .map(|o| o.product.str(bytes).to_string())
                 .collect(),
-            Route::Answer(_) | Route::Metrics => Vec::new(),
+            Route::Answer(_) | Route::Metrics | Route::Status(_) => Vec::new(),
         };
         (route, products)
     }

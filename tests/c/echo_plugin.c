@@ -10,8 +10,13 @@
  * the reload tests. `/reject` is refused with 403, a header and a body of its own. Between
  * this plugin and tests/c/evented_plugin.c, every function the header declares is called
  * from C: one whose C signature differs from the Rust one breaks a test.
+ *
+ * ABI 1.6: it declares its one setting, SWITCHYARD_C_ECHO_GREETING (a line said first),
+ * and counts in three metrics of its own: connections (a counter), bytes echoed (a counter
+ * with a label), and reads by size (a histogram), each cell bumped with a relaxed atomic.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "switchyard_plugin.h"
 
@@ -22,6 +27,47 @@
 static const switchyard_host *host;
 static const switchyard_bytes tokens[] = {BYTES("c-echo")};
 static int state; /* this plugin keeps no state; init must still return a non-NULL one */
+static const switchyard_setting settings[] = {
+    {BYTES("SWITCHYARD_C_ECHO_GREETING"), BYTES("none"), BYTES("a line said before the echo")},
+};
+static const char *greeting;
+/* The metric cells the host lends (NULL under a host before 1.6: nothing is counted). */
+static uint64_t *connections, *echoed, *reads;
+static const uint64_t read_buckets[] = {16, 256, 4096};
+
+static void count(uint64_t *cell, uint64_t n) {
+    if (cell != NULL) {
+        __atomic_fetch_add(cell, n, __ATOMIC_RELAXED);
+    }
+}
+
+/* One read of `n` bytes, into the histogram: its bucket, then the sum. */
+static void count_read(uint64_t n) {
+    size_t bucket = 0;
+    while (bucket < 3 && n > read_buckets[bucket]) {
+        bucket++;
+    }
+    if (reads != NULL) {
+        count(&reads[bucket], 1);
+        count(&reads[4], n);
+    }
+}
+
+/* Declares one family and looks up its one series; NULL when the host refuses either. */
+static uint64_t *series(uint32_t kind, switchyard_bytes name, switchyard_bytes help,
+                        const switchyard_bytes *label, const switchyard_bytes *value,
+                        const uint64_t *buckets, size_t buckets_len) {
+    switchyard_metric metric = {
+        .kind = kind, .name = name, .help = help, .labels = label,
+        .labels_len = label != NULL, .buckets = buckets, .buckets_len = buckets_len,
+        .scale = 1,
+    };
+    uint32_t id = 0;
+    if (host->metric_declare(host->ctx, &metric, &id, NULL) != SWITCHYARD_STATUS_OK) {
+        return NULL;
+    }
+    return host->metric_series(host->ctx, id, value, value != NULL);
+}
 
 static void say(uint32_t level, const char *message) {
     switchyard_bytes text = {(const uint8_t *)message, strlen(message)};
@@ -50,9 +96,23 @@ static int32_t write_all(const switchyard_connection *conn, const uint8_t *buf, 
 }
 
 static int32_t init(const switchyard_host *h, void **out, const switchyard_message_sink *error) {
-    (void)error;
     host = h;
     *out = &state;
+    greeting = getenv("SWITCHYARD_C_ECHO_GREETING");
+    if (h->abi_minor >= 6 && h->metric_declare != NULL && h->metric_series != NULL) {
+        static const switchyard_bytes direction = BYTES("direction");
+        static const switchyard_bytes back = BYTES("back");
+        connections = series(SWITCHYARD_METRIC_COUNTER, BYTES("connections_total"),
+                             BYTES("Connections echoed."), NULL, NULL, NULL, 0);
+        echoed = series(SWITCHYARD_METRIC_COUNTER, BYTES("bytes_total"),
+                        BYTES("Bytes echoed back."), &direction, &back, NULL, 0);
+        reads = series(SWITCHYARD_METRIC_HISTOGRAM, BYTES("read_bytes"),
+                       BYTES("Reads by size, in bytes."), NULL, NULL, read_buckets, 3);
+        if (connections == NULL || echoed == NULL || reads == NULL) {
+            tell(error, "the host refused a metric");
+            return SWITCHYARD_STATUS_ERROR;
+        }
+    }
     say(SWITCHYARD_LOG_INFO, "c-echo: ready");
     return SWITCHYARD_STATUS_OK;
 }
@@ -86,6 +146,11 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
     say(SWITCHYARD_LOG_INFO, line);
     /* No effect here but to show it is callable: the daemon's default is no read time-out. */
     conn->set_read_timeout(conn->ctx, 0);
+    count(connections, 1);
+    if (greeting != NULL) {
+        write_all(conn, (const uint8_t *)greeting, strlen(greeting));
+        write_all(conn, (const uint8_t *)"\n", 1);
+    }
 #ifdef VERSION_2
     const char *prefix = "v2 ";
 #else
@@ -114,10 +179,12 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
             conn->shutdown(conn->ctx, SWITCHYARD_SHUTDOWN_WRITE);
             return SWITCHYARD_STATUS_OK;
         }
+        count_read(n);
         if (write_all(conn, buf, n) != 0) {
             tell(error, "write failed");
             return SWITCHYARD_STATUS_ERROR;
         }
+        count(echoed, n);
     }
 }
 
@@ -140,6 +207,8 @@ static const switchyard_descriptor descriptor = {
 #ifndef NO_SERVE
     .serve = serve,
 #endif
+    .settings = settings,
+    .settings_len = 1,
 };
 
 const switchyard_descriptor *switchyard_plugin_v1(void) {

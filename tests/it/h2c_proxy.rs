@@ -191,6 +191,22 @@ fn each_stream_gets_its_own_status_and_the_others_go_on() {
         assert_eq!(bad.0, StatusCode::BAD_GATEWAY);
         assert_eq!(slow.0, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(get(&send, "/ok/again").await.0, StatusCode::OK, "serves on");
+        // What the plugin counted of it, per route (issue 24).
+        for line in [
+            "switchyard_h2c_open_connections 1",
+            "switchyard_h2c_streams_total{route=\"/ok/\"} 2",
+            "switchyard_h2c_streams_total{route=\"-\"} 1",
+            "switchyard_h2c_streams_total{route=\"/refused/\"} 1",
+            "switchyard_h2c_responses_total{route=\"/ok/\",class=\"2xx\"} 2",
+            "switchyard_h2c_responses_total{route=\"-\",class=\"4xx\"} 1",
+            "switchyard_h2c_responses_total{route=\"/refused/\",class=\"5xx\"} 1",
+            "switchyard_h2c_responses_total{route=\"/slow/\",class=\"5xx\"} 1",
+            "switchyard_h2c_backend_response_seconds_count{route=\"/ok/\"} 2",
+        ] {
+            daemon
+                .wait_for_metric(line)
+                .unwrap_or_else(|text| panic!("no {line} in\n{text}"));
+        }
     });
 }
 

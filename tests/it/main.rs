@@ -21,6 +21,7 @@ mod readiness;
 mod reload;
 mod reuse_port;
 mod sdk;
+mod status;
 mod systemd;
 mod tls;
 mod tunnel;

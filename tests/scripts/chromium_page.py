@@ -3,9 +3,12 @@ expression on it has the value expected, driving Chromium over the DevTools prot
 own WebSocket), so that a check does not depend on how fast the page's network is. With an
 SPKI hash, a server certificate with that key is trusted, as a browser trusts a CA.
 Usage: chromium_page.py CHROMIUM PAGE_URL EXPRESSION EXPECTED [SPKI_SHA256_BASE64]
-(exit 1, printing the last value, unless EXPRESSION's value becomes EXPECTED)"""
+(exit 1, printing the last value, unless EXPRESSION's value becomes EXPECTED). With
+SCREENSHOT=file.png in the environment, the whole page as it then looks is kept in that file."""
 import asyncio
+import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -66,6 +69,13 @@ async def main():
             if value == expected:
                 break
             await asyncio.sleep(0.1)
+        if os.environ.get("SCREENSHOT"):
+            size = (await call("Page.getLayoutMetrics"))["cssContentSize"]
+            shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                              clip={"x": 0, "y": 0, "width": size["width"],
+                                    "height": size["height"], "scale": 1})
+            with open(os.environ["SCREENSHOT"], "wb") as out:
+                out.write(base64.b64decode(shot["data"]))
         return value
 
 

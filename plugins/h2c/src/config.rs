@@ -164,6 +164,31 @@ fn parse_route(entry: &str) -> Result<Route, &'static str> {
     })
 }
 
+/// Every setting the plugin reads, for the daemon's `--help` and `--check` (the README's
+/// table says more).
+pub const SETTINGS: &[protocol_api::Setting] = &[
+    protocol_api::Setting::new("SWITCHYARD_H2C_ROUTES", "none: every h2c request is declined", "routes by path prefix, /prefix=host:port (an HTTP/2 backend, gRPC) or /prefix=http1://host:port"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_MAX_STREAMS", "100", "concurrent streams per client connection (SETTINGS_MAX_CONCURRENT_STREAMS)"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES", "16384", "largest header list a client may send; larger: 431 on that stream"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_IDLE_MS", "300000", "a connection with no stream open this long gets GOAWAY and is closed"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_CONNECT_TIMEOUT_MS", "5000", "time to connect to a backend; late: 504 on that stream (refused: 502)"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "16", "streams of one client connection in flight to http1:// backends at once"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
+];
+
+#[cfg(test)]
+mod settings_tests {
+    /// What `--help` lists is what the plugin reads: a setting read and not declared (or
+    /// declared and never read) fails here.
+    #[test]
+    fn every_setting_read_is_declared() {
+        let read = protocol_api::setting::names_read(|lookup| {
+            let _ = super::Config::from_lookup(lookup);
+        });
+        assert_eq!(read, protocol_api::setting::names(super::SETTINGS));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

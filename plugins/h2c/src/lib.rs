@@ -30,6 +30,7 @@ pub mod hpack;
 pub mod proxy;
 pub mod relay;
 pub mod settings;
+mod stats;
 pub mod upgrade;
 
 use client_io::ClientIo;
@@ -89,6 +90,8 @@ pub struct HyperConn {
     running: Option<Running>,
     /// Looks taken since the client's end was seen.
     looks_after_end: u32,
+    /// This connection's unit of the open-connections gauge.
+    _open: protocol_api::metrics::Held,
 }
 
 /// The connection's task on the runtime.
@@ -112,11 +115,13 @@ impl Drop for Running {
 impl EventProtocol for H2c {
     const NAME: &'static str = "h2c";
     const TOKENS: &'static [&'static str] = &["h2c"];
+    const SETTINGS: &'static [protocol_api::Setting] = config::SETTINGS;
     type Session = Accepted;
     type Conn = H2cConn;
 
     fn new() -> Result<Self, String> {
         let config = Config::from_env()?;
+        let stats = stats::Stats::declare(config.routes.iter().map(|r| r.prefix.as_str()))?;
         if config.routes.is_empty() {
             log::warn!(
                 "h2c: {} is empty; every h2c upgrade and prior-knowledge connection will be declined",
@@ -126,7 +131,7 @@ impl EventProtocol for H2c {
         if config.engine == Engine::Relay {
             log::debug!("h2c: streams relayed frame by frame on the event loops");
             return Ok(H2c {
-                engine: Served::Relay(Arc::new(relay::Shared::new(config))),
+                engine: Served::Relay(Arc::new(relay::Shared::new(config, stats))),
             });
         }
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -138,7 +143,7 @@ impl EventProtocol for H2c {
             .map_err(|e| format!("h2c: cannot start its runtime: {e}"))?;
         Ok(H2c {
             engine: Served::Hyper {
-                proxy: Arc::new(Proxy::new(config)),
+                proxy: Arc::new(Proxy::new(config, stats)),
                 runtime,
             },
         })
@@ -188,10 +193,11 @@ impl EventProtocol for H2c {
                 let over_tls = request.tls().is_some();
                 H2cConn::Relay(relay::Relay::new(shared.clone(), peer, preamble, over_tls))
             }
-            Served::Hyper { .. } => H2cConn::Hyper(HyperConn {
+            Served::Hyper { proxy, .. } => H2cConn::Hyper(HyperConn {
                 start: Some((accepted, peer)),
                 running: None,
                 looks_after_end: 0,
+                _open: proxy.stats.open.hold(),
             }),
         })
     }

@@ -34,6 +34,8 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// and to an HTTP/2 backend one connection carries many streams.
 pub struct Proxy {
     pub config: Config,
+    /// The plugin's metrics.
+    pub stats: crate::stats::Stats,
     /// Each client keeps one connection per HTTP/2 backend; streams go round-robin over
     /// them, so that one backend connection's stream limit (often 100) and its one task do
     /// not cap every client's streams.
@@ -46,7 +48,7 @@ pub struct Proxy {
 const HTTP2_CONNECTIONS: usize = 4;
 
 impl Proxy {
-    pub fn new(config: Config) -> Proxy {
+    pub fn new(config: Config, stats: crate::stats::Stats) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -60,6 +62,7 @@ impl Proxy {
         let http1 = Client::builder(TokioExecutor::new()).build(connector);
         Proxy {
             config,
+            stats,
             http2,
             next_http2: AtomicUsize::new(0),
             http1,
@@ -230,6 +233,9 @@ pub async fn handle(
         Ok((path, path_and_query, Some(route))) => (path, path_and_query, route),
         Ok((path, ..)) => {
             log::debug!("h2c {peer}: no route for {path}: 404");
+            let unrouted = proxy.stats.route(None);
+            unrouted.streams.inc();
+            unrouted.answered(404);
             return Ok(with_open(
                 answer(StatusCode::NOT_FOUND, "no route for this path"),
                 open,
@@ -237,12 +243,22 @@ pub async fn handle(
         }
         Err(e) => {
             log::info!("h2c {peer}: {target}: {e}; answered 400");
+            let unrouted = proxy.stats.route(None);
+            unrouted.streams.inc();
+            unrouted.answered(400);
             return Ok(with_open(
                 answer(StatusCode::BAD_REQUEST, &e.to_string()),
                 open,
             ));
         }
     };
+    let index = proxy
+        .config
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route));
+    let stats = proxy.stats.route(index);
+    stats.streams.inc();
     let (mut parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.to_string());
     strip_hop_by_hop(&mut parts.headers);
@@ -261,7 +277,10 @@ pub async fn handle(
     let uri = format!("http://{}{path_and_query}", route.address);
     parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
-        Err(_) => return Ok(with_open(answer(StatusCode::BAD_REQUEST, "bad path"), open)),
+        Err(_) => {
+            stats.answered(400);
+            return Ok(with_open(answer(StatusCode::BAD_REQUEST, "bad path"), open));
+        }
     };
     let client = match route.protocol {
         BackendProtocol::Http2 => {
@@ -281,10 +300,16 @@ pub async fn handle(
             &proxy.http1
         }
     };
+    let began = Instant::now();
     let response = match client.request(Request::from_parts(parts, body)).await {
-        Ok(response) => response,
+        Ok(response) => {
+            stats.latency.observe_micros(began.elapsed());
+            stats.answered(response.status().as_u16());
+            response
+        }
         Err(e) => {
             let (status, what) = failure_status(&e);
+            stats.answered(status.as_u16());
             log::warn!(
                 "h2c {peer} {path} -> {}: backend {what}: {e:?}",
                 route.address

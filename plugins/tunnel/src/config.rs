@@ -64,15 +64,49 @@ impl Config {
     /// The backend for a request path (normalised), if it is routed; an error (`400`) when
     /// the path as sent lies under a route its dot-segments climbed out of.
     pub fn backend(&self, path: &RequestPath<'_>) -> Result<Option<&str>, PathError> {
+        Ok(self.route(path)?.map(|(_, b)| b))
+    }
+
+    /// The route (its configured path) and backend for a request path, as [`Config::backend`].
+    pub fn route(&self, path: &RequestPath<'_>) -> Result<Option<(&str, &str)>, PathError> {
         Ok(path
             .exact(&self.routes, |(p, _)| p)?
-            .map(|(_, b)| b.as_str()))
+            .map(|(p, b)| (p.as_str(), b.as_str())))
     }
 }
+
+/// Every setting the tunnel reads, for the daemon's `--help` and `--check`.
+pub const SETTINGS: &[protocol_api::Setting] = &[
+    protocol_api::Setting::new(
+        "SWITCHYARD_TUNNEL_ROUTES",
+        "none",
+        "Upgrade: tcp routes, /path=host:port,...; only these backends are ever dialled, other paths are declined",
+    ),
+    protocol_api::Setting::new(
+        "SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS",
+        "5000",
+        "time to connect to a backend; late: 504 (refused: 502), before any 101",
+    ),
+    protocol_api::Setting::new(
+        "SWITCHYARD_TUNNEL_IDLE_MS",
+        "unset: never",
+        "end a tunnel with no bytes either way this long",
+    ),
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `--help` lists is what the tunnel reads: a setting read and not declared (or
+    /// declared and never read) fails here.
+    #[test]
+    fn every_setting_read_is_declared() {
+        let read = protocol_api::setting::names_read(|lookup| {
+            let _ = Config::from_lookup(lookup);
+        });
+        assert_eq!(read, protocol_api::setting::names(SETTINGS));
+    }
 
     fn config(routes: &str) -> Result<Config, String> {
         Config::from_lookup(|n| (n == "SWITCHYARD_TUNNEL_ROUTES").then(|| routes.to_string()))

@@ -18,6 +18,8 @@
 
 use crate::config::Config;
 use crate::pump::{Pipe, CHUNK};
+use crate::stats::RouteStats;
+use protocol_api::metrics::Held;
 use protocol_api::output::{write_until_blocked, Output};
 use protocol_api::{Io, Ready, Wants};
 use socket2::SockRef;
@@ -326,6 +328,10 @@ pub struct TunnelConn {
     ended: Option<String>,
     label: Label,
     started: Instant,
+    /// The route's metrics; the bytes each way already added to them.
+    stats: RouteStats,
+    counted: (u64, u64),
+    _open: Held,
 }
 
 impl TunnelConn {
@@ -335,9 +341,11 @@ impl TunnelConn {
         client_tls: bool,
         config: &Config,
         label: Label,
+        stats: RouteStats,
     ) -> io::Result<TunnelConn> {
         backend.set_nonblocking(true)?;
         let now = Instant::now();
+        stats.opened.inc();
         Ok(TunnelConn {
             backend,
             client_tls,
@@ -353,11 +361,28 @@ impl TunnelConn {
             ended: None,
             label,
             started: now,
+            stats,
+            counted: (0, 0),
+            _open: stats.open.hold(),
         })
     }
 
-    /// Moves what can move; see the module docs.
+    /// Moves what can move, then adds the bytes moved to the route's counters.
     pub fn on_ready(&mut self, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+        let wants = self.move_bytes(io, ready);
+        self.count_bytes();
+        wants
+    }
+
+    fn count_bytes(&mut self) {
+        let (up, down) = self.counted;
+        self.stats.up.add(self.up.bytes - up);
+        self.stats.down.add(self.down.bytes - down);
+        self.counted = (self.up.bytes, self.down.bytes);
+    }
+
+    /// Moves what can move; see the module docs.
+    fn move_bytes(&mut self, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
         let first = !self.watching;
         if !self.watching {
             io.watch(self.backend.as_fd())?;
@@ -489,6 +514,7 @@ impl TunnelConn {
 
 impl Drop for TunnelConn {
     fn drop(&mut self) {
+        self.count_bytes();
         let how = match (&self.ended, self.stopping) {
             (Some(how), _) => how.as_str(),
             (None, true) => "daemon stopping",

@@ -18,23 +18,29 @@ pub mod config;
 mod conn;
 #[allow(unsafe_code)]
 mod pump;
+mod stats;
 
 use config::Config;
 use conn::{Label, TunnelConn};
 use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
+use stats::{RouteStats, Stats};
 use std::io::{self, ErrorKind};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 pub struct Tunnel {
     config: Config,
+    stats: Stats,
+    /// Each route's metrics, in `config.routes`' order.
+    routes: Vec<RouteStats>,
 }
 
 /// What negotiate hands to start: the connected backend and where it came from.
 pub struct Dialled {
     backend: TcpStream,
     address: String,
+    stats: RouteStats,
 }
 
 fn dial(backend: &str, timeout: Duration) -> io::Result<TcpStream> {
@@ -53,6 +59,7 @@ fn dial(backend: &str, timeout: Duration) -> io::Result<TcpStream> {
 impl EventProtocol for Tunnel {
     const NAME: &'static str = "tunnel";
     const TOKENS: &'static [&'static str] = &["tcp"];
+    const SETTINGS: &'static [protocol_api::Setting] = config::SETTINGS;
     type Session = Dialled;
     type Conn = TunnelConn;
 
@@ -63,36 +70,47 @@ impl EventProtocol for Tunnel {
                 "tunnel: SWITCHYARD_TUNNEL_ROUTES is empty; every Upgrade: tcp will be declined"
             );
         }
-        Ok(Tunnel { config })
+        let stats = Stats::declare()?;
+        let routes = config.routes.iter().map(|(p, _)| stats.route(p)).collect();
+        Ok(Tunnel {
+            config,
+            stats,
+            routes,
+        })
     }
 
     fn negotiate(&self, request: &Request<'_>) -> Decision<Dialled> {
         // Any method may ask (Docker attach uses POST); only routed paths are dialled, matched
         // as normalised (see protocol_api::path).
-        let backend = match RequestPath::parse(request.target())
-            .and_then(|path| self.config.backend(&path))
-        {
-            Ok(Some(backend)) => backend,
-            Ok(None) => return Decision::Decline,
-            Err(e) => {
-                log::info!(
-                    "tunnel {} for {}: {e}; answered 400",
-                    request.target(),
-                    request.peer()
-                );
-                return Decision::reject(PathError::STATUS, format!("{e}\n"));
-            }
-        };
+        let (route, backend) =
+            match RequestPath::parse(request.target()).and_then(|path| self.config.route(&path)) {
+                Ok(Some(found)) => found,
+                Ok(None) => return Decision::Decline,
+                Err(e) => {
+                    log::info!(
+                        "tunnel {} for {}: {e}; answered 400",
+                        request.target(),
+                        request.peer()
+                    );
+                    return Decision::reject(PathError::STATUS, format!("{e}\n"));
+                }
+            };
         // The dial blocks: on a worker, before the 101.
         if !request.may_block() {
             return Decision::OnWorker;
         }
-        match dial(backend, self.config.connect_timeout) {
+        let index = self.config.routes.iter().position(|(p, _)| p == route);
+        let stats = index.map_or_else(|| self.stats.route(route), |i| self.routes[i]);
+        let began = std::time::Instant::now();
+        let dialled = dial(backend, self.config.connect_timeout);
+        stats.connect.observe_micros(began.elapsed());
+        match dialled {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 Decision::accept(Dialled {
                     backend: stream,
                     address: backend.to_string(),
+                    stats,
                 })
             }
             Err(e) => {
@@ -106,6 +124,7 @@ impl EventProtocol for Tunnel {
                     request.path(),
                     request.peer()
                 );
+                self.stats.refused(route, status);
                 Decision::reject(status, format!("backend for {} {what}\n", request.path()))
             }
         }
@@ -118,7 +137,7 @@ impl EventProtocol for Tunnel {
             address: dialled.address,
         };
         let tls = request.tls().is_some();
-        TunnelConn::new(dialled.backend, tls, &self.config, label)
+        TunnelConn::new(dialled.backend, tls, &self.config, label, dialled.stats)
     }
 
     fn on_ready(&self, conn: &mut TunnelConn, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {

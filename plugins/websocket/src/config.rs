@@ -91,6 +91,33 @@ impl Config {
     }
 }
 
+/// Every setting the plugin reads, for the daemon's `--help` and `--check` (the README's
+/// table says more).
+pub const SETTINGS: &[protocol_api::Setting] = &[
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ROUTES", "unset: every path is echo", "services by path prefix: /vnc=tcp://127.0.0.1:5900, /logs=unix:/run/logs.sock, /count=exec:/usr/local/bin/count, exec-binary:, exec-shared:, exec-shared-binary:, tokens:/etc/switchyard/tokens, /=echo; a path no route covers is declined"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ORIGINS", "* on echo routes, same-origin on routes to services", "the pages (Origin) that may open a WebSocket, comma-separated: origins, same-origin, or *"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PROTOCOLS", "none", "subprotocols offered, in our preference"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_IDLE_MS", "unset: never", "ping a peer silent this long; close 1001 if it stays silent as long again"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_DEFLATE", "on", "accept permessage-deflate (RFC 7692) offers; off to never compress"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "16777216", "largest message in bytes; larger: close 1009"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "5000", "time to dial a tcp:// service before the 101; late: 504 (refused: 502)"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PASSENV", "PATH,LD_LIBRARY_PATH", "the daemon's environment variables an exec: program gets besides CGI's"),
+];
+
+#[cfg(test)]
+mod settings_tests {
+    /// What `--help` lists is what the plugin reads: a setting read and not declared (or
+    /// declared and never read) fails here.
+    #[test]
+    fn every_setting_read_is_declared() {
+        let read = protocol_api::setting::names_read(|lookup| {
+            let _ = super::Config::from_lookup(lookup);
+        });
+        assert_eq!(read, protocol_api::setting::names(super::SETTINGS));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ pub mod receiver;
 mod relay;
 pub mod routes;
 mod session;
+mod stats;
 mod tokens;
 
 use protocol_api::path::{PathError, RequestPath};
@@ -52,6 +53,8 @@ pub struct Agreed {
     /// A route's service, dialled or started before the `101`; none for the echo. Its
     /// relay is made in `start`, once the connection is switched (a relay logs its end).
     service: Option<Dialled>,
+    /// The route's metrics.
+    stats: &'static stats::RouteStats,
 }
 
 /// A route's service, connected (or its program started) in `negotiate`.
@@ -68,6 +71,10 @@ const BINARY: &str = "binary";
 
 pub struct WebSocket {
     config: config::Config,
+    /// Metrics, declared once; each route's handles in `config.routes`' order, or, when
+    /// no routes are set, the one handle of every path.
+    stats: &'static stats::Stats,
+    route_stats: Vec<&'static stats::RouteStats>,
     /// The programs of `exec-shared:` routes, by route.
     shared: Vec<(String, Arc<broadcast::SharedProgram>)>,
     /// The token tables of `tokens:` routes, by source.
@@ -83,6 +90,7 @@ pub struct WebSocket {
 impl EventProtocol for WebSocket {
     const NAME: &'static str = "websocket";
     const TOKENS: &'static [&'static str] = &["websocket"];
+    const SETTINGS: &'static [protocol_api::Setting] = config::SETTINGS;
     type Session = Agreed;
     type Conn = session::Connection;
 
@@ -117,8 +125,23 @@ impl EventProtocol for WebSocket {
                 tokens.push((source.clone(), table));
             }
         }
+        // The plugin lives as long as the process: so do its metric handles.
+        let stats: &'static stats::Stats = Box::leak(Box::new(stats::Stats::declare()?));
+        process::count_in(stats.programs);
+        let route_stats = config
+            .routes
+            .iter()
+            .map(|r| stats.route(&r.prefix))
+            .collect::<Vec<_>>();
+        // No routes: every path is echo, counted under one label.
+        let route_stats = match route_stats.is_empty() {
+            true => vec![stats.route(stats::EVERY_PATH)],
+            false => route_stats,
+        };
         Ok(WebSocket {
             config,
+            stats,
+            route_stats,
             shared,
             any_origin: origin::Origins::any(),
             same_origin: origin::Origins::same_origin(),
@@ -131,11 +154,69 @@ impl EventProtocol for WebSocket {
             Ok(path) => path,
             Err(e) => return refuse(request, PathError::STATUS, &e.to_string()),
         };
-        let service = match routes::service(&self.config.routes, &path) {
-            Ok(Some(service)) => service,
+        let (service, stats) = match routes::route(&self.config.routes, &path) {
+            Ok(Some(route)) => {
+                let index = self
+                    .config
+                    .routes
+                    .iter()
+                    .position(|r| std::ptr::eq(r, route));
+                (&route.service, self.route_stats[index.unwrap_or(0)])
+            }
+            Ok(None) if self.config.routes.is_empty() => (
+                &routes::Service::Echo,
+                self.route_stats[self.route_stats.len() - 1],
+            ),
             Ok(None) => return Decision::Decline, // no route for this path: the client gets 426
             Err(e) => return refuse(request, PathError::STATUS, &e.to_string()),
         };
+        let decision = self.negotiate_route(request, &path, service, stats);
+        if let Decision::Reject(rejection) = &decision {
+            self.stats.refused(stats.label, rejection.status);
+        }
+        decision
+    }
+
+    fn start(
+        &self,
+        agreed: Agreed,
+        _request: &Request<'_>,
+    ) -> std::io::Result<session::Connection> {
+        let Agreed {
+            deflate,
+            service,
+            stats,
+        } = agreed;
+        let relay = service.map(|d| relay::Relay::new(d.backend, d.lines, d.label));
+        Ok(session::Connection::new(
+            &self.config,
+            deflate,
+            relay,
+            stats,
+        ))
+    }
+
+    fn on_ready(
+        &self,
+        conn: &mut session::Connection,
+        io: &mut Io<'_>,
+        ready: Ready,
+    ) -> std::io::Result<Wants> {
+        let wants = conn.on_ready(io, ready, &self.config);
+        conn.count_bytes(io.bytes_moved());
+        wants
+    }
+}
+
+impl WebSocket {
+    /// `negotiate` for a request `path` that a route (or the echo of every path) takes.
+    fn negotiate_route(
+        &self,
+        request: &Request<'_>,
+        path: &RequestPath<'_>,
+        service: &routes::Service,
+        stats: &'static stats::RouteStats,
+    ) -> Decision<Agreed> {
         let origins = match (&self.config.origins, service) {
             (Some(origins), _) => origins,
             (None, routes::Service::Echo) => &self.any_origin,
@@ -162,22 +243,22 @@ impl EventProtocol for WebSocket {
             routes::Service::Echo => None,
             _ if !request.may_block() => return Decision::OnWorker,
             routes::Service::Shared { binary, .. } => {
-                match self.join_shared(service, request, &path, *binary) {
+                match self.join_shared(service, request, path, *binary) {
                     Ok(dialled) => Some(dialled),
                     Err(rejection) => return Decision::Reject(rejection),
                 }
             }
             routes::Service::Tokens(source) => {
-                resolved = match self.token_target(source, request, &path) {
+                resolved = match self.token_target(source, request, path) {
                     Ok(target) => target,
                     Err(rejection) => return Decision::Reject(rejection),
                 };
-                match self.dial(&resolved, request, &path) {
+                match self.dial(&resolved, request, path, stats) {
                     Ok(dialled) => Some(dialled),
                     Err(rejection) => return Decision::Reject(rejection),
                 }
             }
-            service => match self.dial(service, request, &path) {
+            service => match self.dial(service, request, path, stats) {
                 Ok(dialled) => Some(dialled),
                 Err(rejection) => return Decision::Reject(rejection),
             },
@@ -185,6 +266,7 @@ impl EventProtocol for WebSocket {
         let agreed = Agreed {
             deflate: accepted.deflate,
             service,
+            stats,
         };
         // websockify's clients (noVNC up to 1.1, and others since) ask for `binary` and
         // refuse a connection that does not agree to it; websockify agrees, and so does a
@@ -215,27 +297,6 @@ impl EventProtocol for WebSocket {
         decision
     }
 
-    fn start(
-        &self,
-        agreed: Agreed,
-        _request: &Request<'_>,
-    ) -> std::io::Result<session::Connection> {
-        let Agreed { deflate, service } = agreed;
-        let relay = service.map(|d| relay::Relay::new(d.backend, d.lines, d.label));
-        Ok(session::Connection::new(&self.config, deflate, relay))
-    }
-
-    fn on_ready(
-        &self,
-        conn: &mut session::Connection,
-        io: &mut Io<'_>,
-        ready: Ready,
-    ) -> std::io::Result<Wants> {
-        conn.on_ready(io, ready, &self.config)
-    }
-}
-
-impl WebSocket {
     /// Dials a route's service, or starts its program (in a slot under the processes
     /// limit): the backend, whether it speaks in lines, and a label for logs; or the
     /// answer for the client.
@@ -326,6 +387,7 @@ impl WebSocket {
         service: &routes::Service,
         request: &Request<'_>,
         path: &RequestPath<'_>,
+        stats: &'static stats::RouteStats,
     ) -> Result<Dialled, protocol_api::Rejection> {
         let slot = match service {
             routes::Service::Exec { .. } => {
@@ -356,7 +418,10 @@ impl WebSocket {
             .into_iter()
             .collect()
         };
-        match backend::Backend::dial(service, self.config.connect_timeout, slot, env) {
+        let began = std::time::Instant::now();
+        let dialled = backend::Backend::dial(service, self.config.connect_timeout, slot, env);
+        stats.connect.observe_micros(began.elapsed());
+        match dialled {
             Ok(backend) => {
                 let lines = matches!(service, routes::Service::Exec { binary: false, .. });
                 let label = match &backend {

@@ -25,6 +25,24 @@ pub const GRACE: Duration = Duration::from_secs(2);
 /// start, against `SWITCHYARD_WEBSOCKET_MAX_PROCESSES`.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
+/// The same count as a metric (`switchyard_websocket_programs_running`), once declared.
+static GAUGE: std::sync::OnceLock<protocol_api::metrics::Gauge> = std::sync::OnceLock::new();
+
+/// Reports the count of programs running in `gauge` from now on.
+pub fn count_in(gauge: protocol_api::metrics::Gauge) {
+    if GAUGE.set(gauge).is_ok() {
+        gauge.add(RUNNING.load(Ordering::Relaxed) as i64);
+    }
+}
+
+/// Gives a slot back: its program was reaped, or none was started in it.
+fn release_slot() {
+    RUNNING.fetch_sub(1, Ordering::AcqRel);
+    if let Some(gauge) = GAUGE.get() {
+        gauge.dec();
+    }
+}
+
 /// A slot under the processes limit, taken before a program is started (so that a burst of
 /// requests cannot start more than the limit) and given back when dropped, unless a
 /// program was started in it: then it is given back when that program is reaped.
@@ -38,7 +56,12 @@ impl Reservation {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Reservation(()))
+            .map(|_| {
+                if let Some(gauge) = GAUGE.get() {
+                    gauge.inc();
+                }
+                Reservation(())
+            })
     }
 
     /// The slot now belongs to a started program, released when it is reaped.
@@ -49,7 +72,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
+        release_slot();
     }
 }
 
@@ -112,7 +135,7 @@ fn starter_thread(requests: Receiver<Request>) {
         }
         ending.retain_mut(|(child, since, termed)| {
             if let Ok(Some(_)) | Err(_) = child.try_wait() {
-                RUNNING.fetch_sub(1, Ordering::Relaxed);
+                release_slot();
                 return false;
             }
             let waited = since.elapsed();
@@ -228,7 +251,7 @@ impl Program {
         if self.exited.is_none() {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    RUNNING.fetch_sub(1, Ordering::Relaxed);
+                    release_slot();
                     self.child = None;
                     self.exited = Some(status);
                 }

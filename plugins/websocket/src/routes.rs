@@ -139,6 +139,15 @@ fn executable(program: &str) -> Result<(), String> {
 /// prefix; every path is `echo` when there are no routes at all; `None` (decline) when
 /// routes exist and none covers it; an error (`400`) when its dot-segments climb out of a
 /// routed prefix.
+/// The route a path takes (longest prefix), as [`service`]; `None` also when no routes are
+/// set (every path is echo).
+pub fn route<'a>(
+    routes: &'a [Route],
+    path: &RequestPath<'_>,
+) -> Result<Option<&'a Route>, PathError> {
+    path.longest_prefix(routes, |r| &r.prefix)
+}
+
 pub fn service<'a>(
     routes: &'a [Route],
     path: &RequestPath<'_>,

@@ -27,6 +27,8 @@ use crate::deflate::{Agreement, Deflater, Inflater};
 use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
 use crate::receiver::{close_code, Delivery, Event, Receiver};
 use crate::relay::Relay;
+use crate::stats::RouteStats;
+use protocol_api::metrics::Held;
 use protocol_api::output::{rest, write_parts_until_blocked, write_until_blocked, Output};
 use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
@@ -88,6 +90,9 @@ pub struct Connection {
     ping_sent: bool,
     /// A route's service, relayed instead of echoing.
     relay: Option<Box<Relay>>,
+    /// The route's metrics, and this connection's unit of its open gauge.
+    stats: &'static RouteStats,
+    _open: Held,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,7 +127,9 @@ impl Connection {
         config: &Config,
         deflate: Option<Agreement>,
         relay: Option<Box<Relay>>,
+        stats: &'static RouteStats,
     ) -> Connection {
+        stats.switched.inc();
         let delivery = match relay {
             Some(_) => Delivery::Parts,
             None => Delivery::Whole,
@@ -136,7 +143,15 @@ impl Connection {
             owed: Output::default(),
             state: State::Open,
             ping_sent: false,
+            stats,
+            _open: stats.open.hold(),
         }
+    }
+
+    /// Adds the bytes a call moved, `(in, out)`, to the route's counters.
+    pub fn count_bytes(&self, (bytes_in, bytes_out): (u64, u64)) {
+        self.stats.bytes_in.add(bytes_in);
+        self.stats.bytes_out.add(bytes_out);
     }
 
     /// Notes, once, how a routed connection ended.
@@ -437,6 +452,7 @@ impl Connection {
         };
         let deflater = &mut self.deflater;
         let mut relay = self.relay.as_deref_mut();
+        let (stats, open) = (self.stats, self.state == State::Open);
         let result = self
             .receiver
             .feed(&mut input[..filled], inflate_budget, &mut |event| {
@@ -465,6 +481,9 @@ impl Connection {
                     Event::Pong(_) => {}
                     // §5.5.1: answer with a close frame echoing the code.
                     Event::Close { code, .. } => {
+                        if open {
+                            stats.closed("client", code);
+                        }
                         let code = code.map_or(Vec::new(), |c| c.to_be_bytes().to_vec());
                         replies.frame(opcode::CLOSE, &code);
                     }
@@ -514,6 +533,7 @@ impl Connection {
     /// Starts the closing handshake (§7.1.2): our close frame, then our side shut once it is
     /// written, then a short wait for the peer's answer.
     fn start_close(&mut self, code: u16, reason: &str) {
+        self.stats.closed("server", Some(code));
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
         write_frame(self.owed.queue(), opcode::CLOSE, &payload);

@@ -39,6 +39,16 @@ int main(void) {
     SIZE(switchyard_host);
     FIELD(switchyard_host, abi_minor); FIELD(switchyard_host, max_log_level);
     FIELD(switchyard_host, log_enabled); FIELD(switchyard_host, log);
+    FIELD(switchyard_host, ctx); FIELD(switchyard_host, metric_declare);
+    FIELD(switchyard_host, metric_series);
+    SIZE(switchyard_metric);
+    FIELD(switchyard_metric, kind); FIELD(switchyard_metric, name);
+    FIELD(switchyard_metric, help); FIELD(switchyard_metric, labels);
+    FIELD(switchyard_metric, labels_len); FIELD(switchyard_metric, buckets);
+    FIELD(switchyard_metric, buckets_len); FIELD(switchyard_metric, scale);
+    SIZE(switchyard_setting);
+    FIELD(switchyard_setting, name); FIELD(switchyard_setting, default_value);
+    FIELD(switchyard_setting, help);
     SIZE(switchyard_descriptor);
     FIELD(switchyard_descriptor, magic); FIELD(switchyard_descriptor, abi_minor);
     FIELD(switchyard_descriptor, size); FIELD(switchyard_descriptor, name);
@@ -47,6 +57,10 @@ int main(void) {
     FIELD(switchyard_descriptor, negotiate); FIELD(switchyard_descriptor, serve);
     FIELD(switchyard_descriptor, drop_session); FIELD(switchyard_descriptor, start);
     FIELD(switchyard_descriptor, on_ready); FIELD(switchyard_descriptor, drop_conn);
+    FIELD(switchyard_descriptor, settings); FIELD(switchyard_descriptor, settings_len);
+    CONST(SWITCHYARD_METRIC_COUNTER); CONST(SWITCHYARD_METRIC_GAUGE);
+    CONST(SWITCHYARD_METRIC_HISTOGRAM); CONST(SWITCHYARD_METRIC_MAX_LABELS);
+    CONST(SWITCHYARD_METRIC_MAX_BUCKETS); CONST(SWITCHYARD_METRIC_MAX_SERIES);
     CONST(SWITCHYARD_ABI_MAJOR); CONST(SWITCHYARD_ABI_MINOR);
     CONST(SWITCHYARD_DECISION_ACCEPT); CONST(SWITCHYARD_DECISION_REJECT);
     CONST(SWITCHYARD_DECISION_DECLINE); CONST(SWITCHYARD_DECISION_ON_WORKER);

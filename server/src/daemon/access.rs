@@ -11,9 +11,30 @@
 //! body and the answer; for a switched connection its whole life (request, bytes sent
 //! early, and everything after the `101` that passed through the daemon's or the plugin's
 //! reads and writes; bytes a plugin splices itself on the lent socket are not seen).
+//!
+//! With `SWITCHYARD_ACCESS_LOG=json` each line is one JSON object instead, written alone on
+//! its line (no time or level before it), with the same fields:
+//!
+//! ```text
+//! {"time":"2026-12-03T09:01:02.345Z","peer":"127.0.0.1:50412","method":"GET","target":"/chat","version":"HTTP/1.1","status":101,"proto":"echo","tls":null,"in":1187,"out":1210,"seconds":3.204,"reason":null}
+//! ```
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
+
+/// Access lines as JSON objects (`SWITCHYARD_ACCESS_LOG=json`).
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Writes access lines as JSON objects from now on (set once at start).
+pub fn use_json(json: bool) {
+    JSON.store(json, Relaxed);
+}
+
+/// Whether access lines are JSON: the logger writes them without its prefix.
+pub fn is_json() -> bool {
+    JSON.load(Relaxed)
+}
 
 /// The status of a connection that switched without a `101` (HTTP/2 with prior
 /// knowledge); logged as `-`.
@@ -73,6 +94,11 @@ pub fn log(exchange: &Exchange<'_>) {
     if !enabled() {
         return;
     }
+    if is_json() {
+        let line = json_line(exchange, std::time::SystemTime::now());
+        log::info!(target: "switchyard::access", "{line}");
+        return;
+    }
     let elapsed = exchange.started.elapsed();
     let time = if elapsed.as_secs() >= 1 {
         format!("{:.3}s", elapsed.as_secs_f64())
@@ -105,8 +131,97 @@ pub fn log(exchange: &Exchange<'_>) {
     );
 }
 
+/// The exchange as one JSON object, `now` its time. Every string a client chose (the
+/// target, a reason quoting it) is escaped by serde_json, so a line is always one object.
+fn json_line(exchange: &Exchange<'_>, now: std::time::SystemTime) -> String {
+    let mut parts = exchange.request.splitn(3, ' ');
+    let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(t), Some(v)) => (Some(m), Some(t), Some(v)),
+        _ => (None, None, None),
+    };
+    let tls = exchange
+        .tls
+        .map(|t| serde_json::json!({"version": t.version, "cipher": t.cipher, "alpn": t.alpn}));
+    let status = match exchange.status {
+        NO_STATUS => None,
+        status => Some(status),
+    };
+    serde_json::json!({
+        "time": httpdate_rfc3339(now),
+        "peer": exchange.peer.to_string(),
+        "method": method,
+        "target": target,
+        "version": version,
+        "status": status,
+        "proto": exchange.protocol,
+        "tls": tls,
+        "in": exchange.bytes_in,
+        "out": exchange.bytes_out,
+        "seconds": (exchange.started.elapsed().as_secs_f64() * 1e6).round() / 1e6,
+        "reason": exchange.reason,
+    })
+    .to_string()
+}
+
+/// `now` as RFC 3339 in UTC with milliseconds (`2026-12-03T09:01:02.345Z`), as the logger
+/// stamps its lines.
+fn httpdate_rfc3339(now: std::time::SystemTime) -> String {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The calendar date of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_json_line_is_one_object_whatever_the_client_sent() {
+        let exchange = super::Exchange {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            request: "GET /a\"b\n?x HTTP/1.1",
+            status: 400,
+            protocol: None,
+            tls: None,
+            bytes_in: 10,
+            bytes_out: 20,
+            started: std::time::Instant::now(),
+            reason: Some("bad \"quote\""),
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_288_462_345);
+        let line = super::json_line(&exchange, at);
+        assert!(!line.contains('\n'), "{line}");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["target"], "/a\"b\n?x");
+        assert_eq!(value["method"], "GET");
+        assert_eq!(value["status"], 400);
+        assert_eq!(value["in"], 10);
+        assert_eq!(value["reason"], "bad \"quote\"");
+        assert_eq!(value["time"], "2026-12-03T09:01:02.345Z");
+        assert!(value["tls"].is_null() && value["proto"].is_null());
+    }
+
     #[test]
     fn token_query_values_are_cut_in_the_access_line() {
         let cut = |t| super::without_tokens(t).into_owned();

@@ -63,6 +63,10 @@ pub struct Config {
     pub tls_listen: Option<SocketAddr>,
     /// `SWITCHYARD_TLS_CLIENT_CA` and `SWITCHYARD_TLS_CLIENT_AUTH`: client certificates.
     pub tls_clients: Option<ClientAuth>,
+    /// `SWITCHYARD_ACCESS_LOG`: the access line as text, or as one JSON object.
+    pub access_json: bool,
+    /// `SWITCHYARD_STATUS_FROM`: the addresses `/status` is answered to.
+    pub status_from: Vec<ipnet::IpNet>,
 }
 
 /// One setting as an operator sees it: in `--help` and in the README's table, which a test
@@ -73,6 +77,11 @@ pub struct Setting {
     /// As the README writes it (Markdown code spans in backticks).
     pub default: &'static str,
     pub meaning: &'static str,
+}
+
+/// The names of [`SETTINGS`] that are environment variables of the daemon's.
+pub fn daemon_setting_names() -> Vec<&'static str> {
+    SETTINGS.iter().map(|s| s.variable).collect()
 }
 
 /// Every setting of the daemon, in the README's order.
@@ -203,6 +212,16 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "`required`: a client with no certificate is refused in the handshake too (needs `SWITCHYARD_TLS_CLIENT_CA`)",
     },
     Setting {
+        variable: "SWITCHYARD_ACCESS_LOG",
+        default: "`text`",
+        meaning: "`json`: each access line is one JSON object (`time`, `peer`, `method`, `target`, `version`, `status`, `proto`, `tls`, `in`, `out`, `seconds`, `reason`), written alone on its line, for log shippers; `text`: the line shown under Logs",
+    },
+    Setting {
+        variable: "SWITCHYARD_STATUS_FROM",
+        default: "`127.0.0.0/8,::1`",
+        meaning: "the addresses (or CIDR blocks, comma-separated) that may open `/status`, a live page of the daemon (plugins, connections, rates, refusals, settings), and its data `/status.json`; others get `403`, as does a request whose `Host` is a name other than `localhost` (a DNS-rebinding page cannot read it); `none`: nobody",
+    },
+    Setting {
         variable: "RUST_LOG",
         default: "`info`",
         meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log",
@@ -312,6 +331,22 @@ impl Config {
             reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
             tls: tls_pairs(get("SWITCHYARD_TLS_CERT"), get("SWITCHYARD_TLS_KEY"))?,
             static_routes: parse_or(get("SWITCHYARD_STATIC_ROUTES"), Vec::new(), static_routes)?,
+            access_json: parse_or(get("SWITCHYARD_ACCESS_LOG"), false, |v| match v.trim() {
+                "text" => Ok(false),
+                "json" => Ok(true),
+                _ => Err("expected text or json".to_string()),
+            })?,
+            status_from: parse_or(
+                get("SWITCHYARD_STATUS_FROM"),
+                vec![
+                    "127.0.0.0/8".parse().expect("a CIDR block"),
+                    "::1/128".parse().expect("a CIDR block"),
+                ],
+                |v| match v.trim() {
+                    "none" => Ok(Vec::new()),
+                    v => crate::proxy_protocol::ProxyProtocol::parse_from(v),
+                },
+            )?,
             tls_listen: match get("SWITCHYARD_TLS_LISTEN") {
                 None => None,
                 Some((variable, value)) => {
@@ -456,6 +491,15 @@ fn tls_pairs(
         .zip(key_paths)
         .map(|(cert, key)| PairPaths { cert, key })
         .collect())
+}
+
+/// The plugin folder `SWITCHYARD_PLUGIN_DIR` names, or the default, for `--help` (which
+/// reads no other setting and refuses none).
+pub fn plugin_dir_from_env() -> PathBuf {
+    match std::env::var_os("SWITCHYARD_PLUGIN_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => default_plugin_dir(),
+    }
 }
 
 /// The default plugin folder: the one holding the `switchyard` executable. `cargo build

@@ -37,6 +37,19 @@ pub struct Metrics {
     tls_failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
+/// The counters, read at once (for the status page).
+pub struct Totals {
+    pub accepted: u64,
+    /// Responses by status class, 1xx..5xx.
+    pub responses: [u64; 5],
+    pub switches: u64,
+    pub panics: u64,
+    pub ended_idle: u64,
+    pub ended_write_timeout: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
 /// The gauges only the caller knows at scrape time.
 pub struct Gauges {
     pub blocking_connections: usize,
@@ -166,6 +179,19 @@ impl Metrics {
     pub fn panicked(&self, plugin: &Plugin) {
         self.panics.fetch_add(1, Relaxed);
         plugin.stats.panics.fetch_add(1, Relaxed);
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            accepted: self.accepted.load(Relaxed),
+            responses: std::array::from_fn(|i| self.responses[i].load(Relaxed)),
+            switches: self.switches.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+            ended_idle: self.ended_idle.load(Relaxed),
+            ended_write_timeout: self.ended_write_timeout.load(Relaxed),
+            reloads_ok: self.reloads_ok.load(Relaxed),
+            reloads_failed: self.reloads_failed.load(Relaxed),
+        }
     }
 
     /// One line for the log at exit.

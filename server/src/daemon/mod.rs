@@ -8,9 +8,11 @@
 pub mod access;
 pub mod clients;
 pub mod config;
+pub mod history;
 pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod state;
+pub mod status;
 pub mod supervisor;
 pub mod worker_slots;

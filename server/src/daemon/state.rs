@@ -42,6 +42,10 @@ pub struct Shared {
     /// The static routes' folders, open, one per route (`openat2` resolves each file
     /// beneath its folder); empty where the kernel has no `openat2` (before 5.6).
     pub static_roots: Vec<std::fs::File>,
+    /// The status page's samples of the last minutes.
+    pub history: super::history::History,
+    /// When the daemon started, for the status page.
+    pub started: std::time::SystemTime,
 }
 
 /// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped,
@@ -86,6 +90,8 @@ impl Shared {
             loop_wakers: OnceLock::new(),
             static_roots,
             tls,
+            history: Default::default(),
+            started: std::time::SystemTime::now(),
         }
     }
 

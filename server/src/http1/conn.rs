@@ -205,7 +205,7 @@ fn static_file(
     let path = head.path(bytes);
     if routes.is_empty()
         || !matches!(method, "GET" | "HEAD")
-        || matches!(path, "/healthz" | "/metrics")
+        || matches!(path, "/healthz" | "/metrics" | "/status" | "/status.json")
     {
         return None;
     }
@@ -943,6 +943,11 @@ impl<T: Transport> HttpConn<T> {
                     } else {
                         response
                     }
+                }
+                Route::Status(page) => {
+                    let host = head.values(bytes, "host").next();
+                    let host = host.and_then(|h| std::str::from_utf8(h).ok());
+                    super::status_page::answer(cx.shared, page, self.peer.ip(), host)
                 }
                 Route::Answer(response) => response,
             },

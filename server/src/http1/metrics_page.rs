@@ -41,6 +41,7 @@ impl MetricsCache {
                 if let Some(tls) = &shared.tls {
                     text.push_str(&tls.render_metrics());
                 }
+                crate::plugin::metrics::render(&mut text);
                 let body = format!(
                     "# rendered at {rendered_at} (Unix time, ms); rendered again at most once a second\n{text}"
                 )

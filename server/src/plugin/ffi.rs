@@ -12,7 +12,6 @@ use std::ffi::c_void;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::path::Path;
-use std::sync::OnceLock;
 
 /// Why a file is not a usable plugin. Shown after the file's name.
 #[derive(Debug)]
@@ -95,6 +94,8 @@ pub struct Opened {
     pub name: String,
     pub build: String,
     pub tokens: Vec<String>,
+    /// The settings it reads (1.6), as it declares them.
+    pub settings: Vec<super::Declared>,
 }
 
 /// A loaded and initialised plugin's functions and state.
@@ -166,10 +167,10 @@ pub fn open(path: &Path) -> Result<Opened, LoadError> {
     if minor > ABI_MINOR {
         return Err(LoadError::NewerMinor(minor));
     }
-    let needed = if minor == 0 {
-        DESCRIPTOR_V1_SIZE
-    } else {
-        DESCRIPTOR_V1_1_SIZE
+    let needed = match minor {
+        0 => DESCRIPTOR_V1_SIZE,
+        1..=5 => DESCRIPTOR_V1_1_SIZE,
+        _ => DESCRIPTOR_V1_6_SIZE,
     };
     if (size as usize) < needed {
         return Err(LoadError::TooSmall(size));
@@ -198,6 +199,23 @@ pub fn open(path: &Path) -> Result<Opened, LoadError> {
     if tokens.is_empty() {
         return Err(LoadError::NoTokens);
     }
+    let raw_settings: &[RawSetting] =
+        if descriptor.settings_len == 0 || descriptor.settings.is_null() {
+            &[]
+        } else {
+            // SAFETY: the descriptor (1.6) promises `settings_len` entries of static data.
+            unsafe { std::slice::from_raw_parts(descriptor.settings, descriptor.settings_len) }
+        };
+    let settings = raw_settings
+        .iter()
+        .map(|s| {
+            Ok(super::Declared {
+                name: text(s.name, "setting name")?,
+                default: text(s.default, "setting default")?,
+                help: text(s.help, "setting help")?,
+            })
+        })
+        .collect::<Result<Vec<_>, LoadError>>()?;
     let init = descriptor.init.ok_or(LoadError::Missing("init"))?;
     let negotiate = descriptor
         .negotiate
@@ -224,6 +242,7 @@ pub fn open(path: &Path) -> Result<Opened, LoadError> {
         name,
         build,
         tokens,
+        settings,
     })
 }
 
@@ -233,7 +252,7 @@ pub fn init(opened: Opened) -> Result<Loaded, LoadError> {
     let mut message = String::new();
     let sink = message_sink(&mut message);
     // SAFETY: the ABI's init, with a static host API and a sink that outlives the call.
-    let status = unsafe { (opened.init)(host_api(), &mut state, &sink) };
+    let status = unsafe { (opened.init)(host_api(&opened.name), &mut state, &sink) };
     match status {
         STATUS_OK if !state.is_null() => Ok(Loaded {
             _library: opened.library,
@@ -578,14 +597,120 @@ unsafe extern "C" fn host_log(level: u32, target: RawBytes, message: RawBytes) {
     })
 }
 
-/// The host function table every plugin gets; made once, after the logger is set up, and
-/// kept for the life of the process.
-fn host_api() -> &'static HostApi {
-    static API: OnceLock<HostApi> = OnceLock::new();
-    API.get_or_init(|| HostApi {
+/// What the metric functions know of the plugin calling them: its name, which its
+/// families belong to (see [`super::metrics`]).
+struct PluginScope {
+    name: String,
+}
+
+unsafe extern "C" fn host_metric_declare(
+    ctx: *mut c_void,
+    metric: *const RawMetric,
+    id: *mut u32,
+    error: *const MessageSink,
+) -> i32 {
+    guarded(STATUS_ERROR, || {
+        // SAFETY: `ctx` is the `PluginScope` leaked with this plugin's `HostApi`; the
+        // plugin lends `metric` and what it points at for the call, and `id` and `error`
+        // are its own, live for the call.
+        let (scope, metric) = unsafe { (&*ctx.cast::<PluginScope>(), &*metric) };
+        let texts = |items: *const RawBytes, len: usize| -> Vec<String> {
+            if items.is_null() || len > 64 {
+                return Vec::new();
+            }
+            // SAFETY: the plugin lends `len` entries for the call.
+            let items = unsafe { std::slice::from_raw_parts(items, len) };
+            // SAFETY: each lent for the call.
+            items
+                .iter()
+                .map(|b| String::from_utf8_lossy(unsafe { lent(*b) }).into_owned())
+                .collect()
+        };
+        let bounds = match (metric.buckets.is_null(), metric.buckets_len) {
+            (false, len @ 1..=64) if metric.kind == METRIC_HISTOGRAM => {
+                // SAFETY: the plugin lends `buckets_len` bounds for the call.
+                unsafe { std::slice::from_raw_parts(metric.buckets, len) }.to_vec()
+            }
+            _ => Vec::new(),
+        };
+        let labels = texts(metric.labels, metric.labels_len);
+        // SAFETY: lent for the call.
+        let (name, help) = unsafe { (lent(metric.name), lent(metric.help)) };
+        let declared = super::metrics::Declaration {
+            kind: metric.kind,
+            name: String::from_utf8_lossy(name).into_owned(),
+            help: String::from_utf8_lossy(help).into_owned(),
+            labels,
+            bounds,
+            scale: metric.scale,
+        };
+        let wanted = metric.labels_len;
+        let result = match declared.labels.len() == wanted {
+            true => super::metrics::declare(&scope.name, declared),
+            false => Err(format!("metric {}: more than 64 labels", declared.name)),
+        };
+        match result {
+            Ok(family) => {
+                // SAFETY: the plugin's out-pointer, live for the call.
+                unsafe { *id = family };
+                STATUS_OK
+            }
+            Err(why) => {
+                // SAFETY: NULL or the plugin's sink, live for the call.
+                if let Some(error) = unsafe { error.as_ref() } {
+                    // SAFETY: the plugin's sink, live for the call; it copies.
+                    unsafe { (error.set)(error.ctx, RawBytes::new(why.as_bytes())) };
+                }
+                STATUS_ERROR
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn host_metric_series(
+    ctx: *mut c_void,
+    id: u32,
+    values: *const RawBytes,
+    values_len: usize,
+) -> *mut u64 {
+    guarded(std::ptr::null_mut(), || {
+        if values_len > 64 || (values.is_null() && values_len > 0) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: as in `host_metric_declare`; `values_len` values lent for the call.
+        let (scope, values) = unsafe {
+            let values = match values_len {
+                0 => &[][..],
+                n => std::slice::from_raw_parts(values, n),
+            };
+            (&*ctx.cast::<PluginScope>(), values)
+        };
+        // SAFETY: each lent for the call.
+        let values = values
+            .iter()
+            .map(|v| String::from_utf8_lossy(unsafe { lent(*v) }).into_owned())
+            .collect();
+        match super::metrics::series(&scope.name, id, values) {
+            Some(cells) => cells.as_ptr().cast::<u64>().cast_mut(),
+            None => std::ptr::null_mut(),
+        }
+    })
+}
+
+/// The host function table for the plugin `name`: its own (its `ctx` names it), made
+/// when it loads, after the logger is set up, and kept for the life of the process (as
+/// the plugin is).
+fn host_api(name: &str) -> &'static HostApi {
+    let scope: &'static mut PluginScope = Box::leak(Box::new(PluginScope {
+        name: name.to_string(),
+    }));
+    Box::leak(Box::new(HostApi {
         abi_minor: ABI_MINOR,
         max_log_level: protocol_api::log_levels::filter_to_abi(log::max_level()),
         log_enabled: host_log_enabled,
         log: host_log,
-    })
+        ctx: (scope as *mut PluginScope).cast(),
+        metric_declare: Some(host_metric_declare),
+        metric_series: Some(host_metric_series),
+    }))
 }

@@ -16,6 +16,7 @@
 #[allow(unsafe_code)]
 mod ffi;
 mod host_io;
+pub mod metrics;
 
 pub use ffi::{Handler, Negotiated, RequestHeaders};
 pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead, Watched, Watcher};
@@ -35,6 +36,8 @@ pub struct Plugin {
     pub file: PathBuf,
     pub tokens: Vec<String>,
     pub build: String,
+    /// The settings it reads (ABI 1.6; none for older plugins).
+    pub settings: Vec<Declared>,
     /// The file as it was when loaded: a reload loads it again only if it changed.
     identity: Option<FileIdentity>,
     loaded: ffi::Loaded,
@@ -42,10 +45,20 @@ pub struct Plugin {
     pub stats: PluginStats,
 }
 
+/// One setting a plugin reads, as it declares it (ABI 1.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub name: String,
+    pub default: String,
+    pub help: String,
+}
+
 /// What a plugin has done, for `/metrics`.
 #[derive(Default)]
 pub struct PluginStats {
     pub switches: AtomicU64,
+    /// Connections it holds now (switched, not yet ended), for the status page.
+    pub open: std::sync::atomic::AtomicI64,
     pub panics: AtomicU64,
     /// Calls on an event loop that took longer than `SLOW_CALL`.
     pub slow_calls: AtomicU64,
@@ -338,6 +351,44 @@ fn library_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The settings each plugin in `dir` declares, by plugin name, for `--help`: each file is
+/// opened and its descriptor read, but no plugin is initialised. Files that are not
+/// plugins, or that may not be trusted, are left out.
+pub fn declared_settings(dir: &Path) -> Vec<(String, Vec<Declared>)> {
+    if dir.exists() && unsafe_because(dir).is_some() {
+        return Vec::new();
+    }
+    library_files(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter(|file| unsafe_because(file).is_none())
+        .filter_map(|file| ffi::open(file).ok())
+        .map(|opened| (opened.name.clone(), opened.settings.clone()))
+        .collect()
+}
+
+/// Every `SWITCHYARD_*` variable in the environment that neither the daemon (`daemon`)
+/// nor a plugin of `registry` reads: a misspelt setting, or one of a plugin not loaded.
+/// Empty when a plugin built before ABI 1.6 (which lists no settings) is loaded.
+pub fn unread_settings(registry: &Registry, daemon: &[&str]) -> Vec<String> {
+    if registry.plugins.iter().any(|p| p.abi_minor() < 6) {
+        return Vec::new();
+    }
+    let read = |name: &str| {
+        daemon.contains(&name)
+            || registry
+                .plugins
+                .iter()
+                .any(|p| p.settings.iter().any(|s| s.name == name))
+    };
+    let mut unread: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("SWITCHYARD_") && !read(name))
+        .collect();
+    unread.sort();
+    unread
+}
+
 /// `name [tokens] (build; on ...)` for each plugin, as the logs and `--check` show them.
 fn describe(plugin: &Plugin) -> String {
     let mode = if plugin.is_readiness() {
@@ -497,10 +548,11 @@ impl Registry {
         let identity = FileIdentity::of(file);
         let opened = ffi::open(open_as)?;
         self.check_tokens(&opened.tokens)?;
-        let (name, build, tokens) = (
+        let (name, build, tokens, settings) = (
             opened.name.clone(),
             opened.build.clone(),
             opened.tokens.clone(),
+            opened.settings.clone(),
         );
         let loaded = ffi::init(opened)?;
         let plugin: &'static Plugin = Box::leak(Box::new(Plugin {
@@ -508,6 +560,7 @@ impl Registry {
             file: file.to_path_buf(),
             tokens,
             build,
+            settings,
             identity,
             loaded,
             health: Health::default(),

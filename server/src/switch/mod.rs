@@ -53,6 +53,8 @@ pub struct SwitchRecord {
     head_in: u64,
     /// The `101`'s bytes that went out.
     head_out: u64,
+    /// The connection's unit of its plugin's open connections.
+    _open: crate::daemon::metrics::Held,
 }
 
 impl SwitchRecord {
@@ -65,7 +67,8 @@ impl SwitchRecord {
         switching: &[u8],
         read_ahead: usize,
     ) -> SwitchRecord {
-        shared.metrics.switched(upgrade.plugin(offer));
+        let plugin = upgrade.plugin(offer);
+        shared.metrics.switched(plugin);
         if !switching.is_empty() {
             shared.metrics.response(101);
         }
@@ -85,6 +88,7 @@ impl SwitchRecord {
             started: upgrade.started,
             head_in: upgrade.bytes_in() + read_ahead as u64,
             head_out: switching.len() as u64,
+            _open: crate::daemon::metrics::Held::new(&plugin.stats.open),
         }
     }
 

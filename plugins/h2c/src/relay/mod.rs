@@ -72,12 +72,14 @@ thread_local! {
 /// What every relay of the plugin shares: the configuration and the routes' addresses.
 pub struct Shared {
     pub config: Config,
+    /// The plugin's metrics.
+    pub stats: crate::stats::Stats,
     /// Per route, its address as resolved at start (`None`: it did not resolve).
     pub addresses: Vec<Option<SocketAddr>>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Shared {
+    pub fn new(config: Config, stats: crate::stats::Stats) -> Shared {
         use std::net::ToSocketAddrs;
         let addresses = config
             .routes
@@ -94,7 +96,11 @@ impl Shared {
                 }
             })
             .collect();
-        Shared { config, addresses }
+        Shared {
+            config,
+            stats,
+            addresses,
+        }
     }
 }
 
@@ -128,6 +134,8 @@ pub struct Relay {
     idle_since: Instant,
     glitches: u32,
     glitch_period_start: Instant,
+    /// This connection's unit of the open-connections gauge.
+    _open: protocol_api::metrics::Held,
 }
 
 /// A graceful shutdown in two steps (RFC 9113 §6.8): a GOAWAY that takes streams still
@@ -169,6 +177,7 @@ impl Relay {
         let upgraded = preamble.is_some();
         let forwarding = message::Forwarding::new(peer_addr);
         Relay {
+            _open: shared.stats.open.hold(),
             shared,
             peer_addr,
             forwarding: match over_tls {
@@ -632,8 +641,11 @@ impl Relay {
             responded: false,
             path: "".into(),
             forwarded: None,
+            route: None,
+            began: Instant::now(),
         };
         if fields.list_size() > max_list {
+            self.shared.stats.route(None).streams.inc();
             self.streams.insert(id, stream);
             self.answer(id, 431, "the request's header fields are too large");
             return Ok(());
@@ -647,6 +659,8 @@ impl Relay {
                 frame::write_rst_stream(self.client.out.queue(), id, code::PROTOCOL_ERROR);
             }
             Ok(routed) => {
+                self.shared.stats.route(Some(routed.route)).streams.inc();
+                stream.route = Some(routed.route);
                 stream.up.remaining = routed.content_length;
                 stream.path = routed.path.into();
                 stream.forwarded = routed.forwarded;
@@ -661,6 +675,7 @@ impl Relay {
             }
             Err(Refused::Answer(status, text)) => {
                 log::debug!("h2c {}: stream {id}: {status} {text}", self.peer_addr);
+                self.shared.stats.route(None).streams.inc();
                 self.streams.insert(id, stream);
                 self.answer(id, status, &text);
             }
@@ -765,6 +780,10 @@ impl Relay {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
+        let stats = self.shared.stats.route(stream.route);
+        if !stream.responded {
+            stats.answered(status);
+        }
         let (block, body) = message::answer(status, text);
         self.client.write_block(id, &block, false);
         stream.target = Target::Local;
@@ -1317,6 +1336,14 @@ impl Relay {
             }
             Ok(Response::Final) if !stream.responded => {
                 stream.responded = true;
+                let stats = self.shared.stats.route(stream.route);
+                stats.latency.observe_micros(stream.began.elapsed());
+                if let Some(status) = fields
+                    .get(b":status")
+                    .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+                {
+                    stats.answered(status);
+                }
                 let end = end_stream;
                 self.client.write_block(id, &out, end);
                 if end {

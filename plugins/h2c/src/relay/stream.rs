@@ -186,6 +186,10 @@ pub struct Stream {
     pub path: Box<str>,
     /// Its `Forwarded` value, when not the connection's usual one.
     pub forwarded: Option<Box<str>>,
+    /// Its route's index once routed, for the metrics.
+    pub route: Option<usize>,
+    /// When its request began, for the backend's answer time.
+    pub began: std::time::Instant,
 }
 
 impl Stream {
