@@ -136,20 +136,7 @@ impl SharedProgram {
             }
         }
         let _ended = Ended(&self.running);
-        let mut state = State {
-            program: None,
-            output_ready: false,
-            clients: HashMap::new(),
-            next_client: CLIENTS,
-            output: Vec::new(),
-            input: Vec::new(),
-            restart_at: None,
-            backoff: Duration::from_secs(1),
-            started: Instant::now(),
-            stderr_logged: (Instant::now(), 0),
-            stderr_ready: false,
-            input_full: false,
-        };
+        let mut state = State::new();
         let mut events = Events::with_capacity(256);
         loop {
             let behind = state
@@ -272,6 +259,7 @@ impl SharedProgram {
                 state.started = Instant::now();
                 state.output.clear();
                 state.output_ready = true; // what it writes before its first event
+                state.output_ended = false;
                 state.program = Some(program);
             }
             Err(e) => {
@@ -293,6 +281,11 @@ impl SharedProgram {
         let Some(status) = program.exit_status() else {
             return;
         };
+        if !state.output_ended {
+            // Its last output may still be in the pipe: it goes out first (at the pace of
+            // the clients), and the pipe's end brings us back here.
+            return;
+        }
         for fd in [
             program.stdout.as_raw_fd(),
             program.stderr.as_raw_fd(),
@@ -343,12 +336,18 @@ impl SharedProgram {
             let n = match program.stdout.read(&mut buf) {
                 Ok(0) => {
                     state.output_ready = false;
+                    state.output_ended = true;
                     return;
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    state.output_ready = false;
+                    return;
+                }
                 Err(_) => {
                     state.output_ready = false;
+                    state.output_ended = true;
                     return;
                 }
             };
@@ -473,6 +472,10 @@ struct State {
     /// The program's output may hold bytes (its event came, and no read has found it
     /// empty since).
     output_ready: bool,
+    /// The program's stdout reached its end: only then is a program that exited let go,
+    /// so that what it wrote last (still in the pipe while a client held the output back,
+    /// or written after a read found the pipe empty) goes out.
+    output_ended: bool,
     clients: HashMap<usize, Client>,
     next_client: usize,
     /// Output not yet a whole line.
@@ -490,6 +493,24 @@ struct State {
 }
 
 impl State {
+    fn new() -> State {
+        State {
+            program: None,
+            output_ready: false,
+            output_ended: false,
+            clients: HashMap::new(),
+            next_client: CLIENTS,
+            output: Vec::new(),
+            input: Vec::new(),
+            restart_at: None,
+            backoff: Duration::from_secs(1),
+            started: Instant::now(),
+            stderr_logged: (Instant::now(), 0),
+            stderr_ready: false,
+            input_full: false,
+        }
+    }
+
     fn add(&mut self, stream: std::os::unix::net::UnixStream, poll: &Poll, label: &str) {
         let prepared = stream
             .set_nonblocking(true)
@@ -635,5 +656,57 @@ impl State {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program that exits while a client holds its output back: what it wrote last
+    /// waits in the pipe and still goes out once the client catches up (it was dropped
+    /// with the pipe, and the others never got it: a flaky stall of the shared-program
+    /// tests, where the program was then started again and waited for input).
+    #[test]
+    fn a_program_that_exits_while_held_back_is_let_go_only_after_its_last_output() {
+        let shared = SharedProgram::new(
+            vec!["/bin/sh".into(), "-c".into(), "printf 'last\\n'".into()],
+            false,
+            Vec::new(),
+            8,
+            "/test".into(),
+        );
+        let poll = Poll::new().unwrap();
+        let mut state = State::new();
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        state.add(ours, &poll, "/test");
+        let token = *state.clients.keys().next().unwrap();
+        // The client is over its window: the output is not read.
+        state.clients.get_mut(&token).unwrap().pending = vec![b'x'; CLIENT_WINDOW + 1];
+        shared.start(&mut state, &poll);
+        let began = Instant::now();
+        while state.program.as_mut().unwrap().exit_status().is_none() {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the program ran on"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shared.program_output(&mut state, &poll);
+        shared.check_exit(&mut state, &poll);
+        assert!(
+            state.program.is_some(),
+            "let go with its output still in the pipe"
+        );
+        // The client caught up: the last line goes out, then the program is let go.
+        state.clients.get_mut(&token).unwrap().pending.clear();
+        state.output_ready = true;
+        shared.program_output(&mut state, &poll);
+        shared.check_exit(&mut state, &poll);
+        assert!(state.program.is_none(), "reaped once its output ended");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"last\n");
     }
 }
