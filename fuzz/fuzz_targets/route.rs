@@ -35,5 +35,6 @@ fuzz_target!(|data: &[u8]| {
         }
         Route::Answer(response) => assert!((200..600).contains(&response.status)),
         Route::Metrics | Route::Status(_) => assert_eq!(head.method(input), "GET"),
+        Route::Readiness => assert!(matches!(head.method(input), "GET" | "HEAD")),
     }
 });

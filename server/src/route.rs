@@ -65,6 +65,8 @@ pub enum Route {
     Answer(Response),
     /// `GET /metrics`: the caller renders its counters.
     Metrics,
+    /// `GET /readyz`: the caller says whether it wants new connections.
+    Readiness,
     /// `GET /status` (the page) or `GET /status.json` (its data): the caller checks who
     /// asks, then renders.
     Status(StatusPage),
@@ -112,6 +114,7 @@ pub fn route(
     }
     match (head.method(bytes), head.path(bytes)) {
         ("GET", "/metrics") => return Route::Metrics,
+        ("GET" | "HEAD", "/readyz") => return Route::Readiness,
         ("GET", "/status") => return Route::Status(StatusPage::Html),
         ("GET", "/status.json") => return Route::Status(StatusPage::Json),
         _ => {}
@@ -174,7 +177,7 @@ mod tests {
                 .iter()
                 .map(|o| o.product.str(bytes).to_string())
                 .collect(),
-            Route::Answer(_) | Route::Metrics | Route::Status(_) => Vec::new(),
+            Route::Answer(_) | Route::Metrics | Route::Readiness | Route::Status(_) => Vec::new(),
         };
         (route, products)
     }
@@ -228,6 +231,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn readiness_and_status_pages_for_get() {
+        assert_eq!(
+            route_of(b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n").0,
+            Route::Readiness
+        );
+        assert_eq!(
+            route_of(b"HEAD /readyz HTTP/1.1\r\nHost: a\r\n\r\n").0,
+            Route::Readiness
+        );
+        assert_eq!(
+            route_of(b"GET /status.json HTTP/1.1\r\nHost: a\r\n\r\n").0,
+            Route::Status(StatusPage::Json)
+        );
+        let (route, _) = route_of(b"POST /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(matches!(route, Route::Answer(Response { status: 426, .. })));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// An HTTP/1.1 backend with keep-alive that answers each request with its request line and
 /// its `X-Forwarded-For`.
@@ -56,7 +56,7 @@ fn http1_backend() -> SocketAddr {
     addr
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
     out.push(kind);
     out.push(flags);
@@ -91,7 +91,7 @@ fn get_headers_with(path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
 
 /// Reads frames until one of `kind` on `stream`; returns (flags, payload). PINGs are
 /// answered on the way, as every client does.
-fn read_until(client: &mut Client, kind: u8, stream: u32) -> (u8, Vec<u8>) {
+pub(crate) fn read_until(client: &mut Client, kind: u8, stream: u32) -> (u8, Vec<u8>) {
     loop {
         let header = client.read_exact(9);
         let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;

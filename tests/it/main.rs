@@ -11,6 +11,7 @@ mod h2c;
 mod h2c_proxy;
 mod hostile;
 mod http;
+mod kubernetes;
 mod lifecycle;
 mod limits;
 mod loading;

@@ -37,6 +37,9 @@ pub struct Config {
     pub header_timeout: Duration,
     /// `SWITCHYARD_SHUTDOWN_GRACE_MS`: time given to live connections after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `SWITCHYARD_STOP_DELAY_MS`: after SIGTERM, how long `/readyz` says `503` while
+    /// everything else goes on, before the stop begins.
+    pub stop_delay: Duration,
     /// `SWITCHYARD_WORKER_STACK_BYTES`: stack size of a worker thread.
     pub worker_stack_bytes: usize,
     /// `SWITCHYARD_IO_THREADS`: event-loop threads (HTTP/1.1 and readiness plugins).
@@ -160,6 +163,11 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_SHUTDOWN_GRACE_MS",
         default: "`10000`",
         meaning: "after SIGTERM/SIGINT, how long live connections get to finish",
+    },
+    Setting {
+        variable: "SWITCHYARD_STOP_DELAY_MS",
+        default: "`0`",
+        meaning: "after SIGTERM/SIGINT, how long `/readyz` answers `503` before the stop begins, while new connections are still accepted and served as before: the time a load balancer (Kubernetes' endpoints) takes to stop sending here; then the listeners close and the grace period runs. A second signal begins the stop at once",
     },
     Setting {
         variable: "SWITCHYARD_WORKER_STACK_BYTES",
@@ -309,6 +317,9 @@ impl Config {
                 Duration::from_secs(10),
                 millis,
             )?,
+            stop_delay: parse_or(get("SWITCHYARD_STOP_DELAY_MS"), Duration::ZERO, |v| {
+                count(v, 0, 3600 * 1000).map(|ms| Duration::from_millis(ms as u64))
+            })?,
             worker_stack_bytes: parse_or(get("SWITCHYARD_WORKER_STACK_BYTES"), 256 * 1024, |v| {
                 count(v, 64 * 1024, 1 << 30)
             })?,

@@ -21,7 +21,10 @@ pub struct Shared {
     /// The plugin folder's current generation: what new requests are routed with. Requests
     /// and connections keep the generation they started with.
     registry: RwLock<&'static Registry>,
-    /// Set once on SIGTERM/SIGINT; plugins read it through `is_stopping`.
+    /// Set on SIGTERM/SIGINT, before the stop delay: `/readyz` answers `503` from then on.
+    draining: AtomicBool,
+    /// Set once the stop begins (after the stop delay); plugins read it through
+    /// `is_stopping`.
     stopping: AtomicBool,
     /// When the grace period ends (set with `stopping`; moved to now by a second signal).
     stop_deadline: Mutex<Option<Instant>>,
@@ -79,6 +82,7 @@ impl Shared {
         Shared {
             config,
             registry: RwLock::new(registry),
+            draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop_deadline: Mutex::new(None),
             ending: AtomicBool::new(false),
@@ -118,6 +122,17 @@ impl Shared {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether the daemon wants new connections: false from the stop signal on, while
+    /// the stop delay runs and after (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.is_stopping()
+    }
+
+    /// The stop signal came: `/readyz` says `503` from now on; the stop itself follows.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// The stop flag itself, for blocking connections that read it through the ABI.

@@ -39,10 +39,13 @@ pub fn run(
     let mut next_watchdog = notifier
         .watchdog_every()
         .map(|every| Instant::now() + every);
+    // The stop signal that came and when its stop begins (after SWITCHYARD_STOP_DELAY_MS).
+    let mut stop_at: Option<(i32, Instant)> = None;
     loop {
-        let wait = match shared.stop_deadline() {
-            Some(_) => STOP_CHECK,
-            None => next_reap.saturating_duration_since(Instant::now()),
+        let wait = match (shared.stop_deadline(), stop_at) {
+            (Some(_), _) => STOP_CHECK,
+            (None, Some((_, at))) => at.min(next_reap).saturating_duration_since(Instant::now()),
+            (None, None) => next_reap.saturating_duration_since(Instant::now()),
         };
         let wait = next_watchdog.map_or(wait, |at| {
             wait.min(at.saturating_duration_since(Instant::now()))
@@ -60,7 +63,12 @@ pub fn run(
             }
         }
         if !events.is_empty() {
-            on_signal(shared, &mut signals, now, notifier);
+            on_signal(shared, &mut signals, now, notifier, &mut stop_at);
+        }
+        if let Some((signal, at)) = stop_at {
+            if now >= at && !shared.is_stopping() {
+                stop(shared, signal, now);
+            }
         }
         if now >= next_reap {
             let ended = shared.live.end_idle(shared.config.idle);
@@ -101,13 +109,37 @@ fn finished_why(mut loops: Vec<JoinHandle<io::Result<()>>>, index: usize) -> Str
     }
 }
 
-fn on_signal(shared: &'static Shared, signals: &mut Signals, now: Instant, notifier: &Notifier) {
+fn on_signal(
+    shared: &'static Shared,
+    signals: &mut Signals,
+    now: Instant,
+    notifier: &Notifier,
+    stop_at: &mut Option<(i32, Instant)>,
+) {
     let pending: Vec<i32> = signals.pending().collect();
     for signal in pending {
-        match signal {
-            libc::SIGHUP if !shared.is_stopping() => reload(shared, notifier),
-            libc::SIGHUP => log::warn!("SIGHUP while stopping: no reload"),
-            _ => stop(shared, signal, now, notifier),
+        match (signal, *stop_at) {
+            (libc::SIGHUP, None) => reload(shared, notifier),
+            (libc::SIGHUP, Some(_)) => log::warn!("SIGHUP while stopping: no reload"),
+            (_, None) => {
+                notifier.send("STOPPING=1");
+                shared.drain();
+                let delay = shared.config.stop_delay;
+                if !delay.is_zero() {
+                    log::info!(
+                        "stop signal {signal}: /readyz answers 503; new connections are served for {delay:?} more (SWITCHYARD_STOP_DELAY_MS), then the stop begins"
+                    );
+                }
+                *stop_at = Some((signal, now + delay));
+            }
+            (_, Some(_)) if !shared.is_stopping() => {
+                log::warn!("second stop signal: the stop begins now");
+                *stop_at = Some((signal, now));
+            }
+            (_, Some(_)) => {
+                log::warn!("second stop signal: closing everything now");
+                shared.stop(now);
+            }
         }
     }
 }
@@ -166,13 +198,8 @@ fn reload_certificates(shared: &Shared, tls: &crate::tls::Tls) {
     }
 }
 
-fn stop(shared: &'static Shared, signal: i32, now: Instant, notifier: &Notifier) {
-    if shared.is_stopping() {
-        log::warn!("second stop signal: closing everything now");
-        shared.stop(now);
-        return;
-    }
-    notifier.send("STOPPING=1");
+/// The stop begins: the listeners close, connections are told, the grace period runs.
+fn stop(shared: &'static Shared, signal: i32, now: Instant) {
     let grace = shared.config.shutdown_grace;
     let metrics = &shared.metrics;
     log::info!(

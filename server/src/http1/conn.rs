@@ -205,7 +205,10 @@ fn static_file(
     let path = head.path(bytes);
     if routes.is_empty()
         || !matches!(method, "GET" | "HEAD")
-        || matches!(path, "/healthz" | "/metrics" | "/status" | "/status.json")
+        || matches!(
+            path,
+            "/healthz" | "/readyz" | "/metrics" | "/status" | "/status.json"
+        )
     {
         return None;
     }
@@ -938,6 +941,20 @@ impl<T: Transport> HttpConn<T> {
                 Route::Metrics => {
                     let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))
                         .header("Content-Type", "text/plain; version=0.0.4");
+                    if head.close {
+                        response.closing()
+                    } else {
+                        response
+                    }
+                }
+                Route::Readiness => {
+                    // Readiness, not liveness: `503` from the stop signal on, while the
+                    // daemon still serves (`/healthz` stays `200`).
+                    let response = match cx.shared.is_ready() {
+                        true => Response::new(200, &b"ready\n"[..]),
+                        false => Response::new(503, &b"stopping\n"[..]),
+                    }
+                    .header("Content-Type", "text/plain");
                     if head.close {
                         response.closing()
                     } else {
