@@ -346,6 +346,17 @@ fn issue24_the_status_page_is_answered_only_to_allowed_addresses() {
         .iter()
         .any(|s| s["name"] == "SWITCHYARD_STATUS_FROM"));
     assert_eq!(get("/status", "rebound.example.com").status, 403);
+    // Through a proxy on the same host: its loopback address says nothing of the client.
+    let mut proxied = daemon.client();
+    proxied.send(
+        "GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+    );
+    assert_eq!(proxied.response().status, 403);
+    let mut closing = daemon.client();
+    closing.send("GET /status.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let answer = closing.response();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
     let elsewhere = Daemon::builder()
         .plugin("switchyard-websocket")
         .env("SWITCHYARD_STATUS_FROM", "10.0.0.0/8")

@@ -53,6 +53,9 @@ const BEHIND_FOR: Duration = Duration::from_secs(2);
 /// Most of clients' input waiting for a program that does not read it; past it, clients are
 /// not read until it takes some.
 const INPUT_LIMIT: usize = 1024 * 1024;
+/// How long a program that exited is kept while its stdout stays open (a child of its
+/// holds it): its output goes on meanwhile; then it is let go and started again.
+const EXIT_DRAIN: Duration = Duration::from_secs(5);
 /// Longest line of output kept whole; a longer one goes out in pieces.
 const LINE_LIMIT: usize = 64 * 1024;
 
@@ -147,7 +150,8 @@ impl SharedProgram {
                 .map(|since| since + BEHIND_FOR);
             let now = Instant::now();
             let again = state.stderr_ready.then_some(now);
-            let timeout = [state.restart_at, behind, again]
+            let drained = state.exited_at.map(|at| at + EXIT_DRAIN);
+            let timeout = [state.restart_at, behind, again, drained]
                 .into_iter()
                 .flatten()
                 .min()
@@ -260,6 +264,7 @@ impl SharedProgram {
                 state.output.clear();
                 state.output_ready = true; // what it writes before its first event
                 state.output_ended = false;
+                state.exited_at = None;
                 state.program = Some(program);
             }
             Err(e) => {
@@ -283,9 +288,18 @@ impl SharedProgram {
         };
         if !state.output_ended {
             // Its last output may still be in the pipe: it goes out first (at the pace of
-            // the clients), and the pipe's end brings us back here.
-            return;
+            // the clients), and the pipe's end brings us back here; unless a child of its
+            // keeps the pipe open, which gets EXIT_DRAIN.
+            let since = *state.exited_at.get_or_insert_with(Instant::now);
+            if since.elapsed() < EXIT_DRAIN {
+                return;
+            }
+            log::warn!(
+                "websocket {}: the program exited {EXIT_DRAIN:?} ago but its output is still open (a child of its holds it); letting it go",
+                self.label
+            );
         }
+        state.exited_at = None;
         for fd in [
             program.stdout.as_raw_fd(),
             program.stderr.as_raw_fd(),
@@ -476,6 +490,8 @@ struct State {
     /// so that what it wrote last (still in the pipe while a client held the output back,
     /// or written after a read found the pipe empty) goes out.
     output_ended: bool,
+    /// When the program was seen to have exited with its stdout still open.
+    exited_at: Option<Instant>,
     clients: HashMap<usize, Client>,
     next_client: usize,
     /// Output not yet a whole line.
@@ -498,6 +514,7 @@ impl State {
             program: None,
             output_ready: false,
             output_ended: false,
+            exited_at: None,
             clients: HashMap::new(),
             next_client: CLIENTS,
             output: Vec::new(),
@@ -708,5 +725,38 @@ mod tests {
         let mut got = [0u8; 5];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"last\n");
+    }
+
+    /// A program that exits while a child of its keeps its stdout open is kept (its
+    /// output goes on) for EXIT_DRAIN, then let go, so that the route starts it again
+    /// rather than waiting for the child for ever.
+    #[test]
+    fn a_program_whose_child_holds_its_output_is_let_go_after_the_drain() {
+        let shared = SharedProgram::new(
+            vec!["/bin/sh".into(), "-c".into(), "sleep 3 & echo hi".into()],
+            false,
+            Vec::new(),
+            8,
+            "/test".into(),
+        );
+        let poll = Poll::new().unwrap();
+        let mut state = State::new();
+        shared.start(&mut state, &poll);
+        let began = Instant::now();
+        while state.program.as_mut().unwrap().exit_status().is_none() {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the program ran on"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shared.program_output(&mut state, &poll);
+        shared.check_exit(&mut state, &poll);
+        assert!(state.program.is_some(), "kept while its output is open");
+        assert!(!state.output_ended && state.exited_at.is_some());
+        state.exited_at = Some(Instant::now() - EXIT_DRAIN);
+        shared.check_exit(&mut state, &poll);
+        assert!(state.program.is_none(), "let go after the drain");
+        assert!(state.restart_at.is_some(), "and started again later");
     }
 }

@@ -227,7 +227,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_STATUS_FROM",
         default: "`127.0.0.0/8,::1`",
-        meaning: "the addresses (or CIDR blocks, comma-separated) that may open `/status`, a live page of the daemon (plugins, connections, rates, refusals, settings), and its data `/status.json`; others get `403`, as does a request whose `Host` is a name other than `localhost` (a DNS-rebinding page cannot read it); `none`: nobody",
+        meaning: "the addresses (or CIDR blocks, comma-separated) that may open `/status`, a live page of the daemon (plugins, connections, rates, refusals, settings), and its data `/status.json`; others get `403`, as does a request whose `Host` is a name other than `localhost` (a DNS-rebinding page cannot read it) or that came through a proxy (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`, `Via`); `none`: nobody",
     },
     Setting {
         variable: "RUST_LOG",

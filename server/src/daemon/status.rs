@@ -79,9 +79,15 @@ pub fn allowed(from: &[ipnet::IpNet], peer: IpAddr, host: Option<&str>) -> bool 
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
 }
 
-/// The value a setting has: its own when set, else `None` (its default applies).
+/// The value a setting has: its own when set, else `None` (its default applies). Only
+/// `SWITCHYARD_*` and `RUST_LOG` values are shown: a plugin that lists another variable
+/// (a password it reads) gets `(set)`, never its value.
 fn set_value(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    let value = std::env::var(name).ok()?;
+    match name.starts_with("SWITCHYARD_") || name == "RUST_LOG" {
+        true => Some(value),
+        false => Some("(set)".into()),
+    }
 }
 
 /// Everything the page shows, as JSON.

@@ -962,9 +962,25 @@ impl<T: Transport> HttpConn<T> {
                     }
                 }
                 Route::Status(page) => {
-                    let host = head.values(bytes, "host").next();
-                    let host = host.and_then(|h| std::str::from_utf8(h).ok());
-                    super::status_page::answer(cx.shared, page, self.peer.ip(), host)
+                    // A Host that is not text names no address: refused, as a name is.
+                    let host = head
+                        .values(bytes, "host")
+                        .next()
+                        .map(|h| std::str::from_utf8(h).unwrap_or(""));
+                    let proxied = ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
+                        .iter()
+                        .any(|name| head.values(bytes, name).next().is_some());
+                    let asker = super::status_page::Asker {
+                        peer: self.peer.ip(),
+                        host,
+                        proxied,
+                    };
+                    let response = super::status_page::answer(cx.shared, page, asker);
+                    if head.close {
+                        response.closing()
+                    } else {
+                        response
+                    }
                 }
                 Route::Answer(response) => response,
             },

@@ -8,15 +8,36 @@ use crate::daemon::status;
 use crate::http::response::Response;
 use crate::route::StatusPage;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Who asks for the page.
+pub struct Asker<'a> {
+    pub peer: IpAddr,
+    /// The `Host` field (`""` when it is not text).
+    pub host: Option<&'a str>,
+    /// The request carries a proxy's fields (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`,
+    /// `Via`): it came through a proxy, whose address says nothing of the client's.
+    pub proxied: bool,
+}
+
+/// How long a rendered `/status.json` is served again (to every loop and viewer).
+const JSON_FOR: Duration = Duration::from_secs(1);
 
 /// The page: HTML, CSS and JavaScript in one file, which fetches `/status.json`.
 const PAGE: &str = include_str!("status.html");
 
 /// The answer to a status request from `peer` for `host`.
-pub fn answer(shared: &Shared, page: StatusPage, peer: IpAddr, host: Option<&str>) -> Response {
-    if !status::allowed(&shared.config.status_from, peer, host) {
+pub fn answer(shared: &Shared, page: StatusPage, asker: Asker<'_>) -> Response {
+    let Asker {
+        peer,
+        host,
+        proxied,
+    } = asker;
+    if proxied || !status::allowed(&shared.config.status_from, peer, host) {
         log::info!(
-            "/status refused to {peer} (Host {host:?}): open it from an address in SWITCHYARD_STATUS_FROM, by address or localhost"
+            "/status refused to {peer} (Host {host:?}{}): open it from an address in SWITCHYARD_STATUS_FROM, by address or localhost, not through a proxy",
+            if proxied { ", through a proxy" } else { "" }
         );
         return Response::error(
             403,
@@ -25,7 +46,7 @@ pub fn answer(shared: &Shared, page: StatusPage, peer: IpAddr, host: Option<&str
     }
     let (body, content_type): (std::borrow::Cow<'static, [u8]>, _) = match page {
         StatusPage::Html => (PAGE.as_bytes().into(), "text/html; charset=utf-8"),
-        StatusPage::Json => (status::json(shared).into_bytes().into(), "application/json"),
+        StatusPage::Json => (json(shared).as_ref().clone().into(), "application/json"),
     };
     Response::new(200, body)
         .header("Content-Type", content_type)
@@ -35,4 +56,19 @@ pub fn answer(shared: &Shared, page: StatusPage, peer: IpAddr, host: Option<&str
             "Content-Security-Policy",
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
         )
+}
+
+/// `/status.json`, rendered at most once a second whoever asks.
+fn json(shared: &Shared) -> Arc<Vec<u8>> {
+    static RENDERED: Mutex<Option<(Instant, Arc<Vec<u8>>)>> = Mutex::new(None);
+    let mut rendered = RENDERED.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    match &*rendered {
+        Some((at, body)) if now.duration_since(*at) < JSON_FOR => body.clone(),
+        _ => {
+            let body = Arc::new(status::json(shared).into_bytes());
+            *rendered = Some((now, body.clone()));
+            body
+        }
+    }
 }

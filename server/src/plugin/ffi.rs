@@ -610,10 +610,16 @@ unsafe extern "C" fn host_metric_declare(
     error: *const MessageSink,
 ) -> i32 {
     guarded(STATUS_ERROR, || {
-        // SAFETY: `ctx` is the `PluginScope` leaked with this plugin's `HostApi`; the
-        // plugin lends `metric` and what it points at for the call, and `id` and `error`
-        // are its own, live for the call.
+        if ctx.is_null() || metric.is_null() || id.is_null() {
+            return STATUS_ERROR;
+        }
+        // SAFETY: `ctx` is the `PluginScope` leaked with this plugin's `HostApi` (checked
+        // non-NULL); the plugin lends `metric` and what it points at for the call, and `id`
+        // and `error` are its own, live for the call.
         let (scope, metric) = unsafe { (&*ctx.cast::<PluginScope>(), &*metric) };
+        if metric.name.len > 256 || metric.help.len > 4096 {
+            return STATUS_ERROR;
+        }
         let texts = |items: *const RawBytes, len: usize| -> Vec<String> {
             if items.is_null() || len > 64 {
                 return Vec::new();
@@ -674,7 +680,7 @@ unsafe extern "C" fn host_metric_series(
     values_len: usize,
 ) -> *mut u64 {
     guarded(std::ptr::null_mut(), || {
-        if values_len > 64 || (values.is_null() && values_len > 0) {
+        if ctx.is_null() || values_len > 64 || (values.is_null() && values_len > 0) {
             return std::ptr::null_mut();
         }
         // SAFETY: as in `host_metric_declare`; `values_len` values lent for the call.

@@ -40,6 +40,7 @@ impl Declaration {
 }
 
 struct Family {
+    /// The plugin's name as rendered ([`name_part`]).
     plugin: String,
     declared: Declaration,
     series: Mutex<Vec<(Vec<String>, &'static [AtomicU64])>>,
@@ -59,14 +60,64 @@ fn all() -> Vec<&'static Family> {
     families().lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Declares a family for `plugin`; the id to hand back, or why not.
+/// The first words of the daemon's own metric names (`switchyard_<word>_...`): a plugin
+/// rendered under one of them could repeat a daemon metric, so it may not declare any.
+const DAEMON_WORDS: &[&str] = &[
+    "client",
+    "clients",
+    "connections",
+    "http",
+    "open",
+    "plugin",
+    "reloads",
+    "responses",
+    "switches",
+    "tls",
+    "upgraded",
+    "workers",
+];
+
+/// The names a family's samples take in the text format, after `switchyard_<plugin>_`.
+fn sample_names(declared: &Declaration) -> Vec<String> {
+    match declared.kind {
+        METRIC_HISTOGRAM => ["_bucket", "_sum", "_count", ""]
+            .iter()
+            .map(|suffix| format!("{}{suffix}", declared.name))
+            .collect(),
+        _ => vec![declared.name.clone()],
+    }
+}
+
+/// Declares a family for `plugin`; the id to hand back, or why not. Families belong to
+/// the plugin's name as rendered (`my-x` and `my_x` are one), and none may render a
+/// sample name another family of it renders, or a daemon metric's.
 pub fn declare(plugin: &str, declared: Declaration) -> Result<u32, String> {
     let labels: Vec<&str> = declared.labels.iter().map(String::as_str).collect();
     protocol_api::metrics::check(declared.kind, &declared.name, &labels, &declared.bounds)?;
+    let plugin = name_part(plugin);
+    if DAEMON_WORDS.contains(&plugin.as_str()) {
+        return Err(format!(
+            "a plugin named {plugin:?} would render its metrics among the daemon's (switchyard_{plugin}_...): rename the plugin"
+        ));
+    }
+    let plugin = plugin.as_str();
     let mut families = families().lock().unwrap_or_else(|e| e.into_inner());
     let mine = |f: &&Family| {
         f.plugin == plugin && f.declared.name == declared.name && !f.replaced.load(Relaxed)
     };
+    let names = sample_names(&declared);
+    let clash = families.iter().find(|f| {
+        f.plugin == plugin
+            && f.declared.name != declared.name
+            && !f.replaced.load(Relaxed)
+            && sample_names(&f.declared).iter().any(|n| names.contains(n))
+    });
+    if let Some(other) = clash {
+        return Err(format!(
+            "metric {} would render a sample name of metric {}",
+            declared.name, other.declared.name
+        ));
+    }
     if let Some(index) = families.iter().position(mine) {
         let family = families[index];
         if family.declared.same_shape(&declared) {
@@ -109,7 +160,7 @@ fn new_cells(count: usize) -> &'static [AtomicU64] {
 /// a wrong number of values, or a family full.
 pub fn series(plugin: &str, id: u32, values: Vec<String>) -> Option<&'static [AtomicU64]> {
     let family = *all().get(id as usize)?;
-    if family.plugin != plugin || values.len() != family.declared.labels.len() {
+    if family.plugin != name_part(plugin) || values.len() != family.declared.labels.len() {
         return None;
     }
     let mut series = family.series.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,7 +263,7 @@ pub fn samples() -> Vec<Sample> {
 pub fn render(out: &mut String) {
     for family in all().into_iter().filter(|f| !f.replaced.load(Relaxed)) {
         let d = &family.declared;
-        let full = format!("switchyard_{}_{}", name_part(&family.plugin), d.name);
+        let full = format!("switchyard_{}_{}", family.plugin, d.name);
         let kind = kind_name(d.kind);
         let help = d.help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(out, "# HELP {full} {help}\n# TYPE {full} {kind}");
@@ -263,5 +314,58 @@ pub fn render(out: &mut String) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declaration(kind: u32, name: &str) -> Declaration {
+        Declaration {
+            kind,
+            name: name.into(),
+            help: "h".into(),
+            labels: vec!["route".into()],
+            bounds: match kind {
+                METRIC_HISTOGRAM => vec![1, 10],
+                _ => Vec::new(),
+            },
+            scale: 1,
+        }
+    }
+
+    /// The text format stays one family per name: a sample name two families would
+    /// render, or a plugin whose name is a word of the daemon's own metrics, is refused.
+    #[test]
+    fn a_declaration_that_would_repeat_a_sample_name_is_refused() {
+        let took = declare("test-clash", declaration(METRIC_HISTOGRAM, "took")).unwrap();
+        assert!(declare("test_clash", declaration(METRIC_COUNTER, "took_count")).is_err());
+        assert!(declare("test-clash", declaration(METRIC_COUNTER, "took_sum")).is_err());
+        assert_eq!(
+            declare("test_clash", declaration(METRIC_HISTOGRAM, "took")),
+            Ok(took),
+            "the same family again (another generation, or the same name rendered)"
+        );
+        let err = declare("plugin", declaration(METRIC_COUNTER, "panics_total")).unwrap_err();
+        assert!(err.contains("rename the plugin"), "{err}");
+        let mut text = String::new();
+        let cells = series("test-clash", took, vec!["/a\"b".into()]).unwrap();
+        cells[0].fetch_add(1, Relaxed);
+        cells[3].fetch_add(7, Relaxed);
+        render(&mut text);
+        assert!(
+            text.contains("switchyard_test_clash_took_bucket{route=\"/a\\\"b\",le=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("switchyard_test_clash_took_sum{route=\"/a\\\"b\"} 7\n"));
+        assert!(
+            series("another", took, vec!["/a".into()]).is_none(),
+            "not its family"
+        );
+        assert!(
+            series("test-clash", took, vec![]).is_none(),
+            "one value per label"
+        );
     }
 }
