@@ -35,10 +35,8 @@ impl Setting {
     }
 }
 
-/// Every name `read` looks up through the lookup it is lent (which answers "not set"):
-/// a plugin's unit test runs its settings parser through it and compares the names with
-/// its `SETTINGS`, so a setting read without being declared, or declared and never read,
-/// fails the test.
+/// Every name `read` looks up through the lookup it is lent (which answers "not set"),
+/// sorted: what a plugin's settings parser reads.
 pub fn names_read(read: impl FnOnce(&dyn Fn(&str) -> Option<String>)) -> Vec<String> {
     let seen = std::cell::RefCell::new(Vec::<String>::new());
     read(&|name: &str| {
@@ -56,4 +54,31 @@ pub fn names(declared: &[Setting]) -> Vec<String> {
     let mut names: Vec<String> = declared.iter().map(|s| s.name.to_string()).collect();
     names.sort();
     names
+}
+
+/// For a plugin's unit test: panics, naming them, unless `read` (its settings parser, lent
+/// a lookup) reads exactly the settings `declared` lists: one read and not declared would
+/// be missing from `--help`, one declared and never read would be listed for nothing.
+///
+/// ```
+/// use protocol_api::Setting;
+/// const SETTINGS: &[Setting] = &[Setting::new("SWITCHYARD_MINE_PORT", "80", "the port")];
+/// fn parse(lookup: &dyn Fn(&str) -> Option<String>) -> u16 {
+///     lookup("SWITCHYARD_MINE_PORT").map_or(80, |v| v.parse().unwrap_or(80))
+/// }
+/// protocol_api::setting::assert_reads_exactly(SETTINGS, |lookup| {
+///     parse(lookup);
+/// });
+/// ```
+pub fn assert_reads_exactly(
+    declared: &[Setting],
+    read: impl FnOnce(&dyn Fn(&str) -> Option<String>),
+) {
+    let (read, declared) = (names_read(read), names(declared));
+    let undeclared: Vec<&String> = read.iter().filter(|n| !declared.contains(n)).collect();
+    let unread: Vec<&String> = declared.iter().filter(|n| !read.contains(n)).collect();
+    assert!(
+        undeclared.is_empty() && unread.is_empty(),
+        "settings read but not declared: {undeclared:?}; declared but not read: {unread:?}"
+    );
 }

@@ -5,16 +5,13 @@
 # Kubernetes manifests under deploy/k8s validated offline against the Kubernetes schemas
 # (PyPI's kubernetes-validate), with the stop's timings checked against each other.
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work="$root/target/deploy"
 mkdir -p "$work"
-if [ ! -x "$work/venv/bin/python" ]; then
-  python3 -m venv "$work/venv"
-fi
-# The versions this check was written against.
-"$work/venv/bin/pip" install --quiet 'websockets==17.4' 'kubernetes-validate==1.37.0'
-py="$work/venv/bin/python"
+# shellcheck source=../scripts/python-env.sh
+. "$root/tests/scripts/python-env.sh"
+# Pinned: the versions this check was written against.
+python_env "$work" 'websockets==17.4' 'kubernetes-validate==1.37.0'
 
 # The manifests, as the API server of Kubernetes 1.30 and 1.34 would take them.
 "$py" "$root/tests/deploy/manifests.py" "$root/deploy/k8s"

@@ -5,16 +5,13 @@
 # both client and backend. Backends: an HTTP/1.1 keep-alive server and a gRPC server,
 # both Python, on ports of their own choosing.
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work="$root/target/h2c"
 mkdir -p "$work"
-if [ ! -x "$work/venv/bin/python" ]; then
-  python3 -m venv "$work/venv"
-fi
-# The versions these checks were written against.
-"$work/venv/bin/pip" install --quiet 'h2==4.4.1' 'grpcio==1.85.3'
-py="$work/venv/bin/python"
+# shellcheck source=../scripts/python-env.sh
+. "$root/tests/scripts/python-env.sh"
+# Pinned: the versions this check was written against.
+python_env "$work" 'h2==4.4.1' 'grpcio==1.85.3'
 cargo build --release --quiet -p switchyard -p switchyard-h2c
 rm -rf "$work/plugins" && mkdir -p "$work/plugins"
 cp "$root/target/release/libswitchyard_h2c.so" "$work/plugins/"

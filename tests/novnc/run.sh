@@ -8,11 +8,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work="$root/target/novnc"
 mkdir -p "$work"
-if [ ! -x "$work/venv/bin/python" ]; then
-  python3 -m venv "$work/venv"
-fi
-"$work/venv/bin/pip" install --quiet 'websockets==17.4' # the DevTools client's
-py="$work/venv/bin/python"
+# shellcheck source=../scripts/python-env.sh
+. "$root/tests/scripts/python-env.sh"
+# The DevTools client's; pinned: the version this check was written against.
+python_env "$work" 'websockets==17.4'
 cargo build --release --quiet -p switchyard -p switchyard-websocket
 rm -rf "$work/plugins" && mkdir -p "$work/plugins"
 cp "$root/target/release/libswitchyard_websocket.so" "$work/plugins/"

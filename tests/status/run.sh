@@ -5,16 +5,13 @@
 # the status page in headless Chromium, its numbers checked against the JSON and a
 # screenshot kept in target/status/status.png.
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work="$root/target/status"
 mkdir -p "$work"
-if [ ! -x "$work/venv/bin/python" ]; then
-  python3 -m venv "$work/venv"
-fi
-# The versions this check was written against.
-"$work/venv/bin/pip" install --quiet 'websockets==17.4' 'prometheus_client==0.26.0'
-py="$work/venv/bin/python"
+# shellcheck source=../scripts/python-env.sh
+. "$root/tests/scripts/python-env.sh"
+# Pinned: the versions this check was written against.
+python_env "$work" 'websockets==17.4' 'prometheus_client==0.26.0'
 cargo build --release --quiet -p switchyard -p switchyard-websocket -p switchyard-tunnel \
   -p switchyard-h2c -p switchyard-echo
 rm -rf "$work/plugins" && mkdir -p "$work/plugins"

@@ -5,16 +5,13 @@
 # wss:// with the test certificate trusted by its public key's hash (as an operator's
 # browser would trust it through the CA).
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work="$root/target/tls"
 mkdir -p "$work"
-if [ ! -x "$work/venv/bin/python" ]; then
-  python3 -m venv "$work/venv"
-fi
-# The versions these checks were written against.
-"$work/venv/bin/pip" install --quiet 'websockets==17.4' 'grpcio==1.85.3'
-py="$work/venv/bin/python"
+# shellcheck source=../scripts/python-env.sh
+. "$root/tests/scripts/python-env.sh"
+# Pinned: the versions this check was written against.
+python_env "$work" 'websockets==17.4' 'grpcio==1.85.3'
 cargo build --release --quiet -p switchyard -p switchyard-websocket -p switchyard-h2c
 rm -rf "$work/plugins" "$work/pki" && mkdir -p "$work/plugins" "$work/pki"
 cp "$root/target/release/libswitchyard_websocket.so" "$root/target/release/libswitchyard_h2c.so" "$work/plugins/"

@@ -680,6 +680,21 @@ impl State {
 mod tests {
     use super::*;
 
+    /// Starts `shared`'s program, waits until it has exited, and reads what output the
+    /// clients' windows allow, as the broadcaster's turn would.
+    fn run_until_exit(shared: &SharedProgram, state: &mut State, poll: &Poll) {
+        shared.start(state, poll);
+        let began = Instant::now();
+        while state.program.as_mut().unwrap().exit_status().is_none() {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the program ran on"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shared.program_output(state, poll);
+    }
+
     /// A program that exits while a client holds its output back: what it wrote last
     /// waits in the pipe and still goes out once the client catches up (it was dropped
     /// with the pipe, and the others never got it: a flaky stall of the shared-program
@@ -700,16 +715,7 @@ mod tests {
         let token = *state.clients.keys().next().unwrap();
         // The client is over its window: the output is not read.
         state.clients.get_mut(&token).unwrap().pending = vec![b'x'; CLIENT_WINDOW + 1];
-        shared.start(&mut state, &poll);
-        let began = Instant::now();
-        while state.program.as_mut().unwrap().exit_status().is_none() {
-            assert!(
-                began.elapsed() < Duration::from_secs(10),
-                "the program ran on"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        shared.program_output(&mut state, &poll);
+        run_until_exit(&shared, &mut state, &poll);
         shared.check_exit(&mut state, &poll);
         assert!(
             state.program.is_some(),
@@ -741,16 +747,7 @@ mod tests {
         );
         let poll = Poll::new().unwrap();
         let mut state = State::new();
-        shared.start(&mut state, &poll);
-        let began = Instant::now();
-        while state.program.as_mut().unwrap().exit_status().is_none() {
-            assert!(
-                began.elapsed() < Duration::from_secs(10),
-                "the program ran on"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        shared.program_output(&mut state, &poll);
+        run_until_exit(&shared, &mut state, &poll);
         shared.check_exit(&mut state, &poll);
         assert!(state.program.is_some(), "kept while its output is open");
         assert!(!state.output_ended && state.exited_at.is_some());

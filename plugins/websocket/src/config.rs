@@ -111,10 +111,9 @@ mod settings_tests {
     /// declared and never read) fails here.
     #[test]
     fn every_setting_read_is_declared() {
-        let read = protocol_api::setting::names_read(|lookup| {
+        protocol_api::setting::assert_reads_exactly(super::SETTINGS, |lookup| {
             let _ = super::Config::from_lookup(lookup);
         });
-        assert_eq!(read, protocol_api::setting::names(super::SETTINGS));
     }
 }
 
