@@ -396,6 +396,12 @@ fn issue24_a_reload_carries_plugin_metrics_over() {
             ("switchyard_websocket_open_connections{route=\"*\"}", 2.0),
         ],
     );
+    // The page says which generation loaded the plugin now serving.
+    let mut client = daemon.client();
+    client.send("GET /status.json HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let status: serde_json::Value = serde_json::from_str(&client.response().body_text()).unwrap();
+    assert_eq!(status["generation"], 2);
+    assert_eq!(status["plugins"][0]["generation"], 2, "{status}");
     old.close(None).unwrap();
     while old.read().is_ok() {}
     wait_for_samples(

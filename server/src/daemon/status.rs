@@ -115,6 +115,7 @@ pub fn json(shared: &Shared) -> String {
                 "file": p.file.display().to_string(),
                 "build": p.build,
                 "abi": format!("1.{}", p.abi_minor()),
+                "generation": p.generation,
                 "tokens": p.tokens,
                 "mode": if p.is_readiness() { "event loops" } else { "workers" },
                 "in_service": p.in_service(),

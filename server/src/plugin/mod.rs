@@ -38,6 +38,9 @@ pub struct Plugin {
     pub build: String,
     /// The settings it reads (ABI 1.6; none for older plugins).
     pub settings: Vec<Declared>,
+    /// The generation of the plugin folder that loaded it (an unchanged file keeps its
+    /// plugin, and this, across reloads).
+    pub generation: u64,
     /// The file as it was when loaded: a reload loads it again only if it changed.
     identity: Option<FileIdentity>,
     loaded: ffi::Loaded,
@@ -561,6 +564,7 @@ impl Registry {
             tokens,
             build,
             settings,
+            generation: self.generation,
             identity,
             loaded,
             health: Health::default(),
