@@ -60,6 +60,10 @@ fn a_plugin_made_from_the_template_tests_builds_and_loads() {
     assert_eq!(client.read_exact(5), b"early");
     client.send("later");
     assert_eq!(client.read_exact(5), b"later");
+    // The template's metric, under the plugin's name.
+    daemon
+        .wait_for_metric("switchyard_hello_plugin_connections_total 1")
+        .unwrap_or_else(|text| panic!("{text}"));
 }
 
 /// The first `rust` and `toml` blocks after `## Write a plugin` in README.md.
