@@ -5,7 +5,7 @@
 use crate::support::{c_plugin, upgrade_request, Daemon, DaemonBuilder};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -321,6 +321,52 @@ fn not_tls_and_stalled_handshakes_hold_nothing() {
         "switchyard_tls_handshake_failures_total{reason=\"timeout\"} 1",
     )
     .expect("counted as a time-out");
+}
+
+/// A ClientHello that says it is 64 KiB long and keeps coming, in 16 KiB records: rustls
+/// would hold all of it until the head time-out, four times what a cleartext head may
+/// make the daemon hold. It is closed once 16 KiB of it came, counted, and the others are
+/// served.
+#[test]
+fn a_handshake_flight_over_16_kib_is_closed_and_counted() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-echo")
+        .start();
+
+    let mut hello = vec![0x01, 0x00, 0xff, 0xf0, 0x03, 0x03];
+    hello.resize(60_000, 0);
+    let mut bomb = TcpStream::connect(daemon.addr).unwrap();
+    bomb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let began = Instant::now();
+    for record in hello.chunks(16 * 1024) {
+        let mut bytes = vec![0x16, 0x03, 0x01];
+        bytes.extend_from_slice(&(record.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(record);
+        if bomb.write_all(&bytes).is_err() {
+            break; // closed already: what this test wants
+        }
+    }
+    let mut rest = Vec::new();
+    let ended = bomb.read_to_end(&mut rest);
+    assert!(
+        !matches!(&ended, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "still open after 5 s: {ended:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "closed by the limit, not the 10 s head time-out: {:?}",
+        began.elapsed()
+    );
+    wait_for_metric(
+        &daemon,
+        &pki,
+        "switchyard_tls_handshake_failures_total{reason=\"too_large\"} 1",
+    )
+    .expect("counted as too large");
+    let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! event instead of spending a call on `WouldBlock`. A plaintext read may need several
 //! socket reads (rustls reads at most 4 KiB at a time), and stops at the first short one.
 //!
+//! Until the handshake is done, what a client may make a session hold is bounded by
+//! [`FlightLimit`]: rustls alone would keep up to 64 KiB of a handshake message that
+//! arrives in pieces, four times what a cleartext request head may take.
+//!
 //! Writes encrypt what they are given and write it out at once. What the socket did not
 //! take stays in the session ([`TlsLayer::has_pending`]) and goes first on the next write
 //! or [`TlsLayer::flush`]: the owner of the connection calls `flush` on every writable
@@ -22,9 +26,46 @@ use std::io::{self, Read, Write};
 /// count on it.
 const SEND_BUFFER_LIMIT: usize = 64 * 1024;
 
+/// Most ciphertext a client may send between two of our handshake flights (its
+/// ClientHello; its second after a HelloRetryRequest; its certificates, Finished and first
+/// bytes of data) before the session is refused as [`HandshakeTooLarge`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlightLimit(pub usize);
+
+impl FlightLimit {
+    /// Without client certificates: 16 KiB, BoringSSL's limit on a handshake message that
+    /// carries no certificate chain and the cleartext head's own. A browser's ClientHello,
+    /// post-quantum key share and all, is under 2 KiB.
+    pub const SERVER_ONLY: FlightLimit = FlightLimit(16 * 1024);
+    /// When clients may present certificates: rustls's largest handshake message (64 KiB,
+    /// a certificate chain) and 16 KiB for the rest of the flight.
+    pub const CLIENT_CERTIFICATES: FlightLimit = FlightLimit(80 * 1024);
+}
+
+/// The client sent more than its [`FlightLimit`] without the handshake moving on: a
+/// ClientHello no client sends, or one sent to make us hold its bytes. The connection is
+/// closed (counted as `too_large`).
+#[derive(Debug)]
+pub struct HandshakeTooLarge(pub usize);
+
+impl std::fmt::Display for HandshakeTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "more than {} bytes of handshake from the client in one flight",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for HandshakeTooLarge {}
+
 /// A server-side TLS session, handshaking or established.
 pub struct TlsLayer {
     conn: ServerConnection,
+    limit: FlightLimit,
+    /// Ciphertext the client may still send before our next flight (while handshaking).
+    flight_left: usize,
     /// The peer's end reached us (a `close_notify`, or the socket's end); reads return 0.
     ended: bool,
     /// Our direction was shut (close_notify sealed) while ciphertext still waited: the
@@ -32,14 +73,18 @@ pub struct TlsLayer {
     pub fin_owed: bool,
 }
 
-/// A reader over the socket that notes a short read: the kernel had no more for now.
+/// A reader over the socket that notes a short read (the kernel had no more for now) and
+/// reads no more than `most`.
 struct NoteShort<'a, S> {
     socket: &'a mut S,
+    most: usize,
     short: bool,
 }
 
 impl<S: Read> Read for NoteShort<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let most = self.most.min(buf.len());
+        let buf = &mut buf[..most];
         let n = retry(|| self.socket.read(buf))?;
         self.short = n < buf.len();
         Ok(n)
@@ -66,10 +111,12 @@ pub enum Mode {
 }
 
 impl TlsLayer {
-    pub fn new(mut conn: ServerConnection) -> TlsLayer {
+    pub fn new(mut conn: ServerConnection, limit: FlightLimit) -> TlsLayer {
         conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
         TlsLayer {
             conn,
+            limit,
+            flight_left: limit.0,
             ended: false,
             fin_owed: false,
         }
@@ -109,12 +156,37 @@ impl TlsLayer {
     /// protocol header, read in the same call as it).
     pub fn feed(&mut self, mut ciphertext: &[u8]) -> io::Result<()> {
         while !ciphertext.is_empty() {
-            if self.conn.read_tls(&mut ciphertext)? == 0 {
+            let most = self.readable_now()?;
+            let mut from = &ciphertext[..most.min(ciphertext.len())];
+            let n = self.conn.read_tls(&mut from)?;
+            if n == 0 {
                 break; // rustls takes no more (a close_notify came)
             }
+            ciphertext = &ciphertext[n..];
+            self.took(n);
             self.process()?;
         }
         Ok(())
+    }
+
+    /// How much ciphertext may be read now: all there is once the handshake is done,
+    /// before that what is left of the client's flight; a flight at its limit is refused.
+    fn readable_now(&self) -> io::Result<usize> {
+        match (self.conn.is_handshaking(), self.flight_left) {
+            (false, _) => Ok(usize::MAX),
+            (true, 0) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                HandshakeTooLarge(self.limit.0),
+            )),
+            (true, left) => Ok(left),
+        }
+    }
+
+    /// Counts `n` bytes of ciphertext against the client's flight, while handshaking.
+    fn took(&mut self, n: usize) {
+        if self.conn.is_handshaking() {
+            self.flight_left = self.flight_left.saturating_sub(n);
+        }
     }
 
     /// Reads plaintext into `buf`, reading the socket as needed (and answering the
@@ -151,13 +223,18 @@ impl TlsLayer {
             }
             let mut from = NoteShort {
                 socket: &mut *socket,
+                most: self.readable_now()?,
                 short: false,
             };
             drained = match self.conn.read_tls(&mut from) {
                 Ok(0) => false, // the end: the next look at the plaintext says so
                 // A blocking socket's reads are short whenever less has arrived than
                 // rustls asked for: it reads on (and waits) until there is plaintext.
-                Ok(_) => from.short && mode == Mode::NonBlocking,
+                Ok(n) => {
+                    let short = from.short;
+                    self.took(n);
+                    short && mode == Mode::NonBlocking
+                }
                 // On a blocking socket, its read time-out: the caller's `WouldBlock`.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
                 Err(e) => return Err(e),
@@ -175,8 +252,15 @@ impl TlsLayer {
     }
 
     fn process(&mut self) -> io::Result<()> {
+        let quiet = !self.conn.wants_write();
         match self.conn.process_new_packets() {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if quiet && self.conn.wants_write() && self.conn.is_handshaking() {
+                    // Our next flight: the client's answer may be as large as its first.
+                    self.flight_left = self.limit.0;
+                }
+                Ok(())
+            }
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }

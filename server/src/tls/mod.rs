@@ -16,7 +16,7 @@ pub mod certs;
 pub mod layer;
 
 use certs::{PairPaths, Store, Warnings};
-use layer::TlsLayer;
+use layer::{FlightLimit, TlsLayer};
 use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 use std::io;
@@ -116,7 +116,11 @@ impl Tls {
             .0
             .clone();
         let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(TlsLayer::new(conn))
+        let limit = match self.clients {
+            None => FlightLimit::SERVER_ONLY,
+            Some(_) => FlightLimit::CLIENT_CERTIFICATES,
+        };
+        Ok(TlsLayer::new(conn, limit))
     }
 
     /// The pairs in service, one line each, for `--check` and the start's log line.
@@ -354,6 +358,12 @@ fn escape_dn_value(value: &str) -> String {
 /// Why a handshake failed, as a `/metrics` label: what the operator can act on.
 pub fn failure_reason(error: &io::Error) -> &'static str {
     use rustls::Error;
+    if error
+        .get_ref()
+        .is_some_and(|e| e.is::<layer::HandshakeTooLarge>())
+    {
+        return "too_large";
+    }
     let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
         return match error.kind() {
             io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => "closed",
