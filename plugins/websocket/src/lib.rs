@@ -163,10 +163,10 @@ impl EventProtocol for WebSocket {
                     .position(|r| std::ptr::eq(r, route));
                 (&route.service, self.route_stats[index.unwrap_or(0)])
             }
-            Ok(None) if self.config.routes.is_empty() => (
-                &routes::Service::Echo,
-                self.route_stats[self.route_stats.len() - 1],
-            ),
+            // No routes: the one entry is every path's.
+            Ok(None) if self.config.routes.is_empty() => {
+                (&routes::Service::Echo, self.route_stats[0])
+            }
             Ok(None) => return Decision::Decline, // no route for this path: the client gets 426
             Err(e) => return refuse(request, PathError::STATUS, &e.to_string()),
         };

@@ -147,7 +147,7 @@ fn json_line(exchange: &Exchange<'_>, now: std::time::SystemTime) -> String {
         status => Some(status),
     };
     serde_json::json!({
-        "time": httpdate_rfc3339(now),
+        "time": rfc3339_millis(now),
         "peer": exchange.peer.to_string(),
         "method": method,
         "target": target,
@@ -165,7 +165,7 @@ fn json_line(exchange: &Exchange<'_>, now: std::time::SystemTime) -> String {
 
 /// `now` as RFC 3339 in UTC with milliseconds (`2026-12-03T09:01:02.345Z`), as the logger
 /// stamps its lines.
-fn httpdate_rfc3339(now: std::time::SystemTime) -> String {
+fn rfc3339_millis(now: std::time::SystemTime) -> String {
     let since = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
