@@ -641,3 +641,39 @@ fn at_the_connection_limit_the_event_loops_do_not_spin() {
     late.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A client that sends a burst of a body the daemon skips (a `POST` to its own pages) and
+/// goes quiet holds no buffer for it: a turn reads up to 256 KiB, and the input kept all
+/// of it until the time-out (before the fix: 200 such connections grew the daemon by
+/// 50 MiB, 255 KiB each; one address may hold 2,500).
+#[test]
+fn a_quiet_client_after_a_burst_holds_no_read_buffer() {
+    let daemon = Daemon::builder().plugin("switchyard-echo").start();
+    let before = daemon.rss_kib();
+    let burst = vec![0u8; 300 * 1024];
+    let clients: Vec<Client> = (0..200)
+        .map(|_| {
+            let mut client = daemon.client();
+            client.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n");
+            client.send(&burst);
+            client
+        })
+        .collect();
+    // Every burst read and skipped: the daemon's CPU time stops moving.
+    let mut last = daemon.cpu_time();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = daemon.cpu_time();
+        if now - last < Duration::from_millis(20) {
+            break;
+        }
+        last = now;
+    }
+    let grown = daemon.rss_kib().saturating_sub(before);
+    eprintln!("200 quiet connections after a burst: the daemon grew {grown} KiB");
+    assert!(
+        grown < 200 * 48,
+        "200 quiet connections grew the daemon by {grown} KiB"
+    );
+    drop(clients);
+}

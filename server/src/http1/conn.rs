@@ -38,6 +38,9 @@ const READ_BUDGET: usize = protocol_api::sizes::READ_BUDGET;
 /// Most bytes of answers queued for a client before its further requests wait (and it is
 /// not read) until they drain.
 const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Input capacity a connection keeps between turns whatever it holds; past it, at most
+/// twice what it holds (see [`HttpConn::trim_input`]).
+const INPUT_KEEP: usize = 16 * 1024;
 /// Size of an event loop's read buffer, shared by its connections.
 pub const SCRATCH_BYTES: usize = protocol_api::sizes::READ_BUFFER;
 
@@ -378,6 +381,7 @@ impl<T: Transport> HttpConn<T> {
                 }
             }
             progressed |= self.process(cx);
+            self.trim_input();
             if self.close_now {
                 return After::Close;
             }
@@ -644,6 +648,20 @@ impl<T: Transport> HttpConn<T> {
             }
         }
         Ok(total)
+    }
+
+    /// Gives back what a large read left unused: a turn reads up to `READ_BUDGET` (256 KiB)
+    /// into the input, and a client that sent that much of a body to skip, or a burst of
+    /// requests ending in a part of one, and then went quiet would otherwise make its
+    /// connection hold all of it until the time-out.
+    fn trim_input(&mut self) {
+        let (len, capacity) = (self.input.len(), self.input.capacity());
+        if capacity > INPUT_KEEP && capacity > 2 * len {
+            match len {
+                0 => self.input = Vec::new(),
+                _ => self.input.shrink_to(len.max(INPUT_KEEP)),
+            }
+        }
     }
 
     /// Queues `response` and writes its access line: the one step every answer takes.
