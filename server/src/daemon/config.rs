@@ -151,8 +151,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         variable: "SWITCHYARD_MAX_BODY_BYTES",
-        default: "`1048576`",
-        meaning: "largest body of an upgrade request (handed to the plugin); larger: `413`",
+        default: "`65536`",
+        meaning: "largest body of an upgrade request (held in memory, then handed to the plugin; h2c takes at most 65,535 bytes); larger: `413`",
     },
     Setting {
         variable: "SWITCHYARD_HEADER_TIMEOUT_MS",
@@ -304,7 +304,7 @@ impl Config {
             max_target_bytes: parse_or(get("SWITCHYARD_MAX_TARGET_BYTES"), 8192, |v| {
                 count(v, 16, 1 << 24)
             })?,
-            max_body_bytes: parse_or(get("SWITCHYARD_MAX_BODY_BYTES"), 1 << 20, |v| {
+            max_body_bytes: parse_or(get("SWITCHYARD_MAX_BODY_BYTES"), 64 * 1024, |v| {
                 count(v, 0, 1 << 30)
             })?,
             header_timeout: parse_or(
@@ -601,7 +601,7 @@ mod tests {
         );
         assert_eq!(c.max_header_bytes, 16384);
         assert_eq!(c.max_target_bytes, 8192);
-        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.max_body_bytes, 64 * 1024);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.worker_stack_bytes, 256 * 1024);
