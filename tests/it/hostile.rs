@@ -425,6 +425,40 @@ fn one_address_cannot_take_every_connection() {
         .unwrap();
 }
 
+/// A refused connection lingers for its `503` to be read, holding a connection slot
+/// meanwhile: an address past its limit has at most 16 waiting so; its further
+/// connections are closed unanswered. Before the fix, one address that held its share and
+/// kept opening connections filled every slot with refusals, and another address waited
+/// for the 2 s linger to end.
+#[test]
+fn one_address_cannot_take_every_connection_with_refusals() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_MAX_CONNECTIONS", "40")
+        .start();
+    let idle: Vec<Client> = (0..10).map(|_| daemon.client()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused: Vec<Client> = (0..40).map(|_| daemon.client()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let began = Instant::now();
+    let mut other = daemon.client_from("127.0.0.3");
+    other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.response().status, 200, "another address is served");
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "another address waited {:?} for a slot",
+        began.elapsed()
+    );
+    let answered = refused
+        .iter_mut()
+        .map(|c| c.read_to_end_or_reset().0)
+        .filter(|answer| answer.starts_with(b"HTTP/1.1 503"))
+        .count();
+    assert_eq!(answered, 16, "refusals answered of 40");
+    drop(idle);
+}
+
 /// Behind a load balancer, clients are the addresses its PROXY protocol header gives, not
 /// the balancer's: each is held to its own share.
 #[test]

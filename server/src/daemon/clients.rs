@@ -21,7 +21,16 @@ pub enum Limit {
     Connections,
     /// Worker slots: connections negotiated or served by blocking code.
     Workers,
+    /// Connections past the connection limit that wait, lingering, for their `503` to be
+    /// read ([`REFUSALS_ANSWERED`] at once). Past that, a client's connections are closed
+    /// unanswered: a refused connection still holds one of the daemon's connection slots
+    /// while it lingers, so answering each would let one address that opens connections
+    /// fast enough take every slot with refusals.
+    Refusals,
 }
+
+/// Refused connections of one client that may wait for their answer at once.
+pub const REFUSALS_ANSWERED: usize = 16;
 
 /// The key a client is counted under: the /64 of an IPv6 address, or an IPv4 address
 /// under the prefix `ffff:ffff::/32`, which is multicast (`ff00::/8`): no TCP peer has it,
@@ -48,6 +57,7 @@ impl ClientKey {
 struct Counts {
     connections: usize,
     workers: usize,
+    refusals: usize,
 }
 
 impl Counts {
@@ -55,7 +65,12 @@ impl Counts {
         match limit {
             Limit::Connections => &mut self.connections,
             Limit::Workers => &mut self.workers,
+            Limit::Refusals => &mut self.refusals,
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.connections == 0 && self.workers == 0 && self.refusals == 0
     }
 }
 
@@ -66,7 +81,7 @@ pub struct Clients {
     max_workers: usize,
     shards: [Mutex<HashMap<ClientKey, Counts>>; SHARDS],
     /// Refusals, by [`Limit`], for `/metrics`.
-    refused: [AtomicU64; 2],
+    refused: [AtomicU64; 3],
     /// The second (since the epoch) of the last refusal logged, and refusals not logged
     /// since.
     logged_at: AtomicU64,
@@ -92,7 +107,7 @@ impl Clients {
             max_connections,
             max_workers,
             shards: std::array::from_fn(|_| Mutex::default()),
-            refused: [AtomicU64::new(0), AtomicU64::new(0)],
+            refused: Default::default(),
             logged_at: AtomicU64::new(0),
             unlogged: AtomicU64::new(0),
         }
@@ -107,6 +122,7 @@ impl Clients {
         match limit {
             Limit::Connections => self.max_connections,
             Limit::Workers => self.max_workers,
+            Limit::Refusals => REFUSALS_ANSWERED,
         }
     }
 
@@ -118,7 +134,7 @@ impl Clients {
         let counts = shard.entry(key).or_default();
         let held = counts.of(limit);
         if *held >= self.max(limit) {
-            if counts.connections == 0 && counts.workers == 0 {
+            if counts.is_empty() {
                 shard.remove(&key);
             }
             drop(shard);
@@ -175,7 +191,7 @@ impl Clients {
         if let Some(counts) = shard.get_mut(&key) {
             let held = counts.of(limit);
             *held = held.saturating_sub(1);
-            if counts.connections == 0 && counts.workers == 0 {
+            if counts.is_empty() {
                 shard.remove(&key);
             }
         }

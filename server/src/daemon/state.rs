@@ -67,9 +67,20 @@ impl Drop for Ticket {
 
 impl Ticket {
     /// Counts the connection against the connections `ip` may have open; false (and not
-    /// counted) when it has its most already.
+    /// counted) when it has its most already. Such a connection is counted among the
+    /// client's refusals instead, if it has room ([`Ticket::may_answer_refusal`]).
     pub fn count_client(&mut self, clients: &'static Clients, ip: IpAddr) -> bool {
         self.client = clients.take(ip, Limit::Connections);
+        if self.client.is_some() {
+            return true;
+        }
+        self.client = clients.take(ip, Limit::Refusals);
+        false
+    }
+
+    /// A connection refused by [`Ticket::count_client`] may wait for its `503` to be
+    /// read; false: close it unanswered.
+    pub fn may_answer_refusal(&self) -> bool {
         self.client.is_some()
     }
 }

@@ -325,8 +325,9 @@ impl<T: Transport> HttpConn<T> {
     fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
         const REASON: &str = "too many connections from this client";
         self.warn_over_client_limit(cx);
-        if self.stream.is_handshaking() {
-            // An answer would cost a handshake (a signature) first: closed unanswered.
+        if self.stream.is_handshaking() || !self.ticket.may_answer_refusal() {
+            // An answer would cost a handshake (a signature) first, or the client has
+            // its most refusals waiting for their answers already: closed unanswered.
             self.over_client_limit = false;
             self.close_now = true;
             return;
