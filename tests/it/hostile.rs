@@ -711,3 +711,32 @@ fn a_quiet_client_after_a_burst_holds_no_read_buffer() {
     );
     drop(clients);
 }
+
+/// A line a client can cause by connecting (here: HTTP/2 to an h2c plugin with no
+/// routes, a WARN each) is written once a second at most, saying how many were not:
+/// before the fix one client wrote 10,000 lines a second (an attacker's review), which
+/// fills disks and journald's rate limit and stalls the loop once stderr's pipe is full.
+#[test]
+fn lines_a_client_causes_are_logged_once_a_second() {
+    let daemon = Daemon::builder().plugin("switchyard-h2c").start();
+    const LINE: &str = "HTTP/2 with prior knowledge not served";
+    let began = Instant::now();
+    for _ in 0..300 {
+        let mut client = daemon.client();
+        client.send(crate::h2c::PREFACE);
+        let _ = client.read_to_end_or_reset();
+    }
+    let seconds = began.elapsed().as_secs() + 1;
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut last = daemon.client();
+    last.send(crate::h2c::PREFACE);
+    let _ = last.read_to_end_or_reset();
+    let logs = daemon
+        .wait_for_log("more like it not logged since the last")
+        .unwrap();
+    let lines = logs.lines().filter(|l| l.contains(LINE)).count() as u64;
+    assert!(
+        lines <= seconds + 2,
+        "{lines} lines for 301 connections in {seconds} s"
+    );
+}

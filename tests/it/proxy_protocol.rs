@@ -180,6 +180,8 @@ fn an_allowed_peer_must_send_the_header_and_may_send_it_in_pieces() {
         .wait_for_log("198.51.100.7:41000 \"GET /healthz HTTP/1.1\" 200")
         .unwrap();
 
+    // Refusals are logged once a second at most (daemon::throttle): the next second's.
+    std::thread::sleep(Duration::from_millis(1100));
     let mut client = daemon.client();
     client.send("PROXY TCP4 198.51.100.7 10.0.0.1 41000\r\nGET / HTTP/1.1\r\n\r\n");
     assert!(client.read_to_end().is_empty(), "malformed: closed");

@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use super::throttle::Throttle;
+
 /// What one client may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -82,10 +84,7 @@ pub struct Clients {
     shards: [Mutex<HashMap<ClientKey, Counts>>; SHARDS],
     /// Refusals, by [`Limit`], for `/metrics`.
     refused: [AtomicU64; 3],
-    /// The second (since the epoch) of the last refusal logged, and refusals not logged
-    /// since.
-    logged_at: AtomicU64,
-    unlogged: AtomicU64,
+    refusals_logged: Throttle,
 }
 
 /// One unit of a client's limit, given back when dropped.
@@ -108,8 +107,7 @@ impl Clients {
             max_workers,
             shards: std::array::from_fn(|_| Mutex::default()),
             refused: Default::default(),
-            logged_at: AtomicU64::new(0),
-            unlogged: AtomicU64::new(0),
+            refusals_logged: Throttle::new(),
         }
     }
 
@@ -167,22 +165,8 @@ impl Clients {
     /// with how many went unlogged since (a client hammering its limit must not flood the
     /// log).
     pub fn warn_refused(&self, peer: SocketAddr, reason: &str, setting: &str, max: usize) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.logged_at.load(Ordering::Relaxed);
-        if now > last
-            && self
-                .logged_at
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            let unlogged = self.unlogged.swap(0, Ordering::AcqRel);
-            log::warn!(
-                "{peer}: {reason} ({setting}={max}); answered 503 ({unlogged} more such refusals not logged since the last line)"
-            );
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
+        if let Some(unlogged) = self.refusals_logged.admit() {
+            log::warn!("{peer}: {reason} ({setting}={max}); answered 503{unlogged}");
         }
     }
 

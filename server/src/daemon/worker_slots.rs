@@ -38,6 +38,9 @@ pub enum NoSlot {
     ClientLimit,
 }
 
+/// The "no capacity" line, logged where either side of the switch refuses.
+pub static FULL_LOGGED: super::throttle::Throttle = super::throttle::Throttle::new();
+
 impl NoSlot {
     /// What the client is told, and the access line's reason.
     pub fn reason(self) -> &'static str {

@@ -16,6 +16,7 @@ mod timers;
 use crate::connection::closing::Closing;
 use crate::connection::transport::Wire;
 use crate::daemon::state::Shared;
+use crate::daemon::throttle::Throttle;
 use crate::daemon::worker_slots::Slot;
 use crate::http::response::{DateCache, Response};
 use crate::http1::conn::{After, Context, HttpConn, SCRATCH_BYTES};
@@ -286,11 +287,14 @@ impl Loop {
     fn accept_from(&mut self, index: usize) -> Accepted {
         for _ in 0..ACCEPT_BATCH {
             let Some(ticket) = self.shared.try_open() else {
+                static PAUSED: Throttle = Throttle::new();
                 if !self.accept_paused {
-                    log::warn!(
-                        "{} connections open: not accepting until one closes",
-                        self.shared.config.max_connections
-                    );
+                    if let Some(unlogged) = PAUSED.admit() {
+                        log::warn!(
+                            "{} connections open: not accepting until one closes{unlogged}",
+                            self.shared.config.max_connections
+                        );
+                    }
                 }
                 self.accept_paused = true;
                 return Accepted::Paused;

@@ -18,7 +18,8 @@ use crate::daemon::access::{self, Exchange};
 use crate::daemon::clients::Limit;
 use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
-use crate::daemon::worker_slots::NoSlot;
+use crate::daemon::throttle::Throttle;
+use crate::daemon::worker_slots::{self, NoSlot};
 use crate::http::body::BodyDecoder;
 use crate::http::head::{self, BodyLength, Head, Parsed};
 use crate::http::response::{DateCache, Response, CONTINUE};
@@ -550,10 +551,13 @@ impl<T: Transport> HttpConn<T> {
             }
             Phase::Head if self.input.is_empty() && self.requests > 0 => After::Close, // idle keep-alive
             Phase::Head if self.proxy == ProxyHeader::Expected => {
-                log::warn!(
-                    "{}: PROXY protocol header incomplete within the head time-out; connection closed",
-                    self.peer
-                );
+                static LATE: Throttle = Throttle::new();
+                if let Some(unlogged) = LATE.admit() {
+                    log::warn!(
+                        "{}: PROXY protocol header incomplete within the head time-out; connection closed{unlogged}",
+                        self.peer
+                    );
+                }
                 After::Close
             }
             // The request was answered already; one answer per request, so just close.
@@ -593,10 +597,13 @@ impl<T: Transport> HttpConn<T> {
 
     /// An HTTP/2 client that was not served gets GOAWAY, not an HTTP/1.1 answer.
     fn refuse_prior_knowledge(&mut self, upgrade: &Upgrade, code: u32, reason: &str) {
-        log::warn!(
-            "{}: HTTP/2 with prior knowledge not served ({reason}); sent GOAWAY",
-            self.peer
-        );
+        static REFUSED: Throttle = Throttle::new();
+        if let Some(unlogged) = REFUSED.admit() {
+            log::warn!(
+                "{}: HTTP/2 with prior knowledge not served ({reason}); sent GOAWAY{unlogged}",
+                self.peer
+            );
+        }
         let goaway = prior_knowledge::refusal(code, reason);
         self.output.queue().extend_from_slice(&goaway);
         let request = Request {
@@ -878,7 +885,10 @@ impl<T: Transport> HttpConn<T> {
                 }
             }
         };
-        log::warn!("{}: {refusal}; connection closed", self.peer);
+        static REFUSED: Throttle = Throttle::new();
+        if let Some(unlogged) = REFUSED.admit() {
+            log::warn!("{}: {refusal}; connection closed{unlogged}", self.peer);
+        }
         self.close_after_output();
         ProxyStep::Closed
     }
@@ -1056,12 +1066,21 @@ impl<T: Transport> HttpConn<T> {
             .iter()
             .all(|o| !registry.plugins[o.plugin].is_readiness());
         let refusal = if shared.is_stopping() {
-            log::warn!("{}: the server is stopping; answered 503", self.peer);
+            static STOPPING: Throttle = Throttle::new();
+            if let Some(unlogged) = STOPPING.admit() {
+                log::warn!(
+                    "{}: the server is stopping; answered 503{unlogged}",
+                    self.peer
+                );
+            }
             Some("the server is stopping")
         } else if too_large || !only_workers {
             None
         } else if !shared.worker_slots.has_room() {
-            log::warn!("{}: {}; answered 503", self.peer, NoSlot::Full.reason());
+            if let Some(unlogged) = worker_slots::FULL_LOGGED.admit() {
+                let reason = NoSlot::Full.reason();
+                log::warn!("{}: {reason}; answered 503{unlogged}", self.peer);
+            }
             Some(NoSlot::Full.reason())
         } else if shared.clients.refuses(self.peer.ip(), Limit::Workers) {
             let reason = NoSlot::ClientLimit.reason();

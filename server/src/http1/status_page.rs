@@ -5,6 +5,7 @@
 
 use crate::daemon::state::Shared;
 use crate::daemon::status;
+use crate::daemon::throttle::Throttle;
 use crate::http::response::Response;
 use crate::route::StatusPage;
 use std::net::IpAddr;
@@ -35,10 +36,15 @@ pub fn answer(shared: &Shared, page: StatusPage, asker: Asker<'_>) -> Response {
         proxied,
     } = asker;
     if proxied || !status::allowed(&shared.config.status_from, peer, host) {
-        log::info!(
-            "/status refused to {peer} (Host {host:?}{}): open it from an address in SWITCHYARD_STATUS_FROM, by address or localhost, not through a proxy",
-            if proxied { ", through a proxy" } else { "" }
-        );
+        static REFUSED: Throttle = Throttle::new();
+        if let Some(unlogged) = REFUSED.admit() {
+            // The Host as sent, cut short: a client chooses it.
+            let host: Option<String> = host.map(|h| h.chars().take(64).collect());
+            log::info!(
+                "/status refused to {peer} (Host {host:?}{}): open it from an address in SWITCHYARD_STATUS_FROM, by address or localhost, not through a proxy{unlogged}",
+                if proxied { ", through a proxy" } else { "" }
+            );
+        }
         return Response::error(
             403,
             "the status page is answered to SWITCHYARD_STATUS_FROM only, asked for by address or localhost",

@@ -5,7 +5,7 @@
 use super::negotiate::{negotiate, plugin_failed, Outcome};
 use super::Side;
 use crate::daemon::state::Shared;
-use crate::daemon::worker_slots::{NoSlot, Slot};
+use crate::daemon::worker_slots::{self, NoSlot, Slot};
 use crate::http::response::Response;
 use crate::http1::Upgrade;
 use crate::plugin::{Handler, Negotiated};
@@ -55,7 +55,11 @@ pub fn switch(
                 Err(no_slot) => {
                     let reason = no_slot.reason();
                     match no_slot {
-                        NoSlot::Full => log::warn!("{peer}: {reason}; answered 503"),
+                        NoSlot::Full => {
+                            if let Some(unlogged) = worker_slots::FULL_LOGGED.admit() {
+                                log::warn!("{peer}: {reason}; answered 503{unlogged}");
+                            }
+                        }
                         NoSlot::ClientLimit => shared.clients.warn_refused(
                             peer,
                             reason,
