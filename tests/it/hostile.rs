@@ -181,6 +181,68 @@ fn a_deflate_bomb_to_a_slow_service_holds_a_read_s_worth_not_the_bomb() {
     );
 }
 
+/// The first frame of a compressed message (FIN clear, RSV1 set) inflating to `size`
+/// zeros, from a few KiB: a message that never ends.
+fn unfinished_bomb(size: usize) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut deflater = Compress::new(Compression::best(), false);
+    let mut packed = Vec::with_capacity(64 << 10);
+    deflater
+        .compress_vec(&vec![0u8; size], &mut packed, FlushCompress::Sync)
+        .unwrap();
+    let mut bomb = frame(false, 0x2, &packed);
+    bomb[0] |= 0x40; // RSV1: compressed
+    bomb
+}
+
+/// Regression (an attacker's review, 2026-12-03): the echo holds a message until its last
+/// frame, so a first frame that inflates a thousandfold and a last frame that never comes
+/// made 40 connections sending 653 KB hold 666 MB, kept by a ping now and then. What the
+/// echo's connections hold in messages not yet whole is now counted for the process;
+/// past four messages of the largest size, the one that grows is closed with 1013.
+/// Here the limit is 1 MiB (so 4 MiB in all) and 20 connections each send 1,000,000
+/// bytes' worth: before the fix none was closed and the daemon grew by tens of MiB.
+#[test]
+fn unfinished_compressed_messages_on_the_echo_hold_a_bounded_total() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
+        .start();
+    let before = daemon.rss_kib();
+    let bomb = unfinished_bomb(1_000_000);
+    let mut clients: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut client = open_deflate(&daemon, "/");
+            client.send(&bomb);
+            client
+        })
+        .collect();
+    let mut refused = 0;
+    for client in clients.iter_mut() {
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut head = [0u8; 4];
+        if client.stream.read_exact(&mut head).is_ok() {
+            assert_eq!(head[0], 0x88, "a close frame");
+            assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1013);
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 15,
+        "{refused} of 20 closed with 1013 (4 MiB holds at most 4 of them)"
+    );
+    let grown = daemon.rss_kib().saturating_sub(before);
+    assert!(grown < 12 * 1024, "the daemon grew {grown} KiB");
+    // Another client is echoed as before.
+    let mut other = open_deflate(&daemon, "/");
+    other.send(frame(true, 0x1, b"still here"));
+    let (fin, opcode, _) = crate::websocket::read_frame(&mut other);
+    assert!(fin && opcode == 0x1);
+}
+
 /// A route's service that never reads. Once the client has sent more than the socket
 /// buffers hold, the relay must wait for the service without using the CPU; before the
 /// fix its event loop ran at 100% of a core (the plugin was called again and again while

@@ -23,6 +23,7 @@
 // `unsafe` only where the plugin manages its programs (process.rs).
 #![deny(unsafe_code)]
 
+mod assembly;
 pub mod backend;
 mod broadcast;
 mod cgi;

@@ -31,6 +31,9 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// A route's service failed (§7.4.1: "an unexpected condition").
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is over a limit of its own, not the client's doing alone (IANA
+    /// registry: Try Again Later).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 
     /// Codes a peer may send in a close frame (§7.4.1, §7.4.2; IANA registry): 1000–1003,
     /// 1007–1014, and 3000–4999 for libraries and applications. 1004–1006 and 1015 are
@@ -456,6 +459,24 @@ impl Receiver {
             self.end_message();
         }
         Ok(flow)
+    }
+
+    /// The largest message taken, in bytes.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Bytes held for the message in progress: what it has of a whole message (inflated,
+    /// if compressed), or compressed bytes not yet inflated.
+    pub fn assembling(&self) -> usize {
+        self.message.len() + self.compressed.as_ref().map_or(0, |c| c.inflated.len())
+    }
+
+    /// Lets go of the message in progress (the connection is closing).
+    pub fn abandon_message(&mut self) {
+        self.end_message();
+        self.compressed = None;
+        self.message = Vec::new();
     }
 
     fn end_message(&mut self) {

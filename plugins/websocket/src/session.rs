@@ -22,6 +22,7 @@
 //! stops the service from being read, a service that does not read stops the client from
 //! being read, and a client that leaves meanwhile ends the relay at once.
 
+use crate::assembly::{self, Share};
 use crate::config::Config;
 use crate::deflate::{Agreement, Deflater, Inflater};
 use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
@@ -77,6 +78,8 @@ struct Budget {
 
 pub struct Connection {
     receiver: Receiver,
+    /// This connection's part of what the echo holds in messages not yet whole.
+    assembly: Share,
     deflater: Option<Deflater>,
     /// Input not yet handled: the start of a frame header that arrived without the rest, or
     /// what the receiver was holding when it stopped.
@@ -137,6 +140,7 @@ impl Connection {
         Connection {
             relay,
             receiver: Receiver::new(config.max_message, deflate.map(Inflater::new), delivery),
+            assembly: Share::default(),
             deflater: deflate.map(Deflater::new),
             partial: Vec::new(),
             holding: false,
@@ -509,6 +513,18 @@ impl Connection {
                 self.holding = fed.holding;
                 if self.receiver.is_closed() {
                     self.state = State::Done;
+                }
+                let budget = assembly::budget(self.receiver.max_message());
+                if !self.assembly.count(self.receiver.assembling(), budget) {
+                    log::debug!(
+                        "closing with 1013: the echo holds its most in messages not yet whole"
+                    );
+                    self.receiver.abandon_message();
+                    self.assembly.count(0, budget);
+                    self.start_close(
+                        close_code::TRY_AGAIN_LATER,
+                        "the server holds its most in messages not yet whole",
+                    );
                 }
             }
             Err(violation) => {
