@@ -50,6 +50,11 @@ const INFLATE_BUDGET: usize = 1024 * 1024;
 const VECTORED_FROM: usize = 8 * 1024;
 /// Output kept waiting past this size gives its buffer back once written.
 const KEEP_OUTPUT: usize = 16 * 1024;
+/// Echoes shorter than this go uncompressed under permessage-deflate (RFC 7692 §6 sets
+/// RSV1 per message): each compressed message costs a compressor's reset (about 300 KiB
+/// zeroed), so a client sending empty messages made the loop spend 0.9 s of CPU per MB
+/// and one call 200 ms, for no gain in size. 1 KiB is the threshold of Node's `ws`.
+const COMPRESS_FROM: usize = 1024;
 /// After we close: how long the peer gets to answer before the connection is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -472,12 +477,12 @@ impl Connection {
                     Event::Message { text, payload } => {
                         let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
                         let payload = match deflater.as_mut() {
-                            Some(deflater) => {
+                            Some(deflater) if payload.len() >= COMPRESS_FROM => {
                                 deflater.deflate(payload, packed);
                                 opcode |= RSV1_COMPRESSED;
                                 &packed[..]
                             }
-                            None => payload,
+                            _ => payload,
                         };
                         replies.frame(opcode, payload);
                     }
