@@ -1005,11 +1005,18 @@ impl Relay {
         self.settle(id);
     }
 
+    /// After the client's connection window grew: the streams it may move now. A stream
+    /// that waits on its own window is passed over, so a client that holds every stream's
+    /// window shut and sends connection WINDOW_UPDATEs costs a look at each stream, not a
+    /// drain of each (an attacker's review: 2.2 µs a frame with 100 such streams).
     fn drain_down_all(&mut self) {
         let waiting: Vec<u32> = self
             .streams
             .iter()
-            .filter(|(_, s)| !s.down.is_empty() || (s.down.end && !s.down.ended))
+            .filter(|(_, s)| {
+                let data_may_go = s.down.pending.is_empty() || s.down.send_window > 0;
+                data_may_go && (!s.down.is_empty() || (s.down.end && !s.down.ended))
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in waiting {
