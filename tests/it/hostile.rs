@@ -802,3 +802,50 @@ fn lines_a_client_causes_are_logged_once_a_second() {
         "{lines} lines for 301 connections in {seconds} s"
     );
 }
+
+/// An address holds at most a quarter of the `exec:` program slots: before the fix one
+/// address opened 256 idle connections and every other address got 503 for as long as
+/// it kept them (an attacker's review). Here 8 slots, so 2 per address; a slot comes
+/// back when its connection ends.
+#[test]
+fn one_address_cannot_take_every_program_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = crate::websocket_routes::script(dir.path(), "idle", "exec sleep 60");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/idle=exec:{}", program.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "8")
+        .start();
+    let handshake = |mut client: Client| {
+        client.send(format!(
+            "GET /idle HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ));
+        let status = client.response_head_only().status;
+        (status, client)
+    };
+    let (first, held) = handshake(daemon.client());
+    let (second, _second) = handshake(daemon.client());
+    assert_eq!((first, second), (101, 101));
+    let (third, _) = handshake(daemon.client());
+    assert_eq!(third, 503, "127.0.0.1 runs its 2 of 8");
+    let (other, _other) = handshake(daemon.client_from("127.0.0.2"));
+    assert_eq!(other, 101, "another address is served");
+    daemon
+        .wait_for_log("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT=2")
+        .unwrap();
+    drop(held);
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (again, client) = handshake(daemon.client());
+        if again == 101 {
+            drop(client);
+            break;
+        }
+        assert!(Instant::now() < until, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -24,6 +24,9 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES` (default 256): programs of `exec:` routes
     /// running at once; past it, `503`.
     pub max_processes: usize,
+    /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT` (default a quarter of
+    /// `max_processes`): of them, most for one client address; past it, `503`.
+    pub max_processes_per_client: usize,
     /// `SWITCHYARD_WEBSOCKET_PASSENV` (default `PATH,LD_LIBRARY_PATH`, as websocketd's
     /// `--passenv`): the daemon's environment variables an `exec:` program gets besides
     /// CGI's.
@@ -56,6 +59,8 @@ impl Config {
                 },
             }
         };
+        let max_processes =
+            number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", 1)?.map_or(256, |n| n as usize);
         Ok(Config {
             max_message: number("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", 1)?
                 .map_or(16 << 20, |n| n as usize),
@@ -73,8 +78,9 @@ impl Config {
             connect_timeout: Duration::from_millis(
                 number("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", 1)?.unwrap_or(5000),
             ),
-            max_processes: number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", 1)?
-                .map_or(256, |n| n as usize),
+            max_processes,
+            max_processes_per_client: number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", 1)?
+                .map_or((max_processes / 4).max(1), |n| n as usize),
             deflate: match lookup("SWITCHYARD_WEBSOCKET_DEFLATE")
                 .as_deref()
                 .map(str::trim)
@@ -102,6 +108,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "16777216", "largest message in bytes; larger: close 1009"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "5000", "time to dial a tcp:// service before the 101; late: 504 (refused: 502)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "a quarter of SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "of those programs, most for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PASSENV", "PATH,LD_LIBRARY_PATH", "the daemon's environment variables an exec: program gets besides CGI's"),
 ];
 
@@ -135,6 +142,7 @@ mod tests {
                 routes: vec![],
                 connect_timeout: Duration::from_secs(5),
                 max_processes: 256,
+                max_processes_per_client: 64,
                 passenv: vec!["PATH".into(), "LD_LIBRARY_PATH".into()],
             }
         );

@@ -392,8 +392,26 @@ impl WebSocket {
     ) -> Result<Dialled, protocol_api::Rejection> {
         let slot = match service {
             routes::Service::Exec { .. } => {
+                let per_client = self.config.max_processes_per_client;
+                let Some(share) = process::ClientShare::take(request.peer(), per_client) else {
+                    if process::refusal_may_be_logged() {
+                        log::warn!(
+                            "websocket {} for {}: the client runs its most programs \
+                             (SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT={per_client}); answered 503",
+                            path.path(),
+                            request.peer(),
+                        );
+                    }
+                    let rejection = protocol_api::Rejection {
+                        status: 503,
+                        headers: Vec::new(),
+                        body: b"too many programs running for this client; try again later\n"
+                            .to_vec(),
+                    };
+                    return Err(rejection.with_header("Retry-After", "1"));
+                };
                 match process::Reservation::take(self.config.max_processes) {
-                    Some(slot) => Some(slot),
+                    Some(slot) => Some(slot.for_client(share)),
                     None => {
                         log::warn!(
                         "websocket {} for {}: {} programs running (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503",

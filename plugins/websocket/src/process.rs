@@ -8,11 +8,12 @@
 //! after a grace period, then SIGKILL, and waits for each. Every `unsafe` line of the plugin
 //! is in this module.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,10 +44,80 @@ fn release_slot() {
     }
 }
 
+/// Programs running for each client, by [`client_key`], against
+/// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT`: without it one address could take
+/// every slot of the processes limit and hold them with idle connections.
+static BY_CLIENT: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
+
+/// A client as the daemon counts clients: its IPv4 address, or its IPv6 /64 (one host is
+/// routinely given a whole /64). A peer that does not parse counts as one client.
+fn client_key(peer: &str) -> u64 {
+    let v4 = |v4: std::net::Ipv4Addr| 0xffff_ffff_0000_0000 | u64::from(u32::from(v4));
+    match peer.parse::<std::net::SocketAddr>().map(|a| a.ip()) {
+        Ok(std::net::IpAddr::V4(address)) => v4(address),
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(address) => v4(address),
+            None => (u128::from(v6) >> 64) as u64,
+        },
+        Err(_) => 0,
+    }
+}
+
+/// One client's count of one program, given back when dropped (the program's connection
+/// ended: the program is then on its way out, still under the processes limit until it
+/// is reaped).
+pub struct ClientShare(u64);
+
+impl ClientShare {
+    /// Counts a program for the client at `peer` (`ip:port`) if it runs fewer than `max`.
+    pub fn take(peer: &str, max: usize) -> Option<ClientShare> {
+        let key = client_key(peer);
+        let mut counts = BY_CLIENT.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                counts.remove(&key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ClientShare(key))
+    }
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut counts = BY_CLIENT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.0) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Whether a refusal for a client's limit may be logged now: one line a second at most, as
+/// the daemon's own per-client refusals (a client hammering its limit must not flood the
+/// log).
+pub fn refusal_may_be_logged() -> bool {
+    static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
+    let second = Instant::now()
+        .duration_since(*START.get_or_init(Instant::now))
+        .as_secs()
+        + 1;
+    LOGGED_AT.swap(second, Ordering::Relaxed) != second
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
 /// A slot under the processes limit, taken before a program is started (so that a burst of
 /// requests cannot start more than the limit) and given back when dropped, unless a
-/// program was started in it: then it is given back when that program is reaped.
-pub struct Reservation(());
+/// program was started in it: then it is given back when that program is reaped. It may
+/// carry its client's share, which the started program holds.
+pub struct Reservation {
+    client: Option<ClientShare>,
+}
 
 impl Reservation {
     /// Takes a slot if fewer than `max` are taken.
@@ -60,12 +131,21 @@ impl Reservation {
                 if let Some(gauge) = GAUGE.get() {
                     gauge.inc();
                 }
-                Reservation(())
+                Reservation { client: None }
             })
     }
 
-    /// The slot now belongs to a started program, released when it is reaped.
-    fn keep(self) {
+    /// The slot also counts against its client's share, held by the program while it runs
+    /// for that client.
+    pub fn for_client(mut self, share: ClientShare) -> Reservation {
+        self.client = Some(share);
+        self
+    }
+
+    /// The slot now belongs to a started program, released when it is reaped (the client's
+    /// share, if any, went to the [`Program`] before).
+    fn keep(mut self) {
+        drop(self.client.take());
         std::mem::forget(self);
     }
 }
@@ -86,6 +166,8 @@ pub struct Program {
     /// Readable once the process has exited (Linux `pidfd_open`).
     pub pidfd: OwnedFd,
     pub exited: Option<ExitStatus>,
+    /// Its client's count of it, given back with the program.
+    _client: Option<ClientShare>,
 }
 
 enum Request {
@@ -174,8 +256,9 @@ impl Program {
     pub fn start(
         argv: &[String],
         env: Vec<(String, OsString)>,
-        reservation: Reservation,
+        mut reservation: Reservation,
     ) -> io::Result<Program> {
+        let client = reservation.client.take();
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(&argv[0]);
         command
@@ -229,6 +312,7 @@ impl Program {
             stderr,
             pidfd,
             exited: None,
+            _client: client,
         };
         for fd in program.fds() {
             set_nonblocking(&fd)?;
