@@ -474,51 +474,16 @@ fn rapid_reset_gets_goaway_enhance_your_calm_and_other_clients_are_served() {
         let daemon = daemon(&format!("/={backend}"), &[]);
         let addr = daemon.addr;
         let attack = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-                let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-                f.extend([kind, flags]);
-                f.extend(stream.to_be_bytes());
-                f.extend(payload);
-                f
-            };
-            let mut socket = std::net::TcpStream::connect(addr).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-            out.extend(frame(0x4, 0, 0, &[]));
+            let mut out = Vec::new();
             // GET http://t/ (RFC 7541: indexed :method GET, :scheme http, :path /; a
             // literal :authority).
             let block = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
             for i in 0..2_000u32 {
                 let id = 2 * i + 1;
-                out.extend(frame(0x1, 0x4 | 0x1, id, &block));
-                out.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+                out.extend(raw_frame(0x1, 0x4 | 0x1, id, &block));
+                out.extend(raw_frame(0x3, 0, id, &8u32.to_be_bytes()));
             }
-            // The relay stops reading once it has had enough: the rest may not go in.
-            let _ = socket.write_all(&out);
-            let mut input = Vec::new();
-            let mut buf = [0u8; 65_536];
-            loop {
-                let mut at = 0;
-                while input.len() >= at + 9 {
-                    let len =
-                        u32::from_be_bytes([0, input[at], input[at + 1], input[at + 2]]) as usize;
-                    if input.len() < at + 9 + len {
-                        break;
-                    }
-                    if input[at + 3] == 0x7 {
-                        let payload = &input[at + 9..at + 9 + len];
-                        return u32::from_be_bytes(payload[4..8].try_into().unwrap());
-                    }
-                    at += 9 + len;
-                }
-                match socket.read(&mut buf) {
-                    Ok(0) | Err(_) => panic!("the connection ended with no GOAWAY"),
-                    Ok(n) => input.extend_from_slice(&buf[..n]),
-                }
-            }
+            goaway_after(addr, &out)
         });
         let send = connect(addr).await;
         for i in 0..20 {
@@ -531,5 +496,72 @@ fn rapid_reset_gets_goaway_enhance_your_calm_and_other_clients_are_served() {
             StatusCode::OK,
             "the other client is served on"
         );
+    });
+}
+
+/// One HTTP/2 frame as bytes.
+fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// Sends the preface, an empty SETTINGS and `frames` to `addr`; the error code of the
+/// GOAWAY that comes back (the test fails if the connection ends without one).
+fn goaway_after(addr: std::net::SocketAddr, frames: &[u8]) -> u32 {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    out.extend_from_slice(frames);
+    // The relay stops reading once it has had enough: the rest may not go in.
+    let _ = socket.write_all(&out);
+    let mut input = Vec::new();
+    let mut buf = [0u8; 65_536];
+    loop {
+        let mut at = 0;
+        while input.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, input[at], input[at + 1], input[at + 2]]) as usize;
+            if input.len() < at + 9 + len {
+                break;
+            }
+            if input[at + 3] == 0x7 {
+                let payload = &input[at + 9..at + 9 + len];
+                return u32::from_be_bytes(payload[4..8].try_into().unwrap());
+            }
+            at += 9 + len;
+        }
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("the connection ended with no GOAWAY"),
+            Ok(n) => input.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A field block held open by empty CONTINUATION frames adds nothing and ends nothing:
+/// each is counted with the frames that move no request, and the connection gets GOAWAY
+/// ENHANCE_YOUR_CALM (before the fix it could go on for ever, a frame's work each).
+#[test]
+fn empty_continuation_frames_get_goaway_enhance_your_calm() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let addr = daemon.addr;
+        let code = tokio::task::spawn_blocking(move || {
+            let mut out = raw_frame(0x1, 0x1, 1, &[0x82, 0x86]); // HEADERS, no END_HEADERS
+            for _ in 0..2_000 {
+                out.extend(raw_frame(0x9, 0, 1, &[]));
+            }
+            goaway_after(addr, &out)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
     });
 }

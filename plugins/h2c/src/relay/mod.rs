@@ -437,6 +437,11 @@ impl Relay {
             if head.kind != kind::CONTINUATION {
                 return Err(Malformed(code::PROTOCOL_ERROR));
             }
+            if payload.is_empty() && !head.has(flag::END_HEADERS) {
+                // Adds nothing and ends nothing: a field block held open for ever costs
+                // a frame's work each (an attacker's review).
+                self.glitch();
+            }
             if let Some(block) = self.client.field_block(&head, payload)? {
                 self.on_request_block(block.stream, block.end_stream, &block.bytes)?;
             }
