@@ -565,3 +565,41 @@ fn empty_continuation_frames_get_goaway_enhance_your_calm() {
         assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
     });
 }
+
+/// Requests over the header-list limit are still decoded to their end (the HPACK table
+/// must stay in step), and a block of names copied from the table costs milliseconds:
+/// each counts as a hundred frames that move no request, so the eleventh in ten seconds
+/// ends the connection with GOAWAY ENHANCE_YOUR_CALM. Before, a client could send them
+/// for ever, 431 after 431 (an attacker's review).
+#[test]
+fn repeated_oversized_header_lists_get_goaway_enhance_your_calm() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let addr = daemon.addr;
+        let code = tokio::task::spawn_blocking(move || {
+            // GET http://t/ and x: 20,000 bytes (a literal without indexing, RFC 7541
+            // §6.2.2), split at the default 16 KiB frame size.
+            let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b't', 0x00, 0x01, b'x', 0x7f];
+            let mut rest = 20_000 - 127;
+            while rest >= 128 {
+                block.push((rest % 128) as u8 | 0x80);
+                rest /= 128;
+            }
+            block.push(rest as u8);
+            block.extend(std::iter::repeat_n(b'a', 20_000));
+            let (first, second) = block.split_at(16_384);
+            let mut out = Vec::new();
+            for i in 0..12u32 {
+                let id = 2 * i + 1;
+                out.extend(raw_frame(0x1, 0x1, id, first)); // END_STREAM
+                out.extend(raw_frame(0x9, 0x4, id, second)); // END_HEADERS
+            }
+            goaway_after(addr, &out)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
+    });
+}

@@ -47,6 +47,8 @@ use stream::{Flow, Stream, Target};
 /// client connection may send in ten seconds.
 pub const GLITCHES: u32 = 1_000;
 const GLITCH_PERIOD: Duration = Duration::from_secs(10);
+/// What a request over `SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES` counts against [`GLITCHES`].
+const OVERSIZE_GLITCHES: u32 = GLITCHES / 10;
 /// Output owed to one socket past which the relay stops reading what would add to it.
 const OUT_LIMIT: usize = 256 * 1024;
 /// Output buffer capacity kept between calls (more is freed once written).
@@ -650,6 +652,11 @@ impl Relay {
             began: Instant::now(),
         };
         if fields.list_size() > max_list {
+            // Decoding it went on past the limit (to keep the table in step), and a block
+            // of names copied from the table costs milliseconds: such a request counts as
+            // OVERSIZE_GLITCHES frames that move no request, so a client gets GOAWAY after
+            // ten of them in ten seconds.
+            self.glitches_of(OVERSIZE_GLITCHES);
             self.shared.stats.route(None).streams.inc();
             self.streams.insert(id, stream);
             self.answer(id, 431, "the request's header fields are too large");
@@ -1588,8 +1595,13 @@ impl Relay {
     }
 
     fn glitch(&mut self) {
-        self.glitches += 1;
-        if self.glitches > GLITCHES {
+        self.glitches_of(1);
+    }
+
+    fn glitches_of(&mut self, count: u32) {
+        let before = self.glitches;
+        self.glitches += count;
+        if before <= GLITCHES && self.glitches > GLITCHES {
             self.fail(
                 code::ENHANCE_YOUR_CALM,
                 "too many frames that move no request",
