@@ -820,10 +820,10 @@ fn one_address_cannot_take_every_program_slot() {
         .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "8")
         .start();
     let handshake = |mut client: Client| {
-        client.send(format!(
+        client.send(
             "GET /idle HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        ));
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        );
         let status = client.response_head_only().status;
         (status, client)
     };
