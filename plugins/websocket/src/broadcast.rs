@@ -13,7 +13,9 @@
 //!   its clients waits, as it would on a pipe to one. A client with more than that waiting
 //!   for 2 s (it does not read, or reads slower than the others and the program) is
 //!   closed, with a log line, and the others go on: one that never reads holds them back
-//!   for 2 s, once. Memory per client, ours: at most 256 KiB and a chunk (the kernel's
+//!   for 2 s, once. The 2 s are the route's: for 10 s after such a drop, a client that
+//!   falls behind is closed at once, so clients that keep joining and never read hold the
+//!   others back 2 s in 10 at most. Memory per client, ours: at most 256 KiB and a chunk (the kernel's
 //!   socket buffers come first: on loopback a TCP socket holds megabytes).
 //! - **Clients' messages go to the program's input** in the order read, each a line (text
 //!   mode); while the program does not read (`tail -F` never does), at most 1 MiB waits,
@@ -50,6 +52,19 @@ const CLIENT_BUFFER: usize = 64 * 1024;
 const CLIENT_WINDOW: usize = 256 * 1024;
 /// A client with output waiting this long, without taking all of it once, is dropped.
 const BEHIND_FOR: Duration = Duration::from_secs(2);
+/// For this long after a client was dropped for holding the others back, a client that
+/// falls behind is dropped at once: the grace is the route's, not each client's, or one
+/// that joined anew every half second and never read would hold everyone back for 2 s
+/// in each 2.5 (an attacker's review: a reading client stalled 16 s of 20).
+const GRACE_SPENT_FOR: Duration = Duration::from_secs(10);
+
+/// How long a client may hold the output back now, the last drop for it at `dropped_at`.
+fn grace(dropped_at: Option<Instant>, now: Instant) -> Duration {
+    match dropped_at {
+        Some(at) if now.saturating_duration_since(at) < GRACE_SPENT_FOR => Duration::ZERO,
+        _ => BEHIND_FOR,
+    }
+}
 /// Most of clients' input waiting for a program that does not read it; past it, clients are
 /// not read until it takes some.
 const INPUT_LIMIT: usize = 1024 * 1024;
@@ -147,7 +162,7 @@ impl SharedProgram {
                 .values()
                 .filter_map(|c| c.behind_since)
                 .min()
-                .map(|since| since + BEHIND_FOR);
+                .map(|since| since + grace(state.lag_dropped_at, Instant::now()));
             let now = Instant::now();
             let again = state.stderr_ready.then_some(now);
             let drained = state.exited_at.map(|at| at + EXIT_DRAIN);
@@ -506,6 +521,8 @@ struct State {
     stderr_ready: bool,
     /// Clients are not read: their input waits for the program (see `client_input`).
     input_full: bool,
+    /// When a client was last dropped for holding the output back (see [`grace`]).
+    lag_dropped_at: Option<Instant>,
 }
 
 impl State {
@@ -525,6 +542,7 @@ impl State {
             stderr_logged: (Instant::now(), 0),
             stderr_ready: false,
             input_full: false,
+            lag_dropped_at: None,
         }
     }
 
@@ -598,23 +616,29 @@ impl State {
         }
     }
 
-    /// Drops the clients that have been behind for [`BEHIND_FOR`]; true if one was.
+    /// Drops the clients that have been behind for their [`grace`]; true if one was.
     fn drop_behind(&mut self, poll: &Poll, label: &str) -> bool {
+        let now = Instant::now();
+        let grace = grace(self.lag_dropped_at, now);
         let late: Vec<usize> = self
             .clients
             .iter()
             .filter(|(_, c)| {
                 c.behind_since
-                    .is_some_and(|since| since.elapsed() >= BEHIND_FOR)
+                    .is_some_and(|since| now.saturating_duration_since(since) >= grace)
             })
             .map(|(&token, _)| token)
             .collect();
         for &token in &late {
             log::warn!(
                 "websocket {label}: a client dropped: it did not take the program's output \
-                 for {BEHIND_FOR:?}"
+                 for {grace:?} (the route's grace: {BEHIND_FOR:?}, none for {GRACE_SPENT_FOR:?} \
+                 after a drop)"
             );
             self.remove(token, poll);
+        }
+        if !late.is_empty() {
+            self.lag_dropped_at = Some(now);
         }
         !late.is_empty()
     }
@@ -673,6 +697,22 @@ impl State {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod grace_tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_is_spent_for_a_while_by_a_drop() {
+        let now = Instant::now();
+        assert_eq!(grace(None, now), BEHIND_FOR);
+        assert_eq!(
+            grace(Some(now), now + Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        assert_eq!(grace(Some(now), now + GRACE_SPENT_FOR), BEHIND_FOR);
     }
 }
 
