@@ -511,6 +511,13 @@ fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// Sends the preface, an empty SETTINGS and `frames` to `addr`; the error code of the
 /// GOAWAY that comes back (the test fails if the connection ends without one).
 fn goaway_after(addr: std::net::SocketAddr, frames: &[u8]) -> u32 {
+    let payload = first_frame_after(addr, frames, 0x7);
+    u32::from_be_bytes(payload[4..8].try_into().unwrap())
+}
+
+/// Sends the preface, an empty SETTINGS and `frames` to `addr`; the payload of the first
+/// frame of type `kind` that comes back.
+fn first_frame_after(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec<u8> {
     use std::io::{Read, Write};
     let mut socket = std::net::TcpStream::connect(addr).unwrap();
     socket
@@ -530,14 +537,13 @@ fn goaway_after(addr: std::net::SocketAddr, frames: &[u8]) -> u32 {
             if input.len() < at + 9 + len {
                 break;
             }
-            if input[at + 3] == 0x7 {
-                let payload = &input[at + 9..at + 9 + len];
-                return u32::from_be_bytes(payload[4..8].try_into().unwrap());
+            if input[at + 3] == kind {
+                return input[at + 9..at + 9 + len].to_vec();
             }
             at += 9 + len;
         }
         match socket.read(&mut buf) {
-            Ok(0) | Err(_) => panic!("the connection ended with no GOAWAY"),
+            Ok(0) | Err(_) => panic!("the connection ended with no frame of type {kind}"),
             Ok(n) => input.extend_from_slice(&buf[..n]),
         }
     }
@@ -601,5 +607,47 @@ fn repeated_oversized_header_lists_get_goaway_enhance_your_calm() {
         .await
         .unwrap();
         assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
+    });
+}
+
+/// Requests waiting for a backend (here one that never accepts, so each waits the 5 s
+/// connect time-out) hold their header blocks written out in full, and a client makes
+/// 12 KiB of one from a few bytes that name its HPACK table: past 256 KiB of them a new
+/// stream is refused (REFUSED_STREAM, which a client may retry) at once. Before, 100
+/// such streams held 1.2 MB a connection until the time-out (an attacker's review).
+#[test]
+fn requests_waiting_for_a_backend_hold_a_bounded_amount() {
+    run(async {
+        let (_listener, silent, _fillers) = listener_never_answering();
+        let daemon = daemon(&format!("/={silent}"), &[]);
+        let addr = daemon.addr;
+        let payload = tokio::task::spawn_blocking(move || {
+            // GET http://t/ and x: 4,000 bytes, added to the client's table (RFC 7541
+            // §6.2.1, entry 62); then requests naming that entry three times each.
+            let get = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+            let mut first = get.to_vec();
+            first.extend([0x40, 0x01, b'x', 0x7f]);
+            let mut rest = 4_000 - 127;
+            while rest >= 128 {
+                first.push((rest % 128) as u8 | 0x80);
+                rest /= 128;
+            }
+            first.push(rest as u8);
+            first.extend(std::iter::repeat_n(b'a', 4_000));
+            let mut out = raw_frame(0x1, 0x4 | 0x1, 1, &first);
+            let mut again = get.to_vec();
+            again.extend([0xbe, 0xbe, 0xbe]);
+            for i in 1..100u32 {
+                out.extend(raw_frame(0x1, 0x4 | 0x1, 2 * i + 1, &again));
+            }
+            first_frame_after(addr, &out, 0x3)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            u32::from_be_bytes(payload[..4].try_into().unwrap()),
+            0x7,
+            "RST_STREAM REFUSED_STREAM, before the 5 s connect time-out"
+        );
     });
 }

@@ -55,6 +55,9 @@ const OUT_LIMIT: usize = 256 * 1024;
 const OUT_KEEP: usize = 16 * 1024;
 /// A backend connection that has carried no stream this long is closed.
 pub const BACKEND_IDLE: Duration = Duration::from_secs(5);
+/// Bytes of requests' header blocks one client connection may have waiting for a backend
+/// (connecting, or at its stream limit); past it, new streams are refused.
+const WAITING_BLOCKS: usize = 256 * 1024;
 /// A response's fields past this size are a backend's protocol error (502).
 const MAX_RESPONSE_FIELDS: usize = 256 * 1024;
 /// How long a connection that failed waits for the client to close (see
@@ -888,6 +891,22 @@ impl Relay {
 
     /// Gives a routed stream to its backend connection, dialling one if there is none.
     fn place(&mut self, id: u32, route: usize) {
+        // A waiting request holds its header block, written out in full (up to
+        // SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES) from a few bytes that name the client's
+        // HPACK table: past WAITING_BLOCKS of them the stream is refused, and the client
+        // may send it again (RFC 9113 §8.7).
+        let waiting: usize = self
+            .streams
+            .values()
+            .filter_map(|s| s.request.as_ref().map(Vec::len))
+            .sum();
+        if waiting > WAITING_BLOCKS {
+            log::debug!(
+                "h2c {}: stream {id} refused: {waiting} bytes of requests wait already",
+                self.peer_addr
+            );
+            return self.refuse(id, code::REFUSED_STREAM);
+        }
         let slot = self.backends.iter().position(|b| {
             b.as_ref()
                 .is_some_and(|b| b.route == route && !b.going_away)
