@@ -226,8 +226,10 @@ impl Inflater {
     }
 }
 
-/// Compresses messages. We always answer with `server_no_context_takeover` (§7.1.1.1 lets a
-/// server add it), so every message is compressed from an empty window: compressor state
+/// Compresses messages (the echo needs none: it sends compressed messages back as they
+/// came; tests and the fuzz target make theirs with it). We always answer with
+/// `server_no_context_takeover` (§7.1.1.1 lets a server add it), so every message is
+/// compressed from an empty window: compressor state
 /// (about 300 KiB) is then borrowed from a pool for the length of one message instead of
 /// being held by every connection, idle ones included.
 pub struct Deflater;

@@ -71,6 +71,11 @@ pub enum Event<'a> {
     Message {
         text: bool,
         payload: &'a [u8],
+        /// A compressed message's bytes as they came (permessage-deflate, RFC 7692 §7.2.1:
+        /// without the tail the sender removed): valid as a message of ours too, both
+        /// sides compressing without context takeover, so an echo sends them back as
+        /// they are rather than compress `payload` again.
+        deflated: Option<&'a [u8]>,
     },
     /// The next piece of a data message ([`Delivery::Parts`]), in order; `last` on its
     /// final piece (which may be empty). Text is valid UTF-8 so far (a character may be cut
@@ -153,6 +158,9 @@ pub struct Receiver {
 /// A compressed message being inflated.
 #[derive(Default)]
 struct Compressed {
+    /// Bytes of `Receiver::message` inflated so far ([`Delivery::Whole`] keeps them, to
+    /// hand on as they came; [`Delivery::Parts`] lets them go, and this stays 0).
+    read: usize,
     /// Its last frame has come (its tail is in `Receiver::message`).
     complete: bool,
     /// Inflated (whole, or the part in hand).
@@ -205,7 +213,7 @@ impl Receiver {
     fn inflation_pending(&self) -> bool {
         self.compressed
             .as_ref()
-            .is_some_and(|c| !self.message.is_empty() || c.complete)
+            .is_some_and(|c| self.message.len() > c.read || c.complete)
     }
 
     /// Consumes frames from `input`, calling `on_event` for each event, inflating at most
@@ -397,7 +405,11 @@ impl Receiver {
             return Err(INVALID_TEXT);
         }
         Ok(match self.delivery {
-            Delivery::Whole => on_event(Event::Message { text, payload }),
+            Delivery::Whole => on_event(Event::Message {
+                text,
+                payload,
+                deflated: None,
+            }),
             Delivery::Parts => on_event(Event::Part {
                 text,
                 payload,
@@ -436,6 +448,7 @@ impl Receiver {
                 on_event(Event::Message {
                     text,
                     payload: &self.message,
+                    deflated: None,
                 })
             }
             Delivery::Parts => {
@@ -519,7 +532,7 @@ impl Receiver {
                 .expect("RSV1 is accepted only with an inflater");
             let before = c.inflated.len();
             let (used, full) = inflater
-                .inflate_some(&self.message, &mut c.inflated, step)
+                .inflate_some(&self.message[c.read..], &mut c.inflated, step)
                 .map_err(|e| match e {
                     InflateError::Corrupt => violation(
                         close_code::INVALID_PAYLOAD,
@@ -528,13 +541,17 @@ impl Receiver {
                     InflateError::TooBig => TOO_BIG_INFLATED,
                 })?;
             let made = c.inflated.len() - before;
-            self.message.drain(..used);
+            match self.delivery {
+                Delivery::Whole => c.read += used,
+                Delivery::Parts => drop(self.message.drain(..used)),
+            }
+            let all_read = self.message.len() == c.read;
             *budget -= made;
             c.inflated_len += made;
             if c.inflated_len > self.max_message {
                 return Err(TOO_BIG_INFLATED);
             }
-            let done = c.complete && self.message.is_empty() && !full;
+            let done = c.complete && all_read && !full;
             if done {
                 if let Some(inflater) = self.inflater.as_mut() {
                     inflater.finish_message();
@@ -556,6 +573,7 @@ impl Receiver {
                 Delivery::Whole if done => on_event(Event::Message {
                     text,
                     payload: &c.inflated,
+                    deflated: Some(&self.message[..self.message.len() - MESSAGE_TAIL.len()]),
                 }),
                 Delivery::Whole => ControlFlow::Continue(()),
                 Delivery::Parts if c.inflated.is_empty() && !done => ControlFlow::Continue(()),
@@ -573,7 +591,7 @@ impl Receiver {
                 self.end_message();
                 return Ok(flow);
             }
-            if flow.is_break() || (!full && self.message.is_empty()) {
+            if flow.is_break() || (!full && all_read) {
                 // Stopped by the caller, or every compressed byte that came is inflated.
                 self.compressed = Some(c);
                 return Ok(flow);
@@ -739,10 +757,12 @@ mod tests {
             Event::Message {
                 text: true,
                 payload,
+                ..
             } => Owned::Text(String::from_utf8(payload.to_vec()).unwrap()),
             Event::Message {
                 text: false,
                 payload,
+                ..
             } => Owned::Binary(payload.to_vec()),
             Event::Part { .. } => panic!("parts are not asked for here"),
             Event::Ping(p) => Owned::Ping(p.to_vec()),
@@ -898,7 +918,7 @@ mod tests {
     }
 
     #[test]
-    fn rfc7692_compressed_messages_inflate_whole_or_fragmented() {
+    fn rfc7692_compressed_messages_inflate_whole_or_fragmented_and_keep_their_bytes() {
         use crate::deflate::{Agreement, Deflater, Inflater};
         let mut deflater = Deflater::new(Agreement::default());
         let (mut hello, mut world) = (Vec::new(), Vec::new());
@@ -923,19 +943,25 @@ mod tests {
                 pending.extend_from_slice(piece);
                 let fed = receiver
                     .feed(&mut pending, &mut usize::MAX.clone(), &mut |event| {
-                        if let Event::Message { text, payload } = event {
-                            messages.push((text, payload.to_vec()));
+                        if let Event::Message {
+                            text,
+                            payload,
+                            deflated,
+                        } = event
+                        {
+                            messages.push((text, payload.to_vec(), deflated.map(<[u8]>::to_vec)));
                         }
                         ControlFlow::Continue(())
                     })
                     .unwrap();
                 pending.drain(..fed.used);
             }
+            // Each with its bytes as they came, for an echo to send back.
             assert_eq!(
                 messages,
                 [
-                    (true, "Hello €".as_bytes().to_vec()),
-                    (false, vec![7u8; 5000])
+                    (true, "Hello €".as_bytes().to_vec(), Some(hello.clone())),
+                    (false, vec![7u8; 5000], Some(world.clone()))
                 ],
                 "step {step}"
             );

@@ -24,7 +24,7 @@
 
 use crate::assembly::{self, Share};
 use crate::config::Config;
-use crate::deflate::{Agreement, Deflater, Inflater};
+use crate::deflate::{Agreement, Inflater};
 use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESSED};
 use crate::receiver::{close_code, Delivery, Event, Receiver};
 use crate::relay::Relay;
@@ -50,11 +50,6 @@ const INFLATE_BUDGET: usize = 1024 * 1024;
 const VECTORED_FROM: usize = 8 * 1024;
 /// Output kept waiting past this size gives its buffer back once written.
 const KEEP_OUTPUT: usize = 16 * 1024;
-/// Echoes shorter than this go uncompressed under permessage-deflate (RFC 7692 §6 sets
-/// RSV1 per message): each compressed message costs a compressor's reset (about 300 KiB
-/// zeroed), so a client sending empty messages made the loop spend 0.9 s of CPU per MB
-/// and one call 200 ms, for no gain in size. 1 KiB is the threshold of Node's `ws`.
-const COMPRESS_FROM: usize = 1024;
 /// After we close: how long the peer gets to answer before the connection is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -63,15 +58,12 @@ struct Scratch {
     input: Box<[u8]>,
     /// Replies gathered during one call.
     output: Vec<u8>,
-    /// A compressed echo.
-    packed: Vec<u8>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
         input: vec![0; READ_BUFFER].into_boxed_slice(),
         output: Vec::new(),
-        packed: Vec::new(),
     });
 }
 
@@ -85,7 +77,6 @@ pub struct Connection {
     receiver: Receiver,
     /// This connection's part of what the echo holds in messages not yet whole.
     assembly: Share,
-    deflater: Option<Deflater>,
     /// Input not yet handled: the start of a frame header that arrived without the rest, or
     /// what the receiver was holding when it stopped.
     partial: Vec<u8>,
@@ -146,7 +137,6 @@ impl Connection {
             relay,
             receiver: Receiver::new(config.max_message, deflate.map(Inflater::new), delivery),
             assembly: Share::default(),
-            deflater: deflate.map(Deflater::new),
             partial: Vec::new(),
             holding: false,
             owed: Output::default(),
@@ -447,11 +437,7 @@ impl Connection {
         filled: usize,
         inflate_budget: &mut usize,
     ) -> io::Result<()> {
-        let Scratch {
-            input,
-            output,
-            packed,
-        } = scratch;
+        let Scratch { input, output } = scratch;
         output.clear();
         let mut replies = Replies {
             io,
@@ -459,7 +445,6 @@ impl Connection {
             owed: &mut self.owed,
             error: None,
         };
-        let deflater = &mut self.deflater;
         let mut relay = self.relay.as_deref_mut();
         let (stats, open) = (self.stats, self.state == State::Open);
         let result = self
@@ -474,17 +459,18 @@ impl Connection {
                             return ControlFlow::Break(());
                         }
                     }
-                    Event::Message { text, payload } => {
-                        let mut opcode = if text { opcode::TEXT } else { opcode::BINARY };
-                        let payload = match deflater.as_mut() {
-                            Some(deflater) if payload.len() >= COMPRESS_FROM => {
-                                deflater.deflate(payload, packed);
-                                opcode |= RSV1_COMPRESSED;
-                                &packed[..]
-                            }
-                            _ => payload,
-                        };
-                        replies.frame(opcode, payload);
+                    // A message goes back as it came: compressed ones as their bytes came
+                    // (nothing to compress again, so a deflate bomb's echo is the bomb).
+                    Event::Message {
+                        text,
+                        payload,
+                        deflated,
+                    } => {
+                        let opcode = if text { opcode::TEXT } else { opcode::BINARY };
+                        match deflated {
+                            Some(deflated) => replies.frame(opcode | RSV1_COMPRESSED, deflated),
+                            None => replies.frame(opcode, payload),
+                        }
                     }
                     Event::Ping(payload) => replies.frame(opcode::PONG, payload),
                     Event::Pong(_) => {}
@@ -505,10 +491,6 @@ impl Connection {
             });
         let error = replies.error.take();
         replies.flush();
-        if packed.capacity() > KEEP_OUTPUT * 4 {
-            // A large compressed echo: the loop's buffer goes back to its everyday size.
-            *packed = Vec::new();
-        }
         if let Some(e) = error {
             return Err(e);
         }
