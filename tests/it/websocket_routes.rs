@@ -371,6 +371,8 @@ fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
             ),
         )
         .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "2")
+        // Every client here is 127.0.0.1: the limit under test is the daemon's.
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "2")
         .start();
     // A client leaves a program that ignores SIGTERM: stdin closed, SIGTERM, then SIGKILL.
     let mut client = connect(&daemon, "/stubborn");
@@ -539,6 +541,8 @@ fn a_burst_never_starts_more_programs_than_the_limit() {
             &format!("/count=exec:{}", program.display()),
         )
         .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "3")
+        // Every client here is 127.0.0.1: the limit under test is the daemon's.
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "3")
         .start();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
     let statuses: Vec<u16> = std::thread::scope(|scope| {
