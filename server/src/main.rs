@@ -60,10 +60,27 @@ fn main() -> ExitCode {
         }
     };
     sys::return_large_blocks_to_the_system();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // Lines reach stderr through a thread of their own (see log_writer), which env_logger
+    // takes for a pipe: colours as before on a terminal, unless RUST_LOG_STYLE says.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("RUST_LOG_STYLE").is_none()
+    {
+        logger.write_style(env_logger::WriteStyle::Always);
+    }
+    logger
         .format(log_line)
+        .target(env_logger::Target::Pipe(Box::new(
+            daemon::log_writer::LogWriter::start(),
+        )))
         .init();
+    let status = run(mode);
+    daemon::log_writer::drain(std::time::Duration::from_secs(2));
+    status
+}
 
+fn run(mode: Mode) -> ExitCode {
     // systemd's variables are read and removed before any plugin loads: a plugin's `new()`
     // may start threads, and changing the environment while another thread may read it is
     // undefined behaviour in C (getenv, setenv).

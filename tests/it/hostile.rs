@@ -849,3 +849,40 @@ fn one_address_cannot_take_every_program_slot() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A log reader that does not keep up (journald under load, a pipe nobody reads) must not
+/// stall serving: every exchange writes an access line, and written in place on the event
+/// loop a full stderr pipe held every connection of the loop (here: after about 600
+/// lines, the 64 KiB a pipe holds). Lines now go through a thread of their own; past its
+/// queue they are dropped and counted.
+#[test]
+fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
+    use std::io::BufRead;
+    let builder = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_IO_THREADS", "1");
+    let mut child = builder.command().spawn().unwrap();
+    // The address from the log, then the log is never read again (but stays open).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no start line");
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            break addr.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut client = Client::connect(addr.parse().unwrap());
+    let began = Instant::now();
+    for i in 0..5_000 {
+        client.send(format!("GET /healthz?{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert_eq!(client.response().status, 200, "request {i}");
+    }
+    let took = began.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+    assert!(
+        took < Duration::from_secs(60),
+        "5,000 requests took {took:?}"
+    );
+}

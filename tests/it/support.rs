@@ -167,7 +167,7 @@ impl DaemonBuilder {
         self
     }
 
-    fn command(&self) -> Command {
+    pub fn command(&self) -> Command {
         let mut command = if self.beside_plugins {
             Command::new(self.plugins.path().join("switchyard"))
         } else {
