@@ -41,6 +41,7 @@ fn feed(input: &[u8], run: Run) -> Vec<Seen> {
                     Event::Message { text, payload } => {
                         seen.push(Seen::Message(text, payload.to_vec()))
                     }
+                    Event::Compressed { .. } => unreachable!("no inflater: nothing compressed"),
                     Event::Part {
                         text,
                         payload,

@@ -196,24 +196,24 @@ fn unfinished_bomb(size: usize) -> Vec<u8> {
 }
 
 /// Regression (an attacker's review, 2026-12-03): the echo holds a message until its last
-/// frame, so a first frame that inflates a thousandfold and a last frame that never comes
-/// made 40 connections sending 653 KB hold 666 MB, kept by a ping now and then. What the
-/// echo's connections hold in messages not yet whole is now counted for the process;
-/// past four messages of the largest size, the one that grows is closed with 1013.
-/// Here the limit is 1 MiB (so 4 MiB in all) and 20 connections each send 1,000,000
-/// bytes' worth: before the fix none was closed and the daemon grew by tens of MiB.
+/// frame, so first frames whose last frame never comes, kept open by a ping now and then,
+/// added up across connections. What the echo's connections hold in messages not yet
+/// whole is now counted for the process; past four messages of the largest size, the one
+/// that grows is closed with 1013. Here the limit is 1 MiB (so 4 MiB in all) and 20
+/// connections each send 1,000,000 bytes of a first frame: before the fix none was
+/// closed and the daemon held 20 MB.
 #[test]
-fn unfinished_compressed_messages_on_the_echo_hold_a_bounded_total() {
+fn unfinished_messages_on_the_echo_hold_a_bounded_total() {
     let daemon = Daemon::builder()
         .plugin("switchyard-websocket")
         .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
         .start();
     let before = daemon.rss_kib();
-    let bomb = unfinished_bomb(1_000_000);
+    let first = frame(false, 0x2, &vec![7u8; 1_000_000]);
     let mut clients: Vec<Client> = (0..20)
         .map(|_| {
-            let mut client = open_deflate(&daemon, "/");
-            client.send(&bomb);
+            let mut client = open(&daemon, "/");
+            client.send(&first);
             client
         })
         .collect();
@@ -237,10 +237,43 @@ fn unfinished_compressed_messages_on_the_echo_hold_a_bounded_total() {
     let grown = daemon.rss_kib().saturating_sub(before);
     assert!(grown < 12 * 1024, "the daemon grew {grown} KiB");
     // Another client is echoed as before.
-    let mut other = open_deflate(&daemon, "/");
+    let mut other = open(&daemon, "/");
     other.send(frame(true, 0x1, b"still here"));
     let (fin, opcode, _) = crate::websocket::read_frame(&mut other);
     assert!(fin && opcode == 0x1);
+}
+
+/// The first frame of a deflate bomb (16 KiB inflating to 16 MiB) whose last frame never
+/// comes holds what was sent, not what it inflates to: a compressed message is inflated
+/// only to be checked, and echoed as it came. Before, 40 such connections made the daemon
+/// hold 666 MB (an attacker's review); here 20 connections grow it by under 8 MiB and
+/// none is closed.
+#[test]
+fn an_unfinished_deflate_bomb_holds_what_was_sent() {
+    let daemon = Daemon::builder().plugin("switchyard-websocket").start();
+    let before = daemon.rss_kib();
+    let bomb = unfinished_bomb(16 << 20);
+    let mut clients: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut client = open_deflate(&daemon, "/");
+            client.send(&bomb);
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let grown = daemon.rss_kib().saturating_sub(before);
+    assert!(grown < 8 * 1024, "the daemon grew {grown} KiB");
+    for client in clients.iter_mut() {
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            client.stream.read(&mut byte).is_err(),
+            "still open, nothing owed"
+        );
+    }
 }
 
 /// A route's service that never reads. Once the client has sent more than the socket

@@ -71,11 +71,16 @@ pub enum Event<'a> {
     Message {
         text: bool,
         payload: &'a [u8],
-        /// A compressed message's bytes as they came (permessage-deflate, RFC 7692 §7.2.1:
-        /// without the tail the sender removed): valid as a message of ours too, both
-        /// sides compressing without context takeover, so an echo sends them back as
-        /// they are rather than compress `payload` again.
-        deflated: Option<&'a [u8]>,
+    },
+    /// A whole compressed message ([`Delivery::Whole`]), as its bytes came
+    /// (permessage-deflate, without the tail the sender removed, RFC 7692 §7.2.1). It was
+    /// inflated as it came only to check it (its size, and UTF-8 for text); nothing
+    /// inflated is kept, so it holds what the client sent, not what that inflates to.
+    /// Both sides compress without context takeover, so these bytes are valid as a
+    /// message of ours too: an echo sends them back as they are.
+    Compressed {
+        text: bool,
+        deflated: &'a [u8],
     },
     /// The next piece of a data message ([`Delivery::Parts`]), in order; `last` on its
     /// final piece (which may be empty). Text is valid UTF-8 so far (a character may be cut
@@ -97,8 +102,9 @@ pub enum Event<'a> {
 /// How data messages are handed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// Whole, once the last frame has come ([`Event::Message`]): up to the message limit is
-    /// held while a message is assembled.
+    /// Whole, once the last frame has come ([`Event::Message`], or [`Event::Compressed`]
+    /// under permessage-deflate): up to the message limit is held while a message is
+    /// assembled (a compressed one: its compressed bytes).
     Whole,
     /// In pieces as they arrive ([`Event::Part`]): nothing is assembled; a compressed
     /// message's pieces are at most [`PART_MAX`] inflated bytes each.
@@ -411,11 +417,7 @@ impl Receiver {
             return Err(INVALID_TEXT);
         }
         Ok(match self.delivery {
-            Delivery::Whole => on_event(Event::Message {
-                text,
-                payload,
-                deflated: None,
-            }),
+            Delivery::Whole => on_event(Event::Message { text, payload }),
             Delivery::Parts => on_event(Event::Part {
                 text,
                 payload,
@@ -454,7 +456,6 @@ impl Receiver {
                 on_event(Event::Message {
                     text,
                     payload: &self.message,
-                    deflated: None,
                 })
             }
             Delivery::Parts => {
@@ -522,10 +523,8 @@ impl Receiver {
             return Ok(ControlFlow::Continue(()));
         };
         loop {
-            let step = match self.delivery {
-                Delivery::Whole => *budget,
-                Delivery::Parts => (*budget).min(PART_MAX),
-            };
+            // Inflated bytes are checked and let go a step at a time, both ways.
+            let step = (*budget).min(PART_MAX);
             // One byte past the limit tells a message that is too big.
             let step = step.min(self.max_message + 1 - c.inflated_len.min(self.max_message));
             if step == 0 {
@@ -565,25 +564,23 @@ impl Receiver {
                 // The inflater's reset costs about what inflating this much does.
                 *budget = budget.saturating_sub(MESSAGE_INFLATE_COST);
             }
-            match self.delivery {
-                Delivery::Whole if text => {
-                    check_text(&c.inflated, &mut self.utf8_checked, done)?;
+            if text {
+                self.utf8.push(&c.inflated)?;
+                if done {
+                    self.utf8.finish()?;
                 }
-                Delivery::Parts if text => {
-                    self.utf8.push(&c.inflated)?;
-                    if done {
-                        self.utf8.finish()?;
-                    }
-                }
-                _ => {}
             }
             let flow = match self.delivery {
-                Delivery::Whole if done => on_event(Event::Message {
-                    text,
-                    payload: &c.inflated,
-                    deflated: Some(&self.message[..self.message.len() - MESSAGE_TAIL.len()]),
-                }),
-                Delivery::Whole => ControlFlow::Continue(()),
+                Delivery::Whole => {
+                    c.inflated.clear();
+                    match done {
+                        true => on_event(Event::Compressed {
+                            text,
+                            deflated: &self.message[..self.message.len() - MESSAGE_TAIL.len()],
+                        }),
+                        false => ControlFlow::Continue(()),
+                    }
+                }
                 Delivery::Parts if c.inflated.is_empty() && !done => ControlFlow::Continue(()),
                 Delivery::Parts => {
                     let flow = on_event(Event::Part {
@@ -600,7 +597,11 @@ impl Receiver {
                 return Ok(flow);
             }
             if flow.is_break() || (!full && all_read) {
-                // Stopped by the caller, or every compressed byte that came is inflated.
+                // Stopped by the caller, or every compressed byte that came is inflated:
+                // what waits for more holds no inflated bytes, nor room for them.
+                if c.inflated.is_empty() {
+                    c.inflated = Vec::new();
+                }
                 self.compressed = Some(c);
                 return Ok(flow);
             }
@@ -765,14 +766,13 @@ mod tests {
             Event::Message {
                 text: true,
                 payload,
-                ..
             } => Owned::Text(String::from_utf8(payload.to_vec()).unwrap()),
             Event::Message {
                 text: false,
                 payload,
-                ..
             } => Owned::Binary(payload.to_vec()),
             Event::Part { .. } => panic!("parts are not asked for here"),
+            Event::Compressed { .. } => panic!("no inflater here"),
             Event::Ping(p) => Owned::Ping(p.to_vec()),
             Event::Pong(p) => Owned::Pong(p.to_vec()),
             Event::Close { code, reason } => Owned::Close(code, reason.into()),
@@ -951,26 +951,18 @@ mod tests {
                 pending.extend_from_slice(piece);
                 let fed = receiver
                     .feed(&mut pending, &mut usize::MAX.clone(), &mut |event| {
-                        if let Event::Message {
-                            text,
-                            payload,
-                            deflated,
-                        } = event
-                        {
-                            messages.push((text, payload.to_vec(), deflated.map(<[u8]>::to_vec)));
+                        if let Event::Compressed { text, deflated } = event {
+                            messages.push((text, deflated.to_vec()));
                         }
                         ControlFlow::Continue(())
                     })
                     .unwrap();
                 pending.drain(..fed.used);
             }
-            // Each with its bytes as they came, for an echo to send back.
+            // Each checked whole, and handed on as its bytes came, for an echo to send back.
             assert_eq!(
                 messages,
-                [
-                    (true, "Hello €".as_bytes().to_vec(), Some(hello.clone())),
-                    (false, vec![7u8; 5000], Some(world.clone()))
-                ],
+                [(true, hello.clone()), (false, world.clone())],
                 "step {step}"
             );
         }
@@ -1056,6 +1048,57 @@ mod tests {
         Receiver::new(max, Some(Inflater::new(Agreement::default())), delivery)
     }
 
+    /// A whole compressed message is checked as it inflates though none of it is kept:
+    /// text that is not UTF-8 once inflated is 1007, even split across frames and reads;
+    /// and while such a message waits for its next frame it holds only its compressed
+    /// bytes (a bomb's first frame: its few KiB, not the MiB it inflates to).
+    #[test]
+    fn rfc7692_whole_compressed_messages_are_checked_and_hold_only_what_came() {
+        let mut bad = "ok ".repeat(3000).into_bytes();
+        bad.extend([0xff, 0xfe]);
+        let packed = deflated(&bad);
+        let (first, rest) = packed.split_at(packed.len() / 2);
+        let wire = [
+            compressed_frame(false, opcode::TEXT, first),
+            frame(true, opcode::CONTINUATION, rest),
+        ]
+        .concat();
+        for step in [wire.len(), 7, 64] {
+            let mut receiver = inflating(1 << 20, Delivery::Whole);
+            let mut pending = Vec::new();
+            let mut result = Ok(());
+            for piece in wire.chunks(step) {
+                pending.extend_from_slice(piece);
+                match receiver.feed(&mut pending, &mut usize::MAX.clone(), &mut |_| {
+                    ControlFlow::Continue(())
+                }) {
+                    Ok(fed) => drop(pending.drain(..fed.used)),
+                    Err(v) => {
+                        result = Err(v);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(result.unwrap_err().code, 1007, "step {step}");
+        }
+
+        let bomb = deflated(&vec![0u8; 8 << 20]);
+        let mut wire = compressed_frame(false, opcode::BINARY, &bomb);
+        let mut receiver = inflating(16 << 20, Delivery::Whole);
+        let fed = receiver
+            .feed(&mut wire, &mut usize::MAX.clone(), &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(fed.used, wire.len());
+        assert!(
+            receiver.assembling() <= bomb.len(),
+            "{} held for {} sent",
+            receiver.assembling(),
+            bomb.len()
+        );
+    }
+
     /// A deflate bomb: a frame of about 16 KiB that inflates to 16 MiB. No call inflates
     /// more than its budget, and the message still arrives whole.
     #[test]
@@ -1078,8 +1121,8 @@ mod tests {
             let fed = receiver
                 .feed(input, &mut budget, &mut |event| {
                     seen.push(match event {
-                        Event::Message { payload, .. } => {
-                            assert!(payload == &message[..], "the message whole");
+                        Event::Compressed { deflated, .. } => {
+                            assert!(deflated == &packed[..], "the message whole, as it came");
                             Owned::Binary(Vec::new())
                         }
                         other => owned(other),
