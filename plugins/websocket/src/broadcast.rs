@@ -15,8 +15,9 @@
 //!   closed, with a log line, and the others go on: one that never reads holds them back
 //!   for 2 s, once. The 2 s are the route's: for 10 s after such a drop, a client that
 //!   falls behind is closed at once, so clients that keep joining and never read hold the
-//!   others back 2 s in 10 at most. Memory per client, ours: at most 256 KiB and a chunk (the kernel's
-//!   socket buffers come first: on loopback a TCP socket holds megabytes).
+//!   others back 2 s in 10 at most (one already behind when another is dropped keeps its
+//!   own 2 s). Memory per client, ours: at most 256 KiB and a chunk (the kernel's socket
+//!   buffers come first: on loopback a TCP socket holds megabytes).
 //! - **Clients' messages go to the program's input** in the order read, each a line (text
 //!   mode); while the program does not read (`tail -F` never does), at most 1 MiB waits,
 //!   and past that the clients are not read until it takes some, as a pipe holds back its
@@ -58,10 +59,13 @@ const BEHIND_FOR: Duration = Duration::from_secs(2);
 /// in each 2.5 (an attacker's review: a reading client stalled 16 s of 20).
 const GRACE_SPENT_FOR: Duration = Duration::from_secs(10);
 
-/// How long a client may hold the output back now, the last drop for it at `dropped_at`.
-fn grace(dropped_at: Option<Instant>, now: Instant) -> Duration {
+/// How long a client that fell behind at `since` may hold the output back, the last drop
+/// for it at `dropped_at`: none if it fell behind within [`GRACE_SPENT_FOR`] after that
+/// drop; [`BEHIND_FOR`] otherwise (one already behind when another was dropped keeps its
+/// own).
+fn grace(dropped_at: Option<Instant>, since: Instant) -> Duration {
     match dropped_at {
-        Some(at) if now.saturating_duration_since(at) < GRACE_SPENT_FOR => Duration::ZERO,
+        Some(at) if since >= at && since.duration_since(at) < GRACE_SPENT_FOR => Duration::ZERO,
         _ => BEHIND_FOR,
     }
 }
@@ -161,8 +165,8 @@ impl SharedProgram {
                 .clients
                 .values()
                 .filter_map(|c| c.behind_since)
-                .min()
-                .map(|since| since + grace(state.lag_dropped_at, Instant::now()));
+                .map(|since| since + grace(state.lag_dropped_at, since))
+                .min();
             let now = Instant::now();
             let again = state.stderr_ready.then_some(now);
             let drained = state.exited_at.map(|at| at + EXIT_DRAIN);
@@ -619,17 +623,17 @@ impl State {
     /// Drops the clients that have been behind for their [`grace`]; true if one was.
     fn drop_behind(&mut self, poll: &Poll, label: &str) -> bool {
         let now = Instant::now();
-        let grace = grace(self.lag_dropped_at, now);
-        let late: Vec<usize> = self
+        let dropped_at = self.lag_dropped_at;
+        let late: Vec<(usize, Duration)> = self
             .clients
             .iter()
-            .filter(|(_, c)| {
-                c.behind_since
-                    .is_some_and(|since| now.saturating_duration_since(since) >= grace)
+            .filter_map(|(&token, c)| {
+                let since = c.behind_since?;
+                let grace = grace(dropped_at, since);
+                (now.saturating_duration_since(since) >= grace).then_some((token, grace))
             })
-            .map(|(&token, _)| token)
             .collect();
-        for &token in &late {
+        for &(token, grace) in &late {
             log::warn!(
                 "websocket {label}: a client dropped: it did not take the program's output \
                  for {grace:?} (the route's grace: {BEHIND_FOR:?}, none for {GRACE_SPENT_FOR:?} \
@@ -706,13 +710,15 @@ mod grace_tests {
 
     #[test]
     fn the_grace_is_spent_for_a_while_by_a_drop() {
-        let now = Instant::now();
-        assert_eq!(grace(None, now), BEHIND_FOR);
-        assert_eq!(
-            grace(Some(now), now + Duration::from_secs(1)),
-            Duration::ZERO
-        );
-        assert_eq!(grace(Some(now), now + GRACE_SPENT_FOR), BEHIND_FOR);
+        let drop = Instant::now() + Duration::from_secs(5);
+        assert_eq!(grace(None, drop), BEHIND_FOR);
+        // Behind after the drop, within its shadow: none.
+        let soon = drop + Duration::from_secs(1);
+        assert_eq!(grace(Some(drop), soon), Duration::ZERO);
+        assert_eq!(grace(Some(drop), drop + GRACE_SPENT_FOR), BEHIND_FOR);
+        // Behind already when the other was dropped: its own 2 s.
+        let before = drop - Duration::from_secs(1);
+        assert_eq!(grace(Some(drop), before), BEHIND_FOR);
     }
 }
 
