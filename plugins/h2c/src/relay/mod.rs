@@ -681,7 +681,7 @@ impl Relay {
                 stream.forwarded = routed.forwarded;
                 stream.request = Some(routed.block);
                 self.streams.insert(id, stream);
-                self.place(id, routed.route);
+                self.place_new(id, routed.route);
             }
             Err(Refused::Malformed(why)) => {
                 log::debug!("h2c {}: stream {id} malformed: {why}", self.peer_addr);
@@ -889,12 +889,12 @@ impl Relay {
         self.open_waiting(slot);
     }
 
-    /// Gives a routed stream to its backend connection, dialling one if there is none.
-    fn place(&mut self, id: u32, route: usize) {
-        // A waiting request holds its header block, written out in full (up to
-        // SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES) from a few bytes that name the client's
-        // HPACK table: past WAITING_BLOCKS of them the stream is refused, and the client
-        // may send it again (RFC 9113 §8.7).
+    /// A new stream's request, if there is room for it to wait (see [`WAITING_BLOCKS`]):
+    /// a waiting request holds its header block written out in full (up to
+    /// SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES) from a few bytes that name the client's HPACK
+    /// table. Past it the stream is refused, and the client may send it again (RFC 9113
+    /// §8.7).
+    fn place_new(&mut self, id: u32, route: usize) {
         let waiting: usize = self
             .streams
             .values()
@@ -907,6 +907,11 @@ impl Relay {
             );
             return self.refuse(id, code::REFUSED_STREAM);
         }
+        self.place(id, route);
+    }
+
+    /// Gives a routed stream to its backend connection, dialling one if there is none.
+    fn place(&mut self, id: u32, route: usize) {
         let slot = self.backends.iter().position(|b| {
             b.as_ref()
                 .is_some_and(|b| b.route == route && !b.going_away)
