@@ -413,12 +413,15 @@ impl WebSocket {
                 match process::Reservation::take(self.config.max_processes) {
                     Some(slot) => Some(slot.for_client(share)),
                     None => {
-                        log::warn!(
-                        "websocket {} for {}: {} programs running (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503",
-                        path.path(),
-                        request.peer(),
-                        process::running()
-                    );
+                        if process::refusal_may_be_logged() {
+                            log::warn!(
+                                "websocket {} for {}: {} programs running \
+                                 (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503",
+                                path.path(),
+                                request.peer(),
+                                process::running()
+                            );
+                        }
                         let rejection = protocol_api::Rejection {
                             status: 503,
                             headers: Vec::new(),

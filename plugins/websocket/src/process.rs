@@ -97,9 +97,9 @@ impl Drop for ClientShare {
     }
 }
 
-/// Whether a refusal for a client's limit may be logged now: one line a second at most, as
-/// the daemon's own per-client refusals (a client hammering its limit must not flood the
-/// log).
+/// Whether a refusal for a programs limit (the daemon's or a client's) may be logged now:
+/// one line a second at most, as the daemon's own refusals (a client hammering a limit
+/// must not flood the log).
 pub fn refusal_may_be_logged() -> bool {
     static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
     let second = Instant::now()

@@ -166,7 +166,7 @@ impl Clients {
     /// log).
     pub fn warn_refused(&self, peer: SocketAddr, reason: &str, setting: &str, max: usize) {
         if let Some(unlogged) = self.refusals_logged.admit() {
-            log::warn!("{peer}: {reason} ({setting}={max}); answered 503{unlogged}");
+            log::warn!("{peer}: {reason} ({setting}={max}); refused{unlogged}");
         }
     }
 
