@@ -549,27 +549,45 @@ fn first_frame_after(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec
     }
 }
 
-/// A field block held open by empty CONTINUATION frames adds nothing and ends nothing:
-/// each is counted with the frames that move no request, and the connection gets GOAWAY
-/// ENHANCE_YOUR_CALM (before the fix it could go on for ever, a frame's work each).
-#[test]
-fn empty_continuation_frames_get_goaway_enhance_your_calm() {
+/// The GOAWAY error code the relay answers `frames` with (after the preface and an empty
+/// SETTINGS), on a daemon whose route leads to a real backend.
+fn goaway_for(frames: Vec<u8>) -> u32 {
     run(async {
         let seen = Arc::new(Seen::default());
         let backend = backend(seen.clone()).await;
         let daemon = daemon(&format!("/={backend}"), &[]);
         let addr = daemon.addr;
-        let code = tokio::task::spawn_blocking(move || {
-            let mut out = raw_frame(0x1, 0x1, 1, &[0x82, 0x86]); // HEADERS, no END_HEADERS
-            for _ in 0..2_000 {
-                out.extend(raw_frame(0x9, 0, 1, &[]));
-            }
-            goaway_after(addr, &out)
-        })
-        .await
-        .unwrap();
-        assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
-    });
+        tokio::task::spawn_blocking(move || goaway_after(addr, &frames))
+            .await
+            .unwrap()
+    })
+}
+
+/// `GET http://t/` (RFC 7541: indexed :method GET, :scheme http, :path /; a literal
+/// :authority), then a field `x` of `len` bytes as a literal with a new name: `kind` 0x00
+/// without indexing (§6.2.2), 0x40 added to the table (§6.2.1).
+fn get_with_long_field(kind: u8, len: usize) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b't', kind, 0x01, b'x', 0x7f];
+    let mut rest = len - 127;
+    while rest >= 128 {
+        block.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    block.push(rest as u8);
+    block.extend(std::iter::repeat_n(b'a', len));
+    block
+}
+
+/// A field block held open by empty CONTINUATION frames adds nothing and ends nothing:
+/// each is counted with the frames that move no request, and the connection gets GOAWAY
+/// ENHANCE_YOUR_CALM (before the fix it could go on for ever, a frame's work each).
+#[test]
+fn empty_continuation_frames_get_goaway_enhance_your_calm() {
+    let mut frames = raw_frame(0x1, 0x1, 1, &[0x82, 0x86]); // HEADERS, no END_HEADERS
+    for _ in 0..2_000 {
+        frames.extend(raw_frame(0x9, 0, 1, &[]));
+    }
+    assert_eq!(goaway_for(frames), 0xb, "GOAWAY ENHANCE_YOUR_CALM");
 }
 
 /// Requests over the header-list limit are still decoded to their end (the HPACK table
@@ -579,35 +597,16 @@ fn empty_continuation_frames_get_goaway_enhance_your_calm() {
 /// for ever, 431 after 431 (an attacker's review).
 #[test]
 fn repeated_oversized_header_lists_get_goaway_enhance_your_calm() {
-    run(async {
-        let seen = Arc::new(Seen::default());
-        let backend = backend(seen.clone()).await;
-        let daemon = daemon(&format!("/={backend}"), &[]);
-        let addr = daemon.addr;
-        let code = tokio::task::spawn_blocking(move || {
-            // GET http://t/ and x: 20,000 bytes (a literal without indexing, RFC 7541
-            // §6.2.2), split at the default 16 KiB frame size.
-            let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b't', 0x00, 0x01, b'x', 0x7f];
-            let mut rest = 20_000 - 127;
-            while rest >= 128 {
-                block.push((rest % 128) as u8 | 0x80);
-                rest /= 128;
-            }
-            block.push(rest as u8);
-            block.extend(std::iter::repeat_n(b'a', 20_000));
-            let (first, second) = block.split_at(16_384);
-            let mut out = Vec::new();
-            for i in 0..12u32 {
-                let id = 2 * i + 1;
-                out.extend(raw_frame(0x1, 0x1, id, first)); // END_STREAM
-                out.extend(raw_frame(0x9, 0x4, id, second)); // END_HEADERS
-            }
-            goaway_after(addr, &out)
-        })
-        .await
-        .unwrap();
-        assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
-    });
+    // x: 20,000 bytes, split at the default 16 KiB frame size.
+    let block = get_with_long_field(0x00, 20_000);
+    let (first, second) = block.split_at(16_384);
+    let mut frames = Vec::new();
+    for i in 0..12u32 {
+        let id = 2 * i + 1;
+        frames.extend(raw_frame(0x1, 0x1, id, first)); // END_STREAM
+        frames.extend(raw_frame(0x9, 0x4, id, second)); // END_HEADERS
+    }
+    assert_eq!(goaway_for(frames), 0xb, "GOAWAY ENHANCE_YOUR_CALM");
 }
 
 /// Requests waiting for a backend (here one that never accepts, so each waits the 5 s
@@ -617,37 +616,19 @@ fn repeated_oversized_header_lists_get_goaway_enhance_your_calm() {
 /// such streams held 1.2 MB a connection until the time-out (an attacker's review).
 #[test]
 fn requests_waiting_for_a_backend_hold_a_bounded_amount() {
-    run(async {
-        let (_listener, silent, _fillers) = listener_never_answering();
-        let daemon = daemon(&format!("/={silent}"), &[]);
-        let addr = daemon.addr;
-        let payload = tokio::task::spawn_blocking(move || {
-            // GET http://t/ and x: 4,000 bytes, added to the client's table (RFC 7541
-            // §6.2.1, entry 62); then requests naming that entry three times each.
-            let get = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
-            let mut first = get.to_vec();
-            first.extend([0x40, 0x01, b'x', 0x7f]);
-            let mut rest = 4_000 - 127;
-            while rest >= 128 {
-                first.push((rest % 128) as u8 | 0x80);
-                rest /= 128;
-            }
-            first.push(rest as u8);
-            first.extend(std::iter::repeat_n(b'a', 4_000));
-            let mut out = raw_frame(0x1, 0x4 | 0x1, 1, &first);
-            let mut again = get.to_vec();
-            again.extend([0xbe, 0xbe, 0xbe]);
-            for i in 1..100u32 {
-                out.extend(raw_frame(0x1, 0x4 | 0x1, 2 * i + 1, &again));
-            }
-            first_frame_after(addr, &out, 0x3)
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            u32::from_be_bytes(payload[..4].try_into().unwrap()),
-            0x7,
-            "RST_STREAM REFUSED_STREAM, before the 5 s connect time-out"
-        );
-    });
+    let (_listener, silent, _fillers) = listener_never_answering();
+    let daemon = daemon(&format!("/={silent}"), &[]);
+    // x: 4,000 bytes added to the client's table (entry 62), then requests naming that
+    // entry three times each.
+    let mut frames = raw_frame(0x1, 0x4 | 0x1, 1, &get_with_long_field(0x40, 4_000));
+    let again = [0x82, 0x86, 0x84, 0x01, 0x01, b't', 0xbe, 0xbe, 0xbe];
+    for i in 1..100u32 {
+        frames.extend(raw_frame(0x1, 0x4 | 0x1, 2 * i + 1, &again));
+    }
+    let reset = first_frame_after(daemon.addr, &frames, 0x3);
+    assert_eq!(
+        u32::from_be_bytes(reset[..4].try_into().unwrap()),
+        0x7,
+        "RST_STREAM REFUSED_STREAM, before the 5 s connect time-out"
+    );
 }
