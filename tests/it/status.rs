@@ -370,6 +370,46 @@ fn issue24_the_status_page_is_answered_only_to_allowed_addresses() {
     assert!(logs.contains("SWITCHYARD_STATUS_FROM"), "{logs}");
 }
 
+/// `/metrics` names routes, plugins and certificate files: it is answered to private
+/// networks by default (loopback here), to `SWITCHYARD_METRICS_FROM` when set, and never
+/// to a request that came through a proxy (its peer is the proxy's, not the asker's).
+/// Before, anyone who reached the port read it (an attacker's review).
+#[test]
+fn metrics_are_answered_to_metrics_from_only() {
+    let daemon = Daemon::builder().plugin("switchyard-echo").start();
+    let mut local = daemon.client();
+    local.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(local.response().status, 200, "loopback, by default");
+    let mut proxied = daemon.client();
+    proxied.send("GET /metrics HTTP/1.1\r\nHost: t\r\nVia: 1.1 edge\r\n\r\n");
+    assert_eq!(proxied.response().status, 403, "through a proxy");
+
+    let elsewhere = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_METRICS_FROM", "10.0.0.0/8")
+        .start();
+    let mut client = elsewhere.client();
+    client.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let refused = client.response();
+    assert_eq!(refused.status, 403);
+    assert!(
+        !refused.body_text().contains("switchyard_"),
+        "{}",
+        refused.body_text()
+    );
+    elsewhere
+        .wait_for_log("/metrics refused to 127.0.0.1")
+        .unwrap_or_else(|l| panic!("{l}"));
+
+    let everyone = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_METRICS_FROM", "any")
+        .start();
+    let mut client = everyone.client_from("127.0.0.2");
+    client.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200, "any");
+}
+
 /// A reload carries a plugin's counters over when the new build declares them alike, and
 /// its open-connections gauge stays true while the old generation's connection lives.
 #[test]

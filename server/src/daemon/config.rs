@@ -70,6 +70,8 @@ pub struct Config {
     pub access_json: bool,
     /// `SWITCHYARD_STATUS_FROM`: the addresses `/status` is answered to.
     pub status_from: Vec<ipnet::IpNet>,
+    /// `SWITCHYARD_METRICS_FROM`: the addresses `/metrics` is answered to.
+    pub metrics_from: Vec<ipnet::IpNet>,
 }
 
 /// One setting as an operator sees it: in `--help` and in the README's table, which a test
@@ -88,6 +90,19 @@ pub fn daemon_setting_names() -> Vec<&'static str> {
 }
 
 /// Every setting of the daemon, in the README's order.
+/// `/metrics` is answered to these by default: loopback, and the private ranges a
+/// scraper in the same network or cluster speaks from (RFC 1918, RFC 6598's shared space
+/// some clusters use for pods, RFC 4193), not the internet.
+const PRIVATE_NETWORKS: [&str; 7] = [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
 pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_LISTEN",
@@ -230,6 +245,11 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "the addresses (or CIDR blocks, comma-separated) that may open `/status`, a live page of the daemon (plugins, connections, rates, refusals, settings), and its data `/status.json`; others get `403`, as does a request whose `Host` is a name other than `localhost` (a DNS-rebinding page cannot read it) or that came through a proxy (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`, `Via`); `none`: nobody",
     },
     Setting {
+        variable: "SWITCHYARD_METRICS_FROM",
+        default: "private networks: `127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7`",
+        meaning: "the addresses (or CIDR blocks, comma-separated) that may read `/metrics` (a Prometheus scraper in the same network, a Kubernetes cluster's, is among them); others get `403`, as does a request that came through a proxy (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`, `Via`): the metrics name routes, plugins and certificate files; `any`: everyone, `none`: nobody",
+    },
+    Setting {
         variable: "RUST_LOG",
         default: "`info`",
         meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log. Warnings a client causes by connecting (over its limit, a refused PROXY header, HTTP/2 not served, no capacity) are written once a second at most, each kind, with how many were not. Lines go to stderr from a thread of their own, so a reader that does not keep up never stalls serving: past 16,384 waiting lines they are dropped, and the count is logged",
@@ -355,6 +375,21 @@ impl Config {
                 ],
                 |v| match v.trim() {
                     "none" => Ok(Vec::new()),
+                    v => crate::proxy_protocol::ProxyProtocol::parse_from(v),
+                },
+            )?,
+            metrics_from: parse_or(
+                get("SWITCHYARD_METRICS_FROM"),
+                PRIVATE_NETWORKS
+                    .iter()
+                    .map(|net| net.parse().expect("a CIDR block"))
+                    .collect(),
+                |v| match v.trim() {
+                    "none" => Ok(Vec::new()),
+                    "any" => Ok(vec![
+                        "0.0.0.0/0".parse().expect("a CIDR block"),
+                        "::/0".parse().expect("a CIDR block"),
+                    ]),
                     v => crate::proxy_protocol::ProxyProtocol::parse_from(v),
                 },
             )?,

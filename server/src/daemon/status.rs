@@ -57,11 +57,7 @@ pub fn start_sampling(shared: &'static Shared) -> std::io::Result<()> {
 /// port). A page of another site that got its name to resolve to this daemon (DNS
 /// rebinding) sends its own name, and is refused.
 pub fn allowed(from: &[ipnet::IpNet], peer: IpAddr, host: Option<&str>) -> bool {
-    let peer = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-        v4 => v4,
-    };
-    if !from.iter().any(|net| net.contains(&peer)) {
+    if !is_from(from, peer) {
         return false;
     }
     let Some(host) = host.map(str::trim) else {
@@ -77,6 +73,16 @@ pub fn allowed(from: &[ipnet::IpNet], peer: IpAddr, host: Option<&str>) -> bool 
         }),
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
+}
+
+/// Whether `peer` is in one of `from`'s blocks (an IPv4-mapped IPv6 peer as its IPv4
+/// address): who may read `/status` and `/metrics`.
+pub fn is_from(from: &[ipnet::IpNet], peer: IpAddr) -> bool {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    from.iter().any(|net| net.contains(&peer))
 }
 
 /// The value a setting has: its own when set, else `None` (its default applies). Only

@@ -968,8 +968,25 @@ impl<T: Transport> HttpConn<T> {
                     return self.upgrade_request(cx, head, registry, offers, started)
                 }
                 Route::Metrics => {
-                    let response = Response::new(200, cx.metrics.body(cx.shared, cx.now))
-                        .header("Content-Type", "text/plain; version=0.0.4");
+                    let from = &cx.shared.config.metrics_from;
+                    let response = if came_through_proxy(&head, bytes)
+                        || !crate::daemon::status::is_from(from, self.peer.ip())
+                    {
+                        static REFUSED: Throttle = Throttle::new();
+                        if let Some(unlogged) = REFUSED.admit() {
+                            log::info!(
+                                "/metrics refused to {}: read it from an address in SWITCHYARD_METRICS_FROM, not through a proxy{unlogged}",
+                                self.peer
+                            );
+                        }
+                        Response::error(
+                            403,
+                            "the metrics are answered to SWITCHYARD_METRICS_FROM only, not through a proxy",
+                        )
+                    } else {
+                        Response::new(200, cx.metrics.body(cx.shared, cx.now))
+                            .header("Content-Type", "text/plain; version=0.0.4")
+                    };
                     if head.close {
                         response.closing()
                     } else {
@@ -996,13 +1013,10 @@ impl<T: Transport> HttpConn<T> {
                         .values(bytes, "host")
                         .next()
                         .map(|h| std::str::from_utf8(h).unwrap_or(""));
-                    let proxied = ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
-                        .iter()
-                        .any(|name| head.values(bytes, name).next().is_some());
                     let asker = super::status_page::Asker {
                         peer: self.peer.ip(),
                         host,
-                        proxied,
+                        proxied: came_through_proxy(&head, bytes),
                     };
                     let response = super::status_page::answer(cx.shared, page, asker);
                     if head.close {
@@ -1140,6 +1154,15 @@ impl<T: Transport> HttpConn<T> {
         self.phase = Phase::Head;
         self.deadline = cx.now + cx.shared.config.header_timeout;
     }
+}
+
+/// The request names a proxy it came through (`Forwarded`, `X-Forwarded-For`,
+/// `X-Real-IP`, `Via`): the peer is then not the asker, and the daemon's own pages that
+/// answer by address (`/status`, `/metrics`) refuse it.
+fn came_through_proxy(head: &Head, bytes: &[u8]) -> bool {
+    ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
+        .iter()
+        .any(|name| head.values(bytes, name).next().is_some())
 }
 
 #[cfg(test)]
