@@ -179,6 +179,28 @@ pub mod sizes {
     pub const READ_BUDGET: usize = 256 * 1024;
 }
 
+/// How the daemon tells clients apart for its per-client limits, for plugins that keep
+/// limits of their own per client, so that both sides count one client alike.
+pub mod clients {
+    use std::net::IpAddr;
+
+    /// The key a client is counted under: the /64 of an IPv6 address (one host is routinely
+    /// given a whole /64, so counting single addresses would let one machine count as
+    /// millions of clients), or an IPv4 address (also as IPv4-mapped IPv6) under the
+    /// prefix `ffff:ffff::/32`, which is multicast (`ff00::/8`): no TCP peer has it, so no
+    /// IPv6 client's key is ever an IPv4 client's.
+    pub fn key(ip: IpAddr) -> u64 {
+        let v4 = |v4: std::net::Ipv4Addr| 0xffff_ffff_0000_0000 | u64::from(u32::from(v4));
+        match ip {
+            IpAddr::V4(address) => v4(address),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(address) => v4(address),
+                None => (u128::from(v6) >> 64) as u64,
+            },
+        }
+    }
+}
+
 /// Log levels as the ABI numbers them ([`abi::LOG_OFF`] … [`abi::LOG_TRACE`]), one map for
 /// both sides of the boundary.
 pub mod log_levels {

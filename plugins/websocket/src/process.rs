@@ -49,18 +49,11 @@ fn release_slot() {
 /// every slot of the processes limit and hold them with idle connections.
 static BY_CLIENT: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
 
-/// A client as the daemon counts clients: its IPv4 address, or its IPv6 /64 (one host is
-/// routinely given a whole /64). A peer that does not parse counts as one client.
+/// A client as the daemon counts clients ([`protocol_api::clients::key`]); a peer that
+/// does not parse counts as one client.
 fn client_key(peer: &str) -> u64 {
-    let v4 = |v4: std::net::Ipv4Addr| 0xffff_ffff_0000_0000 | u64::from(u32::from(v4));
-    match peer.parse::<std::net::SocketAddr>().map(|a| a.ip()) {
-        Ok(std::net::IpAddr::V4(address)) => v4(address),
-        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(address) => v4(address),
-            None => (u128::from(v6) >> 64) as u64,
-        },
-        Err(_) => 0,
-    }
+    peer.parse::<std::net::SocketAddr>()
+        .map_or(0, |address| protocol_api::clients::key(address.ip()))
 }
 
 /// One client's count of one program, given back when dropped (the program's connection

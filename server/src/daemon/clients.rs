@@ -34,24 +34,15 @@ pub enum Limit {
 /// Refused connections of one client that may wait for their answer at once.
 pub const REFUSALS_ANSWERED: usize = 16;
 
-/// The key a client is counted under: the /64 of an IPv6 address, or an IPv4 address
-/// under the prefix `ffff:ffff::/32`, which is multicast (`ff00::/8`): no TCP peer has it,
-/// so no IPv6 client's key is ever an IPv4 client's. Eight bytes, as every open connection
-/// carries one.
+/// The key a client is counted under ([`protocol_api::clients::key`]: an IPv4 address, or
+/// an IPv6 /64; plugins with limits of their own count clients by it too). Eight bytes,
+/// as every open connection carries one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientKey(u64);
 
 impl ClientKey {
     pub fn of(ip: IpAddr) -> ClientKey {
-        let v4 =
-            |v4: std::net::Ipv4Addr| ClientKey(0xffff_ffff_0000_0000 | u64::from(u32::from(v4)));
-        match ip {
-            IpAddr::V4(address) => v4(address),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(address) => v4(address),
-                None => ClientKey((u128::from(v6) >> 64) as u64),
-            },
-        }
+        ClientKey(protocol_api::clients::key(ip))
     }
 }
 
