@@ -402,13 +402,7 @@ impl WebSocket {
                             request.peer(),
                         );
                     }
-                    let rejection = protocol_api::Rejection {
-                        status: 503,
-                        headers: Vec::new(),
-                        body: b"too many programs running for this client; try again later\n"
-                            .to_vec(),
-                    };
-                    return Err(rejection.with_header("Retry-After", "1"));
+                    return Err(programs_busy("too many programs running for this client"));
                 };
                 match process::Reservation::take(self.config.max_processes) {
                     Some(slot) => Some(slot.for_client(share)),
@@ -422,12 +416,7 @@ impl WebSocket {
                                 process::running()
                             );
                         }
-                        let rejection = protocol_api::Rejection {
-                            status: 503,
-                            headers: Vec::new(),
-                            body: b"too many programs running; try again later\n".to_vec(),
-                        };
-                        return Err(rejection.with_header("Retry-After", "1"));
+                        return Err(programs_busy("too many programs running"));
                     }
                 }
             }
@@ -473,6 +462,17 @@ impl WebSocket {
             }
         }
     }
+}
+
+/// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
+/// reached; another try may find a slot.
+fn programs_busy(why: &str) -> protocol_api::Rejection {
+    let rejection = protocol_api::Rejection {
+        status: 503,
+        headers: Vec::new(),
+        body: format!("{why}; try again later\n").into_bytes(),
+    };
+    rejection.with_header("Retry-After", "1")
 }
 
 /// A refusal before the handshake is looked at (a path no route may take), logged.
