@@ -1,18 +1,24 @@
 //! Where log lines go: to stderr from a thread of their own, so that a reader that does not
 //! keep up (journald under load, a pipe nobody reads) never stalls an event loop. Each loop
 //! writes an access line per exchange; written in place, a full pipe held every
-//! connection of the loop until it drained. Up to [`QUEUE`] lines wait; past that, lines
-//! are dropped and counted, and the count is written once stderr takes lines again, as
+//! connection of the loop until it drained. Up to [`QUEUE`] lines, [`QUEUE_BYTES`] in
+//! all, wait (a line may carry a client's 8 KiB request target); past that, lines are
+//! dropped and counted, and the count is written once stderr takes lines again, as
 //! HAProxy's logs over UDP are lost rather than slow it down.
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Lines that may wait for stderr.
 pub const QUEUE: usize = 16_384;
+/// Bytes those lines may hold together.
+pub const QUEUE_BYTES: usize = 4 << 20;
+
+/// Bytes of the lines waiting now.
+static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Lines dropped since the last note of it.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -46,13 +52,23 @@ impl LogWriter {
 
 impl Write for LogWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let queued = QUEUED_BYTES.fetch_add(line.len(), Ordering::Relaxed);
+        if queued + line.len() > QUEUE_BYTES {
+            QUEUED_BYTES.fetch_sub(line.len(), Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return Ok(line.len());
+        }
         match self.lines.try_send(line.to_vec()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                QUEUED_BYTES.fetch_sub(line.len(), Ordering::Relaxed);
                 DROPPED.fetch_add(1, Ordering::Relaxed);
             }
             // No writer thread: in place, as before.
-            Err(TrySendError::Disconnected(line)) => io::stderr().write_all(&line)?,
+            Err(TrySendError::Disconnected(line)) => {
+                QUEUED_BYTES.fetch_sub(line.len(), Ordering::Relaxed);
+                io::stderr().write_all(&line)?
+            }
         }
         Ok(line.len())
     }
@@ -74,6 +90,7 @@ fn write_out(queued: Receiver<Vec<u8>>) {
             );
         }
         let _ = stderr.write_all(&line);
+        QUEUED_BYTES.fetch_sub(line.len(), Ordering::Relaxed);
         WRITING.store(false, Ordering::Release);
     }
 }
