@@ -518,6 +518,12 @@ fn goaway_after(addr: std::net::SocketAddr, frames: &[u8]) -> u32 {
 /// Sends the preface, an empty SETTINGS and `frames` to `addr`; the payload of the first
 /// frame of type `kind` that comes back.
 fn first_frame_after(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec<u8> {
+    frames_until(addr, frames, kind).pop().unwrap().1
+}
+
+/// Sends the preface, an empty SETTINGS and `frames` to `addr`; the frames (type and
+/// payload) that come back, up to the first of type `kind`.
+fn frames_until(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec<(u8, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut socket = std::net::TcpStream::connect(addr).unwrap();
     socket
@@ -529,18 +535,19 @@ fn first_frame_after(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec
     // The relay stops reading once it has had enough: the rest may not go in.
     let _ = socket.write_all(&out);
     let mut input = Vec::new();
+    let mut seen = Vec::new();
     let mut buf = [0u8; 65_536];
     loop {
-        let mut at = 0;
-        while input.len() >= at + 9 {
-            let len = u32::from_be_bytes([0, input[at], input[at + 1], input[at + 2]]) as usize;
-            if input.len() < at + 9 + len {
+        while input.len() >= 9 {
+            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if input.len() < 9 + len {
                 break;
             }
-            if input[at + 3] == kind {
-                return input[at + 9..at + 9 + len].to_vec();
+            let frame: Vec<u8> = input.drain(..9 + len).collect();
+            seen.push((frame[3], frame[9..].to_vec()));
+            if frame[3] == kind {
+                return seen;
             }
-            at += 9 + len;
         }
         match socket.read(&mut buf) {
             Ok(0) | Err(_) => panic!("the connection ended with no frame of type {kind}"),
@@ -631,4 +638,36 @@ fn requests_waiting_for_a_backend_hold_a_bounded_amount() {
         0x7,
         "RST_STREAM REFUSED_STREAM, before the 5 s connect time-out"
     );
+}
+
+/// RFC 9113 §5.1: frames the client sent before it read our RST_STREAM are ignored. A
+/// request the relay answers itself (no route: 404) before its body is in gets RST_STREAM
+/// NO_ERROR, and the client's upload, 1,500 small DATA frames already on their way, goes
+/// on arriving. Before, each cost a glitch and a reset of its own, and the connection got
+/// GOAWAY ENHANCE_YOUR_CALM; now it serves on (the PING after them is answered).
+#[test]
+fn frames_on_the_way_after_our_reset_are_ignored() {
+    run(async {
+        let backend = backend(Arc::new(Seen::default())).await;
+        let daemon = daemon(&format!("/api={backend}"), &[]);
+        let addr = daemon.addr;
+        // GET http://t/ with a body to come (END_HEADERS, no END_STREAM).
+        let mut frames = raw_frame(0x1, 0x4, 1, &[0x82, 0x86, 0x84, 0x01, 0x01, b't']);
+        for _ in 0..1_500 {
+            frames.extend(raw_frame(0x0, 0, 1, b"0123456789"));
+        }
+        frames.extend(raw_frame(0x0, 0x1, 1, b"end")); // END_STREAM
+        frames.extend(raw_frame(0x6, 0, 0, b"still ok"));
+        let back = tokio::task::spawn_blocking(move || frames_until(addr, &frames, 0x6))
+            .await
+            .unwrap();
+        let kinds: Vec<u8> = back.iter().map(|(kind, _)| *kind).collect();
+        assert!(!kinds.contains(&0x7), "no GOAWAY: {kinds:?}");
+        let resets = back.iter().filter(|(kind, _)| *kind == 0x3).count();
+        assert_eq!(
+            resets, 1,
+            "one RST_STREAM (NO_ERROR), none per DATA frame: {kinds:?}"
+        );
+        assert_eq!(back.last().unwrap().1, b"still ok", "the PING is answered");
+    });
 }

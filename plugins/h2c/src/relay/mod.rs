@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stream::{Flow, Stream, Target};
+use stream::{Flow, ResetSent, Stream, Target};
 
 /// Frames that cost the relay work without moving a request (see the module docs) one
 /// client connection may send in ten seconds.
@@ -127,6 +127,8 @@ pub struct Relay {
     streams: HashMap<u32, Stream>,
     /// The highest stream identifier the client used.
     last_stream: u32,
+    /// Streams this side reset lately, whose frames the client may still have on the way.
+    reset_sent: ResetSent,
     backends: Vec<Option<Backend>>,
     /// The connection is being shut down gracefully.
     going_away: Option<GoingAway>,
@@ -196,6 +198,7 @@ impl Relay {
             client: Peer::new(),
             streams: HashMap::new(),
             last_stream: 0,
+            reset_sent: ResetSent::default(),
             backends: Vec::new(),
             going_away: None,
             client_going_away: false,
@@ -481,11 +484,7 @@ impl Relay {
                     if head.stream > self.last_stream {
                         return Err(Malformed(code::FRAME_SIZE_ERROR));
                     }
-                    frame::write_rst_stream(
-                        self.client.out.queue(),
-                        head.stream,
-                        code::FRAME_SIZE_ERROR,
-                    );
+                    self.reset_client(head.stream, code::FRAME_SIZE_ERROR);
                     if let Some(stream) = self.take_stream(head.stream) {
                         self.drop_stream(head.stream, stream, code::CANCEL);
                     }
@@ -497,7 +496,10 @@ impl Relay {
                 if head.stream == 0 || head.stream > self.last_stream {
                     return Err(Malformed(code::PROTOCOL_ERROR));
                 }
-                self.glitch();
+                if !self.reset_sent.contains(head.stream) {
+                    // (Both ends resetting a stream at once is no glitch.)
+                    self.glitch();
+                }
                 if let Some(stream) = self.take_stream(head.stream) {
                     log::debug!(
                         "h2c {}: stream {} reset by the client ({error:#x})",
@@ -617,10 +619,14 @@ impl Relay {
             return Ok(());
         }
         if id <= self.last_stream {
-            // A stream this side closed or reset, its frames still on the way (RFC 9113
-            // §5.1): a stream error, not the connection's.
+            if self.reset_sent.contains(id) {
+                // Trailers the client sent before it read our reset (RFC 9113 §5.1).
+                return Ok(());
+            }
+            // A stream this side closed, its frames still on the way (RFC 9113 §5.1): a
+            // stream error, not the connection's.
             self.glitch();
-            frame::write_rst_stream(self.client.out.queue(), id, code::STREAM_CLOSED);
+            self.reset_client(id, code::STREAM_CLOSED);
             return Ok(());
         }
         self.last_stream = id;
@@ -637,7 +643,7 @@ impl Relay {
             .count();
         if open >= self.shared.config.max_streams as usize {
             self.glitch();
-            frame::write_rst_stream(self.client.out.queue(), id, code::REFUSED_STREAM);
+            self.reset_client(id, code::REFUSED_STREAM);
             return Ok(());
         }
         let down = Flow::new(self.client.initial_window);
@@ -671,7 +677,7 @@ impl Relay {
                     "h2c {}: stream {id} malformed: a content-length and no body",
                     self.peer_addr
                 );
-                frame::write_rst_stream(self.client.out.queue(), id, code::PROTOCOL_ERROR);
+                self.reset_client(id, code::PROTOCOL_ERROR);
             }
             Ok(routed) => {
                 self.shared.stats.route(Some(routed.route)).streams.inc();
@@ -686,7 +692,7 @@ impl Relay {
             Err(Refused::Malformed(why)) => {
                 log::debug!("h2c {}: stream {id} malformed: {why}", self.peer_addr);
                 self.glitch();
-                frame::write_rst_stream(self.client.out.queue(), id, code::PROTOCOL_ERROR);
+                self.reset_client(id, code::PROTOCOL_ERROR);
             }
             Err(Refused::Answer(status, text)) => {
                 log::debug!("h2c {}: stream {id}: {status} {text}", self.peer_addr);
@@ -738,8 +744,14 @@ impl Relay {
                 return Err(Malformed(code::PROTOCOL_ERROR));
             }
             self.client.give_back(counted);
+            if self.reset_sent.contains(head.stream) {
+                // Sent before the client read our reset: ignored (RFC 9113 §5.1), its
+                // window given back. Not a glitch: a client uploading in small frames
+                // has hundreds of them on the way.
+                return Ok(());
+            }
             self.glitch();
-            frame::write_rst_stream(self.client.out.queue(), head.stream, code::STREAM_CLOSED);
+            self.reset_client(head.stream, code::STREAM_CLOSED);
             return Ok(());
         };
         let local = stream.target == Target::Local;
@@ -823,8 +835,14 @@ impl Relay {
         self.reset(id, error);
     }
 
-    fn reset(&mut self, id: u32, error: u32) {
+    /// RST_STREAM to the client, remembered so that what it sent meanwhile is ignored.
+    fn reset_client(&mut self, id: u32, error: u32) {
         frame::write_rst_stream(self.client.out.queue(), id, error);
+        self.reset_sent.note(id);
+    }
+
+    fn reset(&mut self, id: u32, error: u32) {
+        self.reset_client(id, error);
         if let Some(stream) = self.take_stream(id) {
             self.drop_stream(id, stream, code::CANCEL);
         }
@@ -867,7 +885,7 @@ impl Relay {
         if stream.target == Target::Local && stream.down.ended && !stream.up.ended {
             // The answer is complete before the request: "the server MAY request that the
             // client abort transmission of a request without error" (RFC 9113 §8.1).
-            frame::write_rst_stream(self.client.out.queue(), id, code::NO_ERROR);
+            self.reset_client(id, code::NO_ERROR);
             let stream = self.take_stream(id).expect("just found");
             self.client.give_back(stream.up.pending.len());
         } else if stream.is_done() {
@@ -1232,7 +1250,7 @@ impl Relay {
                         self.peer_addr,
                         head.stream
                     );
-                    frame::write_rst_stream(self.client.out.queue(), head.stream, error);
+                    self.reset_client(head.stream, error);
                     let stream = self.take_stream(head.stream).expect("just found");
                     self.client.give_back(stream.up.pending.len());
                     if let Some(backend) = self.backends[slot].as_mut() {

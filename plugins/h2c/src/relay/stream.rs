@@ -8,6 +8,32 @@ use crate::frame::{self, flag, kind};
 /// (RFC 9113 §6.9.2), so no INITIAL_WINDOW_SIZE setting is ever sent.
 pub const STREAM_WINDOW: u32 = frame::DEFAULT_WINDOW;
 
+/// How many of the streams this side reset are remembered (see [`ResetSent`]).
+const RESETS_REMEMBERED: usize = 128;
+
+/// The streams this side reset lately. "An endpoint MUST ignore frames that it receives on
+/// closed streams after it has sent a RST_STREAM frame" (RFC 9113 §5.1): the client may
+/// have sent them before it read the reset. Only the last [`RESETS_REMEMBERED`] are kept
+/// ("an endpoint MAY choose to limit the period over which it ignores frames"); frames on
+/// older ones are treated as on any closed stream.
+#[derive(Debug, Default)]
+pub struct ResetSent {
+    ids: std::collections::VecDeque<u32>,
+}
+
+impl ResetSent {
+    pub fn note(&mut self, id: u32) {
+        if self.ids.len() == RESETS_REMEMBERED {
+            self.ids.pop_front();
+        }
+        self.ids.push_back(id);
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.ids.contains(&id)
+    }
+}
+
 /// One direction of a stream: from its source (the side that sends these bytes) to its
 /// destination.
 #[derive(Debug)]
@@ -282,6 +308,18 @@ mod tests {
         assert_eq!(flow.take(1, b"0123456789", 10, false, &mut to), 5);
         assert_eq!(flow.pending, b"56789");
         assert_eq!(to.send_window, 0);
+    }
+
+    #[test]
+    fn only_the_latest_resets_are_remembered() {
+        let mut sent = ResetSent::default();
+        for id in (1..).step_by(2).take(RESETS_REMEMBERED + 1) {
+            sent.note(id);
+        }
+        assert!(!sent.contains(1));
+        assert!(sent.contains(3));
+        assert!(sent.contains(2 * RESETS_REMEMBERED as u32 + 1));
+        assert!(!sent.contains(2 * RESETS_REMEMBERED as u32 + 3));
     }
 
     #[test]
