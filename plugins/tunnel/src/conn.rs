@@ -205,12 +205,13 @@ impl Direction {
             if *budget == 0 {
                 return Ok(Stop::Spent);
             }
-            let asked = match self.bulk {
+            let splice_from = from.fd().filter(|_| self.bulk && to.fd().is_some());
+            let splicing = splice_from.is_some();
+            // What one read can take: a read that takes it all may have left more.
+            let asked = match splicing {
                 true => (*budget).min(CHUNK),
                 false => (*budget).min(protocol_api::sizes::READ_BUFFER),
             };
-            let splice_from = from.fd().filter(|_| self.bulk && to.fd().is_some());
-            let splicing = splice_from.is_some();
             let filled = match splice_from {
                 Some(fd) => self.splice_in(fd, asked),
                 None => self.copy(&mut from, &mut to, asked),
