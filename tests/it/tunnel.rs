@@ -456,3 +456,93 @@ fn a_burst_bigger_than_a_pipe_then_a_wait_for_the_answer_passes_whole() {
     }
     backend.join().unwrap();
 }
+
+/// Pipes in the daemon's process (each is two descriptors).
+fn pipes_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count()
+        / 2
+}
+
+/// A stalled download holds a full pipe (two descriptors) for as long as its client does
+/// not read. Pipes are capped (`SWITCHYARD_TUNNEL_MAX_PIPES`, HAProxy's `maxpipes`): past
+/// the cap a tunnel copies instead, and every byte still arrives. Before, each bulk tunnel
+/// held a pipe of its own, spending descriptors that new connections need, and a tunnel
+/// that could not open one failed.
+#[test]
+fn pipes_are_capped_and_tunnels_past_the_cap_copy() {
+    const DOWNLOAD: usize = 8 << 20;
+    const TUNNELS: usize = 3;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = std::thread::spawn(move || {
+        let senders: Vec<_> = listener
+            .incoming()
+            .take(TUNNELS)
+            .map(|stream| {
+                let mut stream = stream.unwrap();
+                std::thread::spawn(move || stream.write_all(&vec![7u8; DOWNLOAD]).unwrap())
+            })
+            .collect();
+        senders.into_iter().for_each(|s| s.join().unwrap());
+    });
+    let daemon = daemon(addr, &[("SWITCHYARD_TUNNEL_MAX_PIPES", "1")]);
+    let pid = daemon.pid();
+    let before = pipes_of(pid);
+    // The most pipes seen at once, sampled while the downloads stall and then drain.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(pipes_of(pid).saturating_sub(before));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        })
+    };
+    let clients: Vec<Client> = (0..TUNNELS)
+        .map(|_| {
+            let mut client = daemon.client();
+            switch(&mut client, "GET", "\r\n");
+            client
+        })
+        .collect();
+    // Nobody reads for a while: the downloads stall against full sockets.
+    std::thread::sleep(Duration::from_millis(500));
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            std::thread::spawn(move || {
+                let mut got = 0;
+                let mut buf = vec![0u8; 1 << 16];
+                while got < DOWNLOAD {
+                    let n = client
+                        .stream
+                        .read(&mut buf)
+                        .unwrap_or_else(|e| panic!("tunnel {i} stalled at {got} bytes: {e}"));
+                    assert!(n > 0, "tunnel {i} ended at {got} bytes");
+                    assert!(buf[..n].iter().all(|&b| b == 7), "tunnel {i}");
+                    got += n;
+                }
+            })
+        })
+        .collect();
+    for (i, reader) in readers.into_iter().enumerate() {
+        reader
+            .join()
+            .unwrap_or_else(|_| panic!("tunnel {i}: {}", daemon.logs()));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        sampler.join().unwrap(),
+        1,
+        "{TUNNELS} bulk downloads spliced through one pipe at most, and used it"
+    );
+    backend.join().unwrap();
+}

@@ -11,7 +11,14 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// `SWITCHYARD_TUNNEL_IDLE_MS`: end a tunnel with no bytes either way this long.
     pub idle: Option<Duration>,
+    /// `SWITCHYARD_TUNNEL_MAX_PIPES` (default [`MAX_PIPES`]): most splice pipes held at
+    /// once, two descriptors each; 0 never splices.
+    pub max_pipes: usize,
 }
+
+/// HAProxy's `maxpipes` default: a quarter of its connection limit (here the daemon's
+/// default `SWITCHYARD_MAX_CONNECTIONS`, 10,000).
+pub const MAX_PIPES: usize = 2_500;
 
 impl Config {
     pub fn from_env() -> Result<Config, String> {
@@ -58,6 +65,14 @@ impl Config {
             connect_timeout: millis("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS")?
                 .unwrap_or(Duration::from_secs(5)),
             idle: millis("SWITCHYARD_TUNNEL_IDLE_MS")?,
+            max_pipes: match lookup("SWITCHYARD_TUNNEL_MAX_PIPES") {
+                None => MAX_PIPES,
+                Some(v) => v.trim().parse().map_err(|_| {
+                    format!(
+                        "invalid SWITCHYARD_TUNNEL_MAX_PIPES={v:?}: expected a count, 0 or more"
+                    )
+                })?,
+            },
         })
     }
 
@@ -91,6 +106,11 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
         "SWITCHYARD_TUNNEL_IDLE_MS",
         "unset: never",
         "end a tunnel with no bytes either way this long",
+    ),
+    protocol_api::Setting::new(
+        "SWITCHYARD_TUNNEL_MAX_PIPES",
+        "2500",
+        "most pipes held at once to splice bulk transfers (two descriptors each, as HAProxy's maxpipes); past it, or with no descriptor to spare, a tunnel copies instead; 0 never splices",
     ),
 ];
 

@@ -8,7 +8,8 @@
 //! in small pieces (an interactive protocol: a `read` and a `write` a message, and a quiet
 //! tunnel holds no pipe and no buffer); once a read fills the buffer, the flow is bulk and
 //! the direction splices through a pipe of its own (no copy through user space) until the
-//! source is drained, when the pipe is closed again. When a source ends, the destination's
+//! source is drained, when the pipe is closed again. (Past `SWITCHYARD_TUNNEL_MAX_PIPES`
+//! pipes in the process, or with no descriptor left for one, a bulk direction copies.) When a source ends, the destination's
 //! write side is shut and the other
 //! direction flows on (half-close); when both have ended, the tunnel ends. A reset on one
 //! side is passed on as a reset to the other.
@@ -205,7 +206,9 @@ impl Direction {
             if *budget == 0 {
                 return Ok(Stop::Spent);
             }
-            let splice_from = from.fd().filter(|_| self.bulk && to.fd().is_some());
+            let splice_from = from
+                .fd()
+                .filter(|_| self.bulk && to.fd().is_some() && self.has_pipe());
             let splicing = splice_from.is_some();
             // What one read can take: a read that takes it all may have left more.
             let asked = match splicing {
@@ -246,13 +249,18 @@ impl Direction {
         }
     }
 
+    /// Whether the direction has a pipe, taking one if it may ([`Pipe::take`]).
+    fn has_pipe(&mut self) -> bool {
+        if self.pipe.is_none() {
+            self.pipe = Pipe::take();
+        }
+        self.pipe.is_some()
+    }
+
     /// Fills the (empty) pipe from the source; `WouldBlock` can only mean the source has
     /// nothing, since the pipe is empty.
     fn splice_in(&mut self, from: BorrowedFd<'_>, asked: usize) -> io::Result<usize> {
-        if self.pipe.is_none() {
-            self.pipe = Some(Pipe::new()?);
-        }
-        let pipe = self.pipe.as_ref().expect("made above");
+        let pipe = self.pipe.as_ref().expect("taken before splicing");
         let n = pipe.fill(from, asked)?;
         self.held = n;
         Ok(n)

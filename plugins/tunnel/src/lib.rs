@@ -71,6 +71,7 @@ impl EventProtocol for Tunnel {
             );
         }
         let stats = Stats::declare()?;
+        pump::limit_pipes(config.max_pipes, stats.pipes);
         let routes = config.routes.iter().map(|(p, _)| stats.route(p)).collect();
         Ok(Tunnel {
             config,

@@ -6,8 +6,11 @@
 //!
 //! All of the plugin's `unsafe` is here.
 
+use protocol_api::metrics::Gauge;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// Most bytes one splice into a pipe asks for (the pipe takes what it has room for), and
 /// with it the tunnel's budget per call. The pipe keeps the kernel's default size (64 KiB):
@@ -15,10 +18,30 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// let a few dozen bulk tunnels use it up for every other pipe of the daemon's user.
 pub const CHUNK: usize = 1 << 20;
 
-/// A pipe through which one direction of a tunnel flows.
+/// A pipe through which one direction of a tunnel flows: two descriptors while it lives,
+/// counted against the process's pipes (see [`Pipe::take`]).
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+}
+
+/// The process's pipes: how many may be open, and how many are.
+struct Pipes {
+    limit: usize,
+    open: AtomicUsize,
+    gauge: Gauge,
+}
+
+static PIPES: OnceLock<Pipes> = OnceLock::new();
+
+/// Sets how many pipes the tunnels may hold at once (`SWITCHYARD_TUNNEL_MAX_PIPES`), and
+/// the gauge that shows them. Once, at load; before it, no pipe is taken.
+pub fn limit_pipes(limit: usize, gauge: Gauge) {
+    let _ = PIPES.set(Pipes {
+        limit,
+        open: AtomicUsize::new(0),
+        gauge,
+    });
 }
 
 fn check(result: libc::ssize_t) -> io::Result<usize> {
@@ -55,7 +78,31 @@ fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> io::Result
 }
 
 impl Pipe {
-    pub fn new() -> io::Result<Pipe> {
+    /// A pipe, if one may be had: `None` when the tunnels hold their most already (a
+    /// client's stalled downloads would otherwise spend the descriptors new connections
+    /// need: each holds a full pipe) or the system has none to give (`EMFILE`, `ENFILE`).
+    /// The direction then copies through user space instead, as slowly as that is, and
+    /// nothing fails.
+    pub fn take() -> Option<Pipe> {
+        let pipes = PIPES.get()?;
+        if pipes.open.fetch_add(1, Ordering::Relaxed) >= pipes.limit {
+            pipes.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        match Pipe::open() {
+            Ok(pipe) => {
+                pipes.gauge.inc();
+                Some(pipe)
+            }
+            Err(e) => {
+                pipes.open.fetch_sub(1, Ordering::Relaxed);
+                log::debug!("tunnel: no pipe ({e}); copying instead");
+                None
+            }
+        }
+    }
+
+    fn open() -> io::Result<Pipe> {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -84,5 +131,36 @@ impl Pipe {
             0 => Err(ErrorKind::WriteZero.into()),
             n => Ok(n),
         }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if let Some(pipes) = PIPES.get() {
+            pipes.open.fetch_sub(1, Ordering::Relaxed);
+            pipes.gauge.dec();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test that sets the process's limit.
+    #[test]
+    fn pipes_past_the_limit_are_not_taken_until_one_is_let_go() {
+        let gauge = protocol_api::metrics::gauge("test_pipes", "", &[]).unwrap();
+        let gauge = gauge.with(&[]);
+        limit_pipes(2, gauge);
+        let first = Pipe::take().expect("one");
+        let second = Pipe::take().expect("two");
+        assert!(Pipe::take().is_none(), "the limit is two");
+        assert_eq!(gauge.get(), 2);
+        drop(first);
+        assert_eq!(gauge.get(), 1);
+        let third = Pipe::take().expect("one was let go");
+        drop((second, third));
+        assert_eq!(gauge.get(), 0);
     }
 }

@@ -11,6 +11,8 @@ pub struct Stats {
     refused: Family<Counter>,
     bytes: Family<Counter>,
     connect: Family<Histogram>,
+    /// Splice pipes open now (all routes).
+    pub pipes: Gauge,
 }
 
 /// One route's handles.
@@ -50,6 +52,12 @@ impl Stats {
                 metrics::LATENCY_MICROS,
                 metrics::MICROS_PER_SECOND,
             )?,
+            pipes: metrics::gauge(
+                "pipes",
+                "Splice pipes open now, two descriptors each (at most SWITCHYARD_TUNNEL_MAX_PIPES).",
+                &[],
+            )?
+            .with(&[]),
         })
     }
 
