@@ -896,3 +896,91 @@ fn a_tunnel_over_tls_carries_megabytes_both_ways() {
     assert_eq!(&answer, b"whole");
     served.join().unwrap();
 }
+
+/// After the handshake a client may still send handshake messages (a KeyUpdate), and
+/// rustls holds the pieces of one until it is whole, up to 64 KiB. A client that sends
+/// pieces of one it never ends, on a WebSocket that then lives for the idle limit, made a
+/// session hold 64 KiB (an attacker measured 69.8 KiB a connection). Now a session that
+/// takes 20 KiB after the handshake with no data in it is closed, with a log line. The
+/// records are sealed by hand with the session's own keys: no TLS library sends them.
+#[test]
+fn a_handshake_message_that_never_ends_after_the_handshake_is_closed() {
+    use ring::aead;
+    use rustls::ConnectionTrafficSecrets;
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-websocket")
+        .start();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_secret_extraction = true;
+    let mut tls = connect(daemon.addr, &Arc::new(config), "localhost");
+    write!(
+        tls,
+        "GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        tls.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let StreamOwned { conn, mut sock } = tls;
+    let (mut seq, secrets) = conn.dangerous_extract_secrets().unwrap().tx;
+    let ConnectionTrafficSecrets::Aes128Gcm { key, iv } = secrets else {
+        panic!("AES-128-GCM was the only suite offered");
+    };
+    let key =
+        aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_128_GCM, key.as_ref()).unwrap());
+    // A KeyUpdate (24) that says it is 65,000 bytes long, in four records of 16,000 that
+    // leave it short of its end (RFC 8446 §5.2: the inner content type follows the
+    // fragment; the outer type says application data).
+    let mut message = vec![24, 0, 0xfd, 0xe8];
+    message.resize(64_000, 0);
+    for fragment in message.chunks(16_000) {
+        let mut inner = fragment.to_vec();
+        inner.push(22);
+        let len = inner.len() + aead::AES_128_GCM.tag_len();
+        let header = [23, 3, 3, (len >> 8) as u8, len as u8];
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(iv.as_ref());
+        for (n, b) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
+            *n ^= b;
+        }
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(header),
+            &mut inner,
+        )
+        .unwrap();
+        seq += 1;
+        // The daemon may close while they go.
+        let _ = sock
+            .write_all(&header)
+            .and_then(|()| sock.write_all(&inner));
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    match sock.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection stayed open: {e}"),
+    }
+    let logs = daemon.wait_for_log("no data in them").unwrap_or_else(|l| l);
+    assert!(
+        logs.contains("bytes of TLS from the client after the handshake and no data in them; connection closed"),
+        "{logs}"
+    );
+    assert!(logs.contains("reason=\"tls without data\""), "{logs}");
+}

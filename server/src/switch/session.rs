@@ -20,6 +20,7 @@ use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
+use crate::daemon::throttle::Throttle;
 use crate::http1::Upgrade;
 use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watched, Watcher};
 use mio::net::TcpStream;
@@ -281,6 +282,17 @@ impl Session {
             Ok(wants) => wants,
             // An I/O error the plugin passed on (a reset, mostly): the connection's end, not
             // the plugin's fault; logged as the blocking `serve`'s errors are.
+            Err(Failure::Error(_)) if self.wire.tls.as_ref().is_some_and(|t| t.sent_no_data) => {
+                static NO_DATA: Throttle = Throttle::new();
+                if let Some(unlogged) = NO_DATA.admit() {
+                    log::warn!(
+                        "{}: {}; connection closed{unlogged}",
+                        self.peer,
+                        crate::tls::layer::NoData
+                    );
+                }
+                return Step::Close(Some("tls without data"));
+            }
             Err(Failure::Error(message)) => {
                 log::debug!(
                     "plugin {}: connection from {} ended with an error: {message}",

@@ -11,7 +11,9 @@
 //!
 //! Until the handshake is done, what a client may make a session hold is bounded by
 //! [`FlightLimit`]: rustls alone would keep up to 64 KiB of a handshake message that
-//! arrives in pieces, four times what a cleartext request head may take.
+//! arrives in pieces, four times what a cleartext request head may take. After it, by
+//! [`WITHOUT_DATA`]: a handshake message may still come (a KeyUpdate), and rustls would
+//! hold 64 KiB of one that never ends as well.
 //!
 //! Writes encrypt what they are given and write it out at once. What the socket did not
 //! take stays in the session ([`TlsLayer::has_pending`]) and goes first on the next write
@@ -42,6 +44,29 @@ impl FlightLimit {
     pub const CLIENT_CERTIFICATES: FlightLimit = FlightLimit(80 * 1024);
 }
 
+/// Most ciphertext a client may send once the handshake is done without any of it coming
+/// out as data: one record of the largest size a peer may send (2^14 + 2,048 bytes and its
+/// 5-byte header, RFC 5246 §6.2.3; TLS 1.3's are smaller), which a reader may take in
+/// pieces, and room for records that carry no data (a KeyUpdate, an alert). Past it, the
+/// client is keeping us holding a handshake message it never ends (rustls would keep 64
+/// KiB of one) and the session fails with [`NoData`].
+pub const WITHOUT_DATA: usize = 20 * 1024;
+
+/// The client sent [`WITHOUT_DATA`] bytes after the handshake and none of it was data.
+#[derive(Debug)]
+pub struct NoData;
+
+impl std::fmt::Display for NoData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{WITHOUT_DATA} bytes of TLS from the client after the handshake and no data in them"
+        )
+    }
+}
+
+impl std::error::Error for NoData {}
+
 /// The client sent more than its [`FlightLimit`] without the handshake moving on: a
 /// ClientHello no client sends, or one sent to make us hold its bytes. The connection is
 /// closed (counted as `too_large`).
@@ -64,10 +89,13 @@ impl std::error::Error for HandshakeTooLarge {}
 pub struct TlsLayer {
     conn: ServerConnection,
     limit: FlightLimit,
-    /// Ciphertext the client may still send before our next flight (while handshaking).
+    /// Ciphertext the client may still send before our next flight (while handshaking),
+    /// or before some of it comes out as data (after: [`WITHOUT_DATA`]).
     flight_left: usize,
     /// The peer's end reached us (a `close_notify`, or the socket's end); reads return 0.
     ended: bool,
+    /// The session failed with [`NoData`] (for the connection's log line).
+    pub sent_no_data: bool,
     /// Our direction was shut (close_notify sealed) while ciphertext still waited: the
     /// socket's FIN goes once it is all out ([`TlsLayer::flush`]'s caller sends it).
     pub fin_owed: bool,
@@ -118,6 +146,7 @@ impl TlsLayer {
             limit,
             flight_left: limit.0,
             ended: false,
+            sent_no_data: false,
             fin_owed: false,
         }
     }
@@ -169,24 +198,25 @@ impl TlsLayer {
         Ok(())
     }
 
-    /// How much ciphertext may be read now: all there is once the handshake is done,
-    /// before that what is left of the client's flight; a flight at its limit is refused.
-    fn readable_now(&self) -> io::Result<usize> {
+    /// How much ciphertext may be read now: what is left of the client's flight, or after
+    /// the handshake of [`WITHOUT_DATA`]; at 0 the session fails.
+    fn readable_now(&mut self) -> io::Result<usize> {
         match (self.conn.is_handshaking(), self.flight_left) {
-            (false, _) => Ok(usize::MAX),
             (true, 0) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 HandshakeTooLarge(self.limit.0),
             )),
-            (true, left) => Ok(left),
+            (false, 0) => {
+                self.sent_no_data = true;
+                Err(io::Error::new(io::ErrorKind::InvalidData, NoData))
+            }
+            (_, left) => Ok(left),
         }
     }
 
-    /// Counts `n` bytes of ciphertext against the client's flight, while handshaking.
+    /// Counts `n` bytes of ciphertext against what the client may still send.
     fn took(&mut self, n: usize) {
-        if self.conn.is_handshaking() {
-            self.flight_left = self.flight_left.saturating_sub(n);
-        }
+        self.flight_left = self.flight_left.saturating_sub(n);
     }
 
     /// Reads plaintext into `buf`, reading the socket as needed (and answering the
@@ -253,9 +283,17 @@ impl TlsLayer {
 
     fn process(&mut self) -> io::Result<()> {
         let quiet = !self.conn.wants_write();
+        let handshaking = self.conn.is_handshaking();
         match self.conn.process_new_packets() {
-            Ok(_) => {
-                if quiet && self.conn.wants_write() && self.conn.is_handshaking() {
+            Ok(state) => {
+                if !self.conn.is_handshaking() {
+                    if handshaking || state.plaintext_bytes_to_read() > 0 {
+                        // Done, or data came: what a client may send without data starts
+                        // again. (No data comes between the pieces of a handshake message:
+                        // RFC 8446 §5.1 forbids it, and rustls refuses it.)
+                        self.flight_left = WITHOUT_DATA;
+                    }
+                } else if quiet && self.conn.wants_write() {
                     // Our next flight: the client's answer may be as large as its first.
                     self.flight_left = self.limit.0;
                 }
