@@ -887,7 +887,8 @@ fn one_address_cannot_take_every_program_slot() {
 /// stall serving: every exchange writes an access line, and written in place on the event
 /// loop a full stderr pipe held every connection of the loop (here: after about 600
 /// lines, the 64 KiB a pipe holds). Lines now go through a thread of their own; past its
-/// queue they are dropped and counted.
+/// queue (4 MiB: here 5,000 lines of over 1 KiB) they are dropped, and once stderr is
+/// read again a line says how many.
 #[test]
 fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
     use std::io::BufRead;
@@ -895,7 +896,7 @@ fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
         .plugin("switchyard-echo")
         .env("SWITCHYARD_IO_THREADS", "1");
     let mut child = builder.command().spawn().unwrap();
-    // The address from the log, then the log is never read again (but stays open).
+    // The address from the log, then the log is not read while the requests go.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
         let mut line = String::new();
@@ -905,17 +906,41 @@ fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
         }
     };
     let mut client = Client::connect(addr.parse().unwrap());
+    let pad = "x".repeat(1_000);
     let began = Instant::now();
     for i in 0..5_000 {
-        client.send(format!("GET /healthz?{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        client.send(format!(
+            "GET /healthz?{i}&{pad} HTTP/1.1\r\nHost: t\r\n\r\n"
+        ));
         assert_eq!(client.response().status, 200, "request {i}");
     }
     let took = began.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(stderr);
     assert!(
         took < Duration::from_secs(60),
         "5,000 requests took {took:?}"
+    );
+    // Read again: the lines that waited, and the count of those that could not.
+    let (found, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("log lines dropped") {
+                let _ = found.send(line);
+                return;
+            }
+        }
+    });
+    let line = seen.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a line saying how many lines were dropped");
+    let dropped: u64 = line
+        .split("[switchyard::log] ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        dropped > 0 && dropped < 5_000,
+        "{line}: some lines were dropped, not all"
     );
 }
