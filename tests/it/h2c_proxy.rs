@@ -671,3 +671,64 @@ fn frames_on_the_way_after_our_reset_are_ignored() {
         assert_eq!(back.last().unwrap().1, b"still ok", "the PING is answered");
     });
 }
+
+/// Trailers on a stream the relay reset are ignored once (they end it); a client that
+/// sends more field blocks on it makes the relay decode each for nothing, so they count
+/// with the frames that move no request, and GOAWAY ENHANCE_YOUR_CALM comes (an
+/// attacker's review of the change above: 2,500 such blocks went free).
+#[test]
+fn field_blocks_repeated_on_a_reset_stream_get_goaway_enhance_your_calm() {
+    // POST http://t/ with content-length: 5 and END_STREAM: malformed (RFC 9113 §8.1.1),
+    // reset at once.
+    let post = [0x83, 0x86, 0x84, 0x01, 0x01, b't', 0x0f, 0x0d, 0x01, b'5'];
+    let mut frames = raw_frame(0x1, 0x4 | 0x1, 1, &post);
+    let trailer = [0x00, 0x01, b'x', 0x01, b'y']; // x: y, not indexed
+    for _ in 0..1_100 {
+        frames.extend(raw_frame(0x1, 0x4 | 0x1, 1, &trailer));
+    }
+    assert_eq!(goaway_for(frames), 0xb, "GOAWAY ENHANCE_YOUR_CALM");
+}
+
+/// A burst of streams past the limit is refused, and each refused stream's body, already
+/// on its way, is ignored, however many streams there were (before a fix, the relay
+/// remembered 128 resets and past them answered every frame with a reset of its own).
+#[test]
+fn bodies_of_a_burst_of_refused_streams_are_ignored() {
+    run(async {
+        let backend = backend(Arc::new(Seen::default())).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let addr = daemon.addr;
+        // 300 POSTs with bodies to come, then five DATA frames each, round robin.
+        let post = [0x83, 0x86, 0x84, 0x01, 0x01, b't'];
+        let ids: Vec<u32> = (0..300).map(|i| 2 * i + 1).collect();
+        let mut frames = Vec::new();
+        for &id in &ids {
+            frames.extend(raw_frame(0x1, 0x4, id, &post));
+        }
+        for _ in 0..5 {
+            for &id in &ids {
+                frames.extend(raw_frame(0x0, 0, id, b"0123456789"));
+            }
+        }
+        frames.extend(raw_frame(0x6, 0, 0, b"still ok"));
+        let back = tokio::task::spawn_blocking(move || frames_until(addr, &frames, 0x6))
+            .await
+            .unwrap();
+        let kinds: Vec<u8> = back.iter().map(|(kind, _)| *kind).collect();
+        assert!(!kinds.contains(&0x7), "no GOAWAY: {kinds:?}");
+        let codes: Vec<u32> = back
+            .iter()
+            .filter(|(kind, _)| *kind == 0x3)
+            .map(|(_, payload)| u32::from_be_bytes(payload[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            codes.len(),
+            200,
+            "the streams past the 100 refused: {codes:?}"
+        );
+        assert!(
+            codes.iter().all(|&code| code == 0x7),
+            "REFUSED_STREAM only, no reset for a DATA frame: {codes:?}"
+        );
+    });
+}

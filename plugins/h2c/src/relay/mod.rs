@@ -496,8 +496,8 @@ impl Relay {
                 if head.stream == 0 || head.stream > self.last_stream {
                     return Err(Malformed(code::PROTOCOL_ERROR));
                 }
-                if !self.reset_sent.contains(head.stream) {
-                    // (Both ends resetting a stream at once is no glitch.)
+                if !self.reset_sent.forget(head.stream) {
+                    // (Both ends resetting a stream at once is no glitch, once.)
                     self.glitch();
                 }
                 if let Some(stream) = self.take_stream(head.stream) {
@@ -619,14 +619,18 @@ impl Relay {
             return Ok(());
         }
         if id <= self.last_stream {
-            if self.reset_sent.contains(id) {
-                // Trailers the client sent before it read our reset (RFC 9113 §5.1).
+            if end_stream && fields.list_size() <= max_list && self.reset_sent.forget(id) {
+                // Trailers the client sent before it read our reset (RFC 9113 §5.1): they
+                // end the stream, so a second block on it is not ignored.
                 return Ok(());
             }
             // A stream this side closed, its frames still on the way (RFC 9113 §5.1): a
             // stream error, not the connection's.
-            self.glitch();
-            self.reset_client(id, code::STREAM_CLOSED);
+            match fields.list_size() > max_list {
+                true => self.glitches_of(OVERSIZE_GLITCHES),
+                false => self.glitch(),
+            }
+            frame::write_rst_stream(self.client.out.queue(), id, code::STREAM_CLOSED);
             return Ok(());
         }
         self.last_stream = id;
@@ -744,14 +748,20 @@ impl Relay {
                 return Err(Malformed(code::PROTOCOL_ERROR));
             }
             self.client.give_back(counted);
-            if self.reset_sent.contains(head.stream) {
+            let ignored = match end {
+                true => self.reset_sent.forget(head.stream),
+                false => self.reset_sent.contains(head.stream),
+            };
+            if ignored {
                 // Sent before the client read our reset: ignored (RFC 9113 §5.1), its
                 // window given back. Not a glitch: a client uploading in small frames
-                // has hundreds of them on the way.
+                // has hundreds of them on the way. (The last ends the stream: after it,
+                // frames on it count.)
                 return Ok(());
             }
             self.glitch();
-            self.reset_client(head.stream, code::STREAM_CLOSED);
+            // (Not remembered as a reset: the next frame on it counts too.)
+            frame::write_rst_stream(self.client.out.queue(), head.stream, code::STREAM_CLOSED);
             return Ok(());
         };
         let local = stream.target == Target::Local;

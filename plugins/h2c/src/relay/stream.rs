@@ -8,29 +8,71 @@ use crate::frame::{self, flag, kind};
 /// (RFC 9113 §6.9.2), so no INITIAL_WINDOW_SIZE setting is ever sent.
 pub const STREAM_WINDOW: u32 = frame::DEFAULT_WINDOW;
 
-/// How many of the streams this side reset are remembered (see [`ResetSent`]).
+/// How many runs of streams this side reset are remembered (see [`ResetSent`]).
 const RESETS_REMEMBERED: usize = 128;
 
-/// The streams this side reset lately. "An endpoint MUST ignore frames that it receives on
-/// closed streams after it has sent a RST_STREAM frame" (RFC 9113 §5.1): the client may
-/// have sent them before it read the reset. Only the last [`RESETS_REMEMBERED`] are kept
-/// ("an endpoint MAY choose to limit the period over which it ignores frames"); frames on
-/// older ones are treated as on any closed stream.
+/// The streams this side reset lately and the client has not yet ended. "An endpoint MUST
+/// ignore frames that it receives on closed streams after it has sent a RST_STREAM frame"
+/// (RFC 9113 §5.1): the client may have sent them before it read the reset. Kept as runs
+/// of consecutive client streams (a burst of refusals is one run); only the last
+/// [`RESETS_REMEMBERED`] runs are kept ("an endpoint MAY choose to limit the period over
+/// which it ignores frames"), and frames on older ones count as on any closed stream. A
+/// stream leaves once the client ends or resets it.
 #[derive(Debug, Default)]
 pub struct ResetSent {
-    ids: std::collections::VecDeque<u32>,
+    /// First and last stream of each run (client streams are odd: every other number).
+    runs: std::collections::VecDeque<(u32, u32)>,
 }
 
 impl ResetSent {
     pub fn note(&mut self, id: u32) {
-        if self.ids.len() == RESETS_REMEMBERED {
-            self.ids.pop_front();
+        if let Some(last) = self.runs.back_mut() {
+            if last.1.checked_add(2) == Some(id) {
+                last.1 = id;
+                return;
+            }
         }
-        self.ids.push_back(id);
+        self.remember((id, id));
+    }
+
+    fn remember(&mut self, run: (u32, u32)) {
+        if self.runs.len() == RESETS_REMEMBERED {
+            self.runs.pop_front();
+        }
+        self.runs.push_back(run);
     }
 
     pub fn contains(&self, id: u32) -> bool {
-        self.ids.contains(&id)
+        self.position(id).is_some()
+    }
+
+    /// Takes `id` out; whether it was in.
+    pub fn forget(&mut self, id: u32) -> bool {
+        let Some(at) = self.position(id) else {
+            return false;
+        };
+        let (first, last) = self.runs[at];
+        match (first == id, last == id) {
+            (true, true) => {
+                self.runs.remove(at);
+            }
+            (true, false) => self.runs[at].0 = id + 2,
+            (false, true) => self.runs[at].1 = id - 2,
+            (false, false) => {
+                self.runs[at].1 = id - 2;
+                self.runs.insert(at + 1, (id + 2, last));
+                if self.runs.len() > RESETS_REMEMBERED {
+                    self.runs.pop_front();
+                }
+            }
+        }
+        true
+    }
+
+    fn position(&self, id: u32) -> Option<usize> {
+        self.runs
+            .iter()
+            .rposition(|&(first, last)| first <= id && id <= last && (id - first) % 2 == 0)
     }
 }
 
@@ -311,15 +353,35 @@ mod tests {
     }
 
     #[test]
-    fn only_the_latest_resets_are_remembered() {
+    fn a_burst_of_resets_is_one_run_and_only_the_latest_runs_are_remembered() {
         let mut sent = ResetSent::default();
-        for id in (1..).step_by(2).take(RESETS_REMEMBERED + 1) {
+        // 1,000 refusals in a row: one run.
+        for id in (1..2_000).step_by(2) {
             sent.note(id);
         }
-        assert!(!sent.contains(1));
-        assert!(sent.contains(3));
-        assert!(sent.contains(2 * RESETS_REMEMBERED as u32 + 1));
-        assert!(!sent.contains(2 * RESETS_REMEMBERED as u32 + 3));
+        assert!(sent.contains(1) && sent.contains(1_001) && sent.contains(1_999));
+        assert!(!sent.contains(2_001) && !sent.contains(2));
+        // Runs of one, each apart: the oldest go.
+        for id in (3_001..).step_by(4).take(RESETS_REMEMBERED) {
+            sent.note(id);
+        }
+        assert!(!sent.contains(1), "the first run was pushed out");
+        assert!(sent.contains(3_001));
+    }
+
+    #[test]
+    fn a_stream_the_client_ended_is_forgotten_and_its_run_split() {
+        let mut sent = ResetSent::default();
+        for id in [1, 3, 5, 7, 9] {
+            sent.note(id);
+        }
+        assert!(sent.forget(5));
+        assert!(!sent.forget(5), "once");
+        assert!(!sent.contains(5));
+        assert!(sent.forget(1) && sent.forget(9));
+        assert!(sent.contains(3) && sent.contains(7));
+        assert!(sent.forget(3) && sent.forget(7));
+        assert!(!sent.contains(3) && sent.runs.is_empty());
     }
 
     #[test]
