@@ -379,7 +379,12 @@ impl<T: Transport> HttpConn<T> {
                 }
                 match result {
                     Ok(n) => progressed |= n > 0,
-                    Err(_) => return After::Close,
+                    Err(_) => {
+                        if let Some(tls) = self.stream.tls() {
+                            tls.failed_without_data(&self.peer);
+                        }
+                        return After::Close;
+                    }
                 }
             }
             progressed |= self.process(cx);
@@ -497,8 +502,9 @@ impl<T: Transport> HttpConn<T> {
     /// Notes the end of a TLS handshake, or its failure (`error`, or the client's end).
     fn handshake_progress(&mut self, cx: &mut Context<'_>, error: Option<&io::Error>) {
         let reason = match (error, self.stream.tls()) {
-            (Some(e), _) => crate::tls::failure_reason(e),
-            (None, Some(tls)) if !tls.is_handshaking() => {
+            // Done, even if what came with the client's last flight then failed the session
+            // (that is the connection's end, not the handshake's).
+            (_, Some(tls)) if !tls.is_handshaking() => {
                 self.handshaking = false;
                 if let Some(summary) = tls.summary() {
                     cx.shared.metrics.tls_handshake_done(summary);
@@ -509,6 +515,7 @@ impl<T: Transport> HttpConn<T> {
                 }
                 return;
             }
+            (Some(e), _) => crate::tls::failure_reason(e),
             (None, _) if self.peer_closed => "closed",
             (None, _) => return,
         };

@@ -132,7 +132,13 @@ fn serve(
             reason = Some("plugin panicked");
         }
     }
-    if connection.write_timed_out {
+    let no_data = connection
+        .tls
+        .as_deref()
+        .and_then(|t| t.failed_without_data(&peer));
+    if no_data.is_some() {
+        reason = no_data;
+    } else if connection.write_timed_out {
         shared.metrics.ended_write_timeout();
         reason = Some("write time-out: the peer took nothing");
     } else if live.idled.load(Ordering::Relaxed) {

@@ -20,7 +20,6 @@ use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
-use crate::daemon::throttle::Throttle;
 use crate::http1::Upgrade;
 use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watched, Watcher};
 use mio::net::TcpStream;
@@ -278,21 +277,15 @@ impl Session {
         let result = self.handler.on_ready(&mut io, fd, events);
         let plugin = self.plugin;
         *now = shared.metrics.timed_call(plugin, "on_ready", began);
+        // However the plugin took its read's error (passed on, or handled as an end).
+        let tls = self.wire.tls.as_deref();
+        if let Some(reason) = tls.and_then(|tls| tls.failed_without_data(&self.peer)) {
+            return Step::Close(Some(reason));
+        }
         let wants = match result {
             Ok(wants) => wants,
             // An I/O error the plugin passed on (a reset, mostly): the connection's end, not
             // the plugin's fault; logged as the blocking `serve`'s errors are.
-            Err(Failure::Error(_)) if self.wire.tls.as_ref().is_some_and(|t| t.sent_no_data) => {
-                static NO_DATA: Throttle = Throttle::new();
-                if let Some(unlogged) = NO_DATA.admit() {
-                    log::warn!(
-                        "{}: {}; connection closed{unlogged}",
-                        self.peer,
-                        crate::tls::layer::NoData
-                    );
-                }
-                return Step::Close(Some("tls without data"));
-            }
             Err(Failure::Error(message)) => {
                 log::debug!(
                     "plugin {}: connection from {} ended with an error: {message}",

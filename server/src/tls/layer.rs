@@ -49,7 +49,10 @@ impl FlightLimit {
 /// 5-byte header, RFC 5246 §6.2.3; TLS 1.3's are smaller), which a reader may take in
 /// pieces, and room for records that carry no data (a KeyUpdate, an alert). Past it, the
 /// client is keeping us holding a handshake message it never ends (rustls would keep 64
-/// KiB of one) and the session fails with [`NoData`].
+/// KiB of one) and the session fails with [`NoData`]. The one legitimate client this
+/// refuses sends records of padding alone (RFC 8446 §5.4, "traffic analysis cover") worth
+/// more than 20 KiB in a row: no browser, curl, OpenSSL or Go stack does; the pieces of a
+/// handshake message cannot be told from them from outside rustls.
 pub const WITHOUT_DATA: usize = 20 * 1024;
 
 /// The client sent [`WITHOUT_DATA`] bytes after the handshake and none of it was data.
@@ -94,8 +97,8 @@ pub struct TlsLayer {
     flight_left: usize,
     /// The peer's end reached us (a `close_notify`, or the socket's end); reads return 0.
     ended: bool,
-    /// The session failed with [`NoData`] (for the connection's log line).
-    pub sent_no_data: bool,
+    /// The session failed with [`NoData`] (see [`TlsLayer::failed_without_data`]).
+    sent_no_data: bool,
     /// Our direction was shut (close_notify sealed) while ciphertext still waited: the
     /// socket's FIN goes once it is all out ([`TlsLayer::flush`]'s caller sends it).
     pub fin_owed: bool,
@@ -149,6 +152,19 @@ impl TlsLayer {
             sent_no_data: false,
             fin_owed: false,
         }
+    }
+
+    /// If the session failed with [`NoData`]: the reason for the connection's access line,
+    /// after a log line naming the client (once a second at most: a client causes it).
+    pub fn failed_without_data(&self, peer: &dyn std::fmt::Display) -> Option<&'static str> {
+        static LOGGED: crate::daemon::throttle::Throttle = crate::daemon::throttle::Throttle::new();
+        if !self.sent_no_data {
+            return None;
+        }
+        if let Some(unlogged) = LOGGED.admit() {
+            log::warn!("{peer}: {NoData}; connection closed{unlogged}");
+        }
+        Some("tls without data")
     }
 
     /// The rustls session, for what the handshake settled (version, cipher, ALPN, SNI).
