@@ -124,6 +124,29 @@ pub fn not_modified(
     seconds(modified) <= seconds(since)
 }
 
+/// RFC 9110 §13.1.1 and §13.1.4: whether a request is answered `412`. With `If-Match`,
+/// only it decides (strong comparison, `*` for any: the file exists); else
+/// `If-Unmodified-Since`, to the second (a date that does not parse is ignored).
+pub fn precondition_failed(
+    if_match: Option<&str>,
+    if_unmodified_since: Option<&str>,
+    etag: &str,
+    modified: SystemTime,
+) -> bool {
+    if let Some(list) = if_match {
+        // A weak tag never matches strongly (§8.8.3.2).
+        return !list
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag == etag);
+    }
+    let Some(since) = if_unmodified_since.and_then(|d| httpdate::parse_http_date(d).ok()) else {
+        return false;
+    };
+    let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    seconds(modified) > seconds(since)
+}
+
 /// What a `Range` field asks of a file of `len` bytes (RFC 9110 §14.2).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ranged {
@@ -312,6 +335,32 @@ mod tests {
         let earlier = last_modified(modified - Duration::from_secs(1));
         assert!(!not_modified(None, Some(&earlier), &tag, modified));
         assert!(!not_modified(None, Some("not a date"), &tag, modified));
+    }
+
+    #[test]
+    fn rfc9110_13_1_1_and_13_1_4_preconditions() {
+        let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let tag = etag(modified, 42);
+        let failed = |if_match: Option<&str>, since: Option<&str>| {
+            precondition_failed(if_match, since, &tag, modified)
+        };
+        assert!(!failed(None, None));
+        assert!(!failed(Some(&tag), None));
+        assert!(!failed(Some(&format!("\"x\", {tag}")), None));
+        assert!(!failed(Some("*"), None));
+        assert!(failed(Some("\"other\""), None));
+        assert!(
+            failed(Some(&format!("W/{tag}")), None),
+            "weak never matches strongly"
+        );
+        let earlier = last_modified(modified - Duration::from_secs(1));
+        assert!(failed(None, Some(&earlier)), "changed since");
+        assert!(!failed(None, Some(&last_modified(modified))));
+        assert!(!failed(None, Some("not a date")), "ignored");
+        assert!(
+            !failed(Some(&tag), Some(&earlier)),
+            "If-Match alone decides"
+        );
     }
 
     #[test]

@@ -77,14 +77,14 @@ fn the_page_and_its_websocket_share_the_port() {
         get(&daemon, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").body_text(),
         "ok\n"
     );
-    // Other methods are not file requests: the answer they always had.
+    // Other methods on a file route's path, with no Upgrade: 405 (not 426, as before).
     assert_eq!(
         get(
             &daemon,
-            "POST /vnc.html HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+            "POST /no-such-file HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
         )
         .status,
-        426
+        405
     );
 }
 
@@ -222,4 +222,51 @@ fn connection_close_is_honoured_and_empty_files_take_any_range() {
     );
     assert_eq!(empty.status, 200);
     assert_eq!(empty.header("content-length"), Some("0"));
+}
+
+/// What RFC 9110 requires of an origin server, and a redirect that stays on this host (an
+/// attacker's review): If-Match and If-Unmodified-Since get 412 (§13.1.1, §13.1.4); Range
+/// on a HEAD is ignored (§14.2); another method on a file's path gets 405 with Allow
+/// (§15.5.6); a folder's redirect is built from the normalised path, never the target as
+/// sent, which could name another host.
+#[test]
+fn preconditions_head_ranges_other_methods_and_redirects_on_this_host() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let daemon = daemon(dir.path());
+    let first = get(&daemon, "GET /vnc.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    let etag = first.header("etag").unwrap().to_string();
+    let status = |fields: &str| {
+        let request = format!("GET /vnc.html HTTP/1.1\r\nHost: t\r\n{fields}\r\n");
+        get(&daemon, &request).status
+    };
+    assert_eq!(status("If-Match: \"nope\"\r\n"), 412);
+    assert_eq!(status(&format!("If-Match: {etag}\r\n")), 200);
+    assert_eq!(
+        status("If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
+        412
+    );
+    assert_eq!(
+        status("If-Unmodified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n"),
+        200
+    );
+    let mut client = daemon.client();
+    client.send("HEAD /vnc.html HTTP/1.1\r\nHost: t\r\nRange: bytes=0-4\r\n\r\n");
+    let head = client.response_head_only();
+    assert_eq!(head.status, 200, "Range is for GET alone");
+    assert_eq!(head.header("content-length"), Some("20"));
+    let post = get(
+        &daemon,
+        "POST /vnc.html HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    for target in ["//evil.example/%2e%2e/docs", "http://evil.example/docs"] {
+        let moved = get(
+            &daemon,
+            &format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        );
+        assert_eq!(moved.status, 301, "{target}");
+        assert_eq!(moved.header("location"), Some("/docs/"), "{target}");
+    }
 }

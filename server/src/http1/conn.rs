@@ -208,7 +208,6 @@ fn static_file(
     let method = head.method(bytes);
     let path = head.path(bytes);
     if routes.is_empty()
-        || !matches!(method, "GET" | "HEAD")
         || matches!(
             path,
             "/healthz" | "/readyz" | "/metrics" | "/status" | "/status.json"
@@ -216,11 +215,22 @@ fn static_file(
     {
         return None;
     }
+    let reading = matches!(method, "GET" | "HEAD");
     let path = match protocol_api::path::RequestPath::parse(head.target(bytes)) {
         Ok(path) => path,
-        Err(e) => return Some((Response::error(400, &e.to_string()), None)),
+        Err(e) if reading => return Some((Response::error(400, &e.to_string()), None)),
+        Err(_) => return None,
     };
-    match file_for(routes, &path) {
+    let named = file_for(routes, &path);
+    if !reading {
+        // A file route's path takes no other method (RFC 9110 §15.5.6: with `Allow`).
+        return matches!(named, Named::File { .. } | Named::Hidden).then(|| {
+            let response = Response::error(405, "a static file is only read (GET, HEAD)")
+                .header("Allow", "GET, HEAD");
+            (response, None)
+        });
+    }
+    match named {
         Named::Unrouted => None,
         Named::Hidden => {
             let mut response = Response::error(404, "not found");
@@ -231,7 +241,7 @@ fn static_file(
         Named::File { route, relative } => {
             let root = cx.shared.static_roots.get(route);
             let (response, body) =
-                super::files::answer(&routes[route], root, &relative, head, bytes);
+                super::files::answer(&routes[route], root, &relative, &path, head, bytes);
             // `Connection: close`, HTTP/1.0, or the daemon stopping: the last answer.
             let response = match head.close {
                 true => response.closing(),

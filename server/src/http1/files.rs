@@ -6,6 +6,7 @@
 
 use crate::http::head::Head;
 use crate::http::response::Response;
+use protocol_api::path::RequestPath;
 use std::fs::File;
 use std::path::Path;
 use switchyard::files::{self, FileRoute, Ranged};
@@ -30,6 +31,7 @@ pub fn answer(
     route: &FileRoute,
     root: Option<&File>,
     relative: &Path,
+    path: &RequestPath<'_>,
     head: &Head,
     bytes: &[u8],
 ) -> (Response, Option<FileBody>) {
@@ -45,13 +47,13 @@ pub fn answer(
     };
     // A folder named without its slash: its page's relative links would resolve against
     // the parent, so the client is sent to the folder's own path first, as nginx does.
-    let path = head.path(bytes);
-    if found != relative && !path.ends_with('/') {
-        let target = head.target(bytes);
-        let location = match target.split_once('?') {
-            Some((path, query)) => format!("{path}/?{query}"),
-            None => format!("{target}/"),
-        };
+    if found != relative && !path.path().ends_with('/') {
+        // From the normalised path, one leading slash: the target as sent could name
+        // another host (`//host/../app`, `http://host/app`).
+        let mut location = format!("/{}/", path.path().trim_start_matches('/'));
+        if let Some(query) = path.query() {
+            location = format!("{location}?{query}");
+        }
         let response = Response::new(301, &b""[..]).header("Location", location);
         return (response, None);
     }
@@ -71,6 +73,16 @@ pub fn answer(
             .header("ETag", etag.clone())
             .header("Last-Modified", files::last_modified(modified))
     };
+    // RFC 9110 §13.2.2: If-Match, else If-Unmodified-Since; then If-None-Match, else
+    // If-Modified-Since; then If-Range.
+    if files::precondition_failed(
+        field("if-match"),
+        field("if-unmodified-since"),
+        &etag,
+        modified,
+    ) {
+        return (validators(Response::new(412, &b""[..])), None);
+    }
     if files::not_modified(
         field("if-none-match"),
         field("if-modified-since"),
@@ -79,7 +91,9 @@ pub fn answer(
     ) {
         return (validators(Response::new(304, &b""[..])), None);
     }
-    let (status, start, end) = match files::range(field("range"), field("if-range"), &etag, len) {
+    // Range is for GET alone (RFC 9110 §14.2): a HEAD is answered as its GET without one.
+    let range = field("range").filter(|_| head.method(bytes) == "GET");
+    let (status, start, end) = match files::range(range, field("if-range"), &etag, len) {
         Ranged::Whole => (200, 0, len),
         Ranged::Part { start, end } => (206, start, end),
         Ranged::Unsatisfiable => {
