@@ -134,15 +134,43 @@ pub fn sendfile(
     }
 }
 
-/// Opens `relative` (a regular file's path, no `..`) under the folder `root` with
-/// `openat2(RESOLVE_BENEATH)`: the kernel refuses (`EXDEV`) any resolution that would leave
-/// the folder, by `..` or by a symbolic link, in one call with no window between a check
-/// and the open. Read-only, non-blocking (a FIFO does not block the opening loop), closed
-/// on exec. `ENOSYS` before Linux 5.6: the caller falls back.
+/// Opens `relative` (a path of plain names: no `..`, no `.`) under the folder `root`,
+/// never leaving it, by `..` or by a symbolic link. Read-only, non-blocking, closed on
+/// exec. Only a folder or a regular file is opened for reading: anything else (a FIFO, a
+/// device) comes back as an `O_PATH` descriptor the caller finds is not a file, so that
+/// opening it has no effect on whoever is at its other end (a FIFO's writer released).
 pub fn open_beneath(root: &std::fs::File, relative: &std::path::Path) -> io::Result<std::fs::File> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(relative.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let found = resolve_beneath(root, relative, libc::O_PATH)?;
+    if !found.metadata()?.is_file() {
+        return Ok(found);
+    }
+    resolve_beneath(root, relative, libc::O_RDONLY | libc::O_NONBLOCK)
+}
+
+/// Opens `relative` under `root` with `flags`: by `openat2(RESOLVE_BENEATH)`, where the
+/// kernel refuses (`EXDEV`) any resolution that would leave the folder in one call with no
+/// window between a check and the open; where it has no `openat2` (before Linux 5.6, or a
+/// sandbox that forbids it), one name at a time with `O_NOFOLLOW`, so that no symbolic
+/// link is followed at all (`ELOOP`, `ENOTDIR`), even one that stays inside.
+fn resolve_beneath(
+    root: &std::fs::File,
+    relative: &std::path::Path,
+    flags: libc::c_int,
+) -> io::Result<std::fs::File> {
+    match openat2_beneath(root, relative, flags) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            walk_beneath(root, relative, flags)
+        }
+        other => other,
+    }
+}
+
+fn openat2_beneath(
+    root: &std::fs::File,
+    relative: &std::path::Path,
+    flags: libc::c_int,
+) -> io::Result<std::fs::File> {
+    let path = c_path(relative.as_os_str())?;
     /// `struct open_how` of `openat2(2)`, version 0 (24 bytes; the kernel takes its size).
     #[repr(C)]
     struct OpenHow {
@@ -151,7 +179,7 @@ pub fn open_beneath(root: &std::fs::File, relative: &std::path::Path) -> io::Res
         resolve: u64,
     }
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+        flags: (flags | libc::O_CLOEXEC) as u64,
         mode: 0,
         resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
     };
@@ -171,4 +199,123 @@ pub fn open_beneath(root: &std::fs::File, relative: &std::path::Path) -> io::Res
     }
     // SAFETY: a descriptor the kernel just made for us; nothing else owns it.
     Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
+}
+
+/// [`resolve_beneath`] without `openat2`: each name opened under the one before with
+/// `O_NOFOLLOW` (folders with `O_DIRECTORY`), so a folder swapped for a link mid-way is
+/// refused rather than followed.
+fn walk_beneath(
+    root: &std::fs::File,
+    relative: &std::path::Path,
+    flags: libc::c_int,
+) -> io::Result<std::fs::File> {
+    use std::path::Component;
+    let names: Vec<&std::ffi::OsStr> = relative
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        })
+        .collect::<io::Result<_>>()?;
+    let Some((last, folders)) = names.split_last() else {
+        return openat(root.as_raw_fd(), std::ffi::OsStr::new("."), flags);
+    };
+    let mut folder: Option<std::fs::File> = None;
+    for name in folders {
+        let at = folder.as_ref().unwrap_or(root).as_raw_fd();
+        folder = Some(openat(
+            at,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?);
+    }
+    let at = folder.as_ref().unwrap_or(root).as_raw_fd();
+    openat(at, last, flags | libc::O_NOFOLLOW)
+}
+
+fn c_path(path: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn openat(at: RawFd, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<std::fs::File> {
+    let name = c_path(name)?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name that lives across the
+    // call; the kernel reads it only.
+    let fd = unsafe { libc::openat(at, name.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just made for us; nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    /// A folder with a file, a sub-folder, links in and out, and a FIFO; `std::env::temp_dir`
+    /// named by the test, made afresh.
+    fn folder(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-sys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/file.txt"), "inside").unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("out")).unwrap();
+        std::os::unix::fs::symlink("sub", dir.join("in")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        dir
+    }
+
+    /// Without `openat2`, names are opened one at a time and no link is followed, not even
+    /// one that stays inside: a folder swapped for a link mid-way is refused, not followed.
+    #[test]
+    fn the_walk_opens_plain_names_and_follows_no_link() {
+        let dir = folder("walk");
+        let root = std::fs::File::open(&dir).unwrap();
+        let read = |relative: &str| {
+            walk_beneath(&root, Path::new(relative), libc::O_RDONLY).map(|mut f| {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut f, &mut text).map(|_| text)
+            })
+        };
+        assert_eq!(read("sub/file.txt").unwrap().unwrap(), "inside");
+        let refused = |relative: &str| read(relative).unwrap_err().raw_os_error();
+        // A link as a folder (ENOTDIR with O_DIRECTORY) or as the file itself (ELOOP).
+        assert_eq!(refused("out/passwd"), Some(libc::ENOTDIR));
+        assert_eq!(refused("in/file.txt"), Some(libc::ENOTDIR));
+        assert_eq!(refused("in"), Some(libc::ELOOP));
+        assert_eq!(refused("../etc/passwd"), Some(libc::EINVAL));
+        assert!(walk_beneath(&root, Path::new("."), libc::O_PATH).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO is looked at, not opened: its writer is not released (a non-blocking open for
+    /// writing still finds no reader). Before, it was opened for reading, then refused.
+    #[test]
+    fn a_fifo_is_not_opened_for_reading() {
+        let dir = folder("fifo");
+        let root = std::fs::File::open(&dir).unwrap();
+        let found = open_beneath(&root, Path::new("fifo")).unwrap();
+        assert!(!found.metadata().unwrap().is_file());
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(dir.join("fifo"));
+        assert_eq!(
+            writer.unwrap_err().raw_os_error(),
+            Some(libc::ENXIO),
+            "no reader"
+        );
+        drop(found);
+        let file = open_beneath(&root, Path::new("sub/file.txt")).unwrap();
+        assert!(file.metadata().unwrap().is_file());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

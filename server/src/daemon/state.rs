@@ -42,9 +42,9 @@ pub struct Shared {
     loop_wakers: OnceLock<Vec<Arc<mio::Waker>>>,
     /// The listener's TLS side, when `SWITCHYARD_TLS_CERT` is set.
     pub tls: Option<crate::tls::Tls>,
-    /// The static routes' folders, open, one per route (`openat2` resolves each file
-    /// beneath its folder); empty where the kernel has no `openat2` (before 5.6).
-    pub static_roots: Vec<std::fs::File>,
+    /// The static routes' folders, open, one per route (each file is opened beneath its
+    /// folder); `None` for one that could not be opened.
+    pub static_roots: Vec<Option<std::fs::File>>,
     /// The status page's samples of the last minutes.
     pub history: super::history::History,
     /// When the daemon started, for the status page.
@@ -194,26 +194,26 @@ impl Shared {
     }
 }
 
-/// Opens each static route's folder for `openat2`; none at all (files then opened by path)
-/// when the kernel has no `openat2` or a folder cannot be opened.
-fn open_static_roots(routes: &[switchyard::files::FileRoute]) -> Vec<std::fs::File> {
-    let mut roots = Vec::with_capacity(routes.len());
-    for route in routes {
-        let opened = std::fs::File::open(&route.root).and_then(|root| {
-            crate::sys::open_beneath(&root, std::path::Path::new("."))?;
-            Ok(root)
-        });
-        match opened {
-            Ok(root) => roots.push(root),
-            Err(e) => {
-                log::info!(
-                    "static files are opened by path ({}: {e}): each is checked against its \
-                     folder once its links are resolved",
-                    route.root.display()
-                );
-                return Vec::new();
-            }
-        }
-    }
-    roots
+/// Opens each static route's folder: its files are opened beneath it
+/// ([`crate::sys::open_beneath`]). A folder that cannot be opened (it was read at start)
+/// has `None`: its route answers 404, and the log says why.
+fn open_static_roots(routes: &[switchyard::files::FileRoute]) -> Vec<Option<std::fs::File>> {
+    routes
+        .iter()
+        .map(|route| {
+            let opened = std::fs::File::open(&route.root).and_then(|root| {
+                crate::sys::open_beneath(&root, std::path::Path::new("."))?;
+                Ok(root)
+            });
+            opened
+                .map_err(|e| {
+                    log::error!(
+                        "static route {}: cannot open {}: {e}; its files get 404",
+                        route.prefix,
+                        route.root.display()
+                    )
+                })
+                .ok()
+        })
+        .collect()
 }

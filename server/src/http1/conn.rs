@@ -239,9 +239,8 @@ fn static_file(
         }
         Named::Refused(e) => Some((Response::error(400, &e.to_string()), None)),
         Named::File { route, relative } => {
-            let root = cx.shared.static_roots.get(route);
-            let (response, body) =
-                super::files::answer(&routes[route], root, &relative, &path, head, bytes);
+            let root = cx.shared.static_roots.get(route).and_then(Option::as_ref);
+            let (response, body) = super::files::answer(root, &relative, &path, head, bytes);
             // `Connection: close`, HTTP/1.0, or the daemon stopping: the last answer.
             let response = match head.close {
                 true => response.closing(),

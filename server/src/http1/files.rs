@@ -9,7 +9,7 @@ use crate::http::response::Response;
 use protocol_api::path::RequestPath;
 use std::fs::File;
 use std::path::Path;
-use switchyard::files::{self, FileRoute, Ranged};
+use switchyard::files::{self, Ranged};
 
 /// What of a file is still to be sent after the head.
 #[derive(Debug)]
@@ -25,10 +25,9 @@ impl FileBody {
     }
 }
 
-/// The answer to a request for `relative` under `route`: a response, and for a `200` or
-/// `206` to a `GET`, the body to send after it.
+/// The answer to a request for `relative` under its route's folder `root`: a response,
+/// and for a `200` or `206` to a `GET`, the body to send after it.
 pub fn answer(
-    route: &FileRoute,
     root: Option<&File>,
     relative: &Path,
     path: &RequestPath<'_>,
@@ -36,10 +35,7 @@ pub fn answer(
     bytes: &[u8],
 ) -> (Response, Option<FileBody>) {
     let not_found = || Response::error(404, "not found").header("Cache-Control", "no-store");
-    let opened = match root {
-        Some(root) => open_beneath(root, relative),
-        None => open_under(&route.root, relative),
-    };
+    let opened = root.and_then(|root| open_beneath(root, relative));
     let Some((file, found)) = opened else {
         let mut response = not_found();
         response.close = false;
@@ -119,11 +115,9 @@ pub fn answer(
     (response, body)
 }
 
-/// Opens `relative` under the folder `root` (its descriptor) in one call that cannot leave
-/// it ([`crate::sys::open_beneath`]), a folder's `index.html` for a folder; `None` when it
-/// is not there, not a regular file, or resolves outside the folder. (Before Linux 5.6,
-/// with no `openat2`, the daemon has no folder descriptors and [`open_under`] opens by
-/// path.)
+/// Opens `relative` under the folder `root` (its descriptor) without leaving it
+/// ([`crate::sys::open_beneath`]), a folder's `index.html` for a folder; `None` when it is
+/// not there, not a regular file, or resolves outside the folder.
 fn open_beneath(root: &File, relative: &Path) -> Option<(File, std::path::PathBuf)> {
     let mut wanted = relative.to_path_buf();
     for _ in 0..2 {
@@ -145,45 +139,6 @@ fn open_beneath(root: &File, relative: &Path) -> Option<(File, std::path::PathBu
             continue;
         }
         return meta.is_file().then_some((file, wanted));
-    }
-    None
-}
-
-/// Opens `relative` under `root` (canonical), a folder's `index.html` for a folder; `None`
-/// when it is not there, not a regular file, or lies outside `root` once symbolic links
-/// are resolved (answered as not there: what lies outside is nobody's business). Returns
-/// the file and the path it was found at, relative to `root`.
-fn open_under(root: &Path, relative: &Path) -> Option<(File, std::path::PathBuf)> {
-    let mut wanted = relative.to_path_buf();
-    for _ in 0..2 {
-        let real = std::fs::canonicalize(root.join(&wanted)).ok()?;
-        if !real.starts_with(root) {
-            log::debug!(
-                "static file {} resolves outside {}: not served",
-                wanted.display(),
-                root.display()
-            );
-            return None;
-        }
-        let meta = std::fs::metadata(&real).ok()?;
-        if meta.is_dir() {
-            wanted.push("index.html"); // no listings
-            continue;
-        }
-        // Opened without following a link (the path is resolved already: one appearing
-        // now is a swap) and without blocking (a FIFO swapped in would block the loop on
-        // open); what was opened is checked, not what was looked at.
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&real)
-            .ok()?;
-        if !file.metadata().ok()?.is_file() {
-            return None;
-        }
-        let relative = real.strip_prefix(root).ok()?.to_path_buf();
-        return Some((file, relative));
     }
     None
 }
