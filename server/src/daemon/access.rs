@@ -194,6 +194,26 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// If `tls` failed with [`crate::tls::layer::NoData`]: the reason for the connection's
+/// access line, after a log line naming the client (once a second at most: a client
+/// causes it).
+pub fn tls_without_data(
+    tls: Option<&crate::tls::layer::TlsLayer>,
+    peer: &dyn std::fmt::Display,
+) -> Option<&'static str> {
+    static LOGGED: super::throttle::Throttle = super::throttle::Throttle::new();
+    if !tls.is_some_and(|tls| tls.failed_without_data()) {
+        return None;
+    }
+    if let Some(unlogged) = LOGGED.admit() {
+        log::warn!(
+            "{peer}: {}; connection closed{unlogged}",
+            crate::tls::layer::NoData
+        );
+    }
+    Some("tls without data")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

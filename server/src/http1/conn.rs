@@ -389,9 +389,7 @@ impl<T: Transport> HttpConn<T> {
                 match result {
                     Ok(n) => progressed |= n > 0,
                     Err(_) => {
-                        if let Some(tls) = self.stream.tls() {
-                            tls.failed_without_data(&self.peer);
-                        }
+                        crate::daemon::access::tls_without_data(self.stream.tls(), &self.peer);
                         return After::Close;
                     }
                 }

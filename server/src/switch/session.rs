@@ -279,7 +279,7 @@ impl Session {
         *now = shared.metrics.timed_call(plugin, "on_ready", began);
         // However the plugin took its read's error (passed on, or handled as an end).
         let tls = self.wire.tls.as_deref();
-        if let Some(reason) = tls.and_then(|tls| tls.failed_without_data(&self.peer)) {
+        if let Some(reason) = crate::daemon::access::tls_without_data(tls, &self.peer) {
             return Step::Close(Some(reason));
         }
         let wants = match result {

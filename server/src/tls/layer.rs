@@ -154,17 +154,10 @@ impl TlsLayer {
         }
     }
 
-    /// If the session failed with [`NoData`]: the reason for the connection's access line,
-    /// after a log line naming the client (once a second at most: a client causes it).
-    pub fn failed_without_data(&self, peer: &dyn std::fmt::Display) -> Option<&'static str> {
-        static LOGGED: crate::daemon::throttle::Throttle = crate::daemon::throttle::Throttle::new();
-        if !self.sent_no_data {
-            return None;
-        }
-        if let Some(unlogged) = LOGGED.admit() {
-            log::warn!("{peer}: {NoData}; connection closed{unlogged}");
-        }
-        Some("tls without data")
+    /// The session failed with [`NoData`] (the daemon logs it and names it in the
+    /// connection's access line).
+    pub fn failed_without_data(&self) -> bool {
+        self.sent_no_data
     }
 
     /// The rustls session, for what the handshake settled (version, cipher, ALPN, SNI).
