@@ -732,3 +732,111 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
         );
     });
 }
+
+/// An HTTP/1.1 backend (std threads, raw bytes) answering by path: `clte` with both a
+/// Content-Length and chunks, `switch` with a 101; anything else 200 `ok`.
+fn raw_http1_backend() -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    let answer: &[u8] = if line.contains("/clte ") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"
+                    } else if line.contains("/switch ") {
+                        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    if writer.write_all(answer).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 backend's answer framed by chunks and with a Content-Length goes on without
+/// the Content-Length (RFC 9112 §6.3: the client saw DATA that disagreed with it, and reset
+/// the stream); a 101 becomes 502 (HTTP/2 has none, RFC 9113 §8.6: it went out as a final
+/// answer). Both from an attacker's review of the `http1://` routes.
+#[test]
+fn an_http1_backends_chunks_and_101_reach_the_client_as_http2_allows() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(&format!("/one/=http1://{raw}"), &[]);
+        let send = connect(daemon.addr).await;
+        let (status, body) = get(&send, "/one/clte").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "abcdefghijklmnopqrstuvwxyz")
+        );
+        assert_eq!(get(&send, "/one/switch").await.0, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            get(&send, "/one/after").await,
+            (StatusCode::OK, "ok".into())
+        );
+    });
+}
+
+/// With an `http1://` route the plugin serves through hyper; its HTTP/2 backend connections
+/// were four, shared by every client, so one client's streams held open (here 40 against a
+/// backend that allows 10 at a time on a connection) left every other client's waiting
+/// without end. Each client connection now has its own.
+#[test]
+fn one_clients_held_streams_do_not_hold_another_clients() {
+    run(async {
+        // An HTTP/2 backend with 10 streams a connection: `/g/hold` is never answered.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let h2_backend = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut builder = server::Builder::new();
+                    builder.max_concurrent_streams(10);
+                    let Ok(mut connection) = builder.handshake::<_, Bytes>(socket).await else {
+                        return;
+                    };
+                    let mut held = Vec::new();
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        if request.uri().path() == "/g/hold" {
+                            held.push(respond);
+                            continue;
+                        }
+                        let mut send = respond.send_response(Response::new(()), false).unwrap();
+                        let _ = send.send_data(Bytes::from_static(b"served"), true);
+                    }
+                });
+            }
+        });
+        let raw = raw_http1_backend();
+        let routes = format!("/g/={h2_backend},/one/=http1://{raw}");
+        let daemon = daemon(&routes, &[]);
+        let holder = connect(daemon.addr).await;
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            let request = Request::get("http://t/g/hold").body(()).unwrap();
+            let mut ready = holder.clone().ready().await.unwrap();
+            held.push(ready.send_request(request, true).unwrap().0);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let other = connect(daemon.addr).await;
+        let answer = tokio::time::timeout(Duration::from_secs(5), get(&other, "/g/x")).await;
+        assert_eq!(answer.expect("another client is served").0, StatusCode::OK);
+        drop(held);
+    });
+}

@@ -30,43 +30,50 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// The backends, shared by every client connection: connections to a backend are pooled,
-/// and to an HTTP/2 backend one connection carries many streams.
+/// What every client connection shares: the configuration, and the pool of HTTP/1.1
+/// backend connections (one request each at a time, so sharing them lets no client hold
+/// another's back). HTTP/2 backend connections are each client connection's own
+/// ([`Activity`]): shared, one client's streams held open (a stream limit of 100) or its
+/// windows left closed stalled every other client's streams on them.
 pub struct Proxy {
     pub config: Config,
     /// The plugin's metrics.
     pub stats: crate::stats::Stats,
-    /// Each client keeps one connection per HTTP/2 backend; streams go round-robin over
-    /// them, so that one backend connection's stream limit (often 100) and its one task do
-    /// not cap every client's streams.
-    http2: Vec<Client<HttpConnector, Incoming>>,
-    next_http2: AtomicUsize,
+    connector: HttpConnector,
     http1: Client<HttpConnector, Incoming>,
 }
 
-/// Connections to each HTTP/2 backend.
-const HTTP2_CONNECTIONS: usize = 4;
+/// How long a pooled backend connection may stay idle before it is closed, and how many
+/// idle ones a backend keeps (hyper-util keeps them for ever, and any number, without).
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+const POOL_IDLE_PER_BACKEND: usize = 64;
 
 impl Proxy {
     pub fn new(config: Config, stats: crate::stats::Stats) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        let http2 = (0..HTTP2_CONNECTIONS)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .build(connector.clone())
-            })
-            .collect();
-        let http1 = Client::builder(TokioExecutor::new()).build(connector);
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_IDLE_PER_BACKEND)
+            .build(connector.clone());
         Proxy {
             config,
             stats,
-            http2,
-            next_http2: AtomicUsize::new(0),
+            connector,
             http1,
         }
+    }
+
+    /// A client connection's own HTTP/2 backend connections (one per backend, made when
+    /// its first stream there comes).
+    fn http2_client(&self) -> Client<HttpConnector, Incoming> {
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(self.connector.clone())
     }
 }
 
@@ -79,6 +86,8 @@ pub struct Activity {
     /// to one holds a connection: at most `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` at once,
     /// the other streams wait for one to end.
     http1: Arc<Semaphore>,
+    /// This client connection's HTTP/2 backend connections, closed with it.
+    http2: std::sync::OnceLock<Client<HttpConnector, Incoming>>,
 }
 
 impl Activity {
@@ -87,6 +96,7 @@ impl Activity {
             open: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             http1: Arc::new(Semaphore::new(http1_connections)),
+            http2: std::sync::OnceLock::new(),
         })
     }
 
@@ -261,6 +271,11 @@ pub async fn handle(
     stats.streams.inc();
     let (mut parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.to_string());
+    if let Some(refused) = ambiguous_host(authority.as_deref(), &parts.headers) {
+        log::debug!("h2c {peer}: {path}: {refused}; answered 400");
+        stats.answered(400);
+        return Ok(with_open(answer(StatusCode::BAD_REQUEST, refused), open));
+    }
     strip_hop_by_hop(&mut parts.headers);
     // The client's address is the one this connection came from (or its PROXY protocol
     // header said): what the client itself wrote in these fields is not evidence of
@@ -285,8 +300,7 @@ pub async fn handle(
     let client = match route.protocol {
         BackendProtocol::Http2 => {
             parts.version = Version::HTTP_2;
-            let next = proxy.next_http2.fetch_add(1, Ordering::Relaxed);
-            &proxy.http2[next % proxy.http2.len()]
+            activity.http2.get_or_init(|| proxy.http2_client())
         }
         BackendProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -302,6 +316,17 @@ pub async fn handle(
     };
     let began = Instant::now();
     let response = match client.request(Request::from_parts(parts, body)).await {
+        // HTTP/2 has no 101 (RFC 9113 §8.6), and a final answer is not informational.
+        Ok(response) if response.status().is_informational() => {
+            let status = response.status().as_u16();
+            stats.answered(502);
+            log::warn!(
+                "h2c {peer} {path} -> {}: backend answered {status}: 502",
+                route.address
+            );
+            let text = format!("backend for {path} answered {status}");
+            return Ok(with_open(answer(StatusCode::BAD_GATEWAY, &text), open));
+        }
         Ok(response) => {
             stats.latency.observe_micros(began.elapsed());
             stats.answered(response.status().as_u16());
@@ -319,10 +344,32 @@ pub async fn handle(
         }
     };
     let (mut parts, body) = response.into_parts();
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        // The body was framed by chunks: a Content-Length beside them says nothing true
+        // and must go (RFC 9112 §6.3), or the client sees DATA that disagrees with it.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
     let body = body.map_err(BoxError::from).boxed();
     Ok(with_open(Response::from_parts(parts, body), open))
+}
+
+/// Why a request's host is refused (`400`): `:authority` with userinfo (RFC 9113 §8.3.1:
+/// it MUST NOT have any), or, without `:authority`, more than one `Host` (RFC 9112 §3.2):
+/// a backend and the proxy could each take another.
+fn ambiguous_host(authority: Option<&str>, headers: &HeaderMap) -> Option<&'static str> {
+    if authority.is_some_and(|a| a.contains('@')) {
+        return Some("the :authority has userinfo");
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if authority.is_none()
+        && (hosts.next().is_some() || first.is_some_and(|h| h.as_bytes().contains(&b',')))
+    {
+        return Some("more than one Host");
+    }
+    None
 }
 
 /// One `Forwarded` element (RFC 7239 §4): `for`, `proto` (`http`, or `https` when the
@@ -370,6 +417,22 @@ mod tests {
         headers.append("te", HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut headers);
         assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn rfc9113_8_3_1_and_rfc9112_3_2_an_ambiguous_host_is_refused() {
+        let mut two = HeaderMap::new();
+        two.append("host", HeaderValue::from_static("a.example"));
+        two.append("host", HeaderValue::from_static("b.example"));
+        assert!(ambiguous_host(None, &two).is_some());
+        let mut listed = HeaderMap::new();
+        listed.append("host", HeaderValue::from_static("a.example, b.example"));
+        assert!(ambiguous_host(None, &listed).is_some());
+        assert!(ambiguous_host(Some("user:pw@evil.example"), &HeaderMap::new()).is_some());
+        let mut one = HeaderMap::new();
+        one.append("host", HeaderValue::from_static("a.example"));
+        assert_eq!(ambiguous_host(None, &one), None);
+        assert_eq!(ambiguous_host(Some("a.example:8080"), &two), None);
     }
 
     #[test]
