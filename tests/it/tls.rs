@@ -845,6 +845,19 @@ fn static_files_over_tls() {
     assert!(head.starts_with("HTTP/1.1 200") && body == "ok\n", "{head}");
 }
 
+/// Sends an upgrade `request` and reads its `101`'s head, byte by byte (what follows is
+/// the protocol's).
+fn switch(tls: &mut Tls, request: &str) {
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        tls.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+}
+
 /// A tunnel (`Upgrade: tcp`) over TLS copies through the daemon (its socket carries
 /// ciphertext, so nothing is spliced): 4 MiB down, then 4 MiB up, whole. Before, a copy
 /// that filled the read buffer was taken for a short read, so a download stalled after its
@@ -868,18 +881,10 @@ fn a_tunnel_over_tls_carries_megabytes_both_ways() {
         .env("SWITCHYARD_TUNNEL_ROUTES", &format!("/backend={backend}"))
         .start();
     let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
-    write!(
-        tls,
-        "GET /backend HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0];
-        tls.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    switch(
+        &mut tls,
+        "GET /backend HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+    );
     let mut download = vec![0; SIZE];
     let mut got = 0;
     while got < SIZE {
@@ -954,14 +959,7 @@ fn never_ending_handshake_message(request: Option<&str>) -> String {
     config.enable_secret_extraction = true;
     let mut tls = connect(daemon.addr, &Arc::new(config), "localhost");
     if let Some(request) = request {
-        tls.write_all(request.as_bytes()).unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0];
-            tls.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+        switch(&mut tls, request);
     }
     let StreamOwned { conn, mut sock } = tls;
     let (mut seq, secrets) = conn.dangerous_extract_secrets().unwrap().tx;
