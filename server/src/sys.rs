@@ -157,8 +157,14 @@ fn resolve_beneath(
     relative: &std::path::Path,
     flags: libc::c_int,
 ) -> io::Result<std::fs::File> {
+    /// `openat2` failed for want of the call itself: the walk from then on.
+    static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if NO_OPENAT2.load(std::sync::atomic::Ordering::Relaxed) {
+        return walk_beneath(root, relative, flags);
+    }
     match openat2_beneath(root, relative, flags) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            NO_OPENAT2.store(true, std::sync::atomic::Ordering::Relaxed);
             walk_beneath(root, relative, flags)
         }
         other => other,

@@ -36,7 +36,7 @@ pub fn answer(
 ) -> (Response, Option<FileBody>) {
     let not_found = || Response::error(404, "not found").header("Cache-Control", "no-store");
     let opened = root.and_then(|root| open_beneath(root, relative));
-    let Some((file, found)) = opened else {
+    let Some((file, found, meta)) = opened else {
         let mut response = not_found();
         response.close = false;
         return (response, None);
@@ -54,9 +54,6 @@ pub fn answer(
         return (response, None);
     }
     let relative = found;
-    let Ok(meta) = file.metadata() else {
-        return (not_found(), None);
-    };
     let (len, modified) = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
     let etag = files::etag(modified, len);
     let field = |name| {
@@ -117,8 +114,12 @@ pub fn answer(
 
 /// Opens `relative` under the folder `root` (its descriptor) without leaving it
 /// ([`crate::sys::open_beneath`]), a folder's `index.html` for a folder; `None` when it is
-/// not there, not a regular file, or resolves outside the folder.
-fn open_beneath(root: &File, relative: &Path) -> Option<(File, std::path::PathBuf)> {
+/// not there, not a regular file, or resolves outside the folder. With the path it was found
+/// at and what the opened file says of itself.
+fn open_beneath(
+    root: &File,
+    relative: &Path,
+) -> Option<(File, std::path::PathBuf, std::fs::Metadata)> {
     let mut wanted = relative.to_path_buf();
     for _ in 0..2 {
         let file = match crate::sys::open_beneath(root, &wanted) {
@@ -138,7 +139,7 @@ fn open_beneath(root: &File, relative: &Path) -> Option<(File, std::path::PathBu
             wanted.push("index.html"); // no listings
             continue;
         }
-        return meta.is_file().then_some((file, wanted));
+        return meta.is_file().then_some((file, wanted, meta));
     }
     None
 }
