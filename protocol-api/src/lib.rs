@@ -201,6 +201,56 @@ pub mod clients {
     }
 }
 
+/// Log lines a client can cause over and over (a refusal at a limit), at most one a second
+/// each, as the daemon throttles its own: a client hammering a limit must not flood the
+/// log.
+pub mod throttle {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    /// One kind of line's last second.
+    pub struct OncePerSecond {
+        /// The second (since [`START`], plus one) a line was last let through.
+        last: AtomicU64,
+    }
+
+    static START: OnceLock<Instant> = OnceLock::new();
+
+    impl OncePerSecond {
+        /// A kind of line not yet logged.
+        pub const fn new() -> OncePerSecond {
+            OncePerSecond {
+                last: AtomicU64::new(0),
+            }
+        }
+
+        /// Whether a line may be logged now: the first call in each second says yes.
+        pub fn may_log(&self) -> bool {
+            let second = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+            self.last.swap(second, Ordering::Relaxed) != second
+        }
+    }
+
+    impl Default for OncePerSecond {
+        fn default() -> Self {
+            OncePerSecond::new()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn one_line_a_second() {
+            let refusals = super::OncePerSecond::new();
+            assert!(refusals.may_log());
+            assert!(!refusals.may_log(), "a second line in the same second");
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            assert!(refusals.may_log(), "the next second lets one through");
+        }
+    }
+}
+
 /// Log levels as the ABI numbers them ([`abi::LOG_OFF`] … [`abi::LOG_TRACE`]), one map for
 /// both sides of the boundary.
 pub mod log_levels {

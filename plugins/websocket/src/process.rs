@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -94,15 +94,10 @@ impl Drop for ClientShare {
 /// one line a second at most, as the daemon's own refusals (a client hammering a limit
 /// must not flood the log).
 pub fn refusal_may_be_logged() -> bool {
-    static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
-    let second = Instant::now()
-        .duration_since(*START.get_or_init(Instant::now))
-        .as_secs()
-        + 1;
-    LOGGED_AT.swap(second, Ordering::Relaxed) != second
+    static REFUSALS: protocol_api::throttle::OncePerSecond =
+        protocol_api::throttle::OncePerSecond::new();
+    REFUSALS.may_log()
 }
-
-static START: OnceLock<Instant> = OnceLock::new();
 
 /// A slot under the processes limit, taken before a program is started (so that a burst of
 /// requests cannot start more than the limit) and given back when dropped, unless a
