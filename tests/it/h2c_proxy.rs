@@ -734,7 +734,8 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
 }
 
 /// An HTTP/1.1 backend (std threads, raw bytes) answering by path: `clte` with both a
-/// Content-Length and chunks, `switch` with a 101; anything else 200 `ok`.
+/// Content-Length and chunks, `switch` with a 101, `hold` 200 `ok` after 3 s, `wait`
+/// never (it reads until the connection closes); anything else 200 `ok`.
 fn raw_http1_backend() -> SocketAddr {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -750,6 +751,14 @@ fn raw_http1_backend() -> SocketAddr {
                     let mut header = String::new();
                     while reader.read_line(&mut header).unwrap_or(0) > 2 {
                         header.clear();
+                    }
+                    if line.contains("/wait ") {
+                        let mut rest = Vec::new();
+                        let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
+                        return;
+                    }
+                    if line.contains("/hold ") {
+                        std::thread::sleep(Duration::from_secs(3));
                     }
                     let answer: &[u8] = if line.contains("/clte ") {
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"
@@ -838,5 +847,109 @@ fn one_clients_held_streams_do_not_hold_another_clients() {
         let answer = tokio::time::timeout(Duration::from_secs(5), get(&other, "/g/x")).await;
         assert_eq!(answer.expect("another client is served").0, StatusCode::OK);
         drop(held);
+    });
+}
+
+/// A client connection from 127.0.0.2 (another client to the daemon's per-client counts).
+async fn connect_from_127_0_0_2(addr: SocketAddr) -> client::SendRequest<Bytes> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (send, connection) = client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// Sends `GET path` and returns its answer to come, with the status and `retry-after`.
+fn start_get(
+    send: &client::SendRequest<Bytes>,
+    path: &str,
+) -> impl std::future::Future<Output = (StatusCode, Option<HeaderValue>)> {
+    let request = Request::get(format!("http://t{path}")).body(()).unwrap();
+    let (response, _) = send.clone().send_request(request, true).unwrap();
+    async move {
+        let response = response.await.unwrap();
+        let retry = response.headers().get("retry-after").cloned();
+        (response.status(), retry)
+    }
+}
+
+/// Each stream to an `http1://` backend holds a backend connection, bounded per client
+/// connection only: 70 client connections of 16 streams each waiting for bodies that never
+/// came took every descriptor of a daemon at the common limit of 1,024, and it accepted
+/// no one. Now `SWITCHYARD_H2C_HTTP1_MAX` bounds them all and
+/// `SWITCHYARD_H2C_HTTP1_PER_CLIENT` one address: past either, `503` with `Retry-After`
+/// at once, and slots come back as streams end.
+#[test]
+fn streams_to_http1_backends_past_a_clients_share_or_the_whole_get_503() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/one/=http1://{raw}"),
+            &[
+                ("SWITCHYARD_H2C_HTTP1_MAX", "3"),
+                ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "2"),
+            ],
+        );
+        let one = connect(daemon.addr).await;
+        let held = [start_get(&one, "/one/hold"), start_get(&one, "/one/hold")];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, retry) = start_get(&one, "/one/x").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "past its share");
+        assert_eq!(retry.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+        let other = connect_from_127_0_0_2(daemon.addr).await;
+        let others = start_get(&other, "/one/hold");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // (Blocks this thread a moment: the held answers are not due for seconds.)
+        let gauge = daemon.wait_for_metric("switchyard_h2c_http1_backend_streams 3");
+        gauge.expect("three streams at the backend");
+        let (status, _) = start_get(&other, "/one/x").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "past the whole");
+        for answer in held {
+            assert_eq!(answer.await.0, StatusCode::OK);
+        }
+        assert_eq!(others.await.0, StatusCode::OK);
+        assert_eq!(
+            get(&one, "/one/x").await.0,
+            StatusCode::OK,
+            "slots come back"
+        );
+        assert_eq!(get(&other, "/one/x").await.0, StatusCode::OK);
+    });
+}
+
+/// A request body to an `http1://` backend that stops coming held the backend connection
+/// (and its slot) for as long as the client kept the stream open. After
+/// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` of nothing it gets `408`, the backend connection is
+/// closed, and the slot serves the next stream.
+#[test]
+fn a_request_body_that_stops_coming_gets_408_and_gives_its_slot_back() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/one/=http1://{raw}"),
+            &[
+                ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "1"),
+                ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "300"),
+            ],
+        );
+        let send = connect(daemon.addr).await;
+        let request = Request::post("http://t/one/wait").body(()).unwrap();
+        let (response, mut body) = send.clone().send_request(request, false).unwrap();
+        body.send_data(Bytes::from_static(b"the start of a body"), false)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("an answer once the body stopped for 300 ms")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(
+            get(&send, "/one/x").await.0,
+            StatusCode::OK,
+            "the slot is back"
+        );
+        drop(body);
     });
 }

@@ -40,6 +40,15 @@ pub struct Config {
     /// in flight to HTTP/1.1 backends at once (each holds a backend connection); the others
     /// wait.
     pub http1_per_connection: usize,
+    /// `SWITCHYARD_H2C_HTTP1_MAX` (default 2500): streams of every client connection at
+    /// HTTP/1.1 backends at once (each holds a backend connection); past it, `503`.
+    pub http1_max: usize,
+    /// `SWITCHYARD_H2C_HTTP1_PER_CLIENT` (default a quarter of `http1_max`): the same for
+    /// one client address.
+    pub http1_per_client: usize,
+    /// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` (default 30000): a request body to an HTTP/1.1
+    /// backend that sends nothing this long ends its stream (`408` if not yet answered).
+    pub body_timeout: Duration,
     /// `SWITCHYARD_H2C_ENGINE` (default `auto`): how connections are served.
     pub engine: Engine,
 }
@@ -87,6 +96,7 @@ impl Config {
         }
         // Longest prefix first, so the first match is the most specific.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let http1_max = number("SWITCHYARD_H2C_HTTP1_MAX", 2500, 1, 1 << 20)? as usize;
         Ok(Config {
             max_streams: number("SWITCHYARD_H2C_MAX_STREAMS", 100, 1, u32::MAX.into())? as u32,
             max_header_list_bytes: number(
@@ -104,6 +114,19 @@ impl Config {
             )?),
             http1_per_connection: number("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", 16, 1, 65_536)?
                 as usize,
+            http1_max,
+            http1_per_client: number(
+                "SWITCHYARD_H2C_HTTP1_PER_CLIENT",
+                (http1_max / 4).max(1) as u64,
+                1,
+                http1_max as u64,
+            )? as usize,
+            body_timeout: Duration::from_millis(number(
+                "SWITCHYARD_H2C_BODY_TIMEOUT_MS",
+                30_000,
+                1,
+                u64::MAX,
+            )?),
             engine: engine(lookup("SWITCHYARD_H2C_ENGINE").as_deref(), &routes)?,
             routes,
         })
@@ -173,6 +196,9 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_IDLE_MS", "300000", "a connection with no stream open this long gets GOAWAY and is closed"),
     protocol_api::Setting::new("SWITCHYARD_H2C_CONNECT_TIMEOUT_MS", "5000", "time to connect to a backend; late: 504 on that stream (refused: 502)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "16", "streams of one client connection in flight to http1:// backends at once"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_MAX", "2500", "streams of all client connections in flight to http1:// backends at once (one backend connection each); past it, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long ends its stream (408 if not yet answered), giving the backend connection back"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
 
@@ -275,7 +301,26 @@ mod tests {
         assert_eq!(c.max_header_list_bytes, 16384);
         assert_eq!(c.idle, Duration::from_secs(300));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!((c.http1_max, c.http1_per_client), (2500, 625));
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
         assert_eq!(c.engine, Engine::Relay);
+        let max = |value: &str| {
+            Config::from_lookup(|n| (n == "SWITCHYARD_H2C_HTTP1_MAX").then(|| value.into()))
+        };
+        assert_eq!(
+            max("8").unwrap().http1_per_client,
+            2,
+            "a quarter of the whole"
+        );
+        assert_eq!(max("3").unwrap().http1_per_client, 1, "and at least one");
+        let share_over_whole = Config::from_lookup(|n| match n {
+            "SWITCHYARD_H2C_HTTP1_MAX" => Some("4".into()),
+            "SWITCHYARD_H2C_HTTP1_PER_CLIENT" => Some("5".into()),
+            _ => None,
+        });
+        assert!(share_over_whole
+            .unwrap_err()
+            .contains("SWITCHYARD_H2C_HTTP1_PER_CLIENT"));
         assert_eq!(
             config("/=http1://127.0.0.1:1").unwrap().engine,
             Engine::Hyper

@@ -23,10 +23,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body_gap;
 pub mod client_io;
 pub mod config;
 pub mod frame;
 pub mod hpack;
+pub mod http1_slots;
 pub mod proxy;
 pub mod relay;
 pub mod settings;

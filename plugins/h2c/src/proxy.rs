@@ -7,7 +7,9 @@
 //! Dropping a stream (a client's RST_STREAM, a deadline) drops its backend request, which
 //! resets the backend stream; a backend's reset fails the body, which resets the client's.
 
+use crate::body_gap::{GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
+use crate::http1_slots::{Http1Slots, Slot};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -40,13 +42,22 @@ pub struct Proxy {
     /// The plugin's metrics.
     pub stats: crate::stats::Stats,
     connector: HttpConnector,
-    http1: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, Body>,
+    /// Streams at HTTP/1.1 backends, counted across client connections.
+    http1_slots: Arc<Http1Slots>,
 }
 
 /// How long a pooled backend connection may stay idle before it is closed, and how many
 /// idle ones a backend keeps (hyper-util keeps them for ever, and any number, without).
 const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 const POOL_IDLE_PER_BACKEND: usize = 64;
+/// Most an HTTP/1.1 backend connection's reader holds: a response's head must fit in it
+/// (larger: `502`), as in HAProxy's 16 KiB buffer (nginx's `proxy_buffer_size` is 4 or 8
+/// KiB), and a body is read at most this far ahead of a client that does not take it.
+/// hyper's default, about 400 KiB, let a stream toward a client that grants windows and
+/// then reads nothing hold 469 KiB of the daemon's memory; with this, 137 KiB (measured
+/// over 128 such streams; the rest is the 64 KiB HTTP/2 send buffer and hyper's own).
+const HTTP1_READ_BUFFER: usize = 16 * 1024;
 
 impl Proxy {
     pub fn new(config: Config, stats: crate::stats::Stats) -> Proxy {
@@ -57,18 +68,25 @@ impl Proxy {
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(POOL_IDLE_PER_BACKEND)
+            .http1_max_buf_size(HTTP1_READ_BUFFER)
             .build(connector.clone());
+        let http1_slots = Http1Slots::new(
+            config.http1_max,
+            config.http1_per_client,
+            stats.http1_streams,
+        );
         Proxy {
             config,
             stats,
             connector,
             http1,
+            http1_slots,
         }
     }
 
     /// A client connection's own HTTP/2 backend connections (one per backend, made when
     /// its first stream there comes).
-    fn http2_client(&self) -> Client<HttpConnector, Incoming> {
+    fn http2_client(&self) -> Client<HttpConnector, Body> {
         Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_timer(hyper_util::rt::TokioTimer::new())
@@ -87,7 +105,7 @@ pub struct Activity {
     /// the other streams wait for one to end.
     http1: Arc<Semaphore>,
     /// This client connection's HTTP/2 backend connections, closed with it.
-    http2: std::sync::OnceLock<Client<HttpConnector, Incoming>>,
+    http2: std::sync::OnceLock<Client<HttpConnector, Body>>,
 }
 
 impl Activity {
@@ -118,15 +136,18 @@ impl Activity {
         StreamOpen {
             activity: self.clone(),
             _http1: None,
+            _slot: None,
         }
     }
 }
 
 /// Held while a stream is open: by the handler, then by the response body until it ends;
-/// with the stream's HTTP/1.1 backend connection, if it has one.
+/// with the stream's HTTP/1.1 backend connection, if it has one (its client connection's
+/// permit, and its slot of every connection's count).
 struct StreamOpen {
     activity: Arc<Activity>,
     _http1: Option<OwnedSemaphorePermit>,
+    _slot: Option<Slot>,
 }
 
 impl Drop for StreamOpen {
@@ -199,11 +220,17 @@ fn answer(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
-/// The status for a backend that could not answer: `504` for a connect time-out, else
-/// `502`.
+/// The status for a backend that could not answer: `504` for a connect time-out, `408`
+/// for a request body that stopped coming (`SWITCHYARD_H2C_BODY_TIMEOUT_MS`), else `502`.
 fn failure_status(error: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {
+        if e.downcast_ref::<Stalled>().is_some() {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "waited for a request body that stopped",
+            );
+        }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return match io.kind() {
                 io::ErrorKind::TimedOut => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
@@ -311,8 +338,28 @@ pub async fn handle(
             }
             // The semaphore is never closed.
             open._http1 = activity.http1.clone().acquire_owned().await.ok();
+            match proxy.http1_slots.take(peer.ip()) {
+                Ok(slot) => open._slot = Some(slot),
+                Err(full) => {
+                    stats.answered(503);
+                    static REFUSALS: protocol_api::throttle::OncePerSecond =
+                        protocol_api::throttle::OncePerSecond::new();
+                    if REFUSALS.may_log() {
+                        log::warn!("h2c {peer} {path}: {}: 503", full.reason());
+                    }
+                    let mut refused = answer(StatusCode::SERVICE_UNAVAILABLE, full.reason());
+                    refused
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return Ok(with_open(refused, open));
+                }
+            }
             &proxy.http1
         }
+    };
+    let body = match route.protocol {
+        BackendProtocol::Http1 => GapLimited::limit(body, proxy.config.body_timeout),
+        BackendProtocol::Http2 => body.map_err(BoxError::from).boxed(),
     };
     let began = Instant::now();
     let response = match client.request(Request::from_parts(parts, body)).await {
@@ -335,7 +382,13 @@ pub async fn handle(
         Err(e) => {
             let (status, what) = failure_status(&e);
             stats.answered(status.as_u16());
-            log::warn!(
+            // A client's silence is the client's to know about, not the operator's.
+            let level = match status {
+                StatusCode::REQUEST_TIMEOUT => log::Level::Info,
+                _ => log::Level::Warn,
+            };
+            log::log!(
+                level,
                 "h2c {peer} {path} -> {}: backend {what}: {e:?}",
                 route.address
             );

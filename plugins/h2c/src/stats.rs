@@ -1,5 +1,5 @@
 //! The h2c plugin's metrics (ABI 1.6), rendered by the daemon as `switchyard_h2c_*`:
-//! connections open, and per route (its configured prefix; `-` for streams no route took)
+//! connections open, streams at HTTP/1.1 backends, and per route (its configured prefix; `-` for streams no route took)
 //! streams, answers by status class, and the time a backend took to answer. A route's
 //! handles are made once, at load.
 
@@ -12,6 +12,9 @@ pub const UNROUTED: &str = "-";
 /// [`UNROUTED`]'s).
 pub struct Stats {
     pub open: Gauge,
+    /// Streams at HTTP/1.1 backends now, each holding a backend connection (the hyper
+    /// engine's `http1://` routes).
+    pub http1_streams: Gauge,
     routes: Vec<RouteStats>,
 }
 
@@ -41,6 +44,11 @@ impl Stats {
             "HTTP/2 client connections open now (by Upgrade: h2c, prior knowledge or TLS ALPN h2).",
             &[],
         )?;
+        let http1_streams = metrics::gauge(
+            "http1_backend_streams",
+            "Streams at http1:// backends now, each holding a backend connection (at most SWITCHYARD_H2C_HTTP1_MAX).",
+            &[],
+        )?;
         let streams = metrics::counter(
             "streams_total",
             "Streams (requests) begun, per route; - : answered before any route took them.",
@@ -68,6 +76,7 @@ impl Stats {
             .collect();
         Ok(Stats {
             open: open.with(&[]),
+            http1_streams: http1_streams.with(&[]),
             routes,
         })
     }

@@ -1,0 +1,155 @@
+//! The count of HTTP/1.1 backend connections carrying a stream (the hyper engine's
+//! `http1://` routes), shared by every client connection: `SWITCHYARD_H2C_HTTP1_MAX` in
+//! all, `SWITCHYARD_H2C_HTTP1_PER_CLIENT` for one client address.
+//!
+//! An HTTP/1.1 backend connection carries one request at a time, so each stream routed to
+//! one holds a descriptor for as long as it runs. `SWITCHYARD_H2C_HTTP1_PER_CONNECTION`
+//! bounds that per client connection only: 70 client connections whose streams wait for
+//! bodies that never come took 1,120 descriptors, every one a daemon at the common
+//! 1,024-descriptor limit had, and it stopped accepting anyone. Past either count a stream
+//! is answered `503` with `Retry-After` at once, as the daemon answers a client past its
+//! worker slots; clients are told apart as the daemon tells them
+//! ([`protocol_api::clients::key`]), so one address (an IPv6 client: its /64) cannot hold
+//! every slot.
+
+use protocol_api::metrics::Gauge;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+pub struct Http1Slots {
+    max: usize,
+    per_client: usize,
+    taken: Mutex<Taken>,
+    /// `switchyard_h2c_http1_backend_streams`.
+    gauge: Gauge,
+}
+
+#[derive(Default)]
+struct Taken {
+    all: usize,
+    by_client: HashMap<u64, usize>,
+}
+
+/// Why a stream got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// `SWITCHYARD_H2C_HTTP1_MAX` streams are at HTTP/1.1 backends.
+    Full,
+    /// This client has `SWITCHYARD_H2C_HTTP1_PER_CLIENT` there.
+    ClientLimit,
+}
+
+impl NoSlot {
+    /// For the `503`'s text and the log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoSlot::Full => "every HTTP/1.1 backend connection is taken (SWITCHYARD_H2C_HTTP1_MAX)",
+            NoSlot::ClientLimit => {
+                "this client holds its most HTTP/1.1 backend connections (SWITCHYARD_H2C_HTTP1_PER_CLIENT)"
+            }
+        }
+    }
+}
+
+/// One stream's HTTP/1.1 backend connection, counted until dropped (its response ended,
+/// or the stream was reset).
+pub struct Slot {
+    slots: Arc<Http1Slots>,
+    client: u64,
+}
+
+impl Http1Slots {
+    pub fn new(max: usize, per_client: usize, gauge: Gauge) -> Arc<Http1Slots> {
+        Arc::new(Http1Slots {
+            max,
+            per_client,
+            taken: Mutex::new(Taken::default()),
+            gauge,
+        })
+    }
+
+    /// A slot for a stream of the client at `ip`, if both counts allow one.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, NoSlot> {
+        let client = protocol_api::clients::key(ip);
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.all >= self.max {
+            return Err(NoSlot::Full);
+        }
+        let held = taken.by_client.get(&client).copied().unwrap_or(0);
+        if held >= self.per_client {
+            return Err(NoSlot::ClientLimit);
+        }
+        taken.all += 1;
+        taken.by_client.insert(client, held + 1);
+        self.gauge.inc();
+        Ok(Slot {
+            slots: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let slots = &self.slots;
+        let mut taken = slots.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.all -= 1;
+        if let Some(held) = taken.by_client.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                taken.by_client.remove(&self.client);
+            }
+        }
+        slots.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(max: usize, per_client: usize) -> Arc<Http1Slots> {
+        let gauge = protocol_api::metrics::gauge("test_streams", "In the plugin only.", &[]);
+        Http1Slots::new(max, per_client, gauge.unwrap().with(&[]))
+    }
+
+    #[test]
+    fn one_client_is_held_to_its_share_and_the_rest_to_the_whole() {
+        let slots = slots(3, 2);
+        let (a, b, c) = (
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.2".parse().unwrap(),
+            "192.0.2.3".parse().unwrap(),
+        );
+        let first = slots.take(a).unwrap();
+        let _second = slots.take(a).unwrap();
+        assert_eq!(slots.take(a).err(), Some(NoSlot::ClientLimit));
+        let _other = slots.take(b).unwrap();
+        assert_eq!(slots.take(c).err(), Some(NoSlot::Full));
+        drop(first);
+        assert!(slots.take(a).is_ok(), "a slot given back is taken again");
+    }
+
+    #[test]
+    fn one_ipv6_host_is_one_client_across_its_64() {
+        let slots = slots(10, 1);
+        let _held = slots.take("2001:db8::1".parse().unwrap()).unwrap();
+        assert_eq!(
+            slots.take("2001:db8::ffff".parse().unwrap()).err(),
+            Some(NoSlot::ClientLimit)
+        );
+        assert!(slots.take("2001:db8:0:1::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn every_slot_dropped_leaves_no_count() {
+        let slots = slots(4, 4);
+        let held: Vec<Slot> = (0..4)
+            .map(|_| slots.take("192.0.2.1".parse().unwrap()).unwrap())
+            .collect();
+        drop(held);
+        let taken = slots.taken.lock().unwrap();
+        assert_eq!((taken.all, taken.by_client.len()), (0, 0));
+    }
+}
