@@ -735,7 +735,8 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
 
 /// An HTTP/1.1 backend (std threads, raw bytes) answering by path: `clte` with both a
 /// Content-Length and chunks, `switch` with a 101, `hold` 200 `ok` after 3 s, `wait`
-/// never (it reads until the connection closes); anything else 200 `ok`.
+/// never (it reads until the connection closes), `big` 200 with 4 MiB; anything else 200
+/// `ok`.
 fn raw_http1_backend() -> SocketAddr {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -759,6 +760,15 @@ fn raw_http1_backend() -> SocketAddr {
                     }
                     if line.contains("/hold ") {
                         std::thread::sleep(Duration::from_secs(3));
+                    }
+                    if line.contains("/big ") {
+                        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\n\r\n";
+                        let body = vec![b'x'; 4 << 20];
+                        if writer.write_all(head).and(writer.write_all(&body)).is_err() {
+                            return;
+                        }
+                        line.clear();
+                        continue;
                     }
                     let answer: &[u8] = if line.contains("/clte ") {
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"
@@ -951,5 +961,42 @@ fn a_request_body_that_stops_coming_gets_408_and_gives_its_slot_back() {
             "the slot is back"
         );
         drop(body);
+    });
+}
+
+/// A client that asks for a large answer and then takes none of it (no window given back)
+/// held the stream's backend connection, and its slot, for as long as it kept the
+/// connection. After `SWITCHYARD_H2C_BODY_TIMEOUT_MS` with nothing taken the backend
+/// connection is closed and the slot serves the client's next stream.
+#[test]
+fn an_answer_the_client_takes_nothing_of_gives_its_slot_back() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/one/=http1://{raw}"),
+            &[
+                ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "1"),
+                ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "300"),
+            ],
+        );
+        let taking_nothing = connect(daemon.addr).await;
+        let request = Request::get("http://t/one/big").body(()).unwrap();
+        let (response, _) = taking_nothing.clone().send_request(request, true).unwrap();
+        // Kept, never read: dropped, h2 would reset the stream.
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let next = connect(daemon.addr).await;
+        assert_eq!(
+            start_get(&next, "/one/x").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the slot is held while the answer may still be taken"
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(
+            get(&next, "/one/x").await.0,
+            StatusCode::OK,
+            "the slot is back"
+        );
+        drop(response);
     });
 }

@@ -7,7 +7,7 @@
 //! Dropping a stream (a client's RST_STREAM, a deadline) drops its backend request, which
 //! resets the backend stream; a backend's reset fails the body, which resets the client's.
 
-use crate::body_gap::{GapLimited, Stalled};
+use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
 use crate::http1_slots::{Http1Slots, Slot};
 use bytes::Bytes;
@@ -405,7 +405,22 @@ pub async fn handle(
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
     let body = body.map_err(BoxError::from).boxed();
-    Ok(with_open(Response::from_parts(parts, body), open))
+    Ok(match route.protocol {
+        BackendProtocol::Http1 => {
+            // The stream holds a backend connection for as long as its answer is being
+            // taken: a client that stops taking it gives the connection back.
+            let limit = proxy.config.body_timeout;
+            let address = route.address.clone();
+            let stalled = move || {
+                log::info!(
+                    "h2c {peer} {path} -> {address}: the client took nothing of the answer \
+                     for {limit:?}; its backend connection is closed"
+                );
+            };
+            Response::from_parts(parts, must_be_taken(body, open, limit, stalled))
+        }
+        BackendProtocol::Http2 => with_open(Response::from_parts(parts, body), open),
+    })
 }
 
 /// Why a request's host is refused (`400`): `:authority` with userinfo (RFC 9113 §8.3.1:
