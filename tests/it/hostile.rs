@@ -243,6 +243,56 @@ fn unfinished_messages_on_the_echo_hold_a_bounded_total() {
     assert!(fin && opcode == 0x1);
 }
 
+/// Regression (2026-12-03): one address could fill the whole budget for unfinished
+/// messages with four connections, and then every other client's large message was
+/// closed with 1013. Each client now holds at most a quarter of it (one message of the
+/// largest size). Here the limit is 1 MiB: 127.0.0.1 sends 1,000,000-byte first frames
+/// on eight connections and at most one is held; 127.0.0.2's 1,000,000-byte message,
+/// sent in two frames, is echoed whole.
+#[test]
+fn one_address_holds_at_most_a_quarter_of_what_unfinished_messages_may_hold() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
+        .start();
+    let first = frame(false, 0x2, &vec![7u8; 1_000_000]);
+    let mut attackers: Vec<Client> = (0..8)
+        .map(|_| {
+            let mut client = open(&daemon, "/");
+            client.send(&first);
+            client
+        })
+        .collect();
+    let mut closed = 0;
+    for client in attackers.iter_mut() {
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut head = [0u8; 4];
+        if client.stream.read_exact(&mut head).is_ok() {
+            assert_eq!(
+                (head[0], u16::from_be_bytes([head[2], head[3]])),
+                (0x88, 1013)
+            );
+            closed += 1;
+        }
+    }
+    assert!(closed >= 7, "{closed} of 8 closed with 1013");
+    let mut other = daemon.client_from("127.0.0.2");
+    other.send(format!(
+        "GET / HTTP/1.1\r\n{}",
+        DEFLATE_HANDSHAKE.replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
+    ));
+    assert_eq!(other.response().status, 101);
+    other.send(frame(false, 0x2, &vec![1u8; 600_000]));
+    other.send(frame(true, 0x0, &vec![2u8; 400_000]));
+    let (fin, opcode, payload) = crate::websocket::read_frame(&mut other);
+    assert!(fin && opcode == 0x2, "another address's message is echoed");
+    assert_eq!(payload.len(), 1_000_000);
+    drop(attackers);
+}
+
 /// The first frame of a deflate bomb (16 KiB inflating to 16 MiB) whose last frame never
 /// comes holds what was sent, not what it inflates to: a compressed message is inflated
 /// only to be checked, and echoed as it came. Before, 40 such connections made the daemon

@@ -178,11 +178,7 @@ impl EventProtocol for WebSocket {
         decision
     }
 
-    fn start(
-        &self,
-        agreed: Agreed,
-        _request: &Request<'_>,
-    ) -> std::io::Result<session::Connection> {
+    fn start(&self, agreed: Agreed, request: &Request<'_>) -> std::io::Result<session::Connection> {
         let Agreed {
             deflate,
             service,
@@ -194,6 +190,7 @@ impl EventProtocol for WebSocket {
             deflate,
             relay,
             stats,
+            client_key(request.peer()),
         ))
     }
 
@@ -466,6 +463,13 @@ impl WebSocket {
 
 /// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
 /// reached; another try may find a slot.
+/// A client as the daemon counts clients ([`protocol_api::clients::key`]), for the
+/// plugin's own per-client counts; a peer that does not parse counts as one client.
+pub(crate) fn client_key(peer: &str) -> u64 {
+    peer.parse::<std::net::SocketAddr>()
+        .map_or(0, |address| protocol_api::clients::key(address.ip()))
+}
+
 fn programs_busy(why: &str) -> protocol_api::Rejection {
     let rejection = protocol_api::Rejection {
         status: 503,

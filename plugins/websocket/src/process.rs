@@ -49,13 +49,6 @@ fn release_slot() {
 /// every slot of the processes limit and hold them with idle connections.
 static BY_CLIENT: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
 
-/// A client as the daemon counts clients ([`protocol_api::clients::key`]); a peer that
-/// does not parse counts as one client.
-fn client_key(peer: &str) -> u64 {
-    peer.parse::<std::net::SocketAddr>()
-        .map_or(0, |address| protocol_api::clients::key(address.ip()))
-}
-
 /// One client's count of one program, given back when dropped (the program's connection
 /// ended: the program is then on its way out, still under the processes limit until it
 /// is reaped).
@@ -64,7 +57,7 @@ pub struct ClientShare(u64);
 impl ClientShare {
     /// Counts a program for the client at `peer` (`ip:port`) if it runs fewer than `max`.
     pub fn take(peer: &str, max: usize) -> Option<ClientShare> {
-        let key = client_key(peer);
+        let key = crate::client_key(peer);
         let mut counts = BY_CLIENT.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(key).or_insert(0);
         if *count >= max {

@@ -122,11 +122,13 @@ enum Reading {
 }
 
 impl Connection {
+    /// A connection of the client under `client` ([`crate::client_key`]).
     pub fn new(
         config: &Config,
         deflate: Option<Agreement>,
         relay: Option<Box<Relay>>,
         stats: &'static RouteStats,
+        client: u64,
     ) -> Connection {
         stats.switched.inc();
         let delivery = match relay {
@@ -136,7 +138,7 @@ impl Connection {
         Connection {
             relay,
             receiver: Receiver::new(config.max_message, deflate.map(Inflater::new), delivery),
-            assembly: Share::default(),
+            assembly: Share::new(client),
             partial: Vec::new(),
             holding: false,
             owed: Output::default(),
