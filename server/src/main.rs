@@ -472,14 +472,21 @@ fn serve(
     supervisor::run(shared, signals, threads, &notifier).map_err(|supervisor::Failed(why)| why)
 }
 
-/// Every connection is a descriptor (a tunnel six: both sockets and a pipe each way for
-/// splice): raise the soft limit to the hard one, as servers do, and say so when even that
-/// is short of SWITCHYARD_MAX_CONNECTIONS.
+/// Every connection is a descriptor, and many are two (a tunnel, a WebSocket route to a
+/// service or a program, a static file, an h2c stream at an HTTP/1.1 backend; a tunnel
+/// that splices holds a pipe besides): raise the soft limit to the hard one, as servers
+/// do, and say so when even that is short of SWITCHYARD_MAX_CONNECTIONS, or of twice it.
 fn raise_file_limit(max_connections: usize) {
+    let needed = max_connections as u64 + 64;
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < max_connections as u64 + 64 => log::warn!(
+        Ok(limit) if limit < needed => log::warn!(
             "only {limit} open files allowed (ulimit -n) for SWITCHYARD_MAX_CONNECTIONS={max_connections}: \
              connections past the limit wait until descriptors free up"
+        ),
+        Ok(limit) if limit < needed + max_connections as u64 => log::info!(
+            "{limit} open files allowed (ulimit -n) for SWITCHYARD_MAX_CONNECTIONS={max_connections}: \
+             enough for that many clients, not for as many tunnels or routes to services \
+             (two descriptors each); past the limit, connections wait until descriptors free up"
         ),
         Ok(limit) => log::debug!("open files allowed: {limit}"),
         Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
