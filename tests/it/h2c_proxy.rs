@@ -585,6 +585,52 @@ fn get_with_long_field(kind: u8, len: usize) -> Vec<u8> {
     block
 }
 
+/// RFC 9113 §8.2.1: a field value with CR or LF (or NUL), or a name with a character a
+/// name may not have, makes the request malformed. The relay passed such fields on, and a
+/// backend that writes its requests out as HTTP/1.1 would have read a CR LF as a field of
+/// the client's making. Now the stream is reset with PROTOCOL_ERROR, the backend sees
+/// nothing, and a well-formed stream after it on the connection is served.
+#[test]
+fn rfc9113_8_2_1_a_field_with_cr_lf_never_reaches_the_backend() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let addr = daemon.addr;
+        // GET http://t/ (indexed :method, :scheme, :path; literal :authority), then
+        // `x-a: b\r\nx-injected: 1` as a literal without indexing.
+        let value = b"b\r\nx-injected: 1";
+        let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b't', 0x00, 0x03];
+        block.extend(b"x-a");
+        block.push(value.len() as u8);
+        block.extend(value);
+        let mut frames = raw_frame(0x1, 0x5, 1, &block);
+        frames.extend(raw_frame(
+            0x1,
+            0x5,
+            3,
+            &[0x82, 0x86, 0x84, 0x01, 0x01, b't'],
+        ));
+        let seen_frames = tokio::task::spawn_blocking(move || frames_until(addr, &frames, 0x1))
+            .await
+            .unwrap();
+        let reset = seen_frames
+            .iter()
+            .find(|(kind, _)| *kind == 0x3)
+            .expect("RST_STREAM on the malformed stream");
+        assert_eq!(u32::from_be_bytes(reset.1[..4].try_into().unwrap()), 0x1);
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            1,
+            "stream 3 went on"
+        );
+        assert!(
+            seen.forwarded_for.lock().unwrap().len() == 1,
+            "only stream 3 reached it"
+        );
+    });
+}
+
 /// A field block held open by empty CONTINUATION frames adds nothing and ends nothing:
 /// each is counted with the frames that move no request, and the connection gets GOAWAY
 /// ENHANCE_YOUR_CALM (before the fix it could go on for ever, a frame's work each).

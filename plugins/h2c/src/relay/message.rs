@@ -173,6 +173,7 @@ pub fn route_request(
             if slot.replace(value).is_some() {
                 return Err(Refused::Malformed("a pseudo-header twice"));
             }
+            check_value(value)?;
             continue;
         }
         regular = true;
@@ -238,17 +239,40 @@ fn route_index(config: &Config, route: &Route) -> usize {
         .unwrap_or(0)
 }
 
-/// RFC 9113 §8.2.1 and §8.2.2: lowercase names, no connection-specific field, `te` at most
-/// "trailers".
+/// RFC 9113 §8.2.1 and §8.2.2: names of visible ASCII but uppercase and colon, values
+/// without NUL, CR or LF and not beginning or ending with whitespace, no
+/// connection-specific field, `te` at most "trailers". A CR LF passed on is a field of the
+/// client's making at any backend that writes the request out as HTTP/1.1.
 fn check_field(name: &[u8], value: &[u8]) -> Result<(), Refused> {
     if name.is_empty() || name.iter().any(|b| b.is_ascii_uppercase()) {
         return Err(Refused::Malformed("a field name that is not lowercase"));
     }
+    if name.iter().any(|&b| b <= 0x20 || b >= 0x7f || b == b':') {
+        return Err(Refused::Malformed(
+            "a field name with a character it may not have",
+        ));
+    }
+    check_value(value)?;
     if CONNECTION_SPECIFIC.contains(&name) {
         return Err(Refused::Malformed("a connection-specific field"));
     }
     if name == b"te" && !value.eq_ignore_ascii_case(b"trailers") {
         return Err(Refused::Malformed("te other than trailers"));
+    }
+    Ok(())
+}
+
+/// RFC 9113 §8.2.1: a field value holds no NUL, CR or LF, and neither begins nor ends
+/// with a space or a tab.
+fn check_value(value: &[u8]) -> Result<(), Refused> {
+    if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        return Err(Refused::Malformed("a field value with NUL, CR or LF"));
+    }
+    let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    if blank(value.first()) || blank(value.last()) {
+        return Err(Refused::Malformed(
+            "a field value that begins or ends with whitespace",
+        ));
     }
     Ok(())
 }
@@ -486,11 +510,30 @@ mod tests {
             ("te", "gzip"),
             ("X-Upper", "1"),
             ("content-length", "5x"),
+            ("x-a", "b\r\nx-injected: 1"),
+            ("x-a", "b\nc"),
+            ("x-a", "b\0c"),
+            ("x-a", " b"),
+            ("x-a", "b\t"),
+            ("x a", "1"),
+            ("x:a", "1"),
+            ("x\u{7f}", "1"),
+            ("x\u{e9}", "1"),
         ] {
             let refused = route_request(&config(), &request(&[extra]), &mut Forwarding::new(peer))
                 .unwrap_err();
             assert!(matches!(refused, Refused::Malformed(_)), "{extra:?}");
         }
+        let mut bad_method = Fields::default();
+        bad_method.push(b":method", b"GET\r\nX: 1");
+        bad_method.push(b":scheme", b"http");
+        bad_method.push(b":path", b"/");
+        assert!(matches!(
+            route_request(&config(), &bad_method, &mut Forwarding::new(peer)),
+            Err(Refused::Malformed(_))
+        ));
+        let fine = request(&[("x-a", "b c"), ("x-b", ""), ("x-c", "\u{e9}t\u{e9}")]);
+        assert!(route_request(&config(), &fine, &mut Forwarding::new(peer)).is_ok());
         let mut late = request(&[("a", "1")]);
         late.push(b":method", b"GET");
         assert!(matches!(
