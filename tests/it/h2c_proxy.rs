@@ -781,28 +781,63 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
 
 /// An HTTP/1.1 backend (std threads, raw bytes) answering by path: `clte` with both a
 /// Content-Length and chunks, `switch` with a 101, `hold` 200 `ok` after 3 s, `wait`
-/// never (it reads until the connection closes), `big` 200 with 4 MiB; anything else 200
-/// `ok`.
+/// never (it reads until the connection closes), `big` 200 with 4 MiB, `early` 200 `ok`
+/// at once and then reads until the connection closes, `slow` reads nothing for 6 s, then
+/// until the connection closes; anything else 200 `ok` (after a body of the request's
+/// Content-Length).
 fn raw_http1_backend() -> SocketAddr {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    raw_http1_backend_counted().0
+}
+
+/// [`raw_http1_backend`], with the count of its connections open, and a receive buffer
+/// of 4 KiB (so that a body it does not read is held by the daemon, not by the kernel).
+fn raw_http1_backend_counted() -> (SocketAddr, Arc<AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    socket.listen(1024).unwrap();
+    let listener: std::net::TcpListener = socket.into();
     let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let counted = open.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
+            let open = counted.clone();
+            open.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut writer = stream;
+                let to_end = |reader: &mut BufReader<std::net::TcpStream>| {
+                    let mut sink = [0u8; 4096];
+                    while reader.read(&mut sink).unwrap_or(0) > 0 {}
+                };
                 let mut line = String::new();
                 while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let mut length = 0;
                     let mut header = String::new();
                     while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        let lower = header.to_ascii_lowercase();
+                        if let Some(value) = lower.strip_prefix("content-length:") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
                         header.clear();
                     }
                     if line.contains("/wait ") {
-                        let mut rest = Vec::new();
-                        let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
-                        return;
+                        to_end(&mut reader);
+                        break;
+                    }
+                    if line.contains("/early ") {
+                        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        to_end(&mut reader);
+                        break;
+                    }
+                    if line.contains("/slow ") {
+                        std::thread::sleep(Duration::from_secs(6));
+                        to_end(&mut reader);
+                        break;
                     }
                     if line.contains("/hold ") {
                         std::thread::sleep(Duration::from_secs(3));
@@ -811,10 +846,14 @@ fn raw_http1_backend() -> SocketAddr {
                         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\n\r\n";
                         let body = vec![b'x'; 4 << 20];
                         if writer.write_all(head).and(writer.write_all(&body)).is_err() {
-                            return;
+                            break;
                         }
                         line.clear();
                         continue;
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        break;
                     }
                     let answer: &[u8] = if line.contains("/clte ") {
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"
@@ -824,14 +863,15 @@ fn raw_http1_backend() -> SocketAddr {
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                     };
                     if writer.write_all(answer).is_err() {
-                        return;
+                        break;
                     }
                     line.clear();
                 }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    addr
+    (addr, open)
 }
 
 /// An HTTP/1.1 backend's answer framed by chunks and with a Content-Length goes on without
@@ -1044,5 +1084,149 @@ fn an_answer_the_client_takes_nothing_of_gives_its_slot_back() {
             "the slot is back"
         );
         drop(response);
+    });
+}
+
+/// An HTTP/2 client connection that grants `window` bytes a stream.
+async fn connect_with_window(addr: SocketAddr, window: u32) -> client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// From an attacker's review: the plugin's own answers (here a `502` for a backend that
+/// refuses, a `408` for a body that never came) kept the stream's HTTP/1.1 backend slot
+/// for as long as the client did not take them, and a client that grants no window never
+/// does: four addresses held every slot. Such an answer holds none.
+#[test]
+fn answers_of_the_plugins_own_hold_no_backend_slot_while_the_client_takes_nothing() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/dead/=http1://127.0.0.1:1,/one/=http1://{raw}"),
+            &[
+                ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "2"),
+                ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "300"),
+            ],
+        );
+        let no_window = connect_with_window(daemon.addr, 0).await;
+        let request = Request::get("http://t/dead/x").body(()).unwrap();
+        let (refused, _) = no_window.clone().send_request(request, true).unwrap();
+        let request = Request::post("http://t/one/x")
+            .header("content-length", "10")
+            .body(())
+            .unwrap();
+        let (timed_out, _body) = no_window.clone().send_request(request, false).unwrap();
+        let (refused, timed_out) = (refused.await.unwrap(), timed_out.await.unwrap());
+        assert_eq!(
+            (refused.status(), timed_out.status()),
+            (StatusCode::BAD_GATEWAY, StatusCode::REQUEST_TIMEOUT)
+        );
+        let other = connect(daemon.addr).await;
+        assert_eq!(
+            get(&other, "/one/x").await.0,
+            StatusCode::OK,
+            "slots are free"
+        );
+        drop((refused, timed_out));
+    });
+}
+
+/// From an attacker's review: a backend that answers before the request body ends (an
+/// early `401` or `413`) and reads on. The answer's end gave the stream's slot back while
+/// hyper kept sending the body on the backend connection, so a client that trickled its
+/// bodies held backend connections no count saw: 983 from one address, every descriptor
+/// of a daemon at 1,024. Now the answer's end stops the upload and the backend connection
+/// closes (RFC 9113 §8.1: the answer did not need the rest). Here the limits allow 2
+/// streams a connection and 4 in all; 20 streams answered early, then trickling, leave
+/// the backend no connection.
+#[test]
+fn an_answer_before_the_request_ends_stops_the_upload_and_its_backend_connection() {
+    run(async {
+        let (raw, open) = raw_http1_backend_counted();
+        let daemon = daemon(
+            &format!("/one/=http1://{raw}"),
+            &[
+                ("SWITCHYARD_H2C_HTTP1_MAX", "4"),
+                ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "2"),
+                ("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "2"),
+            ],
+        );
+        let send = connect(daemon.addr).await;
+        let mut uploads = Vec::new();
+        for _ in 0..20 {
+            let request = Request::post("http://t/one/early").body(()).unwrap();
+            let mut ready = send.clone().ready().await.unwrap();
+            let (response, mut body) = ready.send_request(request, false).unwrap();
+            body.send_data(Bytes::from_static(b"x"), false).unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut answer = response.into_body();
+            while let Some(chunk) = answer.data().await {
+                let _ = answer.flow_control().release_capacity(chunk.unwrap().len());
+            }
+            uploads.push(body);
+        }
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for body in uploads.iter_mut() {
+                let _ = body.send_data(Bytes::from_static(b"y"), false);
+            }
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while open.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            open.load(Ordering::SeqCst),
+            0,
+            "backend connections left open"
+        );
+    });
+}
+
+/// From an attacker's review: one stream whose backend reads nothing took the whole 1 MiB
+/// window of the client's connection (hyper's window a stream was as large), so another
+/// upload on it could send nothing, and after SWITCHYARD_H2C_BODY_TIMEOUT_MS was answered
+/// `408` for a silence that was not its client's. A stream may now hold 64 KiB of it.
+#[test]
+fn an_upload_whose_neighbour_is_not_read_goes_on() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/one/=http1://{raw}"),
+            &[("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1500")],
+        );
+        let send = connect(daemon.addr).await;
+        let request = Request::post("http://t/one/slow").body(()).unwrap();
+        let (_unread, mut stalled) = send.clone().send_request(request, false).unwrap();
+        stalled
+            .send_data(Bytes::from(vec![b'a'; 4 << 20]), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 30 bytes, one every 100 ms: a client sending steadily.
+        let request = Request::post("http://t/one/x")
+            .header("content-length", "30")
+            .body(())
+            .unwrap();
+        let (response, mut body) = send.clone().send_request(request, false).unwrap();
+        let sending = tokio::spawn(async move {
+            for i in 0..30 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                body.send_data(Bytes::from_static(b"z"), i == 29).unwrap();
+            }
+        });
+        let response = tokio::time::timeout(Duration::from_secs(10), response).await;
+        let status = response.expect("an answer").unwrap().status();
+        assert_eq!(status, StatusCode::OK, "the steady upload was cut");
+        sending.await.unwrap();
+        drop(stalled);
     });
 }

@@ -1,10 +1,16 @@
 //! Bodies that must keep moving between a client and an HTTP/1.1 backend, whose connection
-//! each stream holds (a descriptor, and a slot of `SWITCHYARD_H2C_HTTP1_MAX`):
+//! each stream holds (a descriptor, and a slot of `SWITCHYARD_H2C_HTTP1_MAX`). Both bodies
+//! hold the stream's slot until they are done: hyper goes on sending a request body after
+//! the answer ended, on the same backend connection.
 //!
 //! - A request body that sends nothing for a while as the backend waits for it ends with
 //!   [`Stalled`], and hyper then drops the backend request (and its connection) and the
 //!   stream ([`GapLimited`]). The clock runs only while the body is asked for: a backend
 //!   that does not read the body (its socket is full) is not the client's silence.
+//! - Once the answer is complete (or gone), the rest of the request is not sent: the body
+//!   ends with [`Answered`], which closes the backend connection, as the relay resets such
+//!   a stream with NO_ERROR (RFC 9113 §8.1). Ending it as if whole would pass a truncated
+//!   chunked upload off as complete.
 //! - A response body the client takes nothing of for as long (it grants no window, or
 //!   does not read its socket) is dropped with what it holds ([`must_be_taken`]), and the
 //!   stream ends when the client next makes room. The clock runs only after a part was
@@ -14,12 +20,14 @@
 use crate::proxy::{Body, BoxError};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 /// The error a body ends with after `gap` of nothing.
@@ -34,33 +42,63 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
-pub struct GapLimited<B> {
+/// The error a request body ends with once its answer is complete.
+#[derive(Debug)]
+pub struct Answered;
+
+impl std::fmt::Display for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the answer ended before the request")
+    }
+}
+
+impl std::error::Error for Answered {}
+
+pub struct GapLimited<B, H> {
     inner: B,
     gap: Duration,
     /// When the body runs out of time if nothing comes: reset by each frame.
     deadline: Pin<Box<Sleep>>,
+    /// Says (or, dropped, closes) when the answer is over.
+    answered: Option<oneshot::Receiver<()>>,
+    /// What the body holds until it ends.
+    held: Option<H>,
 }
 
-impl<B> GapLimited<B>
+impl<B, H> GapLimited<B, H>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
+    H: Send + Sync + Unpin + 'static,
 {
-    /// `inner`, which must send something at least every `gap` from now on.
-    pub fn limit(inner: B, gap: Duration) -> Body {
+    /// `inner`, which must send something at least every `gap` from now on, and stops at
+    /// `answered`; `held` goes when it ends.
+    pub fn limit(inner: B, gap: Duration, answered: oneshot::Receiver<()>, held: H) -> Body {
         GapLimited {
             inner,
             gap,
             deadline: Box::pin(tokio::time::sleep(gap)),
+            answered: Some(answered),
+            held: Some(held),
         }
         .boxed()
     }
 }
 
-impl<B> hyper::body::Body for GapLimited<B>
+impl<B, H> GapLimited<B, H> {
+    /// The body is over: what it held goes now, not when hyper lets it go.
+    fn over(&mut self, error: Option<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.held = None;
+        self.answered = None;
+        Poll::Ready(error.map(Err))
+    }
+}
+
+impl<B, H> hyper::body::Body for GapLimited<B, H>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    H: Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -70,14 +108,21 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(answered) = this.answered.as_mut() {
+            if Pin::new(answered).poll(cx).is_ready() {
+                return this.over(Some(Box::new(Answered)));
+            }
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 let next = Instant::now() + this.gap;
                 this.deadline.as_mut().reset(next);
-                Poll::Ready(frame.map(|result| result.map_err(Into::into)))
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(Some(Err(e))) => this.over(Some(e.into())),
+            Poll::Ready(None) => this.over(None),
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.gap))))),
+                Poll::Ready(()) => this.over(Some(Box::new(Stalled(this.gap)))),
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -114,19 +159,30 @@ struct Taking<T> {
 
 /// `body`, which must be taken part by part with no wait of `limit` or more for the
 /// client; past that, `body` and `held` are dropped (by a task on the runtime: a body the
-/// client does not take is not polled) and `on_drop` is called.
+/// client does not take is not polled) and `on_drop` is called. `answered` is told when
+/// the body is over, whichever way.
 pub fn must_be_taken<T: Send + 'static>(
     body: Body,
     held: T,
     limit: Duration,
+    answered: oneshot::Sender<()>,
     on_drop: impl FnOnce() + Send + 'static,
 ) -> Body {
+    // An answer with no body (HEAD, 204, 304) is sent whole at once: nothing to watch.
+    let empty = body.is_end_stream();
     let taking = Arc::new(Mutex::new(Taking {
         body: Some((body, held)),
         handed_at: None,
     }));
-    tokio::spawn(watch(Arc::downgrade(&taking), limit, on_drop));
-    MustBeTaken { taking, limit }.boxed()
+    let watchdog = (!empty)
+        .then(|| tokio::spawn(watch(Arc::downgrade(&taking), limit, on_drop)).abort_handle());
+    MustBeTaken {
+        taking,
+        limit,
+        answered: Some(answered),
+        watchdog,
+    }
+    .boxed()
 }
 
 /// Drops the body once it has waited `limit` for the client, or ends with it.
@@ -157,6 +213,27 @@ async fn watch<T>(taking: Weak<Mutex<Taking<T>>>, limit: Duration, on_drop: impl
 struct MustBeTaken<T> {
     taking: Arc<Mutex<Taking<T>>>,
     limit: Duration,
+    /// Told (or, dropped, closed) when the answer is over.
+    answered: Option<oneshot::Sender<()>>,
+    /// The task that watches for the client's stall, ended with the body.
+    watchdog: Option<AbortHandle>,
+}
+
+impl<T> MustBeTaken<T> {
+    fn over(&mut self) {
+        if let Some(answered) = self.answered.take() {
+            let _ = answered.send(());
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+    }
+}
+
+impl<T> Drop for MustBeTaken<T> {
+    fn drop(&mut self) {
+        self.over();
+    }
 }
 
 impl<T> hyper::body::Body for MustBeTaken<T> {
@@ -164,12 +241,15 @@ impl<T> hyper::body::Body for MustBeTaken<T> {
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut taking = self.taking.lock().unwrap_or_else(|e| e.into_inner());
+        let this = &mut *self;
+        let mut taking = this.taking.lock().unwrap_or_else(|e| e.into_inner());
         let Some((body, _)) = taking.body.as_mut() else {
-            return Poll::Ready(Some(Err(Box::new(Untaken(self.limit)))));
+            drop(taking);
+            this.over();
+            return Poll::Ready(Some(Err(Box::new(Untaken(this.limit)))));
         };
         let polled = Pin::new(body).poll_frame(cx);
         taking.handed_at = match &polled {
@@ -179,6 +259,8 @@ impl<T> hyper::body::Body for MustBeTaken<T> {
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             // Ended: what it held goes now, not when hyper lets the body go.
             taking.body = None;
+            drop(taking);
+            this.over();
         }
         polled
     }
@@ -264,7 +346,8 @@ mod tests {
     fn a_body_that_falls_silent_ends_stalled_after_the_gap() {
         let gap = Duration::from_millis(100);
         let began = std::time::Instant::now();
-        let ended = drain(|| GapLimited::limit(Paced::new(2, gap / 4, true), gap));
+        let (_answered, over) = oneshot::channel();
+        let ended = drain(|| GapLimited::limit(Paced::new(2, gap / 4, true), gap, over, ()));
         let error = ended.expect_err("a silent body must not wait for ever");
         assert!(error.downcast_ref::<Stalled>().is_some(), "{error}");
         assert!(began.elapsed() >= gap, "ended after {:?}", began.elapsed());
@@ -275,7 +358,8 @@ mod tests {
         // Five frames 60 ms apart: 300 ms in all, each gap under 100 ms.
         let gap = Duration::from_millis(100);
         let every = Duration::from_millis(60);
-        let body = || GapLimited::limit(Paced::new(5, every, false), gap);
+        let (_answered, over) = oneshot::channel();
+        let body = || GapLimited::limit(Paced::new(5, every, false), gap, over, ());
         assert_eq!(drain(body).unwrap(), 5);
     }
 
@@ -294,13 +378,15 @@ mod tests {
             let backend = Paced::new(10, Duration::ZERO, false);
             let backend = backend.map_err(|never| match never {}).boxed();
             let on_drop = move || told.send(()).unwrap();
-            let mut body = must_be_taken(backend, held.clone(), limit, on_drop);
+            let (answered, over) = oneshot::channel();
+            let mut body = must_be_taken(backend, held.clone(), limit, answered, on_drop);
             assert!(body.frame().await.unwrap().is_ok(), "the first part");
             tokio::time::sleep(limit * 3).await;
             assert!(heard.try_recv().is_ok(), "dropped after the limit");
             assert_eq!(Arc::strong_count(&held), 1, "with what it held");
             let error = body.frame().await.unwrap().unwrap_err();
             assert!(error.downcast_ref::<Untaken>().is_some(), "{error}");
+            assert!(over.await.is_ok(), "the request is told the answer is over");
         });
     }
 
@@ -317,9 +403,73 @@ mod tests {
             let limit = Duration::from_millis(100);
             let backend = Paced::new(3, Duration::from_millis(150), false);
             let backend = backend.map_err(|never| match never {}).boxed();
-            let body = must_be_taken(backend, held.clone(), limit, || panic!("dropped"));
+            let (answered, over) = oneshot::channel();
+            let body = must_be_taken(backend, held.clone(), limit, answered, || panic!("dropped"));
             assert_eq!(body.collect().await.unwrap().to_bytes().len(), 3);
             assert_eq!(Arc::strong_count(&held), 1, "let go at the end");
+            assert!(over.await.is_ok(), "the request is told the answer is over");
+        });
+    }
+
+    /// The answer's end stops the rest of the request body, and lets go of what the body
+    /// held: hyper would go on sending it on the backend connection the stream no longer
+    /// counts (an attacker's review kept 983 backend connections so, at 1,024 descriptors).
+    #[test]
+    fn a_request_body_stops_when_the_answer_is_over() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let held = Arc::new(());
+            let (answered, over) = oneshot::channel();
+            let every = Duration::from_millis(20);
+            let upload = Paced::new(1_000, every, false);
+            let mut body = GapLimited::limit(upload, Duration::from_secs(5), over, held.clone());
+            assert!(body.frame().await.unwrap().is_ok(), "a part of the upload");
+            let answer = Paced::new(1, Duration::ZERO, false);
+            let answer = answer.map_err(|never| match never {}).boxed();
+            let watched = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            let answer = must_be_taken(
+                answer,
+                held.clone(),
+                Duration::from_secs(5),
+                answered,
+                || {},
+            );
+            let metrics = tokio::runtime::Handle::current().metrics();
+            assert_eq!(metrics.num_alive_tasks(), watched + 1, "a watchdog");
+            assert_eq!(answer.collect().await.unwrap().to_bytes().len(), 1);
+            tokio::task::yield_now().await;
+            let alive = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            assert_eq!(alive, watched, "the watchdog ends with the answer");
+            let error = body.frame().await.unwrap().unwrap_err();
+            assert!(error.downcast_ref::<Answered>().is_some(), "{error}");
+            assert_eq!(Arc::strong_count(&held), 1, "both let go");
+        });
+    }
+
+    /// An answer with no body (HEAD, 204, 304) needs no watchdog.
+    #[test]
+    fn an_empty_answer_spawns_nothing() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let empty = http_body_util::Empty::<Bytes>::new();
+            let empty = empty.map_err(|never| match never {}).boxed();
+            let (answered, _over) = oneshot::channel();
+            let body = must_be_taken(empty, (), Duration::from_secs(5), answered, || {});
+            let alive = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            assert_eq!(alive, 0);
+            drop(body);
         });
     }
 }

@@ -272,6 +272,7 @@ impl H2c {
         let config = &proxy.config;
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
+        const STREAM_WINDOW: u32 = 65_535;
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.max_streams)
@@ -280,6 +281,11 @@ impl H2c {
             // then does not read: hyper's default is 400 KiB a stream (40 MiB a connection
             // at 100 streams); the README states the bound this gives.
             .max_send_buf_size(SEND_BUFFER_PER_STREAM)
+            // What one stream's upload may hold of the connection's 1 MiB window (hyper's
+            // default: all of it): a stream whose backend stops reading then leaves room
+            // for the others, whose bodies would otherwise stall (and get 408) behind it.
+            // The relay's window per stream is the same.
+            .initial_stream_window_size(STREAM_WINDOW)
             // A peer that stops answering pings (gone, or not reading) is let go.
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .keep_alive_timeout(Duration::from_secs(20));

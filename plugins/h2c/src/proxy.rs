@@ -52,12 +52,13 @@ pub struct Proxy {
 const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 const POOL_IDLE_PER_BACKEND: usize = 64;
 /// Most an HTTP/1.1 backend connection's reader holds: a response's head must fit in it
-/// (larger: `502`), as in HAProxy's 16 KiB buffer (nginx's `proxy_buffer_size` is 4 or 8
+/// (larger: `502`; Envoy's default limit is 60 KiB, nginx's `proxy_buffer_size` 4 or 8
 /// KiB), and a body is read at most this far ahead of a client that does not take it.
 /// hyper's default, about 400 KiB, let a stream toward a client that grants windows and
-/// then reads nothing hold 469 KiB of the daemon's memory; with this, 137 KiB (measured
-/// over 128 such streams; the rest is the 64 KiB HTTP/2 send buffer and hyper's own).
-const HTTP1_READ_BUFFER: usize = 16 * 1024;
+/// then reads nothing hold 469 KiB of the daemon's memory; with this, 250 KiB (measured
+/// over 128 such streams; the rest is the 64 KiB HTTP/2 send buffer and hyper's own). 16
+/// KiB (HAProxy's buffer) held 137 KiB, but cost large downloads 10-20% more CPU a byte.
+const HTTP1_READ_BUFFER: usize = 64 * 1024;
 
 impl Proxy {
     pub fn new(config: Config, stats: crate::stats::Stats) -> Proxy {
@@ -135,19 +136,24 @@ impl Activity {
         self.open.fetch_add(1, Ordering::AcqRel);
         StreamOpen {
             activity: self.clone(),
-            _http1: None,
-            _slot: None,
+            backend: None,
         }
     }
 }
 
 /// Held while a stream is open: by the handler, then by the response body until it ends;
-/// with the stream's HTTP/1.1 backend connection, if it has one (its client connection's
-/// permit, and its slot of every connection's count).
+/// with the stream's HTTP/1.1 backend connection, if it has one.
 struct StreamOpen {
     activity: Arc<Activity>,
-    _http1: Option<OwnedSemaphorePermit>,
-    _slot: Option<Slot>,
+    backend: Option<Arc<BackendHold>>,
+}
+
+/// A stream's HTTP/1.1 backend connection, as counted: its client connection's permit and
+/// its slot of every connection's count. Held by the request body and by the answer's
+/// until both are done (hyper goes on sending a request body after the answer ended).
+struct BackendHold {
+    _permit: Option<OwnedSemaphorePermit>,
+    _slot: Slot,
 }
 
 impl Drop for StreamOpen {
@@ -337,10 +343,17 @@ pub async fn handle(
                 parts.headers.insert(header::HOST, value);
             }
             // The semaphore is never closed.
-            open._http1 = activity.http1.clone().acquire_owned().await.ok();
+            let permit = activity.http1.clone().acquire_owned().await.ok();
             match proxy.http1_slots.take(peer.ip()) {
-                Ok(slot) => open._slot = Some(slot),
+                Ok(slot) => {
+                    let hold = BackendHold {
+                        _permit: permit,
+                        _slot: slot,
+                    };
+                    open.backend = Some(Arc::new(hold));
+                }
                 Err(full) => {
+                    drop(permit);
                     stats.answered(503);
                     static REFUSALS: protocol_api::throttle::OncePerSecond =
                         protocol_api::throttle::OncePerSecond::new();
@@ -357,9 +370,11 @@ pub async fn handle(
             &proxy.http1
         }
     };
-    let body = match route.protocol {
-        BackendProtocol::Http1 => GapLimited::limit(body, proxy.config.body_timeout),
-        BackendProtocol::Http2 => body.map_err(BoxError::from).boxed(),
+    // The answer's end (or its loss) stops what is left of an HTTP/1.1 request body.
+    let (answered, answer_over) = tokio::sync::oneshot::channel();
+    let body = match &open.backend {
+        Some(hold) => GapLimited::limit(body, proxy.config.body_timeout, answer_over, hold.clone()),
+        None => body.map_err(BoxError::from).boxed(),
     };
     let began = Instant::now();
     let response = match client.request(Request::from_parts(parts, body)).await {
@@ -405,8 +420,8 @@ pub async fn handle(
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
     let body = body.map_err(BoxError::from).boxed();
-    Ok(match route.protocol {
-        BackendProtocol::Http1 => {
+    Ok(match open.backend.clone() {
+        Some(hold) => {
             // The stream holds a backend connection for as long as its answer is being
             // taken: a client that stops taking it gives the connection back.
             let limit = proxy.config.body_timeout;
@@ -417,9 +432,10 @@ pub async fn handle(
                      for {limit:?}; its backend connection is closed"
                 );
             };
-            Response::from_parts(parts, must_be_taken(body, open, limit, stalled))
+            let body = must_be_taken(body, (open, hold), limit, answered, stalled);
+            Response::from_parts(parts, body)
         }
-        BackendProtocol::Http2 => with_open(Response::from_parts(parts, body), open),
+        None => with_open(Response::from_parts(parts, body), open),
     })
 }
 
@@ -451,7 +467,11 @@ pub(crate) fn forwarded_for_element(peer: &SocketAddr, host: Option<&str>, proto
 }
 
 /// The stream stays open, for the idle limit, until its response body is done or dropped.
-fn with_open(response: Response<Body>, open: StreamOpen) -> Response<Body> {
+/// The answer is the plugin's own or an HTTP/2 backend's: the stream's HTTP/1.1 backend
+/// connection, if it had one, is over (its request failed), and so is its count, whether
+/// or not the client ever takes the answer.
+fn with_open(response: Response<Body>, mut open: StreamOpen) -> Response<Body> {
+    open.backend = None;
     response.map(|body| {
         body.map_frame(move |frame| {
             let _ = &open;
