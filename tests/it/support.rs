@@ -554,6 +554,13 @@ impl Client {
         }
     }
 
+    /// The bytes read past the last response and not taken yet: what a test reading
+    /// `stream` itself must count first (a `101` and the first bytes after it may come in
+    /// one read).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buffer)
+    }
+
     /// Reads exactly `n` bytes.
     pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
         while self.buffer.len() < n {
