@@ -1016,6 +1016,19 @@ fn streams_to_http1_backends_past_a_clients_share_or_the_whole_get_503() {
     });
 }
 
+/// A daemon routing `/one/` to [`raw_http1_backend`] over HTTP/1.1, with one backend slot
+/// a client and bodies that stop moving timed out after 300 ms.
+fn one_slot_daemon() -> Daemon {
+    let raw = raw_http1_backend();
+    daemon(
+        &format!("/one/=http1://{raw}"),
+        &[
+            ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "1"),
+            ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "300"),
+        ],
+    )
+}
+
 /// A request body to an `http1://` backend that stops coming held the backend connection
 /// (and its slot) for as long as the client kept the stream open. After
 /// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` of nothing it gets `408`, the backend connection is
@@ -1023,14 +1036,7 @@ fn streams_to_http1_backends_past_a_clients_share_or_the_whole_get_503() {
 #[test]
 fn a_request_body_that_stops_coming_gets_408_and_gives_its_slot_back() {
     run(async {
-        let raw = raw_http1_backend();
-        let daemon = daemon(
-            &format!("/one/=http1://{raw}"),
-            &[
-                ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "1"),
-                ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "300"),
-            ],
-        );
+        let daemon = one_slot_daemon();
         let send = connect(daemon.addr).await;
         let request = Request::post("http://t/one/wait").body(()).unwrap();
         let (response, mut body) = send.clone().send_request(request, false).unwrap();
@@ -1057,14 +1063,7 @@ fn a_request_body_that_stops_coming_gets_408_and_gives_its_slot_back() {
 #[test]
 fn an_answer_the_client_takes_nothing_of_gives_its_slot_back() {
     run(async {
-        let raw = raw_http1_backend();
-        let daemon = daemon(
-            &format!("/one/=http1://{raw}"),
-            &[
-                ("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "1"),
-                ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "300"),
-            ],
-        );
+        let daemon = one_slot_daemon();
         let taking_nothing = connect(daemon.addr).await;
         let request = Request::get("http://t/one/big").body(()).unwrap();
         let (response, _) = taking_nothing.clone().send_request(request, true).unwrap();

@@ -332,14 +332,19 @@ mod tests {
         }
     }
 
+    /// Runs `test` on a runtime with timers, as the bodies need.
+    fn block_on<T>(test: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(test)
+    }
+
     /// Reads the body `make` makes (on a runtime, as timers need) to its end: the bytes,
     /// or the error it ended with.
     fn drain(make: impl FnOnce() -> Body) -> Result<usize, BoxError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(async move { Ok(make().collect().await?.to_bytes().len()) })
+        block_on(async move { Ok(make().collect().await?.to_bytes().len()) })
     }
 
     #[test]
@@ -367,11 +372,7 @@ mod tests {
     /// and what it holds are dropped, and the next ask ends it with [`Untaken`].
     #[test]
     fn an_answer_the_client_stops_taking_is_dropped_with_what_it_holds() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let held = Arc::new(());
             let (told, heard) = std::sync::mpsc::channel();
             let limit = Duration::from_millis(100);
@@ -394,11 +395,7 @@ mod tests {
     /// of 100 ms all arrive, and what the body held goes once it ends.
     #[test]
     fn a_slow_backend_is_waited_for() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let held = Arc::new(());
             let limit = Duration::from_millis(100);
             let backend = Paced::new(3, Duration::from_millis(150), false);
@@ -416,11 +413,7 @@ mod tests {
     /// counts (an attacker's review kept 983 backend connections so, at 1,024 descriptors).
     #[test]
     fn a_request_body_stops_when_the_answer_is_over() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let held = Arc::new(());
             let (answered, over) = oneshot::channel();
             let every = Duration::from_millis(20);
@@ -456,11 +449,7 @@ mod tests {
     /// An answer with no body (HEAD, 204, 304) needs no watchdog.
     #[test]
     fn an_empty_answer_spawns_nothing() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let empty = http_body_util::Empty::<Bytes>::new();
             let empty = empty.map_err(|never| match never {}).boxed();
             let (answered, _over) = oneshot::channel();
