@@ -195,24 +195,14 @@ fn unfinished_bomb(size: usize) -> Vec<u8> {
     bomb
 }
 
-/// Regression (an attacker's review, 2026-12-03): the echo holds a message until its last
-/// frame, so first frames whose last frame never comes, kept open by a ping now and then,
-/// added up across connections. What the echo's connections hold in messages not yet
-/// whole is now counted for the process; past four messages of the largest size, the one
-/// that grows is closed with 1013. Here the limit is 1 MiB (so 4 MiB in all) and 20
-/// connections each send 1,000,000 bytes of a first frame: before the fix none was
-/// closed and the daemon held 20 MB.
-#[test]
-fn unfinished_messages_on_the_echo_hold_a_bounded_total() {
-    let daemon = Daemon::builder()
-        .plugin("switchyard-websocket")
-        .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
-        .start();
-    let before = daemon.rss_kib();
+/// Opens `count` WebSockets on the echo, each sending a 1,000,000-byte first frame of a
+/// message that never ends; returns them, and how many were closed with 1013 within half
+/// a second each.
+fn unfinished_first_frames(daemon: &Daemon, count: usize) -> (Vec<Client>, usize) {
     let first = frame(false, 0x2, &vec![7u8; 1_000_000]);
-    let mut clients: Vec<Client> = (0..20)
+    let mut clients: Vec<Client> = (0..count)
         .map(|_| {
-            let mut client = open(&daemon, "/");
+            let mut client = open(daemon, "/");
             client.send(&first);
             client
         })
@@ -230,6 +220,24 @@ fn unfinished_messages_on_the_echo_hold_a_bounded_total() {
             refused += 1;
         }
     }
+    (clients, refused)
+}
+
+/// Regression (an attacker's review, 2026-12-03): the echo holds a message until its last
+/// frame, so first frames whose last frame never comes, kept open by a ping now and then,
+/// added up across connections. What the echo's connections hold in messages not yet
+/// whole is now counted for the process; past four messages of the largest size, the one
+/// that grows is closed with 1013. Here the limit is 1 MiB (so 4 MiB in all) and 20
+/// connections each send 1,000,000 bytes of a first frame: before the fix none was
+/// closed and the daemon held 20 MB.
+#[test]
+fn unfinished_messages_on_the_echo_hold_a_bounded_total() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
+        .start();
+    let before = daemon.rss_kib();
+    let (_clients, refused) = unfinished_first_frames(&daemon, 20);
     assert!(
         refused >= 15,
         "{refused} of 20 closed with 1013 (4 MiB holds at most 4 of them)"
@@ -255,29 +263,7 @@ fn one_address_holds_at_most_a_quarter_of_what_unfinished_messages_may_hold() {
         .plugin("switchyard-websocket")
         .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
         .start();
-    let first = frame(false, 0x2, &vec![7u8; 1_000_000]);
-    let mut attackers: Vec<Client> = (0..8)
-        .map(|_| {
-            let mut client = open(&daemon, "/");
-            client.send(&first);
-            client
-        })
-        .collect();
-    let mut closed = 0;
-    for client in attackers.iter_mut() {
-        client
-            .stream
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut head = [0u8; 4];
-        if client.stream.read_exact(&mut head).is_ok() {
-            assert_eq!(
-                (head[0], u16::from_be_bytes([head[2], head[3]])),
-                (0x88, 1013)
-            );
-            closed += 1;
-        }
-    }
+    let (attackers, closed) = unfinished_first_frames(&daemon, 8);
     assert!(closed >= 7, "{closed} of 8 closed with 1013");
     let mut other = daemon.client_from("127.0.0.2");
     other.send(format!(
