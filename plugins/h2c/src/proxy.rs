@@ -456,11 +456,20 @@ fn ambiguous_host(authority: Option<&str>, headers: &HeaderMap) -> Option<&'stat
     None
 }
 
+/// The characters of `host [":" port]` (RFC 3986 §3.2.2: reg-name, IP literal, port):
+/// unreserved, sub-delims, `%`, `:`, `[` and `]`; not `@` (userinfo).
+pub(crate) fn is_authority_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+}
+
 /// One `Forwarded` element (RFC 7239 §4): `for`, `proto` (`http`, or `https` when the
 /// daemon terminated TLS) and `host` when it can be quoted.
 pub(crate) fn forwarded_for_element(peer: &SocketAddr, host: Option<&str>, proto: &str) -> String {
     let mut element = format!("{};proto={proto}", forwarded_for(peer));
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+    // Only an authority's characters go inside the quotes: a `\` or a `"` there would
+    // end them early, and the next proxy's element would be read into this one.
+    let authority = |h: &&str| h.bytes().all(is_authority_char);
+    if let Some(host) = host.filter(authority) {
         element.push_str(&format!(";host=\"{host}\""));
     }
     element
@@ -534,6 +543,16 @@ mod tests {
         assert_eq!(
             forwarded_for_element(&v6, None, "https"),
             "for=\"[2001:db8:cafe::17]\";proto=https"
+        );
+        // A `\` would escape the closing quote, and a next proxy's `, for=...` would be
+        // read into this element (an attacker's review): no host then.
+        assert_eq!(
+            forwarded_for_element(&v4, Some("evil\\"), "http"),
+            "for=192.0.2.43;proto=http"
+        );
+        assert_eq!(
+            forwarded_for_element(&v4, Some("[::1]:8080"), "http"),
+            "for=192.0.2.43;proto=http;host=\"[::1]:8080\""
         );
     }
 }

@@ -186,6 +186,7 @@ pub fn route_request(
     let Some(path) = path.filter(|p| !p.is_empty()) else {
         return Err(Refused::Malformed(":path missing"));
     };
+    check_request_line(method, path, authority)?;
     let target = std::str::from_utf8(path).map_err(|_| Refused::Malformed(":path is not text"))?;
     let parsed = RequestPath::parse(target).map_err(|e| Refused::Answer(400, e.to_string()))?;
     let (index, route) = match config.route(&parsed) {
@@ -260,6 +261,37 @@ fn check_field(name: &[u8], value: &[u8]) -> Result<(), Refused> {
         return Err(Refused::Malformed("te other than trailers"));
     }
     Ok(())
+}
+
+/// What becomes a request line at any hop that writes HTTP/1.1 must parse as one, as the
+/// relay routed it: `:method` a token (RFC 9110 §9.1), `:path` visible ASCII with no space
+/// (RFC 9112 §3.2: `GET /admin` as a method, or `/x HTTP/1.0` as a path, would be another
+/// request there), `:authority` the characters of an authority only (RFC 3986 §3.2, no
+/// userinfo: RFC 9113 §8.3.1), which also makes it safe inside `Forwarded`'s quotes.
+fn check_request_line(method: &[u8], path: &[u8], authority: Option<&[u8]>) -> Result<(), Refused> {
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Err(Refused::Malformed("a :method that is not a token"));
+    }
+    if !path.iter().all(|&b| (0x21..0x7f).contains(&b)) {
+        return Err(Refused::Malformed(
+            "a :path with a space or a control character",
+        ));
+    }
+    if !authority
+        .unwrap_or_default()
+        .iter()
+        .all(|&b| crate::proxy::is_authority_char(b))
+    {
+        return Err(Refused::Malformed(
+            "an :authority with a character an authority may not have",
+        ));
+    }
+    Ok(())
+}
+
+/// `tchar` (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// RFC 9113 §8.2.1: a field value holds no NUL, CR or LF, and neither begins nor ends
@@ -524,14 +556,43 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(refused, Refused::Malformed(_)), "{extra:?}");
         }
-        let mut bad_method = Fields::default();
-        bad_method.push(b":method", b"GET\r\nX: 1");
-        bad_method.push(b":scheme", b"http");
-        bad_method.push(b":path", b"/");
-        assert!(matches!(
-            route_request(&config(), &bad_method, &mut Forwarding::new(peer)),
-            Err(Refused::Malformed(_))
-        ));
+        // What would be another request line at a hop that writes HTTP/1.1 (an attacker's
+        // review): each pseudo-header alone made bad.
+        for (name, value) in [
+            (":method", "GET\r\nX: 1"),
+            (":method", "GET /admin"),
+            (":method", "G\u{1}T"),
+            (":method", ""),
+            (":path", "/x HTTP/1.0"),
+            (":path", "/a\tb"),
+            (":path", "/\u{e9}"),
+            (":authority", "evil\\"),
+            (":authority", "user@host"),
+            (":authority", "a b"),
+        ] {
+            let mut bad = Fields::default();
+            for (n, v) in [(":method", "GET"), (":scheme", "http"), (":path", "/")] {
+                bad.push(n.as_bytes(), if n == name { value } else { v }.as_bytes());
+            }
+            if name == ":authority" {
+                bad.push(b":authority", value.as_bytes());
+            }
+            let refused = route_request(&config(), &bad, &mut Forwarding::new(peer));
+            assert!(
+                matches!(refused, Err(Refused::Malformed(_))),
+                "{name}: {value:?}"
+            );
+        }
+        let mut fine = Fields::default();
+        for (n, v) in [
+            (":method", "M-SEARCH"),
+            (":scheme", "http"),
+            (":path", "/a?b=c&d=%20"),
+            (":authority", "[::1]:8080"),
+        ] {
+            fine.push(n.as_bytes(), v.as_bytes());
+        }
+        assert!(route_request(&config(), &fine, &mut Forwarding::new(peer)).is_ok());
         let fine = request(&[("x-a", "b c"), ("x-b", ""), ("x-c", "\u{e9}t\u{e9}")]);
         assert!(route_request(&config(), &fine, &mut Forwarding::new(peer)).is_ok());
         let mut late = request(&[("a", "1")]);
