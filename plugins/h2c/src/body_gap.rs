@@ -149,18 +149,19 @@ impl std::fmt::Display for Untaken {
 
 impl std::error::Error for Untaken {}
 
-/// A response body, with what it holds, until the client takes it or stops taking it.
+/// A response body, with what it holds and the sender that says it is over (by being
+/// dropped with it), until the client takes it or stops taking it.
 struct Taking<T> {
     /// `None` once ended, or dropped for the client's stall.
-    body: Option<(Body, T)>,
+    body: Option<(Body, T, oneshot::Sender<()>)>,
     /// When the last part was handed on, while the next has not been asked for.
     handed_at: Option<Instant>,
 }
 
 /// `body`, which must be taken part by part with no wait of `limit` or more for the
 /// client; past that, `body` and `held` are dropped (by a task on the runtime: a body the
-/// client does not take is not polled) and `on_drop` is called. `answered` is told when
-/// the body is over, whichever way.
+/// client does not take is not polled) and `on_drop` is called. `answered` is dropped
+/// when the body is over, whichever way, and its receiver told so.
 pub fn must_be_taken<T: Send + 'static>(
     body: Body,
     held: T,
@@ -171,7 +172,7 @@ pub fn must_be_taken<T: Send + 'static>(
     // An answer with no body (HEAD, 204, 304) is sent whole at once: nothing to watch.
     let empty = body.is_end_stream();
     let taking = Arc::new(Mutex::new(Taking {
-        body: Some((body, held)),
+        body: Some((body, held, answered)),
         handed_at: None,
     }));
     let watchdog = (!empty)
@@ -179,7 +180,6 @@ pub fn must_be_taken<T: Send + 'static>(
     MustBeTaken {
         taking,
         limit,
-        answered: Some(answered),
         watchdog,
     }
     .boxed()
@@ -213,17 +213,13 @@ async fn watch<T>(taking: Weak<Mutex<Taking<T>>>, limit: Duration, on_drop: impl
 struct MustBeTaken<T> {
     taking: Arc<Mutex<Taking<T>>>,
     limit: Duration,
-    /// Told (or, dropped, closed) when the answer is over.
-    answered: Option<oneshot::Sender<()>>,
     /// The task that watches for the client's stall, ended with the body.
     watchdog: Option<AbortHandle>,
 }
 
 impl<T> MustBeTaken<T> {
+    /// The body is over: the watch too.
     fn over(&mut self) {
-        if let Some(answered) = self.answered.take() {
-            let _ = answered.send(());
-        }
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.abort();
         }
@@ -246,7 +242,7 @@ impl<T> hyper::body::Body for MustBeTaken<T> {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let mut taking = this.taking.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((body, _)) = taking.body.as_mut() else {
+        let Some((body, ..)) = taking.body.as_mut() else {
             drop(taking);
             this.over();
             return Poll::Ready(Some(Err(Box::new(Untaken(this.limit)))));
@@ -270,7 +266,7 @@ impl<T> hyper::body::Body for MustBeTaken<T> {
         taking
             .body
             .as_ref()
-            .is_some_and(|(body, _)| body.is_end_stream())
+            .is_some_and(|(body, ..)| body.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -278,7 +274,7 @@ impl<T> hyper::body::Body for MustBeTaken<T> {
         taking
             .body
             .as_ref()
-            .map_or_else(SizeHint::default, |(body, _)| body.size_hint())
+            .map_or_else(SizeHint::default, |(body, ..)| body.size_hint())
     }
 }
 
@@ -387,7 +383,8 @@ mod tests {
             assert_eq!(Arc::strong_count(&held), 1, "with what it held");
             let error = body.frame().await.unwrap().unwrap_err();
             assert!(error.downcast_ref::<Untaken>().is_some(), "{error}");
-            assert!(over.await.is_ok(), "the request is told the answer is over");
+            let told = tokio::time::timeout(Duration::from_millis(100), over).await;
+            assert!(told.is_ok(), "the request is told the answer is over");
         });
     }
 
@@ -404,7 +401,8 @@ mod tests {
             let body = must_be_taken(backend, held.clone(), limit, answered, || panic!("dropped"));
             assert_eq!(body.collect().await.unwrap().to_bytes().len(), 3);
             assert_eq!(Arc::strong_count(&held), 1, "let go at the end");
-            assert!(over.await.is_ok(), "the request is told the answer is over");
+            let told = tokio::time::timeout(Duration::from_millis(100), over).await;
+            assert!(told.is_ok(), "the request is told the answer is over");
         });
     }
 
