@@ -289,7 +289,7 @@ fn users_behind_one_address_are_echoed_while_the_echo_holds_little() {
         user.send(frame(false, 0x2, &vec![1u8; 600_000]));
     }
     for user in users.iter_mut() {
-        user.send(frame(true, 0x0, &vec![2u8; 10]));
+        user.send(frame(true, 0x0, &[2u8; 10]));
         let (fin, opcode, payload) = crate::websocket::read_frame(user);
         assert!(fin && opcode == 0x2, "each user's message is echoed");
         assert_eq!(payload.len(), 600_010);
