@@ -355,10 +355,10 @@ pub async fn handle(
                 Err(full) => {
                     drop(permit);
                     stats.answered(503);
-                    static REFUSALS: protocol_api::throttle::OncePerSecond =
-                        protocol_api::throttle::OncePerSecond::new();
-                    if REFUSALS.may_log() {
-                        log::warn!("h2c {peer} {path}: {}: 503", full.reason());
+                    static REFUSALS: protocol_api::throttle::Throttle =
+                        protocol_api::throttle::Throttle::new();
+                    if let Some(unlogged) = REFUSALS.admit() {
+                        log::warn!("h2c {peer} {path}: {}: 503{unlogged}", full.reason());
                     }
                     let mut refused = answer(StatusCode::SERVICE_UNAVAILABLE, full.reason());
                     refused
@@ -371,10 +371,14 @@ pub async fn handle(
         }
     };
     // The answer's end (or its loss) stops what is left of an HTTP/1.1 request body.
-    let (answered, answer_over) = tokio::sync::oneshot::channel();
-    let body = match &open.backend {
-        Some(hold) => GapLimited::limit(body, proxy.config.body_timeout, answer_over, hold.clone()),
-        None => body.map_err(BoxError::from).boxed(),
+    let (body, answered) = match &open.backend {
+        Some(hold) => {
+            let (answered, over) = tokio::sync::oneshot::channel();
+            let timeout = proxy.config.body_timeout;
+            let body = GapLimited::limit(body, timeout, over, hold.clone());
+            (body, Some(answered))
+        }
+        None => (body.map_err(BoxError::from).boxed(), None),
     };
     let began = Instant::now();
     let response = match client.request(Request::from_parts(parts, body)).await {
@@ -420,8 +424,8 @@ pub async fn handle(
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
     let body = body.map_err(BoxError::from).boxed();
-    Ok(match open.backend.clone() {
-        Some(hold) => {
+    Ok(match answered {
+        Some(answered) => {
             // The stream holds a backend connection for as long as its answer is being
             // taken: a client that stops taking it gives the connection back.
             let limit = proxy.config.body_timeout;
@@ -432,7 +436,7 @@ pub async fn handle(
                      for {limit:?}; its backend connection is closed"
                 );
             };
-            let body = must_be_taken(body, (open, hold), limit, answered, stalled);
+            let body = must_be_taken(body, open, limit, answered, stalled);
             Response::from_parts(parts, body)
         }
         None => with_open(Response::from_parts(parts, body), open),

@@ -391,10 +391,10 @@ impl WebSocket {
             routes::Service::Exec { .. } => {
                 let per_client = self.config.max_processes_per_client;
                 let Some(share) = process::ClientShare::take(request.peer(), per_client) else {
-                    if process::refusal_may_be_logged() {
+                    if let Some(unlogged) = process::REFUSALS.admit() {
                         log::warn!(
                             "websocket {} for {}: the client runs its most programs \
-                             (SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT={per_client}); answered 503",
+                             (SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT={per_client}); answered 503{unlogged}",
                             path.path(),
                             request.peer(),
                         );
@@ -404,10 +404,10 @@ impl WebSocket {
                 match process::Reservation::take(self.config.max_processes) {
                     Some(slot) => Some(slot.for_client(share)),
                     None => {
-                        if process::refusal_may_be_logged() {
+                        if let Some(unlogged) = process::REFUSALS.admit() {
                             log::warn!(
                                 "websocket {} for {}: {} programs running \
-                                 (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503",
+                                 (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503{unlogged}",
                                 path.path(),
                                 request.peer(),
                                 process::running()
@@ -461,8 +461,6 @@ impl WebSocket {
     }
 }
 
-/// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
-/// reached; another try may find a slot.
 /// A client as the daemon counts clients ([`protocol_api::clients::key`]), for the
 /// plugin's own per-client counts; a peer that does not parse counts as one client.
 pub(crate) fn client_key(peer: &str) -> u64 {
@@ -470,6 +468,8 @@ pub(crate) fn client_key(peer: &str) -> u64 {
         .map_or(0, |address| protocol_api::clients::key(address.ip()))
 }
 
+/// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
+/// reached; another try may find a slot.
 fn programs_busy(why: &str) -> protocol_api::Rejection {
     let rejection = protocol_api::Rejection {
         status: 503,

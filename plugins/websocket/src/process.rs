@@ -83,14 +83,9 @@ impl Drop for ClientShare {
     }
 }
 
-/// Whether a refusal for a programs limit (the daemon's or a client's) may be logged now:
-/// one line a second at most, as the daemon's own refusals (a client hammering a limit
-/// must not flood the log).
-pub fn refusal_may_be_logged() -> bool {
-    static REFUSALS: protocol_api::throttle::OncePerSecond =
-        protocol_api::throttle::OncePerSecond::new();
-    REFUSALS.may_log()
-}
+/// Refusals for a programs limit (the daemon's or a client's), logged one a second at
+/// most, as the daemon's own refusals (a client hammering a limit must not flood the log).
+pub static REFUSALS: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
 /// A slot under the processes limit, taken before a program is started (so that a burst of
 /// requests cannot start more than the limit) and given back when dropped, unless a

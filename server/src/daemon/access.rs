@@ -201,7 +201,7 @@ pub fn tls_without_data(
     tls: Option<&crate::tls::layer::TlsLayer>,
     peer: &dyn std::fmt::Display,
 ) -> Option<&'static str> {
-    static LOGGED: super::throttle::Throttle = super::throttle::Throttle::new();
+    static LOGGED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
     if !tls.is_some_and(|tls| tls.failed_without_data()) {
         return None;
     }

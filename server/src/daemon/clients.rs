@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::throttle::Throttle;
+use protocol_api::throttle::Throttle;
 
 /// What one client may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

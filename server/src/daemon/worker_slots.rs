@@ -39,7 +39,7 @@ pub enum NoSlot {
 }
 
 /// The "no capacity" line, logged where either side of the switch refuses.
-pub static FULL_LOGGED: super::throttle::Throttle = super::throttle::Throttle::new();
+pub static FULL_LOGGED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
 impl NoSlot {
     /// What the client is told, and the access line's reason.

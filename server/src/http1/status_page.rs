@@ -5,9 +5,9 @@
 
 use crate::daemon::state::Shared;
 use crate::daemon::status;
-use crate::daemon::throttle::Throttle;
 use crate::http::response::Response;
 use crate::route::StatusPage;
+use protocol_api::throttle::Throttle;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
