@@ -57,8 +57,11 @@ impl std::error::Error for Answered {}
 pub struct GapLimited<B, H> {
     inner: B,
     gap: Duration,
-    /// When the body runs out of time if nothing comes: reset by each frame.
+    /// When the body runs out of time if nothing comes: set when it is asked for and has
+    /// nothing, kept while it goes on having nothing.
     deadline: Pin<Box<Sleep>>,
+    /// The last ask found nothing: the clock runs.
+    waiting: bool,
     /// Says (or, dropped, closes) when the answer is over.
     answered: Option<oneshot::Receiver<()>>,
     /// What the body holds until it ends.
@@ -78,6 +81,7 @@ where
             inner,
             gap,
             deadline: Box::pin(tokio::time::sleep(gap)),
+            waiting: false,
             answered: Some(answered),
             held: Some(held),
         }
@@ -115,16 +119,22 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.gap;
-                this.deadline.as_mut().reset(next);
+                this.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => this.over(Some(e.into())),
             Poll::Ready(None) => this.over(None),
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => this.over(Some(Box::new(Stalled(this.gap)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.waiting {
+                    // Asked for, and nothing: the clock starts now.
+                    this.waiting = true;
+                    this.deadline.as_mut().reset(Instant::now() + this.gap);
+                }
+                match this.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.over(Some(Box::new(Stalled(this.gap)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -362,6 +372,49 @@ mod tests {
         let (_answered, over) = oneshot::channel();
         let body = || GapLimited::limit(Paced::new(5, every, false), gap, over, ());
         assert_eq!(drain(body).unwrap(), 5);
+    }
+
+    /// A client's body fed by hand.
+    struct Fed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+    impl hyper::body::Body for Fed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|part| part.map(|p| Ok(Frame::data(p))))
+        }
+    }
+
+    /// The clock runs only while the body is asked for: a backend that asked for nothing
+    /// for longer than the gap (its socket full) does not make the client's next part,
+    /// coming soon after the backend asks again, late.
+    #[test]
+    fn time_the_backend_did_not_ask_is_not_counted() {
+        block_on(async {
+            let gap = Duration::from_millis(100);
+            let (client, fed) = tokio::sync::mpsc::unbounded_channel();
+            let (_answered, over) = oneshot::channel();
+            let mut body = GapLimited::limit(Fed(fed), gap, over, ());
+            client.send(Bytes::from_static(b"a")).unwrap();
+            assert!(body.frame().await.unwrap().is_ok());
+            tokio::time::sleep(gap * 3).await;
+            tokio::spawn(async move {
+                tokio::time::sleep(gap / 2).await;
+                client.send(Bytes::from_static(b"b")).unwrap();
+            });
+            let next = body.frame().await.unwrap();
+            assert!(
+                next.is_ok(),
+                "cut for the backend's pause: {:?}",
+                next.err()
+            );
+        });
     }
 
     /// A response the client takes one part of, then nothing: after the limit the body

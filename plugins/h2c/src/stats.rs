@@ -1,7 +1,7 @@
 //! The h2c plugin's metrics (ABI 1.6), rendered by the daemon as `switchyard_h2c_*`:
-//! connections open, streams at HTTP/1.1 backends, and per route (its configured prefix; `-` for streams no route took)
-//! streams, answers by status class, and the time a backend took to answer. A route's
-//! handles are made once, at load.
+//! connections open, streams at HTTP/1.1 backends, and per route (its configured prefix;
+//! `-` for streams no route took) streams, answers by status class, and the time a backend
+//! took to answer. A route's handles are made once, at load.
 
 use protocol_api::metrics::{self, Counter, Gauge, Histogram};
 
