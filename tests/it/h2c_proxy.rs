@@ -781,7 +781,8 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
 
 /// An HTTP/1.1 backend (std threads, raw bytes) answering by path: `clte` with both a
 /// Content-Length and chunks, `switch` with a 101, `hold` 200 `ok` after 3 s, `wait`
-/// never (it reads until the connection closes), `big` 200 with 4 MiB, `early` 200 `ok`
+/// never (it reads until the connection closes), `big` 200 with 4 MiB, `bighead/N` 200
+/// with a field of N bytes, `early` 200 `ok`
 /// at once and then reads until the connection closes, `slow` reads nothing for 6 s, then
 /// until the connection closes; anything else 200 `ok` (after a body of the request's
 /// Content-Length).
@@ -838,6 +839,21 @@ fn raw_http1_backend_counted() -> (SocketAddr, Arc<AtomicUsize>) {
                         std::thread::sleep(Duration::from_secs(6));
                         to_end(&mut reader);
                         break;
+                    }
+                    if let Some(size) = line
+                        .split("/bighead/")
+                        .nth(1)
+                        .and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+                    {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+                            "a".repeat(size)
+                        );
+                        if writer.write_all(head.as_bytes()).is_err() {
+                            break;
+                        }
+                        line.clear();
+                        continue;
                     }
                     if line.contains("/hold ") {
                         std::thread::sleep(Duration::from_secs(3));
@@ -1227,5 +1243,20 @@ fn an_upload_whose_neighbour_is_not_read_goes_on() {
         assert_eq!(status, StatusCode::OK, "the steady upload was cut");
         sending.await.unwrap();
         drop(stalled);
+    });
+}
+
+/// The README's bound on hyper's HTTP/1.1 reader: a response head must fit in 64 KiB
+/// (`502` past it); the connection serves on.
+#[test]
+fn an_http1_response_head_over_64_kib_is_a_502() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(&format!("/one/=http1://{raw}"), &[]);
+        let send = connect(daemon.addr).await;
+        assert_eq!(get(&send, "/one/bighead/40000").await.0, StatusCode::OK);
+        let (status, _) = get(&send, "/one/bighead/70000").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(get(&send, "/one/x").await.0, StatusCode::OK);
     });
 }
