@@ -147,6 +147,7 @@ pub mod fields;
 mod host;
 pub mod hosting;
 pub mod metrics;
+pub mod moment;
 pub mod output;
 pub mod path;
 mod protocol;

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             daemon::log_writer::LogWriter::start(),
         )))
         .init();
+    protocol_api::moment::start();
     let status = run(mode);
     daemon::log_writer::drain(std::time::Duration::from_secs(2));
     status

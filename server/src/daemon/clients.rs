@@ -37,7 +37,7 @@ pub const REFUSALS_ANSWERED: usize = 16;
 /// The key a client is counted under ([`protocol_api::clients::key`]: an IPv4 address, or
 /// an IPv6 /64; plugins with limits of their own count clients by it too). Eight bytes,
 /// as every open connection carries one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientKey(u64);
 
 impl ClientKey {
@@ -118,6 +118,18 @@ impl Clients {
     /// Takes one unit of `limit` for the client at `ip`, unless it holds its most already
     /// (the refusal is counted).
     pub fn take(&'static self, ip: IpAddr, limit: Limit) -> Option<Hold> {
+        let key = self.count(ip, limit)?;
+        Some(Hold {
+            clients: self,
+            key,
+            limit,
+        })
+    }
+
+    /// [`Clients::take`] for a holder that keeps its key itself (a connection's
+    /// [`Ticket`](super::state::Ticket), which knows its `Clients`): the unit is given back
+    /// with [`Clients::give_back`].
+    pub fn count(&self, ip: IpAddr, limit: Limit) -> Option<ClientKey> {
         let key = ClientKey::of(ip);
         let mut shard = self.shard(key);
         let counts = shard.entry(key).or_default();
@@ -131,11 +143,7 @@ impl Clients {
             return None;
         }
         *held += 1;
-        Some(Hold {
-            clients: self,
-            key,
-            limit,
-        })
+        Some(key)
     }
 
     /// Whether the client at `ip` holds its most of `limit` now; a yes is counted as a
@@ -161,7 +169,8 @@ impl Clients {
         }
     }
 
-    fn give_back(&self, key: ClientKey, limit: Limit) {
+    /// Gives back a unit [`Clients::count`] took.
+    pub fn give_back(&self, key: ClientKey, limit: Limit) {
         let mut shard = self.shard(key);
         if let Some(counts) = shard.get_mut(&key) {
             let held = counts.of(limit);

@@ -5,7 +5,7 @@
 //! Made once at start and leaked: every thread holds `&'static Shared` until the process
 //! exits, as it holds the plugins.
 
-use crate::daemon::clients::{Clients, Hold, Limit};
+use crate::daemon::clients::{ClientKey, Clients, Limit};
 use crate::daemon::config::Config;
 use crate::daemon::live::Live;
 use crate::daemon::metrics::Metrics;
@@ -52,16 +52,27 @@ pub struct Shared {
 }
 
 /// One open client connection, counted against `SWITCHYARD_MAX_CONNECTIONS` until dropped,
-/// and against its client's share once the client is known ([`Ticket::count_client`]).
-/// It travels with the connection from loop to worker and back.
+/// against its client's share once the client is known ([`Ticket::count_client`]), and
+/// among the readiness sessions while it is one ([`Ticket::count_session`]). It travels
+/// with the connection from loop to worker and back. 24 bytes: every connection carries
+/// one for its whole life.
 pub struct Ticket {
-    open: &'static AtomicUsize,
-    client: Option<Hold>,
+    shared: &'static Shared,
+    /// The client, and the limit it is counted against once known (apart, so that the
+    /// ticket stays 24 bytes).
+    client: ClientKey,
+    limit: Option<Limit>,
+    /// Counted in `switchyard_event_connections`.
+    session: bool,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(limit) = self.limit {
+            self.shared.clients.give_back(self.client, limit);
+        }
+        self.count_session(false);
     }
 }
 
@@ -69,19 +80,36 @@ impl Ticket {
     /// Counts the connection against the connections `ip` may have open; false (and not
     /// counted) when it has its most already. Such a connection is counted among the
     /// client's refusals instead, if it has room ([`Ticket::may_answer_refusal`]).
-    pub fn count_client(&mut self, clients: &'static Clients, ip: IpAddr) -> bool {
-        self.client = clients.take(ip, Limit::Connections);
-        if self.client.is_some() {
-            return true;
+    pub fn count_client(&mut self, ip: IpAddr) -> bool {
+        let clients = &self.shared.clients;
+        if let Some(limit) = self.limit.take() {
+            clients.give_back(self.client, limit);
         }
-        self.client = clients.take(ip, Limit::Refusals);
+        for limit in [Limit::Connections, Limit::Refusals] {
+            if let Some(key) = clients.count(ip, limit) {
+                (self.client, self.limit) = (key, Some(limit));
+                return limit == Limit::Connections;
+            }
+        }
         false
     }
 
     /// A connection refused by [`Ticket::count_client`] may wait for its `503` to be
     /// read; false: close it unanswered.
     pub fn may_answer_refusal(&self) -> bool {
-        self.client.is_some()
+        self.limit.is_some()
+    }
+
+    /// Counts the connection among the readiness sessions (`true`), or no longer.
+    pub fn count_session(&mut self, session: bool) {
+        if session != self.session {
+            let gauge = &self.shared.metrics.event_connections;
+            match session {
+                true => gauge.fetch_add(1, Ordering::Relaxed),
+                false => gauge.fetch_sub(1, Ordering::Relaxed),
+            };
+            self.session = session;
+        }
     }
 }
 
@@ -184,8 +212,10 @@ impl Shared {
             })
             .ok()
             .map(|_| Ticket {
-                open: &self.open,
-                client: None,
+                shared: self,
+                client: ClientKey::default(),
+                limit: None,
+                session: false,
             })
     }
 

@@ -30,6 +30,7 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use protocol_api::abi::{READY_PEER_CLOSED, READY_WATCHED, READY_WATCHED_CLOSED};
+use protocol_api::moment::Moment;
 use protocol_api::throttle::Throttle;
 use slab::Slab;
 use std::io;
@@ -95,7 +96,7 @@ pub struct Loop {
     /// Connections workers hand back ([`LoopHandle::hand_back`]).
     returned: Receiver<ToLoop>,
     timers: Timers,
-    next_id: u64,
+    next_id: u32,
     date: DateCache,
     metrics: MetricsCache,
     /// The read buffer every HTTP connection of this loop reads into.
@@ -109,16 +110,17 @@ pub struct Loop {
     /// Sessions that may move again (they stopped before the socket was drained), and HTTP
     /// connections whose file body spent its share of a turn: called once more after this
     /// turn's events.
-    again: Vec<(usize, u64)>,
+    again: Vec<(usize, u32)>,
     /// The time: read once per turn, and again after each plugin call.
     now: Instant,
 }
 
 struct Entry {
-    /// Tells this connection from a later one in the same slot.
-    id: u64,
+    /// Tells this connection from a later one in the same slot. It wraps after 2^32
+    /// connections, while what may still name an old one (a timer) lives minutes at most.
+    id: u32,
     /// The time the timers will look at it (see `Timers`).
-    scheduled: Option<Instant>,
+    scheduled: Option<Moment>,
     conn: Conn,
 }
 
@@ -332,7 +334,7 @@ impl Loop {
                         _ => Wire::plain(stream),
                     };
                     let mut conn = HttpConn::new(wire, peer, ticket, self.shared, self.now);
-                    conn.admit(self.shared);
+                    conn.admit();
                     let slot = self.insert(Conn::Http(Box::new(conn)));
                     self.drive_http(slot);
                 }
@@ -354,7 +356,7 @@ impl Loop {
     }
 
     fn insert(&mut self, conn: Conn) -> usize {
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1);
         self.conns.insert(Entry {
             id: self.next_id,
             scheduled: None,
@@ -517,7 +519,12 @@ impl Loop {
     /// Turns the HTTP connection in `slot` into a readiness session (the socket keeps its
     /// registration) and gives the plugin its first call.
     fn start_session(&mut self, slot: usize, upgrade: &Upgrade, started: Started) {
-        let Conn::Http(conn) = self.conns.remove(slot).conn else {
+        let Entry {
+            id,
+            scheduled,
+            conn: Conn::Http(conn),
+        } = self.conns.remove(slot)
+        else {
             unreachable!("switch is only called on HTTP connections")
         };
         let readable = conn.readable;
@@ -529,8 +536,15 @@ impl Loop {
             started,
             self.now,
         );
-        // This is `slot` again (see above); if it were not, the socket would follow it.
-        let new_slot = self.insert(Conn::Event(Box::new(session)));
+        // This is `slot` again (see above); if it were not, the socket would follow it. The
+        // connection keeps its id and its place in the timers: the entry there, not yet due,
+        // serves the session as well (it asks for its real deadline when the time comes), so
+        // a switch adds no second entry that would wait out the request time-out.
+        let new_slot = self.conns.insert(Entry {
+            id,
+            scheduled,
+            conn: Conn::Event(Box::new(session)),
+        });
         if new_slot != slot {
             if let Some(Entry {
                 conn: Conn::Event(session),

@@ -13,13 +13,14 @@
 //! rebuilt from the live ones ([`Timers::compact`]), an O(n) pass paid for by the n pushes
 //! that made it necessary.
 
+use protocol_api::moment::Moment;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
 /// A heap entry: when, the connection's slot, and its id (which tells it from a later
-/// connection in the same slot).
-type Due = Reverse<(Instant, usize, u64)>;
+/// connection in the same slot). 16 bytes: a loop holds one or two per connection.
+type Due = Reverse<(Moment, u32, u32)>;
 
 /// Below this many entries a heap is never compacted: cheap either way.
 const COMPACT_ABOVE: usize = 1024;
@@ -32,17 +33,19 @@ pub struct Timers {
 impl Timers {
     /// Makes sure connection `(slot, id)`, now scheduled for `scheduled`, is looked at by
     /// `at`.
-    pub fn schedule(&mut self, scheduled: &mut Option<Instant>, at: Instant, slot: usize, id: u64) {
+    pub fn schedule(&mut self, scheduled: &mut Option<Moment>, at: Instant, slot: usize, id: u32) {
+        let at = Moment::of(at);
         if scheduled.is_some_and(|s| s <= at) {
             return;
         }
         *scheduled = Some(at);
+        let slot = u32::try_from(slot).expect("a loop holds fewer than 2^32 connections");
         self.heap.push(Reverse((at, slot, id)));
     }
 
     /// The earliest time anything is scheduled for.
     pub fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+        self.heap.peek().map(|Reverse((at, _, _))| at.instant())
     }
 
     /// Whether the heap holds more than twice `live` entries (and is not small): then most of
@@ -53,17 +56,20 @@ impl Timers {
 
     /// Keeps only the entries `live` says still count (the connection in that slot, with
     /// that id, still scheduled for that time).
-    pub fn compact(&mut self, mut live: impl FnMut(Instant, usize, u64) -> bool) {
+    pub fn compact(&mut self, mut live: impl FnMut(Moment, usize, u32) -> bool) {
         self.heap
-            .retain(|Reverse((at, slot, id))| live(*at, *slot, *id));
+            .retain(|Reverse((at, slot, id))| live(*at, *slot as usize, *id));
         self.heap.shrink_to(self.heap.len() * 2);
     }
 
     /// Takes the earliest entry if it is due by `now`. The caller checks it is still the
     /// connection's scheduled time (stale entries are skipped).
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize, u64)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Moment, usize, u32)> {
         match self.heap.peek() {
-            Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse(due)| due),
+            Some(Reverse((at, _, _))) if *at <= Moment::of(now) => {
+                let Reverse((at, slot, id)) = self.heap.pop()?;
+                Some((at, slot as usize, id))
+            }
             _ => None,
         }
     }
@@ -82,7 +88,7 @@ mod tests {
         // stays.
         let mut kept = None;
         timers.schedule(&mut kept, t0 + Duration::from_secs(300), 0, 0);
-        for id in 1..10_000u64 {
+        for id in 1..10_000u32 {
             let mut scheduled = None;
             timers.schedule(&mut scheduled, t0 + Duration::from_secs(300), 1, id);
             if timers.wants_compaction(1) {
@@ -115,17 +121,17 @@ mod tests {
             "a later deadline waits for the earlier one"
         );
         timers.schedule(&mut scheduled, t0 + Duration::from_secs(2), 1, 7);
-        assert_eq!(scheduled, Some(t0 + Duration::from_secs(2)));
+        assert_eq!(scheduled, Some(Moment::of(t0 + Duration::from_secs(2))));
         assert_eq!(timers.next(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(1)), None);
         assert_eq!(
             timers.pop_due(t0 + Duration::from_secs(3)),
-            Some((t0 + Duration::from_secs(2), 1, 7))
+            Some((Moment::of(t0 + Duration::from_secs(2)), 1, 7))
         );
         // The entry for 5 s is stale now: the caller compares it with `scheduled`.
         assert_eq!(
             timers.pop_due(t0 + Duration::from_secs(6)).map(|d| d.0),
-            Some(t0 + Duration::from_secs(5))
+            Some(Moment::of(t0 + Duration::from_secs(5)))
         );
     }
 }

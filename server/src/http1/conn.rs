@@ -311,14 +311,14 @@ impl<T: Transport> HttpConn<T> {
 
     /// Counts a new connection against its client's limit, once the client is known: now,
     /// or when the PROXY protocol header names it.
-    pub fn admit(&mut self, shared: &'static Shared) {
+    pub fn admit(&mut self) {
         if self.proxy != ProxyHeader::Expected {
-            self.count_client(shared);
+            self.count_client();
         }
     }
 
-    fn count_client(&mut self, shared: &'static Shared) {
-        self.over_client_limit = !self.ticket.count_client(&shared.clients, self.peer.ip());
+    fn count_client(&mut self) {
+        self.over_client_limit = !self.ticket.count_client(self.peer.ip());
     }
 
     fn warn_over_client_limit(&self, cx: &mut Context<'_>) {
@@ -875,7 +875,7 @@ impl<T: Transport> HttpConn<T> {
                         }
                         self.input.drain(..len);
                         self.proxy = ProxyHeader::Done;
-                        self.count_client(cx.shared);
+                        self.count_client();
                         if self.over_client_limit && self.stream.tls_waits() {
                             // Refused before its TLS session begins (a handshake costs a
                             // signature; an answer would need one): closed unanswered.

@@ -68,33 +68,45 @@ impl Watcher<'_> {
 }
 
 /// Bytes the event loop read past the request: the new protocol's first bytes, which the
-/// plugin's reads return before the socket's.
+/// plugin's reads return before the socket's. Boxed, and only while there are some: most
+/// connections have none, and every connection carries this for its whole life.
 #[derive(Default)]
-pub struct ReadAhead {
+pub struct ReadAhead(Option<Box<Ahead>>);
+
+struct Ahead {
     bytes: Vec<u8>,
     at: usize,
 }
 
 impl ReadAhead {
+    /// The bytes read past the request. An empty buffer is let go at once: it is mostly
+    /// the request's own, emptied, and would otherwise stay with the connection for its
+    /// whole life (a hundred bytes and more per idle connection).
     pub fn new(bytes: Vec<u8>) -> ReadAhead {
-        ReadAhead { bytes, at: 0 }
+        match bytes.is_empty() {
+            true => ReadAhead(None),
+            false => ReadAhead(Some(Box::new(Ahead { bytes, at: 0 }))),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.bytes.len() - self.at
+        self.0
+            .as_ref()
+            .map_or(0, |ahead| ahead.bytes.len() - ahead.at)
     }
 
     /// Copies what fits into `buf`; `None` when nothing is left (read the socket).
     fn take(&mut self, buf: &mut [u8]) -> Option<usize> {
-        let ahead = &self.bytes[self.at..];
-        if ahead.is_empty() || buf.is_empty() {
+        let ahead = self.0.as_mut()?;
+        let rest = &ahead.bytes[ahead.at..];
+        if buf.is_empty() {
             return None;
         }
-        let n = ahead.len().min(buf.len());
-        buf[..n].copy_from_slice(&ahead[..n]);
-        self.at += n;
-        if self.at == self.bytes.len() {
-            *self = ReadAhead::default(); // hold no buffer once it is served
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        ahead.at += n;
+        if ahead.at == ahead.bytes.len() {
+            self.0 = None; // hold no buffer once it is served
         }
         Some(n)
     }
@@ -218,8 +230,19 @@ pub struct Flow {
     /// What the socket may do: set by events, cleared by reads and writes
     /// ([`Readiness`]'s rule, the same as the test harness's).
     pub readiness: Readiness,
-    /// The plugin's own write time-out, if it set one.
-    pub write_timeout: Option<Duration>,
+    /// The plugin's own write time-out in milliseconds, if it set one (0: it did not);
+    /// [`Flow::write_timeout`] reads it. Kept in 32 bits, as every connection carries it.
+    pub write_timeout_ms: u32,
+}
+
+impl Flow {
+    /// The write time-out in force: the plugin's own, or `default`.
+    pub fn write_timeout(&self, default: Duration) -> Duration {
+        match self.write_timeout_ms {
+            0 => default,
+            ms => Duration::from_millis(u64::from(ms)),
+        }
+    }
 }
 
 /// A readiness connection during one `on_ready` call.
@@ -306,7 +329,9 @@ impl HostConnection for EventIo<'_> {
     }
 
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.flow.write_timeout = timeout;
+        // Past 49 days is as good as never; a zero asked for is the shortest there is.
+        self.flow.write_timeout_ms =
+            timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
         Ok(())
     }
 

@@ -36,8 +36,10 @@ pub enum Side {
 use crate::daemon::access::{self, Exchange};
 use crate::daemon::state::Shared;
 use crate::http1::Upgrade;
+use crate::plugin::Plugin;
+use protocol_api::moment::Moment;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
 /// What a switched connection's access line says besides its own traffic, noted when the
 /// switch happens (the request itself is not kept for the connection's life).
@@ -47,14 +49,22 @@ pub struct SwitchRecord {
     protocol: Box<str>,
     /// `101`, or [`access::NO_STATUS`] for HTTP/2 with prior knowledge (no `101`).
     status: u16,
-    tls: Option<crate::tls::Summary>,
-    started: Instant,
-    /// Bytes in before the switch: the request, and what was read past it.
-    head_in: u64,
+    /// Boxed: a cleartext connection then carries a pointer, not the summary.
+    tls: Option<Box<crate::tls::Summary>>,
+    started: Moment,
+    /// Bytes in before the switch: the request, and what was read past it (far below
+    /// 4 GiB: the request's limits, one read's budget).
+    head_in: u32,
     /// The `101`'s bytes that went out.
-    head_out: u64,
-    /// The connection's unit of its plugin's open connections.
-    _open: crate::daemon::metrics::Held,
+    head_out: u32,
+    /// The plugin serving it, whose open connections count this one until it is dropped.
+    plugin: &'static Plugin,
+}
+
+impl Drop for SwitchRecord {
+    fn drop(&mut self) {
+        self.plugin.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl SwitchRecord {
@@ -69,6 +79,7 @@ impl SwitchRecord {
     ) -> SwitchRecord {
         let plugin = upgrade.plugin(offer);
         shared.metrics.switched(plugin);
+        plugin.stats.open.fetch_add(1, Ordering::Relaxed);
         if !switching.is_empty() {
             shared.metrics.response(101);
         }
@@ -84,17 +95,25 @@ impl SwitchRecord {
             } else {
                 101
             },
-            tls: upgrade.tls.as_ref().map(|handshake| handshake.summary),
-            started: upgrade.started,
-            head_in: upgrade.bytes_in() + read_ahead as u64,
-            head_out: switching.len() as u64,
-            _open: crate::daemon::metrics::Held::new(&plugin.stats.open),
+            tls: upgrade
+                .tls
+                .as_ref()
+                .map(|handshake| Box::new(handshake.summary)),
+            started: Moment::of(upgrade.started),
+            head_in: u32::try_from(upgrade.bytes_in() + read_ahead as u64).unwrap_or(u32::MAX),
+            head_out: switching.len() as u32,
+            plugin,
         }
+    }
+
+    /// The plugin serving the connection.
+    pub fn plugin(&self) -> &'static Plugin {
+        self.plugin
     }
 
     /// Part of the `101` never went out (the connection ended first).
     pub fn unsent(&mut self, bytes: usize) {
-        self.head_out -= bytes as u64;
+        self.head_out -= bytes as u32;
     }
 
     /// The connection ended: its access line, with what moved after the switch.
@@ -104,10 +123,10 @@ impl SwitchRecord {
             request: &self.request_line,
             status: self.status,
             protocol: Some(&self.protocol),
-            tls: self.tls,
-            bytes_in: self.head_in + bytes_in,
-            bytes_out: self.head_out + bytes_out,
-            started: self.started,
+            tls: self.tls.as_deref().copied(),
+            bytes_in: u64::from(self.head_in) + bytes_in,
+            bytes_out: u64::from(self.head_out) + bytes_out,
+            started: self.started.instant(),
             reason,
         });
     }

@@ -18,16 +18,16 @@ use super::SwitchRecord;
 use crate::connection::closing::Closing;
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
-use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
 use crate::http1::Upgrade;
-use crate::plugin::{EventIo, Failure, Flow, Handler, Plugin, ReadAhead, Watched, Watcher};
+use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead, Watched, Watcher};
 use mio::net::TcpStream;
 use protocol_api::abi::{
     READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WRITABLE,
     WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
 };
 use protocol_api::hosting::Readiness;
+use protocol_api::moment::Moment;
 use protocol_api::output::Output;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -37,21 +37,21 @@ pub struct Session {
     /// The socket (registered with the loop), and the TLS session over it if any.
     pub wire: Wire,
     peer: SocketAddr,
+    /// Counted among the readiness sessions from [`Session::new`] to [`Session::close`].
     ticket: Ticket,
-    _gauge: Held,
-    plugin: &'static Plugin,
     handler: Handler<'static>,
     flow: Flow,
-    /// The `101`, while the socket has not taken all of it; the plugin runs after.
-    owed: Output,
+    /// The `101`, while the socket has not taken all of it; the plugin runs after. Boxed
+    /// and let go once written: it is gone within a call or two, the connection stays.
+    owed: Option<Box<Output>>,
     /// `WANT_READ` and `WANT_WRITE` as the plugin last asked.
     wants: u32,
     /// The plugin's timer.
-    timer: Option<Instant>,
+    timer: Option<Moment>,
     /// When bytes last moved either way (the idle limit counts from here).
-    last_moved: Instant,
+    last_moved: Moment,
     /// Since when output has waited for a peer that takes nothing (the write time-out).
-    stalled_since: Option<Instant>,
+    stalled_since: Option<Moment>,
     told_stopping: bool,
     /// The last call moved bytes of the connection (so it may move more if called again).
     moved_last: bool,
@@ -103,16 +103,15 @@ impl Session {
             stream,
             tls,
             peer,
-            ticket,
+            mut ticket,
             read_ahead,
         } = transit;
+        ticket.count_session(true);
         let record = SwitchRecord::switched(shared, upgrade, offer, &switching, read_ahead.len());
         Session {
             wire: Wire::resumed(stream, tls),
             peer,
             ticket,
-            _gauge: Held::new(&shared.metrics.event_connections),
-            plugin: upgrade.plugin(offer),
             handler,
             flow: Flow {
                 read_ahead: ReadAhead::new(read_ahead),
@@ -125,10 +124,10 @@ impl Session {
                 },
                 ..Flow::default()
             },
-            owed: Output::new(switching),
+            owed: (!switching.is_empty()).then(|| Box::new(Output::new(switching))),
             wants: WANT_READ | WANT_WRITE,
             timer: None,
-            last_moved: now,
+            last_moved: Moment::of(now),
             stalled_since: None,
             told_stopping: false,
             moved_last: false,
@@ -149,7 +148,7 @@ impl Session {
 
     /// The ABI minor version of the plugin serving it.
     pub fn abi_minor(&self) -> u32 {
-        self.plugin.abi_minor()
+        self.record.plugin().abi_minor()
     }
 
     /// Notes a readiness event; true when it newly says the peer closed (a plugin of 1.3 or
@@ -160,7 +159,7 @@ impl Session {
         self.flow.readiness.closed |= closed;
         let newly = closed && !self.peer_closed;
         self.peer_closed |= closed;
-        newly && self.plugin.abi_minor() >= 3
+        newly && self.record.plugin().abi_minor() >= 3
     }
 
     /// Whether to call the session again after this turn's events: it asked to be
@@ -176,7 +175,7 @@ impl Session {
     /// that the loop is not woken by every byte that arrives for someone else. The peer's
     /// reset or full close (`EPOLLHUP`, `EPOLLERR`) still arrives; its half-close does not.
     pub fn interest(&mut self) -> Option<mio::Interest> {
-        let quiet = self.wants & (WANT_READ | WANT_WRITE) == 0 && self.owed.is_done();
+        let quiet = self.wants & (WANT_READ | WANT_WRITE) == 0 && self.owed.is_none();
         if quiet == self.quiet {
             return None;
         }
@@ -204,15 +203,11 @@ impl Session {
     /// When the session needs attention next: its timer, the idle limit, or the write
     /// time-out.
     pub fn deadline(&self, shared: &Shared) -> Instant {
-        let idle = self.last_moved + shared.config.idle;
-        let stall = self.stalled_since.map(|since| {
-            since
-                + self
-                    .flow
-                    .write_timeout
-                    .unwrap_or(shared.config.write_timeout)
-        });
-        [Some(idle), stall, self.timer]
+        let idle = self.last_moved.instant() + shared.config.idle;
+        let stall = self
+            .stalled_since
+            .map(|since| since.instant() + self.flow.write_timeout(shared.config.write_timeout));
+        [Some(idle), stall, self.timer.map(Moment::instant)]
             .into_iter()
             .flatten()
             .min()
@@ -236,18 +231,19 @@ impl Session {
                 Err(_) => return Step::Close(Some("connection lost")),
             }
         }
-        if !self.owed.is_done() {
+        if let Some(owed) = self.owed.as_mut() {
             if self.flow.readiness.writable {
-                match self.owed.flush(&mut self.wire, 0) {
+                match owed.flush(&mut self.wire, 0) {
                     Ok(written) => self.flow.readiness.writable = !written.blocked,
                     Err(_) => return Step::Close(Some("connection lost")),
                 }
             }
-            if !self.owed.is_done() {
+            if !owed.is_done() {
                 return Step::Keep; // a writable event brings us back
             }
+            self.owed = None;
         }
-        let minor = self.plugin.abi_minor();
+        let minor = self.record.plugin().abi_minor();
         let mut events = events | self.due();
         if std::mem::take(&mut self.resume) {
             events |= READY_RESUME;
@@ -275,7 +271,7 @@ impl Session {
         let fd = self.wire.socket.as_raw_fd();
         let began = *now;
         let result = self.handler.on_ready(&mut io, fd, events);
-        let plugin = self.plugin;
+        let plugin = self.record.plugin();
         *now = shared.metrics.timed_call(plugin, "on_ready", began);
         // However the plugin took its read's error (passed on, or handled as an end).
         let tls = self.wire.tls.as_deref();
@@ -304,18 +300,19 @@ impl Session {
         }
         self.wants = wants.interest & (WANT_READ | WANT_WRITE);
         self.resume = minor >= 3 && wants.interest & WANT_RESUME != 0;
-        self.timer = (wants.timer_ms > 0).then(|| *now + Duration::from_millis(wants.timer_ms));
+        self.timer =
+            (wants.timer_ms > 0).then(|| Moment::of(*now + Duration::from_millis(wants.timer_ms)));
         self.moved_last = self.flow.readiness.moved;
         if self.flow.readiness.moved {
-            self.last_moved = *now;
+            self.last_moved = Moment::of(*now);
         }
         let was_stalled = self.stalled_since.is_some();
         self.stalled_since = if self.wants & WANT_WRITE == 0 {
             None
         } else if self.flow.bytes_out > bytes_out {
-            Some(*now)
+            Some(Moment::of(*now))
         } else {
-            Some(self.stalled_since.unwrap_or(*now))
+            Some(self.stalled_since.unwrap_or(Moment::of(*now)))
         };
         if self.stalled_since.is_some() && !was_stalled {
             // What the peer had taken when the wait began: at the write time-out, the
@@ -337,31 +334,28 @@ impl Session {
         now: &mut Instant,
         watcher: Watcher<'_>,
     ) -> Step {
-        let write_timeout = self
-            .flow
-            .write_timeout
-            .unwrap_or(shared.config.write_timeout);
+        let write_timeout = self.flow.write_timeout(shared.config.write_timeout);
         // Before ending a connection for its limits, the kernel's counts are asked: bytes a
         // plugin moves itself on the lent socket (a tunnel's splice) are not in ours.
         if self
             .stalled_since
-            .is_some_and(|since| since + write_timeout <= *now)
+            .is_some_and(|since| since.instant() + write_timeout <= *now)
         {
             // Taken means acknowledged: a peer that opens its window by a byte now and then
             // still took something, but retransmissions to one that is gone are not progress.
             let acked = kernel_acked(&self.wire.socket);
             if acked != self.acked_mark {
                 self.acked_mark = acked;
-                self.stalled_since = Some(*now);
+                self.stalled_since = Some(Moment::of(*now));
             } else {
                 shared.metrics.ended_write_timeout();
                 return Step::Close(Some("write time-out: the peer took nothing"));
             }
         }
-        if self.last_moved + shared.config.idle <= *now {
+        if self.last_moved.instant() + shared.config.idle <= *now {
             match crate::sys::tcp_quiet_for(&self.wire.socket).ok() {
                 Some(quiet) if quiet < shared.config.idle => {
-                    self.last_moved = now.checked_sub(quiet).unwrap_or(*now);
+                    self.last_moved = Moment::of(now.checked_sub(quiet).unwrap_or(*now));
                 }
                 _ => {
                     shared.metrics.ended_idle();
@@ -369,7 +363,7 @@ impl Session {
                 }
             }
         }
-        if self.timer.is_some_and(|at| at <= *now) {
+        if self.timer.is_some_and(|at| at <= Moment::of(*now)) {
             self.timer = None;
             return self.call(shared, READY_TIMER, now, watcher);
         }
@@ -400,7 +394,7 @@ impl Session {
         let Session {
             mut wire,
             peer,
-            ticket,
+            mut ticket,
             handler,
             flow,
             owed,
@@ -408,8 +402,9 @@ impl Session {
             ..
         } = self;
         drop(handler); // the plugin frees its state before the socket goes
-        record.unsent(owed.owed());
+        record.unsent(owed.map_or(0, |owed| owed.owed()));
         record.log(peer, flow.bytes_in, flow.bytes_out, reason);
+        ticket.count_session(false);
         // close_notify after what waits. Only a plugin's own close waits for the peer to
         // take it; a connection the daemon ends (lost, idle, write time-out) goes now.
         // In cleartext the kernel sends what was written, then the FIN.
