@@ -158,10 +158,13 @@ pub struct Receiver {
     utf8_checked: usize,
     /// Text handed on in parts, checked as it goes ([`Delivery::Parts`]).
     utf8: Utf8Stream,
-    control: Vec<u8>,
+    /// A control frame's payload that came in pieces; boxed, as most connections never see
+    /// one.
+    control: Option<Box<ControlPieces>>,
     closed: bool,
-    /// permessage-deflate, when negotiated (RFC 7692).
-    inflater: Option<Inflater>,
+    /// permessage-deflate, when negotiated (RFC 7692); boxed, as a connection without it
+    /// then pays for a pointer only.
+    inflater: Option<Box<Inflater>>,
     /// The message in progress had RSV1 set (it is compressed): its inflating, boxed, as
     /// only a compressed message in progress needs it (an idle connection holds a pointer).
     compressed: Option<Box<Compressed>>,
@@ -181,6 +184,34 @@ struct Compressed {
     inflated_len: usize,
 }
 
+/// A control frame's payload gathered from pieces: at most 125 bytes (§5.5; a longer one
+/// is refused at its header).
+struct ControlPieces {
+    bytes: [u8; MAX_CONTROL_PAYLOAD],
+    len: u8,
+}
+
+impl Default for ControlPieces {
+    fn default() -> ControlPieces {
+        ControlPieces {
+            bytes: [0; MAX_CONTROL_PAYLOAD],
+            len: 0,
+        }
+    }
+}
+
+impl ControlPieces {
+    fn push(&mut self, piece: &[u8]) {
+        let at = usize::from(self.len);
+        self.bytes[at..at + piece.len()].copy_from_slice(piece);
+        self.len += piece.len() as u8;
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// RSV1: "this message is compressed" under permessage-deflate (RFC 7692 §6).
 const RSV1: u8 = 0b100;
 
@@ -192,7 +223,7 @@ impl Receiver {
     /// compressed ones with `inflater` when permessage-deflate was agreed.
     pub fn new(max_message: usize, inflater: Option<Inflater>, delivery: Delivery) -> Receiver {
         Receiver {
-            inflater,
+            inflater: inflater.map(Box::new),
             delivery,
             compressed: None,
             max_message,
@@ -202,7 +233,7 @@ impl Receiver {
             message: Vec::new(),
             utf8_checked: 0,
             utf8: Utf8Stream::default(),
-            control: Vec::new(),
+            control: None,
             closed: false,
         }
     }
@@ -292,7 +323,7 @@ impl Receiver {
                         self.utf8_checked = 0;
                         self.utf8 = Utf8Stream::default();
                     }
-                    self.control.clear();
+                    self.control = None;
                     self.state = State::Payload {
                         opcode: header.opcode,
                         fin: header.fin,
@@ -336,12 +367,14 @@ impl Receiver {
                     };
                     let last = fin && remaining == 0;
                     if opcode::is_control(frame_opcode) {
-                        self.control.extend_from_slice(chunk);
+                        let control = self.control.get_or_insert_with(Box::default);
+                        control.push(chunk);
                         if remaining == 0 {
-                            let control = std::mem::take(&mut self.control);
-                            let flow = self.control_frame(frame_opcode, &control, on_event);
-                            self.control = control;
-                            if flow?.is_break() {
+                            let control = self.control.take().unwrap_or_default();
+                            if self
+                                .control_frame(frame_opcode, control.payload(), on_event)?
+                                .is_break()
+                            {
                                 return holding(at);
                             }
                         }

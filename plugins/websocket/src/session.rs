@@ -29,7 +29,7 @@ use crate::frame::{encode_header, opcode, write_frame, MAX_HEADER, RSV1_COMPRESS
 use crate::receiver::{close_code, Delivery, Event, Receiver};
 use crate::relay::Relay;
 use crate::stats::RouteStats;
-use protocol_api::metrics::Held;
+use protocol_api::moment::Moment;
 use protocol_api::output::{rest, write_parts_until_blocked, write_until_blocked, Output};
 use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
@@ -48,8 +48,6 @@ const INFLATE_BUDGET: usize = 1024 * 1024;
 /// Messages from this size on are written straight from where they lie, header and payload
 /// in one vectored write; smaller ones are copied and coalesced with the other replies.
 const VECTORED_FROM: usize = 8 * 1024;
-/// Output kept waiting past this size gives its buffer back once written.
-const KEEP_OUTPUT: usize = 16 * 1024;
 /// After we close: how long the peer gets to answer before the connection is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -79,19 +77,59 @@ pub struct Connection {
     assembly: Share,
     /// Input not yet handled: the start of a frame header that arrived without the rest, or
     /// what the receiver was holding when it stopped.
-    partial: Vec<u8>,
+    /// Boxed, and only while there is some: a quiet connection pays a pointer for it (a
+    /// `Box<[u8]>` would be twice that, in what every connection carries).
+    #[allow(clippy::box_collection)]
+    partial: Option<Box<Vec<u8>>>,
     /// The receiver stopped with work in hand: it is fed again before the socket is read.
     holding: bool,
     /// Output the socket has not taken yet.
-    owed: Output,
+    owed: Owed,
     state: State,
     /// We pinged a silent peer and wait for any sign of life.
     ping_sent: bool,
     /// A route's service, relayed instead of echoing.
     relay: Option<Box<Relay>>,
-    /// The route's metrics, and this connection's unit of its open gauge.
+    /// The route's metrics; the connection counts in its open gauge until dropped.
     stats: &'static RouteStats,
-    _open: Held,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.stats.open.dec();
+    }
+}
+
+/// Output the socket has not taken yet, boxed, and only while there is some: a quiet
+/// connection pays a pointer for it.
+#[derive(Default)]
+struct Owed(Option<Box<Output>>);
+
+impl Owed {
+    fn is_done(&self) -> bool {
+        self.0.as_ref().is_none_or(|output| output.is_done())
+    }
+
+    /// Where more is queued, after what is owed.
+    fn queue(&mut self) -> &mut Vec<u8> {
+        self.0.get_or_insert_with(Default::default).queue()
+    }
+
+    /// Writes what is owed until the socket is full; the buffer goes once all is out.
+    fn flush(&mut self, to: &mut impl io::Write) -> io::Result<()> {
+        if let Some(output) = self.0.as_mut() {
+            output.flush(to, usize::MAX)?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Lets the buffer go if nothing is owed.
+    fn settle(&mut self) {
+        if self.is_done() {
+            self.0 = None;
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -103,7 +141,7 @@ enum State {
     /// We sent a close frame: our side is shut once it is written, and the peer has until
     /// `until` to answer (what it sends meanwhile is dropped).
     Closing {
-        until: Instant,
+        until: Moment,
         shut: bool,
     },
 }
@@ -131,6 +169,7 @@ impl Connection {
         client: u64,
     ) -> Connection {
         stats.switched.inc();
+        stats.open.inc();
         let delivery = match relay {
             Some(_) => Delivery::Parts,
             None => Delivery::Whole,
@@ -139,13 +178,12 @@ impl Connection {
             relay,
             receiver: Receiver::new(config.max_message, deflate.map(Inflater::new), delivery),
             assembly: Share::new(client),
-            partial: Vec::new(),
+            partial: None,
             holding: false,
-            owed: Output::default(),
+            owed: Owed::default(),
             state: State::Open,
             ping_sent: false,
             stats,
-            _open: stats.open.hold(),
         }
     }
 
@@ -175,7 +213,7 @@ impl Connection {
         }
         if ready.is_timer() {
             match self.state {
-                State::Closing { until, .. } if Instant::now() >= until => {
+                State::Closing { until, .. } if Instant::now() >= until.instant() => {
                     return Ok(Wants::close()); // the peer did not answer our close
                 }
                 State::Open if self.ping_sent => {
@@ -330,6 +368,7 @@ impl Connection {
                 let read = SCRATCH.with(|scratch| {
                     relay.read_service(&mut scratch.borrow_mut().input, self.owed.queue())
                 });
+                self.owed.settle();
                 match read {
                     Ok(0) => {}
                     Ok(n) => {
@@ -358,7 +397,7 @@ impl Connection {
     fn next(&self, wants: Wants, config: &Config) -> Wants {
         match self.state {
             State::Closing { until, .. } => {
-                wants.with_timer(until.saturating_duration_since(Instant::now()))
+                wants.with_timer(until.instant().saturating_duration_since(Instant::now()))
             }
             State::Open => match config.idle {
                 Some(idle) => wants.with_timer(idle),
@@ -382,8 +421,9 @@ impl Connection {
         budget: &mut Budget,
     ) -> io::Result<Reading> {
         loop {
-            let kept = self.partial.len();
-            scratch.input[..kept].copy_from_slice(&self.partial);
+            let partial = self.partial.as_deref().map_or(&[][..], Vec::as_slice);
+            let kept = partial.len();
+            scratch.input[..kept].copy_from_slice(partial);
             let n = if self.holding || kept == scratch.input.len() {
                 0
             } else {
@@ -406,14 +446,14 @@ impl Connection {
             let drained = n > 0 && filled < scratch.input.len();
             if let State::Closing { .. } = self.state {
                 // After our close, what the peer sends is dropped.
-                self.partial.clear();
+                self.partial = None;
                 self.holding = false;
                 if drained || budget.read == 0 {
                     return Ok(Reading::Wait);
                 }
                 continue;
             }
-            self.partial.clear();
+            self.partial = None;
             self.answer(io, scratch, filled, &mut budget.inflate)?;
             if !self.owed.is_done() || self.state != State::Open {
                 return Ok(Reading::Wrote);
@@ -495,7 +535,9 @@ impl Connection {
         }
         match result {
             Ok(fed) => {
-                self.partial.extend_from_slice(&input[fed.used..filled]);
+                if fed.used < filled {
+                    self.partial = Some(Box::new(input[fed.used..filled].to_vec()));
+                }
                 self.holding = fed.holding;
                 if self.receiver.is_closed() {
                     self.state = State::Done;
@@ -531,9 +573,7 @@ impl Connection {
                 self.start_close(violation.code, violation.reason);
             }
         }
-        if self.owed.is_done() && self.owed.queue().capacity() > KEEP_OUTPUT {
-            *self.owed.queue() = Vec::new();
-        }
+        self.owed.settle();
         Ok(())
     }
 
@@ -544,17 +584,17 @@ impl Connection {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
         write_frame(self.owed.queue(), opcode::CLOSE, &payload);
-        self.partial = Vec::new();
+        self.partial = None;
         self.holding = false;
         self.state = State::Closing {
-            until: Instant::now() + CLOSE_WAIT,
+            until: Moment::of(Instant::now() + CLOSE_WAIT),
             shut: false,
         };
     }
 
     /// Writes what is owed; true when nothing is left.
     fn write_owed(&mut self, io: &mut Io<'_>) -> io::Result<bool> {
-        self.owed.flush(io, KEEP_OUTPUT)?;
+        self.owed.flush(io)?;
         Ok(self.owed.is_done())
     }
 }
@@ -564,7 +604,7 @@ impl Connection {
 struct Replies<'a, 'io> {
     io: &'a mut Io<'io>,
     staged: &'a mut Vec<u8>,
-    owed: &'a mut Output,
+    owed: &'a mut Owed,
     error: Option<io::Error>,
 }
 
