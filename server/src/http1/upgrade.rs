@@ -33,7 +33,10 @@ impl Upgrade {
     /// `METHOD target HTTP/1.x` for the access line (empty when that log is off).
     pub fn request_line(&self) -> String {
         if self.prior_knowledge {
-            return "PRI * HTTP/2.0".to_string();
+            return match access::enabled() {
+                true => "PRI * HTTP/2.0".to_string(),
+                false => String::new(),
+            };
         }
         let bytes = &self.head_bytes;
         access::request_line(
