@@ -247,3 +247,12 @@ fn open_static_roots(routes: &[switchyard::files::FileRoute]) -> Vec<Option<std:
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every connection carries one for its whole life (bench/RESULTS.md, the idle rows).
+    #[test]
+    fn a_ticket_is_at_most_24_bytes() {
+        assert!(std::mem::size_of::<super::Ticket>() <= 24);
+    }
+}

@@ -108,6 +108,13 @@ mod tests {
         );
     }
 
+    /// A loop holds one per connection, and one more for each connection that ended or
+    /// moved its deadline earlier until that entry's time comes.
+    #[test]
+    fn an_entry_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Due>(), 16);
+    }
+
     #[test]
     fn later_deadlines_push_nothing_earlier_ones_do() {
         let t0 = Instant::now();
