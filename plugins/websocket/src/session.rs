@@ -365,10 +365,22 @@ impl Connection {
                     return Ok(self.next(Wants::read().with_resume(), config));
                 }
                 let relay = self.relay.as_mut().expect("relay_turn is for routes");
+                let owed = &mut self.owed;
                 let read = SCRATCH.with(|scratch| {
-                    relay.read_service(&mut scratch.borrow_mut().input, self.owed.queue())
+                    let mut scratch = scratch.borrow_mut();
+                    let Scratch { input, output } = &mut *scratch;
+                    output.clear();
+                    let read = relay.read_service(input, output);
+                    if !output.is_empty() {
+                        // Straight to the socket; only what it does not take is owed (all
+                        // of it after a write error, which the next flush meets again).
+                        let at = write_until_blocked(io, output).map_or(0, |w| w.bytes);
+                        if at < output.len() {
+                            owed.queue().extend_from_slice(&output[at..]);
+                        }
+                    }
+                    read
                 });
-                self.owed.settle();
                 match read {
                     Ok(0) => {}
                     Ok(n) => {

@@ -117,7 +117,8 @@ pub struct Loop {
 
 struct Entry {
     /// Tells this connection from a later one in the same slot. It wraps after 2^32
-    /// connections, while what may still name an old one (a timer) lives minutes at most.
+    /// connections; a stale timer entry that names an old one must also match `scheduled`
+    /// to the nanosecond, and at worst costs its connection one early look.
     id: u32,
     /// The time the timers will look at it (see `Timers`).
     scheduled: Option<Moment>,
@@ -548,9 +549,11 @@ impl Loop {
         if new_slot != slot {
             if let Some(Entry {
                 conn: Conn::Event(session),
+                scheduled,
                 ..
             }) = self.conns.get_mut(new_slot)
             {
+                *scheduled = None; // the timers' entry names the old slot
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if self
                     .poll
