@@ -1072,38 +1072,6 @@ fn a_request_body_that_stops_coming_gets_408_and_gives_its_slot_back() {
     });
 }
 
-/// A request body to an `http1://` backend that sends a byte just inside each
-/// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` never timed out, and kept its backend connection and its
-/// slot for as long as it liked: 30 bytes every 29 s held all 625 of an address's slots.
-/// Past a first timeout of grace, a body slower than `SWITCHYARD_H2C_BODY_MIN_RATE` (500
-/// bytes a second by default) gets `408`, and the slot serves the next stream.
-#[test]
-fn a_request_body_that_trickles_under_the_minimum_rate_gets_408() {
-    run(async {
-        let daemon = one_slot_daemon();
-        let send = connect(daemon.addr).await;
-        let request = Request::post("http://t/one/wait").body(()).unwrap();
-        let (response, mut body) = send.clone().send_request(request, false).unwrap();
-        let trickle = tokio::spawn(async move {
-            // A byte every 250 ms, under the 300 ms time-out: 4 bytes a second.
-            while body.send_data(Bytes::from_static(b"x"), false).is_ok() {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        });
-        let response = tokio::time::timeout(Duration::from_secs(5), response)
-            .await
-            .expect("an answer once the body fell under the minimum rate")
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
-        assert_eq!(
-            get(&send, "/one/x").await.0,
-            StatusCode::OK,
-            "the slot is back"
-        );
-        trickle.abort();
-    });
-}
-
 /// A client that asks for a large answer and then takes none of it (no window given back)
 /// held the stream's backend connection, and its slot, for as long as it kept the
 /// connection. After `SWITCHYARD_H2C_BODY_TIMEOUT_MS` with nothing taken the backend

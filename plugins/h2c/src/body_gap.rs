@@ -6,10 +6,7 @@
 //! - A request body that sends nothing for a while as the backend waits for it ends with
 //!   [`Stalled`], and hyper then drops the backend request (and its connection) and the
 //!   stream ([`GapLimited`]). The clock runs only while the body is asked for: a backend
-//!   that does not read the body (its socket is full) is not the client's silence. So does
-//!   one that comes, over the time it was waited for, slower than a minimum rate (past the
-//!   first gap's grace), as Apache's `mod_reqtimeout` `MinRate` does: a few bytes just
-//!   inside each gap would otherwise hold the backend connection, and its slot, for ever.
+//!   that does not read the body (its socket is full) is not the client's silence.
 //! - Once the answer is complete (or gone), the rest of the request is not sent: the body
 //!   ends with [`Answered`], which closes the backend connection, as the relay resets such
 //!   a stream with NO_ERROR (RFC 9113 §8.1). Ending it as if whole would pass a truncated
@@ -33,23 +30,13 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
-/// The error a request body ends with when it keeps the backend waiting.
+/// The error a body ends with after `gap` of nothing.
 #[derive(Debug)]
-pub enum Stalled {
-    /// Nothing came for this long.
-    Silent(Duration),
-    /// It came slower than this many bytes a second, over the time it was waited for.
-    Slow(u64),
-}
+pub struct Stalled(pub Duration);
 
 impl std::fmt::Display for Stalled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Stalled::Silent(gap) => write!(f, "the request body sent nothing for {gap:?}"),
-            Stalled::Slow(rate) => {
-                write!(f, "the request body came at under {rate} bytes a second")
-            }
-        }
+        write!(f, "the request body sent nothing for {:?}", self.0)
     }
 }
 
@@ -67,55 +54,14 @@ impl std::fmt::Display for Answered {
 
 impl std::error::Error for Answered {}
 
-/// How a request body must keep moving while the backend waits for it.
-#[derive(Debug, Clone, Copy)]
-pub struct Pace {
-    /// The longest wait for its next part.
-    pub gap: Duration,
-    /// The slowest it may come on average, in bytes a second (0: any speed): in all, it
-    /// may keep the backend waiting `gap`, plus a second for every `min_rate` bytes it
-    /// brought.
-    pub min_rate: u64,
-    /// Time the backend has waited for it so far.
-    waited: Duration,
-    /// Data bytes it brought so far.
-    received: u64,
-}
-
-impl Pace {
-    pub fn new(gap: Duration, min_rate: u64) -> Pace {
-        Pace {
-            gap,
-            min_rate,
-            waited: Duration::ZERO,
-            received: 0,
-        }
-    }
-
-    /// How long the next wait may last, and what the body has done if it lasts that long.
-    fn next_wait(&self) -> (Duration, Stalled) {
-        if self.min_rate == 0 {
-            return (self.gap, Stalled::Silent(self.gap));
-        }
-        let earned = self.received as f64 / self.min_rate as f64;
-        let allowed =
-            (self.gap + Duration::from_secs_f64(earned.min(1e9))).saturating_sub(self.waited);
-        match allowed < self.gap {
-            true => (allowed, Stalled::Slow(self.min_rate)),
-            false => (self.gap, Stalled::Silent(self.gap)),
-        }
-    }
-}
-
 pub struct GapLimited<B, H> {
     inner: B,
-    pace: Pace,
+    gap: Duration,
     /// When the body runs out of time if nothing comes: set when it is asked for and has
     /// nothing, kept while it goes on having nothing.
     deadline: Pin<Box<Sleep>>,
-    /// Since when the last ask has found nothing (the clock runs), and why the deadline is
-    /// what it is.
-    waiting: Option<(Instant, Stalled)>,
+    /// The last ask found nothing: the clock runs.
+    waiting: bool,
     /// Says (or, dropped, closes) when the answer is over.
     answered: Option<oneshot::Receiver<()>>,
     /// What the body holds until it ends.
@@ -128,14 +74,14 @@ where
     B::Error: Into<BoxError>,
     H: Send + Sync + Unpin + 'static,
 {
-    /// `inner`, which must keep `pace` while it is asked for, and stops at `answered`;
-    /// `held` goes when it ends.
-    pub fn limit(inner: B, pace: Pace, answered: oneshot::Receiver<()>, held: H) -> Body {
+    /// `inner`, which must send something at least every `gap` from now on, and stops at
+    /// `answered`; `held` goes when it ends.
+    pub fn limit(inner: B, gap: Duration, answered: oneshot::Receiver<()>, held: H) -> Body {
         GapLimited {
             inner,
-            deadline: Box::pin(tokio::time::sleep(pace.gap)),
-            pace,
-            waiting: None,
+            gap,
+            deadline: Box::pin(tokio::time::sleep(gap)),
+            waiting: false,
             answered: Some(answered),
             held: Some(held),
         }
@@ -173,29 +119,19 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some((since, _)) = this.waiting.take() {
-                    this.pace.waited += since.elapsed();
-                }
-                if let Some(data) = frame.data_ref() {
-                    this.pace.received += data.len() as u64;
-                }
+                this.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => this.over(Some(e.into())),
             Poll::Ready(None) => this.over(None),
             Poll::Pending => {
-                if this.waiting.is_none() {
+                if !this.waiting {
                     // Asked for, and nothing: the clock starts now.
-                    let now = Instant::now();
-                    let (wait, why) = this.pace.next_wait();
-                    this.waiting = Some((now, why));
-                    this.deadline.as_mut().reset(now + wait);
+                    this.waiting = true;
+                    this.deadline.as_mut().reset(Instant::now() + this.gap);
                 }
                 match this.deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        let why = this.waiting.take().map(|(_, why)| why);
-                        this.over(why.map(|why| Box::new(why) as BoxError))
-                    }
+                    Poll::Ready(()) => this.over(Some(Box::new(Stalled(this.gap)))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -363,8 +299,6 @@ mod tests {
         every: Duration,
         next: Pin<Box<Sleep>>,
         silent_after: bool,
-        /// Bytes in each frame.
-        size: usize,
     }
 
     impl Paced {
@@ -375,12 +309,7 @@ mod tests {
                 every,
                 next,
                 silent_after,
-                size: 1,
             }
-        }
-
-        fn of(self, size: usize) -> Paced {
-            Paced { size, ..self }
         }
     }
 
@@ -405,7 +334,7 @@ mod tests {
             self.frames -= 1;
             let every = self.every;
             self.next.as_mut().reset(Instant::now() + every);
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; self.size])))))
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
         }
     }
 
@@ -429,8 +358,7 @@ mod tests {
         let gap = Duration::from_millis(100);
         let began = std::time::Instant::now();
         let (_answered, over) = oneshot::channel();
-        let ended =
-            drain(|| GapLimited::limit(Paced::new(2, gap / 4, true), Pace::new(gap, 0), over, ()));
+        let ended = drain(|| GapLimited::limit(Paced::new(2, gap / 4, true), gap, over, ()));
         let error = ended.expect_err("a silent body must not wait for ever");
         assert!(error.downcast_ref::<Stalled>().is_some(), "{error}");
         assert!(began.elapsed() >= gap, "ended after {:?}", began.elapsed());
@@ -442,60 +370,8 @@ mod tests {
         let gap = Duration::from_millis(100);
         let every = Duration::from_millis(60);
         let (_answered, over) = oneshot::channel();
-        let body = || GapLimited::limit(Paced::new(5, every, false), Pace::new(gap, 0), over, ());
+        let body = || GapLimited::limit(Paced::new(5, every, false), gap, over, ());
         assert_eq!(drain(body).unwrap(), 5);
-    }
-
-    /// A trickle: a byte just inside each gap. Without a minimum rate it would hold its
-    /// backend connection for ever; with 500 bytes a second it ends soon after the first
-    /// gap's worth of waiting, and says why.
-    #[test]
-    fn a_trickle_just_inside_each_gap_ends_for_its_rate() {
-        let gap = Duration::from_millis(100);
-        let began = std::time::Instant::now();
-        let (_answered, over) = oneshot::channel();
-        let ended = drain(|| {
-            let trickle = Paced::new(1_000, gap * 9 / 10, false);
-            GapLimited::limit(trickle, Pace::new(gap, 500), over, ())
-        });
-        let error = ended.expect_err("a trickle must not hold the backend for ever");
-        assert!(
-            matches!(error.downcast_ref::<Stalled>(), Some(Stalled::Slow(500))),
-            "{error}"
-        );
-        let took = began.elapsed();
-        assert!(took >= gap && took < gap * 5, "ended after {took:?}");
-    }
-
-    /// A body that comes in parts just inside each gap but fast enough on average (100
-    /// bytes each 60 ms, over 1,600 bytes a second) is sent whole.
-    #[test]
-    fn a_body_at_the_rate_is_waited_for() {
-        let gap = Duration::from_millis(100);
-        let (_answered, over) = oneshot::channel();
-        let sent = drain(|| {
-            let body = Paced::new(10, Duration::from_millis(60), false).of(100);
-            GapLimited::limit(body, Pace::new(gap, 500), over, ())
-        });
-        assert_eq!(sent.unwrap(), 1_000);
-    }
-
-    /// The allowance: a first gap of grace, then a second for every `min_rate` bytes, less
-    /// what was waited; a wait is never longer than the gap.
-    #[test]
-    fn the_allowance_grows_with_what_came_and_shrinks_with_what_was_waited() {
-        let gap = Duration::from_secs(30);
-        let mut pace = Pace::new(gap, 500);
-        assert!(matches!(pace.next_wait(), (g, Stalled::Silent(_)) if g == gap));
-        (pace.received, pace.waited) = (30, Duration::from_secs(29));
-        let (wait, why) = pace.next_wait();
-        assert!(matches!(why, Stalled::Slow(500)), "{why}");
-        assert_eq!(wait, Duration::from_millis(1_060));
-        (pace.received, pace.waited) = (1_000_000, Duration::from_secs(600));
-        assert!(matches!(pace.next_wait(), (g, Stalled::Silent(_)) if g == gap));
-        (pace.received, pace.waited) = (0, Duration::from_secs(31));
-        assert_eq!(pace.next_wait().0, Duration::ZERO);
-        assert!(matches!(Pace::new(gap, 0).next_wait(), (g, Stalled::Silent(_)) if g == gap));
     }
 
     /// A client's body fed by hand.
@@ -524,7 +400,7 @@ mod tests {
             let gap = Duration::from_millis(100);
             let (client, fed) = tokio::sync::mpsc::unbounded_channel();
             let (_answered, over) = oneshot::channel();
-            let mut body = GapLimited::limit(Fed(fed), Pace::new(gap, 500), over, ());
+            let mut body = GapLimited::limit(Fed(fed), gap, over, ());
             client.send(Bytes::from_static(b"a")).unwrap();
             assert!(body.frame().await.unwrap().is_ok());
             tokio::time::sleep(gap * 3).await;
@@ -593,12 +469,7 @@ mod tests {
             let (answered, over) = oneshot::channel();
             let every = Duration::from_millis(20);
             let upload = Paced::new(1_000, every, false);
-            let mut body = GapLimited::limit(
-                upload,
-                Pace::new(Duration::from_secs(5), 0),
-                over,
-                held.clone(),
-            );
+            let mut body = GapLimited::limit(upload, Duration::from_secs(5), over, held.clone());
             assert!(body.frame().await.unwrap().is_ok(), "a part of the upload");
             let answer = Paced::new(1, Duration::ZERO, false);
             let answer = answer.map_err(|never| match never {}).boxed();

@@ -50,10 +50,6 @@ pub struct Config {
     /// backend that sends nothing this long, or an answer from one the client takes
     /// nothing of this long, ends its stream (`408` if not yet answered).
     pub body_timeout: Duration,
-    /// `SWITCHYARD_H2C_BODY_MIN_RATE` (default 500, 0: off): the slowest a request body to
-    /// an HTTP/1.1 backend may come on average, in bytes a second, over the time the
-    /// backend waited for it, past a first `body_timeout` of grace (`408`).
-    pub body_min_rate: u64,
     /// `SWITCHYARD_H2C_ENGINE` (default `auto`): how connections are served.
     pub engine: Engine,
 }
@@ -132,7 +128,6 @@ impl Config {
                 1,
                 u64::MAX,
             )?),
-            body_min_rate: number("SWITCHYARD_H2C_BODY_MIN_RATE", 500, 0, u64::MAX)?,
             engine: engine(lookup("SWITCHYARD_H2C_ENGINE").as_deref(), &routes)?,
             routes,
         })
@@ -205,7 +200,6 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_MAX", "2500", "streams of all client connections in flight to http1:// backends at once (one backend connection each); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long, or an answer from one the client takes nothing of this long, ends its stream (408 if not yet answered) and closes its backend connection"),
-    protocol_api::Setting::new("SWITCHYARD_H2C_BODY_MIN_RATE", "500", "the slowest, in bytes a second, a request body to an http1:// backend may come on average over the time the backend waits for it, past a first SWITCHYARD_H2C_BODY_TIMEOUT_MS of grace (408); 0: no minimum"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
 
@@ -310,12 +304,6 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!((c.http1_max, c.http1_per_client), (2500, 625));
         assert_eq!(c.body_timeout, Duration::from_secs(30));
-        assert_eq!(c.body_min_rate, 500);
-        let rate = |value: &str| {
-            Config::from_lookup(|n| (n == "SWITCHYARD_H2C_BODY_MIN_RATE").then(|| value.into()))
-        };
-        assert_eq!(rate("0").unwrap().body_min_rate, 0, "0 turns it off");
-        assert!(rate("-1").is_err());
         assert_eq!(c.engine, Engine::Relay);
         let max = |value: &str| {
             Config::from_lookup(|n| (n == "SWITCHYARD_H2C_HTTP1_MAX").then(|| value.into()))

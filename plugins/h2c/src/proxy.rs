@@ -7,7 +7,7 @@
 //! Dropping a stream (a client's RST_STREAM, a deadline) drops its backend request, which
 //! resets the backend stream; a backend's reset fails the body, which resets the client's.
 
-use crate::body_gap::{must_be_taken, GapLimited, Pace, Stalled};
+use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
 use crate::http1_slots::{Http1Slots, Slot};
 use bytes::Bytes;
@@ -227,17 +227,15 @@ fn answer(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 /// The status for a backend that could not answer: `504` for a connect time-out, `408`
-/// for a request body that stopped coming or came too slowly
-/// (`SWITCHYARD_H2C_BODY_TIMEOUT_MS`, `SWITCHYARD_H2C_BODY_MIN_RATE`), else `502`.
+/// for a request body that stopped coming (`SWITCHYARD_H2C_BODY_TIMEOUT_MS`), else `502`.
 fn failure_status(error: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {
-        if let Some(stalled) = e.downcast_ref::<Stalled>() {
-            let what = match stalled {
-                Stalled::Silent(_) => "waited for a request body that stopped",
-                Stalled::Slow(_) => "waited for a request body that came too slowly",
-            };
-            return (StatusCode::REQUEST_TIMEOUT, what);
+        if e.downcast_ref::<Stalled>().is_some() {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "waited for a request body that stopped",
+            );
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             return match io.kind() {
@@ -376,8 +374,8 @@ pub async fn handle(
     let (body, answered) = match &open.backend {
         Some(hold) => {
             let (answered, over) = tokio::sync::oneshot::channel();
-            let pace = Pace::new(proxy.config.body_timeout, proxy.config.body_min_rate);
-            let body = GapLimited::limit(body, pace, over, hold.clone());
+            let timeout = proxy.config.body_timeout;
+            let body = GapLimited::limit(body, timeout, over, hold.clone());
             (body, Some(answered))
         }
         None => (body.map_err(BoxError::from).boxed(), None),
