@@ -1246,6 +1246,70 @@ fn an_upload_whose_neighbour_is_not_read_goes_on() {
     });
 }
 
+/// From a review: streams waiting for one of a connection's HTTP/1.1 permits are granted
+/// their 64 KiB window when they open but not read, so 17 waiting uploads took the client
+/// connection's whole 1 MiB window; the upload holding the permit could send nothing and
+/// got `408` (a client sending 33 files at once, at the default 16 permits). At most
+/// `HTTP1_WAITING_MAX` (8) now wait; the others get `503` with `Retry-After` at once.
+#[test]
+fn streams_waiting_for_a_permit_leave_the_served_upload_room() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/one/=http1://{raw}"),
+            &[
+                ("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "1"),
+                ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1500"),
+            ],
+        );
+        let send = connect(daemon.addr).await;
+        // The served upload: 60 KiB at 20 KiB/s.
+        const PARTS: usize = 60;
+        let request = Request::post("http://t/one/x")
+            .header("content-length", (PARTS * 1024).to_string())
+            .body(())
+            .unwrap();
+        let (response, mut body) = send.clone().send_request(request, false).unwrap();
+        let sending = tokio::spawn(async move {
+            for i in 0..PARTS {
+                let part = Bytes::from(vec![b'a'; 1024]);
+                body.send_data(part, i == PARTS - 1).unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // 17 more, each sending 100 KB at once (64 KiB of it allowed by its window).
+        let mut waiting = Vec::new();
+        for _ in 0..17 {
+            let request = Request::post("http://t/one/x")
+                .header("content-length", "100000")
+                .body(())
+                .unwrap();
+            let mut ready = send.clone().ready().await.unwrap();
+            let (answer, mut body) = ready.send_request(request, false).unwrap();
+            body.send_data(Bytes::from(vec![b'b'; 100_000]), true)
+                .unwrap();
+            waiting.push((answer, body));
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), response).await;
+        let status = response.expect("an answer").unwrap().status();
+        assert_eq!(status, StatusCode::OK, "the served upload was cut");
+        sending.await.unwrap();
+        let mut refused = 0;
+        for (answer, _body) in waiting {
+            let answer = tokio::time::timeout(Duration::from_secs(10), answer).await;
+            let answer = answer.expect("every stream is answered").unwrap();
+            if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(answer.headers().contains_key("retry-after"));
+                refused += 1;
+            } else {
+                assert_eq!(answer.status(), StatusCode::OK);
+            }
+        }
+        assert_eq!(refused, 17 - 8, "past 8 waiting, streams are refused");
+    });
+}
+
 /// The README's bound on hyper's HTTP/1.1 reader: a response head must fit in 64 KiB
 /// (`502` past it); the connection serves on.
 #[test]

@@ -37,8 +37,8 @@ pub struct Config {
     /// `SWITCHYARD_H2C_CONNECT_TIMEOUT_MS` (default 5000): longer gets `504` on the stream.
     pub connect_timeout: Duration,
     /// `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` (default 16): streams of one client connection
-    /// in flight to HTTP/1.1 backends at once (each holds a backend connection); the others
-    /// wait.
+    /// in flight to HTTP/1.1 backends at once (each holds a backend connection); up to
+    /// [`crate::proxy::HTTP1_WAITING_MAX`] others wait, more get `503`.
     pub http1_per_connection: usize,
     /// `SWITCHYARD_H2C_HTTP1_MAX` (default 2500): streams of every client connection at
     /// HTTP/1.1 backends at once (each holds a backend connection); past it, `503`.
@@ -196,7 +196,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES", "16384", "largest header list a client may send; larger: 431 on that stream"),
     protocol_api::Setting::new("SWITCHYARD_H2C_IDLE_MS", "300000", "a connection with no stream open this long gets GOAWAY and is closed"),
     protocol_api::Setting::new("SWITCHYARD_H2C_CONNECT_TIMEOUT_MS", "5000", "time to connect to a backend; late: 504 on that stream (refused: 502)"),
-    protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "16", "streams of one client connection in flight to http1:// backends at once"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "16", "streams of one client connection in flight to http1:// backends at once; 8 more may wait, past that 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_MAX", "2500", "streams of all client connections in flight to http1:// backends at once (one backend connection each); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long, or an answer from one the client takes nothing of this long, ends its stream (408 if not yet answered) and closes its backend connection"),

@@ -10,6 +10,7 @@
 use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
 use crate::http1_slots::{Http1Slots, Slot};
+use crate::stats::RouteStats;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -105,6 +106,8 @@ pub struct Activity {
     /// to one holds a connection: at most `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` at once,
     /// the other streams wait for one to end.
     http1: Arc<Semaphore>,
+    /// Streams waiting for one of those permits (at most [`HTTP1_WAITING_MAX`]).
+    http1_waiting: AtomicUsize,
     /// This client connection's HTTP/2 backend connections, closed with it.
     http2: std::sync::OnceLock<Client<HttpConnector, Body>>,
 }
@@ -115,6 +118,7 @@ impl Activity {
             open: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             http1: Arc::new(Semaphore::new(http1_connections)),
+            http1_waiting: AtomicUsize::new(0),
             http2: std::sync::OnceLock::new(),
         })
     }
@@ -132,12 +136,45 @@ impl Activity {
         )
     }
 
+    /// A permit for an HTTP/1.1 backend connection: at once, after a wait among at most
+    /// [`HTTP1_WAITING_MAX`] streams, or `None` (too many wait already).
+    async fn http1_permit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.http1.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let waiting = self.http1_waiting.fetch_add(1, Ordering::AcqRel);
+        // Counted until the wait ends, or the stream goes (its future dropped) meanwhile.
+        let _waiting = Waiting(&self.http1_waiting);
+        match waiting < HTTP1_WAITING_MAX {
+            // The semaphore is never closed.
+            true => self.http1.clone().acquire_owned().await.ok(),
+            false => None,
+        }
+    }
+
     fn open(self: &Arc<Self>) -> StreamOpen {
         self.open.fetch_add(1, Ordering::AcqRel);
         StreamOpen {
             activity: self.clone(),
             backend: None,
         }
+    }
+}
+
+/// Streams of one client connection that may wait for an HTTP/1.1 permit; past them,
+/// `503` with `Retry-After`. A waiting stream was granted its 64 KiB window when it opened,
+/// but its body is not read while it waits, and what it holds counts against the
+/// connection's 1 MiB window: 16 waiting uploads took all of it, and the uploads holding
+/// permits could then send nothing and got `408` (a client sending 33 files at once).
+/// Half the window is left to those being served.
+pub const HTTP1_WAITING_MAX: usize = 8;
+
+/// One stream counted among those waiting for a permit, until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -224,6 +261,21 @@ fn answer(status: StatusCode, text: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// `503` with `Retry-After: 1` for a stream the HTTP/1.1 backends cannot take now, counted
+/// and logged (a line a second at most: a client can cause them).
+fn busy(stats: &RouteStats, peer: SocketAddr, path: &str, reason: &str) -> Response<Body> {
+    stats.answered(503);
+    static REFUSALS: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+    if let Some(unlogged) = REFUSALS.admit() {
+        log::warn!("h2c {peer} {path}: {reason}: 503{unlogged}");
+    }
+    let mut refused = answer(StatusCode::SERVICE_UNAVAILABLE, reason);
+    refused
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    refused
 }
 
 /// The status for a backend that could not answer: `504` for a connect time-out, `408`
@@ -342,29 +394,22 @@ pub async fn handle(
             if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
                 parts.headers.insert(header::HOST, value);
             }
-            // The semaphore is never closed.
-            let permit = activity.http1.clone().acquire_owned().await.ok();
+            let Some(permit) = activity.http1_permit().await else {
+                let reason = "too many of this connection's streams wait for an HTTP/1.1 \
+                              backend connection (SWITCHYARD_H2C_HTTP1_PER_CONNECTION)";
+                return Ok(with_open(busy(stats, peer, &path, reason), open));
+            };
             match proxy.http1_slots.take(peer.ip()) {
                 Ok(slot) => {
                     let hold = BackendHold {
-                        _permit: permit,
+                        _permit: Some(permit),
                         _slot: slot,
                     };
                     open.backend = Some(Arc::new(hold));
                 }
                 Err(full) => {
                     drop(permit);
-                    stats.answered(503);
-                    static REFUSALS: protocol_api::throttle::Throttle =
-                        protocol_api::throttle::Throttle::new();
-                    if let Some(unlogged) = REFUSALS.admit() {
-                        log::warn!("h2c {peer} {path}: {}: 503{unlogged}", full.reason());
-                    }
-                    let mut refused = answer(StatusCode::SERVICE_UNAVAILABLE, full.reason());
-                    refused
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return Ok(with_open(refused, open));
+                    return Ok(with_open(busy(stats, peer, &path, full.reason()), open));
                 }
             }
             &proxy.http1
