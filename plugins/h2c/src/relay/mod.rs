@@ -244,9 +244,20 @@ impl Relay {
         }
         self.expire(now);
         self.tend_backends(io);
-        if let Err(e) = self.client.out.flush(io, OUT_KEEP) {
+        // A connection with no stream open keeps nothing of its busy times (gRPC clients
+        // hold quiet connections for hours): no output buffer, no room in the stream map
+        // (up to `SWITCHYARD_H2C_MAX_STREAMS` entries of a burst), no frame buffer.
+        let quiet = self.streams.is_empty();
+        let keep = if quiet { 0 } else { OUT_KEEP };
+        if let Err(e) = self.client.out.flush(io, keep) {
             log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
             return Ok(Wants::close());
+        }
+        if quiet {
+            self.streams.shrink_to(0);
+            if self.client.tail.is_empty() {
+                self.client.tail = Vec::new();
+            }
         }
         if self.failed {
             return self.linger(io, now);
