@@ -244,10 +244,13 @@ impl Relay {
         }
         self.expire(now);
         self.tend_backends(io);
-        // A connection with no stream open keeps nothing of its busy times (gRPC clients
-        // hold quiet connections for hours): no output buffer, no room in the stream map
-        // (up to `SWITCHYARD_H2C_MAX_STREAMS` entries of a burst), no frame buffer.
-        let quiet = self.streams.is_empty();
+        // A connection with no stream open and no backend connection left (they close
+        // `BACKEND_IDLE` after their last stream) keeps nothing of its busy times (gRPC
+        // clients hold quiet connections for hours): no output buffer, no room in the
+        // stream map (up to `SWITCHYARD_H2C_MAX_STREAMS` entries of a burst), no frame
+        // buffer. Not sooner: a client with one request at a time would pay for them again
+        // with each.
+        let quiet = self.streams.is_empty() && self.backends.iter().all(Option::is_none);
         let keep = if quiet { 0 } else { OUT_KEEP };
         if let Err(e) = self.client.out.flush(io, keep) {
             log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
