@@ -209,19 +209,14 @@ pub mod clients {
 /// once stderr's pipe is full. The line that is written says how many like it were not.
 pub mod throttle {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    use std::time::Instant;
 
     /// One kind of line, as a `static` where it is logged.
     pub struct Throttle {
-        /// The second (since [`START`], plus one) of the last line written.
+        /// The second (since [`crate::moment::epoch`], plus one) of the last line written.
         logged_at: AtomicU64,
         /// Lines not written since.
         unlogged: AtomicU64,
     }
-
-    /// The process's first look at the clock: seconds count from it.
-    static START: OnceLock<Instant> = OnceLock::new();
 
     impl Throttle {
         /// A kind of line not yet logged.
@@ -236,7 +231,7 @@ pub mod throttle {
         /// since the last one (empty when none), to end the line with. `None`: this one
         /// is counted.
         pub fn admit(&self) -> Option<Unlogged> {
-            self.admit_at(START.get_or_init(Instant::now).elapsed().as_secs() + 1)
+            self.admit_at(crate::moment::epoch().elapsed().as_secs() + 1)
         }
 
         fn admit_at(&self, second: u64) -> Option<Unlogged> {

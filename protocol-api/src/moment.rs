@@ -15,10 +15,11 @@ pub struct Moment(NonZeroU64);
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
-/// The epoch: set at start ([`start`]), or by the first use (each plugin's copy of this
-/// crate has its own). A point before it is kept as the epoch itself, which only the first
-/// microseconds of a process could meet.
-fn epoch() -> Instant {
+/// The process's epoch, which every `Moment` counts from (and the log throttle's seconds
+/// and the daemon's note of slow plugin calls): set at start ([`start`]), or by the first
+/// use (each plugin's copy of this crate has its own). A point before it is kept as the
+/// epoch itself, which only the first microseconds of a process could meet.
+pub fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
@@ -37,12 +38,6 @@ impl Moment {
     /// The `Instant` it keeps.
     pub fn instant(self) -> Instant {
         epoch() + Duration::from_nanos(self.0.get() - 1)
-    }
-}
-
-impl From<Instant> for Moment {
-    fn from(at: Instant) -> Moment {
-        Moment::of(at)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::plugin::{Plugin, PluginStats, Registry};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A plugin call on an event loop longer than this is counted and logged: it held up every
@@ -83,11 +83,6 @@ impl Drop for Held {
 /// How often a slow plugin is logged at most.
 const SLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics {
@@ -132,7 +127,9 @@ impl Metrics {
         let slow = plugin.stats.slow_calls.fetch_add(1, Relaxed) + 1;
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         plugin.stats.slowest_call_us.fetch_max(micros, Relaxed);
-        let at = now.duration_since(epoch()).as_millis() as u64;
+        let at = now
+            .duration_since(protocol_api::moment::epoch())
+            .as_millis() as u64;
         let last = plugin.stats.slow_logged.load(Relaxed);
         if (last == 0 || at.saturating_sub(last) >= SLOW_LOG_EVERY.as_millis() as u64)
             && plugin

@@ -65,7 +65,7 @@ pub struct PluginStats {
     pub panics: AtomicU64,
     /// Calls on an event loop that took longer than `SLOW_CALL`.
     pub slow_calls: AtomicU64,
-    /// When a slow call was last logged (milliseconds since the metrics' epoch).
+    /// When a slow call was last logged (milliseconds since `protocol_api::moment::epoch`).
     pub slow_logged: AtomicU64,
     /// The longest slow call so far, in microseconds.
     pub slowest_call_us: AtomicU64,
