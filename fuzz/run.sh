@@ -10,8 +10,14 @@
 #
 #   bash fuzz/run.sh 20            # what CI runs
 #   bash fuzz/run.sh 600 http_head # one target, ten minutes
+#   bash fuzz/run.sh --build       # install cargo-fuzz and build the targets, run none
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+build_only=false
+if [ "${1:-}" = --build ]; then
+  build_only=true
+  shift
+fi
 seconds=${1:-20}
 shift || true
 if rustup toolchain list | grep -q '^nightly'; then
@@ -32,6 +38,10 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo "${toolchain[@]}" fuzz list)
 fi
 cargo "${toolchain[@]}" fuzz build --release --sanitizer "$sanitizer"
+if $build_only; then
+  echo "built; run none (--build)"
+  exit 0
+fi
 for target in "${targets[@]}"; do
   corpus="$here/corpus/$target"
   mkdir -p "$corpus"
