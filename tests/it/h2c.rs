@@ -26,7 +26,7 @@ fn http1_backend() -> SocketAddr {
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
-                    let mut forwarded = String::new();
+                    let (mut forwarded, mut real_ip) = (String::new(), String::new());
                     loop {
                         let mut header = String::new();
                         if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -35,13 +35,15 @@ fn http1_backend() -> SocketAddr {
                         if header == "\r\n" {
                             break;
                         }
-                        if let Some(v) =
-                            header.to_ascii_lowercase().strip_prefix("x-forwarded-for:")
-                        {
+                        let header = header.to_ascii_lowercase();
+                        if let Some(v) = header.strip_prefix("x-forwarded-for:") {
                             forwarded = v.trim().to_string();
                         }
+                        if let Some(v) = header.strip_prefix("x-real-ip:") {
+                            real_ip = v.trim().to_string();
+                        }
                     }
-                    let body = format!("{} for {forwarded}", line.trim_end());
+                    let body = format!("{} for {forwarded} ({real_ip})", line.trim_end());
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -135,7 +137,7 @@ fn rfc9113_3_3_prior_knowledge_reaches_the_plugin_with_every_byte_after_the_pref
     let (_, body) = read_until(&mut client, 0x0, 1);
     assert_eq!(
         String::from_utf8_lossy(&body),
-        "GET /first HTTP/1.1 for 127.0.0.1"
+        "GET /first HTTP/1.1 for 127.0.0.1 (127.0.0.1)"
     );
     // The access line, written when the connection ends, says how it arrived: no status,
     // since no HTTP/1.1 answer was sent.
@@ -241,7 +243,7 @@ fn h2c_needs_no_worker_a_connection_is_served_while_every_worker_is_held() {
     let (_, body) = read_until(&mut client, 0x0, 1);
     assert_eq!(
         String::from_utf8_lossy(&body),
-        "GET /served HTTP/1.1 for 127.0.0.1"
+        "GET /served HTTP/1.1 for 127.0.0.1 (127.0.0.1)"
     );
     let metrics = daemon.metrics();
     assert!(
@@ -253,7 +255,8 @@ fn h2c_needs_no_worker_a_connection_is_served_while_every_worker_is_held() {
 /// Issue 19: a stream's path is routed normalised and forwarded as routed; one that climbs
 /// out of its route is 400 on that stream (and the connection serves on); the client's
 /// own `X-Forwarded-For` is replaced by its address, not appended to (a backend reading
-/// the first entry read what the client wrote).
+/// the first entry read what the client wrote), and so is its `X-Real-IP` (passed on as it
+/// was before, a backend written for nginx took the client's word for its address).
 #[test]
 fn streams_are_routed_on_the_normalised_path_and_forwarded_for_is_the_daemons() {
     let backend = http1_backend();
@@ -267,7 +270,7 @@ fn streams_are_routed_on_the_normalised_path_and_forwarded_for_is_the_daemons() 
     let mut client = daemon.client();
     let mut hello = PREFACE.to_vec();
     hello.extend(frame(0x4, 0, 0, &[]));
-    let forged = [("x-forwarded-for", "6.6.6.6")];
+    let forged = [("x-forwarded-for", "6.6.6.6"), ("x-real-ip", "6.6.6.7")];
     hello.extend(frame(
         0x1,
         0x4 | 0x1,
@@ -280,8 +283,8 @@ fn streams_are_routed_on_the_normalised_path_and_forwarded_for_is_the_daemons() 
     let (_, body) = read_until(&mut client, 0x0, 1);
     assert_eq!(
         String::from_utf8_lossy(&body),
-        "GET /public/app.js?v=2 HTTP/1.1 for 127.0.0.1",
-        "the normalised path, and the daemon's X-Forwarded-For alone"
+        "GET /public/app.js?v=2 HTTP/1.1 for 127.0.0.1 (127.0.0.1)",
+        "the normalised path, and the daemon's X-Forwarded-For and X-Real-IP alone"
     );
     for (stream, path) in [
         (3, "/public/../admin"),
@@ -430,7 +433,7 @@ fn two_thousand_h2c_connections_stand_at_once_with_default_settings() {
         let (_, body) = read_until(&mut client, 0x0, 1);
         assert_eq!(
             String::from_utf8_lossy(&body),
-            format!("GET /{i} HTTP/1.1 for 127.0.0.1"),
+            format!("GET /{i} HTTP/1.1 for 127.0.0.1 (127.0.0.1)"),
             "connection {i}"
         );
         clients.push(client);

@@ -34,6 +34,8 @@ struct Seen {
     forwarded_for: Mutex<Vec<String>>,
     /// The `forwarded` of each request.
     forwarded: Mutex<Vec<String>>,
+    /// The `x-real-ip` of each request.
+    real_ip: Mutex<Vec<String>>,
 }
 
 /// An HTTP/2 backend (prior knowledge, as gRPC services are): `/echo` sends the body back
@@ -74,6 +76,12 @@ async fn serve(
     }
     if let Some(v) = request.headers().get("forwarded") {
         seen.forwarded
+            .lock()
+            .unwrap()
+            .push(v.to_str().unwrap().to_string());
+    }
+    for v in request.headers().get_all("x-real-ip") {
+        seen.real_ip
             .lock()
             .unwrap()
             .push(v.to_str().unwrap().to_string());
@@ -426,7 +434,7 @@ fn backend_connections_are_pooled() {
 }
 
 /// Behind a balancer that sends the PROXY protocol, `X-Forwarded-For` is the client's
-/// address the header gives.
+/// address the header gives; so is `X-Real-IP`, whatever the client wrote in it.
 #[test]
 fn forwarded_for_is_the_proxy_protocols_client() {
     run(async {
@@ -451,9 +459,16 @@ fn forwarded_for_is_the_proxy_protocols_client() {
         // with the first and refers to them after (RFC 7541), so the backend's decoder must
         // find the same values each time.
         for path in ["/who", "/who-again", "/who-else"] {
-            assert_eq!(get(&send, path).await.0, StatusCode::OK);
+            let request = Request::get(format!("http://t{path}"))
+                .header("x-real-ip", "6.6.6.6")
+                .body(())
+                .unwrap();
+            let mut ready = send.clone().ready().await.unwrap();
+            let (response, _) = ready.send_request(request, true).unwrap();
+            assert_eq!(response.await.unwrap().status(), StatusCode::OK);
         }
         assert_eq!(*seen.forwarded_for.lock().unwrap(), ["203.0.113.9"; 3]);
+        assert_eq!(*seen.real_ip.lock().unwrap(), ["203.0.113.9"; 3]);
         assert_eq!(
             *seen.forwarded.lock().unwrap(),
             ["for=203.0.113.9;proto=http;host=\"t\""; 3]
@@ -1072,6 +1087,69 @@ fn a_request_body_that_stops_coming_gets_408_and_gives_its_slot_back() {
     });
 }
 
+/// Bodies trickling in held `http1://` backend slots for ever: a few bytes a stream every
+/// `SWITCHYARD_H2C_BODY_TIMEOUT_MS`, and four addresses held all 2,500. A body is now read
+/// (up to `SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER`) before its stream takes a slot: here the
+/// daemon has one, a body trickles in for 3 s, and another client's requests are served
+/// meanwhile; the trickled body then reaches the backend whole. Past the buffer a body
+/// takes its slot and streams, and a slot costs its client that many bytes.
+#[test]
+fn a_body_trickling_in_holds_no_http1_slot() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/one/=http1://{raw}"),
+            &[
+                ("SWITCHYARD_H2C_HTTP1_MAX", "1"),
+                ("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1500"),
+            ],
+        );
+        let trickling = connect(daemon.addr).await;
+        let request = Request::post("http://t/one/x")
+            .header("content-length", "60")
+            .body(())
+            .unwrap();
+        let (response, mut body) = trickling.clone().send_request(request, false).unwrap();
+        let sending = tokio::spawn(async move {
+            for i in 0..6 {
+                body.send_data(Bytes::from_static(b"0123456789"), i == 5)
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let other = connect(daemon.addr).await;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(
+                start_get(&other, "/one/x").await.0,
+                StatusCode::OK,
+                "the only slot is not held by a body still coming"
+            );
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), response).await;
+        let response = response.expect("an answer").unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "60 bytes reached the backend"
+        );
+        sending.await.unwrap();
+        // Past the buffer, the stream takes the slot with what it read: the backend
+        // (which reads nothing of `/slow` for 6 s) holds it.
+        let request = Request::post("http://t/one/slow").body(()).unwrap();
+        let (_held, mut large) = trickling.clone().send_request(request, false).unwrap();
+        large
+            .send_data(Bytes::from(vec![b'a'; 100_000]), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            start_get(&other, "/one/x").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a body past the buffer holds the slot"
+        );
+    });
+}
+
 /// A client that asks for a large answer and then takes none of it (no window given back)
 /// held the stream's backend connection, and its slot, for as long as it kept the
 /// connection. After `SWITCHYARD_H2C_BODY_TIMEOUT_MS` with nothing taken the backend
@@ -1180,7 +1258,10 @@ fn an_answer_before_the_request_ends_stops_the_upload_and_its_backend_connection
             let request = Request::post("http://t/one/early").body(()).unwrap();
             let mut ready = send.clone().ready().await.unwrap();
             let (response, mut body) = ready.send_request(request, false).unwrap();
-            body.send_data(Bytes::from_static(b"x"), false).unwrap();
+            // Past the 64 KiB read before a backend is taken (a smaller body that stops
+            // never reaches one: `a_body_trickling_in_holds_no_http1_slot`).
+            body.send_data(Bytes::from(vec![b'x'; 70_000]), false)
+                .unwrap();
             let response = response.await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
             let mut answer = response.into_body();

@@ -46,6 +46,10 @@ pub struct Config {
     /// `SWITCHYARD_H2C_HTTP1_PER_CLIENT` (default a quarter of `http1_max`): the same for
     /// one client address.
     pub http1_per_client: usize,
+    /// `SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER` (default 65536): bytes of a request body to an
+    /// HTTP/1.1 backend read before the stream takes a backend connection
+    /// ([`crate::body_buffer`]); 0: none.
+    pub http1_request_buffer: usize,
     /// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` (default 30000): a request body to an HTTP/1.1
     /// backend that sends nothing this long, or an answer from one the client takes
     /// nothing of this long, ends its stream (`408` if not yet answered).
@@ -121,6 +125,12 @@ impl Config {
                 (http1_max / 4).max(1) as u64,
                 1,
                 http1_max as u64,
+            )? as usize,
+            http1_request_buffer: number(
+                "SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER",
+                64 * 1024,
+                0,
+                1 << 20,
             )? as usize,
             body_timeout: Duration::from_millis(number(
                 "SWITCHYARD_H2C_BODY_TIMEOUT_MS",
@@ -199,6 +209,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CONNECTION", "16", "streams of one client connection in flight to http1:// backends at once; 8 more may wait, past that 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_MAX", "2500", "streams of all client connections in flight to http1:// backends at once (one backend connection each); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER", "65536", "bytes of a request body to an http1:// backend read (whole, if it is no larger) before the stream takes a backend connection; at most 1048576, 0: none"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long, or an answer from one the client takes nothing of this long, ends its stream (408 if not yet answered) and closes its backend connection"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
@@ -304,6 +315,7 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!((c.http1_max, c.http1_per_client), (2500, 625));
         assert_eq!(c.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.http1_request_buffer, 65536);
         assert_eq!(c.engine, Engine::Relay);
         let max = |value: &str| {
             Config::from_lookup(|n| (n == "SWITCHYARD_H2C_HTTP1_MAX").then(|| value.into()))

@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body_buffer;
 pub mod body_gap;
 pub mod client_io;
 pub mod config;

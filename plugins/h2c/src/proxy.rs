@@ -7,6 +7,7 @@
 //! Dropping a stream (a client's RST_STREAM, a deadline) drops its backend request, which
 //! resets the backend stream; a backend's reset fails the body, which resets the client's.
 
+use crate::body_buffer::{NotRead, Prefixed};
 use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
 use crate::http1_slots::{Http1Slots, Slot};
@@ -364,8 +365,10 @@ pub async fn handle(
     strip_hop_by_hop(&mut parts.headers);
     // The client's address is the one this connection came from (or its PROXY protocol
     // header said): what the client itself wrote in these fields is not evidence of
-    // anything, so it is replaced, never appended to.
+    // anything, so it is replaced, never appended to. `X-Real-IP` is nginx's, as the
+    // relay writes it.
     if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
+        parts.headers.insert("x-real-ip", value.clone());
         parts.headers.insert("x-forwarded-for", value);
     }
     // hyper serves cleartext connections only (it declines TLS ones).
@@ -382,10 +385,11 @@ pub async fn handle(
             return Ok(with_open(answer(StatusCode::BAD_REQUEST, "bad path"), open));
         }
     };
-    let client = match route.protocol {
+    let (client, body) = match route.protocol {
         BackendProtocol::Http2 => {
             parts.version = Version::HTTP_2;
-            activity.http2.get_or_init(|| proxy.http2_client())
+            let client = activity.http2.get_or_init(|| proxy.http2_client());
+            (client, body.map_err(BoxError::from).boxed())
         }
         BackendProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -394,10 +398,35 @@ pub async fn handle(
             if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
                 parts.headers.insert(header::HOST, value);
             }
+            // The connection's permit first: it bounds what the connection's bodies may
+            // make the daemon hold as they are read.
             let Some(permit) = activity.http1_permit().await else {
                 let reason = "too many of this connection's streams wait for an HTTP/1.1 \
                               backend connection (SWITCHYARD_H2C_HTTP1_PER_CONNECTION)";
                 return Ok(with_open(busy(stats, peer, &path, reason), open));
+            };
+            let buffer = proxy.config.http1_request_buffer;
+            let body = match Prefixed::read(body, buffer, proxy.config.body_timeout).await {
+                Ok(read) => read,
+                Err(not_read) => {
+                    // No backend saw any of it. A client's silence or its reset is the
+                    // client's to know about, not the operator's (who sees the status).
+                    let (status, what, level) = match not_read {
+                        NotRead::Stalled(_) => {
+                            (StatusCode::REQUEST_TIMEOUT, "stopped", log::Level::Info)
+                        }
+                        NotRead::Failed(_) => {
+                            (StatusCode::BAD_REQUEST, "failed", log::Level::Debug)
+                        }
+                    };
+                    log::log!(
+                        level,
+                        "h2c {peer} {path}: the request body {what}: {status}"
+                    );
+                    stats.answered(status.as_u16());
+                    let text = format!("the request body {what} before it was sent on");
+                    return Ok(with_open(answer(status, &text), open));
+                }
             };
             match proxy.http1_slots.take(peer.ip()) {
                 Ok(slot) => {
@@ -412,7 +441,7 @@ pub async fn handle(
                     return Ok(with_open(busy(stats, peer, &path, full.reason()), open));
                 }
             }
-            &proxy.http1
+            (&proxy.http1, body.map_err(BoxError::from).boxed())
         }
     };
     // The answer's end (or its loss) stops what is left of an HTTP/1.1 request body.
@@ -423,7 +452,7 @@ pub async fn handle(
             let body = GapLimited::limit(body, timeout, over, hold.clone());
             (body, Some(answered))
         }
-        None => (body.map_err(BoxError::from).boxed(), None),
+        None => (body, None),
     };
     let began = Instant::now();
     let response = match client.request(Request::from_parts(parts, body)).await {

@@ -18,7 +18,10 @@ const CONNECTION_SPECIFIC: &[&[u8]] = &[
 
 /// Fields the relay writes itself: what a client says in them is not evidence of anything,
 /// so they are replaced, never appended to. `host` is the `:authority` it came with.
-const REPLACED: &[&[u8]] = &[b"x-forwarded-for", b"forwarded", b"host"];
+/// `x-real-ip` is nginx's (`proxy_set_header X-Real-IP $remote_addr`, as its docs advise):
+/// backends written for nginx read the client from it, and passed on it was the client's
+/// to choose.
+const REPLACED: &[&[u8]] = &[b"x-forwarded-for", b"forwarded", b"x-real-ip", b"host"];
 
 /// A request the relay will not pass on.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,10 +49,11 @@ pub struct Routed {
 
 /// The fields that say who the client is, the same for every request of a connection but
 /// for `Forwarded`'s `host`: a backend connection indexes them once (see
-/// [`Forwarding::append`]), so that each request carries two bytes of them, not sixty.
+/// [`Forwarding::append`]), so that each request carries three bytes of them, not eighty.
 #[derive(Debug)]
 pub struct Forwarding {
-    pub x_forwarded_for: Box<str>,
+    /// The client's address: `X-Forwarded-For` and `X-Real-IP`.
+    pub client_address: Box<str>,
     /// The usual `Forwarded` value: that of the first request's authority.
     pub forwarded: Box<str>,
     authority: Option<Box<[u8]>>,
@@ -64,15 +68,15 @@ pub enum Indexed {
     /// Not sent yet: the next request adds them to the table.
     #[default]
     NotYet,
-    /// In the table, `Forwarded` at index 62 and `X-Forwarded-For` at 63 (the relay adds
-    /// nothing else to it).
+    /// In the table, `Forwarded` at index 62, `X-Forwarded-For` at 63 and `X-Real-IP` at
+    /// 64 (the relay adds nothing else to it).
     Added,
 }
 
 impl Forwarding {
     pub fn new(peer: SocketAddr) -> Forwarding {
         Forwarding {
-            x_forwarded_for: peer.ip().to_string().into(),
+            client_address: peer.ip().to_string().into(),
             forwarded: "".into(),
             authority: None,
             peer,
@@ -118,21 +122,28 @@ impl Forwarding {
     ) {
         const FORWARDED: usize = 62;
         const X_FORWARDED_FOR: usize = 63;
-        // Both entries must fit the table's initial 4,096 bytes, or the second would evict
-        // the first (RFC 7541 §4.4): a long authority makes them literals.
+        const X_REAL_IP: usize = 64;
+        let address = self.client_address.as_bytes();
+        // The entries must fit the table's initial 4,096 bytes, or the last would evict the
+        // first (RFC 7541 §4.4): a long authority makes them literals.
         let size = 32
+            + "x-real-ip".len()
+            + address.len()
+            + 32
             + "x-forwarded-for".len()
-            + self.x_forwarded_for.len()
+            + address.len()
             + 32
             + "forwarded".len()
             + self.forwarded.len();
         match (*indexed, usable) {
             (Indexed::NotYet, true) if own.is_none() && size <= 4_096 => {
-                hpack::add(block, b"x-forwarded-for", self.x_forwarded_for.as_bytes());
+                hpack::add(block, b"x-real-ip", address);
+                hpack::add(block, b"x-forwarded-for", address);
                 hpack::add(block, b"forwarded", self.forwarded.as_bytes());
                 *indexed = Indexed::Added;
             }
             (Indexed::Added, true) => {
+                hpack::indexed(block, X_REAL_IP);
                 hpack::indexed(block, X_FORWARDED_FOR);
                 match own {
                     None => hpack::indexed(block, FORWARDED),
@@ -140,7 +151,8 @@ impl Forwarding {
                 }
             }
             _ => {
-                hpack::field(block, b"x-forwarded-for", self.x_forwarded_for.as_bytes());
+                hpack::field(block, b"x-real-ip", address);
+                hpack::field(block, b"x-forwarded-for", address);
                 let value = own.unwrap_or(&self.forwarded);
                 hpack::field(block, b"forwarded", value.as_bytes());
             }
@@ -150,7 +162,8 @@ impl Forwarding {
 
 /// Checks a request's fields (RFC 9113 §8.3.1), routes its path and writes the block for
 /// the backend: the normalised path, the route's authority; the client's address in
-/// `X-Forwarded-For` and `Forwarded` is appended when it is sent ([`Forwarding::append`]).
+/// `X-Real-IP`, `X-Forwarded-For` and `Forwarded` is appended when it is sent
+/// ([`Forwarding::append`]).
 pub fn route_request(
     config: &Config,
     fields: &Fields,
@@ -436,6 +449,7 @@ mod tests {
             ("content-type", "application/grpc"),
             ("te", "trailers"),
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-real-ip", "10.0.0.2"),
             ("host", "spoofed"),
         ]);
         let routed = route_request(&config(), &fields, &mut forwarding).unwrap();
@@ -456,6 +470,7 @@ mod tests {
             (":path", "/api/x?q=1"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
+            ("x-real-ip", "192.0.2.7"),
             ("x-forwarded-for", "192.0.2.7"),
             ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
         ]);
@@ -475,7 +490,7 @@ mod tests {
     }
 
     /// RFC 7541 §2.3.3 and §6.1: the forwarding fields enter a backend's table with the first
-    /// request and are two indexed bytes after; a request for another authority says its own
+    /// request and are three indexed bytes after; a request for another authority says its own
     /// `Forwarded`; a table the backend lowered gets literals.
     #[test]
     fn the_forwarding_fields_are_indexed_once_per_backend_connection() {
@@ -485,6 +500,7 @@ mod tests {
         let mut indexed = Indexed::NotYet;
         forwarding.for_authority(Some(b"example.com"));
         let usual = pairs(&[
+            ("x-real-ip", "192.0.2.7"),
             ("x-forwarded-for", "192.0.2.7"),
             ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
         ]);
@@ -507,17 +523,17 @@ mod tests {
         let (first, got) = sent(None, &mut indexed, true);
         assert_eq!((got, indexed), (usual.clone(), Indexed::Added));
         assert!(first > 50);
-        assert_eq!(sent(None, &mut indexed, true), (2, usual.clone()));
+        assert_eq!(sent(None, &mut indexed, true), (3, usual.clone()));
         let (_, other) = sent(
             Some("for=192.0.2.7;proto=http;host=\"b\""),
             &mut indexed,
             true,
         );
-        assert_eq!(other[0], usual[0]);
-        assert_eq!(other[1].1, "for=192.0.2.7;proto=http;host=\"b\"");
+        assert_eq!(other[..2], usual[..2]);
+        assert_eq!(other[2].1, "for=192.0.2.7;proto=http;host=\"b\"");
         assert_eq!(
             sent(None, &mut indexed, true),
-            (2, usual.clone()),
+            (3, usual.clone()),
             "the table is as it was"
         );
         let (lowered, got) = sent(None, &mut indexed, false);

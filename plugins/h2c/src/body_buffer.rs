@@ -1,0 +1,225 @@
+//! The start of a request body, read before its stream takes an HTTP/1.1 backend
+//! connection.
+//!
+//! Each stream at an HTTP/1.1 backend holds a backend connection and a slot of
+//! `SWITCHYARD_H2C_HTTP1_MAX` for as long as its request body keeps moving. A body that
+//! sent a few bytes every `SWITCHYARD_H2C_BODY_TIMEOUT_MS` held them for ever at the cost
+//! of nothing: four addresses held all 2,500. So a request body is read first, up to
+//! `SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER` (64 KiB), into the daemon's memory, and only then
+//! does the stream take a backend connection: a small body (most of them: forms, JSON)
+//! goes whole, and a slot costs a client at least that many bytes, sent within the body
+//! time-out between any two. nginx reads whole bodies first (`proxy_request_buffering`,
+//! to disk past 16 KiB); HAProxy waits for a buffer's worth (`option
+//! http-buffer-request`). What is read is copied into one buffer: the frames' own `Bytes`
+//! would keep the reader's buffers they were cut from, and a frame's overhead each.
+
+use crate::body_gap::Stalled;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Why the start of a body could not be read.
+#[derive(Debug)]
+pub enum NotRead<E> {
+    /// Nothing came for the body time-out: answer `408`, no backend was taken.
+    Stalled(Stalled),
+    /// The body failed (the client reset its stream).
+    Failed(E),
+}
+
+/// A request body whose start was read: that start, then the rest as it comes.
+pub struct Prefixed<B> {
+    /// Read and not yet handed on.
+    start: Option<Bytes>,
+    /// The body's trailers, when they came while its start was read.
+    trailers: Option<HeaderMap>,
+    /// The rest of the body; `None` once it was read to its end.
+    rest: Option<B>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
+    /// Reads `body` until its end, or until `limit` bytes of it are in; more than `gap`
+    /// between two frames is [`NotRead::Stalled`]. `limit` 0 reads nothing.
+    pub async fn read(mut body: B, limit: usize, gap: Duration) -> Result<Self, NotRead<B::Error>> {
+        let mut start = BytesMut::new();
+        let mut trailers = None;
+        let mut ended = body.is_end_stream();
+        while !ended && start.len() < limit {
+            let frame = match tokio::time::timeout(gap, body.frame()).await {
+                Err(_) => return Err(NotRead::Stalled(Stalled(gap))),
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Ok(Some(Err(e))) => return Err(NotRead::Failed(e)),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) => start.extend_from_slice(&data),
+                Err(frame) => {
+                    // Trailers end a body (RFC 9113 §8.1); no other frame kind exists.
+                    trailers = frame.into_trailers().ok();
+                    ended = true;
+                }
+            }
+            ended = ended || body.is_end_stream();
+        }
+        Ok(Prefixed {
+            start: (!start.is_empty()).then(|| start.freeze()),
+            trailers,
+            rest: (!ended).then_some(body),
+        })
+    }
+
+    /// Whether the whole body was read.
+    pub fn is_whole(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// Bytes read and not handed on yet.
+    pub fn read_len(&self) -> usize {
+        self.start.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        if let Some(start) = this.start.take() {
+            return Poll::Ready(Some(Ok(Frame::data(start))));
+        }
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        match this.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.start.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    /// What is read, and what the rest says of itself: hyper frames a body of known size
+    /// with `Content-Length`, not chunks.
+    fn size_hint(&self) -> SizeHint {
+        let read = self.read_len() as u64;
+        let Some(rest) = &self.rest else {
+            return SizeHint::with_exact(read);
+        };
+        let rest = rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(read));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(read));
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    /// A body that hands out its frames in order, each as its own frame; `None` is a
+    /// frame that never comes.
+    struct Frames(VecDeque<Option<Frame<Bytes>>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.0.pop_front() {
+                Some(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+                Some(None) => {
+                    self.0.push_front(None);
+                    Poll::Pending
+                }
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn data(bytes: &'static [u8]) -> Option<Frame<Bytes>> {
+        Some(Frame::data(Bytes::from_static(bytes)))
+    }
+
+    fn run<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    const GAP: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_small_body_is_read_whole_with_its_trailers_and_handed_on_as_one_frame() {
+        run(async {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-sum", "7".parse().unwrap());
+            let frames = [data(b"ab"), data(b"cd"), Some(Frame::trailers(trailers))];
+            let body = Prefixed::read(Frames(frames.into()), 1024, GAP)
+                .await
+                .unwrap();
+            assert!(body.is_whole());
+            assert_eq!(body.size_hint().exact(), Some(4));
+            let collected = body.collect().await.unwrap();
+            assert_eq!(collected.trailers().unwrap()["x-sum"], "7");
+            assert_eq!(collected.to_bytes(), "abcd");
+        });
+    }
+
+    #[test]
+    fn a_large_body_is_read_to_the_limit_and_the_rest_follows_in_order() {
+        run(async {
+            let frames = [data(b"0123"), data(b"4567"), data(b"89")];
+            let body = Prefixed::read(Frames(frames.into()), 5, GAP).await.unwrap();
+            assert!(!body.is_whole(), "10 bytes past a limit of 5");
+            assert_eq!(body.read_len(), 8, "read a frame at a time");
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "0123456789");
+        });
+    }
+
+    #[test]
+    fn a_body_that_stops_within_its_start_is_stalled_and_no_limit_reads_nothing() {
+        run(async {
+            let frames = || Frames([data(b"a few bytes"), None].into());
+            let read = Prefixed::read(frames(), 1024, GAP).await;
+            assert!(matches!(read, Err(NotRead::Stalled(Stalled(GAP)))));
+            let body = Prefixed::read(frames(), 0, GAP).await.unwrap();
+            assert_eq!((body.is_whole(), body.read_len()), (false, 0));
+        });
+    }
+
+    #[test]
+    fn an_empty_body_is_whole_at_once() {
+        run(async {
+            let body = Prefixed::read(Frames(VecDeque::new()), 1024, GAP)
+                .await
+                .unwrap();
+            assert!(body.is_whole() && body.is_end_stream());
+            assert_eq!(body.size_hint().exact(), Some(0));
+        });
+    }
+}
