@@ -1150,6 +1150,30 @@ fn a_body_trickling_in_holds_no_http1_slot() {
     });
 }
 
+/// RFC 9113 §8.5: a CONNECT asks for a tunnel to its `:authority`. Routed as `/`, the
+/// hyper engine sent `CONNECT host:port` to an HTTP/1.1 backend (a forward proxy there
+/// would have opened the tunnel), and the relay reset it as malformed. Both engines answer
+/// `501` now, and the connection serves on.
+#[test]
+fn connect_is_501_on_either_engine() {
+    run(async {
+        let raw = raw_http1_backend();
+        for (engine, routes) in [
+            ("relay", format!("/={}", backend(Arc::default()).await)),
+            ("hyper", format!("/=http1://{raw}")),
+        ] {
+            let daemon = daemon(&routes, &[]);
+            let send = connect(daemon.addr).await;
+            let request = Request::connect("db.internal:5432").body(()).unwrap();
+            let mut ready = send.clone().ready().await.unwrap();
+            let (response, _) = ready.send_request(request, false).unwrap();
+            let status = response.await.unwrap().status();
+            assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{engine}");
+            assert_eq!(get(&send, "/x").await.0, StatusCode::OK, "{engine}");
+        }
+    });
+}
+
 /// A client that asks for a large answer and then takes none of it (no window given back)
 /// held the stream's backend connection, and its slot, for as long as it kept the
 /// connection. After `SWITCHYARD_H2C_BODY_TIMEOUT_MS` with nothing taken the backend

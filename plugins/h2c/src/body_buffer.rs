@@ -114,11 +114,18 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
     }
 
     /// What is read, and what the rest says of itself: hyper frames a body of known size
-    /// with `Content-Length`, not chunks.
+    /// with `Content-Length`, not chunks; one with trailers needs chunks to carry them.
     fn size_hint(&self) -> SizeHint {
         let read = self.read_len() as u64;
         let Some(rest) = &self.rest else {
-            return SizeHint::with_exact(read);
+            return match self.trailers {
+                None => SizeHint::with_exact(read),
+                Some(_) => {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(read);
+                    hint
+                }
+            };
         };
         let rest = rest.size_hint();
         let mut hint = SizeHint::new();
@@ -183,7 +190,7 @@ mod tests {
                 .await
                 .unwrap();
             assert!(body.is_whole());
-            assert_eq!(body.size_hint().exact(), Some(4));
+            assert_eq!(body.size_hint().exact(), None, "chunks carry trailers");
             let collected = body.collect().await.unwrap();
             assert_eq!(collected.trailers().unwrap()["x-sum"], "7");
             assert_eq!(collected.to_bytes(), "abcd");
@@ -220,6 +227,14 @@ mod tests {
                 .unwrap();
             assert!(body.is_whole() && body.is_end_stream());
             assert_eq!(body.size_hint().exact(), Some(0));
+            let body = Prefixed::read(Frames([data(b"abc")].into()), 1024, GAP)
+                .await
+                .unwrap();
+            assert_eq!(
+                body.size_hint().exact(),
+                Some(3),
+                "Content-Length, not chunks"
+            );
         });
     }
 }

@@ -316,6 +316,16 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let mut open = activity.open();
+    if request.method() == http::Method::CONNECT {
+        // A tunnel (RFC 9113 §8.5), which a reverse proxy does not make; without a path
+        // it was routed as `/`, and an HTTP/1.1 backend was sent `CONNECT host:port`.
+        log::debug!("h2c {peer}: CONNECT: 501");
+        let unrouted = proxy.stats.route(None);
+        unrouted.streams.inc();
+        unrouted.answered(501);
+        let text = "CONNECT is not served here";
+        return Ok(with_open(answer(StatusCode::NOT_IMPLEMENTED, text), open));
+    }
     let target = request
         .uri()
         .path_and_query()

@@ -193,6 +193,9 @@ pub fn route_request(
         check_field(name, value)?;
     }
     let content_length = content_length(fields)?;
+    if method == Some(b"CONNECT") {
+        return Err(connect(scheme.or(path), authority));
+    }
     let (Some(method), Some(_scheme)) = (method, scheme) else {
         return Err(Refused::Malformed(":method or :scheme missing"));
     };
@@ -227,6 +230,16 @@ pub fn route_request(
         content_length,
         forwarded: forwarding.for_authority(authority),
     })
+}
+
+/// A CONNECT (RFC 9113 §8.5: `:authority` alone, no `:scheme` or `:path`, or it is
+/// malformed) asks for a tunnel, which a reverse proxy does not make: `501`, as for a
+/// method it does not implement (RFC 9110 §15.6.2). Routed as a path it went on as `/`.
+fn connect(scheme_or_path: Option<&[u8]>, authority: Option<&[u8]>) -> Refused {
+    match (scheme_or_path, authority) {
+        (None, Some(_)) => Refused::Answer(501, "CONNECT is not served here".into()),
+        _ => Refused::Malformed("a CONNECT with :scheme or :path, or no :authority"),
+    }
 }
 
 /// The `content-length` of a message: every value the same number (RFC 9110 §8.6).
@@ -548,6 +561,34 @@ mod tests {
             Indexed::NotYet,
             "entries too large for the table stay literals"
         );
+    }
+
+    /// RFC 9113 §8.5: a CONNECT is `:method` and `:authority` alone; it asks for a tunnel
+    /// the relay does not make (`501`); with a `:path` or a `:scheme` it is malformed.
+    #[test]
+    fn rfc9113_8_5_connect_is_501_or_malformed() {
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let fields = |list: &[(&str, &str)]| {
+            let mut fields = Fields::default();
+            for (n, v) in list {
+                fields.push(n.as_bytes(), v.as_bytes());
+            }
+            fields
+        };
+        let tunnel = fields(&[(":method", "CONNECT"), (":authority", "db.internal:5432")]);
+        let refused = route_request(&config(), &tunnel, &mut Forwarding::new(peer));
+        assert!(
+            matches!(refused, Err(Refused::Answer(501, _))),
+            "{refused:?}"
+        );
+        for extra in [(":path", "/api/x"), (":scheme", "http")] {
+            let odd = fields(&[(":method", "CONNECT"), (":authority", "a:1"), extra]);
+            let refused = route_request(&config(), &odd, &mut Forwarding::new(peer));
+            assert!(matches!(refused, Err(Refused::Malformed(_))), "{extra:?}");
+        }
+        let nowhere = fields(&[(":method", "CONNECT")]);
+        let refused = route_request(&config(), &nowhere, &mut Forwarding::new(peer));
+        assert!(matches!(refused, Err(Refused::Malformed(_))));
     }
 
     #[test]
