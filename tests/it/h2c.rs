@@ -26,7 +26,7 @@ fn http1_backend() -> SocketAddr {
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
-                    let (mut forwarded, mut real_ip) = (String::new(), String::new());
+                    let (mut forwarded, mut real_ip) = (String::new(), Vec::new());
                     loop {
                         let mut header = String::new();
                         if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -35,14 +35,16 @@ fn http1_backend() -> SocketAddr {
                         if header == "\r\n" {
                             break;
                         }
-                        let header = header.to_ascii_lowercase();
+                        // As a CGI backend reads names: `_` is `-`. Every value.
+                        let header = header.to_ascii_lowercase().replace('_', "-");
                         if let Some(v) = header.strip_prefix("x-forwarded-for:") {
                             forwarded = v.trim().to_string();
                         }
                         if let Some(v) = header.strip_prefix("x-real-ip:") {
-                            real_ip = v.trim().to_string();
+                            real_ip.push(v.trim().to_string());
                         }
                     }
+                    let real_ip = real_ip.join(", ");
                     let body = format!("{} for {forwarded} ({real_ip})", line.trim_end());
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -270,7 +272,11 @@ fn streams_are_routed_on_the_normalised_path_and_forwarded_for_is_the_daemons() 
     let mut client = daemon.client();
     let mut hello = PREFACE.to_vec();
     hello.extend(frame(0x4, 0, 0, &[]));
-    let forged = [("x-forwarded-for", "6.6.6.6"), ("x-real-ip", "6.6.6.7")];
+    let forged = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-real-ip", "6.6.6.7"),
+        ("x_real_ip", "6.6.6.8"),
+    ];
     hello.extend(frame(
         0x1,
         0x4 | 0x1,

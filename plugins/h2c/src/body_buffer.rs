@@ -10,17 +10,78 @@
 //! goes whole, and a slot costs a client at least that many bytes, sent within the body
 //! time-out between any two. nginx reads whole bodies first (`proxy_request_buffering`,
 //! to disk past 16 KiB); HAProxy waits for a buffer's worth (`option
-//! http-buffer-request`). What is read is copied into one buffer: the frames' own `Bytes`
-//! would keep the reader's buffers they were cut from, and a frame's overhead each.
+//! http-buffer-request`). A body larger than that takes its slot with its first 64 KiB
+//! and streams the rest: a slot then costs its client 64 KiB sent, not nothing.
+//!
+//! What is read is copied into one buffer of the body's size (its `content-length`) or of
+//! the limit, allocated once: the frames' own `Bytes` would keep the reader's buffers they
+//! were cut from, and a frame's overhead each. A connection reads at most
+//! `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` bodies at once (its permits), and all of them
+//! together at most [`Budget`]'s bytes: past it a body goes on unread, as with the limit
+//! at 0, so bodies trickling in on many connections cost the daemon no more than that.
 
 use crate::body_gap::Stalled;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
+use protocol_api::metrics::Gauge;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// What request bodies read before they go on may hold, all connections together.
+pub struct Budget {
+    held: AtomicUsize,
+    max: usize,
+    /// Bytes held now (`switchyard_h2c_http1_buffered_bytes`).
+    gauge: Gauge,
+}
+
+impl Budget {
+    pub fn new(max: usize, gauge: Gauge) -> Arc<Budget> {
+        Arc::new(Budget {
+            held: AtomicUsize::new(0),
+            max,
+            gauge,
+        })
+    }
+
+    /// `bytes` of the budget, or `None` when they would take it past its end.
+    fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reserved> {
+        let mut held = self.held.load(Ordering::Relaxed);
+        loop {
+            let after = held.checked_add(bytes).filter(|&after| after <= self.max)?;
+            match self
+                .held
+                .compare_exchange_weak(held, after, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => held = now,
+            }
+        }
+        self.gauge.add(bytes as i64);
+        Some(Reserved {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Bytes of the [`Budget`] a body holds, given back when dropped.
+struct Reserved {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.gauge.add(-(self.bytes as i64));
+    }
+}
 
 /// Why the start of a body could not be read.
 #[derive(Debug)]
@@ -35,20 +96,39 @@ pub enum NotRead<E> {
 pub struct Prefixed<B> {
     /// Read and not yet handed on.
     start: Option<Bytes>,
+    /// The part of the last frame read that was past the buffer's end.
+    tail: Option<Bytes>,
     /// The body's trailers, when they came while its start was read.
     trailers: Option<HeaderMap>,
     /// The rest of the body; `None` once it was read to its end.
     rest: Option<B>,
+    /// The budget the start holds until it is handed on.
+    reserved: Option<Reserved>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
-    /// Reads `body` until its end, or until `limit` bytes of it are in; more than `gap`
-    /// between two frames is [`NotRead::Stalled`]. `limit` 0 reads nothing.
-    pub async fn read(mut body: B, limit: usize, gap: Duration) -> Result<Self, NotRead<B::Error>> {
-        let mut start = BytesMut::new();
-        let mut trailers = None;
+    /// Reads `body` until its end, or until `limit` bytes of it are in (a frame that goes
+    /// past it is kept apart, as it came); more than `gap` between two frames is
+    /// [`NotRead::Stalled`]. `limit` 0, or no room left in `budget`, reads nothing.
+    pub async fn read(
+        mut body: B,
+        limit: usize,
+        gap: Duration,
+        budget: &Arc<Budget>,
+    ) -> Result<Self, NotRead<B::Error>> {
         let mut ended = body.is_end_stream();
-        while !ended && start.len() < limit {
+        // A declared length sizes the buffer; h2 refuses a body that overruns it.
+        let size = body.size_hint().upper().map_or(limit, |declared| {
+            usize::try_from(declared).map_or(limit, |declared| declared.min(limit))
+        });
+        let reserved = match ended || size == 0 {
+            true => None,
+            false => budget.reserve(size),
+        };
+        let capacity = reserved.as_ref().map_or(0, |r| r.bytes);
+        let mut start = BytesMut::new();
+        let (mut tail, mut trailers) = (None, None);
+        while !ended && start.len() < capacity {
             let frame = match tokio::time::timeout(gap, body.frame()).await {
                 Err(_) => return Err(NotRead::Stalled(Stalled(gap))),
                 Ok(None) => {
@@ -59,7 +139,19 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
                 Ok(Some(Ok(frame))) => frame,
             };
             match frame.into_data() {
-                Ok(data) => start.extend_from_slice(&data),
+                Ok(data) => {
+                    if start.capacity() == 0 {
+                        // Once, exactly (growing it would double it).
+                        start = BytesMut::with_capacity(capacity);
+                    }
+                    let room = capacity - start.len();
+                    if data.len() > room {
+                        start.extend_from_slice(&data[..room]);
+                        tail = Some(data.slice(room..));
+                    } else {
+                        start.extend_from_slice(&data);
+                    }
+                }
                 Err(frame) => {
                     // Trailers end a body (RFC 9113 §8.1); no other frame kind exists.
                     trailers = frame.into_trailers().ok();
@@ -70,8 +162,10 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
         }
         Ok(Prefixed {
             start: (!start.is_empty()).then(|| start.freeze()),
+            tail,
             trailers,
             rest: (!ended).then_some(body),
+            reserved,
         })
     }
 
@@ -82,7 +176,11 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
 
     /// Bytes read and not handed on yet.
     pub fn read_len(&self) -> usize {
-        self.start.as_ref().map_or(0, Bytes::len)
+        [&self.start, &self.tail]
+            .iter()
+            .filter_map(|part| part.as_ref())
+            .map(Bytes::len)
+            .sum()
     }
 }
 
@@ -96,7 +194,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         if let Some(start) = this.start.take() {
+            // Handed on: what it holds is hyper's to write now, and soon gone.
+            this.reserved = None;
             return Poll::Ready(Some(Ok(Frame::data(start))));
+        }
+        if let Some(tail) = this.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
         }
         if let Some(trailers) = this.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -109,6 +212,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
 
     fn is_end_stream(&self) -> bool {
         self.start.is_none()
+            && self.tail.is_none()
             && self.trailers.is_none()
             && self.rest.as_ref().is_none_or(Body::is_end_stream)
     }
@@ -180,13 +284,18 @@ mod tests {
 
     const GAP: Duration = Duration::from_millis(100);
 
+    fn budget(max: usize) -> Arc<Budget> {
+        let gauge = protocol_api::metrics::gauge("test_buffered", "In the plugin only.", &[]);
+        Budget::new(max, gauge.unwrap().with(&[]))
+    }
+
     #[test]
     fn a_small_body_is_read_whole_with_its_trailers_and_handed_on_as_one_frame() {
         run(async {
             let mut trailers = HeaderMap::new();
             trailers.insert("x-sum", "7".parse().unwrap());
             let frames = [data(b"ab"), data(b"cd"), Some(Frame::trailers(trailers))];
-            let body = Prefixed::read(Frames(frames.into()), 1024, GAP)
+            let body = Prefixed::read(Frames(frames.into()), 1024, GAP, &budget(1 << 20))
                 .await
                 .unwrap();
             assert!(body.is_whole());
@@ -201,7 +310,9 @@ mod tests {
     fn a_large_body_is_read_to_the_limit_and_the_rest_follows_in_order() {
         run(async {
             let frames = [data(b"0123"), data(b"4567"), data(b"89")];
-            let body = Prefixed::read(Frames(frames.into()), 5, GAP).await.unwrap();
+            let body = Prefixed::read(Frames(frames.into()), 5, GAP, &budget(1 << 20))
+                .await
+                .unwrap();
             assert!(!body.is_whole(), "10 bytes past a limit of 5");
             assert_eq!(body.read_len(), 8, "read a frame at a time");
             assert_eq!(body.collect().await.unwrap().to_bytes(), "0123456789");
@@ -212,22 +323,44 @@ mod tests {
     fn a_body_that_stops_within_its_start_is_stalled_and_no_limit_reads_nothing() {
         run(async {
             let frames = || Frames([data(b"a few bytes"), None].into());
-            let read = Prefixed::read(frames(), 1024, GAP).await;
+            let read = Prefixed::read(frames(), 1024, GAP, &budget(1 << 20)).await;
             assert!(matches!(read, Err(NotRead::Stalled(Stalled(GAP)))));
-            let body = Prefixed::read(frames(), 0, GAP).await.unwrap();
+            let body = Prefixed::read(frames(), 0, GAP, &budget(1 << 20))
+                .await
+                .unwrap();
             assert_eq!((body.is_whole(), body.read_len()), (false, 0));
+        });
+    }
+
+    #[test]
+    fn the_budget_is_held_until_the_start_is_handed_on_and_past_it_nothing_is_read() {
+        run(async {
+            let budget = budget(8);
+            let frames = || Frames([data(b"0123"), data(b"4567"), data(b"89")].into());
+            let mut first = Prefixed::read(frames(), 6, GAP, &budget).await.unwrap();
+            assert_eq!(
+                (budget.held.load(Ordering::Relaxed), first.read_len()),
+                (6, 8)
+            );
+            let second = Prefixed::read(frames(), 6, GAP, &budget).await.unwrap();
+            assert_eq!(second.read_len(), 0, "6 more would be past the budget of 8");
+            assert_eq!(second.collect().await.unwrap().to_bytes(), "0123456789");
+            let handed = std::future::poll_fn(|cx| Pin::new(&mut first).poll_frame(cx)).await;
+            assert_eq!(handed.unwrap().unwrap().into_data().unwrap(), "012345");
+            assert_eq!(budget.held.load(Ordering::Relaxed), 0, "given back");
+            assert_eq!(first.collect().await.unwrap().to_bytes(), "6789");
         });
     }
 
     #[test]
     fn an_empty_body_is_whole_at_once() {
         run(async {
-            let body = Prefixed::read(Frames(VecDeque::new()), 1024, GAP)
+            let body = Prefixed::read(Frames(VecDeque::new()), 1024, GAP, &budget(1 << 20))
                 .await
                 .unwrap();
             assert!(body.is_whole() && body.is_end_stream());
             assert_eq!(body.size_hint().exact(), Some(0));
-            let body = Prefixed::read(Frames([data(b"abc")].into()), 1024, GAP)
+            let body = Prefixed::read(Frames([data(b"abc")].into()), 1024, GAP, &budget(1 << 20))
                 .await
                 .unwrap();
             assert_eq!(

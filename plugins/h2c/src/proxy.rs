@@ -7,7 +7,7 @@
 //! Dropping a stream (a client's RST_STREAM, a deadline) drops its backend request, which
 //! resets the backend stream; a backend's reset fails the body, which resets the client's.
 
-use crate::body_buffer::{NotRead, Prefixed};
+use crate::body_buffer::{Budget, NotRead, Prefixed};
 use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
 use crate::http1_slots::{Http1Slots, Slot};
@@ -47,7 +47,13 @@ pub struct Proxy {
     http1: Client<HttpConnector, Body>,
     /// Streams at HTTP/1.1 backends, counted across client connections.
     http1_slots: Arc<Http1Slots>,
+    /// What request bodies read before they go to HTTP/1.1 backends may hold.
+    http1_buffered: Arc<Budget>,
 }
+
+/// Bytes of request bodies all client connections together may hold as they are read
+/// before going to HTTP/1.1 backends ([`crate::body_buffer`]): a thousand bodies of 64 KiB.
+pub const HTTP1_BUFFERED_MAX: usize = 64 << 20;
 
 /// How long a pooled backend connection may stay idle before it is closed, and how many
 /// idle ones a backend keeps (hyper-util keeps them for ever, and any number, without).
@@ -78,12 +84,14 @@ impl Proxy {
             config.http1_per_client,
             stats.http1_streams,
         );
+        let http1_buffered = Budget::new(HTTP1_BUFFERED_MAX, stats.http1_buffered);
         Proxy {
             config,
             stats,
             connector,
             http1,
             http1_slots,
+            http1_buffered,
         }
     }
 
@@ -375,8 +383,16 @@ pub async fn handle(
     strip_hop_by_hop(&mut parts.headers);
     // The client's address is the one this connection came from (or its PROXY protocol
     // header said): what the client itself wrote in these fields is not evidence of
-    // anything, so it is replaced, never appended to. `X-Real-IP` is nginx's, as the
-    // relay writes it.
+    // anything, so it is replaced, never appended to, whatever its spelling (`x_real_ip`
+    // is `HTTP_X_REAL_IP` to a CGI backend). `X-Real-IP` is nginx's, as the relay writes
+    // it.
+    let spelt: Vec<HeaderName> = (parts.headers.keys())
+        .filter(|name| crate::relay::message::is_forwarding(name.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in spelt {
+        parts.headers.remove(name);
+    }
     if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
         parts.headers.insert("x-real-ip", value.clone());
         parts.headers.insert("x-forwarded-for", value);
@@ -415,25 +431,32 @@ pub async fn handle(
                               backend connection (SWITCHYARD_H2C_HTTP1_PER_CONNECTION)";
                 return Ok(with_open(busy(stats, peer, &path, reason), open));
             };
-            let buffer = proxy.config.http1_request_buffer;
-            let body = match Prefixed::read(body, buffer, proxy.config.body_timeout).await {
+            let (limit, gap) = (proxy.config.http1_request_buffer, proxy.config.body_timeout);
+            let body = match Prefixed::read(body, limit, gap, &proxy.http1_buffered).await {
+                Ok(read) if read.is_whole() => {
+                    // hyper ends a body the client reset with NO_ERROR as if it were whole
+                    // (meant for answers, RFC 9113 §8.1): one turn back to hyper, which
+                    // looks for the reset while this is pending, and drops this stream if
+                    // there was one, before a backend is sent a body cut short.
+                    tokio::task::yield_now().await;
+                    read
+                }
                 Ok(read) => read,
                 Err(not_read) => {
                     // No backend saw any of it. A client's silence or its reset is the
                     // client's to know about, not the operator's (who sees the status).
-                    let (status, what, level) = match not_read {
-                        NotRead::Stalled(_) => {
-                            (StatusCode::REQUEST_TIMEOUT, "stopped", log::Level::Info)
-                        }
-                        NotRead::Failed(_) => {
-                            (StatusCode::BAD_REQUEST, "failed", log::Level::Debug)
-                        }
+                    let (status, what) = match not_read {
+                        NotRead::Stalled(_) => (StatusCode::REQUEST_TIMEOUT, "stopped"),
+                        NotRead::Failed(_) => (StatusCode::BAD_REQUEST, "failed"),
                     };
-                    log::log!(
-                        level,
-                        "h2c {peer} {path}: the request body {what}: {status}"
-                    );
-                    stats.answered(status.as_u16());
+                    match status {
+                        StatusCode::REQUEST_TIMEOUT => {
+                            log::info!("h2c {peer} {path}: the request body {what}: {status}");
+                            stats.answered(status.as_u16());
+                        }
+                        // The client reset the stream: nobody reads this answer.
+                        _ => log::debug!("h2c {peer} {path}: the request body {what}"),
+                    }
                     let text = format!("the request body {what} before it was sent on");
                     return Ok(with_open(answer(status, &text), open));
                 }

@@ -1,5 +1,6 @@
 //! The h2c plugin's metrics (ABI 1.6), rendered by the daemon as `switchyard_h2c_*`:
-//! connections open, streams at HTTP/1.1 backends, and per route (its configured prefix;
+//! connections open, streams at HTTP/1.1 backends and the request bodies read for them,
+//! and per route (its configured prefix;
 //! `-` for streams no route took) streams, answers by status class, and the time a backend
 //! took to answer. A route's handles are made once, at load.
 
@@ -15,6 +16,8 @@ pub struct Stats {
     /// Streams at HTTP/1.1 backends now, each holding a backend connection (the hyper
     /// engine's `http1://` routes).
     pub http1_streams: Gauge,
+    /// Bytes of request bodies read before they go to HTTP/1.1 backends, held now.
+    pub http1_buffered: Gauge,
     routes: Vec<RouteStats>,
 }
 
@@ -49,6 +52,11 @@ impl Stats {
             "Streams at http1:// backends now, each holding a backend connection (at most SWITCHYARD_H2C_HTTP1_MAX).",
             &[],
         )?;
+        let http1_buffered = metrics::gauge(
+            "http1_buffered_bytes",
+            "Bytes of request bodies read before they go to http1:// backends, held now (at most 64 MiB; past it, bodies go on unread).",
+            &[],
+        )?;
         let streams = metrics::counter(
             "streams_total",
             "Streams (requests) begun, per route; - : answered before any route took them.",
@@ -77,6 +85,7 @@ impl Stats {
         Ok(Stats {
             open: open.with(&[]),
             http1_streams: http1_streams.with(&[]),
+            http1_buffered: http1_buffered.with(&[]),
             routes,
         })
     }

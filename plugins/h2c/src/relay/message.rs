@@ -17,11 +17,24 @@ const CONNECTION_SPECIFIC: &[&[u8]] = &[
 ];
 
 /// Fields the relay writes itself: what a client says in them is not evidence of anything,
-/// so they are replaced, never appended to. `host` is the `:authority` it came with.
-/// `x-real-ip` is nginx's (`proxy_set_header X-Real-IP $remote_addr`, as its docs advise):
-/// backends written for nginx read the client from it, and passed on it was the client's
-/// to choose.
-const REPLACED: &[&[u8]] = &[b"x-forwarded-for", b"forwarded", b"x-real-ip", b"host"];
+/// so they are replaced, never appended to. `x-real-ip` is nginx's (`proxy_set_header
+/// X-Real-IP $remote_addr`, as its docs advise): backends written for nginx read the
+/// client from it, and passed on it was the client's to choose. `host` is the
+/// `:authority` it came with.
+const FORWARDING: &[&[u8]] = &[b"x-forwarded-for", b"forwarded", b"x-real-ip"];
+
+/// Whether `name` (lowercase) is one of the [`FORWARDING`] fields, spelt with `-` or `_`:
+/// CGI and WSGI backends (and nginx's `$http_` variables) read `x_real_ip` as
+/// `HTTP_X_REAL_IP`, as they read `x-real-ip`, and the client's came first there.
+pub(crate) fn is_forwarding(name: &[u8]) -> bool {
+    FORWARDING.iter().any(|field| {
+        field.len() == name.len()
+            && field
+                .iter()
+                .zip(name)
+                .all(|(&f, &n)| f == n || (f == b'-' && n == b'_'))
+    })
+}
 
 /// A request the relay will not pass on.
 #[derive(Debug, PartialEq, Eq)]
@@ -218,7 +231,7 @@ pub fn route_request(
     hpack::field(&mut block, b":authority", route.address.as_bytes());
     hpack::field(&mut block, b":path", parsed.path_and_query().as_bytes());
     for (name, value) in fields.iter() {
-        if name.starts_with(b":") || REPLACED.contains(&name) {
+        if name.starts_with(b":") || name == b"host" || is_forwarding(name) {
             continue;
         }
         hpack::field(&mut block, name, value);
@@ -463,6 +476,8 @@ mod tests {
             ("te", "trailers"),
             ("x-forwarded-for", "10.0.0.1"),
             ("x-real-ip", "10.0.0.2"),
+            ("x_real_ip", "10.0.0.3"),
+            ("x_forwarded-for", "10.0.0.4"),
             ("host", "spoofed"),
         ]);
         let routed = route_request(&config(), &fields, &mut forwarding).unwrap();
