@@ -42,16 +42,45 @@ if $build_only; then
   echo "built; run none (--build)"
   exit 0
 fi
-for target in "${targets[@]}"; do
-  corpus="$here/corpus/$target"
+# Targets run side by side, one a core (a libFuzzer run is one thread), each for its full
+# time: CI's nine take half as long on two cores. SWITCHYARD_FUZZ_JOBS=1: one at a time.
+jobs=${SWITCHYARD_FUZZ_JOBS:-$(nproc)}
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+run_one() {
+  local target=$1 corpus="$here/corpus/$1" seeds="$here/seeds/$1"
   mkdir -p "$corpus"
-  seeds="$here/seeds/$target"
   [ -d "$seeds" ] || seeds=""
-  echo "== $target: ${seconds}s"
   # The corpus grows in fuzz/corpus (not committed); the seeds are committed.
   cargo "${toolchain[@]}" fuzz run --release --sanitizer "$sanitizer" "$target" "$corpus" $seeds -- \
-    -max_total_time="$seconds" -print_final_stats=1 2>&1 |
-    grep -E 'stat::number_of_executed_units|stat::peak_rss|cov: |SUMMARY|panicked|ERROR' | tail -n 4
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz target $target failed" >&2; exit 1; }
+    -max_total_time="$seconds" -print_final_stats=1 >"$logs/$target.log" 2>&1
+}
+running=0
+for target in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  (
+    status=0
+    run_one "$target" || status=$?
+    echo "$status" >"$logs/$target.status"
+  ) &
+  running=$((running + 1))
 done
+wait
+failed=()
+for target in "${targets[@]}"; do
+  echo "== $target: ${seconds}s"
+  grep -E 'stat::number_of_executed_units|stat::peak_rss|cov: |SUMMARY|panicked|ERROR' \
+    "$logs/$target.log" | tail -n 4 || true
+  if [ "$(cat "$logs/$target.status")" != 0 ]; then
+    tail -n 40 "$logs/$target.log"
+    failed+=("$target")
+  fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz targets failed: ${failed[*]} (reproducers in fuzz/artifacts/)" >&2
+  exit 1
+fi
 echo "${#targets[@]} passed, 0 failed"
