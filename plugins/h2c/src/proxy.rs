@@ -1,9 +1,12 @@
 //! One stream, proxied: the request goes to the backend its path is routed to, the answer
 //! comes back, bodies and trailers streamed both ways under HTTP/2 flow control.
 //!
-//! Bodies are never collected: hyper polls a body only when the other side can take its
-//! data, so a client that reads slowly leaves its stream's backend unread (and the backend
-//! sees a closed window), and memory per stream is bounded by the flow-control windows.
+//! Bodies are never collected whole: hyper polls a body only when the other side can take
+//! its data, so a client that reads slowly leaves its stream's backend unread (and the
+//! backend sees a closed window), and memory per stream is bounded by the flow-control
+//! windows. The one exception is bounded too: a request body to an HTTP/1.1 backend is
+//! read, up to 64 KiB, before the stream takes a backend connection
+//! ([`crate::body_buffer`]).
 //! Dropping a stream (a client's RST_STREAM, a deadline) drops its backend request, which
 //! resets the backend stream; a backend's reset fails the body, which resets the client's.
 

@@ -19,8 +19,8 @@ const CONNECTION_SPECIFIC: &[&[u8]] = &[
 /// Fields the relay writes itself: what a client says in them is not evidence of anything,
 /// so they are replaced, never appended to. `x-real-ip` is nginx's (`proxy_set_header
 /// X-Real-IP $remote_addr`, as its docs advise): backends written for nginx read the
-/// client from it, and passed on it was the client's to choose. `host` is the
-/// `:authority` it came with.
+/// client from it, and passed on it was the client's to choose. (`host` is replaced too:
+/// it is the `:authority` the request came with.)
 const FORWARDING: &[&[u8]] = &[b"x-forwarded-for", b"forwarded", b"x-real-ip"];
 
 /// Whether `name` (lowercase) is one of the [`FORWARDING`] fields, spelt with `-` or `_`:
