@@ -1176,6 +1176,43 @@ fn connect_is_501_on_either_engine() {
     });
 }
 
+/// A backend that answers a request as it reads it (here `/early`: at once) gets nothing
+/// from an `http1://` route until 64 KiB or the end of the body came; an
+/// `http1-stream://` route sends the body from its first byte, and the answer comes back
+/// while the upload goes on.
+#[test]
+fn an_http1_stream_route_sends_bodies_from_their_first_byte() {
+    run(async {
+        let raw = raw_http1_backend();
+        let daemon = daemon(
+            &format!("/stream/=http1-stream://{raw},/read/=http1://{raw}"),
+            &[],
+        );
+        let send = connect(daemon.addr).await;
+        let mut answers = Vec::new();
+        let mut uploads = Vec::new();
+        for path in ["/stream/early", "/read/early"] {
+            let request = Request::post(format!("http://t{path}")).body(()).unwrap();
+            let mut ready = send.clone().ready().await.unwrap();
+            let (response, mut body) = ready.send_request(request, false).unwrap();
+            body.send_data(Bytes::from_static(b"the first line\n"), false)
+                .unwrap();
+            answers.push(tokio::time::timeout(Duration::from_secs(2), response));
+            uploads.push(body);
+        }
+        let read = answers.pop().unwrap().await;
+        let streamed = answers.pop().unwrap().await;
+        let streamed = streamed
+            .expect("an answer while the upload goes on")
+            .unwrap();
+        assert_eq!(streamed.status(), StatusCode::OK);
+        assert!(
+            read.is_err(),
+            "an http1:// route waits for the body: {read:?}"
+        );
+    });
+}
+
 /// From a review of the buffer: hyper ends a request body the client reset with
 /// `NO_ERROR` as if it were whole, and a body of no declared length read to that "end"
 /// went to the backend as a complete request of the bytes that came (8 to 18 times in 20,

@@ -20,11 +20,16 @@ pub struct Route {
     /// `host:port`.
     pub address: String,
     pub protocol: BackendProtocol,
+    /// Request bodies go from their first byte, not read first up to
+    /// `SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER` (`http1-stream://`: a backend that answers a
+    /// request as it reads it, as nginx's `proxy_request_buffering off` is for).
+    pub streams_requests: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `SWITCHYARD_H2C_ROUTES`: `/prefix=host:port` (HTTP/2) or `/prefix=http1://host:port`.
+    /// `SWITCHYARD_H2C_ROUTES`: `/prefix=host:port` (HTTP/2), `/prefix=http1://host:port`
+    /// or `/prefix=http1-stream://host:port`.
     pub routes: Vec<Route>,
     /// `SWITCHYARD_H2C_MAX_STREAMS` (default 100): concurrent streams per client connection
     /// (SETTINGS_MAX_CONCURRENT_STREAMS).
@@ -178,11 +183,16 @@ fn parse_route(entry: &str) -> Result<Route, &'static str> {
     if !prefix.starts_with('/') {
         return Err("the path must start with /");
     }
-    let (protocol, address) = match backend.split_once("://") {
-        None => (BackendProtocol::Http2, backend),
-        Some(("h2c", address)) => (BackendProtocol::Http2, address),
-        Some(("http1", address)) => (BackendProtocol::Http1, address),
-        Some(_) => return Err("unknown scheme; use host:port (HTTP/2), h2c:// or http1://"),
+    let (protocol, streams_requests, address) = match backend.split_once("://") {
+        None => (BackendProtocol::Http2, false, backend),
+        Some(("h2c", address)) => (BackendProtocol::Http2, false, address),
+        Some(("http1", address)) => (BackendProtocol::Http1, false, address),
+        Some(("http1-stream", address)) => (BackendProtocol::Http1, true, address),
+        Some(_) => {
+            return Err(
+                "unknown scheme; use host:port (HTTP/2), h2c://, http1:// or http1-stream://",
+            )
+        }
     };
     let port = address
         .rsplit_once(':')
@@ -195,13 +205,14 @@ fn parse_route(entry: &str) -> Result<Route, &'static str> {
         prefix: prefix.to_string(),
         address: address.to_string(),
         protocol,
+        streams_requests,
     })
 }
 
 /// Every setting the plugin reads, for the daemon's `--help` and `--check` (the README's
 /// table says more).
 pub const SETTINGS: &[protocol_api::Setting] = &[
-    protocol_api::Setting::new("SWITCHYARD_H2C_ROUTES", "none: every h2c request is declined", "routes by path prefix, /prefix=host:port (an HTTP/2 backend, gRPC) or /prefix=http1://host:port"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_ROUTES", "none: every h2c request is declined", "routes by path prefix, /prefix=host:port (an HTTP/2 backend, gRPC), /prefix=http1://host:port, or /prefix=http1-stream://host:port (request bodies from their first byte)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_MAX_STREAMS", "100", "concurrent streams per client connection (SETTINGS_MAX_CONCURRENT_STREAMS)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES", "16384", "largest header list a client may send; larger: 431 on that stream"),
     protocol_api::Setting::new("SWITCHYARD_H2C_IDLE_MS", "300000", "a connection with no stream open this long gets GOAWAY and is closed"),
@@ -249,6 +260,14 @@ mod tests {
             Some(("127.0.0.1:9000", BackendProtocol::Http1))
         );
         assert_eq!(at("/api/v2/x"), Some(("b:1", BackendProtocol::Http2)));
+        let streamed = config("/up/=http1-stream://u:1,/=http1://v:2").unwrap();
+        let streams = |path| {
+            let route = streamed.route(&RequestPath::parse(path).unwrap());
+            let route = route.unwrap().unwrap();
+            (route.protocol, route.streams_requests)
+        };
+        assert_eq!(streams("/up/x"), (BackendProtocol::Http1, true));
+        assert_eq!(streams("/x"), (BackendProtocol::Http1, false));
         assert_eq!(
             at("/api"),
             Some(("127.0.0.1:50051", BackendProtocol::Http2))

@@ -434,7 +434,11 @@ pub async fn handle(
                               backend connection (SWITCHYARD_H2C_HTTP1_PER_CONNECTION)";
                 return Ok(with_open(busy(stats, peer, &path, reason), open));
             };
-            let (limit, gap) = (proxy.config.http1_request_buffer, proxy.config.body_timeout);
+            let limit = match route.streams_requests {
+                true => 0,
+                false => proxy.config.http1_request_buffer,
+            };
+            let gap = proxy.config.body_timeout;
             let body = match Prefixed::read(body, limit, gap, &proxy.http1_buffered).await {
                 Ok(read) if read.is_whole() => {
                     // hyper ends a body the client reset with NO_ERROR as if it were whole
