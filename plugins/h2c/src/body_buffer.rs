@@ -109,7 +109,8 @@ pub struct Prefixed<B> {
 impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
     /// Reads `body` until its end, or until `limit` bytes of it are in (a frame that goes
     /// past it is kept apart, as it came); more than `gap` between two frames is
-    /// [`NotRead::Stalled`]. `limit` 0, or no room left in `budget`, reads nothing.
+    /// [`NotRead::Stalled`]. `limit` 0 reads nothing; no room left in `budget` when the
+    /// first bytes come reads no more than them.
     pub async fn read(
         mut body: B,
         limit: usize,
@@ -121,11 +122,10 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
         let size = body.size_hint().upper().map_or(limit, |declared| {
             usize::try_from(declared).map_or(limit, |declared| declared.min(limit))
         });
-        let reserved = match ended || size == 0 {
-            true => None,
-            false => budget.reserve(size),
-        };
-        let capacity = reserved.as_ref().map_or(0, |r| r.bytes);
+        // The budget is taken, and the buffer made, when the first bytes come: a stream
+        // that sends none (HEADERS alone, for the body time-out) holds neither.
+        let mut reserved = None;
+        let mut capacity = size;
         let mut start = BytesMut::new();
         let (mut tail, mut trailers) = (None, None);
         while !ended && start.len() < capacity {
@@ -139,11 +139,22 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
                 Ok(Some(Ok(frame))) => frame,
             };
             match frame.into_data() {
-                Ok(data) => {
-                    if start.capacity() == 0 {
+                Ok(data) if reserved.is_none() => match budget.reserve(capacity) {
+                    Some(taken) => {
+                        reserved = Some(taken);
                         // Once, exactly (growing it would double it).
                         start = BytesMut::with_capacity(capacity);
+                        let room = capacity.min(data.len());
+                        start.extend_from_slice(&data[..room]);
+                        tail = (data.len() > room).then(|| data.slice(room..));
                     }
+                    None => {
+                        // No room left: this frame goes on as it came, the rest unread.
+                        tail = Some(data);
+                        capacity = 0;
+                    }
+                },
+                Ok(data) => {
                     let room = capacity - start.len();
                     if data.len() > room {
                         start.extend_from_slice(&data[..room]);
@@ -246,6 +257,7 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
     use std::convert::Infallible;
+    use std::future::Future;
 
     /// A body that hands out its frames in order, each as its own frame; `None` is a
     /// frame that never comes.
@@ -342,8 +354,24 @@ mod tests {
                 (budget.held.load(Ordering::Relaxed), first.read_len()),
                 (6, 8)
             );
+            let mut waiting = Box::pin(Prefixed::read(Frames([None].into()), 2, GAP, &budget));
+            std::future::poll_fn(|cx| {
+                assert!(waiting.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            assert_eq!(
+                budget.held.load(Ordering::Relaxed),
+                6,
+                "a stream that sent nothing holds none of the budget"
+            );
+            drop(waiting);
             let second = Prefixed::read(frames(), 6, GAP, &budget).await.unwrap();
-            assert_eq!(second.read_len(), 0, "6 more would be past the budget of 8");
+            assert_eq!(
+                second.read_len(),
+                4,
+                "6 more would be past the budget of 8: its first frame alone"
+            );
             assert_eq!(second.collect().await.unwrap().to_bytes(), "0123456789");
             let handed = std::future::poll_fn(|cx| Pin::new(&mut first).poll_frame(cx)).await;
             assert_eq!(handed.unwrap().unwrap().into_data().unwrap(), "012345");
