@@ -884,6 +884,21 @@ fn raw_http1_backend_counted() -> (SocketAddr, Arc<AtomicUsize>) {
                         line.clear();
                         continue;
                     }
+                    if line.contains("/trailers ") {
+                        // A chunked body: its trailer section goes back as the answer.
+                        let Some(trailers) = chunked_trailers(&mut reader) else {
+                            break;
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{trailers}",
+                            trailers.len()
+                        );
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                        line.clear();
+                        continue;
+                    }
                     let mut body = vec![0u8; length];
                     if reader.read_exact(&mut body).is_err() {
                         break;
@@ -905,6 +920,28 @@ fn raw_http1_backend_counted() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, open)
+}
+
+/// Reads a chunked body (RFC 9112 §7.1) to its end; its trailer section, lowercase.
+fn chunked_trailers(reader: &mut impl std::io::BufRead) -> Option<String> {
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).ok()?;
+        let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+        if size == 0 {
+            break;
+        }
+        let mut chunk = vec![0u8; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+    }
+    let mut trailers = String::new();
+    loop {
+        let mut field = String::new();
+        if reader.read_line(&mut field).ok()? <= 2 {
+            return Some(trailers.to_ascii_lowercase());
+        }
+        trailers.push_str(&field);
+    }
 }
 
 /// An HTTP/1.1 backend's answer framed by chunks and with a Content-Length goes on without
@@ -1172,6 +1209,63 @@ fn connect_is_501_on_either_engine() {
             let status = response.await.unwrap().status();
             assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{engine}");
             assert_eq!(get(&send, "/x").await.0, StatusCode::OK, "{engine}");
+        }
+    });
+}
+
+/// The forwarding fields are the daemon's in trailers too: a client that declares
+/// `X-Real-IP` a trailer and sends it there never reaches a backend with it (an HTTP/1.1
+/// backend that merges trailers into the head read the client's word after ours). The
+/// other trailers go on, on either engine.
+#[test]
+fn trailers_carry_no_forwarding_fields_to_a_backend_on_either_engine() {
+    run(async {
+        let raw = raw_http1_backend();
+        for (engine, routes, path) in [
+            (
+                "relay",
+                format!("/={}", backend(Arc::default()).await),
+                "/echo",
+            ),
+            ("hyper", format!("/=http1://{raw}"), "/trailers"),
+        ] {
+            let daemon = daemon(&routes, &[]);
+            let send = connect(daemon.addr).await;
+            let request = Request::post(format!("http://t{path}"))
+                .header("trailer", "x-sum, x-real-ip, x_forwarded_for")
+                .body(())
+                .unwrap();
+            let mut ready = send.clone().ready().await.unwrap();
+            let (response, mut upload) = ready.send_request(request, false).unwrap();
+            upload.send_data(Bytes::from_static(b"abc"), false).unwrap();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-sum", HeaderValue::from_static("7"));
+            trailers.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+            trailers.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.7"));
+            upload.send_trailers(trailers).unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{engine}");
+            let mut body = response.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            // What the backend received as trailers: the relay's backend sends them back
+            // as its own, the HTTP/1.1 one as its answer.
+            let seen = match engine {
+                "relay" => {
+                    let back = body.trailers().await.unwrap().expect("trailers");
+                    let mut seen: Vec<String> = back
+                        .iter()
+                        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+                        .collect();
+                    seen.sort();
+                    seen.join("\n")
+                }
+                _ => String::from_utf8(text).unwrap(),
+            };
+            assert!(seen.contains("x-sum: 7"), "{engine}: {seen}");
+            assert!(!seen.contains("6.6.6."), "{engine}: {seen}");
         }
     });
 }

@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -254,6 +254,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes the fields the daemon writes itself (`X-Forwarded-For`, `Forwarded`,
+/// `X-Real-IP`), whatever their spelling: what the client wrote in them is not evidence of
+/// anything.
+fn remove_forwarding(headers: &mut HeaderMap) {
+    let spelt: Vec<HeaderName> = (headers.keys())
+        .filter(|name| crate::relay::message::is_forwarding(name.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in spelt {
+        headers.remove(name);
+    }
+}
+
+/// A request body's frame with the forwarding fields taken out of its trailers: a backend
+/// that merges trailers into the head (some do, with every field) would read the client's
+/// word after ours.
+fn without_forwarding_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            remove_forwarding(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
+
 /// `for=` of RFC 7239 §6: IPv6 quoted and bracketed.
 fn forwarded_for(peer: &SocketAddr) -> String {
     match peer {
@@ -389,13 +415,9 @@ pub async fn handle(
     // anything, so it is replaced, never appended to, whatever its spelling (`x_real_ip`
     // is `HTTP_X_REAL_IP` to a CGI backend). `X-Real-IP` is nginx's, as the relay writes
     // it.
-    let spelt: Vec<HeaderName> = (parts.headers.keys())
-        .filter(|name| crate::relay::message::is_forwarding(name.as_str().as_bytes()))
-        .cloned()
-        .collect();
-    for name in spelt {
-        parts.headers.remove(name);
-    }
+    remove_forwarding(&mut parts.headers);
+    // Nor in trailers, which some backends merge into the head.
+    let body = body.map_frame(without_forwarding_trailers);
     if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
         parts.headers.insert("x-real-ip", value.clone());
         parts.headers.insert("x-forwarded-for", value);

@@ -380,7 +380,10 @@ pub fn pass_response(fields: &Fields, block: &mut Vec<u8>) -> Result<Response, &
 }
 
 /// Checks a request's trailers (no pseudo-header, the rules of §8.2, within `max_list`
-/// bytes) and writes the block for the backend.
+/// bytes) and writes the block for the backend, without the [`FORWARDING`] fields: the
+/// relay wrote those in the request's head, and a backend that merges trailers into the
+/// head (RFC 9110 §6.5.2 allows it for fields that permit it; some merge every field) would
+/// read the client's word after ours.
 pub fn pass_trailers(
     fields: &Fields,
     max_list: usize,
@@ -397,7 +400,9 @@ pub fn pass_trailers(
             Refused::Malformed(why) => why,
             Refused::Answer(..) => "refused",
         })?;
-        hpack::field(block, name, value);
+        if !is_forwarding(name) {
+            hpack::field(block, name, value);
+        }
     }
     Ok(())
 }
@@ -741,6 +746,9 @@ mod tests {
     fn rfc9113_8_1_trailers_hold_no_pseudo_header_and_follow_the_field_rules() {
         let mut fields = Fields::default();
         fields.push(b"grpc-status", b"0");
+        // The relay's own fields, which a backend merging trailers would read.
+        fields.push(b"x-real-ip", b"6.6.6.6");
+        fields.push(b"x_forwarded_for", b"6.6.6.7");
         let mut block = Vec::new();
         assert_eq!(pass_trailers(&fields, 16_384, &mut block), Ok(()));
         assert_eq!(
