@@ -13,15 +13,17 @@
 //! http-buffer-request`). A body larger than that takes its slot with its first 64 KiB
 //! and streams the rest: a slot then costs its client 64 KiB sent, not nothing.
 //!
-//! What is read is copied into one buffer of the body's size (its `content-length`) or of
-//! the limit, allocated once: the frames' own `Bytes` would keep the reader's buffers they
-//! were cut from, and a frame's overhead each. A connection reads at most
-//! `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` bodies at once (its permits), and all of them
-//! together at most [`Budget`]'s bytes: past it a body goes on unread, as with the limit
-//! at 0, so bodies trickling in on many connections cost the daemon no more than that.
+//! What is read is copied into one buffer (the frames' own `Bytes` would keep the reader's
+//! buffers they were cut from, and a frame's overhead each), which grows with what comes,
+//! doubling, to the body's size (its `content-length`) or the limit and no further. A
+//! connection reads at most `SWITCHYARD_H2C_HTTP1_PER_CONNECTION` bodies at once (its
+//! permits), and all of them together hold at most [`Budget`]'s bytes, counted as the
+//! buffers grow: past it a body goes on unread, as with the limit at 0. So bodies trickling
+//! in on many connections cost the daemon no more than that, and filling it costs a client
+//! as many bytes sent.
 
 use crate::body_gap::Stalled;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -49,24 +51,12 @@ impl Budget {
         })
     }
 
-    /// `bytes` of the budget, or `None` when they would take it past its end.
-    fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reserved> {
-        let mut held = self.held.load(Ordering::Relaxed);
-        loop {
-            let after = held.checked_add(bytes).filter(|&after| after <= self.max)?;
-            match self
-                .held
-                .compare_exchange_weak(held, after, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => held = now,
-            }
-        }
-        self.gauge.add(bytes as i64);
-        Some(Reserved {
+    /// None of the budget yet: a body's share grows with what it holds.
+    fn share(self: &Arc<Self>) -> Reserved {
+        Reserved {
             budget: self.clone(),
-            bytes,
-        })
+            bytes: 0,
+        }
     }
 }
 
@@ -74,6 +64,32 @@ impl Budget {
 struct Reserved {
     budget: Arc<Budget>,
     bytes: usize,
+}
+
+impl Reserved {
+    /// `more` bytes of the budget, or `false` (and nothing taken) when they would take it
+    /// past its end.
+    fn grow(&mut self, more: usize) -> bool {
+        let budget = &self.budget;
+        let mut held = budget.held.load(Ordering::Relaxed);
+        loop {
+            let Some(after) = held.checked_add(more).filter(|&after| after <= budget.max) else {
+                return false;
+            };
+            match (budget.held).compare_exchange_weak(
+                held,
+                after,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => held = now,
+            }
+        }
+        budget.gauge.add(more as i64);
+        self.bytes += more;
+        true
+    }
 }
 
 impl Drop for Reserved {
@@ -118,17 +134,17 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
         budget: &Arc<Budget>,
     ) -> Result<Self, NotRead<B::Error>> {
         let mut ended = body.is_end_stream();
-        // A declared length sizes the buffer; h2 refuses a body that overruns it.
-        let size = body.size_hint().upper().map_or(limit, |declared| {
+        // A declared length bounds the buffer; h2 refuses a body that overruns it.
+        let most = body.size_hint().upper().map_or(limit, |declared| {
             usize::try_from(declared).map_or(limit, |declared| declared.min(limit))
         });
-        // The budget is taken, and the buffer made, when the first bytes come: a stream
-        // that sends none (HEADERS alone, for the body time-out) holds neither.
-        let mut reserved = None;
-        let mut capacity = size;
-        let mut start = BytesMut::new();
+        // The buffer, and its share of the budget, grow with the bytes that come: a stream
+        // that sends none (HEADERS alone, for the body time-out) holds neither, and one
+        // that sends a byte of a declared 64 KiB holds a byte.
+        let mut reserved = budget.share();
+        let mut start = Vec::new();
         let (mut tail, mut trailers) = (None, None);
-        while !ended && start.len() < capacity {
+        while !ended && start.len() < most {
             let frame = match tokio::time::timeout(gap, body.frame()).await {
                 Err(_) => return Err(NotRead::Stalled(Stalled(gap))),
                 Ok(None) => {
@@ -138,30 +154,18 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
                 Ok(Some(Err(e))) => return Err(NotRead::Failed(e)),
                 Ok(Some(Ok(frame))) => frame,
             };
+            ended = body.is_end_stream();
             match frame.into_data() {
-                Ok(data) if reserved.is_none() => match budget.reserve(capacity) {
-                    Some(taken) => {
-                        reserved = Some(taken);
-                        // Once, exactly (growing it would double it).
-                        start = BytesMut::with_capacity(capacity);
-                        let room = capacity.min(data.len());
-                        start.extend_from_slice(&data[..room]);
-                        tail = (data.len() > room).then(|| data.slice(room..));
-                    }
-                    None => {
-                        // No room left: this frame goes on as it came, the rest unread.
-                        tail = Some(data);
-                        capacity = 0;
-                    }
-                },
                 Ok(data) => {
-                    let room = capacity - start.len();
-                    if data.len() > room {
-                        start.extend_from_slice(&data[..room]);
-                        tail = Some(data.slice(room..));
-                    } else {
-                        start.extend_from_slice(&data);
+                    let taken = data.len().min(most - start.len());
+                    if !make_room(&mut start, &mut reserved, taken, most) {
+                        // No room left in the budget: this frame goes on as it came, the
+                        // rest unread.
+                        tail = Some(data);
+                        break;
                     }
+                    start.extend_from_slice(&data[..taken]);
+                    tail = (taken < data.len()).then(|| data.slice(taken..));
                 }
                 Err(frame) => {
                     // Trailers end a body (RFC 9113 §8.1); no other frame kind exists.
@@ -169,10 +173,10 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
                     ended = true;
                 }
             }
-            ended = ended || body.is_end_stream();
         }
+        let reserved = (reserved.bytes > 0).then_some(reserved);
         Ok(Prefixed {
-            start: (!start.is_empty()).then(|| start.freeze()),
+            start: (!start.is_empty()).then(|| Bytes::from(start)),
             tail,
             trailers,
             rest: (!ended).then_some(body),
@@ -193,6 +197,25 @@ impl<B: Body<Data = Bytes> + Unpin> Prefixed<B> {
             .map(Bytes::len)
             .sum()
     }
+}
+
+/// Makes room in `start` for `more` bytes (of at most `most` in all), with the budget's
+/// leave: it at least doubles (a body of many small frames is copied a few times, not
+/// once a frame), but never past `most`, and when doubling is past the budget it takes
+/// what is needed alone. `false`: not even that.
+fn make_room(start: &mut Vec<u8>, reserved: &mut Reserved, more: usize, most: usize) -> bool {
+    let (needed, capacity) = (start.len() + more, reserved.bytes);
+    if needed <= capacity {
+        return true;
+    }
+    let doubled = capacity.saturating_mul(2).clamp(needed, most.max(needed));
+    for size in [doubled, needed] {
+        if reserved.grow(size - capacity) {
+            start.reserve_exact(size - start.len());
+            return true;
+        }
+    }
+    false
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
@@ -377,6 +400,59 @@ mod tests {
             assert_eq!(handed.unwrap().unwrap().into_data().unwrap(), "012345");
             assert_eq!(budget.held.load(Ordering::Relaxed), 0, "given back");
             assert_eq!(first.collect().await.unwrap().to_bytes(), "6789");
+        });
+    }
+
+    /// [`Frames`] with a declared length (`content-length`).
+    struct Declared(Frames, u64);
+
+    impl Body for Declared {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.1)
+        }
+    }
+
+    /// From a reading of the buffer: a body's first byte took the budget for all of its
+    /// declared length (or the limit), so a thousand streams each sending a byte held the
+    /// 64 MiB. A body holds what came now, and its buffer grows by doubling to its
+    /// declared length and no further.
+    #[test]
+    fn a_body_holds_of_the_budget_what_came_and_never_more_than_its_length() {
+        run(async {
+            let budget = budget(1 << 20);
+            let one_byte = Declared(Frames([data(b"a"), None].into()), 65_536);
+            let gap = Duration::from_secs(60);
+            let mut waiting = Box::pin(Prefixed::read(one_byte, 65_536, gap, &budget));
+            std::future::poll_fn(|cx| {
+                assert!(waiting.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            assert_eq!(budget.held.load(Ordering::Relaxed), 1, "one byte came");
+            drop(waiting);
+            assert_eq!(budget.held.load(Ordering::Relaxed), 0);
+            let frames = (0..5).map(|i| Some(Frame::data(Bytes::from(vec![i; 3_000]))));
+            let odd = Declared(Frames(frames.collect()), 15_000);
+            let body = Prefixed::read(odd, 65_536, GAP, &budget).await.unwrap();
+            assert_eq!(
+                budget.held.load(Ordering::Relaxed),
+                15_000,
+                "3,000, 6,000, 12,000, then the declared 15,000"
+            );
+            assert_eq!(body.read_len(), 15_000);
+            let read = body.collect().await.unwrap().to_bytes();
+            let sent: Vec<u8> = (0..5).flat_map(|i| [i; 3_000]).collect();
+            assert_eq!(read, sent);
         });
     }
 

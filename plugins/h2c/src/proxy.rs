@@ -55,7 +55,8 @@ pub struct Proxy {
 }
 
 /// Bytes of request bodies all client connections together may hold as they are read
-/// before going to HTTP/1.1 backends ([`crate::body_buffer`]): a thousand bodies of 64 KiB.
+/// before going to HTTP/1.1 backends ([`crate::body_buffer`]): a thousand bodies of 64 KiB,
+/// sent.
 pub const HTTP1_BUFFERED_MAX: usize = 64 << 20;
 
 /// How long a pooled backend connection may stay idle before it is closed, and how many
