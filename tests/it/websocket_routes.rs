@@ -414,7 +414,12 @@ fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
 
 /// A raw WebSocket handshake for `path`; the response's status.
 fn handshake_status(daemon: &Daemon, path: &str) -> u16 {
-    let mut raw = TcpStream::connect(daemon.addr).unwrap();
+    let raw = TcpStream::connect(daemon.addr).unwrap();
+    handshake_status_on(raw, path)
+}
+
+/// [`handshake_status`] on a connection of the caller's.
+fn handshake_status_on(mut raw: TcpStream, path: &str) -> u16 {
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     raw.write_all(
         format!(
@@ -641,7 +646,10 @@ fn a_program_gets_term_2_s_after_its_client_leaves_and_kill_2_s_later() {
         dir.path(),
         "deaf",
         &format!(
-            "echo $$ > {pid}; trap 'touch {term}' TERM; echo up; while :; do sleep 0.05; done",
+            // SIGTERM goes to the program's group, its `sleep` too; the shell's word of
+            // that goes to /dev/null, not to a pipe nobody reads (SIGPIPE).
+            "echo $$ > {pid}; trap 'touch {term}' TERM; echo up; \
+             while :; do sleep 0.05; done 2>/dev/null",
             pid = pid_file.display(),
             term = term_file.display()
         ),
@@ -671,6 +679,142 @@ fn a_program_gets_term_2_s_after_its_client_leaves_and_kill_2_s_later() {
     assert!(
         killed >= Duration::from_millis(3900),
         "gone after {killed:?}: killed before SIGTERM's 2 s"
+    );
+}
+
+/// Whether process `pid` has ended within `limit`: gone, or a zombie (whose parent, after
+/// the program that started it ended, may be an init that does not reap).
+fn ended_within(pid: u32, limit: Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return true
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    false
+}
+
+/// From an attacker's review: what a program started (here `sleep 600` in the background,
+/// as a shell script's pipeline does) outlived it, reparented and outside every limit. A
+/// program leads a process group now, and what is left in it ends with it.
+#[test]
+fn what_a_program_started_ends_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let program = script(
+        dir.path(),
+        "pipeline",
+        &format!(
+            "sleep 600 & echo $! > {}; echo up; exec cat",
+            pid_file.display()
+        ),
+    );
+    let daemon = daemon(&format!("/pipeline=exec:{}", program.display()));
+    let mut client = connect(&daemon, "/pipeline");
+    assert_eq!(text(&mut client), "up");
+    let sleep: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    client.close(None).unwrap();
+    while client.read().is_ok() {}
+    let ended = ended_within(sleep, Duration::from_secs(10));
+    if !ended {
+        // SAFETY: kill(2) of the process the test's own program started; no memory.
+        unsafe { libc::kill(sleep as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(ended, "the program's `sleep 600` outlived it");
+}
+
+/// From an attacker's review: a program inherited every descriptor the daemon itself
+/// inherited open (a supervisor's pipe, here a `/dev/null` the test leaves open across
+/// exec), and every signal the daemon was started ignoring. It gets its three pipes now,
+/// and signals at their defaults.
+#[test]
+fn a_program_gets_its_three_pipes_and_no_other_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let program = script(
+        dir.path(),
+        "still",
+        &format!("echo $$ > {}; echo up; exec sleep 30", pid_file.display()),
+    );
+    // Open across exec: the daemon inherits it, as it would a supervisor's.
+    let inherited = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&inherited);
+    // SAFETY: fcntl(2) clearing the close-on-exec flag of a descriptor the test owns.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let daemon = daemon(&format!("/still=exec:{}", program.display()));
+    drop(inherited);
+    let mut client = connect(&daemon, "/still");
+    assert_eq!(text(&mut client), "up");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    // The shell's own descriptors (its script's) go when it becomes `sleep`.
+    let comm = format!("/proc/{}/comm", pid.trim());
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).unwrap() != "sleep\n" {
+        assert!(std::time::Instant::now() < until, "never became sleep");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", pid.trim()))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"], "the program's descriptors");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .unwrap();
+    // Signals 32 and 33 are the C library's own, which no program may use (nor reset).
+    assert_eq!(ignored & !(0b11 << 31), 0, "signals ignored: {ignored:x}");
+}
+
+/// From an attacker's review: a client's count of programs was given back when its
+/// connection ended, but the program went on for its grace period (here all of it: `sleep`
+/// does not read its input) holding a slot of the daemon's limit. One address that left
+/// and came back at once started programs without end and took every slot; another
+/// address got `503`. The count is given back when the program is reaped now.
+#[test]
+fn a_client_leaving_and_coming_back_cannot_take_every_program_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    // Writes nothing: a program writing to a client already gone would end at once
+    // (SIGPIPE), and give its slot back.
+    let program = script(dir.path(), "deaf", "exec sleep 30");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/deaf=exec:{}", program.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "4")
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "2")
+        .start();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let raw = TcpStream::connect(daemon.addr).unwrap();
+        statuses.push(handshake_status_on(raw, "/deaf"));
+    }
+    assert_eq!(statuses, [101, 101, 503, 503], "127.0.0.1 within its share");
+    let other = daemon.client_from("127.0.0.2").stream.try_clone().unwrap();
+    assert_eq!(
+        handshake_status_on(other, "/deaf"),
+        101,
+        "127.0.0.2 is served"
     );
 }
 

@@ -5,8 +5,14 @@
 //! daemon: each child gets `PR_SET_PDEATHSIG(SIGKILL)`, which fires when the thread that
 //! started it ends, so a child can never outlive the daemon, however the daemon ends. The
 //! same thread ends the programs of connections that are gone: stdin closed, then SIGTERM
-//! after a grace period, then SIGKILL, and waits for each. Every `unsafe` line of the plugin
-//! is in this module.
+//! after a grace period, then SIGKILL, and waits for each.
+//!
+//! A program gets its three pipes and nothing else of the daemon's: every other descriptor
+//! is closed at `exec` (those the daemon itself inherited open included), and every signal
+//! is at its default (an ignored one would stay ignored). Each program leads a process
+//! group of its own, and its signals go to the whole group: what it started (a shell
+//! script's pipeline, `sleep 600 | cat`) ends with it, not reparented and outside every
+//! limit. Every `unsafe` line of the plugin is in this module.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -49,9 +55,10 @@ fn release_slot() {
 /// every slot of the processes limit and hold them with idle connections.
 static BY_CLIENT: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
 
-/// One client's count of one program, given back when dropped (the program's connection
-/// ended: the program is then on its way out, still under the processes limit until it
-/// is reaped).
+/// One client's count of one program, given back when dropped: when the program is reaped
+/// (its slot of the processes limit goes then too; a client that left and came back at
+/// once would otherwise have started programs without end, each still running its grace
+/// period, and taken every slot of the limit).
 pub struct ClientShare(u64);
 
 impl ClientShare {
@@ -142,13 +149,14 @@ pub struct Program {
     /// Readable once the process has exited (Linux `pidfd_open`).
     pub pidfd: OwnedFd,
     pub exited: Option<ExitStatus>,
-    /// Its client's count of it, given back with the program.
-    _client: Option<ClientShare>,
+    /// Its client's count of it, given back when it is reaped.
+    client: Option<ClientShare>,
 }
 
 enum Request {
     Start(Box<Command>, Reservation, Sender<io::Result<Child>>),
-    End(Child),
+    /// A program to end, and its client's share, given back once it is reaped.
+    End(Child, Option<ClientShare>),
 }
 
 fn starter() -> &'static Mutex<Sender<Request>> {
@@ -169,8 +177,8 @@ pub fn running() -> usize {
 }
 
 fn starter_thread(requests: Receiver<Request>) {
-    // (child, when its stdin was closed, SIGTERM sent)
-    let mut ending: Vec<(Child, Instant, bool)> = Vec::new();
+    // (child, its client's share, when its stdin was closed, SIGTERM sent)
+    let mut ending: Vec<(Child, Option<ClientShare>, Instant, bool)> = Vec::new();
     loop {
         let request = match ending.is_empty() {
             true => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -187,31 +195,49 @@ fn starter_thread(requests: Receiver<Request>) {
                 }
                 let _ = reply.send(started);
             }
-            Ok(Request::End(child)) => ending.push((child, Instant::now(), false)),
+            Ok(Request::End(child, share)) => ending.push((child, share, Instant::now(), false)),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        ending.retain_mut(|(child, since, termed)| {
-            if let Ok(Some(_)) | Err(_) = child.try_wait() {
+        ending.retain_mut(|(child, _share, since, termed)| {
+            if let Ok(Some(_)) | Err(_) = reap(child) {
                 release_slot();
-                return false;
+                return false; // the client's share goes with it
             }
             let waited = since.elapsed();
             if !*termed && waited >= GRACE {
-                signal(child.id(), libc::SIGTERM);
+                signal_group(child.id(), libc::SIGTERM);
                 *termed = true;
             } else if waited >= GRACE * 2 {
-                let _ = child.kill(); // SIGKILL
+                signal_group(child.id(), libc::SIGKILL);
             }
             true
         });
     }
 }
 
-fn signal(pid: u32, signal: i32) {
-    // SAFETY: kill(2) with a pid we started and have not reaped (so not reused), and a
-    // signal number; no memory is involved.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
+/// Sends `signal` to the process group that the program `pid` leads.
+fn signal_group(pid: u32, signal: i32) {
+    // SAFETY: kill(2) of the group our unreaped child leads (its id is the child's pid,
+    // which cannot be reused while the child is unreaped), and a signal number; no memory
+    // is involved.
+    unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+}
+
+/// Reaps `child` if it has exited; what it leaves in its group is killed first, while the
+/// group's id is still its own.
+fn reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid(2) to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: waitid(2) on our own child, writing only into `info`; WNOWAIT leaves the
+    // child unreaped, for `try_wait` below.
+    let peeked = unsafe { libc::waitid(libc::P_PID, child.id(), &mut info, flags) };
+    // SAFETY: si_pid is set by waitid(2) when it returns 0 (0 if the child has not exited).
+    if peeked == 0 && unsafe { info.si_pid() } != 0 {
+        signal_group(child.id(), libc::SIGKILL);
+    }
+    child.try_wait()
 }
 
 /// Makes a pipe end non-blocking, for the event loop.
@@ -244,12 +270,41 @@ impl Program {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe, as code between fork and exec must be; it only
-        // sets this child's parent-death signal.
+        // A group of its own, which its signals go to (and out of the daemon's: a Ctrl-C
+        // at the daemon's terminal is the daemon's to handle).
+        command.process_group(0);
+        // SAFETY: prctl, close_range, fcntl and signal are async-signal-safe, as code
+        // between fork and exec must be; they change only this child's parent-death signal,
+        // descriptor flags and signal dispositions, and touch no memory of the parent's.
         unsafe {
             command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                // Every descriptor past the three pipes closes at exec (std's own
+                // error-reporting pipe must stay open until then: not closed here).
+                let all = libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                if all != 0 {
+                    // Before Linux 5.11: one at a time, up to the descriptor limit.
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    let last = limit.rlim_cur.min(1 << 20) as i32;
+                    for fd in 3..last {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
+                for signal in 1..=libc::SIGRTMAX() {
+                    if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                        libc::signal(signal, libc::SIG_DFL);
+                    }
                 }
                 Ok(())
             });
@@ -269,7 +324,7 @@ impl Program {
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if raw < 0 {
             let error = io::Error::last_os_error();
-            end(child);
+            end(child, client);
             return Err(error);
         }
         // SAFETY: a descriptor pidfd_open just gave us, owned by nobody else.
@@ -288,7 +343,7 @@ impl Program {
             stderr,
             pidfd,
             exited: None,
-            _client: client,
+            client,
         };
         for fd in program.fds() {
             set_nonblocking(&fd)?;
@@ -310,9 +365,10 @@ impl Program {
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
             if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Ok(Some(status)) = reap(child) {
                     release_slot();
                     self.child = None;
+                    self.client = None;
                     self.exited = Some(status);
                 }
             }
@@ -321,19 +377,20 @@ impl Program {
     }
 }
 
-/// Hands a program to the starter thread to end (stdin is closed as the caller drops it).
-fn end(child: Child) {
+/// Hands a program to the starter thread to end (stdin is closed as the caller drops it);
+/// its client's share is given back when it is reaped.
+fn end(child: Child, share: Option<ClientShare>) {
     let _ = starter()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .send(Request::End(child));
+        .send(Request::End(child, share));
 }
 
 impl Drop for Program {
     fn drop(&mut self) {
         self.stdin = None; // closed first: the program sees its end of input
         if let Some(child) = self.child.take() {
-            end(child);
+            end(child, self.client.take());
         }
     }
 }
