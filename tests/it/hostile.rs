@@ -835,6 +835,60 @@ fn at_the_connection_limit_the_event_loops_do_not_spin() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// From an attacker's review of the front door: a body the daemon skips (`POST /healthz`
+/// with a `Content-Length` of 10^17), sent faster than the daemon reads and drops it, kept
+/// one turn of its event loop going: the read budget was each read's, not the turn's, and
+/// the socket always had 64 KiB more. With one event loop another client's `/healthz`
+/// waited 11.5 s, past the body time-out, which was not looked at meanwhile either (here,
+/// on the code before the fix: 2.7 s, 11 s, and once no wait, in three runs: the loop was
+/// let go whenever the socket ran dry). The budget is the turn's now: the other client is
+/// answered while the body streams.
+#[test]
+fn a_body_to_skip_sent_flat_out_does_not_hold_the_event_loop() {
+    let daemon = Daemon::builder().env("SWITCHYARD_IO_THREADS", "1").start();
+    let mut attacker = daemon.client();
+    attacker
+        .send("POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000000000000\r\n\r\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut stream = attacker.stream.try_clone().unwrap();
+    // A large send buffer keeps the daemon's socket full between its reads.
+    socket2::SockRef::from(&stream)
+        .set_send_buffer_size(4 << 20)
+        .unwrap();
+    let flooding = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let zeros = vec![0u8; 1 << 20];
+            while !stop.load(Ordering::Relaxed) && stream.write_all(&zeros).is_ok() {
+                sent.fetch_add(zeros.len(), Ordering::Relaxed);
+            }
+        })
+    };
+    while sent.load(Ordering::Relaxed) < 64 << 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Another client's /healthz, again and again for 2 s: the slowest answer.
+    let began = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while began.elapsed() < Duration::from_secs(2) {
+        let asked = Instant::now();
+        let mut other = daemon.client();
+        other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(other.response().status, 200);
+        slowest = slowest.max(asked.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flooded = sent.load(Ordering::Relaxed);
+    drop(attacker);
+    flooding.join().unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a /healthz took {slowest:?} while {} MiB of a body streamed",
+        flooded >> 20
+    );
+}
+
 /// A client that sends a burst of a body the daemon skips (a `POST` to its own pages) and
 /// goes quiet holds no buffer for it: a turn reads up to 256 KiB, and the input kept all
 /// of it until the time-out (before the fix: 200 such connections grew the daemon by

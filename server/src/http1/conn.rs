@@ -87,6 +87,9 @@ pub struct HttpConn<T: Transport = Wire> {
     body: Option<Box<FileBody>>,
     /// The body stopped with the socket still writable: its share of a turn was spent.
     body_paused: bool,
+    /// A turn read its [`READ_BUDGET`] with the socket still readable: the loop calls again
+    /// once its other connections had theirs.
+    reading_paused: bool,
 }
 
 /// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
@@ -306,6 +309,7 @@ impl<T: Transport> HttpConn<T> {
             close_now: false,
             body: None,
             body_paused: false,
+            reading_paused: false,
         }
     }
 
@@ -356,10 +360,12 @@ impl<T: Transport> HttpConn<T> {
         }
     }
 
-    /// A file's body stopped with the socket still writable, having spent its share of a
-    /// turn: call again once the loop's other connections had theirs.
+    /// A file's body stopped with the socket still writable, or reading stopped with the
+    /// socket still readable, having spent its share of a turn: call again once the loop's
+    /// other connections had theirs.
     pub fn wants_again(&self) -> bool {
-        self.body_paused && self.body.is_some() && self.writable
+        (self.body_paused && self.body.is_some() && self.writable)
+            || (self.reading_paused && self.readable)
     }
 
     /// Idle between requests: nothing read, nothing owed.
@@ -379,10 +385,20 @@ impl<T: Transport> HttpConn<T> {
             self.refuse_over_client_limit(cx);
             return After::Close;
         }
+        // The budget is the turn's, not each read's: a client sending a body to skip (or
+        // bytes to drop while lingering) faster than they are read would otherwise keep
+        // the turn going, and the loop's other connections and time-outs waiting.
+        let mut budget = READ_BUDGET;
+        self.reading_paused = false;
         loop {
             let mut progressed = false;
-            if self.wants_input() {
-                let result = self.fill(cx.shared.config.max_header_bytes, cx.scratch);
+            if self.wants_input() && budget == 0 {
+                self.reading_paused = true;
+            } else if self.wants_input() {
+                let result = self.fill(cx.shared.config.max_header_bytes, cx.scratch, budget);
+                if let Ok(n) = result {
+                    budget = budget.saturating_sub(n);
+                }
                 if self.handshaking {
                     self.handshake_progress(cx, result.as_ref().err());
                 }
@@ -639,12 +655,12 @@ impl<T: Transport> HttpConn<T> {
             }
     }
 
-    /// Reads until the socket is drained, the budget is spent, or a head grows past the limit.
-    /// Reads land in the loop's shared `scratch` buffer and only what arrived is kept, so an
-    /// idle connection holds no buffer at all.
-    fn fill(&mut self, max_head: usize, scratch: &mut [u8]) -> io::Result<usize> {
+    /// Reads until the socket is drained, `budget` bytes came, or a head grows past the
+    /// limit. Reads land in the loop's shared `scratch` buffer and only what arrived is
+    /// kept, so an idle connection holds no buffer at all.
+    fn fill(&mut self, max_head: usize, scratch: &mut [u8], budget: usize) -> io::Result<usize> {
         let mut total = 0;
-        while self.readable && total < READ_BUDGET {
+        while self.readable && total < budget {
             if matches!(self.phase, Phase::Head) && self.input.len() > max_head {
                 break;
             }
