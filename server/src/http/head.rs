@@ -315,8 +315,11 @@ fn check(head: &mut Head, bytes: &[u8]) -> Result<(), HttpError> {
 
 /// RFC 9112 §6.3: how the body is delimited, refusing every ambiguous shape.
 fn body_length(head: &Head, bytes: &[u8]) -> Result<BodyLength, HttpError> {
-    let mut codings = head.list(bytes, "transfer-encoding").peekable();
-    if codings.peek().is_some() {
+    // Any Transfer-Encoding line counts, an empty one (or `,` alone) too: it has no
+    // element, so its last is not chunked (§6.3: 400); looked at for its elements alone, a
+    // body beside it was taken by its Content-Length where a front end may not have.
+    if head.values(bytes, "transfer-encoding").next().is_some() {
+        let codings = head.list(bytes, "transfer-encoding");
         if head.values(bytes, "content-length").next().is_some() {
             return Err(HttpError::new(
                 400,
@@ -468,6 +471,20 @@ mod tests {
         assert_eq!(error(gzip).status, 501);
         let te10 = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(error(te10).status, 400);
+        // From an attacker's review: an empty Transfer-Encoding (or commas alone) beside a
+        // Content-Length was not seen, and the body was taken by the Content-Length.
+        for te in ["", ",", " , ,"] {
+            let empty = format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:{te}\r\nContent-Length: 5\r\n\r\n"
+            );
+            assert_eq!(error(empty.as_bytes()).status, 400, "{te:?}");
+            let alone = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:{te}\r\n\r\n");
+            assert_eq!(
+                error(alone.as_bytes()).reason,
+                "Transfer-Encoding does not end in chunked",
+                "{te:?}"
+            );
+        }
     }
 
     #[test]
