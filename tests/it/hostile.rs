@@ -251,6 +251,68 @@ fn unfinished_messages_on_the_echo_hold_a_bounded_total() {
     assert!(fin && opcode == 0x1);
 }
 
+/// From an attacker's review of the WebSocket plugin: a whole message becomes its echo,
+/// and an echo the client does not read was held uncounted: 12 connections each sending
+/// one 16 MiB message and reading nothing (a 4 KiB receive buffer) grew the daemon by 170
+/// MB, and reading 512 bytes every 10 s kept it past the write time-out. Echoes not yet
+/// taken are counted with messages not yet whole now (64 MiB in all by default, and one
+/// address at most half once half is held). Here 8 connections from one address each send
+/// one 16 MiB message and read nothing: before the fix the daemon grew by about 100 MB.
+#[test]
+fn echoes_a_client_does_not_read_hold_a_bounded_total() {
+    let daemon = Daemon::builder().plugin("switchyard-websocket").start();
+    let before = daemon.rss_kib();
+    let message = frame(true, 0x2, &vec![7u8; 16 << 20]);
+    let _clients: Vec<Client> = (0..8)
+        .map(|_| {
+            let mut client = open(&daemon, "/");
+            socket2::SockRef::from(&client.stream)
+                .set_recv_buffer_size(4096)
+                .unwrap();
+            client.send(&message);
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let grown = daemon.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 56 * 1024,
+        "the daemon grew {} MiB holding echoes nobody reads",
+        grown / 1024
+    );
+    // Another address is echoed as before.
+    let mut other = open_from(&daemon, "127.0.0.2");
+    other.send(frame(true, 0x1, b"still here"));
+    let (fin, opcode, _) = crate::websocket::read_frame(&mut other);
+    assert!(fin && opcode == 0x1);
+}
+
+/// From an attacker's review of the WebSocket plugin: a connection kept up to 64 KiB of
+/// the buffer its last message in pieces was put together in, uncounted, for the rest of
+/// its life: 60.7 KiB a quiet connection after one message of two 32 KiB fragments (150
+/// MB for one address's 2,500). It keeps at most 4 KiB now. Here 300 connections each
+/// have such a message echoed, then stay quiet.
+#[test]
+fn a_message_in_pieces_leaves_no_large_buffer_behind() {
+    let daemon = Daemon::builder().plugin("switchyard-websocket").start();
+    let before = daemon.rss_kib();
+    let _quiet: Vec<Client> = (0..300)
+        .map(|_| {
+            let mut client = open(&daemon, "/");
+            client.send(frame(false, 0x2, &[1u8; 32 << 10]));
+            client.send(frame(true, 0x0, &[2u8; 32 << 10]));
+            let (fin, _, payload) = crate::websocket::read_frame(&mut client);
+            assert!(fin && payload.len() == 64 << 10);
+            client
+        })
+        .collect();
+    let per_connection = daemon.rss_kib().saturating_sub(before) / 300;
+    assert!(
+        per_connection < 24,
+        "{per_connection} KiB a quiet connection after one message in pieces"
+    );
+}
+
 /// Regression (2026-12-03): one address could fill the whole budget for unfinished
 /// messages with four connections, and then every other client's large message was
 /// closed with 1013. Past half the budget, a client over a quarter of it (one message of
