@@ -313,6 +313,45 @@ fn a_message_in_pieces_leaves_no_large_buffer_behind() {
     );
 }
 
+/// From an attacker's review of the WebSocket plugin: a compressed message begun and
+/// never finished holds a decompressor (zlib's state and window, 43 KiB) for 20 bytes
+/// sent, and it was not counted: 108 MB for one address's 2,500 connections. It counts
+/// in the echo's budget now. Here the limit is 1 MiB (4 MiB in all, 2 MiB for one address
+/// once half is held: about 46 decompressors) and 200 connections each send a 7-byte
+/// compressed first frame: before the fix none was closed.
+#[test]
+fn unfinished_compressed_messages_count_their_decompressor() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
+        .start();
+    let first = unfinished_bomb(16);
+    let mut clients: Vec<Client> = (0..200)
+        .map(|_| {
+            let mut client = open_deflate(&daemon, "/");
+            client.send(&first);
+            client
+        })
+        .collect();
+    let mut refused = 0;
+    for client in clients.iter_mut() {
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut head = [0u8; 4];
+        if client.stream.read_exact(&mut head).is_ok() {
+            assert_eq!(head[0], 0x88, "a close frame");
+            assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1013);
+            refused += 1;
+        }
+    }
+    assert!(
+        (100..=170).contains(&refused),
+        "{refused} of 200 closed with 1013 (2 MiB holds about 46 decompressors)"
+    );
+}
+
 /// Regression (2026-12-03): one address could fill the whole budget for unfinished
 /// messages with four connections, and then every other client's large message was
 /// closed with 1013. Past half the budget, a client over a quarter of it (one message of

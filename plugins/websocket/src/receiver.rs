@@ -527,9 +527,20 @@ impl Receiver {
         self.message.len() + self.compressed.as_ref().map_or(0, |c| c.inflated.len())
     }
 
+    /// What the decompressor of a compressed message in progress holds (0 if none).
+    pub fn inflating(&self) -> usize {
+        match self.inflater.as_ref().is_some_and(|i| i.is_holding()) {
+            true => crate::deflate::DECOMPRESSOR_BYTES,
+            false => 0,
+        }
+    }
+
     /// Lets go of the message in progress (the connection is closing).
     pub fn abandon_message(&mut self) {
         self.end_message();
+        if let Some(inflater) = self.inflater.as_mut() {
+            inflater.finish_message(); // its decompressor back to the pool
+        }
         self.compressed = None;
         self.message = Vec::new();
     }
