@@ -818,6 +818,42 @@ fn a_client_leaving_and_coming_back_cannot_take_every_program_slot() {
     );
 }
 
+/// From an attacker's review: on a route, the client's orderly close ended the connection
+/// after one try at handing the service what the client had sent, and a service slow to
+/// read lost the end of it (a program reading slowly got 122,656 of 180,000 bytes). The
+/// service now gets as long as a close waits for its answer (2 s) to take the rest, and
+/// then its end of input. Here a program that reads slowly.
+#[test]
+fn a_clients_close_loses_nothing_it_sent_to_a_slow_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    // Reads 8 KiB every 50 ms (about 160 KB/s), counting.
+    let program = script(
+        dir.path(),
+        "slow",
+        &format!(
+            "n=0; while c=$(head -c 8192 | wc -c); [ \"$c\" -gt 0 ]; do \
+             n=$((n + c)); sleep 0.05; done; echo $n > {0}.part; mv {0}.part {0}",
+            count.display()
+        ),
+    );
+    let daemon = daemon(&format!("/slow=exec-binary:{}", program.display()));
+    let mut client = connect(&daemon, "/slow");
+    for _ in 0..3 {
+        client
+            .send(Message::Binary(vec![7u8; 60_000].into()))
+            .unwrap();
+    }
+    client.close(None).unwrap();
+    while client.read().is_ok() {}
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !count.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counted = std::fs::read_to_string(&count).expect("the program counted its input");
+    assert_eq!(counted.trim(), "180000", "what the program read");
+}
+
 /// Past `SWITCHYARD_WEBSOCKET_MAX_PROCESSES`: `503` with `Retry-After`, before any `101`.
 #[test]
 fn past_the_processes_limit_the_answer_is_503_with_retry_after() {

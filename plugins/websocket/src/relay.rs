@@ -93,6 +93,11 @@ impl Relay {
         self.to_backend.owed() >= HOLD
     }
 
+    /// Bytes of the client's that wait for the service.
+    pub fn owed_len(&self) -> usize {
+        self.to_backend.owed()
+    }
+
     /// Whether bytes of the client's wait for the service.
     pub fn is_owed(&self) -> bool {
         !self.to_backend.is_done()

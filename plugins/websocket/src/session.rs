@@ -143,6 +143,11 @@ enum State {
     /// The closing handshake is complete (we echoed the peer's close): end the connection
     /// once what is owed is written; the server closes TCP first (§7.1.1).
     Done,
+    /// Done, on a route whose service has not taken all the client sent: it has until
+    /// `until` to take the rest (the client's last message was cut short before).
+    Draining {
+        until: Moment,
+    },
     /// We sent a close frame: our side is shut once it is written, and the peer has until
     /// `until` to answer (what it sends meanwhile is dropped).
     Closing {
@@ -253,14 +258,30 @@ impl Connection {
             return Ok(Some(self.next(Wants::write(), config)));
         }
         match self.state {
-            State::Done => {
+            State::Done | State::Draining { .. } => {
                 if let Some(relay) = self.relay.as_mut() {
                     relay
                         .ended
                         .get_or_insert_with(|| "the client closed".into());
                     // What the client sent still goes to the service, whose write side is
-                    // then shut; the connection's end closes it.
-                    let _ = relay.flush();
+                    // then shut; the connection's end closes it. A service slow to take
+                    // it gets as long as a close waits for its answer.
+                    if let Ok(false) = relay.flush() {
+                        let until = match self.state {
+                            State::Draining { until } => until,
+                            _ => Moment::of(Instant::now() + CLOSE_WAIT),
+                        };
+                        if Instant::now() < until.instant() {
+                            self.state = State::Draining { until };
+                            return Ok(Some(self.next(Wants::read(), config)));
+                        }
+                        let left = relay.owed_len();
+                        relay.ended = Some(format!(
+                            "the client closed; the service did not take its last {left} \
+                             bytes in {} s",
+                            CLOSE_WAIT.as_secs()
+                        ));
+                    }
                     if let Some(fd) = relay.backend.closed_by_shutdown() {
                         io.unwatch(fd)?; // before it is closed
                     }
@@ -421,6 +442,9 @@ impl Connection {
                 None => wants,
             },
             State::Done => wants,
+            State::Draining { until } => {
+                wants.with_timer(until.instant().saturating_duration_since(Instant::now()))
+            }
         }
     }
 
