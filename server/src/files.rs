@@ -176,11 +176,11 @@ pub fn range(range: Option<&str>, if_range: Option<&str>, etag: &str, len: u64) 
     let Some((first, last)) = spec.trim().split_once('-') else {
         return Ranged::Whole;
     };
+    // Digits past u64 are a position past any file: as large as a u64 goes.
     let number = |s: &str| -> Option<u64> {
         let s = s.trim();
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
+            .then(|| s.parse().unwrap_or(u64::MAX))
     };
     let (start, end) = match (number(first), number(last)) {
         // `-N`: the last N bytes.
@@ -395,6 +395,16 @@ mod tests {
         assert_eq!(r("bytes=0-1,5-6"), Ranged::Whole);
         assert_eq!(r("bytes=9-0"), Ranged::Whole);
         assert_eq!(r("items=0-1"), Ranged::Whole);
+        // Positions past u64 (an attacker's review found them 200, not 206 and 416).
+        assert_eq!(
+            r("bytes=0-99999999999999999999999"),
+            Ranged::Part { start: 0, end: 100 }
+        );
+        assert_eq!(r("bytes=99999999999999999999-"), Ranged::Unsatisfiable);
+        assert_eq!(
+            r("bytes=-99999999999999999999"),
+            Ranged::Part { start: 0, end: 100 }
+        );
         assert_eq!(range(None, None, tag, 100), Ranged::Whole);
         assert_eq!(
             range(Some("bytes=0-9"), Some("\"old\""), tag, 100),

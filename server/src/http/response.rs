@@ -154,8 +154,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
+        206 => "Partial Content",
         301 => "Moved Permanently",
         302 => "Found",
+        304 => "Not Modified",
         307 => "Temporary Redirect",
         308 => "Permanent Redirect",
         400 => "Bad Request",
@@ -165,7 +167,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
+        414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
         417 => "Expectation Failed",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
@@ -244,6 +249,19 @@ mod tests {
             let mut out = Vec::new();
             push_decimal(&mut out, n);
             assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    /// Every status the daemon answers has its phrase (206, 304, 412, 414 and 416 went out
+    /// as `HTTP/1.1 414 \r\n`).
+    #[test]
+    fn every_status_sent_has_its_reason_phrase() {
+        let sent = [
+            100, 101, 200, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409,
+            412, 413, 414, 416, 417, 426, 429, 431, 500, 501, 502, 503, 504, 505,
+        ];
+        for status in sent {
+            assert!(!reason_phrase(status).is_empty(), "{status}");
         }
     }
 
