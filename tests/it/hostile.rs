@@ -352,6 +352,50 @@ fn unfinished_compressed_messages_count_their_decompressor() {
     );
 }
 
+/// From an attacker's review of the WebSocket plugin: an `exec-shared:` program's clients
+/// each kept their line not yet whole, up to 64 KiB, with no total: 500 clients sending 64
+/// KiB of a text message without its end held 66 MB. All together hold 4 MiB now; past
+/// it, a client whose line grows is dropped. Here 100 clients each send 60,000 bytes of a
+/// line that never ends: before the fix none was dropped.
+#[test]
+fn shared_programs_clients_hold_a_bounded_total_in_lines_not_yet_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = crate::websocket_routes::script(dir.path(), "sink", "exec cat > /dev/null");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/shared=exec-shared:{}", program.display()),
+        )
+        .start();
+    let line = frame(false, 0x1, &[b'a'; 60_000]);
+    let mut clients: Vec<Client> = (0..100)
+        .map(|_| {
+            let mut client = open(&daemon, "/shared");
+            client.send(&line);
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut dropped = 0;
+    for client in clients.iter_mut() {
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match client.stream.read(&mut byte) {
+            Ok(_) => dropped += 1, // a close frame, or the end
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => dropped += 1,
+            Err(_) => {}
+        }
+    }
+    assert!(
+        (20..=50).contains(&dropped),
+        "{dropped} of 100 dropped (4 MiB holds about 70 lines of 60,000 bytes)"
+    );
+}
+
 /// Regression (2026-12-03): one address could fill the whole budget for unfinished
 /// messages with four connections, and then every other client's large message was
 /// closed with 1013. Past half the budget, a client over a quarter of it (one message of

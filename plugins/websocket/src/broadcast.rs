@@ -77,6 +77,10 @@ const INPUT_LIMIT: usize = 1024 * 1024;
 const EXIT_DRAIN: Duration = Duration::from_secs(5);
 /// Longest line of output kept whole; a longer one goes out in pieces.
 const LINE_LIMIT: usize = 64 * 1024;
+/// Most that clients' lines not yet whole may hold together; past it, a client whose line
+/// grows is dropped. Each may hold [`LINE_LIMIT`], and uncounted 500 clients sending 64
+/// KiB of a line each held 66 MB (an attacker's review).
+const PARTIAL_LIMIT: usize = 4 * INPUT_LIMIT;
 
 /// One `exec-shared:` route's program and clients.
 pub struct SharedProgram {
@@ -447,7 +451,9 @@ impl SharedProgram {
             match client.stream.read(&mut buf) {
                 Ok(0) => return state.remove(token, poll),
                 Ok(n) => {
+                    let before = client.partial.len();
                     client.partial.extend_from_slice(&buf[..n]);
+                    state.partial_held += n;
                     let ready = match self.binary {
                         true => client.partial.len(),
                         false => client
@@ -465,6 +471,21 @@ impl SharedProgram {
                         return state.remove(token, poll);
                     }
                     let lines: Vec<u8> = client.partial.drain(..ready).collect();
+                    let after = client.partial.len();
+                    // What a long line left behind is not kept for a quiet client.
+                    if client.partial.capacity() > 2 * after.max(4096) {
+                        client.partial.shrink_to(after);
+                    }
+                    state.partial_held -= ready;
+                    if after > before && state.partial_held > PARTIAL_LIMIT {
+                        log::warn!(
+                            "websocket {}: a client dropped: clients hold {} MiB in lines not \
+                             yet whole",
+                            self.label,
+                            PARTIAL_LIMIT >> 20
+                        );
+                        return state.remove(token, poll);
+                    }
                     state.input.extend_from_slice(&lines);
                     state.flush_input(&self.label);
                 }
@@ -525,6 +546,8 @@ struct State {
     stderr_ready: bool,
     /// Clients are not read: their input waits for the program (see `client_input`).
     input_full: bool,
+    /// What clients' lines not yet whole hold together, against [`PARTIAL_LIMIT`].
+    partial_held: usize,
     /// When a client was last dropped for holding the output back (see [`grace`]).
     lag_dropped_at: Option<Instant>,
 }
@@ -546,6 +569,7 @@ impl State {
             stderr_logged: (Instant::now(), 0),
             stderr_ready: false,
             input_full: false,
+            partial_held: 0,
             lag_dropped_at: None,
         }
     }
@@ -580,6 +604,7 @@ impl State {
 
     fn remove(&mut self, token: usize, poll: &Poll) {
         if let Some(mut client) = self.clients.remove(&token) {
+            self.partial_held -= client.partial.len();
             let _ = poll.registry().deregister(&mut client.stream);
         }
     }
