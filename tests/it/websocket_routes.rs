@@ -682,34 +682,17 @@ fn a_program_gets_term_2_s_after_its_client_leaves_and_kill_2_s_later() {
     );
 }
 
-/// Whether process `pid` has ended within `limit`: gone, or a zombie (whose parent, after
-/// the program that started it ended, may be an init that does not reap).
-fn ended_within(pid: u32, limit: Duration) -> bool {
-    let until = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < until {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(stat)
-                if stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z') =>
-            {
-                return true
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-    false
-}
-
 /// From an attacker's review: what a program started (here `sleep 600` in the background,
-/// as a shell script's pipeline does) outlived it, reparented and outside every limit. A
-/// program leads a process group now, and what is left in it ends with it.
+/// as a shell script's pipeline does) outlived it, reparented and outside every limit (or,
+/// with the daemon as PID 1 in a container, became a zombie nobody reaped). A program leads
+/// a process group now, what is left in it ends with it, and the daemon, its subreaper,
+/// reaps it.
 #[test]
 fn what_a_program_started_ends_with_it() {
+    // The test stands for an init that does not reap (a container's PID 1 that is no init):
+    // an orphan the daemon does not reap itself becomes a zombie of the test's, and stays.
+    // SAFETY: prctl with integer arguments, setting a flag of the test's own process.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
     let program = script(
@@ -730,12 +713,19 @@ fn what_a_program_started_ends_with_it() {
         .unwrap();
     client.close(None).unwrap();
     while client.read().is_ok() {}
-    let ended = ended_within(sleep, Duration::from_secs(10));
-    if !ended {
-        // SAFETY: kill(2) of the process the test's own program started; no memory.
-        unsafe { libc::kill(sleep as libc::pid_t, libc::SIGKILL) };
+    let gone = gone_within(sleep, Duration::from_secs(10));
+    if !gone {
+        // SAFETY: kill(2) and waitpid(2) of the process the test's own program started
+        // (the test's child now, if it was reparented); they write only `status`.
+        unsafe {
+            libc::kill(sleep as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(sleep as libc::pid_t, &mut 0, 0);
+        }
     }
-    assert!(ended, "the program's `sleep 600` outlived it");
+    assert!(
+        gone,
+        "the program's `sleep 600` outlived it, or was never reaped"
+    );
 }
 
 /// From an attacker's review: a program inherited every descriptor the daemon itself
@@ -775,13 +765,17 @@ fn a_program_gets_its_three_pipes_and_no_other_descriptor() {
     fds.sort();
     assert_eq!(fds, ["0", "1", "2"], "the program's descriptors");
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
-    let ignored = status
-        .lines()
-        .find_map(|line| line.strip_prefix("SigIgn:"))
-        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
-        .unwrap();
+    let mask = |name: &str| {
+        let mask = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap();
+        u64::from_str_radix(mask.trim(), 16).unwrap()
+    };
     // Signals 32 and 33 are the C library's own, which no program may use (nor reset).
+    let ignored = mask("SigIgn:");
     assert_eq!(ignored & !(0b11 << 31), 0, "signals ignored: {ignored:x}");
+    assert_eq!(mask("SigBlk:"), 0, "signals blocked");
 }
 
 /// From an attacker's review: a client's count of programs was given back when its

@@ -176,17 +176,43 @@ pub fn running() -> usize {
     RUNNING.load(Ordering::Acquire)
 }
 
+/// The process groups programs lead, by the program's pid (which is the group's id), and
+/// when the program itself was reaped (`None` while it runs). What a program left in its
+/// group comes to the daemon, its subreaper, and is reaped by [`reap_orphans`]; no other
+/// child of the daemon's is waited for there (another plugin's is its own to wait for).
+static GROUPS: Mutex<BTreeMap<u32, Option<Instant>>> = Mutex::new(BTreeMap::new());
+
+/// How often orphans are looked for.
+const ORPHANS_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a group is remembered after its program was reaped with no member of it seen
+/// since: its members, killed with it, are reparented to the daemon within moments.
+const GROUP_LINGERS: Duration = Duration::from_secs(10);
+
 fn starter_thread(requests: Receiver<Request>) {
+    // What a program leaves behind comes to the daemon, not to init: killed with its
+    // group, it is reaped here, whether or not init reaps (the daemon is PID 1 in a
+    // container of its own, and no zombie may pile up there).
+    // SAFETY: prctl with an integer argument: it sets a flag of this process.
+    let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } == 0;
     // (child, its client's share, when its stdin was closed, SIGTERM sent)
     let mut ending: Vec<(Child, Option<ClientShare>, Instant, bool)> = Vec::new();
+    let mut orphans_looked = Instant::now();
     loop {
         let request = match ending.is_empty() {
-            true => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            true => requests.recv_timeout(ORPHANS_EVERY),
             false => requests.recv_timeout(Duration::from_millis(50)),
         };
+        if subreaper && orphans_looked.elapsed() >= ORPHANS_EVERY {
+            orphans_looked = Instant::now();
+            reap_orphans();
+        }
         match request {
             Ok(Request::Start(mut command, reservation, reply)) => {
                 let started = command.spawn();
+                if let Ok(child) = &started {
+                    lock(&GROUPS).insert(child.id(), None);
+                }
                 // The slot is settled before the caller hears: kept by a started program,
                 // free again by the time a failure is reported.
                 match started.is_ok() {
@@ -224,6 +250,48 @@ fn signal_group(pid: u32, signal: i32) {
     unsafe { libc::kill(-(pid as libc::pid_t), signal) };
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reaps what programs left behind: children of the daemon's (as their subreaper) in a
+/// program's group that are not the program itself. Groups long empty are forgotten.
+fn reap_orphans() {
+    let mut seen = Vec::new();
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let Some(group) = group_of(pid) else { continue };
+            match lock(&GROUPS).get(&group) {
+                Some(_) if group != pid => seen.push(group),
+                _ => continue, // a program itself, or no program's
+            }
+            let mut status = 0;
+            // SAFETY: waitpid(2) on a child of ours in a program's group that is not the
+            // program (no `Child` owns it, so no other wait is for it); writes `status` only.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        }
+    }
+    lock(&GROUPS).retain(|group, reaped| match reaped {
+        Some(at) => at.elapsed() < GROUP_LINGERS || seen.contains(group),
+        None => true,
+    });
+}
+
+/// The process group of process `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid
+/// pgrp ...`; comm may hold spaces and parentheses, so fields count from its last `)`).
+fn group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields = &stat[stat.rfind(')')? + 1..];
+    fields.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Reaps `child` if it has exited; what it leaves in its group is killed first, while the
 /// group's id is still its own.
 fn reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
@@ -237,7 +305,13 @@ fn reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
     if peeked == 0 && unsafe { info.si_pid() } != 0 {
         signal_group(child.id(), libc::SIGKILL);
     }
-    child.try_wait()
+    let reaped = child.try_wait();
+    if let Ok(Some(_)) | Err(_) = reaped {
+        if let Some(reaped) = lock(&GROUPS).get_mut(&child.id()) {
+            *reaped = Some(Instant::now());
+        }
+    }
+    reaped
 }
 
 /// Makes a pipe end non-blocking, for the event loop.
@@ -273,9 +347,10 @@ impl Program {
         // A group of its own, which its signals go to (and out of the daemon's: a Ctrl-C
         // at the daemon's terminal is the daemon's to handle).
         command.process_group(0);
-        // SAFETY: prctl, close_range, fcntl and signal are async-signal-safe, as code
-        // between fork and exec must be; they change only this child's parent-death signal,
-        // descriptor flags and signal dispositions, and touch no memory of the parent's.
+        // SAFETY: prctl, close_range, fcntl, sigemptyset, pthread_sigmask and signal are
+        // async-signal-safe, as code between fork and exec must be; they change only this
+        // child's parent-death signal, descriptor flags, signal mask and dispositions, and
+        // touch no memory of the parent's (`none` is the child's own stack).
         unsafe {
             command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -301,6 +376,10 @@ impl Program {
                         libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                     }
                 }
+                // No signal blocked either (a mask is inherited across exec).
+                let mut none = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 for signal in 1..=libc::SIGRTMAX() {
                     if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                         libc::signal(signal, libc::SIG_DFL);
