@@ -20,7 +20,9 @@
 //! or spread over many) may not grow: one address takes at most half, and leaves the rest
 //! to the others. Under half, nobody is held to a share, so users behind one address (an
 //! office, a carrier's NAT) are not held back while the echo holds little. Routes take
-//! messages in parts ([`crate::receiver::Delivery::Parts`]) and hold at most a part.
+//! messages in parts ([`crate::receiver::Delivery::Parts`]) and hold at most a part; what
+//! a route's compressed message holds before it is inflated, and the decompressor of a
+//! message being inflated (echo or route), count here too (see `Connection::holds`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -114,12 +114,26 @@ pub struct Inflater {
 
 static DECOMPRESSORS: Mutex<Vec<Decompress>> = Mutex::new(Vec::new());
 
+/// The most states a pool keeps idle: enough for the messages a busy daemon inflates (or
+/// compresses) at once, while a burst of 10,000 at once does not leave 430 MB of idle
+/// decompressors behind for good.
+const POOL_KEEPS: usize = 64;
+
+/// Gives `state` back to `pool`, unless the pool already keeps its most.
+fn give_back<T>(pool: &Mutex<Vec<T>>, state: T) {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_KEEPS {
+        pool.push(state);
+    }
+}
+
 /// The sync flush's tail, which the sender removed from the end of each message (§7.2.2):
 /// put back once the message's last frame has come.
 pub const MESSAGE_TAIL: [u8; 4] = TAIL;
 
 /// What a decompressor holds: zlib's state and its 32 KiB window (43.2 KiB a connection
-/// measured, each with a compressed message begun and never finished).
+/// measured, each with a compressed message begun and never finished). A message holds
+/// one only once [`crate::receiver::INFLATE_FROM`] of its bytes came.
 pub const DECOMPRESSOR_BYTES: usize = 44 * 1024;
 
 impl Inflater {
@@ -198,10 +212,7 @@ impl Inflater {
         }
         if let Some(mut state) = self.state.take() {
             state.reset(false);
-            DECOMPRESSORS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(state);
+            give_back(&DECOMPRESSORS, state);
         }
     }
 
@@ -271,10 +282,7 @@ impl Deflater {
             out.truncate(out.len() - TAIL.len());
         }
         state.reset();
-        COMPRESSORS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(state);
+        give_back(&COMPRESSORS, state);
     }
 }
 

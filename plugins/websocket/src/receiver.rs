@@ -117,6 +117,16 @@ pub enum Delivery {
 /// loop's other connections like a large one does, instead of holding them 10 ms.
 pub const MESSAGE_INFLATE_COST: usize = 1024;
 
+/// Compressed bytes a message gathers before its inflating begins (unless its last frame
+/// comes first). Inflating holds a decompressor until the message ends, about
+/// [`crate::deflate::DECOMPRESSOR_BYTES`]: begun at a message's first byte, a first frame of
+/// 7 compressed bytes that was never followed held 44 KiB (an attacker's review), and
+/// counting it made a share of the echo's budget cost 16 bytes sent. Now a client has
+/// sent more than a decompressor holds before it holds one. A route's service and the
+/// check of compressed text wait for this much too; a message's last frame is inflated at
+/// once, whatever its size.
+pub const INFLATE_FROM: usize = 64 * 1024;
+
 /// The most inflated bytes one [`Event::Part`] carries.
 pub const PART_MAX: usize = 64 * 1024;
 
@@ -254,11 +264,14 @@ impl Receiver {
         self.closed
     }
 
-    /// A compressed message has bytes not yet inflated (or inflated but not handed on).
+    /// A compressed message has bytes to inflate now: its last frame has come (its bytes
+    /// may all be inflated, not yet handed on), or bytes not yet inflated and either a
+    /// decompressor already held or [`INFLATE_FROM`] of them.
     fn inflation_pending(&self) -> bool {
-        self.compressed
-            .as_ref()
-            .is_some_and(|c| self.message.len() > c.read || c.complete)
+        self.compressed.as_ref().is_some_and(|c| {
+            let waiting = self.message.len() - c.read;
+            c.complete || (waiting > 0 && (self.inflating() > 0 || waiting >= INFLATE_FROM))
+        })
     }
 
     /// Consumes frames from `input`, calling `on_event` for each event, inflating at most
@@ -521,8 +534,8 @@ impl Receiver {
         self.max_message
     }
 
-    /// Bytes held for the message in progress: what it has of a whole message (inflated,
-    /// if compressed), or compressed bytes not yet inflated.
+    /// Bytes held for the message in progress: what it has of a whole message (compressed
+    /// bytes, if compressed), or compressed bytes not yet inflated and a part inflated.
     pub fn assembling(&self) -> usize {
         self.message.len() + self.compressed.as_ref().map_or(0, |c| c.inflated.len())
     }
@@ -1011,6 +1024,81 @@ mod tests {
                 [(true, hello.clone()), (false, world.clone())],
                 "step {step}"
             );
+        }
+    }
+
+    /// Regression (attacker's review): a compressed message's first few bytes held a
+    /// decompressor (44 KiB) until the message ended, and counting it made the echo's
+    /// budget cheap to fill. None is held before [`INFLATE_FROM`] of its bytes came.
+    #[test]
+    fn a_compressed_message_holds_no_decompressor_until_its_bytes_pay_for_one() {
+        use crate::deflate::{Agreement, Deflater, Inflater};
+        // Incompressible bytes (xorshift), so their compressed size is about their own.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let message: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut deflated = Vec::new();
+        Deflater::new(Agreement::default()).deflate(&message, &mut deflated);
+        let (first, rest) = deflated.split_at(16);
+        let (middle, last) = rest.split_at(INFLATE_FROM);
+        for delivery in [Delivery::Whole, Delivery::Parts] {
+            // As every agreement is (see `deflate::negotiate`): no context takeover.
+            let agreement = Agreement {
+                server_no_context_takeover: true,
+                client_no_context_takeover: true,
+            };
+            let mut receiver = Receiver::new(1 << 20, Some(Inflater::new(agreement)), delivery);
+            let (mut parts, mut whole) = (Vec::new(), None);
+            let mut feed = |receiver: &mut Receiver, mut wire: Vec<u8>, parts: &mut Vec<u8>| {
+                let fed = receiver
+                    .feed(&mut wire, &mut usize::MAX.clone(), &mut |event| {
+                        match event {
+                            Event::Part { payload, .. } => parts.extend_from_slice(payload),
+                            Event::Compressed { deflated, .. } => whole = Some(deflated.to_vec()),
+                            _ => {}
+                        }
+                        ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                assert_eq!(fed.used, wire.len(), "{delivery:?}");
+            };
+            feed(
+                &mut receiver,
+                compressed_frame(false, opcode::BINARY, first),
+                &mut parts,
+            );
+            assert_eq!(receiver.inflating(), 0, "{delivery:?}: 16 bytes sent");
+            assert_eq!(receiver.assembling(), 16, "{delivery:?}");
+            feed(
+                &mut receiver,
+                frame(false, opcode::CONTINUATION, middle),
+                &mut parts,
+            );
+            assert!(receiver.inflating() > 0, "{delivery:?}: paid for");
+            if delivery == Delivery::Parts {
+                assert!(!parts.is_empty(), "a route's service has what was inflated");
+                assert_eq!(receiver.assembling(), 0, "and nothing is left to inflate");
+            }
+            feed(
+                &mut receiver,
+                frame(true, opcode::CONTINUATION, last),
+                &mut parts,
+            );
+            assert_eq!(
+                receiver.inflating(),
+                0,
+                "{delivery:?}: given back at the end"
+            );
+            match delivery {
+                Delivery::Parts => assert!(parts == message, "inflated in parts, whole"),
+                Delivery::Whole => assert_eq!(whole, Some(deflated.clone())),
+            }
         }
     }
 

@@ -586,8 +586,11 @@ impl Connection {
                 let budget = assembly::budget(self.receiver.max_message());
                 if !self.assembly.count(self.holds(), budget) {
                     log::debug!(
-                        "closing with 1013: the echo holds its most in messages not yet whole"
+                        "closing with 1013: the plugin holds its most in messages not yet whole"
                     );
+                    self.ended(|| {
+                        "the server holds its most in messages not yet whole: closed 1013".into()
+                    });
                     self.receiver.abandon_message();
                     self.assembly.count(0, budget);
                     self.start_close(
@@ -628,19 +631,20 @@ impl Connection {
         };
     }
 
-    /// What this connection holds, counted in its [`Share`]: the decompressor of a
-    /// compressed message in progress (43 KiB for a first frame of 7 bytes that is never
-    /// followed: uncounted, 108 MB for one address), and on the echo a message not yet
-    /// whole and answers the client has not taken (a whole message becomes its echo, and a
+    /// What this connection holds, counted in its [`Share`]: a message not yet whole (its
+    /// compressed bytes, if compressed) or, on a route, compressed bytes not yet inflated
+    /// and a part inflated; the decompressor of a compressed message being inflated (which
+    /// no message holds before [`crate::receiver::INFLATE_FROM`] of its bytes came); and on
+    /// the echo answers the client has not taken (a whole message becomes its echo, and a
     /// client that reads none of it held it uncounted: 12 connections held 170 MB). A
-    /// route takes messages in parts and holds at most a part, and a read's worth of its
-    /// service's bytes: not counted.
+    /// route's uncompressed message is handed on as it comes, and a read's worth of its
+    /// service's bytes is not counted.
     fn holds(&self) -> usize {
-        self.receiver.inflating()
-            + match self.relay {
-                None => self.receiver.assembling() + self.owed.len(),
-                Some(_) => 0,
-            }
+        let echo_owes = match self.relay {
+            None => self.owed.len(),
+            Some(_) => 0,
+        };
+        self.receiver.inflating() + self.receiver.assembling() + echo_owes
     }
 
     /// Writes what is owed; true when nothing is left.
