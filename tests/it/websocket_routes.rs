@@ -246,9 +246,30 @@ fn close_code(client: &mut Client) -> CloseCode {
 
 /// Whether process `pid` is gone (exited and reaped: no zombie left).
 pub fn gone_within(pid: u32, limit: Duration) -> bool {
+    gone_or_ours_within(pid, limit, true)
+}
+
+/// Whether process `pid` is gone within `limit`. A zombie the test itself is the parent of
+/// (reparented while [`what_a_program_started_ends_with_it`] makes the test a subreaper)
+/// is reaped and counts as gone if `reap_ours`.
+fn gone_or_ours_within(pid: u32, limit: Duration, reap_ours: bool) -> bool {
     let until = std::time::Instant::now() + limit;
     while std::time::Instant::now() < until {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return true;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if reap_ours
+            && fields.first() == Some(&"Z")
+            && fields.get(1) == Some(&&*std::process::id().to_string())
+        {
+            // SAFETY: waitpid(2) on the test's own zombie child; writes only the status.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut 0, libc::WNOHANG) };
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -351,6 +372,9 @@ fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
     );
 }
 
+/// The daemon's stop, as a client's leaving, gives each program its grace and takes what
+/// it started with it (regression: a program was killed at the daemon's exit, and the
+/// `sleep` it had started in the background lived on).
 #[test]
 fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
     let dir = tempfile::tempdir().unwrap();
@@ -359,7 +383,7 @@ fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
         "stubborn",
         "trap '' TERM; echo $$; while true; do sleep 0.1; done",
     );
-    let polite = script(dir.path(), "polite", "echo $$; exec cat");
+    let polite = script(dir.path(), "polite", "sleep 600 & echo $$ $!; cat; sleep 1");
     let mut daemon = Daemon::builder()
         .plugin("switchyard-websocket")
         .env(
@@ -389,7 +413,11 @@ fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
     let mut second = connect(&daemon, "/polite");
     let pids: Vec<u32> = [&mut first, &mut second]
         .into_iter()
-        .map(|c| text(c).parse().unwrap())
+        .flat_map(|c| {
+            let pids = text(c);
+            let pids: Vec<u32> = pids.split(' ').map(|p| p.parse().unwrap()).collect();
+            pids
+        })
         .collect();
     assert_eq!(handshake_status(&daemon, "/polite"), 503);
 
@@ -404,10 +432,15 @@ fn programs_are_ended_and_reaped_when_clients_leave_or_the_daemon_stops() {
             .and_then(|s| s.code()),
         Some(0)
     );
-    for pid in pids {
+    for pid in &pids {
+        let gone = gone_within(*pid, Duration::from_secs(5));
+        if !gone {
+            // SAFETY: kill(2) of a process the test's own program started; no memory.
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        }
         assert!(
-            gone_within(pid, Duration::from_secs(5)),
-            "pid {pid} left behind"
+            gone,
+            "pid {pid} of {pids:?} (programs and their sleeps) left behind"
         );
     }
 }
@@ -713,7 +746,9 @@ fn what_a_program_started_ends_with_it() {
         .unwrap();
     client.close(None).unwrap();
     while client.read().is_ok() {}
-    let gone = gone_within(sleep, Duration::from_secs(10));
+    let gone = gone_or_ours_within(sleep, Duration::from_secs(10), false);
+    // SAFETY: as above; the test reaps its orphans again.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
     if !gone {
         // SAFETY: kill(2) and waitpid(2) of the process the test's own program started
         // (the test's child now, if it was reparented); they write only `status`.
@@ -758,12 +793,20 @@ fn a_program_gets_its_three_pipes_and_no_other_descriptor() {
         assert!(std::time::Instant::now() < until, "never became sleep");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", pid.trim()))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    fds.sort();
-    assert_eq!(fds, ["0", "1", "2"], "the program's descriptors");
+    // exec(2) names the process before it closes what closes at exec: a moment between.
+    let fds = || {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", pid.trim()))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        fds.sort();
+        fds
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while fds() != ["0", "1", "2"] && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fds(), ["0", "1", "2"], "the program's descriptors");
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
     let mask = |name: &str| {
         let mask = status

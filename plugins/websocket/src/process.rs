@@ -167,6 +167,8 @@ fn starter() -> &'static Mutex<Sender<Request>> {
             .name("switchyard-ws-exec".into())
             .spawn(move || starter_thread(requests))
             .expect("start the thread that starts programs");
+        // SAFETY: atexit(3) with a function of this library, which is never unloaded.
+        unsafe { libc::atexit(at_exit) };
         Mutex::new(sender)
     })
 }
@@ -239,6 +241,22 @@ fn starter_thread(requests: Receiver<Request>) {
             }
             true
         });
+    }
+}
+
+/// At the daemon's exit (after its connections are done, so every program has been told
+/// to end): programs get the rest of their grace, as when a client leaves, and what is
+/// still in their groups is killed. Without it `PR_SET_PDEATHSIG` killed each program at
+/// once and what it had started lived on.
+extern "C" fn at_exit() {
+    let until = Instant::now() + GRACE * 2 + Duration::from_millis(200);
+    while running() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (&group, reaped) in lock(&GROUPS).iter() {
+        if reaped.is_none() {
+            signal_group(group, libc::SIGKILL);
+        }
     }
 }
 
