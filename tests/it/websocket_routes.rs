@@ -891,6 +891,43 @@ fn a_clients_close_loses_nothing_it_sent_to_a_slow_service() {
     assert_eq!(counted.trim(), "180000", "what the program read");
 }
 
+/// From an attacker's review: after the client's close, what it sent still went to the
+/// service, but the service's output was no longer read, so a program that answers what it
+/// reads (`cat`, a line-echoing script) stopped reading once its output pipe was full, and
+/// lost the rest after 2 s. Its output goes nowhere now (the client has closed) but is
+/// read, so it takes all the client sent. Here a script answers each of 300 lines of 1000
+/// bytes eight times over, and appends each to a file first.
+#[test]
+fn a_clients_close_loses_nothing_it_sent_to_a_service_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("lines");
+    let program = script(
+        dir.path(),
+        "answers",
+        &format!(
+            "trap '' PIPE; while IFS= read -r line; do echo \"$line\" >> {0}; \
+             for k in 1 2 3 4 5 6 7 8; do echo \"$line\"; done 2>/dev/null; done; \
+             wc -l < {0} > {0}.count",
+            lines.display()
+        ),
+    );
+    let daemon = daemon(&format!("/answers=exec:{}", program.display()));
+    let mut client = connect(&daemon, "/answers");
+    for i in 0..300 {
+        let line = format!("{i:04}{}", "x".repeat(996));
+        client.send(Message::Text(line.into())).unwrap();
+    }
+    client.close(None).unwrap();
+    while client.read().is_ok() {}
+    let count = dir.path().join("lines.count");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !count.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counted = std::fs::read_to_string(&count).unwrap_or_default();
+    assert_eq!(counted.trim(), "300", "lines the program read");
+}
+
 /// Past `SWITCHYARD_WEBSOCKET_MAX_PROCESSES`: `503` with `Retry-After`, before any `101`.
 #[test]
 fn past_the_processes_limit_the_answer_is_503_with_retry_after() {

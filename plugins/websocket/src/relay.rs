@@ -161,6 +161,21 @@ impl Relay {
         }
     }
 
+    /// Reads and drops what the service has (at most [`HOLD`] bytes a call): the client has
+    /// closed, so its output goes nowhere, but a service that answers what it reads (`cat`)
+    /// would stop reading once its output was not taken.
+    pub fn discard_service_output(&mut self) {
+        let mut buf = [0u8; 16 * 1024];
+        let mut read = 0;
+        while read < HOLD {
+            match self.backend.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        self.carry = Vec::new();
+    }
+
     /// Logs what a program wrote to stderr, a line at a time, at most [`STDERR_BUDGET`]
     /// bytes per call and [`STDERR_LINES_PER_SEC`] lines a second after a burst (a program
     /// a client can make write errors must not flood the daemon's log). True when it

@@ -265,7 +265,9 @@ impl Connection {
                         .get_or_insert_with(|| "the client closed".into());
                     // What the client sent still goes to the service, whose write side is
                     // then shut; the connection's end closes it. A service slow to take
-                    // it gets as long as a close waits for its answer.
+                    // it gets as long as a close waits for its answer, and what it says
+                    // meanwhile is read and dropped (it may not read on until it is).
+                    relay.discard_service_output();
                     if let Ok(false) = relay.flush() {
                         let until = match self.state {
                             State::Draining { until } => until,
