@@ -417,6 +417,40 @@ fn shared_programs_clients_hold_a_bounded_total_in_lines_not_yet_whole() {
     );
 }
 
+/// From an attacker's review: past the total, the client whose line grew was dropped, so
+/// one address could fill the total with lines that never end and then have every other
+/// client's long line dropped. A connection of the address holding the most goes now.
+/// Here 127.0.0.1 fills the total with lines that never end; 127.0.0.2's line of
+/// 60,000 bytes (read by the route in pieces) reaches the program, which echoes it.
+#[test]
+fn shared_programs_long_lines_from_one_address_do_not_drop_anothers() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = crate::websocket_routes::script(dir.path(), "echo", "exec cat");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/shared=exec-shared:{}", program.display()),
+        )
+        .start();
+    // 69 lines of 60,000 bytes fit in 4 MiB; 10 of 5,000 fill all but 4,304 bytes of it.
+    let long = frame(false, 0x1, &[b'a'; 60_000]);
+    let short = frame(false, 0x1, &[b'a'; 5_000]);
+    let _held: Vec<Client> = (0..90)
+        .map(|i| {
+            let mut client = open(&daemon, "/shared");
+            client.send(if i < 80 { &long } else { &short });
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut other = open_path_from(&daemon, "127.0.0.2", "/shared");
+    other.send(frame(true, 0x1, &[b'z'; 60_000]));
+    let (fin, opcode, payload) = crate::websocket::read_frame(&mut other);
+    assert_eq!((fin, opcode), (true, 0x1), "a text message, not a close");
+    assert!(payload == [b'z'; 60_000], "its line, echoed");
+}
+
 /// Regression (2026-12-03): one address could fill the whole budget for unfinished
 /// messages with four connections, and then every other client's large message was
 /// closed with 1013. Past half the budget, a client over a quarter of it (one message of
@@ -464,9 +498,14 @@ fn users_behind_one_address_are_echoed_while_the_echo_holds_little() {
 
 /// A WebSocket on the echo, without extensions, from the local address `local`.
 fn open_from(daemon: &Daemon, local: &str) -> Client {
+    open_path_from(daemon, local, "/")
+}
+
+/// A WebSocket from the local address `local` to `path`.
+fn open_path_from(daemon: &Daemon, local: &str, path: &str) -> Client {
     let mut client = daemon.client_from(local);
     client.send(format!(
-        "GET / HTTP/1.1\r\n{}",
+        "GET {path} HTTP/1.1\r\n{}",
         DEFLATE_HANDSHAKE.replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
     ));
     assert_eq!(client.response().status, 101);

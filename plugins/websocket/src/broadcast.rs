@@ -22,7 +22,8 @@
 //!   mode); while the program does not read (`tail -F` never does), at most 1 MiB waits,
 //!   and past that the clients are not read until it takes some, as a pipe holds back its
 //!   writer: they wait, and still get the program's output. A message over 64 KiB closes
-//!   its client.
+//!   its client; clients' messages not yet whole hold 4 MiB together at most, and past it
+//!   the largest holder of the address holding the most is closed.
 //! - **The program runs while clients are connected**: started with the first, ended (its
 //!   input closed, then SIGTERM, SIGKILL, as `exec:` programs are) when the last leaves. If
 //!   it exits meanwhile it is started again after 1 s, doubling up to 30 s while it keeps
@@ -77,10 +78,16 @@ const INPUT_LIMIT: usize = 1024 * 1024;
 const EXIT_DRAIN: Duration = Duration::from_secs(5);
 /// Longest line of output kept whole; a longer one goes out in pieces.
 const LINE_LIMIT: usize = 64 * 1024;
-/// Most that clients' lines not yet whole may hold together; past it, a client whose line
-/// grows is dropped. Each may hold [`LINE_LIMIT`], and uncounted 500 clients sending 64
-/// KiB of a line each held 66 MB (an attacker's review).
+/// Most that clients' lines not yet whole may hold together. Each may hold [`LINE_LIMIT`],
+/// and uncounted 500 clients sending 64 KiB of a line each held 66 MB (an attacker's
+/// review). Past it, a connection of the client (as the daemon counts clients) that holds
+/// the most is dropped, its largest: dropping the one whose line grew let one address
+/// fill the total and then have every other client's long line dropped (another review).
 const PARTIAL_LIMIT: usize = 4 * INPUT_LIMIT;
+
+/// "A client dropped: clients hold their most in lines not yet whole", at most once a
+/// second (a client can make it happen at will).
+static PARTIAL_DROPS: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
 /// One `exec-shared:` route's program and clients.
 pub struct SharedProgram {
@@ -94,7 +101,8 @@ pub struct SharedProgram {
 
 /// The broadcaster thread of a route with clients.
 struct Running {
-    joins: Sender<std::os::unix::net::UnixStream>,
+    /// New clients' ends, with the client each is of ([`crate::client_key`]).
+    joins: Sender<(std::os::unix::net::UnixStream, u64)>,
     waker: Arc<Waker>,
 }
 
@@ -116,8 +124,9 @@ impl SharedProgram {
         })
     }
 
-    /// A new client: its end of the pair, for its session to relay.
-    pub fn join(self: &Arc<Self>) -> io::Result<std::os::unix::net::UnixStream> {
+    /// A new client (of `key`, [`crate::client_key`]): its end of the pair, for its
+    /// session to relay.
+    pub fn join(self: &Arc<Self>, key: u64) -> io::Result<std::os::unix::net::UnixStream> {
         let (client, ours) = std::os::unix::net::UnixStream::pair()?;
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if running.is_none() {
@@ -131,7 +140,7 @@ impl SharedProgram {
             *running = Some(Running { joins, waker });
         }
         let handle = running.as_ref().expect("started above");
-        if let Err(gone) = handle.joins.send(ours) {
+        if let Err(gone) = handle.joins.send((ours, key)) {
             // Its thread ended without saying so (a panic): a new one, once.
             *running = None;
             drop(running);
@@ -140,7 +149,7 @@ impl SharedProgram {
                 self.label
             );
             let _ = gone;
-            return self.join();
+            return self.join(key);
         }
         handle.waker.wake()?;
         Ok(client)
@@ -150,7 +159,7 @@ impl SharedProgram {
     fn broadcast(
         self: Arc<Self>,
         mut poll: Poll,
-        joined: Receiver<std::os::unix::net::UnixStream>,
+        joined: Receiver<(std::os::unix::net::UnixStream, u64)>,
     ) {
         /// However the thread ends (a panic too), the route can start a new one.
         struct Ended<'a>(&'a Mutex<Option<Running>>);
@@ -210,8 +219,8 @@ impl SharedProgram {
                     }
                 }
             }
-            while let Ok(stream) = joined.try_recv() {
-                state.add(stream, &poll, &self.label);
+            while let Ok((stream, client)) = joined.try_recv() {
+                state.add(stream, client, &poll, &self.label);
             }
             if state.stderr_ready {
                 self.program_errors(&mut state);
@@ -228,7 +237,7 @@ impl SharedProgram {
                 // lock while they send, so none is lost between this look and the end).
                 let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
                 match joined.try_recv() {
-                    Ok(stream) => state.add(stream, &poll, &self.label),
+                    Ok((stream, client)) => state.add(stream, client, &poll, &self.label),
                     Err(_) => {
                         *running = None;
                         if state.program.take().is_some() {
@@ -478,13 +487,10 @@ impl SharedProgram {
                     }
                     state.partial_held -= ready;
                     if after > before && state.partial_held > PARTIAL_LIMIT {
-                        log::warn!(
-                            "websocket {}: a client dropped: clients hold {} MiB in lines not \
-                             yet whole",
-                            self.label,
-                            PARTIAL_LIMIT >> 20
-                        );
-                        return state.remove(token, poll);
+                        let dropped = state.drop_largest_partial(poll, &self.label);
+                        if dropped == Some(token) {
+                            return;
+                        }
                     }
                     state.input.extend_from_slice(&lines);
                     state.flush_input(&self.label);
@@ -512,6 +518,8 @@ impl SharedProgram {
 
 struct Client {
     stream: UnixStream,
+    /// The client it is of ([`crate::client_key`]).
+    key: u64,
     /// Input not yet a whole line.
     partial: Vec<u8>,
     /// Output its socket has not taken yet (at most [`CLIENT_WINDOW`] and a chunk).
@@ -574,7 +582,7 @@ impl State {
         }
     }
 
-    fn add(&mut self, stream: std::os::unix::net::UnixStream, poll: &Poll, label: &str) {
+    fn add(&mut self, stream: std::os::unix::net::UnixStream, key: u64, poll: &Poll, label: &str) {
         let prepared = stream
             .set_nonblocking(true)
             .and_then(|()| socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_BUFFER));
@@ -594,12 +602,38 @@ impl State {
                 token,
                 Client {
                     stream,
+                    key,
                     partial: Vec::new(),
                     pending: Vec::new(),
                     behind_since: None,
                 },
             );
         }
+    }
+
+    /// Clients' lines not yet whole hold more than [`PARTIAL_LIMIT`]: drops the largest
+    /// holder of the client (address) that holds the most, and says which token it was.
+    fn drop_largest_partial(&mut self, poll: &Poll, label: &str) -> Option<usize> {
+        let mut by_key: HashMap<u64, usize> = HashMap::new();
+        for client in self.clients.values() {
+            *by_key.entry(client.key).or_default() += client.partial.len();
+        }
+        let (&key, &held) = by_key.iter().max_by_key(|(_, &held)| held)?;
+        let (&token, _) = self
+            .clients
+            .iter()
+            .filter(|(_, client)| client.key == key)
+            .max_by_key(|(_, client)| client.partial.len())?;
+        if let Some(unlogged) = PARTIAL_DROPS.admit() {
+            log::warn!(
+                "websocket {label}: a client dropped: clients hold {} MiB in lines not yet \
+                 whole, its address {} KiB of it{unlogged}",
+                PARTIAL_LIMIT >> 20,
+                held >> 10
+            );
+        }
+        self.remove(token, poll);
+        Some(token)
     }
 
     fn remove(&mut self, token: usize, poll: &Poll) {
@@ -782,7 +816,7 @@ mod tests {
         let poll = Poll::new().unwrap();
         let mut state = State::new();
         let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
-        state.add(ours, &poll, "/test");
+        state.add(ours, 0, &poll, "/test");
         let token = *state.clients.keys().next().unwrap();
         // The client is over its window: the output is not read.
         state.clients.get_mut(&token).unwrap().pending = vec![b'x'; CLIENT_WINDOW + 1];

@@ -320,7 +320,7 @@ impl WebSocket {
             .map(|(_, program)| program);
         let joined = program
             .ok_or_else(|| io::Error::other("no such route"))
-            .and_then(|p| p.join());
+            .and_then(|p| p.join(client_key(request.peer())));
         match joined {
             Ok(stream) => Ok(Dialled {
                 backend: backend::Backend::Unix(stream),
