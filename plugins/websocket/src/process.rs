@@ -332,6 +332,84 @@ fn reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
     reaped
 }
 
+/// Where `close_range(2)` is missing (before Linux 5.11) or refused (an older container
+/// runtime's seccomp profile): close-on-exec for every descriptor from 3 on, one at a time,
+/// as `/proc/self/fd` lists them. Trying every number up to the limit instead took 0.1 s a
+/// program where the limit is 1,048,576 (Docker's default), on the one thread that starts
+/// them all. Runs between fork and exec: no allocation, async-signal-safe calls only.
+///
+/// # Safety
+/// Only in a child between fork and exec (it changes this process's descriptor flags).
+unsafe fn close_on_exec_from_3() {
+    // SAFETY: open(2) of a constant NUL-terminated path.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        // No /proc: every number up to the limit.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) and fcntl(2) write only `limit` and descriptor flags.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            for fd in 3..limit.rlim_cur.min(1 << 20) as i32 {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        return;
+    }
+    // `struct linux_dirent64` records: d_ino (8 bytes), d_off (8), d_reclen (2), d_type
+    // (1), then the NUL-terminated name; 8-byte aligned, as the buffer is.
+    let mut buf = [0u64; 512];
+    loop {
+        // SAFETY: getdents64(2) writes at most the buffer's size into it.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                buf.as_mut_ptr(),
+                std::mem::size_of_val(&buf),
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        let bytes = buf.as_ptr().cast::<u8>();
+        let mut at = 0usize;
+        while at < n as usize {
+            // SAFETY: `at` is the start of a record the kernel wrote within the first `n`
+            // bytes; its length and NUL-terminated name lie within the record.
+            let (reclen, fd) = unsafe {
+                let reclen = std::ptr::read_unaligned(bytes.add(at + 16).cast::<u16>());
+                let mut name = bytes.add(at + 19);
+                let mut fd: Option<i32> = Some(0);
+                while *name != 0 {
+                    fd = match (*name).checked_sub(b'0') {
+                        Some(digit @ 0..=9) => fd
+                            .and_then(|f| f.checked_mul(10))
+                            .and_then(|f| f.checked_add(i32::from(digit))),
+                        _ => None, // "." and ".."
+                    };
+                    name = name.add(1);
+                }
+                (usize::from(reclen), fd)
+            };
+            if let Some(fd) = fd.filter(|&fd| fd >= 3 && fd != dir) {
+                // SAFETY: fcntl(2) setting a descriptor flag; no memory.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+            at += reclen.max(1);
+        }
+    }
+    // SAFETY: close(2) of the directory opened above.
+    unsafe { libc::close(dir) };
+}
+
 /// Makes a pipe end non-blocking, for the event loop.
 fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();
@@ -383,16 +461,7 @@ impl Program {
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
                 if all != 0 {
-                    // Before Linux 5.11: one at a time, up to the descriptor limit.
-                    let mut limit = libc::rlimit {
-                        rlim_cur: 0,
-                        rlim_max: 0,
-                    };
-                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-                    let last = limit.rlim_cur.min(1 << 20) as i32;
-                    for fd in 3..last {
-                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                    }
+                    close_on_exec_from_3();
                 }
                 // No signal blocked either (a mask is inherited across exec).
                 let mut none = std::mem::zeroed::<libc::sigset_t>();
@@ -495,6 +564,42 @@ impl Drop for Program {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fallback for `close_range(2)`: every descriptor from 3 on gets close-on-exec
+    /// (in a forked child, whose descriptors alone it changes), 0 to 2 keep theirs.
+    #[test]
+    fn close_on_exec_from_3_marks_every_descriptor_past_the_three() {
+        // SAFETY: fork(2); the child makes only async-signal-safe calls (open, fcntl,
+        // getdents64, close, _exit) and ends with _exit, touching no state of the parent's.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", io::Error::last_os_error());
+        if child == 0 {
+            // SAFETY: as above, in the child.
+            unsafe {
+                let mut opened = [-1; 40];
+                for fd in opened.iter_mut() {
+                    *fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                }
+                // Past 1,000 too, where a loop up to a low limit would not reach.
+                let high = libc::fcntl(opened[0], libc::F_DUPFD, 1500);
+                libc::fcntl(2, libc::F_SETFD, 0);
+                close_on_exec_from_3();
+                let marked = |fd: i32| libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+                let all = opened.iter().all(|&fd| fd >= 3 && marked(fd));
+                libc::_exit(match all && high >= 1500 && marked(high) && !marked(2) {
+                    true => 0,
+                    false => 1,
+                });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child, writing `status`.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "a descriptor without close-on-exec (status {status})"
+        );
+    }
 
     /// Waits (a few seconds at most) for `running()` to be `n`.
     fn running_becomes(n: usize) -> bool {
