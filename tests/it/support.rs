@@ -119,6 +119,8 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     /// Run a copy of the daemon placed in the plugin folder, with no SWITCHYARD_PLUGIN_DIR.
     beside_plugins: bool,
+    /// Run the daemon as PID 1 of a PID namespace of its own (`unshare`).
+    as_pid_1: bool,
 }
 
 impl DaemonBuilder {
@@ -167,11 +169,27 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs the daemon as PID 1 of a PID namespace of its own, as in a container with no
+    /// init (util-linux `unshare`, as root; the daemon's own pid is then the one child of
+    /// [`Daemon::pid`]).
+    pub fn pid_1_of_its_own(mut self) -> Self {
+        self.as_pid_1 = true;
+        self
+    }
+
     pub fn command(&self) -> Command {
-        let mut command = if self.beside_plugins {
-            Command::new(self.plugins.path().join("switchyard"))
-        } else {
-            Command::new(artifacts().join("switchyard"))
+        let daemon = match self.beside_plugins {
+            true => self.plugins.path().join("switchyard"),
+            false => artifacts().join("switchyard"),
+        };
+        let mut command = match self.as_pid_1 {
+            true => {
+                let mut unshare = Command::new("/usr/bin/unshare");
+                unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
+                unshare.arg(daemon);
+                unshare
+            }
+            false => Command::new(daemon),
         };
         command.env_clear();
         if !self.beside_plugins {
@@ -283,6 +301,7 @@ impl Daemon {
             plugins: tempfile::tempdir().expect("temp dir"),
             env: Vec::new(),
             beside_plugins: false,
+            as_pid_1: false,
         }
     }
 

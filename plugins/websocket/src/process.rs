@@ -12,9 +12,11 @@
 //! is at its default (an ignored one would stay ignored). Each program leads a process
 //! group of its own, and its signals go to the whole group: what it started (a shell
 //! script's pipeline, `sleep 600 | cat`) ends with it, not reparented and outside every
-//! limit. Every `unsafe` line of the plugin is in this module.
+//! limit; a stopping daemon gives programs their grace before it exits. Where the daemon
+//! is PID 1 (a container with no init), it reaps what programs leave behind, as an init
+//! would. Every `unsafe` line of the plugin is in this module.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -178,25 +180,21 @@ pub fn running() -> usize {
     RUNNING.load(Ordering::Acquire)
 }
 
-/// The process groups programs lead, by the program's pid (which is the group's id), and
-/// when the program itself was reaped (`None` while it runs). What a program left in its
-/// group comes to the daemon, its subreaper, and is reaped by [`reap_orphans`]; no other
-/// child of the daemon's is waited for there (another plugin's is its own to wait for).
-static GROUPS: Mutex<BTreeMap<u32, Option<Instant>>> = Mutex::new(BTreeMap::new());
+/// Programs started and not yet reaped, by pid: each is reaped by its own `Child` (and
+/// leads a process group of the same id).
+static PROGRAMS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
-/// How often orphans are looked for.
+/// Programs told to end and not yet reaped: what a stopping daemon waits for.
+static ENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// How often, where the daemon is PID 1, orphans are looked for.
 const ORPHANS_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a group is remembered after its program was reaped with no member of it seen
-/// since: its members, killed with it, are reparented to the daemon within moments.
-const GROUP_LINGERS: Duration = Duration::from_secs(10);
-
 fn starter_thread(requests: Receiver<Request>) {
-    // What a program leaves behind comes to the daemon, not to init: killed with its
-    // group, it is reaped here, whether or not init reaps (the daemon is PID 1 in a
-    // container of its own, and no zombie may pile up there).
-    // SAFETY: prctl with an integer argument: it sets a flag of this process.
-    let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } == 0;
+    // PID 1 (a container's only process, with no init) is every orphan's parent: what a
+    // program leaves behind (killed with its group, or gone from it with `setsid`) would
+    // stay a zombie for good, and the container would run out of pids.
+    let init = std::process::id() == 1;
     // (child, its client's share, when its stdin was closed, SIGTERM sent)
     let mut ending: Vec<(Child, Option<ClientShare>, Instant, bool)> = Vec::new();
     let mut orphans_looked = Instant::now();
@@ -205,7 +203,7 @@ fn starter_thread(requests: Receiver<Request>) {
             true => requests.recv_timeout(ORPHANS_EVERY),
             false => requests.recv_timeout(Duration::from_millis(50)),
         };
-        if subreaper && orphans_looked.elapsed() >= ORPHANS_EVERY {
+        if init && orphans_looked.elapsed() >= ORPHANS_EVERY {
             orphans_looked = Instant::now();
             reap_orphans();
         }
@@ -213,7 +211,7 @@ fn starter_thread(requests: Receiver<Request>) {
             Ok(Request::Start(mut command, reservation, reply)) => {
                 let started = command.spawn();
                 if let Ok(child) = &started {
-                    lock(&GROUPS).insert(child.id(), None);
+                    lock(&PROGRAMS).insert(child.id());
                 }
                 // The slot is settled before the caller hears: kept by a started program,
                 // free again by the time a failure is reported.
@@ -230,6 +228,7 @@ fn starter_thread(requests: Receiver<Request>) {
         ending.retain_mut(|(child, _share, since, termed)| {
             if let Ok(Some(_)) | Err(_) = reap(child) {
                 release_slot();
+                ENDING.fetch_sub(1, Ordering::AcqRel);
                 return false; // the client's share goes with it
             }
             let waited = since.elapsed();
@@ -244,19 +243,18 @@ fn starter_thread(requests: Receiver<Request>) {
     }
 }
 
-/// At the daemon's exit (after its connections are done, so every program has been told
-/// to end): programs get the rest of their grace, as when a client leaves, and what is
-/// still in their groups is killed. Without it `PR_SET_PDEATHSIG` killed each program at
-/// once and what it had started lived on.
+/// At the daemon's exit: programs told to end get the rest of their grace, as when a
+/// client leaves, and the groups of all still running are killed. Without it
+/// `PR_SET_PDEATHSIG` killed each program at once and what it had started lived on.
 extern "C" fn at_exit() {
     let until = Instant::now() + GRACE * 2 + Duration::from_millis(200);
-    while running() > 0 && Instant::now() < until {
+    while ENDING.load(Ordering::Acquire) > 0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
     }
-    for (&group, reaped) in lock(&GROUPS).iter() {
-        if reaped.is_none() {
-            signal_group(group, libc::SIGKILL);
-        }
+    // Held while signalling: no program is reaped meanwhile (`reap` holds it too), so
+    // each group's id is still its program's.
+    for &program in lock(&PROGRAMS).iter() {
+        signal_group(program, libc::SIGKILL);
     }
 }
 
@@ -272,42 +270,46 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Reaps what programs left behind: children of the daemon's (as their subreaper) in a
-/// program's group that are not the program itself. Groups long empty are forgotten.
+/// Where the daemon is PID 1: reaps every child that is not a program (each program is
+/// reaped by its own `Child`), as an init does. Its children are listed in
+/// `/proc/self/task/*/children`; where the kernel has no such file, `waitid` finds them one
+/// at a time, as far as the first program among them.
 fn reap_orphans() {
-    let mut seen = Vec::new();
+    let mut listed = false;
     let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
     for task in tasks.flatten() {
         let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
             continue;
         };
+        listed = true;
         for pid in children
             .split_whitespace()
             .filter_map(|p| p.parse::<u32>().ok())
         {
-            let Some(group) = group_of(pid) else { continue };
-            match lock(&GROUPS).get(&group) {
-                Some(_) if group != pid => seen.push(group),
-                _ => continue, // a program itself, or no program's
+            if !lock(&PROGRAMS).contains(&pid) {
+                // SAFETY: waitpid(2) on a child of ours that is no program (no `Child`
+                // owns it, so no other wait is for it); it writes only the status.
+                unsafe { libc::waitpid(pid as libc::pid_t, &mut 0, libc::WNOHANG) };
             }
-            let mut status = 0;
-            // SAFETY: waitpid(2) on a child of ours in a program's group that is not the
-            // program (no `Child` owns it, so no other wait is for it); writes `status` only.
-            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
         }
     }
-    lock(&GROUPS).retain(|group, reaped| match reaped {
-        Some(at) => at.elapsed() < GROUP_LINGERS || seen.contains(group),
-        None => true,
-    });
-}
-
-/// The process group of process `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid
-/// pgrp ...`; comm may hold spaces and parentheses, so fields count from its last `)`).
-fn group_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields = &stat[stat.rfind(')')? + 1..];
-    fields.split_whitespace().nth(2)?.parse().ok()
+    if listed {
+        return;
+    }
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid(2) to fill in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: waitid(2) peeking at any exited child, writing only into `info`.
+        let peeked = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
+        // SAFETY: si_pid is set by waitid(2) when it returns 0 (0 if no child has exited).
+        let pid = unsafe { info.si_pid() };
+        if peeked != 0 || pid <= 0 || lock(&PROGRAMS).contains(&(pid as u32)) {
+            break;
+        }
+        // SAFETY: as above: an exited child that is no program; writes only the status.
+        unsafe { libc::waitpid(pid, &mut 0, libc::WNOHANG) };
+    }
 }
 
 /// Reaps `child` if it has exited; what it leaves in its group is killed first, while the
@@ -323,11 +325,12 @@ fn reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
     if peeked == 0 && unsafe { info.si_pid() } != 0 {
         signal_group(child.id(), libc::SIGKILL);
     }
+    // Held across the wait: the exit's kill (`at_exit`) never meets a group whose program
+    // is being reaped.
+    let mut programs = lock(&PROGRAMS);
     let reaped = child.try_wait();
     if let Ok(Some(_)) | Err(_) = reaped {
-        if let Some(reaped) = lock(&GROUPS).get_mut(&child.id()) {
-            *reaped = Some(Instant::now());
-        }
+        programs.remove(&child.id());
     }
     reaped
 }
@@ -443,10 +446,11 @@ impl Program {
         // A group of its own, which its signals go to (and out of the daemon's: a Ctrl-C
         // at the daemon's terminal is the daemon's to handle).
         command.process_group(0);
-        // SAFETY: prctl, close_range, fcntl, sigemptyset, pthread_sigmask and signal are
+        // (std has emptied the signal mask before this runs.)
+        // SAFETY: prctl, close_range, fcntl, open, getdents64, close and signal are
         // async-signal-safe, as code between fork and exec must be; they change only this
-        // child's parent-death signal, descriptor flags, signal mask and dispositions, and
-        // touch no memory of the parent's (`none` is the child's own stack).
+        // child's parent-death signal, descriptor flags and signal dispositions, and touch
+        // no memory of the parent's.
         unsafe {
             command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -463,10 +467,6 @@ impl Program {
                 if all != 0 {
                     close_on_exec_from_3();
                 }
-                // No signal blocked either (a mask is inherited across exec).
-                let mut none = std::mem::zeroed::<libc::sigset_t>();
-                libc::sigemptyset(&mut none);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 for signal in 1..=libc::SIGRTMAX() {
                     if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                         libc::signal(signal, libc::SIG_DFL);
@@ -531,7 +531,15 @@ impl Program {
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
             if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = reap(child) {
+                let status = match reap(child) {
+                    Ok(status) => status,
+                    Err(e) => {
+                        // Gone, reaped by someone else: no status to tell.
+                        log::warn!("websocket: program (pid {}) lost: {e}", self.pid);
+                        Some(std::os::unix::process::ExitStatusExt::from_raw(0xff00))
+                    }
+                };
+                if let Some(status) = status {
                     release_slot();
                     self.child = None;
                     self.client = None;
@@ -546,10 +554,14 @@ impl Program {
 /// Hands a program to the starter thread to end (stdin is closed as the caller drops it);
 /// its client's share is given back when it is reaped.
 fn end(child: Child, share: Option<ClientShare>) {
-    let _ = starter()
+    ENDING.fetch_add(1, Ordering::AcqRel);
+    let sent = starter()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .send(Request::End(child, share));
+    if sent.is_err() {
+        ENDING.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for Program {
@@ -580,13 +592,13 @@ mod tests {
                 for fd in opened.iter_mut() {
                     *fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
                 }
-                // Past 1,000 too, where a loop up to a low limit would not reach.
-                let high = libc::fcntl(opened[0], libc::F_DUPFD, 1500);
+                // A high one too, past a gap (under the usual soft limit of 1,024).
+                let high = libc::fcntl(opened[0], libc::F_DUPFD, 1000);
                 libc::fcntl(2, libc::F_SETFD, 0);
                 close_on_exec_from_3();
                 let marked = |fd: i32| libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
                 let all = opened.iter().all(|&fd| fd >= 3 && marked(fd));
-                libc::_exit(match all && high >= 1500 && marked(high) && !marked(2) {
+                libc::_exit(match all && high >= 1000 && marked(high) && !marked(2) {
                     true => 0,
                     false => 1,
                 });
