@@ -417,11 +417,13 @@ fn shared_programs_clients_hold_a_bounded_total_in_lines_not_yet_whole() {
     );
 }
 
-/// From an attacker's review: past the total, the client whose line grew was dropped, so
+/// From attackers' reviews: past the total, the client whose line grew was dropped, so
 /// one address could fill the total with lines that never end and then have every other
-/// client's long line dropped. A connection of the address holding the most goes now.
-/// Here 127.0.0.1 fills the total with lines that never end; 127.0.0.2's line of
-/// 60,000 bytes (read by the route in pieces) reaches the program, which echoes it.
+/// client's long line dropped. The largest holder of the address holding the most goes
+/// now, as many as it takes. Here 127.0.0.1 holds 104 lines of 40,000 bytes that never
+/// end (4,160,000 of 4 MiB); 127.0.0.3 then holds one of 60,000 (the largest, but not of
+/// the address holding the most); 127.0.0.2's line of 60,000 bytes (read by the route in
+/// pieces) reaches the program, which echoes it to every client: 127.0.0.3 included.
 #[test]
 fn shared_programs_long_lines_from_one_address_do_not_drop_anothers() {
     let dir = tempfile::tempdir().unwrap();
@@ -433,22 +435,34 @@ fn shared_programs_long_lines_from_one_address_do_not_drop_anothers() {
             &format!("/shared=exec-shared:{}", program.display()),
         )
         .start();
-    // 69 lines of 60,000 bytes fit in 4 MiB; 10 of 5,000 fill all but 4,304 bytes of it.
-    let long = frame(false, 0x1, &[b'a'; 60_000]);
-    let short = frame(false, 0x1, &[b'a'; 5_000]);
-    let _held: Vec<Client> = (0..90)
-        .map(|i| {
+    let unfinished = frame(false, 0x1, &[b'a'; 40_000]);
+    let mut held: Vec<Client> = (0..104)
+        .map(|_| {
             let mut client = open(&daemon, "/shared");
-            client.send(if i < 80 { &long } else { &short });
+            client.send(&unfinished);
             client
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut largest = open_path_from(&daemon, "127.0.0.3", "/shared");
+    largest.send(frame(false, 0x1, &[b'c'; 60_000]));
+    std::thread::sleep(Duration::from_millis(300));
     let mut other = open_path_from(&daemon, "127.0.0.2", "/shared");
     other.send(frame(true, 0x1, &[b'z'; 60_000]));
-    let (fin, opcode, payload) = crate::websocket::read_frame(&mut other);
-    assert_eq!((fin, opcode), (true, 0x1), "a text message, not a close");
-    assert!(payload == [b'z'; 60_000], "its line, echoed");
+    for client in [&mut other, &mut largest] {
+        let (fin, opcode, payload) = crate::websocket::read_frame(client);
+        assert_eq!((fin, opcode), (true, 0x1), "a text message, not a close");
+        assert!(payload == [b'z'; 60_000], "127.0.0.2's line, echoed");
+    }
+    let mut dropped = 0;
+    for client in held.iter_mut() {
+        client.stream.set_nonblocking(true).unwrap();
+        let mut head = [0u8; 2];
+        if let Ok(2) = client.stream.read(&mut head) {
+            dropped += usize::from(head[0] == 0x88);
+        }
+    }
+    assert!(dropped >= 2, "{dropped} of 127.0.0.1's closed");
 }
 
 /// Regression (2026-12-03): one address could fill the whole budget for unfinished

@@ -486,11 +486,17 @@ impl SharedProgram {
                         client.partial.shrink_to(after);
                     }
                     state.partial_held -= ready;
-                    if after > before && state.partial_held > PARTIAL_LIMIT {
-                        let dropped = state.drop_largest_partial(poll, &self.label);
-                        if dropped == Some(token) {
-                            return;
+                    // As many go as it takes to be under the total again (one whose line
+                    // grew may have grown by more than the one dropped held).
+                    let mut this_one_dropped = false;
+                    while after > before && state.partial_held > PARTIAL_LIMIT {
+                        match state.drop_largest_partial(poll, &self.label) {
+                            Some(dropped) => this_one_dropped |= dropped == token,
+                            None => break,
                         }
+                    }
+                    if this_one_dropped {
+                        return;
                     }
                     state.input.extend_from_slice(&lines);
                     state.flush_input(&self.label);

@@ -607,7 +607,13 @@ impl Receiver {
             let made = c.inflated.len() - before;
             match self.delivery {
                 Delivery::Whole => c.read += used,
-                Delivery::Parts => drop(self.message.drain(..used)),
+                Delivery::Parts => {
+                    self.message.drain(..used);
+                    // A message that waits for more keeps no large buffer it does not use.
+                    if self.message.is_empty() && self.message.capacity() > KEEP_CAPACITY {
+                        self.message = Vec::new();
+                    }
+                }
             }
             let all_read = self.message.len() == c.read;
             *budget -= made;
