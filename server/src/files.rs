@@ -8,6 +8,7 @@
 //! ranges (RFC 9110 §14), and content types by extension.
 
 use protocol_api::path::{PathError, RequestPath};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -76,18 +77,51 @@ pub fn file_for(routes: &[FileRoute], path: &RequestPath<'_>) -> Named {
     let rest = &path.path()[routes[index].prefix.len()..];
     let mut relative = PathBuf::new();
     for segment in rest.split('/').filter(|s| !s.is_empty()) {
-        if segment.starts_with('.') {
+        let segment = decode_segment(segment);
+        if segment.starts_with(b".") {
             return Named::Hidden;
         }
-        relative.push(segment);
+        relative.push(std::ffi::OsStr::from_bytes(&segment));
     }
-    if rest.is_empty() || rest.ends_with('/') {
+    if path.path().ends_with('/') {
         relative.push("index.html");
+    } else if rest.is_empty() {
+        // The route's own folder, named without its slash: the folder itself, which the
+        // opener sends the client to with its slash (301), as it does any folder.
+        relative.push(".");
     }
     Named::File {
         route: index,
         relative,
     }
+}
+
+/// A path segment's name on disk: its `%XX` escapes decoded (RFC 3986 §2.1: `a%20b.html`
+/// names `a b.html`); a `%` not followed by two hex digits stays as it is. The path parser
+/// has refused the escapes that could change the path's shape (`%2F`, `%5C`, `%00`) and
+/// decoded `%2E` already.
+fn decode_segment(segment: &str) -> Vec<u8> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let escaped = match bytes[at..] {
+            [b'%', high, low, ..] => hex(high).zip(hex(low)),
+            _ => None,
+        };
+        match escaped {
+            Some((high, low)) => {
+                out.push(high << 4 | low);
+                at += 3;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    out
 }
 
 /// A strong validator from what changes when the file does: its modification time (to the
@@ -270,13 +304,38 @@ mod tests {
                 relative: "a/b.css".into()
             }
         );
+        // The route's own folder without its slash: the folder (the opener redirects).
         assert_eq!(
             named("/docs"),
+            Named::File {
+                route: 0,
+                relative: ".".into()
+            }
+        );
+        assert_eq!(
+            named("/docs/"),
             Named::File {
                 route: 0,
                 relative: "index.html".into()
             }
         );
+        // Escapes name the file's own bytes; a stray `%` is a character.
+        assert_eq!(
+            named("/a%20b.html"),
+            Named::File {
+                route: 1,
+                relative: "a b.html".into()
+            }
+        );
+        assert_eq!(
+            named("/caf%C3%A9/100%/x%4"),
+            Named::File {
+                route: 1,
+                relative: "café/100%/x%4".into()
+            }
+        );
+        // A hidden name spelled with escapes is hidden (`%2E` is decoded by the parser).
+        assert_eq!(named("/%2Egit/config"), Named::Hidden);
         assert_eq!(
             named("/app/"),
             Named::File {

@@ -270,3 +270,49 @@ fn preconditions_head_ranges_other_methods_and_redirects_on_this_host() {
         assert_eq!(moved.header("location"), Some("/docs/"), "{target}");
     }
 }
+
+/// From an attacker's review of the front door: a route's own folder named without its
+/// slash (`/novnc` for `/novnc=...`) was served its index there, so the page's relative
+/// links resolved against `/` (noVNC's `app/ui.js` became `/app/ui.js`: 404); and a name
+/// with an escape (`a%20b.html`) was looked for as spelled. The folder is sent to its slash
+/// now, as every other folder is, and escapes name the file's own bytes.
+#[test]
+fn a_routes_own_folder_is_sent_to_its_slash_and_escapes_name_files() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    std::fs::write(dir.path().join("a b.html"), "spaced\n").unwrap();
+    std::fs::write(dir.path().join("café.txt"), "accented\n").unwrap();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/novnc={}", dir.path().display()),
+        )
+        .start();
+    let bare = get(
+        &daemon,
+        "GET /novnc?autoconnect=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(bare.status, 301);
+    assert_eq!(bare.header("location"), Some("/novnc/?autoconnect=1"));
+    let index = get(&daemon, "GET /novnc/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(index.body_text(), "<h1>index</h1>\n");
+    let spaced = get(&daemon, "GET /novnc/a%20b.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        (spaced.status, spaced.body_text().as_str()),
+        (200, "spaced\n")
+    );
+    let accented = get(
+        &daemon,
+        "GET /novnc/caf%C3%A9.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(accented.body_text(), "accented\n");
+    // Escapes do not reach what is hidden, nor climb out.
+    let hidden = get(&daemon, "GET /novnc/%2Eenv HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(hidden.status, 404);
+    let climb = get(
+        &daemon,
+        "GET /novnc/%2e%2e/etc/passwd HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_ne!(climb.status, 200);
+}
