@@ -87,6 +87,16 @@ pub enum Header {
     Refused(&'static str),
 }
 
+/// The whole length a v2 header declares (its 16 fixed bytes and what follows, spec 2.2),
+/// once its first 16 bytes are in; `None` before, or for anything but a v2 header.
+pub fn v2_declared_len(input: &[u8]) -> Option<usize> {
+    let fixed = input.get(..16)?;
+    if !fixed.starts_with(V2_SIGNATURE) {
+        return None;
+    }
+    Some(16 + usize::from(u16::from_be_bytes([fixed[14], fixed[15]])))
+}
+
 const V1_PREFIX: &[u8] = b"PROXY ";
 const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -176,6 +186,20 @@ mod tests {
     use super::*;
 
     /// The v2 header of the spec's section 2.2 layout: PROXY, TCP over IPv4, with a TLV.
+    #[test]
+    fn a_v2_header_declares_its_length_in_its_first_16_bytes() {
+        let header = v2_tcp4([192, 168, 0, 1], 56324);
+        assert_eq!(v2_declared_len(&header), Some(header.len()));
+        assert_eq!(v2_declared_len(&header[..15]), None);
+        assert_eq!(
+            v2_declared_len(b"PROXY TCP4 192.168.0.1 192.168.0.11 1 2\r\n"),
+            None
+        );
+        let mut large = header[..16].to_vec();
+        large[14..16].copy_from_slice(&20_000u16.to_be_bytes());
+        assert_eq!(v2_declared_len(&large), Some(20_016));
+    }
+
     fn v2_tcp4(source: [u8; 4], port: u16) -> Vec<u8> {
         let mut h = V2_SIGNATURE.to_vec();
         h.push(0x21); // version 2, PROXY

@@ -243,3 +243,30 @@ fn plugins_see_the_address_the_header_gives() {
     assert_eq!(client.response().status, 101);
     assert_eq!(client.read_line(), "peer=198.51.100.7:41000");
 }
+
+/// From an attacker's review of the front door: a v2 header longer than a request head may
+/// be (its length is declared in its first 16 bytes, up to 65,551) was never read whole,
+/// as reading stops past `SWITCHYARD_MAX_HEADER_BYTES`, and the connection waited for the
+/// head time-out. It is refused as soon as its length is known, with a line saying why.
+#[test]
+fn a_v2_header_longer_than_a_head_may_be_is_refused_at_once() {
+    let daemon = daemon(&[
+        ("SWITCHYARD_PROXY_PROTOCOL", "v2"),
+        ("SWITCHYARD_PROXY_FROM", "127.0.0.1"),
+        ("SWITCHYARD_HEADER_TIMEOUT_MS", "5000"),
+    ]);
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec();
+    header.extend_from_slice(&20_000u16.to_be_bytes());
+    header.extend_from_slice(&[0u8; 12]);
+    let mut client = daemon.client();
+    client.send(&header);
+    let started = std::time::Instant::now();
+    assert!(client.read_to_end().is_empty(), "closed, nothing answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed at once, not at the head time-out"
+    );
+    daemon
+        .wait_for_log("a PROXY protocol v2 header longer than SWITCHYARD_MAX_HEADER_BYTES")
+        .unwrap();
+}

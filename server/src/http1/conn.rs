@@ -882,7 +882,16 @@ impl<T: Transport> HttpConn<T> {
             },
             ProxyHeader::Expected => {
                 let mode = cx.shared.config.proxy_protocol.mode;
-                match proxy_protocol::header(&self.input, mode) {
+                // One larger than a request head may be would not be read whole (reading
+                // stops past that): refused as soon as its length is known.
+                let max = cx.shared.config.max_header_bytes;
+                let header = match proxy_protocol::v2_declared_len(&self.input) > Some(max) {
+                    true => proxy_protocol::Header::Refused(
+                        "a PROXY protocol v2 header longer than SWITCHYARD_MAX_HEADER_BYTES",
+                    ),
+                    false => proxy_protocol::header(&self.input, mode),
+                };
+                match header {
                     proxy_protocol::Header::Incomplete => return ProxyStep::Wait,
                     proxy_protocol::Header::Complete { len, client } => {
                         if let Some(client) = client {
