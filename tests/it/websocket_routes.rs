@@ -966,6 +966,50 @@ fn a_clients_close_loses_nothing_it_sent_to_a_service_that_answers() {
     assert_eq!(counted.trim(), "300", "lines the program read");
 }
 
+/// From an attacker's review: one address connecting and leaving at once started 327
+/// programs a second, each a fork and an exec on the one thread that starts them all, and
+/// every other client's programs waited behind. A client address may start
+/// `SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT` a second, in bursts of twice as many. Here 2 a
+/// second: of 10 starts at once from 127.0.0.1, 4 are served; 127.0.0.2 is served meanwhile,
+/// and 127.0.0.1 again a second later.
+#[test]
+fn one_address_starts_programs_at_most_at_its_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(dir.path(), "up", "echo up; exec cat");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/up=exec:{}", program.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", "2")
+        .start();
+    let statuses: Vec<u16> = (0..10).map(|_| handshake_status(&daemon, "/up")).collect();
+    let served = statuses.iter().filter(|&&s| s == 101).count();
+    assert!((4..=5).contains(&served), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 101 || s == 503),
+        "{statuses:?}"
+    );
+    daemon
+        .wait_for_log(
+            "the client starts programs faster than SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT=2",
+        )
+        .unwrap();
+    let other = daemon.client_from("127.0.0.2").stream.try_clone().unwrap();
+    assert_eq!(
+        handshake_status_on(other, "/up"),
+        101,
+        "127.0.0.2 is served"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        handshake_status(&daemon, "/up"),
+        101,
+        "127.0.0.1 a second later"
+    );
+}
+
 /// Past `SWITCHYARD_WEBSOCKET_MAX_PROCESSES`: `503` with `Retry-After`, before any `101`.
 #[test]
 fn past_the_processes_limit_the_answer_is_503_with_retry_after() {

@@ -27,6 +27,9 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT` (default a quarter of
     /// `max_processes`): of them, most for one client address; past it, `503`.
     pub max_processes_per_client: usize,
+    /// `SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT` (default 10): programs one client address
+    /// may start a second, in bursts of up to twice as many; past it, `503`.
+    pub starts_per_client: u32,
     /// `SWITCHYARD_WEBSOCKET_PASSENV` (default `PATH,LD_LIBRARY_PATH`, as websocketd's
     /// `--passenv`): the daemon's environment variables an `exec:` program gets besides
     /// CGI's.
@@ -81,6 +84,8 @@ impl Config {
             max_processes,
             max_processes_per_client: number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", 1)?
                 .map_or((max_processes / 4).max(1), |n| n as usize),
+            starts_per_client: number("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", 1)?
+                .map_or(10, |n| n.min(u32::MAX.into()) as u32),
             deflate: match lookup("SWITCHYARD_WEBSOCKET_DEFLATE")
                 .as_deref()
                 .map(str::trim)
@@ -109,6 +114,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "5000", "time to dial a tcp:// service before the 101; late: 504 (refused: 502)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "a quarter of SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "of those programs, most for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", "10", "programs of exec: routes one client address may start a second, in bursts of twice as many; faster, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PASSENV", "PATH,LD_LIBRARY_PATH", "the daemon's environment variables an exec: program gets besides CGI's"),
 ];
 
@@ -143,6 +149,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(5),
                 max_processes: 256,
                 max_processes_per_client: 64,
+                starts_per_client: 10,
                 passenv: vec!["PATH".into(), "LD_LIBRARY_PATH".into()],
             }
         );

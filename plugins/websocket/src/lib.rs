@@ -389,6 +389,19 @@ impl WebSocket {
     ) -> Result<Dialled, protocol_api::Rejection> {
         let slot = match service {
             routes::Service::Exec { .. } => {
+                let per_sec = self.config.starts_per_client;
+                if !process::start_allowed(request.peer(), per_sec) {
+                    if let Some(unlogged) = process::REFUSALS.admit() {
+                        log::warn!(
+                            "websocket {} for {}: the client starts programs faster than \
+                             SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT={per_sec} a second; \
+                             answered 503{unlogged}",
+                            path.path(),
+                            request.peer(),
+                        );
+                    }
+                    return Err(programs_busy("programs started too fast for this client"));
+                }
                 let per_client = self.config.max_processes_per_client;
                 let Some(share) = process::ClientShare::take(request.peer(), per_client) else {
                     if let Some(unlogged) = process::REFUSALS.admit() {
