@@ -192,7 +192,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_PROXY_PROTOCOL",
         default: "`off`",
-        meaning: "`v1`, `v2` or `any`: connections from `SWITCHYARD_PROXY_FROM` start with a PROXY protocol header (HAProxy's), and its client address is the peer everywhere (access line, plugins, `X-Forwarded-For`); a missing, malformed or incomplete one (within the head time-out), or one from any other peer, closes the connection with a log line",
+        meaning: "`v1`, `v2` or `any`: connections from `SWITCHYARD_PROXY_FROM` start with a PROXY protocol header (HAProxy's), and its client address is the peer everywhere (access line, plugins, `X-Forwarded-For`); a missing, malformed or incomplete one (within the head time-out), a v2 one longer than `SWITCHYARD_MAX_HEADER_BYTES` (as soon as its length is read), or one from any other peer, closes the connection with a log line",
     },
     Setting {
         variable: "SWITCHYARD_PROXY_FROM",
@@ -207,7 +207,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_STATIC_ROUTES",
         default: "none",
-        meaning: "folders served to `GET` and `HEAD` by path prefix, comma-separated (`/=/usr/share/novnc`): the page of a WebSocket on its own origin. Content types by extension, `ETag` and `Last-Modified` with `304` and `412` (`If-Match`, `If-Unmodified-Since`), one byte range for a `GET` (`206`, `416`), other methods `405` with `Allow`, a folder's `index.html` (never a listing), `sendfile`; nothing outside the folder (dot-segments, encoded separators, symbolic links out: `400` or `404`; on kernels without `openat2`, before 5.6, no symbolic link is followed at all), no dot-files and nothing but regular files (`404`; a FIFO or a device is never opened). `/healthz`, `/metrics` and upgrades go on as before, and so does a `GET` no route covers (`426`)",
+        meaning: "folders served to `GET` and `HEAD` by path prefix, comma-separated (`/=/usr/share/novnc`): the page of a WebSocket on its own origin. Content types by extension, `ETag` and `Last-Modified` with `304` and `412` (`If-Match`, `If-Unmodified-Since`), one byte range for a `GET` (`206`, `416`), other methods `405` with `Allow`, a folder's `index.html` (never a listing; a folder named without its slash, the route's own included, is sent to it with `301`), names with `%XX` escapes decoded (`a%20b.html`), `sendfile`; nothing outside the folder (dot-segments, encoded separators, symbolic links out: `400` or `404`; on kernels without `openat2`, before 5.6, no symbolic link is followed at all), no dot-files and nothing but regular files (`404`; a FIFO or a device is never opened). `/healthz`, `/metrics` and upgrades go on as before, and so does a `GET` no route covers (`426`)",
     },
     Setting {
         variable: "SWITCHYARD_TLS_CERT",
