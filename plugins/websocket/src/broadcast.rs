@@ -846,11 +846,20 @@ mod tests {
 
     /// A program that exits while a child of its keeps its stdout open is kept (its
     /// output goes on) for EXIT_DRAIN, then let go, so that the route starts it again
-    /// rather than waiting for the child for ever.
+    /// rather than waiting for the child for ever. (A child left in the program's group
+    /// is killed when the program is reaped; this one has left it, with `setsid`.)
     #[test]
     fn a_program_whose_child_holds_its_output_is_let_go_after_the_drain() {
+        // The program exits only once its child is out of its group (`ready`).
+        let ready = std::env::temp_dir().join(format!("switchyard-ready-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        let script = format!(
+            "setsid sh -c 'touch {0}; exec sleep 3' & \
+             while [ ! -e {0} ]; do sleep 0.01; done; echo hi",
+            ready.display()
+        );
         let shared = SharedProgram::new(
-            vec!["/bin/sh".into(), "-c".into(), "sleep 3 & echo hi".into()],
+            vec!["/bin/sh".into(), "-c".into(), script],
             false,
             Vec::new(),
             8,
@@ -866,5 +875,6 @@ mod tests {
         shared.check_exit(&mut state, &poll);
         assert!(state.program.is_none(), "let go after the drain");
         assert!(state.restart_at.is_some(), "and started again later");
+        let _ = std::fs::remove_file(&ready);
     }
 }
