@@ -967,6 +967,50 @@ fn routes_to_services_take_only_their_own_origin_by_default() {
     );
 }
 
+/// From an attacker's review: DNS rebinding. A page on `http://evil.example:PORT` whose name
+/// is then made to resolve to the daemon opens a WebSocket whose `Origin` and `Host` are both
+/// `evil.example:PORT`: the same origin, so before the fix it reached the service. Over
+/// `http`, the same origin counts on IP addresses, `localhost` and the names in
+/// `SWITCHYARD_WEBSOCKET_HOSTS` only.
+#[test]
+fn a_rebound_name_is_not_the_daemons_own_origin() {
+    let (addr, _service) = tcp_service(|stream| {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(stream);
+    });
+    let start = |hosts: Option<&str>| {
+        let mut builder = Daemon::builder().plugin("switchyard-websocket").env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/term=tcp://{addr}"),
+        );
+        if let Some(hosts) = hosts {
+            builder = builder.env("SWITCHYARD_WEBSOCKET_HOSTS", hosts);
+        }
+        builder.start()
+    };
+    let status = |daemon: &Daemon, host: &str| {
+        let port = daemon.addr.port();
+        let mut client = daemon.client();
+        client.send(format!(
+            "GET /term HTTP/1.1\r\nOrigin: http://{host}:{port}\r\n{}",
+            DEFLATE_HANDSHAKE
+                .replace("Sec-WebSocket-Extensions: permessage-deflate\r\n", "")
+                .replace("Host: t", &format!("Host: {host}:{port}"))
+        ));
+        client.response_head_only().status
+    };
+    let daemon = start(None);
+    assert_eq!(status(&daemon, "evil.example"), 403, "a rebound name");
+    daemon
+        .wait_for_log("a page over http on a name not in SWITCHYARD_WEBSOCKET_HOSTS")
+        .unwrap();
+    assert_eq!(status(&daemon, "127.0.0.1"), 101, "its address");
+    assert_eq!(status(&daemon, "localhost"), 101, "localhost");
+    let listed = start(Some("pi.local"));
+    assert_eq!(status(&listed, "pi.local"), 101, "a listed name");
+    assert_eq!(status(&listed, "evil.example"), 403);
+}
+
 /// Dot-segments: before the fix `/public/../admin` was routed by `/public/` and forwarded as
 /// it was, to services that normalise it to `/admin`.
 #[test]

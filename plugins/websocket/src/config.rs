@@ -10,6 +10,10 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_ORIGINS`: which pages may open a WebSocket; `None` (unset):
     /// any for `echo` routes, the daemon's own origin for routes to services.
     pub origins: Option<Origins>,
+    /// `SWITCHYARD_WEBSOCKET_HOSTS`: names a page over `http` may be the same origin on,
+    /// besides IP addresses and `localhost` (DNS rebinding, see [`crate::origin`]); `None`
+    /// (`*`): any.
+    pub http_hosts: Option<Vec<String>>,
     /// `SWITCHYARD_WEBSOCKET_PROTOCOLS`: subprotocols offered, in our order of preference.
     pub protocols: Vec<String>,
     /// `SWITCHYARD_WEBSOCKET_IDLE_MS`: ping a peer silent this long; close 1001 if it stays so.
@@ -64,12 +68,15 @@ impl Config {
         };
         let max_processes =
             number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", 1)?.map_or(256, |n| n as usize);
+        let http_hosts = lookup("SWITCHYARD_WEBSOCKET_HOSTS")
+            .map_or(Some(Vec::new()), |v| crate::origin::parse_hosts(&v));
         Ok(Config {
             max_message: number("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", 1)?
                 .map_or(16 << 20, |n| n as usize),
             origins: lookup("SWITCHYARD_WEBSOCKET_ORIGINS")
-                .map(|v| Origins::parse(&v))
+                .map(|v| Origins::parse(&v).map(|o| o.with_http_hosts(http_hosts.clone())))
                 .transpose()?,
+            http_hosts,
             passenv: list(
                 &lookup("SWITCHYARD_WEBSOCKET_PASSENV").unwrap_or(DEFAULT_PASSENV.into()),
             ),
@@ -107,6 +114,7 @@ impl Config {
 pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ROUTES", "unset: every path is echo", "services by path prefix: /vnc=tcp://127.0.0.1:5900, /logs=unix:/run/logs.sock, /count=exec:/usr/local/bin/count, exec-binary:, exec-shared:, exec-shared-binary:, tokens:/etc/switchyard/tokens, /=echo; a path no route covers is declined"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ORIGINS", "* on echo routes, same-origin on routes to services", "the pages (Origin) that may open a WebSocket, comma-separated: origins, same-origin, or *"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_HOSTS", "none: IP addresses and localhost only", "names (Host) a page over http may be the same origin on, comma-separated; * for any (DNS rebinding: a rebound name is its own origin)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PROTOCOLS", "none", "subprotocols offered, in our preference"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_IDLE_MS", "unset: never", "ping a peer silent this long; close 1001 if it stays silent as long again"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_DEFLATE", "on", "accept permessage-deflate (RFC 7692) offers; off to never compress"),
@@ -142,6 +150,7 @@ mod tests {
             Config {
                 max_message: 16 << 20,
                 origins: None,
+                http_hosts: Some(vec![]),
                 protocols: vec![],
                 idle: None,
                 deflate: true,

@@ -241,6 +241,14 @@ mod tests {
         let host = ("Host", &b"good.example:8080"[..]);
         let page = ("Origin", &b"http://good.example:8080"[..]);
         let same = Origins::same_origin();
+        // A page over http on a name is refused unless the name is listed (DNS rebinding).
+        assert_eq!(
+            check("GET", &[host, KEY, V13, page], &c, &same, None)
+                .unwrap_err()
+                .status,
+            403
+        );
+        let same = same.with_http_hosts(crate::origin::parse_hosts("good.example"));
         assert!(check("GET", &[host, KEY, V13, page], &c, &same, None).is_ok());
         assert_eq!(
             check("GET", &[host, KEY, V13, evil], &c, &same, None)

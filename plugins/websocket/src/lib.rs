@@ -139,13 +139,14 @@ impl EventProtocol for WebSocket {
             true => vec![stats.route(stats::EVERY_PATH)],
             false => route_stats,
         };
+        let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
             config,
             stats,
             route_stats,
             shared,
             any_origin: origin::Origins::any(),
-            same_origin: origin::Origins::same_origin(),
+            same_origin,
             tokens,
         })
     }

@@ -9,6 +9,14 @@
 //! A request without `Origin` (not from a browser) is always allowed: only browsers need
 //! the check, and they always send the field. A request with two is refused: a user agent
 //! sends at most one (RFC 6454 §7.3), so two are a forgery.
+//!
+//! `same-origin` alone does not stop DNS rebinding: a page on `http://evil.example:8080`
+//! whose name is then made to resolve to the daemon's address opens a WebSocket whose
+//! `Origin` and `Host` are both `evil.example:8080`, the same origin. Such a page is always
+//! `http` (over TLS its name would need our certificate), so a page over `http` is taken as
+//! the same origin only on an IP address, `localhost` (or a `.localhost` name), or a name
+//! in `SWITCHYARD_WEBSOCKET_HOSTS` (`*`: any, as before), as Vite's and webpack's dev
+//! servers do for the same attack.
 
 /// What `SWITCHYARD_WEBSOCKET_ORIGINS` allows: `*` (any page), `same-origin` (pages whose
 /// origin is the request's `Host`), and origins by name (`https://app.example.com`).
@@ -17,6 +25,17 @@ pub struct Origins {
     pub any: bool,
     pub same_origin: bool,
     pub listed: Vec<String>,
+    /// `SWITCHYARD_WEBSOCKET_HOSTS`: the names (lower case) a page over `http` may be the
+    /// same origin on, besides IP addresses and `localhost`; `None`: any name.
+    pub http_hosts: Option<Vec<String>>,
+}
+
+/// Parses `SWITCHYARD_WEBSOCKET_HOSTS`: names, comma-separated; `*` for any.
+pub fn parse_hosts(value: &str) -> Option<Vec<String>> {
+    let names: Vec<String> = protocol_api::fields::setting_list(value)
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    (!names.iter().any(|name| name == "*")).then_some(names)
 }
 
 /// The setting's keyword for "the page's origin is this host".
@@ -31,17 +50,46 @@ impl Origins {
         }
     }
 
-    /// Pages of the daemon's own origin (the default for routes to services).
+    /// Pages of the daemon's own origin (the default for routes to services); over `http`,
+    /// on IP addresses and `localhost` only.
     pub fn same_origin() -> Origins {
         Origins {
             same_origin: true,
+            http_hosts: Some(Vec::new()),
             ..Origins::default()
         }
     }
 
+    /// The same, with `http_hosts` for what a page over `http` may be the same origin on.
+    pub fn with_http_hosts(mut self, http_hosts: Option<Vec<String>>) -> Origins {
+        self.http_hosts = http_hosts;
+        self
+    }
+
+    /// Whether a page over `http` on `name` may be the same origin as the daemon (see the
+    /// module's docs on DNS rebinding).
+    fn http_host_allowed(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        let literal = name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name
+                .strip_prefix('[')
+                .and_then(|v6| v6.strip_suffix(']'))
+                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+        literal
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self
+                .http_hosts
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n == name))
+    }
+
     /// Parses the setting's comma-separated entries.
     pub fn parse(value: &str) -> Result<Origins, String> {
-        let mut origins = Origins::default();
+        let mut origins = Origins {
+            http_hosts: Some(Vec::new()),
+            ..Origins::default()
+        };
         for entry in protocol_api::fields::setting_list(value) {
             if entry == "*" {
                 origins.any = true;
@@ -85,12 +133,17 @@ impl Origins {
         if self.listed.iter().any(|a| same_serialised(a, origin)) {
             return Ok(());
         }
-        let same = self.same_origin
-            && host
-                .is_some_and(|host| Origin::parse(origin).is_some_and(|o| o.is_host(host, scheme)));
-        match same {
-            true => Ok(()),
-            false => Err("Origin not allowed"),
+        match Origin::parse(origin) {
+            Some(page) if self.same_origin && host.is_some_and(|h| page.is_host(h, scheme)) => {
+                match page.scheme != "http" || self.http_host_allowed(&page.host) {
+                    true => Ok(()),
+                    false => Err(
+                        "a page over http on a name not in SWITCHYARD_WEBSOCKET_HOSTS \
+                                  (DNS rebinding)",
+                    ),
+                }
+            }
+            _ => Err("Origin not allowed"),
         }
     }
 }
@@ -191,7 +244,7 @@ mod tests {
 
     #[test]
     fn same_origin_is_the_host_the_request_was_sent_to() {
-        let same = Origins::same_origin();
+        let same = Origins::same_origin().with_http_hosts(parse_hosts("app.example"));
         for (origin, host, allowed) in [
             ("http://app.example:8080", "app.example:8080", true),
             ("http://APP.example:8080", "app.example:8080", true),
@@ -218,6 +271,43 @@ mod tests {
         assert!(same.check(&["http://a"], None, None).is_err());
     }
 
+    /// Regression (attacker's review): a rebound name is its own origin's `Host`.
+    #[test]
+    fn a_page_over_http_is_the_same_origin_only_on_addresses_localhost_and_listed_names() {
+        let same = Origins::same_origin();
+        for (origin, host, allowed) in [
+            ("http://evil.example:8080", "evil.example:8080", false),
+            ("http://EVIL.example.:8080", "evil.example.:8080", false),
+            ("http://127.0.0.1:8080", "127.0.0.1:8080", true),
+            ("http://[::1]:8080", "[::1]:8080", true),
+            ("http://192.168.1.5", "192.168.1.5", true),
+            ("http://localhost:8080", "localhost:8080", true),
+            ("http://term.localhost:8080", "term.localhost:8080", true),
+            // Over TLS a rebound page cannot be ours: any name.
+            ("https://app.example", "app.example", true),
+        ] {
+            assert_eq!(
+                same.check(&[origin], Some(host), None).is_ok(),
+                allowed,
+                "{origin} on {host}"
+            );
+        }
+        let listed = Origins::same_origin().with_http_hosts(parse_hosts("pi.local, App.Example"));
+        assert!(listed
+            .check(&["http://pi.local:8080"], Some("pi.local:8080"), None)
+            .is_ok());
+        assert!(listed
+            .check(&["http://app.example"], Some("app.example"), None)
+            .is_ok());
+        assert!(listed
+            .check(&["http://evil.example"], Some("evil.example"), None)
+            .is_err());
+        let any = Origins::same_origin().with_http_hosts(parse_hosts("*"));
+        assert!(any
+            .check(&["http://evil.example"], Some("evil.example"), None)
+            .is_ok());
+    }
+
     #[test]
     fn rfc6454_5_over_tls_the_page_must_be_https_too() {
         let same = Origins::same_origin();
@@ -240,7 +330,9 @@ mod tests {
 
     #[test]
     fn the_setting_names_origins_same_origin_or_any() {
-        let listed = Origins::parse("https://a.example, same-origin").unwrap();
+        let listed = Origins::parse("https://a.example, same-origin")
+            .unwrap()
+            .with_http_hosts(None);
         assert!(listed
             .check(&["https://A.example:443"], Some("b"), None)
             .is_ok());
