@@ -1007,3 +1007,49 @@ fn never_ending_handshake_message(request: Option<&str>) -> String {
     }
     .unwrap_or_else(|l| l)
 }
+
+/// From an attacker's review: a client's last data and its close_notify in one read were
+/// taken as a short read ("the socket is drained"), and the end already read was never
+/// told to the plugin: a tunnel's backend never saw its end of input, and the connection
+/// waited for the idle limit (300 s). Here a backend that answers once its input ends.
+#[test]
+fn a_close_notify_that_comes_with_the_last_data_ends_the_input() {
+    let (backend, served) = crate::support::one_connection_backend(move |mut stream| {
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).unwrap();
+        stream
+            .write_all(format!("got {}", got.len()).as_bytes())
+            .unwrap();
+    });
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-tunnel")
+        .env("SWITCHYARD_TUNNEL_ROUTES", &format!("/count={backend}"))
+        .start();
+    let mut tls = connect(daemon.addr, &pki.client(&[]), "localhost");
+    switch(
+        &mut tls,
+        "GET /count HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+    );
+    // Both records sealed first, then written together (one read for the daemon).
+    tls.conn.writer().write_all(b"ten bytes!").unwrap();
+    tls.conn.send_close_notify();
+    let mut records = Vec::new();
+    while tls.conn.wants_write() {
+        tls.conn.write_tls(&mut records).unwrap();
+    }
+    tls.sock.write_all(&records).unwrap();
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "got 10",
+        "{}",
+        daemon.logs()
+    );
+    served.join().unwrap();
+}

@@ -277,6 +277,12 @@ impl HostConnection for EventIo<'_> {
                     // The read's flush wrote what waited before an owed FIN.
                     let _ = self.stream.shutdown(Shutdown::Write);
                 }
+                if tls.has_ended() {
+                    // A short read that ended the stream (the last data and close_notify
+                    // in one read) drained nothing the socket will announce again: the
+                    // plugin may read on, and meets the end (0).
+                    self.flow.readiness.closed = true;
+                }
                 read
             }
             None => retry(|| (&mut &*self.stream).read(buf)),

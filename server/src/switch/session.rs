@@ -303,6 +303,14 @@ impl Session {
         self.timer =
             (wants.timer_ms > 0).then(|| Moment::of(*now + Duration::from_millis(wants.timer_ms)));
         self.moved_last = self.flow.readiness.moved;
+        if !self.peer_closed && self.wire.tls.as_deref().is_some_and(|tls| tls.has_ended()) {
+            // The TLS stream ended within a read (close_notify with the last data): news no
+            // event of the socket brings. The plugin is called again, told of the end,
+            // and reads it (0); before, it waited for the idle limit (an attacker's review).
+            self.peer_closed = true;
+            self.flow.readiness.readable = true;
+            self.moved_last = true;
+        }
         if self.flow.readiness.moved {
             self.last_moved = Moment::of(*now);
         }

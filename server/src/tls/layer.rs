@@ -174,6 +174,12 @@ impl TlsLayer {
         self.conn.is_handshaking()
     }
 
+    /// The client's stream has ended (close_notify, or the socket's end): what a read
+    /// returns short after it is the last, and the next returns 0.
+    pub fn has_ended(&self) -> bool {
+        self.ended
+    }
+
     /// Ciphertext waits for the socket, or the FIN after it: flush on the next writable
     /// event.
     pub fn has_pending(&self) -> bool {
@@ -255,6 +261,17 @@ impl TlsLayer {
                 return Ok(filled);
             }
             if drained {
+                // What the socket gave may have ended the stream after the plaintext just
+                // taken (the last data and close_notify in one read): looked at once more,
+                // or the end would wait for an event the socket never brings.
+                if filled > 0 {
+                    match self.conn.reader().read(&mut buf[filled..]) {
+                        Ok(0) => self.ended = true,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.ended = true,
+                        Err(_) => {}
+                    }
+                }
                 return match filled {
                     0 => Err(io::ErrorKind::WouldBlock.into()),
                     n => Ok(n),
