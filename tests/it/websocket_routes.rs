@@ -945,7 +945,7 @@ fn a_clients_close_loses_nothing_it_sent_to_a_service_that_answers() {
         "answers",
         &format!(
             "trap '' PIPE; tee -p -a {0} /dev/stdout /dev/stdout /dev/stdout 2>/dev/null; \
-             wc -l < {0} > {0}.count",
+             wc -l < {0} > {0}.part; mv {0}.part {0}.count",
             lines.display()
         ),
     );
