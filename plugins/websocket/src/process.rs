@@ -227,9 +227,11 @@ fn starter_thread(requests: Receiver<Request>) {
     let mut ending: Vec<(Child, Option<ClientShare>, Instant, bool)> = Vec::new();
     let mut orphans_looked = Instant::now();
     loop {
-        let request = match ending.is_empty() {
-            true => requests.recv_timeout(ORPHANS_EVERY),
-            false => requests.recv_timeout(Duration::from_millis(50)),
+        // Idle, it sleeps until asked, unless it reaps orphans now and then (PID 1).
+        let request = match (ending.is_empty(), init) {
+            (true, false) => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            (true, true) => requests.recv_timeout(ORPHANS_EVERY),
+            (false, _) => requests.recv_timeout(Duration::from_millis(50)),
         };
         if init && orphans_looked.elapsed() >= ORPHANS_EVERY {
             orphans_looked = Instant::now();
