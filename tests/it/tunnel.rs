@@ -196,6 +196,97 @@ fn a_client_reset_reaches_the_backend_as_a_reset() {
     assert!(logs.contains("ended: client reset"), "{logs}");
 }
 
+/// Writes to `stream` until the bytes stop going (every buffer on the way is full).
+fn fill(stream: &mut TcpStream) -> usize {
+    stream.set_nonblocking(true).unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let (mut sent, mut quiet_since) = (0, std::time::Instant::now());
+    while quiet_since.elapsed() < Duration::from_millis(300) {
+        match stream.write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                quiet_since = std::time::Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("writing: {e}"),
+        }
+    }
+    stream.set_nonblocking(false).unwrap();
+    sent
+}
+
+/// Regression (tunnel review #1): a client that resets while its direction waits for a
+/// backend that does not read was never read again, so its reset went unseen and the tunnel
+/// stood to the idle limit with everything it buffered (177 of 200 did). Its reset now ends
+/// the tunnel, and the backend, still not reading, is reset.
+#[test]
+fn a_client_reset_ends_the_tunnel_while_the_backend_does_not_read() {
+    let (reset_seen, seen) = std::sync::mpsc::channel::<()>();
+    let (addr, backend) = backend(move |mut stream| {
+        // Read nothing until the daemon has ended the tunnel; then what it held is gone.
+        seen.recv().unwrap();
+        let mut sink = [0u8; 64 * 1024];
+        let ended = loop {
+            match stream.read(&mut sink) {
+                Ok(0) => break Ok(()),
+                Ok(_) => continue,
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        assert_eq!(
+            ended,
+            Err(ErrorKind::ConnectionReset),
+            "a reset, not an end"
+        );
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    let sent = fill(&mut client.stream);
+    assert!(sent > 64 * 1024, "{sent}");
+    let socket = socket2::Socket::from(client.stream);
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(socket); // RST
+    let logs = daemon.wait_for_log("ended: client reset");
+    reset_seen.send(()).unwrap();
+    backend.join().unwrap();
+    assert!(logs.is_ok(), "the tunnel stood: {}", logs.unwrap_err());
+}
+
+/// Regression (tunnel review #2): a backend that resets after sending its end (FIN) was
+/// never read again, so the client, still open, was never told. It is reset now.
+#[test]
+fn a_backend_reset_after_its_end_reaches_the_client() {
+    let (go, reset) = std::sync::mpsc::channel::<()>();
+    let (addr, backend) = backend(move |mut stream| {
+        stream.write_all(b"bye").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        reset.recv().unwrap();
+        let socket = socket2::Socket::from(stream);
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(socket); // RST
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    assert_eq!(client.read_to_end(), b"bye", "the backend's end passed on");
+    go.send(()).unwrap();
+    backend.join().unwrap();
+    let logs = daemon.wait_for_log("ended: backend reset");
+    assert!(logs.is_ok(), "the tunnel stood: {}", logs.unwrap_err());
+    // After its FIN, a reset shows on the socket as an error (EPIPE), not on a read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while client.stream.take_error().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client was not reset"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_refused_backend_gets_502_before_any_101() {
     // Bound but not listening: connections are refused, and no other test can take the port.

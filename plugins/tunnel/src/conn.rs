@@ -12,7 +12,8 @@
 //! pipes in the process, or with no descriptor left for one, a bulk direction copies.) When a source ends, the destination's
 //! write side is shut and the other
 //! direction flows on (half-close); when both have ended, the tunnel ends. A reset on one
-//! side is passed on as a reset to the other.
+//! side is passed on as a reset to the other, also while its direction is not reading it
+//! (held back by a slow destination, or after the side's own FIN).
 //!
 //! A client that came over TLS (which the daemon terminates) is read and written only
 //! through the daemon: its socket carries ciphertext, so nothing is spliced to or from it.
@@ -458,6 +459,19 @@ impl TunnelConn {
         };
         // Drained (or never read): the next event says when there is more.
         self.backend_ready = down != Stop::WaitRead;
+        // A reset is news only a read brings, and a direction that is not reading its
+        // source (its destination holds it back, or the source already sent its end) would
+        // never learn of it: the tunnel would stand until the idle limit, holding what it
+        // buffered. So when the loop says a source's socket changed, ask it.
+        if peer_closed && matches!(up, Stop::WaitWrite | Stop::Done) && failed(io.as_fd()) {
+            return Ok(self.end(io, Ended::SourceReset, true));
+        }
+        if ready.is_watched()
+            && matches!(down, Stop::WaitWrite | Stop::Done)
+            && failed(self.backend.as_fd())
+        {
+            return Ok(self.end(io, Ended::SourceReset, false));
+        }
         let now = Instant::now();
         if moved {
             self.last_moved = now;
@@ -539,6 +553,12 @@ impl Drop for TunnelConn {
             self.started.elapsed().as_secs_f64(),
         );
     }
+}
+
+/// Whether `socket` failed (a reset: `ECONNRESET`, or `EPIPE` after the peer's FIN), the
+/// error taken; a socket that only half-closed has none.
+fn failed(socket: BorrowedFd<'_>) -> bool {
+    !matches!(SockRef::from(&socket).take_error(), Ok(None))
 }
 
 /// Makes the next close of `socket` send a reset instead of a FIN (SO_LINGER with time 0):
