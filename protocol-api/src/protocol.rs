@@ -85,11 +85,7 @@ impl<S> Decision<S> {
 
     /// Reject with `status` (300–599) and a plain-text `body`.
     pub fn reject(status: u16, body: impl Into<Vec<u8>>) -> Self {
-        Decision::Reject(Rejection {
-            status,
-            headers: Vec::new(),
-            body: body.into(),
-        })
+        Decision::Reject(Rejection::new(status, body))
     }
 }
 
@@ -107,6 +103,15 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// `status` (300–599) with a plain-text `body`.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Rejection {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));

@@ -318,6 +318,49 @@ fn a_backend_that_never_accepts_gets_504() {
     assert_eq!(client.response().status, 504);
 }
 
+/// Regression (tunnel review #3): each dial holds a worker until the backend answers or
+/// the time-out passes; 300 requests for a backend with a full listen queue held 256 workers
+/// for 5 s, and four addresses held all of them. Past `SWITCHYARD_TUNNEL_MAX_DIALS` under
+/// way, a request gets `503` at once.
+#[test]
+fn a_dead_backend_holds_at_most_its_dials_in_flight() {
+    let (_listener, addr, _fillers) = listener_never_answering();
+    let daemon = daemon(
+        addr,
+        &[
+            ("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS", "3000"),
+            ("SWITCHYARD_TUNNEL_MAX_DIALS", "2"),
+        ],
+    );
+    let request = "GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n";
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = daemon.client();
+            client.send(request);
+            std::thread::spawn(move || client.response().status)
+        })
+        .collect();
+    daemon
+        .wait_for_metric("switchyard_tunnel_dials_in_flight{route=\"/backend\"} 2")
+        .unwrap();
+    let began = std::time::Instant::now();
+    let mut third = daemon.client();
+    third.send(request);
+    let response = third.response();
+    assert_eq!(response.status, 503, "{}", response.body_text());
+    assert_eq!(response.header("Retry-After"), Some("1"));
+    assert!(began.elapsed() < Duration::from_secs(2), "at once");
+    for dial in waiting {
+        assert_eq!(dial.join().unwrap(), 504);
+    }
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("switchyard_tunnel_refused_total{route=\"/backend\",status=\"503\"} 1"),
+        "{metrics}"
+    );
+    assert!(daemon.logs().contains("SWITCHYARD_TUNNEL_MAX_DIALS"));
+}
+
 #[test]
 fn an_unrouted_path_is_declined_and_never_dialled() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -483,6 +483,44 @@ fn a_service_that_does_not_connect_in_time_is_504() {
     assert_eq!(handshake_status(&daemon, "/slow"), 504);
 }
 
+/// Regression (tunnel review #3, for routes too): each dial holds a worker until the
+/// service answers or the time-out passes, so requests for a dead service took every worker
+/// one address may hold. Past `SWITCHYARD_WEBSOCKET_MAX_DIALS` under way they get `503` at
+/// once, and the route dials again when one ends.
+#[test]
+fn a_dead_service_holds_at_most_its_dials_in_flight() {
+    let (_listener, addr, _fillers) = listener_never_answering();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/dead=tcp://{addr}"),
+        )
+        .env("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "3000")
+        .env("SWITCHYARD_WEBSOCKET_MAX_DIALS", "2")
+        .start();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let raw = TcpStream::connect(daemon.addr).unwrap();
+            std::thread::spawn(move || handshake_status_on(raw, "/dead"))
+        })
+        .collect();
+    daemon
+        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/dead\"} 2")
+        .unwrap();
+    let began = std::time::Instant::now();
+    assert_eq!(handshake_status(&daemon, "/dead"), 503, "a third dial");
+    assert!(began.elapsed() < Duration::from_secs(2), "at once");
+    for dial in waiting {
+        assert_eq!(dial.join().unwrap(), 504);
+    }
+    daemon
+        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/dead\"} 0")
+        .unwrap();
+    let logs = daemon.logs();
+    assert!(logs.contains("SWITCHYARD_WEBSOCKET_MAX_DIALS"), "{logs}");
+}
+
 #[test]
 fn a_service_that_stops_reading_stops_the_client_being_read() {
     let (addr, _service) = tcp_service(|stream| {

@@ -14,11 +14,20 @@ pub struct Config {
     /// `SWITCHYARD_TUNNEL_MAX_PIPES` (default [`MAX_PIPES`]): most splice pipes held at
     /// once, two descriptors each; 0 never splices.
     pub max_pipes: usize,
+    /// `SWITCHYARD_TUNNEL_MAX_DIALS` (default [`MAX_DIALS`]): most dials under way to one
+    /// route's backend; past it, `503`.
+    pub max_dials: usize,
 }
 
 /// HAProxy's `maxpipes` default: a quarter of its connection limit (here the daemon's
 /// default `SWITCHYARD_MAX_CONNECTIONS`, 10,000).
 pub const MAX_PIPES: usize = 2_500;
+
+/// Dials under way to one route's backend at once. Each holds a worker until the backend
+/// answers or the connect time-out ends it: a backend that answers in a millisecond
+/// takes 64,000 dials a second under this, and one that does not answer (dead, or its
+/// listen queue full) holds 64 of the 1,024 workers, not all of them.
+pub const MAX_DIALS: usize = 64;
 
 impl Config {
     pub fn from_env() -> Result<Config, String> {
@@ -73,6 +82,17 @@ impl Config {
                     )
                 })?,
             },
+            max_dials: match lookup("SWITCHYARD_TUNNEL_MAX_DIALS") {
+                None => MAX_DIALS,
+                Some(v) => match v.trim().parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(format!(
+                        "invalid SWITCHYARD_TUNNEL_MAX_DIALS={v:?}: expected a count, at least 1"
+                    ))
+                    }
+                },
+            },
         })
     }
 
@@ -111,6 +131,11 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
         "SWITCHYARD_TUNNEL_MAX_PIPES",
         "2500",
         "most pipes held at once to splice bulk transfers (two descriptors each, as HAProxy's maxpipes); past it, or with no descriptor to spare, a tunnel copies instead; 0 never splices",
+    ),
+    protocol_api::Setting::new(
+        "SWITCHYARD_TUNNEL_MAX_DIALS",
+        "64",
+        "most dials under way at once to one route's backend (each holds a worker until the backend answers or the connect time-out passes, so a dead backend cannot hold them all); past it, 503 with Retry-After",
     ),
 ];
 

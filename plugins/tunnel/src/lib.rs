@@ -34,6 +34,8 @@ pub struct Tunnel {
     stats: Stats,
     /// Each route's metrics, in `config.routes`' order.
     routes: Vec<RouteStats>,
+    /// The `503` for dials past `SWITCHYARD_TUNNEL_MAX_DIALS` is logged once a second.
+    busy_logs: protocol_api::throttle::Throttle,
 }
 
 /// What negotiate hands to start: the connected backend and where it came from.
@@ -77,6 +79,7 @@ impl EventProtocol for Tunnel {
             config,
             stats,
             routes,
+            busy_logs: protocol_api::throttle::Throttle::new(),
         })
     }
 
@@ -102,6 +105,22 @@ impl EventProtocol for Tunnel {
         }
         let index = self.config.routes.iter().position(|(p, _)| p == route);
         let stats = index.map_or_else(|| self.stats.route(route), |i| self.routes[i]);
+        let Some(_dialling) = stats.dialling.hold_below(self.config.max_dials as i64) else {
+            if let Some(unlogged) = self.busy_logs.admit() {
+                log::warn!(
+                    "tunnel {} -> {backend} for {}: {} dials to the backend under way \
+                     (SWITCHYARD_TUNNEL_MAX_DIALS); answered 503{unlogged}",
+                    request.path(),
+                    request.peer(),
+                    self.config.max_dials
+                );
+            }
+            self.stats.refused(route, 503);
+            let body = format!("backend for {} is busy\n", request.path());
+            return Decision::Reject(
+                protocol_api::Rejection::new(503, body).with_header("Retry-After", "1"),
+            );
+        };
         let began = std::time::Instant::now();
         let dialled = dial(backend, self.config.connect_timeout);
         stats.connect.observe_micros(began.elapsed());

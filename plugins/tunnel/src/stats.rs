@@ -11,6 +11,7 @@ pub struct Stats {
     refused: Family<Counter>,
     bytes: Family<Counter>,
     connect: Family<Histogram>,
+    dialling: Family<Gauge>,
     /// Splice pipes open now (all routes).
     pub pipes: Gauge,
 }
@@ -23,6 +24,8 @@ pub struct RouteStats {
     pub up: Counter,
     pub down: Counter,
     pub connect: Histogram,
+    /// Dials to the backend under way now (at most `SWITCHYARD_TUNNEL_MAX_DIALS`).
+    pub dialling: Gauge,
 }
 
 impl Stats {
@@ -37,7 +40,7 @@ impl Stats {
             )?,
             refused: metrics::counter(
                 "refused_total",
-                "Tunnels refused before the 101, per route: 502 (the backend refused or could not be reached), 504 (it did not answer within SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS).",
+                "Tunnels refused before the 101, per route: 502 (the backend refused or could not be reached), 503 (SWITCHYARD_TUNNEL_MAX_DIALS dials to it were under way), 504 (it did not answer within SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS).",
                 &["route", "status"],
             )?,
             bytes: metrics::counter(
@@ -51,6 +54,11 @@ impl Stats {
                 route,
                 metrics::LATENCY_MICROS,
                 metrics::MICROS_PER_SECOND,
+            )?,
+            dialling: metrics::gauge(
+                "dials_in_flight",
+                "Dials to the backend under way now, per route, each holding a worker (at most SWITCHYARD_TUNNEL_MAX_DIALS).",
+                route,
             )?,
             pipes: metrics::gauge(
                 "pipes",
@@ -69,10 +77,11 @@ impl Stats {
             up: self.bytes.with(&[route, "up"]),
             down: self.bytes.with(&[route, "down"]),
             connect: self.connect.with(&[route]),
+            dialling: self.dialling.with(&[route]),
         }
     }
 
-    /// A refusal of `route` with `status` (`502`, `504`).
+    /// A refusal of `route` with `status` (`502`, `503`, `504`).
     pub fn refused(&self, route: &str, status: u16) {
         self.refused.with(&[route, &status.to_string()]).inc();
     }

@@ -25,6 +25,9 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS` (default 5000): dialling a `tcp://` service;
     /// longer gets `504`.
     pub connect_timeout: Duration,
+    /// `SWITCHYARD_WEBSOCKET_MAX_DIALS` (default 64): dials under way at once to one
+    /// route's `tcp://` or `unix:` service (each holds a worker); past it, `503`.
+    pub max_dials: usize,
     /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES` (default 256): programs of `exec:` routes
     /// running at once; past it, `503`.
     pub max_processes: usize,
@@ -88,6 +91,7 @@ impl Config {
             connect_timeout: Duration::from_millis(
                 number("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", 1)?.unwrap_or(5000),
             ),
+            max_dials: number("SWITCHYARD_WEBSOCKET_MAX_DIALS", 1)?.map_or(64, |n| n as usize),
             max_processes,
             max_processes_per_client: number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", 1)?
                 .map_or((max_processes / 4).max(1), |n| n as usize),
@@ -120,6 +124,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_DEFLATE", "on", "accept permessage-deflate (RFC 7692) offers; off to never compress"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "16777216", "largest message in bytes; larger: close 1009"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "5000", "time to dial a tcp:// service before the 101; late: 504 (refused: 502)"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_DIALS", "64", "most dials under way at once to one route's tcp:// or unix: service (each holds a worker until the service answers or the connect time-out passes, so a dead service cannot hold them all); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "a quarter of SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "of those programs, most for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", "10", "programs of exec: routes one client address may start a second, in bursts of twice as many; faster, 503 with Retry-After"),
@@ -156,6 +161,7 @@ mod tests {
                 deflate: true,
                 routes: vec![],
                 connect_timeout: Duration::from_secs(5),
+                max_dials: 64,
                 max_processes: 256,
                 max_processes_per_client: 64,
                 starts_per_client: 10,

@@ -433,6 +433,31 @@ impl WebSocket {
             }
             _ => None,
         };
+        // A dial holds this worker until the service answers or the time-out passes: a
+        // dead service may hold a few, not every worker there is.
+        let dialling = match service {
+            routes::Service::Tcp(_) | routes::Service::Unix(_) => {
+                let held = stats.dialling.hold_below(self.config.max_dials as i64);
+                if held.is_none() {
+                    if let Some(unlogged) = DIALS_REFUSED.admit() {
+                        log::warn!(
+                            "websocket {} for {}: {} dials to the service under way \
+                             (SWITCHYARD_WEBSOCKET_MAX_DIALS); answered 503{unlogged}",
+                            path.path(),
+                            request.peer(),
+                            self.config.max_dials
+                        );
+                    }
+                    return Err(protocol_api::Rejection::new(
+                        503,
+                        format!("the service for {} is busy\n", path.path()),
+                    )
+                    .with_header("Retry-After", "1"));
+                }
+                held
+            }
+            _ => None,
+        };
         let env = || {
             cgi::environment(request, path, &self.config.passenv, |name| {
                 std::env::var_os(name)
@@ -443,6 +468,7 @@ impl WebSocket {
         let began = std::time::Instant::now();
         let dialled = backend::Backend::dial(service, self.config.connect_timeout, slot, env);
         stats.connect.observe_micros(began.elapsed());
+        drop(dialling);
         match dialled {
             Ok(backend) => {
                 let lines = matches!(service, routes::Service::Exec { binary: false, .. });
@@ -484,6 +510,9 @@ pub(crate) fn client_key(peer: &str) -> u64 {
 
 /// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
 /// reached; another try may find a slot.
+/// Refusals past `SWITCHYARD_WEBSOCKET_MAX_DIALS`, logged one a second at most.
+static DIALS_REFUSED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+
 fn programs_busy(why: &str) -> protocol_api::Rejection {
     let rejection = protocol_api::Rejection {
         status: 503,

@@ -17,6 +17,7 @@ pub struct Stats {
     bytes: Family<Counter>,
     closes: Family<Counter>,
     connect: Family<Histogram>,
+    dialling: Family<Gauge>,
     pub programs: Gauge,
 }
 
@@ -30,6 +31,8 @@ pub struct RouteStats {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub connect: Histogram,
+    /// Dials to the route's service under way now (at most `SWITCHYARD_WEBSOCKET_MAX_DIALS`).
+    pub dialling: Gauge,
 }
 
 impl Stats {
@@ -64,6 +67,11 @@ impl Stats {
                 metrics::LATENCY_MICROS,
                 metrics::MICROS_PER_SECOND,
             )?,
+            dialling: metrics::gauge(
+                "dials_in_flight",
+                "Dials to a route's tcp:// or unix: service under way now, per route, each holding a worker (at most SWITCHYARD_WEBSOCKET_MAX_DIALS).",
+                route,
+            )?,
             programs: metrics::gauge(
                 "programs_running",
                 "Programs of exec: routes running now (limit: SWITCHYARD_WEBSOCKET_MAX_PROCESSES).",
@@ -84,6 +92,7 @@ impl Stats {
             bytes_in: self.bytes.with(&[route, "in"]),
             bytes_out: self.bytes.with(&[route, "out"]),
             connect: self.connect.with(&[route]),
+            dialling: self.dialling.with(&[route]),
         }))
     }
 
