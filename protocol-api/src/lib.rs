@@ -151,6 +151,7 @@ pub mod moment;
 pub mod output;
 pub mod path;
 mod protocol;
+pub mod rate;
 mod raw;
 mod request;
 pub mod setting;

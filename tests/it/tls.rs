@@ -1053,3 +1053,53 @@ fn a_close_notify_that_comes_with_the_last_data_ends_the_input() {
     );
     served.join().unwrap();
 }
+
+/// Regression (TLS review #5): a handshake costs the daemon a signature, and one address
+/// replaying a ClientHello drove 1,600 a second (70% of a core). Past its rate (here 2 a
+/// second, bursts of 4) an address's connections are closed before their handshake;
+/// another address is served meanwhile.
+#[test]
+fn one_address_begins_tls_handshakes_at_most_at_its_rate() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .env("SWITCHYARD_TLS_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT", "2")
+        .start();
+    let logs = daemon.wait_for_log(" with TLS: ").expect("both addresses");
+    let tls_addr: SocketAddr = logs
+        .split(" and on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the TLS address in {logs}"));
+    let handshake_from = |source: &str| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.connect(&tls_addr.into()).unwrap();
+        let mut tls = session_over(socket.into(), &pki.client(&[]), "localhost");
+        while tls.conn.is_handshaking() {
+            if tls.conn.complete_io(&mut tls.sock).is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    let done = (0..10).filter(|_| handshake_from("127.0.0.1")).count();
+    assert!((4..=6).contains(&done), "{done} of 10 handshakes done");
+    assert!(handshake_from("127.0.0.2"), "another address is served");
+    daemon
+        .wait_for_metric(&format!(
+            "switchyard_tls_handshake_failures_total{{reason=\"rate\"}} {}",
+            10 - done
+        ))
+        .unwrap();
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("TLS handshakes begun too fast by this client"),
+        "{logs}"
+    );
+}

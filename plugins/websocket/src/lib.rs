@@ -83,6 +83,11 @@ pub struct WebSocket {
     /// The `Origin` policies of routes when `SWITCHYARD_WEBSOCKET_ORIGINS` is unset.
     any_origin: origin::Origins,
     same_origin: origin::Origins,
+    /// Each client's allowance of program starts (`SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT`).
+    /// A start costs a fork and an exec on the one thread that starts programs, and one
+    /// address starting and leaving at once started 327 a second (an attacker's review),
+    /// every other client's programs waiting behind them.
+    starts: protocol_api::rate::PerClient,
 }
 
 /// Served readiness-driven: many connections that each move little are what WebSocket
@@ -141,6 +146,7 @@ impl EventProtocol for WebSocket {
         };
         let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
+            starts: protocol_api::rate::PerClient::new(config.starts_per_client),
             config,
             stats,
             route_stats,
@@ -391,7 +397,7 @@ impl WebSocket {
         let slot = match service {
             routes::Service::Exec { .. } => {
                 let per_sec = self.config.starts_per_client;
-                if !process::start_allowed(request.peer(), per_sec) {
+                if !self.starts.allow(client_key(request.peer())) {
                     if let Some(unlogged) = process::REFUSALS.admit() {
                         log::warn!(
                             "websocket {} for {}: the client starts programs faster than \

@@ -92,34 +92,6 @@ impl Drop for ClientShare {
     }
 }
 
-/// Each client's allowance of program starts ([`client_key`]): how many it may start now,
-/// and when that was last worked out. A start costs a fork and an exec on the one thread
-/// that starts programs, and one address starting and leaving at once started 327 a
-/// second (an attacker's review), every other client's programs waiting behind them.
-static STARTS: Mutex<BTreeMap<u64, (f64, Instant)>> = Mutex::new(BTreeMap::new());
-
-/// Whether the client at `peer` may start a program now, `per_sec` a second in bursts of
-/// twice as many (counting this one if so).
-pub fn start_allowed(peer: &str, per_sec: u32) -> bool {
-    let (rate, burst) = (f64::from(per_sec), 2.0 * f64::from(per_sec));
-    let now = Instant::now();
-    let mut starts = lock(&STARTS);
-    if starts.len() > 4096 {
-        // Clients whose allowance is whole again are as good as never seen.
-        starts.retain(|_, (left, at)| *left + now.duration_since(*at).as_secs_f64() * rate < burst);
-    }
-    let (left, at) = starts
-        .entry(crate::client_key(peer))
-        .or_insert((burst, now));
-    *left = (*left + now.duration_since(*at).as_secs_f64() * rate).min(burst);
-    *at = now;
-    if *left < 1.0 {
-        return false;
-    }
-    *left -= 1.0;
-    true
-}
-
 /// Refusals for a programs limit (the daemon's or a client's), logged one a second at
 /// most, as the daemon's own refusals (a client hammering a limit must not flood the log).
 pub static REFUSALS: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();

@@ -1,6 +1,7 @@
 //! Limits per client address, so that one address cannot take what every client shares:
-//! open connections (`SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`, as nginx's `limit_conn`) and
-//! worker slots (`SWITCHYARD_WORKERS_PER_CLIENT`, as xinetd's `per_source`).
+//! open connections (`SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`, as nginx's `limit_conn`),
+//! worker slots (`SWITCHYARD_WORKERS_PER_CLIENT`, as xinetd's `per_source`), and the rate
+//! of TLS handshakes (`SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT`: each costs a signature).
 //!
 //! A client is its IPv4 address, or its IPv6 /64: one host is routinely given a whole /64,
 //! so counting single IPv6 addresses would let one machine count as millions of clients.
@@ -14,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use protocol_api::rate::PerClient;
 use protocol_api::throttle::Throttle;
 
 /// What one client may hold.
@@ -76,6 +78,8 @@ pub struct Clients {
     /// Refusals, by [`Limit`], for `/metrics`.
     refused: [AtomicU64; 3],
     refusals_logged: Throttle,
+    /// TLS handshakes each client may begin (`None`: no limit).
+    handshakes: Option<PerClient>,
 }
 
 /// One unit of a client's limit, given back when dropped.
@@ -92,14 +96,24 @@ impl Drop for Hold {
 }
 
 impl Clients {
-    pub fn new(max_connections: usize, max_workers: usize) -> Clients {
+    /// `handshakes_per_sec`: TLS handshakes a client may begin a second, in bursts of
+    /// twice as many; 0: no limit.
+    pub fn new(max_connections: usize, max_workers: usize, handshakes_per_sec: u32) -> Clients {
         Clients {
             max_connections,
             max_workers,
             shards: std::array::from_fn(|_| Mutex::default()),
             refused: Default::default(),
             refusals_logged: Throttle::new(),
+            handshakes: (handshakes_per_sec > 0).then(|| PerClient::new(handshakes_per_sec)),
         }
+    }
+
+    /// Whether the client at `ip` may begin a TLS handshake now (counted if so).
+    pub fn may_handshake(&self, ip: IpAddr) -> bool {
+        self.handshakes
+            .as_ref()
+            .is_none_or(|rate| rate.allow(ClientKey::of(ip).0))
     }
 
     fn shard(&self, key: ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Counts>> {
@@ -200,7 +214,7 @@ mod tests {
     use super::*;
 
     fn clients(connections: usize, workers: usize) -> &'static Clients {
-        Box::leak(Box::new(Clients::new(connections, workers)))
+        Box::leak(Box::new(Clients::new(connections, workers, 0)))
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct Config {
     pub static_routes: Vec<FileRoute>,
     /// `SWITCHYARD_TLS_LISTEN`: a TLS listener beside `listen`, which then stays cleartext.
     pub tls_listen: Option<SocketAddr>,
+    /// `SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT`: TLS handshakes one client address may begin
+    /// a second (bursts of twice as many); 0: no limit.
+    pub tls_handshakes_per_client: u32,
     /// `SWITCHYARD_TLS_CLIENT_CA` and `SWITCHYARD_TLS_CLIENT_AUTH`: client certificates.
     pub tls_clients: Option<ClientAuth>,
     /// `SWITCHYARD_ACCESS_LOG`: the access line as text, or as one JSON object.
@@ -223,6 +226,11 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_TLS_LISTEN",
         default: "none",
         meaning: "a second address, for TLS: `SWITCHYARD_LISTEN` then stays cleartext (health checks, a port for the cluster inside) and this one speaks TLS with `SWITCHYARD_TLS_CERT`'s pairs; without it, `SWITCHYARD_LISTEN` speaks TLS when certificates are set. Under socket activation, the second socket passed",
+    },
+    Setting {
+        variable: "SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT",
+        default: "`100`",
+        meaning: "TLS handshakes one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives) may begin a second, in bursts of twice as many; faster, the connection is closed before its handshake (each costs the daemon a signature, about 0.4 ms of a core with RSA 2048), with a log line and `switchyard_tls_handshake_failures_total{reason=\"rate\"}`; `0`: no limit",
     },
     Setting {
         variable: "SWITCHYARD_TLS_CLIENT_CA",
@@ -425,6 +433,11 @@ impl Config {
                     Some(address)
                 }
             },
+            tls_handshakes_per_client: parse_or(
+                get("SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT"),
+                100,
+                |v| count(v, 0, 1 << 24),
+            )? as u32,
             tls_clients: client_auth(
                 get("SWITCHYARD_TLS_CLIENT_CA"),
                 get("SWITCHYARD_TLS_CLIENT_AUTH"),

@@ -413,7 +413,7 @@ impl Metrics {
             metric(
                 "switchyard_tls_handshake_failures_total",
                 "counter",
-                "TLS handshakes that failed: not_tls (not a ClientHello), too_large (over 16 KiB from the client in one flight, 80 KiB with client certificates), incompatible (no version or cipher in common), no_alpn, client_alert (the client refused us, mostly our certificate), client_certificate, protocol, closed (the client left), timeout (not done within SWITCHYARD_HEADER_TIMEOUT_MS), io.",
+                "TLS handshakes that failed: not_tls (not a ClientHello), too_large (over 16 KiB from the client in one flight, 80 KiB with client certificates), incompatible (no version or cipher in common), no_alpn, client_alert (the client refused us, mostly our certificate), client_certificate, protocol, closed (the client left), timeout (not done within SWITCHYARD_HEADER_TIMEOUT_MS), io, rate (not begun: the client address began more than SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT a second).",
                 &failures,
             );
         }

@@ -94,6 +94,11 @@ impl Ticket {
         false
     }
 
+    /// Whether the client at `ip` may begin a TLS handshake now (counted if so).
+    pub fn may_handshake(&self, ip: IpAddr) -> bool {
+        self.shared.clients.may_handshake(ip)
+    }
+
     /// A connection refused by [`Ticket::count_client`] may wait for its `503` to be
     /// read; false: close it unanswered.
     pub fn may_answer_refusal(&self) -> bool {
@@ -117,7 +122,11 @@ impl Shared {
     pub fn new(config: Config, registry: &'static Registry, tls: Option<crate::tls::Tls>) -> Self {
         let static_roots = open_static_roots(&config.static_routes);
         let worker_slots = WorkerSlots::new(config.workers);
-        let clients = Clients::new(config.max_connections_per_client, config.workers_per_client);
+        let clients = Clients::new(
+            config.max_connections_per_client,
+            config.workers_per_client,
+            config.tls_handshakes_per_client,
+        );
         Shared {
             config,
             registry: RwLock::new(registry),

@@ -79,6 +79,8 @@ pub struct HttpConn<T: Transport = Wire> {
     proxy: ProxyHeader,
     /// Its client has its most connections open already: answered `503` and closed.
     over_client_limit: bool,
+    /// Its client begins TLS handshakes faster than it may: closed before this one.
+    over_handshake_rate: bool,
     /// A TLS handshake is under way (counted in `/metrics` when it ends).
     handshaking: bool,
     /// Closed with nothing more to say (a TLS session that cannot begin).
@@ -306,6 +308,7 @@ impl<T: Transport> HttpConn<T> {
                 _ => ProxyHeader::Done,
             },
             over_client_limit: false,
+            over_handshake_rate: false,
             close_now: false,
             body: None,
             body_paused: false,
@@ -323,6 +326,26 @@ impl<T: Transport> HttpConn<T> {
 
     fn count_client(&mut self) {
         self.over_client_limit = !self.ticket.count_client(self.peer.ip());
+        // A TLS handshake costs a signature: one address replaying a ClientHello drove
+        // 1,600 a second (70% of a core) and every client's latency up (a review).
+        let handshake_ahead = self.stream.tls_waits() || self.stream.is_handshaking();
+        self.over_handshake_rate = !self.over_client_limit
+            && handshake_ahead
+            && !self.ticket.may_handshake(self.peer.ip());
+    }
+
+    /// Closes, unanswered, a connection whose client begins TLS handshakes faster than
+    /// `SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT` (an answer would need the handshake).
+    fn refuse_handshake(&mut self, cx: &mut Context<'_>) {
+        cx.shared.clients.warn_refused(
+            self.peer,
+            "TLS handshakes begun too fast by this client",
+            "SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT",
+            cx.shared.config.tls_handshakes_per_client as usize,
+        );
+        cx.shared.metrics.tls_handshake_failed("rate");
+        self.over_handshake_rate = false;
+        self.close_now = true;
     }
 
     fn warn_over_client_limit(&self, cx: &mut Context<'_>) {
@@ -379,6 +402,10 @@ impl<T: Transport> HttpConn<T> {
 
     /// Reads what is there, handles every complete request, writes what it can.
     pub fn turn(&mut self, cx: &mut Context<'_>) -> After {
+        if self.over_handshake_rate {
+            self.refuse_handshake(cx);
+            return After::Close;
+        }
         if self.over_client_limit && self.stream.is_handshaking() {
             // Over its client's limit before its TLS handshake: refused before the
             // handshake's signature is spent on it (the 503 below would need one).
@@ -901,6 +928,10 @@ impl<T: Transport> HttpConn<T> {
                         self.input.drain(..len);
                         self.proxy = ProxyHeader::Done;
                         self.count_client();
+                        if self.over_handshake_rate {
+                            self.refuse_handshake(cx);
+                            return ProxyStep::Closed;
+                        }
                         if self.over_client_limit && self.stream.tls_waits() {
                             // Refused before its TLS session begins (a handshake costs a
                             // signature; an answer would need one): closed unanswered.
