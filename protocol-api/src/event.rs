@@ -268,6 +268,18 @@ impl Wants {
         self
     }
 
+    /// Whether [`Wants::with_resume`] was asked for.
+    pub const fn resumes(self) -> bool {
+        self.interest & crate::abi::WANT_RESUME != 0
+    }
+
+    /// The same without [`Wants::with_resume`]: for a caller that holds work back on
+    /// purpose (until a timer says it may go on).
+    pub const fn without_resume(mut self) -> Wants {
+        self.interest &= !crate::abi::WANT_RESUME;
+        self
+    }
+
     /// Also call with [`Ready::is_timer`] once `after` has passed. Each answer replaces the
     /// previous timer; an answer without one cancels it.
     pub const fn with_timer(mut self, after: Duration) -> Wants {

@@ -1,10 +1,11 @@
-//! How often one client may do a costly thing (start a program, begin a TLS handshake):
-//! a token bucket per client key ([`crate::clients::key`]), shared by the daemon and
-//! plugins so that every such limit counts clients and bursts the same way.
+//! How often, or how much, one client may do a costly thing (start a program, begin a TLS
+//! handshake, inflate compressed bytes): a token bucket per client key
+//! ([`crate::clients::key`]), shared by the daemon and plugins so that every such limit
+//! counts clients and bursts the same way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Below this many clients tracked, none is forgotten.
 const SWEEP_FROM: usize = 4096;
@@ -42,6 +43,37 @@ impl PerClient {
     }
 
     fn allow_at(&self, key: u64, now: Instant) -> bool {
+        self.with_allowance(key, now, |left| match *left >= 1.0 {
+            true => {
+                *left -= 1.0;
+                true
+            }
+            false => false,
+        })
+    }
+
+    /// Counts `amount` the client `key` has done, which may leave it owing (work is
+    /// counted once done: an inflation is not undone); then the wait until it owes
+    /// nothing, if it owes.
+    pub fn spend(&self, key: u64, amount: usize) -> Option<Duration> {
+        self.spend_at(key, amount, Instant::now())
+    }
+
+    fn spend_at(&self, key: u64, amount: usize, now: Instant) -> Option<Duration> {
+        let rate = self.per_sec;
+        self.with_allowance(key, now, |left| {
+            *left -= amount as f64;
+            (*left < 0.0).then(|| Duration::from_secs_f64(-*left / rate))
+        })
+    }
+
+    /// The wait until the client `key` owes nothing, if it owes now ([`PerClient::spend`]).
+    pub fn owed(&self, key: u64) -> Option<Duration> {
+        self.spend(key, 0)
+    }
+
+    /// Runs `f` on the client's allowance as it stands at `now`.
+    fn with_allowance<R>(&self, key: u64, now: Instant, f: impl FnOnce(&mut f64) -> R) -> R {
         let (rate, burst) = (self.per_sec, 2.0 * self.per_sec);
         let refilled = |left: f64, at: Instant| {
             (left + now.saturating_duration_since(at).as_secs_f64() * rate).min(burst)
@@ -56,11 +88,7 @@ impl PerClient {
         let (left, at) = state.buckets.entry(key).or_insert((burst, now));
         *left = refilled(*left, *at);
         *at = now;
-        if *left < 1.0 {
-            return false;
-        }
-        *left -= 1.0;
-        true
+        f(left)
     }
 
     /// Clients tracked now.
@@ -73,7 +101,6 @@ impl PerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_client_gets_a_burst_then_its_rate_and_others_are_not_touched() {
@@ -85,6 +112,32 @@ mod tests {
         let later = start + Duration::from_millis(500);
         let allowed = (0..25).filter(|_| rates.allow_at(1, later)).count();
         assert_eq!(allowed, 5, "ten a second");
+    }
+
+    #[test]
+    fn what_is_spent_past_the_allowance_is_owed_and_waited_for() {
+        let rates = PerClient::new(1000);
+        let start = Instant::now();
+        assert_eq!(
+            rates.spend_at(1, 1500, start),
+            None,
+            "within the burst of 2000"
+        );
+        let owed = rates.spend_at(1, 1000, start).expect("500 past it");
+        assert_eq!(owed, Duration::from_millis(500), "at 1000 a second");
+        assert!(
+            rates.spend_at(2, 0, start).is_none(),
+            "another client owes nothing"
+        );
+        let later = start + Duration::from_millis(400);
+        assert_eq!(
+            rates.spend_at(1, 0, later),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            rates.spend_at(1, 0, start + Duration::from_millis(500)),
+            None
+        );
     }
 
     #[test]

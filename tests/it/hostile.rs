@@ -17,8 +17,13 @@ const DEFLATE_HANDSHAKE: &str = "Host: t\r\nConnection: Upgrade\r\nUpgrade: webs
 /// One compressed frame (RSV1) whose payload inflates to 16 MiB of zeros, about 16 KiB on
 /// the wire: a deflate bomb within the default message limit.
 fn bomb_frame() -> Vec<u8> {
+    bomb_frame_of(16 << 20)
+}
+
+/// [`bomb_frame`] inflating to `size` zeros.
+fn bomb_frame_of(size: usize) -> Vec<u8> {
     use flate2::{Compress, Compression, FlushCompress};
-    let plain = vec![0u8; 16 << 20];
+    let plain = vec![0u8; size];
     let mut deflater = Compress::new(Compression::best(), false);
     let mut packed = Vec::with_capacity(64 << 10);
     deflater
@@ -34,7 +39,11 @@ fn bomb_frame() -> Vec<u8> {
 
 /// A WebSocket with permessage-deflate agreed, opened by hand on `path`.
 fn open_deflate(daemon: &Daemon, path: &str) -> Client {
-    let mut client = daemon.client();
+    deflate_on(daemon.client(), path)
+}
+
+/// [`open_deflate`] on a connection of the caller's.
+fn deflate_on(mut client: Client, path: &str) -> Client {
     client.send(format!("GET {path} HTTP/1.1\r\n{DEFLATE_HANDSHAKE}"));
     let response = client.response();
     assert_eq!(response.status, 101);
@@ -179,6 +188,58 @@ fn a_deflate_bomb_to_a_slow_service_holds_a_read_s_worth_not_the_bomb() {
         received.load(Ordering::Relaxed) > 0,
         "the service is being given the inflated bytes"
     );
+}
+
+/// One client sending deflate bombs kept a core busy for 8 MB a second sent (each 17 KB
+/// inflates to 16 MiB, 2 ms of a core). An address's compressed messages now inflate to at
+/// most `SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT` bytes a second (here 2 MiB, bursts of
+/// 4): five 2 MiB bombs take seconds, not milliseconds, the waiting connection costs no
+/// CPU (it is not called again until it may go on), and another address's bomb is echoed
+/// at once meanwhile.
+#[test]
+fn one_address_inflates_at_most_its_rate_and_waits_without_spinning() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT", "2097152")
+        .start();
+    let bomb = bomb_frame_of(2 << 20);
+    let mut attacker = open_deflate(&daemon, "/");
+    let started = Instant::now();
+    let cpu_before = daemon.cpu_time();
+    attacker.send((0..5).flat_map(|_| bomb.clone()).collect::<Vec<u8>>());
+    for _ in 0..2 {
+        let (fin, _, _) = crate::websocket::read_frame(&mut attacker);
+        assert!(fin, "the first two within the burst");
+    }
+    let mut neighbour = deflate_on(daemon.client_from("127.0.0.2"), "/");
+    let asked = Instant::now();
+    neighbour.send(&bomb);
+    let (fin, _, _) = crate::websocket::read_frame(&mut neighbour);
+    assert!(fin);
+    let neighbour_took = asked.elapsed();
+    for _ in 2..5 {
+        let (fin, _, _) = crate::websocket::read_frame(&mut attacker);
+        assert!(fin);
+    }
+    let took = started.elapsed();
+    let cpu = daemon.cpu_time().saturating_sub(cpu_before);
+    // 10 MiB at 2 MiB a second after a burst of 4 MiB (and at most one call's 1 MiB more).
+    assert!(took >= Duration::from_secs(2), "five bombs in {took:?}");
+    assert!(
+        neighbour_took < took / 2,
+        "another address waited {neighbour_took:?} of {took:?}"
+    );
+    assert!(
+        cpu < took / 4,
+        "the daemon used {cpu:?} of CPU in {took:?}: a wait that spins"
+    );
+    let metrics = daemon.metrics();
+    let waits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_websocket_inflate_waits_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no inflate waits in {metrics}"));
+    assert!(waits >= 1, "{metrics}");
 }
 
 /// The first frame of a compressed message (FIN clear, RSV1 set) inflating to `size`

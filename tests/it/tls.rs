@@ -168,6 +168,18 @@ fn with_pairs(builder: DaemonBuilder, pairs: &[&Pair]) -> DaemonBuilder {
         .env("SWITCHYARD_TLS_KEY", &list(|p| &p.key))
 }
 
+/// The address of the daemon's `SWITCHYARD_TLS_LISTEN` listener, from its start line.
+fn tls_listener(daemon: &Daemon) -> SocketAddr {
+    let logs = daemon
+        .wait_for_log(" with TLS: ")
+        .expect("both addresses logged");
+    logs.split(" and on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the TLS address in {logs}"))
+}
+
 /// The certificate the daemon presented, as DER.
 fn presented(tls: &Tls) -> CertificateDer<'static> {
     tls.conn.peer_certificates().unwrap()[0]
@@ -796,15 +808,7 @@ fn a_tls_listener_beside_a_cleartext_one() {
         .plugin("switchyard-websocket")
         .env("SWITCHYARD_TLS_LISTEN", "127.0.0.1:0")
         .start();
-    let logs = daemon
-        .wait_for_log(" with TLS: ")
-        .expect("both addresses logged");
-    let tls_addr: SocketAddr = logs
-        .split(" and on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the TLS address in {logs}"));
+    let tls_addr = tls_listener(&daemon);
     // SWITCHYARD_LISTEN stays cleartext.
     let mut plain = daemon.client();
     plain.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -1066,13 +1070,7 @@ fn one_address_begins_tls_handshakes_at_most_at_its_rate() {
         .env("SWITCHYARD_TLS_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT", "2")
         .start();
-    let logs = daemon.wait_for_log(" with TLS: ").expect("both addresses");
-    let tls_addr: SocketAddr = logs
-        .split(" and on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the TLS address in {logs}"));
+    let tls_addr = tls_listener(&daemon);
     let handshake_from = |source: &str| {
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

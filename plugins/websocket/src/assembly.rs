@@ -58,6 +58,11 @@ impl Share {
         Share { counted: 0, client }
     }
 
+    /// The client the connection is counted under.
+    pub fn client(&self) -> u64 {
+        self.client
+    }
+
     /// Counts that the connection now holds `now` bytes of a message in assembly. False
     /// when they grew and all connections together hold more than `budget`, or more than
     /// half of it while the client's hold more than a quarter: close it.

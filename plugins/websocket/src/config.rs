@@ -34,6 +34,9 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT` (default a quarter of
     /// `max_processes`): of them, most for one client address; past it, `503`.
     pub max_processes_per_client: usize,
+    /// `SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT` (default [`INFLATE_PER_CLIENT`]): bytes a
+    /// second one client address's compressed messages may inflate to (0: no limit).
+    pub inflate_per_client: u32,
     /// `SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT` (default 10): programs one client address
     /// may start a second, in bursts of up to twice as many; past it, `503`.
     pub starts_per_client: u32,
@@ -42,6 +45,12 @@ pub struct Config {
     /// CGI's.
     pub passenv: Vec<String>,
 }
+
+/// Bytes a second one client address's compressed messages may inflate to by default:
+/// 64 MiB, about 1% of a core for a deflate bomb's zeros (inflated at some 6 GB/s) and a
+/// sixth of one for data that inflates slowly, where one client sending bombs otherwise
+/// kept a core busy for 8 MB/s sent.
+pub const INFLATE_PER_CLIENT: u32 = 64 << 20;
 
 /// What `exec:` programs get of the daemon's environment unless told otherwise.
 pub const DEFAULT_PASSENV: &str = "PATH,LD_LIBRARY_PATH";
@@ -95,6 +104,8 @@ impl Config {
             max_processes,
             max_processes_per_client: number("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", 1)?
                 .map_or((max_processes / 4).max(1), |n| n as usize),
+            inflate_per_client: number("SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT", 0)?
+                .map_or(INFLATE_PER_CLIENT, |n| n.min(u32::MAX.into()) as u32),
             starts_per_client: number("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", 1)?
                 .map_or(10, |n| n.min(u32::MAX.into()) as u32),
             deflate: match lookup("SWITCHYARD_WEBSOCKET_DEFLATE")
@@ -123,6 +134,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_IDLE_MS", "unset: never", "ping a peer silent this long; close 1001 if it stays silent as long again"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_DEFLATE", "on", "accept permessage-deflate (RFC 7692) offers; off to never compress"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "16777216", "largest message in bytes; larger: close 1009"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT", "67108864", "bytes a second one client address's compressed messages may inflate to, in bursts of twice as many (inflating costs CPU: a deflate bomb's few KiB inflate to MiBs); past it, its connections' compressed messages wait, unread, until it may go on; 0: no limit"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "5000", "time to dial a tcp:// service before the 101; late: 504 (refused: 502)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_DIALS", "64", "most dials under way at once to one route's tcp:// or unix: service (each holds a worker until the service answers or the connect time-out passes, so a dead service cannot hold them all); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
@@ -164,6 +176,7 @@ mod tests {
                 max_dials: 64,
                 max_processes: 256,
                 max_processes_per_client: 64,
+                inflate_per_client: 64 << 20,
                 starts_per_client: 10,
                 passenv: vec!["PATH".into(), "LD_LIBRARY_PATH".into()],
             }

@@ -88,6 +88,9 @@ pub struct WebSocket {
     /// address starting and leaving at once started 327 a second (an attacker's review),
     /// every other client's programs waiting behind them.
     starts: protocol_api::rate::PerClient,
+    /// What each client's compressed messages may inflate to a second
+    /// (`SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT`; none: no limit).
+    inflates: Option<protocol_api::rate::PerClient>,
 }
 
 /// Served readiness-driven: many connections that each move little are what WebSocket
@@ -147,6 +150,8 @@ impl EventProtocol for WebSocket {
         let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
             starts: protocol_api::rate::PerClient::new(config.starts_per_client),
+            inflates: (config.inflate_per_client > 0)
+                .then(|| protocol_api::rate::PerClient::new(config.inflate_per_client)),
             config,
             stats,
             route_stats,
@@ -207,7 +212,7 @@ impl EventProtocol for WebSocket {
         io: &mut Io<'_>,
         ready: Ready,
     ) -> std::io::Result<Wants> {
-        let wants = conn.on_ready(io, ready, &self.config);
+        let wants = conn.on_ready(io, ready, &self.config, self.inflates.as_ref());
         conn.count_bytes(io.bytes_moved());
         wants
     }

@@ -31,6 +31,7 @@ use crate::relay::Relay;
 use crate::stats::RouteStats;
 use protocol_api::moment::Moment;
 use protocol_api::output::{rest, write_parts_until_blocked, write_until_blocked, Output};
+use protocol_api::rate::PerClient;
 use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
 use std::io::{self, ErrorKind, Read};
@@ -88,6 +89,9 @@ pub struct Connection {
     state: State,
     /// We pinged a silent peer and wait for any sign of life.
     ping_sent: bool,
+    /// Its client inflated more than its allowance: nothing is inflated until it owes
+    /// nothing (the timer says when), and compressed input waits unread meanwhile.
+    inflate_paused: bool,
     /// A route's service, relayed instead of echoing.
     relay: Option<Box<Relay>>,
     /// The route's metrics; the connection counts in its open gauge until dropped.
@@ -193,6 +197,7 @@ impl Connection {
             owed: Owed::default(),
             state: State::Open,
             ping_sent: false,
+            inflate_paused: false,
             stats,
         }
     }
@@ -210,18 +215,26 @@ impl Connection {
         }
     }
 
-    /// The connection may move: see the module docs.
+    /// The connection may move: see the module docs. `inflates`: what each client may
+    /// inflate (none: no limit).
     pub fn on_ready(
         &mut self,
         io: &mut Io<'_>,
         ready: Ready,
         config: &Config,
+        inflates: Option<&PerClient>,
     ) -> io::Result<Wants> {
         if ready.is_stopping() && self.state == State::Open {
             self.ended(|| "daemon stopping: closed 1001".into());
             self.start_close(close_code::GOING_AWAY, "server stopping");
         }
-        if ready.is_timer() {
+        // While paused, the timer is the pause's (it replaced the idle timer).
+        let paused_timer = std::mem::take(&mut self.inflate_paused);
+        let mut owed = match paused_timer {
+            true => inflates.and_then(|rates| rates.owed(self.assembly.client())),
+            false => None,
+        };
+        if ready.is_timer() && !paused_timer {
             match self.state {
                 State::Closing { until, .. } if Instant::now() >= until.instant() => {
                     return Ok(Wants::close()); // the peer did not answer our close
@@ -237,9 +250,13 @@ impl Connection {
                 _ => {}
             }
         }
+        let inflate = match owed {
+            Some(_) => 0,
+            None => INFLATE_BUDGET,
+        };
         let mut budget = Budget {
             read: READ_BUDGET,
-            inflate: INFLATE_BUDGET,
+            inflate,
         };
         let turn = match self.relay.is_some() {
             true => self.relay_turn(io, ready, &mut budget, config),
@@ -248,7 +265,25 @@ impl Connection {
         if let Err(e) = &turn {
             self.ended(|| format!("the client's connection failed: {e}"));
         }
-        turn
+        let inflated = inflate - budget.inflate;
+        if let (Some(rates), true) = (inflates, inflated > 0) {
+            owed = rates.spend(self.assembly.client(), inflated);
+        }
+        match (turn, owed) {
+            // Work in hand that must wait for the client's allowance: not resumed (that
+            // would spin), called again when it owes nothing.
+            (Ok(wants), Some(wait)) if self.state == State::Open => {
+                self.inflate_paused = true;
+                if wants.resumes() {
+                    if !paused_timer {
+                        self.stats.inflate_waited();
+                    }
+                    return Ok(wants.without_resume().with_timer(wait));
+                }
+                Ok(wants)
+            }
+            (turn, _) => turn,
+        }
     }
 
     /// Writes what is owed, then does what the state asks; `Some` ends the call with that

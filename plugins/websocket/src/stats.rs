@@ -19,6 +19,8 @@ pub struct Stats {
     connect: Family<Histogram>,
     dialling: Family<Gauge>,
     pub programs: Gauge,
+    /// Waits for a client's inflate allowance (`SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT`).
+    pub inflate_waits: Counter,
 }
 
 /// One route's handles, referred to by each of its connections.
@@ -78,6 +80,12 @@ impl Stats {
                 &[],
             )?
             .with(&[]),
+            inflate_waits: metrics::counter(
+                "inflate_waits_total",
+                "Times a connection's compressed messages waited, unread, because its client address had inflated more than SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT bytes a second allows.",
+                &[],
+            )?
+            .with(&[]),
         })
     }
 
@@ -103,6 +111,11 @@ impl Stats {
 }
 
 impl RouteStats {
+    /// A connection's compressed messages wait for its client's inflate allowance.
+    pub fn inflate_waited(&self) {
+        self.families.inflate_waits.inc();
+    }
+
     /// A closing handshake begun by `by` (`client`, `server`) with `code`.
     pub fn closed(&self, by: &'static str, code: Option<u16>) {
         self.families
