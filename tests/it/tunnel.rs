@@ -256,9 +256,11 @@ fn a_client_reset_ends_the_tunnel_while_the_backend_does_not_read() {
 }
 
 /// Regression (tunnel review #2): a backend that resets after sending its end (FIN) was
-/// never read again, so the client, still open, was never told. It is reset now.
+/// never read again, so the client, still open, was never told. Such a backend sent all it
+/// had (the client gets it, and the end); what the client sends after is dropped, and the
+/// client is reset for it, as the backend's own closed socket would have.
 #[test]
-fn a_backend_reset_after_its_end_reaches_the_client() {
+fn a_backend_that_closes_then_resets_has_what_the_client_sends_after_reset() {
     let (go, reset) = std::sync::mpsc::channel::<()>();
     let (addr, backend) = backend(move |mut stream| {
         stream.write_all(b"bye").unwrap();
@@ -274,7 +276,9 @@ fn a_backend_reset_after_its_end_reaches_the_client() {
     assert_eq!(client.read_to_end(), b"bye", "the backend's end passed on");
     go.send(()).unwrap();
     backend.join().unwrap();
-    let logs = daemon.wait_for_log("ended: backend reset");
+    std::thread::sleep(Duration::from_millis(100)); // the reset reaches the daemon
+    let _ = client.stream.write_all(b"more");
+    let logs = daemon.wait_for_log("the backend closed, then reset; 4 bytes sent to it dropped");
     assert!(logs.is_ok(), "the tunnel stood: {}", logs.unwrap_err());
     // After its FIN, a reset shows on the socket as an error (EPIPE), not on a read.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -285,6 +289,65 @@ fn a_backend_reset_after_its_end_reaches_the_client() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Review of 83f680f: a side that closes and then resets (its closed socket answering late
+/// bytes) has sent all it had, and all of it must arrive. A client uploads 200 KB and
+/// closes; the backend, slow to read, writes a line after that, which the client's closed
+/// socket answers with a reset. The backend still gets the whole upload and its end (with
+/// the reset taken for an abort: 128 KB, then a reset).
+#[test]
+fn a_client_that_closes_then_resets_still_delivers_its_whole_upload() {
+    const SIZE: usize = 200_000;
+    let (closed, client_closed) = std::sync::mpsc::channel::<()>();
+    let (addr, backend) = backend(move |mut stream| {
+        client_closed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the client sent its upload and closed");
+        stream.write_all(b"hello\n").unwrap(); // the client's socket answers: RST
+        std::thread::sleep(Duration::from_millis(500));
+        let mut got = Vec::new();
+        let ended = stream.read_to_end(&mut got).map_err(|e| e.kind());
+        assert_eq!(
+            (got.len(), ended),
+            (SIZE, Ok(SIZE)),
+            "all of it, then the end"
+        );
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    client.send(vec![b'u'; SIZE]);
+    std::thread::sleep(Duration::from_millis(100)); // its bytes reach the daemon
+    drop(client);
+    closed.send(()).unwrap();
+    backend.join().unwrap();
+    let logs = daemon.wait_for_log("ended: the client closed, then reset");
+    assert!(logs.is_ok(), "{}", logs.unwrap_err());
+}
+
+/// Review of 83f680f, the other way: the backend sends 1 MB and closes; the client, slow
+/// to read, sends a byte meanwhile, which the backend's closed socket answers with a reset.
+/// The client still gets the whole answer and its end (with the reset taken for an abort:
+/// 128 KB, then a reset).
+#[test]
+fn a_backend_that_closes_then_resets_still_delivers_its_whole_answer() {
+    const SIZE: usize = 1_000_000;
+    let (addr, backend) = backend(move |mut stream| {
+        stream.write_all(&vec![b'd'; SIZE]).unwrap();
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    let first = client.read_exact(100_000);
+    backend.join().unwrap(); // all written, and closed
+    client.send("!"); // the backend's closed socket answers: RST
+    std::thread::sleep(Duration::from_millis(300));
+    let rest = client.read_to_end();
+    assert_eq!(first.len() + rest.len(), SIZE, "all of it, then the end");
+    drop(client);
+    let logs = daemon.wait_for_log("ended: the backend closed, then reset");
+    assert!(logs.is_ok(), "{}", logs.unwrap_err());
 }
 
 #[test]

@@ -11,9 +11,15 @@
 //! source is drained, when the pipe is closed again. (Past `SWITCHYARD_TUNNEL_MAX_PIPES`
 //! pipes in the process, or with no descriptor left for one, a bulk direction copies.) When a source ends, the destination's
 //! write side is shut and the other
-//! direction flows on (half-close); when both have ended, the tunnel ends. A reset on one
-//! side is passed on as a reset to the other, also while its direction is not reading it
-//! (held back by a slow destination, or after the side's own FIN).
+//! direction flows on (half-close); when both have ended, the tunnel ends.
+//!
+//! Resets. A side that resets before its end (`ECONNRESET`: an abort) has the other side
+//! reset at once, also while its direction is not reading it (held back by a slow
+//! destination). A side that resets after its own end (`EPIPE`: it closed, then answered
+//! late bytes with a reset, as a closed socket does) sent everything it had: that still
+//! goes on whole, with its end, and only what is sent to it is dropped. If anything was,
+//! the sender is reset once all it was owed has reached it (it must learn that its bytes
+//! went nowhere, as it would from the side itself); otherwise the tunnel ends when it ends.
 //!
 //! A client that came over TLS (which the daemon terminates) is read and written only
 //! through the daemon: its socket carries ciphertext, so nothing is spliced to or from it.
@@ -40,6 +46,11 @@ thread_local! {
 /// Most bytes moved per call, both directions together: about a millisecond of the
 /// loop's time, after which the tunnel asks to be called again.
 const BUDGET: usize = 2 * CHUNK;
+
+/// How often to ask whether what a side is owed has reached it, before resetting it.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How long to wait for that at most: then it is reset all the same.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
 /// How one direction ended.
 #[derive(Debug)]
@@ -157,6 +168,12 @@ struct Direction {
     /// The destination's write side is shut (the end passed on).
     passed_on: bool,
     bytes: u64,
+    /// The destination reset after its own end: it takes nothing more, and what the
+    /// source sends is read and dropped.
+    dropping: bool,
+    dropped: u64,
+    /// The source reset after its end: all it sent is in, and it takes nothing more.
+    source_gone: bool,
 }
 
 impl Direction {
@@ -173,18 +190,25 @@ impl Direction {
     ) -> Result<Stop, Ended> {
         let mut may_read = may_read;
         loop {
+            if self.dropping {
+                return self.drop_input(&mut from, may_read, budget, moved);
+            }
             if !self.pending.is_done() {
-                let written = self
-                    .pending
-                    .flush(&mut to, 0)
-                    .map_err(|e| classify(e, false))?;
+                let written = match self.pending.flush(&mut to, 0) {
+                    Ok(written) => written,
+                    Err(e) if gone_after_end(&e) => {
+                        self.destination_gone();
+                        continue;
+                    }
+                    Err(e) => return Err(classify(e, false)),
+                };
                 self.bytes += written.bytes as u64;
                 *moved |= written.bytes > 0;
                 if written.blocked {
                     return Ok(Stop::WaitWrite);
                 }
             }
-            while self.held > 0 {
+            while self.held > 0 && !self.dropping {
                 let pipe = self.pipe.as_ref().expect("bytes are held only in a pipe");
                 let to = to.fd().expect("bytes are spliced only between sockets");
                 match pipe.drain(to, self.held) {
@@ -194,8 +218,15 @@ impl Direction {
                         *moved = true;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Stop::WaitWrite),
+                    Err(e) if gone_after_end(&e) => {
+                        self.destination_gone();
+                        break;
+                    }
                     Err(e) => return Err(classify(e, false)),
                 }
+            }
+            if self.dropping {
+                continue;
             }
             if self.source_ended {
                 return Ok(Stop::Done);
@@ -235,9 +266,71 @@ impl Direction {
                     self.burst_over();
                     return Ok(Stop::WaitRead);
                 }
+                // Reset after its end: what it sent was all read; it is an end.
+                Err(e) if gone_after_end(&e) => {
+                    self.source_ended = true;
+                    self.source_gone = true;
+                }
                 Err(e) => return Err(classify(e, true)),
             }
         }
+    }
+
+    /// The destination reset after its own end: nothing more goes to it, and what it was
+    /// still to get counts as dropped.
+    fn destination_gone(&mut self) {
+        self.dropped += (self.pending.owed() + self.held) as u64;
+        self.dropping = true;
+        self.pending = Output::default();
+        self.pipe = None;
+        self.held = 0;
+        self.bulk = false;
+    }
+
+    /// Reads what the source sends and drops it (the destination is gone), as
+    /// [`Direction::pump`] would have moved it.
+    fn drop_input(
+        &mut self,
+        from: &mut Source<'_, '_>,
+        may_read: bool,
+        budget: &mut usize,
+        moved: &mut bool,
+    ) -> Result<Stop, Ended> {
+        if self.source_ended {
+            return Ok(Stop::Done);
+        }
+        let mut may_read = may_read;
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            loop {
+                if !may_read {
+                    return Ok(Stop::WaitRead);
+                }
+                if *budget == 0 {
+                    return Ok(Stop::Spent);
+                }
+                let asked = scratch.len().min(*budget);
+                match from.read(&mut scratch[..asked]) {
+                    Ok(0) => {
+                        self.source_ended = true;
+                        return Ok(Stop::Done);
+                    }
+                    Ok(n) => {
+                        self.dropped += n as u64;
+                        *budget = budget.saturating_sub(n);
+                        *moved = true;
+                        may_read = n == asked || !from.short_read_drains();
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Stop::WaitRead),
+                    Err(e) if gone_after_end(&e) => {
+                        self.source_ended = true;
+                        self.source_gone = true;
+                        return Ok(Stop::Done);
+                    }
+                    Err(e) => return Err(classify(e, true)),
+                }
+            }
+        })
     }
 
     /// The source is drained: once the pipe is empty too, the burst is over. The pipe goes
@@ -295,6 +388,12 @@ impl Direction {
     }
 }
 
+/// A socket's error saying its peer reset after its own end (`EPIPE`: the peer had closed,
+/// then answered bytes with a reset), not before it.
+fn gone_after_end(error: &io::Error) -> bool {
+    error.kind() == ErrorKind::BrokenPipe
+}
+
 fn classify(error: io::Error, reading: bool) -> Ended {
     match error.kind() {
         ErrorKind::ConnectionReset if reading => Ended::SourceReset,
@@ -341,6 +440,8 @@ pub struct TunnelConn {
     /// The route's metrics; the bytes each way already added to them.
     stats: RouteStats,
     counted: (u64, u64),
+    /// Since when a reset waits for what its side is owed to reach it.
+    draining_since: Option<Instant>,
     _open: Held,
 }
 
@@ -373,6 +474,7 @@ impl TunnelConn {
             started: now,
             stats,
             counted: (0, 0),
+            draining_since: None,
             _open: stats.open.hold(),
         })
     }
@@ -410,6 +512,11 @@ impl TunnelConn {
                 Ok(written) => {
                     self.up.bytes += written.bytes as u64;
                     moved |= written.bytes > 0;
+                }
+                Err(e) if gone_after_end(&e) => {
+                    self.up.dropped += self.early.owed() as u64;
+                    self.early = Output::default();
+                    self.up.destination_gone();
                 }
                 Err(e) => return Ok(self.end(io, classify(e, false), true)),
             }
@@ -463,14 +570,30 @@ impl TunnelConn {
         // source (its destination holds it back, or the source already sent its end) would
         // never learn of it: the tunnel would stand until the idle limit, holding what it
         // buffered. So when the loop says a source's socket changed, ask it.
-        if peer_closed && matches!(up, Stop::WaitWrite | Stop::Done) && failed(io.as_fd()) {
-            return Ok(self.end(io, Ended::SourceReset, true));
+        let mut again = false;
+        if peer_closed && matches!(up, Stop::WaitWrite | Stop::Done) {
+            match failure(io.as_fd()) {
+                Some(Failure::Abort) => return Ok(self.end(io, Ended::SourceReset, true)),
+                Some(Failure::AfterEnd) => self.up.source_gone = true,
+                None => {}
+            }
         }
-        if ready.is_watched()
-            && matches!(down, Stop::WaitWrite | Stop::Done)
-            && failed(self.backend.as_fd())
-        {
-            return Ok(self.end(io, Ended::SourceReset, false));
+        if ready.is_watched() && matches!(down, Stop::WaitWrite | Stop::Done) {
+            match failure(self.backend.as_fd()) {
+                Some(Failure::Abort) => return Ok(self.end(io, Ended::SourceReset, false)),
+                Some(Failure::AfterEnd) => self.down.source_gone = true,
+                None => {}
+            }
+        }
+        // A side gone after its end takes nothing more: the direction toward it drops what
+        // comes (and runs again at once to say so).
+        if self.up.source_gone && !self.down.dropping {
+            self.down.destination_gone();
+            again = true;
+        }
+        if self.down.source_gone && !self.up.dropping {
+            self.up.destination_gone();
+            again = true;
         }
         let now = Instant::now();
         if moved {
@@ -486,7 +609,43 @@ impl TunnelConn {
             let _ = io.shutdown(Shutdown::Write);
         }
         if up == Stop::Done && down == Stop::Done {
-            self.ended.get_or_insert_with(|| "both sides closed".into());
+            let how = match (self.up.source_gone, self.down.source_gone) {
+                (true, _) => "the client closed, then reset",
+                (_, true) => "the backend closed, then reset",
+                _ => "both sides closed",
+            };
+            self.ended.get_or_insert_with(|| how.into());
+            return Ok(Wants::close());
+        }
+        // A side gone after its end was sent bytes that went nowhere: once what it is owed
+        // has all reached it, the sender is reset, as the gone side itself would have.
+        let mut poll = None;
+        for (dropped_by, owed_done, client_sent) in [
+            (&self.down, up == Stop::Done, false),
+            (&self.up, down == Stop::Done, true),
+        ] {
+            if !(dropped_by.dropping && dropped_by.dropped > 0 && owed_done) {
+                continue;
+            }
+            let sender = match client_sent {
+                true => io.as_fd(),
+                false => self.backend.as_fd(),
+            };
+            let unsent = crate::pump::unsent(sender).unwrap_or(0);
+            let waited = *self.draining_since.get_or_insert(now);
+            if unsent > 0 && now.duration_since(waited) < DRAIN_WAIT {
+                poll = Some(DRAIN_POLL);
+                continue;
+            }
+            let who = match client_sent {
+                true => "backend",
+                false => "client",
+            };
+            self.ended = Some(format!(
+                "the {who} closed, then reset; {} bytes sent to it dropped",
+                dropped_by.dropped
+            ));
+            reset_on_close(sender);
             return Ok(Wants::close());
         }
         if let Some(idle) = self.idle {
@@ -505,11 +664,14 @@ impl TunnelConn {
             Stop::WaitWrite => Wants::read_write(),
             _ => Wants::read(),
         };
-        if up == Stop::Spent || down == Stop::Spent {
+        if up == Stop::Spent || down == Stop::Spent || again {
             wants = wants.with_resume();
         }
         if let Some(idle) = self.idle {
             wants = wants.with_timer(idle.saturating_sub(now.duration_since(self.last_moved)));
+        }
+        if let Some(poll) = poll {
+            wants = wants.with_timer(poll);
         }
         Ok(wants)
     }
@@ -555,10 +717,22 @@ impl Drop for TunnelConn {
     }
 }
 
-/// Whether `socket` failed (a reset: `ECONNRESET`, or `EPIPE` after the peer's FIN), the
-/// error taken; a socket that only half-closed has none.
-fn failed(socket: BorrowedFd<'_>) -> bool {
-    !matches!(SockRef::from(&socket).take_error(), Ok(None))
+/// How a side's socket failed.
+enum Failure {
+    /// Reset before its end (`ECONNRESET`), or any other failure.
+    Abort,
+    /// Reset after its own end ([`gone_after_end`]).
+    AfterEnd,
+}
+
+/// How `socket` failed, if it did (the error is taken); a socket that only half-closed has
+/// not.
+fn failure(socket: BorrowedFd<'_>) -> Option<Failure> {
+    match SockRef::from(&socket).take_error() {
+        Ok(None) => None,
+        Ok(Some(e)) if gone_after_end(&e) => Some(Failure::AfterEnd),
+        _ => Some(Failure::Abort),
+    }
 }
 
 /// Makes the next close of `socket` send a reset instead of a FIN (SO_LINGER with time 0):
