@@ -142,6 +142,7 @@
 
 pub mod abi;
 mod connection;
+pub mod dials;
 pub mod event;
 pub mod fields;
 mod host;
@@ -200,6 +201,13 @@ pub mod clients {
                 None => (u128::from(v6) >> 64) as u64,
             },
         }
+    }
+
+    /// [`key`] of a peer as [`crate::Request::peer`] gives it (`address:port`); a peer
+    /// that does not parse counts as one client.
+    pub fn key_of(peer: &str) -> u64 {
+        peer.parse::<std::net::SocketAddr>()
+            .map_or(0, |address| key(address.ip()))
     }
 }
 

@@ -82,17 +82,6 @@ impl Gauge {
         self.inc();
         Held(*self)
     }
-    /// One unit held until the guard drops, if fewer than `max` are held now: a limit and
-    /// its metric in one (a dial in flight to a route's backend).
-    pub fn hold_below(&self, max: i64) -> Option<Held> {
-        match self.0.fetch_add(1, Relaxed) < max {
-            true => Some(Held(*self)),
-            false => {
-                self.dec();
-                None
-            }
-        }
-    }
 }
 
 /// One unit of a [`Gauge`], given back when dropped.
@@ -347,13 +336,6 @@ mod tests {
         assert_eq!(open.with(&[]).get(), 1);
         drop(held);
         assert_eq!(open.with(&[]).get(), 0);
-        let dials = gauge("dials", "Dials now.", &[]).unwrap().with(&[]);
-        let two = [dials.hold_below(2), dials.hold_below(2)];
-        assert!(two.iter().all(Option::is_some));
-        assert!(dials.hold_below(2).is_none(), "a third is refused");
-        assert_eq!(dials.get(), 2, "and not counted");
-        drop(two);
-        assert!(dials.hold_below(2).is_some(), "given back");
     }
 
     #[test]

@@ -383,8 +383,9 @@ fn a_backend_that_never_accepts_gets_504() {
 
 /// Regression (tunnel review #3): each dial holds a worker until the backend answers or
 /// the time-out passes; 300 requests for a backend with a full listen queue held 256 workers
-/// for 5 s, and four addresses held all of them. Past `SWITCHYARD_TUNNEL_MAX_DIALS` under
-/// way, a request gets `503` at once.
+/// for 5 s, and four addresses held all of them. At most `SWITCHYARD_TUNNEL_MAX_DIALS`
+/// (here 4) are under way to a backend, a quarter of them for one client: past either, a
+/// request gets `503` at once.
 #[test]
 fn a_dead_backend_holds_at_most_its_dials_in_flight() {
     let (_listener, addr, _fillers) = listener_never_answering();
@@ -392,33 +393,40 @@ fn a_dead_backend_holds_at_most_its_dials_in_flight() {
         addr,
         &[
             ("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS", "3000"),
-            ("SWITCHYARD_TUNNEL_MAX_DIALS", "2"),
+            ("SWITCHYARD_TUNNEL_MAX_DIALS", "4"),
         ],
     );
     let request = "GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n";
-    let waiting: Vec<_> = (0..2)
-        .map(|_| {
-            let mut client = daemon.client();
-            client.send(request);
-            std::thread::spawn(move || client.response().status)
-        })
-        .collect();
+    let dial = |from: &str| {
+        let mut client = daemon.client_from(from);
+        client.send(request);
+        std::thread::spawn(move || client.response().status)
+    };
+    let refused_at_once = |from: &str| {
+        let began = std::time::Instant::now();
+        let mut client = daemon.client_from(from);
+        client.send(request);
+        let response = client.response();
+        assert_eq!(response.status, 503, "{}", response.body_text());
+        assert_eq!(response.header("Retry-After"), Some("1"));
+        assert!(began.elapsed() < Duration::from_secs(2), "at once");
+    };
+    let mut waiting = vec![dial("127.0.0.1")];
     daemon
-        .wait_for_metric("switchyard_tunnel_dials_in_flight{route=\"/backend\"} 2")
+        .wait_for_metric("switchyard_tunnel_dials_in_flight{route=\"/backend\"} 1")
         .unwrap();
-    let began = std::time::Instant::now();
-    let mut third = daemon.client();
-    third.send(request);
-    let response = third.response();
-    assert_eq!(response.status, 503, "{}", response.body_text());
-    assert_eq!(response.header("Retry-After"), Some("1"));
-    assert!(began.elapsed() < Duration::from_secs(2), "at once");
+    refused_at_once("127.0.0.1"); // its share: a quarter of 4
+    waiting.extend(["127.0.0.2", "127.0.0.3", "127.0.0.4"].map(dial));
+    daemon
+        .wait_for_metric("switchyard_tunnel_dials_in_flight{route=\"/backend\"} 4")
+        .unwrap();
+    refused_at_once("127.0.0.5"); // the backend's most
     for dial in waiting {
         assert_eq!(dial.join().unwrap(), 504);
     }
     let metrics = daemon.metrics();
     assert!(
-        metrics.contains("switchyard_tunnel_refused_total{route=\"/backend\",status=\"503\"} 1"),
+        metrics.contains("switchyard_tunnel_refused_total{route=\"/backend\",status=\"503\"} 2"),
         "{metrics}"
     );
     assert!(daemon.logs().contains("SWITCHYARD_TUNNEL_MAX_DIALS"));

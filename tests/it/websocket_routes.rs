@@ -485,38 +485,64 @@ fn a_service_that_does_not_connect_in_time_is_504() {
 
 /// Regression (tunnel review #3, for routes too): each dial holds a worker until the
 /// service answers or the time-out passes, so requests for a dead service took every worker
-/// one address may hold. Past `SWITCHYARD_WEBSOCKET_MAX_DIALS` under way they get `503` at
-/// once, and the route dials again when one ends.
+/// one address may hold. Dials are counted by service (`SWITCHYARD_WEBSOCKET_MAX_DIALS`,
+/// here 4) and a client has a quarter of them: one client's second dial to the dead
+/// service gets `503` at once, the dead service holds 4 dials from 4 addresses at most,
+/// and another token's service on the same route is dialled meanwhile (a first version
+/// counted by route: one dead host took every token's dials).
 #[test]
-fn a_dead_service_holds_at_most_its_dials_in_flight() {
-    let (_listener, addr, _fillers) = listener_never_answering();
+fn a_dead_service_holds_at_most_its_dials_and_no_other_services() {
+    let (_listener, dead, _fillers) = listener_never_answering();
+    let (live, _service) = tcp_service(|mut stream| {
+        stream.write_all(b"alive").unwrap();
+        let _ = stream.read_to_end(&mut Vec::new());
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, format!("dead: {dead}\nlive: {live}\n")).unwrap();
     let daemon = Daemon::builder()
         .plugin("switchyard-websocket")
         .env(
             "SWITCHYARD_WEBSOCKET_ROUTES",
-            &format!("/dead=tcp://{addr}"),
+            &format!("/vnc=tokens:{}", file.display()),
         )
         .env("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "3000")
-        .env("SWITCHYARD_WEBSOCKET_MAX_DIALS", "2")
+        .env("SWITCHYARD_WEBSOCKET_MAX_DIALS", "4")
         .start();
-    let waiting: Vec<_> = (0..2)
-        .map(|_| {
-            let raw = TcpStream::connect(daemon.addr).unwrap();
-            std::thread::spawn(move || handshake_status_on(raw, "/dead"))
-        })
-        .collect();
+    let dial_dead = |from: &str| {
+        let raw = daemon.client_from(from).stream;
+        std::thread::spawn(move || handshake_status_on(raw, "/vnc?token=dead"))
+    };
+    let mut waiting = vec![dial_dead("127.0.0.1")];
     daemon
-        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/dead\"} 2")
+        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/vnc\"} 1")
         .unwrap();
     let began = std::time::Instant::now();
-    assert_eq!(handshake_status(&daemon, "/dead"), 503, "a third dial");
+    let again = daemon.client_from("127.0.0.1").stream;
+    assert_eq!(
+        handshake_status_on(again, "/vnc?token=dead"),
+        503,
+        "its share"
+    );
     assert!(began.elapsed() < Duration::from_secs(2), "at once");
+    waiting.extend(["127.0.0.2", "127.0.0.3", "127.0.0.4"].map(dial_dead));
+    daemon
+        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/vnc\"} 4")
+        .unwrap();
+    let fifth = daemon.client_from("127.0.0.5").stream;
+    assert_eq!(
+        handshake_status_on(fifth, "/vnc?token=dead"),
+        503,
+        "the service's most"
+    );
+    let stream = daemon.client_from("127.0.0.5").stream;
+    let (mut client, _) =
+        tungstenite::client(format!("ws://{}/vnc?token=live", daemon.addr), stream)
+            .expect("another token's service is dialled");
+    assert_eq!(read_bytes(&mut client, 5), b"alive");
     for dial in waiting {
         assert_eq!(dial.join().unwrap(), 504);
     }
-    daemon
-        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/dead\"} 0")
-        .unwrap();
     let logs = daemon.logs();
     assert!(logs.contains("SWITCHYARD_WEBSOCKET_MAX_DIALS"), "{logs}");
 }

@@ -22,6 +22,7 @@ mod stats;
 
 use config::Config;
 use conn::{Label, TunnelConn};
+use protocol_api::dials::{Busy, Dials};
 use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
 use stats::{RouteStats, Stats};
@@ -34,7 +35,9 @@ pub struct Tunnel {
     stats: Stats,
     /// Each route's metrics, in `config.routes`' order.
     routes: Vec<RouteStats>,
-    /// The `503` for dials past `SWITCHYARD_TUNNEL_MAX_DIALS` is logged once a second.
+    /// Dials under way, by backend and client (`SWITCHYARD_TUNNEL_MAX_DIALS`).
+    dials: Dials,
+    /// The `503` for dials past them is logged once a second.
     busy_logs: protocol_api::throttle::Throttle,
 }
 
@@ -76,6 +79,7 @@ impl EventProtocol for Tunnel {
         pump::limit_pipes(config.max_pipes, stats.pipes);
         let routes = config.routes.iter().map(|(p, _)| stats.route(p)).collect();
         Ok(Tunnel {
+            dials: Dials::new(config.max_dials),
             config,
             stats,
             routes,
@@ -105,22 +109,31 @@ impl EventProtocol for Tunnel {
         }
         let index = self.config.routes.iter().position(|(p, _)| p == route);
         let stats = index.map_or_else(|| self.stats.route(route), |i| self.routes[i]);
-        let Some(_dialling) = stats.dialling.hold_below(self.config.max_dials as i64) else {
-            if let Some(unlogged) = self.busy_logs.admit() {
-                log::warn!(
-                    "tunnel {} -> {backend} for {}: {} dials to the backend under way \
-                     (SWITCHYARD_TUNNEL_MAX_DIALS); answered 503{unlogged}",
-                    request.path(),
-                    request.peer(),
-                    self.config.max_dials
+        let client = protocol_api::clients::key_of(request.peer());
+        let _dial = match self.dials.start(backend, client) {
+            Ok(dial) => dial,
+            Err(busy) => {
+                if let Some(unlogged) = self.busy_logs.admit() {
+                    let (max, whose) = match busy {
+                        Busy::Backend => (self.config.max_dials, "dials to the backend"),
+                        Busy::Client => (self.dials.per_client(), "of this client's dials"),
+                    };
+                    log::warn!(
+                        "tunnel {} -> {backend} for {}: {max} {whose} under way \
+                         (SWITCHYARD_TUNNEL_MAX_DIALS, a quarter for one client); \
+                         answered 503{unlogged}",
+                        request.path(),
+                        request.peer(),
+                    );
+                }
+                self.stats.refused(route, 503);
+                let body = format!("backend for {} is busy\n", request.path());
+                return Decision::Reject(
+                    protocol_api::Rejection::new(503, body).with_header("Retry-After", "1"),
                 );
             }
-            self.stats.refused(route, 503);
-            let body = format!("backend for {} is busy\n", request.path());
-            return Decision::Reject(
-                protocol_api::Rejection::new(503, body).with_header("Retry-After", "1"),
-            );
         };
+        let _dialling = stats.dialling.hold();
         let began = std::time::Instant::now();
         let dialled = dial(backend, self.config.connect_timeout);
         stats.connect.observe_micros(began.elapsed());

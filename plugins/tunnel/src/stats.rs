@@ -40,7 +40,7 @@ impl Stats {
             )?,
             refused: metrics::counter(
                 "refused_total",
-                "Tunnels refused before the 101, per route: 502 (the backend refused or could not be reached), 503 (SWITCHYARD_TUNNEL_MAX_DIALS dials to it were under way), 504 (it did not answer within SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS).",
+                "Tunnels refused before the 101, per route: 502 (the backend refused or could not be reached), 503 (SWITCHYARD_TUNNEL_MAX_DIALS dials to the backend, or the client's quarter of them, were under way), 504 (it did not answer within SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS).",
                 &["route", "status"],
             )?,
             bytes: metrics::counter(
@@ -57,7 +57,7 @@ impl Stats {
             )?,
             dialling: metrics::gauge(
                 "dials_in_flight",
-                "Dials to the backend under way now, per route, each holding a worker (at most SWITCHYARD_TUNNEL_MAX_DIALS).",
+                "Dials to the backend under way now, per route, each holding a worker (at most SWITCHYARD_TUNNEL_MAX_DIALS to one backend).",
                 route,
             )?,
             pipes: metrics::gauge(

@@ -41,6 +41,7 @@ mod session;
 mod stats;
 mod tokens;
 
+use protocol_api::dials::Busy;
 use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
 use std::io;
@@ -88,6 +89,8 @@ pub struct WebSocket {
     /// address starting and leaving at once started 327 a second (an attacker's review),
     /// every other client's programs waiting behind them.
     starts: protocol_api::rate::PerClient,
+    /// Dials under way to services, by service and client (`SWITCHYARD_WEBSOCKET_MAX_DIALS`).
+    dials: protocol_api::dials::Dials,
     /// What each client's compressed messages may inflate to a second
     /// (`SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT`; none: no limit).
     inflates: Option<protocol_api::rate::PerClient>,
@@ -150,6 +153,7 @@ impl EventProtocol for WebSocket {
         let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
             starts: protocol_api::rate::PerClient::new(config.starts_per_client),
+            dials: protocol_api::dials::Dials::new(config.max_dials),
             inflates: (config.inflate_per_client > 0)
                 .then(|| protocol_api::rate::PerClient::new(config.inflate_per_client)),
             config,
@@ -446,28 +450,35 @@ impl WebSocket {
         };
         // A dial holds this worker until the service answers or the time-out passes: a
         // dead service may hold a few, not every worker there is.
-        let dialling = match service {
-            routes::Service::Tcp(_) | routes::Service::Unix(_) => {
-                let held = stats.dialling.hold_below(self.config.max_dials as i64);
-                if held.is_none() {
-                    if let Some(unlogged) = DIALS_REFUSED.admit() {
-                        log::warn!(
-                            "websocket {} for {}: {} dials to the service under way \
-                             (SWITCHYARD_WEBSOCKET_MAX_DIALS); answered 503{unlogged}",
-                            path.path(),
-                            request.peer(),
-                            self.config.max_dials
-                        );
-                    }
-                    return Err(protocol_api::Rejection::new(
-                        503,
-                        format!("the service for {} is busy\n", path.path()),
-                    )
-                    .with_header("Retry-After", "1"));
-                }
-                held
-            }
+        let backend = match service {
+            routes::Service::Tcp(address) => Some(address.clone()),
+            routes::Service::Unix(path) => Some(path.display().to_string()),
             _ => None,
+        };
+        let client = client_key(request.peer());
+        let dial = match backend.as_deref().map(|b| self.dials.start(b, client)) {
+            Some(Err(busy)) => {
+                if let Some(unlogged) = DIALS_REFUSED.admit() {
+                    let (max, whose) = match busy {
+                        Busy::Backend => (self.config.max_dials, "dials to the service"),
+                        Busy::Client => (self.dials.per_client(), "of this client's dials"),
+                    };
+                    log::warn!(
+                        "websocket {} for {}: {max} {whose} under way \
+                         (SWITCHYARD_WEBSOCKET_MAX_DIALS, a quarter for one client); \
+                         answered 503{unlogged}",
+                        path.path(),
+                        request.peer(),
+                    );
+                }
+                return Err(protocol_api::Rejection::new(
+                    503,
+                    format!("the service for {} is busy\n", path.path()),
+                )
+                .with_header("Retry-After", "1"));
+            }
+            Some(Ok(dial)) => Some((dial, stats.dialling.hold())),
+            None => None,
         };
         let env = || {
             cgi::environment(request, path, &self.config.passenv, |name| {
@@ -479,7 +490,7 @@ impl WebSocket {
         let began = std::time::Instant::now();
         let dialled = backend::Backend::dial(service, self.config.connect_timeout, slot, env);
         stats.connect.observe_micros(began.elapsed());
-        drop(dialling);
+        drop(dial);
         match dialled {
             Ok(backend) => {
                 let lines = matches!(service, routes::Service::Exec { binary: false, .. });
@@ -515,15 +526,14 @@ impl WebSocket {
 /// A client as the daemon counts clients ([`protocol_api::clients::key`]), for the
 /// plugin's own per-client counts; a peer that does not parse counts as one client.
 pub(crate) fn client_key(peer: &str) -> u64 {
-    peer.parse::<std::net::SocketAddr>()
-        .map_or(0, |address| protocol_api::clients::key(address.ip()))
+    protocol_api::clients::key_of(peer)
 }
 
-/// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
-/// reached; another try may find a slot.
 /// Refusals past `SWITCHYARD_WEBSOCKET_MAX_DIALS`, logged one a second at most.
 static DIALS_REFUSED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
+/// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
+/// reached; another try may find a slot.
 fn programs_busy(why: &str) -> protocol_api::Rejection {
     let rejection = protocol_api::Rejection {
         status: 503,

@@ -71,7 +71,7 @@ impl Stats {
             )?,
             dialling: metrics::gauge(
                 "dials_in_flight",
-                "Dials to a route's tcp:// or unix: service under way now, per route, each holding a worker (at most SWITCHYARD_WEBSOCKET_MAX_DIALS).",
+                "Dials to a route's tcp:// or unix: services under way now, per route, each holding a worker (at most SWITCHYARD_WEBSOCKET_MAX_DIALS to one service).",
                 route,
             )?,
             programs: metrics::gauge(
