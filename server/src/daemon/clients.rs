@@ -33,6 +33,18 @@ pub enum Limit {
     Refusals,
 }
 
+/// The daemon is busy with TLS handshakes past this many clients' rate at once
+/// (`SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT` times this, in bursts of twice as many): only
+/// then is a client held to its own rate. Users behind one address (an office's NAT, a
+/// proxy that rewrites addresses) are so held back only while the daemon is under load.
+pub const BUSY_FROM: u32 = 4;
+
+/// TLS handshakes begun, per client and in all.
+struct Handshakes {
+    per_client: PerClient,
+    all: PerClient,
+}
+
 /// Refused connections of one client that may wait for their answer at once.
 pub const REFUSALS_ANSWERED: usize = 16;
 
@@ -78,8 +90,9 @@ pub struct Clients {
     /// Refusals, by [`Limit`], for `/metrics`.
     refused: [AtomicU64; 3],
     refusals_logged: Throttle,
-    /// TLS handshakes each client may begin (`None`: no limit).
-    handshakes: Option<PerClient>,
+    /// TLS handshakes each client may begin while the daemon is busy with them, and how
+    /// many the whole daemon begins before it is (`None`: no limit).
+    handshakes: Option<Handshakes>,
 }
 
 /// One unit of a client's limit, given back when dropped.
@@ -105,15 +118,23 @@ impl Clients {
             shards: std::array::from_fn(|_| Mutex::default()),
             refused: Default::default(),
             refusals_logged: Throttle::new(),
-            handshakes: (handshakes_per_sec > 0).then(|| PerClient::new(handshakes_per_sec)),
+            handshakes: (handshakes_per_sec > 0).then(|| Handshakes {
+                per_client: PerClient::new(handshakes_per_sec),
+                all: PerClient::new(handshakes_per_sec.saturating_mul(BUSY_FROM)),
+            }),
         }
     }
 
-    /// Whether the client at `ip` may begin a TLS handshake now (counted if so).
+    /// Whether the client at `ip` may begin a TLS handshake now (counted if so): always
+    /// while the daemon begins fewer than [`BUSY_FROM`] clients' worth a second; past
+    /// that, only within its own rate.
     pub fn may_handshake(&self, ip: IpAddr) -> bool {
-        self.handshakes
-            .as_ref()
-            .is_none_or(|rate| rate.allow(ClientKey::of(ip).0))
+        let Some(handshakes) = &self.handshakes else {
+            return true;
+        };
+        let busy = !handshakes.all.allow(0);
+        let within = handshakes.per_client.allow(ClientKey::of(ip).0);
+        within || !busy
     }
 
     fn shard(&self, key: ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Counts>> {

@@ -230,7 +230,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT",
         default: "`100`",
-        meaning: "TLS handshakes one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives) may begin a second, in bursts of twice as many; faster, the connection is closed before its handshake (each costs the daemon a signature, about 0.4 ms of a core with RSA 2048), with a log line and `switchyard_tls_handshake_failures_total{reason=\"rate\"}`; `0`: no limit",
+        meaning: "TLS handshakes one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives) may begin a second, in bursts of twice as many, once the daemon begins more than four times as many in all (each costs it a signature, about 0.4 ms of a core with RSA 2048); past it, the connection is closed before its handshake, with a log line and `switchyard_tls_handshake_failures_total{reason=\"rate\"}`. Behind a proxy that hides client addresses (no PROXY protocol, or Kubernetes' SNAT) every client shares one: raise it, or `0`: no limit",
     },
     Setting {
         variable: "SWITCHYARD_TLS_CLIENT_CA",
