@@ -65,16 +65,20 @@ fn slowest_call(daemon: &Daemon, plugin: &str) -> f64 {
 
 /// Sixteen bomb frames in one burst to the echo, on a daemon with one event loop: each
 /// inflates a thousandfold. Before the fix every one of them was inflated (and its echo
-/// compressed) in the call that read it: one call took 430 ms and up (16 × 16 MiB), and
-/// every other connection of the loop waited as long. Now no call inflates more than
-/// 1 MiB; the slowest call is one echo's compression (a few ms), and another client of
-/// the same loop is answered throughout.
+/// compressed) in the call that read it: one call took 430 ms and up (16 × 16 MiB), the
+/// whole of the work, and every other connection of the loop waited as long. Now no call
+/// inflates more than 1 MiB (a 256th of it), and another client of the same loop is
+/// answered throughout. (The client's inflate rate is off here: this is the per-call
+/// bound. The slowest call is judged against the whole work's time, not a fixed figure:
+/// on a loaded machine a call of 1 MiB took 199 ms once.)
 #[test]
 fn a_deflate_bomb_on_the_echo_never_holds_the_event_loop() {
     let daemon = Daemon::builder()
         .plugin("switchyard-websocket")
         .env("SWITCHYARD_IO_THREADS", "1")
+        .env("SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT", "0")
         .start();
+    let began = Instant::now();
     let mut neighbour = crate::websocket::connect(&daemon);
     let mut attacker = open_deflate(&daemon, "/");
     let bomb = bomb_frame();
@@ -126,11 +130,14 @@ fn a_deflate_bomb_on_the_echo_never_holds_the_event_loop() {
         answered += 1;
     }
     reader.join().unwrap();
+    let took = began.elapsed().as_secs_f64();
     let slowest = slowest_call(&daemon, "websocket");
     assert!(
-        slowest < 0.100,
-        "a call held the loop {:.0} ms (before the fix: 430 ms and more)",
-        slowest * 1000.0
+        slowest < took / 8.0,
+        "a call held the loop {:.0} ms of the {:.0} ms the sixteen took (before the fix: \
+         all of it, 430 ms and more)",
+        slowest * 1000.0,
+        took * 1000.0
     );
 }
 
