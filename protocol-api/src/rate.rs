@@ -4,8 +4,14 @@
 //! counts clients and bursts the same way.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Milliseconds since [`crate::moment::epoch`].
+fn now_ms() -> u64 {
+    crate::moment::epoch().elapsed().as_millis() as u64
+}
 
 /// Below this many clients tracked, none is forgotten.
 const SWEEP_FROM: usize = 4096;
@@ -16,6 +22,9 @@ const SWEEP_FROM: usize = 4096;
 pub struct PerClient {
     per_sec: f64,
     state: Mutex<State>,
+    /// Until when (ms since [`crate::moment::epoch`]) some client may owe: before it, none
+    /// does, and nobody need look.
+    owed_until: AtomicU64,
 }
 
 struct State {
@@ -34,6 +43,7 @@ impl PerClient {
                 buckets: HashMap::new(),
                 sweep_at: SWEEP_FROM,
             }),
+            owed_until: AtomicU64::new(0),
         }
     }
 
@@ -60,11 +70,24 @@ impl PerClient {
     }
 
     fn spend_at(&self, key: u64, amount: usize, now: Instant) -> Option<Duration> {
-        let rate = self.per_sec;
-        self.with_allowance(key, now, |left| {
-            *left -= amount as f64;
+        let (rate, burst) = (self.per_sec, 2.0 * self.per_sec);
+        let wait = self.with_allowance(key, now, |left| {
+            // What is owed is at most a burst's worth (a wait of two seconds): a client
+            // that spent far past it waits no longer, so users behind its address are
+            // not held back for minutes.
+            *left = (*left - amount as f64).max(-burst);
             (*left < 0.0).then(|| Duration::from_secs_f64(-*left / rate))
-        })
+        });
+        if let Some(wait) = wait {
+            let until = now_ms() + wait.as_millis() as u64 + 1;
+            self.owed_until.fetch_max(until, Ordering::Relaxed);
+        }
+        wait
+    }
+
+    /// Whether some client may owe now ([`PerClient::spend`]): false means none does.
+    pub fn may_owe(&self) -> bool {
+        now_ms() < self.owed_until.load(Ordering::Relaxed)
     }
 
     /// The wait until the client `key` owes nothing, if it owes now ([`PerClient::spend`]).
@@ -138,6 +161,10 @@ mod tests {
             rates.spend_at(1, 0, start + Duration::from_millis(500)),
             None
         );
+        let deep = rates.spend_at(3, 1_000_000, start).expect("far past it");
+        assert_eq!(deep, Duration::from_secs(2), "owed at most a burst's worth");
+        assert!(rates.may_owe());
+        assert!(!PerClient::new(1000).may_owe(), "nobody has spent");
     }
 
     #[test]

@@ -249,6 +249,32 @@ fn one_address_inflates_at_most_its_rate_and_waits_without_spinning() {
     assert!(waits >= 1, "{metrics}");
 }
 
+/// Review of cd2c68e: what a client owed was looked at only on a connection that had been
+/// paused, so a client sending each bomb on a new connection was never held (4.6 GB/s
+/// inflated, 72 times the limit, a core busy). Every connection of a client that owes
+/// waits now: five bombs of 1 MB (each inflated in one call) on five connections at 1 MB
+/// a second, after a burst of 2, take seconds.
+#[test]
+fn an_address_that_owes_waits_on_its_new_connections_too() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT", "1000000")
+        .start();
+    let bomb = bomb_frame_of(1_000_000);
+    let started = Instant::now();
+    for _ in 0..5 {
+        let mut attacker = open_deflate(&daemon, "/");
+        attacker.send(&bomb);
+        let (fin, _, _) = crate::websocket::read_frame(&mut attacker);
+        assert!(fin);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "five bombs in {took:?}"
+    );
+}
+
 /// The first frame of a compressed message (FIN clear, RSV1 set) inflating to `size`
 /// zeros, from a few KiB: a message that never ends.
 fn unfinished_bomb(size: usize) -> Vec<u8> {

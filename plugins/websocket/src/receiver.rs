@@ -529,6 +529,11 @@ impl Receiver {
         Ok(flow)
     }
 
+    /// Whether permessage-deflate was agreed (compressed messages may come).
+    pub fn deflates(&self) -> bool {
+        self.inflater.is_some()
+    }
+
     /// The largest message taken, in bytes.
     pub fn max_message(&self) -> usize {
         self.max_message

@@ -230,9 +230,13 @@ impl Connection {
         }
         // While paused, the timer is the pause's (it replaced the idle timer).
         let paused_timer = std::mem::take(&mut self.inflate_paused);
-        let mut owed = match paused_timer {
-            true => inflates.and_then(|rates| rates.owed(self.assembly.client())),
-            false => None,
+        // A client may owe from its other connections (a new one each message, say): looked
+        // up whenever any client may owe, which costs a quiet daemon nothing.
+        let mut owed = match inflates {
+            Some(rates) if paused_timer || (self.receiver.deflates() && rates.may_owe()) => {
+                rates.owed(self.assembly.client())
+            }
+            _ => None,
         };
         if ready.is_timer() && !paused_timer {
             match self.state {
@@ -272,15 +276,12 @@ impl Connection {
         match (turn, owed) {
             // Work in hand that must wait for the client's allowance: not resumed (that
             // would spin), called again when it owes nothing.
-            (Ok(wants), Some(wait)) if self.state == State::Open => {
+            (Ok(wants), Some(wait)) if self.state == State::Open && wants.resumes() => {
                 self.inflate_paused = true;
-                if wants.resumes() {
-                    if !paused_timer {
-                        self.stats.inflate_waited();
-                    }
-                    return Ok(wants.without_resume().with_timer(wait));
+                if !paused_timer {
+                    self.stats.inflate_waited();
                 }
-                Ok(wants)
+                Ok(wants.without_resume().with_timer(wait))
             }
             (turn, _) => turn,
         }
