@@ -257,10 +257,10 @@ fn a_client_reset_ends_the_tunnel_while_the_backend_does_not_read() {
 
 /// Regression (tunnel review #2): a backend that resets after sending its end (FIN) was
 /// never read again, so the client, still open, was never told. Such a backend sent all it
-/// had (the client gets it, and the end); what the client sends after is dropped, and the
-/// client is reset for it, as the backend's own closed socket would have.
+/// had: the client gets it and the end, then a reset (what it sends goes nowhere), as the
+/// backend's own closed socket would have given it.
 #[test]
-fn a_backend_that_closes_then_resets_has_what_the_client_sends_after_reset() {
+fn a_backend_that_closes_then_resets_has_the_client_reset_once_it_has_all() {
     let (go, reset) = std::sync::mpsc::channel::<()>();
     let (addr, backend) = backend(move |mut stream| {
         stream.write_all(b"bye").unwrap();
@@ -276,9 +276,7 @@ fn a_backend_that_closes_then_resets_has_what_the_client_sends_after_reset() {
     assert_eq!(client.read_to_end(), b"bye", "the backend's end passed on");
     go.send(()).unwrap();
     backend.join().unwrap();
-    std::thread::sleep(Duration::from_millis(100)); // the reset reaches the daemon
-    let _ = client.stream.write_all(b"more");
-    let logs = daemon.wait_for_log("the backend closed, then reset; 4 bytes sent to it dropped");
+    let logs = daemon.wait_for_log("ended: the backend closed, then reset");
     assert!(logs.is_ok(), "the tunnel stood: {}", logs.unwrap_err());
     // After its FIN, a reset shows on the socket as an error (EPIPE), not on a read.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -289,6 +287,38 @@ fn a_backend_that_closes_then_resets_has_what_the_client_sends_after_reset() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Review of 1fc0301: a client that sends its end and then resets (and keeps no socket)
+/// left the tunnel standing while its backend said nothing, holding one of the backend's
+/// connections for good. Once all the client sent has reached the backend, the backend is
+/// reset.
+#[test]
+fn a_client_that_closes_then_resets_leaves_no_tunnel_standing() {
+    let (addr, backend) = backend(move |mut stream| {
+        let mut got = Vec::new();
+        let ended = stream.read_to_end(&mut got).map_err(|e| e.kind());
+        assert_eq!(got, b"bye", "all the client sent");
+        // Its end came first; the reset shows on the next write, or in SO_ERROR.
+        let _ = ended;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while stream.take_error().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never reset");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    client.send("bye");
+    client.shutdown_write();
+    std::thread::sleep(Duration::from_millis(100));
+    let socket = socket2::Socket::from(client.stream);
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(socket); // RST, after the FIN
+    backend.join().unwrap();
+    let logs = daemon.wait_for_log("ended: the client closed, then reset");
+    assert!(logs.is_ok(), "{}", logs.unwrap_err());
 }
 
 /// Review of 83f680f: a side that closes and then resets (its closed socket answering late
@@ -392,7 +422,7 @@ fn a_dead_backend_holds_at_most_its_dials_in_flight() {
     let daemon = daemon(
         addr,
         &[
-            ("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS", "3000"),
+            ("SWITCHYARD_TUNNEL_CONNECT_TIMEOUT_MS", "8000"),
             ("SWITCHYARD_TUNNEL_MAX_DIALS", "4"),
         ],
     );

@@ -17,9 +17,9 @@
 //! reset at once, also while its direction is not reading it (held back by a slow
 //! destination). A side that resets after its own end (`EPIPE`: it closed, then answered
 //! late bytes with a reset, as a closed socket does) sent everything it had: that still
-//! goes on whole, with its end, and only what is sent to it is dropped. If anything was,
-//! the sender is reset once all it was owed has reached it (it must learn that its bytes
-//! went nowhere, as it would from the side itself); otherwise the tunnel ends when it ends.
+//! goes on whole, with its end, and only what is sent to it is dropped; once all it sent
+//! has reached the other side, the other is reset (as the gone side's own socket would
+//! have: what it sends goes nowhere), so the tunnel never stands for a side that is gone.
 //!
 //! A client that came over TLS (which the daemon terminates) is read and written only
 //! through the daemon: its socket carries ciphertext, so nothing is spliced to or from it.
@@ -47,7 +47,8 @@ thread_local! {
 /// loop's time, after which the tunnel asks to be called again.
 const BUDGET: usize = 2 * CHUNK;
 
-/// How often to ask whether what a side is owed has reached it, before resetting it.
+/// How often to ask, at first, whether what a side is owed has reached it, before
+/// resetting it (then half the time waited so far, up to a second).
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// How long to wait for that at most: then it is reset all the same.
 const DRAIN_WAIT: Duration = Duration::from_secs(30);
@@ -617,14 +618,16 @@ impl TunnelConn {
             self.ended.get_or_insert_with(|| how.into());
             return Ok(Wants::close());
         }
-        // A side gone after its end was sent bytes that went nowhere: once what it is owed
-        // has all reached it, the sender is reset, as the gone side itself would have.
+        // A side gone after its end takes nothing more: once all it sent has reached the
+        // other side (acknowledged), the other is reset, as the gone side's own socket
+        // would have reset it (and told it that what it sent since went nowhere). The
+        // tunnel does not stand for a sender that never ends.
         let mut poll = None;
         for (dropped_by, owed_done, client_sent) in [
             (&self.down, up == Stop::Done, false),
             (&self.up, down == Stop::Done, true),
         ] {
-            if !(dropped_by.dropping && dropped_by.dropped > 0 && owed_done) {
+            if !(dropped_by.dropping && owed_done) {
                 continue;
             }
             let sender = match client_sent {
@@ -633,18 +636,20 @@ impl TunnelConn {
             };
             let unsent = crate::pump::unsent(sender).unwrap_or(0);
             let waited = *self.draining_since.get_or_insert(now);
-            if unsent > 0 && now.duration_since(waited) < DRAIN_WAIT {
-                poll = Some(DRAIN_POLL);
+            let waiting = now.duration_since(waited);
+            if unsent > 0 && waiting < DRAIN_WAIT {
+                // Asked often at first, then less (a slow reader may take long).
+                poll = Some((waiting / 2).clamp(DRAIN_POLL, Duration::from_secs(1)));
                 continue;
             }
             let who = match client_sent {
                 true => "backend",
                 false => "client",
             };
-            self.ended = Some(format!(
-                "the {who} closed, then reset; {} bytes sent to it dropped",
-                dropped_by.dropped
-            ));
+            self.ended = Some(match dropped_by.dropped {
+                0 => format!("the {who} closed, then reset"),
+                n => format!("the {who} closed, then reset; {n} bytes sent to it dropped"),
+            });
             reset_on_close(sender);
             return Ok(Wants::close());
         }
