@@ -506,7 +506,7 @@ fn a_dead_service_holds_at_most_its_dials_and_no_other_services() {
             "SWITCHYARD_WEBSOCKET_ROUTES",
             &format!("/vnc=tokens:{}", file.display()),
         )
-        .env("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "3000")
+        .env("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "8000")
         .env("SWITCHYARD_WEBSOCKET_MAX_DIALS", "4")
         .start();
     let dial_dead = |from: &str| {
