@@ -132,9 +132,14 @@ impl Clients {
         let Some(handshakes) = &self.handshakes else {
             return true;
         };
-        let busy = !handshakes.all.allow(0);
-        let within = handshakes.per_client.allow(ClientKey::of(ip).0);
-        within || !busy
+        // Within its own rate: always (and counted in all, as far as all has room). Past
+        // it: as long as the daemon's own rate has room, which it then takes (a refusal
+        // takes none of it, so refused attempts cannot keep the daemon busy).
+        if handshakes.per_client.allow(ClientKey::of(ip).0) {
+            let _ = handshakes.all.allow(0);
+            return true;
+        }
+        handshakes.all.allow(0)
     }
 
     fn shard(&self, key: ClientKey) -> MutexGuard<'_, HashMap<ClientKey, Counts>> {
