@@ -1,24 +1,25 @@
 //! Dials under way to backends, for plugins that dial one before the `101` (on a worker,
 //! which the dial holds until the backend answers or the time-out passes). At most `max`
 //! go to one backend at once, so a backend that does not answer (dead, or its listen queue
-//! full) holds that many workers and not all of them; and of those one client
-//! ([`crate::clients::key`]) holds at most a quarter, so that one client cannot keep every
-//! other from a backend, nor one backend that is down keep clients from the others (a
-//! route of many backends, such as one chosen by token, counts each apart).
+//! full) holds that many workers and not all of them, nor keeps clients from the others (a
+//! route of many backends, such as one chosen by token, counts each apart); and one client
+//! ([`crate::clients::key`]) has at most a quarter of that under way in all, so that it can
+//! neither keep every other client from a backend nor, with many dead backends, hold more
+//! than a few workers.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// The dials under way, by backend (its address as configured).
+/// The dials under way, by backend (its address as configured) and by client.
 pub struct Dials {
     max: usize,
     per_client: usize,
-    backends: Mutex<HashMap<String, Backend>>,
+    counts: Mutex<Counts>,
 }
 
 #[derive(Default)]
-struct Backend {
-    dials: usize,
+struct Counts {
+    by_backend: HashMap<String, usize>,
     by_client: HashMap<u64, usize>,
 }
 
@@ -27,7 +28,7 @@ struct Backend {
 pub enum Busy {
     /// The backend has its most dials under way.
     Backend,
-    /// The client has its share of the backend's dials under way.
+    /// The client has its most dials under way (to any backends).
     Client,
 }
 
@@ -39,35 +40,32 @@ pub struct Dial<'a> {
 }
 
 impl Dials {
-    /// At most `max` dials to one backend (at least 1), a quarter of them (at least 1) for
-    /// one client.
+    /// At most `max` dials to one backend (at least 1), and a quarter of it (at least 1)
+    /// for one client in all.
     pub fn new(max: usize) -> Dials {
         let max = max.max(1);
         Dials {
             max,
             per_client: (max / 4).max(1),
-            backends: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Counts::default()),
         }
     }
 
-    /// The most dials one client may have under way to one backend.
+    /// The most dials one client may have under way.
     pub fn per_client(&self) -> usize {
         self.per_client
     }
 
     /// Counts a dial by `client` to `backend`, if both have room.
     pub fn start(&self, backend: &str, client: u64) -> Result<Dial<'_>, Busy> {
-        let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(counts) = backends.get(backend) {
-            if counts.dials >= self.max {
-                return Err(Busy::Backend);
-            }
-            if counts.by_client.get(&client).copied().unwrap_or(0) >= self.per_client {
-                return Err(Busy::Client);
-            }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.by_backend.get(backend).copied().unwrap_or(0) >= self.max {
+            return Err(Busy::Backend);
         }
-        let counts = backends.entry(backend.to_string()).or_default();
-        counts.dials += 1;
+        if counts.by_client.get(&client).copied().unwrap_or(0) >= self.per_client {
+            return Err(Busy::Client);
+        }
+        *counts.by_backend.entry(backend.to_string()).or_default() += 1;
         *counts.by_client.entry(client).or_default() += 1;
         Ok(Dial {
             dials: self,
@@ -77,26 +75,21 @@ impl Dials {
     }
 }
 
+/// Takes one from `key`'s count, forgetting it at zero.
+fn give_back<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(held) = map.get_mut(key) {
+        *held -= 1;
+        if *held == 0 {
+            map.remove(key);
+        }
+    }
+}
+
 impl Drop for Dial<'_> {
     fn drop(&mut self) {
-        let mut backends = self
-            .dials
-            .backends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(counts) = backends.get_mut(&self.backend) else {
-            return;
-        };
-        counts.dials -= 1;
-        if let Some(held) = counts.by_client.get_mut(&self.client) {
-            *held -= 1;
-            if *held == 0 {
-                counts.by_client.remove(&self.client);
-            }
-        }
-        if counts.dials == 0 {
-            backends.remove(&self.backend);
-        }
+        let mut counts = self.dials.counts.lock().unwrap_or_else(|e| e.into_inner());
+        give_back(&mut counts.by_backend, &self.backend);
+        give_back(&mut counts.by_client, &self.client);
     }
 }
 
@@ -105,23 +98,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_backend_takes_its_most_and_a_client_its_share() {
+    fn a_backend_takes_its_most_and_a_client_its_share_in_all() {
         let dials = Dials::new(8);
-        let mine: Vec<_> = (0..2).map(|_| dials.start("a:1", 1).unwrap()).collect();
+        let mine = [
+            dials.start("a:1", 1).unwrap(),
+            dials.start("b:1", 1).unwrap(),
+        ];
         assert_eq!(
-            dials.start("a:1", 1).err(),
+            dials.start("c:1", 1).err(),
             Some(Busy::Client),
             "a quarter of 8"
         );
+        let others: Vec<_> = (2..9).map(|c| dials.start("a:1", c).unwrap()).collect();
+        assert_eq!(
+            dials.start("a:1", 9).err(),
+            Some(Busy::Backend),
+            "8 to it in all"
+        );
         assert!(
-            dials.start("b:1", 1).is_ok(),
+            dials.start("b:1", 9).is_ok(),
             "another backend counts apart"
         );
-        let others: Vec<_> = (2..8).map(|c| dials.start("a:1", c).unwrap()).collect();
-        assert_eq!(dials.start("a:1", 9).err(), Some(Busy::Backend), "8 in all");
         drop(mine);
-        assert!(dials.start("a:1", 1).is_ok(), "given back");
+        assert!(dials.start("c:1", 1).is_ok(), "given back");
         drop(others);
-        assert!(dials.backends.lock().unwrap().is_empty(), "nothing kept");
+        let counts = dials.counts.lock().unwrap();
+        assert!(
+            counts.by_backend.is_empty() && counts.by_client.is_empty(),
+            "nothing kept"
+        );
     }
 }

@@ -15,7 +15,7 @@ pub struct Config {
     /// once, two descriptors each; 0 never splices.
     pub max_pipes: usize,
     /// `SWITCHYARD_TUNNEL_MAX_DIALS` (default [`MAX_DIALS`]): most dials under way to one
-    /// backend, a quarter of them for one client; past either, `503`.
+    /// backend, and a quarter of that in all for one client; past either, `503`.
     pub max_dials: usize,
 }
 
@@ -135,7 +135,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new(
         "SWITCHYARD_TUNNEL_MAX_DIALS",
         "64",
-        "most dials under way at once to one backend, a quarter of them for one client address (each holds a worker until the backend answers or the connect time-out passes, so a dead backend cannot hold them all, nor one client keep the others from it); past either, 503 with Retry-After",
+        "most dials under way at once to one backend, and one client address at most a quarter of that in all (each holds a worker until the backend answers or the connect time-out passes, so a dead backend cannot hold them all, nor one client keep the others from it or hold many); past either, 503 with Retry-After",
     ),
 ];
 

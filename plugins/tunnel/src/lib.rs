@@ -116,7 +116,7 @@ impl EventProtocol for Tunnel {
                 if let Some(unlogged) = self.busy_logs.admit() {
                     let (max, whose) = match busy {
                         Busy::Backend => (self.config.max_dials, "dials to the backend"),
-                        Busy::Client => (self.dials.per_client(), "of this client's dials"),
+                        Busy::Client => (self.dials.per_client(), "dials of this client"),
                     };
                     log::warn!(
                         "tunnel {} -> {backend} for {}: {max} {whose} under way \

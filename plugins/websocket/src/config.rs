@@ -26,7 +26,7 @@ pub struct Config {
     /// longer gets `504`.
     pub connect_timeout: Duration,
     /// `SWITCHYARD_WEBSOCKET_MAX_DIALS` (default 64): dials under way at once to one
-    /// `tcp://` or `unix:` service (each holds a worker), a quarter of them for one client;
+    /// `tcp://` or `unix:` service (each holds a worker), and a quarter of that in all for one client;
     /// past either, `503`.
     pub max_dials: usize,
     /// `SWITCHYARD_WEBSOCKET_MAX_PROCESSES` (default 256): programs of `exec:` routes
@@ -137,7 +137,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "16777216", "largest message in bytes; larger: close 1009"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT", "67108864", "bytes a second one client address's compressed messages may inflate to, in bursts of twice as many (inflating costs CPU: a deflate bomb's few KiB inflate to MiBs); past it, its connections' compressed messages wait, unread, until it may go on; 0: no limit"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "5000", "time to dial a tcp:// service before the 101; late: 504 (refused: 502)"),
-    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_DIALS", "64", "most dials under way at once to one tcp:// or unix: service (a route's, or each a tokens: route names), a quarter of them for one client address (each holds a worker until the service answers or the connect time-out passes, so a dead service cannot hold them all, nor one client keep the others from it); past either, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_DIALS", "64", "most dials under way at once to one tcp:// or unix: service (a route's, or each a tokens: route names), and one client address at most a quarter of that in all (each holds a worker until the service answers or the connect time-out passes, so a dead service cannot hold them all, nor one client keep the others from it or hold many); past either, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "a quarter of SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "of those programs, most for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", "10", "programs of exec: routes one client address may start a second, in bursts of twice as many; faster, 503 with Retry-After"),

@@ -461,7 +461,7 @@ impl WebSocket {
                 if let Some(unlogged) = DIALS_REFUSED.admit() {
                     let (max, whose) = match busy {
                         Busy::Backend => (self.config.max_dials, "dials to the service"),
-                        Busy::Client => (self.dials.per_client(), "of this client's dials"),
+                        Busy::Client => (self.dials.per_client(), "dials of this client"),
                     };
                     log::warn!(
                         "websocket {} for {}: {max} {whose} under way \
