@@ -383,6 +383,9 @@ impl Connection {
             relay.log_stderr()
         };
         let resume_if = |wants: Wants, more: bool| if more { wants.with_resume() } else { wants };
+        // The client's message waits for inflate budget (this call's, or its client's
+        // allowance): the service is still relayed meanwhile.
+        let mut client_waits = false;
         loop {
             if let Some(wants) = self.write_and_settle(io, config)? {
                 return Ok(resume_if(wants, stderr_more));
@@ -406,7 +409,7 @@ impl Connection {
             }
             let mut moved = false;
             // The client, while the service has taken everything it sent.
-            if flushed && budget.read > 0 {
+            if flushed && budget.read > 0 && !client_waits {
                 match self.read(io, budget) {
                     Ok(Reading::Wait) => {}
                     Ok(Reading::Ended) => {
@@ -414,6 +417,9 @@ impl Connection {
                         return Ok(Wants::close());
                     }
                     Ok(Reading::Wrote) => moved = true,
+                    Ok(Reading::Spent) if budget.inflate == 0 && budget.read > 0 => {
+                        client_waits = true;
+                    }
                     Ok(Reading::Spent) => {
                         return Ok(self.next(Wants::read().with_resume(), config));
                     }
@@ -464,7 +470,8 @@ impl Connection {
                 }
             }
             if !moved {
-                return Ok(resume_if(self.next(Wants::read(), config), stderr_more));
+                let more = stderr_more || client_waits;
+                return Ok(resume_if(self.next(Wants::read(), config), more));
             }
         }
     }
