@@ -18,6 +18,26 @@ fn daemon(backend: SocketAddr, extra: &[(&str, &str)]) -> Daemon {
     builder.start()
 }
 
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(stream: TcpStream) {
+    let socket = socket2::Socket::from(stream);
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(socket);
+}
+
+/// Whether `stream`, which has read its peer's end, is reset within 5 s: after a FIN the
+/// reset shows in SO_ERROR (EPIPE), not on a read.
+fn reset_after_its_end(stream: &TcpStream) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stream.take_error().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 fn switch(client: &mut Client, method: &str, extra: &str) {
     client.send(format!(
         "{method} /backend HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n{extra}"
@@ -147,9 +167,7 @@ fn a_backend_reset_reaches_the_client_as_a_reset() {
         // Reset only once the tunnel stands (a reset during the connect would be a 502).
         let mut go = [0u8; 2];
         stream.read_exact(&mut go).unwrap();
-        let socket = socket2::Socket::from(stream);
-        socket.set_linger(Some(Duration::ZERO)).unwrap();
-        drop(socket); // RST
+        reset(stream); // RST
     });
     let daemon = daemon(addr, &[]);
     let mut client = daemon.client();
@@ -186,9 +204,7 @@ fn a_client_reset_reaches_the_backend_as_a_reset() {
     switch(&mut client, "GET", "\r\n");
     client.send("go");
     assert_eq!(client.read_exact(5), b"ready");
-    let socket = socket2::Socket::from(client.stream);
-    socket.set_linger(Some(Duration::ZERO)).unwrap();
-    drop(socket); // RST
+    reset(client.stream); // RST
     backend.join().unwrap();
     let logs = daemon
         .wait_for_log("ended: client reset")
@@ -246,9 +262,7 @@ fn a_client_reset_ends_the_tunnel_while_the_backend_does_not_read() {
     switch(&mut client, "GET", "\r\n");
     let sent = fill(&mut client.stream);
     assert!(sent > 64 * 1024, "{sent}");
-    let socket = socket2::Socket::from(client.stream);
-    socket.set_linger(Some(Duration::ZERO)).unwrap();
-    drop(socket); // RST
+    reset(client.stream); // RST
     let logs = daemon.wait_for_log("ended: client reset");
     reset_seen.send(()).unwrap();
     backend.join().unwrap();
@@ -261,14 +275,12 @@ fn a_client_reset_ends_the_tunnel_while_the_backend_does_not_read() {
 /// backend's own closed socket would have given it.
 #[test]
 fn a_backend_that_closes_then_resets_has_the_client_reset_once_it_has_all() {
-    let (go, reset) = std::sync::mpsc::channel::<()>();
+    let (go, told) = std::sync::mpsc::channel::<()>();
     let (addr, backend) = backend(move |mut stream| {
         stream.write_all(b"bye").unwrap();
         stream.shutdown(Shutdown::Write).unwrap();
-        reset.recv().unwrap();
-        let socket = socket2::Socket::from(stream);
-        socket.set_linger(Some(Duration::ZERO)).unwrap();
-        drop(socket); // RST
+        told.recv().unwrap();
+        reset(stream); // RST
     });
     let daemon = daemon(addr, &[]);
     let mut client = daemon.client();
@@ -279,14 +291,7 @@ fn a_backend_that_closes_then_resets_has_the_client_reset_once_it_has_all() {
     let logs = daemon.wait_for_log("ended: the backend closed, then reset");
     assert!(logs.is_ok(), "the tunnel stood: {}", logs.unwrap_err());
     // After its FIN, a reset shows on the socket as an error (EPIPE), not on a read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while client.stream.take_error().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the client was not reset"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(reset_after_its_end(&client.stream), "not reset");
 }
 
 /// Review of 1fc0301: a client that sends its end and then resets (and keeps no socket)
@@ -301,11 +306,7 @@ fn a_client_that_closes_then_resets_leaves_no_tunnel_standing() {
         assert_eq!(got, b"bye", "all the client sent");
         // Its end came first; the reset shows on the next write, or in SO_ERROR.
         let _ = ended;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while stream.take_error().unwrap().is_none() {
-            assert!(std::time::Instant::now() < deadline, "never reset");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(reset_after_its_end(&stream), "not reset");
     });
     let daemon = daemon(addr, &[]);
     let mut client = daemon.client();
@@ -313,9 +314,7 @@ fn a_client_that_closes_then_resets_leaves_no_tunnel_standing() {
     client.send("bye");
     client.shutdown_write();
     std::thread::sleep(Duration::from_millis(100));
-    let socket = socket2::Socket::from(client.stream);
-    socket.set_linger(Some(Duration::ZERO)).unwrap();
-    drop(socket); // RST, after the FIN
+    reset(client.stream); // RST, after the FIN
     backend.join().unwrap();
     let logs = daemon.wait_for_log("ended: the client closed, then reset");
     assert!(logs.is_ok(), "{}", logs.unwrap_err());
