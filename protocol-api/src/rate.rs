@@ -87,7 +87,9 @@ impl PerClient {
 
     /// Whether some client may owe now ([`PerClient::spend`]): false means none does.
     pub fn may_owe(&self) -> bool {
-        now_ms() < self.owed_until.load(Ordering::Relaxed)
+        // Until some client has owed, not even the clock is read.
+        let until = self.owed_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
     }
 
     /// The wait until the client `key` owes nothing, if it owes now ([`PerClient::spend`]).
