@@ -943,6 +943,51 @@ fn one_address_cannot_take_every_connection() {
         .unwrap();
 }
 
+/// While fewer connections are free than one address may hold (a quarter of them by
+/// default), an address holding a sixteenth of its share gets no more: the last quarter goes
+/// to addresses that hold few. Before the fix four addresses, each within its share, held
+/// every connection, and a fifth waited in the listen backlog for as long as they stayed.
+#[test]
+fn four_addresses_cannot_take_every_connection() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_MAX_CONNECTIONS", "40")
+        .start();
+    // Three addresses take their whole share (10 each): 10 connections are free.
+    let mut held: Vec<Client> = Vec::new();
+    for address in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        held.extend((0..10).map(|_| daemon.client_from(address)));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // The fourth gets a sixteenth of its share (10 / 16, at least one), and is told why.
+    held.push(daemon.client_from("127.0.0.5"));
+    std::thread::sleep(Duration::from_millis(100));
+    let mut second = daemon.client_from("127.0.0.5");
+    let refused = second.response_head_only();
+    assert_eq!(
+        refused.status, 503,
+        "the fourth address's second connection"
+    );
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    // An address already holding its whole share gets nothing more either.
+    let mut more = daemon.client_from("127.0.0.2");
+    assert_eq!(more.response_head_only().status, 503);
+    // Everyone else is still served, each from its own address.
+    for address in ["127.0.0.6", "127.0.0.7", "127.0.0.8"] {
+        let mut other = daemon.client_from(address);
+        other.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(other.response().status, 200, "{address} is served");
+        held.push(other);
+    }
+    daemon
+        .wait_for_log(
+            "too many connections from this client \
+             (SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT=10, 1 while the server is crowded)",
+        )
+        .unwrap();
+    drop(held);
+}
+
 /// A refused connection lingers for its `503` to be read, holding a connection slot
 /// meanwhile: an address past its limit has at most 16 waiting so; its further
 /// connections are closed unanswered. Before the fix, one address that held its share and

@@ -6,7 +6,12 @@
 //! A client is its IPv4 address, or its IPv6 /64: one host is routinely given a whole /64,
 //! so counting single IPv6 addresses would let one machine count as millions of clients.
 //! The address is the PROXY protocol's when that is on (a load balancer's own address is
-//! never counted). Counts live in a few locked maps by address (sharded, so that event
+//! never counted).
+//!
+//! A client's share shrinks while the daemon is crowded ([`Share::most`]): the last free
+//! connections and workers go only to clients that hold few. With each address allowed a
+//! quarter of everything, four addresses used to fill the daemon and lock every other
+//! client out; now three fill three quarters, and the last quarter takes sixteen more. Counts live in a few locked maps by address (sharded, so that event
 //! loops and workers rarely wait on each other); an address leaves its map when its counts
 //! are back to zero, so memory follows the clients connected now.
 
@@ -48,6 +53,35 @@ struct Handshakes {
 /// Refused connections of one client that may wait for their answer at once.
 pub const REFUSALS_ANSWERED: usize = 16;
 
+/// While the daemon is crowded, a client may hold this fraction of its limit
+/// ([`Share::most`]).
+pub const CROWDED_SHARE: usize = 16;
+
+/// What the daemon has of one kind of capacity (connections, worker slots), and how much of
+/// it one client may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub total: usize,
+    pub per_client: usize,
+}
+
+impl Share {
+    /// The most a client may hold while `free` units are free: its limit, or, while fewer
+    /// are free than the crowded reserve, a sixteenth of it ([`CROWDED_SHARE`], at least
+    /// one). The reserve is what one client may hold, or what the others may once one holds
+    /// its most, whichever is less: a quarter of everything by default, and nothing where
+    /// one client may take it all (an operator who allows that means it).
+    pub fn most(self, free: usize) -> usize {
+        let reserve = self
+            .per_client
+            .min(self.total.saturating_sub(self.per_client));
+        match free < reserve {
+            true => (self.per_client / CROWDED_SHARE).max(1),
+            false => self.per_client,
+        }
+    }
+}
+
 /// The key a client is counted under ([`protocol_api::clients::key`]: an IPv4 address, or
 /// an IPv6 /64; plugins with limits of their own count clients by it too). Eight bytes,
 /// as every open connection carries one.
@@ -84,8 +118,8 @@ impl Counts {
 const SHARDS: usize = 16;
 
 pub struct Clients {
-    max_connections: usize,
-    max_workers: usize,
+    connections: Share,
+    workers: Share,
     shards: [Mutex<HashMap<ClientKey, Counts>>; SHARDS],
     /// Refusals, by [`Limit`], for `/metrics`.
     refused: [AtomicU64; 3],
@@ -111,10 +145,10 @@ impl Drop for Hold {
 impl Clients {
     /// `handshakes_per_sec`: TLS handshakes a client may begin a second, in bursts of
     /// twice as many; 0: no limit.
-    pub fn new(max_connections: usize, max_workers: usize, handshakes_per_sec: u32) -> Clients {
+    pub fn new(connections: Share, workers: Share, handshakes_per_sec: u32) -> Clients {
         Clients {
-            max_connections,
-            max_workers,
+            connections,
+            workers,
             shards: std::array::from_fn(|_| Mutex::default()),
             refused: Default::default(),
             refusals_logged: Throttle::new(),
@@ -147,18 +181,19 @@ impl Clients {
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn max(&self, limit: Limit) -> usize {
+    /// The most of `limit` a client may hold while the daemon has `free` of it free.
+    pub fn most(&self, limit: Limit, free: usize) -> usize {
         match limit {
-            Limit::Connections => self.max_connections,
-            Limit::Workers => self.max_workers,
+            Limit::Connections => self.connections.most(free),
+            Limit::Workers => self.workers.most(free),
             Limit::Refusals => REFUSALS_ANSWERED,
         }
     }
 
     /// Takes one unit of `limit` for the client at `ip`, unless it holds its most already
-    /// (the refusal is counted).
-    pub fn take(&'static self, ip: IpAddr, limit: Limit) -> Option<Hold> {
-        let key = self.count(ip, limit)?;
+    /// while the daemon has `free` units free (the refusal is counted).
+    pub fn take(&'static self, ip: IpAddr, limit: Limit, free: usize) -> Option<Hold> {
+        let key = self.count(ip, limit, free)?;
         Some(Hold {
             clients: self,
             key,
@@ -169,12 +204,13 @@ impl Clients {
     /// [`Clients::take`] for a holder that keeps its key itself (a connection's
     /// [`Ticket`](super::state::Ticket), which knows its `Clients`): the unit is given back
     /// with [`Clients::give_back`].
-    pub fn count(&self, ip: IpAddr, limit: Limit) -> Option<ClientKey> {
+    pub fn count(&self, ip: IpAddr, limit: Limit, free: usize) -> Option<ClientKey> {
         let key = ClientKey::of(ip);
+        let most = self.most(limit, free);
         let mut shard = self.shard(key);
         let counts = shard.entry(key).or_default();
         let held = counts.of(limit);
-        if *held >= self.max(limit) {
+        if *held >= most {
             if counts.is_empty() {
                 shard.remove(&key);
             }
@@ -186,14 +222,15 @@ impl Clients {
         Some(key)
     }
 
-    /// Whether the client at `ip` holds its most of `limit` now; a yes is counted as a
-    /// refusal (the caller refuses it).
-    pub fn refuses(&self, ip: IpAddr, limit: Limit) -> bool {
+    /// Whether the client at `ip` holds its most of `limit` now, with `free` units of it
+    /// free; a yes is counted as a refusal (the caller refuses it).
+    pub fn refuses(&self, ip: IpAddr, limit: Limit, free: usize) -> bool {
         let key = ClientKey::of(ip);
+        let most = self.most(limit, free);
         let refused = self
             .shard(key)
             .get_mut(&key)
-            .is_some_and(|counts| *counts.of(limit) >= self.max(limit));
+            .is_some_and(|counts| *counts.of(limit) >= most);
         if refused {
             self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
         }
@@ -202,10 +239,22 @@ impl Clients {
 
     /// Logs a refusal for a client's limit: at most one line a second for the whole daemon,
     /// with how many went unlogged since (a client hammering its limit must not flood the
-    /// log).
-    pub fn warn_refused(&self, peer: SocketAddr, reason: &str, setting: &str, max: usize) {
+    /// log). `most`: the limit that applied, less than the setting's `max` while the daemon
+    /// is crowded ([`Share::most`]).
+    pub fn warn_refused(
+        &self,
+        peer: SocketAddr,
+        reason: &str,
+        setting: &str,
+        max: usize,
+        most: usize,
+    ) {
         if let Some(unlogged) = self.refusals_logged.admit() {
-            log::warn!("{peer}: {reason} ({setting}={max}); refused{unlogged}");
+            let crowded = match most < max {
+                true => format!(", {most} while the server is crowded"),
+                false => String::new(),
+            };
+            log::warn!("{peer}: {reason} ({setting}={max}{crowded}); refused{unlogged}");
         }
     }
 
@@ -239,8 +288,74 @@ impl Clients {
 mod tests {
     use super::*;
 
+    /// Clients of a daemon with room for 100 of each kind (never crowded below 75 held).
     fn clients(connections: usize, workers: usize) -> &'static Clients {
-        Box::leak(Box::new(Clients::new(connections, workers, 0)))
+        let share = |per_client| Share {
+            total: 100,
+            per_client,
+        };
+        Box::leak(Box::new(Clients::new(
+            share(connections),
+            share(workers),
+            0,
+        )))
+    }
+
+    /// Free units of each kind, plenty: the daemon is not crowded.
+    const ROOM: usize = 99;
+
+    #[test]
+    fn a_share_shrinks_to_a_sixteenth_while_fewer_are_free_than_the_reserve() {
+        let default = Share {
+            total: 10_000,
+            per_client: 2_500,
+        };
+        assert_eq!(default.most(2_500), 2_500, "the reserve itself is free");
+        assert_eq!(default.most(2_499), 156);
+        assert_eq!(default.most(0), 156);
+        // Where one client may hold half, the reserve is the other half.
+        let half = Share {
+            total: 100,
+            per_client: 50,
+        };
+        assert_eq!((half.most(50), half.most(49)), (50, 3));
+        // Where one client may hold nearly everything, the reserve is what is left.
+        let most = Share {
+            total: 100,
+            per_client: 90,
+        };
+        assert_eq!((most.most(10), most.most(9)), (90, 5));
+        // Where one client may hold it all, it may, crowded or not.
+        let all = Share {
+            total: 20_000,
+            per_client: 20_000,
+        };
+        assert_eq!(all.most(0), 20_000);
+        // A share never falls below one.
+        let small = Share {
+            total: 4,
+            per_client: 2,
+        };
+        assert_eq!(small.most(0), 1);
+    }
+
+    #[test]
+    fn a_crowded_daemon_refuses_a_heavy_client_and_admits_a_light_one() {
+        let clients = clients(25, 25);
+        let (heavy, light): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let held: Vec<Hold> = (0..3)
+            .map(|_| clients.take(heavy, Limit::Connections, ROOM).unwrap())
+            .collect();
+        // 24 free, fewer than the reserve of 25: a client may hold 25 / 16 = 1.
+        assert!(clients.take(heavy, Limit::Connections, 24).is_none());
+        assert!(clients.refuses(heavy, Limit::Connections, 24));
+        let first = clients.take(light, Limit::Connections, 24);
+        assert!(first.is_some(), "a client holding nothing is let in");
+        assert!(clients.take(light, Limit::Connections, 23).is_none());
+        // Room again: the whole limit.
+        assert!(clients.take(heavy, Limit::Connections, 25).is_some());
+        drop(held);
     }
 
     #[test]
@@ -248,26 +363,29 @@ mod tests {
         let clients = clients(2, 1);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let first = clients.take(a, Limit::Connections).unwrap();
-        let _second = clients.take(a, Limit::Connections).unwrap();
-        assert!(clients.take(a, Limit::Connections).is_none());
+        let first = clients.take(a, Limit::Connections, ROOM).unwrap();
+        let _second = clients.take(a, Limit::Connections, ROOM).unwrap();
+        assert!(clients.take(a, Limit::Connections, ROOM).is_none());
         assert_eq!(clients.refused(Limit::Connections), 1);
         assert!(
-            clients.take(b, Limit::Connections).is_some(),
+            clients.take(b, Limit::Connections, ROOM).is_some(),
             "another client"
         );
-        let _worker = clients.take(a, Limit::Workers).unwrap();
-        assert!(clients.take(a, Limit::Workers).is_none());
+        let _worker = clients.take(a, Limit::Workers, ROOM).unwrap();
+        assert!(clients.take(a, Limit::Workers, ROOM).is_none());
         drop(first);
-        assert!(clients.take(a, Limit::Connections).is_some(), "given back");
+        assert!(
+            clients.take(a, Limit::Connections, ROOM).is_some(),
+            "given back"
+        );
     }
 
     #[test]
     fn an_address_leaves_the_table_when_it_holds_nothing() {
         let clients = clients(1, 1);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let held = clients.take(a, Limit::Connections).unwrap();
-        assert!(clients.take(a, Limit::Connections).is_none());
+        let held = clients.take(a, Limit::Connections, ROOM).unwrap();
+        assert!(clients.take(a, Limit::Connections, ROOM).is_none());
         assert_eq!(clients.tracked(), 1);
         drop(held);
         assert_eq!(clients.tracked(), 0);

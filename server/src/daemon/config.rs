@@ -135,12 +135,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
         default: "a quarter of `SWITCHYARD_MAX_CONNECTIONS` (`2500`)",
-        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives); past it, `503` with `Retry-After` at once, and the connection is closed (16 such refusals at a time wait for their answer to be read; past them, closed unanswered)",
+        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives); past it, `503` with `Retry-After` at once, and the connection is closed (16 such refusals at a time wait for their answer to be read; past them, closed unanswered). While fewer connections are free than this (or than what is left of `SWITCHYARD_MAX_CONNECTIONS` past it, whichever is less), a client holding a sixteenth of it or more gets no more: the last connections go to clients that hold few",
     },
     Setting {
         variable: "SWITCHYARD_WORKERS_PER_CLIENT",
         default: "a quarter of `SWITCHYARD_WORKERS` (`256`)",
-        meaning: "most worker slots one client address holds (connections of blocking plugins, and readiness plugins' requests negotiated on a worker); past it, `503` with `Retry-After` (HTTP/2 with prior knowledge: GOAWAY `REFUSED_STREAM`)",
+        meaning: "most worker slots one client address holds (connections of blocking plugins, and readiness plugins' requests negotiated on a worker); past it, `503` with `Retry-After` (HTTP/2 with prior knowledge: GOAWAY `REFUSED_STREAM`). While fewer slots are free than this, a client holding a sixteenth of it or more gets no more",
     },
     Setting {
         variable: "SWITCHYARD_IDLE_MS",

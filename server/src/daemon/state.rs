@@ -5,7 +5,7 @@
 //! Made once at start and leaked: every thread holds `&'static Shared` until the process
 //! exits, as it holds the plugins.
 
-use crate::daemon::clients::{ClientKey, Clients, Limit};
+use crate::daemon::clients::{ClientKey, Clients, Limit, Share};
 use crate::daemon::config::Config;
 use crate::daemon::live::Live;
 use crate::daemon::metrics::Metrics;
@@ -85,8 +85,10 @@ impl Ticket {
         if let Some(limit) = self.limit.take() {
             clients.give_back(self.client, limit);
         }
+        // Free once this connection is counted (it is, in `open`).
+        let free = self.shared.free_connections();
         for limit in [Limit::Connections, Limit::Refusals] {
-            if let Some(key) = clients.count(ip, limit) {
+            if let Some(key) = clients.count(ip, limit, free) {
                 (self.client, self.limit) = (key, Some(limit));
                 return limit == Limit::Connections;
             }
@@ -123,8 +125,14 @@ impl Shared {
         let static_roots = open_static_roots(&config.static_routes);
         let worker_slots = WorkerSlots::new(config.workers);
         let clients = Clients::new(
-            config.max_connections_per_client,
-            config.workers_per_client,
+            Share {
+                total: config.max_connections,
+                per_client: config.max_connections_per_client,
+            },
+            Share {
+                total: config.workers,
+                per_client: config.workers_per_client,
+            },
             config.tls_handshakes_per_client,
         );
         Shared {
@@ -230,6 +238,13 @@ impl Shared {
 
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Connections that may still open before `SWITCHYARD_MAX_CONNECTIONS` is reached.
+    pub fn free_connections(&self) -> usize {
+        self.config
+            .max_connections
+            .saturating_sub(self.open_connections())
     }
 }
 

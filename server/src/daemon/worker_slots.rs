@@ -69,15 +69,23 @@ impl WorkerSlots {
         self.busy() < self.max
     }
 
+    /// Slots free once one more is taken: what a client's share is judged by
+    /// ([`crate::daemon::clients::Share::most`]) when it asks for one.
+    pub fn free_after_one(&self) -> usize {
+        self.max.saturating_sub(self.busy() + 1)
+    }
+
     /// Takes a slot for the client at `client`, if one is free and the client has not
     /// its most already.
     pub fn try_reserve(&self, clients: &'static Clients, client: IpAddr) -> Result<Slot, NoSlot> {
-        self.busy
+        let busy = self
+            .busy
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
             .map_err(|_| NoSlot::Full)?;
-        match clients.take(client, Limit::Workers) {
+        let free = self.max - busy - 1;
+        match clients.take(client, Limit::Workers, free) {
             Some(hold) => Ok(Slot {
                 busy: self.busy.clone(),
                 _client: hold,

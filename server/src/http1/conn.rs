@@ -342,6 +342,7 @@ impl<T: Transport> HttpConn<T> {
             "TLS handshakes begun too fast by this client",
             "SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT",
             cx.shared.config.tls_handshakes_per_client as usize,
+            cx.shared.config.tls_handshakes_per_client as usize,
         );
         cx.shared.metrics.tls_handshake_failed("rate");
         self.over_handshake_rate = false;
@@ -349,11 +350,13 @@ impl<T: Transport> HttpConn<T> {
     }
 
     fn warn_over_client_limit(&self, cx: &mut Context<'_>) {
-        cx.shared.clients.warn_refused(
+        let shared = cx.shared;
+        shared.clients.warn_refused(
             self.peer,
             "too many connections from this client",
             "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
-            cx.shared.config.max_connections_per_client,
+            shared.config.max_connections_per_client,
+            (shared.clients).most(Limit::Connections, shared.free_connections()),
         );
     }
 
@@ -1149,6 +1152,7 @@ impl<T: Transport> HttpConn<T> {
         let only_workers = offers
             .iter()
             .all(|o| !registry.plugins[o.plugin].is_readiness());
+        let free_workers = shared.worker_slots.free_after_one();
         let refusal = if shared.is_stopping() {
             static STOPPING: Throttle = Throttle::new();
             if let Some(unlogged) = STOPPING.admit() {
@@ -1166,11 +1170,17 @@ impl<T: Transport> HttpConn<T> {
                 log::warn!("{}: {reason}; answered 503{unlogged}", self.peer);
             }
             Some(NoSlot::Full.reason())
-        } else if shared.clients.refuses(self.peer.ip(), Limit::Workers) {
+        } else if shared
+            .clients
+            .refuses(self.peer.ip(), Limit::Workers, free_workers)
+        {
             let reason = NoSlot::ClientLimit.reason();
             let max = shared.config.workers_per_client;
+            let most = shared.clients.most(Limit::Workers, free_workers);
             let setting = "SWITCHYARD_WORKERS_PER_CLIENT";
-            shared.clients.warn_refused(self.peer, reason, setting, max);
+            shared
+                .clients
+                .warn_refused(self.peer, reason, setting, max, most);
             Some(reason)
         } else {
             None

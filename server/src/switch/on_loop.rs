@@ -4,6 +4,7 @@
 
 use super::negotiate::{negotiate, plugin_failed, Outcome};
 use super::Side;
+use crate::daemon::clients::Limit;
 use crate::daemon::state::Shared;
 use crate::daemon::worker_slots::{self, NoSlot, Slot};
 use crate::http::response::Response;
@@ -65,6 +66,9 @@ pub fn switch(
                             reason,
                             "SWITCHYARD_WORKERS_PER_CLIENT",
                             shared.config.workers_per_client,
+                            shared
+                                .clients
+                                .most(Limit::Workers, shared.worker_slots.free_after_one()),
                         ),
                     }
                     OnLoop::Answer(Response::unavailable(reason), Some(reason))
