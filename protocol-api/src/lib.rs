@@ -209,6 +209,64 @@ pub mod clients {
         peer.parse::<std::net::SocketAddr>()
             .map_or(0, |address| key(address.ip()))
     }
+
+    /// While a capacity is crowded, a client may hold this fraction of its limit
+    /// ([`Share::most`]).
+    pub const CROWDED_SHARE: usize = 16;
+
+    /// What there is of one kind of capacity (connections, worker slots, programs), and
+    /// how much of it one client may hold. A client's limit alone lets a few clients, each
+    /// within it, take everything (four, at a quarter each); [`Share::most`] keeps the last
+    /// of it for clients that hold few.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Share {
+        /// Units there are in all.
+        pub total: usize,
+        /// Units one client may hold while the capacity is not crowded.
+        pub per_client: usize,
+    }
+
+    impl Share {
+        /// The most a client may hold while `free` units are free (not counting the one it
+        /// asks for): its limit, or, while fewer are free than the reserve, a sixteenth of
+        /// it ([`CROWDED_SHARE`], at least one). The reserve is what one client may hold,
+        /// or what the others may once one holds its most, whichever is less: a quarter of
+        /// everything where a client may hold a quarter, and nothing where one client may
+        /// take it all (whoever allowed that meant it).
+        pub fn most(self, free: usize) -> usize {
+            let reserve = self
+                .per_client
+                .min(self.total.saturating_sub(self.per_client));
+            match free < reserve {
+                true => (self.per_client / CROWDED_SHARE).max(1),
+                false => self.per_client,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Share;
+
+        #[test]
+        fn a_share_shrinks_to_a_sixteenth_while_fewer_are_free_than_the_reserve() {
+            let share = |total, per_client| Share { total, per_client };
+            let default = share(10_000, 2_500);
+            assert_eq!(default.most(2_500), 2_500, "the reserve itself is free");
+            assert_eq!(default.most(2_499), 156);
+            assert_eq!(default.most(0), 156);
+            // Where one client may hold half, the reserve is the other half.
+            let half = share(100, 50);
+            assert_eq!((half.most(50), half.most(49)), (50, 3));
+            // Where one client may hold nearly everything, the reserve is what is left.
+            let most = share(100, 90);
+            assert_eq!((most.most(10), most.most(9)), (90, 5));
+            // Where one client may hold it all, it may, crowded or not.
+            assert_eq!(share(20_000, 20_000).most(0), 20_000);
+            // A share never falls below one.
+            assert_eq!(share(4, 2).most(0), 1);
+        }
+    }
 }
 
 /// Log lines a client can cause, one a second at most for each kind, for the daemon and

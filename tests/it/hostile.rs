@@ -1402,6 +1402,47 @@ fn lines_a_client_causes_are_logged_once_a_second() {
     );
 }
 
+/// Four addresses, each within its quarter of the `exec:` program slots, used to hold every
+/// slot; while fewer slots are free than one address may hold, an address holding a
+/// sixteenth of its share (at least one) starts no more, so a fifth is still served.
+#[test]
+fn four_addresses_cannot_take_every_program_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = crate::websocket_routes::script(dir.path(), "idle", "exec sleep 60");
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/idle=exec:{}", program.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "8")
+        .start();
+    let handshake = |mut client: Client| {
+        client.send(
+            "GET /idle HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        );
+        let status = client.response_head_only().status;
+        (status, client)
+    };
+    // Three addresses run their two each: two slots are free. The fourth gets one.
+    let mut held = Vec::new();
+    for address in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        for _ in 0..2 {
+            let (status, client) = handshake(daemon.client_from(address));
+            held.push((address, status, client));
+        }
+    }
+    let statuses: Vec<u16> = held.iter().map(|(_, status, _)| *status).collect();
+    assert_eq!(statuses, [101, 101, 101, 101, 101, 101, 101, 503]);
+    let (fifth, _fifth) = handshake(daemon.client_from("127.0.0.6"));
+    assert_eq!(fifth, 101, "a fifth address is served");
+    daemon
+        .wait_for_log("PER_CLIENT=2, 1 while few programs may start")
+        .unwrap();
+    drop(held);
+}
+
 /// An address holds at most a quarter of the `exec:` program slots: before the fix one
 /// address opened 256 idle connections and every other address got 503 for as long as
 /// it kept them (an attacker's review). Here 8 slots, so 2 per address; a slot comes

@@ -10,8 +10,10 @@
 //! is answered `503` with `Retry-After` at once, as the daemon answers a client past its
 //! worker slots; clients are told apart as the daemon tells them
 //! ([`protocol_api::clients::key`]), so one address (an IPv6 client: its /64) cannot hold
-//! every slot.
+//! every slot; nor can four, each within its share: the last quarter goes to clients
+//! holding few ([`Share::most`]).
 
+use protocol_api::clients::Share;
 use protocol_api::metrics::Gauge;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -77,7 +79,11 @@ impl Http1Slots {
             return Err(NoSlot::Full);
         }
         let held = taken.by_client.get(&client).copied().unwrap_or(0);
-        if held >= self.per_client {
+        let share = Share {
+            total: self.max,
+            per_client: self.per_client,
+        };
+        if held >= share.most(self.max - taken.all - 1) {
             return Err(NoSlot::ClientLimit);
         }
         taken.all += 1;
@@ -116,19 +122,35 @@ mod tests {
 
     #[test]
     fn one_client_is_held_to_its_share_and_the_rest_to_the_whole() {
-        let slots = slots(3, 2);
-        let (a, b, c) = (
-            "192.0.2.1".parse().unwrap(),
-            "192.0.2.2".parse().unwrap(),
-            "192.0.2.3".parse().unwrap(),
-        );
-        let first = slots.take(a).unwrap();
-        let _second = slots.take(a).unwrap();
-        assert_eq!(slots.take(a).err(), Some(NoSlot::ClientLimit));
-        let _other = slots.take(b).unwrap();
-        assert_eq!(slots.take(c).err(), Some(NoSlot::Full));
+        let slots = slots(10, 2);
+        let client = |n: u8| IpAddr::from([192, 0, 2, n]);
+        let first = slots.take(client(1)).unwrap();
+        let _second = slots.take(client(1)).unwrap();
+        assert_eq!(slots.take(client(1)).err(), Some(NoSlot::ClientLimit));
+        let _others: Vec<Slot> = (2..=9).map(|n| slots.take(client(n)).unwrap()).collect();
+        assert_eq!(slots.take(client(10)).err(), Some(NoSlot::Full));
         drop(first);
-        assert!(slots.take(a).is_ok(), "a slot given back is taken again");
+        assert!(
+            slots.take(client(10)).is_ok(),
+            "a slot given back is taken again"
+        );
+    }
+
+    #[test]
+    fn four_clients_do_not_take_every_slot() {
+        let slots = slots(100, 25);
+        let client = |n: u8| IpAddr::from([192, 0, 2, n]);
+        let mut held: Vec<Slot> = Vec::new();
+        for n in 1..=3 {
+            held.extend((0..25).map(|_| slots.take(client(n)).unwrap()));
+        }
+        // 25 free, then fewer: a client may hold 25 / 16 = 1.
+        held.push(slots.take(client(4)).unwrap());
+        assert_eq!(slots.take(client(4)).err(), Some(NoSlot::ClientLimit));
+        assert_eq!(slots.take(client(1)).err(), Some(NoSlot::ClientLimit));
+        for n in 5..=10 {
+            held.push(slots.take(client(n)).expect("a client holding none"));
+        }
     }
 
     #[test]

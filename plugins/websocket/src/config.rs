@@ -139,7 +139,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "5000", "time to dial a tcp:// service before the 101; late: 504 (refused: 502)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_DIALS", "64", "most dials under way at once to one tcp:// or unix: service (a route's, or each a tokens: route names), and one client address at most a quarter of that in all (each holds a worker until the service answers or the connect time-out passes, so a dead service cannot hold them all, nor one client keep the others from it or hold many); past either, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
-    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "a quarter of SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "of those programs, most for one client address (an IPv6 client: its /64); past it, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "a quarter of SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "of those programs, most for one client address (an IPv6 client: its /64); past it, 503 with Retry-After (while fewer are free than this, a client holding a sixteenth of it or more gets no more)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", "10", "programs of exec: routes one client address may start a second, in bursts of twice as many; faster, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PASSENV", "PATH,LD_LIBRARY_PATH", "the daemon's environment variables an exec: program gets besides CGI's"),
 ];

@@ -419,16 +419,28 @@ impl WebSocket {
                     return Err(programs_busy("programs started too fast for this client"));
                 }
                 let per_client = self.config.max_processes_per_client;
-                let Some(share) = process::ClientShare::take(request.peer(), per_client) else {
-                    if let Some(unlogged) = process::REFUSALS.admit() {
-                        log::warn!(
-                            "websocket {} for {}: the client runs its most programs \
-                             (SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT={per_client}); answered 503{unlogged}",
-                            path.path(),
-                            request.peer(),
-                        );
+                let share = protocol_api::clients::Share {
+                    total: self.config.max_processes,
+                    per_client,
+                };
+                let share = match process::ClientShare::take(request.peer(), share) {
+                    Ok(share) => share,
+                    Err(most) => {
+                        if let Some(unlogged) = process::REFUSALS.admit() {
+                            let crowded = match most < per_client {
+                                true => format!(", {most} while few programs may start"),
+                                false => String::new(),
+                            };
+                            log::warn!(
+                                "websocket {} for {}: the client runs its most programs \
+                                 (SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT={per_client}\
+                                 {crowded}); answered 503{unlogged}",
+                                path.path(),
+                                request.peer(),
+                            );
+                        }
+                        return Err(programs_busy("too many programs running for this client"));
                     }
-                    return Err(programs_busy("too many programs running for this client"));
                 };
                 match process::Reservation::take(self.config.max_processes) {
                     Some(slot) => Some(slot.for_client(share)),

@@ -16,6 +16,7 @@
 //! is PID 1 (a container with no init), it reaps what programs leave behind, as an init
 //! would. Every `unsafe` line of the plugin is in this module.
 
+use protocol_api::clients::Share;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io;
@@ -64,19 +65,22 @@ static BY_CLIENT: Mutex<BTreeMap<u64, usize>> = Mutex::new(BTreeMap::new());
 pub struct ClientShare(u64);
 
 impl ClientShare {
-    /// Counts a program for the client at `peer` (`ip:port`) if it runs fewer than `max`.
-    pub fn take(peer: &str, max: usize) -> Option<ClientShare> {
+    /// Counts a program for the client at `peer` (`ip:port`) if it runs fewer than its
+    /// `share` allows now ([`Share::most`]: fewer while few slots of the processes limit are
+    /// free); else the most that applied.
+    pub fn take(peer: &str, share: Share) -> Result<ClientShare, usize> {
         let key = crate::client_key(peer);
+        let most = share.most(share.total.saturating_sub(running() + 1));
         let mut counts = BY_CLIENT.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(key).or_insert(0);
-        if *count >= max {
+        if *count >= most {
             if *count == 0 {
                 counts.remove(&key);
             }
-            return None;
+            return Err(most);
         }
         *count += 1;
-        Some(ClientShare(key))
+        Ok(ClientShare(key))
     }
 }
 

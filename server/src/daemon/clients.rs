@@ -8,7 +8,8 @@
 //! The address is the PROXY protocol's when that is on (a load balancer's own address is
 //! never counted).
 //!
-//! A client's share shrinks while the daemon is crowded ([`Share::most`]): the last free
+//! A client's share shrinks while the daemon is crowded ([`Share::most`], which plugins'
+//! own per-client limits use too): the last free
 //! connections and workers go only to clients that hold few. With each address allowed a
 //! quarter of everything, four addresses used to fill the daemon and lock every other
 //! client out; now three fill three quarters, and the last quarter takes sixteen more. Counts live in a few locked maps by address (sharded, so that event
@@ -20,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+pub use protocol_api::clients::Share;
 use protocol_api::rate::PerClient;
 use protocol_api::throttle::Throttle;
 
@@ -52,35 +54,6 @@ struct Handshakes {
 
 /// Refused connections of one client that may wait for their answer at once.
 pub const REFUSALS_ANSWERED: usize = 16;
-
-/// While the daemon is crowded, a client may hold this fraction of its limit
-/// ([`Share::most`]).
-pub const CROWDED_SHARE: usize = 16;
-
-/// What the daemon has of one kind of capacity (connections, worker slots), and how much of
-/// it one client may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Share {
-    pub total: usize,
-    pub per_client: usize,
-}
-
-impl Share {
-    /// The most a client may hold while `free` units are free: its limit, or, while fewer
-    /// are free than the crowded reserve, a sixteenth of it ([`CROWDED_SHARE`], at least
-    /// one). The reserve is what one client may hold, or what the others may once one holds
-    /// its most, whichever is less: a quarter of everything by default, and nothing where
-    /// one client may take it all (an operator who allows that means it).
-    pub fn most(self, free: usize) -> usize {
-        let reserve = self
-            .per_client
-            .min(self.total.saturating_sub(self.per_client));
-        match free < reserve {
-            true => (self.per_client / CROWDED_SHARE).max(1),
-            false => self.per_client,
-        }
-    }
-}
 
 /// The key a client is counted under ([`protocol_api::clients::key`]: an IPv4 address, or
 /// an IPv6 /64; plugins with limits of their own count clients by it too). Eight bytes,
@@ -303,41 +276,6 @@ mod tests {
 
     /// Free units of each kind, plenty: the daemon is not crowded.
     const ROOM: usize = 99;
-
-    #[test]
-    fn a_share_shrinks_to_a_sixteenth_while_fewer_are_free_than_the_reserve() {
-        let default = Share {
-            total: 10_000,
-            per_client: 2_500,
-        };
-        assert_eq!(default.most(2_500), 2_500, "the reserve itself is free");
-        assert_eq!(default.most(2_499), 156);
-        assert_eq!(default.most(0), 156);
-        // Where one client may hold half, the reserve is the other half.
-        let half = Share {
-            total: 100,
-            per_client: 50,
-        };
-        assert_eq!((half.most(50), half.most(49)), (50, 3));
-        // Where one client may hold nearly everything, the reserve is what is left.
-        let most = Share {
-            total: 100,
-            per_client: 90,
-        };
-        assert_eq!((most.most(10), most.most(9)), (90, 5));
-        // Where one client may hold it all, it may, crowded or not.
-        let all = Share {
-            total: 20_000,
-            per_client: 20_000,
-        };
-        assert_eq!(all.most(0), 20_000);
-        // A share never falls below one.
-        let small = Share {
-            total: 4,
-            per_client: 2,
-        };
-        assert_eq!(small.most(0), 1);
-    }
 
     #[test]
     fn a_crowded_daemon_refuses_a_heavy_client_and_admits_a_light_one() {
