@@ -6,18 +6,27 @@
 //! last. A client's session gets one end of a Unix socket pair and relays it as it relays a
 //! `unix:` service (so the relay's limits and back-pressure hold as for any route); the
 //! broadcaster holds the other end. Its stated policies:
-//! - **The clients set the pace, and one that holds the others back for 2 s is dropped**:
-//!   each chunk of output (whole lines, in text mode) is written to every client's socket
-//!   without blocking, and what a socket does not take waits for its client. The program's
-//!   output is read while no client has more than 256 KiB waiting, so a program faster than
-//!   its clients waits, as it would on a pipe to one. A client with more than that waiting
-//!   for 2 s (it does not read, or reads slower than the others and the program) is
-//!   closed, with a log line, and the others go on: one that never reads holds them back
-//!   for 2 s, once. The 2 s are the route's: for 10 s after such a drop, a client that
-//!   falls behind is closed at once, so clients that keep joining and never read hold the
-//!   others back 2 s in 10 at most (one already behind when another is dropped keeps its
-//!   own 2 s). Memory per client, ours: at most 256 KiB and a chunk (the kernel's socket
-//!   buffers come first: on loopback a TCP socket holds megabytes).
+//! - **The clients set the pace, but none holds the others back for long; one that falls
+//!   4 MiB behind is dropped**: each chunk of output (whole lines, in text mode) is kept
+//!   once, in the route's [`Backlog`], and written to every client's socket without
+//!   blocking; what a socket does not take waits there for its client. The program's output
+//!   is read while no client has more than 256 KiB waiting, so a program faster than its
+//!   clients waits, as it would on a pipe to one. A client past that for 1 s (it does not
+//!   read, or reads slower than the program writes) is let go: the output goes on without
+//!   waiting for it, and it catches up or falls behind; with more than 4 MiB waiting it is
+//!   closed, with a log line. For 10 s after the route let a client go, its address's
+//!   clients hold nothing, and once clients of two addresses were let go, any other
+//!   client holds 100 ms at most: clients that keep joining and never read cannot keep the
+//!   route waiting, and one address's cannot cut the others' hold short (readers of a
+//!   program that writes as fast as it can, `yes`, would fall behind each other and be
+//!   closed). Memory: the backlog, at most
+//!   4 MiB and a chunk for the route however many clients it has (the kernel's socket
+//!   buffers come first: on loopback a TCP socket holds megabytes). An attacker's review
+//!   of the design before (a client held the route for 2 s, then was closed, and after a
+//!   close, any client that fell behind was closed at once) found one client that never
+//!   read had every reader closed (the burst the program had held back put them all past
+//!   their window at once), one reading slowly held every client to its pace for good,
+//!   and 1,000 that never read held 373 MiB: a copy of the output each.
 //! - **Clients' messages go to the program's input** in the order read, each a line (text
 //!   mode); while the program does not read (`tail -F` never does), at most 1 MiB waits,
 //!   and past that the clients are not read until it takes some, as a pipe holds back its
@@ -29,6 +38,7 @@
 //!   it exits meanwhile it is started again after 1 s, doubling up to 30 s while it keeps
 //!   exiting within a minute; its exits and restarts are logged.
 
+use crate::backlog::Backlog;
 use crate::process::{Program, Reservation};
 use mio::net::UnixStream;
 use mio::unix::SourceFd;
@@ -50,26 +60,27 @@ const PROGRAM_EXIT: Token = Token(4);
 const CLIENTS: usize = 16;
 /// What a client's socket holds for it.
 const CLIENT_BUFFER: usize = 64 * 1024;
-/// The program's output is read while no client has more than this waiting.
+/// The program's output is read while some client has at most this waiting.
 const CLIENT_WINDOW: usize = 256 * 1024;
-/// A client with output waiting this long, without taking all of it once, is dropped.
-const BEHIND_FOR: Duration = Duration::from_secs(2);
-/// For this long after a client was dropped for holding the others back, a client that
-/// falls behind is dropped at once: the grace is the route's, not each client's, or one
-/// that joined anew every half second and never read would hold everyone back for 2 s
-/// in each 2.5 (an attacker's review: a reading client stalled 16 s of 20).
-const GRACE_SPENT_FOR: Duration = Duration::from_secs(10);
+/// A client with more than this waiting is dropped: it does not keep up with the program
+/// and the fastest of the others. What the route's backlog holds at most (and a chunk).
+/// Well past what a reader that was let go for a moment gets at once when the output goes
+/// on (the program's output of [`HOLD_FOR`], which a log tail writes in one go).
+const LAG_LIMIT: usize = 4 * 1024 * 1024;
+/// How long a client past its window may keep the output waiting before it is let go.
+const HOLD_FOR: Duration = Duration::from_secs(1);
+/// For this long after the route let a client go, a client of the same address holds it
+/// not at all, and once clients of two addresses were let go, any client holds it for
+/// [`HOLD_AFTER_LET_GO`] at most.
+const HOLD_SPENT_FOR: Duration = Duration::from_secs(10);
+/// See [`HOLD_SPENT_FOR`]: long enough for a reader that only fell behind for a moment.
+const HOLD_AFTER_LET_GO: Duration = Duration::from_millis(100);
 
-/// How long a client that fell behind at `since` may hold the output back, the last drop
-/// for it at `dropped_at`: none if it fell behind within [`GRACE_SPENT_FOR`] after that
-/// drop; [`BEHIND_FOR`] otherwise (one already behind when another was dropped keeps its
-/// own).
-fn grace(dropped_at: Option<Instant>, since: Instant) -> Duration {
-    match dropped_at {
-        Some(at) if since >= at && since.duration_since(at) < GRACE_SPENT_FOR => Duration::ZERO,
-        _ => BEHIND_FOR,
-    }
-}
+/// "A client dropped: it did not take the program's output", at most once a second (a
+/// client can make it happen at will, with every connection it opens); the same for "let
+/// go".
+static LAG_DROPS: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+static LET_GO: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 /// Most of clients' input waiting for a program that does not read it; past it, clients are
 /// not read until it takes some.
 const INPUT_LIMIT: usize = 1024 * 1024;
@@ -174,16 +185,11 @@ impl SharedProgram {
         let mut state = State::new();
         let mut events = Events::with_capacity(256);
         loop {
-            let behind = state
-                .clients
-                .values()
-                .filter_map(|c| c.behind_since)
-                .map(|since| since + grace(state.lag_dropped_at, since))
-                .min();
             let now = Instant::now();
             let again = state.stderr_ready.then_some(now);
             let drained = state.exited_at.map(|at| at + EXIT_DRAIN);
-            let timeout = [state.restart_at, behind, again, drained]
+            let held = state.held_until(now, &self.label);
+            let timeout = [state.restart_at, held, again, drained]
                 .into_iter()
                 .flatten()
                 .min()
@@ -209,8 +215,8 @@ impl SharedProgram {
                     }
                     PROGRAM_EXIT => {}
                     Token(token) => {
-                        if event.is_writable() && state.flush_client(token, &poll, &self.label) {
-                            // A client caught up: the program's output may be read again.
+                        if event.is_writable() && state.flush_client(token, &poll) {
+                            // A client is within its window: the output may be read again.
                             self.program_output(&mut state, &poll);
                         }
                         if event.is_readable() || event.is_read_closed() {
@@ -225,9 +231,8 @@ impl SharedProgram {
             if state.stderr_ready {
                 self.program_errors(&mut state);
             }
-            state.drop_behind(&poll, &self.label);
-            // Whatever removed a client that held the output back (a drop, its leaving, its
-            // input), the output goes on: nothing else would read it again.
+            // Whatever changed the clients (one joined with nothing waiting, one left), the
+            // output goes on if it may: nothing else would read it again.
             if state.output_ready {
                 self.program_output(&mut state, &poll);
             }
@@ -347,7 +352,7 @@ impl SharedProgram {
         if !state.output.is_empty() && !self.binary {
             let mut last = std::mem::take(&mut state.output);
             last.push(b'\n');
-            state.send_all(&last, poll);
+            state.send_all(&last, poll, &self.label);
         }
         state.output.clear();
         state.input.clear(); // for the program that ended, not its successor
@@ -365,16 +370,14 @@ impl SharedProgram {
     }
 
     /// Reads the program's output and sends it to every client (whole lines in text
-    /// mode), while at least one client has taken everything sent before.
+    /// mode), while some client has at most [`CLIENT_WINDOW`] waiting.
     fn program_output(&self, state: &mut State, poll: &Poll) {
         let mut buf = [0u8; 64 * 1024];
         while state.output_ready {
-            if state
-                .clients
-                .values()
-                .any(|c| c.pending.len() > CLIENT_WINDOW)
-            {
-                return; // that client's next writable event reads on (or its drop)
+            let held = state.held_until(Instant::now(), &self.label);
+            if state.least_waiting() > CLIENT_WINDOW || held.is_some() {
+                // A client's next writable event reads on, or the end of its hold.
+                return;
             }
             let Some(program) = state.program.as_mut() else {
                 return;
@@ -408,7 +411,7 @@ impl SharedProgram {
             };
             if ready > 0 {
                 let chunk: Vec<u8> = state.output.drain(..ready).collect();
-                state.send_all(&chunk, poll);
+                state.send_all(&chunk, poll, &self.label);
             }
         }
     }
@@ -522,17 +525,55 @@ impl SharedProgram {
     }
 }
 
+/// Writes what waits for `client` until its socket takes no more or it has it all, and
+/// watches its socket for room while something waits. False: the socket failed (its
+/// session is gone).
+fn write_waiting(client: &mut Client, backlog: &Backlog, poll: &Poll, token: usize) -> bool {
+    loop {
+        let waiting = backlog.after(client.taken);
+        if waiting.is_empty() {
+            break;
+        }
+        match client.stream.write(waiting) {
+            Ok(0) => break,
+            Ok(n) => client.taken += n as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => {
+                log::debug!("websocket: a shared route's client socket: {e}");
+                return false;
+            }
+        }
+    }
+    let waits = client.taken < backlog.end();
+    if waits != client.waits {
+        let interest = match waits {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        let _ = poll
+            .registry()
+            .reregister(&mut client.stream, Token(token), interest);
+        client.waits = waits;
+    }
+    true
+}
+
 struct Client {
     stream: UnixStream,
     /// The client it is of ([`crate::client_key`]).
     key: u64,
     /// Input not yet a whole line.
     partial: Vec<u8>,
-    /// Output its socket has not taken yet (at most [`CLIENT_WINDOW`] and a chunk).
-    pending: Vec<u8>,
-    /// Since when more than [`CLIENT_WINDOW`] has waited for it (holding the program's
-    /// output back for everyone).
+    /// How much of the program's output (since the route started) its socket took: what
+    /// follows in the route's backlog waits for it.
+    taken: u64,
+    /// Watched for writable events: output waits for it.
+    waits: bool,
+    /// Since when more than [`CLIENT_WINDOW`] has waited for it.
     behind_since: Option<Instant>,
+    /// Let go since it fell behind: the output does not wait for it.
+    let_go: bool,
 }
 
 struct State {
@@ -562,8 +603,11 @@ struct State {
     input_full: bool,
     /// What clients' lines not yet whole hold together, against [`PARTIAL_LIMIT`].
     partial_held: usize,
-    /// When a client was last dropped for holding the output back (see [`grace`]).
-    lag_dropped_at: Option<Instant>,
+    /// The program's output some client has not taken yet.
+    backlog: Backlog,
+    /// The addresses ([`crate::client_key`]) whose clients the route let go, with when
+    /// (see [`HOLD_SPENT_FOR`]).
+    let_go_by_address: HashMap<u64, Instant>,
 }
 
 impl State {
@@ -584,7 +628,8 @@ impl State {
             stderr_ready: false,
             input_full: false,
             partial_held: 0,
-            lag_dropped_at: None,
+            backlog: Backlog::default(),
+            let_go_by_address: HashMap::new(),
         }
     }
 
@@ -610,8 +655,11 @@ impl State {
                     stream,
                     key,
                     partial: Vec::new(),
-                    pending: Vec::new(),
+                    // What the program wrote before it joined is not for it.
+                    taken: self.backlog.end(),
+                    waits: false,
                     behind_since: None,
+                    let_go: false,
                 },
             );
         }
@@ -642,107 +690,122 @@ impl State {
         Some(token)
     }
 
+    /// Removes a client (what only it had not taken is forgotten).
     fn remove(&mut self, token: usize, poll: &Poll) {
         if let Some(mut client) = self.clients.remove(&token) {
             self.partial_held -= client.partial.len();
             let _ = poll.registry().deregister(&mut client.stream);
+            self.forget_taken();
         }
     }
 
-    /// Sends `chunk` to every client; what a socket does not take waits for its client.
-    fn send_all(&mut self, chunk: &[u8], poll: &Poll) {
+    /// What waits for the client that has least waiting (none: nothing waits).
+    fn least_waiting(&self) -> usize {
+        let end = self.backlog.end();
+        let fastest = self.clients.values().map(|c| c.taken).max();
+        fastest.map_or(0, |taken| (end - taken) as usize)
+    }
+
+    /// Until when a client past its window keeps the output waiting, if one does; the
+    /// clients whose hold is over are let go.
+    fn held_until(&mut self, now: Instant, label: &str) -> Option<Instant> {
+        self.let_go_by_address
+            .retain(|_, at| now.saturating_duration_since(*at) < HOLD_SPENT_FOR);
+        let route_spent = self.let_go_by_address.len() >= 2;
+        let mut until: Option<Instant> = None;
+        for client in self.clients.values_mut() {
+            let Some(since) = client.behind_since.filter(|_| !client.let_go) else {
+                continue;
+            };
+            let hold = match () {
+                _ if self.let_go_by_address.contains_key(&client.key) => Duration::ZERO,
+                _ if route_spent => HOLD_AFTER_LET_GO,
+                _ => HOLD_FOR,
+            };
+            let end = since + hold;
+            if end > now {
+                until = Some(until.map_or(end, |u| u.min(end)));
+            } else {
+                client.let_go = true;
+                self.let_go_by_address.insert(client.key, now);
+                if let Some(unlogged) = LET_GO.admit() {
+                    log::info!(
+                        "websocket {label}: a client let go: it did not take the program's \
+                         output for {hold:?}; the others go on without it{unlogged}"
+                    );
+                }
+            }
+        }
+        until
+    }
+
+    /// Notes when each client went past its window, or came back within it.
+    fn note_behind(client: &mut Client, end: u64, now: Instant) {
+        match end - client.taken > CLIENT_WINDOW as u64 {
+            true => {
+                client.behind_since.get_or_insert(now);
+            }
+            false => {
+                client.behind_since = None;
+                client.let_go = false;
+            }
+        }
+    }
+
+    /// Sends `chunk` to every client: at once to those that have all before it, and to
+    /// the others as their sockets take it. A client that falls past [`LAG_LIMIT`] is
+    /// dropped.
+    fn send_all(&mut self, chunk: &[u8], poll: &Poll, label: &str) {
+        let before = self.backlog.end();
+        self.backlog.push(chunk);
+        let end = self.backlog.end();
+        let now = Instant::now();
         let mut gone = Vec::new();
         for (&token, client) in self.clients.iter_mut() {
-            let was_waiting = !client.pending.is_empty();
-            if was_waiting {
-                client.pending.extend_from_slice(chunk);
-                if client.pending.len() > CLIENT_WINDOW {
-                    client.behind_since.get_or_insert_with(Instant::now);
-                }
+            let all_taken = client.taken == before;
+            if all_taken && !write_waiting(client, &self.backlog, poll, token) {
+                gone.push(token);
                 continue;
             }
-            let taken = match client.stream.write(chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
-                Err(_) => {
-                    gone.push(token);
-                    continue;
+            Self::note_behind(client, end, now);
+            if end - client.taken > LAG_LIMIT as u64 {
+                if let Some(unlogged) = LAG_DROPS.admit() {
+                    log::warn!(
+                        "websocket {label}: a client dropped: it did not take the program's \
+                         output ({} KiB waited for it; the fastest client sets the pace){unlogged}",
+                        LAG_LIMIT / 1024
+                    );
                 }
-            };
-            client.pending.extend_from_slice(&chunk[taken..]);
-            if client.pending.len() > CLIENT_WINDOW {
-                client.behind_since.get_or_insert_with(Instant::now);
-            }
-            if !client.pending.is_empty() {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                let _ = poll
-                    .registry()
-                    .reregister(&mut client.stream, Token(token), interest);
+                gone.push(token);
             }
         }
         for token in gone {
             self.remove(token, poll);
         }
-    }
-
-    /// Drops the clients that have been behind for their [`grace`]; true if one was.
-    fn drop_behind(&mut self, poll: &Poll, label: &str) -> bool {
-        let now = Instant::now();
-        let dropped_at = self.lag_dropped_at;
-        let late: Vec<(usize, Duration)> = self
-            .clients
-            .iter()
-            .filter_map(|(&token, c)| {
-                let since = c.behind_since?;
-                let grace = grace(dropped_at, since);
-                (now.saturating_duration_since(since) >= grace).then_some((token, grace))
-            })
-            .collect();
-        for &(token, grace) in &late {
-            log::warn!(
-                "websocket {label}: a client dropped: it did not take the program's output \
-                 for {grace:?} (the route's grace: {BEHIND_FOR:?}, none for {GRACE_SPENT_FOR:?} \
-                 after a drop)"
-            );
-            self.remove(token, poll);
-        }
-        if !late.is_empty() {
-            self.lag_dropped_at = Some(now);
-        }
-        !late.is_empty()
+        self.forget_taken();
     }
 
     /// A client's socket takes more: what waited for it. True when it is within its window
-    /// again (the program's output may be read on).
-    fn flush_client(&mut self, token: usize, poll: &Poll, label: &str) -> bool {
+    /// (the program's output may be read on).
+    fn flush_client(&mut self, token: usize, poll: &Poll) -> bool {
         let Some(client) = self.clients.get_mut(&token) else {
             return false;
         };
-        while !client.pending.is_empty() {
-            match client.stream.write(&client.pending) {
-                Ok(0) => break,
-                Ok(n) => {
-                    client.pending.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    log::debug!("websocket {label}: a client's socket: {e}");
-                    self.remove(token, poll);
-                    return true;
-                }
-            }
+        if !write_waiting(client, &self.backlog, poll, token) {
+            self.remove(token, poll);
+            return true;
         }
-        if client.pending.len() <= CLIENT_WINDOW {
-            client.behind_since = None;
-        }
-        if client.pending.is_empty() {
-            client.pending = Vec::new();
-            let _ =
-                poll.registry()
-                    .reregister(&mut client.stream, Token(token), Interest::READABLE);
-        }
-        client.behind_since.is_none()
+        Self::note_behind(client, self.backlog.end(), Instant::now());
+        let within = client.behind_since.is_none();
+        self.forget_taken();
+        within
+    }
+
+    /// Forgets the output every client has taken.
+    fn forget_taken(&mut self) {
+        let end = self.backlog.end();
+        let oldest = self.clients.values().map(|c| c.taken).min();
+        self.backlog.forget_before(oldest.unwrap_or(end));
     }
 
     /// Writes clients' input to the program as far as it takes it.
@@ -766,24 +829,6 @@ impl State {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod grace_tests {
-    use super::*;
-
-    #[test]
-    fn the_grace_is_spent_for_a_while_by_a_drop() {
-        let drop = Instant::now() + Duration::from_secs(5);
-        assert_eq!(grace(None, drop), BEHIND_FOR);
-        // Behind after the drop, within its shadow: none.
-        let soon = drop + Duration::from_secs(1);
-        assert_eq!(grace(Some(drop), soon), Duration::ZERO);
-        assert_eq!(grace(Some(drop), drop + GRACE_SPENT_FOR), BEHIND_FOR);
-        // Behind already when the other was dropped: its own 2 s.
-        let before = drop - Duration::from_secs(1);
-        assert_eq!(grace(Some(drop), before), BEHIND_FOR);
     }
 }
 
@@ -812,6 +857,9 @@ mod tests {
     /// tests, where the program was then started again and waited for input).
     #[test]
     fn a_program_that_exits_while_held_back_is_let_go_only_after_its_last_output() {
+        let _alone = crate::process::TEST_PROGRAMS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let shared = SharedProgram::new(
             vec!["/bin/sh".into(), "-c".into(), "printf 'last\\n'".into()],
             false,
@@ -825,7 +873,7 @@ mod tests {
         state.add(ours, 0, &poll, "/test");
         let token = *state.clients.keys().next().unwrap();
         // The client is over its window: the output is not read.
-        state.clients.get_mut(&token).unwrap().pending = vec![b'x'; CLIENT_WINDOW + 1];
+        state.backlog.push(&vec![b'x'; CLIENT_WINDOW + 1]);
         run_until_exit(&shared, &mut state, &poll);
         shared.check_exit(&mut state, &poll);
         assert!(
@@ -833,7 +881,7 @@ mod tests {
             "let go with its output still in the pipe"
         );
         // The client caught up: the last line goes out, then the program is let go.
-        state.clients.get_mut(&token).unwrap().pending.clear();
+        state.clients.get_mut(&token).unwrap().taken = state.backlog.end();
         state.output_ready = true;
         shared.program_output(&mut state, &poll);
         shared.check_exit(&mut state, &poll);
@@ -850,6 +898,9 @@ mod tests {
     /// is killed when the program is reaped; this one has left it, with `setsid`.)
     #[test]
     fn a_program_whose_child_holds_its_output_is_let_go_after_the_drain() {
+        let _alone = crate::process::TEST_PROGRAMS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // The program exits only once its child is out of its group (`ready`).
         let ready = std::env::temp_dir().join(format!("switchyard-ready-{}", std::process::id()));
         let _ = std::fs::remove_file(&ready);

@@ -25,6 +25,7 @@
 
 mod assembly;
 pub mod backend;
+mod backlog;
 mod broadcast;
 mod cgi;
 pub mod config;
