@@ -989,7 +989,8 @@ fn four_addresses_cannot_take_every_connection() {
 }
 
 /// A refused connection lingers for its `503` to be read, holding a connection slot
-/// meanwhile: an address past its limit has at most 16 waiting so; its further
+/// meanwhile: an address past its limit has at most 16 waiting so (one while the daemon is
+/// crowded); its further
 /// connections are closed unanswered. Before the fix, one address that held its share and
 /// kept opening connections filled every slot with refusals, and another address waited
 /// for the 2 s linger to end.
@@ -1018,7 +1019,12 @@ fn one_address_cannot_take_every_connection_with_refusals() {
         .map(|c| c.read_to_end_or_reset().0)
         .filter(|answer| answer.starts_with(b"HTTP/1.1 503"))
         .count();
-    assert_eq!(answered, 16, "refusals answered of 40");
+    // 16 at most; fewer once the refusals themselves crowd the daemon (its last quarter is
+    // kept for clients holding few, and a refusal that waits for its answer holds a slot).
+    assert!(
+        (1..=16).contains(&answered),
+        "{answered} refusals answered of 40"
+    );
     drop(idle);
 }
 

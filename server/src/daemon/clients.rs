@@ -159,7 +159,11 @@ impl Clients {
         match limit {
             Limit::Connections => self.connections.most(free),
             Limit::Workers => self.workers.most(free),
-            Limit::Refusals => REFUSALS_ANSWERED,
+            // A refusal lingers in a connection slot for its answer to be read: while the
+            // daemon is crowded, no more of them than the share itself, or a few
+            // addresses' refusals would fill the reserve their refusal keeps for others
+            // (an attacker's review, with 100 connections: another client waited 2.8 s).
+            Limit::Refusals => REFUSALS_ANSWERED.min(self.connections.most(free)),
         }
     }
 
@@ -291,6 +295,12 @@ mod tests {
         let first = clients.take(light, Limit::Connections, 24);
         assert!(first.is_some(), "a client holding nothing is let in");
         assert!(clients.take(light, Limit::Connections, 23).is_none());
+        // Its refusals wait for their answer in connection slots: one at a time while
+        // crowded (16 otherwise).
+        let answered = clients.take(heavy, Limit::Refusals, 23);
+        assert!(answered.is_some());
+        assert!(clients.take(heavy, Limit::Refusals, 23).is_none());
+        assert!(clients.take(heavy, Limit::Refusals, ROOM).is_some());
         // Room again: the whole limit.
         assert!(clients.take(heavy, Limit::Connections, 25).is_some());
         drop(held);
