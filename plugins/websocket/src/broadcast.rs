@@ -760,6 +760,10 @@ impl State {
         let mut until: Option<Instant> = None;
         let mut let_go = Vec::new();
         let mut let_go_alone = Vec::new();
+        // Addresses let go for a stretch while another address waited: they count as let
+        // go for the route (or addresses whose clients never read, one after another, would
+        // each hold it 1 s unnoticed: ten kept a route waiting most of the time, a review).
+        let mut stretched = Vec::new();
         let mut hold_until = |end: Instant| until = Some(until.map_or(end, |u| u.min(end)));
         for (&token, client) in &self.clients {
             if !client.behind || client.let_go || waiting[0].is_none() {
@@ -769,6 +773,9 @@ impl State {
             // another client waits (a client that never reads, of the only address there).
             let stretch_ends = client.behind_since.unwrap_or(now) + HOLD_FOR;
             if stretch_ends <= now {
+                if another_waits(client.key) {
+                    stretched.push(client.key);
+                }
                 let_go_alone.push(token);
                 continue;
             }
@@ -779,12 +786,10 @@ impl State {
                     _ if route_spent => HOLD_AFTER_LET_GO,
                     _ => HOLD_FOR,
                 };
-                let left = self
-                    .hold_left
-                    .get(&client.key)
-                    .copied()
-                    .unwrap_or(HOLD_FOR)
-                    .min(most);
+                // Kept lowered: a cap taken afresh at each look would let it hold on.
+                let kept = self.hold_left.entry(client.key).or_insert(HOLD_FOR);
+                *kept = (*kept).min(most);
+                let left = *kept;
                 if left.is_zero() {
                     let_go.push(client.key);
                     continue;
@@ -807,6 +812,9 @@ impl State {
                     );
                 }
             }
+        }
+        for key in stretched {
+            self.let_go_by_address.insert(key, now);
         }
         for key in let_go {
             self.let_go_by_address.insert(key, now);
@@ -1055,6 +1063,71 @@ mod tests {
             same.let_go_by_address.is_empty(),
             "its address keeps its allowance"
         );
+    }
+
+    /// A state whose clients are of the addresses `keys`, one each.
+    fn clients_of(keys: &[u64], poll: &Poll, peers: &mut Vec<UnixStream>) -> State {
+        let mut state = State::new();
+        for &key in keys {
+            let (peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+            state.add(ours, key, poll, "/test");
+            peers.push(UnixStream::from_std(peer));
+        }
+        state
+    }
+
+    /// Looks at the holds as the broadcaster does (whenever `held_until` asks, and every
+    /// 10 ms besides, as chunks come); how long the route was held from `from`.
+    fn held_from(state: &mut State, from: Instant) -> Duration {
+        let mut now = from;
+        while let Some(until) = state.held_until(now, "/test") {
+            now = until.min(now + Duration::from_millis(10));
+            assert!(now - from < Duration::from_secs(30), "held for good");
+        }
+        now - from
+    }
+
+    /// Once two addresses were let go, a third's client holds the route 100 ms, not 1 s
+    /// (review of 69d26c7: the cap was taken afresh at each look, so it held on).
+    #[test]
+    fn once_two_addresses_were_let_go_another_holds_100_ms() {
+        let poll = Poll::new().unwrap();
+        let mut peers = Vec::new();
+        let mut state = clients_of(&[1, 9], &poll, &mut peers);
+        let t0 = state.holds_counted;
+        state.let_go_by_address.insert(7, t0);
+        state.let_go_by_address.insert(8, t0);
+        for client in state.clients.values_mut().filter(|c| c.key == 9) {
+            (client.behind, client.behind_since) = (true, Some(t0));
+        }
+        let held = held_from(&mut state, t0);
+        // (The allowance comes back at a tenth of the time passing, while it holds too.)
+        assert!(held <= HOLD_AFTER_LET_GO * 12 / 10, "{held:?}");
+    }
+
+    /// Clients that never read, each from an address of its own, one after another: the
+    /// first two hold the route 1 s each (let go for the stretch), the rest 100 ms (review
+    /// of 69d26c7: a stretch's let-go did not count, and each held 1 s).
+    #[test]
+    fn addresses_whose_clients_never_read_hold_a_route_1_s_each_only_twice() {
+        let poll = Poll::new().unwrap();
+        let mut peers = Vec::new();
+        let keys: Vec<u64> = (1..=11).collect(); // 1 reads; 2 to 11 never do
+        let mut state = clients_of(&keys, &poll, &mut peers);
+        let mut now = state.holds_counted;
+        let mut held = Vec::new();
+        for attacker in 2..=11u64 {
+            for client in state.clients.values_mut().filter(|c| c.key == attacker) {
+                (client.behind, client.behind_since) = (true, Some(now));
+            }
+            let this = held_from(&mut state, now);
+            now += this;
+            held.push(this);
+        }
+        let long = held.iter().filter(|h| **h >= HOLD_FOR).count();
+        assert_eq!(long, 2, "{held:?}");
+        let total: Duration = held.iter().sum();
+        assert!(total < Duration::from_secs(3), "{held:?}");
     }
 
     /// A program that exits while a child of its keeps its stdout open is kept (its
