@@ -140,17 +140,25 @@ fn issue24_websocket_routes_count_what_their_clients_did() {
         ],
     );
     // 100 bytes each way and their framing: a masked client frame is 8 bytes longer than
-    // its payload, a server frame 4.
-    let bytes_in = sample(
-        &text,
-        "switchyard_websocket_bytes_total{route=\"/svc\",direction=\"in\"}",
-    );
-    let bytes_out = sample(
-        &text,
-        "switchyard_websocket_bytes_total{route=\"/svc\",direction=\"out\"}",
-    );
-    assert!(bytes_in.is_some_and(|n| n >= 108.0), "{text}");
-    assert!(bytes_out.is_some_and(|n| n >= 104.0), "{text}");
+    // its payload, a server frame 4. A call's bytes are counted once it returns, after
+    // its writes: on a loaded machine the client may have read them and the page be
+    // rendered first (CI, once), so the page is asked again until they are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut text = text;
+    loop {
+        let bytes = |direction: &str| {
+            let name = format!(
+                "switchyard_websocket_bytes_total{{route=\"/svc\",direction=\"{direction}\"}}"
+            );
+            sample(&text, &name).unwrap_or(0.0)
+        };
+        if bytes("in") >= 108.0 && bytes("out") >= 104.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+        text = daemon.metrics();
+    }
     assert!(
         text.contains("# TYPE switchyard_websocket_connect_seconds histogram\n"),
         "{text}"
