@@ -1408,6 +1408,16 @@ fn lines_a_client_causes_are_logged_once_a_second() {
     );
 }
 
+/// A WebSocket handshake on `/idle` (an `exec:` route): its status, and the connection.
+fn idle_handshake(mut client: Client) -> (u16, Client) {
+    client.send(
+        "GET /idle HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    let status = client.response_head_only().status;
+    (status, client)
+}
+
 /// Four addresses, each within its quarter of the `exec:` program slots, used to hold every
 /// slot; while fewer slots are free than one address may hold, an address holding a
 /// sixteenth of its share (at least one) starts no more, so a fifth is still served.
@@ -1423,25 +1433,17 @@ fn four_addresses_cannot_take_every_program_slot() {
         )
         .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "8")
         .start();
-    let handshake = |mut client: Client| {
-        client.send(
-            "GET /idle HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        );
-        let status = client.response_head_only().status;
-        (status, client)
-    };
     // Three addresses run their two each: two slots are free. The fourth gets one.
     let mut held = Vec::new();
     for address in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
         for _ in 0..2 {
-            let (status, client) = handshake(daemon.client_from(address));
+            let (status, client) = idle_handshake(daemon.client_from(address));
             held.push((address, status, client));
         }
     }
     let statuses: Vec<u16> = held.iter().map(|(_, status, _)| *status).collect();
     assert_eq!(statuses, [101, 101, 101, 101, 101, 101, 101, 503]);
-    let (fifth, _fifth) = handshake(daemon.client_from("127.0.0.6"));
+    let (fifth, _fifth) = idle_handshake(daemon.client_from("127.0.0.6"));
     assert_eq!(fifth, 101, "a fifth address is served");
     daemon
         .wait_for_log("PER_CLIENT=2, 1 while few programs may start")
@@ -1465,20 +1467,12 @@ fn one_address_cannot_take_every_program_slot() {
         )
         .env("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "8")
         .start();
-    let handshake = |mut client: Client| {
-        client.send(
-            "GET /idle HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        );
-        let status = client.response_head_only().status;
-        (status, client)
-    };
-    let (first, held) = handshake(daemon.client());
-    let (second, _second) = handshake(daemon.client());
+    let (first, held) = idle_handshake(daemon.client());
+    let (second, _second) = idle_handshake(daemon.client());
     assert_eq!((first, second), (101, 101));
-    let (third, _) = handshake(daemon.client());
+    let (third, _) = idle_handshake(daemon.client());
     assert_eq!(third, 503, "127.0.0.1 runs its 2 of 8");
-    let (other, _other) = handshake(daemon.client_from("127.0.0.2"));
+    let (other, _other) = idle_handshake(daemon.client_from("127.0.0.2"));
     assert_eq!(other, 101, "another address is served");
     daemon
         .wait_for_log("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT=2")
@@ -1486,7 +1480,7 @@ fn one_address_cannot_take_every_program_slot() {
     drop(held);
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let (again, client) = handshake(daemon.client());
+        let (again, client) = idle_handshake(daemon.client());
         if again == 101 {
             drop(client);
             break;

@@ -29,6 +29,23 @@ fn connect(daemon: &Daemon, path: &str) -> Client {
         .0
 }
 
+/// A WebSocket to `path` from the local address `local` whose socket takes only 4 KiB, so
+/// that a client that reads nothing (or little) is soon behind.
+fn small_window_client(daemon: &Daemon, local: &str, path: &str) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let local: std::net::SocketAddr = format!("{local}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&daemon.addr.into()).unwrap();
+    let stream = TcpStream::from(socket);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    tungstenite::client(format!("ws://{}{path}", daemon.addr), stream)
+        .expect("handshake")
+        .0
+}
+
 /// Reads binary messages until `len` bytes came (the service's bytes arrive as binary
 /// messages cut wherever its writes and our reads cut them).
 fn read_bytes(client: &mut Client, len: usize) -> Vec<u8> {
@@ -1280,12 +1297,7 @@ fn a_shared_program_broadcasts_to_every_client_and_drops_one_that_does_not_read(
         .env("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT", "1000")
         .start();
     // The one that never reads, with a small window, so that it is behind soon.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&daemon.addr.into()).unwrap();
-    let stuck = TcpStream::from(socket);
-    let (_stuck, _) =
-        tungstenite::client(format!("ws://{}/shared", daemon.addr), stuck).expect("handshake");
+    let _stuck = small_window_client(&daemon, "127.0.0.1", "/shared");
     // 98 that read, each on a thread of its own, counting the burst's lines in order (and
     // the speaker below: 100 clients in all).
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -1407,24 +1419,7 @@ fn clients_that_never_read_get_no_reader_of_a_shared_route_closed() {
             })
         })
         .collect();
-    let never_reading = || {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket
-            .bind(
-                &"127.0.0.2:0"
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
-        socket.connect(&daemon.addr.into()).unwrap();
-        let stream = TcpStream::from(socket);
-        tungstenite::client(format!("ws://{}/clock", daemon.addr), stream)
-            .expect("handshake")
-            .0
-    };
+    let never_reading = || small_window_client(&daemon, "127.0.0.2", "/clock");
     std::thread::sleep(Duration::from_millis(300));
     let _first = never_reading();
     std::thread::sleep(Duration::from_secs(3));
@@ -1454,23 +1449,7 @@ fn a_reader_that_comes_back_now_and_then_does_not_set_a_shared_routes_pace() {
     );
     let daemon = daemon(&format!("/flood=exec-shared:{}", program.display()));
     let mut reader = connect(&daemon, "/flood");
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket
-        .bind(
-            &"127.0.0.3:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    socket.connect(&daemon.addr.into()).unwrap();
-    let stream = TcpStream::from(socket);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let (mut dipper, _) =
-        tungstenite::client(format!("ws://{}/flood", daemon.addr), stream).expect("handshake");
+    let mut dipper = small_window_client(&daemon, "127.0.0.3", "/flood");
     reader.send(Message::text("go")).unwrap();
     let until = std::time::Instant::now() + Duration::from_secs(5);
     let dipping = std::thread::spawn(move || {
@@ -1534,14 +1513,7 @@ fn a_shared_program_goes_on_when_the_client_holding_it_back_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let program = script(dir.path(), "flood", "read go; seq 1 200000");
     let daemon = daemon(&format!("/flood=exec-shared:{}", program.display()));
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&daemon.addr.into()).unwrap();
-    let (stuck, _) = tungstenite::client(
-        format!("ws://{}/flood", daemon.addr),
-        TcpStream::from(socket),
-    )
-    .expect("handshake");
+    let stuck = small_window_client(&daemon, "127.0.0.1", "/flood");
     let mut reader = connect(&daemon, "/flood");
     reader.send(Message::text("go")).unwrap();
     let mut last = 0;
