@@ -810,8 +810,8 @@ impl Loop {
         }
     }
 
-    /// This loop's part of the stop: no more accepting, idle HTTP connections closed, every
-    /// session told.
+    /// This loop's part of the stop: no more accepting, HTTP connections idle between
+    /// requests closed (one not used yet gets a moment for its first), every session told.
     fn begin_stop(&mut self) {
         self.stopping = true;
         for mut listener in std::mem::take(&mut self.listeners) {
@@ -827,9 +827,11 @@ impl Loop {
                 Some(Conn::Http(conn)) => {
                     conn.readable = true;
                     self.drive_http(slot);
-                    if let Some(Conn::Http(conn)) = self.conns.get(slot).map(|e| &e.conn) {
-                        if conn.is_idle() {
-                            self.close(slot);
+                    let now = self.now;
+                    if let Some(Conn::Http(conn)) = self.conns.get_mut(slot).map(|e| &mut e.conn) {
+                        match conn.on_stop(now) {
+                            true => self.close(slot),
+                            false => self.reschedule(slot),
                         }
                     }
                 }
