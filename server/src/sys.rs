@@ -134,6 +134,118 @@ pub fn sendfile(
     }
 }
 
+/// Whether the `len` bytes of `file` from `offset` (within the file) are all in the page
+/// cache, so that sending them does not wait for the disk. Asked with `cachestat(2)` (Linux 6.5) for the
+/// exact answer; where that call is missing or refused, by reading a byte of the range's
+/// first and last pages with `RWF_NOWAIT` (Linux 4.14), which fails rather than wait for
+/// the disk: a range cached only in the middle can pass for cached then. Where neither is
+/// there, every range passes for cached (the send waits for the disk, as before).
+pub fn in_page_cache(file: &std::fs::File, offset: u64, len: usize) -> bool {
+    /// `cachestat` failed for want of the call itself: the probes from then on.
+    static NO_CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if len == 0 {
+        return true;
+    }
+    if !NO_CACHESTAT.load(std::sync::atomic::Ordering::Relaxed) {
+        match cachestat_all_cached(file, offset, len) {
+            Ok(cached) => return cached,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                NO_CACHESTAT.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => return true, // a file system that cannot say: as before
+        }
+    }
+    first_and_last_cached(file, offset, len)
+}
+
+/// Whether a byte of the range's first page and of its last can be read without waiting
+/// for the disk (`preadv2` with `RWF_NOWAIT`); true where the kernel cannot say.
+fn first_and_last_cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
+    let last = offset + len as u64 - 1;
+    [offset, last].iter().all(|&at| {
+        let mut byte = [0u8; 1];
+        let iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let Ok(at) = libc::off_t::try_from(at) else {
+            return true;
+        };
+        // SAFETY: a valid descriptor and one iovec over a local byte, which the kernel
+        // may fill; nothing else of ours is touched.
+        let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        read >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
+    })
+}
+
+/// `cachestat(2)`: whether every page of the range is cached (the range lies within the
+/// file; past its end there is no page to count).
+fn cachestat_all_cached(file: &std::fs::File, offset: u64, len: usize) -> io::Result<bool> {
+    /// The call's number, the same on every architecture with the common table; `None`
+    /// elsewhere (the probes serve there).
+    const SYS_CACHESTAT: Option<libc::c_long> = if cfg!(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    )) {
+        Some(451)
+    } else {
+        None
+    };
+    /// `struct cachestat_range` and `struct cachestat` of `<linux/mman.h>`.
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    let call = SYS_CACHESTAT.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOSYS))?;
+    let page = page_size();
+    let end = offset + len as u64;
+    let pages = end.div_ceil(page) - offset / page;
+    let range = Range {
+        off: offset,
+        len: len as u64,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: a valid descriptor, a range the kernel reads and a `Stat` it writes, both
+    // living across the call, and flags 0.
+    let rc = unsafe {
+        libc::syscall(
+            call,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.nr_cache >= pages)
+}
+
+/// The system's page size.
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf only reads a system parameter.
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as u64,
+        _ => 4096,
+    })
+}
+
 /// Opens `relative` (a path of plain names: no `..`, no `.`) under the folder `root`,
 /// never leaving it, by `..` or by a symbolic link. Read-only, non-blocking, closed on
 /// exec. Only a folder or a regular file is opened for reading: anything else (a FIFO, a
@@ -277,6 +389,50 @@ mod tests {
         // SAFETY: a NUL-terminated path that lives across the call.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         dir
+    }
+
+    /// A file written to disk and dropped from the page cache is not cached; once read,
+    /// it is; both ways of asking agree. (`posix_fadvise(DONTNEED)` drops clean pages no
+    /// one maps, what memory pressure does; a file system that keeps everything in memory,
+    /// tmpfs, has nothing to drop, so the test says so and asks nothing.)
+    #[test]
+    fn a_file_dropped_from_the_page_cache_is_not_cached_until_read() {
+        use std::io::Write;
+        let path =
+            std::env::temp_dir().join(format!("switchyard-sys-cache-{}", std::process::id()));
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(&vec![7u8; 1 << 20]).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a valid descriptor; the advice touches no memory of ours.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if first_and_last_cached(&file, 0, 1 << 20) {
+            eprintln!(
+                "{}: the file system keeps files in memory; nothing to test",
+                path.display()
+            );
+            std::fs::remove_file(&path).unwrap();
+            return;
+        }
+        assert!(!in_page_cache(&file, 0, 1 << 20));
+        assert!(!in_page_cache(&file, 4096 * 10 + 5, 300 * 1024));
+        let mut part = vec![0u8; 64 * 1024];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut part, 128 * 1024).unwrap();
+        assert!(
+            in_page_cache(&file, 128 * 1024 + 100, 60 * 1024),
+            "the part read"
+        );
+        assert!(first_and_last_cached(&file, 128 * 1024 + 100, 60 * 1024));
+        assert!(!in_page_cache(&file, 128 * 1024, 128 * 1024), "half read");
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut vec![0u8; 1 << 20], 0).unwrap();
+        assert!(in_page_cache(&file, 0, 1 << 20));
+        assert!(first_and_last_cached(&file, 0, 1 << 20));
+        assert!(
+            in_page_cache(&file, 0, 0),
+            "nothing to send is never waited for"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     /// Without `openat2`, names are opened one at a time and no link is followed, not even

@@ -316,3 +316,69 @@ fn a_routes_own_folder_is_sent_to_its_slash_and_escapes_name_files() {
     );
     assert_ne!(climb.status, 200);
 }
+
+/// A file the page cache has dropped (memory pressure does that to a large, rarely read
+/// file) is read from the disk by a reader thread, not by the event loop, whose other
+/// connections would wait for the disk meanwhile: its parts are counted as read ahead, and
+/// every byte comes, a range and then the whole, on one kept-alive connection.
+#[test]
+fn a_file_not_in_the_page_cache_is_read_off_the_loop_and_sent_whole() {
+    use std::os::fd::AsRawFd;
+    // On the target folder's file system, not a tmpfs (which keeps files in memory).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("cold.bin");
+    let bytes: Vec<u8> = (0..3_000_001u32).map(|i| (i * 7 % 253) as u8).collect();
+    let file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &bytes).unwrap();
+    file.sync_all().unwrap();
+    let evict = || {
+        // SAFETY: a valid descriptor; the advice touches no memory of ours.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    };
+    let daemon = daemon(dir.path());
+    let mut client = daemon.client();
+    evict();
+    client.send("GET /cold.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=1000000-2999999\r\n\r\n");
+    let part = client.response();
+    assert_eq!(part.status, 206);
+    assert!(
+        part.body == bytes[1_000_000..3_000_000],
+        "the range, byte for byte"
+    );
+    evict();
+    client.send("GET /cold.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let whole = client.response();
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == bytes, "the whole file, byte for byte");
+    // Evicted pages are gone only where the file system drops them.
+    evict();
+    let mut probe = [0u8; 1];
+    let iov = libc::iovec {
+        iov_base: probe.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a valid descriptor and one iovec over a local byte.
+    let cached = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) } >= 0;
+    if cached {
+        eprintln!("this file system keeps evicted pages: nothing was read ahead to count");
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reads = loop {
+        let metrics = daemon.metrics();
+        let reads: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_static_reads_ahead_total "))
+            .expect("the counter is listed")
+            .parse()
+            .unwrap();
+        if reads >= 2 || std::time::Instant::now() > deadline {
+            break reads;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        reads >= 2,
+        "each cold request read ahead off the loop: {reads}"
+    );
+}

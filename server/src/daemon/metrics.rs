@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Upgraded connections ended by the daemon: idle, write time-out.
     ended_idle: AtomicU64,
     ended_write_timeout: AtomicU64,
+    /// Parts of static files read into the page cache by a reader thread, not the loop.
+    reads_ahead: AtomicU64,
     /// Connections speaking HTTP/1.1 on the event loops.
     pub http_connections: AtomicI64,
     /// Readiness-driven upgraded connections on the event loops.
@@ -94,6 +96,7 @@ impl Metrics {
             reloads_failed: AtomicU64::new(0),
             ended_idle: AtomicU64::new(0),
             ended_write_timeout: AtomicU64::new(0),
+            reads_ahead: AtomicU64::new(0),
             http_connections: AtomicI64::new(0),
             event_connections: AtomicI64::new(0),
             tls_handshakes: Mutex::default(),
@@ -153,6 +156,11 @@ impl Metrics {
 
     pub fn ended_write_timeout(&self) {
         self.ended_write_timeout.fetch_add(1, Relaxed);
+    }
+
+    /// A part of a static file was not in the page cache: a reader thread reads it.
+    pub fn read_ahead(&self) {
+        self.reads_ahead.fetch_add(1, Relaxed);
     }
 
     pub fn accepted(&self) {
@@ -314,6 +322,12 @@ impl Metrics {
             "counter",
             "Upgraded connections the daemon ended: idle past SWITCHYARD_IDLE_MS, or a peer that took no bytes for SWITCHYARD_WRITE_TIMEOUT_MS.",
             &ended,
+        );
+        metric(
+            "switchyard_static_reads_ahead_total",
+            "counter",
+            "Parts of static files (up to 256 KiB each) that were not in the page cache and were read from disk by a reader thread, so that no event loop waited for the disk.",
+            &plain(self.reads_ahead.load(Relaxed)),
         );
         let classes: Vec<(String, u64)> = self
             .responses

@@ -20,6 +20,7 @@ use crate::daemon::worker_slots::Slot;
 use crate::http::response::{DateCache, Response};
 use crate::http1::conn::{After, Context, HttpConn, SCRATCH_BYTES};
 use crate::http1::metrics_page::MetricsCache;
+use crate::http1::read_ahead::{self, ReadAhead};
 use crate::http1::Upgrade;
 use crate::plugin::Watcher;
 use crate::pool::Pool;
@@ -95,6 +96,8 @@ pub struct Loop {
     conns: Slab<Entry>,
     /// Connections workers hand back ([`LoopHandle::hand_back`]).
     returned: Receiver<ToLoop>,
+    /// HTTP connections whose file's next part was read ([`LoopHandle::read_ahead_done`]).
+    read_done: Receiver<(usize, u32)>,
     timers: Timers,
     next_id: u32,
     date: DateCache,
@@ -139,6 +142,7 @@ pub struct Prepared {
     listeners: Vec<Listening>,
     home: LoopHandle,
     returned: Receiver<ToLoop>,
+    read_done: Receiver<(usize, u32)>,
 }
 
 impl Prepared {
@@ -147,6 +151,7 @@ impl Prepared {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (sender, returned) = crossbeam_channel::unbounded();
+        let (read_sender, read_done) = crossbeam_channel::unbounded();
         if listeners.len() > MAX_LISTENERS {
             return Err(io::Error::other(format!(
                 "{} listeners: at most {MAX_LISTENERS}",
@@ -161,12 +166,13 @@ impl Prepared {
                 .register(&mut socket, listener_token(index), Interest::READABLE)?;
             listening.push(Listening { socket, tls });
         }
-        let home = LoopHandle::new(sender, waker);
+        let home = LoopHandle::new(sender, read_sender, waker);
         let prepared = Prepared {
             poll,
             listeners: listening,
             home: home.clone(),
             returned,
+            read_done,
         };
         Ok((prepared, home))
     }
@@ -178,6 +184,7 @@ impl Prepared {
             listeners,
             home,
             returned,
+            read_done,
         } = self;
         Loop {
             poll,
@@ -187,6 +194,7 @@ impl Prepared {
             home,
             conns: Slab::new(),
             returned,
+            read_done,
             timers: Timers::default(),
             next_id: 0,
             date: DateCache::default(),
@@ -457,7 +465,13 @@ impl Loop {
             };
             match after {
                 After::Keep => {
-                    let again = conn.wants_again().then_some((slot, *id));
+                    let id = *id;
+                    let again = conn.wants_again().then_some((slot, id));
+                    if let Some(read) = conn.read_ahead() {
+                        if !self.read_ahead(slot, id, read) {
+                            continue; // no reader thread: sent from the disk here, as before
+                        }
+                    }
                     if let Some(again) = again {
                         // A file's body spent its turn's share: the rest after the others.
                         self.again.push(again);
@@ -597,11 +611,46 @@ impl Loop {
         }
     }
 
-    /// Takes back connections workers did not switch.
+    /// Takes back connections workers did not switch, and goes on with static files'
+    /// bodies read into the page cache.
     fn welcome_back(&mut self) {
         while let Ok(returned) = self.returned.try_recv() {
             self.welcome(returned);
         }
+        while let Ok((slot, id)) = self.read_done.try_recv() {
+            if let Some(Entry {
+                id: current,
+                conn: Conn::Http(conn),
+                ..
+            }) = self.conns.get_mut(slot)
+            {
+                if *current == id {
+                    conn.read_ahead_done();
+                    self.now = Instant::now();
+                    self.drive_http(slot);
+                }
+            }
+        }
+    }
+
+    /// Has a part of the static file the HTTP connection in `slot` sends read into the
+    /// page cache off the loop ([`read_ahead`]); its body goes on when the loop hears back.
+    /// False when no reader thread could take it: the part is then sent from the disk.
+    fn read_ahead(&mut self, slot: usize, id: u32, read: ReadAhead) -> bool {
+        let home = self.home.clone();
+        let done = Box::new(move || home.read_ahead_done(slot, id));
+        if read_ahead::start(read, done).is_ok() {
+            self.shared.metrics.read_ahead();
+            return true;
+        }
+        if let Some(Entry {
+            conn: Conn::Http(conn),
+            ..
+        }) = self.conns.get_mut(slot)
+        {
+            conn.read_ahead_done();
+        }
+        false
     }
 
     fn welcome(&mut self, returned: ToLoop) {

@@ -11,6 +11,7 @@
 use super::files::FileBody;
 use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
+use super::read_ahead::ReadAhead;
 use super::Upgrade;
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
@@ -400,6 +401,20 @@ impl<T: Transport> HttpConn<T> {
             || (self.reading_paused && self.readable)
     }
 
+    /// A part of its static file's body that is not in the page cache, to read off the
+    /// loop ([`super::read_ahead`]) before the body goes on.
+    pub fn read_ahead(&mut self) -> Option<ReadAhead> {
+        self.body.as_deref_mut()?.read_ahead()
+    }
+
+    /// The part asked by [`HttpConn::read_ahead`] was read (or could not be read off the
+    /// loop): the body goes on.
+    pub fn read_ahead_done(&mut self) {
+        if let Some(body) = self.body.as_deref_mut() {
+            body.read_done();
+        }
+    }
+
     /// The daemon begins to stop: true if this connection is to close now, idle between
     /// requests (its client knows a kept-alive connection may close: RFC 9112 §9.3). One
     /// that has not sent its first request yet is kept [`FIRST_REQUEST_WHILE_STOPPING`] at
@@ -552,7 +567,9 @@ impl<T: Transport> HttpConn<T> {
                 self.body_paused = true;
                 break;
             }
-            let asked = body.remaining().min(CHUNK) as usize;
+            let Some(asked) = body.ready(body.remaining().min(CHUNK) as usize) else {
+                break; // the next part is read off the loop first
+            };
             let file = &body.file;
             match self.stream.send_file(file, body.offset, asked, cx.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()), // the file shrank

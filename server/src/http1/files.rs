@@ -4,24 +4,88 @@
 //! range when asked; its body follows the head from the file itself ([`FileBody`]), by
 //! `sendfile` on a plain socket, never read whole into memory.
 
+use super::read_ahead::ReadAhead;
 use crate::http::head::Head;
 use crate::http::response::Response;
 use protocol_api::path::RequestPath;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 use switchyard::files::{self, Ranged};
 
 /// What of a file is still to be sent after the head.
 #[derive(Debug)]
 pub struct FileBody {
-    pub file: File,
+    pub file: Arc<File>,
     pub offset: u64,
     pub end: u64,
+    /// Bytes up to here were read into the page cache off the loop: sent without asking.
+    warm_until: u64,
+    disk: Disk,
+}
+
+/// Where the next part of a body stands with the disk ([`super::read_ahead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disk {
+    /// Nothing asked of it.
+    Idle,
+    /// This many bytes from `offset` are not in the page cache: to be read off the loop.
+    Wanted(usize),
+    /// Being read off the loop; nothing is sent meanwhile.
+    Reading(usize),
 }
 
 impl FileBody {
+    fn new(file: File, offset: u64, end: u64) -> FileBody {
+        FileBody {
+            file: Arc::new(file),
+            offset,
+            end,
+            warm_until: offset,
+            disk: Disk::Idle,
+        }
+    }
+
     pub fn remaining(&self) -> u64 {
         self.end - self.offset
+    }
+
+    /// How many of the next `chunk` bytes to send now, all in the page cache as far as
+    /// the kernel says; `None` while they are to be read, or being read, off the loop.
+    pub fn ready(&mut self, chunk: usize) -> Option<usize> {
+        if self.disk != Disk::Idle {
+            return None;
+        }
+        if self.offset < self.warm_until {
+            return Some(chunk.min((self.warm_until - self.offset) as usize));
+        }
+        if crate::sys::in_page_cache(&self.file, self.offset, chunk) {
+            return Some(chunk);
+        }
+        self.disk = Disk::Wanted(chunk);
+        None
+    }
+
+    /// The read [`FileBody::ready`] found wanted, now under way.
+    pub fn read_ahead(&mut self) -> Option<ReadAhead> {
+        let Disk::Wanted(len) = self.disk else {
+            return None;
+        };
+        self.disk = Disk::Reading(len);
+        Some(ReadAhead {
+            file: self.file.clone(),
+            offset: self.offset,
+            len,
+        })
+    }
+
+    /// The read under way is done (or could not start): its bytes are sent next, without
+    /// asking the kernel again, so the body moves on even if they left the cache since.
+    pub fn read_done(&mut self) {
+        if let Disk::Reading(len) | Disk::Wanted(len) = self.disk {
+            self.warm_until = self.offset + len as u64;
+            self.disk = Disk::Idle;
+        }
     }
 }
 
@@ -104,11 +168,8 @@ pub fn answer(
         response = response.header("Content-Range", format!("bytes {start}-{last}/{len}"));
     }
     response.sent_apart = Some(end - start);
-    let body = (head.method(bytes) != "HEAD" && end > start).then_some(FileBody {
-        file,
-        offset: start,
-        end,
-    });
+    let body =
+        (head.method(bytes) != "HEAD" && end > start).then(|| FileBody::new(file, start, end));
     (response, body)
 }
 

@@ -9,6 +9,7 @@ pub mod conn;
 mod files;
 pub mod metrics_page;
 pub mod prior_knowledge;
+pub mod read_ahead;
 mod status_page;
 mod upgrade;
 

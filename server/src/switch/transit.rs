@@ -60,16 +60,37 @@ impl ToWorker {
 #[derive(Clone)]
 pub struct LoopHandle {
     sender: Sender<ToLoop>,
+    /// Connections (slot and id) whose static file's next part was read into the page
+    /// cache ([`crate::http1::read_ahead`]).
+    read_done: Sender<(usize, u32)>,
     waker: Arc<mio::Waker>,
 }
 
 impl LoopHandle {
-    pub fn new(sender: Sender<ToLoop>, waker: Arc<mio::Waker>) -> LoopHandle {
-        LoopHandle { sender, waker }
+    pub fn new(
+        sender: Sender<ToLoop>,
+        read_done: Sender<(usize, u32)>,
+        waker: Arc<mio::Waker>,
+    ) -> LoopHandle {
+        LoopHandle {
+            sender,
+            read_done,
+            waker,
+        }
     }
 
     pub fn waker(&self) -> Arc<mio::Waker> {
         self.waker.clone()
+    }
+
+    /// Tells the loop that the connection in `slot` (if still the one with `id`) may send
+    /// its static file's body on.
+    pub fn read_ahead_done(&self, slot: usize, id: u32) {
+        if self.read_done.send((slot, id)).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake an event loop: {e}");
+            }
+        }
     }
 
     /// Gives a connection back to the loop; it is closed if that loop has ended.
