@@ -135,47 +135,106 @@ pub fn sendfile(
 }
 
 /// Whether the `len` bytes of `file` from `offset` (within the file) are all in the page
-/// cache, so that sending them does not wait for the disk. Asked with `cachestat(2)` (Linux 6.5) for the
-/// exact answer; where that call is missing or refused, by reading a byte of the range's
-/// first and last pages with `RWF_NOWAIT` (Linux 4.14), which fails rather than wait for
-/// the disk: a range cached only in the middle can pass for cached then. Where neither is
-/// there, every range passes for cached (the send waits for the disk, as before).
+/// cache, so that sending them does not wait for the disk. Asked first with `cachestat(2)`
+/// (Linux 6.5), which counts the range's pages in one call; when it finds some missing,
+/// or cannot say, by reading a byte of the range's first and last pages with `RWF_NOWAIT`
+/// (Linux 4.14), which fails rather than wait for the disk (and starts the kernel reading
+/// there); where the file system refuses that flag, by `mincore(2)` over a mapping (for
+/// ranges of 64 KiB or more). The
+/// first is exact but sees nothing cached through overlayfs (a container's image layers),
+/// whose pages belong to the file beneath; the probes look at a range's ends only, and
+/// overlayfs refuses them; the mapping sees through it. Where none
+/// can say, the range passes for cached (the send may wait for the disk, as it always did).
 pub fn in_page_cache(file: &std::fs::File, offset: u64, len: usize) -> bool {
-    /// `cachestat` failed for want of the call itself: the probes from then on.
+    /// `cachestat` failed for want of the call itself: only the probes from then on.
     static NO_CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if len == 0 {
         return true;
     }
     if !NO_CACHESTAT.load(std::sync::atomic::Ordering::Relaxed) {
         match cachestat_all_cached(file, offset, len) {
-            Ok(cached) => return cached,
+            Ok(true) => return true,
+            Ok(false) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
                 NO_CACHESTAT.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(_) => return true, // a file system that cannot say: as before
+            Err(_) => {}
         }
     }
-    first_and_last_cached(file, offset, len)
+    /// Ranges shorter than this pass for cached where only the mapping can say: its three
+    /// calls cost a small file's send a third more (measured through overlayfs, 4 KiB
+    /// files), and a short range is one read from the disk at most.
+    const MAPPED_FROM: usize = 64 * 1024;
+    match first_and_last_cached(file, offset, len) {
+        Ok(cached) => cached,
+        Err(_) if len < MAPPED_FROM => true,
+        Err(_) => mapped_range_cached(file, offset, len).unwrap_or(true),
+    }
 }
 
 /// Whether a byte of the range's first page and of its last can be read without waiting
-/// for the disk (`preadv2` with `RWF_NOWAIT`); true where the kernel cannot say.
-fn first_and_last_cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
+/// for the disk (`preadv2` with `RWF_NOWAIT`); an error where the file system cannot say
+/// (overlayfs refuses the flag).
+fn first_and_last_cached(file: &std::fs::File, offset: u64, len: usize) -> io::Result<bool> {
     let last = offset + len as u64 - 1;
-    [offset, last].iter().all(|&at| {
+    for at in [offset, last] {
         let mut byte = [0u8; 1];
         let iov = libc::iovec {
             iov_base: byte.as_mut_ptr().cast(),
             iov_len: 1,
         };
-        let Ok(at) = libc::off_t::try_from(at) else {
-            return true;
-        };
+        let at =
+            libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: a valid descriptor and one iovec over a local byte, which the kernel
         // may fill; nothing else of ours is touched.
         let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-        read >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
-    })
+        if read < 0 {
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(false),
+                _ => Err(error),
+            };
+        }
+    }
+    Ok(true)
+}
+
+/// Whether every page of the range is cached, by `mincore(2)` over a mapping of it that
+/// is never touched (so nothing is read): the way that sees through overlayfs, whose
+/// mappings are of the file beneath. Three calls, so asked last.
+fn mapped_range_cached(file: &std::fs::File, offset: u64, len: usize) -> io::Result<bool> {
+    let page = page_size();
+    let start = offset / page * page;
+    let map_len = usize::try_from(offset + len as u64 - start)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let at =
+        libc::off_t::try_from(start).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a new read-only shared mapping of a valid descriptor, placed by the kernel;
+    // nothing of ours is touched, and it is never read from (so no page is faulted in, and
+    // a file cut shorter meanwhile cannot raise SIGBUS).
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            at,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let mut resident = vec![0u8; map_len.div_ceil(page as usize)];
+    // SAFETY: the mapping just made, its length, and a vector of one byte per page of it.
+    let rc = unsafe { libc::mincore(map, map_len, resident.as_mut_ptr()) };
+    let error = io::Error::last_os_error();
+    // SAFETY: the mapping made above, unmapped once; nothing refers to it.
+    unsafe { libc::munmap(map, map_len) };
+    if rc != 0 {
+        return Err(error);
+    }
+    Ok(resident.iter().all(|&page| page & 1 != 0))
 }
 
 /// `cachestat(2)`: whether every page of the range is cached (the range lies within the
@@ -392,7 +451,9 @@ mod tests {
     }
 
     /// A file written to disk and dropped from the page cache is not cached; once read,
-    /// it is; both ways of asking agree. (`posix_fadvise(DONTNEED)` drops clean pages no
+    /// it is; the three ways of asking agree. (Through overlayfs `cachestat` sees nothing
+    /// cached, the probes are refused and the mapping sees right: checked by hand, as
+    /// mounting one needs privileges.) (`posix_fadvise(DONTNEED)` drops clean pages no
     /// one maps, what memory pressure does; a file system that keeps everything in memory,
     /// tmpfs, has nothing to drop, so the test says so and asks nothing.)
     #[test]
@@ -406,8 +467,10 @@ mod tests {
         drop(file);
         let file = std::fs::File::open(&path).unwrap();
         // SAFETY: a valid descriptor; the advice touches no memory of ours.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if first_and_last_cached(&file, 0, 1 << 20) {
+        let evict =
+            || unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        evict();
+        if first_and_last_cached(&file, 0, 1 << 20).unwrap_or(true) {
             eprintln!(
                 "{}: the file system keeps files in memory; nothing to test",
                 path.display()
@@ -415,19 +478,31 @@ mod tests {
             std::fs::remove_file(&path).unwrap();
             return;
         }
+        // (A probe that misses starts the kernel reading there: evicted again after it.)
+        evict();
         assert!(!in_page_cache(&file, 0, 1 << 20));
+        evict();
         assert!(!in_page_cache(&file, 4096 * 10 + 5, 300 * 1024));
+        assert!(!mapped_range_cached(&file, 4096 * 10 + 5, 300 * 1024).unwrap());
+        evict();
         let mut part = vec![0u8; 64 * 1024];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut part, 128 * 1024).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut part, 512 * 1024).unwrap();
         assert!(
-            in_page_cache(&file, 128 * 1024 + 100, 60 * 1024),
+            in_page_cache(&file, 512 * 1024 + 100, 60 * 1024),
             "the part read"
         );
-        assert!(first_and_last_cached(&file, 128 * 1024 + 100, 60 * 1024));
-        assert!(!in_page_cache(&file, 128 * 1024, 128 * 1024), "half read");
+        // The pages before it were not read (the kernel reads ahead, never behind).
+        assert!(
+            !cachestat_all_cached(&file, 256 * 1024, 300 * 1024).unwrap_or(false),
+            "a range cached at its end only"
+        );
+        assert!(!mapped_range_cached(&file, 256 * 1024, 300 * 1024).unwrap());
+        assert!(mapped_range_cached(&file, 512 * 1024 + 100, 60 * 1024).unwrap());
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut vec![0u8; 1 << 20], 0).unwrap();
         assert!(in_page_cache(&file, 0, 1 << 20));
-        assert!(first_and_last_cached(&file, 0, 1 << 20));
+        assert!(first_and_last_cached(&file, 0, 1 << 20).unwrap());
+        assert!(mapped_range_cached(&file, 0, 1 << 20).unwrap());
+        assert!(cachestat_all_cached(&file, 0, 1 << 20).unwrap_or(true));
         assert!(
             in_page_cache(&file, 0, 0),
             "nothing to send is never waited for"
