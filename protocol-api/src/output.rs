@@ -119,9 +119,19 @@ impl Output {
         &mut self.bytes
     }
 
+    /// Bytes of memory it holds: its buffer, what is out of it included.
+    pub fn held(&self) -> usize {
+        self.bytes.capacity()
+    }
+
     /// Writes what is owed until the writer is full. When everything is out the buffer is
-    /// emptied, and freed if its capacity is past `keep` bytes.
+    /// emptied, and freed if its capacity is past `keep` bytes. A large buffer that is
+    /// mostly out is cut to what is owed: a reader that takes all but the tail of a 16 MiB
+    /// answer, then a byte now and then, held the whole 16 MiB for it (an attacker's
+    /// review: 12 MiB a connection). Each byte is moved at most once on average.
     pub fn flush(&mut self, to: &mut impl Write, keep: usize) -> io::Result<Written> {
+        /// A buffer is cut once this much of it is out, and half of it or more.
+        const CUT_FROM: usize = 1024 * 1024;
         let written = write_until_blocked(to, &self.bytes[self.written..])?;
         self.written += written.bytes;
         if self.written == self.bytes.len() {
@@ -131,6 +141,10 @@ impl Output {
             } else {
                 self.bytes.clear();
             }
+        } else if self.written >= CUT_FROM && self.written >= self.bytes.capacity() / 2 {
+            self.bytes.drain(..self.written);
+            self.bytes.shrink_to_fit();
+            self.written = 0;
         }
         Ok(written)
     }
@@ -240,6 +254,35 @@ mod tests {
         kept.queue().extend_from_slice(b"x");
         kept.flush(&mut socket, 64).unwrap();
         assert_eq!(kept.queue().capacity(), 64, "kept up to `keep`");
+    }
+
+    /// An attacker's review: a reader that takes all but the tail of a large answer kept
+    /// the whole buffer held for that tail. Once a mebibyte and half of it are out, the
+    /// buffer is cut to what is owed, and what is owed still goes out in order.
+    #[test]
+    fn a_large_buffer_mostly_out_holds_only_what_is_owed() {
+        let answer: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut output = Output::new(answer.clone());
+        let mut socket = Socket::new(3_500_000, usize::MAX);
+        assert!(output.flush(&mut socket, 0).unwrap().blocked);
+        assert_eq!(output.owed(), 500_000);
+        assert!(
+            output.held() < 600_000,
+            "holds {} for 500,000 owed",
+            output.held()
+        );
+        socket.room = 300_000;
+        output.flush(&mut socket, 0).unwrap();
+        assert_eq!(output.owed(), 200_000);
+        assert_eq!(
+            output.held(),
+            500_000,
+            "under a mebibyte out: not cut again"
+        );
+        socket.room = usize::MAX;
+        assert!(!output.flush(&mut socket, 0).unwrap().blocked);
+        assert!(socket.taken == answer, "every byte, in order");
+        assert_eq!(output.held(), 0);
     }
 
     #[test]

@@ -387,8 +387,15 @@ impl Daemon {
     /// A client connected from `local` (any 127.0.0.0/8 address is this machine's), so that
     /// tests can be several client addresses.
     pub fn client_from(&self, local: &str) -> Client {
+        self.client_from_with(local, |_| {})
+    }
+
+    /// A connection from the local address `local`, its socket set up by `setup` before it
+    /// connects (a receive buffer set then is the window the handshake announces).
+    pub fn client_from_with(&self, local: &str, setup: impl FnOnce(&socket2::Socket)) -> Client {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
+        setup(&socket);
         let local: SocketAddr = format!("{local}:0").parse().expect("an address");
         socket
             .bind(&local.into())
