@@ -13,9 +13,56 @@ pub fn effective_ids() -> (u32, u32) {
 
 /// How long since data last moved either way on a TCP socket, as the kernel counts it
 /// (`TCP_INFO`): it sees bytes a plugin moves itself (with `splice`, say) as well as ours.
-pub fn tcp_quiet_for(socket: &impl AsRawFd) -> io::Result<Duration> {
+/// An acknowledgement counts only while nothing of ours waits unacknowledged: a peer whose
+/// window is full acknowledges the kernel's window probes (at most 120 s apart, under the
+/// idle limit) without taking a byte, and such a connection would never be idle; it is
+/// held to `taken`, how long since its peer last took bytes, as the caller knows it.
+pub fn tcp_quiet_for(
+    socket: &impl AsRawFd,
+    taken: impl FnOnce(u64) -> Duration,
+) -> io::Result<Duration> {
     let activity = tcp_activity(socket)?;
-    Ok(activity.since_received.min(activity.since_acked))
+    let sent = match tcp_unacked_bytes(socket)? {
+        0 => activity.since_acked,
+        _ => taken(activity.bytes_acked),
+    };
+    Ok(activity.since_received.min(sent))
+}
+
+/// Bytes written to TCP socket `socket` that its peer has not acknowledged yet (`SIOCOUTQ`):
+/// output that waits in the kernel, which the plugin no longer sees.
+pub fn tcp_unacked_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, which `queued` is.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(queued.max(0) as usize)
+}
+
+/// Makes the next close of `socket` a reset (`SO_LINGER` with time 0) when output still
+/// waits in its send buffer: ended for a peer that took nothing, what waits is dropped at
+/// once rather than kept by the kernel (an orphaned socket, outside every limit of ours)
+/// for minutes while it probes a window that never opens. True if it did.
+pub fn reset_if_unsent(socket: &impl AsRawFd) -> bool {
+    if tcp_unacked_bytes(socket).unwrap_or(0) == 0 {
+        return false;
+    }
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid descriptor and a `linger` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    true
 }
 
 /// What moved on a TCP socket, as the kernel counts it: what the peer sent us, and what

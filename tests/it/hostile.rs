@@ -471,6 +471,45 @@ fn an_echo_read_but_for_its_tail_holds_the_tail_not_the_message() {
     );
 }
 
+/// From an attacker's review: an echo handed whole to the kernel, to a client that never
+/// reads, waited there for good. The client's kernel acknowledges the window probes (at
+/// most 120 s apart, under the 5-minute idle limit) without taking a byte, and those
+/// acknowledgements counted as activity: 20 connections held 53 MiB of the daemon's kernel
+/// memory for 420 s and more, and a graceful close would have left it queued for minutes
+/// more. Acknowledgements count only while nothing waits now; such a connection is held
+/// to the write time-out, and reset so that what waits is dropped.
+#[test]
+fn output_waiting_in_the_kernel_for_a_client_that_takes_nothing_is_ended_and_dropped() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_IDLE_MS", "1500")
+        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "1000")
+        .start();
+    let small_window = |socket: &socket2::Socket| {
+        socket.set_recv_buffer_size(4096).unwrap();
+    };
+    let mut client = handshake(daemon.client_from_with("127.0.0.1", small_window), "/");
+    // Less than the kernel's send buffer takes at once here (about 2.6 MB on loopback):
+    // the echo owes nothing itself, so its own write time-out never starts.
+    client.send(frame(true, 0x2, &vec![7u8; 1 << 20]));
+    daemon
+        .wait_for_metric("switchyard_upgraded_ended_total{reason=\"write_timeout\"} 1")
+        .unwrap_or_else(|metrics| panic!("not ended for its write time-out: {metrics}"));
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match client.stream.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert_eq!(
+        ended,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "what waited was dropped with a reset"
+    );
+}
+
 /// From an attacker's review of the WebSocket plugin: a connection kept up to 64 KiB of
 /// the buffer its last message in pieces was put together in, uncounted, for the rest of
 /// its life: 60.7 KiB a quiet connection after one message of two 32 KiB fragments (150

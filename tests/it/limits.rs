@@ -128,6 +128,42 @@ fn a_client_that_never_reads_a_blocking_plugin_is_dropped_after_the_write_timeou
         .expect("counted");
 }
 
+/// From an attacker's review: a blocking plugin's answer handed whole to the kernel, for a
+/// client that reads nothing, kept the connection (and its worker) as long as the client's
+/// kernel acknowledged the window probes, and the idle limit's close left what waited in
+/// the kernel for minutes. The idle limit counts bytes taken now, and what waits is dropped
+/// with a reset.
+#[test]
+fn a_blocking_plugins_answer_waiting_for_a_client_that_takes_nothing_is_dropped_when_idle() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_IDLE_MS", "1500")
+        .start();
+    let small_window = |socket: &socket2::Socket| {
+        socket.set_recv_buffer_size(4096).unwrap();
+    };
+    let mut client = daemon.client_from_with("127.0.0.1", small_window);
+    client.send(upgrade_request("/", "echo"));
+    assert_eq!(client.response().status, 101);
+    // Less than the kernel's send buffer takes at once here: the echo's writes return.
+    client.send(vec![7u8; 1 << 20]);
+    let logs = daemon.wait_for_log("reason=\"idle\"").unwrap_or_else(|l| l);
+    assert!(logs.contains("reason=\"idle\""), "{logs}");
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match std::io::Read::read(&mut client.stream, &mut buf) {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert_eq!(
+        ended,
+        Some(ErrorKind::ConnectionReset),
+        "what waited was dropped with a reset"
+    );
+}
+
 /// Pipelined requests from a client that never reads the answers: the daemon stops reading
 /// it once its answers queue up, so memory stays flat, and serves everyone else.
 #[test]

@@ -3,7 +3,7 @@
 
 use slab::Slab;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +12,34 @@ pub struct LiveConn {
     pub stream: TcpStream,
     /// Set when the daemon ended the connection for being idle.
     pub idled: AtomicBool,
+    /// The kernel's count of bytes its peer took (truncated), as last seen by the idle
+    /// check, and when it was seen to change (milliseconds since the process's epoch).
+    taken: AtomicU64,
+    taken_at: AtomicU64,
+}
+
+impl LiveConn {
+    pub fn new(stream: TcpStream) -> LiveConn {
+        LiveConn {
+            stream,
+            idled: AtomicBool::new(false),
+            taken: AtomicU64::new(0),
+            taken_at: AtomicU64::new(millis_now()),
+        }
+    }
+
+    /// How long since its peer last took bytes, given the kernel's count now.
+    fn since_taken(&self, taken: u64) -> Duration {
+        let now = millis_now();
+        if self.taken.swap(taken, Ordering::Relaxed) != taken {
+            self.taken_at.store(now, Ordering::Relaxed);
+        }
+        Duration::from_millis(now.saturating_sub(self.taken_at.load(Ordering::Relaxed)))
+    }
+}
+
+fn millis_now() -> u64 {
+    protocol_api::moment::epoch().elapsed().as_millis() as u64
 }
 
 /// Blocking upgraded connections being served, so that stopping can wake and then end
@@ -68,12 +96,15 @@ impl Live {
     }
 
     /// Ends every connection on which no data moved either way for `idle` (the kernel's
-    /// count, so bytes a plugin splices itself count too); returns how many.
+    /// count, so bytes a plugin splices itself count too: [`crate::sys::tcp_quiet_for`]);
+    /// returns how many. What it still owes its peer is dropped when it is closed.
     pub fn end_idle(&self, idle: Duration) -> usize {
         let mut ended = 0;
         for (_, conn) in self.lock().conns.iter() {
-            let quiet = crate::sys::tcp_quiet_for(&conn.stream).unwrap_or(Duration::ZERO);
+            let quiet = crate::sys::tcp_quiet_for(&conn.stream, |taken| conn.since_taken(taken))
+                .unwrap_or(Duration::ZERO);
             if quiet >= idle && !conn.idled.swap(true, Ordering::Relaxed) {
+                crate::sys::reset_if_unsent(&conn.stream);
                 let _ = conn.stream.shutdown(Shutdown::Both);
                 ended += 1;
             }

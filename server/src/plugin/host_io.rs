@@ -148,6 +148,7 @@ impl BlockingConn<'_> {
             // SO_SNDTIMEO expired: the peer took nothing for the whole time-out.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.write_timed_out = true;
+                crate::sys::reset_if_unsent(self.stream);
                 let _ = self.stream.shutdown(Shutdown::Both);
                 Err(io::ErrorKind::TimedOut.into())
             }

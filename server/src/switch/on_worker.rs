@@ -16,7 +16,7 @@ use crate::plugin::{BlockingConn, Failure, Negotiated, ReadAhead};
 use crate::tls::layer::TlsLayer;
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Runs on a worker thread: negotiates the job's offers, then serves or hands back.
@@ -101,10 +101,7 @@ fn serve(
     let record = SwitchRecord::switched(shared, &upgrade, offer, &switching, read_ahead.len());
     // The body was the plugin's in negotiate; it does not live on through `serve`.
     upgrade.body = Vec::new();
-    let live = Arc::new(LiveConn {
-        stream,
-        idled: AtomicBool::new(false),
-    });
+    let live = Arc::new(LiveConn::new(stream));
     let live_key = shared.live.add(live.clone());
     let mut connection = BlockingConn {
         stream: &live.stream,
@@ -150,6 +147,11 @@ fn serve(
     if let (Some(tls), false) = (tls.as_deref_mut(), timed_out) {
         // close_notify (a no-op if the plugin shut its side), within the write time-out.
         let _ = tls.close(&mut &live.stream);
+    }
+    if timed_out || live.idled.load(Ordering::Relaxed) {
+        // Ended for a peer that took nothing: what still waits for it is dropped with a
+        // reset, not kept by the kernel for minutes after us.
+        crate::sys::reset_if_unsent(&live.stream);
     }
     // Dropping `live` here closes the socket, whatever the plugin left behind.
 }
