@@ -426,6 +426,25 @@ fn a_refused_backend_gets_502_before_any_101() {
         logs.contains(&format!("tunnel /backend -> {unused}")),
         "{logs}"
     );
+    // A client asking again and again gets its 502 each time, and the log a line a
+    // second (an attacker's review: 8,000 lines a second for one client, unthrottled).
+    let began = std::time::Instant::now();
+    for _ in 0..50 {
+        let mut client = daemon.client();
+        client.send(
+            "GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n",
+        );
+        assert_eq!(client.response().status, 502);
+    }
+    let lines = daemon
+        .logs()
+        .matches("backend refused the connection")
+        .count();
+    let seconds = began.elapsed().as_secs() as usize;
+    assert!(
+        lines <= seconds + 2,
+        "{lines} lines for 51 refusals in {seconds} s"
+    );
 }
 
 #[test]

@@ -1255,6 +1255,11 @@ fn tokens_choose_the_service_and_the_file_is_read_again_when_it_changes() {
     assert!(first("/websockify?token=alpha-secret-1")
         .unwrap_err()
         .contains("404"));
+    // A path refused before any token is looked at (an encoded separator): its line names
+    // the path only (an attacker's review found the whole target, token and all).
+    assert!(first("/websockify/%2F?token=beta-secret-22")
+        .unwrap_err()
+        .contains("400"));
     for done in [alpha_done, beta_done, gamma_done] {
         done.join().unwrap();
     }

@@ -39,6 +39,9 @@ pub struct Tunnel {
     dials: Dials,
     /// The `503` for dials past them is logged once a second.
     busy_logs: protocol_api::throttle::Throttle,
+    /// So is a dial that failed (a backend down: every request's, 8,000 lines a second
+    /// for one client, an attacker's review found).
+    failed_logs: protocol_api::throttle::Throttle,
 }
 
 /// What negotiate hands to start: the connected backend and where it came from.
@@ -84,6 +87,7 @@ impl EventProtocol for Tunnel {
             stats,
             routes,
             busy_logs: protocol_api::throttle::Throttle::new(),
+            failed_logs: protocol_api::throttle::Throttle::new(),
         })
     }
 
@@ -152,11 +156,14 @@ impl EventProtocol for Tunnel {
                     ErrorKind::ConnectionRefused => (502, "refused the connection"),
                     _ => (502, "could not be reached"),
                 };
-                log::warn!(
-                    "tunnel {} -> {backend} for {}: backend {what}: {e}",
-                    request.path(),
-                    request.peer()
-                );
+                if let Some(unlogged) = self.failed_logs.admit() {
+                    log::warn!(
+                        "tunnel {} -> {backend} for {}: backend {what}: {e}; answered \
+                         {status}{unlogged}",
+                        request.path(),
+                        request.peer()
+                    );
+                }
                 self.stats.refused(route, status);
                 Decision::reject(status, format!("backend for {} {what}\n", request.path()))
             }
