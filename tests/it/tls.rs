@@ -862,6 +862,45 @@ fn switch(tls: &mut Tls, request: &str) {
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
 }
 
+/// From an attacker's review: rustls keeps the buffer a record was put together in (16 KiB
+/// and more) until its next read of the socket, which a quiet connection never makes, so a
+/// TLS connection cost 31.5 KiB of daemon memory for good after one large record, where
+/// an idle one costs 9.6. A drained read lets rustls shrink it now. Here 200 WebSockets
+/// over TLS each have a message of 15 KiB (one record each way) echoed, then go quiet.
+#[test]
+fn a_quiet_tls_connection_keeps_no_record_buffer() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT", "0")
+        .start();
+    let config = pki.client(&[b"http/1.1"]);
+    let message: Vec<u8> = (0..15 << 10).map(|i| (i * 7 % 251) as u8).collect();
+    let open = || {
+        let tls = connect(daemon.addr, &config, "localhost");
+        tungstenite::client("wss://localhost/", tls)
+            .expect("handshake")
+            .0
+    };
+    drop(open()); // the daemon's own first allocations, before the count
+    let before = daemon.rss_kib();
+    let quiet: Vec<_> = (0..200)
+        .map(|_| {
+            let mut ws = open();
+            ws.send(Message::binary(message.clone())).unwrap();
+            assert_eq!(ws.read().unwrap(), Message::binary(message.clone()));
+            ws
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let each = daemon.rss_kib().saturating_sub(before) / quiet.len() as u64;
+    assert!(
+        each < 16,
+        "{each} KiB a quiet TLS WebSocket after one 15 KiB message (9-10 now, 21-22 before)"
+    );
+}
+
 /// A tunnel (`Upgrade: tcp`) over TLS copies through the daemon (its socket carries
 /// ciphertext, so nothing is spliced): 4 MiB down, then 4 MiB up, whole. Before, a copy
 /// that filled the read buffer was taken for a short read, so a download stalled after its

@@ -272,6 +272,12 @@ impl TlsLayer {
                         Err(_) => {}
                     }
                 }
+                // The socket is drained: rustls keeps the buffer its last record was put
+                // together in (up to 16 KiB + 4 KiB) until its next read, which a quiet
+                // connection never makes. A read that says `WouldBlock` at once lets it
+                // shrink that buffer to 4 KiB when no part of a record is in it (a partial
+                // record stays), with no system call.
+                self.release_read_buffer();
                 return match filled {
                     0 => Err(io::ErrorKind::WouldBlock.into()),
                     n => Ok(n),
@@ -304,6 +310,20 @@ impl TlsLayer {
                 // rest on the next writable event (the connection's owner flushes then).
                 self.flush(socket)?;
             }
+        }
+    }
+
+    /// Lets rustls shrink its record buffer (it does so at the start of a read when the
+    /// buffer holds no part of a record) by asking it to read from a source that has nothing.
+    fn release_read_buffer(&mut self) {
+        struct Nothing;
+        impl Read for Nothing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+        if !self.ended {
+            let _ = self.conn.read_tls(&mut Nothing);
         }
     }
 
