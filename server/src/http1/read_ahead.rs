@@ -5,9 +5,9 @@
 //! WebSockets). nginx has the same choice as `aio threads`.
 //!
 //! Before each send the connection asks the kernel whether the next part is cached
-//! ([`crate::sys::in_page_cache`]); when it is not, the part is read here (into a buffer
-//! thrown away: the point is the page cache), the loop is told, and the send goes on from
-//! the cache. One read at a time per connection; [`READERS`] threads in all, started when
+//! ([`crate::sys::in_page_cache`]); when it is not, the part is read here (sent to
+//! `/dev/null`, which copies nothing: the point is the page cache), the loop is told, and
+//! the send goes on from the cache. One read at a time per connection; [`READERS`] threads in all, started when
 //! first needed. A disk that hangs holds those threads, not the loops: the connections
 //! waiting on it meet their write time-out as before.
 
@@ -64,9 +64,10 @@ fn spawn_reader(jobs: Receiver<Job>) -> bool {
         .name("switchyard-disk".into())
         .stack_size(STACK_BYTES)
         .spawn(move || {
+            let null = File::options().write(true).open("/dev/null").ok();
             let mut buffer = Vec::new();
             for Job { read, done } in jobs.iter() {
-                fill_cache(&read, &mut buffer);
+                fill_cache(&read, null.as_ref(), &mut buffer);
                 done();
             }
         });
@@ -76,18 +77,28 @@ fn spawn_reader(jobs: Receiver<Job>) -> bool {
     spawned.is_ok()
 }
 
-/// Reads the part (to its end, or the file's if it shrank); an error is for the send to
-/// find again and report.
-fn fill_cache(read: &ReadAhead, buffer: &mut Vec<u8>) {
-    buffer.resize(read.len, 0);
-    let mut done = 0;
-    while done < read.len {
-        match read
-            .file
-            .read_at(&mut buffer[done..], read.offset + done as u64)
-        {
+/// Reads the part (to its end, or the file's if it shrank) into the page cache; an error
+/// is for the send to find again and report. Sent to `/dev/null` with `sendfile`, which
+/// reads the pages and copies nothing; where that cannot be opened, read into `buffer`.
+fn fill_cache(read: &ReadAhead, null: Option<&File>, buffer: &mut Vec<u8>) {
+    let end = read.offset + read.len as u64;
+    let mut at = read.offset;
+    while at < end {
+        let left = (end - at) as usize;
+        let result = match null {
+            Some(null) => crate::sys::sendfile(null, &read.file, &mut at, left),
+            None => {
+                buffer.resize(left, 0);
+                let result = read.file.read_at(buffer, at);
+                if let Ok(n) = result {
+                    at += n as u64;
+                }
+                result
+            }
+        };
+        match result {
             Ok(0) => break,
-            Ok(n) => done += n,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 log::debug!("reading a static file ahead of its send: {e}");
