@@ -56,13 +56,23 @@ impl Dials {
         self.per_client
     }
 
-    /// Counts a dial by `client` to `backend`, if both have room.
+    /// Counts a dial by `client` to `backend`, if both have room. While the backend's free
+    /// dials are fewer than a client's share, a client with a dial under way already gets
+    /// no more ([`crate::clients::Share::most`]): four clients, each within its quarter,
+    /// could otherwise hold every dial to a backend that is slow to answer, and everyone
+    /// else got `503` (an attacker's review).
     pub fn start(&self, backend: &str, client: u64) -> Result<Dial<'_>, Busy> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.by_backend.get(backend).copied().unwrap_or(0) >= self.max {
+        let to_backend = counts.by_backend.get(backend).copied().unwrap_or(0);
+        if to_backend >= self.max {
             return Err(Busy::Backend);
         }
-        if counts.by_client.get(&client).copied().unwrap_or(0) >= self.per_client {
+        let share = crate::clients::Share {
+            total: self.max,
+            per_client: self.per_client,
+        };
+        let most = share.most(self.max - to_backend - 1);
+        if counts.by_client.get(&client).copied().unwrap_or(0) >= most {
             return Err(Busy::Client);
         }
         *counts.by_backend.entry(backend.to_string()).or_default() += 1;
@@ -121,11 +131,36 @@ mod tests {
         );
         drop(mine);
         assert!(dials.start("c:1", 1).is_ok(), "given back");
+
         drop(others);
         let counts = dials.counts.lock().unwrap();
         assert!(
             counts.by_backend.is_empty() && counts.by_client.is_empty(),
             "nothing kept"
         );
+    }
+
+    /// While fewer than a client's share of a backend's dials are free, a client with a
+    /// dial under way gets no more: four clients, each within its quarter, no longer hold
+    /// every dial to a backend slow to answer.
+    #[test]
+    fn a_crowded_backend_keeps_its_last_dials_for_clients_with_none() {
+        let dials = Dials::new(64);
+        let held: Vec<_> = (0..48)
+            .map(|i| dials.start("slow:1", i / 16).unwrap())
+            .collect();
+        let fourth = dials.start("slow:1", 3).unwrap();
+        assert_eq!(
+            dials.start("slow:1", 3).err(),
+            Some(Busy::Client),
+            "crowded (15 free), a fourth client holds one"
+        );
+        let others: Vec<_> = (4..19).map(|c| dials.start("slow:1", c).unwrap()).collect();
+        assert_eq!(
+            dials.start("slow:1", 99).err(),
+            Some(Busy::Backend),
+            "64 in all"
+        );
+        drop((held, fourth, others));
     }
 }

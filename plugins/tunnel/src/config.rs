@@ -135,7 +135,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new(
         "SWITCHYARD_TUNNEL_MAX_DIALS",
         "64",
-        "most dials under way at once to one backend, and one client address at most a quarter of that in all (each holds a worker until the backend answers or the connect time-out passes, so a dead backend cannot hold them all, nor one client keep the others from it or hold many); past either, 503 with Retry-After",
+        "most dials under way at once to one backend, and one client address at most a quarter of that in all, one while fewer than a quarter are free (each holds a worker until the backend answers or the connect time-out passes, so a dead backend cannot hold them all, nor one client keep the others from it or hold many); past either, 503 with Retry-After",
     ),
 ];
 

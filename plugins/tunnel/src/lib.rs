@@ -120,12 +120,12 @@ impl EventProtocol for Tunnel {
                 if let Some(unlogged) = self.busy_logs.admit() {
                     let (max, whose) = match busy {
                         Busy::Backend => (self.config.max_dials, "dials to the backend"),
-                        Busy::Client => (self.dials.per_client(), "dials of this client"),
+                        Busy::Client => (self.dials.per_client(), "dials of this client at most"),
                     };
                     log::warn!(
                         "tunnel {} -> {backend} for {}: {max} {whose} under way \
-                         (SWITCHYARD_TUNNEL_MAX_DIALS, a quarter for one client); \
-                         answered 503{unlogged}",
+                         (SWITCHYARD_TUNNEL_MAX_DIALS, a quarter for one client, one while fewer \
+                         than that are free); answered 503{unlogged}",
                         request.path(),
                         request.peer(),
                     );

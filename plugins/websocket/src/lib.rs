@@ -474,12 +474,12 @@ impl WebSocket {
                 if let Some(unlogged) = DIALS_REFUSED.admit() {
                     let (max, whose) = match busy {
                         Busy::Backend => (self.config.max_dials, "dials to the service"),
-                        Busy::Client => (self.dials.per_client(), "dials of this client"),
+                        Busy::Client => (self.dials.per_client(), "dials of this client at most"),
                     };
                     log::warn!(
                         "websocket {} for {}: {max} {whose} under way \
-                         (SWITCHYARD_WEBSOCKET_MAX_DIALS, a quarter for one client); \
-                         answered 503{unlogged}",
+                         (SWITCHYARD_WEBSOCKET_MAX_DIALS, a quarter for one client, one while fewer \
+                         than that are free); answered 503{unlogged}",
                         path.path(),
                         request.peer(),
                     );
