@@ -287,6 +287,15 @@ impl Wants {
         self
     }
 
+    /// Also call with [`Ready::is_timer`] by `after` at the latest: the sooner of this and
+    /// the timer already asked for (a connection with more than one deadline).
+    pub fn with_timer_by(self, after: Duration) -> Wants {
+        match self.timer {
+            Some(sooner) if sooner <= after => self,
+            _ => self.with_timer(after),
+        }
+    }
+
     /// The ABI's form.
     pub fn to_raw(self) -> crate::abi::RawWants {
         crate::abi::RawWants {

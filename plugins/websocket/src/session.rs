@@ -238,7 +238,13 @@ impl Connection {
             }
             _ => None,
         };
-        if ready.is_timer() && !paused_timer {
+        // A program's stderr waiting to be read again has a timer too (the sooner one is
+        // asked for): when it is that one, the client has not been silent.
+        let stderr_timer = self
+            .relay
+            .as_ref()
+            .is_some_and(|relay| relay.stderr_paused_for().is_some_and(|d| d.is_zero()));
+        if ready.is_timer() && !paused_timer && !stderr_timer {
             match self.state {
                 State::Closing { until, .. } if Instant::now() >= until.instant() => {
                     return Ok(Wants::close()); // the peer did not answer our close
@@ -263,7 +269,9 @@ impl Connection {
             inflate,
         };
         let turn = match self.relay.is_some() {
-            true => self.relay_turn(io, ready, &mut budget, config),
+            true => self
+                .relay_turn(io, ready, &mut budget, config)
+                .map(|wants| self.with_stderr_timer(wants)),
             false => self.echo_turn(io, ready, &mut budget, config),
         };
         if let Err(e) = &turn {
@@ -380,7 +388,7 @@ impl Connection {
         let stderr_more = {
             let relay = self.relay.as_mut().expect("relay_turn is for routes");
             relay.watch(io)?;
-            relay.log_stderr()
+            relay.log_stderr(io)?
         };
         let resume_if = |wants: Wants, more: bool| if more { wants.with_resume() } else { wants };
         // The client's message waits for inflate budget (this call's, or its client's
@@ -473,6 +481,19 @@ impl Connection {
                 let more = stderr_more || client_waits;
                 return Ok(resume_if(self.next(Wants::read(), config), more));
             }
+        }
+    }
+
+    /// `wants`, called again by the time a program's stderr, waiting while its lines come
+    /// too fast, is read again.
+    fn with_stderr_timer(&self, wants: Wants) -> Wants {
+        match self
+            .relay
+            .as_ref()
+            .and_then(|relay| relay.stderr_paused_for())
+        {
+            Some(pause) => wants.with_timer_by(pause),
+            None => wants,
         }
     }
 
