@@ -300,8 +300,12 @@ impl Wants {
     pub fn to_raw(self) -> crate::abi::RawWants {
         crate::abi::RawWants {
             interest: self.interest,
+            // Rounded up: a timer never fires before the time asked (99.9 ms taken as 99
+            // made a plugin's deadline come early, and look like another's).
             timer_ms: self.timer.map_or(0, |t| {
-                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+                u64::try_from(t.as_nanos().div_ceil(1_000_000))
+                    .unwrap_or(u64::MAX)
+                    .max(1)
             }),
         }
     }

@@ -767,6 +767,59 @@ fn a_program_answering_every_message_on_stderr_is_held_back_not_read_line_by_lin
     );
 }
 
+/// A review of 5d12f5a: the timer of a program's stderr waiting to be read again (100 ms)
+/// came a millisecond early and was taken for the idle limit's: with
+/// `SWITCHYARD_WEBSOCKET_IDLE_MS` set, a client that kept sending was pinged every 100 ms
+/// (46 pings in 5 s), and one that answered late was closed as idle.
+#[test]
+fn a_programs_stderr_timer_is_not_the_clients_idle_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(
+        dir.path(),
+        "complains",
+        "exec python3 -c 'import sys\nfor line in sys.stdin:\n    sys.stderr.write(\"bad input: \" + line)\n    sys.stderr.flush()'",
+    );
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/complains=exec:{}", program.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_ORIGINS", "*")
+        .env("SWITCHYARD_WEBSOCKET_IDLE_MS", "30000")
+        .start();
+    let mut client = connect(&daemon, "/complains");
+    client
+        .get_ref()
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let began = std::time::Instant::now();
+    while began.elapsed() < Duration::from_millis(1500) {
+        for _ in 0..200 {
+            let _ = client.write(Message::text("x"));
+        }
+        if client.flush().is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let (mut pings, until) = (0, std::time::Instant::now() + Duration::from_secs(1));
+    while std::time::Instant::now() < until {
+        match client.read() {
+            Ok(message) => pings += usize::from(matches!(message, Message::Ping(_))),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        pings, 0,
+        "pinged {pings} times within 30 s of the client's last message"
+    );
+}
+
 /// `PR_SET_PDEATHSIG`: a program cannot outlive the daemon, however the daemon ends (here
 /// SIGKILL, which gives it no chance to end its programs itself).
 #[test]

@@ -99,11 +99,10 @@ impl EventProtocol for Tunnel {
                 Ok(Some(found)) => found,
                 Ok(None) => return Decision::Decline,
                 Err(e) => {
-                    log::info!(
-                        "tunnel {} for {}: {e}; answered 400",
-                        request.target(),
-                        request.peer()
-                    );
+                    // The path only: a query may hold a secret the access line cuts.
+                    let target = request.target();
+                    let path = target.split_once('?').map_or(target, |(path, _)| path);
+                    log::info!("tunnel {path} for {}: {e}; answered 400", request.peer());
                     return Decision::reject(PathError::STATUS, format!("{e}\n"));
                 }
             };

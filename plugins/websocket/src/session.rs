@@ -238,12 +238,14 @@ impl Connection {
             }
             _ => None,
         };
-        // A program's stderr waiting to be read again has a timer too (the sooner one is
-        // asked for): when it is that one, the client has not been silent.
+        // A program's stderr waiting to be read again has a timer too, the sooner one
+        // while it waits (100 ms at most, before any idle limit): a timer then is its, and
+        // says nothing of the client's silence (taken for the idle ping's, it pinged the
+        // client every 100 ms, and closed one that answered late: a review of 5d12f5a).
         let stderr_timer = self
             .relay
             .as_ref()
-            .is_some_and(|relay| relay.stderr_paused_for().is_some_and(|d| d.is_zero()));
+            .is_some_and(|relay| relay.stderr_paused_for().is_some());
         if ready.is_timer() && !paused_timer && !stderr_timer {
             match self.state {
                 State::Closing { until, .. } if Instant::now() >= until.instant() => {
