@@ -67,7 +67,11 @@ fn spawn_reader(jobs: Receiver<Job>) -> bool {
             let null = File::options().write(true).open("/dev/null").ok();
             let mut buffer = Vec::new();
             for Job { read, done } in jobs.iter() {
-                fill_cache(&read, null.as_ref(), &mut buffer);
+                // Its connection closed meanwhile (nothing else holds the file): nothing
+                // to read for, and the others' reads wait less.
+                if Arc::strong_count(&read.file) > 1 {
+                    fill_cache(&read, null.as_ref(), &mut buffer);
+                }
                 done();
             }
         });
