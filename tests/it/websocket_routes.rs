@@ -725,6 +725,16 @@ fn a_program_flooding_stderr_is_rate_limited_in_the_log() {
     );
 }
 
+/// A program that answers each line of its input with a line on stderr (a parser's error
+/// line), and nothing on stdout.
+fn complaining_program(dir: &std::path::Path) -> std::path::PathBuf {
+    script(
+        dir,
+        "complains",
+        "exec python3 -c 'import sys\nfor line in sys.stdin:\n    sys.stderr.write(\"bad input: \" + line)\n    sys.stderr.flush()'",
+    )
+}
+
 /// From an attacker's review: a program that writes a stderr line for each message (a
 /// parser's error line) made every tiny message of a client's cost the loop a wake-up and
 /// a read of stderr, the log's rate limit notwithstanding: 7 million lines in 10 s, 90% of
@@ -735,11 +745,7 @@ fn a_program_flooding_stderr_is_rate_limited_in_the_log() {
 #[test]
 fn a_program_answering_every_message_on_stderr_is_held_back_not_read_line_by_line() {
     let dir = tempfile::tempdir().unwrap();
-    let program = script(
-        dir.path(),
-        "complains",
-        "exec python3 -c 'import sys\nfor line in sys.stdin:\n    sys.stderr.write(\"bad input: \" + line)\n    sys.stderr.flush()'",
-    );
+    let program = complaining_program(dir.path());
     let daemon = daemon(&format!("/complains=exec:{}", program.display()));
     let mut client = connect(&daemon, "/complains");
     client
@@ -774,11 +780,7 @@ fn a_program_answering_every_message_on_stderr_is_held_back_not_read_line_by_lin
 #[test]
 fn a_programs_stderr_timer_is_not_the_clients_idle_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let program = script(
-        dir.path(),
-        "complains",
-        "exec python3 -c 'import sys\nfor line in sys.stdin:\n    sys.stderr.write(\"bad input: \" + line)\n    sys.stderr.flush()'",
-    );
+    let program = complaining_program(dir.path());
     let daemon = Daemon::builder()
         .plugin("switchyard-websocket")
         .env(

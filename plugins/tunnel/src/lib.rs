@@ -100,8 +100,7 @@ impl EventProtocol for Tunnel {
                 Ok(None) => return Decision::Decline,
                 Err(e) => {
                     // The path only: a query may hold a secret the access line cuts.
-                    let target = request.target();
-                    let path = target.split_once('?').map_or(target, |(path, _)| path);
+                    let path = protocol_api::fields::path(request.target());
                     log::info!("tunnel {path} for {}: {e}; answered 400", request.peer());
                     return Decision::reject(PathError::STATUS, format!("{e}\n"));
                 }

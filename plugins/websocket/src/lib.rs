@@ -567,8 +567,7 @@ fn programs_busy(why: &str) -> protocol_api::Rejection {
 /// the target's path only: its query may hold a token (`?token=`), which no log line
 /// holds whole (the access line cuts it; this line, an attacker's review found, did not).
 fn refuse<S>(request: &Request<'_>, status: u16, why: &str) -> Decision<S> {
-    let target = request.target();
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let path = protocol_api::fields::path(request.target());
     log::info!("{} {path}: {why}; answered {status}", request.peer());
     Decision::reject(status, format!("{why}\n"))
 }
