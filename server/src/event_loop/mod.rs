@@ -15,6 +15,7 @@ mod timers;
 
 use crate::connection::closing::Closing;
 use crate::connection::transport::Wire;
+use crate::daemon::clients::ClientKey;
 use crate::daemon::state::Shared;
 use crate::daemon::worker_slots::Slot;
 use crate::http::response::{DateCache, Response};
@@ -468,7 +469,8 @@ impl Loop {
                     let id = *id;
                     let again = conn.wants_again().then_some((slot, id));
                     if let Some(read) = conn.read_ahead() {
-                        if !self.read_ahead(slot, id, read) {
+                        let client = conn.client();
+                        if !self.read_ahead(slot, id, client, read) {
                             continue; // no reader thread: sent from the disk here, as before
                         }
                     }
@@ -636,10 +638,10 @@ impl Loop {
     /// Has a part of the static file the HTTP connection in `slot` sends read into the
     /// page cache off the loop ([`read_ahead`]); its body goes on when the loop hears back.
     /// False when no reader thread could take it: the part is then sent from the disk.
-    fn read_ahead(&mut self, slot: usize, id: u32, read: ReadAhead) -> bool {
+    fn read_ahead(&mut self, slot: usize, id: u32, client: ClientKey, read: ReadAhead) -> bool {
         let home = self.home.clone();
         let done = Box::new(move || home.read_ahead_done(slot, id));
-        if read_ahead::start(read, done).is_ok() {
+        if read_ahead::start(client, read, done).is_ok() {
             self.shared.metrics.read_ahead();
             return true;
         }

@@ -16,7 +16,7 @@ use super::Upgrade;
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::access::{self, Exchange};
-use crate::daemon::clients::Limit;
+use crate::daemon::clients::{ClientKey, Limit};
 use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
 use crate::daemon::worker_slots::{self, NoSlot};
@@ -405,6 +405,11 @@ impl<T: Transport> HttpConn<T> {
     /// loop ([`super::read_ahead`]) before the body goes on.
     pub fn read_ahead(&mut self) -> Option<ReadAhead> {
         self.body.as_deref_mut()?.read_ahead()
+    }
+
+    /// The client it is counted under, whose reads off the loop take turns with others'.
+    pub fn client(&self) -> ClientKey {
+        ClientKey::of(self.peer.ip())
     }
 
     /// The part asked by [`HttpConn::read_ahead`] was read (or could not be read off the

@@ -7,14 +7,16 @@
 //! Before each send the connection asks the kernel whether the next part is cached
 //! ([`crate::sys::in_page_cache`]); when it is not, the part is read here (sent to
 //! `/dev/null`, which copies nothing: the point is the page cache), the loop is told, and
-//! the send goes on from the cache. One read at a time per connection; [`READERS`] threads in all, started when
-//! first needed. A disk that hangs holds those threads, not the loops: the connections
-//! waiting on it meet their write time-out as before.
+//! the send goes on from the cache. One read at a time per connection, clients served in
+//! turn; [`READERS`] threads in all, started when first needed. A disk that hangs holds
+//! those threads, not the loops: the connections waiting on it meet their write time-out
+//! as before.
 
-use crossbeam_channel::{Receiver, Sender};
+use crate::daemon::clients::ClientKey;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// Reader threads: reads a disk serves at once, enough to keep a device's queue busy
 /// without a thread per waiting connection.
@@ -39,34 +41,92 @@ struct Job {
     done: Done,
 }
 
-/// Brings `read` into the page cache off the loop, then calls `done`. When no reader
-/// thread can be started, both come back: the caller sends from the disk as before.
-pub fn start(read: ReadAhead, done: Done) -> Result<(), (ReadAhead, Done)> {
-    static JOBS: OnceLock<Option<Sender<Job>>> = OnceLock::new();
-    let jobs = JOBS.get_or_init(|| {
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        let started = (0..READERS)
-            .filter(|_| spawn_reader(receiver.clone()))
-            .count();
-        (started > 0).then_some(sender)
-    });
-    match jobs {
-        Some(jobs) => jobs.send(Job { read, done }).map_err(|e| {
-            let Job { read, done } = e.into_inner();
-            (read, done)
-        }),
-        None => Err((read, done)),
+/// The reads waiting, taken in turn by client: one client's hundred cold requests make
+/// another's one read wait for one of theirs, not for all of them (a FIFO made it wait
+/// behind all, up to its write time-out on a slow disk).
+#[derive(Default)]
+struct Queue {
+    by_client: HashMap<ClientKey, VecDeque<Job>>,
+    /// Clients with reads waiting, each once, in the order they are served.
+    turns: VecDeque<ClientKey>,
+}
+
+impl Queue {
+    fn push(&mut self, client: ClientKey, job: Job) {
+        let jobs = self.by_client.entry(client).or_default();
+        if jobs.is_empty() {
+            self.turns.push_back(client);
+        }
+        jobs.push_back(job);
+    }
+
+    /// The next client's first read; that client goes to the back of the turns.
+    fn pop(&mut self) -> Option<Job> {
+        let client = self.turns.pop_front()?;
+        let jobs = self.by_client.get_mut(&client)?;
+        let job = jobs.pop_front();
+        if jobs.is_empty() {
+            self.by_client.remove(&client);
+        } else {
+            self.turns.push_back(client);
+        }
+        job
     }
 }
 
-fn spawn_reader(jobs: Receiver<Job>) -> bool {
+struct Readers {
+    queue: Mutex<Queue>,
+    waiting: Condvar,
+}
+
+/// Brings `read` into the page cache off the loop, then calls `done`; `client` takes its
+/// turn with the others'. When no reader thread can be started, both come back: the caller
+/// sends from the disk as before.
+pub fn start(client: ClientKey, read: ReadAhead, done: Done) -> Result<(), (ReadAhead, Done)> {
+    static READERS_STARTED: OnceLock<Option<Arc<Readers>>> = OnceLock::new();
+    let readers = READERS_STARTED.get_or_init(|| {
+        let readers = Arc::new(Readers {
+            queue: Mutex::default(),
+            waiting: Condvar::new(),
+        });
+        let started = (0..READERS)
+            .filter(|_| spawn_reader(readers.clone()))
+            .count();
+        (started > 0).then_some(readers)
+    });
+    let Some(readers) = readers else {
+        return Err((read, done));
+    };
+    lock(&readers.queue).push(client, Job { read, done });
+    readers.waiting.notify_one();
+    Ok(())
+}
+
+/// The queue, even if a reader panicked holding it (its state is whole between calls).
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn spawn_reader(readers: Arc<Readers>) -> bool {
     let spawned = std::thread::Builder::new()
         .name("switchyard-disk".into())
         .stack_size(STACK_BYTES)
         .spawn(move || {
             let null = File::options().write(true).open("/dev/null").ok();
             let mut buffer = Vec::new();
-            for Job { read, done } in jobs.iter() {
+            loop {
+                let Job { read, done } = {
+                    let mut queue = lock(&readers.queue);
+                    loop {
+                        match queue.pop() {
+                            Some(job) => break job,
+                            None => {
+                                queue = (readers.waiting.wait(queue))
+                                    .unwrap_or_else(PoisonError::into_inner)
+                            }
+                        }
+                    }
+                };
                 // Its connection closed meanwhile (nothing else holds the file): nothing
                 // to read for, and the others' reads wait less.
                 if Arc::strong_count(&read.file) > 1 {
@@ -109,5 +169,47 @@ fn fill_cache(read: &ReadAhead, null: Option<&File>, buffer: &mut Vec<u8>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(tag: u64, log: &Arc<Mutex<Vec<u64>>>) -> Job {
+        let log = log.clone();
+        Job {
+            read: ReadAhead {
+                file: Arc::new(File::open("/dev/null").unwrap()),
+                offset: tag,
+                len: 1,
+            },
+            done: Box::new(move || log.lock().unwrap().push(tag)),
+        }
+    }
+
+    #[test]
+    fn clients_take_turns_however_many_reads_one_has_waiting() {
+        let log = Arc::default();
+        let (greedy, other, third) = (
+            ClientKey::of("192.0.2.1".parse().unwrap()),
+            ClientKey::of("192.0.2.2".parse().unwrap()),
+            ClientKey::of("2001:db8::1".parse().unwrap()),
+        );
+        let mut queue = Queue::default();
+        for tag in 0..100 {
+            queue.push(greedy, job(tag, &log));
+        }
+        queue.push(other, job(1000, &log));
+        queue.push(third, job(2000, &log));
+        queue.push(third, job(2001, &log));
+        let mut order = Vec::new();
+        while let Some(job) = queue.pop() {
+            order.push(job.read.offset);
+        }
+        assert_eq!(order[..6], [0, 1000, 2000, 1, 2001, 2]);
+        assert_eq!(order.len(), 103);
+        assert_eq!(order[6..], (3..100).collect::<Vec<_>>()[..]);
+        assert!(queue.by_client.is_empty() && queue.turns.is_empty());
     }
 }
