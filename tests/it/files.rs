@@ -406,3 +406,40 @@ fn a_file_not_in_the_page_cache_is_read_off_the_loop_and_sent_whole() {
         after - reads
     );
 }
+
+/// A download its client stopped reading was ended at the write time-out gracefully, and
+/// the kernel kept what it held for the client (its send buffer, 3.8 MB here) in an
+/// orphaned socket for minutes, outside every limit of ours: 50 such downloads held 188
+/// MiB after the daemon had let them go. The kernel now ends a connection whose output has
+/// waited the write time-out itself, with a reset (`TCP_USER_TIMEOUT`).
+#[test]
+fn a_download_its_client_stopped_reading_is_reset_not_left_queued_in_the_kernel() {
+    use std::io::Read;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let size = 24 << 20;
+    std::fs::write(dir.path().join("large.bin"), vec![5u8; size]).unwrap();
+    let daemon = Daemon::builder()
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/={}", dir.path().display()),
+        )
+        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "1000")
+        .start();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = daemon.client_from_with("127.0.0.1", small_window);
+    client.send("GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::thread::sleep(Duration::from_secs(4));
+    let (mut got, mut buf) = (0, vec![0u8; 1 << 16]);
+    let end = loop {
+        match client.stream.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got += n,
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert_eq!(
+        end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{got} bytes of {size} came after the write time-out, then the end"
+    );
+}

@@ -510,6 +510,61 @@ fn output_waiting_in_the_kernel_for_a_client_that_takes_nothing_is_ended_and_dro
     );
 }
 
+/// From an attacker's review: output the kernel held was held to the write time-out only
+/// while nothing else happened on the connection. A client that sends now and then (a pong
+/// a second here; a plugin's timer or a watched descriptor did the same) but reads nothing
+/// kept its echo's megabyte waiting in the daemon's kernel for good, each call of the
+/// plugin that wrote nothing forgetting the wait. The kernel now ends such a connection
+/// itself once what it holds has waited the write time-out (`TCP_USER_TIMEOUT`).
+#[test]
+fn output_waiting_in_the_kernel_is_held_to_the_write_timeout_while_the_client_sends() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "1000")
+        .start();
+    let small_window = |socket: &socket2::Socket| {
+        socket.set_recv_buffer_size(4096).unwrap();
+    };
+    let mut client = handshake(daemon.client_from_with("127.0.0.1", small_window), "/");
+    client.send(frame(true, 0x2, &vec![7u8; 1 << 20]));
+    let began = Instant::now();
+    // An unasked pong every 100 ms, which the plugin reads and answers with nothing, until
+    // the daemon is gone (the reset is met by a write or by the read after it).
+    let end = loop {
+        if began.elapsed() > Duration::from_secs(8) {
+            break None;
+        }
+        if let Err(e) = client.stream.write_all(&frame(true, 0xA, b"")) {
+            break Some(e.kind());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let end = end.or_else(|| {
+        let mut buf = vec![0u8; 1 << 16];
+        client.stream.set_nonblocking(true).unwrap();
+        loop {
+            match client.stream.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(_) => {}
+                Err(e) => break Some(e.kind()),
+            }
+        }
+    });
+    assert_eq!(
+        end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "not reset within 8 s: {}",
+        daemon.metrics()
+    );
+    daemon
+        .wait_for_metric("switchyard_upgraded_ended_total{reason=\"write_timeout\"} 1")
+        .unwrap_or_else(|metrics| panic!("not counted: {metrics}"));
+    let logs = daemon
+        .wait_for_log("reason=\"write time-out")
+        .unwrap_or_else(|l| l);
+    assert!(logs.contains("101 proto=websocket"), "{logs}");
+}
+
 /// From an attacker's review of the WebSocket plugin: a connection kept up to 64 KiB of
 /// the buffer its last message in pieces was put together in, uncounted, for the rest of
 /// its life: 60.7 KiB a quiet connection after one message of two 32 KiB fragments (150

@@ -47,8 +47,8 @@ pub struct Config {
     /// `SWITCHYARD_IDLE_MS`: an upgraded connection with no bytes either way this long is
     /// closed.
     pub idle: Duration,
-    /// `SWITCHYARD_WRITE_TIMEOUT_MS`: an upgraded connection whose peer takes no bytes this
-    /// long while output waits is closed.
+    /// `SWITCHYARD_WRITE_TIMEOUT_MS`: a connection whose peer takes no bytes this long
+    /// while output waits (ours or the kernel's) is closed.
     pub write_timeout: Duration,
     /// `SWITCHYARD_PLUGIN_PANIC_LIMIT`: a plugin that panics more often than this within a
     /// minute leaves service until a restart; 0 never takes one out.
@@ -150,7 +150,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_WRITE_TIMEOUT_MS",
         default: "`30000`",
-        meaning: "an upgraded connection whose peer takes no bytes this long while output waits is closed (taken: acknowledged, as the kernel counts it); a plugin may set its own",
+        meaning: "a connection whose peer takes no bytes this long while output waits is closed (taken: acknowledged, as the kernel counts it), output the kernel holds included: what still waits is dropped with a reset, never left queued in the kernel after the daemon lets the connection go (`TCP_USER_TIMEOUT`); a plugin may set its own for its connections",
     },
     Setting {
         variable: "SWITCHYARD_PLUGIN_PANIC_LIMIT",

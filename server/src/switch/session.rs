@@ -52,6 +52,8 @@ pub struct Session {
     last_moved: Moment,
     /// Since when output has waited for a peer that takes nothing (the write time-out).
     stalled_since: Option<Moment>,
+    /// Whose output waits: the plugin's, or the kernel's.
+    stall: Stall,
     told_stopping: bool,
     /// The last call moved bytes of the connection (so it may move more if called again).
     moved_last: bool,
@@ -70,12 +72,27 @@ pub struct Session {
     acked_mark: u32,
 }
 
-/// The low 32 bits of what the peer has acknowledged (0 if the kernel will not say): a
-/// mark that moves when it takes data.
+/// Whose output waits for the peer while the write time-out runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// The plugin wants to write, and the socket takes nothing.
+    Plugin,
+    /// The plugin wrote all it had and wants nothing more; the kernel may still hold some
+    /// of it, which is asked when the time-out comes.
+    Handed,
+    /// The kernel holds output of ours: the peer must take some of it in time.
+    Kernel,
+}
+
 /// Why the daemon ended a session for its limits, as the access line says it.
 const IDLE: &str = "idle";
 const WRITE_TIME_OUT: &str = "write time-out: the peer took nothing";
+/// Why a session ended that the connection's failure ended.
+const CONNECTION_LOST: &str = "connection lost";
+const CONNECTION_ERROR: &str = "connection error";
 
+/// The low 32 bits of what the peer has acknowledged (0 if the kernel will not say): a
+/// mark that moves when it takes data.
 fn kernel_acked(stream: &TcpStream) -> u32 {
     crate::sys::tcp_activity(stream).map_or(0, |seen| seen.bytes_acked as u32)
 }
@@ -133,6 +150,7 @@ impl Session {
             timer: None,
             last_moved: Moment::of(now),
             stalled_since: None,
+            stall: Stall::Plugin,
             told_stopping: false,
             moved_last: false,
             resume: false,
@@ -232,14 +250,14 @@ impl Session {
             // TLS records the socket did not take go first, whatever the plugin wants.
             match self.wire.flush_pending() {
                 Ok(all) => self.flow.readiness.writable = all,
-                Err(_) => return Step::Close(Some("connection lost")),
+                Err(e) => return self.lost(&e),
             }
         }
         if let Some(owed) = self.owed.as_mut() {
             if self.flow.readiness.writable {
                 match owed.flush(&mut self.wire, 0) {
                     Ok(written) => self.flow.readiness.writable = !written.blocked,
-                    Err(_) => return Step::Close(Some("connection lost")),
+                    Err(e) => return self.lost(&e),
                 }
             }
             if !owed.is_done() {
@@ -269,6 +287,7 @@ impl Session {
             tls: self.wire.tls.as_deref_mut(),
             flow: &mut self.flow,
             stopping: shared.is_stopping(),
+            default_write_timeout: shared.config.write_timeout,
             watcher,
             watched: &mut self.watched,
         };
@@ -292,7 +311,7 @@ impl Session {
                     plugin.name,
                     self.peer
                 );
-                return Step::Close(Some("connection error"));
+                return Step::Close(Some(CONNECTION_ERROR));
             }
             Err(failure) => {
                 plugin_failed(shared, plugin, "on_ready", &self.peer.to_string(), &failure);
@@ -318,25 +337,42 @@ impl Session {
         if self.flow.readiness.moved {
             self.last_moved = Moment::of(*now);
         }
-        let was_stalled = self.stalled_since.is_some();
-        self.stalled_since = if self.wants & WANT_WRITE == 0 {
-            None
-        } else if self.flow.bytes_out > bytes_out {
-            Some(Moment::of(*now))
-        } else {
-            Some(self.stalled_since.unwrap_or(Moment::of(*now)))
-        };
-        if self.stalled_since.is_some() && !was_stalled {
-            // What the peer had taken when the wait began: at the write time-out, the
-            // kernel's count says whether it took anything since (bytes a plugin moves
-            // itself included). One system call per wait, none per message.
-            self.acked_mark = kernel_acked(&self.wire.socket);
+        let wrote = self.flow.bytes_out > bytes_out;
+        if self.wants & WANT_WRITE != 0 {
+            if self.stalled_since.is_none() || self.stall != Stall::Plugin {
+                // What the peer had taken when the wait began: at the write time-out, the
+                // kernel's count says whether it took anything since (bytes a plugin moves
+                // itself included). One system call per wait, none per message.
+                self.stall = Stall::Plugin;
+                self.stalled_since = Some(Moment::of(*now));
+                self.acked_mark = kernel_acked(&self.wire.socket);
+            } else if wrote {
+                self.stalled_since = Some(Moment::of(*now));
+            }
+        } else if wrote {
+            // All written, but the kernel may hold it for a peer that takes nothing: it is
+            // asked once the write time-out has passed (no system call per message).
+            self.stall = Stall::Handed;
+            self.stalled_since = Some(Moment::of(*now));
+        } else if self.stall == Stall::Plugin {
+            self.stalled_since = None;
         }
+        // (A wait for the kernel is kept whatever the plugin does meanwhile: before, a call
+        // that wrote nothing, for a timer, a watched descriptor or an unasked pong, forgot
+        // it, and a client that sent now and then but read nothing kept its echo's
+        // megabyte in the daemon's kernel for good.)
         if self.wants == 0 && self.timer.is_none() && !self.resume {
             // Nothing would ever call it again: the plugin is done.
             return Step::Close(None);
         }
         Step::Keep
+    }
+
+    /// The daemon's own write failed: the connection is lost (the kernel may have ended it
+    /// for the write time-out, which [`Session::close`] tells).
+    fn lost(&mut self, error: &std::io::Error) -> Step {
+        self.flow.timed_out |= crate::sys::is_user_timeout(error);
+        Step::Close(Some(CONNECTION_LOST))
     }
 
     /// Its deadline came: end it for the daemon's limits, or call the plugin's timer.
@@ -353,15 +389,30 @@ impl Session {
             .stalled_since
             .is_some_and(|since| since.instant() + write_timeout <= *now)
         {
-            // Taken means acknowledged: a peer that opens its window by a byte now and then
-            // still took something, but retransmissions to one that is gone are not progress.
-            let acked = kernel_acked(&self.wire.socket);
-            if acked != self.acked_mark {
+            let waiting = || crate::sys::tcp_unacked_bytes(&self.wire.socket).unwrap_or(0) > 0;
+            if self.stall == Stall::Handed {
+                // The plugin wrote it all a write time-out ago: if the kernel still holds
+                // some, the peer has a write time-out from now to take any of it.
+                self.stalled_since = None;
+                if waiting() {
+                    self.stall = Stall::Kernel;
+                    self.stalled_since = Some(Moment::of(*now));
+                    self.acked_mark = kernel_acked(&self.wire.socket);
+                }
+            } else {
+                // Taken means acknowledged: a peer that opens its window by a byte now and
+                // then still took something, but retransmissions to one that is gone are
+                // not progress.
+                let acked = kernel_acked(&self.wire.socket);
+                if acked == self.acked_mark {
+                    shared.metrics.ended_write_timeout();
+                    return Step::Close(Some(WRITE_TIME_OUT));
+                }
                 self.acked_mark = acked;
                 self.stalled_since = Some(Moment::of(*now));
-            } else {
-                shared.metrics.ended_write_timeout();
-                return Step::Close(Some(WRITE_TIME_OUT));
+                if self.stall == Stall::Kernel && !waiting() {
+                    self.stalled_since = None; // all taken
+                }
             }
         }
         let idle = shared.config.idle;
@@ -383,6 +434,7 @@ impl Session {
                 }
                 Some(_) if waiting => {
                     if self.stalled_since.is_none() {
+                        self.stall = Stall::Kernel;
                         self.stalled_since = Some(Moment::of(*now));
                         self.acked_mark = kernel_acked(&self.wire.socket);
                     }
@@ -416,6 +468,7 @@ impl Session {
     /// taking them, handed back to finish ([`Closing`], until `deadline`).
     pub fn close(
         mut self,
+        shared: &Shared,
         reason: Option<&'static str>,
         watcher: Watcher<'_>,
         deadline: Instant,
@@ -433,6 +486,17 @@ impl Session {
             ..
         } = self;
         drop(handler); // the plugin frees its state before the socket goes
+                       // The kernel ended it for the write time-out (output it held waited that long for a
+                       // peer that took nothing), however the plugin took the error.
+        let reason = match reason {
+            None | Some(CONNECTION_ERROR | CONNECTION_LOST)
+                if flow.timed_out || crate::sys::ended_by_user_timeout(&wire.socket) =>
+            {
+                shared.metrics.ended_write_timeout();
+                Some(WRITE_TIME_OUT)
+            }
+            reason => reason,
+        };
         record.unsent(owed.map_or(0, |owed| owed.owed()));
         record.log(peer, flow.bytes_in, flow.bytes_out, reason);
         ticket.count_session(false);
