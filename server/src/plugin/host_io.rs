@@ -202,8 +202,8 @@ impl HostConnection for BlockingConn<'_> {
 
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let timeout = timeout.unwrap_or(self.default_write_timeout);
-        // Output the kernel holds is held to it too.
-        crate::sys::set_tcp_user_timeout(self.stream, timeout)?;
+        // Output the kernel holds is held to it too (where the socket is TCP).
+        let _ = crate::sys::set_tcp_user_timeout(self.stream, timeout);
         self.stream.set_write_timeout(Some(timeout))
     }
 
@@ -354,11 +354,10 @@ impl HostConnection for EventIo<'_> {
         // Past 49 days is as good as never; a zero asked for is the shortest there is.
         self.flow.write_timeout_ms =
             timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
-        // Output the kernel holds is held to it too.
-        crate::sys::set_tcp_user_timeout(
-            self.stream,
-            self.flow.write_timeout(self.default_write_timeout),
-        )
+        // Output the kernel holds is held to it too (where the socket is TCP).
+        let in_force = self.flow.write_timeout(self.default_write_timeout);
+        let _ = crate::sys::set_tcp_user_timeout(self.stream, in_force);
+        Ok(())
     }
 
     fn buffered(&self) -> usize {
