@@ -415,7 +415,8 @@ fn a_refused_backend_gets_502_before_any_101() {
         .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
         .unwrap();
     let unused = socket.local_addr().unwrap().as_socket().unwrap();
-    let daemon = daemon(unused, &[]);
+    let routes = format!("/backend={unused},/other={unused}");
+    let daemon = daemon(unused, &[("SWITCHYARD_TUNNEL_ROUTES", &routes)]);
     let mut client = daemon.client();
     client.send("GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n");
     assert_eq!(client.response().status, 502);
@@ -445,6 +446,14 @@ fn a_refused_backend_gets_502_before_any_101() {
         lines <= seconds + 2,
         "{lines} lines for 51 refusals in {seconds} s"
     );
+    // Each route's lines apart: another route's failure is logged at once.
+    let mut client = daemon.client();
+    client.send("GET /other HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n");
+    assert_eq!(client.response().status, 502);
+    let logs = daemon
+        .wait_for_log(&format!("tunnel /other -> {unused}"))
+        .unwrap_or_else(|l| l);
+    assert!(logs.contains("tunnel /other -> "), "{logs}");
 }
 
 #[test]

@@ -40,8 +40,9 @@ pub struct Tunnel {
     /// The `503` for dials past them is logged once a second.
     busy_logs: protocol_api::throttle::Throttle,
     /// So is a dial that failed (a backend down: every request's, 8,000 lines a second
-    /// for one client, an attacker's review found).
-    failed_logs: protocol_api::throttle::Throttle,
+    /// for one client, an attacker's review found), each route apart, in `config.routes`'
+    /// order (one dead backend's lines hide no other's).
+    failed_logs: Vec<protocol_api::throttle::Throttle>,
 }
 
 /// What negotiate hands to start: the connected backend and where it came from.
@@ -81,13 +82,16 @@ impl EventProtocol for Tunnel {
         let stats = Stats::declare()?;
         pump::limit_pipes(config.max_pipes, stats.pipes);
         let routes = config.routes.iter().map(|(p, _)| stats.route(p)).collect();
+        let failed_logs = (config.routes.iter())
+            .map(|_| protocol_api::throttle::Throttle::new())
+            .collect();
         Ok(Tunnel {
             dials: Dials::new(config.max_dials),
             config,
             stats,
             routes,
             busy_logs: protocol_api::throttle::Throttle::new(),
-            failed_logs: protocol_api::throttle::Throttle::new(),
+            failed_logs,
         })
     }
 
@@ -154,7 +158,11 @@ impl EventProtocol for Tunnel {
                     ErrorKind::ConnectionRefused => (502, "refused the connection"),
                     _ => (502, "could not be reached"),
                 };
-                if let Some(unlogged) = self.failed_logs.admit() {
+                let admitted = match index.and_then(|i| self.failed_logs.get(i)) {
+                    Some(logs) => logs.admit(),
+                    None => Some(protocol_api::throttle::Unlogged(0)),
+                };
+                if let Some(unlogged) = admitted {
                     log::warn!(
                         "tunnel {} -> {backend} for {}: backend {what}: {e}; answered \
                          {status}{unlogged}",

@@ -518,7 +518,7 @@ impl WebSocket {
                 })
             }
             Err(unreachable) => {
-                if let Some(unlogged) = DIALS_FAILED.admit() {
+                if let Some(unlogged) = stats.dials_failed.admit() {
                     log::warn!(
                         "websocket {} for {}: service {:?} {}; answered {}{unlogged}",
                         path.path(),
@@ -547,10 +547,6 @@ pub(crate) fn client_key(peer: &str) -> u64 {
 
 /// Refusals past `SWITCHYARD_WEBSOCKET_MAX_DIALS`, logged one a second at most.
 static DIALS_REFUSED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
-
-/// Services that could not be reached, logged one a second at most (a service down made a
-/// line of every request: 8,000 a second for one client, an attacker's review found).
-static DIALS_FAILED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
 /// `503` with `Retry-After`: a programs limit (the route's, or its client's share) is
 /// reached; another try may find a slot.

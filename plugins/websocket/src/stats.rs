@@ -35,6 +35,9 @@ pub struct RouteStats {
     pub connect: Histogram,
     /// Dials to the route's service under way now (at most `SWITCHYARD_WEBSOCKET_MAX_DIALS`).
     pub dialling: Gauge,
+    /// The route's service could not be reached: logged once a second, each route apart
+    /// (one dead service's lines hide no other's).
+    pub dials_failed: protocol_api::throttle::Throttle,
 }
 
 impl Stats {
@@ -101,6 +104,7 @@ impl Stats {
             bytes_out: self.bytes.with(&[route, "out"]),
             connect: self.connect.with(&[route]),
             dialling: self.dialling.with(&[route]),
+            dials_failed: protocol_api::throttle::Throttle::new(),
         }))
     }
 
