@@ -752,6 +752,16 @@ impl<T: Transport> HttpConn<T> {
                 }
                 Ok(n) => {
                     total += n;
+                    if let Phase::Head = self.phase {
+                        // A head's buffer grows to the limit on heads at most, not to
+                        // twice what it holds (a review: 31 KiB for a 16 KiB head).
+                        let need = self.input.len() + n;
+                        if need > self.input.capacity() {
+                            let doubled = self.input.capacity() * 2;
+                            let grown = doubled.min(max_head + 1).max(need);
+                            self.input.reserve_exact(grown - self.input.len());
+                        }
+                    }
                     if !matches!(self.phase, Phase::Lingering) {
                         self.input.extend_from_slice(&scratch[..n]);
                     }
@@ -1276,7 +1286,9 @@ impl<T: Transport> HttpConn<T> {
             // RFC 9110 §10.1.1: the client waits for this before sending the body.
             self.output.queue().extend_from_slice(CONTINUE);
         }
-        self.phase = Phase::UpgradeBody(Box::new((upgrade, BodyDecoder::new(body_length))));
+        let decoder =
+            BodyDecoder::new(body_length).keeping_at_most(cx.shared.config.max_body_bytes);
+        self.phase = Phase::UpgradeBody(Box::new((upgrade, decoder)));
         self.deadline = cx.now + cx.shared.config.header_timeout;
     }
 
