@@ -357,7 +357,12 @@ impl Loop {
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                     ) =>
                 {
-                    log::error!("cannot accept: {e}; retrying shortly");
+                    // Once a second at most: the loop retries every few milliseconds
+                    // (a review counted 40-60 lines a second while descriptors ran out).
+                    static OUT_OF: Throttle = Throttle::new();
+                    if let Some(unlogged) = OUT_OF.admit() {
+                        log::error!("cannot accept: {e}; retrying shortly{unlogged}");
+                    }
                     self.accept_paused = true;
                     return Accepted::Paused;
                 }

@@ -576,13 +576,18 @@ impl<T: Transport> HttpConn<T> {
                 break; // the next part is read off the loop first
             };
             let file = &body.file;
+            let unasked = (!body.asks()).then(Instant::now);
             match self.stream.send_file(file, body.offset, asked, cx.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()), // the file shrank
                 Ok(n) => {
                     body.offset += n as u64;
                     sent += n;
                     moved = true;
-                    self.deadline = Instant::now() + cx.shared.config.write_timeout;
+                    let now = Instant::now();
+                    self.deadline = now + cx.shared.config.write_timeout;
+                    if let Some(began) = unasked {
+                        FileBody::sent_unasked(now - began, now);
+                    }
                     // A short send may mean the socket is full, or not (an interrupted
                     // copy): only `WouldBlock` says it is, so the next send finds out.
                 }

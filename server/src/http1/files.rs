@@ -7,10 +7,13 @@
 use super::read_ahead::ReadAhead;
 use crate::http::head::Head;
 use crate::http::response::Response;
+use protocol_api::moment;
 use protocol_api::path::RequestPath;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use switchyard::files::{self, Ranged};
 
 /// What of a file is still to be sent after the head.
@@ -30,8 +33,25 @@ pub struct FileBody {
 /// the question cost a 4 KiB file's answer 4-5% (one system call of six), and a file this
 /// short is one read from the disk at most, like the folder lookups the open does on the
 /// loop anyway. (Short parts of a large file are asked about: pipelined one-byte ranges at
-/// random offsets of a cold file held a loop 0.7 s for 40 of them, a review found.)
+/// random offsets of a cold file held a loop 0.7 s for 40 of them, a review found.) But
+/// one read each still adds up: a client pipelining 300 cold 15 KB files held both loops
+/// 4.6 s on a slow disk (another review), so once such a send is seen to wait for the
+/// disk ([`DISK_WAIT`]), every file is asked about for [`ASK_ALL_FOR`].
 const ASKED_FROM: usize = 16 * 1024;
+
+/// A send of an unasked file this slow waited for the disk (from the page cache, a send of
+/// 16 KiB takes microseconds).
+const DISK_WAIT: Duration = Duration::from_millis(1);
+
+/// How long every file is asked about after an unasked one waited for the disk.
+const ASK_ALL_FOR: Duration = Duration::from_secs(10);
+
+/// Until when every file is asked about, in nanoseconds past [`moment::epoch`] (0: none).
+static ASK_ALL_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn nanos(at: Instant) -> u64 {
+    at.saturating_duration_since(moment::epoch()).as_nanos() as u64
+}
 
 /// Where the next part of a body stands with the disk ([`super::read_ahead`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +72,22 @@ impl FileBody {
             end,
             warm_until: offset,
             disk: Disk::Idle,
-            ask: file_len >= ASKED_FROM as u64,
+            ask: file_len >= ASKED_FROM as u64
+                || nanos(Instant::now()) < ASK_ALL_UNTIL.load(Relaxed),
+        }
+    }
+
+    /// Whether its parts are asked about before they are sent (else
+    /// [`FileBody::sent_unasked`] is told how long each send took).
+    pub fn asks(&self) -> bool {
+        self.ask
+    }
+
+    /// A send of an unasked part took `took`, ending `now`: if it waited for the disk,
+    /// every file is asked about for a while.
+    pub fn sent_unasked(took: Duration, now: Instant) {
+        if took >= DISK_WAIT {
+            ASK_ALL_UNTIL.fetch_max(nanos(now + ASK_ALL_FOR), Relaxed);
         }
     }
 
@@ -86,7 +121,7 @@ impl FileBody {
         };
         self.disk = Disk::Reading(len);
         Some(ReadAhead {
-            file: self.file.clone(),
+            file: Arc::downgrade(&self.file),
             offset: self.offset,
             len,
         })
@@ -216,4 +251,22 @@ fn open_beneath(
         return meta.is_file().then_some((file, wanted, meta));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_files_are_asked_about_once_one_waited_for_the_disk() {
+        let small = || FileBody::new(File::open("/dev/null").unwrap(), 0, 4096, 4096);
+        let large = FileBody::new(File::open("/dev/null").unwrap(), 0, 1, 1 << 20);
+        assert!(large.asks());
+        let now = Instant::now();
+        FileBody::sent_unasked(Duration::from_micros(20), now);
+        assert!(!small().asks(), "a send from the page cache");
+        FileBody::sent_unasked(Duration::from_millis(5), now);
+        assert!(small().asks(), "a send that waited for the disk");
+        assert!(nanos(now + ASK_ALL_FOR) <= ASK_ALL_UNTIL.load(Relaxed));
+    }
 }
