@@ -87,6 +87,38 @@ fn default_body_limit_is_64_kib() {
 }
 
 /// A chunked body counts against the limit as it arrives: `413` once it passes it.
+/// RFC 9112 §3.2.2: "a server MUST accept the absolute-form in requests". A review found
+/// `GET http://host/healthz` answered `404` by the static route `/`: the target is now its
+/// path, for the daemon's own answers, static files and upgrades alike.
+#[test]
+fn rfc9112_3_2_2_an_absolute_form_target_is_served_as_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("page.html"), "<p>page</p>").unwrap();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/={}", dir.path().display()),
+        )
+        .start();
+    for (target, status, body) in [
+        ("http://test/healthz", 200, "ok\n"),
+        ("HTTP://TEST:80/page.html?x=1", 200, "<p>page</p>"),
+        ("http://test", 400, ""),
+    ] {
+        let mut client = daemon.client();
+        client.send(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n"));
+        let response = client.response();
+        assert_eq!(response.status, status, "{target}");
+        if status == 200 {
+            assert_eq!(response.body_text(), body, "{target}");
+        }
+    }
+    let mut client = daemon.client();
+    client.send(upgrade_request("http://test/", "echo"));
+    assert_eq!(client.response().status, 101);
+}
+
 #[test]
 fn rfc9112_7_1_a_chunked_body_over_the_limit_gets_413() {
     let daemon = Daemon::builder()

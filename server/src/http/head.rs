@@ -291,6 +291,7 @@ fn check(head: &mut Head, bytes: &[u8]) -> Result<(), HttpError> {
             _ => return Err(HttpError::new(400, "more than one Host header")),
         }
     }
+    absolute_form(head, bytes)?;
     head.body = body_length(head, bytes)?;
 
     let (mut close, mut connection_upgrade) = (false, false);
@@ -310,6 +311,40 @@ fn check(head: &mut Head, bytes: &[u8]) -> Result<(), HttpError> {
         expect_continue = true;
     }
     head.expect_continue = expect_continue;
+    Ok(())
+}
+
+/// RFC 9112 §3.2.2: "a server MUST accept the absolute-form in requests" (`GET
+/// http://host/path`, what clients send to a proxy), and its authority is the request's
+/// host: "the origin server MUST ignore the received Host header field (if any) and instead
+/// use the host information of the request-target". From here on the target is its
+/// origin-form (what routes, static files and plugins look at) and `Host` the authority.
+/// Taken for `http` and `https` only; one without a path, or with userinfo (RFC 9110
+/// §4.2.4: "treat the presence of userinfo ... as an error"), is `400`.
+fn absolute_form(head: &mut Head, bytes: &[u8]) -> Result<(), HttpError> {
+    let target = head.target.get(bytes);
+    let Some(colon) = target.iter().position(|&b| b == b':') else {
+        return Ok(());
+    };
+    let scheme = &target[..colon];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Ok(());
+    }
+    let malformed = HttpError::new(400, "malformed absolute-form request target");
+    let after = target[colon + 1..].strip_prefix(b"//").ok_or(malformed)?;
+    let end = (after.iter())
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(after.len());
+    let (authority, path) = after.split_at(end);
+    if authority.is_empty() || authority.contains(&b'@') || !path.starts_with(b"/") {
+        return Err(malformed);
+    }
+    head.target = Span::of(bytes, path);
+    for (name, value) in &mut head.headers {
+        if name.get(bytes).eq_ignore_ascii_case(b"host") {
+            *value = Span::of(bytes, authority);
+        }
+    }
     Ok(())
 }
 
@@ -410,6 +445,29 @@ mod tests {
             h.list(bytes, "upgrade").collect::<Vec<_>>(),
             vec![&b"echo"[..]]
         );
+    }
+
+    /// RFC 9112 §3.2.2: the absolute-form is accepted, its authority taken for `Host`.
+    #[test]
+    fn rfc9112_3_2_2_an_absolute_form_target_is_its_path_and_its_authority_the_host() {
+        let bytes = b"GET HTTP://a.example:8080/chat?x=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+        let h = head(bytes);
+        assert_eq!(h.target(bytes), "/chat?x=1");
+        assert_eq!(h.path(bytes), "/chat");
+        let hosts: Vec<&[u8]> = h.values(bytes, "host").collect();
+        assert_eq!(hosts, [&b"a.example:8080"[..]]);
+        // Another scheme, or no scheme at all, is left as it came.
+        let bytes = b"GET urn:x HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(head(bytes).target(bytes), "urn:x");
+        for bad in [
+            &b"GET http://a.example HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET http://a.example?x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http:/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://u@a.example/x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(error(bad).status, 400, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
