@@ -40,7 +40,7 @@ struct Seen {
 
 /// An HTTP/2 backend (prior knowledge, as gRPC services are): `/echo` sends the body back
 /// with the request's trailers and one of its own; `/reset` resets the stream; `/hold`
-/// answers after 1 s; anything else answers `200` with its path.
+/// answers after 1 s; `/large` answers 1 MiB; anything else answers `200` with its path.
 async fn backend(seen: Arc<Seen>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -109,6 +109,12 @@ async fn serve(
             let mut send = respond.send_response(Response::new(()), false).unwrap();
             send.send_data(Bytes::from(received), false).unwrap();
             send.send_trailers(trailers).unwrap();
+        }
+        "/large" => {
+            // 1 MiB, sent as the windows allow.
+            let mut send = respond.send_response(Response::new(()), false).unwrap();
+            let _ = send.send_data(Bytes::from(vec![b'l'; 1 << 20]), true);
+            let _ = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
         }
         "/wait-for-reset" => {
             // Answers nothing; notes the reset the client's reset becomes.
@@ -1209,6 +1215,60 @@ fn connect_is_501_on_either_engine() {
             let status = response.await.unwrap().status();
             assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{engine}");
             assert_eq!(get(&send, "/x").await.0, StatusCode::OK, "{engine}");
+        }
+    });
+}
+
+/// From an attacker's review: a client that opened its windows to nothing (and kept the
+/// connection alive) held what backends sent it for good, 1.2 MiB a connection on the
+/// relay and 5.7 MiB on hyper's engine for 1.3 KB sent. Backends get smaller windows now
+/// (256 KiB a connection), and answers the client takes nothing of for
+/// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` are let go: reset on the relay; on hyper's engine
+/// their backend streams are (hyper holds the client's stream, and up to 64 KiB of it,
+/// until the connection ends, as for an HTTP/1.1 backend's answer).
+#[test]
+fn answers_a_client_takes_nothing_of_are_let_go_after_the_body_timeout_on_either_engine() {
+    run(async {
+        let raw = raw_http1_backend();
+        let h2 = backend(Arc::default()).await;
+        for (engine, routes) in [
+            ("relay", format!("/={h2}")),
+            ("hyper", format!("/={h2},/http1/=http1://{raw}")),
+        ] {
+            let daemon = daemon(&routes, &[("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1000")]);
+            let tcp = TcpStream::connect(daemon.addr).await.unwrap();
+            let (send, connection) = client::Builder::new()
+                .initial_window_size(0)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut bodies = Vec::new();
+            for _ in 0..4 {
+                let request = Request::get("http://t/large").body(()).unwrap();
+                let mut ready = send.clone().ready().await.unwrap();
+                let (response, _) = ready.send_request(request, true).unwrap();
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "{engine}");
+                bodies.push(response.into_body());
+            }
+            if engine == "relay" {
+                for mut body in bodies {
+                    let ended = tokio::time::timeout(Duration::from_secs(8), body.data()).await;
+                    let error = match ended {
+                        Ok(Some(Err(e))) => e,
+                        other => panic!("{engine}: the answer was not reset: {other:?}"),
+                    };
+                    assert_eq!(error.reason(), Some(Reason::CANCEL), "{engine}: {error}");
+                }
+            }
+            let logs = daemon.wait_for_log("took nothing of").unwrap_or_else(|l| l);
+            assert!(logs.contains("took nothing of"), "{engine}: {logs}");
+            // Others are served as before.
+            let other = connect(daemon.addr).await;
+            assert_eq!(get(&other, "/x").await.0, StatusCode::OK, "{engine}");
         }
     });
 }

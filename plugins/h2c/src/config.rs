@@ -56,8 +56,8 @@ pub struct Config {
     /// ([`crate::body_buffer`]); 0: none.
     pub http1_request_buffer: usize,
     /// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` (default 30000): a request body to an HTTP/1.1
-    /// backend that sends nothing this long, or an answer from one the client takes
-    /// nothing of this long, ends its stream (`408` if not yet answered).
+    /// backend that sends nothing this long (`408` if not yet answered), or an answer the
+    /// client takes nothing of this long (from any backend), ends its stream.
     pub body_timeout: Duration,
     /// `SWITCHYARD_H2C_ENGINE` (default `auto`): how connections are served.
     pub engine: Engine,
@@ -221,7 +221,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_MAX", "2500", "streams of all client connections in flight to http1:// backends at once (one backend connection each); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After (while fewer are free than this, a client holding a sixteenth of it or more gets no more)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER", "65536", "bytes of a request body to an http1:// backend read (whole, if it is no larger) before the stream takes a backend connection; at most 1048576, 0: none"),
-    protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long, or an answer from one the client takes nothing of this long, ends its stream (408 if not yet answered) and closes its backend connection"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long (408 if not yet answered), or an answer the client takes nothing of this long, ends its stream (an http1:// backend's connection is closed)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
 

@@ -104,6 +104,12 @@ impl Proxy {
     fn http2_client(&self) -> Client<HttpConnector, Body> {
         Client::builder(TokioExecutor::new())
             .http2_only(true)
+            // What a backend may make us hold for a client that takes nothing: hyper's
+            // defaults are 2 MiB a stream and 5 MiB a connection (5.7 MiB a client
+            // connection for 1.3 KB sent, an attacker's review measured). The relay's.
+            .http2_initial_stream_window_size(65_535)
+            .http2_initial_connection_window_size(crate::relay::peer::BACKEND_WINDOW)
+            .http2_max_send_buf_size(64 * 1024)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
             .build(self.connector.clone())
@@ -386,7 +392,15 @@ pub async fn handle(
             ));
         }
         Err(e) => {
-            log::info!("h2c {peer}: {target}: {e}; answered 400");
+            // Once a second at most, the path alone and cut short: a client's refused
+            // paths made 77 bytes of log a byte it sent (an attacker's review).
+            static REFUSED: protocol_api::throttle::Throttle =
+                protocol_api::throttle::Throttle::new();
+            if let Some(unlogged) = REFUSED.admit() {
+                let path = protocol_api::fields::path(&target);
+                let shown: String = path.chars().take(200).collect();
+                log::info!("h2c {peer}: {shown:?}: {e}; answered 400{unlogged}");
+            }
             let unrouted = proxy.stats.route(None);
             unrouted.streams.inc();
             unrouted.answered(400);
@@ -576,7 +590,21 @@ pub async fn handle(
             let body = must_be_taken(body, open, limit, answered, stalled);
             Response::from_parts(parts, body)
         }
-        None => with_open(Response::from_parts(parts, body), open),
+        None => {
+            // An answer from an HTTP/2 backend the client takes nothing of is let go
+            // after as long: its windows held what the backend sent for good.
+            let limit = proxy.config.body_timeout;
+            let address = route.address.clone();
+            let stalled = move || {
+                log::info!(
+                    "h2c {peer} {path} -> {address}: the client took nothing of the answer \
+                     for {limit:?}; its backend stream is let go"
+                );
+            };
+            let (answered, _) = tokio::sync::oneshot::channel();
+            let body = must_be_taken(body, open, limit, answered, stalled);
+            Response::from_parts(parts, body)
+        }
     })
 }
 

@@ -8,7 +8,9 @@
 //! windows allow, and the rest waits within the window the client was granted, which is
 //! given back only as bytes leave; the answer comes back the same way. So what one client
 //! connection can make the relay hold is bounded by the windows it grants: 64 KiB a
-//! stream and [`peer::CONN_WINDOW`] a connection, each way.
+//! stream, and a connection [`peer::CONN_WINDOW`] of uploads and [`peer::BACKEND_WINDOW`]
+//! of answers from each backend; answers held for a client whose windows let nothing out
+//! are held for the write time-out at most ([`Relay::expire`]).
 //!
 //! Every stream keeps its identifier on the backend connection ([`backend`]), so no map
 //! is kept between the two. The relay reads and writes the client through the daemon
@@ -139,6 +141,10 @@ pub struct Relay {
     /// Since when the connection lingers after its error (see [`Relay::linger`]).
     lingering: Option<Instant>,
     idle_since: Instant,
+    /// Since when answers have waited for the client that its windows let none of out
+    /// ([`Relay::note_held`]); and the client's count of DATA bytes sent, then.
+    held_since: Option<Instant>,
+    data_mark: u64,
     glitches: u32,
     glitch_period_start: Instant,
     /// This connection's unit of the open-connections gauge.
@@ -205,6 +211,8 @@ impl Relay {
             failed: false,
             lingering: None,
             idle_since: now,
+            held_since: None,
+            data_mark: 0,
             glitches: 0,
             glitch_period_start: now,
         }
@@ -243,6 +251,7 @@ impl Relay {
             return Ok(Wants::close());
         }
         self.expire(now);
+        self.note_held(now);
         self.tend_backends(io);
         // A connection with no stream open and no backend connection left (they close
         // `BACKEND_IDLE` after their last stream) keeps nothing of its busy times (gRPC
@@ -344,7 +353,7 @@ impl Relay {
                 ),
             ],
         );
-        self.client.grant_window();
+        self.client.grant_window(peer::CONN_WINDOW);
         if let Some(preamble) = self.preamble.take() {
             // PREFACE, then SETTINGS (the HTTP2-Settings), HEADERS and DATA of stream 1.
             let frames = preamble.get(crate::upgrade::PREFACE.len()..).unwrap_or(&[]);
@@ -1538,8 +1547,51 @@ impl Relay {
         }
     }
 
-    /// Time-outs: connects, idle backends, the idle client.
+    /// Notes whether answers wait for a client that took none of them since the last call
+    /// (its windows shut): the wait's start, for [`Relay::expire`].
+    fn note_held(&mut self, now: Instant) {
+        let moved = self.client.data_sent != self.data_mark;
+        self.data_mark = self.client.data_sent;
+        let held = self.streams.values().any(|s| !s.down.pending.is_empty());
+        self.held_since = match self.held_since {
+            _ if !held => None,
+            Some(since) if !moved => Some(since),
+            _ => Some(now),
+        };
+    }
+
+    /// Time-outs: connects, idle backends, the idle client, answers the client does not
+    /// take.
     fn expire(&mut self, now: Instant) {
+        let body_timeout = self.shared.config.body_timeout;
+        if self
+            .held_since
+            .is_some_and(|since| now.duration_since(since) >= body_timeout)
+        {
+            // A client that keeps its windows shut (and the connection alive with a PING
+            // now and then) held what its backends sent for good: 1.2 MiB a connection for
+            // 1.3 KB sent, an attacker's review found. Its streams are reset and what they
+            // held let go, as `SWITCHYARD_H2C_BODY_TIMEOUT_MS` ends an answer from an
+            // HTTP/1.1 backend the client takes nothing of.
+            let held: Vec<u32> = (self.streams.iter())
+                .filter(|(_, s)| !s.down.pending.is_empty())
+                .map(|(&id, _)| id)
+                .collect();
+            static HELD: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+            if let Some(unlogged) = HELD.admit() {
+                log::info!(
+                    "h2c {}: the client took nothing of {} answer(s) for {} ms: streams \
+                     reset{unlogged}",
+                    self.peer_addr,
+                    held.len(),
+                    body_timeout.as_millis()
+                );
+            }
+            for id in held {
+                self.reset(id, code::CANCEL);
+            }
+            self.held_since = None;
+        }
         for slot in 0..self.backends.len() {
             let Some(backend) = self.backends[slot].as_ref() else {
                 continue;
@@ -1698,6 +1750,9 @@ impl Relay {
             None if self.streams.is_empty() => at(self.idle_since + self.shared.config.idle),
             Some(g) if !g.last => at(g.since + GOAWAY_WAIT),
             _ => {}
+        }
+        if let Some(since) = self.held_since {
+            at(since + self.shared.config.body_timeout);
         }
         for backend in self.backends.iter().flatten() {
             match (backend.state, backend.idle_since) {

@@ -6,9 +6,16 @@ use crate::frame::{self, code, setting, Head, Malformed};
 use crate::hpack::Decoder;
 use protocol_api::output::Output;
 
-/// The connection-level window the relay grants each peer: what one connection may make
-/// it hold for a destination that does not take it (RFC 9113 §6.9).
+/// The connection-level window the relay grants the client: what its uploads may make the
+/// relay hold for backends that do not take them (RFC 9113 §6.9), a byte sent for each.
 pub const CONN_WINDOW: u32 = 1 << 20;
+/// The connection-level window the relay grants each backend: what its answers may make
+/// the relay hold for a client that does not take them. Smaller than the client's, as a
+/// client costs nothing of its own to make a backend fill it: with 1 MiB, a client that
+/// opened its windows to nothing held 1.2 MiB a connection for 1.3 KB sent (an attacker's
+/// review), an address 3 GiB. At 256 KiB a backend a few hundred microseconds away still
+/// streams at gigabytes a second to one client connection.
+pub const BACKEND_WINDOW: u32 = 256 * 1024;
 /// A field block being continued may be at most this long: a peer cannot make the relay
 /// hold more than one such block before it decodes it (CONTINUATION floods).
 const MAX_BLOCK: usize = 64 * 1024;
@@ -46,6 +53,10 @@ pub struct Peer {
     pub unacked: u32,
     /// The peer's SETTINGS_INITIAL_WINDOW_SIZE, for its streams' send windows.
     pub initial_window: u32,
+    /// The connection window granted the peer ([`Peer::grant_window`]).
+    pub window: u32,
+    /// DATA payload bytes queued for the peer, ever (a mark that moves when it takes some).
+    pub data_sent: u64,
     /// The largest frame the peer takes (at most [`frame::DEFAULT_MAX_FRAME`] is used).
     pub max_frame: usize,
     /// A SETTINGS frame came (a preface's first frame must be one).
@@ -64,16 +75,18 @@ impl Peer {
             send_window: i64::from(frame::DEFAULT_WINDOW),
             recv_window: i64::from(frame::DEFAULT_WINDOW),
             initial_window: frame::DEFAULT_WINDOW,
+            window: frame::DEFAULT_WINDOW,
             max_frame: frame::DEFAULT_MAX_FRAME as usize,
             ..Peer::default()
         }
     }
 
-    /// Grants the peer the relay's connection window (sent after our SETTINGS).
-    pub fn grant_window(&mut self) {
-        let more = CONN_WINDOW - frame::DEFAULT_WINDOW;
+    /// Grants the peer a connection window of `window` bytes (sent after our SETTINGS).
+    pub fn grant_window(&mut self, window: u32) {
+        let more = window - frame::DEFAULT_WINDOW;
         frame::write_window_update(self.out.queue(), 0, more);
         self.recv_window += i64::from(more);
+        self.window = window;
     }
 
     /// Counts DATA received against the connection window.
@@ -90,8 +103,8 @@ impl Peer {
     /// the others' window from coming back).
     pub fn give_back(&mut self, passed: usize) {
         self.unacked += passed as u32;
-        let low = self.recv_window < i64::from(CONN_WINDOW / 2);
-        if self.unacked >= CONN_WINDOW / 2 || (low && self.unacked > 0) {
+        let low = self.recv_window < i64::from(self.window / 2);
+        if self.unacked >= self.window / 2 || (low && self.unacked > 0) {
             let increment = std::mem::take(&mut self.unacked);
             self.recv_window += i64::from(increment);
             frame::write_window_update(self.out.queue(), 0, increment);
@@ -282,7 +295,7 @@ mod tests {
     #[test]
     fn bytes_are_given_back_at_once_while_the_window_is_below_half() {
         let mut peer = Peer::new();
-        peer.grant_window();
+        peer.grant_window(CONN_WINDOW);
         let granted = peer.out.owed();
         peer.receive(CONN_WINDOW - 1000).unwrap();
         peer.give_back(10);
@@ -293,7 +306,7 @@ mod tests {
     #[test]
     fn half_the_connection_window_is_given_back_at_once() {
         let mut peer = Peer::new();
-        peer.grant_window();
+        peer.grant_window(CONN_WINDOW);
         let granted = peer.out.owed();
         peer.give_back(CONN_WINDOW as usize / 2 - 1);
         assert_eq!(peer.out.owed(), granted);

@@ -159,6 +159,7 @@ impl Flow {
             }
             self.send_window -= now as i64;
             to.send_window -= now as i64;
+            to.data_sent += now as u64;
             passed += now;
             self.pending.extend_from_slice(&data[now..]);
         } else {
@@ -191,6 +192,7 @@ impl Flow {
             self.pending.drain(..n);
             self.send_window -= n as i64;
             to.send_window -= n as i64;
+            to.data_sent += n as u64;
             sent += n;
             self.ended |= last;
         }
