@@ -1273,6 +1273,47 @@ fn answers_a_client_takes_nothing_of_are_let_go_after_the_body_timeout_on_either
     });
 }
 
+/// From an attacker's review: the relay dials a backend connection for each route a
+/// client connection uses, and nothing counted them: 48 connections of one address, within
+/// its share, each using ten routes, took every descriptor of a daemon whose limit allowed
+/// two a connection, and another address was not even accepted. They are counted now, in
+/// all and by client address, and a stream past either count gets `503`.
+#[test]
+fn the_relays_backend_connections_are_counted_by_client() {
+    run(async {
+        let h2 = backend(Arc::default()).await;
+        let routes = format!("/a/={h2},/b/={h2},/c/={h2}");
+        let daemon = daemon(
+            &routes,
+            &[
+                ("SWITCHYARD_H2C_BACKENDS_MAX", "8"),
+                ("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "2"),
+            ],
+        );
+        let send = connect(daemon.addr).await;
+        assert_eq!(get(&send, "/a/x").await, (StatusCode::OK, "/a/x".into()));
+        assert_eq!(get(&send, "/b/x").await, (StatusCode::OK, "/b/x".into()));
+        let (status, text) = get(&send, "/c/x").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert!(
+            text.contains("SWITCHYARD_H2C_BACKENDS_PER_CLIENT"),
+            "{text}"
+        );
+        assert!(daemon
+            .metrics()
+            .contains("switchyard_h2c_backend_connections 2"));
+        // Its routes in use go on; another connection of the same address gets none.
+        assert_eq!(get(&send, "/a/y").await.0, StatusCode::OK);
+        let other = connect(daemon.addr).await;
+        assert_eq!(get(&other, "/a/x").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        drop(send);
+        daemon
+            .wait_for_metric("switchyard_h2c_backend_connections 0")
+            .unwrap_or_else(|m| panic!("not given back: {m}"));
+        assert_eq!(get(&other, "/c/x").await.0, StatusCode::OK);
+    });
+}
+
 /// The forwarding fields are the daemon's in trailers too: a client that declares
 /// `X-Real-IP` a trailer and sends it there never reaches a backend with it (an HTTP/1.1
 /// backend that merges trailers into the head read the client's word after ours). The

@@ -61,6 +61,13 @@ pub struct Config {
     pub body_timeout: Duration,
     /// `SWITCHYARD_H2C_ENGINE` (default `auto`): how connections are served.
     pub engine: Engine,
+    /// `SWITCHYARD_H2C_BACKENDS_MAX` (default 10000): the relay's backend connections
+    /// open at once (one per route a client connection uses); past it, a stream that needs
+    /// another gets `503`.
+    pub backends_max: usize,
+    /// `SWITCHYARD_H2C_BACKENDS_PER_CLIENT` (default a quarter of `backends_max`): the
+    /// same for one client address ([`crate::slots`]).
+    pub backends_per_client: usize,
 }
 
 /// How client connections are served.
@@ -107,6 +114,7 @@ impl Config {
         // Longest prefix first, so the first match is the most specific.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let http1_max = number("SWITCHYARD_H2C_HTTP1_MAX", 2500, 1, 1 << 20)? as usize;
+        let backends_max = number("SWITCHYARD_H2C_BACKENDS_MAX", 10_000, 1, 1 << 20)? as usize;
         Ok(Config {
             max_streams: number("SWITCHYARD_H2C_MAX_STREAMS", 100, 1, u32::MAX.into())? as u32,
             max_header_list_bytes: number(
@@ -144,6 +152,13 @@ impl Config {
                 u64::MAX,
             )?),
             engine: engine(lookup("SWITCHYARD_H2C_ENGINE").as_deref(), &routes)?,
+            backends_max,
+            backends_per_client: number(
+                "SWITCHYARD_H2C_BACKENDS_PER_CLIENT",
+                (backends_max / 4).max(1) as u64,
+                1,
+                backends_max as u64,
+            )? as usize,
             routes,
         })
     }
@@ -222,6 +237,8 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After (while fewer are free than this, a client holding a sixteenth of it or more gets no more)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER", "65536", "bytes of a request body to an http1:// backend read (whole, if it is no larger) before the stream takes a backend connection; at most 1048576, 0: none"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long (408 if not yet answered), or an answer the client takes nothing of this long, ends its stream (an http1:// backend's connection is closed)"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_MAX", "10000", "the relay's backend connections open at once (one per route a client connection uses); past it, a stream that needs another gets 503"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "a quarter of SWITCHYARD_H2C_BACKENDS_MAX", "the same for one client address (an IPv6 client: its /64); while fewer are free than this, a client holding a sixteenth of it or more gets no more"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
 

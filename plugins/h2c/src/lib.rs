@@ -29,10 +29,10 @@ pub mod client_io;
 pub mod config;
 pub mod frame;
 pub mod hpack;
-pub mod http1_slots;
 pub mod proxy;
 pub mod relay;
 pub mod settings;
+pub mod slots;
 mod stats;
 pub mod upgrade;
 

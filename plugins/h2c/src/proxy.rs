@@ -13,7 +13,7 @@
 use crate::body_buffer::{Budget, NotRead, Prefixed};
 use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
-use crate::http1_slots::{Http1Slots, Slot};
+use crate::slots::{Slot, Slots, HTTP1_REASONS};
 use crate::stats::RouteStats;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -49,7 +49,7 @@ pub struct Proxy {
     connector: HttpConnector,
     http1: Client<HttpConnector, Body>,
     /// Streams at HTTP/1.1 backends, counted across client connections.
-    http1_slots: Arc<Http1Slots>,
+    http1_slots: Arc<Slots>,
     /// What request bodies read before they go to HTTP/1.1 backends may hold.
     http1_buffered: Arc<Budget>,
 }
@@ -83,10 +83,11 @@ impl Proxy {
             .pool_max_idle_per_host(POOL_IDLE_PER_BACKEND)
             .http1_max_buf_size(HTTP1_READ_BUFFER)
             .build(connector.clone());
-        let http1_slots = Http1Slots::new(
+        let http1_slots = Slots::new(
             config.http1_max,
             config.http1_per_client,
             stats.http1_streams,
+            HTTP1_REASONS,
         );
         let http1_buffered = Budget::new(HTTP1_BUFFERED_MAX, stats.http1_buffered);
         Proxy {
@@ -515,7 +516,10 @@ pub async fn handle(
                 }
                 Err(full) => {
                     drop(permit);
-                    return Ok(with_open(busy(stats, peer, &path, full.reason()), open));
+                    return Ok(with_open(
+                        busy(stats, peer, &path, proxy.http1_slots.reason(full)),
+                        open,
+                    ));
                 }
             }
             (&proxy.http1, body.map_err(BoxError::from).boxed())

@@ -18,6 +18,8 @@ pub struct Stats {
     pub http1_streams: Gauge,
     /// Bytes of request bodies read before they go to HTTP/1.1 backends, held now.
     pub http1_buffered: Gauge,
+    /// The relay's backend connections open now.
+    pub backends: Gauge,
     routes: Vec<RouteStats>,
 }
 
@@ -57,6 +59,11 @@ impl Stats {
             "Bytes of request bodies read before they go to http1:// backends, held now (at most 64 MiB; past it, bodies go on unread).",
             &[],
         )?;
+        let backends = metrics::gauge(
+            "backend_connections",
+            "The relay's backend connections open now, one per route a client connection uses (at most SWITCHYARD_H2C_BACKENDS_MAX).",
+            &[],
+        )?;
         let streams = metrics::counter(
             "streams_total",
             "Streams (requests) begun, per route; - : answered before any route took them.",
@@ -86,6 +93,7 @@ impl Stats {
             open: open.with(&[]),
             http1_streams: http1_streams.with(&[]),
             http1_buffered: http1_buffered.with(&[]),
+            backends: backends.with(&[]),
             routes,
         })
     }

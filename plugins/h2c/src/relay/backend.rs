@@ -10,6 +10,7 @@
 use super::message::Indexed;
 use super::peer::Peer;
 use crate::frame::{self, setting};
+use crate::slots::Slot;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
@@ -52,11 +53,18 @@ pub struct Backend {
     pub idle_since: Option<Instant>,
     /// Where its HPACK table stands with the forwarding fields.
     pub indexed: Indexed,
+    /// Its count against the client's share of backend connections ([`crate::slots`]).
+    _held: Slot,
 }
 
 impl Backend {
     /// Starts a non-blocking connect and queues the connection preface, sent once it is up.
-    pub fn dial(route: usize, address: SocketAddr, deadline: Instant) -> io::Result<Backend> {
+    pub fn dial(
+        route: usize,
+        address: SocketAddr,
+        deadline: Instant,
+        held: Slot,
+    ) -> io::Result<Backend> {
         let socket = Socket::new(
             Domain::for_address(address),
             Type::STREAM,
@@ -91,6 +99,7 @@ impl Backend {
             watched: false,
             idle_since: None,
             indexed: Indexed::default(),
+            _held: held,
         })
     }
 

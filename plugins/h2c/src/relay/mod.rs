@@ -32,9 +32,11 @@ pub mod stream;
 use crate::config::Config;
 use crate::frame::{self, code, flag, kind, Head, Malformed};
 use crate::hpack::Fields;
+use crate::slots::{Slots, RELAY_REASONS};
 use backend::{Backend, State};
 use message::{Refused, Response};
 use peer::Peer;
+use protocol_api::throttle::Throttle;
 use protocol_api::{Io, Ready, Wants};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -83,6 +85,8 @@ pub struct Shared {
     pub stats: crate::stats::Stats,
     /// Per route, its address as resolved at start (`None`: it did not resolve).
     pub addresses: Vec<Option<SocketAddr>>,
+    /// Backend connections open, in all and by client address.
+    pub backend_slots: Arc<Slots>,
 }
 
 impl Shared {
@@ -103,10 +107,17 @@ impl Shared {
                 }
             })
             .collect();
+        let backend_slots = Slots::new(
+            config.backends_max,
+            config.backends_per_client,
+            stats.backends,
+            RELAY_REASONS,
+        );
         Shared {
             config,
             stats,
             addresses,
+            backend_slots,
         }
     }
 }
@@ -973,8 +984,20 @@ impl Relay {
                 let Some(address) = self.shared.addresses.get(route).copied().flatten() else {
                     return self.answer_failed(id, 502, "could not be resolved");
                 };
+                let taken = self.shared.backend_slots.take(self.peer_addr.ip());
+                let held = match taken {
+                    Ok(held) => held,
+                    Err(none) => {
+                        let why = self.shared.backend_slots.reason(none);
+                        static NO_SLOT: Throttle = Throttle::new();
+                        if let Some(unlogged) = NO_SLOT.admit() {
+                            log::warn!("h2c {}: {why}: 503{unlogged}", self.peer_addr);
+                        }
+                        return self.answer(id, 503, why);
+                    }
+                };
                 let deadline = Instant::now() + self.shared.config.connect_timeout;
-                match Backend::dial(route, address, deadline) {
+                match Backend::dial(route, address, deadline, held) {
                     Ok(backend) => {
                         let free = self.backends.iter().position(Option::is_none);
                         match free {
@@ -990,7 +1013,14 @@ impl Relay {
                     }
                     Err(e) => {
                         let (status, what) = failure(&e);
-                        log::warn!("h2c {} -> {address}: backend {what}: {e}", self.peer_addr);
+                        // Once a second at most (out of descriptors, every stream's).
+                        static FAILED: Throttle = Throttle::new();
+                        if let Some(unlogged) = FAILED.admit() {
+                            log::warn!(
+                                "h2c {} -> {address}: backend {what}: {e}{unlogged}",
+                                self.peer_addr
+                            );
+                        }
                         return self.answer_failed(id, status, what);
                     }
                 }

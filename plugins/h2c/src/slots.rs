@@ -1,6 +1,10 @@
-//! The count of HTTP/1.1 backend connections carrying a stream (the hyper engine's
-//! `http1://` routes), shared by every client connection: `SWITCHYARD_H2C_HTTP1_MAX` in
-//! all, `SWITCHYARD_H2C_HTTP1_PER_CLIENT` for one client address.
+//! Counts of backend connections shared by every client connection, in all and for one
+//! client address: the HTTP/1.1 backend connections carrying a stream (the hyper engine's
+//! `http1://` routes: `SWITCHYARD_H2C_HTTP1_MAX`, `SWITCHYARD_H2C_HTTP1_PER_CLIENT`), and
+//! the relay's HTTP/2 backend connections, one per route a client connection uses
+//! (`SWITCHYARD_H2C_BACKENDS_MAX`, `SWITCHYARD_H2C_BACKENDS_PER_CLIENT`: an address within
+//! its share of connections, each using ten routes, took every descriptor of a daemon
+//! whose limit allowed two a connection, an attacker's review found).
 //!
 //! An HTTP/1.1 backend connection carries one request at a time, so each stream routed to
 //! one holds a descriptor for as long as it runs. `SWITCHYARD_H2C_HTTP1_PER_CONNECTION`
@@ -19,9 +23,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-pub struct Http1Slots {
+pub struct Slots {
     max: usize,
     per_client: usize,
+    /// Why a stream got none, by [`NoSlot`]: the 503's text and the log line.
+    reasons: [&'static str; 2],
     taken: Mutex<Taken>,
     /// `switchyard_h2c_http1_backend_streams`.
     gauge: Gauge,
@@ -42,33 +48,47 @@ pub enum NoSlot {
     ClientLimit,
 }
 
-impl NoSlot {
-    /// For the `503`'s text and the log line.
-    pub fn reason(self) -> &'static str {
-        match self {
-            NoSlot::Full => "every HTTP/1.1 backend connection is taken (SWITCHYARD_H2C_HTTP1_MAX)",
-            NoSlot::ClientLimit => {
-                "this client holds its most HTTP/1.1 backend connections (SWITCHYARD_H2C_HTTP1_PER_CLIENT)"
-            }
-        }
-    }
-}
+/// The reasons of the hyper engine's HTTP/1.1 slots.
+pub const HTTP1_REASONS: [&str; 2] = [
+    "every HTTP/1.1 backend connection is taken (SWITCHYARD_H2C_HTTP1_MAX)",
+    "this client holds its most HTTP/1.1 backend connections (SWITCHYARD_H2C_HTTP1_PER_CLIENT)",
+];
+
+/// The reasons of the relay's backend connections.
+pub const RELAY_REASONS: [&str; 2] = [
+    "every backend connection is taken (SWITCHYARD_H2C_BACKENDS_MAX)",
+    "this client holds its most backend connections (SWITCHYARD_H2C_BACKENDS_PER_CLIENT)",
+];
 
 /// One stream's HTTP/1.1 backend connection, counted until dropped (its response ended,
 /// or the stream was reset).
 pub struct Slot {
-    slots: Arc<Http1Slots>,
+    slots: Arc<Slots>,
     client: u64,
 }
 
-impl Http1Slots {
-    pub fn new(max: usize, per_client: usize, gauge: Gauge) -> Arc<Http1Slots> {
-        Arc::new(Http1Slots {
+impl Slots {
+    pub fn new(
+        max: usize,
+        per_client: usize,
+        gauge: Gauge,
+        reasons: [&'static str; 2],
+    ) -> Arc<Slots> {
+        Arc::new(Slots {
             max,
             per_client,
+            reasons,
             taken: Mutex::new(Taken::default()),
             gauge,
         })
+    }
+
+    /// For the `503`'s text and the log line.
+    pub fn reason(&self, no: NoSlot) -> &'static str {
+        match no {
+            NoSlot::Full => self.reasons[0],
+            NoSlot::ClientLimit => self.reasons[1],
+        }
     }
 
     /// A slot for a stream of the client at `ip`, if both counts allow one.
@@ -115,9 +135,9 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
-    fn slots(max: usize, per_client: usize) -> Arc<Http1Slots> {
+    fn slots(max: usize, per_client: usize) -> Arc<Slots> {
         let gauge = protocol_api::metrics::gauge("test_streams", "In the plugin only.", &[]);
-        Http1Slots::new(max, per_client, gauge.unwrap().with(&[]))
+        Slots::new(max, per_client, gauge.unwrap().with(&[]), HTTP1_REASONS)
     }
 
     #[test]
