@@ -522,6 +522,87 @@ fn rapid_reset_gets_goaway_enhance_your_calm_and_other_clients_are_served() {
     });
 }
 
+/// From an attacker's review: the rapid-reset budget was one connection's, so a client
+/// that opened another each time it met it sent a backend 77,000 requests a second for
+/// nothing. Resets of streams already at a backend count for the client's address too:
+/// here each connection stays under its own budget, and the address's ends one of them.
+#[test]
+fn rapid_reset_over_many_connections_of_one_address_gets_goaway_enhance_your_calm() {
+    run(async {
+        let backend = backend(Arc::default()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let addr = daemon.addr;
+        let codes = tokio::task::spawn_blocking(move || {
+            (0..4)
+                .map(|_| resets_at_the_backend(addr, 600))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(
+            codes.contains(&Some(0xb)),
+            "no GOAWAY ENHANCE_YOUR_CALM on any of 4 connections of 600 resets: {codes:?}"
+        );
+        assert_eq!(
+            codes[0], None,
+            "one connection's 600 are within every budget"
+        );
+    });
+}
+
+/// Opens a connection, has one request answered (so the backend connection is up), then
+/// sends `count` requests each reset at once, and a PING: the GOAWAY's error code if one
+/// comes before the PING's answer.
+fn resets_at_the_backend(addr: SocketAddr, count: u32) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    out.extend(raw_frame(0x1, 0x4 | 0x1, 1, &block));
+    socket.write_all(&out).unwrap();
+    let mut input = Vec::new();
+    let mut buf = [0u8; 65_536];
+    let mut next_frame = |socket: &mut std::net::TcpStream| loop {
+        if input.len() >= 9 {
+            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if input.len() >= 9 + len {
+                let frame: Vec<u8> = input.drain(..9 + len).collect();
+                return Some((frame[3], frame[4], frame[9..].to_vec()));
+            }
+        }
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => input.extend_from_slice(&buf[..n]),
+        }
+    };
+    // The first answer's end: DATA with END_STREAM on stream 1.
+    while let Some((kind, flags, _)) = next_frame(&mut socket) {
+        if kind == 0x0 && flags & 0x1 != 0 {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    for i in 1..=count {
+        let id = 2 * i + 1;
+        out.extend(raw_frame(0x1, 0x4 | 0x1, id, &block));
+        out.extend(raw_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    out.extend(raw_frame(0x6, 0, 0, b"resetend"));
+    let _ = socket.write_all(&out);
+    while let Some((kind, flags, payload)) = next_frame(&mut socket) {
+        match kind {
+            0x7 => return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+            0x6 if flags & 0x1 != 0 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// One HTTP/2 frame as bytes.
 fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();

@@ -51,6 +51,11 @@ use stream::{Flow, ResetSent, Stream, Target};
 /// client connection may send in ten seconds.
 pub const GLITCHES: u32 = 1_000;
 const GLITCH_PERIOD: Duration = Duration::from_secs(10);
+/// Streams already at a backend that one client address may reset, a second (in bursts of
+/// twice as many), over all its connections: [`GLITCHES`] bounds one connection, and a
+/// client that opened another each time it met it sent a backend 77,000 requests a second
+/// for nothing (an attacker's review).
+pub const RESETS_PER_CLIENT: u32 = 500;
 /// What a request over `SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES` counts against [`GLITCHES`].
 const OVERSIZE_GLITCHES: u32 = GLITCHES / 10;
 /// Output owed to one socket past which the relay stops reading what would add to it.
@@ -87,6 +92,8 @@ pub struct Shared {
     pub addresses: Vec<Option<SocketAddr>>,
     /// Backend connections open, in all and by client address.
     pub backend_slots: Arc<Slots>,
+    /// Streams at a backend that each client address reset ([`RESETS_PER_CLIENT`]).
+    pub resets: protocol_api::rate::PerClient,
 }
 
 impl Shared {
@@ -118,6 +125,7 @@ impl Shared {
             stats,
             addresses,
             backend_slots,
+            resets: protocol_api::rate::PerClient::new(RESETS_PER_CLIENT),
         }
     }
 }
@@ -540,7 +548,15 @@ impl Relay {
                         self.peer_addr,
                         head.stream
                     );
+                    let at_backend = stream.is_open_on_backend();
                     self.drop_stream(head.stream, stream, code::CANCEL);
+                    let client = protocol_api::clients::key(self.peer_addr.ip());
+                    if at_backend && !self.shared.resets.allow(client) && !self.failed {
+                        self.fail(
+                            code::ENHANCE_YOUR_CALM,
+                            "too many streams at a backend reset by this client address",
+                        );
+                    }
                 }
                 Ok(())
             }
