@@ -314,6 +314,18 @@ impl H2c {
                         going_away = Some("daemon stopping");
                         connection.as_mut().graceful_shutdown();
                     }
+                    _ = activity.calm_down.notified(), if going_away.is_none() => {
+                        static CALM: protocol_api::throttle::Throttle =
+                            protocol_api::throttle::Throttle::new();
+                        if let Some(unlogged) = CALM.admit() {
+                            log::info!(
+                                "h2c {peer}: too many streams at a backend reset by this \
+                                 client address: GOAWAY{unlogged}"
+                            );
+                        }
+                        going_away = Some("too many streams reset");
+                        connection.as_mut().graceful_shutdown();
+                    }
                     _ = tokio::time::sleep(wait), if going_away.is_none() => {
                         if activity.idle_for().is_some_and(|quiet| quiet >= idle) {
                             going_away = Some("idle");
