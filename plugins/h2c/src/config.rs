@@ -61,9 +61,9 @@ pub struct Config {
     pub body_timeout: Duration,
     /// `SWITCHYARD_H2C_ENGINE` (default `auto`): how connections are served.
     pub engine: Engine,
-    /// `SWITCHYARD_H2C_BACKENDS_MAX` (default 10000): the relay's backend connections
-    /// open at once (one per route a client connection uses); past it, a stream that needs
-    /// another gets `503`.
+    /// `SWITCHYARD_H2C_BACKENDS_MAX` (default the daemon's `SWITCHYARD_MAX_CONNECTIONS`):
+    /// the relay's backend connections open at once (one per route a client connection
+    /// uses); past it, a stream that needs another gets `503`.
     pub backends_max: usize,
     /// `SWITCHYARD_H2C_BACKENDS_PER_CLIENT` (default a quarter of `backends_max`): the
     /// same for one client address ([`crate::slots`]).
@@ -83,10 +83,25 @@ pub const ROUTES: &str = "SWITCHYARD_H2C_ROUTES";
 
 impl Config {
     pub fn from_env() -> Result<Config, String> {
-        Config::from_lookup(|name| std::env::var(name).ok())
+        // The daemon's connection limit, read as it reads it (a value it refuses stops it
+        // anyway): the default of `SWITCHYARD_H2C_BACKENDS_MAX`.
+        let connections = (std::env::var("SWITCHYARD_MAX_CONNECTIONS").ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(10_000)
+            .min(1 << 20);
+        Config::from_lookup_for(|name| std::env::var(name).ok(), connections)
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        Config::from_lookup_for(lookup, 10_000)
+    }
+
+    /// The settings `lookup` gives, for a daemon of `connections` connections at most.
+    fn from_lookup_for(
+        lookup: impl Fn(&str) -> Option<String>,
+        connections: u64,
+    ) -> Result<Config, String> {
         let number = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
             let Some(value) = lookup(name) else {
                 return Ok(default);
@@ -114,7 +129,8 @@ impl Config {
         // Longest prefix first, so the first match is the most specific.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let http1_max = number("SWITCHYARD_H2C_HTTP1_MAX", 2500, 1, 1 << 20)? as usize;
-        let backends_max = number("SWITCHYARD_H2C_BACKENDS_MAX", 10_000, 1, 1 << 20)? as usize;
+        // As many as the daemon's connections: it counts on two descriptors a connection.
+        let backends_max = number("SWITCHYARD_H2C_BACKENDS_MAX", connections, 1, 1 << 20)? as usize;
         Ok(Config {
             max_streams: number("SWITCHYARD_H2C_MAX_STREAMS", 100, 1, u32::MAX.into())? as u32,
             max_header_list_bytes: number(
@@ -237,7 +253,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After (while fewer are free than this, a client holding a sixteenth of it or more gets no more)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER", "65536", "bytes of a request body to an http1:// backend read (whole, if it is no larger) before the stream takes a backend connection; at most 1048576, 0: none"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long (408 if not yet answered), or an answer the client takes nothing of this long, ends its stream (an http1:// backend's connection is closed)"),
-    protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_MAX", "10000", "the relay's backend connections open at once (one per route a client connection uses); past it, a stream that needs another gets 503"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_MAX", "SWITCHYARD_MAX_CONNECTIONS (10000)", "the relay's backend connections open at once (one per route a client connection uses), so that the daemon's two descriptors a connection hold; past it, a stream that needs another gets 503"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "a quarter of SWITCHYARD_H2C_BACKENDS_MAX", "the same for one client address (an IPv6 client: its /64); while fewer are free than this, a client holding a sixteenth of it or more gets no more"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];

@@ -1573,12 +1573,16 @@ impl Relay {
             .filter(|(_, s)| s.target == Target::Backend(slot))
             .map(|(&id, _)| id)
             .collect();
+        // Once a second at most: a backend down fails every client connection's.
+        static FAILED: Throttle = Throttle::new();
         if !ids.is_empty() {
-            log::warn!(
-                "h2c {} -> {address}: backend {what}: {why}; {} streams let go",
-                self.peer_addr,
-                ids.len()
-            );
+            if let Some(unlogged) = FAILED.admit() {
+                log::warn!(
+                    "h2c {} -> {address}: backend {what}: {why}; {} streams let go{unlogged}",
+                    self.peer_addr,
+                    ids.len()
+                );
+            }
         }
         for id in ids {
             if self.streams[&id].responded {
