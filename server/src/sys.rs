@@ -88,29 +88,6 @@ pub fn tcp_activity(socket: &impl AsRawFd) -> io::Result<TcpActivity> {
     })
 }
 
-/// The kernel ended the connection itself, for its user time-out
-/// ([`set_tcp_user_timeout`]), as far as it shows: closed with window probes or
-/// retransmissions outstanding, which only a peer that took nothing (or is gone) leaves.
-/// For a plugin that used the socket itself; the host's own reads and writes see the
-/// error (`ETIMEDOUT`, [`is_user_timeout`]), which is exact. (The count of probes is
-/// cleared by any segment from the peer, so a peer that sent meanwhile is missed here;
-/// one that reset the connection while probes were out is counted: it took nothing either.)
-pub fn ended_by_user_timeout(socket: &impl AsRawFd) -> bool {
-    tcp_info(socket).is_ok_and(|info| {
-        info.tcpi_state == TCP_CLOSE && (info.tcpi_probes > 0 || info.tcpi_retransmits > 0)
-    })
-}
-
-/// `tcpi_state` of a closed connection (`TCP_CLOSE` in linux/tcp_states.h).
-const TCP_CLOSE: u8 = 7;
-
-/// A TCP socket's read or write failed for the user time-out (or retransmissions to a
-/// peer that is gone): `ETIMEDOUT`, which nothing else gives on a socket without
-/// keepalives (a blocking socket's own time-outs give `EAGAIN`).
-pub fn is_user_timeout(error: &io::Error) -> bool {
-    error.raw_os_error() == Some(libc::ETIMEDOUT)
-}
-
 fn tcp_info(socket: &impl AsRawFd) -> io::Result<libc::tcp_info> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -130,33 +107,6 @@ fn tcp_info(socket: &impl AsRawFd) -> io::Result<libc::tcp_info> {
     }
     // SAFETY: zero-initialised plain integers, partly filled by the kernel.
     Ok(unsafe { info.assume_init() })
-}
-
-/// Has the kernel end the connection, with a reset, once data of ours has waited
-/// `timeout` for the peer to take it: unacknowledged, or held back by a window the peer
-/// keeps shut (`TCP_USER_TIMEOUT`, RFC 5482; window probes count since Linux 5.11). Output
-/// the daemon or a plugin handed to the kernel is then held to the write time-out as
-/// what it still holds itself is, whatever the connection does meanwhile (a plugin's
-/// timer, a client that sends but never reads), and so is a socket closed with output
-/// still queued, which the kernel would otherwise keep for minutes.
-pub fn set_tcp_user_timeout(socket: &impl AsRawFd, timeout: Duration) -> io::Result<()> {
-    let millis = libc::c_uint::try_from(timeout.as_millis())
-        .unwrap_or(libc::c_uint::MAX)
-        .clamp(1, i32::MAX as libc::c_uint);
-    // SAFETY: a valid descriptor and an unsigned int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&millis as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    match rc {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
 }
 
 /// Takes ownership of descriptor `fd` handed to this process at start (systemd's socket

@@ -514,8 +514,8 @@ fn output_waiting_in_the_kernel_for_a_client_that_takes_nothing_is_ended_and_dro
 /// while nothing else happened on the connection. A client that sends now and then (a pong
 /// a second here; a plugin's timer or a watched descriptor did the same) but reads nothing
 /// kept its echo's megabyte waiting in the daemon's kernel for good, each call of the
-/// plugin that wrote nothing forgetting the wait. The kernel now ends such a connection
-/// itself once what it holds has waited the write time-out (`TCP_USER_TIMEOUT`).
+/// plugin that wrote nothing forgetting the wait. The wait is kept now, and the kernel
+/// asked at its end whether the client took anything.
 #[test]
 fn output_waiting_in_the_kernel_is_held_to_the_write_timeout_while_the_client_sends() {
     let daemon = Daemon::builder()

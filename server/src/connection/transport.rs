@@ -57,6 +57,18 @@ pub trait Transport: Read + Write {
         false
     }
 
+    /// Has what the kernel still holds for the peer dropped with a reset when the
+    /// connection closes ([`crate::sys::reset_if_unsent`]); true if it did.
+    fn reset_if_unsent(&self) -> bool {
+        false
+    }
+
+    /// The low 32 bits of what the peer has acknowledged, as the kernel counts it (`None`
+    /// where it cannot say): a mark that moves when the peer takes data.
+    fn acked(&self) -> Option<u32> {
+        None
+    }
+
     /// A PROXY protocol header was read from the socket's first bytes, and `rest` with it:
     /// what follows belongs to the stream (a TLS session begins here and takes `rest` as
     /// its first ciphertext, leaving it empty; a plain socket leaves it as it is).
@@ -190,6 +202,15 @@ impl Write for Wire {
 }
 
 impl Transport for Wire {
+    fn reset_if_unsent(&self) -> bool {
+        crate::sys::reset_if_unsent(&self.socket)
+    }
+
+    fn acked(&self) -> Option<u32> {
+        let seen = crate::sys::tcp_activity(&self.socket).ok()?;
+        Some(seen.bytes_acked as u32)
+    }
+
     fn shutdown_write(&mut self) -> io::Result<()> {
         let Wire { socket, tls, .. } = self;
         if let (false, Some(tls)) = (self.tls_after_proxy, tls) {

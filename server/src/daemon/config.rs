@@ -150,7 +150,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_WRITE_TIMEOUT_MS",
         default: "`30000`",
-        meaning: "a connection whose peer takes no bytes this long while output waits is closed (taken: acknowledged, as the kernel counts it), output the kernel holds included: what still waits is dropped with a reset, never left queued in the kernel after the daemon lets the connection go (`TCP_USER_TIMEOUT`); a plugin may set its own for its connections",
+        meaning: "a connection whose peer takes no bytes this long while output waits is closed (taken: acknowledged, as the kernel counts it), output the kernel holds included; what still waits is then dropped with a reset, never left queued in the kernel after the daemon lets the connection go; a plugin may set its own for its connections",
     },
     Setting {
         variable: "SWITCHYARD_PLUGIN_PANIC_LIMIT",

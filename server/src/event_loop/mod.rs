@@ -319,8 +319,6 @@ impl Loop {
             match listener.socket.accept() {
                 Ok((mut stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let write_timeout = self.shared.config.write_timeout;
-                    let _ = crate::sys::set_tcp_user_timeout(&stream, write_timeout);
                     let slot = self.conns.vacant_key();
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
@@ -841,7 +839,7 @@ impl Loop {
                         token: watch_token(slot),
                     };
                     let deadline = self.now + self.shared.config.write_timeout;
-                    if let Some(closing) = session.close(self.shared, reason, watcher, deadline) {
+                    if let Some(closing) = session.close(reason, watcher, deadline) {
                         self.finish_closing(Box::new(closing));
                     }
                 }

@@ -62,6 +62,9 @@ pub struct HttpConn<T: Transport = Wire> {
     phase: Phase,
     /// When the current phase times out (request head or body, idle keep-alive, linger).
     deadline: Instant,
+    /// What the peer had acknowledged when a file's body last began to wait for room, or
+    /// at its last write time-out ([`Transport::acked`]).
+    acked_mark: Option<u32>,
     input: Vec<u8>,
     output: Output,
     /// Requests parsed on this connection.
@@ -298,6 +301,7 @@ impl<T: Transport> HttpConn<T> {
             _gauge: Held::new(&shared.metrics.http_connections),
             phase: Phase::Head,
             deadline: now + shared.config.header_timeout,
+            acked_mark: None,
             input: Vec::new(),
             output: Output::default(),
             requests: 0,
@@ -585,6 +589,7 @@ impl<T: Transport> HttpConn<T> {
                     moved = true;
                     let now = Instant::now();
                     self.deadline = now + cx.shared.config.write_timeout;
+                    self.acked_mark = None;
                     if let Some(began) = unasked {
                         FileBody::sent_unasked(now - began, now);
                     }
@@ -593,6 +598,10 @@ impl<T: Transport> HttpConn<T> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;
+                    if self.acked_mark.is_none() {
+                        // A wait begins: what the peer had taken then.
+                        self.acked_mark = self.stream.acked();
+                    }
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -641,10 +650,24 @@ impl<T: Transport> HttpConn<T> {
             self.output.owed()
         );
         if self.body.is_some() {
+            // Taken means acknowledged, as for upgraded connections: a client reading
+            // slowly and steadily takes bytes from the kernel's buffer, though no send
+            // finds room in it for a while (a review: readers of 8-64 KiB a second were
+            // cut off at the write time-out, then served by the orphaned socket).
+            let acked = self.stream.acked();
+            if acked.is_some() && acked != self.acked_mark {
+                self.acked_mark = acked;
+                self.deadline = cx.now + cx.shared.config.write_timeout;
+                return After::Keep;
+            }
             log::debug!(
                 "{}: a static file's body took nothing for the write time-out; closed",
                 self.peer
             );
+            // With a reset: what the kernel holds for a client that takes nothing is
+            // dropped, not kept in an orphaned socket for minutes after we let it go (50
+            // stalled downloads held 188 MiB of kernel memory so, after the daemon exited).
+            self.stream.reset_if_unsent();
             return After::Close;
         }
         if self.stream.is_handshaking() {

@@ -132,8 +132,7 @@ pub struct BlockingConn<'a> {
     pub stopping: &'a AtomicBool,
     /// The daemon's write time-out, in force unless the plugin set its own.
     pub default_write_timeout: Duration,
-    /// A write waited longer than the write time-out, or the kernel ended the connection
-    /// for output it held as long: the connection was ended.
+    /// A write waited longer than the write time-out: the connection was ended.
     pub write_timed_out: bool,
 }
 
@@ -153,11 +152,7 @@ impl BlockingConn<'_> {
                 let _ = self.stream.shutdown(Shutdown::Both);
                 Err(io::ErrorKind::TimedOut.into())
             }
-            // The kernel's: output it held waited as long ([`crate::sys::set_tcp_user_timeout`]).
-            Err(e) => {
-                self.write_timed_out |= crate::sys::is_user_timeout(&e);
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -171,7 +166,7 @@ impl HostConnection for BlockingConn<'_> {
             Some(tls) => tls.read(&mut &*self.stream, buf, Mode::Blocking),
             None => retry(|| (&mut &*self.stream).read(buf)),
         };
-        let n = read.inspect_err(|e| self.write_timed_out |= crate::sys::is_user_timeout(e))?;
+        let n = read?;
         self.bytes_in += n as u64;
         Ok(n)
     }
@@ -201,10 +196,8 @@ impl HostConnection for BlockingConn<'_> {
     }
 
     fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let timeout = timeout.unwrap_or(self.default_write_timeout);
-        // Output the kernel holds is held to it too (where the socket is TCP).
-        let _ = crate::sys::set_tcp_user_timeout(self.stream, timeout);
-        self.stream.set_write_timeout(Some(timeout))
+        self.stream
+            .set_write_timeout(Some(timeout.unwrap_or(self.default_write_timeout)))
     }
 
     fn buffered(&self) -> usize {
@@ -242,9 +235,6 @@ pub struct Flow {
     /// The plugin's own write time-out in milliseconds, if it set one (0: it did not);
     /// [`Flow::write_timeout`] reads it. Kept in 32 bits, as every connection carries it.
     pub write_timeout_ms: u32,
-    /// A read or write failed for the kernel's write time-out: output it held waited that
-    /// long for a peer that took nothing ([`crate::sys::set_tcp_user_timeout`]).
-    pub timed_out: bool,
 }
 
 impl Flow {
@@ -264,16 +254,13 @@ pub struct EventIo<'a> {
     pub tls: Option<&'a mut TlsLayer>,
     pub flow: &'a mut Flow,
     pub stopping: bool,
-    /// `SWITCHYARD_WRITE_TIMEOUT_MS`, for a plugin that sets its own back to it.
-    pub default_write_timeout: Duration,
     pub watcher: Watcher<'a>,
     pub watched: &'a mut Watched,
 }
 
 impl EventIo<'_> {
     fn wrote(&mut self, result: io::Result<usize>, offered: usize) -> io::Result<usize> {
-        let n = self.flow.readiness.wrote(result, offered);
-        let n = n.inspect_err(|e| self.flow.timed_out |= crate::sys::is_user_timeout(e))?;
+        let n = self.flow.readiness.wrote(result, offered)?;
         self.flow.bytes_out += n as u64;
         Ok(n)
     }
@@ -302,8 +289,7 @@ impl HostConnection for EventIo<'_> {
             }
             None => retry(|| (&mut &*self.stream).read(buf)),
         };
-        let n = self.flow.readiness.read(result, buf.len());
-        let n = n.inspect_err(|e| self.flow.timed_out |= crate::sys::is_user_timeout(e))?;
+        let n = self.flow.readiness.read(result, buf.len())?;
         self.flow.bytes_in += n as u64;
         Ok(n)
     }
@@ -354,9 +340,6 @@ impl HostConnection for EventIo<'_> {
         // Past 49 days is as good as never; a zero asked for is the shortest there is.
         self.flow.write_timeout_ms =
             timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
-        // Output the kernel holds is held to it too (where the socket is TCP).
-        let in_force = self.flow.write_timeout(self.default_write_timeout);
-        let _ = crate::sys::set_tcp_user_timeout(self.stream, in_force);
         Ok(())
     }
 

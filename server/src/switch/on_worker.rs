@@ -132,12 +132,8 @@ fn serve(
     let no_data = crate::daemon::access::tls_without_data(connection.tls.as_deref(), &peer);
     if no_data.is_some() {
         reason = no_data;
-    } else if connection.write_timed_out
-        || (reason.is_none() && crate::sys::ended_by_user_timeout(&live.stream))
-    {
-        // Ours, or the kernel's for output it held ([`crate::sys::set_tcp_user_timeout`]).
+    } else if connection.write_timed_out {
         shared.metrics.ended_write_timeout();
-        connection.write_timed_out = true;
         reason = Some("write time-out: the peer took nothing");
     } else if live.idled.load(Ordering::Relaxed) {
         reason = Some("idle");

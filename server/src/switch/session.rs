@@ -250,14 +250,14 @@ impl Session {
             // TLS records the socket did not take go first, whatever the plugin wants.
             match self.wire.flush_pending() {
                 Ok(all) => self.flow.readiness.writable = all,
-                Err(e) => return self.lost(&e),
+                Err(_) => return Step::Close(Some(CONNECTION_LOST)),
             }
         }
         if let Some(owed) = self.owed.as_mut() {
             if self.flow.readiness.writable {
                 match owed.flush(&mut self.wire, 0) {
                     Ok(written) => self.flow.readiness.writable = !written.blocked,
-                    Err(e) => return self.lost(&e),
+                    Err(_) => return Step::Close(Some(CONNECTION_LOST)),
                 }
             }
             if !owed.is_done() {
@@ -287,7 +287,6 @@ impl Session {
             tls: self.wire.tls.as_deref_mut(),
             flow: &mut self.flow,
             stopping: shared.is_stopping(),
-            default_write_timeout: shared.config.write_timeout,
             watcher,
             watched: &mut self.watched,
         };
@@ -349,9 +348,11 @@ impl Session {
             } else if wrote {
                 self.stalled_since = Some(Moment::of(*now));
             }
-        } else if wrote {
+        } else if wrote && (self.stalled_since.is_none() || self.stall == Stall::Plugin) {
             // All written, but the kernel may hold it for a peer that takes nothing: it is
-            // asked once the write time-out has passed (no system call per message).
+            // asked once the write time-out has passed (no system call per message). Not
+            // put off by later writes: a ping every 20 s to a peer that takes nothing would
+            // keep the question from ever being asked (a review).
             self.stall = Stall::Handed;
             self.stalled_since = Some(Moment::of(*now));
         } else if self.stall == Stall::Plugin {
@@ -366,13 +367,6 @@ impl Session {
             return Step::Close(None);
         }
         Step::Keep
-    }
-
-    /// The daemon's own write failed: the connection is lost (the kernel may have ended it
-    /// for the write time-out, which [`Session::close`] tells).
-    fn lost(&mut self, error: &std::io::Error) -> Step {
-        self.flow.timed_out |= crate::sys::is_user_timeout(error);
-        Step::Close(Some(CONNECTION_LOST))
     }
 
     /// Its deadline came: end it for the daemon's limits, or call the plugin's timer.
@@ -468,7 +462,6 @@ impl Session {
     /// taking them, handed back to finish ([`Closing`], until `deadline`).
     pub fn close(
         mut self,
-        shared: &Shared,
         reason: Option<&'static str>,
         watcher: Watcher<'_>,
         deadline: Instant,
@@ -486,17 +479,6 @@ impl Session {
             ..
         } = self;
         drop(handler); // the plugin frees its state before the socket goes
-                       // The kernel ended it for the write time-out (output it held waited that long for a
-                       // peer that took nothing), however the plugin took the error.
-        let reason = match reason {
-            None | Some(CONNECTION_ERROR | CONNECTION_LOST)
-                if flow.timed_out || crate::sys::ended_by_user_timeout(&wire.socket) =>
-            {
-                shared.metrics.ended_write_timeout();
-                Some(WRITE_TIME_OUT)
-            }
-            reason => reason,
-        };
         record.unsent(owed.map_or(0, |owed| owed.owed()));
         record.log(peer, flow.bytes_in, flow.bytes_out, reason);
         ticket.count_session(false);
