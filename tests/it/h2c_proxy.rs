@@ -1333,9 +1333,9 @@ fn connect_is_501_on_either_engine() {
 
 /// From an attacker's review: a client that opened its windows to nothing (and kept the
 /// connection alive) held what backends sent it for good, 1.2 MiB a connection on the
-/// relay and 5.7 MiB on hyper's engine for 1.3 KB sent. Backends get smaller windows now
-/// (256 KiB a connection), and answers the client takes nothing of for
-/// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` are let go: reset on the relay; on hyper's engine
+/// relay and 5.7 MiB on hyper's engine for 1.3 KB sent. Answers the client takes nothing
+/// of for `SWITCHYARD_H2C_BODY_TIMEOUT_MS` are let go now (and hyper's engine grants
+/// backends the relay's windows): reset on the relay; on hyper's engine
 /// their backend streams are (hyper holds the client's stream, and up to 64 KiB of it,
 /// until the connection ends, as for an HTTP/1.1 backend's answer).
 #[test]
@@ -1423,6 +1423,48 @@ fn the_relays_backend_connections_are_counted_by_client() {
             .wait_for_metric("switchyard_h2c_backend_connections 0")
             .unwrap_or_else(|m| panic!("not given back: {m}"));
         assert_eq!(get(&other, "/c/x").await.0, StatusCode::OK);
+    });
+}
+
+/// From a review: with a 256 KiB window for each backend, eight streams whose answers the
+/// client took lazily (each holding the 64 KiB its backend stream may send) stopped every
+/// other stream of the connection to that backend until the body time-out reset them. A
+/// stream is served beside a few such streams, on either engine.
+#[test]
+fn streams_taken_lazily_do_not_stop_the_others_to_their_backend() {
+    run(async {
+        let raw = raw_http1_backend();
+        let h2 = backend(Arc::default()).await;
+        for (engine, routes) in [
+            ("relay", format!("/={h2}")),
+            ("hyper", format!("/={h2},/http1/=http1://{raw}")),
+        ] {
+            let daemon = daemon(&routes, &[]);
+            let tcp = TcpStream::connect(daemon.addr).await.unwrap();
+            let (send, connection) = client::Builder::new()
+                .initial_connection_window_size(16 << 20)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut lazy = Vec::new();
+            for _ in 0..8 {
+                let request = Request::get("http://t/large").body(()).unwrap();
+                let mut ready = send.clone().ready().await.unwrap();
+                let (response, _) = ready.send_request(request, true).unwrap();
+                lazy.push(response.await.unwrap().into_body()); // never read
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let served = tokio::time::timeout(Duration::from_secs(5), get(&send, "/x")).await;
+            assert_eq!(
+                served.map(|(status, _)| status).ok(),
+                Some(StatusCode::OK),
+                "{engine}: a stream beside 8 lazy ones"
+            );
+            drop(lazy);
+        }
     });
 }
 

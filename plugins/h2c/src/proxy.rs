@@ -113,7 +113,7 @@ impl Proxy {
             // defaults are 2 MiB a stream and 5 MiB a connection (5.7 MiB a client
             // connection for 1.3 KB sent, an attacker's review measured). The relay's.
             .http2_initial_stream_window_size(65_535)
-            .http2_initial_connection_window_size(crate::relay::peer::BACKEND_WINDOW)
+            .http2_initial_connection_window_size(crate::relay::peer::CONN_WINDOW)
             .http2_max_send_buf_size(64 * 1024)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)

@@ -82,7 +82,7 @@ impl Backend {
         out.extend_from_slice(crate::upgrade::PREFACE);
         // No push (RFC 9113 §8.4); everything else at its initial value.
         frame::write_settings(out, &[(setting::ENABLE_PUSH, 0)]);
-        peer.grant_window(super::peer::BACKEND_WINDOW);
+        peer.grant_window(super::peer::CONN_WINDOW);
         Ok(Backend {
             route,
             address,

@@ -8,9 +8,9 @@
 //! windows allow, and the rest waits within the window the client was granted, which is
 //! given back only as bytes leave; the answer comes back the same way. So what one client
 //! connection can make the relay hold is bounded by the windows it grants: 64 KiB a
-//! stream, and a connection [`peer::CONN_WINDOW`] of uploads and [`peer::BACKEND_WINDOW`]
-//! of answers from each backend; answers held for a client whose windows let nothing out
-//! are held for the write time-out at most ([`Relay::expire`]).
+//! stream and [`peer::CONN_WINDOW`] a connection, each way; answers held for a client that
+//! takes none of them are held for `SWITCHYARD_H2C_BODY_TIMEOUT_MS` at most
+//! ([`Relay::expire`]).
 //!
 //! Every stream keeps its identifier on the backend connection ([`backend`]), so no map
 //! is kept between the two. The relay reads and writes the client through the daemon

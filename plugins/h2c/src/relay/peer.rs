@@ -6,16 +6,13 @@ use crate::frame::{self, code, setting, Head, Malformed};
 use crate::hpack::Decoder;
 use protocol_api::output::Output;
 
-/// The connection-level window the relay grants the client: what its uploads may make the
-/// relay hold for backends that do not take them (RFC 9113 §6.9), a byte sent for each.
+/// The connection-level window the relay grants each peer: what one connection may make
+/// it hold for a destination that does not take it (RFC 9113 §6.9). For answers, a client
+/// that takes none of them holds this for `SWITCHYARD_H2C_BODY_TIMEOUT_MS` at most
+/// ([`super::Relay::expire`]). (256 KiB for backends was tried: eight streams whose
+/// answers a client took lazily, each holding its 64 KiB, then stopped every other stream
+/// of the connection to that backend, a review found.)
 pub const CONN_WINDOW: u32 = 1 << 20;
-/// The connection-level window the relay grants each backend: what its answers may make
-/// the relay hold for a client that does not take them. Smaller than the client's, as a
-/// client costs nothing of its own to make a backend fill it: with 1 MiB, a client that
-/// opened its windows to nothing held 1.2 MiB a connection for 1.3 KB sent (an attacker's
-/// review), an address 3 GiB. At 256 KiB a backend a few hundred microseconds away still
-/// streams at gigabytes a second to one client connection.
-pub const BACKEND_WINDOW: u32 = 256 * 1024;
 /// A field block being continued may be at most this long: a peer cannot make the relay
 /// hold more than one such block before it decodes it (CONTINUATION floods).
 const MAX_BLOCK: usize = 64 * 1024;
