@@ -1426,6 +1426,70 @@ fn the_relays_backend_connections_are_counted_by_client() {
     });
 }
 
+/// From a review: the wait for a client that takes nothing of an answer was the
+/// connection's, so a client taking one stream's answer slowly kept every other stream's
+/// held for good. Each stream's wait is its own: lazily taken answers are reset after the
+/// body time-out while another stream is read on.
+#[test]
+fn an_answer_taken_slowly_does_not_keep_others_the_client_takes_nothing_of() {
+    run(async {
+        let h2 = backend(Arc::default()).await;
+        let daemon = daemon(
+            &format!("/={h2}"),
+            &[("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1000")],
+        );
+        let tcp = TcpStream::connect(daemon.addr).await.unwrap();
+        let (send, connection) = client::Builder::new()
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let open = || {
+            let send = send.clone();
+            async move {
+                let request = Request::get("http://t/large").body(()).unwrap();
+                let mut ready = send.ready().await.unwrap();
+                let (response, _) = ready.send_request(request, true).unwrap();
+                response.await.unwrap().into_body()
+            }
+        };
+        let lazy = [open().await, open().await];
+        let mut slow = open().await;
+        // A frame every 100 ms: the slow stream moves all along (its 1 MiB takes 6 s).
+        let reader = tokio::spawn(async move {
+            while let Some(chunk) = slow.data().await {
+                let chunk = chunk.unwrap();
+                let _ = slow.flow_control().release_capacity(chunk.len());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let began = std::time::Instant::now();
+        for mut body in lazy {
+            let end = loop {
+                match tokio::time::timeout(Duration::from_secs(4), body.data()).await {
+                    Ok(Some(Ok(_))) => {} // what it was sent before its window shut
+                    other => break other,
+                }
+            };
+            match end {
+                Ok(Some(Err(e))) => assert_eq!(e.reason(), Some(Reason::CANCEL), "{e}"),
+                other => panic!("a lazily taken answer was not reset: {other:?}"),
+            }
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "reset only once the slow stream stopped: {:?}",
+            began.elapsed()
+        );
+        reader
+            .await
+            .expect("the slow stream is read to its end, not reset");
+    });
+}
+
 /// From a review: with a 256 KiB window for each backend, eight streams whose answers the
 /// client took lazily (each holding the 64 KiB its backend stream may send) stopped every
 /// other stream of the connection to that backend until the body time-out reset them. A

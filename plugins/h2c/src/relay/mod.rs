@@ -160,10 +160,9 @@ pub struct Relay {
     /// Since when the connection lingers after its error (see [`Relay::linger`]).
     lingering: Option<Instant>,
     idle_since: Instant,
-    /// Since when answers have waited for the client that its windows let none of out
-    /// ([`Relay::note_held`]); and the client's count of DATA bytes sent, then.
+    /// Since when the longest-held answer has waited for a client that takes none of it
+    /// ([`Relay::note_held`]).
     held_since: Option<Instant>,
-    data_mark: u64,
     glitches: u32,
     glitch_period_start: Instant,
     /// This connection's unit of the open-connections gauge.
@@ -231,7 +230,6 @@ impl Relay {
             lingering: None,
             idle_since: now,
             held_since: None,
-            data_mark: 0,
             glitches: 0,
             glitch_period_start: now,
         }
@@ -713,6 +711,7 @@ impl Relay {
             forwarded: None,
             route: None,
             began: Instant::now(),
+            held: None,
         };
         if fields.list_size() > max_list {
             // Decoding it went on past the limit (to keep the table in step), and a block
@@ -1597,17 +1596,26 @@ impl Relay {
         }
     }
 
-    /// Notes whether answers wait for a client that took none of them since the last call
-    /// (its windows shut): the wait's start, for [`Relay::expire`].
+    /// Notes, for each stream, since when its answer waits for a client that takes none of
+    /// it (its window shut), and the longest such wait, for [`Relay::expire`]. Each stream
+    /// apart: a client taking one stream's answer a byte at a time kept the others' held
+    /// for good when the wait was the connection's.
     fn note_held(&mut self, now: Instant) {
-        let moved = self.client.data_sent != self.data_mark;
-        self.data_mark = self.client.data_sent;
-        let held = self.streams.values().any(|s| !s.down.pending.is_empty());
-        self.held_since = match self.held_since {
-            _ if !held => None,
-            Some(since) if !moved => Some(since),
-            _ => Some(now),
-        };
+        let mut longest: Option<Instant> = None;
+        for stream in self.streams.values_mut() {
+            if stream.down.pending.is_empty() {
+                stream.held = None;
+                continue;
+            }
+            let sent = stream.down.sent;
+            let since = match stream.held {
+                Some((since, mark)) if mark == sent => since,
+                _ => now,
+            };
+            stream.held = Some((since, sent));
+            longest = Some(longest.map_or(since, |l| l.min(since)));
+        }
+        self.held_since = longest;
     }
 
     /// Time-outs: connects, idle backends, the idle client, answers the client does not
@@ -1624,7 +1632,10 @@ impl Relay {
             // held let go, as `SWITCHYARD_H2C_BODY_TIMEOUT_MS` ends an answer from an
             // HTTP/1.1 backend the client takes nothing of.
             let held: Vec<u32> = (self.streams.iter())
-                .filter(|(_, s)| !s.down.pending.is_empty())
+                .filter(|(_, s)| {
+                    s.held
+                        .is_some_and(|(since, _)| now.duration_since(since) >= body_timeout)
+                })
                 .map(|(&id, _)| id)
                 .collect();
             static HELD: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();

@@ -52,8 +52,6 @@ pub struct Peer {
     pub initial_window: u32,
     /// The connection window granted the peer ([`Peer::grant_window`]).
     pub window: u32,
-    /// DATA payload bytes queued for the peer, ever (a mark that moves when it takes some).
-    pub data_sent: u64,
     /// The largest frame the peer takes (at most [`frame::DEFAULT_MAX_FRAME`] is used).
     pub max_frame: usize,
     /// A SETTINGS frame came (a preface's first frame must be one).

@@ -96,6 +96,9 @@ pub struct Flow {
     pub unacked: u32,
     /// DATA still due by the message's `content-length`, if it has one.
     pub remaining: Option<u64>,
+    /// DATA payload bytes sent to the destination, ever (a mark that moves when it takes
+    /// some).
+    pub sent: u64,
 }
 
 impl Flow {
@@ -109,6 +112,7 @@ impl Flow {
             recv_window: i64::from(STREAM_WINDOW),
             unacked: 0,
             remaining: None,
+            sent: 0,
         }
     }
 
@@ -159,7 +163,7 @@ impl Flow {
             }
             self.send_window -= now as i64;
             to.send_window -= now as i64;
-            to.data_sent += now as u64;
+            self.sent += now as u64;
             passed += now;
             self.pending.extend_from_slice(&data[now..]);
         } else {
@@ -192,7 +196,7 @@ impl Flow {
             self.pending.drain(..n);
             self.send_window -= n as i64;
             to.send_window -= n as i64;
-            to.data_sent += n as u64;
+            self.sent += n as u64;
             sent += n;
             self.ended |= last;
         }
@@ -260,6 +264,9 @@ pub struct Stream {
     pub route: Option<usize>,
     /// When its request began, for the backend's answer time.
     pub began: std::time::Instant,
+    /// Since when its answer has waited for a client that took none of it, and what had
+    /// been sent then ([`Flow::sent`]).
+    pub held: Option<(std::time::Instant, u64)>,
 }
 
 impl Stream {
