@@ -407,16 +407,15 @@ fn a_file_not_in_the_page_cache_is_read_off_the_loop_and_sent_whole() {
     );
 }
 
-/// A download its client stopped reading was ended at the write time-out gracefully, and
-/// the kernel kept what it held for the client (its send buffer, 3.8 MB here) in an
-/// orphaned socket for minutes, outside every limit of ours: 50 such downloads held 188
-/// MiB after the daemon had let them go. Such a connection is now closed with a reset.
-#[test]
-fn a_download_its_client_stopped_reading_is_reset_not_left_queued_in_the_kernel() {
-    use std::io::Read;
+/// The size of [`large_download_begun`]'s file: several times what the kernels' buffers
+/// take.
+const LARGE: usize = 24 << 20;
+
+/// A daemon serving a file of [`LARGE`] bytes with a write time-out of 1 s, and a client
+/// with a small receive window that asked for it; the folder lives as long as the first.
+fn large_download_begun() -> (tempfile::TempDir, Daemon, Client) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let size = 24 << 20;
-    std::fs::write(dir.path().join("large.bin"), vec![5u8; size]).unwrap();
+    std::fs::write(dir.path().join("large.bin"), vec![5u8; LARGE]).unwrap();
     let daemon = Daemon::builder()
         .env(
             "SWITCHYARD_STATIC_ROUTES",
@@ -427,6 +426,18 @@ fn a_download_its_client_stopped_reading_is_reset_not_left_queued_in_the_kernel(
     let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
     let mut client = daemon.client_from_with("127.0.0.1", small_window);
     client.send("GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    (dir, daemon, client)
+}
+
+/// A download its client stopped reading was ended at the write time-out gracefully, and
+/// the kernel kept what it held for the client (its send buffer, 3.8 MB here) in an
+/// orphaned socket for minutes, outside every limit of ours: 50 such downloads held 188
+/// MiB after the daemon had let them go. Such a connection is now closed with a reset.
+#[test]
+fn a_download_its_client_stopped_reading_is_reset_not_left_queued_in_the_kernel() {
+    use std::io::Read;
+    let (_dir, _daemon, mut client) = large_download_begun();
+    let size = LARGE;
     std::thread::sleep(Duration::from_secs(4));
     let (mut got, mut buf) = (0, vec![0u8; 1 << 16]);
     let end = loop {
@@ -450,18 +461,7 @@ fn a_download_its_client_stopped_reading_is_reset_not_left_queued_in_the_kernel(
 #[test]
 fn a_slow_steady_reader_of_a_download_is_not_cut_off() {
     use std::io::Read;
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    std::fs::write(dir.path().join("large.bin"), vec![5u8; 24 << 20]).unwrap();
-    let daemon = Daemon::builder()
-        .env(
-            "SWITCHYARD_STATIC_ROUTES",
-            &format!("/={}", dir.path().display()),
-        )
-        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "1000")
-        .start();
-    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = daemon.client_from_with("127.0.0.1", small_window);
-    client.send("GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (_dir, daemon, mut client) = large_download_begun();
     let began = std::time::Instant::now();
     let mut buf = vec![0u8; 8 << 10];
     let mut got = 0;

@@ -1348,23 +1348,10 @@ fn answers_a_client_takes_nothing_of_are_let_go_after_the_body_timeout_on_either
             ("hyper", format!("/={h2},/http1/=http1://{raw}")),
         ] {
             let daemon = daemon(&routes, &[("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1000")]);
-            let tcp = TcpStream::connect(daemon.addr).await.unwrap();
-            let (send, connection) = client::Builder::new()
-                .initial_window_size(0)
-                .handshake::<_, Bytes>(tcp)
-                .await
-                .unwrap();
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let send = connect_with_window(daemon.addr, 0).await;
             let mut bodies = Vec::new();
             for _ in 0..4 {
-                let request = Request::get("http://t/large").body(()).unwrap();
-                let mut ready = send.clone().ready().await.unwrap();
-                let (response, _) = ready.send_request(request, true).unwrap();
-                let response = response.await.unwrap();
-                assert_eq!(response.status(), StatusCode::OK, "{engine}");
-                bodies.push(response.into_body());
+                bodies.push(large(&send).await);
             }
             if engine == "relay" {
                 for mut body in bodies {
@@ -1438,26 +1425,12 @@ fn an_answer_taken_slowly_does_not_keep_others_the_client_takes_nothing_of() {
             &format!("/={h2}"),
             &[("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1000")],
         );
-        let tcp = TcpStream::connect(daemon.addr).await.unwrap();
-        let (send, connection) = client::Builder::new()
+        let wide = client::Builder::new()
             .initial_connection_window_size(16 << 20)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let open = || {
-            let send = send.clone();
-            async move {
-                let request = Request::get("http://t/large").body(()).unwrap();
-                let mut ready = send.ready().await.unwrap();
-                let (response, _) = ready.send_request(request, true).unwrap();
-                response.await.unwrap().into_body()
-            }
-        };
-        let lazy = [open().await, open().await];
-        let mut slow = open().await;
+            .clone();
+        let send = connect_by(daemon.addr, &wide).await;
+        let lazy = [large(&send).await, large(&send).await];
+        let mut slow = large(&send).await;
         // A frame every 100 ms: the slow stream moves all along (its 1 MiB takes 6 s).
         let reader = tokio::spawn(async move {
             while let Some(chunk) = slow.data().await {
@@ -1504,21 +1477,13 @@ fn streams_taken_lazily_do_not_stop_the_others_to_their_backend() {
             ("hyper", format!("/={h2},/http1/=http1://{raw}")),
         ] {
             let daemon = daemon(&routes, &[]);
-            let tcp = TcpStream::connect(daemon.addr).await.unwrap();
-            let (send, connection) = client::Builder::new()
+            let wide = client::Builder::new()
                 .initial_connection_window_size(16 << 20)
-                .handshake::<_, Bytes>(tcp)
-                .await
-                .unwrap();
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+                .clone();
+            let send = connect_by(daemon.addr, &wide).await;
             let mut lazy = Vec::new();
             for _ in 0..8 {
-                let request = Request::get("http://t/large").body(()).unwrap();
-                let mut ready = send.clone().ready().await.unwrap();
-                let (response, _) = ready.send_request(request, true).unwrap();
-                lazy.push(response.await.unwrap().into_body()); // never read
+                lazy.push(large(&send).await); // never read
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
             let served = tokio::time::timeout(Duration::from_secs(5), get(&send, "/x")).await;
@@ -1743,16 +1708,27 @@ fn an_answer_the_client_takes_nothing_of_gives_its_slot_back() {
 
 /// An HTTP/2 client connection that grants `window` bytes a stream.
 async fn connect_with_window(addr: SocketAddr, window: u32) -> client::SendRequest<Bytes> {
+    connect_by(addr, client::Builder::new().initial_window_size(window)).await
+}
+
+/// An HTTP/2 client connection to the daemon, with prior knowledge, as `builder` makes it.
+async fn connect_by(addr: SocketAddr, builder: &client::Builder) -> client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, connection) = client::Builder::new()
-        .initial_window_size(window)
-        .handshake(tcp)
-        .await
-        .unwrap();
+    let (send, connection) = builder.handshake(tcp).await.unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
     });
     send
+}
+
+/// `GET /large` (1 MiB): its answer's body, not read.
+async fn large(send: &client::SendRequest<Bytes>) -> h2::RecvStream {
+    let request = Request::get("http://t/large").body(()).unwrap();
+    let mut ready = send.clone().ready().await.unwrap();
+    let (response, _) = ready.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
 }
 
 /// From an attacker's review: the plugin's own answers (here a `502` for a backend that
