@@ -1696,48 +1696,31 @@ fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
 
 /// From an attacker's review: a request head's buffer doubled as it grew, so a head sent as
 /// 16,383 bytes and then one more held 32 KiB (31.1 KiB a connection for 2,000 of them,
-/// against the 16 KiB the README gives); an upgrade's 64 KiB body sent so held 128 KiB (99
-/// KiB a connection). Each grows to its limit at most now: here 16 and 33 KiB a
-/// connection, against 27 and 48 before.
+/// against the 16 KiB the README gives). It grows to the limit at most now: here 16 KiB a
+/// connection, against 26-27 before. (An upgrade body's buffer, which doubled the same way,
+/// is bounded by its decoder, `http::body`'s unit test: measured by RSS, as here, its
+/// figure moved with the machine's load.)
 #[test]
-fn heads_and_upgrade_bodies_sent_in_two_pieces_hold_their_limit_not_twice_it() {
+fn a_head_sent_in_two_pieces_holds_its_limit_not_twice_it() {
     let daemon = Daemon::builder().plugin("switchyard-echo").start();
-    let rounds: [(usize, String, usize); 2] = [
-        // A head one byte short of the limit, never finished.
-        (
-            600,
-            format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(16_383 - 20)),
-            24,
-        ),
-        // An upgrade body one byte short of the limit, never finished.
-        (
-            300,
-            format!(
-                "GET / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\
-                 Content-Length: 65536\r\n\r\n{}",
-                "b".repeat(65_534)
-            ),
-            44,
-        ),
-    ];
-    for (count, first, most_kib) in rounds {
-        let before = daemon.rss_kib();
-        let mut clients: Vec<Client> = (0..count).map(|_| daemon.client()).collect();
-        let (last, first) = first.as_bytes().split_last().unwrap();
-        for client in &mut clients {
-            client.send(first);
-        }
-        std::thread::sleep(Duration::from_millis(300)); // read apart from the rest
-        for client in &mut clients {
-            client.send(&[*last][..]);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let each = daemon.rss_kib().saturating_sub(before) / count as u64;
-
-        assert!(
-            each < most_kib as u64,
-            "{each} KiB a connection for {} bytes",
-            first.len() + 1
-        );
+    let before = daemon.rss_kib();
+    let count = 600;
+    let mut clients: Vec<Client> = (0..count).map(|_| daemon.client()).collect();
+    // A head one byte short of the limit, never finished, sent in two pieces.
+    let head = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(16_383 - 20));
+    let (last, first) = head.as_bytes().split_last().unwrap();
+    for client in &mut clients {
+        client.send(first);
     }
+    std::thread::sleep(Duration::from_millis(300)); // read apart from the rest
+    for client in &mut clients {
+        client.send(&[*last][..]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let each = daemon.rss_kib().saturating_sub(before) / count as u64;
+    assert!(
+        each < 24,
+        "{each} KiB a connection for {} bytes",
+        head.len()
+    );
 }
