@@ -278,6 +278,19 @@ mod tests {
         Config::from_lookup(|n| (n == ROUTES).then(|| routes.to_string()))
     }
 
+    /// The relay's backend connections follow the daemon's connection limit unless set,
+    /// a quarter of them for one client.
+    #[test]
+    fn backend_connections_default_to_the_daemons_connection_limit() {
+        let c = Config::from_lookup_for(|_| None, 200).unwrap();
+        assert_eq!((c.backends_max, c.backends_per_client), (200, 50));
+        let set = |n: &str| (n == "SWITCHYARD_H2C_BACKENDS_MAX").then(|| "40".to_string());
+        let c = Config::from_lookup_for(set, 200).unwrap();
+        assert_eq!((c.backends_max, c.backends_per_client), (40, 10));
+        let c = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(c.backends_max, 10_000);
+    }
+
     #[test]
     fn routes_longest_prefix_wins() {
         let c =
