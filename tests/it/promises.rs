@@ -37,7 +37,9 @@ fn defaults_seen_from_outside() {
         "{metrics}"
     );
     let cores = std::thread::available_parallelism().unwrap().get();
-    let logs = daemon.logs();
+    // Waited for: lines reach the log from a thread of their own.
+    let logs = (daemon.wait_for_log(&format!("{cores} event loop(s); listening on")))
+        .unwrap_or_else(|logs| logs);
     assert!(
         logs.contains(&format!("{cores} event loop(s); listening on")),
         "{logs}"
