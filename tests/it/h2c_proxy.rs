@@ -1463,6 +1463,74 @@ fn an_answer_taken_slowly_does_not_keep_others_the_client_takes_nothing_of() {
     });
 }
 
+/// From an attacker's review: what the relay held for a client that takes no answer was
+/// bounded per connection only (1 MiB a backend connection) and one address may hold 2,500
+/// connections. Now an address's connections together hold `SWITCHYARD_H2C_HELD_PER_CLIENT`
+/// at most: past it they read their backends no further, and what the client took nothing
+/// of for a second is reset (not after the 30 s body time-out). Another address is served
+/// all along, and so is the same address once the held answers are let go.
+#[test]
+fn what_one_address_takes_nothing_of_is_held_to_its_budget_over_its_connections() {
+    run(async {
+        let h2 = backend(Arc::default()).await;
+        let budget = 1 << 20;
+        let daemon = daemon(
+            &format!("/={h2}"),
+            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", &budget.to_string())],
+        );
+        // Six connections granting no window, each asking for 16 answers of 1 MiB: 1 MiB
+        // held a connection, its backend's connection window, without the budget.
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let send = connect_with_window(daemon.addr, 0).await;
+            for _ in 0..16 {
+                let request = Request::get("http://t/large").body(()).unwrap();
+                let mut ready = send.clone().ready().await.unwrap();
+                answers.push(ready.send_request(request, true).unwrap().0);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let metrics = daemon.metrics();
+        let held: usize = (metrics.lines())
+            .find_map(|l| l.strip_prefix("switchyard_h2c_held_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no held bytes in the metrics:\n{metrics}"));
+        assert!(
+            (budget / 2..budget + (512 << 10)).contains(&held),
+            "{held} bytes held for one address, budget {budget}"
+        );
+        // Another address is served meanwhile.
+        let other = connect_from_127_0_0_2(daemon.addr).await;
+        let (status, body) = get(&other, "/large").await;
+        assert_eq!((status, body.len()), (StatusCode::OK, 1 << 20));
+        // What the client took nothing of is let go in seconds, all but the last budget's
+        // worth (held to the body time-out, as any client's answers are).
+        let ended: Vec<_> = (answers.into_iter())
+            .map(|answer| {
+                tokio::spawn(tokio::time::timeout(Duration::from_secs(7), async move {
+                    let mut body = answer.await?.into_body();
+                    while body.data().await.transpose()?.is_some() {}
+                    Ok::<_, h2::Error>(())
+                }))
+            })
+            .collect();
+        let mut cancelled = 0;
+        for task in ended {
+            if let Ok(Err(e)) = task.await.unwrap() {
+                assert_eq!(e.reason(), Some(Reason::CANCEL), "{e}");
+                cancelled += 1;
+            }
+        }
+        assert!(cancelled >= 64, "{cancelled} of 96 answers reset in 7 s");
+        let logs = daemon
+            .wait_for_log("SWITCHYARD_H2C_HELD_PER_CLIENT")
+            .unwrap_or_else(|l| l);
+        assert!(logs.contains("took nothing of"), "{logs}");
+        let again = connect(daemon.addr).await;
+        assert_eq!(get(&again, "/x").await.0, StatusCode::OK);
+    });
+}
+
 /// From a review: with a 256 KiB window for each backend, eight streams whose answers the
 /// client took lazily (each holding the 64 KiB its backend stream may send) stopped every
 /// other stream of the connection to that backend until the body time-out reset them. A

@@ -495,19 +495,8 @@ fn output_waiting_in_the_kernel_for_a_client_that_takes_nothing_is_ended_and_dro
     daemon
         .wait_for_metric("switchyard_upgraded_ended_total{reason=\"write_timeout\"} 1")
         .unwrap_or_else(|metrics| panic!("not ended for its write time-out: {metrics}"));
-    let mut buf = vec![0u8; 1 << 16];
-    let ended = loop {
-        match client.stream.read(&mut buf) {
-            Ok(0) => break None,
-            Ok(_) => {}
-            Err(e) => break Some(e.kind()),
-        }
-    };
-    assert_eq!(
-        ended,
-        Some(std::io::ErrorKind::ConnectionReset),
-        "what waited was dropped with a reset"
-    );
+    let (_, reset) = client.read_to_end_or_reset();
+    assert!(reset, "what waited was dropped with a reset");
 }
 
 /// From an attacker's review: output the kernel held was held to the write time-out only
@@ -540,15 +529,8 @@ fn output_waiting_in_the_kernel_is_held_to_the_write_timeout_while_the_client_se
         std::thread::sleep(Duration::from_millis(100));
     };
     let end = end.or_else(|| {
-        let mut buf = vec![0u8; 1 << 16];
-        client.stream.set_nonblocking(true).unwrap();
-        loop {
-            match client.stream.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(_) => {}
-                Err(e) => break Some(e.kind()),
-            }
-        }
+        let (_, reset) = client.read_to_end_or_reset();
+        reset.then_some(std::io::ErrorKind::ConnectionReset)
     });
     assert_eq!(
         end,

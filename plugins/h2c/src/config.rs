@@ -68,6 +68,11 @@ pub struct Config {
     /// `SWITCHYARD_H2C_BACKENDS_PER_CLIENT` (default a quarter of `backends_max`): the
     /// same for one client address ([`crate::slots`]).
     pub backends_per_client: usize,
+    /// `SWITCHYARD_H2C_HELD_PER_CLIENT` (default 64 MiB): bytes the relay holds for one
+    /// client address, over all its connections, in answers it takes nothing of and output
+    /// its sockets have not taken; past it, its connections read their backends no further
+    /// ([`crate::relay::held`]).
+    pub held_per_client: usize,
 }
 
 /// How client connections are served.
@@ -175,6 +180,12 @@ impl Config {
                 1,
                 backends_max as u64,
             )? as usize,
+            held_per_client: number(
+                "SWITCHYARD_H2C_HELD_PER_CLIENT",
+                64 << 20,
+                64 * 1024,
+                1 << 40,
+            )? as usize,
             routes,
         })
     }
@@ -255,6 +266,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long (408 if not yet answered), or an answer the client takes nothing of this long, ends its stream (an http1:// backend's connection is closed)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_MAX", "SWITCHYARD_MAX_CONNECTIONS (10000)", "the relay's backend connections open at once (one per route a client connection uses), so that the daemon's two descriptors a connection hold; past it, a stream that needs another gets 503"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "a quarter of SWITCHYARD_H2C_BACKENDS_MAX", "the same for one client address (an IPv6 client: its /64); while fewer are free than this, a client holding a sixteenth of it or more gets no more"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HELD_PER_CLIENT", "67108864 (64 MiB)", "bytes the relay holds for one client address, all its connections together, in answers it takes nothing of and output it has not read; past it, its connections read their backends no further, and answers it took nothing of for a second are reset"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
 

@@ -20,6 +20,8 @@ pub struct Stats {
     pub http1_buffered: Gauge,
     /// The relay's backend connections open now.
     pub backends: Gauge,
+    /// Bytes the relay holds for clients that have not taken them ([`crate::relay::held`]).
+    pub held: Gauge,
     routes: Vec<RouteStats>,
 }
 
@@ -64,6 +66,11 @@ impl Stats {
             "The relay's backend connections open now, one per route a client connection uses (at most SWITCHYARD_H2C_BACKENDS_MAX).",
             &[],
         )?;
+        let held = metrics::gauge(
+            "held_bytes",
+            "Bytes the relay holds for clients that have not taken them (answers past their windows, output their sockets have not taken; a connection holding under 16 KiB counts none); one address at most SWITCHYARD_H2C_HELD_PER_CLIENT.",
+            &[],
+        )?;
         let streams = metrics::counter(
             "streams_total",
             "Streams (requests) begun, per route; - : answered before any route took them.",
@@ -94,6 +101,7 @@ impl Stats {
             http1_streams: http1_streams.with(&[]),
             http1_buffered: http1_buffered.with(&[]),
             backends: backends.with(&[]),
+            held: held.with(&[]),
             routes,
         })
     }

@@ -25,6 +25,7 @@
 //! beyond [`GLITCHES`] in ten seconds gets GOAWAY with ENHANCE_YOUR_CALM.
 
 pub mod backend;
+pub mod held;
 pub mod message;
 pub mod peer;
 pub mod stream;
@@ -56,8 +57,12 @@ const GLITCH_PERIOD: Duration = Duration::from_secs(10);
 /// client that opened another each time it met it sent a backend 77,000 requests a second
 /// for nothing (an attacker's review).
 pub const RESETS_PER_CLIENT: u32 = 500;
-/// How often the relay looks at which answers wait for a client that takes none of them.
+/// How often the relay looks at which answers wait for a client that takes none of them,
+/// and how often a connection whose address holds its budget tries its backends again.
 const HELD_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How long an answer may wait for a client that takes none of it while the client's
+/// address holds `SWITCHYARD_H2C_HELD_PER_CLIENT` (see [`held`]).
+const OVER_BUDGET_HELD: Duration = Duration::from_secs(1);
 /// What a request over `SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES` counts against [`GLITCHES`].
 const OVERSIZE_GLITCHES: u32 = GLITCHES / 10;
 /// Output owed to one socket past which the relay stops reading what would add to it.
@@ -96,6 +101,8 @@ pub struct Shared {
     pub backend_slots: Arc<Slots>,
     /// Streams at a backend that each client address reset ([`RESETS_PER_CLIENT`]).
     pub resets: protocol_api::rate::PerClient,
+    /// What the relay holds for each client address ([`held`]).
+    pub held: Arc<held::Held>,
 }
 
 impl Shared {
@@ -122,12 +129,14 @@ impl Shared {
             stats.backends,
             RELAY_REASONS,
         );
+        let held = held::Held::new(config.held_per_client, stats.held);
         Shared {
             config,
             stats,
             addresses,
             backend_slots,
             resets: protocol_api::rate::PerClient::new(RESETS_PER_CLIENT),
+            held,
         }
     }
 }
@@ -168,6 +177,12 @@ pub struct Relay {
     held_checked: Instant,
     /// A call came before the next look was due: the look is owed, by a timer.
     held_check_owed: bool,
+    /// This connection's part of what its address holds ([`held`]).
+    held: held::ClientHeld,
+    /// Bytes the streams' answers hold for the client (their buffers' capacity).
+    answers_held: usize,
+    /// Since when its backends are left unread while its address holds its budget.
+    held_paused: Option<Instant>,
     glitches: u32,
     glitch_period_start: Instant,
     /// This connection's unit of the open-connections gauge.
@@ -212,6 +227,9 @@ impl Relay {
         let now = Instant::now();
         let upgraded = preamble.is_some();
         let forwarding = message::Forwarding::new(peer_addr);
+        let held = shared
+            .held
+            .client(protocol_api::clients::key(peer_addr.ip()));
         Relay {
             _open: shared.stats.open.hold(),
             shared,
@@ -237,6 +255,9 @@ impl Relay {
             held_since: None,
             held_checked: now,
             held_check_owed: false,
+            held,
+            answers_held: 0,
+            held_paused: None,
             glitches: 0,
             glitch_period_start: now,
         }
@@ -289,6 +310,8 @@ impl Relay {
             log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
             return Ok(Wants::close());
         }
+        // What is left after the flush is what the connection holds for its client.
+        self.held.holds(self.answers_held + self.client.out.owed());
         if quiet {
             self.streams.shrink_to(0);
             if self.client.tail.is_empty() {
@@ -318,6 +341,7 @@ impl Relay {
         // A backend left with bytes (its budget spent, or the client's output full until
         // the flush above) brings no event of its own for them.
         let backend_left = self.client.out.owed() <= OUT_LIMIT
+            && self.held_paused.is_none()
             && self.backends.iter().flatten().any(|b| {
                 b.readable && b.state == State::Open && !b.dead && b.peer.out.owed() <= OUT_LIMIT
             });
@@ -886,9 +910,15 @@ impl Relay {
         let dropped = std::mem::take(&mut stream.up.pending).len();
         stream.up.trailers = None;
         stream.up.ended = stream.up.end;
+        let before = stream.down.pending.capacity();
         stream.down = Flow::new(stream.down.send_window.clamp(0, frame::MAX_WINDOW) as u32);
         stream.down.pending = body;
         stream.down.end = true;
+        recount(
+            &mut self.answers_held,
+            before,
+            stream.down.pending.capacity(),
+        );
         self.client.give_back(dropped);
         self.drain_down(id);
     }
@@ -936,11 +966,12 @@ impl Relay {
 
     /// Removes a stream; the idle clock starts when the last goes.
     fn take_stream(&mut self, id: u32) -> Option<Stream> {
-        let stream = self.streams.remove(&id);
-        if stream.is_some() && self.streams.is_empty() {
+        let stream = self.streams.remove(&id)?;
+        recount(&mut self.answers_held, stream.down.pending.capacity(), 0);
+        if self.streams.is_empty() {
             self.idle_since = Instant::now();
         }
-        stream
+        Some(stream)
     }
 
     /// Removes a stream once both directions are over.
@@ -1130,7 +1161,13 @@ impl Relay {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
+        let before = stream.down.pending.capacity();
         let sent = stream.down.drain(id, &mut self.client);
+        recount(
+            &mut self.answers_held,
+            before,
+            stream.down.pending.capacity(),
+        );
         if sent > 0 {
             if let Target::Backend(slot) = stream.target {
                 if let Some(backend) = self.backends[slot].as_mut() {
@@ -1188,6 +1225,7 @@ impl Relay {
     /// Reads every backend that may have bytes while the client can take more; one stopped
     /// early keeps `readable` (the call then asks to be resumed).
     fn read_backends(&mut self) {
+        self.held_paused = None;
         for slot in 0..self.backends.len() {
             SCRATCH.with_borrow_mut(|buf| {
                 let mut total = 0;
@@ -1206,6 +1244,12 @@ impl Relay {
                         || backend.state != State::Open
                         || backend.peer.out.owed() > OUT_LIMIT
                     {
+                        return;
+                    }
+                    // Its address holds its budget: the backend waits (its windows make
+                    // it), and the call is made again to see.
+                    if self.held.holds(self.answers_held + self.client.out.owed()) {
+                        self.held_paused.get_or_insert_with(Instant::now);
                         return;
                     }
                     let kept = backend.peer.tail.len();
@@ -1548,12 +1592,18 @@ impl Relay {
             return Ok(());
         }
         let stream = self.streams.get_mut(&head.stream).expect("just found");
+        let before = stream.down.pending.capacity();
         let passed = stream.down.take(
             head.stream,
             data,
             counted,
             head.has(flag::END_STREAM),
             &mut self.client,
+        );
+        recount(
+            &mut self.answers_held,
+            before,
+            stream.down.pending.capacity(),
         );
         let backend = self.backends[slot].as_mut().expect("the caller checked");
         backend.peer.give_back(passed);
@@ -1616,6 +1666,13 @@ impl Relay {
         }
         self.held_checked = now;
         self.held_check_owed = false;
+        debug_assert_eq!(
+            self.answers_held,
+            (self.streams.values())
+                .map(|s| s.down.pending.capacity())
+                .sum::<usize>(),
+            "answers held miscounted"
+        );
         let mut longest: Option<Instant> = None;
         for stream in self.streams.values_mut() {
             if stream.down.pending.is_empty() {
@@ -1638,7 +1695,7 @@ impl Relay {
     /// Time-outs: connects, idle backends, the idle client, answers the client does not
     /// take.
     fn expire(&mut self, now: Instant) {
-        let body_timeout = self.shared.config.body_timeout;
+        let body_timeout = self.held_timeout();
         if self
             .held_since
             .is_some_and(|since| now.duration_since(since) >= body_timeout)
@@ -1657,9 +1714,13 @@ impl Relay {
                 .collect();
             static HELD: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
             if let Some(unlogged) = HELD.admit() {
+                let over = match self.held.over() {
+                    true => " while its address holds SWITCHYARD_H2C_HELD_PER_CLIENT",
+                    false => "",
+                };
                 log::info!(
-                    "h2c {}: the client took nothing of {} answer(s) for {} ms: streams \
-                     reset{unlogged}",
+                    "h2c {}: the client took nothing of {} answer(s) for {} ms{over}: \
+                     streams reset{unlogged}",
                     self.peer_addr,
                     held.len(),
                     body_timeout.as_millis()
@@ -1696,6 +1757,17 @@ impl Relay {
         if now.duration_since(self.glitch_period_start) >= GLITCH_PERIOD {
             self.glitch_period_start = now;
             self.glitches = 0;
+        }
+    }
+
+    /// How long an answer may wait for a client that takes none of it: the body time-out,
+    /// or [`OVER_BUDGET_HELD`] while the client's address holds its budget, so that the
+    /// answers it takes nothing of make room for those it takes.
+    fn held_timeout(&self) -> Duration {
+        let body_timeout = self.shared.config.body_timeout;
+        match self.held.over() {
+            true => body_timeout.min(OVER_BUDGET_HELD),
+            false => body_timeout,
         }
     }
 
@@ -1830,10 +1902,15 @@ impl Relay {
             _ => {}
         }
         if let Some(since) = self.held_since {
-            at(since + self.shared.config.body_timeout);
+            at(since + self.held_timeout());
+            // Its address may hold its budget by the others' doing: a look a second.
+            at(since.max(self.held_checked) + OVER_BUDGET_HELD);
         }
         if self.held_check_owed {
             at(self.held_checked + HELD_CHECK_EVERY);
+        }
+        if let Some(since) = self.held_paused {
+            at(since + HELD_CHECK_EVERY);
         }
         for backend in self.backends.iter().flatten() {
             match (backend.state, backend.idle_since) {
@@ -1844,6 +1921,13 @@ impl Relay {
         }
         next
     }
+}
+
+/// Moves the count of what answers hold (`Relay::answers_held`) by a stream's buffer
+/// going from `before` bytes of capacity to `after`.
+fn recount(held: &mut usize, before: usize, after: usize) {
+    debug_assert!(*held + after >= before, "answers held miscounted");
+    *held = (*held + after).saturating_sub(before);
 }
 
 /// Runs `f` with the loop thread's field list, left empty for the next block.

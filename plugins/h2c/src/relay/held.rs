@@ -1,0 +1,169 @@
+//! What the relay holds for one client address, over all its connections: answers waiting
+//! for windows the client keeps shut, and output its sockets have not taken
+//! (`SWITCHYARD_H2C_HELD_PER_CLIENT`).
+//!
+//! Each connection is bounded by the windows it grants its backends (1 MiB a backend
+//! connection), but one address may hold 2,500 connections: 2.5 GiB for 30 s, an
+//! attacker's review found. Once an address holds its budget, its connections read their
+//! backends no further (the backends wait, as flow control makes them), and answers it
+//! takes nothing of are let go sooner ([`super::Relay::expire`]).
+//!
+//! A connection holding under [`UNCOUNTED`] counts nothing, so the common case (answers
+//! that leave in the call they came in) touches no shared counter.
+
+use protocol_api::metrics::Gauge;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// What a connection may hold and count nothing of: one address's untold bytes are at most
+/// this much a connection (40 MiB over 2,500 connections).
+pub const UNCOUNTED: usize = 16 * 1024;
+/// The address map is swept of addresses no connection counts for once it is this long
+/// (then twice what was left).
+const SWEEP_FROM: usize = 64;
+
+/// Every address's count.
+pub struct Held {
+    /// The budget of one address.
+    per_client: usize,
+    by_client: Mutex<ByClient>,
+    /// `switchyard_h2c_held_bytes`: what every connection counts.
+    gauge: Gauge,
+}
+
+struct ByClient {
+    counts: HashMap<u64, Weak<AtomicUsize>>,
+    sweep_at: usize,
+}
+
+/// One connection's part of its address's count.
+pub struct ClientHeld {
+    held: Arc<Held>,
+    count: Arc<AtomicUsize>,
+    /// What this connection added to `count`.
+    counted: usize,
+}
+
+impl Held {
+    pub fn new(per_client: usize, gauge: Gauge) -> Arc<Held> {
+        Arc::new(Held {
+            per_client,
+            by_client: Mutex::new(ByClient {
+                counts: HashMap::new(),
+                sweep_at: SWEEP_FROM,
+            }),
+            gauge,
+        })
+    }
+
+    /// A new connection's part of the count of the client `key`
+    /// ([`protocol_api::clients::key`]).
+    pub fn client(self: &Arc<Self>, key: u64) -> ClientHeld {
+        let mut by_client = self.by_client.lock().unwrap_or_else(|e| e.into_inner());
+        let count = match by_client.counts.get(&key).and_then(Weak::upgrade) {
+            Some(count) => count,
+            None => {
+                if by_client.counts.len() >= by_client.sweep_at {
+                    by_client.counts.retain(|_, count| count.strong_count() > 0);
+                    by_client.sweep_at = (by_client.counts.len() * 2).max(SWEEP_FROM);
+                }
+                let count = Arc::new(AtomicUsize::new(0));
+                by_client.counts.insert(key, Arc::downgrade(&count));
+                count
+            }
+        };
+        ClientHeld {
+            held: self.clone(),
+            count,
+            counted: 0,
+        }
+    }
+}
+
+impl ClientHeld {
+    /// The connection holds `bytes` now (under [`UNCOUNTED`] counts as none); whether its
+    /// address holds more than its budget, all its connections together.
+    pub fn holds(&mut self, bytes: usize) -> bool {
+        let bytes = if bytes < UNCOUNTED { 0 } else { bytes };
+        if bytes == self.counted {
+            return self.over();
+        }
+        let before = if bytes > self.counted {
+            self.count
+                .fetch_add(bytes - self.counted, Ordering::Relaxed)
+        } else {
+            self.count
+                .fetch_sub(self.counted - bytes, Ordering::Relaxed)
+        };
+        self.held.gauge.add(bytes as i64 - self.counted as i64);
+        let now = before + bytes - self.counted;
+        self.counted = bytes;
+        now > self.held.per_client
+    }
+
+    /// Whether its address holds more than its budget.
+    pub fn over(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > self.held.per_client
+    }
+}
+
+impl Drop for ClientHeld {
+    fn drop(&mut self) {
+        self.holds(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(per_client: usize) -> Arc<Held> {
+        let gauge = protocol_api::metrics::gauge("test_held", "In the plugin only.", &[]);
+        Held::new(per_client, gauge.unwrap().with(&[]))
+    }
+
+    #[test]
+    fn an_address_is_over_once_its_connections_together_hold_its_budget() {
+        let held = held(100 * 1024);
+        let mut first = held.client(1);
+        let mut second = held.client(1);
+        let mut other = held.client(2);
+        assert!(!first.holds(60 * 1024));
+        assert!(second.holds(60 * 1024), "120 KiB of a 100 KiB budget");
+        assert!(first.over());
+        assert!(!other.holds(90 * 1024), "another address has its own");
+        assert!(!second.holds(0));
+        assert!(!first.over());
+    }
+
+    #[test]
+    fn a_connection_holding_little_counts_nothing() {
+        let held = held(UNCOUNTED);
+        let mut first = held.client(1);
+        assert!(!first.holds(UNCOUNTED - 1));
+        assert_eq!(first.count.load(Ordering::Relaxed), 0);
+        assert!(first.holds(UNCOUNTED + 1));
+    }
+
+    #[test]
+    fn a_connection_gone_gives_back_what_it_counted() {
+        let held = held(100);
+        let mut first = held.client(1);
+        assert!(first.holds(UNCOUNTED * 2));
+        let second = held.client(1);
+        assert!(second.over());
+        drop(first);
+        assert!(!second.over());
+    }
+
+    #[test]
+    fn addresses_no_connection_counts_for_are_swept() {
+        let held = held(100);
+        for key in 0..(SWEEP_FROM as u64 * 3) {
+            drop(held.client(key));
+        }
+        let kept = held.by_client.lock().unwrap().counts.len();
+        assert!(kept <= SWEEP_FROM, "{kept} addresses kept");
+    }
+}
