@@ -534,16 +534,11 @@ fn rapid_reset_over_many_connections_of_one_address_gets_goaway_on_either_engine
     run(async {
         let raw = raw_http1_backend();
         let h2 = backend(Arc::default()).await;
+        let [(relay, relay_routes), (hyper, hyper_routes)] = both_engines(h2, raw);
         for (engine, routes, connections, pace, code) in [
-            ("relay", format!("/={h2}"), 4, None, 0xb),
+            (relay, relay_routes, 4, None, 0xb),
             // Paced under h2's own count; hyper's GOAWAY is graceful.
-            (
-                "hyper",
-                format!("/={h2},/http1/=http1://{raw}"),
-                8,
-                Some(20),
-                0x0,
-            ),
+            (hyper, hyper_routes, 8, Some(20), 0x0),
         ] {
             let daemon = daemon(&routes, &[]);
             let addr = daemon.addr;
@@ -1343,10 +1338,7 @@ fn answers_a_client_takes_nothing_of_are_let_go_after_the_body_timeout_on_either
     run(async {
         let raw = raw_http1_backend();
         let h2 = backend(Arc::default()).await;
-        for (engine, routes) in [
-            ("relay", format!("/={h2}")),
-            ("hyper", format!("/={h2},/http1/=http1://{raw}")),
-        ] {
+        for (engine, routes) in both_engines(h2, raw) {
             let daemon = daemon(&routes, &[("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1000")]);
             let send = connect_with_window(daemon.addr, 0).await;
             let mut bodies = Vec::new();
@@ -1531,6 +1523,43 @@ fn what_one_address_takes_nothing_of_is_held_to_its_budget_over_its_connections(
     });
 }
 
+/// A request body its backend takes nothing of (its window shut, no answer) held what the
+/// relay read of it, and the stream, for as long as the connection lived. Now the body
+/// time-out ends it as it ends an answer the client takes nothing of: cancelled at the
+/// backend, and `504` to the client (nginx's `proxy_send_timeout`).
+#[test]
+fn an_upload_its_backend_takes_nothing_of_is_answered_504_after_the_body_timeout() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let h2 = backend(seen.clone()).await;
+        let daemon = daemon(
+            &format!("/={h2}"),
+            &[("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "1000")],
+        );
+        let send = connect(daemon.addr).await;
+        let request = Request::post("http://t/wait-for-reset").body(()).unwrap();
+        let mut ready = send.clone().ready().await.unwrap();
+        let (response, mut upload) = ready.send_request(request, false).unwrap();
+        upload
+            .send_data(Bytes::from(vec![b'u'; 1 << 20]), false)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(6), response).await;
+        let response = response
+            .expect("answered within the body time-out")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        for _ in 0..100 {
+            if !seen.resets.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*seen.resets.lock().unwrap(), ["/wait-for-reset"]);
+        // The connection serves on.
+        assert_eq!(get(&send, "/x").await.0, StatusCode::OK);
+    });
+}
+
 /// From a review: with a 256 KiB window for each backend, eight streams whose answers the
 /// client took lazily (each holding the 64 KiB its backend stream may send) stopped every
 /// other stream of the connection to that backend until the body time-out reset them. A
@@ -1540,10 +1569,7 @@ fn streams_taken_lazily_do_not_stop_the_others_to_their_backend() {
     run(async {
         let raw = raw_http1_backend();
         let h2 = backend(Arc::default()).await;
-        for (engine, routes) in [
-            ("relay", format!("/={h2}")),
-            ("hyper", format!("/={h2},/http1/=http1://{raw}")),
-        ] {
+        for (engine, routes) in both_engines(h2, raw) {
             let daemon = daemon(&routes, &[]);
             let wide = client::Builder::new()
                 .initial_connection_window_size(16 << 20)
@@ -1772,6 +1798,15 @@ fn an_answer_the_client_takes_nothing_of_gives_its_slot_back() {
         );
         drop(response);
     });
+}
+
+/// Routes to the HTTP/2 backend `h2` for each engine: alone (the relay's), and beside an
+/// `http1://` route to `raw` (hyper's, which `auto` then chooses).
+fn both_engines(h2: SocketAddr, raw: SocketAddr) -> [(&'static str, String); 2] {
+    [
+        ("relay", format!("/={h2}")),
+        ("hyper", format!("/={h2},/http1/=http1://{raw}")),
+    ]
 }
 
 /// An HTTP/2 client connection that grants `window` bytes a stream.

@@ -56,8 +56,10 @@ pub struct Config {
     /// ([`crate::body_buffer`]); 0: none.
     pub http1_request_buffer: usize,
     /// `SWITCHYARD_H2C_BODY_TIMEOUT_MS` (default 30000): a request body to an HTTP/1.1
-    /// backend that sends nothing this long (`408` if not yet answered), or an answer the
-    /// client takes nothing of this long (from any backend), ends its stream.
+    /// backend that sends nothing this long (`408` if not yet answered), an answer the
+    /// client takes nothing of this long (from any backend), or a request body an HTTP/2
+    /// backend takes nothing of this long (the relay; `504` if not yet answered), ends its
+    /// stream.
     pub body_timeout: Duration,
     /// `SWITCHYARD_H2C_ENGINE` (default `auto`): how connections are served.
     pub engine: Engine,
@@ -69,9 +71,9 @@ pub struct Config {
     /// same for one client address ([`crate::slots`]).
     pub backends_per_client: usize,
     /// `SWITCHYARD_H2C_HELD_PER_CLIENT` (default 64 MiB): bytes the relay holds for one
-    /// client address, over all its connections, in answers it takes nothing of and output
-    /// its sockets have not taken; past it, its connections read their backends no further
-    /// ([`crate::relay::held`]).
+    /// client address, over all its connections: answers it has not taken, its uploads a
+    /// backend has not, output not yet written; past it, its connections read their
+    /// backends no further ([`crate::relay::held`]).
     pub held_per_client: usize,
 }
 
@@ -263,10 +265,10 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_MAX", "2500", "streams of all client connections in flight to http1:// backends at once (one backend connection each); past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_PER_CLIENT", "a quarter of SWITCHYARD_H2C_HTTP1_MAX (625)", "the same for one client address (an IPv6 client: its /64); past it, 503 with Retry-After (while fewer are free than this, a client holding a sixteenth of it or more gets no more)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_HTTP1_REQUEST_BUFFER", "65536", "bytes of a request body to an http1:// backend read (whole, if it is no larger) before the stream takes a backend connection; at most 1048576, 0: none"),
-    protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long (408 if not yet answered), or an answer the client takes nothing of this long, ends its stream (an http1:// backend's connection is closed)"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long (408 if not yet answered), or an answer the client takes nothing of this long, or a request body an HTTP/2 backend takes nothing of this long (the relay; 504 if not yet answered), ends its stream (an http1:// backend's connection is closed)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_MAX", "SWITCHYARD_MAX_CONNECTIONS (10000)", "the relay's backend connections open at once (one per route a client connection uses), so that the daemon's two descriptors a connection hold; past it, a stream that needs another gets 503"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "a quarter of SWITCHYARD_H2C_BACKENDS_MAX", "the same for one client address (an IPv6 client: its /64); while fewer are free than this, a client holding a sixteenth of it or more gets no more"),
-    protocol_api::Setting::new("SWITCHYARD_H2C_HELD_PER_CLIENT", "67108864 (64 MiB)", "bytes the relay holds for one client address, all its connections together, in answers it takes nothing of and output it has not read; past it, its connections read their backends no further, and answers it took nothing of for a second are reset"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HELD_PER_CLIENT", "67108864 (64 MiB)", "bytes the relay holds for one client address, all its connections together (answers it has not taken, its uploads a backend has not, output not yet written); past it, its connections read their backends no further, and answers it took nothing of for a second are reset"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
 

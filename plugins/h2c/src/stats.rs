@@ -20,7 +20,7 @@ pub struct Stats {
     pub http1_buffered: Gauge,
     /// The relay's backend connections open now.
     pub backends: Gauge,
-    /// Bytes the relay holds for clients that have not taken them ([`crate::relay::held`]).
+    /// Bytes the relay holds that their destination has not taken ([`crate::relay::held`]).
     pub held: Gauge,
     routes: Vec<RouteStats>,
 }
@@ -68,7 +68,7 @@ impl Stats {
         )?;
         let held = metrics::gauge(
             "held_bytes",
-            "Bytes the relay holds for clients that have not taken them (answers past their windows, output their sockets have not taken; a connection holding under 16 KiB counts none); one address at most SWITCHYARD_H2C_HELD_PER_CLIENT.",
+            "Bytes the relay holds between clients and backends that have not taken them (answers and uploads past their windows, output not yet written; a connection holding under 16 KiB counts none); one address at most SWITCHYARD_H2C_HELD_PER_CLIENT.",
             &[],
         )?;
         let streams = metrics::counter(

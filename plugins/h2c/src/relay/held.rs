@@ -1,6 +1,6 @@
-//! What the relay holds for one client address, over all its connections: answers waiting
-//! for windows the client keeps shut, and output its sockets have not taken
-//! (`SWITCHYARD_H2C_HELD_PER_CLIENT`).
+//! What the relay holds for one client address, over all its connections
+//! (`SWITCHYARD_H2C_HELD_PER_CLIENT`): answers waiting for windows the client keeps shut,
+//! its uploads waiting for a backend's, and output not yet taken by the sockets.
 //!
 //! Each connection is bounded by the windows it grants its backends (1 MiB a backend
 //! connection), but one address may hold 2,500 connections: 2.5 GiB for 30 s, an

@@ -9,8 +9,10 @@
 //! given back only as bytes leave; the answer comes back the same way. So what one client
 //! connection can make the relay hold is bounded by the windows it grants: 64 KiB a
 //! stream and [`peer::CONN_WINDOW`] a connection, each way; answers held for a client that
-//! takes none of them are held for `SWITCHYARD_H2C_BODY_TIMEOUT_MS` at most
-//! ([`Relay::expire`]).
+//! takes none of them, and uploads for a backend that takes none, are held for
+//! `SWITCHYARD_H2C_BODY_TIMEOUT_MS` at most ([`Relay::expire`]); and all of one client
+//! address's connections together hold `SWITCHYARD_H2C_HELD_PER_CLIENT` at most
+//! ([`held`]).
 //!
 //! Every stream keeps its identifier on the backend connection ([`backend`]), so no map
 //! is kept between the two. The relay reads and writes the client through the daemon
@@ -179,8 +181,6 @@ pub struct Relay {
     held_check_owed: bool,
     /// This connection's part of what its address holds ([`held`]).
     held: held::ClientHeld,
-    /// Bytes the streams' answers hold for the client (their buffers' capacity).
-    answers_held: usize,
     /// Since when its backends are left unread while its address holds its budget.
     held_paused: Option<Instant>,
     glitches: u32,
@@ -256,7 +256,6 @@ impl Relay {
             held_checked: now,
             held_check_owed: false,
             held,
-            answers_held: 0,
             held_paused: None,
             glitches: 0,
             glitch_period_start: now,
@@ -311,7 +310,7 @@ impl Relay {
             return Ok(Wants::close());
         }
         // What is left after the flush is what the connection holds for its client.
-        self.held.holds(self.answers_held + self.client.out.owed());
+        self.held.holds(self.holding());
         if quiet {
             self.streams.shrink_to(0);
             if self.client.tail.is_empty() {
@@ -910,15 +909,9 @@ impl Relay {
         let dropped = std::mem::take(&mut stream.up.pending).len();
         stream.up.trailers = None;
         stream.up.ended = stream.up.end;
-        let before = stream.down.pending.capacity();
         stream.down = Flow::new(stream.down.send_window.clamp(0, frame::MAX_WINDOW) as u32);
         stream.down.pending = body;
         stream.down.end = true;
-        recount(
-            &mut self.answers_held,
-            before,
-            stream.down.pending.capacity(),
-        );
         self.client.give_back(dropped);
         self.drain_down(id);
     }
@@ -966,12 +959,11 @@ impl Relay {
 
     /// Removes a stream; the idle clock starts when the last goes.
     fn take_stream(&mut self, id: u32) -> Option<Stream> {
-        let stream = self.streams.remove(&id)?;
-        recount(&mut self.answers_held, stream.down.pending.capacity(), 0);
-        if self.streams.is_empty() {
+        let stream = self.streams.remove(&id);
+        if stream.is_some() && self.streams.is_empty() {
             self.idle_since = Instant::now();
         }
-        Some(stream)
+        stream
     }
 
     /// Removes a stream once both directions are over.
@@ -1161,13 +1153,7 @@ impl Relay {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        let before = stream.down.pending.capacity();
         let sent = stream.down.drain(id, &mut self.client);
-        recount(
-            &mut self.answers_held,
-            before,
-            stream.down.pending.capacity(),
-        );
         if sent > 0 {
             if let Target::Backend(slot) = stream.target {
                 if let Some(backend) = self.backends[slot].as_mut() {
@@ -1236,7 +1222,7 @@ impl Relay {
                     if total >= protocol_api::sizes::READ_BUDGET {
                         return;
                     }
-                    let Some(backend) = self.backends[slot].as_mut() else {
+                    let Some(backend) = self.backends[slot].as_ref() else {
                         return;
                     };
                     if !backend.readable
@@ -1248,10 +1234,11 @@ impl Relay {
                     }
                     // Its address holds its budget: the backend waits (its windows make
                     // it), and the call is made again to see.
-                    if self.held.holds(self.answers_held + self.client.out.owed()) {
+                    if self.held.holds(holding(&self.client, &self.backends)) {
                         self.held_paused.get_or_insert_with(Instant::now);
                         return;
                     }
+                    let backend = self.backends[slot].as_mut().expect("just seen");
                     let kept = backend.peer.tail.len();
                     let asked = buf.len() - kept;
                     let n = match (&backend.socket).read(&mut buf[kept..]) {
@@ -1592,18 +1579,12 @@ impl Relay {
             return Ok(());
         }
         let stream = self.streams.get_mut(&head.stream).expect("just found");
-        let before = stream.down.pending.capacity();
         let passed = stream.down.take(
             head.stream,
             data,
             counted,
             head.has(flag::END_STREAM),
             &mut self.client,
-        );
-        recount(
-            &mut self.answers_held,
-            before,
-            stream.down.pending.capacity(),
         );
         let backend = self.backends[slot].as_mut().expect("the caller checked");
         backend.peer.give_back(passed);
@@ -1666,22 +1647,17 @@ impl Relay {
         }
         self.held_checked = now;
         self.held_check_owed = false;
-        debug_assert_eq!(
-            self.answers_held,
-            (self.streams.values())
-                .map(|s| s.down.pending.capacity())
-                .sum::<usize>(),
-            "answers held miscounted"
-        );
         let mut longest: Option<Instant> = None;
         for stream in self.streams.values_mut() {
-            if stream.down.pending.is_empty() {
+            let upload_held = !stream.up.pending.is_empty() && stream.is_open_on_backend();
+            if stream.down.pending.is_empty() && !upload_held {
                 if stream.held.is_some() {
                     stream.held = None; // written only when it changes: this runs every call
                 }
                 continue;
             }
-            let sent = stream.down.sent;
+            // Either way's move puts the wait off.
+            let sent = stream.down.sent + stream.up.sent;
             let since = match stream.held {
                 Some((since, mark)) if mark == sent => since,
                 _ => now,
@@ -1712,6 +1688,11 @@ impl Relay {
                 })
                 .map(|(&id, _)| id)
                 .collect();
+            // Uploads a backend took nothing of, likewise (nginx's `proxy_send_timeout`):
+            // 504 if the backend has not answered yet.
+            let uploads = (held.iter())
+                .filter(|id| self.streams[id].down.pending.is_empty())
+                .count();
             static HELD: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
             if let Some(unlogged) = HELD.admit() {
                 let over = match self.held.over() {
@@ -1719,15 +1700,16 @@ impl Relay {
                     false => "",
                 };
                 log::info!(
-                    "h2c {}: the client took nothing of {} answer(s) for {} ms{over}: \
-                     streams reset{unlogged}",
+                    "h2c {}: the client took nothing of {} answer(s), backends nothing of {} \
+                     upload(s), for {} ms{over}: streams ended{unlogged}",
                     self.peer_addr,
-                    held.len(),
+                    held.len() - uploads,
+                    uploads,
                     body_timeout.as_millis()
                 );
             }
             for id in held {
-                self.reset(id, code::CANCEL);
+                self.end_held(id);
             }
             self.held_since = None;
         }
@@ -1758,6 +1740,28 @@ impl Relay {
             self.glitch_period_start = now;
             self.glitches = 0;
         }
+    }
+
+    /// Ends a stream that moved nothing for its time-out: reset, or, if its backend took
+    /// nothing of its upload and has not answered, cancelled there and answered `504`.
+    fn end_held(&mut self, id: u32) {
+        let stream = &self.streams[&id];
+        let Target::Backend(slot) = stream.target else {
+            return self.reset(id, code::CANCEL);
+        };
+        if stream.responded || !stream.down.pending.is_empty() || !stream.is_open_on_backend() {
+            return self.reset(id, code::CANCEL);
+        }
+        if let Some(backend) = self.backends[slot].as_mut() {
+            frame::write_rst_stream(backend.peer.out.queue(), id, code::CANCEL);
+            self.closed_on_backend(slot);
+        }
+        self.answer_failed(id, 504, "took nothing of the request body in time");
+    }
+
+    /// What the connection holds for its client and its backends ([`holding`]).
+    fn holding(&self) -> usize {
+        holding(&self.client, &self.backends)
     }
 
     /// How long an answer may wait for a client that takes none of it: the body time-out,
@@ -1923,11 +1927,20 @@ impl Relay {
     }
 }
 
-/// Moves the count of what answers hold (`Relay::answers_held`) by a stream's buffer
-/// going from `before` bytes of capacity to `after`.
-fn recount(held: &mut usize, before: usize, after: usize) {
-    debug_assert!(*held + after >= before, "answers held miscounted");
-    *held = (*held + after).saturating_sub(before);
+/// What a connection holds: DATA received and not yet passed on, as the connection windows
+/// count it (what each peer was granted, less what it may still send and what it is owed
+/// back: no stream need be looked at), and output its sockets have not taken.
+fn holding(client: &Peer, backends: &[Option<Backend>]) -> usize {
+    let held_from = |peer: &Peer| {
+        let unpassed = i64::from(peer.window) - peer.recv_window - i64::from(peer.unacked);
+        unpassed.max(0) as usize + peer.out.owed()
+    };
+    held_from(client)
+        + backends
+            .iter()
+            .flatten()
+            .map(|b| held_from(&b.peer))
+            .sum::<usize>()
 }
 
 /// Runs `f` with the loop thread's field list, left empty for the next block.
