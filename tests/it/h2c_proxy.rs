@@ -1368,40 +1368,55 @@ fn answers_a_client_takes_nothing_of_are_let_go_after_the_body_timeout_on_either
 /// client connection uses, and nothing counted them: 48 connections of one address, within
 /// its share, each using ten routes, took every descriptor of a daemon whose limit allowed
 /// two a connection, and another address was not even accepted. They are counted now, in
-/// all and by client address, and a stream past either count gets `503`.
+/// all and by client address, and a stream past either count gets `503`; so are hyper's,
+/// which had each client connection's own backend connections uncounted too.
 #[test]
-fn the_relays_backend_connections_are_counted_by_client() {
+fn backend_connections_are_counted_by_client_on_either_engine() {
     run(async {
-        let h2 = backend(Arc::default()).await;
-        let routes = format!("/a/={h2},/b/={h2},/c/={h2}");
-        let daemon = daemon(
-            &routes,
-            &[
-                ("SWITCHYARD_H2C_BACKENDS_MAX", "8"),
-                ("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "2"),
-            ],
+        let (a, b, c) = (
+            backend(Arc::default()).await,
+            backend(Arc::default()).await,
+            backend(Arc::default()).await,
         );
-        let send = connect(daemon.addr).await;
-        assert_eq!(get(&send, "/a/x").await, (StatusCode::OK, "/a/x".into()));
-        assert_eq!(get(&send, "/b/x").await, (StatusCode::OK, "/b/x".into()));
-        let (status, text) = get(&send, "/c/x").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
-        assert!(
-            text.contains("SWITCHYARD_H2C_BACKENDS_PER_CLIENT"),
-            "{text}"
-        );
-        assert!(daemon
-            .metrics()
-            .contains("switchyard_h2c_backend_connections 2"));
-        // Its routes in use go on; another connection of the same address gets none.
-        assert_eq!(get(&send, "/a/y").await.0, StatusCode::OK);
-        let other = connect(daemon.addr).await;
-        assert_eq!(get(&other, "/a/x").await.0, StatusCode::SERVICE_UNAVAILABLE);
-        drop(send);
-        daemon
-            .wait_for_metric("switchyard_h2c_backend_connections 0")
-            .unwrap_or_else(|m| panic!("not given back: {m}"));
-        assert_eq!(get(&other, "/c/x").await.0, StatusCode::OK);
+        let routes = format!("/a/={a},/b/={b},/c/={c}");
+        for engine in ["relay", "hyper"] {
+            let daemon = daemon(
+                &routes,
+                &[
+                    ("SWITCHYARD_H2C_ENGINE", engine),
+                    ("SWITCHYARD_H2C_BACKENDS_MAX", "8"),
+                    ("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "2"),
+                ],
+            );
+            let tcp = TcpStream::connect(daemon.addr).await.unwrap();
+            let (send, connection) = client::handshake(tcp).await.unwrap();
+            let connection = tokio::spawn(connection);
+            assert_eq!(get(&send, "/a/x").await, (StatusCode::OK, "/a/x".into()));
+            assert_eq!(get(&send, "/b/x").await, (StatusCode::OK, "/b/x".into()));
+            let (status, text) = get(&send, "/c/x").await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{engine}: {text}");
+            assert!(
+                text.contains("SWITCHYARD_H2C_BACKENDS_PER_CLIENT"),
+                "{engine}: {text}"
+            );
+            assert!(
+                (daemon.metrics()).contains("switchyard_h2c_backend_connections 2"),
+                "{engine}"
+            );
+            // Its routes in use go on; another connection of the same address gets none.
+            assert_eq!(get(&send, "/a/y").await.0, StatusCode::OK, "{engine}");
+            let other = connect(daemon.addr).await;
+            let refused = get(&other, "/a/x").await.0;
+            assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE, "{engine}");
+            // Given back when the client connection closes (and its backend connections
+            // with it), if not sooner (the relay's close 5 s after their last stream).
+            connection.abort();
+            let _ = connection.await;
+            daemon
+                .wait_for_metric("switchyard_h2c_backend_connections 0")
+                .unwrap_or_else(|m| panic!("{engine}: not given back: {m}"));
+            assert_eq!(get(&other, "/c/x").await.0, StatusCode::OK, "{engine}");
+        }
     });
 }
 

@@ -27,6 +27,7 @@ pub mod body_buffer;
 pub mod body_gap;
 pub mod client_io;
 pub mod config;
+pub mod counted;
 pub mod frame;
 pub mod hpack;
 pub mod proxy;

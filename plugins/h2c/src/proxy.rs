@@ -13,7 +13,8 @@
 use crate::body_buffer::{Budget, NotRead, Prefixed};
 use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
-use crate::slots::{Slot, Slots, HTTP1_REASONS};
+use crate::counted::{CountedConnector, NoBackendSlot};
+use crate::slots::{Slot, Slots, HTTP1_REASONS, RELAY_REASONS};
 use crate::stats::RouteStats;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,7 +29,7 @@ use protocol_api::path::RequestPath;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -52,6 +53,8 @@ pub struct Proxy {
     http1_slots: Arc<Slots>,
     /// What request bodies read before they go to HTTP/1.1 backends may hold.
     http1_buffered: Arc<Budget>,
+    /// HTTP/2 backend connections, counted across client connections as the relay's are.
+    backend_slots: Arc<Slots>,
     /// Streams at a backend that each client address reset, as on the relay
     /// ([`crate::relay::RESETS_PER_CLIENT`]).
     resets: protocol_api::rate::PerClient,
@@ -93,6 +96,12 @@ impl Proxy {
             HTTP1_REASONS,
         );
         let http1_buffered = Budget::new(HTTP1_BUFFERED_MAX, stats.http1_buffered);
+        let backend_slots = Slots::new(
+            config.backends_max,
+            config.backends_per_client,
+            stats.backends,
+            RELAY_REASONS,
+        );
         Proxy {
             config,
             stats,
@@ -100,13 +109,15 @@ impl Proxy {
             http1,
             http1_slots,
             http1_buffered,
+            backend_slots,
             resets: protocol_api::rate::PerClient::new(crate::relay::RESETS_PER_CLIENT),
         }
     }
 
     /// A client connection's own HTTP/2 backend connections (one per backend, made when
-    /// its first stream there comes).
-    fn http2_client(&self) -> Client<HttpConnector, Body> {
+    /// its first stream there comes), counted for its `client` address
+    /// ([`crate::counted`]).
+    fn http2_client(&self, client: IpAddr) -> Client<CountedConnector, Body> {
         Client::builder(TokioExecutor::new())
             .http2_only(true)
             // What a backend may make us hold for a client that takes nothing: hyper's
@@ -117,7 +128,11 @@ impl Proxy {
             .http2_max_send_buf_size(64 * 1024)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
-            .build(self.connector.clone())
+            .build(CountedConnector::new(
+                self.connector.clone(),
+                self.backend_slots.clone(),
+                client,
+            ))
     }
 }
 
@@ -133,7 +148,7 @@ pub struct Activity {
     /// Streams waiting for one of those permits (at most [`HTTP1_WAITING_MAX`]).
     http1_waiting: AtomicUsize,
     /// This client connection's HTTP/2 backend connections, closed with it.
-    http2: std::sync::OnceLock<Client<HttpConnector, Body>>,
+    http2: std::sync::OnceLock<Client<CountedConnector, Body>>,
     /// Its client's address reset more streams at backends than it may: the connection
     /// is to go away ([`AtBackend`]).
     pub calm_down: tokio::sync::Notify,
@@ -332,6 +347,26 @@ fn busy(stats: &RouteStats, peer: SocketAddr, path: &str, reason: &str) -> Respo
     refused
 }
 
+/// The client a stream's request goes by: the client connection's own for HTTP/2
+/// backends (counted), the shared pool for HTTP/1.1 ones (each stream takes a slot).
+enum Backend<'a> {
+    Http2(&'a Client<CountedConnector, Body>),
+    Http1(&'a Client<HttpConnector, Body>),
+}
+
+/// Why no backend connection could be made for the client ([`crate::counted`]), if that
+/// is why the request failed.
+fn no_backend_slot(error: &hyper_util::client::legacy::Error) -> Option<&'static str> {
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(e) = source {
+        if let Some(none) = e.downcast_ref::<NoBackendSlot>() {
+            return Some(none.0);
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// The status for a backend that could not answer: `504` for a connect time-out, `408`
 /// for a request body that stopped coming (`SWITCHYARD_H2C_BODY_TIMEOUT_MS`), else `502`.
 fn failure_status(error: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
@@ -463,8 +498,8 @@ pub async fn handle(
     let (client, body) = match route.protocol {
         BackendProtocol::Http2 => {
             parts.version = Version::HTTP_2;
-            let client = activity.http2.get_or_init(|| proxy.http2_client());
-            (client, body.map_err(BoxError::from).boxed())
+            let client = activity.http2.get_or_init(|| proxy.http2_client(peer.ip()));
+            (Backend::Http2(client), body.map_err(BoxError::from).boxed())
         }
         BackendProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -530,7 +565,10 @@ pub async fn handle(
                     ));
                 }
             }
-            (&proxy.http1, body.map_err(BoxError::from).boxed())
+            (
+                Backend::Http1(&proxy.http1),
+                body.map_err(BoxError::from).boxed(),
+            )
         }
     };
     // The answer's end (or its loss) stops what is left of an HTTP/1.1 request body.
@@ -550,7 +588,12 @@ pub async fn handle(
         client: protocol_api::clients::key(peer.ip()),
         answered: false,
     };
-    let response = client.request(Request::from_parts(parts, body)).await;
+    let request = Request::from_parts(parts, body);
+    let response = match client {
+        Backend::Http2(client) => client.request(request),
+        Backend::Http1(client) => client.request(request),
+    };
+    let response = response.await;
     at_backend.answered = true;
     let response = match response {
         // HTTP/2 has no 101 (RFC 9113 §8.6), and a final answer is not informational.
@@ -568,6 +611,10 @@ pub async fn handle(
             stats.latency.observe_micros(began.elapsed());
             stats.answered(response.status().as_u16());
             response
+        }
+        Err(e) if no_backend_slot(&e).is_some() => {
+            let reason = no_backend_slot(&e).unwrap_or_default();
+            return Ok(with_open(busy(stats, peer, &path, reason), open));
         }
         Err(e) => {
             let (status, what) = failure_status(&e);

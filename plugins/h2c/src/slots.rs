@@ -1,7 +1,8 @@
 //! Counts of backend connections shared by every client connection, in all and for one
 //! client address: the HTTP/1.1 backend connections carrying a stream (the hyper engine's
 //! `http1://` routes: `SWITCHYARD_H2C_HTTP1_MAX`, `SWITCHYARD_H2C_HTTP1_PER_CLIENT`), and
-//! the relay's HTTP/2 backend connections, one per route a client connection uses
+//! HTTP/2 backend connections, each client connection's own (the relay's one per route it
+//! uses, hyper's one per backend: [`crate::counted`])
 //! (`SWITCHYARD_H2C_BACKENDS_MAX`, `SWITCHYARD_H2C_BACKENDS_PER_CLIENT`: an address within
 //! its share of connections, each using ten routes, took every descriptor of a daemon
 //! whose limit allowed two a connection, an attacker's review found).
@@ -54,7 +55,7 @@ pub const HTTP1_REASONS: [&str; 2] = [
     "this client holds its most HTTP/1.1 backend connections (SWITCHYARD_H2C_HTTP1_PER_CLIENT)",
 ];
 
-/// The reasons of the relay's backend connections.
+/// The reasons of the HTTP/2 backend connections (either engine's).
 pub const RELAY_REASONS: [&str; 2] = [
     "every backend connection is taken (SWITCHYARD_H2C_BACKENDS_MAX)",
     "this client holds its most backend connections (SWITCHYARD_H2C_BACKENDS_PER_CLIENT)",

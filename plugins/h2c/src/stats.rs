@@ -18,7 +18,7 @@ pub struct Stats {
     pub http1_streams: Gauge,
     /// Bytes of request bodies read before they go to HTTP/1.1 backends, held now.
     pub http1_buffered: Gauge,
-    /// The relay's backend connections open now.
+    /// HTTP/2 backend connections open now (either engine's).
     pub backends: Gauge,
     /// Bytes the relay holds that their destination has not taken ([`crate::relay::held`]).
     pub held: Gauge,
@@ -63,7 +63,7 @@ impl Stats {
         )?;
         let backends = metrics::gauge(
             "backend_connections",
-            "The relay's backend connections open now, one per route a client connection uses (at most SWITCHYARD_H2C_BACKENDS_MAX).",
+            "HTTP/2 backend connections open now, each client connection's own: the relay's one per route it uses, hyper's one per backend (at most SWITCHYARD_H2C_BACKENDS_MAX).",
             &[],
         )?;
         let held = metrics::gauge(
