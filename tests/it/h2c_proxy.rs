@@ -1420,6 +1420,36 @@ fn backend_connections_are_counted_by_client_on_either_engine() {
     });
 }
 
+/// hyper's engine cannot see what a backend connection holds for a client that takes
+/// nothing, only that its window bounds it (1 MiB): 400 connections of one address granting
+/// no window held 505 MiB. So an address's budget of held bytes is a backend connection per
+/// MiB of it there; past it, `503` saying so, and another address is served.
+#[test]
+fn hyper_gives_an_address_a_backend_connection_per_mib_of_its_budget() {
+    run(async {
+        let h2 = backend(Arc::default()).await;
+        let daemon = daemon(
+            &format!("/={h2}"),
+            &[
+                ("SWITCHYARD_H2C_ENGINE", "hyper"),
+                ("SWITCHYARD_H2C_HELD_PER_CLIENT", &(2 << 20).to_string()),
+            ],
+        );
+        let (first, second, third) = (
+            connect(daemon.addr).await,
+            connect(daemon.addr).await,
+            connect(daemon.addr).await,
+        );
+        assert_eq!(get(&first, "/x").await.0, StatusCode::OK);
+        assert_eq!(get(&second, "/x").await.0, StatusCode::OK);
+        let (status, text) = get(&third, "/x").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert!(text.contains("SWITCHYARD_H2C_HELD_PER_CLIENT"), "{text}");
+        let other = connect_from_127_0_0_2(daemon.addr).await;
+        assert_eq!(get(&other, "/x").await.0, StatusCode::OK);
+    });
+}
+
 /// From a review: the wait for a client that takes nothing of an answer was the
 /// connection's, so a client taking one stream's answer slowly kept every other stream's
 /// held for good. Each stream's wait is its own: lazily taken answers are reset after the

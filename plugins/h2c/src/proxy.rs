@@ -14,7 +14,7 @@ use crate::body_buffer::{Budget, NotRead, Prefixed};
 use crate::body_gap::{must_be_taken, GapLimited, Stalled};
 use crate::config::{BackendProtocol, Config};
 use crate::counted::{CountedConnector, NoBackendSlot};
-use crate::slots::{Slot, Slots, HTTP1_REASONS, RELAY_REASONS};
+use crate::slots::{Slot, Slots, HTTP1_REASONS, HYPER_REASONS};
 use crate::stats::RouteStats;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -96,11 +96,16 @@ impl Proxy {
             HTTP1_REASONS,
         );
         let http1_buffered = Budget::new(HTTP1_BUFFERED_MAX, stats.http1_buffered);
+        // hyper's engine cannot tell what each backend connection holds for a client that
+        // takes nothing, only that its window bounds it (1 MiB): an address's budget of
+        // held bytes is a connection per MiB of it (an address's 400 connections granting
+        // no window held 505 MiB with no such bound).
+        let by_budget = config.held_per_client / crate::relay::peer::CONN_WINDOW as usize;
         let backend_slots = Slots::new(
             config.backends_max,
-            config.backends_per_client,
+            config.backends_per_client.min(by_budget.max(1)),
             stats.backends,
-            RELAY_REASONS,
+            HYPER_REASONS,
         );
         Proxy {
             config,

@@ -55,10 +55,18 @@ pub const HTTP1_REASONS: [&str; 2] = [
     "this client holds its most HTTP/1.1 backend connections (SWITCHYARD_H2C_HTTP1_PER_CLIENT)",
 ];
 
-/// The reasons of the HTTP/2 backend connections (either engine's).
+/// The reasons of the relay's HTTP/2 backend connections.
 pub const RELAY_REASONS: [&str; 2] = [
     "every backend connection is taken (SWITCHYARD_H2C_BACKENDS_MAX)",
     "this client holds its most backend connections (SWITCHYARD_H2C_BACKENDS_PER_CLIENT)",
+];
+
+/// The reasons of hyper's HTTP/2 backend connections, which its budget of held bytes
+/// bounds too ([`crate::proxy`]).
+pub const HYPER_REASONS: [&str; 2] = [
+    RELAY_REASONS[0],
+    "this client holds its most backend connections (SWITCHYARD_H2C_BACKENDS_PER_CLIENT, \
+     or on hyper's engine a connection per MiB of SWITCHYARD_H2C_HELD_PER_CLIENT)",
 ];
 
 /// One stream's HTTP/1.1 backend connection, counted until dropped (its response ended,
