@@ -40,7 +40,7 @@ struct Seen {
 
 /// An HTTP/2 backend (prior knowledge, as gRPC services are): `/echo` sends the body back
 /// with the request's trailers and one of its own; `/reset` resets the stream; `/hold`
-/// answers after 1 s; `/large` answers 1 MiB; anything else answers `200` with its path.
+/// answers after 1 s; `/large` answers 1 MiB; `/count` the length of the body it read; anything else answers `200` with its path.
 async fn backend(seen: Arc<Seen>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -109,6 +109,19 @@ async fn serve(
             let mut send = respond.send_response(Response::new(()), false).unwrap();
             send.send_data(Bytes::from(received), false).unwrap();
             send.send_trailers(trailers).unwrap();
+        }
+        "/count" => {
+            // Reads the body, then answers its length.
+            let mut len = 0;
+            while let Some(chunk) = body.data().await {
+                let Ok(chunk) = chunk else {
+                    return; // reset
+                };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                len += chunk.len();
+            }
+            let mut send = respond.send_response(Response::new(()), false).unwrap();
+            let _ = send.send_data(Bytes::from(len.to_string()), true);
         }
         "/large" => {
             // 1 MiB, sent as the windows allow.
@@ -1565,6 +1578,56 @@ fn what_one_address_takes_nothing_of_is_held_to_its_budget_over_its_connections(
         assert!(logs.contains("took nothing of"), "{logs}");
         let again = connect(daemon.addr).await;
         assert_eq!(get(&again, "/x").await.0, StatusCode::OK);
+    });
+}
+
+/// While its address holds its budget, a connection's backends are read no further, but
+/// not while uploads wait for a backend's windows: only its WINDOW_UPDATEs let them go
+/// (reading nothing from it, four uploads over a small budget stalled, and were ended with
+/// `504` a second later).
+#[test]
+fn uploads_go_on_while_their_address_holds_its_budget() {
+    run(async {
+        let h2 = backend(Arc::default()).await;
+        let daemon = daemon(
+            &format!("/={h2}"),
+            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "65536")],
+        );
+        let send = connect(daemon.addr).await;
+        let mut uploads = Vec::new();
+        for _ in 0..4 {
+            let request = Request::post("http://t/count").body(()).unwrap();
+            let mut ready = send.clone().ready().await.unwrap();
+            let (response, mut upload) = ready.send_request(request, false).unwrap();
+            uploads.push(tokio::spawn(async move {
+                let mut left = 1 << 20;
+                while left > 0 {
+                    upload.reserve_capacity(left);
+                    let room = std::future::poll_fn(|cx| upload.poll_capacity(cx)).await;
+                    let n = room
+                        .expect("capacity")
+                        .expect("the stream is open")
+                        .min(left);
+                    upload
+                        .send_data(Bytes::from(vec![b'u'; n]), n == left)
+                        .unwrap();
+                    left -= n;
+                }
+                let response = response.await.expect("an answer");
+                let status = response.status();
+                let mut body = response.into_body();
+                let mut text = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    text.extend_from_slice(&chunk.unwrap());
+                }
+                (status, String::from_utf8(text).unwrap())
+            }));
+        }
+        for upload in uploads {
+            let done = tokio::time::timeout(Duration::from_secs(10), upload).await;
+            let answer = done.expect("uploaded within 10 s").unwrap();
+            assert_eq!(answer, (StatusCode::OK, (1 << 20).to_string()));
+        }
     });
 }
 

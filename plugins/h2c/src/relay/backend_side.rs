@@ -5,7 +5,7 @@
 
 use super::backend::{Backend, State};
 use super::message::Response;
-use super::stream::Target;
+use super::stream::{Stream, Target};
 use super::{
     holding, message, with_fields, Relay, BACKEND_IDLE, MAX_RESPONSE_FIELDS, OUT_KEEP, OUT_LIMIT,
     SCRATCH, WAITING_BLOCKS,
@@ -14,6 +14,7 @@ use crate::frame::{self, code, flag, kind, Head, Malformed};
 use crate::hpack::Fields;
 use protocol_api::throttle::Throttle;
 use protocol_api::Io;
+use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read};
 use std::os::fd::AsFd;
 use std::time::Instant;
@@ -191,8 +192,11 @@ impl Relay {
                         return;
                     }
                     // Its address holds its budget: the backend waits (its windows make
-                    // it), and the call is made again to see.
-                    if self.held.holds(holding(&self.client, &self.backends)) {
+                    // it), and the call is made again to see. Unless uploads wait for
+                    // its windows: only reading it lets them go (and lowers the count).
+                    if self.held.holds(holding(&self.client, &self.backends))
+                        && !uploads_wait_for(&self.streams, slot)
+                    {
                         self.held_paused.get_or_insert_with(Instant::now);
                         return;
                     }
@@ -630,6 +634,13 @@ impl Relay {
             self.backends.pop();
         }
     }
+}
+
+/// Streams open on the backend in `slot` hold bytes of their uploads for its windows.
+fn uploads_wait_for(streams: &HashMap<u32, Stream>, slot: usize) -> bool {
+    (streams.values()).any(|s| {
+        s.target == Target::Backend(slot) && s.request.is_none() && !s.up.pending.is_empty()
+    })
 }
 
 /// The status and words for a backend that could not be reached.
