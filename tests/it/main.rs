@@ -8,6 +8,7 @@ mod c_plugin;
 mod capacity;
 mod files;
 mod h2c;
+mod h2c_held;
 mod h2c_proxy;
 mod hostile;
 mod http;

@@ -4,6 +4,7 @@
 //! their answers passed on, and a backend that fails answered for on its streams.
 
 use super::backend::{Backend, State};
+use super::held::UNCOUNTED;
 use super::message::Response;
 use super::stream::{Stream, Target};
 use super::{
@@ -191,10 +192,15 @@ impl Relay {
                     {
                         return;
                     }
-                    // Its address holds its budget: the backend waits (its windows make
-                    // it), and the call is made again to see. Unless uploads wait for
-                    // its windows: only reading it lets them go (and lowers the count).
-                    if self.held.holds(holding(&self.client, &self.backends))
+                    // Its address holds its budget and the connection its part: the
+                    // backend waits (its windows make it), and the call is made again to
+                    // see. Not a connection holding little (its address's other clients,
+                    // behind one NAT, are served on: one read each past the budget), nor
+                    // one whose uploads wait for the backend's windows (only reading it
+                    // lets them go, and lowers the count).
+                    let holding = holding(&self.client, &self.backends, self.detached_held);
+                    if self.held.holds(holding)
+                        && holding >= UNCOUNTED
                         && !uploads_wait_for(&self.streams, slot)
                     {
                         self.held_paused.get_or_insert_with(Instant::now);
@@ -306,19 +312,11 @@ impl Relay {
                 if !ours {
                     return Ok(());
                 }
-                let stream = self.streams.get_mut(&head.stream).expect("just found");
-                let backend = self.backends[slot].as_mut().expect("the caller checked");
+                let stream = &self.streams[&head.stream];
                 if stream.responded && error == code::NO_ERROR && stream.down.end {
                     // The whole answer is in and the backend wants no more of the request
-                    // (RFC 9113 §8.1): the answer still drains to the client, the upload
-                    // stops, and the client is told so once the answer is out.
-                    backend.peer.give_back(stream.down.pending.len());
-                    self.client
-                        .give_back(std::mem::take(&mut stream.up.pending).len());
-                    stream.target = Target::Local;
-                    stream.up.trailers = None;
-                    self.closed_on_backend(slot);
-                    self.settle(head.stream);
+                    // (RFC 9113 §8.1).
+                    self.detach(head.stream, slot);
                 } else if stream.responded || error == code::REFUSED_STREAM {
                     // Once the answer began, the reset reaches the client; before it, only
                     // REFUSED_STREAM does: not processed, the client may try again (RFC 9113
@@ -566,12 +564,15 @@ impl Relay {
         let address = backend.address;
         backend.going_away = true;
         backend.waiting.clear();
-        let ids: Vec<u32> = self
-            .streams
-            .iter()
+        // Answers that came whole still reach the client (a backend may close gracefully
+        // once it answered: nginx at `keepalive_requests`); the others are let go.
+        let (whole, ids): (Vec<u32>, Vec<u32>) = (self.streams.iter())
             .filter(|(_, s)| s.target == Target::Backend(slot))
             .map(|(&id, _)| id)
-            .collect();
+            .partition(|id| self.streams[id].responded && self.streams[id].down.end);
+        for id in whole {
+            self.detach(id, slot);
+        }
         // Once a second at most: a backend down fails every client connection's.
         static FAILED: Throttle = Throttle::new();
         if !ids.is_empty() {

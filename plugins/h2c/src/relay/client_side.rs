@@ -344,6 +344,7 @@ impl Relay {
             route: None,
             began: Instant::now(),
             held: None,
+            detached: false,
         };
         if fields.list_size() > max_list {
             // Decoding it went on past the limit (to keep the table in step), and a block

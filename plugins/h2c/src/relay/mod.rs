@@ -68,6 +68,8 @@ const HELD_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How long an answer may wait for a client that takes none of it while the client's
 /// address holds `SWITCHYARD_H2C_HELD_PER_CLIENT` (see [`held`]).
 const OVER_BUDGET_HELD: Duration = Duration::from_secs(1);
+/// What a stream must move in [`OVER_BUDGET_HELD`] to count as moving then: a frame.
+const OVER_BUDGET_PROGRESS: u64 = frame::DEFAULT_MAX_FRAME as u64;
 /// What a request over `SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES` counts against [`GLITCHES`].
 const OVERSIZE_GLITCHES: u32 = GLITCHES / 10;
 /// Output owed to one socket past which the relay stops reading what would add to it.
@@ -184,6 +186,11 @@ pub struct Relay {
     held_check_owed: bool,
     /// This connection's part of what its address holds ([`held`]).
     held: held::ClientHeld,
+    /// The client's connection window was granted ([`Relay::follow_budget`]).
+    client_granted: bool,
+    /// Bytes detached streams' answers hold ([`Relay::detach`]), which no backend's window
+    /// counts.
+    detached_held: usize,
     /// Since when its backends are left unread while its address holds its budget.
     held_paused: Option<Instant>,
     glitches: u32,
@@ -259,6 +266,8 @@ impl Relay {
             held_checked: now,
             held_check_owed: false,
             held,
+            client_granted: false,
+            detached_held: 0,
             held_paused: None,
             glitches: 0,
             glitch_period_start: now,
@@ -306,6 +315,7 @@ impl Relay {
         // stream map (up to `SWITCHYARD_H2C_MAX_STREAMS` entries of a burst), no frame
         // buffer. Not sooner: a client with one request at a time would pay for them again
         // with each.
+        self.follow_budget();
         let quiet = self.streams.is_empty() && self.backends.iter().all(Option::is_none);
         let keep = if quiet { 0 } else { OUT_KEEP };
         if let Err(e) = self.client.out.flush(io, keep) {
@@ -403,7 +413,7 @@ impl Relay {
                 ),
             ],
         );
-        self.client.grant_window(peer::CONN_WINDOW);
+        self.follow_budget();
         if let Some(preamble) = self.preamble.take() {
             // PREFACE, then SETTINGS (the HTTP2-Settings), HEADERS and DATA of stream 1.
             let frames = preamble.get(crate::upgrade::PREFACE.len()..).unwrap_or(&[]);
@@ -481,11 +491,38 @@ impl Relay {
 
     /// Removes a stream; the idle clock starts when the last goes.
     fn take_stream(&mut self, id: u32) -> Option<Stream> {
-        let stream = self.streams.remove(&id);
-        if stream.is_some() && self.streams.is_empty() {
+        let stream = self.streams.remove(&id)?;
+        if stream.detached {
+            self.detached_held = (self.detached_held).saturating_sub(stream.down.pending.len());
+        }
+        if self.streams.is_empty() {
             self.idle_since = Instant::now();
         }
-        stream
+        Some(stream)
+    }
+
+    /// A stream whose whole answer came lets go of its backend in `slot` (which reset it
+    /// with NO_ERROR, or whose connection ended) while the answer waits for the client: the
+    /// answer drains on as the relay's own, counted as held (no backend's window counts it
+    /// now); the upload stops, and the client is told so once the answer is out (RFC 9113
+    /// §8.1). (Given back at once and counted by nobody, such answers let a backend that
+    /// resets as Go's does fill 100 streams a connection past the budget, a review found;
+    /// reset instead, a backend closing gracefully cut answers short.)
+    fn detach(&mut self, id: u32, slot: usize) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if let Some(backend) = self.backends[slot].as_mut() {
+            backend.peer.give_back(stream.down.pending.len());
+        }
+        self.client
+            .give_back(std::mem::take(&mut stream.up.pending).len());
+        self.detached_held += stream.down.pending.len();
+        stream.detached = true;
+        stream.target = Target::Local;
+        stream.up.trailers = None;
+        self.closed_on_backend(slot);
+        self.settle(id);
     }
 
     /// Removes a stream once both directions are over.
@@ -548,6 +585,9 @@ impl Relay {
             return;
         };
         let sent = stream.down.drain(id, &mut self.client);
+        if stream.detached {
+            self.detached_held = self.detached_held.saturating_sub(sent);
+        }
         if sent > 0 {
             if let Target::Backend(slot) = stream.target {
                 if let Some(backend) = self.backends[slot].as_mut() {
@@ -596,6 +636,21 @@ impl Relay {
         }
         self.held_checked = now;
         self.held_check_owed = false;
+        // While the address holds its budget, a stream must move a frame's worth in the
+        // time it is given to count as moving: one taking a byte now and then held its
+        // answer, and the address over its budget, for good (a review).
+        debug_assert_eq!(
+            self.detached_held,
+            (self.streams.values())
+                .filter(|s| s.detached)
+                .map(|s| s.down.pending.len())
+                .sum::<usize>(),
+            "detached answers miscounted"
+        );
+        let need = match self.held.over() {
+            true => OVER_BUDGET_PROGRESS,
+            false => 1,
+        };
         let mut longest: Option<Instant> = None;
         for stream in self.streams.values_mut() {
             let upload_held = !stream.up.pending.is_empty() && stream.is_open_on_backend();
@@ -607,11 +662,11 @@ impl Relay {
             }
             // Either way's move puts the wait off.
             let sent = stream.down.sent + stream.up.sent;
-            let since = match stream.held {
-                Some((since, mark)) if mark == sent => since,
-                _ => now,
+            let (since, mark) = match stream.held {
+                Some((since, mark)) if sent < mark + need => (since, mark),
+                _ => (now, sent),
             };
-            stream.held = Some((since, sent));
+            stream.held = Some((since, mark));
             longest = Some(longest.map_or(since, |l| l.min(since)));
         }
         self.held_since = longest;
@@ -657,8 +712,19 @@ impl Relay {
                     body_timeout.as_millis()
                 );
             }
+            // Each ends a stream at its backend for nothing, as a client's reset does: a
+            // client that opened another each time (uploads to a backend that takes
+            // nothing) had the relay end 2,300 a second (a review).
+            let client = protocol_api::clients::key(self.peer_addr.ip());
             for id in held {
                 self.end_held(id);
+                if !self.shared.resets.allow(client) && !self.failed {
+                    self.fail(
+                        code::ENHANCE_YOUR_CALM,
+                        "too many streams its address left unmoved ended at a backend",
+                    );
+                    break;
+                }
             }
             self.held_since = None;
         }
@@ -699,7 +765,13 @@ impl Relay {
             return self.reset(id, code::CANCEL);
         };
         if stream.responded || !stream.down.pending.is_empty() || !stream.is_open_on_backend() {
-            return self.reset(id, code::CANCEL);
+            // A whole answer is no error: the client is only asked to stop sending (RFC
+            // 9113 §8.1).
+            let error = match stream.down.ended {
+                true => code::NO_ERROR,
+                false => code::CANCEL,
+            };
+            return self.reset(id, error);
         }
         if let Some(backend) = self.backends[slot].as_mut() {
             frame::write_rst_stream(backend.peer.out.queue(), id, code::CANCEL);
@@ -708,9 +780,30 @@ impl Relay {
         self.answer_failed(id, 504, "took nothing of the request body in time");
     }
 
+    /// Uploads held to the address's budget: while it holds it, a connection holding its
+    /// part gives the client no window back, and a new one is granted none past the
+    /// protocol's 64 KiB until it no longer does (granted 1 MiB each at once, 300
+    /// connections of uploads to a backend that took nothing held 299 MiB over a 64 MiB
+    /// budget, a review found).
+    fn follow_budget(&mut self) {
+        let holding = self.holding();
+        let address_over = self.held.holds(holding);
+        if !self.client_granted && !address_over {
+            self.client.grant_window(peer::CONN_WINDOW);
+            self.client_granted = true;
+        }
+        let withhold = address_over && holding >= held::UNCOUNTED;
+        if self.client.withheld != withhold {
+            self.client.withheld = withhold;
+            if !withhold {
+                self.client.give_back(0);
+            }
+        }
+    }
+
     /// What the connection holds for its client and its backends ([`holding`]).
     fn holding(&self) -> usize {
-        holding(&self.client, &self.backends)
+        holding(&self.client, &self.backends, self.detached_held)
     }
 
     /// How long an answer may wait for a client that takes none of it: the body time-out,
@@ -839,13 +932,15 @@ impl Relay {
 
 /// What a connection holds: DATA received and not yet passed on, as the connection windows
 /// count it (what each peer was granted, less what it may still send and what it is owed
-/// back: no stream need be looked at), and output its sockets have not taken.
-fn holding(client: &Peer, backends: &[Option<Backend>]) -> usize {
+/// back: no stream need be looked at), the answers of `detached` streams, and output its
+/// sockets have not taken.
+fn holding(client: &Peer, backends: &[Option<Backend>], detached: usize) -> usize {
     let held_from = |peer: &Peer| {
         let unpassed = i64::from(peer.window) - peer.recv_window - i64::from(peer.unacked);
         unpassed.max(0) as usize + peer.out.owed()
     };
-    held_from(client)
+    detached
+        + held_from(client)
         + backends
             .iter()
             .flatten()

@@ -52,6 +52,9 @@ pub struct Peer {
     pub initial_window: u32,
     /// The connection window granted the peer ([`Peer::grant_window`]).
     pub window: u32,
+    /// What is passed on is not given back for now (the peer's address holds its budget,
+    /// [`super::held`]): owed, and given back once this is cleared.
+    pub withheld: bool,
     /// The largest frame the peer takes (at most [`frame::DEFAULT_MAX_FRAME`] is used).
     pub max_frame: usize,
     /// A SETTINGS frame came (a preface's first frame must be one).
@@ -98,6 +101,9 @@ impl Peer {
     /// the others' window from coming back).
     pub fn give_back(&mut self, passed: usize) {
         self.unacked += passed as u32;
+        if self.withheld {
+            return;
+        }
         let low = self.recv_window < i64::from(self.window / 2);
         if self.unacked >= self.window / 2 || (low && self.unacked > 0) {
             let increment = std::mem::take(&mut self.unacked);

@@ -264,9 +264,14 @@ pub struct Stream {
     pub route: Option<usize>,
     /// When its request began, for the backend's answer time.
     pub began: std::time::Instant,
-    /// Since when its answer has waited for a client that took none of it, and what had
-    /// been sent then ([`Flow::sent`]).
+    /// Since when it has moved too little (its answer waiting for a client that takes
+    /// none of it, or its upload for a backend), and what had been sent then, both ways
+    /// ([`Flow::sent`]).
     pub held: Option<(std::time::Instant, u64)>,
+    /// Its whole answer came and waits for the client, its backend gone (it reset the
+    /// stream with NO_ERROR, or its connection ended): no backend's window counts what it
+    /// holds, the relay does ([`super::Relay::detach`]).
+    pub detached: bool,
 }
 
 impl Stream {
