@@ -73,9 +73,9 @@ pub struct Config {
     pub backends_per_client: usize,
     /// `SWITCHYARD_H2C_HELD_PER_CLIENT` (default 64 MiB): bytes the relay holds for one
     /// client address, over all its connections: answers it has not taken, its uploads a
-    /// backend has not, output not yet written; past it, its connections read their
-    /// backends no further ([`crate::relay::held`]); on hyper's engine, a backend connection
-    /// per MiB of it.
+    /// backend has not, output not yet written; past it, its connections holding their part
+    /// read their backends no further, and unmoved streams are ended
+    /// ([`crate::relay::held`]); on hyper's engine, a backend connection per MiB of it.
     pub held_per_client: usize,
 }
 
@@ -270,7 +270,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_H2C_BODY_TIMEOUT_MS", "30000", "a request body to an http1:// backend that sends nothing this long (408 if not yet answered), or an answer the client takes nothing of this long, or a request body an HTTP/2 backend takes nothing of this long (the relay; 504 if not yet answered), ends its stream (an http1:// backend's connection is closed)"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_MAX", "SWITCHYARD_MAX_CONNECTIONS (10000)", "HTTP/2 backend connections open at once, each client connection's own (the relay's one per route it uses, hyper's one per backend), so that the daemon's two descriptors a connection hold; past it, a stream that needs another gets 503"),
     protocol_api::Setting::new("SWITCHYARD_H2C_BACKENDS_PER_CLIENT", "a quarter of SWITCHYARD_H2C_BACKENDS_MAX", "the same for one client address (an IPv6 client: its /64); while fewer are free than this, a client holding a sixteenth of it or more gets no more"),
-    protocol_api::Setting::new("SWITCHYARD_H2C_HELD_PER_CLIENT", "67108864 (64 MiB)", "bytes the relay holds for one client address, all its connections together (answers it has not taken, its uploads a backend has not, output not yet written); past it, its connections read their backends no further, and answers it took nothing of for a second are reset; on hyper's engine, a backend connection per MiB of it"),
+    protocol_api::Setting::new("SWITCHYARD_H2C_HELD_PER_CLIENT", "67108864 (64 MiB)", "bytes the relay holds for one client address, all its connections together (answers it has not taken, its uploads a backend has not, output not yet written); past it, its connections holding 16 KiB or more read their backends no further and give uploads no window back, new ones get no window past 64 KiB, and streams moving less than 16 KiB a second are ended; on hyper's engine, a backend connection per MiB of it"),
     protocol_api::Setting::new("SWITCHYARD_H2C_ENGINE", "auto", "relay (frames on the daemon's event loops, HTTP/2 backends), hyper (HTTP/1.1 backends too), or auto"),
 ];
 

@@ -4,9 +4,18 @@
 //!
 //! Each connection is bounded by the windows it grants its backends (1 MiB a backend
 //! connection), but one address may hold 2,500 connections: 2.5 GiB for 30 s, an
-//! attacker's review found. Once an address holds its budget, its connections read their
-//! backends no further (the backends wait, as flow control makes them), and answers it
-//! takes nothing of are let go sooner ([`super::Relay::expire`]).
+//! attacker's review found. Once an address holds its budget:
+//! - its connections that hold their part (16 KiB or more) read their backends no further
+//!   (the backends wait, as flow control makes them), unless uploads wait for a backend's
+//!   windows; one holding less reads on, one read at a time, so a client behind the same
+//!   NAT as one that takes nothing is still served;
+//! - they give the client no window back for its uploads, and a new connection is granted
+//!   none past the protocol's 64 KiB ([`super::Relay::follow_budget`]);
+//! - a stream that moves less than a frame in a second is ended
+//!   ([`super::Relay::expire`]), and that counts against the address's resets.
+//!
+//! So an address holds its budget, and a read (64 KiB) and 64 KiB of uploads more a
+//! connection at most.
 //!
 //! A connection holding under [`UNCOUNTED`] counts nothing, so the common case (answers
 //! that leave in the call they came in) touches no shared counter.
