@@ -919,6 +919,11 @@ impl Relay {
         if let Some(since) = self.held_paused {
             at(since + HELD_CHECK_EVERY);
         }
+        if !self.client_granted || self.client.withheld {
+            // Its window waits for the address to be under its budget, which the others'
+            // connections decide: a look every tenth of a second.
+            at(self.held_checked + HELD_CHECK_EVERY);
+        }
         for backend in self.backends.iter().flatten() {
             match (backend.state, backend.idle_since) {
                 (State::Connecting { deadline }, _) => at(deadline),
