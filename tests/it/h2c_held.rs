@@ -9,7 +9,7 @@ use crate::h2c_proxy::{
     Seen,
 };
 use bytes::Bytes;
-use h2::Reason;
+use h2::{client, Reason};
 use http::{Request, StatusCode};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -98,6 +98,17 @@ fn serve_raw(mut socket: TcpStream, then: Then) {
     }
 }
 
+/// Asks for `count` answers of `/large` (1 MiB each) on `send`, waiting for none.
+async fn ask_large(send: &client::SendRequest<Bytes>, count: usize) -> Vec<client::ResponseFuture> {
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        let request = Request::get("http://t/large").body(()).unwrap();
+        let mut ready = send.clone().ready().await.unwrap();
+        answers.push(ready.send_request(request, true).unwrap().0);
+    }
+    answers
+}
+
 /// `switchyard_h2c_held_bytes` now.
 fn held_bytes(daemon: &crate::support::Daemon) -> usize {
     let metrics = daemon.metrics();
@@ -127,11 +138,7 @@ fn what_one_address_takes_nothing_of_is_held_to_its_budget_over_its_connections(
         let mut answers = Vec::new();
         for _ in 0..6 {
             let send = connect_with_window(daemon.addr, 0).await;
-            for _ in 0..16 {
-                let request = Request::get("http://t/large").body(()).unwrap();
-                let mut ready = send.clone().ready().await.unwrap();
-                answers.push(ready.send_request(request, true).unwrap().0);
-            }
+            answers.extend(ask_large(&send, 16).await);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let held = held_bytes(&daemon);
@@ -527,19 +534,18 @@ fn a_connection_holding_little_is_served_while_its_address_holds_its_budget() {
             &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "524288")],
         );
         let holder = connect_with_window(daemon.addr, 0).await;
-        let mut held = Vec::new();
-        for _ in 0..20 {
-            let request = Request::get("http://t/large").body(()).unwrap();
-            let mut ready = holder.clone().ready().await.unwrap();
-            held.push(ready.send_request(request, true).unwrap().0);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let held = ask_large(&holder, 20).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let held_now = held_bytes(&daemon);
         assert!(
             held_now > 512 << 10,
             "the address holds its budget: {held_now}"
         );
-        let honest = connect(daemon.addr).await;
+        let wide = client::Builder::new()
+            .initial_window_size(4 << 20)
+            .initial_connection_window_size(4 << 20)
+            .clone();
+        let honest = crate::h2c_proxy::connect_by(daemon.addr, &wide).await;
         let (status, body) = get(&honest, "/large").await;
         assert_eq!((status, body.len()), (StatusCode::OK, 1 << 20));
         // Served before the other's answers were let go (a second after the address went

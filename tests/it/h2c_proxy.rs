@@ -1741,7 +1741,10 @@ pub(crate) async fn connect_with_window(
 }
 
 /// An HTTP/2 client connection to the daemon, with prior knowledge, as `builder` makes it.
-async fn connect_by(addr: SocketAddr, builder: &client::Builder) -> client::SendRequest<Bytes> {
+pub(crate) async fn connect_by(
+    addr: SocketAddr,
+    builder: &client::Builder,
+) -> client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, connection) = builder.handshake(tcp).await.unwrap();
     tokio::spawn(async move {
