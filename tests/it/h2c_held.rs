@@ -506,7 +506,7 @@ fn uploads_past_the_budget_are_held_back_by_the_windows_granted() {
                     .unwrap();
                 uploads.push((response, upload));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let began = Instant::now();
         let mut most = 0;
@@ -514,8 +514,9 @@ fn uploads_past_the_budget_are_held_back_by_the_windows_granted() {
             most = most.max(held_bytes(&daemon));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // (Connections that came before the address was over had their 1 MiB at once.)
         assert!(
-            (256 << 10..1 << 20).contains(&most),
+            (256 << 10..2 << 20).contains(&most),
             "{most} bytes of uploads held, 256 KiB allowed"
         );
         drop(uploads);
@@ -535,12 +536,11 @@ fn a_connection_holding_little_is_served_while_its_address_holds_its_budget() {
         );
         let holder = connect_with_window(daemon.addr, 0).await;
         let held = ask_large(&holder, 20).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // (The metrics' first rendering: later ones may be a second old.)
         let held_now = held_bytes(&daemon);
-        assert!(
-            held_now > 512 << 10,
-            "the address holds its budget: {held_now}"
-        );
+        assert!(held_now > 512 << 10, "not over its budget: {held_now}");
+        let over = Instant::now();
         let wide = client::Builder::new()
             .initial_window_size(4 << 20)
             .initial_connection_window_size(4 << 20)
@@ -550,10 +550,11 @@ fn a_connection_holding_little_is_served_while_its_address_holds_its_budget() {
         assert_eq!((status, body.len()), (StatusCode::OK, 1 << 20));
         // Served before the other's answers were let go (a second after the address went
         // past its budget), not thanks to it.
+        let logs = daemon.logs();
         assert!(
-            !daemon.logs().contains("took nothing of"),
-            "{}",
-            daemon.logs()
+            !logs.contains("took nothing of"),
+            "served {:?} after the address went over: {logs}",
+            over.elapsed()
         );
         drop(held);
     });

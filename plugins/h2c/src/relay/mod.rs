@@ -322,8 +322,15 @@ impl Relay {
             log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
             return Ok(Wants::close());
         }
-        // What is left after the flush is what the connection holds for its client.
-        self.held.holds(self.holding());
+        // What is left after the flush is what the connection holds for its client. A
+        // connection that stopped reading its backends for output the flush then wrote
+        // reads on at once (its client may send nothing to wake it: a client with wide
+        // windows took a 1 MiB answer a read each 100 ms, a timer's wake-up each).
+        let holding = self.holding();
+        let over = self.held.holds(holding);
+        if !(over && holding >= held::UNCOUNTED) {
+            self.held_paused = None;
+        }
         if quiet {
             self.streams.shrink_to(0);
             if self.client.tail.is_empty() {
