@@ -168,7 +168,9 @@ fn what_one_address_takes_nothing_of_is_held_to_its_budget_over_its_connections(
                 cancelled += 1;
             }
         }
-        assert!(cancelled >= 64, "{cancelled} of 96 answers reset in 7 s");
+        // (Each backend connection past the first is granted no window past 64 KiB from the
+        // budget: its streams' answers come one at a time, as those before them are let go.)
+        assert!(cancelled >= 16, "{cancelled} of 96 answers reset in 7 s");
         let logs = daemon
             .wait_for_log("SWITCHYARD_H2C_HELD_PER_CLIENT")
             .unwrap_or_else(|l| l);
@@ -409,34 +411,35 @@ fn a_stream_trickled_a_byte_at_a_time_is_let_go_while_its_address_holds_its_budg
         let h2 = backend(Arc::<Seen>::default()).await;
         let daemon = daemon(
             &format!("/={h2}"),
-            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "262144")],
+            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "1000000")],
         );
         let addr = daemon.addr;
         // The client's blocking loop beside the runtime, which serves the backend.
-        let trickled = tokio::task::spawn_blocking(move || trickle_on_eight_streams(addr));
+        let trickled = tokio::task::spawn_blocking(move || trickle_on_twenty_streams(addr));
         let (reset, took) = trickled.await.unwrap();
-        // Past the budget (8 streams of 64 KiB, 256 KiB allowed), the trickled ones go.
+        // Past the budget (20 streams of 64 KiB, their backend granted 1 MiB; 1,000,000
+        // bytes allowed), the trickled ones go.
         assert!(
             reset.len() >= 4,
-            "{} of 8 reset in {took:?}: {reset:?}",
+            "{} of 20 reset in {took:?}: {reset:?}",
             reset.len()
         );
         assert!(reset.values().all(|&code| code == 0x8), "{reset:?}");
     });
 }
 
-/// Asks for 8 answers of 1 MiB granting no window, then a byte of window for each, every
+/// Asks for 20 answers of 1 MiB granting no window, then a byte of window for each, every
 /// 300 ms, for up to 8 s: the streams reset meanwhile (by their error codes), and when
 /// the last was.
-fn trickle_on_eight_streams(addr: SocketAddr) -> (std::collections::HashMap<u32, u32>, Duration) {
+fn trickle_on_twenty_streams(addr: SocketAddr) -> (std::collections::HashMap<u32, u32>, Duration) {
     let mut socket = TcpStream::connect(addr).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    // SETTINGS_INITIAL_WINDOW_SIZE 0, then 8 streams of `GET /large` (1 MiB each).
+    // SETTINGS_INITIAL_WINDOW_SIZE 0, then 20 streams of `GET /large` (1 MiB each).
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(raw_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
-    let streams: Vec<u32> = (0..8).map(|n| 1 + 2 * n).collect();
+    let streams: Vec<u32> = (0..20).map(|n| 1 + 2 * n).collect();
     for &id in &streams {
         let block = [
             0x82, 0x86, 0x04, 0x06, b'/', b'l', b'a', b'r', b'g', b'e', 0x01, 0x01, b't',
@@ -479,24 +482,29 @@ fn trickle_on_eight_streams(addr: SocketAddr) -> (std::collections::HashMap<u32,
     (reset, began.elapsed())
 }
 
-/// From a review: uploads counted in the budget but nothing held them to it, as every
+/// From two reviews: uploads counted in the budget but nothing held them to it, as every
 /// connection was granted a 1 MiB window at once: 300 connections uploading to a backend
-/// that took nothing held 299 MiB over a 64 MiB budget. While its address holds its
-/// budget, a connection holding its part now gives the client no window back, and a new one
-/// is granted none past the protocol's 64 KiB.
+/// that took nothing held 299 MiB over a 64 MiB budget, and 281 MiB once they were opened
+/// before uploading. A window past the protocol's 64 KiB is now granted from the budget,
+/// once a peer has used half of that.
 #[test]
-fn uploads_past_the_budget_are_held_back_by_the_windows_granted() {
+fn uploads_are_held_to_the_budget_by_the_windows_granted() {
     run(async {
         let h2 = backend(Arc::<Seen>::default()).await;
         let daemon = daemon(
             &format!("/={h2}"),
             &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "262144")],
         );
-        // 8 connections, each with 8 uploads to a route that reads nothing: 64 KiB each
-        // may wait in the relay, 4 MiB in all, were the windows granted regardless.
-        let mut uploads = Vec::new();
+        // 8 connections, opened first; then each uploads on 8 streams to a route that
+        // reads nothing: 64 KiB a stream may wait in the relay, 4 MiB in all, were the
+        // windows granted regardless.
+        let mut connections = Vec::new();
         for _ in 0..8 {
-            let send = connect(daemon.addr).await;
+            connections.push(connect(daemon.addr).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut uploads = Vec::new();
+        for send in &connections {
             for _ in 0..8 {
                 let request = Request::post("http://t/wait-for-reset").body(()).unwrap();
                 let mut ready = send.clone().ready().await.unwrap();
@@ -506,18 +514,14 @@ fn uploads_past_the_budget_are_held_back_by_the_windows_granted() {
                     .unwrap();
                 uploads.push((response, upload));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let began = Instant::now();
-        let mut most = 0;
-        while began.elapsed() < Duration::from_millis(600) {
-            most = most.max(held_bytes(&daemon));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // (Connections that came before the address was over had their 1 MiB at once.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // (The metrics' first rendering: later ones may be a second old.) Each connection
+        // keeps the protocol's 64 KiB.
+        let held = held_bytes(&daemon);
         assert!(
-            (256 << 10..2 << 20).contains(&most),
-            "{most} bytes of uploads held, 256 KiB allowed"
+            (256 << 10..1 << 20).contains(&held),
+            "{held} bytes of uploads held, 256 KiB allowed"
         );
         drop(uploads);
     });
@@ -532,14 +536,14 @@ fn a_connection_holding_little_is_served_while_its_address_holds_its_budget() {
         let h2 = backend(Arc::<Seen>::default()).await;
         let daemon = daemon(
             &format!("/={h2}"),
-            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "524288")],
+            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "1000000")],
         );
         let holder = connect_with_window(daemon.addr, 0).await;
         let held = ask_large(&holder, 20).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         // (The metrics' first rendering: later ones may be a second old.)
         let held_now = held_bytes(&daemon);
-        assert!(held_now > 512 << 10, "not over its budget: {held_now}");
+        assert!(held_now > 1_000_000, "not over its budget: {held_now}");
         let over = Instant::now();
         let wide = client::Builder::new()
             .initial_window_size(4 << 20)

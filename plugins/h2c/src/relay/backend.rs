@@ -55,6 +55,8 @@ pub struct Backend {
     pub indexed: Indexed,
     /// Its count against the client's share of backend connections ([`crate::slots`]).
     _held: Slot,
+    /// It was granted [`super::peer::CONN_WINDOW`] from the client address's budget.
+    pub granted: bool,
 }
 
 impl Backend {
@@ -82,7 +84,8 @@ impl Backend {
         out.extend_from_slice(crate::upgrade::PREFACE);
         // No push (RFC 9113 §8.4); everything else at its initial value.
         frame::write_settings(out, &[(setting::ENABLE_PUSH, 0)]);
-        peer.grant_window(super::peer::CONN_WINDOW);
+        // Its connection window past the protocol's comes from the client address's budget
+        // once it needs it (`Relay::follow_budget`).
         Ok(Backend {
             route,
             address,
@@ -100,6 +103,7 @@ impl Backend {
             idle_since: None,
             indexed: Indexed::default(),
             _held: held,
+            granted: false,
         })
     }
 

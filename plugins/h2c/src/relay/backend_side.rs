@@ -611,6 +611,10 @@ impl Relay {
                 if backend.watched {
                     let _ = io.unwatch(backend.socket.as_fd());
                 }
+                if backend.granted {
+                    let extra = (super::peer::CONN_WINDOW - frame::DEFAULT_WINDOW) as usize;
+                    self.held.release(extra);
+                }
                 self.backends[slot] = None;
                 continue;
             }

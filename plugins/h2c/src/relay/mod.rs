@@ -308,6 +308,7 @@ impl Relay {
         }
         self.expire(now);
         self.note_held(now);
+        self.follow_budget();
         self.tend_backends(io);
         // A connection with no stream open and no backend connection left (they close
         // `BACKEND_IDLE` after their last stream) keeps nothing of its busy times (gRPC
@@ -315,7 +316,6 @@ impl Relay {
         // stream map (up to `SWITCHYARD_H2C_MAX_STREAMS` entries of a burst), no frame
         // buffer. Not sooner: a client with one request at a time would pay for them again
         // with each.
-        self.follow_budget();
         let quiet = self.streams.is_empty() && self.backends.iter().all(Option::is_none);
         let keep = if quiet { 0 } else { OUT_KEEP };
         if let Err(e) = self.client.out.flush(io, keep) {
@@ -787,17 +787,36 @@ impl Relay {
         self.answer_failed(id, 504, "took nothing of the request body in time");
     }
 
-    /// Uploads held to the address's budget: while it holds it, a connection holding its
-    /// part gives the client no window back, and a new one is granted none past the
-    /// protocol's 64 KiB until it no longer does (granted 1 MiB each at once, 300
-    /// connections of uploads to a backend that took nothing held 299 MiB over a 64 MiB
-    /// budget, a review found).
+    /// Windows held to the address's budget. A peer (the client, or a backend) is granted
+    /// a connection window past the protocol's 64 KiB only once it has used half of that,
+    /// and only from the address's budget ([`held::ClientHeld::grant`]): what a peer was
+    /// granted it may send at any time, and cannot be taken back (granted 1 MiB each at
+    /// once, 300 connections of uploads to a backend that took nothing held 299 MiB over a
+    /// 64 MiB budget, and 281 MiB when opened before uploading, reviews found). And while
+    /// the address holds its budget, a connection holding its part gives the client no
+    /// window back.
     fn follow_budget(&mut self) {
         let holding = self.holding();
         let address_over = self.held.holds(holding);
-        if !self.client_granted && !address_over {
+        let extra = (peer::CONN_WINDOW - frame::DEFAULT_WINDOW) as usize;
+        if !self.client_granted
+            && !address_over
+            && wants_window(&self.client)
+            && self.held.grant(extra)
+        {
             self.client.grant_window(peer::CONN_WINDOW);
             self.client_granted = true;
+        }
+        for backend in self.backends.iter_mut().flatten() {
+            if !backend.granted
+                && !address_over
+                && backend.state == State::Open
+                && wants_window(&backend.peer)
+                && self.held.grant(extra)
+            {
+                backend.peer.grant_window(peer::CONN_WINDOW);
+                backend.granted = true;
+            }
         }
         let withhold = address_over && holding >= held::UNCOUNTED;
         if self.client.withheld != withhold {
@@ -926,9 +945,13 @@ impl Relay {
         if let Some(since) = self.held_paused {
             at(since + HELD_CHECK_EVERY);
         }
-        if !self.client_granted || self.client.withheld {
-            // Its window waits for the address to be under its budget, which the others'
-            // connections decide: a look every tenth of a second.
+        let window_waits = !self.client_granted && wants_window(&self.client)
+            || self.client.withheld
+            || (self.backends.iter().flatten())
+                .any(|b| !b.granted && b.state == State::Open && wants_window(&b.peer));
+        if window_waits {
+            // A window waits for the address's budget, which the others' connections
+            // decide: a look every tenth of a second.
             at(self.held_checked + HELD_CHECK_EVERY);
         }
         for backend in self.backends.iter().flatten() {
@@ -958,6 +981,13 @@ fn holding(client: &Peer, backends: &[Option<Backend>], detached: usize) -> usiz
             .flatten()
             .map(|b| held_from(&b.peer))
             .sum::<usize>()
+}
+
+/// The peer has used half the protocol's connection window at once: it would go faster
+/// with more. (Not the window as it stands: what is passed on is given back at once while
+/// it is below half, so a fast transfer's window rarely stays there.)
+fn wants_window(peer: &Peer) -> bool {
+    peer.ran_low
 }
 
 /// Runs `f` with the loop thread's field list, left empty for the next block.

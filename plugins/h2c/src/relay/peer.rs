@@ -52,6 +52,9 @@ pub struct Peer {
     pub initial_window: u32,
     /// The connection window granted the peer ([`Peer::grant_window`]).
     pub window: u32,
+    /// Its DATA once took what it may send below half the connection window: it would go
+    /// faster with a larger one (see `Relay::follow_budget`).
+    pub ran_low: bool,
     /// What is passed on is not given back for now (the peer's address holds its budget,
     /// [`super::held`]): owed, and given back once this is cleared.
     pub withheld: bool,
@@ -93,6 +96,7 @@ impl Peer {
             return Err(Malformed(code::FLOW_CONTROL_ERROR));
         }
         self.recv_window -= i64::from(counted);
+        self.ran_low |= self.recv_window < i64::from(self.window / 2);
         Ok(())
     }
 
