@@ -2,9 +2,11 @@
 //! (`SWITCHYARD_H2C_HELD_PER_CLIENT`): answers waiting for windows the client keeps shut,
 //! its uploads waiting for a backend's, and output not yet taken by the sockets.
 //!
-//! Each connection is bounded by the windows it grants its backends (1 MiB a backend
-//! connection), but one address may hold 2,500 connections: 2.5 GiB for 30 s, an
-//! attacker's review found. Once an address holds its budget:
+//! Each connection is bounded by the windows it grants its peers, but one address may
+//! hold 2,500 connections: with 1 MiB granted each, 2.5 GiB for 30 s, an attacker's
+//! review found. So a peer is granted a window past the protocol's 64 KiB only from the
+//! budget ([`ClientHeld::grant`], once it has used half of that), and once an address
+//! holds its budget:
 //! - its connections that hold their part (16 KiB or more) read their backends no further
 //!   (the backends wait, as flow control makes them), unless uploads wait for a backend's
 //!   windows; one holding less reads on, one read at a time, so a client behind the same
@@ -14,7 +16,7 @@
 //! - a stream that moves less than a frame in a second is ended
 //!   ([`super::Relay::expire`]), and that counts against the address's resets.
 //!
-//! So an address holds its budget, and a read (64 KiB) and 64 KiB of uploads more a
+//! So an address holds its budget, and 64 KiB a peer and a read (64 KiB) more a
 //! connection at most.
 //!
 //! A connection holding under [`UNCOUNTED`] counts nothing, so the common case (answers
