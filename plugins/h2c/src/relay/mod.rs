@@ -798,10 +798,13 @@ impl Relay {
     fn follow_budget(&mut self) {
         let holding = self.holding();
         let address_over = self.held.holds(holding);
+        // A peer refused is asked again when its DATA next takes its window below half
+        // (its own traffic wakes the connection; a timer would wake every connection of an
+        // address whose grants are spent ten times a second for as long as it lives).
         let extra = (peer::CONN_WINDOW - frame::DEFAULT_WINDOW) as usize;
         if !self.client_granted
+            && std::mem::take(&mut self.client.ran_low)
             && !address_over
-            && wants_window(&self.client)
             && self.held.grant(extra)
         {
             self.client.grant_window(peer::CONN_WINDOW);
@@ -809,9 +812,9 @@ impl Relay {
         }
         for backend in self.backends.iter_mut().flatten() {
             if !backend.granted
-                && !address_over
                 && backend.state == State::Open
-                && wants_window(&backend.peer)
+                && std::mem::take(&mut backend.peer.ran_low)
+                && !address_over
                 && self.held.grant(extra)
             {
                 backend.peer.grant_window(peer::CONN_WINDOW);
@@ -945,13 +948,9 @@ impl Relay {
         if let Some(since) = self.held_paused {
             at(since + HELD_CHECK_EVERY);
         }
-        let window_waits = !self.client_granted && wants_window(&self.client)
-            || self.client.withheld
-            || (self.backends.iter().flatten())
-                .any(|b| !b.granted && b.state == State::Open && wants_window(&b.peer));
-        if window_waits {
-            // A window waits for the address's budget, which the others' connections
-            // decide: a look every tenth of a second.
+        if self.client.withheld {
+            // The client's window waits for the address to be under its budget, which the
+            // others' connections decide: a look every tenth of a second.
             at(self.held_checked + HELD_CHECK_EVERY);
         }
         for backend in self.backends.iter().flatten() {
@@ -981,13 +980,6 @@ fn holding(client: &Peer, backends: &[Option<Backend>], detached: usize) -> usiz
             .flatten()
             .map(|b| held_from(&b.peer))
             .sum::<usize>()
-}
-
-/// The peer has used half the protocol's connection window at once: it would go faster
-/// with more. (Not the window as it stands: what is passed on is given back at once while
-/// it is below half, so a fast transfer's window rarely stays there.)
-fn wants_window(peer: &Peer) -> bool {
-    peer.ran_low
 }
 
 /// Runs `f` with the loop thread's field list, left empty for the next block.

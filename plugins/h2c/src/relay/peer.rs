@@ -52,8 +52,10 @@ pub struct Peer {
     pub initial_window: u32,
     /// The connection window granted the peer ([`Peer::grant_window`]).
     pub window: u32,
-    /// Its DATA once took what it may send below half the connection window: it would go
-    /// faster with a larger one (see `Relay::follow_budget`).
+    /// Its DATA took what it may send below half the connection window since
+    /// `Relay::follow_budget` last looked: it would go faster with a larger one. (Not the
+    /// window as it stands: what is passed on is given back at once while it is below
+    /// half, so a fast transfer's window rarely stays there.)
     pub ran_low: bool,
     /// What is passed on is not given back for now (the peer's address holds its budget,
     /// [`super::held`]): owed, and given back once this is cleared.
