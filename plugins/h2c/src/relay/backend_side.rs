@@ -612,8 +612,7 @@ impl Relay {
                     let _ = io.unwatch(backend.socket.as_fd());
                 }
                 if backend.granted {
-                    let extra = (super::peer::CONN_WINDOW - frame::DEFAULT_WINDOW) as usize;
-                    self.held.release(extra);
+                    self.held.release(super::peer::GRANT);
                 }
                 self.backends[slot] = None;
                 continue;

@@ -801,11 +801,10 @@ impl Relay {
         // A peer refused is asked again when its DATA next takes its window below half
         // (its own traffic wakes the connection; a timer would wake every connection of an
         // address whose grants are spent ten times a second for as long as it lives).
-        let extra = (peer::CONN_WINDOW - frame::DEFAULT_WINDOW) as usize;
         if !self.client_granted
             && std::mem::take(&mut self.client.ran_low)
             && !address_over
-            && self.held.grant(extra)
+            && self.held.grant(peer::GRANT)
         {
             self.client.grant_window(peer::CONN_WINDOW);
             self.client_granted = true;
@@ -815,7 +814,7 @@ impl Relay {
                 && backend.state == State::Open
                 && std::mem::take(&mut backend.peer.ran_low)
                 && !address_over
-                && self.held.grant(extra)
+                && self.held.grant(peer::GRANT)
             {
                 backend.peer.grant_window(peer::CONN_WINDOW);
                 backend.granted = true;

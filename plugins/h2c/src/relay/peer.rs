@@ -13,6 +13,9 @@ use protocol_api::output::Output;
 /// answers a client took lazily, each holding its 64 KiB, then stopped every other stream
 /// of the connection to that backend, a review found.)
 pub const CONN_WINDOW: u32 = 1 << 20;
+/// What a peer granted [`CONN_WINDOW`] takes of its client address's budget: the window
+/// past the protocol's ([`super::held::ClientHeld::grant`]).
+pub const GRANT: usize = (CONN_WINDOW - frame::DEFAULT_WINDOW) as usize;
 /// A field block being continued may be at most this long: a peer cannot make the relay
 /// hold more than one such block before it decodes it (CONTINUATION floods).
 const MAX_BLOCK: usize = 64 * 1024;
