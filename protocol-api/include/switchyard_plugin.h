@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 6
+#define SWITCHYARD_ABI_MINOR 7
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -66,6 +66,7 @@ extern "C" {
 #define SWITCHYARD_WANT_WRITE 2u
 #define SWITCHYARD_WANT_CLOSE 4u
 #define SWITCHYARD_WANT_RESUME 8u  /* 1.3: call again soon, work is in hand (a budget spent) */
+#define SWITCHYARD_WANT_ABORT 16u  /* 1.7: with WANT_CLOSE: reset, dropping what the peer has not taken */
 
 /* switchyard_connection.shutdown `how`. */
 #define SWITCHYARD_SHUTDOWN_READ 0u

@@ -62,6 +62,10 @@
 //!   and updates cells the host lends it with relaxed atomic adds, no call on the hot path;
 //!   the host renders them in `/metrics` as `switchyard_<plugin>_<name>`. Each plugin gets
 //!   its own `HostApi` (its `ctx` names the plugin), still valid as long as the process.
+//! - 1.7: [`WANT_ABORT`]: close the connection and drop what its peer has not taken (a
+//!   reset), for a plugin that ends a peer for taking too little: closed gracefully, the
+//!   kernel would go on holding what waits for it. A host of 1.6 or earlier ignores the
+//!   bit and closes as `WANT_CLOSE` does.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -72,7 +76,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 6;
+pub const ABI_MINOR: u32 = 7;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -155,6 +159,11 @@ pub const WANT_CLOSE: u32 = 4;
 /// whether or not anything new arrived. Ask only while there is work: the call after is
 /// made at once.
 pub const WANT_RESUME: u32 = 8;
+/// (1.7) [`RawWants::interest`] bit, with [`WANT_CLOSE`]: close with a reset, dropping
+/// what the peer has not taken yet (the kernel's send queue included), rather than send
+/// it and then the end: for a peer ended for taking too little. (Nothing waiting, the
+/// close is graceful.)
+pub const WANT_ABORT: u32 = 16;
 
 /// [`RawConnection::shutdown`] `how` values.
 pub const SHUTDOWN_READ: u32 = 0;
@@ -333,7 +342,8 @@ pub struct RawConnection {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawWants {
-    /// `WANT_READ | WANT_WRITE`, either, none (only the timer), or `WANT_CLOSE`.
+    /// `WANT_READ | WANT_WRITE`, either, none (only the timer), or `WANT_CLOSE` (with
+    /// `WANT_ABORT`, 1.7, to reset).
     pub interest: u32,
     /// Non-zero: call with `READY_TIMER` once this many milliseconds have passed. Each answer
     /// replaces the timer; 0 cancels it.

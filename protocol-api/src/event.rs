@@ -257,6 +257,18 @@ impl Wants {
         }
     }
 
+    /// (1.7) Close the connection now with a reset: what its peer has not taken yet is
+    /// dropped, the kernel's send queue included, where [`Wants::close`] sends it first.
+    /// For a peer ended for taking too little (closed gracefully, it could go on taking
+    /// what waits for it, a byte at a time, for as long as it likes). A host older than 1.7
+    /// closes gracefully.
+    pub const fn abort() -> Wants {
+        Wants {
+            interest: crate::abi::WANT_CLOSE | crate::abi::WANT_ABORT,
+            timer: None,
+        }
+    }
+
     /// (1.3) Also call again, with [`Ready::is_resume`], once the loop's other connections
     /// had their turn, whether or not anything new arrived: for a call that stopped with
     /// work in hand because its budget was spent (input read but not yet handled, a message

@@ -506,3 +506,36 @@ fn a_connection_may_watch_sixteen_descriptors_and_no_more() {
     let mut again = switched(&daemon, "ev-watch");
     assert!(again.read_line().starts_with("watched=16 "));
 }
+
+/// A plugin that ends a peer for taking too little asks for a reset (`Wants::abort`, ABI
+/// 1.7): what waits for the peer, the kernel's queue included, is dropped, where a plain
+/// close lets the peer take it all, as slowly as it likes. Both from a client whose small
+/// receive window leaves most of the plugin's output in the daemon's kernel.
+#[test]
+fn a_plugins_reset_drops_what_its_peer_has_not_taken_and_a_close_does_not() {
+    let daemon = daemon();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let mut ended = Vec::new();
+    for path in ["/close", "/abort"] {
+        let mut client = daemon.client_from_with("127.0.0.1", small_window);
+        client.send(upgrade_request(path, "ev-flood"));
+        assert_eq!(client.response().status, 101, "{path}");
+        // The plugin fills the socket, then ends on its next call, 50 ms later.
+        std::thread::sleep(Duration::from_millis(300));
+        let (taken, reset) = client.read_to_end_or_reset();
+        ended.push((path, taken.len(), reset));
+    }
+    let [(_, closed_took, closed_reset), (_, aborted_took, aborted_reset)] = ended[..] else {
+        unreachable!()
+    };
+    assert!(!closed_reset, "{ended:?}: a close is graceful");
+    assert!(aborted_reset, "{ended:?}: the reset reaches the client");
+    assert!(
+        aborted_took < closed_took / 2,
+        "{ended:?}: what the client had not taken when reset is dropped"
+    );
+    let logs = daemon
+        .wait_for_log("reason=\"reset by the plugin\"")
+        .unwrap_or_else(|l| l);
+    assert!(logs.contains("reason=\"reset by the plugin\""), "{logs}");
+}

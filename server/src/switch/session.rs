@@ -24,7 +24,7 @@ use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead, Watched, Watcher
 use mio::net::TcpStream;
 use protocol_api::abi::{
     READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WRITABLE,
-    WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
+    WANT_ABORT, WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
 };
 use protocol_api::hosting::Readiness;
 use protocol_api::moment::Moment;
@@ -90,6 +90,8 @@ const WRITE_TIME_OUT: &str = "write time-out: the peer took nothing";
 /// Why a session ended that the connection's failure ended.
 const CONNECTION_LOST: &str = "connection lost";
 const CONNECTION_ERROR: &str = "connection error";
+/// Why a session ended that its plugin reset (`WANT_ABORT`, 1.7).
+const ABORTED: &str = "reset by the plugin";
 
 /// The low 32 bits of what the peer has acknowledged (0 if the kernel will not say): a
 /// mark that moves when it takes data.
@@ -318,7 +320,8 @@ impl Session {
             }
         };
         if wants.interest & WANT_CLOSE != 0 {
-            return Step::Close(None);
+            let abort = minor >= 7 && wants.interest & WANT_ABORT != 0;
+            return Step::Close(abort.then_some(ABORTED));
         }
         self.wants = wants.interest & (WANT_READ | WANT_WRITE);
         self.resume = minor >= 3 && wants.interest & WANT_RESUME != 0;
@@ -487,8 +490,8 @@ impl Session {
         // In cleartext the kernel sends what was written, then the FIN; but ended for a
         // peer that took nothing, what still waits for it is dropped with a reset (an
         // attacker's review: closed gracefully, 180 such sockets held 702 MiB for minutes
-        // after we let them go, while their client opened more).
-        if matches!(reason, Some(IDLE | WRITE_TIME_OUT))
+        // after we let them go, while their client opened more). So does a plugin's reset.
+        if matches!(reason, Some(IDLE | WRITE_TIME_OUT | ABORTED))
             && crate::sys::reset_if_unsent(&wire.socket)
         {
             return None;
