@@ -482,6 +482,70 @@ fn trickle_on_twenty_streams(addr: SocketAddr) -> (std::collections::HashMap<u32
     (reset, began.elapsed())
 }
 
+/// From a review: a client that read 256 bytes every half second kept what the relay owed
+/// it (256 KiB a connection) and its address over its budget for as long as it liked: bytes
+/// moved, so no time-out came, and no stream was held. While its address is over, output
+/// owed to a client must move a frame's worth a second, or the connection is reset.
+#[test]
+fn a_client_trickling_its_output_is_reset_while_its_address_holds_its_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    run(async {
+        let h2 = backend(Arc::<Seen>::default()).await;
+        let daemon = daemon(
+            &format!("/={h2}"),
+            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "200000")],
+        );
+        // A receive buffer of 4 KiB; SETTINGS_INITIAL_WINDOW_SIZE 16 MiB, the connection's
+        // window as much; 8 streams of `GET /large` (1 MiB each).
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&daemon.addr.into()).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let mut socket = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(raw_frame(0x4, 0, 0, &[0, 4, 1, 0, 0, 0]));
+        out.extend(raw_frame(0x8, 0, 0, &(1u32 << 24).to_be_bytes()));
+        for id in (0..8).map(|n| 1 + 2 * n) {
+            let block = [
+                0x82, 0x86, 0x04, 0x06, b'/', b'l', b'a', b'r', b'g', b'e', 0x01, 0x01, b't',
+            ];
+            out.extend(raw_frame(0x1, 0x5, id, &block));
+        }
+        socket.write_all(&out).await.unwrap();
+        // 256 bytes every 250 ms, until the daemon lets the connection go or 10 s pass.
+        let began = Instant::now();
+        let reset = "reason=\"reset by the plugin\"";
+        let mut buf = [0u8; 256];
+        let mut took = 0;
+        while !daemon.logs().contains(reset) && began.elapsed() < Duration::from_secs(10) {
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(10), socket.read(&mut buf)).await
+            {
+                took += n;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let logs = daemon.logs();
+        assert!(
+            logs.contains(reset),
+            "open after {:?}, {took} bytes taken: {logs}",
+            began.elapsed()
+        );
+        assert!(logs.contains("while its address holds"), "{logs}");
+        // What the client had not taken is dropped: its read ends with the reset.
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest));
+        let error = end.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(took + rest.len() < 1 << 20, "{} bytes", took + rest.len());
+        // What it held is let go, and the address is served again.
+        assert_eq!(held_bytes(&daemon), 0);
+        let again = connect(daemon.addr).await;
+        assert_eq!(get(&again, "/x").await.0, StatusCode::OK);
+    });
+}
+
 /// From two reviews: uploads counted in the budget but nothing held them to it, as every
 /// connection was granted a 1 MiB window at once: 300 connections uploading to a backend
 /// that took nothing held 299 MiB over a 64 MiB budget, and 281 MiB once they were opened

@@ -14,7 +14,9 @@
 //! - they give the client no window back for its uploads, and a new connection is granted
 //!   none past the protocol's 64 KiB ([`super::Relay::follow_budget`]);
 //! - a stream that moves less than a frame in a second is ended
-//!   ([`super::Relay::expire`]), and that counts against the address's resets.
+//!   ([`super::Relay::expire`]), and that counts against the address's resets;
+//! - a connection owing its client 16 KiB or more that the client takes less than a frame
+//!   of in a second is reset ([`super::Relay`]'s `output_stalled`).
 //!
 //! So an address holds its budget, and 64 KiB a peer and a read (64 KiB) more a
 //! connection at most.

@@ -193,6 +193,11 @@ pub struct Relay {
     detached_held: usize,
     /// Since when its backends are left unread while its address holds its budget.
     held_paused: Option<Instant>,
+    /// Bytes written to the client so far.
+    client_written: u64,
+    /// Since when output owed to the client has moved too little while its address holds
+    /// its budget, and what had been written then ([`Relay::output_stalled`]).
+    output_slow: Option<(Instant, u64)>,
     glitches: u32,
     glitch_period_start: Instant,
     /// This connection's unit of the open-connections gauge.
@@ -269,6 +274,8 @@ impl Relay {
             client_granted: false,
             detached_held: 0,
             held_paused: None,
+            client_written: 0,
+            output_slow: None,
             glitches: 0,
             glitch_period_start: now,
         }
@@ -318,9 +325,12 @@ impl Relay {
         // with each.
         let quiet = self.streams.is_empty() && self.backends.iter().all(Option::is_none);
         let keep = if quiet { 0 } else { OUT_KEEP };
-        if let Err(e) = self.client.out.flush(io, keep) {
-            log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
-            return Ok(Wants::close());
+        match self.client.out.flush(io, keep) {
+            Ok(written) => self.client_written += written.bytes as u64,
+            Err(e) => {
+                log::debug!("h2c {}: the client is gone: {e}", self.peer_addr);
+                return Ok(Wants::close());
+            }
         }
         // What is left after the flush is what the connection holds for its client. A
         // connection that stopped reading its backends for output the flush then wrote
@@ -330,6 +340,9 @@ impl Relay {
         let over = self.held.holds(holding);
         if !(over && holding >= held::UNCOUNTED) {
             self.held_paused = None;
+        }
+        if self.output_stalled(over, now) {
+            return Ok(Wants::abort());
         }
         if quiet {
             self.streams.shrink_to(0);
@@ -369,6 +382,45 @@ impl Relay {
             _ if backend_left => wants.with_resume(),
             _ => wants,
         })
+    }
+
+    /// Whether the client takes its output too slowly for an address that holds its budget:
+    /// while it does, [`held::UNCOUNTED`] or more owed to the client must move
+    /// [`OVER_BUDGET_PROGRESS`] in [`OVER_BUDGET_HELD`], as a stream's answer must, or the
+    /// connection is reset (its GOAWAY would wait behind what the client does not take).
+    /// A client reading 256 bytes every half second kept its output, the relay's 256 KiB,
+    /// and its address over its budget, for as long as it liked (a review): bytes moved,
+    /// so no time-out came, and nothing it had was a stream's to end.
+    fn output_stalled(&mut self, over: bool, now: Instant) -> bool {
+        let owed = self.client.out.owed();
+        if !over || owed < held::UNCOUNTED {
+            self.output_slow = None;
+            return false;
+        }
+        let written = self.client_written;
+        match self.output_slow {
+            Some((since, mark)) if written < mark + OVER_BUDGET_PROGRESS => {
+                if now.duration_since(since) < OVER_BUDGET_HELD {
+                    return false;
+                }
+                static SLOW: protocol_api::throttle::Throttle =
+                    protocol_api::throttle::Throttle::new();
+                if let Some(unlogged) = SLOW.admit() {
+                    log::info!(
+                        "h2c {}: the client took {} bytes in {} ms, {owed} more owed, while its \
+                         address holds SWITCHYARD_H2C_HELD_PER_CLIENT: connection reset{unlogged}",
+                        self.peer_addr,
+                        written - mark,
+                        now.duration_since(since).as_millis()
+                    );
+                }
+                true
+            }
+            _ => {
+                self.output_slow = Some((now, written));
+                false
+            }
+        }
     }
 
     /// After a connection error: the GOAWAY written, our side shut, and what the client
@@ -946,6 +998,9 @@ impl Relay {
         }
         if let Some(since) = self.held_paused {
             at(since + HELD_CHECK_EVERY);
+        }
+        if let Some((since, _)) = self.output_slow {
+            at(since + OVER_BUDGET_HELD);
         }
         if self.client.withheld {
             // The client's window waits for the address to be under its budget, which the
