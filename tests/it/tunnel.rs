@@ -840,3 +840,53 @@ fn pipes_are_capped_and_tunnels_past_the_cap_copy() {
     );
     backend.join().unwrap();
 }
+
+/// One address's stalled downloads each held a full pipe, and could hold them all: every
+/// other client's bulk transfer then copied. A client may hold a quarter of the pipes (a
+/// sixteenth of that while fewer than a quarter are free), as of dials; another address
+/// still gets one.
+#[test]
+fn one_address_holds_its_share_of_the_pipes_and_another_gets_one() {
+    const STALLED: usize = 8;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(STALLED + 1) {
+            let mut stream = stream.unwrap();
+            // The daemon's end, at the test's, ends the write.
+            std::thread::spawn(move || stream.write_all(&vec![7u8; 32 << 20]));
+        }
+    });
+    let daemon = daemon(addr, &[("SWITCHYARD_TUNNEL_MAX_PIPES", "8")]);
+    let pid = daemon.pid();
+    let before = pipes_of(pid);
+    let stalled: Vec<Client> = (0..STALLED)
+        .map(|_| {
+            let mut client = daemon.client_from("127.0.0.1");
+            switch(&mut client, "GET", "\r\n");
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = pipes_of(pid) - before;
+    assert!(
+        (1..=2).contains(&held),
+        "{STALLED} stalled downloads of one address hold {held} pipes"
+    );
+    let mut other = daemon.client_from("127.0.0.2");
+    switch(&mut other, "GET", "\r\n");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        pipes_of(pid) - before,
+        held + 1,
+        "another address gets a pipe"
+    );
+    let mut got = other.take_buffered().len();
+    let mut buf = vec![0u8; 1 << 16];
+    while got < 32 << 20 {
+        let n = other.stream.read(&mut buf).unwrap();
+        assert!(n > 0, "ended at {got} bytes");
+        got += n;
+    }
+    drop(stalled);
+}

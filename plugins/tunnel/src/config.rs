@@ -12,7 +12,8 @@ pub struct Config {
     /// `SWITCHYARD_TUNNEL_IDLE_MS`: end a tunnel with no bytes either way this long.
     pub idle: Option<Duration>,
     /// `SWITCHYARD_TUNNEL_MAX_PIPES` (default [`MAX_PIPES`]): most splice pipes held at
-    /// once, two descriptors each; 0 never splices.
+    /// once, two descriptors each, and a client's share of them
+    /// ([`crate::pump::client_share`]); 0 never splices.
     pub max_pipes: usize,
     /// `SWITCHYARD_TUNNEL_MAX_DIALS` (default [`MAX_DIALS`]): most dials under way to one
     /// backend, and a quarter of that in all for one client; past either, `503`.
@@ -130,7 +131,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new(
         "SWITCHYARD_TUNNEL_MAX_PIPES",
         "2500",
-        "most pipes held at once to splice bulk transfers (two descriptors each, as HAProxy's maxpipes); past it, or with no descriptor to spare, a tunnel copies instead; 0 never splices",
+        "most pipes held at once to splice bulk transfers (two descriptors each, as HAProxy's maxpipes); one client address at most a quarter of them, a sixteenth of that while fewer than a quarter are free; past either, or with no descriptor to spare, a tunnel copies instead; 0 never splices",
     ),
     protocol_api::Setting::new(
         "SWITCHYARD_TUNNEL_MAX_DIALS",

@@ -9,9 +9,9 @@
 //! tunnel holds no pipe and no buffer); once a read fills the buffer, the flow is bulk and
 //! the direction splices through a pipe of its own (no copy through user space) until the
 //! source is drained, when the pipe is closed again. (Past `SWITCHYARD_TUNNEL_MAX_PIPES`
-//! pipes in the process, or with no descriptor left for one, a bulk direction copies.) When a source ends, the destination's
-//! write side is shut and the other
-//! direction flows on (half-close); when both have ended, the tunnel ends.
+//! pipes in the process or its client's share of them, or with no descriptor left for
+//! one, a bulk direction copies.) When a source ends, the destination's write side is shut
+//! and the other direction flows on (half-close); when both have ended, the tunnel ends.
 //!
 //! Resets. A side that resets before its end (`ECONNRESET`: an abort) has the other side
 //! reset at once, also while its direction is not reading it (held back by a slow
@@ -175,9 +175,18 @@ struct Direction {
     dropped: u64,
     /// The source reset after its end: all it sent is in, and it takes nothing more.
     source_gone: bool,
+    /// The client its pipe is counted for ([`protocol_api::clients::key`]).
+    client: u64,
 }
 
 impl Direction {
+    fn for_client(client: u64) -> Direction {
+        Direction {
+            client,
+            ..Direction::default()
+        }
+    }
+
     /// Moves bytes from `from` to `to` until one would block, the source ends, or `budget`
     /// is spent; `moved` is set when a byte moved. The source is read only if it may have
     /// bytes (`may_read`: an event, or bytes left last time).
@@ -347,7 +356,7 @@ impl Direction {
     /// Whether the direction has a pipe, taking one if it may ([`Pipe::take`]).
     fn has_pipe(&mut self) -> bool {
         if self.pipe.is_none() {
-            self.pipe = Pipe::take();
+            self.pipe = Pipe::take(self.client);
         }
         self.pipe.is_some()
     }
@@ -457,12 +466,13 @@ impl TunnelConn {
     ) -> io::Result<TunnelConn> {
         backend.set_nonblocking(true)?;
         let now = Instant::now();
+        let client = protocol_api::clients::key_of(&label.peer);
         stats.opened.inc();
         Ok(TunnelConn {
             backend,
             client_tls,
-            up: Direction::default(),
-            down: Direction::default(),
+            up: Direction::for_client(client),
+            down: Direction::for_client(client),
             early: Output::default(),
             watching: false,
             backend_ready: false,
