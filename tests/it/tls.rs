@@ -1150,3 +1150,53 @@ fn one_address_begins_tls_handshakes_at_most_at_its_rate() {
         "{logs}"
     );
 }
+
+/// From an attacker's review: a TLS connection whose plugin was done, its last records
+/// still waiting for the client, read and dropped whatever the client sent, 4 KiB at a
+/// time and with no bound a turn: a client sending at 2 GB/s held its event loop for up to
+/// 1.3 s a turn. What it drops is bounded now: past 256 KiB it is closed.
+#[test]
+fn a_closing_connection_flooded_by_its_client_is_closed() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("fixture-evented")
+        .start();
+    // A small receive window: the plugin's output fills the daemon's socket, and what the
+    // session sealed past that waits for the client after the plugin is done.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&daemon.addr.into()).unwrap();
+    let mut tls = session_over(TcpStream::from(socket), &pki.client(&[]), "localhost");
+    tls.write_all(upgrade_request("/close", "ev-flood").as_bytes())
+        .unwrap();
+    tls.flush().unwrap();
+    // The head arrives, then the plugin fills the socket and ends 50 ms later.
+    let mut first = [0u8; 12];
+    tls.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 101");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut raw = tls.sock;
+    raw.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let began = std::time::Instant::now();
+    let blob = vec![0x17u8; 64 * 1024];
+    let mut sent = 0usize;
+    let error = loop {
+        match raw.write(&blob) {
+            Ok(n) => sent += n,
+            Err(e) => break e,
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{sent} bytes dropped in 5 s and still open: {}",
+            daemon.logs()
+        );
+    };
+    assert!(
+        matches!(
+            error.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+        ),
+        "{error} after {sent} bytes"
+    );
+}

@@ -4,12 +4,19 @@
 //! writable events, then the FIN; then, as an HTTP connection lingers (RFC 9112 §9.6),
 //! what the peer still sends is read and dropped until its end, so that closing with
 //! unread bytes does not reset the connection and discard what it has not yet taken. A
-//! peer that takes nothing, or never ends, loses the rest at the deadline.
+//! peer that takes nothing, or never ends, loses the rest at the deadline; one that sends
+//! more than [`DROP_LIMIT`] meanwhile is not waiting for the end, and loses it at once.
 
 use super::transport::{Transport, Wire};
 use crate::daemon::state::Ticket;
 use std::io::Read;
 use std::time::Instant;
+
+/// What a closing connection reads and drops at most: past it the connection is closed,
+/// its unread bytes making the kernel reset it. Unbounded, 4 KiB reads of a client sending
+/// at 2 GB/s held the event loop for up to 1.3 s a turn, its other connections waiting
+/// (an attacker's review); an HTTP connection's lingering reads as much in a turn.
+pub const DROP_LIMIT: usize = protocol_api::sizes::READ_BUDGET;
 
 pub struct Closing {
     pub wire: Wire,
@@ -18,6 +25,8 @@ pub struct Closing {
     pub deadline: Instant,
     /// Everything is out, the FIN too: only the peer's end is awaited.
     all_out: bool,
+    /// Bytes read and dropped so far.
+    dropped: usize,
 }
 
 impl Closing {
@@ -27,6 +36,7 @@ impl Closing {
             _ticket: ticket,
             deadline,
             all_out: false,
+            dropped: 0,
         }
     }
 
@@ -40,11 +50,20 @@ impl Closing {
         }
         if readable || closed {
             // Dropped unread (ciphertext of a session whose plugin is gone).
-            let mut sink = [0u8; 4096];
+            let mut sink = [0u8; 16 * 1024];
             loop {
                 match (&self.wire.socket).read(&mut sink) {
                     Ok(0) => return true,
-                    Ok(_) => {}
+                    Ok(n) => {
+                        self.dropped += n;
+                        if self.dropped > DROP_LIMIT {
+                            log::debug!(
+                                "closing connection: the peer sent over {DROP_LIMIT} bytes \
+                                 after its session ended; closed"
+                            );
+                            return true;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => return true,
