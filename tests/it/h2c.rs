@@ -455,3 +455,43 @@ fn two_thousand_h2c_connections_stand_at_once_with_default_settings() {
     let per_connection = (daemon.rss_kib().saturating_sub(rss_before)) as f64 / 2000.0;
     eprintln!("h2c: {per_connection:.1} KiB of daemon RSS per open connection (debug build)");
 }
+
+/// From an attacker's review: a prior-knowledge connection from an address over
+/// `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT` got the HTTP/1.1 `503`, which an HTTP/2 client
+/// reads as a protocol error. Once its first bytes are the preface (or the start of it) it
+/// gets GOAWAY `REFUSED_STREAM`: try again. (Behind the PROXY protocol, whose header names
+/// the address, so the preface is already in when the daemon counts it.)
+#[test]
+fn prior_knowledge_over_the_clients_connection_limit_gets_goaway_refused_stream() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", "/=127.0.0.1:9")
+        .env("SWITCHYARD_MAX_CONNECTIONS", "40")
+        .env("SWITCHYARD_PROXY_PROTOCOL", "v1")
+        .env("SWITCHYARD_PROXY_FROM", "127.0.0.1")
+        .start();
+    let header = "PROXY TCP4 10.1.2.3 10.0.0.1 40000 80\r\n";
+    let idle: Vec<Client> = (0..10)
+        .map(|_| {
+            let mut client = daemon.client();
+            client.send(header);
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut eleventh = daemon.client();
+    let mut hello = header.as_bytes().to_vec();
+    hello.extend_from_slice(PREFACE);
+    eleventh.send(hello);
+    let (_, goaway) = read_until(&mut eleventh, 0x7, 0);
+    assert_eq!(&goaway[4..8], &[0, 0, 0, 0x7], "REFUSED_STREAM: try again");
+    assert!(
+        String::from_utf8_lossy(&goaway[8..]).contains("too many connections"),
+        "{goaway:?}"
+    );
+    // An HTTP/1.1 client of the same address still gets the 503.
+    let mut http1 = daemon.client();
+    http1.send(format!("{header}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"));
+    assert_eq!(http1.response_head_only().status, 503);
+    drop(idle);
+}

@@ -383,9 +383,18 @@ impl<T: Transport> HttpConn<T> {
             self.close_now = true;
             return;
         }
-        let response = Response::unavailable(REASON);
-        let request = Request::unread(0, cx.now);
-        self.respond(cx, &response, request, Some(REASON), false);
+        let request = Request::unread(self.input.len() as u64, cx.now);
+        if !self.input.is_empty() && prior_knowledge::classify(&self.input) != Start::Http1 {
+            // HTTP/2 with prior knowledge (its preface, or what came of it): an HTTP/1.1
+            // answer would read as a protocol error; REFUSED_STREAM says try again.
+            let goaway = prior_knowledge::refusal(prior_knowledge::error_code(503), REASON);
+            self.output.queue().extend_from_slice(&goaway);
+            self.log(request, access::NO_STATUS, goaway.len(), Some(REASON));
+            self.input = Vec::new();
+        } else {
+            let response = Response::unavailable(REASON);
+            self.respond(cx, &response, request, Some(REASON), false);
+        }
         self.close_after_output();
     }
 
