@@ -763,8 +763,17 @@ impl<T: Transport> HttpConn<T> {
             && match self.phase {
                 Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => false,
                 Phase::Lingering => true,
-                _ => self.output.owed() < OUTPUT_LIMIT && self.body.is_none(),
+                _ => !self.output_full() && self.body.is_none(),
             }
+    }
+
+    /// The client has our answers to read first: [`OUTPUT_LIMIT`] bytes of them wait, or
+    /// TLS records the socket did not take do (sealed, they count as written: without them
+    /// here, a TLS client pipelining requests it never read the answers of held its
+    /// session's records on top of the limit, 91-99 KiB a connection against 39 in
+    /// cleartext, an attacker's review found).
+    fn output_full(&self) -> bool {
+        self.output.owed() >= OUTPUT_LIMIT || self.stream.has_pending()
     }
 
     /// Reads until the socket is drained, `budget` bytes came, or a head grows past the
@@ -947,7 +956,7 @@ impl<T: Transport> HttpConn<T> {
                     if self.body.is_some() {
                         return progressed; // a file's body goes out before the next answer
                     }
-                    if self.output.owed() >= OUTPUT_LIMIT {
+                    if self.output_full() {
                         return progressed; // the client reads our answers first
                     }
                     self.request_started.get_or_insert(cx.now);
