@@ -5,6 +5,17 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+/// Gives the heap's free memory back to the system (glibc's `malloc_trim`): glibc keeps
+/// what was freed in its arenas for the next allocations, so the peak of a burst stays in
+/// the daemon's RSS after the burst is over. Elsewhere (musl) nothing.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The daemon's effective user and group ids.
 pub fn effective_ids() -> (u32, u32) {
     // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
