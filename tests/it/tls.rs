@@ -1200,3 +1200,43 @@ fn a_closing_connection_flooded_by_its_client_is_closed() {
         "{error} after {sent} bytes"
     );
 }
+
+/// A TLS client that pipelines requests and reads the answers only later gets every one
+/// of them: the connection reads no further requests while its session holds records the
+/// socket did not take, and goes on once they are out (the write that empties the session
+/// brings no writable event of its own).
+#[test]
+fn pipelined_requests_over_tls_read_late_are_all_answered() {
+    const REQUESTS: usize = 100;
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let site = tempfile::tempdir().unwrap();
+    let file: Vec<u8> = (0..65_536u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(site.path().join("f.bin"), &file).unwrap();
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/={}", site.path().display()),
+        )
+        .start();
+    // A small receive window: the answers wait in the daemon.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&daemon.addr.into()).unwrap();
+    let mut tls = session_over(TcpStream::from(socket), &pki.client(&[]), "localhost");
+    let request = "GET /f.bin HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    tls.write_all(request.repeat(REQUESTS).as_bytes()).unwrap();
+    tls.flush().unwrap();
+    // 6.4 MiB of answers: the daemon's socket fills, and its session holds records.
+    std::thread::sleep(Duration::from_millis(500));
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for answered in 0..REQUESTS {
+        let (head, body) = response(&mut tls);
+        assert!(
+            head.starts_with("HTTP/1.1 200") && body == file,
+            "answer {answered} of {REQUESTS}: {head}"
+        );
+    }
+}

@@ -502,9 +502,12 @@ impl<T: Transport> HttpConn<T> {
                 return After::Close;
             }
             if self.writable {
-                // What the stream holds goes before any new answer (TLS records).
+                // What the stream holds goes before any new answer (TLS records). Once it
+                // is out, requests are read again (`output_full`): the write that emptied
+                // it brings no writable event of its own, so it counts as progress here.
+                let had_pending = self.stream.has_pending();
                 match self.stream.flush_pending() {
-                    Ok(true) => {}
+                    Ok(true) => progressed |= had_pending,
                     Ok(false) => self.writable = false,
                     Err(_) => return After::Close,
                 }
