@@ -1154,7 +1154,8 @@ fn one_address_begins_tls_handshakes_at_most_at_its_rate() {
 /// From an attacker's review: a TLS connection whose plugin was done, its last records
 /// still waiting for the client, read and dropped whatever the client sent, 4 KiB at a
 /// time and with no bound a turn: a client sending at 2 GB/s held its event loop for up to
-/// 1.3 s a turn. What it drops is bounded now: past 256 KiB it is closed.
+/// 1.3 s a turn. What it drops is bounded now: 256 KiB an event, and past 16 MiB in all it
+/// is closed.
 #[test]
 fn a_closing_connection_flooded_by_its_client_is_closed() {
     let pki = Pki::new();

@@ -12,11 +12,18 @@ use crate::daemon::state::Ticket;
 use std::io::Read;
 use std::time::Instant;
 
-/// What a closing connection reads and drops at most: past it the connection is closed,
-/// its unread bytes making the kernel reset it. Unbounded, 4 KiB reads of a client sending
-/// at 2 GB/s held the event loop for up to 1.3 s a turn, its other connections waiting
-/// (an attacker's review); an HTTP connection's lingering reads as much in a turn.
-pub const DROP_LIMIT: usize = protocol_api::sizes::READ_BUDGET;
+/// What a closing connection reads and drops at most on one event (an HTTP connection's
+/// lingering reads as much in a turn): unbounded, 4 KiB reads of a client sending at
+/// 2 GB/s held the event loop for up to 1.3 s a turn, its other connections waiting (an
+/// attacker's review). What is left waits for the next event, which a client still
+/// sending brings.
+const DROP_PER_EVENT: usize = protocol_api::sizes::READ_BUDGET;
+/// What a closing connection reads and drops at most in all: past it the connection is
+/// closed, its unread bytes making the kernel reset it. Well above what a fast upload
+/// has in flight when its session ends (625 KB at 100 Mbit/s and 50 ms), so that such a
+/// client still gets our last records; a client that sends this much to a session that
+/// has ended is not waiting for its end.
+pub const DROP_LIMIT: usize = 16 << 20;
 
 pub struct Closing {
     pub wire: Wire,
@@ -51,10 +58,12 @@ impl Closing {
         if readable || closed {
             // Dropped unread (ciphertext of a session whose plugin is gone).
             let mut sink = [0u8; 16 * 1024];
-            loop {
+            let mut this_event = 0;
+            while this_event < DROP_PER_EVENT {
                 match (&self.wire.socket).read(&mut sink) {
                     Ok(0) => return true,
                     Ok(n) => {
+                        this_event += n;
                         self.dropped += n;
                         if self.dropped > DROP_LIMIT {
                             log::debug!(
