@@ -89,6 +89,20 @@ pub fn rest<'a, 'p: 'a>(
     })
 }
 
+/// Bytes written to the TCP socket `socket` that its peer has not acknowledged yet
+/// (`SIOCOUTQ`): what the kernel still holds of them. What a peer took since a mark is
+/// what was written since, less what this grew by: the kernel's send buffer, which grows
+/// for a slow reader, is not the peer's doing.
+pub fn unacked(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, which `queued` is.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(queued.max(0) as usize)
+}
+
 /// Bytes owed to a writer, and how many of them are out. Once everything is out the
 /// buffer is emptied; a quiet connection keeps none (or up to a capacity the owner
 /// chooses, to spare reallocating on a busy one).

@@ -644,7 +644,7 @@ impl TunnelConn {
                 true => io.as_fd(),
                 false => self.backend.as_fd(),
             };
-            let unsent = crate::pump::unsent(sender).unwrap_or(0);
+            let unsent = protocol_api::output::unacked(sender).unwrap_or(0);
             let waited = *self.draining_since.get_or_insert(now);
             let waiting = now.duration_since(waited);
             if unsent > 0 && waiting < DRAIN_WAIT {

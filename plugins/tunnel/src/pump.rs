@@ -1,6 +1,6 @@
 //! The system calls of a tunnel that no safe crate wraps: moving bytes between two
 //! non-blocking sockets without copying them through user space (`splice(2)` into a pipe
-//! and out of it), and asking a socket what it has not sent yet (`SIOCOUTQ`). Every call is non-blocking; `WouldBlock` means "wait for readiness", as
+//! and out of it). Every call is non-blocking; `WouldBlock` means "wait for readiness", as
 //! on the sockets themselves. (Reads, writes and SO_LINGER on the sockets go through
 //! `socket2`.)
 //!
@@ -198,17 +198,6 @@ impl Drop for Pipe {
             pipes.gauge.dec();
         }
     }
-}
-
-/// Bytes written to the TCP socket `socket` that its peer has not acknowledged yet: what a
-/// reset would throw away.
-pub fn unsent(socket: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, which `queued` is.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(queued.max(0) as usize)
 }
 
 #[cfg(test)]

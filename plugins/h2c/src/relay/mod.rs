@@ -341,7 +341,7 @@ impl Relay {
         if !(over && holding >= held::UNCOUNTED) {
             self.held_paused = None;
         }
-        if self.output_stalled(over, now) {
+        if self.output_stalled(over, now, io) {
             return Ok(Wants::abort());
         }
         if quiet {
@@ -390,14 +390,19 @@ impl Relay {
     /// connection is reset (its GOAWAY would wait behind what the client does not take).
     /// A client reading 256 bytes every half second kept its output, the relay's 256 KiB,
     /// and its address over its budget, for as long as it liked (a review): bytes moved,
-    /// so no time-out came, and nothing it had was a stream's to end.
-    fn output_stalled(&mut self, over: bool, now: Instant) -> bool {
+    /// so no time-out came, and nothing it had was a stream's to end. What counts is what
+    /// the client acknowledged: counted as written, what the kernel's send buffer took as
+    /// it grew (megabytes, for a slow reader) passed for progress (the next review). Under
+    /// TLS the kernel holds records, so this is the plaintext written less the ciphertext
+    /// not acknowledged: within a record's overhead and what the session holds.
+    fn output_stalled(&mut self, over: bool, now: Instant, io: &Io<'_>) -> bool {
         let owed = self.client.out.owed();
         if !over || owed < held::UNCOUNTED {
             self.output_slow = None;
             return false;
         }
-        let written = self.client_written;
+        let unacked = protocol_api::output::unacked(std::os::fd::AsFd::as_fd(io)).unwrap_or(0);
+        let written = self.client_written.saturating_sub(unacked as u64);
         match self.output_slow {
             Some((since, mark)) if written < mark + OVER_BUDGET_PROGRESS => {
                 if now.duration_since(since) < OVER_BUDGET_HELD {
@@ -410,7 +415,7 @@ impl Relay {
                         "h2c {}: the client took {} bytes in {} ms, {owed} more owed, while its \
                          address holds SWITCHYARD_H2C_HELD_PER_CLIENT: connection reset{unlogged}",
                         self.peer_addr,
-                        written - mark,
+                        written.saturating_sub(mark),
                         now.duration_since(since).as_millis()
                     );
                 }
