@@ -482,18 +482,21 @@ impl Session {
             ..
         } = self;
         drop(handler); // the plugin frees its state before the socket goes
-        record.unsent(owed.map_or(0, |owed| owed.owed()));
-        record.log(peer, flow.bytes_in, flow.bytes_out, reason);
-        ticket.count_session(false);
+
         // close_notify after what waits. Only a plugin's own close waits for the peer to
         // take it; a connection the daemon ends (lost, idle, write time-out) goes now.
         // In cleartext the kernel sends what was written, then the FIN; but ended for a
         // peer that took nothing, what still waits for it is dropped with a reset (an
         // attacker's review: closed gracefully, 180 such sockets held 702 MiB for minutes
         // after we let them go, while their client opened more). So does a plugin's reset.
-        if matches!(reason, Some(IDLE | WRITE_TIME_OUT | ABORTED))
-            && crate::sys::reset_if_unsent(&wire.socket)
-        {
+        let reset = matches!(reason, Some(IDLE | WRITE_TIME_OUT | ABORTED))
+            && crate::sys::reset_if_unsent(&wire.socket);
+        // A plugin's reset with nothing left unsent is a plain close, and said as one.
+        let said = reason.filter(|&r| r != ABORTED || reset);
+        record.unsent(owed.map_or(0, |owed| owed.owed()));
+        record.log(peer, flow.bytes_in, flow.bytes_out, said);
+        ticket.count_session(false);
+        if reset {
             return None;
         }
         wire.tls.as_ref()?;
