@@ -63,6 +63,28 @@ impl Dials {
     /// else got `503` (an attacker's review).
     pub fn start(&self, backend: &str, client: u64) -> Result<Dial<'_>, Busy> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        self.room(&counts, backend, client)?;
+        *counts.by_backend.entry(backend.to_string()).or_default() += 1;
+        *counts.by_client.entry(client).or_default() += 1;
+        Ok(Dial {
+            dials: self,
+            backend: backend.to_string(),
+            client,
+        })
+    }
+}
+
+impl Dials {
+    /// Whether [`Dials::start`] would refuse now, without counting a dial: for a plugin
+    /// that negotiates on an event loop, to answer `503` there rather than hand the request
+    /// to a worker only to refuse it (74 µs a refusal against 52 for `/healthz`, an
+    /// attacker's review). The answer may change before the dial starts.
+    pub fn check(&self, backend: &str, client: u64) -> Result<(), Busy> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        self.room(&counts, backend, client)
+    }
+
+    fn room(&self, counts: &Counts, backend: &str, client: u64) -> Result<(), Busy> {
         let to_backend = counts.by_backend.get(backend).copied().unwrap_or(0);
         if to_backend >= self.max {
             return Err(Busy::Backend);
@@ -75,13 +97,7 @@ impl Dials {
         if counts.by_client.get(&client).copied().unwrap_or(0) >= most {
             return Err(Busy::Client);
         }
-        *counts.by_backend.entry(backend.to_string()).or_default() += 1;
-        *counts.by_client.entry(client).or_default() += 1;
-        Ok(Dial {
-            dials: self,
-            backend: backend.to_string(),
-            client,
-        })
+        Ok(())
     }
 }
 
@@ -143,6 +159,19 @@ mod tests {
     /// While fewer than a client's share of a backend's dials are free, a client with a
     /// dial under way gets no more: four clients, each within its quarter, no longer hold
     /// every dial to a backend slow to answer.
+    #[test]
+    fn a_check_says_what_a_start_would_and_counts_nothing() {
+        let dials = Dials::new(4);
+        assert_eq!(dials.check("a:1", 1), Ok(()));
+        let mine = dials.start("a:1", 1).unwrap();
+        assert_eq!(dials.check("a:1", 1), Err(Busy::Client), "a quarter of 4");
+        assert_eq!(dials.check("b:1", 1), Err(Busy::Client), "in all");
+        let others: Vec<_> = (2..5).map(|c| dials.start("a:1", c).unwrap()).collect();
+        assert_eq!(dials.check("a:1", 5), Err(Busy::Backend));
+        drop((mine, others));
+        assert_eq!(dials.check("a:1", 1), Ok(()), "none counted by the checks");
+    }
+
     #[test]
     fn a_crowded_backend_keeps_its_last_dials_for_clients_with_none() {
         let dials = Dials::new(64);

@@ -65,6 +65,34 @@ fn dial(backend: &str, timeout: Duration) -> io::Result<TcpStream> {
 
 /// Served readiness-driven: a tunnel is two sockets that are mostly quiet, and a thread
 /// (two, before) per tunnel cost a stack each and capped tunnels at the worker count.
+impl Tunnel {
+    /// `503` for a dial that may not start now ([`Busy`]), with a line saying whose.
+    fn busy(
+        &self,
+        request: &Request<'_>,
+        route: &str,
+        backend: &str,
+        busy: Busy,
+    ) -> Decision<Dialled> {
+        if let Some(unlogged) = self.busy_logs.admit() {
+            let (max, whose) = match busy {
+                Busy::Backend => (self.config.max_dials, "dials to the backend"),
+                Busy::Client => (self.dials.per_client(), "dials of this client at most"),
+            };
+            log::warn!(
+                "tunnel {} -> {backend} for {}: {max} {whose} under way \
+                 (SWITCHYARD_TUNNEL_MAX_DIALS, a quarter for one client, one while fewer \
+                 than that are free); answered 503{unlogged}",
+                request.path(),
+                request.peer(),
+            );
+        }
+        self.stats.refused(route, 503);
+        let body = format!("backend for {} is busy\n", request.path());
+        Decision::Reject(protocol_api::Rejection::new(503, body).with_header("Retry-After", "1"))
+    }
+}
+
 impl EventProtocol for Tunnel {
     const NAME: &'static str = "tunnel";
     const TOKENS: &'static [&'static str] = &["tcp"];
@@ -109,35 +137,19 @@ impl EventProtocol for Tunnel {
                     return Decision::reject(PathError::STATUS, format!("{e}\n"));
                 }
             };
-        // The dial blocks: on a worker, before the 101.
+        let client = protocol_api::clients::key_of(request.peer());
+        // The dial blocks: on a worker, before the 101; refused here, if it would be there.
         if !request.may_block() {
-            return Decision::OnWorker;
+            return match self.dials.check(backend, client) {
+                Ok(()) => Decision::OnWorker,
+                Err(busy) => self.busy(request, route, backend, busy),
+            };
         }
         let index = self.config.routes.iter().position(|(p, _)| p == route);
         let stats = index.map_or_else(|| self.stats.route(route), |i| self.routes[i]);
-        let client = protocol_api::clients::key_of(request.peer());
         let _dial = match self.dials.start(backend, client) {
             Ok(dial) => dial,
-            Err(busy) => {
-                if let Some(unlogged) = self.busy_logs.admit() {
-                    let (max, whose) = match busy {
-                        Busy::Backend => (self.config.max_dials, "dials to the backend"),
-                        Busy::Client => (self.dials.per_client(), "dials of this client at most"),
-                    };
-                    log::warn!(
-                        "tunnel {} -> {backend} for {}: {max} {whose} under way \
-                         (SWITCHYARD_TUNNEL_MAX_DIALS, a quarter for one client, one while fewer \
-                         than that are free); answered 503{unlogged}",
-                        request.path(),
-                        request.peer(),
-                    );
-                }
-                self.stats.refused(route, 503);
-                let body = format!("backend for {} is busy\n", request.path());
-                return Decision::Reject(
-                    protocol_api::Rejection::new(503, body).with_header("Retry-After", "1"),
-                );
-            }
+            Err(busy) => return self.busy(request, route, backend, busy),
         };
         let _dialling = stats.dialling.hold();
         let began = std::time::Instant::now();
