@@ -1676,3 +1676,32 @@ fn a_shared_program_that_does_not_read_holds_its_senders_back_without_dropping_t
     drop(client);
     drop(sender);
 }
+
+/// From an attacker's review: a dial its client's share refused still went to a worker
+/// first, only to be refused there, taking a worker slot of the client's to do it. It is
+/// refused on the loop now: the route's own `503`, even while the client's one worker slot
+/// is taken by the dial under way.
+#[test]
+fn a_dial_past_the_clients_share_is_refused_without_a_worker() {
+    let (_listener, dead, _fillers) = listener_never_answering();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_ROUTES", &format!("/svc=tcp://{dead}"))
+        .env("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", "3000")
+        .env("SWITCHYARD_WEBSOCKET_MAX_DIALS", "4")
+        .env("SWITCHYARD_WORKERS_PER_CLIENT", "1")
+        .start();
+    let request = "GET /svc HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let mut first = daemon.client();
+    first.send(request);
+    daemon
+        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/svc\"} 1")
+        .unwrap();
+    let mut second = daemon.client();
+    second.send(request);
+    let response = second.response();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.body_text(), "the service for /svc is busy\n");
+    assert_eq!(first.response().status, 504);
+}

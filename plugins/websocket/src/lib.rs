@@ -223,6 +223,16 @@ impl EventProtocol for WebSocket {
     }
 }
 
+/// The address a route to a service dials, as its dials are counted (`None`: it dials
+/// nothing, or only once its token is looked up).
+fn dialled_address(service: &routes::Service) -> Option<String> {
+    match service {
+        routes::Service::Tcp(address) => Some(address.clone()),
+        routes::Service::Unix(path) => Some(path.display().to_string()),
+        _ => None,
+    }
+}
+
 impl WebSocket {
     /// `negotiate` for a request `path` that a route (or the echo of every path) takes.
     fn negotiate_route(
@@ -256,7 +266,17 @@ impl WebSocket {
         let resolved;
         let service = match service {
             routes::Service::Echo => None,
-            _ if !request.may_block() => return Decision::OnWorker,
+            // Refused here if the dial would be there (the first review: a worker's hop,
+            // and a worker slot of the client's, for a 503).
+            _ if !request.may_block() => {
+                let client = client_key(request.peer());
+                let busy = (dialled_address(service).as_deref())
+                    .and_then(|b| self.dials.check(b, client).err());
+                return match busy {
+                    Some(busy) => Decision::Reject(self.dials_busy(request, path, busy)),
+                    None => Decision::OnWorker,
+                };
+            }
             routes::Service::Shared { binary, .. } => {
                 match self.join_shared(service, request, path, *binary) {
                     Ok(dialled) => Some(dialled),
@@ -397,6 +417,30 @@ impl WebSocket {
         }
     }
 
+    /// `503` for a dial that may not start now ([`Busy`]), with a line saying whose.
+    fn dials_busy(
+        &self,
+        request: &Request<'_>,
+        path: &RequestPath<'_>,
+        busy: Busy,
+    ) -> protocol_api::Rejection {
+        if let Some(unlogged) = DIALS_REFUSED.admit() {
+            let (max, whose) = match busy {
+                Busy::Backend => (self.config.max_dials, "dials to the service"),
+                Busy::Client => (self.dials.per_client(), "dials of this client at most"),
+            };
+            log::warn!(
+                "websocket {} for {}: {max} {whose} under way \
+                 (SWITCHYARD_WEBSOCKET_MAX_DIALS, a quarter for one client, one while fewer \
+                 than that are free); answered 503{unlogged}",
+                path.path(),
+                request.peer(),
+            );
+        }
+        protocol_api::Rejection::new(503, format!("the service for {} is busy\n", path.path()))
+            .with_header("Retry-After", "1")
+    }
+
     fn dial(
         &self,
         service: &routes::Service,
@@ -463,33 +507,10 @@ impl WebSocket {
         };
         // A dial holds this worker until the service answers or the time-out passes: a
         // dead service may hold a few, not every worker there is.
-        let backend = match service {
-            routes::Service::Tcp(address) => Some(address.clone()),
-            routes::Service::Unix(path) => Some(path.display().to_string()),
-            _ => None,
-        };
+        let backend = dialled_address(service);
         let client = client_key(request.peer());
         let dial = match backend.as_deref().map(|b| self.dials.start(b, client)) {
-            Some(Err(busy)) => {
-                if let Some(unlogged) = DIALS_REFUSED.admit() {
-                    let (max, whose) = match busy {
-                        Busy::Backend => (self.config.max_dials, "dials to the service"),
-                        Busy::Client => (self.dials.per_client(), "dials of this client at most"),
-                    };
-                    log::warn!(
-                        "websocket {} for {}: {max} {whose} under way \
-                         (SWITCHYARD_WEBSOCKET_MAX_DIALS, a quarter for one client, one while fewer \
-                         than that are free); answered 503{unlogged}",
-                        path.path(),
-                        request.peer(),
-                    );
-                }
-                return Err(protocol_api::Rejection::new(
-                    503,
-                    format!("the service for {} is busy\n", path.path()),
-                )
-                .with_header("Retry-After", "1"));
-            }
+            Some(Err(busy)) => return Err(self.dials_busy(request, path, busy)),
             Some(Ok(dial)) => Some((dial, stats.dialling.hold())),
             None => None,
         };
