@@ -107,6 +107,15 @@ fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Tls {
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body; returns the head and body.
+/// A session over a socket whose receive buffer is 4 KiB: what the daemon sends beyond
+/// that waits in its own socket, and then in its TLS session.
+fn connect_small_window(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Tls {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    session_over(TcpStream::from(socket), config, name)
+}
+
 fn response(stream: &mut impl Read) -> (String, Vec<u8>) {
     let mut bytes = Vec::new();
     let mut byte = [0u8; 1];
@@ -753,10 +762,7 @@ fn a_plugin_that_closes_at_once_still_delivers_what_it_wrote() {
         .plugin("fixture-evented")
         .start();
     // A small receive window, so that the daemon's socket is full when the plugin ends.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&daemon.addr.into()).unwrap();
-    let mut tls = session_over(TcpStream::from(socket), &pki.client(&[]), "localhost");
+    let mut tls = connect_small_window(daemon.addr, &pki.client(&[]), "localhost");
     tls.write_all(upgrade_request("/", "ev-echo").as_bytes())
         .unwrap();
     let (head, _) = response(&mut tls);
@@ -1165,10 +1171,7 @@ fn a_closing_connection_flooded_by_its_client_is_closed() {
         .start();
     // A small receive window: the plugin's output fills the daemon's socket, and what the
     // session sealed past that waits for the client after the plugin is done.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&daemon.addr.into()).unwrap();
-    let mut tls = session_over(TcpStream::from(socket), &pki.client(&[]), "localhost");
+    let mut tls = connect_small_window(daemon.addr, &pki.client(&[]), "localhost");
     tls.write_all(upgrade_request("/close", "ev-flood").as_bytes())
         .unwrap();
     tls.flush().unwrap();
@@ -1221,10 +1224,7 @@ fn pipelined_requests_over_tls_read_late_are_all_answered() {
         )
         .start();
     // A small receive window: the answers wait in the daemon.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&daemon.addr.into()).unwrap();
-    let mut tls = session_over(TcpStream::from(socket), &pki.client(&[]), "localhost");
+    let mut tls = connect_small_window(daemon.addr, &pki.client(&[]), "localhost");
     let request = "GET /f.bin HTTP/1.1\r\nHost: localhost\r\n\r\n";
     tls.write_all(request.repeat(REQUESTS).as_bytes()).unwrap();
     tls.flush().unwrap();
