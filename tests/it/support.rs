@@ -787,3 +787,18 @@ pub fn one_connection_backend(
     });
     (addr, handle)
 }
+
+/// Sends `request` (an upgrade whose dial will not be answered) twice from one client
+/// address: once the first dial shows in `in_flight` (a metric line), the second must get
+/// `503` with `busy` as its body; then the first its `504`.
+pub fn second_dial_is_refused(daemon: &Daemon, request: &str, in_flight: &str, busy: &str) {
+    let mut first = daemon.client();
+    first.send(request);
+    daemon.wait_for_metric(in_flight).unwrap();
+    let mut second = daemon.client();
+    second.send(request);
+    let response = second.response();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.body_text(), busy);
+    assert_eq!(first.response().status, 504);
+}

@@ -929,15 +929,10 @@ fn a_dial_past_the_clients_share_is_refused_without_a_worker() {
         ],
     );
     let request = "GET /backend HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: tcp\r\n\r\n";
-    let mut first = daemon.client();
-    first.send(request);
-    daemon
-        .wait_for_metric("switchyard_tunnel_dials_in_flight{route=\"/backend\"} 1")
-        .unwrap();
-    let mut second = daemon.client();
-    second.send(request);
-    let response = second.response();
-    assert_eq!(response.status, 503);
-    assert_eq!(response.body_text(), "backend for /backend is busy\n");
-    assert_eq!(first.response().status, 504);
+    crate::support::second_dial_is_refused(
+        &daemon,
+        request,
+        "switchyard_tunnel_dials_in_flight{route=\"/backend\"} 1",
+        "backend for /backend is busy\n",
+    );
 }

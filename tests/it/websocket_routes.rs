@@ -1693,15 +1693,10 @@ fn a_dial_past_the_clients_share_is_refused_without_a_worker() {
         .start();
     let request = "GET /svc HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let mut first = daemon.client();
-    first.send(request);
-    daemon
-        .wait_for_metric("switchyard_websocket_dials_in_flight{route=\"/svc\"} 1")
-        .unwrap();
-    let mut second = daemon.client();
-    second.send(request);
-    let response = second.response();
-    assert_eq!(response.status, 503);
-    assert_eq!(response.body_text(), "the service for /svc is busy\n");
-    assert_eq!(first.response().status, 504);
+    crate::support::second_dial_is_refused(
+        &daemon,
+        request,
+        "switchyard_websocket_dials_in_flight{route=\"/svc\"} 1",
+        "the service for /svc is busy\n",
+    );
 }
