@@ -2,7 +2,7 @@
 //! `unsafe` line of the daemon outside the plugin ABI (`plugin/ffi.rs`) is here.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Gives the heap's free memory back to the system (glibc's `malloc_trim`): glibc keeps
@@ -29,7 +29,7 @@ pub fn effective_ids() -> (u32, u32) {
 /// idle limit) without taking a byte, and such a connection would never be idle; it is
 /// held to `taken`, how long since its peer last took bytes, as the caller knows it.
 pub fn tcp_quiet_for(
-    socket: &impl AsRawFd,
+    socket: &(impl AsRawFd + AsFd),
     taken: impl FnOnce(u64) -> Duration,
 ) -> io::Result<Duration> {
     let activity = tcp_activity(socket)?;
@@ -41,21 +41,17 @@ pub fn tcp_quiet_for(
 }
 
 /// Bytes written to TCP socket `socket` that its peer has not acknowledged yet (`SIOCOUTQ`):
-/// output that waits in the kernel, which the plugin no longer sees.
-pub fn tcp_unacked_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, which `queued` is.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(queued.max(0) as usize)
+/// output that waits in the kernel, which the plugin no longer sees. (protocol-api's, which
+/// plugins use too.)
+pub fn tcp_unacked_bytes(socket: &impl AsFd) -> io::Result<usize> {
+    protocol_api::output::unacked(socket.as_fd())
 }
 
 /// Makes the next close of `socket` a reset (`SO_LINGER` with time 0) when output still
 /// waits in its send buffer: ended for a peer that took nothing, what waits is dropped at
 /// once rather than kept by the kernel (an orphaned socket, outside every limit of ours)
 /// for minutes while it probes a window that never opens. True if it did.
-pub fn reset_if_unsent(socket: &impl AsRawFd) -> bool {
+pub fn reset_if_unsent(socket: &(impl AsRawFd + AsFd)) -> bool {
     if tcp_unacked_bytes(socket).unwrap_or(0) == 0 {
         return false;
     }

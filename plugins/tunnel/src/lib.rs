@@ -63,8 +63,6 @@ fn dial(backend: &str, timeout: Duration) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Served readiness-driven: a tunnel is two sockets that are mostly quiet, and a thread
-/// (two, before) per tunnel cost a stack each and capped tunnels at the worker count.
 impl Tunnel {
     /// `503` for a dial that may not start now ([`Busy`]), with a line saying whose.
     fn busy(
@@ -93,6 +91,8 @@ impl Tunnel {
     }
 }
 
+/// Served readiness-driven: a tunnel is two sockets that are mostly quiet, and a thread
+/// (two, before) per tunnel cost a stack each and capped tunnels at the worker count.
 impl EventProtocol for Tunnel {
     const NAME: &'static str = "tunnel";
     const TOKENS: &'static [&'static str] = &["tcp"];
