@@ -72,9 +72,7 @@ impl Dials {
             client,
         })
     }
-}
 
-impl Dials {
     /// Whether [`Dials::start`] would refuse now, without counting a dial: for a plugin
     /// that negotiates on an event loop, to answer `503` there rather than hand the request
     /// to a worker only to refuse it (74 µs a refusal against 52 for `/healthz`, an
