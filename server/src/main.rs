@@ -134,7 +134,9 @@ fn run(mode: Mode) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_file_limit(config.max_connections);
-    let listeners = match listen(&config, tls.is_some(), inherited) {
+    let listened = listen(&config, tls.is_some(), inherited);
+    let sized = listened.and_then(|l| size_client_buffers(&l, config.client_buffers).map(|()| l));
+    let listeners = match sized {
         Ok(listeners) => listeners,
         Err(e) => {
             log::error!("{e}");
@@ -405,6 +407,64 @@ fn bind(listen: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::
     socket.bind(&listen.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+/// Sets `SWITCHYARD_CLIENT_RCVBUF` and `SWITCHYARD_CLIENT_SNDBUF` on the listening sockets:
+/// the connections they accept inherit them, before their handshake, so the window scale
+/// they offer fits the buffer. The kernel's figure is logged (it doubles what is asked,
+/// and caps it at `net.core.rmem_max` / `wmem_max`, which is warned of).
+fn size_client_buffers(
+    listeners: &[event_loop::Listener],
+    buffers: config::SocketBuffers,
+) -> Result<(), String> {
+    fn failed(variable: &'static str) -> impl Fn(std::io::Error) -> String {
+        move |e| format!("cannot set {variable}: {e}")
+    }
+    for listener in listeners {
+        let socket = socket2::SockRef::from(&listener.socket);
+        if let Some(bytes) = buffers.receive {
+            socket
+                .set_recv_buffer_size(bytes)
+                .map_err(failed("SWITCHYARD_CLIENT_RCVBUF"))?;
+        }
+        if let Some(bytes) = buffers.send {
+            socket
+                .set_send_buffer_size(bytes)
+                .map_err(failed("SWITCHYARD_CLIENT_SNDBUF"))?;
+        }
+    }
+    let Some(first) = listeners.first() else {
+        return Ok(());
+    };
+    let socket = socket2::SockRef::from(&first.socket);
+    let report = |variable: &str, wanted: Option<usize>, kernels: std::io::Result<usize>, cap| {
+        let (Some(wanted), Ok(kernels)) = (wanted, kernels) else {
+            return;
+        };
+        if kernels < wanted.saturating_mul(2) {
+            log::warn!(
+                "{variable}={wanted}: the kernel allows {kernels} bytes (it doubles what is \
+                 asked, up to {cap}); raise {cap} for more"
+            );
+        } else {
+            log::info!("{variable}={wanted}: {kernels} bytes for each client connection, as the kernel counts");
+        }
+    };
+    let receive = socket.recv_buffer_size();
+    report(
+        "SWITCHYARD_CLIENT_RCVBUF",
+        buffers.receive,
+        receive,
+        "net.core.rmem_max",
+    );
+    let send = socket.send_buffer_size();
+    report(
+        "SWITCHYARD_CLIENT_SNDBUF",
+        buffers.send,
+        send,
+        "net.core.wmem_max",
+    );
+    Ok(())
 }
 
 /// The accept queue's length for a socket we bind ourselves (the kernel caps it at

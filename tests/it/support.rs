@@ -675,29 +675,14 @@ impl Client {
     /// next comes to it in a read of its own: how to send something in pieces that a
     /// loaded machine cannot merge (a sleep between the pieces can be too short).
     pub fn wait_until_read(&self) {
-        let hex = |addr: SocketAddr| match addr {
-            SocketAddr::V4(v4) => format!(
-                "{:08X}:{:04X}",
-                u32::from_le_bytes(v4.ip().octets()),
-                v4.port()
-            ),
-            SocketAddr::V6(_) => panic!("IPv4 only"),
-        };
         let (ours, theirs) = (
-            hex(self.stream.local_addr().unwrap()),
-            hex(self.stream.peer_addr().unwrap()),
+            self.stream.local_addr().unwrap(),
+            self.stream.peer_addr().unwrap(),
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-            // The daemon's end: local address theirs, remote ours; queues "tx:rx" in hex.
-            let queued = table.lines().find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.len() > 4 && fields[1] == theirs && fields[2] == ours).then(|| {
-                    let rx = fields[4].split(':').nth(1).unwrap_or("0");
-                    u64::from_str_radix(rx, 16).unwrap_or(0)
-                })
-            });
+            // The daemon's end: from theirs to ours.
+            let queued = kernel_queues(theirs, ours).map(|q| q.unread);
             if queued == Some(0) {
                 return;
             }
@@ -708,6 +693,42 @@ impl Client {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// What the kernel holds for one end of a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queues {
+    /// Bytes written and not yet acknowledged by the peer (sent or not).
+    pub unacked: u64,
+    /// Bytes received and not yet read.
+    pub unread: u64,
+}
+
+/// The queues of the IPv4 TCP socket from `local` to `remote` on this machine (any
+/// process's), as /proc/net/tcp shows them; `None` when there is no such socket.
+pub fn kernel_queues(local: SocketAddr, remote: SocketAddr) -> Option<Queues> {
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => panic!("IPv4 only"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().find_map(|line| {
+        // "sl local remote st tx:rx ...", addresses and queues in hex.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() <= 4 || fields[1] != local || fields[2] != remote {
+            return None;
+        }
+        let (tx, rx) = fields[4].split_once(':')?;
+        Some(Queues {
+            unacked: u64::from_str_radix(tx, 16).ok()?,
+            unread: u64::from_str_radix(rx, 16).ok()?,
+        })
+    })
 }
 
 /// Sends `signal` to process `pid` (a child of this test).

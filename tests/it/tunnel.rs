@@ -1,6 +1,9 @@
 //! The TCP tunnel plugin (`Upgrade: tcp`) with real backends on loopback.
 
-use crate::support::{listener_never_answering, one_connection_backend as backend, Client, Daemon};
+use crate::support::{
+    kernel_queues, listener_never_answering, one_connection_backend as backend, Client, Daemon,
+    Queues,
+};
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -713,6 +716,100 @@ fn a_slow_steady_reader_is_not_cut_by_the_write_time_out() {
         logs.contains(&format!("0 bytes up, {TOTAL} bytes down")) && !logs.contains("time-out"),
         "{logs}"
     );
+}
+
+/// The queues of the daemon's two sockets of a stalled tunnel, once they stop growing (the
+/// same over three looks 100 ms apart; 5 s at most): each socket as (its local address,
+/// its peer's).
+fn settled(sockets: [(SocketAddr, SocketAddr); 2]) -> [Queues; 2] {
+    let look = || sockets.map(|(local, remote)| kernel_queues(local, remote).expect("a socket"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (mut last, mut same) = (look(), 0);
+    while same < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = look();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+/// Each buffer setting below is 64 KiB; the kernel doubles it for its bookkeeping, and a
+/// write it lets in may overrun that by a segment (64 KiB on loopback): 192 KiB, and some
+/// slack. Unset, the least any of these cases held was 0.76 MB.
+const SIZED_BUFFER_HOLDS: u64 = 256 * 1024;
+
+/// A download whose client reads 16 MiB fast (as an attacker would, to grow the buffers),
+/// then nothing: the queues of the daemon's socket to the client and from the backend,
+/// once settled, with `setting` at 64 KiB.
+fn stalled_download(setting: &str) -> [Queues; 2] {
+    let (told, dialled) = std::sync::mpsc::channel();
+    let (addr, backend) = backend(move |mut stream| {
+        told.send(stream.peer_addr().unwrap()).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let chunk = vec![b'd'; 64 * 1024];
+        while stream.write_all(&chunk).is_ok() {}
+    });
+    let daemon = daemon(addr, &[(setting, "65536")]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    let dialled = dialled.recv().unwrap();
+    assert_eq!(client.read_exact(16 << 20).len(), 16 << 20);
+    let client_end = client.stream.local_addr().unwrap();
+    let queues = settled([(daemon.addr, client_end), (dialled, addr)]);
+    drop(daemon);
+    backend.join().unwrap();
+    queues
+}
+
+/// An upload to a backend that reads nothing: the queues of the daemon's socket from the
+/// client and to the backend, once settled, with `setting` at 64 KiB.
+fn stalled_upload(setting: &str) -> [Queues; 2] {
+    let (told, dialled) = std::sync::mpsc::channel();
+    let (over, finish) = std::sync::mpsc::channel::<()>();
+    let (addr, backend) = backend(move |stream| {
+        told.send(stream.peer_addr().unwrap()).unwrap();
+        let _ = finish.recv(); // reads nothing
+        drop(stream);
+    });
+    let daemon = daemon(addr, &[(setting, "65536")]);
+    let mut client = daemon.client();
+    switch(&mut client, "GET", "\r\n");
+    let dialled = dialled.recv().unwrap();
+    let sent = fill(&mut client.stream);
+    assert!(sent > 64 * 1024, "the upload was under way: {sent}");
+    let client_end = client.stream.local_addr().unwrap();
+    let queues = settled([(daemon.addr, client_end), (dialled, addr)]);
+    over.send(()).unwrap();
+    backend.join().unwrap();
+    queues
+}
+
+/// `SWITCHYARD_CLIENT_SNDBUF` and `SWITCHYARD_CLIENT_RCVBUF` bound what a stalled tunnel
+/// leaves queued in the daemon's socket to its client. Unset, the kernel's autotuning let
+/// them grow to 4.1 MB (a download the client stopped reading) and 4.8 MB (an upload to a
+/// backend that stopped reading) here: kernel memory of the host's, on one client's say.
+#[test]
+fn client_buffer_settings_bound_what_a_stalled_tunnel_holds_in_the_kernel() {
+    let [to_client, _] = stalled_download("SWITCHYARD_CLIENT_SNDBUF");
+    assert!(to_client.unacked <= SIZED_BUFFER_HOLDS, "{to_client:?}");
+    let [from_client, _] = stalled_upload("SWITCHYARD_CLIENT_RCVBUF");
+    assert!(from_client.unread <= SIZED_BUFFER_HOLDS, "{from_client:?}");
+}
+
+/// `SWITCHYARD_TUNNEL_RCVBUF` and `SWITCHYARD_TUNNEL_SNDBUF` do the same for the daemon's
+/// socket to the backend (unset: 0.76 MB and 4.1 MB here).
+#[test]
+fn tunnel_buffer_settings_bound_what_a_stalled_tunnel_holds_in_the_kernel() {
+    let [_, from_backend] = stalled_download("SWITCHYARD_TUNNEL_RCVBUF");
+    assert!(
+        from_backend.unread <= SIZED_BUFFER_HOLDS,
+        "{from_backend:?}"
+    );
+    let [_, to_backend] = stalled_upload("SWITCHYARD_TUNNEL_SNDBUF");
+    assert!(to_backend.unacked <= SIZED_BUFFER_HOLDS, "{to_backend:?}");
 }
 
 /// Bursts bigger than one splice (a pipe holds 64 KiB), each followed by a wait for its

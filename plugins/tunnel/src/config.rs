@@ -18,6 +18,16 @@ pub struct Config {
     /// `SWITCHYARD_TUNNEL_MAX_DIALS` (default [`MAX_DIALS`]): most dials under way to one
     /// backend, and a quarter of that in all for one client; past either, `503`.
     pub max_dials: usize,
+    /// `SWITCHYARD_TUNNEL_RCVBUF` and `SWITCHYARD_TUNNEL_SNDBUF`: the kernel buffers of
+    /// backend connections (none: the kernel sizes them as the connection goes).
+    pub backend_buffers: Buffers,
+}
+
+/// Kernel buffer sizes (`SO_RCVBUF`, `SO_SNDBUF`) for a socket; `None`: the kernel's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Buffers {
+    pub receive: Option<usize>,
+    pub send: Option<usize>,
 }
 
 /// HAProxy's `maxpipes` default: a quarter of its connection limit (here the daemon's
@@ -42,6 +52,16 @@ impl Config {
                     Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
                     _ => Err(format!(
                         "invalid {name}={v:?}: expected milliseconds, at least 1"
+                    )),
+                })
+                .transpose()
+        };
+        let buffer = |name: &str| -> Result<Option<usize>, String> {
+            lookup(name)
+                .map(|v| match v.trim().parse::<usize>() {
+                    Ok(n) if (4096..=1 << 30).contains(&n) => Ok(n),
+                    _ => Err(format!(
+                        "invalid {name}={v:?}: expected bytes, 4096 to 1073741824"
                     )),
                 })
                 .transpose()
@@ -94,6 +114,10 @@ impl Config {
                     }
                 },
             },
+            backend_buffers: Buffers {
+                receive: buffer("SWITCHYARD_TUNNEL_RCVBUF")?,
+                send: buffer("SWITCHYARD_TUNNEL_SNDBUF")?,
+            },
         })
     }
 
@@ -138,6 +162,16 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
         "64",
         "most dials under way at once to one backend, and one client address at most a quarter of that in all, one while fewer than a quarter are free (each holds a worker until the backend answers or the connect time-out passes, so a dead backend cannot hold them all, nor one client keep the others from it or hold many); past either, 503 with Retry-After",
     ),
+    protocol_api::Setting::new(
+        "SWITCHYARD_TUNNEL_RCVBUF",
+        "unset: the kernel's autotuning",
+        "bytes for each backend connection's receive buffer (SO_RCVBUF, HAProxy's tune.rcvbuf.server), set before it connects; the kernel doubles it and caps it at net.core.rmem_max. Unset, it grows with the connection's pace, and what a backend sent while its client reads nothing stays queued in it; set, that much at most, and a download's pace to it over the round trip",
+    ),
+    protocol_api::Setting::new(
+        "SWITCHYARD_TUNNEL_SNDBUF",
+        "unset: the kernel's autotuning",
+        "bytes for each backend connection's send buffer (SO_SNDBUF, HAProxy's tune.sndbuf.server), likewise: unset, it grows up to net.ipv4.tcp_wmem's maximum (4 MiB by default), all of it held while a backend stops reading what a client uploads; set, that much at most (doubled)",
+    ),
 ];
 
 #[cfg(test)]
@@ -167,6 +201,7 @@ mod tests {
         assert_eq!(backend("/x/../db?q"), Ok(Some("127.0.0.1:5432")));
         assert!(backend("/db/../cache").is_err(), "climbs out of /db");
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.backend_buffers, Buffers::default());
         assert!(config("").unwrap().routes.is_empty());
     }
 

@@ -27,7 +27,7 @@ use protocol_api::path::{PathError, RequestPath};
 use protocol_api::{export_event_plugin, Decision, EventProtocol, Io, Ready, Request, Wants};
 use stats::{RouteStats, Stats};
 use std::io::{self, ErrorKind};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 pub struct Tunnel {
@@ -52,15 +52,37 @@ pub struct Dialled {
     stats: RouteStats,
 }
 
-fn dial(backend: &str, timeout: Duration) -> io::Result<TcpStream> {
+fn dial(backend: &str, timeout: Duration, buffers: config::Buffers) -> io::Result<TcpStream> {
     let mut last = io::Error::new(ErrorKind::NotFound, "no address");
     for address in backend.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&address, timeout) {
+        match connect(address, timeout, buffers) {
             Ok(stream) => return Ok(stream),
             Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// Connects to `address` with its buffers sized first: the window scale the handshake
+/// offers is chosen from the receive buffer then.
+fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+    buffers: config::Buffers,
+) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if let Some(bytes) = buffers.receive {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    if let Some(bytes) = buffers.send {
+        socket.set_send_buffer_size(bytes)?;
+    }
+    socket.connect_timeout(&address.into(), timeout)?;
+    Ok(socket.into())
 }
 
 impl Tunnel {
@@ -153,7 +175,11 @@ impl EventProtocol for Tunnel {
         };
         let _dialling = stats.dialling.hold();
         let began = std::time::Instant::now();
-        let dialled = dial(backend, self.config.connect_timeout);
+        let dialled = dial(
+            backend,
+            self.config.connect_timeout,
+            self.config.backend_buffers,
+        );
         stats.connect.observe_micros(began.elapsed());
         match dialled {
             Ok(stream) => {

@@ -57,6 +57,9 @@ pub struct Config {
     pub proxy_protocol: ProxyProtocol,
     /// `SWITCHYARD_REUSE_PORT`: bind with SO_REUSEPORT, beside other instances.
     pub reuse_port: bool,
+    /// `SWITCHYARD_CLIENT_RCVBUF` and `SWITCHYARD_CLIENT_SNDBUF`: the kernel buffers of
+    /// client connections (none: the kernel sizes them as the connection goes).
+    pub client_buffers: SocketBuffers,
     /// `SWITCHYARD_TLS_CERT` and `SWITCHYARD_TLS_KEY`, paired in order: the listener
     /// speaks TLS when there is one (none: cleartext).
     pub tls: Vec<PairPaths>,
@@ -206,6 +209,16 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_REUSE_PORT",
         default: "`off`",
         meaning: "`on`: bind with SO_REUSEPORT, so several instances share the port and the kernel spreads connections over them; one stopping refuses none (with `net.ipv4.tcp_migrate_req=1`, which the daemon warns about when it is 0: otherwise connections still queued on the stopping instance are reset)",
+    },
+    Setting {
+        variable: "SWITCHYARD_CLIENT_RCVBUF",
+        default: "unset: the kernel's autotuning",
+        meaning: "bytes for each client connection's receive buffer (SO_RCVBUF, HAProxy's `tune.rcvbuf.client`), set on the listening socket so that the window offered in the handshake fits it; the kernel doubles it for its bookkeeping and caps it at `net.core.rmem_max`. Unset, a connection's buffer grows with its pace up to `net.ipv4.tcp_rmem`'s maximum, and what a client sent while its plugin (a tunnel to a backend that stopped reading) took nothing stays queued in it: kernel memory of the host's, outside the daemon's limits. Set, it bounds that, and a fast upload's pace to the buffer over the round trip",
+    },
+    Setting {
+        variable: "SWITCHYARD_CLIENT_SNDBUF",
+        default: "unset: the kernel's autotuning",
+        meaning: "bytes for each client connection's send buffer (SO_SNDBUF, HAProxy's `tune.sndbuf.client`), likewise: unset, it grows up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and a client that stops reading keeps all of it queued until the write time-out; set, that much at most (doubled), and a download's pace to it over the round trip",
     },
     Setting {
         variable: "SWITCHYARD_STATIC_ROUTES",
@@ -368,6 +381,10 @@ impl Config {
                 get("SWITCHYARD_PROXY_FROM"),
             )?,
             reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
+            client_buffers: SocketBuffers {
+                receive: parse_or(get("SWITCHYARD_CLIENT_RCVBUF"), None, buffer_bytes)?,
+                send: parse_or(get("SWITCHYARD_CLIENT_SNDBUF"), None, buffer_bytes)?,
+            },
             tls: tls_pairs(get("SWITCHYARD_TLS_CERT"), get("SWITCHYARD_TLS_KEY"))?,
             static_routes: parse_or(get("SWITCHYARD_STATIC_ROUTES"), Vec::new(), static_routes)?,
             access_json: parse_or(get("SWITCHYARD_ACCESS_LOG"), false, |v| match v.trim() {
@@ -611,6 +628,19 @@ fn count(value: &str, min: usize, max: usize) -> Result<usize, String> {
     }
 }
 
+/// Kernel buffer sizes for a kind of socket; `None`: the kernel's own sizing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketBuffers {
+    pub receive: Option<usize>,
+    pub send: Option<usize>,
+}
+
+/// A socket buffer's size: 4 KiB (the kernel's smallest TCP buffer, as it counts them
+/// after doubling) to 1 GiB.
+fn buffer_bytes(value: &str) -> Result<Option<usize>, String> {
+    count(value, 4096, 1 << 30).map(Some)
+}
+
 fn millis(value: &str) -> Result<Duration, String> {
     count(value, 1, 24 * 3600 * 1000).map(|ms| Duration::from_millis(ms as u64))
 }
@@ -657,6 +687,7 @@ mod tests {
         assert_eq!(c.idle, Duration::from_secs(300));
         assert_eq!(c.write_timeout, Duration::from_secs(30));
         assert_eq!(c.plugin_panic_limit, 10);
+        assert_eq!(c.client_buffers, SocketBuffers::default());
     }
 
     /// The README's settings table and `--help` come from one table: every row of one is a
