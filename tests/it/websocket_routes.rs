@@ -718,10 +718,51 @@ fn a_program_flooding_stderr_is_rate_limited_in_the_log() {
     let logs = daemon
         .wait_for_log("earlier lines not logged")
         .unwrap_or_else(|l| l);
-    let logged = logs.lines().filter(|l| l.contains("]: noise ")).count();
+    let logged = logs.lines().filter(|l| l.contains("): noise ")).count();
     assert!(
         (100..=150).contains(&logged),
         "{logged} of 5,000 stderr lines logged"
+    );
+}
+
+/// From an attacker's review: a program that quotes its input on stderr logged each line
+/// whole (up to 64 KiB) and raw, and each program had an allowance of its own, so one
+/// address reconnecting for new programs wrote 5-7 MB of log a second, and a carriage
+/// return let a forged line overwrite the start of the real one on a terminal. Lines are
+/// now cut at 1 KiB with control characters escaped, and an address's programs share one
+/// allowance: here five programs of one client at once, quoting 60 lines of 2 KiB each,
+/// log the burst of 100 and what the rest of the time earns, not all 300.
+#[test]
+fn a_clients_programs_share_one_allowance_of_short_escaped_stderr_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = script(dir.path(), "quotes", "exec sed -u 's/^/bad input: /' >&2");
+    let daemon = daemon(&format!("/quotes=exec:{}", program.display()));
+    let began = std::time::Instant::now();
+    let message = format!("{}\r[ERROR switchyard] forged", "q".repeat(2048));
+    let mut clients: Vec<Client> = (0..5).map(|_| connect(&daemon, "/quotes")).collect();
+    for client in &mut clients {
+        for _ in 0..60 {
+            client.send(Message::text(message.clone())).unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1)); // every line written and read
+    let took = began.elapsed().as_secs_f64();
+    let logs = daemon.logs();
+    let quoted: Vec<&str> = logs.lines().filter(|l| l.contains("bad input: ")).collect();
+    let most = 100.0 + 50.0 * took;
+    assert!(
+        (100..=most as usize).contains(&quoted.len()),
+        "{} of 300 lines logged in {took:.1} s",
+        quoted.len()
+    );
+    for line in quoted {
+        assert!(line.len() < 1200, "{} bytes logged", line.len());
+        let whole = "bad input: ".len() + message.len();
+        assert!(line.contains(&format!("… ({whole} bytes)")), "{line}");
+    }
+    assert!(
+        !logs.contains('\r'),
+        "a raw carriage return reached the log"
     );
 }
 

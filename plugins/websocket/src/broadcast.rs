@@ -446,6 +446,7 @@ impl SharedProgram {
             for line in String::from_utf8_lossy(&buf[..n]).lines() {
                 *count += 1;
                 if *count <= 10 {
+                    let line = crate::stderr_log::loggable(line.as_bytes());
                     log::warn!("websocket {} (pid {}): {line}", self.label, program.pid);
                 }
             }

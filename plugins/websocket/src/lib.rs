@@ -40,6 +40,7 @@ mod relay;
 pub mod routes;
 mod session;
 mod stats;
+mod stderr_log;
 mod tokens;
 
 use protocol_api::dials::Busy;
@@ -95,6 +96,9 @@ pub struct WebSocket {
     /// What each client's compressed messages may inflate to a second
     /// (`SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT`; none: no limit).
     inflates: Option<protocol_api::rate::PerClient>,
+    /// Each client's allowance of stderr lines logged, all its programs' together
+    /// ([`stderr_log::LINES_PER_CLIENT_PER_SEC`]).
+    stderr_lines: Arc<protocol_api::rate::PerClient>,
 }
 
 /// Served readiness-driven: many connections that each move little are what WebSocket
@@ -154,6 +158,9 @@ impl EventProtocol for WebSocket {
         let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
             starts: protocol_api::rate::PerClient::new(config.starts_per_client),
+            stderr_lines: Arc::new(protocol_api::rate::PerClient::new(
+                stderr_log::LINES_PER_CLIENT_PER_SEC,
+            )),
             dials: protocol_api::dials::Dials::new(config.max_dials),
             inflates: (config.inflate_per_client > 0)
                 .then(|| protocol_api::rate::PerClient::new(config.inflate_per_client)),
@@ -201,13 +208,18 @@ impl EventProtocol for WebSocket {
             service,
             stats,
         } = agreed;
-        let relay = service.map(|d| relay::Relay::new(d.backend, d.lines, d.label));
+        let client = client_key(request.peer());
+        let stderr_lines = relay::StderrLines {
+            allowance: Arc::clone(&self.stderr_lines),
+            client,
+        };
+        let relay = service.map(|d| relay::Relay::new(d.backend, d.lines, d.label, stderr_lines));
         Ok(session::Connection::new(
             &self.config,
             deflate,
             relay,
             stats,
-            client_key(request.peer()),
+            client,
         ))
     }
 

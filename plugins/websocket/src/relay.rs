@@ -8,6 +8,7 @@
 
 use crate::backend::Backend;
 use crate::frame::{opcode, write_frame};
+use crate::stderr_log;
 use protocol_api::output::Output;
 use std::io::{self, ErrorKind, Read};
 use std::os::fd::AsFd;
@@ -24,9 +25,6 @@ const MAX_LINE: usize = 64 * 1024;
 const KEEP: usize = 4 * 1024;
 /// Most bytes of a program's stderr read in one call; the rest comes on the next.
 const STDERR_BUDGET: usize = 64 * 1024;
-/// stderr lines logged per program: a burst of this many, then [`STDERR_LINES_PER_SEC`].
-const STDERR_BURST: f64 = 100.0;
-const STDERR_LINES_PER_SEC: f64 = 10.0;
 /// While its lines come faster than they may be logged, a program's stderr is not read
 /// (nor watched) for this long at a time: its pipe fills and holds the program back, as a
 /// slow terminal would, instead of every line costing the loop a wake-up and a read (an
@@ -46,10 +44,9 @@ pub struct Relay {
     /// The start of a line of output (or of stderr) whose end has not come yet.
     carry: Vec<u8>,
     stderr_carry: Vec<u8>,
-    /// stderr lines that may be logged now, and when that was last topped up; lines past
-    /// the rate are counted and said with the next line logged.
-    stderr_allowance: f64,
-    stderr_topped_up: Instant,
+    /// Whose allowance of stderr lines logged this program's lines spend; lines past it
+    /// are counted and said with the next line logged.
+    stderr_lines: StderrLines,
     stderr_unlogged: u64,
     /// Until when stderr is neither read nor watched ([`STDERR_PAUSE`]).
     stderr_paused_until: Option<Instant>,
@@ -57,6 +54,13 @@ pub struct Relay {
     pub label: String,
     /// How the connection ended, for the line logged when it goes.
     pub ended: Option<String>,
+}
+
+/// The allowance of stderr lines logged that a program's lines spend: its client's.
+pub struct StderrLines {
+    pub allowance: std::sync::Arc<protocol_api::rate::PerClient>,
+    /// The client's key ([`protocol_api::clients::key_of`]).
+    pub client: u64,
 }
 
 impl Drop for Relay {
@@ -68,7 +72,12 @@ impl Drop for Relay {
 
 impl Relay {
     /// `lines`: `exec:`'s text mode. `label` names the route in logs.
-    pub fn new(backend: Backend, lines: bool, label: String) -> Box<Relay> {
+    pub fn new(
+        backend: Backend,
+        lines: bool,
+        label: String,
+        stderr_lines: StderrLines,
+    ) -> Box<Relay> {
         Box::new(Relay {
             backend,
             watching: false,
@@ -76,8 +85,7 @@ impl Relay {
             lines,
             carry: Vec::new(),
             stderr_carry: Vec::new(),
-            stderr_allowance: STDERR_BURST,
-            stderr_topped_up: Instant::now(),
+            stderr_lines,
             stderr_unlogged: 0,
             stderr_paused_until: None,
             label,
@@ -191,11 +199,12 @@ impl Relay {
         self.carry = Vec::new();
     }
 
-    /// Logs what a program wrote to stderr, a line at a time, at most [`STDERR_BUDGET`]
-    /// bytes per call and [`STDERR_LINES_PER_SEC`] lines a second after a burst (a program
-    /// a client can make write errors must not flood the daemon's log); past that rate,
-    /// stderr waits unread for [`STDERR_PAUSE`] at a time. True when it stopped with more
-    /// possibly there (call again).
+    /// Logs what a program wrote to stderr, a line at a time ([`stderr_log::loggable`]),
+    /// at most [`STDERR_BUDGET`] bytes read per call, and as many lines as its client's
+    /// allowance ([`stderr_log::LINES_PER_CLIENT_PER_SEC`]): a program a client can make
+    /// write errors must not flood the daemon's log. Past it, stderr waits unread for
+    /// [`STDERR_PAUSE`] at a time. True when it stopped with more possibly there (call
+    /// again).
     pub fn log_stderr(&mut self, io: &mut protocol_api::Io<'_>) -> io::Result<bool> {
         let Backend::Program(program) = &self.backend else {
             return Ok(false);
@@ -208,7 +217,8 @@ impl Relay {
             io.watch(program.stderr.as_fd())?;
         }
         let more = self.read_stderr();
-        if self.stderr_allowance < 1.0 && self.stderr_unlogged > 0 {
+        if self.stderr_unlogged > 0 {
+            // The last line read was over the allowance.
             if let Backend::Program(program) = &self.backend {
                 io.unwatch(program.stderr.as_fd())?;
             }
@@ -230,7 +240,6 @@ impl Relay {
         let Backend::Program(program) = &mut self.backend else {
             return false;
         };
-        let pid = program.pid;
         let mut buf = [0u8; 4096];
         let mut read = 0;
         let more = loop {
@@ -248,12 +257,12 @@ impl Relay {
         let mut carry = std::mem::take(&mut self.stderr_carry);
         let mut start = 0;
         while let Some(end) = carry[start..].iter().position(|&b| b == b'\n') {
-            self.log_line(pid, &carry[start..start + end]);
+            self.log_line(&carry[start..start + end]);
             start += end + 1;
         }
         carry.drain(..start);
         if carry.len() > MAX_LINE {
-            self.log_line(pid, &carry);
+            self.log_line(&carry);
             carry.clear();
         }
         let_go_if_empty(&mut carry);
@@ -261,22 +270,19 @@ impl Relay {
         more
     }
 
-    fn log_line(&mut self, pid: u32, line: &[u8]) {
-        let now = Instant::now();
-        let earned = now.duration_since(self.stderr_topped_up).as_secs_f64() * STDERR_LINES_PER_SEC;
-        self.stderr_allowance = (self.stderr_allowance + earned).min(STDERR_BURST);
-        self.stderr_topped_up = now;
-        if self.stderr_allowance < 1.0 {
+    fn log_line(&mut self, line: &[u8]) {
+        let StderrLines { allowance, client } = &self.stderr_lines;
+        if !allowance.allow(*client) {
             self.stderr_unlogged += 1;
             return;
         }
-        self.stderr_allowance -= 1.0;
-        let line = String::from_utf8_lossy(line);
+        let line = stderr_log::loggable(line);
         match std::mem::take(&mut self.stderr_unlogged) {
-            0 => log::info!("websocket {} [pid {pid}]: {line}", self.label),
+            0 => log::info!("websocket {}: {line}", self.label),
             skipped => log::info!(
-                "websocket {} [pid {pid}]: {line} ({skipped} earlier lines not logged: over {STDERR_LINES_PER_SEC} a second)",
-                self.label
+                "websocket {}: {line} ({skipped} earlier lines not logged: over its client's {} a second)",
+                self.label,
+                stderr_log::LINES_PER_CLIENT_PER_SEC
             ),
         }
     }
@@ -299,7 +305,15 @@ mod tests {
         let (ours, service) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         (
-            Relay::new(Backend::Unix(ours), lines, "test".into()),
+            Relay::new(
+                Backend::Unix(ours),
+                lines,
+                "test".into(),
+                StderrLines {
+                    allowance: std::sync::Arc::new(protocol_api::rate::PerClient::new(1)),
+                    client: 0,
+                },
+            ),
             service,
         )
     }
