@@ -204,6 +204,50 @@ fn the_protocol_on_without_its_peers_is_refused_at_start() {
     assert!(logs.contains("expected off, v1, v2 or any"), "{logs}");
 }
 
+/// From an attacker's review: connections from a peer in `SWITCHYARD_PROXY_FROM` whose
+/// header had not come counted against no client's limit, so one such host that connected
+/// and sent nothing held every connection slot for the head time-out, and another client
+/// waited that long. They now count against the balancer's own address until the header
+/// names their client: past its share (4 of 16 here) they are refused at once, and another
+/// client is served.
+#[test]
+fn connections_awaiting_their_proxy_header_count_against_the_balancers_address() {
+    let daemon = daemon(&[
+        ("SWITCHYARD_PROXY_PROTOCOL", "v1"),
+        ("SWITCHYARD_PROXY_FROM", "127.0.0.1"),
+        ("SWITCHYARD_MAX_CONNECTIONS", "16"),
+    ]);
+    let silent: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(daemon.addr).unwrap())
+        .collect();
+    // Held: still open, waiting for a header. Refused: a 503, or closed unanswered (a
+    // crowded server keeps few refusals waiting for their answer to be read).
+    let held = silent
+        .iter()
+        .filter(|stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut answer = String::new();
+            let read = (&mut &**stream).read_to_string(&mut answer);
+            let refused = read.is_ok() || answer.starts_with("HTTP/1.1 503");
+            !refused
+        })
+        .count();
+    assert_eq!(held, 4, "the balancer's share of 16, and the rest refused");
+    let mut other = connect_from_127_0_0_2(daemon.addr);
+    other
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).expect("answered in time");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(silent);
+}
+
 /// A balancer that starts a PROXY protocol header and never finishes it is closed at the
 /// head time-out, with a line saying why.
 #[test]

@@ -138,7 +138,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
         default: "a quarter of `SWITCHYARD_MAX_CONNECTIONS` (`2500`)",
-        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives); past it, `503` with `Retry-After` at once (HTTP/2 with prior knowledge, once its preface has begun: GOAWAY `REFUSED_STREAM`), and the connection is closed (16 such refusals at a time wait for their answer to be read, fewer while the server is crowded; past them, closed unanswered). While fewer connections are free than this (or than what is left of `SWITCHYARD_MAX_CONNECTIONS` past it, whichever is less), a client holding a sixteenth of it or more gets no more: the last connections go to clients that hold few",
+        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives, and the load balancer's own until the header has come); past it, `503` with `Retry-After` at once (HTTP/2 with prior knowledge, once its preface has begun: GOAWAY `REFUSED_STREAM`), and the connection is closed (16 such refusals at a time wait for their answer to be read, fewer while the server is crowded; past them, closed unanswered). While fewer connections are free than this (or than what is left of `SWITCHYARD_MAX_CONNECTIONS` past it, whichever is less), a client holding a sixteenth of it or more gets no more: the last connections go to clients that hold few",
     },
     Setting {
         variable: "SWITCHYARD_WORKERS_PER_CLIENT",
@@ -203,7 +203,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_PROXY_FROM",
         default: "none",
-        meaning: "the load balancers that send the PROXY protocol header, addresses or CIDR blocks, comma-separated; required when `SWITCHYARD_PROXY_PROTOCOL` is on",
+        meaning: "the load balancers that send the PROXY protocol header, addresses or CIDR blocks, comma-separated; required when `SWITCHYARD_PROXY_PROTOCOL` is on. A peer listed here names any client it likes, so list the balancers' own addresses rather than a network others share",
     },
     Setting {
         variable: "SWITCHYARD_REUSE_PORT",

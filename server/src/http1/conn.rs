@@ -327,11 +327,20 @@ impl<T: Transport> HttpConn<T> {
         }
     }
 
-    /// Counts a new connection against its client's limit, once the client is known: now,
-    /// or when the PROXY protocol header names it.
+    /// Counts a new connection against its client's limit. One whose PROXY protocol header
+    /// is still to come is counted against the load balancer's address until the header
+    /// names the client, which [`Ticket::count_client`] then counts it against instead:
+    /// before, such connections counted against no one, and one host in
+    /// `SWITCHYARD_PROXY_FROM` that connected and sent nothing took every connection slot
+    /// for the head time-out, again and again (an attacker's review: another client waited
+    /// 8-9.6 s). A balancer sends its header with the connection, so its own count stays
+    /// small. Its TLS handshakes are counted once the client is known, never against it.
     pub fn admit(&mut self) {
-        if self.proxy != ProxyHeader::Expected {
-            self.count_client();
+        match self.proxy {
+            ProxyHeader::Expected => {
+                self.over_client_limit = !self.ticket.count_client(self.peer.ip());
+            }
+            _ => self.count_client(),
         }
     }
 
@@ -376,15 +385,20 @@ impl<T: Transport> HttpConn<T> {
     fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
         const REASON: &str = "too many connections from this client";
         self.warn_over_client_limit(cx);
-        if self.stream.is_handshaking() || !self.ticket.may_answer_refusal() {
-            // An answer would cost a handshake (a signature) first, or the client has
-            // its most refusals waiting for their answers already: closed unanswered.
+        if self.stream.is_handshaking()
+            || self.stream.tls_waits()
+            || !self.ticket.may_answer_refusal()
+        {
+            // An answer would cost a handshake (a signature) first (once the PROXY
+            // protocol header is read, for `tls_waits`), or the client has its most
+            // refusals waiting for their answers already: closed unanswered.
             self.over_client_limit = false;
             self.close_now = true;
             return;
         }
         let request = Request::unread(self.input.len() as u64, cx.now);
-        if !self.input.is_empty() && prior_knowledge::classify(&self.input) != Start::Http1 {
+        let h2 = |input: &[u8]| prior_knowledge::classify(input) != Start::Http1;
+        if self.proxy != ProxyHeader::Expected && !self.input.is_empty() && h2(&self.input) {
             // HTTP/2 with prior knowledge (its preface, or what came of it): an HTTP/1.1
             // answer would read as a protocol error; REFUSED_STREAM says try again.
             let goaway = prior_knowledge::refusal(prior_knowledge::error_code(503), REASON);
