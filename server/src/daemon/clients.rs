@@ -182,6 +182,16 @@ impl Clients {
     /// [`Ticket`](super::state::Ticket), which knows its `Clients`): the unit is given back
     /// with [`Clients::give_back`].
     pub fn count(&self, ip: IpAddr, limit: Limit, free: usize) -> Option<ClientKey> {
+        let counted = self.count_if_room(ip, limit, free);
+        if counted.is_none() {
+            self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        counted
+    }
+
+    /// [`Clients::count`] for a caller that does not refuse when there is no room (so no
+    /// refusal is counted).
+    pub fn count_if_room(&self, ip: IpAddr, limit: Limit, free: usize) -> Option<ClientKey> {
         let key = ClientKey::of(ip);
         let most = self.most(limit, free);
         let mut shard = self.shard(key);
@@ -191,8 +201,6 @@ impl Clients {
             if counts.is_empty() {
                 shard.remove(&key);
             }
-            drop(shard);
-            self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
             return None;
         }
         *held += 1;

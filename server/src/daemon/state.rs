@@ -96,6 +96,24 @@ impl Ticket {
         false
     }
 
+    /// Counts the connection against the connections `ip` may have open, if it has room;
+    /// false (counted nowhere, no refusal) if not. For a connection whose PROXY protocol
+    /// header is still to come, counted against its load balancer meanwhile.
+    pub fn count_if_room(&mut self, ip: IpAddr) -> bool {
+        let clients = &self.shared.clients;
+        if let Some(limit) = self.limit.take() {
+            clients.give_back(self.client, limit);
+        }
+        let free = self.shared.free_connections();
+        match clients.count_if_room(ip, Limit::Connections, free) {
+            Some(key) => {
+                (self.client, self.limit) = (key, Some(Limit::Connections));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether the client at `ip` may begin a TLS handshake now (counted if so).
     pub fn may_handshake(&self, ip: IpAddr) -> bool {
         self.shared.clients.may_handshake(ip)

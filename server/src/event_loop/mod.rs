@@ -344,7 +344,7 @@ impl Loop {
                         _ => Wire::plain(stream),
                     };
                     let mut conn = HttpConn::new(wire, peer, ticket, self.shared, self.now);
-                    conn.admit();
+                    conn.admit(self.now);
                     let slot = self.insert(Conn::Http(Box::new(conn)));
                     self.drive_http(slot);
                 }

@@ -33,6 +33,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// How long a connection from a load balancer that holds its most connections awaiting
+/// their PROXY protocol header has to send its own ([`HttpConn::admit`]). A balancer sends
+/// it with the connection, or with its client's first bytes (AWS NLB's default): a client
+/// whose first packet is lost is resent after a second, TCP's first retransmission.
+const PROXY_HEADER_LEASH: Duration = Duration::from_secs(3);
+
 /// How long a closing connection is drained after our last response (RFC 9112 §9.6).
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read from one connection per turn, so one fast sender cannot starve others.
@@ -89,6 +95,9 @@ pub struct HttpConn<T: Transport = Wire> {
     proxy: ProxyHeader,
     /// Its client has its most connections open already: answered `503` and closed.
     over_client_limit: bool,
+    /// Its load balancer held its most connections awaiting their PROXY protocol header
+    /// when it came: it has [`PROXY_HEADER_LEASH`] to send its own.
+    leashed: bool,
     /// Its client begins TLS handshakes faster than it may: closed before this one.
     over_handshake_rate: bool,
     /// A TLS handshake is under way (counted in `/metrics` when it ends).
@@ -319,6 +328,7 @@ impl<T: Transport> HttpConn<T> {
                 _ => ProxyHeader::Done,
             },
             over_client_limit: false,
+            leashed: false,
             over_handshake_rate: false,
             close_now: false,
             body: None,
@@ -328,17 +338,24 @@ impl<T: Transport> HttpConn<T> {
     }
 
     /// Counts a new connection against its client's limit. One whose PROXY protocol header
-    /// is still to come is counted against the load balancer's address until the header
-    /// names the client, which [`Ticket::count_client`] then counts it against instead:
-    /// before, such connections counted against no one, and one host in
-    /// `SWITCHYARD_PROXY_FROM` that connected and sent nothing took every connection slot
-    /// for the head time-out, again and again (an attacker's review: another client waited
-    /// 8-9.6 s). A balancer sends its header with the connection, so its own count stays
-    /// small. Its TLS handshakes are counted once the client is known, never against it.
-    pub fn admit(&mut self) {
+    /// is still to come is counted against its load balancer's address until the header
+    /// names the client, which [`Ticket::count_client`] then counts it against instead
+    /// (giving the first back). Past the balancer's share it is counted nowhere and not
+    /// refused (its header may be here already, naming a client that holds nothing), but
+    /// it has [`PROXY_HEADER_LEASH`] to send the header, not the head time-out. Before,
+    /// such connections counted against no one, and one host in `SWITCHYARD_PROXY_FROM`
+    /// that connected and sent nothing held every connection slot for the head time-out,
+    /// again and again (an attacker's review: another client waited 8-9.6 s); refusing
+    /// them at once instead (a review of that) refused every client behind a balancer that
+    /// sends its header with the client's first bytes (AWS NLB's default) once its idle
+    /// clients held the share. TLS handshakes are counted against the client alone.
+    pub fn admit(&mut self, now: Instant) {
         match self.proxy {
             ProxyHeader::Expected => {
-                self.over_client_limit = !self.ticket.count_client(self.peer.ip());
+                if !self.ticket.count_if_room(self.peer.ip()) {
+                    self.leashed = true;
+                    self.deadline = self.deadline.min(now + PROXY_HEADER_LEASH);
+                }
             }
             _ => self.count_client(),
         }
@@ -385,20 +402,15 @@ impl<T: Transport> HttpConn<T> {
     fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
         const REASON: &str = "too many connections from this client";
         self.warn_over_client_limit(cx);
-        if self.stream.is_handshaking()
-            || self.stream.tls_waits()
-            || !self.ticket.may_answer_refusal()
-        {
-            // An answer would cost a handshake (a signature) first (once the PROXY
-            // protocol header is read, for `tls_waits`), or the client has its most
-            // refusals waiting for their answers already: closed unanswered.
+        if self.stream.is_handshaking() || !self.ticket.may_answer_refusal() {
+            // An answer would cost a handshake (a signature) first, or the client has
+            // its most refusals waiting for their answers already: closed unanswered.
             self.over_client_limit = false;
             self.close_now = true;
             return;
         }
         let request = Request::unread(self.input.len() as u64, cx.now);
-        let h2 = |input: &[u8]| prior_knowledge::classify(input) != Start::Http1;
-        if self.proxy != ProxyHeader::Expected && !self.input.is_empty() && h2(&self.input) {
+        if !self.input.is_empty() && prior_knowledge::classify(&self.input) != Start::Http1 {
             // HTTP/2 with prior knowledge (its preface, or what came of it): an HTTP/1.1
             // answer would read as a protocol error; REFUSED_STREAM says try again.
             let goaway = prior_knowledge::refusal(prior_knowledge::error_code(503), REASON);
@@ -709,6 +721,26 @@ impl<T: Transport> HttpConn<T> {
                 After::Close
             }
             Phase::Head if self.input.is_empty() && self.requests > 0 => After::Close, // idle keep-alive
+            Phase::Head if self.proxy == ProxyHeader::Expected && self.leashed => {
+                // Its readiness may be among the events the loop has not seen yet (a poll
+                // returns a thousand at most): the socket is read once before it closes.
+                self.leashed = false;
+                self.readable = true;
+                match self.turn(cx) {
+                    After::Keep if self.proxy == ProxyHeader::Expected => {
+                        static LATE: Throttle = Throttle::new();
+                        if let Some(unlogged) = LATE.admit() {
+                            log::warn!(
+                                "{}: no PROXY protocol header within {} s, its load balancer holding its most connections awaiting one; connection closed{unlogged}",
+                                self.peer,
+                                PROXY_HEADER_LEASH.as_secs()
+                            );
+                        }
+                        After::Close
+                    }
+                    after => after,
+                }
+            }
             Phase::Head if self.proxy == ProxyHeader::Expected => {
                 static LATE: Throttle = Throttle::new();
                 if let Some(unlogged) = LATE.admit() {
@@ -1053,6 +1085,10 @@ impl<T: Transport> HttpConn<T> {
                         }
                         self.input.drain(..len);
                         self.proxy = ProxyHeader::Done;
+                        if std::mem::take(&mut self.leashed) {
+                            // The request gets the head time-out the leash shortened.
+                            self.deadline = cx.now + cx.shared.config.header_timeout;
+                        }
                         self.count_client();
                         if self.over_handshake_rate {
                             self.refuse_handshake(cx);
