@@ -257,6 +257,39 @@ fn rfc6455_4_2_bad_handshakes_are_refused_with_the_rfc_status() {
     assert_eq!(client.response().status, 101, "allowed Origin");
 }
 
+/// A review: each handshake the plugin refused wrote a line of its own besides the access
+/// line, with the path as sent (one client wrote 14 MB of them in half a second). Now one
+/// a second at most, saying how many went unlogged, and the path in it cut and escaped.
+#[test]
+fn refused_handshakes_write_one_plugin_line_a_second_the_path_cut() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_ORIGINS", "https://good.example")
+        .start();
+    let long = format!("/chat/{}", "p".repeat(4000));
+    let began = std::time::Instant::now();
+    for _ in 0..50 {
+        let mut client = daemon.client();
+        let request = HANDSHAKE.replacen("/chat", &long, 1);
+        client.send(format!("{request}Origin: https://evil.example\r\n\r\n"));
+        assert_eq!(client.response().status, 403);
+    }
+    let took = began.elapsed().as_secs();
+    daemon.wait_for_log("403").unwrap();
+    let logs = daemon.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Origin not allowed") && !l.contains("switchyard::access"))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() as u64 <= took + 1,
+        "{} plugin lines for 50 refusals in {took} s",
+        lines.len()
+    );
+    assert!(lines.iter().all(|l| l.len() < 600), "{lines:?}");
+    assert!(lines[0].contains("… (4006 bytes)"), "{}", lines[0]);
+}
+
 #[test]
 fn rfc6455_4_2_2_subprotocol_chosen_from_the_clients_list() {
     let daemon = Daemon::builder()

@@ -96,9 +96,9 @@ pub struct WebSocket {
     /// What each client's compressed messages may inflate to a second
     /// (`SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT`; none: no limit).
     inflates: Option<protocol_api::rate::PerClient>,
-    /// Each client's allowance of stderr lines logged, all its programs' together
-    /// ([`stderr_log::LINES_PER_CLIENT_PER_SEC`]).
-    stderr_lines: Arc<protocol_api::rate::PerClient>,
+    /// The allowances of stderr lines logged: each client's programs' together, and
+    /// everyone's ([`stderr_log`]).
+    stderr_lines: Arc<stderr_log::Allowances>,
 }
 
 /// Served readiness-driven: many connections that each move little are what WebSocket
@@ -158,9 +158,7 @@ impl EventProtocol for WebSocket {
         let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
             starts: protocol_api::rate::PerClient::new(config.starts_per_client),
-            stderr_lines: Arc::new(protocol_api::rate::PerClient::new(
-                stderr_log::LINES_PER_CLIENT_PER_SEC,
-            )),
+            stderr_lines: Arc::new(stderr_log::Allowances::new()),
             dials: protocol_api::dials::Dials::new(config.max_dials),
             inflates: (config.inflate_per_client > 0)
                 .then(|| protocol_api::rate::PerClient::new(config.inflate_per_client)),
@@ -265,12 +263,14 @@ impl WebSocket {
         let accepted = match checked {
             Ok(accepted) => accepted,
             Err(rejection) => {
-                log::info!(
-                    "{} {}: {}",
-                    request.peer(),
-                    path.path(),
-                    String::from_utf8_lossy(&rejection.body).trim_end()
-                );
+                if let Some(unlogged) = HANDSHAKES_REFUSED.admit() {
+                    log::info!(
+                        "{} {}: {}{unlogged}",
+                        request.peer(),
+                        shown(path.path()),
+                        String::from_utf8_lossy(&rejection.body).trim_end()
+                    );
+                }
                 return Decision::Reject(rejection);
             }
         };
@@ -374,12 +374,12 @@ impl WebSocket {
             Ok(stream) => Ok(Dialled {
                 backend: backend::Backend::Unix(stream),
                 lines: !binary,
-                label: format!("{} (shared)", path.path()),
+                label: format!("{} (shared)", shown(path.path())),
             }),
             Err(e) => {
                 log::error!(
                     "websocket {} for {}: {e}; answered 502",
-                    path.path(),
+                    shown(path.path()),
                     request.peer()
                 );
                 Err(protocol_api::Rejection {
@@ -400,11 +400,13 @@ impl WebSocket {
         path: &RequestPath<'_>,
     ) -> Result<routes::Service, protocol_api::Rejection> {
         let not_found = |why: String| {
-            log::info!(
-                "websocket {} for {}: {why}; answered 404",
-                path.path(),
-                request.peer()
-            );
+            if let Some(unlogged) = TOKENS_UNKNOWN.admit() {
+                log::info!(
+                    "websocket {} for {}: {why}; answered 404{unlogged}",
+                    shown(path.path()),
+                    request.peer()
+                );
+            }
             protocol_api::Rejection {
                 status: 404,
                 headers: Vec::new(),
@@ -445,7 +447,7 @@ impl WebSocket {
                 "websocket {} for {}: {max} {whose} under way \
                  (SWITCHYARD_WEBSOCKET_MAX_DIALS, a quarter for one client, one while fewer \
                  than that are free); answered 503{unlogged}",
-                path.path(),
+                shown(path.path()),
                 request.peer(),
             );
         }
@@ -469,7 +471,7 @@ impl WebSocket {
                             "websocket {} for {}: the client starts programs faster than \
                              SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT={per_sec} a second; \
                              answered 503{unlogged}",
-                            path.path(),
+                            shown(path.path()),
                             request.peer(),
                         );
                     }
@@ -492,7 +494,7 @@ impl WebSocket {
                                 "websocket {} for {}: the client runs its most programs \
                                  (SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT={per_client}\
                                  {crowded}); answered 503{unlogged}",
-                                path.path(),
+                                shown(path.path()),
                                 request.peer(),
                             );
                         }
@@ -506,7 +508,7 @@ impl WebSocket {
                             log::warn!(
                                 "websocket {} for {}: {} programs running \
                                  (SWITCHYARD_WEBSOCKET_MAX_PROCESSES); answered 503{unlogged}",
-                                path.path(),
+                                shown(path.path()),
                                 request.peer(),
                                 process::running()
                             );
@@ -540,9 +542,11 @@ impl WebSocket {
         match dialled {
             Ok(backend) => {
                 let lines = matches!(service, routes::Service::Exec { binary: false, .. });
+                // The route as configured, not the path as sent (a client's, at any
+                // length and with any characters: a review).
                 let label = match &backend {
-                    backend::Backend::Program(p) => format!("{} (pid {})", path.path(), p.pid),
-                    _ => path.path().to_string(),
+                    backend::Backend::Program(p) => format!("{} (pid {})", stats.label, p.pid),
+                    _ => stats.label.to_string(),
                 };
                 Ok(Dialled {
                     backend,
@@ -554,7 +558,7 @@ impl WebSocket {
                 if let Some(unlogged) = stats.dials_failed.admit() {
                     log::warn!(
                         "websocket {} for {}: service {:?} {}; answered {}{unlogged}",
-                        path.path(),
+                        shown(path.path()),
                         request.peer(),
                         service,
                         unreachable.why,
@@ -596,9 +600,32 @@ fn programs_busy(why: &str) -> protocol_api::Rejection {
 /// the target's path only: its query may hold a token (`?token=`), which no log line
 /// holds whole (the access line cuts it; this line, an attacker's review found, did not).
 fn refuse<S>(request: &Request<'_>, status: u16, why: &str) -> Decision<S> {
-    let path = protocol_api::fields::path(request.target());
-    log::info!("{} {path}: {why}; answered {status}", request.peer());
+    if let Some(unlogged) = REFUSED.admit() {
+        let path = shown(protocol_api::fields::path(request.target()));
+        log::info!(
+            "{} {path}: {why}; answered {status}{unlogged}",
+            request.peer()
+        );
+    }
     Decision::reject(status, format!("{why}\n"))
 }
+
+/// A request's path as the plugin's lines show it: escaped and cut
+/// ([`protocol_api::fields::for_log`]). A review: refusals logged the path as sent, 7 KiB
+/// of it a line, Unicode separators and overrides raw.
+fn shown(path: &str) -> String {
+    protocol_api::fields::for_log(path.as_bytes(), SHOWN_PATH)
+}
+
+/// Most bytes of a request's path a line of the plugin's shows.
+const SHOWN_PATH: usize = 256;
+
+/// The plugin's lines for requests it refuses, each kind one a second at most (the access
+/// line says every one): one client's refusals wrote 14 MB of them in half a second, a
+/// review found.
+static HANDSHAKES_REFUSED: protocol_api::throttle::Throttle =
+    protocol_api::throttle::Throttle::new();
+static TOKENS_UNKNOWN: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+static REFUSED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
 export_event_plugin!(WebSocket);

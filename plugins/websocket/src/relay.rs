@@ -56,9 +56,10 @@ pub struct Relay {
     pub ended: Option<String>,
 }
 
-/// The allowance of stderr lines logged that a program's lines spend: its client's.
+/// The allowances of stderr lines logged that a program's lines spend: its client's, and
+/// everyone's.
 pub struct StderrLines {
-    pub allowance: std::sync::Arc<protocol_api::rate::PerClient>,
+    pub allowance: std::sync::Arc<stderr_log::Allowances>,
     /// The client's key ([`protocol_api::clients::key_of`]).
     pub client: u64,
 }
@@ -256,13 +257,18 @@ impl Relay {
         };
         let mut carry = std::mem::take(&mut self.stderr_carry);
         let mut start = 0;
+        // Once a line is over the allowance, the rest of this read's are counted without
+        // asking again (each ask takes a lock the other loops share).
+        let mut over = false;
         while let Some(end) = carry[start..].iter().position(|&b| b == b'\n') {
-            self.log_line(&carry[start..start + end]);
+            over = over || !self.log_line(&carry[start..start + end]);
+            self.stderr_unlogged += u64::from(over);
             start += end + 1;
         }
         carry.drain(..start);
         if carry.len() > MAX_LINE {
-            self.log_line(&carry);
+            over = over || !self.log_line(&carry);
+            self.stderr_unlogged += u64::from(over);
             carry.clear();
         }
         let_go_if_empty(&mut carry);
@@ -270,21 +276,23 @@ impl Relay {
         more
     }
 
-    fn log_line(&mut self, line: &[u8]) {
+    /// Logs `line` if the allowances let it; false (not logged, not counted) if not.
+    fn log_line(&mut self, line: &[u8]) -> bool {
         let StderrLines { allowance, client } = &self.stderr_lines;
         if !allowance.allow(*client) {
-            self.stderr_unlogged += 1;
-            return;
+            return false;
         }
         let line = stderr_log::loggable(line);
         match std::mem::take(&mut self.stderr_unlogged) {
             0 => log::info!("websocket {}: {line}", self.label),
             skipped => log::info!(
-                "websocket {}: {line} ({skipped} earlier lines not logged: over its client's {} a second)",
+                "websocket {}: {line} ({skipped} earlier lines not logged: over {} a second for a client's programs, or {} for all)",
                 self.label,
-                stderr_log::LINES_PER_CLIENT_PER_SEC
+                stderr_log::LINES_PER_CLIENT_PER_SEC,
+                stderr_log::LINES_PER_SEC
             ),
         }
+        true
     }
 }
 
@@ -310,7 +318,7 @@ mod tests {
                 lines,
                 "test".into(),
                 StderrLines {
-                    allowance: std::sync::Arc::new(protocol_api::rate::PerClient::new(1)),
+                    allowance: std::sync::Arc::new(stderr_log::Allowances::new()),
                     client: 0,
                 },
             ),

@@ -1,10 +1,15 @@
-//! What a program writes to stderr, made fit for the daemon's log: each line cut to
-//! [`LOGGED_LINE`] bytes and its control characters escaped, so a client whose messages a
-//! program quotes on stderr writes neither megabytes nor terminal controls into the log.
-//! (An attacker's review: 64 KiB lines, 5-7 MB of log a second from one address, and a
-//! carriage return that let a forged line overwrite the real one's start on a terminal.)
+//! What programs write to stderr, in the daemon's log within bounds: each line escaped and
+//! cut ([`protocol_api::fields::for_log`], at [`LOGGED_LINE`] bytes), so a client whose
+//! messages a program quotes writes neither megabytes nor terminal controls into the log;
+//! and a number of lines a second for each client address's programs together, and for
+//! everyone's. (Two attackers' reviews: 64 KiB lines, 5-7 MB of log a second from one
+//! address, a carriage return that let a forged line overwrite the real one's start on a
+//! terminal; then Unicode separators and overrides, escapes that grew a line sixfold past
+//! its cut, and 16 addresses writing 6.4 MB a second.)
 
-/// Most bytes of one stderr line logged; the rest is counted, not shown.
+use protocol_api::rate::PerClient;
+
+/// Most bytes of one stderr line logged, escaped; the rest is counted, not shown.
 pub const LOGGED_LINE: usize = 1024;
 
 /// Stderr lines logged a second for one client address's programs, all of them together,
@@ -13,58 +18,31 @@ pub const LOGGED_LINE: usize = 1024;
 /// address nothing.
 pub const LINES_PER_CLIENT_PER_SEC: u32 = 50;
 
-/// `line` (without its newline) as it goes into the log: invalid UTF-8 replaced, control
-/// characters but tab escaped (`\r`, `\u{1b}`), cut at [`LOGGED_LINE`] bytes with the
-/// whole line's length said.
+/// Stderr lines logged a second for all clients' programs (bursts of twice as many):
+/// addresses are cheap to an attacker with an IPv6 network.
+pub const LINES_PER_SEC: u32 = 200;
+
+/// `line` (without its newline) as it goes into the log.
 pub fn loggable(line: &[u8]) -> String {
-    let shown = &line[..line.len().min(LOGGED_LINE)];
-    let mut text = String::with_capacity(shown.len() + 32);
-    for c in String::from_utf8_lossy(shown).chars() {
-        match c {
-            '\t' => text.push(c),
-            c if c.is_control() => text.extend(c.escape_default()),
-            c => text.push(c),
-        }
-    }
-    if line.len() > LOGGED_LINE {
-        text.push_str(&format!("… ({} bytes)", line.len()));
-    }
-    text
+    protocol_api::fields::for_log(line, LOGGED_LINE)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The allowances of stderr lines logged: each client's, and everyone's.
+pub struct Allowances {
+    per_client: PerClient,
+    everyone: PerClient,
+}
 
-    #[test]
-    fn a_plain_line_is_logged_as_it_is() {
-        assert_eq!(loggable(b"bad input: x\ty"), "bad input: x\ty");
-        assert_eq!(loggable("naïve ünïcode".as_bytes()), "naïve ünïcode");
+impl Allowances {
+    pub fn new() -> Allowances {
+        Allowances {
+            per_client: PerClient::new(LINES_PER_CLIENT_PER_SEC),
+            everyone: PerClient::new(LINES_PER_SEC),
+        }
     }
 
-    #[test]
-    fn control_characters_are_escaped_not_written() {
-        assert_eq!(
-            loggable(b"ok\r[ERROR switchyard] forged\x1b[2K\x00"),
-            "ok\\r[ERROR switchyard] forged\\u{1b}[2K\\u{0}"
-        );
-        assert_eq!(loggable(b"\xff\xfe"), "\u{fffd}\u{fffd}");
-    }
-
-    #[test]
-    fn a_long_line_is_cut_with_its_length() {
-        let line = vec![b'q'; 60 * 1024];
-        let logged = loggable(&line);
-        assert!(logged.starts_with(&"q".repeat(LOGGED_LINE)));
-        assert!(
-            logged.ends_with("… (61440 bytes)"),
-            "{}",
-            &logged[LOGGED_LINE..]
-        );
-        assert_eq!(logged.len(), LOGGED_LINE + "… (61440 bytes)".len());
-        // Cut inside a character: the part shown is replaced, never split.
-        let mut wide = vec![b'a'; LOGGED_LINE - 1];
-        wide.extend_from_slice("é".as_bytes());
-        assert!(loggable(&wide).starts_with(&format!("{}\u{fffd}…", "a".repeat(LOGGED_LINE - 1))));
+    /// Whether a line of `client`'s program may be logged now (counted if so).
+    pub fn allow(&self, client: u64) -> bool {
+        self.per_client.allow(client) && self.everyone.allow(0)
     }
 }
