@@ -134,8 +134,10 @@ fn run(mode: Mode) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_file_limit(config.max_connections);
+    let activated = !inherited.is_empty();
     let listened = listen(&config, tls.is_some(), inherited);
-    let sized = listened.and_then(|l| size_client_buffers(&l, config.client_buffers).map(|()| l));
+    let buffers = config.client_buffers;
+    let sized = listened.and_then(|l| size_client_buffers(&l, buffers, activated).map(|()| l));
     let listeners = match sized {
         Ok(listeners) => listeners,
         Err(e) => {
@@ -387,10 +389,7 @@ fn listen(
 /// Binds `SWITCHYARD_LISTEN`; with `SWITCHYARD_REUSE_PORT` as one of several sockets on the
 /// same port (SO_REUSEPORT: the kernel spreads new connections over the instances).
 fn bind(listen: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
-    if !reuse_port {
-        return std::net::TcpListener::bind(listen);
-    }
-    if sys::tcp_migrate_req() == Some(false) {
+    if reuse_port && sys::tcp_migrate_req() == Some(false) {
         log::warn!(
             "SWITCHYARD_REUSE_PORT is on but net.ipv4.tcp_migrate_req is 0: connections still \
              in this instance's accept queue when it stops are reset instead of passed to \
@@ -403,7 +402,9 @@ fn bind(listen: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&listen.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
@@ -412,11 +413,22 @@ fn bind(listen: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::
 /// Sets `SWITCHYARD_CLIENT_RCVBUF` and `SWITCHYARD_CLIENT_SNDBUF` on the listening sockets:
 /// the connections they accept inherit them, before their handshake, so the window scale
 /// they offer fits the buffer. The kernel's figure is logged (it doubles what is asked,
-/// and caps it at `net.core.rmem_max` / `wmem_max`, which is warned of).
+/// and caps it at `net.core.rmem_max` / `wmem_max`, which is warned of). Not on sockets a
+/// service manager passed (`activated`): they are its, and a size set on one would outlive
+/// this process, and the setting's removal (a review); its unit says their sizes.
 fn size_client_buffers(
     listeners: &[event_loop::Listener],
     buffers: config::SocketBuffers,
+    activated: bool,
 ) -> Result<(), String> {
+    if activated && buffers != config::SocketBuffers::default() {
+        log::warn!(
+            "SWITCHYARD_CLIENT_RCVBUF and SWITCHYARD_CLIENT_SNDBUF are not applied to sockets \
+             the service manager passed (a size set there would outlive this process): set \
+             ReceiveBuffer= and SendBuffer= in the .socket unit instead"
+        );
+        return Ok(());
+    }
     fn failed(variable: &'static str) -> impl Fn(std::io::Error) -> String {
         move |e| format!("cannot set {variable}: {e}")
     }
@@ -468,7 +480,9 @@ fn size_client_buffers(
 }
 
 /// The accept queue's length for a socket we bind ourselves (the kernel caps it at
-/// net.core.somaxconn).
+/// net.core.somaxconn). std's `TcpListener::bind` asks for 128, which a review found in
+/// force without `SWITCHYARD_REUSE_PORT`: a burst of connections past it waits for SYN
+/// retransmissions.
 const LISTEN_BACKLOG: i32 = 1024;
 
 /// Starts the event loops on `listeners` and supervises them until the stop is over.

@@ -127,6 +127,8 @@ fn socket_activation_serves_the_socket_it_is_given() {
                 // Where it would listen by itself: the same port, taken by the tool. Binding it
                 // would fail, so serving proves the passed socket is used.
                 .arg(format!("--setenv=SWITCHYARD_LISTEN={addr}"))
+                // Not applied to the tool's socket (a review: it would outlive the daemon).
+                .arg("--setenv=SWITCHYARD_CLIENT_SNDBUF=65536")
                 .arg("--setenv=RUST_LOG=info")
                 .arg(artifacts().join("switchyard"))
                 .stdin(Stdio::null())
@@ -167,6 +169,10 @@ fn socket_activation_serves_the_socket_it_is_given() {
     assert!(child.wait().unwrap().success(), "{logs}");
     assert!(
         logs.contains("serving the socket the service manager passed (socket activation)"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("not applied to sockets the service manager passed"),
         "{logs}"
     );
 }
