@@ -138,7 +138,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
         default: "a quarter of `SWITCHYARD_MAX_CONNECTIONS` (`2500`)",
-        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives, and the load balancer's own until the header has come); past it, `503` with `Retry-After` at once (HTTP/2 with prior knowledge, once its preface has begun: GOAWAY `REFUSED_STREAM`), and the connection is closed (16 such refusals at a time wait for their answer to be read, fewer while the server is crowded; past them, closed unanswered). While fewer connections are free than this (or than what is left of `SWITCHYARD_MAX_CONNECTIONS` past it, whichever is less), a client holding a sixteenth of it or more gets no more: the last connections go to clients that hold few",
+        meaning: "most open connections from one client address (an IPv6 client: its /64; behind the PROXY protocol, the address the header gives, and the load balancer's own until the header has come: past its share, a connection awaiting its header is not refused but has 3 s to send it); past it, `503` with `Retry-After` at once (HTTP/2 with prior knowledge, once its preface has begun: GOAWAY `REFUSED_STREAM`), and the connection is closed (16 such refusals at a time wait for their answer to be read, fewer while the server is crowded; past them, closed unanswered). While fewer connections are free than this (or than what is left of `SWITCHYARD_MAX_CONNECTIONS` past it, whichever is less), a client holding a sixteenth of it or more gets no more: the last connections go to clients that hold few",
     },
     Setting {
         variable: "SWITCHYARD_WORKERS_PER_CLIENT",
@@ -213,12 +213,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_CLIENT_RCVBUF",
         default: "unset: the kernel's autotuning",
-        meaning: "bytes for each client connection's receive buffer (SO_RCVBUF, HAProxy's `tune.rcvbuf.client`), set on the listening socket so that the window offered in the handshake fits it; the kernel doubles it for its bookkeeping and caps it at `net.core.rmem_max`. Unset, a connection's buffer grows with its pace up to `net.ipv4.tcp_rmem`'s maximum, and what a client sent while its plugin (a tunnel to a backend that stopped reading) took nothing stays queued in it: kernel memory of the host's, outside the daemon's limits. Set, it bounds that, and a fast upload's pace to the buffer over the round trip",
+        meaning: "bytes for each client connection's receive buffer (SO_RCVBUF, HAProxy's `tune.rcvbuf.client`), set on the listening socket so that the window offered in the handshake fits it; the kernel doubles it for its bookkeeping and caps it at `net.core.rmem_max`. Unset, a connection's buffer grows with its pace up to `net.ipv4.tcp_rmem`'s maximum, and what a client sent while its plugin (a tunnel to a backend that stopped reading) took nothing stays queued in it: kernel memory of the host's, outside the daemon's limits. Set, it bounds that, and a fast upload's pace to the buffer over the round trip. Not applied to sockets a service manager passes (the size would outlive the daemon on its socket): its `.socket` unit's `ReceiveBuffer=` says theirs",
     },
     Setting {
         variable: "SWITCHYARD_CLIENT_SNDBUF",
         default: "unset: the kernel's autotuning",
-        meaning: "bytes for each client connection's send buffer (SO_SNDBUF, HAProxy's `tune.sndbuf.client`), likewise: unset, it grows up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and a client that stops reading keeps all of it queued until the write time-out; set, that much at most (doubled), and a download's pace to it over the round trip",
+        meaning: "bytes for each client connection's send buffer (SO_SNDBUF, HAProxy's `tune.sndbuf.client`), likewise: unset, it grows up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and a client that stops reading keeps all of it queued until the write time-out; set, that much at most (doubled), and a download's pace to it over the round trip; under socket activation, `SendBuffer=`",
     },
     Setting {
         variable: "SWITCHYARD_STATIC_ROUTES",
