@@ -38,6 +38,11 @@ pub enum Limit {
     /// while it lingers, so answering each would let one address that opens connections
     /// fast enough take every slot with refusals.
     Refusals,
+    /// Connections from a load balancer in `SWITCHYARD_PROXY_FROM` whose PROXY protocol
+    /// header has not come yet, counted against the balancer's address (its share of
+    /// connections at most), apart from its connections: its health checks (headers that
+    /// name no client) and the clients behind it are not refused for these.
+    AwaitingHeader,
 }
 
 /// The daemon is busy with TLS handshakes past this many clients' rate at once
@@ -72,6 +77,7 @@ struct Counts {
     connections: usize,
     workers: usize,
     refusals: usize,
+    awaiting_header: usize,
 }
 
 impl Counts {
@@ -80,11 +86,15 @@ impl Counts {
             Limit::Connections => &mut self.connections,
             Limit::Workers => &mut self.workers,
             Limit::Refusals => &mut self.refusals,
+            Limit::AwaitingHeader => &mut self.awaiting_header,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.connections == 0 && self.workers == 0 && self.refusals == 0
+        self.connections == 0
+            && self.workers == 0
+            && self.refusals == 0
+            && self.awaiting_header == 0
     }
 }
 
@@ -95,7 +105,7 @@ pub struct Clients {
     workers: Share,
     shards: [Mutex<HashMap<ClientKey, Counts>>; SHARDS],
     /// Refusals, by [`Limit`], for `/metrics`.
-    refused: [AtomicU64; 3],
+    refused: [AtomicU64; 4],
     refusals_logged: Throttle,
     /// TLS handshakes each client may begin while the daemon is busy with them, and how
     /// many the whole daemon begins before it is (`None`: no limit).
@@ -164,6 +174,10 @@ impl Clients {
             // addresses' refusals would fill the reserve their refusal keeps for others
             // (an attacker's review, with 100 connections: another client waited 2.8 s).
             Limit::Refusals => REFUSALS_ANSWERED.min(self.connections.most(free)),
+            // Not less while the daemon is crowded: a balancer stands for many clients,
+            // and a burst of theirs, arriving before their headers, would close one
+            // another (the oldest make room, [`Limit::AwaitingHeader`]): 445 of 600 so.
+            Limit::AwaitingHeader => self.connections.per_client,
         }
     }
 
@@ -182,16 +196,6 @@ impl Clients {
     /// [`Ticket`](super::state::Ticket), which knows its `Clients`): the unit is given back
     /// with [`Clients::give_back`].
     pub fn count(&self, ip: IpAddr, limit: Limit, free: usize) -> Option<ClientKey> {
-        let counted = self.count_if_room(ip, limit, free);
-        if counted.is_none() {
-            self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        counted
-    }
-
-    /// [`Clients::count`] for a caller that does not refuse when there is no room (so no
-    /// refusal is counted).
-    pub fn count_if_room(&self, ip: IpAddr, limit: Limit, free: usize) -> Option<ClientKey> {
         let key = ClientKey::of(ip);
         let most = self.most(limit, free);
         let mut shard = self.shard(key);
@@ -201,6 +205,8 @@ impl Clients {
             if counts.is_empty() {
                 shard.remove(&key);
             }
+            drop(shard);
+            self.refused[limit as usize].fetch_add(1, Ordering::Relaxed);
             return None;
         }
         *held += 1;

@@ -96,18 +96,15 @@ impl Ticket {
         false
     }
 
-    /// Counts the connection against the connections `ip` may have open, if it has room;
-    /// false (counted nowhere, no refusal) if not. For a connection whose PROXY protocol
-    /// header is still to come, counted against its load balancer meanwhile.
-    pub fn count_if_room(&mut self, ip: IpAddr) -> bool {
-        let clients = &self.shared.clients;
-        if let Some(limit) = self.limit.take() {
-            clients.give_back(self.client, limit);
-        }
+    /// Counts the connection among those of the load balancer at `ip` awaiting their PROXY
+    /// protocol header ([`Limit::AwaitingHeader`]); false (and counted nowhere) when it
+    /// has its most already. [`Ticket::count_client`] gives it back once the header names
+    /// the client.
+    pub fn count_awaiting_header(&mut self, ip: IpAddr) -> bool {
         let free = self.shared.free_connections();
-        match clients.count_if_room(ip, Limit::Connections, free) {
+        match self.shared.clients.count(ip, Limit::AwaitingHeader, free) {
             Some(key) => {
-                (self.client, self.limit) = (key, Some(Limit::Connections));
+                (self.client, self.limit) = (key, Some(Limit::AwaitingHeader));
                 true
             }
             None => false,

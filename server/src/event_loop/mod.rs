@@ -36,6 +36,7 @@ use protocol_api::moment::Moment;
 use protocol_api::throttle::Throttle;
 use slab::Slab;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timers::Timers;
@@ -344,8 +345,17 @@ impl Loop {
                         _ => Wire::plain(stream),
                     };
                     let mut conn = HttpConn::new(wire, peer, ticket, self.shared, self.now);
-                    conn.admit(self.now);
+                    let admitted = conn.admit();
+                    // Inserted first: the slot is the one its socket was registered with,
+                    // which closing others would change.
                     let slot = self.insert(Conn::Http(Box::new(conn)));
+                    if !admitted && self.close_oldest_awaiting_header(peer.ip()) {
+                        if let Some(Conn::Http(conn)) =
+                            self.conns.get_mut(slot).map(|e| &mut e.conn)
+                        {
+                            conn.admit_again();
+                        }
+                    }
                     self.drive_http(slot);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Drained,
@@ -813,6 +823,40 @@ impl Loop {
                 }),
             }
         }
+    }
+
+    /// Closes this loop's oldest quarter (one at least) of the connections from the load
+    /// balancer at `balancer` awaiting their PROXY protocol header, which holds its most of
+    /// them ([`HttpConn::admit`]); true if it closed any. One look over the loop's
+    /// connections makes room for a quarter of the share's new ones.
+    fn close_oldest_awaiting_header(&mut self, balancer: IpAddr) -> bool {
+        let key = ClientKey::of(balancer);
+        let mut awaiting: Vec<(Instant, usize)> = (self.conns.iter())
+            .filter_map(|(slot, entry)| match &entry.conn {
+                Conn::Http(conn) => match conn.awaiting_since() {
+                    Some((since, from)) if ClientKey::of(from) == key => Some((since, slot)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        if awaiting.is_empty() {
+            return false;
+        }
+        let oldest = awaiting.len().div_ceil(4);
+        awaiting.select_nth_unstable(oldest - 1);
+        static CLOSED: Throttle = Throttle::new();
+        if let Some(unlogged) = CLOSED.admit() {
+            log::warn!(
+                "{balancer}: a load balancer holding its most connections awaiting their \
+                 PROXY protocol header (its share of SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT): \
+                 its {oldest} oldest on this loop closed for new ones{unlogged}"
+            );
+        }
+        for &(_, slot) in &awaiting[..oldest] {
+            self.close(slot);
+        }
+        true
     }
 
     fn close(&mut self, slot: usize) {

@@ -30,14 +30,8 @@ use crate::route::{route, Offer, Route};
 use protocol_api::output::Output;
 use protocol_api::throttle::Throttle;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-
-/// How long a connection from a load balancer that holds its most connections awaiting
-/// their PROXY protocol header has to send its own ([`HttpConn::admit`]). A balancer sends
-/// it with the connection, or with its client's first bytes (AWS NLB's default): a client
-/// whose first packet is lost is resent after a second, TCP's first retransmission.
-const PROXY_HEADER_LEASH: Duration = Duration::from_secs(3);
 
 /// How long a closing connection is drained after our last response (RFC 9112 §9.6).
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -96,8 +90,8 @@ pub struct HttpConn<T: Transport = Wire> {
     /// Its client has its most connections open already: answered `503` and closed.
     over_client_limit: bool,
     /// Its load balancer held its most connections awaiting their PROXY protocol header
-    /// when it came: it has [`PROXY_HEADER_LEASH`] to send its own.
-    leashed: bool,
+    /// when it came: served only if its own is there at the first look.
+    past_awaiting_share: bool,
     /// Its client begins TLS handshakes faster than it may: closed before this one.
     over_handshake_rate: bool,
     /// A TLS handshake is under way (counted in `/metrics` when it ends).
@@ -328,7 +322,7 @@ impl<T: Transport> HttpConn<T> {
                 _ => ProxyHeader::Done,
             },
             over_client_limit: false,
-            leashed: false,
+            past_awaiting_share: false,
             over_handshake_rate: false,
             close_now: false,
             body: None,
@@ -338,27 +332,50 @@ impl<T: Transport> HttpConn<T> {
     }
 
     /// Counts a new connection against its client's limit. One whose PROXY protocol header
-    /// is still to come is counted against its load balancer's address until the header
-    /// names the client, which [`Ticket::count_client`] then counts it against instead
-    /// (giving the first back). Past the balancer's share it is counted nowhere and not
-    /// refused (its header may be here already, naming a client that holds nothing), but
-    /// it has [`PROXY_HEADER_LEASH`] to send the header, not the head time-out. Before,
-    /// such connections counted against no one, and one host in `SWITCHYARD_PROXY_FROM`
-    /// that connected and sent nothing held every connection slot for the head time-out,
-    /// again and again (an attacker's review: another client waited 8-9.6 s); refusing
-    /// them at once instead (a review of that) refused every client behind a balancer that
-    /// sends its header with the client's first bytes (AWS NLB's default) once its idle
-    /// clients held the share. TLS handshakes are counted against the client alone.
-    pub fn admit(&mut self, now: Instant) {
+    /// is still to come is counted among its load balancer's connections awaiting one
+    /// ([`Limit::AwaitingHeader`]: as many as its share of connections, apart from them)
+    /// until the header names the client, which [`Ticket::count_client`] then counts it
+    /// against instead. False when the balancer holds that share already: the loop closes
+    /// its oldest such connections to make room ([`HttpConn::awaiting_since`]), as nginx
+    /// closes idle connections when it runs out, and calls [`HttpConn::admit_again`].
+    ///
+    /// Three reviews shaped this. Such connections counted against no one at first, and one
+    /// host in `SWITCHYARD_PROXY_FROM` that connected and sent nothing held every connection
+    /// slot for the head time-out, again and again (another client waited 8-9.6 s).
+    /// Counted among the balancer's own connections, they got its health checks (headers
+    /// that name no client) and every client behind it refused once idle clients held the
+    /// share, with a balancer that sends the header with its client's first bytes (AWS
+    /// NLB's default). A few seconds' grace past the share let a flood of them hold every
+    /// slot again; closing the newest refused every client behind such a balancer once
+    /// idle ones held the share. The oldest go: a client whose first bytes come within the
+    /// time the share takes to turn over is served. TLS handshakes are counted against the
+    /// client alone.
+    pub fn admit(&mut self) -> bool {
         match self.proxy {
-            ProxyHeader::Expected => {
-                if !self.ticket.count_if_room(self.peer.ip()) {
-                    self.leashed = true;
-                    self.deadline = self.deadline.min(now + PROXY_HEADER_LEASH);
-                }
+            ProxyHeader::Expected => self.admit_again(),
+            _ => {
+                self.count_client();
+                true
             }
-            _ => self.count_client(),
         }
+    }
+
+    /// Counts a connection awaiting its PROXY protocol header among its balancer's, once
+    /// room was made; if there is still none, it is served only if its header is there at
+    /// the first look (read at once, not at its first event), else closed.
+    pub fn admit_again(&mut self) -> bool {
+        let counted = self.ticket.count_awaiting_header(self.peer.ip());
+        self.past_awaiting_share = !counted;
+        self.readable |= !counted; // the first look, now
+        counted
+    }
+
+    /// When a connection counted among its load balancer's awaiting a PROXY protocol
+    /// header was accepted (its first deadline: the head time-out from then), and the
+    /// balancer's address; `None` for any other.
+    pub fn awaiting_since(&self) -> Option<(Instant, IpAddr)> {
+        let counted = self.proxy == ProxyHeader::Expected && !self.past_awaiting_share;
+        counted.then_some((self.deadline, self.peer.ip()))
     }
 
     fn count_client(&mut self) {
@@ -384,6 +401,21 @@ impl<T: Transport> HttpConn<T> {
         cx.shared.metrics.tls_handshake_failed("rate");
         self.over_handshake_rate = false;
         self.close_now = true;
+    }
+
+    /// Closes, unanswered, a connection from a load balancer that holds its most
+    /// connections awaiting their PROXY protocol header, whose own was not there at the
+    /// first look ([`HttpConn::admit`]): nothing says whose it is, or how to answer.
+    fn refuse_past_awaiting_share(&self, cx: &mut Context<'_>) {
+        let shared = cx.shared;
+        shared.clients.warn_refused(
+            self.peer,
+            "no PROXY protocol header with the connection, from a load balancer holding its \
+             most connections awaiting one",
+            "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT",
+            shared.config.max_connections_per_client,
+            (shared.clients).most(Limit::AwaitingHeader, shared.free_connections()),
+        );
     }
 
     fn warn_over_client_limit(&self, cx: &mut Context<'_>) {
@@ -524,6 +556,11 @@ impl<T: Transport> HttpConn<T> {
             }
             progressed |= self.process(cx);
             self.trim_input();
+            if std::mem::take(&mut self.past_awaiting_share) && self.proxy == ProxyHeader::Expected
+            {
+                self.refuse_past_awaiting_share(cx);
+                return After::Close;
+            }
             if self.close_now {
                 return After::Close;
             }
@@ -721,26 +758,6 @@ impl<T: Transport> HttpConn<T> {
                 After::Close
             }
             Phase::Head if self.input.is_empty() && self.requests > 0 => After::Close, // idle keep-alive
-            Phase::Head if self.proxy == ProxyHeader::Expected && self.leashed => {
-                // Its readiness may be among the events the loop has not seen yet (a poll
-                // returns a thousand at most): the socket is read once before it closes.
-                self.leashed = false;
-                self.readable = true;
-                match self.turn(cx) {
-                    After::Keep if self.proxy == ProxyHeader::Expected => {
-                        static LATE: Throttle = Throttle::new();
-                        if let Some(unlogged) = LATE.admit() {
-                            log::warn!(
-                                "{}: no PROXY protocol header within {} s, its load balancer holding its most connections awaiting one; connection closed{unlogged}",
-                                self.peer,
-                                PROXY_HEADER_LEASH.as_secs()
-                            );
-                        }
-                        After::Close
-                    }
-                    after => after,
-                }
-            }
             Phase::Head if self.proxy == ProxyHeader::Expected => {
                 static LATE: Throttle = Throttle::new();
                 if let Some(unlogged) = LATE.admit() {
@@ -1085,10 +1102,6 @@ impl<T: Transport> HttpConn<T> {
                         }
                         self.input.drain(..len);
                         self.proxy = ProxyHeader::Done;
-                        if std::mem::take(&mut self.leashed) {
-                            // The request gets the head time-out the leash shortened.
-                            self.deadline = cx.now + cx.shared.config.header_timeout;
-                        }
                         self.count_client();
                         if self.over_handshake_rate {
                             self.refuse_handshake(cx);

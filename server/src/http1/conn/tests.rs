@@ -106,7 +106,7 @@ impl Harness {
         };
         let peer = "192.0.2.7:40000".parse().unwrap();
         let mut conn = HttpConn::new(stream, peer, ticket, shared, now);
-        conn.admit(now);
+        conn.admit();
         Harness {
             conn,
             shared,
@@ -414,7 +414,7 @@ fn a_client_over_its_connection_share_gets_503_before_it_sends() {
         metrics: MetricsCache::default(),
         now: h.now,
     };
-    second.conn.admit(h.now);
+    second.conn.admit();
     second.turn();
     assert_eq!(second.statuses(), [503]);
     assert!(second.received().contains("Retry-After: 1\r\n"));
