@@ -520,6 +520,49 @@ fn a_dead_backend_holds_at_most_its_dials_in_flight() {
     assert!(daemon.logs().contains("SWITCHYARD_TUNNEL_MAX_DIALS"));
 }
 
+/// A review: the tunnel's lines named the path as sent, which a client chooses (8 KB of
+/// Unicode separators that dot-segments climb out of into the route), one line a tunnel,
+/// and one raw line for each request refused for its path. The end line names the route
+/// now, and refusals are logged once a second, the path escaped and cut.
+#[test]
+fn the_tunnels_lines_name_the_route_and_refusals_are_throttled() {
+    let (addr, backend) = backend(|mut stream| {
+        let _ = stream.read(&mut [0u8; 16]);
+    });
+    let daemon = daemon(addr, &[]);
+    let mut client = daemon.client();
+    let climbing = format!("/{}/../backend", "\u{2028}".repeat(100));
+    client.send(format!(
+        "GET {climbing} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    ));
+    assert_eq!(client.response().status, 101);
+    client.send("bye");
+    client.shutdown_write();
+    backend.join().unwrap();
+    let logs = daemon.wait_for_log("ended: ").unwrap();
+    let end = logs.lines().find(|l| l.contains("ended: ")).unwrap();
+    assert!(end.contains("tunnel /backend -> "), "{end}");
+    for _ in 0..20 {
+        let mut client = daemon.client();
+        client.send(format!(
+            "GET /backend/%2F{} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+            "\u{202e}".repeat(1000)
+        ));
+        assert_eq!(client.response().status, 400);
+    }
+    let logs = daemon.logs();
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("answered 400") && !l.contains("switchyard::access"))
+        .collect();
+    assert!((1..=2).contains(&refusals.len()), "{refusals:?}");
+    assert!(
+        refusals[0].len() < 600 && !refusals[0].contains('\u{202e}'),
+        "{}",
+        refusals[0]
+    );
+}
+
 #[test]
 fn an_unrouted_path_is_declined_and_never_dialled() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -337,6 +337,10 @@ fn answer(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
+/// Answers a client took nothing of, let go: logged once a second at most (a client can
+/// stall every stream's).
+static NOT_TAKEN: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+
 /// `503` with `Retry-After: 1` for a stream the HTTP/1.1 backends cannot take now, counted
 /// and logged (a line a second at most: a client can cause them).
 fn busy(stats: &RouteStats, peer: SocketAddr, path: &str, reason: &str) -> Response<Body> {
@@ -459,6 +463,9 @@ pub async fn handle(
             ));
         }
     };
+    // The path as the lines below show it: escaped and cut (a client's, up to its header
+    // list's length: 15 KB lines, a review found).
+    let shown = protocol_api::fields::for_log(path.as_bytes(), 256);
     let index = proxy
         .config
         .routes
@@ -469,7 +476,7 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.to_string());
     if let Some(refused) = ambiguous_host(authority.as_deref(), &parts.headers) {
-        log::debug!("h2c {peer}: {path}: {refused}; answered 400");
+        log::debug!("h2c {peer}: {shown}: {refused}; answered 400");
         stats.answered(400);
         return Ok(with_open(answer(StatusCode::BAD_REQUEST, refused), open));
     }
@@ -518,7 +525,7 @@ pub async fn handle(
             let Some(permit) = activity.http1_permit().await else {
                 let reason = "too many of this connection's streams wait for an HTTP/1.1 \
                               backend connection (SWITCHYARD_H2C_HTTP1_PER_CONNECTION)";
-                return Ok(with_open(busy(stats, peer, &path, reason), open));
+                return Ok(with_open(busy(stats, peer, &shown, reason), open));
             };
             let limit = match route.streams_requests {
                 true => 0,
@@ -544,11 +551,18 @@ pub async fn handle(
                     };
                     match status {
                         StatusCode::REQUEST_TIMEOUT => {
-                            log::info!("h2c {peer} {path}: the request body {what}: {status}");
+                            // Once a second at most: a client can stall every stream's.
+                            static STOPPED: protocol_api::throttle::Throttle =
+                                protocol_api::throttle::Throttle::new();
+                            if let Some(unlogged) = STOPPED.admit() {
+                                log::info!(
+                                    "h2c {peer} {shown}: the request body {what}: {status}{unlogged}"
+                                );
+                            }
                             stats.answered(status.as_u16());
                         }
                         // The client reset the stream: nobody reads this answer.
-                        _ => log::debug!("h2c {peer} {path}: the request body {what}"),
+                        _ => log::debug!("h2c {peer} {shown}: the request body {what}"),
                     }
                     let text = format!("the request body {what} before it was sent on");
                     return Ok(with_open(answer(status, &text), open));
@@ -605,10 +619,14 @@ pub async fn handle(
         Ok(response) if response.status().is_informational() => {
             let status = response.status().as_u16();
             stats.answered(502);
-            log::warn!(
-                "h2c {peer} {path} -> {}: backend answered {status}: 502",
-                route.address
-            );
+            static INFORMATIONAL: protocol_api::throttle::Throttle =
+                protocol_api::throttle::Throttle::new();
+            if let Some(unlogged) = INFORMATIONAL.admit() {
+                log::warn!(
+                    "h2c {peer} {shown} -> {}: backend answered {status}: 502{unlogged}",
+                    route.address
+                );
+            }
             let text = format!("backend for {path} answered {status}");
             return Ok(with_open(answer(StatusCode::BAD_GATEWAY, &text), open));
         }
@@ -619,7 +637,7 @@ pub async fn handle(
         }
         Err(e) if no_backend_slot(&e).is_some() => {
             let reason = no_backend_slot(&e).unwrap_or_default();
-            return Ok(with_open(busy(stats, peer, &path, reason), open));
+            return Ok(with_open(busy(stats, peer, &shown, reason), open));
         }
         Err(e) => {
             let (status, what) = failure_status(&e);
@@ -629,11 +647,16 @@ pub async fn handle(
                 StatusCode::REQUEST_TIMEOUT => log::Level::Info,
                 _ => log::Level::Warn,
             };
-            log::log!(
-                level,
-                "h2c {peer} {path} -> {}: backend {what}: {e:?}",
-                route.address
-            );
+            // Once a second at most: a client's stalled streams each end so.
+            static FAILED: protocol_api::throttle::Throttle =
+                protocol_api::throttle::Throttle::new();
+            if let Some(unlogged) = FAILED.admit() {
+                log::log!(
+                    level,
+                    "h2c {peer} {shown} -> {}: backend {what}: {e:?}{unlogged}",
+                    route.address
+                );
+            }
             let text = format!("backend for {path} {what}");
             return Ok(with_open(answer(status, &text), open));
         }
@@ -653,11 +676,14 @@ pub async fn handle(
             // taken: a client that stops taking it gives the connection back.
             let limit = proxy.config.body_timeout;
             let address = route.address.clone();
+            let shown = shown.clone();
             let stalled = move || {
-                log::info!(
-                    "h2c {peer} {path} -> {address}: the client took nothing of the answer \
-                     for {limit:?}; its backend connection is closed"
-                );
+                if let Some(unlogged) = NOT_TAKEN.admit() {
+                    log::info!(
+                        "h2c {peer} {shown} -> {address}: the client took nothing of the \
+                         answer for {limit:?}; its backend connection is closed{unlogged}"
+                    );
+                }
             };
             let body = must_be_taken(body, open, limit, answered, stalled);
             Response::from_parts(parts, body)
@@ -668,10 +694,12 @@ pub async fn handle(
             let limit = proxy.config.body_timeout;
             let address = route.address.clone();
             let stalled = move || {
-                log::info!(
-                    "h2c {peer} {path} -> {address}: the client took nothing of the answer \
-                     for {limit:?}; its backend stream is let go"
-                );
+                if let Some(unlogged) = NOT_TAKEN.admit() {
+                    log::info!(
+                        "h2c {peer} {shown} -> {address}: the client took nothing of the \
+                         answer for {limit:?}; its backend stream is let go{unlogged}"
+                    );
+                }
             };
             let (answered, _) = tokio::sync::oneshot::channel();
             let body = must_be_taken(body, open, limit, answered, stalled);

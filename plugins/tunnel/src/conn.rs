@@ -417,7 +417,8 @@ fn classify(error: io::Error, reading: bool) -> Ended {
 
 /// What the log line says of a tunnel.
 pub struct Label {
-    pub path: String,
+    /// The route the tunnel took, as configured.
+    pub route: String,
     pub peer: String,
     pub address: String,
 }
@@ -722,7 +723,7 @@ impl Drop for TunnelConn {
         };
         log::info!(
             "tunnel {} -> {} for {}: {} bytes up, {} bytes down, {:.3}s, ended: {how}",
-            self.label.path,
+            self.label.route,
             self.label.address,
             self.label.peer,
             self.up.bytes,

@@ -334,11 +334,14 @@ impl Relay {
                     }
                     self.closed_on_backend(slot);
                 } else {
-                    log::warn!(
-                        "h2c {} {} -> backend: reset before answering ({error:#x})",
-                        self.peer_addr,
-                        stream.path
-                    );
+                    static RESET: Throttle = Throttle::new();
+                    if let Some(unlogged) = RESET.admit() {
+                        log::warn!(
+                            "h2c {} {} -> backend: reset before answering ({error:#x}){unlogged}",
+                            self.peer_addr,
+                            shown(&stream.path)
+                        );
+                    }
                     self.closed_on_backend(slot);
                     self.answer_failed(head.stream, 502, "failed before answering");
                 }
@@ -495,11 +498,14 @@ impl Relay {
                 self.drain_down(id);
             }
             Ok(_) | Err(_) => {
-                log::warn!(
-                    "h2c {} {} -> backend: a response against the protocol",
-                    self.peer_addr,
-                    stream.path
-                );
+                static AGAINST: Throttle = Throttle::new();
+                if let Some(unlogged) = AGAINST.admit() {
+                    log::warn!(
+                        "h2c {} {} -> backend: a response against the protocol{unlogged}",
+                        self.peer_addr,
+                        shown(&stream.path)
+                    );
+                }
                 if stream.responded {
                     self.reset(id, code::INTERNAL_ERROR);
                 } else {
@@ -654,4 +660,10 @@ fn failure(error: &io::Error) -> (u16, &'static str) {
         ErrorKind::ConnectionRefused => (502, "refused the connection"),
         _ => (502, "could not be reached"),
     }
+}
+
+/// A stream's path as a line of the relay's shows it: escaped and cut (a client's, up to
+/// its header list's length).
+fn shown(path: &str) -> String {
+    protocol_api::fields::for_log(path.as_bytes(), 256)
 }
