@@ -60,6 +60,15 @@ pub fn for_log(bytes: &[u8], max: usize) -> String {
     shown
 }
 
+/// A request's path as a plugin's log line shows it: [`for_log`], cut at [`LOGGED_PATH`]
+/// bytes (a client chooses it, up to the daemon's target limit, 8 KiB by default).
+pub fn path_for_log(path: &str) -> String {
+    for_log(path.as_bytes(), LOGGED_PATH)
+}
+
+/// Most bytes of a request's path a log line shows ([`path_for_log`]).
+pub const LOGGED_PATH: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -465,7 +465,7 @@ pub async fn handle(
     };
     // The path as the lines below show it: escaped and cut (a client's, up to its header
     // list's length: 15 KB lines, a review found).
-    let shown = protocol_api::fields::for_log(path.as_bytes(), 256);
+    let shown = protocol_api::fields::path_for_log(&path);
     let index = proxy
         .config
         .routes

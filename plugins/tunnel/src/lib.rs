@@ -87,9 +87,6 @@ fn connect(
     Ok(socket.into())
 }
 
-/// Most bytes of a request's path a line of the tunnel's shows.
-const SHOWN_PATH: usize = 256;
-
 /// Requests refused for their path (`400`), logged one a second at most.
 static REFUSED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
@@ -165,7 +162,7 @@ impl EventProtocol for Tunnel {
                     // a review found 200 raw lines of 8 KB for 200 requests.
                     if let Some(unlogged) = REFUSED.admit() {
                         let path = protocol_api::fields::path(request.target());
-                        let path = protocol_api::fields::for_log(path.as_bytes(), SHOWN_PATH);
+                        let path = protocol_api::fields::path_for_log(path);
                         log::info!(
                             "tunnel {path} for {}: {e}; answered 400{unlogged}",
                             request.peer()

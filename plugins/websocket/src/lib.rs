@@ -611,14 +611,11 @@ fn refuse<S>(request: &Request<'_>, status: u16, why: &str) -> Decision<S> {
 }
 
 /// A request's path as the plugin's lines show it: escaped and cut
-/// ([`protocol_api::fields::for_log`]). A review: refusals logged the path as sent, 7 KiB
-/// of it a line, Unicode separators and overrides raw.
+/// ([`protocol_api::fields::path_for_log`]). A review: refusals logged the path as sent,
+/// 7 KiB of it a line, Unicode separators and overrides raw.
 fn shown(path: &str) -> String {
-    protocol_api::fields::for_log(path.as_bytes(), SHOWN_PATH)
+    protocol_api::fields::path_for_log(path)
 }
-
-/// Most bytes of a request's path a line of the plugin's shows.
-const SHOWN_PATH: usize = 256;
 
 /// The plugin's lines for requests it refuses, each kind one a second at most (the access
 /// line says every one): one client's refusals wrote 14 MB of them in half a second, a

@@ -339,7 +339,7 @@ impl Relay {
                         log::warn!(
                             "h2c {} {} -> backend: reset before answering ({error:#x}){unlogged}",
                             self.peer_addr,
-                            shown(&stream.path)
+                            protocol_api::fields::path_for_log(&stream.path)
                         );
                     }
                     self.closed_on_backend(slot);
@@ -503,7 +503,7 @@ impl Relay {
                     log::warn!(
                         "h2c {} {} -> backend: a response against the protocol{unlogged}",
                         self.peer_addr,
-                        shown(&stream.path)
+                        protocol_api::fields::path_for_log(&stream.path)
                     );
                 }
                 if stream.responded {
@@ -660,10 +660,4 @@ fn failure(error: &io::Error) -> (u16, &'static str) {
         ErrorKind::ConnectionRefused => (502, "refused the connection"),
         _ => (502, "could not be reached"),
     }
-}
-
-/// A stream's path as a line of the relay's shows it: escaped and cut (a client's, up to
-/// its header list's length).
-fn shown(path: &str) -> String {
-    protocol_api::fields::for_log(path.as_bytes(), 256)
 }
