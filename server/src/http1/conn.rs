@@ -403,10 +403,11 @@ impl<T: Transport> HttpConn<T> {
         self.close_now = true;
     }
 
-    /// Closes, unanswered, a connection from a load balancer that holds its most
-    /// connections awaiting their PROXY protocol header, whose own was not there at the
-    /// first look ([`HttpConn::admit`]): nothing says whose it is, or how to answer.
-    fn refuse_past_awaiting_share(&self, cx: &mut Context<'_>) {
+    /// Logs (throttled) the close, unanswered, of a connection from a load balancer that
+    /// holds its most connections awaiting their PROXY protocol header, whose own was not
+    /// there at the first look ([`HttpConn::admit`]): nothing says whose it is, or how to
+    /// answer.
+    fn warn_past_awaiting_share(&self, cx: &mut Context<'_>) {
         let shared = cx.shared;
         shared.clients.warn_refused(
             self.peer,
@@ -558,7 +559,7 @@ impl<T: Transport> HttpConn<T> {
             self.trim_input();
             if std::mem::take(&mut self.past_awaiting_share) && self.proxy == ProxyHeader::Expected
             {
-                self.refuse_past_awaiting_share(cx);
+                self.warn_past_awaiting_share(cx);
                 return After::Close;
             }
             if self.close_now {
