@@ -1417,6 +1417,45 @@ fn tokens_choose_the_service_and_the_file_is_read_again_when_it_changes() {
     );
 }
 
+/// A token as websockify reads it: from the query decoded (Python's `parse_qs`: noVNC's
+/// `path=` must percent-encode a token's `/`, `+` and `=`, which tokens of base64 hold),
+/// and from a file line cut at its first `: ` (a token may hold colons). Before, the raw
+/// query value was looked up: such a token was `404` here and worked under websockify.
+/// However the client writes the parameter's name, no log line holds the token whole.
+#[test]
+fn tokens_are_read_from_the_query_decoded_as_websockify_reads_them() {
+    let (service, done) = tcp_service(|mut stream| {
+        stream.write_all(b"vm-7!").unwrap();
+        let _ = stream.read_to_end(&mut Vec::new());
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, format!("vm:7/Zm9v+YmFy==: {service}\n")).unwrap();
+    let daemon = daemon(&format!("/websockify=tokens:{}", file.display()));
+    let stream = TcpStream::connect(daemon.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let url = format!(
+        "ws://{}/websockify?tok%65n=vm%3A7%2FZm9v%2BYmFy%3D%3D",
+        daemon.addr
+    );
+    let (mut client, _) = tungstenite::client(url, stream).expect("the token's service");
+    assert_eq!(read_bytes(&mut client, 5), b"vm-7!");
+    drop(client);
+    done.join().unwrap();
+    // `+` is a space in a query, as parse_qs has it: not this token.
+    assert_eq!(
+        handshake_status(&daemon, "/websockify?token=vm%3A7%2FZm9v+YmFy%3D%3D"),
+        404
+    );
+    // The access line is written when the connection has ended.
+    let logs = daemon.wait_for_log("tok%65n=vm%...").unwrap();
+    for whole in ["ZmFy", "vm%3A7%2FZm9v", "Zm9v"] {
+        assert!(!logs.contains(whole), "{whole} logged:\n{logs}");
+    }
+}
+
 /// Issue 23, websocketd's most asked for feature: one program for all of a route's
 /// clients. 100 clients, one of which never reads: every message of a client reaches the
 /// program, every line of the program reaches every client that reads, in order, and the

@@ -421,12 +421,12 @@ impl WebSocket {
         let Some(token) = tokens::token_of(path) else {
             return Err(not_found("no token (?token=)".into()));
         };
-        match table.and_then(|table| table.lookup(token)) {
+        match table.and_then(|table| table.lookup(&token)) {
             Some(tokens::Target::Tcp(address)) => Ok(routes::Service::Tcp(address)),
             Some(tokens::Target::Unix(socket)) => Ok(routes::Service::Unix(socket)),
             None => Err(not_found(format!(
                 "unknown token {}",
-                tokens::redacted(token)
+                tokens::redacted(&token)
             ))),
         }
     }

@@ -28,6 +28,11 @@ pub enum Target {
 
 /// Reads a TokenFile's text: the targets by token, and the lines that are not one (for a
 /// warning naming the line, never the token).
+///
+/// As websockify reads it, the token ends at the first `:` followed by a space or tab, so a
+/// token may hold colons (`vm:7: host:5900`); where no colon is followed by one, at the
+/// first colon (`alice:host:5900`, which websockify refuses). Unlike websockify, a `#`
+/// starts a comment anywhere on the line.
 pub fn parse(text: &str) -> (HashMap<String, Target>, Vec<usize>) {
     let mut targets = HashMap::new();
     let mut bad = Vec::new();
@@ -36,7 +41,7 @@ pub fn parse(text: &str) -> (HashMap<String, Target>, Vec<usize>) {
         if line.is_empty() {
             continue;
         }
-        let target = line.split_once(':').and_then(|(token, target)| {
+        let target = token_and_target(line).and_then(|(token, target)| {
             let (token, target) = (token.trim(), target.trim());
             let target = match target.strip_prefix("unix_socket:") {
                 Some(path) if path.starts_with('/') => Target::Unix(PathBuf::from(path)),
@@ -63,14 +68,28 @@ pub fn parse(text: &str) -> (HashMap<String, Target>, Vec<usize>) {
     (targets, bad)
 }
 
-/// The token a request names: `token=` in its query.
-pub fn token_of<'a>(path: &'a RequestPath<'_>) -> Option<&'a str> {
-    path.query().and_then(|query| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("token="))
-            .filter(|token| !token.is_empty())
-    })
+/// A line cut where its token ends: at `: ` (websockify's `re.split(r':\s', line)`), else
+/// at its first colon.
+fn token_and_target(line: &str) -> Option<(&str, &str)> {
+    let spaced = line
+        .match_indices(':')
+        .map(|(at, _)| at)
+        .find(|&at| line[at + 1..].starts_with([' ', '\t']));
+    match spaced {
+        Some(at) => Some((&line[..at], &line[at + 1..])),
+        None => line.split_once(':'),
+    }
+}
+
+/// The token a request names: the first non-empty `token=` of its query, decoded as
+/// websockify decodes it (Python's `parse_qs`: percent-escapes, `+` for a space, names
+/// decoded too, a trailing newline dropped), so a token with `/`, `+` or `=` in it,
+/// percent-encoded in noVNC's `path=` as it must be, matches its line.
+pub fn token_of(path: &RequestPath<'_>) -> Option<String> {
+    form_urlencoded::parse(path.query()?.as_bytes())
+        .find(|(name, value)| name == "token" && !value.is_empty())
+        .map(|(_, token)| token.trim_end_matches('\n').to_string())
+        .filter(|token| !token.is_empty())
 }
 
 /// A token as the log may show it: its first three characters.
@@ -206,12 +225,42 @@ mod tests {
     }
 
     #[test]
+    fn a_token_ends_where_websockify_ends_it() {
+        let (targets, bad) = parse(
+            "vm:7: 10.0.0.7:5900\n\
+             host:5901:\t10.0.0.8:5901\n\
+             plain:10.0.0.9:5902\n\
+             sock:1: unix_socket:/run/vnc.sock\n",
+        );
+        assert_eq!(targets["vm:7"], Target::Tcp("10.0.0.7:5900".into()));
+        assert_eq!(targets["host:5901"], Target::Tcp("10.0.0.8:5901".into()));
+        assert_eq!(targets["plain"], Target::Tcp("10.0.0.9:5902".into()));
+        assert_eq!(
+            targets["sock:1"],
+            Target::Unix(PathBuf::from("/run/vnc.sock"))
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    #[test]
     fn the_token_comes_from_the_query() {
         let path = |p| RequestPath::parse(p).unwrap();
-        assert_eq!(token_of(&path("/websockify?token=abc")), Some("abc"));
-        assert_eq!(token_of(&path("/vnc/abc?x=1&token=def")), Some("def"));
-        assert_eq!(token_of(&path("/vnc/abc")), None);
-        assert_eq!(token_of(&path("/vnc/?token=")), None);
+        let token = |p| token_of(&path(p));
+        assert_eq!(token("/websockify?token=abc").as_deref(), Some("abc"));
+        assert_eq!(token("/vnc/abc?x=1&token=def").as_deref(), Some("def"));
+        assert_eq!(token("/vnc/abc"), None);
+        assert_eq!(token("/vnc/?token="), None);
+        // As Python's parse_qs gives it to websockify's TokenFile.
+        assert_eq!(
+            token("/w?token=a%2Fb%2Bc%3D%3D").as_deref(),
+            Some("a/b+c==")
+        );
+        assert_eq!(token("/w?token=two+words").as_deref(), Some("two words"));
+        assert_eq!(token("/w?tok%65n=abc").as_deref(), Some("abc"));
+        assert_eq!(token("/w?token=&token=abc").as_deref(), Some("abc"));
+        assert_eq!(token("/w?token=abc%0A").as_deref(), Some("abc"));
+        assert_eq!(token("/w?token=%0A"), None);
+        assert_eq!(token("/w?token=%FF").as_deref(), Some("\u{FFFD}"));
         assert_eq!(redacted("secret-token"), "sec... (12 characters)");
     }
 }

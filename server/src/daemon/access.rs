@@ -71,18 +71,25 @@ pub fn request_line(method: &str, target: &str, version_minor: u8) -> String {
 }
 
 /// `target` with each `token=` query value cut to its first three characters and `...`.
+/// A pair is a token's by its name decoded (`tok%65n=` too), as the websocket plugin's
+/// `tokens:` routes and websockify read it.
 fn without_tokens(target: &str) -> std::borrow::Cow<'_, str> {
     let Some((path, query)) = target.split_once('?') else {
         return target.into();
     };
-    if !query.split('&').any(|pair| pair.starts_with("token=")) {
+    let names_token = |pair: &str| {
+        form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| name == "token")
+    };
+    if !query.split('&').any(names_token) {
         return target.into();
     }
     let query: Vec<String> = query
         .split('&')
-        .map(|pair| match pair.strip_prefix("token=") {
-            Some(token) if token.chars().count() > 3 => {
-                format!("token={}...", token.chars().take(3).collect::<String>())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, token)) if names_token(pair) && token.chars().count() > 3 => {
+                format!("{name}={}...", token.chars().take(3).collect::<String>())
             }
             _ => pair.to_string(),
         })
@@ -251,6 +258,9 @@ mod tests {
         );
         assert_eq!(cut("/a?x=1&token=abcdef&y=2"), "/a?x=1&token=abc...&y=2");
         assert_eq!(cut("/a?token=ab"), "/a?token=ab");
+        // However the name is written, as the plugin decodes it.
+        assert_eq!(cut("/a?tok%65n=abcdef"), "/a?tok%65n=abc...");
+        assert_eq!(cut("/a?tokens=abcdef"), "/a?tokens=abcdef");
         assert_eq!(cut("/a?tokens=abcdef"), "/a?tokens=abcdef");
         assert_eq!(cut("/plain"), "/plain");
     }
