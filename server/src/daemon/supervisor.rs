@@ -247,13 +247,21 @@ fn reload_certificates(shared: &Shared, tls: &crate::tls::Tls) {
 fn stop(shared: &'static Shared, signal: i32, now: Instant) {
     let grace = shared.config.shutdown_grace;
     let metrics = &shared.metrics;
-    log::info!(
-        "stopping (signal {signal}): no new connections; {} HTTP and {} upgraded connection(s) get up to {grace:?} to finish",
-        metrics.http_connections.load(std::sync::atomic::Ordering::Relaxed).max(0),
-        metrics.event_connections.load(std::sync::atomic::Ordering::Relaxed).max(0) as usize
-            + shared.worker_slots.busy(),
-    );
+    let http = metrics
+        .http_connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(0);
+    let upgraded = metrics
+        .event_connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(0) as usize
+        + shared.worker_slots.busy();
+    // Stopping before the line says so: a request read after the line is answered as
+    // stopping (a test that waited for the line saw a loop not yet told, on a loaded host).
     shared.stop(now + grace);
+    log::info!(
+        "stopping (signal {signal}): no new connections; {http} HTTP and {upgraded} upgraded connection(s) get up to {grace:?} to finish",
+    );
 }
 
 /// The grace period is over: end what is left, give plugins a moment to return.
