@@ -332,6 +332,73 @@ fn rfc6455_7_4_1_stopping_daemon_says_going_away() {
     );
 }
 
+/// Review of run 22: with every WebSocket setting at its default, a quiet client was cut
+/// at the daemon's idle limit (`SWITCHYARD_IDLE_MS`) with no close frame (1006 in the
+/// browser), where websockify and websocketd kept it. A silent peer is pinged by default
+/// now, after half the daemon's idle limit where that is under 30 s (here 1 s of 2): one
+/// that answers outlives the limit; one that does not gets close 1001. `off`
+/// pings no one, and the limit cuts as before.
+#[test]
+fn quiet_clients_are_pinged_by_default_and_outlive_the_idle_limit() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_IDLE_MS", "2000")
+        .start();
+    let mut silent = daemon.client();
+    open(&mut silent);
+    assert_eq!(
+        read_frame(&mut silent).1,
+        0x9,
+        "a ping after 1 s of silence"
+    );
+    // The plugin's close after as long again, before the daemon's silent cut (which the
+    // ping's acknowledgement put off).
+    expect_close(&mut silent, 1001);
+    // One that answers (as a browser does by itself) stays past the limit, twice over.
+    let mut socket = connect(&daemon);
+    socket
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (began, mut pings) = (std::time::Instant::now(), 0);
+    while began.elapsed() < Duration::from_millis(4500) {
+        match socket.read() {
+            Ok(Message::Ping(_)) => {
+                pings += 1;
+                socket.flush().unwrap(); // sends the pong tungstenite queued
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the connection ended while answering pings: {e}"),
+        }
+    }
+    assert!(pings >= 3, "pinged every second of silence: {pings}");
+    socket
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send(Message::text("still here")).unwrap();
+    loop {
+        match socket.read().expect("open after twice the idle limit") {
+            Message::Ping(_) => continue,
+            message => break assert_eq!(message, Message::text("still here")),
+        }
+    }
+    drop(socket);
+    let quiet = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_IDLE_MS", "1000")
+        .env("SWITCHYARD_WEBSOCKET_IDLE_MS", "off")
+        .start();
+    let mut client = quiet.client();
+    open(&mut client);
+    assert!(
+        client.read_to_end().is_empty(),
+        "no ping, no close frame: the limit's cut"
+    );
+    quiet.wait_for_log("reason=\"idle\"").unwrap();
+}
+
 #[test]
 fn idle_peer_is_pinged_then_closed_with_1001() {
     let daemon = Daemon::builder()

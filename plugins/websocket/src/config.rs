@@ -16,7 +16,8 @@ pub struct Config {
     pub http_hosts: Option<Vec<String>>,
     /// `SWITCHYARD_WEBSOCKET_PROTOCOLS`: subprotocols offered, in our order of preference.
     pub protocols: Vec<String>,
-    /// `SWITCHYARD_WEBSOCKET_IDLE_MS`: ping a peer silent this long; close 1001 if it stays so.
+    /// `SWITCHYARD_WEBSOCKET_IDLE_MS` (default 30 s, `off`: none): ping a peer silent this
+    /// long; close 1001 if it stays so.
     pub idle: Option<Duration>,
     /// `SWITCHYARD_WEBSOCKET_DEFLATE` (default on): accept permessage-deflate offers.
     pub deflate: bool,
@@ -53,6 +54,24 @@ pub struct Config {
 /// kept a core busy for 8 MB/s sent.
 pub const INFLATE_PER_CLIENT: u32 = 64 << 20;
 
+/// How long a peer may be silent before it is pinged, unless told otherwise: 30 s, so that
+/// a quiet client that is there (a browser answers pings by itself, even in a background
+/// tab) keeps its connection past the daemon's idle limit (`SWITCHYARD_IDLE_MS`, 5 minutes)
+/// and past the idle time-outs of proxies in front (nginx's `proxy_read_timeout` and an AWS
+/// load balancer's, 60 s), and one that is gone is closed a minute after its last word.
+/// Python's `websockets` pings every 20 s; uWebSockets by default too.
+pub const DEFAULT_PING_AFTER: Duration = Duration::from_secs(30);
+
+/// [`DEFAULT_PING_AFTER`], or half the daemon's idle limit (`SWITCHYARD_IDLE_MS`, the
+/// daemon's setting, which it has checked) where that is shorter, so that a ping's answer
+/// always comes in time.
+fn default_ping_after(daemon_idle_ms: Option<&str>) -> Duration {
+    daemon_idle_ms
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms / 2).max(Duration::from_millis(1)))
+        .map_or(DEFAULT_PING_AFTER, |half| half.min(DEFAULT_PING_AFTER))
+}
+
 /// What `exec:` programs get of the daemon's environment unless told otherwise.
 pub const DEFAULT_PASSENV: &str = "PATH,LD_LIBRARY_PATH";
 
@@ -64,7 +83,12 @@ fn list(value: &str) -> Vec<String> {
 
 impl Config {
     pub fn from_env() -> Result<Config, String> {
-        Config::from_lookup(|name| std::env::var(name).ok())
+        let mut config = Config::from_lookup(|name| std::env::var(name).ok())?;
+        if std::env::var_os("SWITCHYARD_WEBSOCKET_IDLE_MS").is_none() {
+            let daemon_idle = std::env::var("SWITCHYARD_IDLE_MS").ok();
+            config.idle = Some(default_ping_after(daemon_idle.as_deref()));
+        }
+        Ok(config)
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
@@ -96,7 +120,16 @@ impl Config {
             protocols: lookup("SWITCHYARD_WEBSOCKET_PROTOCOLS")
                 .map(|v| list(&v))
                 .unwrap_or_default(),
-            idle: number("SWITCHYARD_WEBSOCKET_IDLE_MS", 1)?.map(Duration::from_millis),
+            idle: match lookup("SWITCHYARD_WEBSOCKET_IDLE_MS")
+                .as_deref()
+                .map(str::trim)
+            {
+                Some("off") => None,
+                _ => Some(
+                    number("SWITCHYARD_WEBSOCKET_IDLE_MS", 1)?
+                        .map_or(DEFAULT_PING_AFTER, Duration::from_millis),
+                ),
+            },
             routes: crate::routes::parse(&lookup(crate::routes::ROUTES).unwrap_or_default())?,
             connect_timeout: Duration::from_millis(
                 number("SWITCHYARD_WEBSOCKET_CONNECT_TIMEOUT_MS", 1)?.unwrap_or(5000),
@@ -132,7 +165,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ORIGINS", "* on echo routes, same-origin on routes to services", "the pages (Origin) that may open a WebSocket, comma-separated: origins, same-origin, or *"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_HOSTS", "none: IP addresses and localhost only", "names (Host) a page over http may be the same origin on, comma-separated; * for any (DNS rebinding: a rebound name is its own origin)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PROTOCOLS", "none", "subprotocols offered, in our preference"),
-    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_IDLE_MS", "unset: never", "ping a peer silent this long; close 1001 if it stays silent as long again"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_IDLE_MS", "30000, or half SWITCHYARD_IDLE_MS if shorter", "ping a peer silent this long; close 1001 if it stays silent as long again (a quiet client that is there answers, and so outlives SWITCHYARD_IDLE_MS and the idle time-outs of proxies in front: nginx's and AWS load balancers' 60 s); off: never ping, and a quiet client is cut at SWITCHYARD_IDLE_MS with no close frame"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_DEFLATE", "on", "accept permessage-deflate (RFC 7692) offers; off to never compress"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "16777216", "largest message in bytes; larger: close 1009"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_INFLATE_PER_CLIENT", "67108864", "bytes a second one client address's compressed messages may inflate to, in bursts of twice as many (inflating costs CPU: a deflate bomb's few KiB inflate to MiBs); past it, its connections' compressed messages wait, unread, until it may go on; 0: no limit"),
@@ -170,7 +203,7 @@ mod tests {
                 origins: None,
                 http_hosts: Some(vec![]),
                 protocols: vec![],
-                idle: None,
+                idle: Some(Duration::from_secs(30)),
                 deflate: true,
                 routes: vec![],
                 connect_timeout: Duration::from_secs(5),
@@ -194,5 +227,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.protocols, ["chat", "v2.json"]);
+        let idle = |v: &'static str| {
+            Config::from_lookup(|n| (n == "SWITCHYARD_WEBSOCKET_IDLE_MS").then(|| v.into()))
+                .unwrap()
+                .idle
+        };
+        assert_eq!(idle("off"), None);
+        assert_eq!(default_ping_after(None), Duration::from_secs(30));
+        assert_eq!(default_ping_after(Some("300000")), Duration::from_secs(30));
+        assert_eq!(default_ping_after(Some("20000")), Duration::from_secs(10));
+        assert_eq!(idle("1500"), Some(Duration::from_millis(1500)));
     }
 }

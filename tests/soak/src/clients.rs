@@ -93,10 +93,10 @@ fn status_of(stream: &mut TcpStream) -> u16 {
 
 #[rustfmt::skip]
 const MASKED_PING: [u8; 10] = [0x89, 0x84, 1, 2, 3, 4, b'p' ^ 1, b'i' ^ 2, b'n' ^ 3, b'g' ^ 4];
-const PONG: [u8; 6] = [0x8a, 0x04, b'p', b'i', b'n', b'g'];
 
 /// `count` WebSockets that say nothing but a ping a minute (as a browser tab's keep-alive
-/// would), each of which must stay open and answer.
+/// would), each of which must stay open and answer, and that answer the daemon's pings
+/// (sent after 30 s of silence by default) as a browser does by itself.
 pub fn idle(env: &Env, count: usize) {
     let request = |addr: SocketAddr| {
         format!(
@@ -115,7 +115,13 @@ pub fn idle(env: &Env, count: usize) {
         });
         match opened {
             Ok(mut stream) => match status_of(&mut stream) {
-                101 => open.push(stream),
+                101 => match stream.set_nonblocking(true) {
+                    Ok(()) => open.push(Idle {
+                        stream,
+                        asked: None,
+                    }),
+                    Err(e) => env.counters.error(format!("idle WebSocket: {e}")),
+                },
                 other => env
                     .counters
                     .error(format!("idle WebSocket answered {other}")),
@@ -125,24 +131,81 @@ pub fn idle(env: &Env, count: usize) {
         env.counters.idle_open.store(open.len() as u64, Relaxed);
     }
     let mut next_ping = Instant::now() + Duration::from_secs(60);
+    let mut next_look = Instant::now();
     while !env.stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
-        if Instant::now() < next_ping {
+        let now = Instant::now();
+        let ping = now >= next_ping;
+        if ping {
+            next_ping += Duration::from_secs(60);
+        } else if now < next_look {
             continue;
         }
-        next_ping += Duration::from_secs(60);
-        open.retain_mut(|stream| {
-            let mut pong = [0u8; 6];
-            let alive = stream.write_all(&MASKED_PING).is_ok()
-                && stream.read_exact(&mut pong).is_ok()
-                && pong == PONG;
-            if !alive {
-                env.counters
-                    .error("an idle WebSocket did not answer its ping".into());
+        // Every 5 s: what each has been sent (the daemon's pings, answered; our pings'
+        // answers), well inside the 30 s the daemon waits for an answer.
+        next_look = now + Duration::from_secs(5);
+        open.retain_mut(|idle| match idle.look(ping) {
+            Ok(()) => true,
+            Err(why) => {
+                env.counters.error(format!("an idle WebSocket {why}"));
+                false
             }
-            alive
         });
         env.counters.idle_open.store(open.len() as u64, Relaxed);
+    }
+}
+
+/// One idle WebSocket (non-blocking), and when it last pinged the daemon unanswered.
+struct Idle {
+    stream: TcpStream,
+    asked: Option<Instant>,
+}
+
+impl Idle {
+    /// Reads what came (whole control frames: all the daemon sends an idle client),
+    /// answering pings; with `ping`, pings the daemon. Errs for a close, an end, or our
+    /// ping unanswered for 10 s.
+    fn look(&mut self, ping: bool) -> Result<(), String> {
+        let mut input = [0u8; 512];
+        loop {
+            let n = match self.stream.read(&mut input) {
+                Ok(0) => return Err("was closed".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(format!("failed: {e}")),
+            };
+            let mut at = 0;
+            while at + 2 <= n {
+                let (opcode, len) = (input[at] & 0x0f, usize::from(input[at + 1] & 0x7f));
+                let payload = input.get(at + 2..at + 2 + len).ok_or("sent a cut frame")?;
+                match opcode {
+                    0x9 => {
+                        let mut pong = vec![0x8a, 0x80 | len as u8, 0, 0, 0, 0];
+                        pong.extend_from_slice(payload); // a zero mask
+                        self.stream
+                            .write_all(&pong)
+                            .map_err(|e| format!("could not answer a ping: {e}"))?;
+                    }
+                    0xa if payload == b"ping" => self.asked = None,
+                    0x8 => return Err(format!("was closed: {payload:?}")),
+                    other => return Err(format!("sent opcode {other}")),
+                }
+                at += 2 + len;
+            }
+        }
+        if self
+            .asked
+            .is_some_and(|at| at.elapsed() > Duration::from_secs(10))
+        {
+            return Err("did not answer its ping".into());
+        }
+        if ping {
+            self.stream
+                .write_all(&MASKED_PING)
+                .map_err(|e| format!("could not ping: {e}"))?;
+            self.asked = Some(Instant::now());
+        }
+        Ok(())
     }
 }
 
