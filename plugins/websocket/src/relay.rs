@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 /// Most bytes of the client's messages gathered for the service before the client is read
 /// no further until the service takes them.
 pub const HOLD: usize = 64 * 1024;
-/// Longest line kept waiting for its newline; longer, it goes out as it is.
+/// Longest line kept waiting for its newline; longer, it goes out as it is, in pieces of
+/// this size cut between characters.
 const MAX_LINE: usize = 64 * 1024;
 /// Capacity a buffer keeps once emptied; a larger one is freed. (Twice [`HOLD`] was kept:
 /// every routed connection that ever carried a message of 64 KiB held 128 KiB from then
@@ -167,9 +168,12 @@ impl Relay {
                 }
                 self.carry.drain(..start);
                 if self.carry.len() > MAX_LINE {
-                    let line = String::from_utf8_lossy(&self.carry).into_owned();
+                    // Out as it is, but never a character cut in two (each half would be
+                    // U+FFFD): one its end leaves incomplete waits for the next piece.
+                    let whole = whole_characters(&self.carry);
+                    let line = String::from_utf8_lossy(&self.carry[..whole]).into_owned();
                     write_frame(owed, opcode::TEXT, line.as_bytes());
-                    self.carry.clear();
+                    self.carry.drain(..whole);
                 }
                 let_go_if_empty(&mut self.carry);
                 Ok(n)
@@ -296,6 +300,26 @@ impl Relay {
     }
 }
 
+/// How much of `bytes` ends on a character's end: all of it, or all but an incomplete
+/// UTF-8 sequence (one to three bytes) at its end.
+fn whole_characters(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let byte = bytes[len - back];
+        if byte & 0xc0 != 0x80 {
+            // The last sequence's first byte: how long it says it is.
+            let needs = match byte {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf7 => 4,
+                _ => 1,
+            };
+            return if needs > back { len - back } else { len };
+        }
+    }
+    len
+}
+
 /// Frees a line buffer left empty if it grew past [`KEEP`].
 fn let_go_if_empty(buf: &mut Vec<u8>) {
     if buf.is_empty() && buf.capacity() > KEEP {
@@ -306,6 +330,7 @@ fn let_go_if_empty(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     /// A relay to one end of a socket pair; the other end is the service.
@@ -324,6 +349,54 @@ mod tests {
             ),
             service,
         )
+    }
+
+    /// The text messages in `owed` (server frames: unmasked, whole).
+    fn texts(mut owed: &[u8]) -> Vec<String> {
+        let mut texts = Vec::new();
+        while !owed.is_empty() {
+            assert_eq!(owed[0], 0x81, "a whole text frame");
+            let (len, at) = match owed[1] {
+                126 => (u16::from_be_bytes([owed[2], owed[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(owed[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            texts.push(String::from_utf8(owed[at..at + len].to_vec()).expect("UTF-8"));
+            owed = &owed[at + len..];
+        }
+        texts
+    }
+
+    /// Review of run 22: a line over 64 KiB went out in pieces cut inside a character,
+    /// each half a U+FFFD. The pieces end between characters now, and make the line again.
+    #[test]
+    fn a_line_too_long_to_wait_for_is_cut_between_characters() {
+        let (mut relay, mut service) = relay(true);
+        let line = format!("x{}", "é".repeat(100_000));
+        let written = format!("{line}\n");
+        let writer = std::thread::spawn(move || service.write_all(written.as_bytes()));
+        let (mut buf, mut owed) = (vec![0u8; 4096], Vec::new());
+        while texts(&owed).concat().len() < line.len() {
+            relay.read_service(&mut buf, &mut owed).unwrap();
+        }
+        writer.join().unwrap().unwrap();
+        let texts = texts(&owed);
+        assert_eq!(texts.concat(), line, "no character cut in two");
+        assert!(texts.len() >= 3, "{} pieces", texts.len());
+        let most = MAX_LINE + buf.len(); // a read past it at most
+        assert!(texts.iter().all(|t| t.len() <= most));
+        assert_eq!(whole_characters(b"ab\xc3"), 2);
+        assert_eq!(whole_characters(b"ab\xe2\x82"), 2);
+        assert_eq!(whole_characters(b"ab\xe2\x82\xac"), 5);
+        assert_eq!(whole_characters(b"ab\xf0\x9f\x98"), 2);
+        assert_eq!(
+            whole_characters(b"ab\x80\x80\x80\x80"),
+            6,
+            "not UTF-8: as it is"
+        );
     }
 
     #[test]
