@@ -102,10 +102,15 @@ impl TestRequest {
     }
 
     /// Adds a header. `Upgrade` also sets the protocol being negotiated (its first
-    /// element), as the daemon does.
+    /// element), as the daemon does; `Host` replaces the one [`TestRequest::get`] gives
+    /// (the daemon answers a request with two `400`, RFC 9112 §3.2).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         if name.eq_ignore_ascii_case("upgrade") && self.protocol.is_empty() {
             self.protocol = value.split(',').next().unwrap_or("").trim().to_string();
+        }
+        if name.eq_ignore_ascii_case("host") {
+            self.headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
         }
         self.headers.push((name.into(), value.as_bytes().to_vec()));
         self

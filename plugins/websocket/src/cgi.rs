@@ -52,12 +52,22 @@ pub fn environment(
         .rsplit_once(':')
         .unwrap_or((request.peer(), ""));
     let query = path.query().unwrap_or("");
+    let (server_name, server_port) = server_of(request);
+    // Decoded (RFC 3875 §4.1.5), as websocketd gives it; the path has no `%2F` nor `%00`
+    // (refused before). The script is the whole route: its name is empty (§4.1.13).
+    let path_info: Vec<u8> = percent_encoding::percent_decode_str(path.path()).collect();
+    env.insert(
+        "PATH_INFO".into(),
+        std::os::unix::ffi::OsStringExt::from_vec(path_info),
+    );
     for (name, value) in [
         ("REMOTE_ADDR", address.trim_matches(['[', ']'])),
         ("REMOTE_PORT", port),
         ("REQUEST_METHOD", request.method()),
         ("REQUEST_URI", &path.path_and_query()),
-        ("PATH_INFO", path.path()),
+        ("SCRIPT_NAME", ""),
+        ("SERVER_NAME", &server_name),
+        ("SERVER_PORT", &server_port),
         ("QUERY_STRING", query),
         ("SERVER_PROTOCOL", "HTTP/1.1"),
         (
@@ -94,6 +104,31 @@ pub fn environment(
         }
     }
     env
+}
+
+/// `SERVER_NAME` and `SERVER_PORT` (RFC 3875 §4.1.14-15) from the request's `Host`, as
+/// websocketd and Apache give them: the port its default (80, or 443 over TLS) when the
+/// `Host` names none.
+fn server_of(request: &Request<'_>) -> (String, String) {
+    let host = request
+        .header("host")
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let host = host.trim();
+    let default_port = match request.tls() {
+        Some(_) => "443",
+        None => "80",
+    };
+    // `[::1]:8080`, `[::1]`, `name:8080`, `name`.
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port))
+            if !port.contains(']') && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            (name, port)
+        }
+        _ => (host, default_port),
+    };
+    (name.trim_matches(['[', ']']).to_string(), port.to_string())
 }
 
 /// `HTTP_` and the field name upper-cased with `-` as `_`; `None` for names CGI must not
@@ -152,6 +187,27 @@ mod tests {
         assert_eq!(get(&env, "REMOTE_ADDR"), Some("127.0.0.1"));
         assert_eq!(get(&env, "REMOTE_PORT"), Some("40000"));
         assert_eq!(get(&env, "SERVER_PROTOCOL"), Some("HTTP/1.1"));
+        assert_eq!(get(&env, "SERVER_NAME"), Some("test"));
+        assert_eq!(get(&env, "SERVER_PORT"), Some("80"));
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some(""));
+    }
+
+    /// Review of run 22: PATH_INFO was left percent-encoded, and SERVER_NAME, SERVER_PORT
+    /// and SCRIPT_NAME (RFC 3875's MUSTs, websocketd's) were not given.
+    #[test]
+    fn rfc3875_4_1_5_path_info_is_decoded_and_the_server_is_named() {
+        let request = TestRequest::get("/env/a%20b/%C3%A9?q=%20").header("Host", "ws.example:8080");
+        let env = env_of(&request, &[]);
+        assert_eq!(get(&env, "PATH_INFO"), Some("/env/a b/é"));
+        assert_eq!(get(&env, "REQUEST_URI"), Some("/env/a%20b/%C3%A9?q=%20"));
+        assert_eq!(get(&env, "QUERY_STRING"), Some("q=%20"), "as sent");
+        assert_eq!(get(&env, "SERVER_NAME"), Some("ws.example"));
+        assert_eq!(get(&env, "SERVER_PORT"), Some("8080"));
+        for (host, name, port) in [("[::1]:9000", "::1", "9000"), ("[::1]", "::1", "80")] {
+            let env = env_of(&TestRequest::get("/").header("Host", host), &[]);
+            assert_eq!(get(&env, "SERVER_NAME"), Some(name), "{host}");
+            assert_eq!(get(&env, "SERVER_PORT"), Some(port), "{host}");
+        }
     }
 
     #[test]
