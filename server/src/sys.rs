@@ -132,6 +132,30 @@ pub fn inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     }
 }
 
+/// A private, sealed copy of `file` in memory (`memfd_create`), named `name` in
+/// `/proc/PID/maps`: a library loaded from it cannot be changed under the process by
+/// whoever writes the original file in place (`cp` over it truncates and rewrites the
+/// inode a plain `dlopen` maps, and the process running it crashes).
+pub fn sealed_copy(file: &std::fs::File, name: &str) -> io::Result<std::fs::File> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a NUL-terminated name and flags; the result is a new descriptor or -1.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else.
+    let mut copy = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut source = file;
+    io::copy(&mut source, &mut copy)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on our own memfd, which nothing has mapped writable.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(copy)
+}
+
 /// `net.ipv4.tcp_migrate_req`: whether a closing SO_REUSEPORT listener's queued connections
 /// move to another listener on the port. `None` where the kernel has no such setting.
 pub fn tcp_migrate_req() -> Option<bool> {

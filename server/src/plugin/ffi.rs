@@ -135,7 +135,13 @@ pub fn open(path: &Path) -> Result<Opened, LoadError> {
     let library = unsafe {
         libloading::os::unix::Library::open(Some(path), libc::RTLD_NOW | libc::RTLD_LOCAL)
     }
-    .map_err(|e| LoadError::Open(e.to_string()))?;
+    .map_err(|e| {
+        // The loader's own words (libloading's error says only "dlopen failed"), without
+        // the name it was opened under (the caller names the file).
+        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        let shown = format!("{}: ", path.display());
+        LoadError::Open(why.strip_prefix(&shown).unwrap_or(&why).to_string())
+    })?;
     // SAFETY: the symbol's type is fixed by the ABI; a library exporting the name with
     // another type is not a plugin we can defend against.
     let entry = match unsafe { library.get::<EntryFn>(ENTRY_SYMBOL.as_bytes()) } {

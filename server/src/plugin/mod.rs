@@ -82,14 +82,17 @@ struct FileIdentity {
 
 impl FileIdentity {
     fn of(path: &Path) -> Option<FileIdentity> {
+        Some(FileIdentity::of_meta(&std::fs::metadata(path).ok()?))
+    }
+
+    fn of_meta(meta: &std::fs::Metadata) -> FileIdentity {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileIdentity {
+        FileIdentity {
             device: meta.dev(),
             inode: meta.ino(),
             size: meta.size(),
             modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        })
+        }
     }
 }
 
@@ -101,11 +104,10 @@ enum FileChange {
     New,
     /// The very file loaded before: keep its plugin (state, counters).
     Unchanged,
-    /// Another file under the same name (a new inode, or one that cannot be told apart):
-    /// load it beside the old one.
+    /// Another file under the same name (a new inode, the same one written into, or one
+    /// that cannot be told apart): load it beside the old one (which runs from its own
+    /// copy, so writing into the file harmed nothing).
     Replaced,
-    /// The same inode, written into: refused (it is mapped in the daemon).
-    RewrittenInPlace,
 }
 
 impl FileChange {
@@ -113,9 +115,6 @@ impl FileChange {
         match (before, now) {
             (None, _) => FileChange::New,
             (Some(Some(old)), Some(new)) if old == new => FileChange::Unchanged,
-            (Some(Some(old)), Some(new)) if (old.device, old.inode) == (new.device, new.inode) => {
-                FileChange::RewrittenInPlace
-            }
             _ => FileChange::Replaced,
         }
     }
@@ -426,7 +425,7 @@ pub fn load_dir(dir: &Path) -> Result<Registry, StartError> {
             log::error!("plugin {} {why}; skipped", file.display());
             continue;
         }
-        match registry.load(&file, &file) {
+        match registry.load_copy(&file) {
             Ok(_) => {}
             Err(ffi::LoadError::Init(message)) => {
                 return Err(StartError::Settings { file, message });
@@ -511,16 +510,9 @@ pub fn reload(dir: &Path, current: &Registry) -> Result<(Registry, ReloadReport)
             }
             continue;
         }
-        let loaded = match (unsafe_because(file), change) {
-            (Some(why), _) => Err(why),
-            // dlopen would hand back the library already mapped (same device and inode),
-            // and the write may already have broken it.
-            (None, FileChange::RewrittenInPlace) => Err(
-                "was rewritten in place, which can crash a process running it; \
-                 replace the file instead (install, mv, cp --remove-destination)"
-                    .to_string(),
-            ),
-            (None, _) => next.load_new_copy(file).map_err(|e| e.to_string()),
+        let loaded = match unsafe_because(file) {
+            Some(why) => Err(why),
+            None => next.load_copy(file).map_err(|e| e.to_string()),
         };
         match loaded {
             Ok(plugin) => match previous {
@@ -545,10 +537,14 @@ pub fn reload(dir: &Path, current: &Registry) -> Result<(Registry, ReloadReport)
 }
 
 impl Registry {
-    /// Loads `file` (opened as `open_as`, its own path or another name for it) into this
-    /// generation, if its tokens are free here.
-    fn load(&mut self, file: &Path, open_as: &Path) -> Result<&'static Plugin, ffi::LoadError> {
-        let identity = FileIdentity::of(file);
+    /// Loads `file` (opened as `open_as`, another name for what `identity` describes) into
+    /// this generation, if its tokens are free here.
+    fn load(
+        &mut self,
+        file: &Path,
+        open_as: &Path,
+        identity: Option<FileIdentity>,
+    ) -> Result<&'static Plugin, ffi::LoadError> {
         let opened = ffi::open(open_as)?;
         self.check_tokens(&opened.tokens)?;
         let (name, build, tokens, settings) = (
@@ -574,23 +570,34 @@ impl Registry {
         Ok(plugin)
     }
 
-    /// Loads a new version of `file` beside the one already loaded. `dlopen` hands back a
-    /// library it has loaded under the same name, so the file is opened under a name never
-    /// used before: `/proc/self/fd/N` of a descriptor that stays open for good once a
-    /// library was loaded under it (a closed number could come back and name the older
-    /// library). When `dlopen` itself refused the file (not a library), nothing holds the
-    /// name and the descriptor is closed: a broken file left in the folder costs nothing at
-    /// each reload. A replaced file is a new inode, which `dlopen` loads as the new library
-    /// it is.
-    fn load_new_copy(&mut self, file: &Path) -> Result<&'static Plugin, ffi::LoadError> {
-        let handle = std::fs::File::open(file).map_err(|e| ffi::LoadError::Open(e.to_string()))?;
+    /// Loads `file` from a private copy of it ([`crate::sys::sealed_copy`]), so that the
+    /// file can be written into (`cp` over it) while the daemon runs its code: a library
+    /// mapped from the file itself changes under the process, which crashes (a review found
+    /// `cp` of the very same bytes over a loaded plugin killed the daemon). The copy costs
+    /// memory the size of the file (17 MB for h2c with its line tables, mostly never
+    /// mapped); what the loader maps of it counts in RSS as the file's pages did.
+    ///
+    /// `dlopen` hands back a library it has loaded under the same name, so the copy is
+    /// opened as `/proc/self/fd/N`, a descriptor that stays open for good once a library was
+    /// loaded under it (a closed number could come back and name the older library). When
+    /// `dlopen` itself refused the file (not a library), nothing holds the name and the
+    /// descriptor is closed: a broken file left in the folder costs nothing at each reload.
+    fn load_copy(&mut self, file: &Path) -> Result<&'static Plugin, ffi::LoadError> {
+        let open_error = |e: io::Error| ffi::LoadError::Open(e.to_string());
+        let original = std::fs::File::open(file).map_err(open_error)?;
+        // The version loaded is the one copied: identified by the descriptor it came from.
+        let identity = original.metadata().ok().map(|m| FileIdentity::of_meta(&m));
+        let shown = file.file_name().unwrap_or_default().to_string_lossy();
+        let copy = crate::sys::sealed_copy(&original, &format!("switchyard-plugin:{shown}"))
+            .map_err(open_error)?;
+        drop(original);
         let name = PathBuf::from(format!(
             "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&handle)
+            std::os::fd::AsRawFd::as_raw_fd(&copy)
         ));
-        let loaded = self.load(file, &name);
+        let loaded = self.load(file, &name, identity);
         if !matches!(loaded, Err(ffi::LoadError::Open(_))) {
-            std::mem::forget(handle);
+            std::mem::forget(copy);
         }
         loaded
     }
@@ -696,11 +703,12 @@ mod tests {
         let written_into = identity(100, 4096, 2);
         assert_eq!(
             FileChange::of(Some(Some(loaded)), Some(written_into)),
-            FileChange::RewrittenInPlace
+            FileChange::Replaced,
+            "written in place: a new version (the old one runs from its copy)"
         );
         assert_eq!(
             FileChange::of(Some(Some(loaded)), Some(identity(100, 8192, 1))),
-            FileChange::RewrittenInPlace,
+            FileChange::Replaced,
             "a size changed in place"
         );
         // What cannot be examined is never taken for the file loaded before.
