@@ -30,6 +30,7 @@ pub mod config;
 pub mod counted;
 pub mod frame;
 pub mod hpack;
+pub mod huffman;
 pub mod proxy;
 pub mod relay;
 pub mod settings;
