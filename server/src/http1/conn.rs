@@ -43,6 +43,12 @@ const READ_BUDGET: usize = protocol_api::sizes::READ_BUDGET;
 /// (64 KiB before an attacker's review: with the unparsed requests, 61-67 KiB a connection
 /// for the head time-out, 2,000 connections 130 MiB).
 const OUTPUT_LIMIT: usize = 16 * 1024;
+/// Most requests one turn answers; the rest wait until the loop's other connections had
+/// their turns. The kernel takes megabytes of answers before [`OUTPUT_LIMIT`] counts any,
+/// so a turn of 256 KiB of pipelined `GET /healthz` answered 7,700 requests (and logged
+/// them) while every other connection of the loop waited: 20 such connections held another
+/// client's `/healthz` 70-700 ms, an attacker's review found.
+const REQUESTS_PER_TURN: u32 = 64;
 /// How long a connection made before the stop and not yet used may take to send its first
 /// request ([`HttpConn::on_stop`]); past it, `408` as for any late head.
 const FIRST_REQUEST_WHILE_STOPPING: Duration = Duration::from_secs(1);
@@ -105,6 +111,11 @@ pub struct HttpConn<T: Transport = Wire> {
     /// A turn read its [`READ_BUDGET`] with the socket still readable: the loop calls again
     /// once its other connections had theirs.
     reading_paused: bool,
+    /// Requests this turn began to answer ([`REQUESTS_PER_TURN`] at most).
+    turn_requests: u32,
+    /// The turn answered its most with requests still waiting in the input: the loop calls
+    /// again once its other connections had theirs.
+    requests_paused: bool,
 }
 
 /// The PROXY protocol header at the start of a connection ([`crate::proxy_protocol`]).
@@ -328,6 +339,8 @@ impl<T: Transport> HttpConn<T> {
             body: None,
             body_paused: false,
             reading_paused: false,
+            turn_requests: 0,
+            requests_paused: false,
         }
     }
 
@@ -471,6 +484,7 @@ impl<T: Transport> HttpConn<T> {
     pub fn wants_again(&self) -> bool {
         (self.body_paused && self.body.is_some() && self.writable)
             || (self.reading_paused && self.readable)
+            || self.requests_paused
     }
 
     /// A part of its static file's body that is not in the page cache, to read off the
@@ -535,6 +549,8 @@ impl<T: Transport> HttpConn<T> {
         // the turn going, and the loop's other connections and time-outs waiting.
         let mut budget = READ_BUDGET;
         self.reading_paused = false;
+        self.requests_paused = false;
+        self.turn_requests = 0;
         loop {
             let mut progressed = false;
             if self.wants_input() && budget == 0 {
@@ -830,7 +846,7 @@ impl<T: Transport> HttpConn<T> {
             && match self.phase {
                 Phase::Closing | Phase::Switching | Phase::UpgradeReady(_) => false,
                 Phase::Lingering => true,
-                _ => !self.output_full() && self.body.is_none(),
+                _ => !self.output_full() && self.body.is_none() && !self.requests_paused,
             }
     }
 
@@ -1026,6 +1042,10 @@ impl<T: Transport> HttpConn<T> {
                     if self.output_full() {
                         return progressed; // the client reads our answers first
                     }
+                    if self.turn_requests >= REQUESTS_PER_TURN {
+                        self.requests_paused = true; // the rest after the loop's others
+                        return progressed;
+                    }
                     self.request_started.get_or_insert(cx.now);
                     if self.proxy != ProxyHeader::Done {
                         match self.proxy_header(cx) {
@@ -1060,6 +1080,7 @@ impl<T: Transport> HttpConn<T> {
                         Err(e) => self.fail(cx, e),
                         Ok(Parsed::Complete(head)) => {
                             self.requests += 1;
+                            self.turn_requests += 1;
                             self.scanner = head::HeadScanner::default();
                             self.request(cx, head);
                         }

@@ -288,6 +288,37 @@ fn a_client_that_reads_nothing_is_not_read_past_the_output_limit() {
     assert!(h.statuses().iter().all(|s| *s == 200));
 }
 
+/// The attacker's review of run 21: a client that reads its answers and pipelines requests
+/// had 7,700 of them answered (and logged) in one turn, the kernel taking the answers, while
+/// every other connection of the loop waited. A turn answers at most
+/// [`REQUESTS_PER_TURN`]; the loop turns the connection again after the others, and every
+/// request is answered, in order, nothing lost.
+#[test]
+fn a_turn_answers_a_share_of_pipelined_requests_and_the_rest_come_after() {
+    let mut h = Harness::new();
+    let many: Vec<u8> = HEALTHZ.repeat(1_000);
+    assert!(is_keep(&h.send(&many)));
+    assert_eq!(h.statuses().len(), REQUESTS_PER_TURN as usize);
+    assert!(
+        h.conn.wants_again(),
+        "more to answer, after the loop's others"
+    );
+    let max_head = h.shared.config.max_header_bytes;
+    assert!(
+        h.conn.input.len() <= max_head + 1,
+        "the rest waits in the socket"
+    );
+    let mut turns = 1;
+    while h.conn.wants_again() {
+        assert!(is_keep(&h.turn()));
+        turns += 1;
+        assert!(turns <= 1_000, "no progress");
+    }
+    assert_eq!(h.statuses().len(), 1_000);
+    assert!(h.statuses().iter().all(|s| *s == 200));
+    assert_eq!(turns, 1_000usize.div_ceil(REQUESTS_PER_TURN as usize));
+}
+
 #[test]
 fn an_answer_the_socket_takes_in_pieces_arrives_whole() {
     let mut h = Harness::new();
