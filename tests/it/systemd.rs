@@ -39,7 +39,7 @@ fn next_state(socket: &UnixDatagram) -> String {
 
 #[test]
 fn sd_notify_ready_reloading_ready_stopping_in_order() {
-    // Type=notify-reload: RELOADING=1 with the monotonic clock, then READY=1 again.
+    // Around a reload: RELOADING=1 with the monotonic clock, then READY=1 again.
     let (_folder, path, listener) = notify_socket();
     let mut daemon = Daemon::builder()
         .plugin("switchyard-echo")

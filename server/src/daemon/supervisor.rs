@@ -191,7 +191,7 @@ fn on_signal(
 
 /// SIGHUP: the plugin folder read again as a new generation, which new requests are routed
 /// with from now on; connections already switched keep theirs. Told to systemd as
-/// `RELOADING=1` then `READY=1` (`Type=notify-reload`).
+/// `RELOADING=1` then `READY=1` (`Type=notify` or `notify-reload`).
 fn reload(shared: &'static Shared, notifier: &Notifier) {
     notifier.send(&format!(
         "RELOADING=1\nMONOTONIC_USEC={}",
