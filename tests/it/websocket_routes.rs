@@ -1456,6 +1456,36 @@ fn tokens_are_read_from_the_query_decoded_as_websockify_reads_them() {
     }
 }
 
+/// Review of run 22: a token file removed kept its tokens ("the tokens read before stay"),
+/// where a folder's removed files lose theirs: revoking access by removing the file failed
+/// open. A source that is gone now leads nowhere; one that comes back is read again.
+#[test]
+fn tokens_of_a_removed_token_file_lead_nowhere() {
+    // A service whose connections the kernel completes (its backlog): each dial succeeds.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let service = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, format!("kept-secret: {service}\n")).unwrap();
+    let daemon = daemon(&format!("/websockify=tokens:{}", file.display()));
+    assert_eq!(
+        handshake_status(&daemon, "/websockify?token=kept-secret"),
+        101
+    );
+    std::fs::remove_file(&file).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // looked at once a second at most
+    assert_eq!(
+        handshake_status(&daemon, "/websockify?token=kept-secret"),
+        404
+    );
+    std::fs::write(&file, format!("kept-secret: {service}\n")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        handshake_status(&daemon, "/websockify?token=kept-secret"),
+        101
+    );
+}
+
 /// Issue 23, websocketd's most asked for feature: one program for all of a route's
 /// clients. 100 clients, one of which never reads: every message of a client reaches the
 /// program, every line of the program reaches every client that reads, in order, and the

@@ -109,14 +109,16 @@ pub struct Table {
 struct State {
     /// When the files were last looked at.
     checked: Option<Instant>,
-    /// Each file's modification time and length when read.
-    stamps: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    /// Each file's modification time and length when read (`None`: not read yet).
+    stamps: Option<Vec<(PathBuf, Option<SystemTime>, u64)>>,
     targets: HashMap<String, Target>,
 }
 
 impl Table {
     /// Reads `source` (a file, or a folder of them); an error names it and why.
     pub fn open(source: &Path) -> Result<Table, String> {
+        // At start a source that is not there is a mistake to name (later, its tokens end).
+        std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
         let table = Table {
             source: source.to_path_buf(),
             state: Mutex::default(),
@@ -143,9 +145,15 @@ impl Table {
         state.targets.get(token).cloned()
     }
 
+    /// The source's files; none when the source is gone (removed, its tokens with it: a
+    /// revoked file must not keep its tokens, as a folder's removed files do not).
     fn files(&self) -> Result<Vec<PathBuf>, String> {
         let source = self.source.display();
-        let meta = std::fs::metadata(&self.source).map_err(|e| format!("{source}: {e}"))?;
+        let meta = match std::fs::metadata(&self.source) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(format!("{source}: {e}")),
+        };
         if !meta.is_dir() {
             return Ok(vec![self.source.clone()]);
         }
@@ -170,7 +178,7 @@ impl Table {
                 (file.clone(), modified, meta.map_or(0, |m| m.len()))
             })
             .collect();
-        if stamps == state.stamps && !state.stamps.is_empty() {
+        if state.stamps.as_ref() == Some(&stamps) {
             return Ok(());
         }
         let mut targets = HashMap::new();
@@ -193,7 +201,7 @@ impl Table {
             self.source.display()
         );
         state.targets = targets;
-        state.stamps = stamps;
+        state.stamps = Some(stamps);
         Ok(())
     }
 }
