@@ -288,6 +288,13 @@ fn refused_handshakes_write_one_plugin_line_a_second_the_path_cut() {
     );
     assert!(lines.iter().all(|l| l.len() < 600), "{lines:?}");
     assert!(lines[0].contains("… (4006 bytes)"), "{}", lines[0]);
+    // The page refused is named, and the setting that would allow it (review of run 22).
+    assert!(
+        lines[0].contains("(Origin https://evil.example)")
+            && lines[0].contains("SWITCHYARD_WEBSOCKET_ORIGINS"),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]

@@ -149,6 +149,26 @@ fn the_service_ending_closes_1000_and_its_failure_before_the_101_is_502() {
     assert_eq!(handshake_status(&daemon, "/refused"), 502);
     // A path no route covers is declined: the client gets 426.
     assert_eq!(handshake_status(&daemon, "/nowhere"), 426);
+    // The reason is the log's, named as the route names the service; the client is told
+    // only that it is not available (review of run 22: the OS error went to the client,
+    // and the log showed the service as Rust's debug output).
+    let mut raw = TcpStream::connect(daemon.addr).unwrap();
+    raw.write_all(
+        b"GET /refused HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.ends_with("the service for /refused is not available\n"),
+        "{answer}"
+    );
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("service tcp://127.0.0.1:1 refused the connection"),
+        "{logs}"
+    );
 }
 
 #[test]

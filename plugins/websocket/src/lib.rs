@@ -264,8 +264,15 @@ impl WebSocket {
             Ok(accepted) => accepted,
             Err(rejection) => {
                 if let Some(unlogged) = HANDSHAKES_REFUSED.admit() {
+                    // A refused page is named (escaped, cut): which one is the question.
+                    let origin = match (rejection.status, request.header("origin")) {
+                        (403, Some(origin)) => {
+                            format!(" (Origin {})", protocol_api::fields::for_log(origin, 256))
+                        }
+                        _ => String::new(),
+                    };
                     log::info!(
-                        "{} {}: {}{unlogged}",
+                        "{} {}: {}{origin}{unlogged}",
                         request.peer(),
                         shown(path.path()),
                         String::from_utf8_lossy(&rejection.body).trim_end()
@@ -557,7 +564,7 @@ impl WebSocket {
             Err(unreachable) => {
                 if let Some(unlogged) = stats.dials_failed.admit() {
                     log::warn!(
-                        "websocket {} for {}: service {:?} {}; answered {}{unlogged}",
+                        "websocket {} for {}: service {} {}; answered {}{unlogged}",
                         shown(path.path()),
                         request.peer(),
                         service,
@@ -565,11 +572,15 @@ impl WebSocket {
                         unreachable.status
                     );
                 }
+                // The reason (an OS error, a program's path) is for the log, not the client.
+                let what = match unreachable.status {
+                    504 => "did not answer in time",
+                    _ => "is not available",
+                };
                 Err(protocol_api::Rejection {
                     status: unreachable.status,
                     headers: Vec::new(),
-                    body: format!("the service for {} {}\n", path.path(), unreachable.why)
-                        .into_bytes(),
+                    body: format!("the service for {} {what}\n", path.path()).into_bytes(),
                 })
             }
         }

@@ -97,6 +97,12 @@ impl Origins {
                 origins.same_origin = true;
             } else if Origin::parse(entry).is_some() {
                 origins.listed.push(entry.to_string());
+            } else if entry.eq_ignore_ascii_case("null") {
+                // A page opened from a file sends `Origin: null`; so does any site's
+                // sandboxed frame, so allowing it is allowing every page.
+                return Err(format!(
+                    "invalid SWITCHYARD_WEBSOCKET_ORIGINS entry {entry:?}: `Origin: null` is                      what any page's sandboxed frame sends, not only a file opened in a                      browser; * allows every page, if that is meant"
+                ));
             } else {
                 return Err(format!(
                     "invalid SWITCHYARD_WEBSOCKET_ORIGINS entry {entry:?}: expected an origin \
@@ -143,7 +149,10 @@ impl Origins {
                     ),
                 }
             }
-            _ => Err("Origin not allowed"),
+            _ => Err(
+                "Origin not allowed (neither the page's own host nor listed in \
+                 SWITCHYARD_WEBSOCKET_ORIGINS)",
+            ),
         }
     }
 }

@@ -33,6 +33,32 @@ pub enum Service {
     },
 }
 
+/// A service as its route names it (`tcp://127.0.0.1:5900`, `exec:/usr/bin/count --step 2`),
+/// for log lines.
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let program = |kind: &str, argv: &[String]| format!("{kind}:{}", argv.join(" "));
+        match self {
+            Service::Echo => f.write_str("echo"),
+            Service::Tcp(address) => write!(f, "tcp://{address}"),
+            Service::Unix(path) => write!(f, "unix:{}", path.display()),
+            Service::Exec { argv, binary } => {
+                let kind = if *binary { "exec-binary" } else { "exec" };
+                f.write_str(&program(kind, argv))
+            }
+            Service::Tokens(path) => write!(f, "tokens:{}", path.display()),
+            Service::Shared { argv, binary } => {
+                let kind = if *binary {
+                    "exec-shared-binary"
+                } else {
+                    "exec-shared"
+                };
+                f.write_str(&program(kind, argv))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
