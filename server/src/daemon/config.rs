@@ -277,6 +277,16 @@ pub const SETTINGS: &[Setting] = &[
     },
 ];
 
+/// An address to listen on: an IP address and a port, as the listener binds it (no name
+/// is looked up, so `localhost:8080` or a bare `8080` say what to write instead).
+fn listen_address(value: &str) -> Result<SocketAddr, String> {
+    value.trim().parse::<SocketAddr>().map_err(|_| {
+        "expected an IP address and a port: 127.0.0.1:8080, 0.0.0.0:8080 (every IPv4 \
+         address), [::]:8080 (every address)"
+            .to_string()
+    })
+}
+
 /// A setting that could not be used.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -314,7 +324,7 @@ impl Config {
             listen: parse_or(
                 get("SWITCHYARD_LISTEN"),
                 "127.0.0.1:8080".parse().unwrap(),
-                |v| v.parse::<SocketAddr>().map_err(|e| e.to_string()),
+                listen_address,
             )?,
             plugin_dir: match get("SWITCHYARD_PLUGIN_DIR") {
                 Some((_, dir)) if !dir.is_empty() => PathBuf::from(dir),
@@ -421,14 +431,11 @@ impl Config {
             tls_listen: match get("SWITCHYARD_TLS_LISTEN") {
                 None => None,
                 Some((variable, value)) => {
-                    let address = value
-                        .trim()
-                        .parse::<SocketAddr>()
-                        .map_err(|e| ConfigError {
-                            variable,
-                            value: value.clone(),
-                            reason: e.to_string(),
-                        })?;
+                    let address = listen_address(&value).map_err(|reason| ConfigError {
+                        variable,
+                        value: value.clone(),
+                        reason,
+                    })?;
                     let listen: Option<SocketAddr> =
                         get("SWITCHYARD_LISTEN").and_then(|(_, v)| v.trim().parse().ok());
                     if listen.unwrap_or_else(|| "127.0.0.1:8080".parse().unwrap()) == address
@@ -729,8 +736,11 @@ mod tests {
             e.to_string(),
             "invalid SWITCHYARD_WORKERS=\"lots\": not a whole number"
         );
-        let e = config(&[("SWITCHYARD_LISTEN", "localhost")]).unwrap_err();
-        assert_eq!(e.variable, "SWITCHYARD_LISTEN");
+        for value in ["localhost", "8080", "localhost:8080"] {
+            let e = config(&[("SWITCHYARD_LISTEN", value)]).unwrap_err();
+            assert_eq!(e.variable, "SWITCHYARD_LISTEN");
+            assert!(e.reason.contains("0.0.0.0:8080"), "{e}");
+        }
         let e = config(&[("SWITCHYARD_HEADER_TIMEOUT_MS", "0")]).unwrap_err();
         assert!(e.reason.contains("between 1 and"), "{e}");
     }
