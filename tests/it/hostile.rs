@@ -1706,3 +1706,65 @@ fn a_head_sent_in_two_pieces_holds_its_limit_not_twice_it() {
         head.len()
     );
 }
+
+/// The attacker's review of run 21: a client pipelining requests it never reads the
+/// answers of had the kernel take megabytes of them (2.8-3.0 MB a connection in the
+/// daemon's socket, 760 connections of one address the host's whole TCP memory) before
+/// the daemon's output limit counted any. Past 64 KiB unsent in the kernel, requests wait
+/// for the client: here 50,000 pipelined `/healthz` (1.7 MB) from a client with a small
+/// window leave the daemon's socket holding about that, then all are answered once the
+/// client reads.
+#[test]
+fn pipelined_answers_nobody_reads_leave_the_kernel_little() {
+    let daemon = Daemon::builder().start();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = daemon.client_from_with("127.0.0.1", small_window);
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let count = 50_000;
+    let sender = {
+        let mut stream = client.stream.try_clone().unwrap();
+        let all = request.repeat(count);
+        std::thread::spawn(move || stream.write_all(&all))
+    };
+    let (ours, theirs) = (
+        client.stream.local_addr().unwrap(),
+        client.stream.peer_addr().unwrap(),
+    );
+    // Until the daemon's side stops growing.
+    let mut held = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = crate::support::kernel_queues(theirs, ours).map_or(0, |q| q.unacked);
+        if now > 0 && now == held {
+            break;
+        }
+        held = now;
+    }
+    assert!(
+        held < 512 * 1024,
+        "the daemon's socket holds {held} bytes of answers nobody reads"
+    );
+    // The client reads: every request answered.
+    let mut answers = 0;
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    while answers < count {
+        let n = client.stream.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "{e} after {answers} answers (held {held}):\n{}",
+                daemon.logs()
+            )
+        });
+        assert!(n > 0, "closed after {answers} answers");
+        text.extend_from_slice(&buf[..n]);
+        let whole = text.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+        answers += whole;
+        let keep = text.len().min(14);
+        text.drain(..text.len() - keep);
+    }
+    sender.join().unwrap().unwrap();
+}

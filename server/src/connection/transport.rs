@@ -69,6 +69,19 @@ pub trait Transport: Read + Write {
         None
     }
 
+    /// Bytes written that the kernel has not sent yet (the peer's window is shut on them);
+    /// `None` where it cannot say.
+    fn unsent(&self) -> Option<usize> {
+        None
+    }
+
+    /// Has the socket reported writable only while fewer than `bytes` wait unsent in the
+    /// kernel (`TCP_NOTSENT_LOWAT`), or, with `None`, whenever its buffer has room again;
+    /// true when it is writable now (no writable event will come for it then).
+    fn report_writable_below(&mut self, _bytes: Option<u32>) -> bool {
+        true
+    }
+
     /// A PROXY protocol header was read from the socket's first bytes, and `rest` with it:
     /// what follows belongs to the stream (a TLS session begins here and takes `rest` as
     /// its first ciphertext, leaving it empty; a plain socket leaves it as it is).
@@ -209,6 +222,14 @@ impl Transport for Wire {
     fn acked(&self) -> Option<u32> {
         let seen = crate::sys::tcp_activity(&self.socket).ok()?;
         Some(seen.bytes_acked as u32)
+    }
+
+    fn unsent(&self) -> Option<usize> {
+        crate::sys::tcp_unsent_bytes(&self.socket).ok()
+    }
+
+    fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
+        crate::sys::set_notsent_lowat(&self.socket, bytes.unwrap_or(u32::MAX)).unwrap_or(true)
     }
 
     fn shutdown_write(&mut self) -> io::Result<()> {

@@ -49,6 +49,12 @@ const OUTPUT_LIMIT: usize = 16 * 1024;
 /// them) while every other connection of the loop waited: 20 such connections held another
 /// client's `/healthz` 70-700 ms, an attacker's review found.
 const REQUESTS_PER_TURN: u32 = 64;
+/// Most bytes of our answers the kernel may hold unsent (the client's window shut on them)
+/// before the client's further requests wait, looked at after each 64 KiB written. The
+/// kernel's send buffer grows to megabytes for a client that stops reading, and a client
+/// pipelining requests it never reads the answers of made the daemon's sockets hold 2.8 MB
+/// each, 760 connections of one address the host's whole TCP memory (an attacker's review).
+const KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 /// How long a connection made before the stop and not yet used may take to send its first
 /// request ([`HttpConn::on_stop`]); past it, `408` as for any late head.
 const FIRST_REQUEST_WHILE_STOPPING: Duration = Duration::from_secs(1);
@@ -113,6 +119,11 @@ pub struct HttpConn<T: Transport = Wire> {
     reading_paused: bool,
     /// Requests this turn began to answer ([`REQUESTS_PER_TURN`] at most).
     turn_requests: u32,
+    /// Bytes written since the kernel's unsent bytes were last looked at.
+    written_unlooked: usize,
+    /// The kernel held more than [`KERNEL_UNSENT_LIMIT`] of our answers unsent: requests
+    /// wait for the socket to say (a writable event) that the client took them.
+    kernel_full: bool,
     /// The turn answered its most with requests still waiting in the input: the loop calls
     /// again once its other connections had theirs.
     requests_paused: bool,
@@ -341,6 +352,8 @@ impl<T: Transport> HttpConn<T> {
             reading_paused: false,
             turn_requests: 0,
             requests_paused: false,
+            written_unlooked: 0,
+            kernel_full: false,
         }
     }
 
@@ -551,6 +564,11 @@ impl<T: Transport> HttpConn<T> {
         self.reading_paused = false;
         self.requests_paused = false;
         self.turn_requests = 0;
+        if self.kernel_full && self.writable {
+            // The socket says the client took our answers down to half the limit.
+            self.kernel_full = false;
+            self.stream.report_writable_below(None);
+        }
         loop {
             let mut progressed = false;
             if self.wants_input() && budget == 0 {
@@ -597,6 +615,7 @@ impl<T: Transport> HttpConn<T> {
                     Ok(written) => {
                         progressed |= written.bytes > 0;
                         self.writable = !written.blocked;
+                        self.look_at_the_kernel(written.bytes);
                     }
                     Err(_) => return After::Close,
                 }
@@ -615,7 +634,12 @@ impl<T: Transport> HttpConn<T> {
             // All out: our answers, and what the stream holds of them (TLS records).
             if self.output.is_done() && !self.stream.has_pending() && self.body.is_none() {
                 match std::mem::replace(&mut self.phase, Phase::Switching) {
-                    Phase::UpgradeReady(upgrade) => return After::Upgrade(upgrade),
+                    Phase::UpgradeReady(upgrade) => {
+                        if std::mem::take(&mut self.kernel_full) {
+                            self.stream.report_writable_below(None); // the plugin's socket
+                        }
+                        return After::Upgrade(upgrade);
+                    }
                     Phase::Closing => {
                         if self.stream.shutdown_write().is_err() {
                             return After::Close;
@@ -644,6 +668,31 @@ impl<T: Transport> HttpConn<T> {
             }
         }
         After::Keep
+    }
+
+    /// After `written` more bytes, every [`KERNEL_UNSENT_LIMIT`] of them: when the kernel
+    /// holds more than that unsent, requests wait ([`Self::output_full`]) until the socket
+    /// reports writable, which it is made to do only once half of it is left.
+    fn look_at_the_kernel(&mut self, written: usize) {
+        self.written_unlooked += written;
+        if self.written_unlooked < KERNEL_UNSENT_LIMIT {
+            return;
+        }
+        self.written_unlooked = 0;
+        if self
+            .stream
+            .unsent()
+            .is_some_and(|unsent| unsent > KERNEL_UNSENT_LIMIT)
+        {
+            let half = KERNEL_UNSENT_LIMIT as u32 / 2;
+            if self.stream.report_writable_below(Some(half)) {
+                // Taken down below half already: on as before.
+                self.stream.report_writable_below(None);
+            } else {
+                self.kernel_full = true;
+                self.writable = false;
+            }
+        }
     }
 
     /// Sends what the socket takes of a static file's body; true when bytes moved. A send
@@ -856,7 +905,7 @@ impl<T: Transport> HttpConn<T> {
     /// session's records on top of the limit, 91-99 KiB a connection against 39 in
     /// cleartext, an attacker's review found).
     fn output_full(&self) -> bool {
-        self.output.owed() >= OUTPUT_LIMIT || self.stream.has_pending()
+        self.output.owed() >= OUTPUT_LIMIT || self.stream.has_pending() || self.kernel_full
     }
 
     /// Reads until the socket is drained, `budget` bytes came, or a head grows past the

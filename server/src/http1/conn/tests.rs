@@ -24,6 +24,11 @@ struct Scripted {
     /// Bytes writes may still take before `WouldBlock` (the client's window).
     room: usize,
     write_shut: bool,
+    /// The kernel holds what was written unsent past this many bytes of `sent` (`None`:
+    /// the transport cannot say).
+    sent_through: Option<usize>,
+    /// What the connection last asked of the socket's writable reports.
+    writable_below: Option<Option<u32>>,
 }
 
 impl io::Read for Scripted {
@@ -69,6 +74,18 @@ impl Transport for Scripted {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.write_shut = true;
         Ok(())
+    }
+
+    fn unsent(&self) -> Option<usize> {
+        self.sent_through.map(|through| self.sent.len() - through)
+    }
+
+    fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
+        self.writable_below = Some(bytes);
+        bytes.is_none()
+            || self
+                .unsent()
+                .is_none_or(|unsent| unsent < bytes.unwrap() as usize)
     }
 }
 
@@ -321,6 +338,48 @@ fn a_turn_answers_a_share_of_pipelined_requests_and_the_rest_come_after() {
     assert_eq!(h.statuses().len(), 1_000);
     assert!(h.statuses().iter().all(|s| *s == 200));
     assert_eq!(turns, 1_000usize.div_ceil(REQUESTS_PER_TURN as usize));
+}
+
+/// The attacker's review of run 21: a client pipelining requests it never reads the answers
+/// of had megabytes of them taken by the kernel (2.8 MB a connection) before the output
+/// limit counted any. Once the kernel holds more than [`KERNEL_UNSENT_LIMIT`] unsent,
+/// requests wait, and the socket is made to report writable only below half of it; when it
+/// does, they go on, nothing lost.
+#[test]
+fn a_client_that_reads_nothing_has_the_kernel_hold_little_of_ours() {
+    let mut h = Harness::new();
+    h.conn.stream.sent_through = Some(0); // the client's window is shut: nothing leaves
+    h.send(&HEALTHZ.repeat(5_000));
+    let mut turns = 0;
+    while h.conn.wants_again() && turns < 1_000 {
+        h.conn.readable = true; // no writable event: the socket does not report one
+        let mut conn = std::mem::replace(&mut h.conn, placeholder(h.shared));
+        conn.turn(&mut h.cx());
+        h.conn = conn;
+        turns += 1;
+    }
+    let held = h.conn.stream.unsent().unwrap();
+    assert!(h.conn.kernel_full, "waits for the client");
+    assert!(
+        (KERNEL_UNSENT_LIMIT..KERNEL_UNSENT_LIMIT + 16 * 1024).contains(&held),
+        "the kernel holds {held} bytes of answers"
+    );
+    let limit = KERNEL_UNSENT_LIMIT as u32;
+    assert_eq!(h.conn.stream.writable_below, Some(Some(limit / 2)));
+    // The client reads; the socket reports writable: the rest is answered.
+    h.conn.stream.sent_through = None;
+    for _ in 0..1_000 {
+        if h.statuses().len() == 5_000 {
+            break;
+        }
+        h.turn();
+    }
+    assert_eq!(h.statuses().len(), 5_000);
+    assert_eq!(
+        h.conn.stream.writable_below,
+        Some(None),
+        "as the system has it again"
+    );
 }
 
 #[test]
