@@ -582,7 +582,20 @@ impl Registry {
     /// loaded under it (a closed number could come back and name the older library). When
     /// `dlopen` itself refused the file (not a library), nothing holds the name and the
     /// descriptor is closed: a broken file left in the folder costs nothing at each reload.
+    ///
+    /// Without `/proc` (a bare chroot) a copy cannot be named: the file itself is loaded, as
+    /// before, and must then be replaced rather than written into (said once).
     fn load_copy(&mut self, file: &Path) -> Result<&'static Plugin, ffi::LoadError> {
+        if !Path::new("/proc/self/fd").is_dir() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                log::warn!(
+                    "/proc is not mounted: plugins load from their files, so a plugin file \
+                     must be replaced (install, mv), never written into, while the daemon runs"
+                )
+            });
+            return self.load(file, file, FileIdentity::of(file));
+        }
         let open_error = |e: io::Error| ffi::LoadError::Open(e.to_string());
         let original = std::fs::File::open(file).map_err(open_error)?;
         // The version loaded is the one copied: identified by the descriptor it came from.
