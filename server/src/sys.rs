@@ -59,7 +59,7 @@ pub fn tcp_unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
 }
 
 /// `TCP_NOTSENT_LOWAT`: `socket` polls writable only while fewer than `bytes` wait unsent
-/// (`u32::MAX`: whenever its buffer has room, the system's default). Then polls it once:
+/// (0: as the system's `net.ipv4.tcp_notsent_lowat` has it). Then polls it once:
 /// the kernel wakes a waiter (an edge-triggered epoll's writable event) only for a socket
 /// a poll found not writable, so without the poll the event would never come. True when
 /// it is writable now.

@@ -1768,3 +1768,47 @@ fn pipelined_answers_nobody_reads_leave_the_kernel_little() {
     }
     sender.join().unwrap().unwrap();
 }
+
+/// Review of 7fd9fc3: static files' bodies did not count towards the kernel's bound, so
+/// 2,000 pipelined requests for a 3 KB file, read by no one, left 849 KB in the daemon's
+/// socket (a 60 KB file, 2.8 MB). A body's bytes count now, and the next request waits.
+#[test]
+fn pipelined_static_files_nobody_reads_leave_the_kernel_little() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("page.html"), vec![b'x'; 3_000]).unwrap();
+    let daemon = Daemon::builder()
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/={}", dir.path().display()),
+        )
+        .start();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let client = daemon.client_from_with("127.0.0.1", small_window);
+    let request = b"GET /page.html HTTP/1.1\r\nHost: x\r\n\r\n";
+    let sender = {
+        let mut stream = client.stream.try_clone().unwrap();
+        let all = request.repeat(2_000);
+        std::thread::spawn(move || {
+            let _ = stream.write_all(&all);
+        })
+    };
+    let (ours, theirs) = (
+        client.stream.local_addr().unwrap(),
+        client.stream.peer_addr().unwrap(),
+    );
+    let mut held = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = crate::support::kernel_queues(theirs, ours).map_or(0, |q| q.unacked);
+        if now > 0 && now == held {
+            break;
+        }
+        held = now;
+    }
+    assert!(
+        held < 512 * 1024,
+        "the daemon's socket holds {held} bytes of files nobody reads"
+    );
+    drop(client);
+    let _ = sender.join();
+}

@@ -1,6 +1,7 @@
 //! Plain HTTP/1.1: built-in answers, keep-alive, pipelining, framing errors, limits.
 
 use crate::support::Daemon;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 #[test]
@@ -267,4 +268,33 @@ fn rfc9112_stalled_body_of_an_answered_request_closes_without_a_second_answer() 
         client.read_to_end().is_empty(),
         "closed, no 408 after the 426"
     );
+}
+
+/// Review of cbe55e6 (a turn answers 64 pipelined requests at most): a client that
+/// pipelined 3,000 requests and then sent its end, as `printf ... | nc` does, got a turn's
+/// share of answers and a clean close; the rest were dropped. All are answered now.
+#[test]
+fn pipelined_requests_then_the_clients_end_are_all_answered() {
+    let daemon = Daemon::builder().start();
+    let mut stream = std::net::TcpStream::connect(daemon.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let count = 3_000;
+    let requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(count);
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            stream.write_all(&requests).unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut answers = Vec::new();
+    stream.read_to_end(&mut answers).unwrap();
+    writer.join().unwrap();
+    let answered = answers
+        .windows(15)
+        .filter(|w| w == b"HTTP/1.1 200 OK")
+        .count();
+    assert_eq!(answered, count);
 }

@@ -76,7 +76,7 @@ pub trait Transport: Read + Write {
     }
 
     /// Has the socket reported writable only while fewer than `bytes` wait unsent in the
-    /// kernel (`TCP_NOTSENT_LOWAT`), or, with `None`, whenever its buffer has room again;
+    /// kernel (`TCP_NOTSENT_LOWAT`), or, with `None`, as the system has it again;
     /// true when it is writable now (no writable event will come for it then).
     fn report_writable_below(&mut self, _bytes: Option<u32>) -> bool {
         true
@@ -229,7 +229,7 @@ impl Transport for Wire {
     }
 
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
-        crate::sys::set_notsent_lowat(&self.socket, bytes.unwrap_or(u32::MAX)).unwrap_or(true)
+        crate::sys::set_notsent_lowat(&self.socket, bytes.unwrap_or(0)).unwrap_or(true)
     }
 
     fn shutdown_write(&mut self) -> io::Result<()> {

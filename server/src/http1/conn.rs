@@ -615,7 +615,7 @@ impl<T: Transport> HttpConn<T> {
                     Ok(written) => {
                         progressed |= written.bytes > 0;
                         self.writable = !written.blocked;
-                        self.look_at_the_kernel(written.bytes);
+                        self.look_at_the_kernel(written.bytes, cx);
                     }
                     Err(_) => return After::Close,
                 }
@@ -658,7 +658,12 @@ impl<T: Transport> HttpConn<T> {
         if self.close_now {
             return After::Close;
         }
-        if self.peer_closed {
+        // Requests the client sent wait for their turn (a share a turn), for it to read
+        // (our answers, or the kernel's), with the client's end behind them: answered first
+        // (a review: a pipelining client that half-closed lost all but a turn's answers).
+        let requests_wait = self.requests_paused
+            || (self.output_full() && !self.input.is_empty() && matches!(self.phase, Phase::Head));
+        if self.peer_closed && !requests_wait {
             // The client sent all it will; finish writing what we owe, then close.
             if self.output.is_done() && !self.stream.has_pending() && self.body.is_none() {
                 return After::Close;
@@ -670,12 +675,15 @@ impl<T: Transport> HttpConn<T> {
         After::Keep
     }
 
-    /// After `written` more bytes, every [`KERNEL_UNSENT_LIMIT`] of them: when the kernel
-    /// holds more than that unsent, requests wait ([`Self::output_full`]) until the socket
-    /// reports writable, which it is made to do only once half of it is left.
-    fn look_at_the_kernel(&mut self, written: usize) {
+    /// After `written` more bytes (answers, or a static file's body), every
+    /// [`KERNEL_UNSENT_LIMIT`] of them and not while a body goes (a download runs at the
+    /// pace its client takes, under `SWITCHYARD_CLIENT_SNDBUF`): when the kernel holds more
+    /// than that unsent, requests wait ([`Self::output_full`]) until the socket reports
+    /// writable, which it is made to do only once half of it is left. Meanwhile the client
+    /// has the write time-out to take something, as a static file's reader has.
+    fn look_at_the_kernel(&mut self, written: usize, cx: &Context<'_>) {
         self.written_unlooked += written;
-        if self.written_unlooked < KERNEL_UNSENT_LIMIT {
+        if self.written_unlooked < KERNEL_UNSENT_LIMIT || self.body.is_some() {
             return;
         }
         self.written_unlooked = 0;
@@ -691,6 +699,8 @@ impl<T: Transport> HttpConn<T> {
             } else {
                 self.kernel_full = true;
                 self.writable = false;
+                self.deadline = cx.now + cx.shared.config.write_timeout;
+                self.acked_mark = self.stream.acked();
             }
         }
     }
@@ -728,6 +738,7 @@ impl<T: Transport> HttpConn<T> {
                     body.offset += n as u64;
                     sent += n;
                     moved = true;
+                    self.written_unlooked += n;
                     let now = Instant::now();
                     self.deadline = now + cx.shared.config.write_timeout;
                     self.acked_mark = None;
@@ -790,7 +801,7 @@ impl<T: Transport> HttpConn<T> {
             self.input.len(),
             self.output.owed()
         );
-        if self.body.is_some() {
+        if self.body.is_some() || self.kernel_full {
             // Taken means acknowledged, as for upgraded connections: a client reading
             // slowly and steadily takes bytes from the kernel's buffer, though no send
             // finds room in it for a while (a review: readers of 8-64 KiB a second were
@@ -802,7 +813,8 @@ impl<T: Transport> HttpConn<T> {
                 return After::Keep;
             }
             log::debug!(
-                "{}: a static file's body took nothing for the write time-out; closed",
+                "{}: our answers (or a static file's body) taken nothing of for the write \
+                 time-out; closed",
                 self.peer
             );
             // With a reset: what the kernel holds for a client that takes nothing is
@@ -1093,6 +1105,10 @@ impl<T: Transport> HttpConn<T> {
                     }
                     if self.turn_requests >= REQUESTS_PER_TURN {
                         self.requests_paused = true; // the rest after the loop's others
+                        return progressed;
+                    }
+                    self.look_at_the_kernel(0, cx); // a body's bytes count too
+                    if self.kernel_full {
                         return progressed;
                     }
                     self.request_started.get_or_insert(cx.now);

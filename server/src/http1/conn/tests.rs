@@ -29,6 +29,8 @@ struct Scripted {
     sent_through: Option<usize>,
     /// What the connection last asked of the socket's writable reports.
     writable_below: Option<Option<u32>>,
+    /// What the peer has acknowledged, as the kernel would say (`None`: cannot say).
+    acked: Option<u32>,
 }
 
 impl io::Read for Scripted {
@@ -74,6 +76,10 @@ impl Transport for Scripted {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.write_shut = true;
         Ok(())
+    }
+
+    fn acked(&self) -> Option<u32> {
+        self.acked
     }
 
     fn unsent(&self) -> Option<usize> {
@@ -380,6 +386,60 @@ fn a_client_that_reads_nothing_has_the_kernel_hold_little_of_ours() {
         Some(None),
         "as the system has it again"
     );
+}
+
+/// Review of cbe55e6: a client that pipelined requests and then sent its end (as
+/// `printf ... | nc` does) had the connection closed after the first turn's share of
+/// answers, the rest of its requests dropped. They are all answered, then it closes.
+#[test]
+fn requests_pipelined_before_the_clients_end_are_all_answered() {
+    let mut h = Harness::new();
+    h.conn
+        .stream
+        .reads
+        .push_back(Arrival::Bytes(HEALTHZ.repeat(1_000)));
+    let mut after = h.arrive(Arrival::End);
+    let mut turns = 1;
+    while is_keep(&after) && turns < 1_000 {
+        after = h.turn();
+        turns += 1;
+    }
+    assert_eq!(h.statuses().len(), 1_000, "every request answered");
+    assert!(matches!(after, After::Close), "then closed");
+}
+
+/// Review of 7fd9fc3: requests waiting for a client to take our answers from the kernel
+/// were cut at the head time-out (408 and a reset) though the client was reading, slowly.
+/// They have the write time-out, renewed while the client takes something, as a static
+/// file's reader has; a client that takes nothing for it is closed.
+#[test]
+fn requests_waiting_on_the_kernel_have_the_write_time_out_while_the_client_takes() {
+    let mut h = Harness::new();
+    h.conn.stream.sent_through = Some(0);
+    h.conn.stream.acked = Some(0);
+    h.send(&HEALTHZ.repeat(5_000));
+    while h.conn.wants_again() {
+        h.conn.readable = true;
+        let mut conn = std::mem::replace(&mut h.conn, placeholder(h.shared));
+        conn.turn(&mut h.cx());
+        h.conn = conn;
+    }
+    assert!(h.conn.kernel_full);
+    let write_timeout = h.shared.config.write_timeout;
+    let head_timeout = h.shared.config.header_timeout;
+    let mut at = h.now + head_timeout + Duration::from_millis(1);
+    assert!(is_keep(&h.expire_at(at)), "not the head time-out");
+    // The client takes a little each time: kept.
+    for taken in 1..4 {
+        h.conn.stream.acked = Some(taken * 1000);
+        at += write_timeout;
+        assert!(is_keep(&h.expire_at(at)), "still taking");
+    }
+    // Then nothing for the write time-out: closed.
+    at += write_timeout;
+    assert!(matches!(h.expire_at(at), After::Close));
+    let answered = h.statuses().len();
+    assert!(answered < 5_000 && h.statuses().iter().all(|s| *s == 200));
 }
 
 #[test]
