@@ -287,3 +287,50 @@ fn a_broken_file_costs_no_descriptor_at_each_reload() {
         "{before} descriptors before ten reloads, {after} after"
     );
 }
+
+/// Review of 6c5205e: each reload tried again a library that opens but is not used (here a
+/// plugin whose token another serves), and each try kept its private copy and a
+/// descriptor for good: 17 MB a reload for a second h2c, and SIGHUP comes with every
+/// certificate renewal. A file that failed is not tried again until it changes; its line
+/// says so.
+#[test]
+fn a_file_that_failed_is_not_loaded_again_until_it_changes() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .plugin_as("fixture-dup", "libzz_dup.so")
+        .start();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = descriptors();
+    for generation in 2..=6 {
+        let line = reload_line(&sighup(&daemon, generation), generation);
+        assert!(line.contains("libzz_dup.so"), "{line}");
+        if generation > 2 {
+            assert!(line.contains("(unchanged since)"), "{line}");
+        }
+    }
+    let after = descriptors();
+    assert!(after <= before + 1, "{before} descriptors, then {after}");
+}
+
+/// Review of 6c5205e: a reload that caught a plugin file half-written (a copy cut inside
+/// its code) loaded it, and the first touch of a page past the copy's end killed the
+/// daemon (SIGBUS). A file whose loadable segments end past its end is refused, and the
+/// version loaded before serves on.
+#[test]
+fn a_plugin_file_cut_short_is_refused_and_the_daemon_serves_on() {
+    let daemon = Daemon::builder().library_file(&c_plugin(&[])).start();
+    let file = daemon.plugin_dir().join("libc_echo.so");
+    let v2 = std::fs::read(c_plugin(&["VERSION_2"])).unwrap();
+    let staged = daemon.plugin_dir().join("cut.staging");
+    std::fs::write(&staged, &v2[..v2.len() / 5]).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    let line = reload_line(&sighup(&daemon, 2), 2);
+    assert!(line.contains("cut short"), "{line}");
+    let (mut client, greeting) = c_echo(&daemon);
+    assert_eq!(greeting, "buffered=0", "the version loaded before");
+    echoes(&mut client, "alive");
+}

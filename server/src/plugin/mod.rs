@@ -13,6 +13,7 @@
 //!
 //! Libraries are never unloaded.
 
+mod elf;
 #[allow(unsafe_code)]
 mod ffi;
 mod host_io;
@@ -254,6 +255,11 @@ pub struct Registry {
     pub tokens: TokenTable,
     /// 1 at start, one more for each reload.
     pub generation: u64,
+    /// Files that did not load, as they were then, and why: a reload does not try one
+    /// again until it changes (each try of a library that opens but is not used costs
+    /// its copy and a descriptor for good, 17 MB at each reload for a second h2c, and SIGHUP
+    /// comes with every certificate renewal: a review).
+    failed: Vec<(PathBuf, FileIdentity, String)>,
 }
 
 impl Default for Registry {
@@ -262,6 +268,7 @@ impl Default for Registry {
             plugins: Vec::new(),
             tokens: TokenTable::default(),
             generation: 1,
+            failed: Vec::new(),
         }
     }
 }
@@ -430,7 +437,14 @@ pub fn load_dir(dir: &Path) -> Result<Registry, StartError> {
             Err(ffi::LoadError::Init(message)) => {
                 return Err(StartError::Settings { file, message });
             }
-            Err(reason) => log::error!("plugin {}: {reason}; skipped", file.display()),
+            Err(reason) => {
+                log::error!("plugin {}: {reason}; skipped", file.display());
+                if let Some(identity) = FileIdentity::of(&file) {
+                    registry
+                        .failed
+                        .push((file.clone(), identity, reason.to_string()));
+                }
+            }
         }
     }
     let summary: Vec<String> = registry.plugins.iter().map(|p| describe(p)).collect();
@@ -510,10 +524,21 @@ pub fn reload(dir: &Path, current: &Registry) -> Result<(Registry, ReloadReport)
             }
             continue;
         }
-        let loaded = match unsafe_because(file) {
-            Some(why) => Err(why),
-            None => next.load_copy(file).map_err(|e| e.to_string()),
+        let identity = FileIdentity::of(file);
+        let failed_before = current
+            .failed
+            .iter()
+            .find(|(path, version, _)| path == file && Some(*version) == identity)
+            .map(|(_, _, why)| why.clone());
+        let loaded = match (unsafe_because(file), failed_before) {
+            (Some(why), _) => Err(why),
+            (None, Some(why)) => Err(format!("{why} (unchanged since)")),
+            (None, None) => next.load_copy(file).map_err(|e| e.to_string()),
         };
+        if let (Err(why), Some(identity)) = (&loaded, identity) {
+            let why = why.trim_end_matches(" (unchanged since)").to_string();
+            next.failed.push((file.clone(), identity, why));
+        }
         match loaded {
             Ok(plugin) => match previous {
                 Some(_) => report.replaced.push(describe(plugin)),
@@ -600,10 +625,29 @@ impl Registry {
         let original = std::fs::File::open(file).map_err(open_error)?;
         // The version loaded is the one copied: identified by the descriptor it came from.
         let identity = original.metadata().ok().map(|m| FileIdentity::of_meta(&m));
-        let shown = file.file_name().unwrap_or_default().to_string_lossy();
+        // A memfd's name is 249 bytes at most (the file's own name is in every line).
+        let shown: String = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .chars()
+            .take(64)
+            .collect();
         let copy = crate::sys::sealed_copy(&original, &format!("switchyard-plugin:{shown}"))
             .map_err(open_error)?;
+        // A file written while it was copied (a reload racing `cp`) is not loaded: a copy
+        // cut short maps pages past its end, whose first touch kills the daemon (SIGBUS).
+        let after = original.metadata().ok().map(|m| FileIdentity::of_meta(&m));
         drop(original);
+        if after != identity {
+            return Err(ffi::LoadError::Open(
+                "changed while it was read; reload again once it is written".into(),
+            ));
+        }
+        let mut head = vec![0u8; 64 * 1024];
+        let read = std::os::unix::fs::FileExt::read_at(&copy, &mut head, 0).map_err(open_error)?;
+        let len = copy.metadata().map_err(open_error)?.len();
+        elf::segments_within(&head[..read], len).map_err(ffi::LoadError::Open)?;
         let name = PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&copy)
