@@ -1504,6 +1504,24 @@ fn tokens_of_a_removed_token_file_lead_nowhere() {
         handshake_status(&daemon, "/websockify?token=kept-secret"),
         101
     );
+    // A folder, where a file comes that cannot be read (not UTF-8): it grants nothing, and
+    // the others' tokens still come and go (the second review: it made every read fail,
+    // and a removed file's tokens stayed).
+    let folder = tempfile::tempdir().unwrap();
+    let alice = folder.path().join("alice");
+    std::fs::write(&alice, format!("alice-secret: {service}\n")).unwrap();
+    let daemon = self::daemon(&format!("/websockify=tokens:{}", folder.path().display()));
+    assert_eq!(
+        handshake_status(&daemon, "/websockify?token=alice-secret"),
+        101
+    );
+    std::fs::write(folder.path().join("latin1"), b"caf\xe9: 127.0.0.1:1\n").unwrap();
+    std::fs::remove_file(&alice).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        handshake_status(&daemon, "/websockify?token=alice-secret"),
+        404
+    );
 }
 
 /// Issue 23, websocketd's most asked for feature: one program for all of a route's

@@ -128,6 +128,11 @@ fn server_of(request: &Request<'_>) -> (String, String) {
         }
         _ => (host, default_port),
     };
+    // A port is digits (`Host: a:1 2` is no port): else the scheme's.
+    let port = match !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        true => port,
+        false => default_port,
+    };
     (name.trim_matches(['[', ']']).to_string(), port.to_string())
 }
 
@@ -203,7 +208,12 @@ mod tests {
         assert_eq!(get(&env, "QUERY_STRING"), Some("q=%20"), "as sent");
         assert_eq!(get(&env, "SERVER_NAME"), Some("ws.example"));
         assert_eq!(get(&env, "SERVER_PORT"), Some("8080"));
-        for (host, name, port) in [("[::1]:9000", "::1", "9000"), ("[::1]", "::1", "80")] {
+        for (host, name, port) in [
+            ("[::1]:9000", "::1", "9000"),
+            ("[::1]", "::1", "80"),
+            ("a:1 2", "a", "80"),
+            ("a:", "a", "80"),
+        ] {
             let env = env_of(&TestRequest::get("/").header("Host", host), &[]);
             assert_eq!(get(&env, "SERVER_NAME"), Some(name), "{host}");
             assert_eq!(get(&env, "SERVER_PORT"), Some(port), "{host}");

@@ -101,7 +101,9 @@ impl Origins {
                 // A page opened from a file sends `Origin: null`; so does any site's
                 // sandboxed frame, so allowing it is allowing every page.
                 return Err(format!(
-                    "invalid SWITCHYARD_WEBSOCKET_ORIGINS entry {entry:?}: `Origin: null` is                      what any page's sandboxed frame sends, not only a file opened in a                      browser; * allows every page, if that is meant"
+                    "invalid SWITCHYARD_WEBSOCKET_ORIGINS entry {entry:?}: `Origin: null` is \
+                     what any page's sandboxed frame sends, not only a file opened in a \
+                     browser; * allows every page, if that is meant"
                 ));
             } else {
                 return Err(format!(

@@ -125,7 +125,7 @@ impl Table {
         };
         {
             let mut state = table.state.lock().unwrap_or_else(|e| e.into_inner());
-            table.reread(&mut state, Instant::now())?;
+            table.reread(&mut state, Instant::now(), true)?;
         }
         Ok(table)
     }
@@ -138,8 +138,16 @@ impl Table {
             .checked
             .is_none_or(|at| now.duration_since(at) >= RECHECK)
         {
-            if let Err(why) = self.reread(&mut state, now) {
-                log::error!("websocket tokens: {why}; the tokens read before stay");
+            if let Err(why) = self.reread(&mut state, now, false) {
+                // Failing closed: a source that cannot be read grants nothing (revoking
+                // access by taking a file away must not leave it granted: a review).
+                if !state.targets.is_empty() {
+                    log::error!(
+                        "websocket tokens: {why}; no token leads anywhere until it can be read"
+                    );
+                    state.targets.clear();
+                }
+                state.stamps = None;
             }
         }
         state.targets.get(token).cloned()
@@ -167,7 +175,9 @@ impl Table {
     }
 
     /// Reads the files again if any changed (or came, or went) since the last read.
-    fn reread(&self, state: &mut State, now: Instant) -> Result<(), String> {
+    /// `strict` (at start): a file that cannot be read is an error; later it is skipped,
+    /// with a warning, and grants nothing.
+    fn reread(&self, state: &mut State, now: Instant, strict: bool) -> Result<(), String> {
         state.checked = Some(now);
         let files = self.files()?;
         let stamps: Vec<_> = files
@@ -183,8 +193,17 @@ impl Table {
         }
         let mut targets = HashMap::new();
         for file in &files {
-            let text =
-                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let text = match std::fs::read_to_string(file) {
+                Ok(text) => text,
+                Err(e) if strict => return Err(format!("{}: {e}", file.display())),
+                Err(e) => {
+                    log::warn!(
+                        "websocket tokens: {}: {e}; its tokens lead nowhere",
+                        file.display()
+                    );
+                    continue;
+                }
+            };
             let (read, bad) = parse(&text);
             for line in bad {
                 log::warn!(
