@@ -73,7 +73,11 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
     for entry in protocol_api::fields::setting_list(value) {
         let invalid = |why: &str| format!("invalid {ROUTES} entry {entry:?}: {why}");
         let (prefix, service) = entry.split_once('=').ok_or_else(|| {
-            invalid("expected /path=tcp://host:port, /path=unix:/socket, /path=tokens:/file or /path=echo")
+            invalid(
+                "expected /path=SERVICE (tcp://host:port, unix:/socket, tokens:/file, \
+                 exec:/program args, echo); routes are separated by commas, so an exec: \
+                 program's arguments cannot hold one: run a script that holds them",
+            )
         })?;
         let (prefix, service) = (prefix.trim(), service.trim());
         if !prefix.starts_with('/') {
@@ -114,6 +118,14 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
             let Some(program) = argv.first() else {
                 return Err(invalid("exec: needs a program"));
             };
+            // Words are split at spaces with no shell: quotes would reach the program as
+            // they are (`'/tmp/my app.log'` as two arguments, quotes and all).
+            if argv.iter().any(|word| word.contains(['\'', '"'])) {
+                return Err(invalid(
+                    "exec: arguments are split at spaces, with no shell: quotes are not \
+                     understood; run a script that holds arguments with spaces or quotes",
+                ));
+            }
             if let Err(why) = executable(program) {
                 return Err(invalid(&why));
             }
@@ -225,11 +237,11 @@ mod tests {
             Some(&Service::Echo),
             "unset: echo"
         );
-        let routes = parse("/count=exec:/bin/sh -c  'x', /raw=exec-binary:cat").unwrap();
+        let routes = parse("/count=exec:/bin/sh -c  x$1, /raw=exec-binary:cat").unwrap();
         assert_eq!(
             service(&routes, "/count"),
             Some(&Service::Exec {
-                argv: vec!["/bin/sh".into(), "-c".into(), "'x'".into()],
+                argv: vec!["/bin/sh".into(), "-c".into(), "x$1".into()],
                 binary: false
             }),
             "words, never a shell's parsing"
@@ -264,6 +276,11 @@ mod tests {
             ("/count=exec:/no/such/program", "cannot be used"),
             ("/count=exec:no-such-program-here", "on PATH"),
             ("/count=exec:", "needs a program"),
+            // Review of run 22: quotes reached the program as they were.
+            ("/log=exec:/bin/cat '/tmp/my app.log'", "no shell"),
+            ("/log=exec:/bin/cat -F \"x y\"", "no shell"),
+            // A comma in an argument cuts the route in two: the second half is named.
+            ("/x=exec:/bin/echo a,b", "separated by commas"),
         ] {
             let error = parse(value).unwrap_err();
             assert!(
