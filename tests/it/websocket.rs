@@ -363,34 +363,9 @@ fn quiet_clients_are_pinged_by_default_and_outlive_the_idle_limit() {
     expect_close(&mut silent, 1001);
     // One that answers (as a browser does by itself) stays past the limit, twice over.
     let mut socket = connect(&daemon);
-    socket
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let (began, mut pings) = (std::time::Instant::now(), 0);
-    while began.elapsed() < Duration::from_millis(4500) {
-        match socket.read() {
-            Ok(Message::Ping(_)) => {
-                pings += 1;
-                socket.flush().unwrap(); // sends the pong tungstenite queued
-            }
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("the connection ended while answering pings: {e}"),
-        }
-    }
+    let pings = answer_pings_for(&mut socket, Duration::from_millis(4500));
     assert!(pings >= 3, "pinged every second of silence: {pings}");
-    socket
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    socket.send(Message::text("still here")).unwrap();
-    loop {
-        match socket.read().expect("open after twice the idle limit") {
-            Message::Ping(_) => continue,
-            message => break assert_eq!(message, Message::text("still here")),
-        }
-    }
+    still_echoes(&mut socket);
     drop(socket);
     let quiet = Daemon::builder()
         .plugin("switchyard-websocket")
@@ -420,30 +395,42 @@ fn idle_peer_is_pinged_then_closed_with_1001() {
     // A peer that answers every ping stays connected for as long as it does: here four
     // idle periods, far past the ping-then-close time of one.
     let mut socket = connect(&daemon);
+    let pings = answer_pings_for(&mut socket, Duration::from_millis(2000));
+    assert!(pings >= 2, "pinged every idle period: {pings}");
+    still_echoes(&mut socket);
+}
+
+/// Reads for `how_long`, answering every ping as a browser does (tungstenite queues the
+/// pong; the flush sends it); how many came. Anything else, or the end, fails the test.
+fn answer_pings_for(socket: &mut WebSocket<TcpStream>, how_long: Duration) -> usize {
     socket
         .get_ref()
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let (began, mut pings) = (std::time::Instant::now(), 0);
-    while began.elapsed() < Duration::from_millis(2000) {
+    while began.elapsed() < how_long {
         match socket.read() {
             Ok(Message::Ping(_)) => {
                 pings += 1;
-                socket.flush().unwrap(); // sends the pong tungstenite queued
+                socket.flush().unwrap();
             }
             Ok(other) => panic!("unexpected {other:?}"),
             Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => panic!("the connection ended while answering pings: {e}"),
         }
     }
-    assert!(pings >= 2, "pinged every idle period: {pings}");
+    pings
+}
+
+/// The connection is open and echoes (pings that come meanwhile passed over).
+fn still_echoes(socket: &mut WebSocket<TcpStream>) {
     socket
         .get_ref()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     socket.send(Message::text("still here")).unwrap();
     loop {
-        match socket.read().unwrap() {
+        match socket.read().expect("still open") {
             Message::Ping(_) => continue,
             message => break assert_eq!(message, Message::text("still here")),
         }
