@@ -1074,8 +1074,11 @@ fn a_program_gets_its_three_pipes_and_no_other_descriptor() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // exec(2) names the process before it closes what closes at exec, and the dynamic
-    // loader then opens (and closes) the libraries: moments between, which a loaded
-    // machine can make long (the descriptors are named if it fails).
+    // loader and `sleep`'s own start (`setlocale`) then open and close files: moments
+    // between, which a loaded machine can make long (run 46's CI saw a `3` come back
+    // after a listing without it). So the listing that counts is one taken while the
+    // process sleeps (state `S`, not runnable between two opens) and shows the same
+    // before and after that look. The descriptors are named if it fails.
     let fds = || {
         let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", pid.trim()))
             .unwrap()
@@ -1084,11 +1087,24 @@ fn a_program_gets_its_three_pipes_and_no_other_descriptor() {
         fds.sort();
         fds
     };
+    let asleep = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
+        stat.rsplit_once(") ")
+            .map(|(_, rest)| rest.starts_with('S'))
+            == Some(true)
+    };
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while fds() != ["0", "1", "2"] && std::time::Instant::now() < until {
+    let settled = loop {
+        let before = fds();
+        if asleep() && fds() == before && before == ["0", "1", "2"] {
+            break before;
+        }
+        if std::time::Instant::now() > until {
+            break fds();
+        }
         std::thread::sleep(Duration::from_millis(10));
-    }
-    let what: Vec<String> = fds()
+    };
+    let what: Vec<String> = settled
         .iter()
         .map(|fd| {
             std::fs::read_link(format!("/proc/{}/fd/{fd}", pid.trim()))
@@ -1097,7 +1113,7 @@ fn a_program_gets_its_three_pipes_and_no_other_descriptor() {
         })
         .collect();
     assert_eq!(
-        fds(),
+        settled,
         ["0", "1", "2"],
         "the program's descriptors: {what:?}"
     );
