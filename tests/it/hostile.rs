@@ -1788,6 +1788,70 @@ fn pipelined_static_files_nobody_reads_leave_the_kernel_little() {
     let _ = sender.join();
 }
 
+/// From the review of run 23: a plugin's output for a client that never reads was handed
+/// to the kernel until the socket's send buffer was full, outside every limit of ours: a
+/// WebSocket echo held 3.9 MB in the daemon's socket. The kernel holds its share (64 KiB
+/// unsent) now, the rest waits in the plugin, counted, and nothing is lost: here 20,000
+/// messages (4 MB of echoes) from a client with a small window, then read.
+#[test]
+fn echoes_nobody_reads_leave_the_kernel_little_and_all_arrive_when_read() {
+    let daemon = Daemon::builder().plugin("switchyard-websocket").start();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = handshake(daemon.client_from_with("127.0.0.1", small_window), "/");
+    let count = 20_000u32;
+    let message = |i: u32| [i.to_be_bytes().as_slice(), &[7u8; 196]].concat();
+    let sender = {
+        let mut stream = client.stream.try_clone().unwrap();
+        let all: Vec<u8> = (0..count)
+            .flat_map(|i| frame(true, 0x2, &message(i)))
+            .collect();
+        std::thread::spawn(move || stream.write_all(&all))
+    };
+    let held = daemon_side_settled(&client.stream);
+    assert!(
+        held < 512 * 1024,
+        "the daemon's socket holds {held} bytes of echoes nobody reads"
+    );
+    for i in 0..count {
+        let (fin, opcode, payload) = crate::websocket::read_frame(&mut client);
+        assert!(fin && opcode == 0x2, "echo {i}: opcode {opcode}");
+        assert_eq!(payload, message(i), "echo {i} (held {held})");
+    }
+    sender.join().unwrap().unwrap();
+}
+
+/// As above for a blocking plugin: the echo's writes waited only once the kernel held 4 MB
+/// for a client that reads nothing; past its share they wait now (in the kernel, under
+/// the write time-out), and every byte arrives once the client reads.
+#[test]
+fn a_blocking_plugins_output_nobody_reads_leaves_the_kernel_little() {
+    let daemon = Daemon::builder().plugin("switchyard-echo").start();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = daemon.client_from_with("127.0.0.1", small_window);
+    client.send(upgrade_request("/", "echo"));
+    assert_eq!(client.response().status, 101);
+    let sent: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sender = {
+        let mut stream = client.stream.try_clone().unwrap();
+        let all = sent.clone();
+        std::thread::spawn(move || stream.write_all(&all))
+    };
+    let held = daemon_side_settled(&client.stream);
+    assert!(
+        held < 512 * 1024,
+        "the daemon's socket holds {held} bytes of echo nobody reads"
+    );
+    for (i, chunk) in sent.chunks(4096).enumerate() {
+        let echoed = client.read_exact(chunk.len());
+        assert!(
+            echoed == chunk,
+            "the echo differs at {} (held {held})",
+            i * 4096
+        );
+    }
+    sender.join().unwrap().unwrap();
+}
+
 /// What the daemon's end of `stream` holds unacknowledged in the kernel, once that stops
 /// growing (3 s at most).
 fn daemon_side_settled(stream: &std::net::TcpStream) -> u64 {

@@ -13,6 +13,7 @@ use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
 use super::read_ahead::ReadAhead;
 use super::Upgrade;
+use crate::connection::kernel_share::KernelShare;
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::access::{self, Exchange};
@@ -49,12 +50,6 @@ const OUTPUT_LIMIT: usize = 16 * 1024;
 /// them) while every other connection of the loop waited: 20 such connections held another
 /// client's `/healthz` 70-700 ms, an attacker's review found.
 const REQUESTS_PER_TURN: u32 = 64;
-/// Most bytes of our answers the kernel may hold unsent (the client's window shut on them)
-/// before the client's further requests wait, looked at after each 64 KiB written. The
-/// kernel's send buffer grows to megabytes for a client that stops reading, and a client
-/// pipelining requests it never reads the answers of made the daemon's sockets hold 2.8 MB
-/// each, 760 connections of one address the host's whole TCP memory (an attacker's review).
-const KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 /// How long a connection made before the stop and not yet used may take to send its first
 /// request ([`HttpConn::on_stop`]); past it, `408` as for any late head.
 const FIRST_REQUEST_WHILE_STOPPING: Duration = Duration::from_secs(1);
@@ -119,11 +114,12 @@ pub struct HttpConn<T: Transport = Wire> {
     reading_paused: bool,
     /// Requests this turn began to answer ([`REQUESTS_PER_TURN`] at most).
     turn_requests: u32,
-    /// Bytes written since the kernel's unsent bytes were last looked at.
-    written_unlooked: usize,
-    /// The kernel held more than [`KERNEL_UNSENT_LIMIT`] of our answers unsent: requests
-    /// wait for the socket to say (a writable event) that the client took them.
-    kernel_full: bool,
+    /// Bytes written since the kernel was last asked how many wait unsent, and whether it
+    /// held too many: requests wait then for the socket to say (a writable event) that
+    /// the client took them. (A client pipelining requests it never read the answers of
+    /// made the daemon's sockets hold 2.8 MB each, 760 connections of one address the
+    /// host's whole TCP memory, an attacker's review found.)
+    kernel: KernelShare,
     /// The turn answered its most with requests still waiting in the input: the loop calls
     /// again once its other connections had theirs.
     requests_paused: bool,
@@ -352,8 +348,7 @@ impl<T: Transport> HttpConn<T> {
             reading_paused: false,
             turn_requests: 0,
             requests_paused: false,
-            written_unlooked: 0,
-            kernel_full: false,
+            kernel: KernelShare::default(),
         }
     }
 
@@ -564,10 +559,9 @@ impl<T: Transport> HttpConn<T> {
         self.reading_paused = false;
         self.requests_paused = false;
         self.turn_requests = 0;
-        if self.kernel_full && self.writable {
+        if self.writable {
             // The socket says the client took our answers down to half the limit.
-            self.kernel_full = false;
-            self.stream.report_writable_below(None);
+            self.kernel.writable(&mut self.stream);
         }
         loop {
             let mut progressed = false;
@@ -635,9 +629,7 @@ impl<T: Transport> HttpConn<T> {
             if self.output.is_done() && !self.stream.has_pending() && self.body.is_none() {
                 match std::mem::replace(&mut self.phase, Phase::Switching) {
                     Phase::UpgradeReady(upgrade) => {
-                        if std::mem::take(&mut self.kernel_full) {
-                            self.stream.report_writable_below(None); // the plugin's socket
-                        }
+                        self.kernel.writable(&mut self.stream); // the plugin's socket
                         return After::Upgrade(upgrade);
                     }
                     Phase::Closing => {
@@ -675,33 +667,19 @@ impl<T: Transport> HttpConn<T> {
         After::Keep
     }
 
-    /// After `written` more bytes (answers, or a static file's body), every
-    /// [`KERNEL_UNSENT_LIMIT`] of them and not while a body goes (a download runs at the
-    /// pace its client takes, under `SWITCHYARD_CLIENT_SNDBUF`): when the kernel holds more
-    /// than that unsent, requests wait ([`Self::output_full`]) until the socket reports
-    /// writable, which it is made to do only once half of it is left. Meanwhile the client
-    /// has the write time-out to take something, as a static file's reader has.
+    /// After `written` more bytes (answers, or a static file's body), and not while a
+    /// body goes (a download runs at the pace its client takes, under
+    /// `SWITCHYARD_CLIENT_SNDBUF`): when the kernel holds more than its share unsent
+    /// ([`KernelShare`]), requests wait ([`Self::output_full`]) until the socket reports
+    /// writable. Meanwhile the client has the write time-out to take something, as a
+    /// static file's reader has.
     fn look_at_the_kernel(&mut self, written: usize, cx: &Context<'_>) {
-        self.written_unlooked += written;
-        if self.written_unlooked < KERNEL_UNSENT_LIMIT || self.body.is_some() {
-            return;
-        }
-        self.written_unlooked = 0;
-        if self
-            .stream
-            .unsent()
-            .is_some_and(|unsent| unsent > KERNEL_UNSENT_LIMIT)
-        {
-            let half = KERNEL_UNSENT_LIMIT as u32 / 2;
-            if self.stream.report_writable_below(Some(half)) {
-                // Taken down below half already: on as before.
-                self.stream.report_writable_below(None);
-            } else {
-                self.kernel_full = true;
-                self.writable = false;
-                self.deadline = cx.now + cx.shared.config.write_timeout;
-                self.acked_mark = self.stream.acked();
-            }
+        if self.body.is_some() {
+            self.kernel.count(written);
+        } else if self.kernel.wrote(written, &mut self.stream) {
+            self.writable = false;
+            self.deadline = cx.now + cx.shared.config.write_timeout;
+            self.acked_mark = self.stream.acked();
         }
     }
 
@@ -738,7 +716,7 @@ impl<T: Transport> HttpConn<T> {
                     body.offset += n as u64;
                     sent += n;
                     moved = true;
-                    self.written_unlooked += n;
+                    self.kernel.count(n);
                     let now = Instant::now();
                     self.deadline = now + cx.shared.config.write_timeout;
                     self.acked_mark = None;
@@ -801,7 +779,7 @@ impl<T: Transport> HttpConn<T> {
             self.input.len(),
             self.output.owed()
         );
-        if self.body.is_some() || self.kernel_full {
+        if self.body.is_some() || self.kernel.is_full() {
             // Taken means acknowledged, as for upgraded connections: a client reading
             // slowly and steadily takes bytes from the kernel's buffer, though no send
             // finds room in it for a while (a review: readers of 8-64 KiB a second were
@@ -917,7 +895,7 @@ impl<T: Transport> HttpConn<T> {
     /// session's records on top of the limit, 91-99 KiB a connection against 39 in
     /// cleartext, an attacker's review found).
     fn output_full(&self) -> bool {
-        self.output.owed() >= OUTPUT_LIMIT || self.stream.has_pending() || self.kernel_full
+        self.output.owed() >= OUTPUT_LIMIT || self.stream.has_pending() || self.kernel.is_full()
     }
 
     /// Reads until the socket is drained, `budget` bytes came, or a head grows past the
@@ -1108,7 +1086,7 @@ impl<T: Transport> HttpConn<T> {
                         return progressed;
                     }
                     self.look_at_the_kernel(0, cx); // a body's bytes count too
-                    if self.kernel_full {
+                    if self.kernel.is_full() {
                         return progressed;
                     }
                     self.request_started.get_or_insert(cx.now);

@@ -8,6 +8,7 @@
 //! Both serve the bytes read ahead of the switch first, count bytes for the access line,
 //! and apply the daemon's write time-out.
 
+use crate::connection::kernel_share::KernelShare;
 use crate::tls::layer::{Mode, TlsLayer};
 use protocol_api::hosting::{HostConnection, Readiness};
 use std::io::{self, IoSlice, Read, Write};
@@ -134,6 +135,9 @@ pub struct BlockingConn<'a> {
     pub default_write_timeout: Duration,
     /// A write waited longer than the write time-out: the connection was ended.
     pub write_timed_out: bool,
+    /// How much of the plugin's output the kernel holds unsent: past its share, a write
+    /// waits (in the kernel) until the peer took it down to half.
+    pub kernel: KernelShare,
 }
 
 impl BlockingConn<'_> {
@@ -143,6 +147,8 @@ impl BlockingConn<'_> {
         match result {
             Ok(n) => {
                 self.bytes_out += n as u64;
+                let mut socket = self.stream;
+                self.kernel.wrote(n, &mut socket);
                 Ok(n)
             }
             // SO_SNDTIMEO expired: the peer took nothing for the whole time-out.
@@ -235,6 +241,10 @@ pub struct Flow {
     /// The plugin's own write time-out in milliseconds, if it set one (0: it did not);
     /// [`Flow::write_timeout`] reads it. Kept in 32 bits, as every connection carries it.
     pub write_timeout_ms: u32,
+    /// How much of the plugin's output the kernel holds unsent: past its share, the socket
+    /// is not writable until the peer takes some (an echo or pongs the client never reads
+    /// held 3.9 MB in the daemon's socket otherwise).
+    pub kernel: KernelShare,
 }
 
 impl Flow {
@@ -262,6 +272,10 @@ impl EventIo<'_> {
     fn wrote(&mut self, result: io::Result<usize>, offered: usize) -> io::Result<usize> {
         let n = self.flow.readiness.wrote(result, offered)?;
         self.flow.bytes_out += n as u64;
+        if self.flow.kernel.wrote(n, &mut self.stream) {
+            // Not writable until the socket says so: the kernel refuses writes meanwhile.
+            self.flow.readiness.writable = false;
+        }
         Ok(n)
     }
 }

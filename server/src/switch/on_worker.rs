@@ -112,6 +112,7 @@ fn serve(
         stopping: shared.stopping_flag(),
         default_write_timeout: write_timeout,
         write_timed_out: false,
+        kernel: Default::default(),
     };
     let served = plugin.serve(session, &upgrade.parts(peer, offer), &mut connection);
     shared.live.remove(live_key);

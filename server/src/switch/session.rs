@@ -178,6 +178,10 @@ impl Session {
     /// Notes a readiness event; true when it newly says the peer closed (a plugin of 1.3 or
     /// later is then called even if it waits for nothing the event brings).
     pub fn ready(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
+        if writable {
+            // The peer took the kernel's share down to half, if it held too much.
+            self.flow.kernel.writable(&mut &self.wire.socket);
+        }
         self.flow.readiness.readable |= readable;
         self.flow.readiness.writable |= writable;
         self.flow.readiness.closed |= closed;

@@ -4,6 +4,7 @@
 //! what the client would see on the wire.
 
 use super::*;
+use crate::connection::kernel_share::KERNEL_UNSENT_LIMIT;
 use crate::daemon::config::Config;
 use std::collections::VecDeque;
 
@@ -365,7 +366,7 @@ fn a_client_that_reads_nothing_has_the_kernel_hold_little_of_ours() {
         turns += 1;
     }
     let held = h.conn.stream.unsent().unwrap();
-    assert!(h.conn.kernel_full, "waits for the client");
+    assert!(h.conn.kernel.is_full(), "waits for the client");
     assert!(
         (KERNEL_UNSENT_LIMIT..KERNEL_UNSENT_LIMIT + 16 * 1024).contains(&held),
         "the kernel holds {held} bytes of answers"
@@ -424,7 +425,7 @@ fn requests_waiting_on_the_kernel_have_the_write_time_out_while_the_client_takes
         conn.turn(&mut h.cx());
         h.conn = conn;
     }
-    assert!(h.conn.kernel_full);
+    assert!(h.conn.kernel.is_full());
     let write_timeout = h.shared.config.write_timeout;
     let head_timeout = h.shared.config.header_timeout;
     let mut at = h.now + head_timeout + Duration::from_millis(1);
