@@ -112,17 +112,22 @@ pub fn route(
             return Route::Answer(response);
         }
     }
+    // RFC 9110 §9.3.2: HEAD is GET without the body (which the answer's writer leaves out).
     match (head.method(bytes), head.path(bytes)) {
-        ("GET", "/metrics") => return Route::Metrics,
+        ("GET" | "HEAD", "/metrics") => return Route::Metrics,
         ("GET" | "HEAD", "/readyz") => return Route::Readiness,
-        ("GET", "/status") => return Route::Status(StatusPage::Html),
-        ("GET", "/status.json") => return Route::Status(StatusPage::Json),
+        ("GET" | "HEAD", "/status") => return Route::Status(StatusPage::Html),
+        ("GET" | "HEAD", "/status.json") => return Route::Status(StatusPage::Json),
         _ => {}
     }
     Route::Answer(plain_answer(head, bytes, tokens, in_service))
 }
 
-/// The answer to a request that does not switch: `/healthz`, or `426` naming what would do.
+/// The daemon's own pages: read with `GET` (or `HEAD`) only.
+const PAGES: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/status", "/status.json"];
+
+/// The answer to a request that does not switch: `/healthz`, `405` to another method on a
+/// page of the daemon's, or `426` naming what would do.
 pub fn plain_answer(
     head: &Head,
     bytes: &[u8],
@@ -133,6 +138,13 @@ pub fn plain_answer(
     let advertised = tokens.advertised(in_service);
     let response = if head.path(bytes) == "/healthz" && (method == "GET" || method == "HEAD") {
         Response::new(200, &b"ok\n"[..]).header("Content-Type", "text/plain")
+    } else if PAGES.contains(&head.path(bytes)) {
+        // RFC 9110 §15.5.6: a 405 names the methods the page answers in Allow. (A 426
+        // said a switch would do, a review found: no switch makes POST /healthz work.)
+        let body = format!("{} is only read (GET, HEAD)\n", head.path(bytes));
+        Response::new(405, body.into_bytes())
+            .header("Allow", "GET, HEAD")
+            .header("Content-Type", "text/plain")
     } else if advertised.is_empty() {
         Response::new(404, &b"no protocols are loaded\n"[..]).header("Content-Type", "text/plain")
     } else {
@@ -247,18 +259,39 @@ mod tests {
             route_of(b"GET /status.json HTTP/1.1\r\nHost: a\r\n\r\n").0,
             Route::Status(StatusPage::Json)
         );
-        let (route, _) = route_of(b"POST /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(matches!(route, Route::Answer(Response { status: 426, .. })));
+        for page in PAGES {
+            let (route, _) =
+                route_of(format!("POST {page} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+            let Route::Answer(response) = route else {
+                panic!("POST {page}: expected an answer")
+            };
+            assert_eq!(response.status, 405, "POST {page}");
+            assert!(
+                response
+                    .headers
+                    .iter()
+                    .any(|(name, value)| *name == "Allow" && value == "GET, HEAD"),
+                "RFC 9110 §15.5.6: Allow in a 405"
+            );
+        }
+        assert_eq!(
+            route_of(b"HEAD /status HTTP/1.1\r\nHost: a\r\n\r\n").0,
+            Route::Status(StatusPage::Html)
+        );
     }
 
     #[test]
-    fn metrics_only_for_plain_get() {
+    fn metrics_only_for_get_and_head() {
         assert_eq!(
             route_of(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").0,
             Route::Metrics
         );
+        assert_eq!(
+            route_of(b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n").0,
+            Route::Metrics
+        );
         let (route, _) = route_of(b"POST /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(matches!(route, Route::Answer(Response { status: 426, .. })));
+        assert!(matches!(route, Route::Answer(Response { status: 405, .. })));
         let (_, products) = route_of(
             b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
         );

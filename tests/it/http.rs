@@ -21,6 +21,30 @@ fn healthz_answers_200_and_keeps_the_connection() {
     assert_eq!(second.header("Content-Length"), Some("3"));
 }
 
+/// From an operator's review: `POST /healthz` (a load balancer's check set to POST, a
+/// typo) got `426`, saying a switch of protocols would do. The daemon's pages answer other
+/// methods `405` with `Allow` (RFC 9110 §15.5.6), keep the connection, and answer `HEAD`
+/// as `GET` without the body (§9.3.2).
+#[test]
+fn rfc9110_15_5_6_the_daemons_pages_answer_other_methods_405_with_allow() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client();
+    for page in ["/healthz", "/readyz", "/metrics", "/status", "/status.json"] {
+        client.send(format!(
+            "POST {page} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+        ));
+        let response = client.response();
+        assert_eq!(response.status, 405, "POST {page}");
+        assert_eq!(response.header("Allow"), Some("GET, HEAD"), "POST {page}");
+    }
+    client.send("HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = client.response_head_only();
+    assert_eq!(head.status, 200, "HEAD /metrics");
+    assert!(head.header("Content-Length").is_some_and(|n| n != "0"));
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.response().status, 200, "the connection still serves");
+}
+
 #[test]
 fn rfc9110_15_5_22_request_that_does_not_switch_gets_426_listing_protocols() {
     let daemon = Daemon::start();

@@ -529,7 +529,7 @@ fn a_body_of_a_plain_request_is_skipped_and_the_next_request_served() {
     bytes.extend_from_slice(HEALTHZ);
     h.send(&bytes[..3]);
     h.send(&bytes[3..]);
-    assert_eq!(h.statuses(), [404, 200]);
+    assert_eq!(h.statuses(), [405, 200]);
 }
 
 #[test]
