@@ -15,8 +15,9 @@ use std::time::Instant;
 /// What a closing connection reads and drops at most on one event (an HTTP connection's
 /// lingering reads as much in a turn): unbounded, 4 KiB reads of a client sending at
 /// 2 GB/s held the event loop for up to 1.3 s a turn, its other connections waiting (an
-/// attacker's review). What is left waits for the next event, which a client still
-/// sending brings.
+/// attacker's review). What is left waits until the loop's other connections had their
+/// turn ([`Closing::wants_again`]): a client still sending brings no event once our
+/// receive buffer is full, and waited for the deadline then.
 const DROP_PER_EVENT: usize = protocol_api::sizes::READ_BUDGET;
 /// What a closing connection reads and drops at most in all: past it the connection is
 /// closed, its unread bytes making the kernel reset it. Well above what a fast upload
@@ -34,6 +35,8 @@ pub struct Closing {
     all_out: bool,
     /// Bytes read and dropped so far.
     dropped: usize,
+    /// The last event's reading stopped at [`DROP_PER_EVENT`], the socket not drained.
+    reading_paused: bool,
 }
 
 impl Closing {
@@ -44,6 +47,7 @@ impl Closing {
             deadline,
             all_out: false,
             dropped: 0,
+            reading_paused: false,
         }
     }
 
@@ -59,7 +63,12 @@ impl Closing {
             // Dropped unread (ciphertext of a session whose plugin is gone).
             let mut sink = [0u8; 16 * 1024];
             let mut this_event = 0;
-            while this_event < DROP_PER_EVENT {
+            self.reading_paused = false;
+            loop {
+                if this_event >= DROP_PER_EVENT {
+                    self.reading_paused = true;
+                    break;
+                }
                 match (&self.wire.socket).read(&mut sink) {
                     Ok(0) => return true,
                     Ok(n) => {
@@ -80,5 +89,11 @@ impl Closing {
             }
         }
         false
+    }
+
+    /// Its reading stopped at its share of a turn with the socket not drained: the loop
+    /// calls [`Closing::on_event`] again (as readable) after its other connections.
+    pub fn wants_again(&self) -> bool {
+        self.reading_paused
     }
 }

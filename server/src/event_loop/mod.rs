@@ -112,9 +112,9 @@ pub struct Loop {
     accept_more: bool,
     /// This loop has begun its part of the stop.
     stopping: bool,
-    /// Sessions that may move again (they stopped before the socket was drained), and HTTP
-    /// connections whose file body spent its share of a turn: called once more after this
-    /// turn's events.
+    /// Sessions that may move again (they stopped before the socket was drained), HTTP
+    /// connections whose file body spent its share of a turn, and closing connections whose
+    /// reading did: called once more after this turn's events.
     again: Vec<(usize, u32)>,
     /// The time: read once per turn, and again after each plugin call.
     now: Instant,
@@ -416,6 +416,8 @@ impl Loop {
             Conn::Closing(closing) => {
                 if closing.on_event(readable, writable, closed) {
                     self.close(slot);
+                } else if closing.wants_again() {
+                    self.again.push((slot, entry.id));
                 }
             }
             Conn::Event(session) => {
@@ -776,6 +778,14 @@ impl Loop {
                 }) if *current == id && conn.wants_again() => {
                     self.now = Instant::now();
                     self.drive_http(slot);
+                }
+                Some(Entry {
+                    id: current,
+                    conn: Conn::Closing(closing),
+                    ..
+                }) if *current == id && closing.wants_again() => {
+                    // Its reading stopped with the socket not drained: readable still.
+                    self.on_event(slot, true, false, false);
                 }
                 _ => {}
             }
