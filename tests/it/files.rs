@@ -134,8 +134,8 @@ fn validators_ranges_and_head() {
     let want: Vec<u8> = (0..4_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
     assert!(big.body == want, "the 4 MB file differs");
     assert_eq!(client.response().body_text(), "<title>page</title>\n");
-    let logs = daemon.logs();
-    assert!(logs.contains("\"GET /big.bin HTTP/1.1\" 200 in="), "{logs}");
+    let logs = daemon.wait_for_log("\"GET /big.bin HTTP/1.1\" 200 in=");
+    assert!(logs.is_ok(), "{}", logs.unwrap_or_else(|l| l));
 }
 
 #[test]

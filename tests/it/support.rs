@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -218,7 +219,10 @@ impl DaemonBuilder {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
+        let logs_ended = Arc::new(AtomicBool::new(false));
+        let ended = logs_ended.clone();
         std::thread::spawn(move || {
+            let _ended = SetOnDrop(ended);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let addr = addr.split_whitespace().next().unwrap_or_default();
@@ -243,6 +247,7 @@ impl DaemonBuilder {
             child,
             addr,
             logs,
+            logs_ended,
             plugins: self.plugins,
         }
     }
@@ -292,7 +297,18 @@ pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// The daemon's stderr reached its end and every line of it is in `logs`.
+    logs_ended: Arc<AtomicBool>,
     plugins: tempfile::TempDir,
+}
+
+/// Sets its flag when dropped: when the thread holding it ends, however it ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 impl Daemon {
@@ -443,6 +459,12 @@ impl Daemon {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The last lines may still be on their way from the pipe to `logs`
+                // (stderr ends when the daemon and whatever it started have closed it).
+                let read_by = Instant::now() + Duration::from_secs(5);
+                while !self.logs_ended.load(Ordering::Acquire) && Instant::now() < read_by {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -243,11 +243,8 @@ fn websocket_http_and_a_blocking_plugin_through_tls() {
 
     let line = "switchyard_tls_handshakes_total{version=\"TLSv1.3\",cipher=\"TLS13_AES_256_GCM_SHA384\",alpn=\"http/1.1\"} 2";
     wait_for_metric(&daemon, &pki, line).expect("handshakes counted by ALPN");
-    let logs = daemon.logs();
-    assert!(
-        logs.contains("\"GET /chat HTTP/1.1\" 101 proto=websocket tls=TLSv1.3/TLS13_AES_256_GCM_SHA384/http/1.1 in="),
-        "{logs}"
-    );
+    let logs = daemon.wait_for_log("\"GET /chat HTTP/1.1\" 101 proto=websocket tls=TLSv1.3/TLS13_AES_256_GCM_SHA384/http/1.1 in=");
+    assert!(logs.is_ok(), "{}", logs.unwrap_or_else(|l| l));
 }
 
 #[test]
@@ -1150,11 +1147,8 @@ fn one_address_begins_tls_handshakes_at_most_at_its_rate() {
             30 - done
         ))
         .unwrap();
-    let logs = daemon.logs();
-    assert!(
-        logs.contains("TLS handshakes begun too fast by this client"),
-        "{logs}"
-    );
+    let logs = daemon.wait_for_log("TLS handshakes begun too fast by this client");
+    assert!(logs.is_ok(), "{}", logs.unwrap_or_else(|l| l));
 }
 
 /// From an attacker's review: a TLS connection whose plugin was done, its last records

@@ -521,7 +521,8 @@ fn a_dead_backend_holds_at_most_its_dials_in_flight() {
         metrics.contains("switchyard_tunnel_refused_total{route=\"/backend\",status=\"503\"} 2"),
         "{metrics}"
     );
-    assert!(daemon.logs().contains("SWITCHYARD_TUNNEL_MAX_DIALS"));
+    let logs = daemon.wait_for_log("SWITCHYARD_TUNNEL_MAX_DIALS");
+    assert!(logs.is_ok(), "{}", logs.unwrap_or_else(|l| l));
 }
 
 /// A review: the tunnel's lines named the path as sent, which a client chooses (8 KB of
@@ -554,7 +555,7 @@ fn the_tunnels_lines_name_the_route_and_refusals_are_throttled() {
         ));
         assert_eq!(client.response().status, 400);
     }
-    let logs = daemon.logs();
+    let logs = daemon.wait_for_log("answered 400").unwrap_or_else(|l| l);
     let refusals: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("answered 400") && !l.contains("switchyard::access"))
