@@ -4,7 +4,6 @@
 //! [`protocol_api::output::Output`], the one write loop the daemon and plugins share.
 
 pub mod closing;
-pub mod kernel_share;
 pub mod transport;
 
 use crate::daemon::state::Ticket;

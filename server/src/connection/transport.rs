@@ -90,6 +90,16 @@ pub trait Transport: Read + Write {
     }
 }
 
+impl<T: Transport + ?Sized> crate::kernel_share::KernelQueue for T {
+    fn unsent(&self) -> Option<usize> {
+        Transport::unsent(self)
+    }
+
+    fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
+        Transport::report_writable_below(self, bytes)
+    }
+}
+
 /// Sends `count` bytes of `file` from `offset` through `to` in `scratch`-sized reads and
 /// writes, stopping early only when `to` takes less than offered (full) or the file ends.
 fn copy_file<T: Transport + ?Sized>(

@@ -8,7 +8,7 @@
 //! Both serve the bytes read ahead of the switch first, count bytes for the access line,
 //! and apply the daemon's write time-out.
 
-use crate::connection::kernel_share::KernelShare;
+use crate::kernel_share::KernelShare;
 use crate::tls::layer::{Mode, TlsLayer};
 use protocol_api::hosting::{HostConnection, Readiness};
 use std::io::{self, IoSlice, Read, Write};

@@ -4,8 +4,8 @@
 //! what the client would see on the wire.
 
 use super::*;
-use crate::connection::kernel_share::KERNEL_UNSENT_LIMIT;
 use crate::daemon::config::Config;
+use crate::kernel_share::KERNEL_UNSENT_LIMIT;
 use std::collections::VecDeque;
 
 /// What one read of the scripted socket returns.

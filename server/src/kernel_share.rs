@@ -18,8 +18,8 @@
 /// peer to take some: about what one write adds to it at most past that.
 pub const KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 
-/// What a socket's kernel can be asked. ([`Transport`](super::transport::Transport)s have
-/// it, and the plain sockets plugins write to.)
+/// What a socket's kernel can be asked. (Connections' streams have it, and the plain sockets
+/// plugins write to.)
 pub trait KernelQueue {
     /// Bytes written that the kernel has not sent yet; `None` where it cannot say.
     fn unsent(&self) -> Option<usize>;
@@ -27,16 +27,6 @@ pub trait KernelQueue {
     /// Has the socket report writable only while fewer than `bytes` wait unsent (`None`:
     /// as the system has it again); true when it is writable now (no event will come then).
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool;
-}
-
-impl<T: super::transport::Transport + ?Sized> KernelQueue for T {
-    fn unsent(&self) -> Option<usize> {
-        super::transport::Transport::unsent(self)
-    }
-
-    fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
-        super::transport::Transport::report_writable_below(self, bytes)
-    }
 }
 
 impl KernelQueue for &std::net::TcpStream {
