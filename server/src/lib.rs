@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod files;
+pub mod forwarded;
 pub mod http;
 pub mod proxy_protocol;
 pub mod route;

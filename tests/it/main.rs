@@ -7,6 +7,7 @@ mod support;
 mod c_plugin;
 mod capacity;
 mod files;
+mod forwarded;
 mod h2c;
 mod h2c_held;
 mod h2c_proxy;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use switchyard::files::FileRoute;
+use switchyard::forwarded::Forwarders;
 
 /// Everything the daemon can be told, with defaults filled in.
 #[derive(Debug, Clone)]
@@ -55,6 +56,8 @@ pub struct Config {
     pub plugin_panic_limit: u64,
     /// `SWITCHYARD_PROXY_PROTOCOL` and `SWITCHYARD_PROXY_FROM`.
     pub proxy_protocol: ProxyProtocol,
+    /// `SWITCHYARD_FORWARDED_FROM`: HTTP proxies whose `X-Forwarded-For` names the client.
+    pub forwarded_from: Forwarders,
     /// `SWITCHYARD_REUSE_PORT`: bind with SO_REUSEPORT, beside other instances.
     pub reuse_port: bool,
     /// `SWITCHYARD_CLIENT_RCVBUF` and `SWITCHYARD_CLIENT_SNDBUF`: the kernel buffers of
@@ -204,6 +207,11 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_PROXY_FROM",
         default: "none",
         meaning: "the load balancers that send the PROXY protocol header, addresses or CIDR blocks, comma-separated; required when `SWITCHYARD_PROXY_PROTOCOL` is on. A peer listed here names any client it likes, so list the balancers' own addresses rather than a network others share",
+    },
+    Setting {
+        variable: "SWITCHYARD_FORWARDED_FROM",
+        default: "none",
+        meaning: "HTTP proxies (nginx's `proxy_pass`, which cannot send the PROXY protocol) whose `X-Forwarded-For` names the client, addresses or CIDR blocks, comma-separated: for a request from one, the list's last address that is not such a proxy is the client (port 0) everywhere the PROXY protocol's would be: the access line, plugins (`REMOTE_ADDR`), the per-client limits. The proxy's connections count against no client until a request names one; one whose list names no one stays the proxy's, uncounted. List the proxies' own addresses: a listed peer names any client it likes",
     },
     Setting {
         variable: "SWITCHYARD_REUSE_PORT",
@@ -389,6 +397,11 @@ impl Config {
             proxy_protocol: proxy_protocol(
                 get("SWITCHYARD_PROXY_PROTOCOL"),
                 get("SWITCHYARD_PROXY_FROM"),
+            )?,
+            forwarded_from: parse_or(
+                get("SWITCHYARD_FORWARDED_FROM"),
+                Forwarders::default(),
+                Forwarders::parse,
             )?,
             reuse_port: parse_or(get("SWITCHYARD_REUSE_PORT"), false, on_off)?,
             client_buffers: SocketBuffers {

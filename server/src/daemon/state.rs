@@ -96,6 +96,14 @@ impl Ticket {
         false
     }
 
+    /// Counts the connection against no client (a trusted HTTP proxy's, between the clients
+    /// its requests name).
+    pub fn count_nowhere(&mut self) {
+        if let Some(limit) = self.limit.take() {
+            self.shared.clients.give_back(self.client, limit);
+        }
+    }
+
     /// Counts the connection among those of the load balancer at `ip` awaiting their PROXY
     /// protocol header ([`Limit::AwaitingHeader`]); false (and counted nowhere) when it
     /// has its most already. [`Ticket::count_client`] gives it back once the header names

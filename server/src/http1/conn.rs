@@ -94,6 +94,9 @@ pub struct HttpConn<T: Transport = Wire> {
     /// Whether the connection's first bytes are still to be looked at for a PROXY protocol
     /// header.
     proxy: ProxyHeader,
+    /// The trusted HTTP proxy the connection comes from (`SWITCHYARD_FORWARDED_FROM`): each
+    /// request names its client ([`HttpConn::forwarded_client`]).
+    forwarder: Option<SocketAddr>,
     /// Its client has its most connections open already: answered `503` and closed.
     over_client_limit: bool,
     /// Its load balancer held its most connections awaiting their PROXY protocol header
@@ -339,6 +342,10 @@ impl<T: Transport> HttpConn<T> {
                 pp if pp.mode != proxy_protocol::Mode::Off => ProxyHeader::Forbidden,
                 _ => ProxyHeader::Done,
             },
+            forwarder: match &shared.config {
+                c if c.proxy_protocol.expects_header_from(peer.ip()) => None,
+                c => c.forwarded_from.trusts(peer.ip()).then_some(peer),
+            },
             over_client_limit: false,
             past_awaiting_share: false,
             over_handshake_rate: false,
@@ -374,6 +381,9 @@ impl<T: Transport> HttpConn<T> {
     pub fn admit(&mut self) -> bool {
         match self.proxy {
             ProxyHeader::Expected => self.admit_again(),
+            // A trusted HTTP proxy's connection counts against no client until a request
+            // names one: it carries many clients' requests, one at a time.
+            _ if self.forwarder.is_some() => true,
             _ => {
                 self.count_client();
                 true
@@ -1125,13 +1135,45 @@ impl<T: Transport> HttpConn<T> {
                             self.requests += 1;
                             self.turn_requests += 1;
                             self.scanner = head::HeadScanner::default();
-                            self.request(cx, head);
+                            match self.forwarded_client(cx, &head) {
+                                true => self.request(cx, head),
+                                false => self.refuse_over_client_limit(cx),
+                            }
                         }
                     }
                 }
             }
             progressed = true;
         }
+    }
+
+    /// A request from a trusted HTTP proxy ([`switchyard::forwarded`]): the client its
+    /// `X-Forwarded-For` names becomes the peer (port 0: the list carries none), and the
+    /// connection counts against that client's connections from now on, as a connection of
+    /// its own would; a list that names no one leaves the proxy's own address, counted
+    /// nowhere. False when the client has its most connections already: refused as it
+    /// would be at its own connection's start.
+    fn forwarded_client(&mut self, cx: &Context<'_>, head: &Head) -> bool {
+        let Some(proxy) = self.forwarder else {
+            return true;
+        };
+        let bytes = &self.input[..head.len];
+        let entries: Vec<&[u8]> = head.list(bytes, "x-forwarded-for").collect();
+        let forwarders = &cx.shared.config.forwarded_from;
+        let client = match forwarders.client(&entries) {
+            Some(ip) => SocketAddr::new(ip, 0),
+            None => proxy,
+        };
+        if client == self.peer {
+            return true;
+        }
+        log::debug!("{proxy}: a request forwarded for {client}");
+        self.peer = client;
+        if client == proxy {
+            self.ticket.count_nowhere();
+            return true;
+        }
+        self.ticket.count_client(client.ip())
     }
 
     /// The PROXY protocol header a load balancer sends before anything else: its client
