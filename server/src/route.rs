@@ -138,9 +138,10 @@ pub fn plain_answer(
     let advertised = tokens.advertised(in_service);
     let response = if head.path(bytes) == "/healthz" && (method == "GET" || method == "HEAD") {
         Response::new(200, &b"ok\n"[..]).header("Content-Type", "text/plain")
-    } else if PAGES.contains(&head.path(bytes)) {
+    } else if PAGES.contains(&head.path(bytes)) && !matches!(method, "GET" | "HEAD") {
         // RFC 9110 §15.5.6: a 405 names the methods the page answers in Allow. (A 426
         // said a switch would do, a review found: no switch makes POST /healthz work.)
+        // A GET here is an upgrade every plugin declined: 426, as for any path.
         let body = format!("{} is only read (GET, HEAD)\n", head.path(bytes));
         Response::new(405, body.into_bytes())
             .header("Allow", "GET, HEAD")
@@ -278,6 +279,23 @@ mod tests {
             route_of(b"HEAD /status HTTP/1.1\r\nHost: a\r\n\r\n").0,
             Route::Status(StatusPage::Html)
         );
+    }
+
+    /// Review of e216216: a `GET /metrics` whose `Upgrade: h2c` every plugin declined
+    /// (`curl --http2` sends one) got 405 naming GET among the allowed methods.
+    #[test]
+    fn a_declined_upgrade_to_a_page_is_426_not_405() {
+        let bytes =
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+        let limits = crate::http::head::Limits {
+            head: 16384,
+            target: 8192,
+        };
+        let Ok(Parsed::Complete(head)) = parse(bytes, limits) else {
+            panic!("bad fixture")
+        };
+        let answer = plain_answer(&head, bytes, &table(), &|_| true);
+        assert_eq!(answer.status, 426);
     }
 
     #[test]
