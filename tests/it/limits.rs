@@ -3,7 +3,7 @@
 //! contract, refused at load with a reason.
 
 use crate::support::{raise_fd_limit, upgrade_request, Client, Daemon};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,40 @@ fn a_client_that_never_reads_a_blocking_plugin_is_dropped_after_the_write_timeou
     daemon
         .wait_for_metric("switchyard_upgraded_ended_total{reason=\"write_timeout\"} 1")
         .expect("counted");
+}
+
+/// Review of 4109281: past the kernel's share a blocking write waits in the kernel until
+/// the client takes it down to a quarter of it, and the write time-out timed that one
+/// wait, not the client's progress: a client reading steadily but slowly was reset as if
+/// it took nothing. Here a client reading 4 KiB every 100 ms, with a write time-out of
+/// 1 s, gets all of a 256 KiB echo.
+#[test]
+fn a_slow_but_steady_reader_of_a_blocking_plugin_gets_everything() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "1000")
+        .start();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = daemon.client_from_with("127.0.0.1", small_window);
+    client.send(upgrade_request("/", "echo"));
+    assert_eq!(client.response().status, 101);
+    let sent: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sender = {
+        let mut stream = client.stream.try_clone().unwrap();
+        let all = sent.clone();
+        std::thread::spawn(move || stream.write_all(&all))
+    };
+    let mut echoed = Vec::new();
+    let mut buf = [0u8; 4096];
+    while echoed.len() < sent.len() {
+        match client.stream.read(&mut buf) {
+            Ok(n) if n > 0 => echoed.extend_from_slice(&buf[..n]),
+            other => panic!("{other:?} after {} bytes:\n{}", echoed.len(), daemon.logs()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(echoed == sent, "the echo differs");
+    sender.join().unwrap().unwrap();
 }
 
 /// From an attacker's review: a blocking plugin's answer handed whole to the kernel, for a

@@ -138,6 +138,10 @@ pub struct BlockingConn<'a> {
     /// How much of the plugin's output the kernel holds unsent: past its share, a write
     /// waits (in the kernel) until the peer took it down to half.
     pub kernel: KernelShare,
+    /// What the peer had acknowledged (low 32 bits) when the kernel's share was last found
+    /// full, or at the last write time-out since: a write that waits a whole time-out goes
+    /// on waiting if the peer took something meanwhile ([`took_some`]).
+    pub acked_mark: Option<u32>,
 }
 
 impl BlockingConn<'_> {
@@ -148,7 +152,11 @@ impl BlockingConn<'_> {
             Ok(n) => {
                 self.bytes_out += n as u64;
                 let mut socket = self.stream;
-                self.kernel.wrote(n, &mut socket);
+                if self.kernel.wrote(n, &mut socket) {
+                    self.acked_mark = acked(self.stream);
+                } else if !self.kernel.is_full() {
+                    self.acked_mark = None;
+                }
                 Ok(n)
             }
             // SO_SNDTIMEO expired: the peer took nothing for the whole time-out.
@@ -182,9 +190,15 @@ impl HostConnection for BlockingConn<'_> {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let (stream, mark) = (self.stream, &mut self.acked_mark);
         let result = match self.tls.as_deref_mut() {
-            Some(tls) => write_through(tls, self.stream, bufs),
-            None => retry(|| (&mut &*self.stream).write_vectored(bufs)),
+            Some(tls) => write_through(tls, stream, bufs, || took_some(stream, mark)),
+            None => loop {
+                match retry(|| (&mut &*stream).write_vectored(bufs)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && took_some(stream, mark) => {}
+                    result => break result,
+                }
+            },
         };
         self.wrote(result)
     }
@@ -216,17 +230,49 @@ impl HostConnection for BlockingConn<'_> {
 }
 
 /// A blocking write through TLS: sealed, then written out whole (the socket's write
-/// time-out ends it with `WouldBlock`, as a plain write's would).
+/// time-out ends it with `WouldBlock`, as a plain write's would, unless `took_some` says
+/// the peer took something meanwhile: what was sealed is then written on, never sealed
+/// twice).
 fn write_through(
     tls: &mut TlsLayer,
     socket: &TcpStream,
     bufs: &[IoSlice<'_>],
+    mut took_some: impl FnMut() -> bool,
 ) -> io::Result<usize> {
-    let n = tls.write_vectored(&mut &*socket, bufs)?;
-    match tls.flush(&mut &*socket)? {
-        true => Ok(n),
-        false => Err(io::ErrorKind::WouldBlock.into()),
+    let n = loop {
+        match tls.write_vectored(&mut &*socket, bufs) {
+            // Nothing sealed: the records before did not go out in time.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && took_some() => {}
+            result => break result?,
+        }
+    };
+    loop {
+        match tls.flush(&mut &*socket)? {
+            true => return Ok(n),
+            false if took_some() => {}
+            false => return Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
+}
+
+/// The low 32 bits of what the peer has acknowledged, as the kernel counts it.
+fn acked(stream: &TcpStream) -> Option<u32> {
+    crate::sys::tcp_activity(stream)
+        .ok()
+        .map(|seen| seen.bytes_acked as u32)
+}
+
+/// A blocking write waited a whole write time-out (`SO_SNDTIMEO` times each call, not the
+/// peer's progress): whether the peer took something since `mark`, which moves on. A
+/// reader taking a few KB a second from a socket past the kernel's share (whose writes
+/// wait until it is down to a quarter of it) was reset so though it was reading (a
+/// review). Without a mark (the kernel's share was not full), as before: it took nothing.
+fn took_some(stream: &TcpStream, mark: &mut Option<u32>) -> bool {
+    let (Some(before), Some(now)) = (*mark, acked(stream)) else {
+        return false;
+    };
+    *mark = Some(now);
+    now != before
 }
 
 /// What a readiness connection's I/O left behind, kept by the session between calls.

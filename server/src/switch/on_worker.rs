@@ -113,6 +113,7 @@ fn serve(
         default_write_timeout: write_timeout,
         write_timed_out: false,
         kernel: Default::default(),
+        acked_mark: None,
     };
     let served = plugin.serve(session, &upgrade.parts(peer, offer), &mut connection);
     shared.live.remove(live_key);
