@@ -47,7 +47,7 @@ impl Forwarders {
     /// its `X-Forwarded-For` lines in order: the last one that is not itself a trusted
     /// proxy. `None` when there is none, or when an element before it (from the right) is
     /// not an address: the list cannot then be followed to the client.
-    pub fn client<'a>(&self, entries: &[&'a [u8]]) -> Option<IpAddr> {
+    pub fn client(&self, entries: &[&[u8]]) -> Option<IpAddr> {
         // Empty elements are ignored (RFC 9110 §5.6.1.2).
         for entry in entries.iter().rev().filter(|e| !e.trim_ascii().is_empty()) {
             let address = parse_address(entry)?;
