@@ -147,6 +147,7 @@ pub mod event;
 pub mod fields;
 mod host;
 pub mod hosting;
+pub mod kernel_share;
 pub mod metrics;
 pub mod moment;
 pub mod output;

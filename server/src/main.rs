@@ -8,8 +8,7 @@
 //! the same loop or hands the connection to a worker thread ([`pool`]) for a blocking
 //! plugin. Below them all, [`daemon`]: settings, shared state and limits, metrics, the
 //! access log, and the main thread's signals and stop ([`daemon::supervisor`]); and
-//! [`plugin`], the loaded libraries and the only FFI; and under everything the system's
-//! calls ([`sys`]) and how much of our output the kernel may hold ([`kernel_share`]).
+//! [`plugin`], the loaded libraries and the only FFI.
 
 // `unsafe` lives in two places: the plugin FFI (plugin::ffi; the connection callbacks are
 // protocol_api::hosting) and the system calls (sys), each block with its `// SAFETY:` line.
@@ -19,7 +18,6 @@ mod connection;
 mod daemon;
 mod event_loop;
 mod http1;
-mod kernel_share;
 mod plugin;
 mod pool;
 mod switch;

@@ -48,43 +48,15 @@ pub fn tcp_unacked_bytes(socket: &impl AsFd) -> io::Result<usize> {
 }
 
 /// Bytes written to the TCP socket `socket` that the kernel has not sent yet
-/// (`SIOCOUTQNSD`): what waits for the peer's window to open.
-pub fn tcp_unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
-    let mut unsent: libc::c_int = 0;
-    // SAFETY: SIOCOUTQNSD writes one int, which `unsent` is.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsent.max(0) as usize)
+/// (`SIOCOUTQNSD`; protocol-api's, which plugins use too).
+pub fn tcp_unsent_bytes(socket: &impl AsFd) -> io::Result<usize> {
+    protocol_api::output::unsent(socket.as_fd())
 }
 
-/// `TCP_NOTSENT_LOWAT`: `socket` polls writable only while fewer than `bytes` wait unsent
-/// (0: as the system's `net.ipv4.tcp_notsent_lowat` has it). Then polls it once:
-/// the kernel wakes a waiter (an edge-triggered epoll's writable event) only for a socket
-/// a poll found not writable, so without the poll the event would never come. True when
-/// it is writable now.
-pub fn set_notsent_lowat(socket: &impl AsRawFd, bytes: u32) -> io::Result<bool> {
-    // SAFETY: an int-sized option value for a TCP socket option.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&bytes as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut poll = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, a zero time-out.
-    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-    Ok(ready > 0 && poll.revents & libc::POLLOUT != 0)
+/// `TCP_NOTSENT_LOWAT` at `bytes`, the socket polled once to arm its writable event
+/// ([`protocol_api::output::report_writable_below`]); true when it is writable now.
+pub fn set_notsent_lowat(socket: &impl AsFd, bytes: u32) -> io::Result<bool> {
+    protocol_api::output::report_writable_below(socket.as_fd(), bytes)
 }
 
 /// Makes the next close of `socket` a reset (`SO_LINGER` with time 0) when output still

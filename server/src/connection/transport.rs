@@ -90,13 +90,17 @@ pub trait Transport: Read + Write {
     }
 }
 
-impl<T: Transport + ?Sized> crate::kernel_share::KernelQueue for T {
+/// A stream as the kernel's share of a connection's output asks it
+/// ([`protocol_api::kernel_share`]).
+pub struct KernelOf<'a, T: ?Sized>(pub &'a mut T);
+
+impl<T: Transport + ?Sized> protocol_api::kernel_share::KernelQueue for KernelOf<'_, T> {
     fn unsent(&self) -> Option<usize> {
-        Transport::unsent(self)
+        self.0.unsent()
     }
 
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
-        Transport::report_writable_below(self, bytes)
+        self.0.report_writable_below(bytes)
     }
 }
 

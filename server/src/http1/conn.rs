@@ -13,6 +13,7 @@ use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
 use super::read_ahead::ReadAhead;
 use super::Upgrade;
+use crate::connection::transport::KernelOf;
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::access::{self, Exchange};
@@ -24,10 +25,10 @@ use crate::http::body::BodyDecoder;
 use crate::http::head::{self, BodyLength, Head, Parsed};
 use crate::http::response::{DateCache, Response, CONTINUE};
 use crate::http::HttpError;
-use crate::kernel_share::KernelShare;
 use crate::plugin::Registry;
 use crate::proxy_protocol;
 use crate::route::{route, Offer, Route};
+use protocol_api::kernel_share::KernelShare;
 use protocol_api::output::Output;
 use protocol_api::throttle::Throttle;
 use std::io;
@@ -571,7 +572,7 @@ impl<T: Transport> HttpConn<T> {
         self.turn_requests = 0;
         if self.writable {
             // The socket says the client took our answers down to half the limit.
-            self.kernel.writable(&mut self.stream);
+            self.kernel.writable(&mut KernelOf(&mut self.stream));
         }
         loop {
             let mut progressed = false;
@@ -639,7 +640,7 @@ impl<T: Transport> HttpConn<T> {
             if self.output.is_done() && !self.stream.has_pending() && self.body.is_none() {
                 match std::mem::replace(&mut self.phase, Phase::Switching) {
                     Phase::UpgradeReady(upgrade) => {
-                        self.kernel.writable(&mut self.stream); // the plugin's socket
+                        self.kernel.writable(&mut KernelOf(&mut self.stream)); // the plugin's socket
                         return After::Upgrade(upgrade);
                     }
                     Phase::Closing => {
@@ -686,7 +687,7 @@ impl<T: Transport> HttpConn<T> {
     fn look_at_the_kernel(&mut self, written: usize, cx: &Context<'_>) {
         if self.body.is_some() {
             self.kernel.count(written);
-        } else if self.kernel.wrote(written, &mut self.stream) {
+        } else if self.kernel.wrote(written, &mut KernelOf(&mut self.stream)) {
             self.writable = false;
             self.deadline = cx.now + cx.shared.config.write_timeout;
             self.acked_mark = self.stream.acked();

@@ -8,12 +8,12 @@
 //! Both serve the bytes read ahead of the switch first, count bytes for the access line,
 //! and apply the daemon's write time-out.
 
-use crate::kernel_share::KernelShare;
 use crate::tls::layer::{Mode, TlsLayer};
 use protocol_api::hosting::{HostConnection, Readiness};
+use protocol_api::kernel_share::KernelShare;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -151,8 +151,7 @@ impl BlockingConn<'_> {
         match result {
             Ok(n) => {
                 self.bytes_out += n as u64;
-                let mut socket = self.stream;
-                if self.kernel.wrote(n, &mut socket) {
+                if self.kernel.wrote(n, &mut self.stream.as_fd()) {
                     self.acked_mark = acked(self.stream);
                 } else if !self.kernel.is_full() {
                     self.acked_mark = None;
@@ -318,7 +317,7 @@ impl EventIo<'_> {
     fn wrote(&mut self, result: io::Result<usize>, offered: usize) -> io::Result<usize> {
         let n = self.flow.readiness.wrote(result, offered)?;
         self.flow.bytes_out += n as u64;
-        if self.flow.kernel.wrote(n, &mut self.stream) {
+        if self.flow.kernel.wrote(n, &mut self.stream.as_fd()) {
             // Not writable until the socket says so: the kernel refuses writes meanwhile.
             self.flow.readiness.writable = false;
         }

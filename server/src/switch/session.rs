@@ -30,7 +30,7 @@ use protocol_api::hosting::Readiness;
 use protocol_api::moment::Moment;
 use protocol_api::output::Output;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 pub struct Session {
@@ -180,7 +180,7 @@ impl Session {
     pub fn ready(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
         if writable {
             // The peer took the kernel's share down to half, if it held too much.
-            self.flow.kernel.writable(&mut &self.wire.socket);
+            self.flow.kernel.writable(&mut self.wire.socket.as_fd());
         }
         self.flow.readiness.readable |= readable;
         self.flow.readiness.writable |= writable;

@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::daemon::config::Config;
-use crate::kernel_share::KERNEL_UNSENT_LIMIT;
+use protocol_api::kernel_share::KERNEL_UNSENT_LIMIT;
 use std::collections::VecDeque;
 
 /// What one read of the scripted socket returns.

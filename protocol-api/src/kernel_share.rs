@@ -8,18 +8,24 @@
 //! connection then slows), though every limit of ours held. So every
 //! [`KERNEL_UNSENT_LIMIT`] bytes written the kernel is asked how many of ours wait unsent
 //! (`SIOCOUTQNSD`: not in flight, the peer's window is shut on them); past the limit, the
-//! socket is set to report writable only below half of it (`TCP_NOTSENT_LOWAT`), which
-//! also makes the kernel refuse further writes (`WouldBlock`) until then. The writer waits
-//! for that writable event, as for any full socket, and the mark is taken off again. A
-//! reading peer never meets it: what is in flight is not counted, only what waits behind
-//! a shut window. One system call for each 64 KiB written.
+//! socket's low-water mark is set to half of it (`TCP_NOTSENT_LOWAT`): the kernel refuses
+//! writes (`WouldBlock`) while that many wait unsent, and reports the socket writable once
+//! fewer than half of the mark (a quarter of the limit) do. The writer waits for that
+//! writable event, as for any full socket, and the mark is taken off again. Bytes in
+//! flight are not counted, only those waiting behind the peer's window (or the congestion
+//! window: a fast writer to a distant peer may meet the mark now and then, at the cost of
+//! a wake-up). One system call for each 64 KiB written.
+//!
+//! The daemon keeps one for each connection it writes to; a plugin that writes to the
+//! socket itself (a tunnel's `splice`) keeps its own.
+
+use std::os::fd::BorrowedFd;
 
 /// Most bytes of our output the kernel may hold unsent before the writer waits for the
 /// peer to take some: about what one write adds to it at most past that.
 pub const KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 
-/// What a socket's kernel can be asked. (Connections' streams have it, and the plain sockets
-/// plugins write to.)
+/// What a socket's kernel can be asked: a socket's descriptor has it ([`BorrowedFd`]).
 pub trait KernelQueue {
     /// Bytes written that the kernel has not sent yet; `None` where it cannot say.
     fn unsent(&self) -> Option<usize>;
@@ -29,23 +35,13 @@ pub trait KernelQueue {
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool;
 }
 
-impl KernelQueue for &std::net::TcpStream {
+impl KernelQueue for BorrowedFd<'_> {
     fn unsent(&self) -> Option<usize> {
-        crate::sys::tcp_unsent_bytes(*self).ok()
+        crate::output::unsent(*self).ok()
     }
 
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
-        crate::sys::set_notsent_lowat(*self, bytes.unwrap_or(0)).unwrap_or(true)
-    }
-}
-
-impl KernelQueue for &mio::net::TcpStream {
-    fn unsent(&self) -> Option<usize> {
-        crate::sys::tcp_unsent_bytes(*self).ok()
-    }
-
-    fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
-        crate::sys::set_notsent_lowat(*self, bytes.unwrap_or(0)).unwrap_or(true)
+        crate::output::report_writable_below(*self, bytes.unwrap_or(0)).unwrap_or(true)
     }
 }
 
@@ -60,9 +56,10 @@ pub struct KernelShare {
 impl KernelShare {
     /// Counts `written` bytes; once [`KERNEL_UNSENT_LIMIT`] of them were written since the
     /// last look, asks the kernel. True when the kernel has just been found holding more
-    /// than the limit: the socket will report writable once it holds less than half, and
-    /// the writer waits for that ([`Self::writable`]). A look that finds the peer took
-    /// them down to half takes the mark off (a blocking writer gets no event to do it).
+    /// than the limit: the socket will report writable once it holds less than a quarter
+    /// of it, and the writer waits for that ([`Self::writable`]). A look that finds the
+    /// peer took them down below half takes the mark off (a blocking writer gets no event
+    /// to do it).
     pub fn wrote(&mut self, written: usize, queue: &mut impl KernelQueue) -> bool {
         self.count(written);
         if (self.unlooked as usize) < KERNEL_UNSENT_LIMIT {
