@@ -5,8 +5,8 @@
 use crate::support::Daemon;
 use crate::websocket_routes::script;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
@@ -22,15 +22,8 @@ impl Nginx {
     fn start(daemon: SocketAddr) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().display();
-        for _ in 0..5 {
-            // A port free a moment ago; if it was taken meanwhile nginx exits: try another.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let config = dir.path().join("nginx.conf");
+        let config = dir.path().join("nginx.conf");
+        let started = crate::support::spawn_on_free_port("Debian's nginx package", |addr| {
             std::fs::write(
                 &config,
                 format!(
@@ -48,35 +41,20 @@ impl Nginx {
                 ),
             )
             .unwrap();
-            let mut child = Command::new("nginx")
-                .arg("-e")
-                .arg(dir.path().join("error.log"))
-                .arg("-c")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nginx (Debian's nginx package; .ci/run installs it)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if TcpStream::connect(addr).is_ok() {
-                    return Nginx {
-                        child,
-                        addr,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let mut command = Command::new("nginx");
+            command.arg("-e").arg(dir.path().join("error.log"));
+            command.arg("-c").arg(&config);
+            command
+        });
+        let Some((child, addr)) = started else {
+            let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+            panic!("nginx did not start: {log}");
+        };
+        Nginx {
+            child,
+            addr,
+            _dir: dir,
         }
-        let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-        panic!("nginx did not start: {log}");
     }
 }
 

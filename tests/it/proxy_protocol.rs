@@ -4,8 +4,8 @@
 use crate::support::Daemon;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 /// HAProxy in TCP mode on a free port, passing connections to `daemon` with `send_proxy`.
 struct Haproxy {
@@ -17,15 +17,8 @@ struct Haproxy {
 impl Haproxy {
     fn start(daemon: SocketAddr, send_proxy: &str) -> Haproxy {
         let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            // A port free a moment ago; if it was taken meanwhile HAProxy exits: try another.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let config = dir.path().join("haproxy.cfg");
+        let config = dir.path().join("haproxy.cfg");
+        let started = crate::support::spawn_on_free_port("Debian's haproxy package", |addr| {
             std::fs::write(
                 &config,
                 format!(
@@ -35,33 +28,16 @@ impl Haproxy {
                 ),
             )
             .unwrap();
-            let mut child = Command::new("haproxy")
-                .arg("-db") // foreground
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("haproxy (Debian's haproxy package; .ci/run installs it)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if TcpStream::connect(addr).is_ok() {
-                    return Haproxy {
-                        child,
-                        addr,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let mut command = Command::new("haproxy");
+            command.arg("-db").arg("-f").arg(&config); // -db: in the foreground
+            command
+        });
+        let (child, addr) = started.expect("haproxy did not start");
+        Haproxy {
+            child,
+            addr,
+            _dir: dir,
         }
-        panic!("haproxy did not start");
     }
 }
 

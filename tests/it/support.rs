@@ -845,3 +845,41 @@ pub fn second_dial_is_refused(daemon: &Daemon, request: &str, in_flight: &str, b
     assert_eq!(response.body_text(), busy);
     assert_eq!(first.response().status, 504);
 }
+
+/// Starts another program's server (HAProxy, nginx) on a port free a moment ago:
+/// `command` writes its configuration for the address and returns the command to run; if
+/// the program exits (the port was taken meanwhile), another port is tried. The child and
+/// its address once it accepts connections; `None` if it never did. `package` names what
+/// to install when the program is missing.
+pub fn spawn_on_free_port(
+    package: &str,
+    mut command: impl FnMut(SocketAddr) -> Command,
+) -> Option<(Child, SocketAddr)> {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = command(addr)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}: {package} (.ci/run installs it)"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if TcpStream::connect(addr).is_ok() {
+                return Some((child, addr));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
