@@ -60,14 +60,17 @@ impl Forwarders {
 }
 
 /// An element of `X-Forwarded-For`: an IPv4 or IPv6 address, the latter perhaps in
-/// brackets (as some proxies write it). No port: the proxies listed above send none.
+/// brackets, either perhaps with a port (Azure's Application Gateway appends one), which
+/// is not kept.
 fn parse_address(entry: &[u8]) -> Option<IpAddr> {
-    let text = std::str::from_utf8(entry).ok()?.trim();
-    let text = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
-    text.parse().ok()
+    let text = std::str::from_utf8(entry.trim_ascii()).ok()?;
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Some(address);
+    }
+    if let Ok(address) = text.parse::<std::net::SocketAddr>() {
+        return Some(address.ip());
+    }
+    text.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 #[cfg(test)]
@@ -97,6 +100,15 @@ mod tests {
             "spaces around list elements (RFC 9110 §5.6.1)"
         );
         assert_eq!(client("127.0.0.1", &["[2001:db8::7]"]), ip("2001:db8::7"));
+        // A port, as Azure's Application Gateway appends one, is not kept.
+        assert_eq!(
+            client("127.0.0.1", &["203.0.113.9:4711"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client("127.0.0.1", &["[2001:db8::7]:4711"]),
+            ip("2001:db8::7")
+        );
         assert_eq!(client("127.0.0.1", &["::ffff:192.0.2.1"]), ip("192.0.2.1"));
     }
 
@@ -116,7 +128,9 @@ mod tests {
     fn a_list_that_cannot_be_followed_names_no_one() {
         assert_eq!(client("127.0.0.1", &[]), None);
         assert_eq!(client("127.0.0.1", &["unknown"]), None);
-        assert_eq!(client("127.0.0.1", &["203.0.113.9:4711"]), None, "no ports");
+        assert_eq!(client("127.0.0.1", &["203.0.113.9:"]), None);
+        assert_eq!(client("127.0.0.1", &["2001:db8::7%eth0"]), None, "no zones");
+        assert_eq!(client("127.0.0.1", &["203.0.113.9\u{a0}"]), None);
         assert_eq!(
             client("127.0.0.1", &["203.0.113.9", " "]),
             ip("203.0.113.9"),

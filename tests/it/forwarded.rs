@@ -147,3 +147,38 @@ fn behind_nginx_each_client_is_its_own_address_with_its_own_share() {
     let logs = daemon.logs();
     assert!(!logs.contains("6.6.6.6"), "the client's own word: {logs}");
 }
+
+/// Review of bee56ec: a proxy's connection kept alive between requests (nginx's `keepalive`
+/// pool) went on counting against its last request's client, so a client with nothing
+/// open was refused. Between requests it counts against the proxy's own address again.
+/// Here two proxies (127.0.0.1 and 127.0.0.5, both listed), two connections each at most:
+/// the first keeps two connections that each served 10.0.0.1, the second then asks for
+/// 10.0.0.1 (503 before).
+#[test]
+fn a_kept_alive_proxy_connection_counts_against_the_proxy_between_requests() {
+    let daemon = Daemon::builder()
+        .env("SWITCHYARD_FORWARDED_FROM", "127.0.0.0/8")
+        .env("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT", "2")
+        .start();
+    let ask = |client: &mut crate::support::Client, who: &str| {
+        client.send(format!(
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {who}\r\n\r\n"
+        ));
+        client.response().status
+    };
+    let mut pool: Vec<_> = (0..2).map(|_| daemon.client()).collect();
+    for connection in &mut pool {
+        assert_eq!(ask(connection, "10.0.0.1"), 200);
+    }
+    let mut other_proxy = daemon.client_from("127.0.0.5");
+    assert_eq!(
+        ask(&mut other_proxy, "10.0.0.1"),
+        200,
+        "10.0.0.1 has nothing open"
+    );
+    // The pooled connections serve on, and a proxy's own share still holds: a third
+    // connection of 127.0.0.1's, while two wait, is past it.
+    assert_eq!(ask(&mut pool[0], "10.0.0.2"), 200);
+    let mut third = daemon.client();
+    assert_eq!(ask(&mut third, "10.0.0.3"), 503);
+}

@@ -211,7 +211,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_FORWARDED_FROM",
         default: "none",
-        meaning: "HTTP proxies (nginx's `proxy_pass`, which cannot send the PROXY protocol) whose `X-Forwarded-For` names the client, addresses or CIDR blocks, comma-separated: for a request from one, the list's last address that is not such a proxy is the client (port 0) everywhere the PROXY protocol's would be: the access line, plugins (`REMOTE_ADDR`), the per-client limits. The proxy's connections count against no client until a request names one; one whose list names no one stays the proxy's, uncounted. List the proxies' own addresses: a listed peer names any client it likes",
+        meaning: "HTTP proxies (nginx's `proxy_pass`, which cannot send the PROXY protocol) whose `X-Forwarded-For` names the client, addresses or CIDR blocks, comma-separated: for a request from one, the list's last address that is not such a proxy is the client (port 0) for the access line, plugins (`REMOTE_ADDR`) and the per-client limits; the proxy must set the header itself (nginx: `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for`), or its clients name themselves. A connection counts against the proxy's own address before and between requests. List the proxies' own addresses: a listed peer names any client it likes",
     },
     Setting {
         variable: "SWITCHYARD_REUSE_PORT",

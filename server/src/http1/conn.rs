@@ -96,7 +96,9 @@ pub struct HttpConn<T: Transport = Wire> {
     /// header.
     proxy: ProxyHeader,
     /// The trusted HTTP proxy the connection comes from (`SWITCHYARD_FORWARDED_FROM`): each
-    /// request names its client ([`HttpConn::forwarded_client`]).
+    /// request names its client ([`HttpConn::forwarded_client`]), and the connection counts
+    /// against that client's connections while it serves the request (for good once it
+    /// switches), against the proxy's own while it waits for the next.
     forwarder: Option<SocketAddr>,
     /// Its client has its most connections open already: answered `503` and closed.
     over_client_limit: bool,
@@ -382,9 +384,6 @@ impl<T: Transport> HttpConn<T> {
     pub fn admit(&mut self) -> bool {
         match self.proxy {
             ProxyHeader::Expected => self.admit_again(),
-            // A trusted HTTP proxy's connection counts against no client until a request
-            // names one: it carries many clients' requests, one at a time.
-            _ if self.forwarder.is_some() => true,
             _ => {
                 self.count_client();
                 true
@@ -1084,6 +1083,9 @@ impl<T: Transport> HttpConn<T> {
                 Phase::Head => {
                     if self.input.is_empty() {
                         self.input = Vec::new(); // hold no buffer between requests
+                        if self.body.is_none() {
+                            self.back_to_the_forwarder();
+                        }
                         return progressed;
                     }
                     if self.body.is_some() {
@@ -1150,18 +1152,17 @@ impl<T: Transport> HttpConn<T> {
 
     /// A request from a trusted HTTP proxy ([`switchyard::forwarded`]): the client its
     /// `X-Forwarded-For` names becomes the peer (port 0: the list carries none), and the
-    /// connection counts against that client's connections from now on, as a connection of
-    /// its own would; a list that names no one leaves the proxy's own address, counted
-    /// nowhere. False when the client has its most connections already: refused as it
-    /// would be at its own connection's start.
+    /// connection counts against that client's connections, as a connection of its own
+    /// would; a list that names no one leaves the proxy's own address. False when the one
+    /// named has its most connections already: refused as it would be at its own
+    /// connection's start.
     fn forwarded_client(&mut self, cx: &Context<'_>, head: &Head) -> bool {
         let Some(proxy) = self.forwarder else {
             return true;
         };
         let bytes = &self.input[..head.len];
         let entries: Vec<&[u8]> = head.list(bytes, "x-forwarded-for").collect();
-        let forwarders = &cx.shared.config.forwarded_from;
-        let client = match forwarders.client(&entries) {
+        let client = match cx.shared.config.forwarded_from.client(&entries) {
             Some(ip) => SocketAddr::new(ip, 0),
             None => proxy,
         };
@@ -1170,11 +1171,22 @@ impl<T: Transport> HttpConn<T> {
         }
         log::debug!("{proxy}: a request forwarded for {client}");
         self.peer = client;
-        if client == proxy {
-            self.ticket.count_nowhere();
-            return true;
-        }
         self.ticket.count_client(client.ip())
+    }
+
+    /// A trusted HTTP proxy's connection waits for its next request: it counts against the
+    /// proxy's own connections again, not the last client's (a review: kept-alive
+    /// connections in nginx's pool held their last clients' shares, and a client with
+    /// nothing open was refused). Closed once the proxy has its most connections open.
+    fn back_to_the_forwarder(&mut self) {
+        let Some(proxy) = self.forwarder.filter(|proxy| *proxy != self.peer) else {
+            return;
+        };
+        self.peer = proxy;
+        if !self.ticket.count_client(proxy.ip()) {
+            self.ticket.count_nowhere();
+            self.close_after_output();
+        }
     }
 
     /// The PROXY protocol header a load balancer sends before anything else: its client
