@@ -7,27 +7,34 @@
 //! connections of one address this host's whole TCP memory (`tcp_mem`: every other
 //! connection then slows), though every limit of ours held. So every
 //! [`KERNEL_UNSENT_LIMIT`] bytes written the kernel is asked how many of ours wait unsent
-//! (`SIOCOUTQNSD`: not in flight, the peer's window is shut on them); past the limit, the
-//! socket's low-water mark is set to half of it (`TCP_NOTSENT_LOWAT`): the kernel refuses
-//! writes (`WouldBlock`) while that many wait unsent, and reports the socket writable once
-//! fewer than half of the mark (a quarter of the limit) do. The writer waits for that
-//! writable event, as for any full socket, and the mark is taken off again. Bytes in
-//! flight are not counted, only those waiting behind the peer's window (or the congestion
-//! window: a fast writer to a distant peer may meet the mark now and then, at the cost of
-//! a wake-up). One system call for each 64 KiB written.
+//! behind the peer's receive window, (all but) shut because it does not read
+//! ([`unsent_behind_window`]: bytes in flight, and bytes that wait for the
+//! congestion window of a peer that reads, are not counted, so a bulk transfer to a fast
+//! reader never meets it); past the limit, the socket's low-water mark is set to half of
+//! it (`TCP_NOTSENT_LOWAT`): the kernel refuses writes (`WouldBlock`) while that many wait
+//! unsent, and reports the socket writable once fewer than half of the mark (a quarter of
+//! the limit) do. The writer waits for that writable event, as for any full socket, and
+//! the mark is taken off again. One system call for each 64 KiB written.
 //!
 //! The daemon keeps one for each connection it writes to; a plugin that writes to the
 //! socket itself (a tunnel's `splice`) keeps its own.
 
-use std::os::fd::BorrowedFd;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Most bytes of our output the kernel may hold unsent before the writer waits for the
 /// peer to take some: about what one write adds to it at most past that.
 pub const KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 
+/// Unsent bytes not counted while the peer's window is open: the kernel fills its send
+/// buffer faster than a window closes, so a client that read fast and then stopped has
+/// the buffer full (4 MiB) before its window shows it; this much is what it may leave.
+pub const OPEN_WINDOW_ALLOWANCE: usize = 1024 * 1024 - KERNEL_UNSENT_LIMIT;
+
 /// What a socket's kernel can be asked: a socket's descriptor has it ([`BorrowedFd`]).
 pub trait KernelQueue {
-    /// Bytes written that the kernel has not sent yet; `None` where it cannot say.
+    /// Bytes written that the kernel has not sent yet because the peer's window is (all
+    /// but) shut; `None` where it cannot say.
     fn unsent(&self) -> Option<usize>;
 
     /// Has the socket report writable only while fewer than `bytes` wait unsent (`None`:
@@ -37,12 +44,75 @@ pub trait KernelQueue {
 
 impl KernelQueue for BorrowedFd<'_> {
     fn unsent(&self) -> Option<usize> {
-        crate::output::unsent(*self).ok()
+        unsent_behind_window(*self).ok()
     }
 
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
-        crate::output::report_writable_below(*self, bytes.unwrap_or(0)).unwrap_or(true)
+        report_writable_below(*self, bytes.unwrap_or(0)).unwrap_or(true)
     }
+}
+
+/// Bytes written to the TCP socket `socket` that the kernel holds unsent, as they count
+/// against [`KERNEL_UNSENT_LIMIT`]: all of them while the peer's receive window is (all
+/// but) shut, because it does not read; past [`OPEN_WINDOW_ALLOWANCE`] while it is open,
+/// for a reader's bytes also wait for the congestion window, which a bulk transfer fills
+/// (a 64 KiB bound cost the tunnel's bulk transfers a quarter of their speed). From one
+/// `TCP_INFO` (`tcpi_notsent_bytes`, `tcpi_snd_wnd`; a kernel that does not fill in the
+/// window has it read as shut).
+pub fn unsent_behind_window(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid descriptor, and an out-buffer of `len` bytes the kernel fills in part
+    // or whole; zeroed first, so fields it leaves are 0.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised plain integers, partly filled by the kernel.
+    let info = unsafe { info.assume_init() };
+    let unsent = info.tcpi_notsent_bytes as usize;
+    match info.tcpi_snd_wnd as usize >= KERNEL_UNSENT_LIMIT {
+        true => Ok(unsent.saturating_sub(OPEN_WINDOW_ALLOWANCE)),
+        false => Ok(unsent),
+    }
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` on `socket` to `bytes` (0: as the system's
+/// `net.ipv4.tcp_notsent_lowat` has it): the kernel refuses writes while that many wait
+/// unsent, and reports the socket writable once fewer than half of them do. Then polls it
+/// once: the kernel wakes a waiter (an edge-triggered epoll's writable event) only for a
+/// socket a poll or a write found full, so without the poll the event would never come.
+/// True when it is writable now.
+pub fn report_writable_below(socket: BorrowedFd<'_>, bytes: u32) -> io::Result<bool> {
+    // SAFETY: an int-sized option value for a TCP socket option.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&bytes as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut poll = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, a zero time-out.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    Ok(ready > 0 && poll.revents & libc::POLLOUT != 0)
 }
 
 /// One connection's count of bytes written since the kernel was last asked, and whether

@@ -103,49 +103,6 @@ pub fn unacked(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
     Ok(queued.max(0) as usize)
 }
 
-/// Bytes written to the TCP socket `socket` that the kernel has not sent yet
-/// (`SIOCOUTQNSD`): what waits for the peer's window (or the congestion window) to open.
-pub fn unsent(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let mut unsent: libc::c_int = 0;
-    // SAFETY: SIOCOUTQNSD writes one int, which `unsent` is.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsent.max(0) as usize)
-}
-
-/// Sets `TCP_NOTSENT_LOWAT` on `socket` to `bytes` (0: as the system's
-/// `net.ipv4.tcp_notsent_lowat` has it): the kernel refuses writes while that many wait
-/// unsent, and reports the socket writable once fewer than half of them do. Then polls it
-/// once: the kernel wakes a waiter (an edge-triggered epoll's writable event) only for a
-/// socket a poll or a write found full, so without the poll the event would never come.
-/// True when it is writable now.
-pub fn report_writable_below(socket: std::os::fd::BorrowedFd<'_>, bytes: u32) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an int-sized option value for a TCP socket option.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&bytes as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut poll = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, a zero time-out.
-    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-    Ok(ready > 0 && poll.revents & libc::POLLOUT != 0)
-}
-
 /// Bytes owed to a writer, and how many of them are out. Once everything is out the
 /// buffer is emptied; a quiet connection keeps none (or up to a capacity the owner
 /// chooses, to spare reallocating on a busy one).

@@ -47,16 +47,16 @@ pub fn tcp_unacked_bytes(socket: &impl AsFd) -> io::Result<usize> {
     protocol_api::output::unacked(socket.as_fd())
 }
 
-/// Bytes written to the TCP socket `socket` that the kernel has not sent yet
-/// (`SIOCOUTQNSD`; protocol-api's, which plugins use too).
+/// Bytes written to the TCP socket `socket` that the kernel holds unsent because the
+/// peer's window is shut ([`protocol_api::kernel_share::unsent_behind_window`]).
 pub fn tcp_unsent_bytes(socket: &impl AsFd) -> io::Result<usize> {
-    protocol_api::output::unsent(socket.as_fd())
+    protocol_api::kernel_share::unsent_behind_window(socket.as_fd())
 }
 
 /// `TCP_NOTSENT_LOWAT` at `bytes`, the socket polled once to arm its writable event
-/// ([`protocol_api::output::report_writable_below`]); true when it is writable now.
+/// ([`protocol_api::kernel_share::report_writable_below`]); true when it is writable now.
 pub fn set_notsent_lowat(socket: &impl AsFd, bytes: u32) -> io::Result<bool> {
-    protocol_api::output::report_writable_below(socket.as_fd(), bytes)
+    protocol_api::kernel_share::report_writable_below(socket.as_fd(), bytes)
 }
 
 /// Makes the next close of `socket` a reset (`SO_LINGER` with time 0) when output still

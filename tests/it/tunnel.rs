@@ -850,11 +850,14 @@ fn client_buffer_settings_bound_what_a_stalled_tunnel_holds_in_the_kernel() {
 /// Review of 4109281: the tunnel splices into the client's socket itself, outside the
 /// daemon's bound on what the kernel holds for a client that does not read: with every
 /// setting at its default, a client that read 16 MiB fast and then nothing left 2.8 MB
-/// of the backend's bytes in the daemon's socket. The tunnel keeps its own share now.
+/// of the backend's bytes in the daemon's socket. The tunnel keeps its own share now: a
+/// client that stops with its window open (its buffer grew as it read fast) may leave up
+/// to about 1 MiB (`OPEN_WINDOW_ALLOWANCE`: less would slow honest bulk transfers), here
+/// 0.67 MB; one whose window is shut, 64 KiB and a write.
 #[test]
 fn a_stalled_download_leaves_the_kernel_little_with_every_setting_at_its_default() {
     let [to_client, _] = stalled_download(&[]);
-    assert!(to_client.unacked <= 512 * 1024, "{to_client:?}");
+    assert!(to_client.unacked <= 1280 * 1024, "{to_client:?}");
 }
 
 /// `SWITCHYARD_TUNNEL_RCVBUF` and `SWITCHYARD_TUNNEL_SNDBUF` do the same for the daemon's

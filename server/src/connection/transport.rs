@@ -69,8 +69,8 @@ pub trait Transport: Read + Write {
         None
     }
 
-    /// Bytes written that the kernel has not sent yet (the peer's window is shut on them);
-    /// `None` where it cannot say.
+    /// Bytes written that the kernel has not sent yet because the peer's window is (all
+    /// but) shut; `None` where it cannot say.
     fn unsent(&self) -> Option<usize> {
         None
     }
