@@ -97,6 +97,14 @@ pub struct TcpActivity {
     pub bytes_acked: u64,
 }
 
+/// The low 32 bits of what the peer of TCP socket `socket` has acknowledged (`None` if
+/// the kernel will not say): a mark that moves when it takes data.
+pub fn tcp_acked(socket: &impl AsRawFd) -> Option<u32> {
+    tcp_activity(socket)
+        .ok()
+        .map(|seen| seen.bytes_acked as u32)
+}
+
 /// The kernel's [`TcpActivity`] of `socket` (`TCP_INFO`).
 pub fn tcp_activity(socket: &impl AsRawFd) -> io::Result<TcpActivity> {
     let info = tcp_info(socket)?;

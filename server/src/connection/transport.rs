@@ -234,8 +234,7 @@ impl Transport for Wire {
     }
 
     fn acked(&self) -> Option<u32> {
-        let seen = crate::sys::tcp_activity(&self.socket).ok()?;
-        Some(seen.bytes_acked as u32)
+        crate::sys::tcp_acked(&self.socket)
     }
 
     fn unsent(&self) -> Option<usize> {

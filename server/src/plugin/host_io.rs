@@ -136,7 +136,7 @@ pub struct BlockingConn<'a> {
     /// A write waited longer than the write time-out: the connection was ended.
     pub write_timed_out: bool,
     /// How much of the plugin's output the kernel holds unsent: past its share, a write
-    /// waits (in the kernel) until the peer took it down to half.
+    /// waits (in the kernel) until the peer took it down to a quarter of it.
     pub kernel: KernelShare,
     /// What the peer had acknowledged (low 32 bits) when the kernel's share was last found
     /// full, or at the last write time-out since: a write that waits a whole time-out goes
@@ -152,7 +152,7 @@ impl BlockingConn<'_> {
             Ok(n) => {
                 self.bytes_out += n as u64;
                 if self.kernel.wrote(n, &mut self.stream.as_fd()) {
-                    self.acked_mark = acked(self.stream);
+                    self.acked_mark = crate::sys::tcp_acked(self.stream);
                 } else if !self.kernel.is_full() {
                     self.acked_mark = None;
                 }
@@ -254,20 +254,13 @@ fn write_through(
     }
 }
 
-/// The low 32 bits of what the peer has acknowledged, as the kernel counts it.
-fn acked(stream: &TcpStream) -> Option<u32> {
-    crate::sys::tcp_activity(stream)
-        .ok()
-        .map(|seen| seen.bytes_acked as u32)
-}
-
 /// A blocking write waited a whole write time-out (`SO_SNDTIMEO` times each call, not the
 /// peer's progress): whether the peer took something since `mark`, which moves on. A
 /// reader taking a few KB a second from a socket past the kernel's share (whose writes
 /// wait until it is down to a quarter of it) was reset so though it was reading (a
 /// review). Without a mark (the kernel's share was not full), as before: it took nothing.
 fn took_some(stream: &TcpStream, mark: &mut Option<u32>) -> bool {
-    let (Some(before), Some(now)) = (*mark, acked(stream)) else {
+    let (Some(before), Some(now)) = (*mark, crate::sys::tcp_acked(stream)) else {
         return false;
     };
     *mark = Some(now);

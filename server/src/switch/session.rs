@@ -96,7 +96,7 @@ const ABORTED: &str = "reset by the plugin";
 /// The low 32 bits of what the peer has acknowledged (0 if the kernel will not say): a
 /// mark that moves when it takes data.
 fn kernel_acked(stream: &TcpStream) -> u32 {
-    crate::sys::tcp_activity(stream).map_or(0, |seen| seen.bytes_acked as u32)
+    crate::sys::tcp_acked(stream).unwrap_or(0)
 }
 
 /// What the loop does with a session after a call.
