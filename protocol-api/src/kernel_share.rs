@@ -60,6 +60,17 @@ impl KernelQueue for BorrowedFd<'_> {
 /// `TCP_INFO` (`tcpi_notsent_bytes`, `tcpi_snd_wnd`; a kernel that does not fill in the
 /// window has it read as shut).
 pub fn unsent_behind_window(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let info = tcp_info(socket)?;
+    let unsent = info.tcpi_notsent_bytes as usize;
+    match info.tcpi_snd_wnd as usize >= KERNEL_UNSENT_LIMIT {
+        true => Ok(unsent.saturating_sub(OPEN_WINDOW_ALLOWANCE)),
+        false => Ok(unsent),
+    }
+}
+
+/// The kernel's `TCP_INFO` of TCP socket `socket`: fields a kernel older than the `libc`
+/// crate's struct does not fill in read 0.
+pub fn tcp_info(socket: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: a valid descriptor, and an out-buffer of `len` bytes the kernel fills in part
@@ -77,12 +88,7 @@ pub fn unsent_behind_window(socket: BorrowedFd<'_>) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: zero-initialised plain integers, partly filled by the kernel.
-    let info = unsafe { info.assume_init() };
-    let unsent = info.tcpi_notsent_bytes as usize;
-    match info.tcpi_snd_wnd as usize >= KERNEL_UNSENT_LIMIT {
-        true => Ok(unsent.saturating_sub(OPEN_WINDOW_ALLOWANCE)),
-        false => Ok(unsent),
-    }
+    Ok(unsafe { info.assume_init() })
 }
 
 /// Sets `TCP_NOTSENT_LOWAT` on `socket` to `bytes` (0: as the system's

@@ -99,41 +99,20 @@ pub struct TcpActivity {
 
 /// The low 32 bits of what the peer of TCP socket `socket` has acknowledged (`None` if
 /// the kernel will not say): a mark that moves when it takes data.
-pub fn tcp_acked(socket: &impl AsRawFd) -> Option<u32> {
+pub fn tcp_acked(socket: &impl AsFd) -> Option<u32> {
     tcp_activity(socket)
         .ok()
         .map(|seen| seen.bytes_acked as u32)
 }
 
 /// The kernel's [`TcpActivity`] of `socket` (`TCP_INFO`).
-pub fn tcp_activity(socket: &impl AsRawFd) -> io::Result<TcpActivity> {
-    let info = tcp_info(socket)?;
+pub fn tcp_activity(socket: &impl AsFd) -> io::Result<TcpActivity> {
+    let info = protocol_api::kernel_share::tcp_info(socket.as_fd())?;
     Ok(TcpActivity {
         since_received: Duration::from_millis(u64::from(info.tcpi_last_data_recv)),
         since_acked: Duration::from_millis(u64::from(info.tcpi_last_ack_recv)),
         bytes_acked: info.tcpi_bytes_acked,
     })
-}
-
-fn tcp_info(socket: &impl AsRawFd) -> io::Result<libc::tcp_info> {
-    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid descriptor, and an out-buffer of `len` bytes the kernel fills in part
-    // or whole; zeroed first, so fields it leaves are 0.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: zero-initialised plain integers, partly filled by the kernel.
-    Ok(unsafe { info.assume_init() })
 }
 
 /// Takes ownership of descriptor `fd` handed to this process at start (systemd's socket
