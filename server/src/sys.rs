@@ -163,6 +163,21 @@ pub fn tcp_migrate_req() -> Option<bool> {
         .map(|v| v.trim() != "0")
 }
 
+/// CPU time the whole process has used, user and system, every thread's (`getrusage`).
+pub fn process_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: RUSAGE_SELF always exists; `usage` is a writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return Duration::ZERO;
+    }
+    // SAFETY: zero-initialised, then filled by the kernel.
+    let usage = unsafe { usage.assume_init() };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
 /// CLOCK_MONOTONIC in microseconds, as systemd's `MONOTONIC_USEC` wants it.
 pub fn monotonic_usec() -> u64 {
     let mut now = std::mem::MaybeUninit::<libc::timespec>::zeroed();
@@ -381,7 +396,7 @@ fn cachestat_pages(file: &std::fs::File, offset: u64, len: usize) -> io::Result<
 }
 
 /// The system's page size.
-fn page_size() -> u64 {
+pub fn page_size() -> u64 {
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     // SAFETY: sysconf only reads a system parameter.
     *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {

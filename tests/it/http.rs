@@ -264,6 +264,81 @@ fn metrics_count_connections_answers_and_switches() {
     }
 }
 
+/// `/metrics` carries the process's own figures under the names every Prometheus client
+/// library gives them, so that dashboards and alerts made for any daemon work; each is
+/// what the kernel says of the process.
+#[test]
+fn metrics_carry_the_process_figures_as_the_kernel_counts_them() {
+    let since_epoch = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let began = since_epoch(std::time::SystemTime::now());
+    let daemon = Daemon::start();
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let proc_file = |name: &str| {
+        std::fs::read_to_string(format!("/proc/{}/{name}", daemon.pid())).expect("/proc")
+    };
+    let text = daemon.metrics();
+    let start = value(&text, "process_start_time_seconds");
+    assert!(
+        (start - began).abs() < 5.0,
+        "started {start}, test began {began}"
+    );
+    let rss = value(&text, "process_resident_memory_bytes") / 1024.0;
+    let kernel_rss = daemon.rss_kib() as f64;
+    assert!(
+        (rss - kernel_rss).abs() < kernel_rss / 4.0,
+        "{rss} KiB said, {kernel_rss} KiB in /proc"
+    );
+    assert!(value(&text, "process_virtual_memory_bytes") / 1024.0 >= rss);
+    let soft_limit: f64 = proc_file("limits")
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("Max open files");
+    assert_eq!(value(&text, "process_max_fds"), soft_limit);
+    let cpu = value(&text, "process_cpu_seconds_total");
+    assert!(
+        cpu > 0.0 && cpu <= daemon.cpu_time().as_secs_f64() + 0.02,
+        "{cpu} s said, {:?} in /proc",
+        daemon.cpu_time()
+    );
+    let threads: f64 = proc_file("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+        .expect("Threads");
+    assert!(
+        (value(&text, "process_threads") - threads).abs() <= 2.0,
+        "{text}\n{threads} threads in /proc"
+    );
+
+    // A hundred connections more are a hundred descriptors more, as the kernel counts them.
+    let before = value(&text, "process_open_fds");
+    let held: Vec<_> = (0..100).map(|_| daemon.client()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let said = value(&daemon.metrics(), "process_open_fds");
+        if said >= before + 100.0 || std::time::Instant::now() > deadline {
+            break said;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let listed = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .expect("/proc fd")
+        .count() as f64;
+    assert!(
+        said >= before + 100.0 && (said - listed).abs() <= 3.0,
+        "{before} then {said} said with {} held, {listed} in /proc",
+        held.len()
+    );
+}
+
 /// RFC 9110 §10.1.1: a request that waits for `100 Continue` and is answered without it
 /// gets its answer and a closed connection, not a wait for a body that may never come.
 #[test]

@@ -1,8 +1,9 @@
 //! The daemon as a whole, below any one connection: its settings ([`config`]), the state
 //! every thread shares ([`state`]) with the limits it enforces ([`clients`],
 //! [`worker_slots`]) and the blocking connections it must reach ([`live`]), what it reports
-//! ([`access`], [`metrics`]; lines a client can cause, at a bounded rate:
-//! [`protocol_api::throttle`]; where the log goes without holding a loop: [`log_writer`]),
+//! ([`access`], [`metrics`], the process's own figures: [`process`]; lines a client can
+//! cause, at a bounded rate: [`protocol_api::throttle`]; where the log goes without holding
+//! a loop: [`log_writer`]),
 //! how it talks to systemd ([`notify`]), and the main thread's
 //! signals and stop ([`supervisor`]). Nothing here knows HTTP/1.1 or the switch: those
 //! layers ([`crate::http1`], [`crate::switch`]) build on this one.
@@ -15,6 +16,7 @@ pub mod live;
 pub mod log_writer;
 pub mod metrics;
 pub mod notify;
+pub mod process;
 pub mod state;
 pub mod status;
 pub mod supervisor;
