@@ -101,6 +101,10 @@ async def main():
         "switchyard_h2c_backend_response_seconds": "histogram",
         "switchyard_c_echo_read_bytes": "histogram",
         "switchyard_connections_accepted": "counter",
+        "process_cpu_seconds": "counter",
+        "process_resident_memory_bytes": "gauge",
+        "process_open_fds": "gauge",
+        "process_start_time_seconds": "gauge",
     }
     for name, kind in kinds.items():
         assert found[name].type == kind, (name, found[name].type)
@@ -143,6 +147,10 @@ async def main():
         "document.getElementById('generation').textContent",
         "document.querySelector('[data-setting=\"SWITCHYARD_WEBSOCKET_ROUTES\"]')?.textContent",
         "String(document.querySelector('#chart-open polyline').getAttribute('points').split(' ').length >= 3)",
+        "String(/^[0-9]+ [(][0-9]+[)]$/.test(document.getElementById('fds').textContent))",
+        "String(document.querySelector('#chart-memory polyline').getAttribute('points').split(' ').length >= 3)",
+        "String(/^[0-9.]+ MiB$/.test(document.getElementById('memory').textContent))",
+        "String(/^[0-9.]+%$/.test(document.getElementById('cpu-rate').textContent))",
     ])
     expected = ",".join(str(v) for v in [
         plugins["websocket"]["open"],
@@ -151,6 +159,10 @@ async def main():
         int(metric[("websocket", "open_connections", (("route", "/"),))]),
         data["generation"],
         routes["value"],
+        "true",
+        "true",
+        "true",
+        "true",
         "true",
     ])
     subprocess.run([sys.executable, chromium_page, chromium, "http://%s/status" % addr,

@@ -23,6 +23,9 @@ pub struct Point {
     pub panics: u64,
     pub open: u64,
     pub upgraded: u64,
+    /// The process's resident memory (bytes) and CPU time used so far (microseconds).
+    pub resident: u64,
+    pub cpu_us: u64,
 }
 
 /// The samples of the last minutes.
@@ -54,6 +57,8 @@ impl History {
             "panics": column(|p| p.panics),
             "open": column(|p| p.open),
             "upgraded": column(|p| p.upgraded),
+            "resident_bytes": column(|p| p.resident),
+            "cpu_microseconds": column(|p| p.cpu_us),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The status page's data (`/status.json`): the daemon now (plugins and their generation,
-//! connections by protocol, refusals and panics, every plugin metric, the settings in
-//! force) and the last minutes of its counters, sampled every [`EVERY`] by a thread of its
+//! connections by protocol, refusals and panics, its memory, CPU and descriptors, every
+//! plugin metric, the settings in force) and the last minutes of its counters, sampled every [`EVERY`] by a thread of its
 //! own, so that the event loops do nothing for the page until someone opens it.
 //!
 //! Who may read it ([`allowed`]) is a pure rule: a peer in `SWITCHYARD_STATUS_FROM`, and a
@@ -19,6 +19,7 @@ fn unix_millis(at: SystemTime) -> u64 {
 /// Takes one sample of `shared`'s counters now, for the page's charts.
 fn sample(shared: &Shared) {
     let totals = shared.metrics.totals();
+    let process = super::process::Figures::now();
     let point = Point {
         at: unix_millis(SystemTime::now()),
         accepted: totals.accepted,
@@ -33,6 +34,8 @@ fn sample(shared: &Shared) {
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(0) as u64
             + shared.worker_slots.busy() as u64,
+        resident: process.resident_bytes,
+        cpu_us: u64::try_from(process.cpu.as_micros()).unwrap_or(u64::MAX),
     };
     shared.history.push(point);
 }
@@ -156,6 +159,7 @@ pub fn json(shared: &Shared) -> String {
             })
         })
         .collect();
+    let process = super::process::Figures::now();
     let now = SystemTime::now();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -191,6 +195,13 @@ pub fn json(shared: &Shared) -> String {
             "ended_write_timeout": totals.ended_write_timeout,
             "reloads_ok": totals.reloads_ok,
             "reloads_failed": totals.reloads_failed,
+        },
+        "process": {
+            "resident_bytes": process.resident_bytes,
+            "cpu_seconds": process.cpu.as_secs_f64(),
+            "open_fds": process.open_fds,
+            "max_fds": process.max_fds,
+            "threads": process.threads,
         },
         "history": shared.history.json(),
         "plugins": plugins,
