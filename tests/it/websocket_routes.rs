@@ -409,6 +409,68 @@ fn exec_routes_run_a_program_per_connection_as_websocketd_does() {
     );
 }
 
+/// websocketd's `--dir`: an `exec-dir:` route runs the program of its folder that the
+/// path names, with `SCRIPT_NAME` and `PATH_INFO` as websocketd gives them; a path that
+/// names no program gets `404` and starts nothing.
+#[test]
+fn exec_dir_routes_run_the_program_the_path_names_as_websocketd_dir_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("scripts");
+    std::fs::create_dir_all(scripts.join("rooms")).unwrap();
+    std::fs::create_dir_all(scripts.join(".git/hooks")).unwrap();
+    script(
+        &scripts,
+        "env.sh",
+        "echo \"$SCRIPT_NAME|$PATH_INFO|$QUERY_STRING|$0\"",
+    );
+    script(&scripts.join("rooms"), "list", "echo lobby; echo kitchen");
+    script(&scripts.join(".git/hooks"), "post-commit", "echo hooked");
+    script(&scripts, ".secret.sh", "echo hidden");
+    let outside = script(dir.path(), "outside.sh", "echo outside");
+    std::os::unix::fs::symlink(&outside, scripts.join("out.sh")).unwrap();
+    std::fs::write(scripts.join("notes.txt"), "not a program").unwrap();
+    let daemon = daemon(&format!(
+        "/ws=exec-dir:{},/bin=exec-dir-binary:{}",
+        scripts.display(),
+        scripts.display()
+    ));
+
+    let mut client = connect(&daemon, "/ws/env.sh/room/a%20b?x=1");
+    assert_eq!(
+        text(&mut client),
+        format!("/ws/env.sh|/room/a b|x=1|{}/env.sh", scripts.display())
+    );
+    assert_eq!(close_code(&mut client), CloseCode::Normal);
+    let logs = daemon
+        .wait_for_log("the service ended: closed 1000")
+        .unwrap();
+    assert!(logs.contains("websocket /ws/env.sh (pid "), "{logs}");
+
+    let mut client = connect(&daemon, "/ws/rooms/list");
+    assert_eq!([text(&mut client), text(&mut client)], ["lobby", "kitchen"]);
+    let mut client = connect(&daemon, "/bin/rooms/list");
+    assert_eq!(read_bytes(&mut client, 14), b"lobby\nkitchen\n");
+
+    for path in [
+        "/ws",
+        "/ws/rooms",
+        "/ws/missing.sh",
+        "/ws/notes.txt",
+        "/ws/.secret.sh",
+        "/ws/.git/hooks/post-commit",
+        "/ws/out.sh",
+        "/wsenv.sh",
+    ] {
+        assert_eq!(handshake_status(&daemon, path), 404, "{path}");
+    }
+    daemon
+        .wait_for_log("no program (a folder); answered 404")
+        .unwrap();
+    daemon
+        .wait_for_metric("switchyard_websocket_refused_total{route=\"/ws\",status=\"404\"} 8")
+        .unwrap();
+}
+
 /// The daemon's stop, as a client's leaving, gives each program its grace and takes what
 /// it started with it (regression: a program was killed at the daemon's exit, and the
 /// `sleep` it had started in the background lived on).

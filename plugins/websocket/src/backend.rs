@@ -77,7 +77,11 @@ impl Backend {
                         why: format!("could not be started: {e}"),
                     })
             }
-            Service::Echo | Service::Tokens(_) | Service::Shared { .. } => Err(Unreachable {
+            // Resolved per request before they are dialled (to a program, a service).
+            Service::Echo
+            | Service::Tokens(_)
+            | Service::Shared { .. }
+            | Service::ExecDir { .. } => Err(Unreachable {
                 status: 500,
                 why: "echo has no backend".into(),
             }),

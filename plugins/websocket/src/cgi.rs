@@ -23,6 +23,7 @@ use std::ffi::OsString;
 pub fn environment(
     request: &Request<'_>,
     path: &RequestPath<'_>,
+    script: Option<&crate::script_dir::Script>,
     passenv: &[String],
     daemon_env: impl Fn(&str) -> Option<OsString>,
 ) -> BTreeMap<String, OsString> {
@@ -54,8 +55,15 @@ pub fn environment(
     let query = path.query().unwrap_or("");
     let (server_name, server_port) = server_of(request);
     // Decoded (RFC 3875 §4.1.5), as websocketd gives it; the path has no `%2F` nor `%00`
-    // (refused before). The script is the whole route: its name is empty (§4.1.13).
-    let path_info: Vec<u8> = percent_encoding::percent_decode_str(path.path()).collect();
+    // (refused before). The script is the whole route (its name is empty, §4.1.13), or
+    // an `exec-dir:` folder's program, named by the path up to it.
+    let (script_name, path_info) = match script {
+        Some(script) => (script.name.as_str(), script.path_info.as_bytes().to_vec()),
+        None => (
+            "",
+            percent_encoding::percent_decode_str(path.path()).collect(),
+        ),
+    };
     env.insert(
         "PATH_INFO".into(),
         std::os::unix::ffi::OsStringExt::from_vec(path_info),
@@ -65,7 +73,7 @@ pub fn environment(
         ("REMOTE_PORT", port),
         ("REQUEST_METHOD", request.method()),
         ("REQUEST_URI", &path.path_and_query()),
-        ("SCRIPT_NAME", ""),
+        ("SCRIPT_NAME", script_name),
         ("SERVER_NAME", &server_name),
         ("SERVER_PORT", &server_port),
         ("QUERY_STRING", query),
@@ -160,7 +168,7 @@ mod tests {
         let passenv: Vec<String> = passenv.iter().map(|s| s.to_string()).collect();
         request.with(|request| {
             let path = RequestPath::parse(request.target()).unwrap();
-            environment(request, &path, &passenv, |name| match name {
+            environment(request, &path, None, &passenv, |name| match name {
                 "PATH" => Some("/usr/bin:/bin".into()),
                 "DATABASE_PASSWORD" => Some("hunter2".into()),
                 "REMOTE_ADDR" => Some("10.9.9.9".into()),
@@ -195,6 +203,23 @@ mod tests {
         assert_eq!(get(&env, "SERVER_NAME"), Some("test"));
         assert_eq!(get(&env, "SERVER_PORT"), Some("80"));
         assert_eq!(get(&env, "SCRIPT_NAME"), Some(""));
+    }
+
+    /// An `exec-dir:` program is named by the path up to it; `PATH_INFO` is what follows.
+    #[test]
+    fn rfc3875_4_1_13_an_exec_dir_program_has_its_script_name() {
+        let script = crate::script_dir::Script {
+            program: "/srv/ws/chat.sh".into(),
+            name: "/ws/chat.sh".into(),
+            path_info: "/room 1".into(),
+        };
+        let env = TestRequest::get("/ws/chat.sh/room%201?x=1").with(|request| {
+            let path = RequestPath::parse(request.target()).unwrap();
+            environment(request, &path, Some(&script), &[], |_| None)
+        });
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some("/ws/chat.sh"));
+        assert_eq!(get(&env, "PATH_INFO"), Some("/room 1"));
+        assert_eq!(get(&env, "REQUEST_URI"), Some("/ws/chat.sh/room%201?x=1"));
     }
 
     /// Review of run 22: PATH_INFO was left percent-encoded, and SERVER_NAME, SERVER_PORT

@@ -161,7 +161,7 @@ impl Config {
 /// Every setting the plugin reads, for the daemon's `--help` and `--check` (the README's
 /// table says more).
 pub const SETTINGS: &[protocol_api::Setting] = &[
-    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ROUTES", "unset: every path is echo", "services by path prefix: /vnc=tcp://127.0.0.1:5900, /logs=unix:/run/logs.sock, /count=exec:/usr/local/bin/count, exec-binary:, exec-shared:, exec-shared-binary:, tokens:/etc/switchyard/tokens, /=echo; a path no route covers is declined"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ROUTES", "unset: every path is echo", "services by path prefix: /vnc=tcp://127.0.0.1:5900, /logs=unix:/run/logs.sock, /count=exec:/usr/local/bin/count, exec-binary:, exec-shared:, exec-shared-binary:, exec-dir:/srv/ws (a folder of programs, the path naming one), exec-dir-binary:, tokens:/etc/switchyard/tokens, /=echo; a path no route covers is declined"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_ORIGINS", "* on echo routes, same-origin on routes to services", "the pages (Origin) that may open a WebSocket, comma-separated: origins, same-origin, or *"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_HOSTS", "none: IP addresses and localhost only", "names (Host) a page over http may be the same origin on, comma-separated; * for any (DNS rebinding: a rebound name is its own origin)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PROTOCOLS", "none", "subprotocols offered, in our preference"),

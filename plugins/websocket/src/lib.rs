@@ -38,6 +38,7 @@ mod process;
 pub mod receiver;
 mod relay;
 pub mod routes;
+mod script_dir;
 mod session;
 mod stats;
 mod stderr_log;
@@ -177,23 +178,24 @@ impl EventProtocol for WebSocket {
             Ok(path) => path,
             Err(e) => return refuse(request, PathError::STATUS, &e.to_string()),
         };
-        let (service, stats) = match routes::route(&self.config.routes, &path) {
+        let (prefix, service, stats) = match routes::route(&self.config.routes, &path) {
             Ok(Some(route)) => {
                 let index = self
                     .config
                     .routes
                     .iter()
                     .position(|r| std::ptr::eq(r, route));
-                (&route.service, self.route_stats[index.unwrap_or(0)])
+                let stats = self.route_stats[index.unwrap_or(0)];
+                (route.prefix.as_str(), &route.service, stats)
             }
             // No routes: the one entry is every path's.
             Ok(None) if self.config.routes.is_empty() => {
-                (&routes::Service::Echo, self.route_stats[0])
+                ("/", &routes::Service::Echo, self.route_stats[0])
             }
             Ok(None) => return Decision::Decline, // no route for this path: the client gets 426
             Err(e) => return refuse(request, PathError::STATUS, &e.to_string()),
         };
-        let decision = self.negotiate_route(request, &path, service, stats);
+        let decision = self.negotiate_route(request, &path, prefix, service, stats);
         if let Decision::Reject(rejection) = &decision {
             self.stats.refused(stats.label, rejection.status);
         }
@@ -249,6 +251,7 @@ impl WebSocket {
         &self,
         request: &Request<'_>,
         path: &RequestPath<'_>,
+        prefix: &str,
         service: &routes::Service,
         stats: &'static stats::RouteStats,
     ) -> Decision<Agreed> {
@@ -307,12 +310,26 @@ impl WebSocket {
                     Ok(target) => target,
                     Err(rejection) => return Decision::Reject(rejection),
                 };
-                match self.dial(&resolved, request, path, stats) {
+                match self.dial(&resolved, None, request, path, stats) {
                     Ok(dialled) => Some(dialled),
                     Err(rejection) => return Decision::Reject(rejection),
                 }
             }
-            service => match self.dial(service, request, path, stats) {
+            routes::Service::ExecDir { dir, binary } => {
+                let script = match script_dir::resolve(dir, prefix, path.path()) {
+                    Ok(script) => script,
+                    Err(why) => return Decision::Reject(no_program(request, path, why)),
+                };
+                resolved = routes::Service::Exec {
+                    argv: vec![script.program.clone()],
+                    binary: *binary,
+                };
+                match self.dial(&resolved, Some(&script), request, path, stats) {
+                    Ok(dialled) => Some(dialled),
+                    Err(rejection) => return Decision::Reject(rejection),
+                }
+            }
+            service => match self.dial(service, None, request, path, stats) {
                 Ok(dialled) => Some(dialled),
                 Err(rejection) => return Decision::Reject(rejection),
             },
@@ -462,9 +479,11 @@ impl WebSocket {
             .with_header("Retry-After", "1")
     }
 
+    /// `script`: the `exec-dir:` program `service` runs, for its CGI variables and log label.
     fn dial(
         &self,
         service: &routes::Service,
+        script: Option<&script_dir::Script>,
         request: &Request<'_>,
         path: &RequestPath<'_>,
         stats: &'static stats::RouteStats,
@@ -536,7 +555,7 @@ impl WebSocket {
             None => None,
         };
         let env = || {
-            cgi::environment(request, path, &self.config.passenv, |name| {
+            cgi::environment(request, path, script, &self.config.passenv, |name| {
                 std::env::var_os(name)
             })
             .into_iter()
@@ -551,8 +570,15 @@ impl WebSocket {
                 let lines = matches!(service, routes::Service::Exec { binary: false, .. });
                 // The route as configured, not the path as sent (a client's, at any
                 // length and with any characters: a review).
-                let label = match &backend {
-                    backend::Backend::Program(p) => format!("{} (pid {})", stats.label, p.pid),
+                let label = match (&backend, script) {
+                    // The program's path as the folder has it (escaped: a file's name may
+                    // hold anything).
+                    (backend::Backend::Program(p), Some(script)) => {
+                        format!("{} (pid {})", shown(&script.name), p.pid)
+                    }
+                    (backend::Backend::Program(p), None) => {
+                        format!("{} (pid {})", stats.label, p.pid)
+                    }
                     _ => stats.label.to_string(),
                 };
                 Ok(Dialled {
@@ -584,6 +610,27 @@ impl WebSocket {
                 })
             }
         }
+    }
+}
+
+/// `404` for an `exec-dir:` path that names no program; the line says why, the client
+/// only that there is none.
+fn no_program(
+    request: &Request<'_>,
+    path: &RequestPath<'_>,
+    why: script_dir::NotFound,
+) -> protocol_api::Rejection {
+    if let Some(unlogged) = NO_PROGRAM.admit() {
+        log::info!(
+            "websocket {} for {}: no program ({why}); answered 404{unlogged}",
+            shown(path.path()),
+            request.peer()
+        );
+    }
+    protocol_api::Rejection {
+        status: 404,
+        headers: Vec::new(),
+        body: b"no such program\n".to_vec(),
     }
 }
 
@@ -634,6 +681,7 @@ fn shown(path: &str) -> String {
 static HANDSHAKES_REFUSED: protocol_api::throttle::Throttle =
     protocol_api::throttle::Throttle::new();
 static TOKENS_UNKNOWN: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+static NO_PROGRAM: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 static REFUSED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
 export_event_plugin!(WebSocket);

@@ -1,8 +1,10 @@
 //! `SWITCHYARD_WEBSOCKET_ROUTES`: which service a request path gets, by longest prefix:
-//! `echo` (the default for every path when unset), a TCP service (`tcp://host:port`) or a
+//! `echo` (the default for every path when unset); a TCP service (`tcp://host:port`) or a
 //! Unix socket service (`unix:/path`), as websockify bridges them: the payload of every
 //! data message from the client goes to the service as bytes, and the service's bytes come
-//! back as binary messages. A path no route covers is declined (the client gets `426`).
+//! back as binary messages; or a program, as websocketd runs them (`exec:`; one for all of
+//! the route's clients, `exec-shared:`; a folder of them, `exec-dir:`). A path no route
+//! covers is declined (the client gets `426`).
 //!
 //! Pure: parsing and lookup; dialling is [`crate::backend`]'s.
 
@@ -19,6 +21,13 @@ pub enum Service {
     /// words alone; text lines (`exec:`) or binary chunks (`exec-binary:`).
     Exec {
         argv: Vec<String>,
+        binary: bool,
+    },
+    /// A folder of programs, each run per connection as `exec:` runs its one (websocketd's
+    /// `--dir`): the request's path below the route names the program
+    /// ([`crate::script_dir`]).
+    ExecDir {
+        dir: PathBuf,
         binary: bool,
     },
     /// A TCP or Unix service chosen per connection by a token, from websockify's
@@ -45,6 +54,14 @@ impl std::fmt::Display for Service {
             Service::Exec { argv, binary } => {
                 let kind = if *binary { "exec-binary" } else { "exec" };
                 f.write_str(&program(kind, argv))
+            }
+            Service::ExecDir { dir, binary } => {
+                let kind = if *binary {
+                    "exec-dir-binary"
+                } else {
+                    "exec-dir"
+                };
+                write!(f, "{kind}:{}", dir.display())
             }
             Service::Tokens(path) => write!(f, "tokens:{}", path.display()),
             Service::Shared { argv, binary } => {
@@ -75,7 +92,7 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
         let (prefix, service) = entry.split_once('=').ok_or_else(|| {
             invalid(
                 "expected /path=SERVICE (tcp://host:port, unix:/socket, tokens:/file, \
-                 exec:/program args, echo); routes are separated by commas, so an exec: \
+                 exec:/program args, exec-dir:/folder, echo); routes are separated by commas, so an exec: \
                  program's arguments cannot hold one: run a script that holds them",
             )
         })?;
@@ -104,6 +121,22 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
                 return Err(invalid("a unix: backend must be an absolute path"));
             }
             Service::Unix(PathBuf::from(path))
+        } else if let Some((binary, dir)) = [("exec-dir-binary:", true), ("exec-dir:", false)]
+            .iter()
+            .find_map(|(scheme, binary)| service.strip_prefix(scheme).map(|d| (*binary, d)))
+        {
+            if !dir.starts_with('/') {
+                return Err(invalid("an exec-dir: folder must be an absolute path"));
+            }
+            match std::fs::metadata(dir) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(invalid(&format!("{dir} is not a folder"))),
+                Err(e) => return Err(invalid(&format!("the folder {dir} cannot be used: {e}"))),
+            }
+            Service::ExecDir {
+                dir: PathBuf::from(dir),
+                binary,
+            }
         } else if let Some((shared, binary, command)) = [
             ("exec-shared-binary:", true, true),
             ("exec-shared:", true, false),
@@ -135,7 +168,8 @@ pub fn parse(value: &str) -> Result<Vec<Route>, String> {
             }
         } else {
             return Err(invalid(
-                "unknown service; use tcp://host:port, unix:/path, tokens:/path, exec:program or echo",
+                "unknown service; use tcp://host:port, unix:/path, tokens:/path, exec:program, \
+                 exec-dir:/folder or echo",
             ));
         };
         if routes.iter().any(|r| r.prefix == prefix) {
@@ -276,6 +310,9 @@ mod tests {
             ("/count=exec:/no/such/program", "cannot be used"),
             ("/count=exec:no-such-program-here", "on PATH"),
             ("/count=exec:", "needs a program"),
+            ("/ws=exec-dir:scripts", "absolute"),
+            ("/ws=exec-dir:/no/such/folder", "cannot be used"),
+            ("/ws=exec-dir:/bin/sh", "not a folder"),
             // Review of run 22: quotes reached the program as they were.
             ("/log=exec:/bin/cat '/tmp/my app.log'", "no shell"),
             ("/log=exec:/bin/cat -F \"x y\"", "no shell"),
