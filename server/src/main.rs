@@ -156,12 +156,21 @@ fn run(mode: Mode) -> ExitCode {
     }
 }
 
-/// One log line: `[time LEVEL target] message`, as env_logger writes it; an access line
-/// under `SWITCHYARD_ACCESS_LOG=json` alone, so that each such line is one JSON object.
+/// One log line: `[time LEVEL target] message`, as env_logger writes it; under
+/// `SWITCHYARD_ACCESS_LOG=json` one JSON object, an access line's own or any other's.
 fn log_line(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> std::io::Result<()> {
     use std::io::Write as _;
-    if record.target() == "switchyard::access" && daemon::access::is_json() {
-        return writeln!(buf, "{}", record.args());
+    if daemon::access::is_json() {
+        if record.target() == "switchyard::access" {
+            return writeln!(buf, "{}", record.args());
+        }
+        let line = daemon::access::json_log_line(
+            record.level(),
+            record.target(),
+            record.args(),
+            std::time::SystemTime::now(),
+        );
+        return writeln!(buf, "{line}");
     }
     let style = buf.default_level_style(record.level());
     writeln!(

@@ -323,6 +323,23 @@ fn issue24_the_access_log_as_json() {
     assert_eq!(switched["target"], "/chat");
     assert!(switched["time"].as_str().unwrap().ends_with('Z'));
     assert!(switched["seconds"].as_f64().is_some());
+    // Every other line is one object too: the stream is one format for a log shipper.
+    assert!(
+        logs.lines().all(|l| l.starts_with('{')),
+        "a line that is not JSON in:\n{logs}"
+    );
+    let listening = lines
+        .iter()
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("listening on"))
+        })
+        .expect("the start's line");
+    assert_eq!(
+        (&listening["level"], &listening["target"]),
+        (&serde_json::json!("info"), &serde_json::json!("switchyard"))
+    );
 }
 
 /// `/status` and `/status.json` are answered to the addresses allowed, asked for by

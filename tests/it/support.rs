@@ -225,7 +225,11 @@ impl DaemonBuilder {
             let _ended = SetOnDrop(ended);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    // Up to what cannot be in an address (a JSON line's closing quote).
+                    let addr = addr
+                        .split(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                        .next()
+                        .unwrap_or_default();
                     let _ = ready_tx.send(addr.to_string());
                 }
                 let mut logs = sink.lock().unwrap();

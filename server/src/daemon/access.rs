@@ -13,7 +13,8 @@
 //! reads and writes; bytes a plugin splices itself on the lent socket are not seen).
 //!
 //! With `SWITCHYARD_ACCESS_LOG=json` each line is one JSON object instead, written alone on
-//! its line (no time or level before it), with the same fields:
+//! its line (no time or level before it), with the same fields (and every other log line
+//! is one too: [`json_log_line`]):
 //!
 //! ```text
 //! {"time":"2026-12-03T09:01:02.345Z","peer":"127.0.0.1:50412","method":"GET","target":"/chat","version":"HTTP/1.1","status":101,"proto":"echo","tls":null,"in":1187,"out":1210,"seconds":3.204,"reason":null}
@@ -166,6 +167,24 @@ fn json_line(exchange: &Exchange<'_>, now: std::time::SystemTime) -> String {
         "out": exchange.bytes_out,
         "seconds": (exchange.started.elapsed().as_secs_f64() * 1e6).round() / 1e6,
         "reason": exchange.reason,
+    })
+    .to_string()
+}
+
+/// Any other log line as one JSON object (`time`, `level`, `target`, `message`), for when
+/// access lines are JSON: a log shipper then reads one format from the whole stream. The
+/// message is escaped by serde_json, so what a client made a line quote stays in it.
+pub fn json_log_line(
+    level: log::Level,
+    target: &str,
+    message: &std::fmt::Arguments<'_>,
+    now: std::time::SystemTime,
+) -> String {
+    serde_json::json!({
+        "time": rfc3339_millis(now),
+        "level": level.as_str().to_ascii_lowercase(),
+        "target": target,
+        "message": message.to_string(),
     })
     .to_string()
 }

@@ -266,7 +266,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_ACCESS_LOG",
         default: "`text`",
-        meaning: "`json`: each access line is one JSON object (`time`, `peer`, `method`, `target`, `version`, `status`, `proto`, `tls`, `in`, `out`, `seconds`, `reason`), written alone on its line, for log shippers; `text`: the line described below this table",
+        meaning: "`json`: each access line is one JSON object (`time`, `peer`, `method`, `target`, `version`, `status`, `proto`, `tls`, `in`, `out`, `seconds`, `reason`), written alone on its line, for log shippers, and every other line one too (`time`, `level`, `target`, `message`); `text`: the line described below this table",
     },
     Setting {
         variable: "SWITCHYARD_STATUS_FROM",
