@@ -130,6 +130,12 @@ fn behind_nginx_each_client_is_its_own_address_with_its_own_share() {
         Some(503),
         "a third of the same client's is past its share"
     );
+    let logs = daemon.wait_for_log("127.0.0.2:0 \"GET /who HTTP/1.1\" 503");
+    assert!(
+        logs.is_ok(),
+        "the refusal names its request: {}",
+        logs.unwrap_or_else(|l| l)
+    );
     let mut other = open_from(&nginx, "127.0.0.3", "/who").expect("another client's");
     assert_eq!(text(&mut other), "127.0.0.3");
     // Plain requests through nginx (whose own connections count against no client) are

@@ -463,7 +463,9 @@ impl<T: Transport> HttpConn<T> {
 
     /// The answer to a client past `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`: sent at once,
     /// before its request is read, then the connection lingers and closes.
-    fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>) {
+    /// `line`: the request's, when its head was read (a forwarded client's: the proxy's
+    /// connection is refused only once a request names the client).
+    fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>, line: Option<&str>) {
         const REASON: &str = "too many connections from this client";
         self.warn_over_client_limit(cx);
         if self.stream.is_handshaking() || !self.ticket.may_answer_refusal() {
@@ -473,7 +475,14 @@ impl<T: Transport> HttpConn<T> {
             self.close_now = true;
             return;
         }
-        let request = Request::unread(self.input.len() as u64, cx.now);
+        let request = match line {
+            Some(line) => Request {
+                line,
+                bytes_in: self.input.len() as u64,
+                started: cx.now,
+            },
+            None => Request::unread(self.input.len() as u64, cx.now),
+        };
         if !self.input.is_empty() && prior_knowledge::classify(&self.input) != Start::Http1 {
             // HTTP/2 with prior knowledge (its preface, or what came of it): an HTTP/1.1
             // answer would read as a protocol error; REFUSED_STREAM says try again.
@@ -559,7 +568,7 @@ impl<T: Transport> HttpConn<T> {
         if self.over_client_limit && self.stream.is_handshaking() {
             // Over its client's limit before its TLS handshake: refused before the
             // handshake's signature is spent on it (the 503 below would need one).
-            self.refuse_over_client_limit(cx);
+            self.refuse_over_client_limit(cx, None);
             return After::Close;
         }
         // The budget is the turn's, not each read's: a client sending a body to skip (or
@@ -1078,7 +1087,7 @@ impl<T: Transport> HttpConn<T> {
                 }
                 Phase::Head if self.over_client_limit => {
                     self.over_client_limit = false;
-                    self.refuse_over_client_limit(cx);
+                    self.refuse_over_client_limit(cx, None);
                 }
                 Phase::Head => {
                     if self.input.is_empty() {
@@ -1140,7 +1149,15 @@ impl<T: Transport> HttpConn<T> {
                             self.scanner = head::HeadScanner::default();
                             match self.forwarded_client(cx, &head) {
                                 true => self.request(cx, head),
-                                false => self.refuse_over_client_limit(cx),
+                                false => {
+                                    let bytes = &self.input[..head.len];
+                                    let line = access::request_line(
+                                        head.method(bytes),
+                                        head.target(bytes),
+                                        head.version_minor,
+                                    );
+                                    self.refuse_over_client_limit(cx, Some(&line));
+                                }
                             }
                         }
                     }
