@@ -1515,6 +1515,84 @@ fn tokens_choose_the_service_and_the_file_is_read_again_when_it_changes() {
     );
 }
 
+/// A token is the one secret between a client and a desktop: one address may ask for 5
+/// unknown ones a second (bursts of 10); past them it is answered `429` with
+/// `Retry-After` before any token is looked at, the right one too, while other addresses
+/// are served; once its allowance is back, so is it.
+#[test]
+fn one_address_guessing_tokens_is_answered_429_and_others_are_not() {
+    let (service, done) = tcp_service(|mut stream| {
+        stream.write_all(b"vm-1!").unwrap();
+        let _ = stream.read_to_end(&mut Vec::new());
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, format!("right-token: {service}\n")).unwrap();
+    let daemon = daemon(&format!("/websockify=tokens:{}", file.display()));
+    let from = |local: &str| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(
+                &format!("{local}:0")
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        socket.connect(&daemon.addr.into()).unwrap();
+        TcpStream::from(socket)
+    };
+    let statuses: Vec<u16> = (0..30)
+        .map(|i| handshake_status_on(from("127.0.0.1"), &format!("/websockify?token=guess-{i}")))
+        .collect();
+    let misses = statuses.iter().filter(|&&s| s == 404).count();
+    assert!(
+        (10..=14).contains(&misses) && statuses[misses..].iter().all(|&s| s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        handshake_status_on(from("127.0.0.1"), "/websockify?token=right-token"),
+        429,
+        "not even the right one is looked at"
+    );
+    let mut raw = from("127.0.0.1");
+    raw.write_all(
+        b"GET /websockify?token=x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = String::new();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = raw.read_to_string(&mut head);
+    assert!(
+        head.starts_with("HTTP/1.1 429") && head.contains("\r\nRetry-After: "),
+        "{head}"
+    );
+    // Another address is served meanwhile.
+    let other = from("127.0.0.2");
+    other
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut client, _) = tungstenite::client(
+        format!("ws://{}/websockify?token=right-token", daemon.addr),
+        other,
+    )
+    .expect("another address's right token");
+    assert_eq!(read_bytes(&mut client, 5), b"vm-1!");
+    drop(client);
+    done.join().unwrap();
+    // Two seconds on, the guesser's allowance is back.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        handshake_status_on(from("127.0.0.1"), "/websockify?token=guess-again"),
+        404
+    );
+    daemon
+        .wait_for_log("unknown tokens a second from this client; answered 429")
+        .unwrap();
+}
+
 /// A token as websockify reads it: from the query decoded (Python's `parse_qs`: noVNC's
 /// `path=` must percent-encode a token's `/`, `+` and `=`, which tokens of base64 hold),
 /// and from a file line cut at its first `: ` (a token may hold colons). Before, the raw

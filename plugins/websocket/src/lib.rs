@@ -71,6 +71,13 @@ struct Dialled {
     label: String,
 }
 
+/// Unknown tokens one client address may ask a `tokens:` route for, a second (in bursts of
+/// twice as many); past them it is answered `429` before any token is looked at, the right
+/// one too, until it owes none. A token is the one secret between a client and a desktop:
+/// unlimited, one address could try thousands a second (an attacker's question), while a
+/// person who mistypes one is not near this.
+const TOKEN_MISSES_PER_SEC: u32 = 5;
+
 /// The subprotocol websockify's clients ask for: the messages are the stream's bytes.
 const BINARY: &str = "binary";
 
@@ -92,6 +99,8 @@ pub struct WebSocket {
     /// address starting and leaving at once started 327 a second (an attacker's review),
     /// every other client's programs waiting behind them.
     starts: protocol_api::rate::PerClient,
+    /// Each client's allowance of unknown tokens ([`TOKEN_MISSES_PER_SEC`]).
+    token_misses: protocol_api::rate::PerClient,
     /// Dials under way to services, by service and client (`SWITCHYARD_WEBSOCKET_MAX_DIALS`).
     dials: protocol_api::dials::Dials,
     /// What each client's compressed messages may inflate to a second
@@ -159,6 +168,7 @@ impl EventProtocol for WebSocket {
         let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
             starts: protocol_api::rate::PerClient::new(config.starts_per_client),
+            token_misses: protocol_api::rate::PerClient::new(TOKEN_MISSES_PER_SEC),
             stderr_lines: Arc::new(stderr_log::Allowances::new()),
             dials: protocol_api::dials::Dials::new(config.max_dials),
             inflates: (config.inflate_per_client > 0)
@@ -284,6 +294,11 @@ impl WebSocket {
                 return Decision::Reject(rejection);
             }
         };
+        if let routes::Service::Tokens(_) = service {
+            if let Some(wait) = self.token_misses.owed(client_key(request.peer())) {
+                return Decision::Reject(token_guesses(request, path, wait));
+            }
+        }
         // A service is dialled before the 101, which blocks: on a worker.
         let resolved;
         let service = match service {
@@ -424,6 +439,7 @@ impl WebSocket {
         path: &RequestPath<'_>,
     ) -> Result<routes::Service, protocol_api::Rejection> {
         let not_found = |why: String| {
+            self.token_misses.spend(client_key(request.peer()), 1);
             if let Some(unlogged) = TOKENS_UNKNOWN.admit() {
                 log::info!(
                     "websocket {} for {}: {why}; answered 404{unlogged}",
@@ -613,6 +629,30 @@ impl WebSocket {
     }
 }
 
+/// `429` for a client past its unknown tokens ([`TOKEN_MISSES_PER_SEC`]), with how long
+/// until it may ask again.
+fn token_guesses(
+    request: &Request<'_>,
+    path: &RequestPath<'_>,
+    wait: std::time::Duration,
+) -> protocol_api::Rejection {
+    if let Some(unlogged) = TOKEN_GUESSES.admit() {
+        log::warn!(
+            "websocket {} for {}: more than {TOKEN_MISSES_PER_SEC} unknown tokens a second \
+             from this client; answered 429 without looking{unlogged}",
+            shown(path.path()),
+            request.peer()
+        );
+    }
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    protocol_api::Rejection {
+        status: 429,
+        headers: Vec::new(),
+        body: b"too many unknown tokens; try again later\n".to_vec(),
+    }
+    .with_header("Retry-After", seconds.max(1).to_string())
+}
+
 /// `404` for an `exec-dir:` path that names no program; the line says why, the client
 /// only that there is none.
 fn no_program(
@@ -682,6 +722,7 @@ static HANDSHAKES_REFUSED: protocol_api::throttle::Throttle =
     protocol_api::throttle::Throttle::new();
 static TOKENS_UNKNOWN: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 static NO_PROGRAM: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+static TOKEN_GUESSES: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 static REFUSED: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
 
 export_event_plugin!(WebSocket);

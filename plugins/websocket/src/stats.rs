@@ -52,7 +52,7 @@ impl Stats {
             )?,
             refused: metrics::counter(
                 "refused_total",
-                "Requests refused, per route and status: 400 (a bad handshake), 403 (Origin not allowed), 404 (an unknown token, or no program in an exec-dir: folder), 502 (the service refused or failed), 503 (SWITCHYARD_WEBSOCKET_MAX_PROCESSES programs running), 504 (the service did not answer in time).",
+                "Requests refused, per route and status: 400 (a bad handshake), 403 (Origin not allowed), 404 (an unknown token, or no program in an exec-dir: folder), 429 (a client past its unknown tokens), 502 (the service refused or failed), 503 (SWITCHYARD_WEBSOCKET_MAX_PROCESSES programs running), 504 (the service did not answer in time).",
                 &["route", "status"],
             )?,
             bytes: metrics::counter(
