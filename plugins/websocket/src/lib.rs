@@ -73,7 +73,7 @@ struct Dialled {
 
 /// Unknown tokens one client address may ask a `tokens:` route for, a second (in bursts of
 /// twice as many); past them it is answered `429` before any token is looked at, the right
-/// one too, until it owes none. A token is the one secret between a client and a desktop:
+/// one too, until it owes none (each request meanwhile adds to what it owes, up to 2 s). A token is the one secret between a client and a desktop:
 /// unlimited, one address could try thousands a second (an attacker's question), while a
 /// person who mistypes one is not near this.
 const TOKEN_MISSES_PER_SEC: u32 = 5;
@@ -295,7 +295,11 @@ impl WebSocket {
             }
         };
         if let routes::Service::Tokens(_) = service {
-            if let Some(wait) = self.token_misses.owed(client_key(request.peer())) {
+            let client = client_key(request.peer());
+            if self.token_misses.owed(client).is_some() {
+                // Asking on while told to wait counts as a miss: a guesser that does not
+                // stop stays refused (2 s at most), one that waits is soon served.
+                let wait = self.token_misses.spend(client, 1).unwrap_or_default();
                 return Decision::Reject(token_guesses(request, path, wait));
             }
         }
