@@ -445,6 +445,40 @@ fn a_download_its_client_stopped_reading_is_reset_not_left_queued_in_the_kernel(
     );
 }
 
+/// An attacker's review (run 26): the kernel held 3.8 MB of a download for each client
+/// that took it slowly (420 readers of 6.5 KB/s from one address: 1.5 GB, past this host's
+/// TCP memory), as the daemon's answers are held no more. A file's body now waits, as
+/// answers do, while the kernel holds its share unsent for the client; the client that
+/// reads on gets it all.
+#[test]
+fn a_download_its_client_does_not_take_holds_little_in_the_kernel() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let body: Vec<u8> = (0..LARGE).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("large.bin"), &body).unwrap();
+    let daemon = Daemon::builder()
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/={}", dir.path().display()),
+        )
+        .start();
+    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = daemon.client_from_with("127.0.0.1", small_window);
+    client.send("GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let local = client.stream.local_addr().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = crate::support::kernel_queues(daemon.addr, local)
+        .expect("the daemon's socket")
+        .unacked;
+    assert!(
+        held < 512 << 10,
+        "the daemon's socket holds {held} bytes of the file"
+    );
+    // Read on: all of it comes, in order.
+    let response = client.response();
+    assert_eq!(response.status, 200);
+    assert!(response.body == body, "the body as the file has it");
+}
+
 /// From a review: a client reading a download slowly and steadily was cut off at the write
 /// time-out, as no send found room in the kernel's full buffer for that long (readers of
 /// 8-64 KiB a second), and only the orphaned socket served it on. Taken means acknowledged

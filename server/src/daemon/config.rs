@@ -226,7 +226,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_CLIENT_SNDBUF",
         default: "unset: the kernel's autotuning",
-        meaning: "bytes for each client connection's send buffer (SO_SNDBUF, HAProxy's `tune.sndbuf.client`), likewise: unset, it grows up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and a client that stops reading keeps all of it queued until the write time-out; set, that much at most (doubled), and a download's pace to it over the round trip; under socket activation, `SendBuffer=`",
+        meaning: "bytes for each client connection's send buffer (SO_SNDBUF, HAProxy's `tune.sndbuf.client`), likewise: unset, it grows up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default), of which about 64 KiB (1 MiB while the client's window is open) waits unsent for a client that stops reading; set, that much at most (doubled), and a download's pace to it over the round trip; under socket activation, `SendBuffer=`",
     },
     Setting {
         variable: "SWITCHYARD_STATIC_ROUTES",

@@ -686,9 +686,8 @@ impl<T: Transport> HttpConn<T> {
         After::Keep
     }
 
-    /// After `written` more bytes (answers, or a static file's body), and not while a
-    /// body goes (a download runs at the pace its client takes, under
-    /// `SWITCHYARD_CLIENT_SNDBUF`): when the kernel holds more than its share unsent
+    /// After `written` more bytes of answers (a static file's body is looked at as it
+    /// goes, in [`Self::send_body`]): when the kernel holds more than its share unsent
     /// ([`KernelShare`]), requests wait ([`Self::output_full`]) until the socket reports
     /// writable. Meanwhile the client has the write time-out to take something, as a
     /// static file's reader has.
@@ -735,12 +734,20 @@ impl<T: Transport> HttpConn<T> {
                     body.offset += n as u64;
                     sent += n;
                     moved = true;
-                    self.kernel.count(n);
                     let now = Instant::now();
                     self.deadline = now + cx.shared.config.write_timeout;
                     self.acked_mark = None;
                     if let Some(began) = unasked {
                         FileBody::sent_unasked(now - began, now);
+                    }
+                    if self.kernel.wrote(n, &mut KernelOf(&mut self.stream)) {
+                        // The kernel holds its share unsent for a client that takes little
+                        // (a review: readers of 6.5 KB/s each had 3.8 MB of a file held in
+                        // their sockets, 420 of them past this host's TCP memory): the rest
+                        // waits until it takes some, as answers do.
+                        self.writable = false;
+                        self.acked_mark = self.stream.acked();
+                        break;
                     }
                     // A short send may mean the socket is full, or not (an interrupted
                     // copy): only `WouldBlock` says it is, so the next send finds out.
