@@ -225,7 +225,8 @@ fn connection_close_is_honoured_and_empty_files_take_any_range() {
 }
 
 /// What RFC 9110 requires of an origin server, and a redirect that stays on this host (an
-/// attacker's review): If-Match and If-Unmodified-Since get 412 (§13.1.1, §13.1.4); Range
+/// attacker's review): If-Match and If-Unmodified-Since get 412 (§13.1.1, §13.1.4), a list
+/// read from all its lines; Range
 /// on a HEAD is ignored (§14.2); another method on a file's path gets 405 with Allow
 /// (§15.5.6); a folder's redirect is built from the normalised path, never the target as
 /// sent, which could name another host.
@@ -242,6 +243,17 @@ fn preconditions_head_ranges_other_methods_and_redirects_on_this_host() {
     };
     assert_eq!(status("If-Match: \"nope\"\r\n"), 412);
     assert_eq!(status(&format!("If-Match: {etag}\r\n")), 200);
+    // A list may come on several lines (§5.3), read as one (run 26's review: 412, 200).
+    assert_eq!(
+        status(&format!("If-Match: \"nope\"\r\nIf-Match: {etag}\r\n")),
+        200
+    );
+    assert_eq!(
+        status(&format!(
+            "If-None-Match: \"nope\"\r\nIf-None-Match: {etag}\r\n"
+        )),
+        304
+    );
     assert_eq!(
         status("If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
         412

@@ -13,7 +13,8 @@
 //! - a request target longer than its limit (RFC 9112 §3: "a server that receives a
 //!   request-target longer than any URI it wishes to parse MUST respond with a 414"): `414`;
 //! - a head larger than the limit, or with more fields than we keep: `431`;
-//! - HTTP/1.1 without exactly one `Host` (RFC 9112 §3.2): `400`;
+//! - HTTP/1.1 without exactly one `Host`, a `Host` that is no `uri-host [":" port]`, a
+//!   target with a fragment (RFC 9112 §3.2): `400`;
 //! - `Transfer-Encoding` with `Content-Length`, differing `Content-Length` values, an invalid
 //!   `Content-Length`, a `Transfer-Encoding` not ending in `chunked` (§6.1, §6.3): `400`;
 //!   a transfer coding other than `chunked`: `501`;
@@ -292,6 +293,14 @@ fn check(head: &mut Head, bytes: &[u8]) -> Result<(), HttpError> {
         }
     }
     absolute_form(head, bytes)?;
+    // RFC 9112 §3.2: "a Host header field with an invalid field value" is 400, as is a
+    // target with a fragment, which no form of request-target has (§3.2).
+    if head.values(bytes, "host").any(|host| !is_valid_host(host)) {
+        return Err(HttpError::new(400, "invalid Host header"));
+    }
+    if head.target.get(bytes).contains(&b'#') {
+        return Err(HttpError::new(400, "a fragment in the request target"));
+    }
     head.body = body_length(head, bytes)?;
 
     let (mut close, mut connection_upgrade) = (false, false);
@@ -346,6 +355,58 @@ fn absolute_form(head: &mut Head, bytes: &[u8]) -> Result<(), HttpError> {
         }
     }
     Ok(())
+}
+
+/// Whether `value` is a `Host` field's value (RFC 9110 §7.2: `uri-host [ ":" port ]`, RFC
+/// 3986 §3.2.2-3), or empty (a target without an authority):
+///
+/// ```text
+/// host       = IP-literal / IPv4address / reg-name
+/// IP-literal = "[" ( IPv6address / IPvFuture ) "]"
+/// reg-name   = *( unreserved / pct-encoded / sub-delims )
+/// port       = *DIGIT
+/// ```
+///
+/// An IPv6 literal may name its zone (`[fe80::1%25eth0]`, RFC 6874).
+fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let (inside, after) = (&literal[..end], &literal[end + 1..]);
+            let literal_char =
+                |b: &u8| b.is_ascii_alphanumeric() || b":.-_~!$&'()*+,;=%".contains(b);
+            if inside.is_empty() || !inside.iter().all(literal_char) {
+                return false;
+            }
+            match after.strip_prefix(b":") {
+                Some(port) => (&b""[..], port),
+                None if after.is_empty() => (&b""[..], &b""[..]),
+                None => return false,
+            }
+        }
+        None => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' if host
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    port.iter().all(u8::is_ascii_digit)
 }
 
 /// RFC 9112 §6.3: how the body is delimited, refusing every ambiguous shape.
@@ -507,6 +568,48 @@ mod tests {
             400
         );
         assert!(!head(b"GET / HTTP/1.0\r\n\r\n").wants_upgrade);
+    }
+
+    /// From run 26's review: `Host: a b` was served; RFC 9112 §3.2 says 400 for a Host
+    /// with an invalid value. A fragment is no part of a request target.
+    #[test]
+    fn rfc9112_3_2_an_invalid_host_or_a_fragment_is_400() {
+        let with_host = |host: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        for good in [
+            "a",
+            "",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]:9000",
+            "[fe80::1%25eth0]",
+            "under_score.example.",
+            "xn--bcher-kva.example:",
+            "a%41b",
+        ] {
+            let request = with_host(good);
+            assert!(
+                matches!(parse(request.as_bytes(), LIMITS), Ok(Parsed::Complete(_))),
+                "{good:?}"
+            );
+        }
+        for bad in [
+            "a b", "a/b", "a@b", "a:80x", "[::1", "[::1]x", "[]", "a%4", "a\"b", "h:1:2",
+        ] {
+            assert_eq!(
+                error(with_host(bad).as_bytes()).reason,
+                "invalid Host header",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            error(b"GET http://a b/ HTTP/1.1\r\nHost: a\r\n\r\n").status,
+            400,
+            "the absolute-form's authority is the Host"
+        );
+        assert_eq!(
+            error(b"GET /index.html#top HTTP/1.1\r\nHost: a\r\n\r\n").reason,
+            "a fragment in the request target"
+        );
     }
 
     #[test]

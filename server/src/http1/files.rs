@@ -168,10 +168,22 @@ pub fn answer(
     let relative = found;
     let (len, modified) = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
     let etag = files::etag(modified, len);
+    // A field of one value sent on more lines than one is not valid, and ignored; a list
+    // (`If-Match`, `If-None-Match`) may come on several lines, read as one joined with
+    // commas (RFC 9110 §5.3: a review found a second line's entity-tag not seen).
     let field = |name| {
-        head.values(bytes, name)
-            .next()
-            .and_then(|v| std::str::from_utf8(v).ok())
+        let mut lines = head.values(bytes, name);
+        match (lines.next(), lines.next()) {
+            (Some(value), None) => std::str::from_utf8(value).ok(),
+            _ => None,
+        }
+    };
+    let list = |name| -> Option<String> {
+        let lines: Option<Vec<&str>> = head
+            .values(bytes, name)
+            .map(|v| std::str::from_utf8(v).ok())
+            .collect();
+        lines.filter(|l| !l.is_empty()).map(|l| l.join(", "))
     };
     let validators = |response: Response| {
         response
@@ -181,7 +193,7 @@ pub fn answer(
     // RFC 9110 §13.2.2: If-Match, else If-Unmodified-Since; then If-None-Match, else
     // If-Modified-Since; then If-Range.
     if files::precondition_failed(
-        field("if-match"),
+        list("if-match").as_deref(),
         field("if-unmodified-since"),
         &etag,
         modified,
@@ -189,7 +201,7 @@ pub fn answer(
         return (validators(Response::new(412, &b""[..])), None);
     }
     if files::not_modified(
-        field("if-none-match"),
+        list("if-none-match").as_deref(),
         field("if-modified-since"),
         &etag,
         modified,
