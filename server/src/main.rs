@@ -60,21 +60,7 @@ fn main() -> ExitCode {
         }
     };
     sys::return_large_blocks_to_the_system();
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    // Lines reach stderr through a thread of their own (see log_writer), which env_logger
-    // takes for a pipe: colours as before on a terminal, unless RUST_LOG_STYLE says.
-    if std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("RUST_LOG_STYLE").is_none()
-    {
-        logger.write_style(env_logger::WriteStyle::Always);
-    }
-    logger
-        .format(log_line)
-        .target(env_logger::Target::Pipe(Box::new(
-            daemon::log_writer::LogWriter::start(),
-        )))
-        .init();
+    daemon::logger::init();
     protocol_api::moment::start();
     let status = run(mode);
     daemon::log_writer::drain(std::time::Duration::from_secs(2));
@@ -154,33 +140,6 @@ fn run(mode: Mode) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// One log line: `[time LEVEL target] message`, as env_logger writes it; under
-/// `SWITCHYARD_ACCESS_LOG=json` one JSON object, an access line's own or any other's.
-fn log_line(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if daemon::access::is_json() {
-        if record.target() == "switchyard::access" {
-            return writeln!(buf, "{}", record.args());
-        }
-        let line = daemon::access::json_log_line(
-            record.level(),
-            record.target(),
-            record.args(),
-            std::time::SystemTime::now(),
-        );
-        return writeln!(buf, "{line}");
-    }
-    let style = buf.default_level_style(record.level());
-    writeln!(
-        buf,
-        "[{} {style}{:<5}{style:#} {}] {}",
-        buf.timestamp_millis(),
-        record.level(),
-        record.target(),
-        record.args()
-    )
 }
 
 fn version() -> String {

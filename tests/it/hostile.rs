@@ -1618,14 +1618,17 @@ fn one_address_cannot_take_every_program_slot() {
 /// stall serving: every exchange writes an access line, and written in place on the event
 /// loop a full stderr pipe held every connection of the loop (here: after about 600
 /// lines, the 64 KiB a pipe holds). Lines now go through a thread of their own; past its
-/// queue (4 MiB: here 5,000 lines of over 1 KiB) they are dropped, and once stderr is
-/// read again a line says how many.
+/// queue (4 MiB, or 16,384 lines: here 5,000 lines of over 1 KiB, then 20,000 short ones)
+/// they are dropped, and once stderr is read again a line says how many. A warning has
+/// room past the access lines' (run 26's review: a flood of access lines had warnings
+/// dropped with them).
 #[test]
 fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
     use std::io::BufRead;
     let builder = Daemon::builder()
         .plugin("switchyard-echo")
-        .env("SWITCHYARD_IO_THREADS", "1");
+        .env("SWITCHYARD_IO_THREADS", "1")
+        .env("SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT", "2");
     let mut child = builder.command().spawn().unwrap();
     // The address from the log, then the log is not read while the requests go.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
@@ -1645,33 +1648,50 @@ fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
         ));
         assert_eq!(client.response().status, 200, "request {i}");
     }
+    for i in 0..20_000 {
+        client.send(format!("GET /healthz?{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert_eq!(client.response().status, 200, "request {i}");
+    }
     let took = began.elapsed();
     assert!(
         took < Duration::from_secs(60),
-        "5,000 requests took {took:?}"
+        "25,000 requests took {took:?}"
     );
+    // A warning while access lines are dropped: a third connection of the address.
+    let _second = Client::connect(addr.parse().unwrap());
+    let mut third = Client::connect(addr.parse().unwrap());
+    assert_eq!(third.response().status, 503);
     // Read again: the lines that waited, and the count of those that could not.
     let (found, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let (mut warned, mut dropped) = (false, None);
         for line in stderr.lines().map_while(Result::ok) {
+            warned |= line.contains("WARN") && line.contains("too many connections");
             if line.contains("log lines dropped") {
-                let _ = found.send(line);
+                dropped = Some(line);
+            }
+            if let (true, Some(line)) = (warned, &dropped) {
+                let _ = found.send((line.clone(), warned));
                 return;
             }
+        }
+        if let Some(line) = dropped {
+            let _ = found.send((line, warned));
         }
     });
     let line = seen.recv_timeout(Duration::from_secs(20));
     let _ = child.kill();
     let _ = child.wait();
-    let line = line.expect("a line saying how many lines were dropped");
+    let (line, warned) = line.expect("a line saying how many lines were dropped, and the warning");
+    assert!(warned, "the warning was dropped with the access lines");
     let dropped: u64 = line
-        .split("[switchyard::log] ")
+        .split("switchyard::log] ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(
-        dropped > 0 && dropped < 5_000,
+        dropped > 0 && dropped < 25_000,
         "{line}: some lines were dropped, not all"
     );
 }

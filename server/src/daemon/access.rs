@@ -191,7 +191,7 @@ pub fn json_log_line(
 
 /// `now` as RFC 3339 in UTC with milliseconds (`2026-12-03T09:01:02.345Z`), as the logger
 /// stamps its lines.
-fn rfc3339_millis(now: std::time::SystemTime) -> String {
+pub fn rfc3339_millis(now: std::time::SystemTime) -> String {
     let since = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

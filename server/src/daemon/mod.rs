@@ -2,8 +2,8 @@
 //! every thread shares ([`state`]) with the limits it enforces ([`clients`],
 //! [`worker_slots`]) and the blocking connections it must reach ([`live`]), what it reports
 //! ([`access`], [`metrics`], the process's own figures: [`process`]; lines a client can
-//! cause, at a bounded rate: [`protocol_api::throttle`]; where the log goes without holding
-//! a loop: [`log_writer`]),
+//! cause, at a bounded rate: [`protocol_api::throttle`]; the logger and where its lines go
+//! without holding a loop: [`logger`], [`log_writer`]),
 //! how it talks to systemd ([`notify`]), and the main thread's
 //! signals and stop ([`supervisor`]). Nothing here knows HTTP/1.1 or the switch: those
 //! layers ([`crate::http1`], [`crate::switch`]) build on this one.
@@ -14,6 +14,7 @@ pub mod config;
 pub mod history;
 pub mod live;
 pub mod log_writer;
+pub mod logger;
 pub mod metrics;
 pub mod notify;
 pub mod process;

@@ -1,0 +1,161 @@
+//! The daemon's logger: `RUST_LOG` read by env_logger's filter, each line formatted here
+//! into a buffer of the thread's own and handed to [`super::log_writer`].
+//!
+//! ```text
+//! [2026-12-05T12:36:26.345Z INFO  switchyard] 2 event loop(s); listening on 127.0.0.1:8080
+//! ```
+//!
+//! As env_logger writes it, the level coloured on a terminal (`RUST_LOG_STYLE=never` or
+//! `always` says otherwise); under `SWITCHYARD_ACCESS_LOG=json` every line is one JSON
+//! object ([`super::access`]). env_logger's own writing is not used: it copied each line
+//! twice and took a lock shared by every thread to write it, which made the access log the
+//! daemon's largest cost when a client pipelined requests.
+
+use super::{access, log_writer};
+use std::cell::RefCell;
+use std::io::Write as _;
+
+struct DaemonLog {
+    filter: env_logger::Logger,
+    color: bool,
+}
+
+thread_local! {
+    /// The line being formatted, its room kept for the thread's next line.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Room kept between lines (a longer line's is given back).
+const KEEP: usize = 16 * 1024;
+
+impl log::Log for DaemonLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        let important = record.level() <= log::Level::Warn;
+        let written = LINE.with(|line| {
+            // A line formatted while another is (a value whose formatting logs) gets a
+            // buffer of its own.
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return false;
+            };
+            line.clear();
+            format_line(&mut line, record, self.color);
+            log_writer::push(&line, important);
+            if line.capacity() > KEEP {
+                *line = Vec::new();
+            }
+            true
+        });
+        if !written {
+            let mut line = Vec::new();
+            format_line(&mut line, record, self.color);
+            log_writer::push(&line, important);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// `record` as one line, with its newline.
+fn format_line(line: &mut Vec<u8>, record: &log::Record<'_>, color: bool) {
+    let now = std::time::SystemTime::now();
+    if access::is_json() {
+        if record.target() == "switchyard::access" {
+            let _ = writeln!(line, "{}", record.args());
+        } else {
+            let json = access::json_log_line(record.level(), record.target(), record.args(), now);
+            let _ = writeln!(line, "{json}");
+        }
+        return;
+    }
+    let (style, reset) = match color {
+        true => (level_style(record.level()), "\x1b[0m"),
+        false => ("", ""),
+    };
+    let _ = writeln!(
+        line,
+        "[{} {style}{:<5}{reset} {}] {}",
+        access::rfc3339_millis(now),
+        record.level(),
+        record.target(),
+        record.args()
+    );
+}
+
+/// The colours env_logger gives levels.
+fn level_style(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "\x1b[31m",
+        log::Level::Warn => "\x1b[33m",
+        log::Level::Info => "\x1b[32m",
+        log::Level::Debug => "\x1b[34m",
+        log::Level::Trace => "\x1b[36m",
+    }
+}
+
+/// The line that says how many lines were dropped, as a warning of `switchyard::log`.
+fn dropped_line(dropped: u64) -> Vec<u8> {
+    let mut line = Vec::new();
+    let args = format_args!("{dropped} log lines dropped: stderr did not keep up");
+    let record = log::Record::builder()
+        .level(log::Level::Warn)
+        .target("switchyard::log")
+        .args(args)
+        .build();
+    format_line(&mut line, &record, false);
+    line
+}
+
+/// Installs the logger: `RUST_LOG` (`info` when unset), lines to stderr from a thread of
+/// their own.
+pub fn init() {
+    let filter =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let color = match std::env::var("RUST_LOG_STYLE").as_deref() {
+        Ok("always") => true,
+        Ok("never") => false,
+        _ => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    log::set_max_level(filter.filter());
+    log_writer::start(dropped_line);
+    if log::set_boxed_logger(Box::new(DaemonLog { filter, color })).is_err() {
+        eprintln!("switchyard: a logger was installed already");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_as_env_logger_wrote_it() {
+        let args = format_args!("listening on {}", "127.0.0.1:8080");
+        let record = log::Record::builder()
+            .level(log::Level::Info)
+            .target("switchyard")
+            .args(args)
+            .build();
+        let mut line = Vec::new();
+        format_line(&mut line, &record, false);
+        let line = String::from_utf8(line).unwrap();
+        let (time, rest) = line[1..].split_once(' ').unwrap();
+        assert!(time.len() == 24 && time.ends_with('Z'), "{line}");
+        assert_eq!(rest, "INFO  switchyard] listening on 127.0.0.1:8080\n");
+        let mut colored = Vec::new();
+        format_line(&mut colored, &record, true);
+        assert!(String::from_utf8(colored)
+            .unwrap()
+            .contains(" \x1b[32mINFO \x1b[0m switchyard] "));
+        let dropped = String::from_utf8(dropped_line(7)).unwrap();
+        assert!(
+            dropped.contains("WARN  switchyard::log] 7 log lines dropped"),
+            "{dropped}"
+        );
+    }
+}
