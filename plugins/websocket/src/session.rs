@@ -51,6 +51,9 @@ const INFLATE_BUDGET: usize = 1024 * 1024;
 const VECTORED_FROM: usize = 8 * 1024;
 /// After we close: how long the peer gets to answer before the connection is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How often a connection that holds enough to be chosen to close for another's room
+/// ([`assembly`]) looks whether it was: the longest that what it holds outlives the choice.
+const EVICTION_CHECK: Duration = Duration::from_secs(1);
 
 /// What the event-loop thread lends every connection it serves, one at a time.
 struct Scratch {
@@ -92,6 +95,10 @@ pub struct Connection {
     /// Its client inflated more than its allowance: nothing is inflated until it owes
     /// nothing (the timer says when), and compressed input waits unread meanwhile.
     inflate_paused: bool,
+    /// Timer calls in a row, with nothing else, while it holds enough to be chosen to
+    /// close for another's room ([`assembly::EVICTABLE_FROM`]): it is then called every
+    /// [`EVICTION_CHECK`], and only so many of those make the idle time-out.
+    quiet_checks: u16,
     /// A route's service, relayed instead of echoing.
     relay: Option<Box<Relay>>,
     /// The route's metrics; the connection counts in its open gauge until dropped.
@@ -198,6 +205,7 @@ impl Connection {
             state: State::Open,
             ping_sent: false,
             inflate_paused: false,
+            quiet_checks: 0,
             stats,
         }
     }
@@ -228,6 +236,10 @@ impl Connection {
             self.ended(|| "daemon stopping: closed 1001".into());
             self.start_close(close_code::GOING_AWAY, "server stopping");
         }
+        if self.state == State::Open && self.assembly.is_evicted() {
+            self.close_for_room();
+        }
+        let check_only = ready.is_timer() && self.eviction_check_only(ready, config);
         // While paused, the timer is the pause's (it replaced the idle timer).
         let paused_timer = std::mem::take(&mut self.inflate_paused);
         // A client may owe from its other connections (a new one each message, say): looked
@@ -246,7 +258,7 @@ impl Connection {
             .relay
             .as_ref()
             .is_some_and(|relay| relay.stderr_paused_for().is_some());
-        if ready.is_timer() && !paused_timer && !stderr_timer {
+        if ready.is_timer() && !paused_timer && !stderr_timer && !check_only {
             match self.state {
                 State::Closing { until, .. } if Instant::now() >= until.instant() => {
                     return Ok(Wants::close()); // the peer did not answer our close
@@ -501,6 +513,14 @@ impl Connection {
 
     /// `wants`, with the timer the state calls for.
     fn next(&self, wants: Wants, config: &Config) -> Wants {
+        let wants = self.next_for_state(wants, config);
+        match self.state == State::Open && self.assembly.is_large() {
+            true => wants.with_timer_by(EVICTION_CHECK),
+            false => wants,
+        }
+    }
+
+    fn next_for_state(&self, wants: Wants, config: &Config) -> Wants {
         match self.state {
             State::Closing { until, .. } => {
                 wants.with_timer(until.instant().saturating_duration_since(Instant::now()))
@@ -653,18 +673,7 @@ impl Connection {
                 }
                 let budget = assembly::budget(self.receiver.max_message());
                 if !self.assembly.count(self.holds(), budget) {
-                    log::debug!(
-                        "closing with 1013: the plugin holds its most in messages not yet whole"
-                    );
-                    self.ended(|| {
-                        "the server holds its most in messages not yet whole: closed 1013".into()
-                    });
-                    self.receiver.abandon_message();
-                    self.assembly.count(0, budget);
-                    self.start_close(
-                        close_code::TRY_AGAIN_LATER,
-                        "the server holds its most in messages not yet whole",
-                    );
+                    self.close_for_room();
                 }
             }
             Err(violation) => {
@@ -682,6 +691,39 @@ impl Connection {
         }
         self.owed.settle();
         Ok(())
+    }
+
+    /// Closes with 1013 what may not grow, or was chosen to make room for another
+    /// ([`assembly`]): the message is dropped, and what it held counted no more.
+    fn close_for_room(&mut self) {
+        log::debug!("closing with 1013: the plugin holds its most in messages not yet whole");
+        self.ended(|| "the server holds its most in messages not yet whole: closed 1013".into());
+        self.receiver.abandon_message();
+        self.partial = None;
+        self.assembly
+            .count(self.holds(), assembly::budget(self.receiver.max_message()));
+        self.start_close(
+            close_code::TRY_AGAIN_LATER,
+            "the server holds its most in messages not yet whole",
+        );
+    }
+
+    /// Whether a timer call is only the check of a connection that holds enough to be
+    /// chosen to close ([`EVICTION_CHECK`]), not yet its idle time-out; counts it.
+    fn eviction_check_only(&mut self, ready: Ready, config: &Config) -> bool {
+        if ready.is_readable() || ready.is_writable() || !self.assembly.is_large() {
+            self.quiet_checks = 0;
+            return false;
+        }
+        let checks_to_idle = config.idle.map_or(u64::MAX, |idle| {
+            idle.as_millis().div_ceil(EVICTION_CHECK.as_millis()) as u64
+        });
+        self.quiet_checks = self.quiet_checks.saturating_add(1);
+        if u64::from(self.quiet_checks) >= checks_to_idle {
+            self.quiet_checks = 0;
+            return false;
+        }
+        true
     }
 
     /// Starts the closing handshake (§7.1.2): our close frame, then our side shut once it is
