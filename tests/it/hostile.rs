@@ -922,9 +922,14 @@ fn a_service_that_never_reads_costs_no_cpu_and_a_client_that_leaves_ends_it() {
     // unread does).
     let left = Instant::now();
     reset(client);
-    daemon
-        .wait_for_log("websocket /stuck: the client")
+    let logs = daemon
+        .wait_for_log("websocket /stuck for 127.0.0.1:")
         .expect("the relay ends as the client leaves");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("websocket /stuck for 127.0.0.1:") && l.contains(": the client")),
+        "{logs}"
+    );
     assert!(left.elapsed() < Duration::from_secs(3));
     let cpu = daemon.cpu_time();
     std::thread::sleep(Duration::from_secs(1));

@@ -798,7 +798,10 @@ fn a_program_flooding_stderr_is_rate_limited_in_the_log() {
     let logs = daemon
         .wait_for_log("earlier lines not logged")
         .unwrap_or_else(|l| l);
-    let logged = logs.lines().filter(|l| l.contains("): noise ")).count();
+    let logged = logs
+        .lines()
+        .filter(|l| l.contains("websocket /noisy (pid ") && l.contains(": noise "))
+        .count();
     assert!(
         (100..=150).contains(&logged),
         "{logged} of 5,000 stderr lines logged"
@@ -1384,9 +1387,15 @@ fn a_service_that_fails_closes_1011() {
     let daemon = daemon(&format!("/fails=tcp://{addr}"));
     let mut client = connect(&daemon, "/fails");
     assert_eq!(close_code(&mut client), CloseCode::Error);
-    daemon
-        .wait_for_log("websocket /fails: the service failed")
+    let logs = daemon
+        .wait_for_log("websocket /fails for 127.0.0.1:")
         .unwrap();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("websocket /fails for 127.0.0.1:")
+                && l.contains(": the service failed")),
+        "the route, its client and how it ended: {logs}"
+    );
 }
 
 /// Issue 23: websockify's clients (noVNC up to 1.1, and others since) ask for the `binary`

@@ -589,8 +589,8 @@ impl WebSocket {
             Ok(backend) => {
                 let lines = matches!(service, routes::Service::Exec { binary: false, .. });
                 // The route as configured, not the path as sent (a client's, at any
-                // length and with any characters: a review).
-                let label = match (&backend, script) {
+                // length and with any characters: a review), and whose connection it is.
+                let route = match (&backend, script) {
                     // The program's path as the folder has it (escaped: a file's name may
                     // hold anything).
                     (backend::Backend::Program(p), Some(script)) => {
@@ -601,6 +601,7 @@ impl WebSocket {
                     }
                     _ => stats.label.to_string(),
                 };
+                let label = format!("{route} for {}", request.peer());
                 Ok(Dialled {
                     backend,
                     lines,
