@@ -19,8 +19,9 @@
 //! that holds more than a quarter of it (one message of the largest size, in one connection
 //! or spread over many) may not grow: one address takes at most half, and leaves the rest
 //! to the others. Four addresses could still fill it, and keep it: past the whole, the
-//! connections that hold the most (more than the one that grows) are chosen to close
-//! instead ([`Share::is_evicted`]), and what they hold counts as free until they have. Under half, nobody is held to a share, so users behind one address (an
+//! clients that hold the most (more than the one whose message grows) are chosen to close
+//! their connections' unfinished messages instead ([`Share::is_evicted`]), and what they
+//! hold counts as free until they have. Under half, nobody is held to a share, so users behind one address (an
 //! office, a carrier's NAT) are not held back while the echo holds little. Routes take
 //! messages in parts ([`crate::receiver::Delivery::Parts`]) and hold at most a part; what
 //! a route's compressed message holds before it is inflated, and the decompressor of a
@@ -33,33 +34,23 @@ use std::sync::{Mutex, MutexGuard};
 /// Bytes held in messages not yet whole, by every connection of the process.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// What a connection must hold to be closed for another's room ([`Share::count`]), and to
-/// be looked at for that at least once a second ([`Share::is_evicted`]).
-pub const EVICTABLE_FROM: usize = 64 * 1024;
-
-/// The counts behind one lock: per client, and the connections that hold
-/// [`EVICTABLE_FROM`] or more.
+/// The counts per client, behind one lock.
 struct Registry {
     /// Per client with any held (by [`protocol_api::clients::key`]).
-    by_client: BTreeMap<u64, usize>,
-    /// Connections holding [`EVICTABLE_FROM`] or more, by their number.
-    large: BTreeMap<u32, Large>,
-    /// The last number given to a large holder.
-    last_id: u32,
-    /// What the connections chosen to be closed hold, until they are: counted as free.
+    clients: BTreeMap<u64, Held>,
+    /// What the clients chosen to close their connections hold, until they have: counted
+    /// as free meanwhile.
     evicting: usize,
 }
 
-struct Large {
+struct Held {
     held: usize,
-    /// Chosen to be closed for another's room: what it held then.
+    /// Chosen to close what holds ([`Share::is_evicted`]): what it held then.
     evicted: Option<usize>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    by_client: BTreeMap::new(),
-    large: BTreeMap::new(),
-    last_id: 0,
+    clients: BTreeMap::new(),
     evicting: 0,
 });
 
@@ -78,25 +69,17 @@ fn client_budget(budget: usize) -> usize {
     budget / 4
 }
 
-/// One connection's share of the counts, given back when it is dropped (16 bytes: every
-/// connection carries one).
+/// One connection's share of the counts, given back when it is dropped.
 pub struct Share {
+    counted: usize,
     client: u64,
-    /// What it holds (a message is at most 1 GiB, see the plugin's configuration).
-    counted: u32,
-    /// Its number among the large holders, 0 while it is none.
-    large: u32,
 }
 
 impl Share {
     /// A connection of the client under `client` ([`protocol_api::clients::key`]),
     /// holding nothing yet.
     pub fn new(client: u64) -> Share {
-        Share {
-            client,
-            counted: 0,
-            large: 0,
-        }
+        Share { counted: 0, client }
     }
 
     /// The client the connection is counted under.
@@ -104,129 +87,94 @@ impl Share {
         self.client
     }
 
-    /// Whether the connection holds enough to be closed for another's room: it is then
-    /// to be called at least once a second to learn of it ([`Share::is_evicted`]).
-    pub fn is_large(&self) -> bool {
-        self.large != 0
+    /// Whether the connection holds anything: it is then to be called at least once a
+    /// second to learn whether its client was chosen to close ([`Share::is_evicted`]).
+    pub fn holds_any(&self) -> bool {
+        self.counted > 0
     }
 
-    /// Whether the connection was chosen to be closed (1013) so that another could go on:
-    /// it holds the most, and all together held the whole budget.
+    /// Whether the connection holds something for a client chosen to close what its
+    /// connections hold (1013), so that another could go on: it held the most, and all
+    /// together held the whole budget.
     pub fn is_evicted(&self) -> bool {
-        self.large != 0
+        self.counted > 0
             && registry()
-                .large
-                .get(&self.large)
-                .is_some_and(|l| l.evicted.is_some())
+                .clients
+                .get(&self.client)
+                .is_some_and(|c| c.evicted.is_some())
     }
 
     /// Counts that the connection now holds `now` bytes of a message in assembly. False
     /// when it may not: close it. Growth is refused when all together hold more than half
     /// the budget and the client's connections more than a quarter (its own doing), and
-    /// when all together would hold more than the budget and no connection holding more
-    /// than this one can be chosen to make room. Otherwise such connections, the largest
-    /// first, are chosen to be closed ([`Share::is_evicted`]) until there is room, and
-    /// what they hold counts as free meanwhile (at most the budget's worth at once): four
-    /// addresses that filled the budget with unfinished messages and kept their
-    /// connections quiet had every other client's large message closed for as long as
-    /// they liked (an attacker's review).
+    /// when all together would hold more than the budget and no client holding more than
+    /// this one's can be chosen to make room. Otherwise such clients, the one holding the
+    /// most first, are chosen to close what their connections hold ([`Share::is_evicted`]),
+    /// and what they hold counts as free until they have (at most the budget's worth at
+    /// once). Chosen by client, not by connection: four addresses that filled the budget
+    /// with unfinished messages had every other client's large message closed (an
+    /// attacker's review), and choosing the largest connection let them dodge it with
+    /// many small ones (the next review).
     pub fn count(&mut self, now: usize, budget: usize) -> bool {
-        let now = u32::try_from(now).unwrap_or(u32::MAX);
         let counted = std::mem::replace(&mut self.counted, now);
         if now == counted {
             return true;
         }
         let mut registry = registry();
-        let (now, counted) = (now as usize, counted as usize);
         if now < counted {
             HELD.fetch_sub(counted - now, Ordering::Relaxed);
-            registry.change(self.client, -((counted - now) as isize));
-            self.note_large(&mut registry, now);
+            registry.shrink(self.client, counted - now);
             return true;
         }
-        if registry.evicted(self.large) {
-            self.counted = counted as u32;
-            return false; // to be closed: it grows no more
+        let client = registry.clients.entry(self.client).or_insert(Held {
+            held: 0,
+            evicted: None,
+        });
+        if client.evicted.is_some() {
+            self.counted = counted;
+            return false; // to close: it grows no more
         }
         let grown = now - counted;
+        client.held += grown;
+        let client_held = client.held;
         let total = HELD.fetch_add(grown, Ordering::Relaxed) + grown;
-        let client = registry.change(self.client, grown as isize);
-        self.note_large(&mut registry, now);
         let free_of_evicted = total.saturating_sub(registry.evicting);
         if free_of_evicted <= budget / 2 {
             return true;
         }
-        if client > client_budget(budget) {
+        if client_held > client_budget(budget) {
             return false;
         }
         free_of_evicted <= budget
-            || registry.evict_for(self.large, now, free_of_evicted - budget, budget)
-    }
-
-    /// Enters or leaves the large holders as `now` says; leaving, an eviction's count is
-    /// given back.
-    fn note_large(&mut self, registry: &mut Registry, now: usize) {
-        match (self.large, now >= EVICTABLE_FROM) {
-            (0, true) => {
-                registry.last_id = registry.last_id.wrapping_add(1).max(1);
-                while registry.large.contains_key(&registry.last_id) {
-                    registry.last_id = registry.last_id.wrapping_add(1).max(1);
-                }
-                self.large = registry.last_id;
-                let held = now;
-                registry.large.insert(
-                    self.large,
-                    Large {
-                        held,
-                        evicted: None,
-                    },
-                );
-            }
-            (0, false) => {}
-            (id, true) => {
-                if let Some(large) = registry.large.get_mut(&id) {
-                    large.held = now;
-                }
-            }
-            (id, false) if now == 0 || !registry.evicted(id) => {
-                if let Some(Large {
-                    evicted: Some(held),
-                    ..
-                }) = registry.large.remove(&id)
-                {
-                    registry.evicting -= held;
-                }
-                self.large = 0;
-            }
-            // An evicted connection stays one until it holds nothing (it is closing).
-            (_, false) => {}
-        }
+            || registry.evict_for(self.client, client_held, free_of_evicted - budget, budget)
     }
 }
 
 impl Registry {
-    /// Adds `by` to the client's count; returns the count.
-    fn change(&mut self, client: u64, by: isize) -> usize {
-        let held = self.by_client.entry(client).or_insert(0);
-        *held = held.saturating_add_signed(by);
-        let now = *held;
-        if now == 0 {
-            self.by_client.remove(&client);
+    /// Takes `by` off the client's count; a client that holds nothing is forgotten, and
+    /// what it held when chosen to close is counted no more.
+    fn shrink(&mut self, client: u64, by: usize) {
+        let Some(held) = self.clients.get_mut(&client) else {
+            return;
+        };
+        held.held = held.held.saturating_sub(by);
+        if held.held == 0 {
+            if let Some(Held {
+                evicted: Some(was), ..
+            }) = self.clients.remove(&client)
+            {
+                self.evicting -= was;
+            }
         }
-        now
     }
 
-    fn evicted(&self, id: u32) -> bool {
-        id != 0 && self.large.get(&id).is_some_and(|l| l.evicted.is_some())
-    }
-
-    /// Chooses connections holding more than `held` (not `id`), the largest first, to be
-    /// closed until `needed` bytes are theirs, if there are enough of them and what is
-    /// being closed stays within `budget`; true if so.
-    fn evict_for(&mut self, id: u32, held: usize, needed: usize, budget: usize) -> bool {
-        let mut larger: Vec<(usize, u32)> = (self.large.iter())
-            .filter(|(&other, l)| other != id && l.evicted.is_none() && l.held > held)
-            .map(|(&other, l)| (l.held, other))
+    /// Chooses clients holding more than `held` (not `grower`), the one holding the most
+    /// first, to close what they hold until `needed` bytes are theirs, if there are enough
+    /// of them and what is being closed stays within `budget`; true if so.
+    fn evict_for(&mut self, grower: u64, held: usize, needed: usize, budget: usize) -> bool {
+        let mut larger: Vec<(usize, u64)> = (self.clients.iter())
+            .filter(|(&other, c)| other != grower && c.evicted.is_none() && c.held > held)
+            .map(|(&other, c)| (c.held, other))
             .collect();
         larger.sort_unstable_by(|a, b| b.cmp(a));
         let mut chosen = Vec::new();
@@ -242,8 +190,8 @@ impl Registry {
             return false;
         }
         for (other, size) in chosen {
-            if let Some(large) = self.large.get_mut(&other) {
-                large.evicted = Some(size);
+            if let Some(client) = self.clients.get_mut(&other) {
+                client.evicted = Some(size);
             }
         }
         self.evicting += freed;
@@ -262,57 +210,68 @@ mod tests {
     use super::*;
 
     /// One test, so that no other test of this module counts meanwhile (the counts are
-    /// the process's). Sizes in units of [`EVICTABLE_FROM`], so that every holder here may
-    /// be chosen to close.
+    /// the process's).
     #[test]
     fn growth_past_the_whole_or_past_a_clients_quarter_under_pressure_is_refused() {
-        const U: usize = EVICTABLE_FROM;
         assert_eq!(HELD.load(Ordering::Relaxed), 0);
-        let budget = 400 * U;
+        let budget = 400;
         // Under half the whole, one client may hold more than its quarter, on two
         // connections (users behind one address).
         let (mut a, mut a2) = (Share::new(1), Share::new(1));
         assert!(
-            a.count(150 * U, budget) && a2.count(50 * U, budget),
+            a.count(150, budget) && a2.count(50, budget),
             "200: half, exactly"
         );
         assert!(
-            !a2.count(60 * U, budget),
+            !a2.count(60, budget),
             "past half, a client over its quarter"
         );
         a2.count(0, budget);
         // Others, each within its quarter, up to the whole: 150 + 100 + 100 + 50 = 400.
         let (mut b, mut c, mut d) = (Share::new(2), Share::new(3), Share::new(4));
-        assert!(b.count(100 * U, budget) && c.count(100 * U, budget) && d.count(50 * U, budget));
-        assert!(a.count(140 * U, budget), "shrinking is always fine: 390");
-        // Past the whole, a client within its quarter: the largest holder larger than it
-        // (a, 140) is chosen to close, and the newcomer goes on.
+        assert!(b.count(100, budget) && c.count(100, budget) && d.count(50, budget));
+        assert!(a.count(140, budget), "shrinking is always fine: 390");
+        // Past the whole, a client within its quarter: the client holding the most (1,
+        // with 140) is chosen to close, and the newcomer goes on.
         let mut e = Share::new(5);
-        assert!(e.count(20 * U, budget), "room made: 410");
+        assert!(e.count(20, budget), "room made: 410");
         assert!(a.is_evicted() && !b.is_evicted() && !e.is_evicted());
-        assert!(!a.count(141 * U, budget), "the one chosen grows no more");
-        // What is being closed counts as free (410 - 140 = 270), and more is chosen as
-        // needed, the largest first, up to the budget's worth at once.
-        let (mut f, mut g) = (Share::new(6), Share::new(7));
-        assert!(f.count(90 * U, budget), "360");
-        assert!(g.count(60 * U, budget), "420: b or c (100) chosen");
-        assert!(b.is_evicted() != c.is_evicted() && !f.is_evicted() && !g.is_evicted());
-        let mut h = Share::new(8);
+        assert!(!a.count(141, budget), "what was chosen grows no more");
         assert!(
-            !h.count(100 * U, budget),
-            "420 - 240 + 100 = 420 with none larger than h left to choose"
+            !a2.count(1, budget),
+            "nor does another connection of its client"
         );
+        assert!(
+            !a2.is_evicted(),
+            "which holds nothing, so has nothing to close"
+        );
+        // Many small connections of one client are one client (the next review: 17
+        // connections of 60 KB each dodged a choice by connection).
+        let smalls: Vec<Share> = (0..9)
+            .map(|_| {
+                let mut small = Share::new(6);
+                assert!(small.count(10, budget));
+                small
+            })
+            .collect();
+        // 500 held, 140 of it being closed: 360. Client 7 grows to 60: 420, over by 20;
+        // clients holding more than 60 and not closing: 2 and 3 (100), 6 (90).
+        let mut f = Share::new(7);
+        assert!(f.count(60, budget));
+        assert!(b.is_evicted() != c.is_evicted() && smalls.iter().all(|s| !s.is_evicted()));
+        let mut g = Share::new(8);
+        assert!(g.count(50, budget), "610 held, 240 of it being closed: 370");
+        // With no client holding more than it left to choose, the one that grows is
+        // refused: 710 - 240 = 470, and none holds more than 100 but those closing.
+        let mut h = Share::new(9);
+        assert!(!h.count(100, budget));
         h.count(0, budget);
-        a.count(0, budget); // a closed
-        assert!(!a.is_evicted(), "it holds nothing now");
-        // Holders under EVICTABLE_FROM are never chosen.
-        let mut small = Share::new(7);
-        assert!(small.count(U - 1, budget));
-        assert!(!small.is_large());
-        drop((a, a2, b, c, d, e, f, g, h, small));
+        a.count(0, budget); // a closed: its client forgotten, its 140 no longer closing
+        assert_eq!(registry().evicting, 100);
+        drop((a, a2, b, c, d, e, f, g, h, smalls));
         assert_eq!(HELD.load(Ordering::Relaxed), 0);
         let registry = registry();
-        assert!(registry.by_client.is_empty(), "no client left counted");
-        assert!(registry.large.is_empty() && registry.evicting == 0);
+        assert!(registry.clients.is_empty(), "no client left counted");
+        assert_eq!(registry.evicting, 0);
     }
 }

@@ -51,8 +51,8 @@ const INFLATE_BUDGET: usize = 1024 * 1024;
 const VECTORED_FROM: usize = 8 * 1024;
 /// After we close: how long the peer gets to answer before the connection is closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// How often a connection that holds enough to be chosen to close for another's room
-/// ([`assembly`]) looks whether it was: the longest that what it holds outlives the choice.
+/// How often a connection that holds part of a message looks whether its client was chosen
+/// to close for another's room ([`assembly`]): the longest what it holds outlives that.
 const EVICTION_CHECK: Duration = Duration::from_secs(1);
 
 /// What the event-loop thread lends every connection it serves, one at a time.
@@ -95,8 +95,8 @@ pub struct Connection {
     /// Its client inflated more than its allowance: nothing is inflated until it owes
     /// nothing (the timer says when), and compressed input waits unread meanwhile.
     inflate_paused: bool,
-    /// Timer calls in a row, with nothing else, while it holds enough to be chosen to
-    /// close for another's room ([`assembly::EVICTABLE_FROM`]): it is then called every
+    /// Timer calls in a row, with nothing else, while it holds part of a message (and may
+    /// be chosen to close for another's room, [`assembly`]): it is then called every
     /// [`EVICTION_CHECK`], and only so many of those make the idle time-out.
     quiet_checks: u16,
     /// A route's service, relayed instead of echoing.
@@ -514,7 +514,7 @@ impl Connection {
     /// `wants`, with the timer the state calls for.
     fn next(&self, wants: Wants, config: &Config) -> Wants {
         let wants = self.next_for_state(wants, config);
-        match self.state == State::Open && self.assembly.is_large() {
+        match self.state == State::Open && self.assembly.holds_any() {
             true => wants.with_timer_by(EVICTION_CHECK),
             false => wants,
         }
@@ -711,7 +711,7 @@ impl Connection {
     /// Whether a timer call is only the check of a connection that holds enough to be
     /// chosen to close ([`EVICTION_CHECK`]), not yet its idle time-out; counts it.
     fn eviction_check_only(&mut self, ready: Ready, config: &Config) -> bool {
-        if ready.is_readable() || ready.is_writable() || !self.assembly.is_large() {
+        if ready.is_readable() || ready.is_writable() || !self.assembly.holds_any() {
             self.quiet_checks = 0;
             return false;
         }
