@@ -254,6 +254,10 @@ fn preconditions_head_ranges_other_methods_and_redirects_on_this_host() {
         )),
         304
     );
+    // A line that is not UTF-8 matches nothing; it does not hide the others.
+    let mut client = daemon.client();
+    client.send(b"GET /vnc.html HTTP/1.1\r\nHost: t\r\nIf-Match: \"x\"\r\nIf-Match: \xff\r\n\r\n");
+    assert_eq!(client.response().status, 412);
     assert_eq!(
         status("If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
         412

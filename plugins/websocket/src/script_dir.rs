@@ -17,7 +17,8 @@ use std::path::Path;
 /// The program a request names in an `exec-dir:` folder.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Script {
-    /// The program's file: the folder joined with the segments that named it.
+    /// The program's file: the folder joined with the segments that named it, links
+    /// resolved.
     pub program: String,
     /// The route and the segments that named the program, decoded: `SCRIPT_NAME`.
     pub name: String,
@@ -65,13 +66,20 @@ pub fn resolve(dir: &Path, prefix: &str, path: &str) -> Result<Script, NotFound>
             return Err("not an executable file");
         }
         let real = file.canonicalize().map_err(|_| "no such program")?;
-        if !real.starts_with(&root) {
+        let Ok(inside) = real.strip_prefix(&root) else {
             return Err("a symbolic link out of the folder");
+        };
+        // A link to a hidden file is one too (`git -> .git`: a review ran a hook so).
+        let hidden = |c: std::path::Component<'_>| c.as_os_str().as_encoded_bytes()[0] == b'.';
+        if inside.components().any(hidden) {
+            return Err("a hidden file");
         }
         let named = &path[..path.len() - below.len() + taken - 1];
         let rest = &below[(taken - 1).min(below.len())..];
+        // The file the checks were made on, links resolved: a link changed since cannot
+        // lead elsewhere.
         return Ok(Script {
-            program: file.to_str().ok_or("not UTF-8")?.to_string(),
+            program: real.to_str().ok_or("not UTF-8")?.to_string(),
             name: decoded(named)?,
             path_info: decoded(rest)?,
         });
@@ -164,6 +172,8 @@ mod tests {
         std::os::unix::fs::symlink("/bin/sh", dir.join("shell")).unwrap();
         std::os::unix::fs::symlink("/usr/bin", dir.join("bin")).unwrap();
         std::os::unix::fs::symlink(dir.join("chat.sh"), dir.join("inside")).unwrap();
+        std::os::unix::fs::symlink(dir.join(".git"), dir.join("git")).unwrap();
+        std::os::unix::fs::symlink(dir.join(".env"), dir.join("env")).unwrap();
         let at = |path: &str| resolve(&dir, "/ws", path);
         for (path, why) in [
             ("/ws", "a folder"),
@@ -178,6 +188,8 @@ mod tests {
             ("/ws/shell", "a symbolic link out of the folder"),
             ("/ws/bin/env", "a symbolic link out of the folder"),
             ("/ws/%FF", "not UTF-8"),
+            ("/ws/git/hooks/post-commit", "a hidden file"),
+            ("/ws/env", "a hidden file"),
         ] {
             assert_eq!(at(path), Err(why), "{path}");
         }
