@@ -1735,26 +1735,39 @@ fn a_log_reader_that_does_not_keep_up_never_stalls_serving() {
     // Read again: the lines that waited, and the count of those that could not.
     let (found, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let (mut warned, mut dropped) = (false, None);
+        // `[2026-12-05T13:30:23.123Z ...`: as text, in time's order.
+        let time = |line: &str| line.get(1..25).unwrap_or("").to_string();
+        let (mut warned, mut dropped, mut latest_before, mut next) =
+            (false, None, String::new(), None);
         for line in stderr.lines().map_while(Result::ok) {
             warned |= line.contains("WARN") && line.contains("too many connections");
-            if line.contains("log lines dropped") {
-                dropped = Some(line);
+            match &dropped {
+                None if line.contains("log lines dropped") => dropped = Some(line.clone()),
+                None => latest_before = latest_before.max(time(&line)),
+                Some(_) => {
+                    next.get_or_insert_with(|| time(&line));
+                }
             }
-            if let (true, Some(line)) = (warned, &dropped) {
-                let _ = found.send((line.clone(), warned));
+            if let (true, Some(line), Some(next)) = (warned, &dropped, &next) {
+                let _ = found.send((line.clone(), warned, latest_before, next.clone()));
                 return;
             }
-        }
-        if let Some(line) = dropped {
-            let _ = found.send((line, warned));
         }
     });
     let line = seen.recv_timeout(Duration::from_secs(20));
     let _ = child.kill();
     let _ = child.wait();
-    let (line, warned) = line.expect("a line saying how many lines were dropped, and the warning");
+    let (line, warned, latest_before, next) = line.expect(
+        "a line saying how many lines were dropped, the warning, and a line after the note",
+    );
     assert!(warned, "the warning was dropped with the access lines");
+    // Where the first was dropped, with its time (a review found it written before
+    // 16,384 lines that came earlier, with the time it was written).
+    let at = &line[1..25];
+    assert!(
+        latest_before.as_str() <= at && at <= next.as_str(),
+        "{line} between lines of {latest_before} and {next}"
+    );
     let dropped: u64 = line
         .split("switchyard::log] ")
         .nth(1)

@@ -323,6 +323,18 @@ fn issue24_the_access_log_as_json() {
     assert_eq!(switched["target"], "/chat");
     assert!(switched["time"].as_str().unwrap().ends_with('Z'));
     assert!(switched["seconds"].as_f64().is_some());
+    // A setting refused at start is said in JSON too.
+    let (status, stderr) = Daemon::builder()
+        .env("SWITCHYARD_ACCESS_LOG", "json")
+        .env("SWITCHYARD_IDLE_MS", "abc")
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2));
+    let refusal: serde_json::Value = serde_json::from_str(stderr.lines().next().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(refusal["level"], "error");
+    assert!(refusal["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("SWITCHYARD_IDLE_MS")));
     // Every other line is one object too: the stream is one format for a log shipper.
     assert!(
         logs.lines().all(|l| l.starts_with('{')),

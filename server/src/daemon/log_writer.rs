@@ -15,7 +15,7 @@
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Lines that may wait for stderr.
 pub const QUEUE: usize = 16_384;
@@ -31,6 +31,9 @@ struct Waiting {
     lines: usize,
     /// Lines dropped since the last note of it.
     dropped: u64,
+    /// Where the first of them would have been among the lines waiting, and when: the
+    /// note goes there, with that time.
+    first_dropped: Option<(usize, SystemTime)>,
     /// The writer thread sleeps until told ([`ARRIVED`]): only then is it told (a wake-up
     /// is a system call).
     writer_sleeps: bool,
@@ -40,6 +43,7 @@ static WAITING: Mutex<Waiting> = Mutex::new(Waiting {
     bytes: Vec::new(),
     lines: 0,
     dropped: 0,
+    first_dropped: None,
     writer_sleeps: false,
 });
 /// Told when lines begin to wait.
@@ -60,9 +64,12 @@ fn waiting() -> MutexGuard<'static, Waiting> {
     WAITING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Makes the line that says how many lines were dropped, from when.
+pub type DroppedLine = fn(u64, SystemTime) -> Vec<u8>;
+
 /// Starts the writer thread, once; until then (or if it cannot start) lines are written
-/// in place. `dropped_line` makes the line that says how many were dropped.
-pub fn start(dropped_line: fn(u64) -> Vec<u8>) {
+/// in place.
+pub fn start(dropped_line: DroppedLine) {
     if STARTED.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -84,6 +91,10 @@ pub fn push(line: &[u8], important: bool) {
     let mut waiting = waiting();
     if !admits(waiting.lines, waiting.bytes.len(), line.len(), important) {
         waiting.dropped += 1;
+        let at = waiting.bytes.len();
+        waiting
+            .first_dropped
+            .get_or_insert_with(|| (at, SystemTime::now()));
         return;
     }
     waiting.bytes.extend_from_slice(line);
@@ -103,12 +114,12 @@ const KEEP: usize = 256 * 1024;
 const GATHER_BELOW: usize = 64 * 1024;
 const GATHER: Duration = Duration::from_millis(1);
 
-/// Takes what waits, whole, and writes it in one go; again and again.
-fn write_out(dropped_line: fn(u64) -> Vec<u8>) {
-    let mut stderr = io::stderr().lock();
+/// Takes what waits, whole, and writes it in one go; again and again. A note of lines
+/// dropped goes where they would have been, with the time the first was.
+fn write_out(dropped_line: DroppedLine) {
     let mut taken: Vec<u8> = Vec::new();
     loop {
-        let dropped = {
+        let (dropped, first_dropped) = {
             let mut waiting = waiting();
             while waiting.lines == 0 && waiting.dropped == 0 {
                 waiting.writer_sleeps = true;
@@ -118,12 +129,25 @@ fn write_out(dropped_line: fn(u64) -> Vec<u8>) {
             WRITING.store(true, Ordering::Release);
             std::mem::swap(&mut taken, &mut waiting.bytes);
             waiting.lines = 0;
-            std::mem::take(&mut waiting.dropped)
+            (
+                std::mem::take(&mut waiting.dropped),
+                waiting.first_dropped.take(),
+            )
         };
-        if dropped > 0 {
-            let _ = stderr.write_all(&dropped_line(dropped));
+        // Locked for the batch only: another thread's write to stderr (a panic's message
+        // is unlocked, but an `eprintln!` is not) waits for one batch at most.
+        let mut stderr = io::stderr().lock();
+        match first_dropped {
+            Some((at, when)) if dropped > 0 => {
+                let _ = stderr.write_all(&taken[..at]);
+                let _ = stderr.write_all(&dropped_line(dropped, when));
+                let _ = stderr.write_all(&taken[at..]);
+            }
+            _ => {
+                let _ = stderr.write_all(&taken);
+            }
         }
-        let _ = stderr.write_all(&taken);
+        drop(stderr);
         let gather = taken.len() < GATHER_BELOW;
         taken.clear();
         if taken.capacity() > KEEP {

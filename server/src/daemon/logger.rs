@@ -64,7 +64,16 @@ impl log::Log for DaemonLog {
 
 /// `record` as one line, with its newline.
 fn format_line(line: &mut Vec<u8>, record: &log::Record<'_>, color: bool) {
-    let now = std::time::SystemTime::now();
+    format_line_at(line, record, color, std::time::SystemTime::now());
+}
+
+/// [`format_line`] with the time given.
+fn format_line_at(
+    line: &mut Vec<u8>,
+    record: &log::Record<'_>,
+    color: bool,
+    now: std::time::SystemTime,
+) {
     if access::is_json() {
         if record.target() == "switchyard::access" {
             let _ = writeln!(line, "{}", record.args());
@@ -99,8 +108,9 @@ fn level_style(level: log::Level) -> &'static str {
     }
 }
 
-/// The line that says how many lines were dropped, as a warning of `switchyard::log`.
-fn dropped_line(dropped: u64) -> Vec<u8> {
+/// The line that says how many lines were dropped, as a warning of `switchyard::log`
+/// stamped with the time the first was.
+fn dropped_line(dropped: u64, when: std::time::SystemTime) -> Vec<u8> {
     let mut line = Vec::new();
     let args = format_args!("{dropped} log lines dropped: stderr did not keep up");
     let record = log::Record::builder()
@@ -108,7 +118,7 @@ fn dropped_line(dropped: u64) -> Vec<u8> {
         .target("switchyard::log")
         .args(args)
         .build();
-    format_line(&mut line, &record, false);
+    format_line_at(&mut line, &record, false, when);
     line
 }
 
@@ -152,10 +162,11 @@ mod tests {
         assert!(String::from_utf8(colored)
             .unwrap()
             .contains(" \x1b[32mINFO \x1b[0m switchyard] "));
-        let dropped = String::from_utf8(dropped_line(7)).unwrap();
-        assert!(
-            dropped.contains("WARN  switchyard::log] 7 log lines dropped"),
-            "{dropped}"
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_250);
+        let dropped = String::from_utf8(dropped_line(7, when)).unwrap();
+        assert_eq!(
+            dropped,
+            "[2023-11-14T22:13:20.250Z WARN  switchyard::log] 7 log lines dropped: stderr did not keep up\n"
         );
     }
 }
