@@ -3,15 +3,34 @@
 //! `process_open_fds`, ...), so that the dashboards and alerts operators already have for
 //! any daemon (memory growth, descriptors near their limit, restarts) work unchanged.
 //!
-//! Read from `/proc/self` when scraped (at most once a second per event loop). The open
-//! descriptors are counted by the kernel where it can (the size of `/proc/self/fd`, Linux
-//! 6.2 on): listing them cost a millisecond or more with tens of thousands open.
+//! Read from `/proc/self` every 2 s by the status page's sampling thread ([`sample`]),
+//! never on an event loop: before Linux 6.2 the open descriptors are counted by listing
+//! `/proc/self/fd`, milliseconds with tens of thousands open (from 6.2 the kernel gives
+//! the count as the folder's size). `/metrics` and `/status.json` show the last sample
+//! ([`latest`]), 2 s old at most.
 
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The last figures [`sample`] took.
+static LATEST: Mutex<Option<Figures>> = Mutex::new(None);
+
+/// Takes the process's figures now and keeps them for [`latest`]; off the event loops.
+pub fn sample() -> Figures {
+    let figures = Figures::now();
+    *LATEST.lock().unwrap_or_else(|e| e.into_inner()) = Some(figures.clone());
+    figures
+}
+
+/// The figures [`sample`] took last (taken now if it has not run yet).
+pub fn latest() -> Figures {
+    let latest = LATEST.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    latest.unwrap_or_else(sample)
+}
+
 /// The process's figures at one moment.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Figures {
     pub cpu: Duration,
     pub resident_bytes: u64,

@@ -19,7 +19,7 @@ fn unix_millis(at: SystemTime) -> u64 {
 /// Takes one sample of `shared`'s counters now, for the page's charts.
 fn sample(shared: &Shared) {
     let totals = shared.metrics.totals();
-    let process = super::process::Figures::now();
+    let process = super::process::sample();
     let point = Point {
         at: unix_millis(SystemTime::now()),
         accepted: totals.accepted,
@@ -159,7 +159,7 @@ pub fn json(shared: &Shared) -> String {
             })
         })
         .collect();
-    let process = super::process::Figures::now();
+    let process = super::process::latest();
     let now = SystemTime::now();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),

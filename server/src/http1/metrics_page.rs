@@ -42,7 +42,7 @@ impl MetricsCache {
                     text.push_str(&tls.render_metrics());
                 }
                 crate::plugin::metrics::render(&mut text);
-                crate::daemon::process::Figures::now().render(&mut text, shared.started);
+                crate::daemon::process::latest().render(&mut text, shared.started);
                 let body = format!(
                     "# rendered at {rendered_at} (Unix time, ms); rendered again at most once a second\n{text}"
                 )
