@@ -1601,8 +1601,22 @@ fn one_address_guessing_tokens_is_answered_429_and_others_are_not() {
         404
     );
     daemon
-        .wait_for_log("unknown tokens a second from this client; answered 429")
+        .wait_for_log("(SWITCHYARD_WEBSOCKET_TOKEN_MISSES_PER_CLIENT); answered 429")
         .unwrap();
+    // With no limit set, every guess is looked up.
+    let unlimited = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env(
+            "SWITCHYARD_WEBSOCKET_ROUTES",
+            &format!("/websockify=tokens:{}", file.display()),
+        )
+        .env("SWITCHYARD_WEBSOCKET_TOKEN_MISSES_PER_CLIENT", "0")
+        .start();
+    for i in 0..30 {
+        let raw = TcpStream::connect(unlimited.addr).unwrap();
+        let status = handshake_status_on(raw, &format!("/websockify?token=guess-{i}"));
+        assert_eq!(status, 404, "guess {i}");
+    }
 }
 
 /// A token as websockify reads it: from the query decoded (Python's `parse_qs`: noVNC's

@@ -42,6 +42,10 @@ pub struct Config {
     /// `SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT` (default 10): programs one client address
     /// may start a second, in bursts of up to twice as many; past it, `503`.
     pub starts_per_client: u32,
+    /// `SWITCHYARD_WEBSOCKET_TOKEN_MISSES_PER_CLIENT` (default 5): unknown tokens one
+    /// client address may ask a `tokens:` route for a second, in bursts of twice as many;
+    /// past it, `429` (0: no limit).
+    pub token_misses_per_client: u32,
     /// `SWITCHYARD_WEBSOCKET_PASSENV` (default `PATH,LD_LIBRARY_PATH`, as websocketd's
     /// `--passenv`): the daemon's environment variables an `exec:` program gets besides
     /// CGI's.
@@ -142,6 +146,8 @@ impl Config {
                 .map_or(INFLATE_PER_CLIENT, |n| n.min(u32::MAX.into()) as u32),
             starts_per_client: number("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", 1)?
                 .map_or(10, |n| n.min(u32::MAX.into()) as u32),
+            token_misses_per_client: number("SWITCHYARD_WEBSOCKET_TOKEN_MISSES_PER_CLIENT", 0)?
+                .map_or(5, |n| n.min(u32::MAX.into()) as u32),
             deflate: match lookup("SWITCHYARD_WEBSOCKET_DEFLATE")
                 .as_deref()
                 .map(str::trim)
@@ -174,6 +180,7 @@ pub const SETTINGS: &[protocol_api::Setting] = &[
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "256", "programs of exec: routes running at once; past it, 503 with Retry-After"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_MAX_PROCESSES_PER_CLIENT", "a quarter of SWITCHYARD_WEBSOCKET_MAX_PROCESSES", "of those programs, most for one client address (an IPv6 client: its /64); past it, 503 with Retry-After (while fewer are free than this, a client holding a sixteenth of it or more gets no more)"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_STARTS_PER_CLIENT", "10", "programs of exec: routes one client address may start a second, in bursts of twice as many; faster, 503 with Retry-After"),
+    protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_TOKEN_MISSES_PER_CLIENT", "5", "unknown tokens one client address may ask a tokens: route for a second, in bursts of twice as many; past it, 429 with Retry-After for every token from that address, the right one too, until it has waited (so everyone behind a shared address waits with it); 0: no limit"),
     protocol_api::Setting::new("SWITCHYARD_WEBSOCKET_PASSENV", "PATH,LD_LIBRARY_PATH", "the daemon's environment variables an exec: program gets besides CGI's"),
 ];
 
@@ -212,6 +219,7 @@ mod tests {
                 max_processes_per_client: 64,
                 inflate_per_client: 64 << 20,
                 starts_per_client: 10,
+                token_misses_per_client: 5,
                 passenv: vec!["PATH".into(), "LD_LIBRARY_PATH".into()],
             }
         );

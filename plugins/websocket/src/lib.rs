@@ -71,13 +71,6 @@ struct Dialled {
     label: String,
 }
 
-/// Unknown tokens one client address may ask a `tokens:` route for, a second (in bursts of
-/// twice as many); past them it is answered `429` before any token is looked at, the right
-/// one too, until it owes none (each request meanwhile adds to what it owes, up to 2 s). A token is the one secret between a client and a desktop:
-/// unlimited, one address could try thousands a second (an attacker's question), while a
-/// person who mistypes one is not near this.
-const TOKEN_MISSES_PER_SEC: u32 = 5;
-
 /// The subprotocol websockify's clients ask for: the messages are the stream's bytes.
 const BINARY: &str = "binary";
 
@@ -99,8 +92,9 @@ pub struct WebSocket {
     /// address starting and leaving at once started 327 a second (an attacker's review),
     /// every other client's programs waiting behind them.
     starts: protocol_api::rate::PerClient,
-    /// Each client's allowance of unknown tokens ([`TOKEN_MISSES_PER_SEC`]).
-    token_misses: protocol_api::rate::PerClient,
+    /// Each client's allowance of unknown tokens
+    /// (`SWITCHYARD_WEBSOCKET_TOKEN_MISSES_PER_CLIENT`; none: no limit).
+    token_misses: Option<protocol_api::rate::PerClient>,
     /// Dials under way to services, by service and client (`SWITCHYARD_WEBSOCKET_MAX_DIALS`).
     dials: protocol_api::dials::Dials,
     /// What each client's compressed messages may inflate to a second
@@ -168,7 +162,8 @@ impl EventProtocol for WebSocket {
         let same_origin = origin::Origins::same_origin().with_http_hosts(config.http_hosts.clone());
         Ok(WebSocket {
             starts: protocol_api::rate::PerClient::new(config.starts_per_client),
-            token_misses: protocol_api::rate::PerClient::new(TOKEN_MISSES_PER_SEC),
+            token_misses: (config.token_misses_per_client > 0)
+                .then(|| protocol_api::rate::PerClient::new(config.token_misses_per_client)),
             stderr_lines: Arc::new(stderr_log::Allowances::new()),
             dials: protocol_api::dials::Dials::new(config.max_dials),
             inflates: (config.inflate_per_client > 0)
@@ -294,13 +289,19 @@ impl WebSocket {
                 return Decision::Reject(rejection);
             }
         };
-        if let routes::Service::Tokens(_) = service {
+        // A token is the one secret between a client and a desktop: unlimited, one
+        // address could try thousands a second (an attacker's question), while a person
+        // who mistypes one is not near the allowance. Past it, every token from the
+        // address is answered 429 before any is looked at, the right one too (serving
+        // right ones would tell a guesser which guesses are right), until it owes none.
+        if let (routes::Service::Tokens(_), Some(misses)) = (service, &self.token_misses) {
             let client = client_key(request.peer());
-            if self.token_misses.owed(client).is_some() {
+            if misses.owed(client).is_some() {
                 // Asking on while told to wait counts as a miss: a guesser that does not
                 // stop stays refused (2 s at most), one that waits is soon served.
-                let wait = self.token_misses.spend(client, 1).unwrap_or_default();
-                return Decision::Reject(token_guesses(request, path, wait));
+                let wait = misses.spend(client, 1).unwrap_or_default();
+                let per_sec = self.config.token_misses_per_client;
+                return Decision::Reject(token_guesses(request, path, wait, per_sec));
             }
         }
         // A service is dialled before the 101, which blocks: on a worker.
@@ -443,7 +444,9 @@ impl WebSocket {
         path: &RequestPath<'_>,
     ) -> Result<routes::Service, protocol_api::Rejection> {
         let not_found = |why: String| {
-            self.token_misses.spend(client_key(request.peer()), 1);
+            if let Some(misses) = &self.token_misses {
+                misses.spend(client_key(request.peer()), 1);
+            }
             if let Some(unlogged) = TOKENS_UNKNOWN.admit() {
                 log::info!(
                     "websocket {} for {}: {why}; answered 404{unlogged}",
@@ -634,17 +637,19 @@ impl WebSocket {
     }
 }
 
-/// `429` for a client past its unknown tokens ([`TOKEN_MISSES_PER_SEC`]), with how long
-/// until it may ask again.
+/// `429` for a client past its unknown tokens (`per_sec`), with how long until it may
+/// ask again.
 fn token_guesses(
     request: &Request<'_>,
     path: &RequestPath<'_>,
     wait: std::time::Duration,
+    per_sec: u32,
 ) -> protocol_api::Rejection {
     if let Some(unlogged) = TOKEN_GUESSES.admit() {
         log::warn!(
-            "websocket {} for {}: more than {TOKEN_MISSES_PER_SEC} unknown tokens a second \
-             from this client; answered 429 without looking{unlogged}",
+            "websocket {} for {}: more than {per_sec} unknown tokens a second from this \
+             client (SWITCHYARD_WEBSOCKET_TOKEN_MISSES_PER_CLIENT); answered 429 without \
+             looking{unlogged}",
             shown(path.path()),
             request.peer()
         );
