@@ -457,6 +457,57 @@ fn past_the_echos_budget_the_clients_holding_most_are_closed_not_the_newcomer() 
     );
 }
 
+/// From the review of 674a074: choosing only clients holding more than the one whose
+/// message grows let 18 addresses holding 190 KB each, quiet, have a 900 KB message sent
+/// 100 KB at a time closed (nobody held more). Quiet clients (nothing grown for 2 s) are
+/// chosen first now, whatever they hold: the message goes through, and a quiet address's
+/// connection is closed.
+#[test]
+fn a_client_sending_its_message_is_not_closed_for_quiet_holders() {
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_MAX_MESSAGE", "1048576")
+        .start();
+    let first = frame(false, 0x2, &vec![7u8; 190_000]);
+    let mut quiet: Vec<Client> = (10..28)
+        .map(|i| {
+            let mut client = open_from(&daemon, &format!("127.0.0.{i}"));
+            client.send(&first);
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut sender = open_from(&daemon, "127.0.0.9");
+    for part in 0..9 {
+        let (fin, opcode) = match part {
+            0 => (false, 0x2),
+            8 => (true, 0x0),
+            _ => (false, 0x0),
+        };
+        sender.send(frame(fin, opcode, &vec![5u8; 100_000]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (fin, opcode, payload) = crate::websocket::read_frame(&mut sender);
+    assert!(
+        fin && opcode == 0x2 && payload.len() == 900_000,
+        "the message sent: fin {fin}, opcode {opcode}, {} bytes",
+        payload.len()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut closed = 0;
+    for holder in quiet.iter_mut() {
+        holder.stream.set_nonblocking(true).unwrap();
+        let mut head = [0u8; 4];
+        if holder.stream.read(&mut head[..1]).is_ok() {
+            holder.stream.set_nonblocking(false).unwrap();
+            holder.stream.read_exact(&mut head[1..]).unwrap();
+            assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1013);
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no quiet holder made room");
+}
+
 /// From an attacker's review of the WebSocket plugin: a whole message becomes its echo,
 /// and an echo the client does not read was held uncounted: 12 connections each sending
 /// one 16 MiB message and reading nothing (a 4 KiB receive buffer) grew the daemon by 170

@@ -30,6 +30,15 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A client whose unfinished messages have not grown this long is quiet: chosen to close
+/// before any that is sending, whatever either holds.
+const QUIET: Duration = Duration::from_secs(2);
+/// How long what a client chosen to close holds counts as free at most: by then its
+/// connections have closed (they look once a second), or they are stuck, and their count
+/// must not keep the room others need.
+const CLOSING_COUNTS_AS_FREE: Duration = Duration::from_secs(5);
 
 /// Bytes held in messages not yet whole, by every connection of the process.
 static HELD: AtomicUsize = AtomicUsize::new(0);
@@ -45,8 +54,11 @@ struct Registry {
 
 struct Held {
     held: usize,
-    /// Chosen to close what holds ([`Share::is_evicted`]): what it held then.
-    evicted: Option<usize>,
+    /// When what it holds last grew.
+    grew: Instant,
+    /// Chosen to close what it holds ([`Share::is_evicted`]): when, and what of it counts
+    /// as free meanwhile.
+    evicted: Option<(Instant, usize)>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -116,6 +128,11 @@ impl Share {
     /// attacker's review), and choosing the largest connection let them dodge it with
     /// many small ones (the next review).
     pub fn count(&mut self, now: usize, budget: usize) -> bool {
+        self.count_at(now, budget, Instant::now())
+    }
+
+    /// [`Share::count`] at the time `at`.
+    fn count_at(&mut self, now: usize, budget: usize, at: Instant) -> bool {
         let counted = std::mem::replace(&mut self.counted, now);
         if now == counted {
             return true;
@@ -128,6 +145,7 @@ impl Share {
         }
         let client = registry.clients.entry(self.client).or_insert(Held {
             held: 0,
+            grew: at,
             evicted: None,
         });
         if client.evicted.is_some() {
@@ -136,7 +154,11 @@ impl Share {
         }
         let grown = now - counted;
         client.held += grown;
+        client.grew = at;
         let client_held = client.held;
+        if registry.evicting > 0 {
+            registry.forget_stale_choices(at);
+        }
         let total = HELD.fetch_add(grown, Ordering::Relaxed) + grown;
         let free_of_evicted = total.saturating_sub(registry.evicting);
         if free_of_evicted <= budget / 2 {
@@ -146,11 +168,28 @@ impl Share {
             return false;
         }
         free_of_evicted <= budget
-            || registry.evict_for(self.client, client_held, free_of_evicted - budget, budget)
+            || registry.evict_for(
+                self.client,
+                client_held,
+                free_of_evicted - budget,
+                budget,
+                at,
+            )
     }
 }
 
 impl Registry {
+    /// What was chosen long ago and has not closed counts as free no longer.
+    fn forget_stale_choices(&mut self, at: Instant) {
+        for client in self.clients.values_mut() {
+            if let Some((chosen, was)) = &mut client.evicted {
+                if at.saturating_duration_since(*chosen) >= CLOSING_COUNTS_AS_FREE && *was > 0 {
+                    self.evicting -= std::mem::take(was);
+                }
+            }
+        }
+    }
+
     /// Takes `by` off the client's count; a client that holds nothing is forgotten, and
     /// what it held when chosen to close is counted no more.
     fn shrink(&mut self, client: u64, by: usize) {
@@ -160,7 +199,8 @@ impl Registry {
         held.held = held.held.saturating_sub(by);
         if held.held == 0 {
             if let Some(Held {
-                evicted: Some(was), ..
+                evicted: Some((_, was)),
+                ..
             }) = self.clients.remove(&client)
             {
                 self.evicting -= was;
@@ -168,18 +208,30 @@ impl Registry {
         }
     }
 
-    /// Chooses clients holding more than `held` (not `grower`), the one holding the most
-    /// first, to close what they hold until `needed` bytes are theirs, if there are enough
-    /// of them and what is being closed stays within `budget`; true if so.
-    fn evict_for(&mut self, grower: u64, held: usize, needed: usize, budget: usize) -> bool {
-        let mut larger: Vec<(usize, u64)> = (self.clients.iter())
-            .filter(|(&other, c)| other != grower && c.evicted.is_none() && c.held > held)
-            .map(|(&other, c)| (c.held, other))
+    /// Chooses clients (not `grower`) to close what they hold until `needed` bytes are
+    /// theirs, if there are enough of them and what is being closed stays within `budget`;
+    /// true if so. Quiet ones first ([`QUIET`]: parked, whatever they hold), the one
+    /// holding the most first among them; then those holding more than `held`, the
+    /// grower's client, which sends. A client sending its message is not closed for
+    /// another's that waits (a review: 18 addresses holding 190 KB each, quiet, had a
+    /// 900 KB message sent 100 KB at a time closed, as the one holding the most).
+    fn evict_for(
+        &mut self,
+        grower: u64,
+        held: usize,
+        needed: usize,
+        budget: usize,
+        at: Instant,
+    ) -> bool {
+        let mut candidates: Vec<(bool, usize, u64)> = (self.clients.iter())
+            .filter(|(&other, c)| other != grower && c.evicted.is_none())
+            .map(|(&other, c)| (at.saturating_duration_since(c.grew) >= QUIET, c.held, other))
+            .filter(|&(quiet, size, _)| quiet || size > held)
             .collect();
-        larger.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
         let mut chosen = Vec::new();
         let mut freed = 0;
-        for (size, other) in larger {
+        for (_, size, other) in candidates {
             if freed >= needed {
                 break;
             }
@@ -191,7 +243,7 @@ impl Registry {
         }
         for (other, size) in chosen {
             if let Some(client) = self.clients.get_mut(&other) {
-                client.evicted = Some(size);
+                client.evicted = Some((at, size));
             }
         }
         self.evicting += freed;
@@ -270,8 +322,54 @@ mod tests {
         assert_eq!(registry().evicting, 100);
         drop((a, a2, b, c, d, e, f, g, h, smalls));
         assert_eq!(HELD.load(Ordering::Relaxed), 0);
+        {
+            let registry = registry();
+            assert!(registry.clients.is_empty(), "no client left counted");
+            assert_eq!(registry.evicting, 0);
+        }
+
+        // Quiet clients are chosen before one that sends, whatever they hold: four hold
+        // 90 each since t0; at t0 + 3 s one sends its message to 100, past the whole:
+        // one of the four closes, though none holds more than it.
+        let t0 = Instant::now();
+        let mut parked: Vec<Share> = (10..14)
+            .map(|client| {
+                let mut share = Share::new(client);
+                assert!(share.count_at(90, budget, t0));
+                share
+            })
+            .collect();
+        let mut sending = Share::new(20);
+        let later = t0 + QUIET + Duration::from_secs(1);
+        assert!(sending.count_at(40, budget, later - Duration::from_millis(500)));
+        assert!(sending.count_at(100, budget, later), "460 held: room made");
+        assert_eq!(parked.iter().filter(|p| p.is_evicted()).count(), 1);
+        // One sending now, holding less than the grower, is not chosen: only quiet ones.
+        let mut busy = Share::new(21);
+        assert!(busy.count_at(30, budget, later));
+        let mut next = Share::new(22);
+        assert!(
+            next.count_at(60, budget, later),
+            "a second quiet one closes"
+        );
+        assert_eq!(parked.iter().filter(|p| p.is_evicted()).count(), 2);
+        assert!(!busy.is_evicted());
+        // What was chosen and has not closed counts as free for a while only.
+        let much_later = later + CLOSING_COUNTS_AS_FREE;
+        let mut another = Share::new(23);
+        assert!(another.count_at(60, budget, much_later));
+        assert_eq!(
+            registry().evicting,
+            280,
+            "610 held, the first two's 180 free no longer: all quiet now, the most first"
+        );
+        assert!(sending.is_evicted() && !another.is_evicted());
+        for share in &mut parked {
+            share.count_at(0, budget, much_later);
+        }
+        drop((parked, sending, busy, next, another));
+        assert_eq!(HELD.load(Ordering::Relaxed), 0);
         let registry = registry();
-        assert!(registry.clients.is_empty(), "no client left counted");
-        assert_eq!(registry.evicting, 0);
+        assert!(registry.clients.is_empty() && registry.evicting == 0);
     }
 }

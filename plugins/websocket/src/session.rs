@@ -236,7 +236,12 @@ impl Connection {
             self.ended(|| "daemon stopping: closed 1001".into());
             self.start_close(close_code::GOING_AWAY, "server stopping");
         }
-        if self.state == State::Open && self.assembly.is_evicted() {
+        if self.assembly.is_evicted() {
+            if self.state != State::Open {
+                // Closing already, and what it holds is wanted now: what the client did
+                // not take is dropped, not waited for.
+                return Ok(Wants::abort());
+            }
             self.close_for_room();
         }
         let check_only = ready.is_timer() && self.eviction_check_only(ready, config);
@@ -514,7 +519,10 @@ impl Connection {
     /// `wants`, with the timer the state calls for.
     fn next(&self, wants: Wants, config: &Config) -> Wants {
         let wants = self.next_for_state(wants, config);
-        match self.state == State::Open && self.assembly.holds_any() {
+        // Open, or done and writing what is owed (no timer of its own): called to learn of
+        // a choice ([`assembly`]) as long as it holds anything.
+        let may_be_chosen = matches!(self.state, State::Open | State::Done);
+        match may_be_chosen && self.assembly.holds_any() {
             true => wants.with_timer_by(EVICTION_CHECK),
             false => wants,
         }
@@ -669,6 +677,11 @@ impl Connection {
                 }
                 self.holding = fed.holding;
                 if self.receiver.is_closed() {
+                    // A message the client left unfinished never will be: what it holds
+                    // goes now (a review: a Close after a first frame kept it held, the
+                    // connection out of reach of the budget's choice, while the client
+                    // took its echo slowly).
+                    self.receiver.abandon_message();
                     self.state = State::Done;
                 }
                 let budget = assembly::budget(self.receiver.max_message());
@@ -711,7 +724,10 @@ impl Connection {
     /// Whether a timer call is only the check of a connection that holds enough to be
     /// chosen to close ([`EVICTION_CHECK`]), not yet its idle time-out; counts it.
     fn eviction_check_only(&mut self, ready: Ready, config: &Config) -> bool {
-        if ready.is_readable() || ready.is_writable() || !self.assembly.holds_any() {
+        // Not while closing: its timer is the close's (a review: taken for a check, the
+        // close's wait never ended, its timer due at once again and again).
+        let open = self.state == State::Open;
+        if ready.is_readable() || ready.is_writable() || !self.assembly.holds_any() || !open {
             self.quiet_checks = 0;
             return false;
         }
