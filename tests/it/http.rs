@@ -266,7 +266,7 @@ fn metrics_count_connections_answers_and_switches() {
 
 /// `/metrics` carries the process's own figures under the names every Prometheus client
 /// library gives them, so that dashboards and alerts made for any daemon work; each is
-/// what the kernel says of the process (2 s ago at most).
+/// what the kernel says of the process (3 s ago at most).
 #[test]
 fn metrics_carry_the_process_figures_as_the_kernel_counts_them() {
     let since_epoch = |t: std::time::SystemTime| {

@@ -17,8 +17,7 @@ use std::path::Path;
 /// The program a request names in an `exec-dir:` folder.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Script {
-    /// The program's file: the folder joined with the segments that named it, links
-    /// resolved.
+    /// The program's file: the folder joined with the segments that named it.
     pub program: String,
     /// The route and the segments that named the program, decoded: `SCRIPT_NAME`.
     pub name: String,
@@ -76,10 +75,12 @@ pub fn resolve(dir: &Path, prefix: &str, path: &str) -> Result<Script, NotFound>
         }
         let named = &path[..path.len() - below.len() + taken - 1];
         let rest = &below[(taken - 1).min(below.len())..];
-        // The file the checks were made on, links resolved: a link changed since cannot
-        // lead elsewhere.
+        // Started by the path asked for, as websocketd starts it: a program that looks at
+        // its `$0` (a multi-call binary behind a link) sees its name. A link changed after
+        // the checks could lead elsewhere, but only for whoever may write the folder, who
+        // may put any program there anyway.
         return Ok(Script {
-            program: real.to_str().ok_or("not UTF-8")?.to_string(),
+            program: file.to_str().ok_or("not UTF-8")?.to_string(),
             name: decoded(named)?,
             path_info: decoded(rest)?,
         });

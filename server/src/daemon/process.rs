@@ -7,7 +7,7 @@
 //! never on an event loop: before Linux 6.2 the open descriptors are counted by listing
 //! `/proc/self/fd`, milliseconds with tens of thousands open (from 6.2 the kernel gives
 //! the count as the folder's size). `/metrics` and `/status.json` show the last sample
-//! ([`latest`]), 2 s old at most.
+//! ([`latest`]): 2 s old at most, and `/metrics` is rendered again once a second, so 3 s.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
