@@ -49,6 +49,19 @@ def h2load(port, requests, workdir):
     return rate, p99, failed
 
 
+def write_haproxy_config(work, port, backend_port):
+    """HAProxy as its docs proxy HTTP/2 end to end: one thread, mode http, h2 on both
+    sides, http-reuse always; `work/haproxy.cfg`."""
+    with open(os.path.join(work, "haproxy.cfg"), "w") as f:
+        f.write(
+            "global\n  nbthread 1\n  maxconn 6000\n"
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n"
+            "  timeout server 300s\n  http-reuse always\n"
+            "frontend h2\n  bind 127.0.0.1:%d proto h2\n  default_backend target\n"
+            "backend target\n  server s 127.0.0.1:%d proto h2\n" % (port, backend_port)
+        )
+
+
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
@@ -133,14 +146,7 @@ def main():
             % (work, backend_port, nginx_port)
         )
     haproxy_port = free_port()
-    with open(os.path.join(work, "haproxy.cfg"), "w") as f:
-        f.write(
-            "global\n  nbthread 1\n  maxconn 6000\n"
-            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n"
-            "  timeout server 300s\n  http-reuse always\n"
-            "frontend h2\n  bind 127.0.0.1:%d proto h2\n  default_backend target\n"
-            "backend target\n  server s 127.0.0.1:%d proto h2\n" % (haproxy_port, backend_port)
-        )
+    write_haproxy_config(work, haproxy_port, backend_port)
     command, env = switchyard(args, work, switchyard_port, backend_port)
     servers = {
         "switchyard": (lambda: start(command, PROXY_CORE, env), switchyard_port),

@@ -45,13 +45,7 @@ def main():
     backend = h2c.start(["nghttpd", "--no-tls", "-d", os.path.join(work, "www"),
                          str(backend_port)], h2c.LOAD_CORE)
     wait_listening(backend_port)
-    with open(os.path.join(work, "haproxy.cfg"), "w") as f:
-        f.write(
-            "global\n  nbthread 1\n  maxconn 6000\n"
-            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n"
-            "  timeout server 300s\n  http-reuse always\n"
-            "frontend h2\n  bind 127.0.0.1:%d proto h2\n  default_backend target\n"
-            "backend target\n  server s 127.0.0.1:%d proto h2\n" % (haproxy_port, backend_port))
+    h2c.write_haproxy_config(work, haproxy_port, backend_port)
     command, env = h2c.switchyard(args, work, switchyard_port, backend_port)
     proxies = {
         "switchyard": (lambda: h2c.start(command, h2c.PROXY_CORE, env), switchyard_port),
