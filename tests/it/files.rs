@@ -430,15 +430,25 @@ const LARGE: usize = 24 << 20;
 /// A daemon serving a file of [`LARGE`] bytes with a write time-out of 1 s, and a client
 /// with a small receive window that asked for it; the folder lives as long as the first.
 fn large_download_begun() -> (tempfile::TempDir, Daemon, Client) {
+    large_download_of(&vec![5u8; LARGE], Some("1000"))
+}
+
+/// A daemon serving `body` as `/large.bin` (with the write time-out `write_timeout_ms`, or
+/// the default), and a client with a small receive window that asked for it.
+fn large_download_of(
+    body: &[u8],
+    write_timeout_ms: Option<&str>,
+) -> (tempfile::TempDir, Daemon, Client) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    std::fs::write(dir.path().join("large.bin"), vec![5u8; LARGE]).unwrap();
-    let daemon = Daemon::builder()
-        .env(
-            "SWITCHYARD_STATIC_ROUTES",
-            &format!("/={}", dir.path().display()),
-        )
-        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "1000")
-        .start();
+    std::fs::write(dir.path().join("large.bin"), body).unwrap();
+    let mut builder = Daemon::builder().env(
+        "SWITCHYARD_STATIC_ROUTES",
+        &format!("/={}", dir.path().display()),
+    );
+    if let Some(ms) = write_timeout_ms {
+        builder = builder.env("SWITCHYARD_WRITE_TIMEOUT_MS", ms);
+    }
+    let daemon = builder.start();
     let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
     let mut client = daemon.client_from_with("127.0.0.1", small_window);
     client.send("GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -468,18 +478,8 @@ fn a_download_its_client_stopped_reading_is_reset_not_left_queued_in_the_kernel(
 /// reads on gets it all.
 #[test]
 fn a_download_its_client_does_not_take_holds_little_in_the_kernel() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let body: Vec<u8> = (0..LARGE).map(|i| (i % 251) as u8).collect();
-    std::fs::write(dir.path().join("large.bin"), &body).unwrap();
-    let daemon = Daemon::builder()
-        .env(
-            "SWITCHYARD_STATIC_ROUTES",
-            &format!("/={}", dir.path().display()),
-        )
-        .start();
-    let small_window = |socket: &socket2::Socket| socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = daemon.client_from_with("127.0.0.1", small_window);
-    client.send("GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (_dir, daemon, mut client) = large_download_of(&body, None);
     let local = client.stream.local_addr().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let held = crate::support::kernel_queues(daemon.addr, local)
