@@ -177,7 +177,9 @@ fn without_an_h2c_plugin_the_preface_is_answered_as_http_1_1() {
     let mut client = daemon.client();
     client.send(PREFACE);
     let response = client.response();
-    assert_eq!(response.status, 400, "an HTTP/1.1 server's answer");
+    // An HTTP/1.1 server's answer to a major version it does not speak (RFC 9110
+    // §15.6.6), as nginx gives it without `http2`.
+    assert_eq!(response.status, 505, "an HTTP/1.1 server's answer");
 }
 
 #[test]

@@ -121,6 +121,30 @@ fn rfc9112_3_2_2_an_absolute_form_target_is_served_as_its_path() {
     assert_eq!(client.response().status, 101);
 }
 
+/// RFC 9110 §6.2: a request of a later HTTP/1 minor version is processed as HTTP/1.1
+/// (it was `400`, httparse refusing the version), and one of another major version gets
+/// `505` (§15.6.6).
+#[test]
+fn rfc9110_6_2_http_1_2_is_served_as_1_1_and_http_2_0_gets_505() {
+    let daemon = Daemon::builder().plugin("switchyard-echo").start();
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/1.2\r\nHost: test\r\n\r\n");
+    let response = client.response();
+    assert_eq!(
+        (response.status, response.body_text()),
+        (200, "ok\n".into())
+    );
+    // Kept alive as HTTP/1.1 is, and switched as HTTP/1.1 is.
+    client.send(upgrade_request("/", "echo").replace("HTTP/1.1", "HTTP/1.9"));
+    assert_eq!(client.response().status, 101);
+    client.send("hello");
+    assert_eq!(client.read_exact(5), b"hello");
+
+    let mut client = daemon.client();
+    client.send("GET /healthz HTTP/2.0\r\nHost: test\r\n\r\n");
+    assert_eq!(client.response().status, 505);
+}
+
 #[test]
 fn rfc9112_7_1_a_chunked_body_over_the_limit_gets_413() {
     let daemon = Daemon::builder()

@@ -18,7 +18,8 @@
 //! - `Transfer-Encoding` with `Content-Length`, differing `Content-Length` values, an invalid
 //!   `Content-Length`, a `Transfer-Encoding` not ending in `chunked` (§6.1, §6.3): `400`;
 //!   a transfer coding other than `chunked`: `501`;
-//! - an `Expect` other than `100-continue` (RFC 9110 §10.1.1): `417`.
+//! - an `Expect` other than `100-continue` (RFC 9110 §10.1.1): `417`;
+//! - HTTP/1.2 to 1.9 are read as HTTP/1.1, another major version is `505` (RFC 9110 §6.2).
 
 use super::{list_items, HttpError, Span};
 
@@ -237,7 +238,7 @@ pub fn parse(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HttpError::new(431, "too many header fields"))
         }
-        Err(httparse::Error::Version) => return Err(HttpError::new(400, "malformed HTTP version")),
+        Err(httparse::Error::Version) => return other_version(bytes, limits),
         Err(httparse::Error::Token) => {
             return Err(HttpError::new(400, "malformed method or request line"))
         }
@@ -281,6 +282,58 @@ pub fn parse(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
     };
     check(&mut head, bytes)?;
     Ok(Parsed::Complete(head))
+}
+
+/// A request line whose version `httparse` refused: HTTP/1.2 to 1.9 are read as 1.1 (RFC
+/// 9110 §6.2: "a recipient that receives a message with a major version number that it
+/// implements and a minor version number higher than what it implements SHOULD process
+/// the message as if it were in the highest minor version within that major version to
+/// which the recipient is conformant"), another major version is `505` (§15.6.6), and
+/// anything that is no `HTTP-version` is `400`.
+///
+/// ```text
+/// HTTP-version  = HTTP-name "/" DIGIT "." DIGIT
+/// ```
+fn other_version(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
+    const MALFORMED: HttpError = HttpError::new(400, "malformed HTTP version");
+    let start = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(bytes.len());
+    let line = &bytes[start..];
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    // httparse read the method and the target: the version follows the second space.
+    let mut spaces = line.iter().enumerate().filter(|&(_, &b)| b == b' ');
+    let (Some((method_end, _)), Some((at, _))) = (spaces.next(), spaces.next()) else {
+        return Err(MALFORMED);
+    };
+    let target_len = at - method_end - 1;
+    let version = &line[at + 1..];
+    let version = version.strip_suffix(b"\r").unwrap_or(version);
+    let ended = start + line.len() < bytes.len();
+    let shape = b"HTTP/0.0";
+    let fits = version.len() <= shape.len()
+        && version.iter().zip(shape).all(|(&b, &s)| match s {
+            b'0' => b.is_ascii_digit(),
+            s => b == s,
+        });
+    match (fits, version.len() == shape.len(), ended) {
+        (false, _, _) | (true, false, true) => Err(MALFORMED),
+        // The line is not whole yet: what `parse` says of a part (its target, then its size).
+        (true, _, false) if target_len > limits.target => Err(TARGET_TOO_LONG),
+        (true, _, false) if bytes.len() > limits.head => {
+            Err(HttpError::new(431, "request head larger than the limit"))
+        }
+        (true, _, false) => Ok(Parsed::Partial),
+        (true, true, true) if version[5] == b'1' => {
+            // 1.2 and later: parsed as 1.1, in a copy (the spans point into `bytes`, which
+            // are the same length).
+            let mut as_1_1 = bytes.to_vec();
+            as_1_1[start + at + 1 + 7] = b'1';
+            parse(&as_1_1, limits)
+        }
+        (true, true, true) => Err(HttpError::new(505, "HTTP major version not supported")),
+    }
 }
 
 /// The checks `httparse` leaves to the server; fills in the derived facts.
@@ -677,6 +730,57 @@ mod tests {
         assert_eq!(
             error(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n").status,
             400
+        );
+    }
+
+    /// RFC 9110 §6.2: a later minor version of HTTP/1 is read as HTTP/1.1, another major
+    /// version is `505`, a version that is none is `400`, each whether it came whole or not.
+    #[test]
+    fn rfc9110_6_2_a_later_minor_version_is_read_as_1_1_and_another_major_is_505() {
+        let bytes =
+            b"GET /chat HTTP/1.7\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nX";
+        let h = head(bytes);
+        assert_eq!((h.version_minor, h.target(bytes)), (1, "/chat"));
+        assert!(h.wants_upgrade && !h.close);
+        assert_eq!(h.len, bytes.len() - 1);
+        // Still HTTP/1.1's rules: a Host is required.
+        assert_eq!(error(b"GET / HTTP/1.2\r\n\r\n").status, 400);
+        assert_eq!(
+            parse(b"\r\nGET / HTTP/1.2\r\nHost: a\r\n", LIMITS),
+            Ok(Parsed::Partial)
+        );
+        for (input, status) in [
+            (&b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"[..], 505),
+            (b"GET / HTTP/3.0\nHost: a\n\n", 505),
+            (b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", 505),
+            (b"GET / HTTP/0.9\r\n\r\n", 505),
+            (b"GET / HTTP/1.12\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.x\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/2\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTPS/1.1\r\nHost: a\r\n\r\n", 400),
+        ] {
+            let shown = String::from_utf8_lossy(input);
+            assert_eq!(error(input).status, status, "{shown:?}");
+            let verdict = first_verdict_in_pieces(input, LIMITS);
+            assert_eq!(
+                verdict.map(|v| v.map_err(|e| e.status)),
+                Some(Err(status)),
+                "{shown:?}"
+            );
+        }
+        // Found by fuzzing: a version not whole yet after a target over its limit is 414,
+        // as that target is with any other version.
+        let limits = Limits {
+            head: 4096,
+            target: 32,
+        };
+        let long = format!("GET /{} HTTP/3", "a".repeat(40));
+        assert_eq!(parse(long.as_bytes(), limits), Err(TARGET_TOO_LONG));
+        let whole = b"GET / HTTP/1.9\r\nHost: a\r\n\r\n";
+        let verdict = first_verdict_in_pieces(whole, LIMITS);
+        assert!(
+            matches!(verdict, Some(Ok(Parsed::Complete(_)))),
+            "{verdict:?}"
         );
     }
 
