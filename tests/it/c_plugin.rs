@@ -158,7 +158,7 @@ fn prior_knowledge_is_withheld_from_plugins_older_than_1_2() {
         .start();
     let mut client = daemon.client();
     client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    assert_eq!(client.response().status, 400, "an HTTP/1.1 server's answer");
+    assert_eq!(client.response().status, 505, "an HTTP/1.1 server's answer");
     let mut upgrade = daemon.client();
     upgrade.send(upgrade_request("/", "h2c"));
     let response = upgrade.response();
