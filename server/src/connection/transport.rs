@@ -52,6 +52,11 @@ pub trait Transport: Read + Write {
         copy_file(self, file, offset, count, scratch)
     }
 
+    /// Holds partial segments back until `false` comes, or sends them as written again
+    /// (`TCP_CORK`; see [`crate::sys::set_cork`]); a stream with no socket of its own
+    /// does nothing.
+    fn cork(&mut self, _on: bool) {}
+
     /// A TLS session waits for a PROXY protocol header before it begins.
     fn tls_waits(&self) -> bool {
         false
@@ -229,6 +234,10 @@ impl Write for Wire {
 }
 
 impl Transport for Wire {
+    fn cork(&mut self, on: bool) {
+        crate::sys::set_cork(&self.socket, on);
+    }
+
     fn reset_if_unsent(&self) -> bool {
         crate::sys::reset_if_unsent(&self.socket)
     }
