@@ -59,6 +59,13 @@ pub fn set_notsent_lowat(socket: &impl AsFd, bytes: u32) -> io::Result<bool> {
     protocol_api::kernel_share::report_writable_below(socket.as_fd(), bytes)
 }
 
+/// Writes `buf` to the TCP socket `socket` as `write` does, telling the kernel that more
+/// follows at once (`MSG_MORE`): a short answer's head then leaves in one segment with the
+/// body sent next, not in one of its own.
+pub fn send_more(socket: &impl AsFd, buf: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+}
+
 /// `TCP_CORK` on or off: while on, the kernel sends only full segments of what is written
 /// (a partial one waits for more, or 200 ms); off sends what waits at once. A failure
 /// (not a TCP socket) changes nothing and is not worth a word: the bytes go out either way.

@@ -13,7 +13,7 @@ use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
 use super::read_ahead::ReadAhead;
 use super::Upgrade;
-use crate::connection::transport::KernelOf;
+use crate::connection::transport::{KernelOf, MoreFollows};
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::access::{self, Exchange};
@@ -635,7 +635,12 @@ impl<T: Transport> HttpConn<T> {
                 }
             }
             if self.writable {
-                match self.output.flush(&mut self.stream, 0) {
+                // A file's body sent next goes in the same segment as its head.
+                let flushed = match self.body_follows_at_once() {
+                    true => self.output.flush(&mut MoreFollows(&mut self.stream), 0),
+                    false => self.output.flush(&mut self.stream, 0),
+                };
+                match flushed {
                     Ok(written) => {
                         progressed |= written.bytes > 0;
                         self.writable = !written.blocked;
@@ -710,6 +715,15 @@ impl<T: Transport> HttpConn<T> {
             self.deadline = cx.now + cx.shared.config.write_timeout;
             self.acked_mark = self.stream.acked();
         }
+    }
+
+    /// A static file's body is owed and its next part can be sent as soon as what is
+    /// before it is out: in the page cache, or not asked about.
+    fn body_follows_at_once(&mut self) -> bool {
+        self.body.as_deref_mut().is_some_and(|body| {
+            let next = body.remaining().min(FILE_SEND) as usize;
+            next > 0 && body.ready(next).is_some()
+        })
     }
 
     /// Sends what the socket takes of a static file's body; true when bytes moved. A send
