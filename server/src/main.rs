@@ -6,14 +6,16 @@
 //! [`connection`] through request heads ([`http`]) and routing ([`route`]); an upgrade
 //! request read whole goes to the [`switch`], which starts a readiness plugin's session on
 //! the same loop or hands the connection to a worker thread ([`pool`]) for a blocking
-//! plugin. Below them all, [`daemon`]: settings, shared state and limits, metrics, the
-//! access log, and the main thread's signals and stop ([`daemon::supervisor`]); and
-//! [`plugin`], the loaded libraries and the only FFI.
+//! plugin. Below them all, [`daemon`]: settings, shared state and limits, metrics, and
+//! the main thread's signals and stop ([`daemon::supervisor`]); [`plugin`], the loaded
+//! libraries and the only FFI; and the [`access`] log, which the daemon writes for each
+//! exchange and plugins for exchanges inside their connections (an HTTP/2 stream).
 
 // `unsafe` lives in two places: the plugin FFI (plugin::ffi; the connection callbacks are
 // protocol_api::hosting) and the system calls (sys), each block with its `// SAFETY:` line.
 #![deny(unsafe_code)]
 
+mod access;
 mod connection;
 mod daemon;
 mod event_loop;
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
     sys::return_large_blocks_to_the_system();
     // JSON from the first line when asked for (a setting refused at start is a line too);
     // the setting is checked with the others.
-    daemon::access::use_json(
+    access::use_json(
         std::env::var("SWITCHYARD_ACCESS_LOG").is_ok_and(|v| v.trim() == "json"),
     );
     daemon::logger::init();
@@ -85,7 +87,7 @@ fn run(mode: Mode) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    daemon::access::use_json(config.access_json);
+    access::use_json(config.access_json);
     let registry = match plugin::load_dir(&config.plugin_dir) {
         Ok(registry) => registry,
         Err(plugin::StartError::Folder(e)) => {

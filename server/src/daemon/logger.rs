@@ -7,11 +7,12 @@
 //!
 //! As env_logger writes it, the level coloured on a terminal (`RUST_LOG_STYLE=never` or
 //! `always` says otherwise); under `SWITCHYARD_ACCESS_LOG=json` every line is one JSON
-//! object ([`super::access`]). env_logger's own writing is not used: it copied each line
+//! object ([`crate::access`]). env_logger's own writing is not used: it copied each line
 //! twice and took a lock shared by every thread to write it, which made the access log the
 //! daemon's largest cost when a client pipelined requests.
 
-use super::{access, log_writer};
+use super::log_writer;
+use crate::access;
 use std::cell::RefCell;
 use std::io::Write as _;
 

@@ -16,7 +16,7 @@ use super::Upgrade;
 use crate::connection::transport::{KernelOf, MoreFollows};
 use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
-use crate::daemon::access::{self, Exchange};
+use crate::access::{self, Exchange};
 use crate::daemon::clients::{ClientKey, Limit};
 use crate::daemon::metrics::Held;
 use crate::daemon::state::{Shared, Ticket};
@@ -608,7 +608,7 @@ impl<T: Transport> HttpConn<T> {
                 match result {
                     Ok(n) => progressed |= n > 0,
                     Err(_) => {
-                        crate::daemon::access::tls_without_data(self.stream.tls(), &self.peer);
+                        crate::access::tls_without_data(self.stream.tls(), &self.peer);
                         return After::Close;
                     }
                 }

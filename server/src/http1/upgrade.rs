@@ -2,7 +2,7 @@
 //! preface read as one: what the switch negotiates, and what every answer to it and every
 //! access line about it is made from.
 
-use crate::daemon::access;
+use crate::access;
 use crate::http::head::Head;
 use crate::http::response::Response;
 use crate::plugin::{Plugin, Registry, RequestHeaders, RequestParts};

@@ -33,7 +33,7 @@ pub enum Side {
     Worker,
 }
 
-use crate::daemon::access::{self, Exchange};
+use crate::access::{self, Exchange};
 use crate::daemon::state::Shared;
 use crate::http1::Upgrade;
 use crate::plugin::Plugin;

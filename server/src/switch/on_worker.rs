@@ -131,7 +131,7 @@ fn serve(
             reason = Some("plugin panicked");
         }
     }
-    let no_data = crate::daemon::access::tls_without_data(connection.tls.as_deref(), &peer);
+    let no_data = crate::access::tls_without_data(connection.tls.as_deref(), &peer);
     if no_data.is_some() {
         reason = no_data;
     } else if connection.write_timed_out {

@@ -303,7 +303,7 @@ impl Session {
         *now = shared.metrics.timed_call(plugin, "on_ready", began);
         // However the plugin took its read's error (passed on, or handled as an end).
         let tls = self.wire.tls.as_deref();
-        if let Some(reason) = crate::daemon::access::tls_without_data(tls, &self.peer) {
+        if let Some(reason) = crate::access::tls_without_data(tls, &self.peer) {
             return Step::Close(Some(reason));
         }
         let wants = match result {
