@@ -1,5 +1,5 @@
 /*
- * switchyard_plugin.h: the switchyard plugin ABI, version 1.1, for plugins written in C
+ * switchyard_plugin.h: the switchyard plugin ABI, version 1.8, for plugins written in C
  * (or any language that speaks the C ABI).
  *
  * The same contract as protocol-api's `abi` module (protocol-api/src/abi.rs), item for
@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 7
+#define SWITCHYARD_ABI_MINOR 8
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -196,6 +196,21 @@ typedef struct switchyard_setting {
     switchyard_bytes help;          /* one line */
 } switchyard_setting;
 
+/* (1.8) One exchange a plugin served inside its connection (an HTTP/2 stream), for the
+ * host's access log (switchyard_host.access_line). Lent for the call; texts UTF-8. */
+typedef struct switchyard_exchange {
+    switchyard_bytes peer;     /* "address:port", as switchyard_request.peer */
+    switchyard_bytes method;   /* "POST" */
+    switchyard_bytes target;   /* as the client sent it; the host cuts token= values */
+    switchyard_bytes version;  /* "HTTP/2.0" */
+    uint32_t status;           /* 0: none sent (logged "-") */
+    switchyard_bytes protocol; /* the plugin's token, "h2c" */
+    uint64_t bytes_in;         /* the exchange's bytes from and to the client */
+    uint64_t bytes_out;
+    uint64_t micros;           /* from its request's first byte to its end */
+    switchyard_bytes reason;   /* why it ended otherwise than with its answer; empty: none */
+} switchyard_exchange;
+
 /* What the host offers a plugin; lives as long as the process. */
 typedef struct switchyard_host {
     uint32_t abi_minor;
@@ -216,6 +231,10 @@ typedef struct switchyard_host {
      * series up once and keep the pointer: this call takes a lock. */
     uint64_t *(*metric_series)(void *ctx, uint32_t id, const switchyard_bytes *values,
                                size_t values_len);
+    /* ABI 1.8 (when abi_minor >= 8): writes one access line for `exchange` as the host
+     * writes its own, if its access log is on (ask log_enabled(4, "switchyard::access")
+     * first and build nothing when it is off). Callable from any thread. */
+    void (*access_line)(const switchyard_exchange *exchange);
 } switchyard_host;
 
 typedef int32_t (*switchyard_init_fn)(const switchyard_host *host, void **state,

@@ -66,6 +66,10 @@
 //!   reset), for a plugin that ends a peer for taking too little: closed gracefully, the
 //!   kernel would go on holding what waits for it. A host of 1.6 or earlier ignores the
 //!   bit and closes as `WANT_CLOSE` does.
+//! - 1.8: [`HostApi::access_line`] and [`RawExchange`]: a plugin writes an access line for
+//!   each exchange inside its connection (an HTTP/2 stream), which the host formats as its
+//!   own (text, or JSON with `SWITCHYARD_ACCESS_LOG=json`; `token=` values cut), under the
+//!   same `switchyard::access` target, so one filter turns both on and off.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -76,7 +80,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 7;
+pub const ABI_MINOR: u32 = 8;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -417,6 +421,42 @@ pub struct HostApi {
             values_len: usize,
         ) -> *mut u64,
     >,
+    // ---- ABI 1.8 ----
+    /// (1.8) Writes one access line for `exchange` (see [`RawExchange`]), as the host
+    /// writes its own, if its access log is on: ask [`HostApi::log_enabled`] for level
+    /// info (4) and target `switchyard::access` first, and build nothing when it is off.
+    /// Callable from any thread.
+    pub access_line: Option<unsafe extern "C" fn(exchange: *const RawExchange)>,
+}
+
+/// (1.8) One exchange a plugin served inside its connection (an HTTP/2 stream), for the
+/// host's access log ([`HostApi::access_line`]). Lent for the call; every text UTF-8 (the
+/// host replaces what is not).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawExchange {
+    /// The client, `address:port` (as [`RawRequest::peer`] gives it).
+    pub peer: RawBytes,
+    /// The request's method (`POST`).
+    pub method: RawBytes,
+    /// Its target as the client sent it (`/pkg.Service/Call`; the host cuts `token=`
+    /// values).
+    pub target: RawBytes,
+    /// Its version (`HTTP/2.0`).
+    pub version: RawBytes,
+    /// The answer's status; 0 when none was sent (logged `-`).
+    pub status: u32,
+    /// The plugin's protocol token (`h2c`).
+    pub protocol: RawBytes,
+    /// Bytes of the exchange that came from the client (its frames' payloads: fields and
+    /// body as the plugin counts them).
+    pub bytes_in: u64,
+    /// Bytes of the exchange that went to the client, counted alike.
+    pub bytes_out: u64,
+    /// How long it took, from its request's first byte to its end, in microseconds.
+    pub micros: u64,
+    /// Why it ended as it did, when not with its answer (a reset); empty for none.
+    pub reason: RawBytes,
 }
 
 // SAFETY: a `HostApi` is never written after the host made it, and the ABI lets its
@@ -607,6 +647,10 @@ const _: () = {
     assert!(size_of::<RawMetric>() == 10 * W);
     assert!(offset_of!(HostApi, ctx) == 8 + 2 * W);
     assert!(offset_of!(HostApi, metric_series) == 8 + 4 * W);
+    assert!(offset_of!(HostApi, access_line) == 8 + 5 * W);
+    assert!(size_of::<RawExchange>() == 12 * W + 32);
+    assert!(offset_of!(RawExchange, status) == 8 * W);
+    assert!(offset_of!(RawExchange, micros) == 10 * W + 24);
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);
     assert!(offset_of!(RawRequest, tls) == 12 * W + 16);
     assert!(offset_of!(RawRequest, tls_version) == 12 * W + 24);

@@ -1,9 +1,9 @@
 //! What the plugin knows of the daemon that loaded it: the minor ABI version it speaks,
-//! learnt once in `init`, and (1.6) its metric functions. The safe layer reads the version
+//! learnt once in `init`, (1.6) its metric functions and (1.8) its access log. The safe layer reads the version
 //! before using a host field or callback of a later minor; [`crate::metrics`] goes through
 //! [`declare`] and [`series`] here, the only calls into the host outside [`crate::export`].
 
-use crate::abi::{HostApi, MessageSink, RawBytes, RawMetric, STATUS_OK};
+use crate::abi::{HostApi, MessageSink, RawBytes, RawExchange, RawMetric, STATUS_OK};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -37,6 +37,7 @@ static METRIC_HOST: OnceLock<MetricHost> = OnceLock::new();
 /// Keeps the host's metric functions, from `init` (the `HostApi` lives as long as the
 /// process). Hosts before 1.6 have none: metrics then count in the plugin only.
 pub(crate) fn note_host(host: &HostApi) {
+    note_access_line(host);
     if host.abi_minor < 6 {
         return;
     }
@@ -47,6 +48,31 @@ pub(crate) fn note_host(host: &HostApi) {
             series,
         });
     }
+}
+
+/// The host's access-line function, when it has one (1.8).
+static ACCESS_LINE: OnceLock<unsafe extern "C" fn(*const RawExchange)> = OnceLock::new();
+
+/// Keeps the host's access-line function, from `init`. Hosts before 1.8 have none.
+fn note_access_line(host: &HostApi) {
+    if host.abi_minor < 8 {
+        return;
+    }
+    if let Some(access_line) = host.access_line {
+        let _ = ACCESS_LINE.set(access_line);
+    }
+}
+
+/// Hands one exchange to the host's access log; false when the host has no access log
+/// for plugins (before 1.8, or in unit tests).
+pub(crate) fn access_line(exchange: &RawExchange) -> bool {
+    let Some(access_line) = ACCESS_LINE.get() else {
+        return false;
+    };
+    // SAFETY: the host's function (1.8, present); `exchange` and what it points at are
+    // lent for the call, and the host copies what it keeps.
+    unsafe { access_line(exchange) };
+    true
 }
 
 /// Whether the host renders this plugin's metrics.

@@ -141,6 +141,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod access;
 mod connection;
 pub mod dials;
 pub mod event;

@@ -91,7 +91,23 @@ fn rust_side() -> BTreeSet<String> {
         log,
         ctx,
         metric_declare,
-        metric_series
+        metric_series,
+        access_line
+    );
+    size!("switchyard_exchange", RawExchange);
+    field!(
+        "switchyard_exchange",
+        RawExchange,
+        peer,
+        method,
+        target,
+        version,
+        status,
+        protocol,
+        bytes_in,
+        bytes_out,
+        micros,
+        reason
     );
     size!("switchyard_metric", RawMetric);
     field!(

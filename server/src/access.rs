@@ -71,6 +71,36 @@ pub fn request_line(method: &str, target: &str, version_minor: u8) -> String {
     }
 }
 
+/// An exchange a plugin served inside its connection (ABI 1.8: an HTTP/2 stream), written
+/// as the daemon's own are, `token=` values cut alike.
+pub fn log_plugins(exchange: &protocol_api::access::Exchange<'_>) {
+    if !enabled() {
+        return;
+    }
+    let request = format!(
+        "{} {} {}",
+        exchange.method,
+        without_tokens(exchange.target),
+        exchange.version
+    );
+    log(&Exchange {
+        peer: exchange
+            .peer
+            .parse()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        request: &request,
+        status: exchange.status.unwrap_or(NO_STATUS),
+        protocol: Some(exchange.protocol),
+        tls: None,
+        bytes_in: exchange.bytes_in,
+        bytes_out: exchange.bytes_out,
+        started: Instant::now()
+            .checked_sub(exchange.elapsed)
+            .unwrap_or_else(Instant::now),
+        reason: exchange.reason,
+    });
+}
+
 /// `target` with each `token=` query value cut to its first three characters and `...`.
 /// A pair is a token's by its name decoded (`tok%65n=` too), as the websocket plugin's
 /// `tokens:` routes and websockify read it.

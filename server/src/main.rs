@@ -64,9 +64,7 @@ fn main() -> ExitCode {
     sys::return_large_blocks_to_the_system();
     // JSON from the first line when asked for (a setting refused at start is a line too);
     // the setting is checked with the others.
-    access::use_json(
-        std::env::var("SWITCHYARD_ACCESS_LOG").is_ok_and(|v| v.trim() == "json"),
-    );
+    access::use_json(std::env::var("SWITCHYARD_ACCESS_LOG").is_ok_and(|v| v.trim() == "json"));
     daemon::logger::init();
     protocol_api::moment::start();
     let status = run(mode);

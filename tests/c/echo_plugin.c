@@ -14,6 +14,10 @@
  * ABI 1.6: it declares its one setting, SWITCHYARD_C_ECHO_GREETING (a line said first),
  * and counts in three metrics of its own: connections (a counter), bytes echoed (a counter
  * with a label), and reads by size (a histogram), each cell bumped with a relaxed atomic.
+ *
+ * ABI 1.8: when a connection ends it writes an access line of its own through the daemon
+ * (`"ECHO <target> C-ECHO/1" - proto=c-echo in=N out=N ...`), as an HTTP/2 plugin writes
+ * one for each stream.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +84,21 @@ static void tell(const switchyard_message_sink *sink, const char *message) {
     if (sink != NULL) {
         sink->set(sink->ctx, (switchyard_bytes){(const uint8_t *)message, strlen(message)});
     }
+}
+
+/* The access line of one echo session (1.8), when the host takes it and its log is on. */
+static void access_line(const switchyard_request *request, uint64_t echoed_bytes) {
+    if (host->abi_minor < 8 || host->access_line == NULL ||
+        !host->log_enabled(SWITCHYARD_LOG_INFO, BYTES("switchyard::access"))) {
+        return;
+    }
+    switchyard_exchange exchange = {
+        .peer = request->peer, .method = BYTES("ECHO"), .target = request->target,
+        .version = BYTES("C-ECHO/1"), .status = 0, .protocol = BYTES("c-echo"),
+        .bytes_in = echoed_bytes, .bytes_out = echoed_bytes, .micros = 1500,
+        .reason = BYTES("the client closed"),
+    };
+    host->access_line(&exchange);
 }
 
 static int32_t write_all(const switchyard_connection *conn, const uint8_t *buf, size_t len) {
@@ -166,6 +185,7 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
         return SWITCHYARD_STATUS_ERROR;
     }
     uint8_t buf[4096];
+    uint64_t echoed_bytes = 0;
     for (;;) {
         size_t n = 0;
         if (conn->read(conn->ctx, buf, sizeof buf, &n) != 0) {
@@ -177,6 +197,7 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
                 write_all(conn, (const uint8_t *)"bye\n", 4);
             }
             conn->shutdown(conn->ctx, SWITCHYARD_SHUTDOWN_WRITE);
+            access_line(request, echoed_bytes);
             return SWITCHYARD_STATUS_OK;
         }
         count_read(n);
@@ -185,6 +206,7 @@ MAYBE_UNUSED static int32_t serve(const void *st, void *session, const switchyar
             return SWITCHYARD_STATUS_ERROR;
         }
         count(echoed, n);
+        echoed_bytes += n;
     }
 }
 

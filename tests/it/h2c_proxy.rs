@@ -347,6 +347,151 @@ fn resets_pass_both_ways() {
     });
 }
 
+/// The numbers after `in=` and `out=` in `line`.
+fn bytes_in_and_out(line: &str) -> (u64, u64) {
+    let field = |name: &str| -> u64 {
+        let start = line
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            + name.len();
+        let digits: String = line[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    (field(" in="), field(" out="))
+}
+
+/// The log line holding `needle`, once written (waiting without blocking the runtime, on
+/// which the client's connection sends what it owes).
+async fn log_line(daemon: &Daemon, needle: &str) -> String {
+    for _ in 0..1000 {
+        if let Some(line) = daemon.logs().lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no {needle} in\n{}", daemon.logs())
+}
+
+/// An access line for each stream (ABI 1.8), as nginx and HAProxy log each request: its
+/// request, status, bytes each way (a 200,000-byte echo is in and out), and for a stream
+/// reset rather than answered, by whom; a `token=` value cut as the daemon's own lines cut
+/// it. Before, an h2c connection had one line, for the connection, when it ended.
+#[test]
+fn each_stream_has_an_access_line() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        assert_eq!(
+            get(&send, "/ok/x?token=secret-value").await.0,
+            StatusCode::OK
+        );
+        let line = log_line(
+            &daemon,
+            "\"GET /ok/x?token=sec... HTTP/2.0\" 200 proto=h2c in=",
+        )
+        .await;
+        assert!(!daemon.logs().contains("secret-value"), "{line}");
+        let (_, out) = bytes_in_and_out(&line);
+        assert!(out >= "/ok/x".len() as u64, "{line}");
+        // A body each way.
+        let request = Request::post("http://t/echo").body(()).unwrap();
+        let (response, mut upload) = send
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        upload.reserve_capacity(200_000);
+        upload
+            .send_data(Bytes::from(vec![7u8; 200_000]), true)
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        while let Some(chunk) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+        }
+        let line = log_line(&daemon, "\"POST /echo HTTP/2.0\" 200 proto=h2c").await;
+        let (bytes_in, bytes_out) = bytes_in_and_out(&line);
+        assert!((200_000..201_000).contains(&bytes_in), "{line}");
+        assert!((200_000..201_000).contains(&bytes_out), "{line}");
+        // The relay's own answer, and resets by each side.
+        assert_eq!(get(&send, "/reset").await.0, StatusCode::BAD_GATEWAY);
+        log_line(&daemon, "\"GET /reset HTTP/2.0\" 502 proto=h2c").await;
+        let request = Request::post("http://t/wait-for-reset").body(()).unwrap();
+        let (response, mut upload) = send
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        upload.send_reset(Reason::CANCEL);
+        drop(response);
+        let line = log_line(&daemon, "\"POST /wait-for-reset HTTP/2.0\" - proto=h2c").await;
+        assert!(
+            line.ends_with("reason=\"reset by the client (CANCEL)\""),
+            "{line}"
+        );
+        let request = Request::get("http://t/reset-mid-body").body(()).unwrap();
+        let (response, _) = send
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, true)
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let line = log_line(&daemon, "\"GET /reset-mid-body HTTP/2.0\" 200 proto=h2c").await;
+        assert!(
+            line.ends_with("reason=\"reset (INTERNAL_ERROR)\""),
+            "{line}"
+        );
+    });
+}
+
+/// With `SWITCHYARD_ACCESS_LOG=json` a stream's line is a JSON object as the daemon's are;
+/// with the access log off there is none.
+#[test]
+fn stream_access_lines_follow_the_access_log_settings() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(
+            &format!("/={backend}"),
+            &[("SWITCHYARD_ACCESS_LOG", "json")],
+        );
+        let send = connect(daemon.addr).await;
+        assert_eq!(get(&send, "/json").await.0, StatusCode::OK);
+        let line = log_line(&daemon, "\"target\":\"/json\"").await;
+        let object: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(object["method"], "GET", "{line}");
+        assert_eq!(object["version"], "HTTP/2.0", "{line}");
+        assert_eq!(object["status"], 200, "{line}");
+        assert_eq!(object["proto"], "h2c", "{line}");
+        assert!(object["out"].as_u64().unwrap() >= 5, "{line}");
+
+        let daemon = self::daemon(
+            &format!("/={backend}"),
+            &[("RUST_LOG", "debug,switchyard::access=off")],
+        );
+        let send = connect(daemon.addr).await;
+        assert_eq!(get(&send, "/quiet").await.0, StatusCode::OK);
+        drop(send);
+        // The connection's end, after the stream's: no line for either.
+        log_line(&daemon, "the client closed the connection").await;
+        assert!(!daemon.logs().contains("/quiet"), "{}", daemon.logs());
+    });
+}
+
 /// On stop, GOAWAY: a stream in flight finishes, no new one is taken.
 #[test]
 fn stopping_sends_goaway_and_lets_streams_in_flight_finish() {

@@ -40,7 +40,13 @@ int main(void) {
     FIELD(switchyard_host, abi_minor); FIELD(switchyard_host, max_log_level);
     FIELD(switchyard_host, log_enabled); FIELD(switchyard_host, log);
     FIELD(switchyard_host, ctx); FIELD(switchyard_host, metric_declare);
-    FIELD(switchyard_host, metric_series);
+    FIELD(switchyard_host, metric_series); FIELD(switchyard_host, access_line);
+    SIZE(switchyard_exchange);
+    FIELD(switchyard_exchange, peer); FIELD(switchyard_exchange, method);
+    FIELD(switchyard_exchange, target); FIELD(switchyard_exchange, version);
+    FIELD(switchyard_exchange, status); FIELD(switchyard_exchange, protocol);
+    FIELD(switchyard_exchange, bytes_in); FIELD(switchyard_exchange, bytes_out);
+    FIELD(switchyard_exchange, micros); FIELD(switchyard_exchange, reason);
     SIZE(switchyard_metric);
     FIELD(switchyard_metric, kind); FIELD(switchyard_metric, name);
     FIELD(switchyard_metric, help); FIELD(switchyard_metric, labels);

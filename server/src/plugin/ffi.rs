@@ -603,6 +603,31 @@ unsafe extern "C" fn host_log(level: u32, target: RawBytes, message: RawBytes) {
     })
 }
 
+unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
+    guarded((), || {
+        // SAFETY: NULL or the plugin's exchange, lent for the call.
+        let Some(raw) = (unsafe { exchange.as_ref() }) else {
+            return;
+        };
+        // SAFETY: every text lent for the call, which these do not outlive.
+        let text = |bytes: RawBytes| String::from_utf8_lossy(unsafe { lent(bytes) });
+        let (peer, method, target) = (text(raw.peer), text(raw.method), text(raw.target));
+        let (version, protocol, reason) = (text(raw.version), text(raw.protocol), text(raw.reason));
+        crate::access::log_plugins(&protocol_api::access::Exchange {
+            peer: &peer,
+            method: &method,
+            target: &target,
+            version: &version,
+            status: u16::try_from(raw.status).ok().filter(|&s| s != 0),
+            protocol: &protocol,
+            bytes_in: raw.bytes_in,
+            bytes_out: raw.bytes_out,
+            elapsed: std::time::Duration::from_micros(raw.micros),
+            reason: (!reason.is_empty()).then_some(&*reason),
+        });
+    })
+}
+
 /// What the metric functions know of the plugin calling them: its name, which its
 /// families belong to (see [`super::metrics`]).
 struct PluginScope {
@@ -724,5 +749,6 @@ fn host_api(name: &str) -> &'static HostApi {
         ctx: (scope as *mut PluginScope).cast(),
         metric_declare: Some(host_metric_declare),
         metric_series: Some(host_metric_series),
+        access_line: Some(host_access_line),
     }))
 }

@@ -472,17 +472,24 @@ impl Relay {
         };
         match passed {
             Ok(Response::Interim) if !stream.responded && !end_stream => {
+                if let Some(access) = stream.access.as_deref_mut() {
+                    access.blocks_out += out.len() as u64;
+                }
                 self.client.write_block(id, &out, false);
             }
             Ok(Response::Final) if !stream.responded => {
                 stream.responded = true;
                 let stats = self.shared.stats.route(stream.route);
                 stats.latency.observe_micros(stream.began.elapsed());
-                if let Some(status) = fields
+                let status = fields
                     .get(b":status")
-                    .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-                {
+                    .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok());
+                if let Some(status) = status {
                     stats.answered(status);
+                }
+                if let Some(access) = stream.access.as_deref_mut() {
+                    access.status = status;
+                    access.blocks_out += out.len() as u64;
                 }
                 let end = end_stream;
                 self.client.write_block(id, &out, end);

@@ -3,8 +3,10 @@
 //! checked, routed and placed, its body passed on as the windows allow.
 
 use super::message::Refused;
-use super::stream::{Flow, Stream, Target};
-use super::{message, with_fields, ReadEnd, Relay, GOAWAY_PING, OVERSIZE_GLITCHES, SCRATCH};
+use super::stream::{AccessRecord, Flow, Stream, Target};
+use super::{
+    code_name, message, with_fields, ReadEnd, Relay, GOAWAY_PING, OVERSIZE_GLITCHES, SCRATCH,
+};
 use crate::frame::{self, code, flag, kind, Head, Malformed};
 use crate::hpack::Fields;
 use protocol_api::Io;
@@ -172,6 +174,13 @@ impl Relay {
                     // (Both ends resetting a stream at once is no glitch, once.)
                     self.glitch();
                 }
+                if let Some(access) = self
+                    .streams
+                    .get_mut(&head.stream)
+                    .and_then(|s| s.access.as_deref_mut())
+                {
+                    access.reason = Some(format!("reset by the client ({})", code_name(error)));
+                }
                 if let Some(stream) = self.take_stream(head.stream) {
                     log::debug!(
                         "h2c {}: stream {} reset by the client ({error:#x})",
@@ -302,7 +311,10 @@ impl Relay {
             .decoder
             .decode(block, fields, max_list)
             .map_err(|_| Malformed(code::COMPRESSION_ERROR))?;
-        if self.streams.contains_key(&id) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            if let Some(access) = stream.access.as_deref_mut() {
+                access.blocks_in += block.len() as u64;
+            }
             self.on_request_trailers(id, end_stream, fields);
             return Ok(());
         }
@@ -353,6 +365,16 @@ impl Relay {
             began: Instant::now(),
             held: None,
             detached: false,
+            access: protocol_api::access::enabled().then(|| {
+                let text =
+                    |name: &[u8]| String::from_utf8_lossy(fields.get(name).unwrap_or(b"-")).into();
+                Box::new(AccessRecord {
+                    method: text(b":method"),
+                    target: text(b":path"),
+                    blocks_in: block.len() as u64,
+                    ..AccessRecord::default()
+                })
+            }),
         };
         if fields.list_size() > max_list {
             // Decoding it went on past the limit (to keep the table in step), and a block

@@ -204,6 +204,28 @@ pub struct Relay {
     _open: protocol_api::metrics::Held,
 }
 
+impl Drop for Relay {
+    /// Streams still open when the connection ends get their access lines too.
+    fn drop(&mut self) {
+        for (_, mut stream) in std::mem::take(&mut self.streams) {
+            if let Some(access) = stream.access.as_deref_mut() {
+                access
+                    .reason
+                    .get_or_insert_with(|| "connection closed".into());
+                self.write_access(&stream);
+            }
+        }
+    }
+}
+
+/// An error code as log lines name it: its name (RFC 9113 §7), or its number.
+fn code_name(error: u32) -> std::borrow::Cow<'static, str> {
+    match code::name(error) {
+        Some(name) => name.into(),
+        None => format!("{error:#x}").into(),
+    }
+}
+
 /// A graceful shutdown in two steps (RFC 9113 §6.8): a GOAWAY that takes streams still
 /// in flight, a PING, and on its answer (or after [`GOAWAY_WAIT`]) the GOAWAY that names
 /// the last stream.
@@ -497,6 +519,10 @@ impl Relay {
             stats.answered(status);
         }
         let (block, body) = message::answer(status, text);
+        if let Some(access) = stream.access.as_deref_mut() {
+            access.status = Some(status);
+            access.blocks_out += block.len() as u64;
+        }
         self.client.write_block(id, &block, false);
         stream.target = Target::Local;
         stream.request = None;
@@ -522,6 +548,15 @@ impl Relay {
 
     /// RST_STREAM to the client, remembered so that what it sent meanwhile is ignored.
     fn reset_client(&mut self, id: u32, error: u32) {
+        if error != code::NO_ERROR {
+            let access = self
+                .streams
+                .get_mut(&id)
+                .and_then(|s| s.access.as_deref_mut());
+            if let Some(access) = access.filter(|a| a.reason.is_none()) {
+                access.reason = Some(format!("reset ({})", code_name(error)));
+            }
+        }
         frame::write_rst_stream(self.client.out.queue(), id, error);
         self.reset_sent.note(id);
     }
@@ -556,6 +591,7 @@ impl Relay {
     /// Removes a stream; the idle clock starts when the last goes.
     fn take_stream(&mut self, id: u32) -> Option<Stream> {
         let stream = self.streams.remove(&id)?;
+        self.write_access(&stream);
         if stream.detached {
             self.detached_held = (self.detached_held).saturating_sub(stream.down.pending.len());
         }
@@ -563,6 +599,26 @@ impl Relay {
             self.idle_since = Instant::now();
         }
         Some(stream)
+    }
+
+    /// The stream's access line, if the access log was on when it began.
+    fn write_access(&self, stream: &Stream) {
+        let Some(access) = stream.access.as_deref() else {
+            return;
+        };
+        let peer = self.peer_addr.to_string();
+        protocol_api::access::write(&protocol_api::access::Exchange {
+            peer: &peer,
+            method: &access.method,
+            target: &access.target,
+            version: "HTTP/2.0",
+            status: access.status,
+            protocol: "h2c",
+            bytes_in: access.blocks_in + stream.up.sent + stream.up.pending.len() as u64,
+            bytes_out: access.blocks_out + stream.down.sent,
+            elapsed: stream.began.elapsed(),
+            reason: access.reason.as_deref(),
+        });
     }
 
     /// A stream whose whole answer came lets go of its backend in `slot` (which reset it

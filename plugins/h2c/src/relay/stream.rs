@@ -272,6 +272,25 @@ pub struct Stream {
     /// stream with NO_ERROR, or its connection ended): no backend's window counts what it
     /// holds, the relay does ([`super::Relay::detach`]).
     pub detached: bool,
+    /// Its access line's facts, while the access log is on.
+    pub access: Option<Box<AccessRecord>>,
+}
+
+/// What a stream's access line says, kept while the daemon's access log is on (ABI 1.8:
+/// [`protocol_api::access`]): one line for each stream, as nginx and HAProxy log each
+/// request, beside the daemon's line for the connection.
+#[derive(Debug, Default)]
+pub struct AccessRecord {
+    pub method: Box<str>,
+    /// `:path` as the client sent it.
+    pub target: Box<str>,
+    /// The final answer's status, once one went to the client.
+    pub status: Option<u16>,
+    /// Field blocks' bytes from and to the client (DATA is counted by the flows).
+    pub blocks_in: u64,
+    pub blocks_out: u64,
+    /// Why the stream ended without its answer whole (a reset), if it did.
+    pub reason: Option<String>,
 }
 
 impl Stream {

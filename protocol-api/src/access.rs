@@ -1,0 +1,67 @@
+//! The daemon's access log for exchanges inside a plugin's connections (ABI 1.8): an
+//! HTTP/2 connection carries many requests, and the daemon's own line for the connection
+//! says nothing of them. Each is handed to the daemon, which writes it as it writes its
+//! own lines (text, or JSON with `SWITCHYARD_ACCESS_LOG=json`; `token=` values cut), under
+//! the same target, so `RUST_LOG=switchyard::access=off` silences both:
+//!
+//! ```text
+//! 127.0.0.1:50412 "POST /helloworld.Greeter/SayHello HTTP/2.0" 200 proto=h2c in=52 out=71 time=1.3ms
+//! ```
+//!
+//! Ask [`enabled`] before building anything for a line: the log is often off where speed
+//! matters.
+
+use crate::abi::{RawBytes, RawExchange};
+use std::time::Duration;
+
+/// The target the daemon's access lines are written under.
+pub const TARGET: &str = "switchyard::access";
+
+/// One exchange inside a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// The client, `address:port`.
+    pub peer: &'a str,
+    /// The request's method.
+    pub method: &'a str,
+    /// Its target, as the client sent it.
+    pub target: &'a str,
+    /// Its version (`HTTP/2.0`).
+    pub version: &'a str,
+    /// The answer's status; `None` when none was sent.
+    pub status: Option<u16>,
+    /// The plugin's protocol token.
+    pub protocol: &'a str,
+    /// The exchange's bytes from the client.
+    pub bytes_in: u64,
+    /// The exchange's bytes to the client.
+    pub bytes_out: u64,
+    /// From its request's first byte to its end.
+    pub elapsed: Duration,
+    /// Why it ended otherwise than with its answer (a reset).
+    pub reason: Option<&'a str>,
+}
+
+/// Whether the daemon writes access lines now (and can take a plugin's: ABI 1.8).
+pub fn enabled() -> bool {
+    crate::host::host_minor() >= 8 && log::log_enabled!(target: TARGET, log::Level::Info)
+}
+
+/// Writes the exchange's access line, if the access log is on; false when the daemon
+/// cannot take plugins' lines (older than ABI 1.8).
+pub fn write(exchange: &Exchange<'_>) -> bool {
+    let text = |s: &str| RawBytes::new(s.as_bytes());
+    let raw = RawExchange {
+        peer: text(exchange.peer),
+        method: text(exchange.method),
+        target: text(exchange.target),
+        version: text(exchange.version),
+        status: exchange.status.map_or(0, u32::from),
+        protocol: text(exchange.protocol),
+        bytes_in: exchange.bytes_in,
+        bytes_out: exchange.bytes_out,
+        micros: u64::try_from(exchange.elapsed.as_micros()).unwrap_or(u64::MAX),
+        reason: text(exchange.reason.unwrap_or("")),
+    };
+    crate::host::access_line(&raw)
+}
