@@ -366,14 +366,12 @@ impl Relay {
             held: None,
             detached: false,
             access: protocol_api::access::enabled().then(|| {
-                let text =
-                    |name: &[u8]| String::from_utf8_lossy(fields.get(name).unwrap_or(b"-")).into();
-                Box::new(AccessRecord {
-                    method: text(b":method"),
-                    target: text(b":path"),
-                    blocks_in: block.len() as u64,
-                    ..AccessRecord::default()
-                })
+                let field = |name: &[u8]| fields.get(name).unwrap_or(b"-");
+                Box::new(AccessRecord::new(
+                    field(b":method"),
+                    field(b":path"),
+                    block.len(),
+                ))
             }),
         };
         if fields.list_size() > max_list {

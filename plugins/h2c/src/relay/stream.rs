@@ -293,6 +293,36 @@ pub struct AccessRecord {
     pub reason: Option<String>,
 }
 
+/// Most bytes of a request's `:path` (and a tenth as many of its `:method`) an access
+/// line shows: HPACK lets a client send a 16 KiB path again for a byte or two, and the
+/// line would be 16 KiB each time.
+pub const LOGGED_TARGET: usize = 1024;
+
+impl AccessRecord {
+    /// A request's record, its method and target as they came, cut (marked `...`).
+    pub fn new(method: &[u8], target: &[u8], block_len: usize) -> AccessRecord {
+        AccessRecord {
+            method: cut(method, LOGGED_TARGET / 10),
+            target: cut(target, LOGGED_TARGET),
+            blocks_in: block_len as u64,
+            ..AccessRecord::default()
+        }
+    }
+}
+
+/// `bytes` as text, at most `max` bytes of it (at a character's end) and `...` if cut.
+fn cut(bytes: &[u8], max: usize) -> Box<str> {
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() <= max {
+        return text.into();
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}...", &text[..end]).into()
+}
+
 impl Stream {
     /// Open on its backend: HEADERS went out.
     pub fn is_open_on_backend(&self) -> bool {
@@ -309,6 +339,24 @@ impl Stream {
 mod tests {
     use super::*;
     use crate::frame::Head;
+
+    #[test]
+    fn an_access_record_cuts_a_long_path_at_a_character() {
+        let record = AccessRecord::new(b"GET", b"/short?x=1", 12);
+        assert_eq!((&*record.method, &*record.target), ("GET", "/short?x=1"));
+        assert_eq!(record.blocks_in, 12);
+        let mut long = b"/".to_vec();
+        long.extend("\u{e9}".repeat(LOGGED_TARGET).as_bytes());
+        let record = AccessRecord::new(&[b'M'; 500], &long, 0);
+        assert_eq!(record.method.len(), LOGGED_TARGET / 10 + 3);
+        assert!(record.target.ends_with("\u{e9}..."), "{}", record.target);
+        assert_eq!(
+            record.target.len(),
+            LOGGED_TARGET - 1 + 3,
+            "cut before a 2-byte character"
+        );
+        assert_eq!(&*AccessRecord::new(b"\xff", b"/", 0).method, "\u{fffd}");
+    }
 
     fn frames(mut bytes: &[u8]) -> Vec<(Head, Vec<u8>)> {
         let mut all = Vec::new();
