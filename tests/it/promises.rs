@@ -145,6 +145,77 @@ fn rfc9110_6_2_http_1_2_is_served_as_1_1_and_http_2_0_gets_505() {
     assert_eq!(client.response().status, 505);
 }
 
+/// `SWITCHYARD_RESPONSE_HEADERS` (nginx's `add_header`, websocketd's `--header`): the
+/// operator's fields on every response the daemon writes, the `101` included, except
+/// where a response has a field of that name (a missing file's `Cache-Control`);
+/// a framing field is refused at start, naming the setting.
+#[test]
+fn response_headers_go_on_every_answer_and_the_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("page.html"), "<p>page</p>").unwrap();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-echo")
+        .env(
+            "SWITCHYARD_STATIC_ROUTES",
+            &format!("/files/={}", dir.path().display()),
+        )
+        .env(
+            "SWITCHYARD_RESPONSE_HEADERS",
+            "Strict-Transport-Security: max-age=63072000; includeSubDomains\n\
+             Cache-Control: no-cache, private",
+        )
+        .start();
+    let hsts = "max-age=63072000; includeSubDomains";
+    for (request, status, cache) in [
+        ("GET /healthz HTTP/1.1", 200, "no-cache, private"),
+        ("GET /files/page.html HTTP/1.1", 200, "no-cache, private"),
+        ("HEAD /files/page.html HTTP/1.1", 200, "no-cache, private"),
+        ("GET /files/none.html HTTP/1.1", 404, "no-store"),
+        ("GET /elsewhere HTTP/1.1", 426, "no-cache, private"),
+        ("POST /healthz HTTP/1.1", 405, "no-cache, private"),
+    ] {
+        let mut client = daemon.client();
+        client.send(format!("{request}\r\nHost: test\r\n\r\n"));
+        let response = match request.starts_with("HEAD") {
+            true => client.response_head_only(),
+            false => client.response(),
+        };
+        assert_eq!(response.status, status, "{request}");
+        assert_eq!(
+            response.header("Strict-Transport-Security"),
+            Some(hsts),
+            "{request}"
+        );
+        let caches: Vec<_> = response
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+            .collect();
+        assert_eq!(caches.len(), 1, "{request}: {caches:?}");
+        assert_eq!(caches[0].1, cache, "{request}");
+    }
+    let mut client = daemon.client();
+    client.send(upgrade_request("/", "echo"));
+    let switched = client.response();
+    assert_eq!(switched.status, 101);
+    assert_eq!(switched.header("Strict-Transport-Security"), Some(hsts));
+    client.send("after");
+    assert_eq!(client.read_exact(5), b"after");
+
+    let (status, logs) = Daemon::builder()
+        .env(
+            "SWITCHYARD_RESPONSE_HEADERS",
+            "X-Frame-Options: DENY\nContent-Length: 0",
+        )
+        .run_to_exit();
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(
+        logs.contains("invalid SWITCHYARD_RESPONSE_HEADERS=")
+            && logs.contains("Content-Length is written by the daemon alone"),
+        "{logs}"
+    );
+}
+
 #[test]
 fn rfc9112_7_1_a_chunked_body_over_the_limit_gets_413() {
     let daemon = Daemon::builder()

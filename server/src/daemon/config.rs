@@ -77,6 +77,8 @@ pub struct Config {
     pub tls_clients: Option<ClientAuth>,
     /// `SWITCHYARD_ACCESS_LOG`: the access line as text, or as one JSON object.
     pub access_json: bool,
+    /// `SWITCHYARD_RESPONSE_HEADERS`: fields added to every response the daemon writes.
+    pub response_headers: crate::http::response::ExtraFields,
     /// `SWITCHYARD_STATUS_FROM`: the addresses `/status` is answered to.
     pub status_from: Vec<ipnet::IpNet>,
     /// `SWITCHYARD_METRICS_FROM`: the addresses `/metrics` is answered to.
@@ -269,6 +271,11 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "`json`: each access line is one JSON object (`time`, `peer`, `method`, `target`, `version`, `status`, `proto`, `tls`, `in`, `out`, `seconds`, `reason`), written alone on its line, for log shippers, and every other line one too (`time`, `level`, `target`, `message`); `text`: the line described below this table",
     },
     Setting {
+        variable: "SWITCHYARD_RESPONSE_HEADERS",
+        default: "none",
+        meaning: "header fields added to every response the daemon writes (its own answers, static files, errors, the `101`), `Name: value`, one a line: `Strict-Transport-Security: max-age=63072000`, as nginx's `add_header` and websocketd's `--header` add them; a response with a field of that name keeps its own. Framing and switching fields (`Content-Length`, `Transfer-Encoding`, `Connection`, `Upgrade`, `Date`, `Sec-WebSocket-*`, ...) are refused at start",
+    },
+    Setting {
         variable: "SWITCHYARD_STATUS_FROM",
         default: "`127.0.0.0/8,::1`",
         meaning: "the addresses (or CIDR blocks, comma-separated) that may open `/status`, a live page of the daemon (plugins, connections, rates, refusals, settings), and its data `/status.json`; others get `403`, as does a request whose `Host` is a name other than `localhost` (a DNS-rebinding page cannot read it) or that came through a proxy (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`, `Via`); `none`: nobody",
@@ -415,6 +422,11 @@ impl Config {
                 "json" => Ok(true),
                 _ => Err("expected text or json".to_string()),
             })?,
+            response_headers: parse_or(
+                get("SWITCHYARD_RESPONSE_HEADERS"),
+                Default::default(),
+                crate::http::response::ExtraFields::parse,
+            )?,
             status_from: parse_or(
                 get("SWITCHYARD_STATUS_FROM"),
                 vec![

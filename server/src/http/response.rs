@@ -57,8 +57,9 @@ impl Response {
     }
 
     /// Appends the response to `out`. `date` is the current `Date` value; `head_only` leaves
-    /// the body out (an answer to `HEAD`).
-    pub fn write_to(&self, out: &mut Vec<u8>, date: &str, head_only: bool) {
+    /// the body out (an answer to `HEAD`); `extra` are the operator's fields for every
+    /// response ([`ExtraFields`]), each left out where the response has its own.
+    pub fn write_to(&self, out: &mut Vec<u8>, date: &str, head_only: bool, extra: &ExtraFields) {
         write_status_line(out, self.status);
         // RFC 9110 §8.6: no Content-Length in 1xx and 204; in a 304 only the length a 200
         // would have had, which is simplest left out.
@@ -76,6 +77,7 @@ impl Response {
             }
             write_header(out, name, value);
         }
+        extra.write_beside(out, self.headers.iter().map(|(name, _)| &**name));
         if self.close {
             write_header(
                 out,
@@ -141,6 +143,71 @@ pub fn is_token(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Header fields an operator adds to every response the daemon writes
+/// (`SWITCHYARD_RESPONSE_HEADERS`: `Strict-Transport-Security`, `Content-Security-Policy`
+/// and the like), as nginx's `add_header` and websocketd's `--header` do. A response that
+/// has a field of the same name keeps its own (the status page's `Cache-Control`). Fields
+/// that frame the message or make the switch are the daemon's alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtraFields(Vec<(String, String)>);
+
+/// Fields [`ExtraFields`] may not hold: HTTP/1.1's framing and connection fields and the
+/// WebSocket handshake's, which only the daemon and its plugins may write.
+const NOT_EXTRA: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "date",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+impl ExtraFields {
+    /// Reads `Name: value` fields, one a line (RFC 9110 §5: a token, a colon, a value
+    /// without CR, LF or NUL; white space around the value is not part of it).
+    pub fn parse(text: &str) -> Result<ExtraFields, String> {
+        let mut fields = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(format!("{line:?} is not `Name: value`"));
+            };
+            let (name, value) = (name.trim_end(), value.trim());
+            if !is_token(name) || name.len() != line.find(':').unwrap_or(0) {
+                return Err(format!("{name:?} is not a field name"));
+            }
+            let lower = name.to_ascii_lowercase();
+            if NOT_EXTRA.contains(&lower.as_str()) || lower.starts_with("sec-websocket-") {
+                return Err(format!("{name} is written by the daemon alone"));
+            }
+            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                return Err(format!("the value of {name} holds a control character"));
+            }
+            fields.push((name.to_string(), value.to_string()));
+        }
+        Ok(ExtraFields(fields))
+    }
+
+    /// Writes each field whose name is not among `present`.
+    pub fn write_beside<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        present: impl Iterator<Item = &'a str> + Clone,
+    ) {
+        for (name, value) in &self.0 {
+            if !present.clone().any(|p| p.eq_ignore_ascii_case(name)) {
+                write_header(out, name, value);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// True when `value` can be sent as a field value: no CR, LF or NUL (RFC 9110 §5.5).
@@ -222,7 +289,12 @@ mod tests {
     #[test]
     fn error_responses_close_and_carry_their_length() {
         let mut out = Vec::new();
-        Response::error(400, "missing Host header").write_to(&mut out, "D", false);
+        Response::error(400, "missing Host header").write_to(
+            &mut out,
+            "D",
+            false,
+            &ExtraFields::default(),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 400 Bad Request\r\nDate: D\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -237,10 +309,43 @@ mod tests {
             .header("Connection", "upgrade")
             .closing();
         let mut out = Vec::new();
-        response.write_to(&mut out, "D", true);
+        response.write_to(&mut out, "D", true, &ExtraFields::default());
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Upgrade: echo, websocket\r\n"), "{text}");
         assert!(text.contains("Connection: upgrade, close\r\n"), "{text}");
+    }
+
+    #[test]
+    fn extra_fields_are_added_where_the_response_has_none_of_its_own() {
+        let extra = ExtraFields::parse(
+            "Strict-Transport-Security: max-age=63072000; includeSubDomains\n\
+             \n  Cache-Control:  no-cache, no-store  \nX-Empty:",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        Response::new(200, &b"ok"[..])
+            .header("cache-control", "no-store")
+            .write_to(&mut out, "D", false, &extra);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nDate: D\r\ncache-control: no-store\r\n\
+             Strict-Transport-Security: max-age=63072000; includeSubDomains\r\n\
+             X-Empty: \r\nContent-Length: 2\r\n\r\nok"
+        );
+        for (bad, why) in [
+            ("X-A b", "not `Name: value`"),
+            ("X A: b", "not a field name"),
+            ("X-A : b", "not a field name"),
+            (": b", "not a field name"),
+            ("Content-Length: 5", "written by the daemon alone"),
+            ("connection: close", "written by the daemon alone"),
+            ("Sec-WebSocket-Accept: x", "written by the daemon alone"),
+            ("X-A: a\u{7f}b", "control character"),
+        ] {
+            let error = ExtraFields::parse(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -1024,7 +1024,8 @@ impl<T: Transport> HttpConn<T> {
         let queue = self.output.queue();
         let before = queue.len();
         cx.shared.metrics.response(response.status);
-        response.write_to(queue, cx.date.now(), head_only);
+        let extra = &cx.shared.config.response_headers;
+        response.write_to(queue, cx.date.now(), head_only, extra);
         let apart = match head_only {
             true => 0,
             false => response.sent_apart.unwrap_or(0) as usize,

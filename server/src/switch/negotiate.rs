@@ -6,7 +6,9 @@
 
 use super::Side;
 use crate::daemon::state::Shared;
-use crate::http::response::{is_field_value, is_token, write_header, write_status_line, Response};
+use crate::http::response::{
+    is_field_value, is_token, write_header, write_status_line, ExtraFields, Response,
+};
 use crate::http1::Upgrade;
 use crate::plugin::{Failure, Negotiated, Negotiation, Plugin, Registry};
 use std::borrow::Cow;
@@ -88,7 +90,8 @@ pub fn negotiate(
                     };
                 }
                 let product = upgrade.product(index);
-                return match switching_protocols(product, &headers) {
+                let extra = &shared.config.response_headers;
+                return match switching_protocols(product, &headers, extra) {
                     Some(switching) => Outcome::Accept {
                         offer: index,
                         session,
@@ -170,8 +173,13 @@ pub fn plugin_failed(shared: &Shared, plugin: &Plugin, call: &str, peer: &str, f
 }
 
 /// The `101` (RFC 9110 §15.2.2): `Upgrade` names the protocol as the client spelled it,
-/// `Connection: upgrade`, then the plugin's headers; `None` if those are not valid HTTP.
-fn switching_protocols(product: &str, headers: &[(String, String)]) -> Option<Vec<u8>> {
+/// `Connection: upgrade`, then the plugin's headers, then the operator's (`extra`) the
+/// plugin did not write; `None` if the plugin's are not valid HTTP.
+fn switching_protocols(
+    product: &str,
+    headers: &[(String, String)],
+    extra: &ExtraFields,
+) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     write_status_line(&mut out, 101);
     write_header(&mut out, "Upgrade", product);
@@ -182,6 +190,7 @@ fn switching_protocols(product: &str, headers: &[(String, String)]) -> Option<Ve
         }
         write_header(&mut out, name, value);
     }
+    extra.write_beside(&mut out, headers.iter().map(|(name, _)| name.as_str()));
     out.extend_from_slice(b"\r\n");
     Some(out)
 }
@@ -234,13 +243,14 @@ mod tests {
 
     #[test]
     fn rfc9110_15_2_2_switching_protocols_names_the_protocol() {
-        let out = switching_protocols("Echo/1", &[("X-Session".into(), "7".into())]).unwrap();
+        let extra = ExtraFields::parse("X-Session: 8\nX-Frame-Options: DENY").unwrap();
+        let out =
+            switching_protocols("Echo/1", &[("X-Session".into(), "7".into())], &extra).unwrap();
         assert!(out.starts_with(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: Echo/1\r\nConnection: upgrade\r\n"
         ));
-        assert!(out.ends_with(b"X-Session: 7\r\n\r\n"));
-        assert!(
-            switching_protocols("echo", &[("X".into(), "a\r\nSet-Cookie: x".into())]).is_none()
-        );
+        assert!(out.ends_with(b"X-Session: 7\r\nX-Frame-Options: DENY\r\n\r\n"));
+        let smuggled = [("X".into(), "a\r\nSet-Cookie: x".into())];
+        assert!(switching_protocols("echo", &smuggled, &ExtraFields::default()).is_none());
     }
 }
