@@ -59,30 +59,6 @@ pub fn set_notsent_lowat(socket: &impl AsFd, bytes: u32) -> io::Result<bool> {
     protocol_api::kernel_share::report_writable_below(socket.as_fd(), bytes)
 }
 
-/// Writes `buf` to the TCP socket `socket` as `write` does, telling the kernel that more
-/// follows at once (`MSG_MORE`): a short answer's head then leaves in one segment with the
-/// body sent next, not in one of its own.
-pub fn send_more(socket: &impl AsFd, buf: &[u8]) -> io::Result<usize> {
-    socket2::SockRef::from(socket).send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
-}
-
-/// `TCP_CORK` on or off: while on, the kernel sends only full segments of what is written
-/// (a partial one waits for more, or 200 ms); off sends what waits at once. A failure
-/// (not a TCP socket) changes nothing and is not worth a word: the bytes go out either way.
-pub fn set_cork(socket: &impl AsRawFd, on: bool) {
-    let value = libc::c_int::from(on);
-    // SAFETY: a valid descriptor and a `c_int` option value of the size given.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 /// Makes the next close of `socket` a reset (`SO_LINGER` with time 0) when output still
 /// waits in its send buffer: ended for a peer that took nothing, what waits is dropped at
 /// once rather than kept by the kernel (an orphaned socket, outside every limit of ours)

@@ -52,17 +52,6 @@ pub trait Transport: Read + Write {
         copy_file(self, file, offset, count, scratch)
     }
 
-    /// Writes as [`Write::write`] does, for bytes that more follow at once (the kernel may
-    /// hold a partial segment for them: [`crate::sys::send_more`]).
-    fn write_more(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write(buf)
-    }
-
-    /// Holds partial segments back until `false` comes, or sends them as written again
-    /// (`TCP_CORK`; see [`crate::sys::set_cork`]); a stream with no socket of its own
-    /// does nothing.
-    fn cork(&mut self, _on: bool) {}
-
     /// A TLS session waits for a PROXY protocol header before it begins.
     fn tls_waits(&self) -> bool {
         false
@@ -97,19 +86,6 @@ pub trait Transport: Read + Write {
     /// what follows belongs to the stream (a TLS session begins here and takes `rest` as
     /// its first ciphertext, leaving it empty; a plain socket leaves it as it is).
     fn proxy_header_read(&mut self, _rest: &mut Vec<u8>) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A stream written with the promise that more follows at once ([`Transport::write_more`]).
-pub struct MoreFollows<'a, T: ?Sized>(pub &'a mut T);
-
-impl<T: Transport + ?Sized> Write for MoreFollows<'_, T> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_more(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -253,17 +229,6 @@ impl Write for Wire {
 }
 
 impl Transport for Wire {
-    fn write_more(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match (self.tls_after_proxy, &self.tls) {
-            (false, Some(_)) => self.write(buf),
-            _ => crate::sys::send_more(&self.socket, buf),
-        }
-    }
-
-    fn cork(&mut self, on: bool) {
-        crate::sys::set_cork(&self.socket, on);
-    }
-
     fn reset_if_unsent(&self) -> bool {
         crate::sys::reset_if_unsent(&self.socket)
     }

@@ -27,8 +27,8 @@ pub struct FileBody {
     disk: Disk,
     /// The file is large enough to ask about ([`ASKED_FROM`]).
     ask: bool,
-    /// The socket is corked while it goes (`conn::CORKED_FROM`).
-    pub corked: bool,
+    /// Looked at once to go whole with its head (`conn::HttpConn::short_body_with_head`).
+    pub started: bool,
 }
 
 /// Files shorter than this are sent without asking the kernel whether they are cached:
@@ -76,7 +76,7 @@ impl FileBody {
             disk: Disk::Idle,
             ask: file_len >= ASKED_FROM as u64
                 || nanos(Instant::now()) < ASK_ALL_UNTIL.load(Relaxed),
-            corked: false,
+            started: false,
         }
     }
 
