@@ -42,9 +42,13 @@ pub struct Exchange<'a> {
     pub reason: Option<&'a str>,
 }
 
-/// Whether the daemon writes access lines now (and can take a plugin's: ABI 1.8).
+/// Whether the daemon writes access lines (and can take a plugin's: ABI 1.8). Asked of
+/// the host once: its log filter is set for the life of the process, and asking for every
+/// stream was a call into the daemon and a match of the filter each time.
 pub fn enabled() -> bool {
-    crate::host::host_minor() >= 8 && log::log_enabled!(target: TARGET, log::Level::Info)
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::host::host_minor() >= 8
+        && *ENABLED.get_or_init(|| log::log_enabled!(target: TARGET, log::Level::Info))
 }
 
 /// Writes the exchange's access line, if the access log is on; false when the daemon

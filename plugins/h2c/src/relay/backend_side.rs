@@ -500,6 +500,9 @@ impl Relay {
                 }
             }
             Ok(Response::Trailers) if stream.responded && end_stream => {
+                if let Some(access) = stream.access.as_deref_mut() {
+                    access.blocks_out += out.len() as u64;
+                }
                 stream.down.trailers = Some(out);
                 stream.down.end = true;
                 self.drain_down(id);
