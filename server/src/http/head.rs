@@ -326,9 +326,11 @@ fn other_version(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
         }
         (true, _, false) => Ok(Parsed::Partial),
         (true, true, true) if version[5] == b'1' => {
-            // 1.2 and later: parsed as 1.1, in a copy (the spans point into `bytes`, which
-            // are the same length).
-            let mut as_1_1 = bytes.to_vec();
+            // 1.2 and later: parsed as 1.1, in a copy of the head (the spans point into
+            // `bytes`, where it is the same length); not of what is pipelined behind it (a
+            // review: copying 16 KiB of requests for each cost 0.3 us a request).
+            let end = head_end(bytes).unwrap_or(bytes.len());
+            let mut as_1_1 = bytes[..end].to_vec();
             as_1_1[start + at + 1 + 7] = b'1';
             parse(&as_1_1, limits)
         }
