@@ -329,7 +329,7 @@ fn other_version(bytes: &[u8], limits: Limits) -> Result<Parsed, HttpError> {
             // 1.2 and later: parsed as 1.1, in a copy of the head (the spans point into
             // `bytes`, where it is the same length); not of what is pipelined behind it (a
             // review: copying 16 KiB of requests for each cost 0.3 us a request).
-            let end = head_end(bytes).unwrap_or(bytes.len());
+            let end = head_end(&bytes[start..]).map_or(bytes.len(), |end| start + end);
             let mut as_1_1 = bytes[..end].to_vec();
             as_1_1[start + at + 1 + 7] = b'1';
             parse(&as_1_1, limits)
@@ -778,6 +778,13 @@ mod tests {
         };
         let long = format!("GET /{} HTTP/3", "a".repeat(40));
         assert_eq!(parse(long.as_bytes(), limits), Err(TARGET_TOO_LONG));
+        // Found by fuzzing: empty lines before the request line are not the head's end.
+        let bytes = b"\r\n\r\nGET /t HTTP/1.2\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\n";
+        assert_eq!(head(bytes).target(bytes), "/t");
+        assert_eq!(
+            head(bytes).len,
+            bytes.len() - b"GET /next HTTP/1.1\r\n".len()
+        );
         let whole = b"GET / HTTP/1.9\r\nHost: a\r\n\r\n";
         let verdict = first_verdict_in_pieces(whole, LIMITS);
         assert!(
