@@ -916,6 +916,12 @@ fn rfc9113_8_2_1_a_field_with_cr_lf_never_reaches_the_backend() {
             seen.forwarded_for.lock().unwrap().len() == 1,
             "only stream 3 reached it"
         );
+        // Its access line says why, as an HTTP/1.1 server's 400 would.
+        let line = log_line(&daemon, "\"GET / HTTP/2.0\" - proto=h2c").await;
+        assert!(
+            line.contains(" reason=\"malformed (PROTOCOL_ERROR): "),
+            "{line}"
+        );
     });
 }
 
@@ -1064,6 +1070,16 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
             codes.iter().all(|&code| code == 0x7),
             "REFUSED_STREAM only, no reset for a DATA frame: {codes:?}"
         );
+        // Each refused stream has its access line, as each answered one.
+        let refused = "\"POST / HTTP/2.0\" - proto=h2c in=6 out=0 time=0.0ms \
+                       reason=\"refused (REFUSED_STREAM): its streams limit\"";
+        for _ in 0..1000 {
+            if daemon.logs().matches(refused).count() >= 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(daemon.logs().matches(refused).count(), 200);
     });
 }
 

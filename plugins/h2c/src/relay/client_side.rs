@@ -11,7 +11,7 @@ use crate::frame::{self, code, flag, kind, Head, Malformed};
 use crate::hpack::Fields;
 use protocol_api::Io;
 use std::io::{self, ErrorKind, Read};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Relay {
     /// Reads the client until it is drained, the call's budget is spent, or what it sends
@@ -347,6 +347,12 @@ impl Relay {
             .count();
         if open >= self.shared.config.max_streams as usize {
             self.glitch();
+            if protocol_api::access::enabled() {
+                let field = |name: &[u8]| fields.get(name).unwrap_or(b"-");
+                let mut access = AccessRecord::new(field(b":method"), field(b":path"), block.len());
+                access.reason = Some("refused (REFUSED_STREAM): its streams limit".into());
+                self.write_access_record(&access, (access.blocks_in, 0), Duration::ZERO);
+            }
             self.reset_client(id, code::REFUSED_STREAM);
             return Ok(());
         }
@@ -391,6 +397,7 @@ impl Relay {
                     "h2c {}: stream {id} malformed: a content-length and no body",
                     self.peer_addr
                 );
+                self.refused_line(&mut stream, "a content-length and no body");
                 self.reset_client(id, code::PROTOCOL_ERROR);
             }
             Ok(routed) => {
@@ -406,6 +413,7 @@ impl Relay {
             Err(Refused::Malformed(why)) => {
                 log::debug!("h2c {}: stream {id} malformed: {why}", self.peer_addr);
                 self.glitch();
+                self.refused_line(&mut stream, why);
                 self.reset_client(id, code::PROTOCOL_ERROR);
             }
             Err(Refused::Answer(status, text)) => {
@@ -416,6 +424,15 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// The access line of a request refused as malformed (reset with PROTOCOL_ERROR), as
+    /// an HTTP/1.1 server logs its `400`s.
+    fn refused_line(&self, stream: &mut Stream, why: &str) {
+        if let Some(access) = stream.access.as_deref_mut() {
+            access.reason = Some(format!("malformed (PROTOCOL_ERROR): {why}"));
+        }
+        self.write_access(stream);
     }
 
     pub(super) fn on_request_trailers(&mut self, id: u32, end_stream: bool, fields: &Fields) {

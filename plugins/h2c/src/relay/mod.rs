@@ -51,7 +51,7 @@ use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stream::{Flow, ResetSent, Stream, Target};
+use stream::{AccessRecord, Flow, ResetSent, Stream, Target};
 
 /// Frames that cost the relay work without moving a request (see the module docs) one
 /// client connection may send in ten seconds.
@@ -606,6 +606,13 @@ impl Relay {
         let Some(access) = stream.access.as_deref() else {
             return;
         };
+        let bytes_in = access.blocks_in + stream.up.sent + stream.up.pending.len() as u64;
+        let bytes_out = access.blocks_out + stream.down.sent;
+        self.write_access_record(access, (bytes_in, bytes_out), stream.began.elapsed());
+    }
+
+    /// The access line of a stream as `access` has it, with its bytes in and out.
+    fn write_access_record(&self, access: &AccessRecord, bytes: (u64, u64), elapsed: Duration) {
         let peer = self.peer_addr.to_string();
         protocol_api::access::write(&protocol_api::access::Exchange {
             peer: &peer,
@@ -614,9 +621,9 @@ impl Relay {
             version: "HTTP/2.0",
             status: access.status,
             protocol: "h2c",
-            bytes_in: access.blocks_in + stream.up.sent + stream.up.pending.len() as u64,
-            bytes_out: access.blocks_out + stream.down.sent,
-            elapsed: stream.began.elapsed(),
+            bytes_in: bytes.0,
+            bytes_out: bytes.1,
+            elapsed,
             reason: access.reason.as_deref(),
         });
     }
