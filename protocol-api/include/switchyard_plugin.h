@@ -209,6 +209,9 @@ typedef struct switchyard_exchange {
     uint64_t bytes_out;
     uint64_t micros;           /* from its request's first byte to its end */
     switchyard_bytes reason;   /* why it ended otherwise than with its answer; empty: none */
+    switchyard_bytes tls_version; /* as switchyard_request's; empty: not over TLS */
+    switchyard_bytes tls_cipher;
+    switchyard_bytes tls_alpn;    /* empty: none agreed */
 } switchyard_exchange;
 
 /* What the host offers a plugin; lives as long as the process. */

@@ -457,6 +457,14 @@ pub struct RawExchange {
     pub micros: u64,
     /// Why it ended as it did, when not with its answer (a reset); empty for none.
     pub reason: RawBytes,
+    /// The connection's TLS version, cipher suite and ALPN protocol as
+    /// [`RawRequest::tls_version`] and the fields after it gave them; `tls_version` empty
+    /// when it is not over TLS, `tls_alpn` empty when none was agreed.
+    pub tls_version: RawBytes,
+    /// See [`RawExchange::tls_version`].
+    pub tls_cipher: RawBytes,
+    /// See [`RawExchange::tls_version`].
+    pub tls_alpn: RawBytes,
 }
 
 // SAFETY: a `HostApi` is never written after the host made it, and the ABI lets its
@@ -648,7 +656,7 @@ const _: () = {
     assert!(offset_of!(HostApi, ctx) == 8 + 2 * W);
     assert!(offset_of!(HostApi, metric_series) == 8 + 4 * W);
     assert!(offset_of!(HostApi, access_line) == 8 + 5 * W);
-    assert!(size_of::<RawExchange>() == 12 * W + 32);
+    assert!(size_of::<RawExchange>() == 18 * W + 32);
     assert!(offset_of!(RawExchange, status) == 8 * W);
     assert!(offset_of!(RawExchange, micros) == 10 * W + 24);
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);

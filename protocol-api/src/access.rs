@@ -40,6 +40,9 @@ pub struct Exchange<'a> {
     pub elapsed: Duration,
     /// Why it ended otherwise than with its answer (a reset).
     pub reason: Option<&'a str>,
+    /// The connection's TLS, as [`crate::Request::tls`] gave it (its version, cipher
+    /// suite and ALPN protocol are logged).
+    pub tls: Option<crate::Tls<'a>>,
 }
 
 /// Whether the daemon writes access lines (and can take a plugin's: ABI 1.8). Asked of
@@ -66,6 +69,9 @@ pub fn write(exchange: &Exchange<'_>) -> bool {
         bytes_out: exchange.bytes_out,
         micros: u64::try_from(exchange.elapsed.as_micros()).unwrap_or(u64::MAX),
         reason: text(exchange.reason.unwrap_or("")),
+        tls_version: text(exchange.tls.map_or("", |t| t.version)),
+        tls_cipher: text(exchange.tls.map_or("", |t| t.cipher)),
+        tls_alpn: text(exchange.tls.and_then(|t| t.alpn).unwrap_or("")),
     };
     crate::host::access_line(&raw)
 }

@@ -107,7 +107,10 @@ fn rust_side() -> BTreeSet<String> {
         bytes_in,
         bytes_out,
         micros,
-        reason
+        reason,
+        tls_version,
+        tls_cipher,
+        tls_alpn
     );
     size!("switchyard_metric", RawMetric);
     field!(

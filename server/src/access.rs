@@ -48,11 +48,30 @@ pub struct Exchange<'a> {
     pub status: u16,
     pub protocol: Option<&'a str>,
     /// What the connection's TLS handshake settled, on a TLS listener.
-    pub tls: Option<crate::tls::Summary>,
+    pub tls: Option<TlsNames<'a>>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub started: Instant,
     pub reason: Option<&'a str>,
+}
+
+/// A TLS session as the access line names it: version, cipher suite, ALPN protocol (`-`:
+/// none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsNames<'a> {
+    pub version: &'a str,
+    pub cipher: &'a str,
+    pub alpn: &'a str,
+}
+
+impl From<crate::tls::Summary> for TlsNames<'static> {
+    fn from(summary: crate::tls::Summary) -> Self {
+        TlsNames {
+            version: summary.version,
+            cipher: summary.cipher,
+            alpn: summary.alpn,
+        }
+    }
 }
 
 /// True when access lines are written; callers skip building them otherwise.
@@ -91,7 +110,11 @@ pub fn log_plugins(exchange: &protocol_api::access::Exchange<'_>) {
         request: &request,
         status: exchange.status.unwrap_or(NO_STATUS),
         protocol: Some(exchange.protocol),
-        tls: None,
+        tls: exchange.tls.map(|tls| TlsNames {
+            version: tls.version,
+            cipher: tls.cipher,
+            alpn: tls.alpn.unwrap_or("-"),
+        }),
         bytes_in: exchange.bytes_in,
         bytes_out: exchange.bytes_out,
         started: Instant::now()

@@ -803,6 +803,46 @@ fn rfc9113_3_4_after_alpn_h2_anything_but_the_preface_gets_goaway() {
     assert!(get(&mut tls, "/healthz").0.starts_with("HTTP/1.1 200"));
 }
 
+/// An HTTP/2 stream over TLS has its access line (ABI 1.8) name the connection's TLS as
+/// the daemon's own lines do: version, cipher suite, ALPN.
+#[test]
+fn an_h2_streams_access_line_names_its_tls() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    // The route's backend refuses: the relay answers the stream 502 itself.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-h2c")
+        .env("SWITCHYARD_H2C_ROUTES", &format!("/={refused}"))
+        .start();
+    let mut tls = connect(daemon.addr, &pki.client(&[b"h2"]), "localhost");
+    let mut out = crate::h2c::PREFACE.to_vec();
+    out.extend(crate::h2c::frame(0x4, 0, 0, &[]));
+    // GET https://t/over-tls: indexed :method GET, :scheme https, a literal :path and
+    // :authority (RFC 7541 Appendix A: 2, 7, 4, 1).
+    let mut block = vec![0x82, 0x87, 0x04, 9];
+    block.extend(b"/over-tls");
+    block.extend([0x01, 1, b't']);
+    out.extend(crate::h2c::frame(0x1, 0x5, 1, &block));
+    tls.write_all(&out).unwrap();
+    let line = daemon
+        .wait_for_log("\"GET /over-tls HTTP/2.0\" 502 proto=h2c tls=TLSv1.3/")
+        .map(|logs| {
+            logs.lines()
+                .find(|l| l.contains("/over-tls"))
+                .unwrap()
+                .to_string()
+        })
+        .unwrap_or_else(|logs| panic!("no line for the stream in {logs}"));
+    assert!(
+        line.contains(" tls=TLSv1.3/TLS13_AES_256_GCM_SHA384/h2 in="),
+        "{line}"
+    );
+}
+
 #[test]
 fn a_tls_listener_beside_a_cleartext_one() {
     let pki = Pki::new();

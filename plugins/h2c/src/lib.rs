@@ -195,8 +195,8 @@ impl EventProtocol for H2c {
             Served::Relay(shared) => {
                 let upgraded = accepted.arrival == Arrival::Upgrade;
                 let preamble = upgraded.then_some(accepted.preamble);
-                let over_tls = request.tls().is_some();
-                H2cConn::Relay(relay::Relay::new(shared.clone(), peer, preamble, over_tls))
+                let tls = request.tls();
+                H2cConn::Relay(relay::Relay::new(shared.clone(), peer, preamble, tls))
             }
             Served::Hyper { proxy, .. } => H2cConn::Hyper(HyperConn {
                 start: Some((accepted, peer)),

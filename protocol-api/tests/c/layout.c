@@ -47,6 +47,8 @@ int main(void) {
     FIELD(switchyard_exchange, status); FIELD(switchyard_exchange, protocol);
     FIELD(switchyard_exchange, bytes_in); FIELD(switchyard_exchange, bytes_out);
     FIELD(switchyard_exchange, micros); FIELD(switchyard_exchange, reason);
+    FIELD(switchyard_exchange, tls_version); FIELD(switchyard_exchange, tls_cipher);
+    FIELD(switchyard_exchange, tls_alpn);
     SIZE(switchyard_metric);
     FIELD(switchyard_metric, kind); FIELD(switchyard_metric, name);
     FIELD(switchyard_metric, help); FIELD(switchyard_metric, labels);

@@ -1061,7 +1061,11 @@ impl<T: Transport> HttpConn<T> {
             request: request.line,
             status,
             protocol: None,
-            tls: self.stream.tls().and_then(|tls| tls.summary()),
+            tls: self
+                .stream
+                .tls()
+                .and_then(|tls| tls.summary())
+                .map(Into::into),
             bytes_in: request.bytes_in,
             bytes_out: bytes_out as u64,
             started: request.started,

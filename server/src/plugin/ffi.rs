@@ -613,6 +613,11 @@ unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
         let text = |bytes: RawBytes| String::from_utf8_lossy(unsafe { lent(bytes) });
         let (peer, method, target) = (text(raw.peer), text(raw.method), text(raw.target));
         let (version, protocol, reason) = (text(raw.version), text(raw.protocol), text(raw.reason));
+        let (tls_version, cipher, alpn) = (
+            text(raw.tls_version),
+            text(raw.tls_cipher),
+            text(raw.tls_alpn),
+        );
         crate::access::log_plugins(&protocol_api::access::Exchange {
             peer: &peer,
             method: &method,
@@ -624,6 +629,13 @@ unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
             bytes_out: raw.bytes_out,
             elapsed: std::time::Duration::from_micros(raw.micros),
             reason: (!reason.is_empty()).then_some(&*reason),
+            tls: (!tls_version.is_empty()).then_some(protocol_api::Tls {
+                version: &tls_version,
+                cipher: &cipher,
+                alpn: (!alpn.is_empty()).then_some(&*alpn),
+                server_name: None,
+                client_subject: None,
+            }),
         });
     })
 }

@@ -130,7 +130,7 @@ impl SwitchRecord {
             request,
             status: self.status,
             protocol: Some(protocol),
-            tls: self.tls.as_deref().copied(),
+            tls: self.tls.as_deref().copied().map(Into::into),
             bytes_in: u64::from(self.head_in) + bytes_in,
             bytes_out: u64::from(self.head_out) + bytes_out,
             started: self.started.instant(),

@@ -154,6 +154,8 @@ pub struct Relay {
     peer_addr: SocketAddr,
     /// The client's address as backends are told it.
     forwarding: message::Forwarding,
+    /// The connection's TLS, for the access lines.
+    tls: Option<Box<TlsNames>>,
     /// Our preface is out, and the preamble taken.
     started: bool,
     /// Frames to take before the socket's: an upgrade's stream 1 (first call only).
@@ -226,6 +228,13 @@ fn code_name(error: u32) -> std::borrow::Cow<'static, str> {
     }
 }
 
+/// A TLS session's names, kept for the streams' access lines.
+struct TlsNames {
+    version: Box<str>,
+    cipher: Box<str>,
+    alpn: Option<Box<str>>,
+}
+
 /// A graceful shutdown in two steps (RFC 9113 §6.8): a GOAWAY that takes streams still
 /// in flight, a PING, and on its answer (or after [`GOAWAY_WAIT`]) the GOAWAY that names
 /// the last stream.
@@ -254,12 +263,13 @@ enum ReadEnd {
 
 impl Relay {
     /// A client connection from `peer_addr`; `preamble` when it came by `Upgrade: h2c`;
-    /// `over_tls` when the daemon terminated TLS for it (`Forwarded: proto=https`).
+    /// `tls` when the daemon terminated TLS for it (`Forwarded: proto=https`; its names go
+    /// in the streams' access lines).
     pub fn new(
         shared: Arc<Shared>,
         peer_addr: SocketAddr,
         preamble: Option<Vec<u8>>,
-        over_tls: bool,
+        tls: Option<protocol_api::Tls<'_>>,
     ) -> Relay {
         let now = Instant::now();
         let upgraded = preamble.is_some();
@@ -271,10 +281,17 @@ impl Relay {
             _open: shared.stats.open.hold(),
             shared,
             peer_addr,
-            forwarding: match over_tls {
-                true => forwarding.over_tls(),
-                false => forwarding,
+            forwarding: match tls {
+                Some(_) => forwarding.over_tls(),
+                None => forwarding,
             },
+            tls: tls.map(|tls| {
+                Box::new(TlsNames {
+                    version: tls.version.into(),
+                    cipher: tls.cipher.into(),
+                    alpn: tls.alpn.map(Into::into),
+                })
+            }),
             started: false,
             preamble,
             expect_preface: upgraded,
@@ -625,6 +642,13 @@ impl Relay {
             bytes_out: bytes.1,
             elapsed,
             reason: access.reason.as_deref(),
+            tls: self.tls.as_deref().map(|tls| protocol_api::Tls {
+                version: &tls.version,
+                cipher: &tls.cipher,
+                alpn: tls.alpn.as_deref(),
+                server_name: None,
+                client_subject: None,
+            }),
         });
     }
 
