@@ -57,9 +57,9 @@ impl Response {
     }
 
     /// Appends the response to `out`. `date` is the current `Date` value; `head_only` leaves
-    /// the body out (an answer to `HEAD`); `extra` are the operator's fields for every
-    /// response ([`ExtraFields`]), each left out where the response has its own.
-    pub fn write_to(&self, out: &mut Vec<u8>, date: &str, head_only: bool, extra: &ExtraFields) {
+    /// the body out (an answer to `HEAD`); `extra` are the operator's fields
+    /// ([`ExtraFields`]), each left out where the response has its own.
+    pub fn write_to(&self, out: &mut Vec<u8>, date: &str, head_only: bool, extra: ExtraFor<'_>) {
         write_status_line(out, self.status);
         // RFC 9110 §8.6: no Content-Length in 1xx and 204; in a 304 only the length a 200
         // would have had, which is simplest left out.
@@ -77,7 +77,11 @@ impl Response {
             }
             write_header(out, name, value);
         }
-        extra.write_beside(out, self.headers.iter().map(|(name, _)| &**name));
+        extra.write_beside(
+            out,
+            self.status,
+            self.headers.iter().map(|(name, _)| &**name),
+        );
         if self.close {
             write_header(
                 out,
@@ -145,17 +149,21 @@ pub fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Header fields an operator adds to every response the daemon writes
+/// Header fields an operator adds to the responses the daemon writes
 /// (`SWITCHYARD_RESPONSE_HEADERS`: `Strict-Transport-Security`, `Content-Security-Policy`
-/// and the like), as nginx's `add_header` and websocketd's `--header` do. A response that
-/// has a field of the same name keeps its own (the status page's `Cache-Control`). Fields
-/// that frame the message or make the switch are the daemon's alone.
+/// and the like), as nginx's `add_header` does: to answers of 1xx to 3xx (the `101`
+/// included, as websocketd's `--header`), not to errors (a `Cache-Control` meant for pages
+/// would let a cache keep a `503` for everyone, a review noted). A response that has a
+/// field of the same name keeps its own (the status page's `Cache-Control`);
+/// `Strict-Transport-Security` goes over TLS only (RFC 6797 §7.2). Fields that frame the
+/// message, say what its body is, or make the switch are the daemon's alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtraFields(Vec<(String, String)>);
 
-/// Fields [`ExtraFields`] may not hold: HTTP/1.1's framing and connection fields and the
-/// WebSocket handshake's, which only the daemon and its plugins may write.
-const NOT_EXTRA: [&str; 9] = [
+/// Fields [`ExtraFields`] may not hold: HTTP/1.1's framing and connection fields, what
+/// says what a body is or where it is, and the WebSocket handshake's, which only the
+/// daemon and its plugins may write.
+const NOT_EXTRA: [&str; 16] = [
     "content-length",
     "transfer-encoding",
     "connection",
@@ -165,18 +173,40 @@ const NOT_EXTRA: [&str; 9] = [
     "te",
     "trailer",
     "proxy-connection",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "content-location",
+    "location",
+    "host",
+    "expect",
 ];
+
+/// Most bytes all of [`ExtraFields`] may take (curl refuses heads past 100 KB, and many
+/// proxies past 8 to 16 KiB).
+const EXTRA_MOST: usize = 8 * 1024;
+
+/// [`ExtraFields`] for one connection: over TLS or not.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtraFor<'a> {
+    fields: &'a ExtraFields,
+    secure: bool,
+}
 
 impl ExtraFields {
     /// Reads `Name: value` fields, one a line (RFC 9110 §5: a token, a colon, a value
     /// without CR, LF or NUL; white space around the value is not part of it).
     pub fn parse(text: &str) -> Result<ExtraFields, String> {
         let mut fields = Vec::new();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if text.len() > EXTRA_MOST {
+            return Err(format!("longer than {EXTRA_MOST} bytes"));
+        }
+        let lines = text.lines().map(|l| l.trim_matches([' ', '\t']));
+        for line in lines.filter(|l| !l.is_empty()) {
             let Some((name, value)) = line.split_once(':') else {
                 return Err(format!("{line:?} is not `Name: value`"));
             };
-            let (name, value) = (name.trim_end(), value.trim());
+            let value = value.trim_matches([' ', '\t']);
             if !is_token(name) || name.len() != line.find(':').unwrap_or(0) {
                 return Err(format!("{name:?} is not a field name"));
             }
@@ -184,29 +214,56 @@ impl ExtraFields {
             if NOT_EXTRA.contains(&lower.as_str()) || lower.starts_with("sec-websocket-") {
                 return Err(format!("{name} is written by the daemon alone"));
             }
-            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-                return Err(format!("the value of {name} holds a control character"));
+            // Visible ASCII, spaces and tabs only: what every peer reads alike.
+            if !value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                return Err(format!(
+                    "the value of {name} holds a byte other than visible ASCII, a space or a tab"
+                ));
             }
             fields.push((name.to_string(), value.to_string()));
         }
         Ok(ExtraFields(fields))
     }
 
-    /// Writes each field whose name is not among `present`.
-    pub fn write_beside<'a>(
-        &self,
-        out: &mut Vec<u8>,
-        present: impl Iterator<Item = &'a str> + Clone,
-    ) {
-        for (name, value) in &self.0 {
-            if !present.clone().any(|p| p.eq_ignore_ascii_case(name)) {
-                write_header(out, name, value);
-            }
+    /// The fields as a connection over TLS (`secure`) or not gets them.
+    pub fn over(&self, secure: bool) -> ExtraFor<'_> {
+        ExtraFor {
+            fields: self,
+            secure,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+impl ExtraFor<'_> {
+    /// None, for a writer with no operator's fields (tests).
+    pub const NONE: ExtraFor<'static> = ExtraFor {
+        fields: &ExtraFields(Vec::new()),
+        secure: false,
+    };
+
+    /// Writes, for an answer of `status`, each field whose name is not among `present`.
+    pub fn write_beside<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        status: u16,
+        present: impl Iterator<Item = &'a str> + Clone,
+    ) {
+        if status >= 400 {
+            return;
+        }
+        for (name, value) in &self.fields.0 {
+            let sts = name.eq_ignore_ascii_case("strict-transport-security");
+            if (!sts || self.secure) && !present.clone().any(|p| p.eq_ignore_ascii_case(name)) {
+                write_header(out, name, value);
+            }
+        }
     }
 }
 
@@ -289,12 +346,7 @@ mod tests {
     #[test]
     fn error_responses_close_and_carry_their_length() {
         let mut out = Vec::new();
-        Response::error(400, "missing Host header").write_to(
-            &mut out,
-            "D",
-            false,
-            &ExtraFields::default(),
-        );
+        Response::error(400, "missing Host header").write_to(&mut out, "D", false, ExtraFor::NONE);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 400 Bad Request\r\nDate: D\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -309,7 +361,7 @@ mod tests {
             .header("Connection", "upgrade")
             .closing();
         let mut out = Vec::new();
-        response.write_to(&mut out, "D", true, &ExtraFields::default());
+        response.write_to(&mut out, "D", true, ExtraFor::NONE);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Upgrade: echo, websocket\r\n"), "{text}");
         assert!(text.contains("Connection: upgrade, close\r\n"), "{text}");
@@ -318,14 +370,14 @@ mod tests {
     #[test]
     fn extra_fields_are_added_where_the_response_has_none_of_its_own() {
         let extra = ExtraFields::parse(
-            "Strict-Transport-Security: max-age=63072000; includeSubDomains\n\
-             \n  Cache-Control:  no-cache, no-store  \nX-Empty:",
+            "Strict-Transport-Security: max-age=63072000; includeSubDomains\r\n\
+             \n  Cache-Control:  no-cache, no-store \t\nX-Empty:",
         )
         .unwrap();
         let mut out = Vec::new();
         Response::new(200, &b"ok"[..])
             .header("cache-control", "no-store")
-            .write_to(&mut out, "D", false, &extra);
+            .write_to(&mut out, "D", false, extra.over(true));
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -333,6 +385,23 @@ mod tests {
              Strict-Transport-Security: max-age=63072000; includeSubDomains\r\n\
              X-Empty: \r\nContent-Length: 2\r\n\r\nok"
         );
+        // Not over cleartext (RFC 6797 §7.2), and nothing on an error.
+        let mut out = Vec::new();
+        Response::new(301, &b""[..]).write_to(&mut out, "D", false, extra.over(false));
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Cache-Control: no-cache, no-store\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Strict-Transport-Security"), "{text}");
+        let mut out = Vec::new();
+        Response::unavailable("full").write_to(&mut out, "D", false, extra.over(true));
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("Cache-Control") && !text.contains("X-Empty"),
+            "{text}"
+        );
+        let long = format!("X-Long: {}", "a".repeat(9000));
         for (bad, why) in [
             ("X-A b", "not `Name: value`"),
             ("X A: b", "not a field name"),
@@ -341,11 +410,17 @@ mod tests {
             ("Content-Length: 5", "written by the daemon alone"),
             ("connection: close", "written by the daemon alone"),
             ("Sec-WebSocket-Accept: x", "written by the daemon alone"),
-            ("X-A: a\u{7f}b", "control character"),
+            ("Content-Type: text/html", "written by the daemon alone"),
+            ("Location: /elsewhere", "written by the daemon alone"),
+            ("X-A: a\u{7f}b", "other than visible ASCII"),
+            ("X-A: a\u{85}b", "other than visible ASCII"),
+            ("X-A: \u{a0}b", "other than visible ASCII"),
+            (&long, "longer than 8192 bytes"),
         ] {
             let error = ExtraFields::parse(bad).unwrap_err();
             assert!(error.contains(why), "{bad:?}: {error}");
         }
+        assert!(ExtraFields::parse("Content-Security-Policy: default-src 'self'").is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::Side;
 use crate::daemon::state::Shared;
 use crate::http::response::{
-    is_field_value, is_token, write_header, write_status_line, ExtraFields, Response,
+    is_field_value, is_token, write_header, write_status_line, ExtraFor, Response,
 };
 use crate::http1::Upgrade;
 use crate::plugin::{Failure, Negotiated, Negotiation, Plugin, Registry};
@@ -90,7 +90,7 @@ pub fn negotiate(
                     };
                 }
                 let product = upgrade.product(index);
-                let extra = &shared.config.response_headers;
+                let extra = shared.config.response_headers.over(upgrade.tls.is_some());
                 return match switching_protocols(product, &headers, extra) {
                     Some(switching) => Outcome::Accept {
                         offer: index,
@@ -172,25 +172,35 @@ pub fn plugin_failed(shared: &Shared, plugin: &Plugin, call: &str, peer: &str, f
     }
 }
 
+/// A field a plugin may put on its `101` or its refusal: valid HTTP, and not one that frames
+/// the message, which the daemon writes (a plugin's `Content-Length` beside the daemon's
+/// would make two, a review noted).
+fn is_plugins_field(name: &str, value: &str) -> bool {
+    let framing = ["content-length", "transfer-encoding"]
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name));
+    is_token(name) && is_field_value(value) && !framing
+}
+
 /// The `101` (RFC 9110 §15.2.2): `Upgrade` names the protocol as the client spelled it,
 /// `Connection: upgrade`, then the plugin's headers, then the operator's (`extra`) the
 /// plugin did not write; `None` if the plugin's are not valid HTTP.
 fn switching_protocols(
     product: &str,
     headers: &[(String, String)],
-    extra: &ExtraFields,
+    extra: ExtraFor<'_>,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     write_status_line(&mut out, 101);
     write_header(&mut out, "Upgrade", product);
     write_header(&mut out, "Connection", "upgrade");
     for (name, value) in headers {
-        if !is_token(name) || !is_field_value(value) {
+        if !is_plugins_field(name, value) {
             return None;
         }
         write_header(&mut out, name, value);
     }
-    extra.write_beside(&mut out, headers.iter().map(|(name, _)| name.as_str()));
+    extra.write_beside(&mut out, 101, headers.iter().map(|(name, _)| name.as_str()));
     out.extend_from_slice(b"\r\n");
     Some(out)
 }
@@ -205,10 +215,8 @@ fn rejection(
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 ) -> Response {
-    let valid = (300..=599).contains(&status)
-        && headers
-            .iter()
-            .all(|(n, v)| is_token(n) && is_field_value(v));
+    let valid =
+        (300..=599).contains(&status) && headers.iter().all(|(n, v)| is_plugins_field(n, v));
     if !valid {
         log::error!(
             "plugin {}: rejection with status {status} or headers {headers:?} is not valid HTTP",
@@ -243,14 +251,17 @@ mod tests {
 
     #[test]
     fn rfc9110_15_2_2_switching_protocols_names_the_protocol() {
-        let extra = ExtraFields::parse("X-Session: 8\nX-Frame-Options: DENY").unwrap();
-        let out =
-            switching_protocols("Echo/1", &[("X-Session".into(), "7".into())], &extra).unwrap();
+        let extra =
+            crate::http::response::ExtraFields::parse("X-Session: 8\nX-Frame-Options: DENY");
+        let ours = [("X-Session".into(), "7".into())];
+        let out = switching_protocols("Echo/1", &ours, extra.unwrap().over(false)).unwrap();
         assert!(out.starts_with(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: Echo/1\r\nConnection: upgrade\r\n"
         ));
         assert!(out.ends_with(b"X-Session: 7\r\nX-Frame-Options: DENY\r\n\r\n"));
         let smuggled = [("X".into(), "a\r\nSet-Cookie: x".into())];
-        assert!(switching_protocols("echo", &smuggled, &ExtraFields::default()).is_none());
+        assert!(switching_protocols("echo", &smuggled, ExtraFor::NONE).is_none());
+        let framing = [("Content-Length".into(), "5".into())];
+        assert!(switching_protocols("echo", &framing, ExtraFor::NONE).is_none());
     }
 }
