@@ -485,9 +485,9 @@ fn stream_access_lines_follow_the_access_log_settings() {
         );
         let send = connect(daemon.addr).await;
         assert_eq!(get(&send, "/quiet").await.0, StatusCode::OK);
-        drop(send);
-        // The connection's end, after the stream's: no line for either.
-        log_line(&daemon, "the client closed the connection").await;
+        // A stream's line is handed to the log writer before its last frame goes out (the
+        // writer writes within a millisecond): none came.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!daemon.logs().contains("/quiet"), "{}", daemon.logs());
     });
 }
@@ -1070,16 +1070,23 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
             codes.iter().all(|&code| code == 0x7),
             "REFUSED_STREAM only, no reset for a DATA frame: {codes:?}"
         );
-        // Each refused stream has its access line, as each answered one.
+        // Refused streams have access lines, up to REFUSED_LINES_PER_CLIENT a second in
+        // bursts of twice as many: a refused stream costs a client a dozen bytes, its line
+        // a hundred times that (a review).
         let refused = "\"POST / HTTP/2.0\" - proto=h2c in=6 out=0 time=0.0ms \
                        reason=\"refused (REFUSED_STREAM): its streams limit\"";
         for _ in 0..1000 {
-            if daemon.logs().matches(refused).count() >= 200 {
+            if daemon.logs().matches(refused).count() >= 40 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(daemon.logs().matches(refused).count(), 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let lines = daemon.logs().matches(refused).count();
+        assert!(
+            (40..=42).contains(&lines),
+            "{lines} lines for 200 refused streams"
+        );
     });
 }
 

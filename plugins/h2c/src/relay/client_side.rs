@@ -347,7 +347,7 @@ impl Relay {
             .count();
         if open >= self.shared.config.max_streams as usize {
             self.glitch();
-            if protocol_api::access::enabled() {
+            if protocol_api::access::enabled() && self.may_log_refused() {
                 let field = |name: &[u8]| fields.get(name).unwrap_or(b"-");
                 let mut access = AccessRecord::new(field(b":method"), field(b":path"), block.len());
                 access.reason = Some("refused (REFUSED_STREAM): its streams limit".into());
@@ -397,6 +397,7 @@ impl Relay {
                     "h2c {}: stream {id} malformed: a content-length and no body",
                     self.peer_addr
                 );
+                self.glitch();
                 self.refused_line(&mut stream, "a content-length and no body");
                 self.reset_client(id, code::PROTOCOL_ERROR);
             }
@@ -429,10 +430,20 @@ impl Relay {
     /// The access line of a request refused as malformed (reset with PROTOCOL_ERROR), as
     /// an HTTP/1.1 server logs its `400`s.
     fn refused_line(&self, stream: &mut Stream, why: &str) {
+        if stream.access.is_none() || !self.may_log_refused() {
+            return;
+        }
         if let Some(access) = stream.access.as_deref_mut() {
             access.reason = Some(format!("malformed (PROTOCOL_ERROR): {why}"));
         }
         self.write_access(stream);
+    }
+
+    /// Whether this client address may have another refused stream's line written now
+    /// ([`super::REFUSED_LINES_PER_CLIENT`]).
+    fn may_log_refused(&self) -> bool {
+        let client = protocol_api::clients::key(self.peer_addr.ip());
+        self.shared.refused_lines.allow(client)
     }
 
     pub(super) fn on_request_trailers(&mut self, id: u32, end_stream: bool, fields: &Fields) {

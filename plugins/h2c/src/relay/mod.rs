@@ -62,6 +62,12 @@ const GLITCH_PERIOD: Duration = Duration::from_secs(10);
 /// client that opened another each time it met it sent a backend 77,000 requests a second
 /// for nothing (an attacker's review).
 pub const RESETS_PER_CLIENT: u32 = 500;
+/// Access lines of streams refused (malformed, or past the streams limit) one client
+/// address may have written a second (in bursts of twice as many), over all its
+/// connections: a refused stream costs a client a dozen bytes with HPACK and its line a
+/// hundred times that, and [`GLITCHES`] is counted per connection (a review: 71 bytes of
+/// log a byte sent, reconnecting at each GOAWAY).
+pub const REFUSED_LINES_PER_CLIENT: u32 = 20;
 /// How often the relay looks at which answers wait for a client that takes none of them,
 /// and how often a connection whose address holds its budget tries its backends again.
 const HELD_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -108,6 +114,8 @@ pub struct Shared {
     pub backend_slots: Arc<Slots>,
     /// Streams at a backend that each client address reset ([`RESETS_PER_CLIENT`]).
     pub resets: protocol_api::rate::PerClient,
+    /// Access lines of refused streams by client address ([`REFUSED_LINES_PER_CLIENT`]).
+    pub refused_lines: protocol_api::rate::PerClient,
     /// What the relay holds for each client address ([`held`]).
     pub held: Arc<held::Held>,
 }
@@ -143,6 +151,7 @@ impl Shared {
             addresses,
             backend_slots,
             resets: protocol_api::rate::PerClient::new(RESETS_PER_CLIENT),
+            refused_lines: protocol_api::rate::PerClient::new(REFUSED_LINES_PER_CLIENT),
             held,
         }
     }
