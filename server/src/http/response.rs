@@ -235,10 +235,6 @@ impl ExtraFields {
             secure,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl ExtraFor<'_> {
