@@ -6,7 +6,14 @@
 //! 127.0.0.1:50414 "GET /chat HTTP/1.1" 101 proto=websocket tls=TLSv1.3/TLS13_AES_128_GCM_SHA256/http/1.1 in=1187 out=1210 time=3.204s
 //! ```
 //! `tls` (on a TLS listener) is the protocol version, cipher suite and ALPN protocol (`-`:
-//! none offered); `in` and `out` count plaintext.
+//! none offered); `in` and `out` count plaintext. After `time`, the request's `Host`,
+//! `Origin`, `Referer` and `User-Agent`, each as `host="..."`, `origin=`, `referer=`, `ua=`
+//! where the client sent it (cut to [`FIELD_LIMIT`] bytes), as nginx's `combined` format
+//! names the last two: which sites' pages open a WebSocket, and with what.
+//!
+//! ```text
+//! 127.0.0.1:50415 "GET /chat HTTP/1.1" 101 proto=websocket in=1187 out=1210 time=3.204s host="chat.example" origin="https://chat.example" ua="Mozilla/5.0 (X11; Linux x86_64)"
+//! ```
 //! `in` and `out` count bytes on the client connection: for an answered request its head and
 //! body and the answer; for a switched connection its whole life (request, bytes sent
 //! early, and everything after the `101` that passed through the daemon's or the plugin's
@@ -17,9 +24,10 @@
 //! is one too: [`json_log_line`]):
 //!
 //! ```text
-//! {"time":"2026-12-03T09:01:02.345Z","peer":"127.0.0.1:50412","method":"GET","target":"/chat","version":"HTTP/1.1","status":101,"proto":"echo","tls":null,"in":1187,"out":1210,"seconds":3.204,"reason":null}
+//! {"time":"2026-12-03T09:01:02.345Z","peer":"127.0.0.1:50412","method":"GET","target":"/chat","version":"HTTP/1.1","status":101,"proto":"echo","tls":null,"in":1187,"out":1210,"seconds":3.204,"host":"chat.example","origin":null,"referer":null,"user_agent":"curl/8.5.0","reason":null}
 //! ```
 
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
@@ -43,8 +51,7 @@ pub const NO_STATUS: u16 = 0;
 
 pub struct Exchange<'a> {
     pub peer: SocketAddr,
-    /// `METHOD target HTTP/1.x`, or `-` when the request line could not be read.
-    pub request: &'a str,
+    pub request: &'a Request,
     pub status: u16,
     pub protocol: Option<&'a str>,
     /// What the connection's TLS handshake settled, on a TLS listener.
@@ -79,15 +86,130 @@ pub fn enabled() -> bool {
     log::log_enabled!(target: "switchyard::access", log::Level::Info)
 }
 
-/// `METHOD target HTTP/1.x`, built only when the access log is on. A `token=` query
-/// parameter's value (websockify's token targets, noVNC's `?token=`) is shown by its first
-/// three characters only: a log is read by more people than a token may be.
-pub fn request_line(method: &str, target: &str, version_minor: u8) -> String {
-    if enabled() {
-        format!("{method} {} HTTP/1.{version_minor}", without_tokens(target))
-    } else {
-        String::new()
+/// The most of a named field's value an access line shows (nginx's lines have no limit
+/// but its 8 KiB head; a switched connection keeps what its line will say for its life).
+pub const FIELD_LIMIT: usize = 512;
+
+/// The request fields an access line names, in its order: the line's key, the JSON key
+/// and the field.
+const NAMED: [(&str, &str, &str); 4] = [
+    ("host", "host", "host"),
+    ("origin", "origin", "origin"),
+    ("referer", "referer", "referer"),
+    ("ua", "user_agent", "user-agent"),
+];
+
+/// What an access line says of a request: `METHOD target HTTP/1.x` (`-` when it could not
+/// be read) and the [`NAMED`] fields the client sent (a `token=` value cut in the target
+/// and the `Referer` alike). Built only when the access log is
+/// on; one allocation, as a switched connection keeps it for its life.
+#[derive(Debug, Default)]
+pub struct Request(Option<Box<RequestText>>);
+
+#[derive(Debug)]
+struct RequestText {
+    /// The line, then each named field sent, one after another.
+    text: String,
+    /// Where the line and each named field end in `text` (a field not sent is empty).
+    ends: [u32; 1 + NAMED.len()],
+    /// Bit `i`: named field `i` was sent (perhaps empty).
+    sent: u8,
+}
+
+/// A request whose head could not be read: `-`.
+pub static UNREAD: Request = Request(None);
+
+impl Request {
+    /// A request read whole: `field(name)` gives the first value of the field `name`
+    /// (lower case). A `token=` query parameter's value (websockify's token targets,
+    /// noVNC's `?token=`) is shown by its first three characters only: a log is read by
+    /// more people than a token may be.
+    pub fn read<'a>(
+        method: &str,
+        target: &str,
+        version_minor: u8,
+        field: impl Fn(&str) -> Option<&'a [u8]>,
+    ) -> Request {
+        match enabled() {
+            true => Request::build(method, target, version_minor, field),
+            false => Request(None),
+        }
     }
+
+    fn build<'a>(
+        method: &str,
+        target: &str,
+        version_minor: u8,
+        field: impl Fn(&str) -> Option<&'a [u8]>,
+    ) -> Request {
+        let target = without_tokens(target);
+        let values = NAMED.map(|(_, _, name)| {
+            let value = String::from_utf8_lossy(field(name)?);
+            // A page opened with `?token=` is the `Referer` of what it loads (noVNC's).
+            Some(match name == "referer" {
+                true => without_tokens(&value).into_owned().into(),
+                false => value,
+            })
+        });
+        let values = values
+            .each_ref()
+            .map(|v| v.as_deref().map(|v| cut(v, FIELD_LIMIT)));
+        let fields: usize = values.iter().flatten().map(|v| v.len()).sum();
+        let mut text = String::with_capacity(method.len() + target.len() + 10 + fields);
+        let _ = write!(text, "{method} {target} HTTP/1.{version_minor}");
+        let mut ends = [text.len() as u32; 1 + NAMED.len()];
+        let mut sent = 0;
+        for (i, value) in values.iter().enumerate() {
+            if let Some(value) = value {
+                sent |= 1 << i;
+                text.push_str(value);
+            }
+            ends[1 + i] = text.len() as u32;
+        }
+        Request(Some(Box::new(RequestText { text, ends, sent })))
+    }
+
+    /// A request given as its line alone (`PRI * HTTP/2.0`, a plugin's stream), when the
+    /// access log is on.
+    pub fn of_line(line: String) -> Request {
+        if !enabled() {
+            return Request(None);
+        }
+        let end = line.len() as u32;
+        Request(Some(Box::new(RequestText {
+            text: line,
+            ends: [end; 1 + NAMED.len()],
+            sent: 0,
+        })))
+    }
+
+    /// `METHOD target HTTP/1.x`, or `-`.
+    pub fn line(&self) -> &str {
+        match &self.0 {
+            Some(named) => &named.text[..named.ends[0] as usize],
+            None => "-",
+        }
+    }
+
+    /// Each named field: its line key, JSON key, and value if the client sent it.
+    fn named(&self) -> impl Iterator<Item = (&'static str, &'static str, Option<&str>)> + '_ {
+        NAMED.iter().enumerate().map(move |(i, &(key, json, _))| {
+            let value = self.0.as_ref().and_then(|named| {
+                let (start, end) = (named.ends[i] as usize, named.ends[i + 1] as usize);
+                (named.sent & (1 << i) != 0).then(|| &named.text[start..end])
+            });
+            (key, json, value)
+        })
+    }
+}
+
+/// `value`'s first `limit` bytes at most, cut at a character's boundary.
+fn cut(value: &str, limit: usize) -> &str {
+    let mut end = value.len().min(limit);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
 }
 
 /// An exchange a plugin served inside its connection (ABI 1.8: an HTTP/2 stream), written
@@ -96,12 +218,12 @@ pub fn log_plugins(exchange: &protocol_api::access::Exchange<'_>) {
     if !enabled() {
         return;
     }
-    let request = format!(
+    let request = Request::of_line(format!(
         "{} {} {}",
         exchange.method,
         without_tokens(exchange.target),
         exchange.version
-    );
+    ));
     log(&Exchange {
         peer: exchange
             .peer
@@ -182,11 +304,16 @@ pub fn log(exchange: &Exchange<'_>) {
         NO_STATUS => "-".to_string(),
         status => status.to_string(),
     };
+    let named: String = exchange
+        .request
+        .named()
+        .filter_map(|(key, _, value)| Some(format!(" {key}={:?}", value?)))
+        .collect();
     log::info!(
         target: "switchyard::access",
-        "{} {:?} {status}{protocol}{tls} in={} out={} time={time}{reason}",
+        "{} {:?} {status}{protocol}{tls} in={} out={} time={time}{named}{reason}",
         exchange.peer,
-        exchange.request,
+        exchange.request.line(),
         exchange.bytes_in,
         exchange.bytes_out,
     );
@@ -195,7 +322,7 @@ pub fn log(exchange: &Exchange<'_>) {
 /// The exchange as one JSON object, `now` its time. Every string a client chose (the
 /// target, a reason quoting it) is escaped by serde_json, so a line is always one object.
 fn json_line(exchange: &Exchange<'_>, now: std::time::SystemTime) -> String {
-    let mut parts = exchange.request.splitn(3, ' ');
+    let mut parts = exchange.request.line().splitn(3, ' ');
     let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
         (Some(m), Some(t), Some(v)) => (Some(m), Some(t), Some(v)),
         _ => (None, None, None),
@@ -207,7 +334,7 @@ fn json_line(exchange: &Exchange<'_>, now: std::time::SystemTime) -> String {
         NO_STATUS => None,
         status => Some(status),
     };
-    serde_json::json!({
+    let mut line = serde_json::json!({
         "time": rfc3339_millis(now),
         "peer": exchange.peer.to_string(),
         "method": method,
@@ -219,9 +346,12 @@ fn json_line(exchange: &Exchange<'_>, now: std::time::SystemTime) -> String {
         "in": exchange.bytes_in,
         "out": exchange.bytes_out,
         "seconds": (exchange.started.elapsed().as_secs_f64() * 1e6).round() / 1e6,
-        "reason": exchange.reason,
-    })
-    .to_string()
+    });
+    for (_, key, value) in exchange.request.named() {
+        line[key] = value.into();
+    }
+    line["reason"] = exchange.reason.into();
+    line.to_string()
 }
 
 /// Any other log line as one JSON object (`time`, `level`, `target`, `message`), for when
@@ -297,9 +427,15 @@ pub fn tls_without_data(
 mod tests {
     #[test]
     fn a_json_line_is_one_object_whatever_the_client_sent() {
+        let field = |name: &str| match name {
+            "user-agent" => Some(&b"evil\"}\n{\"x\":1"[..]),
+            "host" => Some(&b""[..]),
+            _ => None,
+        };
+        let request = super::Request::build("GET", "/a\"b\n?x", 1, field);
         let exchange = super::Exchange {
             peer: "127.0.0.1:5000".parse().unwrap(),
-            request: "GET /a\"b\n?x HTTP/1.1",
+            request: &request,
             status: 400,
             protocol: None,
             tls: None,
@@ -319,6 +455,38 @@ mod tests {
         assert_eq!(value["reason"], "bad \"quote\"");
         assert_eq!(value["time"], "2026-12-03T09:01:02.345Z");
         assert!(value["tls"].is_null() && value["proto"].is_null());
+        assert_eq!(value["user_agent"], "evil\"}\n{\"x\":1");
+        assert_eq!(value["host"], "", "sent empty is not absent");
+        assert!(value["origin"].is_null() && value["referer"].is_null());
+    }
+
+    #[test]
+    fn named_fields_are_kept_apart_and_cut_at_their_limit() {
+        let long = "é".repeat(super::FIELD_LIMIT); // two bytes each: cut mid-way
+        let field = |name: &str| match name {
+            "origin" => Some(long.as_bytes()),
+            "referer" => Some(&b"https://a.example/vnc.html?token=abcdef&x=\xff"[..]),
+            "user-agent" => Some(&b"ua"[..]),
+            _ => None,
+        };
+        let request = super::Request::build("GET", "/?token=secret", 1, field);
+        assert_eq!(request.line(), "GET /?token=sec... HTTP/1.1");
+        let named: Vec<_> = request.named().map(|(key, _, v)| (key, v)).collect();
+        let origin = "é".repeat(super::FIELD_LIMIT / 2);
+        assert_eq!(
+            named,
+            [
+                ("host", None),
+                ("origin", Some(origin.as_str())),
+                (
+                    "referer",
+                    Some("https://a.example/vnc.html?token=abc...&x=\u{fffd}")
+                ),
+                ("ua", Some("ua")),
+            ]
+        );
+        assert_eq!(super::UNREAD.line(), "-");
+        assert!(super::UNREAD.named().all(|(_, _, v)| v.is_none()));
     }
 
     #[test]

@@ -395,13 +395,14 @@ fn load_errors_each_name_the_file_and_the_reason() {
 }
 
 /// The access line's fields, as the README lists them: peer, request line, status,
-/// protocol, bytes in and out, duration, and for errors the reason.
+/// protocol, bytes in and out, duration, the request's Host, Origin, Referer and
+/// User-Agent where it sent them, and for errors the reason.
 #[test]
 fn the_access_line_has_every_field() {
     let daemon = Daemon::start();
     let mut client = daemon.client();
     let local = client.stream.local_addr().unwrap();
-    let request = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let request = "GET /healthz HTTP/1.1\r\nHost: t\r\nUser-Agent: probe/1.0 \"x\"\r\n\r\n";
     client.send(request);
     assert_eq!(client.response().status, 200);
     let logs = daemon.wait_for_log("\"GET /healthz").unwrap_or_else(|l| l);
@@ -413,12 +414,15 @@ fn the_access_line_has_every_field() {
     );
     assert!(fields.starts_with(&start), "{fields}");
     assert!(
-        fields.contains(" time=") && fields.ends_with("ms"),
+        fields.contains(" time=") && fields.ends_with("ms host=\"t\" ua=\"probe/1.0 \\\"x\\\"\""),
         "{fields}"
     );
 
     let mut echo = daemon.client();
-    let request = upgrade_request("/e", "echo");
+    let request = upgrade_request("/e", "echo").replace(
+        "Host: test\r\n",
+        "Host: test\r\nOrigin: https://app.example\r\nReferer: https://app.example/\r\n",
+    );
     let switching =
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n";
     echo.send(format!("{request}12345"));
@@ -438,6 +442,12 @@ fn the_access_line_has_every_field() {
     assert!(
         line.contains(&expected),
         "request and bytes sent early in, 101 and the echo out: {line} (wanted {expected})"
+    );
+    assert!(
+        line.ends_with(
+            "s host=\"test\" origin=\"https://app.example\" referer=\"https://app.example/\""
+        ),
+        "{line}"
     );
 
     let mut bad = daemon.client();

@@ -292,7 +292,10 @@ fn issue24_the_access_log_as_json() {
         .env("SWITCHYARD_ACCESS_LOG", "json")
         .start();
     let mut client = daemon.client();
-    client.send("GET /plain?q=\"x\" HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.send(
+        "GET /plain?q=\"x\" HTTP/1.1\r\nHost: t\r\nUser-Agent: a \"quoted\" agent\r\n\
+         Referer: http://t/page\r\n\r\n",
+    );
     assert_eq!(client.response().status, 426);
     let mut ws = websocket(&daemon, "/chat");
     ws.send(Message::text("hi")).unwrap();
@@ -315,12 +318,21 @@ fn issue24_the_access_log_as_json() {
     assert_eq!(plain["target"], "/plain?q=\"x\"");
     assert_eq!(plain["version"], "HTTP/1.1");
     assert!(plain["in"].as_u64().unwrap() > 30 && plain["out"].as_u64().unwrap() > 30);
+    assert_eq!(plain["host"], "t");
+    assert_eq!(plain["user_agent"], "a \"quoted\" agent");
+    assert_eq!(plain["referer"], "http://t/page");
+    assert!(plain["origin"].is_null(), "not sent: null");
     let switched = lines
         .iter()
         .find(|v| v["status"] == 101)
         .expect("the WebSocket's line");
     assert_eq!(switched["proto"], "websocket");
     assert_eq!(switched["target"], "/chat");
+    assert_eq!(
+        switched["host"],
+        daemon.addr.to_string(),
+        "tungstenite's Host"
+    );
     assert!(switched["time"].as_str().unwrap().ends_with('Z'));
     assert!(switched["seconds"].as_f64().is_some());
     // A setting refused at start is said in JSON too.

@@ -268,7 +268,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_ACCESS_LOG",
         default: "`text`",
-        meaning: "`json`: each access line is one JSON object (`time`, `peer`, `method`, `target`, `version`, `status`, `proto`, `tls`, `in`, `out`, `seconds`, `reason`), written alone on its line, for log shippers, and every other line one too (`time`, `level`, `target`, `message`); `text`: the line described below this table",
+        meaning: "`json`: each access line is one JSON object (`time`, `peer`, `method`, `target`, `version`, `status`, `proto`, `tls`, `in`, `out`, `seconds`, `host`, `origin`, `referer`, `user_agent`, `reason`; a field not sent is `null`), written alone on its line, for log shippers, and every other line one too (`time`, `level`, `target`, `message`); `text`: the line described below this table",
     },
     Setting {
         variable: "SWITCHYARD_RESPONSE_HEADERS",

@@ -12,7 +12,7 @@ use super::files::FileBody;
 use super::metrics_page::MetricsCache;
 use super::prior_knowledge::{self, Start};
 use super::read_ahead::ReadAhead;
-use super::Upgrade;
+use super::{access_request, Upgrade};
 use crate::access::{self, Exchange};
 use crate::connection::transport::KernelOf;
 use crate::connection::transport::{Transport, Wire};
@@ -303,8 +303,8 @@ fn static_file(
 
 /// What an answer's access line says of the request it answers.
 struct Request<'a> {
-    /// `METHOD target HTTP/1.x`, or `-` when the head could not be read.
-    line: &'a str,
+    /// Its line and named fields, or `-` when the head could not be read.
+    named: &'a access::Request,
     bytes_in: u64,
     started: Instant,
 }
@@ -313,7 +313,7 @@ impl Request<'static> {
     /// A request answered before its head was read (or because it could not be).
     fn unread(bytes_in: u64, started: Instant) -> Request<'static> {
         Request {
-            line: "-",
+            named: &access::UNREAD,
             bytes_in,
             started,
         }
@@ -471,9 +471,9 @@ impl<T: Transport> HttpConn<T> {
 
     /// The answer to a client past `SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT`: sent at once,
     /// before its request is read, then the connection lingers and closes.
-    /// `line`: the request's, when its head was read (a forwarded client's: the proxy's
+    /// `named`: the request's, when its head was read (a forwarded client's: the proxy's
     /// connection is refused only once a request names the client).
-    fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>, line: Option<&str>) {
+    fn refuse_over_client_limit(&mut self, cx: &mut Context<'_>, named: Option<&access::Request>) {
         const REASON: &str = "too many connections from this client";
         self.warn_over_client_limit(cx);
         if self.stream.is_handshaking() || !self.ticket.may_answer_refusal() {
@@ -483,9 +483,9 @@ impl<T: Transport> HttpConn<T> {
             self.close_now = true;
             return;
         }
-        let request = match line {
-            Some(line) => Request {
-                line,
+        let request = match named {
+            Some(named) => Request {
+                named,
                 bytes_in: self.input.len() as u64,
                 started: cx.now,
             },
@@ -935,7 +935,7 @@ impl<T: Transport> HttpConn<T> {
             return self.refuse_prior_knowledge(upgrade, code, reason.unwrap_or("declined"));
         }
         let request = Request {
-            line: &upgrade.request_line(),
+            named: &upgrade.access_request(),
             bytes_in: upgrade.bytes_in(),
             started: upgrade.started,
         };
@@ -959,7 +959,7 @@ impl<T: Transport> HttpConn<T> {
         let goaway = prior_knowledge::refusal(code, reason);
         self.output.queue().extend_from_slice(&goaway);
         let request = Request {
-            line: &upgrade.request_line(),
+            named: &upgrade.access_request(),
             bytes_in: upgrade.bytes_in(),
             started: upgrade.started,
         };
@@ -1078,7 +1078,7 @@ impl<T: Transport> HttpConn<T> {
     fn log(&self, request: Request<'_>, status: u16, bytes_out: usize, reason: Option<&str>) {
         access::log(&Exchange {
             peer: self.peer,
-            request: request.line,
+            request: request.named,
             status,
             protocol: None,
             tls: self
@@ -1228,13 +1228,8 @@ impl<T: Transport> HttpConn<T> {
                             match self.forwarded_client(cx, &head) {
                                 true => self.request(cx, head),
                                 false => {
-                                    let bytes = &self.input[..head.len];
-                                    let line = access::request_line(
-                                        head.method(bytes),
-                                        head.target(bytes),
-                                        head.version_minor,
-                                    );
-                                    self.refuse_over_client_limit(cx, Some(&line));
+                                    let named = access_request(&head, &self.input);
+                                    self.refuse_over_client_limit(cx, Some(&named));
                                 }
                             }
                         }
@@ -1409,8 +1404,7 @@ impl<T: Transport> HttpConn<T> {
             head.close = true;
         }
         let bytes = &self.input[..head.len];
-        let request_line =
-            access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
+        let named = access_request(&head, bytes);
         let registry = cx.shared.registry();
         let in_service = |plugin| registry.in_service(plugin);
         let mut file_body = None;
@@ -1500,7 +1494,7 @@ impl<T: Transport> HttpConn<T> {
             _ => 0,
         };
         let request = Request {
-            line: &request_line,
+            named: &named,
             bytes_in: head.len as u64 + body_bytes,
             started,
         };
@@ -1574,8 +1568,7 @@ impl<T: Transport> HttpConn<T> {
         };
         let bytes = &self.input[..head.len];
         if too_large || refusal.is_some() {
-            let request_line =
-                access::request_line(head.method(bytes), head.target(bytes), head.version_minor);
+            let named = access_request(&head, bytes);
             let (response, reason) = match refusal {
                 Some(reason) => (Response::unavailable(reason), reason),
                 None => (
@@ -1584,7 +1577,7 @@ impl<T: Transport> HttpConn<T> {
                 ),
             };
             let request = Request {
-                line: &request_line,
+                named: &named,
                 bytes_in: head.len as u64,
                 started,
             };

@@ -13,4 +13,4 @@ pub mod read_ahead;
 mod status_page;
 mod upgrade;
 
-pub use upgrade::Upgrade;
+pub use upgrade::{access_request, Upgrade};

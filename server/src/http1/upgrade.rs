@@ -29,21 +29,29 @@ pub struct Upgrade {
     pub tls: Option<crate::tls::Handshake>,
 }
 
+/// What the access line says of a request whose head was read (an upgrade or not): its
+/// line and the fields it names (nothing when that log is off).
+pub fn access_request(head: &Head, bytes: &[u8]) -> access::Request {
+    access::Request::read(
+        head.method(bytes),
+        head.target(bytes),
+        head.version_minor,
+        |name| {
+            let headers = head.headers.iter();
+            let mut named =
+                headers.filter(|(n, _)| n.get(bytes).eq_ignore_ascii_case(name.as_bytes()));
+            named.next().map(|(_, value)| value.get(bytes))
+        },
+    )
+}
+
 impl Upgrade {
-    /// `METHOD target HTTP/1.x` for the access line (empty when that log is off).
-    pub fn request_line(&self) -> String {
-        if self.prior_knowledge {
-            return match access::enabled() {
-                true => "PRI * HTTP/2.0".to_string(),
-                false => String::new(),
-            };
+    /// What the access line says of the request (nothing when that log is off).
+    pub fn access_request(&self) -> access::Request {
+        match self.prior_knowledge {
+            true => access::Request::of_line("PRI * HTTP/2.0".to_string()),
+            false => access_request(&self.head, &self.head_bytes),
         }
-        let bytes = &self.head_bytes;
-        access::request_line(
-            self.head.method(bytes),
-            self.head.target(bytes),
-            self.head.version_minor,
-        )
     }
 
     /// Bytes of the request on the wire (head and body as decoded).

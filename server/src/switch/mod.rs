@@ -44,11 +44,10 @@ use std::sync::atomic::Ordering;
 /// What a switched connection's access line says besides its own traffic, noted when the
 /// switch happens (the request itself is not kept for the connection's life).
 pub struct SwitchRecord {
-    /// The request line, then the offer's product as the client spelled it: one allocation
-    /// for the two (empty while the access log is off).
-    request_and_protocol: Box<str>,
-    /// Where the request line ends in `request_and_protocol`.
-    request_len: u32,
+    /// What the access line says of the request (nothing while that log is off).
+    request: access::Request,
+    /// The offer's product as the client spelled it (empty while the access log is off).
+    protocol: Box<str>,
     /// `101`, or [`access::NO_STATUS`] for HTTP/2 with prior knowledge (no `101`).
     status: u16,
     /// Boxed: a cleartext connection then carries a pointer, not the summary.
@@ -85,15 +84,14 @@ impl SwitchRecord {
         if !switching.is_empty() {
             shared.metrics.response(101);
         }
-        let request_line = upgrade.request_line();
-        let request_len = request_line.len() as u32;
-        let request_and_protocol: Box<str> = match access::enabled() {
-            true => [&request_line, upgrade.product(offer)].concat().into(),
+        let request = upgrade.access_request();
+        let protocol: Box<str> = match access::enabled() {
+            true => upgrade.product(offer).into(),
             false => Box::default(),
         };
         SwitchRecord {
-            request_and_protocol,
-            request_len,
+            request,
+            protocol,
             status: if switching.is_empty() {
                 access::NO_STATUS
             } else {
@@ -122,14 +120,11 @@ impl SwitchRecord {
 
     /// The connection ended: its access line, with what moved after the switch.
     pub fn log(&self, peer: SocketAddr, bytes_in: u64, bytes_out: u64, reason: Option<&str>) {
-        let (request, protocol) = self
-            .request_and_protocol
-            .split_at(self.request_len as usize);
         access::log(&Exchange {
             peer,
-            request,
+            request: &self.request,
             status: self.status,
-            protocol: Some(protocol),
+            protocol: Some(&self.protocol),
             tls: self.tls.as_deref().copied().map(Into::into),
             bytes_in: u64::from(self.head_in) + bytes_in,
             bytes_out: u64::from(self.head_out) + bytes_out,
