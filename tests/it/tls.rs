@@ -867,6 +867,37 @@ fn a_tls_listener_beside_a_cleartext_one() {
         .expect("the TLS handshake counted, on the cleartext /metrics");
 }
 
+/// `SWITCHYARD_RESPONSE_HEADERS`: `Strict-Transport-Security` goes on answers over TLS
+/// only (RFC 6797 §7.2: a host sends it over secure transport, never cleartext); the
+/// operator's other fields go on both.
+#[test]
+fn strict_transport_security_goes_over_tls_only() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .env("SWITCHYARD_TLS_LISTEN", "127.0.0.1:0")
+        .env(
+            "SWITCHYARD_RESPONSE_HEADERS",
+            "Strict-Transport-Security: max-age=63072000\nX-Frame-Options: DENY",
+        )
+        .start();
+    let tls_addr = tls_listener(&daemon);
+    let mut plain = daemon.client();
+    plain.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = plain.response();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("X-Frame-Options"), Some("DENY"));
+    assert_eq!(response.header("Strict-Transport-Security"), None);
+    let mut tls = connect(tls_addr, &pki.client(&[]), "localhost");
+    let (head, body) = get(&mut tls, "/healthz");
+    assert!(head.starts_with("HTTP/1.1 200") && body == "ok\n", "{head}");
+    assert!(
+        head.contains("\r\nStrict-Transport-Security: max-age=63072000\r\n")
+            && head.contains("\r\nX-Frame-Options: DENY\r\n"),
+        "{head}"
+    );
+}
+
 #[test]
 fn static_files_over_tls() {
     // Read from the file and sealed in user space (no sendfile under TLS), in pieces, to a
