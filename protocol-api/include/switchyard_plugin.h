@@ -212,7 +212,20 @@ typedef struct switchyard_exchange {
     switchyard_bytes tls_version; /* as switchyard_request's; empty: not over TLS */
     switchyard_bytes tls_cipher;
     switchyard_bytes tls_alpn;    /* empty: none agreed */
+    /* The request's Host (HTTP/2: :authority), Origin, Referer and User-Agent, each
+     * named on the line only where its SWITCHYARD_NAMED_* bit is set in named_sent
+     * (zeroed: none). */
+    switchyard_bytes host;
+    switchyard_bytes origin;
+    switchyard_bytes referer;         /* the host cuts token= values */
+    switchyard_bytes user_agent;
+    uint32_t named_sent;
 } switchyard_exchange;
+
+#define SWITCHYARD_NAMED_HOST 1u
+#define SWITCHYARD_NAMED_ORIGIN 2u
+#define SWITCHYARD_NAMED_REFERER 4u
+#define SWITCHYARD_NAMED_USER_AGENT 8u
 
 /* What the host offers a plugin; lives as long as the process. */
 typedef struct switchyard_host {

@@ -69,7 +69,9 @@
 //! - 1.8: [`HostApi::access_line`] and [`RawExchange`]: a plugin writes an access line for
 //!   each exchange inside its connection (an HTTP/2 stream), which the host formats as its
 //!   own (text, or JSON with `SWITCHYARD_ACCESS_LOG=json`; `token=` values cut), under the
-//!   same `switchyard::access` target, so one filter turns both on and off.
+//!   same `switchyard::access` target, so one filter turns both on and off. The request's
+//!   `Host` (HTTP/2's `:authority`), `Origin`, `Referer` and `User-Agent` go with it, as
+//!   the daemon's own lines name them ([`RawExchange::named_sent`]).
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -465,7 +467,29 @@ pub struct RawExchange {
     pub tls_cipher: RawBytes,
     /// See [`RawExchange::tls_version`].
     pub tls_alpn: RawBytes,
+    /// The request's `Host` (HTTP/2: `:authority`) as the client sent it; named on the line
+    /// only where [`RawExchange::named_sent`] has [`NAMED_HOST`].
+    pub host: RawBytes,
+    /// Its `Origin`, where `named_sent` has [`NAMED_ORIGIN`].
+    pub origin: RawBytes,
+    /// Its `Referer`, where `named_sent` has [`NAMED_REFERER`] (the host cuts `token=`
+    /// values).
+    pub referer: RawBytes,
+    /// Its `User-Agent`, where `named_sent` has [`NAMED_USER_AGENT`].
+    pub user_agent: RawBytes,
+    /// Which of the four fields above the client sent (an empty one is sent, and logged
+    /// `""`); 0, as a zeroed exchange has it: none.
+    pub named_sent: u32,
 }
+
+/// [`RawExchange::named_sent`]: the request had a `Host` (or `:authority`).
+pub const NAMED_HOST: u32 = 1;
+/// [`RawExchange::named_sent`]: the request had an `Origin`.
+pub const NAMED_ORIGIN: u32 = 2;
+/// [`RawExchange::named_sent`]: the request had a `Referer`.
+pub const NAMED_REFERER: u32 = 4;
+/// [`RawExchange::named_sent`]: the request had a `User-Agent`.
+pub const NAMED_USER_AGENT: u32 = 8;
 
 // SAFETY: a `HostApi` is never written after the host made it, and the ABI lets its
 // functions be called from any thread the plugin runs; `ctx` is only handed back to them.
@@ -656,7 +680,9 @@ const _: () = {
     assert!(offset_of!(HostApi, ctx) == 8 + 2 * W);
     assert!(offset_of!(HostApi, metric_series) == 8 + 4 * W);
     assert!(offset_of!(HostApi, access_line) == 8 + 5 * W);
-    assert!(size_of::<RawExchange>() == 18 * W + 32);
+    assert!(offset_of!(RawExchange, host) == 18 * W + 32);
+    assert!(offset_of!(RawExchange, named_sent) == 26 * W + 32);
+    assert!(size_of::<RawExchange>() == (26 * W + 36).next_multiple_of(align_of::<u64>()));
     assert!(offset_of!(RawExchange, status) == 8 * W);
     assert!(offset_of!(RawExchange, micros) == 10 * W + 24);
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);

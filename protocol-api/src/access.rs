@@ -11,7 +11,9 @@
 //! Ask [`enabled`] before building anything for a line: the log is often off where speed
 //! matters.
 
-use crate::abi::{RawBytes, RawExchange};
+use crate::abi::{
+    RawBytes, RawExchange, NAMED_HOST, NAMED_ORIGIN, NAMED_REFERER, NAMED_USER_AGENT,
+};
 use std::time::Duration;
 
 /// The target the daemon's access lines are written under.
@@ -43,6 +45,22 @@ pub struct Exchange<'a> {
     /// The connection's TLS, as [`crate::Request::tls`] gave it (its version, cipher
     /// suite and ALPN protocol are logged).
     pub tls: Option<crate::Tls<'a>>,
+    /// The request's `Host` (`:authority`), `Origin`, `Referer` and `User-Agent`.
+    pub named: Named<'a>,
+}
+
+/// The request fields an access line names where the client sent them (as the daemon's
+/// own lines do: `host="..." origin=... referer=... ua=...`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Named<'a> {
+    /// `Host`, or HTTP/2's `:authority`.
+    pub host: Option<&'a str>,
+    /// `Origin`: which site's page made the request.
+    pub origin: Option<&'a str>,
+    /// `Referer` (the daemon cuts its `token=` values, as the target's).
+    pub referer: Option<&'a str>,
+    /// `User-Agent`.
+    pub user_agent: Option<&'a str>,
 }
 
 /// Whether the daemon writes access lines (and can take a plugin's: ABI 1.8). Asked of
@@ -72,6 +90,19 @@ pub fn write(exchange: &Exchange<'_>) -> bool {
         tls_version: text(exchange.tls.map_or("", |t| t.version)),
         tls_cipher: text(exchange.tls.map_or("", |t| t.cipher)),
         tls_alpn: text(exchange.tls.and_then(|t| t.alpn).unwrap_or("")),
+        host: text(exchange.named.host.unwrap_or("")),
+        origin: text(exchange.named.origin.unwrap_or("")),
+        referer: text(exchange.named.referer.unwrap_or("")),
+        user_agent: text(exchange.named.user_agent.unwrap_or("")),
+        named_sent: [
+            (exchange.named.host, NAMED_HOST),
+            (exchange.named.origin, NAMED_ORIGIN),
+            (exchange.named.referer, NAMED_REFERER),
+            (exchange.named.user_agent, NAMED_USER_AGENT),
+        ]
+        .iter()
+        .filter(|(value, _)| value.is_some())
+        .fold(0, |sent, (_, bit)| sent | bit),
     };
     crate::host::access_line(&raw)
 }

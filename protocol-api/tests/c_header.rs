@@ -110,7 +110,12 @@ fn rust_side() -> BTreeSet<String> {
         reason,
         tls_version,
         tls_cipher,
-        tls_alpn
+        tls_alpn,
+        host,
+        origin,
+        referer,
+        user_agent,
+        named_sent
     );
     size!("switchyard_metric", RawMetric);
     field!(
@@ -193,6 +198,10 @@ fn rust_side() -> BTreeSet<String> {
         "SWITCHYARD_METRIC_GAUGE" = METRIC_GAUGE,
         "SWITCHYARD_METRIC_HISTOGRAM" = METRIC_HISTOGRAM,
         "SWITCHYARD_METRIC_MAX_LABELS" = METRIC_MAX_LABELS,
+        "SWITCHYARD_NAMED_HOST" = NAMED_HOST,
+        "SWITCHYARD_NAMED_ORIGIN" = NAMED_ORIGIN,
+        "SWITCHYARD_NAMED_REFERER" = NAMED_REFERER,
+        "SWITCHYARD_NAMED_USER_AGENT" = NAMED_USER_AGENT,
         "SWITCHYARD_METRIC_MAX_BUCKETS" = METRIC_MAX_BUCKETS,
         "SWITCHYARD_METRIC_MAX_SERIES" = METRIC_MAX_SERIES,
     );

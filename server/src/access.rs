@@ -130,16 +130,21 @@ impl Request {
         version_minor: u8,
         field: impl Fn(&str) -> Option<&'a [u8]>,
     ) -> Request {
-        match enabled() {
-            true => Request::build(method, target, version_minor, field),
-            false => Request(None),
+        if !enabled() {
+            return Request(None);
         }
+        let version = match version_minor {
+            0 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        Request::build(method, target, version, field)
     }
 
+    /// `field(name)` as [`Request::read`] takes it; `version` as it is logged (`HTTP/1.1`).
     fn build<'a>(
         method: &str,
         target: &str,
-        version_minor: u8,
+        version: &str,
         field: impl Fn(&str) -> Option<&'a [u8]>,
     ) -> Request {
         let target = without_tokens(target);
@@ -155,8 +160,9 @@ impl Request {
             .each_ref()
             .map(|v| v.as_deref().map(|v| cut(v, FIELD_LIMIT)));
         let fields: usize = values.iter().flatten().map(|v| v.len()).sum();
-        let mut text = String::with_capacity(method.len() + target.len() + 10 + fields);
-        let _ = write!(text, "{method} {target} HTTP/1.{version_minor}");
+        let line = method.len() + target.len() + version.len() + 2;
+        let mut text = String::with_capacity(line + fields);
+        let _ = write!(text, "{method} {target} {version}");
         let mut ends = [text.len() as u32; 1 + NAMED.len()];
         let mut sent = 0;
         for (i, value) in values.iter().enumerate() {
@@ -218,12 +224,16 @@ pub fn log_plugins(exchange: &protocol_api::access::Exchange<'_>) {
     if !enabled() {
         return;
     }
-    let request = Request::of_line(format!(
-        "{} {} {}",
-        exchange.method,
-        without_tokens(exchange.target),
-        exchange.version
-    ));
+    let named = exchange.named;
+    let field = |name: &str| match name {
+        "host" => named.host,
+        "origin" => named.origin,
+        "referer" => named.referer,
+        "user-agent" => named.user_agent,
+        _ => None,
+    };
+    let field = |name: &str| field(name).map(str::as_bytes);
+    let request = Request::build(exchange.method, exchange.target, exchange.version, field);
     log(&Exchange {
         peer: exchange
             .peer
@@ -432,7 +442,7 @@ mod tests {
             "host" => Some(&b""[..]),
             _ => None,
         };
-        let request = super::Request::build("GET", "/a\"b\n?x", 1, field);
+        let request = super::Request::build("GET", "/a\"b\n?x", "HTTP/1.1", field);
         let exchange = super::Exchange {
             peer: "127.0.0.1:5000".parse().unwrap(),
             request: &request,
@@ -469,7 +479,7 @@ mod tests {
             "user-agent" => Some(&b"ua"[..]),
             _ => None,
         };
-        let request = super::Request::build("GET", "/?token=secret", 1, field);
+        let request = super::Request::build("GET", "/?token=secret", "HTTP/1.1", field);
         assert_eq!(request.line(), "GET /?token=sec... HTTP/1.1");
         let named: Vec<_> = request.named().map(|(key, _, v)| (key, v)).collect();
         let origin = "é".repeat(super::FIELD_LIMIT / 2);

@@ -398,8 +398,12 @@ fn each_stream_has_an_access_line() {
         assert!(!daemon.logs().contains("secret-value"), "{line}");
         let (_, out) = bytes_in_and_out(&line);
         assert!(out >= "/ok/x".len() as u64, "{line}");
-        // A body each way.
-        let request = Request::post("http://t/echo").body(()).unwrap();
+        // A body each way, and the request's named fields.
+        let request = Request::post("http://t/echo")
+            .header("user-agent", "grpc-test/1.0")
+            .header("referer", "http://t/page?token=abcdef")
+            .body(())
+            .unwrap();
         let (response, mut upload) = send
             .clone()
             .ready()
@@ -419,6 +423,12 @@ fn each_stream_has_an_access_line() {
         let (bytes_in, bytes_out) = bytes_in_and_out(&line);
         assert!((200_000..201_000).contains(&bytes_in), "{line}");
         assert!((200_000..201_000).contains(&bytes_out), "{line}");
+        assert!(
+            line.ends_with(
+                " host=\"t\" referer=\"http://t/page?token=abc...\" ua=\"grpc-test/1.0\""
+            ),
+            "{line}"
+        );
         // The relay's own answer, and resets by each side.
         assert_eq!(get(&send, "/reset").await.0, StatusCode::BAD_GATEWAY);
         log_line(&daemon, "\"GET /reset HTTP/2.0\" 502 proto=h2c").await;

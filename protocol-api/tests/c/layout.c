@@ -48,7 +48,9 @@ int main(void) {
     FIELD(switchyard_exchange, bytes_in); FIELD(switchyard_exchange, bytes_out);
     FIELD(switchyard_exchange, micros); FIELD(switchyard_exchange, reason);
     FIELD(switchyard_exchange, tls_version); FIELD(switchyard_exchange, tls_cipher);
-    FIELD(switchyard_exchange, tls_alpn);
+    FIELD(switchyard_exchange, tls_alpn); FIELD(switchyard_exchange, host);
+    FIELD(switchyard_exchange, origin); FIELD(switchyard_exchange, referer);
+    FIELD(switchyard_exchange, user_agent); FIELD(switchyard_exchange, named_sent);
     SIZE(switchyard_metric);
     FIELD(switchyard_metric, kind); FIELD(switchyard_metric, name);
     FIELD(switchyard_metric, help); FIELD(switchyard_metric, labels);
@@ -68,6 +70,8 @@ int main(void) {
     FIELD(switchyard_descriptor, settings); FIELD(switchyard_descriptor, settings_len);
     CONST(SWITCHYARD_METRIC_COUNTER); CONST(SWITCHYARD_METRIC_GAUGE);
     CONST(SWITCHYARD_METRIC_HISTOGRAM); CONST(SWITCHYARD_METRIC_MAX_LABELS);
+    CONST(SWITCHYARD_NAMED_HOST); CONST(SWITCHYARD_NAMED_ORIGIN);
+    CONST(SWITCHYARD_NAMED_REFERER); CONST(SWITCHYARD_NAMED_USER_AGENT);
     CONST(SWITCHYARD_METRIC_MAX_BUCKETS); CONST(SWITCHYARD_METRIC_MAX_SERIES);
     CONST(SWITCHYARD_ABI_MAJOR); CONST(SWITCHYARD_ABI_MINOR);
     CONST(SWITCHYARD_DECISION_ACCEPT); CONST(SWITCHYARD_DECISION_REJECT);

@@ -618,6 +618,8 @@ unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
             text(raw.tls_cipher),
             text(raw.tls_alpn),
         );
+        let named = [raw.host, raw.origin, raw.referer, raw.user_agent].map(text);
+        let sent = |i: usize, bit: u32| (raw.named_sent & bit != 0).then_some(&*named[i]);
         crate::access::log_plugins(&protocol_api::access::Exchange {
             peer: &peer,
             method: &method,
@@ -636,6 +638,12 @@ unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
                 server_name: None,
                 client_subject: None,
             }),
+            named: protocol_api::access::Named {
+                host: sent(0, NAMED_HOST),
+                origin: sent(1, NAMED_ORIGIN),
+                referer: sent(2, NAMED_REFERER),
+                user_agent: sent(3, NAMED_USER_AGENT),
+            },
         });
     })
 }

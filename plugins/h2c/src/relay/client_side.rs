@@ -348,8 +348,7 @@ impl Relay {
         if open >= self.shared.config.max_streams as usize {
             self.glitch();
             if protocol_api::access::enabled() && self.may_log_refused() {
-                let field = |name: &[u8]| fields.get(name).unwrap_or(b"-");
-                let mut access = AccessRecord::new(field(b":method"), field(b":path"), block.len());
+                let mut access = AccessRecord::new(|name| fields.get(name), block.len());
                 access.reason = Some("refused (REFUSED_STREAM): its streams limit".into());
                 self.write_access_record(&access, (access.blocks_in, 0), Duration::ZERO);
             }
@@ -371,14 +370,8 @@ impl Relay {
             began: Instant::now(),
             held: None,
             detached: false,
-            access: protocol_api::access::enabled().then(|| {
-                let field = |name: &[u8]| fields.get(name).unwrap_or(b"-");
-                Box::new(AccessRecord::new(
-                    field(b":method"),
-                    field(b":path"),
-                    block.len(),
-                ))
-            }),
+            access: protocol_api::access::enabled()
+                .then(|| Box::new(AccessRecord::new(|name| fields.get(name), block.len()))),
         };
         if fields.list_size() > max_list {
             // Decoding it went on past the limit (to keep the table in step), and a block

@@ -658,6 +658,7 @@ impl Relay {
                 server_name: None,
                 client_subject: None,
             }),
+            named: access.named(),
         });
     }
 

@@ -291,7 +291,14 @@ pub struct AccessRecord {
     pub blocks_out: u64,
     /// Why the stream ended without its answer whole (a reset), if it did.
     pub reason: Option<String>,
+    /// The request's `:authority` (or `host`), `origin`, `referer` and `user-agent`, cut
+    /// at [`LOGGED_FIELD`].
+    pub named: [Option<Box<str>>; 4],
 }
+
+/// Most bytes of a named field (`user-agent` and the like) a line shows, as the daemon
+/// shows its own requests'.
+pub const LOGGED_FIELD: usize = 512;
 
 /// Most bytes of a request's `:path` (and a tenth as many of its `:method`) an access
 /// line shows: HPACK lets a client send a 16 KiB path again for a byte or two, and the
@@ -299,13 +306,33 @@ pub struct AccessRecord {
 pub const LOGGED_TARGET: usize = 1024;
 
 impl AccessRecord {
-    /// A request's record, its method and target as they came, cut (marked `...`).
-    pub fn new(method: &[u8], target: &[u8], block_len: usize) -> AccessRecord {
+    /// A request's record, its method and target as they came, cut (marked `...`);
+    /// `field(name)` gives a field of its block.
+    pub fn new<'a>(field: impl Fn(&[u8]) -> Option<&'a [u8]>, block_len: usize) -> AccessRecord {
+        let host = field(b":authority").or_else(|| field(b"host"));
+        let named = [
+            host,
+            field(b"origin"),
+            field(b"referer"),
+            field(b"user-agent"),
+        ];
         AccessRecord {
-            method: cut(method, LOGGED_TARGET / 10),
-            target: cut(target, LOGGED_TARGET),
+            method: cut(field(b":method").unwrap_or(b"-"), LOGGED_TARGET / 10),
+            target: cut(field(b":path").unwrap_or(b"-"), LOGGED_TARGET),
             blocks_in: block_len as u64,
+            named: named.map(|value| value.map(|value| cut(value, LOGGED_FIELD))),
             ..AccessRecord::default()
+        }
+    }
+
+    /// The named fields as the daemon takes them.
+    pub fn named(&self) -> protocol_api::access::Named<'_> {
+        let [host, origin, referer, user_agent] = self.named.each_ref().map(Option::as_deref);
+        protocol_api::access::Named {
+            host,
+            origin,
+            referer,
+            user_agent,
         }
     }
 }
@@ -342,12 +369,15 @@ mod tests {
 
     #[test]
     fn an_access_record_cuts_a_long_path_at_a_character() {
-        let record = AccessRecord::new(b"GET", b"/short?x=1", 12);
+        let record = AccessRecord::new(fields(b"GET", b"/short?x=1"), 12);
         assert_eq!((&*record.method, &*record.target), ("GET", "/short?x=1"));
         assert_eq!(record.blocks_in, 12);
+        assert_eq!(record.named().host, Some("h.example"));
+        assert_eq!(record.named().user_agent, Some("grpc-go/1.60"));
+        assert_eq!(record.named().origin, None);
         let mut long = b"/".to_vec();
         long.extend("\u{e9}".repeat(LOGGED_TARGET).as_bytes());
-        let record = AccessRecord::new(&[b'M'; 500], &long, 0);
+        let record = AccessRecord::new(fields(&[b'M'; 500], &long), 0);
         assert_eq!(record.method.len(), LOGGED_TARGET / 10 + 3);
         assert!(record.target.ends_with("\u{e9}..."), "{}", record.target);
         assert_eq!(
@@ -355,7 +385,21 @@ mod tests {
             LOGGED_TARGET - 1 + 3,
             "cut before a 2-byte character"
         );
-        assert_eq!(&*AccessRecord::new(b"\xff", b"/", 0).method, "\u{fffd}");
+        assert_eq!(
+            &*AccessRecord::new(fields(b"\xff", b"/"), 0).method,
+            "\u{fffd}"
+        );
+    }
+
+    /// A block's fields: `:method` and `:path` as given, an authority and a user agent.
+    fn fields<'a>(method: &'a [u8], path: &'a [u8]) -> impl Fn(&[u8]) -> Option<&'a [u8]> {
+        move |name| match name {
+            b":method" => Some(method),
+            b":path" => Some(path),
+            b":authority" => Some(b"h.example"),
+            b"user-agent" => Some(b"grpc-go/1.60"),
+            _ => None,
+        }
     }
 
     fn frames(mut bytes: &[u8]) -> Vec<(Head, Vec<u8>)> {
