@@ -86,6 +86,12 @@ fn run(mode: Mode) -> ExitCode {
         }
     };
     access::use_json(config.access_json);
+    if config.devconsole {
+        log::warn!(
+            "SWITCHYARD_DEVCONSOLE is on: a browser opening any path as a page gets the \
+             development console (for trying routes; leave it off in production)"
+        );
+    }
     let registry = match plugin::load_dir(&config.plugin_dir) {
         Ok(registry) => registry,
         Err(plugin::StartError::Folder(e)) => {

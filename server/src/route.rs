@@ -70,6 +70,10 @@ pub enum Route {
     /// `GET /status` (the page) or `GET /status.json` (its data): the caller checks who
     /// asks, then renders.
     Status(StatusPage),
+    /// A browser's plain `GET` where the development console is on
+    /// (`SWITCHYARD_DEVCONSOLE`, websocketd's `--devconsole`): the console page, which
+    /// opens a WebSocket to the same address.
+    Console,
 }
 
 /// Which part of the status page.
@@ -80,12 +84,15 @@ pub enum StatusPage {
 }
 
 /// Decides on a request. `in_service` says which plugins take new connections: offers of
-/// the others are left out, and a request that offered only those gets `503`.
+/// the others are left out, and a request that offered only those gets `503`. With
+/// `console` (`SWITCHYARD_DEVCONSOLE`), a browser's `GET` that would get `426` while a
+/// WebSocket plugin is in service gets [`Route::Console`].
 pub fn route(
     head: &Head,
     bytes: &[u8],
     tokens: &TokenTable,
     in_service: &dyn Fn(usize) -> bool,
+    console: bool,
 ) -> Route {
     if head.wants_upgrade {
         let mut offers: Vec<Offer> = Vec::new();
@@ -120,7 +127,29 @@ pub fn route(
         ("GET" | "HEAD", "/status.json") => return Route::Status(StatusPage::Json),
         _ => {}
     }
+    if console && wants_console(head, bytes, tokens, in_service) {
+        return Route::Console;
+    }
     Route::Answer(plain_answer(head, bytes, tokens, in_service))
+}
+
+/// A browser asking for a page (`Accept: text/html`) with `GET` or `HEAD`, not to switch,
+/// at a path that is not the daemon's own, while a WebSocket plugin takes connections.
+fn wants_console(
+    head: &Head,
+    bytes: &[u8],
+    tokens: &TokenTable,
+    in_service: &dyn Fn(usize) -> bool,
+) -> bool {
+    let page = |accepted: &[u8]| {
+        let media = accepted.split(|&b| b == b';').next().unwrap_or_default();
+        media.trim_ascii().eq_ignore_ascii_case(b"text/html")
+    };
+    !head.wants_upgrade
+        && matches!(head.method(bytes), "GET" | "HEAD")
+        && !PAGES.contains(&head.path(bytes))
+        && head.list(bytes, "accept").any(page)
+        && tokens.find(b"websocket").is_some_and(in_service)
 }
 
 /// The daemon's own pages: read with `GET` (or `HEAD`) only.
@@ -184,13 +213,17 @@ mod tests {
         let Ok(Parsed::Complete(head)) = parse(bytes, limits) else {
             panic!("bad fixture")
         };
-        let route = route(&head, bytes, &table(), &|_| true);
+        let route = route(&head, bytes, &table(), &|_| true, false);
         let products = match &route {
             Route::Upgrade(offers) => offers
                 .iter()
                 .map(|o| o.product.str(bytes).to_string())
                 .collect(),
-            Route::Answer(_) | Route::Metrics | Route::Readiness | Route::Status(_) => Vec::new(),
+            Route::Answer(_)
+            | Route::Metrics
+            | Route::Readiness
+            | Route::Status(_)
+            | Route::Console => Vec::new(),
         };
         (route, products)
     }
@@ -332,7 +365,7 @@ mod tests {
             panic!("bad fixture")
         };
         let no_echo = |plugin: usize| plugin != 0;
-        let Route::Upgrade(offers) = route(&head, bytes, &table(), &no_echo) else {
+        let Route::Upgrade(offers) = route(&head, bytes, &table(), &no_echo, false) else {
             panic!("h2c is still there")
         };
         assert_eq!(offers.len(), 1);
@@ -342,7 +375,7 @@ mod tests {
         let Ok(Parsed::Complete(head)) = parse(only_echo, limits) else {
             panic!("bad fixture")
         };
-        let Route::Answer(response) = route(&head, only_echo, &table(), &no_echo) else {
+        let Route::Answer(response) = route(&head, only_echo, &table(), &no_echo, false) else {
             panic!("expected an answer")
         };
         assert_eq!(response.status, 503);
@@ -350,12 +383,59 @@ mod tests {
         let Ok(Parsed::Complete(head)) = parse(plain, limits) else {
             panic!("bad fixture")
         };
-        let Route::Answer(response) = route(&head, plain, &table(), &no_echo) else {
+        let Route::Answer(response) = route(&head, plain, &table(), &no_echo, false) else {
             panic!("expected an answer")
         };
         assert!(response
             .headers
             .contains(&("Upgrade".into(), "websocket, h2c".into())));
+    }
+
+    /// `SWITCHYARD_DEVCONSOLE`: a browser's plain GET, where a WebSocket plugin serves;
+    /// not an upgrade, another method, a client that wants no page, or the daemon's pages.
+    #[test]
+    fn the_console_is_for_a_browsers_plain_get() {
+        let limits = crate::http::head::Limits {
+            head: 16384,
+            target: 8192,
+        };
+        let decide = |bytes: &[u8], in_service: &dyn Fn(usize) -> bool, console: bool| {
+            let Ok(Parsed::Complete(head)) = parse(bytes, limits) else {
+                panic!("bad fixture")
+            };
+            match route(&head, bytes, &table(), in_service, console) {
+                Route::Console => 0,
+                Route::Answer(response) => response.status,
+                Route::Upgrade(_) => 101,
+                _ => 1,
+            }
+        };
+        let all = |_: usize| true;
+        let browser: &[u8] = b"GET /chat?room=1 HTTP/1.1\r\nHost: a\r\n\
+            Accept: text/html,application/xhtml+xml,*/*;q=0.8\r\n\r\n";
+        assert_eq!(decide(browser, &all, true), 0);
+        assert_eq!(decide(browser, &all, false), 426, "off unless asked");
+        let no_websocket = |plugin: usize| plugin != 1;
+        assert_eq!(decide(browser, &no_websocket, true), 426);
+        let head = b"HEAD / HTTP/1.1\r\nHost: a\r\nAccept: TEXT/HTML; q=1\r\n\r\n";
+        assert_eq!(decide(head, &all, true), 0);
+        for other in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/htmlx\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nContent-Length: 0\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\n\r\n",
+        ] {
+            assert_ne!(
+                decide(other, &all, true),
+                0,
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        let upgrade = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\n\
+            Connection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(decide(upgrade, &all, true), 101);
     }
 
     #[test]

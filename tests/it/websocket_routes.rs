@@ -2036,3 +2036,53 @@ fn a_dial_past_the_clients_share_is_refused_without_a_worker() {
         "the service for /svc is busy\n",
     );
 }
+
+/// `SWITCHYARD_DEVCONSOLE=on` (websocketd's `--devconsole`): a browser opening a route's
+/// address as a page gets the console, which opens a WebSocket to that same address; a
+/// client that asks for no page, or to switch, is answered as ever; off, a browser gets
+/// `426` as before. (tests/console/run.sh drives the page in Chromium.)
+#[test]
+fn the_development_console_answers_a_browser_and_nothing_else() {
+    let browser = "GET /cat?x=1 HTTP/1.1\r\nHost: t\r\nAccept: text/html,application/xhtml+xml,*/*;q=0.8\r\n\r\n";
+    let daemon = Daemon::builder()
+        .plugin("switchyard-websocket")
+        .env("SWITCHYARD_WEBSOCKET_ROUTES", "/cat=exec:/bin/cat")
+        .env("SWITCHYARD_DEVCONSOLE", "on")
+        .start();
+    assert!(
+        daemon.logs().contains("SWITCHYARD_DEVCONSOLE is on"),
+        "a warning at start: {}",
+        daemon.logs()
+    );
+    let mut client = daemon.client();
+    client.send(browser);
+    let page = client.response();
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.header("Content-Security-Policy").is_some_and(|csp| csp
+        .contains("connect-src 'self'")
+        && csp.contains("frame-ancestors 'none'")));
+    let html = page.body_text();
+    assert!(
+        html.contains("new WebSocket(url, protocols)")
+            && html.contains("location.pathname + location.search"),
+        "the page opens its own address"
+    );
+    // The same connection goes on, and asking for anything but a page is as before.
+    client.send("GET /cat HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n");
+    assert_eq!(client.response().status, 426);
+    client.send("GET /healthz HTTP/1.1\r\nHost: t\r\nAccept: text/html\r\n\r\n");
+    assert_eq!(client.response().body_text(), "ok\n");
+    // The WebSocket the page opens: a line to cat and back.
+    let mut ws = connect(&daemon, "/cat?x=1");
+    ws.send(Message::text("typed in the console")).unwrap();
+    assert_eq!(text(&mut ws), "typed in the console");
+    // Off (the default), a browser gets 426.
+    let off = self::daemon("/cat=exec:/bin/cat");
+    let mut client = off.client();
+    client.send(browser);
+    assert_eq!(client.response().status, 426);
+}

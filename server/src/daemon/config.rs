@@ -68,6 +68,8 @@ pub struct Config {
     pub tls: Vec<PairPaths>,
     /// `SWITCHYARD_STATIC_ROUTES`: folders whose files are answered to `GET` and `HEAD`.
     pub static_routes: Vec<FileRoute>,
+    /// `SWITCHYARD_DEVCONSOLE`: a browser's plain `GET` gets the development console.
+    pub devconsole: bool,
     /// `SWITCHYARD_TLS_LISTEN`: a TLS listener beside `listen`, which then stays cleartext.
     pub tls_listen: Option<SocketAddr>,
     /// `SWITCHYARD_TLS_HANDSHAKES_PER_CLIENT`: TLS handshakes one client address may begin
@@ -234,6 +236,11 @@ pub const SETTINGS: &[Setting] = &[
         variable: "SWITCHYARD_STATIC_ROUTES",
         default: "none",
         meaning: "folders served to `GET` and `HEAD` by path prefix, comma-separated (`/=/usr/share/novnc`): the page of a WebSocket on its own origin. Content types by extension, `ETag` and `Last-Modified` with `304` and `412` (`If-Match`, `If-Unmodified-Since`), one byte range for a `GET` (`206`, `416`), other methods `405` with `Allow`, a folder's `index.html` (never a listing; a folder named without its slash, the route's own included, is sent to it with `301`), names with `%XX` escapes decoded (`a%20b.html`), `sendfile` (a part not in the page cache read first by a reader thread, not on an event loop; files under 16 KiB only once one such file was seen to wait for the disk); nothing outside the folder (dot-segments, encoded separators, symbolic links out: `400` or `404`; on kernels without `openat2`, before 5.6, no symbolic link is followed at all), no dot-files and nothing but regular files (`404`; a FIFO or a device is never opened). `/healthz`, `/metrics` and upgrades go on as before, and so does a `GET` no route covers (`426`)",
+    },
+    Setting {
+        variable: "SWITCHYARD_DEVCONSOLE",
+        default: "`off`",
+        meaning: "`on`: a browser that opens a path as a page (`GET` with `Accept: text/html`, no `Upgrade`) that no static route covers, while a WebSocket plugin serves, gets a console that opens a WebSocket to the same address and shows each message each way, with a field to send text, as websocketd's `--devconsole` (for trying a route without a client; it answers every such path, so leave it off in production: a warning at start says it is on)",
     },
     Setting {
         variable: "SWITCHYARD_TLS_CERT",
@@ -417,6 +424,7 @@ impl Config {
             },
             tls: tls_pairs(get("SWITCHYARD_TLS_CERT"), get("SWITCHYARD_TLS_KEY"))?,
             static_routes: parse_or(get("SWITCHYARD_STATIC_ROUTES"), Vec::new(), static_routes)?,
+            devconsole: parse_or(get("SWITCHYARD_DEVCONSOLE"), false, on_off)?,
             access_json: parse_or(get("SWITCHYARD_ACCESS_LOG"), false, |v| match v.trim() {
                 "text" => Ok(false),
                 "json" => Ok(true),

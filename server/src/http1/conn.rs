@@ -1408,6 +1408,7 @@ impl<T: Transport> HttpConn<T> {
         let registry = cx.shared.registry();
         let in_service = |plugin| registry.in_service(plugin);
         let mut file_body = None;
+        let devconsole = cx.shared.config.devconsole;
         let static_file = match head.wants_upgrade {
             true => None,
             false => static_file(cx, &head, bytes),
@@ -1417,7 +1418,7 @@ impl<T: Transport> HttpConn<T> {
                 file_body = body;
                 response
             }
-            None => match route(&head, bytes, &registry.tokens, &in_service) {
+            None => match route(&head, bytes, &registry.tokens, &in_service, devconsole) {
                 Route::Upgrade(offers) => {
                     return self.upgrade_request(cx, head, registry, offers, started)
                 }
@@ -1445,6 +1446,13 @@ impl<T: Transport> HttpConn<T> {
                         response.closing()
                     } else {
                         response
+                    }
+                }
+                Route::Console => {
+                    let response = super::console::page();
+                    match head.close {
+                        true => response.closing(),
+                        false => response,
                     }
                 }
                 Route::Readiness => {

@@ -6,6 +6,7 @@
 //! the switch's ([`crate::switch`]).
 
 pub mod conn;
+mod console;
 mod files;
 pub mod metrics_page;
 pub mod prior_knowledge;
