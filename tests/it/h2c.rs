@@ -311,6 +311,59 @@ fn streams_are_routed_on_the_normalised_path_and_forwarded_for_is_the_daemons() 
     assert_eq!(block[0], 0x88, "the connection serves on");
 }
 
+/// The hyper engine (`http1://` routes) writes an access line for each stream, as the
+/// relay does: the request as the client sent it, the answer's status, its body's bytes,
+/// the named fields; a stream no route takes too.
+#[test]
+fn each_stream_to_an_http1_backend_has_an_access_line() {
+    let backend = http1_backend();
+    let daemon = Daemon::builder()
+        .plugin("switchyard-h2c")
+        .env(
+            "SWITCHYARD_H2C_ROUTES",
+            &format!("/public/=http1://{backend}"),
+        )
+        .start();
+    let mut client = daemon.client();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    let fields = [
+        ("user-agent", "probe/2"),
+        ("referer", "http://t/?token=abcdef"),
+    ];
+    hello.extend(frame(
+        0x1,
+        0x4 | 0x1,
+        1,
+        &get_headers_with("/public/./x?token=secret", &fields),
+    ));
+    client.send(hello);
+    let (_, block) = read_until(&mut client, 0x1, 1);
+    assert_eq!(block[0], 0x88, "`:status: 200`");
+    let (_, body) = read_until(&mut client, 0x0, 1);
+    client.send(frame(0x1, 0x4 | 0x1, 3, &get_headers("/elsewhere")));
+    let (_, block) = read_until(&mut client, 0x1, 3);
+    assert_eq!(block[0], 0x8d, "`:status: 404`");
+    let line = |needle: &str| {
+        let logs = daemon
+            .wait_for_log(needle)
+            .unwrap_or_else(|l| panic!("{l}"));
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap()
+            .to_string()
+    };
+    let first = line("\"GET /public/./x?token=sec... HTTP/2.0\" 200 proto=h2c in=0 out=");
+    assert!(
+        first.contains(&format!(" out={} ", body.len()))
+            && first.ends_with(" host=\"t\" referer=\"http://t/?token=abc...\" ua=\"probe/2\""),
+        "{first}"
+    );
+    assert!(!daemon.logs().contains("secret"), "{first}");
+    let refused = line("\"GET /elsewhere HTTP/2.0\" 404 proto=h2c");
+    assert!(refused.ends_with(" host=\"t\""), "{refused}");
+}
+
 /// Issue 19: each stream to an `http1://` backend holds a backend connection, and nothing
 /// capped them per client connection. `SWITCHYARD_H2C_HTTP1_PER_CONNECTION=2`: ten
 /// streams at once, never more than two backend connections, every stream answered.

@@ -36,6 +36,7 @@ pub mod relay;
 pub mod settings;
 pub mod slots;
 mod stats;
+mod stream_log;
 pub mod upgrade;
 
 use client_io::ClientIo;

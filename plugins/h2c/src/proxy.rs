@@ -16,6 +16,7 @@ use crate::config::{BackendProtocol, Config};
 use crate::counted::{CountedConnector, NoBackendSlot};
 use crate::slots::{Slot, Slots, HTTP1_REASONS, HYPER_REASONS};
 use crate::stats::RouteStats;
+use crate::stream_log::StreamLog;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -205,6 +206,7 @@ impl Activity {
         StreamOpen {
             activity: self.clone(),
             backend: None,
+            log: StreamLog::default(),
         }
     }
 }
@@ -231,6 +233,8 @@ impl Drop for Waiting<'_> {
 struct StreamOpen {
     activity: Arc<Activity>,
     backend: Option<Arc<BackendHold>>,
+    /// The stream's access line, written as this goes.
+    log: StreamLog,
 }
 
 /// A stream's HTTP/1.1 backend connection, as counted: its client connection's permit and
@@ -413,6 +417,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let mut open = activity.open();
+    open.log = StreamLog::begin(peer, request.method(), request.uri(), request.headers());
     if request.method() == http::Method::CONNECT {
         // A tunnel (RFC 9113 §8.5), which a reverse proxy does not make; without a path
         // it was routed as `/`, and an HTTP/1.1 backend was sent `CONNECT host:port`.
@@ -488,7 +493,10 @@ pub async fn handle(
     // it.
     remove_forwarding(&mut parts.headers);
     // Nor in trailers, which some backends merge into the head.
-    let body = body.map_frame(without_forwarding_trailers);
+    let body = open
+        .log
+        .count_in(body)
+        .map_frame(without_forwarding_trailers);
     if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
         parts.headers.insert("x-real-ip", value.clone());
         parts.headers.insert("x-forwarded-for", value);
@@ -669,7 +677,8 @@ pub async fn handle(
     }
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
-    let body = body.map_err(BoxError::from).boxed();
+    open.log.answered(parts.status);
+    let body = open.log.count_out(body).map_err(BoxError::from).boxed();
     Ok(match answered {
         Some(answered) => {
             // The stream holds a backend connection for as long as its answer is being
@@ -770,12 +779,15 @@ impl Drop for AtBackend<'_> {
 
 fn with_open(response: Response<Body>, mut open: StreamOpen) -> Response<Body> {
     open.backend = None;
+    open.log.answered(response.status());
     response.map(|body| {
-        body.map_frame(move |frame| {
-            let _ = &open;
-            frame
-        })
-        .boxed()
+        open.log
+            .count_out(body)
+            .map_frame(move |frame| {
+                let _ = &open;
+                frame
+            })
+            .boxed()
     })
 }
 
