@@ -19,8 +19,8 @@ use std::time::Instant;
 
 /// Most bytes of a target a line shows, as the relay's ([`crate::relay::stream`]).
 const LOGGED_TARGET: usize = 1024;
-/// Most bytes of a named field a line shows.
-const LOGGED_FIELD: usize = 512;
+/// Most bytes of a named field a line shows, as the relay's.
+const LOGGED_FIELD: usize = crate::relay::stream::LOGGED_FIELD;
 
 /// One stream's line, written when dropped; nothing while the access log is off.
 #[derive(Default)]
@@ -239,7 +239,7 @@ mod tests {
         assert!(tally.answered.load(Relaxed));
         assert_eq!(
             &*cut(&"é".repeat(600), LOGGED_FIELD),
-            format!("{}...", "é".repeat(256))
+            format!("{}...", "é".repeat(LOGGED_FIELD / 2))
         );
     }
 }

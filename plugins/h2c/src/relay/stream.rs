@@ -296,9 +296,11 @@ pub struct AccessRecord {
     pub named: [Option<Box<str>>; 4],
 }
 
-/// Most bytes of a named field (`user-agent` and the like) a line shows, as the daemon
-/// shows its own requests'.
-pub const LOGGED_FIELD: usize = 512;
+/// Most bytes of a named field (`user-agent` and the like) a line shows: a quarter of what
+/// the daemon shows of an HTTP/1.1 request's, as HPACK lets a client send each again for a
+/// byte, so that a stream's line stays within about 1.6 KB (a browser's `User-Agent` is
+/// about 110 bytes, a gRPC client's 30).
+pub const LOGGED_FIELD: usize = 128;
 
 /// Most bytes of a request's `:path` (and a tenth as many of its `:method`) an access
 /// line shows: HPACK lets a client send a 16 KiB path again for a byte or two, and the
