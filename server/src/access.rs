@@ -101,8 +101,8 @@ const NAMED: [(&str, &str, &str); 4] = [
 
 /// What an access line says of a request: `METHOD target HTTP/1.x` (`-` when it could not
 /// be read) and the [`NAMED`] fields the client sent (a `token=` value cut in the target
-/// and the `Referer` alike). Built only when the access log is
-/// on; one allocation, as a switched connection keeps it for its life.
+/// and the `Referer` alike). Built only when the access log is on, and a pointer while it
+/// is off: a switched connection keeps it for its life.
 #[derive(Debug, Default)]
 pub struct Request(Option<Box<RequestText>>);
 
