@@ -1,5 +1,6 @@
 //! Routing: every protocol offered to a plugin was listed by the client under a token the
-//! plugin serves; a plugin out of service is never offered.
+//! plugin serves; a plugin out of service is never offered; the development console goes
+//! only to a browser's plain GET or HEAD while it is on and a WebSocket plugin serves.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use switchyard::http::head::{parse, Limits, Parsed};
@@ -21,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
         tokens.insert(token, i).unwrap();
     }
     let in_service = |plugin: usize| plugin != usize::from(*out_of_service % 5);
-    match route(&head, input, &tokens, &in_service) {
+    let console = out_of_service & 0x80 != 0;
+    match route(&head, input, &tokens, &in_service, console) {
         Route::Upgrade(offers) => {
             assert!(head.wants_upgrade && !offers.is_empty());
             let listed: Vec<&[u8]> = head.list(input, "upgrade").collect();
@@ -39,5 +41,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(matches!(head.method(input), "GET" | "HEAD"))
         }
         Route::Readiness => assert!(matches!(head.method(input), "GET" | "HEAD")),
+        Route::Console => {
+            assert!(console && !head.wants_upgrade && in_service(1));
+            assert!(matches!(head.method(input), "GET" | "HEAD"));
+            assert!(head
+                .list(input, "accept")
+                .any(|a| a.to_ascii_lowercase().starts_with(b"text/html")));
+        }
     }
 });
