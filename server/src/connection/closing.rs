@@ -37,6 +37,11 @@ pub struct Closing {
     dropped: usize,
     /// The last event's reading stopped at [`DROP_PER_EVENT`], the socket not drained.
     reading_paused: bool,
+    /// The peer's end came: it shut its side (it may still read), so what waits still
+    /// goes out, and the connection closes once it is (a flake audit: closing at the
+    /// peer's FIN cut off the last 2.5 KB of 150 KB for a client that shut its side and
+    /// read on, 3 times in 10, with an 8 KiB send buffer).
+    peer_ended: bool,
 }
 
 impl Closing {
@@ -48,16 +53,21 @@ impl Closing {
             all_out: false,
             dropped: 0,
             reading_paused: false,
+            peer_ended: false,
         }
     }
 
-    /// An event on its socket: true when it may close (the peer ended, or failed).
+    /// An event on its socket: true when it may close (the peer ended and everything is
+    /// out, or it failed).
     pub fn on_event(&mut self, readable: bool, writable: bool, closed: bool) -> bool {
         if writable && !self.all_out {
             match self.wire.flush_pending() {
                 Ok(all_out) => self.all_out = all_out,
                 Err(_) => return true,
             }
+        }
+        if self.peer_ended {
+            return self.all_out;
         }
         if readable || closed {
             // Dropped unread (ciphertext of a session whose plugin is gone).
@@ -70,7 +80,10 @@ impl Closing {
                     break;
                 }
                 match (&self.wire.socket).read(&mut sink) {
-                    Ok(0) => return true,
+                    Ok(0) => {
+                        self.peer_ended = true;
+                        return self.all_out;
+                    }
                     Ok(n) => {
                         this_event += n;
                         self.dropped += n;
