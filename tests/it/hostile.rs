@@ -70,7 +70,8 @@ fn slowest_call(daemon: &Daemon, plugin: &str) -> f64 {
 /// inflates more than 1 MiB (a 256th of it), and another client of the same loop is
 /// answered throughout. (The client's inflate rate is off here: this is the per-call
 /// bound. The slowest call is judged against the whole work's time, not a fixed figure:
-/// on a loaded machine a call of 1 MiB took 199 ms once.)
+/// on a loaded machine a call of 1 MiB took 199 ms once, and with six busy processes on
+/// two cores, 925 ms of 2,863: a third, as a call preempted midway takes.)
 #[test]
 fn a_deflate_bomb_on_the_echo_never_holds_the_event_loop() {
     let daemon = Daemon::builder()
@@ -133,7 +134,7 @@ fn a_deflate_bomb_on_the_echo_never_holds_the_event_loop() {
     let took = began.elapsed().as_secs_f64();
     let slowest = slowest_call(&daemon, "websocket");
     assert!(
-        slowest < took / 8.0,
+        slowest < took / 3.0,
         "a call held the loop {:.0} ms of the {:.0} ms the sixteen took (before the fix: \
          all of it, 430 ms and more)",
         slowest * 1000.0,
@@ -974,7 +975,10 @@ fn a_service_that_never_reads_costs_no_cpu_and_a_client_that_leaves_ends_it() {
     let mut client = open(&daemon, "/stuck");
     // More than every buffer between us and the service holds.
     let sent = send_until_stalled(&mut client, &frame(true, 0x2, &vec![7u8; 64 << 10]));
-    assert!(sent > 1 << 20, "the daemon took only {sent} bytes");
+    // More than one read of the relay (64 KiB) and the socket buffers at their smallest:
+    // what the kernels hold past that depends on the host's TCP memory (362 KB here with
+    // tcp_rmem/tcp_wmem's defaults, as CI's 390 KB; megabytes autotuned).
+    assert!(sent > 128 << 10, "the daemon took only {sent} bytes");
     let cpu = daemon.cpu_time();
     std::thread::sleep(Duration::from_secs(1));
     let held = daemon.cpu_time() - cpu;
@@ -1036,7 +1040,9 @@ fn a_program_that_never_reads_is_ended_when_its_client_leaves() {
         .start();
     let mut client = open(&daemon, "/produce");
     let sent = send_until_stalled(&mut client, &frame(true, 0x1, &vec![b'x'; 16 << 10]));
-    assert!(sent > 128 << 10, "the daemon took only {sent} bytes");
+    // More than one read of the relay's: the socket buffers past it depend on the host's
+    // TCP memory (98 KB with 4 KiB send buffers).
+    assert!(sent > 64 << 10, "the daemon took only {sent} bytes");
     let cpu = daemon.cpu_time();
     std::thread::sleep(Duration::from_secs(1));
     let held = daemon.cpu_time() - cpu;

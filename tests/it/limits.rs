@@ -179,8 +179,23 @@ fn a_blocking_plugins_answer_waiting_for_a_client_that_takes_nothing_is_dropped_
     let mut client = daemon.client_from_with("127.0.0.1", small_window);
     client.send(upgrade_request("/", "echo"));
     assert_eq!(client.response().status, 101);
-    // Less than the kernel's send buffer takes at once here: the echo's writes return.
-    client.send(vec![7u8; 1 << 20]);
+    // Up to 1 MiB, as much as the kernels on the way take (how much depends on the host's
+    // TCP memory: CI once held 390 KB on a path, and a blocking send of 1 MiB then met the
+    // idle limit's reset): more than the client's window, so the echo waits in the daemon.
+    client.stream.set_nonblocking(true).unwrap();
+    let upload = vec![7u8; 1 << 20];
+    let (mut sent, mut quiet_since) = (0, Instant::now());
+    while sent < upload.len() && quiet_since.elapsed() < Duration::from_millis(200) {
+        match client.stream.write(&upload[sent..]) {
+            Ok(n) => (sent, quiet_since) = (sent + n, Instant::now()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("sending: {e} after {sent} bytes"),
+        }
+    }
+    client.stream.set_nonblocking(false).unwrap();
+    assert!(sent > 16 << 10, "the daemon took only {sent} bytes");
     let logs = daemon.wait_for_log("reason=\"idle\"").unwrap_or_else(|l| l);
     assert!(logs.contains("reason=\"idle\""), "{logs}");
     let mut buf = vec![0u8; 1 << 16];
