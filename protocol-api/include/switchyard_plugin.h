@@ -1,5 +1,5 @@
 /*
- * switchyard_plugin.h: the switchyard plugin ABI, version 1.8, for plugins written in C
+ * switchyard_plugin.h: the switchyard plugin ABI, version 1.9, for plugins written in C
  * (or any language that speaks the C ABI).
  *
  * The same contract as protocol-api's `abi` module (protocol-api/src/abi.rs), item for
@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 8
+#define SWITCHYARD_ABI_MINOR 9
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -212,15 +212,18 @@ typedef struct switchyard_exchange {
     switchyard_bytes tls_version; /* as switchyard_request's; empty: not over TLS */
     switchyard_bytes tls_cipher;
     switchyard_bytes tls_alpn;    /* empty: none agreed */
-    /* The request's Host (HTTP/2: :authority), Origin, Referer and User-Agent, each
-     * named on the line only where its SWITCHYARD_NAMED_* bit is set in named_sent
-     * (zeroed: none). */
-    switchyard_bytes host;
-    switchyard_bytes origin;
-    switchyard_bytes referer;         /* the host cuts token= values */
-    switchyard_bytes user_agent;
-    uint32_t named_sent;
 } switchyard_exchange;
+
+/* (1.9) The request fields an exchange's access line names
+ * (switchyard_host.access_line_named), each as the client sent it; the host reads a field
+ * only where its SWITCHYARD_NAMED_* bit is set in `sent`. Lent for the call. */
+typedef struct switchyard_request_names {
+    switchyard_bytes host;       /* Host, or HTTP/2's :authority */
+    switchyard_bytes origin;
+    switchyard_bytes referer;    /* the host cuts token= values */
+    switchyard_bytes user_agent;
+    uint32_t sent;
+} switchyard_request_names;
 
 #define SWITCHYARD_NAMED_HOST 1u
 #define SWITCHYARD_NAMED_ORIGIN 2u
@@ -251,6 +254,9 @@ typedef struct switchyard_host {
      * writes its own, if its access log is on (ask log_enabled(4, "switchyard::access")
      * first and build nothing when it is off). Callable from any thread. */
     void (*access_line)(const switchyard_exchange *exchange);
+    /* ABI 1.9 (when abi_minor >= 9): access_line, with the request's named fields. */
+    void (*access_line_named)(const switchyard_exchange *exchange,
+                              const switchyard_request_names *names);
 } switchyard_host;
 
 typedef int32_t (*switchyard_init_fn)(const switchyard_host *host, void **state,

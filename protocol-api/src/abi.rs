@@ -69,9 +69,11 @@
 //! - 1.8: [`HostApi::access_line`] and [`RawExchange`]: a plugin writes an access line for
 //!   each exchange inside its connection (an HTTP/2 stream), which the host formats as its
 //!   own (text, or JSON with `SWITCHYARD_ACCESS_LOG=json`; `token=` values cut), under the
-//!   same `switchyard::access` target, so one filter turns both on and off. The request's
-//!   `Host` (HTTP/2's `:authority`), `Origin`, `Referer` and `User-Agent` go with it, as
-//!   the daemon's own lines name them ([`RawExchange::named_sent`]).
+//!   same `switchyard::access` target, so one filter turns both on and off.
+//! - 1.9: [`HostApi::access_line_named`] and [`RawRequestNames`]: an exchange's line also
+//!   names its request's `Host` (HTTP/2's `:authority`), `Origin`, `Referer` and
+//!   `User-Agent`, as the daemon's own lines do. A function of its own, so that a host
+//!   never reads past the exchange a 1.8 plugin hands it.
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -82,7 +84,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 8;
+pub const ABI_MINOR: u32 = 9;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -429,6 +431,10 @@ pub struct HostApi {
     /// info (4) and target `switchyard::access` first, and build nothing when it is off.
     /// Callable from any thread.
     pub access_line: Option<unsafe extern "C" fn(exchange: *const RawExchange)>,
+    // ---- ABI 1.9 ----
+    /// (1.9) [`HostApi::access_line`], with the request's named fields ([`RawRequestNames`]).
+    pub access_line_named:
+        Option<unsafe extern "C" fn(exchange: *const RawExchange, names: *const RawRequestNames)>,
 }
 
 /// (1.8) One exchange a plugin served inside its connection (an HTTP/2 stream), for the
@@ -467,28 +473,33 @@ pub struct RawExchange {
     pub tls_cipher: RawBytes,
     /// See [`RawExchange::tls_version`].
     pub tls_alpn: RawBytes,
-    /// The request's `Host` (HTTP/2: `:authority`) as the client sent it; named on the line
-    /// only where [`RawExchange::named_sent`] has [`NAMED_HOST`].
-    pub host: RawBytes,
-    /// Its `Origin`, where `named_sent` has [`NAMED_ORIGIN`].
-    pub origin: RawBytes,
-    /// Its `Referer`, where `named_sent` has [`NAMED_REFERER`] (the host cuts `token=`
-    /// values).
-    pub referer: RawBytes,
-    /// Its `User-Agent`, where `named_sent` has [`NAMED_USER_AGENT`].
-    pub user_agent: RawBytes,
-    /// Which of the four fields above the client sent (an empty one is sent, and logged
-    /// `""`); 0, as a zeroed exchange has it: none.
-    pub named_sent: u32,
 }
 
-/// [`RawExchange::named_sent`]: the request had a `Host` (or `:authority`).
+/// (1.9) The request fields an exchange's access line names
+/// ([`HostApi::access_line_named`]), each as the client sent it; the host reads a field
+/// only where its bit is in `sent`. Lent for the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawRequestNames {
+    /// `Host` (HTTP/2: `:authority`), where `sent` has [`NAMED_HOST`].
+    pub host: RawBytes,
+    /// `Origin`, where `sent` has [`NAMED_ORIGIN`].
+    pub origin: RawBytes,
+    /// `Referer`, where `sent` has [`NAMED_REFERER`] (the host cuts `token=` values).
+    pub referer: RawBytes,
+    /// `User-Agent`, where `sent` has [`NAMED_USER_AGENT`].
+    pub user_agent: RawBytes,
+    /// Which fields the client sent (an empty one is sent, and logged `""`).
+    pub sent: u32,
+}
+
+/// [`RawRequestNames::sent`]: the request had a `Host` (or `:authority`).
 pub const NAMED_HOST: u32 = 1;
-/// [`RawExchange::named_sent`]: the request had an `Origin`.
+/// [`RawRequestNames::sent`]: the request had an `Origin`.
 pub const NAMED_ORIGIN: u32 = 2;
-/// [`RawExchange::named_sent`]: the request had a `Referer`.
+/// [`RawRequestNames::sent`]: the request had a `Referer`.
 pub const NAMED_REFERER: u32 = 4;
-/// [`RawExchange::named_sent`]: the request had a `User-Agent`.
+/// [`RawRequestNames::sent`]: the request had a `User-Agent`.
 pub const NAMED_USER_AGENT: u32 = 8;
 
 // SAFETY: a `HostApi` is never written after the host made it, and the ABI lets its
@@ -680,9 +691,10 @@ const _: () = {
     assert!(offset_of!(HostApi, ctx) == 8 + 2 * W);
     assert!(offset_of!(HostApi, metric_series) == 8 + 4 * W);
     assert!(offset_of!(HostApi, access_line) == 8 + 5 * W);
-    assert!(offset_of!(RawExchange, host) == 18 * W + 32);
-    assert!(offset_of!(RawExchange, named_sent) == 26 * W + 32);
-    assert!(size_of::<RawExchange>() == (26 * W + 36).next_multiple_of(align_of::<u64>()));
+    assert!(offset_of!(HostApi, access_line_named) == 8 + 6 * W);
+    assert!(size_of::<RawExchange>() == 18 * W + 32);
+    assert!(offset_of!(RawRequestNames, sent) == 8 * W);
+    assert!(size_of::<RawRequestNames>() == (8 * W + 4).next_multiple_of(W));
     assert!(offset_of!(RawExchange, status) == 8 * W);
     assert!(offset_of!(RawExchange, micros) == 10 * W + 24);
     assert!(offset_of!(RawRequest, protocol) == 10 * W + 8);

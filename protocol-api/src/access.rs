@@ -12,7 +12,8 @@
 //! matters.
 
 use crate::abi::{
-    RawBytes, RawExchange, NAMED_HOST, NAMED_ORIGIN, NAMED_REFERER, NAMED_USER_AGENT,
+    RawBytes, RawExchange, RawRequestNames, NAMED_HOST, NAMED_ORIGIN, NAMED_REFERER,
+    NAMED_USER_AGENT,
 };
 use std::time::Duration;
 
@@ -90,19 +91,22 @@ pub fn write(exchange: &Exchange<'_>) -> bool {
         tls_version: text(exchange.tls.map_or("", |t| t.version)),
         tls_cipher: text(exchange.tls.map_or("", |t| t.cipher)),
         tls_alpn: text(exchange.tls.and_then(|t| t.alpn).unwrap_or("")),
-        host: text(exchange.named.host.unwrap_or("")),
-        origin: text(exchange.named.origin.unwrap_or("")),
-        referer: text(exchange.named.referer.unwrap_or("")),
-        user_agent: text(exchange.named.user_agent.unwrap_or("")),
-        named_sent: [
-            (exchange.named.host, NAMED_HOST),
-            (exchange.named.origin, NAMED_ORIGIN),
-            (exchange.named.referer, NAMED_REFERER),
-            (exchange.named.user_agent, NAMED_USER_AGENT),
+    };
+    let named = exchange.named;
+    let names = RawRequestNames {
+        host: text(named.host.unwrap_or("")),
+        origin: text(named.origin.unwrap_or("")),
+        referer: text(named.referer.unwrap_or("")),
+        user_agent: text(named.user_agent.unwrap_or("")),
+        sent: [
+            (named.host, NAMED_HOST),
+            (named.origin, NAMED_ORIGIN),
+            (named.referer, NAMED_REFERER),
+            (named.user_agent, NAMED_USER_AGENT),
         ]
         .iter()
         .filter(|(value, _)| value.is_some())
         .fold(0, |sent, (_, bit)| sent | bit),
     };
-    crate::host::access_line(&raw)
+    crate::host::access_line(&raw, &names)
 }

@@ -1,9 +1,11 @@
 //! What the plugin knows of the daemon that loaded it: the minor ABI version it speaks,
-//! learnt once in `init`, (1.6) its metric functions and (1.8) its access log. The safe layer reads the version
+//! learnt once in `init`, (1.6) its metric functions and (1.8, 1.9) its access log. The safe layer reads the version
 //! before using a host field or callback of a later minor; [`crate::metrics`] goes through
 //! [`declare`] and [`series`] here, the only calls into the host outside [`crate::export`].
 
-use crate::abi::{HostApi, MessageSink, RawBytes, RawExchange, RawMetric, STATUS_OK};
+use crate::abi::{
+    HostApi, MessageSink, RawBytes, RawExchange, RawMetric, RawRequestNames, STATUS_OK,
+};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -52,8 +54,13 @@ pub(crate) fn note_host(host: &HostApi) {
 
 /// The host's access-line function, when it has one (1.8).
 static ACCESS_LINE: OnceLock<unsafe extern "C" fn(*const RawExchange)> = OnceLock::new();
+/// Its function taking the request's named fields too, when it has one (1.9).
+static ACCESS_LINE_NAMED: OnceLock<
+    unsafe extern "C" fn(*const RawExchange, *const RawRequestNames),
+> = OnceLock::new();
 
-/// Keeps the host's access-line function, from `init`. Hosts before 1.8 have none.
+/// Keeps the host's access-line functions, from `init`. Hosts before 1.8 have none, and
+/// before 1.9 not the one with named fields (their `HostApi` ends before it).
 fn note_access_line(host: &HostApi) {
     if host.abi_minor < 8 {
         return;
@@ -61,11 +68,24 @@ fn note_access_line(host: &HostApi) {
     if let Some(access_line) = host.access_line {
         let _ = ACCESS_LINE.set(access_line);
     }
+    if host.abi_minor < 9 {
+        return;
+    }
+    if let Some(access_line_named) = host.access_line_named {
+        let _ = ACCESS_LINE_NAMED.set(access_line_named);
+    }
 }
 
-/// Hands one exchange to the host's access log; false when the host has no access log
-/// for plugins (before 1.8, or in unit tests).
-pub(crate) fn access_line(exchange: &RawExchange) -> bool {
+/// Hands one exchange to the host's access log, with `names` where the host takes them
+/// (1.9); false when the host has no access log for plugins (before 1.8, or in unit
+/// tests).
+pub(crate) fn access_line(exchange: &RawExchange, names: &RawRequestNames) -> bool {
+    if let Some(access_line_named) = ACCESS_LINE_NAMED.get() {
+        // SAFETY: the host's function (1.9, present); `exchange`, `names` and what they
+        // point at are lent for the call, and the host copies what it keeps.
+        unsafe { access_line_named(exchange, names) };
+        return true;
+    }
     let Some(access_line) = ACCESS_LINE.get() else {
         return false;
     };

@@ -92,7 +92,8 @@ fn rust_side() -> BTreeSet<String> {
         ctx,
         metric_declare,
         metric_series,
-        access_line
+        access_line,
+        access_line_named
     );
     size!("switchyard_exchange", RawExchange);
     field!(
@@ -110,12 +111,17 @@ fn rust_side() -> BTreeSet<String> {
         reason,
         tls_version,
         tls_cipher,
-        tls_alpn,
+        tls_alpn
+    );
+    size!("switchyard_request_names", RawRequestNames);
+    field!(
+        "switchyard_request_names",
+        RawRequestNames,
         host,
         origin,
         referer,
         user_agent,
-        named_sent
+        sent
     );
     size!("switchyard_metric", RawMetric);
     field!(

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "switchyard_plugin.h"
 
 #define BYTES(s) ((switchyard_bytes){(const uint8_t *)(s), sizeof(s) - 1})
@@ -86,7 +87,8 @@ static void tell(const switchyard_message_sink *sink, const char *message) {
     }
 }
 
-/* The access line of one echo session (1.8), when the host takes it and its log is on. */
+/* The access line of one echo session (1.8), when the host takes it and its log is on;
+ * with the request's Host and User-Agent where the host takes them (1.9). */
 static void access_line(const switchyard_request *request, uint64_t echoed_bytes) {
     if (host->abi_minor < 8 || host->access_line == NULL ||
         !host->log_enabled(SWITCHYARD_LOG_INFO, BYTES("switchyard::access"))) {
@@ -98,7 +100,23 @@ static void access_line(const switchyard_request *request, uint64_t echoed_bytes
         .bytes_in = echoed_bytes, .bytes_out = echoed_bytes, .micros = 1500,
         .reason = BYTES("the client closed"),
     };
-    host->access_line(&exchange);
+    if (host->abi_minor < 9 || host->access_line_named == NULL) {
+        host->access_line(&exchange);
+        return;
+    }
+    switchyard_request_names names = {0};
+    for (size_t i = 0; i < request->headers_len; i++) {
+        const switchyard_header *field = &request->headers[i];
+        if (field->name.len == 4 && strncasecmp((const char *)field->name.ptr, "host", 4) == 0) {
+            names.host = field->value;
+            names.sent |= SWITCHYARD_NAMED_HOST;
+        } else if (field->name.len == 10 &&
+                   strncasecmp((const char *)field->name.ptr, "user-agent", 10) == 0) {
+            names.user_agent = field->value;
+            names.sent |= SWITCHYARD_NAMED_USER_AGENT;
+        }
+    }
+    host->access_line_named(&exchange, &names);
 }
 
 static int32_t write_all(const switchyard_connection *conn, const uint8_t *buf, size_t len) {

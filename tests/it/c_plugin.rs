@@ -43,14 +43,18 @@ fn a_c_plugin_loads_switches_reads_ahead_first_logs_and_says_bye() {
     assert!(client.read_to_end().is_empty());
     let status = daemon.wait_exit(Duration::from_secs(5)).expect("exited");
     assert_eq!(status.code(), Some(0));
-    // ABI 1.8: the access line it wrote for its session, in the daemon's format.
+    // ABI 1.8 and 1.9: the access line it wrote for its session, in the daemon's format,
+    // with the request's Host.
     let logs = daemon.logs();
     let line = logs
         .lines()
         .find(|l| l.contains("\"ECHO /from-c C-ECHO/1\""))
         .unwrap_or_else(|| panic!("no access line from C in {logs}"));
     assert!(line.contains(" - proto=c-echo in=9 out=9 time="), "{line}");
-    assert!(line.ends_with(" reason=\"the client closed\""), "{line}");
+    assert!(
+        line.ends_with(" host=\"test\" reason=\"the client closed\""),
+        "{line}"
+    );
 }
 
 #[test]

@@ -41,6 +41,7 @@ int main(void) {
     FIELD(switchyard_host, log_enabled); FIELD(switchyard_host, log);
     FIELD(switchyard_host, ctx); FIELD(switchyard_host, metric_declare);
     FIELD(switchyard_host, metric_series); FIELD(switchyard_host, access_line);
+    FIELD(switchyard_host, access_line_named);
     SIZE(switchyard_exchange);
     FIELD(switchyard_exchange, peer); FIELD(switchyard_exchange, method);
     FIELD(switchyard_exchange, target); FIELD(switchyard_exchange, version);
@@ -48,9 +49,11 @@ int main(void) {
     FIELD(switchyard_exchange, bytes_in); FIELD(switchyard_exchange, bytes_out);
     FIELD(switchyard_exchange, micros); FIELD(switchyard_exchange, reason);
     FIELD(switchyard_exchange, tls_version); FIELD(switchyard_exchange, tls_cipher);
-    FIELD(switchyard_exchange, tls_alpn); FIELD(switchyard_exchange, host);
-    FIELD(switchyard_exchange, origin); FIELD(switchyard_exchange, referer);
-    FIELD(switchyard_exchange, user_agent); FIELD(switchyard_exchange, named_sent);
+    FIELD(switchyard_exchange, tls_alpn);
+    SIZE(switchyard_request_names);
+    FIELD(switchyard_request_names, host); FIELD(switchyard_request_names, origin);
+    FIELD(switchyard_request_names, referer); FIELD(switchyard_request_names, user_agent);
+    FIELD(switchyard_request_names, sent);
     SIZE(switchyard_metric);
     FIELD(switchyard_metric, kind); FIELD(switchyard_metric, name);
     FIELD(switchyard_metric, help); FIELD(switchyard_metric, labels);

@@ -604,6 +604,26 @@ unsafe extern "C" fn host_log(level: u32, target: RawBytes, message: RawBytes) {
 }
 
 unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
+    // SAFETY: as the caller's, with no named fields.
+    unsafe { access_line(exchange, None) }
+}
+
+unsafe extern "C" fn host_access_line_named(
+    exchange: *const RawExchange,
+    names: *const RawRequestNames,
+) {
+    // SAFETY: NULL or the plugin's names, lent for the call (1.9).
+    let names = unsafe { names.as_ref() };
+    // SAFETY: as the caller's.
+    unsafe { access_line(exchange, names) }
+}
+
+/// An exchange's access line (1.8), with its request's named fields where the plugin gave
+/// them (1.9): read only where their bits are set, as a plugin may leave the others unset.
+///
+/// # Safety
+/// `exchange`: NULL or the plugin's, lent for the call, as `names` and what both point at.
+unsafe fn access_line(exchange: *const RawExchange, names: Option<&RawRequestNames>) {
     guarded((), || {
         // SAFETY: NULL or the plugin's exchange, lent for the call.
         let Some(raw) = (unsafe { exchange.as_ref() }) else {
@@ -618,8 +638,14 @@ unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
             text(raw.tls_cipher),
             text(raw.tls_alpn),
         );
-        let named = [raw.host, raw.origin, raw.referer, raw.user_agent].map(text);
-        let sent = |i: usize, bit: u32| (raw.named_sent & bit != 0).then_some(&*named[i]);
+        let named = |bit: u32, field: fn(&RawRequestNames) -> RawBytes| {
+            let names = names.filter(|names| names.sent & bit != 0)?;
+            Some(text(field(names)))
+        };
+        let host = named(NAMED_HOST, |n| n.host);
+        let origin = named(NAMED_ORIGIN, |n| n.origin);
+        let referer = named(NAMED_REFERER, |n| n.referer);
+        let user_agent = named(NAMED_USER_AGENT, |n| n.user_agent);
         crate::access::log_plugins(&protocol_api::access::Exchange {
             peer: &peer,
             method: &method,
@@ -639,10 +665,10 @@ unsafe extern "C" fn host_access_line(exchange: *const RawExchange) {
                 client_subject: None,
             }),
             named: protocol_api::access::Named {
-                host: sent(0, NAMED_HOST),
-                origin: sent(1, NAMED_ORIGIN),
-                referer: sent(2, NAMED_REFERER),
-                user_agent: sent(3, NAMED_USER_AGENT),
+                host: host.as_deref(),
+                origin: origin.as_deref(),
+                referer: referer.as_deref(),
+                user_agent: user_agent.as_deref(),
             },
         });
     })
@@ -770,5 +796,6 @@ fn host_api(name: &str) -> &'static HostApi {
         metric_declare: Some(host_metric_declare),
         metric_series: Some(host_metric_series),
         access_line: Some(host_access_line),
+        access_line_named: Some(host_access_line_named),
     }))
 }
