@@ -256,31 +256,94 @@ pub fn log_plugins(exchange: &protocol_api::access::Exchange<'_>) {
     });
 }
 
-/// `target` with each `token=` query value cut to its first three characters and `...`.
-/// A pair is a token's by its name decoded (`tok%65n=` too), as the websocket plugin's
-/// `tokens:` routes and websockify read it.
+/// `target` with each `token=` value in its query cut to its first three characters and
+/// `...`. A token is found wherever its name and `=` are, spelled out or percent-encoded
+/// once or twice, whatever comes before: in a pair of its own (`?token=`, `tok%65n=`, as
+/// the websocket plugin's `tokens:` routes and websockify read it), inside another pair's
+/// value (noVNC's `?path=websockify%3Ftoken%3Dalice`, the README's own form), after a
+/// second `?` (noVNC reads `token=` anywhere in its page's address). Its value ends at `&`
+/// or `#`, spelled out or encoded alike. A name that merely ends in `token` (`csrf_token=`)
+/// is cut too: a log is read by more people than a token may be.
 fn without_tokens(target: &str) -> std::borrow::Cow<'_, str> {
-    let Some((path, query)) = target.split_once('?') else {
+    let Some(query_at) = target.find('?') else {
         return target.into();
     };
-    let names_token = |pair: &str| {
-        form_urlencoded::parse(pair.as_bytes())
-            .next()
-            .is_some_and(|(name, _)| name == "token")
-    };
-    if !query.split('&').any(names_token) {
+    let bytes = target.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut at = query_at + 1;
+    while at < bytes.len() {
+        let Some(value_at) = token_name_at(bytes, at) else {
+            at += 1;
+            continue;
+        };
+        // Keep three characters (as sent: escapes whole), drop the rest of the value.
+        let mut kept_end = value_at;
+        let mut end = value_at;
+        let mut units = 0;
+        while let Some((byte, len)) = unit(bytes, end) {
+            if byte == b'&' || byte == b'#' {
+                break;
+            }
+            units += 1;
+            end += len;
+            if units <= 3 {
+                kept_end = end;
+            }
+        }
+        if units > 3 {
+            out.push_str(&target[copied..kept_end]);
+            out.push_str("...");
+            copied = end;
+        }
+        at = end.max(at + 1);
+    }
+    if copied == 0 {
         return target.into();
     }
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, token)) if names_token(pair) && token.chars().count() > 3 => {
-                format!("{name}={}...", token.chars().take(3).collect::<String>())
-            }
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{path}?{}", query.join("&")).into()
+    out.push_str(&target[copied..]);
+    out.into()
+}
+
+/// Where the value begins if `token` and `=` are spelled at `at` (each character as
+/// itself, `%XX` or `%25XX`, letters in either case).
+fn token_name_at(bytes: &[u8], mut at: usize) -> Option<usize> {
+    for expected in b"token=" {
+        let (byte, len) = unit(bytes, at)?;
+        if !byte.eq_ignore_ascii_case(expected) {
+            return None;
+        }
+        at += len;
+    }
+    Some(at)
+}
+
+/// The character at `at` as a client may have spelled it: itself, `%XX`, or `%25XX`
+/// (encoded twice); and how many bytes it takes (a character outside ASCII, all of its
+/// UTF-8 bytes, its first standing for it).
+fn unit(bytes: &[u8], at: usize) -> Option<(u8, usize)> {
+    let hex = |at: usize| -> Option<u8> {
+        let digits = std::str::from_utf8(bytes.get(at..at + 2)?).ok()?;
+        u8::from_str_radix(digits, 16).ok()
+    };
+    let byte = *bytes.get(at)?;
+    if byte != b'%' {
+        let len = match byte {
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xff => 4,
+            _ => 1,
+        };
+        return Some((byte, len.min(bytes.len() - at)));
+    }
+    match hex(at + 1) {
+        Some(b'%') => match hex(at + 3) {
+            Some(twice) => Some((twice, 5)),
+            None => Some((b'%', 3)),
+        },
+        Some(once) => Some((once, 3)),
+        None => Some((b'%', 1)),
+    }
 }
 
 pub fn log(exchange: &Exchange<'_>) {
@@ -499,6 +562,50 @@ mod tests {
         assert!(super::UNREAD.named().all(|(_, _, v)| v.is_none()));
     }
 
+    /// Any target: no panic (a cut inside a character), and a value after a spelled-out
+    /// `token=` never shows past its third character.
+    #[test]
+    fn token_cutting_holds_for_any_target() {
+        const PIECES: [&str; 16] = [
+            "%",
+            "25",
+            "3D",
+            "3F",
+            "26",
+            "token",
+            "TOK%65N",
+            "=",
+            "&",
+            "?",
+            "\u{e9}",
+            "#",
+            "secret",
+            "a",
+            "%2",
+            "\u{1f600}",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut seen_secret = 0;
+        for _ in 0..200_000 {
+            let mut target = String::from("/p?");
+            for _ in 0..next() % 12 {
+                target.push_str(PIECES[(next() % 16) as usize]);
+            }
+            let cut = super::without_tokens(&target);
+            if target.contains("token=secret") {
+                seen_secret += 1;
+                assert!(!cut.contains("token=secret"), "{target} -> {cut}");
+            }
+        }
+        assert!(seen_secret > 100, "{seen_secret} targets with a token");
+    }
+
     #[test]
     fn token_query_values_are_cut_in_the_access_line() {
         let cut = |t| super::without_tokens(t).into_owned();
@@ -511,7 +618,35 @@ mod tests {
         // However the name is written, as the plugin decodes it.
         assert_eq!(cut("/a?tok%65n=abcdef"), "/a?tok%65n=abc...");
         assert_eq!(cut("/a?tokens=abcdef"), "/a?tokens=abcdef");
-        assert_eq!(cut("/a?tokens=abcdef"), "/a?tokens=abcdef");
         assert_eq!(cut("/plain"), "/plain");
+        // A review: wherever noVNC or a browser may carry one (the README's own form).
+        assert_eq!(
+            cut("/vnc.html?path=websockify%3Ftoken%3Dalicesecret"),
+            "/vnc.html?path=websockify%3Ftoken%3Dali..."
+        );
+        assert_eq!(
+            cut("/vnc.html?path=websockify%253Ftoken%253Dalicesecret%2526x%253D1"),
+            "/vnc.html?path=websockify%253Ftoken%253Dali...%2526x%253D1"
+        );
+        assert_eq!(
+            cut("/vnc.html?x=1?token=alicesecret"),
+            "/vnc.html?x=1?token=ali..."
+        );
+        assert_eq!(
+            cut("/a?path=w%3Ftok%2565n%3D%61%6C%69%63%65&b=2"),
+            "/a?path=w%3Ftok%2565n%3D%61%6C%69...&b=2"
+        );
+        assert_eq!(cut("/a?csrf_token=abcdef"), "/a?csrf_token=abc...");
+        assert_eq!(
+            cut("/a?token=abcdef&token=ghijkl"),
+            "/a?token=abc...&token=ghi..."
+        );
+        assert_eq!(cut("/a?TOKEN=abcdef#x"), "/a?TOKEN=abc...#x");
+        assert_eq!(cut("/a?token=%"), "/a?token=%");
+        assert_eq!(cut("/a?x=%zz&token=%"), "/a?x=%zz&token=%");
+        assert_eq!(
+            cut("/a?token=\u{e9}\u{e9}\u{e9}\u{e9}"),
+            "/a?token=\u{e9}\u{e9}\u{e9}..."
+        );
     }
 }
