@@ -133,8 +133,11 @@ pub fn route(
     Route::Answer(plain_answer(head, bytes, tokens, in_service))
 }
 
-/// A browser asking for a page (`Accept: text/html`) with `GET` or `HEAD`, not to switch,
-/// at a path that is not the daemon's own, while a WebSocket plugin takes connections.
+/// A browser asking for a page (`Accept: text/html`, not at `q=0`) with `GET` or `HEAD`,
+/// not to switch, at a path that is not the daemon's own, while a WebSocket plugin takes
+/// connections; not a navigation from another site (`Sec-Fetch-Site` other than `none` or
+/// `same-origin`: a review had another site's page open the console, which then started a
+/// route's program with that page's query as its own origin's).
 fn wants_console(
     head: &Head,
     bytes: &[u8],
@@ -142,12 +145,25 @@ fn wants_console(
     in_service: &dyn Fn(usize) -> bool,
 ) -> bool {
     let page = |accepted: &[u8]| {
-        let media = accepted.split(|&b| b == b';').next().unwrap_or_default();
-        media.trim_ascii().eq_ignore_ascii_case(b"text/html")
+        let mut parts = accepted.split(|&b| b == b';');
+        let media = parts.next().unwrap_or_default();
+        let refused = parts.any(|parameter| {
+            let parameter: Vec<u8> = (parameter.iter())
+                .filter(|b| !b.is_ascii_whitespace())
+                .map(u8::to_ascii_lowercase)
+                .collect();
+            let q = parameter.strip_prefix(b"q=");
+            q.is_some_and(|q| q.iter().all(|&b| b == b'0' || b == b'.'))
+        });
+        media.trim_ascii().eq_ignore_ascii_case(b"text/html") && !refused
     };
+    let from_own_site = head.values(bytes, "sec-fetch-site").all(|site| {
+        site.eq_ignore_ascii_case(b"none") || site.eq_ignore_ascii_case(b"same-origin")
+    });
     !head.wants_upgrade
         && matches!(head.method(bytes), "GET" | "HEAD")
         && !PAGES.contains(&head.path(bytes))
+        && from_own_site
         && head.list(bytes, "accept").any(page)
         && tokens.find(b"websocket").is_some_and(in_service)
 }
@@ -419,12 +435,25 @@ mod tests {
         assert_eq!(decide(browser, &no_websocket, true), 426);
         let head = b"HEAD / HTTP/1.1\r\nHost: a\r\nAccept: TEXT/HTML; q=1\r\n\r\n";
         assert_eq!(decide(head, &all, true), 0);
+        let typed =
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nSec-Fetch-Site: none\r\n\r\n";
+        assert_eq!(decide(typed, &all, true), 0, "an address typed in");
+        let own = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nSec-Fetch-Site: same-origin\r\n\r\n";
+        assert_eq!(
+            decide(own, &all, true),
+            0,
+            "a link on the daemon's own pages"
+        );
         for other in [
             &b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/htmlx\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nContent-Length: 0\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html;q=0, */*\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html; q=0.0\r\n\r\n",
+            b"GET /run?x=1 HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nSec-Fetch-Site: cross-site\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nSec-Fetch-Site: same-site\r\n\r\n",
         ] {
             assert_ne!(
                 decide(other, &all, true),

@@ -21,12 +21,17 @@ export SWITCHYARD_WEBSOCKET_ROUTES="/cat=exec:/bin/cat"
 start_daemon "$work/plugins"
 chromium=$(command -v chromium || true)
 [ -n "$chromium" ] || { echo "chromium is not installed (.ci/run installs it)" >&2; exit 1; }
-# Once the console says "open", a message is typed and sent (once); then the page's
-# received lines are read until cat's answer is among them.
+# Connect is clicked (the console opens nothing by itself); once it says "open", a message
+# is typed and sent (once); then the page's received lines are read until cat's answer is
+# among them.
 "$py" "$root/tests/scripts/chromium_page.py" "$chromium" "http://$addr/cat?from=console" "
   (() => {
     const state = document.getElementById('state');
     if (!state) return 'no console';
+    if (!window.clicked) {
+      document.getElementById('connect').click();
+      window.clicked = true;
+    }
     if (!window.sentOnce && state.textContent === 'open') {
       document.getElementById('message').value = 'hello from chromium';
       document.getElementById('submit').click();

@@ -2071,8 +2071,19 @@ fn the_development_console_answers_a_browser_and_nothing_else() {
             && html.contains("location.pathname + location.search"),
         "the page opens its own address"
     );
+    assert_eq!(page.header("Referrer-Policy"), Some("no-referrer"));
+    assert!(
+        !html.contains("\nconnect();"),
+        "nothing opens until the user clicks"
+    );
     // The same connection goes on, and asking for anything but a page is as before.
     client.send("GET /cat HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n");
+    assert_eq!(client.response().status, 426);
+    // Another site's page navigating here gets no console (a review: it started the
+    // route's program with a query of its choosing, the console being same-origin).
+    client.send(
+        "GET /cat?x=pwned HTTP/1.1\r\nHost: t\r\nAccept: text/html\r\nSec-Fetch-Site: cross-site\r\n\r\n",
+    );
     assert_eq!(client.response().status, 426);
     client.send("GET /healthz HTTP/1.1\r\nHost: t\r\nAccept: text/html\r\n\r\n");
     assert_eq!(client.response().body_text(), "ok\n");
