@@ -240,7 +240,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_DEVCONSOLE",
         default: "`off`",
-        meaning: "`on`: a browser that opens a path as a page (`GET` with `Accept: text/html`, no `Upgrade`) that no static route covers, while a WebSocket plugin serves, gets a console that opens a WebSocket to the same address and shows each message each way, with a field to send text, as websocketd's `--devconsole` (for trying a route without a client; it answers every such path, so leave it off in production: a warning at start says it is on)",
+        meaning: "`on`: a browser that opens a path as a page (`GET` with `Accept: text/html`, no `Upgrade`) that no static route covers, while a WebSocket plugin serves, gets a console that opens a WebSocket to the same address when Connect is clicked and shows each message each way, with a field to send text, as websocketd's `--devconsole` (for trying a route without a client; not served to a navigation from another site, `Sec-Fetch-Site`; it answers every such path, so leave it off in production: a warning at start says it is on)",
     },
     Setting {
         variable: "SWITCHYARD_TLS_CERT",
