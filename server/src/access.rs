@@ -86,9 +86,36 @@ pub fn enabled() -> bool {
     log::log_enabled!(target: "switchyard::access", log::Level::Info)
 }
 
-/// The most of a named field's value an access line shows (nginx's lines have no limit
-/// but its 8 KiB head; a switched connection keeps what its line will say for its life).
+/// The most of a named field's value an access line shows of an HTTP/1.1 request (nginx's
+/// lines have no limit but its 8 KiB head; a switched connection keeps what its line will
+/// say for its life), counted as written ([`Shown`]).
 pub const FIELD_LIMIT: usize = 512;
+
+/// How much of a request a line shows, each character counted as the line writes it (a
+/// control character as `\u{1b}` or `\u001b`: six bytes), so that what a client sends
+/// once cannot make the line many times longer than the limit; past it, cut and `...`.
+#[derive(Debug, Clone, Copy)]
+struct Shown {
+    target: usize,
+    field: usize,
+}
+
+/// An HTTP/1.1 request: its target whole (within `SWITCHYARD_MAX_TARGET_BYTES`), each
+/// named field to [`FIELD_LIMIT`].
+const HTTP1_SHOWN: Shown = Shown {
+    target: usize::MAX,
+    field: FIELD_LIMIT,
+};
+
+/// A plugin's exchange (an HTTP/2 stream, whose fields HPACK lets a client send again for
+/// a byte each): a path as HAProxy's 1 KiB lines show one, a field as a browser's
+/// `User-Agent` (about 110 bytes) needs. A review measured 260 bytes of log a byte sent
+/// with control characters in fields cut at 128 bytes before escaping; counted as
+/// written, a stream's line stays within about 1.7 KB.
+const PLUGIN_SHOWN: Shown = Shown {
+    target: 1024,
+    field: 128,
+};
 
 /// The request fields an access line names, in its order: the line's key, the JSON key
 /// and the field.
@@ -137,7 +164,7 @@ impl Request {
             0 => "HTTP/1.0",
             _ => "HTTP/1.1",
         };
-        Request::build(method, target, version, field)
+        Request::build(method, target, version, field, HTTP1_SHOWN)
     }
 
     /// `field(name)` as [`Request::read`] takes it; `version` as it is logged (`HTTP/1.1`).
@@ -146,8 +173,10 @@ impl Request {
         target: &str,
         version: &str,
         field: impl Fn(&str) -> Option<&'a [u8]>,
+        shown: Shown,
     ) -> Request {
         let target = without_tokens(target);
+        let target = cut_shown(&target, shown.target);
         let values = NAMED.map(|(_, _, name)| {
             let value = String::from_utf8_lossy(field(name)?);
             // A page opened with `?token=` is the `Referer` of what it loads (noVNC's).
@@ -158,7 +187,7 @@ impl Request {
         });
         let values = values
             .each_ref()
-            .map(|v| v.as_deref().map(|v| cut(v, FIELD_LIMIT)));
+            .map(|v| v.as_deref().map(|v| cut_shown(v, shown.field)));
         let fields: usize = values.iter().flatten().map(|v| v.len()).sum();
         let line = method.len() + target.len() + version.len() + 2;
         let mut text = String::with_capacity(line + fields);
@@ -209,13 +238,20 @@ impl Request {
     }
 }
 
-/// `value`'s first `limit` bytes at most, cut at a character's boundary.
-fn cut(value: &str, limit: usize) -> &str {
-    let mut end = value.len().min(limit);
-    while !value.is_char_boundary(end) {
-        end -= 1;
+/// `value` whole if it is written in `limit` bytes or fewer ([`Shown`]), else as much of
+/// it as is, and `...`.
+fn cut_shown(value: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    let mut written = 0;
+    for (at, c) in value.char_indices() {
+        written += match c {
+            '\0'..='\x1f' | '\x7f' => 6,
+            _ => c.escape_debug().count().max(c.len_utf8()),
+        };
+        if written > limit {
+            return format!("{}...", &value[..at]).into();
+        }
     }
-    &value[..end]
+    value.into()
 }
 
 /// An exchange a plugin served inside its connection (ABI 1.8: an HTTP/2 stream), written
@@ -233,7 +269,13 @@ pub fn log_plugins(exchange: &protocol_api::access::Exchange<'_>) {
         _ => None,
     };
     let field = |name: &str| field(name).map(str::as_bytes);
-    let request = Request::build(exchange.method, exchange.target, exchange.version, field);
+    let request = Request::build(
+        exchange.method,
+        exchange.target,
+        exchange.version,
+        field,
+        PLUGIN_SHOWN,
+    );
     log(&Exchange {
         peer: exchange
             .peer
@@ -505,7 +547,8 @@ mod tests {
             "host" => Some(&b""[..]),
             _ => None,
         };
-        let request = super::Request::build("GET", "/a\"b\n?x", "HTTP/1.1", field);
+        let request =
+            super::Request::build("GET", "/a\"b\n?x", "HTTP/1.1", field, super::HTTP1_SHOWN);
         let exchange = super::Exchange {
             peer: "127.0.0.1:5000".parse().unwrap(),
             request: &request,
@@ -542,10 +585,16 @@ mod tests {
             "user-agent" => Some(&b"ua"[..]),
             _ => None,
         };
-        let request = super::Request::build("GET", "/?token=secret", "HTTP/1.1", field);
+        let request = super::Request::build(
+            "GET",
+            "/?token=secret",
+            "HTTP/1.1",
+            field,
+            super::HTTP1_SHOWN,
+        );
         assert_eq!(request.line(), "GET /?token=sec... HTTP/1.1");
         let named: Vec<_> = request.named().map(|(key, _, v)| (key, v)).collect();
-        let origin = "é".repeat(super::FIELD_LIMIT / 2);
+        let origin = format!("{}...", "é".repeat(super::FIELD_LIMIT / 2));
         assert_eq!(
             named,
             [
@@ -560,6 +609,24 @@ mod tests {
         );
         assert_eq!(super::UNREAD.line(), "-");
         assert!(super::UNREAD.named().all(|(_, _, v)| v.is_none()));
+    }
+
+    /// A plugin's exchange: its fields and target cut as the line writes them, so control
+    /// characters (six bytes each, escaped) make it no longer (a review: 260 bytes of log
+    /// a byte sent over HTTP/2).
+    #[test]
+    fn a_plugins_fields_are_cut_as_written() {
+        let controls = "\x1b".repeat(1000);
+        let field = |name: &str| (name == "user-agent").then_some(controls.as_bytes());
+        let path = format!("/{}", "\\".repeat(2000));
+        let request = super::Request::build("GET", &path, "HTTP/2.0", field, super::PLUGIN_SHOWN);
+        let agent = request.named().last().unwrap().2.unwrap();
+        assert_eq!(agent, format!("{}...", "\x1b".repeat(128 / 6)));
+        assert_eq!(format!("{agent:?}").len(), 2 + 21 * 6 + 3);
+        let target = request.line().split(' ').nth(1).unwrap();
+        assert_eq!(format!("{target:?}").len(), 2 + 1 + 2 * 511 + 3, "{target}");
+        let json = serde_json::to_string(agent).unwrap();
+        assert!(json.len() <= 2 + 128 + 3, "{json}");
     }
 
     /// Any target: no panic (a cut inside a character), and a value after a spelled-out
