@@ -703,10 +703,12 @@ fn rapid_reset_over_many_connections_of_one_address_gets_goaway_on_either_engine
         let raw = raw_http1_backend();
         let h2 = backend(Arc::default()).await;
         let [(relay, relay_routes), (hyper, hyper_routes)] = both_engines(h2, raw);
-        for (engine, routes, connections, pace, code) in [
-            (relay, relay_routes, 4, None, 0xb),
-            // Paced under h2's own count; hyper's GOAWAY is graceful.
-            (hyper, hyper_routes, 8, Some(20), 0x0),
+        for (engine, routes, connections, pace, codes_sent) in [
+            (relay, relay_routes, 4, None, &[0xb][..]),
+            // Paced under h2's own count; hyper's GOAWAY is graceful. (On a loaded machine
+            // the pace bunches up and h2's own count may send a connection away first,
+            // with ENHANCE_YOUR_CALM, a flake audit saw: sent away either way.)
+            (hyper, hyper_routes, 8, Some(20), &[0x0, 0xb][..]),
         ] {
             let daemon = daemon(&routes, &[]);
             let addr = daemon.addr;
@@ -722,8 +724,8 @@ fn rapid_reset_over_many_connections_of_one_address_gets_goaway_on_either_engine
                 "{engine}: 600 are within one connection's budget"
             );
             assert!(
-                codes.contains(&Some(code)),
-                "{engine}: no GOAWAY {code:#x} on {connections} connections of 600 resets: {codes:?}"
+                codes.iter().flatten().any(|code| codes_sent.contains(code)),
+                "{engine}: no GOAWAY {codes_sent:x?} on {connections} connections of 600 resets: {codes:?}"
             );
         }
     });

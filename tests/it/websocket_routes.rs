@@ -1875,7 +1875,9 @@ fn clients_that_never_read_get_no_reader_of_a_shared_route_closed() {
 /// within its window each time, and its hold began anew: it held a route whose program
 /// writes as fast as it can to its own pace for good (another reader got 1.3 MB/s where it
 /// took 300 alone). A client holds the others for 1 s in all now, coming back at a tenth of
-/// the time passing: here a reader from another address gets many times what it takes.
+/// the time passing: here a reader from another address gets many times what it takes
+/// (at its pace it would get as much; twice at least, as six busy processes on two cores
+/// left three times in a flake audit).
 #[test]
 fn a_reader_that_comes_back_now_and_then_does_not_set_a_shared_routes_pace() {
     let dir = tempfile::tempdir().unwrap();
@@ -1911,7 +1913,7 @@ fn a_reader_that_comes_back_now_and_then_does_not_set_a_shared_routes_pace() {
     }
     let took = dipping.join().unwrap();
     assert!(
-        got > 5 * took,
+        got > 2 * took,
         "the reader got {got} bytes in 5 s, the one coming back now and then {took}"
     );
 }
