@@ -569,8 +569,12 @@ pub async fn handle(
                             }
                             stats.answered(status.as_u16());
                         }
-                        // The client reset the stream: nobody reads this answer.
-                        _ => log::debug!("h2c {peer} {shown}: the request body {what}"),
+                        // The client reset the stream: nobody reads this answer (nor
+                        // does its access line name it).
+                        _ => {
+                            log::debug!("h2c {peer} {shown}: the request body {what}");
+                            open.log.client_gone();
+                        }
                     }
                     let text = format!("the request body {what} before it was sent on");
                     return Ok(with_open(answer(status, &text), open));

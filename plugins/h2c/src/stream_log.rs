@@ -5,7 +5,7 @@
 //! or the stream went before it did.
 //!
 //! `in` and `out` count the bodies' bytes (hyper does not say what the field blocks took
-//! on the wire).
+//! on the wire), `out` as hyper took them to send.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri};
@@ -34,6 +34,8 @@ struct Record {
     named: [Option<Box<str>>; 4],
     began: Instant,
     status: Option<u16>,
+    /// The client went before an answer (its request body failed): none is named.
+    gone: bool,
     tally: Arc<Tally>,
 }
 
@@ -73,13 +75,23 @@ impl StreamLog {
             named: [host, field("origin"), field("referer"), field("user-agent")],
             began: Instant::now(),
             status: None,
+            gone: false,
             tally: Arc::default(),
         })))
     }
 
+    /// The client reset the stream or closed its connection before any answer: the answer
+    /// made after that reaches nobody, and the line names none (a review: a `400` the
+    /// client never got).
+    pub fn client_gone(&mut self) {
+        if let Some(record) = self.0.as_deref_mut() {
+            record.gone = true;
+        }
+    }
+
     /// The answer the stream got (its head went, or goes now).
     pub fn answered(&mut self, status: StatusCode) {
-        if let Some(record) = self.0.as_deref_mut() {
+        if let Some(record) = self.0.as_deref_mut().filter(|record| !record.gone) {
             record.status = Some(status.as_u16());
         }
     }
@@ -219,6 +231,7 @@ mod tests {
             named: Default::default(),
             began: Instant::now(),
             status: None,
+            gone: false,
             tally: tally.clone(),
         })));
         let runtime = tokio::runtime::Builder::new_current_thread()
