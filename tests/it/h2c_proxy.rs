@@ -1085,7 +1085,7 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
         // Refused streams have access lines, up to REFUSED_LINES_PER_CLIENT a second in
         // bursts of twice as many: a refused stream costs a client a dozen bytes, its line
         // a hundred times that (a review).
-        let refused = "\"POST / HTTP/2.0\" - proto=h2c in=6 out=0 time=0.0ms \
+        let refused = "\"POST / HTTP/2.0\" - proto=h2c in=6 out=0 time=0.0ms host=\"t\" \
                        reason=\"refused (REFUSED_STREAM): its streams limit\"";
         for _ in 0..1000 {
             if daemon.logs().matches(refused).count() >= 40 {
