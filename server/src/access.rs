@@ -178,11 +178,19 @@ impl Request {
         let target = without_tokens(target);
         let target = cut_shown(&target, shown.target);
         let values = NAMED.map(|(_, _, name)| {
-            let value = String::from_utf8_lossy(field(name)?);
+            let value = field(name)?;
+            // (Checked first: most values are UTF-8, and the check is the faster.)
+            let value = match std::str::from_utf8(value) {
+                Ok(text) => text.into(),
+                Err(_) => String::from_utf8_lossy(value),
+            };
             // A page opened with `?token=` is the `Referer` of what it loads (noVNC's).
-            Some(match name == "referer" {
-                true => without_tokens(&value).into_owned().into(),
-                false => value,
+            if name != "referer" {
+                return Some(value);
+            }
+            Some(match without_tokens(&value) {
+                std::borrow::Cow::Owned(cut) => cut.into(),
+                std::borrow::Cow::Borrowed(_) => value,
             })
         });
         let values = values
@@ -238,9 +246,31 @@ impl Request {
     }
 }
 
+/// Printable ASCII but for `"` and `\`: written as itself, quoted or in JSON.
+fn is_plain(byte: u8) -> bool {
+    matches!(byte, 0x20..=0x7e) && byte != b'"' && byte != b'\\'
+}
+
+/// `text` quoted as `{:?}` writes it (escaped), without its escaping's look at each
+/// character when it has nothing to escape (most requests).
+fn quoted(f: &mut std::fmt::Formatter<'_>, text: &str) -> std::fmt::Result {
+    if !text.bytes().all(is_plain) {
+        return write!(f, "{text:?}");
+    }
+    f.write_str("\"")?;
+    f.write_str(text)?;
+    f.write_str("\"")
+}
+
 /// `value` whole if it is written in `limit` bytes or fewer ([`Shown`]), else as much of
 /// it as is, and `...`.
 fn cut_shown(value: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if value.len() <= limit / 6 {
+        return value.into(); // however it is written
+    }
+    if value.len() <= limit && value.bytes().all(is_plain) {
+        return value.into(); // each byte as itself: most values
+    }
     let mut written = 0;
     for (at, c) in value.char_indices() {
         written += match c {
@@ -397,41 +427,50 @@ pub fn log(exchange: &Exchange<'_>) {
         log::info!(target: "switchyard::access", "{line}");
         return;
     }
-    let elapsed = exchange.started.elapsed();
-    let time = if elapsed.as_secs() >= 1 {
-        format!("{:.3}s", elapsed.as_secs_f64())
-    } else {
-        format!("{:.1}ms", elapsed.as_secs_f64() * 1000.0)
-    };
-    let protocol = exchange
-        .protocol
-        .map(|p| format!(" proto={p}"))
-        .unwrap_or_default();
-    let tls = exchange
-        .tls
-        .map(|t| format!(" tls={}/{}/{}", t.version, t.cipher, t.alpn))
-        .unwrap_or_default();
-    let reason = exchange
-        .reason
-        .map(|r| format!(" reason={r:?}"))
-        .unwrap_or_default();
-    let status = match exchange.status {
-        NO_STATUS => "-".to_string(),
-        status => status.to_string(),
-    };
-    let named: String = exchange
-        .request
-        .named()
-        .filter_map(|(key, _, value)| Some(format!(" {key}={:?}", value?)))
-        .collect();
-    log::info!(
-        target: "switchyard::access",
-        "{} {:?} {status}{protocol}{tls} in={} out={} time={time}{named}{reason}",
-        exchange.peer,
-        exchange.request.line(),
-        exchange.bytes_in,
-        exchange.bytes_out,
-    );
+    log::info!(target: "switchyard::access", "{}", TextLine(exchange));
+}
+
+/// The text line, written straight into the logger's buffer (no string of its own for
+/// each field: a line a request).
+struct TextLine<'a>(&'a Exchange<'a>);
+
+impl std::fmt::Display for TextLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let exchange = self.0;
+        write!(f, "{} ", exchange.peer)?;
+        quoted(f, exchange.request.line())?;
+        f.write_str(" ")?;
+        match exchange.status {
+            NO_STATUS => f.write_str("-")?,
+            status => write!(f, "{status}")?,
+        }
+        if let Some(protocol) = exchange.protocol {
+            write!(f, " proto={protocol}")?;
+        }
+        if let Some(t) = exchange.tls {
+            write!(f, " tls={}/{}/{}", t.version, t.cipher, t.alpn)?;
+        }
+        write!(
+            f,
+            " in={} out={} time=",
+            exchange.bytes_in, exchange.bytes_out
+        )?;
+        let elapsed = exchange.started.elapsed();
+        match elapsed.as_secs() >= 1 {
+            true => write!(f, "{:.3}s", elapsed.as_secs_f64())?,
+            false => write!(f, "{:.1}ms", elapsed.as_secs_f64() * 1000.0)?,
+        }
+        for (key, _, value) in exchange.request.named() {
+            if let Some(value) = value {
+                write!(f, " {key}=")?;
+                quoted(f, value)?;
+            }
+        }
+        if let Some(reason) = exchange.reason {
+            write!(f, " reason={reason:?}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The exchange as one JSON object, `now` its time. Every string a client chose (the
