@@ -784,6 +784,44 @@ fn a_plugin_that_closes_at_once_still_delivers_what_it_wrote() {
     assert!(got[greeting.len()..] == sent[..], "in order");
 }
 
+/// A review: a closing TLS connection whose peer had ended and read nothing was let go
+/// once its records were written, and the kernel kept them (12 KB in an orphaned socket's
+/// queue, probing a shut window for minutes, outside every limit). Now it waits until
+/// they are taken, and at the write time-out drops them with a reset.
+#[test]
+fn a_closing_tls_connection_leaves_the_kernel_nothing_for_a_peer_that_reads_nothing() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("fixture-evented")
+        .env("SWITCHYARD_CLIENT_SNDBUF", "8192")
+        .env("SWITCHYARD_WRITE_TIMEOUT_MS", "2000")
+        .start();
+    let mut tls = connect_small_window(daemon.addr, &pki.client(&[]), "localhost");
+    tls.write_all(upgrade_request("/", "ev-echo").as_bytes())
+        .unwrap();
+    let (head, _) = response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls.write_all(&[7u8; 20_000]).unwrap();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let local = tls.sock.local_addr().unwrap();
+    // Its socket is gone (reset) soon after the 2 s time-out, its queue with it.
+    let began = Instant::now();
+    let mut queues = crate::support::kernel_queues(daemon.addr, local);
+    while queues.is_some() && began.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(50));
+        queues = crate::support::kernel_queues(daemon.addr, local);
+    }
+    assert_eq!(
+        queues,
+        None,
+        "the daemon's socket still holds bytes for a peer that reads nothing after {:?}",
+        began.elapsed()
+    );
+}
+
 #[test]
 fn rfc9113_3_4_after_alpn_h2_anything_but_the_preface_gets_goaway() {
     let pki = Pki::new();

@@ -3,9 +3,11 @@
 //! under TLS the last records (and `close_notify`) are still ours to write. They go out on
 //! writable events, then the FIN; then, as an HTTP connection lingers (RFC 9112 §9.6),
 //! what the peer still sends is read and dropped until its end, so that closing with
-//! unread bytes does not reset the connection and discard what it has not yet taken. A
-//! peer that takes nothing, or never ends, loses the rest at the deadline; one that sends
-//! more than [`DROP_LIMIT`] meanwhile is not waiting for the end, and loses it at once.
+//! unread bytes does not reset the connection and discard what it has not yet taken; and
+//! once it ended, until it has taken everything (the kernel's queue too). A peer that
+//! takes nothing, or never ends, loses the rest at the deadline, with a reset, so that the
+//! kernel keeps nothing for it either; one that sends more than [`DROP_LIMIT`] meanwhile
+//! is not waiting for the end, and loses it at once.
 
 use super::transport::{Transport, Wire};
 use crate::daemon::state::Ticket;
@@ -67,7 +69,7 @@ impl Closing {
             }
         }
         if self.peer_ended {
-            return self.all_out;
+            return self.all_taken();
         }
         if readable || closed {
             // Dropped unread (ciphertext of a session whose plugin is gone).
@@ -82,7 +84,7 @@ impl Closing {
                 match (&self.wire.socket).read(&mut sink) {
                     Ok(0) => {
                         self.peer_ended = true;
-                        return self.all_out;
+                        return self.all_taken();
                     }
                     Ok(n) => {
                         this_event += n;
@@ -102,6 +104,13 @@ impl Closing {
             }
         }
         false
+    }
+
+    /// Everything is out and acknowledged: closing now leaves the kernel nothing to hold
+    /// (a review: closed with 12 KB still queued, an orphaned socket kept them for minutes
+    /// for a peer that read nothing). Acknowledgements bring writable events.
+    fn all_taken(&self) -> bool {
+        self.all_out && crate::sys::tcp_unacked_bytes(&self.wire.socket).unwrap_or(0) == 0
     }
 
     /// Its reading stopped at its share of a turn with the socket not drained: the loop

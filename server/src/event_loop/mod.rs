@@ -881,6 +881,9 @@ impl Loop {
             match entry.conn {
                 Conn::Http(conn) => drop(conn),
                 Conn::Closing(mut closing) => {
+                    // At its deadline: what the kernel still holds for a peer that took
+                    // nothing goes too (SWITCHYARD_WRITE_TIMEOUT_MS's promise).
+                    crate::sys::reset_if_unsent(&closing.wire.socket);
                     let _ = self.poll.registry().deregister(&mut closing.wire.socket);
                 }
                 Conn::Event(mut session) => {
