@@ -631,8 +631,10 @@ fn a_connection_holding_little_is_served_while_its_address_holds_its_budget() {
             .initial_connection_window_size(4 << 20)
             .clone();
         let honest = crate::h2c_proxy::connect_by(daemon.addr, &wide).await;
-        let (status, body) = get(&honest, "/large").await;
-        assert_eq!((status, body.len()), (StatusCode::OK, 1 << 20));
+        // A small answer: a 1 MiB one took 724 ms on CI's loaded machine, past the second
+        // after which the holder's answers are let go, and proved nothing then.
+        let (status, body) = get(&honest, "/honest").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "/honest"));
         // Served before the other's answers were let go (a second after the address went
         // past its budget), not thanks to it.
         let logs = daemon.logs();
