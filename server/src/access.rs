@@ -345,16 +345,18 @@ fn without_tokens(target: &str) -> std::borrow::Cow<'_, str> {
     let mut copied = 0;
     let mut at = query_at + 1;
     while at < bytes.len() {
-        let Some(value_at) = token_name_at(bytes, at) else {
+        let Some((value_at, depth)) = token_name_at(bytes, at) else {
             at += 1;
             continue;
         };
-        // Keep three characters (as sent: escapes whole), drop the rest of the value.
+        // Keep three characters (as sent: escapes whole), drop the rest of the value,
+        // which ends at a separator spelled no deeper than its `=`: a literal `token=`
+        // ends at a literal `&`, its value holding `%26` as the plugin decodes it.
         let mut kept_end = value_at;
         let mut end = value_at;
         let mut units = 0;
-        while let Some((byte, len)) = unit(bytes, end) {
-            if byte == b'&' || byte == b'#' {
+        while let Some((byte, len, spelled)) = unit(bytes, end, depth) {
+            if (byte == b'&' || byte == b'#') && spelled <= depth {
                 break;
             }
             units += 1;
@@ -377,26 +379,34 @@ fn without_tokens(target: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// Where the value begins if `token` and `=` are spelled at `at` (each character as
-/// itself, `%XX` or `%25XX`, letters in either case).
-fn token_name_at(bytes: &[u8], mut at: usize) -> Option<usize> {
+/// Where the value begins, and how deep its `=` was encoded (0: itself, 1: `%3D`, 2:
+/// `%253D`), if `token` and `=` are spelled at `at` (each character as itself, `%XX` or
+/// `%25XX`, letters in either case).
+fn token_name_at(bytes: &[u8], mut at: usize) -> Option<(usize, u8)> {
+    let mut depth = 0;
     for expected in b"token=" {
-        let (byte, len) = unit(bytes, at)?;
+        let (byte, len, spelled) = unit(bytes, at, 2)?;
         if !byte.eq_ignore_ascii_case(expected) {
             return None;
         }
         at += len;
+        depth = spelled;
     }
-    Some(at)
+    Some((at, depth))
 }
 
-/// The character at `at` as a client may have spelled it: itself, `%XX`, or `%25XX`
-/// (encoded twice); and how many bytes it takes (a character outside ASCII, all of its
-/// UTF-8 bytes, its first standing for it).
-fn unit(bytes: &[u8], at: usize) -> Option<(u8, usize)> {
+/// The character at `at` as a client may have spelled it: itself, `%XX`, or (when
+/// `deepest` is 2) `%25XX`, encoded twice; how many bytes it takes (a character outside
+/// ASCII, all of its UTF-8 bytes, its first standing for it); and how many times it was
+/// encoded. A value read at depth 0 is decoded once by its reader: `%2541` is `%`, `4`,
+/// `1` there; at depth 1, twice.
+fn unit(bytes: &[u8], at: usize, deepest: u8) -> Option<(u8, usize, u8)> {
     let hex = |at: usize| -> Option<u8> {
-        let digits = std::str::from_utf8(bytes.get(at..at + 2)?).ok()?;
-        u8::from_str_radix(digits, 16).ok()
+        let digits = bytes.get(at..at + 2)?;
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
     };
     let byte = *bytes.get(at)?;
     if byte != b'%' {
@@ -406,15 +416,15 @@ fn unit(bytes: &[u8], at: usize) -> Option<(u8, usize)> {
             0xf0..=0xff => 4,
             _ => 1,
         };
-        return Some((byte, len.min(bytes.len() - at)));
+        return Some((byte, len.min(bytes.len() - at), 0));
     }
     match hex(at + 1) {
-        Some(b'%') => match hex(at + 3) {
-            Some(twice) => Some((twice, 5)),
-            None => Some((b'%', 3)),
+        Some(b'%') if deepest >= 1 => match hex(at + 3) {
+            Some(twice) => Some((twice, 5, 2)),
+            None => Some((b'%', 3, 1)),
         },
-        Some(once) => Some((once, 3)),
-        None => Some((b'%', 1)),
+        Some(once) => Some((once, 3, 1)),
+        None => Some((b'%', 1, 0)),
     }
 }
 
@@ -754,5 +764,20 @@ mod tests {
             cut("/a?token=\u{e9}\u{e9}\u{e9}\u{e9}"),
             "/a?token=\u{e9}\u{e9}\u{e9}..."
         );
+        // A second review: a value holds what is encoded deeper than its `=` (the plugin
+        // reads `a&bcdefgh` from the first), and `%2541` is three characters to a reader
+        // that decodes once.
+        assert_eq!(cut("/w?token=a%26bcdefgh"), "/w?token=a%26b...");
+        assert_eq!(cut("/w?token=a%23bcdefgh"), "/w?token=a%23b...");
+        assert_eq!(
+            cut("/v?path=websockify%3Ftoken%3Dab%2526cdefgh"),
+            "/v?path=websockify%3Ftoken%3Dab%2526..."
+        );
+        assert_eq!(
+            cut("/v?path=websockify%3Ftoken%3Dabcdef%26x%3D1"),
+            "/v?path=websockify%3Ftoken%3Dabc...%26x%3D1"
+        );
+        assert_eq!(cut("/w?token=%2541%2542SECRET"), "/w?token=%2541...");
+        assert_eq!(cut("/w?token=%+1%+1SECRET"), "/w?token=%+1...");
     }
 }
