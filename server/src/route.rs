@@ -133,6 +133,19 @@ pub fn route(
     Route::Answer(plain_answer(head, bytes, tokens, in_service))
 }
 
+/// Whether the address `page` (a `Referer` or `Origin`) is on the host `host` names.
+fn names_host(page: &[u8], host: Option<&[u8]>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let rest = match page.iter().position(|&b| b == b':') {
+        Some(at) if page[at..].starts_with(b"://") => &page[at + 3..],
+        _ => return false,
+    };
+    let authority = rest.split(|&b| b == b'/').next().unwrap_or_default();
+    authority.eq_ignore_ascii_case(host)
+}
+
 /// A browser asking for a page (`Accept: text/html`, not at `q=0`) with `GET` or `HEAD`,
 /// not to switch, at a path that is not the daemon's own, while a WebSocket plugin takes
 /// connections; not a navigation from another site (`Sec-Fetch-Site` other than `none` or
@@ -157,9 +170,18 @@ fn wants_console(
         });
         media.trim_ascii().eq_ignore_ascii_case(b"text/html") && !refused
     };
-    let from_own_site = head.values(bytes, "sec-fetch-site").all(|site| {
-        site.eq_ignore_ascii_case(b"none") || site.eq_ignore_ascii_case(b"same-origin")
-    });
+    let mut fetch_site = head.values(bytes, "sec-fetch-site").peekable();
+    let from_own_site = match fetch_site.peek() {
+        Some(_) => fetch_site.all(|site| {
+            site.eq_ignore_ascii_case(b"none") || site.eq_ignore_ascii_case(b"same-origin")
+        }),
+        // A browser that does not say (Safari before 16.4, Firefox before 90): a page of
+        // another origin that led here names itself in the Referer (or Origin).
+        None => ["referer", "origin"].iter().all(|field| {
+            (head.values(bytes, field))
+                .all(|page| names_host(page, head.values(bytes, "host").next()))
+        }),
+    };
     !head.wants_upgrade
         && matches!(head.method(bytes), "GET" | "HEAD")
         && !PAGES.contains(&head.path(bytes))
@@ -444,6 +466,12 @@ mod tests {
             0,
             "a link on the daemon's own pages"
         );
+        let old = b"GET / HTTP/1.1\r\nHost: a:80\r\nAccept: text/html\r\nReferer: http://a:80/page\r\n\r\n";
+        assert_eq!(
+            decide(old, &all, true),
+            0,
+            "a browser without Sec-Fetch-Site, its own site"
+        );
         for other in [
             &b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -454,6 +482,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html; q=0.0\r\n\r\n",
             b"GET /run?x=1 HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nSec-Fetch-Site: cross-site\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nSec-Fetch-Site: same-site\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nReferer: http://evil.example/x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nReferer: http://a.evil/\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nOrigin: null\r\n\r\n",
         ] {
             assert_ne!(
                 decide(other, &all, true),
