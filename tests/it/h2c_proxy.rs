@@ -707,7 +707,9 @@ fn rapid_reset_over_many_connections_of_one_address_gets_goaway_on_either_engine
             (relay, relay_routes, 4, None, &[0xb][..]),
             // Paced under h2's own count; hyper's GOAWAY is graceful. (On a loaded machine
             // the pace bunches up and h2's own count may send a connection away first,
-            // with ENHANCE_YOUR_CALM, a flake audit saw: sent away either way.)
+            // with ENHANCE_YOUR_CALM, a flake audit saw: sent away either way. So under
+            // load this row may pass on h2's count alone; unloaded, only the address's
+            // budget sends 0x0.)
             (hyper, hyper_routes, 8, Some(20), &[0x0, 0xb][..]),
         ] {
             let daemon = daemon(&routes, &[]);
