@@ -625,6 +625,9 @@ unsafe extern "C" fn host_access_line_named(
 /// `exchange`: NULL or the plugin's, lent for the call, as `names` and what both point at.
 unsafe fn access_line(exchange: *const RawExchange, names: Option<&RawRequestNames>) {
     guarded((), || {
+        if !crate::access::enabled() {
+            return; // nothing decoded for a line nobody writes
+        }
         // SAFETY: NULL or the plugin's exchange, lent for the call.
         let Some(raw) = (unsafe { exchange.as_ref() }) else {
             return;
