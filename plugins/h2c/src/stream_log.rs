@@ -7,6 +7,7 @@
 //! `in` and `out` count the bodies' bytes (hyper does not say what the field blocks took
 //! on the wire), `out` as hyper took them to send.
 
+use crate::relay::stream::{cut, LOGGED_FIELD, LOGGED_TARGET};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use hyper::body::{Body, Frame};
@@ -16,11 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-
-/// Most bytes of a target a line shows, as the relay's ([`crate::relay::stream`]).
-const LOGGED_TARGET: usize = 1024;
-/// Most bytes of a named field a line shows, as the relay's.
-const LOGGED_FIELD: usize = crate::relay::stream::LOGGED_FIELD;
 
 /// One stream's line, written when dropped; nothing while the access log is off.
 #[derive(Default)]
@@ -58,20 +54,17 @@ impl StreamLog {
         }
         let field = |name: &str| {
             let value = headers.get(name)?;
-            Some(cut(
-                &String::from_utf8_lossy(value.as_bytes()),
-                LOGGED_FIELD,
-            ))
+            Some(cut(value.as_bytes(), LOGGED_FIELD))
         };
         let host = uri
             .authority()
-            .map(|a| cut(a.as_str(), LOGGED_FIELD))
+            .map(|a| cut(a.as_str().as_bytes(), LOGGED_FIELD))
             .or_else(|| field("host"));
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         StreamLog(Some(Box::new(Record {
             peer: peer.to_string(),
-            method: cut(method.as_str(), LOGGED_TARGET / 10),
-            target: cut(target, LOGGED_TARGET),
+            method: cut(method.as_str().as_bytes(), LOGGED_TARGET / 10),
+            target: cut(target.as_bytes(), LOGGED_TARGET),
             named: [host, field("origin"), field("referer"), field("user-agent")],
             began: Instant::now(),
             status: None,
@@ -204,18 +197,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 }
 
-/// `text`, at most `max` bytes of it (at a character's end) and `...` if cut.
-fn cut(text: &str, max: usize) -> Box<str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let end = (0..=max)
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    format!("{}...", &text[..end]).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +232,7 @@ mod tests {
         assert_eq!(tally.bytes_out.load(Relaxed), 7);
         assert!(tally.answered.load(Relaxed));
         assert_eq!(
-            &*cut(&"é".repeat(600), LOGGED_FIELD),
+            &*cut("é".repeat(600).as_bytes(), LOGGED_FIELD),
             format!("{}...", "é".repeat(LOGGED_FIELD / 2))
         );
     }

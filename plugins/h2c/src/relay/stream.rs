@@ -339,8 +339,9 @@ impl AccessRecord {
     }
 }
 
-/// `bytes` as text, at most `max` bytes of it (at a character's end) and `...` if cut.
-fn cut(bytes: &[u8], max: usize) -> Box<str> {
+/// `bytes` as text, at most `max` bytes of it (at a character's end) and `...` if cut
+/// (the relay's stream lines and the hyper engine's, [`crate::stream_log`]).
+pub(crate) fn cut(bytes: &[u8], max: usize) -> Box<str> {
     let text = String::from_utf8_lossy(bytes);
     if text.len() <= max {
         return text.into();
