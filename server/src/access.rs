@@ -212,7 +212,7 @@ impl Request {
         Request(Some(Box::new(RequestText { text, ends, sent })))
     }
 
-    /// A request given as its line alone (`PRI * HTTP/2.0`, a plugin's stream), when the
+    /// A request given as its line alone (HTTP/2's preface, `PRI * HTTP/2.0`), when the
     /// access log is on.
     pub fn of_line(line: String) -> Request {
         if !enabled() {
