@@ -1,5 +1,5 @@
 /*
- * switchyard_plugin.h: the switchyard plugin ABI, version 1.9, for plugins written in C
+ * switchyard_plugin.h: the switchyard plugin ABI, version 1.10, for plugins written in C
  * (or any language that speaks the C ABI).
  *
  * The same contract as protocol-api's `abi` module (protocol-api/src/abi.rs), item for
@@ -32,7 +32,7 @@ extern "C" {
 
 #define SWITCHYARD_ENTRY_SYMBOL "switchyard_plugin_v1"
 #define SWITCHYARD_ABI_MAJOR 1
-#define SWITCHYARD_ABI_MINOR 9
+#define SWITCHYARD_ABI_MINOR 10
 /* The first 8 bytes of every descriptor: "SWYARD", 0x01, 0x00. */
 #define SWITCHYARD_MAGIC { 'S', 'W', 'Y', 'A', 'R', 'D', 0x01, 0x00 }
 
@@ -61,6 +61,7 @@ extern "C" {
 #define SWITCHYARD_READY_WATCHED_CLOSED 128u  /* 1.4: with READY_WATCHED: a watched descriptor's peer shut its side or it failed;
                                                   until then a short read of a watched stream socket or pipe drained it. Latch it;
                                                   it names no descriptor and may be spurious: read to the end, do not assume the peer gone */
+#define SWITCHYARD_READY_WOKEN 256u  /* 1.10: a waker of this connection was woken (once for every wake since the last call) */
 /* switchyard_wants.interest bits. */
 #define SWITCHYARD_WANT_READ 1u
 #define SWITCHYARD_WANT_WRITE 2u
@@ -123,6 +124,20 @@ typedef struct switchyard_request {
 #define SWITCHYARD_ARRIVAL_PRIOR_KNOWLEDGE 1
 
 /*
+ * (1.10) A readiness connection's waker (switchyard_connection.waker): any thread may keep it
+ * past the call, and its `wake` has the connection's event loop call on_ready with
+ * SWITCHYARD_READY_WOKEN. wake returns 0, or ESRCH once the connection ended (it then does
+ * nothing). `clone` returns the ctx of another handle; each handle is ended once with
+ * `release`. The functions are the host's and thread-safe.
+ */
+typedef struct switchyard_waker {
+    const void *ctx;
+    int32_t (*wake)(const void *ctx);
+    const void *(*clone)(const void *ctx);
+    void (*release)(const void *ctx);
+} switchyard_waker;
+
+/*
  * The switched connection. I/O functions return 0 or an errno value, `*n` the count; a
  * read of 0 means end of stream; reads return the bytes the client sent early first.
  * Lent to serve: blocking. Lent to on_ready: non-blocking (EAGAIN when nothing moves).
@@ -144,6 +159,9 @@ typedef struct switchyard_connection {
      * watching it (before closing it). */
     int32_t (*watch)(void *ctx, int32_t fd);
     int32_t (*unwatch)(void *ctx, int32_t fd);
+    /* ABI 1.10, readiness connections: fills *waker with a waker the plugin owns (EINVAL on a
+     * blocking connection). Every call wakes the same connection: keep one, clone it. */
+    int32_t (*waker)(void *ctx, switchyard_waker *waker);
 } switchyard_connection;
 
 /* What on_ready wants next. */

@@ -74,6 +74,10 @@
 //!   names its request's `Host` (HTTP/2's `:authority`), `Origin`, `Referer` and
 //!   `User-Agent`, as the daemon's own lines do. A function of its own, so that a host
 //!   never reads past the exchange a 1.8 plugin hands it.
+//! - 1.10: [`RawConnection::waker`], [`RawWaker`] and [`READY_WOKEN`]: a readiness
+//!   connection's waker, which any thread may hold past the call and use to have the
+//!   connection's event loop call `on_ready` again (another connection of the plugin that
+//!   has bytes for it, a thread of the plugin's own runtime that finished its work).
 
 use core::ffi::c_void;
 use core::mem::{align_of, offset_of, size_of};
@@ -84,7 +88,7 @@ pub const ENTRY_SYMBOL: &str = "switchyard_plugin_v1";
 /// The major ABI version, as it appears in [`ENTRY_SYMBOL`].
 pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version this crate was built with. Minor versions only append fields.
-pub const ABI_MINOR: u32 = 9;
+pub const ABI_MINOR: u32 = 10;
 /// First bytes of every [`PluginDescriptor`]: proof that the pointer is what it claims.
 pub const MAGIC: [u8; 8] = *b"SWYARD\x01\0";
 
@@ -155,6 +159,9 @@ pub const READY_PEER_CLOSED: u32 = 64;
 /// connection that ended in the same turn, its slot reused), so treat it as "read to the
 /// end", never as "the peer is gone". Given only to plugins of 1.4 or later.
 pub const READY_WATCHED_CLOSED: u32 = 128;
+/// (1.10) `on_ready` `events` bit: a [`RawWaker`] of this connection was woken since its
+/// last call. Wakes before a call are told once, in one call, however many there were.
+pub const READY_WOKEN: u32 = 256;
 
 /// [`RawWants::interest`] bit: call again when the connection may be readable.
 pub const WANT_READ: u32 = 1;
@@ -344,6 +351,33 @@ pub struct RawConnection {
     /// (1.2) Stops watching `fd`; call it before closing `fd`. The host stops watching every
     /// descriptor before `drop_conn`.
     pub unwatch: Option<unsafe extern "C" fn(ctx: *mut c_void, fd: i32) -> i32>,
+    // ---- ABI 1.10 ----
+    /// (1.10) Readiness connections only: fills `*waker` with a waker of this connection
+    /// ([`RawWaker`]), which the plugin owns from then on (it ends it with
+    /// [`RawWaker::release`]). Every call gives a handle to the same connection; keep one
+    /// and clone it. `EINVAL` on a blocking connection.
+    pub waker: Option<unsafe extern "C" fn(ctx: *mut c_void, waker: *mut RawWaker) -> i32>,
+}
+
+/// (1.10) A handle with which any thread, at any time, has a readiness connection's event
+/// loop call its `on_ready` with [`READY_WOKEN`], once the call under way (if any) is over.
+/// Unlike a [`RawConnection`], a waker is the plugin's: it may outlive the call that gave it
+/// and the connection itself, be sent to other threads and be used from several at once;
+/// its functions are the host's, so they stay valid after the plugin's library would be
+/// unloaded. Each handle is ended once with `release`; `clone` makes another to end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawWaker {
+    /// The host's: the argument of the functions below.
+    pub ctx: *const c_void,
+    /// Asks for the call: 0, or `ESRCH` when the connection has ended (nothing happens).
+    /// Cheap (no system call while the loop is running), and wakes while a call is already
+    /// asked for add nothing to it.
+    pub wake: unsafe extern "C" fn(ctx: *const c_void) -> i32,
+    /// Another handle to the same connection: its `ctx` (the functions are the same).
+    pub clone: unsafe extern "C" fn(ctx: *const c_void) -> *const c_void,
+    /// Ends this handle; the `ctx` is not used again.
+    pub release: unsafe extern "C" fn(ctx: *const c_void),
 }
 
 /// What a readiness connection wants next, filled by `on_ready`.
@@ -703,6 +737,9 @@ const _: () = {
     assert!(size_of::<RawRequest>() == 22 * W + 24);
     assert!(offset_of!(RawConnection, fd) == 8 * W);
     assert!(offset_of!(RawConnection, set_write_timeout) == 9 * W);
+    assert!(offset_of!(RawConnection, waker) == 12 * W);
+    assert!(size_of::<RawConnection>() == 13 * W);
+    assert!(size_of::<RawWaker>() == 4 * W);
     assert!(size_of::<RawWants>() == 16);
     // A NULL entry is `None`: the same bits as a plain function pointer.
     assert!(size_of::<Option<ServeFn>>() == W);

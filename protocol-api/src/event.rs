@@ -17,7 +17,8 @@
 //!    connection's state;
 //! 3. [`on_ready`](EventProtocol::on_ready) at once with [`Ready::is_readable`] and
 //!    [`Ready::is_writable`] set, then whenever what it asked for ([`Wants`]) may be possible,
-//!    its timer is due, or the daemon starts to stop;
+//!    its timer is due, a [`Waker`] of it was woken (1.10: by another of the plugin's
+//!    connections, or a thread of its own), or the daemon starts to stop;
 //! 4. the state is dropped when the connection ends, on the thread that made it.
 //!
 //! From the plugin's side readiness is level-triggered: if `on_ready` stops reading before a
@@ -89,6 +90,7 @@
 //! ```
 
 use crate::raw::RawIo;
+pub use crate::raw::Waker;
 use crate::{Decision, Request};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -190,6 +192,12 @@ impl Ready {
     pub fn is_watched_closed(self) -> bool {
         self.0 & crate::abi::READY_WATCHED_CLOSED != 0
     }
+
+    /// (1.10) A [`Waker`] of this connection was woken since its last call (once for
+    /// however many wakes): look at what another thread or connection left for it.
+    pub fn is_woken(self) -> bool {
+        self.0 & crate::abi::READY_WOKEN != 0
+    }
 }
 
 impl std::fmt::Debug for Ready {
@@ -203,6 +211,7 @@ impl std::fmt::Debug for Ready {
             .field("resume", &self.is_resume())
             .field("peer_closed", &self.is_peer_closed())
             .field("watched_closed", &self.is_watched_closed())
+            .field("woken", &self.is_woken())
             .finish()
     }
 }
@@ -246,6 +255,15 @@ impl Wants {
         Wants {
             interest: 0,
             timer: Some(after),
+        }
+    }
+
+    /// (1.10) Wait for nothing but a [`Waker`] of this connection (or the daemon stopping,
+    /// or the peer's reset or full close); the idle limit still counts.
+    pub const fn wake_only() -> Wants {
+        Wants {
+            interest: 0,
+            timer: None,
         }
     }
 
@@ -391,6 +409,15 @@ impl<'a> Io<'a> {
     /// True once the daemon is stopping.
     pub fn is_stopping(&self) -> bool {
         self.io.is_stopping()
+    }
+
+    /// (1.10) A [`Waker`] of this connection, for another thread or another connection to
+    /// have the event loop call `on_ready` with [`Ready::is_woken`]: a chat room's member
+    /// that has messages for it, a thread of the plugin's own runtime that finished its
+    /// work. Take one (in `start` or the first call) and clone it. Fails with `Unsupported`
+    /// on a daemon older than ABI 1.10.
+    pub fn waker(&self) -> io::Result<Waker> {
+        self.io.waker()
     }
 }
 

@@ -4,12 +4,13 @@
 //! semantics: the same `errno` for the same failure, the same shutdown modes, the same
 //! answer to a callback that panics. A plugin never needs this module; a host does.
 
-use crate::abi::{RawBytes, RawConnection, SHUTDOWN_BOTH, SHUTDOWN_READ, SHUTDOWN_WRITE};
+use crate::abi::{RawBytes, RawConnection, RawWaker, SHUTDOWN_BOTH, SHUTDOWN_READ, SHUTDOWN_WRITE};
 use core::ffi::c_void;
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A connection as a host serves it to a plugin. Errors carry an OS error where there is
@@ -36,6 +37,55 @@ pub trait HostConnection {
     fn watch(&mut self, _fd: RawFd, _watch: bool) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(libc::EINVAL))
     }
+    /// A waker of this connection (ABI 1.10), made with [`raw_waker`]; only readiness
+    /// connections have one, others answer `EINVAL`.
+    fn waker(&mut self) -> io::Result<RawWaker> {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+/// What a host's waker does (ABI 1.10): called from any thread, at once from several.
+pub trait HostWaker: Send + Sync + 'static {
+    /// Asks the connection's loop for an `on_ready` call with `READY_WOKEN`; false when
+    /// the connection has ended.
+    fn wake(&self) -> bool;
+}
+
+/// A waker in the ABI's shape, owning one count of `waker` (given back by the plugin's
+/// `release`).
+pub fn raw_waker<W: HostWaker>(waker: Arc<W>) -> RawWaker {
+    RawWaker {
+        ctx: Arc::into_raw(waker).cast(),
+        wake: waker_wake::<W>,
+        clone: waker_clone::<W>,
+        release: waker_release::<W>,
+    }
+}
+
+unsafe extern "C" fn waker_wake<W: HostWaker>(ctx: *const c_void) -> i32 {
+    guarded(libc::EIO, || {
+        // SAFETY: `ctx` is a count of an `Arc<W>` that the caller's handle owns (made by
+        // `raw_waker` or `waker_clone`, not yet released), so the `W` is alive.
+        let waker = unsafe { &*ctx.cast::<W>() };
+        match waker.wake() {
+            true => 0,
+            false => libc::ESRCH,
+        }
+    })
+}
+
+unsafe extern "C" fn waker_clone<W: HostWaker>(ctx: *const c_void) -> *const c_void {
+    // SAFETY: as in `waker_wake`: the caller's count keeps the `Arc` alive while another
+    // count is added, which the new handle owns.
+    unsafe { Arc::increment_strong_count(ctx.cast::<W>()) };
+    ctx
+}
+
+unsafe extern "C" fn waker_release<W: HostWaker>(ctx: *const c_void) {
+    guarded((), || {
+        // SAFETY: the count this handle owned, given back once (the ABI's rule).
+        drop(unsafe { Arc::from_raw(ctx.cast::<W>()) });
+    })
 }
 
 /// What a host knows of a non-blocking socket between readiness events, and the rule by
@@ -109,6 +159,7 @@ pub fn raw_connection<C: HostConnection>(connection: &mut C, fd: RawFd) -> RawCo
         set_write_timeout: Some(conn_set_write_timeout::<C>),
         watch: Some(conn_watch::<C>),
         unwatch: Some(conn_unwatch::<C>),
+        waker: Some(conn_waker::<C>),
     }
 }
 
@@ -287,6 +338,23 @@ unsafe extern "C" fn conn_unwatch<C: HostConnection>(ctx: *mut c_void, fd: i32) 
         // SAFETY: `ctx` per the ABI.
         let connection = unsafe { host::<C>(ctx) };
         unit_result(connection.watch(fd, false))
+    })
+}
+
+unsafe extern "C" fn conn_waker<C: HostConnection>(ctx: *mut c_void, out: *mut RawWaker) -> i32 {
+    guarded(libc::EIO, || {
+        if out.is_null() {
+            return libc::EINVAL;
+        }
+        // SAFETY: `ctx` per the ABI.
+        match unsafe { host::<C>(ctx) }.waker() {
+            Ok(waker) => {
+                // SAFETY: `out` is the plugin's, writable for a `RawWaker`, for this call.
+                unsafe { out.write(waker) };
+                0
+            }
+            Err(e) => errno(&e),
+        }
     })
 }
 

@@ -168,7 +168,7 @@ pub mod export;
 pub use log;
 
 pub use connection::Connection;
-pub use event::{EventProtocol, Io, Ready, Wants};
+pub use event::{EventProtocol, Io, Ready, Waker, Wants};
 pub use protocol::{Decision, Protocol, Rejection};
 pub use request::{Arrival, Request, Tls};
 pub use setting::Setting;

@@ -1,7 +1,7 @@
 //! Calls through a [`RawConnection`]: the one place the safe connection types
 //! ([`Connection`](crate::Connection), [`Io`](crate::Io)) touch the host's function pointers.
 
-use crate::abi::{RawBytes, RawConnection, SHUTDOWN_BOTH, SHUTDOWN_READ, SHUTDOWN_WRITE};
+use crate::abi::{RawBytes, RawConnection, RawWaker, SHUTDOWN_BOTH, SHUTDOWN_READ, SHUTDOWN_WRITE};
 use std::io::{self, IoSlice};
 use std::marker::PhantomData;
 use std::net::Shutdown;
@@ -116,6 +116,26 @@ impl<'a> RawIo<'a> {
         result(unsafe { call(self.raw.ctx, fd) }, 0).map(drop)
     }
 
+    /// This connection's waker; `Unsupported` on a host older than ABI 1.10.
+    pub(crate) fn waker(&self) -> io::Result<Waker> {
+        let call = match crate::host::host_minor() >= 10 {
+            true => self.raw.waker,
+            false => None,
+        };
+        let Some(call) = call else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the daemon predates wakers (plugin ABI 1.10)",
+            ));
+        };
+        let mut raw = std::mem::MaybeUninit::<RawWaker>::uninit();
+        // SAFETY: the host's function, called with its own context; `raw` is writable.
+        result(unsafe { call(self.raw.ctx, raw.as_mut_ptr()) }, 0)?;
+        // SAFETY: the host filled it, as it answered 0.
+        let raw = unsafe { raw.assume_init() };
+        Ok(Waker { raw })
+    }
+
     pub(crate) fn buffered(&self) -> usize {
         // SAFETY: the host's function, called with its own context.
         unsafe { (self.raw.buffered)(self.raw.ctx) }
@@ -130,5 +150,53 @@ impl<'a> RawIo<'a> {
         // SAFETY: the host keeps the socket open for as long as the call that lent the
         // connection runs, which outlives `'a`.
         unsafe { BorrowedFd::borrow_raw(self.raw.fd) }
+    }
+}
+
+/// A readiness connection's waker (ABI 1.10, [`Io::waker`](crate::Io::waker)): any thread
+/// may keep it and [`wake`](Waker::wake) the connection, whose event loop then calls
+/// `on_ready` with [`Ready::is_woken`](crate::Ready::is_woken) set. It may outlive the
+/// connection (a wake then does nothing and says so); clones wake the same connection.
+pub struct Waker {
+    raw: RawWaker,
+}
+
+// SAFETY: the ABI lets a waker's functions be called from any thread, from several at once,
+// and a handle be released on any thread (the host's functions are thread-safe).
+unsafe impl Send for Waker {}
+// SAFETY: as above.
+unsafe impl Sync for Waker {}
+
+impl Waker {
+    /// Asks for an `on_ready` call with `READY_WOKEN`, after the call under way if any.
+    /// Wakes before that call are told in it once. False when the connection has ended
+    /// (drop the waker then).
+    pub fn wake(&self) -> bool {
+        // SAFETY: the host's function with the context this handle owns.
+        unsafe { (self.raw.wake)(self.raw.ctx) == 0 }
+    }
+}
+
+impl Clone for Waker {
+    fn clone(&self) -> Waker {
+        // SAFETY: the host's function with the context this handle owns; the new context
+        // is owned by the new handle.
+        let ctx = unsafe { (self.raw.clone)(self.raw.ctx) };
+        Waker {
+            raw: RawWaker { ctx, ..self.raw },
+        }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        // SAFETY: the context this handle owns, given back once.
+        unsafe { (self.raw.release)(self.raw.ctx) }
+    }
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waker").finish_non_exhaustive()
     }
 }

@@ -66,8 +66,11 @@ fn rust_side() -> BTreeSet<String> {
         fd,
         set_write_timeout,
         watch,
-        unwatch
+        unwatch,
+        waker
     );
+    size!("switchyard_waker", RawWaker);
+    field!("switchyard_waker", RawWaker, ctx, wake, clone, release);
     size!("switchyard_wants", RawWants);
     field!("switchyard_wants", RawWants, interest, timer_ms);
     size!("switchyard_message_sink", MessageSink);
@@ -186,6 +189,7 @@ fn rust_side() -> BTreeSet<String> {
         "SWITCHYARD_READY_RESUME" = READY_RESUME,
         "SWITCHYARD_READY_PEER_CLOSED" = READY_PEER_CLOSED,
         "SWITCHYARD_READY_WATCHED_CLOSED" = READY_WATCHED_CLOSED,
+        "SWITCHYARD_READY_WOKEN" = READY_WOKEN,
         "SWITCHYARD_WANT_READ" = WANT_READ,
         "SWITCHYARD_WANT_WRITE" = WANT_WRITE,
         "SWITCHYARD_WANT_CLOSE" = WANT_CLOSE,

@@ -3,7 +3,8 @@
  * connections run on the daemon's event loops, with no thread of their own: on_ready
  * reads what is there, echoes it, keeps what the socket does not take and reads nothing
  * more until that is written; on the daemon's stop it says `bye` and closes. Before its
- * greeting it has the loop watch a pipe of its own (ABI 1.2) and waits for it.
+ * greeting it has the loop watch a pipe of its own (ABI 1.2) and waits for it, and (1.10)
+ * wakes itself through a clone of its waker, releases both handles, and waits for that too.
  *
  * Built by the integration tests with the system's C compiler. -DOLD_H2C makes it a 1.1
  * plugin that claims the `h2c` token: the daemon must never hand it a connection that
@@ -31,7 +32,9 @@ static int state;
 typedef struct conn {
     uint8_t owed[4096];
     size_t owed_len;
+    int started;
     int greeted;
+    int woken;
     int pipe[2];
 } conn;
 
@@ -86,17 +89,37 @@ static int32_t on_ready(const void *st, void *raw, const switchyard_connection *
                         const switchyard_message_sink *error) {
     (void)st, (void)error;
     conn *c = raw;
-    if (!c->greeted && c->pipe[0] >= 0 && !(events & SWITCHYARD_READY_WATCHED)) {
+    if (!c->started) {
         /* First call: watch the pipe, and make it readable. */
+        c->started = 1;
         io->set_write_timeout(io->ctx, 30000);
         if (io->watch(io->ctx, c->pipe[0]) != 0 || write(c->pipe[1], "!", 1) != 1) {
             return SWITCHYARD_STATUS_ERROR;
         }
+#ifdef OLD_H2C
+        c->woken = 1;
+#else
+        /* A waker, woken through a clone; both handles released: the wake stays asked. */
+        switchyard_waker waker;
+        if (io->waker(io->ctx, &waker) != 0) {
+            return SWITCHYARD_STATUS_ERROR;
+        }
+        const void *clone = waker.clone(waker.ctx);
+        int32_t woke = waker.wake(clone);
+        waker.release(waker.ctx);
+        waker.release(clone);
+        if (woke != 0) {
+            return SWITCHYARD_STATUS_ERROR;
+        }
+#endif
         wants->interest = 0;
-        wants->timer_ms = 10000; /* the watch brings the next call */
+        wants->timer_ms = 10000; /* the watch and the wake bring the next calls */
         return SWITCHYARD_STATUS_OK;
     }
-    if (!c->greeted) {
+    if (events & SWITCHYARD_READY_WOKEN) {
+        c->woken = 1;
+    }
+    if (c->pipe[0] >= 0 && (events & SWITCHYARD_READY_WATCHED)) {
         char byte;
         if (read(c->pipe[0], &byte, 1) != 1 || io->unwatch(io->ctx, c->pipe[0]) != 0) {
             return SWITCHYARD_STATUS_ERROR;
@@ -104,6 +127,13 @@ static int32_t on_ready(const void *st, void *raw, const switchyard_connection *
         close(c->pipe[0]);
         close(c->pipe[1]);
         c->pipe[0] = c->pipe[1] = -1;
+    }
+    if (!c->greeted) {
+        if (c->pipe[0] >= 0 || !c->woken) {
+            wants->interest = 0;
+            wants->timer_ms = 10000;
+            return SWITCHYARD_STATUS_OK;
+        }
         c->greeted = 1;
         /* The greeting in two pieces, one write: the vectored call. */
         switchyard_bytes parts[2] = {BYTES("c-ev-"), BYTES("echo\n")};

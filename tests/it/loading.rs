@@ -26,7 +26,7 @@ fn broken_plugin_files_are_logged_by_name_and_skipped() {
             "wrong magic",
         ),
         (
-            "libnewminor.so: built for plugin ABI 1.99, newer than this daemon's 1.9",
+            "libnewminor.so: built for plugin ABI 1.99, newer than this daemon's 1.10",
             "newer minor",
         ),
         (

@@ -29,5 +29,6 @@ mod systemd;
 mod tls;
 mod tunnel;
 mod upgrade;
+mod wakers;
 mod websocket;
 mod websocket_routes;

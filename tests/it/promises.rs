@@ -684,7 +684,7 @@ fn check_says_what_would_serve_or_what_is_wrong() {
 fn version_and_help() {
     let (status, out, _) = Daemon::builder().run_with_args(&["--version"]);
     assert_eq!(status.code(), Some(0));
-    assert_eq!(out.trim(), "switchyard 0.1.0 (plugin ABI 1.9)");
+    assert_eq!(out.trim(), "switchyard 0.1.0 (plugin ABI 1.10)");
     let (status, out, _) = Daemon::builder().run_with_args(&["--help"]);
     assert_eq!(status.code(), Some(0));
     for variable in [

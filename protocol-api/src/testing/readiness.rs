@@ -13,17 +13,22 @@
 //!   and the news is a call of its own. (The daemon watches a plugin that wants neither
 //!   direction for writability and hang-up only: it hears of the peer's reset or full
 //!   close there, not of a half-close, which the harness reports too.)
+//! - a [`Waker`](crate::Waker) (1.10) brings one call with `READY_WOKEN` for the wakes
+//!   before it, from any thread; a plugin that holds a waker may wait for nothing else.
 
 use super::TestRequest;
 use crate::abi::{
-    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_TIMER, READY_WATCHED,
-    READY_WATCHED_CLOSED, READY_WRITABLE, WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
+    RawWaker, READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_TIMER, READY_WATCHED,
+    READY_WATCHED_CLOSED, READY_WOKEN, READY_WRITABLE, WANT_CLOSE, WANT_READ, WANT_RESUME,
+    WANT_WRITE,
 };
-use crate::hosting::{raw_connection, HostConnection, Readiness};
+use crate::hosting::{raw_connection, raw_waker, HostConnection, HostWaker, Readiness};
 use crate::{EventProtocol, Io, Ready};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,6 +36,8 @@ use std::time::{Duration, Instant};
 /// with [`WATCHED`] set.
 const SOCKET: u64 = 0;
 const WATCHED: u64 = 1 << 32;
+/// The key of the wakers' `eventfd`.
+const WOKEN: u64 = 1 << 33;
 
 /// Runs `plugin.start(session, request)` and then its `on_ready` calls on a thread, on one
 /// end of a loopback TCP connection; returns the other end and the thread, which ends with
@@ -45,7 +52,7 @@ pub fn serve_ready<P: EventProtocol>(
     let thread = std::thread::spawn(move || {
         let mut conn = request.with(|request| plugin.start(session, request))?;
         let mut host = LoopHost::new(server)?;
-        host.run(|host, ready| {
+        let result = host.run(|host, ready| {
             let fd = host.stream.as_raw_fd();
             let raw = raw_connection(host, fd);
             // SAFETY: `raw` points at `host`, which outlives this call and is used only
@@ -54,7 +61,11 @@ pub fn serve_ready<P: EventProtocol>(
             plugin
                 .on_ready(&mut conn, &mut io, ready)
                 .map(|w| w.to_raw())
-        })
+        });
+        if let Some(waker) = &host.waker {
+            waker.ended.store(true, Ordering::Release);
+        }
+        result
     });
     (client, thread)
 }
@@ -65,6 +76,26 @@ struct LoopHost {
     epoll: OwnedFd,
     /// What the socket may do, by the daemon's rule.
     readiness: Readiness,
+    /// The connection's wakers' `eventfd`, once the plugin asked for one.
+    waker: Option<Arc<HarnessWaker>>,
+}
+
+/// What the harness's wakers point at: an `eventfd` in its epoll set.
+struct HarnessWaker {
+    eventfd: OwnedFd,
+    ended: AtomicBool,
+}
+
+impl HostWaker for HarnessWaker {
+    fn wake(&self) -> bool {
+        if self.ended.load(Ordering::Acquire) {
+            return false;
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from `one`, alive for the call, to our eventfd.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        true
+    }
 }
 
 impl LoopHost {
@@ -86,6 +117,7 @@ impl LoopHost {
                 moved: false,
                 closed: false,
             },
+            waker: None,
         };
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
         host.control(libc::EPOLL_CTL_ADD, host.stream.as_raw_fd(), events, SOCKET)?;
@@ -134,7 +166,7 @@ impl LoopHost {
                 resume = raw.interest & WANT_RESUME != 0;
                 timer = (raw.timer_ms > 0)
                     .then(|| Instant::now() + Duration::from_millis(raw.timer_ms));
-                if wants == 0 && timer.is_none() && !resume {
+                if wants == 0 && timer.is_none() && !resume && self.waker.is_none() {
                     return Ok(()); // nothing would ever call it again
                 }
                 events = 0;
@@ -189,6 +221,15 @@ impl LoopHost {
         for event in &ready[..n as usize] {
             let (bits, key) = (event.events as i32, event.u64);
             let closed = bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0;
+            if key == WOKEN {
+                if let Some(waker) = &self.waker {
+                    let mut count = [0u8; 8];
+                    // SAFETY: reads 8 bytes into `count` from our eventfd (non-blocking).
+                    unsafe { libc::read(waker.eventfd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+                }
+                events |= READY_WOKEN;
+                continue;
+            }
             if key & WATCHED != 0 {
                 events |= READY_WATCHED;
                 if closed {
@@ -253,5 +294,95 @@ impl HostConnection for LoopHost {
                 other => other,
             }
         }
+    }
+    fn waker(&mut self) -> io::Result<RawWaker> {
+        if let Some(waker) = &self.waker {
+            return Ok(raw_waker(waker.clone()));
+        }
+        // SAFETY: eventfd takes no pointers; its result is checked below.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor no one else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        self.control(
+            libc::EPOLL_CTL_ADD,
+            raw,
+            libc::EPOLLIN | libc::EPOLLET,
+            WOKEN,
+        )?;
+        let waker = Arc::new(HarnessWaker {
+            eventfd,
+            ended: AtomicBool::new(false),
+        });
+        self.waker = Some(waker.clone());
+        Ok(raw_waker(waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Decision, Request, Waker, Wants};
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    /// Takes its waker on the first call and hands it to the test; writes `woken` for each
+    /// call that says so, and closes after the third.
+    struct Woken {
+        wakers: Mutex<mpsc::Sender<Waker>>,
+    }
+
+    impl EventProtocol for Woken {
+        const NAME: &'static str = "woken";
+        const TOKENS: &'static [&'static str] = &["woken"];
+        type Session = ();
+        type Conn = u32;
+        fn new() -> Result<Self, String> {
+            unreachable!("made by the test")
+        }
+        fn negotiate(&self, _: &Request<'_>) -> Decision<()> {
+            Decision::accept(())
+        }
+        fn start(&self, _: (), _: &Request<'_>) -> io::Result<u32> {
+            Ok(0)
+        }
+        fn on_ready(&self, woken: &mut u32, io: &mut Io<'_>, ready: Ready) -> io::Result<Wants> {
+            if *woken == 0 && !ready.is_woken() {
+                self.wakers.lock().unwrap().send(io.waker()?).unwrap();
+            }
+            if ready.is_woken() {
+                *woken += 1;
+                io.write_all(b"woken\n")?;
+            }
+            match *woken {
+                3 => Ok(Wants::close()),
+                _ => Ok(Wants::wake_only()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_waker_calls_its_connection_from_another_thread_and_not_after_it_ended() {
+        let (sender, wakers) = mpsc::channel();
+        let plugin = Woken {
+            wakers: Mutex::new(sender),
+        };
+        let (client, served) = serve_ready(plugin, (), TestRequest::get("/"));
+        let waker = wakers.recv().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut lines = io::BufReader::new(client);
+        for _ in 0..3 {
+            let waker = waker.clone();
+            assert!(std::thread::spawn(move || waker.wake()).join().unwrap());
+            let mut line = String::new();
+            io::BufRead::read_line(&mut lines, &mut line).unwrap();
+            assert_eq!(line, "woken\n");
+        }
+        served.join().unwrap().unwrap();
+        assert!(!waker.wake(), "the connection has ended");
     }
 }

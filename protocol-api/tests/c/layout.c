@@ -29,6 +29,10 @@ int main(void) {
     FIELD(switchyard_connection, buffered); FIELD(switchyard_connection, is_stopping);
     FIELD(switchyard_connection, fd); FIELD(switchyard_connection, set_write_timeout);
     FIELD(switchyard_connection, watch); FIELD(switchyard_connection, unwatch);
+    FIELD(switchyard_connection, waker);
+    SIZE(switchyard_waker);
+    FIELD(switchyard_waker, ctx); FIELD(switchyard_waker, wake);
+    FIELD(switchyard_waker, clone); FIELD(switchyard_waker, release);
     SIZE(switchyard_wants);
     FIELD(switchyard_wants, interest); FIELD(switchyard_wants, timer_ms);
     SIZE(switchyard_message_sink);
@@ -87,7 +91,7 @@ int main(void) {
     CONST(SWITCHYARD_READY_TIMER); CONST(SWITCHYARD_READY_STOPPING);
     CONST(SWITCHYARD_READY_WATCHED);
     CONST(SWITCHYARD_READY_RESUME); CONST(SWITCHYARD_READY_PEER_CLOSED);
-    CONST(SWITCHYARD_READY_WATCHED_CLOSED);
+    CONST(SWITCHYARD_READY_WATCHED_CLOSED); CONST(SWITCHYARD_READY_WOKEN);
     CONST(SWITCHYARD_WANT_READ); CONST(SWITCHYARD_WANT_WRITE); CONST(SWITCHYARD_WANT_CLOSE);
     CONST(SWITCHYARD_WANT_RESUME); CONST(SWITCHYARD_WANT_ABORT);
     CONST(SWITCHYARD_SHUTDOWN_READ); CONST(SWITCHYARD_SHUTDOWN_WRITE);

@@ -23,7 +23,7 @@ use crate::http1::conn::{After, Context, HttpConn, SCRATCH_BYTES};
 use crate::http1::metrics_page::MetricsCache;
 use crate::http1::read_ahead::{self, ReadAhead};
 use crate::http1::Upgrade;
-use crate::plugin::Watcher;
+use crate::plugin::{Wakes, Watcher};
 use crate::pool::Pool;
 use crate::switch::on_loop::{self, OnLoop, Started};
 use crate::switch::session::{Session, Step};
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use timers::Timers;
 
 /// Other threads wake the loop with it: a connection handed back, or the stop.
+/// (The same `eventfd` carries plugins' wakes from other threads: [`Wakes`].)
 const WAKER: Token = Token(usize::MAX - 2);
 /// The listeners' tokens: `LISTENERS - i` for the `i`th, at most `MAX_LISTENERS` of them
 /// (cleartext and TLS).
@@ -100,6 +101,9 @@ pub struct Loop {
     returned: Receiver<ToLoop>,
     /// HTTP connections whose file's next part was read ([`LoopHandle::read_ahead_done`]).
     read_done: Receiver<(usize, u32)>,
+    /// Sessions their plugins' wakers woke (ABI 1.10), and the list they are taken into.
+    wakes: Arc<Wakes>,
+    woken: Vec<(usize, u32)>,
     timers: Timers,
     next_id: u32,
     date: DateCache,
@@ -145,6 +149,7 @@ pub struct Prepared {
     home: LoopHandle,
     returned: Receiver<ToLoop>,
     read_done: Receiver<(usize, u32)>,
+    wakes: Arc<Wakes>,
 }
 
 impl Prepared {
@@ -168,6 +173,7 @@ impl Prepared {
                 .register(&mut socket, listener_token(index), Interest::READABLE)?;
             listening.push(Listening { socket, tls });
         }
+        let wakes = Wakes::new(waker.clone());
         let home = LoopHandle::new(sender, read_sender, waker);
         let prepared = Prepared {
             poll,
@@ -175,6 +181,7 @@ impl Prepared {
             home: home.clone(),
             returned,
             read_done,
+            wakes,
         };
         Ok((prepared, home))
     }
@@ -187,7 +194,9 @@ impl Prepared {
             home,
             returned,
             read_done,
+            wakes,
         } = self;
+        wakes.enter();
         Loop {
             poll,
             listeners,
@@ -197,6 +206,8 @@ impl Prepared {
             conns: Slab::new(),
             returned,
             read_done,
+            wakes,
+            woken: Vec::new(),
             timers: Timers::default(),
             next_id: 0,
             date: DateCache::default(),
@@ -246,6 +257,7 @@ impl Loop {
             if self.accept_more || self.accept_paused {
                 self.accept();
             }
+            self.run_woken();
             self.run_again();
             self.expire();
             if self.shared.is_stopping() {
@@ -261,7 +273,7 @@ impl Loop {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() || self.accept_more {
+        if !self.again.is_empty() || self.accept_more || self.wakes.any() {
             return Some(Duration::ZERO);
         }
         let mut next = self
@@ -737,6 +749,9 @@ impl Loop {
         let watcher = Watcher {
             registry: self.poll.registry(),
             token: watch_token(slot),
+            wakes: &self.wakes,
+            slot,
+            id: *id,
         };
         match step(session, self.shared, &mut self.now, watcher) {
             Step::Close(reason) => self.close_with(slot, reason),
@@ -755,6 +770,29 @@ impl Loop {
                 self.reschedule(slot);
             }
         }
+    }
+
+    /// Calls, once each, the sessions their plugins' wakers woke (a wake names the slot and
+    /// the id, so one for a connection that has ended meanwhile reaches no later one).
+    fn run_woken(&mut self) {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.wakes.take(&mut woken);
+        for &(slot, id) in &woken {
+            if let Some(Entry {
+                id: current,
+                conn: Conn::Event(session),
+                ..
+            }) = self.conns.get_mut(slot)
+            {
+                if *current == id {
+                    session.woken();
+                    self.drive_session(slot, |session, shared, now, watcher| {
+                        session.call(shared, 0, now, watcher)
+                    });
+                }
+            }
+        }
+        self.woken = woken;
     }
 
     /// Calls, once each, the sessions that stopped before their socket was drained (after
@@ -894,6 +932,9 @@ impl Loop {
                     let watcher = Watcher {
                         registry: self.poll.registry(),
                         token: watch_token(slot),
+                        wakes: &self.wakes,
+                        slot,
+                        id: entry.id,
                     };
                     let deadline = self.now + self.shared.config.write_timeout;
                     if let Some(closing) = session.close(reason, watcher, deadline) {

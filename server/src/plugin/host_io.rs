@@ -8,6 +8,7 @@
 //! Both serve the bytes read ahead of the switch first, count bytes for the access line,
 //! and apply the daemon's write time-out.
 
+use super::wakes::{WakeTarget, Wakes};
 use crate::tls::layer::{Mode, TlsLayer};
 use protocol_api::hosting::{HostConnection, Readiness};
 use protocol_api::kernel_share::KernelShare;
@@ -15,6 +16,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most descriptors one readiness connection may have its loop watch.
@@ -25,11 +27,15 @@ pub const MAX_WATCHED: usize = 16;
 /// token, lent by the loop for each call (they follow from the loop and the slot, so the
 /// connection keeps neither), and the connection's list, boxed and made on the first watch
 /// (most connections never watch anything). An event on a watched descriptor calls the
-/// plugin with `READY_WATCHED`.
+/// plugin with `READY_WATCHED`. Also what it needs to make its waker (ABI 1.10): the
+/// loop's wakes and the connection's slot and id.
 #[derive(Clone, Copy)]
 pub struct Watcher<'a> {
     pub registry: &'a mio::Registry,
     pub token: mio::Token,
+    pub wakes: &'a Arc<Wakes>,
+    pub slot: usize,
+    pub id: u32,
 }
 
 /// The descriptors a connection has its loop watch.
@@ -304,6 +310,8 @@ pub struct EventIo<'a> {
     pub stopping: bool,
     pub watcher: Watcher<'a>,
     pub watched: &'a mut Watched,
+    /// Its wakers' target, made on the plugin's first ask.
+    pub waker: &'a mut Option<Arc<WakeTarget>>,
 }
 
 impl EventIo<'_> {
@@ -405,5 +413,15 @@ impl HostConnection for EventIo<'_> {
 
     fn watch(&mut self, fd: RawFd, watch: bool) -> io::Result<()> {
         self.watcher.watch(self.watched, fd, watch)
+    }
+
+    fn waker(&mut self) -> io::Result<protocol_api::abi::RawWaker> {
+        let Watcher {
+            wakes, slot, id, ..
+        } = self.watcher;
+        let target = self
+            .waker
+            .get_or_insert_with(|| WakeTarget::new(wakes.clone(), slot, id));
+        Ok(protocol_api::hosting::raw_waker(target.clone()))
     }
 }

@@ -18,9 +18,11 @@ mod elf;
 mod ffi;
 mod host_io;
 pub mod metrics;
+mod wakes;
 
 pub use ffi::{Handler, Negotiated, RequestHeaders};
 pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead, Watched, Watcher};
+pub use wakes::{WakeTarget, Wakes};
 
 use crate::route::TokenTable;
 use std::collections::VecDeque;

@@ -20,17 +20,18 @@ use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::state::{Shared, Ticket};
 use crate::http1::Upgrade;
-use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead, Watched, Watcher};
+use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead, WakeTarget, Watched, Watcher};
 use mio::net::TcpStream;
 use protocol_api::abi::{
-    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WRITABLE,
-    WANT_ABORT, WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
+    READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WOKEN,
+    READY_WRITABLE, WANT_ABORT, WANT_CLOSE, WANT_READ, WANT_RESUME, WANT_WRITE,
 };
 use protocol_api::hosting::Readiness;
 use protocol_api::moment::Moment;
 use protocol_api::output::Output;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Session {
@@ -65,6 +66,10 @@ pub struct Session {
     record: SwitchRecord,
     /// Descriptors of the plugin's own that the loop watches for it (none, mostly).
     watched: Watched,
+    /// What its wakers point at, once the plugin asked for one (ABI 1.10).
+    waker: Option<Arc<WakeTarget>>,
+    /// A waker was woken since the last call: the next one says so (`READY_WOKEN`).
+    woken: bool,
     /// The socket is registered for writability only (see [`Session::interest`]).
     quiet: bool,
     /// The kernel's count of bytes the peer acknowledged (low 32 bits) when output began
@@ -159,6 +164,8 @@ impl Session {
             peer_closed: false,
             record,
             watched: None,
+            waker: None,
+            woken: false,
             quiet: false,
             acked_mark: 0,
         }
@@ -188,6 +195,15 @@ impl Session {
         let newly = closed && !self.peer_closed;
         self.peer_closed |= closed;
         newly && self.record.plugin().abi_minor() >= 3
+    }
+
+    /// One of its wakers was woken (ABI 1.10): the next call says so. The next wake queues
+    /// it again, even one during that call.
+    pub fn woken(&mut self) {
+        if let Some(waker) = &self.waker {
+            waker.taken();
+        }
+        self.woken = true;
     }
 
     /// Whether to call the session again after this turn's events: it asked to be
@@ -276,6 +292,9 @@ impl Session {
         if std::mem::take(&mut self.resume) {
             events |= READY_RESUME;
         }
+        if std::mem::take(&mut self.woken) {
+            events |= READY_WOKEN;
+        }
         if shared.is_stopping() && !self.told_stopping {
             self.told_stopping = true;
             events |= READY_STOPPING;
@@ -295,6 +314,7 @@ impl Session {
             stopping: shared.is_stopping(),
             watcher,
             watched: &mut self.watched,
+            waker: &mut self.waker,
         };
         let fd = self.wire.socket.as_raw_fd();
         let began = *now;
@@ -475,6 +495,9 @@ impl Session {
     ) -> Option<Closing> {
         // The plugin owns the watched descriptors and closes them with its state.
         watcher.clear(&mut self.watched);
+        if let Some(waker) = &self.waker {
+            waker.end(); // wakers the plugin still holds do nothing from now on
+        }
         let Session {
             mut wire,
             peer,
