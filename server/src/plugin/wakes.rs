@@ -29,6 +29,9 @@ thread_local! {
 pub struct Wakes {
     /// `(slot, id)` of each connection woken since the loop last took them.
     woken: Mutex<Vec<(usize, u32)>>,
+    /// `woken` holds some (set and cleared under its lock): the loop's turns, nearly all
+    /// with no wake, look here and take no lock.
+    pending: AtomicBool,
     /// Wakes the loop's `poll` from another thread.
     poll: Arc<mio::Waker>,
 }
@@ -37,6 +40,7 @@ impl Wakes {
     pub fn new(poll: Arc<mio::Waker>) -> Arc<Wakes> {
         Arc::new(Wakes {
             woken: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
             poll,
         })
     }
@@ -50,23 +54,24 @@ impl Wakes {
     /// The connections woken since the last call, in `into` (cleared first).
     pub fn take(&self, into: &mut Vec<(usize, u32)>) {
         into.clear();
+        if !self.any() {
+            return;
+        }
         let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut *woken, into);
+        self.pending.store(false, Ordering::Relaxed);
     }
 
     /// Whether any connection waits for its call.
     pub fn any(&self) -> bool {
-        !self
-            .woken
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        self.pending.load(Ordering::Acquire)
     }
 
     fn push(&self, slot: usize, id: u32) {
         let first = {
             let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
             woken.push((slot, id));
+            self.pending.store(true, Ordering::Release);
             woken.len() == 1
         };
         let on_loop = THIS_LOOP.with(Cell::get) == self as *const Wakes as usize;
