@@ -259,7 +259,9 @@ impl Wants {
     }
 
     /// (1.10) Wait for nothing but a [`Waker`] of this connection (or the daemon stopping,
-    /// or the peer's reset or full close); the idle limit still counts.
+    /// or the peer's reset or full close); the idle limit still counts. The daemon keeps a
+    /// connection that wants nothing while the plugin holds a waker of it or a wake is on
+    /// its way; once neither, nothing could call it again, and it is closed.
     pub const fn wake_only() -> Wants {
         Wants {
             interest: 0,

@@ -49,6 +49,7 @@ use proxy::{Activity, Proxy};
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use upgrade::{AckFilter, Stream1, PREFACE};
@@ -56,8 +57,9 @@ use upgrade::{AckFilter, Stream1, PREFACE};
 /// How long the daemon may leave a running connection uncalled: the timer that keeps it
 /// (the daemon lets go of a connection that asks for nothing at all).
 const KEEP: Duration = Duration::from_secs(3600);
-/// After the client's end, when to look again whether the task is over: 50 ms, doubling to
-/// at most 3.2 s (a task can outlive the client's half-close while its answers drain).
+/// On a daemon without wakers (before ABI 1.10), after the client's end, when to look
+/// again whether the task is over: 50 ms, doubling to at most 3.2 s (a task can outlive the
+/// client's half-close while its answers drain).
 const AFTER_END: Duration = Duration::from_millis(50);
 const AFTER_END_DOUBLINGS: u32 = 6;
 
@@ -105,6 +107,12 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
     /// Tells the task the daemon is stopping: GOAWAY, in-flight streams finish.
     go_away: Arc<tokio::sync::Notify>,
+    /// Set by the task as it ends, its socket's duplicate closed, before it wakes the
+    /// connection.
+    over: Arc<AtomicBool>,
+    /// The task wakes the connection when it is over (ABI 1.10); without a waker the
+    /// loop looks now and then.
+    wakes: bool,
 }
 
 impl Drop for Running {
@@ -239,13 +247,17 @@ impl H2c {
         if ready.is_stopping() {
             running.go_away.notify_one();
         }
-        if running.task.is_finished() {
+        if running.over.load(Ordering::Acquire) || running.task.is_finished() {
             return Ok(Wants::close());
         }
-        // The task has the socket to itself and the loop has nothing to do, until the task
-        // is over: then it shuts the socket, which the loop sees (the peer "closed") and
-        // calls again. Once the client's end was seen, the task ends soon; its readable
-        // events and a short timer say when.
+        // The task has the socket to itself and the loop has nothing to do until the task
+        // is over, which the task says with the connection's waker.
+        if running.wakes {
+            return Ok(Wants::wake_only());
+        }
+        // A daemon without wakers: when the task is over it shuts the socket, which the
+        // loop sees (the peer "closed") and calls again. Once the client's end was seen,
+        // the task ends soon; its readable events and a short timer say when.
         if ready.is_peer_closed() {
             let wait = AFTER_END * (1 << conn.looks_after_end.min(AFTER_END_DOUBLINGS));
             conn.looks_after_end += 1;
@@ -262,6 +274,9 @@ impl H2c {
         };
         let mut early = vec![0u8; io.buffered()];
         io.read_exact(&mut early)?;
+        // Before 1.10 there is none: the loop then looks now and then (`on_ready_hyper`).
+        let waker = io.waker().ok();
+        let wakes = waker.is_some();
         // After an upgrade the client sends its preface (RFC 9113 §3.2); the server was
         // given one in the preamble already, so the client's is checked and dropped, and the
         // implicit SETTINGS ACK is taken out of the output.
@@ -302,37 +317,43 @@ impl H2c {
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let go_away = Arc::new(tokio::sync::Notify::new());
         let told = go_away.clone();
+        let over = Arc::new(AtomicBool::new(false));
+        let ending = over.clone();
         let task = runtime.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
             let mut going_away: Option<&'static str> = None;
-            let ended = loop {
-                // The idle clock is looked at when it could next run out (no stream open
-                // for SWITCHYARD_H2C_IDLE_MS), not now and then.
-                let wait = activity
-                    .idle_for()
-                    .map_or(idle, |quiet| idle.saturating_sub(quiet));
-                tokio::select! {
-                    ended = connection.as_mut() => break ended,
-                    _ = told.notified(), if going_away.is_none() => {
-                        going_away = Some("daemon stopping");
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = activity.calm_down.notified(), if going_away.is_none() => {
-                        static CALM: protocol_api::throttle::Throttle =
-                            protocol_api::throttle::Throttle::new();
-                        if let Some(unlogged) = CALM.admit() {
-                            log::info!(
-                                "h2c {peer}: too many streams at a backend reset by this \
-                                 client address: GOAWAY{unlogged}"
-                            );
-                        }
-                        going_away = Some("too many streams reset");
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = tokio::time::sleep(wait), if going_away.is_none() => {
-                        if activity.idle_for().is_some_and(|quiet| quiet >= idle) {
-                            going_away = Some("idle");
+            // The connection, and with it the socket's duplicate, is dropped at the end of
+            // this block, before the loop is told.
+            let ended = {
+                let mut connection = std::pin::pin!(connection);
+                loop {
+                    // The idle clock is looked at when it could next run out (no stream open
+                    // for SWITCHYARD_H2C_IDLE_MS), not now and then.
+                    let wait = activity
+                        .idle_for()
+                        .map_or(idle, |quiet| idle.saturating_sub(quiet));
+                    tokio::select! {
+                        ended = connection.as_mut() => break ended,
+                        _ = told.notified(), if going_away.is_none() => {
+                            going_away = Some("daemon stopping");
                             connection.as_mut().graceful_shutdown();
+                        }
+                        _ = activity.calm_down.notified(), if going_away.is_none() => {
+                            static CALM: protocol_api::throttle::Throttle =
+                                protocol_api::throttle::Throttle::new();
+                            if let Some(unlogged) = CALM.admit() {
+                                log::info!(
+                                    "h2c {peer}: too many streams at a backend reset by this \
+                                     client address: GOAWAY{unlogged}"
+                                );
+                            }
+                            going_away = Some("too many streams reset");
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        _ = tokio::time::sleep(wait), if going_away.is_none() => {
+                            if activity.idle_for().is_some_and(|quiet| quiet >= idle) {
+                                going_away = Some("idle");
+                                connection.as_mut().graceful_shutdown();
+                            }
                         }
                     }
                 }
@@ -344,8 +365,17 @@ impl H2c {
                 ),
                 Err(e) => log::debug!("h2c {peer}: connection ended: {e}"),
             }
+            ending.store(true, Ordering::Release);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         });
-        Ok(Running { task, go_away })
+        Ok(Running {
+            task,
+            go_away,
+            over,
+            wakes,
+        })
     }
 }
 

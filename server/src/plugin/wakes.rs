@@ -111,6 +111,12 @@ impl WakeTarget {
         self.queued.store(false, Ordering::Release);
     }
 
+    /// A wake may still come: the plugin holds a handle (each holds a count of this), or
+    /// one is queued.
+    pub fn may_wake(self: &Arc<WakeTarget>) -> bool {
+        Arc::strong_count(self) > 1 || self.queued.load(Ordering::Acquire)
+    }
+
     /// The connection ended.
     pub fn end(&self) {
         self.ended.store(true, Ordering::Release);
@@ -156,6 +162,21 @@ mod tests {
         assert!(target.wake());
         wakes.take(&mut woken);
         assert_eq!(woken, [(7, 42)]);
+    }
+
+    #[test]
+    fn a_wake_may_come_while_a_handle_is_held_or_one_is_queued() {
+        let (_poll, wakes) = wakes();
+        let target = WakeTarget::new(wakes.clone(), 1, 1);
+        assert!(!target.may_wake(), "no handle: nothing can wake it");
+        // A handle owns a count of the target (`protocol_api::hosting::raw_waker`).
+        let handle = target.clone();
+        assert!(target.may_wake(), "the plugin holds a handle");
+        assert!(handle.wake());
+        drop(handle);
+        assert!(target.may_wake(), "its wake is queued");
+        target.taken();
+        assert!(!target.may_wake());
     }
 
     #[test]

@@ -389,7 +389,8 @@ impl Session {
         // that wrote nothing, for a timer, a watched descriptor or an unasked pong, forgot
         // it, and a client that sent now and then but read nothing kept its echo's
         // megabyte in the daemon's kernel for good.)
-        if self.wants == 0 && self.timer.is_none() && !self.resume {
+        let may_wake = self.waker.as_ref().is_some_and(WakeTarget::may_wake);
+        if self.wants == 0 && self.timer.is_none() && !self.resume && !may_wake {
             // Nothing would ever call it again: the plugin is done.
             return Step::Close(None);
         }
