@@ -38,13 +38,27 @@ pub struct Watcher<'a> {
     pub id: u32,
 }
 
-/// The descriptors a connection has its loop watch.
-pub type Watched = Option<Box<Vec<RawFd>>>;
+/// A readiness connection's rarely used ties to its loop, boxed and made on first use (an
+/// idle connection pays a pointer for them).
+pub type Watched = Option<Box<Ties>>;
+
+#[derive(Default)]
+pub struct Ties {
+    /// The descriptors it has its loop watch.
+    fds: Vec<RawFd>,
+    /// What its wakers point at, once the plugin asked for one (ABI 1.10).
+    pub waker: Option<Arc<WakeTarget>>,
+}
+
+/// Its wakers' target, if the plugin ever asked for a waker.
+pub fn waker_of(watched: &Watched) -> Option<&Arc<WakeTarget>> {
+    watched.as_ref()?.waker.as_ref()
+}
 
 impl Watcher<'_> {
     fn watch(&self, watched: &mut Watched, fd: RawFd, watch: bool) -> io::Result<()> {
         use mio::unix::SourceFd;
-        let fds = watched.get_or_insert_with(Default::default);
+        let fds = &mut watched.get_or_insert_with(Default::default).fds;
         let known = fds.iter().position(|&f| f == fd);
         match (watch, known) {
             (true, Some(_)) | (false, None) => Ok(()),
@@ -68,7 +82,8 @@ impl Watcher<'_> {
     /// Stops watching everything (before the plugin's state, which owns the descriptors,
     /// is dropped).
     pub fn clear(&self, watched: &mut Watched) {
-        for fd in watched.take().into_iter().flat_map(|fds| *fds) {
+        let fds = watched.as_mut().map(|ties| std::mem::take(&mut ties.fds));
+        for fd in fds.into_iter().flatten() {
             let _ = self.registry.deregister(&mut mio::unix::SourceFd(&fd));
         }
     }
@@ -310,8 +325,6 @@ pub struct EventIo<'a> {
     pub stopping: bool,
     pub watcher: Watcher<'a>,
     pub watched: &'a mut Watched,
-    /// Its wakers' target, made on the plugin's first ask.
-    pub waker: &'a mut Option<Arc<WakeTarget>>,
 }
 
 impl EventIo<'_> {
@@ -419,7 +432,8 @@ impl HostConnection for EventIo<'_> {
         let Watcher {
             wakes, slot, id, ..
         } = self.watcher;
-        let target = self
+        let ties = self.watched.get_or_insert_with(Default::default);
+        let target = ties
             .waker
             .get_or_insert_with(|| WakeTarget::new(wakes.clone(), slot, id));
         Ok(protocol_api::hosting::raw_waker(target.clone()))

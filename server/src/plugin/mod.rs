@@ -21,7 +21,7 @@ pub mod metrics;
 mod wakes;
 
 pub use ffi::{Handler, Negotiated, RequestHeaders};
-pub use host_io::{BlockingConn, EventIo, Flow, ReadAhead, Watched, Watcher};
+pub use host_io::{waker_of, BlockingConn, EventIo, Flow, ReadAhead, Watched, Watcher};
 pub use wakes::{WakeTarget, Wakes};
 
 use crate::route::TokenTable;

@@ -20,7 +20,9 @@ use crate::connection::transport::{Transport, Wire};
 use crate::connection::Transit;
 use crate::daemon::state::{Shared, Ticket};
 use crate::http1::Upgrade;
-use crate::plugin::{EventIo, Failure, Flow, Handler, ReadAhead, WakeTarget, Watched, Watcher};
+use crate::plugin::{
+    waker_of, EventIo, Failure, Flow, Handler, ReadAhead, WakeTarget, Watched, Watcher,
+};
 use mio::net::TcpStream;
 use protocol_api::abi::{
     READY_PEER_CLOSED, READY_READABLE, READY_RESUME, READY_STOPPING, READY_TIMER, READY_WOKEN,
@@ -31,7 +33,6 @@ use protocol_api::moment::Moment;
 use protocol_api::output::Output;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Session {
@@ -64,10 +65,9 @@ pub struct Session {
     peer_closed: bool,
     /// For the access line.
     record: SwitchRecord,
-    /// Descriptors of the plugin's own that the loop watches for it (none, mostly).
+    /// Descriptors of the plugin's own that the loop watches for it, and its wakers'
+    /// target (none, mostly).
     watched: Watched,
-    /// What its wakers point at, once the plugin asked for one (ABI 1.10).
-    waker: Option<Arc<WakeTarget>>,
     /// A waker was woken since the last call: the next one says so (`READY_WOKEN`).
     woken: bool,
     /// The socket is registered for writability only (see [`Session::interest`]).
@@ -164,7 +164,6 @@ impl Session {
             peer_closed: false,
             record,
             watched: None,
-            waker: None,
             woken: false,
             quiet: false,
             acked_mark: 0,
@@ -200,7 +199,7 @@ impl Session {
     /// One of its wakers was woken (ABI 1.10): the next call says so. The next wake queues
     /// it again, even one during that call.
     pub fn woken(&mut self) {
-        if let Some(waker) = &self.waker {
+        if let Some(waker) = waker_of(&self.watched) {
             waker.taken();
         }
         self.woken = true;
@@ -314,7 +313,6 @@ impl Session {
             stopping: shared.is_stopping(),
             watcher,
             watched: &mut self.watched,
-            waker: &mut self.waker,
         };
         let fd = self.wire.socket.as_raw_fd();
         let began = *now;
@@ -389,7 +387,7 @@ impl Session {
         // that wrote nothing, for a timer, a watched descriptor or an unasked pong, forgot
         // it, and a client that sent now and then but read nothing kept its echo's
         // megabyte in the daemon's kernel for good.)
-        let may_wake = self.waker.as_ref().is_some_and(WakeTarget::may_wake);
+        let may_wake = waker_of(&self.watched).is_some_and(WakeTarget::may_wake);
         if self.wants == 0 && self.timer.is_none() && !self.resume && !may_wake {
             // Nothing would ever call it again: the plugin is done.
             return Step::Close(None);
@@ -496,7 +494,7 @@ impl Session {
     ) -> Option<Closing> {
         // The plugin owns the watched descriptors and closes them with its state.
         watcher.clear(&mut self.watched);
-        if let Some(waker) = &self.waker {
+        if let Some(waker) = waker_of(&self.watched) {
             waker.end(); // wakers the plugin still holds do nothing from now on
         }
         let Session {
