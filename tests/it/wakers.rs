@@ -85,6 +85,20 @@ fn a_plugins_own_thread_wakes_its_connection() {
 }
 
 #[test]
+fn a_connection_that_waits_for_its_waker_alone_is_kept_until_woken() {
+    // Wanting nothing, with no timer, a connection could never be called again, and the
+    // daemon closes it; one whose plugin holds a waker of it can be.
+    let daemon = daemon("1");
+    let mut client = switched(&daemon, "/300/quiet", "ev-later");
+    assert_eq!(client.read_line(), "waiting");
+    assert_eq!(client.read_line(), "woken");
+    assert!(
+        client.read_to_end().is_empty(),
+        "closed by the plugin once woken"
+    );
+}
+
+#[test]
 fn a_wake_after_the_end_is_refused_and_reaches_no_later_connection_in_its_place() {
     // One loop, so that the next connection takes the ended one's slot.
     let daemon = daemon("1");
