@@ -61,7 +61,7 @@ extern "C" {
 #define SWITCHYARD_READY_WATCHED_CLOSED 128u  /* 1.4: with READY_WATCHED: a watched descriptor's peer shut its side or it failed;
                                                   until then a short read of a watched stream socket or pipe drained it. Latch it;
                                                   it names no descriptor and may be spurious: read to the end, do not assume the peer gone */
-#define SWITCHYARD_READY_WOKEN 256u  /* 1.10: a waker of this connection was woken (once for every wake since the last call) */
+#define SWITCHYARD_READY_WOKEN 256u  /* 1.10: a waker of this connection was woken since the last call (one call for any number of wakes) */
 /* switchyard_wants.interest bits. */
 #define SWITCHYARD_WANT_READ 1u
 #define SWITCHYARD_WANT_WRITE 2u
@@ -127,7 +127,7 @@ typedef struct switchyard_request {
  * (1.10) A readiness connection's waker (switchyard_connection.waker): any thread may keep it
  * past the call, and its `wake` has the connection's event loop call on_ready with
  * SWITCHYARD_READY_WOKEN. wake returns 0, or ESRCH once the connection ended (it then does
- * nothing). `clone` returns the ctx of another handle; each handle is ended once with
+ * nothing; a wake racing the end may answer 0 and bring no call). Not from signal handlers. `clone` returns the ctx of another handle; each handle is ended once with
  * `release`. The functions are the host's and thread-safe.
  */
 typedef struct switchyard_waker {

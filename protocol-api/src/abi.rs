@@ -359,8 +359,9 @@ pub struct RawConnection {
     pub waker: Option<unsafe extern "C" fn(ctx: *mut c_void, waker: *mut RawWaker) -> i32>,
 }
 
-/// (1.10) A handle with which any thread, at any time, has a readiness connection's event
-/// loop call its `on_ready` with [`READY_WOKEN`], once the call under way (if any) is over.
+/// (1.10) A handle with which any thread, at any time (but not from a signal handler: it
+/// may take a lock), has a readiness connection's event loop call its `on_ready` with
+/// [`READY_WOKEN`], once the call under way (if any) is over.
 /// Unlike a [`RawConnection`], a waker is the plugin's: it may outlive the call that gave it
 /// and the connection itself, be sent to other threads and be used from several at once;
 /// its functions are the host's, so they stay valid after the plugin's library would be

@@ -416,8 +416,8 @@ impl<'a> Io<'a> {
     /// (1.10) A [`Waker`] of this connection, for another thread or another connection to
     /// have the event loop call `on_ready` with [`Ready::is_woken`]: a chat room's member
     /// that has messages for it, a thread of the plugin's own runtime that finished its
-    /// work. Take one (in `start` or the first call) and clone it. Fails with `Unsupported`
-    /// on a daemon older than ABI 1.10.
+    /// work. Take one (in the first call) and clone it. Fails with `Unsupported` on a
+    /// daemon older than ABI 1.10.
     pub fn waker(&self) -> io::Result<Waker> {
         self.io.waker()
     }

@@ -170,7 +170,8 @@ unsafe impl Sync for Waker {}
 impl Waker {
     /// Asks for an `on_ready` call with `READY_WOKEN`, after the call under way if any.
     /// Wakes before that call are told in it once. False when the connection has ended
-    /// (drop the waker then).
+    /// (drop the waker then); true may still bring no call if the connection ends
+    /// meanwhile. From any thread, but not from a signal handler (it may take a lock).
     pub fn wake(&self) -> bool {
         // SAFETY: the host's function with the context this handle owns.
         unsafe { (self.raw.wake)(self.raw.ctx) == 0 }

@@ -54,6 +54,18 @@ fn a_connection_woken_by_another_on_its_loop_writes_what_it_was_given() {
 }
 
 #[test]
+fn a_connection_woken_from_a_timers_call_on_its_loop_is_called_before_the_loop_sleeps() {
+    // The tick is sent from a timer's call, after the turn's wakes were taken: nothing else
+    // would wake the loop (the listener, the sockets and every timer are quiet after it).
+    let daemon = daemon("1");
+    let mut listener = switched(&daemon, "/", "ev-room");
+    assert_eq!(listener.read_line(), "members=1");
+    let mut ticker = switched(&daemon, "/tick", "ev-room");
+    assert_eq!(ticker.read_line(), "members=2");
+    assert_eq!(listener.read_line(), "tick");
+}
+
+#[test]
 fn connections_on_other_loops_are_woken_across_threads() {
     let daemon = daemon("2");
     let mut members: Vec<Client> = (1..=6)
@@ -102,7 +114,7 @@ fn a_connection_that_waits_for_its_waker_alone_is_kept_until_woken() {
 fn a_wake_after_the_end_is_refused_and_reaches_no_later_connection_in_its_place() {
     // One loop, so that the next connection takes the ended one's slot.
     let daemon = daemon("1");
-    let mut early = switched(&daemon, "/300", "ev-later");
+    let mut early = switched(&daemon, "/1500", "ev-later");
     assert_eq!(early.read_line(), "waiting");
     drop(early);
     daemon

@@ -14,7 +14,8 @@
 //!   direction for writability and hang-up only: it hears of the peer's reset or full
 //!   close there, not of a half-close, which the harness reports too.)
 //! - a [`Waker`](crate::Waker) (1.10) brings one call with `READY_WOKEN` for the wakes
-//!   before it, from any thread; a plugin that holds a waker may wait for nothing else.
+//!   before it, from any thread; a plugin that holds a waker (or has a wake on its way)
+//!   may wait for nothing else.
 
 use super::TestRequest;
 use crate::abi::{
@@ -83,7 +84,17 @@ struct LoopHost {
 /// What the harness's wakers point at: an `eventfd` in its epoll set.
 struct HarnessWaker {
     eventfd: OwnedFd,
+    /// A wake was written and not yet read by the harness.
+    queued: AtomicBool,
     ended: AtomicBool,
+}
+
+impl HarnessWaker {
+    /// As on the daemon: a wake may come while the plugin holds a handle (each holds a
+    /// count of this) or one is on its way.
+    fn may_wake(self: &Arc<HarnessWaker>) -> bool {
+        Arc::strong_count(self) > 1 || self.queued.load(Ordering::Acquire)
+    }
 }
 
 impl HostWaker for HarnessWaker {
@@ -91,6 +102,7 @@ impl HostWaker for HarnessWaker {
         if self.ended.load(Ordering::Acquire) {
             return false;
         }
+        self.queued.store(true, Ordering::Release);
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from `one`, alive for the call, to our eventfd.
         unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), 8) };
@@ -166,7 +178,8 @@ impl LoopHost {
                 resume = raw.interest & WANT_RESUME != 0;
                 timer = (raw.timer_ms > 0)
                     .then(|| Instant::now() + Duration::from_millis(raw.timer_ms));
-                if wants == 0 && timer.is_none() && !resume && self.waker.is_none() {
+                let may_wake = self.waker.as_ref().is_some_and(HarnessWaker::may_wake);
+                if wants == 0 && timer.is_none() && !resume && !may_wake {
                     return Ok(()); // nothing would ever call it again
                 }
                 events = 0;
@@ -223,6 +236,7 @@ impl LoopHost {
             let closed = bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0;
             if key == WOKEN {
                 if let Some(waker) = &self.waker {
+                    waker.queued.store(false, Ordering::Release);
                     let mut count = [0u8; 8];
                     // SAFETY: reads 8 bytes into `count` from our eventfd (non-blocking).
                     unsafe { libc::read(waker.eventfd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
@@ -314,6 +328,7 @@ impl HostConnection for LoopHost {
         )?;
         let waker = Arc::new(HarnessWaker {
             eventfd,
+            queued: AtomicBool::new(false),
             ended: AtomicBool::new(false),
         });
         self.waker = Some(waker.clone());

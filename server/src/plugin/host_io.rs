@@ -50,6 +50,16 @@ pub struct Ties {
     pub waker: Option<Arc<WakeTarget>>,
 }
 
+impl Drop for Ties {
+    fn drop(&mut self) {
+        // However the connection ends (its close says so first, as its plugin's state goes;
+        // this covers a loop that ends on an error), its wakers do nothing from now on.
+        if let Some(waker) = &self.waker {
+            waker.end();
+        }
+    }
+}
+
 /// Its wakers' target, if the plugin ever asked for a waker.
 pub fn waker_of(watched: &Watched) -> Option<&Arc<WakeTarget>> {
     watched.as_ref()?.waker.as_ref()

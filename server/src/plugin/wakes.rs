@@ -108,7 +108,9 @@ impl WakeTarget {
     /// The loop took this connection's wake: the next one queues it again. (Before the
     /// call, so that a wake during it brings another.)
     pub fn taken(&self) {
-        self.queued.store(false, Ordering::Release);
+        // Acquires what a wake that found it queued wrote before it (that wake relies on
+        // this call to see it).
+        self.queued.swap(false, Ordering::AcqRel);
     }
 
     /// A wake may still come: the plugin holds a handle (each holds a count of this), or
