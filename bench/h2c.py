@@ -49,16 +49,18 @@ def h2load(port, requests, workdir):
     return rate, p99, failed
 
 
-def write_haproxy_config(work, port, backend_port):
+def write_haproxy_config(work, port, backend_port, reuse="always", name="haproxy.cfg"):
     """HAProxy as its docs proxy HTTP/2 end to end: one thread, mode http, h2 on both
-    sides, http-reuse always; `work/haproxy.cfg`."""
-    with open(os.path.join(work, "haproxy.cfg"), "w") as f:
+    sides, http-reuse always (the issue's peer); `work/haproxy.cfg`. With `reuse="never"`
+    each client connection gets backend connections of its own, as the relay's do: the
+    row that shows what sharing backend connections is worth."""
+    with open(os.path.join(work, name), "w") as f:
         f.write(
             "global\n  nbthread 1\n  maxconn 6000\n"
             "defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n"
-            "  timeout server 300s\n  http-reuse always\n"
+            "  timeout server 300s\n  http-reuse %s\n"
             "frontend h2\n  bind 127.0.0.1:%d proto h2\n  default_backend target\n"
-            "backend target\n  server s 127.0.0.1:%d proto h2\n" % (port, backend_port)
+            "backend target\n  server s 127.0.0.1:%d proto h2\n" % (reuse, port, backend_port)
         )
 
 
@@ -145,14 +147,17 @@ def main():
             "  server { listen 127.0.0.1:%d http2; location / { grpc_pass grpc://backend; } } }\n"
             % (work, backend_port, nginx_port)
         )
-    haproxy_port = free_port()
+    haproxy_port, never_port = free_port(), free_port()
     write_haproxy_config(work, haproxy_port, backend_port)
+    write_haproxy_config(work, never_port, backend_port, "never", "haproxy-never.cfg")
     command, env = switchyard(args, work, switchyard_port, backend_port)
     servers = {
         "switchyard": (lambda: start(command, PROXY_CORE, env), switchyard_port),
         "sy-hyper": (lambda: start(command, PROXY_CORE, dict(env, SWITCHYARD_H2C_ENGINE="hyper")),
                      switchyard_port),
         "haproxy": (lambda: start(["haproxy", "-f", os.path.join(work, "haproxy.cfg")], PROXY_CORE), haproxy_port),
+        "hap-never": (lambda: start(["haproxy", "-f", os.path.join(work, "haproxy-never.cfg")], PROXY_CORE),
+                      never_port),
         "nginx": (lambda: start(["nginx", "-c", os.path.join(work, "nginx.conf"), "-p", work], PROXY_CORE), nginx_port),
         "backend": (None, backend_port),
     }
@@ -181,6 +186,9 @@ def main():
     sw, ng, ha = med["switchyard"], med["nginx"], med["haproxy"]
     print("switchyard / HAProxy: %.2fx requests/s, %.2fx per proxy CPU-second, p99 %.2f ms vs %.2f ms"
           % (sw[0] / ha[0], (sw[0] / sw[2]) / (ha[0] / ha[2]), sw[1], ha[1]))
+    hn = med["hap-never"]
+    print("switchyard / HAProxy with http-reuse never (a backend connection per client "
+          "connection, as the relay): %.2fx requests/s" % (sw[0] / hn[0]))
     hy = med["sy-hyper"]
     print("switchyard relay / hyper engine: %.2fx requests/s" % (sw[0] / hy[0]))
     print("switchyard / nginx grpc_pass: %.2fx requests/s, p99 %.2f ms vs %.2f ms" % (sw[0] / ng[0], sw[1], ng[1]))
