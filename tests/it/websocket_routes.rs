@@ -471,6 +471,44 @@ fn exec_dir_routes_run_the_program_the_path_names_as_websocketd_dir_does() {
         .unwrap();
 }
 
+/// A path whose decoded `PATH_INFO` holds a control character (`%0A` a newline in what a
+/// script logs or writes into a header) is refused with `400`, and no program starts; on
+/// either kind of route.
+#[test]
+fn a_control_character_in_the_decoded_path_starts_no_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let body = format!("echo \"$PATH_INFO\" >> {}; echo ok", marker.display());
+    let run = script(dir.path(), "run", &body);
+    let scripts = dir.path().join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    script(&scripts, "run.sh", &body);
+    let daemon = daemon(&format!(
+        "/run=exec:{},/ws=exec-dir:{}",
+        run.display(),
+        scripts.display()
+    ));
+    for path in [
+        "/run/a%0Ab",
+        "/run/a%0d",
+        "/run/%1b[2J",
+        "/ws/run.sh/a%0Ab",
+        "/ws/run.sh/%7F",
+    ] {
+        assert_eq!(handshake_status(&daemon, path), 400, "{path}");
+    }
+    daemon
+        .wait_for_log("a control character in the decoded path; answered 400")
+        .unwrap();
+    assert!(!marker.exists(), "no program started");
+    // The same routes with a plain path run their program.
+    for path in ["/run/a%20b", "/ws/run.sh/x"] {
+        let mut client = connect(&daemon, path);
+        assert_eq!(text(&mut client), "ok", "{path}");
+    }
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "/run/a b\n/x\n");
+}
+
 /// The daemon's stop, as a client's leaving, gives each program its grace and takes what
 /// it started with it (regression: a program was killed at the daemon's exit, and the
 /// `sleep` it had started in the background lived on).

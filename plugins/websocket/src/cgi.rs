@@ -19,6 +19,30 @@ use protocol_api::Request;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 
+/// `PATH_INFO`: decoded (RFC 3875 §4.1.5), as websocketd gives it; the path has no `%2F`
+/// nor `%00` (refused before). The script is the whole route (its name is empty,
+/// §4.1.13), or an `exec-dir:` folder's program, named by the path up to it.
+fn path_info(path: &RequestPath<'_>, script: Option<&crate::script_dir::Script>) -> Vec<u8> {
+    match script {
+        Some(script) => script.path_info.as_bytes().to_vec(),
+        None => percent_encoding::percent_decode_str(path.path()).collect(),
+    }
+}
+
+/// Why a request's `PATH_INFO` cannot be given to a program: decoded, it holds a control
+/// character. A `%0A` would be a newline in what a script logs, writes into a header or
+/// splits into lines, which no browser's path holds (Apache's `mod_cgi` hands it on;
+/// websocketd too). Refused with `400` before anything starts.
+pub fn refused_path_info(
+    path: &RequestPath<'_>,
+    script: Option<&crate::script_dir::Script>,
+) -> Option<&'static str> {
+    path_info(path, script)
+        .iter()
+        .any(|&b| b < 0x20 || b == 0x7f)
+        .then_some("a control character in the decoded path")
+}
+
 /// The variables, by name. `daemon_env` looks up the daemon's environment.
 pub fn environment(
     request: &Request<'_>,
@@ -54,19 +78,10 @@ pub fn environment(
         .unwrap_or((request.peer(), ""));
     let query = path.query().unwrap_or("");
     let (server_name, server_port) = server_of(request);
-    // Decoded (RFC 3875 §4.1.5), as websocketd gives it; the path has no `%2F` nor `%00`
-    // (refused before). The script is the whole route (its name is empty, §4.1.13), or
-    // an `exec-dir:` folder's program, named by the path up to it.
-    let (script_name, path_info) = match script {
-        Some(script) => (script.name.as_str(), script.path_info.as_bytes().to_vec()),
-        None => (
-            "",
-            percent_encoding::percent_decode_str(path.path()).collect(),
-        ),
-    };
+    let script_name = script.map_or("", |script| script.name.as_str());
     env.insert(
         "PATH_INFO".into(),
-        std::os::unix::ffi::OsStringExt::from_vec(path_info),
+        std::os::unix::ffi::OsStringExt::from_vec(path_info(path, script)),
     );
     for (name, value) in [
         ("REMOTE_ADDR", address.trim_matches(['[', ']'])),
@@ -220,6 +235,25 @@ mod tests {
         assert_eq!(get(&env, "SCRIPT_NAME"), Some("/ws/chat.sh"));
         assert_eq!(get(&env, "PATH_INFO"), Some("/room 1"));
         assert_eq!(get(&env, "REQUEST_URI"), Some("/ws/chat.sh/room%201?x=1"));
+    }
+
+    #[test]
+    fn a_decoded_path_with_a_control_character_is_refused() {
+        for (target, refused) in [
+            ("/count/x%0Ay", true),
+            ("/count/x%0dy", true),
+            ("/count/%1b[31m", true),
+            ("/count/x%7F", true),
+            ("/count/a%20b/%C3%A9", false),
+            ("/count/x?y=%0A", false), // the query is QUERY_STRING, as sent
+        ] {
+            let path = RequestPath::parse(target).unwrap();
+            assert_eq!(
+                refused_path_info(&path, None).is_some(),
+                refused,
+                "{target}"
+            );
+        }
     }
 
     /// Review of run 22: PATH_INFO was left percent-encoded, and SERVER_NAME, SERVER_PORT

@@ -513,6 +513,9 @@ impl WebSocket {
     ) -> Result<Dialled, protocol_api::Rejection> {
         let slot = match service {
             routes::Service::Exec { .. } => {
+                if let Some(why) = cgi::refused_path_info(path, script) {
+                    return Err(bad_path_info(request, path, why));
+                }
                 let per_sec = self.config.starts_per_client;
                 if !self.starts.allow(client_key(request.peer())) {
                     if let Some(unlogged) = process::REFUSALS.admit() {
@@ -665,6 +668,22 @@ fn token_guesses(
 
 /// `404` for an `exec-dir:` path that names no program; the line says why, the client
 /// only that there is none.
+/// A path whose `PATH_INFO` no program is given ([`cgi::refused_path_info`]).
+fn bad_path_info(
+    request: &Request<'_>,
+    path: &RequestPath<'_>,
+    why: &str,
+) -> protocol_api::Rejection {
+    if let Some(unlogged) = NO_PROGRAM.admit() {
+        log::info!(
+            "websocket {} for {}: {why}; answered 400{unlogged}",
+            shown(path.path()),
+            request.peer()
+        );
+    }
+    protocol_api::Rejection::new(400, format!("{why}\n"))
+}
+
 fn no_program(
     request: &Request<'_>,
     path: &RequestPath<'_>,
