@@ -54,15 +54,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use upgrade::{AckFilter, Stream1, PREFACE};
 
-/// How long the daemon may leave a running connection uncalled: the timer that keeps it
-/// (the daemon lets go of a connection that asks for nothing at all).
-const KEEP: Duration = Duration::from_secs(3600);
-/// On a daemon without wakers (before ABI 1.10), after the client's end, when to look
-/// again whether the task is over: 50 ms, doubling to at most 3.2 s (a task can outlive the
-/// client's half-close while its answers drain).
-const AFTER_END: Duration = Duration::from_millis(50);
-const AFTER_END_DOUBLINGS: u32 = 6;
-
 pub struct H2c {
     engine: Served,
 }
@@ -96,8 +87,6 @@ pub struct HyperConn {
     /// Until the first call, which has the socket and starts the task.
     start: Option<(Accepted, SocketAddr)>,
     running: Option<Running>,
-    /// Looks taken since the client's end was seen.
-    looks_after_end: u32,
     /// This connection's unit of the open-connections gauge.
     _open: protocol_api::metrics::Held,
 }
@@ -108,11 +97,22 @@ struct Running {
     /// Tells the task the daemon is stopping: GOAWAY, in-flight streams finish.
     go_away: Arc<tokio::sync::Notify>,
     /// Set by the task as it ends, its socket's duplicate closed, before it wakes the
-    /// connection.
+    /// connection (ABI 1.10).
     over: Arc<AtomicBool>,
-    /// The task wakes the connection when it is over (ABI 1.10); without a waker the
-    /// loop looks now and then.
-    wakes: bool,
+}
+
+/// Tells the connection its task is over when dropped, however the task ends: the flag
+/// first (the connection's call reads it), then the wake that brings the call.
+struct Over {
+    flag: Arc<AtomicBool>,
+    waker: protocol_api::Waker,
+}
+
+impl Drop for Over {
+    fn drop(&mut self) {
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 impl Drop for Running {
@@ -210,7 +210,6 @@ impl EventProtocol for H2c {
             Served::Hyper { proxy, .. } => H2cConn::Hyper(HyperConn {
                 start: Some((accepted, peer)),
                 running: None,
-                looks_after_end: 0,
                 _open: proxy.stats.open.hold(),
             }),
         })
@@ -252,18 +251,7 @@ impl H2c {
         }
         // The task has the socket to itself and the loop has nothing to do until the task
         // is over, which the task says with the connection's waker.
-        if running.wakes {
-            return Ok(Wants::wake_only());
-        }
-        // A daemon without wakers: when the task is over it shuts the socket, which the
-        // loop sees (the peer "closed") and calls again. Once the client's end was seen,
-        // the task ends soon; its readable events and a short timer say when.
-        if ready.is_peer_closed() {
-            let wait = AFTER_END * (1 << conn.looks_after_end.min(AFTER_END_DOUBLINGS));
-            conn.looks_after_end += 1;
-            return Ok(Wants::read().with_timer(wait));
-        }
-        Ok(Wants::timer_only(KEEP))
+        Ok(Wants::wake_only())
     }
 
     /// Starts the connection's task on a duplicate of the socket, with the bytes the daemon
@@ -274,9 +262,9 @@ impl H2c {
         };
         let mut early = vec![0u8; io.buffered()];
         io.read_exact(&mut early)?;
-        // Before 1.10 there is none: the loop then looks now and then (`on_ready_hyper`).
-        let waker = io.waker().ok();
-        let wakes = waker.is_some();
+        // Every daemon that loads this plugin has wakers (1.10): a plugin is refused by an
+        // older one.
+        let waker = io.waker()?;
         // After an upgrade the client sends its preface (RFC 9113 §3.2); the server was
         // given one in the preamble already, so the client's is checked and dropped, and the
         // implicit SETTINGS ACK is taken out of the output.
@@ -320,6 +308,11 @@ impl H2c {
         let over = Arc::new(AtomicBool::new(false));
         let ending = over.clone();
         let task = runtime.spawn(async move {
+            // Dropped last, whichever way the task ends (a panic or an abort too).
+            let _over = Over {
+                flag: ending,
+                waker,
+            };
             let mut going_away: Option<&'static str> = None;
             // The connection, and with it the socket's duplicate, is dropped at the end of
             // this block, before the loop is told.
@@ -365,16 +358,11 @@ impl H2c {
                 ),
                 Err(e) => log::debug!("h2c {peer}: connection ended: {e}"),
             }
-            ending.store(true, Ordering::Release);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
         });
         Ok(Running {
             task,
             go_away,
             over,
-            wakes,
         })
     }
 }
