@@ -183,7 +183,11 @@ fn what_one_address_takes_nothing_of_is_held_to_its_budget_over_its_connections(
         }
         // (Each backend connection past the first is granted no window past 64 KiB from the
         // budget: its streams' answers come one at a time, as those before them are let go.)
-        assert!(cancelled >= 16, "{cancelled} of 96 answers reset in 10 s");
+        // Without the budget none is reset before the 30 s body time-out; unloaded, 16 and
+        // more are in 10 s, but a cycle of holding and letting go takes longer on a loaded
+        // machine (9 with two busy loops on two cores, twice in eight runs): at least one a
+        // connection.
+        assert!(cancelled >= 6, "{cancelled} of 96 answers reset in 10 s");
         let logs = daemon
             .wait_for_log("SWITCHYARD_H2C_HELD_PER_CLIENT")
             .unwrap_or_else(|l| l);
