@@ -320,7 +320,9 @@ fn not_tls_and_stalled_handshakes_hold_nothing() {
     let pair = pki.issue("localhost", &["localhost"]);
     let daemon = with_pairs(Daemon::builder(), &[&pair])
         .plugin("switchyard-echo")
-        .env("SWITCHYARD_HEADER_TIMEOUT_MS", "500")
+        // Short, for the stalled handshake below; not so short that the test's own TLS
+        // connections are cut on a loaded machine before their request (CI, at 500 ms).
+        .env("SWITCHYARD_HEADER_TIMEOUT_MS", "1500")
         .start();
 
     // Plain HTTP to the TLS port: never a cleartext answer (SPEC: TLS), and the
