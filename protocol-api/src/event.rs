@@ -259,9 +259,11 @@ impl Wants {
     }
 
     /// (1.10) Wait for nothing but a [`Waker`] of this connection (or the daemon stopping,
-    /// or the peer's reset or full close); the idle limit still counts. The daemon keeps a
-    /// connection that wants nothing while the plugin holds a waker of it or a wake is on
-    /// its way; once neither, nothing could call it again, and it is closed.
+    /// or the peer's reset or full close); the idle limit still counts. When a call that
+    /// answers this ends, the daemon keeps the connection if the plugin holds a waker of it
+    /// or a wake is on its way, and closes it otherwise (nothing could call it again). A
+    /// waker dropped between calls brings no call: wake before dropping the last one, or
+    /// answer [`Wants::close`] to end.
     pub const fn wake_only() -> Wants {
         Wants {
             interest: 0,

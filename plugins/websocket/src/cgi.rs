@@ -29,17 +29,20 @@ fn path_info(path: &RequestPath<'_>, script: Option<&crate::script_dir::Script>)
     }
 }
 
-/// Why a request's `PATH_INFO` cannot be given to a program: decoded, it holds a control
-/// character. A `%0A` would be a newline in what a script logs, writes into a header or
-/// splits into lines, which no browser's path holds (Apache's `mod_cgi` hands it on;
-/// websocketd too). Refused with `400` before anything starts.
-pub fn refused_path_info(
-    path: &RequestPath<'_>,
-    script: Option<&crate::script_dir::Script>,
-) -> Option<&'static str> {
-    path_info(path, script)
-        .iter()
-        .any(|&b| b < 0x20 || b == 0x7f)
+/// Why a request's path cannot be given to a program (`PATH_INFO` is a part of it,
+/// decoded): decoded, it is not UTF-8 or holds a character that breaks a line or drives a
+/// terminal. A `%0A` would be a newline in what a script logs, writes into a header or
+/// splits into lines (Apache's `mod_cgi` and websocketd hand it on); `%C2%85` (NEL) and
+/// U+2028/2029 split lines for Python's `splitlines`, C1 controls (`%C2%9B`, or a raw
+/// `%9B`) are escapes to 8-bit terminals. No browser's path holds one. Refused with `400`
+/// before anything starts; looked at on the event loop, with no worker's hop.
+pub fn refused_path(path: &RequestPath<'_>) -> Option<&'static str> {
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(path.path()).collect();
+    let Ok(text) = std::str::from_utf8(&decoded) else {
+        return Some("a decoded path that is not UTF-8");
+    };
+    text.chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
         .then_some("a control character in the decoded path")
 }
 
@@ -244,15 +247,16 @@ mod tests {
             ("/count/x%0dy", true),
             ("/count/%1b[31m", true),
             ("/count/x%7F", true),
+            ("/count/x%C2%85", true),    // NEL
+            ("/count/x%C2%9B", true),    // CSI
+            ("/count/x%E2%80%A8", true), // LINE SEPARATOR
+            ("/count/x%9B", true),       // not UTF-8
+            ("/count/x%C0%8A", true),    // an overlong newline: not UTF-8
             ("/count/a%20b/%C3%A9", false),
             ("/count/x?y=%0A", false), // the query is QUERY_STRING, as sent
         ] {
             let path = RequestPath::parse(target).unwrap();
-            assert_eq!(
-                refused_path_info(&path, None).is_some(),
-                refused,
-                "{target}"
-            );
+            assert_eq!(refused_path(&path).is_some(), refused, "{target}");
         }
     }
 

@@ -304,6 +304,16 @@ impl WebSocket {
                 return Decision::Reject(token_guesses(request, path, wait, per_sec));
             }
         }
+        // A program is given the path decoded: one that would break its lines is refused
+        // here, before a worker's hop.
+        if matches!(
+            service,
+            routes::Service::Exec { .. } | routes::Service::ExecDir { .. }
+        ) {
+            if let Some(why) = cgi::refused_path(path) {
+                return Decision::Reject(bad_program_path(request, path, why));
+            }
+        }
         // A service is dialled before the 101, which blocks: on a worker.
         let resolved;
         let service = match service {
@@ -513,9 +523,6 @@ impl WebSocket {
     ) -> Result<Dialled, protocol_api::Rejection> {
         let slot = match service {
             routes::Service::Exec { .. } => {
-                if let Some(why) = cgi::refused_path_info(path, script) {
-                    return Err(bad_path_info(request, path, why));
-                }
                 let per_sec = self.config.starts_per_client;
                 if !self.starts.allow(client_key(request.peer())) {
                     if let Some(unlogged) = process::REFUSALS.admit() {
@@ -666,15 +673,14 @@ fn token_guesses(
     .with_header("Retry-After", seconds.max(1).to_string())
 }
 
-/// `404` for an `exec-dir:` path that names no program; the line says why, the client
-/// only that there is none.
-/// A path whose `PATH_INFO` no program is given ([`cgi::refused_path_info`]).
-fn bad_path_info(
+/// A path no program is given ([`cgi::refused_path`]).
+fn bad_program_path(
     request: &Request<'_>,
     path: &RequestPath<'_>,
     why: &str,
 ) -> protocol_api::Rejection {
-    if let Some(unlogged) = NO_PROGRAM.admit() {
+    static BAD_PATH: protocol_api::throttle::Throttle = protocol_api::throttle::Throttle::new();
+    if let Some(unlogged) = BAD_PATH.admit() {
         log::info!(
             "websocket {} for {}: {why}; answered 400{unlogged}",
             shown(path.path()),
@@ -684,6 +690,8 @@ fn bad_path_info(
     protocol_api::Rejection::new(400, format!("{why}\n"))
 }
 
+/// `404` for an `exec-dir:` path that names no program; the line says why, the client
+/// only that there is none.
 fn no_program(
     request: &Request<'_>,
     path: &RequestPath<'_>,

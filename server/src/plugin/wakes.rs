@@ -116,7 +116,13 @@ impl WakeTarget {
     /// A wake may still come: the plugin holds a handle (each holds a count of this), or
     /// one is queued.
     pub fn may_wake(self: &Arc<WakeTarget>) -> bool {
-        Arc::strong_count(self) > 1 || self.queued.load(Ordering::Acquire)
+        if Arc::strong_count(self) > 1 {
+            return true;
+        }
+        // The count is read relaxed: a handle that woke, then was released, must have its
+        // `queued` seen (on a weak-memory machine too).
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.queued.load(Ordering::Acquire)
     }
 
     /// The connection ended.
