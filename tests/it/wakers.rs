@@ -111,6 +111,25 @@ fn a_connection_that_waits_for_its_waker_alone_is_kept_until_woken() {
 }
 
 #[test]
+fn a_connection_waiting_for_a_wake_that_never_comes_ends_at_the_idle_limit() {
+    // The plugin holds its waker and never wakes (a runtime that never says it is done):
+    // the daemon's idle limit still ends the connection, with its reason on the line.
+    let daemon = Daemon::builder()
+        .plugin("fixture-evented")
+        .env("SWITCHYARD_IO_THREADS", "1")
+        .env("SWITCHYARD_IDLE_MS", "400")
+        .start();
+    let mut client = switched(&daemon, "/600000/quiet", "ev-later");
+    assert_eq!(client.read_line(), "waiting");
+    assert!(
+        client.read_to_end_or_reset().0.is_empty(),
+        "ended, nothing more sent"
+    );
+    let logs = daemon.wait_for_log("proto=ev-later").unwrap_or_else(|l| l);
+    assert!(logs.contains("reason=\"idle\""), "{logs}");
+}
+
+#[test]
 fn a_wake_after_the_end_is_refused_and_reaches_no_later_connection_in_its_place() {
     // One loop, so that the next connection takes the ended one's slot.
     let daemon = daemon("1");
