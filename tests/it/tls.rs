@@ -117,17 +117,20 @@ fn connect_small_window(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str
 }
 
 fn response(stream: &mut impl Read) -> (String, Vec<u8>) {
+    try_response(stream).expect("a whole response")
+}
+
+/// [`response`], failing where the connection does.
+fn try_response(stream: &mut impl Read) -> std::io::Result<(String, Vec<u8>)> {
     let mut bytes = Vec::new();
     let mut byte = [0u8; 1];
     while !bytes.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).unwrap(),
-            1,
-            "the response ended early"
-        );
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         bytes.push(byte[0]);
     }
-    let head = String::from_utf8(bytes).unwrap();
+    let head = String::from_utf8_lossy(&bytes).into_owned();
     let length = head
         .lines()
         .find_map(|l| {
@@ -137,8 +140,8 @@ fn response(stream: &mut impl Read) -> (String, Vec<u8>) {
         })
         .unwrap_or(0);
     let mut body = vec![0; length];
-    stream.read_exact(&mut body).unwrap();
-    (head, body)
+    stream.read_exact(&mut body)?;
+    Ok((head, body))
 }
 
 fn get(tls: &mut Tls, path: &str) -> (String, String) {
@@ -170,25 +173,8 @@ fn metrics_once(addr: SocketAddr, config: &Arc<ClientConfig>) -> std::io::Result
     let mut tls = session_over(TcpStream::connect(addr)?, config, "localhost");
     write!(tls, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
     tls.flush()?;
-    let mut text = String::new();
-    let mut reader = std::io::BufReader::new(tls);
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    text.push_str(&String::from_utf8_lossy(&body));
-    Ok(text)
+    let (_, body) = try_response(&mut tls)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn with_pairs(builder: DaemonBuilder, pairs: &[&Pair]) -> DaemonBuilder {
