@@ -144,6 +144,11 @@ fn a_wake_after_the_end_is_refused_and_reaches_no_later_connection_in_its_place(
     daemon
         .wait_for_log("ev-later: wake refused: the connection ended")
         .expect("the ended connection's wake is refused");
+    let early = later.take_buffered();
+    assert!(
+        early.is_empty(),
+        "the later connection was called: {early:?}"
+    );
     later
         .stream
         .set_read_timeout(Some(Duration::from_millis(500)))
