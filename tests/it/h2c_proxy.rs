@@ -36,6 +36,8 @@ pub(crate) struct Seen {
     forwarded: Mutex<Vec<String>>,
     /// The `x-real-ip` (or `x_real_ip`) of each request.
     real_ip: Mutex<Vec<String>>,
+    /// The `x-t-*` and `authorization` fields of each request.
+    fields: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 /// An HTTP/2 backend (prior knowledge, as gRPC services are): `/echo` sends the body back
@@ -79,6 +81,13 @@ async fn serve(
             .lock()
             .unwrap()
             .push(v.to_str().unwrap().to_string());
+    }
+    let fields: Vec<(String, String)> = (request.headers().iter())
+        .filter(|(n, _)| n.as_str().starts_with("x-t-") || n.as_str() == "authorization")
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    if !fields.is_empty() {
+        seen.fields.lock().unwrap().push(fields);
     }
     let real_ip = ["x-real-ip", "x_real_ip"].map(|n| request.headers().get_all(n));
     for v in real_ip.iter().flatten() {
@@ -651,6 +660,155 @@ fn forwarded_for_is_the_proxy_protocols_client() {
             ["for=203.0.113.9;proto=http;host=\"t\""; 3]
         );
     });
+}
+
+/// RFC 7541: the relay writes each backend connection's requests with its HPACK table, so
+/// the fields every request repeats cross as indices; whatever the table holds and evicts,
+/// the backend reads each request's fields as the client sent them (here 300 requests on
+/// one connection, each with a value of its own of up to 400 bytes beside values that
+/// repeat: the table fills and evicts many times over).
+#[test]
+fn request_fields_reach_the_backend_as_sent_through_its_table() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        let mut sent: Vec<Vec<(String, String)>> = Vec::new();
+        for i in 0..300 {
+            let own = format!("{i}-{}", "v".repeat(i * 37 % 400));
+            let mut token = HeaderValue::from_static("Bearer same-token");
+            token.set_sensitive(i % 2 == 0);
+            let request = Request::get(format!("http://t/fields/{}", i % 5))
+                .header("x-t-same", "always")
+                .header("x-t-own", own.as_str())
+                .header("x-t-few", format!("s{}", i % 3))
+                .header("authorization", token)
+                .body(())
+                .unwrap();
+            let (response, _) = (send.clone().ready().await.unwrap())
+                .send_request(request, true)
+                .unwrap();
+            assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+            let mut fields = vec![
+                ("authorization", "Bearer same-token".to_string()),
+                ("x-t-same", "always".to_string()),
+                ("x-t-own", own),
+                ("x-t-few", format!("s{}", i % 3)),
+            ];
+            fields.sort();
+            sent.push(
+                fields
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+            );
+        }
+        let mut got = std::mem::take(&mut *seen.fields.lock().unwrap());
+        got.iter_mut().for_each(|fields| fields.sort());
+        assert_eq!(got.len(), 300);
+        for (i, (got, sent)) in got.iter().zip(&sent).enumerate() {
+            assert_eq!(got, sent, "request {i}");
+        }
+    });
+}
+
+/// What a backend reads of each request, on the wire: after the first, a request whose
+/// fields repeat is a byte a field (the client's `user-agent` and address included), and a
+/// field the client sent never indexed stays so, credentials or not (RFC 7541 §7.1.3: an
+/// intermediary keeps that representation; it was written without indexing before).
+#[test]
+fn rfc7541_repeated_fields_cost_a_byte_and_never_indexed_fields_stay_so() {
+    let (backend, blocks) = raw_h2_backend_keeping_blocks();
+    let daemon = daemon(&format!("/={backend}"), &[]);
+    run(async {
+        let send = connect(daemon.addr).await;
+        for _ in 0..3 {
+            let mut secret = HeaderValue::from_static("s3cret");
+            secret.set_sensitive(true);
+            let mut token = HeaderValue::from_static("Bearer t");
+            token.set_sensitive(true);
+            let request = Request::get("http://t/api/x")
+                .header("user-agent", "grpc-go/1.60")
+                .header("content-type", "application/grpc")
+                .header("x-secret", secret)
+                .header("authorization", token)
+                .body(())
+                .unwrap();
+            let (response, _) = (send.clone().ready().await.unwrap())
+                .send_request(request, true)
+                .unwrap();
+            assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+        }
+    });
+    let blocks = blocks.lock().unwrap();
+    assert_eq!(blocks.len(), 3);
+    let never_secret = b"\x10\x08x-secret\x06s3cret";
+    // `authorization` is the static table's 23rd name: 15 in the prefix, 8 after.
+    let never_token = b"\x1f\x08\x08Bearer t";
+    for (i, block) in blocks.iter().enumerate() {
+        let has = |what: &[u8]| block.windows(what.len()).any(|w| w == what);
+        assert!(
+            has(never_secret) && has(never_token),
+            "request {i}: {block:x?}"
+        );
+    }
+    // :method, :scheme, :path, :authority, user-agent, content-type and the three
+    // forwarding fields: nine bytes, beside the two never indexed.
+    let repeated = blocks[2].len() - never_secret.len() - never_token.len();
+    assert_eq!(repeated, 9, "{:x?}", blocks[2]);
+    assert!(blocks[0].len() > 100, "{}", blocks[0].len());
+}
+
+/// An HTTP/2 backend of raw frames that keeps each request's field block (HEADERS without
+/// CONTINUATION) and answers it `200` with no body.
+fn raw_h2_backend_keeping_blocks() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let blocks = Arc::new(Mutex::new(Vec::new()));
+    let kept = blocks.clone();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let _ = socket.write_all(&raw_frame(0x4, 0, 0, &[]));
+                let mut input = Vec::new();
+                let mut buf = [0u8; 65_536];
+                loop {
+                    match socket.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => input.extend_from_slice(&buf[..n]),
+                    }
+                    if input.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
+                        input.drain(..24);
+                    }
+                    while input.len() >= 9 {
+                        let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+                        if input.len() < 9 + len {
+                            break;
+                        }
+                        let frame: Vec<u8> = input.drain(..9 + len).collect();
+                        let stream = u32::from_be_bytes(frame[5..9].try_into().unwrap());
+                        let reply = match (frame[3], frame[4] & 0x1) {
+                            (0x4, 0) => raw_frame(0x4, 0x1, 0, &[]),
+                            (0x1, _) => {
+                                assert_eq!(frame[4] & 0x28, 0, "no padding or priority");
+                                kept.lock().unwrap().push(frame[9..].to_vec());
+                                raw_frame(0x1, 0x4 | 0x1, stream, &[0x88])
+                            }
+                            _ => continue,
+                        };
+                        if socket.write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, blocks)
 }
 
 /// CVE-2023-44487, "rapid reset": a client that opens streams and resets them at once

@@ -20,6 +20,11 @@ use std::io::{self, ErrorKind, Read};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
+thread_local! {
+    /// A request's block as written for its backend connection's table.
+    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Relay {
     /// A new stream's request, if there is room for it to wait (see [`WAITING_BLOCKS`]):
     /// a waiting request holds its header block written out in full (up to
@@ -130,18 +135,19 @@ impl Relay {
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
-            let mut block = stream
+            let request = stream
                 .request
                 .take()
                 .expect("a waiting stream has its request");
             // Only once its SETTINGS came: a decoder that applies a lowered table size
             // before our acknowledgement (against RFC 7541 §4.2, but seen) is not surprised.
             let usable = backend.peer.settled && !backend.peer.table_lowered;
-            let own = stream.forwarded.take();
-            self.forwarding
-                .append(&mut block, own.as_deref(), &mut backend.indexed, usable);
             let end = stream.up.end && stream.up.is_empty();
-            backend.peer.write_block(id, &block, end);
+            ENCODED.with_borrow_mut(|block| {
+                block.clear();
+                backend.encoder.transcode(&request, block, usable);
+                backend.peer.write_block(id, block, end);
+            });
             stream.up.ended |= end;
             stream.up.send_window = i64::from(backend.peer.initial_window);
             backend.open += 1;

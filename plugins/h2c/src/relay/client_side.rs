@@ -365,7 +365,6 @@ impl Relay {
             down,
             responded: false,
             path: "".into(),
-            forwarded: None,
             route: None,
             began: Instant::now(),
             held: None,
@@ -399,7 +398,6 @@ impl Relay {
                 stream.route = Some(routed.route);
                 stream.up.remaining = routed.content_length;
                 stream.path = routed.path.into();
-                stream.forwarded = routed.forwarded;
                 stream.request = Some(routed.block);
                 self.streams.insert(id, stream);
                 self.place_new(id, routed.route);

@@ -56,13 +56,10 @@ pub struct Routed {
     /// `content-length`: the DATA the request must carry, no more, no less (RFC 9113
     /// §8.1.1).
     pub content_length: Option<u64>,
-    /// Its `Forwarded` value when it is not the connection's usual one (another authority).
-    pub forwarded: Option<Box<str>>,
 }
 
 /// The fields that say who the client is, the same for every request of a connection but
-/// for `Forwarded`'s `host`: a backend connection indexes them once (see
-/// [`Forwarding::append`]), so that each request carries three bytes of them, not eighty.
+/// for `Forwarded`'s `host` ([`Forwarding::append`]).
 #[derive(Debug)]
 pub struct Forwarding {
     /// The client's address: `X-Forwarded-For` and `X-Real-IP`.
@@ -73,17 +70,6 @@ pub struct Forwarding {
     peer: SocketAddr,
     /// `Forwarded`'s `proto`: `http`, or `https` when the daemon terminated TLS.
     proto: &'static str,
-}
-
-/// Where a backend connection's HPACK table stands with the forwarding fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Indexed {
-    /// Not sent yet: the next request adds them to the table.
-    #[default]
-    NotYet,
-    /// In the table, `Forwarded` at index 62, `X-Forwarded-For` at 63 and `X-Real-IP` at
-    /// 64 (the relay adds nothing else to it).
-    Added,
 }
 
 impl Forwarding {
@@ -122,61 +108,24 @@ impl Forwarding {
         }
     }
 
-    /// Appends the forwarding fields to a request's block for a backend connection whose
-    /// table stands at `indexed` (`usable`: the backend has not lowered its table size, so
-    /// entries added stay): added with incremental indexing the first time (RFC 7541
-    /// §6.2.1), referred to by index after (§6.1); as literals when they cannot be.
-    pub fn append(
-        &self,
-        block: &mut Vec<u8>,
-        own: Option<&str>,
-        indexed: &mut Indexed,
-        usable: bool,
-    ) {
-        const FORWARDED: usize = 62;
-        const X_FORWARDED_FOR: usize = 63;
-        const X_REAL_IP: usize = 64;
+    /// Appends the forwarding fields to a request's block, `own` its `Forwarded` when it is
+    /// not the usual one. As literals: a backend connection's encoder indexes them
+    /// ([`crate::hpack::encoder`]), so each request after the first carries three bytes of
+    /// them.
+    fn append(&self, block: &mut Vec<u8>, own: Option<&str>) {
         let address = self.client_address.as_bytes();
-        // The entries must fit the table's initial 4,096 bytes, or the last would evict the
-        // first (RFC 7541 §4.4): a long authority makes them literals.
-        let size = 32
-            + "x-real-ip".len()
-            + address.len()
-            + 32
-            + "x-forwarded-for".len()
-            + address.len()
-            + 32
-            + "forwarded".len()
-            + self.forwarded.len();
-        match (*indexed, usable) {
-            (Indexed::NotYet, true) if own.is_none() && size <= 4_096 => {
-                hpack::add(block, b"x-real-ip", address);
-                hpack::add(block, b"x-forwarded-for", address);
-                hpack::add(block, b"forwarded", self.forwarded.as_bytes());
-                *indexed = Indexed::Added;
-            }
-            (Indexed::Added, true) => {
-                hpack::indexed(block, X_REAL_IP);
-                hpack::indexed(block, X_FORWARDED_FOR);
-                match own {
-                    None => hpack::indexed(block, FORWARDED),
-                    Some(value) => hpack::field(block, b"forwarded", value.as_bytes()),
-                }
-            }
-            _ => {
-                hpack::field(block, b"x-real-ip", address);
-                hpack::field(block, b"x-forwarded-for", address);
-                let value = own.unwrap_or(&self.forwarded);
-                hpack::field(block, b"forwarded", value.as_bytes());
-            }
-        }
+        hpack::field(block, b"x-real-ip", address);
+        hpack::field(block, b"x-forwarded-for", address);
+        let value = own.unwrap_or(&self.forwarded);
+        hpack::field(block, b"forwarded", value.as_bytes());
     }
 }
 
 /// Checks a request's fields (RFC 9113 §8.3.1), routes its path and writes the block for
-/// the backend: the normalised path, the route's authority; the client's address in
-/// `X-Real-IP`, `X-Forwarded-For` and `Forwarded` is appended when it is sent
-/// ([`Forwarding::append`]).
+/// the backend: the normalised path, the route's authority, fields the client sent never
+/// indexed still so (RFC 7541 §7.1.3), and the client's address in `X-Real-IP`,
+/// `X-Forwarded-For` and `Forwarded` ([`Forwarding::append`]). Literals all: the backend
+/// connection's encoder writes the block again with its table when it is sent.
 pub fn route_request(
     config: &Config,
     fields: &Fields,
@@ -230,18 +179,22 @@ pub fn route_request(
     hpack::field(&mut block, b":scheme", b"http");
     hpack::field(&mut block, b":authority", route.address.as_bytes());
     hpack::field(&mut block, b":path", parsed.path_and_query().as_bytes());
-    for (name, value) in fields.iter() {
+    for (at, (name, value)) in fields.iter().enumerate() {
         if name.starts_with(b":") || name == b"host" || is_forwarding(name) {
             continue;
         }
-        hpack::field(&mut block, name, value);
+        match fields.is_never_indexed(at) {
+            true => hpack::never_indexed(&mut block, name, value),
+            false => hpack::field(&mut block, name, value),
+        }
     }
+    let own = forwarding.for_authority(authority);
+    forwarding.append(&mut block, own.as_deref());
     Ok(Routed {
         route: index,
         block,
         path: parsed.path().to_string(),
         content_length,
-        forwarded: forwarding.for_authority(authority),
     })
 }
 
@@ -505,13 +458,7 @@ mod tests {
         assert_eq!(routed.route, 0);
         assert_eq!(routed.path, "/api/x");
         assert_eq!(routed.content_length, None);
-        assert_eq!(
-            routed.forwarded, None,
-            "the first request's is the usual one"
-        );
-        let mut block = routed.block;
-        forwarding.append(&mut block, None, &mut Indexed::NotYet, true);
-        let got = decoded(&block);
+        let got = decoded(&routed.block);
         let want = pairs(&[
             (":method", "POST"),
             (":scheme", "http"),
@@ -538,65 +485,72 @@ mod tests {
         );
     }
 
-    /// RFC 7541 §2.3.3 and §6.1: the forwarding fields enter a backend's table with the first
-    /// request and are three indexed bytes after; a request for another authority says its own
-    /// `Forwarded`; a table the backend lowered gets literals.
+    /// RFC 7541 §2.3.3 and §6.1: the forwarding fields enter a backend's table with the
+    /// first request and are three indexed bytes after, as the request's other repeated
+    /// fields are; a request for another authority says its own `Forwarded`; a field the
+    /// client sent never indexed is passed on so (§7.1.3).
     #[test]
-    fn the_forwarding_fields_are_indexed_once_per_backend_connection() {
+    fn repeated_fields_and_the_forwarding_fields_are_indexed_once_per_backend_connection() {
         let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
         let mut forwarding = Forwarding::new(peer);
+        let mut encoder = crate::hpack::encoder::Encoder::default();
         let mut decoder = Decoder::default();
-        let mut indexed = Indexed::NotYet;
-        forwarding.for_authority(Some(b"example.com"));
-        let usual = pairs(&[
-            ("x-real-ip", "192.0.2.7"),
-            ("x-forwarded-for", "192.0.2.7"),
-            ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
-        ]);
-        let mut sent = |own: Option<&str>, indexed: &mut Indexed, usable: bool| {
+        let mut sent = |authority: &str, secret: bool| {
+            let mut fields = request(&[("content-type", "application/grpc")]);
+            let authority_at = fields.iter().position(|(n, _)| n == b":authority").unwrap();
             let mut block = Vec::new();
-            forwarding.append(&mut block, own, indexed, usable);
-            let mut fields = Fields::default();
-            decoder.decode(&block, &mut fields, 1 << 20).unwrap();
-            let got: Vec<(String, String)> = fields
-                .iter()
+            for (at, (name, value)) in fields.iter().enumerate() {
+                let value = if at == authority_at {
+                    authority.as_bytes()
+                } else {
+                    value
+                };
+                hpack::field(&mut block, name, value);
+            }
+            if secret {
+                hpack::never_indexed(&mut block, b"x-secret", b"s");
+            }
+            Decoder::default()
+                .decode(&block, &mut fields, 1 << 20)
+                .unwrap();
+            let routed = route_request(&config(), &fields, &mut forwarding).unwrap();
+            let mut out = Vec::new();
+            encoder.transcode(&routed.block, &mut out, true);
+            decoder.decode(&out, &mut fields, 1 << 20).unwrap();
+            let got: Vec<(String, String)> = (fields.iter())
                 .map(|(n, v)| {
-                    (
-                        String::from_utf8_lossy(n).into(),
-                        String::from_utf8_lossy(v).into(),
-                    )
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    (text(n), text(v))
                 })
                 .collect();
-            (block.len(), got)
+            let never = (0..got.len())
+                .filter(|&at| fields.is_never_indexed(at))
+                .collect::<Vec<_>>();
+            (out.len(), got, never)
         };
-        let (first, got) = sent(None, &mut indexed, true);
-        assert_eq!((got, indexed), (usual.clone(), Indexed::Added));
-        assert!(first > 50);
-        assert_eq!(sent(None, &mut indexed, true), (3, usual.clone()));
-        let (_, other) = sent(
-            Some("for=192.0.2.7;proto=http;host=\"b\""),
-            &mut indexed,
-            true,
-        );
-        assert_eq!(other[..2], usual[..2]);
-        assert_eq!(other[2].1, "for=192.0.2.7;proto=http;host=\"b\"");
+        let (first, got, _) = sent("example.com", false);
+        assert!(first > 80, "{first}");
         assert_eq!(
-            sent(None, &mut indexed, true),
-            (3, usual.clone()),
-            "the table is as it was"
+            got[got.len() - 3..],
+            pairs(&[
+                ("x-real-ip", "192.0.2.7"),
+                ("x-forwarded-for", "192.0.2.7"),
+                ("forwarded", "for=192.0.2.7;proto=http;host=\"example.com\""),
+            ])
         );
-        let (lowered, got) = sent(None, &mut indexed, false);
-        assert!(lowered > 50);
-        assert_eq!(got, usual);
-        let mut long = Forwarding::new(peer);
-        long.for_authority(Some("a".repeat(5_000).as_bytes()));
-        let mut fresh = Indexed::NotYet;
-        long.append(&mut Vec::new(), None, &mut fresh, true);
+        let (second, again, _) = sent("example.com", false);
+        assert_eq!((second, &again), (8, &got), "eight fields of a byte each");
+        let (_, other, _) = sent("b", false);
         assert_eq!(
-            fresh,
-            Indexed::NotYet,
-            "entries too large for the table stay literals"
+            other[other.len() - 1].1,
+            "for=192.0.2.7;proto=http;host=\"b\""
         );
+        let (_, with_secret, never) = sent("example.com", true);
+        let secret_at = with_secret
+            .iter()
+            .position(|(n, _)| n == "x-secret")
+            .unwrap();
+        assert_eq!(never, [secret_at]);
     }
 
     /// RFC 9113 §8.5: a CONNECT is `:method` and `:authority` alone; it asks for a tunnel

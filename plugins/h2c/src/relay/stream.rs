@@ -258,8 +258,6 @@ pub struct Stream {
     pub responded: bool,
     /// The path, for log lines.
     pub path: Box<str>,
-    /// Its `Forwarded` value, when not the connection's usual one.
-    pub forwarded: Option<Box<str>>,
     /// Its route's index once routed, for the metrics.
     pub route: Option<usize>,
     /// When its request began, for the backend's answer time.

@@ -1,16 +1,18 @@
 //! Header fields for the relay (RFC 7541): decoded into one flat list per field block, and
-//! encoded without a dynamic table.
+//! encoded without a dynamic table (a backend connection's [`encoder`] uses one).
 //!
 //! Decoding is `loona-hpack`'s (a maintained fork of the `hpack` crate, the decoder the
 //! `fluke`/`loona` HTTP/2 server runs): it must follow whatever the peer's encoder does,
 //! Huffman and dynamic table included. Encoding is ours and deliberately plain: a field
 //! found whole in the static table is its index, a name found there an indexed name with
 //! a literal value, anything else a literal; never Huffman, never indexed. So the relay
-//! keeps no encoder state per connection (idle connections are many), a block can be sent
-//! on any connection. The one exception is the relay's own forwarding fields, which a
-//! backend connection indexes once ([`crate::relay::message::Forwarding`]).
+//! keeps no encoder state per client connection (idle connections are many), and a request's
+//! block can wait for any backend connection: the [`encoder`] of the one it is sent on
+//! writes it again with that connection's table.
 
 use std::borrow::Cow;
+
+pub mod encoder;
 
 /// One field block's fields, in order, in one buffer.
 #[derive(Debug, Default)]
@@ -20,6 +22,8 @@ pub struct Fields {
     spans: Vec<[u32; 3]>,
     /// RFC 9113 §6.5.2: each field counts its name, value and 32.
     list_size: usize,
+    /// The positions of the fields that came as never indexed (RFC 7541 §6.2.3).
+    never: Vec<u32>,
 }
 
 impl Fields {
@@ -27,6 +31,7 @@ impl Fields {
         self.bytes.clear();
         self.spans.clear();
         self.list_size = 0;
+        self.never.clear();
     }
 
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
@@ -45,6 +50,12 @@ impl Fields {
                 &self.bytes[b as usize..c as usize],
             )
         })
+    }
+
+    /// Whether the field at `position` (in [`Fields::iter`]'s order) came as never indexed:
+    /// an intermediary passes it on so (RFC 7541 §7.1.3).
+    pub fn is_never_indexed(&self, position: usize) -> bool {
+        self.never.binary_search(&(position as u32)).is_ok()
     }
 
     /// The first value of `name`.
@@ -99,7 +110,12 @@ impl Decoder {
     ) -> Result<(), CompressionError> {
         fields.clear();
         let mut over = 0usize;
-        let block = match has_huffman(block)? {
+        let (huffman, never) = scan(block)?;
+        let never = match never {
+            true => never_indexed_positions(block),
+            false => Vec::new(),
+        };
+        let block = match huffman {
             false => block,
             true => {
                 self.raw.clear();
@@ -124,6 +140,7 @@ impl Decoder {
         }
         decoded?;
         fields.list_size += over;
+        fields.never = never;
         Ok(())
     }
 }
@@ -193,14 +210,40 @@ fn walk<'b>(
 }
 
 /// Whether any string of `block` is Huffman-coded (most blocks of a busy connection are
-/// indexed fields only, and go to the decoder as they are).
-fn has_huffman(block: &[u8]) -> Result<bool, CompressionError> {
-    let mut any = false;
+/// indexed fields only, and go to the decoder as they are), and whether any field is
+/// never indexed.
+fn scan(block: &[u8]) -> Result<(bool, bool), CompressionError> {
+    let (mut huffman, mut never) = (false, false);
     walk(block, |part| {
-        any |= matches!(part, Part::String { huffman: true, .. });
+        match part {
+            Part::String { huffman: h, .. } => huffman |= h,
+            Part::Head(head) => never |= head[0] & 0xf0 == 0x10,
+        }
         Ok(())
     })?;
-    Ok(any)
+    Ok((huffman, never))
+}
+
+/// The positions, among the fields `block` decodes to, of those never indexed (§6.2.3);
+/// `block` checked by [`scan`] already.
+fn never_indexed_positions(block: &[u8]) -> Vec<u32> {
+    let mut positions = Vec::new();
+    let mut field = 0;
+    let _ = walk(block, |part| {
+        if let Part::Head(head) = part {
+            match head[0] {
+                0x20..=0x3f => {} // §6.3: a table size update is no field
+                first => {
+                    if first & 0xf0 == 0x10 {
+                        positions.push(field);
+                    }
+                    field += 1;
+                }
+            }
+        }
+        Ok(())
+    });
+    positions
 }
 
 /// `block` with every Huffman-coded string decoded ([`crate::huffman`]) and written raw
@@ -257,23 +300,23 @@ pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     string(out, value);
 }
 
-/// RFC 7541 §6.2.1: a literal header field with incremental indexing, new name: the
-/// peer's decoder adds it to its dynamic table, at index 62.
-pub fn add(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(0x40);
-    string(out, name);
-    string(out, value);
-}
-
-/// RFC 7541 §6.1: an indexed header field.
-pub fn indexed(out: &mut Vec<u8>, index: usize) {
-    integer(out, 7, 0x80, index);
-}
-
 /// RFC 7541 §6.2.2: a literal header field without indexing, new name, raw strings.
 pub fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0x00);
     string(out, name);
+    string(out, value);
+}
+
+/// RFC 7541 §6.2.3: a literal header field never indexed, by the static table's name
+/// index if it has the name: no intermediary may index it.
+pub fn never_indexed(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    match STATIC_TABLE.iter().position(|&(n, _)| n.as_bytes() == name) {
+        Some(at) => integer(out, 4, 0x10, at + 1),
+        None => {
+            out.push(0x10);
+            string(out, name);
+        }
+    }
     string(out, value);
 }
 
@@ -465,6 +508,7 @@ mod tests {
             (b"custom-key", b"custom-value"),
         ];
         assert_eq!(got, want);
+        assert!((0..6).all(|at| fields.is_never_indexed(at) == (at == 5)));
         // The indexed entry is followed: index 62 is custom-key: custom-value.
         decoder.decode(&[0xbe], &mut fields, 16_384).unwrap();
         assert_eq!(fields.get(b"custom-key"), Some(&b"custom-value"[..]));
