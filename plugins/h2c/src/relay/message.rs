@@ -183,10 +183,7 @@ pub fn route_request(
         if name.starts_with(b":") || name == b"host" || is_forwarding(name) {
             continue;
         }
-        match fields.is_never_indexed(at) {
-            true => hpack::never_indexed(&mut block, name, value),
-            false => hpack::field(&mut block, name, value),
-        }
+        pass_field(&mut block, fields.is_never_indexed(at), name, value);
     }
     let own = forwarding.for_authority(authority);
     forwarding.append(&mut block, own.as_deref());
@@ -323,13 +320,22 @@ pub fn pass_response(fields: &Fields, block: &mut Vec<u8>) -> Result<Response, &
         }
         Some(_) => return Err("a :status that is not a final or interim status"),
     };
-    for (name, value) in fields.iter() {
+    for (at, (name, value)) in fields.iter().enumerate() {
         if CONNECTION_SPECIFIC.contains(&name) {
             continue;
         }
-        hpack::field(block, name, value);
+        pass_field(block, fields.is_never_indexed(at), name, value);
     }
     Ok(kind)
+}
+
+/// Writes a field passed on, never indexed if it came so: "an intermediary MUST use the
+/// same representation for encoding this header field" (RFC 7541 §7.1.3).
+fn pass_field(block: &mut Vec<u8>, never: bool, name: &[u8], value: &[u8]) {
+    match never {
+        true => hpack::never_indexed(block, name, value),
+        false => hpack::field(block, name, value),
+    }
 }
 
 /// Checks a request's trailers (no pseudo-header, the rules of §8.2, within `max_list`
@@ -345,7 +351,7 @@ pub fn pass_trailers(
     if fields.list_size() > max_list {
         return Err("over SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES");
     }
-    for (name, value) in fields.iter() {
+    for (at, (name, value)) in fields.iter().enumerate() {
         if name.starts_with(b":") {
             return Err("a pseudo-header in trailers");
         }
@@ -354,7 +360,7 @@ pub fn pass_trailers(
             Refused::Answer(..) => "refused",
         })?;
         if !is_forwarding(name) {
-            hpack::field(block, name, value);
+            pass_field(block, fields.is_never_indexed(at), name, value);
         }
     }
     Ok(())
@@ -710,6 +716,42 @@ mod tests {
         fields.clear();
         fields.push(b":status", b"101");
         assert!(pass_response(&fields, &mut Vec::new()).is_err());
+    }
+
+    /// RFC 7541 §7.1.3: a field that came never indexed, in a response, its trailers or a
+    /// request's trailers, is passed on never indexed.
+    #[test]
+    fn rfc7541_7_1_3_never_indexed_fields_pass_on_so_both_ways() {
+        let mut block = Vec::new();
+        hpack::field(&mut block, b":status", b"200");
+        hpack::never_indexed(&mut block, b"set-cookie", b"session=1");
+        hpack::never_indexed(&mut block, b"x-token", b"t");
+        let mut fields = Fields::default();
+        Decoder::default()
+            .decode(&block, &mut fields, 1 << 20)
+            .unwrap();
+        let never = |block: &[u8]| {
+            let mut passed = Fields::default();
+            Decoder::default()
+                .decode(block, &mut passed, 1 << 20)
+                .unwrap();
+            (0..passed.iter().count())
+                .filter(|&at| passed.is_never_indexed(at))
+                .collect::<Vec<_>>()
+        };
+        let mut response = Vec::new();
+        assert_eq!(pass_response(&fields, &mut response), Ok(Response::Final));
+        assert_eq!(never(&response), [1, 2]);
+        fields.clear();
+        let mut trailers = Vec::new();
+        hpack::field(&mut trailers, b"grpc-status", b"0");
+        hpack::never_indexed(&mut trailers, b"x-token", b"t");
+        Decoder::default()
+            .decode(&trailers, &mut fields, 1 << 20)
+            .unwrap();
+        let mut passed = Vec::new();
+        assert_eq!(pass_trailers(&fields, 16_384, &mut passed), Ok(()));
+        assert_eq!(never(&passed), [1]);
     }
 
     #[test]
