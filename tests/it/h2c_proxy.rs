@@ -96,7 +96,8 @@ async fn serve(
             .unwrap()
             .push(v.to_str().unwrap().to_string());
     }
-    let mut body = request.into_body();
+    let (parts, mut body) = request.into_parts();
+    let request_fields = parts.headers;
     match path.as_str() {
         "/reset" => respond.send_reset(Reason::INTERNAL_ERROR),
         "/reset-mid-body" => {
@@ -144,6 +145,16 @@ async fn serve(
             if reason.is_ok() {
                 seen.resets.lock().unwrap().push(path);
             }
+        }
+        fields if fields.starts_with("/fields/") => {
+            // Answers with the request's `x-t-*` fields.
+            let mut response = Response::new(());
+            for (name, value) in &request_fields {
+                if name.as_str().starts_with("x-t-") {
+                    response.headers_mut().append(name, value.clone());
+                }
+            }
+            let _ = respond.send_response(response, true);
         }
         other => {
             if other == "/hold" {
@@ -662,13 +673,15 @@ fn forwarded_for_is_the_proxy_protocols_client() {
     });
 }
 
-/// RFC 7541: the relay writes each backend connection's requests with its HPACK table, so
-/// the fields every request repeats cross as indices; whatever the table holds and evicts,
-/// the backend reads each request's fields as the client sent them (here 300 requests on
-/// one connection, each with a value of its own of up to 400 bytes beside values that
-/// repeat: the table fills and evicts many times over).
+/// RFC 7541: the relay writes each backend connection's requests, and each client
+/// connection's answers, with the connection's HPACK table, so the fields every message
+/// repeats cross as indices; whatever the tables hold and evict, the backend reads each
+/// request's fields as the client sent them, and the client each answer's as the backend
+/// sent them (here 300 requests on one connection, each with a value of its own of up to
+/// 400 bytes beside values that repeat, and answers with the same: the tables fill and
+/// evict many times over).
 #[test]
-fn request_fields_reach_the_backend_as_sent_through_its_table() {
+fn fields_reach_the_backend_and_the_client_as_sent_through_the_tables() {
     run(async {
         let seen = Arc::new(Seen::default());
         let backend = backend(seen.clone()).await;
@@ -689,7 +702,21 @@ fn request_fields_reach_the_backend_as_sent_through_its_table() {
             let (response, _) = (send.clone().ready().await.unwrap())
                 .send_request(request, true)
                 .unwrap();
-            assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut answered: Vec<(&str, &str)> = (response.headers().iter())
+                .filter(|(n, _)| n.as_str().starts_with("x-t-"))
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+                .collect();
+            answered.sort();
+            // In the order `answered` is sorted in.
+            let asked = [
+                ("x-t-few", format!("s{}", i % 3)),
+                ("x-t-own", own.clone()),
+                ("x-t-same", "always".to_string()),
+            ];
+            let asked: Vec<(&str, &str)> = asked.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            assert_eq!(answered, asked, "answer {i}");
             let mut fields = vec![
                 ("authorization", "Bearer same-token".to_string()),
                 ("x-t-same", "always".to_string()),
@@ -710,6 +737,48 @@ fn request_fields_reach_the_backend_as_sent_through_its_table() {
         for (i, (got, sent)) in got.iter().zip(&sent).enumerate() {
             assert_eq!(got, sent, "request {i}");
         }
+    });
+}
+
+/// A client connection gone quiet (no stream, its backend connection closed after 5 s
+/// unused) lets its HPACK table go, and the next answer empties the client's table first
+/// (RFC 7541 §6.3): the client decodes it, and the answers after it, as the backend sent
+/// them.
+#[test]
+fn answers_after_a_quiet_spell_decode_as_sent() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        let ask = |value: &'static str| {
+            let send = send.clone();
+            async move {
+                let request = Request::get("http://t/fields/quiet")
+                    .header("x-t-a", value)
+                    .header("x-t-b", "same")
+                    .body(())
+                    .unwrap();
+                let (response, _) = (send.ready().await.unwrap())
+                    .send_request(request, true)
+                    .unwrap();
+                let response = response.await.unwrap();
+                let field = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+                (field("x-t-a"), field("x-t-b"))
+            }
+        };
+        for value in ["1", "2"] {
+            assert_eq!(ask(value).await, (value.to_string(), "same".to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(5_600)).await;
+        for value in ["2", "3", "3"] {
+            assert_eq!(ask(value).await, (value.to_string(), "same".to_string()));
+        }
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            2,
+            "the backend connection was closed"
+        );
     });
 }
 

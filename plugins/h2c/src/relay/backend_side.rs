@@ -498,7 +498,14 @@ impl Relay {
                     access.blocks_out += out.len() as u64;
                 }
                 let end = end_stream;
-                self.client.write_block(id, &out, end);
+                let usable = self.client.settled && !self.client.table_lowered;
+                let client = &mut self.client;
+                let table = &mut self.client_table;
+                ENCODED.with_borrow_mut(|block| {
+                    block.clear();
+                    table.transcode(&out, block, usable);
+                    client.write_block(id, block, end);
+                });
                 if end {
                     stream.down.end = true;
                     stream.down.ended = true;

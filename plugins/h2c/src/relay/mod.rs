@@ -174,6 +174,9 @@ pub struct Relay {
     /// The next SETTINGS is the upgrade's HTTP2-Settings, acknowledged by the 101.
     implicit_settings: bool,
     client: Peer,
+    /// The client's HPACK table as final answers' fields fill it (other blocks go as
+    /// literals, which leave the table as it is).
+    client_table: crate::hpack::encoder::Encoder,
     streams: HashMap<u32, Stream>,
     /// The highest stream identifier the client used.
     last_stream: u32,
@@ -306,6 +309,7 @@ impl Relay {
             expect_preface: upgraded,
             implicit_settings: upgraded,
             client: Peer::new(),
+            client_table: Default::default(),
             streams: HashMap::new(),
             last_stream: 0,
             reset_sent: ResetSent::default(),
@@ -369,8 +373,8 @@ impl Relay {
         // `BACKEND_IDLE` after their last stream) keeps nothing of its busy times (gRPC
         // clients hold quiet connections for hours): no output buffer, no room in the
         // stream map (up to `SWITCHYARD_H2C_MAX_STREAMS` entries of a burst), no frame
-        // buffer. Not sooner: a client with one request at a time would pay for them again
-        // with each.
+        // buffer, no HPACK table for its answers. Not sooner: a client with one request
+        // at a time would pay for them again with each.
         let quiet = self.streams.is_empty() && self.backends.iter().all(Option::is_none);
         let keep = if quiet { 0 } else { OUT_KEEP };
         match self.client.out.flush(io, keep) {
@@ -394,6 +398,7 @@ impl Relay {
         }
         if quiet {
             self.streams.shrink_to(0);
+            self.client_table.forget();
             if self.client.tail.is_empty() {
                 self.client.tail = Vec::new();
             }
