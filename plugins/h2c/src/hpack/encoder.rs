@@ -23,6 +23,12 @@ use std::collections::VecDeque;
 /// The table's size, the protocol's initial SETTINGS_HEADER_TABLE_SIZE (RFC 9113 §6.5.2):
 /// a backend that announces more is not asked for it (a table size update would be owed).
 pub const TABLE_SIZE: usize = 4_096;
+/// Fields of one block looked up in the table and perhaps added; the rest go as they
+/// came. A look is a pass over the table (up to 124 entries): a client that sent the
+/// header list's limit in fields of a byte each, each a reference to its own table, made
+/// the relay pass over the table some 480 times a request. Requests and answers have
+/// fewer than 30 fields as a rule.
+const MOST_LOOKED_UP: usize = 64;
 /// Credentials: never indexed, as nghttp2's encoder keeps them.
 const SENSITIVE: &[&[u8]] = &[
     b"authorization",
@@ -99,6 +105,7 @@ impl Encoder {
             integer(out, 5, 0x20, TABLE_SIZE);
         }
         let mut at = 0;
+        let mut looked_up = 0;
         while at < block.len() {
             let first = block[at];
             let (index, taken) =
@@ -121,7 +128,8 @@ impl Encoder {
             let (value, next) = read_string(block, at);
             at = next;
             let never = first & 0xf0 == 0x10;
-            if never || !self.field(out, index, name, value) {
+            looked_up += usize::from(!never);
+            if never || looked_up > MOST_LOOKED_UP || !self.field(out, index, name, value) {
                 out.extend_from_slice(head);
                 out.extend_from_slice(&block[start..at]);
             }
@@ -334,6 +342,26 @@ mod tests {
         out.clear();
         empty.transcode(&block(&[(":method", "GET")]), &mut out, true);
         assert_eq!(out, [0x82]);
+    }
+
+    #[test]
+    fn fields_past_the_first_64_of_a_block_go_as_they_came() {
+        let names: Vec<String> = (0..100).map(|i| format!("x-{i}")).collect();
+        let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            encoder.transcode(&block(&fields), &mut out, true);
+            assert_eq!(decoded(&mut decoder, &out), owned(&fields));
+            assert_eq!(encoder.entries.len(), MOST_LOOKED_UP);
+        }
+        let mut out = Vec::new();
+        encoder.transcode(&block(&fields), &mut out, true);
+        assert_eq!(
+            out.len(),
+            64 + block(&fields[64..]).len(),
+            "64 indices, then literals"
+        );
     }
 
     #[test]

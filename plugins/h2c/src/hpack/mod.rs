@@ -1,14 +1,15 @@
 //! Header fields for the relay (RFC 7541): decoded into one flat list per field block, and
-//! encoded without a dynamic table (a backend connection's [`encoder`] uses one).
+//! encoded as literals, which a connection's [`encoder`] writes again with its table.
 //!
 //! Decoding is `loona-hpack`'s (a maintained fork of the `hpack` crate, the decoder the
 //! `fluke`/`loona` HTTP/2 server runs): it must follow whatever the peer's encoder does,
-//! Huffman and dynamic table included. Encoding is ours and deliberately plain: a field
-//! found whole in the static table is its index, a name found there an indexed name with
-//! a literal value, anything else a literal; never Huffman, never indexed. So the relay
-//! keeps no encoder state per client connection (idle connections are many), and a request's
-//! block can wait for any backend connection: the [`encoder`] of the one it is sent on
-//! writes it again with that connection's table.
+//! Huffman and dynamic table included; which fields came never indexed is noted
+//! ([`Fields::is_never_indexed`]), as an intermediary must pass them on so. Encoding here
+//! is deliberately plain: a field found whole in the static table is its index, a name
+//! found there an indexed name with a literal value, anything else a literal; never
+//! Huffman. Such a block refers to no table, so a request's can wait for any backend
+//! connection, and the [`encoder`] of the connection it goes on writes it again with that
+//! connection's table when it is sent.
 
 use std::borrow::Cow;
 

@@ -68,8 +68,8 @@ pub struct Peer {
     /// A SETTINGS frame came (a preface's first frame must be one).
     pub settled: bool,
     /// The peer lowered SETTINGS_HEADER_TABLE_SIZE below the initial 4,096: the next
-    /// field block sent must say so first (RFC 7541 §4.2), though the relay's encoder keeps
-    /// no table.
+    /// field block sent must say so first (RFC 7541 §4.2), though the relay's encoder uses
+    /// no table from then on.
     pub table_size_update: Option<u32>,
     /// It ever lowered SETTINGS_HEADER_TABLE_SIZE: entries added to its table may be gone.
     pub table_lowered: bool,
@@ -157,14 +157,16 @@ impl Peer {
                 }
                 setting::MAX_CONCURRENT_STREAMS => changed.max_streams = Some(value),
                 setting::HEADER_TABLE_SIZE if value < 4_096 => {
-                    // The smallest since the last block is what must be said (RFC 7541 §4.2):
-                    // the relay's table then stays that small, it never needs more.
+                    // The smallest since the last block is what must be said (RFC 7541 §4.2);
+                    // the relay's encoder uses no table from then on
+                    // ([`crate::hpack::encoder`]).
                     let smallest = self.table_size_update.map_or(value, |v| v.min(value));
                     self.table_size_update = Some(smallest);
                     self.table_lowered = true;
                 }
-                // HEADER_TABLE_SIZE: the relay's encoder keeps no table. MAX_HEADER_LIST_SIZE
-                // is advisory. Unknown settings are ignored (§6.5.2).
+                // HEADER_TABLE_SIZE past 4,096: the relay's encoder keeps to the initial
+                // size. MAX_HEADER_LIST_SIZE is advisory. Unknown settings are ignored
+                // (§6.5.2).
                 _ => {}
             }
         }
