@@ -174,7 +174,7 @@ async fn answer(stream: &mut TcpStream, input: &mut Vec<u8>, id: u32) -> bool {
             match kind {
                 0x7 | 0x3 if kind == 0x7 || on == id => return false,
                 0x1 if on == id => {
-                    status_ok |= payload.first() == Some(&0x88);
+                    status_ok |= skip_size_updates(&payload).first() == Some(&0x88);
                     if flags & 0x1 != 0 {
                         return status_ok;
                     }
@@ -188,4 +188,22 @@ async fn answer(stream: &mut TcpStream, input: &mut Vec<u8>, id: u32) -> bool {
             Ok(n) => input.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// A field block past the dynamic table size updates it may begin with (RFC 7541 §6.3: a
+/// server that lets its table go empties the client's this way).
+fn skip_size_updates(mut block: &[u8]) -> &[u8] {
+    while let Some(&first) = block.first().filter(|&&b| b & 0xe0 == 0x20) {
+        // A 5-bit prefix; at its largest, continuation bytes follow while their top bit is
+        // set (§5.1).
+        let mut taken = 1;
+        if first & 0x1f == 0x1f {
+            while block.get(taken).is_some_and(|b| b & 0x80 != 0) {
+                taken += 1;
+            }
+            taken += 1;
+        }
+        block = block.get(taken..).unwrap_or_default();
+    }
+    block
 }
