@@ -612,41 +612,63 @@ fn uploads_are_held_to_the_budget_by_the_windows_granted() {
 /// From a review: while an address held its budget, every one of its connections read its
 /// backends no further, so a client behind the same NAT as one that takes nothing got no
 /// answer at all until the other's were let go. A connection holding little reads on.
+///
+/// Whether it was served while the other's answers were held, not after they were let go
+/// (a second after the address went over), is a race on a loaded machine (a flake audit
+/// lost it under heavy load): a try the machine made too slow to tell proves nothing, and
+/// is made again, three times at most. Without the fix every try is answered only after
+/// the let-go, and the test fails.
 #[test]
 fn a_connection_holding_little_is_served_while_its_address_holds_its_budget() {
-    run(async {
-        let h2 = backend(Arc::<Seen>::default()).await;
-        let daemon = daemon(
-            &format!("/={h2}"),
-            &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "1000000")],
-        );
-        let holder = connect_with_window(daemon.addr, 0).await;
-        let held = ask_large(&holder, 20).await;
-        // Long enough for the holder to go over on a loaded machine (a flake audit: 150 ms
-        // was not, 4 times in 6 with six busy processes), well within the second after
-        // which its answers are let go. (The metrics' first rendering: later ones may be a
-        // second old, so it is not polled.)
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let held_now = held_bytes(&daemon);
-        assert!(held_now > 1_000_000, "not over its budget: {held_now}");
-        let over = Instant::now();
-        let wide = client::Builder::new()
-            .initial_window_size(4 << 20)
-            .initial_connection_window_size(4 << 20)
-            .clone();
-        let honest = crate::h2c_proxy::connect_by(daemon.addr, &wide).await;
-        // A small answer: a 1 MiB one took 724 ms on CI's loaded machine, past the second
-        // after which the holder's answers are let go, and proved nothing then.
-        let (status, body) = get(&honest, "/honest").await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "/honest"));
-        // Served before the other's answers were let go (a second after the address went
-        // past its budget), not thanks to it.
-        let logs = daemon.logs();
-        assert!(
-            !logs.contains("took nothing of"),
-            "served {:?} after the address went over: {logs}",
-            over.elapsed()
-        );
-        drop(held);
-    });
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        match run(served_while_over_budget()) {
+            Ok(()) => return,
+            Err(late) => tries.push(late),
+        }
+    }
+    panic!("served only after the holder's answers were let go, each try: {tries:#?}");
+}
+
+/// One try of the test above: `Err` with how long after the address went over its budget
+/// the answer came, and the end of the daemon's log, if the holder's answers were let go
+/// first.
+async fn served_while_over_budget() -> Result<(), (Duration, String)> {
+    let h2 = backend(Arc::<Seen>::default()).await;
+    let daemon = daemon(
+        &format!("/={h2}"),
+        &[("SWITCHYARD_H2C_HELD_PER_CLIENT", "1000000")],
+    );
+    let holder = connect_with_window(daemon.addr, 0).await;
+    let held = ask_large(&holder, 20).await;
+    // Long enough for the holder to go over on a loaded machine (a flake audit: 150 ms
+    // was not, 4 times in 6 with six busy processes), well within the second after
+    // which its answers are let go. (The metrics' first rendering: later ones may be a
+    // second old, so it is not polled.)
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let held_now = held_bytes(&daemon);
+    assert!(held_now > 1_000_000, "not over its budget: {held_now}");
+    let over = Instant::now();
+    let wide = client::Builder::new()
+        .initial_window_size(4 << 20)
+        .initial_connection_window_size(4 << 20)
+        .clone();
+    let honest = crate::h2c_proxy::connect_by(daemon.addr, &wide).await;
+    // A small answer: a 1 MiB one took 724 ms on CI's loaded machine, past the second
+    // after which the holder's answers are let go, and proved nothing then.
+    let (status, body) = get(&honest, "/honest").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "/honest"));
+    // Served before the other's answers were let go, not thanks to it.
+    let logs = daemon.logs();
+    drop(held);
+    match logs.contains("took nothing of") {
+        false => Ok(()),
+        true => {
+            let tail = logs.len().saturating_sub(2_000);
+            let tail = (tail..logs.len())
+                .find(|&at| logs.is_char_boundary(at))
+                .unwrap_or(0);
+            Err((over.elapsed(), logs[tail..].to_string()))
+        }
+    }
 }
