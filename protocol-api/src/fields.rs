@@ -2,6 +2,14 @@
 //! request target, the elements of a comma-separated header (RFC 9110 §5.6.1), the
 //! comma-separated lists of settings, and a client's text as a log line shows it.
 
+/// True when `name` is a header field name (a token, RFC 9110 §5.1).
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// The target without its query: `/chat?room=1` → `/chat`.
 pub fn path(target: &str) -> &str {
     target.split_once('?').map_or(target, |(path, _)| path)

@@ -145,6 +145,7 @@ pub mod access;
 mod connection;
 pub mod dials;
 pub mod event;
+pub mod extra_fields;
 pub mod fields;
 mod host;
 pub mod hosting;

@@ -831,7 +831,7 @@ fn rfc7541_repeated_fields_cost_a_byte_and_never_indexed_fields_stay_so() {
 
 /// An HTTP/2 backend of raw frames that keeps each request's field block (HEADERS without
 /// CONTINUATION) and answers it `200` with no body.
-fn raw_h2_backend_keeping_blocks() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+pub(crate) fn raw_h2_backend_keeping_blocks() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

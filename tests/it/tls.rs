@@ -956,6 +956,83 @@ fn strict_transport_security_goes_over_tls_only() {
     );
 }
 
+/// `SWITCHYARD_RESPONSE_HEADERS` on HTTP/2 answers too (the h2c relay's, which browsers
+/// get over TLS with ALPN `h2`): an operator who turns HSTS on gets it whichever way a
+/// browser's connection goes. `Strict-Transport-Security` over TLS only, the other fields
+/// over cleartext h2c too, none on an error (the relay's own `502`).
+#[test]
+fn the_operators_fields_go_on_http2_answers_and_hsts_over_tls_only() {
+    let pki = Pki::new();
+    let pair = pki.issue("localhost", &["localhost"]);
+    let (backend, _) = crate::h2c_proxy::raw_h2_backend_keeping_blocks();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let daemon = with_pairs(Daemon::builder(), &[&pair])
+        .plugin("switchyard-h2c")
+        .env(
+            "SWITCHYARD_H2C_ROUTES",
+            &format!("/={backend},/refused={refused}"),
+        )
+        .env("SWITCHYARD_TLS_LISTEN", "127.0.0.1:0")
+        .env(
+            "SWITCHYARD_RESPONSE_HEADERS",
+            "Strict-Transport-Security: max-age=63072000\nX-Frame-Options: DENY",
+        )
+        .start();
+    let tls_addr = tls_listener(&daemon);
+    let has = |block: &[u8], what: &[u8]| block.windows(what.len()).any(|w| w == what);
+    let mut tls = connect(tls_addr, &pki.client(&[b"h2"]), "localhost");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let block = h2_answer_block(&mut tls, 1, "/page");
+    // `strict-transport-security` is the static table's 56th name: its value tells it.
+    assert!(has(&block, b"max-age=63072000"), "{block:x?}");
+    assert!(
+        has(&block, b"x-frame-options") && has(&block, b"DENY"),
+        "{block:x?}"
+    );
+    let mut plain = std::net::TcpStream::connect(daemon.addr).unwrap();
+    let block = h2_answer_block(&mut plain, 1, "/page");
+    assert!(has(&block, b"x-frame-options"), "{block:x?}");
+    assert!(!has(&block, b"max-age=63072000"), "{block:x?}");
+    let block = h2_answer_block(&mut plain, 3, "/refused");
+    assert!(!has(&block, b"x-frame-options"), "{block:x?}");
+}
+
+/// Sends `GET path` on stream `id`, after HTTP/2's preface if it is the connection's first,
+/// and reads frames up to its answer's HEADERS: that block.
+fn h2_answer_block(stream: &mut (impl Read + Write), id: u32, path: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    if id == 1 {
+        out = crate::h2c::PREFACE.to_vec();
+        out.extend(crate::h2c::frame(0x4, 0, 0, &[]));
+    }
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend(path.as_bytes());
+    block.extend([0x01, 1, b't']);
+    out.extend(crate::h2c::frame(0x1, 0x5, id, &block));
+    stream.write_all(&out).unwrap();
+    let mut input = Vec::new();
+    let mut buf = [0u8; 16_384];
+    loop {
+        while input.len() >= 9 {
+            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if input.len() < 9 + len {
+                break;
+            }
+            let frame: Vec<u8> = input.drain(..9 + len).collect();
+            let on = u32::from_be_bytes(frame[5..9].try_into().unwrap());
+            if frame[3] == 0x1 && on == id {
+                return frame[9..].to_vec();
+            }
+        }
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the answer");
+        input.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[test]
 fn static_files_over_tls() {
     // Read from the file and sealed in user space (no sendfile under TLS), in pieces, to a

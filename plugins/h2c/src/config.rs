@@ -1,6 +1,7 @@
 //! The h2c plugin's settings, from the daemon's environment, read once when it loads, and
 //! its routing: which backend serves a request path (longest prefix wins).
 
+use protocol_api::extra_fields::{self, ExtraFields};
 use protocol_api::path::{PathError, RequestPath};
 use std::time::Duration;
 
@@ -77,6 +78,10 @@ pub struct Config {
     /// read their backends no further, and unmoved streams are ended
     /// ([`crate::relay::held`]); on hyper's engine, a backend connection per MiB of it.
     pub held_per_client: usize,
+    /// `SWITCHYARD_RESPONSE_HEADERS`, the daemon's setting: the fields the relay adds to
+    /// its HTTP/2 answers, as the daemon adds them to its HTTP/1.1 ones (names in
+    /// lowercase).
+    pub response_fields: ExtraFields,
 }
 
 /// How client connections are served.
@@ -93,13 +98,21 @@ pub const ROUTES: &str = "SWITCHYARD_H2C_ROUTES";
 impl Config {
     pub fn from_env() -> Result<Config, String> {
         // The daemon's connection limit, read as it reads it (a value it refuses stops it
-        // anyway): the default of `SWITCHYARD_H2C_BACKENDS_MAX`.
+        // anyway): the default of `SWITCHYARD_H2C_BACKENDS_MAX`. (The daemon's settings are
+        // its own to declare; `from_lookup` reads the plugin's.)
         let connections = (std::env::var("SWITCHYARD_MAX_CONNECTIONS").ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&n| n >= 1)
             .unwrap_or(10_000)
             .min(1 << 20);
-        Config::from_lookup_for(|name| std::env::var(name).ok(), connections)
+        let mut config = Config::from_lookup_for(|name| std::env::var(name).ok(), connections)?;
+        // The daemon's, likewise (it refused a value that does not parse).
+        if let Ok(text) = std::env::var(extra_fields::VARIABLE) {
+            config.response_fields = ExtraFields::parse(&text)
+                .map_err(|why| format!("invalid {}: {why}", extra_fields::VARIABLE))?
+                .lowercased();
+        }
+        Ok(config)
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
@@ -190,6 +203,7 @@ impl Config {
                 64 * 1024,
                 1 << 40,
             )? as usize,
+            response_fields: ExtraFields::default(),
             routes,
         })
     }

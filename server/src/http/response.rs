@@ -1,5 +1,7 @@
 //! Responses as bytes (RFC 9112 §4, §6).
 
+pub use protocol_api::extra_fields::ExtraFields;
+pub use protocol_api::fields::is_token;
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
@@ -141,51 +143,6 @@ pub fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
 /// `100 Continue` (RFC 9110 §15.2.1), sent before reading a body the client holds back.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// True when `name` is a header field name (a token, RFC 9110 §5.1).
-pub fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Header fields an operator adds to the responses the daemon writes
-/// (`SWITCHYARD_RESPONSE_HEADERS`: `Strict-Transport-Security`, `Content-Security-Policy`
-/// and the like), as nginx's `add_header` does: to answers of 1xx to 3xx (the `101`
-/// included, as websocketd's `--header`), not to errors (a `Cache-Control` meant for pages
-/// would let a cache keep a `503` for everyone, a review noted). A response that has a
-/// field of the same name keeps its own (the status page's `Cache-Control`);
-/// `Strict-Transport-Security` goes over TLS only (RFC 6797 §7.2). Fields that frame the
-/// message, say what its body is, or make the switch are the daemon's alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExtraFields(Vec<(String, String)>);
-
-/// Fields [`ExtraFields`] may not hold: HTTP/1.1's framing and connection fields, what
-/// says what a body is or where it is, and the WebSocket handshake's, which only the
-/// daemon and its plugins may write.
-const NOT_EXTRA: [&str; 16] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "date",
-    "te",
-    "trailer",
-    "proxy-connection",
-    "content-type",
-    "content-encoding",
-    "content-range",
-    "content-location",
-    "location",
-    "host",
-    "expect",
-];
-
-/// Most bytes all of [`ExtraFields`] may take (curl refuses heads past 100 KB, and many
-/// proxies past 8 to 16 KiB).
-const EXTRA_MOST: usize = 8 * 1024;
-
 /// [`ExtraFields`] for one connection: over TLS or not.
 #[derive(Debug, Clone, Copy)]
 pub struct ExtraFor<'a> {
@@ -193,56 +150,17 @@ pub struct ExtraFor<'a> {
     secure: bool,
 }
 
-impl ExtraFields {
-    /// Reads `Name: value` fields, one a line (RFC 9110 §5: a token, a colon, a value
-    /// without CR, LF or NUL; white space around the value is not part of it).
-    pub fn parse(text: &str) -> Result<ExtraFields, String> {
-        let mut fields = Vec::new();
-        if text.len() > EXTRA_MOST {
-            return Err(format!("longer than {EXTRA_MOST} bytes"));
-        }
-        let lines = text.lines().map(|l| l.trim_matches([' ', '\t']));
-        for line in lines.filter(|l| !l.is_empty()) {
-            let Some((name, value)) = line.split_once(':') else {
-                return Err(format!("{line:?} is not `Name: value`"));
-            };
-            let value = value.trim_matches([' ', '\t']);
-            if !is_token(name) || name.len() != line.find(':').unwrap_or(0) {
-                return Err(format!("{name:?} is not a field name"));
-            }
-            let lower = name.to_ascii_lowercase();
-            if NOT_EXTRA.contains(&lower.as_str()) || lower.starts_with("sec-websocket-") {
-                return Err(format!("{name} is written by the daemon alone"));
-            }
-            // Visible ASCII, spaces and tabs only: what every peer reads alike.
-            if !value
-                .bytes()
-                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-            {
-                return Err(format!(
-                    "the value of {name} holds a byte other than visible ASCII, a space or a tab"
-                ));
-            }
-            fields.push((name.to_string(), value.to_string()));
-        }
-        Ok(ExtraFields(fields))
-    }
-
-    /// The fields as a connection over TLS (`secure`) or not gets them.
-    pub fn over(&self, secure: bool) -> ExtraFor<'_> {
-        ExtraFor {
-            fields: self,
-            secure,
-        }
-    }
-}
-
 impl ExtraFor<'_> {
     /// None, for a writer with no operator's fields (tests).
     pub const NONE: ExtraFor<'static> = ExtraFor {
-        fields: &ExtraFields(Vec::new()),
+        fields: &ExtraFields::NONE,
         secure: false,
     };
+
+    /// `fields` as a connection over TLS (`secure`) or not gets them.
+    pub fn new(fields: &ExtraFields, secure: bool) -> ExtraFor<'_> {
+        ExtraFor { fields, secure }
+    }
 
     /// Writes, for an answer of `status`, each field whose name is not among `present`.
     pub fn write_beside<'a>(
@@ -251,12 +169,8 @@ impl ExtraFor<'_> {
         status: u16,
         present: impl Iterator<Item = &'a str> + Clone,
     ) {
-        if status >= 400 {
-            return;
-        }
-        for (name, value) in &self.fields.0 {
-            let sts = name.eq_ignore_ascii_case("strict-transport-security");
-            if (!sts || self.secure) && !present.clone().any(|p| p.eq_ignore_ascii_case(name)) {
+        for (name, value) in self.fields.for_answer(status, self.secure) {
+            if !present.clone().any(|p| p.eq_ignore_ascii_case(name)) {
                 write_header(out, name, value);
             }
         }
@@ -373,7 +287,7 @@ mod tests {
         let mut out = Vec::new();
         Response::new(200, &b"ok"[..])
             .header("cache-control", "no-store")
-            .write_to(&mut out, "D", false, extra.over(true));
+            .write_to(&mut out, "D", false, ExtraFor::new(&extra, true));
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -383,7 +297,7 @@ mod tests {
         );
         // Not over cleartext (RFC 6797 §7.2), and nothing on an error.
         let mut out = Vec::new();
-        Response::new(301, &b""[..]).write_to(&mut out, "D", false, extra.over(false));
+        Response::new(301, &b""[..]).write_to(&mut out, "D", false, ExtraFor::new(&extra, false));
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("Cache-Control: no-cache, no-store\r\n"),
@@ -391,32 +305,12 @@ mod tests {
         );
         assert!(!text.contains("Strict-Transport-Security"), "{text}");
         let mut out = Vec::new();
-        Response::unavailable("full").write_to(&mut out, "D", false, extra.over(true));
+        Response::unavailable("full").write_to(&mut out, "D", false, ExtraFor::new(&extra, true));
         let text = String::from_utf8(out).unwrap();
         assert!(
             !text.contains("Cache-Control") && !text.contains("X-Empty"),
             "{text}"
         );
-        let long = format!("X-Long: {}", "a".repeat(9000));
-        for (bad, why) in [
-            ("X-A b", "not `Name: value`"),
-            ("X A: b", "not a field name"),
-            ("X-A : b", "not a field name"),
-            (": b", "not a field name"),
-            ("Content-Length: 5", "written by the daemon alone"),
-            ("connection: close", "written by the daemon alone"),
-            ("Sec-WebSocket-Accept: x", "written by the daemon alone"),
-            ("Content-Type: text/html", "written by the daemon alone"),
-            ("Location: /elsewhere", "written by the daemon alone"),
-            ("X-A: a\u{7f}b", "other than visible ASCII"),
-            ("X-A: a\u{85}b", "other than visible ASCII"),
-            ("X-A: \u{a0}b", "other than visible ASCII"),
-            (&long, "longer than 8192 bytes"),
-        ] {
-            let error = ExtraFields::parse(bad).unwrap_err();
-            assert!(error.contains(why), "{bad:?}: {error}");
-        }
-        assert!(ExtraFields::parse("Content-Security-Policy: default-src 'self'").is_ok());
     }
 
     #[test]

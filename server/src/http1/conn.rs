@@ -1060,11 +1060,10 @@ impl<T: Transport> HttpConn<T> {
         let queue = self.output.queue();
         let before = queue.len();
         cx.shared.metrics.response(response.status);
-        let extra = cx
-            .shared
-            .config
-            .response_headers
-            .over(self.stream.tls().is_some());
+        let extra = crate::http::response::ExtraFor::new(
+            &cx.shared.config.response_headers,
+            self.stream.tls().is_some(),
+        );
         response.write_to(queue, cx.date.now(), head_only, extra);
         let apart = match head_only {
             true => 0,

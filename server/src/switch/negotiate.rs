@@ -90,7 +90,7 @@ pub fn negotiate(
                     };
                 }
                 let product = upgrade.product(index);
-                let extra = shared.config.response_headers.over(upgrade.tls.is_some());
+                let extra = ExtraFor::new(&shared.config.response_headers, upgrade.tls.is_some());
                 return match switching_protocols(product, &headers, extra) {
                     Some(switching) => Outcome::Accept {
                         offer: index,
@@ -254,7 +254,8 @@ mod tests {
         let extra =
             crate::http::response::ExtraFields::parse("X-Session: 8\nX-Frame-Options: DENY");
         let ours = [("X-Session".into(), "7".into())];
-        let out = switching_protocols("Echo/1", &ours, extra.unwrap().over(false)).unwrap();
+        let extra = extra.unwrap();
+        let out = switching_protocols("Echo/1", &ours, ExtraFor::new(&extra, false)).unwrap();
         assert!(out.starts_with(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: Echo/1\r\nConnection: upgrade\r\n"
         ));

@@ -492,6 +492,8 @@ impl Relay {
                     .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok());
                 if let Some(status) = status {
                     stats.answered(status);
+                    let extra = &self.shared.config.response_fields;
+                    message::add_extra(fields, status, self.tls.is_some(), extra, &mut out);
                 }
                 if let Some(access) = stream.access.as_deref_mut() {
                     access.status = status;

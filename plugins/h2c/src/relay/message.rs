@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Route};
 use crate::hpack::{self, Fields};
+use protocol_api::extra_fields::ExtraFields;
 use protocol_api::path::RequestPath;
 use std::net::SocketAddr;
 
@@ -327,6 +328,23 @@ pub fn pass_response(fields: &Fields, block: &mut Vec<u8>) -> Result<Response, &
         pass_field(block, fields.is_never_indexed(at), name, value);
     }
     Ok(kind)
+}
+
+/// Adds to an answer's block the fields the operator adds to answers of `status`
+/// (`SWITCHYARD_RESPONSE_HEADERS`, names in lowercase; `secure`: the client came over
+/// TLS), each where the answer has no field of that name, as the daemon does on HTTP/1.1.
+pub fn add_extra(
+    fields: &Fields,
+    status: u16,
+    secure: bool,
+    extra: &ExtraFields,
+    block: &mut Vec<u8>,
+) {
+    for (name, value) in extra.for_answer(status, secure) {
+        if fields.get(name.as_bytes()).is_none() {
+            hpack::field(block, name.as_bytes(), value.as_bytes());
+        }
+    }
 }
 
 /// Writes a field passed on, never indexed if it came so: "an intermediary MUST use the
@@ -691,6 +709,34 @@ mod tests {
             route_request(&only_api, &fields, &mut Forwarding::new(peer)),
             Err(Refused::Answer(400, _))
         ));
+    }
+
+    /// The operator's fields go on answers of 1xx to 3xx where the backend wrote none of
+    /// that name, `strict-transport-security` over TLS only, as on HTTP/1.1.
+    #[test]
+    fn the_operators_fields_are_added_where_the_answer_has_none() {
+        let extra = ExtraFields::parse(
+            "Strict-Transport-Security: max-age=63072000\nX-Frame-Options: DENY\nCache-Control: no-store",
+        )
+        .unwrap()
+        .lowercased();
+        let mut fields = Fields::default();
+        fields.push(b":status", b"200");
+        fields.push(b"cache-control", b"max-age=60");
+        let added = |status: u16, secure: bool| {
+            let mut block = Vec::new();
+            add_extra(&fields, status, secure, &extra, &mut block);
+            decoded(&block)
+        };
+        assert_eq!(
+            added(200, true),
+            pairs(&[
+                ("strict-transport-security", "max-age=63072000"),
+                ("x-frame-options", "DENY"),
+            ])
+        );
+        assert_eq!(added(304, false), pairs(&[("x-frame-options", "DENY")]));
+        assert!(added(502, true).is_empty());
     }
 
     #[test]
