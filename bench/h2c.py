@@ -6,9 +6,13 @@ HTTP/2 end to end) and through nginx's grpc_pass (its documented way to proxy HT
 HTTP/2 backend, with upstream keep-alive) to the same backend (nghttpd, nghttp2's server, serving a 64-byte file), and
 straight to the backend. Proxies on core 0, backend and load generator on core 1. Rounds
 interleave the servers; medians of requests per second and p99 latency (from h2load's
-per-request log) are reported, with the proxy's CPU use."""
+per-request log) are reported, with the proxy's CPU use, and the CPU time the backend and
+h2load spend a request: they share core 1, which is the one this load fills, so what a
+proxy makes them spend decides its rate (and varies far less from run to run than the
+rate does on a shared machine)."""
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,25 @@ def start(command, core, env=None):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def thread_cpu_ns(pid):
+    """CPU time of every thread of `pid`, in nanoseconds (schedstat: exact, where
+    /proc/PID/stat counts ticks)."""
+    total = 0
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, task)) as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def children_cpu_seconds():
+    """CPU time of this process's children that have ended (h2load's, once it has)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def h2load(port, requests, workdir):
@@ -123,7 +146,7 @@ def many(args):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--many", action="store_true", help="the many-quiet-clients load instead")
     parser.add_argument("--conns", type=int, default=10_000)
@@ -169,23 +192,30 @@ def main():
                 wait_listening(port)
                 h2load(port, 20_000, work)  # warm-up: connections pooled, pages touched
                 before = cpu_seconds(proxy.pid) if proxy else 0.0
+                backend_before, load_before = thread_cpu_ns(backend.pid), children_cpu_seconds()
                 rate, p99, failed = h2load(port, args.requests, work)
                 used = (cpu_seconds(proxy.pid) - before) if proxy else 0.0
+                backend_us = (thread_cpu_ns(backend.pid) - backend_before) / 1000 / args.requests
+                load_us = (children_cpu_seconds() - load_before) * 1e6 / args.requests
                 if failed:
                     raise RuntimeError("%s: %d requests failed" % (name, failed))
-                results[name].append((rate, p99, used * rate / args.requests))
+                results[name].append((rate, p99, used * rate / args.requests, backend_us, load_us))
                 if proxy:
                     stop(proxy)
     finally:
         stop(backend)
-    med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in results.items()}
+    med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(5)) for n, rs in results.items()}
     print("h2load -c50 -m10, %d requests of a 64-byte file, %d rounds (medians)" % (args.requests, args.rounds))
-    print("%-11s %12s %9s %14s" % ("server", "requests/s", "p99 ms", "proxy CPU, s/s"))
-    for name, (rate, p99, cpu) in med.items():
-        print("%-11s %12.0f %9.2f %14s" % (name, rate, p99, "-" if name == "backend" else "%.2f" % cpu))
+    print("%-11s %12s %9s %14s %17s %16s" % ("server", "requests/s", "p99 ms", "proxy CPU, s/s",
+                                             "backend us a req", "h2load us a req"))
+    for name, (rate, p99, cpu, backend_us, load_us) in med.items():
+        print("%-11s %12.0f %9.2f %14s %17.2f %16.2f" % (
+            name, rate, p99, "-" if name == "backend" else "%.2f" % cpu, backend_us, load_us))
     sw, ng, ha = med["switchyard"], med["nginx"], med["haproxy"]
     print("switchyard / HAProxy: %.2fx requests/s, %.2fx per proxy CPU-second, p99 %.2f ms vs %.2f ms"
           % (sw[0] / ha[0], (sw[0] / sw[2]) / (ha[0] / ha[2]), sw[1], ha[1]))
+    print("load core's CPU a request (backend + h2load): switchyard %.2f us, HAProxy %.2f us (%.2fx)"
+          % (sw[3] + sw[4], ha[3] + ha[4], (ha[3] + ha[4]) / (sw[3] + sw[4])))
     hn = med["hap-never"]
     print("switchyard / HAProxy with http-reuse never (a backend connection per client "
           "connection, as the relay): %.2fx requests/s" % (sw[0] / hn[0]))

@@ -740,6 +740,118 @@ fn fields_reach_the_backend_and_the_client_as_sent_through_the_tables() {
     });
 }
 
+/// RFC 7541 §4.2: a peer that lowers SETTINGS_HEADER_TABLE_SIZE (here to 0, the client and
+/// the backend both) gets no entry added to its table and no index into it: every request
+/// and answer of a connection with repeated fields still decodes (h2's decoders refuse an
+/// index past their table).
+#[test]
+fn peers_that_lower_their_table_size_get_no_index_into_it() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let seen = serving.clone();
+                tokio::spawn(async move {
+                    let mut builder = server::Builder::new();
+                    builder.header_table_size(0);
+                    let Ok(mut connection) = builder.handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        tokio::spawn(serve(request, respond, seen.clone()));
+                    }
+                });
+            }
+        });
+        let daemon = daemon(&format!("/={addr}"), &[]);
+        let lowered = client::Builder::new().header_table_size(0).clone();
+        let send = connect_by(daemon.addr, &lowered).await;
+        for i in 0..20 {
+            let request = Request::get(format!("http://t/fields/{}", i % 2))
+                .header("x-t-same", "always")
+                .header("user-agent", "repeated/1.0")
+                .body(())
+                .unwrap();
+            let (response, _) = (send.clone().ready().await.unwrap())
+                .send_request(request, true)
+                .unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "request {i}");
+            assert_eq!(response.headers()["x-t-same"], "always", "answer {i}");
+        }
+        assert_eq!(seen.fields.lock().unwrap().len(), 20);
+    });
+}
+
+/// An upgrade's first answer may come before the client's own SETTINGS (its preface
+/// follows the `101` whenever it likes): the client's table is not used until that
+/// SETTINGS came, as a client may lower its table size there (the upgrade's
+/// HTTP2-Settings said nothing of it). A review found the answer adding entries.
+#[test]
+fn an_upgrades_first_answer_before_the_clients_settings_uses_no_table() {
+    use std::io::{Read, Write};
+    // The backend on a thread of its own, which outlives the test (the client here is
+    // blocking).
+    let (backend_addr, backend_up) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        run(async move {
+            backend_addr.send(backend(Arc::default()).await).unwrap();
+            std::future::pending::<()>().await
+        })
+    });
+    let backend = backend_up.recv().unwrap();
+    let daemon = daemon(&format!("/={backend}"), &[]);
+    let mut socket = std::net::TcpStream::connect(daemon.addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // HTTP2-Settings: SETTINGS_MAX_CONCURRENT_STREAMS 100, in base64url.
+    socket
+        .write_all(
+            b"GET /fields/up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\nx-t-a: v\r\n\r\n",
+        )
+        .unwrap();
+    let mut input = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&input));
+        input.extend_from_slice(&buf[..n]);
+        if let Some(at) = input.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    assert!(
+        input.starts_with(b"HTTP/1.1 101 "),
+        "{:?}",
+        String::from_utf8_lossy(&input)
+    );
+    input.drain(..head_end);
+    // Frames until stream 1's HEADERS, without a preface of ours.
+    let block = loop {
+        if input.len() >= 9 {
+            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if input.len() >= 9 + len {
+                let frame: Vec<u8> = input.drain(..9 + len).collect();
+                if frame[3] == 0x1 && frame[5..9] == [0, 0, 0, 1] {
+                    break frame[9..].to_vec();
+                }
+                continue;
+            }
+        }
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the answer");
+        input.extend_from_slice(&buf[..n]);
+    };
+    // :status 200, then `x-t-a: v` as a literal that adds nothing (§6.2.2), not §6.2.1.
+    assert_eq!(&block[..2], &[0x88, 0x00], "{block:x?}");
+}
+
 /// A client connection gone quiet (no stream, its backend connection closed after 5 s
 /// unused) lets its HPACK table go, and the next answer empties the client's table first
 /// (RFC 7541 §6.3): the client decodes it, and the answers after it, as the backend sent

@@ -139,9 +139,7 @@ impl Relay {
                 .request
                 .take()
                 .expect("a waiting stream has its request");
-            // Only once its SETTINGS came: a decoder that applies a lowered table size
-            // before our acknowledgement (against RFC 7541 §4.2, but seen) is not surprised.
-            let usable = backend.peer.settled && !backend.peer.table_lowered;
+            let usable = backend.peer.table_usable();
             let end = stream.up.end && stream.up.is_empty();
             ENCODED.with_borrow_mut(|block| {
                 block.clear();
@@ -500,7 +498,7 @@ impl Relay {
                     access.blocks_out += out.len() as u64;
                 }
                 let end = end_stream;
-                let usable = self.client.settled && !self.client.table_lowered;
+                let usable = self.client.table_usable();
                 let client = &mut self.client;
                 let table = &mut self.client_table;
                 ENCODED.with_borrow_mut(|block| {

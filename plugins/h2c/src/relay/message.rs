@@ -112,13 +112,14 @@ impl Forwarding {
     /// Appends the forwarding fields to a request's block, `own` its `Forwarded` when it is
     /// not the usual one. As literals: a backend connection's encoder indexes them
     /// ([`crate::hpack::encoder`]), so each request after the first carries three bytes of
-    /// them.
-    fn append(&self, block: &mut Vec<u8>, own: Option<&str>) {
+    /// them; `Forwarded` never indexed when the `:authority` it names came so
+    /// (`authority_never`).
+    fn append(&self, block: &mut Vec<u8>, own: Option<&str>, authority_never: bool) {
         let address = self.client_address.as_bytes();
         hpack::field(block, b"x-real-ip", address);
         hpack::field(block, b"x-forwarded-for", address);
         let value = own.unwrap_or(&self.forwarded);
-        hpack::field(block, b"forwarded", value.as_bytes());
+        pass_field(block, authority_never, b"forwarded", value.as_bytes());
     }
 }
 
@@ -133,8 +134,10 @@ pub fn route_request(
     forwarding: &mut Forwarding,
 ) -> Result<Routed, Refused> {
     let (mut method, mut path, mut authority, mut scheme) = (None, None, None, None);
+    // Whether `:path` and `:authority` came never indexed (what carries them on must be).
+    let (mut path_never, mut authority_never) = (false, false);
     let mut regular = false;
-    for (name, value) in fields.iter() {
+    for (at, (name, value)) in fields.iter().enumerate() {
         if let Some(pseudo) = name.strip_prefix(b":") {
             if regular {
                 return Err(Refused::Malformed("a pseudo-header after a regular field"));
@@ -150,6 +153,11 @@ pub fn route_request(
                 return Err(Refused::Malformed("a pseudo-header twice"));
             }
             check_value(value)?;
+            match pseudo {
+                b"path" => path_never = fields.is_never_indexed(at),
+                b"authority" => authority_never = fields.is_never_indexed(at),
+                _ => {}
+            }
             continue;
         }
         regular = true;
@@ -179,7 +187,8 @@ pub fn route_request(
     hpack::field(&mut block, b":method", method);
     hpack::field(&mut block, b":scheme", b"http");
     hpack::field(&mut block, b":authority", route.address.as_bytes());
-    hpack::field(&mut block, b":path", parsed.path_and_query().as_bytes());
+    let path_and_query = parsed.path_and_query();
+    pass_field(&mut block, path_never, b":path", path_and_query.as_bytes());
     for (at, (name, value)) in fields.iter().enumerate() {
         if name.starts_with(b":") || name == b"host" || is_forwarding(name) {
             continue;
@@ -187,7 +196,7 @@ pub fn route_request(
         pass_field(&mut block, fields.is_never_indexed(at), name, value);
     }
     let own = forwarding.for_authority(authority);
-    forwarding.append(&mut block, own.as_deref());
+    forwarding.append(&mut block, own.as_deref(), authority_never);
     Ok(Routed {
         route: index,
         block,
@@ -575,6 +584,36 @@ mod tests {
             .position(|(n, _)| n == "x-secret")
             .unwrap();
         assert_eq!(never, [secret_at]);
+    }
+
+    /// RFC 7541 §7.1.3: a `:path` (a token in its query, say) or `:authority` the client
+    /// sent never indexed goes on never indexed: the path as it is, the authority in
+    /// `Forwarded`'s `host`. (The review that found it: the encoder added such a path to
+    /// the backend connection's table.)
+    #[test]
+    fn rfc7541_7_1_3_a_never_indexed_path_or_authority_stays_so() {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let mut block = Vec::new();
+        hpack::field(&mut block, b":method", b"GET");
+        hpack::field(&mut block, b":scheme", b"http");
+        hpack::never_indexed(&mut block, b":authority", b"secret.example");
+        hpack::never_indexed(&mut block, b":path", b"/api/x?token=SECRET");
+        let mut fields = Fields::default();
+        Decoder::default()
+            .decode(&block, &mut fields, 1 << 20)
+            .unwrap();
+        let routed = route_request(&config(), &fields, &mut Forwarding::new(peer)).unwrap();
+        let mut out = Vec::new();
+        crate::hpack::encoder::Encoder::default().transcode(&routed.block, &mut out, true);
+        let mut passed = Fields::default();
+        Decoder::default()
+            .decode(&out, &mut passed, 1 << 20)
+            .unwrap();
+        let never: Vec<&[u8]> = (passed.iter().enumerate())
+            .filter(|&(at, _)| passed.is_never_indexed(at))
+            .map(|(_, (name, _))| name)
+            .collect();
+        assert_eq!(never, [&b":path"[..], b"forwarded"]);
     }
 
     /// RFC 9113 §8.5: a CONNECT is `:method` and `:authority` alone; it asks for a tunnel

@@ -67,12 +67,15 @@ pub struct Peer {
     pub max_frame: usize,
     /// A SETTINGS frame came (a preface's first frame must be one).
     pub settled: bool,
+    /// A SETTINGS frame of the peer's own came, not an upgrade's HTTP2-Settings: what
+    /// its decoder's table is may be relied on ([`Peer::table_usable`]).
+    framed_settings: bool,
     /// The peer lowered SETTINGS_HEADER_TABLE_SIZE below the initial 4,096: the next
     /// field block sent must say so first (RFC 7541 §4.2), though the relay's encoder uses
     /// no table from then on.
     pub table_size_update: Option<u32>,
     /// It ever lowered SETTINGS_HEADER_TABLE_SIZE: entries added to its table may be gone.
-    pub table_lowered: bool,
+    table_lowered: bool,
 }
 
 impl Peer {
@@ -171,6 +174,7 @@ impl Peer {
             }
         }
         self.settled = true;
+        self.framed_settings |= !implicit;
         if !implicit {
             frame::write(
                 self.out.queue(),
@@ -242,6 +246,15 @@ impl Peer {
                 );
             }
         }
+    }
+
+    /// Whether the peer's HPACK table may be used ([`crate::hpack::encoder`]): once its
+    /// own SETTINGS frame came (a decoder that applies a lowered table size before the
+    /// encoder says so, against RFC 7541 §4.2 but seen, is not surprised; an upgrade's
+    /// HTTP2-Settings does not count, a review noted), and while it never lowered the
+    /// table size.
+    pub fn table_usable(&self) -> bool {
+        self.framed_settings && !self.table_lowered
     }
 
     /// Only CONTINUATION of the open block may come while one is open (RFC 9113 §6.10).

@@ -415,10 +415,9 @@ mod tests {
 
     /// A peer whose connection window is `window`, its SETTINGS as they start.
     fn peer(window: i64) -> Peer {
-        Peer {
-            send_window: window,
-            ..Peer::new()
-        }
+        let mut peer = Peer::new();
+        peer.send_window = window;
+        peer
     }
 
     #[test]
