@@ -5,14 +5,17 @@
 //! (`:authority`, `user-agent`, `content-type`, the forwarding fields, a gRPC method's
 //! `:path`: the relay sent nghttpd 56 bytes a request, h2load alone 14, and nghttpd spent
 //! 3.47 us a request on the relay's against 3.15 with the table), and a client
-//! connection's answers (`server`, `content-type`, `date`, `grpc-status`: 122 bytes an
-//! answer from nghttpd as literals).
+//! connection's final answers (`server`, `content-type`, `cache-control`, `date` while it
+//! stays the same second: 122 bytes an answer from nghttpd as literals, 11 with the
+//! table). Trailers (gRPC's `grpc-status`) and interim answers go as literals.
 //!
 //! What is never indexed: a field that came never indexed (RFC 7541 §7.1.3: an
 //! intermediary keeps that representation), credentials (`authorization`,
 //! `proxy-authorization`, `cookie`, `set-cookie`), fields whose values change with each
-//! message ([`CHURNS`]), and an entry past a quarter of the table (it would evict the
-//! rest). The table is used only once the peer's SETTINGS came and while it never lowered
+//! message ([`CHURNS`], and a `:path` with a query), and an entry past a quarter of the
+//! table (it would evict the rest). What a block may cost is bounded: 64 fields looked
+//! up, a pass over 64 entries at most each, 16 added; a table is two allocations, 5 KiB
+//! and 1 KiB at most. The table is used only once the peer's SETTINGS came and while it never lowered
 //! SETTINGS_HEADER_TABLE_SIZE ([`Encoder::transcode`]'s `usable`): a decoder that shrinks
 //! its table before the encoder says so (seen) would otherwise lose entries referred to.
 //! A connection gone quiet lets its table go ([`Encoder::forget`]).
@@ -23,12 +26,22 @@ use std::collections::VecDeque;
 /// The table's size, the protocol's initial SETTINGS_HEADER_TABLE_SIZE (RFC 9113 §6.5.2):
 /// a backend that announces more is not asked for it (a table size update would be owed).
 pub const TABLE_SIZE: usize = 4_096;
-/// Fields of one block looked up in the table and perhaps added; the rest go as they
-/// came. A look is a pass over the table (up to 124 entries): a client that sent the
-/// header list's limit in fields of a byte each, each a reference to its own table, made
-/// the relay pass over the table some 480 times a request. Requests and answers have
-/// fewer than 30 fields as a rule.
+/// Fields of one block looked up in the table; the rest go as they came. A look is a pass
+/// over the table's entries ([`MOST_ENTRIES`] at most): a client that sent the header
+/// list's limit in fields of a byte each, each a reference to its own table, had the relay
+/// pass over the table some 480 times a request. Requests and answers have fewer than 30
+/// fields as a rule.
 const MOST_LOOKED_UP: usize = 64;
+/// Fields one block may add to the table; past them, a field not found goes as it came.
+/// A block of new fields each time (a review: 62 fields cycling over 130 names) would
+/// otherwise replace the table's entries with each block, a copy and an eviction each.
+const MOST_ADDED: usize = 16;
+/// Entries the table holds at most, whatever their size: the bound of a look's pass (the
+/// smallest entries would let 4,096 bytes hold 124).
+const MOST_ENTRIES: usize = 64;
+/// The entries' bytes are kept in one buffer, appended at its end and moved to its front
+/// when the end would pass this: the table's bytes and one entry's more at most.
+const BUFFER: usize = TABLE_SIZE + TABLE_SIZE / 4;
 /// Credentials: never indexed, as nghttp2's encoder keeps them.
 const SENSITIVE: &[&[u8]] = &[
     b"authorization",
@@ -50,32 +63,54 @@ const CHURNS: &[&[u8]] = &[
     b"traceparent",
 ];
 
-/// One table entry: its name and value in one allocation.
+/// One table entry: where its name and value are in [`Encoder::bytes`], and their hashes
+/// ([`hash`]), which a look compares before any byte.
+#[derive(Clone, Copy)]
 struct Entry {
-    bytes: Box<[u8]>,
-    name_len: usize,
+    at: u32,
+    name: u16,
+    value: u16,
+    name_hash: u32,
+    hash: u32,
+}
+
+/// A hash of `bytes` that reads at most 16 of them (its length, its first and last eight):
+/// an entry that differs only in its middle costs a comparison of bytes, and a long value
+/// costs no more to look up than a short one.
+fn hash(bytes: &[u8]) -> u32 {
+    let word = |part: &[u8]| {
+        let mut eight = [0u8; 8];
+        eight[..part.len()].copy_from_slice(part);
+        u64::from_le_bytes(eight)
+    };
+    let n = bytes.len();
+    let (head, tail) = (word(&bytes[..n.min(8)]), word(&bytes[n - n.min(8)..]));
+    let mixed = head.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ tail.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ n as u64;
+    (mixed >> 32) as u32 ^ mixed as u32
 }
 
 impl Entry {
-    fn name(&self) -> &[u8] {
-        &self.bytes[..self.name_len]
-    }
-
-    fn value(&self) -> &[u8] {
-        &self.bytes[self.name_len..]
+    fn end(&self) -> usize {
+        self.at as usize + self.name as usize + self.value as usize
     }
 
     /// RFC 7541 §4.1: name, value and 32.
     fn size(&self) -> usize {
-        self.bytes.len() + 32
+        self.name as usize + self.value as usize + 32
     }
 }
 
-/// The dynamic table as the backend's decoder holds it: entries newest first (index 62 is
-/// the front, RFC 7541 §2.3.3).
+/// The dynamic table as the peer's decoder holds it: entries newest first (index 62 is
+/// the front, RFC 7541 §2.3.3), their bytes in one buffer (two allocations a table, however
+/// many entries: a table of small entries took 122, 7.0 KB, in a review).
 #[derive(Default)]
 pub struct Encoder {
+    /// The entries' names and values, oldest first, from the oldest's `at` to the end.
+    bytes: Vec<u8>,
     entries: VecDeque<Entry>,
+    /// The entries' size as RFC 7541 §4.1 counts it.
     size: usize,
     /// The table was let go with entries in it ([`Encoder::forget`]): the next block
     /// that uses it empties the decoder's first.
@@ -92,8 +127,7 @@ impl Encoder {
     pub fn transcode(&mut self, block: &[u8], out: &mut Vec<u8>, usable: bool) {
         if !usable || !is_literal_block(block) {
             debug_assert!(is_literal_block(block), "not a block of the relay's making");
-            self.entries.clear();
-            self.size = 0;
+            self.clear();
             out.extend_from_slice(block);
             return;
         }
@@ -105,7 +139,7 @@ impl Encoder {
             integer(out, 5, 0x20, TABLE_SIZE);
         }
         let mut at = 0;
-        let mut looked_up = 0;
+        let (mut looked_up, mut added) = (0, 0);
         while at < block.len() {
             let first = block[at];
             let (index, taken) =
@@ -129,7 +163,10 @@ impl Encoder {
             at = next;
             let never = first & 0xf0 == 0x10;
             looked_up += usize::from(!never);
-            if never || looked_up > MOST_LOOKED_UP || !self.field(out, index, name, value) {
+            let written = !never
+                && looked_up <= MOST_LOOKED_UP
+                && self.field(out, index, name, value, &mut added);
+            if !written {
                 out.extend_from_slice(head);
                 out.extend_from_slice(&block[start..at]);
             }
@@ -141,47 +178,96 @@ impl Encoder {
     pub fn forget(&mut self) {
         if !self.entries.is_empty() {
             self.emptying_owed = true;
-            self.entries = VecDeque::new();
-            self.size = 0;
         }
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        self.bytes = Vec::new();
+        self.entries = VecDeque::new();
+        self.size = 0;
+    }
+
+    fn name(&self, entry: &Entry) -> &[u8] {
+        let at = entry.at as usize;
+        &self.bytes[at..at + entry.name as usize]
+    }
+
+    fn value(&self, entry: &Entry) -> &[u8] {
+        &self.bytes[entry.at as usize + entry.name as usize..entry.end()]
     }
 
     /// Writes a field whose static name index is `static_name` (0: none) by the table: its
-    /// index, or a literal that adds it; `false` when neither is worth it (the caller
-    /// writes it as it came).
-    fn field(&mut self, out: &mut Vec<u8>, static_name: usize, name: &[u8], value: &[u8]) -> bool {
-        if let Some(at) = (self.entries.iter()).position(|e| e.value() == value && e.name() == name)
-        {
-            integer(out, 7, 0x80, STATIC_TABLE.len() + 1 + at);
-            return true;
+    /// index, or a literal that adds it (`added` counts the block's); `false` when
+    /// neither is worth it (the caller writes it as it came).
+    fn field(
+        &mut self,
+        out: &mut Vec<u8>,
+        static_name: usize,
+        name: &[u8],
+        value: &[u8],
+        added: &mut usize,
+    ) -> bool {
+        // One pass: the field whole, or the newest entry with its name; hashes first.
+        let name_hash = hash(name);
+        let field_hash = hash(value) ^ name_hash.rotate_left(7);
+        let mut same_name = None;
+        for (at, entry) in self.entries.iter().enumerate() {
+            if entry.name_hash == name_hash && self.name(entry) == name {
+                if entry.hash == field_hash && self.value(entry) == value {
+                    integer(out, 7, 0x80, STATIC_TABLE.len() + 1 + at);
+                    return true;
+                }
+                same_name.get_or_insert(at);
+            }
         }
         let size = name.len() + value.len() + 32;
-        if size > TABLE_SIZE / 4 || SENSITIVE.contains(&name) || CHURNS.contains(&name) {
+        let churns = CHURNS.contains(&name) || (name == b":path" && value.contains(&b'?'));
+        if *added >= MOST_ADDED || size > TABLE_SIZE / 4 || SENSITIVE.contains(&name) || churns {
             return false;
         }
-        // A name already in the table is referred to; otherwise the static one, or a
-        // literal name.
-        let name_index = match static_name {
-            0 => (self.entries.iter())
-                .position(|e| e.name() == name)
-                .map_or(0, |at| STATIC_TABLE.len() + 1 + at),
-            index => index,
+        *added += 1;
+        // The static table's name, or one already in the table, or a literal name.
+        let name_index = match (static_name, same_name) {
+            (0, Some(at)) => STATIC_TABLE.len() + 1 + at,
+            (index, _) => index,
         };
         integer(out, 6, 0x40, name_index);
         if name_index == 0 {
             string(out, name);
         }
         string(out, value);
-        while self.size + size > TABLE_SIZE {
+        while self.size + size > TABLE_SIZE || self.entries.len() >= MOST_ENTRIES {
             let evicted = self.entries.pop_back().expect("the size counts entries");
             self.size -= evicted.size();
         }
-        let mut bytes = Vec::with_capacity(name.len() + value.len());
-        bytes.extend_from_slice(name);
-        bytes.extend_from_slice(value);
+        // The oldest entry's bytes onwards are kept; moved to the front when the buffer
+        // would pass its bound (at most the table's 4,096 bytes, once an entry's worth was
+        // added: a copy for a quarter of the table added, at least).
+        let oldest = self
+            .entries
+            .back()
+            .map_or(self.bytes.len(), |e| e.at as usize);
+        if self.bytes.len() + name.len() + value.len() > BUFFER {
+            self.bytes.drain(..oldest);
+            for entry in self.entries.iter_mut() {
+                entry.at -= oldest as u32;
+            }
+        } else if self.entries.is_empty() {
+            self.bytes.clear();
+        }
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve_exact(BUFFER);
+        }
+        let at = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(value);
         self.entries.push_front(Entry {
-            bytes: bytes.into_boxed_slice(),
-            name_len: name.len(),
+            at,
+            name: name.len() as u16,
+            value: value.len() as u16,
+            name_hash,
+            hash: field_hash,
         });
         self.size += size;
         true
@@ -304,12 +390,13 @@ mod tests {
             assert!(encoder.size <= TABLE_SIZE);
             let counted: usize = encoder.entries.iter().map(Entry::size).sum();
             assert_eq!(encoder.size, counted);
+            assert!(encoder.bytes.capacity() <= BUFFER);
         }
         // An entry past a quarter of the table is never added.
         let long = "y".repeat(TABLE_SIZE / 4);
         let mut out = Vec::new();
         encoder.transcode(&block(&[("x-long", &long)]), &mut out, true);
-        assert!(encoder.entries.iter().all(|e| e.name() != b"x-long"));
+        assert!(encoder.entries.iter().all(|e| encoder.name(e) != b"x-long"));
         assert_eq!(decoded(&mut decoder, &out), owned(&[("x-long", &long)]));
     }
 
@@ -344,24 +431,59 @@ mod tests {
         assert_eq!(out, [0x82]);
     }
 
+    /// What one block may cost: 64 fields looked up (a pass over 64 entries at most each),
+    /// 16 added; the rest go as they came.
     #[test]
-    fn fields_past_the_first_64_of_a_block_go_as_they_came() {
+    fn a_block_looks_up_64_fields_and_adds_16_at_most() {
         let names: Vec<String> = (0..100).map(|i| format!("x-{i}")).collect();
         let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
         let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
-        for _ in 0..2 {
+        for added in [16, 32, 48, 64] {
             let mut out = Vec::new();
             encoder.transcode(&block(&fields), &mut out, true);
             assert_eq!(decoded(&mut decoder, &out), owned(&fields));
-            assert_eq!(encoder.entries.len(), MOST_LOOKED_UP);
+            assert_eq!(encoder.entries.len(), added);
         }
         let mut out = Vec::new();
         encoder.transcode(&block(&fields), &mut out, true);
+        assert_eq!(decoded(&mut decoder, &out), owned(&fields));
         assert_eq!(
             out.len(),
             64 + block(&fields[64..]).len(),
             "64 indices, then literals"
         );
+        assert_eq!(encoder.entries.len(), MOST_ENTRIES);
+        assert!(encoder.bytes.capacity() <= BUFFER);
+    }
+
+    /// Values alike in their length and first and last eight bytes hash alike: the bytes
+    /// tell them apart.
+    #[test]
+    fn fields_that_hash_alike_are_told_apart_by_their_bytes() {
+        let one = [("x-id", "aaaaaaaa-1-bbbbbbbb")];
+        let two = [("x-id", "aaaaaaaa-2-bbbbbbbb")];
+        assert_eq!(hash(one[0].1.as_bytes()), hash(two[0].1.as_bytes()));
+        let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
+        for fields in [&one, &two, &one, &two] {
+            let mut out = Vec::new();
+            encoder.transcode(&block(fields), &mut out, true);
+            assert_eq!(decoded(&mut decoder, &out), owned(fields));
+        }
+        assert_eq!(encoder.entries.len(), 2);
+    }
+
+    /// A `:path` with a query (tokens, ids: a new value each time) is not added; one
+    /// without (a gRPC method's) is.
+    #[test]
+    fn a_path_with_a_query_is_not_indexed() {
+        let mut encoder = Encoder::default();
+        let mut out = Vec::new();
+        let with_query = block(&[(":path", "/api?token=1")]);
+        encoder.transcode(&with_query, &mut out, true);
+        assert_eq!(out, with_query);
+        out.clear();
+        encoder.transcode(&block(&[(":path", "/pkg.Service/Method")]), &mut out, true);
+        assert_eq!(out[0], 0x44, "added, by the static name :path");
     }
 
     #[test]
