@@ -306,6 +306,45 @@ fn trailers_and_bodies_pass_both_ways() {
     });
 }
 
+/// Trailers go through the connections' HPACK tables too (gRPC's `grpc-status` on every
+/// answer): twenty exchanges on one connection, interleaved, each with trailers both ways
+/// that repeat and one that does not, each reaching the other side as sent.
+#[test]
+fn trailers_that_repeat_pass_through_the_tables_both_ways() {
+    run(async {
+        let backend = backend(Arc::default()).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let send = connect(daemon.addr).await;
+        let mut exchanges = Vec::new();
+        for i in 0..20 {
+            let request = Request::post("http://t/echo").body(()).unwrap();
+            let (response, mut upload) = (send.clone().ready().await.unwrap())
+                .send_request(request, false)
+                .unwrap();
+            upload
+                .send_data(Bytes::from(format!("body {i}")), false)
+                .unwrap();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-same", HeaderValue::from_static("0"));
+            trailers.insert("x-own", HeaderValue::from_str(&i.to_string()).unwrap());
+            upload.send_trailers(trailers).unwrap();
+            exchanges.push((i, response));
+        }
+        for (i, response) in exchanges {
+            let mut body = response.await.unwrap().into_body();
+            let mut received = Vec::new();
+            while let Some(chunk) = body.data().await {
+                received.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(received, format!("body {i}").as_bytes());
+            let trailers = body.trailers().await.unwrap().expect("trailers");
+            assert_eq!(trailers["x-same"], "0", "exchange {i}");
+            assert_eq!(trailers["x-own"], i.to_string().as_str(), "exchange {i}");
+            assert_eq!(trailers["x-backend"], "done", "exchange {i}");
+        }
+    });
+}
+
 /// RFC 9113 §5.4.2: a backend's reset reaches the client as a reset of that stream (or a
 /// `502` when it comes before any answer), and a client's reset reaches the backend; the
 /// connection lives on.

@@ -5,9 +5,11 @@
 //! (`:authority`, `user-agent`, `content-type`, the forwarding fields, a gRPC method's
 //! `:path`: the relay sent nghttpd 56 bytes a request, h2load alone 14, and nghttpd spent
 //! 3.47 us a request on the relay's against 3.15 with the table), and a client
-//! connection's final answers (`server`, `content-type`, `cache-control`, `date` while it
+//! connection's answers (`server`, `content-type`, `cache-control`, `date` while it
 //! stays the same second: 122 bytes an answer from nghttpd as literals, 11 with the
-//! table). Trailers (gRPC's `grpc-status`) and interim answers go as literals.
+//! table) and trailers (gRPC's `grpc-status`). Every block the relay sends a peer goes
+//! through its connection's encoder, in the order it goes out
+//! ([`crate::relay::peer::Peer::write_block`]).
 //!
 //! What is never indexed: a field that came never indexed (RFC 7541 §7.1.3: an
 //! intermediary keeps that representation), credentials (`authorization`,

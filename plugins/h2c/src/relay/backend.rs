@@ -9,7 +9,6 @@
 
 use super::peer::Peer;
 use crate::frame::{self, setting};
-use crate::hpack::encoder::Encoder;
 use crate::slots::Slot;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::VecDeque;
@@ -51,8 +50,6 @@ pub struct Backend {
     pub watched: bool,
     /// Since when it carries no stream.
     pub idle_since: Option<Instant>,
-    /// Its requests' fields as its HPACK table holds them.
-    pub encoder: Encoder,
     /// Its count against the client's share of backend connections ([`crate::slots`]).
     _held: Slot,
     /// It was granted [`super::peer::CONN_WINDOW`] from the client address's budget.
@@ -101,7 +98,6 @@ impl Backend {
             peer_closed: false,
             watched: false,
             idle_since: None,
-            encoder: Encoder::default(),
             _held: held,
             granted: false,
         })

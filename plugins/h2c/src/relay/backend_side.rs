@@ -20,11 +20,6 @@ use std::io::{self, ErrorKind, Read};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-thread_local! {
-    /// A request's block as written for its backend connection's table.
-    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl Relay {
     /// A new stream's request, if there is room for it to wait (see [`WAITING_BLOCKS`]):
     /// a waiting request holds its header block written out in full (up to
@@ -139,13 +134,8 @@ impl Relay {
                 .request
                 .take()
                 .expect("a waiting stream has its request");
-            let usable = backend.peer.table_usable();
             let end = stream.up.end && stream.up.is_empty();
-            ENCODED.with_borrow_mut(|block| {
-                block.clear();
-                backend.encoder.transcode(&request, block, usable);
-                backend.peer.write_block(id, block, end);
-            });
+            backend.peer.write_block(id, &request, end);
             stream.up.ended |= end;
             stream.up.send_window = i64::from(backend.peer.initial_window);
             backend.open += 1;
@@ -498,14 +488,7 @@ impl Relay {
                     access.blocks_out += out.len() as u64;
                 }
                 let end = end_stream;
-                let usable = self.client.table_usable();
-                let client = &mut self.client;
-                let table = &mut self.client_table;
-                ENCODED.with_borrow_mut(|block| {
-                    block.clear();
-                    table.transcode(&out, block, usable);
-                    client.write_block(id, block, end);
-                });
+                self.client.write_block(id, &out, end);
                 if end {
                     stream.down.end = true;
                     stream.down.ended = true;

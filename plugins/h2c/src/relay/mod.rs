@@ -174,9 +174,6 @@ pub struct Relay {
     /// The next SETTINGS is the upgrade's HTTP2-Settings, acknowledged by the 101.
     implicit_settings: bool,
     client: Peer,
-    /// The client's HPACK table as final answers' fields fill it (other blocks go as
-    /// literals, which leave the table as it is).
-    client_table: crate::hpack::encoder::Encoder,
     streams: HashMap<u32, Stream>,
     /// The highest stream identifier the client used.
     last_stream: u32,
@@ -309,7 +306,6 @@ impl Relay {
             expect_preface: upgraded,
             implicit_settings: upgraded,
             client: Peer::new(),
-            client_table: Default::default(),
             streams: HashMap::new(),
             last_stream: 0,
             reset_sent: ResetSent::default(),
@@ -398,7 +394,7 @@ impl Relay {
         }
         if quiet {
             self.streams.shrink_to(0);
-            self.client_table.forget();
+            self.client.forget_table();
             if self.client.tail.is_empty() {
                 self.client.tail = Vec::new();
             }

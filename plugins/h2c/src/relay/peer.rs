@@ -3,6 +3,7 @@
 //! connection-level flow-control windows both ways.
 
 use crate::frame::{self, code, setting, Head, Malformed};
+use crate::hpack::encoder::Encoder;
 use crate::hpack::Decoder;
 use protocol_api::output::Output;
 
@@ -76,6 +77,13 @@ pub struct Peer {
     pub table_size_update: Option<u32>,
     /// It ever lowered SETTINGS_HEADER_TABLE_SIZE: entries added to its table may be gone.
     table_lowered: bool,
+    /// Its decoder's table, as the blocks sent fill it.
+    table: Encoder,
+}
+
+thread_local! {
+    /// A block as written with a peer's table.
+    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Peer {
@@ -226,26 +234,27 @@ impl Peer {
         Ok(None)
     }
 
-    /// Sends a field block on `stream`, after the table size update owed, if one is.
+    /// Sends a field block of the relay's making (literals, [`crate::hpack`]) on `stream`,
+    /// after the table size update owed, if one is, written again with the connection's
+    /// table ([`crate::hpack::encoder`]). Every field block the relay sends a peer comes
+    /// here, in the order it goes out: the table the encoder keeps is the one the peer's
+    /// decoder builds.
     pub fn write_block(&mut self, stream: u32, block: &[u8], end_stream: bool) {
-        let max_frame = self.max_frame;
-        match self.table_size_update.take() {
-            None => {
-                frame::write_field_block(self.out.queue(), stream, block, end_stream, max_frame)
+        let usable = self.table_usable();
+        ENCODED.with_borrow_mut(|encoded| {
+            encoded.clear();
+            if let Some(size) = self.table_size_update.take() {
+                crate::hpack::integer(encoded, 5, 0x20, size as usize);
             }
-            Some(size) => {
-                let mut with_update = Vec::with_capacity(block.len() + 6);
-                crate::hpack::integer(&mut with_update, 5, 0x20, size as usize);
-                with_update.extend_from_slice(block);
-                frame::write_field_block(
-                    self.out.queue(),
-                    stream,
-                    &with_update,
-                    end_stream,
-                    max_frame,
-                );
-            }
-        }
+            self.table.transcode(block, encoded, usable);
+            let max_frame = self.max_frame;
+            frame::write_field_block(self.out.queue(), stream, encoded, end_stream, max_frame);
+        });
+    }
+
+    /// Lets the connection's HPACK table go ([`Encoder::forget`]).
+    pub fn forget_table(&mut self) {
+        self.table.forget();
     }
 
     /// Whether the peer's HPACK table may be used ([`crate::hpack::encoder`]): once its
