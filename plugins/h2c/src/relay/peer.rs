@@ -77,8 +77,12 @@ pub struct Peer {
     pub table_size_update: Option<u32>,
     /// It ever lowered SETTINGS_HEADER_TABLE_SIZE: entries added to its table may be gone.
     table_lowered: bool,
-    /// Its decoder's table, as the blocks sent fill it.
-    table: Encoder,
+    /// Its decoder's table, as the blocks sent fill it; boxed, and only once a block is
+    /// sent (an idle connection pays a pointer for it).
+    table: Option<Box<Encoder>>,
+    /// The table was let go with entries in it ([`Peer::forget_table`]): the next block
+    /// empties the peer's first.
+    table_emptying_owed: bool,
 }
 
 thread_local! {
@@ -246,15 +250,20 @@ impl Peer {
             if let Some(size) = self.table_size_update.take() {
                 crate::hpack::integer(encoded, 5, 0x20, size as usize);
             }
-            self.table.transcode(block, encoded, usable);
+            let owed = std::mem::take(&mut self.table_emptying_owed);
+            let table = (self.table).get_or_insert_with(|| Box::new(Encoder::owing_emptying(owed)));
+            table.transcode(block, encoded, usable);
             let max_frame = self.max_frame;
             frame::write_field_block(self.out.queue(), stream, encoded, end_stream, max_frame);
         });
     }
 
-    /// Lets the connection's HPACK table go ([`Encoder::forget`]).
+    /// Lets the connection's HPACK table go, all of it ([`Encoder::forget`]).
     pub fn forget_table(&mut self) {
-        self.table.forget();
+        if let Some(mut table) = self.table.take() {
+            table.forget();
+            self.table_emptying_owed |= table.owes_emptying();
+        }
     }
 
     /// Whether the peer's HPACK table may be used ([`crate::hpack::encoder`]): once its
