@@ -1465,16 +1465,23 @@ fn bodies_of_a_burst_of_refused_streams_are_ignored() {
         // Refused streams have access lines, up to REFUSED_LINES_PER_CLIENT a second in
         // bursts of twice as many: a refused stream costs a client a dozen bytes, its line
         // a hundred times that (a review).
-        let refused = "\"POST / HTTP/2.0\" - proto=h2c in=6 out=0 time=0.0ms host=\"t\" \
-                       reason=\"refused (REFUSED_STREAM): its streams limit\"";
+        // The line's time is not matched: a loaded machine may make a refusal take 0.1 ms,
+        // which `time=0.0ms` missed (a review saw the test fail once under load; whether
+        // for this, not known).
+        let refused = |logs: &str| {
+            (logs.lines())
+                .filter(|l| l.contains("\"POST / HTTP/2.0\" - proto=h2c in=6 out=0 time="))
+                .filter(|l| l.contains("reason=\"refused (REFUSED_STREAM): its streams limit\""))
+                .count()
+        };
         for _ in 0..1000 {
-            if daemon.logs().matches(refused).count() >= 40 {
+            if refused(&daemon.logs()) >= 40 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let lines = daemon.logs().matches(refused).count();
+        let lines = refused(&daemon.logs());
         assert!(
             (40..=42).contains(&lines),
             "{lines} lines for 200 refused streams"
