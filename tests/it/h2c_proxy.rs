@@ -872,21 +872,7 @@ fn an_upgrades_first_answer_before_the_clients_settings_uses_no_table() {
     );
     input.drain(..head_end);
     // Frames until stream 1's HEADERS, without a preface of ours.
-    let block = loop {
-        if input.len() >= 9 {
-            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
-            if input.len() >= 9 + len {
-                let frame: Vec<u8> = input.drain(..9 + len).collect();
-                if frame[3] == 0x1 && frame[5..9] == [0, 0, 0, 1] {
-                    break frame[9..].to_vec();
-                }
-                continue;
-            }
-        }
-        let n = socket.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the answer");
-        input.extend_from_slice(&buf[..n]);
-    };
+    let block = read_frame(&mut socket, &mut input, 0x1, 1);
     // :status 200, then `x-t-a: v` as a literal that adds nothing (§6.2.2), not §6.2.1.
     assert_eq!(&block[..2], &[0x88, 0x00], "{block:x?}");
 }
@@ -1177,6 +1163,33 @@ fn resets_at_the_backend(addr: SocketAddr, count: u32, pace: Option<u32>) -> Opt
         }
     }
     None
+}
+
+/// Reads frames from `stream` (after what `input` holds already) up to the first of type
+/// `kind` on stream `id`, and returns its payload; the frames before it are dropped.
+pub(crate) fn read_frame(
+    stream: &mut impl std::io::Read,
+    input: &mut Vec<u8>,
+    kind: u8,
+    id: u32,
+) -> Vec<u8> {
+    let mut buf = [0u8; 16_384];
+    loop {
+        while input.len() >= 9 {
+            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if input.len() < 9 + len {
+                break;
+            }
+            let frame: Vec<u8> = input.drain(..9 + len).collect();
+            let on = u32::from_be_bytes(frame[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            if frame[3] == kind && on == id {
+                return frame[9..].to_vec();
+            }
+        }
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before a frame of type {kind} on stream {id}");
+        input.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// One HTTP/2 frame as bytes.

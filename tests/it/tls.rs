@@ -985,7 +985,7 @@ fn the_operators_fields_go_on_http2_answers_and_hsts_over_tls_only() {
     let has = |block: &[u8], what: &[u8]| block.windows(what.len()).any(|w| w == what);
     let mut tls = connect(tls_addr, &pki.client(&[b"h2"]), "localhost");
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
-    let block = h2_answer_block(&mut tls, 1, "/page");
+    let block = h2_answer_block(&mut tls, &mut Vec::new(), 1, "/page");
     // `strict-transport-security` is the static table's 56th name: its value tells it.
     assert!(has(&block, b"max-age=63072000"), "{block:x?}");
     assert!(
@@ -993,16 +993,23 @@ fn the_operators_fields_go_on_http2_answers_and_hsts_over_tls_only() {
         "{block:x?}"
     );
     let mut plain = std::net::TcpStream::connect(daemon.addr).unwrap();
-    let block = h2_answer_block(&mut plain, 1, "/page");
+    let mut input = Vec::new();
+    let block = h2_answer_block(&mut plain, &mut input, 1, "/page");
     assert!(has(&block, b"x-frame-options"), "{block:x?}");
     assert!(!has(&block, b"max-age=63072000"), "{block:x?}");
-    let block = h2_answer_block(&mut plain, 3, "/refused");
+    let block = h2_answer_block(&mut plain, &mut input, 3, "/refused");
     assert!(!has(&block, b"x-frame-options"), "{block:x?}");
 }
 
 /// Sends `GET path` on stream `id`, after HTTP/2's preface if it is the connection's first,
-/// and reads frames up to its answer's HEADERS: that block.
-fn h2_answer_block(stream: &mut (impl Read + Write), id: u32, path: &str) -> Vec<u8> {
+/// and reads frames (after what `input` holds of the connection's) up to its answer's
+/// HEADERS: that block.
+fn h2_answer_block(
+    stream: &mut (impl Read + Write),
+    input: &mut Vec<u8>,
+    id: u32,
+    path: &str,
+) -> Vec<u8> {
     let mut out = Vec::new();
     if id == 1 {
         out = crate::h2c::PREFACE.to_vec();
@@ -1013,24 +1020,7 @@ fn h2_answer_block(stream: &mut (impl Read + Write), id: u32, path: &str) -> Vec
     block.extend([0x01, 1, b't']);
     out.extend(crate::h2c::frame(0x1, 0x5, id, &block));
     stream.write_all(&out).unwrap();
-    let mut input = Vec::new();
-    let mut buf = [0u8; 16_384];
-    loop {
-        while input.len() >= 9 {
-            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
-            if input.len() < 9 + len {
-                break;
-            }
-            let frame: Vec<u8> = input.drain(..9 + len).collect();
-            let on = u32::from_be_bytes(frame[5..9].try_into().unwrap());
-            if frame[3] == 0x1 && on == id {
-                return frame[9..].to_vec();
-            }
-        }
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the answer");
-        input.extend_from_slice(&buf[..n]);
-    }
+    crate::h2c_proxy::read_frame(stream, input, 0x1, id)
 }
 
 #[test]
