@@ -1165,6 +1165,29 @@ fn resets_at_the_backend(addr: SocketAddr, count: u32, pace: Option<u32>) -> Opt
     None
 }
 
+/// The next frame from `stream` (after what `input` holds already: what is read past it
+/// stays there): its type, stream and payload; `None` once the connection ends.
+pub(crate) fn next_frame(
+    stream: &mut impl std::io::Read,
+    input: &mut Vec<u8>,
+) -> Option<(u8, u32, Vec<u8>)> {
+    let mut buf = [0u8; 16_384];
+    loop {
+        if input.len() >= 9 {
+            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if input.len() >= 9 + len {
+                let frame: Vec<u8> = input.drain(..9 + len).collect();
+                let on = u32::from_be_bytes(frame[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                return Some((frame[3], on, frame[9..].to_vec()));
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => input.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// Reads frames from `stream` (after what `input` holds already) up to the first of type
 /// `kind` on stream `id`, and returns its payload; the frames before it are dropped.
 pub(crate) fn read_frame(
@@ -1173,22 +1196,12 @@ pub(crate) fn read_frame(
     kind: u8,
     id: u32,
 ) -> Vec<u8> {
-    let mut buf = [0u8; 16_384];
     loop {
-        while input.len() >= 9 {
-            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
-            if input.len() < 9 + len {
-                break;
-            }
-            let frame: Vec<u8> = input.drain(..9 + len).collect();
-            let on = u32::from_be_bytes(frame[5..9].try_into().unwrap()) & 0x7fff_ffff;
-            if frame[3] == kind && on == id {
-                return frame[9..].to_vec();
-            }
+        match next_frame(stream, input) {
+            Some((k, on, payload)) if k == kind && on == id => return payload,
+            Some(_) => {}
+            None => panic!("closed before a frame of type {kind} on stream {id}"),
         }
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before a frame of type {kind} on stream {id}");
-        input.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -1217,7 +1230,7 @@ fn first_frame_after(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec
 /// Sends the preface, an empty SETTINGS and `frames` to `addr`; the frames (type and
 /// payload) that come back, up to the first of type `kind`.
 fn frames_until(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec<(u8, Vec<u8>)> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut socket = std::net::TcpStream::connect(addr).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -1229,22 +1242,13 @@ fn frames_until(addr: std::net::SocketAddr, frames: &[u8], kind: u8) -> Vec<(u8,
     let _ = socket.write_all(&out);
     let mut input = Vec::new();
     let mut seen = Vec::new();
-    let mut buf = [0u8; 65_536];
     loop {
-        while input.len() >= 9 {
-            let len = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
-            if input.len() < 9 + len {
-                break;
-            }
-            let frame: Vec<u8> = input.drain(..9 + len).collect();
-            seen.push((frame[3], frame[9..].to_vec()));
-            if frame[3] == kind {
-                return seen;
-            }
-        }
-        match socket.read(&mut buf) {
-            Ok(0) | Err(_) => panic!("the connection ended with no frame of type {kind}"),
-            Ok(n) => input.extend_from_slice(&buf[..n]),
+        let Some((got, _, payload)) = next_frame(&mut socket, &mut input) else {
+            panic!("the connection ended with no frame of type {kind}");
+        };
+        seen.push((got, payload));
+        if got == kind {
+            return seen;
         }
     }
 }
