@@ -779,6 +779,77 @@ fn fields_reach_the_backend_and_the_client_as_sent_through_the_tables() {
     });
 }
 
+/// RFC 9113 §6.10: field blocks larger than a frame, requests and answers both, cross the
+/// relay as HEADERS and CONTINUATION frames after going through the tables, while other
+/// streams' blocks of the same connection use the tables between them: five streams at a
+/// time, each with fields that repeat, one of 20-30 KB that does not, and one that changes
+/// every round; every request reaches the backend and every answer the client as sent.
+#[test]
+fn field_blocks_larger_than_a_frame_cross_in_continuation_frames_through_the_tables() {
+    run(async {
+        let seen = Arc::new(Seen::default());
+        let backend = backend(seen.clone()).await;
+        let limit = [("SWITCHYARD_H2C_MAX_HEADER_LIST_BYTES", "131072")];
+        let daemon = daemon(&format!("/={backend}"), &limit);
+        let send = connect(daemon.addr).await;
+        let fields_of = |i: usize| {
+            // Characters Huffman codes make longer: the block stays over 16 KiB.
+            let big: String = (0..20_000 + i * 397 % 10_000)
+                .map(|k| char::from(b"{}^|~<>`"[(k * 7 + i) % 8]))
+                .collect();
+            let mut fields = vec![
+                ("x-t-big".to_string(), big),
+                ("x-t-round".to_string(), format!("r{i}")),
+            ];
+            for k in 0..12 {
+                fields.push((format!("x-t-same-{k}"), "s".repeat(100 + k)));
+            }
+            fields.sort();
+            fields
+        };
+        let mut asked = Vec::new();
+        for round in 0..8 {
+            let mut answers = Vec::new();
+            for i in round * 5..round * 5 + 5 {
+                let mut request = Request::get(format!("http://t/fields/{i}"));
+                for (name, value) in fields_of(i) {
+                    request = request.header(name, value);
+                }
+                let (response, _) = (send.clone().ready().await.unwrap())
+                    .send_request(request.body(()).unwrap(), true)
+                    .unwrap();
+                answers.push((i, response));
+                asked.push(fields_of(i));
+            }
+            for (i, response) in answers {
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "answer {i}");
+                let mut answered: Vec<(String, String)> = (response.headers().iter())
+                    .filter(|(n, _)| n.as_str().starts_with("x-t-"))
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                    .collect();
+                answered.sort();
+                assert!(
+                    answered == fields_of(i),
+                    "answer {i} differs from its request"
+                );
+            }
+        }
+        let mut got = std::mem::take(&mut *seen.fields.lock().unwrap());
+        got.iter_mut().for_each(|fields| fields.sort());
+        // The backend serves streams as they come; match each request by its round field.
+        got.sort_by_key(|fields| fields.iter().find(|(n, _)| n == "x-t-round").cloned());
+        asked.sort_by_key(|fields| fields.iter().find(|(n, _)| n == "x-t-round").cloned());
+        assert_eq!(got.len(), 40);
+        for (got, asked) in got.iter().zip(&asked) {
+            assert!(
+                got == asked,
+                "a request reached the backend unlike it was sent"
+            );
+        }
+    });
+}
+
 /// RFC 7541 §4.2: a peer that lowers SETTINGS_HEADER_TABLE_SIZE (here to 0, the client and
 /// the backend both) gets no entry added to its table and no index into it: every request
 /// and answer of a connection with repeated fields still decodes (h2's decoders refuse an
