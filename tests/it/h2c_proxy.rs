@@ -2387,6 +2387,71 @@ fn both_engines(h2: SocketAddr, raw: SocketAddr) -> [(&'static str, String); 2] 
     ]
 }
 
+/// `SWITCHYARD_RESPONSE_HEADERS` on either engine's HTTP/2 answers over cleartext: the
+/// operator's fields on a backend's `200`, a field the backend sent of the same name kept
+/// as it sent it, `Strict-Transport-Security` not (cleartext), and nothing on an error.
+#[test]
+fn the_operators_fields_go_on_http2_answers_of_either_engine() {
+    run(async {
+        let backend = backend(Arc::new(Seen::default())).await;
+        let raw = raw_http1_backend();
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let extra = "Strict-Transport-Security: max-age=63072000\nX-Frame-Options: DENY\n\
+                     X-T-Own: operator\nX-Big: operator";
+        for (engine, routes) in both_engines(backend, raw) {
+            // (An `http1://` route makes the hyper engine serve every route.)
+            let routes = match engine {
+                "relay" => format!("{routes},/refused={refused}"),
+                _ => format!("{routes},/http1/refused=http1://{refused}"),
+            };
+            let daemon = daemon(&routes, &[("SWITCHYARD_RESPONSE_HEADERS", extra)]);
+            let send = connect(daemon.addr).await;
+            let (path, own) = match engine {
+                "relay" => ("/fields/1", "x-t-own"),
+                _ => ("/http1/bighead/4", "x-big"),
+            };
+            let request = Request::get(format!("http://t{path}"))
+                .header("x-t-own", "aaaa")
+                .body(())
+                .unwrap();
+            let (response, _) = (send.clone().ready().await.unwrap())
+                .send_request(request, true)
+                .unwrap();
+            let answer = response.await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK, "{engine}");
+            let values = |name: &str| -> Vec<String> {
+                (answer.headers().get_all(name).iter())
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .collect()
+            };
+            assert_eq!(values("x-frame-options"), ["DENY"], "{engine}");
+            assert_eq!(values(own), ["aaaa"], "{engine}: the backend's own field");
+            assert!(values("strict-transport-security").is_empty(), "{engine}");
+            let failed = match engine {
+                "relay" => "/refused/x",
+                _ => "/http1/refused/x",
+            };
+            let request = Request::get(format!("http://t{failed}")).body(()).unwrap();
+            let (response, _) = (send.clone().ready().await.unwrap())
+                .send_request(request, true)
+                .unwrap();
+            let answer = response.await.unwrap();
+            assert!(
+                answer.status().is_server_error(),
+                "{engine}: {}",
+                answer.status()
+            );
+            assert!(
+                answer.headers().get("x-frame-options").is_none(),
+                "{engine}"
+            );
+        }
+    });
+}
+
 /// An HTTP/2 client connection that grants `window` bytes a stream.
 pub(crate) async fn connect_with_window(
     addr: SocketAddr,

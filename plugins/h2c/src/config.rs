@@ -78,9 +78,9 @@ pub struct Config {
     /// read their backends no further, and unmoved streams are ended
     /// ([`crate::relay::held`]); on hyper's engine, a backend connection per MiB of it.
     pub held_per_client: usize,
-    /// `SWITCHYARD_RESPONSE_HEADERS`, the daemon's setting: the fields the relay adds to
-    /// its HTTP/2 answers, as the daemon adds them to its HTTP/1.1 ones (names in
-    /// lowercase).
+    /// `SWITCHYARD_RESPONSE_HEADERS`, the daemon's setting: the fields either engine adds
+    /// to the HTTP/2 answers it passes on, as the daemon adds them to its HTTP/1.1 ones
+    /// (names in lowercase).
     pub response_fields: ExtraFields,
 }
 

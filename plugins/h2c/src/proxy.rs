@@ -26,6 +26,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use protocol_api::extra_fields::ExtraFields;
 use protocol_api::path::RequestPath;
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -680,6 +681,11 @@ pub async fn handle(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
+    add_extra(
+        &mut parts.headers,
+        parts.status,
+        &proxy.config.response_fields,
+    );
     parts.version = Version::HTTP_2;
     open.log.answered(parts.status);
     let body = open.log.count_out(body).map_err(BoxError::from).boxed();
@@ -719,6 +725,22 @@ pub async fn handle(
             Response::from_parts(parts, body)
         }
     })
+}
+
+/// Adds the operator's fields (`SWITCHYARD_RESPONSE_HEADERS`) to a backend's answer of
+/// `status` that has none of their names, as the relay does (`relay::message::add_extra`);
+/// this engine serves cleartext only, so never `Strict-Transport-Security`.
+fn add_extra(headers: &mut HeaderMap, status: StatusCode, extra: &ExtraFields) {
+    for (name, value) in extra.for_answer(status.as_u16(), false) {
+        // Both were checked at start: a token, and visible ASCII.
+        let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value))
+        else {
+            continue;
+        };
+        if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// Why a request's host is refused (`400`): `:authority` with userinfo (RFC 9113 §8.3.1:

@@ -280,7 +280,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "SWITCHYARD_RESPONSE_HEADERS",
         default: "none",
-        meaning: "header fields added to the answers the daemon writes (its own, static files, the `101`), `Name: value`, one a line: `Strict-Transport-Security: max-age=63072000`, as nginx's `add_header` adds them: on answers of 1xx to 3xx, not on errors (a cache would keep a `503` with a page's `Cache-Control`); `Strict-Transport-Security` over TLS only (RFC 6797); a response with a field of that name keeps its own. Visible ASCII only, 8 KiB at most; framing, body and switching fields (`Content-Length`, `Content-Type`, `Location`, `Connection`, `Upgrade`, `Date`, `Sec-WebSocket-*`, ...) are refused at start. HTTP/2 answers carry them too, names in lowercase, where the h2c relay writes them (every HTTP/2 answer over TLS; over cleartext, not the hyper engine's, which an `http1://` route chooses)",
+        meaning: "header fields added to the answers the daemon writes (its own, static files, the `101`), `Name: value`, one a line: `Strict-Transport-Security: max-age=63072000`, as nginx's `add_header` adds them: on answers of 1xx to 3xx, not on errors (a cache would keep a `503` with a page's `Cache-Control`); `Strict-Transport-Security` over TLS only (RFC 6797); a response with a field of that name keeps its own. Visible ASCII only, 8 KiB at most; framing, body and switching fields (`Content-Length`, `Content-Type`, `Location`, `Connection`, `Upgrade`, `Date`, `Sec-WebSocket-*`, ...) are refused at start. HTTP/2 answers the h2c plugin passes on from its backends carry them too, names in lowercase",
     },
     Setting {
         variable: "SWITCHYARD_STATUS_FROM",
