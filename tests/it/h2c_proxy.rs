@@ -1975,6 +1975,47 @@ fn a_body_trickling_in_holds_no_http1_slot() {
     });
 }
 
+/// The hyper engine's task has a duplicate of the socket, and the loop the socket: when the
+/// task ends by itself (here on a client's protocol error, a DATA frame on stream 0), it
+/// tells the loop with the connection's waker (ABI 1.10), and the connection is closed at
+/// once, not when the client or the idle limit ends it.
+#[test]
+fn a_hyper_connection_whose_task_ended_is_closed_at_once() {
+    use std::io::{Read, Write};
+    let raw = raw_http1_backend();
+    let daemon = daemon(&format!("/=http1://{raw}"), &[]);
+    let mut socket = std::net::TcpStream::connect(daemon.addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(raw_frame(0x4, 0, 0, &[]));
+    out.extend(raw_frame(0x0, 0, 0, b"on no stream"));
+    socket.write_all(&out).unwrap();
+    let mut input = Vec::new();
+    let goaway = loop {
+        match next_frame(&mut socket, &mut input) {
+            Some((0x7, _, payload)) => break payload,
+            Some(_) => {}
+            None => panic!("the connection ended with no GOAWAY"),
+        }
+    };
+    assert_eq!(goaway[4..8], [0, 0, 0, 1], "GOAWAY PROTOCOL_ERROR");
+    // The client keeps its end open: the daemon lets the connection go (hyper's shutdown
+    // of its duplicate ends the byte stream either way; the loop's count tells).
+    let mut rest = Vec::new();
+    let ended = socket.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "the byte stream did not end: {ended:?}");
+    let let_go = daemon.wait_for_metric("switchyard_upgraded_connections{mode=\"event\"} 0");
+    assert!(
+        let_go.is_ok(),
+        "the daemon held the connection 10 s after its task ended"
+    );
+    drop(socket);
+    let lines = daemon.logs();
+    assert!(!lines.contains("panicked"), "{lines}");
+}
+
 /// RFC 9113 §8.5: a CONNECT asks for a tunnel to its `:authority`. Routed as `/`, the
 /// hyper engine sent `CONNECT host:port` to an HTTP/1.1 backend (a forward proxy there
 /// would have opened the tunnel), and the relay reset it as malformed. Both engines answer
