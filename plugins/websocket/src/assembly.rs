@@ -128,6 +128,12 @@ impl Share {
     /// attacker's review), and choosing the largest connection let them dodge it with
     /// many small ones (the next review).
     pub fn count(&mut self, now: usize, budget: usize) -> bool {
+        // The usual call (an echo's every message, whole in one read, holds nothing before
+        // or after) changes nothing, and reads no clock: a read a message was 6% of the
+        // 16 KiB echo's time in user space.
+        if now == self.counted {
+            return true;
+        }
         self.count_at(now, budget, Instant::now())
     }
 
