@@ -224,7 +224,7 @@ impl HostConnection for BlockingConn<'_> {
         let result = match self.tls.as_deref_mut() {
             Some(tls) => write_through(tls, stream, bufs, || took_some(stream, mark)),
             None => loop {
-                match retry(|| (&mut &*stream).write_vectored(bufs)) {
+                match retry(|| plain_write(stream, bufs)) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && took_some(stream, mark) => {}
                     result => break result,
                 }
@@ -256,6 +256,17 @@ impl HostConnection for BlockingConn<'_> {
 
     fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Writes `bufs` to a plain socket: one buffer with `send`, more with `writev`. The kernel's
+/// `writev` takes a socket write through the file layer and imports the vector (its
+/// `vfs_writev` alone was 3% of the 16 KiB echo's samples): a 64-byte echo through `writev`
+/// spent 0.4 us more of the kernel a message than through `send`, 7% of its rate.
+fn plain_write(mut stream: impl Write, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    match bufs {
+        [one] => stream.write(one),
+        _ => stream.write_vectored(bufs),
     }
 }
 
@@ -384,7 +395,7 @@ impl HostConnection for EventIo<'_> {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let offered = bufs.iter().map(|b| b.len()).sum();
         let Some(tls) = self.tls.as_deref_mut() else {
-            let result = retry(|| (&mut &*self.stream).write_vectored(bufs));
+            let result = retry(|| plain_write(&*self.stream, bufs));
             return self.wrote(result, offered);
         };
         let result = tls.write_vectored(&mut &*self.stream, bufs);
