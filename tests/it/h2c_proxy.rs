@@ -189,6 +189,17 @@ pub(crate) async fn connect(addr: SocketAddr) -> client::SendRequest<Bytes> {
     send
 }
 
+/// Sends `request` with no body; its answer's head.
+pub(crate) async fn answer(
+    send: &client::SendRequest<Bytes>,
+    request: Request<()>,
+) -> Response<h2::RecvStream> {
+    let (response, _) = (send.clone().ready().await.unwrap())
+        .send_request(request, true)
+        .unwrap();
+    response.await.unwrap()
+}
+
 /// `GET path`: the status and the body.
 pub(crate) async fn get(send: &client::SendRequest<Bytes>, path: &str) -> (StatusCode, String) {
     let request = Request::get(format!("http://t{path}")).body(()).unwrap();
@@ -738,10 +749,7 @@ fn fields_reach_the_backend_and_the_client_as_sent_through_the_tables() {
                 .header("authorization", token)
                 .body(())
                 .unwrap();
-            let (response, _) = (send.clone().ready().await.unwrap())
-                .send_request(request, true)
-                .unwrap();
-            let response = response.await.unwrap();
+            let response = answer(&send, request).await;
             assert_eq!(response.status(), StatusCode::OK);
             let mut answered: Vec<(&str, &str)> = (response.headers().iter())
                 .filter(|(n, _)| n.as_str().starts_with("x-t-"))
@@ -886,10 +894,7 @@ fn peers_that_lower_their_table_size_get_no_index_into_it() {
                 .header("user-agent", "repeated/1.0")
                 .body(())
                 .unwrap();
-            let (response, _) = (send.clone().ready().await.unwrap())
-                .send_request(request, true)
-                .unwrap();
-            let response = response.await.unwrap();
+            let response = answer(&send, request).await;
             assert_eq!(response.status(), StatusCode::OK, "request {i}");
             assert_eq!(response.headers()["x-t-same"], "always", "answer {i}");
         }
@@ -1012,10 +1017,7 @@ fn rfc7541_repeated_fields_cost_a_byte_and_never_indexed_fields_stay_so() {
                 .header("authorization", token)
                 .body(())
                 .unwrap();
-            let (response, _) = (send.clone().ready().await.unwrap())
-                .send_request(request, true)
-                .unwrap();
-            assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+            assert_eq!(answer(&send, request).await.status(), StatusCode::OK);
         }
     });
     let blocks = blocks.lock().unwrap();
@@ -2463,35 +2465,29 @@ fn the_operators_fields_go_on_http2_answers_of_either_engine() {
                 .header("x-t-own", "aaaa")
                 .body(())
                 .unwrap();
-            let (response, _) = (send.clone().ready().await.unwrap())
-                .send_request(request, true)
-                .unwrap();
-            let answer = response.await.unwrap();
-            assert_eq!(answer.status(), StatusCode::OK, "{engine}");
+            let served = answer(&send, request).await;
+            assert_eq!(served.status(), StatusCode::OK, "{engine}");
             let values = |name: &str| -> Vec<String> {
-                (answer.headers().get_all(name).iter())
+                (served.headers().get_all(name).iter())
                     .map(|v| v.to_str().unwrap().to_string())
                     .collect()
             };
             assert_eq!(values("x-frame-options"), ["DENY"], "{engine}");
             assert_eq!(values(own), ["aaaa"], "{engine}: the backend's own field");
             assert!(values("strict-transport-security").is_empty(), "{engine}");
-            let failed = match engine {
+            let failing = match engine {
                 "relay" => "/refused/x",
                 _ => "/http1/refused/x",
             };
-            let request = Request::get(format!("http://t{failed}")).body(()).unwrap();
-            let (response, _) = (send.clone().ready().await.unwrap())
-                .send_request(request, true)
-                .unwrap();
-            let answer = response.await.unwrap();
+            let request = Request::get(format!("http://t{failing}")).body(()).unwrap();
+            let failed = answer(&send, request).await;
             assert!(
-                answer.status().is_server_error(),
+                failed.status().is_server_error(),
                 "{engine}: {}",
-                answer.status()
+                failed.status()
             );
             assert!(
-                answer.headers().get("x-frame-options").is_none(),
+                failed.headers().get("x-frame-options").is_none(),
                 "{engine}"
             );
         }
