@@ -206,6 +206,23 @@ impl DaemonBuilder {
         command
     }
 
+    /// Spawns [`Self::command`]. A daemon copied beside its plugins ([`Self::beside_plugins`])
+    /// may meet `ETXTBSY` ("text file busy"): a child another test forked while the copy
+    /// was open for writing holds that descriptor until it execs (tests run eight at a
+    /// time). It is spawned again then, for up to a second.
+    fn spawn(&self) -> std::process::Child {
+        let mut tries = 0;
+        loop {
+            match self.command().spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                spawned => return spawned.expect("start switchyard"),
+            }
+        }
+    }
+
     /// Lets `prepare` change the plugin folder, then starts the daemon.
     pub fn start_with(self, prepare: impl FnOnce(&Path)) -> Daemon {
         prepare(self.plugins.path());
@@ -214,7 +231,7 @@ impl DaemonBuilder {
 
     /// Starts the daemon and waits until it listens.
     pub fn start(self) -> Daemon {
-        let mut child = self.command().spawn().expect("start switchyard");
+        let mut child = self.spawn();
         let logs = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -274,7 +291,7 @@ impl DaemonBuilder {
 
     /// Runs the daemon expecting it to refuse to start; returns its status and logs.
     pub fn run_to_exit(self) -> (ExitStatus, String) {
-        let mut child = self.command().spawn().expect("start switchyard");
+        let mut child = self.spawn();
         let mut logs = String::new();
         child
             .stderr
