@@ -85,15 +85,21 @@ impl ExtraFields {
     /// they were given: none for an error (400 and up), `Strict-Transport-Security` over
     /// TLS only. The caller leaves out those the answer has a field of the same name of.
     pub fn for_answer(&self, status: u16, secure: bool) -> impl Iterator<Item = (&str, &str)> {
-        let fields = match status {
-            400.. => &[][..],
-            _ => &self.0[..],
+        let fields = match Self::are_for(status) {
+            true => &self.0[..],
+            false => &[][..],
         };
         (fields.iter())
             .filter(move |(name, _)| {
                 secure || !name.eq_ignore_ascii_case("strict-transport-security")
             })
             .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// Whether answers of `status` get the fields: 1xx to 3xx, not errors (a `Cache-Control`
+    /// meant for pages would let a cache keep a `503`).
+    pub fn are_for(status: u16) -> bool {
+        status < 400
     }
 
     /// The same fields with their names in lowercase, as HTTP/2 writes them (RFC 9113

@@ -60,6 +60,9 @@ pub struct Proxy {
     /// Streams at a backend that each client address reset, as on the relay
     /// ([`crate::relay::RESETS_PER_CLIENT`]).
     resets: protocol_api::rate::PerClient,
+    /// The operator's fields for answers of 1xx-3xx over cleartext (this engine's only
+    /// kind), read once ([`add_extra`]).
+    extra: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Bytes of request bodies all client connections together may hold as they are read
@@ -109,7 +112,18 @@ impl Proxy {
             stats.backends,
             HYPER_REASONS,
         );
+        // Both were checked at start: a token, and visible ASCII. Every status that has
+        // any has them all (200 is one).
+        let extra = (config.response_fields.for_answer(200, false))
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::try_from(name).ok()?,
+                    HeaderValue::try_from(value).ok()?,
+                ))
+            })
+            .collect();
         Proxy {
+            extra,
             config,
             stats,
             connector,
@@ -681,11 +695,7 @@ pub async fn handle(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
-    add_extra(
-        &mut parts.headers,
-        parts.status,
-        &proxy.config.response_fields,
-    );
+    add_extra(&mut parts.headers, parts.status, &proxy.extra);
     parts.version = Version::HTTP_2;
     open.log.answered(parts.status);
     let body = open.log.count_out(body).map_err(BoxError::from).boxed();
@@ -727,18 +737,17 @@ pub async fn handle(
     })
 }
 
-/// Adds the operator's fields (`SWITCHYARD_RESPONSE_HEADERS`) to a backend's answer of
-/// `status` that has none of their names, as the relay does (`relay::message::add_extra`);
-/// this engine serves cleartext only, so never `Strict-Transport-Security`.
-fn add_extra(headers: &mut HeaderMap, status: StatusCode, extra: &ExtraFields) {
-    for (name, value) in extra.for_answer(status.as_u16(), false) {
-        // Both were checked at start: a token, and visible ASCII.
-        let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value))
-        else {
-            continue;
-        };
-        if !headers.contains_key(&name) {
-            headers.insert(name, value);
+/// Adds the operator's fields (`SWITCHYARD_RESPONSE_HEADERS`, as [`Proxy`] read them) to a
+/// backend's answer of `status` that has none of their names, as the relay does
+/// (`relay::message::add_extra`): by the setting's rules, and never
+/// `Strict-Transport-Security` (this engine serves cleartext only).
+fn add_extra(headers: &mut HeaderMap, status: StatusCode, extra: &[(HeaderName, HeaderValue)]) {
+    if !ExtraFields::are_for(status.as_u16()) {
+        return;
+    }
+    for (name, value) in extra {
+        if !headers.contains_key(name) {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }
