@@ -17,7 +17,8 @@
 //! message ([`CHURNS`], and a `:path` with a query), and an entry past a quarter of the
 //! table (it would evict the rest). What a block may cost is bounded: 64 fields looked
 //! up, a pass over 64 entries at most each, 16 added; a table is two allocations, 5 KiB
-//! and 1 KiB at most, grown as entries come (a few hundred bytes for a few fields). The table is used only once the peer's SETTINGS came and while it never lowered
+//! and 1 KiB at most, grown as entries come (a few hundred bytes for a few fields). The
+//! table is used only once the peer's SETTINGS came and while it never lowered
 //! SETTINGS_HEADER_TABLE_SIZE ([`Encoder::transcode`]'s `usable`): a decoder that shrinks
 //! its table before the encoder says so (seen) would otherwise lose entries referred to.
 //! A connection gone quiet lets its table go ([`Encoder::forget`]).
@@ -494,8 +495,8 @@ mod tests {
         assert_eq!(encoder.entries.len(), 2);
     }
 
-    /// A `:path` with a query (tokens, ids: a new value each time) is not added; one
-    /// without (a gRPC method's) is.
+    /// A table is grown as entries come: one of a few fields holds a few hundred bytes, not
+    /// the 5 KiB a full one may (an idle connection with a stream keeps two).
     #[test]
     fn a_table_of_a_few_fields_keeps_a_few_hundred_bytes() {
         let mut encoder = Encoder::default();
@@ -517,6 +518,8 @@ mod tests {
         );
     }
 
+    /// A `:path` with a query (tokens, ids: a new value each time) is not added; one
+    /// without (a gRPC method's) is.
     #[test]
     fn a_path_with_a_query_is_not_indexed() {
         let mut encoder = Encoder::default();
