@@ -19,8 +19,11 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Builds the daemon, the reference plugins and the fixtures (a workspace of their own,
-/// `tests/fixtures`) once per test run, into a target folder of their own (the outer
-/// `cargo test` holds the usual one), and returns the folder holding the artifacts.
+/// `tests/fixtures`) once per test run and returns the folder holding the artifacts: the
+/// target folder this test binary was built in, so the dependencies the outer `cargo test`
+/// just compiled are used again (a second folder of its own cost CI a minute for a second
+/// debug build of the same crates). A cargo that holds that folder's lock while tests run
+/// (older ones did) is met by a build into `target/it` instead.
 pub fn artifacts() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -28,32 +31,65 @@ pub fn artifacts() -> &'static Path {
             .parent()
             .unwrap()
             .to_path_buf();
-        let target = workspace.join("target").join("it");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut main = Command::new(&cargo);
-        main.current_dir(&workspace)
-            .args(["build", "--quiet", "--target-dir"])
-            .arg(&target);
-        for package in PACKAGES {
-            main.args(["-p", package]);
+        let shared = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .or_else(target_of_this_binary)
+            .unwrap_or_else(|| workspace.join("target"));
+        for target in [shared, workspace.join("target").join("it")] {
+            if build_all(&workspace, &target) {
+                return target.join("debug");
+            }
         }
-        let mut fixtures = Command::new(&cargo);
-        fixtures
-            .current_dir(&workspace)
-            .args(["build", "--quiet", "--workspace", "--manifest-path"])
-            .arg(workspace.join("tests/fixtures/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target);
-        for mut command in [main, fixtures] {
-            let output = command.output().expect("run cargo build");
-            assert!(
-                output.status.success(),
-                "cargo build failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        target.join("debug")
+        panic!("cargo build waited for a lock on both target folders");
     })
+}
+
+/// `<target>` of this test binary at `<target>/debug/deps/it-<hash>`.
+fn target_of_this_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    (deps.file_name()? == "deps").then_some(())?;
+    Some(deps.parent()?.parent()?.to_path_buf())
+}
+
+/// Builds the main workspace's packages and the fixtures into `target`; false if cargo
+/// waited for the folder's lock (it was let go of, and nothing was built).
+fn build_all(workspace: &Path, target: &Path) -> bool {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut main = Command::new(&cargo);
+    main.current_dir(workspace).arg("build");
+    for package in PACKAGES {
+        main.args(["-p", package]);
+    }
+    let mut fixtures = Command::new(&cargo);
+    fixtures
+        .current_dir(workspace)
+        .args(["build", "--workspace", "--manifest-path"])
+        .arg(workspace.join("tests/fixtures/Cargo.toml"));
+    for mut command in [main, fixtures] {
+        let mut child = command
+            .arg("--target-dir")
+            .arg(target)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cargo build");
+        // Not --quiet: cargo says that it waits for a lock only as a status line.
+        let mut said = String::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.expect("read cargo's output");
+            if line.contains("Blocking waiting for file lock") && !line.contains("package cache") {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        let status = child.wait().expect("wait for cargo build");
+        assert!(status.success(), "cargo build failed:\n{said}");
+    }
+    true
 }
 
 /// Compiles `tests/c/echo_plugin.c` with the system's C compiler and `defines` (misuse
