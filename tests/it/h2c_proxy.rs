@@ -42,7 +42,8 @@ pub(crate) struct Seen {
 
 /// An HTTP/2 backend (prior knowledge, as gRPC services are): `/echo` sends the body back
 /// with the request's trailers and one of its own; `/reset` resets the stream; `/hold`
-/// answers after 1 s; `/large` answers 1 MiB; `/count` the length of the body it read; anything else answers `200` with its path.
+/// answers after 1 s; `/large` answers 1 MiB; `/count` the length of the body it read;
+/// `/interleaved/N` a 103, an answer and trailers; anything else answers `200` with its path.
 pub(crate) async fn backend(seen: Arc<Seen>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -145,6 +146,32 @@ async fn serve(
             if reason.is_ok() {
                 seen.resets.lock().unwrap().push(path);
             }
+        }
+        interleaved if interleaved.starts_with("/interleaved/") => {
+            // A 103, then the answer and its trailers, the even streams with a body
+            // larger than the client's window, the later streams sooner: the streams'
+            // blocks meet in every order.
+            let i: u64 = interleaved["/interleaved/".len()..].parse().unwrap();
+            let hint = Response::builder()
+                .status(StatusCode::EARLY_HINTS)
+                .header("link", format!("</s{i}.css>; rel=preload"))
+                .header("x-t-same", "same")
+                .body(())
+                .unwrap();
+            respond.send_informational(hint).unwrap();
+            tokio::time::sleep(Duration::from_millis(3 * (8 - i % 8))).await;
+            let head = Response::builder()
+                .header("x-t-answer", format!("a{i}"))
+                .header("x-t-same", "same")
+                .body(())
+                .unwrap();
+            let mut send = respond.send_response(head, false).unwrap();
+            let len = if i.is_multiple_of(2) { 40_000 } else { 100 };
+            send.send_data(Bytes::from(vec![b'd'; len]), false).unwrap();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-t-trailer", format!("t{i}").parse().unwrap());
+            trailers.insert("x-t-same", HeaderValue::from_static("same"));
+            let _ = send.send_trailers(trailers);
         }
         fields if fields.starts_with("/fields/") => {
             // Answers with the request's `x-t-*` fields.
@@ -2734,5 +2761,75 @@ fn an_http1_response_head_over_64_kib_is_a_502() {
         let (status, _) = get(&send, "/one/bighead/70000").await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(get(&send, "/one/x").await.0, StatusCode::OK);
+    });
+}
+
+/// RFC 7541 §2.3.2, RFC 9113 §4.3: the relay's HPACK tables hold only while every block is
+/// written to the client in the order it went through the table. Eight streams at a time,
+/// each answered with a 103, a final answer and trailers (fields repeated across them),
+/// half with a body larger than the client's stream window, so their trailers wait in the
+/// relay behind data while the other streams' blocks pass; the client takes the small
+/// answers first, then the large; every block arrives with the fields the backend sent.
+#[test]
+fn interim_answers_final_answers_and_trailers_interleaved_across_streams_keep_their_fields() {
+    run(async {
+        let backend = backend(Arc::new(Seen::default())).await;
+        let daemon = daemon(&format!("/={backend}"), &[]);
+        let tcp = TcpStream::connect(daemon.addr).await.unwrap();
+        let (send, connection) = client::Builder::new()
+            .initial_window_size(16 * 1024)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        for round in 0..3 {
+            let mut heads = Vec::new();
+            for i in round * 8..round * 8 + 8_u64 {
+                let request = Request::get(format!("http://t/interleaved/{i}"));
+                let (response, _) = (send.clone().ready().await.unwrap())
+                    .send_request(request.body(()).unwrap(), true)
+                    .unwrap();
+                heads.push((i, response));
+            }
+            let mut bodies = Vec::new();
+            for (i, mut response) in heads {
+                let hint = std::future::poll_fn(|cx| response.poll_informational(cx))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(hint.status(), StatusCode::EARLY_HINTS, "stream {i}");
+                let link = format!("</s{i}.css>; rel=preload");
+                assert_eq!(hint.headers()["link"], link.as_str(), "stream {i}");
+                assert_eq!(hint.headers()["x-t-same"], "same", "stream {i}");
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "stream {i}");
+                let answer = format!("a{i}");
+                assert_eq!(response.headers()["x-t-answer"], answer.as_str());
+                assert_eq!(response.headers()["x-t-same"], "same", "stream {i}");
+                bodies.push((i, response.into_body()));
+            }
+            // The small answers first (their trailers pass the large answers' held ones),
+            // then the large.
+            bodies.sort_by_key(|&(i, _)| i.is_multiple_of(2));
+            for (i, mut body) in bodies {
+                let mut len = 0;
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    len += chunk.len();
+                }
+                assert_eq!(
+                    len,
+                    if i.is_multiple_of(2) { 40_000 } else { 100 },
+                    "stream {i}"
+                );
+                let trailers = body.trailers().await.unwrap().unwrap();
+                let trailer = format!("t{i}");
+                assert_eq!(trailers["x-t-trailer"], trailer.as_str(), "stream {i}");
+                assert_eq!(trailers["x-t-same"], "same", "stream {i}");
+            }
+        }
+        assert!(!connection.is_finished(), "the connection serves on");
     });
 }
