@@ -295,7 +295,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         variable: "RUST_LOG",
         default: "`info`",
-        meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log. Warnings a client causes by connecting (over its limit, a refused PROXY header, HTTP/2 not served, no capacity) are written once a second at most, each kind, with how many were not. Lines go to stderr from a thread of their own, so a reader that does not keep up never stalls serving: past 16,384 waiting lines or 4 MiB of them they are dropped, and the count is logged (warnings and errors have 1,024 lines and 1 MiB more, so a flood of access lines does not drop them)",
+        meaning: "log filter ([env_logger](https://docs.rs/env_logger)); `switchyard::access=off` silences the access log; a `/text` suffix keeps only lines containing `text` (a plain substring: env_logger's regular expressions are not built in). Warnings a client causes by connecting (over its limit, a refused PROXY header, HTTP/2 not served, no capacity) are written once a second at most, each kind, with how many were not. Lines go to stderr from a thread of their own, so a reader that does not keep up never stalls serving: past 16,384 waiting lines or 4 MiB of them they are dropped, and the count is logged (warnings and errors have 1,024 lines and 1 MiB more, so a flood of access lines does not drop them)",
     },
 ];
 

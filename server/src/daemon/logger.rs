@@ -170,4 +170,34 @@ mod tests {
             "[2023-11-14T22:13:20.250Z WARN  switchyard::log] 7 log lines dropped: stderr did not keep up\n"
         );
     }
+
+    /// `RUST_LOG` as the settings table says: per-target levels, and a `/text` suffix
+    /// that keeps lines containing `text`, a substring (`.` is not "any character").
+    #[test]
+    fn rust_log_filters_by_target_and_by_text() {
+        let filter = env_logger::Builder::new()
+            .parse_filters("info,switchyard::access=off/listening.on")
+            .build();
+        let line = |target: &str, level: log::Level, text: &str| {
+            let args = format_args!("{text}");
+            let record = log::Record::builder()
+                .level(level)
+                .target(target)
+                .args(args)
+                .build();
+            filter.matches(&record)
+        };
+        assert!(line("switchyard", log::Level::Info, "now listening.on :80"));
+        assert!(!line(
+            "switchyard",
+            log::Level::Info,
+            "now listening on :80"
+        ));
+        assert!(!line("switchyard", log::Level::Debug, "listening.on"));
+        assert!(!line(
+            "switchyard::access",
+            log::Level::Info,
+            "listening.on"
+        ));
+    }
 }
