@@ -14,9 +14,7 @@
 //! it (`TCP_NOTSENT_LOWAT`): the kernel refuses writes (`WouldBlock`) while that many wait
 //! unsent, and reports the socket writable once fewer than half of the mark (a quarter of
 //! the limit) do. The writer waits for that writable event, as for any full socket, and
-//! the mark is taken off again. One system call for each 64 KiB written: the count of
-//! bytes not sent at all (`SIOCOUTQNSD`), and `TCP_INFO` too only when that is over the
-//! limit (or under half of it while the mark is on) does not decide alone.
+//! the mark is taken off again. One system call for each 64 KiB written.
 //!
 //! The daemon keeps one for each connection it writes to; a plugin that writes to the
 //! socket itself (a tunnel's `splice`) keeps its own.
@@ -39,13 +37,6 @@ pub trait KernelQueue {
     /// but) shut; `None` where it cannot say.
     fn unsent(&self) -> Option<usize>;
 
-    /// At least [`Self::unsent`]: every byte written that the kernel has not sent yet,
-    /// window or not (`None` where it cannot say). Asked first, as it is the cheaper call
-    /// (`SIOCOUTQNSD`, about half of `TCP_INFO`'s cost): mostly it decides alone.
-    fn unsent_at_most(&self) -> Option<usize> {
-        None
-    }
-
     /// Has the socket report writable only while fewer than `bytes` wait unsent (`None`:
     /// as the system has it again); true when it is writable now (no event will come then).
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool;
@@ -54,10 +45,6 @@ pub trait KernelQueue {
 impl KernelQueue for BorrowedFd<'_> {
     fn unsent(&self) -> Option<usize> {
         unsent_behind_window(*self).ok()
-    }
-
-    fn unsent_at_most(&self) -> Option<usize> {
-        not_sent(*self).ok()
     }
 
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
@@ -79,17 +66,6 @@ pub fn unsent_behind_window(socket: BorrowedFd<'_>) -> io::Result<usize> {
         true => Ok(unsent.saturating_sub(OPEN_WINDOW_ALLOWANCE)),
         false => Ok(unsent),
     }
-}
-
-/// Bytes written to TCP socket `socket` that the kernel has not sent yet, for whatever
-/// reason (`SIOCOUTQNSD`): what [`unsent_behind_window`] counts, and more.
-pub fn not_sent(socket: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQNSD writes one int, which `queued` is.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCOUTQNSD as _, &mut queued) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(queued.max(0) as usize)
 }
 
 /// The kernel's `TCP_INFO` of TCP socket `socket`: fields a kernel older than the `libc`
@@ -167,16 +143,6 @@ impl KernelShare {
         }
         self.unlooked = 0;
         const HALF: usize = KERNEL_UNSENT_LIMIT / 2;
-        // What the cheap count decides alone, as the full look would: at most the limit
-        // is not over it; under half is under half.
-        match (queue.unsent_at_most(), self.full) {
-            (Some(at_most), false) if at_most <= KERNEL_UNSENT_LIMIT => return false,
-            (Some(at_most), true) if at_most < HALF => {
-                self.writable(queue);
-                return false;
-            }
-            _ => {}
-        }
         match queue.unsent() {
             Some(unsent) if unsent > KERNEL_UNSENT_LIMIT && !self.full => {
                 // Taken down below half already if writable now: on as before.
@@ -290,99 +256,6 @@ mod tests {
         assert!(!share.wrote(KERNEL_UNSENT_LIMIT, &mut queue));
         assert!(!share.is_full());
         assert_eq!(queue.mark, None);
-    }
-
-    /// A queue with the cheap count as well, which counts the full looks.
-    struct Counted {
-        not_sent: usize,
-        behind_window: usize,
-        looks: std::cell::Cell<u32>,
-        mark: Option<u32>,
-    }
-
-    impl KernelQueue for Counted {
-        fn unsent(&self) -> Option<usize> {
-            self.looks.set(self.looks.get() + 1);
-            Some(self.behind_window)
-        }
-
-        fn unsent_at_most(&self) -> Option<usize> {
-            Some(self.not_sent)
-        }
-
-        fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
-            self.mark = bytes;
-            bytes.is_none_or(|below| self.not_sent < below as usize)
-        }
-    }
-
-    #[test]
-    fn the_cheap_count_decides_alone_unless_it_is_over_the_limit() {
-        let mut queue = Counted {
-            not_sent: KERNEL_UNSENT_LIMIT,
-            behind_window: KERNEL_UNSENT_LIMIT,
-            looks: Default::default(),
-            mark: None,
-        };
-        let mut share = KernelShare::default();
-        assert!(!share.wrote(KERNEL_UNSENT_LIMIT, &mut queue));
-        assert_eq!(queue.looks.get(), 0);
-        // Over the limit, but waiting for the congestion window of a reader: the full look
-        // tells.
-        queue.not_sent = 1 << 20;
-        queue.behind_window = 0;
-        assert!(!share.wrote(KERNEL_UNSENT_LIMIT, &mut queue));
-        assert_eq!(queue.looks.get(), 1);
-        assert!(!share.is_full());
-        // Behind a shut window: full.
-        queue.behind_window = 1 << 20;
-        assert!(share.wrote(KERNEL_UNSENT_LIMIT, &mut queue));
-        assert_eq!(queue.looks.get(), 2);
-        assert_eq!(queue.mark, Some(KERNEL_UNSENT_LIMIT as u32 / 2));
-        // Still over half: the full look again, still full.
-        queue.behind_window = KERNEL_UNSENT_LIMIT;
-        assert!(!share.wrote(KERNEL_UNSENT_LIMIT, &mut queue));
-        assert_eq!(queue.looks.get(), 3);
-        assert!(share.is_full());
-        // Taken down under half: the cheap count takes the mark off alone.
-        queue.not_sent = 1_000;
-        queue.behind_window = 1_000;
-        assert!(!share.wrote(KERNEL_UNSENT_LIMIT, &mut queue));
-        assert_eq!(queue.looks.get(), 3);
-        assert!(!share.is_full());
-        assert_eq!(queue.mark, None);
-    }
-
-    #[test]
-    fn the_kernel_counts_at_least_as_many_not_sent_as_behind_the_window() {
-        use std::io::Write;
-        use std::os::fd::AsFd;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut writer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_reader, _) = listener.accept().unwrap();
-        assert_eq!(not_sent(writer.as_fd()).unwrap(), 0);
-        // The reader takes nothing: its window shuts and the rest waits in our kernel.
-        writer.set_nonblocking(true).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        let mut written = 0;
-        while written < 64 << 20 {
-            match writer.write(&chunk) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("write: {e}"),
-            }
-        }
-        let at_most = not_sent(writer.as_fd()).unwrap();
-        let behind = unsent_behind_window(writer.as_fd()).unwrap();
-        assert!(
-            behind > KERNEL_UNSENT_LIMIT,
-            "{behind} of {written} behind the window"
-        );
-        assert!(
-            at_most >= behind,
-            "{at_most} not sent, {behind} behind the window"
-        );
-        assert!(at_most < written);
     }
 
     #[test]

@@ -53,12 +53,6 @@ pub fn tcp_unsent_bytes(socket: &impl AsFd) -> io::Result<usize> {
     protocol_api::kernel_share::unsent_behind_window(socket.as_fd())
 }
 
-/// Bytes written to the TCP socket `socket` that the kernel has not sent yet, window or
-/// not ([`protocol_api::kernel_share::not_sent`]).
-pub fn tcp_not_sent_bytes(socket: &impl AsFd) -> io::Result<usize> {
-    protocol_api::kernel_share::not_sent(socket.as_fd())
-}
-
 /// `TCP_NOTSENT_LOWAT` at `bytes`, the socket polled once to arm its writable event
 /// ([`protocol_api::kernel_share::report_writable_below`]); true when it is writable now.
 pub fn set_notsent_lowat(socket: &impl AsFd, bytes: u32) -> io::Result<bool> {

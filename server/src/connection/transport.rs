@@ -75,12 +75,6 @@ pub trait Transport: Read + Write {
         None
     }
 
-    /// At least [`Self::unsent`], cheaper to ask: every byte the kernel has not sent yet
-    /// ([`protocol_api::kernel_share::KernelQueue::unsent_at_most`]).
-    fn unsent_at_most(&self) -> Option<usize> {
-        None
-    }
-
     /// Has the socket reported writable only while fewer than `bytes` wait unsent in the
     /// kernel (`TCP_NOTSENT_LOWAT`), or, with `None`, as the system has it again;
     /// true when it is writable now (no writable event will come for it then).
@@ -103,10 +97,6 @@ pub struct KernelOf<'a, T: ?Sized>(pub &'a mut T);
 impl<T: Transport + ?Sized> protocol_api::kernel_share::KernelQueue for KernelOf<'_, T> {
     fn unsent(&self) -> Option<usize> {
         self.0.unsent()
-    }
-
-    fn unsent_at_most(&self) -> Option<usize> {
-        self.0.unsent_at_most()
     }
 
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
@@ -249,10 +239,6 @@ impl Transport for Wire {
 
     fn unsent(&self) -> Option<usize> {
         crate::sys::tcp_unsent_bytes(&self.socket).ok()
-    }
-
-    fn unsent_at_most(&self) -> Option<usize> {
-        crate::sys::tcp_not_sent_bytes(&self.socket).ok()
     }
 
     fn report_writable_below(&mut self, bytes: Option<u32>) -> bool {
