@@ -18,30 +18,58 @@ const PACKAGES: &[&str] = &[
     "switchyard-h2c",
 ];
 
+/// Where the suite's builds are: the daemon and reference plugins, and the test plugins
+/// (the fixtures and the C plugins) apart from them.
+struct Built {
+    main: PathBuf,
+    fixtures: PathBuf,
+}
+
 /// Builds the daemon, the reference plugins and the fixtures (a workspace of their own,
-/// `tests/fixtures`) once per test run and returns the folder holding the artifacts: the
-/// target folder this test binary was built in, so the dependencies the outer `cargo test`
-/// just compiled are used again (a second folder of its own cost CI a minute for a second
-/// debug build of the same crates). A cargo that holds that folder's lock while tests run
-/// (older ones did) is met by a build into `target/it` instead.
-pub fn artifacts() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let shared = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .or_else(target_of_this_binary)
+/// `tests/fixtures`) once per test run.
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let root = target_of_this_binary()
+            .or_else(|| {
+                let dir = PathBuf::from(std::env::var_os("CARGO_TARGET_DIR")?);
+                dir.is_absolute().then_some(dir)
+            })
             .unwrap_or_else(|| workspace.join("target"));
-        for target in [shared, workspace.join("target").join("it")] {
-            if build_all(&workspace, &target) {
-                return target.join("debug");
-            }
+        // The daemon and plugins go where this test binary was built, so the dependencies
+        // the outer `cargo test` just compiled serve again (a folder of their own cost CI a
+        // minute for a second debug build of the same crates); a cargo that holds that
+        // folder's lock while tests run (older ones did) has them built in `it` instead.
+        let mut main = cargo_build(workspace, &root, false);
+        for package in PACKAGES {
+            main.args(["-p", package]);
         }
-        panic!("cargo build waited for a lock on both target folders");
+        let main_dir = match run_build(main, true) {
+            true => root.clone(),
+            false => {
+                let mut main = cargo_build(workspace, &root.join("it"), false);
+                for package in PACKAGES {
+                    main.args(["-p", package]);
+                }
+                run_build(main, false);
+                root.join("it")
+            }
+        };
+        // The test plugins never beside the daemon: a debug daemon's default plugin folder
+        // is its own, and these include one that relays to any address a client names.
+        let fixtures = cargo_build(workspace, &root.join("it-fixtures"), true);
+        run_build(fixtures, false);
+        Built {
+            main: main_dir.join("debug"),
+            fixtures: root.join("it-fixtures").join("debug"),
+        }
     })
+}
+
+/// The folder holding the daemon and the reference plugins, built for this test run.
+pub fn artifacts() -> &'static Path {
+    &built().main
 }
 
 /// `<target>` of this test binary at `<target>/debug/deps/it-<hash>`.
@@ -52,43 +80,54 @@ fn target_of_this_binary() -> Option<PathBuf> {
     Some(deps.parent()?.parent()?.to_path_buf())
 }
 
-/// Builds the main workspace's packages and the fixtures into `target`; false if cargo
-/// waited for the folder's lock (it was let go of, and nothing was built).
-fn build_all(workspace: &Path, target: &Path) -> bool {
+/// `cargo build` into `target`: of the main workspace (packages to be added), or of the
+/// fixtures' workspace.
+fn cargo_build(workspace: &Path, target: &Path, fixtures: bool) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut main = Command::new(&cargo);
-    main.current_dir(workspace).arg("build");
-    for package in PACKAGES {
-        main.args(["-p", package]);
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace).arg("build");
+    if fixtures {
+        command
+            .args(["--workspace", "--manifest-path"])
+            .arg(workspace.join("tests/fixtures/Cargo.toml"));
     }
-    let mut fixtures = Command::new(&cargo);
-    fixtures
-        .current_dir(workspace)
-        .args(["build", "--workspace", "--manifest-path"])
-        .arg(workspace.join("tests/fixtures/Cargo.toml"));
-    for mut command in [main, fixtures] {
-        let mut child = command
-            .arg("--target-dir")
-            .arg(target)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run cargo build");
-        // Not --quiet: cargo says that it waits for a lock only as a status line.
-        let mut said = String::new();
-        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-            let line = line.expect("read cargo's output");
-            if line.contains("Blocking waiting for file lock") && !line.contains("package cache") {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            said.push_str(&line);
-            said.push('\n');
+    command.arg("--target-dir").arg(target);
+    command
+}
+
+/// Runs a build; with `give_up_on_lock`, false as soon as cargo says it waits for the
+/// target folder's lock (cargo is let go of, nothing was built).
+fn run_build(mut command: Command, give_up_on_lock: bool) -> bool {
+    // Not quiet, whatever the user's configuration: cargo says it waits for a lock only as
+    // a status line.
+    let mut child = command
+        .env("CARGO_TERM_QUIET", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cargo build");
+    let mut said = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = Vec::new();
+    while stderr
+        .read_until(b'\n', &mut line)
+        .expect("read cargo's output")
+        > 0
+    {
+        let text = String::from_utf8_lossy(&line);
+        if give_up_on_lock
+            && text.contains("Blocking waiting for file lock")
+            && !text.contains("package cache")
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
         }
-        let status = child.wait().expect("wait for cargo build");
-        assert!(status.success(), "cargo build failed:\n{said}");
+        said.push_str(&text);
+        line.clear();
     }
+    let status = child.wait().expect("wait for cargo build");
+    assert!(status.success(), "cargo build failed:\n{said}");
     true
 }
 
@@ -116,7 +155,7 @@ fn c_library(source: &str, stem: &str, defines: &[&str]) -> PathBuf {
         return path.clone();
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = artifacts().join("c").join(&name);
+    let out = self::built().fixtures.join("c").join(&name);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let mut command = Command::new(compiler);
@@ -144,7 +183,11 @@ fn c_library(source: &str, stem: &str, defines: &[&str]) -> PathBuf {
 /// The library file of a package (`switchyard-echo` → `libswitchyard_echo.so`).
 pub fn library(package: &str) -> PathBuf {
     let name = package.replace('-', "_");
-    artifacts().join(format!(
+    let folder = match package.starts_with("fixture-") {
+        true => &built().fixtures,
+        false => &built().main,
+    };
+    folder.join(format!(
         "{}{name}{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
