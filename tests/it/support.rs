@@ -150,12 +150,12 @@ fn c_library(source: &str, stem: &str, defines: &[&str]) -> PathBuf {
     } else {
         format!("lib{stem}_{}.so", defines.join("_").to_ascii_lowercase())
     };
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, path)) = built.iter().find(|(n, _)| *n == name) {
+    let mut compiled = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = compiled.iter().find(|(n, _)| *n == name) {
         return path.clone();
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = self::built().fixtures.join("c").join(&name);
+    let out = built().fixtures.join("c").join(&name);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let mut command = Command::new(compiler);
@@ -176,7 +176,7 @@ fn c_library(source: &str, stem: &str, defines: &[&str]) -> PathBuf {
         "{source} does not compile:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    built.push((name, out.clone()));
+    compiled.push((name, out.clone()));
     out
 }
 

@@ -133,11 +133,30 @@ pub fn init() {
         Ok("never") => false,
         _ => std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    if let Some(text) = std::env::var("RUST_LOG")
+        .ok()
+        .as_deref()
+        .and_then(regex_like)
+    {
+        // Said past the filter: a pattern that matches no line would silence this too.
+        eprintln!(
+            "switchyard: RUST_LOG's /{text} keeps the lines that contain it as written: a \
+             plain substring, not a regular expression"
+        );
+    }
     log::set_max_level(filter.filter());
     log_writer::start(dropped_line);
     if log::set_boxed_logger(Box::new(DaemonLog { filter, color })).is_err() {
         eprintln!("switchyard: a logger was installed already");
     }
+}
+
+/// The `/text` part of a `RUST_LOG` that reads like a regular expression (env_logger's
+/// filter with its `regex` feature), which is matched here as a plain substring.
+fn regex_like(spec: &str) -> Option<&str> {
+    let (_, text) = spec.split_once('/')?;
+    text.contains(|c| "^$*+?()[]{}|\\".contains(c))
+        .then_some(text)
 }
 
 #[cfg(test)]
@@ -199,5 +218,9 @@ mod tests {
             log::Level::Info,
             "listening.on"
         ));
+        // A filter written for regular expressions is told of at start.
+        assert_eq!(regex_like("info/^GET|POST"), Some("^GET|POST"));
+        assert_eq!(regex_like("info/listening.on"), None);
+        assert_eq!(regex_like("info,switchyard::access=off"), None);
     }
 }
