@@ -152,6 +152,10 @@ async fn serve(
             // larger than the client's window, the later streams sooner: the streams'
             // blocks meet in every order.
             let i: u64 = interleaved["/interleaved/".len()..].parse().unwrap();
+            if i % 4 == 3 {
+                // This one's 103 after the others' trailers wait in the relay.
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
             let hint = Response::builder()
                 .status(StatusCode::EARLY_HINTS)
                 .header("link", format!("</s{i}.css>; rel=preload"))
@@ -2768,13 +2772,17 @@ fn an_http1_response_head_over_64_kib_is_a_502() {
 /// written to the client in the order it went through the table. Eight streams at a time,
 /// each answered with a 103, a final answer and trailers (fields repeated across them),
 /// half with a body larger than the client's stream window, so their trailers wait in the
-/// relay behind data while the other streams' blocks pass; the client takes the small
+/// relay behind data while the other streams' blocks pass (a quarter of the 103s among
+/// them); the client takes the small
 /// answers first, then the large; every block arrives with the fields the backend sent.
 #[test]
 fn interim_answers_final_answers_and_trailers_interleaved_across_streams_keep_their_fields() {
     run(async {
         let backend = backend(Arc::new(Seen::default())).await;
         let daemon = daemon(&format!("/={backend}"), &[]);
+        // The large bodies (40,000 bytes) pass the client's stream window and fit in the
+        // relay's window toward the backend (65,535), so their trailers reach the relay and
+        // wait there.
         let tcp = TcpStream::connect(daemon.addr).await.unwrap();
         let (send, connection) = client::Builder::new()
             .initial_window_size(16 * 1024)
