@@ -41,18 +41,10 @@ fn built() -> &'static Built {
         // the outer `cargo test` just compiled serve again (a folder of their own cost CI a
         // minute for a second debug build of the same crates); a cargo that holds that
         // folder's lock while tests run (older ones did) has them built in `it` instead.
-        let mut main = cargo_build(workspace, &root, false);
-        for package in PACKAGES {
-            main.args(["-p", package]);
-        }
-        let main_dir = match run_build(main, true) {
+        let main_dir = match run_build(cargo_build(workspace, &root, false), true) {
             true => root.clone(),
             false => {
-                let mut main = cargo_build(workspace, &root.join("it"), false);
-                for package in PACKAGES {
-                    main.args(["-p", package]);
-                }
-                run_build(main, false);
+                run_build(cargo_build(workspace, &root.join("it"), false), false);
                 root.join("it")
             }
         };
@@ -80,17 +72,18 @@ fn target_of_this_binary() -> Option<PathBuf> {
     Some(deps.parent()?.parent()?.to_path_buf())
 }
 
-/// `cargo build` into `target`: of the main workspace (packages to be added), or of the
-/// fixtures' workspace.
+/// `cargo build` into `target`: of the main workspace's [`PACKAGES`], or of the fixtures'
+/// workspace.
 fn cargo_build(workspace: &Path, target: &Path, fixtures: bool) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(workspace).arg("build");
-    if fixtures {
-        command
+    match fixtures {
+        true => command
             .args(["--workspace", "--manifest-path"])
-            .arg(workspace.join("tests/fixtures/Cargo.toml"));
-    }
+            .arg(workspace.join("tests/fixtures/Cargo.toml")),
+        false => command.args(PACKAGES.iter().flat_map(|package| ["-p", package])),
+    };
     command.arg("--target-dir").arg(target);
     command
 }
