@@ -133,19 +133,28 @@ pub fn init() {
         Ok("never") => false,
         _ => std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    log::set_max_level(filter.filter());
+    log_writer::start(dropped_line);
     if let Some(text) = std::env::var("RUST_LOG")
         .ok()
         .as_deref()
         .and_then(regex_like)
     {
-        // Said past the filter: a pattern that matches no line would silence this too.
-        eprintln!(
-            "switchyard: RUST_LOG's /{text} keeps the lines that contain it as written: a \
-             plain substring, not a regular expression"
+        // Written past the filter (a pattern that matches no line would silence it too),
+        // as every other line is formatted (JSON included).
+        let args = format_args!(
+            "RUST_LOG's /{text} keeps the lines that contain it as written: a plain \
+             substring, not a regular expression"
         );
+        let record = log::Record::builder()
+            .level(log::Level::Warn)
+            .target("switchyard::log")
+            .args(args)
+            .build();
+        let mut line = Vec::new();
+        format_line(&mut line, &record, color);
+        log_writer::push(&line, true);
     }
-    log::set_max_level(filter.filter());
-    log_writer::start(dropped_line);
     if log::set_boxed_logger(Box::new(DaemonLog { filter, color })).is_err() {
         eprintln!("switchyard: a logger was installed already");
     }
