@@ -1,4 +1,5 @@
-//! Base framing (RFC 6455 §5.2), pure: frame headers as bytes and back, and masking.
+//! Base framing (RFC 6455 §5.2), pure: frame headers as bytes and back, and masking
+//! ([`apply_mask`], in `masking`).
 //!
 //! ```text
 //!  0                   1                   2                   3
@@ -14,6 +15,8 @@
 //! |                               |Masking-key, if MASK set to 1  |
 //! +-------------------------------+-------------------------------+
 //! ```
+
+pub use crate::masking::apply_mask;
 
 /// Opcodes (RFC 6455 §5.2, §11.8).
 pub mod opcode {
@@ -123,29 +126,6 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.reserve(n + payload.len());
     out.extend_from_slice(&header[..n]);
     out.extend_from_slice(payload);
-}
-
-/// XORs `data` with the masking key (§5.3), where `offset` is how many bytes of this
-/// frame's payload came before `data`. Works eight bytes at a time.
-pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
-    let mut key = mask;
-    key.rotate_left(offset % 4);
-    // 32 bytes a turn against a 32-byte key, in plain byte operations on fixed-size
-    // arrays: the compiler turns the inner loop into vector XORs.
-    let mut wide = [0u8; 32];
-    for (i, byte) in wide.iter_mut().enumerate() {
-        *byte = key[i % 4];
-    }
-    let mut chunks = data.chunks_exact_mut(32);
-    for chunk in &mut chunks {
-        let chunk: &mut [u8; 32] = chunk.try_into().expect("chunks of 32");
-        for (byte, k) in chunk.iter_mut().zip(wide) {
-            *byte ^= k;
-        }
-    }
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i % 4];
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@
 //! `SWITCHYARD_WEBSOCKET_ROUTES`, `_ORIGINS`, `_PROTOCOLS`, `_DEFLATE`, `_MAX_MESSAGE`,
 //! `_IDLE_MS`, `_CONNECT_TIMEOUT_MS`, `_MAX_PROCESSES`, `_PASSENV`.
 
-// `unsafe` only where the plugin manages its programs (process.rs).
+// `unsafe` only where the plugin manages its programs (process.rs), and in the call to
+// the AVX2 build of the masking loop (masking.rs).
 #![deny(unsafe_code)]
 
 mod assembly;
@@ -32,6 +33,8 @@ pub mod config;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
+#[allow(unsafe_code)]
+mod masking;
 pub mod origin;
 #[allow(unsafe_code)]
 mod process;

@@ -14,7 +14,8 @@
 //! script's pipeline, `sleep 600 | cat`) ends with it, not reparented and outside every
 //! limit; a stopping daemon gives programs their grace before it exits. Where the daemon
 //! is PID 1 (a container with no init), it reaps what programs leave behind, as an init
-//! would. Every `unsafe` line of the plugin is in this module.
+//! would. Every `unsafe` line of the plugin is in this module but one (`masking`'s call
+//! to its AVX2 loop).
 
 use protocol_api::clients::Share;
 use std::collections::{BTreeMap, BTreeSet};
