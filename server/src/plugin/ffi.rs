@@ -482,6 +482,11 @@ pub struct Handler<'a> {
 }
 
 impl Handler<'_> {
+    /// Where the plugin's state for this connection starts (for [`crate::sys::prefetch`]).
+    pub fn state_address(&self) -> *const u8 {
+        self.pointer.cast()
+    }
+
     /// Calls `on_ready` with the `READY_*` bits in `events`.
     pub fn on_ready<C: HostConnection>(
         &mut self,

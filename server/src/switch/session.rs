@@ -89,6 +89,10 @@ enum Stall {
     Kernel,
 }
 
+/// How much of the plugin's state for a connection [`Session::prefetch_plugin_state`]
+/// brings into the caches: the WebSocket's is 184 bytes.
+const PLUGIN_STATE_PREFETCH: usize = 192;
+
 /// Why the daemon ended a session for its limits, as the access line says it.
 const IDLE: &str = "idle";
 const WRITE_TIME_OUT: &str = "write time-out: the peer took nothing";
@@ -255,6 +259,20 @@ impl Session {
             .flatten()
             .min()
             .unwrap_or(idle)
+    }
+
+    /// Starts bringing the session into the CPU's caches, ahead of its call.
+    pub fn prefetch(&self) {
+        crate::sys::prefetch(
+            (self as *const Session).cast(),
+            std::mem::size_of::<Session>(),
+        );
+    }
+
+    /// Starts bringing the plugin's state for the session into the CPU's caches (the start
+    /// of it: the plugin's layout is its own).
+    pub fn prefetch_plugin_state(&self) {
+        crate::sys::prefetch(self.handler.state_address(), PLUGIN_STATE_PREFETCH);
     }
 
     /// Calls the plugin with `events` (plus whatever is due, and the stop if not yet told).
