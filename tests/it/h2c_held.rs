@@ -120,7 +120,8 @@ fn held_bytes(daemon: &crate::support::Daemon) -> usize {
 
 /// `switchyard_h2c_held_bytes` once `enough` holds of it, or after 10 s (the backends'
 /// answers take as long as a loaded machine makes them, and the page is rendered again at
-/// most once a second): the last value seen.
+/// most once a second): the last value seen. A peak over the budget lasts about a second
+/// (what the client takes nothing of is then let go).
 async fn held_bytes_once(daemon: &crate::support::Daemon, enough: impl Fn(usize) -> bool) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -154,10 +155,22 @@ fn what_one_address_takes_nothing_of_is_held_to_its_budget_over_its_connections(
             let send = connect_with_window(daemon.addr, 0).await;
             answers.extend(ask_large(&send, 16).await);
         }
-        let held = held_bytes_once(&daemon, |held| held >= budget / 2).await;
+        // The first connection's backend is granted the budget's room and holds nearly all
+        // of it; a second's first answer takes the address over it, and a second later the
+        // first connection's answers are let go. The peak lasts about that long, and a
+        // loaded machine may bring the first look later (seen once in a whole run: 5 x
+        // 65,535 held by then). Either the peak is seen or its end is in the log; held
+        // never passes the budget (six times it, without the budget).
+        let over = "while its address holds SWITCHYARD_H2C_HELD_PER_CLIENT";
+        let let_go = || daemon.logs().contains(over);
+        let held = held_bytes_once(&daemon, |held| held >= budget / 2 || let_go()).await;
         assert!(
-            (budget / 2..budget + (512 << 10)).contains(&held),
+            held < budget + (512 << 10),
             "{held} bytes held for one address, budget {budget}"
+        );
+        assert!(
+            held >= budget / 2 || let_go(),
+            "{held} bytes held for one address, budget {budget}, and none let go for it"
         );
         // Another address is served meanwhile.
         let other = connect_from_127_0_0_2(daemon.addr).await;
