@@ -41,21 +41,18 @@ fn built() -> &'static Built {
         // the outer `cargo test` just compiled serve again (a folder of their own cost CI a
         // minute for a second debug build of the same crates); a cargo that holds that
         // folder's lock while tests run (older ones did) has them built in `it` instead.
-        let main_dir = match run_build(cargo_build(workspace, &root, false), true) {
-            true => root.clone(),
-            false => {
-                run_build(cargo_build(workspace, &root.join("it"), false), false);
-                root.join("it")
-            }
-        };
+        let main = run_build(cargo_build(workspace, &root, false), true).unwrap_or_else(|| {
+            run_build(cargo_build(workspace, &root.join("it"), false), false)
+                .expect("a build that waits for its lock ends")
+        });
         // The test plugins never beside the daemon: a debug daemon's default plugin folder
         // is its own, and these include one that relays to any address a client names.
-        let fixtures = cargo_build(workspace, &root.join("it-fixtures"), true);
-        run_build(fixtures, false);
-        Built {
-            main: main_dir.join("debug"),
-            fixtures: root.join("it-fixtures").join("debug"),
-        }
+        let fixtures = run_build(
+            cargo_build(workspace, &root.join("it-fixtures"), true),
+            false,
+        )
+        .expect("a build that waits for its lock ends");
+        Built { main, fixtures }
     })
 }
 
@@ -64,16 +61,29 @@ pub fn artifacts() -> &'static Path {
     &built().main
 }
 
-/// `<target>` of this test binary at `<target>/debug/deps/it-<hash>`.
+/// The target folder of this test binary, `<target>/debug/deps/it-<hash>`, or
+/// `<target>/<triple>/debug/deps/it-<hash>` under a `build.target` setting: the one that
+/// holds cargo's `.rustc_info.json` (cargo tags both with a `CACHEDIR.TAG`). A wrong guess
+/// costs a build of its own, not a wrong daemon: [`run_build`] reads where cargo wrote.
 fn target_of_this_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let deps = exe.parent()?;
     (deps.file_name()? == "deps").then_some(())?;
-    Some(deps.parent()?.parent()?.to_path_buf())
+    let profile = deps.parent()?;
+    let mut above = profile.ancestors().skip(1).take(2);
+    let first = above.clone().next()?;
+    Some(
+        above
+            .find(|dir| dir.join(".rustc_info.json").is_file())
+            .unwrap_or(first)
+            .to_path_buf(),
+    )
 }
 
 /// `cargo build` into `target`: of the main workspace's [`PACKAGES`], or of the fixtures'
-/// workspace.
+/// workspace. Cargo's messages are JSON, so that [`run_build`] learns where the libraries
+/// and the daemon were written whatever the configuration (a `build.target` puts them
+/// under `<target>/<triple>/debug`).
 fn cargo_build(workspace: &Path, target: &Path, fixtures: bool) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
@@ -84,21 +94,30 @@ fn cargo_build(workspace: &Path, target: &Path, fixtures: bool) -> Command {
             .arg(workspace.join("tests/fixtures/Cargo.toml")),
         false => command.args(PACKAGES.iter().flat_map(|package| ["-p", package])),
     };
-    command.arg("--target-dir").arg(target);
+    command
+        .args([
+            "--message-format",
+            "json-render-diagnostics",
+            "--target-dir",
+        ])
+        .arg(target);
     command
 }
 
-/// Runs a build; with `give_up_on_lock`, false as soon as cargo says it waits for the
-/// target folder's lock (cargo is let go of, nothing was built).
-fn run_build(mut command: Command, give_up_on_lock: bool) -> bool {
+/// Runs a build and returns the folder its libraries (and the daemon) were written to;
+/// with `give_up_on_lock`, `None` as soon as cargo says it waits for the target folder's
+/// lock (cargo is let go of, nothing was built).
+fn run_build(mut command: Command, give_up_on_lock: bool) -> Option<PathBuf> {
     // Not quiet, whatever the user's configuration: cargo says it waits for a lock only as
     // a status line.
     let mut child = command
         .env("CARGO_TERM_QUIET", "false")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run cargo build");
+    let stdout = child.stdout.take().unwrap();
+    let messages = std::thread::spawn(move || artifact_folders(stdout));
     let mut said = String::new();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = Vec::new();
@@ -114,14 +133,48 @@ fn run_build(mut command: Command, give_up_on_lock: bool) -> bool {
         {
             let _ = child.kill();
             let _ = child.wait();
-            return false;
+            return None;
         }
         said.push_str(&text);
         line.clear();
     }
     let status = child.wait().expect("wait for cargo build");
     assert!(status.success(), "cargo build failed:\n{said}");
-    true
+    let folders = messages.join().expect("read cargo's messages");
+    assert!(
+        folders.len() == 1,
+        "cargo wrote the libraries to {folders:?}, not to one folder:\n{said}"
+    );
+    folders.into_iter().next()
+}
+
+/// The folders cargo's JSON messages (`compiler-artifact`) name for the plugins (shared
+/// libraries) and the daemon it built or found fresh.
+fn artifact_folders(stdout: impl Read) -> std::collections::BTreeSet<PathBuf> {
+    let mut folders = std::collections::BTreeSet::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(message) =
+            serde_json::from_str::<serde_json::Value>(&line.expect("cargo's messages"))
+        else {
+            continue;
+        };
+        let kinds = message["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let wanted = |kind: &str| kinds.iter().any(|k| k == kind);
+        if message["reason"] != "compiler-artifact" || !(wanted("bin") || wanted("cdylib")) {
+            continue; // dependencies, build scripts, procedural macros
+        }
+        let executable = message["executable"].as_str();
+        let libraries = (message["filenames"].as_array().into_iter().flatten())
+            .filter_map(|name| name.as_str())
+            .filter(|name| name.ends_with(".so"));
+        for file in executable.into_iter().chain(libraries) {
+            folders.insert(Path::new(file).parent().unwrap().to_path_buf());
+        }
+    }
+    folders
 }
 
 /// Compiles `tests/c/echo_plugin.c` with the system's C compiler and `defines` (misuse
