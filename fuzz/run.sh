@@ -6,7 +6,8 @@
 # With a nightly toolchain the targets are built with AddressSanitizer; without one (it
 # cannot be fetched on every machine) with the stable toolchain and no sanitizer, which
 # libFuzzer's coverage-guided search needs no nightly for: the code under test is safe
-# Rust either way. Which one ran is printed.
+# Rust either way, but for the WebSocket masking's AVX2 loop (plain Rust compiled for
+# AVX2, reached through one `unsafe` call after the CPU is asked). Which one ran is printed.
 #
 #   bash fuzz/run.sh 20            # what CI runs
 #   bash fuzz/run.sh 600 http_head # one target, ten minutes

@@ -5,7 +5,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::ops::ControlFlow;
-use switchyard_websocket::frame::{apply_mask, encode_header, MAX_HEADER};
+use switchyard_websocket::frame::{encode_header, MAX_HEADER};
 use switchyard_websocket::receiver::{Delivery, Event, Receiver};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -90,9 +90,8 @@ fn frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     header[1] |= 0x80;
     let mut out = header[..n].to_vec();
     out.extend_from_slice(&mask);
-    let mut masked = payload.to_vec();
-    apply_mask(&mut masked, mask, 0);
-    out.extend_from_slice(&masked);
+    // Masked byte by byte as RFC 6455 §5.3 defines it, not with the code under test.
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
 }
 

@@ -33,7 +33,6 @@ pub mod config;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
-#[allow(unsafe_code)]
 mod masking;
 pub mod origin;
 #[allow(unsafe_code)]

@@ -237,6 +237,7 @@ impl Loop {
             self.now = Instant::now();
             let mut next = events.iter().skip(1);
             let mut after_next = events.iter().skip(2);
+            self.prefetch(next.clone().next().map(|e| e.token()), None);
             for event in events.iter() {
                 self.prefetch(
                     after_next.next().map(|e| e.token()),
@@ -283,20 +284,26 @@ impl Loop {
     /// left the caches by its next turn (the kernel's copies of every other connection's
     /// bytes pass through them), and the loads that miss wait in line one after another.
     /// The session two events ahead, and the plugin's state one ahead (its address is in
-    /// the session, brought in on the turn before). About a tenth of the daemon's user time
-    /// at 500 busy WebSockets (bench/RESULTS.md, the twenty-sixth session).
+    /// the session, brought in on the turn before; the batch's second session is brought in
+    /// before its first event). At 500 busy WebSockets the first touches of a connection
+    /// were about a tenth of the daemon's user time; this takes about 100 ns a message off
+    /// them, and costs a little where every connection stays in the caches anyway
+    /// (bench/RESULTS.md, the twenty-sixth session).
     fn prefetch(&self, after_next: Option<Token>, next: Option<Token>) {
-        if let Some(session) = after_next.and_then(|token| self.session(token)) {
-            session.prefetch();
-        }
-        if let Some(session) = next.and_then(|token| self.session(token)) {
-            session.prefetch_plugin_state();
+        // Elsewhere `sys::prefetch` does nothing: no lookups for it either.
+        if cfg!(target_arch = "x86_64") {
+            if let Some(session) = after_next.and_then(|token| self.session(token)) {
+                session.prefetch();
+            }
+            if let Some(session) = next.and_then(|token| self.session(token)) {
+                session.prefetch_plugin_state();
+            }
         }
     }
 
-    /// The readiness session an event names, if it names one.
+    /// The readiness session an event names, for its socket or a descriptor it watches.
     fn session(&self, token: Token) -> Option<&Session> {
-        match self.conns.get(token.0) {
+        match self.conns.get(token.0 & !WATCHED) {
             Some(Entry {
                 conn: Conn::Event(session),
                 ..
