@@ -172,7 +172,7 @@ pub fn header_fragment<'p>(head: &Head, payload: &'p [u8]) -> Result<&'p [u8], M
 
 /// The settings of a SETTINGS payload, in order (RFC 9113 §6.5.1).
 pub fn settings(payload: &[u8]) -> Result<impl Iterator<Item = (u16, u32)> + '_, Malformed> {
-    if payload.len() % 6 != 0 {
+    if !payload.len().is_multiple_of(6) {
         return Err(Malformed(code::FRAME_SIZE_ERROR));
     }
     Ok(payload.chunks_exact(6).map(|s| {

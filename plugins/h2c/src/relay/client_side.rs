@@ -132,7 +132,7 @@ impl Relay {
         match head.kind {
             kind::DATA => self.on_client_data(head, payload),
             kind::HEADERS => {
-                if head.stream % 2 == 0 {
+                if head.stream.is_multiple_of(2) {
                     return Err(Malformed(code::PROTOCOL_ERROR));
                 }
                 if head.has(flag::END_HEADERS) {

@@ -72,7 +72,7 @@ impl ResetSent {
     fn position(&self, id: u32) -> Option<usize> {
         self.runs
             .iter()
-            .rposition(|&(first, last)| first <= id && id <= last && (id - first) % 2 == 0)
+            .rposition(|&(first, last)| first <= id && id <= last && (id - first).is_multiple_of(2))
     }
 }
 
