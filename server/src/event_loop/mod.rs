@@ -876,9 +876,9 @@ impl Loop {
             return;
         };
         let deadline = match &entry.conn {
-            Conn::Http(conn) => conn.deadline(),
+            Conn::Http(conn) => conn.deadline().map(Moment::of),
             Conn::Event(session) => Some(session.deadline(self.shared)),
-            Conn::Closing(closing) => Some(closing.deadline),
+            Conn::Closing(closing) => Some(Moment::of(closing.deadline)),
         };
         if let Some(at) = deadline {
             self.timers

@@ -33,8 +33,7 @@ pub struct Timers {
 impl Timers {
     /// Makes sure connection `(slot, id)`, now scheduled for `scheduled`, is looked at by
     /// `at`.
-    pub fn schedule(&mut self, scheduled: &mut Option<Moment>, at: Instant, slot: usize, id: u32) {
-        let at = Moment::of(at);
+    pub fn schedule(&mut self, scheduled: &mut Option<Moment>, at: Moment, slot: usize, id: u32) {
         if scheduled.is_some_and(|s| s <= at) {
             return;
         }
@@ -87,10 +86,15 @@ mod tests {
         // 10,000 connections come and go, each leaving a deadline five minutes away; one
         // stays.
         let mut kept = None;
-        timers.schedule(&mut kept, t0 + Duration::from_secs(300), 0, 0);
+        timers.schedule(&mut kept, Moment::of(t0 + Duration::from_secs(300)), 0, 0);
         for id in 1..10_000u32 {
             let mut scheduled = None;
-            timers.schedule(&mut scheduled, t0 + Duration::from_secs(300), 1, id);
+            timers.schedule(
+                &mut scheduled,
+                Moment::of(t0 + Duration::from_secs(300)),
+                1,
+                id,
+            );
             if timers.wants_compaction(1) {
                 timers.compact(|_, slot, id| (slot, id) == (0, 0));
             }
@@ -120,14 +124,29 @@ mod tests {
         let t0 = Instant::now();
         let mut timers = Timers::default();
         let mut scheduled = None;
-        timers.schedule(&mut scheduled, t0 + Duration::from_secs(5), 1, 7);
-        timers.schedule(&mut scheduled, t0 + Duration::from_secs(9), 1, 7);
+        timers.schedule(
+            &mut scheduled,
+            Moment::of(t0 + Duration::from_secs(5)),
+            1,
+            7,
+        );
+        timers.schedule(
+            &mut scheduled,
+            Moment::of(t0 + Duration::from_secs(9)),
+            1,
+            7,
+        );
         assert_eq!(
             timers.heap.len(),
             1,
             "a later deadline waits for the earlier one"
         );
-        timers.schedule(&mut scheduled, t0 + Duration::from_secs(2), 1, 7);
+        timers.schedule(
+            &mut scheduled,
+            Moment::of(t0 + Duration::from_secs(2)),
+            1,
+            7,
+        );
         assert_eq!(scheduled, Some(Moment::of(t0 + Duration::from_secs(2))));
         assert_eq!(timers.next(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(1)), None);

@@ -249,12 +249,11 @@ impl Session {
 
     /// When the session needs attention next: its timer, the idle limit, or the write
     /// time-out.
-    pub fn deadline(&self, shared: &Shared) -> Instant {
-        let idle = self.last_moved.instant() + shared.config.idle;
-        let stall = self
-            .stalled_since
-            .map(|since| since.instant() + self.flow.write_timeout(shared.config.write_timeout));
-        [Some(idle), stall, self.timer.map(Moment::instant)]
+    pub fn deadline(&self, shared: &Shared) -> Moment {
+        let idle = self.last_moved.after(shared.config.idle);
+        let stall = (self.stalled_since)
+            .map(|since| since.after(self.flow.write_timeout(shared.config.write_timeout)));
+        [Some(idle), stall, self.timer]
             .into_iter()
             .flatten()
             .min()
@@ -337,6 +336,7 @@ impl Session {
         let result = self.handler.on_ready(&mut io, fd, events);
         let plugin = self.record.plugin();
         *now = shared.metrics.timed_call(plugin, "on_ready", began);
+        let moment = Moment::of(*now);
         // However the plugin took its read's error (passed on, or handled as an end).
         let tls = self.wire.tls.as_deref();
         if let Some(reason) = crate::access::tls_without_data(tls, &self.peer) {
@@ -366,7 +366,7 @@ impl Session {
         self.wants = wants.interest & (WANT_READ | WANT_WRITE);
         self.resume = minor >= 3 && wants.interest & WANT_RESUME != 0;
         self.timer =
-            (wants.timer_ms > 0).then(|| Moment::of(*now + Duration::from_millis(wants.timer_ms)));
+            (wants.timer_ms > 0).then(|| moment.after(Duration::from_millis(wants.timer_ms)));
         self.moved_last = self.flow.readiness.moved;
         if !self.peer_closed && self.wire.tls.as_deref().is_some_and(|tls| tls.has_ended()) {
             // The TLS stream ended within a read (close_notify with the last data): news no
@@ -377,7 +377,7 @@ impl Session {
             self.moved_last = true;
         }
         if self.flow.readiness.moved {
-            self.last_moved = Moment::of(*now);
+            self.last_moved = moment;
         }
         let wrote = self.flow.bytes_out > bytes_out;
         if self.wants & WANT_WRITE != 0 {
@@ -386,10 +386,10 @@ impl Session {
                 // kernel's count says whether it took anything since (bytes a plugin moves
                 // itself included). One system call per wait, none per message.
                 self.stall = Stall::Plugin;
-                self.stalled_since = Some(Moment::of(*now));
+                self.stalled_since = Some(moment);
                 self.acked_mark = kernel_acked(&self.wire.socket);
             } else if wrote {
-                self.stalled_since = Some(Moment::of(*now));
+                self.stalled_since = Some(moment);
             }
         } else if wrote && (self.stalled_since.is_none() || self.stall == Stall::Plugin) {
             // All written, but the kernel may hold it for a peer that takes nothing: it is
@@ -397,7 +397,7 @@ impl Session {
             // put off by later writes: a ping every 20 s to a peer that takes nothing would
             // keep the question from ever being asked (a review).
             self.stall = Stall::Handed;
-            self.stalled_since = Some(Moment::of(*now));
+            self.stalled_since = Some(moment);
         } else if self.stall == Stall::Plugin {
             self.stalled_since = None;
         }
