@@ -529,9 +529,11 @@ impl Loop {
             else {
                 return;
             };
+            // After the first step, the same turn goes on: a turn's requests and reads are
+            // counted across the upgrades answered here (see `HttpConn::go_on`).
             let after = match step.take() {
                 Some(first) => first(conn, &mut cx),
-                None => conn.turn(&mut cx),
+                None => conn.go_on(&mut cx),
             };
             match after {
                 After::Keep => {
